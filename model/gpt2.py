@@ -4,12 +4,14 @@ It matches HuggingFace `GPT2LMHeadModel` (pre-LayerNorm blocks, tanh GELU,
 learned positions, LM head tied to the token embedding) and is the model the
 integer golden model is quantised from and measured against.
 """
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CheckpointError, GPT2Config, load_config, load_gpt2_tensors
+from .checkpoint import (CheckpointError, GPT2Config, expected_shapes, load_config,
+                         load_gpt2_tensors)
 
 __all__ = ["GPT2", "Block", "KVCache", "layer_norm", "gelu", "softmax",
            "causal_attention", "sample_next"]
@@ -63,6 +65,17 @@ class Block:
     fc_b: np.ndarray
     fc_proj_w: np.ndarray   # [F, E]
     fc_proj_b: np.ndarray
+
+
+#: Block fields and the HF tensor names (below `h.N.`) they are loaded from.
+_BLOCK_TENSORS = [
+    ("ln_1_g", "ln_1.weight"), ("ln_1_b", "ln_1.bias"),
+    ("attn_w", "attn.c_attn.weight"), ("attn_b", "attn.c_attn.bias"),
+    ("attn_proj_w", "attn.c_proj.weight"), ("attn_proj_b", "attn.c_proj.bias"),
+    ("ln_2_g", "ln_2.weight"), ("ln_2_b", "ln_2.bias"),
+    ("fc_w", "mlp.c_fc.weight"), ("fc_b", "mlp.c_fc.bias"),
+    ("fc_proj_w", "mlp.c_proj.weight"), ("fc_proj_b", "mlp.c_proj.bias"),
+]
 
 
 class KVCache:
@@ -121,19 +134,59 @@ class GPT2:
             raise CheckpointError(f"{path}: not a directory (expected a checkpoint directory "
                                   f"with config.json and model.safetensors)")
         cfg = load_config(path)
-        t = load_gpt2_tensors(path, cfg)
-        blocks = []
-        for i in range(cfg.n_layer):
-            p = f"h.{i}."
-            blocks.append(Block(
-                t[p + "ln_1.weight"], t[p + "ln_1.bias"],
-                t[p + "attn.c_attn.weight"], t[p + "attn.c_attn.bias"],
-                t[p + "attn.c_proj.weight"], t[p + "attn.c_proj.bias"],
-                t[p + "ln_2.weight"], t[p + "ln_2.bias"],
-                t[p + "mlp.c_fc.weight"], t[p + "mlp.c_fc.bias"],
-                t[p + "mlp.c_proj.weight"], t[p + "mlp.c_proj.bias"]))
+        return cls._from_tensors(cfg, load_gpt2_tensors(path, cfg))
+
+    @classmethod
+    def _from_tensors(cls, cfg, t):
+        blocks = [Block(**{field: t[f"h.{i}.{name}"] for field, name in _BLOCK_TENSORS})
+                  for i in range(cfg.n_layer)]
         return cls(cfg, t["wte.weight"], t["wpe.weight"], blocks,
                    t["ln_f.weight"], t["ln_f.bias"])
+
+    @classmethod
+    def random(cls, config, seed=0, scale=0.02):
+        """A randomly initialised model (GPT-2's init: N(0, 0.02) weights, perturbed
+        LayerNorms so that gamma != 1 and beta != 0 are exercised)."""
+        rng = np.random.default_rng(seed)
+        tensors = {name: (rng.standard_normal(shape) * scale).astype(np.float32)
+                   for name, shape in expected_shapes(config).items()}
+        for name, t in tensors.items():
+            if ".ln_" in name or name.startswith("ln_f"):
+                t *= 10  # spread 0.2 around the LayerNorm's own default
+                if name.endswith("weight"):
+                    t += 1.0
+        return cls._from_tensors(config, tensors)
+
+    def tensors(self):
+        """The weights as canonical-name -> float32 array (no `transformer.` prefix)."""
+        t = {"wte.weight": self.wte, "wpe.weight": self.wpe,
+             "ln_f.weight": self.ln_f_g, "ln_f.bias": self.ln_f_b}
+        for i, b in enumerate(self.blocks):
+            for field, name in _BLOCK_TENSORS:
+                t[f"h.{i}.{name}"] = getattr(b, field)
+        return t
+
+    def save_pretrained(self, path, layout="transformer"):
+        """Write `config.json` + `model.safetensors` that HF `transformers` loads.
+
+        layout "transformer" names tensors like save_pretrained does
+        (`transformer.h.0...`); "hub" like the original hub checkpoint
+        (`h.0...`, with the `h.N.attn.bias` causal-mask buffers).
+        """
+        from safetensors.numpy import save_file
+        if layout not in ("transformer", "hub"):
+            raise ValueError(f"layout must be 'transformer' or 'hub', got {layout!r}")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        prefix = "transformer." if layout == "transformer" else ""
+        out = {prefix + k: np.ascontiguousarray(v) for k, v in self.tensors().items()}
+        if layout == "hub":
+            P = self.config.n_positions
+            mask = np.tril(np.ones((P, P), dtype=np.float32))[None, None]
+            for i in range(self.config.n_layer):
+                out[f"h.{i}.attn.bias"] = mask
+        save_file(out, str(path / "model.safetensors"))
+        (path / "config.json").write_text(json.dumps(self.config.to_hf(), indent=2) + "\n")
 
     def check_ids(self, input_ids, offset=0):
         """Validate a 1-D sequence of token ids; returns it as an int64 array."""
