@@ -1,0 +1,599 @@
+"""Post-training quantisation of a float GPT-2 into the integer golden model.
+
+`QuantGPT2.from_float(gpt2, calib_ids)` calibrates activation scales on
+sample token ids and derives every integer parameter (docs/numerics.md §2-§8);
+this is the only place floats are used. The result runs entirely in integers
+(`gpt2accel.model.intmodel`), and `save`/`load` keep it in one safetensors
+file whose JSON metadata holds the scalars, so the compiler, the RTL tests
+and the hardware all read exactly the same numbers.
+"""
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import intmodel as im
+from .checkpoint import GPT2Config
+from .gpt2 import KVCache, sample_next
+from .intops import MAX_SHIFT, MULT_BITS
+
+__all__ = ["QuantFormatError", "QLinear", "QLayerNorm", "QAttention", "QBlock", "QuantGPT2",
+           "FORMAT_NAME", "FORMAT_VERSION", "mult_shift", "quantize_weight",
+           "quantize_bias", "exp2_table", "gelu_table", "layernorm_params",
+           "calibrate", "DEFAULTS"]
+
+FORMAT_NAME = "gpt2accel-int8"
+FORMAT_VERSION = 1
+
+#: Default quantisation choices (docs/numerics.md §9 gives the measurements).
+DEFAULTS = {"tile": 64, "frac_bits": 6, "resid_bits": 16, "logit_bits": 16,
+            "percentile": None, "logit_margin": 2.0}
+
+_LOG2E = 1.0 / math.log(2.0)
+
+
+class QuantFormatError(ValueError):
+    """A quantised-model file is missing, malformed or inconsistent."""
+
+
+# --------------------------------------------------------------------------- containers
+
+@dataclass
+class QLinear:
+    """§3: int8 weights [K, N], int32 bias [N], per-column requantiser to out_bits."""
+    w: np.ndarray
+    b: np.ndarray
+    mult: np.ndarray
+    shift: np.ndarray
+    out_bits: int = 8
+
+
+@dataclass
+class QLayerNorm:
+    """§6: int16 gamma, int64 beta (48-bit range), output shift and eps = eps_m * 2^eps_e."""
+    gamma: np.ndarray
+    beta: np.ndarray
+    out_shift: int
+    eps_m: int
+    eps_e: int
+
+
+@dataclass
+class QAttention:
+    """§4: score multiplier (to base-2 logits) and output requantiser (V avg -> int8)."""
+    score_mult: int
+    score_shift: int
+    out_mult: int
+    out_shift: int
+
+
+@dataclass
+class QBlock:
+    ln_1: QLayerNorm
+    attn_qkv: QLinear
+    attn: QAttention
+    attn_proj: QLinear
+    ln_2: QLayerNorm
+    fc: QLinear
+    gelu_table: np.ndarray
+    fc_proj: QLinear
+
+
+# --------------------------------------------------------------------------- §2 derivations
+
+def mult_shift(real):
+    """§2.2: (mult, shift) with mult * 2^-shift ~ real, mult in [2^14, 2^15) when possible.
+
+    real must be >= 0 and < 2^15. Multipliers too small for shift 47 keep
+    shift 47 and a smaller (possibly 0) mult. Returns int32 arrays.
+    """
+    real = np.asarray(real, dtype=np.float64)
+    if not np.all(np.isfinite(real)) or np.any(real < 0):
+        raise ValueError("requantiser multipliers must be finite and >= 0")
+    top = 1 << MULT_BITS
+    if np.any(np.rint(real) >= top):
+        raise ValueError(f"requantiser multiplier {real.max()} does not fit {MULT_BITS} bits")
+    with np.errstate(divide="ignore"):
+        exp = np.floor(np.log2(np.where(real > 0, real, 1.0)))
+    shift = np.clip((MULT_BITS - 1) - exp, 0, MAX_SHIFT).astype(np.int64)
+    mult = np.rint(real * np.exp2(shift)).astype(np.int64)
+    # rounding up to 2^15 (or log2 landing one low): renormalise by one bit
+    over = mult >= top
+    shift = np.where(over & (shift > 0), shift - 1, shift)
+    mult = np.where(over, np.rint(real * np.exp2(shift)), mult).astype(np.int64)
+    mult = np.minimum(mult, top - 1)
+    return mult.astype(np.int32), shift.astype(np.int32)
+
+
+def quantize_weight(w, axis=0):
+    """§2.1: symmetric int8 with one scale per slice along the reduction `axis`.
+
+    For a Conv1D weight [in, out] (axis=0) that is one scale per output column;
+    for wte [V, E] (axis=1) one per token row. Returns (int8 array, scales).
+    """
+    w = np.asarray(w, dtype=np.float64)
+    amax = np.abs(w).max(axis=axis)
+    scale = np.where(amax > 0, amax / 127.0, 1.0 / 127.0)
+    q = np.clip(np.rint(w / np.expand_dims(scale, axis)), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def quantize_bias(b, s_in, s_w):
+    """§3.1: int32 bias = round(b / (s_in * s_w[n])), clipped to +-2^30."""
+    q = np.rint(np.asarray(b, dtype=np.float64) / (s_in * s_w))
+    return np.clip(q, -(1 << 30), 1 << 30).astype(np.int32)
+
+
+def exp2_table(frac_bits):
+    """§4.3: uint8 [2^F]: round(255 * 2^(-f / 2^F)), f = 0 .. 2^F - 1 (ties to even)."""
+    f = np.arange(1 << frac_bits, dtype=np.float64)
+    return np.rint(im.EXP2_ONE * np.exp2(-f / (1 << frac_bits))).astype(np.uint8)
+
+
+def _gelu64(x):
+    """GPT-2's tanh GELU in float64 (table generation only)."""
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def gelu_table(s_in, s_out):
+    """§5: int8 [256]: entry i = sat8(round(gelu((i - 128) * s_in) / s_out))."""
+    x = (np.arange(256, dtype=np.float64) - 128.0) * s_in
+    return np.clip(np.rint(_gelu64(x) / s_out), -128, 127).astype(np.int8)
+
+
+def layernorm_params(gamma, beta, eps, s_in, s_out):
+    """§6.5/§6.3: integer gamma/beta/out_shift and eps mantissa/exponent for one LayerNorm."""
+    gamma = np.asarray(gamma, dtype=np.float64)
+    beta = np.asarray(beta, dtype=np.float64)
+    n = gamma.size
+    g_real = gamma * math.sqrt(n) / s_out
+    gmax = max(float(np.abs(g_real).max()), 1e-30)
+    # largest fractional-bit count keeping |G| < 2^15 and beta's 48-bit budget
+    frac = int(math.floor(math.log2((2 ** 15 - 1) / gmax)))
+    while np.abs(np.rint(g_real * 2.0 ** frac)).max() > 2 ** 15 - 1:
+        frac -= 1
+    frac = min(frac, 35 - im.LN_Z_FRAC)
+    out_shift = im.LN_Z_FRAC + frac
+    if out_shift < 1:
+        raise ValueError(f"LayerNorm gamma/scale ratio {gmax:.3g} too large for §6.5")
+    g_int = np.rint(g_real * 2.0 ** frac).astype(np.int16)
+    b_int = np.rint(np.clip(beta / s_out, -4096, 4096) * 2.0 ** out_shift).astype(np.int64)
+    # eps in units of the §6.3 sum of squares at k = 0: eps * N^3 / s_in^2
+    eps_real = eps * n ** 3 / s_in ** 2
+    eps_e = int(math.floor(math.log2(eps_real))) - (im.LN_EPS_BITS - 1)
+    eps_m = int(np.rint(eps_real / 2.0 ** eps_e))
+    if eps_m >= 1 << im.LN_EPS_BITS:
+        eps_m, eps_e = eps_m >> 1, eps_e + 1
+    return QLayerNorm(g_int, b_int, out_shift, eps_m, eps_e)
+
+
+def _linear(w, b, s_in, s_out, out_bits=8):
+    """§3: quantise one Conv1D layer; s_out is a scalar or per-column array."""
+    wq, s_w = quantize_weight(w, axis=0)
+    mult, shift = mult_shift(s_in * s_w / s_out)
+    return QLinear(wq, quantize_bias(b, s_in, s_w), mult, shift, out_bits)
+
+
+# --------------------------------------------------------------------------- §9 calibration
+
+def _as_sequences(calib_ids):
+    arr = calib_ids
+    if isinstance(arr, np.ndarray) and arr.ndim == 1:
+        return [arr]
+    if isinstance(arr, np.ndarray) and arr.ndim == 2:
+        return list(arr)
+    seqs = [np.asarray(s) for s in arr]
+    if seqs and seqs[0].ndim == 0:
+        return [np.asarray(arr)]
+    return seqs
+
+
+def calibrate(gpt2, calib_ids, percentile=None):
+    """§9: abs-max (or `percentile` of |x|) of every observed activation, per layer.
+
+    Returns {(name, layer): value}; the residual stream's value is the abs-max
+    over the embeddings and every residual point, under key ("resid", None).
+    Residual and logits always use the abs-max: clipping them saturates the
+    outlier channels the model relies on.
+    """
+    seqs = _as_sequences(calib_ids)
+    if not seqs:
+        raise ValueError("calibration needs at least one token sequence")
+    samples = {}
+
+    def observe(name, layer, x):
+        samples.setdefault((name, layer), []).append(np.abs(np.asarray(x, np.float64)).ravel())
+
+    for ids in seqs:
+        ids = gpt2.check_ids(ids)
+        observe("embed", None, gpt2.wte[ids] + gpt2.wpe[:ids.size])
+        gpt2.forward(ids, observe=observe)
+    stats = {}
+    for key, parts in samples.items():
+        a = np.concatenate(parts)
+        use_max = percentile is None or key[0] in ("embed", "resid", "resid_mid", "logits",
+                                                  "attn_proj", "fc_proj")
+        stats[key] = float(a.max() if use_max else np.percentile(a, percentile))
+    stats[("resid", None)] = max(v for (n, _), v in stats.items()
+                                 if n in ("embed", "resid", "resid_mid"))
+    return stats
+
+
+def _scale(amax, bits=8):
+    """Symmetric scale mapping amax to the largest `bits`-bit code."""
+    return max(amax, 1e-12) / ((1 << (bits - 1)) - 1)
+
+
+# --------------------------------------------------------------------------- the model
+
+class QuantGPT2:
+    """The integer GPT-2 golden model (docs/numerics.md).
+
+    Build with `from_float`, persist with `save`/`load`. `forward` returns the
+    integer logits; `logits` dequantises them; `generate` matches
+    `GPT2.generate`.
+    """
+
+    def __init__(self, config, meta, scales, exp2, wte, wte_mult, wte_shift, wpe, wpe_mult,
+                 wpe_shift, blocks, ln_f, lm_mult, lm_shift):
+        self.config = config
+        self.meta = dict(meta)
+        self.scales = dict(scales)
+        self.exp2 = exp2
+        self.wte, self.wte_mult, self.wte_shift = wte, wte_mult, wte_shift
+        self.wpe, self.wpe_mult, self.wpe_shift = wpe, wpe_mult, wpe_shift
+        self.blocks = blocks
+        self.ln_f = ln_f
+        self.lm_mult, self.lm_shift = lm_mult, lm_shift
+
+    # ---- properties of the numerics
+    @property
+    def tile(self):
+        return self.meta["tile"]
+
+    @property
+    def frac_bits(self):
+        return self.meta["frac_bits"]
+
+    @property
+    def resid_bits(self):
+        return self.meta["resid_bits"]
+
+    @property
+    def logit_bits(self):
+        return self.meta["logit_bits"]
+
+    @property
+    def logit_scale(self):
+        return self.scales["logits"]
+
+    # ---- quantisation
+    @classmethod
+    def from_float(cls, gpt2, calib_ids, *, tile=DEFAULTS["tile"],
+                   frac_bits=DEFAULTS["frac_bits"], resid_bits=DEFAULTS["resid_bits"],
+                   logit_bits=DEFAULTS["logit_bits"], percentile=DEFAULTS["percentile"],
+                   logit_margin=DEFAULTS["logit_margin"]):
+        """Quantise float `gpt2` (a `gpt2.GPT2`) with scales calibrated on `calib_ids`.
+
+        calib_ids: one 1-D id sequence or a list of them. See DEFAULTS and
+        docs/numerics.md §9 for the choices.
+        """
+        _check_params(tile, frac_bits, resid_bits, logit_bits)
+        cfg = gpt2.config
+        st = calibrate(gpt2, calib_ids, percentile)
+        s_res = _scale(st[("resid", None)], resid_bits)
+        scales = {"resid": s_res}
+        blocks = []
+        for i, b in enumerate(gpt2.blocks):
+            s = {n: _scale(st[(n, i)]) for n in ("ln_1", "q", "k", "v", "attn", "ln_2",
+                                                 "fc", "gelu")}
+            scales.update({f"h.{i}.{n}": v for n, v in s.items()})
+            e = cfg.n_embd
+            qkv_out = np.concatenate([np.full(e, s["q"]), np.full(e, s["k"]), np.full(e, s["v"])])
+            score_real = s["q"] * s["k"] / math.sqrt(cfg.d_head) * _LOG2E * 2.0 ** frac_bits
+            sm, ss = mult_shift(score_real)
+            om, osh = mult_shift(s["v"] / s["attn"] / 2.0 ** im.ATTN_AVG_FRAC)
+            blocks.append(QBlock(
+                ln_1=layernorm_params(b.ln_1_g, b.ln_1_b, cfg.layer_norm_epsilon, s_res, s["ln_1"]),
+                attn_qkv=_linear(b.attn_w, b.attn_b, s["ln_1"], qkv_out),
+                attn=QAttention(int(sm), int(ss), int(om), int(osh)),
+                attn_proj=_linear(b.attn_proj_w, b.attn_proj_b, s["attn"], s_res, resid_bits),
+                ln_2=layernorm_params(b.ln_2_g, b.ln_2_b, cfg.layer_norm_epsilon, s_res, s["ln_2"]),
+                fc=_linear(b.fc_w, b.fc_b, s["ln_2"], s["fc"]),
+                gelu_table=gelu_table(s["fc"], s["gelu"]),
+                fc_proj=_linear(b.fc_proj_w, b.fc_proj_b, s["gelu"], s_res, resid_bits)))
+        s_lnf = _scale(st[("ln_f", None)])
+        s_logit = _scale(st[("logits", None)] * logit_margin, logit_bits)
+        scales.update({"ln_f": s_lnf, "logits": s_logit})
+        wte, s_wte = quantize_weight(gpt2.wte, axis=1)
+        wpe, s_wpe = quantize_weight(gpt2.wpe, axis=1)
+        wte_mult, wte_shift = mult_shift(s_wte / s_res / 2.0 ** im.EMBED_PRESHIFT)
+        wpe_mult, wpe_shift = mult_shift(s_wpe / s_res / 2.0 ** im.EMBED_PRESHIFT)
+        lm_mult, lm_shift = mult_shift(s_lnf * s_wte / s_logit)
+        meta = {"tile": int(tile), "frac_bits": int(frac_bits), "resid_bits": int(resid_bits),
+                "logit_bits": int(logit_bits), "percentile": percentile}
+        return cls(cfg, meta, scales, exp2_table(frac_bits), wte, wte_mult, wte_shift,
+                   wpe, wpe_mult, wpe_shift, blocks,
+                   layernorm_params(gpt2.ln_f_g, gpt2.ln_f_b, cfg.layer_norm_epsilon,
+                                    s_res, s_lnf), lm_mult, lm_shift)
+
+    # ---- inference
+    def check_ids(self, input_ids, offset=0):
+        """Validate a 1-D sequence of token ids; returns it as an int64 array."""
+        ids = np.asarray(input_ids)
+        if ids.ndim != 1:
+            raise ValueError(f"input_ids must be a 1-D sequence, got shape {ids.shape}")
+        if ids.size == 0:
+            raise ValueError("input_ids is empty")
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"input_ids must be integers, got dtype {ids.dtype}")
+        v = self.config.vocab_size
+        if ids.min() < 0 or ids.max() >= v:
+            bad = ids[(ids < 0) | (ids >= v)][0]
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {v})")
+        if offset + ids.size > self.config.n_positions:
+            raise ValueError(f"sequence of {offset + ids.size} tokens is longer than the "
+                             f"model's context n_positions={self.config.n_positions}")
+        return ids.astype(np.int64)
+
+    def forward(self, input_ids, cache=None, observe=None, tile=None):
+        """Integer logits [T, vocab] (int32 holding logit_bits-wide values).
+
+        `cache` (a `gpt2.KVCache` holding int8 K/V) is continued and grown.
+        `tile` overrides the model's softmax tile (§4.4: results depend on it
+        once a row has more keys than one tile). `observe(name, layer, x)` sees
+        the integer intermediates under the float model's names.
+        """
+        cfg = self.config
+        obs = observe or (lambda name, layer, x: None)
+        tile = self.tile if tile is None else tile
+        offset = cache.length if cache is not None else 0
+        ids = self.check_ids(input_ids, offset)
+        rb = self.resid_bits
+        x = im.embed(ids, np.arange(offset, offset + ids.size), self.wte, self.wte_mult,
+                     self.wte_shift, self.wpe, self.wpe_mult, self.wpe_shift, rb)
+        obs("embed", None, x)
+        for i, b in enumerate(self.blocks):
+            h = _ln(x, b.ln_1, rb)
+            obs("ln_1", i, h)
+            qkv = im.linear(h, b.attn_qkv)
+            obs("qkv", i, qkv)
+            a = im.attention(qkv, cfg.n_head, b.attn, tile, self.exp2, self.frac_bits,
+                             cache, i)
+            obs("attn", i, a)
+            a = im.linear(a, b.attn_proj)
+            obs("attn_proj", i, a)
+            x = im.residual_add(x, a, rb)
+            obs("resid_mid", i, x)
+            h = _ln(x, b.ln_2, rb)
+            obs("ln_2", i, h)
+            h = im.linear(h, b.fc)
+            obs("fc", i, h)
+            h = im.gelu(h, b.gelu_table)
+            obs("gelu", i, h)
+            h = im.linear(h, b.fc_proj)
+            obs("fc_proj", i, h)
+            x = im.residual_add(x, h, rb)
+            obs("resid", i, x)
+        h = _ln(x, self.ln_f, rb)
+        obs("ln_f", None, h)
+        logits = im.lm_head(h, self.wte, self.lm_mult, self.lm_shift, self.logit_bits)
+        obs("logits", None, logits)
+        return logits
+
+    def logits_int(self, input_ids, tile=None):
+        """Integer logits [T, vocab] (full recompute)."""
+        return self.forward(input_ids, tile=tile)
+
+    def dequantize_logits(self, logits_int):
+        """Float32 logits = integer logits * the common logit scale (after the integer path)."""
+        return (np.asarray(logits_int, dtype=np.float64) * self.logit_scale).astype(np.float32)
+
+    def logits(self, input_ids, tile=None):
+        """Float32 logits [T, vocab]: the dequantised integer logits."""
+        return self.dequantize_logits(self.logits_int(input_ids, tile))
+
+    def generate(self, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, seed=None,
+                 on_token=None):
+        """As `GPT2.generate`: sample continuation ids with an int8 KV cache."""
+        ids = self.check_ids(prompt_ids)
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        total = ids.size + max_new_tokens
+        if total > self.config.n_positions:
+            raise ValueError(f"prompt ({ids.size}) + max_new_tokens ({max_new_tokens}) = "
+                             f"{total} exceeds the model's context "
+                             f"n_positions={self.config.n_positions}")
+        rng = np.random.default_rng(seed)
+        cache = KVCache(self.config.n_layer)
+        out = []
+        if max_new_tokens == 0:
+            return out
+        logits = self.dequantize_logits(self.forward(ids, cache)[-1])
+        for n in range(max_new_tokens):
+            token = sample_next(logits, temperature, top_k, rng)
+            out.append(token)
+            if on_token is not None:
+                on_token(token)
+            if n + 1 < max_new_tokens:
+                logits = self.dequantize_logits(self.forward([token], cache)[-1])
+        return out
+
+    # ---- persistence
+    def tensors(self):
+        """{name: array} of every integer tensor, as stored in the file."""
+        t = {"exp2_table": self.exp2, "wte": self.wte, "wte.mult": self.wte_mult,
+             "wte.shift": self.wte_shift, "wpe": self.wpe, "wpe.mult": self.wpe_mult,
+             "wpe.shift": self.wpe_shift, "lm_head.mult": self.lm_mult,
+             "lm_head.shift": self.lm_shift, "ln_f.gamma": self.ln_f.gamma,
+             "ln_f.beta": self.ln_f.beta}
+        for i, b in enumerate(self.blocks):
+            p = f"h.{i}."
+            for name in ("ln_1", "ln_2"):
+                ln = getattr(b, name)
+                t[p + name + ".gamma"], t[p + name + ".beta"] = ln.gamma, ln.beta
+            for name in ("attn_qkv", "attn_proj", "fc", "fc_proj"):
+                q = getattr(b, name)
+                for f in ("w", "b", "mult", "shift"):
+                    t[f"{p}{name}.{f}"] = getattr(q, f)
+            t[p + "gelu_table"] = b.gelu_table
+        return t
+
+    def _scalars(self):
+        def ln(x):
+            return {"out_shift": int(x.out_shift), "eps_m": int(x.eps_m), "eps_e": int(x.eps_e)}
+        layers = [{"ln_1": ln(b.ln_1), "ln_2": ln(b.ln_2),
+                   "attn": {k: int(getattr(b.attn, k)) for k in
+                            ("score_mult", "score_shift", "out_mult", "out_shift")}}
+                  for b in self.blocks]
+        return {"ln_f": ln(self.ln_f), "layers": layers}
+
+    def save(self, path):
+        """Write one safetensors file; scalars and metadata go in its JSON header."""
+        from safetensors.numpy import save_file
+        header = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
+                  "config": self.config.to_hf(), "meta": self.meta, "scales": self.scales,
+                  "scalars": self._scalars()}
+        tensors = {k: np.ascontiguousarray(v) for k, v in self.tensors().items()}
+        save_file(tensors, str(path), metadata={"gpt2accel": json.dumps(header)})
+
+    @classmethod
+    def load(cls, path):
+        """Read a file written by `save`; any inconsistency raises QuantFormatError."""
+        return _load(cls, Path(path))
+
+
+def _ln(x, ln, in_bits):
+    return im.layernorm(x, ln.gamma, ln.beta, ln.out_shift, ln.eps_m, ln.eps_e, in_bits)
+
+
+def _check_params(tile, frac_bits, resid_bits, logit_bits):
+    for name, v, lo, hi in (("tile", tile, 1, 1 << 20), ("frac_bits", frac_bits, 1, 10),
+                            ("resid_bits", resid_bits, 9, 32), ("logit_bits", logit_bits, 8, 32)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not lo <= v <= hi:
+            raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+
+
+# --------------------------------------------------------------------------- loading
+
+def _expected(cfg, meta):
+    """{tensor name: (dtype, shape, lo, hi)} for a model of this geometry."""
+    e, v, p, f = cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.d_ff
+    rb, lb = meta["resid_bits"], meta["logit_bits"]
+    i8, i16, i32, i64, u8 = np.int8, np.int16, np.int32, np.int64, np.uint8
+    mlo, mhi = 0, (1 << MULT_BITS) - 1
+    spec = {"exp2_table": (u8, (1 << meta["frac_bits"],), 0, 255),
+            "wte": (i8, (v, e), -128, 127), "wpe": (i8, (p, e), -128, 127),
+            "wte.mult": (i32, (v,), mlo, mhi), "wte.shift": (i32, (v,), 0, MAX_SHIFT),
+            "wpe.mult": (i32, (p,), mlo, mhi), "wpe.shift": (i32, (p,), 0, MAX_SHIFT),
+            "lm_head.mult": (i32, (v,), mlo, mhi), "lm_head.shift": (i32, (v,), 0, MAX_SHIFT)}
+
+    def ln(name):
+        spec[name + ".gamma"] = (i16, (e,), -(1 << 15), (1 << 15) - 1)
+        spec[name + ".beta"] = (i64, (e,), -(1 << 47), (1 << 47) - 1)
+
+    ln("ln_f")
+    for i in range(cfg.n_layer):
+        pre = f"h.{i}."
+        ln(pre + "ln_1")
+        ln(pre + "ln_2")
+        for name, k, n in (("attn_qkv", e, 3 * e), ("attn_proj", e, e), ("fc", e, f),
+                           ("fc_proj", f, e)):
+            spec[f"{pre}{name}.w"] = (i8, (k, n), -128, 127)
+            spec[f"{pre}{name}.b"] = (i32, (n,), -(1 << 31), (1 << 31) - 1)
+            spec[f"{pre}{name}.mult"] = (i32, (n,), mlo, mhi)
+            spec[f"{pre}{name}.shift"] = (i32, (n,), 0, MAX_SHIFT)
+        spec[pre + "gelu_table"] = (i8, (256,), -128, 127)
+    del rb, lb
+    return spec
+
+
+def _load(cls, path):
+    from safetensors import safe_open
+    if not path.is_file():
+        raise QuantFormatError(f"{path}: no such quantised-model file")
+    try:
+        with safe_open(str(path), framework="np") as fh:
+            header_text = (fh.metadata() or {}).get("gpt2accel")
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except QuantFormatError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for broken files
+        raise QuantFormatError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if header_text is None:
+        raise QuantFormatError(f"{path}: no 'gpt2accel' metadata; not a quantised GPT-2 file")
+    try:
+        header = json.loads(header_text)
+        if header.get("format") != FORMAT_NAME:
+            raise QuantFormatError(f"{path}: format {header.get('format')!r}, "
+                                   f"expected {FORMAT_NAME!r}")
+        if header.get("version") != FORMAT_VERSION:
+            raise QuantFormatError(f"{path}: format version {header.get('version')!r}, "
+                                   f"this code reads version {FORMAT_VERSION}")
+        hf = header["config"]
+        cfg = GPT2Config(hf["vocab_size"], hf["n_positions"], hf["n_embd"], hf["n_layer"],
+                         hf["n_head"], hf.get("n_inner"), hf["layer_norm_epsilon"])
+        meta, scales, scalars = header["meta"], header["scales"], header["scalars"]
+        _check_params(meta["tile"], meta["frac_bits"], meta["resid_bits"], meta["logit_bits"])
+        if not isinstance(scales.get("logits"), (int, float)) or not scales["logits"] > 0:
+            raise QuantFormatError(f"{path}: metadata lacks a positive 'logits' scale")
+        if len(scalars["layers"]) != cfg.n_layer:
+            raise QuantFormatError(f"{path}: {len(scalars['layers'])} layers of scalars, "
+                                   f"config says {cfg.n_layer}")
+    except QuantFormatError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise QuantFormatError(f"{path}: malformed metadata ({type(exc).__name__}: {exc})") \
+            from exc
+
+    spec = _expected(cfg, meta)
+    missing = sorted(set(spec) - set(tensors))
+    extra = sorted(set(tensors) - set(spec))
+    if missing or extra:
+        raise QuantFormatError(f"{path}: tensors missing {missing[:5]} / unexpected {extra[:5]}")
+    for name, (dtype, shape, lo, hi) in spec.items():
+        a = tensors[name]
+        if a.dtype != dtype or a.shape != shape:
+            raise QuantFormatError(f"{path}: tensor {name} is {a.dtype}{list(a.shape)}, "
+                                   f"expected {np.dtype(dtype)}{list(shape)}")
+        if a.size and (a.min() < lo or a.max() > hi):
+            raise QuantFormatError(f"{path}: tensor {name} has values outside [{lo}, {hi}]")
+
+    def ln(prefix, s):
+        try:
+            out_shift, eps_m, eps_e = int(s["out_shift"]), int(s["eps_m"]), int(s["eps_e"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise QuantFormatError(f"{path}: bad LayerNorm scalars for {prefix}: {s!r}") from exc
+        if not (1 <= out_shift <= 47 and 0 <= eps_m < (1 << im.LN_EPS_BITS)
+                and -200 <= eps_e <= 200):
+            raise QuantFormatError(f"{path}: LayerNorm scalars out of range for {prefix}: {s!r}")
+        return QLayerNorm(tensors[prefix + ".gamma"], tensors[prefix + ".beta"],
+                          out_shift, eps_m, eps_e)
+
+    def lin(prefix, out_bits):
+        return QLinear(*(tensors[f"{prefix}.{f}"] for f in ("w", "b", "mult", "shift")),
+                       out_bits)
+
+    blocks = []
+    rb = meta["resid_bits"]
+    for i, s in enumerate(scalars["layers"]):
+        p = f"h.{i}."
+        try:
+            att = QAttention(*(int(s["attn"][k]) for k in
+                               ("score_mult", "score_shift", "out_mult", "out_shift")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise QuantFormatError(f"{path}: bad attention scalars in layer {i}") from exc
+        for m_, s_ in ((att.score_mult, att.score_shift), (att.out_mult, att.out_shift)):
+            if not (0 <= m_ < (1 << MULT_BITS) and 0 <= s_ <= MAX_SHIFT):
+                raise QuantFormatError(f"{path}: attention multiplier out of range in layer {i}")
+        blocks.append(QBlock(ln(p + "ln_1", s.get("ln_1")), lin(p + "attn_qkv", 8), att,
+                             lin(p + "attn_proj", rb), ln(p + "ln_2", s.get("ln_2")),
+                             lin(p + "fc", 8), tensors[p + "gelu_table"], lin(p + "fc_proj", rb)))
+    return cls(cfg, meta, scales, tensors["exp2_table"], tensors["wte"], tensors["wte.mult"],
+               tensors["wte.shift"], tensors["wpe"], tensors["wpe.mult"], tensors["wpe.shift"],
+               blocks, ln("ln_f", scalars.get("ln_f")), tensors["lm_head.mult"],
+               tensors["lm_head.shift"])
