@@ -87,7 +87,7 @@ def mult_shift(real):
     """§2.2: (mult, shift) with mult * 2^-shift ~ real, mult in [2^14, 2^15) when possible.
 
     real must be >= 0 and < 2^15. Multipliers too small for shift 47 keep
-    shift 47 and a smaller (possibly 0) mult. Returns int32 arrays.
+    shift 47 and a smaller (possibly 0) mult; 0 gives (0, 0). Returns int32 arrays.
     """
     real = np.asarray(real, dtype=np.float64)
     if not np.all(np.isfinite(real)) or np.any(real < 0):
@@ -104,6 +104,7 @@ def mult_shift(real):
     shift = np.where(over & (shift > 0), shift - 1, shift)
     mult = np.where(over, np.rint(real * np.exp2(shift)), mult).astype(np.int64)
     mult = np.minimum(mult, top - 1)
+    shift = np.where(real == 0, 0, shift)  # a zero multiplier needs no shift
     return mult.astype(np.int32), shift.astype(np.int32)
 
 
