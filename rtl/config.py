@@ -1,0 +1,169 @@
+"""The engine configuration: one frozen object shared by RTL, cycle model and driver.
+
+Every quantity that the hardware, the cycle model (`gpt2accel.sim.matmul_cycles`)
+and the future compiler must agree on is either a field here or a method
+derived from the fields, so they cannot drift apart. Impossible
+configurations are refused at construction, naming the broken limit.
+"""
+from dataclasses import dataclass, field
+
+__all__ = ["EngineConfig", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """An engine configuration that the hardware cannot implement."""
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    #: Processing-element grid height: output rows computed per tile (rows of A).
+    rows: int = 8
+    #: Processing-element grid width: output columns per tile (columns of W).
+    cols: int = 8
+    #: Width of A elements. Signed mode sign-extends, unsigned mode zero-extends
+    #: to a_bits+1, so each PE multiplies (a_bits+1) x w_bits signed (9x8 fits an 18x18 DSP).
+    a_bits: int = 8
+    #: Width of W elements (signed).
+    w_bits: int = 8
+    #: Accumulator width; accumulation wraps at this width (two's complement).
+    acc_bits: int = 32
+    #: Requantiser multiplier width (unsigned) and largest right shift.
+    mult_bits: int = 15
+    max_shift: int = 47
+    #: Requantised output width (signed, saturating).
+    out_bits: int = 8
+    #: Memory word width in bytes. Must be a multiple of `cols`, at least 2*cols
+    #: (the W stream takes cols bytes/cycle; the rest carries A and parameters).
+    #: None picks 2*cols.
+    mem_bytes: int = None
+    #: Word-address width of the memory port and of every base/stride field.
+    addr_bits: int = 24
+    #: Largest K: depth of the A scratchpad (one resident row block of rows x max_k).
+    max_k: int = 3072
+    #: Largest M and N a command can carry (sizes the command fields).
+    max_m: int = 4096
+    max_n: int = 65535
+    #: Read requests in flight; must exceed the memory latency for full bandwidth.
+    max_outstanding: int = 8
+    #: Depth (memory words) of the W operand FIFO.
+    w_fifo_depth: int = 16
+    #: Tiles whose requantiser parameters may be buffered (issue run-ahead limit).
+    param_fifo_tiles: int = 8
+    #: Output buffer depth in tiles (of `rows` rows each) between drain and writer.
+    out_fifo_tiles: int = 4
+
+    def __post_init__(self):
+        if self.mem_bytes is None:
+            object.__setattr__(self, "mem_bytes", 2 * self.cols)
+        for name in [f.name for f in self.__dataclass_fields__.values()]:
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be an int, got {getattr(self, name)!r}")
+        self._check("rows", 1, 64)
+        self._check("cols", 1, 64)
+        self._check("a_bits", 2, 17, "A+1 bits must fit an 18-bit DSP port")
+        self._check("w_bits", 2, 18, "W must fit an 18-bit DSP port")
+        self._check("acc_bits", self.a_bits + self.w_bits + 1, 32,
+                    "raw outputs and biases are int32 words")
+        self._check("mult_bits", 1, 16, "mult occupies bits 0..15 of a parameter word")
+        self._check("max_shift", 0, 63)
+        self._check("out_bits", 2, self.acc_bits)
+        self._check("addr_bits", 8, 48)
+        self._check("max_k", 1, 1 << 16)
+        self._check("max_m", 1, 1 << 24)
+        self._check("max_n", 1, 1 << 24)
+        self._check("mem_bytes", 2 * self.cols, 256,
+                    "the W stream needs cols bytes/cycle plus headroom for A and parameters")
+        if self.mem_bytes % self.cols:
+            raise ConfigError(f"mem_bytes={self.mem_bytes} must be a multiple of cols={self.cols} "
+                              "so that W column tiles and output row segments align to words")
+        self._check("max_outstanding", 2, 64)
+        self._check("w_fifo_depth", 4, 1024)
+        self._check("param_fifo_tiles", 4, 64)
+        self._check("out_fifo_tiles", 2, 16)
+
+    def _check(self, name, lo, hi, why=""):
+        v = getattr(self, name)
+        if not lo <= v <= hi:
+            raise ConfigError(f"{name}={v} is outside the supported range {lo}..{hi}"
+                              + (f" ({why})" if why else ""))
+
+    # --- memory layout (shared with the compiler) -------------------------------
+
+    @property
+    def k_per_word(self):
+        """K steps of one W column tile packed in one memory word (cols bytes each)."""
+        return self.mem_bytes // self.cols
+
+    def a_words_per_row(self, k):
+        """Words of one A row (row-major, K bytes, padded to a word boundary)."""
+        return _ceil_div(k, self.mem_bytes)
+
+    def w_words_per_tile(self, k):
+        """Words of one W column tile: k rows of cols bytes, k_per_word rows per word."""
+        return _ceil_div(k, self.k_per_word)
+
+    @property
+    def param_bytes_per_tile(self):
+        """cols int32 biases, then cols uint32 {mult[0:15], shift[16:22]}."""
+        return 8 * self.cols
+
+    @property
+    def param_words_per_tile(self):
+        return _ceil_div(self.param_bytes_per_tile, self.mem_bytes)
+
+    def out_segment(self, raw):
+        """(bytes, tiles_per_word, words_per_tile) of one output row segment.
+
+        A row segment is the `cols` outputs one tile produces for one row:
+        int8 (cols bytes) or, with ``raw``, int32 little-endian (4*cols bytes).
+        Segments of column tile nt of a row sit at word ``nt // tiles_per_word``
+        byte lane ``(nt % tiles_per_word) * bytes`` when they fit a word, else at
+        words ``nt*words_per_tile ...`` .
+        """
+        seg = (4 if raw else 1) * self.cols
+        if seg <= self.mem_bytes:
+            return seg, self.mem_bytes // seg, 1
+        return seg, 1, _ceil_div(seg, self.mem_bytes)
+
+    def out_row_words(self, n, raw):
+        """Minimum output row stride (words) for an N-column result."""
+        seg, per_word, words = self.out_segment(raw)
+        tiles = _ceil_div(n, self.cols)
+        return _ceil_div(tiles, per_word) * words
+
+    # --- timing constants used by both RTL and cycle model ----------------------
+
+    #: Cycles from a feeder beat's scratchpad read to the array input (F0 -> F2).
+    FEED_LATENCY = 2
+    #: Requantiser pipeline depth.
+    REQUANT_LATENCY = 4
+
+    @property
+    def drain_latency(self):
+        """Array input of a tile's last beat -> its first drained row (aligned, registered)."""
+        return self.rows + self.cols + 1
+
+    def write_beats_per_row(self, raw):
+        return self.out_segment(raw)[2]
+
+    def min_tile_period(self, raw):
+        """Smallest spacing (cycles) between the first beats of consecutive tiles.
+
+        A tile shorter than this is padded with bubbles, because (1) a column
+        drains its `rows` shadow registers one per cycle, (2) the writer needs
+        rows*beats cycles per tile, (3) the output buffer must never hold more
+        than `out_fifo_tiles` tiles when nothing stalls, and (4) the read port
+        must deliver each tile's parameter words on top of its W words.
+        """
+        r, c = self.rows, self.cols
+        wb = r * self.write_beats_per_row(raw)
+        return max(r, wb + 2,
+                   _ceil_div(r + c + wb + 14, self.out_fifo_tiles - 1),
+                   2 * self.param_words_per_tile + 8)
+
+    def tile_period(self, k, raw):
+        return max(k, self.min_tile_period(raw))

@@ -1,0 +1,431 @@
+"""The matmul engine: one command computes a whole M x K x N int8 matmul.
+
+Blocks (see docs/architecture.md, "Matmul engine"):
+
+- issuer: walks the command's loop nest and sends read requests
+  (per row block: the A rows, then for every column tile its parameter
+  words and W words);
+- router: walks the same nest over the read responses and steers each word
+  to the A scratchpad, the parameter FIFO or the W FIFO;
+- feeder: turns the resident A block and the W stream into array beats
+  (one k-step for all rows/columns per cycle), padding short tiles;
+- SystolicArray -> Requantiser -> output FIFO -> writer, which emits one
+  write per output row segment.
+
+Every unit walks the loop nest with its own counters instead of passing
+tags around: responses come back in request order, and tiles leave the
+array in the order they entered.
+"""
+from amaranth.hdl import *
+from amaranth.lib import wiring, stream, data, fifo
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .config import EngineConfig
+from .systolic import SystolicArray
+from .requant import Requantiser
+
+__all__ = ["MatmulEngine", "command_layout", "read_request_layout",
+           "read_response_layout", "write_layout"]
+
+
+def command_layout(cfg: EngineConfig):
+    """One matmul: out[M, N] = A[M, K] @ W[K, N] (+ bias, requantised unless raw_out).
+
+    Addresses and strides are in memory words; see docs/architecture.md for the layout.
+    """
+    addr = unsigned(cfg.addr_bits)
+    return data.StructLayout({
+        "m": range(cfg.max_m + 1), "k": range(cfg.max_k + 1), "n": range(cfg.max_n + 1),
+        "a_base": addr, "a_stride": addr,
+        "w_base": addr, "p_base": addr,
+        "out_base": addr, "out_stride": addr,
+        "a_signed": 1, "raw_out": 1,
+    })
+
+
+def read_request_layout(cfg):
+    return data.StructLayout({"addr": unsigned(cfg.addr_bits)})
+
+
+def read_response_layout(cfg):
+    return data.StructLayout({"data": unsigned(8 * cfg.mem_bytes)})
+
+
+def write_layout(cfg):
+    return data.StructLayout({"addr": unsigned(cfg.addr_bits),
+                              "data": unsigned(8 * cfg.mem_bytes),
+                              "strb": unsigned(cfg.mem_bytes)})
+
+
+class MatmulEngine(wiring.Component):
+    """Tiled int8 matmul engine around a rows x cols systolic array.
+
+    Ports:
+    - ``cmd``: command stream (`command_layout`); accepted only when idle.
+    - ``rd_req`` / ``rd_resp``: memory reads; responses must return in
+      request order. At most ``cfg.max_outstanding`` requests are unanswered.
+    - ``wr``: memory writes with byte strobes.
+    - ``busy``: a command is running; ``done``: one-cycle pulse after its last
+      write was accepted.
+    """
+
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        super().__init__({
+            "cmd": In(stream.Signature(command_layout(cfg))),
+            "rd_req": Out(stream.Signature(read_request_layout(cfg))),
+            "rd_resp": In(stream.Signature(read_response_layout(cfg))),
+            "wr": Out(stream.Signature(write_layout(cfg))),
+            "busy": Out(1),
+            "done": Out(1),
+        })
+
+    @property
+    def latency(self):
+        """Last feeder beat of a tile -> its first row entering the output FIFO."""
+        c = self.cfg
+        return c.FEED_LATENCY + c.drain_latency + c.REQUANT_LATENCY
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.cfg
+        R, C, MB = c.rows, c.cols, c.mem_bytes
+        GW = c.k_per_word
+        PW = c.param_words_per_tile
+        cmd = Signal(command_layout(c))
+        busy = Signal()
+        m.d.comb += [self.busy.eq(busy), self.cmd.ready.eq(~busy)]
+        accept = self.cmd.valid & self.cmd.ready
+        with m.If(accept):
+            m.d.sync += [cmd.eq(self.cmd.payload), busy.eq(1)]
+        p = self.cmd.payload  # used at accept to initialise counters
+
+        # Per-command constants, registered at accept.
+        pad_len = Signal(range(max(c.min_tile_period(0), c.min_tile_period(1)) + 1))
+        with m.If(accept):
+            pmin = Mux(p.raw_out, c.min_tile_period(True), c.min_tile_period(False))
+            m.d.sync += pad_len.eq(Mux(p.k < pmin, pmin - p.k, 0))
+
+        # Block handshake flags around the single A scratchpad: a_empty lets
+        # the issuer fetch the next block, a_full lets the feeder use it.
+        a_empty = Signal(init=1)
+        a_full = Signal()
+        # Tiles whose parameters were requested but not yet consumed by the
+        # requantiser: bounds the parameter FIFO and the issuer's run-ahead.
+        tiles_ahead = Signal(range(c.param_fifo_tiles + 1))
+        tile_issue = Signal()
+        tile_drained = Signal()
+        m.d.sync += tiles_ahead.eq(tiles_ahead + tile_issue - tile_drained)
+        outstanding = Signal(range(c.max_outstanding + 1))
+        req_fire = self.rd_req.valid & self.rd_req.ready
+        resp_fire = self.rd_resp.valid & self.rd_resp.ready
+        m.d.sync += outstanding.eq(outstanding + req_fire - resp_fire)
+
+        # ---------------- A scratchpad, FIFOs --------------------------------
+        a_depth = c.a_words_per_row(c.max_k)
+        m.submodules.a_mem = a_mem = Memory(shape=R * 8 * MB, depth=a_depth, init=[])
+        a_wr = a_mem.write_port(granularity=8 * MB)
+        a_rd = a_mem.read_port(domain="sync", transparent_for=())
+        m.submodules.w_fifo = w_fifo = fifo.SyncFIFOBuffered(width=8 * MB, depth=c.w_fifo_depth)
+        param_width = 8 * c.param_bytes_per_tile
+        m.submodules.p_fifo = p_fifo = fifo.SyncFIFO(width=param_width, depth=c.param_fifo_tiles)
+        out_rows = c.out_fifo_tiles * R
+        m.submodules.o_fifo = o_fifo = fifo.SyncFIFOBuffered(width=32 * C, depth=out_rows + 1)
+
+        # ---------------- issuer ---------------------------------------------
+        with m.FSM(name="issuer"):
+            i_m0 = Signal.like(cmd.m)       # first row of the block
+            i_row = Signal(range(R))        # row within the block (A phase)
+            i_kk = Signal(range(c.max_k + MB + GW + 1))  # k offset of the current word
+            i_q = Signal(range(PW))         # parameter word within the tile
+            i_n0 = Signal.like(cmd.n)
+            i_row_addr = Signal(c.addr_bits)
+            i_a_ptr = Signal(c.addr_bits)
+            i_p_ptr = Signal(c.addr_bits)
+            i_w_ptr = Signal(c.addr_bits)
+            can_issue = outstanding < c.max_outstanding
+
+            def start_block(row_addr):
+                m.d.sync += [i_row.eq(0), i_kk.eq(0), i_row_addr.eq(row_addr),
+                             i_a_ptr.eq(row_addr), a_empty.eq(0)]
+
+            with m.State("IDLE"):
+                with m.If(accept):
+                    m.d.sync += i_m0.eq(0)
+                    start_block(p.a_base)
+                    m.next = "A"
+            with m.State("WAIT_A"):
+                with m.If(a_empty):
+                    start_block(i_row_addr)
+                    m.next = "A"
+            with m.State("A"):
+                m.d.comb += [self.rd_req.valid.eq(can_issue),
+                             self.rd_req.payload.addr.eq(i_a_ptr)]
+                with m.If(req_fire):
+                    m.d.sync += [i_a_ptr.eq(i_a_ptr + 1), i_kk.eq(i_kk + MB)]
+                    with m.If(i_kk + MB >= cmd.k):
+                        last_row = (i_row == R - 1) | (i_m0 + i_row + 1 >= cmd.m)
+                        with m.If(last_row):
+                            m.d.sync += [i_n0.eq(0), i_q.eq(0),
+                                         i_p_ptr.eq(cmd.p_base), i_w_ptr.eq(cmd.w_base)]
+                            m.next = "PARAM"
+                        with m.Else():
+                            m.d.sync += [i_row.eq(i_row + 1), i_kk.eq(0),
+                                         i_row_addr.eq(i_row_addr + cmd.a_stride),
+                                         i_a_ptr.eq(i_row_addr + cmd.a_stride)]
+            with m.State("PARAM"):
+                first = i_q == 0
+                m.d.comb += [self.rd_req.valid.eq(can_issue & (~first | (tiles_ahead < c.param_fifo_tiles))),
+                             self.rd_req.payload.addr.eq(i_p_ptr)]
+                with m.If(req_fire):
+                    m.d.comb += tile_issue.eq(first)
+                    m.d.sync += i_p_ptr.eq(i_p_ptr + 1)
+                    with m.If(i_q == PW - 1):
+                        m.d.sync += [i_q.eq(0), i_kk.eq(0)]
+                        m.next = "W"
+                    with m.Else():
+                        m.d.sync += i_q.eq(i_q + 1)
+            with m.State("W"):
+                m.d.comb += [self.rd_req.valid.eq(can_issue),
+                             self.rd_req.payload.addr.eq(i_w_ptr)]
+                with m.If(req_fire):
+                    m.d.sync += [i_w_ptr.eq(i_w_ptr + 1), i_kk.eq(i_kk + GW)]
+                    with m.If(i_kk + GW >= cmd.k):
+                        with m.If(i_n0 + C < cmd.n):
+                            m.d.sync += i_n0.eq(i_n0 + C)
+                            m.next = "PARAM"
+                        with m.Elif(i_m0 + R < cmd.m):
+                            # next block starts R rows further down
+                            m.d.sync += [i_m0.eq(i_m0 + R),
+                                         i_row_addr.eq(i_row_addr + cmd.a_stride)]
+                            m.next = "WAIT_A"
+                        with m.Else():
+                            m.next = "IDLE"
+
+        # ---------------- router ---------------------------------------------
+        p_buf = Signal(8 * MB * PW)
+        p_word = Signal(8 * MB * PW)
+        m.d.comb += [p_word.eq(Cat(p_buf[8 * MB:], self.rd_resp.payload.data)),
+                     p_fifo.w_data.eq(p_word[:param_width]),
+                     w_fifo.w_data.eq(self.rd_resp.payload.data),
+                     a_wr.addr.eq(0), a_wr.data.eq(self.rd_resp.payload.data.replicate(R))]
+        with m.FSM(name="router"):
+            r_m0 = Signal.like(cmd.m)
+            r_row = Signal(range(R))
+            r_j = Signal(range(a_depth + 1))
+            r_kk = Signal(range(c.max_k + MB + GW + 1))
+            r_q = Signal(range(PW))
+            r_n0 = Signal.like(cmd.n)
+            m.d.comb += a_wr.addr.eq(r_j)
+            with m.State("IDLE"):
+                with m.If(accept):
+                    m.d.sync += [r_m0.eq(0), r_row.eq(0), r_j.eq(0), r_kk.eq(0)]
+                    m.next = "A"
+            with m.State("A"):
+                m.d.comb += self.rd_resp.ready.eq(1)
+                with m.If(resp_fire):
+                    m.d.comb += a_wr.en.eq(1 << r_row)
+                    m.d.sync += [r_j.eq(r_j + 1), r_kk.eq(r_kk + MB)]
+                    with m.If(r_kk + MB >= cmd.k):
+                        m.d.sync += [r_j.eq(0), r_kk.eq(0), r_row.eq(r_row + 1)]
+                        with m.If((r_row == R - 1) | (r_m0 + r_row + 1 >= cmd.m)):
+                            m.d.sync += [a_full.eq(1), r_n0.eq(0), r_q.eq(0), r_row.eq(0)]
+                            m.next = "PARAM"
+            with m.State("PARAM"):
+                last_q = r_q == PW - 1
+                m.d.comb += [self.rd_resp.ready.eq(~last_q | p_fifo.w_rdy),
+                             p_fifo.w_en.eq(self.rd_resp.valid & last_q)]
+                with m.If(resp_fire):
+                    m.d.sync += [p_buf.eq(p_word), r_q.eq(r_q + 1)]
+                    with m.If(last_q):
+                        m.d.sync += [r_q.eq(0), r_kk.eq(0)]
+                        m.next = "W"
+            with m.State("W"):
+                m.d.comb += [self.rd_resp.ready.eq(w_fifo.w_rdy),
+                             w_fifo.w_en.eq(self.rd_resp.valid)]
+                with m.If(resp_fire):
+                    m.d.sync += r_kk.eq(r_kk + GW)
+                    with m.If(r_kk + GW >= cmd.k):
+                        with m.If(r_n0 + C < cmd.n):
+                            m.d.sync += r_n0.eq(r_n0 + C)
+                            m.next = "PARAM"
+                        with m.Elif(r_m0 + R < cmd.m):
+                            m.d.sync += [r_m0.eq(r_m0 + R), r_kk.eq(0), r_j.eq(0)]
+                            m.next = "A"
+                        with m.Else():
+                            m.next = "IDLE"
+
+        # ---------------- feeder ---------------------------------------------
+        # F0: decide the beat, read the scratchpad, pop W. F1: select lanes.
+        # F2: registered beat into the array.
+        credits = Signal(range(out_rows + 1), init=out_rows)
+        reserve = Signal()
+        o_pop = Signal()
+        m.d.sync += credits.eq(credits - Mux(reserve, R, 0) + o_pop)
+
+        f_beat = Signal()
+        f_last = Signal()
+        f_pop = Signal()
+        f_k = Signal(range(c.max_k + 1))
+        f_g = Signal(range(GW))
+        f_lane = Signal(range(MB))
+        f_entry = Signal(range(a_depth))
+        f_n0 = Signal.like(cmd.n)
+        f_m0 = Signal.like(cmd.m)
+        f_pad = Signal.like(pad_len)
+        m.d.comb += [a_rd.addr.eq(f_entry), a_rd.en.eq(1), w_fifo.r_en.eq(f_pop)]
+        def next_tile():
+            """Move the feeder to the next tile, or stop after the last one."""
+            with m.If(f_n0 + C < cmd.n):
+                m.d.sync += f_n0.eq(f_n0 + C)
+                m.next = "BEAT"
+            with m.Elif(f_m0 + R < cmd.m):
+                m.d.sync += [f_m0.eq(f_m0 + R), f_n0.eq(0)]
+                m.next = "BEAT"
+            with m.Else():
+                m.next = "IDLE"
+
+        with m.FSM(name="feeder"):
+            with m.State("IDLE"):
+                with m.If(accept):
+                    m.d.sync += [f_k.eq(0), f_g.eq(0), f_lane.eq(0), f_entry.eq(0),
+                                 f_n0.eq(0), f_m0.eq(0)]
+                    m.next = "BEAT"
+            with m.State("BEAT"):
+                ready = a_full & ((f_g != 0) | w_fifo.r_rdy) & ((f_k != 0) | (credits >= R))
+                m.d.comb += [f_beat.eq(ready), f_pop.eq(ready & (f_g == 0)),
+                             reserve.eq(ready & (f_k == 0)), f_last.eq(f_k + 1 == cmd.k)]
+                with m.If(ready):
+                    m.d.sync += [f_k.eq(f_k + 1), f_g.eq(Mux(f_g == GW - 1, 0, f_g + 1)),
+                                 f_lane.eq(Mux(f_lane == MB - 1, 0, f_lane + 1)),
+                                 f_entry.eq(f_entry + (f_lane == MB - 1))]
+                    with m.If(f_last):
+                        m.d.sync += [f_k.eq(0), f_g.eq(0), f_lane.eq(0), f_entry.eq(0),
+                                     f_pad.eq(pad_len)]
+                        with m.If(f_n0 + C >= cmd.n):
+                            # the scratchpad has been read for the last time
+                            m.d.sync += [a_full.eq(0), a_empty.eq(1)]
+                        final = (f_n0 + C >= cmd.n) & (f_m0 + R >= cmd.m)
+                        with m.If(final):
+                            m.next = "IDLE"
+                        with m.Elif(pad_len != 0):
+                            m.next = "PAD"
+                        with m.Else():
+                            next_tile()
+            with m.State("PAD"):
+                # bubbles keep short tiles >= min_tile_period apart
+                with m.If(f_pad > 1):
+                    m.d.sync += f_pad.eq(f_pad - 1)
+                with m.Else():
+                    next_tile()
+
+        # F1: lane selection from the scratchpad word and the held W word.
+        w_word = Signal(8 * MB)
+        with m.If(f_pop):
+            m.d.sync += w_word.eq(w_fifo.r_data)
+        f1_valid, f1_last = Signal(), Signal()
+        f1_lane = Signal.like(f_lane)
+        f1_g = Signal.like(f_g)
+        m.d.sync += [f1_valid.eq(f_beat), f1_last.eq(f_beat & f_last),
+                     f1_lane.eq(f_lane), f1_g.eq(f_g)]
+        a_width = c.a_bits + 1
+        m.submodules.array = array = SystolicArray(R, C, a_width, c.w_bits, c.acc_bits)
+        f2_valid, f2_last = Signal(), Signal()
+        m.d.sync += [f2_valid.eq(f1_valid), f2_last.eq(f1_last)]
+        m.d.comb += [array.valid.eq(f2_valid), array.last.eq(f2_last)]
+        w_lanes = w_word.word_select(f1_g, 8 * C)
+        for i in range(R):
+            byte = a_rd.data[i * 8 * MB:(i + 1) * 8 * MB].word_select(f1_lane, 8)
+            ext = Mux(cmd.a_signed, byte.as_signed(), byte.as_unsigned())
+            f2_a = Signal(signed(a_width), name=f"f2_a{i}")
+            m.d.sync += f2_a.eq(ext)
+            m.d.comb += array.a[i].eq(f2_a)
+        for j in range(C):
+            f2_w = Signal(signed(c.w_bits), name=f"f2_w{j}")
+            m.d.sync += f2_w.eq(w_lanes[8 * j:8 * j + c.w_bits].as_signed())
+            m.d.comb += array.w[j].eq(f2_w)
+
+        # ---------------- requantiser ----------------------------------------
+        m.submodules.requant = rq = Requantiser(
+            C, acc_width=c.acc_bits, mult_bits=c.mult_bits,
+            shift_bits=c.max_shift.bit_length(), out_bits=c.out_bits)
+        rq_row = Signal(range(R))
+        m.d.comb += [rq.valid.eq(array.out_valid), rq.raw.eq(cmd.raw_out)]
+        for j in range(C):
+            bias = p_fifo.r_data[32 * j:32 * j + 32]
+            q = p_fifo.r_data[32 * (C + j):32 * (C + j) + 32]
+            m.d.comb += [rq.acc[j].eq(array.out[j]), rq.bias[j].eq(bias[:c.acc_bits].as_signed()),
+                         rq.mult[j].eq(q[:c.mult_bits]), rq.shift[j].eq(q[16:16 + len(rq.shift[j])])]
+        with m.If(array.out_valid):
+            m.d.sync += rq_row.eq(Mux(rq_row == R - 1, 0, rq_row + 1))
+            with m.If(rq_row == R - 1):
+                # the tile's last row has taken its parameters
+                m.d.comb += [p_fifo.r_en.eq(1), tile_drained.eq(1)]
+        m.d.comb += [o_fifo.w_en.eq(rq.out_valid),
+                     o_fifo.w_data.eq(Cat(*[rq.out[j].as_unsigned() for j in range(C)]))]
+
+        # ---------------- writer ---------------------------------------------
+        # Rows of a tile leave the array bottom-first (row R-1 .. 0).
+        wr_row = Signal(range(R), init=R - 1)
+        wr_b = Signal(range(4 * C + 1))          # write beat within the row segment
+        wr_n_rem = Signal(range(c.max_n + 1))     # N - n0
+        wr_m_rem = Signal(range(c.max_m + 1))     # M - m0
+        wr_blk_top = Signal(c.addr_bits)         # address of row m0+R-1
+        wr_row_addr = Signal(c.addr_bits)
+        wr_seg_word = Signal(c.addr_bits)        # word offset of the segment in its row
+        wr_seg_g = Signal(range(MB))             # segment slot within the word
+        row_valid = wr_row < wr_m_rem
+        seg8, per8, words8 = c.out_segment(False)
+        seg32, per32, words32 = c.out_segment(True)
+        seg_per = Mux(cmd.raw_out, per32, per8)
+        seg_words = Mux(cmd.raw_out, words32, words8)
+        with m.If(accept):
+            top = p.out_base + p.out_stride * (R - 1)
+            m.d.sync += [wr_row.eq(R - 1), wr_b.eq(0), wr_n_rem.eq(p.n), wr_m_rem.eq(p.m),
+                         wr_blk_top.eq(top), wr_row_addr.eq(top),
+                         wr_seg_word.eq(0), wr_seg_g.eq(0)]
+
+        colmask = Cat(*[j < wr_n_rem for j in range(C)])
+        d8 = Cat(*[o_fifo.r_data[32 * j:32 * j + 8] for j in range(C)])
+        d8_word = (d8 << (wr_seg_g * 8 * seg8))[:8 * MB]
+        s8_word = (colmask << (wr_seg_g * seg8))[:MB]
+        d32 = o_fifo.r_data
+        s32 = Cat(*[colmask[j].replicate(4) for j in range(C)])
+        if per32 >= 1 and words32 == 1:
+            d32_word = (d32 << (wr_seg_g * 8 * seg32))[:8 * MB]
+            s32_word = (s32 << (wr_seg_g * seg32))[:MB]
+        else:
+            pad = 8 * MB * words32 - len(d32)
+            d32_word = Cat(d32, Const(0, pad)).word_select(wr_b, 8 * MB)
+            s32_word = Cat(s32, Const(0, pad // 8)).word_select(wr_b, MB)
+        m.d.comb += [self.wr.payload.addr.eq(wr_row_addr + wr_seg_word + wr_b),
+                     self.wr.payload.data.eq(Mux(cmd.raw_out, d32_word, d8_word)),
+                     self.wr.payload.strb.eq(Mux(cmd.raw_out, s32_word, s8_word)),
+                     self.wr.valid.eq(o_fifo.r_rdy & row_valid)]
+        advance = o_fifo.r_rdy & (self.wr.ready | ~row_valid)
+        done = Signal()
+        m.d.sync += done.eq(0)
+        m.d.comb += self.done.eq(done)
+        with m.If(advance):
+            m.d.sync += wr_b.eq(wr_b + 1)
+            with m.If(wr_b == seg_words - 1):
+                m.d.comb += [o_fifo.r_en.eq(1), o_pop.eq(1)]
+                m.d.sync += [wr_b.eq(0), wr_row.eq(wr_row - 1),
+                             wr_row_addr.eq(wr_row_addr - cmd.out_stride)]
+                with m.If(wr_row == 0):
+                    m.d.sync += [wr_row.eq(R - 1), wr_row_addr.eq(wr_blk_top)]
+                    with m.If(wr_n_rem > C):
+                        m.d.sync += wr_n_rem.eq(wr_n_rem - C)
+                        with m.If(wr_seg_g == seg_per - 1):
+                            m.d.sync += [wr_seg_g.eq(0), wr_seg_word.eq(wr_seg_word + seg_words)]
+                        with m.Else():
+                            m.d.sync += wr_seg_g.eq(wr_seg_g + 1)
+                    with m.Elif(wr_m_rem > R):
+                        nxt_top = wr_blk_top + cmd.out_stride * R
+                        m.d.sync += [wr_n_rem.eq(cmd.n), wr_m_rem.eq(wr_m_rem - R),
+                                     wr_seg_g.eq(0), wr_seg_word.eq(0),
+                                     wr_blk_top.eq(nxt_top), wr_row_addr.eq(nxt_top)]
+                    with m.Else():
+                        m.d.sync += [done.eq(1), busy.eq(0)]
+        return m
