@@ -22,7 +22,7 @@ __all__ = ["REF_MEM_LATENCY", "MemoryModel", "MatmulCase", "simulate"]
 
 #: Cycles from an accepted read request to its response being valid, for the
 #: reference (stall-free) memory the cycle model assumes.
-REF_MEM_LATENCY = 3
+from .matmul_cycles import REF_MEM_LATENCY  # noqa: E402  (one definition)
 
 
 @dataclass

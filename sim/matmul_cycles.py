@@ -1,0 +1,71 @@
+"""Cycle model of the matmul engine: exact RTL cycle counts from arithmetic.
+
+`matmul_cycles(cfg, M, K, N, raw)` predicts the cycles from the command's
+accept to its `done` pulse for a stall-free run behind the reference memory
+(every request accepted at once, response valid `latency` cycles later,
+writes always accepted). The tests check it against the RTL; the benchmark
+uses it for GPT-2-sized shapes that are far too large to simulate.
+
+Timeline per row block b (cycle 0 = command accept):
+
+- the issuer sends the block's A words from cycle X_b, one per cycle
+  (X_0 = 1; later blocks wait until the feeder has read the previous block);
+- the first tile's parameter words follow, then its first W word, whose
+  response reaches the feeder 2 cycles after arriving (FIFO latency);
+- the feeder then emits tiles back to back, one every P = max(K, min period)
+  cycles; the W stream runs ahead, so it never waits within a block;
+- the last tile's rows leave the array `drain` cycles after its last beat,
+  pass the requantiser and are written at `write_beats_per_row` per row.
+"""
+from dataclasses import dataclass
+
+from gpt2accel.rtl.config import EngineConfig
+
+__all__ = ["matmul_cycles", "MatmulCycles", "REF_MEM_LATENCY"]
+
+#: Memory latency of the reference memory model (request accept -> response valid).
+REF_MEM_LATENCY = 3
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class MatmulCycles:
+    cycles: int
+    macs: int          # useful multiply-accumulates, M*K*N
+    feed_cycles: int   # cycles in which the feeder presented a valid beat
+
+    def utilization(self, cfg):
+        return self.macs / (cfg.rows * cfg.cols * self.cycles)
+
+
+def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY):
+    if not (1 <= m <= cfg.max_m and 1 <= k <= cfg.max_k and 1 <= n <= cfg.max_n):
+        raise ValueError(f"shape {m}x{k}x{n} is outside the engine limits")
+    if latency >= cfg.max_outstanding:
+        raise ValueError("the model assumes max_outstanding > memory latency")
+    R, C = cfg.rows, cfg.cols
+    NT = _cdiv(n, C)
+    P = cfg.tile_period(k, raw)
+    pad = P - k
+    PW = cfg.param_words_per_tile
+    AW = cfg.a_words_per_row(k)
+    # fixed pipeline delays (see module docstring)
+    fifo = 2                                # W FIFO write -> readable
+    startup = PW + latency + fifo           # last A request -> first beat, minus one
+    tail = (cfg.FEED_LATENCY + cfg.drain_latency + cfg.REQUANT_LATENCY
+            + fifo + R * cfg.write_beats_per_row(raw))
+
+    x = 1                                   # first A request of block 0
+    last_beat = None
+    for b in range(_cdiv(m, R)):
+        rows = min(R, m - b * R)
+        start = x + rows * AW + startup
+        if last_beat is not None:
+            start = max(start, last_beat + pad + 1)
+        last_beat = start + (NT - 1) * P + k - 1
+        x = last_beat + 2
+    return MatmulCycles(cycles=last_beat + tail, macs=m * k * n,
+                        feed_cycles=_cdiv(m, R) * NT * k)

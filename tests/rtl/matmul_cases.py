@@ -1,0 +1,64 @@
+"""Random matmul cases and checking helpers shared by the engine tests.
+
+Seed: set GPT2ACCEL_SEED to replay a run; otherwise a fresh seed is drawn
+and reported in every failure message.
+"""
+import os
+import random
+
+import numpy as np
+
+from gpt2accel.model.intops import matmul_acc, matmul_requant
+from gpt2accel.sim.matmul_sim import MatmulCase
+
+
+def run_seed():
+    env = os.environ.get("GPT2ACCEL_SEED")
+    seed = int(env) if env else random.SystemRandom().randrange(1 << 31)
+    print(f"GPT2ACCEL_SEED={seed}")
+    return seed
+
+
+def _values(rng, shape, lo, hi):
+    """Uniform values with a good share of the extremes lo and hi."""
+    x = rng.integers(lo, hi + 1, shape)
+    pick = rng.random(shape)
+    x[pick < 0.1] = lo
+    x[pick > 0.9] = hi
+    return x
+
+
+def random_case(rng, cfg, max_m, max_k, max_n):
+    m = int(rng.integers(1, max_m + 1))
+    k = int(rng.integers(1, max_k + 1))
+    n = int(rng.integers(1, max_n + 1))
+    a_signed = bool(rng.integers(2))
+    raw = bool(rng.random() < 0.3)
+    a = _values(rng, (m, k), -128, 127) if a_signed else _values(rng, (m, k), 0, 255)
+    w = _values(rng, (k, n), -128, 127)
+    # biases from small to the full int32 range, so the bias add wraps too
+    bscale = [1 << 10, 1 << 20, 1 << 31][int(rng.integers(3))]
+    bias = rng.integers(-bscale, bscale, n)
+    mult = _values(rng, n, 0, (1 << 15) - 1)
+    shift = rng.integers(0, 48, n)
+    shift[rng.random(n) < 0.2] = rng.choice([0, 1, 47])
+    return MatmulCase(a, w, bias, mult, shift, a_signed, raw)
+
+
+def reference(case):
+    if case.raw:
+        return matmul_acc(case.a, case.w, case.bias, a_signed=case.a_signed)
+    return matmul_requant(case.a, case.w, case.bias, case.mult, case.shift,
+                          a_signed=case.a_signed)
+
+
+def check_results(cases, results, seed, what):
+    for i, (case, got) in enumerate(zip(cases, results)):
+        ref = reference(case)
+        if not np.array_equal(ref, got):
+            bad = np.argwhere(ref != got)
+            r, c = bad[0]
+            raise AssertionError(
+                f"{what}: case {i} {case.a.shape}x{case.w.shape} a_signed={case.a_signed} "
+                f"raw={case.raw}: {len(bad)} wrong outputs, first at [{r},{c}] "
+                f"got {got[r, c]} expected {ref[r, c]} (GPT2ACCEL_SEED={seed})")

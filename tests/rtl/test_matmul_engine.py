@@ -1,0 +1,99 @@
+"""Bit-exact engine runs against model.intops, with random stalls everywhere.
+
+One simulation per array configuration runs many commands back to back.
+"""
+import numpy as np
+import pytest
+
+from gpt2accel.rtl.config import EngineConfig
+from gpt2accel.sim.matmul_cycles import matmul_cycles
+from gpt2accel.sim.matmul_sim import MatmulCase, simulate
+
+from matmul_cases import check_results, random_case, run_seed
+
+# (config, number of random cases, largest M, K, N): >= 200 cases in all,
+# covering non-square arrays, several tiles per block and several blocks,
+# and both output segment layouts (raw int32 spanning words / sharing a word).
+CONFIGS = [
+    (EngineConfig(rows=2, cols=2), 80, 7, 24, 7),
+    (EngineConfig(rows=3, cols=2, mem_bytes=4), 70, 8, 20, 6),
+    (EngineConfig(rows=4, cols=4, mem_bytes=32), 60, 10, 20, 10),
+]
+
+
+@pytest.fixture(scope="module")
+def seed():
+    return run_seed()
+
+
+@pytest.mark.parametrize("cfg,count,mm,mk,mn", CONFIGS,
+                         ids=[f"{c.rows}x{c.cols}_mb{c.mem_bytes}" for c, *_ in CONFIGS])
+def test_random_with_stalls(cfg, count, mm, mk, mn, seed):
+    rng = np.random.default_rng([seed, cfg.rows, cfg.cols])
+    cases = [random_case(rng, cfg, mm, mk, mn) for _ in range(count)]
+    results, _, _ = simulate(cfg, cases, seed=seed, stall=0.3, jitter=4)
+    check_results(cases, results, seed, f"{cfg.rows}x{cfg.cols} with stalls")
+
+
+@pytest.mark.parametrize("cfg,count,mm,mk,mn", CONFIGS,
+                         ids=[f"{c.rows}x{c.cols}_mb{c.mem_bytes}" for c, *_ in CONFIGS])
+def test_cycle_model_matches_rtl(cfg, count, mm, mk, mn, seed):
+    """Stall-free runs take exactly the cycles the cycle model predicts."""
+    rng = np.random.default_rng([seed, cfg.rows, cfg.cols, 1])
+    cases = [random_case(rng, cfg, mm, mk, mn) for _ in range(20)]
+    # include shapes where K is below and above the minimum tile period
+    cases.append(random_case(rng, cfg, 2 * cfg.rows, 60, 2 * cfg.cols))
+    results, cycles, _ = simulate(cfg, cases, seed=seed)
+    check_results(cases, results, seed, "stall-free")
+    for case, got in zip(cases, cycles):
+        (m, k), n = case.a.shape, case.w.shape[1]
+        want = matmul_cycles(cfg, m, k, n, case.raw).cycles
+        assert got == want, (f"{m}x{k}x{n} raw={case.raw}: RTL {got} cycles, "
+                             f"model {want} (GPT2ACCEL_SEED={seed})")
+
+
+def test_accumulator_extremes():
+    """K = max_k with all-extreme operands: the largest products summed max_k
+    times, plus int32-extreme biases so the sum wraps; and saturating requant."""
+    cfg = EngineConfig(rows=2, cols=2, max_k=3072)
+    k = cfg.max_k
+    cases = []
+    # signed: (-128)*(-128) = 2**14 per step, the largest product
+    a = np.full((2, k), -128)
+    w = np.full((k, 2), -128)
+    w[:, 1] = 127
+    cases.append(MatmulCase(a, w, np.array([2**31 - 1, -2**31]), np.zeros(2, int),
+                            np.zeros(2, int), True, True))
+    # unsigned A: 255*(-128) is the most negative product
+    a = np.full((2, k), 255)
+    w = np.full((k, 2), -128)
+    w[:, 1] = 127
+    cases.append(MatmulCase(a, w, np.array([-2**31, 2**31 - 1]), np.zeros(2, int),
+                            np.zeros(2, int), False, True))
+    # requantised: full-scale mult with shift 0 saturates, shift 47 rounds
+    cases.append(MatmulCase(a, w, np.array([0, 5]), np.array([2**15 - 1, 2**15 - 1]),
+                            np.array([0, 47]), False, False))
+    results, _, _ = simulate(cfg, cases, seed=0, stall=0.1)
+    check_results(cases, results, 0, "extremes")
+    assert results[0][0, 0] == ((2**14 * k + 2**31 - 1 + 2**31) % 2**32) - 2**31
+
+
+@pytest.mark.slow
+def test_random_8x8_with_stalls(seed):
+    cfg = EngineConfig(rows=8, cols=8)
+    rng = np.random.default_rng([seed, 8])
+    cases = [random_case(rng, cfg, 20, 40, 20) for _ in range(40)]
+    results, cycles, _ = simulate(cfg, cases, seed=seed, stall=0.3, jitter=4)
+    check_results(cases, results, seed, "8x8 with stalls")
+
+
+@pytest.mark.slow
+def test_cycle_model_8x8(seed):
+    cfg = EngineConfig(rows=8, cols=8)
+    rng = np.random.default_rng([seed, 88])
+    cases = [random_case(rng, cfg, 20, 80, 20) for _ in range(20)]
+    results, cycles, _ = simulate(cfg, cases, seed=seed)
+    check_results(cases, results, seed, "8x8 stall-free")
+    for case, got in zip(cases, cycles):
+        (m, k), n = case.a.shape, case.w.shape[1]
+        assert got == matmul_cycles(cfg, m, k, n, case.raw).cycles
