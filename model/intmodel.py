@@ -20,7 +20,7 @@ __all__ = [
     "LN_D_BITS", "LN_ACC_BITS", "LN_RECIP_SHIFT", "LN_RECIP_BITS", "LN_Z_FRAC", "LN_EPS_BITS",
     "EMBED_PRESHIFT", "check_int", "bit_length",
     "matmul_requant", "linear", "residual_add", "embed", "gelu",
-    "isqrt", "layernorm", "attention_scores", "exp2_neg", "softmax_online",
+    "isqrt", "ln_k_min", "layernorm", "attention_scores", "exp2_neg", "softmax_online",
     "attention_normalize", "attention_head", "attention", "lm_head",
 ]
 
@@ -163,6 +163,11 @@ def _shift_signed(x, amount):
     return np.where(amount >= 0, left, right)
 
 
+def ln_k_min(eps_e):
+    """§6.2: smallest normalisation shift k, ceil((eps_e - 31) / 2), so eps_m * 2^(eps_e-2k) < 2^47."""
+    return -((31 - int(eps_e)) >> 1)
+
+
 def layernorm(x, gamma, beta, out_shift, eps_m, eps_e, in_bits):
     """§6: integer LayerNorm of `in_bits`-wide rows `x` [T, N] -> int8 [T, N].
 
@@ -181,14 +186,15 @@ def layernorm(x, gamma, beta, out_shift, eps_m, eps_e, in_bits):
     total = x.sum(axis=1, keepdims=True)
     d = n * x - total
     span = n * (x.max(axis=1, keepdims=True) - x.min(axis=1, keepdims=True))
-    # §6.2: normalise so the row's span has LN_D_BITS bits: |d_s| <= 2^15.
-    k = bit_length(span) - LN_D_BITS
+    # §6.2: normalise so the row's span has LN_D_BITS bits: |d_s| <= 2^15. The
+    # floor k_min keeps eps (scaled by 4^-k) below 2^47; a row it affects has a
+    # variance at least 16x below eps, and the fewer bits it keeps the smaller
+    # (relative to eps) its variance is, so the lost bits do not show.
+    k = np.maximum(bit_length(span) - LN_D_BITS, ln_k_min(eps_e))
     d_s = _shift_signed(d, -k)
-    # §6.3: sum of squares plus eps scaled by 4^-k, saturated to 48 bits.
+    # §6.3: sum of squares (<= N * 2^30) plus eps * 4^-k (< 2^47): < 2^48.
     sum_sq = (d_s * d_s).sum(axis=1, keepdims=True)
-    eps_term = np.minimum(_shift_signed(np.int64(eps_m), np.minimum(eps_e - 2 * k, 47)),
-                          (1 << (LN_ACC_BITS - 1)) - 1)
-    s2 = np.minimum(sum_sq + eps_term, (1 << LN_ACC_BITS) - 1)
+    s2 = sum_sq + _shift_signed(np.int64(eps_m), eps_e - 2 * k)
     # §6.4: one root and one rounded reciprocal per row.
     r = np.maximum(isqrt(s2), 1)
     inv = np.minimum(((np.int64(1) << LN_RECIP_SHIFT) + (r >> 1)) // r,

@@ -332,3 +332,20 @@ def test_lm_head_against_float():
     m, s = Q.mult_shift(s_x * s_wte / s_logit)
     logits = im.lm_head(x, wte, m, s, 16)
     assert np.abs(logits - ref / s_logit).max() <= 0.5 + 2 ** -15 * 32767
+
+
+@pytest.mark.parametrize("s_in", [1e-7, 1e-2, 3.0])
+def test_layernorm_eps_dominated_rows(s_in):
+    """Rows whose variance is comparable to or far below eps (ε saturation path, §6.3)."""
+    n = 64
+    rng = np.random.default_rng(11)
+    g = rng.normal(1, 0.2, n)
+    b = rng.normal(0, 0.2, n)
+    x = np.zeros((3, n), dtype=np.int64)
+    x[0, 0] = 1                                # span of one LSB
+    x[1] = rng.integers(-3, 4, n)
+    x[2] = rng.integers(-30000, 30000, n)
+    s_out = 0.02
+    p = Q.layernorm_params(g, b, 1e-5, s_in, s_out)
+    y = im.layernorm(x, p.gamma, p.beta, p.out_shift, p.eps_m, p.eps_e, 16)
+    assert np.abs(y - _ln_ref(x, g, b, 1e-5, s_in, s_out)).max() <= 0.6
