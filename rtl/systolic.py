@@ -13,20 +13,52 @@ from amaranth.hdl import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["ProcessingElement", "SystolicArray"]
+C0 = Const(0, 1)
+
+__all__ = ["pe_logic", "ProcessingElement", "SystolicArray"]
+
+
+def pe_logic(m, a_in, v_in, l_in, w_in, sh_in, shift, acc_width, name):
+    """Emit one processing element into module `m`; return its outputs.
+
+    Two internal stages: the product is registered (the DSP's output
+    register), then added into the accumulator. The operands and flags are
+    passed on through registers (the systolic shift). On a tile's last beat
+    the sum goes to the shadow register and the accumulator restarts at zero;
+    otherwise `shift` moves `sh_in` (the shadow above) into the shadow.
+
+    Returns (a_out, v_out, l_out, w_out, sh, capture); `capture` is high in
+    the cycle a finished sum enters the shadow register.
+
+    This is a function rather than a submodule so that the array is one
+    flat module: Amaranth's simulator runs a flat 8x8 array ~2.5x faster.
+    """
+    a_out = Signal.like(a_in, name=f"{name}_a")
+    v_out = Signal(name=f"{name}_v")
+    l_out = Signal(name=f"{name}_l")
+    w_out = Signal.like(w_in, name=f"{name}_w")
+    m.d.sync += [a_out.eq(a_in), v_out.eq(v_in), l_out.eq(l_in), w_out.eq(w_in)]
+
+    prod = Signal(signed(len(a_in) + len(w_in)), name=f"{name}_prod")
+    p_valid = Signal(name=f"{name}_pv")
+    p_last = Signal(name=f"{name}_pl")
+    m.d.sync += [prod.eq(a_in * w_in), p_valid.eq(v_in), p_last.eq(l_in)]
+
+    acc = Signal(signed(acc_width), name=f"{name}_acc")
+    sh = Signal(signed(acc_width), name=f"{name}_sh")
+    total = (acc + prod)[:acc_width].as_signed()  # two's-complement wrap
+    capture = p_valid & p_last
+    with m.If(p_valid):
+        m.d.sync += acc.eq(Mux(p_last, 0, total))
+    with m.If(capture):
+        m.d.sync += sh.eq(total)
+    with m.Elif(shift):
+        m.d.sync += sh.eq(sh_in)
+    return a_out, v_out, l_out, w_out, sh, capture
 
 
 class ProcessingElement(wiring.Component):
-    """One multiply-accumulate cell with a shadow register.
-
-    Two internal stages: the product is registered (maps onto the DSP's
-    output register), then added into the accumulator. The operand and flag
-    outputs are registered copies of the inputs (the systolic shift).
-
-    `capture` is high in the cycle the last product of a tile is summed into
-    the shadow register; the column controller watches it in the bottom row.
-    `shift` moves `sh_in` (the shadow of the PE above) into the shadow register.
-    """
+    """One multiply-accumulate cell with a shadow register (see `pe_logic`)."""
 
     def __init__(self, a_width, w_width, acc_width):
         self.acc_width = acc_width
@@ -41,24 +73,10 @@ class ProcessingElement(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.d.sync += [self.a_out.eq(self.a_in), self.v_out.eq(self.v_in),
-                     self.l_out.eq(self.l_in), self.w_out.eq(self.w_in)]
-
-        prod = Signal(signed(len(self.a_in) + len(self.w_in)))
-        p_valid = Signal()
-        p_last = Signal()
-        m.d.sync += [prod.eq(self.a_in * self.w_in), p_valid.eq(self.v_in), p_last.eq(self.l_in)]
-
-        acc = Signal(signed(self.acc_width))
-        total = Signal(signed(self.acc_width))
-        m.d.comb += [total.eq(acc + prod),  # truncating assignment = two's-complement wrap
-                     self.capture.eq(p_valid & p_last)]
-        with m.If(p_valid):
-            m.d.sync += acc.eq(Mux(p_last, 0, total))
-        with m.If(self.capture):
-            m.d.sync += self.sh.eq(total)
-        with m.Elif(self.shift):
-            m.d.sync += self.sh.eq(self.sh_in)
+        outs = pe_logic(m, self.a_in, self.v_in, self.l_in, self.w_in, self.sh_in,
+                        self.shift, self.acc_width, "pe")
+        ports = (self.a_out, self.v_out, self.l_out, self.w_out, self.sh, self.capture)
+        m.d.comb += [port.eq(val) for port, val in zip(ports, outs)]
         return m
 
 
@@ -106,48 +124,40 @@ class SystolicArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         R, C = self.rows, self.cols
-        pes = [[ProcessingElement(len(self.a[0]), len(self.w[0]), self.acc_width)
-                for _ in range(C)] for _ in range(R)]
-        for i in range(R):
-            for j in range(C):
-                m.submodules[f"pe_{i}_{j}"] = pes[i][j]
-
+        # Built row by row, column by column: PE(i, j) takes A and flags from
+        # PE(i, j-1), W from PE(i-1, j) and the shadow of PE(i-1, j).
         # Input skew: the k-th beat reaches PE(i, j) at cycle k + i + j.
-        for i in range(R):
-            pe = pes[i][0]
-            m.d.comb += [pe.a_in.eq(self._delay(m, self.a[i], i, f"a{i}")),
-                         pe.v_in.eq(self._delay(m, self.valid, i, f"v{i}")),
-                         pe.l_in.eq(self._delay(m, self.last, i, f"l{i}"))]
-            for j in range(1, C):
-                m.d.comb += [pes[i][j].a_in.eq(pes[i][j - 1].a_out),
-                             pes[i][j].v_in.eq(pes[i][j - 1].v_out),
-                             pes[i][j].l_in.eq(pes[i][j - 1].l_out)]
-        for j in range(C):
-            m.d.comb += pes[0][j].w_in.eq(self._delay(m, self.w[j], j, f"w{j}"))
-            for i in range(1, R):
-                m.d.comb += pes[i][j].w_in.eq(pes[i - 1][j].w_out)
+        a_row = [self._delay(m, self.a[i], i, f"a{i}") for i in range(R)]
+        v_row = [self._delay(m, self.valid, i, f"v{i}") for i in range(R)]
+        l_row = [self._delay(m, self.last, i, f"l{i}") for i in range(R)]
+        w_col = [self._delay(m, self.w[j], j, f"w{j}") for j in range(C)]
 
         # Per-column drain controller: started by the bottom PE's capture, it
         # emits the column's shadows bottom-first for `rows` cycles. Row i only
         # shifts while values from above it are still on their way out
         # (step < i), so a row may capture its next tile as early as `rows`
         # cycles after the previous capture.
-        col_valid, col_data = [], []
+        active = [Signal(name=f"drain{j}_active") for j in range(C)]
+        step = [Signal(range(R), name=f"drain{j}_step") for j in range(C)]
+        sh_col = [None] * C
+        capture_bottom = [None] * C
+        for i in range(R):
+            for j in range(C):
+                shift = (active[j] & (step[j] < i)) if i else C0
+                sh_in = sh_col[j] if i else Const(0, signed(self.acc_width))
+                a_out, v_out, l_out, w_out, sh, cap = pe_logic(
+                    m, a_row[i], v_row[i], l_row[i], w_col[j], sh_in, shift,
+                    self.acc_width, f"pe{i}_{j}")
+                a_row[i], v_row[i], l_row[i], w_col[j], sh_col[j] = a_out, v_out, l_out, w_out, sh
+                capture_bottom[j] = cap
         for j in range(C):
-            active = Signal(name=f"drain{j}_active")
-            step = Signal(range(R), name=f"drain{j}_step")
-            with m.If(pes[R - 1][j].capture):
-                m.d.sync += [active.eq(1), step.eq(0)]
-            with m.Elif(active):
-                m.d.sync += step.eq(step + 1)
-                with m.If(step == R - 1):
-                    m.d.sync += active.eq(0)
-            for i in range(R):
-                m.d.comb += pes[i][j].shift.eq(active & (step < i) if i else 0)
-                if i:
-                    m.d.comb += pes[i][j].sh_in.eq(pes[i - 1][j].sh)
-            col_valid.append(active)
-            col_data.append(pes[R - 1][j].sh)
+            with m.If(capture_bottom[j]):
+                m.d.sync += [active[j].eq(1), step[j].eq(0)]
+            with m.Elif(active[j]):
+                m.d.sync += step[j].eq(step[j] + 1)
+                with m.If(step[j] == R - 1):
+                    m.d.sync += active[j].eq(0)
+        col_valid, col_data = active, sh_col
 
         # Deskew: column j runs j cycles behind column 0.
         out_valid = self._delay(m, col_valid[C - 1], 0, "ov")
