@@ -118,6 +118,21 @@ class MatmulLayout:
             mem[addr:addr + len(blob)] = blob
         mem[self.out_base:self.end] = fill
 
+    def output_mask(self, cfg, words):
+        """Boolean [words, mem_bytes] mask of the bytes the engine must write."""
+        mask = np.zeros((words, cfg.mem_bytes), bool)
+        seg, per_word, nwords = cfg.out_segment(self.raw)
+        esize = 4 if self.raw else 1
+        for nt in range(-(-self.n // cfg.cols)):
+            cols = min(cfg.cols, self.n - nt * cfg.cols)
+            word, lane = (nt // per_word, (nt % per_word) * seg) if nwords == 1 else (nt * nwords, 0)
+            for r in range(self.m):
+                flat = mask[self.out_base + r * self.out_stride + word:][:nwords].reshape(-1)
+                flat[lane:lane + cols * esize] = True
+                mask[self.out_base + r * self.out_stride + word:][:nwords] = \
+                    flat.reshape(nwords, cfg.mem_bytes)
+        return mask
+
     def result(self, cfg, mem):
         return unpack_out(cfg, mem, self.out_base, self.out_stride, self.m, self.n, self.raw)
 

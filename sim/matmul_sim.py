@@ -51,6 +51,8 @@ class MemoryModel:
         self.latency, self.stall, self.jitter = latency, stall, jitter
         self.rng = rng or random.Random(0)
         self.reads = self.writes = 0
+        #: bytes written so far, to catch stray or missing writes
+        self.written = np.zeros(self.mem.shape, bool)
 
     def _word(self, addr):
         return int.from_bytes(self.mem[addr].tobytes(), "little")
@@ -59,6 +61,7 @@ class MemoryModel:
         b = np.frombuffer(value.to_bytes(self.cfg.mem_bytes, "little"), np.uint8)
         mask = np.array([(strb >> i) & 1 for i in range(self.cfg.mem_bytes)], bool)
         self.mem[addr][mask] = b[mask]
+        self.written[addr] |= mask
 
     def _chance(self):
         return self.stall > 0 and self.rng.random() < self.stall
@@ -174,4 +177,10 @@ def simulate(cfg: EngineConfig, cases, *, seed=0, stall=0.0, jitter=0,
     sim.run()
     stats["wall_s"] = time.perf_counter() - t0
     stats["reads"], stats["writes"] = memory.reads, memory.writes
+    expected = np.zeros(memory.mem.shape, bool)
+    for lay in lays:
+        expected |= lay.output_mask(cfg, len(memory.mem))
+    # bytes written outside the results, and result bytes never written
+    stats["stray_bytes"] = int((memory.written & ~expected).sum())
+    stats["missing_bytes"] = int((expected & ~memory.written).sum())
     return results, cycles, stats

@@ -31,8 +31,10 @@ def seed():
 def test_random_with_stalls(cfg, count, mm, mk, mn, seed):
     rng = np.random.default_rng([seed, cfg.rows, cfg.cols])
     cases = [random_case(rng, cfg, mm, mk, mn) for _ in range(count)]
-    results, _, _ = simulate(cfg, cases, seed=seed, stall=0.3, jitter=4)
+    results, _, stats = simulate(cfg, cases, seed=seed, stall=0.3, jitter=4)
     check_results(cases, results, seed, f"{cfg.rows}x{cfg.cols} with stalls")
+    # byte strobes: exactly the result bytes were written, nothing else
+    assert stats["stray_bytes"] == 0 and stats["missing_bytes"] == 0, (stats, seed)
 
 
 @pytest.mark.parametrize("cfg,count,mm,mk,mn", CONFIGS,
