@@ -1,0 +1,342 @@
+"""The online-softmax unit of the attention engine (numerics §4.2 - §4.4).
+
+It turns raw attention scores S (the array's int32 output for one key tile)
+into unsigned 8-bit probabilities P and the per-row rescale shift `delta`,
+exactly as `model.intmodel.softmax_online` does, one tile row at a time,
+`lanes` scores per cycle:
+
+    t      = sat24(round_shift(S * score_mult, score_shift))     (§4.2)
+    m_tile = ceil(max over visible keys of t / 2^F)
+    M_new  = max(M, m_tile)  (m_tile for the row's first tile)
+    delta  = min(M_new - M, 32)  (0 for the first tile)
+    p      = round_shift(exp2_table[d mod 2^F], min(d >> F, 9)),  d = M_new*2^F - t
+    L      = round_shift(L, delta) + sum(p)
+
+A row needs its maximum before any of its probabilities, so every row is
+handled in two passes that overlap across rows (double-buffered row store):
+
+- front (pass 1): scale and saturate the scores, apply the causal mask,
+  write t and the visibility bit into one half of the row store and reduce
+  the row maximum;
+- back (pass 2): read the other half, compute p through the exp2 ROM, sum L.
+
+The per-row state (M, "seen", L) of the `rows` rows of a query block lives
+in small memories indexed by the row number, so rows may come in any order
+(the array drains bottom row first). State is reset by the row's first key
+tile (k0 == 0): tiles are aligned to key 0, which every query sees.
+Both passes are pipelines with one global enable each, so a stall on either
+stream freezes them in place and no beat is lost or duplicated.
+"""
+from amaranth.hdl import *
+from amaranth.lib import wiring, stream, data
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from gpt2accel.model import intmodel as im
+from gpt2accel.model import quant
+
+from .attention_config import AttentionConfig
+
+__all__ = ["SoftmaxUnit", "score_layout", "prob_layout", "max_tree", "sum_tree"]
+
+
+def score_layout(cfg: AttentionConfig):
+    """One input beat: `lanes` raw scores of one tile row, plus the row's context.
+
+    Every row is exactly `cfg.beats_per_row` beats; lane l of beat b holds key
+    ``k0 + b*lanes + l``. The context fields must be equal on all beats of a row.
+
+    - ``row``: the query's row within its block (selects the row state);
+    - ``qpos``: the query's absolute position; key j is visible iff j <= qpos;
+    - ``k0``: first key of the tile (a multiple of `tile`); 0 starts a new row;
+    - ``n_keys``: keys present in this tile (lanes at or past it are ignored);
+    - ``mult``, ``shift``: the score requantiser (§4.2).
+    """
+    e = cfg.engine
+    return data.StructLayout({
+        "s": data.ArrayLayout(signed(e.acc_bits), cfg.lanes),
+        "row": range(cfg.rows),
+        "qpos": unsigned(cfg.pos_bits),
+        "k0": unsigned(cfg.pos_bits),
+        "n_keys": range(cfg.tile + 1),
+        "mult": unsigned(e.mult_bits),
+        "shift": range(e.max_shift + 1),
+    })
+
+
+def prob_layout(cfg: AttentionConfig):
+    """One output beat: `lanes` probabilities of one tile row.
+
+    ``delta`` (the shift to apply to the row's O and L before adding this
+    tile) and ``m`` (the running max after this tile) are valid on every beat;
+    ``l_sum`` (the row's L after this tile) on the beat with ``last`` set.
+    Masked keys have p = 0.
+    """
+    return data.StructLayout({
+        "p": data.ArrayLayout(unsigned(8), cfg.lanes),
+        "row": range(cfg.rows),
+        "last": 1,
+        "delta": range(33),
+        "m": signed(cfg.m_bits),
+        "l_sum": unsigned(32),
+    })
+
+
+def max_tree(values):
+    """Balanced reduction tree of Amaranth maxima (signed values)."""
+    values = list(values)
+    while len(values) > 1:
+        nxt = [Mux(a > b, a, b) for a, b in zip(values[::2], values[1::2])]
+        if len(values) % 2:
+            nxt.append(values[-1])
+        values = nxt
+    return values[0]
+
+
+def sum_tree(values):
+    """Balanced adder tree (widths grow one bit per level)."""
+    values = list(values)
+    while len(values) > 1:
+        nxt = [a + b for a, b in zip(values[::2], values[1::2])]
+        if len(values) % 2:
+            nxt.append(values[-1])
+        values = nxt
+    return values[0]
+
+
+def _round_shift(x, sh, width):
+    """round_shift(x, sh) (half up) of a signed value, computed in `width` bits."""
+    half = (Const(1, width) << sh) >> 1
+    return (x.as_signed() + half.as_signed()) >> sh
+
+
+class SoftmaxUnit(wiring.Component):
+    """Scores in, probabilities out; see the module docstring.
+
+    Ports:
+    - ``scores``: `score_layout` stream, one tile row every `beats_per_row` beats;
+    - ``probs``: `prob_layout` stream, the same rows in the same order.
+
+    Throughput: one beat per cycle in steady state on both sides.
+    Latency: `latency` cycles from accepting a row's last score beat to its
+    first probability beat being valid (no stalls).
+
+    `table` is the exp2 ROM content (default `quant.exp2_table(frac_bits)`).
+    """
+
+    #: front: F1 (product), F2 (t, row store write); back: S0 issue, S1, S2, S3 = output
+    latency = 6
+
+    def __init__(self, cfg: AttentionConfig, table=None):
+        self.cfg = cfg
+        if table is None:
+            table = quant.exp2_table(cfg.frac_bits)
+        table = [int(x) for x in table]
+        if len(table) != 1 << cfg.frac_bits or not all(0 <= x <= 255 for x in table):
+            raise ValueError(f"exp2 table must hold 2^{cfg.frac_bits} values in 0..255")
+        self.table = table
+        super().__init__({
+            "scores": In(stream.Signature(score_layout(cfg))),
+            "probs": Out(stream.Signature(prob_layout(cfg))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c, e = self.cfg, self.cfg.engine
+        L, F, R, BPR = c.lanes, c.frac_bits, c.rows, c.beats_per_row
+        SB = im.SCORE_BITS
+        t_lo, t_hi = -(1 << (SB - 1)), (1 << (SB - 1)) - 1
+        prod_w = e.acc_bits + e.mult_bits          # signed S x unsigned mult
+
+        # ---------------- memories ---------------------------------------------
+        # Row store: two halves of BPR words, each word = lanes x (t, visible).
+        elem = data.StructLayout({"t": signed(SB), "vis": 1})
+        m.submodules.store = store = Memory(
+            shape=data.ArrayLayout(elem, L), depth=2 * BPR, init=[])
+        st_w = store.write_port()
+        st_r = store.read_port(transparent_for=())
+        # Per-row running max M and whether the row has seen a key yet.
+        mstate = data.StructLayout({"m": signed(c.m_bits), "seen": 1})
+        m.submodules.mmem = mmem = Memory(shape=mstate, depth=R, init=[])
+        mm_w = mmem.write_port()
+        mm_r = mmem.read_port(transparent_for=(mm_w,))
+        # Per-row running sum L.
+        m.submodules.lmem = lmem = Memory(shape=unsigned(32), depth=R, init=[])
+        lm_w = lmem.write_port()
+        lm_r = lmem.read_port(transparent_for=(lm_w,))
+        # exp2 ROM, one read port per lane.
+        m.submodules.rom = rom = Memory(shape=unsigned(8), depth=1 << F, init=self.table)
+        rom_r = [rom.read_port() for _ in range(L)]
+
+        # Handshake between the passes: full[h] = half h holds a complete row
+        # that the back pass has not finished reading. desc[h] describes it.
+        desc_layout = data.StructLayout({
+            "row": range(R), "m_tile": signed(c.m_bits), "vis": 1, "first": 1})
+        full = Signal(2)
+        desc = [Signal(desc_layout, name=f"desc{h}") for h in range(2)]
+        set_full = Signal(2)
+        clr_full = Signal(2)
+        m.d.sync += full.eq((full | set_full) & ~clr_full)
+
+        # ---------------- front pass ----------------------------------------------
+        # F2 may only write into a half the back pass has released.
+        f2_valid = Signal()
+        h_w = Signal()
+        en_f = Signal()
+        m.d.comb += en_f.eq(~(f2_valid & full.bit_select(h_w, 1)))
+        m.d.comb += self.scores.ready.eq(en_f)
+
+        inb = self.scores.payload
+        in_beat = Signal(range(BPR))
+        take = self.scores.valid & en_f
+        with m.If(take):
+            m.d.sync += in_beat.eq(Mux(in_beat == BPR - 1, 0, in_beat + 1))
+
+        # F1: S * mult (DSP), visibility of each lane's key.
+        f1_valid = Signal()
+        f1_prod = [Signal(signed(prod_w), name=f"f1_prod{l}") for l in range(L)]
+        f1_vis = Signal(L)
+        f1_shift = Signal.like(inb.shift)
+        f1_beat = Signal.like(in_beat)
+        f1_row = Signal.like(inb.row)
+        f1_first = Signal()
+        with m.If(en_f):
+            m.d.sync += [f1_valid.eq(self.scores.valid), f1_shift.eq(inb.shift),
+                         f1_beat.eq(in_beat), f1_row.eq(inb.row), f1_first.eq(inb.k0 == 0)]
+            for l in range(L):
+                col = in_beat * L + l
+                vis = (col < inb.n_keys) & (inb.k0 + col <= inb.qpos)
+                m.d.sync += [f1_prod[l].eq(inb.s[l] * inb.mult), f1_vis[l].eq(vis)]
+
+        # F2: round, shift, saturate to t (24 bits).
+        f2_t = [Signal(signed(SB), name=f"f2_t{l}") for l in range(L)]
+        f2_vis = Signal(L)
+        f2_beat = Signal.like(in_beat)
+        f2_row = Signal.like(f1_row)
+        f2_first = Signal()
+        with m.If(en_f):
+            m.d.sync += [f2_valid.eq(f1_valid), f2_vis.eq(f1_vis), f2_beat.eq(f1_beat),
+                         f2_row.eq(f1_row), f2_first.eq(f1_first)]
+            for l in range(L):
+                q = _round_shift(f1_prod[l], f1_shift, prod_w + 1)
+                m.d.sync += f2_t[l].eq(Mux(q > t_hi, t_hi, Mux(q < t_lo, t_lo, q)))
+
+        # F2 also writes the row store and reduces the row maximum.
+        m.d.comb += [st_w.addr.eq(f2_beat + Mux(h_w, BPR, 0)), st_w.en.eq(en_f & f2_valid)]
+        for l in range(L):
+            m.d.comb += [st_w.data[l].t.eq(f2_t[l]), st_w.data[l].vis.eq(f2_vis[l])]
+        beat_max = max_tree([Mux(f2_vis[l], f2_t[l], t_lo) for l in range(L)])
+        run_max = Signal(signed(SB))
+        run_vis = Signal()
+        row_max = Mux(f2_beat == 0, beat_max, Mux(run_max > beat_max, run_max, beat_max))
+        row_vis = f2_vis.any() | ((f2_beat != 0) & run_vis)
+        with m.If(en_f & f2_valid):
+            m.d.sync += [run_max.eq(row_max), run_vis.eq(row_vis)]
+            with m.If(f2_beat == BPR - 1):
+                # ceil(max / 2^F): the tile max rounded up to a whole power of two
+                m_tile = (row_max + ((1 << F) - 1)) >> F
+                for h in range(2):
+                    with m.If(h_w == h):
+                        m.d.sync += [desc[h].row.eq(f2_row), desc[h].m_tile.eq(m_tile),
+                                     desc[h].vis.eq(row_vis), desc[h].first.eq(f2_first)]
+                m.d.comb += set_full.eq(Mux(h_w, 0b10, 0b01))
+                m.d.sync += h_w.eq(~h_w)
+
+        # ---------------- back pass -----------------------------------------------
+        out_valid = Signal()
+        en_b = Signal()
+        m.d.comb += [en_b.eq(~out_valid | self.probs.ready), self.probs.valid.eq(out_valid)]
+
+        # S0: issue the row store read (and, on a row's first beat, the M read).
+        h_r = Signal()
+        rd_beat = Signal(range(BPR))
+        s0_valid = full.bit_select(h_r, 1)
+        s0_desc = Signal(desc_layout)
+        m.d.comb += s0_desc.eq(Mux(h_r, desc[1], desc[0]))
+        m.d.comb += [st_r.addr.eq(rd_beat + Mux(h_r, BPR, 0)), st_r.en.eq(en_b)]
+        m.d.comb += [mm_r.addr.eq(s0_desc.row), mm_r.en.eq(en_b & s0_valid & (rd_beat == 0))]
+        with m.If(en_b & s0_valid):
+            m.d.sync += rd_beat.eq(Mux(rd_beat == BPR - 1, 0, rd_beat + 1))
+            with m.If(rd_beat == BPR - 1):
+                m.d.comb += clr_full.eq(Mux(h_r, 0b10, 0b01))
+                m.d.sync += h_r.eq(~h_r)
+
+        # S1: row store word and row state available: M_new, delta, exp2 argument.
+        s1_valid = Signal()
+        s1_desc = Signal(desc_layout)
+        s1_last = Signal()
+        with m.If(en_b):
+            m.d.sync += [s1_valid.eq(s0_valid), s1_desc.eq(s0_desc),
+                         s1_last.eq(rd_beat == BPR - 1)]
+        seen = mm_r.data.seen & ~s1_desc.first
+        m_old = mm_r.data.m
+        m_grow = Mux(m_old > s1_desc.m_tile, m_old, s1_desc.m_tile)
+        m_new = Signal(signed(c.m_bits))
+        m.d.comb += m_new.eq(Mux(s1_desc.vis, Mux(seen, m_grow, s1_desc.m_tile), m_old))
+        diff = Signal(signed(c.m_bits + 1))
+        m.d.comb += diff.eq(m_new - m_old)
+        delta = Mux(seen & s1_desc.vis, Mux(diff > 32, 32, diff), 0)
+        # Writing on every beat of the row is idempotent and lets the next row
+        # with the same index (R = 1) read it back through transparency.
+        m.d.comb += [mm_w.addr.eq(s1_desc.row), mm_w.en.eq(en_b & s1_valid),
+                     mm_w.data.m.eq(m_new), mm_w.data.seen.eq(seen | s1_desc.vis)]
+        s2_valid = Signal()
+        s2_row = Signal.like(s1_desc.row)
+        s2_last = Signal()
+        s2_first_beat = Signal()
+        s2_first = Signal()
+        s2_delta = Signal(range(33))
+        s2_m = Signal(signed(c.m_bits))
+        s2_vis = Signal(L)
+        s2_whole = [Signal(range(im.EXP2_ZERO_SHIFT + 1), name=f"s2_whole{l}") for l in range(L)]
+        s1_first_beat = Signal()
+        with m.If(en_b):
+            m.d.sync += s1_first_beat.eq(rd_beat == 0)
+        m_scaled = m_new.as_signed() << F
+        with m.If(en_b):
+            m.d.sync += [s2_valid.eq(s1_valid), s2_row.eq(s1_desc.row), s2_last.eq(s1_last),
+                         s2_first_beat.eq(s1_first_beat), s2_first.eq(s1_desc.first),
+                         s2_delta.eq(delta), s2_m.eq(m_new)]
+        for l in range(L):
+            t = st_r.data[l].t
+            d = Signal(signed(SB + 2), name=f"s1_d{l}")
+            m.d.comb += d.eq(m_scaled - t)
+            whole = d >> F
+            m.d.comb += [rom_r[l].addr.eq(d[:F]), rom_r[l].en.eq(en_b)]
+            with m.If(en_b):
+                m.d.sync += [s2_whole[l].eq(Mux(whole > im.EXP2_ZERO_SHIFT,
+                                                im.EXP2_ZERO_SHIFT, whole)),
+                             s2_vis[l].eq(st_r.data[l].vis)]
+
+        # S2: p = round_shift(table entry, whole), masked; sum of the beat.
+        p2 = []
+        for l in range(L):
+            half = (Const(1, 10) << s2_whole[l]) >> 1
+            p = (rom_r[l].data + half) >> s2_whole[l]
+            p2.append(Mux(s2_vis[l], p[:8], 0))
+        beat_sum = sum_tree(p2)
+        acc = Signal(32)
+        acc_total = Mux(s2_first_beat, 0, acc) + beat_sum
+        with m.If(en_b & s2_valid):
+            m.d.sync += acc.eq(acc_total)
+        # L is read only for the row's last beat, as late as possible, so that
+        # a same-index row just ahead has already written (or is writing) it.
+        m.d.comb += [lm_r.addr.eq(s2_row), lm_r.en.eq(en_b & s2_valid & s2_last)]
+        s3_psum = Signal(32)
+        s3_first = Signal()
+        out = self.probs.payload
+        with m.If(en_b):
+            m.d.sync += [out_valid.eq(s2_valid), out.row.eq(s2_row), out.last.eq(s2_last),
+                         out.delta.eq(s2_delta), out.m.eq(s2_m),
+                         s3_psum.eq(acc_total), s3_first.eq(s2_first)]
+            for l in range(L):
+                m.d.sync += out.p[l].eq(p2[l])
+
+        # S3: L = round_shift(L_old, delta) + sum(p), written when the beat leaves.
+        l_old = Mux(s3_first, 0, lm_r.data)
+        l_new = Signal(32)
+        m.d.comb += l_new.eq(_round_shift(Cat(l_old, Const(0, 2)), out.delta, 35) + s3_psum)
+        m.d.comb += [out.l_sum.eq(l_new),
+                     lm_w.addr.eq(out.row), lm_w.data.eq(l_new),
+                     lm_w.en.eq(out_valid & out.last & self.probs.ready)]
+        return m
