@@ -22,14 +22,14 @@ from .intops import MAX_SHIFT, MULT_BITS
 __all__ = ["QuantFormatError", "QLinear", "QLayerNorm", "QAttention", "QBlock", "QuantGPT2",
            "FORMAT_NAME", "FORMAT_VERSION", "mult_shift", "quantize_weight",
            "quantize_bias", "exp2_table", "gelu_table", "layernorm_params",
-           "calibrate", "DEFAULTS"]
+           "calibrate", "smooth_factors", "DEFAULTS"]
 
 FORMAT_NAME = "gpt2accel-int8"
 FORMAT_VERSION = 1
 
 #: Default quantisation choices (docs/numerics.md §9 gives the measurements).
 DEFAULTS = {"tile": 64, "frac_bits": 6, "resid_bits": 16, "logit_bits": 16,
-            "percentile": None, "logit_margin": 2.0}
+            "percentile": 99.99, "logit_margin": 2.0, "smooth_alpha": 0.5}
 
 _LOG2E = 1.0 / math.log(2.0)
 
@@ -170,6 +170,29 @@ def layernorm_params(gamma, beta, eps, s_in, s_out):
     return QLayerNorm(g_int, b_int, out_shift, eps_m, eps_e)
 
 
+def smooth_factors(act_amax, w, alpha):
+    """§9: SmoothQuant per-channel factors m = amax_act^alpha / amax_w_row^(1-alpha).
+
+    A LayerNorm's output channel c is divided by m[c] (folded into its
+    gamma/beta) and the next layer's weight row c multiplied by m[c]: the
+    float function is unchanged, but the int8 activation no longer has a few
+    channels that set the per-tensor scale for all. alpha = 0 disables it.
+    """
+    act = np.maximum(np.asarray(act_amax, dtype=np.float64), 1e-8)
+    wmax = np.maximum(np.abs(np.asarray(w, dtype=np.float64)).max(axis=1), 1e-8)
+    m = act ** alpha / wmax ** (1.0 - alpha)
+    return m / np.exp(np.log(m).mean())  # geometric mean 1: keeps scales O(1)
+
+
+def _smoothed(gamma, beta, w, m):
+    """(gamma/m, beta/m, m*W): the same float function with LN output channel c
+    divided by m[c] and the next layer's weight row c multiplied by it."""
+    if m is None:
+        return gamma, beta, w
+    return (np.asarray(gamma, np.float64) / m, np.asarray(beta, np.float64) / m,
+            np.asarray(w, np.float64) * m[:, None])
+
+
 def _linear(w, b, s_in, s_out, out_bits=8):
     """§3: quantise one Conv1D layer; s_out is a scalar or per-column array."""
     wq, s_w = quantize_weight(w, axis=0)
@@ -191,34 +214,51 @@ def _as_sequences(calib_ids):
     return seqs
 
 
-def calibrate(gpt2, calib_ids, percentile=None):
-    """§9: abs-max (or `percentile` of |x|) of every observed activation, per layer.
+#: Tensor points calibrated with the abs-max whatever `percentile` says:
+#: clipping the residual stream or the logits saturates the outlier channels.
+_MAX_ONLY = ("embed", "resid", "resid_mid", "logits", "attn_proj", "fc_proj")
 
-    Returns {(name, layer): value}; the residual stream's value is the abs-max
-    over the embeddings and every residual point, under key ("resid", None).
-    Residual and logits always use the abs-max: clipping them saturates the
-    outlier channels the model relies on.
+
+def calibrate(gpt2, calib_ids, percentile=None, divisors=None):
+    """§9: per-layer activation statistics from float forward passes.
+
+    For each tensor point (the float model's observe names) and layer: the
+    abs-max over all calibration values or, with `percentile`, the mean over
+    calibration sequences of each sequence's `percentile` of |x| (streaming,
+    so memory does not grow with the calibration set). `divisors` maps a
+    (name, layer) to per-channel divisors applied first (SmoothQuant, §9).
+
+    Returns {(name, layer): value}; ("resid", None) is the abs-max over the
+    embeddings and every residual point; ("ln_1/channel", i) and
+    ("ln_2/channel", i) are per-channel abs-maxima (arrays, undivided).
     """
     seqs = _as_sequences(calib_ids)
     if not seqs:
         raise ValueError("calibration needs at least one token sequence")
-    samples = {}
+    divisors = divisors or {}
+    maxima, pcts, per_channel = {}, {}, {}
 
     def observe(name, layer, x):
-        samples.setdefault((name, layer), []).append(np.abs(np.asarray(x, np.float64)).ravel())
+        key = (name, layer)
+        a = np.abs(np.asarray(x, np.float64))
+        if name in ("ln_1", "ln_2"):
+            per_channel[key] = np.maximum(per_channel.get(key, 0.0), a.max(axis=0))
+        if key in divisors:
+            a = a / divisors[key]
+        maxima[key] = max(maxima.get(key, 0.0), float(a.max()))
+        if percentile is not None and name not in _MAX_ONLY:
+            pcts.setdefault(key, []).append(float(np.percentile(a, percentile)))
 
     for ids in seqs:
         ids = gpt2.check_ids(ids)
         observe("embed", None, gpt2.wte[ids] + gpt2.wpe[:ids.size])
         gpt2.forward(ids, observe=observe)
-    stats = {}
-    for key, parts in samples.items():
-        a = np.concatenate(parts)
-        use_max = percentile is None or key[0] in ("embed", "resid", "resid_mid", "logits",
-                                                  "attn_proj", "fc_proj")
-        stats[key] = float(a.max() if use_max else np.percentile(a, percentile))
-    stats[("resid", None)] = max(v for (n, _), v in stats.items()
+    stats = {key: (float(np.mean(pcts[key])) if key in pcts else m)
+             for key, m in maxima.items()}
+    stats[("resid", None)] = max(v for (n, _), v in maxima.items()
                                  if n in ("embed", "resid", "resid_mid"))
+    for (name, layer), a in per_channel.items():
+        stats[(name + "/channel", layer)] = a
     return stats
 
 
@@ -275,19 +315,35 @@ class QuantGPT2:
     def from_float(cls, gpt2, calib_ids, *, tile=DEFAULTS["tile"],
                    frac_bits=DEFAULTS["frac_bits"], resid_bits=DEFAULTS["resid_bits"],
                    logit_bits=DEFAULTS["logit_bits"], percentile=DEFAULTS["percentile"],
-                   logit_margin=DEFAULTS["logit_margin"]):
+                   logit_margin=DEFAULTS["logit_margin"],
+                   smooth_alpha=DEFAULTS["smooth_alpha"]):
         """Quantise float `gpt2` (a `gpt2.GPT2`) with scales calibrated on `calib_ids`.
 
         calib_ids: one 1-D id sequence or a list of them. See DEFAULTS and
         docs/numerics.md §9 for the choices.
         """
         _check_params(tile, frac_bits, resid_bits, logit_bits)
+        if not 0.0 <= smooth_alpha <= 1.0:
+            raise ValueError(f"smooth_alpha must be in [0, 1], got {smooth_alpha!r}")
         cfg = gpt2.config
-        st = calibrate(gpt2, calib_ids, percentile)
+        st = calibrate(gpt2, calib_ids, None)
+        # SmoothQuant factors from pass 1's per-channel maxima; pass 2 measures
+        # the smoothed LayerNorm outputs (and, with `percentile`, everything)
+        smooth = {}
+        if smooth_alpha > 0:
+            for i, b in enumerate(gpt2.blocks):
+                smooth[("ln_1", i)] = smooth_factors(st[("ln_1/channel", i)], b.attn_w,
+                                                     smooth_alpha)
+                smooth[("ln_2", i)] = smooth_factors(st[("ln_2/channel", i)], b.fc_w,
+                                                     smooth_alpha)
+        if smooth or percentile is not None:
+            st = calibrate(gpt2, calib_ids, percentile, smooth)
         s_res = _scale(st[("resid", None)], resid_bits)
         scales = {"resid": s_res}
         blocks = []
         for i, b in enumerate(gpt2.blocks):
+            g1, b1, w_attn = _smoothed(b.ln_1_g, b.ln_1_b, b.attn_w, smooth.get(("ln_1", i)))
+            g2, b2, w_fc = _smoothed(b.ln_2_g, b.ln_2_b, b.fc_w, smooth.get(("ln_2", i)))
             s = {n: _scale(st[(n, i)]) for n in ("ln_1", "q", "k", "v", "attn", "ln_2",
                                                  "fc", "gelu")}
             scales.update({f"h.{i}.{n}": v for n, v in s.items()})
@@ -297,12 +353,12 @@ class QuantGPT2:
             sm, ss = mult_shift(score_real)
             om, osh = mult_shift(s["v"] / s["attn"] / 2.0 ** im.ATTN_AVG_FRAC)
             blocks.append(QBlock(
-                ln_1=layernorm_params(b.ln_1_g, b.ln_1_b, cfg.layer_norm_epsilon, s_res, s["ln_1"]),
-                attn_qkv=_linear(b.attn_w, b.attn_b, s["ln_1"], qkv_out),
+                ln_1=layernorm_params(g1, b1, cfg.layer_norm_epsilon, s_res, s["ln_1"]),
+                attn_qkv=_linear(w_attn, b.attn_b, s["ln_1"], qkv_out),
                 attn=QAttention(int(sm), int(ss), int(om), int(osh)),
                 attn_proj=_linear(b.attn_proj_w, b.attn_proj_b, s["attn"], s_res, resid_bits),
-                ln_2=layernorm_params(b.ln_2_g, b.ln_2_b, cfg.layer_norm_epsilon, s_res, s["ln_2"]),
-                fc=_linear(b.fc_w, b.fc_b, s["ln_2"], s["fc"]),
+                ln_2=layernorm_params(g2, b2, cfg.layer_norm_epsilon, s_res, s["ln_2"]),
+                fc=_linear(w_fc, b.fc_b, s["ln_2"], s["fc"]),
                 gelu_table=gelu_table(s["fc"], s["gelu"]),
                 fc_proj=_linear(b.fc_proj_w, b.fc_proj_b, s["gelu"], s_res, resid_bits)))
         s_lnf = _scale(st[("ln_f", None)])
@@ -314,7 +370,8 @@ class QuantGPT2:
         wpe_mult, wpe_shift = mult_shift(s_wpe / s_res / 2.0 ** im.EMBED_PRESHIFT)
         lm_mult, lm_shift = mult_shift(s_lnf * s_wte / s_logit)
         meta = {"tile": int(tile), "frac_bits": int(frac_bits), "resid_bits": int(resid_bits),
-                "logit_bits": int(logit_bits), "percentile": percentile}
+                "logit_bits": int(logit_bits), "percentile": percentile,
+                "smooth_alpha": float(smooth_alpha)}
         return cls(cfg, meta, scales, exp2_table(frac_bits), wte, wte_mult, wte_shift,
                    wpe, wpe_mult, wpe_shift, blocks,
                    layernorm_params(gpt2.ln_f_g, gpt2.ln_f_b, cfg.layer_norm_epsilon,
