@@ -222,3 +222,39 @@ def test_calibration_percentile_changes_only_activation_scales(fmodel, ids):
     b = Q.QuantGPT2.from_float(fmodel, [ids], percentile=99.0)
     assert a.scales["resid"] == b.scales["resid"]
     assert b.scales["h.0.fc"] < a.scales["h.0.fc"]
+
+
+def test_smoothing_preserves_the_float_function(fmodel, ids):
+    """SmoothQuant migration (§9) must not change what the float layers compute."""
+    b = fmodel.blocks[0]
+    rng = np.random.default_rng(3)
+    h = rng.normal(size=(5, b.ln_1_g.size))
+    m = Q.smooth_factors(rng.uniform(0.1, 9, b.ln_1_g.size), b.attn_w, 0.5)
+    assert m.shape == b.ln_1_g.shape and abs(np.log(m).mean()) < 1e-9
+    g, beta, w = Q._smoothed(b.ln_1_g, b.ln_1_b, b.attn_w, m)
+    np.testing.assert_allclose((h * g + beta) @ w, (h * b.ln_1_g + b.ln_1_b) @ b.attn_w,
+                               rtol=1e-9, atol=1e-9)
+
+
+def test_smoothing_flattens_channel_ranges(fmodel, ids):
+    plain = Q.calibrate(fmodel, [ids])
+    m = Q.smooth_factors(plain[("ln_1/channel", 0)], fmodel.blocks[0].attn_w, 1.0)
+    smoothed = Q.calibrate(fmodel, [ids], divisors={("ln_1", 0): m})
+    # alpha = 1 divides each channel by its own max: every channel's max becomes equal
+    ch = plain[("ln_1/channel", 0)] / m
+    assert np.allclose(ch, ch[0]) and np.isclose(smoothed[("ln_1", 0)], ch[0])
+    with pytest.raises(ValueError, match="smooth_alpha"):
+        Q.QuantGPT2.from_float(fmodel, [ids], smooth_alpha=1.5)
+
+
+def test_percentile_calibration_is_streaming_mean_of_sequence_percentiles(fmodel, ids):
+    seqs = [ids[:20], ids[20:]]
+    got = Q.calibrate(fmodel, seqs, percentile=90.0)
+    per_seq = []
+    for s in seqs:
+        vals = []
+        fmodel.forward(s, observe=lambda n, layer, x: vals.append(x) if (n, layer) == (
+            "fc", 1) else None)
+        per_seq.append(np.percentile(np.abs(vals[0]), 90.0))
+    assert np.isclose(got[("fc", 1)], np.mean(per_seq))
+    assert got[("resid", None)] >= got[("resid", 1)]
