@@ -36,8 +36,9 @@ from gpt2accel.model import intmodel as im
 from gpt2accel.model import quant
 
 from .attention_config import AttentionConfig
+from .intarith import max_tree, round_shift, saturate, sum_tree
 
-__all__ = ["SoftmaxUnit", "score_layout", "prob_layout", "max_tree", "sum_tree"]
+__all__ = ["SoftmaxUnit", "score_layout", "prob_layout"]
 
 
 def score_layout(cfg: AttentionConfig):
@@ -82,34 +83,6 @@ def prob_layout(cfg: AttentionConfig):
     })
 
 
-def max_tree(values):
-    """Balanced reduction tree of Amaranth maxima (signed values)."""
-    values = list(values)
-    while len(values) > 1:
-        nxt = [Mux(a > b, a, b) for a, b in zip(values[::2], values[1::2])]
-        if len(values) % 2:
-            nxt.append(values[-1])
-        values = nxt
-    return values[0]
-
-
-def sum_tree(values):
-    """Balanced adder tree (widths grow one bit per level)."""
-    values = list(values)
-    while len(values) > 1:
-        nxt = [a + b for a, b in zip(values[::2], values[1::2])]
-        if len(values) % 2:
-            nxt.append(values[-1])
-        values = nxt
-    return values[0]
-
-
-def _round_shift(x, sh, width):
-    """round_shift(x, sh) (half up) of a signed value, computed in `width` bits."""
-    half = (Const(1, width) << sh) >> 1
-    return (x.as_signed() + half.as_signed()) >> sh
-
-
 class SoftmaxUnit(wiring.Component):
     """Scores in, probabilities out; see the module docstring.
 
@@ -146,7 +119,7 @@ class SoftmaxUnit(wiring.Component):
         c, e = self.cfg, self.cfg.engine
         L, F, R, BPR = c.lanes, c.frac_bits, c.rows, c.beats_per_row
         SB = im.SCORE_BITS
-        t_lo, t_hi = -(1 << (SB - 1)), (1 << (SB - 1)) - 1
+        t_lo = -(1 << (SB - 1))  # identity of the max: below every visible t
         prod_w = e.acc_bits + e.mult_bits          # signed S x unsigned mult
 
         # ---------------- memories ---------------------------------------------
@@ -219,8 +192,8 @@ class SoftmaxUnit(wiring.Component):
             m.d.sync += [f2_valid.eq(f1_valid), f2_vis.eq(f1_vis), f2_beat.eq(f1_beat),
                          f2_row.eq(f1_row), f2_first.eq(f1_first)]
             for l in range(L):
-                q = _round_shift(f1_prod[l], f1_shift, prod_w + 1)
-                m.d.sync += f2_t[l].eq(Mux(q > t_hi, t_hi, Mux(q < t_lo, t_lo, q)))
+                q = round_shift(f1_prod[l], f1_shift, prod_w + 1)
+                m.d.sync += f2_t[l].eq(saturate(q, SB))
 
         # F2 also writes the row store and reduces the row maximum.
         m.d.comb += [st_w.addr.eq(f2_beat + Mux(h_w, BPR, 0)), st_w.en.eq(en_f & f2_valid)]
@@ -336,7 +309,7 @@ class SoftmaxUnit(wiring.Component):
         # S3: L = round_shift(L_old, delta) + sum(p), written when the beat leaves.
         l_old = Mux(s3_first, 0, lm_r.data)
         l_new = Signal(32)
-        m.d.comb += l_new.eq(_round_shift(Cat(l_old, Const(0, 2)), out.delta, 35) + s3_psum)
+        m.d.comb += l_new.eq(round_shift(Cat(l_old, Const(0, 2)), out.delta, 35) + s3_psum)
         m.d.comb += [out.l_sum.eq(l_new),
                      lm_w.addr.eq(out.row), lm_w.data.eq(l_new),
                      lm_w.en.eq(out_valid & out.last & self.probs.ready)]

@@ -8,7 +8,7 @@
 - `accumulate_probs`: item 3 of the attention loop, O = round_shift(O, delta)
   + P @ V per tile row, applied to the unit's output, so that its result can
   be compared with `intmodel.softmax_online` itself;
-- `run_softmax`: one simulation of the softmax unit over many rows.
+- `run_softmax` / `run_normaliser`: one simulation of a unit over many rows.
 """
 import random
 
@@ -20,7 +20,7 @@ from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.softmax import SoftmaxUnit
 
 __all__ = ["StreamSource", "StreamSink", "softmax_beats", "accumulate_probs",
-           "run_softmax"]
+           "run_softmax", "run_normaliser"]
 
 
 class StreamSource:
@@ -167,3 +167,41 @@ def run_softmax(cfg: AttentionConfig, beats, *, seed=0, stall=0.0, table=None):
     sim.add_testbench(sink.run)
     sim.run()
     return sink.beats, {"in_cycles": src.cycles, "out_cycles": sink.cycles, "dut": dut}
+
+
+def run_normaliser(cfg: AttentionConfig, o, l_sum, out_mult, out_shift, *, seed=0, stall=0.0):
+    """Normalise rows O [n, D] with sums L [n] on one Normaliser; return (int8 [n, D], stats).
+
+    D must be a multiple of `norm_lanes`. The sums are offered as early as the
+    unit takes them; idle cycles on all three streams with probability `stall`.
+    """
+    from gpt2accel.rtl.normalise import Normaliser
+    rng = random.Random(seed)
+    n, d = o.shape
+    nl = cfg.norm_lanes
+    if d % nl:
+        raise ValueError(f"D={d} is not a multiple of norm_lanes={nl}")
+    dut = Normaliser(cfg)
+    sums = [{"l_sum": int(x), "out_mult": int(out_mult), "out_shift": int(out_shift)}
+            for x in l_sum]
+    beats = [{"o": [int(x) for x in o[i, b:b + nl]], "last": int(b + nl == d)}
+             for i in range(n) for b in range(0, d, nl)]
+    l_src = StreamSource(dut.l_in, sums, random.Random(rng.random()), stall)
+    o_src = StreamSource(dut.o_in, beats, random.Random(rng.random()), stall)
+
+    def decode(payload):
+        return [int(x) for x in payload.y], int(payload.last)
+
+    sink = StreamSink(dut.out, len(beats), random.Random(rng.random()), decode, stall,
+                      timeout=100 + n * 40 + len(beats) * (8 if stall else 2))
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(l_src.run, background=True)
+    sim.add_testbench(o_src.run, background=True)
+    sim.add_testbench(sink.run)
+    sim.run()
+    lasts = [last for _, last in sink.beats]
+    if lasts != [b["last"] for b in beats]:
+        raise AssertionError("normaliser output `last` flags do not follow the input rows")
+    y = np.array([v for ys, _ in sink.beats for v in ys], np.int64).reshape(n, d)
+    return y, {"l_cycles": l_src.cycles, "o_cycles": o_src.cycles, "out_cycles": sink.cycles}
