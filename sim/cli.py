@@ -93,6 +93,22 @@ def cmd_bench(args):
         print(mod.format_text(result))
 
 
+def cmd_verilog(args):
+    from gpt2accel.rtl.config import EngineConfig
+    from gpt2accel.rtl.verilog import generate
+    cfg = EngineConfig(rows=args.rows, cols=args.cols, mem_bytes=args.mem_bytes,
+                       max_k=args.max_k)
+    print(f"elaborating a {cfg.rows}x{cfg.cols} matmul engine and converting it with Yosys "
+          f"(the first run compiles Yosys to native code, ~1 minute) ...", file=sys.stderr)
+    text = generate(cfg, args.name)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output} ({len(text.splitlines())} lines, top module {args.name})",
+              file=sys.stderr)
+
+
 def _add_sampling(p, max_new_tokens):
     p.add_argument("--prompt", default="ROMEO:", help="text to continue (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N",
@@ -126,6 +142,19 @@ def build_parser():
                         "(default: %(default)s)")
     _add_sampling(p, 100)
     p.set_defaults(func=cmd_generate)
+
+    from gpt2accel.rtl.config import EngineConfig
+    p = sub.add_parser("verilog", help="emit the engine as Verilog",
+                       description="Emit the matmul engine as Verilog (via Yosys, from PyPI).")
+    p.add_argument("--rows", type=int, default=8, help="array rows (default: %(default)s)")
+    p.add_argument("--cols", type=int, default=8, help="array columns (default: %(default)s)")
+    p.add_argument("--mem-bytes", type=int, default=None,
+                   help="memory word width in bytes (default: 2*cols)")
+    p.add_argument("--max-k", type=int, default=EngineConfig.max_k,
+                   help="largest K, the A scratchpad depth (default: %(default)s)")
+    p.add_argument("--name", default="gpt2accel_matmul", help="top module name")
+    p.add_argument("-o", "--output", default="-", help="output file, '-' for stdout")
+    p.set_defaults(func=cmd_verilog)
 
     from gpt2accel.sim import benchmarks
     p = sub.add_parser("bench", help="measure speed, utilisation, accuracy, resources",
