@@ -18,6 +18,9 @@ CONFIGS = [
     (EngineConfig(rows=2, cols=2), 80, 7, 24, 7),
     (EngineConfig(rows=3, cols=2, mem_bytes=4), 70, 8, 20, 6),
     (EngineConfig(rows=4, cols=4, mem_bytes=32), 60, 10, 20, 10),
+    # degenerate single-row / single-column arrays, odd word widths
+    (EngineConfig(rows=1, cols=3, mem_bytes=6), 25, 4, 16, 8),
+    (EngineConfig(rows=3, cols=1, mem_bytes=8), 25, 8, 16, 3),
 ]
 
 
