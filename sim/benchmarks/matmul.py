@@ -34,7 +34,7 @@ def measure_pysim(rows=8, cols=8, seed=0):
     cfg = EngineConfig(rows=rows, cols=cols)
     rng = np.random.default_rng(seed)
     cases = []
-    for m, k, n in [(16, 48, 16), (9, 40, 17)]:
+    for m, k, n in [(16, 96, 24), (9, 40, 17)]:
         cases.append(MatmulCase(rng.integers(-128, 128, (m, k)), rng.integers(-128, 128, (k, n)),
                                 rng.integers(-1000, 1000, n), rng.integers(0, 1 << 15, n),
                                 rng.integers(8, 20, n)))
