@@ -78,3 +78,82 @@ class AttentionConfig:
     def m_bits(self):
         """Signed width of the integer running max M = ceil(t / 2^F), |M| <= 2^(23-F)."""
         return im.SCORE_BITS - self.frac_bits + 1
+
+    # --- the attention engine's memory layout (shared with the driver and cycle model)
+
+    def check_engine(self):
+        """Raise ConfigError unless the attention controller can be built on `engine`.
+
+        The controller reads raw int32 rows word by word and writes P / output
+        bytes `lanes` / `norm_lanes` at a time, so words must hold whole int32
+        (mem_bytes % 4 == 0), a beat must never straddle a word (lanes and
+        norm_lanes divide mem_bytes / 4), and raw row segments must tile the
+        words exactly (4*cols a multiple of mem_bytes or vice versa).
+        """
+        e = self.engine
+        mb, c = e.mem_bytes, e.cols
+        if mb % 4:
+            raise ConfigError(f"mem_bytes={mb} must be a multiple of 4 (whole int32 per word)")
+        if (4 * c) % mb and mb % (4 * c):
+            raise ConfigError(f"4*cols={4 * c} and mem_bytes={mb} must divide one another "
+                              "so that raw rows are contiguous int32")
+        if (mb // 4) % self.lanes:
+            raise ConfigError(f"lanes={self.lanes} must divide mem_bytes/4={mb // 4}")
+        if (mb // 4) % self.norm_lanes:
+            raise ConfigError(f"norm_lanes={self.norm_lanes} must divide mem_bytes/4={mb // 4}")
+        if e.max_k < max(self.tile, self.max_d_head):
+            raise ConfigError(f"engine max_k={e.max_k} is below tile={self.tile} "
+                              f"or max_d_head={self.max_d_head}")
+        if self.max_d_head % self.norm_lanes:
+            raise ConfigError(f"norm_lanes={self.norm_lanes} must divide max_d_head")
+
+    @property
+    def scores_per_word(self):
+        """int32 values in one memory word."""
+        return self.engine.mem_bytes // 4
+
+    @property
+    def s_words(self):
+        """Words of one S row that hold the tile's scores: ceil(tile / scores_per_word)."""
+        return _ceil_div(self.tile, self.scores_per_word)
+
+    @property
+    def s_stride(self):
+        return self.engine.out_row_words(self.tile, True)
+
+    @property
+    def p_stride(self):
+        return self.engine.a_words_per_row(self.tile)
+
+    @property
+    def pv_stride(self):
+        return self.engine.out_row_words(self.max_d_head, True)
+
+    @property
+    def o_words_per_row(self):
+        """Accumulator-buffer words per query row (scores_per_word int32 each)."""
+        return _ceil_div(self.max_d_head, self.scores_per_word)
+
+    @property
+    def zero_words(self):
+        """Zero parameter words (bias 0) the scratch starts with; read by both matmuls."""
+        e = self.engine
+        return e.param_words_per_tile * _ceil_div(max(self.tile, self.max_d_head), e.cols)
+
+    def scratch_offsets(self):
+        """Word offsets of the scratch areas from `scratch_base`: zero, S, P, PV, end."""
+        z = 0
+        s = z + self.zero_words
+        p = s + self.rows * self.s_stride
+        pv = p + self.rows * self.p_stride
+        return {"zero": z, "s": s, "p": p, "pv": pv, "end": pv + self.rows * self.pv_stride}
+
+    def k_tile_words(self, d):
+        """Words of one key tile of the K cache (Kᵀ in W layout: d rows, tile columns)."""
+        e = self.engine
+        return _ceil_div(self.tile, e.cols) * e.w_words_per_tile(d)
+
+    def v_tile_words(self, d):
+        """Words of one key tile of the V cache (W layout: tile rows, d columns)."""
+        e = self.engine
+        return _ceil_div(d, e.cols) * e.w_words_per_tile(self.tile)

@@ -11,6 +11,7 @@
 - `run_softmax` / `run_normaliser`: one simulation of a unit over many rows.
 """
 import random
+import time
 
 import numpy as np
 from amaranth.sim import Simulator
@@ -20,7 +21,7 @@ from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.softmax import SoftmaxUnit
 
 __all__ = ["StreamSource", "StreamSink", "softmax_beats", "accumulate_probs",
-           "run_softmax", "run_normaliser"]
+           "run_softmax", "run_normaliser", "simulate_attention"]
 
 
 class StreamSource:
@@ -205,3 +206,68 @@ def run_normaliser(cfg: AttentionConfig, o, l_sum, out_mult, out_shift, *, seed=
         raise AssertionError("normaliser output `last` flags do not follow the input rows")
     y = np.array([v for ys, _ in sink.beats for v in ys], np.int64).reshape(n, d)
     return y, {"l_cycles": l_src.cycles, "o_cycles": o_src.cycles, "out_cycles": sink.cycles}
+
+
+def simulate_attention(cfg: AttentionConfig, layouts, words, *, seed=0, stall=0.0, jitter=0,
+                       table=None, latency=None, timeout=None, trace=False):
+    """Run attention commands back to back on ONE AttentionEngine.
+
+    `layouts` are `AttentionLayout`s already placed in a memory of `words`
+    words (their regions must not overlap). Returns (memory array, cycles per
+    command from accept to done, stats). With `trace`, stats["phases"] lists
+    (cycle, Phase value) at every phase change of each command.
+    """
+    from gpt2accel.rtl.attention import AttentionEngine
+    from .matmul_sim import REF_MEM_LATENCY, MemoryModel
+    rng = random.Random(seed)
+    dut = AttentionEngine(cfg, table)
+    memory = MemoryModel(cfg.engine, words, latency=REF_MEM_LATENCY if latency is None else latency,
+                         stall=stall, jitter=jitter, rng=random.Random(rng.random()))
+    for lay in layouts:
+        lay.place(memory.mem)
+    cycles, phases = [], []
+    timeout = timeout or 2_000_000
+    cmd_rng = random.Random(rng.random())
+
+    async def commands(ctx):
+        cycle = 0
+        for lay in layouts:
+            if stall:
+                for _ in range(cmd_rng.randint(0, 3)):
+                    await ctx.tick()
+                    cycle += 1
+            ctx.set(dut.cmd.payload, lay.command)
+            ctx.set(dut.cmd.valid, 1)
+            while True:
+                _, _, ready = await ctx.tick().sample(dut.cmd.ready)
+                cycle += 1
+                if ready:
+                    break
+            accept = cycle - 1
+            ctx.set(dut.cmd.valid, 0)
+            trail, last = [], None
+            while True:
+                _, _, done, ph = await ctx.tick().sample(dut.done, dut.phase)
+                if trace and ph != last:
+                    trail.append((cycle - accept, int(ph)))
+                    last = ph
+                cycle += 1
+                if done:
+                    break
+                if cycle - accept > timeout:
+                    raise TimeoutError(f"attention command did not finish within {timeout} "
+                                       f"cycles (seed {seed})")
+            cycles.append(cycle - 1 - accept)
+            phases.append(trail)
+
+    async def serve(ctx):
+        await memory.serve(ctx, dut)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(serve, background=True)
+    sim.add_testbench(commands)
+    t0 = time.perf_counter()
+    sim.run()
+    return memory.mem, cycles, {"wall_s": time.perf_counter() - t0, "phases": phases,
+                                "reads": memory.reads, "writes": memory.writes}
