@@ -59,7 +59,7 @@ class EngineConfig:
     def __post_init__(self):
         if self.mem_bytes is None:
             object.__setattr__(self, "mem_bytes", 2 * self.cols)
-        for name in [f.name for f in self.__dataclass_fields__.values()]:
+        for name in self._MATMUL_INT_FIELDS:
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be an int, got {getattr(self, name)!r}")
         self._check("rows", 1, 64)
@@ -84,6 +84,12 @@ class EngineConfig:
         self._check("w_fifo_depth", 4, 1024)
         self._check("param_fifo_tiles", 4, 64)
         self._check("out_fifo_tiles", 2, 16)
+
+    #: Fields of the matmul engine checked here (other engines check their own).
+    _MATMUL_INT_FIELDS = ("rows", "cols", "a_bits", "w_bits", "acc_bits", "mult_bits",
+                          "max_shift", "out_bits", "mem_bytes", "addr_bits", "max_k",
+                          "max_m", "max_n", "max_outstanding", "w_fifo_depth",
+                          "param_fifo_tiles", "out_fifo_tiles")
 
     def _check(self, name, lo, hi, why=""):
         v = getattr(self, name)

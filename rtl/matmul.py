@@ -331,6 +331,8 @@ class MatmulEngine(wiring.Component):
                      f1_lane.eq(f_lane), f1_g.eq(f_g)]
         a_width = c.a_bits + 1
         m.submodules.array = array = SystolicArray(R, C, a_width, c.w_bits, c.acc_bits)
+        # the cycle model reads these constants from the config
+        assert array.latency == c.drain_latency and Requantiser.latency == c.REQUANT_LATENCY
         f2_valid, f2_last = Signal(), Signal()
         m.d.sync += [f2_valid.eq(f1_valid), f2_last.eq(f1_last)]
         m.d.comb += [array.valid.eq(f2_valid), array.last.eq(f2_last)]
