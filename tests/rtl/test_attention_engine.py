@@ -1,0 +1,150 @@
+"""The whole attention engine (controller + matmul engine + softmax + normaliser)
+against `intmodel.attention_head` / `attention`, bit for bit, with random stalls
+on the memory port; and the cycle model against the RTL.
+
+One simulation per configuration runs several commands back to back.
+"""
+import numpy as np
+import pytest
+
+from gpt2accel.model import intmodel as im
+from gpt2accel.model import quant
+from gpt2accel.model.gpt2 import KVCache
+from gpt2accel.model.quant import QAttention
+from gpt2accel.rtl.attention_config import AttentionConfig
+from gpt2accel.rtl.config import ConfigError, EngineConfig
+from gpt2accel.sim.attention_cycles import attention_cycles
+from gpt2accel.sim.attention_layout import AttentionLayout
+from gpt2accel.sim.attention_sim import simulate_attention
+
+from attention_cases import KINDS, head_case, run_seed
+
+# tile < cols, tile = cols, tile = 3 column tiles; R = 1 (decode-shaped);
+# D not a multiple of the int32 per word (partial last O word); lanes and
+# norm_lanes from 1 to a whole word.
+CONFIGS = [
+    AttentionConfig(engine=EngineConfig(rows=2, cols=2, mem_bytes=8), tile=4, lanes=2,
+                    norm_lanes=2, max_d_head=8, max_seq=32),
+    AttentionConfig(engine=EngineConfig(rows=3, cols=2, mem_bytes=8), tile=6, lanes=1,
+                    norm_lanes=1, max_d_head=6, max_seq=32),
+    AttentionConfig(engine=EngineConfig(rows=2, cols=4, mem_bytes=16), tile=4, lanes=4,
+                    norm_lanes=2, max_d_head=12, max_seq=32),
+    AttentionConfig(engine=EngineConfig(rows=1, cols=2, mem_bytes=8), tile=2, lanes=1,
+                    norm_lanes=1, max_d_head=4, max_seq=32),
+]
+IDS = [f"{c.rows}x{c.engine.cols}_t{c.tile}_l{c.lanes}_n{c.norm_lanes}" for c in CONFIGS]
+
+
+@pytest.fixture(scope="module")
+def seed():
+    return run_seed()
+
+
+def _params(rng):
+    """(score_mult, score_shift, out_mult, out_shift): outputs mostly in range."""
+    return (int(rng.integers(1 << 12, 1 << 15)), int(rng.integers(8, 16)),
+            int(rng.integers(1 << 13, 1 << 15)), int(rng.integers(20, 24)))
+
+
+def _random_command(rng, cfg, n):
+    """Heads of one command: a test-case kind per head, shared layer parameters."""
+    H = int(rng.integers(1, 3))
+    d = cfg.norm_lanes * int(rng.integers(1, cfg.max_d_head // cfg.norm_lanes + 1))
+    tq = int(rng.integers(1, 2 * cfg.rows + 2))
+    offset = [0, int(rng.integers(0, 2 * cfg.tile + 1)), 3 * cfg.tile - 1][n % 3]
+    tk = offset + tq
+    qs, ks, vs = [], [], []
+    params = _params(rng)
+    for h in range(H):
+        q, k, v, mult, shift = head_case(rng, KINDS[(n + h) % len(KINDS)], d, tq, tk)
+        qs.append(q), ks.append(k), vs.append(v)
+        if h == 0 and KINDS[n % len(KINDS)] in ("saturate", "growing", "zero_mult"):
+            params = (mult, shift) + params[2:]
+    return np.array(qs), np.array(ks), np.array(vs), offset, params
+
+
+def _reference(cfg, q, k, v, offset, params):
+    sm, ss, om, os_ = params
+    table = quant.exp2_table(cfg.frac_bits)
+    return np.concatenate([im.attention_head(q[h], k[h], v[h], sm, ss, om, os_, cfg.tile,
+                                             table, cfg.frac_bits, offset)
+                           for h in range(q.shape[0])], axis=1)
+
+
+def _run(cfg, commands, seed, stall, rng):
+    lays, base = [], 0
+    for q, k, v, offset, params in commands:
+        lay = AttentionLayout(cfg, q, k, v, offset, *params, base=base,
+                              pad=int(rng.integers(0, 2)) if stall else 0, rng=rng)
+        lays.append(lay)
+        base = lay.end + (int(rng.integers(0, 3)) if stall else 0)
+    mem, cycles, _ = simulate_attention(cfg, lays, base + 1, seed=seed, stall=stall,
+                                        jitter=3 if stall else 0)
+    return lays, mem, cycles
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+def test_attention_matches_golden_with_stalls(cfg, seed):
+    rng = np.random.default_rng([seed, cfg.rows, cfg.engine.cols, cfg.tile])
+    commands = [_random_command(rng, cfg, n) for n in range(4)]
+    lays, mem, _ = _run(cfg, commands, seed, 0.3, rng)
+    for n, (lay, (q, k, v, offset, params)) in enumerate(zip(lays, commands)):
+        got, untouched = lay.result(mem)
+        want = _reference(cfg, q, k, v, offset, params)
+        what = (f"command {n}: H={q.shape[0]} tq={q.shape[1]} D={q.shape[2]} offset={offset} "
+                f"params={params} (GPT2ACCEL_SEED={seed})")
+        np.testing.assert_array_equal(got, want, err_msg=what)
+        assert untouched, f"bytes outside the output were written: {what}"
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:3], ids=IDS[:3])
+def test_cycle_model_matches_rtl(cfg, seed):
+    """Stall-free runs take exactly the cycles `attention_cycles` predicts."""
+    rng = np.random.default_rng([seed, cfg.rows, cfg.engine.cols, cfg.tile, 1])
+    commands = [_random_command(rng, cfg, n) for n in range(3)]
+    lays, mem, cycles = _run(cfg, commands, seed, 0.0, rng)
+    for lay, got, (q, k, v, offset, params) in zip(lays, cycles, commands):
+        np.testing.assert_array_equal(lay.result(mem)[0], _reference(cfg, q, k, v, offset, params))
+        H, tq, d = q.shape
+        want = attention_cycles(cfg, H, d, tq, offset).cycles
+        assert got == want, (f"H={H} tq={tq} D={d} offset={offset}: RTL {got} cycles, "
+                             f"model {want} (GPT2ACCEL_SEED={seed})")
+
+
+def test_kv_cache_prefill_then_decode(seed):
+    """A prefill of 5 tokens, then 3 decode steps against the KV cache in memory,
+    equal `intmodel.attention` run with a `KVCache` (the multi-head entry point)."""
+    cfg = CONFIGS[0]
+    rng = np.random.default_rng([seed, 99])
+    H, d = 2, 4
+    sm, ss, om, os_ = _params(rng)
+    qa = QAttention(sm, ss, om, os_)
+    table = quant.exp2_table(cfg.frac_bits)
+    cache = KVCache(1)
+    steps = [5, 1, 1, 1]
+    commands, wants = [], []
+    for tq in steps:
+        qkv = rng.integers(-128, 128, (tq, 3 * H * d)).astype(np.int8)
+        offset = cache.length
+        want = im.attention(qkv, H, qa, cfg.tile, table, cfg.frac_bits, cache=cache)
+        q = qkv[:, :H * d].reshape(tq, H, d).transpose(1, 0, 2)
+        commands.append((q, cache.k[0].copy(), cache.v[0].copy(), offset, (sm, ss, om, os_)))
+        wants.append(want)
+    lays, mem, _ = _run(cfg, commands, seed, 0.2, rng)
+    for n, (lay, want) in enumerate(zip(lays, wants)):
+        got, untouched = lay.result(mem)
+        np.testing.assert_array_equal(got, want, err_msg=f"step {n} (GPT2ACCEL_SEED={seed})")
+        assert untouched
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(engine=EngineConfig(rows=2, cols=3, mem_bytes=6)), "multiple of 4"),
+    (dict(engine=EngineConfig(rows=2, cols=2, mem_bytes=12)), "divide one another"),
+    (dict(engine=EngineConfig(rows=2, cols=2, mem_bytes=8), lanes=4, tile=4), "lanes=4"),
+    (dict(engine=EngineConfig(rows=2, cols=2, mem_bytes=8), norm_lanes=4, max_d_head=8),
+     "norm_lanes=4"),
+    (dict(engine=EngineConfig(rows=2, cols=2, mem_bytes=8, max_k=16), max_d_head=32), "max_k"),
+])
+def test_engine_config_rejects(kwargs, needle):
+    with pytest.raises(ConfigError, match=needle):
+        AttentionConfig(**kwargs).check_engine()
