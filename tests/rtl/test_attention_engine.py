@@ -148,3 +148,19 @@ def test_kv_cache_prefill_then_decode(seed):
 def test_engine_config_rejects(kwargs, needle):
     with pytest.raises(ConfigError, match=needle):
         AttentionConfig(**kwargs).check_engine()
+
+
+def test_cycle_model_normaliser_regimes(seed):
+    """Rows shorter and longer than the divider period (19 cycles): the model
+    follows the divider-bound and the stream-bound normalise phase exactly."""
+    cfg = AttentionConfig(engine=EngineConfig(rows=4, cols=2, mem_bytes=8), tile=4, lanes=1,
+                          norm_lanes=1, max_d_head=40, max_seq=32)
+    rng = np.random.default_rng([seed, 5])
+    commands = []
+    for d, tq, offset in [(2, 4, 0), (18, 4, 0), (19, 4, 0), (20, 4, 1), (40, 4, 0)]:
+        q, k, v, _, _ = head_case(rng, "random", d, tq, offset + tq)
+        commands.append((q[None], k[None], v[None], offset, _params(rng)))
+    lays, mem, cycles = _run(cfg, commands, seed, 0.0, rng)
+    for lay, got, (q, k, v, offset, params) in zip(lays, cycles, commands):
+        np.testing.assert_array_equal(lay.result(mem)[0], _reference(cfg, q, k, v, offset, params))
+        assert got == attention_cycles(cfg, 1, q.shape[2], q.shape[1], offset).cycles
