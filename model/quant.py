@@ -22,7 +22,8 @@ from .intops import MAX_SHIFT, MULT_BITS
 __all__ = ["QuantFormatError", "QLinear", "QLayerNorm", "QAttention", "QBlock", "QuantGPT2",
            "FORMAT_NAME", "FORMAT_VERSION", "mult_shift", "quantize_weight",
            "quantize_bias", "exp2_table", "gelu_table", "layernorm_params",
-           "calibrate", "smooth_factors", "DEFAULTS"]
+           "calibrate", "smooth_factors", "DEFAULTS",
+           "QUANT_FILENAME", "calibration_ids", "load_or_quantise"]
 
 FORMAT_NAME = "gpt2accel-int8"
 FORMAT_VERSION = 1
@@ -655,3 +656,89 @@ def _load(cls, path):
                tensors["wte.shift"], tensors["wpe"], tensors["wpe.mult"], tensors["wpe.shift"],
                blocks, ln("ln_f", scalars.get("ln_f")), tensors["lm_head.mult"],
                tensors["lm_head.shift"])
+
+
+# --------------------------------------------------------------------------- CLI helper
+
+#: The file a checkpoint directory may ship its quantised model in; when present
+#: it is used as is, so the CLI, the compiler and the hardware share its numbers.
+QUANT_FILENAME = "model.int8.safetensors"
+
+#: Fallback calibration text when the Shakespeare corpus cannot be loaded
+#: (Sonnet 18, public domain). Real calibration should use the training text.
+_FALLBACK_TEXT = (
+    "Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:\n"
+    "Rough winds do shake the darling buds of May,\nAnd summer's lease hath all too short "
+    "a date;\nSometime too hot the eye of heaven shines,\nAnd often is his gold complexion "
+    "dimm'd;\nAnd every fair from fair sometime declines,\nBy chance or nature's changing "
+    "course untrimm'd;\nBut thy eternal summer shall not fade,\nNor lose possession of that "
+    "fair thou ow'st;\nNor shall Death brag thou wander'st in his shade,\nWhen in eternal "
+    "lines to time thou grow'st:\nSo long as men can breathe or eyes can see,\nSo long "
+    "lives this, and this gives life to thee.\n")
+
+
+def calibration_ids(model_dir, config, windows=32):
+    """Calibration token sequences for a checkpoint directory (§9).
+
+    `windows` evenly spaced windows of min(128, n_positions) tokens of the
+    Shakespeare training split (the tiny model's training text), encoded
+    with the directory's tokenizer; the built-in sonnet if the corpus is
+    unavailable (e.g. offline).
+    """
+    from .tokenizer import load_tokenizer
+    tok = load_tokenizer(model_dir)
+    try:
+        from . import shakespeare
+        text = shakespeare.load_corpus()[0]
+    except Exception:  # no corpus (offline): calibrate on the built-in text
+        text = _FALLBACK_TEXT
+    n = min(128, config.n_positions)
+    # encode a generous slice per window: BPE needs fewer tokens than characters
+    span = 4 * n
+    starts = np.linspace(0, max(len(text) - span, 0), windows).astype(int)
+    seqs = []
+    for s in starts:
+        ids = np.asarray(tok.encode(text[s:s + span]), dtype=np.int64)[:n]
+        if ids.size:
+            seqs.append(ids)
+    if not seqs:
+        raise ValueError(f"{model_dir}: calibration text encodes to no tokens")
+    return seqs
+
+
+def load_or_quantise(model_dir, float_model, cache_dir=None):
+    """The integer model for a checkpoint directory: `QUANT_FILENAME` there if
+    present (checked against the float model's config), else a quantisation
+    with DEFAULTS, cached under `cache_dir` (default the gpt2accel cache
+    directory) by the float weights' SHA-256, so repeated runs are instant.
+    """
+    import hashlib
+    model_dir = Path(model_dir)
+    shipped = model_dir / QUANT_FILENAME
+    if shipped.is_file():
+        q = QuantGPT2.load(shipped)
+        if q.config != float_model.config:
+            raise QuantFormatError(f"{shipped}: config {q.config} does not match the float "
+                                   f"checkpoint's {float_model.config}")
+        return q
+    from .shakespeare import cache_dir as default_cache
+    h = hashlib.sha256()
+    with open(model_dir / "model.safetensors", "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    h.update(json.dumps([FORMAT_VERSION, DEFAULTS], sort_keys=True).encode())
+    cached = Path(cache_dir or default_cache()) / "quant" / f"{h.hexdigest()[:24]}.safetensors"
+    if cached.is_file():
+        try:
+            return QuantGPT2.load(cached)
+        except QuantFormatError:
+            pass  # a stale or damaged cache entry: quantise again below
+    q = QuantGPT2.from_float(float_model, calibration_ids(model_dir, float_model.config))
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        q.save(tmp)
+        tmp.replace(cached)
+    except OSError:
+        pass  # an unwritable cache only costs the next run a re-quantisation
+    return q

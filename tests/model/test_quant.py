@@ -258,3 +258,52 @@ def test_percentile_calibration_is_streaming_mean_of_sequence_percentiles(fmodel
         per_seq.append(np.percentile(np.abs(vals[0]), 90.0))
     assert np.isclose(got[("fc", 1)], np.mean(per_seq))
     assert got[("resid", None)] >= got[("resid", 1)]
+
+
+def _write_checkpoint(model, directory, chars):
+    """Save a float GPT2 as a HF-layout checkpoint directory with a char vocabulary."""
+    from safetensors.numpy import save_file
+    t = {"wte.weight": model.wte, "wpe.weight": model.wpe,
+         "ln_f.weight": model.ln_f_g, "ln_f.bias": model.ln_f_b}
+    names = {"ln_1_g": "ln_1.weight", "ln_1_b": "ln_1.bias", "attn_w": "attn.c_attn.weight",
+             "attn_b": "attn.c_attn.bias", "attn_proj_w": "attn.c_proj.weight",
+             "attn_proj_b": "attn.c_proj.bias", "ln_2_g": "ln_2.weight", "ln_2_b": "ln_2.bias",
+             "fc_w": "mlp.c_fc.weight", "fc_b": "mlp.c_fc.bias",
+             "fc_proj_w": "mlp.c_proj.weight", "fc_proj_b": "mlp.c_proj.bias"}
+    for i, b in enumerate(model.blocks):
+        for field, name in names.items():
+            t[f"h.{i}.{name}"] = np.ascontiguousarray(getattr(b, field), dtype=np.float32)
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in t.items()},
+              str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(model.config.to_hf()))
+    (directory / "chars.json").write_text(json.dumps(chars))
+
+
+def test_load_or_quantise_caches_and_prefers_shipped_file(tmp_path, monkeypatch):
+    from gpt2accel.model import shakespeare
+
+    def offline():
+        raise RuntimeError("offline")
+    monkeypatch.setattr(shakespeare, "load_corpus", offline)  # use the built-in text
+    chars = sorted(set(Q._FALLBACK_TEXT))
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    _write_checkpoint(random_gpt2(seed=5, vocab_size=len(chars), n_positions=32, n_embd=16,
+                                  n_layer=1, n_head=2), ckpt, chars)
+    fmodel = GPT2.from_pretrained(ckpt)
+    cache = tmp_path / "cache"
+    q1 = Q.load_or_quantise(ckpt, fmodel, cache)
+    files = list((cache / "quant").iterdir())
+    assert len(files) == 1
+    q2 = Q.load_or_quantise(ckpt, fmodel, cache)
+    ids = np.arange(10) % len(chars)
+    assert np.array_equal(q1.logits_int(ids), q2.logits_int(ids))
+    # a shipped quantised file wins over quantising, and must match the checkpoint
+    q_other = Q.QuantGPT2.from_float(fmodel, [ids], tile=4)
+    q_other.save(ckpt / Q.QUANT_FILENAME)
+    assert Q.load_or_quantise(ckpt, fmodel, cache).tile == 4
+    wrong = random_gpt2(seed=5, vocab_size=len(chars), n_positions=16, n_embd=16, n_layer=1,
+                        n_head=2)
+    Q.QuantGPT2.from_float(wrong, [ids]).save(ckpt / Q.QUANT_FILENAME)
+    with pytest.raises(Q.QuantFormatError, match="does not match"):
+        Q.load_or_quantise(ckpt, fmodel, cache)
