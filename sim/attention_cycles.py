@@ -26,6 +26,7 @@ visible to the block:
 - 1 cycle to pick the next block / head, and the done pulse 1 cycle later.
 """
 from dataclasses import dataclass
+from functools import lru_cache
 
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.normalise import Normaliser, Reciprocal
@@ -61,7 +62,12 @@ class AttentionCycles:
         return self.useful_macs / (e.rows * e.cols * self.cycles)
 
 
-def _normalise_cycles(cfg, rows_b, d, latency):
+@lru_cache(maxsize=None)
+def _matmul(e, m, k, n):
+    return matmul_cycles(e, m, k, n, True).cycles
+
+
+def _normalise_cycles(cfg, rows_b, d):
     nb = d // cfg.norm_lanes
     first = 1 + Reciprocal.latency + 2      # L read, divider, reciprocal queue
     end = -1
@@ -87,32 +93,34 @@ def attention_cycles(cfg: AttentionConfig, n_head, d_head, tq, offset, latency=R
     wpv = _cdiv(d_head, cfg.scores_per_word)
     sm_fixed = _READ_START + SoftmaxUnit.latency + BPR
     ac_fixed = _READ_START + 2
-    t = 1                                       # accept -> first HEAD
+    # every head takes the same time: compute one and scale
+    t = 0
     mm = sm = ac = nm = 0
     useful = issued = 0
-    for _ in range(n_head):
-        t += 1                                  # HEAD
-        for m0 in range(0, tq, R):
-            rows_b = min(R, tq - m0)
-            last_q = offset + m0 + rows_b - 1
-            for k0 in range(0, last_q + 1, T):
-                n_keys = min(T, tk - k0)
-                c_s = matmul_cycles(e, rows_b, d_head, n_keys, True).cycles
-                c_pv = matmul_cycles(e, rows_b, T, d_head, True).cycles
-                c_sm = rows_b * BPR + sm_fixed
-                c_ac = rows_b * wpv + ac_fixed
-                t += c_s + 1 + c_sm + c_pv + 1 + c_ac
-                mm += c_s + c_pv
-                sm += c_sm
-                ac += c_ac
-                issued += rows_b * d_head * (n_keys + T)
-            c_nm = _normalise_cycles(cfg, rows_b, d_head, latency)
-            t += c_nm + 1                       # normalise, NEXT
-            nm += c_nm
-            useful += 2 * d_head * sum(offset + i + 1 for i in range(m0, m0 + rows_b))
-    return AttentionCycles(cycles=t, useful_macs=useful, issued_macs=issued,
-                           matmul_cycles=mm, softmax_cycles=sm, accumulate_cycles=ac,
-                           normalise_cycles=nm)
+    for m0 in range(0, tq, R):
+        rows_b = min(R, tq - m0)
+        last_q = offset + m0 + rows_b - 1
+        for k0 in range(0, last_q + 1, T):
+            n_keys = min(T, tk - k0)
+            c_s = _matmul(e, rows_b, d_head, n_keys)
+            c_pv = _matmul(e, rows_b, T, d_head)
+            c_sm = rows_b * BPR + sm_fixed
+            c_ac = rows_b * wpv + ac_fixed
+            t += c_s + 1 + c_sm + c_pv + 1 + c_ac
+            mm += c_s + c_pv
+            sm += c_sm
+            ac += c_ac
+            issued += rows_b * d_head * (n_keys + T)
+        c_nm = _normalise_cycles(cfg, rows_b, d_head)
+        t += c_nm + 1                           # normalise, NEXT
+        nm += c_nm
+        useful += 2 * d_head * sum(offset + i + 1 for i in range(m0, m0 + rows_b))
+    H = n_head
+    # accept -> first HEAD, then per head its HEAD cycle and its blocks
+    return AttentionCycles(cycles=1 + H * (1 + t), useful_macs=H * useful,
+                           issued_macs=H * issued, matmul_cycles=H * mm,
+                           softmax_cycles=H * sm, accumulate_cycles=H * ac,
+                           normalise_cycles=H * nm)
 
 
 def score_buffer_bytes(cfg: AttentionConfig, tk, online=True):

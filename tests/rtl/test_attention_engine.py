@@ -19,13 +19,13 @@ from gpt2accel.sim.attention_sim import simulate_attention
 
 from attention_cases import KINDS, head_case, run_seed
 
-# tile < cols, tile = cols, tile = 3 column tiles; R = 1 (decode-shaped);
+# tile < cols, tile = cols, tile = 2.5 column tiles; R = 1 (decode-shaped);
 # D not a multiple of the int32 per word (partial last O word); lanes and
 # norm_lanes from 1 to a whole word.
 CONFIGS = [
     AttentionConfig(engine=EngineConfig(rows=2, cols=2, mem_bytes=8), tile=4, lanes=2,
                     norm_lanes=2, max_d_head=8, max_seq=32),
-    AttentionConfig(engine=EngineConfig(rows=3, cols=2, mem_bytes=8), tile=6, lanes=1,
+    AttentionConfig(engine=EngineConfig(rows=3, cols=2, mem_bytes=8), tile=5, lanes=1,
                     norm_lanes=1, max_d_head=6, max_seq=32),
     AttentionConfig(engine=EngineConfig(rows=2, cols=4, mem_bytes=16), tile=4, lanes=4,
                     norm_lanes=2, max_d_head=12, max_seq=32),
