@@ -164,7 +164,10 @@ def _shift_signed(x, amount):
 
 
 def ln_k_min(eps_e):
-    """§6.2: smallest normalisation shift k, ceil((eps_e - 31) / 2), so eps_m * 2^(eps_e-2k) < 2^47."""
+    """§6.2: smallest normalisation shift k = ceil((eps_e - 31) / 2).
+
+    It keeps the scaled epsilon eps_m * 2^(eps_e - 2k) below 2^47.
+    """
     return -((31 - int(eps_e)) >> 1)
 
 

@@ -542,7 +542,6 @@ def _check_params(tile, frac_bits, resid_bits, logit_bits):
 def _expected(cfg, meta):
     """{tensor name: (dtype, shape, lo, hi)} for a model of this geometry."""
     e, v, p, f = cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.d_ff
-    rb, lb = meta["resid_bits"], meta["logit_bits"]
     i8, i16, i32, i64, u8 = np.int8, np.int16, np.int32, np.int64, np.uint8
     mlo, mhi = 0, (1 << MULT_BITS) - 1
     spec = {"exp2_table": (u8, (1 << meta["frac_bits"],), 0, 255),
@@ -567,7 +566,6 @@ def _expected(cfg, meta):
             spec[f"{pre}{name}.mult"] = (i32, (n,), mlo, mhi)
             spec[f"{pre}{name}.shift"] = (i32, (n,), 0, MAX_SHIFT)
         spec[pre + "gelu_table"] = (i8, (256,), -128, 127)
-    del rb, lb
     return spec
 
 
