@@ -5,8 +5,9 @@ which hide exactly the effects the integer model must survive. `random_gpt2`
 therefore imitates what trained GPT-2 checkpoints look like:
 
 * a few residual channels carry large outliers (GPT-2 small has channels
-  at ~100x the typical magnitude); they are planted in wpe/wte and in the
-  c_proj biases, so the residual stream keeps them through every layer;
+  at 100-1000x the typical magnitude). As in GPT-2, the embeddings are
+  moderate and the first block writes the outliers (through its two c_proj
+  biases); the residual stream keeps them through every later layer;
 * LayerNorm gammas vary around 1 and are small on the outlier channels (as
   trained GPT-2 learns to suppress them), betas are small;
 * q/k weights are scaled so attention logits have a standard deviation of
@@ -39,7 +40,6 @@ def random_gpt2(config=None, seed=0, n_outliers=3, outlier_scale=30.0, score_std
     out_ch = rng.choice(e, size=min(n_outliers, e), replace=False)
     wte = _t(rng, (v, e), 0.15)
     wpe = _t(rng, (p, e), 0.05)
-    wte[:, out_ch] += np.float32(outlier_scale * 0.15)
     # q.k ~ d_head * (std_q * std_k) * |ln|^2; choose std so logits/sqrt(d) ~ score_std
     qk_std = np.sqrt(score_std / np.sqrt(config.d_head)) / np.sqrt(e)
 
@@ -49,18 +49,20 @@ def random_gpt2(config=None, seed=0, n_outliers=3, outlier_scale=30.0, score_std
         return g, (0.05 * rng.standard_normal(e)).astype(np.float32)
 
     blocks = []
-    for _ in range(config.n_layer):
+    for layer in range(config.n_layer):
         g1, b1 = ln_params()
         g2, b2 = ln_params()
         attn_w = np.concatenate([_t(rng, (e, e), qk_std), _t(rng, (e, e), qk_std),
                                  _t(rng, (e, e), 1.0 / np.sqrt(e))], axis=1)
-        proj_b = _t(rng, (e,), 0.02)
-        proj_b[out_ch] = np.float32(outlier_scale * 0.02)
+        proj_b, fc_proj_b = _t(rng, (e,), 0.02), _t(rng, (e,), 0.02)
+        if layer == 0:
+            # half each from attention and MLP: outlier_scale x the embeddings' std
+            proj_b[out_ch] = fc_proj_b[out_ch] = np.float32(outlier_scale * 0.15 / 2)
         blocks.append(Block(
             g1, b1, attn_w, _t(rng, (3 * e,), 0.05),
             _t(rng, (e, e), 0.5 / np.sqrt(e)), proj_b,
             g2, b2, _t(rng, (e, f), 1.0 / np.sqrt(e)), _t(rng, (f,), 0.1),
-            _t(rng, (f, e), 0.5 / np.sqrt(f)), _t(rng, (e,), 0.02)))
+            _t(rng, (f, e), 0.5 / np.sqrt(f)), fc_proj_b))
     g, b = ln_params()
     return GPT2(config, wte, wpe, blocks, g, b)
 
