@@ -45,8 +45,8 @@ class Phase:
 def attention_command_layout(cfg: AttentionConfig):
     """One layer's attention. Addresses and strides are in memory words.
 
-    - ``n_head``, ``d_head`` (D, a multiple of norm_lanes), ``tq`` (queries),
-      ``offset`` (position of query 0; Tk = offset + tq keys);
+    - ``n_head`` >= 1, ``d_head`` (D >= 1, a multiple of norm_lanes), ``tq`` >= 1
+      (queries), ``offset`` (position of query 0; Tk = offset + tq <= max_seq keys);
     - Q of head h, query i: A row at ``q_base + h*q_head_stride + i*q_row_stride``;
     - K cache of head h, key tile j: Kᵀ [D, tile] in W layout at
       ``k_base + h*k_head_stride + j*k_tile_stride``;
@@ -82,25 +82,25 @@ class ReadQueue(wiring.Component):
     def __init__(self, cfg: EngineConfig, depth):
         self.depth = depth
         super().__init__({
-            "addr": In(stream.Signature(unsigned(cfg.addr_bits))),
+            "addr": In(stream.Signature(read_request_layout(cfg))),
             "rd_req": Out(stream.Signature(read_request_layout(cfg))),
             "rd_resp": In(stream.Signature(read_response_layout(cfg))),
-            "data": Out(stream.Signature(unsigned(8 * cfg.mem_bytes))),
+            "data": Out(stream.Signature(read_response_layout(cfg))),
         })
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.buf = buf = fifo.SyncFIFOBuffered(
-            width=len(self.data.payload), depth=self.depth)
+            width=len(self.data.payload.data), depth=self.depth)
         credits = Signal(range(self.depth + 1), init=self.depth)
         can = credits != 0
         m.d.comb += [self.rd_req.valid.eq(self.addr.valid & can),
-                     self.rd_req.payload.addr.eq(self.addr.payload),
+                     self.rd_req.payload.eq(self.addr.payload),
                      self.addr.ready.eq(self.rd_req.ready & can),
                      buf.w_data.eq(self.rd_resp.payload.data),
                      buf.w_en.eq(self.rd_resp.valid),
                      self.rd_resp.ready.eq(buf.w_rdy),
-                     self.data.valid.eq(buf.r_rdy), self.data.payload.eq(buf.r_data),
+                     self.data.valid.eq(buf.r_rdy), self.data.payload.data.eq(buf.r_data),
                      buf.r_en.eq(self.data.ready)]
         issue = self.rd_req.valid & self.rd_req.ready
         taken = self.data.valid & self.data.ready
@@ -313,7 +313,7 @@ class AttentionEngine(wiring.Component):
         pa_row, pa_w = Signal(range(R)), Signal(range(OWR))
         pa_ptr = addr("pa_ptr")
         m.d.comb += [rq.addr.valid.eq(sa_on | pa_on),
-                     rq.addr.payload.eq(Mux(sa_on, sa_ptr + sa_w, pa_ptr + pa_w))]
+                     rq.addr.payload.addr.eq(Mux(sa_on, sa_ptr + sa_w, pa_ptr + pa_w))]
         with m.If(sm_start):
             m.d.sync += [sa_on.eq(1), sa_row.eq(0), sa_w.eq(0), sa_ptr.eq(scratch["s"]),
                          read_phase.eq(0)]
@@ -346,7 +346,7 @@ class AttentionEngine(wiring.Component):
                      sp.row.eq(gb_row), sp.qpos.eq(cmd.offset + m0 + gb_row), sp.k0.eq(k0),
                      sp.n_keys.eq(n_keys), sp.mult.eq(cmd.score_mult), sp.shift.eq(cmd.score_shift)]
         for l in range(LN):
-            m.d.comb += sp.s[l].eq(rq.data.payload.word_select(gb_sub * LN + l, 32))
+            m.d.comb += sp.s[l].eq(rq.data.payload.data.word_select(gb_sub * LN + l, 32))
         feed = sm.scores.valid & sm.scores.ready
         row_end = gb_beat == BPR - 1
         word_end = row_end | (gb_sub == SPW // LN - 1)
@@ -401,7 +401,7 @@ class AttentionEngine(wiring.Component):
         b_pv = Signal(word)
         b_addr = Signal.like(o_w.addr)
         b_first = Signal()
-        m.d.sync += [b_valid.eq(take_pv), b_pv.eq(rq.data.payload), b_addr.eq(o_ac.addr),
+        m.d.sync += [b_valid.eq(take_pv), b_pv.eq(rq.data.payload.data), b_addr.eq(o_ac.addr),
                      b_first.eq(k0 == 0)]
         m.d.comb += [o_w.addr.eq(b_addr), o_w.en.eq(b_valid)]
         for l in range(SPW):
