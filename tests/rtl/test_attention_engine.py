@@ -164,3 +164,19 @@ def test_cycle_model_normaliser_regimes(seed):
     for lay, got, (q, k, v, offset, params) in zip(lays, cycles, commands):
         np.testing.assert_array_equal(lay.result(mem)[0], _reference(cfg, q, k, v, offset, params))
         assert got == attention_cycles(cfg, 1, q.shape[2], q.shape[1], offset).cycles
+
+
+@pytest.mark.slow
+def test_attention_soak(seed):
+    """A larger array, longer rows (several tiles per block, many blocks) and
+    more commands than the default run, with stalls everywhere."""
+    cfg = AttentionConfig(engine=EngineConfig(rows=4, cols=4, mem_bytes=16), tile=8, lanes=2,
+                          norm_lanes=2, max_d_head=16, max_seq=64)
+    rng = np.random.default_rng([seed, 4, 4])
+    commands = [_random_command(rng, cfg, n) for n in range(8)]
+    lays, mem, _ = _run(cfg, commands, seed, 0.3, rng)
+    for n, (lay, (q, k, v, offset, params)) in enumerate(zip(lays, commands)):
+        got, untouched = lay.result(mem)
+        np.testing.assert_array_equal(got, _reference(cfg, q, k, v, offset, params),
+                                      err_msg=f"command {n} (GPT2ACCEL_SEED={seed})")
+        assert untouched

@@ -128,3 +128,13 @@ def test_attention_config_rejects(kwargs, needle):
 def test_softmax_rejects_bad_table():
     with pytest.raises(ValueError, match="exp2 table"):
         SoftmaxUnit(AttentionConfig(), table=[255] * 63)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg,d,count", CONFIGS,
+                         ids=[f"r{c.rows}_t{c.tile}_l{c.lanes}_f{c.frac_bits}" for c, *_ in CONFIGS])
+def test_softmax_soak(cfg, d, count, seed):
+    """Ten times the default number of heads, heavier stalls."""
+    rng = np.random.default_rng([seed, cfg.rows, cfg.tile, cfg.lanes, 2])
+    table = quant.exp2_table(cfg.frac_bits)
+    _check(cfg, _heads(rng, cfg, d, 10 * count), seed, 0.5, table)
