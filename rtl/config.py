@@ -153,6 +153,20 @@ class EngineConfig:
         """Array input of a tile's last beat -> its first drained row (aligned, registered)."""
         return self.rows + self.cols + 1
 
+    @property
+    def interleave_min_k(self):
+        """Shortest K for which the next row block's A words are slotted between
+        W words: each tile then carries its W words, half as many A words and
+        its parameter words with room to spare, so the feeder never starves."""
+        return 8 * (self.param_words_per_tile + 4)
+
+    def interleave(self, m, k, n):
+        """Whether row blocks after the second load their A while the previous
+        block computes (the engine decides this from block 0's word count)."""
+        w_words = -(-n // self.cols) * self.w_words_per_tile(k)
+        return (k >= self.interleave_min_k
+                and w_words >= self.w_fifo_depth + 8 + 2 * self.rows * self.a_words_per_row(k))
+
     def write_beats_per_row(self, raw):
         return self.out_segment(raw)[2]
 

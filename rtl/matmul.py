@@ -25,6 +25,8 @@ from .config import EngineConfig
 from .systolic import SystolicArray
 from .requant import Requantiser
 
+C1 = Const(1, 1)
+
 __all__ = ["MatmulEngine", "command_layout", "read_request_layout",
            "read_response_layout", "write_layout"]
 
@@ -56,6 +58,145 @@ def write_layout(cfg):
     return data.StructLayout({"addr": unsigned(cfg.addr_bits),
                               "data": unsigned(8 * cfg.mem_bytes),
                               "strb": unsigned(cfg.mem_bytes)})
+
+
+class _WordWalker:
+    """The command's sequence of memory words, walked one word per `fire`.
+
+    Per row block: its A rows (unless already loaded), then per column tile
+    the parameter words and the W words. From the second row block on, if
+    the shape allows (`interleave`), the *next* block's A words are slotted
+    in after every second W word, starting after the first `w_fifo_depth + 1`
+    W words of a block: by then the feeder has popped a W word of this block,
+    so it has finished reading the A bank that is about to be overwritten.
+
+    The issuer and the router each own one walker, fed by request and
+    response handshakes respectively, so they agree on every word's meaning
+    without tags. `gate` holds a non-overlapped A load until the feeder has
+    finished the previous block (the issuer passes `a_empty`, the router 1).
+    """
+
+    def __init__(self, m, c, name, cmd, p, accept, a_blk_stride, k_ok, *, fire, gate):
+        R, C, MB, GW = c.rows, c.cols, c.mem_bytes, c.k_per_word
+        PW = c.param_words_per_tile
+        a_depth = c.a_words_per_row(c.max_k)
+        kbits = range(c.max_k + MB + GW + 1)
+
+        def sig(shape, field, **kw):
+            return Signal(shape, name=f"{name}_{field}", **kw)
+
+        # compute side: block m0, tile n0, parameter word q, W k-offset kk
+        m0, n0 = sig(cmd.m.shape(), "m0"), sig(cmd.n.shape(), "n0")
+        q, kk = sig(range(PW), "q"), sig(kbits, "kk")
+        p_ptr, w_ptr = sig(c.addr_bits, "p_ptr"), sig(c.addr_bits, "w_ptr")
+        j = sig(range(1 << 24), "j")              # W words so far in this block
+        blk0 = sig(1, "blk0")
+        il = sig(1, "il")                         # interleave A loads of later blocks
+        ph = sig(1, "ph")                         # every other W word carries an A slot
+        slot = sig(1, "slot")                     # the next word is an A word
+        # load side: block mA, row a_row, entry a_entry
+        mA = sig(cmd.m.shape(), "mA")
+        a_row, a_entry = sig(range(R), "a_row"), sig(range(a_depth + 1), "a_entry")
+        a_kk = sig(kbits, "a_kk")
+        a_blk, a_row_addr, a_ptr = (sig(c.addr_bits, f) for f in ("a_blk", "a_row_addr", "a_ptr"))
+        a_busy = sig(1, "a_busy")                 # an interleaved load is in progress
+        a_bank = sig(1, "a_bank")
+        aw = sig(range(a_depth + 1), "aw")         # A words per row, measured on block 0
+
+        self.a_row, self.a_entry, self.a_bank, self.q = a_row, a_entry, a_bank, q
+        self.first_q, self.last_q = q == 0, q == PW - 1
+        self.leaving_wait = Signal(name=f"{name}_leaving_wait")
+        self.is_a, self.is_param, self.is_w = (Signal(name=f"{name}_is_{k}")
+                                               for k in ("a", "param", "w"))
+        self.active = Signal(name=f"{name}_active")
+        self.addr = Signal(c.addr_bits, name=f"{name}_addr")
+        self.a_load_last = (a_kk + MB >= cmd.k) & ((a_row == R - 1) | (mA + a_row + 1 >= cmd.m))
+
+        def start_load(row, addr):
+            m.d.sync += [mA.eq(row), a_blk.eq(addr), a_row_addr.eq(addr), a_ptr.eq(addr),
+                         a_row.eq(0), a_kk.eq(0), a_entry.eq(0)]
+
+        def begin_block(row, interleave):
+            """Start the compute walk of block `row`; overlap the next block's load."""
+            m.d.sync += [n0.eq(0), q.eq(0), j.eq(0), ph.eq(0),
+                         p_ptr.eq(cmd.p_base), w_ptr.eq(cmd.w_base)]
+            with m.If(interleave & (row + R < cmd.m)):
+                start_load(row + R, a_blk + a_blk_stride)
+                m.d.sync += a_busy.eq(1)
+
+        with m.If(accept):
+            m.d.sync += [m0.eq(0), blk0.eq(1), il.eq(0), slot.eq(0), a_busy.eq(0),
+                         a_bank.eq(0)]
+            start_load(0, p.a_base)
+
+        def on_a_word(burst):
+            """An A word was sent/received; `burst` if outside the compute walk."""
+            m.d.sync += [a_ptr.eq(a_ptr + 1), a_kk.eq(a_kk + MB), a_entry.eq(a_entry + 1),
+                         slot.eq(0)]
+            with m.If(a_kk + MB >= cmd.k):
+                m.d.sync += [a_kk.eq(0), a_entry.eq(0), a_row.eq(a_row + 1),
+                             a_row_addr.eq(a_row_addr + cmd.a_stride),
+                             a_ptr.eq(a_row_addr + cmd.a_stride)]
+                with m.If(blk0 & (a_row == 0)):
+                    m.d.sync += aw.eq(a_entry + 1)
+                with m.If(self.a_load_last):
+                    m.d.sync += [a_busy.eq(0), a_bank.eq(~a_bank), a_row.eq(0)]
+                    if burst:
+                        begin_block(m0, il)
+                        m.next = "PARAM"
+
+        def on_w_word():
+            m.d.sync += [w_ptr.eq(w_ptr + 1), kk.eq(kk + GW), j.eq(j + 1)]
+            with m.If(a_busy & (j + 1 >= c.w_fifo_depth + 1)):
+                m.d.sync += [ph.eq(~ph), slot.eq(~ph)]
+            with m.If(kk + GW >= cmd.k):
+                with m.If(n0 + C < cmd.n):
+                    m.d.sync += n0.eq(n0 + C)
+                    m.next = "PARAM"
+                with m.Elif(m0 + R < cmd.m):
+                    m.d.sync += [m0.eq(m0 + R), blk0.eq(0)]
+                    with m.If(blk0):
+                        # decide once, from block 0's word count, whether later
+                        # blocks' A words fit between this many W words
+                        m.d.sync += il.eq(k_ok & (j + 1 >= c.w_fifo_depth + 8 + 2 * R * aw))
+                    with m.If(il & ~blk0):
+                        begin_block(m0 + R, 1)
+                        m.next = "PARAM"
+                    with m.Else():
+                        m.next = "WAIT_A"
+                with m.Else():
+                    m.next = "IDLE"
+
+        with m.FSM(name=f"{name}_fsm"):
+            with m.State("IDLE"):
+                with m.If(accept):
+                    m.next = "A"
+            with m.State("WAIT_A"):
+                with m.If(gate):
+                    m.d.comb += self.leaving_wait.eq(1)
+                    start_load(m0, a_blk + a_blk_stride)
+                    m.next = "A"
+            with m.State("A"):
+                m.d.comb += self.is_a.eq(1)
+                with m.If(fire):
+                    on_a_word(burst=True)
+            with m.State("PARAM"):
+                m.d.comb += [self.is_a.eq(slot), self.is_param.eq(~slot)]
+                with m.If(fire & slot):
+                    on_a_word(burst=False)
+                with m.If(fire & ~slot):
+                    m.d.sync += [p_ptr.eq(p_ptr + 1), q.eq(q + 1)]
+                    with m.If(self.last_q):
+                        m.d.sync += [q.eq(0), kk.eq(0)]
+                        m.next = "W"
+            with m.State("W"):
+                m.d.comb += [self.is_a.eq(slot), self.is_w.eq(~slot)]
+                with m.If(fire & slot):
+                    on_a_word(burst=False)
+                with m.If(fire & ~slot):
+                    on_w_word()
+        m.d.comb += [self.active.eq(self.is_a | self.is_param | self.is_w),
+                     self.addr.eq(Mux(self.is_a, a_ptr, Mux(self.is_param, p_ptr, w_ptr)))]
 
 
 class MatmulEngine(wiring.Component):
@@ -107,10 +248,14 @@ class MatmulEngine(wiring.Component):
             pmin = Mux(p.raw_out, c.min_tile_period(True), c.min_tile_period(False))
             m.d.sync += pad_len.eq(Mux(p.k < pmin, pmin - p.k, 0))
 
-        # Block handshake flags around the single A scratchpad: a_empty lets
-        # the issuer fetch the next block, a_full lets the feeder use it.
+        # A scratchpad banks: the router loads one while the feeder reads the
+        # other. a_rdy[bank]: loaded, not yet consumed. a_empty: the feeder
+        # finished a block (the issuer's gate for a non-overlapped A load).
+        a_rdy = Signal(2)
+        a_rdy_set = Signal(2)
+        a_rdy_clr = Signal(2)
+        m.d.sync += a_rdy.eq((a_rdy | a_rdy_set) & ~a_rdy_clr)
         a_empty = Signal(init=1)
-        a_full = Signal()
         # Tiles whose parameters were requested but not yet consumed by the
         # requantiser: bounds the parameter FIFO and the issuer's run-ahead.
         tiles_ahead = Signal(range(c.param_fifo_tiles + 1))
@@ -122,9 +267,16 @@ class MatmulEngine(wiring.Component):
         resp_fire = self.rd_resp.valid & self.rd_resp.ready
         m.d.sync += outstanding.eq(outstanding + req_fire - resp_fire)
 
+        # Per-command values shared by both walkers.
+        a_blk_stride = Signal(c.addr_bits)   # a_stride * rows: next row block
+        k_ok = Signal()                      # K long enough to interleave A loads
+        with m.If(accept):
+            m.d.sync += [a_blk_stride.eq(p.a_stride * R),
+                         k_ok.eq(p.k >= c.interleave_min_k)]
+
         # ---------------- A scratchpad, FIFOs --------------------------------
         a_depth = c.a_words_per_row(c.max_k)
-        m.submodules.a_mem = a_mem = Memory(shape=R * 8 * MB, depth=a_depth, init=[])
+        m.submodules.a_mem = a_mem = Memory(shape=R * 8 * MB, depth=2 * a_depth, init=[])
         a_wr = a_mem.write_port(granularity=8 * MB)
         a_rd = a_mem.read_port(domain="sync", transparent_for=())
         m.submodules.w_fifo = w_fifo = fifo.SyncFIFOBuffered(width=8 * MB, depth=c.w_fifo_depth)
@@ -133,128 +285,45 @@ class MatmulEngine(wiring.Component):
         out_rows = c.out_fifo_tiles * R
         m.submodules.o_fifo = o_fifo = fifo.SyncFIFOBuffered(width=32 * C, depth=out_rows + 1)
 
-        # ---------------- issuer ---------------------------------------------
-        with m.FSM(name="issuer"):
-            i_m0 = Signal.like(cmd.m)       # first row of the block
-            i_row = Signal(range(R))        # row within the block (A phase)
-            i_kk = Signal(range(c.max_k + MB + GW + 1))  # k offset of the current word
-            i_q = Signal(range(PW))         # parameter word within the tile
-            i_n0 = Signal.like(cmd.n)
-            i_row_addr = Signal(c.addr_bits)
-            i_a_ptr = Signal(c.addr_bits)
-            i_p_ptr = Signal(c.addr_bits)
-            i_w_ptr = Signal(c.addr_bits)
-            can_issue = outstanding < c.max_outstanding
+        # ---------------- issuer and router ----------------------------------
+        # The same walk over the command's words, once on the request side and
+        # once on the response side; it advances on `fire`.
+        iw = _WordWalker(m, c, "issue", cmd, p, accept, a_blk_stride, k_ok,
+                         fire=req_fire, gate=a_empty)
+        rw = _WordWalker(m, c, "route", cmd, p, accept, a_blk_stride, k_ok,
+                         fire=resp_fire, gate=C1)
 
-            def start_block(row_addr):
-                m.d.sync += [i_row.eq(0), i_kk.eq(0), i_row_addr.eq(row_addr),
-                             i_a_ptr.eq(row_addr), a_empty.eq(0)]
+        with m.If(iw.leaving_wait):
+            m.d.sync += a_empty.eq(0)
+        with m.If(accept):
+            m.d.sync += a_empty.eq(0)
+        can_issue = outstanding < c.max_outstanding
+        throttle = iw.is_param & iw.first_q & (tiles_ahead >= c.param_fifo_tiles)
+        m.d.comb += [self.rd_req.valid.eq(iw.active & can_issue & ~throttle),
+                     self.rd_req.payload.addr.eq(iw.addr),
+                     tile_issue.eq(req_fire & iw.is_param & iw.first_q)]
 
-            with m.State("IDLE"):
-                with m.If(accept):
-                    m.d.sync += i_m0.eq(0)
-                    start_block(p.a_base)
-                    m.next = "A"
-            with m.State("WAIT_A"):
-                with m.If(a_empty):
-                    start_block(i_row_addr)
-                    m.next = "A"
-            with m.State("A"):
-                m.d.comb += [self.rd_req.valid.eq(can_issue),
-                             self.rd_req.payload.addr.eq(i_a_ptr)]
-                with m.If(req_fire):
-                    m.d.sync += [i_a_ptr.eq(i_a_ptr + 1), i_kk.eq(i_kk + MB)]
-                    with m.If(i_kk + MB >= cmd.k):
-                        last_row = (i_row == R - 1) | (i_m0 + i_row + 1 >= cmd.m)
-                        with m.If(last_row):
-                            m.d.sync += [i_n0.eq(0), i_q.eq(0),
-                                         i_p_ptr.eq(cmd.p_base), i_w_ptr.eq(cmd.w_base)]
-                            m.next = "PARAM"
-                        with m.Else():
-                            m.d.sync += [i_row.eq(i_row + 1), i_kk.eq(0),
-                                         i_row_addr.eq(i_row_addr + cmd.a_stride),
-                                         i_a_ptr.eq(i_row_addr + cmd.a_stride)]
-            with m.State("PARAM"):
-                first = i_q == 0
-                m.d.comb += [self.rd_req.valid.eq(can_issue & (~first | (tiles_ahead < c.param_fifo_tiles))),
-                             self.rd_req.payload.addr.eq(i_p_ptr)]
-                with m.If(req_fire):
-                    m.d.comb += tile_issue.eq(first)
-                    m.d.sync += i_p_ptr.eq(i_p_ptr + 1)
-                    with m.If(i_q == PW - 1):
-                        m.d.sync += [i_q.eq(0), i_kk.eq(0)]
-                        m.next = "W"
-                    with m.Else():
-                        m.d.sync += i_q.eq(i_q + 1)
-            with m.State("W"):
-                m.d.comb += [self.rd_req.valid.eq(can_issue),
-                             self.rd_req.payload.addr.eq(i_w_ptr)]
-                with m.If(req_fire):
-                    m.d.sync += [i_w_ptr.eq(i_w_ptr + 1), i_kk.eq(i_kk + GW)]
-                    with m.If(i_kk + GW >= cmd.k):
-                        with m.If(i_n0 + C < cmd.n):
-                            m.d.sync += i_n0.eq(i_n0 + C)
-                            m.next = "PARAM"
-                        with m.Elif(i_m0 + R < cmd.m):
-                            # next block starts R rows further down
-                            m.d.sync += [i_m0.eq(i_m0 + R),
-                                         i_row_addr.eq(i_row_addr + cmd.a_stride)]
-                            m.next = "WAIT_A"
-                        with m.Else():
-                            m.next = "IDLE"
-
-        # ---------------- router ---------------------------------------------
         p_buf = Signal(8 * MB * PW)
         p_word = Signal(8 * MB * PW)
-        m.d.comb += [p_word.eq(Cat(p_buf[8 * MB:], self.rd_resp.payload.data)),
+        data = self.rd_resp.payload.data
+        m.d.comb += [p_word.eq(Cat(p_buf[8 * MB:], data)),
                      p_fifo.w_data.eq(p_word[:param_width]),
-                     w_fifo.w_data.eq(self.rd_resp.payload.data),
-                     a_wr.addr.eq(0), a_wr.data.eq(self.rd_resp.payload.data.replicate(R))]
-        with m.FSM(name="router"):
-            r_m0 = Signal.like(cmd.m)
-            r_row = Signal(range(R))
-            r_j = Signal(range(a_depth + 1))
-            r_kk = Signal(range(c.max_k + MB + GW + 1))
-            r_q = Signal(range(PW))
-            r_n0 = Signal.like(cmd.n)
-            m.d.comb += a_wr.addr.eq(r_j)
-            with m.State("IDLE"):
-                with m.If(accept):
-                    m.d.sync += [r_m0.eq(0), r_row.eq(0), r_j.eq(0), r_kk.eq(0)]
-                    m.next = "A"
-            with m.State("A"):
-                m.d.comb += self.rd_resp.ready.eq(1)
-                with m.If(resp_fire):
-                    m.d.comb += a_wr.en.eq(1 << r_row)
-                    m.d.sync += [r_j.eq(r_j + 1), r_kk.eq(r_kk + MB)]
-                    with m.If(r_kk + MB >= cmd.k):
-                        m.d.sync += [r_j.eq(0), r_kk.eq(0), r_row.eq(r_row + 1)]
-                        with m.If((r_row == R - 1) | (r_m0 + r_row + 1 >= cmd.m)):
-                            m.d.sync += [a_full.eq(1), r_n0.eq(0), r_q.eq(0), r_row.eq(0)]
-                            m.next = "PARAM"
-            with m.State("PARAM"):
-                last_q = r_q == PW - 1
-                m.d.comb += [self.rd_resp.ready.eq(~last_q | p_fifo.w_rdy),
-                             p_fifo.w_en.eq(self.rd_resp.valid & last_q)]
-                with m.If(resp_fire):
-                    m.d.sync += [p_buf.eq(p_word), r_q.eq(r_q + 1)]
-                    with m.If(last_q):
-                        m.d.sync += [r_q.eq(0), r_kk.eq(0)]
-                        m.next = "W"
-            with m.State("W"):
-                m.d.comb += [self.rd_resp.ready.eq(w_fifo.w_rdy),
-                             w_fifo.w_en.eq(self.rd_resp.valid)]
-                with m.If(resp_fire):
-                    m.d.sync += r_kk.eq(r_kk + GW)
-                    with m.If(r_kk + GW >= cmd.k):
-                        with m.If(r_n0 + C < cmd.n):
-                            m.d.sync += r_n0.eq(r_n0 + C)
-                            m.next = "PARAM"
-                        with m.Elif(r_m0 + R < cmd.m):
-                            m.d.sync += [r_m0.eq(r_m0 + R), r_kk.eq(0), r_j.eq(0)]
-                            m.next = "A"
-                        with m.Else():
-                            m.next = "IDLE"
+                     w_fifo.w_data.eq(data),
+                     a_wr.addr.eq(rw.a_entry + Mux(rw.a_bank, a_depth, 0)),
+                     a_wr.data.eq(data.replicate(R))]
+        with m.If(rw.is_a):
+            m.d.comb += [self.rd_resp.ready.eq(1),
+                         a_wr.en.eq(Mux(self.rd_resp.valid, 1 << rw.a_row, 0))]
+            with m.If(resp_fire & rw.a_load_last):
+                m.d.comb += a_rdy_set.eq(1 << rw.a_bank)
+        with m.Elif(rw.is_param):
+            m.d.comb += [self.rd_resp.ready.eq(~rw.last_q | p_fifo.w_rdy),
+                         p_fifo.w_en.eq(self.rd_resp.valid & rw.last_q)]
+            with m.If(resp_fire):
+                m.d.sync += p_buf.eq(p_word)
+        with m.Elif(rw.is_w):
+            m.d.comb += [self.rd_resp.ready.eq(w_fifo.w_rdy),
+                         w_fifo.w_en.eq(self.rd_resp.valid)]
 
         # ---------------- feeder ---------------------------------------------
         # F0: decide the beat, read the scratchpad, pop W. F1: select lanes.
@@ -271,10 +340,12 @@ class MatmulEngine(wiring.Component):
         f_g = Signal(range(GW))
         f_lane = Signal(range(MB))
         f_entry = Signal(range(a_depth))
+        f_bank = Signal()
         f_n0 = Signal.like(cmd.n)
         f_m0 = Signal.like(cmd.m)
         f_pad = Signal.like(pad_len)
-        m.d.comb += [a_rd.addr.eq(f_entry), a_rd.en.eq(1), w_fifo.r_en.eq(f_pop)]
+        m.d.comb += [a_rd.addr.eq(f_entry + Mux(f_bank, a_depth, 0)), a_rd.en.eq(1),
+                     w_fifo.r_en.eq(f_pop)]
         def next_tile():
             """Move the feeder to the next tile, or stop after the last one."""
             with m.If(f_n0 + C < cmd.n):
@@ -290,10 +361,10 @@ class MatmulEngine(wiring.Component):
             with m.State("IDLE"):
                 with m.If(accept):
                     m.d.sync += [f_k.eq(0), f_g.eq(0), f_lane.eq(0), f_entry.eq(0),
-                                 f_n0.eq(0), f_m0.eq(0)]
+                                 f_n0.eq(0), f_m0.eq(0), f_bank.eq(0)]
                     m.next = "BEAT"
             with m.State("BEAT"):
-                ready = a_full & ((f_g != 0) | w_fifo.r_rdy) & ((f_k != 0) | (credits >= R))
+                ready = a_rdy.bit_select(f_bank, 1) & ((f_g != 0) | w_fifo.r_rdy) & ((f_k != 0) | (credits >= R))
                 m.d.comb += [f_beat.eq(ready), f_pop.eq(ready & (f_g == 0)),
                              reserve.eq(ready & (f_k == 0)), f_last.eq(f_k + 1 == cmd.k)]
                 with m.If(ready):
@@ -305,7 +376,8 @@ class MatmulEngine(wiring.Component):
                                      f_pad.eq(pad_len)]
                         with m.If(f_n0 + C >= cmd.n):
                             # the scratchpad has been read for the last time
-                            m.d.sync += [a_full.eq(0), a_empty.eq(1)]
+                            m.d.comb += a_rdy_clr.eq(1 << f_bank)
+                            m.d.sync += [a_empty.eq(1), f_bank.eq(~f_bank)]
                         final = (f_n0 + C >= cmd.n) & (f_m0 + R >= cmd.m)
                         with m.If(final):
                             m.next = "IDLE"

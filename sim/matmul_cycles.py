@@ -58,13 +58,18 @@ def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY
     tail = (cfg.FEED_LATENCY + cfg.drain_latency + cfg.REQUANT_LATENCY
             + fifo + R * cfg.write_beats_per_row(raw))
 
+    overlap = cfg.interleave(m, k, n)
     x = 1                                   # first A request of block 0
     last_beat = None
     for b in range(_cdiv(m, R)):
         rows = min(R, m - b * R)
-        start = x + rows * AW + startup
-        if last_beat is not None:
-            start = max(start, last_beat + pad + 1)
+        if overlap and b >= 2:
+            # this block's A was loaded while the previous block computed
+            start = last_beat + pad + 1
+        else:
+            start = x + rows * AW + startup
+            if last_beat is not None:
+                start = max(start, last_beat + pad + 1)
         last_beat = start + (NT - 1) * P + k - 1
         x = last_beat + 2
     return MatmulCycles(cycles=last_beat + tail, macs=m * k * n,
