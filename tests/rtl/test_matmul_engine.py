@@ -64,6 +64,38 @@ def test_cycle_model_matches_rtl(cfg, count, mm, mk, mn, seed):
                              f"model {want} (GPT2ACCEL_SEED={seed})")
 
 
+@pytest.mark.parametrize("cfg", [EngineConfig(rows=2, cols=2), EngineConfig(rows=3, cols=2)],
+                         ids=["2x2", "3x2"])
+def test_overlapped_a_loads(cfg, seed):
+    """Shapes long enough that row blocks after the second load their A while
+    the previous block computes: exact results (with stalls) and exact cycles
+    (without), including shapes at the edge of the overlap condition."""
+    rng = np.random.default_rng([seed, cfg.rows, cfg.cols, 2])
+    kmin = cfg.interleave_min_k
+    shapes = []
+    for k in (kmin, kmin + int(rng.integers(1, 30))):
+        need = cfg.w_fifo_depth + 8 + 2 * cfg.rows * cfg.a_words_per_row(k)
+        tiles = -(-need // cfg.w_words_per_tile(k))
+        for n in ((tiles - 1) * cfg.cols, tiles * cfg.cols - cfg.cols + 1):
+            shapes.append((int(rng.integers(2 * cfg.rows + 1, 4 * cfg.rows)), k, n))
+    assert any(cfg.interleave(*s) for s in shapes) and not all(cfg.interleave(*s) for s in shapes)
+    cases = []
+    for m, k, n in shapes:
+        case = random_case(rng, cfg, 1, 1, 1)
+        a_lo, a_hi = (-128, 128) if case.a_signed else (0, 256)
+        cases.append(MatmulCase(rng.integers(a_lo, a_hi, (m, k)), rng.integers(-128, 128, (k, n)),
+                                rng.integers(-2**31, 2**31, n), rng.integers(0, 2**15, n),
+                                rng.integers(0, 48, n), case.a_signed, case.raw))
+    results, cycles, _ = simulate(cfg, cases, seed=seed)
+    check_results(cases, results, seed, "overlapped A loads")
+    for case, got in zip(cases, cycles):
+        (m, k), n = case.a.shape, case.w.shape[1]
+        assert got == matmul_cycles(cfg, m, k, n, case.raw).cycles, (m, k, n, seed)
+    results, _, stats = simulate(cfg, cases[::2], seed=seed, stall=0.3, jitter=4)
+    check_results(cases[::2], results, seed, "overlapped A loads with stalls")
+    assert stats["stray_bytes"] == 0 and stats["missing_bytes"] == 0
+
+
 def test_accumulator_extremes():
     """K = max_k with all-extreme operands: the largest products summed max_k
     times, plus int32-extreme biases so the sum wraps; and saturating requant."""
