@@ -2,11 +2,12 @@
 
 Blocks (see docs/architecture.md, "Matmul engine"):
 
-- issuer: walks the command's loop nest and sends read requests
-  (per row block: the A rows, then for every column tile its parameter
-  words and W words);
-- router: walks the same nest over the read responses and steers each word
-  to the A scratchpad, the parameter FIFO or the W FIFO;
+- issuer: walks the command's word sequence (`_WordWalker`) and sends read
+  requests (per row block: the A rows, then for every column tile its
+  parameter words and W words; later blocks' A words slotted between the
+  previous block's W words);
+- router: walks the same sequence over the read responses and steers each
+  word to an A scratchpad bank, the parameter FIFO or the W FIFO;
 - feeder: turns the resident A block and the W stream into array beats
   (one k-step for all rows/columns per cycle), padding short tiles;
 - SystolicArray -> Requantiser -> output FIFO -> writer, which emits one
@@ -375,7 +376,7 @@ class MatmulEngine(wiring.Component):
                         m.d.sync += [f_k.eq(0), f_g.eq(0), f_lane.eq(0), f_entry.eq(0),
                                      f_pad.eq(pad_len)]
                         with m.If(f_n0 + C >= cmd.n):
-                            # the scratchpad has been read for the last time
+                            # this bank has been read for the last time
                             m.d.comb += a_rdy_clr.eq(1 << f_bank)
                             m.d.sync += [a_empty.eq(1), f_bank.eq(~f_bank)]
                         final = (f_n0 + C >= cmd.n) & (f_m0 + R >= cmd.m)
