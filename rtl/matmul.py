@@ -90,7 +90,8 @@ class _WordWalker:
         m0, n0 = sig(cmd.m.shape(), "m0"), sig(cmd.n.shape(), "n0")
         q, kk = sig(range(PW), "q"), sig(kbits, "kk")
         p_ptr, w_ptr = sig(c.addr_bits, "p_ptr"), sig(c.addr_bits, "w_ptr")
-        j = sig(range(1 << 24), "j")              # W words so far in this block
+        max_j = -(-c.max_n // C) * c.w_words_per_tile(c.max_k) + 1
+        j = sig(range(max_j + 1), "j")            # W words so far in this block
         blk0 = sig(1, "blk0")
         il = sig(1, "il")                         # interleave A loads of later blocks
         ph = sig(1, "ph")                         # every other W word carries an A slot
