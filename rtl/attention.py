@@ -6,40 +6,41 @@ K/V caches of Tk = offset + Tq keys in memory, bit-exact with
 `intmodel.attention_head` per head. Per head, per block of `rows` queries,
 per key tile j (only tiles holding a key visible to the block):
 
-1. S = Q_blk @ K_jᵀ        matmul command (int8, raw int32) -> S scratch
-2. softmax phase:         S rows -> `SoftmaxUnit` -> P rows (uint8) -> P scratch,
-                          per row delta and L -> row-info memory
-3. PV = P @ V_j           matmul command (uint8 A, raw int32) -> PV scratch
-4. accumulate phase:      O[r] = round_shift(O[r], delta[r]) + PV[r] in the
-                          on-chip accumulator buffer (rows x max_d_head int32)
-5. after the last tile:   normalise phase, O rows and L -> `Normaliser` -> int8
-                          output row segments in memory
+1. S_j = Q_blk @ K_jᵀ     matmul command (int8, raw int32). Its output writes
+                          are taken on chip into S half j%2, not sent to memory;
+2. softmax of tile j:     S half j%2 -> `SoftmaxUnit` -> P rows (uint8) -> P
+                          half j%2 in memory; per row delta and L -> row info half j%2;
+3. PV_j = P_j @ V_j       matmul command (uint8 A, raw int32). Its output writes
+                          update the on-chip accumulator as they come:
+                          O[r] = round_shift(O[r], delta[r]) + PV[r];
+4. after the last tile:   normalise, O rows and L -> `Normaliser` -> int8
+                          output row segments in memory.
 
-The matmul engine is used unmodified through its command port; the memory
-port is handed to it while it is busy and to the controller otherwise. Every
-buffer has a size fixed by the configuration (one tile of S / P / PV rows,
-one block of O): nothing grows with the sequence length except the KV cache.
-The phases run one after another, so the time of a command is a sum of
-per-phase times that `sim/attention_cycles.py` reproduces exactly.
+The matmul engine is used unmodified through its command port and keeps the
+read channel of the memory port; the controller only writes (P rows and
+outputs). The engine runs S_0, S_1, PV_0, S_2, PV_1, ...: the softmax of tile
+j overlaps S_{j+1}, so while the softmax is shorter than a matmul command
+the engine never waits. Every buffer has a size fixed by the configuration
+(two S tiles, two P tiles, one block of O): nothing grows with the sequence
+length except the KV cache. `sim/attention_cycles.py` reproduces the timing.
 """
 from amaranth.hdl import *
-from amaranth.lib import wiring, stream, data, fifo
+from amaranth.lib import wiring, stream, data
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .attention_config import AttentionConfig
-from .config import EngineConfig
 from .intarith import round_shift
 from .matmul import MatmulEngine, read_request_layout, read_response_layout, write_layout
 from .normalise import Normaliser
 from .softmax import SoftmaxUnit
 
-__all__ = ["AttentionEngine", "ReadQueue", "attention_command_layout", "Phase"]
+__all__ = ["AttentionEngine", "attention_command_layout", "Phase"]
 
 
 class Phase:
-    """Values of the engine's `phase` output (for tracing and the cycle-model tests)."""
-    IDLE, S_CMD, S_WAIT, SOFTMAX, PV_CMD, PV_WAIT, ACC, NORM, NEXT = range(9)
+    """Values of the engine's `phase` output (the command sequencer's state)."""
+    IDLE, DECIDE, S_CMD, PV_CMD, WAIT, NORM, NEXT = range(7)
 
 
 def attention_command_layout(cfg: AttentionConfig):
@@ -71,50 +72,15 @@ def attention_command_layout(cfg: AttentionConfig):
     })
 
 
-class ReadQueue(wiring.Component):
-    """Memory reads as a stream: addresses in, words out, in order.
-
-    Requests are only issued while fewer than `depth` words are requested or
-    buffered but not yet taken, so the response FIFO never overflows and a
-    slow consumer simply throttles the requests.
-    """
-
-    def __init__(self, cfg: EngineConfig, depth):
-        self.depth = depth
-        super().__init__({
-            "addr": In(stream.Signature(read_request_layout(cfg))),
-            "rd_req": Out(stream.Signature(read_request_layout(cfg))),
-            "rd_resp": In(stream.Signature(read_response_layout(cfg))),
-            "data": Out(stream.Signature(read_response_layout(cfg))),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.buf = buf = fifo.SyncFIFOBuffered(
-            width=len(self.data.payload.data), depth=self.depth)
-        credits = Signal(range(self.depth + 1), init=self.depth)
-        can = credits != 0
-        m.d.comb += [self.rd_req.valid.eq(self.addr.valid & can),
-                     self.rd_req.payload.eq(self.addr.payload),
-                     self.addr.ready.eq(self.rd_req.ready & can),
-                     buf.w_data.eq(self.rd_resp.payload.data),
-                     buf.w_en.eq(self.rd_resp.valid),
-                     self.rd_resp.ready.eq(buf.w_rdy),
-                     self.data.valid.eq(buf.r_rdy), self.data.payload.data.eq(buf.r_data),
-                     buf.r_en.eq(self.data.ready)]
-        issue = self.rd_req.valid & self.rd_req.ready
-        taken = self.data.valid & self.data.ready
-        m.d.sync += credits.eq(credits - issue + taken)
-        return m
-
-
 class AttentionEngine(wiring.Component):
     """Attention controller + MatmulEngine + SoftmaxUnit + Normaliser.
 
     Ports: ``cmd`` (`attention_command_layout`, taken when idle),
     ``rd_req`` / ``rd_resp`` / ``wr`` (the `MatmulEngine` memory port
-    contract: in-order responses), ``busy``, ``done`` (one-cycle pulse after
-    the last output write), ``phase`` (a `Phase` value, for tracing).
+    contract: in-order responses; a write accepted before a read request
+    must be visible to it), ``busy``, ``done`` (one-cycle pulse after the
+    last output write), ``phase`` (a `Phase` value) and ``softmax_busy``
+    (a tile is in the softmax), for tracing.
     """
 
     def __init__(self, cfg: AttentionConfig, table=None):
@@ -127,7 +93,7 @@ class AttentionEngine(wiring.Component):
             "rd_req": Out(stream.Signature(read_request_layout(e))),
             "rd_resp": In(stream.Signature(read_response_layout(e))),
             "wr": Out(stream.Signature(write_layout(e))),
-            "busy": Out(1), "done": Out(1), "phase": Out(4),
+            "busy": Out(1), "done": Out(1), "phase": Out(3), "softmax_busy": Out(1),
         })
 
     def elaborate(self, platform):
@@ -135,32 +101,26 @@ class AttentionEngine(wiring.Component):
         c, e = self.cfg, self.cfg.engine
         R, MB, SPW, T = e.rows, e.mem_bytes, c.scores_per_word, c.tile
         LN, NL, BPR = c.lanes, c.norm_lanes, c.beats_per_row
-        OWR = c.o_words_per_row
+        SS, PS, PVS = c.s_stride, c.p_stride, c.pv_stride
+        PVS_LOG = PVS.bit_length() - 1
         off = c.scratch_offsets()
 
         m.submodules.mm = mm = MatmulEngine(e)
         m.submodules.softmax = sm = SoftmaxUnit(c, self.table)
         m.submodules.norm = norm = Normaliser(c)
-        m.submodules.rq = rq = ReadQueue(e, e.max_outstanding)
 
-        # ---------------- memory port: the matmul engine owns it while busy --------
-        own = mm.busy
-        wr_c = Signal.like(self.wr.payload)      # controller's write beat
-        wr_c_valid = Signal()
-        m.d.comb += [
-            self.rd_req.valid.eq(Mux(own, mm.rd_req.valid, rq.rd_req.valid)),
-            self.rd_req.payload.eq(Mux(own, mm.rd_req.payload, rq.rd_req.payload)),
-            mm.rd_req.ready.eq(self.rd_req.ready & own),
-            rq.rd_req.ready.eq(self.rd_req.ready & ~own),
-            mm.rd_resp.payload.eq(self.rd_resp.payload), rq.rd_resp.payload.eq(self.rd_resp.payload),
-            mm.rd_resp.valid.eq(self.rd_resp.valid & own),
-            rq.rd_resp.valid.eq(self.rd_resp.valid & ~own),
-            self.rd_resp.ready.eq(Mux(own, mm.rd_resp.ready, rq.rd_resp.ready)),
-            self.wr.valid.eq(Mux(own, mm.wr.valid, wr_c_valid)),
-            self.wr.payload.eq(Mux(own, mm.wr.payload, wr_c)),
-            mm.wr.ready.eq(self.wr.ready & own),
-        ]
-        wr_c_ready = self.wr.ready & ~own
+        # ---------------- memory port ----------------------------------------------
+        # Reads are the matmul engine's alone. Its writes (S and PV rows) are
+        # taken here, always at once, exactly like the reference memory would.
+        m.d.comb += [self.rd_req.valid.eq(mm.rd_req.valid),
+                     self.rd_req.payload.eq(mm.rd_req.payload),
+                     mm.rd_req.ready.eq(self.rd_req.ready),
+                     mm.rd_resp.valid.eq(self.rd_resp.valid),
+                     mm.rd_resp.payload.eq(self.rd_resp.payload),
+                     self.rd_resp.ready.eq(mm.rd_resp.ready),
+                     mm.wr.ready.eq(1)]
+        snoop = mm.wr.valid
+        wr_ready = self.wr.ready
 
         # ---------------- command registers and loop counters ----------------------
         cmd = Signal(attention_command_layout(c))
@@ -171,40 +131,54 @@ class AttentionEngine(wiring.Component):
         accept = self.cmd.valid & ~busy
         p = self.cmd.payload
 
-        def addr(name=None):
+        def addr(name):
             return Signal(e.addr_bits, name=name)
 
         tk = Signal(range(2 * c.max_seq + 1))       # keys = offset + tq
         h = Signal(range(257))                      # head
-        hq, hk, hv = addr("hq"), addr("hk"), addr("hv")         # head bases of Q, K, V
+        hq, hk, hv = addr("hq"), addr("hk"), addr("hv")
         m0 = Signal(range(c.max_seq + R + 1))      # first query of the block
         rows_b = Signal(range(R + 1))               # queries in the block
-        qb = addr("qb")                                 # Q row m0 of this head
-        ob = addr("ob")                                 # output row m0
-        k0 = Signal(range(c.max_seq + T + 1))      # first key of the tile
-        kp, vp = addr("kp"), addr("vp")                     # K / V tile addresses
-        n_keys = Signal(range(T + 1))
-        wpv = Signal(range(OWR + 1))                # PV / O words per row: ceil(D / SPW)
+        qb, ob = addr("qb"), addr("ob")             # Q row m0 of this head, output row m0
+        wpv = Signal(range(PVS + 1))                # O words per row: ceil(D / SPW)
         nbeats = Signal(range(c.max_d_head + 1))    # normaliser beats per row: D / NL
         # output byte position of this head within a row, as (word, byte); the
         # next head's is captured when the writer finishes the head's first row
         hw, ho = addr("hw"), Signal(range(MB))
         nhw, nho = addr("nhw"), Signal(range(MB))
-        scratch = {k: addr(f"scratch_{k}") for k in ("zero", "s", "p", "pv")}
+        scratch = {k: addr(f"scratch_{k}") for k in ("zero", "p", "s", "pv")}
         last_q = Signal(range(2 * c.max_seq + R + 1))  # offset + m0 + rows_b - 1
-
         m.d.comb += last_q.eq(cmd.offset + m0 + rows_b - 1)
 
-        # phase start strobes and done flags
-        sm_start, ac_start, nm_start = Signal(), Signal(), Signal()
-        sm_done, ac_done, nm_done = Signal(), Signal(), Signal()
+        # command sequencer: next S tile (k0, K pointer, half), next PV tile
+        es_k0, ep_k0 = Signal(range(c.max_seq + T + 1)), Signal(range(c.max_seq + T + 1))
+        es_kp, ep_vp = addr("es_kp"), addr("ep_vp")
+        es_par, ep_par = Signal(), Signal()
+        ahead = Signal(range(3))            # S commands issued - PV commands issued
+        sm_ready = Signal(range(3))         # softmaxed tiles whose PV is not yet issued
+        s_full = Signal(range(3))           # S tiles done but not yet softmaxed
+        eng_pv = Signal()                   # the running command is a PV
+        pv_par = Signal()                   # ... and its half
+        pv_first = Signal()                 # ... is the row block's first tile
+        sm_fin = Signal()                   # softmax of a tile finished (pulse)
+        sm_take = Signal()                  # softmax takes an S tile (pulse)
+        s_issue, pv_issue = Signal(), Signal()
+        s_done = mm.done & ~eng_pv
+        m.d.sync += [ahead.eq(ahead + s_issue - pv_issue),
+                     sm_ready.eq(sm_ready + sm_fin - pv_issue),
+                     s_full.eq(s_full + s_done - sm_take)]
+        nm_start, nm_done = Signal(), Signal()
+        blk_start = Signal()                # resets the softmax sequencer
 
         def block_setup(m0_val, qb_val, ob_val):
             rem = cmd.tq - m0_val
+            m.d.comb += blk_start.eq(1)
             m.d.sync += [m0.eq(m0_val), qb.eq(qb_val), ob.eq(ob_val),
-                         rows_b.eq(Mux(rem > R, R, rem)), k0.eq(0), kp.eq(hk), vp.eq(hv),
-                         n_keys.eq(Mux(tk > T, T, tk))]
+                         rows_b.eq(Mux(rem > R, R, rem)),
+                         es_k0.eq(0), ep_k0.eq(0), es_kp.eq(hk), ep_vp.eq(hv),
+                         es_par.eq(0), ep_par.eq(0)]
 
+        mc = mm.cmd.payload
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
                 m.d.comb += self.phase.eq(Phase.IDLE)
@@ -221,56 +195,52 @@ class AttentionEngine(wiring.Component):
                 # the head's bases are set; start its first block
                 m.d.comb += self.phase.eq(Phase.NEXT)
                 block_setup(0, hq, cmd.out_base)
-                m.next = "S_CMD"
+                m.next = "DECIDE"
+            with m.State("DECIDE"):
+                # order S0, S1, PV0, S2, PV1, ...: S_{j+1} runs during softmax j;
+                # two S / P halves, so S never gets more than 2 tiles ahead
+                m.d.comb += self.phase.eq(Phase.DECIDE)
+                with m.If((es_k0 <= last_q) & (ahead < 2)):
+                    m.next = "S_CMD"
+                with m.Elif(ep_k0 <= last_q):
+                    with m.If(sm_ready != 0):
+                        m.next = "PV_CMD"
+                with m.Else():
+                    m.d.comb += nm_start.eq(1)
+                    m.next = "NORM"
             with m.State("S_CMD"):
                 m.d.comb += self.phase.eq(Phase.S_CMD)
-                mc = mm.cmd.payload
+                n_keys = Mux(tk - es_k0 > T, T, tk - es_k0)
                 m.d.comb += [mm.cmd.valid.eq(1), mc.m.eq(rows_b), mc.k.eq(cmd.d_head),
                              mc.n.eq(n_keys), mc.a_base.eq(qb), mc.a_stride.eq(cmd.q_row_stride),
-                             mc.w_base.eq(kp), mc.p_base.eq(scratch["zero"]),
-                             mc.out_base.eq(scratch["s"]), mc.out_stride.eq(c.s_stride),
-                             mc.a_signed.eq(1), mc.raw_out.eq(1)]
+                             mc.w_base.eq(es_kp), mc.p_base.eq(scratch["zero"]),
+                             mc.out_base.eq(scratch["s"] + Mux(es_par, R * SS, 0)),
+                             mc.out_stride.eq(SS), mc.a_signed.eq(1), mc.raw_out.eq(1)]
                 with m.If(mm.cmd.ready):
-                    m.next = "S_WAIT"
-            with m.State("S_WAIT"):
-                m.d.comb += self.phase.eq(Phase.S_WAIT)
-                with m.If(mm.done):
-                    m.d.comb += sm_start.eq(1)
-                    m.next = "SOFTMAX"
-            with m.State("SOFTMAX"):
-                m.d.comb += self.phase.eq(Phase.SOFTMAX)
-                with m.If(sm_done):
-                    m.next = "PV_CMD"
+                    m.d.comb += s_issue.eq(1)
+                    m.d.sync += [es_k0.eq(es_k0 + T), es_kp.eq(es_kp + cmd.k_tile_stride),
+                                 es_par.eq(~es_par), eng_pv.eq(0)]
+                    m.next = "WAIT"
             with m.State("PV_CMD"):
                 m.d.comb += self.phase.eq(Phase.PV_CMD)
-                mc = mm.cmd.payload
                 # k = the whole tile: P is 0 for absent keys, so the V cache keeps
                 # one fixed layout per tile however many keys it holds
                 m.d.comb += [mm.cmd.valid.eq(1), mc.m.eq(rows_b), mc.k.eq(T),
-                             mc.n.eq(cmd.d_head), mc.a_base.eq(scratch["p"]),
-                             mc.a_stride.eq(c.p_stride), mc.w_base.eq(vp),
+                             mc.n.eq(cmd.d_head),
+                             mc.a_base.eq(scratch["p"] + Mux(ep_par, R * PS, 0)),
+                             mc.a_stride.eq(PS), mc.w_base.eq(ep_vp),
                              mc.p_base.eq(scratch["zero"]), mc.out_base.eq(scratch["pv"]),
-                             mc.out_stride.eq(c.pv_stride), mc.a_signed.eq(0), mc.raw_out.eq(1)]
+                             mc.out_stride.eq(PVS), mc.a_signed.eq(0), mc.raw_out.eq(1)]
                 with m.If(mm.cmd.ready):
-                    m.next = "PV_WAIT"
-            with m.State("PV_WAIT"):
-                m.d.comb += self.phase.eq(Phase.PV_WAIT)
+                    m.d.comb += pv_issue.eq(1)
+                    m.d.sync += [ep_k0.eq(ep_k0 + T), ep_vp.eq(ep_vp + cmd.v_tile_stride),
+                                 ep_par.eq(~ep_par), eng_pv.eq(1), pv_par.eq(ep_par),
+                                 pv_first.eq(ep_k0 == 0)]
+                    m.next = "WAIT"
+            with m.State("WAIT"):
+                m.d.comb += self.phase.eq(Phase.WAIT)
                 with m.If(mm.done):
-                    m.d.comb += ac_start.eq(1)
-                    m.next = "ACC"
-            with m.State("ACC"):
-                m.d.comb += self.phase.eq(Phase.ACC)
-                with m.If(ac_done):
-                    nk0 = k0 + T
-                    m.d.sync += [k0.eq(nk0), kp.eq(kp + cmd.k_tile_stride),
-                                 vp.eq(vp + cmd.v_tile_stride),
-                                 n_keys.eq(Mux(tk - nk0 > T, T, tk - nk0))]
-                    with m.If(nk0 > last_q):
-                        # no key of a later tile is visible to this block
-                        m.d.comb += nm_start.eq(1)
-                        m.next = "NORM"
-                    with m.Else():
-                        m.next = "S_CMD"
+                    m.next = "DECIDE"
             with m.State("NORM"):
                 m.d.comb += self.phase.eq(Phase.NORM)
                 with m.If(nm_done):
@@ -279,7 +249,7 @@ class AttentionEngine(wiring.Component):
                 m.d.comb += self.phase.eq(Phase.NEXT)
                 with m.If(m0 + R < cmd.tq):
                     block_setup(m0 + R, qb + cmd.q_row_stride * R, ob + cmd.out_stride * R)
-                    m.next = "S_CMD"
+                    m.next = "DECIDE"
                 with m.Elif(h + 1 < cmd.n_head):
                     m.d.sync += [h.eq(h + 1), hq.eq(hq + cmd.q_head_stride),
                                  hk.eq(hk + cmd.k_head_stride), hv.eq(hv + cmd.v_head_stride),
@@ -289,162 +259,167 @@ class AttentionEngine(wiring.Component):
                     m.d.sync += [busy.eq(0), done.eq(1)]
                     m.next = "IDLE"
 
-        # ---------------- row info: delta and L of each block row ------------------
+        # ---------------- on-chip S tiles (two halves) ---------------------------------
+        m.submodules.sbuf = sbuf = Memory(shape=unsigned(8 * MB), depth=2 * R * SS, init=[])
+        s_w = sbuf.write_port(granularity=8)
+        s_r = sbuf.read_port(transparent_for=())
+        m.d.comb += [s_w.addr.eq(mm.wr.payload.addr - scratch["s"]),
+                     s_w.data.eq(mm.wr.payload.data),
+                     s_w.en.eq(Mux(snoop & ~eng_pv, mm.wr.payload.strb, 0))]
+
+        # ---------------- row info: delta and L per row, two halves --------------------
         info = data.StructLayout({"delta": range(33), "l_sum": unsigned(32)})
-        m.submodules.info = info_mem = Memory(shape=info, depth=R, init=[])
+        m.submodules.info = info_mem = Memory(shape=info, depth=2 * R, init=[])
         info_w = info_mem.write_port()
         info_ac = info_mem.read_port(transparent_for=())
         info_nm = info_mem.read_port(transparent_for=())
-        # ---------------- accumulator buffer: O of one block ------------------------
-        word = data.ArrayLayout(signed(32), SPW)
-        m.submodules.obuf = obuf = Memory(shape=word, depth=R * OWR, init=[])
-        o_w = obuf.write_port()
-        o_ac = obuf.read_port(transparent_for=())
-        o_nm = obuf.read_port(transparent_for=())
 
-        read_phase = Signal()   # 0: softmax phase reads S, 1: accumulate phase reads PV
-        # ---------------- softmax phase -----------------------------------------
-        # S address generator: rows_b rows x s_words words
-        sa_on = Signal()
-        sa_row, sa_w = Signal(range(R)), Signal(range(c.s_words))
-        sa_ptr = addr("sa_ptr")
-        # PV address generator (accumulate phase): rows_b rows x wpv words
-        pa_on = Signal()
-        pa_row, pa_w = Signal(range(R)), Signal(range(OWR))
-        pa_ptr = addr("pa_ptr")
-        m.d.comb += [rq.addr.valid.eq(sa_on | pa_on),
-                     rq.addr.payload.addr.eq(Mux(sa_on, sa_ptr + sa_w, pa_ptr + pa_w))]
+        # ---------------- softmax sequencer -------------------------------------------
+        sm_on = Signal()
+        sm_k0 = Signal(range(c.max_seq + T + 1))
+        sm_par = Signal()
+        sm_nkeys = Signal(range(T + 1))
+        sm_start = Signal()
+        m.d.comb += [sm_take.eq(~sm_on & (s_full != 0) & ~blk_start), sm_start.eq(sm_take),
+                     self.softmax_busy.eq(sm_on)]
+        with m.If(blk_start):
+            m.d.sync += [sm_k0.eq(0), sm_par.eq(0)]
         with m.If(sm_start):
-            m.d.sync += [sa_on.eq(1), sa_row.eq(0), sa_w.eq(0), sa_ptr.eq(scratch["s"]),
-                         read_phase.eq(0)]
-        with m.If(sa_on & rq.addr.ready):
-            m.d.sync += sa_w.eq(sa_w + 1)
-            with m.If(sa_w == c.s_words - 1):
-                m.d.sync += [sa_w.eq(0), sa_row.eq(sa_row + 1), sa_ptr.eq(sa_ptr + c.s_stride)]
-                with m.If(sa_row + 1 == rows_b):
-                    m.d.sync += sa_on.eq(0)
-        with m.If(ac_start):
-            m.d.sync += [pa_on.eq(1), pa_row.eq(0), pa_w.eq(0), pa_ptr.eq(scratch["pv"]),
-                         read_phase.eq(1)]
-        with m.If(pa_on & rq.addr.ready):
-            m.d.sync += pa_w.eq(pa_w + 1)
-            with m.If(pa_w == wpv - 1):
-                m.d.sync += [pa_w.eq(0), pa_row.eq(pa_row + 1), pa_ptr.eq(pa_ptr + c.pv_stride)]
-                with m.If(pa_row + 1 == rows_b):
-                    m.d.sync += pa_on.eq(0)
+            m.d.sync += [sm_on.eq(1), sm_nkeys.eq(Mux(tk - sm_k0 > T, T, tk - sm_k0))]
+        with m.If(sm_fin):
+            m.d.sync += [sm_on.eq(0), sm_k0.eq(sm_k0 + T), sm_par.eq(~sm_par)]
 
-        # S words -> softmax beats (lanes scores each); a row ends after BPR
-        # beats, dropping the rest of its last word
-        gb_on = Signal()
+        # S words -> softmax beats (lanes scores each). The read port's data
+        # register holds the current word; a row ends after BPR beats, dropping
+        # the rest of its last word.
+        sg_row, sg_w = Signal(range(R + 1)), Signal(range(SS))
+        sg_ptr = Signal(range(2 * R * SS + 1))
+        sg_valid = Signal()
+        sg_take = Signal()
+        sg_adv = ~sg_valid | sg_take
+        sg_more = sm_on & (sg_row != rows_b)
+        with m.If(sm_start):
+            m.d.sync += [sg_row.eq(0), sg_w.eq(0), sg_ptr.eq(Mux(sm_par, R * SS, 0))]
+        m.d.comb += [s_r.addr.eq(sg_ptr + sg_w), s_r.en.eq(sg_adv)]
+        with m.If(sg_adv & ~sm_start):
+            m.d.sync += sg_valid.eq(sg_more)
+            with m.If(sg_more):
+                m.d.sync += sg_w.eq(sg_w + 1)
+                with m.If(sg_w == c.s_words - 1):
+                    m.d.sync += [sg_w.eq(0), sg_row.eq(sg_row + 1), sg_ptr.eq(sg_ptr + SS)]
         gb_row = Signal(range(R))
         gb_beat = Signal(range(BPR))
         gb_sub = Signal(range(SPW // LN))
         with m.If(sm_start):
-            m.d.sync += [gb_on.eq(1), gb_row.eq(0), gb_beat.eq(0), gb_sub.eq(0)]
+            m.d.sync += [gb_row.eq(0), gb_beat.eq(0), gb_sub.eq(0)]
         sp = sm.scores.payload
-        m.d.comb += [sm.scores.valid.eq(gb_on & rq.data.valid),
-                     sp.row.eq(gb_row), sp.qpos.eq(cmd.offset + m0 + gb_row), sp.k0.eq(k0),
-                     sp.n_keys.eq(n_keys), sp.mult.eq(cmd.score_mult), sp.shift.eq(cmd.score_shift)]
+        m.d.comb += [sm.scores.valid.eq(sg_valid),
+                     sp.row.eq(gb_row), sp.qpos.eq(cmd.offset + m0 + gb_row), sp.k0.eq(sm_k0),
+                     sp.n_keys.eq(sm_nkeys), sp.mult.eq(cmd.score_mult),
+                     sp.shift.eq(cmd.score_shift)]
         for l in range(LN):
-            m.d.comb += sp.s[l].eq(rq.data.payload.data.word_select(gb_sub * LN + l, 32))
+            m.d.comb += sp.s[l].eq(s_r.data.word_select(gb_sub * LN + l, 32))
         feed = sm.scores.valid & sm.scores.ready
         row_end = gb_beat == BPR - 1
-        word_end = row_end | (gb_sub == SPW // LN - 1)
         with m.If(feed):
             m.d.sync += [gb_beat.eq(gb_beat + 1), gb_sub.eq(gb_sub + 1)]
-            with m.If(word_end):
+            with m.If(row_end | (gb_sub == SPW // LN - 1)):
+                m.d.comb += sg_take.eq(1)
                 m.d.sync += gb_sub.eq(0)
             with m.If(row_end):
                 m.d.sync += [gb_beat.eq(0), gb_row.eq(gb_row + 1)]
-                with m.If(gb_row + 1 == rows_b):
-                    m.d.sync += gb_on.eq(0)
 
-        # P writer: one write (lanes bytes) per probability beat
+        # P writer: one write (lanes bytes) per probability beat, into P half sm_par
         pw_row = Signal(range(R + 1))
         pw_ptr = addr("pw_ptr")
-        pw_word = Signal(range(c.p_stride + 1))
+        pw_word = Signal(range(PS + 1))
         pw_byte = Signal(range(MB))
         pr = sm.probs.payload
         p_bytes = Cat(*[pr.p[l] for l in range(LN)])
         with m.If(sm_start):
-            m.d.sync += [pw_row.eq(0), pw_ptr.eq(scratch["p"]), pw_word.eq(0), pw_byte.eq(0)]
-        p_on = ~read_phase & (pw_row != rows_b) & (sm_start == 0)
-        take_p = sm.probs.valid & p_on & wr_c_ready
-        m.d.comb += sm.probs.ready.eq(p_on & wr_c_ready)
-        m.d.comb += [info_w.addr.eq(pr.row), info_w.data.delta.eq(pr.delta),
-                     info_w.data.l_sum.eq(pr.l_sum), info_w.en.eq(take_p & pr.last)]
+            m.d.sync += [pw_row.eq(0), pw_word.eq(0), pw_byte.eq(0),
+                         pw_ptr.eq(scratch["p"] + Mux(sm_par, R * PS, 0))]
+        p_on = sm_on & (pw_row != rows_b)
+        take_p = sm.probs.valid & p_on & wr_ready
+        m.d.comb += sm.probs.ready.eq(p_on & wr_ready)
+        m.d.comb += [info_w.addr.eq(Cat(pr.row, sm_par) if R & (R - 1) == 0 and R > 1
+                                    else pr.row + Mux(sm_par, R, 0)),
+                     info_w.data.delta.eq(pr.delta), info_w.data.l_sum.eq(pr.l_sum),
+                     info_w.en.eq(take_p & pr.last)]
         with m.If(take_p):
-            m.d.sync += [pw_byte.eq(pw_byte + LN)]
+            m.d.sync += pw_byte.eq(pw_byte + LN)
             with m.If(pw_byte == MB - LN):
                 m.d.sync += [pw_byte.eq(0), pw_word.eq(pw_word + 1)]
             with m.If(pr.last):
-                m.d.sync += [pw_row.eq(pw_row + 1), pw_ptr.eq(pw_ptr + c.p_stride),
+                m.d.sync += [pw_row.eq(pw_row + 1), pw_ptr.eq(pw_ptr + PS),
                              pw_word.eq(0), pw_byte.eq(0)]
-        m.d.comb += sm_done.eq(~read_phase & (pw_row == rows_b) & ~sm_start)
+        m.d.comb += sm_fin.eq(sm_on & ~sm_start & (pw_row == rows_b))
 
-        # ---------------- accumulate phase -------------------------------------------
-        # A: take a PV word, read O and the row's delta; B: O = rs(O, delta) + PV
-        ac_row, ac_w = Signal(range(R + 1)), Signal(range(OWR))
-        ac_optr = Signal(range(R * OWR + 1))
-        with m.If(ac_start):
-            m.d.sync += [ac_row.eq(0), ac_w.eq(0), ac_optr.eq(0)]
-        ac_on = read_phase & (ac_row != rows_b) & ~ac_start
-        take_pv = rq.data.valid & ac_on
-        m.d.comb += rq.data.ready.eq(Mux(read_phase, ac_on, feed & word_end))
-        m.d.comb += [o_ac.addr.eq(ac_optr + ac_w), o_ac.en.eq(1),
-                     info_ac.addr.eq(ac_row), info_ac.en.eq(1)]
-        with m.If(take_pv):
-            m.d.sync += ac_w.eq(ac_w + 1)
-            with m.If(ac_w == wpv - 1):
-                m.d.sync += [ac_w.eq(0), ac_row.eq(ac_row + 1), ac_optr.eq(ac_optr + OWR)]
+        # ---------------- accumulator: O updated by the PV command's writes ------------
+        # A (write beat): read O and the row's delta; B: O = rs(O, delta) + PV per
+        # written int32 lane. The read is transparent, so a word written in two
+        # beats back to back (several segments per word) accumulates both.
+        word = data.ArrayLayout(signed(32), SPW)
+        m.submodules.obuf = obuf = Memory(shape=word, depth=R * PVS, init=[])
+        o_w = obuf.write_port(granularity=1)  # one enable per int32 lane
+        o_ac = obuf.read_port(transparent_for=(o_w,))
+        o_nm = obuf.read_port(transparent_for=())
+        pv_off = Signal(range(R * PVS))
+        m.d.comb += pv_off.eq(mm.wr.payload.addr - scratch["pv"])
+        pv_row = pv_off[PVS_LOG:] if PVS_LOG < len(pv_off) else Const(0, 1)
+        m.d.comb += [o_ac.addr.eq(pv_off), o_ac.en.eq(1),
+                     info_ac.addr.eq(pv_row + Mux(pv_par, R, 0)), info_ac.en.eq(1)]
         b_valid = Signal()
         b_pv = Signal(word)
         b_addr = Signal.like(o_w.addr)
-        b_first = Signal()
-        m.d.sync += [b_valid.eq(take_pv), b_pv.eq(rq.data.payload.data), b_addr.eq(o_ac.addr),
-                     b_first.eq(k0 == 0)]
-        m.d.comb += [o_w.addr.eq(b_addr), o_w.en.eq(b_valid)]
+        b_lanes = Signal(SPW)
+        m.d.sync += [b_valid.eq(snoop & eng_pv), b_pv.eq(mm.wr.payload.data), b_addr.eq(pv_off),
+                     b_lanes.eq(Cat(*[mm.wr.payload.strb[4 * l] for l in range(SPW)]))]
+        m.d.comb += [o_w.addr.eq(b_addr), o_w.en.eq(Mux(b_valid, b_lanes, 0))]
         for l in range(SPW):
             old = round_shift(o_ac.data[l], info_ac.data.delta, 34)
-            m.d.comb += o_w.data[l].eq(Mux(b_first, 0, old) + b_pv[l])
-        m.d.comb += ac_done.eq(read_phase & (ac_row == rows_b) & ~b_valid & ~ac_start)
+            m.d.comb += o_w.data[l].eq(Mux(pv_first, 0, old) + b_pv[l])
 
         # ---------------- normalise phase --------------------------------------------
         nm_on = Signal()        # between the phase's start and its last output write
-        # row sums -> l_in (the read port's data register holds the beat)
+        with m.If(nm_start):
+            m.d.sync += nm_on.eq(1)
+        with m.If(nm_done):
+            m.d.sync += nm_on.eq(0)
+        # row sums of the last tile -> l_in (the read port's data register holds the beat)
         lf_row = Signal(range(R + 1))
         lf_valid = Signal()
         lf_adv = ~lf_valid | norm.l_in.ready
+        lf_more = nm_on & (lf_row != rows_b)
         with m.If(nm_start):
             m.d.sync += lf_row.eq(0)
-        lf_more = (lf_row != rows_b) & ~nm_start & nm_on
-        m.d.comb += [info_nm.addr.eq(lf_row), info_nm.en.eq(lf_adv),
+        m.d.comb += [info_nm.addr.eq(lf_row + Mux(pv_par, R, 0)), info_nm.en.eq(lf_adv),
                      norm.l_in.valid.eq(lf_valid), norm.l_in.payload.l_sum.eq(info_nm.data.l_sum),
                      norm.l_in.payload.out_mult.eq(cmd.out_mult),
                      norm.l_in.payload.out_shift.eq(cmd.out_shift)]
-        with m.If(lf_adv):
+        with m.If(lf_adv & ~nm_start):
             m.d.sync += lf_valid.eq(lf_more)
             with m.If(lf_more):
                 m.d.sync += lf_row.eq(lf_row + 1)
         # O words -> o_in beats (norm_lanes each), D / NL beats per row
         of_row = Signal(range(R + 1))
-        of_w = Signal(range(OWR))
-        of_ptr = Signal(range(R * OWR + 1))
+        of_w = Signal(range(PVS))
+        of_ptr = Signal(range(R * PVS + 1))
         of_valid = Signal()
         of_sub = Signal(range(SPW // NL))
         of_beat = Signal(range(c.max_d_head // NL + 1))
         of_take = Signal()
         of_adv = ~of_valid | of_take
-        of_more = (of_row != rows_b) & ~nm_start & nm_on
+        of_more = nm_on & (of_row != rows_b)
         with m.If(nm_start):
             m.d.sync += [of_row.eq(0), of_w.eq(0), of_ptr.eq(0), of_sub.eq(0), of_beat.eq(0)]
         m.d.comb += [o_nm.addr.eq(of_ptr + of_w), o_nm.en.eq(of_adv)]
-        with m.If(of_adv):
+        with m.If(of_adv & ~nm_start):
             m.d.sync += of_valid.eq(of_more)
             with m.If(of_more):
                 m.d.sync += of_w.eq(of_w + 1)
                 with m.If(of_w == wpv - 1):
-                    m.d.sync += [of_w.eq(0), of_row.eq(of_row + 1), of_ptr.eq(of_ptr + OWR)]
+                    m.d.sync += [of_w.eq(0), of_row.eq(of_row + 1), of_ptr.eq(of_ptr + PVS)]
         op = norm.o_in.payload
         m.d.comb += [norm.o_in.valid.eq(of_valid), op.last.eq(of_beat == nbeats - 1)]
         for l in range(NL):
@@ -464,10 +439,9 @@ class AttentionEngine(wiring.Component):
         ow_word, ow_byte = addr("ow_word"), Signal(range(MB))
         with m.If(nm_start):
             m.d.sync += [ow_row.eq(0), ow_ptr.eq(ob), ow_word.eq(hw), ow_byte.eq(ho)]
-        ow_on = (ow_row != rows_b) & ~nm_start & nm_on
+        ow_on = nm_on & (ow_row != rows_b)
         yb = Cat(*[norm.out.payload.y[l] for l in range(NL)])
-        wr_nm_valid = norm.out.valid & ow_on
-        m.d.comb += norm.out.ready.eq(ow_on & wr_c_ready)
+        m.d.comb += norm.out.ready.eq(ow_on & wr_ready)
         with m.If(norm.out.valid & norm.out.ready):
             nb = ow_byte + NL
             m.d.sync += ow_byte.eq(nb)
@@ -480,21 +454,17 @@ class AttentionEngine(wiring.Component):
                     # the end of the head's first row is where the next head starts
                     m.d.sync += [nhw.eq(Mux(nb == MB, ow_word + 1, ow_word)),
                                  nho.eq(Mux(nb == MB, 0, nb))]
-        with m.If(nm_start):
-            m.d.sync += nm_on.eq(1)
-        with m.If(nm_done):
-            m.d.sync += nm_on.eq(0)
         m.d.comb += nm_done.eq(nm_on & ~nm_start & (ow_row == rows_b))
 
-        # controller write port: P rows in the softmax phase, outputs in the normalise phase
+        # controller write port: P rows during softmax, outputs during normalise
         with m.If(nm_on):
-            m.d.comb += [wr_c_valid.eq(wr_nm_valid),
-                         wr_c.addr.eq(ow_ptr + ow_word),
-                         wr_c.data.eq(yb << (ow_byte * 8)),
-                         wr_c.strb.eq(Const((1 << NL) - 1, MB) << ow_byte)]
+            m.d.comb += [self.wr.valid.eq(norm.out.valid & ow_on),
+                         self.wr.payload.addr.eq(ow_ptr + ow_word),
+                         self.wr.payload.data.eq(yb << (ow_byte * 8)),
+                         self.wr.payload.strb.eq(Const((1 << NL) - 1, MB) << ow_byte)]
         with m.Else():
-            m.d.comb += [wr_c_valid.eq(sm.probs.valid & p_on),
-                         wr_c.addr.eq(pw_ptr + pw_word),
-                         wr_c.data.eq(p_bytes << (pw_byte * 8)),
-                         wr_c.strb.eq(Const((1 << LN) - 1, MB) << pw_byte)]
+            m.d.comb += [self.wr.valid.eq(sm.probs.valid & p_on),
+                         self.wr.payload.addr.eq(pw_ptr + pw_word),
+                         self.wr.payload.data.eq(p_bytes << (pw_byte * 8)),
+                         self.wr.payload.strb.eq(Const((1 << LN) - 1, MB) << pw_byte)]
         return m

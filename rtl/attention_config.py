@@ -119,6 +119,7 @@ class AttentionConfig:
 
     @property
     def s_stride(self):
+        """Word stride of S rows (the matmul engine's raw rows of `tile` int32)."""
         return self.engine.out_row_words(self.tile, True)
 
     @property
@@ -127,12 +128,9 @@ class AttentionConfig:
 
     @property
     def pv_stride(self):
-        return self.engine.out_row_words(self.max_d_head, True)
-
-    @property
-    def o_words_per_row(self):
-        """Accumulator-buffer words per query row (scores_per_word int32 each)."""
-        return _ceil_div(self.max_d_head, self.scores_per_word)
+        """Word stride of PV rows: a power of two, so a row is an address's high bits."""
+        w = self.engine.out_row_words(self.max_d_head, True)
+        return 1 << (w - 1).bit_length()
 
     @property
     def zero_words(self):
@@ -141,12 +139,18 @@ class AttentionConfig:
         return e.param_words_per_tile * _ceil_div(max(self.tile, self.max_d_head), e.cols)
 
     def scratch_offsets(self):
-        """Word offsets of the scratch areas from `scratch_base`: zero, S, P, PV, end."""
+        """Word offsets from `scratch_base`: zero, p (two P halves), s, pv, end.
+
+        Only `zero` (read) and the P halves (written, then read by the matmul
+        engine) are memory. S (two halves) and PV are address ranges the matmul
+        engine writes to; the attention engine takes those writes on chip, so
+        memory never sees them.
+        """
         z = 0
-        s = z + self.zero_words
-        p = s + self.rows * self.s_stride
-        pv = p + self.rows * self.p_stride
-        return {"zero": z, "s": s, "p": p, "pv": pv, "end": pv + self.rows * self.pv_stride}
+        p = z + self.zero_words
+        s = p + 2 * self.rows * self.p_stride
+        pv = s + 2 * self.rows * self.s_stride
+        return {"zero": z, "p": p, "s": s, "pv": pv, "end": pv + self.rows * self.pv_stride}
 
     def k_tile_words(self, d):
         """Words of one key tile of the K cache (Kᵀ in W layout: d rows, tile columns)."""

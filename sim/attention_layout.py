@@ -9,7 +9,8 @@ docs/architecture.md ("Attention engine: memory layout") states the rules:
   `v_tile_words(D)` words per tile (a partial last tile is padded: its
   probabilities are 0, so the padding may hold anything);
 - output: [Tq, H*D] int8, row-major, head h at bytes h*D..;
-- scratch: `AttentionConfig.scratch_offsets()`, first `zero_words` words zero.
+- scratch: `AttentionConfig.scratch_offsets()`, first `zero_words` words zero;
+  the S and PV ranges are addresses only (their writes stay on chip).
 """
 import numpy as np
 
@@ -57,6 +58,7 @@ class AttentionLayout:
             return start
 
         self.scratch_base = put(self._scratch(rng))
+        self._scratch_init = self.blobs[-1][1].copy()
         q_row = e.a_words_per_row(d) + pad
         q_head = tq * q_row + pad
         self.q_base = addr
@@ -107,6 +109,12 @@ class AttentionLayout:
     def place(self, mem):
         for addr, blob in self.blobs:
             mem[addr:addr + len(blob)] = blob
+
+    def virtual_untouched(self, mem):
+        """True if memory of the S and PV ranges (taken on chip) was never written."""
+        off = self.cfg.scratch_offsets()
+        lo, hi = self.scratch_base + off["s"], self.scratch_base + off["end"]
+        return bool((mem[lo:hi] == self._scratch_init[off["s"]:off["end"]]).all())
 
     def result(self, mem):
         """The [Tq, H*D] int8 output, and whether bytes outside it were left alone."""

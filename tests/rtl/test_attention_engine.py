@@ -95,6 +95,7 @@ def test_attention_matches_golden_with_stalls(cfg, seed):
                 f"params={params} (GPT2ACCEL_SEED={seed})")
         np.testing.assert_array_equal(got, want, err_msg=what)
         assert untouched, f"bytes outside the output were written: {what}"
+        assert lay.virtual_untouched(mem), f"S/PV writes reached memory: {what}"
 
 
 @pytest.mark.parametrize("cfg", CONFIGS[:3], ids=IDS[:3])
