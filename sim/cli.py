@@ -49,6 +49,9 @@ def cmd_generate(args):
     if not prompt_ids:
         raise UsageError("--prompt is empty: give at least one character of text")
     model = _load_backend(model_dir, args.backend)
+    if args.max_new_tokens is None:
+        # Fill the context: the KV cache, like the hardware's, holds n_positions.
+        args.max_new_tokens = max(0, model.config.n_positions - len(prompt_ids))
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
@@ -112,11 +115,13 @@ def cmd_verilog(args):
 def _add_sampling(p, max_new_tokens):
     p.add_argument("--prompt", default="ROMEO:", help="text to continue (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N",
-                   help="tokens to generate (default: %(default)s)")
+                   help="tokens to generate (default: %s)" % (
+                       "fill the model's context" if max_new_tokens is None else max_new_tokens))
     p.add_argument("--temperature", type=float, default=0.8,
                    help="sampling temperature, 0 = greedy (default: %(default)s)")
-    p.add_argument("--top-k", type=int, default=None, metavar="K",
-                   help="sample only among the K most likely tokens")
+    p.add_argument("--top-k", type=int, default=20, metavar="K",
+                   help="sample only among the K most likely tokens, 0 = all "
+                        "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
 
 
@@ -129,7 +134,7 @@ def build_parser():
 
     p = sub.add_parser("demo", help="generate Shakespeare-shaped text with the shipped tiny model",
                        description="Generate text from the shipped tiny Shakespeare model.")
-    _add_sampling(p, 200)
+    _add_sampling(p, None)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("generate", help="generate text from a GPT-2 model",
