@@ -7,10 +7,10 @@ Per query row, once all key tiles are accumulated:
     avg = round_shift(O * inv, e + 14 - 8)             per element of O
     out = sat8(round_shift(avg * out_mult, out_shift))
 
-`Reciprocal` computes inv with a 16-step restoring divider (one per row, so
-a small iterative unit is enough); `Normaliser` runs it on the row sums while
-its scaling pipeline streams the O elements of earlier rows, so a row costs
-D / norm_lanes cycles once the pipeline is full (D >= 18 hides the divider).
+`Reciprocal` computes inv with an 8-step radix-4 restoring divider (one per
+row, so a small iterative unit is enough); `Normaliser` runs it on the row
+sums while its scaling pipeline streams the O elements of earlier rows, so
+a row costs max(D / norm_lanes, 11) cycles once the pipeline is full.
 """
 from amaranth.hdl import *
 from amaranth.lib import wiring, stream, data, fifo
@@ -26,6 +26,8 @@ __all__ = ["Reciprocal", "Normaliser", "row_sum_layout", "o_layout", "out_layout
 
 #: quotient bits of inv: inv <= 2^15 needs 16
 _Q_BITS = im.ATTN_RECIP_FRAC + 2
+#: radix-4 divider: two quotient bits per cycle
+_STEPS = _Q_BITS // 2
 
 
 def row_sum_layout(cfg: AttentionConfig):
@@ -54,13 +56,13 @@ def out_layout(cfg: AttentionConfig):
 
 
 class Reciprocal(wiring.Component):
-    """inv(L) = round(2^(e+14) / L), one row at a time.
+    """inv(L) = round(2^(e+14) / L), one row at a time (radix-4 divider).
 
     ``inp``: `row_sum_layout`; ``out``: `recip_layout`. Takes a new row only
     when idle; the result is held until taken. `latency` cycles from accept
     to a valid result.
     """
-    latency = 2 + _Q_BITS
+    latency = 2 + _STEPS
 
     def __init__(self, cfg: AttentionConfig):
         self.cfg = cfg
@@ -72,11 +74,11 @@ class Reciprocal(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         l_sum = Signal(32)
-        num_w = 32 + im.ATTN_RECIP_FRAC + 2
+        num_w = 32 + im.ATTN_RECIP_FRAC + 3   # room for 3 * dv
         rem = Signal(num_w)
         dv = Signal(num_w)
         q = Signal(_Q_BITS)
-        step = Signal(range(_Q_BITS))
+        step = Signal(range(_STEPS))
         e = bit_length(m, l_sum, "e")
         out = self.out.payload
         with m.FSM():
@@ -90,16 +92,21 @@ class Reciprocal(wiring.Component):
                     m.next = "PREP"
             with m.State("PREP"):
                 m.d.sync += [rem.eq((Const(1, num_w) << (e + im.ATTN_RECIP_FRAC)) + (l_sum >> 1)),
-                             dv.eq(l_sum << (_Q_BITS - 1)), q.eq(0), step.eq(0),
+                             dv.eq(l_sum << (_Q_BITS - 2)), q.eq(0), step.eq(0),
                              out.shift.eq(e + im.ATTN_RECIP_FRAC - im.ATTN_AVG_FRAC)]
                 m.next = "DIV"
             with m.State("DIV"):
-                # restoring division, one quotient bit per cycle, MSB first;
-                # the quotient fits 16 bits because L >= 2^(e-1).
-                fits = rem >= dv
-                m.d.sync += [rem.eq(Mux(fits, rem - dv, rem)), dv.eq(dv >> 1),
-                             q.eq(Cat(fits, q[:-1])), step.eq(step + 1)]
-                with m.If(step == _Q_BITS - 1):
+                # radix-4 restoring division, MSB digit first: the digit is the
+                # largest k in 0..3 with k*dv <= rem (three comparisons in
+                # parallel). rem < 4*dv holds throughout because the quotient
+                # fits 16 bits (L >= 2^(e-1)).
+                dv2, dv3 = dv << 1, (dv << 1) + dv
+                ge1, ge2, ge3 = rem >= dv, rem >= dv2, rem >= dv3
+                digit = Mux(ge3, 3, Mux(ge2, 2, Mux(ge1, 1, 0)))
+                sub = Mux(ge3, dv3, Mux(ge2, dv2, Mux(ge1, dv, 0)))
+                m.d.sync += [rem.eq(rem - sub), dv.eq(dv >> 2),
+                             q.eq(Cat(digit[:2], q[:-2])), step.eq(step + 1)]
+                with m.If(step == _STEPS - 1):
                     m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += [self.out.valid.eq(1), out.inv.eq(q)]
@@ -120,6 +127,7 @@ class Normaliser(wiring.Component):
     ``o_in`` beat's transfer to its result being valid, once the row's inv is
     ready (a row's inv is ready `Reciprocal.latency` + 2 cycles after its sum
     was taken, and the next row's inverse is computed while this row streams).
+    Rows of fewer than `Reciprocal.latency` + 1 beats wait for the divider.
     """
     latency = 4
     #: reciprocals buffered between the divider and the scaling pipeline

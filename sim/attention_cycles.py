@@ -14,7 +14,7 @@ word 2 cycles later, streams rows_b * ceil(tile/lanes) beats, and finishes
 `SoftmaxUnit.latency` + ceil(tile/lanes) cycles after its last beat; PV_j is
 accepted no earlier than 2 cycles after that. The accumulation happens
 inside the PV commands (their writes). After the block's last PV the
-normalise phase runs: row r's reciprocal is ready 21 + 19 r cycles in (one
+normalise phase runs: row r's reciprocal is ready 13 + 11 r cycles in (one
 divider, `RECIP_PERIOD`), its D / norm_lanes beats follow the previous
 row's, and the last output is written `Normaliser.latency` later; then one
 cycle to pick the next block or head, and the done pulse one cycle later.

@@ -14,6 +14,8 @@ Score-buffer bytes: scores/probabilities held at once with online softmax
 comparison, what the same row-block schedule needs without it (S and P of
 all T keys of the block's rows).
 """
+import math
+
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
 
@@ -32,9 +34,13 @@ def add_arguments(parser):
 
 def config(n, tile=64):
     """The benchmarked configuration of an n x n array: softmax lanes = int32 per
-    memory word (the S reader's rate), normaliser 2 lanes."""
+    memory word (one S buffer word per cycle); normaliser lanes = the largest
+    power of two dividing both that and d_head (rows then take max(64/lanes,
+    11) cycles, 11 being the divider's period)."""
     e = EngineConfig(rows=n, cols=n)
-    cfg = AttentionConfig(engine=e, tile=tile, lanes=e.mem_bytes // 4, norm_lanes=2,
+    spw = e.mem_bytes // 4
+    nl = math.gcd(spw, D_HEAD) & -math.gcd(spw, D_HEAD)
+    cfg = AttentionConfig(engine=e, tile=tile, lanes=spw, norm_lanes=nl,
                           max_d_head=D_HEAD, max_seq=1024)
     cfg.check_engine()
     return cfg

@@ -80,7 +80,7 @@ def test_normaliser_matches_golden_with_stalls(norm_lanes, d, seed):
 
 
 def test_normaliser_timing():
-    """Stall-free: the divider hides behind rows of D >= 18 beats; each beat
+    """Stall-free: the divider hides behind rows of D >= 11 beats; each beat
     leaves `latency` cycles after it entered."""
     cfg = AttentionConfig()
     d, n = 24, 5
