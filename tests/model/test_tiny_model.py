@@ -51,8 +51,8 @@ To tell him his commandment is fulfill'd
 #: Loss of the committed weights on the five HAMLET_END windows, and on the
 #: first eight 129-character held-out windows; measured when the model was
 #: committed. Retraining the model means updating these.
-REF_HAMLET_LOSS = None
-REF_HELDOUT8_LOSS = None
+REF_HAMLET_LOSS = 1.552844
+REF_HELDOUT8_LOSS = 1.557810
 WIN = 129
 
 
