@@ -168,7 +168,15 @@ class AttentionEngine(wiring.Component):
                      sm_ready.eq(sm_ready + sm_fin - pv_issue),
                      s_full.eq(s_full + s_done - sm_take)]
         nm_start, nm_done = Signal(), Signal()
+        nm_on = Signal()                    # between nm_start and the last output write
         blk_start = Signal()                # resets the softmax sequencer
+        # the block being normalised (the sequencer may already be in the next one)
+        nm_rows = Signal.like(rows_b)
+        nm_first = Signal()                 # ... is the head's first block
+        with m.If(nm_start):
+            m.d.sync += [nm_on.eq(1), nm_rows.eq(rows_b), nm_first.eq(m0 == 0)]
+        with m.If(nm_done):
+            m.d.sync += nm_on.eq(0)
 
         def block_setup(m0_val, qb_val, ob_val):
             rem = cmd.tq - m0_val
@@ -206,8 +214,10 @@ class AttentionEngine(wiring.Component):
                     with m.If(sm_ready != 0):
                         m.next = "PV_CMD"
                 with m.Else():
+                    # all PV done: normalise this block while the next one's
+                    # first S commands run (its softmax waits for the phase)
                     m.d.comb += nm_start.eq(1)
-                    m.next = "NORM"
+                    m.next = "NEXT"
             with m.State("S_CMD"):
                 m.d.comb += self.phase.eq(Phase.S_CMD)
                 n_keys = Mux(tk - es_k0 > T, T, tk - es_k0)
@@ -241,23 +251,26 @@ class AttentionEngine(wiring.Component):
                 m.d.comb += self.phase.eq(Phase.WAIT)
                 with m.If(mm.done):
                     m.next = "DECIDE"
-            with m.State("NORM"):
-                m.d.comb += self.phase.eq(Phase.NORM)
-                with m.If(nm_done):
-                    m.next = "NEXT"
             with m.State("NEXT"):
                 m.d.comb += self.phase.eq(Phase.NEXT)
                 with m.If(m0 + R < cmd.tq):
                     block_setup(m0 + R, qb + cmd.q_row_stride * R, ob + cmd.out_stride * R)
                     m.next = "DECIDE"
-                with m.Elif(h + 1 < cmd.n_head):
-                    m.d.sync += [h.eq(h + 1), hq.eq(hq + cmd.q_head_stride),
-                                 hk.eq(hk + cmd.k_head_stride), hv.eq(hv + cmd.v_head_stride),
-                                 hw.eq(nhw), ho.eq(nho)]
-                    m.next = "HEAD"
                 with m.Else():
-                    m.d.sync += [busy.eq(0), done.eq(1)]
-                    m.next = "IDLE"
+                    # a new head needs the output offset the normalise phase
+                    # finds; the end of the command needs every output written
+                    m.next = "NORM"
+            with m.State("NORM"):
+                m.d.comb += self.phase.eq(Phase.NORM)
+                with m.If(nm_done):
+                    with m.If(h + 1 < cmd.n_head):
+                        m.d.sync += [h.eq(h + 1), hq.eq(hq + cmd.q_head_stride),
+                                     hk.eq(hk + cmd.k_head_stride),
+                                     hv.eq(hv + cmd.v_head_stride), hw.eq(nhw), ho.eq(nho)]
+                        m.next = "HEAD"
+                    with m.Else():
+                        m.d.sync += [busy.eq(0), done.eq(1)]
+                        m.next = "IDLE"
 
         # ---------------- on-chip S tiles (two halves) ---------------------------------
         m.submodules.sbuf = sbuf = Memory(shape=unsigned(8 * MB), depth=2 * R * SS, init=[])
@@ -280,7 +293,7 @@ class AttentionEngine(wiring.Component):
         sm_par = Signal()
         sm_nkeys = Signal(range(T + 1))
         sm_start = Signal()
-        m.d.comb += [sm_take.eq(~sm_on & (s_full != 0) & ~blk_start), sm_start.eq(sm_take),
+        m.d.comb += [sm_take.eq(~sm_on & (s_full != 0) & ~blk_start & ~nm_on), sm_start.eq(sm_take),
                      self.softmax_busy.eq(sm_on)]
         with m.If(blk_start):
             m.d.sync += [sm_k0.eq(0), sm_par.eq(0)]
@@ -381,16 +394,11 @@ class AttentionEngine(wiring.Component):
             m.d.comb += o_w.data[l].eq(Mux(pv_first, 0, old) + b_pv[l])
 
         # ---------------- normalise phase --------------------------------------------
-        nm_on = Signal()        # between the phase's start and its last output write
-        with m.If(nm_start):
-            m.d.sync += nm_on.eq(1)
-        with m.If(nm_done):
-            m.d.sync += nm_on.eq(0)
         # row sums of the last tile -> l_in (the read port's data register holds the beat)
         lf_row = Signal(range(R + 1))
         lf_valid = Signal()
         lf_adv = ~lf_valid | norm.l_in.ready
-        lf_more = nm_on & (lf_row != rows_b)
+        lf_more = nm_on & (lf_row != nm_rows)
         with m.If(nm_start):
             m.d.sync += lf_row.eq(0)
         m.d.comb += [info_nm.addr.eq(lf_row + Mux(pv_par, R, 0)), info_nm.en.eq(lf_adv),
@@ -410,7 +418,7 @@ class AttentionEngine(wiring.Component):
         of_beat = Signal(range(c.max_d_head // NL + 1))
         of_take = Signal()
         of_adv = ~of_valid | of_take
-        of_more = nm_on & (of_row != rows_b)
+        of_more = nm_on & (of_row != nm_rows)
         with m.If(nm_start):
             m.d.sync += [of_row.eq(0), of_w.eq(0), of_ptr.eq(0), of_sub.eq(0), of_beat.eq(0)]
         m.d.comb += [o_nm.addr.eq(of_ptr + of_w), o_nm.en.eq(of_adv)]
@@ -439,7 +447,7 @@ class AttentionEngine(wiring.Component):
         ow_word, ow_byte = addr("ow_word"), Signal(range(MB))
         with m.If(nm_start):
             m.d.sync += [ow_row.eq(0), ow_ptr.eq(ob), ow_word.eq(hw), ow_byte.eq(ho)]
-        ow_on = nm_on & (ow_row != rows_b)
+        ow_on = nm_on & (ow_row != nm_rows)
         yb = Cat(*[norm.out.payload.y[l] for l in range(NL)])
         m.d.comb += norm.out.ready.eq(ow_on & wr_ready)
         with m.If(norm.out.valid & norm.out.ready):
@@ -450,11 +458,11 @@ class AttentionEngine(wiring.Component):
             with m.If(norm.out.payload.last):
                 m.d.sync += [ow_row.eq(ow_row + 1), ow_ptr.eq(ow_ptr + cmd.out_stride),
                              ow_word.eq(hw), ow_byte.eq(ho)]
-                with m.If((ow_row == 0) & (m0 == 0)):
+                with m.If((ow_row == 0) & nm_first):
                     # the end of the head's first row is where the next head starts
                     m.d.sync += [nhw.eq(Mux(nb == MB, ow_word + 1, ow_word)),
                                  nho.eq(Mux(nb == MB, 0, nb))]
-        m.d.comb += nm_done.eq(nm_on & ~nm_start & (ow_row == rows_b))
+        m.d.comb += nm_done.eq(nm_on & ~nm_start & (ow_row == nm_rows))
 
         # controller write port: P rows during softmax, outputs during normalise
         with m.If(nm_on):

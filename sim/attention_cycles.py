@@ -16,8 +16,10 @@ accepted no earlier than 2 cycles after that. The accumulation happens
 inside the PV commands (their writes). After the block's last PV the
 normalise phase runs: row r's reciprocal is ready 13 + 11 r cycles in (one
 divider, `RECIP_PERIOD`), its D / norm_lanes beats follow the previous
-row's, and the last output is written `Normaliser.latency` later; then one
-cycle to pick the next block or head, and the done pulse one cycle later.
+row's, and the last output is written `Normaliser.latency` later. The next
+block of the same head starts two cycles after the phase starts (its S
+commands overlap it; its first softmax waits for the phase to end); a new
+head, or the done pulse, comes the cycle after the phase ends.
 """
 from dataclasses import dataclass
 from functools import lru_cache
@@ -71,8 +73,13 @@ def _normalise_cycles(cfg, rows_b, d):
     return end + Normaliser.latency + 2
 
 
-def _block(cfg, rows_b, d_head, k0s, tk):
-    """(cycles from the block's first DECIDE to the next one, matmul cycles, softmax cycles)."""
+def _block(cfg, rows_b, d_head, k0s, tk, sm_gate):
+    """One row block, times relative to its first DECIDE cycle.
+
+    `sm_gate`: first cycle a softmax may start (the previous block's
+    normalise phase is over). Returns (the DECIDE cycle that starts this
+    block's normalise phase, matmul cycles, softmax cycles).
+    """
     e, T, BPR = cfg.engine, cfg.tile, cfg.beats_per_row
     J = len(k0s)
     order = [("S", 0)]
@@ -88,7 +95,7 @@ def _block(cfg, rows_b, d_head, k0s, tk):
         if kind == "S":
             c = _matmul(e, rows_b, d_head, min(T, tk - k0s[j]))
             done = t + 1 + c
-            start = done + 1 if prev_end is None else max(done + 1, prev_end + 1)
+            start = max(done + 1, sm_gate if prev_end is None else prev_end + 1)
             sm_end[j] = prev_end = start + rows_b * BPR + BPR + SM_FIXED
             sm += sm_end[j] - start
             t = done + 1
@@ -110,23 +117,30 @@ def attention_cycles(cfg: AttentionConfig, n_head, d_head, tq, offset, latency=R
     R, T = e.rows, cfg.tile
     tk = offset + tq
     # every head takes the same time: compute one and scale
-    t = mm = sm = nm = useful = issued = 0
+    t = 0                       # the block's first DECIDE, relative to the head's
+    sm_gate = 0
+    mm = sm = nm = useful = issued = 0
     for m0 in range(0, tq, R):
         rows_b = min(R, tq - m0)
         last_q = offset + m0 + rows_b - 1
         k0s = list(range(0, last_q + 1, T))
-        c_blk, c_mm, c_sm = _block(cfg, rows_b, d_head, k0s, tk)
+        end, c_mm, c_sm = _block(cfg, rows_b, d_head, k0s, tk, sm_gate - t)
+        end += t
         c_nm = _normalise_cycles(cfg, rows_b, d_head)
-        # last DECIDE starts the normalise phase the cycle after; then NEXT
-        t += c_blk + 1 + c_nm + 1
+        # the normalise phase starts at `end` and is done at end + c_nm; the
+        # next block's commands start meanwhile (NEXT, then DECIDE), but its
+        # softmax waits until the phase is over
+        sm_gate = end + c_nm + 1
+        t = end + 2
         mm += c_mm
         sm += c_sm
         nm += c_nm
         issued += sum(rows_b * d_head * (min(T, tk - k0) + T) for k0 in k0s)
         useful += 2 * d_head * sum(offset + i + 1 for i in range(m0, m0 + rows_b))
+    head = end + c_nm + 1       # the last block's outputs written -> next HEAD / done
     H = n_head
     # accept -> first HEAD, then per head its HEAD cycle and its blocks
-    return AttentionCycles(cycles=1 + H * (1 + t), useful_macs=H * useful,
+    return AttentionCycles(cycles=1 + H * (1 + head), useful_macs=H * useful,
                            issued_macs=H * issued, matmul_cycles=H * mm,
                            softmax_cycles=H * sm, normalise_cycles=H * nm)
 
