@@ -352,7 +352,7 @@ class AttentionEngine(wiring.Component):
         with m.If(sm_start):
             m.d.sync += [pw_row.eq(0), pw_word.eq(0), pw_byte.eq(0),
                          pw_ptr.eq(scratch["p"] + Mux(sm_par, R * PS, 0))]
-        p_on = sm_on & (pw_row != rows_b)
+        p_on = sm_on & ~nm_on & (pw_row != rows_b)   # the write channel is ours
         take_p = sm.probs.valid & p_on & wr_ready
         m.d.comb += sm.probs.ready.eq(p_on & wr_ready)
         m.d.comb += [info_w.addr.eq(Cat(pr.row, sm_par) if R & (R - 1) == 0 and R > 1

@@ -29,10 +29,10 @@ def seed():
 # state index; lanes = 3 with tile = 5 leaves idle lanes; lanes = tile makes
 # one beat per row; frac_bits = 3 uses a random (non-exp2) table.
 CONFIGS = [
-    (AttentionConfig(engine=EngineConfig(rows=2, cols=4), tile=4, lanes=2), 8, 14),
-    (AttentionConfig(engine=EngineConfig(rows=1, cols=4), tile=5, lanes=3), 16, 10),
-    (AttentionConfig(engine=EngineConfig(rows=4, cols=8), tile=8, lanes=8), 64, 8),
-    (AttentionConfig(engine=EngineConfig(rows=3, cols=3), tile=3, lanes=1, frac_bits=3), 4, 10),
+    (AttentionConfig(engine=EngineConfig(rows=2, cols=4), tile=4, lanes=2), 8, 28),
+    (AttentionConfig(engine=EngineConfig(rows=1, cols=4), tile=5, lanes=3), 16, 20),
+    (AttentionConfig(engine=EngineConfig(rows=4, cols=8), tile=8, lanes=8), 64, 16),
+    (AttentionConfig(engine=EngineConfig(rows=3, cols=3), tile=3, lanes=1, frac_bits=3), 4, 20),
 ]
 
 
