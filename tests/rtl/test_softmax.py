@@ -68,6 +68,7 @@ def _check(cfg, heads, seed, stall, table):
         np.testing.assert_array_equal(l_sum, l_ref, err_msg=f"L: {what}")
         np.testing.assert_array_equal(m[seen], m_ref[seen], err_msg=f"M: {what}")
         np.testing.assert_array_equal(o, o_ref, err_msg=f"O: {what}")
+    return probs
 
 
 @pytest.mark.parametrize("cfg,d,count", CONFIGS,
@@ -96,7 +97,12 @@ def test_softmax_extremes(seed):
              ("saturate", 5, q, k, v, (1 << 15) - 1, 0),
              ("climb", 4, np.array([[1, 0]] * 4), np.array([[j * 16, 0] for j in range(8)]),
               np.array([[j, -j] for j in range(8)]), 1 << 14, 0)]
-    _check(cfg, heads, seed, 0.3, quant.exp2_table(6))
+    probs = _check(cfg, heads, seed, 0.3, quant.exp2_table(6))
+    # the extremes really happened: a clamped rescale (delta = 32) and logits
+    # saturated at both ends
+    assert max(b["delta"] for b in probs) == 32
+    t = im.attention_scores(q, k, (1 << 15) - 1, 0)
+    assert t.max() == (1 << 23) - 1 and t.min() == -(1 << 23)
 
 
 def test_softmax_timing():
