@@ -30,7 +30,7 @@ FORMAT_VERSION = 1
 
 #: Default quantisation choices (docs/numerics.md §9 gives the measurements).
 DEFAULTS = {"tile": 64, "frac_bits": 6, "resid_bits": 16, "logit_bits": 16,
-            "percentile": 99.99, "logit_margin": 2.0, "smooth_alpha": 0.75}
+            "percentile": 99.999, "logit_margin": 2.0, "smooth_alpha": 0.75}
 
 _LOG2E = 1.0 / math.log(2.0)
 
