@@ -99,7 +99,7 @@ class AttentionEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c, e = self.cfg, self.cfg.engine
-        R, MB, SPW, T = e.rows, e.mem_bytes, c.scores_per_word, c.tile
+        R, MB, SPW, T = c.rows, e.mem_bytes, c.scores_per_word, c.tile   # R: block rows
         LN, NL, BPR = c.lanes, c.norm_lanes, c.beats_per_row
         SS, PS, PVS = c.s_stride, c.p_stride, c.pv_stride
         PVS_LOG = PVS.bit_length() - 1

@@ -35,13 +35,19 @@ class AttentionConfig:
     max_d_head: int = 64
     #: Largest sequence length T (sizes query/key position fields).
     max_seq: int = 1024
+    #: Queries per attention block (one matmul command covers block_rows /
+    #: engine.rows row blocks, amortising its fixed cost). None = engine.rows.
+    block_rows: int = None
 
     def __post_init__(self):
         if not isinstance(self.engine, EngineConfig):
             raise ConfigError(f"engine must be an EngineConfig, got {self.engine!r}")
         if self.tile is None:
             object.__setattr__(self, "tile", self.engine.cols)
-        for name in ("tile", "frac_bits", "lanes", "norm_lanes", "max_d_head", "max_seq"):
+        if self.block_rows is None:
+            object.__setattr__(self, "block_rows", self.engine.rows)
+        for name in ("tile", "frac_bits", "lanes", "norm_lanes", "max_d_head", "max_seq",
+                     "block_rows"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool):
                 raise ConfigError(f"{name} must be an int, got {v!r}")
@@ -51,6 +57,10 @@ class AttentionConfig:
         self._check("norm_lanes", 1, self.max_d_head)
         self._check("max_d_head", 1, 256)
         self._check("max_seq", 1, 1 << 16)
+        self._check("block_rows", 1, 1024)
+        if self.block_rows % self.engine.rows:
+            raise ConfigError(f"block_rows={self.block_rows} must be a multiple of "
+                              f"engine rows={self.engine.rows}")
         # numerics §4.4: O fits 32 bits while T < 65 793, L < 2^32 always here.
 
     def _check(self, name, lo, hi, why=""):
@@ -61,8 +71,8 @@ class AttentionConfig:
 
     @property
     def rows(self):
-        """Query rows per block (= array rows)."""
-        return self.engine.rows
+        """Query rows per attention block (`block_rows`, a multiple of the array rows)."""
+        return self.block_rows
 
     @property
     def beats_per_row(self):

@@ -114,7 +114,7 @@ def attention_cycles(cfg: AttentionConfig, n_head, d_head, tq, offset, latency=R
     if not (1 <= tq and offset + tq <= cfg.max_seq and 1 <= d_head <= cfg.max_d_head
             and d_head % cfg.norm_lanes == 0):
         raise ValueError(f"tq={tq}, offset={offset}, d_head={d_head} outside the configuration")
-    R, T = e.rows, cfg.tile
+    R, T = cfg.rows, cfg.tile
     tk = offset + tq
     # every head takes the same time: compute one and scale
     t = 0                       # the block's first DECIDE, relative to the head's
@@ -145,17 +145,19 @@ def attention_cycles(cfg: AttentionConfig, n_head, d_head, tq, offset, latency=R
                            softmax_cycles=H * sm, normalise_cycles=H * nm)
 
 
-def score_buffer_bytes(cfg: AttentionConfig, tk, online=True):
-    """Bytes that hold scores or probabilities at one time.
+def score_buffer_bytes(cfg: AttentionConfig, tk, online=True, rows=None):
+    """Bytes holding scores or probabilities at one time for blocks of `rows`
+    queries (default `cfg.rows`, the block size the buffers are sized for).
 
-    Online (this engine): two S tiles of a row block (int32, on chip), two P
-    tiles (uint8, in the scratch) and the softmax unit's row store (two tile
-    rows of 24-bit t and a visibility bit), whatever `tk` is. Without online
-    softmax the same row-block schedule must keep S and P of all `tk` keys of
-    the block's rows until the row max is known: rows * tk * (4 + 1) bytes.
+    Online (this engine): two S tiles (int32, on chip) and two P tiles
+    (uint8, scratch) of the block's rows, plus the softmax unit's row store
+    (two tile rows of 24-bit t and a visibility bit), whatever `tk` is.
+    Without online softmax the same block schedule must keep S and P of all
+    `tk` keys of the block's rows until the row max is known: rows * tk * 5.
     """
     e = cfg.engine
+    rows = cfg.rows if rows is None else rows
     if not online:
-        return e.rows * tk * 5
+        return rows * tk * 5
     row_store = _cdiv(2 * cfg.beats_per_row * cfg.lanes * 25, 8)
-    return 2 * e.rows * (cfg.s_stride + cfg.p_stride) * e.mem_bytes + row_store
+    return 2 * rows * (cfg.s_stride + cfg.p_stride) * e.mem_bytes + row_store

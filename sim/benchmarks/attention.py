@@ -9,10 +9,11 @@ attention, all heads, behind the reference memory (latency 3, no stalls).
 
 Utilisation counts only the multiply-accumulates the result needs
 (2 * d_head per visible query-key pair) against rows*cols MACs per cycle.
-Score-buffer bytes: scores/probabilities held at once with online softmax
-(one S and P tile of a row block, plus the softmax row store) and, for
-comparison, what the same row-block schedule needs without it (S and P of
-all T keys of the block's rows).
+Score-buffer bytes, for the rows of one block in use (block_rows for
+prefill, 1 for decode): scores/probabilities held at once with online
+softmax (two S and two P tiles, plus the softmax row store) and, for
+comparison, what the same block schedule needs without it (S and P of all
+T keys of the block's rows).
 """
 import math
 
@@ -30,18 +31,21 @@ N_HEAD, D_HEAD = 12, 64
 def add_arguments(parser):
     parser.add_argument("--tile", type=int, default=64,
                         help="softmax key tile (the model's `tile`, default 64)")
+    parser.add_argument("--group", type=int, default=4,
+                        help="array row blocks per attention block (block_rows / rows, default 4)")
 
 
-def config(n, tile=64):
+def config(n, tile=64, group=4):
     """The benchmarked configuration of an n x n array: softmax lanes = int32 per
     memory word (one S buffer word per cycle); normaliser lanes = the largest
     power of two dividing both that and d_head (rows then take max(64/lanes,
-    11) cycles, 11 being the divider's period)."""
+    11) cycles, 11 being the divider's period); blocks of `group` array row
+    blocks (4 is the best of 1, 2, 4, 8 at T >= 512 on all three arrays)."""
     e = EngineConfig(rows=n, cols=n)
     spw = e.mem_bytes // 4
     nl = math.gcd(spw, D_HEAD) & -math.gcd(spw, D_HEAD)
     cfg = AttentionConfig(engine=e, tile=tile, lanes=spw, norm_lanes=nl,
-                          max_d_head=D_HEAD, max_seq=1024)
+                          max_d_head=D_HEAD, max_seq=1024, block_rows=group * n)
     cfg.check_engine()
     return cfg
 
@@ -49,9 +53,10 @@ def config(n, tile=64):
 def run(args):
     from gpt2accel.sim.attention_cycles import attention_cycles, score_buffer_bytes
     tile = getattr(args, "tile", 64)
+    group = getattr(args, "group", 4)
     cases = []
     for n in ARRAYS:
-        cfg = config(n, tile)
+        cfg = config(n, tile, group)
         shapes = [("prefill", T, T, 0) for T in PREFILL_T] + \
                  [("decode", T, 1, T - 1) for T in DECODE_T]
         for mode, T, tq, offset in shapes:
@@ -59,9 +64,11 @@ def run(args):
             cases.append({
                 "array": f"{n}x{n}", "mode": mode, "T": T,
                 "cycles": r.cycles, "utilization": round(r.utilization(cfg), 4),
-                "score_buffer_bytes": score_buffer_bytes(cfg, T),
-                "score_buffer_bytes_without_online": score_buffer_bytes(cfg, T, online=False),
+                "score_buffer_bytes": score_buffer_bytes(cfg, T, rows=min(cfg.rows, tq)),
+                "score_buffer_bytes_without_online": score_buffer_bytes(
+                    cfg, T, online=False, rows=min(cfg.rows, tq)),
                 "tile": cfg.tile, "lanes": cfg.lanes, "norm_lanes": cfg.norm_lanes,
+                "block_rows": cfg.block_rows,
                 "breakdown": {"matmul": r.matmul_cycles, "softmax_busy": r.softmax_cycles,
                               "normalise": r.normalise_cycles},
             })

@@ -22,18 +22,19 @@ from attention_cases import KINDS, head_case, run_seed
 # tile < cols, tile = cols, tile = 2.5 column tiles; R = 1 (decode-shaped) with
 # two raw segments per word (partial-word PV writes);
 # D not a multiple of the int32 per word (partial last O word); lanes and
-# norm_lanes from 1 to a whole word.
+# norm_lanes from 1 to a whole word; a block of two array row blocks.
 CONFIGS = [
     AttentionConfig(engine=EngineConfig(rows=2, cols=2, mem_bytes=8), tile=4, lanes=2,
                     norm_lanes=2, max_d_head=8, max_seq=32),
     AttentionConfig(engine=EngineConfig(rows=3, cols=2, mem_bytes=8), tile=5, lanes=1,
                     norm_lanes=1, max_d_head=6, max_seq=32),
     AttentionConfig(engine=EngineConfig(rows=2, cols=4, mem_bytes=16), tile=4, lanes=4,
-                    norm_lanes=2, max_d_head=12, max_seq=32),
+                    norm_lanes=2, max_d_head=12, max_seq=32, block_rows=4),
     AttentionConfig(engine=EngineConfig(rows=1, cols=1, mem_bytes=8), tile=2, lanes=1,
                     norm_lanes=1, max_d_head=4, max_seq=32),
 ]
-IDS = [f"{c.rows}x{c.engine.cols}_t{c.tile}_l{c.lanes}_n{c.norm_lanes}" for c in CONFIGS]
+IDS = [f"{c.engine.rows}x{c.engine.cols}_b{c.rows}_t{c.tile}_l{c.lanes}_n{c.norm_lanes}"
+       for c in CONFIGS]
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +147,7 @@ def test_kv_cache_prefill_then_decode(seed):
     (dict(engine=EngineConfig(rows=2, cols=2, mem_bytes=8), norm_lanes=4, max_d_head=8),
      "norm_lanes=4"),
     (dict(engine=EngineConfig(rows=2, cols=2, mem_bytes=8, max_k=16), max_d_head=32), "max_k"),
+    (dict(engine=EngineConfig(rows=2, cols=2, mem_bytes=8), block_rows=3), "block_rows=3"),
 ])
 def test_engine_config_rejects(kwargs, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -176,7 +178,7 @@ def test_attention_soak(seed):
     """A larger array, longer rows (several tiles per block, many blocks) and
     more commands than the default run, with stalls everywhere."""
     cfg = AttentionConfig(engine=EngineConfig(rows=4, cols=4, mem_bytes=16), tile=8, lanes=2,
-                          norm_lanes=2, max_d_head=16, max_seq=64)
+                          norm_lanes=2, max_d_head=16, max_seq=64, block_rows=8)
     rng = np.random.default_rng([seed, 4, 4])
     commands = [_random_command(rng, cfg, n) for n in range(8)]
     lays, mem, _ = _run(cfg, commands, seed, 0.3, rng)
