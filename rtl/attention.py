@@ -3,7 +3,8 @@
 One command computes `attention(qkv)` for all heads of one layer, prefill
 (Tq queries at positions offset .. offset+Tq-1) or decode (Tq = 1) against
 K/V caches of Tk = offset + Tq keys in memory, bit-exact with
-`intmodel.attention_head` per head. Per head, per block of `rows` queries,
+`intmodel.attention_head` per head. Per head, per block of `block_rows`
+queries (one or more array row blocks: one matmul command covers them all),
 per key tile j (only tiles holding a key visible to the block):
 
 1. S_j = Q_blk @ K_jᵀ     matmul command (int8, raw int32). Its output writes
@@ -20,7 +21,8 @@ The matmul engine is used unmodified through its command port and keeps the
 read channel of the memory port; the controller only writes (P rows and
 outputs). The engine runs S_0, S_1, PV_0, S_2, PV_1, ...: the softmax of tile
 j overlaps S_{j+1}, so while the softmax is shorter than a matmul command
-the engine never waits. Every buffer has a size fixed by the configuration
+the engine never waits; a block's normalisation overlaps the next block's
+first S commands. Every buffer has a size fixed by the configuration
 (two S tiles, two P tiles, one block of O): nothing grows with the sequence
 length except the KV cache. `sim/attention_cycles.py` reproduces the timing.
 """

@@ -116,6 +116,8 @@ class AttentionConfig:
                               f"or max_d_head={self.max_d_head}")
         if self.max_d_head % self.norm_lanes:
             raise ConfigError(f"norm_lanes={self.norm_lanes} must divide max_d_head")
+        if e.max_m < self.block_rows:
+            raise ConfigError(f"engine max_m={e.max_m} is below block_rows={self.block_rows}")
 
     @property
     def scores_per_word(self):
