@@ -1,0 +1,64 @@
+"""The attention cycle model and benchmark: contract and internal consistency.
+
+(The model's equality with the RTL is tested in tests/rtl/test_attention_engine.py.)
+"""
+import argparse
+
+import pytest
+
+from gpt2accel.sim.attention_cycles import attention_cycles, score_buffer_bytes
+from gpt2accel.sim.benchmarks import attention as bench
+
+
+def test_benchmark_contract():
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    result = bench.run(parser.parse_args([]))
+    cases = result["cases"]
+    assert len(cases) == 3 * (len(bench.PREFILL_T) + len(bench.DECODE_T))
+    keys = {"array", "mode", "T", "cycles", "utilization", "score_buffer_bytes",
+            "score_buffer_bytes_without_online"}
+    for c in cases:
+        assert keys <= set(c)
+        assert c["mode"] in ("prefill", "decode") and 0 < c["utilization"] <= 1
+        n = int(c["array"].split("x")[0])
+        cfg = bench.config(n)
+        tq, offset = (c["T"], 0) if c["mode"] == "prefill" else (1, c["T"] - 1)
+        r = attention_cycles(cfg, bench.N_HEAD, bench.D_HEAD, tq, offset)
+        assert c["cycles"] == r.cycles
+        # useful work: 2 * D MACs per visible query-key pair, all heads
+        pairs = sum(offset + i + 1 for i in range(tq))
+        assert c["utilization"] == pytest.approx(
+            2 * bench.D_HEAD * bench.N_HEAD * pairs / (n * n * r.cycles), abs=1e-4)
+    by = {(c["array"], c["mode"], c["T"]): c for c in cases}
+    for a in ("8x8", "12x12", "16x16"):
+        # online softmax keeps the score storage flat in T
+        assert by[(a, "prefill", 128)]["score_buffer_bytes"] == \
+            by[(a, "prefill", 1024)]["score_buffer_bytes"]
+        assert by[(a, "prefill", 1024)]["score_buffer_bytes_without_online"] > \
+            4 * by[(a, "prefill", 1024)]["score_buffer_bytes"]
+        assert by[(a, "decode", 128)]["cycles"] < by[(a, "decode", 1024)]["cycles"]
+    assert "16x16" in bench.format_text(result)
+
+
+def test_model_accounts_for_every_matmul_cycle():
+    """The matmul commands' cycles are part of the total, and the work issued
+    covers the useful work (whole tiles, masked keys included)."""
+    cfg = bench.config(16)
+    r = attention_cycles(cfg, 2, 64, 300, 5)
+    assert r.matmul_cycles < r.cycles
+    assert r.issued_macs >= r.useful_macs
+
+
+def test_score_buffer_without_online_grows_with_t():
+    cfg = bench.config(8)
+    assert score_buffer_bytes(cfg, 1024, online=False) == 8 * score_buffer_bytes(
+        cfg, 128, online=False)
+
+
+def test_model_rejects_out_of_range():
+    cfg = bench.config(8)
+    with pytest.raises(ValueError):
+        attention_cycles(cfg, 12, 64, 1024, 1)     # more keys than max_seq
+    with pytest.raises(ValueError):
+        attention_cycles(cfg, 12, 63, 16, 0)       # D not a multiple of norm_lanes
