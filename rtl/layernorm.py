@@ -1,0 +1,499 @@
+"""Integer LayerNorm (numerics §6, `intmodel.layernorm`), one row of N <= max_e values at a time.
+
+Per row of `R`-bit residual values x[0..N-1] (N = n_embd):
+
+    Σ     = Σ x_i,   span = N (max x - min x)                       pass A (input)
+    k     = max(bitlen(span) - 15, k_min),  k_min = ceil((eps_e - 31) / 2)
+    ε     = eps_m * 2^(eps_e - 2k)  (rounded right shift if negative)  row stats
+    d_s_i = (N x_i - Σ) * 2^-k     (left shift, or round_shift by k)
+    S2    = Σ d_s_i² + ε                                            pass B
+    r     = max(isqrt(S2), 1),  inv = min(round(2^36 / r), 2^24 - 1)  root (once per row)
+    z_i   = round_shift(d_s_i * inv, 14)
+    y_i   = sat8(round_shift(z_i * G_i + B_i, out_shift))           pass C (output)
+
+k needs the row's span and every d_s needs k, and S needs every d_s: so a
+row is read three times, by three passes that each handle one row at a time
+and overlap across rows:
+
+- pass A takes the input beats, writes them to one half of the X buffer
+  (2 x ceil(max_e/lanes) words of `lanes` x R bits) and reduces Σ, max, min;
+  a 4-stage stats pipeline then derives k, the two shift amounts and ε;
+- pass B reads the row back, computes d_s (one n*x multiplier per lane),
+  writes it to one bank of the D buffer (`ds_banks` x ceil(max_e/lanes)
+  words of `lanes` x 17 bits) and sums the squares into S2;
+- `RowRoot` (sequential, `RowRoot.period` cycles per row) turns S2 into inv;
+- pass C reads d_s and the channel's gamma/beta, and produces the outputs.
+
+Passes A, B and the root never stall inside a row (B and the root run free
+once started); only pass C sees the output's back-pressure, through one
+pipeline enable. Buffer hand-over: pass A may refill an X half as soon as
+pass B has started reading it (B reads one word per cycle without pausing,
+so the writer can never overtake it); a D bank is free again once pass C
+has issued its last read. Three D banks hide the root: with rows of
+W = ceil(N/lanes) >= 26 beats the unit takes and emits one beat per cycle.
+
+Parameters (per LayerNorm: gamma/beta and the scalars) are loaded between
+groups of rows: a ``setup`` beat (n, out_shift, eps_m, eps_e) waits until
+every earlier row has left the unit, then exactly ceil(n/lanes) ``param``
+beats (gamma and beta of `lanes` channels each) must follow before rows are
+taken again. Rows offered meanwhile wait. An n of 0 or above `max_e` raises
+``error`` and the unit takes no row until a valid setup.
+"""
+from amaranth.hdl import *
+from amaranth.lib import wiring, stream, data
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from gpt2accel.model import intmodel as im
+
+from .intarith import bit_length, max_tree, round_shift, saturate, sum_tree
+from .vector import check_lanes, vector_layout
+
+__all__ = ["LayerNormUnit", "RowRoot", "setup_layout", "param_layout", "MAX_E_LIMIT",
+           "N_BITS", "EPS_E_BITS", "ROW_STATS_LATENCY", "PASS_B_LATENCY", "PASS_C_LATENCY"]
+
+#: numerics §6.3: N <= 2048 keeps S + ε below 2^48
+MAX_E_LIMIT = 2048
+#: width of the row length field of a setup beat (a row longer than max_e is refused)
+N_BITS = 12
+#: eps exponent field (signed); the file format allows -200..200
+EPS_E_BITS = 9
+#: magnitude bits of d_s (§6.2) and its register width (|d_s| <= 2^15)
+DS_BITS = im.LN_D_BITS + 2
+#: output-pass fixed point: z = round_shift(d_s * inv, 36 - 22)
+Z_SHIFT = im.LN_RECIP_SHIFT - im.LN_Z_FRAC
+#: z is at most 2^22 + 1 in magnitude
+Z_BITS = im.LN_Z_FRAC + 2
+#: cycles from a row's last input beat (pass A) to pass B being able to start it
+ROW_STATS_LATENCY = 5
+#: cycles from pass B's last read issue to the row's S2 being visible to the root
+PASS_B_LATENCY = 5
+#: cycles from a pass C read issue to its output beat being valid
+PASS_C_LATENCY = 5
+
+
+def setup_layout():
+    """One LayerNorm's scalars (§6): row length n and the quantised out_shift, eps_m, eps_e."""
+    return data.StructLayout({"n": unsigned(N_BITS), "out_shift": range(48),
+                              "eps_m": unsigned(im.LN_EPS_BITS), "eps_e": signed(EPS_E_BITS)})
+
+
+def param_layout(lanes):
+    """gamma (int16) and beta (48-bit) of `lanes` consecutive channels, from channel 0 on."""
+    return data.StructLayout({"gamma": data.ArrayLayout(signed(16), lanes),
+                              "beta": data.ArrayLayout(signed(48), lanes)})
+
+
+def _min_tree(values):
+    """Balanced reduction tree of signed minima."""
+    values = list(values)
+    while len(values) > 1:
+        nxt = [Mux(a < b, a, b) for a, b in zip(values[::2], values[1::2])]
+        if len(values) % 2:
+            nxt.append(values[-1])
+        values = nxt
+    return values[0]
+
+
+class RowRoot(wiring.Component):
+    """S2 (48-bit) in, inv = min(round(2^36 / max(isqrt(S2), 1)), 2^24 - 1) out (§6.4).
+
+    Sequential: the restoring square root of `intmodel.isqrt`, two of its
+    iterations per cycle (12 cycles), then a radix-4 restoring divider (12
+    cycles; digit = largest k in 0..3 with k * divisor <= remainder). For
+    r <= 2^12 the quotient is >= 2^24 and clamps (only constant rows get
+    there), so the divider only ever produces 24 bits.
+
+    ``start`` pulses with ``s2`` for one cycle while ``busy`` is low; ``done``
+    pulses `period` - 1 cycles later with ``inv`` valid in the same cycle.
+    """
+    #: cycles from ``start`` to the next possible ``start``
+    period = 26
+
+    def __init__(self):
+        super().__init__({"start": In(1), "s2": In(im.LN_ACC_BITS), "busy": Out(1),
+                          "done": Out(1), "inv": Out(im.LN_RECIP_BITS)})
+
+    def elaborate(self, platform):
+        m = Module()
+        A = im.LN_ACC_BITS
+        steps = A // 4                  # two isqrt iterations per cycle
+        rem = Signal(A + 2)
+        root = Signal(A)                # shifted partial root, as in intmodel.isqrt
+        bit = Signal(A)
+        dv = Signal(A + 2)
+        q = Signal(im.LN_RECIP_BITS)
+        clamp = Signal()
+        step = Signal(range(steps))
+        q_bits = im.LN_RECIP_BITS
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [rem.eq(self.s2), root.eq(0), bit.eq(1 << (A - 2)), step.eq(0)]
+                    m.next = "SQRT"
+            with m.State("SQRT"):
+                m.d.comb += self.busy.eq(1)
+                # intmodel.isqrt, unrolled twice: trial = root + bit; take if rem >= trial
+                r_, t_, b_ = rem, root, bit
+                for _ in range(2):
+                    trial = t_ + b_
+                    take = r_ >= trial
+                    r_ = Mux(take, r_ - trial, r_)
+                    t_ = Mux(take, (t_ >> 1) + b_, t_ >> 1)
+                    b_ = b_ >> 2
+                m.d.sync += [rem.eq(r_), root.eq(t_), bit.eq(b_), step.eq(step + 1)]
+                with m.If(step == steps - 1):
+                    m.next = "PREP"
+            with m.State("PREP"):
+                m.d.comb += self.busy.eq(1)
+                r = Mux(root == 0, 1, root)
+                # (2^36 + (r >> 1)) // r >= 2^24 exactly when r <= 2^12
+                m.d.sync += [rem.eq((1 << im.LN_RECIP_SHIFT) + (r >> 1)),
+                             dv.eq(r << (q_bits - 2)), q.eq(0), step.eq(0),
+                             clamp.eq(r <= (1 << (im.LN_RECIP_SHIFT - q_bits)))]
+                m.next = "DIV"
+            with m.State("DIV"):
+                m.d.comb += self.busy.eq(1)
+                # rem < 4 * dv holds throughout because the quotient fits 24 bits
+                dv2, dv3 = dv << 1, (dv << 1) + dv
+                ge1, ge2, ge3 = rem >= dv, rem >= dv2, rem >= dv3
+                digit = Mux(ge3, 3, Mux(ge2, 2, Mux(ge1, 1, 0)))
+                sub = Mux(ge3, dv3, Mux(ge2, dv2, Mux(ge1, dv, 0)))
+                q_next = Cat(digit[:2], q[:-2])
+                m.d.sync += [rem.eq(rem - sub), dv.eq(dv >> 2), q.eq(q_next),
+                             step.eq(step + 1)]
+                with m.If(step == q_bits // 2 - 1):
+                    m.d.comb += [self.done.eq(1),
+                                 self.inv.eq(Mux(clamp, (1 << q_bits) - 1, q_next))]
+                    m.next = "IDLE"
+        return m
+
+
+class LayerNormUnit(wiring.Component):
+    """Streaming LayerNorm of rows of n <= `max_e` values, `lanes` per beat.
+
+    Ports:
+    - ``setup``: `setup_layout`, taken only when no row is in the unit;
+    - ``param``: `param_layout(lanes)`, ceil(n/lanes) beats after each setup;
+    - ``inp``: `vector_layout(signed(in_bits), lanes)`, ceil(n/lanes) beats per
+      row, lane l of beat b = channel b*lanes + l (``last`` is not used: the
+      row length is n); lanes past n in a row's last beat are ignored;
+    - ``out``: `vector_layout(signed(8), lanes, "y")`, the same beats, ``last``
+      on each row's final beat, lanes past n zero;
+    - ``error``: the last setup had n = 0 or n > `max_e`; no rows are taken.
+
+    Timing (`sim.units_cycles.layernorm_schedule` is the exact model): one
+    beat per cycle on both sides in steady state for rows of at least
+    `RowRoot.period` beats; `row_latency(n)` cycles from a row's last input
+    beat to its first output beat when the unit is otherwise idle.
+    """
+
+    def __init__(self, lanes=1, in_bits=16, max_e=1024, ds_banks=3):
+        try:
+            self.lanes = check_lanes(lanes)
+            if not isinstance(in_bits, int) or not 4 <= in_bits <= 32:
+                raise ValueError(f"in_bits must be an int in 4..32, got {in_bits!r}")
+            if not isinstance(max_e, int) or not 1 <= max_e <= MAX_E_LIMIT:
+                raise ValueError(f"max_e must be an int in 1..{MAX_E_LIMIT} (numerics §6.3 "
+                                 f"needs N <= {MAX_E_LIMIT}), got {max_e!r}")
+            if not isinstance(ds_banks, int) or not 2 <= ds_banks <= 8:
+                raise ValueError(f"ds_banks must be an int in 2..8, got {ds_banks!r}")
+        except ValueError:
+            self._MustUse__silence = True   # never elaborated: no "unused" warning
+            raise
+        self.in_bits, self.max_e, self.ds_banks = in_bits, max_e, ds_banks
+        #: memory words per row buffer (one beat per word)
+        self.words = -(-max_e // lanes)
+        super().__init__({
+            "setup": In(stream.Signature(setup_layout())),
+            "param": In(stream.Signature(param_layout(lanes))),
+            "inp": In(stream.Signature(vector_layout(signed(in_bits), lanes))),
+            "out": Out(stream.Signature(vector_layout(signed(8), lanes, "y"))),
+            "error": Out(1),
+        })
+
+    def beats(self, n):
+        """Beats per row of n values."""
+        return -(-n // self.lanes)
+
+    def row_latency(self, n):
+        """Cycles from a row's last input beat to its first output beat, unit otherwise idle."""
+        return (ROW_STATS_LATENCY + self.beats(n) - 1 + PASS_B_LATENCY + RowRoot.period
+                + PASS_C_LATENCY)
+
+    def elaborate(self, platform):
+        m = Module()
+        L, R, W, NB = self.lanes, self.in_bits, self.words, self.ds_banks
+        SUM_W = R + (self.max_e).bit_length() + 1       # |Σ| <= max_e * 2^(R-1)
+        SPAN_W = R + N_BITS                             # n * (max - min), unsigned
+        D_W = R + N_BITS + 1                            # n*x - Σ, signed
+        FREE, WRITTEN, ROOTED = 0, 1, 2                 # D bank states
+
+        # ---------------- configuration -------------------------------------------
+        cfg = Signal(setup_layout())
+        k_min = Signal(signed(EPS_E_BITS + 1))
+        configured = Signal()
+        m.d.comb += self.error.eq(configured & ((cfg.n == 0) | (cfg.n > self.max_e)))
+        p_elem = Signal(range(W * L + 1))               # channels of gamma/beta loaded
+        p_word = Signal(range(W + 1))                   # = p_elem / lanes
+        loaded = Signal()
+        m.d.comb += loaded.eq(configured & ~self.error & (p_elem >= cfg.n))
+        inflight = Signal(range(2 * NB + 8))            # rows taken and not yet emitted
+        row_in, row_out = Signal(), Signal()
+        m.d.sync += inflight.eq(inflight + row_in - row_out)
+
+        m.d.comb += self.setup.ready.eq(inflight == 0)
+        with m.If(self.setup.valid & self.setup.ready):
+            s = self.setup.payload
+            m.d.sync += [cfg.eq(s), configured.eq(1), p_elem.eq(0), p_word.eq(0),
+                         k_min.eq(-((31 - s.eps_e) >> 1))]          # intmodel.ln_k_min
+
+        m.submodules.gb = gb = Memory(shape=param_layout(L), depth=W, init=[])
+        gb_w = gb.write_port()
+        gb_r = gb.read_port(transparent_for=())
+        # (a parameter beat never shares a cycle with the setup beat before it)
+        m.d.comb += [self.param.ready.eq(configured & ~self.error & ~loaded & ~self.setup.valid),
+                     gb_w.addr.eq(p_word),
+                     gb_w.data.eq(self.param.payload),
+                     gb_w.en.eq(self.param.valid & self.param.ready)]
+        with m.If(self.param.valid & self.param.ready):
+            m.d.sync += [p_elem.eq(p_elem + L), p_word.eq(p_word + 1)]
+
+        # ---------------- pass A: input, X buffer, Σ / max / min ---------------------
+        m.submodules.xbuf = xbuf = Memory(shape=data.ArrayLayout(signed(R), L),
+                                          depth=2 * W, init=[])
+        x_w = xbuf.write_port()
+        x_r = xbuf.read_port(transparent_for=())
+        ha = Signal()                                   # X half being written
+        ja = Signal(range(W))
+        ea = Signal(range(W * L + 1))                   # = ja * lanes
+        xbusy = Signal(2)                               # half holds a row B has not started
+        xready = Signal(2)                              # ... and its stats are ready
+        acc_sum = Signal(signed(SUM_W))
+        acc_max = Signal(signed(R))
+        acc_min = Signal(signed(R))
+        first_a = ea == 0
+        m.d.comb += self.inp.ready.eq(loaded & ~xbusy.bit_select(ha, 1)
+                                      & ~(self.setup.valid & first_a))
+        take_a = self.inp.valid & self.inp.ready
+        m.d.comb += row_in.eq(take_a & first_a)
+        lo, hi = -(1 << (R - 1)), (1 << (R - 1)) - 1
+        xs = self.inp.payload.x
+        lane_ok = [ea + l < cfg.n for l in range(L)]
+        beat_sum = sum_tree([Mux(lane_ok[l], xs[l], 0) for l in range(L)])
+        beat_max = max_tree([Mux(lane_ok[l], xs[l], lo) for l in range(L)])
+        beat_min = _min_tree([Mux(lane_ok[l], xs[l], hi) for l in range(L)])
+        tot = Signal(signed(SUM_W))
+        mx, mn = Signal(signed(R)), Signal(signed(R))
+        m.d.comb += [tot.eq(Mux(first_a, 0, acc_sum) + beat_sum),
+                     mx.eq(Mux(first_a | (beat_max > acc_max), beat_max, acc_max)),
+                     mn.eq(Mux(first_a | (beat_min < acc_min), beat_min, acc_min))]
+        end_a = ea + L >= cfg.n
+        m.d.comb += [x_w.addr.eq(Mux(ha, W, 0) + ja), x_w.data.eq(xs), x_w.en.eq(take_a)]
+
+        # Row stats pipeline, free-running (a row is at least one beat, so at most
+        # one enters per cycle): st1 totals, st2 max - min, st3 span, st4 k.
+        st_v = Signal(4)
+        st_h = Signal(4)
+        st_sum = [Signal(signed(SUM_W), name=f"st{i}_sum") for i in range(1, 5)]
+        st1_max, st1_min = Signal(signed(R)), Signal(signed(R))
+        st2_diff = Signal(R)
+        st3_span = Signal(SPAN_W)
+        st4_k = Signal(signed(EPS_E_BITS + 2))
+        m.d.sync += [st_v.eq(Cat(take_a & end_a, st_v[:3])), st_h.eq(Cat(ha, st_h[:3])),
+                     st_sum[0].eq(tot), st1_max.eq(mx), st1_min.eq(mn),
+                     st_sum[1].eq(st_sum[0]), st2_diff.eq(st1_max - st1_min),
+                     st_sum[2].eq(st_sum[1]), st3_span.eq(st2_diff * cfg.n),
+                     st_sum[3].eq(st_sum[2])]
+        bl = bit_length(m, st3_span, "span_bitlen")
+        k_span = bl - im.LN_D_BITS
+        m.d.sync += st4_k.eq(Mux(k_span > k_min, k_span, k_min))
+
+        with m.If(take_a):
+            m.d.sync += [acc_sum.eq(tot), acc_max.eq(mx), acc_min.eq(mn)]
+            with m.If(end_a):
+                m.d.sync += [ja.eq(0), ea.eq(0), ha.eq(~ha)]
+            with m.Else():
+                m.d.sync += [ja.eq(ja + 1), ea.eq(ea + L)]
+
+        # Row descriptor per X half, written when the stats leave st4:
+        # d_s = round_shift(d << lsh, rsh); ε = eps_m * 2^(eps_e - 2k) (§6.3).
+        desc_layout = data.StructLayout({"sum": signed(SUM_W), "lsh": range(16),
+                                         "rsh": range(D_W + 1), "eps": unsigned(47)})
+        desc = [Signal(desc_layout, name=f"desc{h}") for h in range(2)]
+        k = st4_k
+        a_eps = Signal(signed(EPS_E_BITS + 4))
+        m.d.comb += a_eps.eq(cfg.eps_e - (k << 1))
+        eps_val = Mux(a_eps >= 0, (cfg.eps_m << a_eps[:5])[:47],
+                      round_shift(Cat(cfg.eps_m, Const(0, 1)),   # zero-extended: eps_m is unsigned
+                                  Mux(-a_eps > 17, 17, -a_eps)[:5], im.LN_EPS_BITS + 2))
+        # a right shift by D_W or more gives 0 for every |d| < 2^(R+11): clamp there
+        rsh = Mux(k > D_W, D_W, Mux(k > 0, k, 0))
+        lsh = Mux(k < 0, -k, 0)
+        set_ready = Signal(2)
+        clr_ready = Signal(2)
+        set_busy = Signal(2)
+        clr_busy = Signal(2)
+        with m.If(st_v[3]):
+            for h in range(2):
+                with m.If(st_h[3] == h):
+                    m.d.sync += [desc[h].sum.eq(st_sum[3]), desc[h].lsh.eq(lsh[:4]),
+                                 desc[h].rsh.eq(rsh), desc[h].eps.eq(eps_val)]
+            m.d.comb += set_ready.eq(Mux(st_h[3], 0b10, 0b01))
+        m.d.comb += set_busy.eq(Mux(take_a & end_a, Mux(ha, 0b10, 0b01), 0))
+        m.d.sync += [xready.eq((xready | set_ready) & ~clr_ready),
+                     xbusy.eq((xbusy | set_busy) & ~clr_busy)]
+
+        # ---------------- D banks: states, S2 and inv per bank ------------------------
+        m.submodules.dbuf = dbuf = Memory(shape=data.ArrayLayout(signed(DS_BITS), L),
+                                          depth=NB * W, init=[])
+        d_w = dbuf.write_port()
+        d_r = dbuf.read_port(transparent_for=())
+        state = [Signal(2, name=f"bank{i}_state") for i in range(NB)]
+        bank_s2 = [Signal(im.LN_ACC_BITS, name=f"bank{i}_s2") for i in range(NB)]
+        bank_inv = [Signal(im.LN_RECIP_BITS, name=f"bank{i}_inv") for i in range(NB)]
+
+        def sel(signals, idx):
+            """signals[idx] for a small list (a mux chain over <= 8 entries)."""
+            out = signals[0]
+            for i in range(1, len(signals)):
+                out = Mux(idx == i, signals[i], out)
+            return out
+
+        def nxt(idx):
+            return Mux(idx == NB - 1, 0, idx + 1)
+
+        # ---------------- pass B: d_s, D buffer, sum of squares ----------------------
+        hb = Signal()                                   # X half being read
+        bw = Signal(range(NB))                          # D bank being written
+        jb = Signal(range(W))
+        eb = Signal(range(W * L + 1))
+        bw_base = Signal(range(NB * W))
+        d0 = Signal(desc_layout)
+        m.d.comb += d0.eq(Mux(hb, desc[1], desc[0]))
+        issue_b = xready.bit_select(hb, 1) & (sel(state, bw) == FREE)
+        end_b = eb + L >= cfg.n
+        m.d.comb += [x_r.addr.eq(Mux(hb, W, 0) + jb), x_r.en.eq(1)]
+        with m.If(issue_b):
+            with m.If(jb == 0):
+                m.d.comb += clr_busy.eq(Mux(hb, 0b10, 0b01))   # A may refill behind us
+            with m.If(end_b):
+                m.d.comb += clr_ready.eq(Mux(hb, 0b10, 0b01))
+                m.d.sync += [jb.eq(0), eb.eq(0), hb.eq(~hb), bw.eq(nxt(bw)),
+                             bw_base.eq(Mux(bw == NB - 1, 0, bw_base + W))]
+            with m.Else():
+                m.d.sync += [jb.eq(jb + 1), eb.eq(eb + L)]
+
+        # Per-beat context carried down the B pipeline (rows follow back to back).
+        bctx = data.StructLayout({"v": 1, "first": 1, "last": 1, "mask": L,
+                                  "addr": range(NB * W), "bank": range(NB),
+                                  "sum": signed(SUM_W), "lsh": range(16),
+                                  "rsh": range(D_W + 1), "eps": unsigned(47)})
+        b1, b2, b3, b4 = (Signal(bctx, name=f"b{i}") for i in range(1, 5))
+        m.d.sync += [b1.v.eq(issue_b), b1.first.eq(jb == 0), b1.last.eq(end_b),
+                     b1.mask.eq(Cat(eb + l < cfg.n for l in range(L))),
+                     b1.addr.eq(bw_base + jb), b1.bank.eq(bw), b1.sum.eq(d0.sum),
+                     b1.lsh.eq(d0.lsh), b1.rsh.eq(d0.rsh), b1.eps.eq(d0.eps),
+                     b2.eq(b1), b3.eq(b2), b4.eq(b3)]
+        # b1 -> b2: N * x (X word read in b1)
+        b2_nx = [Signal(signed(R + N_BITS + 1), name=f"b2_nx{l}") for l in range(L)]
+        # b2 -> b3: d_s = round_shift((N x - Σ) << lsh, rsh)   (|d_s| <= 2^15)
+        b3_ds = [Signal(signed(DS_BITS), name=f"b3_ds{l}") for l in range(L)]
+        # b3 -> b4: squares of the lanes inside the row
+        b4_sq = [Signal(2 * im.LN_D_BITS + 1, name=f"b4_sq{l}") for l in range(L)]
+        for l in range(L):
+            m.d.sync += b2_nx[l].eq(x_r.data[l] * cfg.n)
+            d = Signal(signed(D_W + 1), name=f"b2_d{l}")
+            m.d.comb += d.eq(b2_nx[l] - b2.sum)
+            # when lsh > 0 the row's |d| < 2^14, so the shifted value still fits D_W
+            d_l = Signal(signed(D_W + 1), name=f"b2_dl{l}")
+            m.d.comb += d_l.eq(d << b2.lsh)
+            m.d.sync += b3_ds[l].eq(round_shift(d_l, b2.rsh, D_W + 2))
+            m.d.sync += b4_sq[l].eq(Mux(b3.mask[l], b3_ds[l] * b3_ds[l], 0))
+        m.d.comb += [d_w.addr.eq(b3.addr), d_w.en.eq(b3.v)]
+        for l in range(L):
+            m.d.comb += d_w.data[l].eq(b3_ds[l])
+        # b4: S accumulates; the last beat stores S2 = S + ε in its bank.
+        s_acc = Signal(im.LN_ACC_BITS)
+        s_tot = Signal(im.LN_ACC_BITS)
+        m.d.comb += s_tot.eq(Mux(b4.first, 0, s_acc) + sum_tree(b4_sq))
+        bank_written = Signal(NB)
+        with m.If(b4.v):
+            m.d.sync += s_acc.eq(s_tot)
+            with m.If(b4.last):
+                for i in range(NB):
+                    with m.If(b4.bank == i):
+                        m.d.sync += bank_s2[i].eq(s_tot + b4.eps)
+                        m.d.comb += bank_written[i].eq(1)
+
+        # ---------------- root: one row at a time, banks in order ---------------------
+        m.submodules.root = root = RowRoot()
+        br = Signal(range(NB))
+        root_started = Signal(NB)
+        bank_rooted = Signal(NB)
+        can_start = (sel(state, br) == WRITTEN) & ~root.busy & ~root.done
+        m.d.comb += [root.start.eq(can_start), root.s2.eq(sel(bank_s2, br))]
+        with m.If(root.done):
+            for i in range(NB):
+                with m.If(br == i):
+                    m.d.sync += bank_inv[i].eq(root.inv)
+                    m.d.comb += bank_rooted[i].eq(1)
+            m.d.sync += br.eq(nxt(br))
+
+        # ---------------- pass C: z, gamma/beta, requant to int8 ---------------------
+        out_valid = Signal()
+        en = Signal()
+        m.d.comb += [en.eq(~out_valid | self.out.ready), self.out.valid.eq(out_valid)]
+        m.d.comb += row_out.eq(out_valid & self.out.ready & self.out.payload.last)
+        bc = Signal(range(NB))
+        jc = Signal(range(W))
+        ec = Signal(range(W * L + 1))
+        bc_base = Signal(range(NB * W))
+        issue_c = en & (sel(state, bc) == ROOTED)
+        end_c = ec + L >= cfg.n
+        bank_freed = Signal(NB)
+        m.d.comb += [d_r.addr.eq(bc_base + jc), d_r.en.eq(en), gb_r.addr.eq(jc), gb_r.en.eq(en)]
+        with m.If(issue_c):
+            with m.If(end_c):
+                for i in range(NB):
+                    with m.If(bc == i):
+                        m.d.comb += bank_freed[i].eq(1)
+                m.d.sync += [jc.eq(0), ec.eq(0), bc.eq(nxt(bc)),
+                             bc_base.eq(Mux(bc == NB - 1, 0, bc_base + W))]
+            with m.Else():
+                m.d.sync += [jc.eq(jc + 1), ec.eq(ec + L)]
+
+        for i in range(NB):
+            with m.If(bank_freed[i]):
+                m.d.sync += state[i].eq(FREE)
+            with m.Elif(bank_rooted[i]):
+                m.d.sync += state[i].eq(ROOTED)
+            with m.Elif(bank_written[i]):
+                m.d.sync += state[i].eq(WRITTEN)
+
+        cctx = data.StructLayout({"v": 1, "last": 1, "mask": L})
+        c1, c2, c3 = (Signal(cctx, name=f"c{i}") for i in range(1, 4))
+        c1_inv = Signal(im.LN_RECIP_BITS)
+        c2_p = [Signal(signed(DS_BITS + im.LN_RECIP_BITS + 1), name=f"c2_p{l}") for l in range(L)]
+        c3_z = [Signal(signed(Z_BITS), name=f"c3_z{l}") for l in range(L)]
+        c4_p = [Signal(signed(im.LN_ACC_BITS + 1), name=f"c4_p{l}") for l in range(L)]
+        c2_gb, c3_gb = Signal(param_layout(L)), Signal(param_layout(L))
+        c4 = Signal(cctx)
+        with m.If(en):
+            m.d.sync += [c1.v.eq(issue_c), c1.last.eq(end_c),
+                         c1.mask.eq(Cat(ec + l < cfg.n for l in range(L))),
+                         c1_inv.eq(sel(bank_inv, bc)),
+                         c2.eq(c1), c3.eq(c2), c4.eq(c3), c2_gb.eq(gb_r.data), c3_gb.eq(c2_gb)]
+            for l in range(L):
+                # c1 -> c2: d_s * inv (17 x 24 bits); c2 -> c3: z; c3 -> c4: z * G + B
+                m.d.sync += [c2_p[l].eq(d_r.data[l] * c1_inv),
+                             c3_z[l].eq(round_shift(c2_p[l], Z_SHIFT, len(c2_p[l]) + 1)),
+                             c4_p[l].eq(c3_z[l] * c3_gb.gamma[l] + c3_gb.beta[l])]
+        # c4 -> output register: round, shift by out_shift, saturate to int8
+        y = self.out.payload.y
+        with m.If(en):
+            m.d.sync += [out_valid.eq(c4.v), self.out.payload.last.eq(c4.last)]
+            for l in range(L):
+                q = saturate(round_shift(c4_p[l], cfg.out_shift, im.LN_ACC_BITS + 2), 8)
+                m.d.sync += y[l].eq(Mux(c4.mask[l], q, 0))
+        return m

@@ -1,0 +1,74 @@
+"""Exact stall-free cycle models of the vector units (GELU, residual/embedding add, LayerNorm).
+
+The tests assert these equal the RTL cycle for cycle when no stream stalls.
+Cycles count from the start of simulation; a beat's cycle is the cycle in
+which it is transferred (input) or first valid (output).
+"""
+from gpt2accel.rtl.gelu import GeluUnit
+from gpt2accel.rtl.layernorm import (PASS_B_LATENCY, PASS_C_LATENCY, ROW_STATS_LATENCY,
+                                     RowRoot)
+from gpt2accel.rtl.residual import EmbeddingAdd, ResidualAdd
+
+__all__ = ["elementwise_out_cycles", "layernorm_beats", "layernorm_schedule",
+           "layernorm_row_period"]
+
+
+def elementwise_out_cycles(unit_cls, in_cycles):
+    """GELU / residual / embedding add: each output beat `latency` cycles after its input."""
+    if unit_cls not in (GeluUnit, ResidualAdd, EmbeddingAdd):
+        raise ValueError(f"not an elementwise vector unit: {unit_cls!r}")
+    return [c + unit_cls.latency for c in in_cycles]
+
+
+def layernorm_beats(n, lanes):
+    """Beats per row (input and output) of a row of n values."""
+    return -(-n // lanes)
+
+
+def layernorm_row_period(n, lanes, ds_banks=3):
+    """Steady-state cycles per row with rows offered back to back.
+
+    Each of the passes A, B, C takes W = ceil(n/lanes) cycles per row; the root
+    takes `RowRoot.period`; a D bank is held from pass B's start to pass C's
+    end, W + PASS_B_LATENCY + period + W cycles, and `ds_banks` of them rotate.
+    """
+    w = layernorm_beats(n, lanes)
+    hold = 2 * w + PASS_B_LATENCY + RowRoot.period
+    return max(w, RowRoot.period, -(-hold // ds_banks))
+
+
+def layernorm_schedule(n_rows, n, lanes, ds_banks=3):
+    """Stall-free timeline of one group: setup offered at cycle 0, then the
+    ceil(n/lanes) parameter beats, then `n_rows` rows, all back to back.
+
+    Returns a list of per-row dicts: ``in`` (cycle of each input beat) and
+    ``out`` (cycle each output beat becomes valid).
+    """
+    w = layernorm_beats(n, lanes)
+    setup = 0
+    first_row = setup + w + 1            # params at setup+1 .. setup+w, then `loaded`
+    rows = []
+    for r in range(n_rows):
+        a0 = first_row
+        if r >= 1:
+            a0 = max(a0, rows[r - 1]["a_last"] + 1)
+        if r >= 2:                       # X half refilled once pass B started reading it
+            a0 = max(a0, rows[r - 2]["b_first"] + 1)
+        a_last = a0 + w - 1
+        b0 = a_last + ROW_STATS_LATENCY
+        if r >= 1:
+            b0 = max(b0, rows[r - 1]["b_last"] + 1)
+        if r >= ds_banks:                # its D bank is free after the C pass ds_banks rows back
+            b0 = max(b0, rows[r - ds_banks]["c_last"] + 1)
+        b_last = b0 + w - 1
+        root0 = b_last + PASS_B_LATENCY
+        if r >= 1:
+            root0 = max(root0, rows[r - 1]["root0"] + RowRoot.period)
+        c0 = root0 + RowRoot.period
+        if r >= 1:
+            c0 = max(c0, rows[r - 1]["c_last"] + 1)
+        c_last = c0 + w - 1
+        rows.append({"a_last": a_last, "b_first": b0, "b_last": b_last, "root0": root0,
+                     "c_last": c_last, "in": list(range(a0, a_last + 1)),
+                     "out": [c + PASS_C_LATENCY for c in range(c0, c_last + 1)]})
+    return [{"in": r["in"], "out": r["out"]} for r in rows]

@@ -1,0 +1,222 @@
+"""Drive the vector units (GELU, residual and embedding adds, LayerNorm) in Amaranth's simulator.
+
+Every `run_*` function pushes integer arrays through one unit with optional
+random idle cycles on every stream (valid low on inputs, ready low on the
+output, with probability `stall`), decodes the outputs, and returns them with
+the transfer cycle of every beat so tests can check data and timing.
+Rows of a vector stream are split into beats of `lanes` elements; a row
+shorter than a multiple of `lanes` has its last beat padded with zeros.
+"""
+import random
+
+import numpy as np
+from amaranth.sim import Simulator
+
+from gpt2accel.rtl.gelu import GeluUnit
+from gpt2accel.rtl.layernorm import LayerNormUnit
+from gpt2accel.rtl.residual import EmbeddingAdd, ResidualAdd
+
+from .attention_sim import StreamSink, StreamSource
+
+__all__ = ["row_beats", "run_gelu", "run_residual", "run_embedding", "run_layernorm",
+           "LayerNormGroup"]
+
+
+def row_beats(rows, lanes, field="x"):
+    """[T, N] -> list of payload dicts, ceil(N/lanes) beats per row, zero padded."""
+    rows = np.asarray(rows)
+    n = rows.shape[1]
+    beats = []
+    for row in rows:
+        for b in range(0, n, lanes):
+            chunk = [int(v) for v in row[b:b + lanes]]
+            beats.append({field: chunk + [0] * (lanes - len(chunk)), "last": int(b + lanes >= n)})
+    return beats
+
+
+def _unbeat(beats, n_rows, n, field):
+    """Inverse of `row_beats` on decoded payloads; checks the `last` flags."""
+    lanes = len(beats[0][field]) if beats else 1
+    per_row = -(-n // lanes)
+    if len(beats) != n_rows * per_row:
+        raise AssertionError(f"{len(beats)} output beats for {n_rows} rows of {per_row}")
+    lasts = [b["last"] for b in beats]
+    want = [int((i + 1) % per_row == 0) for i in range(len(beats))]
+    if lasts != want:
+        raise AssertionError(f"output `last` flags {lasts} do not mark rows of {per_row} beats")
+    flat = np.array([v for b in beats for v in b[field]], np.int64).reshape(n_rows, per_row * lanes)
+    return flat[:, :n], flat[:, n:]
+
+
+def _decode(field):
+    def decode(payload):
+        return {field: [int(v) for v in getattr(payload, field)], "last": int(payload.last)}
+    return decode
+
+
+def _simulate(dut, sources, sink):
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    for src in sources:
+        sim.add_testbench(src, background=True)
+    sim.add_testbench(sink.run)
+    sim.run()
+
+
+class ScriptSource:
+    """Sends a script of (port, payload) beats in order, one at a time, on several ports.
+
+    One process, so beats on different ports are transferred in script order
+    (what a controller sequencing table loads or parameters before data does).
+    Idles with probability `stall` before each beat; records each transfer cycle.
+    """
+
+    def __init__(self, script, rng, stall=0.0):
+        self.script, self.rng, self.stall = script, rng, stall
+        self.cycles = []
+
+    async def run(self, ctx):
+        cycle = 0
+        for port, beat in self.script:
+            while self.stall and self.rng.random() < self.stall:
+                await ctx.tick()
+                cycle += 1
+            ctx.set(port.payload, beat)
+            ctx.set(port.valid, 1)
+            while True:
+                _, _, ready = await ctx.tick().sample(port.ready)
+                cycle += 1
+                if ready:
+                    break
+            ctx.set(port.valid, 0)
+            self.cycles.append(cycle - 1)
+
+
+def run_gelu(lanes, segments, *, seed=0, stall=0.0, init=None):
+    """GELU over `segments` = [(table int8 [256] or None, x [T, N]), ...] on one GeluUnit.
+
+    A segment with a table first loads it entry by entry through the ``load``
+    port, then streams its rows. Returns (list of y [T, N], stats).
+    """
+    rng = random.Random(seed)
+    dut = GeluUnit(lanes, init)
+    script, counts = [], []
+    for table, x in segments:
+        if table is not None:
+            script += [(dut.load, {"addr": i, "data": int(v)}) for i, v in enumerate(table)]
+        beats = row_beats(x, lanes)
+        script += [(dut.inp, b) for b in beats]
+        counts.append(len(beats))
+    src = ScriptSource(script, random.Random(rng.random()), stall)
+    sink = StreamSink(dut.out, sum(counts), random.Random(rng.random()), _decode("y"), stall,
+                      timeout=100 + len(script) * (8 if stall else 2))
+    _simulate(dut, [src.run], sink)
+    ys, at = [], 0
+    for (_, x), c in zip(segments, counts):
+        y, _ = _unbeat(sink.beats[at:at + c], x.shape[0], x.shape[1], "y")
+        ys.append(y)
+        at += c
+    in_cycles = [c for (port, _), c in zip(script, src.cycles) if port is dut.inp]
+    return ys, {"in_cycles": in_cycles, "out_cycles": sink.cycles}
+
+
+def run_residual(lanes, bits, a, b, *, seed=0, stall=0.0):
+    """sat(a + b) of two [T, N] arrays on one ResidualAdd; returns (out [T, N], stats)."""
+    rng = random.Random(seed)
+    dut = ResidualAdd(lanes, bits)
+    ba, bb = row_beats(a, lanes), row_beats(b, lanes)
+    src_a = StreamSource(dut.a, ba, random.Random(rng.random()), stall)
+    src_b = StreamSource(dut.b, bb, random.Random(rng.random()), stall)
+    sink = StreamSink(dut.out, len(ba), random.Random(rng.random()), _decode("x"), stall,
+                      timeout=100 + len(ba) * (8 if stall else 2))
+    _simulate(dut, [src_a.run, src_b.run], sink)
+    out, _ = _unbeat(sink.beats, a.shape[0], a.shape[1], "x")
+    return out, {"a_cycles": src_a.cycles, "b_cycles": src_b.cycles, "out_cycles": sink.cycles}
+
+
+def run_embedding(lanes, bits, tok, tok_mult, tok_shift, pos, pos_mult, pos_shift, *,
+                  seed=0, stall=0.0):
+    """Embedding add of int8 rows tok [T, E] and pos [T, E] with per-row (mult, shift)."""
+    rng = random.Random(seed)
+    dut = EmbeddingAdd(lanes, bits)
+
+    def beats(rows, mult, shift):
+        out = row_beats(rows, lanes)
+        per_row = -(-rows.shape[1] // lanes)
+        for i, b in enumerate(out):
+            b["mult"], b["shift"] = int(mult[i // per_row]), int(shift[i // per_row])
+        return out
+
+    bt, bp = beats(tok, tok_mult, tok_shift), beats(pos, pos_mult, pos_shift)
+    src_t = StreamSource(dut.tok, bt, random.Random(rng.random()), stall)
+    src_p = StreamSource(dut.pos, bp, random.Random(rng.random()), stall)
+    sink = StreamSink(dut.out, len(bt), random.Random(rng.random()), _decode("x"), stall,
+                      timeout=100 + len(bt) * (8 if stall else 2))
+    _simulate(dut, [src_t.run, src_p.run], sink)
+    out, _ = _unbeat(sink.beats, tok.shape[0], tok.shape[1], "x")
+    return out, {"tok_cycles": src_t.cycles, "pos_cycles": src_p.cycles,
+                 "out_cycles": sink.cycles}
+
+
+class LayerNormGroup:
+    """Rows x [T, N] normalised with one LayerNorm's parameters (numerics §6)."""
+
+    def __init__(self, x, gamma, beta, out_shift, eps_m, eps_e):
+        self.x = np.asarray(x, np.int64)
+        self.gamma = np.asarray(gamma, np.int64)
+        self.beta = np.asarray(beta, np.int64)
+        self.out_shift, self.eps_m, self.eps_e = int(out_shift), int(eps_m), int(eps_e)
+
+    @classmethod
+    def from_quant(cls, x, ln):
+        """From a `quant.QLayerNorm`."""
+        return cls(x, ln.gamma, ln.beta, ln.out_shift, ln.eps_m, ln.eps_e)
+
+    @property
+    def n(self):
+        return self.x.shape[1]
+
+
+def run_layernorm(groups, *, lanes=1, in_bits=16, max_e=1024, ds_banks=3, seed=0, stall=0.0,
+                  timeout=None):
+    """Normalise several groups of rows back to back on ONE LayerNormUnit.
+
+    Per group: a setup beat, ceil(N/lanes) parameter beats, then its rows.
+    Returns (list of int8 [T, N], stats with the transfer cycles of the row
+    beats ("in") and output beats ("out") per group).
+    """
+    for g in groups:
+        if not 1 <= g.n <= max_e:
+            raise ValueError(f"row length N={g.n} is outside 1..max_e={max_e}: the unit "
+                             "would refuse it (error output)")
+    rng = random.Random(seed)
+    dut = LayerNormUnit(lanes, in_bits, max_e, ds_banks)
+    script, counts = [], []
+    for g in groups:
+        script.append((dut.setup, {"n": g.n, "out_shift": g.out_shift, "eps_m": g.eps_m,
+                                   "eps_e": g.eps_e}))
+        for b in range(0, g.n, lanes):
+            gam = [int(v) for v in g.gamma[b:b + lanes]]
+            bet = [int(v) for v in g.beta[b:b + lanes]]
+            pad = [0] * (lanes - len(gam))
+            script.append((dut.param, {"gamma": gam + pad, "beta": bet + pad}))
+        beats = row_beats(g.x, lanes)
+        script += [(dut.inp, b) for b in beats]
+        counts.append(len(beats))
+    src = ScriptSource(script, random.Random(rng.random()), stall)
+    total = sum(counts)
+    timeout = timeout or 200 + len(groups) * 200 + total * (10 if stall else 3) \
+        + sum(g.x.shape[0] for g in groups) * 60
+    sink = StreamSink(dut.out, total, random.Random(rng.random()), _decode("y"), stall,
+                      timeout=timeout)
+    _simulate(dut, [src.run], sink)
+    ys, stats, at = [], [], 0
+    in_cycles = [c for (port, _), c in zip(script, src.cycles) if port is dut.inp]
+    for g, c in zip(groups, counts):
+        y, pad = _unbeat(sink.beats[at:at + c], g.x.shape[0], g.n, "y")
+        if pad.any():
+            raise AssertionError("LayerNorm output lanes past N are not zero")
+        ys.append(y)
+        stats.append({"in": in_cycles[at:at + c], "out": sink.cycles[at:at + c]})
+        at += c
+    return ys, stats
