@@ -30,7 +30,8 @@ pipeline enable. Buffer hand-over: pass A may refill an X half as soon as
 pass B has started reading it (B reads one word per cycle without pausing,
 so the writer can never overtake it); a D bank is free again once pass C
 has issued its last read. Three D banks hide the root: with rows of
-W = ceil(N/lanes) >= 26 beats the unit takes and emits one beat per cycle.
+W = ceil(N/lanes) >= 30 beats the unit takes and emits one beat per cycle
+(`sim.units_cycles.layernorm_row_period` gives the rate for any W).
 
 Parameters (per LayerNorm: gamma/beta and the scalars) are loaded between
 groups of rows: a ``setup`` beat (n, out_shift, eps_m, eps_e) waits until
@@ -49,7 +50,7 @@ from gpt2accel.model import intmodel as im
 from .intarith import bit_length, max_tree, round_shift, saturate, sum_tree
 from .vector import check_lanes, vector_layout
 
-__all__ = ["LayerNormUnit", "RowRoot", "setup_layout", "param_layout", "MAX_E_LIMIT",
+__all__ = ["LayerNormUnit", "RowRoot", "row_latency", "setup_layout", "param_layout", "MAX_E_LIMIT",
            "N_BITS", "EPS_E_BITS", "ROW_STATS_LATENCY", "PASS_B_LATENCY", "PASS_C_LATENCY"]
 
 #: numerics §6.3: N <= 2048 keeps S + ε below 2^48
@@ -70,6 +71,13 @@ ROW_STATS_LATENCY = 5
 PASS_B_LATENCY = 5
 #: cycles from a pass C read issue to its output beat being valid
 PASS_C_LATENCY = 5
+
+
+def row_latency(n, lanes):
+    """Cycles from a row's last input beat to its first output beat when the unit
+    is otherwise idle: stats, pass B over ceil(n/lanes) beats, root, pass C."""
+    return (ROW_STATS_LATENCY + -(-n // lanes) - 1 + PASS_B_LATENCY + RowRoot.period
+            + PASS_C_LATENCY)
 
 
 def setup_layout():
@@ -183,8 +191,8 @@ class LayerNormUnit(wiring.Component):
     - ``error``: the last setup had n = 0 or n > `max_e`; no rows are taken.
 
     Timing (`sim.units_cycles.layernorm_schedule` is the exact model): one
-    beat per cycle on both sides in steady state for rows of at least
-    `RowRoot.period` beats; `row_latency(n)` cycles from a row's last input
+    beat per cycle on both sides in steady state for rows of at least 30
+    beats (with 3 D banks); `row_latency(n)` cycles from a row's last input
     beat to its first output beat when the unit is otherwise idle.
     """
 
@@ -218,8 +226,7 @@ class LayerNormUnit(wiring.Component):
 
     def row_latency(self, n):
         """Cycles from a row's last input beat to its first output beat, unit otherwise idle."""
-        return (ROW_STATS_LATENCY + self.beats(n) - 1 + PASS_B_LATENCY + RowRoot.period
-                + PASS_C_LATENCY)
+        return row_latency(n, self.lanes)
 
     def elaborate(self, platform):
         m = Module()

@@ -4,6 +4,8 @@ The tests assert these equal the RTL cycle for cycle when no stream stalls.
 Cycles count from the start of simulation; a beat's cycle is the cycle in
 which it is transferred (input) or first valid (output).
 """
+from fractions import Fraction
+
 from gpt2accel.rtl.gelu import GeluUnit
 from gpt2accel.rtl.layernorm import (PASS_B_LATENCY, PASS_C_LATENCY, ROW_STATS_LATENCY,
                                      RowRoot)
@@ -26,15 +28,17 @@ def layernorm_beats(n, lanes):
 
 
 def layernorm_row_period(n, lanes, ds_banks=3):
-    """Steady-state cycles per row with rows offered back to back.
+    """Steady-state cycles per row (a Fraction: the average over `ds_banks`
+    rows when the bank rotation sets the pace) with rows offered back to back.
 
     Each of the passes A, B, C takes W = ceil(n/lanes) cycles per row; the root
-    takes `RowRoot.period`; a D bank is held from pass B's start to pass C's
-    end, W + PASS_B_LATENCY + period + W cycles, and `ds_banks` of them rotate.
+    takes `RowRoot.period`; a D bank is held from pass B's first read to the
+    cycle after pass C's last, 2W + PASS_B_LATENCY + period - 1 cycles, and
+    `ds_banks` of them rotate. With 3 banks: W cycles per row for W >= 30.
     """
     w = layernorm_beats(n, lanes)
-    hold = 2 * w + PASS_B_LATENCY + RowRoot.period
-    return max(w, RowRoot.period, -(-hold // ds_banks))
+    hold = 2 * w + PASS_B_LATENCY + RowRoot.period - 1
+    return max(Fraction(w), Fraction(RowRoot.period), Fraction(hold, ds_banks))
 
 
 def layernorm_schedule(n_rows, n, lanes, ds_banks=3):

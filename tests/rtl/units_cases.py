@@ -1,0 +1,84 @@
+"""Inputs for the vector-unit tests (GELU, residual/embedding adds, LayerNorm).
+
+Seed: set GPT2ACCEL_SEED to replay a run; otherwise a fresh seed is drawn,
+printed, and named in every failure message (see `attention_cases.run_seed`).
+"""
+import functools
+
+import numpy as np
+
+from gpt2accel.model import quant as Q
+from gpt2accel.model.synthetic import random_gpt2
+
+from attention_cases import run_seed  # noqa: F401  (re-exported for the tests)
+
+#: geometry of the quantised test model: E = 48 is not a power of two
+GEOM = dict(vocab_size=67, n_positions=48, n_embd=48, n_layer=2, n_head=4)
+
+
+@functools.lru_cache(maxsize=None)
+def quant_model(resid_bits=16):
+    """(QuantGPT2, {tensor point: (layer, int array)}) of a small synthetic GPT-2 with
+    outlier channels, and the integer intermediates of one 24-token forward pass."""
+    fmodel = random_gpt2(seed=11, **GEOM)
+    rng = np.random.default_rng(12)
+    q = Q.QuantGPT2.from_float(fmodel, [rng.integers(0, 67, 32) for _ in range(3)], tile=8,
+                               resid_bits=resid_bits)
+    seen = {}
+    q.forward(rng.integers(0, 67, 24),
+              observe=lambda name, layer, x: seen.setdefault((name, layer), np.asarray(x)))
+    return q, seen
+
+
+def extremes(rng, shape, lo, hi, share=0.1):
+    """Uniform integers in [lo, hi] with about `share` of them at each extreme."""
+    x = rng.integers(lo, hi + 1, shape)
+    pick = rng.random(shape)
+    x[pick < share] = lo
+    x[pick > 1 - share] = hi
+    return x
+
+
+def layernorm_rows(rng, n, bits, k_min=None):
+    """Rows of `bits`-wide residual values covering the §6 corner cases, one of each kind:
+
+    full-range random with extremes; constant rows at 0, the minimum and the
+    maximum (span 0: the eps path, inv clamps); alternating min/max (largest
+    span); one huge outlier channel among small values; a tiny spread around
+    a large offset (k < 0: the left shift); and, if `k_min` is given, a row
+    whose span puts k just below k_min (the floor applies).
+    """
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    rows = [extremes(rng, n, lo, hi),
+            np.zeros(n, np.int64), np.full(n, lo), np.full(n, hi),
+            np.where(np.arange(n) % 2 == 0, lo, hi),
+            rng.integers(-3, 4, n),
+            int(rng.integers(lo + 4, hi - 4)) + rng.integers(-2, 3, n)]
+    outlier = rng.integers(-8, 9, n)
+    outlier[rng.integers(0, n)] = hi if rng.random() < 0.5 else lo
+    rows.append(outlier)
+    if k_min is not None:
+        # span = n * spread with bitlen(span) - 15 around k_min - 1
+        want = max(0, min(bits + 10, int(k_min) + 14))
+        spread = max(1, min(hi, (1 << want) // max(n, 1)))
+        rows.append(np.clip(rng.integers(0, spread + 1, n) + lo // 2, lo, hi))
+    return np.array(rows, np.int64)
+
+
+def layernorm_params(rng, n, kind="random"):
+    """(gamma, beta, out_shift, eps_m, eps_e) inside the §6 ranges the unit must accept.
+
+    random: any int16 gamma (with the extremes), any 48-bit beta, out_shift
+    1..47, eps mantissa 2^15..2^16-1, eps exponent -200..200 (the file's range);
+    typical: what quantisation produces (|beta| <= 4096 * 2^out_shift,
+    out_shift = 22 + fg, eps near N^3 / s_res^2).
+    """
+    if kind == "random":
+        gamma = extremes(rng, n, -(1 << 15), (1 << 15) - 1)
+        beta = extremes(rng, n, -(1 << 47) + 1, (1 << 47) - 1, 0.05)
+        return (gamma, beta, int(rng.integers(1, 48)), int(rng.integers(1 << 15, 1 << 16)),
+                int(rng.integers(-200, 201)))
+    out_shift = int(rng.integers(22, 36))
+    gamma = rng.integers(-(1 << 14), 1 << 14, n)
+    beta = rng.integers(-(1 << (out_shift + 6)), 1 << (out_shift + 6), n)
+    return gamma, beta, out_shift, int(rng.integers(1 << 15, 1 << 16)), int(rng.integers(-5, 40))
