@@ -21,7 +21,8 @@ from .intops import MAX_SHIFT, MULT_BITS
 
 __all__ = ["QuantFormatError", "QLinear", "QLayerNorm", "QAttention", "QBlock", "QuantGPT2",
            "FORMAT_NAME", "FORMAT_VERSION", "mult_shift", "quantize_weight",
-           "quantize_bias", "exp2_table", "gelu_table", "layernorm_params",
+           "quantize_bias", "exp2_table", "GELU_MIN", "gelu_output_quant", "gelu_table",
+           "layernorm_params",
            "calibrate", "smooth_factors", "DEFAULTS",
            "QUANT_FILENAME", "calibration_ids", "load_or_quantise"]
 
@@ -139,10 +140,26 @@ def _gelu64(x):
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
-def gelu_table(s_in, s_out):
-    """§5: int8 [256]: entry i = sat8(round(gelu((i - 128) * s_in) / s_out))."""
+#: The minimum of GPT-2's tanh GELU (at x ~ -0.7518), the bottom of its output range.
+GELU_MIN = float(_gelu64(np.linspace(-0.8, -0.7, 100001)).min())
+
+
+def gelu_output_quant(amax):
+    """§5: (scale, zero point) of a GELU output whose calibrated maximum is `amax`.
+
+    GELU's output lies in [GELU_MIN, amax] with GELU_MIN ~ -0.17: a symmetric
+    int8 code would spend half its range below -0.17, so the output is
+    asymmetric, GELU_MIN at code -128 and amax at code 127.
+    """
+    scale = (max(float(amax), 1e-8) - GELU_MIN) / 255.0
+    zero = -128 - int(np.rint(GELU_MIN / scale))
+    return scale, zero
+
+
+def gelu_table(s_in, s_out, zero=0):
+    """§5: int8 [256]: entry i = sat8(round(gelu((i - 128) * s_in) / s_out) + zero)."""
     x = (np.arange(256, dtype=np.float64) - 128.0) * s_in
-    return np.clip(np.rint(_gelu64(x) / s_out), -128, 127).astype(np.int8)
+    return np.clip(np.rint(_gelu64(x) / s_out) + zero, -128, 127).astype(np.int8)
 
 
 def layernorm_params(gamma, beta, eps, s_in, s_out):
@@ -194,11 +211,19 @@ def _smoothed(gamma, beta, w, m):
             np.asarray(w, np.float64) * m[:, None])
 
 
-def _linear(w, b, s_in, s_out, out_bits=8):
-    """§3: quantise one Conv1D layer; s_out is a scalar or per-column array."""
+def _linear(w, b, s_in, s_out, out_bits=8, in_zero=0):
+    """§3: quantise one Conv1D layer; s_out is a scalar or per-column array.
+
+    `in_zero` is the input's zero point (§5: only the GELU output has one):
+    the input's real value is s_in * (q - in_zero), and the constant
+    -in_zero * Σ_k W[k, n] is folded into the int32 bias, exactly.
+    """
     wq, s_w = quantize_weight(w, axis=0)
     mult, shift = mult_shift(s_in * s_w / s_out)
-    return QLinear(wq, quantize_bias(b, s_in, s_w), mult, shift, out_bits)
+    bias = quantize_bias(b, s_in, s_w).astype(np.int64)
+    bias -= in_zero * wq.astype(np.int64).sum(axis=0)
+    bias = np.clip(bias, -(1 << 30), 1 << 30).astype(np.int32)
+    return QLinear(wq, bias, mult, shift, out_bits)
 
 
 # --------------------------------------------------------------------------- §9 calibration
@@ -347,7 +372,9 @@ class QuantGPT2:
             g2, b2, w_fc = _smoothed(b.ln_2_g, b.ln_2_b, b.fc_w, smooth.get(("ln_2", i)))
             s = {n: _scale(st[(n, i)]) for n in ("ln_1", "q", "k", "v", "attn", "ln_2",
                                                  "fc", "gelu")}
+            s["gelu"], gelu_zero = gelu_output_quant(st[("gelu", i)])
             scales.update({f"h.{i}.{n}": v for n, v in s.items()})
+            scales[f"h.{i}.gelu_zero"] = gelu_zero
             e = cfg.n_embd
             qkv_out = np.concatenate([np.full(e, s["q"]), np.full(e, s["k"]), np.full(e, s["v"])])
             score_real = s["q"] * s["k"] / math.sqrt(cfg.d_head) * _LOG2E * 2.0 ** frac_bits
@@ -360,8 +387,9 @@ class QuantGPT2:
                 attn_proj=_linear(b.attn_proj_w, b.attn_proj_b, s["attn"], s_res, resid_bits),
                 ln_2=layernorm_params(g2, b2, cfg.layer_norm_epsilon, s_res, s["ln_2"]),
                 fc=_linear(w_fc, b.fc_b, s["ln_2"], s["fc"]),
-                gelu_table=gelu_table(s["fc"], s["gelu"]),
-                fc_proj=_linear(b.fc_proj_w, b.fc_proj_b, s["gelu"], s_res, resid_bits)))
+                gelu_table=gelu_table(s["fc"], s["gelu"], gelu_zero),
+                fc_proj=_linear(b.fc_proj_w, b.fc_proj_b, s["gelu"], s_res, resid_bits,
+                                in_zero=gelu_zero)))
         s_lnf = _scale(st[("ln_f", None)])
         s_logit = _scale(st[("logits", None)] * logit_margin, logit_bits)
         scales.update({"ln_f": s_lnf, "logits": s_logit})
