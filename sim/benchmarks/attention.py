@@ -38,12 +38,13 @@ def add_arguments(parser):
 def config(n, tile=64, group=4):
     """The benchmarked configuration of an n x n array: softmax lanes = int32 per
     memory word (one S buffer word per cycle); normaliser lanes = the largest
-    power of two dividing both that and d_head (rows then take max(64/lanes,
-    11) cycles, 11 being the divider's period); blocks of `group` array row
-    blocks (4 is the best of 1, 2, 4, 8 at T >= 512 on all three arrays)."""
+    power of two up to 4 dividing both that and d_head (8 lanes would gain
+    0.1 % on 16x16 for twice the normaliser's LUTs and DSPs); blocks of
+    `group` array row blocks (4 is the best of 1, 2, 4, 8 at T >= 512 on all
+    three arrays)."""
     e = EngineConfig(rows=n, cols=n)
     spw = e.mem_bytes // 4
-    nl = math.gcd(spw, D_HEAD) & -math.gcd(spw, D_HEAD)
+    nl = min(4, math.gcd(spw, D_HEAD) & -math.gcd(spw, D_HEAD))
     cfg = AttentionConfig(engine=e, tile=tile, lanes=spw, norm_lanes=nl,
                           max_d_head=D_HEAD, max_seq=1024, block_rows=group * n)
     cfg.check_engine()
