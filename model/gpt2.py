@@ -14,7 +14,7 @@ from .checkpoint import (CheckpointError, GPT2Config, expected_shapes, load_conf
                          load_gpt2_tensors)
 
 __all__ = ["GPT2", "Block", "KVCache", "layer_norm", "gelu", "softmax",
-           "causal_attention", "sample_next"]
+           "causal_attention", "sample_next", "generate_tokens"]
 
 
 def layer_norm(x, gamma, beta, eps):
@@ -108,6 +108,37 @@ def sample_next(logits, temperature, top_k, rng):
         logits = np.where(logits < kth, -np.inf, logits)
     p = softmax(logits / temperature)
     return int(rng.choice(logits.size, p=p))
+
+
+def generate_tokens(step, config, ids, max_new_tokens, temperature, top_k, seed, on_token):
+    """The sampling loop every backend shares.
+
+    `step(ids, cache)` runs the model on `ids` after what `cache` (a `KVCache`)
+    holds, grows the cache, and returns the last position's float logits.
+    """
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    total = len(ids) + max_new_tokens
+    if total > config.n_positions:
+        raise ValueError(f"prompt ({len(ids)}) + max_new_tokens ({max_new_tokens}) = "
+                         f"{total} exceeds the model's context "
+                         f"n_positions={config.n_positions}")
+    rng = np.random.default_rng(seed)
+    cache = KVCache(config.n_layer)
+    out = []
+    if max_new_tokens == 0:
+        return out
+    logits = step(ids, cache)
+    for n in range(max_new_tokens):
+        token = sample_next(logits, temperature, top_k, rng)
+        out.append(token)
+        if on_token is not None:
+            on_token(token)
+        if n + 1 < max_new_tokens:
+            logits = step([token], cache)
+    return out
 
 
 class GPT2:
@@ -258,21 +289,9 @@ class GPT2:
         temperature 0 is greedy. `on_token(id)` is called as each token is chosen.
         Returns the new ids (not including the prompt).
         """
-        ids = self.check_ids(prompt_ids)
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        total = ids.size + max_new_tokens
-        if total > self.config.n_positions:
-            raise ValueError(f"prompt ({ids.size}) + max_new_tokens ({max_new_tokens}) = "
-                             f"{total} exceeds the model's context "
-                             f"n_positions={self.config.n_positions}")
-        rng = np.random.default_rng(seed)
-        cache = KVCache(self.config.n_layer)
-        out = []
-        if max_new_tokens == 0:
-            return out
+        return generate_tokens(lambda ids, cache: self.forward(ids, cache)[-1],
+                               self.config, self.check_ids(prompt_ids), max_new_tokens,
+                               temperature, top_k, seed, on_token)
         logits = self.forward(ids, cache)[-1]
         for n in range(max_new_tokens):
             token = sample_next(logits, temperature, top_k, rng)

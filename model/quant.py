@@ -16,7 +16,7 @@ import numpy as np
 
 from . import intmodel as im
 from .checkpoint import GPT2Config
-from .gpt2 import KVCache, sample_next
+from .gpt2 import KVCache, generate_tokens
 from .intops import MAX_SHIFT, MULT_BITS
 
 __all__ = ["QuantFormatError", "QLinear", "QLayerNorm", "QAttention", "QBlock", "QuantGPT2",
@@ -485,30 +485,10 @@ class QuantGPT2:
     def generate(self, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, seed=None,
                  on_token=None):
         """As `GPT2.generate`: sample continuation ids with an int8 KV cache."""
-        ids = self.check_ids(prompt_ids)
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        total = ids.size + max_new_tokens
-        if total > self.config.n_positions:
-            raise ValueError(f"prompt ({ids.size}) + max_new_tokens ({max_new_tokens}) = "
-                             f"{total} exceeds the model's context "
-                             f"n_positions={self.config.n_positions}")
-        rng = np.random.default_rng(seed)
-        cache = KVCache(self.config.n_layer)
-        out = []
-        if max_new_tokens == 0:
-            return out
-        logits = self.dequantize_logits(self.forward(ids, cache)[-1])
-        for n in range(max_new_tokens):
-            token = sample_next(logits, temperature, top_k, rng)
-            out.append(token)
-            if on_token is not None:
-                on_token(token)
-            if n + 1 < max_new_tokens:
-                logits = self.dequantize_logits(self.forward([token], cache)[-1])
-        return out
+        return generate_tokens(
+            lambda ids, cache: self.dequantize_logits(self.forward(ids, cache)[-1]),
+            self.config, self.check_ids(prompt_ids), max_new_tokens, temperature, top_k,
+            seed, on_token)
 
     # ---- persistence
     def tensors(self):
