@@ -292,12 +292,3 @@ class GPT2:
         return generate_tokens(lambda ids, cache: self.forward(ids, cache)[-1],
                                self.config, self.check_ids(prompt_ids), max_new_tokens,
                                temperature, top_k, seed, on_token)
-        logits = self.forward(ids, cache)[-1]
-        for n in range(max_new_tokens):
-            token = sample_next(logits, temperature, top_k, rng)
-            out.append(token)
-            if on_token is not None:
-                on_token(token)
-            if n + 1 < max_new_tokens:
-                logits = self.forward([token], cache)[-1]
-        return out
