@@ -45,11 +45,14 @@ class GeluUnit(wiring.Component):
     latency = 1
 
     def __init__(self, lanes=1, table=None):
-        self.lanes = check_lanes(lanes)
-        init = [0] * TABLE_SIZE if table is None else [int(v) for v in table]
-        if len(init) != TABLE_SIZE or not all(-128 <= v <= 127 for v in init):
+        try:
+            self.lanes = check_lanes(lanes)
+            init = [0] * TABLE_SIZE if table is None else [int(v) for v in table]
+            if len(init) != TABLE_SIZE or not all(-128 <= v <= 127 for v in init):
+                raise ValueError("GELU table must hold 256 values in -128..127")
+        except ValueError:
             self._MustUse__silence = True   # never elaborated: no "unused" warning
-            raise ValueError("GELU table must hold 256 values in -128..127")
+            raise
         self.init = init
         super().__init__({
             "inp": In(stream.Signature(vector_layout(signed(8), lanes))),

@@ -49,7 +49,11 @@ class ResidualAdd(wiring.Component):
     latency = 1
 
     def __init__(self, lanes=1, bits=16):
-        self.lanes, self.bits = check_lanes(lanes), _check_bits(bits)
+        try:
+            self.lanes, self.bits = check_lanes(lanes), _check_bits(bits)
+        except ValueError:
+            self._MustUse__silence = True   # never elaborated: no "unused" warning
+            raise
         lay = vector_layout(signed(bits), lanes)
         super().__init__({"a": In(stream.Signature(lay)), "b": In(stream.Signature(lay)),
                           "out": Out(stream.Signature(lay))})
@@ -88,7 +92,11 @@ class EmbeddingAdd(wiring.Component):
     latency = 3
 
     def __init__(self, lanes=1, bits=16):
-        self.lanes, self.bits = check_lanes(lanes), _check_bits(bits)
+        try:
+            self.lanes, self.bits = check_lanes(lanes), _check_bits(bits)
+        except ValueError:
+            self._MustUse__silence = True   # never elaborated: no "unused" warning
+            raise
         self.mult_bits = intops.MULT_BITS
         row = embed_row_layout(lanes)
         super().__init__({"tok": In(stream.Signature(row)), "pos": In(stream.Signature(row)),

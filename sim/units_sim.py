@@ -22,15 +22,21 @@ __all__ = ["row_beats", "run_gelu", "run_residual", "run_embedding", "run_layern
            "LayerNormGroup"]
 
 
-def row_beats(rows, lanes, field="x"):
-    """[T, N] -> list of payload dicts, ceil(N/lanes) beats per row, zero padded."""
+def row_beats(rows, lanes, field="x", pad=None):
+    """[T, N] -> list of payload dicts, ceil(N/lanes) beats per row.
+
+    Lanes past N in a row's last beat hold zeros, or ``pad(count)`` (a list
+    of junk values the unit must ignore).
+    """
     rows = np.asarray(rows)
     n = rows.shape[1]
     beats = []
     for row in rows:
         for b in range(0, n, lanes):
             chunk = [int(v) for v in row[b:b + lanes]]
-            beats.append({field: chunk + [0] * (lanes - len(chunk)), "last": int(b + lanes >= n)})
+            fill = lanes - len(chunk)
+            chunk += [int(v) for v in pad(fill)] if pad and fill else [0] * fill
+            beats.append({field: chunk, "last": int(b + lanes >= n)})
     return beats
 
 
@@ -190,6 +196,12 @@ def run_layernorm(groups, *, lanes=1, in_bits=16, max_e=1024, ds_banks=3, seed=0
             raise ValueError(f"row length N={g.n} is outside 1..max_e={max_e}: the unit "
                              "would refuse it (error output)")
     rng = random.Random(seed)
+    junk = np.random.default_rng(rng.randrange(1 << 32))
+    lo = -(1 << (in_bits - 1))
+
+    def pad_x(count):      # lanes past N carry junk, which must not reach Σ/max/min/S
+        return junk.integers(lo, -lo, count)
+
     dut = LayerNormUnit(lanes, in_bits, max_e, ds_banks)
     script, counts = [], []
     for g in groups:
@@ -198,9 +210,11 @@ def run_layernorm(groups, *, lanes=1, in_bits=16, max_e=1024, ds_banks=3, seed=0
         for b in range(0, g.n, lanes):
             gam = [int(v) for v in g.gamma[b:b + lanes]]
             bet = [int(v) for v in g.beta[b:b + lanes]]
-            pad = [0] * (lanes - len(gam))
-            script.append((dut.param, {"gamma": gam + pad, "beta": bet + pad}))
-        beats = row_beats(g.x, lanes)
+            fill = lanes - len(gam)
+            script.append((dut.param, {
+                "gamma": gam + [int(v) for v in junk.integers(-(1 << 15), 1 << 15, fill)],
+                "beta": bet + [int(v) for v in junk.integers(-(1 << 47), 1 << 47, fill)]}))
+        beats = row_beats(g.x, lanes, pad=pad_x)
         script += [(dut.inp, b) for b in beats]
         counts.append(len(beats))
     src = ScriptSource(script, random.Random(rng.random()), stall)

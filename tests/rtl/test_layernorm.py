@@ -10,7 +10,8 @@ from gpt2accel.rtl.layernorm import LayerNormUnit, RowRoot, row_latency
 from gpt2accel.sim.units_cycles import layernorm_row_period, layernorm_schedule
 from gpt2accel.sim.units_sim import LayerNormGroup, ScriptSource, run_layernorm
 
-from units_cases import layernorm_params, layernorm_rows, quant_model, run_seed
+from units_cases import (extremes, knife_edge_beta, layernorm_params, layernorm_rows,
+                         layernorm_z, pell_row, quant_model, run_seed)
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +223,36 @@ def test_random_sweep(case, seed):
                           stall=float(rng.choice([0.1, 0.5, 0.8])),
                           ds_banks=int(rng.integers(2, 5)))
     _check(groups, ys, bits, seed, f"sweep case {case} lanes={lanes} max_e={max_e} R={bits}")
+
+
+@pytest.mark.parametrize("lanes,n,bits", [(4, 13, 16), (2, 6, 24), (3, 9, 12)],
+                         ids=["l4-n13-r16", "l2-n6-r24", "l3-n9-r12"])
+def test_knife_edge(lanes, n, bits, seed):
+    """Every channel's z = d_s/r is checked exactly, not only after the int8
+    rounding: beta puts each output on a rounding threshold (`knife_edge_beta`),
+    so a z off by one flips it. One row per group, covering the row kinds, the
+    k_min floor (including k_min above R + 12, where every d_s is 0), the eps
+    exponent's extremes, and (R >= 15) the Pell row where ε's rounding shows."""
+    rng = np.random.default_rng([seed, lanes, n, bits, 5])
+    groups = []
+    eps_es = [int(rng.integers(-200, 201)), int(rng.integers(0, 40)), 2 * bits + 31,
+              2 * bits + 55, 200, -200, 2 * bits + 2 * int(rng.integers(-12, 1)) + 31]
+    cases = []
+    for eps_e in eps_es:
+        rows = layernorm_rows(rng, n, bits, im.ln_k_min(eps_e))
+        for i in rng.choice(len(rows), 3, replace=False):
+            cases.append((rows[i:i + 1], eps_e))
+    if bits >= 15:
+        cases += [(pell_row(bits), int(e)) for e in (-17, -18, -30, -200)]
+    for x, eps_e in cases:
+        eps_m = int(rng.integers(1 << 15, 1 << 16))
+        gamma = extremes(rng, x.shape[1], -(1 << 15), (1 << 15) - 1)
+        gamma[gamma == 0] = 1
+        out_shift = int(rng.integers(1, 48))
+        beta = knife_edge_beta(layernorm_z(x, eps_m, eps_e)[0], gamma, out_shift)
+        g = LayerNormGroup(x, gamma, beta, out_shift, eps_m, eps_e)
+        want = im.layernorm(x, gamma, beta, out_shift, eps_m, eps_e, bits)[0]
+        assert list(want) == [1 - i % 2 for i in range(x.shape[1])], "knife edge not reached"
+        groups.append(g)
+    ys, _ = run_layernorm(groups, lanes=lanes, in_bits=bits, max_e=16, seed=seed, stall=0.2)
+    _check(groups, ys, bits, seed, "knife edge")

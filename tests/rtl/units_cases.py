@@ -7,6 +7,8 @@ import functools
 
 import numpy as np
 
+from gpt2accel.model import intmodel as im
+from gpt2accel.model import intops
 from gpt2accel.model import quant as Q
 from gpt2accel.model.synthetic import random_gpt2
 
@@ -82,3 +84,35 @@ def layernorm_params(rng, n, kind="random"):
     gamma = rng.integers(-(1 << 14), 1 << 14, n)
     beta = rng.integers(-(1 << (out_shift + 6)), 1 << (out_shift + 6), n)
     return gamma, beta, out_shift, int(rng.integers(1 << 15, 1 << 16)), int(rng.integers(-5, 40))
+
+
+def layernorm_z(x, eps_m, eps_e):
+    """z = d_s / r with 22 fraction bits (§6.1-6.5, before gamma/beta), written out
+    step by step from numerics.md for the knife-edge tests below."""
+    x = np.asarray(x, np.int64)
+    n = x.shape[1]
+    d = n * x - x.sum(axis=1, keepdims=True)
+    span = n * (x.max(axis=1, keepdims=True) - x.min(axis=1, keepdims=True))
+    k = np.maximum(im.bit_length(span) - im.LN_D_BITS, im.ln_k_min(eps_e))
+    d_s = np.where(k < 0, d << np.maximum(-k, 0), intops.round_shift(d, np.clip(k, 0, 62)))
+    a = eps_e - 2 * k
+    eps = np.where(a >= 0, eps_m << np.clip(a, 0, 62), intops.round_shift(eps_m, np.clip(-a, 0, 62)))
+    r = np.maximum(im.isqrt((d_s * d_s).sum(axis=1, keepdims=True) + eps), 1)
+    inv = np.minimum(((1 << 36) + (r >> 1)) // r, (1 << 24) - 1)
+    return intops.round_shift(d_s * inv, 14)
+
+
+def knife_edge_beta(z_row, gamma, out_shift):
+    """beta putting every channel of one row exactly on a rounding threshold of
+    the output: z*G + B = 2^(out_shift-1) - (i % 2), so the golden output is
+    1, 0, 1, 0, ... and any error of z by one step (times G) flips a channel."""
+    half = 1 << (out_shift - 1)
+    return half - (np.arange(len(z_row)) % 2) - z_row * gamma
+
+
+def pell_row(bits):
+    """n = 2 row (span 27720, so k = 0) whose sum of squares at k = 0 is 19601^2 - 1 (2 * 13860^2): one
+    unit of ε more or less moves the root, so ε's rounding is visible."""
+    if bits < 15:
+        raise ValueError("the Pell row needs R >= 15")
+    return np.array([[-6930, 6930]], np.int64)

@@ -1,0 +1,69 @@
+"""The GELU unit against `intmodel.gelu`: every int8 input, table reloads, stalls, timing."""
+import numpy as np
+import pytest
+
+from gpt2accel.model import intmodel as im
+from gpt2accel.model import quant as Q
+from gpt2accel.rtl.gelu import GeluUnit
+from gpt2accel.sim.units_cycles import elementwise_out_cycles
+from gpt2accel.sim.units_sim import run_gelu
+
+from units_cases import extremes, quant_model, run_seed
+
+
+@pytest.fixture(scope="module")
+def seed():
+    return run_seed()
+
+
+def _all_inputs(rng, n):
+    """Every int8 value once (shuffled), then -128/127-heavy random values, as rows of n."""
+    x = np.concatenate([rng.permutation(np.arange(-128, 128)), extremes(rng, 4 * n, -128, 127)])
+    x = x[:len(x) // n * n]
+    return x.reshape(-1, n)
+
+
+@pytest.mark.parametrize("lanes,n", [(1, 16), (3, 7), (8, 32)])
+def test_tables_with_reloads_and_stalls(lanes, n, seed):
+    """Three tables in turn (a quantised model's two layers and a random
+    one), each loaded through the port mid-stream; the first segment runs on
+    the power-on table. Every input value meets every table."""
+    rng = np.random.default_rng([seed, lanes])
+    q, seen = quant_model()
+    init = Q.gelu_table(0.05, 0.02)
+    tables = [None, q.blocks[0].gelu_table, q.blocks[1].gelu_table,
+              extremes(rng, 256, -128, 127)]
+    segments = [(t, _all_inputs(rng, n)) for t in tables]
+    # the model's own c_fc outputs through its table
+    segments.append((q.blocks[0].gelu_table, seen[("fc", 0)][:4, :n]))
+    ys, _ = run_gelu(lanes, segments, seed=seed, stall=0.3, init=init)
+    current = init
+    for i, ((t, x), y) in enumerate(zip(segments, ys)):
+        current = current if t is None else t
+        want = im.gelu(x, current)
+        assert np.array_equal(y, want), f"segment {i}: {np.argwhere(y != want)[:3]} " \
+                                        f"(GPT2ACCEL_SEED={seed})"
+    np.testing.assert_array_equal(ys[-1], seen[("gelu", 0)][:4, :n])
+
+
+def test_timing_and_load_priority():
+    """Stall-free: one beat per cycle, output `latency` cycles after input; a
+    table write holds the input for its cycle and takes effect from the next beat."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(-128, 128, (6, 8))
+    t1, t2 = rng.integers(-128, 128, 256), rng.integers(-128, 128, 256)
+    ys, st = run_gelu(4, [(None, x[:3]), (t2, x[3:])], init=t1)
+    np.testing.assert_array_equal(ys[0], im.gelu(x[:3], t1))
+    np.testing.assert_array_equal(ys[1], im.gelu(x[3:], t2))
+    ins = st["in_cycles"]
+    assert ins[:6] == list(range(6)) and ins[6:] == list(range(6 + 256, 12 + 256))
+    assert st["out_cycles"] == elementwise_out_cycles(GeluUnit, ins) == [c + 1 for c in ins]
+
+
+def test_rejects_bad_table():
+    with pytest.raises(ValueError, match="256"):
+        GeluUnit(2, [0] * 255)
+    with pytest.raises(ValueError, match="256"):
+        GeluUnit(2, [128] * 256)
+    with pytest.raises(ValueError, match="lanes"):
+        GeluUnit(0)
