@@ -1,0 +1,228 @@
+"""The machine's instruction set, defined once for the RTL decoder, the compiler and the cycle model.
+
+An instruction is one fixed-width word of `INSTR_BITS` bits:
+
+    bits [0, 4)            opcode (`Op`)
+    bits [4, 4 + body)     the opcode's body layout (`body_layout(cfg, op)`)
+    bits [4 + body, ...)   reserved, must be zero
+
+The bodies of MATMUL and ATTENTION are exactly the engines' own command
+layouts (`matmul.command_layout`, `attention.attention_command_layout`), so a
+decoded body is handed to the engine's ``cmd`` port bit for bit and the
+engines' field definitions are not repeated here. The body widths depend on
+the configuration (address width, max_k, max_seq, ...), hence every function
+takes the machine's `AttentionConfig`.
+
+Legality (`rules(cfg, op)`): each opcode has a list of field constraints,
+written once as `Rule`s; `check_fields` evaluates them in Python (the
+compiler refuses to encode an illegal instruction) and `legal_expr` builds
+the same comparisons as Amaranth expressions for the decoder. An unknown
+opcode, a violated rule or a nonzero reserved bit is illegal (`Error`).
+"""
+import enum
+from dataclasses import dataclass
+
+from amaranth.hdl import Const, Shape, Value, unsigned
+from amaranth.lib import data
+
+from .attention import attention_command_layout
+from .attention_config import AttentionConfig
+from .matmul import command_layout
+
+__all__ = ["INSTR_BITS", "OPCODE_BITS", "Op", "Error", "IsaError", "Rule", "kvstore_layout",
+           "body_layout", "rules", "instruction_layout", "encode", "decode", "check_fields",
+           "legal_expr", "reserved_mask"]
+
+#: instruction word width; the widest body (ATTENTION at 24-bit addresses) is ~340 bits
+INSTR_BITS = 512
+OPCODE_BITS = 4
+
+
+class Op(enum.IntEnum):
+    """Opcodes. 0 is deliberately illegal so that a zeroed word never executes."""
+    MATMUL = 1      #: one matmul-engine command (out = requant(A @ W + b) or raw)
+    ATTENTION = 2   #: one attention-engine command (one layer, all heads)
+    KVSTORE = 3     #: append this call's K and V (from c_attn's output rows) to the caches
+    HALT = 15       #: end of program: `done` pulses, counters stop
+
+
+class Error(enum.IntEnum):
+    """Codes of the machine's ``error`` status (sticky until ``clear``)."""
+    NONE = 0
+    OPCODE = 1      #: unknown opcode
+    FIELD = 2       #: a field outside its rule
+    RESERVED = 3    #: a reserved bit is set
+
+
+class IsaError(ValueError):
+    """An instruction the compiler would have to encode is illegal; names the rule."""
+
+
+def kvstore_layout(cfg: AttentionConfig):
+    """KVSTORE: copy K and V of ``n_tok`` tokens into the caches, positions ``pos0`` ..
+
+    Source: c_attn's output rows [T, 3E] int8 (E = n_head*d_head) at
+    ``src_base + t*src_stride``; K of head h is bytes E + h*D .. of the row, V
+    bytes 2E + h*D ... Destinations: the attention engine's cache layout
+    (docs/architecture.md, attention memory layout): key p of head h goes to
+    tile p // tile at ``k_base + h*k_head_stride + (p // tile)*k_tile_stride``
+    (Kᵀ in the matmul W layout), likewise V.
+    """
+    addr = unsigned(cfg.engine.addr_bits)
+    return data.StructLayout({
+        "n_tok": range(cfg.max_seq + 1), "pos0": range(cfg.max_seq),
+        "n_head": range(1, 257), "d_head": range(cfg.max_d_head + 1),
+        "src_base": addr, "src_stride": addr,
+        "k_base": addr, "k_tile_stride": addr, "k_head_stride": addr,
+        "v_base": addr, "v_tile_stride": addr, "v_head_stride": addr,
+    })
+
+
+def body_layout(cfg: AttentionConfig, op: Op):
+    if op == Op.MATMUL:
+        return command_layout(cfg.engine)
+    if op == Op.ATTENTION:
+        return attention_command_layout(cfg)
+    if op == Op.KVSTORE:
+        return kvstore_layout(cfg)
+    if op == Op.HALT:
+        return data.StructLayout({})
+    raise IsaError(f"unknown opcode {op!r}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``lo <= value <= hi`` where value is a field, or the sum of two fields (``plus``),
+    or ``field % mod == 0`` when ``mod`` is set. `why` names the hardware limit."""
+    field: str
+    lo: int = None
+    hi: int = None
+    plus: str = None
+    mod: int = None
+    why: str = ""
+
+
+def rules(cfg: AttentionConfig, op: Op):
+    e = cfg.engine
+    if op == Op.MATMUL:
+        return [Rule("m", 1, e.max_m, why="max_m"), Rule("k", 1, e.max_k, why="max_k"),
+                Rule("n", 1, e.max_n, why="max_n")]
+    if op == Op.ATTENTION:
+        return [Rule("tq", 1, why="at least one query"),
+                Rule("d_head", 1, cfg.max_d_head, why="max_d_head"),
+                Rule("d_head", mod=cfg.norm_lanes, why="norm_lanes"),
+                Rule("offset", hi=cfg.max_seq, plus="tq", why="max_seq (offset + tq)")]
+    if op == Op.KVSTORE:
+        return [Rule("n_tok", 1, why="at least one token"),
+                Rule("d_head", 1, cfg.max_d_head, why="max_d_head"),
+                # K and V of a head start on a word: the mover reads whole words
+                Rule("d_head", mod=e.mem_bytes, why="mem_bytes (heads word-aligned)"),
+                Rule("pos0", hi=cfg.max_seq, plus="n_tok", why="max_seq (pos0 + n_tok)")]
+    if op == Op.HALT:
+        return []
+    raise IsaError(f"unknown opcode {op!r}")
+
+
+def instruction_layout(cfg: AttentionConfig, op: Op):
+    """The whole word of `op`: opcode, body, reserved bits (a `StructLayout` of INSTR_BITS)."""
+    body = body_layout(cfg, op)
+    free = INSTR_BITS - OPCODE_BITS - body.size
+    if free < 0:
+        raise IsaError(f"{op.name} body is {body.size} bits, more than the "
+                       f"{INSTR_BITS - OPCODE_BITS} an instruction holds (shrink addr_bits)")
+    fields = {"opcode": unsigned(OPCODE_BITS), "body": body}
+    if free:
+        fields["reserved"] = unsigned(free)
+    return data.StructLayout(fields)
+
+
+def reserved_mask(cfg, op):
+    """Integer mask of `op`'s reserved bits within the word."""
+    body = body_layout(cfg, op).size
+    return ((1 << INSTR_BITS) - 1) & ~((1 << (OPCODE_BITS + body)) - 1)
+
+
+def _field_range(f):
+    """(lo, hi) a field can hold: its range() if declared so, else its bit width."""
+    if isinstance(f.shape, range):
+        return f.shape.start, f.shape.stop - 1
+    shape = Shape.cast(f.shape)
+    if shape.signed:
+        return -(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1
+    return 0, (1 << shape.width) - 1
+
+
+def _value(fields, rule):
+    v = fields[rule.field]
+    return v + fields[rule.plus] if rule.plus else v
+
+
+def check_fields(cfg, op, fields):
+    """Raise `IsaError` naming the first violated rule of `op` for the dict `fields`."""
+    layout = body_layout(cfg, op)
+    names = {name for name, _ in layout}
+    extra = set(fields) - names
+    missing = names - set(fields)
+    if extra or missing:
+        raise IsaError(f"{op.name}: unknown fields {sorted(extra)}, missing {sorted(missing)}")
+    for r in rules(cfg, op):
+        v = _value(fields, r)
+        what = f"{r.field}+{r.plus}" if r.plus else r.field
+        if r.lo is not None and v < r.lo:
+            raise IsaError(f"{op.name}.{what} = {v} < {r.lo} ({r.why})")
+        if r.hi is not None and v > r.hi:
+            raise IsaError(f"{op.name}.{what} = {v} exceeds {r.hi} ({r.why})")
+        if r.mod is not None and v % r.mod:
+            raise IsaError(f"{op.name}.{what} = {v} is not a multiple of {r.mod} ({r.why})")
+    for name, f in layout:
+        lo, hi = _field_range(f)
+        v = int(fields[name])
+        if not lo <= v <= hi:
+            raise IsaError(f"{op.name}.{name} = {v} does not fit its field ({lo}..{hi})")
+
+
+def encode(cfg, op, **fields):
+    """The instruction word (int) of `op` with body `fields`; checks every rule first."""
+    op = Op(op)
+    check_fields(cfg, op, fields)
+    body = body_layout(cfg, op)
+    word = int(op)
+    for name, f in body:
+        word |= (int(fields[name]) & ((1 << f.width) - 1)) << (OPCODE_BITS + f.offset)
+    return word
+
+
+def decode(cfg, word):
+    """(Op, fields) of an instruction word; raises `IsaError` if it is illegal."""
+    code = word & ((1 << OPCODE_BITS) - 1)
+    try:
+        op = Op(code)
+    except ValueError:
+        raise IsaError(f"unknown opcode {code}") from None
+    if word & reserved_mask(cfg, op):
+        raise IsaError(f"{op.name}: reserved bits set")
+    fields = {}
+    for name, f in body_layout(cfg, op):
+        v = (word >> (OPCODE_BITS + f.offset)) & ((1 << f.width) - 1)
+        if Shape.cast(f.shape).signed and v >> (f.width - 1):
+            v -= 1 << f.width
+        fields[name] = v
+    check_fields(cfg, op, fields)
+    return op, fields
+
+
+def legal_expr(cfg, op, body):
+    """Amaranth expression: the fields of `body` (a `View` of `body_layout(cfg, op)`)
+    satisfy every rule of `op` (the same rules `check_fields` applies)."""
+    ok = Const(1)
+    for r in rules(cfg, op):
+        v = Value.cast(body[r.field])
+        if r.plus:
+            v = v + Value.cast(body[r.plus])
+        if r.lo is not None:
+            ok = ok & (v >= r.lo)
+        if r.hi is not None:
+            ok = ok & (v <= r.hi)
+        if r.mod is not None:
+            ok = ok & (v % r.mod == 0)
+    return ok

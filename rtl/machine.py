@@ -1,0 +1,248 @@
+"""The machine: instruction fetch/decode/dispatch over the engines, one shared memory port.
+
+```
+ instr stream ─► FETCH ─► DECODE (rtl/isa.py rules) ─┬─► MatmulEngine.cmd   ─┐
+                   ▲                                 ├─► AttentionEngine.cmd ├─ owner mux ─► rd_req / rd_resp / wr
+                   └──── unit's done ◄───────────────┴─► KVStore.cmd         ─┘
+```
+
+- Instructions arrive on the ``instr`` stream (one `isa.INSTR_BITS` word per
+  beat) rather than being fetched from memory: the host (or a DMA in front
+  of the machine) streams a program, and a program needs no space in the
+  data memory or an instruction cache. One instruction runs at a time; the
+  next is fetched after the unit's ``done``, so the single memory port is
+  switched by an ``owner`` register set at dispatch (a unit that is not the
+  owner is idle and has nothing in flight, because every unit's ``done``
+  comes after its last write is accepted and its last read is answered).
+- The AttentionEngine builds its MatmulEngine inside `elaborate` and offers
+  no port to command it, so MATMUL runs on a second MatmulEngine
+  (see docs/architecture.md "Machine" for the change that would share it).
+- Status: ``busy`` (a program is running), ``done`` (one-cycle pulse at
+  HALT), ``error`` (`isa.Error`), ``cycles`` and ``icount`` (since the
+  program's first instruction, frozen at HALT). On an illegal instruction
+  the machine records the error, does not execute it, and discards the
+  following instructions up to the program's HALT, so the stream stays in
+  step with the host; it never hangs. ``error`` is cleared when the next
+  program's first instruction is accepted.
+"""
+from amaranth.hdl import *
+from amaranth.lib import wiring, stream, data
+from amaranth.lib.wiring import In, Out
+
+from .attention import AttentionEngine
+from .attention_config import AttentionConfig
+from .isa import (INSTR_BITS, OPCODE_BITS, Op, Error, body_layout, kvstore_layout,
+                  legal_expr, reserved_mask)
+from .matmul import MatmulEngine, read_request_layout, read_response_layout, write_layout
+
+__all__ = ["Machine", "KVStore", "instr_layout", "FETCH_TO_ISSUE"]
+
+#: cycles from an instruction's fetch (transfer on ``instr``) to its command
+#: being presented to the unit: the decode register
+FETCH_TO_ISSUE = 2
+
+
+def instr_layout():
+    return data.StructLayout({"word": unsigned(INSTR_BITS)})
+
+
+def _mem_ports(e):
+    return {"rd_req": Out(stream.Signature(read_request_layout(e))),
+            "rd_resp": In(stream.Signature(read_response_layout(e))),
+            "wr": Out(stream.Signature(write_layout(e)))}
+
+
+class KVStore(wiring.Component):
+    """Mover: K and V of new tokens from c_attn's output rows into the KV caches.
+
+    The caches hold Kᵀ and V per key tile in the matmul W layout (a key's D
+    bytes are spread over D/k_per_word words of a K tile), which no matmul
+    output layout produces, so they are scattered here byte by byte: per
+    source word one read, then one strobed write per byte. Per token the
+    source row's bytes E .. 3E-1 (K then V of every head) are walked in
+    order with counters (sel, h, d), so no address needs a division by a
+    runtime value; the divisions are by the constants tile, cols and
+    k_per_word. ``done`` pulses after the last write is accepted.
+    """
+
+    def __init__(self, cfg: AttentionConfig):
+        self.cfg = cfg
+        super().__init__({"cmd": In(stream.Signature(kvstore_layout(cfg))),
+                          **_mem_ports(cfg.engine), "busy": Out(1), "done": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        c, e = self.cfg, self.cfg.engine
+        MB, C, KPW, T = e.mem_bytes, e.cols, e.k_per_word, c.tile
+        wpt_tile = e.w_words_per_tile(T)           # words per d-column tile of a V tile
+        cmd = Signal(kvstore_layout(c))
+        t = Signal.like(cmd.n_tok)
+        pos = Signal(range(c.max_seq + 1))
+        row = Signal(e.addr_bits)                  # src_base + t*src_stride
+        widx = Signal(e.addr_bits)                 # word of the source row being moved
+        e_words = Signal(e.addr_bits)              # E / mem_bytes: K starts at this word
+        wpt_d = Signal(range(c.max_d_head + 1))    # words per key-column tile of a K tile
+        word = Signal(8 * MB)
+        lane = Signal(range(MB))
+        sel = Signal()                             # 0: K, 1: V
+        h = Signal(8)
+        d = Signal(range(c.max_d_head))
+        done = Signal()
+        m.d.sync += done.eq(0)
+        m.d.comb += self.done.eq(done)
+
+        j, kin = pos // T, pos % T
+        k_addr = (cmd.k_base + h * cmd.k_head_stride + j * cmd.k_tile_stride
+                  + (kin // C) * wpt_d + d // KPW)
+        k_lane = (d % KPW) * C + kin % C
+        v_addr = (cmd.v_base + h * cmd.v_head_stride + j * cmd.v_tile_stride
+                  + (d // C) * wpt_tile + kin // KPW)
+        v_lane = (kin % KPW) * C + d % C
+        byte = word.word_select(lane, 8)
+        out_lane = Signal(range(MB))
+        m.d.comb += [out_lane.eq(Mux(sel, v_lane, k_lane)),
+                     self.wr.payload.addr.eq(Mux(sel, v_addr, k_addr)),
+                     self.wr.payload.data.eq(Cat(*([byte] * MB))),
+                     self.wr.payload.strb.eq(1 << out_lane),
+                     self.rd_req.payload.addr.eq(row + widx)]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                p = self.cmd.payload
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += [cmd.eq(p), t.eq(0), pos.eq(p.pos0), row.eq(p.src_base),
+                                 e_words.eq(p.n_head * (p.d_head // MB)),
+                                 widx.eq(p.n_head * (p.d_head // MB)),
+                                 wpt_d.eq((p.d_head + KPW - 1) // KPW),
+                                 sel.eq(0), h.eq(0), d.eq(0)]
+                    m.next = "READ"
+            with m.State("READ"):
+                m.d.comb += [self.busy.eq(1), self.rd_req.valid.eq(1)]
+                with m.If(self.rd_req.ready):
+                    m.next = "WAIT"
+            with m.State("WAIT"):
+                m.d.comb += [self.busy.eq(1), self.rd_resp.ready.eq(1)]
+                with m.If(self.rd_resp.valid):
+                    m.d.sync += [word.eq(self.rd_resp.payload.data), lane.eq(0)]
+                    m.next = "WRITE"
+            with m.State("WRITE"):
+                m.d.comb += [self.busy.eq(1), self.wr.valid.eq(1)]
+                with m.If(self.wr.ready):
+                    m.d.sync += [lane.eq(lane + 1), d.eq(d + 1)]
+                    last_d = d == cmd.d_head - 1
+                    last_h = h == cmd.n_head - 1
+                    with m.If(last_d):
+                        m.d.sync += [d.eq(0), h.eq(h + 1)]
+                        with m.If(last_h):
+                            m.d.sync += [h.eq(0), sel.eq(~sel)]
+                    with m.If(last_d & last_h & sel):       # token's V done
+                        m.d.sync += [t.eq(t + 1), pos.eq(pos + 1),
+                                     row.eq(row + cmd.src_stride), widx.eq(e_words)]
+                        with m.If(t == cmd.n_tok - 1):
+                            m.d.sync += done.eq(1)
+                            m.next = "IDLE"
+                        with m.Else():
+                            m.next = "READ"
+                    with m.Elif(lane == MB - 1):
+                        m.d.sync += widx.eq(widx + 1)
+                        m.next = "READ"
+        return m
+
+
+class Machine(wiring.Component):
+    """Fetch/decode/dispatch controller with a MatmulEngine, an AttentionEngine and a KVStore.
+
+    Ports: ``instr`` (`instr_layout`), the memory port (`rd_req`, `rd_resp`,
+    `wr`: the MatmulEngine contract), status ``busy``, ``done``, ``error``,
+    ``cycles``, ``icount``. See the module docstring.
+    """
+
+    def __init__(self, cfg: AttentionConfig, table=None):
+        cfg.check_engine()
+        self.cfg, self.table = cfg, table
+        for op in Op:
+            body_layout(cfg, op)           # raises if a body does not fit INSTR_BITS
+        super().__init__({"instr": In(stream.Signature(instr_layout())),
+                          **_mem_ports(cfg.engine),
+                          "busy": Out(1), "done": Out(1), "error": Out(2),
+                          "cycles": Out(32), "icount": Out(32)})
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.cfg
+        m.submodules.mm = mm = MatmulEngine(c.engine)
+        m.submodules.attn = attn = AttentionEngine(c, self.table)
+        m.submodules.kv = kv = KVStore(c)
+        units = {Op.MATMUL: mm, Op.ATTENTION: attn, Op.KVSTORE: kv}
+
+        # ---------------- memory port: routed to the unit that owns it ----------------
+        owner = Signal(OPCODE_BITS)
+        with m.Switch(owner):
+            for op, u in units.items():
+                with m.Case(int(op)):
+                    wiring.connect(m, wiring.flipped(self.rd_req), u.rd_req)
+                    wiring.connect(m, wiring.flipped(self.wr), u.wr)
+                    wiring.connect(m, u.rd_resp, wiring.flipped(self.rd_resp))
+
+        # ---------------- status ----------------
+        running, done, error, flushing = Signal(), Signal(), Signal(2), Signal()
+        cycles, icount = Signal(32), Signal(32)
+        m.d.sync += done.eq(0)
+        m.d.comb += [self.busy.eq(running), self.done.eq(done), self.error.eq(error),
+                     self.cycles.eq(cycles), self.icount.eq(icount)]
+        with m.If(running):
+            m.d.sync += cycles.eq(cycles + 1)
+
+        word = Signal(INSTR_BITS)
+        opcode = word[:OPCODE_BITS]
+        bodies = {op: data.View(body_layout(c, op), word[OPCODE_BITS:OPCODE_BITS + body_layout(c, op).size])
+                  for op in Op}
+        for op, u in units.items():
+            m.d.comb += u.cmd.payload.eq(bodies[op])
+
+        with m.FSM():
+            with m.State("FETCH"):
+                m.d.comb += self.instr.ready.eq(1)
+                with m.If(self.instr.valid):
+                    m.d.sync += word.eq(self.instr.payload.word)
+                    with m.If(~running):               # first instruction of a program
+                        m.d.sync += [running.eq(1), cycles.eq(1), icount.eq(0),
+                                     error.eq(Error.NONE), flushing.eq(0)]
+                    m.next = "DECODE"
+            with m.State("DECODE"):
+                m.d.sync += icount.eq(icount + 1)
+                with m.If(flushing):
+                    # after an illegal instruction: drop everything up to HALT
+                    with m.If(opcode == Op.HALT):
+                        m.d.sync += [running.eq(0), done.eq(1)]
+                    m.next = "FETCH"
+                with m.Else():
+                    with m.Switch(opcode):
+                        for op in Op:
+                            with m.Case(int(op)):
+                                with m.If((word & reserved_mask(c, op)) != 0):
+                                    m.d.sync += [error.eq(Error.RESERVED), flushing.eq(1)]
+                                    m.next = "FETCH"
+                                with m.Elif(~legal_expr(c, op, bodies[op])):
+                                    m.d.sync += [error.eq(Error.FIELD), flushing.eq(1)]
+                                    m.next = "FETCH"
+                                with m.Else():
+                                    if op == Op.HALT:
+                                        m.d.sync += [running.eq(0), done.eq(1)]
+                                        m.next = "FETCH"
+                                    else:
+                                        m.d.sync += owner.eq(int(op))
+                                        m.next = f"ISSUE_{op.name}"
+                        with m.Default():
+                            m.d.sync += [error.eq(Error.OPCODE), flushing.eq(1)]
+                            m.next = "FETCH"
+            for op, u in units.items():
+                with m.State(f"ISSUE_{op.name}"):
+                    m.d.comb += u.cmd.valid.eq(1)
+                    with m.If(u.cmd.ready):
+                        m.next = f"WAIT_{op.name}"
+                with m.State(f"WAIT_{op.name}"):
+                    with m.If(u.done):
+                        m.next = "FETCH"
+        return m

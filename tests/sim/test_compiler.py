@@ -1,0 +1,97 @@
+"""The ISA's encode/decode (rtl/isa.py) and the compiler's limit checks (sim/compiler.py)."""
+import random
+
+import numpy as np
+import pytest
+
+from gpt2accel.model import quant as Q
+from gpt2accel.model.synthetic import random_gpt2
+from gpt2accel.rtl.attention_config import AttentionConfig
+from gpt2accel.rtl.config import EngineConfig
+from gpt2accel.rtl.isa import (INSTR_BITS, IsaError, Op, body_layout, decode, encode,
+                               reserved_mask, _field_range)
+from gpt2accel.sim.compiler import BlockCompiler, CompileError
+
+CFG = AttentionConfig(engine=EngineConfig(rows=4, cols=4, max_k=128, max_m=16, max_n=512,
+                                          addr_bits=16),
+                      tile=4, lanes=2, norm_lanes=2, max_d_head=16, max_seq=16)
+
+
+@pytest.fixture(scope="module")
+def qmodel():
+    fm = random_gpt2(seed=5, vocab_size=40, n_positions=16, n_embd=32, n_layer=1, n_head=2)
+    rng = np.random.default_rng(5)
+    return Q.QuantGPT2.from_float(fm, [rng.integers(0, 40, 16)], tile=4)
+
+
+def test_program_roundtrips(qmodel):
+    comp = BlockCompiler(CFG, qmodel, 0, max_tokens=8, mem_words=4096)
+    ops = comp.ops(5, 3)
+    words = comp.program(5, 3)
+    assert [decode(CFG, w) for w in words] == [(op, f) for op, f in ops]
+    assert all(0 < w < 1 << INSTR_BITS for w in words)
+
+
+def test_random_fields_roundtrip():
+    rng = random.Random(0)
+    for op in (Op.MATMUL, Op.KVSTORE):
+        for _ in range(50):
+            fields = {n: rng.randint(*_field_range(f)) for n, f in body_layout(CFG, op)}
+            try:
+                word = encode(CFG, op, **fields)
+            except IsaError:
+                continue
+            assert decode(CFG, word) == (op, fields)
+
+
+@pytest.mark.parametrize("word, msg", [(0, "unknown opcode 0"), (9, "unknown opcode 9"),
+                                       (int(Op.HALT) | 1 << 300, "reserved")])
+def test_decode_refuses(word, msg):
+    with pytest.raises(IsaError, match=msg):
+        decode(CFG, word)
+
+
+def test_encode_names_the_rule():
+    mm = dict(m=1, k=1, n=1, a_base=0, a_stride=1, w_base=0, p_base=0, out_base=0,
+              out_stride=1, a_signed=1, raw_out=0)
+    with pytest.raises(IsaError, match=r"MATMUL.k = 129 exceeds 128 \(max_k\)"):
+        encode(CFG, Op.MATMUL, **{**mm, "k": 129})
+    with pytest.raises(IsaError, match="MATMUL.m = 0 < 1"):
+        encode(CFG, Op.MATMUL, **{**mm, "m": 0})
+    with pytest.raises(IsaError, match="a_base = 65536 does not fit"):
+        encode(CFG, Op.MATMUL, **{**mm, "a_base": 1 << 16})
+    with pytest.raises(IsaError, match="missing"):
+        encode(CFG, Op.MATMUL, m=1)
+    assert reserved_mask(CFG, Op.HALT) == (1 << INSTR_BITS) - 16
+
+
+@pytest.mark.parametrize("change, kwargs, msg", [
+    (dict(max_k=16), {}, "c_attn: K = 32 exceeds max_k 16"),
+    (dict(max_n=64), {}, "c_attn: N = 96 exceeds max_n 64"),
+    (dict(max_m=4), {}, "max_tokens 8 exceeds max_m 4"),
+    ({}, dict(mem_words=100), r"memory map needs \d+ words, memory size is 100"),
+    ({}, dict(mem_words=1 << 17), "exceeds the address width addr_bits 16"),
+    ({"max_seq": 8}, {}, "n_positions 16 exceeds max_seq 8"),
+    ({"max_d_head": 8}, {}, "d_head 16 exceeds max_d_head 8"),
+    ({"rows": 8, "cols": 8}, {}, "tile 4 != machine tile 8"),
+])
+def test_oversize_is_refused(qmodel, change, kwargs, msg):
+    ekw = dict(rows=4, cols=4, max_k=128, max_m=16, max_n=512, addr_bits=16)
+    akw = dict(tile=4, lanes=2, norm_lanes=2, max_d_head=16, max_seq=16)
+    for k, v in change.items():
+        (akw if k in akw else ekw)[k] = v
+    if "rows" in change:
+        akw.pop("tile")
+    cfg = AttentionConfig(engine=EngineConfig(**ekw), **akw)
+    with pytest.raises(CompileError, match=msg):
+        BlockCompiler(cfg, qmodel, 0, **{"max_tokens": 8, "mem_words": 4096, **kwargs})
+
+
+def test_program_limits(qmodel):
+    comp = BlockCompiler(CFG, qmodel, 0, max_tokens=8, mem_words=4096)
+    with pytest.raises(CompileError, match="T = 9 tokens outside 1..max_tokens 8"):
+        comp.program(9, 0)
+    with pytest.raises(CompileError, match="positions up to 17 exceed n_positions 16"):
+        comp.program(2, 15)
+    with pytest.raises(CompileError, match="rows exceed max_tokens"):
+        comp.write_rows(comp.image(), "ln_1_out", np.zeros((9, 32), np.int8))
