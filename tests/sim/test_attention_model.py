@@ -62,3 +62,26 @@ def test_model_rejects_out_of_range():
         attention_cycles(cfg, 12, 64, 1024, 1)     # more keys than max_seq
     with pytest.raises(ValueError):
         attention_cycles(cfg, 12, 63, 16, 0)       # D not a multiple of norm_lanes
+
+
+def test_accuracy_report():
+    """The bench's accuracy rows: every (T, logit sd) reported; errors in LSB
+    consistent with the relative figures; the hardware path close to float."""
+    rows = bench.accuracy(seed=1)
+    assert [(r["T"], r["logit_std"]) for r in rows] == [
+        (t, s) for t in bench.ACCURACY_T for s in bench.ACCURACY_LOGIT_STD]
+    for r in rows:
+        assert 0 < r["mean_abs_lsb"] < 0.5 and r["max_abs_lsb"] >= r["mean_abs_lsb"]
+        assert r["max_abs_rel_range"] < 0.2 and 0.5 < r["within_half_lsb"] <= 1
+
+
+def test_accuracy_head_against_float():
+    """One key (T=1): the output is V itself, so hardware and float agree to
+    int8 rounding; and a wrong output scale is caught (the check can fail)."""
+    import numpy as np
+    rng = np.random.default_rng(3)
+    hw, ref, s_out = bench.head_accuracy(rng, 1, 64, 3.0)
+    assert np.abs(hw - ref / s_out).max() <= 1.0
+    hw, ref, s_out = bench.head_accuracy(rng, 16, 64, 3.0)
+    assert np.abs(hw - ref / s_out).mean() < 0.5
+    assert np.abs(hw - ref / (2 * s_out)).mean() > 5
