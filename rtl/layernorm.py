@@ -224,6 +224,11 @@ class LayerNormUnit(wiring.Component):
         """Beats per row of n values."""
         return -(-n // self.lanes)
 
+    @property
+    def latency(self):
+        """`row_latency` of a full row (n = max_e): W + 40 cycles, W = ceil(max_e/lanes)."""
+        return row_latency(self.max_e, self.lanes)
+
     def row_latency(self, n):
         """Cycles from a row's last input beat to its first output beat, unit otherwise idle."""
         return row_latency(n, self.lanes)

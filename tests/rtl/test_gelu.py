@@ -67,3 +67,33 @@ def test_rejects_bad_table():
         GeluUnit(2, [128] * 256)
     with pytest.raises(ValueError, match="lanes"):
         GeluUnit(0)
+
+
+def test_load_holds_input_while_valid():
+    """With an input beat and table writes offered together, the input waits
+    for the writes and then reads the new entry."""
+    from amaranth.sim import Simulator
+    dut = GeluUnit(1, [5] * 256)
+    log = []
+
+    async def bench(ctx):
+        ctx.set(dut.out.ready, 1)
+        ctx.set(dut.inp.payload, {"x": [-128], "last": 1})
+        ctx.set(dut.inp.valid, 1)
+        for addr, value in [(0, 9), (0, 11)]:        # entry of x = -128, written twice
+            ctx.set(dut.load.payload, {"addr": addr, "data": value})
+            ctx.set(dut.load.valid, 1)
+            _, _, in_ready, load_ready = await ctx.tick().sample(dut.inp.ready, dut.load.ready)
+            log.append((in_ready, load_ready))
+        ctx.set(dut.load.valid, 0)
+        _, _, in_ready = await ctx.tick().sample(dut.inp.ready)
+        log.append((in_ready, None))
+        ctx.set(dut.inp.valid, 0)
+        _, _, valid, payload = await ctx.tick().sample(dut.out.valid, dut.out.payload)
+        log.append((valid, int(payload.y[0]), int(payload.last)))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert log == [(0, 1), (0, 1), (1, None), (1, 11, 1)]
