@@ -22,14 +22,14 @@ opcode, a violated rule or a nonzero reserved bit is illegal (`Error`).
 import enum
 from dataclasses import dataclass
 
-from amaranth.hdl import Const, Shape, Value, unsigned
+from amaranth.hdl import Const, Shape, Value, signed, unsigned
 from amaranth.lib import data
 
 from .attention import attention_command_layout
 from .attention_config import AttentionConfig
 from .matmul import command_layout
 
-__all__ = ["INSTR_BITS", "OPCODE_BITS", "Op", "Error", "IsaError", "Rule", "kvstore_layout",
+__all__ = ["vector_layouts", "cfg_max_vector_n", "MAX_VECTOR_N", "INSTR_BITS", "OPCODE_BITS", "Op", "Error", "IsaError", "Rule", "kvstore_layout",
            "body_layout", "rules", "instruction_layout", "encode", "decode", "check_fields",
            "legal_expr", "reserved_mask"]
 
@@ -43,6 +43,9 @@ class Op(enum.IntEnum):
     MATMUL = 1      #: one matmul-engine command (out = requant(A @ W + b) or raw)
     ATTENTION = 2   #: one attention-engine command (one layer, all heads)
     KVSTORE = 3     #: append this call's K and V (from c_attn's output rows) to the caches
+    LAYERNORM = 4   #: rows of residual values (int16) -> int8, LayerNormUnit
+    GELU = 5        #: load the 256-entry table, then int8 rows -> int8, GeluUnit
+    RESADD = 6      #: x = sat(x + requant(raw int32 y, per-column mult/shift)), ResidualAdd
     HALT = 15       #: end of program: `done` pulses, counters stop
 
 
@@ -78,6 +81,33 @@ def kvstore_layout(cfg: AttentionConfig):
     })
 
 
+#: largest row (elements) a vector instruction moves; LayerNorm's limit (numerics §6.3)
+MAX_VECTOR_N = 2048
+
+
+def vector_layouts(cfg: AttentionConfig):
+    """Bodies of the vector instructions (vecmove.VectorMover). Rows are row-major
+    element arrays: element (r, c) at byte c*size of the row at ``base + r*stride``
+    (sizes: residual int16, activations int8, raw matmul output int32)."""
+    from .layernorm import setup_layout
+    ln_setup = setup_layout()
+    addr = unsigned(cfg.engine.addr_bits)
+    rows = {"rows": range(1, cfg.engine.max_m + 1), "n": range(1, MAX_VECTOR_N + 1),
+            "src_base": addr, "src_stride": addr, "dst_base": addr, "dst_stride": addr}
+    return {
+        # gamma int16 [n] at gamma_base, beta int64 [n] (48-bit values) at beta_base
+        Op.LAYERNORM: data.StructLayout({**rows, "gamma_base": addr, "beta_base": addr,
+                                         **{f: ln_setup[f].shape
+                                            for f in ("out_shift", "eps_m", "eps_e")}}),
+        # the table (256 x int8, entry x+128) at table_base is loaded first
+        Op.GELU: data.StructLayout({**rows, "table_base": addr}),
+        # src = x (int16), y = raw matmul rows (int32), q = per column uint32 mult | shift<<16;
+        # dst may equal src (elements are read before they are written)
+        Op.RESADD: data.StructLayout({**rows, "y_base": addr, "y_stride": addr,
+                                      "q_base": addr}),
+    }
+
+
 def body_layout(cfg: AttentionConfig, op: Op):
     if op == Op.MATMUL:
         return command_layout(cfg.engine)
@@ -85,6 +115,8 @@ def body_layout(cfg: AttentionConfig, op: Op):
         return attention_command_layout(cfg)
     if op == Op.KVSTORE:
         return kvstore_layout(cfg)
+    if op in (Op.LAYERNORM, Op.GELU, Op.RESADD):
+        return vector_layouts(cfg)[op]
     if op == Op.HALT:
         return data.StructLayout({})
     raise IsaError(f"unknown opcode {op!r}")
@@ -118,9 +150,18 @@ def rules(cfg: AttentionConfig, op: Op):
                 # K and V of a head start on a word: the mover reads whole words
                 Rule("d_head", mod=e.mem_bytes, why="mem_bytes (heads word-aligned)"),
                 Rule("pos0", hi=cfg.max_seq, plus="n_tok", why="max_seq (pos0 + n_tok)")]
+    if op in (Op.LAYERNORM, Op.GELU, Op.RESADD):
+        # the mover's units are built for rows of at most max_vector_n elements
+        return [Rule("n", 1, cfg_max_vector_n(cfg), why="max_vector_n (vector unit row buffers)")]
     if op == Op.HALT:
         return []
     raise IsaError(f"unknown opcode {op!r}")
+
+
+def cfg_max_vector_n(cfg):
+    """Longest vector row: the largest K a matmul takes (rows feed matmuls), at most
+    MAX_VECTOR_N; sizes the LayerNorm unit's row buffers."""
+    return min(cfg.engine.max_k, MAX_VECTOR_N)
 
 
 def instruction_layout(cfg: AttentionConfig, op: Op):

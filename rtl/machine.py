@@ -2,8 +2,10 @@
 
 ```
  instr stream ─► FETCH ─► DECODE (rtl/isa.py rules) ─┬─► MatmulEngine.cmd   ─┐
-                   ▲                                 ├─► AttentionEngine.cmd ├─ owner mux ─► rd_req / rd_resp / wr
-                   └──── unit's done ◄───────────────┴─► KVStore.cmd         ─┘
+                   ▲                                 ├─► AttentionEngine.cmd │
+                   │                                 ├─► KVStore.cmd         ├─ owner mux ─► rd_req / rd_resp / wr
+                   └──── unit's done ◄───────────────┴─► VectorMover.cmd     ─┘
+                                                         (LAYERNORM, GELU, RESADD; rtl/vecmove.py)
 ```
 
 - Instructions arrive on the ``instr`` stream (one `isa.INSTR_BITS` word per
@@ -33,6 +35,7 @@ from .attention import AttentionEngine
 from .attention_config import AttentionConfig
 from .isa import (INSTR_BITS, OPCODE_BITS, Op, Error, body_layout, kvstore_layout,
                   legal_expr, reserved_mask)
+from .vecmove import VectorMover
 from .matmul import MatmulEngine, read_request_layout, read_response_layout, write_layout
 
 __all__ = ["Machine", "KVStore", "instr_layout", "FETCH_TO_ISSUE"]
@@ -151,16 +154,17 @@ class KVStore(wiring.Component):
 
 
 class Machine(wiring.Component):
-    """Fetch/decode/dispatch controller with a MatmulEngine, an AttentionEngine and a KVStore.
+    """Fetch/decode/dispatch controller with a MatmulEngine, an AttentionEngine, a KVStore
+    and a VectorMover (residual rows of `resid_bits` <= 16 bits).
 
     Ports: ``instr`` (`instr_layout`), the memory port (`rd_req`, `rd_resp`,
     `wr`: the MatmulEngine contract), status ``busy``, ``done``, ``error``,
     ``cycles``, ``icount``. See the module docstring.
     """
 
-    def __init__(self, cfg: AttentionConfig, table=None):
+    def __init__(self, cfg: AttentionConfig, table=None, resid_bits=16):
         cfg.check_engine()
-        self.cfg, self.table = cfg, table
+        self.cfg, self.table, self.resid_bits = cfg, table, resid_bits
         for op in Op:
             body_layout(cfg, op)           # raises if a body does not fit INSTR_BITS
         super().__init__({"instr": In(stream.Signature(instr_layout())),
@@ -174,13 +178,19 @@ class Machine(wiring.Component):
         m.submodules.mm = mm = MatmulEngine(c.engine)
         m.submodules.attn = attn = AttentionEngine(c, self.table)
         m.submodules.kv = kv = KVStore(c)
-        units = {Op.MATMUL: mm, Op.ATTENTION: attn, Op.KVSTORE: kv}
+        m.submodules.vec = vec = VectorMover(c, self.resid_bits)
+        units = {Op.MATMUL: mm, Op.ATTENTION: attn, Op.KVSTORE: kv,
+                 Op.LAYERNORM: vec, Op.GELU: vec, Op.RESADD: vec}
+        # the unit whose memory port a value of `owner` selects: one Case per unit
+        owners = {}
+        for op, u in units.items():
+            owners.setdefault(id(u), (u, []))[1].append(int(op))
 
         # ---------------- memory port: routed to the unit that owns it ----------------
         owner = Signal(OPCODE_BITS)
         with m.Switch(owner):
-            for op, u in units.items():
-                with m.Case(int(op)):
+            for u, ops in owners.values():
+                with m.Case(*ops):
                     wiring.connect(m, wiring.flipped(self.rd_req), u.rd_req)
                     wiring.connect(m, wiring.flipped(self.wr), u.wr)
                     wiring.connect(m, u.rd_resp, wiring.flipped(self.rd_resp))
@@ -199,7 +209,10 @@ class Machine(wiring.Component):
         bodies = {op: data.View(body_layout(c, op), word[OPCODE_BITS:OPCODE_BITS + body_layout(c, op).size])
                   for op in Op}
         for op, u in units.items():
-            m.d.comb += u.cmd.payload.eq(bodies[op])
+            if u is not vec:
+                m.d.comb += u.cmd.payload.eq(bodies[op])
+        m.d.comb += [vec.cmd.payload.op.eq(opcode),
+                     vec.cmd.payload.body.eq(word[OPCODE_BITS:OPCODE_BITS + vec.body_bits])]
 
         with m.FSM():
             with m.State("FETCH"):

@@ -8,18 +8,25 @@ and `program(T, pos)` the instruction words for T new tokens at positions
 pos .. pos+T-1 (prefill: pos = 0; decode: T = 1 at pos = p). The caches
 persist in memory, so a decode program runs on the memory a prefill left.
 
-What runs on the machine today is what its units provide (rtl/isa.py):
+The program for one block (all rows row-major; residual rows int16):
 
-    MATMUL   qkv = ln_1_out @ c_attn           (int8 rows, A layout)
-    KVSTORE  K, V of the new tokens -> caches  (positions pos ..)
-    ATTENTION attn = attention(q, K cache, V cache)   (all heads, one command)
-    MATMUL   fc = ln_2_out @ c_fc              (int8)
+    LAYERNORM ln_1_out = ln_1(x)
+    MATMUL    qkv = ln_1_out @ c_attn                (int8, requantised by the engine)
+    KVSTORE   K, V of the new tokens -> caches       (positions pos ..)
+    ATTENTION attn = attention(q, K cache, V cache)  (all heads, one command)
+    MATMUL    proj_raw = attn @ attn.c_proj + b      (raw int32)
+    RESADD    x = sat(x + requant(proj_raw))         (to resid_bits, in place)
+    LAYERNORM ln_2_out = ln_2(x)
+    MATMUL    fc = ln_2_out @ c_fc
+    GELU      gelu = table[fc]                       (table loaded by the instruction)
+    MATMUL    proj_raw = gelu @ mlp.c_proj + b       (raw int32)
+    RESADD    x = sat(x + requant(proj_raw))
     HALT
 
-The LayerNorms, GELU, the residual adds and the two projections to the
-residual width (c_proj and mlp.c_proj requantise to resid_bits, which the
-int8 matmul engine does not produce) are not lowered yet: the host writes
-ln_1_out and ln_2_out (`write_rows`). Limits of the configuration (max_k,
+The projections to the residual width run raw because the engine's
+requantiser produces int8 only; RESADD applies their per-column (mult,
+shift). The host writes the block input x (`write_rows`; the embedding add
+and LM head are not lowered yet). Limits of the configuration (max_k,
 max_n, max_m, max_d_head, max_seq, tile, address width, memory size) are
 checked here and refused with `CompileError` naming the limit.
 """
@@ -29,7 +36,9 @@ import numpy as np
 
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.isa import Op, encode, IsaError
-from .matmul_layout import pack_a, pack_params, pack_w, unpack_out
+from gpt2accel.rtl.vecmove import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES,
+                                   RESID_BYTES)
+from .matmul_layout import pack_params, pack_w
 
 __all__ = ["CompileError", "BlockCompiler", "Region"]
 
@@ -40,6 +49,16 @@ class CompileError(ValueError):
 
 def _cdiv(a, b):
     return -(-a // b)
+
+
+def _rows(e, x, size, stride=None):
+    """Rows of little-endian `size`-byte integers, each row padded to `stride` words."""
+    x = np.asarray(x, np.int64)
+    t, n = x.shape
+    stride = stride or _cdiv(n * size, e.mem_bytes)
+    buf = np.zeros((t, stride * e.mem_bytes), np.uint8)
+    buf[:, :n * size] = x.astype(f"<i{size}" if size > 1 else "<i1").view(np.uint8).reshape(t, -1)
+    return buf.reshape(t * stride, e.mem_bytes)
 
 
 @dataclass(frozen=True)
@@ -76,12 +95,19 @@ class BlockCompiler:
         need(D % cfg.norm_lanes == 0, f"d_head {D} is not a multiple of norm_lanes {cfg.norm_lanes}")
         need(1 <= max_tokens <= e.max_m, f"max_tokens {max_tokens} exceeds max_m {e.max_m}")
         need(self.n_pos <= cfg.max_seq, f"n_positions {self.n_pos} exceeds max_seq {cfg.max_seq}")
-        for name, lin in (("c_attn", blk.attn_qkv), ("c_fc", blk.fc)):
+        self.rb = qmodel.resid_bits
+        need(self.rb <= 8 * RESID_BYTES, f"resid_bits {self.rb} exceeds the int16 residual rows")
+        self.lins = {"c_attn": blk.attn_qkv, "attn.c_proj": blk.attn_proj, "c_fc": blk.fc,
+                     "mlp.c_proj": blk.fc_proj}
+        for name, lin in self.lins.items():
             K, N = lin.w.shape
             need(K <= e.max_k, f"{name}: K = {K} exceeds max_k {e.max_k}")
             need(N <= e.max_n, f"{name}: N = {N} exceeds max_n {e.max_n}")
-            need(lin.out_bits == e.out_bits,
-                 f"{name}: output width {lin.out_bits} != engine out_bits {e.out_bits}")
+            # int8 outputs come from the engine's requantiser; residual-width outputs
+            # are taken raw and requantised by RESADD
+            need(lin.out_bits in (e.out_bits, self.rb),
+                 f"{name}: output width {lin.out_bits} is neither engine out_bits "
+                 f"{e.out_bits} nor resid_bits {self.rb}")
 
         # ---------------- memory map ----------------
         self.regions, self._blobs, top = {}, [], 0
@@ -97,15 +123,28 @@ class BlockCompiler:
         off = cfg.scratch_offsets()
         scratch = np.zeros((off["end"], e.mem_bytes), np.uint8)   # zero words must be zero
         alloc("scratch", off["end"], blob=scratch)
-        for name, lin in (("c_attn", blk.attn_qkv), ("c_fc", blk.fc)):
+        for name, lin in self.lins.items():
             w = pack_w(e, lin.w)
             alloc(f"{name}.w", len(w), blob=w)
             p = pack_params(e, lin.b, lin.mult, lin.shift, lin.w.shape[1])
             alloc(f"{name}.p", len(p), blob=p)
-        for name, n, raw in (("ln_1_out", E, False), ("qkv", 3 * E, False),
-                             ("attn", E, False), ("ln_2_out", E, False), ("fc", 4 * E, False)):
-            stride = e.out_row_words(n, raw)          # = a_words_per_row for int8 rows
+            if lin.out_bits != e.out_bits:        # RESADD's per-column requantiser words
+                q = _rows(e, (lin.mult.astype(np.int64) | lin.shift.astype(np.int64) << 16)[None],
+                          Q_BYTES)
+                alloc(f"{name}.q", len(q), blob=q)
+        for name, ln in (("ln_1", blk.ln_1), ("ln_2", blk.ln_2)):
+            g = _rows(e, ln.gamma[None], GAMMA_BYTES)
+            alloc(f"{name}.gamma", len(g), blob=g)
+            b = _rows(e, ln.beta[None], BETA_BYTES)
+            alloc(f"{name}.beta", len(b), blob=b)
+        t = _rows(e, np.asarray(blk.gelu_table)[None], ACT_BYTES)
+        alloc("gelu.table", len(t), blob=t)
+        for name, n, size in (("x", E, RESID_BYTES), ("ln_1_out", E, 1), ("qkv", 3 * E, 1),
+                              ("attn", E, 1), ("proj_raw", E, RAW_BYTES),
+                              ("ln_2_out", E, 1), ("fc", 4 * E, 1), ("gelu", 4 * E, 1)):
+            stride = _cdiv(n * size, e.mem_bytes)    # int8 rows: = a_words_per_row
             alloc(name, max_tokens * stride, stride)
+        self.sizes = {"x": RESID_BYTES, "proj_raw": RAW_BYTES}
         self.n_tiles = _cdiv(self.n_pos, cfg.tile)
         self.kts, self.vts = cfg.k_tile_words(D), cfg.v_tile_words(D)
         alloc("k_cache", H * self.n_tiles * self.kts)
@@ -124,28 +163,31 @@ class BlockCompiler:
 
     # ---------------- host-side activation transfer ----------------
     def write_rows(self, mem, name, x):
+        """Host write of activation rows (e.g. the block's input residual "x")."""
         r = self.regions[name]
         x = np.asarray(x)
         if len(x) > self.max_tokens:
             raise CompileError(f"{len(x)} rows exceed max_tokens {self.max_tokens}")
-        words = pack_a(self.e, x, r.stride)
+        words = _rows(self.e, x, self.sizes.get(name, 1), r.stride)
         mem[r.base:r.base + len(words)] = words
 
     def read_rows(self, mem, name, t, n):
-        r = self.regions[name]
-        return unpack_out(self.e, mem, r.base, r.stride, t, n, False)
+        r, size = self.regions[name], self.sizes.get(name, 1)
+        rows = mem[r.base:r.base + t * r.stride].reshape(t, -1)[:, :n * size]
+        dt = {1: "<i1", 2: "<i2", 4: "<i4", 8: "<i8"}[size]
+        return rows.copy().view(dt).astype(np.int64)
 
     # ---------------- instructions ----------------
-    def _matmul(self, lin, a, out, t):
+    def _matmul(self, name, a, out, t):
+        lin = self.lins[name]
         K, N = lin.w.shape
         ra, ro = self.regions[a], self.regions[out]
+        raw = int(lin.out_bits != self.e.out_bits)    # to the residual width: via RESADD
         return (Op.MATMUL, dict(m=t, k=K, n=N, a_base=ra.base, a_stride=ra.stride,
-                                w_base=self.regions[f"{self._lin_name(lin)}.w"].base,
-                                p_base=self.regions[f"{self._lin_name(lin)}.p"].base,
-                                out_base=ro.base, out_stride=ro.stride, a_signed=1, raw_out=0))
-
-    def _lin_name(self, lin):
-        return "c_attn" if lin is self.blk.attn_qkv else "c_fc"
+                                w_base=self.regions[f"{name}.w"].base,
+                                p_base=self.regions[f"{name}.p"].base,
+                                out_base=ro.base, out_stride=ro.stride, a_signed=1,
+                                raw_out=raw))
 
     def ops(self, t, pos):
         """The program as (Op, fields) pairs for t tokens at positions pos .. pos+t-1."""
@@ -156,8 +198,21 @@ class BlockCompiler:
         E, D, H = self.E, self.D, self.H
         qkv, kc, vc = self.regions["qkv"], self.regions["k_cache"], self.regions["v_cache"]
         att = self.blk.attn
+        ln = lambda name, q, src, dst: (Op.LAYERNORM, dict(
+            rows=t, n=E, src_base=self.regions[src].base, src_stride=self.regions[src].stride,
+            dst_base=self.regions[dst].base, dst_stride=self.regions[dst].stride,
+            gamma_base=self.regions[f"{name}.gamma"].base,
+            beta_base=self.regions[f"{name}.beta"].base,
+            out_shift=q.out_shift, eps_m=q.eps_m, eps_e=q.eps_e))
+        x, raw = self.regions["x"], self.regions["proj_raw"]
+        resadd = lambda name: (Op.RESADD, dict(
+            rows=t, n=E, src_base=x.base, src_stride=x.stride, dst_base=x.base,
+            dst_stride=x.stride, y_base=raw.base, y_stride=raw.stride,
+            q_base=self.regions[f"{name}.q"].base))
+        fc, gl = self.regions["fc"], self.regions["gelu"]
         return [
-            self._matmul(self.blk.attn_qkv, "ln_1_out", "qkv", t),
+            ln("ln_1", self.blk.ln_1, "x", "ln_1_out"),
+            self._matmul("c_attn", "ln_1_out", "qkv", t),
             (Op.KVSTORE, dict(n_tok=t, pos0=pos, n_head=H, d_head=D,
                               src_base=qkv.base, src_stride=qkv.stride,
                               k_base=kc.base, k_tile_stride=self.kts,
@@ -176,7 +231,15 @@ class BlockCompiler:
                                 scratch_base=self.regions["scratch"].base,
                                 score_mult=att.score_mult, score_shift=att.score_shift,
                                 out_mult=att.out_mult, out_shift=att.out_shift)),
-            self._matmul(self.blk.fc, "ln_2_out", "fc", t),
+            self._matmul("attn.c_proj", "attn", "proj_raw", t),
+            resadd("attn.c_proj"),
+            ln("ln_2", self.blk.ln_2, "x", "ln_2_out"),
+            self._matmul("c_fc", "ln_2_out", "fc", t),
+            (Op.GELU, dict(rows=t, n=4 * E, src_base=fc.base, src_stride=fc.stride,
+                           dst_base=gl.base, dst_stride=gl.stride,
+                           table_base=self.regions["gelu.table"].base)),
+            self._matmul("mlp.c_proj", "gelu", "proj_raw", t),
+            resadd("mlp.c_proj"),
             (Op.HALT, {}),
         ]
 

@@ -1,0 +1,254 @@
+"""Memory <-> stream movers for the vector units (LAYERNORM, GELU, RESADD instructions).
+
+The vector units (`GeluUnit`, `LayerNormUnit`, `ResidualAdd`) are stream
+units without memory access. `VectorMover` runs one vector instruction
+(`isa.vector_layouts`) on one-lane instances of them:
+
+```
+ reader: per element, per operand slot: cached word? else rd_req -> rd_resp
+         -> element bytes -> unit input beat (GELU table / LN setup+params first)
+ unit:   GeluUnit(1) | LayerNormUnit(1) | requant + ResidualAdd(1)
+ writer: unit output beat -> strobed write of the element's bytes (own counters)
+```
+
+Reader and writer are independent state machines on the two directions of
+the port (reads and writes are separate channels), because LayerNorm emits
+a row only after taking all of it. Each operand slot caches the last word it
+read, so a word is read once per element group it holds (no re-reads while
+a row walks through it). In-place RESADD (dst = src) is safe: the writer
+only writes an element after the reader has taken it, and a cached word is
+only used for elements not yet written.
+
+One lane, one element per cycle at best: this is the correctness-first
+mover; its rate is far below the units' (docs/architecture.md, Machine).
+"""
+from amaranth.hdl import *
+from amaranth.lib import wiring, stream
+from amaranth.lib.wiring import In, Out
+
+from .attention_config import AttentionConfig
+from .gelu import GeluUnit, TABLE_SIZE
+from .intarith import round_shift, saturate
+from .isa import Op, vector_layouts, cfg_max_vector_n
+from .layernorm import LayerNormUnit
+from .matmul import read_request_layout, read_response_layout, write_layout
+from .residual import ResidualAdd
+
+__all__ = ["VectorMover"]
+
+#: bytes per element: residual rows, int8 activations, raw int32, LN beta, column params
+RESID_BYTES, ACT_BYTES, RAW_BYTES, BETA_BYTES, Q_BYTES, GAMMA_BYTES = 2, 1, 4, 8, 4, 2
+
+
+class VectorMover(wiring.Component):
+    """Runs LAYERNORM / GELU / RESADD instructions; ``cmd`` carries the opcode and body bits.
+
+    Ports: ``cmd`` (``op``: Op value, ``body``: the instruction body bits),
+    the memory port, ``busy``, ``done`` (pulse after the last write), ``error``
+    (the LayerNorm unit refused a setup).
+    """
+
+    def __init__(self, cfg: AttentionConfig, resid_bits=16):
+        if not 4 <= resid_bits <= 8 * RESID_BYTES:
+            raise ValueError(f"resid_bits must be in 4..16 (int16 residual rows), got {resid_bits}")
+        if cfg.engine.mem_bytes < BETA_BYTES:
+            raise ValueError(f"the vector mover reads LayerNorm beta as one int64 per word: "
+                             f"mem_bytes must be >= {BETA_BYTES}, got {cfg.engine.mem_bytes}")
+        self.cfg, self.resid_bits = cfg, resid_bits
+        self.layouts = vector_layouts(cfg)
+        self.body_bits = max(l.size for l in self.layouts.values())
+        e = cfg.engine
+        from amaranth.lib import data
+        super().__init__({
+            "cmd": In(stream.Signature(data.StructLayout({"op": unsigned(4),
+                                                          "body": unsigned(self.body_bits)}))),
+            "rd_req": Out(stream.Signature(read_request_layout(e))),
+            "rd_resp": In(stream.Signature(read_response_layout(e))),
+            "wr": Out(stream.Signature(write_layout(e))),
+            "busy": Out(1), "done": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        c, e, R = self.cfg, self.cfg.engine, self.resid_bits
+        MB = e.mem_bytes
+        m.submodules.gelu = gelu = GeluUnit(1)
+        m.submodules.ln = ln = LayerNormUnit(1, in_bits=R, max_e=cfg_max_vector_n(c))
+        m.submodules.add = add = ResidualAdd(1, R)
+
+        op = Signal(4)
+        body = Signal(self.body_bits)
+        views = {o: lay(body[:lay.size]) for o, lay in self.layouts.items()}
+        ln_c, ge_c, ad_c = views[Op.LAYERNORM], views[Op.GELU], views[Op.RESADD]
+        is_ln, is_ge, is_ad = op == Op.LAYERNORM, op == Op.GELU, op == Op.RESADD
+        rows = ln_c.rows           # the common fields sit at the same offsets in every body
+        n = ln_c.n
+        src_base, src_stride = ln_c.src_base, ln_c.src_stride
+        dst_base, dst_stride = ln_c.dst_base, ln_c.dst_stride
+
+        # ---------------- reader ----------------
+        # phase: 0 setup/table/params, 1 rows
+        phase = Signal()
+        r = Signal(range(e.max_m + 1))
+        col = Signal(range(max(TABLE_SIZE, cfg_max_vector_n(c)) + 1))
+        slot = Signal(2)
+        NS = 3
+        cache_ok = Signal(NS)
+        cache_addr = [Signal(e.addr_bits, name=f"cache_addr{s}") for s in range(NS)]
+        cache_word = [Signal(8 * MB, name=f"cache_word{s}") for s in range(NS)]
+
+        def elem_addr(base, stride, row, size):
+            byte = col * size
+            return base + row * stride + byte // MB, byte % MB
+
+        # per slot (address, byte offset, used) in the current phase
+        a_g, o_g = elem_addr(ln_c.gamma_base, 0, 0, GAMMA_BYTES)
+        a_b, o_b = elem_addr(ln_c.beta_base, 0, 0, BETA_BYTES)
+        a_t, o_t = elem_addr(ge_c.table_base, 0, 0, ACT_BYTES)
+        a_x16, o_x16 = elem_addr(src_base, src_stride, r, RESID_BYTES)
+        a_x8, o_x8 = elem_addr(src_base, src_stride, r, ACT_BYTES)
+        a_y, o_y = elem_addr(ad_c.y_base, ad_c.y_stride, r, RAW_BYTES)
+        a_q, o_q = elem_addr(ad_c.q_base, 0, 0, Q_BYTES)
+        slot_addr = [Signal(e.addr_bits, name=f"slot_addr{s}") for s in range(NS)]
+        slot_off = [Signal(range(MB), name=f"slot_off{s}") for s in range(NS)]
+        slot_used = Signal(NS)
+        with m.If(~phase):
+            with m.If(is_ln):
+                m.d.comb += [slot_addr[0].eq(a_g), slot_off[0].eq(o_g),
+                             slot_addr[1].eq(a_b), slot_off[1].eq(o_b), slot_used.eq(0b011)]
+            with m.Elif(is_ge):
+                m.d.comb += [slot_addr[0].eq(a_t), slot_off[0].eq(o_t), slot_used.eq(0b001)]
+        with m.Else():
+            with m.If(is_ge):
+                m.d.comb += [slot_addr[0].eq(a_x8), slot_off[0].eq(o_x8), slot_used.eq(0b001)]
+            with m.Else():
+                m.d.comb += [slot_addr[0].eq(a_x16), slot_off[0].eq(o_x16), slot_used.eq(0b001)]
+            with m.If(is_ad):
+                m.d.comb += [slot_addr[1].eq(a_y), slot_off[1].eq(o_y),
+                             slot_addr[2].eq(a_q), slot_off[2].eq(o_q), slot_used.eq(0b111)]
+
+        def field(s, size):
+            """The element of `size` bytes at slot s's byte offset, as raw bits."""
+            return (cache_word[s] >> (slot_off[s] * 8))[:8 * size]
+
+        cur_addr = Signal(e.addr_bits)
+        cur_ok = Signal()
+        cur_used = Signal()
+        with m.Switch(slot):
+            for s in range(NS):
+                with m.Case(s):
+                    m.d.comb += [cur_addr.eq(slot_addr[s]), cur_used.eq(slot_used[s]),
+                                 cur_ok.eq(cache_ok[s] & (cache_addr[s] == slot_addr[s]))]
+        m.d.comb += self.rd_req.payload.addr.eq(cur_addr)
+
+        # unit inputs (valid driven in EMIT)
+        x16 = field(0, RESID_BYTES).as_signed()
+        yq = field(2, Q_BYTES)
+        y_req = saturate(round_shift(field(1, RAW_BYTES).as_signed() * yq[:16], yq[16:22], 64), R)
+        last_col = col == n - 1
+        m.d.comb += [
+            gelu.load.payload.addr.eq(col), gelu.load.payload.data.eq(field(0, 1)),
+            gelu.inp.payload.x[0].eq(field(0, ACT_BYTES)), gelu.inp.payload.last.eq(last_col),
+            ln.setup.payload.n.eq(n), ln.setup.payload.out_shift.eq(ln_c.out_shift),
+            ln.setup.payload.eps_m.eq(ln_c.eps_m), ln.setup.payload.eps_e.eq(ln_c.eps_e),
+            ln.param.payload.gamma[0].eq(field(0, GAMMA_BYTES)),
+            ln.param.payload.beta[0].eq(field(1, BETA_BYTES)[:48]),
+            ln.inp.payload.x[0].eq(x16), ln.inp.payload.last.eq(last_col),
+            add.a.payload.x[0].eq(x16), add.a.payload.last.eq(last_col),
+            add.b.payload.x[0].eq(y_req), add.b.payload.last.eq(last_col),
+        ]
+        emit_ready = Signal()
+        emit = Signal()
+        with m.If(~phase):
+            m.d.comb += [emit_ready.eq(Mux(is_ln, ln.param.ready, gelu.load.ready)),
+                         ln.param.valid.eq(emit & is_ln), gelu.load.valid.eq(emit & is_ge)]
+        with m.Else():
+            m.d.comb += [emit_ready.eq(Mux(is_ln, ln.inp.ready,
+                                           Mux(is_ge, gelu.inp.ready, add.a.ready))),
+                         ln.inp.valid.eq(emit & is_ln), gelu.inp.valid.eq(emit & is_ge),
+                         add.a.valid.eq(emit & is_ad), add.b.valid.eq(emit & is_ad)]
+        pre_n = Mux(is_ge, TABLE_SIZE, n)
+
+        # ---------------- writer ----------------
+        wr_r = Signal.like(r)
+        wr_col = Signal.like(col)
+        out_size = Mux(is_ad, RESID_BYTES, ACT_BYTES)
+        wbyte = wr_col * out_size
+        out_valid = Mux(is_ln, ln.out.valid, Mux(is_ge, gelu.out.valid, add.out.valid))
+        out_data = Mux(is_ln, ln.out.payload.y[0].as_unsigned(),
+                       Mux(is_ge, gelu.out.payload.y[0].as_unsigned(),
+                           add.out.payload.x[0].as_unsigned()))
+        off = Signal(range(MB))
+        m.d.comb += [off.eq(wbyte % MB),
+                     self.wr.payload.addr.eq(dst_base + wr_r * dst_stride + wbyte // MB),
+                     self.wr.payload.data.eq(out_data[:16] << (off * 8)),
+                     self.wr.payload.strb.eq(Mux(is_ad, 0b11, 0b1) << off)]
+        writing = Signal()
+        done = Signal()
+        m.d.sync += done.eq(0)
+        m.d.comb += [self.done.eq(done),
+                     self.wr.valid.eq(writing & out_valid),
+                     ln.out.ready.eq(writing & is_ln & self.wr.ready),
+                     gelu.out.ready.eq(writing & is_ge & self.wr.ready),
+                     add.out.ready.eq(writing & is_ad & self.wr.ready)]
+        with m.If(self.wr.valid & self.wr.ready):
+            m.d.sync += wr_col.eq(wr_col + 1)
+            with m.If(wr_col == n - 1):
+                m.d.sync += [wr_col.eq(0), wr_r.eq(wr_r + 1)]
+                with m.If(wr_r == rows - 1):
+                    m.d.sync += [writing.eq(0), done.eq(1)]
+
+        # ---------------- reader FSM ----------------
+        busy = Signal()
+        m.d.comb += self.busy.eq(busy | writing)
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(~writing)
+                with m.If(self.cmd.valid & ~writing):
+                    m.d.sync += [op.eq(self.cmd.payload.op), body.eq(self.cmd.payload.body),
+                                 phase.eq(0), r.eq(0), col.eq(0), slot.eq(0), cache_ok.eq(0),
+                                 wr_r.eq(0), wr_col.eq(0), writing.eq(1), busy.eq(1)]
+                    with m.If(self.cmd.payload.op == Op.LAYERNORM):
+                        m.next = "SETUP"
+                    with m.Elif(self.cmd.payload.op == Op.RESADD):
+                        m.d.sync += phase.eq(1)
+                        m.next = "FETCH"
+                    with m.Else():
+                        m.next = "FETCH"
+            with m.State("SETUP"):
+                m.d.comb += ln.setup.valid.eq(1)
+                with m.If(ln.setup.ready):
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                with m.If(~cur_used | cur_ok):
+                    with m.If(slot == NS - 1):
+                        m.d.sync += slot.eq(0)
+                        m.next = "EMIT"
+                    with m.Else():
+                        m.d.sync += slot.eq(slot + 1)
+                with m.Else():
+                    m.d.comb += self.rd_req.valid.eq(1)
+                    with m.If(self.rd_req.ready):
+                        m.next = "RESP"
+            with m.State("RESP"):
+                m.d.comb += self.rd_resp.ready.eq(1)
+                with m.If(self.rd_resp.valid):
+                    with m.Switch(slot):
+                        for s in range(NS):
+                            with m.Case(s):
+                                m.d.sync += [cache_word[s].eq(self.rd_resp.payload.data),
+                                             cache_addr[s].eq(cur_addr), cache_ok[s].eq(1)]
+                    m.next = "FETCH"
+            with m.State("EMIT"):
+                m.d.comb += emit.eq(1)
+                with m.If(emit_ready):
+                    m.d.sync += col.eq(col + 1)
+                    m.next = "FETCH"
+                    with m.If(~phase):
+                        with m.If(col == pre_n - 1):
+                            m.d.sync += [col.eq(0), phase.eq(1)]
+                    with m.Elif(last_col):
+                        m.d.sync += [col.eq(0), r.eq(r + 1)]
+                        with m.If(r == rows - 1):
+                            m.d.sync += busy.eq(0)
+                            m.next = "IDLE"
+        return m
