@@ -1,4 +1,5 @@
-"""Residual add (`intmodel.residual_add`) and embedding add (`intmodel.embed`) units, bit for bit."""
+"""Residual add (`intmodel.residual_add`) and embedding add (`intmodel.embed`) units,
+bit for bit, with random stalls; their timing."""
 import numpy as np
 import pytest
 

@@ -96,7 +96,8 @@ def layernorm_z(x, eps_m, eps_e):
     k = np.maximum(im.bit_length(span) - im.LN_D_BITS, im.ln_k_min(eps_e))
     d_s = np.where(k < 0, d << np.maximum(-k, 0), intops.round_shift(d, np.clip(k, 0, 62)))
     a = eps_e - 2 * k
-    eps = np.where(a >= 0, eps_m << np.clip(a, 0, 62), intops.round_shift(eps_m, np.clip(-a, 0, 62)))
+    eps = np.where(a >= 0, eps_m << np.clip(a, 0, 62),
+                   intops.round_shift(eps_m, np.clip(-a, 0, 62)))
     r = np.maximum(im.isqrt((d_s * d_s).sum(axis=1, keepdims=True) + eps), 1)
     inv = np.minimum(((1 << 36) + (r >> 1)) // r, (1 << 24) - 1)
     return intops.round_shift(d_s * inv, 14)
@@ -111,8 +112,9 @@ def knife_edge_beta(z_row, gamma, out_shift):
 
 
 def pell_row(bits):
-    """n = 2 row (span 27720, so k = 0) whose sum of squares at k = 0 is 19601^2 - 1 (2 * 13860^2): one
-    unit of ε more or less moves the root, so ε's rounding is visible."""
+    """n = 2 row (span 27720, so k = 0) whose sum of squares at k = 0 is
+    19601^2 - 1 (= 2 * 13860^2): one unit of ε more or less moves the root,
+    so ε's rounding is visible."""
     if bits < 15:
         raise ValueError("the Pell row needs R >= 15")
     return np.array([[-6930, 6930]], np.int64)
