@@ -1,0 +1,152 @@
+"""Exact stall-free cycles of whole machine programs (equal to the RTL, reference memory).
+
+One instruction runs at a time (rtl/machine.py): FETCH (the instruction's
+transfer), DECODE, ISSUE (the unit accepts the command in that cycle, since
+it is idle), then the unit's own cycles U from accept to its ``done`` pulse,
+seen by the WAIT state, which returns to FETCH the cycle after. An
+instruction therefore costs U + `PER_INSTRUCTION` cycles when the host
+streams instructions without gaps. The machine's ``cycles`` status, read at
+``done``, is that sum + 2 (the HALT's fetch and decode).
+
+Per unit (reference memory: requests always accepted, responses after
+`REF_MEM_LATENCY` cycles, writes always accepted):
+
+- MATMUL: `matmul_cycles`; ATTENTION: `attention_cycles` (the engines' models);
+- KVSTORE: per source word one read, the response L cycles later, then one
+  write per byte: (L + mem_bytes + 1) per word, + 1 for the done pulse;
+- LAYERNORM / GELU / RESADD: `vector_cycles` replays the mover's reader
+  (per element and operand slot: one cycle on a cache hit, L + 2 on a miss,
+  then one EMIT cycle) and the unit's output timing (`units_cycles`), and
+  ends one cycle after the writer's last write.
+"""
+from gpt2accel.rtl.gelu import GeluUnit, TABLE_SIZE
+from gpt2accel.rtl.isa import Op, decode
+from gpt2accel.rtl.layernorm import PASS_B_LATENCY, PASS_C_LATENCY, ROW_STATS_LATENCY, RowRoot
+from gpt2accel.rtl.residual import ResidualAdd
+from gpt2accel.rtl.vecmove import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES,
+                                   RESID_BYTES)
+from .attention_cycles import attention_cycles
+from .matmul_cycles import matmul_cycles
+from .matmul_sim import REF_MEM_LATENCY
+
+__all__ = ["PER_INSTRUCTION", "unit_cycles", "vector_cycles", "kvstore_cycles",
+           "program_cycles"]
+
+#: FETCH + DECODE + ISSUE/WAIT hand-over cycles around a unit's own cycles
+PER_INSTRUCTION = 3
+
+
+def kvstore_cycles(cfg, f, latency=REF_MEM_LATENCY):
+    mb = cfg.engine.mem_bytes
+    words = f["n_tok"] * 2 * f["n_head"] * f["d_head"] // mb
+    return words * (latency + mb + 1) + 1
+
+
+def _ln_out_cycles(row_inputs):
+    """Output cycles of LayerNormUnit(lanes=1) rows whose input beats came at the given
+    cycles (the `units_cycles.layernorm_schedule` recurrence, with the input times
+    as they come rather than back to back)."""
+    rows, out = [], []
+    banks = 3
+    for r, ins in enumerate(row_inputs):
+        w = len(ins)
+        a_last = ins[-1]
+        b0 = a_last + ROW_STATS_LATENCY
+        if r >= 1:
+            b0 = max(b0, rows[r - 1]["b_last"] + 1)
+        if r >= banks:
+            b0 = max(b0, rows[r - banks]["c_last"] + 1)
+        b_last = b0 + w - 1
+        root0 = b_last + PASS_B_LATENCY
+        if r >= 1:
+            root0 = max(root0, rows[r - 1]["root0"] + RowRoot.period)
+        c0 = root0 + RowRoot.period
+        if r >= 1:
+            c0 = max(c0, rows[r - 1]["c_last"] + 1)
+        c_last = c0 + w - 1
+        rows.append({"b_last": b_last, "root0": root0, "c_last": c_last})
+        out += [c + PASS_C_LATENCY for c in range(c0, c_last + 1)]
+    return out
+
+
+def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY):
+    """Cycles from accept to done of one LAYERNORM / GELU / RESADD (stall-free)."""
+    mb = cfg.engine.mem_bytes
+    n, rows = f["n"], f["rows"]
+    cache = [None, None, None]
+    t = 1                                          # cycle after the accept
+    if op == Op.LAYERNORM:
+        t += 1                                     # SETUP beat
+
+    def element(addrs):
+        """Advance the reader over one element's slots and its EMIT; return the EMIT cycle."""
+        nonlocal t
+        for s in range(3):
+            a = addrs[s] if s < len(addrs) else None
+            if a is not None and cache[s] != a:
+                cache[s] = a
+                t += latency + 1                   # request, response after `latency`
+            t += 1                                 # the FETCH cycle that finds it present
+        emit = t
+        t += 1
+        return emit
+
+    def at(base, stride, r, c, size):
+        return base + r * stride + (c * size) // mb
+
+    if op == Op.LAYERNORM:
+        for c in range(n):
+            element([at(f["gamma_base"], 0, 0, c, GAMMA_BYTES), at(f["beta_base"], 0, 0, c, BETA_BYTES)])
+    elif op == Op.GELU:
+        for c in range(TABLE_SIZE):
+            element([at(f["table_base"], 0, 0, c, ACT_BYTES)])
+    ins = []
+    for r in range(rows):
+        row = []
+        for c in range(n):
+            if op == Op.GELU:
+                addrs = [at(f["src_base"], f["src_stride"], r, c, ACT_BYTES)]
+            elif op == Op.LAYERNORM:
+                addrs = [at(f["src_base"], f["src_stride"], r, c, RESID_BYTES)]
+            else:
+                addrs = [at(f["src_base"], f["src_stride"], r, c, RESID_BYTES),
+                         at(f["y_base"], f["y_stride"], r, c, RAW_BYTES),
+                         at(f["q_base"], 0, 0, c, Q_BYTES)]
+            row.append(element(addrs))
+        ins.append(row)
+    if op == Op.LAYERNORM:
+        last_write = _ln_out_cycles(ins)[-1]
+    else:
+        lat = GeluUnit.latency if op == Op.GELU else ResidualAdd.latency
+        last_write = ins[-1][-1] + lat
+    return last_write + 1
+
+
+def unit_cycles(cfg, op, f, latency=REF_MEM_LATENCY):
+    """A unit's cycles from command accept to done for instruction (op, fields)."""
+    if op == Op.MATMUL:
+        return matmul_cycles(cfg.engine, f["m"], f["k"], f["n"], bool(f["raw_out"]),
+                             latency).cycles
+    if op == Op.ATTENTION:
+        return attention_cycles(cfg, f["n_head"], f["d_head"], f["tq"], f["offset"],
+                                latency).cycles
+    if op == Op.KVSTORE:
+        return kvstore_cycles(cfg, f, latency)
+    if op in (Op.LAYERNORM, Op.GELU, Op.RESADD):
+        return vector_cycles(cfg, op, f, latency)
+    raise ValueError(f"{op!r} has no unit")
+
+
+def program_cycles(cfg, words, latency=REF_MEM_LATENCY):
+    """(total, [(op, unit cycles)]) of a legal program ending in HALT: total is what
+    the machine's ``cycles`` status reads at ``done``."""
+    per = []
+    total = 0
+    for w in words:
+        op, f = decode(cfg, w)
+        if op == Op.HALT:
+            return total + 2, per
+        u = unit_cycles(cfg, op, f, latency)
+        per.append((op, u))
+        total += u + PER_INSTRUCTION
+    raise ValueError("program has no HALT")
