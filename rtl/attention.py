@@ -188,6 +188,26 @@ class AttentionEngine(wiring.Component):
                          es_k0.eq(0), ep_k0.eq(0), es_kp.eq(hk), ep_vp.eq(hv),
                          es_par.eq(0), ep_par.eq(0)]
 
+        # Diagonal tiles: the array row blocks at the top of the block whose
+        # queries all precede key k0 see none of the tile's keys, so its S and
+        # PV commands start below them (their softmax rows read stale S words
+        # but see no key: p = 0, delta = 0, O unchanged). Registered in DECIDE
+        # (k0, m0 only change when leaving S_CMD / PV_CMD or in HEAD / NEXT).
+        AR, GB = e.rows, R // e.rows
+
+        def skipped_blocks(k0):
+            first = cmd.offset + m0
+            n = Const(0, range(GB))
+            for b in range(1, GB):
+                n = Mux(k0 >= first + b * AR, b, n)
+            return n
+
+        s_skip, p_skip = Signal(range(GB)), Signal(range(GB))   # array row blocks
+        s_aoff = addr("s_aoff")                                 # s_skip rows of Q
+        s_n = skipped_blocks(es_k0)
+        m.d.sync += [s_skip.eq(s_n), p_skip.eq(skipped_blocks(ep_k0)),
+                     s_aoff.eq(s_n * (AR * cmd.q_row_stride))]
+
         mc = mm.cmd.payload
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
@@ -222,11 +242,15 @@ class AttentionEngine(wiring.Component):
                     m.next = "NEXT"
             with m.State("S_CMD"):
                 m.d.comb += self.phase.eq(Phase.S_CMD)
-                n_keys = Mux(tk - es_k0 > T, T, tk - es_k0)
-                m.d.comb += [mm.cmd.valid.eq(1), mc.m.eq(rows_b), mc.k.eq(cmd.d_head),
-                             mc.n.eq(n_keys), mc.a_base.eq(qb), mc.a_stride.eq(cmd.q_row_stride),
+                # keys past the block's last query are never visible to it:
+                # a diagonal tile's S stops there (the softmax masks the rest)
+                n_keys = Mux(last_q + 1 - es_k0 > T, T, last_q + 1 - es_k0)
+                m.d.comb += [mm.cmd.valid.eq(1), mc.m.eq(rows_b - s_skip * AR),
+                             mc.k.eq(cmd.d_head), mc.n.eq(n_keys), mc.a_base.eq(qb + s_aoff),
+                             mc.a_stride.eq(cmd.q_row_stride),
                              mc.w_base.eq(es_kp), mc.p_base.eq(scratch["zero"]),
-                             mc.out_base.eq(scratch["s"] + Mux(es_par, R * SS, 0)),
+                             mc.out_base.eq(scratch["s"] + Mux(es_par, R * SS, 0)
+                                            + s_skip * (AR * SS)),
                              mc.out_stride.eq(SS), mc.a_signed.eq(1), mc.raw_out.eq(1)]
                 with m.If(mm.cmd.ready):
                     m.d.comb += s_issue.eq(1)
@@ -237,11 +261,13 @@ class AttentionEngine(wiring.Component):
                 m.d.comb += self.phase.eq(Phase.PV_CMD)
                 # k = the whole tile: P is 0 for absent keys, so the V cache keeps
                 # one fixed layout per tile however many keys it holds
-                m.d.comb += [mm.cmd.valid.eq(1), mc.m.eq(rows_b), mc.k.eq(T),
+                m.d.comb += [mm.cmd.valid.eq(1), mc.m.eq(rows_b - p_skip * AR), mc.k.eq(T),
                              mc.n.eq(cmd.d_head),
-                             mc.a_base.eq(scratch["p"] + Mux(ep_par, R * PS, 0)),
+                             mc.a_base.eq(scratch["p"] + Mux(ep_par, R * PS, 0)
+                                          + p_skip * (AR * PS)),
                              mc.a_stride.eq(PS), mc.w_base.eq(ep_vp),
-                             mc.p_base.eq(scratch["zero"]), mc.out_base.eq(scratch["pv"]),
+                             mc.p_base.eq(scratch["zero"]),
+                             mc.out_base.eq(scratch["pv"] + p_skip * (AR * PVS)),
                              mc.out_stride.eq(PVS), mc.a_signed.eq(0), mc.raw_out.eq(1)]
                 with m.If(mm.cmd.ready):
                     m.d.comb += pv_issue.eq(1)

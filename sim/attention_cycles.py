@@ -73,7 +73,14 @@ def _normalise_cycles(cfg, rows_b, d):
     return end + Normaliser.latency + 2
 
 
-def _block(cfg, rows_b, d_head, k0s, tk, sm_gate):
+def _skipped_rows(cfg, k0, first):
+    """Rows at the top of a block (queries first, first+1, ..) that a key tile
+    starting at k0 skips: whole array row blocks whose queries all precede k0."""
+    ar = cfg.engine.rows
+    return min(max(0, k0 - first) // ar, cfg.rows // ar - 1) * ar
+
+
+def _block(cfg, rows_b, d_head, k0s, tk, sm_gate, first=0):
     """One row block, times relative to its first DECIDE cycle.
 
     `sm_gate`: first cycle a softmax may start (the previous block's
@@ -92,15 +99,16 @@ def _block(cfg, rows_b, d_head, k0s, tk, sm_gate):
     prev_end = None
     mm = sm = 0
     for kind, j in order:
+        m = rows_b - _skipped_rows(cfg, k0s[j], first)
         if kind == "S":
-            c = _matmul(e, rows_b, d_head, min(T, tk - k0s[j]))
+            c = _matmul(e, m, d_head, min(T, first + rows_b - k0s[j]))
             done = t + 1 + c
             start = max(done + 1, sm_gate if prev_end is None else prev_end + 1)
             sm_end[j] = prev_end = start + rows_b * BPR + BPR + SM_FIXED
             sm += sm_end[j] - start
             t = done + 1
         else:
-            c = _matmul(e, rows_b, T, d_head)
+            c = _matmul(e, m, T, d_head)
             accept = max(t + 1, sm_end[j] + 2)
             t = accept + c + 1
         mm += c
@@ -124,7 +132,7 @@ def attention_cycles(cfg: AttentionConfig, n_head, d_head, tq, offset, latency=R
         rows_b = min(R, tq - m0)
         last_q = offset + m0 + rows_b - 1
         k0s = list(range(0, last_q + 1, T))
-        end, c_mm, c_sm = _block(cfg, rows_b, d_head, k0s, tk, sm_gate - t)
+        end, c_mm, c_sm = _block(cfg, rows_b, d_head, k0s, tk, sm_gate - t, offset + m0)
         end += t
         c_nm = _normalise_cycles(cfg, rows_b, d_head)
         # the normalise phase starts at `end` and is done at end + c_nm; the
@@ -135,7 +143,8 @@ def attention_cycles(cfg: AttentionConfig, n_head, d_head, tq, offset, latency=R
         mm += c_mm
         sm += c_sm
         nm += c_nm
-        issued += sum(rows_b * d_head * (min(T, tk - k0) + T) for k0 in k0s)
+        issued += sum((rows_b - _skipped_rows(cfg, k0, offset + m0)) * d_head
+                      * (min(T, last_q + 1 - k0) + T) for k0 in k0s)
         useful += 2 * d_head * sum(offset + i + 1 for i in range(m0, m0 + rows_b))
     head = end + c_nm + 1       # the last block's outputs written -> next HEAD / done
     H = n_head

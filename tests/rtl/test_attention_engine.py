@@ -32,6 +32,10 @@ CONFIGS = [
                     norm_lanes=2, max_d_head=12, max_seq=32, block_rows=4),
     AttentionConfig(engine=EngineConfig(rows=1, cols=1, mem_bytes=8), tile=2, lanes=1,
                     norm_lanes=1, max_d_head=4, max_seq=32),
+    # blocks of four array row blocks, tiles of 3 keys: diagonal tiles skip
+    # 1..3 array row blocks at the top of the block
+    AttentionConfig(engine=EngineConfig(rows=2, cols=2, mem_bytes=8), tile=3, lanes=1,
+                    norm_lanes=2, max_d_head=8, max_seq=40, block_rows=8),
 ]
 IDS = [f"{c.engine.rows}x{c.engine.cols}_b{c.rows}_t{c.tile}_l{c.lanes}_n{c.norm_lanes}"
        for c in CONFIGS]
