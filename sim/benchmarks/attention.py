@@ -33,6 +33,8 @@ HELP = "attention engine cycles / utilisation / score buffer, GPT-2 small, 8x8..
 
 ARRAYS = (8, 12, 16)
 PREFILL_T = (128, 512, 1024)
+#: block sizes (array row blocks per attention block) of the prefill sweep
+SWEEP_GROUPS = (4, 8, 16)
 ACCURACY_T = (128, 1024)
 ACCURACY_LOGIT_STD = (1.0, 3.0)
 ACCURACY_HEADS = 4
@@ -140,7 +142,17 @@ def run(args):
                 "breakdown": {"matmul": r.matmul_cycles, "softmax_busy": r.softmax_cycles,
                               "normalise": r.normalise_cycles},
             })
-    return {"n_head": N_HEAD, "d_head": D_HEAD, "cases": cases,
+    sweep = []
+    for n in ARRAYS:
+        for g in SWEEP_GROUPS:
+            cfg = config(n, tile, g)
+            row = {"array": f"{n}x{n}", "group": g, "block_rows": cfg.block_rows,
+                   "score_buffer_bytes": score_buffer_bytes(cfg, max(PREFILL_T))}
+            for T in (min(PREFILL_T), max(PREFILL_T)):
+                row[f"prefill_{T}"] = round(
+                    attention_cycles(cfg, N_HEAD, D_HEAD, T, 0).utilization(cfg), 4)
+            sweep.append(row)
+    return {"n_head": N_HEAD, "d_head": D_HEAD, "cases": cases, "group_sweep": sweep,
             "accuracy": accuracy(tile=tile)}
 
 
@@ -153,6 +165,17 @@ def format_text(result):
         lines.append(f"{c['array']:>6} {c['mode']:>8} {c['T']:>5} {c['cycles']:>11,} "
                      f"{100 * c['utilization']:>5.1f}% {100 * mm:>7.1f}% "
                      f"{c['score_buffer_bytes']:>7,} {c['score_buffer_bytes_without_online']:>12,}")
+    sweep = result.get("group_sweep", [])
+    if sweep:
+        ts = sorted(int(k.split("_")[1]) for k in sweep[0] if k.startswith("prefill_"))
+        lines += ["", "prefill utilisation by block size (block_rows = group x rows)",
+                  f"{'array':>6} {'group':>5} {'rows':>5} " + " ".join(f"{'T=' + str(t):>7}"
+                                                                 for t in ts)
+                  + f" {'buf B':>8}"]
+        for r in sweep:
+            lines.append(f"{r['array']:>6} {r['group']:>5} {r['block_rows']:>5} "
+                         + " ".join(f"{100 * r[f'prefill_{t}']:>6.1f}%" for t in ts)
+                         + f" {r['score_buffer_bytes']:>8,}")
     lines += ["", "accuracy vs float64 softmax(QK^T/sqrt(d))V on the dequantised int8 "
               "Q, K, V (causal prefill; LSB = output scale)",
               f"{'T':>5} {'logit sd':>8} {'max LSB':>8} {'mean LSB':>9} {'max/range':>10} "

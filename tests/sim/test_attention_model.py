@@ -39,6 +39,18 @@ def test_benchmark_contract():
             4 * by[(a, "prefill", 1024)]["score_buffer_bytes"]
         assert by[(a, "decode", 128)]["cycles"] < by[(a, "decode", 1024)]["cycles"]
     assert "16x16" in bench.format_text(result)
+    # the block-size sweep: one row per array and group, from the cycle model
+    assert [(r["array"], r["group"]) for r in result["group_sweep"]] == [
+        (f"{n}x{n}", g) for n in bench.ARRAYS for g in bench.SWEEP_GROUPS]
+    for r in result["group_sweep"]:
+        n = int(r["array"].split("x")[0])
+        cfg = bench.config(n, group=r["group"])
+        assert r["block_rows"] == r["group"] * n
+        got = attention_cycles(cfg, bench.N_HEAD, bench.D_HEAD, 1024, 0).utilization(cfg)
+        assert r["prefill_1024"] == pytest.approx(got, abs=1e-4)
+    g4 = {r["array"]: r for r in result["group_sweep"] if r["group"] == 4}
+    assert all(g4[c["array"]]["prefill_1024"] == c["utilization"] for c in cases
+               if c["mode"] == "prefill" and c["T"] == 1024)
 
 
 def test_model_accounts_for_every_matmul_cycle():
