@@ -4,11 +4,12 @@
 
 Default run: every d_head in {16, 32, 64} and every n_head in {1, 2, 4, 12}
 appears at least once, with short sequences on a 4x4 array (tile = two
-column tiles, blocks of two row blocks), prefill (offset 0: row 0 sees one
+column tiles, blocks of four row blocks), prefill (offset 0: row 0 sees one
 key, so all-masked-but-one rows are always present) and decode, and the
 extreme score patterns of `attention_cases.KINDS` (all-equal, one dominant,
 saturating, growing / shrinking max, zero multiplier) spread over the heads.
-`-m slow`: T up to 128, d_head 64, 12 heads on an 8x8 array.
+`-m slow`: T up to 128, d_head 64, 12 heads on an 8x8 array (blocks of four
+array row blocks, tiles of 16 keys: diagonal tiles skip row blocks).
 
 Seeds are printed; GPT2ACCEL_SEED=<seed> replays a run.
 """
@@ -27,9 +28,9 @@ from gpt2accel.sim.attention_sim import simulate_attention
 from attention_cases import KINDS, head_case, run_seed
 
 SMALL = AttentionConfig(engine=EngineConfig(rows=4, cols=4, mem_bytes=16), tile=8, lanes=4,
-                        norm_lanes=4, max_d_head=64, max_seq=64, block_rows=8)
+                        norm_lanes=4, max_d_head=64, max_seq=64, block_rows=16)
 BIG = AttentionConfig(engine=EngineConfig(rows=8, cols=8, mem_bytes=32), tile=16, lanes=8,
-                      norm_lanes=4, max_d_head=64, max_seq=128, block_rows=16)
+                      norm_lanes=4, max_d_head=64, max_seq=128, block_rows=32)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def _chain(cfg, H, d, steps, seed, salt):
 
 def test_matrix_heads_and_dims(seed):
     """d_head 16 / 32 / 64 and n_head 1 / 2 / 4 / 12, prefill and decode, one simulation."""
-    _matrix(SMALL, [(4, 16, 8, 0),      # prefill, 4 heads: a whole block, key tiles 0..0
+    _matrix(SMALL, [(4, 16, 12, 0),     # prefill, 4 heads: tile 1 skips 2 array row blocks
                     (2, 32, 1, 11),     # decode at position 11 (two key tiles)
                     (1, 64, 5, 3),      # a partial block continuing a cache
                     (12, 16, 1, 6),     # decode, 12 heads
