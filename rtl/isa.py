@@ -29,7 +29,7 @@ from .attention import attention_command_layout
 from .attention_config import AttentionConfig
 from .matmul import command_layout
 
-__all__ = ["vector_layouts", "cfg_max_vector_n", "MAX_VECTOR_N", "INSTR_BITS", "OPCODE_BITS", "Op", "Error", "IsaError", "Rule", "kvstore_layout",
+__all__ = ["VECTOR_OPS", "vector_layouts", "cfg_max_vector_n", "MAX_VECTOR_N", "INSTR_BITS", "OPCODE_BITS", "Op", "Error", "IsaError", "Rule", "kvstore_layout",
            "body_layout", "rules", "instruction_layout", "encode", "decode", "check_fields",
            "legal_expr", "reserved_mask"]
 
@@ -46,6 +46,8 @@ class Op(enum.IntEnum):
     LAYERNORM = 4   #: rows of residual values (int16) -> int8, LayerNormUnit
     GELU = 5        #: load the 256-entry table, then int8 rows -> int8, GeluUnit
     RESADD = 6      #: x = sat(x + requant(raw int32 y, per-column mult/shift)), ResidualAdd
+    REQUANT = 7     #: dst = sat(requant(raw int32 y)) to resid_bits (LM head logits)
+    EMBED = 8       #: x = requant(wte[id]) + requant(wpe[pos]), EmbeddingAdd
     HALT = 15       #: end of program: `done` pulses, counters stop
 
 
@@ -81,6 +83,9 @@ def kvstore_layout(cfg: AttentionConfig):
     })
 
 
+#: the instructions the vector mover (rtl/vecmove.py) runs
+VECTOR_OPS = (Op.LAYERNORM, Op.GELU, Op.RESADD, Op.REQUANT, Op.EMBED)
+
 #: largest row (elements) a vector instruction moves; LayerNorm's limit (numerics §6.3)
 MAX_VECTOR_N = 2048
 
@@ -105,6 +110,15 @@ def vector_layouts(cfg: AttentionConfig):
         # dst may equal src (elements are read before they are written)
         Op.RESADD: data.StructLayout({**rows, "y_base": addr, "y_stride": addr,
                                       "q_base": addr}),
+        # RESADD with x = 0 (src unused): the requantised raw rows alone
+        Op.REQUANT: data.StructLayout({**rows, "y_base": addr, "y_stride": addr,
+                                       "q_base": addr}),
+        # src: token ids, uint32 each, element r at byte 4r; row r of the output is
+        # position pos0 + r; wte/wpe int8 rows (stride words) with one uint32
+        # (mult | shift << 16) per table row at *_q_base
+        Op.EMBED: data.StructLayout({**rows, "pos0": range(cfg.max_seq),
+                                     "wte_base": addr, "wte_stride": addr, "wte_q_base": addr,
+                                     "wpe_base": addr, "wpe_stride": addr, "wpe_q_base": addr}),
     }
 
 
@@ -115,7 +129,7 @@ def body_layout(cfg: AttentionConfig, op: Op):
         return attention_command_layout(cfg)
     if op == Op.KVSTORE:
         return kvstore_layout(cfg)
-    if op in (Op.LAYERNORM, Op.GELU, Op.RESADD):
+    if op in VECTOR_OPS:
         return vector_layouts(cfg)[op]
     if op == Op.HALT:
         return data.StructLayout({})
@@ -150,9 +164,12 @@ def rules(cfg: AttentionConfig, op: Op):
                 # K and V of a head start on a word: the mover reads whole words
                 Rule("d_head", mod=e.mem_bytes, why="mem_bytes (heads word-aligned)"),
                 Rule("pos0", hi=cfg.max_seq, plus="n_tok", why="max_seq (pos0 + n_tok)")]
-    if op in (Op.LAYERNORM, Op.GELU, Op.RESADD):
+    if op in VECTOR_OPS:
         # the mover's units are built for rows of at most max_vector_n elements
-        return [Rule("n", 1, cfg_max_vector_n(cfg), why="max_vector_n (vector unit row buffers)")]
+        r = [Rule("n", 1, cfg_max_vector_n(cfg), why="max_vector_n (vector unit row buffers)")]
+        if op == Op.EMBED:
+            r.append(Rule("pos0", hi=cfg.max_seq, plus="rows", why="max_seq (pos0 + rows)"))
+        return r
     if op == Op.HALT:
         return []
     raise IsaError(f"unknown opcode {op!r}")

@@ -5,7 +5,7 @@
                    ▲                                 ├─► AttentionEngine.cmd │
                    │                                 ├─► KVStore.cmd         ├─ owner mux ─► rd_req / rd_resp / wr
                    └──── unit's done ◄───────────────┴─► VectorMover.cmd     ─┘
-                                                         (LAYERNORM, GELU, RESADD; rtl/vecmove.py)
+                                                         (LAYERNORM, GELU, RESADD, REQUANT, EMBED; rtl/vecmove.py)
 ```
 
 - Instructions arrive on the ``instr`` stream (one `isa.INSTR_BITS` word per
@@ -33,7 +33,7 @@ from amaranth.lib.wiring import In, Out
 
 from .attention import AttentionEngine
 from .attention_config import AttentionConfig
-from .isa import (INSTR_BITS, OPCODE_BITS, Op, Error, body_layout, kvstore_layout,
+from .isa import (VECTOR_OPS, INSTR_BITS, OPCODE_BITS, Op, Error, body_layout, kvstore_layout,
                   legal_expr, reserved_mask)
 from .vecmove import VectorMover
 from .matmul import MatmulEngine, read_request_layout, read_response_layout, write_layout
@@ -180,7 +180,7 @@ class Machine(wiring.Component):
         m.submodules.kv = kv = KVStore(c)
         m.submodules.vec = vec = VectorMover(c, self.resid_bits)
         units = {Op.MATMUL: mm, Op.ATTENTION: attn, Op.KVSTORE: kv,
-                 Op.LAYERNORM: vec, Op.GELU: vec, Op.RESADD: vec}
+                 **{op: vec for op in VECTOR_OPS}}
         # the unit whose memory port a value of `owner` selects: one Case per unit
         owners = {}
         for op, u in units.items():

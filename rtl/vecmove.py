@@ -1,4 +1,4 @@
-"""Memory <-> stream movers for the vector units (LAYERNORM, GELU, RESADD instructions).
+"""Memory <-> stream movers for the vector units (LAYERNORM, GELU, RESADD, REQUANT, EMBED).
 
 The vector units (`GeluUnit`, `LayerNormUnit`, `ResidualAdd`) are stream
 units without memory access. `VectorMover` runs one vector instruction
@@ -7,7 +7,7 @@ units without memory access. `VectorMover` runs one vector instruction
 ```
  reader: per element, per operand slot: cached word? else rd_req -> rd_resp
          -> element bytes -> unit input beat (GELU table / LN setup+params first)
- unit:   GeluUnit(1) | LayerNormUnit(1) | requant + ResidualAdd(1)
+ unit:   GeluUnit(1) | LayerNormUnit(1) | requant + ResidualAdd(1) | EmbeddingAdd(1)
  writer: unit output beat -> strobed write of the element's bytes (own counters)
 ```
 
@@ -32,7 +32,7 @@ from .intarith import round_shift, saturate
 from .isa import Op, vector_layouts, cfg_max_vector_n
 from .layernorm import LayerNormUnit
 from .matmul import read_request_layout, read_response_layout, write_layout
-from .residual import ResidualAdd
+from .residual import EmbeddingAdd, ResidualAdd
 
 __all__ = ["VectorMover"]
 
@@ -41,7 +41,7 @@ RESID_BYTES, ACT_BYTES, RAW_BYTES, BETA_BYTES, Q_BYTES, GAMMA_BYTES = 2, 1, 4, 8
 
 
 class VectorMover(wiring.Component):
-    """Runs LAYERNORM / GELU / RESADD instructions; ``cmd`` carries the opcode and body bits.
+    """Runs LAYERNORM / GELU / RESADD / REQUANT / EMBED instructions; ``cmd`` carries the opcode and body bits.
 
     Ports: ``cmd`` (``op``: Op value, ``body``: the instruction body bits),
     the memory port, ``busy``, ``done`` (pulse after the last write), ``error``
@@ -74,12 +74,16 @@ class VectorMover(wiring.Component):
         m.submodules.gelu = gelu = GeluUnit(1)
         m.submodules.ln = ln = LayerNormUnit(1, in_bits=R, max_e=cfg_max_vector_n(c))
         m.submodules.add = add = ResidualAdd(1, R)
+        m.submodules.emb = emb = EmbeddingAdd(1, R)
 
         op = Signal(4)
         body = Signal(self.body_bits)
         views = {o: lay(body[:lay.size]) for o, lay in self.layouts.items()}
         ln_c, ge_c, ad_c = views[Op.LAYERNORM], views[Op.GELU], views[Op.RESADD]
-        is_ln, is_ge, is_ad = op == Op.LAYERNORM, op == Op.GELU, op == Op.RESADD
+        em_c = views[Op.EMBED]
+        is_ln, is_ge, is_em = op == Op.LAYERNORM, op == Op.GELU, op == Op.EMBED
+        is_rq = op == Op.REQUANT
+        is_ad = (op == Op.RESADD) | is_rq     # both use the requantiser and ResidualAdd
         rows = ln_c.rows           # the common fields sit at the same offsets in every body
         n = ln_c.n
         src_base, src_stride = ln_c.src_base, ln_c.src_stride
@@ -90,8 +94,8 @@ class VectorMover(wiring.Component):
         phase = Signal()
         r = Signal(range(e.max_m + 1))
         col = Signal(range(max(TABLE_SIZE, cfg_max_vector_n(c)) + 1))
-        slot = Signal(2)
-        NS = 3
+        NS = 5
+        slot = Signal(range(NS))
         cache_ok = Signal(NS)
         cache_addr = [Signal(e.addr_bits, name=f"cache_addr{s}") for s in range(NS)]
         cache_word = [Signal(8 * MB, name=f"cache_word{s}") for s in range(NS)]
@@ -108,6 +112,10 @@ class VectorMover(wiring.Component):
         a_x8, o_x8 = elem_addr(src_base, src_stride, r, ACT_BYTES)
         a_y, o_y = elem_addr(ad_c.y_base, ad_c.y_stride, r, RAW_BYTES)
         a_q, o_q = elem_addr(ad_c.q_base, 0, 0, Q_BYTES)
+        # EMBED: the token id (slot 0) selects the wte row (slots 1, 2)
+        pos = em_c.pos0 + r
+        a_id, o_id = em_c.src_base + (r * Q_BYTES) // MB, (r * Q_BYTES) % MB
+        tok_id = Signal(32)
         slot_addr = [Signal(e.addr_bits, name=f"slot_addr{s}") for s in range(NS)]
         slot_off = [Signal(range(MB), name=f"slot_off{s}") for s in range(NS)]
         slot_used = Signal(NS)
@@ -124,12 +132,25 @@ class VectorMover(wiring.Component):
                 m.d.comb += [slot_addr[0].eq(a_x16), slot_off[0].eq(o_x16), slot_used.eq(0b001)]
             with m.If(is_ad):
                 m.d.comb += [slot_addr[1].eq(a_y), slot_off[1].eq(o_y),
-                             slot_addr[2].eq(a_q), slot_off[2].eq(o_q), slot_used.eq(0b111)]
+                             slot_addr[2].eq(a_q), slot_off[2].eq(o_q),
+                             slot_used.eq(Mux(is_rq, 0b00110, 0b00111))]
+            with m.If(is_em):
+                m.d.comb += [slot_addr[0].eq(a_id), slot_off[0].eq(o_id),
+                             slot_addr[1].eq(em_c.wte_base + tok_id * em_c.wte_stride + col // MB),
+                             slot_off[1].eq(col % MB),
+                             slot_addr[2].eq(em_c.wte_q_base + (tok_id * Q_BYTES) // MB),
+                             slot_off[2].eq((tok_id * Q_BYTES) % MB),
+                             slot_addr[3].eq(em_c.wpe_base + pos * em_c.wpe_stride + col // MB),
+                             slot_off[3].eq(col % MB),
+                             slot_addr[4].eq(em_c.wpe_q_base + (pos * Q_BYTES) // MB),
+                             slot_off[4].eq((pos * Q_BYTES) % MB),
+                             slot_used.eq(0b11111)]
 
         def field(s, size):
             """The element of `size` bytes at slot s's byte offset, as raw bits."""
             return (cache_word[s] >> (slot_off[s] * 8))[:8 * size]
 
+        m.d.comb += tok_id.eq(field(0, Q_BYTES))
         cur_addr = Signal(e.addr_bits)
         cur_ok = Signal()
         cur_used = Signal()
@@ -153,7 +174,13 @@ class VectorMover(wiring.Component):
             ln.param.payload.gamma[0].eq(field(0, GAMMA_BYTES)),
             ln.param.payload.beta[0].eq(field(1, BETA_BYTES)[:48]),
             ln.inp.payload.x[0].eq(x16), ln.inp.payload.last.eq(last_col),
-            add.a.payload.x[0].eq(x16), add.a.payload.last.eq(last_col),
+            add.a.payload.x[0].eq(Mux(is_rq, 0, x16)), add.a.payload.last.eq(last_col),
+            emb.tok.payload.x[0].eq(field(1, ACT_BYTES)), emb.tok.payload.last.eq(last_col),
+            emb.tok.payload.mult.eq(field(2, Q_BYTES)[:16]),
+            emb.tok.payload.shift.eq(field(2, Q_BYTES)[16:22]),
+            emb.pos.payload.x[0].eq(field(3, ACT_BYTES)), emb.pos.payload.last.eq(last_col),
+            emb.pos.payload.mult.eq(field(4, Q_BYTES)[:16]),
+            emb.pos.payload.shift.eq(field(4, Q_BYTES)[16:22]),
             add.b.payload.x[0].eq(y_req), add.b.payload.last.eq(last_col),
         ]
         emit_ready = Signal()
@@ -163,25 +190,30 @@ class VectorMover(wiring.Component):
                          ln.param.valid.eq(emit & is_ln), gelu.load.valid.eq(emit & is_ge)]
         with m.Else():
             m.d.comb += [emit_ready.eq(Mux(is_ln, ln.inp.ready,
-                                           Mux(is_ge, gelu.inp.ready, add.a.ready))),
+                                           Mux(is_ge, gelu.inp.ready,
+                                               Mux(is_em, emb.tok.ready, add.a.ready)))),
                          ln.inp.valid.eq(emit & is_ln), gelu.inp.valid.eq(emit & is_ge),
-                         add.a.valid.eq(emit & is_ad), add.b.valid.eq(emit & is_ad)]
+                         add.a.valid.eq(emit & is_ad), add.b.valid.eq(emit & is_ad),
+                         emb.tok.valid.eq(emit & is_em), emb.pos.valid.eq(emit & is_em)]
         pre_n = Mux(is_ge, TABLE_SIZE, n)
 
         # ---------------- writer ----------------
         wr_r = Signal.like(r)
         wr_col = Signal.like(col)
-        out_size = Mux(is_ad, RESID_BYTES, ACT_BYTES)
+        wide = is_ad | is_em                  # int16 residual-width outputs
+        out_size = Mux(wide, RESID_BYTES, ACT_BYTES)
         wbyte = wr_col * out_size
-        out_valid = Mux(is_ln, ln.out.valid, Mux(is_ge, gelu.out.valid, add.out.valid))
+        out_valid = Mux(is_ln, ln.out.valid, Mux(is_ge, gelu.out.valid,
+                                                 Mux(is_em, emb.out.valid, add.out.valid)))
         out_data = Mux(is_ln, ln.out.payload.y[0].as_unsigned(),
                        Mux(is_ge, gelu.out.payload.y[0].as_unsigned(),
-                           add.out.payload.x[0].as_unsigned()))
+                           Mux(is_em, emb.out.payload.x[0].as_unsigned(),
+                               add.out.payload.x[0].as_unsigned())))
         off = Signal(range(MB))
         m.d.comb += [off.eq(wbyte % MB),
                      self.wr.payload.addr.eq(dst_base + wr_r * dst_stride + wbyte // MB),
                      self.wr.payload.data.eq(out_data[:16] << (off * 8)),
-                     self.wr.payload.strb.eq(Mux(is_ad, 0b11, 0b1) << off)]
+                     self.wr.payload.strb.eq(Mux(wide, 0b11, 0b1) << off)]
         writing = Signal()
         done = Signal()
         m.d.sync += done.eq(0)
@@ -189,7 +221,8 @@ class VectorMover(wiring.Component):
                      self.wr.valid.eq(writing & out_valid),
                      ln.out.ready.eq(writing & is_ln & self.wr.ready),
                      gelu.out.ready.eq(writing & is_ge & self.wr.ready),
-                     add.out.ready.eq(writing & is_ad & self.wr.ready)]
+                     add.out.ready.eq(writing & is_ad & self.wr.ready),
+                     emb.out.ready.eq(writing & is_em & self.wr.ready)]
         with m.If(self.wr.valid & self.wr.ready):
             m.d.sync += wr_col.eq(wr_col + 1)
             with m.If(wr_col == n - 1):
@@ -209,7 +242,7 @@ class VectorMover(wiring.Component):
                                  wr_r.eq(0), wr_col.eq(0), writing.eq(1), busy.eq(1)]
                     with m.If(self.cmd.payload.op == Op.LAYERNORM):
                         m.next = "SETUP"
-                    with m.Elif(self.cmd.payload.op == Op.RESADD):
+                    with m.Elif(self.cmd.payload.op != Op.GELU):     # no table/params
                         m.d.sync += phase.eq(1)
                         m.next = "FETCH"
                     with m.Else():

@@ -35,12 +35,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpt2accel.rtl.attention_config import AttentionConfig
-from gpt2accel.rtl.isa import Op, encode, IsaError
+from gpt2accel.rtl.isa import Op, encode, IsaError, cfg_max_vector_n
 from gpt2accel.rtl.vecmove import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES,
                                    RESID_BYTES)
 from .matmul_layout import pack_params, pack_w
 
-__all__ = ["CompileError", "BlockCompiler", "Region"]
+__all__ = ["CompileError", "BlockCompiler", "ModelCompiler", "Region"]
 
 
 class CompileError(ValueError):
@@ -61,6 +61,12 @@ def _rows(e, x, size, stride=None):
     return buf.reshape(t * stride, e.mem_bytes)
 
 
+def _qwords(e, mult, shift):
+    """One uint32 (mult | shift << 16) per column / table row, packed as a row."""
+    q = np.asarray(mult, np.int64) | np.asarray(shift, np.int64) << 16
+    return _rows(e, q[None], Q_BYTES)
+
+
 @dataclass(frozen=True)
 class Region:
     base: int
@@ -68,19 +74,20 @@ class Region:
     stride: int = 0          # words per row, for activation buffers
 
 
-class BlockCompiler:
-    def __init__(self, cfg: AttentionConfig, qmodel, layer, max_tokens, mem_words):
-        self.cfg, self.q, self.layer = cfg, qmodel, layer
+class _Compiler:
+    """Memory map and programs for `layers` of `qmodel`, with the embedding add,
+    ln_f and the LM head when `head` (see `BlockCompiler`, `ModelCompiler`)."""
+
+    def __init__(self, cfg: AttentionConfig, qmodel, layers, head, max_tokens, mem_words):
+        self.cfg, self.q, self.layers, self.head = cfg, qmodel, list(layers), head
         e = cfg.engine
         self.e = e
         mc = qmodel.config
         E, H = mc.n_embd, mc.n_head
         D = E // H
-        self.E, self.H, self.D = E, H, D
+        self.E, self.H, self.D, self.V = E, H, D, mc.vocab_size
         self.max_tokens, self.mem_words = max_tokens, mem_words
         self.n_pos = mc.n_positions
-        blk = qmodel.blocks[layer]
-        self.blk = blk
 
         def need(ok, what):
             if not ok:
@@ -97,17 +104,32 @@ class BlockCompiler:
         need(self.n_pos <= cfg.max_seq, f"n_positions {self.n_pos} exceeds max_seq {cfg.max_seq}")
         self.rb = qmodel.resid_bits
         need(self.rb <= 8 * RESID_BYTES, f"resid_bits {self.rb} exceeds the int16 residual rows")
-        self.lins = {"c_attn": blk.attn_qkv, "attn.c_proj": blk.attn_proj, "c_fc": blk.fc,
-                     "mlp.c_proj": blk.fc_proj}
+        self.lins = {}
+        for i in self.layers:
+            blk = qmodel.blocks[i]
+            self.lins.update({f"h{i}.c_attn": blk.attn_qkv, f"h{i}.attn.c_proj": blk.attn_proj,
+                              f"h{i}.c_fc": blk.fc, f"h{i}.mlp.c_proj": blk.fc_proj})
+        if head:
+            # REQUANT saturates to the residual width: the logits must have it
+            need(qmodel.logit_bits == self.rb,
+                 f"logit_bits {qmodel.logit_bits} != resid_bits {self.rb} (REQUANT's output)")
+            from gpt2accel.model.quant import QLinear
+            self.lins["lm_head"] = QLinear(np.asarray(qmodel.wte).T, np.zeros(self.V, np.int64),
+                                           np.asarray(qmodel.lm_mult), np.asarray(qmodel.lm_shift),
+                                           qmodel.logit_bits)
         for name, lin in self.lins.items():
             K, N = lin.w.shape
             need(K <= e.max_k, f"{name}: K = {K} exceeds max_k {e.max_k}")
             need(N <= e.max_n, f"{name}: N = {N} exceeds max_n {e.max_n}")
             # int8 outputs come from the engine's requantiser; residual-width outputs
-            # are taken raw and requantised by RESADD
+            # are taken raw and requantised by RESADD / REQUANT
             need(lin.out_bits in (e.out_bits, self.rb),
                  f"{name}: output width {lin.out_bits} is neither engine out_bits "
                  f"{e.out_bits} nor resid_bits {self.rb}")
+            if lin.out_bits != e.out_bits:
+                need(N <= cfg_max_vector_n(cfg),
+                     f"{name}: N = {N} exceeds the vector row limit max_vector_n "
+                     f"{cfg_max_vector_n(cfg)}")
 
         # ---------------- memory map ----------------
         self.regions, self._blobs, top = {}, [], 0
@@ -129,26 +151,47 @@ class BlockCompiler:
             p = pack_params(e, lin.b, lin.mult, lin.shift, lin.w.shape[1])
             alloc(f"{name}.p", len(p), blob=p)
             if lin.out_bits != e.out_bits:        # RESADD's per-column requantiser words
-                q = _rows(e, (lin.mult.astype(np.int64) | lin.shift.astype(np.int64) << 16)[None],
-                          Q_BYTES)
+                q = _qwords(e, lin.mult, lin.shift)
                 alloc(f"{name}.q", len(q), blob=q)
-        for name, ln in (("ln_1", blk.ln_1), ("ln_2", blk.ln_2)):
+        lns = [(f"h{i}.{n}", getattr(qmodel.blocks[i], n)) for i in self.layers
+               for n in ("ln_1", "ln_2")]
+        if head:
+            lns.append(("ln_f", qmodel.ln_f))
+        for name, ln in lns:
             g = _rows(e, ln.gamma[None], GAMMA_BYTES)
             alloc(f"{name}.gamma", len(g), blob=g)
             b = _rows(e, ln.beta[None], BETA_BYTES)
             alloc(f"{name}.beta", len(b), blob=b)
-        t = _rows(e, np.asarray(blk.gelu_table)[None], ACT_BYTES)
-        alloc("gelu.table", len(t), blob=t)
-        for name, n, size in (("x", E, RESID_BYTES), ("ln_1_out", E, 1), ("qkv", 3 * E, 1),
-                              ("attn", E, 1), ("proj_raw", E, RAW_BYTES),
-                              ("ln_2_out", E, 1), ("fc", 4 * E, 1), ("gelu", 4 * E, 1)):
+        for i in self.layers:
+            t = _rows(e, np.asarray(qmodel.blocks[i].gelu_table)[None], ACT_BYTES)
+            alloc(f"h{i}.gelu.table", len(t), blob=t)
+        if head:
+            for name, tab, mult, shift in (("wte", qmodel.wte, qmodel.wte_mult, qmodel.wte_shift),
+                                           ("wpe", qmodel.wpe, qmodel.wpe_mult, qmodel.wpe_shift)):
+                rows = _rows(e, tab, ACT_BYTES)
+                alloc(name, len(rows), _cdiv(E, e.mem_bytes), blob=rows)
+                q = _qwords(e, mult, shift)
+                alloc(f"{name}.q", len(q), blob=q)
+        bufs = [("x", E, RESID_BYTES), ("ln_1_out", E, 1), ("qkv", 3 * E, 1),
+                ("attn", E, 1), ("proj_raw", E, RAW_BYTES),
+                ("ln_2_out", E, 1), ("fc", 4 * E, 1), ("gelu", 4 * E, 1)]
+        if head:
+            bufs += [("ln_f_out", E, 1), ("logits_raw", self.V, RAW_BYTES),
+                     ("logits", self.V, RESID_BYTES)]
+        for name, n, size in bufs:
             stride = _cdiv(n * size, e.mem_bytes)    # int8 rows: = a_words_per_row
+            if size == RAW_BYTES:
+                stride = max(stride, e.out_row_words(n, True))
             alloc(name, max_tokens * stride, stride)
-        self.sizes = {"x": RESID_BYTES, "proj_raw": RAW_BYTES}
+        if head:                                     # token ids, uint32 each
+            alloc("ids", _cdiv(max_tokens * Q_BYTES, e.mem_bytes))
+        self.sizes = {"x": RESID_BYTES, "proj_raw": RAW_BYTES, "logits_raw": RAW_BYTES,
+                      "logits": RESID_BYTES}
         self.n_tiles = _cdiv(self.n_pos, cfg.tile)
         self.kts, self.vts = cfg.k_tile_words(D), cfg.v_tile_words(D)
-        alloc("k_cache", H * self.n_tiles * self.kts)
-        alloc("v_cache", H * self.n_tiles * self.vts)
+        for i in self.layers:
+            alloc(f"h{i}.k_cache", H * self.n_tiles * self.kts)
+            alloc(f"h{i}.v_cache", H * self.n_tiles * self.vts)
         self.end = top
         need(top <= mem_words, f"memory map needs {top} words, memory size is {mem_words}")
         need(mem_words <= 1 << e.addr_bits,
@@ -189,59 +232,94 @@ class BlockCompiler:
                                 out_base=ro.base, out_stride=ro.stride, a_signed=1,
                                 raw_out=raw))
 
+    def _block_ops(self, i, t, pos):
+        E, D, H = self.E, self.D, self.H
+        blk = self.q.blocks[i]
+        reg = self.regions
+        qkv, kc, vc = reg["qkv"], reg[f"h{i}.k_cache"], reg[f"h{i}.v_cache"]
+        att = blk.attn
+        x, raw = reg["x"], reg["proj_raw"]
+        fc, gl = reg["fc"], reg["gelu"]
+
+        def resadd(name):
+            return (Op.RESADD, dict(
+                rows=t, n=E, src_base=x.base, src_stride=x.stride, dst_base=x.base,
+                dst_stride=x.stride, y_base=raw.base, y_stride=raw.stride,
+                q_base=reg[f"{name}.q"].base))
+
+        cache = dict(k_base=kc.base, k_tile_stride=self.kts, k_head_stride=self.n_tiles * self.kts,
+                     v_base=vc.base, v_tile_stride=self.vts, v_head_stride=self.n_tiles * self.vts)
+        return [
+            self._ln(f"h{i}.ln_1", blk.ln_1, "x", "ln_1_out", t),
+            self._matmul(f"h{i}.c_attn", "ln_1_out", "qkv", t),
+            (Op.KVSTORE, dict(n_tok=t, pos0=pos, n_head=H, d_head=D,
+                              src_base=qkv.base, src_stride=qkv.stride, **cache)),
+            (Op.ATTENTION, dict(n_head=H, d_head=D, tq=t, offset=pos,
+                                q_base=qkv.base, q_row_stride=qkv.stride,
+                                q_head_stride=D // self.e.mem_bytes, **cache,
+                                out_base=reg["attn"].base, out_stride=reg["attn"].stride,
+                                scratch_base=reg["scratch"].base,
+                                score_mult=att.score_mult, score_shift=att.score_shift,
+                                out_mult=att.out_mult, out_shift=att.out_shift)),
+            self._matmul(f"h{i}.attn.c_proj", "attn", "proj_raw", t),
+            resadd(f"h{i}.attn.c_proj"),
+            self._ln(f"h{i}.ln_2", blk.ln_2, "x", "ln_2_out", t),
+            self._matmul(f"h{i}.c_fc", "ln_2_out", "fc", t),
+            (Op.GELU, dict(rows=t, n=4 * E, src_base=fc.base, src_stride=fc.stride,
+                           dst_base=gl.base, dst_stride=gl.stride,
+                           table_base=reg[f"h{i}.gelu.table"].base)),
+            self._matmul(f"h{i}.mlp.c_proj", "gelu", "proj_raw", t),
+            resadd(f"h{i}.mlp.c_proj"),
+        ]
+
+    def _ln(self, name, q, src, dst, t):
+        reg = self.regions
+        return (Op.LAYERNORM, dict(
+            rows=t, n=self.E, src_base=reg[src].base, src_stride=reg[src].stride,
+            dst_base=reg[dst].base, dst_stride=reg[dst].stride,
+            gamma_base=reg[f"{name}.gamma"].base, beta_base=reg[f"{name}.beta"].base,
+            out_shift=q.out_shift, eps_m=q.eps_m, eps_e=q.eps_e))
+
     def ops(self, t, pos):
         """The program as (Op, fields) pairs for t tokens at positions pos .. pos+t-1."""
         if not 1 <= t <= self.max_tokens:
             raise CompileError(f"T = {t} tokens outside 1..max_tokens {self.max_tokens}")
         if pos + t > self.n_pos:
             raise CompileError(f"positions up to {pos + t} exceed n_positions {self.n_pos}")
-        E, D, H = self.E, self.D, self.H
-        qkv, kc, vc = self.regions["qkv"], self.regions["k_cache"], self.regions["v_cache"]
-        att = self.blk.attn
-        ln = lambda name, q, src, dst: (Op.LAYERNORM, dict(
-            rows=t, n=E, src_base=self.regions[src].base, src_stride=self.regions[src].stride,
-            dst_base=self.regions[dst].base, dst_stride=self.regions[dst].stride,
-            gamma_base=self.regions[f"{name}.gamma"].base,
-            beta_base=self.regions[f"{name}.beta"].base,
-            out_shift=q.out_shift, eps_m=q.eps_m, eps_e=q.eps_e))
-        x, raw = self.regions["x"], self.regions["proj_raw"]
-        resadd = lambda name: (Op.RESADD, dict(
-            rows=t, n=E, src_base=x.base, src_stride=x.stride, dst_base=x.base,
-            dst_stride=x.stride, y_base=raw.base, y_stride=raw.stride,
-            q_base=self.regions[f"{name}.q"].base))
-        fc, gl = self.regions["fc"], self.regions["gelu"]
-        return [
-            ln("ln_1", self.blk.ln_1, "x", "ln_1_out"),
-            self._matmul("c_attn", "ln_1_out", "qkv", t),
-            (Op.KVSTORE, dict(n_tok=t, pos0=pos, n_head=H, d_head=D,
-                              src_base=qkv.base, src_stride=qkv.stride,
-                              k_base=kc.base, k_tile_stride=self.kts,
-                              k_head_stride=self.n_tiles * self.kts,
-                              v_base=vc.base, v_tile_stride=self.vts,
-                              v_head_stride=self.n_tiles * self.vts)),
-            (Op.ATTENTION, dict(n_head=H, d_head=D, tq=t, offset=pos,
-                                q_base=qkv.base, q_row_stride=qkv.stride,
-                                q_head_stride=D // self.e.mem_bytes,
-                                k_base=kc.base, k_tile_stride=self.kts,
-                                k_head_stride=self.n_tiles * self.kts,
-                                v_base=vc.base, v_tile_stride=self.vts,
-                                v_head_stride=self.n_tiles * self.vts,
-                                out_base=self.regions["attn"].base,
-                                out_stride=self.regions["attn"].stride,
-                                scratch_base=self.regions["scratch"].base,
-                                score_mult=att.score_mult, score_shift=att.score_shift,
-                                out_mult=att.out_mult, out_shift=att.out_shift)),
-            self._matmul("attn.c_proj", "attn", "proj_raw", t),
-            resadd("attn.c_proj"),
-            ln("ln_2", self.blk.ln_2, "x", "ln_2_out"),
-            self._matmul("c_fc", "ln_2_out", "fc", t),
-            (Op.GELU, dict(rows=t, n=4 * E, src_base=fc.base, src_stride=fc.stride,
-                           dst_base=gl.base, dst_stride=gl.stride,
-                           table_base=self.regions["gelu.table"].base)),
-            self._matmul("mlp.c_proj", "gelu", "proj_raw", t),
-            resadd("mlp.c_proj"),
-            (Op.HALT, {}),
-        ]
+        reg = self.regions
+        prog = []
+        if self.head:
+            x = reg["x"]
+            prog.append((Op.EMBED, dict(
+                rows=t, n=self.E, src_base=reg["ids"].base, src_stride=0,
+                dst_base=x.base, dst_stride=x.stride, pos0=pos,
+                wte_base=reg["wte"].base, wte_stride=reg["wte"].stride,
+                wte_q_base=reg["wte.q"].base, wpe_base=reg["wpe"].base,
+                wpe_stride=reg["wpe"].stride, wpe_q_base=reg["wpe.q"].base)))
+        for i in self.layers:
+            prog += self._block_ops(i, t, pos)
+        if self.head:
+            lr = reg["logits_raw"]
+            prog += [self._ln("ln_f", self.q.ln_f, "x", "ln_f_out", t),
+                     self._matmul("lm_head", "ln_f_out", "logits_raw", t),
+                     (Op.REQUANT, dict(rows=t, n=self.V, src_base=0, src_stride=0,
+                                       dst_base=reg["logits"].base,
+                                       dst_stride=reg["logits"].stride,
+                                       y_base=lr.base, y_stride=lr.stride,
+                                       q_base=reg["lm_head.q"].base))]
+        return prog + [(Op.HALT, {})]
+
+    def write_ids(self, mem, ids):
+        """Host write of the new tokens' ids (whole-model programs)."""
+        ids = np.asarray(ids, np.int64)
+        if len(ids) > self.max_tokens:
+            raise CompileError(f"{len(ids)} tokens exceed max_tokens {self.max_tokens}")
+        if ids.min() < 0 or ids.max() >= self.V:
+            raise CompileError(f"token ids must be in 0..{self.V - 1}")
+        r = self.regions["ids"]
+        flat = np.zeros(r.words * self.e.mem_bytes, np.uint8)
+        flat[:len(ids) * Q_BYTES] = ids.astype("<u4").view(np.uint8)
+        mem[r.base:r.base + r.words] = flat.reshape(r.words, self.e.mem_bytes)
 
     def program(self, t, pos):
         """Instruction words; an instruction the ISA refuses becomes a `CompileError`."""
@@ -252,3 +330,20 @@ class BlockCompiler:
             except IsaError as exc:
                 raise CompileError(f"instruction {len(words)} ({op.name}): {exc}") from exc
         return words
+
+
+class BlockCompiler(_Compiler):
+    """One block (`layer`): the host writes the block's input residual rows "x"."""
+
+    def __init__(self, cfg, qmodel, layer, max_tokens, mem_words):
+        super().__init__(cfg, qmodel, [layer], False, max_tokens, mem_words)
+        self.layer = layer
+
+
+class ModelCompiler(_Compiler):
+    """The whole model: EMBED, every block, ln_f, LM head (raw matmul against wteᵀ
+    + REQUANT to the logit width). The host writes the token ids (`write_ids`);
+    the int16 logits are left in region "logits" [T, vocab]."""
+
+    def __init__(self, cfg, qmodel, max_tokens, mem_words):
+        super().__init__(cfg, qmodel, range(qmodel.config.n_layer), True, max_tokens, mem_words)

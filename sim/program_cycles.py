@@ -14,20 +14,24 @@ Per unit (reference memory: requests always accepted, responses after
 - MATMUL: `matmul_cycles`; ATTENTION: `attention_cycles` (the engines' models);
 - KVSTORE: per source word one read, the response L cycles later, then one
   write per byte: (L + mem_bytes + 1) per word, + 1 for the done pulse;
-- LAYERNORM / GELU / RESADD: `vector_cycles` replays the mover's reader
-  (per element and operand slot: one cycle on a cache hit, L + 2 on a miss,
+- LAYERNORM / GELU / RESADD / REQUANT / EMBED: `vector_cycles` replays the
+  mover's reader (per element and each of its 5 operand slots: one cycle
+  if unused or a cache hit, L + 2 on a miss,
   then one EMIT cycle) and the unit's output timing (`units_cycles`), and
   ends one cycle after the writer's last write.
 """
 from gpt2accel.rtl.gelu import GeluUnit, TABLE_SIZE
-from gpt2accel.rtl.isa import Op, decode
+from gpt2accel.rtl.isa import VECTOR_OPS, Op, decode
 from gpt2accel.rtl.layernorm import PASS_B_LATENCY, PASS_C_LATENCY, ROW_STATS_LATENCY, RowRoot
-from gpt2accel.rtl.residual import ResidualAdd
+from gpt2accel.rtl.residual import EmbeddingAdd, ResidualAdd
 from gpt2accel.rtl.vecmove import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES,
                                    RESID_BYTES)
 from .attention_cycles import attention_cycles
 from .matmul_cycles import matmul_cycles
 from .matmul_sim import REF_MEM_LATENCY
+
+#: operand slots of the vector mover's reader (rtl/vecmove.py)
+NS = 5
 
 __all__ = ["PER_INSTRUCTION", "unit_cycles", "vector_cycles", "kvstore_cycles",
            "program_cycles"]
@@ -69,11 +73,12 @@ def _ln_out_cycles(row_inputs):
     return out
 
 
-def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY):
-    """Cycles from accept to done of one LAYERNORM / GELU / RESADD (stall-free)."""
+def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
+    """Cycles from accept to done of one vector instruction (stall-free). EMBED's
+    reads depend on the token ids, read from `mem` (the memory image)."""
     mb = cfg.engine.mem_bytes
     n, rows = f["n"], f["rows"]
-    cache = [None, None, None]
+    cache = [None] * NS
     t = 1                                          # cycle after the accept
     if op == Op.LAYERNORM:
         t += 1                                     # SETUP beat
@@ -81,7 +86,7 @@ def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY):
     def element(addrs):
         """Advance the reader over one element's slots and its EMIT; return the EMIT cycle."""
         nonlocal t
-        for s in range(3):
+        for s in range(NS):
             a = addrs[s] if s < len(addrs) else None
             if a is not None and cache[s] != a:
                 cache[s] = a
@@ -108,21 +113,34 @@ def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY):
                 addrs = [at(f["src_base"], f["src_stride"], r, c, ACT_BYTES)]
             elif op == Op.LAYERNORM:
                 addrs = [at(f["src_base"], f["src_stride"], r, c, RESID_BYTES)]
-            else:
-                addrs = [at(f["src_base"], f["src_stride"], r, c, RESID_BYTES),
+            elif op in (Op.RESADD, Op.REQUANT):
+                addrs = [at(f["src_base"], f["src_stride"], r, c, RESID_BYTES)
+                         if op == Op.RESADD else None,
                          at(f["y_base"], f["y_stride"], r, c, RAW_BYTES),
                          at(f["q_base"], 0, 0, c, Q_BYTES)]
+            else:
+                if mem is None:
+                    raise ValueError("EMBED cycles depend on the token ids: pass mem")
+                a_id = at(f["src_base"], 0, 0, r, Q_BYTES)
+                b = (r * Q_BYTES) % mb
+                tok = int.from_bytes(bytes(mem[a_id][b:b + Q_BYTES]), "little")
+                p = f["pos0"] + r
+                addrs = [a_id, at(f["wte_base"], f["wte_stride"], tok, c, ACT_BYTES),
+                         at(f["wte_q_base"], 0, 0, tok, Q_BYTES),
+                         at(f["wpe_base"], f["wpe_stride"], p, c, ACT_BYTES),
+                         at(f["wpe_q_base"], 0, 0, p, Q_BYTES)]
             row.append(element(addrs))
         ins.append(row)
     if op == Op.LAYERNORM:
         last_write = _ln_out_cycles(ins)[-1]
     else:
-        lat = GeluUnit.latency if op == Op.GELU else ResidualAdd.latency
+        lat = {Op.GELU: GeluUnit.latency, Op.EMBED: EmbeddingAdd.latency}.get(
+            op, ResidualAdd.latency)
         last_write = ins[-1][-1] + lat
     return last_write + 1
 
 
-def unit_cycles(cfg, op, f, latency=REF_MEM_LATENCY):
+def unit_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
     """A unit's cycles from command accept to done for instruction (op, fields)."""
     if op == Op.MATMUL:
         return matmul_cycles(cfg.engine, f["m"], f["k"], f["n"], bool(f["raw_out"]),
@@ -132,21 +150,22 @@ def unit_cycles(cfg, op, f, latency=REF_MEM_LATENCY):
                                 latency).cycles
     if op == Op.KVSTORE:
         return kvstore_cycles(cfg, f, latency)
-    if op in (Op.LAYERNORM, Op.GELU, Op.RESADD):
-        return vector_cycles(cfg, op, f, latency)
+    if op in VECTOR_OPS:
+        return vector_cycles(cfg, op, f, latency, mem)
     raise ValueError(f"{op!r} has no unit")
 
 
-def program_cycles(cfg, words, latency=REF_MEM_LATENCY):
+def program_cycles(cfg, words, latency=REF_MEM_LATENCY, mem=None):
     """(total, [(op, unit cycles)]) of a legal program ending in HALT: total is what
-    the machine's ``cycles`` status reads at ``done``."""
+    the machine's ``cycles`` status reads at ``done``. `mem` (the memory image
+    when the program starts) is needed for EMBED (its reads follow the token ids)."""
     per = []
     total = 0
     for w in words:
         op, f = decode(cfg, w)
         if op == Op.HALT:
             return total + 2, per
-        u = unit_cycles(cfg, op, f, latency)
+        u = unit_cycles(cfg, op, f, latency, mem)
         per.append((op, u))
         total += u + PER_INSTRUCTION
     raise ValueError("program has no HALT")

@@ -95,3 +95,18 @@ def test_program_limits(qmodel):
         comp.program(2, 15)
     with pytest.raises(CompileError, match="rows exceed max_tokens"):
         comp.write_rows(comp.image(), "ln_1_out", np.zeros((9, 32), np.int8))
+
+
+def test_model_compiler_limits(qmodel):
+    from gpt2accel.sim.compiler import ModelCompiler
+    comp = ModelCompiler(CFG, qmodel, max_tokens=4, mem_words=8192)
+    ops = [op for op, _ in comp.ops(2, 0)]
+    assert ops[0] == Op.EMBED and ops[-4:-1] == [Op.LAYERNORM, Op.MATMUL, Op.REQUANT]
+    assert ops[-1] == Op.HALT and ops.count(Op.ATTENTION) == qmodel.config.n_layer
+    with pytest.raises(CompileError, match=r"token ids must be in 0..39"):
+        comp.write_ids(comp.image(), [3, 40])
+    cfg = AttentionConfig(engine=EngineConfig(rows=4, cols=4, max_k=128, max_m=16, max_n=32,
+                                              addr_bits=16),
+                          tile=4, lanes=2, norm_lanes=2, max_d_head=16, max_seq=16)
+    with pytest.raises(CompileError, match="N = 96 exceeds max_n 32"):
+        ModelCompiler(cfg, qmodel, max_tokens=4, mem_words=8192)
