@@ -22,7 +22,10 @@ read channel of the memory port; the controller only writes (P rows and
 outputs). The engine runs S_0, S_1, PV_0, S_2, PV_1, ...: the softmax of tile
 j overlaps S_{j+1}, so while the softmax is shorter than a matmul command
 the engine never waits; a block's normalisation overlaps the next block's
-first S commands. Every buffer has a size fixed by the configuration
+first S commands. On diagonal tiles the S and PV commands skip the whole
+array row blocks whose queries all precede the tile's first key, and S
+stops at the block's last query, so large blocks waste few MACs on masked
+keys. Every buffer has a size fixed by the configuration
 (two S tiles, two P tiles, one block of O): nothing grows with the sequence
 length except the KV cache. `sim/attention_cycles.py` reproduces the timing.
 """

@@ -8,7 +8,9 @@ against the RTL; the benchmark uses it for GPT-2-sized shapes.
 Cycle 0 is the command accept; then one setup cycle per head. Per row block
 of `rows` queries the command sequencer issues the matmul commands S_0, S_1,
 PV_0, S_2, PV_1, ... (one DECIDE cycle, then the command, accepted at once,
-`matmul_cycles` until its done pulse). The softmax of tile j starts the
+`matmul_cycles` until its done pulse; a diagonal tile's commands cover
+only the rows below `_skipped_rows` and S only the keys up to the block's
+last query). The softmax of tile j starts the
 cycle after S_j is done (or after the previous softmax), reads its first S
 word 2 cycles later, streams rows_b * ceil(tile/lanes) beats, and finishes
 `SoftmaxUnit.latency` + ceil(tile/lanes) cycles after its last beat; PV_j is
