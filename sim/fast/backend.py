@@ -1,0 +1,166 @@
+"""The Verilated `Machine` behind a C++ memory model, driven one program per call.
+
+`FastMachine(cfg, mem_words)` compiles (or loads from the cache) the model
+and its harness (sim/fast/harness.cpp) and owns one running machine and its
+memory, which lives in C++ (``mem_words`` words of ``mem_bytes``; pages are
+only touched when used, so a GPT-2-small-sized memory is cheap to create).
+`FastMachine.run` streams one program and clocks the machine in C++ until
+``done``. `run_programs` has the signature and results of
+`sim.machine_sim.run_programs`, so tests and drivers can switch backends.
+"""
+import ctypes
+import time
+
+import numpy as np
+
+from gpt2accel.rtl.isa import INSTR_BITS
+from gpt2accel.sim.matmul_sim import REF_MEM_LATENCY
+from .build import FastBackendUnavailable, FastBuildError, build
+
+__all__ = ["FastMachine", "FastSimError", "run_programs", "FastBackendUnavailable",
+           "FastBuildError"]
+
+_OK, _TIMEOUT, _EARLY_DONE, _BAD_ADDRESS = range(4)
+
+
+class _Result(ctypes.Structure):
+    # mirrors `gx_result` in harness.cpp
+    _fields_ = [("status", ctypes.c_int32), ("error", ctypes.c_int32),
+                ("cycles", ctypes.c_uint64), ("icount", ctypes.c_uint64),
+                ("outside_cycles", ctypes.c_uint64), ("sim_cycles", ctypes.c_uint64),
+                ("reads", ctypes.c_uint64), ("writes", ctypes.c_uint64),
+                ("bad_address", ctypes.c_uint64)]
+
+
+class FastSimError(RuntimeError):
+    """The machine addressed a word outside the memory."""
+
+
+_LIBS = {}   # path -> loaded library: a library is loaded (and typed) once per process
+_BUILT = {}  # (config, table) -> (path, build info): Verilog is emitted once per process
+
+
+def _build(cfg, table, verbose):
+    key = (repr(cfg), None if table is None else np.asarray(table).tobytes())
+    if key not in _BUILT:
+        _BUILT[key] = build(cfg, table, verbose=verbose)
+    return _BUILT[key]
+
+
+def _load(path):
+    path = str(path)
+    if path in _LIBS:
+        return _LIBS[path]
+    lib = ctypes.CDLL(path)
+    vp, u64, u8p = ctypes.c_void_p, ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint8)
+    lib.gx_create.argtypes, lib.gx_create.restype = [u64], vp
+    lib.gx_destroy.argtypes, lib.gx_destroy.restype = [vp], None
+    lib.gx_mem_ptr.argtypes, lib.gx_mem_ptr.restype = [vp], u8p
+    lib.gx_mem_words.argtypes, lib.gx_mem_words.restype = [vp], u64
+    lib.gx_total_cycles.argtypes, lib.gx_total_cycles.restype = [vp], u64
+    lib.gx_mem_bytes.argtypes, lib.gx_mem_bytes.restype = [], ctypes.c_int
+    lib.gx_instr_bytes.argtypes, lib.gx_instr_bytes.restype = [], ctypes.c_int
+    lib.gx_write.argtypes, lib.gx_write.restype = [vp, u64, ctypes.c_void_p, u64], ctypes.c_int
+    lib.gx_read.argtypes, lib.gx_read.restype = [vp, u64, ctypes.c_void_p, u64], ctypes.c_int
+    lib.gx_run_program.argtypes = [vp, ctypes.c_char_p, u64, u64, ctypes.c_double, ctypes.c_int,
+                                   ctypes.c_int, u64, ctypes.POINTER(_Result)]
+    lib.gx_run_program.restype = ctypes.c_int
+    _LIBS[path] = lib
+    return lib
+
+
+class FastMachine:
+    """One Verilated machine and its memory. Close it (or use `with`) to free the memory."""
+
+    def __init__(self, cfg, mem_words, table=None, *, verbose=False):
+        self.cfg = cfg
+        self.path, self.build_info = _build(cfg, table, verbose)
+        self._lib = _load(self.path)
+        self.mem_bytes = cfg.engine.mem_bytes
+        assert self._lib.gx_mem_bytes() == self.mem_bytes
+        self._instr_bytes = self._lib.gx_instr_bytes()
+        self._h = self._lib.gx_create(mem_words)
+        if not self._h:
+            raise MemoryError(f"cannot allocate {mem_words} x {self.mem_bytes} bytes of memory")
+        self.words = mem_words
+        ptr = self._lib.gx_mem_ptr(self._h)
+        #: the machine's memory, [words, mem_bytes] uint8, a view (no copy) valid until close()
+        self.mem = np.ctypeslib.as_array(ptr, shape=(mem_words, self.mem_bytes))
+
+    def close(self):
+        if self._h:
+            self.mem = None
+            self._lib.gx_destroy(self._h)
+            self._h = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    @property
+    def total_cycles(self):
+        """Clock cycles run since creation."""
+        return self._lib.gx_total_cycles(self._h)
+
+    def load(self, image, addr=0):
+        """Copy `image` (uint8 [n, mem_bytes]) into memory from word `addr`."""
+        image = np.ascontiguousarray(image, np.uint8)
+        if image.ndim != 2 or image.shape[1] != self.mem_bytes:
+            raise ValueError(f"image must be [words, {self.mem_bytes}] uint8, got {image.shape}")
+        if self._lib.gx_write(self._h, addr, image.ctypes.data, len(image)):
+            raise IndexError(f"words {addr}..{addr + len(image)} outside memory of {self.words}")
+
+    def dump(self, addr=0, n=None):
+        """A copy of `n` words from `addr` (default: to the end)."""
+        n = self.words - addr if n is None else n
+        out = np.empty((n, self.mem_bytes), np.uint8)
+        if self._lib.gx_read(self._h, addr, out.ctypes.data, n):
+            raise IndexError(f"words {addr}..{addr + n} outside memory of {self.words}")
+        return out
+
+    def run(self, program, *, seed=0, stall=0.0, jitter=0, latency=None, timeout=2_000_000):
+        """Stream `program` (instruction words, ending in HALT) and run to ``done``.
+
+        Returns machine_sim's status dict (error, cycles, icount, outside_cycles)
+        plus sim_cycles, reads, writes and wall_s of this call.
+        """
+        words = b"".join(int(w).to_bytes(self._instr_bytes, "little") for w in program)
+        if any(int(w) >> INSTR_BITS for w in program):
+            raise ValueError(f"instruction word wider than {INSTR_BITS} bits")
+        res = _Result()
+        t0 = time.perf_counter()
+        status = self._lib.gx_run_program(
+            self._h, words, len(program), seed & (2**64 - 1), float(stall), int(jitter),
+            REF_MEM_LATENCY if latency is None else int(latency), int(timeout),
+            ctypes.byref(res))
+        wall = time.perf_counter() - t0
+        if status == _TIMEOUT:
+            raise TimeoutError(f"program did not finish in {timeout} cycles "
+                               f"(GPT2ACCEL_SEED={seed})")
+        if status == _EARLY_DONE:
+            raise AssertionError("done before the program's HALT was fetched")
+        if status == _BAD_ADDRESS:
+            raise FastSimError(f"the machine addressed word {res.bad_address}, "
+                               f"outside the memory of {self.words} words")
+        return {"error": res.error, "cycles": res.cycles, "icount": res.icount,
+                "outside_cycles": res.outside_cycles, "sim_cycles": res.sim_cycles,
+                "reads": res.reads, "writes": res.writes, "wall_s": wall}
+
+
+def run_programs(cfg, programs, image, *, seed=0, stall=0.0, jitter=0, latency=None,
+                 timeout=2_000_000, table=None):
+    """`sim.machine_sim.run_programs` on the fast backend: (final memory copy, [status dict]).
+
+    Every program runs on one machine, one after another, as in machine_sim;
+    program i gets the seed ``seed + i``.
+    """
+    with FastMachine(cfg, len(image), table) as m:
+        m.load(image)
+        results = [m.run(p, seed=seed + i, stall=stall, jitter=jitter, latency=latency,
+                         timeout=timeout) for i, p in enumerate(programs)]
+        return m.dump(), results
