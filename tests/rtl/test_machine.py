@@ -96,7 +96,7 @@ def test_illegal_instructions_set_error_and_recover(seed):
     halt = encode(CFG, Op.HALT)
     bad = [
         (0, Error.OPCODE),                           # a zeroed word never executes
-        (7, Error.OPCODE),
+        (11, Error.OPCODE),                          # unassigned
         (halt | 1 << (INSTR_BITS - 1), Error.RESERVED),
         (_raw(Op.MATMUL, {**mm, "k": 0}), Error.FIELD),
         (_raw(Op.MATMUL, {**mm, "k": CFG.engine.max_k + 1}), Error.FIELD),
