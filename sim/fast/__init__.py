@@ -7,8 +7,8 @@ keeps one machine and its (large) memory alive across programs.
 `FastBackendUnavailable` (no Verilator / no C++ compiler) is the signal to
 fall back to Amaranth's simulator. See docs/architecture.md "Fast co-simulation".
 """
-from .build import FastBackendUnavailable, FastBuildError, build
+from .build import FastBackendUnavailable, FastBuildError
 from .backend import FastMachine, FastSimError, run_programs
 
 __all__ = ["FastMachine", "FastSimError", "FastBackendUnavailable", "FastBuildError",
-           "build", "run_programs"]
+           "run_programs"]

