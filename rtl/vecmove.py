@@ -5,8 +5,9 @@ units without memory access. `VectorMover` runs one vector instruction
 (`isa.vector_layouts`) on one-lane instances of them:
 
 ```
- reader: per element, per operand slot: cached word? else rd_req -> rd_resp
-         -> element bytes -> unit input beat (GELU table / LN setup+params first)
+ reader: per element, all operand slots checked at once: all cached -> the
+         element goes to the unit that cycle; else the lowest missing slot's
+         word is read (rd_req -> rd_resp) (GELU table / LN setup+params first)
  unit:   GeluUnit(1) | LayerNormUnit(1) | requant + ResidualAdd(1) | EmbeddingAdd(1)
  writer: unit output beat -> strobed write of the element's bytes (own counters)
 ```
@@ -19,8 +20,9 @@ a row walks through it). In-place RESADD (dst = src) is safe: the writer
 only writes an element after the reader has taken it, and a cached word is
 only used for elements not yet written.
 
-One lane, one element per cycle at best: this is the correctness-first
-mover; its rate is far below the units' (docs/architecture.md, Machine).
+One lane: one element per cycle while its words are cached, plus L + 1
+cycles per word read (no read-ahead); far below the units' rate with
+more lanes (docs/architecture.md, Machine).
 """
 from amaranth.hdl import *
 from amaranth.lib import wiring, stream
@@ -151,17 +153,29 @@ class VectorMover(wiring.Component):
             return (cache_word[s] >> (slot_off[s] * 8))[:8 * size]
 
         m.d.comb += tok_id.eq(field(0, Q_BYTES))
-        cur_addr = Signal(e.addr_bits)
-        cur_ok = Signal()
-        cur_used = Signal()
+        cur_addr = Signal(e.addr_bits)         # address of the slot being filled
         with m.Switch(slot):
             for s in range(NS):
                 with m.Case(s):
-                    m.d.comb += [cur_addr.eq(slot_addr[s]), cur_used.eq(slot_used[s]),
-                                 cur_ok.eq(cache_ok[s] & (cache_addr[s] == slot_addr[s]))]
-        m.d.comb += self.rd_req.payload.addr.eq(cur_addr)
+                    m.d.comb += cur_addr.eq(slot_addr[s])
+        # all operand slots are checked at once: the element is emitted in the first
+        # cycle in which every used slot holds its word; otherwise the lowest
+        # missing slot is requested
+        miss = Signal(NS)
+        first_miss = Signal(range(NS))
+        m.d.comb += miss.eq(slot_used & ~Cat(*[cache_ok[s] & (cache_addr[s] == slot_addr[s])
+                                              for s in range(NS)]))
+        for s in reversed(range(NS)):
+            with m.If(miss[s]):
+                m.d.comb += first_miss.eq(s)
+        req_addr = Signal(e.addr_bits)
+        with m.Switch(first_miss):
+            for s in range(NS):
+                with m.Case(s):
+                    m.d.comb += req_addr.eq(slot_addr[s])
+        m.d.comb += self.rd_req.payload.addr.eq(req_addr)
 
-        # unit inputs (valid driven in EMIT)
+        # unit inputs (valid driven by `emit`: FETCH with every used slot cached)
         x16 = field(0, RESID_BYTES).as_signed()
         yq = field(2, Q_BYTES)
         y_req = saturate(round_shift(field(1, RAW_BYTES).as_signed() * yq[:16], yq[16:22], 64), R)
@@ -252,16 +266,23 @@ class VectorMover(wiring.Component):
                 with m.If(ln.setup.ready):
                     m.next = "FETCH"
             with m.State("FETCH"):
-                with m.If(~cur_used | cur_ok):
-                    with m.If(slot == NS - 1):
-                        m.d.sync += slot.eq(0)
-                        m.next = "EMIT"
-                    with m.Else():
-                        m.d.sync += slot.eq(slot + 1)
-                with m.Else():
+                with m.If(miss != 0):
                     m.d.comb += self.rd_req.valid.eq(1)
                     with m.If(self.rd_req.ready):
+                        m.d.sync += slot.eq(first_miss)
                         m.next = "RESP"
+                with m.Else():
+                    m.d.comb += emit.eq(1)
+                    with m.If(emit_ready):
+                        m.d.sync += col.eq(col + 1)
+                        with m.If(~phase):
+                            with m.If(col == pre_n - 1):
+                                m.d.sync += [col.eq(0), phase.eq(1)]
+                        with m.Elif(last_col):
+                            m.d.sync += [col.eq(0), r.eq(r + 1)]
+                            with m.If(r == rows - 1):
+                                m.d.sync += busy.eq(0)
+                                m.next = "IDLE"
             with m.State("RESP"):
                 m.d.comb += self.rd_resp.ready.eq(1)
                 with m.If(self.rd_resp.valid):
@@ -271,17 +292,4 @@ class VectorMover(wiring.Component):
                                 m.d.sync += [cache_word[s].eq(self.rd_resp.payload.data),
                                              cache_addr[s].eq(cur_addr), cache_ok[s].eq(1)]
                     m.next = "FETCH"
-            with m.State("EMIT"):
-                m.d.comb += emit.eq(1)
-                with m.If(emit_ready):
-                    m.d.sync += col.eq(col + 1)
-                    m.next = "FETCH"
-                    with m.If(~phase):
-                        with m.If(col == pre_n - 1):
-                            m.d.sync += [col.eq(0), phase.eq(1)]
-                    with m.Elif(last_col):
-                        m.d.sync += [col.eq(0), r.eq(r + 1)]
-                        with m.If(r == rows - 1):
-                            m.d.sync += busy.eq(0)
-                            m.next = "IDLE"
         return m

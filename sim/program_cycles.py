@@ -15,9 +15,8 @@ Per unit (reference memory: requests always accepted, responses after
 - KVSTORE: per source word one read, the response L cycles later, then one
   write per byte: (L + mem_bytes + 1) per word, + 1 for the done pulse;
 - LAYERNORM / GELU / RESADD / REQUANT / EMBED: `vector_cycles` replays the
-  mover's reader (per element and each of its 5 operand slots: one cycle
-  if unused or a cache hit, L + 2 on a miss,
-  then one EMIT cycle) and the unit's output timing (`units_cycles`), and
+  mover's reader (per element: L + 1 cycles per operand word not cached,
+  then one cycle in which it goes to the unit) and the unit's output timing (`units_cycles`), and
   ends one cycle after the writer's last write.
 """
 from gpt2accel.rtl.gelu import GeluUnit, TABLE_SIZE
@@ -84,15 +83,15 @@ def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
         t += 1                                     # SETUP beat
 
     def element(addrs):
-        """Advance the reader over one element's slots and its EMIT; return the EMIT cycle."""
+        """Advance the reader over one element (its word reads, then the cycle it goes
+        to the unit); return that cycle."""
         nonlocal t
-        for s in range(NS):
+        for s in range(NS):                        # the lowest missing slot first
             a = addrs[s] if s < len(addrs) else None
             if a is not None and cache[s] != a:
                 cache[s] = a
                 t += latency + 1                   # request, response after `latency`
-            t += 1                                 # the FETCH cycle that finds it present
-        emit = t
+        emit = t                                   # the FETCH cycle that finds all present
         t += 1
         return emit
 
