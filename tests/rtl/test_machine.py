@@ -122,3 +122,14 @@ def test_illegal_instructions_set_error_and_recover(seed):
     # the discarded MATMUL (2x32x96, > 700 cycles) did not run: an illegal
     # program ends within a few cycles per instruction
     assert all(r["cycles"] < 200 for r in res[:-1]), [r["cycles"] for r in res]
+
+
+def test_machine_converts_to_rtlil():
+    """The whole machine elaborates and converts (no simulation-only constructs)."""
+    from amaranth.back import rtlil
+    from gpt2accel.rtl.machine import Machine
+    import re
+    text = rtlil.convert(Machine(CFG))
+    modules = set(re.findall(r"^module \\(\S+)", text, re.M))
+    for unit in ("mm", "attn", "kv", "vec", "vec.ln", "vec.gelu", "vec.add", "vec.emb"):
+        assert f"top.{unit}" in modules, sorted(modules)
