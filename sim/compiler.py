@@ -1,4 +1,8 @@
-"""Lower one transformer block of a `QuantGPT2` to a machine program plus a memory image.
+"""Lower a `QuantGPT2` (one block, or the whole model) to a machine program + memory image.
+
+`ModelCompiler(cfg, qmodel, max_tokens, mem_words)`: EMBED (token ids written
+by the host with `write_ids`), every block, LAYERNORM ln_f, MATMUL against
+wteᵀ (raw) and REQUANT to the int16 logits (region "logits").
 
 `BlockCompiler(cfg, qmodel, layer, max_tokens, mem_words)` fixes the memory
 map once (weights and per-column parameters in the matmul layouts, the

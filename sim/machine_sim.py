@@ -1,6 +1,6 @@
 """Run programs on the `Machine` in Amaranth's simulator, behind `matmul_sim.MemoryModel`.
 
-`run_program(cfg, words, mem_image)` streams each program of `programs`
+`run_programs(cfg, programs, image)` streams each program of `programs`
 (lists of instruction words, each ending in HALT) into ``instr`` (with random
 idle cycles when `stall`), serves the memory port (random stalls and latency
 jitter when `stall`), and returns the final memory and per-program status:
