@@ -168,3 +168,52 @@ def program_cycles(cfg, words, latency=REF_MEM_LATENCY, mem=None):
         per.append((op, u))
         total += u + PER_INSTRUCTION
     raise ValueError("program has no HALT")
+
+
+def main(argv=None):
+    """Exact cycles of the shipped tiny model (or --model) on a machine of --rows x --cols:
+    prefill of n_positions tokens and one token at the first and last position.
+
+        python -m gpt2accel.sim.program_cycles --rows 8 --cols 8
+    """
+    import argparse
+    from collections import Counter
+    from pathlib import Path
+
+    import numpy as np
+
+    from gpt2accel.model.quant import QuantGPT2
+    from gpt2accel.rtl.attention_config import AttentionConfig
+    from gpt2accel.rtl.config import EngineConfig
+    from .compiler import ModelCompiler
+
+    ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=8)
+    ap.add_argument("--cols", type=int, default=8)
+    ap.add_argument("--model", default=str(Path(__file__).resolve().parents[1] / "model" / "tiny"
+                                           / "model.int8.safetensors"))
+    args = ap.parse_args(argv)
+    q = QuantGPT2.load(args.model)
+    mc = q.config
+    d = mc.n_embd // mc.n_head
+    cfg = AttentionConfig(engine=EngineConfig(rows=args.rows, cols=args.cols,
+                                              max_k=4 * mc.n_embd, max_m=mc.n_positions,
+                                              max_n=max(4 * mc.n_embd, mc.vocab_size),
+                                              addr_bits=24),
+                          tile=q.tile, frac_bits=q.frac_bits, lanes=2, norm_lanes=2,
+                          max_d_head=d, max_seq=mc.n_positions)
+    comp = ModelCompiler(cfg, q, mc.n_positions, 1 << 22)
+    mem = comp.image()
+    n = mc.n_positions
+    for t, pos in ((n, 0), (1, 0), (1, n - 1)):
+        comp.write_ids(mem, np.arange(t) % mc.vocab_size)
+        total, per = program_cycles(cfg, comp.program(t, pos), mem=mem)
+        share = Counter()
+        for op, u in per:
+            share[op.name] += u + PER_INSTRUCTION
+        parts = ", ".join(f"{k} {100 * v / total:.1f} %" for k, v in share.most_common())
+        print(f"{args.rows}x{args.cols} T={t} at {pos}: {total:,} cycles ({parts})")
+
+
+if __name__ == "__main__":
+    main()

@@ -110,3 +110,14 @@ def test_model_compiler_limits(qmodel):
                           tile=4, lanes=2, norm_lanes=2, max_d_head=16, max_seq=16)
     with pytest.raises(CompileError, match="N = 96 exceeds max_n 32"):
         ModelCompiler(cfg, qmodel, max_tokens=4, mem_words=8192)
+
+
+def test_tiny_model_cycle_report(capsys):
+    """`python -m gpt2accel.sim.program_cycles` reports the documented tiny-model figures
+    (docs/architecture.md, Machine); a change in any unit's timing shows here."""
+    from gpt2accel.sim.program_cycles import main
+    main(["--rows", "8", "--cols", "8"])
+    out = capsys.readouterr().out
+    for figure in ("T=128 at 0: 662,919 cycles", "T=1 at 0: 21,697 cycles",
+                   "T=1 at 127: 25,161 cycles"):
+        assert figure in out, out
