@@ -203,3 +203,14 @@ def test_cache_key_follows_config_and_table():
     assert fast_build._model_key(CFG, None) == base
     assert fast_build._model_key(replace(CFG, max_seq=2 * NPOS), None) != base
     assert fast_build._model_key(CFG, list(range(256))) != base
+
+
+@pytest.mark.slow
+def test_bench_sim_runs(fast):
+    """`gpt2accel bench sim` end to end (its own 8x8 build; every token's logits checked)."""
+    import argparse
+    from gpt2accel.sim.benchmarks import sim as bench
+    args = argparse.Namespace(prompt=2, tokens=2, no_pysim=True, fresh_build=False, seed=1)
+    r = bench.run(args)
+    assert r["fast_tokens"] == 3 and r["fast_cycles_per_s"] > 0 and r["ratio"] is None
+    assert r["cycles"] > 10_000 and "fast (Verilator)" in bench.format_text(r)
