@@ -73,6 +73,7 @@ class FastMachine:
     """One Verilated machine and its memory. Close it (or use `with`) to free the memory."""
 
     def __init__(self, cfg, mem_words, table=None, *, verbose=False):
+        self._h = None            # so close() (and __del__) work if the build fails
         self.cfg = cfg
         self.path, self.build_info = _build(cfg, table, verbose)
         self._lib = _load(self.path)
@@ -129,9 +130,9 @@ class FastMachine:
         Returns machine_sim's status dict (error, cycles, icount, outside_cycles)
         plus sim_cycles, reads, writes and wall_s of this call.
         """
+        if any(not 0 <= int(w) < 1 << INSTR_BITS for w in program):
+            raise ValueError(f"instruction words must be unsigned {INSTR_BITS}-bit integers")
         words = b"".join(int(w).to_bytes(self._instr_bytes, "little") for w in program)
-        if any(int(w) >> INSTR_BITS for w in program):
-            raise ValueError(f"instruction word wider than {INSTR_BITS} bits")
         res = _Result()
         t0 = time.perf_counter()
         status = self._lib.gx_run_program(

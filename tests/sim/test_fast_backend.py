@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rtl"))
 from gpt2accel.model import quant as Q  # noqa: E402
 from gpt2accel.model.gpt2 import KVCache  # noqa: E402
 from gpt2accel.model.synthetic import random_gpt2  # noqa: E402
-from gpt2accel.rtl.isa import Error, Op, encode  # noqa: E402
+from gpt2accel.rtl.isa import INSTR_BITS, Error, Op, encode  # noqa: E402
 from gpt2accel.sim import machine_sim  # noqa: E402
 from gpt2accel.sim.compiler import BlockCompiler, ModelCompiler  # noqa: E402
 from gpt2accel.sim.fast import build as fast_build  # noqa: E402
@@ -170,7 +170,8 @@ def test_memory_api(fast):
 
 
 def test_out_of_range_address_and_timeout(fast, seed):
-    """A program reaching past the memory raises FastSimError; a short timeout TimeoutError."""
+    """A program reaching past the memory raises FastSimError; a short timeout TimeoutError;
+    a word wider than the instruction is refused."""
     qm, _ = _model(seed)
     comp = BlockCompiler(CFG, qm, 0, max_tokens=8, mem_words=4096)
     prog = comp.program(2, 0)
@@ -184,6 +185,8 @@ def test_out_of_range_address_and_timeout(fast, seed):
         m.load(image)
         with pytest.raises(TimeoutError):
             m.run(prog, seed=seed, timeout=100)
+        with pytest.raises(ValueError, match="unsigned"):
+            m.run([1 << INSTR_BITS], seed=seed)
 
 
 def test_missing_verilator_is_reported(monkeypatch):
