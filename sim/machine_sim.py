@@ -20,8 +20,9 @@ __all__ = ["run_programs"]
 
 
 def run_programs(cfg, programs, image, *, seed=0, stall=0.0, jitter=0, latency=None,
-                 timeout=2_000_000, table=None):
-    """`image`: uint8 [words, mem_bytes] initial memory. Returns (memory, [status dict])."""
+                 timeout=2_000_000, table=None, vcd=None):
+    """`image`: uint8 [words, mem_bytes] initial memory. Returns (memory, [status dict]).
+    `vcd`: path of a waveform of the whole run (Amaranth `write_vcd`)."""
     rng = random.Random(seed)
     dut = Machine(cfg, table)
     memory = MemoryModel(cfg.engine, len(image),
@@ -72,7 +73,11 @@ def run_programs(cfg, programs, image, *, seed=0, stall=0.0, jitter=0, latency=N
     sim.add_testbench(serve, background=True)
     sim.add_testbench(host)
     t0 = time.perf_counter()
-    sim.run()
+    if vcd:
+        with sim.write_vcd(vcd):
+            sim.run()
+    else:
+        sim.run()
     wall = time.perf_counter() - t0
     for r in results:
         r["wall_s"] = wall

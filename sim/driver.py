@@ -1,0 +1,327 @@
+"""One driver API for the whole-model machine over interchangeable backends.
+
+    drv = Driver(qmodel, machine_config(qmodel, 8, 8), backend="pysim")
+    logits = drv.prefill(ids)          # int logits [T, vocab], KV caches stay in memory
+    logits = drv.decode(token)         # int logits [1, vocab]
+    drv.logits_float(logits[-1]); drv.last  # dequantised; counters of the last call
+
+As in Glasgow (one API for the simulator and the device), everything above
+the `Backend` is the same whichever runs the machine: `Driver` compiles the
+model (`ModelCompiler`), writes the memory image once, writes token ids,
+streams programs and reads the logits back. A `Backend` only moves memory
+words and runs one program to HALT, returning the machine's status
+(error, cycles, icount). Backends: ``pysim`` (Amaranth's simulator via
+`machine_sim.run_programs`; that harness starts a fresh simulator per call,
+so the backend carries the memory image - weights and KV caches - across
+calls, which is exact because the machine is idle between programs) and
+``fast`` (the Verilated machine of `sim.fast`, which keeps its memory in C++).
+A serial (board) backend would implement the same four methods.
+"""
+import time
+
+import numpy as np
+
+from gpt2accel.rtl.attention_config import AttentionConfig
+from gpt2accel.rtl.config import EngineConfig
+from gpt2accel.rtl.isa import Error, Op
+from .compiler import CompileError, ModelCompiler
+from .program_cycles import program_cycles
+
+__all__ = ["Backend", "PysimBackend", "FastBackend", "BACKENDS", "make_backend",
+           "HardwareError", "CheckError", "Driver", "machine_config"]
+
+
+class HardwareError(RuntimeError):
+    """The machine reported an error status (or did not execute the whole program)."""
+
+
+class CheckError(AssertionError):
+    """The machine's integer results differ from the golden model; names layer and op."""
+
+
+# ---------------------------------------------------------------- backends
+
+class Backend:
+    """The machine behind the driver: memory words in and out, one program per `run`."""
+    name = "?"
+
+    def open(self, cfg, mem_words):
+        """Create a machine of `cfg` with `mem_words` words of zeroed memory."""
+        raise NotImplementedError
+
+    def load(self, image, addr=0):
+        """Write uint8 words [n, mem_bytes] from word `addr`."""
+        raise NotImplementedError
+
+    def dump(self, addr=0, n=None):
+        """A copy of `n` words from `addr` (default: to the end)."""
+        raise NotImplementedError
+
+    def run(self, program):
+        """Run one program (words ending in HALT) to ``done``: status dict with at least
+        error, cycles, icount, wall_s."""
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+
+class PysimBackend(Backend):
+    """Amaranth's simulator. `vcd`: write each run's waveform (run i -> FILE, FILE.1, ...)."""
+    name = "pysim"
+
+    def __init__(self, vcd=None):
+        self.vcd, self.runs = vcd, 0
+
+    def open(self, cfg, mem_words):
+        self.cfg = cfg
+        self.mem = np.zeros((mem_words, cfg.engine.mem_bytes), np.uint8)
+
+    def load(self, image, addr=0):
+        self.mem[addr:addr + len(image)] = image
+
+    def dump(self, addr=0, n=None):
+        n = len(self.mem) - addr if n is None else n
+        return self.mem[addr:addr + n].copy()
+
+    def run(self, program):
+        from .machine_sim import run_programs
+        kw = {}
+        if self.vcd:
+            kw["vcd"] = self.vcd if self.runs == 0 else f"{self.vcd}.{self.runs}"
+        self.mem, (res,) = run_programs(self.cfg, [program], self.mem, timeout=50_000_000, **kw)
+        self.runs += 1
+        return res
+
+
+class FastBackend(Backend):
+    """The Verilated machine (`sim.fast`); raises `FastBackendUnavailable` in `open`
+    when Verilator or a C++ compiler is missing."""
+    name = "fast"
+
+    def open(self, cfg, mem_words):
+        from .fast import FastMachine
+        self.m = FastMachine(cfg, mem_words)
+
+    def load(self, image, addr=0):
+        self.m.load(image, addr)
+
+    def dump(self, addr=0, n=None):
+        return self.m.dump(addr, n)
+
+    def run(self, program):
+        return self.m.run(program, timeout=500_000_000)
+
+    def close(self):
+        self.m.close()
+
+
+BACKENDS = {"pysim": PysimBackend, "fast": FastBackend}
+
+
+def make_backend(name, **kw):
+    if name not in BACKENDS:
+        raise ValueError(f"unknown hardware backend {name!r} (have: {', '.join(BACKENDS)})")
+    return BACKENDS[name](**kw)
+
+
+# ---------------------------------------------------------------- configuration
+
+def machine_config(qmodel, rows=8, cols=8, max_tokens=8, addr_bits=16):
+    """The smallest machine of `rows` x `cols` this model's shapes need: matmul limits
+    from n_embd and the vocabulary, `max_tokens` rows per program (at least `rows`, the
+    attention's row block; longer prompts are prefilled in chunks), one head's d_head,
+    the model's tile and context."""
+    mc = qmodel.config
+    max_tokens = max(max_tokens, rows)
+    return AttentionConfig(
+        engine=EngineConfig(rows=rows, cols=cols, max_k=4 * mc.n_embd, max_m=max_tokens,
+                            max_n=max(4 * mc.n_embd, mc.vocab_size), addr_bits=addr_bits),
+        tile=qmodel.tile, frac_bits=qmodel.frac_bits, lanes=2, norm_lanes=2,
+        max_d_head=mc.n_embd // mc.n_head, max_seq=mc.n_positions)
+
+
+def _checkpoints(comp):
+    """Per instruction of `comp.ops`: (observe name, layer, region, row length) of the
+    golden intermediate its destination must equal, or None (raw matmuls: their
+    int32 sums have no observe name; KVSTORE: checked through ATTENTION)."""
+    E, V = comp.E, comp.V
+    out = [("embed", None, "x", E)]
+    for i in comp.layers:
+        out += [("ln_1", i, "ln_1_out", E), ("qkv", i, "qkv", 3 * E), None,
+                ("attn", i, "attn", E), None, ("resid_mid", i, "x", E),
+                ("ln_2", i, "ln_2_out", E), ("fc", i, "fc", 4 * E), ("gelu", i, "gelu", 4 * E),
+                None, ("resid", i, "x", E)]
+    return out + [("ln_f", None, "ln_f_out", E), None, ("logits", None, "logits", V), None]
+
+
+# ---------------------------------------------------------------- driver
+
+class Driver:
+    """The whole `qmodel` on a machine of `cfg` behind `backend` (a name or `Backend`).
+
+    `check`: after every call compare the integer logits with `QuantGPT2.forward`
+    (run alongside on its own KV cache); on a mismatch, localise it to the first
+    instruction whose result differs from the model's observe hooks and raise
+    `CheckError` naming the layer and operation.
+    """
+
+    def __init__(self, qmodel, cfg, backend="pysim", *, mem_words=None, check=False):
+        self.q, self.cfg = qmodel, cfg
+        self.backend = make_backend(backend) if isinstance(backend, str) else backend
+        self.mem_words = mem_words or (1 << cfg.engine.addr_bits)
+        self.comp = ModelCompiler(cfg, qmodel, cfg.engine.max_m, self.mem_words)
+        self.check = check
+        self.pos = 0
+        self.last = None          # status of the last program (cycles, predicted, wall_s...)
+        self.history = []         # one status per program run
+
+    def load(self):
+        """Create the machine and write the memory image (weights, zeroed caches)."""
+        from gpt2accel.model.gpt2 import KVCache
+        self.backend.open(self.cfg, self.mem_words)
+        self.backend.load(self.comp.image())
+        self.pos = 0
+        self.golden_cache = KVCache(self.q.config.n_layer)
+        return self
+
+    def close(self):
+        self.backend.close()
+
+    # ---- programs
+    def _run(self, ids):
+        """One program for `ids` at the current position; returns int logits [T, vocab]."""
+        t = len(ids)
+        ids_region = self.comp.regions["ids"]
+        img = self.backend.dump(ids_region.base, ids_region.words)
+        self.comp.write_ids(_Shifted(img, ids_region.base), ids)
+        self.backend.load(img, ids_region.base)
+        prog = self.comp.program(t, self.pos)
+        before = self.backend.dump() if self.check else None
+        predicted, _ = program_cycles(self.cfg, prog, mem=_IdsView(self.comp, ids))
+        res = dict(self.backend.run(prog))
+        res.update(T=t, pos=self.pos, predicted_cycles=predicted, instructions=len(prog))
+        self.last = res
+        self.history.append(res)
+        if res["error"] != Error.NONE:
+            raise HardwareError(f"machine error status {Error(res['error']).name} "
+                                f"after {res['icount']} of {len(prog)} instructions "
+                                f"(T={t}, pos={self.pos})")
+        if res["icount"] != len(prog):
+            raise HardwareError(f"machine executed {res['icount']} of {len(prog)} instructions")
+        logits = self.read_logits(t)
+        if self.check:
+            self._check(ids, logits, before)
+        self.pos += t
+        return logits
+
+    def prefill(self, ids):
+        """Run the prompt (in chunks of max_m tokens) from position 0; int logits [T, vocab]."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise ValueError("prefill needs at least one token")
+        if len(ids) > self.q.config.n_positions:
+            raise ValueError(f"prompt of {len(ids)} tokens exceeds the model's context "
+                             f"n_positions={self.q.config.n_positions}")
+        self.load() if self.pos else None
+        m = self.cfg.engine.max_m
+        return np.concatenate([self._run(ids[s:s + m]) for s in range(0, len(ids), m)])
+
+    def decode(self, token):
+        """One token at the next position; int logits [1, vocab]."""
+        if self.pos >= self.q.config.n_positions:
+            raise ValueError(f"context full: n_positions={self.q.config.n_positions}")
+        return self._run([int(token)])
+
+    # ---- reads
+    def read_logits(self, t):
+        r = self.comp.regions["logits"]
+        mem = _Shifted(self.backend.dump(r.base, t * r.stride), r.base)
+        return self.comp.read_rows(mem, "logits", t, self.comp.V)
+
+    def logits_float(self, logits):
+        """Dequantised float logits (as `QuantGPT2.logits`)."""
+        return self.q.dequantize_logits(np.asarray(logits))
+
+    def counters(self):
+        """Totals over every program run: cycles, instructions, wall seconds."""
+        h = self.history
+        return {"programs": len(h), "cycles": sum(r["cycles"] for r in h),
+                "predicted_cycles": sum(r["predicted_cycles"] for r in h),
+                "instructions": sum(r["icount"] for r in h),
+                "wall_s": sum(r.get("wall_s", 0.0) for r in h),
+                "error": h[-1]["error"] if h else 0}
+
+    # ---- checking
+    def _check(self, ids, logits, before):
+        seen = {}
+        want = self.q.forward(np.asarray(ids), self.golden_cache,
+                              observe=lambda n, l, x: seen.setdefault((n, l), np.asarray(x)))
+        if np.array_equal(logits, want):
+            return
+        bad = int(np.argwhere(logits != want)[0][1])
+        where = self._localise(ids, seen, before)
+        raise CheckError(f"logits differ from QuantGPT2 at position {self.pos}.. "
+                         f"(first at vocab index {bad}: machine {logits.ravel()[bad]}, "
+                         f"model {want.ravel()[bad]}); {where}")
+
+    def _localise(self, ids, seen, before):
+        """Re-run prefixes of the program from the memory before the call and find the
+        first checked instruction whose destination differs from the golden
+        intermediate (bisection: a good checkpoint followed by a bad one)."""
+        t = len(ids)
+        ops = self.comp.ops(t, self.pos)
+        checks = _checkpoints(self.comp)
+        points = [k for k, c in enumerate(checks) if c is not None]
+        from gpt2accel.rtl.isa import encode
+
+        def good(k):
+            name, layer, region, n = checks[k]
+            self.backend.load(before)
+            words = [encode(self.cfg, op, **f) for op, f in ops[:k + 1]]
+            self.backend.run(words + [encode(self.cfg, Op.HALT)])
+            r = self.comp.regions[region]
+            got = self.comp.read_rows(_Shifted(self.backend.dump(r.base, t * r.stride), r.base),
+                                      region, t, n)
+            return np.array_equal(got, seen[(name, layer)])
+
+        lo, hi = -1, len(points) - 1          # points[hi] is bad (the logits are)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if good(points[mid]):
+                lo = mid
+            else:
+                hi = mid
+        first = points[lo] + 1 if lo >= 0 else 0
+        k = points[hi]
+        name, layer, _, _ = checks[k]
+        span = ", ".join(f"{ops[j][0].name}" for j in range(first, k + 1))
+        lname = "" if layer is None else f"layer {layer} "
+        return (f"first wrong intermediate: {lname}{name} (instructions {first}..{k}: {span})")
+
+
+class _Shifted:
+    """A window of memory that `ModelCompiler`'s row helpers and `program_cycles` can
+    index with absolute word addresses: accesses land at addr - base."""
+
+    def __init__(self, words, base):
+        self.words, self.base = words, base
+
+    def _rel(self, s):
+        if isinstance(s, slice):
+            return slice(s.start - self.base, s.stop - self.base)
+        return int(s) - self.base
+
+    def __getitem__(self, s):
+        return self.words[self._rel(s)]
+
+    def __setitem__(self, s, v):
+        self.words[self._rel(s)] = v
+
+
+def _IdsView(comp, ids):
+    """Memory as `program_cycles` needs it for EMBED (only the token ids are read)."""
+    r = comp.regions["ids"]
+    view = _Shifted(np.zeros((r.words, comp.e.mem_bytes), np.uint8), r.base)
+    comp.write_ids(view, ids)
+    return view

@@ -1,0 +1,57 @@
+"""The driver on the Amaranth simulator: a random 1-layer GPT-2 prefilled (in chunks of
+max_m tokens) and decoded bit-exact with `QuantGPT2.forward`, cycles equal to the cycle
+model; `check` localises a planted weight corruption; bad requests are refused."""
+import numpy as np
+import pytest
+
+from gpt2accel.model import quant as Q
+from gpt2accel.model.gpt2 import KVCache
+from gpt2accel.model.synthetic import random_gpt2
+from gpt2accel.sim.compiler import CompileError
+from gpt2accel.sim.driver import CheckError, Driver, machine_config
+
+E, H, VOCAB, NPOS = 32, 2, 40, 16
+
+
+@pytest.fixture(scope="module")
+def qm():
+    rng = np.random.default_rng(7)
+    fm = random_gpt2(seed=7, vocab_size=VOCAB, n_positions=NPOS, n_embd=E, n_layer=1, n_head=H)
+    return Q.QuantGPT2.from_float(fm, [rng.integers(0, VOCAB, NPOS) for _ in range(2)], tile=4)
+
+
+def test_prefill_in_chunks_then_decode_is_bit_exact(qm):
+    cfg = machine_config(qm, 4, 4, max_tokens=4)
+    drv = Driver(qm, cfg, "pysim").load()
+    ids = [3, 1, 4, 1, 5]                           # two prefill programs: 4 + 1 tokens
+    cache = KVCache(1)
+    np.testing.assert_array_equal(drv.prefill(ids), qm.forward(np.array(ids), cache))
+    np.testing.assert_array_equal(drv.decode(15), qm.forward(np.array([15]), cache))
+    assert drv.pos == 6 and len(drv.history) == 3
+    for r in drv.history:
+        assert r["cycles"] == r["predicted_cycles"] > 0 and r["error"] == 0
+    np.testing.assert_allclose(drv.logits_float(drv.read_logits(1)[-1]),
+                               qm.dequantize_logits(qm.forward(np.array(ids + [15]))[-1]))
+
+
+def test_check_names_the_corrupted_layer_and_op(qm):
+    drv = Driver(qm, machine_config(qm, 4, 4, max_tokens=4), "pysim", check=True).load()
+    r = drv.comp.regions["h0.c_fc.w"]
+    word = drv.backend.dump(r.base, 1)
+    word[0, 0] ^= 0x40                               # one weight byte of the MLP's c_fc
+    drv.backend.load(word, r.base)
+    with pytest.raises(CheckError, match=r"layer 0 fc .*MATMUL"):
+        drv.prefill([1, 2, 3])
+
+
+def test_bad_requests(qm):
+    with pytest.raises(ValueError, match="unknown hardware backend 'nope'"):
+        Driver(qm, machine_config(qm, 4, 4), "nope")
+    with pytest.raises(CompileError, match="max_k"):
+        cfg = machine_config(qm, 4, 4)
+        Driver(qm, cfg.__class__(**{**cfg.__dict__,
+                                    "engine": cfg.engine.__class__(
+                                        **{**cfg.engine.__dict__, "max_k": E})}), "pysim")
+    drv = Driver(qm, machine_config(qm, 4, 4), "pysim").load()
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        drv.prefill([0] * (NPOS + 1))
