@@ -37,13 +37,13 @@ class FastSimError(RuntimeError):
 
 
 _LIBS = {}   # path -> loaded library: a library is loaded (and typed) once per process
-_BUILT = {}  # (config, table) -> (path, build info): Verilog is emitted once per process
+_BUILT = {}  # (config, table, trace) -> (path, build info): looked up once per process
 
 
-def _build(cfg, table, verbose):
-    key = (repr(cfg), None if table is None else np.asarray(table).tobytes())
+def _build(cfg, table, trace, verbose):
+    key = (repr(cfg), None if table is None else np.asarray(table).tobytes(), trace)
     if key not in _BUILT:
-        _BUILT[key] = build(cfg, table, verbose=verbose)
+        _BUILT[key] = build(cfg, table, trace=trace, verbose=verbose)
     return _BUILT[key]
 
 
@@ -55,6 +55,8 @@ def _load(path):
     vp, u64, u8p = ctypes.c_void_p, ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint8)
     lib.gx_create.argtypes, lib.gx_create.restype = [u64], vp
     lib.gx_destroy.argtypes, lib.gx_destroy.restype = [vp], None
+    lib.gx_trace_open.argtypes, lib.gx_trace_open.restype = [vp, ctypes.c_char_p], ctypes.c_int
+    lib.gx_trace_close.argtypes, lib.gx_trace_close.restype = [vp], None
     lib.gx_mem_ptr.argtypes, lib.gx_mem_ptr.restype = [vp], u8p
     lib.gx_mem_words.argtypes, lib.gx_mem_words.restype = [vp], u64
     lib.gx_total_cycles.argtypes, lib.gx_total_cycles.restype = [vp], u64
@@ -70,12 +72,16 @@ def _load(path):
 
 
 class FastMachine:
-    """One Verilated machine and its memory. Close it (or use `with`) to free the memory."""
+    """One Verilated machine and its memory. Close it (or use `with`) to free the memory.
 
-    def __init__(self, cfg, mem_words, table=None, *, verbose=False):
+    `trace=True` uses a ``--trace`` build (a separate cached library), so
+    `trace_open` can write waveforms.
+    """
+
+    def __init__(self, cfg, mem_words, table=None, *, trace=False, verbose=False):
         self._h = None            # so close() (and __del__) work if the build fails
         self.cfg = cfg
-        self.path, self.build_info = _build(cfg, table, verbose)
+        self.path, self.build_info = _build(cfg, table, trace, verbose)
         self._lib = _load(self.path)
         self.mem_bytes = cfg.engine.mem_bytes
         assert self._lib.gx_mem_bytes() == self.mem_bytes
@@ -102,6 +108,14 @@ class FastMachine:
 
     def __del__(self):
         self.close()
+
+    def trace_open(self, path):
+        """Write a VCD of every following cycle to `path` (10 time units a cycle)."""
+        if self._lib.gx_trace_open(self._h, str(path).encode()):
+            raise RuntimeError("this FastMachine was built without tracing (trace=True)")
+
+    def trace_close(self):
+        self._lib.gx_trace_close(self._h)
 
     @property
     def total_cycles(self):
@@ -154,14 +168,17 @@ class FastMachine:
 
 
 def run_programs(cfg, programs, image, *, seed=0, stall=0.0, jitter=0, latency=None,
-                 timeout=2_000_000, table=None):
+                 timeout=2_000_000, table=None, vcd=None):
     """`sim.machine_sim.run_programs` on the fast backend: (final memory copy, [status dict]).
 
     Every program runs on one machine, one after another, as in machine_sim;
-    program i gets the seed ``seed + i``.
+    program i gets the seed ``seed + i``. `vcd`: path of a waveform of the
+    whole run (uses the tracing build).
     """
-    with FastMachine(cfg, len(image), table) as m:
+    with FastMachine(cfg, len(image), table, trace=bool(vcd)) as m:
         m.load(image)
+        if vcd:
+            m.trace_open(vcd)
         results = [m.run(p, seed=seed + i, stall=stall, jitter=jitter, latency=latency,
                          timeout=timeout) for i, p in enumerate(programs)]
         return m.dump(), results

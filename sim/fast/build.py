@@ -138,8 +138,11 @@ def _model_key(cfg, table):
     return parts
 
 
-def build(cfg, table=None, *, verbose=False):
+def build(cfg, table=None, *, trace=False, verbose=False):
     """Path of the compiled shared library for `Machine(cfg, table)`, and the seconds spent.
+
+    `trace`: a Verilator ``--trace`` build, whose harness can write VCD
+    waveforms (slower to build and, while a trace is open, to run).
 
     Returns (path, {"verilog_s", "compile_s", "cached"}): both times are 0 on a cache hit.
     """
@@ -147,10 +150,11 @@ def build(cfg, table=None, *, verbose=False):
     cxx = _check_cxx()
     env = {**os.environ, **extra_env}
     ensure_yosys()
-    defines = _defines(cfg)
+    defines = {**_defines(cfg), "GX_TRACE": int(trace)}
+    vflags = VERILATOR_FLAGS + (["--trace"] if trace else [])
     wrapper = "".join(f"#define {k} {v}\n" for k, v in defines.items())
     wrapper += HARNESS.read_text()
-    flags = WARN_FLAGS + VERILATOR_FLAGS + [CXX_OPT, cxx]
+    flags = WARN_FLAGS + vflags + [CXX_OPT, cxx]
     key = hashlib.sha256("\0".join(_model_key(cfg, table) + [
         wrapper, " ".join(flags), " ".join(cmd), _version(cmd, env)]).encode()).hexdigest()[:24]
     final = cache_dir() / key
@@ -167,7 +171,7 @@ def build(cfg, table=None, *, verbose=False):
         (work / "harness_top.cpp").write_text(wrapper)
         jobs = str(min(2, os.cpu_count() or 1))
         argv = cmd + ["--cc", "--exe", "--build", "-j", jobs, "--top-module", TOP,
-                      "--prefix", "Vmachine", "--Mdir", "obj", *WARN_FLAGS, *VERILATOR_FLAGS,
+                      "--prefix", "Vmachine", "--Mdir", "obj", *WARN_FLAGS, *vflags,
                       "-CFLAGS", f"-fPIC {CXX_OPT}", "-LDFLAGS", "-shared",
                       # the wheel's precompiled-header flag breaks multi-file builds
                       "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include",

@@ -28,6 +28,7 @@
 //   INSTR_BITS                  instruction word width
 //   WR_BITS, WR_ADDR_OFF, WR_DATA_OFF, WR_STRB_OFF   the wr payload layout
 //   RDREQ_ADDR_OFF              the rd_req payload layout
+//   GX_TRACE                    1 in a --trace build: gx_trace_open writes a VCD
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -36,6 +37,9 @@
 
 #include "verilated.h"
 #include MODEL_HEADER
+#if GX_TRACE
+#include "verilated_vcd_c.h"
+#endif
 
 // Amaranth names stream ports `rd_req__valid`; Verilator escapes the double
 // underscore in C++ member names as `___05F`.
@@ -158,6 +162,18 @@ struct Sim {
     bool fault = false;
     uint64_t fault_addr = 0;
     uint64_t reads = 0, writes = 0;
+#if GX_TRACE
+    VerilatedVcdC* vcd = nullptr;
+#endif
+
+    // Waveform time: 10 units a cycle, clock low at 0, rising edge at 5.
+    void dump(int phase) {
+#if GX_TRACE
+        if (vcd) vcd->dump(10 * total_cycles + 5 * phase);
+#else
+        (void)phase;
+#endif
+    }
 
     bool chance() { return stall > 0 && mem_rng.uniform() < stall; }
 
@@ -176,6 +192,7 @@ struct Sim {
         if (instr_valid) port_set(top->PORT(instr, payload), instr_word, INSTR_BYTES);
         top->clk = 0;
         top->eval();
+        dump(0);
 
         bool rq_v = top->PORT(rd_req, valid), rs_r = top->PORT(rd_resp, ready), w_v = top->PORT(wr, valid);
         uint8_t rq_buf[8];
@@ -191,6 +208,7 @@ struct Sim {
 
         top->clk = 1;
         top->eval();
+        dump(1);
 
         if (presenting && rs_r) {
             pending.pop_front();
@@ -250,6 +268,9 @@ void* gx_create(uint64_t mem_words) {
         return nullptr;
     }
     s->words = mem_words;
+#if GX_TRACE
+    s->ctx.traceEverOn(true);   // before the model is built, so it has trace hooks
+#endif
     s->top = new MODEL_CLASS(&s->ctx, "top");
     // Amaranth's simulator starts from the registers' init values without a
     // reset; the Verilog declares the same init values, and one reset cycle
@@ -265,9 +286,42 @@ void* gx_create(uint64_t mem_words) {
     return s;
 }
 
+// Start writing a VCD of every following cycle to `path` (replacing an open
+// one); -1 if this library was built without tracing.
+int gx_trace_open(void* h, const char* path) {
+#if GX_TRACE
+    Sim* s = static_cast<Sim*>(h);
+    if (s->vcd) s->vcd->close();
+    else {
+        s->vcd = new VerilatedVcdC;
+        s->top->trace(s->vcd, 99);
+    }
+    s->vcd->open(path);
+    return 0;
+#else
+    (void)h;
+    (void)path;
+    return -1;
+#endif
+}
+
+void gx_trace_close(void* h) {
+#if GX_TRACE
+    Sim* s = static_cast<Sim*>(h);
+    if (s->vcd) {
+        s->vcd->close();
+        delete s->vcd;
+        s->vcd = nullptr;
+    }
+#else
+    (void)h;
+#endif
+}
+
 void gx_destroy(void* h) {
     Sim* s = static_cast<Sim*>(h);
     if (!s) return;
+    gx_trace_close(h);
     s->top->final();
     delete s->top;
     std::free(s->mem);

@@ -227,3 +227,24 @@ def test_cache_key_covers_every_module_the_rtl_imports():
         if name.startswith(("gpt2accel.rtl", "gpt2accel.model")) and getattr(mod, "__file__", None):
             pkg = name if Path(mod.__file__).name == "__init__.py" else name.rpartition(".")[0]
             assert f"{pkg}/{Path(mod.__file__).name}" in key, name
+
+
+@pytest.mark.slow
+def test_vcd_trace(tmp_path, seed):
+    """A tracing build writes a waveform of every cycle; the untraced build refuses to."""
+    try:
+        fast_build.build(CFG, trace=True)
+    except FastBackendUnavailable as exc:
+        pytest.skip(f"fast backend unavailable: {exc}")
+    qm, _ = _model(seed)
+    comp = BlockCompiler(CFG, qm, 0, max_tokens=8, mem_words=4096)
+    prog = comp.program(1, 0)
+    path = tmp_path / "run.vcd"
+    _, (res,) = run_programs(CFG, [prog], comp.image(), seed=seed, vcd=path)
+    text = path.read_text()
+    assert " done " in text and " cycles " in text
+    stamps = [int(line[1:]) for line in text.splitlines() if line.startswith("#")]
+    # every cycle of the run dumped, at 10 units a cycle (reset cycle not traced)
+    assert stamps[-1] // 10 + 1 >= res["outside_cycles"] and stamps == sorted(stamps)
+    with FastMachine(CFG, 16) as m, pytest.raises(RuntimeError, match="without tracing"):
+        m.trace_open(tmp_path / "no.vcd")
