@@ -31,6 +31,10 @@ def resolve_model_dir(name):
     return path
 
 
+#: Backends that run the simulated machine (sim/driver.py); the others are models.
+HARDWARE_BACKENDS = ("pysim", "fast")
+
+
 def _load_backend(model_dir, backend):
     """The model that computes logits for `backend` (float or int)."""
     from gpt2accel.model import GPT2
@@ -45,10 +49,27 @@ def cmd_generate(args):
     from gpt2accel.model.tokenizer import load_tokenizer
     model_dir = resolve_model_dir(args.model)
     tok = load_tokenizer(model_dir)
-    prompt_ids = tok.encode(args.prompt)
-    if not prompt_ids:
-        raise UsageError("--prompt is empty: give at least one character of text")
-    model = _load_backend(model_dir, args.backend)
+
+    def encode(prompt):
+        ids = tok.encode(prompt)
+        if not ids:
+            raise UsageError("--prompt is empty: give at least one character of text")
+        return ids
+
+    if args.prompt is not None:       # early: a bad prompt fails before any model loads
+        prompt_ids = encode(args.prompt)
+    hardware = args.backend in HARDWARE_BACKENDS
+    if getattr(args, "vcd", None) and not hardware:
+        raise UsageError("--vcd needs a simulated-hardware backend (--backend pysim)")
+    model = _load_backend(model_dir, "int" if hardware else args.backend)
+    run = _HardwareRun(model, args) if hardware else None
+    # the demo's defaults depend on how fast the simulation that actually runs is
+    defaults = getattr(args, "demo_defaults", {}).get(run.backend_name if run else "float")
+    if args.prompt is None:
+        args.prompt = defaults[0]
+        prompt_ids = encode(args.prompt)
+    if args.max_new_tokens is None and defaults:
+        args.max_new_tokens = defaults[1]
     if args.max_new_tokens is None:
         # Fill the context: the KV cache, like the hardware's, holds n_positions.
         args.max_new_tokens = max(0, model.config.n_positions - len(prompt_ids))
@@ -70,19 +91,120 @@ def cmd_generate(args):
             out.flush()
             printed = len(text)
 
-    model.generate(prompt_ids, args.max_new_tokens, temperature=args.temperature,
-                   top_k=args.top_k, seed=args.seed, on_token=on_token)
+    if hardware:
+        from gpt2accel.model.gpt2 import generate_tokens
+        generate_tokens(run.step, model.config, model.check_ids(prompt_ids),
+                        args.max_new_tokens, args.temperature, args.top_k, args.seed, on_token)
+    else:
+        model.generate(prompt_ids, args.max_new_tokens, temperature=args.temperature,
+                       top_k=args.top_k, seed=args.seed, on_token=on_token)
     text = tok.decode(new_ids)
     out.write(text[printed:] + "\n")
     dt = time.perf_counter() - t0
-    print(f"[{len(new_ids)} tokens, backend {args.backend}, {dt:.2f} s, "
-          f"{len(new_ids) / dt if dt else 0:.1f} tokens/s]", file=sys.stderr)
+    print(f"[{len(new_ids)} tokens, backend {run.backend_name if hardware else args.backend}, "
+          f"{dt:.2f} s, {len(new_ids) / dt if dt else 0:.1f} tokens/s]", file=sys.stderr)
+    if hardware:
+        run.summary(len(new_ids))
+
+
+#: The clock the projected tokens/s assume: the board's Fmax is not measured yet.
+ASSUMED_CLOCK_HZ = 100e6
+
+
+class _HardwareRun:
+    """Generation whose logits come from the simulated machine (`sim.driver.Driver`):
+    one program per step (prefill, then one per token), a status line per program
+    with the machine's cycles next to the cycle model's, `--check` against QuantGPT2."""
+
+    def __init__(self, qmodel, args):
+        from gpt2accel.sim.driver import Driver, machine_config
+        cfg = machine_config(qmodel, args.rows, args.cols)
+        backend = args.backend
+        if backend == "fast":
+            from gpt2accel.sim.driver import FastBackend
+            from gpt2accel.sim.fast import FastBackendUnavailable
+            print("[fast backend: building or loading the Verilated machine (first build of a "
+                  "config: ~2 minutes) ...]", file=sys.stderr)
+            try:
+                probe = FastBackend()
+                probe.open(cfg, 1)                  # builds or loads the cached model
+                probe.close()
+            except FastBackendUnavailable as e:
+                print(f"[fast backend unavailable ({e}); using the Amaranth simulator]",
+                      file=sys.stderr)
+                backend = "pysim"
+        if args.vcd and backend != "pysim":
+            raise UsageError("--vcd needs --backend pysim (the Amaranth simulator)")
+        be = backend
+        if args.vcd:
+            from gpt2accel.sim.driver import PysimBackend
+            be = PysimBackend(vcd=args.vcd)
+        self.backend_name, self.cfg = backend, cfg
+        self.drv = Driver(qmodel, cfg, be, check=args.check)
+        print(f"[machine {args.rows}x{args.cols} array, max_m {cfg.engine.max_m}, "
+              f"{self.drv.mem_words} words of {cfg.engine.mem_bytes} bytes; backend {backend}"
+              f"{', checking every step against QuantGPT2' if args.check else ''}]",
+              file=sys.stderr)
+        self.drv.load()
+        self.tokens = 0
+
+    def step(self, ids, cache):
+        from gpt2accel.sim.driver import program_macs
+        what = (f"prefill {len(ids)} tokens" if self.drv.pos == 0
+                else f"token at position {self.drv.pos}")
+        # on a terminal the result line overwrites this one; in a log both stay
+        tty = sys.stderr.isatty()
+        print(f"[simulating {what} ...]", file=sys.stderr, end="" if tty else "\n", flush=True)
+        n0 = len(self.drv.history)
+        logits = self.drv.prefill(ids) if self.drv.pos == 0 else self.drv.decode(ids[0])
+        for r in self.drv.history[n0:]:
+            r["macs"] = program_macs(self.drv.comp.ops(r["T"], r["pos"]))
+        cyc = sum(r["cycles"] for r in self.drv.history[n0:])
+        pred = sum(r["predicted_cycles"] for r in self.drv.history[n0:])
+        wall = sum(r["wall_s"] for r in self.drv.history[n0:])
+        ok = ", logits equal QuantGPT2" if self.drv.check else ""
+        print(f"{chr(13) if tty else ''}[{what}: {cyc:,} cycles (cycle model {pred:,}), {wall:.1f} s{ok}]",
+              file=sys.stderr)
+        return self.drv.logits_float(logits[-1])
+
+    def summary(self, new_tokens):
+        """Per-mode cycles/token, MAC utilisation, projected tokens/s at the assumed clock."""
+        e = self.cfg.engine
+        rows = []
+        for mode, sel in (("prefill", lambda r: r["pos"] == 0 or r["T"] > 1),
+                          ("decode", lambda r: r["pos"] > 0 and r["T"] == 1)):
+            h = [r for r in self.drv.history if sel(r)]
+            if not h:
+                continue
+            toks = sum(r["T"] for r in h)
+            cyc = sum(r["cycles"] for r in h)
+            util = sum(r["macs"] for r in h) / (e.rows * e.cols * cyc)
+            wall = sum(r["wall_s"] for r in h)
+            rows.append((mode, toks, cyc / toks, util, ASSUMED_CLOCK_HZ * toks / cyc,
+                         wall / toks))
+        print(f"\n{'mode':8} {'tokens':>6} {'cycles/token':>13} {'MAC util':>9} "
+              f"{'tokens/s @100 MHz (assumed)':>28} {'sim s/token':>12}", file=sys.stderr)
+        for mode, toks, cpt, util, tps, spt in rows:
+            print(f"{mode:8} {toks:6d} {cpt:13,.0f} {100 * util:8.1f}% {tps:28,.0f} "
+                  f"{spt:12.1f}", file=sys.stderr)
+
+
+#: The demo's (prompt, max_new_tokens) per backend that runs: on Amaranth's simulator
+#: (~1 minute per token on 8x8) short enough to finish in about 2 minutes; None fills
+#: the context.
+DEMO_DEFAULTS = {"pysim": ("RO", 2), "fast": ("ROMEO:", 40), "float": ("ROMEO:", None)}
 
 
 def cmd_demo(args):
-    args.model, args.backend = "tiny", "float"
-    print("gpt2accel demo: the shipped tiny Shakespeare GPT-2, float reference model\n",
-          file=sys.stderr)
+    args.model, args.demo_defaults = "tiny", DEMO_DEFAULTS
+    if args.backend == "float":
+        print("gpt2accel demo: the shipped tiny Shakespeare GPT-2, float reference model\n",
+              file=sys.stderr)
+    else:
+        print(f"gpt2accel demo: the shipped tiny Shakespeare GPT-2 on the simulated "
+              f"{args.rows}x{args.cols} machine (every logit from the RTL"
+              f"{', checked bit for bit against the integer golden model' if args.check else ''})"
+              f"\n", file=sys.stderr)
     cmd_generate(args)
 
 
@@ -126,11 +248,30 @@ def cmd_verilog(args):
               file=sys.stderr)
 
 
-def _add_sampling(p, max_new_tokens):
-    p.add_argument("--prompt", default="ROMEO:", help="text to continue (default: %(default)s)")
+def _add_hardware(p, check_default):
+    """Options of the simulated-machine backends."""
+    p.add_argument("--rows", type=int, default=8,
+                   help="systolic array rows of the simulated machine (default: %(default)s)")
+    p.add_argument("--cols", type=int, default=8,
+                   help="systolic array columns (default: %(default)s)")
+    p.add_argument("--check", action=argparse.BooleanOptionalAction, default=check_default,
+                   help="compare every step's integer logits with the integer golden model "
+                        "and stop at the first mismatch, naming the layer and operation "
+                        "(default: %(default)s)")
+    p.add_argument("--vcd", metavar="FILE", default=None,
+                   help="write the run's waveform (pysim; one file per program: FILE, "
+                        "FILE.1, ...)")
+
+
+def _add_sampling(p, max_new_tokens, prompt="ROMEO:"):
+    demo = ", ".join(f"{b}: {p!r}, {n or 'fill the context'}"
+                     for b, (p, n) in DEMO_DEFAULTS.items())
+    p.add_argument("--prompt", default=prompt, help="text to continue (default: %s)" % (
+        prompt or f"per backend that runs ({demo})"))
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N",
                    help="tokens to generate (default: %s)" % (
-                       "fill the model's context" if max_new_tokens is None else max_new_tokens))
+                       "fill the model's context" if max_new_tokens is None and prompt
+                       else max_new_tokens if prompt else "per backend, as --prompt"))
     p.add_argument("--temperature", type=float, default=0.8,
                    help="sampling temperature, 0 = greedy (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=20, metavar="K",
@@ -146,9 +287,17 @@ def build_parser():
                     "with its float and integer golden models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="generate Shakespeare-shaped text with the shipped tiny model",
-                       description="Generate text from the shipped tiny Shakespeare model.")
-    _add_sampling(p, None)
+    p = sub.add_parser("demo", help="the shipped tiny model generating on the simulated hardware",
+                       description="Generate text from the shipped tiny Shakespeare model on "
+                                   "the simulated machine (Verilator when available, else "
+                                   "Amaranth's simulator: a short default run), every step "
+                                   "checked against the integer golden model.")
+    p.add_argument("--backend", choices=["fast", "pysim", "float"], default="fast",
+                   help="fast: Verilator (falls back to pysim when missing); pysim: "
+                        "Amaranth's simulator; float: the float reference, no hardware "
+                        "(default: %(default)s)")
+    _add_sampling(p, None, prompt=None)
+    _add_hardware(p, check_default=True)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("generate", help="generate text from a GPT-2 model",
@@ -156,10 +305,12 @@ def build_parser():
     p.add_argument("--model", default="tiny",
                    help="'tiny' (shipped) or a HF GPT-2 checkpoint directory with config.json "
                         "and model.safetensors (default: %(default)s)")
-    p.add_argument("--backend", choices=["float", "int"], default="float",
-                   help="float: the float32 reference; int: the integer golden model "
+    p.add_argument("--backend", choices=["float", "int", "pysim", "fast"], default="float",
+                   help="float: the float32 reference; int: the integer golden model; "
+                        "pysim / fast: the machine's RTL in Amaranth's simulator / Verilator "
                         "(default: %(default)s)")
     _add_sampling(p, 100)
+    _add_hardware(p, check_default=False)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("quantise", help="quantise a GPT-2 into the integer golden model's file",
@@ -202,12 +353,17 @@ def build_parser():
 def main(argv=None):
     from gpt2accel.model.checkpoint import CheckpointError
     from gpt2accel.model.tokenizer import TokenizerError
+    from gpt2accel.sim.driver import CheckError, HardwareError
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except (CheckError, HardwareError) as e:
+        # the hardware disagrees with the golden model: loud, and distinct from usage errors
+        print(f"gpt2accel: HARDWARE MISMATCH: {e}", file=sys.stderr)
+        return 1
     except (UsageError, CheckpointError, TokenizerError, ValueError, OSError) as e:
         if os.environ.get("GPT2ACCEL_TRACEBACK"):
             raise

@@ -17,7 +17,7 @@ def run(capsys, *argv):
 
 
 def test_demo_fills_the_context(capsys):
-    code, out, err = run(capsys, "demo", "--seed", "3")
+    code, out, err = run(capsys, "demo", "--backend", "float", "--seed", "3")
     assert code == 0
     assert out.startswith("ROMEO:")
     assert "[122 tokens, backend float" in err
@@ -100,3 +100,37 @@ def test_every_benchmark_has_help(capsys):
     out = capsys.readouterr().out
     for name in ("accuracy", "matmul"):
         assert name in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--backend", "pysim", "--prompt", "R" * 129], "longer than the model's context"),
+    (["generate", "--backend", "pysim", "--rows", "16", "--cols", "16"],
+     "d_head 16 is not a multiple of mem_bytes 32"),
+    (["generate", "--backend", "float", "--vcd", "x.vcd"], "--vcd needs"),
+])
+def test_hardware_errors_are_one_line(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("gpt2accel: error:") and message in err
+    assert "Traceback" not in err
+
+
+def test_unknown_backend_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--backend", "gpu"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'gpu'" in capsys.readouterr().err
+
+
+def test_generate_on_simulated_hardware_matches_int_backend(capsys):
+    """One prefill program of the shipped tiny model in Amaranth's simulator (~40 s),
+    checked against QuantGPT2, greedy: the token equals the integer backend's."""
+    args = ("--temperature", "0", "--prompt", "R", "--max-new-tokens", "1")
+    code, out, err = run(capsys, "generate", "--backend", "pysim", "--check", *args)
+    assert code == 0, err
+    assert "logits equal QuantGPT2" in err and "cycle model" in err
+    cycles = [int(c.replace(",", "")) for c in
+              __import__("re").findall(r"([\d,]+) cycles \(cycle model ([\d,]+)\)", err)[0]]
+    assert cycles[0] == cycles[1] > 0
+    _, want, _ = run(capsys, "generate", "--backend", "int", *args)
+    assert out == want
