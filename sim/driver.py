@@ -27,7 +27,7 @@ from gpt2accel.rtl.isa import Error, Op
 from .compiler import CompileError, ModelCompiler
 from .program_cycles import program_cycles
 
-__all__ = ["Backend", "PysimBackend", "FastBackend", "BACKENDS", "make_backend",
+__all__ = ["program_macs", "Backend", "PysimBackend", "FastBackend", "BACKENDS", "make_backend",
            "HardwareError", "CheckError", "Driver", "machine_config"]
 
 
@@ -139,6 +139,21 @@ def machine_config(qmodel, rows=8, cols=8, max_tokens=8, addr_bits=16):
                             max_n=max(4 * mc.n_embd, mc.vocab_size), addr_bits=addr_bits),
         tile=qmodel.tile, frac_bits=qmodel.frac_bits, lanes=2, norm_lanes=2,
         max_d_head=mc.n_embd // mc.n_head, max_seq=mc.n_positions)
+
+
+def program_macs(ops):
+    """Useful multiply-accumulates of a program ((Op, fields) pairs): every MATMUL's
+    m*k*n, and attention's QKᵀ and PV products over the causal keys only (row r of
+    tq at position offset + r sees offset + r + 1 keys). Utilisation is this over
+    rows*cols*cycles."""
+    total = 0
+    for op, f in ops:
+        if op == Op.MATMUL:
+            total += f["m"] * f["k"] * f["n"]
+        elif op == Op.ATTENTION:
+            keys = sum(f["offset"] + r + 1 for r in range(f["tq"]))
+            total += 2 * f["n_head"] * f["d_head"] * keys
+    return total
 
 
 def _checkpoints(comp):
