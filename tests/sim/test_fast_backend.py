@@ -248,3 +248,28 @@ def test_vcd_trace(tmp_path, seed):
     assert stamps[-1] // 10 + 1 >= res["outside_cycles"] and stamps == sorted(stamps)
     with FastMachine(CFG, 16) as m, pytest.raises(RuntimeError, match="without tracing"):
         m.trace_open(tmp_path / "no.vcd")
+
+
+@pytest.mark.slow
+def test_unaligned_payload_fields(seed):
+    """addr_bits 13: the wr/rd_resp data fields start off a byte boundary (own build)."""
+    from dataclasses import replace
+    cfg = replace(CFG, engine=replace(CFG.engine, addr_bits=13))
+    try:
+        fast_build.build(cfg)
+    except FastBackendUnavailable as exc:
+        pytest.skip(f"fast backend unavailable: {exc}")
+    qm, rng = _model(seed)
+    t = int(rng.integers(1, 5))
+    seen = _golden(qm, [rng.integers(0, VOCAB, t)])
+    comp = BlockCompiler(cfg, qm, 0, max_tokens=8, mem_words=4096)
+    mem = comp.image()
+    comp.write_rows(mem, "x", seen[(0, "embed")])
+    prog = comp.program(t, 0)
+    for stall in (0.0, 0.3):
+        out, (res,) = run_programs(cfg, [prog], mem, seed=seed, stall=stall, jitter=2)
+        what = f"T={t}, stall {stall}, GPT2ACCEL_SEED={seed}"
+        assert res["error"] == Error.NONE, what
+        if not stall:
+            assert res["cycles"] == program_cycles(cfg, prog)[0], what
+        _check_block(comp, out, seen, 0, t, what)
