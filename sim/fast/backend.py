@@ -84,7 +84,9 @@ class FastMachine:
         self.path, self.build_info = _build(cfg, table, trace, verbose)
         self._lib = _load(self.path)
         self.mem_bytes = cfg.engine.mem_bytes
-        assert self._lib.gx_mem_bytes() == self.mem_bytes
+        if self._lib.gx_mem_bytes() != self.mem_bytes:     # a stale or foreign library
+            raise FastBuildError(f"{self.path} was built for {self._lib.gx_mem_bytes()}-byte "
+                                 f"words, the config has {self.mem_bytes}")
         self._instr_bytes = self._lib.gx_instr_bytes()
         self._h = self._lib.gx_create(mem_words)
         if not self._h:
@@ -100,6 +102,13 @@ class FastMachine:
             self._lib.gx_destroy(self._h)
             self._h = None
 
+    @property
+    def _live(self):
+        """The C handle; ValueError after close() (the C side would crash on it)."""
+        if not self._h:
+            raise ValueError("this FastMachine is closed")
+        return self._h
+
     def __enter__(self):
         return self
 
@@ -111,30 +120,30 @@ class FastMachine:
 
     def trace_open(self, path):
         """Write a VCD of every following cycle to `path` (10 time units a cycle)."""
-        if self._lib.gx_trace_open(self._h, str(path).encode()):
+        if self._lib.gx_trace_open(self._live, str(path).encode()):
             raise RuntimeError("this FastMachine was built without tracing (trace=True)")
 
     def trace_close(self):
-        self._lib.gx_trace_close(self._h)
+        self._lib.gx_trace_close(self._live)
 
     @property
     def total_cycles(self):
         """Clock cycles run since creation."""
-        return self._lib.gx_total_cycles(self._h)
+        return self._lib.gx_total_cycles(self._live)
 
     def load(self, image, addr=0):
         """Copy `image` (uint8 [n, mem_bytes]) into memory from word `addr`."""
         image = np.ascontiguousarray(image, np.uint8)
         if image.ndim != 2 or image.shape[1] != self.mem_bytes:
             raise ValueError(f"image must be [words, {self.mem_bytes}] uint8, got {image.shape}")
-        if self._lib.gx_write(self._h, addr, image.ctypes.data, len(image)):
+        if self._lib.gx_write(self._live, addr, image.ctypes.data, len(image)):
             raise IndexError(f"words {addr}..{addr + len(image)} outside memory of {self.words}")
 
     def dump(self, addr=0, n=None):
         """A copy of `n` words from `addr` (default: to the end)."""
         n = self.words - addr if n is None else n
         out = np.empty((n, self.mem_bytes), np.uint8)
-        if self._lib.gx_read(self._h, addr, out.ctypes.data, n):
+        if self._lib.gx_read(self._live, addr, out.ctypes.data, n):
             raise IndexError(f"words {addr}..{addr + n} outside memory of {self.words}")
         return out
 
@@ -150,7 +159,7 @@ class FastMachine:
         res = _Result()
         t0 = time.perf_counter()
         status = self._lib.gx_run_program(
-            self._h, words, len(program), seed & (2**64 - 1), float(stall), int(jitter),
+            self._live, words, len(program), seed & (2**64 - 1), float(stall), int(jitter),
             REF_MEM_LATENCY if latency is None else int(latency), int(timeout),
             ctypes.byref(res))
         wall = time.perf_counter() - t0

@@ -167,6 +167,8 @@ def test_memory_api(fast):
             m.dump(words - 1, 2)
         with pytest.raises(ValueError):
             m.load(block[:, :-1])
+    with pytest.raises(ValueError, match="closed"):      # not a crash in C
+        m.dump(0, 1)
 
 
 def test_out_of_range_address_and_timeout(fast, seed):
