@@ -99,7 +99,8 @@ def test_block_equals_pysim_and_model(fast, seed):
 
 
 def test_whole_model_with_stalls(fast, seed):
-    """A 2-layer model: prefill and two decode steps on one FastMachine, logits bit-exact."""
+    """A 2-layer model: prefill and two decode steps on one FastMachine, logits bit-exact;
+    then each prefill instruction alone, its cycles equal to `program_cycles`."""
     rng = np.random.default_rng([seed, 3])
     fm = random_gpt2(seed=seed % 1000, vocab_size=VOCAB, n_positions=NPOS, n_embd=E,
                      n_layer=2, n_head=H)
@@ -128,6 +129,14 @@ def test_whole_model_with_stalls(fast, seed):
             else:
                 assert res["cycles"] == model, what
             pos += len(part)
+        # every instruction of the prefill alone: the cycle model is exact per instruction
+        comp.write_ids(m.mem, parts[0])
+        halt = encode(CFG, Op.HALT)
+        for w in comp.program(t, 0)[:-1]:
+            want_cycles, ((op, _),) = program_cycles(CFG, [w, halt], mem=m.mem)
+            res = m.run([w, halt], seed=seed)
+            assert res["error"] == Error.NONE, op.name
+            assert res["cycles"] == want_cycles, f"{op.name}, GPT2ACCEL_SEED={seed}"
 
 
 def test_illegal_programs_match_pysim(fast, seed):
