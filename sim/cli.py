@@ -234,17 +234,34 @@ def cmd_quantise(args):
 
 def cmd_verilog(args):
     from gpt2accel.rtl.config import EngineConfig
-    from gpt2accel.rtl.verilog import generate
-    cfg = EngineConfig(rows=args.rows, cols=args.cols, mem_bytes=args.mem_bytes,
-                       max_k=args.max_k)
-    print(f"elaborating a {cfg.rows}x{cfg.cols} matmul engine and converting it with Yosys "
-          f"(the first run compiles Yosys to native code, ~1 minute) ...", file=sys.stderr)
-    text = generate(cfg, args.name)
+    from gpt2accel.rtl.verilog import ensure_yosys, generate
+    if args.engine == "matmul":
+        cfg = EngineConfig(rows=args.rows, cols=args.cols, mem_bytes=args.mem_bytes,
+                           max_k=args.max_k)
+        name = args.name or "gpt2accel_matmul"
+        print(f"elaborating a {cfg.rows}x{cfg.cols} matmul engine and converting it with Yosys "
+              f"(the first run compiles Yosys to native code, ~1 minute) ...", file=sys.stderr)
+        text = generate(cfg, name)
+    else:
+        from amaranth.back import verilog
+        from gpt2accel.model.quant import QUANT_FILENAME, QuantGPT2
+        from gpt2accel.rtl.machine import Machine
+        from gpt2accel.sim.driver import machine_config
+        # the machine is sized for a model (its widths, context, tile): the named one
+        q = QuantGPT2.load(resolve_model_dir(args.config) / QUANT_FILENAME)
+        cfg = machine_config(q, args.rows, args.cols)
+        name = args.name or "gpt2accel_machine"
+        print(f"elaborating the whole {args.rows}x{args.cols} machine for model {args.config!r} "
+              f"(max_k {cfg.engine.max_k}, max_n {cfg.engine.max_n}, max_m {cfg.engine.max_m}, "
+              f"tile {cfg.tile}, max_seq {cfg.max_seq}) and converting it with Yosys ...",
+              file=sys.stderr)
+        ensure_yosys()
+        text = verilog.convert(Machine(cfg), name=name)
     if args.output == "-":
         sys.stdout.write(text)
     else:
         Path(args.output).write_text(text)
-        print(f"wrote {args.output} ({len(text.splitlines())} lines, top module {args.name})",
+        print(f"wrote {args.output} ({len(text.splitlines())} lines, top module {name})",
               file=sys.stderr)
 
 
@@ -325,15 +342,24 @@ def build_parser():
     p.set_defaults(func=cmd_quantise)
 
     from gpt2accel.rtl.config import EngineConfig
-    p = sub.add_parser("verilog", help="emit the engine as Verilog",
-                       description="Emit the matmul engine as Verilog (via Yosys, from PyPI).")
+    p = sub.add_parser("verilog", help="emit the machine (or the matmul engine) as Verilog",
+                       description="Emit the whole machine sized for a model, or with "
+                                   "--engine matmul the matmul engine alone, as Verilog "
+                                   "(via Yosys, from PyPI).")
+    p.add_argument("--engine", choices=["machine", "matmul"], default="machine",
+                   help="machine: the whole machine (engines, vector units, sequencer); "
+                        "matmul: the matmul engine only (default: %(default)s)")
+    p.add_argument("--config", default="tiny",
+                   help="the machine's model: 'tiny' or a checkpoint directory with "
+                        "model.int8.safetensors (default: %(default)s)")
     p.add_argument("--rows", type=int, default=8, help="array rows (default: %(default)s)")
     p.add_argument("--cols", type=int, default=8, help="array columns (default: %(default)s)")
     p.add_argument("--mem-bytes", type=int, default=None,
-                   help="memory word width in bytes (default: 2*cols)")
+                   help="--engine matmul: memory word width in bytes (default: 2*cols)")
     p.add_argument("--max-k", type=int, default=EngineConfig.max_k,
-                   help="largest K, the A scratchpad depth (default: %(default)s)")
-    p.add_argument("--name", default="gpt2accel_matmul", help="top module name")
+                   help="--engine matmul: largest K, the A scratchpad depth (default: %(default)s)")
+    p.add_argument("--name", default=None,
+                   help="top module name (default: gpt2accel_machine / gpt2accel_matmul)")
     p.add_argument("-o", "--output", default="-", help="output file, '-' for stdout")
     p.set_defaults(func=cmd_verilog)
 

@@ -86,7 +86,8 @@ def test_bad_checkpoint_is_reported(capsys, tmp_path):
 
 def test_verilog_writes_a_module(capsys, tmp_path):
     out = tmp_path / "e.v"
-    code, _, err = run(capsys, "verilog", "--rows", "2", "--cols", "2", "--max-k", "16",
+    code, _, err = run(capsys, "verilog", "--engine", "matmul", "--rows", "2", "--cols", "2",
+                       "--max-k", "16",
                        "-o", str(out))
     assert code == 0 and "wrote" in err
     text = out.read_text()
@@ -134,3 +135,33 @@ def test_generate_on_simulated_hardware_matches_int_backend(capsys):
     assert cycles[0] == cycles[1] > 0
     _, want, _ = run(capsys, "generate", "--backend", "int", *args)
     assert out == want
+
+
+def test_demo_falls_back_to_pysim_without_verilator(capsys, monkeypatch):
+    """No Verilator: the demo says so in one line and runs on Amaranth's simulator,
+    checked by default (one greedy token of the tiny model, ~40 s)."""
+    from gpt2accel.sim import driver
+    from gpt2accel.sim.fast import FastBackendUnavailable
+
+    def unavailable(self, cfg, mem_words):
+        raise FastBackendUnavailable("verilator not found")
+    monkeypatch.setattr(driver.FastBackend, "open", unavailable)
+    code, out, err = run(capsys, "demo", "--prompt", "R", "--max-new-tokens", "1",
+                         "--temperature", "0")
+    assert code == 0, err
+    assert "[fast backend unavailable (verilator not found); using the Amaranth simulator]" in err
+    assert "logits equal QuantGPT2" in err and "backend pysim" in err
+    assert "tokens/s @100 MHz (assumed)" in err
+    _, want, _ = run(capsys, "generate", "--backend", "int", "--prompt", "R",
+                     "--max-new-tokens", "1", "--temperature", "0")
+    assert out == want
+
+
+def test_verilog_whole_machine(capsys, tmp_path):
+    """The default emits the whole machine (sequencer, both engines, vector units)."""
+    out = tmp_path / "m.v"
+    code, _, err = run(capsys, "verilog", "--rows", "4", "--cols", "4", "-o", str(out))
+    assert code == 0, err
+    text = out.read_text()
+    assert "module gpt2accel_machine(" in text and "max_seq 128" in err
+    assert text.count("\nmodule ") > 5        # submodules: not the matmul engine alone
