@@ -284,3 +284,33 @@ def test_unaligned_payload_fields(seed):
         if not stall:
             assert res["cycles"] == program_cycles(cfg, prog)[0], what
         _check_block(comp, out, seen, 0, t, what)
+
+
+@pytest.mark.slow
+def test_tiny_model_with_stalls(seed):
+    """The shipped tiny model on the 8x8 machine (128-bit words): an 8-token prefill and
+    4 decode tokens under memory and feed stalls, logits bit-exact."""
+    from gpt2accel.sim.benchmarks.sim import tiny_machine
+    cfg, qm = tiny_machine()
+    try:
+        fast_build.build(cfg)
+    except FastBackendUnavailable as exc:
+        pytest.skip(f"fast backend unavailable: {exc}")
+    rng = np.random.default_rng([seed, 4])
+    ids = rng.integers(0, qm.config.vocab_size, 12)
+    parts = [ids[:8]] + [ids[i:i + 1] for i in range(8, 12)]
+    cache = KVCache(qm.config.n_layer)
+    want = [qm.forward(p, cache) for p in parts]
+    comp = ModelCompiler(cfg, qm, max_tokens=8, mem_words=1 << 16)
+    pos = 0
+    with FastMachine(cfg, 1 << 16) as m:
+        m.load(comp.image())
+        for i, part in enumerate(parts):
+            comp.write_ids(m.mem, part)
+            res = m.run(comp.program(len(part), pos), seed=seed + i, stall=0.25, jitter=3)
+            what = f"call {i} (T={len(part)}, pos={pos}, GPT2ACCEL_SEED={seed})"
+            assert res["error"] == Error.NONE, what
+            np.testing.assert_array_equal(
+                comp.read_rows(m.mem, "logits", len(part), qm.config.vocab_size), want[i],
+                err_msg=what)
+            pos += len(part)
