@@ -206,6 +206,10 @@ class Machine(wiring.Component):
 
         word = Signal(INSTR_BITS)
         opcode = word[:OPCODE_BITS]
+        # the current instruction by name in a waveform viewer (an enum-shaped signal
+        # carries its decoder into the VCD); the sequencer's FSM state names the phase
+        current_op = Signal(Op, name="current_op")
+        m.d.comb += current_op.eq(opcode)
         bodies = {op: data.View(body_layout(c, op), word[OPCODE_BITS:OPCODE_BITS + body_layout(c, op).size])
                   for op in Op}
         for op, u in units.items():

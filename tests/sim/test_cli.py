@@ -123,6 +123,7 @@ def test_unknown_backend_is_refused(capsys):
     assert "invalid choice: 'gpu'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_generate_on_simulated_hardware_matches_int_backend(capsys):
     """One prefill program of the shipped tiny model in Amaranth's simulator (~40 s),
     checked against QuantGPT2, greedy: the token equals the integer backend's."""

@@ -55,3 +55,17 @@ def test_bad_requests(qm):
     drv = Driver(qm, machine_config(qm, 4, 4), "pysim").load()
     with pytest.raises(ValueError, match="exceeds the model's context"):
         drv.prefill([0] * (NPOS + 1))
+
+
+def test_vcd_names_the_instruction_and_phase(qm, tmp_path):
+    """--vcd: the waveform shows the current instruction and the sequencer's phase by
+    name (enum-shaped `current_op`, named FSM states), and the run stays bit-exact."""
+    from gpt2accel.sim.driver import PysimBackend
+    path = tmp_path / "run.vcd"
+    drv = Driver(qm, machine_config(qm, 4, 4), PysimBackend(vcd=str(path))).load()
+    np.testing.assert_array_equal(drv.prefill([9]), qm.forward(np.array([9])))
+    text = path.read_text()
+    assert "$var string 1" in text and " current_op $end" in text
+    for name in ("EMBED", "LAYERNORM", "MATMUL", "ATTENTION", "REQUANT", "HALT"):
+        assert f"\ns{name} " in text, name
+    assert "\nsWAIT_ATTENTION/" in text        # the FSM state: "name/encoding"
