@@ -191,3 +191,22 @@ def test_attention_soak(seed):
         np.testing.assert_array_equal(got, _reference(cfg, q, k, v, offset, params),
                                       err_msg=f"command {n} (GPT2ACCEL_SEED={seed})")
         assert untouched
+
+
+@pytest.mark.slow
+def test_benchmark_configuration_cycles(seed):
+    """The benchmarked 8x8 configuration with 128-row blocks (tile 64, d_head
+    64): golden result and cycle model on prefill commands whose diagonal
+    tiles skip up to 8 array row blocks."""
+    from gpt2accel.sim.benchmarks.attention import config
+    cfg = config(8, 64, 16)
+    rng = np.random.default_rng([seed, 8, 16])
+    commands = []
+    for tq, offset in [(136, 0), (70, 60)]:
+        q, k, v, _, _ = head_case(rng, "random", 64, tq, offset + tq)
+        commands.append((q[None], k[None], v[None], offset, _params(rng)))
+    lays, mem, cycles = _run(cfg, commands, seed, 0.0, rng)
+    for lay, got, (q, k, v, offset, params) in zip(lays, cycles, commands):
+        np.testing.assert_array_equal(lay.result(mem)[0], _reference(cfg, q, k, v, offset, params),
+                                      err_msg=f"(GPT2ACCEL_SEED={seed})")
+        assert got == attention_cycles(cfg, 1, 64, q.shape[1], offset).cycles
