@@ -69,3 +69,22 @@ def test_vcd_names_the_instruction_and_phase(qm, tmp_path):
     for name in ("EMBED", "LAYERNORM", "MATMUL", "ATTENTION", "REQUANT", "HALT"):
         assert f"\ns{name} " in text, name
     assert "\nsWAIT_ATTENTION/" in text        # the FSM state: "name/encoding"
+
+
+@pytest.mark.slow
+def test_fast_backend_matches_pysim(qm):
+    """The same driver calls on the Verilated machine: same logits, same cycles."""
+    fast = pytest.importorskip("gpt2accel.sim.fast")
+    cfg = machine_config(qm, 4, 4)
+    runs = []
+    for backend in ("pysim", "fast"):
+        try:
+            drv = Driver(qm, cfg, backend, check=True).load()
+        except fast.FastBackendUnavailable as e:
+            pytest.skip(str(e))
+        runs.append(([drv.prefill([5, 6]), drv.decode(7)], [r["cycles"] for r in drv.history]))
+        drv.close()
+    (a, ca), (b, cb) = runs
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert ca == cb
