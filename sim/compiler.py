@@ -130,10 +130,13 @@ class _Compiler:
             need(lin.out_bits in (e.out_bits, self.rb),
                  f"{name}: output width {lin.out_bits} is neither engine out_bits "
                  f"{e.out_bits} nor resid_bits {self.rb}")
-            if lin.out_bits != e.out_bits:
-                need(N <= cfg_max_vector_n(cfg),
-                     f"{name}: N = {N} exceeds the vector row limit max_vector_n "
-                     f"{cfg_max_vector_n(cfg)}")
+        # LayerNorm needs a whole row in its unit; the element-wise vector
+        # ops are split into column chunks instead (`_split_vector`)
+        need(E <= cfg_max_vector_n(cfg),
+             f"n_embd {E} exceeds the LayerNorm row limit max_vector_n {cfg_max_vector_n(cfg)}")
+        self.chunk = cfg_max_vector_n(cfg) // e.mem_bytes * e.mem_bytes
+        need(self.chunk >= 1, f"the vector row limit {cfg_max_vector_n(cfg)} is below one "
+             f"memory word of {e.mem_bytes} bytes")
 
         # ---------------- memory map ----------------
         self.regions, self._blobs, top = {}, [], 0
@@ -276,6 +279,32 @@ class _Compiler:
             resadd(f"h{i}.mlp.c_proj"),
         ]
 
+    #: bytes per element of each address field of the element-wise vector ops
+    _ELEMENT_BYTES = {
+        Op.GELU: {"src_base": ACT_BYTES, "dst_base": ACT_BYTES},
+        Op.RESADD: {"src_base": RESID_BYTES, "dst_base": RESID_BYTES, "y_base": RAW_BYTES,
+                    "q_base": Q_BYTES},
+        # REQUANT's src is unused (x = 0) and stays put
+        Op.REQUANT: {"dst_base": RESID_BYTES, "y_base": RAW_BYTES, "q_base": Q_BYTES},
+    }
+
+    def _split_vector(self, op, fields):
+        """An element-wise vector op on rows longer than the units' row limit
+        (GPT-2's 4E-wide GELU rows, the vocabulary-wide logits) as several
+        instructions, each on a column chunk of every row. Chunks are whole
+        memory words, so each chunk's columns start on a word in every array."""
+        sizes = self._ELEMENT_BYTES.get(op)
+        n = fields.get("n", 0)
+        if sizes is None or n <= self.chunk:
+            return [(op, fields)]
+        out = []
+        for c0 in range(0, n, self.chunk):
+            f = dict(fields, n=min(self.chunk, n - c0))
+            for name, size in sizes.items():
+                f[name] = fields[name] + c0 * size // self.e.mem_bytes
+            out.append((op, f))
+        return out
+
     def _ln(self, name, q, src, dst, t):
         reg = self.regions
         return (Op.LAYERNORM, dict(
@@ -311,6 +340,7 @@ class _Compiler:
                                        dst_stride=reg["logits"].stride,
                                        y_base=lr.base, y_stride=lr.stride,
                                        q_base=reg["lm_head.q"].base))]
+        prog = [ins for op, fields in prog for ins in self._split_vector(op, fields)]
         return prog + [(Op.HALT, {})]
 
     def write_ids(self, mem, ids):
