@@ -188,6 +188,7 @@ class Driver:
         self.comp = ModelCompiler(cfg, qmodel, cfg.engine.max_m, self.mem_words)
         self.check = check
         self.pos = 0
+        self.loaded = False
         self.last = None          # status of the last program (cycles, predicted, wall_s...)
         self.history = []         # one status per program run
 
@@ -196,7 +197,7 @@ class Driver:
         from gpt2accel.model.gpt2 import KVCache
         self.backend.open(self.cfg, self.mem_words)
         self.backend.load(self.comp.image())
-        self.pos = 0
+        self.pos, self.loaded = 0, True
         self.golden_cache = KVCache(self.q.config.n_layer)
         return self
 
@@ -213,7 +214,10 @@ class Driver:
         self.backend.load(img, ids_region.base)
         prog = self.comp.program(t, self.pos)
         before = self.backend.dump() if self.check else None
-        predicted, _ = program_cycles(self.cfg, prog, mem=_IdsView(self.comp, ids))
+        try:
+            predicted, _ = program_cycles(self.cfg, prog, mem=_ids_memory(self.comp, ids))
+        except ValueError:        # an illegal program: the machine's error status tells
+            predicted = None
         res = dict(self.backend.run(prog))
         res.update(T=t, pos=self.pos, predicted_cycles=predicted, instructions=len(prog))
         self.last = res
@@ -238,12 +242,15 @@ class Driver:
         if len(ids) > self.q.config.n_positions:
             raise ValueError(f"prompt of {len(ids)} tokens exceeds the model's context "
                              f"n_positions={self.q.config.n_positions}")
-        self.load() if self.pos else None
+        if self.pos or not self.loaded:
+            self.load()                       # a new sequence: fresh image, empty caches
         m = self.cfg.engine.max_m
         return np.concatenate([self._run(ids[s:s + m]) for s in range(0, len(ids), m)])
 
     def decode(self, token):
         """One token at the next position; int logits [1, vocab]."""
+        if not self.loaded or self.pos == 0:
+            raise ValueError("decode needs a prefill first (the prompt fills the KV caches)")
         if self.pos >= self.q.config.n_positions:
             raise ValueError(f"context full: n_positions={self.q.config.n_positions}")
         return self._run([int(token)])
@@ -262,7 +269,7 @@ class Driver:
         """Totals over every program run: cycles, instructions, wall seconds."""
         h = self.history
         return {"programs": len(h), "cycles": sum(r["cycles"] for r in h),
-                "predicted_cycles": sum(r["predicted_cycles"] for r in h),
+                "predicted_cycles": sum(r["predicted_cycles"] or 0 for r in h),
                 "instructions": sum(r["icount"] for r in h),
                 "wall_s": sum(r.get("wall_s", 0.0) for r in h),
                 "error": h[-1]["error"] if h else 0}
@@ -283,7 +290,8 @@ class Driver:
     def _localise(self, ids, seen, before):
         """Re-run prefixes of the program from the memory before the call and find the
         first checked instruction whose destination differs from the golden
-        intermediate (bisection: a good checkpoint followed by a bad one)."""
+        intermediate (bisection: a good checkpoint followed by a bad one). Leaves the
+        machine's memory in a prefix's state: the caller raises."""
         t = len(ids)
         ops = self.comp.ops(t, self.pos)
         checks = _checkpoints(self.comp)
@@ -334,7 +342,7 @@ class _Shifted:
         self.words[self._rel(s)] = v
 
 
-def _IdsView(comp, ids):
+def _ids_memory(comp, ids):
     """Memory as `program_cycles` needs it for EMBED (only the token ids are read)."""
     r = comp.regions["ids"]
     view = _Shifted(np.zeros((r.words, comp.e.mem_bytes), np.uint8), r.base)

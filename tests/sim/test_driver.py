@@ -88,3 +88,16 @@ def test_fast_backend_matches_pysim(qm):
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     assert ca == cb
+
+
+def test_machine_error_status_raises(qm):
+    """An illegal instruction in the stream (a zeroed word: opcode 0) sets the machine's
+    error status; the driver raises HardwareError naming it."""
+    from gpt2accel.sim.driver import HardwareError
+    drv = Driver(qm, machine_config(qm, 4, 4), "pysim").load()
+    program = drv.comp.program
+    drv.comp.program = lambda t, pos: [0] + program(t, pos)
+    with pytest.raises(HardwareError, match="error status OPCODE"):
+        drv.prefill([1])
+    with pytest.raises(ValueError, match="needs a prefill first"):
+        Driver(qm, machine_config(qm, 4, 4), "pysim").load().decode(1)
