@@ -227,6 +227,34 @@ class _Compiler:
         dt = {1: "<i1", 2: "<i2", 4: "<i4", 8: "<i8"}[size]
         return rows.copy().view(dt).astype(np.int64)
 
+    def write_kv_cache(self, mem, cache):
+        """Host write of K/V caches (a `gpt2.KVCache` of int8 [H, T, D] per layer, as
+        `QuantGPT2.forward` leaves it) into the machine's cache regions, in the
+        layout KVSTORE writes: per head and key tile, Kᵀ and V as matmul W tiles.
+        Lets a long context be set up without simulating its prefill; the
+        machine then continues at position T exactly as after its own prefill."""
+        T = self.cfg.tile
+        for i in self.layers:
+            k, v = cache.k[i], cache.v[i]
+            if k is None:
+                continue
+            H, t, D = k.shape
+            if (H, D) != (self.H, self.D) or t > self.n_pos:
+                raise CompileError(f"layer {i} cache {k.shape} does not fit "
+                                   f"[{self.H}, <= {self.n_pos}, {self.D}]")
+            kc, vc = self.regions[f"h{i}.k_cache"], self.regions[f"h{i}.v_cache"]
+            for h in range(H):
+                for j in range(_cdiv(t, T)):
+                    n = min(T, t - j * T)
+                    kt = np.zeros((T, D), np.int64)
+                    vt = np.zeros((T, D), np.int64)
+                    kt[:n] = k[h, j * T:j * T + n]
+                    vt[:n] = v[h, j * T:j * T + n]
+                    ka = kc.base + (h * self.n_tiles + j) * self.kts
+                    va = vc.base + (h * self.n_tiles + j) * self.vts
+                    mem[ka:ka + self.kts] = pack_w(self.e, kt.T)
+                    mem[va:va + self.vts] = pack_w(self.e, vt)
+
     # ---------------- instructions ----------------
     def _matmul(self, name, a, out, t):
         lin = self.lins[name]

@@ -50,3 +50,27 @@ def test_split_offsets_are_per_element_size():
     parts = Probe()._split_vector(Op.REQUANT, fields)
     assert [(f["src_base"], f["dst_base"], f["y_base"], f["q_base"]) for _, f in parts] == [
         (0, 50, 60, 70), (0, 50 + 64 // mb, 60 + 128 // mb, 70 + 128 // mb)]
+
+
+def test_host_written_kv_cache_continues_like_a_prefill(seed):
+    """Decode after `write_kv_cache` of the golden model's cache equals decode
+    after the machine's own prefill (and the golden model)."""
+    from gpt2accel.model.gpt2 import KVCache
+    rng = np.random.default_rng([seed, 8])
+    fm = random_gpt2(seed=seed % 1000, vocab_size=40, n_positions=NPOS, n_embd=E,
+                     n_layer=1, n_head=H)
+    qm = Q.QuantGPT2.from_float(fm, [rng.integers(0, 40, NPOS)], tile=CFG.tile)
+    ids = rng.integers(0, 40, 7)                  # 6 cached positions, one decoded
+    cache = KVCache(1)
+    qm.forward(ids[:6], cache)
+    want = qm.forward(ids[6:], cache)
+    comp = ModelCompiler(CFG, qm, max_tokens=2, mem_words=8192)
+    mem = comp.image()
+    prefix = KVCache(1)
+    prefix.k[0], prefix.v[0] = cache.k[0][:, :6], cache.v[0][:, :6]
+    comp.write_kv_cache(mem, prefix)
+    comp.write_ids(mem, ids[6:])
+    mem, (res,) = run_programs(CFG, [comp.program(1, 6)], mem, seed=seed)
+    assert res["error"] == Error.NONE, f"GPT2ACCEL_SEED={seed}"
+    np.testing.assert_array_equal(comp.read_rows(mem, "logits", 1, 40), want,
+                                  err_msg=f"GPT2ACCEL_SEED={seed}")
