@@ -150,30 +150,39 @@ class _HardwareRun:
 
     def step(self, ids, cache):
         from gpt2accel.sim.driver import program_macs
-        what = (f"prefill {len(ids)} tokens" if self.drv.pos == 0
+        mode = "prefill" if self.drv.pos == 0 else "decode"
+        what = (f"prefill {len(ids)} tokens" if mode == "prefill"
                 else f"token at position {self.drv.pos}")
         # on a terminal the result line overwrites this one; in a log both stay
         tty = sys.stderr.isatty()
         print(f"[simulating {what} ...]", file=sys.stderr, end="" if tty else "\n", flush=True)
+        m = self.cfg.engine.max_m
+
+        def on_program(r):
+            r["mode"], r["macs"] = mode, program_macs(self.drv.comp.ops(r["T"], r["pos"]))
+            if len(ids) > m:          # a long prompt runs in programs of max_m: show each
+                print(f"{chr(13) if tty else ''}[  positions {r['pos']}..{r['pos'] + r['T'] - 1}"
+                      f" of {len(ids)}: {r['cycles']:,} cycles, {r['wall_s']:.1f} s]",
+                      file=sys.stderr, end="" if tty else "\n", flush=True)
+
+        self.drv.on_program = on_program
         n0 = len(self.drv.history)
-        logits = self.drv.prefill(ids) if self.drv.pos == 0 else self.drv.decode(ids[0])
-        for r in self.drv.history[n0:]:
-            r["macs"] = program_macs(self.drv.comp.ops(r["T"], r["pos"]))
-        cyc = sum(r["cycles"] for r in self.drv.history[n0:])
-        pred = sum(r["predicted_cycles"] for r in self.drv.history[n0:])
-        wall = sum(r["wall_s"] for r in self.drv.history[n0:])
+        logits = self.drv.prefill(ids) if mode == "prefill" else self.drv.decode(ids[0])
+        runs = self.drv.history[n0:]
+        cyc = sum(r["cycles"] for r in runs)
+        pred = sum(r["predicted_cycles"] for r in runs)
+        wall = sum(r["wall_s"] for r in runs)
         ok = ", logits equal QuantGPT2" if self.drv.check else ""
-        print(f"{chr(13) if tty else ''}[{what}: {cyc:,} cycles (cycle model {pred:,}), {wall:.1f} s{ok}]",
-              file=sys.stderr)
+        print(f"{chr(13) if tty else ''}[{what}: {cyc:,} cycles (cycle model {pred:,}), "
+              f"{wall:.1f} s{ok}]", file=sys.stderr)
         return self.drv.logits_float(logits[-1])
 
     def summary(self, new_tokens):
         """Per-mode cycles/token, MAC utilisation, projected tokens/s at the assumed clock."""
         e = self.cfg.engine
         rows = []
-        for mode, sel in (("prefill", lambda r: r["pos"] == 0 or r["T"] > 1),
-                          ("decode", lambda r: r["pos"] > 0 and r["T"] == 1)):
-            h = [r for r in self.drv.history if sel(r)]
+        for mode in ("prefill", "decode"):
+            h = [r for r in self.drv.history if r["mode"] == mode]
             if not h:
                 continue
             toks = sum(r["T"] for r in h)

@@ -175,14 +175,17 @@ def _checkpoints(comp):
 class Driver:
     """The whole `qmodel` on a machine of `cfg` behind `backend` (a name or `Backend`).
 
+    `on_program(status)` is called after every program (a long prompt runs as several).
     `check`: after every call compare the integer logits with `QuantGPT2.forward`
     (run alongside on its own KV cache); on a mismatch, localise it to the first
     instruction whose result differs from the model's observe hooks and raise
     `CheckError` naming the layer and operation.
     """
 
-    def __init__(self, qmodel, cfg, backend="pysim", *, mem_words=None, check=False):
+    def __init__(self, qmodel, cfg, backend="pysim", *, mem_words=None, check=False,
+                 on_program=None):
         self.q, self.cfg = qmodel, cfg
+        self.on_program = on_program  # called with each program's status (progress)
         self.backend = make_backend(backend) if isinstance(backend, str) else backend
         self.mem_words = mem_words or (1 << cfg.engine.addr_bits)
         self.comp = ModelCompiler(cfg, qmodel, cfg.engine.max_m, self.mem_words)
@@ -222,6 +225,8 @@ class Driver:
         res.update(T=t, pos=self.pos, predicted_cycles=predicted, instructions=len(prog))
         self.last = res
         self.history.append(res)
+        if self.on_program is not None:
+            self.on_program(res)
         if res["error"] != Error.NONE:
             raise HardwareError(f"machine error status {Error(res['error']).name} "
                                 f"after {res['icount']} of {len(prog)} instructions "
