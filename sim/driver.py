@@ -156,18 +156,32 @@ def program_macs(ops):
     return total
 
 
-def _checkpoints(comp):
-    """Per instruction of `comp.ops`: (observe name, layer, region, row length) of the
-    golden intermediate its destination must equal, or None (raw matmuls: their
-    int32 sums have no observe name; KVSTORE: checked through ATTENTION)."""
+def _checkpoints(comp, ops):
+    """Per instruction of `ops` (= `comp.ops(...)`): (observe name, layer, region, row
+    length) of the golden intermediate its destination must equal once it has run,
+    or None (raw matmuls: their int32 sums have no observe name; KVSTORE: checked
+    through ATTENTION; all but the last column chunk of a split vector op).
+
+    The compiler splits wide element-wise vector ops into runs of the same opcode;
+    no two consecutive operations of the unsplit program share an opcode, so each
+    run of equal opcodes is one operation of the template below."""
     E, V = comp.E, comp.V
-    out = [("embed", None, "x", E)]
+    template = [("embed", None, "x", E)]
     for i in comp.layers:
-        out += [("ln_1", i, "ln_1_out", E), ("qkv", i, "qkv", 3 * E), None,
-                ("attn", i, "attn", E), None, ("resid_mid", i, "x", E),
-                ("ln_2", i, "ln_2_out", E), ("fc", i, "fc", 4 * E), ("gelu", i, "gelu", 4 * E),
-                None, ("resid", i, "x", E)]
-    return out + [("ln_f", None, "ln_f_out", E), None, ("logits", None, "logits", V), None]
+        template += [("ln_1", i, "ln_1_out", E), ("qkv", i, "qkv", 3 * E), None,
+                     ("attn", i, "attn", E), None, ("resid_mid", i, "x", E),
+                     ("ln_2", i, "ln_2_out", E), ("fc", i, "fc", 4 * E),
+                     ("gelu", i, "gelu", 4 * E), None, ("resid", i, "x", E)]
+    template += [("ln_f", None, "ln_f_out", E), None, ("logits", None, "logits", V), None]
+    out, k = [], -1
+    for j, (op, _) in enumerate(ops):
+        if j == 0 or op != ops[j - 1][0]:
+            k += 1
+        last = j + 1 == len(ops) or ops[j + 1][0] != op
+        out.append(template[k] if last else None)
+    if k + 1 != len(template):
+        raise AssertionError(f"program of {k + 1} operations, checkpoints for {len(template)}")
+    return out
 
 
 # ---------------------------------------------------------------- driver
@@ -299,7 +313,7 @@ class Driver:
         machine's memory in a prefix's state: the caller raises."""
         t = len(ids)
         ops = self.comp.ops(t, self.pos)
-        checks = _checkpoints(self.comp)
+        checks = _checkpoints(self.comp, ops)
         points = [k for k, c in enumerate(checks) if c is not None]
         from gpt2accel.rtl.isa import encode
 

@@ -10,7 +10,8 @@ from gpt2accel.model.synthetic import random_gpt2
 from gpt2accel.sim.compiler import CompileError
 from gpt2accel.sim.driver import CheckError, Driver, machine_config
 
-E, H, VOCAB, NPOS = 32, 2, 40, 16
+# a vocabulary wider than the vector row limit (max_k = 4E = 128): REQUANT is split
+E, H, VOCAB, NPOS = 32, 2, 160, 16
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +102,16 @@ def test_machine_error_status_raises(qm):
         drv.prefill([1])
     with pytest.raises(ValueError, match="needs a prefill first"):
         Driver(qm, machine_config(qm, 4, 4), "pysim").load().decode(1)
+
+
+def test_checkpoints_follow_split_vector_ops(qm):
+    """The LM head's REQUANT runs as column chunks here; only the last chunk of the
+    run carries the logits checkpoint."""
+    from gpt2accel.rtl.isa import Op
+    from gpt2accel.sim.driver import _checkpoints
+    drv = Driver(qm, machine_config(qm, 4, 4), "pysim")
+    ops = drv.comp.ops(2, 0)
+    req = [j for j, (op, _) in enumerate(ops) if op == Op.REQUANT]
+    assert len(req) == 2
+    checks = _checkpoints(drv.comp, ops)
+    assert checks[req[0]] is None and checks[req[1]][0] == "logits"
