@@ -2,17 +2,21 @@
 
 For each model and array size the whole-model program (`ModelCompiler`) is
 timed by `program_cycles` (exact for the RTL, stall-free reference memory);
-nothing is simulated. Prefill: one program of n_positions tokens at position
-0; decode: one token at the last position (the longest attention).
+nothing is simulated. Prefill: one program of `PREFILL_T` tokens at position
+0 (the tiny model's whole context; 128 rows for GPT-2 small, whose longer
+prompts run as several such programs); decode: one token at the last
+position (the longest attention).
 Utilisation: `driver.program_macs` (useful MACs: linear layers and the causal
 QKᵀ/PV products) over rows*cols*cycles. Bytes per token: compulsory memory
 traffic (every operand an instruction needs read once, every result written
 once, in whole memory words; re-reads by the engines are not counted, so
 this is a lower bound of the port's traffic).
 
-GPT-2 small (124M geometry) does not compile for the machine yet: its GELU
-rows (3072) and LM head (50257) exceed the vector units' row limit
-(`MAX_VECTOR_N`); its cases carry the compiler's message and null figures.
+GPT-2 small: a random-weight model of the 124M geometry (12 layers, 768
+wide, 12 heads, vocabulary 50257, context 1024), quantised on two short
+windows (the cycles do not depend on the weights' values; ~1 minute in all).
+A configuration that cannot hold a model gives cases with null figures and
+the compiler's message.
 """
 import numpy as np
 
@@ -27,6 +31,9 @@ HELP = "whole-model cycles/token, utilisation and memory traffic (tiny, GPT-2 sm
 def add_arguments(parser):
     parser.add_argument("--arrays", default="4x4,8x8,12x12,16x16",
                         help="comma-separated array sizes RxC (default %(default)s)")
+    parser.add_argument("--models", default="tiny,gpt2-small",
+                        help="comma-separated models among %s (default %%(default)s)"
+                             % ", ".join(MODELS))
 
 
 def _tiny():
@@ -36,23 +43,18 @@ def _tiny():
                           / "model.int8.safetensors")
 
 
-def _gpt2_small_geometry():
-    """Why GPT-2 small cannot be compiled, from its shapes and the vector units' row
-    limit (the compiler names these limits; checked on shapes so no 124M-parameter
-    model is built)."""
-    from gpt2accel.rtl.isa import MAX_VECTOR_N
-    rows = {"the LM head's": 50257, "GELU's": 4 * 768}
-    over = [f"{name} {n}-wide rows" for name, n in rows.items() if n > MAX_VECTOR_N]
-    if over:
-        return (f"does not compile yet: {' and '.join(over)} exceed the vector units' "
-                f"MAX_VECTOR_N {MAX_VECTOR_N}")
-    return "within the vector row limits now: needs a GPT-2-small-geometry model (not built)"
+def _gpt2_small():
+    from gpt2accel.model import quant as Q
+    from gpt2accel.model.synthetic import random_gpt2
+    V = 50257
+    fm = random_gpt2(seed=0, vocab_size=V, n_positions=1024, n_embd=768, n_layer=12,
+                     n_head=12)
+    rng = np.random.default_rng(0)
+    return Q.QuantGPT2.from_float(fm, [rng.integers(0, V, 32) for _ in range(2)])
 
 
-def _gpt2_small_cases(arr):
-    return [{"model": "gpt2-small", "array": arr, "mode": mode, "T": t,
-             "cycles_per_token": None, "utilization": None, "bytes_per_token": None,
-             "error": _gpt2_small_geometry()} for mode, t in (("prefill", 1024), ("decode", 1))]
+#: name -> (loader, prefill rows per program, address bits of the machine)
+MODELS = {"tiny": (_tiny, 128, 16), "gpt2-small": (_gpt2_small, 128, 24)}
 
 
 def traffic_bytes(comp, ops):
@@ -83,41 +85,43 @@ def traffic_bytes(comp, ops):
         elif op == Op.GELU:
             total += 2 * f["rows"] * f["n"] + whole(f["table_base"])
         elif op == Op.RESADD:
-            total += f["rows"] * f["n"] * (2 + 4 + 2) + whole(f["q_base"])
+            # split ops carry a column chunk: its n columns and n requantiser words
+            total += f["rows"] * f["n"] * (2 + 4 + 2) + 4 * f["n"]
         elif op == Op.EMBED:
             total += (f["rows"] * E * (1 + 1 + 2) + whole(f["wte_q_base"])
                       + whole(f["wpe_q_base"]))
         elif op == Op.REQUANT:
-            total += f["rows"] * V * (4 + 2) + whole(f["q_base"])
+            total += f["rows"] * f["n"] * (4 + 2) + 4 * f["n"]
     return total
 
 
 def run(args):
+    from gpt2accel.sim.driver import _ids_memory
     arrays = [tuple(int(x) for x in a.lower().split("x")) for a in args.arrays.split(",")]
-    q = _tiny()
-    n = q.config.n_positions
     cases = []
-    for r, c in arrays:
-        arr = f"{r}x{c}"
-        try:
-            cfg = machine_config(q, r, c, max_tokens=n)
-            comp = ModelCompiler(cfg, q, n, 1 << cfg.engine.addr_bits)
-        except (CompileError, ValueError) as e:     # the config cannot hold this model
-            cases += [{"model": "tiny", "array": arr, "mode": mode, "T": t,
-                       "cycles_per_token": None, "utilization": None, "bytes_per_token": None,
-                       "error": str(e)} for mode, t in (("prefill", n), ("decode", 1))]
-            cases += _gpt2_small_cases(arr)
-            continue
-        mem = comp.image()
-        for mode, t, pos in (("prefill", n, 0), ("decode", 1, n - 1)):
-            comp.write_ids(mem, np.arange(t) % q.config.vocab_size)
-            cycles, _ = program_cycles(cfg, comp.program(t, pos), mem=mem)
-            ops = comp.ops(t, pos)
-            cases.append({"model": "tiny", "array": arr, "mode": mode, "T": t, "pos": pos,
-                          "cycles": cycles, "cycles_per_token": cycles / t,
-                          "utilization": program_macs(ops) / (r * c * cycles),
-                          "bytes_per_token": traffic_bytes(comp, ops) / t})
-        cases += _gpt2_small_cases(arr)
+    for name in args.models.split(","):
+        load, prefill_t, addr_bits = MODELS[name]
+        q = load()
+        n = q.config.n_positions
+        modes = (("prefill", prefill_t, 0), ("decode", 1, n - 1))
+        for r, c in arrays:
+            arr = f"{r}x{c}"
+            try:
+                cfg = machine_config(q, r, c, max_tokens=prefill_t, addr_bits=addr_bits)
+                comp = ModelCompiler(cfg, q, prefill_t, 1 << addr_bits)
+            except (CompileError, ValueError) as e:     # the config cannot hold this model
+                cases += [{"model": name, "array": arr, "mode": mode, "T": t,
+                           "cycles_per_token": None, "utilization": None,
+                           "bytes_per_token": None, "error": str(e)} for mode, t, _ in modes]
+                continue
+            for mode, t, pos in modes:
+                ids = np.arange(t) % q.config.vocab_size
+                cycles, _ = program_cycles(cfg, comp.program(t, pos), mem=_ids_memory(comp, ids))
+                ops = comp.ops(t, pos)
+                cases.append({"model": name, "array": arr, "mode": mode, "T": t, "pos": pos,
+                              "cycles": cycles, "cycles_per_token": cycles / t,
+                              "utilization": program_macs(ops) / (r * c * cycles),
+                              "bytes_per_token": traffic_bytes(comp, ops) / t})
     return {"cases": cases, "mem_latency": "reference (sim.matmul_sim.REF_MEM_LATENCY)"}
 
 

@@ -9,10 +9,11 @@ from gpt2accel.sim.benchmarks import model as bench
 
 
 def test_bench_model_cases():
-    result = bench.run(argparse.Namespace(arrays="4x4,8x8,16x16"))
+    # GPT-2 small (a minute of quantising and cycle counting) runs in `bench model` itself
+    result = bench.run(argparse.Namespace(arrays="4x4,8x8,16x16", models="tiny"))
     json.dumps(result)
     cases = {(c["model"], c["array"], c["mode"]): c for c in result["cases"]}
-    assert {m for m, _, _ in cases} == {"tiny", "gpt2-small"}
+    assert {m for m, _, _ in cases} == {"tiny"}
     q = bench._tiny()
     weights = sum(np.asarray(b.w).size for blk in q.blocks
                   for b in (blk.attn_qkv, blk.attn_proj, blk.fc, blk.fc_proj)) + q.wte.size
@@ -28,6 +29,4 @@ def test_bench_model_cases():
         cases[("tiny", "4x4", "decode")]["cycles_per_token"]
     # the tiny model's 16-byte heads do not start on the 16x16 machine's 32-byte words
     assert "d_head 16" in cases[("tiny", "16x16", "decode")]["error"]
-    assert cases[("gpt2-small", "8x8", "decode")]["cycles_per_token"] is None
-    assert "MAX_VECTOR_N" in cases[("gpt2-small", "8x8", "decode")]["error"]
     assert "tiny" in bench.format_text(result)
