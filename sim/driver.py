@@ -300,11 +300,11 @@ class Driver:
                               observe=lambda n, l, x: seen.setdefault((n, l), np.asarray(x)))
         if np.array_equal(logits, want):
             return
-        bad = int(np.argwhere(logits != want)[0][1])
+        row, col = (int(i) for i in np.argwhere(logits != want)[0])
         where = self._localise(ids, seen, before)
-        raise CheckError(f"logits differ from QuantGPT2 at position {self.pos}.. "
-                         f"(first at vocab index {bad}: machine {logits.ravel()[bad]}, "
-                         f"model {want.ravel()[bad]}); {where}")
+        raise CheckError(f"logits differ from QuantGPT2 at position {self.pos + row}, "
+                         f"vocab index {col} (machine {logits[row, col]}, model "
+                         f"{want[row, col]}); {where}")
 
     def _localise(self, ids, seen, before):
         """Re-run prefixes of the program from the memory before the call and find the
