@@ -178,7 +178,7 @@ def main(argv=None):
     """
     import argparse
     from collections import Counter
-    from pathlib import Path
+    from gpt2accel.model import shipped_model_dir
 
     import numpy as np
 
@@ -190,8 +190,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=8)
     ap.add_argument("--cols", type=int, default=8)
-    ap.add_argument("--model", default=str(Path(__file__).resolve().parents[1] / "model" / "tiny"
-                                           / "model.int8.safetensors"))
+    ap.add_argument("--model", default=str(shipped_model_dir() / "model.int8.safetensors"))
     args = ap.parse_args(argv)
     q = QuantGPT2.load(args.model)
     mc = q.config

@@ -37,10 +37,9 @@ def add_arguments(parser):
 
 
 def _tiny():
-    from pathlib import Path
+    from gpt2accel.model import shipped_model_dir
     from gpt2accel.model.quant import QuantGPT2
-    return QuantGPT2.load(Path(__file__).resolve().parents[2] / "model" / "tiny"
-                          / "model.int8.safetensors")
+    return QuantGPT2.load(shipped_model_dir() / "model.int8.safetensors")
 
 
 def _gpt2_small():

@@ -15,13 +15,13 @@ backend alone for the seconds per token, each checked against
 import os
 import tempfile
 import time
-from pathlib import Path
-
 import numpy as np
+
+from gpt2accel.model import shipped_model_dir
 
 HELP = "co-simulation speed: Amaranth simulator vs Verilator backend (tiny-model decode token)"
 
-MODEL = Path(__file__).resolve().parents[2] / "model" / "tiny" / "model.int8.safetensors"
+MODEL = shipped_model_dir() / "model.int8.safetensors"
 
 
 def add_arguments(parser):
