@@ -1,5 +1,6 @@
 """The `gpt2accel` command line: demo, generate, bench, verilog."""
 import argparse
+import io
 import json
 import os
 import sys
@@ -73,7 +74,12 @@ def cmd_generate(args):
     if args.max_new_tokens is None:
         # Fill the context: the KV cache, like the hardware's, holds n_positions.
         args.max_new_tokens = max(0, model.config.n_positions - len(prompt_ids))
-    out = sys.stdout
+    # The demo shows a one-line progress bar and prints the text at the end;
+    # generate streams the text and one status line per simulated program.
+    bar = getattr(args, "demo_defaults", None) is not None and run is not None
+    if run is not None:
+        run.bar_total = args.max_new_tokens if bar else None
+    out = io.StringIO() if bar else sys.stdout
     out.write(args.prompt)
     out.flush()
     t0 = time.perf_counter()
@@ -100,6 +106,9 @@ def cmd_generate(args):
                        top_k=args.top_k, seed=args.seed, on_token=on_token)
     text = tok.decode(new_ids)
     out.write(text[printed:] + "\n")
+    if bar:
+        print(file=sys.stderr)
+        sys.stdout.write(out.getvalue())
     dt = time.perf_counter() - t0
     print(f"[{len(new_ids)} tokens, backend {run.backend_name if hardware else args.backend}, "
           f"{dt:.2f} s, {len(new_ids) / dt if dt else 0:.1f} tokens/s]", file=sys.stderr)
@@ -147,6 +156,7 @@ class _HardwareRun:
               file=sys.stderr)
         self.drv.load()
         self.tokens = 0
+        self.bar_total = None
 
     def step(self, ids, cache):
         from gpt2accel.sim.driver import program_macs
@@ -155,7 +165,9 @@ class _HardwareRun:
                 else f"token at position {self.drv.pos}")
         # on a terminal the result line overwrites this one; in a log both stay
         tty = sys.stderr.isatty()
-        print(f"[simulating {what} ...]", file=sys.stderr, end="" if tty else "\n", flush=True)
+        if self.bar_total is None:
+            print(f"[simulating {what} ...]", file=sys.stderr, end="" if tty else "\n",
+                  flush=True)
         m = self.cfg.engine.max_m
 
         def on_program(r):
@@ -173,9 +185,26 @@ class _HardwareRun:
         pred = sum(r["predicted_cycles"] for r in runs)
         wall = sum(r["wall_s"] for r in runs)
         ok = ", logits equal QuantGPT2" if self.drv.check else ""
-        print(f"{chr(13) if tty else ''}[{what}: {cyc:,} cycles (cycle model {pred:,}), "
-              f"{wall:.1f} s{ok}]", file=sys.stderr)
+        if self.bar_total is None:
+            print(f"{chr(13) if tty else ''}[{what}: {cyc:,} cycles (cycle model {pred:,}), "
+                  f"{wall:.1f} s{ok}]", file=sys.stderr)
+        else:
+            self._bar(mode, cyc, pred, tty)
         return self.drv.logits_float(logits[-1])
+
+    def _bar(self, mode, cycles, predicted, tty):
+        """One progress line for the demo: tokens done, this step's cycles vs the model."""
+        if mode == "decode":
+            self.tokens += 1
+        done = self.tokens + 1           # the prefill's logits give the first token
+        width = 30
+        fill = width * min(done, self.bar_total) // max(self.bar_total, 1)
+        same = "=" if cycles == predicted else "!="
+        line = (f"[{'#' * fill}{'.' * (width - fill)}] {min(done, self.bar_total)}/"
+                f"{self.bar_total} tokens  last step {cycles:,} cycles {same} cycle model"
+                f"{'  checked' if self.drv.check else ''}")
+        print(f"\r{line}" if tty else line, file=sys.stderr, end="" if tty else "\n",
+              flush=True)
 
     def summary(self, new_tokens):
         """Per-mode cycles/token, MAC utilisation, projected tokens/s at the assumed clock."""
