@@ -14,7 +14,7 @@ from .checkpoint import (CheckpointError, GPT2Config, expected_shapes, load_conf
                          load_gpt2_tensors)
 
 __all__ = ["GPT2", "Block", "KVCache", "layer_norm", "gelu", "softmax",
-           "causal_attention", "sample_next", "generate_tokens"]
+           "causal_attention", "sample_next", "generate_tokens", "check_token_ids"]
 
 
 def layer_norm(x, gamma, beta, eps):
@@ -108,6 +108,26 @@ def sample_next(logits, temperature, top_k, rng):
         logits = np.where(logits < kth, -np.inf, logits)
     p = softmax(logits / temperature)
     return int(rng.choice(logits.size, p=p))
+
+
+def check_token_ids(input_ids, config, offset=0):
+    """A 1-D sequence of token ids for a model of `config` whose context already
+    holds `offset` positions, as an int64 array; a precise error otherwise."""
+    ids = np.asarray(input_ids)
+    if ids.ndim != 1:
+        raise ValueError(f"input_ids must be a 1-D sequence, got shape {ids.shape}")
+    if ids.size == 0:
+        raise ValueError("input_ids is empty")
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"input_ids must be integers, got dtype {ids.dtype}")
+    v = config.vocab_size
+    if ids.min() < 0 or ids.max() >= v:
+        bad = ids[(ids < 0) | (ids >= v)][0]
+        raise ValueError(f"token id {bad} is outside the vocabulary [0, {v})")
+    if offset + ids.size > config.n_positions:
+        raise ValueError(f"sequence of {offset + ids.size} tokens is longer than the "
+                         f"model's context n_positions={config.n_positions}")
+    return ids.astype(np.int64)
 
 
 def generate_tokens(step, config, ids, max_new_tokens, temperature, top_k, seed, on_token):
@@ -221,21 +241,7 @@ class GPT2:
 
     def check_ids(self, input_ids, offset=0):
         """Validate a 1-D sequence of token ids; returns it as an int64 array."""
-        ids = np.asarray(input_ids)
-        if ids.ndim != 1:
-            raise ValueError(f"input_ids must be a 1-D sequence, got shape {ids.shape}")
-        if ids.size == 0:
-            raise ValueError("input_ids is empty")
-        if ids.dtype.kind not in "iu":
-            raise TypeError(f"input_ids must be integers, got dtype {ids.dtype}")
-        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
-            bad = ids[(ids < 0) | (ids >= self.config.vocab_size)][0]
-            raise ValueError(f"token id {bad} is outside the vocabulary "
-                             f"[0, {self.config.vocab_size})")
-        if offset + ids.size > self.config.n_positions:
-            raise ValueError(f"sequence of {offset + ids.size} tokens is longer than the "
-                             f"model's context n_positions={self.config.n_positions}")
-        return ids.astype(np.int64)
+        return check_token_ids(input_ids, self.config, offset)
 
     def forward(self, input_ids, cache=None, observe=None):
         """Logits [T, vocab] for `input_ids`, continuing `cache` if given (and growing it)."""

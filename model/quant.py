@@ -16,7 +16,7 @@ import numpy as np
 
 from . import intmodel as im
 from .checkpoint import GPT2Config
-from .gpt2 import KVCache, generate_tokens
+from .gpt2 import KVCache, check_token_ids, generate_tokens
 from .intops import MAX_SHIFT, MULT_BITS
 
 __all__ = ["QuantFormatError", "QLinear", "QLayerNorm", "QAttention", "QBlock", "QuantGPT2",
@@ -409,21 +409,7 @@ class QuantGPT2:
     # ---- inference
     def check_ids(self, input_ids, offset=0):
         """Validate a 1-D sequence of token ids; returns it as an int64 array."""
-        ids = np.asarray(input_ids)
-        if ids.ndim != 1:
-            raise ValueError(f"input_ids must be a 1-D sequence, got shape {ids.shape}")
-        if ids.size == 0:
-            raise ValueError("input_ids is empty")
-        if ids.dtype.kind not in "iu":
-            raise TypeError(f"input_ids must be integers, got dtype {ids.dtype}")
-        v = self.config.vocab_size
-        if ids.min() < 0 or ids.max() >= v:
-            bad = ids[(ids < 0) | (ids >= v)][0]
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {v})")
-        if offset + ids.size > self.config.n_positions:
-            raise ValueError(f"sequence of {offset + ids.size} tokens is longer than the "
-                             f"model's context n_positions={self.config.n_positions}")
-        return ids.astype(np.int64)
+        return check_token_ids(input_ids, self.config, offset)
 
     def forward(self, input_ids, cache=None, observe=None, tile=None):
         """Integer logits [T, vocab] (int32 holding logit_bits-wide values).
