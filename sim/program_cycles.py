@@ -21,13 +21,13 @@ Per unit (reference memory: requests always accepted, responses after
 """
 from gpt2accel.rtl.gelu import GeluUnit, TABLE_SIZE
 from gpt2accel.rtl.isa import VECTOR_OPS, Op, decode
-from gpt2accel.rtl.layernorm import PASS_B_LATENCY, PASS_C_LATENCY, ROW_STATS_LATENCY, RowRoot
 from gpt2accel.rtl.residual import EmbeddingAdd, ResidualAdd
 from gpt2accel.rtl.vecmove import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES,
                                    RESID_BYTES)
 from .attention_cycles import attention_cycles
 from .matmul_cycles import matmul_cycles
 from .matmul_sim import REF_MEM_LATENCY
+from .units_cycles import layernorm_row_passes
 
 #: operand slots of the vector mover's reader (rtl/vecmove.py)
 NS = 5
@@ -47,28 +47,12 @@ def kvstore_cycles(cfg, f, latency=REF_MEM_LATENCY):
 
 def _ln_out_cycles(row_inputs):
     """Output cycles of LayerNormUnit(lanes=1) rows whose input beats came at the given
-    cycles (the `units_cycles.layernorm_schedule` recurrence, with the input times
-    as they come rather than back to back)."""
+    cycles (the unit's 3 D banks, as the machine builds it; input times as they come
+    rather than back to back as in `units_cycles.layernorm_schedule`)."""
     rows, out = [], []
-    banks = 3
-    for r, ins in enumerate(row_inputs):
-        w = len(ins)
-        a_last = ins[-1]
-        b0 = a_last + ROW_STATS_LATENCY
-        if r >= 1:
-            b0 = max(b0, rows[r - 1]["b_last"] + 1)
-        if r >= banks:
-            b0 = max(b0, rows[r - banks]["c_last"] + 1)
-        b_last = b0 + w - 1
-        root0 = b_last + PASS_B_LATENCY
-        if r >= 1:
-            root0 = max(root0, rows[r - 1]["root0"] + RowRoot.period)
-        c0 = root0 + RowRoot.period
-        if r >= 1:
-            c0 = max(c0, rows[r - 1]["c_last"] + 1)
-        c_last = c0 + w - 1
-        rows.append({"b_last": b_last, "root0": root0, "c_last": c_last})
-        out += [c + PASS_C_LATENCY for c in range(c0, c_last + 1)]
+    for ins in row_inputs:
+        rows.append(layernorm_row_passes(rows, ins[-1], len(ins)))
+        out += rows[-1]["out"]
     return out
 
 

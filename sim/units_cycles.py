@@ -12,7 +12,7 @@ from gpt2accel.rtl.layernorm import (PASS_B_LATENCY, PASS_C_LATENCY, ROW_STATS_L
 from gpt2accel.rtl.residual import EmbeddingAdd, ResidualAdd
 
 __all__ = ["elementwise_out_cycles", "layernorm_beats", "layernorm_schedule",
-           "layernorm_row_period"]
+           "layernorm_row_passes", "layernorm_row_period"]
 
 
 def elementwise_out_cycles(unit_cls, in_cycles):
@@ -59,20 +59,30 @@ def layernorm_schedule(n_rows, n, lanes, ds_banks=3):
         if r >= 2:                       # X half refilled once pass B started reading it
             a0 = max(a0, rows[r - 2]["b_first"] + 1)
         a_last = a0 + w - 1
-        b0 = a_last + ROW_STATS_LATENCY
-        if r >= 1:
-            b0 = max(b0, rows[r - 1]["b_last"] + 1)
-        if r >= ds_banks:                # its D bank is free after the C pass ds_banks rows back
-            b0 = max(b0, rows[r - ds_banks]["c_last"] + 1)
-        b_last = b0 + w - 1
-        root0 = b_last + PASS_B_LATENCY
-        if r >= 1:
-            root0 = max(root0, rows[r - 1]["root0"] + RowRoot.period)
-        c0 = root0 + RowRoot.period
-        if r >= 1:
-            c0 = max(c0, rows[r - 1]["c_last"] + 1)
-        c_last = c0 + w - 1
-        rows.append({"a_last": a_last, "b_first": b0, "b_last": b_last, "root0": root0,
-                     "c_last": c_last, "in": list(range(a0, a_last + 1)),
-                     "out": [c + PASS_C_LATENCY for c in range(c0, c_last + 1)]})
+        row = layernorm_row_passes(rows, a_last, w, ds_banks)
+        row.update({"a_last": a_last, "in": list(range(a0, a_last + 1))})
+        rows.append(row)
     return [{"in": r["in"], "out": r["out"]} for r in rows]
+
+
+def layernorm_row_passes(rows, a_last, w, ds_banks=3):
+    """Passes B, root and C of the next row, whose last input beat (pass A) came at
+    cycle `a_last`, after the earlier rows' dicts `rows`. Returns its dict:
+    ``b_first``, ``b_last``, ``root0``, ``c_last`` and ``out`` (cycle each
+    output beat becomes valid)."""
+    r = len(rows)
+    b0 = a_last + ROW_STATS_LATENCY
+    if r >= 1:
+        b0 = max(b0, rows[r - 1]["b_last"] + 1)
+    if r >= ds_banks:                    # its D bank is free after the C pass ds_banks rows back
+        b0 = max(b0, rows[r - ds_banks]["c_last"] + 1)
+    b_last = b0 + w - 1
+    root0 = b_last + PASS_B_LATENCY
+    if r >= 1:
+        root0 = max(root0, rows[r - 1]["root0"] + RowRoot.period)
+    c0 = root0 + RowRoot.period
+    if r >= 1:
+        c0 = max(c0, rows[r - 1]["c_last"] + 1)
+    c_last = c0 + w - 1
+    return {"b_first": b0, "b_last": b_last, "root0": root0, "c_last": c_last,
+            "out": [c + PASS_C_LATENCY for c in range(c0, c_last + 1)]}
