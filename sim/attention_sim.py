@@ -19,6 +19,7 @@ from amaranth.sim import Simulator
 from gpt2accel.model import intops
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.softmax import SoftmaxUnit
+from .matmul_sim import transfer
 
 __all__ = ["StreamSource", "StreamSink", "softmax_beats", "accumulate_probs",
            "run_softmax", "run_normaliser", "simulate_attention"]
@@ -38,13 +39,7 @@ class StreamSource:
                 ctx.set(self.port.valid, 0)
                 await ctx.tick()
                 cycle += 1
-            ctx.set(self.port.payload, beat)
-            ctx.set(self.port.valid, 1)
-            while True:
-                _, _, ready = await ctx.tick().sample(self.port.ready)
-                cycle += 1
-                if ready:
-                    break
+            cycle += await transfer(ctx, self.port, beat)
             self.cycles.append(cycle - 1)
         ctx.set(self.port.valid, 0)
 
@@ -236,13 +231,7 @@ def simulate_attention(cfg: AttentionConfig, layouts, words, *, seed=0, stall=0.
                 for _ in range(cmd_rng.randint(0, 3)):
                     await ctx.tick()
                     cycle += 1
-            ctx.set(dut.cmd.payload, lay.command)
-            ctx.set(dut.cmd.valid, 1)
-            while True:
-                _, _, ready = await ctx.tick().sample(dut.cmd.ready)
-                cycle += 1
-                if ready:
-                    break
+            cycle += await transfer(ctx, dut.cmd, lay.command)
             accept = cycle - 1
             ctx.set(dut.cmd.valid, 0)
             trail, last = [], None

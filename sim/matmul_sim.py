@@ -18,7 +18,20 @@ from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.matmul import MatmulEngine
 from .matmul_layout import MatmulLayout
 
-__all__ = ["REF_MEM_LATENCY", "MemoryModel", "MatmulCase", "simulate"]
+__all__ = ["REF_MEM_LATENCY", "MemoryModel", "MatmulCase", "simulate", "transfer"]
+
+
+async def transfer(ctx, port, payload):
+    """Present `payload` on stream `port` until the sink takes it; leaves ``valid``
+    high. Returns the clock cycles that took (>= 1: the last is the transfer)."""
+    ctx.set(port.payload, payload)
+    ctx.set(port.valid, 1)
+    cycles = 0
+    while True:
+        _, _, ready = await ctx.tick().sample(port.ready)
+        cycles += 1
+        if ready:
+            return cycles
 
 #: Cycles from an accepted read request to its response being valid, for the
 #: reference (stall-free) memory the cycle model assumes.
@@ -145,13 +158,7 @@ def simulate(cfg: EngineConfig, cases, *, seed=0, stall=0.0, jitter=0,
                 for _ in range(cmd_rng.randint(0, 3)):
                     await ctx.tick()
                     cycle += 1
-            ctx.set(dut.cmd.payload, lay.command)
-            ctx.set(dut.cmd.valid, 1)
-            while True:
-                _, _, ready = await ctx.tick().sample(dut.cmd.ready)
-                cycle += 1
-                if ready:
-                    break
+            cycle += await transfer(ctx, dut.cmd, lay.command)
             accept = cycle - 1
             ctx.set(dut.cmd.valid, 0)
             while True:

@@ -17,6 +17,7 @@ from gpt2accel.rtl.layernorm import LayerNormUnit
 from gpt2accel.rtl.residual import EmbeddingAdd, ResidualAdd
 
 from .attention_sim import StreamSink, StreamSource
+from .matmul_sim import transfer
 
 __all__ = ["row_beats", "run_gelu", "run_residual", "run_embedding", "run_layernorm",
            "LayerNormGroup"]
@@ -87,13 +88,7 @@ class ScriptSource:
             while self.stall and self.rng.random() < self.stall:
                 await ctx.tick()
                 cycle += 1
-            ctx.set(port.payload, beat)
-            ctx.set(port.valid, 1)
-            while True:
-                _, _, ready = await ctx.tick().sample(port.ready)
-                cycle += 1
-                if ready:
-                    break
+            cycle += await transfer(ctx, port, beat)
             ctx.set(port.valid, 0)
             self.cycles.append(cycle - 1)
 
