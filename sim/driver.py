@@ -17,6 +17,7 @@ calls, which is exact because the machine is idle between programs) and
 ``fast`` (the Verilated machine of `sim.fast`, which keeps its memory in C++).
 A serial (board) backend would implement the same four methods.
 """
+import abc
 import time
 
 import numpy as np
@@ -41,26 +42,29 @@ class CheckError(AssertionError):
 
 # ---------------------------------------------------------------- backends
 
-class Backend:
-    """The machine behind the driver: memory words in and out, one program per `run`."""
+class Backend(abc.ABC):
+    """The machine behind the driver: memory words in and out, one program per `run`.
+
+    An interface: the simulators and (later) a board over a serial link implement it.
+    """
     name = "?"
 
+    @abc.abstractmethod
     def open(self, cfg, mem_words):
         """Create a machine of `cfg` with `mem_words` words of zeroed memory."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def load(self, image, addr=0):
         """Write uint8 words [n, mem_bytes] from word `addr`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def dump(self, addr=0, n=None):
         """A copy of `n` words from `addr` (default: to the end)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def run(self, program):
         """Run one program (words ending in HALT) to ``done``: status dict with at least
         error, cycles, icount, wall_s."""
-        raise NotImplementedError
 
     def close(self):
         pass
