@@ -1,0 +1,202 @@
+"""Formal harnesses of the stream units: GELU, residual and embedding adds, LayerNorm,
+softmax, reciprocal, normaliser, and the `lib.fifo` buffers the engines use.
+
+Every harness leaves the unit's inputs to the solver, assumes the stream rule
+on its input streams, asserts it on its output streams (``<port>_hold``) and
+asserts beat conservation where the unit's contract defines it (one output
+beat per input beat: ``beats_no_dup``, ``beats_no_loss``; see
+`gpt2accel.rtl.formal.Harness.conserve`). ``bug=(kind, port)`` builds the
+harness around `seeded_bug(unit class, kind, port)` instead of the unit.
+Configurations are the smallest the unit accepts, so that proofs close; the
+properties concern handshakes and counts, which do not depend on the widths.
+"""
+from amaranth.hdl import *
+from amaranth.lib import fifo
+
+from gpt2accel.model import quant
+
+from .attention_config import AttentionConfig
+from .config import EngineConfig
+from .formal import Harness, beat_counter, past_valid, seeded_bug
+from .gelu import GeluUnit
+from .layernorm import LayerNormUnit, row_latency
+from .normalise import Normaliser, Reciprocal
+from .residual import EmbeddingAdd, ResidualAdd
+from .softmax import SoftmaxUnit
+
+__all__ = ["UnitHarness", "HARNESSES", "register", "SMALL_ENGINE", "SMALL_ATTENTION"]
+
+#: the smallest engine: 1x1 array, 2-bit operands, 8-bit addresses
+SMALL_ENGINE = EngineConfig(rows=1, cols=1, a_bits=2, w_bits=2, acc_bits=5, mult_bits=2,
+                            max_shift=3, out_bits=2, mem_bytes=4, addr_bits=8, max_k=4,
+                            max_m=2, max_n=2, max_outstanding=2, w_fifo_depth=4,
+                            param_fifo_tiles=4, out_fifo_tiles=2)
+#: attention units around it: key tile 2, one lane, 4 positions, one query row per block
+SMALL_ATTENTION = AttentionConfig(engine=SMALL_ENGINE, tile=2, frac_bits=1, lanes=1,
+                                  norm_lanes=1, max_d_head=4, max_seq=4)
+
+#: unit name -> harness class, filled by `register`
+HARNESSES = {}
+
+
+def register(cls):
+    if cls.unit in HARNESSES:
+        raise ValueError(f"two harnesses for unit {cls.unit!r}")
+    HARNESSES[cls.unit] = cls
+    return cls
+
+
+class _Beats:
+    """A (valid, ready) pair counted like a stream (e.g. the last beats of rows)."""
+
+    def __init__(self, valid, ready):
+        self.valid, self.ready = valid, ready
+
+
+class UnitHarness(Harness):
+    """A harness around one component class `cls`, optionally with a seeded bug.
+
+    Class attributes read by the runner: `depth` (default runs), `deep_depth`
+    (``--deep``), `bmc_only` (properties that are not inductive: they run as a
+    bounded check, the induction step would only report a spurious failure)."""
+    cls = None
+    deep_depth = 40
+    bmc_only = ()
+
+    def __init__(self, only=None, bug=None):
+        super().__init__(only)
+        self.bug = bug
+
+    def dut(self, m, *args, **kwargs):
+        """The unit (or its seeded-bug copy) with every input open."""
+        cls = self.cls if self.bug is None else seeded_bug(self.cls, *self.bug)
+        m.submodules.dut = dut = cls(*args, **kwargs)
+        return self.open(dut)
+
+    def dut_module(self, m, *args, **kwargs):
+        """(unit, its elaborated Module): for properties of its FIFOs, which only
+        the Module names (``module.submodules.<name>``). No seeded bug here."""
+        dut = self.cls(*args, **kwargs)
+        dut._MustUse__used = True          # elaborated below, not through Fragment.get
+        m.submodules.dut = mod = dut.elaborate(None)
+        return self.open(dut), mod
+
+
+@register
+class GeluHarness(UnitHarness):
+    unit, cls = "gelu", GeluUnit
+    config = "lanes 1"
+    depth, deep_depth = 6, 24
+    bmc_only = ("beats_no_dup", "beats_no_loss")
+
+    def build(self, m):
+        pv = past_valid(m)
+        u = self.dut(m, lanes=1)
+        self.streams(m, u, pv)
+        self.conserve(m, "beats", u.inp, u.out, capacity=1, drain=2)
+
+
+@register
+class ResidualHarness(UnitHarness):
+    unit, cls = "residual", ResidualAdd
+    config = "lanes 1, 4-bit"
+    depth, deep_depth = 6, 24
+    bmc_only = ("beats_no_dup", "beats_no_loss")
+
+    def build(self, m):
+        pv = past_valid(m)
+        u = self.dut(m, lanes=1, bits=4)
+        self.streams(m, u, pv)
+        n_a, _ = self.conserve(m, "beats", u.a, u.out, capacity=1, drain=2)
+        n_b = beat_counter(m, u.b, 8, "beats_b")
+        self.check("join", n_a == n_b, "a and b beats are taken together")
+
+
+@register
+class EmbeddingHarness(UnitHarness):
+    unit, cls = "embedding", EmbeddingAdd
+    config = "lanes 1, 4-bit"
+    depth, deep_depth = 8, 24
+    bmc_only = ("beats_no_dup", "beats_no_loss")
+
+    def build(self, m):
+        pv = past_valid(m)
+        u = self.dut(m, lanes=1, bits=4)
+        self.streams(m, u, pv)
+        n_t, _ = self.conserve(m, "beats", u.tok, u.out, capacity=3, drain=4)
+        n_p = beat_counter(m, u.pos, 8, "beats_pos")
+        self.check("join", n_t == n_p, "token and position beats are taken together")
+
+
+@register
+class ReciprocalHarness(UnitHarness):
+    unit, cls = "reciprocal", Reciprocal
+    config = "SMALL_ATTENTION"
+    depth, deep_depth = 14, 30
+    bmc_only = ("beats_no_dup", "beats_no_loss")
+
+    def build(self, m):
+        pv = past_valid(m)
+        u = self.dut(m, SMALL_ATTENTION)
+        self.streams(m, u, pv)
+        self.conserve(m, "beats", u.inp, u.out, capacity=1, drain=Reciprocal.latency + 1,
+                      what="rows")
+
+
+@register
+class NormaliserHarness(UnitHarness):
+    unit, cls = "normaliser", Normaliser
+    config = "SMALL_ATTENTION (norm_lanes 1)"
+    depth, deep_depth = 8, 30
+    bmc_only = ("beats_no_dup", "beats_no_loss", "rows_no_dup")
+
+    def build(self, m):
+        pv = past_valid(m)
+        if self.bug is None:
+            u, mod = self.dut_module(m, SMALL_ATTENTION)
+            self.fifo("queue", mod.submodules.queue)
+        else:
+            u = self.dut(m, SMALL_ATTENTION)
+        self.streams(m, u, pv)
+        # O beats in -> normalised beats out through the 4-stage pipeline
+        self.conserve(m, "beats", u.o_in, u.out, capacity=4, drain=5)
+        # an O row is only taken with its own L: rows of O never outrun the row sums
+        # (reciprocal + 2-entry queue hold at most 3 sums not yet used)
+        o_rows = _Beats(u.o_in.valid & u.o_in.payload.last, u.o_in.ready)
+        self.conserve(m, "rows", u.l_in, o_rows, capacity=3, what="row sums")
+
+
+@register
+class SoftmaxHarness(UnitHarness):
+    unit, cls = "softmax", SoftmaxUnit
+    config = "SMALL_ATTENTION (tile 2, lanes 1, 1 row)"
+    depth, deep_depth = 8, 30
+    bmc_only = ("beats_no_dup", "beats_no_loss")
+
+    def build(self, m):
+        pv = past_valid(m)
+        u = self.dut(m, SMALL_ATTENTION, quant.exp2_table(SMALL_ATTENTION.frac_bits))
+        self.streams(m, u, pv)
+        # the rules of `score_layout`: the row's context fields are equal on all its
+        # beats and a row is exactly beats_per_row beats (BPR = 2 here)
+        # two row-store halves of BPR beats plus the F1/F2 and S0..S3 stages
+        bpr = SMALL_ATTENTION.beats_per_row
+        self.conserve(m, "beats", u.scores, u.probs, capacity=2 * bpr + 6,
+                      drain=SoftmaxUnit.latency + 2 * bpr + 2, row_beats=bpr)
+
+
+@register
+class LayerNormHarness(UnitHarness):
+    unit, cls = "layernorm", LayerNormUnit
+    config = "lanes 1, 8-bit, max_e 2, 2 D banks; setup n = 2"
+    depth, deep_depth = 8, 60
+    bmc_only = ("beats_no_dup", "beats_no_loss", "out_hold")
+
+    def build(self, m):
+        pv = past_valid(m)
+        u = self.dut(m, lanes=1, in_bits=8, max_e=2, ds_banks=2)
+        self.streams(m, u, pv)
+        # rows of n = max_e = 2 beats: a completed row is an even count of beats
+        self.assume(u.setup.payload.n == 2, "rows of max_e values")
+        self.conserve(m, "beats", u.inp, u.out, capacity=2 * (2 * 2 + 8),
+                      drain=row_latency(2, 1) + 8, row_beats=2)

