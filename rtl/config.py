@@ -5,13 +5,25 @@ and the future compiler must agree on is either a field here or a method
 derived from the fields, so they cannot drift apart. Impossible
 configurations are refused at construction, naming the broken limit.
 """
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-__all__ = ["EngineConfig", "ConfigError"]
+__all__ = ["EngineConfig", "ConfigError", "refusing"]
 
 
 class ConfigError(ValueError):
     """An engine configuration that the hardware cannot implement."""
+
+
+@contextmanager
+def refusing(component):
+    """Run a component constructor's checks: if one raises, the half-built component
+    will never be elaborated, so Amaranth's "created but never used" warning is silenced."""
+    try:
+        yield
+    except Exception:
+        component._MustUse__silence = True
+        raise
 
 
 def _ceil_div(a, b):

@@ -1,0 +1,134 @@
+"""The board top: UART pins -> host bridge -> on-chip memory + machine.
+
+```
+ rx pin ─► UartRx ──bytes──► HostBridge ──instr──► Machine ◄─┐ machine_reset
+                  frame_error     │  ▲  ──status──◄    │      │ (ResetInserter: machine
+                  | overrun ─────►│  │                 │ rd_req/rd_resp/wr  and memory pipeline)
+ tx pin ◄─ UartTx ◄──bytes────────┘  └─host port─► OnChipMemory ◄┘
+```
+
+`BoardCore` is everything but the UARTs (byte streams as ports: what the
+bridge tests and a fast co-simulation drive); `BoardTop` adds the UARTs and
+has only pins: ``rx``, ``tx`` and two LED outputs (``busy``: a program runs,
+``error``: the machine reported an illegal instruction). Both are
+platform-independent (one ``sync`` clock domain, supplied by the platform
+wrapper or the simulator). RESET resets the machine and the memory's read
+pipeline (so no stale response of an interrupted instruction survives),
+never the memory contents or the bridge.
+"""
+import math
+
+from amaranth.hdl import *
+from amaranth.lib import wiring, stream
+from amaranth.lib.wiring import In, Out
+
+from gpt2accel.rtl.attention_config import AttentionConfig
+from gpt2accel.rtl.bridge import HostBridge
+from gpt2accel.rtl.config import ConfigError, refusing
+from gpt2accel.rtl.machine import Machine
+from gpt2accel.rtl.onchip_memory import OnChipMemory
+from gpt2accel.rtl.uart import BITS_PER_FRAME, UartRx, UartTx, check_divisor
+
+__all__ = ["BoardCore", "BoardTop", "uart_divisor", "MAX_BAUD_ERROR"]
+
+#: Largest relative baud rate error accepted: the receiver samples mid-bit,
+#: so the two ends may drift half a bit over a 10-bit frame (5 %) together;
+#: 2 % on our side leaves the rest to the host's adapter.
+MAX_BAUD_ERROR = 0.02
+
+
+def uart_divisor(clk_hz, baud):
+    """Clock cycles per bit for `baud` at `clk_hz`; ConfigError if the rate is off by > 2 %."""
+    for name, v in (("clk_hz", clk_hz), ("baud", baud)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ConfigError(f"{name} must be a positive number, got {v!r}")
+    divisor = round(clk_hz / baud)
+    if divisor < 1:
+        raise ConfigError(f"baud {baud} is faster than the {clk_hz} Hz clock")
+    check_divisor(divisor)
+    actual = clk_hz / divisor
+    err = abs(actual - baud) / baud
+    if err > MAX_BAUD_ERROR:
+        raise ConfigError(f"baud {baud} at {clk_hz} Hz: divisor {divisor} gives {actual:.0f} baud, "
+                          f"{100 * err:.1f} % off (more than {100 * MAX_BAUD_ERROR:.0f} %); "
+                          "pick a baud rate closer to a divisor of the clock")
+    return divisor
+
+
+class BoardCore(wiring.Component):
+    """HostBridge + OnChipMemory (`mem_words` words) + Machine, with the bridge's byte
+    streams as ports (``rx``, ``rx_error``, ``tx``) and the machine's ``busy`` / ``error``."""
+
+    def __init__(self, cfg: AttentionConfig, *, mem_words, max_payload=1024, timeout_cycles,
+                 resid_bits=16):
+        self.cfg, self.resid_bits = cfg, resid_bits
+        # built here so that a bad configuration is refused at construction
+        with refusing(self):
+            self.bridge = HostBridge(cfg, mem_words=mem_words, max_payload=max_payload,
+                                     timeout_cycles=timeout_cycles, resid_bits=resid_bits)
+            with refusing(self.bridge):
+                self.memory = OnChipMemory(cfg.engine, mem_words)
+                with refusing(self.memory):
+                    self.machine = Machine(cfg, resid_bits=resid_bits)
+        super().__init__({"rx": In(stream.Signature(8)), "rx_error": In(1),
+                          "tx": Out(stream.Signature(8)), "busy": Out(1), "error": Out(2)})
+
+    def elaborate(self, platform):
+        m = Module()
+        bridge, memory, machine = self.bridge, self.memory, self.machine
+        m.submodules.bridge = bridge
+        reset = {"sync": bridge.machine_reset}
+        m.submodules.memory = ResetInserter(reset)(memory)
+        m.submodules.machine = ResetInserter(reset)(machine)
+
+        wiring.connect(m, wiring.flipped(self.rx), bridge.rx)
+        wiring.connect(m, bridge.tx, wiring.flipped(self.tx))
+        wiring.connect(m, bridge.instr, machine.instr)
+        wiring.connect(m, bridge.mem, memory.host)
+        for port in ("rd_req", "wr"):
+            wiring.connect(m, getattr(machine, port), getattr(memory.machine, port))
+        wiring.connect(m, memory.machine.rd_resp, machine.rd_resp)
+        m.d.comb += [bridge.rx_error.eq(self.rx_error),
+                     bridge.busy.eq(machine.busy), bridge.error.eq(machine.error),
+                     bridge.cycles.eq(machine.cycles), bridge.icount.eq(machine.icount),
+                     self.busy.eq(machine.busy), self.error.eq(machine.error)]
+        return m
+
+
+class BoardTop(wiring.Component):
+    """UartRx + UartTx + `BoardCore`: the whole device behind two UART pins.
+
+    ``divisor = round(clk_hz / baud)`` (`uart_divisor`); the bridge's
+    inter-byte timeout is `timeout_ms` (at least two byte times). ``busy`` and
+    ``error`` are meant for LEDs.
+    """
+
+    def __init__(self, cfg: AttentionConfig, *, mem_words, clk_hz, baud, max_payload=1024,
+                 timeout_ms=100, resid_bits=16):
+        with refusing(self):
+            self.divisor = uart_divisor(clk_hz, baud)
+            if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) \
+                    or not timeout_ms > 0:
+                raise ConfigError(f"timeout_ms must be a positive number, got {timeout_ms!r}")
+            self.timeout_cycles = math.ceil(clk_hz * timeout_ms / 1000)
+            least = 2 * BITS_PER_FRAME * self.divisor
+            if self.timeout_cycles < least:
+                raise ConfigError(f"timeout_ms={timeout_ms} is {self.timeout_cycles} cycles, "
+                                  f"shorter than two byte times ({least} cycles at {baud} baud): "
+                                  "a frame arriving at full speed would time out")
+            self.core = BoardCore(cfg, mem_words=mem_words, max_payload=max_payload,
+                                  timeout_cycles=self.timeout_cycles, resid_bits=resid_bits)
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1),
+                          "busy": Out(1), "error": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.uart_rx = urx = UartRx(self.divisor)
+        m.submodules.uart_tx = utx = UartTx(self.divisor)
+        m.submodules.core = core = self.core
+        wiring.connect(m, urx.data, core.rx)
+        wiring.connect(m, core.tx, utx.data)
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx),
+                     core.rx_error.eq(urx.frame_error | urx.overrun),
+                     self.busy.eq(core.busy), self.error.eq(core.error != 0)]
+        return m

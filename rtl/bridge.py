@@ -1,0 +1,405 @@
+"""The host bridge: framed requests from a byte stream (the UART) to memory and machine.
+
+It implements the device side of `rtl/protocol.py` (read its docstring: the
+frame format, opcodes, replies and faults are defined there once).
+
+```
+ rx bytes ─► HUNT ─► OPC ─► LEN0 ─► LEN1 ─► PAYLOAD ─► CRC0 ─► CRC1 ─► DISPATCH
+  (any state of the frame: gap > timeout_cycles ─► TIMEOUT, rx_error ─► SERIAL)   │
+                      ▲                                                            │
+                      │    ┌──────── WRITE: LOAD ⇄ WR (mem.wr) ◄───────────────────┤
+                      │    ├──────── EXEC:  LOAD ⇄ INSTR (instr) ─► SETTLE ◄───────┤
+                      │    ├──────── RESET: machine_reset pulse ─► SETTLE ◄────────┤
+                      │    ▼                                                       │
+                      └── SEND (header + payload, READ: ⇄ RD_REQ/RD_RESP) ─► CRC ◄─┘
+                                                                     tx bytes
+```
+
+- The payload goes into a byte buffer (`lib.memory.Memory` of `max_payload`
+  bytes) while the CRC register follows every byte (`crc16_step`, one byte
+  per cycle). Nothing leaves the bridge before CRC1 matched: WRITE data and
+  EXEC words are read back from the buffer only in DISPATCH's successors, so
+  a damaged frame never reaches memory or machine.
+- The first six payload bytes are also kept in a register (READ/WRITE's
+  address and READ's count), and the bytes after the first four are
+  counted in words of `mem_bytes` while they arrive, so the length checks
+  need no divider.
+- After the CRC the checks run in this order: opcode (`Fault.OPCODE`),
+  payload length (`Fault.LENGTH`), address range (`Fault.ADDRESS`), machine
+  busy (`Fault.BUSY`, WRITE and READ only). A LEN above `max_payload` is
+  refused as soon as the header is in, before any payload.
+- Every reply is shifted out of one register: header and payload for the
+  short replies (identity, status, error), then, for READ, one memory word
+  at a time (one read in flight: the UART is far slower than memory), then
+  the two CRC bytes, computed over the bytes as they leave.
+- Nothing can wedge it: HUNT only waits for bytes; inside a frame the
+  inter-byte timer leads back to HUNT; a reply has a bounded length; WRITE
+  and READ only touch memory while the machine is idle, so the memory always
+  answers; EXEC waits for the machine to take each word, which it does once
+  the previous instruction completed (every instruction completes in a
+  bounded time, `rtl/machine.py`).
+- EXEC and RESET reply with the status `FETCH_TO_ISSUE` cycles after the
+  last word was taken (or the reset), when the machine's decode of that word
+  has updated ``busy`` and ``error``: an EXEC ending in HALT reports
+  ``busy = 0``, one with an illegal word reports the error.
+"""
+import struct
+
+from amaranth.hdl import *
+from amaranth.lib import wiring, stream
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from . import protocol as P
+from .attention_config import AttentionConfig
+from .config import ConfigError, refusing
+from .machine import FETCH_TO_ISSUE, instr_layout
+from .onchip_memory import mem_port_signature
+
+__all__ = ["HostBridge", "crc16_step", "identity_bytes"]
+
+#: largest `max_payload`: LEN is 16 bits and log2(max_payload) travels in a byte
+MAX_PAYLOAD_LIMIT = 1 << 15
+_READ_PAYLOAD = 6          # addr (uint32) + count (uint16)
+_ADDR_BYTES = 4
+_STATUS_BYTES = struct.calcsize(P.STATUS_FORMAT)
+_IDENTITY_BYTES = struct.calcsize(P.IDENTITY_FORMAT)
+
+
+def _crc16_step_terms():
+    """For each bit of the next CRC register, the input bits it is the XOR of.
+
+    Inputs are numbered 0..15 (CRC register) and 16..23 (the byte). This runs
+    the bitwise CRC-16/CCITT-FALSE recurrence of `protocol.crc16` on sets of
+    input bits instead of bits, which yields the byte-parallel XOR network.
+    """
+    state = [frozenset([i]) for i in range(16)]
+    for i in range(8):
+        state[8 + i] ^= {16 + i}
+    for _ in range(8):
+        top = state[15]
+        state = [frozenset()] + state[:15]
+        for bit in (0, 5, 12):                 # polynomial 0x1021
+            state[bit] ^= top
+    return [sorted(s) for s in state]
+
+
+_CRC_TERMS = _crc16_step_terms()
+
+
+def crc16_step(crc, byte):
+    """The CRC-16/CCITT-FALSE register after `byte` (an XOR network, one byte per cycle)."""
+    bits = Cat(crc, byte)
+    out = []
+    for terms in _CRC_TERMS:
+        x = bits[terms[0]]
+        for t in terms[1:]:
+            x = x ^ bits[t]
+        out.append(x)
+    return Cat(*out)
+
+
+def identity_bytes(cfg: AttentionConfig, *, mem_words, max_payload, resid_bits):
+    """The PING reply payload (`protocol.IDENTITY_FORMAT`)."""
+    e = cfg.engine
+    return struct.pack(P.IDENTITY_FORMAT, b"G2A", P.PROTOCOL_VERSION, e.mem_bytes,
+                       max_payload.bit_length() - 1, mem_words,
+                       P.config_id(cfg, resid_bits), e.rows, e.cols)
+
+
+def _check_int(name, value, lo, hi, why=""):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{name} must be an int, got {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={value} is outside the supported range {lo}..{hi}"
+                          + (f" ({why})" if why else ""))
+
+
+class HostBridge(wiring.Component):
+    """Device side of the host link protocol (`rtl/protocol.py`); see the module docstring.
+
+    Ports: ``rx`` / ``tx`` byte streams (to the UART), ``rx_error`` (a UART
+    framing error or overrun: `Fault.SERIAL` inside a frame), ``instr`` (the
+    machine's instruction stream), ``mem`` (a requester port,
+    `onchip_memory.mem_port_signature`), the machine's status ``busy``,
+    ``error``, ``cycles``, ``icount`` as inputs, and ``machine_reset``
+    (one-cycle pulse for RESET).
+    """
+
+    def __init__(self, cfg: AttentionConfig, *, mem_words, max_payload=1024, timeout_cycles,
+                 resid_bits=16):
+        e = cfg.engine
+        with refusing(self):
+            _check_int("mem_bytes", e.mem_bytes, 1, 255, "the PING identity reports it in a byte")
+            _check_int("mem_words", mem_words, 1, min(1 << e.addr_bits, (1 << 32) - 1),
+                       f"word addresses are {e.addr_bits} bits on the machine, 32 in the protocol")
+            least = max(P.INSTR_BYTES, _ADDR_BYTES + e.mem_bytes)
+            _check_int("max_payload", max_payload, least, MAX_PAYLOAD_LIMIT,
+                       "an EXEC word and a one-word WRITE must fit; LEN is 16 bits")
+            if max_payload & (max_payload - 1):
+                raise ConfigError(f"max_payload={max_payload} must be a power of two "
+                                  "(PING reports log2(max_payload))")
+            _check_int("timeout_cycles", timeout_cycles, 1, 1 << 32)
+        self.cfg, self.mem_words, self.max_payload = cfg, mem_words, max_payload
+        self.timeout_cycles, self.resid_bits = timeout_cycles, resid_bits
+        super().__init__({
+            "rx": In(stream.Signature(8)), "rx_error": In(1), "tx": Out(stream.Signature(8)),
+            "instr": Out(stream.Signature(instr_layout())),
+            "mem": Out(mem_port_signature(e)),
+            "busy": In(1), "error": In(2), "cycles": In(32), "icount": In(32),
+            "machine_reset": Out(1)})
+
+    @property
+    def identity(self):
+        return identity_bytes(self.cfg, mem_words=self.mem_words, max_payload=self.max_payload,
+                              resid_bits=self.resid_bits)
+
+    def elaborate(self, platform):
+        m = Module()
+        e, MB, MP = self.cfg.engine, self.cfg.engine.mem_bytes, self.max_payload
+        IB = P.INSTR_BYTES
+        m.submodules.buf = buf = Memory(shape=8, depth=MP, init=[])
+        buf_w, buf_r = buf.write_port(), buf.read_port(domain="sync")
+        rx, byte = self.rx, self.rx.payload
+
+        # ---------------- request registers ----------------
+        opcode, length = Signal(8), Signal(16)
+        idx = Signal(range(MP + 1))                  # payload bytes received
+        field = Signal(8 * _READ_PAYLOAD)            # the first payload bytes
+        addr32, count = field[:32], field[32:48]
+        tail_lane = Signal(range(MB))                # payload bytes after the address,
+        tail_words = Signal(range(MP // MB + 1))     # in words of mem_bytes
+        crc, crc_lo = Signal(16, init=0xFFFF), Signal(8)
+        timer = Signal(range(self.timeout_cycles + 1))
+        # ---------------- execution registers ----------------
+        addr = Signal(e.addr_bits)                   # memory word pointer
+        left = Signal(range(MP // min(MB, IB) + 1))  # words still to write, read or execute
+        ptr = Signal(range(MP + 1))                  # byte buffer read pointer
+        W = max(MB, IB)
+        word = Signal(8 * W)                         # assembled from the buffer, first byte low
+        cnt = Signal(range(W + 1))
+        lag = Signal()                               # the buffer read port's byte is valid
+        settle = Signal(range(FETCH_TO_ISSUE + 1))
+        # ---------------- reply shifter ----------------
+        SR = max(P.HEADER_BYTES + _IDENTITY_BYTES, P.HEADER_BYTES + _STATUS_BYTES, MB)
+        sr, sr_n, sr_skip = Signal(8 * SR), Signal(range(SR + 1)), Signal()
+
+        crc_en, crc_byte = Signal(), Signal(8)
+        with m.If(crc_en):
+            m.d.sync += crc.eq(crc16_step(crc, crc_byte))
+
+        def reply(op, payload=C(0, 0)):
+            """Start sending a frame with opcode `op` and a short `payload`."""
+            n = len(payload) // 8
+            m.d.sync += [sr.eq(Cat(C(P.SYNC, 8), op, C(n, 16), payload)),
+                         sr_n.eq(P.HEADER_BYTES + n), sr_skip.eq(1), crc.eq(0xFFFF),
+                         left.eq(0)]
+            m.next = "SEND"
+
+        def fault(code):
+            reply(C(P.ERROR, 8), Cat(C(int(code), 8), opcode))
+
+        status = Cat(self.busy, C(0, 7), self.error, C(0, 6), self.cycles, self.icount)
+        assert len(status) == 8 * _STATUS_BYTES
+
+        def shift_out():
+            """Present the shifter's low byte on tx; True-expression when it leaves."""
+            m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(sr[:8])]
+            with m.If(self.tx.ready):
+                m.d.sync += [sr.eq(sr >> 8), sr_n.eq(sr_n - 1)]
+            return self.tx.ready
+
+        def receiving(*, crc_on=True):
+            """A state inside a frame: take a byte, time out, or catch a UART error."""
+            m.d.comb += rx.ready.eq(1)
+            m.d.sync += timer.eq(Mux(rx.valid, 0, timer + 1))
+            if crc_on:
+                m.d.comb += [crc_en.eq(rx.valid), crc_byte.eq(byte)]
+
+        def frame_faults():
+            with m.If(self.rx_error):
+                fault(P.Fault.SERIAL)
+            with m.Elif((timer == self.timeout_cycles) & ~rx.valid):
+                fault(P.Fault.TIMEOUT)
+
+        with m.FSM():
+            with m.State("HUNT"):
+                m.d.comb += rx.ready.eq(1)
+                with m.If(rx.valid & (byte == P.SYNC)):
+                    m.d.sync += [crc.eq(0xFFFF), opcode.eq(0), timer.eq(0)]
+                    m.next = "OPC"
+
+            with m.State("OPC"):
+                receiving()
+                with m.If(rx.valid):
+                    m.d.sync += opcode.eq(byte)
+                    m.next = "LEN0"
+                frame_faults()
+            with m.State("LEN0"):
+                receiving()
+                with m.If(rx.valid):
+                    m.d.sync += length[:8].eq(byte)
+                    m.next = "LEN1"
+                frame_faults()
+            with m.State("LEN1"):
+                receiving()
+                new_len = Cat(length[:8], byte)
+                with m.If(rx.valid):
+                    m.d.sync += [length[8:].eq(byte), idx.eq(0), field.eq(0),
+                                 tail_lane.eq(0), tail_words.eq(0)]
+                    with m.If(new_len > MP):
+                        fault(P.Fault.LENGTH)
+                    with m.Elif(new_len == 0):
+                        m.next = "CRC0"
+                    with m.Else():
+                        m.next = "PAYLOAD"
+                frame_faults()
+            with m.State("PAYLOAD"):
+                receiving()
+                m.d.comb += [buf_w.addr.eq(idx), buf_w.data.eq(byte), buf_w.en.eq(rx.valid)]
+                with m.If(rx.valid):
+                    m.d.sync += idx.eq(idx + 1)
+                    with m.If(idx < _READ_PAYLOAD):
+                        m.d.sync += field.word_select(idx[:3], 8).eq(byte)
+                    with m.If(idx >= _ADDR_BYTES):
+                        m.d.sync += tail_lane.eq(tail_lane + 1)
+                        with m.If(tail_lane == MB - 1):
+                            m.d.sync += [tail_lane.eq(0), tail_words.eq(tail_words + 1)]
+                    with m.If(idx == length - 1):
+                        m.next = "CRC0"
+                frame_faults()
+            with m.State("CRC0"):
+                receiving(crc_on=False)
+                with m.If(rx.valid):
+                    m.d.sync += crc_lo.eq(byte)
+                    m.next = "CRC1"
+                frame_faults()
+            with m.State("CRC1"):
+                receiving(crc_on=False)
+                with m.If(rx.valid):
+                    with m.If(Cat(crc_lo, byte) == crc):
+                        m.next = "DISPATCH"
+                    with m.Else():
+                        fault(P.Fault.CRC)
+                frame_faults()
+
+            with m.State("DISPATCH"):
+                ok_op = opcode | P.REPLY
+                with m.Switch(opcode):
+                    with m.Case(P.Req.PING):
+                        with m.If(length != 0):
+                            fault(P.Fault.LENGTH)
+                        with m.Else():
+                            reply(ok_op, C(int.from_bytes(self.identity, "little"),
+                                           8 * _IDENTITY_BYTES))
+                    with m.Case(P.Req.STATUS):
+                        with m.If(length != 0):
+                            fault(P.Fault.LENGTH)
+                        with m.Else():
+                            reply(ok_op, status)
+                    with m.Case(P.Req.RESET):
+                        with m.If(length != 0):
+                            fault(P.Fault.LENGTH)
+                        with m.Else():
+                            m.next = "RESET"
+                    with m.Case(P.Req.WRITE):
+                        with m.If((length < _ADDR_BYTES + MB) | (tail_lane != 0)):
+                            fault(P.Fault.LENGTH)
+                        with m.Elif(addr32 + tail_words > self.mem_words):
+                            fault(P.Fault.ADDRESS)
+                        with m.Elif(self.busy):
+                            fault(P.Fault.BUSY)
+                        with m.Else():
+                            m.d.sync += [addr.eq(addr32), left.eq(tail_words),
+                                         ptr.eq(_ADDR_BYTES), cnt.eq(MB), lag.eq(0)]
+                            m.next = "LOAD"
+                    with m.Case(P.Req.READ):
+                        with m.If((length != _READ_PAYLOAD) | (count == 0) | (count > MP // MB)):
+                            fault(P.Fault.LENGTH)
+                        with m.Elif(addr32 + count > self.mem_words):
+                            fault(P.Fault.ADDRESS)
+                        with m.Elif(self.busy):
+                            fault(P.Fault.BUSY)
+                        with m.Else():
+                            reply(ok_op)
+                            # the header's LEN is count words; the words follow (SEND)
+                            m.d.sync += [sr[16:32].eq(count * MB), addr.eq(addr32),
+                                         left.eq(count)]
+                    with m.Case(P.Req.EXEC):
+                        with m.If((length == 0) | (length[:IB.bit_length() - 1] != 0)):
+                            fault(P.Fault.LENGTH)
+                        with m.Else():
+                            m.d.sync += [left.eq(length[IB.bit_length() - 1:]), ptr.eq(0), cnt.eq(IB),
+                                         lag.eq(0)]
+                            m.next = "LOAD"
+                    with m.Default():
+                        fault(P.Fault.OPCODE)
+
+            with m.State("LOAD"):
+                # cnt bytes from the buffer into `word`, one per cycle (read latency 1)
+                m.d.comb += buf_r.addr.eq(ptr)
+                m.d.sync += lag.eq(cnt != 0)
+                with m.If(cnt != 0):
+                    m.d.sync += [ptr.eq(ptr + 1), cnt.eq(cnt - 1)]
+                with m.If(lag):
+                    m.d.sync += word.eq(Cat(word[8:], buf_r.data))
+                    with m.If(cnt == 0):
+                        with m.If(opcode == P.Req.WRITE):
+                            m.next = "WR"
+                        with m.Else():
+                            m.next = "INSTR"
+            with m.State("WR"):
+                m.d.comb += [self.mem.wr.valid.eq(1), self.mem.wr.payload.addr.eq(addr),
+                             self.mem.wr.payload.data.eq(word[-8 * MB:]),
+                             self.mem.wr.payload.strb.eq((1 << MB) - 1)]
+                with m.If(self.mem.wr.ready):
+                    m.d.sync += [addr.eq(addr + 1), left.eq(left - 1), cnt.eq(MB)]
+                    with m.If(left == 1):
+                        reply(opcode | P.REPLY)
+                    with m.Else():
+                        m.next = "LOAD"
+            with m.State("INSTR"):
+                m.d.comb += [self.instr.valid.eq(1),
+                             self.instr.payload.word.eq(word[-8 * IB:])]
+                with m.If(self.instr.ready):
+                    m.d.sync += [left.eq(left - 1), cnt.eq(IB)]
+                    with m.If(left == 1):
+                        m.d.sync += settle.eq(FETCH_TO_ISSUE)
+                        m.next = "SETTLE"
+                    with m.Else():
+                        m.next = "LOAD"
+            with m.State("RESET"):
+                m.d.comb += self.machine_reset.eq(1)
+                m.d.sync += settle.eq(FETCH_TO_ISSUE)
+                m.next = "SETTLE"
+            with m.State("SETTLE"):
+                m.d.sync += settle.eq(settle - 1)
+                with m.If(settle == 0):
+                    reply(opcode | P.REPLY, status)
+
+            with m.State("SEND"):
+                with m.If(shift_out()):
+                    m.d.sync += sr_skip.eq(0)
+                    m.d.comb += [crc_en.eq(~sr_skip), crc_byte.eq(sr[:8])]
+                    with m.If(sr_n == 1):
+                        with m.If(left != 0):
+                            m.next = "RD_REQ"
+                        with m.Else():
+                            m.next = "TAIL"
+            with m.State("RD_REQ"):
+                m.d.comb += [self.mem.rd_req.valid.eq(1), self.mem.rd_req.payload.addr.eq(addr)]
+                with m.If(self.mem.rd_req.ready):
+                    m.d.sync += [addr.eq(addr + 1), left.eq(left - 1)]
+                    m.next = "RD_RESP"
+            with m.State("RD_RESP"):
+                m.d.comb += self.mem.rd_resp.ready.eq(1)
+                with m.If(self.mem.rd_resp.valid):
+                    m.d.sync += [sr.eq(self.mem.rd_resp.payload.data), sr_n.eq(MB)]
+                    m.next = "SEND"
+            with m.State("TAIL"):
+                m.d.sync += [sr.eq(crc), sr_n.eq(P.CRC_BYTES)]
+                m.next = "SEND_CRC"
+            with m.State("SEND_CRC"):
+                with m.If(shift_out() & (sr_n == 1)):
+                    m.next = "HUNT"
+        return m

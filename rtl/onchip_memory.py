@@ -1,0 +1,112 @@
+"""On-chip word memory serving the machine's memory port and the host bridge.
+
+```
+ machine.rd_req ─┐ priority            ┌─► machine.rd_resp   (tag 0)
+ host.rd_req ────┴─► read port ─► data register ─► skid ─┤
+                      (Memory)         (held while stalled)  └─► host.rd_resp      (tag 1)
+ machine.wr ─────┐ priority
+ host.wr ────────┴─► write port (byte strobes)
+```
+
+Both ports follow the MatmulEngine contract (rtl/matmul.py): ``rd_req``
+carries a word address, ``rd_resp`` returns the words in request order with
+back-pressure, ``wr`` carries address, data and byte strobes. One
+`lib.memory.Memory` (block RAM: EBR on ECP5) with one read and one write
+port serves both; the machine wins when both request in the same cycle (the
+host bridge only accesses memory while the machine is idle, so in practice
+they never meet).
+
+Reads: a request is accepted whenever the skid register is empty
+(``rd_req.ready`` is a flip-flop, not a path through the consumer's ready),
+so a word per cycle flows while the consumer keeps taking. The read port's
+data register only changes when a request is accepted; if the consumer
+stalls while a new word is being read, the current word moves to the skid
+register. Each word carries a tag naming its requester, so responses go back
+to whoever asked, in order.
+
+Addresses at or beyond `depth` are out of range: such a read returns an
+all-zero word and such a write is ignored (the stream still completes), so a
+stray address never aliases onto real data. A read in the same cycle as a
+write to the same word returns the old contents (read before write, as the
+reference `sim.matmul_sim.MemoryModel` does).
+"""
+from amaranth.hdl import *
+from amaranth.lib import wiring, stream
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .config import ConfigError, EngineConfig, refusing
+from .matmul import read_request_layout, read_response_layout, write_layout
+
+__all__ = ["OnChipMemory", "mem_port_signature"]
+
+
+def mem_port_signature(cfg: EngineConfig):
+    """The requester's side of a memory port (the machine's ``rd_req``/``rd_resp``/``wr``)."""
+    return wiring.Signature({"rd_req": Out(stream.Signature(read_request_layout(cfg))),
+                             "rd_resp": In(stream.Signature(read_response_layout(cfg))),
+                             "wr": Out(stream.Signature(write_layout(cfg)))})
+
+
+class OnChipMemory(wiring.Component):
+    """`depth` words of `cfg.mem_bytes` bytes with a ``machine`` and a ``host`` port
+    (`mem_port_signature`, flipped). See the module docstring."""
+
+    def __init__(self, cfg: EngineConfig, depth):
+        with refusing(self):
+            if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+                raise ConfigError(f"memory depth must be a positive int, got {depth!r}")
+            if depth > 1 << cfg.addr_bits:
+                raise ConfigError(f"memory depth {depth} words exceeds the {cfg.addr_bits}-bit "
+                                  f"word address ({1 << cfg.addr_bits} words)")
+        self.cfg, self.depth = cfg, depth
+        super().__init__({"machine": In(mem_port_signature(cfg)),
+                          "host": In(mem_port_signature(cfg))})
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, depth = self.cfg, self.depth
+        m.submodules.mem = mem = Memory(shape=unsigned(8 * cfg.mem_bytes), depth=depth, init=[])
+        rp = mem.read_port(domain="sync")
+        wp = mem.write_port(granularity=8)
+        mach, host = self.machine, self.host
+
+        # ---------------- writes: machine first ----------------
+        wr = {f: Mux(mach.wr.valid, mach.wr.payload[f], host.wr.payload[f])
+              for f in ("addr", "data", "strb")}
+        m.d.comb += [mach.wr.ready.eq(1), host.wr.ready.eq(~mach.wr.valid),
+                     wp.addr.eq(wr["addr"]), wp.data.eq(wr["data"])]
+        with m.If((mach.wr.valid | host.wr.valid) & (wr["addr"] < depth)):
+            m.d.comb += wp.en.eq(wr["strb"])
+
+        # ---------------- reads: request, data register, skid ----------------
+        skid_valid, skid_data, skid_tag = Signal(), Signal.like(rp.data), Signal()
+        held_valid, held_tag, held_zero = Signal(), Signal(), Signal()  # the read port's word
+        req_addr = Mux(mach.rd_req.valid, mach.rd_req.payload.addr, host.rd_req.payload.addr)
+        accept = Signal()
+        m.d.comb += [mach.rd_req.ready.eq(~skid_valid),
+                     host.rd_req.ready.eq(~skid_valid & ~mach.rd_req.valid),
+                     accept.eq((mach.rd_req.valid | host.rd_req.valid) & ~skid_valid),
+                     rp.addr.eq(req_addr), rp.en.eq(accept)]
+
+        out_valid = skid_valid | held_valid
+        out_tag = Mux(skid_valid, skid_tag, held_tag)
+        out_data = Mux(skid_valid, skid_data, Mux(held_zero, 0, rp.data))
+        out_ready = Mux(out_tag, host.rd_resp.ready, mach.rd_resp.ready)
+        m.d.comb += [mach.rd_resp.payload.data.eq(out_data), host.rd_resp.payload.data.eq(out_data),
+                     mach.rd_resp.valid.eq(out_valid & ~out_tag),
+                     host.rd_resp.valid.eq(out_valid & out_tag)]
+        taken = out_valid & out_ready
+        with m.If(skid_valid):
+            # no request is accepted while the skid is full: the held word stays
+            with m.If(taken):
+                m.d.sync += skid_valid.eq(0)
+        with m.Else():
+            with m.If(held_valid & ~taken & accept):
+                # the held word would be overwritten by the new read: park it
+                m.d.sync += [skid_valid.eq(1), skid_data.eq(out_data), skid_tag.eq(held_tag)]
+            with m.If(accept | taken):
+                m.d.sync += held_valid.eq(accept)
+        with m.If(accept):
+            m.d.sync += [held_tag.eq(~mach.rd_req.valid), held_zero.eq(req_addr >= depth)]
+        return m

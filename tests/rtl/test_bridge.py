@@ -1,0 +1,328 @@
+"""HostBridge + OnChipMemory through the bridge's byte streams (rtl/bridge.py, rtl/protocol.py).
+
+No UART and no machine: the test drives the request bytes with random gaps,
+takes the reply bytes with random stalls, plays the machine's status inputs
+and takes EXEC's instruction words with random stalls. The host side uses
+`protocol.frame` / `protocol.parse_frame`; memory is checked against a
+Python model. Every Fault path, then fuzzing: corrupt frames interleaved
+with valid commands never modify memory and never change a valid command's
+result. Seeds are printed; GPT2ACCEL_SEED replays.
+"""
+import random
+import struct
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module
+from amaranth.lib import wiring
+from amaranth.sim import Simulator
+
+from gpt2accel.rtl import protocol as P
+from gpt2accel.rtl.attention_config import AttentionConfig
+from gpt2accel.rtl.bridge import HostBridge, identity_bytes
+from gpt2accel.rtl.config import ConfigError, EngineConfig
+from gpt2accel.rtl.onchip_memory import OnChipMemory
+
+from attention_cases import run_seed
+from link_host import LinkHost, error_reply
+
+CFG = AttentionConfig(engine=EngineConfig(rows=4, cols=4, max_k=128, max_m=16, max_n=512,
+                                          addr_bits=16),
+                      tile=4, lanes=2, norm_lanes=2, max_d_head=16, max_seq=16)
+MB = CFG.engine.mem_bytes
+WORDS, MAX_PAYLOAD, TIMEOUT = 48, 128, 60
+#: quiet cycles after which a bad frame has surely been answered (timeout + a reply)
+SETTLE = TIMEOUT + 400
+F = P.Fault
+
+
+class _BridgeAndMemory(wiring.Component):
+    def __init__(self):
+        self.bridge = HostBridge(CFG, mem_words=WORDS, max_payload=MAX_PAYLOAD,
+                                 timeout_cycles=TIMEOUT)
+        self.memory = OnChipMemory(CFG.engine, WORDS)
+        super().__init__({})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.bridge, m.submodules.memory = self.bridge, self.memory
+        wiring.connect(m, self.bridge.mem, self.memory.host)
+        return m
+
+
+@pytest.fixture(scope="module")
+def seed():
+    return run_seed()
+
+
+def _run(seed, body, *, stall=0.3):
+    """Simulate `body(ctx, host, bridge, state)`; state["instrs"] collects EXEC words,
+    state["resets"] counts machine_reset pulses."""
+    rng = random.Random(seed)
+    top = _BridgeAndMemory()
+    br = top.bridge
+    host = LinkHost(br.rx, br.tx, random.Random(rng.random()), stall=stall)
+    state = {"instrs": [], "resets": 0}
+    sink_rng = random.Random(rng.random())
+
+    async def machine(ctx):
+        while True:
+            ready = sink_rng.random() >= stall
+            ctx.set(br.instr.ready, ready)
+            _, _, valid, word, reset = await ctx.tick().sample(
+                br.instr.valid, br.instr.payload.word, br.machine_reset)
+            if valid and ready:
+                state["instrs"].append(int(word))
+            state["resets"] += int(reset)
+
+    async def bench(ctx):
+        await body(ctx, host, br, state)
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(host.collect, background=True)
+    sim.add_testbench(machine, background=True)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def _words(rng, n):
+    return np.frombuffer(rng.randbytes(n * MB), np.uint8).reshape(n, MB)
+
+
+def _write(addr, words):
+    return P.Req.WRITE, struct.pack("<I", addr) + words.tobytes()
+
+
+def _read(addr, count):
+    return P.Req.READ, struct.pack("<IH", addr, count)
+
+
+async def _check_memory(ctx, host, model):
+    """READ the whole memory in max_payload chunks and compare with `model`."""
+    per = MAX_PAYLOAD // MB
+    for a in range(0, WORDS, per):
+        n = min(per, WORDS - a)
+        op, data = await host.request(ctx, *_read(a, n))
+        assert op == P.Req.READ | P.REPLY, (op, data)
+        np.testing.assert_array_equal(np.frombuffer(data, np.uint8).reshape(n, MB), model[a:a + n],
+                                      err_msg=f"words {a}..{a + n - 1}")
+
+
+def test_ping_status_and_random_write_read(seed):
+    rng = random.Random(seed)
+    model = np.zeros((WORDS, MB), np.uint8)
+
+    async def body(ctx, host, br, state):
+        assert await host.request(ctx, P.Req.PING) == (
+            P.Req.PING | P.REPLY,
+            identity_bytes(CFG, mem_words=WORDS, max_payload=MAX_PAYLOAD, resid_bits=16))
+        magic, ver, mb, lg, words, cid, rows, cols = struct.unpack(
+            P.IDENTITY_FORMAT, (await host.request(ctx, P.Req.PING))[1])
+        assert (magic, ver, mb, 1 << lg, words, cid, rows, cols) == (
+            b"G2A", P.PROTOCOL_VERSION, MB, MAX_PAYLOAD, WORDS, P.config_id(CFG), 4, 4)
+        status = (0, 2, rng.getrandbits(32), rng.getrandbits(32))
+        for sig, v in zip((br.busy, br.error, br.cycles, br.icount), status):
+            ctx.set(sig, v)
+        assert await host.request(ctx, P.Req.STATUS) == (
+            P.Req.STATUS | P.REPLY, struct.pack(P.STATUS_FORMAT, *status))
+        ctx.set(br.error, 0)
+        for _ in range(16):
+            n = rng.randint(1, MAX_PAYLOAD // MB - 1)      # WRITE carries the 4-byte address
+            a = rng.randint(0, WORDS - n)
+            if rng.random() < 0.6:
+                words = _words(rng, n)
+                assert await host.request(ctx, *_write(a, words)) == (P.Req.WRITE | P.REPLY, b"")
+                model[a:a + n] = words
+            else:
+                op, data = await host.request(ctx, *_read(a, n))
+                assert op == P.Req.READ | P.REPLY
+                np.testing.assert_array_equal(np.frombuffer(data, np.uint8).reshape(n, MB),
+                                              model[a:a + n], err_msg=f"GPT2ACCEL_SEED={seed}")
+        await _check_memory(ctx, host, model)
+        # the largest READ (max_payload bytes) and a one-word WRITE at the last address
+        last = _words(rng, 1)
+        assert await host.request(ctx, *_write(WORDS - 1, last)) == (P.Req.WRITE | P.REPLY, b"")
+        model[-1] = last[0]
+        op, data = await host.request(ctx, *_read(WORDS - MAX_PAYLOAD // MB, MAX_PAYLOAD // MB))
+        assert len(data) == MAX_PAYLOAD and data[-MB:] == last.tobytes()
+
+    _run(seed, body)
+
+
+def test_exec_feeds_words_in_order_and_reset_pulses(seed):
+    rng = random.Random(seed + 1)
+
+    async def body(ctx, host, br, state):
+        sent = []
+        for _ in range(3):
+            k = rng.randint(1, MAX_PAYLOAD // P.INSTR_BYTES)
+            words = [rng.getrandbits(8 * P.INSTR_BYTES) for _ in range(k)]
+            payload = b"".join(w.to_bytes(P.INSTR_BYTES, "little") for w in words)
+            status = (1, 0, rng.getrandbits(32), rng.getrandbits(32))
+            for sig, v in zip((br.busy, br.error, br.cycles, br.icount), status):
+                ctx.set(sig, v)
+            assert await host.request(ctx, P.Req.EXEC, payload) == (
+                P.Req.EXEC | P.REPLY, struct.pack(P.STATUS_FORMAT, *status))
+            sent += words
+        assert state["instrs"] == sent, f"GPT2ACCEL_SEED={seed}"
+        assert state["resets"] == 0
+        op, _ = await host.request(ctx, P.Req.RESET)
+        assert op == P.Req.RESET | P.REPLY and state["resets"] == 1
+
+    _run(seed, body)
+
+
+def _fault_cases(rng):
+    """(request bytes, expected reply) for every Fault a complete frame can cause."""
+    ok_write = _write(0, _words(rng, 1))[1]
+    good_crc = P.frame(P.Req.PING)
+    return [
+        # CRC: a flipped payload bit, a damaged CRC byte, a damaged header
+        (P.frame(P.Req.WRITE, ok_write[:-1] + bytes([ok_write[-1] ^ 0x10]))[:-2]
+         + P.frame(P.Req.WRITE, ok_write)[-2:], error_reply(F.CRC, P.Req.WRITE)),
+        (good_crc[:-1] + bytes([good_crc[-1] ^ 1]), error_reply(F.CRC, P.Req.PING)),
+        # LENGTH: above max_payload (refused after the header), and per opcode
+        (P.frame(P.Req.WRITE, bytes(MAX_PAYLOAD + 1))[:P.HEADER_BYTES],
+         error_reply(F.LENGTH, P.Req.WRITE)),
+        (P.frame(P.Req.PING, b"\0"), error_reply(F.LENGTH, P.Req.PING)),
+        (P.frame(P.Req.STATUS, b"\0\0"), error_reply(F.LENGTH, P.Req.STATUS)),
+        (P.frame(P.Req.RESET, b"\0"), error_reply(F.LENGTH, P.Req.RESET)),
+        (P.frame(P.Req.WRITE, ok_write[:-1]), error_reply(F.LENGTH, P.Req.WRITE)),
+        (P.frame(P.Req.WRITE, ok_write[:4]), error_reply(F.LENGTH, P.Req.WRITE)),
+        (P.frame(P.Req.WRITE, b""), error_reply(F.LENGTH, P.Req.WRITE)),
+        (P.frame(P.Req.READ, _read(0, 1)[1][:5]),
+         error_reply(F.LENGTH, P.Req.READ)),
+        (P.frame(*_read(0, 0)), error_reply(F.LENGTH, P.Req.READ)),
+        (P.frame(*_read(0, MAX_PAYLOAD // MB + 1)), error_reply(F.LENGTH, P.Req.READ)),
+        (P.frame(P.Req.EXEC, bytes(P.INSTR_BYTES - 1)), error_reply(F.LENGTH, P.Req.EXEC)),
+        (P.frame(P.Req.EXEC, b""), error_reply(F.LENGTH, P.Req.EXEC)),
+        # OPCODE
+        *[(P.frame(op), error_reply(F.OPCODE, op)) for op in (0x00, 0x07, 0x81, 0xFF)],
+        # ADDRESS: past the end, straddling the end, a 32-bit address beyond the port
+        (P.frame(*_write(WORDS, _words(rng, 1))), error_reply(F.ADDRESS, P.Req.WRITE)),
+        (P.frame(*_write(WORDS - 1, _words(rng, 2))), error_reply(F.ADDRESS, P.Req.WRITE)),
+        (P.frame(*_read(WORDS - 2, 3)), error_reply(F.ADDRESS, P.Req.READ)),
+        (P.frame(*_read(0xFFFFFFFF, 1)), error_reply(F.ADDRESS, P.Req.READ)),
+        (P.frame(*_read(1 << 16, 1)), error_reply(F.ADDRESS, P.Req.READ)),
+    ]
+
+
+def test_every_fault_then_ping(seed):
+    rng = random.Random(seed + 2)
+    model = np.zeros((WORDS, MB), np.uint8)
+    ident = (P.Req.PING | P.REPLY,
+             identity_bytes(CFG, mem_words=WORDS, max_payload=MAX_PAYLOAD, resid_bits=16))
+
+    async def body(ctx, host, br, state):
+        per = MAX_PAYLOAD // MB - 1
+        for a in range(0, WORDS, per):
+            words = _words(rng, min(per, WORDS - a))
+            assert await host.request(ctx, *_write(a, words)) == (P.Req.WRITE | P.REPLY, b"")
+            model[a:a + len(words)] = words
+        for i, (data, want) in enumerate(_fault_cases(rng)):
+            await host.send(ctx, data)
+            assert await host.reply(ctx) == want, f"case {i}: {data.hex()} GPT2ACCEL_SEED={seed}"
+            assert await host.request(ctx, P.Req.PING) == ident, f"after case {i}"
+        # BUSY: memory access while the machine runs; STATUS still answers
+        ctx.set(br.busy, 1)
+        for req, op in ((_write(0, _words(rng, 1)), P.Req.WRITE), (_read(0, 1), P.Req.READ)):
+            assert await host.request(ctx, *req) == error_reply(F.BUSY, op)
+        assert (await host.request(ctx, P.Req.STATUS))[1][0] == 1
+        ctx.set(br.busy, 0)
+        # TIMEOUT: frames cut short anywhere, the opcode reported once it arrived
+        frame = P.frame(*_write(3, _words(rng, 2)))
+        for cut in (1, 2, 3, P.HEADER_BYTES + 5, len(frame) - 1):
+            await host.send(ctx, frame[:cut])
+            want = error_reply(F.TIMEOUT, P.Req.WRITE if cut > 1 else 0)
+            assert await host.drain(ctx, SETTLE) == [want], f"cut at {cut}"
+        # SERIAL: a UART framing error inside a frame (none outside a frame)
+        await host.send(ctx, frame[:7])
+        ctx.set(br.rx_error, 1)
+        await ctx.tick()
+        ctx.set(br.rx_error, 0)
+        assert await host.drain(ctx, SETTLE) == [error_reply(F.SERIAL, P.Req.WRITE)]
+        ctx.set(br.rx_error, 1)
+        await ctx.tick()
+        ctx.set(br.rx_error, 0)
+        assert await host.drain(ctx, SETTLE) == []
+        assert await host.request(ctx, P.Req.PING) == ident
+        await _check_memory(ctx, host, model)
+
+    _run(seed, body)
+
+
+def _corrupt(rng, valid_frames):
+    """A damaged frame: flipped bytes, a truncation, garbage, or a valid frame with an
+    unassigned opcode."""
+    f = bytearray(rng.choice(valid_frames))
+    kind = rng.choice(("flip", "truncate", "garbage", "opcode", "flip+truncate"))
+    if "flip" in kind:
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(1, len(f))
+            f[i] ^= rng.randint(1, 255)
+    if "truncate" in kind:
+        f = f[:rng.randrange(1, len(f))]
+    if kind == "garbage":
+        f = bytearray(rng.randbytes(rng.randint(1, 40)))
+    if kind == "opcode":
+        f = bytearray(P.frame(rng.choice([o for o in range(256)
+                                          if o not in set(P.Req)]), rng.randbytes(rng.randint(0, 8))))
+    return bytes(f), kind
+
+
+def test_fuzz_corrupt_frames_never_wedge_or_modify(seed):
+    rng = random.Random(seed + 3)
+    model = np.zeros((WORDS, MB), np.uint8)
+    ident = (P.Req.PING | P.REPLY,
+             identity_bytes(CFG, mem_words=WORDS, max_payload=MAX_PAYLOAD, resid_bits=16))
+
+    def valid_request():
+        n = rng.randint(1, 4)
+        a = rng.randint(0, WORDS - n)
+        return rng.choice([_write(a, _words(rng, n)), _read(a, n), (P.Req.PING, b""),
+                           (P.Req.STATUS, b"")])
+
+    async def body(ctx, host, br, state):
+        kinds = {}
+        for i in range(40):
+            frames = [P.frame(*valid_request()) for _ in range(3)]
+            bad, kind = _corrupt(rng, frames)
+            kinds[kind] = kinds.get(kind, 0) + 1
+            await host.send(ctx, bad)
+            for op, _ in await host.drain(ctx, SETTLE):
+                assert op == P.ERROR, f"{kind} frame {bad.hex()} got a non-error reply"
+            # the next valid command behaves as on a fresh device
+            op, payload = valid_request()
+            got = await host.request(ctx, op, payload)
+            if op == P.Req.WRITE:
+                (a,) = struct.unpack_from("<I", payload)
+                words = np.frombuffer(payload[4:], np.uint8).reshape(-1, MB)
+                model[a:a + len(words)] = words
+                assert got == (P.Req.WRITE | P.REPLY, b"")
+            elif op == P.Req.READ:
+                a, n = struct.unpack("<IH", payload)
+                assert got == (P.Req.READ | P.REPLY, model[a:a + n].tobytes()), f"seed {seed}"
+            elif op == P.Req.PING:
+                assert got == ident
+            else:
+                assert got[0] == P.Req.STATUS | P.REPLY
+        print(f"corrupt frames by kind: {kinds}")
+        assert await host.request(ctx, P.Req.PING) == ident
+        await _check_memory(ctx, host, model)
+
+    _run(seed, body)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(max_payload=96), "power of two"),
+    (dict(max_payload=32), "max_payload=32 is outside"),
+    (dict(max_payload=1 << 16), "outside"),
+    (dict(mem_words=0), "mem_words=0"),
+    (dict(mem_words=(1 << 16) + 1), "16 bits on the machine"),
+    (dict(timeout_cycles=0), "timeout_cycles=0"),
+])
+def test_bad_bridge_config_refused(kw, match):
+    args = dict(mem_words=WORDS, max_payload=MAX_PAYLOAD, timeout_cycles=TIMEOUT) | kw
+    with pytest.raises(ConfigError, match=match):
+        HostBridge(CFG, **args)
