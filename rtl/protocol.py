@@ -23,7 +23,9 @@ RESET      empty                                     `status`, after the machine
 =========  ========================================  ==========================================
 
 Addresses count memory words of `mem_bytes` bytes (the machine's memory port
-word); words and instructions travel little-endian. An instruction is only
+word); words and instructions travel little-endian. A READ reply obeys the
+same `max_payload` as a request (count * mem_bytes <= max_payload), so the
+host splits long reads like long writes. An instruction is only
 handed to the machine, and a word only written to memory, after the whole
 frame arrived and its CRC matched: a damaged frame never reaches the engine.
 
@@ -34,6 +36,8 @@ opcode or 0) and the device returns to hunting for `SYNC`:
   payload length the opcode does not allow (`Fault.LENGTH`), an unknown
   opcode (`Fault.OPCODE`), an address range outside the memory
   (`Fault.ADDRESS`), a memory access while a program runs (`Fault.BUSY`);
+  a frame whose CRC matched is checked in that order (opcode, length,
+  address, busy) and the first failing check is reported;
 * a frame that stops arriving: a gap longer than the device's byte timeout
   inside a frame (`Fault.TIMEOUT`), so a truncated frame never wedges it;
 * a UART framing error (missing stop bit) inside a frame (`Fault.SERIAL`).
