@@ -36,7 +36,8 @@ from amaranth.lib.wiring import In, Out
 
 from .attention_config import AttentionConfig
 from .intarith import round_shift
-from .matmul import MatmulEngine, read_request_layout, read_response_layout, write_layout
+from .matmul import (MatmulEngine, command_layout, read_request_layout, read_response_layout,
+                     write_layout)
 from .normalise import Normaliser
 from .softmax import SoftmaxUnit
 
@@ -86,14 +87,24 @@ class AttentionEngine(wiring.Component):
     must be visible to it), ``busy``, ``done`` (one-cycle pulse after the
     last output write), ``phase`` (a `Phase` value) and ``softmax_busy``
     (a tile is in the softmax), for tracing.
+
+    With ``matmul_port=True`` the engine also lends its array to plain matmuls:
+    ``mm_cmd`` (`matmul.command_layout`, taken while attention is idle) runs one
+    command on the internal `MatmulEngine` with its writes going out on ``wr``,
+    and ``mm_done`` pulses when it finishes, exactly as the engine's own ``cmd``
+    and ``done`` would. The `Machine` uses this so one array serves both MATMUL
+    and ATTENTION (the array and its requantisers are most of the DSPs).
     """
 
-    def __init__(self, cfg: AttentionConfig, table=None):
+    def __init__(self, cfg: AttentionConfig, table=None, *, matmul_port=False):
         cfg.check_engine()
         self.cfg = cfg
         self.table = table
+        self.matmul_port = matmul_port
         e = cfg.engine
-        super().__init__({
+        lend = ({"mm_cmd": In(stream.Signature(command_layout(e))), "mm_done": Out(1)}
+                if matmul_port else {})
+        super().__init__({**lend,
             "cmd": In(stream.Signature(attention_command_layout(cfg))),
             "rd_req": Out(stream.Signature(read_request_layout(e))),
             "rd_resp": In(stream.Signature(read_response_layout(e))),
@@ -122,9 +133,11 @@ class AttentionEngine(wiring.Component):
                      mm.rd_req.ready.eq(self.rd_req.ready),
                      mm.rd_resp.valid.eq(self.rd_resp.valid),
                      mm.rd_resp.payload.eq(self.rd_resp.payload),
-                     self.rd_resp.ready.eq(mm.rd_resp.ready),
-                     mm.wr.ready.eq(1)]
-        snoop = mm.wr.valid
+                     self.rd_resp.ready.eq(mm.rd_resp.ready)]
+        # a lent matmul (`mm_cmd`) owns the array from acceptance to its done
+        # pulse; its writes bypass the scratch snoop and leave through `wr`
+        lent = Signal()
+        snoop = mm.wr.valid & ~lent
         wr_ready = self.wr.ready
 
         # ---------------- command registers and loop counters ----------------------
@@ -132,8 +145,12 @@ class AttentionEngine(wiring.Component):
         busy = Signal()
         done = Signal()
         m.d.sync += done.eq(0)
-        m.d.comb += [self.busy.eq(busy), self.done.eq(done), self.cmd.ready.eq(~busy)]
-        accept = self.cmd.valid & ~busy
+        m.d.comb += [self.busy.eq(busy), self.done.eq(done), self.cmd.ready.eq(~busy & ~lent)]
+        accept = self.cmd.valid & ~busy & ~lent
+        if self.matmul_port:
+            self._lend(m, mm, busy, lent)
+        else:
+            m.d.comb += mm.wr.ready.eq(1)
         p = self.cmd.payload
 
         def addr(name):
@@ -168,7 +185,7 @@ class AttentionEngine(wiring.Component):
         sm_fin = Signal()                   # softmax of a tile finished (pulse)
         sm_take = Signal()                  # softmax takes an S tile (pulse)
         s_issue, pv_issue = Signal(), Signal()
-        s_done = mm.done & ~eng_pv
+        s_done = mm.done & ~eng_pv & ~lent
         m.d.sync += [ahead.eq(ahead + s_issue - pv_issue),
                      sm_ready.eq(sm_ready + sm_fin - pv_issue),
                      s_full.eq(s_full + s_done - sm_take)]
@@ -496,7 +513,10 @@ class AttentionEngine(wiring.Component):
         m.d.comb += nm_done.eq(nm_on & ~nm_start & (ow_row == nm_rows))
 
         # controller write port: P rows during softmax, outputs during normalise
-        with m.If(nm_on):
+        with m.If(lent):
+            m.d.comb += [self.wr.valid.eq(mm.wr.valid), self.wr.payload.eq(mm.wr.payload),
+                         mm.wr.ready.eq(self.wr.ready)]
+        with m.Elif(nm_on):
             m.d.comb += [self.wr.valid.eq(norm.out.valid & ow_on),
                          self.wr.payload.addr.eq(ow_ptr + ow_word),
                          self.wr.payload.data.eq(yb << (ow_byte * 8)),
@@ -507,3 +527,17 @@ class AttentionEngine(wiring.Component):
                          self.wr.payload.data.eq(p_bytes << (pw_byte * 8)),
                          self.wr.payload.strb.eq(Const((1 << LN) - 1, MB) << pw_byte)]
         return m
+
+    def _lend(self, m, mm, busy, lent):
+        """Run `mm_cmd` on the array while attention is idle; `lent` until its done."""
+        take = self.mm_cmd.valid & ~busy & ~lent
+        m.d.comb += [self.mm_cmd.ready.eq(~busy & ~lent & mm.cmd.ready),
+                     self.mm_done.eq(lent & mm.done)]
+        with m.If(take):
+            m.d.comb += [mm.cmd.valid.eq(1), mm.cmd.payload.eq(self.mm_cmd.payload)]
+            with m.If(mm.cmd.ready):
+                m.d.sync += lent.eq(1)
+        with m.If(lent & mm.done):
+            m.d.sync += lent.eq(0)
+        with m.If(~lent):
+            m.d.comb += mm.wr.ready.eq(1)

@@ -1,7 +1,7 @@
 """The machine: instruction fetch/decode/dispatch over the engines, one shared memory port.
 
 ```
- instr stream ─► FETCH ─► DECODE (rtl/isa.py rules) ─┬─► MatmulEngine.cmd   ─┐
+ instr stream ─► FETCH ─► DECODE (rtl/isa.py rules) ─┬─► AttentionEngine.mm_cmd ─┐
                    ▲                                 ├─► AttentionEngine.cmd │
                    │                                 ├─► KVStore.cmd         ├─ owner mux ─► rd_req / rd_resp / wr
                    └──── unit's done ◄───────────────┴─► VectorMover.cmd     ─┘
@@ -16,9 +16,9 @@
   switched by an ``owner`` register set at dispatch (a unit that is not the
   owner is idle and has nothing in flight, because every unit's ``done``
   comes after its last write is accepted and its last read is answered).
-- The AttentionEngine builds its MatmulEngine inside `elaborate` and offers
-  no port to command it, so MATMUL runs on a second MatmulEngine
-  (see docs/architecture.md "Machine" for the change that would share it).
+- There is one systolic array: MATMUL runs on the AttentionEngine's own
+  MatmulEngine, lent through its ``mm_cmd``/``mm_done`` port while attention
+  is idle (the array and its requantisers are most of the design's DSPs).
 - Status: ``busy`` (a program is running), ``done`` (one-cycle pulse at
   HALT), ``error`` (`isa.Error`), ``cycles`` and ``icount`` (since the
   program's first instruction, frozen at HALT). On an illegal instruction
@@ -36,7 +36,7 @@ from .attention_config import AttentionConfig
 from .isa import (VECTOR_OPS, INSTR_BITS, OPCODE_BITS, Op, Error, body_layout, kvstore_layout,
                   legal_expr, reserved_mask)
 from .vecmove import VectorMover
-from .matmul import MatmulEngine, read_request_layout, read_response_layout, write_layout
+from .matmul import read_request_layout, read_response_layout, write_layout
 
 __all__ = ["Machine", "KVStore", "instr_layout", "FETCH_TO_ISSUE"]
 
@@ -153,8 +153,17 @@ class KVStore(wiring.Component):
         return m
 
 
+class _Lent:
+    """The attention engine's lent matmul as a unit: its ``mm_cmd``/``mm_done`` with
+    the engine's own memory port."""
+
+    def __init__(self, attn):
+        self.cmd, self.done = attn.mm_cmd, attn.mm_done
+        self.rd_req, self.rd_resp, self.wr = attn.rd_req, attn.rd_resp, attn.wr
+
+
 class Machine(wiring.Component):
-    """Fetch/decode/dispatch controller with a MatmulEngine, an AttentionEngine, a KVStore
+    """Fetch/decode/dispatch controller with an AttentionEngine (whose array also runs MATMUL), a KVStore
     and a VectorMover (residual rows of `resid_bits` <= 16 bits).
 
     Ports: ``instr`` (`instr_layout`), the memory port (`rd_req`, `rd_resp`,
@@ -175,16 +184,17 @@ class Machine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c = self.cfg
-        m.submodules.mm = mm = MatmulEngine(c.engine)
-        m.submodules.attn = attn = AttentionEngine(c, self.table)
+        # one array for MATMUL and ATTENTION: the attention engine lends its matmul
+        # engine (`mm_cmd`/`mm_done`) and both share its memory port
+        m.submodules.attn = attn = AttentionEngine(c, self.table, matmul_port=True)
         m.submodules.kv = kv = KVStore(c)
         m.submodules.vec = vec = VectorMover(c, self.resid_bits)
-        units = {Op.MATMUL: mm, Op.ATTENTION: attn, Op.KVSTORE: kv,
+        units = {Op.MATMUL: _Lent(attn), Op.ATTENTION: attn, Op.KVSTORE: kv,
                  **{op: vec for op in VECTOR_OPS}}
-        # the unit whose memory port a value of `owner` selects: one Case per unit
+        # the memory port a value of `owner` selects: one Case per port owner
         owners = {}
         for op, u in units.items():
-            owners.setdefault(id(u), (u, []))[1].append(int(op))
+            owners.setdefault(id(u.rd_req), (u, []))[1].append(int(op))
 
         # ---------------- memory port: routed to the unit that owns it ----------------
         owner = Signal(OPCODE_BITS)

@@ -131,5 +131,7 @@ def test_machine_converts_to_rtlil():
     import re
     text = rtlil.convert(Machine(CFG))
     modules = set(re.findall(r"^module \\(\S+)", text, re.M))
-    for unit in ("mm", "attn", "kv", "vec", "vec.ln", "vec.gelu", "vec.add", "vec.emb"):
+    for unit in ("attn", "attn.mm", "kv", "vec", "vec.ln", "vec.gelu", "vec.add", "vec.emb"):
         assert f"top.{unit}" in modules, sorted(modules)
+    # one systolic array: MATMUL borrows the attention engine's
+    assert [m for m in modules if m.endswith(".mm")] == ["top.attn.mm"], sorted(modules)
