@@ -33,12 +33,13 @@ from amaranth.lib.wiring import In, Out
 
 from .attention import AttentionEngine
 from .attention_config import AttentionConfig
+from .config import ConfigError
 from .isa import (VECTOR_OPS, INSTR_BITS, OPCODE_BITS, Op, Error, body_layout, kvstore_layout,
                   legal_expr, reserved_mask)
 from .vecmove import VectorMover
-from .matmul import read_request_layout, read_response_layout, write_layout
+from .matmul import MatmulEngine, read_request_layout, read_response_layout, write_layout
 
-__all__ = ["Machine", "KVStore", "instr_layout", "FETCH_TO_ISSUE"]
+__all__ = ["Machine", "KVStore", "machine_ops", "instr_layout", "FETCH_TO_ISSUE"]
 
 #: cycles from an instruction's fetch (transfer on ``instr``) to its command
 #: being presented to the unit: the decode register
@@ -153,6 +154,19 @@ class KVStore(wiring.Component):
         return m
 
 
+def machine_ops(ops=None):
+    """The opcodes a `Machine` built with `ops` executes (a sorted tuple, HALT included);
+    ConfigError for something that is not an opcode."""
+    if ops is None:
+        return tuple(Op)
+    try:
+        chosen = {Op(op) if not isinstance(op, str) else Op[op.upper()] for op in ops}
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"machine ops: {exc} is not an opcode "
+                          f"(have: {', '.join(o.name for o in Op)})") from None
+    return tuple(sorted(chosen | {Op.HALT}))
+
+
 class _Lent:
     """The attention engine's lent matmul as a unit: its ``mm_cmd``/``mm_done`` with
     the engine's own memory port."""
@@ -169,11 +183,17 @@ class Machine(wiring.Component):
     Ports: ``instr`` (`instr_layout`), the memory port (`rd_req`, `rd_resp`,
     `wr`: the MatmulEngine contract), status ``busy``, ``done``, ``error``,
     ``cycles``, ``icount``. See the module docstring.
+
+    ``ops`` (default: every opcode) selects the instructions built in hardware,
+    for chips too small for the whole machine: only the units those opcodes
+    need are instantiated (MATMUL alone gets a bare MatmulEngine), and any other
+    opcode is illegal (`Error.OPCODE`). HALT is always present.
     """
 
-    def __init__(self, cfg: AttentionConfig, table=None, resid_bits=16):
+    def __init__(self, cfg: AttentionConfig, table=None, resid_bits=16, ops=None):
         cfg.check_engine()
         self.cfg, self.table, self.resid_bits = cfg, table, resid_bits
+        self.ops = machine_ops(ops)
         for op in Op:
             body_layout(cfg, op)           # raises if a body does not fit INSTR_BITS
         super().__init__({"instr": In(stream.Signature(instr_layout())),
@@ -181,16 +201,30 @@ class Machine(wiring.Component):
                           "busy": Out(1), "done": Out(1), "error": Out(2),
                           "cycles": Out(32), "icount": Out(32)})
 
+    def _units(self, m):
+        """{opcode: unit} for the built opcodes (HALT has none), units added to `m`."""
+        c, ops, units = self.cfg, self.ops, {}
+        if Op.ATTENTION in ops:
+            # one array for MATMUL and ATTENTION: the attention engine lends its matmul
+            # engine (`mm_cmd`/`mm_done`) and both share its memory port
+            m.submodules.attn = attn = AttentionEngine(c, self.table, matmul_port=Op.MATMUL in ops)
+            units[Op.ATTENTION] = attn
+            if Op.MATMUL in ops:
+                units[Op.MATMUL] = _Lent(attn)
+        elif Op.MATMUL in ops:
+            m.submodules.mm = units[Op.MATMUL] = MatmulEngine(c.engine)
+        if Op.KVSTORE in ops:
+            m.submodules.kv = units[Op.KVSTORE] = KVStore(c)
+        if any(op in VECTOR_OPS for op in ops):
+            m.submodules.vec = vec = VectorMover(c, self.resid_bits)
+            units.update({op: vec for op in VECTOR_OPS if op in ops})
+        return units
+
     def elaborate(self, platform):
         m = Module()
         c = self.cfg
-        # one array for MATMUL and ATTENTION: the attention engine lends its matmul
-        # engine (`mm_cmd`/`mm_done`) and both share its memory port
-        m.submodules.attn = attn = AttentionEngine(c, self.table, matmul_port=True)
-        m.submodules.kv = kv = KVStore(c)
-        m.submodules.vec = vec = VectorMover(c, self.resid_bits)
-        units = {Op.MATMUL: _Lent(attn), Op.ATTENTION: attn, Op.KVSTORE: kv,
-                 **{op: vec for op in VECTOR_OPS}}
+        units = self._units(m)
+        vec = next((u for op, u in units.items() if op in VECTOR_OPS), None)
         # the memory port a value of `owner` selects: one Case per port owner
         owners = {}
         for op, u in units.items():
@@ -225,8 +259,9 @@ class Machine(wiring.Component):
         for op, u in units.items():
             if u is not vec:
                 m.d.comb += u.cmd.payload.eq(bodies[op])
-        m.d.comb += [vec.cmd.payload.op.eq(opcode),
-                     vec.cmd.payload.body.eq(word[OPCODE_BITS:OPCODE_BITS + vec.body_bits])]
+        if vec is not None:
+            m.d.comb += [vec.cmd.payload.op.eq(opcode),
+                         vec.cmd.payload.body.eq(word[OPCODE_BITS:OPCODE_BITS + vec.body_bits])]
 
         with m.FSM():
             with m.State("FETCH"):
@@ -246,7 +281,7 @@ class Machine(wiring.Component):
                     m.next = "FETCH"
                 with m.Else():
                     with m.Switch(opcode):
-                        for op in Op:
+                        for op in self.ops:
                             with m.Case(int(op)):
                                 with m.If((word & reserved_mask(c, op)) != 0):
                                     m.d.sync += [error.eq(Error.RESERVED), flushing.eq(1)]

@@ -137,7 +137,12 @@ def parse_frame(data: bytes):
     return opcode, bytes(data[HEADER_BYTES:HEADER_BYTES + length])
 
 
-def config_id(cfg, resid_bits=16) -> int:
-    """32-bit fingerprint of a machine configuration, reported by PING so that a host
-    refuses to run a program compiled for a different bitstream."""
-    return zlib.crc32(repr((cfg, resid_bits)).encode())
+def config_id(cfg, resid_bits=16, ops=None) -> int:
+    """32-bit fingerprint of a machine configuration (`Machine(cfg, resid_bits=..., ops=...)`),
+    reported by PING so that a host refuses to run a program compiled for a different
+    bitstream. The full opcode set fingerprints as it did before `ops` existed."""
+    from .machine import machine_ops
+    built = machine_ops(ops)
+    key = (cfg, resid_bits) if ops is None or len(built) == len(machine_ops()) else \
+        (cfg, resid_bits, tuple(op.name for op in built))
+    return zlib.crc32(repr(key).encode())

@@ -20,11 +20,12 @@ __all__ = ["run_programs"]
 
 
 def run_programs(cfg, programs, image, *, seed=0, stall=0.0, jitter=0, latency=None,
-                 timeout=2_000_000, table=None, vcd=None):
+                 timeout=2_000_000, table=None, vcd=None, ops=None):
     """`image`: uint8 [words, mem_bytes] initial memory. Returns (memory, [status dict]).
-    `vcd`: path of a waveform of the whole run (Amaranth `write_vcd`)."""
+    `vcd`: path of a waveform of the whole run (Amaranth `write_vcd`); `ops`: the
+    machine's built opcodes (`Machine`)."""
     rng = random.Random(seed)
-    dut = Machine(cfg, table)
+    dut = Machine(cfg, table, ops=ops)
     memory = MemoryModel(cfg.engine, len(image),
                          latency=REF_MEM_LATENCY if latency is None else latency,
                          stall=stall, jitter=jitter, rng=random.Random(rng.random()))

@@ -135,3 +135,28 @@ def test_machine_converts_to_rtlil():
         assert f"top.{unit}" in modules, sorted(modules)
     # one systolic array: MATMUL borrows the attention engine's
     assert [m for m in modules if m.endswith(".mm")] == ["top.attn.mm"], sorted(modules)
+
+
+def test_machine_with_an_opcode_subset(seed):
+    """A MATMUL-only machine (a bare MatmulEngine) runs MATMUL exactly as the whole machine
+    does; the opcodes it lacks are illegal and leave memory untouched."""
+    from gpt2accel.rtl.config import ConfigError
+    from gpt2accel.rtl.machine import machine_ops
+    qm, rng = _model(seed)
+    comp = BlockCompiler(CFG, qm, 0, max_tokens=8, mem_words=4096)
+    ops = comp.ops(2, 0)
+    words = comp.program(2, 0)
+    halt = words[-1]
+    mm_word = words[next(n for n, (op, _) in enumerate(ops) if op == Op.MATMUL)]
+    at_word = words[next(n for n, (op, _) in enumerate(ops) if op == Op.ATTENTION)]
+    image = comp.image()
+    programs = [[mm_word, halt], [at_word, mm_word, halt]]
+    full, full_res = run_programs(CFG, programs[:1], image, seed=seed, stall=0.2, jitter=2)
+    part, res = run_programs(CFG, programs, image, seed=seed, stall=0.2, jitter=2,
+                             ops=["matmul"])
+    assert [r["error"] for r in res] == [Error.NONE, Error.OPCODE], f"GPT2ACCEL_SEED={seed}"
+    assert np.array_equal(part, full), f"GPT2ACCEL_SEED={seed}"
+    assert res[0]["cycles"] == full_res[0]["cycles"]
+    assert machine_ops(["matmul"]) == (Op.MATMUL, Op.HALT)
+    with pytest.raises(ConfigError, match="not an opcode"):
+        machine_ops(["softmax"])
