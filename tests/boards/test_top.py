@@ -22,6 +22,7 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from gpt2accel.boards.top import BoardCore, BoardTop, uart_divisor
+from gpt2accel.model.intops import matmul_acc, matmul_requant
 from gpt2accel.rtl import protocol as P
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.bridge import identity_bytes
@@ -117,3 +118,100 @@ def test_uart_divisor_rounds_within_two_percent():
     assert uart_divisor(48_000_000, 115_200) == 417         # 115 108 baud, 0.08 % off
     with pytest.raises(ConfigError, match=r"divisor 8 gives 3125000 baud, 4.2 % off"):
         BoardTop(CFG, mem_words=WORDS, clk_hz=25_000_000, baud=3_000_000)
+
+
+def _matmul_case(rng, nrng, shape=None):
+    """A random small matmul (int8 output, or raw int32) placed at a random base, the
+    memory image holding it, and the golden result."""
+    m, k, n = shape or (rng.randint(1, 8), rng.randint(1, 24), rng.randint(1, 10))
+    raw = shape is None and rng.random() < 0.3
+    a = nrng.integers(-128, 128, (m, k))
+    w = nrng.integers(-128, 128, (k, n))
+    bias = nrng.integers(-5000, 5000, n)
+    mult = nrng.integers(0, 1 << 15, n)
+    shift = nrng.integers(8, 20, n)
+    lay = MatmulLayout(CFG.engine, a, w, bias, mult, shift, raw=raw, base=rng.randint(0, 9))
+    image = np.zeros((lay.end, MB), np.uint8)
+    lay.place(image)
+    want = (matmul_acc(a, w, bias) if raw else matmul_requant(a, w, bias, mult, shift))
+    return lay, image, want
+
+
+class _Device:
+    """Host-side helpers over a LinkHost talking to BoardCore."""
+
+    def __init__(self, host, seed):
+        self.host, self.seed = host, seed
+
+    async def ok(self, ctx, op, payload=b"", limit=50_000):
+        got_op, data = await self.host.request(ctx, op, payload, limit)
+        assert got_op == REPLY(op), f"{P.Req(op).name} -> {got_op:#x} {data.hex()} " \
+                                    f"(GPT2ACCEL_SEED={self.seed})"
+        return data
+
+    async def status(self, ctx, op=P.Req.STATUS, payload=b""):
+        return struct.unpack(P.STATUS_FORMAT, await self.ok(ctx, op, payload))
+
+    async def write(self, ctx, addr, words):
+        per = (MAX_PAYLOAD - 4) // MB
+        for s in range(0, len(words), per):
+            await self.ok(ctx, P.Req.WRITE, struct.pack("<I", addr + s) + words[s:s + per].tobytes())
+
+    async def read(self, ctx, addr, count):
+        per = MAX_PAYLOAD // MB
+        data = b"".join([await self.ok(ctx, P.Req.READ, struct.pack("<IH", a, min(per, addr + count - a)))
+                         for a in range(addr, addr + count, per)])
+        return np.frombuffer(data, np.uint8).reshape(count, MB).copy()
+
+
+def _program(*words):
+    return b"".join(w.to_bytes(P.INSTR_BYTES, "little") for w in words)
+
+
+def test_exec_matmul_illegal_and_reset_through_bridge(seed):
+    rng = random.Random(seed + 1)
+    nrng = np.random.default_rng(seed)
+    core = BoardCore(CFG, mem_words=WORDS, max_payload=MAX_PAYLOAD, timeout_cycles=500)
+    host = LinkHost(core.rx, core.tx, random.Random(rng.random()), stall=0.2)
+    dev = _Device(host, seed)
+    small = _matmul_case(rng, nrng)
+    long = _matmul_case(rng, nrng, (8, 64, 8))      # a few hundred cycles: reset mid-way
+    halt = encode(CFG, Op.HALT)
+
+    async def run_and_check(ctx, case):
+        lay, image, want = case
+        what = f"{lay.m}x{lay.k}x{lay.n} raw={lay.raw}, GPT2ACCEL_SEED={seed}"
+        await dev.write(ctx, 0, image)
+        busy, err, cycles, icount = await dev.status(
+            ctx, P.Req.EXEC, _program(encode(CFG, Op.MATMUL, **lay.command), halt))
+        assert (busy, err, icount) == (0, Error.NONE, 2) and cycles > 0, what
+        mem = await dev.read(ctx, 0, lay.end)
+        np.testing.assert_array_equal(lay.result(CFG.engine, mem), want, err_msg=what)
+        mask = lay.output_mask(CFG.engine, lay.end)
+        np.testing.assert_array_equal(mem[~mask], image[~mask], err_msg=f"stray write, {what}")
+        print(f"{what}: {cycles} machine cycles")
+        return cycles
+
+    async def body(ctx):
+        await run_and_check(ctx, small)
+        # an illegal word: error status, the MATMUL after it is dropped up to HALT
+        lay, image, _ = small
+        matmul = encode(CFG, Op.MATMUL, **lay.command)
+        await dev.write(ctx, 0, image)
+        busy, err, _, icount = await dev.status(ctx, P.Req.EXEC, _program(0, matmul, halt))
+        assert (busy, err, icount) == (0, Error.OPCODE, 3), f"GPT2ACCEL_SEED={seed}"
+        np.testing.assert_array_equal(await dev.read(ctx, 0, lay.end), image)
+        assert ctx.get(core.error) == Error.OPCODE
+        await run_and_check(ctx, small)                  # usable afterwards, error cleared
+        # RESET mid-instruction: the reply to a lone MATMUL comes once it started
+        full = await run_and_check(ctx, long)
+        busy, err, started, icount = await dev.status(
+            ctx, P.Req.EXEC, _program(encode(CFG, Op.MATMUL, **long[0].command)))
+        assert (busy, err, icount) == (1, Error.NONE, 1)
+        t0 = host.cycle
+        assert await dev.status(ctx, P.Req.RESET) == (0, Error.NONE, 0, 0)
+        assert started + host.cycle - t0 < full, "the MATMUL finished before the RESET"
+        assert await dev.status(ctx) == (0, Error.NONE, 0, 0)
+        await run_and_check(ctx, small)
+
+    _simulate(core, host, body)
