@@ -44,6 +44,7 @@ frame format, opcodes, replies and faults are defined there once).
   ``busy = 0``, one with an illegal word reports the error.
 """
 import struct
+from contextlib import contextmanager
 
 from amaranth.hdl import *
 from amaranth.lib import wiring, stream
@@ -216,6 +217,21 @@ class HostBridge(wiring.Component):
             if crc_on:
                 m.d.comb += [crc_en.eq(rx.valid), crc_byte.eq(byte)]
 
+        @contextmanager
+        def checked(*checks):
+            """An If-chain over (condition, fault) pairs: the first condition that holds
+            is replied as its fault; the body runs when none holds."""
+            for i, (cond, code) in enumerate(checks):
+                with (m.Elif if i else m.If)(cond):
+                    fault(code)
+            with m.Else():
+                yield
+
+        def memory_checks(words):
+            """WRITE / READ of `words` words at the request's address."""
+            return ((addr32 + words > self.mem_words, P.Fault.ADDRESS),
+                    (self.busy, P.Fault.BUSY))
+
         def frame_faults():
             with m.If(self.rx_error):
                 fault(P.Fault.SERIAL)
@@ -285,53 +301,34 @@ class HostBridge(wiring.Component):
 
             with m.State("DISPATCH"):
                 ok_op = opcode | P.REPLY
+                empty = (length != 0, P.Fault.LENGTH)
                 with m.Switch(opcode):
-                    with m.Case(P.Req.PING):
-                        with m.If(length != 0):
-                            fault(P.Fault.LENGTH)
-                        with m.Else():
-                            reply(ok_op, C(int.from_bytes(self.identity, "little"),
-                                           8 * _IDENTITY_BYTES))
-                    with m.Case(P.Req.STATUS):
-                        with m.If(length != 0):
-                            fault(P.Fault.LENGTH)
-                        with m.Else():
-                            reply(ok_op, status)
-                    with m.Case(P.Req.RESET):
-                        with m.If(length != 0):
-                            fault(P.Fault.LENGTH)
-                        with m.Else():
-                            m.next = "RESET"
-                    with m.Case(P.Req.WRITE):
-                        with m.If((length < _ADDR_BYTES + MB) | (tail_lane != 0)):
-                            fault(P.Fault.LENGTH)
-                        with m.Elif(addr32 + tail_words > self.mem_words):
-                            fault(P.Fault.ADDRESS)
-                        with m.Elif(self.busy):
-                            fault(P.Fault.BUSY)
-                        with m.Else():
-                            m.d.sync += [addr.eq(addr32), left.eq(tail_words),
-                                         ptr.eq(_ADDR_BYTES), cnt.eq(MB), lag.eq(0)]
-                            m.next = "LOAD"
-                    with m.Case(P.Req.READ):
-                        with m.If((length != _READ_PAYLOAD) | (count == 0) | (count > MP // MB)):
-                            fault(P.Fault.LENGTH)
-                        with m.Elif(addr32 + count > self.mem_words):
-                            fault(P.Fault.ADDRESS)
-                        with m.Elif(self.busy):
-                            fault(P.Fault.BUSY)
-                        with m.Else():
-                            reply(ok_op)
-                            # the header's LEN is count words; the words follow (SEND)
-                            m.d.sync += [sr[16:32].eq(count * MB), addr.eq(addr32),
-                                         left.eq(count)]
-                    with m.Case(P.Req.EXEC):
-                        with m.If((length == 0) | (length[:IB.bit_length() - 1] != 0)):
-                            fault(P.Fault.LENGTH)
-                        with m.Else():
-                            m.d.sync += [left.eq(length[IB.bit_length() - 1:]), ptr.eq(0), cnt.eq(IB),
-                                         lag.eq(0)]
-                            m.next = "LOAD"
+                    with m.Case(P.Req.PING), checked(empty):
+                        reply(ok_op, C(int.from_bytes(self.identity, "little"),
+                                       8 * _IDENTITY_BYTES))
+                    with m.Case(P.Req.STATUS), checked(empty):
+                        reply(ok_op, status)
+                    with m.Case(P.Req.RESET), checked(empty):
+                        m.next = "RESET"
+                    with m.Case(P.Req.WRITE), checked(
+                            ((length < _ADDR_BYTES + MB) | (tail_lane != 0), P.Fault.LENGTH),
+                            *memory_checks(tail_words)):
+                        m.d.sync += [addr.eq(addr32), left.eq(tail_words),
+                                     ptr.eq(_ADDR_BYTES), cnt.eq(MB), lag.eq(0)]
+                        m.next = "LOAD"
+                    with m.Case(P.Req.READ), checked(
+                            ((length != _READ_PAYLOAD) | (count == 0) | (count > MP // MB),
+                             P.Fault.LENGTH),
+                            *memory_checks(count)):
+                        reply(ok_op)
+                        # the header's LEN is count words; the words follow (SEND)
+                        m.d.sync += [sr[16:32].eq(count * MB), addr.eq(addr32), left.eq(count)]
+                    with m.Case(P.Req.EXEC), checked(
+                            ((length == 0) | (length[:IB.bit_length() - 1] != 0),
+                             P.Fault.LENGTH)):
+                        m.d.sync += [left.eq(length[IB.bit_length() - 1:]), ptr.eq(0),
+                                     cnt.eq(IB), lag.eq(0)]
+                        m.next = "LOAD"
                     with m.Default():
                         fault(P.Fault.OPCODE)
 
