@@ -24,6 +24,10 @@ stalls while a new word is being read, the current word moves to the skid
 register. Each word carries a tag naming its requester, so responses go back
 to whoever asked, in order.
 
+``storage="spram"`` keeps the words in the iCE40UP5K's single-port SPRAM
+(`rtl.spram.SpramStorage`): a cycle then reads or writes, writes first, so a
+read request waits while a write is presented; nothing else changes.
+
 Addresses at or beyond `depth` are out of range: such a read returns an
 all-zero word and such a write is ignored (the stream still completes), so a
 stray address never aliases onto real data. A read in the same cycle as a
@@ -37,6 +41,7 @@ from amaranth.lib.wiring import In, Out
 
 from .config import ConfigError, EngineConfig, refusing
 from .matmul import read_request_layout, read_response_layout, write_layout
+from .spram import SpramStorage
 
 __all__ = ["OnChipMemory", "mem_port_signature"]
 
@@ -52,41 +57,50 @@ class OnChipMemory(wiring.Component):
     """`depth` words of `cfg.mem_bytes` bytes with a ``machine`` and a ``host`` port
     (`mem_port_signature`, flipped). See the module docstring."""
 
-    def __init__(self, cfg: EngineConfig, depth):
+    STORAGES = ("bram", "spram")
+
+    def __init__(self, cfg: EngineConfig, depth, storage="bram"):
         with refusing(self):
+            if storage not in self.STORAGES:
+                raise ConfigError(f"memory storage {storage!r} is not one of "
+                                  f"{', '.join(self.STORAGES)}")
             if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
                 raise ConfigError(f"memory depth must be a positive int, got {depth!r}")
             if depth > 1 << cfg.addr_bits:
                 raise ConfigError(f"memory depth {depth} words exceeds the {cfg.addr_bits}-bit "
                                   f"word address ({1 << cfg.addr_bits} words)")
-        self.cfg, self.depth = cfg, depth
+            if storage == "spram":
+                # refuses shapes the SPRAM macros cannot hold
+                self._spram = SpramStorage(8 * cfg.mem_bytes, depth)
+        self.cfg, self.depth, self.storage = cfg, depth, storage
         super().__init__({"machine": In(mem_port_signature(cfg)),
                           "host": In(mem_port_signature(cfg))})
 
     def elaborate(self, platform):
         m = Module()
         cfg, depth = self.cfg, self.depth
-        m.submodules.mem = mem = Memory(shape=unsigned(8 * cfg.mem_bytes), depth=depth, init=[])
-        rp = mem.read_port(domain="sync")
-        wp = mem.write_port(granularity=8)
+        rp, wp = self._ports(m)
         mach, host = self.machine, self.host
 
         # ---------------- writes: machine first ----------------
         wr = {f: Mux(mach.wr.valid, mach.wr.payload[f], host.wr.payload[f])
               for f in ("addr", "data", "strb")}
+        writing = mach.wr.valid | host.wr.valid
         m.d.comb += [mach.wr.ready.eq(1), host.wr.ready.eq(~mach.wr.valid),
                      wp.addr.eq(wr["addr"]), wp.data.eq(wr["data"])]
-        with m.If((mach.wr.valid | host.wr.valid) & (wr["addr"] < depth)):
+        with m.If(writing & (wr["addr"] < depth)):
             m.d.comb += wp.en.eq(wr["strb"])
+        # single-port storage: a read waits for a cycle without a write
+        free = ~writing if self.storage == "spram" else C(1)
 
         # ---------------- reads: request, data register, skid ----------------
         skid_valid, skid_data, skid_tag = Signal(), Signal.like(rp.data), Signal()
         held_valid, held_tag, held_zero = Signal(), Signal(), Signal()  # the read port's word
         req_addr = Mux(mach.rd_req.valid, mach.rd_req.payload.addr, host.rd_req.payload.addr)
         accept = Signal()
-        m.d.comb += [mach.rd_req.ready.eq(~skid_valid),
-                     host.rd_req.ready.eq(~skid_valid & ~mach.rd_req.valid),
-                     accept.eq((mach.rd_req.valid | host.rd_req.valid) & ~skid_valid),
+        m.d.comb += [mach.rd_req.ready.eq(~skid_valid & free),
+                     host.rd_req.ready.eq(~skid_valid & free & ~mach.rd_req.valid),
+                     accept.eq((mach.rd_req.valid | host.rd_req.valid) & ~skid_valid & free),
                      rp.addr.eq(req_addr), rp.en.eq(accept)]
 
         out_valid = skid_valid | held_valid
@@ -110,3 +124,24 @@ class OnChipMemory(wiring.Component):
         with m.If(accept):
             m.d.sync += [held_tag.eq(~mach.rd_req.valid), held_zero.eq(req_addr >= depth)]
         return m
+
+    def _ports(self, m):
+        """(read port, write port) of the storage: a `Memory`'s, or the SPRAM's behind
+        port-shaped views (one address, taken by the write when there is one)."""
+        width = 8 * self.cfg.mem_bytes
+        if self.storage == "bram":
+            m.submodules.mem = mem = Memory(shape=unsigned(width), depth=self.depth, init=[])
+            return mem.read_port(domain="sync"), mem.write_port(granularity=8)
+        m.submodules.spram = sp = self._spram
+        rp = _PortView(addr=Signal(range(self.depth)), en=Signal(), data=sp.rdata)
+        wp = _PortView(addr=Signal(range(self.depth)), en=Signal(width // 8), data=Signal(width))
+        m.d.comb += [sp.addr.eq(Mux(wp.en.any(), wp.addr, rp.addr)), sp.wdata.eq(wp.data),
+                     sp.wen.eq(wp.en), sp.ren.eq(rp.en)]
+        return rp, wp
+
+
+class _PortView:
+    """The signals of a memory port, by name."""
+
+    def __init__(self, **signals):
+        self.__dict__.update(signals)
