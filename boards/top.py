@@ -56,20 +56,22 @@ def uart_divisor(clk_hz, baud):
 
 
 class BoardCore(wiring.Component):
-    """HostBridge + OnChipMemory (`mem_words` words) + Machine, with the bridge's byte
-    streams as ports (``rx``, ``rx_error``, ``tx``) and the machine's ``busy`` / ``error``."""
+    """HostBridge + OnChipMemory (`mem_words` words) + `Machine(cfg, resid_bits=resid_bits,
+    ops=ops)`, with the bridge's byte streams as ports (``rx``, ``rx_error``, ``tx``) and
+    the machine's ``busy`` / ``error``."""
 
     def __init__(self, cfg: AttentionConfig, *, mem_words, max_payload=1024, timeout_cycles,
-                 resid_bits=16):
+                 resid_bits=16, ops=None):
         self.cfg, self.resid_bits = cfg, resid_bits
         # built here so that a bad configuration is refused at construction
         with refusing(self):
             self.bridge = HostBridge(cfg, mem_words=mem_words, max_payload=max_payload,
-                                     timeout_cycles=timeout_cycles, resid_bits=resid_bits)
+                                     timeout_cycles=timeout_cycles, resid_bits=resid_bits,
+                                     ops=ops)
             with refusing(self.bridge):
                 self.memory = OnChipMemory(cfg.engine, mem_words)
                 with refusing(self.memory):
-                    self.machine = Machine(cfg, resid_bits=resid_bits)
+                    self.machine = Machine(cfg, resid_bits=resid_bits, ops=ops)
         super().__init__({"rx": In(stream.Signature(8)), "rx_error": In(1),
                           "tx": Out(stream.Signature(8)), "busy": Out(1), "error": Out(2)})
 
@@ -104,7 +106,7 @@ class BoardTop(wiring.Component):
     """
 
     def __init__(self, cfg: AttentionConfig, *, mem_words, clk_hz, baud, max_payload=1024,
-                 timeout_ms=100, resid_bits=16):
+                 timeout_ms=100, resid_bits=16, ops=None):
         with refusing(self):
             self.divisor = uart_divisor(clk_hz, baud)
             if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) \
@@ -117,7 +119,8 @@ class BoardTop(wiring.Component):
                                   f"shorter than two byte times ({least} cycles at {baud} baud): "
                                   "a frame arriving at full speed would time out")
             self.core = BoardCore(cfg, mem_words=mem_words, max_payload=max_payload,
-                                  timeout_cycles=self.timeout_cycles, resid_bits=resid_bits)
+                                  timeout_cycles=self.timeout_cycles, resid_bits=resid_bits,
+                                  ops=ops)
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1),
                           "busy": Out(1), "error": Out(1)})
 

@@ -100,12 +100,13 @@ def crc16_step(crc, byte):
     return Cat(*out)
 
 
-def identity_bytes(cfg: AttentionConfig, *, mem_words, max_payload, resid_bits):
-    """The PING reply payload (`protocol.IDENTITY_FORMAT`)."""
+def identity_bytes(cfg: AttentionConfig, *, mem_words, max_payload, resid_bits, ops=None):
+    """The PING reply payload (`protocol.IDENTITY_FORMAT`) of a machine
+    `Machine(cfg, resid_bits=resid_bits, ops=ops)`."""
     e = cfg.engine
     return struct.pack(P.IDENTITY_FORMAT, b"G2A", P.PROTOCOL_VERSION, e.mem_bytes,
                        max_payload.bit_length() - 1, mem_words,
-                       P.config_id(cfg, resid_bits), e.rows, e.cols)
+                       P.config_id(cfg, resid_bits, ops), e.rows, e.cols)
 
 
 def _check_int(name, value, lo, hi, why=""):
@@ -124,11 +125,12 @@ class HostBridge(wiring.Component):
     machine's instruction stream), ``mem`` (a requester port,
     `onchip_memory.mem_port_signature`), the machine's status ``busy``,
     ``error``, ``cycles``, ``icount`` as inputs, and ``machine_reset``
-    (one-cycle pulse for RESET).
+    (one-cycle pulse for RESET). `resid_bits` and `ops` are the machine's
+    (`rtl.machine.Machine`); they only enter the PING identity's config_id.
     """
 
     def __init__(self, cfg: AttentionConfig, *, mem_words, max_payload=1024, timeout_cycles,
-                 resid_bits=16):
+                 resid_bits=16, ops=None):
         e = cfg.engine
         with refusing(self):
             _check_int("mem_bytes", e.mem_bytes, 1, 255, "the PING identity reports it in a byte")
@@ -142,7 +144,7 @@ class HostBridge(wiring.Component):
                                   "(PING reports log2(max_payload))")
             _check_int("timeout_cycles", timeout_cycles, 1, 1 << 32)
         self.cfg, self.mem_words, self.max_payload = cfg, mem_words, max_payload
-        self.timeout_cycles, self.resid_bits = timeout_cycles, resid_bits
+        self.timeout_cycles, self.resid_bits, self.ops = timeout_cycles, resid_bits, ops
         super().__init__({
             "rx": In(stream.Signature(8)), "rx_error": In(1), "tx": Out(stream.Signature(8)),
             "instr": Out(stream.Signature(instr_layout())),
@@ -153,7 +155,7 @@ class HostBridge(wiring.Component):
     @property
     def identity(self):
         return identity_bytes(self.cfg, mem_words=self.mem_words, max_payload=self.max_payload,
-                              resid_bits=self.resid_bits)
+                              resid_bits=self.resid_bits, ops=self.ops)
 
     def elaborate(self, platform):
         m = Module()

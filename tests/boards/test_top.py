@@ -215,3 +215,15 @@ def test_exec_matmul_illegal_and_reset_through_bridge(seed):
         await run_and_check(ctx, small)
 
     _simulate(core, host, body)
+
+
+def test_identity_fingerprints_the_machine_built():
+    """PING's config_id follows the machine's opcode subset (Machine(..., ops=...))."""
+    full = BoardCore(CFG, mem_words=WORDS, timeout_cycles=100)
+    sub = BoardCore(CFG, mem_words=WORDS, timeout_cycles=100, ops=("MATMUL",))
+    ids = [struct.unpack(P.IDENTITY_FORMAT, c.bridge.identity)[5] for c in (full, sub)]
+    assert ids == [P.config_id(CFG, 16), P.config_id(CFG, 16, ("MATMUL",))]
+    assert ids[0] != ids[1]
+    for c in (full, sub):               # only the identity is looked at: never elaborated
+        for part in (c, c.bridge, c.memory, c.machine):
+            part._MustUse__silence = True
