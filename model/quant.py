@@ -411,16 +411,19 @@ class QuantGPT2:
         """Validate a 1-D sequence of token ids; returns it as an int64 array."""
         return check_token_ids(input_ids, self.config, offset)
 
-    def forward(self, input_ids, cache=None, observe=None, tile=None):
+    def forward(self, input_ids, cache=None, observe=None, tile=None, linear=None):
         """Integer logits [T, vocab] (int32 holding logit_bits-wide values).
 
         `cache` (a `gpt2.KVCache` holding int8 K/V) is continued and grown.
         `tile` overrides the model's softmax tile (§4.4: results depend on it
         once a row has more keys than one tile). `observe(name, layer, x)` sees
-        the integer intermediates under the float model's names.
+        the integer intermediates under the float model's names. `linear(x, q)`
+        computes the blocks' linear layers (`intmodel.linear` by default); a
+        hardware offload puts itself here and must return the same integers.
         """
         cfg = self.config
         obs = observe or (lambda name, layer, x: None)
+        lin = linear or im.linear
         tile = self.tile if tile is None else tile
         offset = cache.length if cache is not None else 0
         ids = self.check_ids(input_ids, offset)
@@ -431,22 +434,22 @@ class QuantGPT2:
         for i, b in enumerate(self.blocks):
             h = _ln(x, b.ln_1, rb)
             obs("ln_1", i, h)
-            qkv = im.linear(h, b.attn_qkv)
+            qkv = lin(h, b.attn_qkv)
             obs("qkv", i, qkv)
             a = im.attention(qkv, cfg.n_head, b.attn, tile, self.exp2, self.frac_bits,
                              cache, i)
             obs("attn", i, a)
-            a = im.linear(a, b.attn_proj)
+            a = lin(a, b.attn_proj)
             obs("attn_proj", i, a)
             x = im.residual_add(x, a, rb)
             obs("resid_mid", i, x)
             h = _ln(x, b.ln_2, rb)
             obs("ln_2", i, h)
-            h = im.linear(h, b.fc)
+            h = lin(h, b.fc)
             obs("fc", i, h)
             h = im.gelu(h, b.gelu_table)
             obs("gelu", i, h)
-            h = im.linear(h, b.fc_proj)
+            h = lin(h, b.fc_proj)
             obs("fc_proj", i, h)
             x = im.residual_add(x, h, rb)
             obs("resid", i, x)

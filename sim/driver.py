@@ -74,8 +74,9 @@ class PysimBackend(Backend):
     """Amaranth's simulator. `vcd`: write each run's waveform (run i -> FILE, FILE.1, ...)."""
     name = "pysim"
 
-    def __init__(self, vcd=None):
-        self.vcd, self.runs = vcd, 0
+    def __init__(self, vcd=None, ops=None):
+        # ops: the opcodes the simulated machine builds (`Machine(ops=...)`)
+        self.vcd, self.runs, self.ops = vcd, 0, ops
 
     def open(self, cfg, mem_words):
         self.cfg = cfg
@@ -93,7 +94,8 @@ class PysimBackend(Backend):
         kw = {}
         if self.vcd:
             kw["vcd"] = self.vcd if self.runs == 0 else f"{self.vcd}.{self.runs}"
-        self.mem, (res,) = run_programs(self.cfg, [program], self.mem, timeout=50_000_000, **kw)
+        self.mem, (res,) = run_programs(self.cfg, [program], self.mem, timeout=50_000_000,
+                                        ops=self.ops, **kw)
         self.runs += 1
         return res
 
