@@ -41,10 +41,11 @@ def past_valid(m, name="past_valid"):
     return pv
 
 
-def past(m, value, name):
-    """`value` as it was one cycle earlier (its reset value in the first cycle)."""
+def past(m, value, name, reset_less=False):
+    """`value` as it was one cycle earlier (its reset value in the first cycle).
+    `reset_less`: the register ignores the reset (to observe the reset itself)."""
     value = Value.cast(value)
-    reg = Signal(value.shape(), name=name)
+    reg = Signal(value.shape(), name=name, reset_less=reset_less)
     m.d.sync += reg.eq(value)
     return reg
 
@@ -119,6 +120,7 @@ class Harness(Elaboratable):
         self.inputs = []          # undriven signals the solver chooses (top-level ports)
         self.properties = {}      # name -> one-line description, in definition order
         self.min_depth = {}       # name -> shortest meaningful bound
+        self.covers = set()       # names that are reachability goals, not assertions
         self._m = None
 
     # -- used by subclasses ------------------------------------------------------------
@@ -136,9 +138,17 @@ class Harness(Elaboratable):
     def assume(self, expr, why=""):
         self._m.d.comb += Assume(expr, why or None)
 
-    def cover(self, expr, name):
-        """A reachability goal (for `cover` mode and to show assumptions are not vacuous)."""
-        self._m.d.comb += Cover(expr, name)
+    def reach(self, name, expr, description):
+        """Reachability goal `name` (``cover`` mode): a trace exists in which `expr`
+        holds. Shows that the assumptions leave the behaviour a bounded check
+        must see (the first ``done``, a stalled write, ...) within its depth."""
+        if name in self.properties:
+            raise ValueError(f"{self.unit}: property {name!r} defined twice")
+        self.properties[name] = description
+        self.min_depth[name] = 0
+        self.covers.add(name)
+        if self.only in (None, name):
+            self._m.d.comb += Cover(expr, name)
 
     def free(self, shape, name):
         """A fresh value the solver chooses in every cycle."""
@@ -151,11 +161,14 @@ class Harness(Elaboratable):
         self.inputs.extend(open_inputs(component))
         return component
 
-    def streams(self, m, component, pv, prefix=""):
+    def streams(self, m, component, pv, prefix="", outputs=True):
         """The stream rule on every stream port of `component`: assumed on inputs,
-        asserted (property ``<port>_hold``) on outputs. Returns the port map."""
+        asserted (property ``<port>_hold``) on outputs unless not `outputs`.
+        Returns the port map."""
         ports = stream_ports(component)
         for name, (port, is_input) in ports.items():
+            if not (is_input or outputs):
+                continue
             rule = stream_rule(m, port, pv, f"{prefix}{name}")
             if is_input:
                 self.assume(rule, f"{prefix}{name}: environment obeys the stream rule")
@@ -213,6 +226,7 @@ class Harness(Elaboratable):
         self.inputs = []
         self.properties = {}
         self.min_depth = {}
+        self.covers = set()
         if not self.allow_reset:
             m.d.comb += Assume(~ResetSignal("sync"))
         self.build(m)

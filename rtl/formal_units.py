@@ -19,7 +19,7 @@ from .attention_config import AttentionConfig
 from .config import EngineConfig
 from .formal import Harness, beat_counter, past_valid, seeded_bug
 from .gelu import GeluUnit
-from .layernorm import LayerNormUnit, row_latency
+from .layernorm import LayerNormUnit, RowRoot, row_latency
 from .normalise import Normaliser, Reciprocal
 from .residual import EmbeddingAdd, ResidualAdd
 from .softmax import SoftmaxUnit
@@ -62,6 +62,8 @@ class UnitHarness(Harness):
     cls = None
     deep_depth = 40
     bmc_only = ()
+    deep_only = ()       # properties run only with --deep (their bound is long)
+    slow_only = False    # the whole harness runs only with --deep
 
     def __init__(self, only=None, bug=None):
         super().__init__(only)
@@ -188,9 +190,11 @@ class SoftmaxHarness(UnitHarness):
 @register
 class LayerNormHarness(UnitHarness):
     unit, cls = "layernorm", LayerNormUnit
-    config = "lanes 1, 8-bit, max_e 2, 2 D banks; setup n = 2"
-    depth, deep_depth = 8, 60
+    config = "lanes 1, 8-bit, max_e 2, 2 D banks; setup n = 2, at most 2 rows"
+    depth, deep_depth = 8, 40
     bmc_only = ("beats_no_dup", "beats_no_loss", "out_hold")
+    # the drain bound spans a row's latency plus a root period (~90 cycles)
+    deep_only = ("beats_no_loss",)
 
     def build(self, m):
         pv = past_valid(m)
@@ -198,5 +202,82 @@ class LayerNormHarness(UnitHarness):
         self.streams(m, u, pv)
         # rows of n = max_e = 2 beats: a completed row is an even count of beats
         self.assume(u.setup.payload.n == 2, "rows of max_e values")
-        self.conserve(m, "beats", u.inp, u.out, capacity=2 * (2 * 2 + 8),
-                      drain=row_latency(2, 1) + 8, row_beats=2)
+        # two rows: the second waits for the first's root (RowRoot.period)
+        offered = beat_counter(m, u.inp, 8, "rows_offered")
+        self.assume(~u.inp.valid | (offered < 4), "at most two rows of two beats")
+        self.conserve(m, "beats", u.inp, u.out, capacity=4,
+                      drain=row_latency(2, 1) + RowRoot.period + 8, row_beats=2)
+
+
+def _lossy(cls):
+    """A copy of a FIFO class that claims to take writes while full (and drops them)."""
+    class Lossy(cls):
+        def elaborate(self, platform):
+            m = super().elaborate(platform)
+            m.d.comb += self.w_rdy.eq(1)      # later assignment wins: the full check is gone
+            return m
+    Lossy.__name__ = Lossy.__qualname__ = f"Lossy{cls.__name__}"
+    return Lossy
+
+
+class FifoHarness(UnitHarness):
+    """A `lib.fifo` FIFO as the engines instantiate it, fed with the write sequence
+    number as data: what comes out must be 0, 1, 2, ... (mod 2^width), so no entry
+    is lost, duplicated or reordered; the level never exceeds the depth; nothing
+    is presented that was not written. ``bug="lossy"`` uses `_lossy(cls)`.
+    Order needs the memory contents, which the induction step leaves free:
+    bounded, to a depth that fills and drains the FIFO twice."""
+    fifo_depth = 4
+    width = 4
+    bmc_only = ("order", "no_overflow", "no_underflow")
+
+    def build(self, m):
+        cls = self.cls if self.bug is None else _lossy(self.cls)
+        m.submodules.dut = f = cls(width=self.width, depth=self.fifo_depth)
+        w_en, r_en = self.free(1, "w_en"), self.free(1, "r_en")
+        written = Signal(self.width + 2, name="written")
+        read = Signal(self.width + 2, name="read")
+        m.d.comb += [f.w_en.eq(w_en), f.r_en.eq(r_en), f.w_data.eq(written)]
+        with m.If(f.w_en & f.w_rdy):
+            m.d.sync += written.eq(written + 1)
+        with m.If(f.r_en & f.r_rdy):
+            m.d.sync += read.eq(read + 1)
+        level = Signal.like(written)
+        m.d.comb += level.eq(written - read)
+        self.check("order", ~f.r_rdy | (f.r_data == read[:self.width]),
+                   "entries leave in the order they were written, none lost or repeated")
+        self.check("no_overflow", level <= self.fifo_depth,
+                   f"never more than {self.fifo_depth} entries accepted and not read")
+        self.check("no_underflow", ~f.r_rdy | (level != 0), "never presents an entry not written")
+        self.reach("reach_full_wrap", (read > self.fifo_depth) & (level == self.fifo_depth),
+                   "the FIFO wraps around and fills up within the depth")
+
+
+@register
+class SyncFifoHarness(FifoHarness):
+    unit, cls = "fifo_sync", fifo.SyncFIFO
+    config = "SyncFIFO depth 4 (matmul p_fifo)"
+    depth, deep_depth = 14, 30
+
+
+@register
+class BufferedFifoHarness(FifoHarness):
+    unit, cls = "fifo_buffered", fifo.SyncFIFOBuffered
+    config = "SyncFIFOBuffered depth 4 (matmul w_fifo)"
+    depth, deep_depth = 14, 30
+
+
+@register
+class BufferedFifo2Harness(FifoHarness):
+    unit, cls = "fifo_buffered2", fifo.SyncFIFOBuffered
+    config = "SyncFIFOBuffered depth 2 (normaliser queue)"
+    fifo_depth = 2
+    depth, deep_depth = 10, 30
+
+
+@register
+class BufferedFifo3Harness(FifoHarness):
+    unit, cls = "fifo_buffered3", fifo.SyncFIFOBuffered
+    config = "SyncFIFOBuffered depth 3 (matmul o_fifo, 1-row array, 2 tiles)"
+    fifo_depth = 3
+    depth, deep_depth = 12, 30

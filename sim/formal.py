@@ -124,7 +124,7 @@ def run_job(job, keep=False, timeout=3600):
     shims = toolchain()
     t0 = time.perf_counter()
     work = tempfile.mkdtemp(prefix=f"gpt2accel-formal-{job.unit}-{job.prop}-")
-    mode = "prove" if job.method == "prove" else "bmc"
+    mode = job.method if job.method in ("prove", "cover") else "bmc"
     res = FormalResult(job.unit, job.prop, job.config, job.method, job.depth, "error", 0.0)
     try:
         harness = job.factory(only=job.prop)
@@ -162,6 +162,12 @@ def _parse(log, work, mode):
         trace = os.path.normpath(os.path.join(work, t.group(1)))
     failed = re.search(r"failed assertion (.*)", log)
     detail = failed.group(1).strip() if failed else ""
+    if mode == "cover":
+        steps = [int(x) for x in re.findall(r"Reached cover statement in step (\d+)", log)]
+        if status == "PASS":
+            return "pass", "cover", "", f"reached in step {max(steps)}" if steps else ""
+        if status == "FAIL":
+            return "fail", "cover", "", "not reached within the depth"
     if status == "PASS":
         return "pass", "k-induction" if mode == "prove" else "bmc", "", ""
     if status == "UNKNOWN" and "returned pass for basecase" in log:
@@ -175,6 +181,7 @@ def _parse(log, work, mode):
 
 def jobs(unit=None, prop=None, deep=False):
     """The FormalJobs of every registered harness (or of `unit`, or one property)."""
+    from gpt2accel.rtl import formal_engines  # noqa: F401 (registers its harnesses)
     from gpt2accel.rtl.formal_units import HARNESSES
     names = sorted(HARNESSES)
     if unit is not None and unit not in HARNESSES:
@@ -184,14 +191,19 @@ def jobs(unit=None, prop=None, deep=False):
         if unit is not None and name != unit:
             continue
         cls = HARNESSES[name]
+        if cls.slow_only and not deep and unit is None:
+            continue
         probe = cls()
         Fragment.get(probe, None)
         for p, desc in probe.properties.items():
             if prop is not None and p != prop:
                 continue
+            if p in cls.deep_only and not deep and prop is None:
+                continue
             depth = max(cls.deep_depth if deep else cls.depth, probe.min_depth[p])
             found.append(FormalJob(name, p, desc, probe.config, cls, depth,
-                                   "bmc" if p in cls.bmc_only else "prove"))
+                                   "cover" if p in probe.covers
+                                   else "bmc" if p in cls.bmc_only else "prove"))
     if prop is not None and not found:
         raise ValueError(f"no property {prop!r}" + (f" in unit {unit!r}" if unit else ""))
     return found

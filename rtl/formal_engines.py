@@ -1,0 +1,294 @@
+"""Formal harnesses of the engines on the shared memory port, and of the machine controller.
+
+Environment (`memory`): the memory answers reads in order, so a read
+response is only offered while a request is unanswered; the solver picks
+the data, every ready and valid otherwise, within the stream rule.
+
+Engine properties (matmul, KV store, vector mover): the stream rule on
+``rd_req`` and ``wr``; commands and ``done`` pulses pair up (one ``done``
+per command, never one without); ``done`` only once every read has been
+answered and no write is pending (the machine switches the memory port on
+``done``, so this is what makes sharing it safe); the matmul engine also
+keeps at most ``max_outstanding`` reads in flight and never overflows or
+underflows its FIFOs.
+
+Machine properties (`MachineHarness`): the stream rule on its memory port;
+at every instruction boundary no read is in flight; an illegal instruction
+sets the error code its defect calls for and the controller is back at
+FETCH two cycles later, executes nothing (no memory traffic) until the
+program's HALT, and returns to idle (``busy`` low, ``done``) at that HALT;
+a reset in any state, mid-instruction included, returns it to idle with no
+memory traffic; each legal MATMUL or KVSTORE finishes within the bound
+stated in `MachineLiveHarness` (fair memory: always ready, answers the next
+cycle).
+"""
+from amaranth.hdl import *
+
+from .attention import AttentionEngine
+from .attention_config import AttentionConfig
+from .config import EngineConfig
+from .formal import beat_counter, past, past_valid
+from .formal_units import SMALL_ENGINE, UnitHarness, _Beats, register
+from .isa import INSTR_BITS, OPCODE_BITS, Error, Op, body_layout, legal_expr, reserved_mask
+from .machine import KVStore, Machine
+from .matmul import MatmulEngine
+from .vecmove import VectorMover
+
+__all__ = ["MACHINE_CONFIG", "memory", "EngineHarness", "MachineHarness"]
+
+#: the smallest machine: 1x2 array, 8-byte words (the vector mover's minimum),
+#: 8-bit addresses, M, N <= 2, K <= 8, heads of 8, 4 positions
+MACHINE_CONFIG = AttentionConfig(
+    engine=EngineConfig(rows=1, cols=2, a_bits=2, w_bits=2, acc_bits=5, mult_bits=2,
+                        max_shift=3, out_bits=2, mem_bytes=8, addr_bits=8, max_k=8,
+                        max_m=2, max_n=2, max_outstanding=2, w_fifo_depth=4,
+                        param_fifo_tiles=4, out_fifo_tiles=2),
+    tile=2, frac_bits=1, lanes=1, norm_lanes=1, max_d_head=8, max_seq=4)
+
+
+def memory(harness, m, unit, width=8):
+    """Assume an in-order memory behind `unit`'s ``rd_req``/``rd_resp``; returns the
+    number of unanswered reads (a Signal)."""
+    n_req = beat_counter(m, unit.rd_req, width, "reads_requested")
+    n_resp = beat_counter(m, unit.rd_resp, width, "reads_answered")
+    pending = Signal(width, name="reads_pending")
+    m.d.comb += pending.eq(n_req - n_resp)
+    harness.assume(~unit.rd_resp.valid | (pending != 0), "a response answers a request")
+    return pending
+
+
+class EngineHarness(UnitHarness):
+    """A unit with ``cmd``, the memory port, ``busy`` and ``done``."""
+    bmc_only = ("cmds_no_dup", "reads_settled", "writes_settled", "outstanding")
+
+    def args(self):
+        return (MACHINE_CONFIG,)
+
+    def build(self, m):
+        pv = past_valid(m)
+        u, mod = self.unit_and_module(m)
+        self.streams(m, u, pv)
+        pending = memory(self, m, u)
+        self.conserve(m, "cmds", u.cmd, _Beats(u.done, 1), capacity=1, what="commands")
+        self.check("reads_settled", ~u.done | (pending == 0),
+                   "done only after every read was answered")
+        self.check("writes_settled", ~u.done | ~u.wr.valid,
+                   "done only after the last write was accepted")
+        wr_stalled = Signal(name="wr_stalled_seen")
+        with m.If(u.wr.valid & ~u.wr.ready):
+            m.d.sync += wr_stalled.eq(1)
+        self.reach("reach_done", u.done & wr_stalled,
+                   "a command finishes after a stalled write (within the depth)")
+        self.extra(m, u, mod, pending)
+
+    def unit_and_module(self, m):
+        if self.bug is None:
+            return self.dut_module(m, *self.args())
+        return self.dut(m, *self.args()), None
+
+    def extra(self, m, u, mod, pending):
+        """Unit-specific properties (`mod` is None under a seeded bug)."""
+
+
+@register
+class MatmulHarness(EngineHarness):
+    unit, cls = "matmul", MatmulEngine
+    config = "1x1 array, 2-bit operands, M,N <= 2, K <= 4, 4-byte words, 2 reads in flight"
+    # the first command with a stalled write can finish in step 20 (reach_done)
+    depth, deep_depth = 24, 48
+    # the induction step does not close on the engine's counters (and costs minutes)
+    bmc_only = EngineHarness.bmc_only + ("rd_req_hold", "wr_hold",
+                                         "w_fifo_no_underflow", "p_fifo_no_underflow",
+                                         "o_fifo_no_underflow", "o_fifo_no_overflow")
+
+    def args(self):
+        return (SMALL_ENGINE,)
+
+    def extra(self, m, u, mod, pending):
+        self.check("outstanding", pending <= SMALL_ENGINE.max_outstanding,
+                   "at most max_outstanding reads unanswered")
+        if mod is not None:
+            self.fifo("w_fifo", mod.submodules.w_fifo)
+            self.fifo("p_fifo", mod.submodules.p_fifo)
+            self.fifo("o_fifo", mod.submodules.o_fifo, credit=True)
+
+
+@register
+class KVStoreHarness(EngineHarness):
+    unit, cls = "kvstore", KVStore
+    config = "MACHINE_CONFIG (8-byte words, heads of 8)"
+    depth, deep_depth = 12, 40
+
+
+@register
+class VectorMoverHarness(EngineHarness):
+    unit, cls = "vecmove", VectorMover
+    config = "MACHINE_CONFIG, 8-bit residuals"
+    depth, deep_depth = 10, 30
+
+    def args(self):
+        return (MACHINE_CONFIG, 8)
+
+
+class _Word:
+    """What the ISA says about one instruction word (expressions over `word`)."""
+
+    def __init__(self, cfg, word):
+        opcode = word[:OPCODE_BITS]
+        self.opcode = opcode
+        known = Const(0)
+        code = Const(Error.OPCODE, 2)
+        for op in Op:
+            body = body_layout(cfg, op)
+            view = body(word[OPCODE_BITS:OPCODE_BITS + body.size])
+            this = Mux((word & reserved_mask(cfg, op)) != 0, Error.RESERVED,
+                       Mux(legal_expr(cfg, op, view), Error.NONE, Error.FIELD))
+            code = Mux(opcode == int(op), this, code)
+            known = known | (opcode == int(op))
+        self.known = known
+        self.code = code                         # Error the word calls for
+        self.halt = opcode == Op.HALT
+
+
+@register
+class MachineHarness(UnitHarness):
+    """The controller over the real engines; see the module docstring."""
+    unit, cls = "machine", Machine
+    config = "MACHINE_CONFIG (1x2 array, 8-byte words, 8-bit addresses)"
+    depth, deep_depth = 8, 16
+    bmc_only = ("illegal_sets_error", "illegal_not_executed", "flush_ends_at_halt",
+                "boundary_no_reads", "rd_req_hold", "wr_hold")
+
+    def build(self, m):
+        pv = past_valid(m)
+        u = self.dut(m, MACHINE_CONFIG, None, 8)
+        self.streams(m, u, pv)
+        pending = memory(self, m, u)
+        w = _Word(MACHINE_CONFIG, u.instr.payload.word)
+        accept = u.instr.valid & u.instr.ready
+
+        # the harness's own account of the program: running, flushing, error
+        running, flushing = Signal(name="h_running"), Signal(name="h_flushing")
+        error = Signal(2, name="h_error")
+        ends = Signal(name="h_ends")             # this accept ends the program
+        illegal = Signal(name="h_illegal")       # this accept is an illegal instruction
+        m.d.comb += [illegal.eq(accept & ~flushing & (w.code != Error.NONE)),
+                     ends.eq(accept & w.halt & (flushing | (w.code == Error.NONE)))]
+        with m.If(accept):
+            m.d.sync += running.eq(~ends)
+            with m.If(~running):
+                m.d.sync += [error.eq(w.code), flushing.eq(w.code != Error.NONE)]
+            with m.Elif(illegal):
+                m.d.sync += [error.eq(w.code), flushing.eq(1)]
+            with m.If(ends):
+                m.d.sync += flushing.eq(0)
+        # cycle t: accept (FETCH), t+1: DECODE, t+2: back at FETCH
+        ill2 = past(m, past(m, illegal, "illegal1"), "illegal2")
+        code2 = past(m, past(m, w.code, "code1"), "code2")
+        self.check("illegal_sets_error", ~ill2 | ((u.error == code2) & u.instr.ready & u.busy),
+                   "an illegal instruction sets its error code; FETCH again 2 cycles later")
+        self.check("illegal_not_executed", ~flushing | (~u.rd_req.valid & ~u.wr.valid),
+                   "after an illegal instruction nothing executes up to HALT (no memory traffic)")
+        end2 = past(m, past(m, ends & flushing, "flush_end1"), "flush_end2")
+        self.check("flush_ends_at_halt",
+                   ~end2 | (u.done & ~u.busy & u.instr.ready & (u.error == error)),
+                   "the HALT after an illegal instruction ends the program: idle, done, "
+                   "error kept")
+        self.check("boundary_no_reads", ~u.instr.ready | (pending == 0),
+                   "no read in flight when the next instruction is fetched")
+        self.reach("reach_flush_end", end2 & (error == Error.FIELD),
+                   "a program with an illegal field reaches its HALT")
+
+
+@register
+class MachineResetHarness(UnitHarness):
+    """Reset anywhere (the reset input is left to the solver): the machine is idle after."""
+    unit, cls = "machine_reset", Machine
+    config = MachineHarness.config
+    depth, deep_depth = 10, 20
+    allow_reset = True
+    bmc_only = ("reset_to_idle",)
+
+    def build(self, m):
+        u = self.dut(m, MACHINE_CONFIG, None, 8)
+        rst = ResetSignal("sync")
+        # harness registers outside the reset, so that they see it
+        was_reset = past(m, rst, "was_reset", reset_less=True)
+        # the cycle after a reset: no program, FETCH, no error, no memory traffic
+        self.check("reset_to_idle",
+                   ~was_reset | (~u.busy & u.instr.ready & (u.error == Error.NONE)
+                                 & ~u.rd_req.valid & ~u.wr.valid),
+                   "a reset in any state, mid-instruction included, leaves the machine idle")
+        issued = Signal(name="issued_seen", reset_less=True)   # an instruction is running
+        with m.If(u.busy & ~u.instr.ready & (u.rd_req.valid | u.wr.valid)):
+            m.d.sync += issued.eq(1)
+        self.reach("reach_reset_mid", was_reset & issued,
+                   "a reset arrives while an instruction uses the memory port")
+
+
+def _matmul_bounds(cfg, latency):
+    """{(m, k, n, raw): matmul_cycles + 3} for every legal MATMUL shape of `cfg`."""
+    from gpt2accel.sim.matmul_cycles import matmul_cycles
+    e = cfg.engine
+    return {(mm, k, n, raw): matmul_cycles(e, mm, k, n, bool(raw), latency=latency).cycles + 3
+            for mm in range(1, e.max_m + 1) for k in range(1, e.max_k + 1)
+            for n in range(1, e.max_n + 1) for raw in (0, 1)}
+
+
+@register
+class MachineLiveHarness(UnitHarness):
+    """Each legal MATMUL (shapes up to `shape`) ends, back at FETCH, within
+    ``matmul_cycles(m, k, n, raw, latency=1) + 3`` cycles of its fetch: the
+    controller's decode and issue (3 cycles) around the engine's own time, as
+    the cycle model states it. Fair memory: always ready, every read answered
+    in the next cycle (latency 1)."""
+    unit, cls = "machine_live", Machine
+    config = "MACHINE_CONFIG, MATMUL m, n <= 1, k <= 2, fair memory (latency 1)"
+    shape = (1, 2, 1)
+    depth, deep_depth = 28, 28
+    bmc_only = ("matmul_within_bound",)
+
+    def build(self, m):
+        pv = past_valid(m)
+        u = self.dut(m, MACHINE_CONFIG, None, 8)
+        # always-ready memory makes the output stream rule trivial here: assume only
+        self.streams(m, u, pv, outputs=False)
+        pending = memory(self, m, u)
+        self.assume(u.rd_req.ready & u.wr.ready, "memory always ready")
+        self.assume(u.rd_resp.valid == (pending != 0), "every read answered the next cycle")
+        w = _Word(MACHINE_CONFIG, u.instr.payload.word)
+        body = body_layout(MACHINE_CONFIG, Op.MATMUL)(
+            u.instr.payload.word[OPCODE_BITS:OPCODE_BITS + body_layout(MACHINE_CONFIG, Op.MATMUL).size])
+        mm, kk, nn = self.shape
+        self.assume(~u.instr.valid | ((w.opcode == Op.MATMUL) & (w.code == Error.NONE)
+                                      & (body.m <= mm) & (body.k <= kk) & (body.n <= nn)),
+                    "legal MATMULs within the shape")
+        accept = u.instr.valid & u.instr.ready
+        bound = Signal(8, name="bound")
+        table = _matmul_bounds(MACHINE_CONFIG, latency=1)
+        this = Const(0, 8)
+        for (a, b, c, raw), cyc in table.items():
+            this = Mux((body.m == a) & (body.k == b) & (body.n == c) & (body.raw_out == raw),
+                       cyc, this)
+        t = Signal(8, name="since_fetch")
+        inflight = Signal(name="inflight")
+        with m.If(accept):
+            m.d.sync += [bound.eq(this), t.eq(1), inflight.eq(1)]
+        with m.Elif(inflight):
+            m.d.sync += t.eq(t + 1)
+            with m.If(u.instr.ready):
+                m.d.sync += inflight.eq(0)
+        self.check("matmul_within_bound", ~inflight | u.instr.ready | (t < bound),
+                   f"a legal MATMUL (m<={mm}, k<={kk}, n<={nn}) is back at FETCH within "
+                   "matmul_cycles + 3 cycles of its fetch")
+        self.reach("reach_bound", inflight & u.instr.ready & (t == bound),
+                   "some MATMUL takes exactly its bound (the bound is tight)")
+
+
+@register
+class MachineLiveFullHarness(MachineLiveHarness):
+    unit = "machine_live_full"
+    config = "MACHINE_CONFIG, every legal MATMUL (m, n <= 2, k <= 8), fair memory (latency 1)"
+    shape = (2, 8, 2)
+    depth, deep_depth = 50, 50
+    slow_only = True
