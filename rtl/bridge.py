@@ -11,7 +11,7 @@ frame format, opcodes, replies and faults are defined there once).
                       │    ├──────── EXEC:  LOAD ⇄ INSTR (instr) ─► SETTLE ◄───────┤
                       │    ├──────── RESET: machine_reset pulse ─► SETTLE ◄────────┤
                       │    ▼                                                       │
-                      └── SEND (header + payload, READ: ⇄ RD_REQ/RD_RESP) ─► CRC ◄─┘
+                      └─ SEND_CRC ◄─ SEND_BODY / (READ) RD_REQ ⇄ RD_SEND ◄─ SEND_HDR ◄─┘
                                                                      tx bytes
 ```
 
@@ -28,10 +28,16 @@ frame format, opcodes, replies and faults are defined there once).
   payload length (`Fault.LENGTH`), address range (`Fault.ADDRESS`), machine
   busy (`Fault.BUSY`, WRITE and READ only). A LEN above `max_payload` is
   refused as soon as the header is in, before any payload.
-- Every reply is shifted out of one register: header and payload for the
-  short replies (identity, status, error), then, for READ, one memory word
-  at a time (one read in flight: the UART is far slower than memory), then
-  the two CRC bytes, computed over the bytes as they leave.
+- A reply is sent byte by byte through multiplexers indexed by a byte
+  counter, not through a shift register: the header from opcode and LEN
+  registers, the identity from constants, the status from a register
+  sampled when the reply starts, a READ word straight from the memory's
+  response, which stays presented until its last byte left (one read in
+  flight: the UART is far slower than memory); then the two CRC bytes,
+  computed over the bytes as they leave.
+- Payloads (``instr``, ``mem.wr``, ``mem.rd_req``) are driven in every
+  state and only ``valid`` depends on the state: gating the 512-bit
+  instruction by the state cost 540-710 LUTs (synthesised, ECP5 and iCE40).
 - Nothing can wedge it: HUNT only waits for bytes; inside a frame the
   inter-byte timer leads back to HUNT; a reply has a bounded length; WRITE
   and READ only touch memory while the machine is idle, so the memory always
@@ -47,7 +53,7 @@ import struct
 from contextlib import contextmanager
 
 from amaranth.hdl import *
-from amaranth.lib import wiring, stream
+from amaranth.lib import enum, wiring, stream
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -65,6 +71,19 @@ _READ_PAYLOAD = 6          # addr (uint32) + count (uint16)
 _ADDR_BYTES = 4
 _STATUS_BYTES = struct.calcsize(P.STATUS_FORMAT)
 _IDENTITY_BYTES = struct.calcsize(P.IDENTITY_FORMAT)
+
+
+class _Body(enum.Enum, shape=3):
+    """What follows a reply's header."""
+    EMPTY = 0        # WRITE acknowledged
+    ERROR = 1        # (fault, request opcode)
+    IDENTITY = 2     # PING
+    STATUS = 3       # STATUS, EXEC, RESET
+    READ = 4         # words streamed from memory
+
+
+_BODY_BYTES = {_Body.EMPTY: 0, _Body.ERROR: 2, _Body.IDENTITY: _IDENTITY_BYTES,
+               _Body.STATUS: _STATUS_BYTES}
 
 
 def _crc16_step_terms():
@@ -183,34 +202,45 @@ class HostBridge(wiring.Component):
         cnt = Signal(range(W + 1))
         lag = Signal()                               # the buffer read port's byte is valid
         settle = Signal(range(FETCH_TO_ISSUE + 1))
-        # ---------------- reply shifter ----------------
-        SR = max(P.HEADER_BYTES + _IDENTITY_BYTES, P.HEADER_BYTES + _STATUS_BYTES, MB)
-        sr, sr_n, sr_skip = Signal(8 * SR), Signal(range(SR + 1)), Signal()
+        # ---------------- reply ----------------
+        rep_op, rep_len = Signal(8), Signal(16)
+        rep_kind = Signal(_Body)
+        fault_code = Signal(8)
+        stat = Signal(8 * _STATUS_BYTES)             # status, sampled when the reply starts
+        tx_idx = Signal(range(max(P.HEADER_BYTES, _IDENTITY_BYTES, _STATUS_BYTES, MB)))
 
         crc_en, crc_byte = Signal(), Signal(8)
         with m.If(crc_en):
             m.d.sync += crc.eq(crc16_step(crc, crc_byte))
 
-        def reply(op, payload=C(0, 0)):
-            """Start sending a frame with opcode `op` and a short `payload`."""
-            n = len(payload) // 8
-            m.d.sync += [sr.eq(Cat(C(P.SYNC, 8), op, C(n, 16), payload)),
-                         sr_n.eq(P.HEADER_BYTES + n), sr_skip.eq(1), crc.eq(0xFFFF),
-                         left.eq(0)]
-            m.next = "SEND"
+        def reply(op, kind=_Body.EMPTY, length=None):
+            """Start sending a frame with opcode `op` whose payload is `kind`."""
+            n = _BODY_BYTES[kind] if length is None else length
+            m.d.sync += [rep_op.eq(op), rep_kind.eq(kind), rep_len.eq(n), tx_idx.eq(0),
+                         crc.eq(0xFFFF)]
+            if kind == _Body.STATUS:
+                m.d.sync += stat.eq(Cat(self.busy, C(0, 7), self.error, C(0, 6),
+                                        self.cycles, self.icount))
+            m.next = "SEND_HDR"
 
         def fault(code):
-            reply(C(P.ERROR, 8), Cat(C(int(code), 8), opcode))
+            m.d.sync += fault_code.eq(int(code))
+            reply(P.ERROR, _Body.ERROR)
 
-        status = Cat(self.busy, C(0, 7), self.error, C(0, 6), self.cycles, self.icount)
-        assert len(status) == 8 * _STATUS_BYTES
+        def send(byte, *, valid=C(1, 1), crc_on=C(1, 1)):
+            """Present `byte` on tx; the expression of it leaving (CRC updated unless not
+            `crc_on`; `tx_idx` counts the bytes of the segment)."""
+            m.d.comb += [self.tx.valid.eq(valid), self.tx.payload.eq(byte)]
+            sent = valid & self.tx.ready
+            with m.If(sent):
+                m.d.sync += tx_idx.eq(tx_idx + 1)
+            m.d.comb += [crc_en.eq(sent & crc_on), crc_byte.eq(byte)]
+            return sent
 
-        def shift_out():
-            """Present the shifter's low byte on tx; True-expression when it leaves."""
-            m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(sr[:8])]
-            with m.If(self.tx.ready):
-                m.d.sync += [sr.eq(sr >> 8), sr_n.eq(sr_n - 1)]
-            return self.tx.ready
+        identity = Array(C(b, 8) for b in self.identity)
+        body = {_Body.IDENTITY: identity[tx_idx],
+                _Body.STATUS: stat.word_select(tx_idx, 8),
+                _Body.ERROR: Mux(tx_idx[0], opcode, fault_code)}
 
         def receiving(*, crc_on=True):
             """A state inside a frame: take a byte, time out, or catch a UART error."""
@@ -239,6 +269,14 @@ class HostBridge(wiring.Component):
                 fault(P.Fault.SERIAL)
             with m.Elif((timer == self.timeout_cycles) & ~rx.valid):
                 fault(P.Fault.TIMEOUT)
+
+        # payloads are driven in every state (only `valid` depends on the state): a
+        # payload gated by the state would cost a gate per bit (512 for `instr`)
+        m.d.comb += [buf_w.addr.eq(idx), buf_w.data.eq(byte), buf_r.addr.eq(ptr),
+                     self.mem.wr.payload.addr.eq(addr), self.mem.wr.payload.data.eq(word[-8 * MB:]),
+                     self.mem.wr.payload.strb.eq((1 << MB) - 1),
+                     self.mem.rd_req.payload.addr.eq(addr),
+                     self.instr.payload.word.eq(word[-8 * IB:])]
 
         with m.FSM():
             with m.State("HUNT"):
@@ -274,7 +312,7 @@ class HostBridge(wiring.Component):
                 frame_faults()
             with m.State("PAYLOAD"):
                 receiving()
-                m.d.comb += [buf_w.addr.eq(idx), buf_w.data.eq(byte), buf_w.en.eq(rx.valid)]
+                m.d.comb += buf_w.en.eq(rx.valid)
                 with m.If(rx.valid):
                     m.d.sync += idx.eq(idx + 1)
                     with m.If(idx < _READ_PAYLOAD):
@@ -306,10 +344,9 @@ class HostBridge(wiring.Component):
                 empty = (length != 0, P.Fault.LENGTH)
                 with m.Switch(opcode):
                     with m.Case(P.Req.PING), checked(empty):
-                        reply(ok_op, C(int.from_bytes(self.identity, "little"),
-                                       8 * _IDENTITY_BYTES))
+                        reply(ok_op, _Body.IDENTITY)
                     with m.Case(P.Req.STATUS), checked(empty):
-                        reply(ok_op, status)
+                        reply(ok_op, _Body.STATUS)
                     with m.Case(P.Req.RESET), checked(empty):
                         m.next = "RESET"
                     with m.Case(P.Req.WRITE), checked(
@@ -322,9 +359,8 @@ class HostBridge(wiring.Component):
                             ((length != _READ_PAYLOAD) | (count == 0) | (count > MP // MB),
                              P.Fault.LENGTH),
                             *memory_checks(count)):
-                        reply(ok_op)
-                        # the header's LEN is count words; the words follow (SEND)
-                        m.d.sync += [sr[16:32].eq(count * MB), addr.eq(addr32), left.eq(count)]
+                        reply(ok_op, _Body.READ, count * MB)
+                        m.d.sync += [addr.eq(addr32), left.eq(count)]
                     with m.Case(P.Req.EXEC), checked(
                             ((length == 0) | (length[:IB.bit_length() - 1] != 0),
                              P.Fault.LENGTH)):
@@ -336,7 +372,6 @@ class HostBridge(wiring.Component):
 
             with m.State("LOAD"):
                 # cnt bytes from the buffer into `word`, one per cycle (read latency 1)
-                m.d.comb += buf_r.addr.eq(ptr)
                 m.d.sync += lag.eq(cnt != 0)
                 with m.If(cnt != 0):
                     m.d.sync += [ptr.eq(ptr + 1), cnt.eq(cnt - 1)]
@@ -348,9 +383,7 @@ class HostBridge(wiring.Component):
                         with m.Else():
                             m.next = "INSTR"
             with m.State("WR"):
-                m.d.comb += [self.mem.wr.valid.eq(1), self.mem.wr.payload.addr.eq(addr),
-                             self.mem.wr.payload.data.eq(word[-8 * MB:]),
-                             self.mem.wr.payload.strb.eq((1 << MB) - 1)]
+                m.d.comb += self.mem.wr.valid.eq(1)
                 with m.If(self.mem.wr.ready):
                     m.d.sync += [addr.eq(addr + 1), left.eq(left - 1), cnt.eq(MB)]
                     with m.If(left == 1):
@@ -358,8 +391,7 @@ class HostBridge(wiring.Component):
                     with m.Else():
                         m.next = "LOAD"
             with m.State("INSTR"):
-                m.d.comb += [self.instr.valid.eq(1),
-                             self.instr.payload.word.eq(word[-8 * IB:])]
+                m.d.comb += self.instr.valid.eq(1)
                 with m.If(self.instr.ready):
                     m.d.sync += [left.eq(left - 1), cnt.eq(IB)]
                     with m.If(left == 1):
@@ -374,31 +406,48 @@ class HostBridge(wiring.Component):
             with m.State("SETTLE"):
                 m.d.sync += settle.eq(settle - 1)
                 with m.If(settle == 0):
-                    reply(opcode | P.REPLY, status)
+                    reply(opcode | P.REPLY, _Body.STATUS)
 
-            with m.State("SEND"):
-                with m.If(shift_out()):
-                    m.d.sync += sr_skip.eq(0)
-                    m.d.comb += [crc_en.eq(~sr_skip), crc_byte.eq(sr[:8])]
-                    with m.If(sr_n == 1):
-                        with m.If(left != 0):
+            with m.State("SEND_HDR"):
+                header = Array([C(P.SYNC, 8), rep_op, rep_len[:8], rep_len[8:]])
+                with m.If(send(header[tx_idx[:2]], crc_on=tx_idx != 0)
+                          & (tx_idx == P.HEADER_BYTES - 1)):
+                    m.d.sync += tx_idx.eq(0)
+                    with m.Switch(rep_kind):
+                        with m.Case(_Body.READ):
                             m.next = "RD_REQ"
-                        with m.Else():
-                            m.next = "TAIL"
+                        with m.Case(_Body.EMPTY):
+                            m.next = "SEND_CRC"
+                        with m.Default():
+                            m.next = "SEND_BODY"
+            with m.State("SEND_BODY"):
+                byte = Signal(8)
+                with m.Switch(rep_kind):
+                    for kind, value in body.items():
+                        with m.Case(kind):
+                            m.d.comb += byte.eq(value)
+                with m.If(send(byte) & (tx_idx == rep_len - 1)):
+                    m.d.sync += tx_idx.eq(0)
+                    m.next = "SEND_CRC"
             with m.State("RD_REQ"):
-                m.d.comb += [self.mem.rd_req.valid.eq(1), self.mem.rd_req.payload.addr.eq(addr)]
+                m.d.comb += self.mem.rd_req.valid.eq(1)
                 with m.If(self.mem.rd_req.ready):
                     m.d.sync += [addr.eq(addr + 1), left.eq(left - 1)]
-                    m.next = "RD_RESP"
-            with m.State("RD_RESP"):
-                m.d.comb += self.mem.rd_resp.ready.eq(1)
-                with m.If(self.mem.rd_resp.valid):
-                    m.d.sync += [sr.eq(self.mem.rd_resp.payload.data), sr_n.eq(MB)]
-                    m.next = "SEND"
-            with m.State("TAIL"):
-                m.d.sync += [sr.eq(crc), sr_n.eq(P.CRC_BYTES)]
-                m.next = "SEND_CRC"
+                    m.next = "RD_SEND"
+            with m.State("RD_SEND"):
+                # the response stays presented until its last byte left: no word register
+                resp = self.mem.rd_resp
+                last = tx_idx == MB - 1
+                with m.If(send(resp.payload.data.word_select(tx_idx, 8), valid=resp.valid)
+                          & last):
+                    m.d.comb += resp.ready.eq(1)
+                    m.d.sync += tx_idx.eq(0)
+                    with m.If(left != 0):
+                        m.next = "RD_REQ"
+                    with m.Else():
+                        m.next = "SEND_CRC"
             with m.State("SEND_CRC"):
-                with m.If(shift_out() & (sr_n == 1)):
+                with m.If(send(crc.word_select(tx_idx[0], 8), crc_on=C(0, 1))
+                          & (tx_idx == P.CRC_BYTES - 1)):
                     m.next = "HUNT"
         return m
