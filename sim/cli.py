@@ -1,4 +1,4 @@
-"""The `gpt2accel` command line: demo, generate, bench, verilog."""
+"""The `gpt2accel` command line: demo, generate, bench, verilog, build."""
 import argparse
 import io
 import json
@@ -303,6 +303,24 @@ def cmd_verilog(args):
               file=sys.stderr)
 
 
+def cmd_build(args):
+    """One board's bitstream (boards/build.py): progress on stderr, the report on stdout."""
+    from gpt2accel.boards.build import BuildError, build_board, summary_line
+    out = args.out or os.path.join("build", "boards", args.board)
+    try:
+        rep = build_board(args.board, out, rows=args.rows, cols=args.cols, reuse=args.reuse)
+    except BuildError as e:
+        if args.json and e.report is not None:
+            print(json.dumps(e.report))
+        elif e.report is not None and e.report.get("lut") is not None:
+            print(summary_line(e.report))
+        print(f"gpt2accel: build failed: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps(rep) if args.json else
+          f"{summary_line(rep)}\nbitstream: {rep['bitstream']}\n"
+          f"report: {os.path.join(out, 'gpt2accel_report.json')}")
+
+
 def _add_hardware(p, check_default):
     """Options of the simulated-machine backends."""
     p.add_argument("--rows", type=int, default=8,
@@ -400,6 +418,29 @@ def build_parser():
                    help="top module name (default: gpt2accel_machine / gpt2accel_matmul)")
     p.add_argument("-o", "--output", default="-", help="output file, '-' for stdout")
     p.set_defaults(func=cmd_verilog)
+
+    from gpt2accel.boards.presets import PRESETS
+    p = sub.add_parser("build", help="build a board's bitstream with the YoWASP tools from PyPI",
+                       description="Build the bitstream of a board preset (the whole machine "
+                                   "with on-chip memory for its model and the UART host link) "
+                                   "with Yosys and nextpnr from PyPI, showing each phase, and "
+                                   "report LUT/FF/DSP/BRAM use, Fmax against the preset's "
+                                   "clock, GOPS and projected tokens/s. Exit status 1 when "
+                                   "the design does not fit or misses timing. ECP5 builds of "
+                                   "the 8x8 machine take tens of minutes.")
+    p.add_argument("--board", required=True, choices=sorted(PRESETS),
+                   help="board preset")
+    p.add_argument("--rows", type=int, default=None,
+                   help="array rows (default: the preset's)")
+    p.add_argument("--cols", type=int, default=None,
+                   help="array columns (default: the preset's)")
+    p.add_argument("--out", default=None,
+                   help="build directory (default: build/boards/BOARD)")
+    p.add_argument("--reuse", action="store_true",
+                   help="skip the tools when the build directory holds a finished build of "
+                        "the same design files (same RTLIL, constraints and script)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=cmd_build)
 
     from gpt2accel.sim import benchmarks
     p = sub.add_parser("bench", help="measure speed, utilisation, accuracy, resources",

@@ -1,0 +1,195 @@
+"""Board presets, PLLs, the DFU suffix, nextpnr report parsing and a real bitstream build.
+
+The parsing tests read real nextpnr 0.11 output kept in data/ (an iCE40 build
+of a small design: --report JSON and log; an iCE40 build that ran out of
+DSPs: log only, nextpnr stops before writing a report). GPT2ACCEL_SEED
+replays the random PLL targets.
+"""
+import json
+import os
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from gpt2accel.boards import build as B
+from gpt2accel.boards import presets as P
+from gpt2accel.boards.dfu import add_suffix_cli, dfu_suffix
+from gpt2accel.boards.pll import PLLError, ecp5_pll, ice40_pll
+from gpt2accel.sim.cli import main
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def seed():
+    env = os.environ.get("GPT2ACCEL_SEED")
+    s = int(env) if env else random.SystemRandom().randrange(1 << 31)
+    print(f"GPT2ACCEL_SEED={s}")
+    return s
+
+
+# ---------------------------------------------------------------- presets
+
+def test_every_preset_resolves_and_fits_its_chip():
+    for name, preset in P.PRESETS.items():
+        board = preset.resolve()
+        e = board.cfg.engine
+        assert board.mem_words * e.mem_bytes <= preset.device.memory_bytes, name
+        assert e.rows * e.cols <= preset.device.dsp, name
+        assert abs(board.clk_hz - preset.clk_hz) <= 0.005 * preset.clk_hz, name
+        assert board.decode_cycles > 0
+        assert name in board.describe()
+
+
+@pytest.mark.parametrize("board,kw,message", [
+    ("ulx3s-85f", dict(rows=12, cols=12), "d_head 16 is not a multiple of mem_bytes 24"),
+    ("ulx3s-85f", dict(rows=20, cols=8), "160 processing elements need as many multipliers, "
+                                         "the LFE5U-85F has 156 DSP blocks"),
+    ("ecpix5-85f", dict(clk_hz=500e6), "ECP5 PLL output 500 MHz outside 3.125..400 MHz"),
+])
+def test_impossible_presets_are_refused_with_the_numbers(board, kw, message):
+    with pytest.raises(P.PresetError, match=re.escape(message)):
+        P.PRESETS[board].resolve(**kw)
+
+
+def test_model_too_big_for_the_chip_is_refused():
+    """The tiny model's memory image against the iCE40UP5K's block RAM and SPRAM."""
+    from amaranth_boards.icebreaker import ICEBreakerPlatform
+    preset = P.Preset("up5k-tiny", ICEBreakerPlatform, rows=2, cols=2, clk_hz=12e6,
+                      baud=115200, model="tiny", leds=P.LEDs(busy=("led", 1, None),
+                                                             error=("led", 0, None)))
+    with pytest.raises(P.PresetError, match=r"needs 182,560 bytes \(45,640 words of 4 bytes\), "
+                                            r"the iCE40UP5K has 146,432 bytes"):
+        preset.resolve()
+
+
+def test_unknown_board_and_bad_baud_are_refused():
+    with pytest.raises(P.PresetError, match="unknown board 'nope'"):
+        P.get_preset("nope")
+    # 1 Mbaud at 3.125 MHz: 3 cycles per bit cannot be sampled mid-bit
+    with pytest.raises(P.PresetError, match="divisor 3 is below 4 clock cycles per bit"):
+        B.build_board("ulx3s-85f", "/nonexistent", clk_hz=3.125e6)
+
+
+def test_cli_build_refuses_impossible_array_before_any_tool(capsys, tmp_path):
+    code = main(["build", "--board", "orangecrab-85f", "--rows", "16", "--cols", "16",
+                 "--out", str(tmp_path)])
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert "d_head 16 is not a multiple of mem_bytes 32" in err
+    assert "Traceback" not in err
+    assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- PLLs
+
+def test_pll_dividers_reach_the_clock_within_the_device_ranges(seed):
+    rng = random.Random(seed)
+    for _ in range(20):
+        fin = rng.choice([12e6, 25e6, 48e6, 100e6])
+        fout = rng.uniform(20e6, 200e6)
+        try:
+            p = ecp5_pll(fin, fout)
+        except PLLError:
+            continue
+        assert p.fout == pytest.approx(fin / p.refclk_div * p.feedback_div)
+        assert 400e6 <= p.fvco <= 800e6 and 3.125e6 <= fin / p.refclk_div <= 400e6
+        assert abs(p.fout - fout) <= 0.005 * fout
+    for fout in (24e6, 30e6, 36e6, 48e6):
+        p = ice40_pll(12e6, fout)
+        fvco = 12e6 / (p.divr + 1) * (p.divf + 1)
+        assert 533e6 <= fvco <= 1066e6
+        assert p.fout == pytest.approx(fvco / 2 ** p.divq)
+        assert abs(p.fout - fout) <= 0.005 * fout
+
+
+def test_pll_refuses_unreachable_clocks():
+    with pytest.raises(PLLError, match="outside 16..275 MHz"):
+        ice40_pll(12e6, 12e6)
+    # 25 MHz * f / r with a PFD of at least 3.125 MHz (r <= 8): 3.125 MHz is the nearest
+    with pytest.raises(PLLError, match=r"cannot make 3.2 MHz from 25 MHz within 0.5 % "
+                                       r"\(closest: 3.1250 MHz\)"):
+        ecp5_pll(25e6, 3.2e6)
+
+
+# ---------------------------------------------------------------- DFU suffix
+
+def test_dfu_suffix_equals_dfu_util(tmp_path):
+    """Expected bytes from dfu-util 0.11's `dfu-suffix -v 1209 -p 5af0 -a` on this input."""
+    data = bytes(range(256)) * 4 + b"gpt2accel"
+    assert dfu_suffix(data, 0x1209, 0x5AF0).hex() == "fffff05a09120001554644104604a8ae"
+    f = tmp_path / "top.bit"
+    f.write_bytes(data)
+    add_suffix_cli(["-v", "1209", "-p", "5af0", "-a", "top.bit"], cwd=tmp_path)
+    assert f.read_bytes() == data + bytes.fromhex("fffff05a09120001554644104604a8ae")
+
+
+# ---------------------------------------------------------------- nextpnr output
+
+def test_report_and_log_give_the_same_figures():
+    report = json.loads((DATA / "nextpnr_ice40_small_report.json").read_text())
+    log = (DATA / "nextpnr_ice40_small.log").read_text()
+    util_r, fmax_r = B.parse_nextpnr("", report)
+    util_l, fmax_l = B.parse_nextpnr(log)
+    assert util_r == util_l
+    assert util_r["ICESTORM_LC"] == (61, 5280) and util_r["ICESTORM_DSP"] == (1, 8)
+    assert fmax_r.keys() == fmax_l.keys() == {"clk"}
+    assert fmax_l["clk"] == (pytest.approx(fmax_r["clk"][0], abs=0.01),
+                             pytest.approx(fmax_r["clk"][1], abs=0.01))
+    counts, pct = B.figures("ice40", util_r)
+    assert counts == {"lut": 61, "dsp": 1, "bram": 0, "spram": 0}
+    assert pct["dsp"] == 12.5
+
+
+def test_device_table_matches_nextpnr():
+    report = json.loads((DATA / "nextpnr_ice40_small_report.json").read_text())
+    d = P.DEVICES["iCE40UP5K"]
+    u = report["utilization"]
+    assert (d.logic, d.dsp, d.bram, d.spram) == (
+        u["ICESTORM_LC"]["available"], u["ICESTORM_DSP"]["available"],
+        u["ICESTORM_RAM"]["available"], u["ICESTORM_SPRAM"]["available"])
+
+
+def test_critical_path_names_its_ends():
+    report = json.loads((DATA / "nextpnr_ice40_small_report.json").read_text())
+    cp = B.critical_path(report, "clk")
+    assert cp["from"] == "lock_SB_LUT4_I3_O_SB_DFFR_R_DFFLC"
+    assert cp["to"] == "busy_SB_DFFSR_Q_DFFLC"
+    assert cp["logic_levels"] == 2
+    assert cp["delay_ns"] == pytest.approx(9.83, abs=0.01)
+    assert B.critical_path(report, "no_such_clock") is None
+
+
+def test_does_not_fit_log_gives_the_overflow():
+    log = (DATA / "nextpnr_ice40_dsp_overflow.log").read_text()
+    util, fmax = B.parse_nextpnr(log)
+    assert util["ICESTORM_DSP"] == (12, 8)
+    assert fmax == {}
+    assert B._error_line(log).startswith("ERROR: Unable to place cell")
+    assert "ICESTORM_DSP" in B._error_line(log)
+
+
+def test_script_commands_are_the_tools_of_amaranths_script(tmp_path):
+    """The build script Amaranth writes for ULX3S and OrangeCrab: every command is a
+    tool variable `build` knows (or the DFU suffix it writes itself)."""
+    from amaranth.hdl import Elaboratable, Module
+    from amaranth.lib import io
+
+    class Blink(Elaboratable):
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.tx = tx = io.Buffer("o", platform.request("uart", 0, dir="-").tx)
+            m.d.comb += tx.o.eq(1)
+            return m
+
+    for name in ("ulx3s-85f", "orangecrab-85f"):
+        plan = P.PRESETS[name].platform().prepare(Blink(), name="top",
+                                                  nextpnr_opts="--report report.json")
+        plan.extract(str(tmp_path / name))
+        cmds = B._script_commands(tmp_path / name, "top")
+        assert [v for v, _ in cmds][:3] == ["YOSYS", "NEXTPNR_ECP5", "ECPPACK"]
+        assert all(v in B.PHASES for v, _ in cmds)
+        assert "--report report.json" in cmds[1][1]
+    assert cmds[-1][0] == "DFU_SUFFIX"
