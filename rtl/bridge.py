@@ -242,12 +242,20 @@ class HostBridge(wiring.Component):
                 _Body.STATUS: stat.word_select(tx_idx, 8),
                 _Body.ERROR: Mux(tx_idx[0], opcode, fault_code)}
 
+        @contextmanager
         def receiving(*, crc_on=True):
-            """A state inside a frame: take a byte, time out, or catch a UART error."""
+            """A state inside a frame: the body handles a byte (``rx.valid``); a UART error
+            or `timeout_cycles` without a byte override it with their fault."""
             m.d.comb += rx.ready.eq(1)
             m.d.sync += timer.eq(Mux(rx.valid, 0, timer + 1))
             if crc_on:
                 m.d.comb += [crc_en.eq(rx.valid), crc_byte.eq(byte)]
+            with m.If(rx.valid):
+                yield
+            with m.If(self.rx_error):
+                fault(P.Fault.SERIAL)
+            with m.Elif((timer == self.timeout_cycles) & ~rx.valid):
+                fault(P.Fault.TIMEOUT)
 
         @contextmanager
         def checked(*checks):
@@ -264,12 +272,6 @@ class HostBridge(wiring.Component):
             return ((addr32 + words > self.mem_words, P.Fault.ADDRESS),
                     (self.busy, P.Fault.BUSY))
 
-        def frame_faults():
-            with m.If(self.rx_error):
-                fault(P.Fault.SERIAL)
-            with m.Elif((timer == self.timeout_cycles) & ~rx.valid):
-                fault(P.Fault.TIMEOUT)
-
         # payloads are driven in every state (only `valid` depends on the state): a
         # payload gated by the state would cost a gate per bit (512 for `instr`)
         m.d.comb += [buf_w.addr.eq(idx), buf_w.data.eq(byte), buf_r.addr.eq(ptr),
@@ -285,59 +287,41 @@ class HostBridge(wiring.Component):
                     m.d.sync += [crc.eq(0xFFFF), opcode.eq(0), timer.eq(0)]
                     m.next = "OPC"
 
-            with m.State("OPC"):
-                receiving()
-                with m.If(rx.valid):
-                    m.d.sync += opcode.eq(byte)
-                    m.next = "LEN0"
-                frame_faults()
-            with m.State("LEN0"):
-                receiving()
-                with m.If(rx.valid):
-                    m.d.sync += length[:8].eq(byte)
-                    m.next = "LEN1"
-                frame_faults()
-            with m.State("LEN1"):
-                receiving()
+            with m.State("OPC"), receiving():
+                m.d.sync += opcode.eq(byte)
+                m.next = "LEN0"
+            with m.State("LEN0"), receiving():
+                m.d.sync += length[:8].eq(byte)
+                m.next = "LEN1"
+            with m.State("LEN1"), receiving():
                 new_len = Cat(length[:8], byte)
-                with m.If(rx.valid):
-                    m.d.sync += [length[8:].eq(byte), idx.eq(0), field.eq(0),
-                                 tail_lane.eq(0), tail_words.eq(0)]
-                    with m.If(new_len > MP):
-                        fault(P.Fault.LENGTH)
-                    with m.Elif(new_len == 0):
-                        m.next = "CRC0"
-                    with m.Else():
-                        m.next = "PAYLOAD"
-                frame_faults()
-            with m.State("PAYLOAD"):
-                receiving()
-                m.d.comb += buf_w.en.eq(rx.valid)
-                with m.If(rx.valid):
-                    m.d.sync += idx.eq(idx + 1)
-                    with m.If(idx < _READ_PAYLOAD):
-                        m.d.sync += field.word_select(idx[:3], 8).eq(byte)
-                    with m.If(idx >= _ADDR_BYTES):
-                        m.d.sync += tail_lane.eq(tail_lane + 1)
-                        with m.If(tail_lane == MB - 1):
-                            m.d.sync += [tail_lane.eq(0), tail_words.eq(tail_words + 1)]
-                    with m.If(idx == length - 1):
-                        m.next = "CRC0"
-                frame_faults()
-            with m.State("CRC0"):
-                receiving(crc_on=False)
-                with m.If(rx.valid):
-                    m.d.sync += crc_lo.eq(byte)
-                    m.next = "CRC1"
-                frame_faults()
-            with m.State("CRC1"):
-                receiving(crc_on=False)
-                with m.If(rx.valid):
-                    with m.If(Cat(crc_lo, byte) == crc):
-                        m.next = "DISPATCH"
-                    with m.Else():
-                        fault(P.Fault.CRC)
-                frame_faults()
+                m.d.sync += [length[8:].eq(byte), idx.eq(0), field.eq(0),
+                             tail_lane.eq(0), tail_words.eq(0)]
+                with m.If(new_len > MP):
+                    fault(P.Fault.LENGTH)
+                with m.Elif(new_len == 0):
+                    m.next = "CRC0"
+                with m.Else():
+                    m.next = "PAYLOAD"
+            with m.State("PAYLOAD"), receiving():
+                m.d.comb += buf_w.en.eq(1)
+                m.d.sync += idx.eq(idx + 1)
+                with m.If(idx < _READ_PAYLOAD):
+                    m.d.sync += field.word_select(idx[:3], 8).eq(byte)
+                with m.If(idx >= _ADDR_BYTES):
+                    m.d.sync += tail_lane.eq(tail_lane + 1)
+                    with m.If(tail_lane == MB - 1):
+                        m.d.sync += [tail_lane.eq(0), tail_words.eq(tail_words + 1)]
+                with m.If(idx == length - 1):
+                    m.next = "CRC0"
+            with m.State("CRC0"), receiving(crc_on=False):
+                m.d.sync += crc_lo.eq(byte)
+                m.next = "CRC1"
+            with m.State("CRC1"), receiving(crc_on=False):
+                with m.If(Cat(crc_lo, byte) == crc):
+                    m.next = "DISPATCH"
+                with m.Else():
+                    fault(P.Fault.CRC)
 
             with m.State("DISPATCH"):
                 ok_op = opcode | P.REPLY
