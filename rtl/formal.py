@@ -178,7 +178,7 @@ class Harness(Elaboratable):
         return ports
 
     def conserve(self, m, name, inp, out, *, capacity, drain=None, row_beats=1,
-                 width=8, what="beats"):
+                 width=8, what="beats", reach=True):
         """Properties ``<name>_no_dup`` and (with `drain`) ``<name>_no_loss`` for a
         unit that emits one beat on `out` per beat taken on `inp` (streams, or any
         objects with ``valid`` and ``ready``).
@@ -192,6 +192,12 @@ class Harness(Elaboratable):
         """
         n_in = beat_counter(m, inp, width, f"{name}_in")
         n_out = beat_counter(m, out, width, f"{name}_out")
+        if reach:
+            stalled = Signal(name=f"{name}_stall_seen")
+            with m.If(out.valid & ~out.ready):
+                m.d.sync += stalled.eq(1)
+            self.reach(f"reach_{name}", out.valid & out.ready & stalled,
+                       f"{what} come out after a stalled one (the depth sees the unit work)")
         inside = Signal(width, name=f"{name}_inside")
         m.d.comb += inside.eq(n_in - n_out)
         self.check(f"{name}_no_dup", inside <= capacity,

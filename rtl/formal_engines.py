@@ -60,16 +60,20 @@ def memory(harness, m, unit, width=8):
 class EngineHarness(UnitHarness):
     """A unit with ``cmd``, the memory port, ``busy`` and ``done``."""
     bmc_only = ("cmds_no_dup", "reads_settled", "writes_settled", "outstanding")
+    bugs = {"cmds_no_dup": ("ignore_valid", "cmd"),       # runs commands nobody sent
+            "reads_settled": ("ignore_valid", "rd_resp"),  # takes responses never sent
+            "writes_settled": ("tie", "done", 1)}          # done while writing
 
     def args(self):
         return (MACHINE_CONFIG,)
 
     def build(self, m):
         pv = past_valid(m)
-        u, mod = self.unit_and_module(m)
+        u, mod = self.dut_module(m, *self.args())
         self.streams(m, u, pv)
         pending = memory(self, m, u)
-        self.conserve(m, "cmds", u.cmd, _Beats(u.done, 1), capacity=1, what="commands")
+        self.conserve(m, "cmds", u.cmd, _Beats(u.done, 1), capacity=1, what="commands",
+                      reach=False)
         self.check("reads_settled", ~u.done | (pending == 0),
                    "done only after every read was answered")
         self.check("writes_settled", ~u.done | ~u.wr.valid,
@@ -80,11 +84,6 @@ class EngineHarness(UnitHarness):
         self.reach("reach_done", u.done & wr_stalled,
                    "a command finishes after a stalled write (within the depth)")
         self.extra(m, u, mod, pending)
-
-    def unit_and_module(self, m):
-        if self.bug is None:
-            return self.dut_module(m, *self.args())
-        return self.dut(m, *self.args()), None
 
     def extra(self, m, u, mod, pending):
         """Unit-specific properties (`mod` is None under a seeded bug)."""
@@ -100,6 +99,14 @@ class MatmulHarness(EngineHarness):
     bmc_only = EngineHarness.bmc_only + ("rd_req_hold", "wr_hold",
                                          "w_fifo_no_underflow", "p_fifo_no_underflow",
                                          "o_fifo_no_underflow", "o_fifo_no_overflow")
+
+    bugs = {**EngineHarness.bugs,
+            # believes responses arrived, so issues more reads than allowed
+            "outstanding": ("ignore_valid", "rd_resp"),
+            "w_fifo_no_underflow": ("fifo_read_unchecked", "w_fifo"),
+            "p_fifo_no_underflow": ("fifo_read_unchecked", "p_fifo"),
+            "o_fifo_no_underflow": ("fifo_read_unchecked", "o_fifo"),
+            "o_fifo_no_overflow": ("fifo_write_unchecked", "o_fifo")}
 
     def args(self):
         return (SMALL_ENGINE,)
@@ -158,6 +165,10 @@ class MachineHarness(UnitHarness):
     depth, deep_depth = 8, 16
     bmc_only = ("illegal_sets_error", "illegal_not_executed", "flush_ends_at_halt",
                 "boundary_no_reads", "rd_req_hold", "wr_hold")
+    bugs = {"illegal_sets_error": ("tie", "error", 0),
+            "illegal_not_executed": ("tie", "rd_req.valid", 1),
+            "flush_ends_at_halt": ("tie", "done", 0),
+            "boundary_no_reads": ("tie", "instr.ready", 1)}
 
     def build(self, m):
         pv = past_valid(m)
@@ -208,6 +219,7 @@ class MachineResetHarness(UnitHarness):
     depth, deep_depth = 10, 20
     allow_reset = True
     bmc_only = ("reset_to_idle",)
+    bugs = {"reset_to_idle": ("tie", "busy", 1)}
 
     def build(self, m):
         u = self.dut(m, MACHINE_CONFIG, None, 8)
@@ -247,6 +259,8 @@ class MachineLiveHarness(UnitHarness):
     shape = (1, 2, 1)
     depth, deep_depth = 28, 28
     bmc_only = ("matmul_within_bound",)
+    # never reads memory, so the MATMUL never finishes
+    bugs = {"matmul_within_bound": ("tie", "rd_req.valid", 0)}
 
     def build(self, m):
         pv = past_valid(m)

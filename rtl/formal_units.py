@@ -50,7 +50,7 @@ class _Beats:
     """A (valid, ready) pair counted like a stream (e.g. the last beats of rows)."""
 
     def __init__(self, valid, ready):
-        self.valid, self.ready = valid, ready
+        self.valid, self.ready = Value.cast(valid), Value.cast(ready)
 
 
 class UnitHarness(Harness):
@@ -64,10 +64,22 @@ class UnitHarness(Harness):
     bmc_only = ()
     deep_only = ()       # properties run only with --deep (their bound is long)
     slow_only = False    # the whole harness runs only with --deep
+    #: property -> the seeded bug that must make it fail (``<port>_hold`` properties
+    #: default to dropping that port's ready gating)
+    bugs = {}
 
     def __init__(self, only=None, bug=None):
         super().__init__(only)
         self.bug = bug
+
+    @classmethod
+    def bug_for(cls, prop):
+        """The seeded bug (`seeded_bug` kind, port[, value]) that `prop` must catch."""
+        if prop in cls.bugs:
+            return cls.bugs[prop]
+        if prop.endswith("_hold"):
+            return ("ignore_ready", prop[:-len("_hold")])
+        raise KeyError(f"{cls.unit}: no seeded bug for {prop!r}")
 
     def dut(self, m, *args, **kwargs):
         """The unit (or its seeded-bug copy) with every input open."""
@@ -77,10 +89,20 @@ class UnitHarness(Harness):
 
     def dut_module(self, m, *args, **kwargs):
         """(unit, its elaborated Module): for properties of its FIFOs, which only
-        the Module names (``module.submodules.<name>``). No seeded bug here."""
+        the Module names (``module.submodules.<name>``). The FIFO bugs live here:
+        ``("fifo_read_unchecked", name)`` reads FIFO `name` in every cycle and
+        ``("fifo_write_unchecked", name)`` writes it in every cycle, whatever its
+        state (a later assignment in the unit's module overrides the unit's own);
+        any other bug goes to `dut` (and the FIFO properties are not built)."""
+        if self.bug is not None and not self.bug[0].startswith("fifo_"):
+            return self.dut(m, *args, **kwargs), None
         dut = self.cls(*args, **kwargs)
         dut._MustUse__used = True          # elaborated below, not through Fragment.get
         m.submodules.dut = mod = dut.elaborate(None)
+        if self.bug is not None:
+            kind, name = self.bug
+            f = mod.submodules[name]
+            mod.d.comb += (f.r_en if kind == "fifo_read_unchecked" else f.w_en).eq(1)
         return self.open(dut), mod
 
 
@@ -90,6 +112,7 @@ class GeluHarness(UnitHarness):
     config = "lanes 1"
     depth, deep_depth = 6, 24
     bmc_only = ("beats_no_dup", "beats_no_loss")
+    bugs = {"beats_no_dup": ("ignore_valid", "inp"), "beats_no_loss": ("ignore_ready", "out")}
 
     def build(self, m):
         pv = past_valid(m)
@@ -104,6 +127,8 @@ class ResidualHarness(UnitHarness):
     config = "lanes 1, 4-bit"
     depth, deep_depth = 6, 24
     bmc_only = ("beats_no_dup", "beats_no_loss")
+    bugs = {"beats_no_dup": ("ignore_valid", "a"), "beats_no_loss": ("ignore_ready", "out"),
+            "join": ("ignore_valid", "b")}
 
     def build(self, m):
         pv = past_valid(m)
@@ -120,6 +145,8 @@ class EmbeddingHarness(UnitHarness):
     config = "lanes 1, 4-bit"
     depth, deep_depth = 8, 24
     bmc_only = ("beats_no_dup", "beats_no_loss")
+    bugs = {"beats_no_dup": ("ignore_valid", "tok"), "beats_no_loss": ("ignore_ready", "out"),
+            "join": ("ignore_valid", "pos")}
 
     def build(self, m):
         pv = past_valid(m)
@@ -136,6 +163,7 @@ class ReciprocalHarness(UnitHarness):
     config = "SMALL_ATTENTION"
     depth, deep_depth = 14, 30
     bmc_only = ("beats_no_dup", "beats_no_loss")
+    bugs = {"beats_no_dup": ("ignore_valid", "inp"), "beats_no_loss": ("ignore_ready", "out")}
 
     def build(self, m):
         pv = past_valid(m)
@@ -149,31 +177,34 @@ class ReciprocalHarness(UnitHarness):
 class NormaliserHarness(UnitHarness):
     unit, cls = "normaliser", Normaliser
     config = "SMALL_ATTENTION (norm_lanes 1)"
-    depth, deep_depth = 8, 30
+    # the first normalised beat after a stall: step 17 (reach_beats)
+    depth, deep_depth = 20, 40
     bmc_only = ("beats_no_dup", "beats_no_loss", "rows_no_dup")
+    bugs = {"beats_no_dup": ("ignore_valid", "o_in"), "beats_no_loss": ("ignore_ready", "out"),
+            "rows_no_dup": ("ignore_valid", "l_in"),
+            "queue_no_underflow": ("fifo_read_unchecked", "queue")}
 
     def build(self, m):
         pv = past_valid(m)
-        if self.bug is None:
-            u, mod = self.dut_module(m, SMALL_ATTENTION)
+        u, mod = self.dut_module(m, SMALL_ATTENTION)
+        if mod is not None:
             self.fifo("queue", mod.submodules.queue)
-        else:
-            u = self.dut(m, SMALL_ATTENTION)
         self.streams(m, u, pv)
         # O beats in -> normalised beats out through the 4-stage pipeline
         self.conserve(m, "beats", u.o_in, u.out, capacity=4, drain=5)
         # an O row is only taken with its own L: rows of O never outrun the row sums
         # (reciprocal + 2-entry queue hold at most 3 sums not yet used)
         o_rows = _Beats(u.o_in.valid & u.o_in.payload.last, u.o_in.ready)
-        self.conserve(m, "rows", u.l_in, o_rows, capacity=3, what="row sums")
+        self.conserve(m, "rows", u.l_in, o_rows, capacity=3, what="row sums", reach=False)
 
 
 @register
 class SoftmaxHarness(UnitHarness):
     unit, cls = "softmax", SoftmaxUnit
     config = "SMALL_ATTENTION (tile 2, lanes 1, 1 row)"
-    depth, deep_depth = 8, 30
+    depth, deep_depth = 10, 30
     bmc_only = ("beats_no_dup", "beats_no_loss")
+    bugs = {"beats_no_dup": ("ignore_valid", "scores"), "beats_no_loss": ("ignore_ready", "probs")}
 
     def build(self, m):
         pv = past_valid(m)
@@ -191,10 +222,12 @@ class SoftmaxHarness(UnitHarness):
 class LayerNormHarness(UnitHarness):
     unit, cls = "layernorm", LayerNormUnit
     config = "lanes 1, 8-bit, max_e 2, 2 D banks; setup n = 2, at most 2 rows"
-    depth, deep_depth = 8, 40
+    # a row's first output needs setup, parameters, the row and row_latency (~45
+    # cycles), and the drain bound adds a root period: only deep runs reach that far
+    depth, deep_depth = 60, 60
     bmc_only = ("beats_no_dup", "beats_no_loss", "out_hold")
-    # the drain bound spans a row's latency plus a root period (~90 cycles)
-    deep_only = ("beats_no_loss",)
+    slow_only = True
+    bugs = {"beats_no_dup": ("ignore_valid", "inp"), "beats_no_loss": ("ignore_ready", "out")}
 
     def build(self, m):
         pv = past_valid(m)
@@ -209,30 +242,40 @@ class LayerNormHarness(UnitHarness):
                       drain=row_latency(2, 1) + RowRoot.period + 8, row_beats=2)
 
 
-def _lossy(cls):
-    """A copy of a FIFO class that claims to take writes while full (and drops them)."""
-    class Lossy(cls):
+def _broken_fifo(cls, kind):
+    """A copy of a FIFO class with one handshake bug: ``lossy`` claims to take writes
+    while full (and drops them), ``eager`` presents an entry while empty."""
+    class Broken(cls):
         def elaborate(self, platform):
             m = super().elaborate(platform)
-            m.d.comb += self.w_rdy.eq(1)      # later assignment wins: the full check is gone
+            # a later assignment in the module wins: the full / empty check is gone
+            # (SyncFIFOBuffered drives r_rdy from a register: override it there)
+            if kind == "lossy":
+                m.d.comb += self.w_rdy.eq(1)
+            elif isinstance(self, fifo.SyncFIFOBuffered):
+                m.d.sync += self.r_rdy.eq(1)
+            else:
+                m.d.comb += self.r_rdy.eq(1)
             return m
-    Lossy.__name__ = Lossy.__qualname__ = f"Lossy{cls.__name__}"
-    return Lossy
+    Broken.__name__ = Broken.__qualname__ = f"{kind.capitalize()}{cls.__name__}"
+    return Broken
 
 
 class FifoHarness(UnitHarness):
     """A `lib.fifo` FIFO as the engines instantiate it, fed with the write sequence
     number as data: what comes out must be 0, 1, 2, ... (mod 2^width), so no entry
     is lost, duplicated or reordered; the level never exceeds the depth; nothing
-    is presented that was not written. ``bug="lossy"`` uses `_lossy(cls)`.
+    is presented that was not written. ``bug=("lossy",)`` or ``("eager",)``
+    uses `_broken_fifo`.
     Order needs the memory contents, which the induction step leaves free:
     bounded, to a depth that fills and drains the FIFO twice."""
     fifo_depth = 4
     width = 4
     bmc_only = ("order", "no_overflow", "no_underflow")
+    bugs = {"order": ("lossy",), "no_overflow": ("lossy",), "no_underflow": ("eager",)}
 
     def build(self, m):
-        cls = self.cls if self.bug is None else _lossy(self.cls)
+        cls = self.cls if self.bug is None else _broken_fifo(self.cls, *self.bug)
         m.submodules.dut = f = cls(width=self.width, depth=self.fifo_depth)
         w_en, r_en = self.free(1, "w_en"), self.free(1, "r_en")
         written = Signal(self.width + 2, name="written")

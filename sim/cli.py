@@ -270,6 +270,14 @@ def cmd_quantise(args):
           file=sys.stderr)
 
 
+def cmd_formal(args):
+    """Formal proofs (sim/formal.py): progress on stderr, the table on stdout."""
+    from gpt2accel.sim.formal import command
+    status = command(args)
+    if status:
+        raise SystemExit(status)
+
+
 def cmd_verilog(args):
     from gpt2accel.rtl.config import EngineConfig
     from gpt2accel.rtl.verilog import ensure_yosys, generate
@@ -441,6 +449,11 @@ def build_parser():
                         "the same design files (same RTLIL, constraints and script)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=cmd_build)
+
+    from gpt2accel.sim import formal
+    p = sub.add_parser("formal", help=formal.HELP, description=formal.HELP)
+    formal.add_arguments(p)
+    p.set_defaults(func=cmd_formal)
 
     from gpt2accel.sim import benchmarks
     p = sub.add_parser("bench", help="measure speed, utilisation, accuracy, resources",

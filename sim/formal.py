@@ -82,8 +82,9 @@ class FormalJob:
     config: str
     factory: object
     depth: int
-    method: str          # "prove" (k-induction, else BMC) or "bmc"
+    method: str          # "prove" (k-induction, else BMC), "bmc" or "cover"
     expect: str = "pass"  # "fail" for a seeded-bug job
+    bug: str = ""         # the seeded bug, as text
 
 
 @dataclasses.dataclass
@@ -97,9 +98,16 @@ class FormalResult:
     seconds: float
     trace: str = ""      # counterexample VCD of a failing job
     detail: str = ""     # failed assertion / error text
+    bug: str = ""        # the seeded bug of a seeded-bug job
+    expect: str = "pass"
+
+    @property
+    def ok(self):
+        """The job gave what it should: a proof, or for a seeded bug a counterexample."""
+        return self.result == self.expect and (self.expect != "fail" or bool(self.trace))
 
     def as_dict(self):
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "ok": self.ok}
 
 
 def _sby_text(job, mode):
@@ -125,7 +133,8 @@ def run_job(job, keep=False, timeout=3600):
     t0 = time.perf_counter()
     work = tempfile.mkdtemp(prefix=f"gpt2accel-formal-{job.unit}-{job.prop}-")
     mode = job.method if job.method in ("prove", "cover") else "bmc"
-    res = FormalResult(job.unit, job.prop, job.config, job.method, job.depth, "error", 0.0)
+    res = FormalResult(job.unit, job.prop, job.config, job.method, job.depth, "error", 0.0,
+                       bug=job.bug, expect=job.expect)
     try:
         harness = job.factory(only=job.prop)
         with open(os.path.join(work, "top.il"), "w") as f:
@@ -146,8 +155,8 @@ def run_job(job, keep=False, timeout=3600):
         res.detail = f"{type(exc).__name__}: {exc}"
     finally:
         res.seconds = round(time.perf_counter() - t0, 2)
-        unexpected = res.result != job.expect
-        if not keep and not (unexpected and res.result == "fail"):
+        # keep the trace of an unexpected failure; a seeded bug's trace only on request
+        if not keep and not (res.result == "fail" and job.expect != "fail"):
             shutil.rmtree(work, ignore_errors=True)
     return res
 
@@ -179,18 +188,29 @@ def _parse(log, work, mode):
     return "error", mode, trace, "; ".join(errors[-3:])[:500]
 
 
-def jobs(unit=None, prop=None, deep=False):
-    """The FormalJobs of every registered harness (or of `unit`, or one property)."""
+def harnesses():
+    """{unit name: harness class} of every registered harness."""
     from gpt2accel.rtl import formal_engines  # noqa: F401 (registers its harnesses)
     from gpt2accel.rtl.formal_units import HARNESSES
-    names = sorted(HARNESSES)
-    if unit is not None and unit not in HARNESSES:
+    return HARNESSES
+
+
+def jobs(unit=None, prop=None, deep=False, bugs=False):
+    """The FormalJobs of every registered harness (or of `unit`, or one property).
+
+    Default runs skip harnesses and properties marked for deep runs only,
+    unless named. `bugs`: instead, one job per property (covers excepted) on
+    the harness with that property's seeded bug, expected to fail."""
+    from functools import partial
+    table_ = harnesses()
+    names = sorted(table_)
+    if unit is not None and unit not in table_:
         raise ValueError(f"unknown unit {unit!r} (known: {', '.join(names)})")
     found = []
     for name in names:
         if unit is not None and name != unit:
             continue
-        cls = HARNESSES[name]
+        cls = table_[name]
         if cls.slow_only and not deep and unit is None:
             continue
         probe = cls()
@@ -201,9 +221,15 @@ def jobs(unit=None, prop=None, deep=False):
             if p in cls.deep_only and not deep and prop is None:
                 continue
             depth = max(cls.deep_depth if deep else cls.depth, probe.min_depth[p])
-            found.append(FormalJob(name, p, desc, probe.config, cls, depth,
-                                   "cover" if p in probe.covers
-                                   else "bmc" if p in cls.bmc_only else "prove"))
+            method = ("cover" if p in probe.covers
+                      else "bmc" if p in cls.bmc_only else "prove")
+            if not bugs:
+                found.append(FormalJob(name, p, desc, probe.config, cls, depth, method))
+            elif method != "cover":
+                bug = cls.bug_for(p)
+                found.append(FormalJob(name, p, desc, probe.config, partial(cls, bug=bug),
+                                       depth, "bmc", expect="fail",
+                                       bug=" ".join(str(b) for b in bug)))
     if prop is not None and not found:
         raise ValueError(f"no property {prop!r}" + (f" in unit {unit!r}" if unit else ""))
     return found
@@ -225,8 +251,13 @@ def run(job_list, workers=1, keep=False, progress=None):
 
 def table(results):
     """The summary table (text)."""
-    head = ("unit", "property", "method", "depth", "result", "time s", "config")
-    rows = [(r.unit, r.prop, r.method, str(r.depth), r.result, f"{r.seconds:.1f}", r.config)
+    bugs = any(r.bug for r in results)
+    head = ("unit", "property", "method", "depth", "result", "time s",
+            "seeded bug" if bugs else "config")
+    rows = [(r.unit, r.prop, r.method, str(r.depth),
+             r.result + ("" if r.ok else " (UNEXPECTED)") + (f" ({r.detail})"
+                                                             if r.method == "cover" else ""),
+             f"{r.seconds:.1f}", r.bug if bugs else r.config)
             for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
               for i, h in enumerate(head)]
@@ -234,3 +265,67 @@ def table(results):
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     return "\n".join(lines)
+
+
+HELP = "prove the RTL's stream, FIFO and controller properties (SymbiYosys, PyPI tools)"
+
+
+def add_arguments(p):
+    p.add_argument("--unit", help="one unit's harness (default: all; --list names them)")
+    p.add_argument("--property", dest="prop", help="one property of --unit")
+    p.add_argument("--deep", action="store_true",
+                   help="the deeper bounds, the long-bound properties and the full MATMUL "
+                        "bound harness (tens of minutes)")
+    p.add_argument("--bugs", action="store_true",
+                   help="run every property on its seeded-bug copy instead: each must fail "
+                        "with a counterexample")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="proofs in parallel (default: up to 2)")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' = stdout)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep every job's directory (RTLIL, .sby, logs, traces)")
+    p.add_argument("--list", action="store_true", help="list the jobs, run nothing")
+
+
+def command(args):
+    """The ``gpt2accel formal`` command; returns the exit status (1: a job did not
+    give what it should)."""
+    if args.prop and not args.unit:
+        raise ValueError("--property needs --unit")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    job_list = jobs(args.unit, args.prop, deep=args.deep, bugs=args.bugs)
+    if args.list:
+        for j in job_list:
+            print(f"{j.unit:16} {j.prop:22} {j.method:6} depth {j.depth:3}  {j.description}")
+        return 0
+    try:
+        toolchain()
+    except ToolchainError as e:
+        raise OSError(str(e)) from None
+    print(f"{len(job_list)} jobs, {args.jobs} at a time ...", file=sys.stderr)
+    t0 = time.perf_counter()
+
+    def progress(r):
+        mark = "ok" if r.ok else "UNEXPECTED"
+        print(f"  {r.unit}.{r.prop}: {r.result} ({r.method}, depth {r.depth}, {r.seconds:.1f} s)"
+              f" {mark}" + (f" trace {r.trace}" if r.trace and not r.ok else ""),
+              file=sys.stderr, flush=True)
+
+    results = run(job_list, workers=args.jobs, keep=args.keep, progress=progress)
+    wall = time.perf_counter() - t0
+    print(table(results))
+    bad = [r for r in results if not r.ok]
+    print(f"\n{len(results) - len(bad)}/{len(results)} as expected, wall {wall:.0f} s")
+    for r in bad:
+        print(f"UNEXPECTED {r.unit}.{r.prop}: {r.result} {r.detail} {r.trace}".rstrip())
+    if args.json:
+        doc = {"deep": args.deep, "bugs": args.bugs, "wall_s": round(wall, 1),
+               "results": [r.as_dict() for r in results]}
+        text = json.dumps(doc, indent=1)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+    return 1 if bad else 0
