@@ -222,15 +222,14 @@ def _error_line(text):
 
 
 def _yosys_ffs(rpt_text):
-    """Flip-flops of the design from Yosys' last statistics (iCE40: nextpnr packs FFs into
-    logic cells and does not count them separately)."""
-    blocks = rpt_text.split("Printing statistics.")
-    if len(blocks) < 2:
-        return None
-    total = 0
-    for m in re.finditer(r"^\s+(\d+)\s+(?:\S*\\)?(SB_DFF\w*|TRELLIS_FF)\s*$", blocks[-1], re.M):
-        total += int(m.group(1))
-    return total or None
+    """Flip-flops of the design from Yosys' last statistics, the whole-design count
+    ("design hierarchy"). iCE40: nextpnr packs FFs into logic cells and does not count
+    them on their own."""
+    last = rpt_text.split("Printing statistics.")[-1]
+    if "=== design hierarchy ===" in last:
+        last = last.split("=== design hierarchy ===")[1]
+    counts = re.findall(r"^\s+(\d+)\s+(?:SB_DFF\w*|TRELLIS_FF)\s*$", last, re.M)
+    return sum(int(c) for c in counts) or None
 
 
 def figures(family, util):
@@ -314,6 +313,8 @@ def build_board(board, out_dir, *, rows=None, cols=None, clk_hz=None, reuse=Fals
                     reason = ", ".join(
                         f"{k} {rep[k]:,} of {rep[k + '_available']:,} ({v:g} %)"
                         for k, v in over.items()) + f" ({reason})"
+            if rep.get("ff") is None and (out / "top.rpt").exists():
+                rep["ff"] = _yosys_ffs((out / "top.rpt").read_text(errors="replace"))
             rep.setdefault("status", f"{phase} failed")
             rep["error"] = reason
             _write(out, rep)
@@ -352,7 +353,13 @@ def _base_report(machine):
                model=p.model, mem_words=machine.mem_words,
                mem_bytes=machine.mem_words * machine.cfg.engine.mem_bytes,
                clock_mhz=round(machine.clk_hz / 1e6, 4), pll=machine.pll is not None,
-               baud=p.baud, decode_cycles_per_token=machine.decode_cycles)
+               baud=p.baud, decode_cycles_per_token=machine.decode_cycles,
+               machine="whole" if p.ops is None else "+".join(p.ops) + " only (offload)",
+               tokens_per_s_basis=(
+                   "whole decode token on the device (exact cycle model, last position)"
+                   if p.ops is None else
+                   "the device's MATMULs of one token only (exact cycle model); the host's "
+                   "share and the UART transfers come on top"))
     return rep
 
 

@@ -19,8 +19,12 @@ def board_top(board):
     """The `BoardTop` of a resolved preset. Built before `PlatformTop`, so a configuration
     it refuses (`ConfigError`: baud rate, timeout) is reported before any tool runs."""
     from .top import BoardTop
-    return BoardTop(board.cfg, mem_words=board.mem_words, clk_hz=board.clk_hz,
-                    baud=board.preset.baud, resid_bits=board.q.resid_bits)
+    p = board.preset
+    # the default storage (block RAM) is not passed: BoardTop's own default
+    extra = {} if p.storage == "bram" else {"storage": p.storage}
+    return BoardTop(board.cfg, mem_words=board.mem_words, clk_hz=board.clk_hz, baud=p.baud,
+                    resid_bits=board.q.resid_bits, ops=list(p.ops) if p.ops else None,
+                    **extra)
 
 
 class PlatformTop(Elaboratable):

@@ -27,6 +27,9 @@ from amaranth_boards.orangecrab_r0_2 import OrangeCrabR0_2_85FPlatform
 from amaranth_boards.resources import UARTResource
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
+from gpt2accel.rtl.attention_config import AttentionConfig
+from gpt2accel.rtl.config import EngineConfig
+
 __all__ = ["PresetError", "Device", "DEVICES", "Preset", "BoardMachine", "PRESETS",
            "get_preset", "load_model"]
 
@@ -90,6 +93,12 @@ class Preset:
     notes: str = ""
     uart: str = "the board's USB-serial chip"
     build_args: dict = field(default_factory=dict)   # extra toolchain overrides
+    #: None: the whole machine, the model's whole image in memory (`sim.driver.Driver`);
+    #: ("matmul",): a MATMUL-only machine holding the linear layers' weights, the rest of
+    #: the model on the host (`sim.offload.OffloadDriver`)
+    ops: tuple = None
+    storage: str = "bram"      # "spram": the iCE40UP's single-port RAMs (rtl/spram.py)
+    mem_words: int = None      # None: exactly what the model needs
 
     @property
     def device_name(self):
@@ -124,19 +133,32 @@ class BoardMachine:
             raise PresetError(f"{where}: rows and cols must be at least 1")
         self.q = load_model(p.model)
         try:
-            self.cfg = machine_config(self.q, p.rows, p.cols)
-            comp = ModelCompiler(self.cfg, self.q, self.cfg.engine.max_m,
-                                 1 << self.cfg.engine.addr_bits)
-        except ValueError as e:       # CompileError is a ValueError
+            if p.ops is None:
+                self.cfg = machine_config(self.q, p.rows, p.cols)
+                words = ModelCompiler(self.cfg, self.q, self.cfg.engine.max_m,
+                                      1 << self.cfg.engine.addr_bits).end
+            else:
+                from gpt2accel.sim.offload import offload_words
+                self.cfg = offload_config(self.q, p.rows, p.cols,
+                                          (p.mem_words or 1 << 16) - 1)
+                words = offload_words(self.cfg, self.q)
+        except ValueError as e:       # CompileError, ConfigError are ValueErrors
             raise PresetError(f"{where}: the {p.model} model does not map onto it: {e}") from None
-        self.mem_words = comp.end
-        dev = p.device
-        need = self.mem_words * self.cfg.engine.mem_bytes
-        if need > dev.memory_bytes:
+        self.need_words = words
+        self.mem_words = p.mem_words or words
+        dev, mb = p.device, self.cfg.engine.mem_bytes
+        what = ("memory image" if p.ops is None
+                else "linear layers' weights (offload)")
+        if words > self.mem_words:
+            raise PresetError(f"{where}: the {p.model} model's {what} needs {words:,} words "
+                              f"of {mb} bytes, the preset's memory has {self.mem_words:,}")
+        have = dev.spram * 256 * 1024 // 8 if p.storage == "spram" else dev.memory_bytes
+        if self.mem_words * mb > have:
             raise PresetError(
-                f"{where}: the {p.model} model's memory image needs {need:,} bytes "
-                f"({self.mem_words:,} words of {self.cfg.engine.mem_bytes} bytes), the "
-                f"{p.device_name} has {dev.memory_bytes:,} bytes of on-chip RAM in all")
+                f"{where}: the {p.model} model's {what} needs {self.mem_words * mb:,} bytes "
+                f"({self.mem_words:,} words of {mb} bytes), the {p.device_name} has "
+                f"{have:,} bytes of {'SPRAM' if p.storage == 'spram' else 'on-chip RAM'}"
+                f"{'' if p.storage == 'spram' else ' in all'}")
         # one multiplier per processing element at least (the requantiser needs more)
         if p.rows * p.cols > dev.dsp:
             raise PresetError(f"{where}: {p.rows * p.cols} processing elements need as many "
@@ -153,8 +175,12 @@ class BoardMachine:
 
     @cached_property
     def decode_cycles(self):
-        """Exact cycles of one decode token of the model at its last position (the
-        longest attention; `program_cycles`, as `bench model` times decode)."""
+        """Exact device cycles of one decode token. Whole machine: the model's decode
+        program at the last position (the longest attention; `program_cycles`, as
+        `bench model` times decode). MATMUL-only: the linear layers' MATMUL programs of
+        one token (`_offload_token_cycles`); the host's share and the UART are extra."""
+        if self.preset.ops is not None:
+            return _offload_token_cycles(self.cfg, self.q, self.mem_words)
         import numpy as np
         from gpt2accel.sim.compiler import ModelCompiler
         from gpt2accel.sim.driver import _ids_memory
@@ -174,6 +200,51 @@ class BoardMachine:
                 f"clock {clock}, UART {p.baud} baud ({p.uart})")
 
 
+def offload_config(qmodel, rows, cols, max_addr):
+    """The MATMUL-only machine for offloading `qmodel`'s linear layers: K and N up to
+    4*n_embd (c_fc, c_proj), max_m 8 rows per program. The attention fields are unused
+    by a MATMUL-only machine; the ISA's field widths still follow them."""
+    mc = qmodel.config
+    return AttentionConfig(
+        engine=EngineConfig(rows=rows, cols=cols, max_k=4 * mc.n_embd, max_m=max(8, rows),
+                            max_n=4 * mc.n_embd, addr_bits=max(1, max_addr.bit_length())),
+        tile=2, lanes=1, norm_lanes=1, max_d_head=mc.n_embd // mc.n_head,
+        max_seq=mc.n_positions)
+
+
+class _CycleModelBackend:
+    """A `driver.Backend` that runs nothing: each program's status is its exact cycle
+    count (`program_cycles`) and memory reads are zeros. The MATMUL programs of a
+    token depend on the shapes only, so driving `OffloadDriver` with it gives the
+    device's cycles per token."""
+    name = "cycle-model"
+
+    def open(self, cfg, mem_words):
+        import numpy as np
+        self.cfg, self.words = cfg, np.zeros((mem_words, cfg.engine.mem_bytes), np.uint8)
+
+    def load(self, image, addr=0):
+        pass
+
+    def dump(self, addr=0, n=None):
+        return self.words[addr:addr + (len(self.words) - addr if n is None else n)]
+
+    def run(self, program):
+        from gpt2accel.sim.program_cycles import program_cycles
+        return {"error": 0, "cycles": program_cycles(self.cfg, program)[0],
+                "icount": len(program), "wall_s": 0.0}
+
+    def close(self):
+        pass
+
+
+def _offload_token_cycles(cfg, qmodel, mem_words):
+    from gpt2accel.sim.offload import OffloadDriver
+    drv = OffloadDriver(qmodel, cfg, _CycleModelBackend(), mem_words=mem_words)
+    drv.prefill([0])                 # one token: the same MATMULs as a decode step
+    return drv.last["cycles"]
+
+
 def load_model(name):
     """The integer model of a shipped model, by name."""
     from gpt2accel.model import shipped_model_dir
@@ -187,6 +258,11 @@ def load_model(name):
 _RGB = "rgb_led"
 
 PRESETS = {p.name: p for p in [
+    Preset("icebreaker", ICEBreakerPlatform, rows=2, cols=2, clk_hz=12e6, baud=1_000_000,
+           model="tiny", ops=("matmul",), storage="spram", mem_words=32768,
+           leds=LEDs(busy=("led", 1, None), error=("led", 0, None)),
+           notes="FTDI FT2232H USB-serial; 12 MHz oscillator; the whole machine does not fit "
+                 "the iCE40UP5K: a MATMUL co-processor for the linear layers"),
     Preset("ulx3s-85f", ULX3S_85F_Platform, rows=8, cols=8, clk_hz=50e6, baud=1_000_000,
            model="tiny", leds=LEDs(busy=("led", 0, None), error=("led", 1, None),
                                    alive=("led", 7, None)),

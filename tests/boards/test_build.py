@@ -1,8 +1,9 @@
 """Board presets, PLLs, the DFU suffix, nextpnr report parsing and a real bitstream build.
 
-The parsing tests read real nextpnr 0.11 output kept in data/ (an iCE40 build
-of a small design: --report JSON and log; an iCE40 build that ran out of
-DSPs: log only, nextpnr stops before writing a report). GPT2ACCEL_SEED
+The parsing tests read real nextpnr 0.11 and Yosys 0.70 output kept in data/
+(an iCE40 build of a small design: --report JSON and log; the iCEBreaker's
+first MATMUL-only top, which did not fit: nextpnr's log, it stops before
+writing a report, and Yosys' statistics). GPT2ACCEL_SEED
 replays the random PLL targets.
 """
 import json
@@ -163,12 +164,23 @@ def test_critical_path_names_its_ends():
 
 
 def test_does_not_fit_log_gives_the_overflow():
-    log = (DATA / "nextpnr_ice40_dsp_overflow.log").read_text()
+    """The iCEBreaker's MATMUL-only top (2x2) before it was cut down: 163 % of the LCs."""
+    log = (DATA / "nextpnr_ice40_matmul_top_overflow.log").read_text()
     util, fmax = B.parse_nextpnr(log)
-    assert util["ICESTORM_DSP"] == (12, 8)
+    assert util["ICESTORM_LC"] == (8589, 5280)
+    assert util["ICESTORM_DSP"] == (8, 8) and util["ICESTORM_SPRAM"] == (4, 4)
     assert fmax == {}
-    assert B._error_line(log).startswith("ERROR: Unable to place cell")
-    assert "ICESTORM_DSP" in B._error_line(log)
+    counts, pct = B.figures("ice40", util)
+    assert counts["lut"] == 8589 and pct["lut"] == 162.7
+    reason = B._error_line(log)
+    assert reason.startswith("ERROR: Unable to place cell")
+    assert reason.endswith("no BELs remaining to implement cell type 'ICESTORM_LC'")
+
+
+def test_flip_flops_from_yosys_statistics():
+    """The whole-design count, not the per-module list and the hierarchy total added."""
+    rpt = (DATA / "yosys_ice40_matmul_top_stat.rpt").read_text()
+    assert B._yosys_ffs(rpt) == 175 + 955 + 2092 + 1048
 
 
 def test_script_commands_are_the_tools_of_amaranths_script(tmp_path):
@@ -193,3 +205,40 @@ def test_script_commands_are_the_tools_of_amaranths_script(tmp_path):
         assert all(v in B.PHASES for v, _ in cmds)
         assert "--report report.json" in cmds[1][1]
     assert cmds[-1][0] == "DFU_SUFFIX"
+
+
+# ---------------------------------------------------------------- real builds
+
+def _check_built(rep, board):
+    assert rep["board"] == board and rep["status"] == "ok" and rep["timing_met"]
+    assert set(B.REPORT_KEYS) <= rep.keys()
+    dev = P.PRESETS[board].device
+    assert 0 < rep["lut"] <= dev.logic and 0 < rep["dsp"] <= dev.dsp
+    assert rep["fmax_mhz"] >= rep["clock_mhz"] * 0.999
+    assert rep["gops"] == pytest.approx(2 * rep["rows"] * rep["cols"] * rep["fmax_mhz"] / 1e3,
+                                        rel=1e-3)
+    assert rep["tokens_per_s"] == pytest.approx(
+        rep["fmax_mhz"] * 1e6 / rep["decode_cycles_per_token"], rel=1e-3)
+    assert Path(rep["bitstream"]).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_icebreaker_bitstream_builds_and_meets_timing(tmp_path, capsys):
+    """The iCEBreaker preset (MATMUL co-processor, SPRAM memory) from elaboration to
+    bitstream with the YoWASP tools, through the CLI, report as JSON."""
+    code = main(["build", "--board", "icebreaker", "--out", str(tmp_path), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    rep = json.loads(out)
+    _check_built(rep, "icebreaker")
+    assert rep["spram"] == 4
+    for phase in ("synth:", "place and route:", "pack:"):
+        assert phase in err
+    assert (tmp_path / B.REPORT_FILE).is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("board", [b for b in P.PRESETS if P.PRESETS[b].device.family == "ecp5"])
+def test_ecp5_bitstream_builds_and_meets_timing(board, tmp_path):
+    """The whole machine on each ECP5 preset (10-30 minutes each)."""
+    _check_built(B.build_board(board, tmp_path), board)
