@@ -72,7 +72,8 @@ def toolchain_env(family):
     for var in need:
         env.setdefault(var, TOOLS[var])
         if shutil.which(env[var]) is None:
-            raise BuildError(f"{env[var]} not found on PATH: pip install {TOOLS[var]}")
+            raise BuildError(f"{env[var]} not found on PATH: pip install {TOOLS[var]} "
+                             f"(or pip install 'gpt2-accel[boards]' for all of them)")
     # ULX3S's platform lists openFPGALoader among its tools although only programming
     # runs it: a harmless command keeps a build from looking for it
     env.setdefault("OPENFPGALOADER", "true")
