@@ -227,15 +227,27 @@ class HostBridge(wiring.Component):
             m.d.sync += fault_code.eq(int(code))
             reply(P.ERROR, _Body.ERROR)
 
+        # the output byte register: tx comes from flip-flops, and the CRC follows the
+        # registered byte as it leaves, so no path runs from the memory's read data
+        # through the byte multiplexer and the CRC network into the UART
+        obuf, obuf_valid, obuf_crc = Signal(8), Signal(), Signal()
+        m.d.comb += [self.tx.valid.eq(obuf_valid), self.tx.payload.eq(obuf)]
+        with m.If(self.tx.valid & self.tx.ready):
+            m.d.sync += obuf_valid.eq(0)
+        # one CRC network for both directions: a frame's bytes arrive, or a reply's
+        # leave (only a reply's CRC bytes, which the CRC skips, can still be leaving
+        # when the next frame arrives)
+        m.d.comb += [crc_en.eq(self.tx.valid & self.tx.ready & obuf_crc), crc_byte.eq(obuf)]
+
         def send(byte, *, valid=C(1, 1), crc_on=C(1, 1)):
-            """Present `byte` on tx; the expression of it leaving (CRC updated unless not
-            `crc_on`; `tx_idx` counts the bytes of the segment)."""
-            m.d.comb += [self.tx.valid.eq(valid), self.tx.payload.eq(byte)]
-            sent = valid & self.tx.ready
-            with m.If(sent):
-                m.d.sync += tx_idx.eq(tx_idx + 1)
-            m.d.comb += [crc_en.eq(sent & crc_on), crc_byte.eq(byte)]
-            return sent
+            """Put `byte` into the output register once it is empty; the expression of
+            that happening (`tx_idx` counts the bytes of the segment; the CRC takes the
+            byte as it leaves, unless not `crc_on`)."""
+            taken = valid & ~obuf_valid
+            with m.If(taken):
+                m.d.sync += [obuf.eq(byte), obuf_valid.eq(1), obuf_crc.eq(crc_on),
+                             tx_idx.eq(tx_idx + 1)]
+            return taken
 
         identity = Array(C(b, 8) for b in self.identity)
         body = {_Body.IDENTITY: identity[tx_idx],
@@ -431,6 +443,7 @@ class HostBridge(wiring.Component):
                     with m.Else():
                         m.next = "SEND_CRC"
             with m.State("SEND_CRC"):
+                # the output register is empty, so the last payload byte is in the CRC
                 with m.If(send(crc.word_select(tx_idx[0], 8), crc_on=C(0, 1))
                           & (tx_idx == P.CRC_BYTES - 1)):
                     m.next = "HUNT"

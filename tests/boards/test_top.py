@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
@@ -50,18 +50,21 @@ def seed():
 
 
 class _HostAndBoard(wiring.Component):
-    """BoardTop with a host-side UART pair on its pins."""
+    """BoardTop with a host-side UART pair on its pins; while ``force`` is set the
+    testbench drives the board's rx pin with ``level`` instead (bad stop bits)."""
 
     def __init__(self, top, divisor):
         self.top = top
         self.host_tx, self.host_rx = UartTx(divisor), UartRx(divisor)
+        self.force, self.level = Signal(), Signal(init=1)
         super().__init__({})
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.top, m.submodules.host_tx, m.submodules.host_rx = (
             self.top, self.host_tx, self.host_rx)
-        m.d.comb += [self.top.rx.eq(self.host_tx.tx), self.host_rx.rx.eq(self.top.tx)]
+        m.d.comb += [self.top.rx.eq(Mux(self.force, self.level, self.host_tx.tx)),
+                     self.host_rx.rx.eq(self.top.tx)]
         return m
 
 
@@ -96,6 +99,16 @@ def test_ping_write_read_through_uart_pins(seed):
         assert await host.request(ctx, P.Req.READ, struct.pack("<IH", addr, 3)) \
             == (REPLY(P.Req.READ), words.tobytes()), f"GPT2ACCEL_SEED={seed}"
         assert not ctx.get(top.busy) and not ctx.get(top.error)
+        # a byte without its stop bit inside a frame: SERIAL, then the link still works
+        await host.send(ctx, P.frame(P.Req.WRITE, bytes(4 + MB))[:3])
+        await host.idle(ctx, 12 * DIVISOR)           # the last byte left the host UART
+        ctx.set(dut.force, 1)
+        for level in [0] * 9 + [0, 0]:              # start, eight zero data bits, no stop bit
+            ctx.set(dut.level, level)
+            await host.idle(ctx, DIVISOR)
+        ctx.set(dut.force, 0)
+        assert await host.reply(ctx) == (P.ERROR, bytes([P.Fault.SERIAL, P.Req.WRITE]))
+        assert (await host.request(ctx, P.Req.PING))[0] == REPLY(P.Req.PING)
 
     _simulate(dut, host, body)
 
