@@ -56,12 +56,12 @@ def uart_divisor(clk_hz, baud):
 
 
 class BoardCore(wiring.Component):
-    """HostBridge + OnChipMemory (`mem_words` words) + `Machine(cfg, resid_bits=resid_bits,
-    ops=ops)`, with the bridge's byte streams as ports (``rx``, ``rx_error``, ``tx``) and
+    """HostBridge + `OnChipMemory(cfg.engine, mem_words, storage=storage)` +
+    `Machine(cfg, resid_bits=resid_bits, ops=ops)`, with the bridge's byte streams as ports (``rx``, ``rx_error``, ``tx``) and
     the machine's ``busy`` / ``error``."""
 
     def __init__(self, cfg: AttentionConfig, *, mem_words, max_payload=1024, timeout_cycles,
-                 resid_bits=16, ops=None):
+                 resid_bits=16, ops=None, storage="bram"):
         self.cfg, self.resid_bits = cfg, resid_bits
         # built here so that a bad configuration is refused at construction
         with refusing(self):
@@ -69,7 +69,7 @@ class BoardCore(wiring.Component):
                                      timeout_cycles=timeout_cycles, resid_bits=resid_bits,
                                      ops=ops)
             with refusing(self.bridge):
-                self.memory = OnChipMemory(cfg.engine, mem_words)
+                self.memory = OnChipMemory(cfg.engine, mem_words, storage=storage)
                 with refusing(self.memory):
                     self.machine = Machine(cfg, resid_bits=resid_bits, ops=ops)
         super().__init__({"rx": In(stream.Signature(8)), "rx_error": In(1),
@@ -106,7 +106,7 @@ class BoardTop(wiring.Component):
     """
 
     def __init__(self, cfg: AttentionConfig, *, mem_words, clk_hz, baud, max_payload=1024,
-                 timeout_ms=100, resid_bits=16, ops=None):
+                 timeout_ms=100, resid_bits=16, ops=None, storage="bram"):
         with refusing(self):
             self.divisor = uart_divisor(clk_hz, baud)
             if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) \
@@ -120,7 +120,7 @@ class BoardTop(wiring.Component):
                                   "a frame arriving at full speed would time out")
             self.core = BoardCore(cfg, mem_words=mem_words, max_payload=max_payload,
                                   timeout_cycles=self.timeout_cycles, resid_bits=resid_bits,
-                                  ops=ops)
+                                  ops=ops, storage=storage)
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1),
                           "busy": Out(1), "error": Out(1)})
 

@@ -192,6 +192,7 @@ class HostBridge(wiring.Component):
         tail_lane = Signal(range(MB))                # payload bytes after the address,
         tail_words = Signal(range(MP // MB + 1))     # in words of mem_bytes
         crc, crc_lo = Signal(16, init=0xFFFF), Signal(8)
+        span_end, beyond = Signal(34), Signal()      # WRITE/READ: address + words
         timer = Signal(range(self.timeout_cycles + 1))
         # ---------------- execution registers ----------------
         addr = Signal(e.addr_bits)                   # memory word pointer
@@ -279,10 +280,8 @@ class HostBridge(wiring.Component):
             with m.Else():
                 yield
 
-        def memory_checks(words):
-            """WRITE / READ of `words` words at the request's address."""
-            return ((addr32 + words > self.mem_words, P.Fault.ADDRESS),
-                    (self.busy, P.Fault.BUSY))
+        # WRITE / READ: the words span past the memory (computed in CRC0/CRC1), busy
+        memory_checks = ((beyond, P.Fault.ADDRESS), (self.busy, P.Fault.BUSY))
 
         # payloads are driven in every state (only `valid` depends on the state): a
         # payload gated by the state would cost a gate per bit (512 for `instr`)
@@ -327,9 +326,13 @@ class HostBridge(wiring.Component):
                 with m.If(idx == length - 1):
                     m.next = "CRC0"
             with m.State("CRC0"), receiving(crc_on=False):
-                m.d.sync += crc_lo.eq(byte)
+                # the address check in two registered steps while the CRC arrives,
+                # keeping the 33-bit sum and compare off DISPATCH's path
+                m.d.sync += [crc_lo.eq(byte),
+                             span_end.eq(addr32 + Mux(opcode == P.Req.READ, count, tail_words))]
                 m.next = "CRC1"
             with m.State("CRC1"), receiving(crc_on=False):
+                m.d.sync += beyond.eq(span_end > self.mem_words)
                 with m.If(Cat(crc_lo, byte) == crc):
                     m.next = "DISPATCH"
                 with m.Else():
@@ -347,14 +350,14 @@ class HostBridge(wiring.Component):
                         m.next = "RESET"
                     with m.Case(P.Req.WRITE), checked(
                             ((length < _ADDR_BYTES + MB) | (tail_lane != 0), P.Fault.LENGTH),
-                            *memory_checks(tail_words)):
+                            *memory_checks):
                         m.d.sync += [addr.eq(addr32), left.eq(tail_words),
                                      ptr.eq(_ADDR_BYTES), cnt.eq(MB), lag.eq(0)]
                         m.next = "LOAD"
                     with m.Case(P.Req.READ), checked(
                             ((length != _READ_PAYLOAD) | (count == 0) | (count > MP // MB),
                              P.Fault.LENGTH),
-                            *memory_checks(count)):
+                            *memory_checks):
                         reply(ok_op, _Body.READ, count * MB)
                         m.d.sync += [addr.eq(addr32), left.eq(count)]
                     with m.Case(P.Req.EXEC), checked(

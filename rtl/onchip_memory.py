@@ -1,9 +1,9 @@
 """On-chip word memory serving the machine's memory port and the host bridge.
 
 ```
- machine.rd_req ─┐ priority            ┌─► machine.rd_resp   (tag 0)
- host.rd_req ────┴─► read port ─► data register ─► skid ─┤
-                      (Memory)         (held while stalled)  └─► host.rd_resp      (tag 1)
+ machine.rd_req ─┐ priority                                     ┌─► machine.rd_resp (tag 0)
+ host.rd_req ────┴─► read port ─► register ─► response queue ───┤
+   (accepted while < 4 words owed)  (Memory)       (4 words)     └─► host.rd_resp    (tag 1)
  machine.wr ─────┐ priority
  host.wr ────────┴─► write port (byte strobes)
 ```
@@ -16,17 +16,24 @@ port serves both; the machine wins when both request in the same cycle (the
 host bridge only accesses memory while the machine is idle, so in practice
 they never meet).
 
-Reads: a request is accepted whenever the skid register is empty
-(``rd_req.ready`` is a flip-flop, not a path through the consumer's ready),
-so a word per cycle flows while the consumer keeps taking. The read port's
-data register only changes when a request is accepted; if the consumer
-stalls while a new word is being read, the current word moves to the skid
-register. Each word carries a tag naming its requester, so responses go back
-to whoever asked, in order.
+Block RAM reads (`READ_LATENCY` 3): the word read from the storage is registered
+right behind its bank multiplexers (the block RAM's output is slow: 5.6 ns
+on an ECP5-85F), then goes into a four-word response queue
+(`lib.fifo.SyncFIFO`) that the consumers see. A request is accepted while
+fewer than four words are owed (accepted and not yet taken), so the queue
+always has room for every word in flight, ``rd_req.ready`` comes from
+a counter (not through the consumer's ready), no word is lost or repeated
+when ``rd_resp.ready`` drops, and a word per cycle flows while the consumer
+keeps taking. Each word carries a tag naming its requester, so responses go
+back to whoever asked, in order.
 
 ``storage="spram"`` keeps the words in the iCE40UP5K's single-port SPRAM
 (`rtl.spram.SpramStorage`): a cycle then reads or writes, writes first, so a
-read request waits while a write is presented; nothing else changes.
+read request waits while a write is presented. Its reads (`READ_LATENCY` 1)
+spend fewer flip-flops, which that chip is short of, and aim at its lower
+clock: the storage's output holds a word until the next read, and a single
+skid register takes it when a new read would replace it while the consumer
+stalls (requests are accepted while the skid register is empty).
 
 Addresses at or beyond `depth` are out of range: such a read returns an
 all-zero word and such a write is ignored (the stream still completes), so a
@@ -36,6 +43,7 @@ reference `sim.matmul_sim.MemoryModel` does).
 """
 from amaranth.hdl import *
 from amaranth.lib import wiring, stream
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -43,7 +51,14 @@ from .config import ConfigError, EngineConfig, refusing
 from .matmul import read_request_layout, read_response_layout, write_layout
 from .spram import SpramStorage
 
-__all__ = ["OnChipMemory", "mem_port_signature"]
+__all__ = ["OnChipMemory", "mem_port_signature", "READ_LATENCY"]
+
+#: cycles from an accepted read request to its word at ``rd_resp``, per storage:
+#: block RAM reads, a register behind its bank multiplexers, the response queue
+#: (whose READ_LATENCY + 1 words cover the words in flight and the cycle a
+#: returned credit takes, so a word per cycle flows); SPRAM's output is used as
+#: it is, with one skid register
+READ_LATENCY = {"bram": 3, "spram": 1}
 
 
 def mem_port_signature(cfg: EngineConfig):
@@ -93,37 +108,69 @@ class OnChipMemory(wiring.Component):
         # single-port storage: a read waits for a cycle without a write
         free = ~writing if self.storage == "spram" else C(1)
 
-        # ---------------- reads: request, data register, skid ----------------
-        skid_valid, skid_data, skid_tag = Signal(), Signal.like(rp.data), Signal()
-        held_valid, held_tag, held_zero = Signal(), Signal(), Signal()  # the read port's word
+        # ---------------- reads ----------------
         req_addr = Mux(mach.rd_req.valid, mach.rd_req.payload.addr, host.rd_req.payload.addr)
-        accept = Signal()
-        m.d.comb += [mach.rd_req.ready.eq(~skid_valid & free),
-                     host.rd_req.ready.eq(~skid_valid & free & ~mach.rd_req.valid),
-                     accept.eq((mach.rd_req.valid | host.rd_req.valid) & ~skid_valid & free),
+        accept, taken = Signal(), Signal()
+        pipeline = self._queued_reads if self.storage == "bram" else self._skid_reads
+        room, out_valid, out_data, out_tag = pipeline(
+            m, rp, accept, taken, tag=~mach.rd_req.valid, zero=req_addr >= depth)
+        m.d.comb += [mach.rd_req.ready.eq(room & free),
+                     host.rd_req.ready.eq(room & free & ~mach.rd_req.valid),
+                     accept.eq((mach.rd_req.valid | host.rd_req.valid) & room & free),
                      rp.addr.eq(req_addr), rp.en.eq(accept)]
-
-        out_valid = skid_valid | held_valid
-        out_tag = Mux(skid_valid, skid_tag, held_tag)
-        out_data = Mux(skid_valid, skid_data, Mux(held_zero, 0, rp.data))
         out_ready = Mux(out_tag, host.rd_resp.ready, mach.rd_resp.ready)
         m.d.comb += [mach.rd_resp.payload.data.eq(out_data), host.rd_resp.payload.data.eq(out_data),
                      mach.rd_resp.valid.eq(out_valid & ~out_tag),
-                     host.rd_resp.valid.eq(out_valid & out_tag)]
-        taken = out_valid & out_ready
+                     host.rd_resp.valid.eq(out_valid & out_tag),
+                     taken.eq(out_valid & out_ready)]
+        return m
+
+    @property
+    def read_latency(self):
+        """Cycles from an accepted read request to its word at ``rd_resp``."""
+        return READ_LATENCY[self.storage]
+
+    @staticmethod
+    def _queued_reads(m, rp, accept, taken, *, tag, zero):
+        """Block RAM: the word is registered right behind the storage (its bank
+        multiplexers included), then queued; requests are accepted while fewer words
+        are owed (accepted, not yet taken) than the queue holds.
+        Returns (room, valid, data, tag) of the response side."""
+        latency = READ_LATENCY["bram"]
+        m.submodules.queue = queue = SyncFIFO(width=len(rp.data) + 1, depth=latency + 1)
+        owed = Signal(range(latency + 2))
+        m.d.sync += owed.eq(owed + accept - taken)
+        read_valid, read_tag, read_zero = Signal(), Signal(), Signal()
+        m.d.sync += [read_valid.eq(accept), read_tag.eq(tag), read_zero.eq(zero)]
+        word_valid, word = Signal(), Signal(len(rp.data) + 1)
+        m.d.sync += [word_valid.eq(read_valid), word.eq(Cat(rp.data, read_tag))]
+        with m.If(read_zero):
+            m.d.sync += word[:-1].eq(0)
+        m.d.comb += [queue.w_en.eq(word_valid), queue.w_data.eq(word), queue.r_en.eq(taken)]
+        return owed != latency + 1, queue.r_rdy, queue.r_data[:-1], queue.r_data[-1]
+
+    @staticmethod
+    def _skid_reads(m, rp, accept, taken, *, tag, zero):
+        """SPRAM (few flip-flops on an iCE40): the storage's output holds its word until
+        the next read, and one skid register takes that word when a new read would
+        replace it while the consumer stalls; requests are accepted while the skid
+        register is empty. Returns (room, valid, data, tag) of the response side."""
+        skid_valid, skid_data, skid_tag = Signal(), Signal.like(rp.data), Signal()
+        held_valid, held_tag, held_zero = Signal(), Signal(), Signal()  # the storage's word
+        out_valid = skid_valid | held_valid
+        out_data = Mux(skid_valid, skid_data, Mux(held_zero, 0, rp.data))
         with m.If(skid_valid):
             # no request is accepted while the skid is full: the held word stays
             with m.If(taken):
                 m.d.sync += skid_valid.eq(0)
         with m.Else():
             with m.If(held_valid & ~taken & accept):
-                # the held word would be overwritten by the new read: park it
                 m.d.sync += [skid_valid.eq(1), skid_data.eq(out_data), skid_tag.eq(held_tag)]
             with m.If(accept | taken):
                 m.d.sync += held_valid.eq(accept)
         with m.If(accept):
-            m.d.sync += [held_tag.eq(~mach.rd_req.valid), held_zero.eq(req_addr >= depth)]
-        return m
+            m.d.sync += [held_tag.eq(tag), held_zero.eq(zero)]
+        return ~skid_valid, out_valid, out_data, Mux(skid_valid, skid_tag, held_tag)
 
     def _ports(self, m):
         """(read port, write port) of the storage: a `Memory`'s, or the SPRAM's behind

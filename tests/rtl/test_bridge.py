@@ -22,6 +22,7 @@ from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.bridge import HostBridge, identity_bytes
 from gpt2accel.rtl.config import ConfigError, EngineConfig
 from gpt2accel.rtl.onchip_memory import OnChipMemory
+from gpt2accel.sim.matmul_sim import transfer
 
 from attention_cases import run_seed
 from link_host import LinkHost, error_reply
@@ -404,3 +405,41 @@ def test_onchip_memory_two_ports_random_stalls(seed, storage):
     sim.add_testbench(bench)
     sim.run()
     assert counts["resp_stalls"] > 100 and counts["out_of_range"] > 50
+
+
+@pytest.mark.parametrize("storage", OnChipMemory.STORAGES)
+def test_onchip_memory_streams_a_word_per_cycle(storage):
+    """Back-to-back reads with a consumer that always takes: one word per cycle after
+    the storage's read latency, in order."""
+    n = 40
+    dut = OnChipMemory(CFG.engine, 64 if storage == "bram" else 16384, storage=storage)
+    port = dut.machine
+    got = []
+
+    async def bench(ctx):
+        for a in range(n):                                # word a holds a + 1 in every byte
+            await transfer(ctx, port.wr, {"addr": a, "data": int.from_bytes(bytes([a + 1] * MB),
+                                                                           "little"),
+                                          "strb": (1 << MB) - 1})
+        ctx.set(port.wr.valid, 0)
+        ctx.set(port.rd_resp.ready, 1)
+        cycle, first, sent = 0, None, 0
+        while len(got) < n:
+            ctx.set(port.rd_req.payload.addr, sent)
+            ctx.set(port.rd_req.valid, sent < n)
+            _, _, rq_ready, valid, data = await ctx.tick().sample(
+                port.rd_req.ready, port.rd_resp.valid, port.rd_resp.payload.data)
+            if sent < n and rq_ready:
+                first = cycle if first is None else first
+                sent += 1
+            if valid:
+                got.append((cycle, data & 0xFF))
+            cycle += 1
+        assert [d for _, d in got] == [a + 1 for a in range(n)]
+        lat = dut.read_latency
+        assert [c for c, _ in got] == list(range(first + lat, first + lat + n)), storage
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
