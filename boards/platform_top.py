@@ -20,11 +20,9 @@ def board_top(board):
     it refuses (`ConfigError`: baud rate, timeout) is reported before any tool runs."""
     from .top import BoardTop
     p = board.preset
-    # the default storage (block RAM) is not passed: BoardTop's own default
-    extra = {} if p.storage == "bram" else {"storage": p.storage}
     return BoardTop(board.cfg, mem_words=board.mem_words, clk_hz=board.clk_hz, baud=p.baud,
                     resid_bits=board.q.resid_bits, ops=list(p.ops) if p.ops else None,
-                    **extra)
+                    storage=p.storage)
 
 
 class PlatformTop(Elaboratable):
