@@ -366,10 +366,26 @@ def _results(machine, out, family):
     return res
 
 
+def source_revision():
+    """The git commit of the sources being built, "+dirty" when rtl/, boards/ or sim/
+    differ from it; None outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                                "rtl", "boards", "sim"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
+
+
 def _base_report(machine):
     p = machine.preset
     rep = dict.fromkeys(REPORT_KEYS)
     rep.update(board=p.name, rows=p.rows, cols=p.cols, device=p.device_name,
+               source=source_revision(),
                model=p.model, mem_words=machine.mem_words,
                mem_bytes=machine.mem_words * machine.cfg.engine.mem_bytes,
                clock_mhz=round(machine.clk_hz / 1e6, 4), pll=machine.pll is not None,
