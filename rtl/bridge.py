@@ -25,7 +25,8 @@ frame format, opcodes, replies and faults are defined there once).
   counted in words of `mem_bytes` while they arrive, so the length checks
   need no divider.
 - After the CRC the checks run in this order: opcode (`Fault.OPCODE`),
-  payload length (`Fault.LENGTH`), address range (`Fault.ADDRESS`), machine
+  payload length (`Fault.LENGTH`), address range (`Fault.ADDRESS`, summed
+  and compared in two registered steps while the CRC bytes arrive), machine
   busy (`Fault.BUSY`, WRITE and READ only). A LEN above `max_payload` is
   refused as soon as the header is in, before any payload.
 - A reply is sent byte by byte through multiplexers indexed by a byte
@@ -33,8 +34,10 @@ frame format, opcodes, replies and faults are defined there once).
   registers, the identity from constants, the status from a register
   sampled when the reply starts, a READ word straight from the memory's
   response, which stays presented until its last byte left (one read in
-  flight: the UART is far slower than memory); then the two CRC bytes,
-  computed over the bytes as they leave.
+  flight: the UART is far slower than memory); then the two CRC bytes.
+  Every byte passes an output register, and the CRC follows the registered
+  byte as it leaves: no path runs from the memory's read data through the
+  multiplexers and the CRC network into the UART.
 - Payloads (``instr``, ``mem.wr``, ``mem.rd_req``) are driven in every
   state and only ``valid`` depends on the state: gating the 512-bit
   instruction by the state cost 540-710 LUTs (synthesised, ECP5 and iCE40).
@@ -420,12 +423,12 @@ class HostBridge(wiring.Component):
                         with m.Default():
                             m.next = "SEND_BODY"
             with m.State("SEND_BODY"):
-                byte = Signal(8)
+                body_byte = Signal(8)
                 with m.Switch(rep_kind):
                     for kind, value in body.items():
                         with m.Case(kind):
-                            m.d.comb += byte.eq(value)
-                with m.If(send(byte) & (tx_idx == rep_len - 1)):
+                            m.d.comb += body_byte.eq(value)
+                with m.If(send(body_byte) & (tx_idx == rep_len - 1)):
                     m.d.sync += tx_idx.eq(0)
                     m.next = "SEND_CRC"
             with m.State("RD_REQ"):
