@@ -35,7 +35,7 @@ from .attention import AttentionEngine
 from .attention_config import AttentionConfig
 from .config import ConfigError
 from .isa import (VECTOR_OPS, INSTR_BITS, OPCODE_BITS, Op, Error, body_layout, kvstore_layout,
-                  legal_expr, reserved_mask)
+                  legal_expr)
 from .vecmove import VectorMover
 from .matmul import MatmulEngine, read_request_layout, read_response_layout, write_layout
 
@@ -250,6 +250,10 @@ class Machine(wiring.Component):
 
         word = Signal(INSTR_BITS)
         opcode = word[:OPCODE_BITS]
+        # reserved bits of each built opcode: everything above its body (isa.reserved_mask)
+        reserved_lo = {op: OPCODE_BITS + body_layout(c, op).size for op in self.ops}
+        reserved_from = sorted(set(reserved_lo.values()))
+        reserved = Signal(len(reserved_from))
         # the current instruction by name in a waveform viewer (an enum-shaped signal
         # carries its decoder into the VCD); the sequencer's FSM state names the phase
         current_op = Signal(Op, name="current_op")
@@ -267,7 +271,12 @@ class Machine(wiring.Component):
             with m.State("FETCH"):
                 m.d.comb += self.instr.ready.eq(1)
                 with m.If(self.instr.valid):
-                    m.d.sync += word.eq(self.instr.payload.word)
+                    # only the bodies are kept: whether an opcode's reserved bits are
+                    # set is decided here, so the unused top of the word needs no
+                    # register (hundreds of flip-flops on a small chip)
+                    m.d.sync += [word.eq(self.instr.payload.word),
+                                 reserved.eq(Cat(self.instr.payload.word[lo:] != 0
+                                                 for lo in reserved_from))]
                     with m.If(~running):               # first instruction of a program
                         m.d.sync += [running.eq(1), cycles.eq(1), icount.eq(0),
                                      error.eq(Error.NONE), flushing.eq(0)]
@@ -283,7 +292,7 @@ class Machine(wiring.Component):
                     with m.Switch(opcode):
                         for op in self.ops:
                             with m.Case(int(op)):
-                                with m.If((word & reserved_mask(c, op)) != 0):
+                                with m.If(reserved[reserved_from.index(reserved_lo[op])]):
                                     m.d.sync += [error.eq(Error.RESERVED), flushing.eq(1)]
                                     m.next = "FETCH"
                                 with m.Elif(~legal_expr(c, op, bodies[op])):
