@@ -11,8 +11,10 @@ the last position (`program_cycles`, as `bench model` times decode). A
 board that does not fit or misses timing is listed with its figures and the
 reason. ECP5 builds of the 8x8 machine take tens of minutes each;
 ``--reuse`` takes a board's finished build when its design files are
-unchanged.
+unchanged; ``--collect`` only lists the reports finished builds left (each
+with the source revision it was built from).
 """
+import json
 import sys
 
 HELP = "bitstreams of the board presets: resources, Fmax, GOPS, tokens/s, build time (slow)"
@@ -26,14 +28,22 @@ def add_arguments(parser):
                         help="build directories go in OUT/BOARD (default %(default)s)")
     parser.add_argument("--reuse", action="store_true",
                         help="use a board's finished build when its design files are unchanged")
+    parser.add_argument("--collect", action="store_true",
+                        help="build nothing: list the reports the builds in OUT left "
+                             "(each names the source revision it was built from)")
 
 
 def run(args):
     from pathlib import Path
-    from gpt2accel.boards.build import BuildError, build_board
+    from gpt2accel.boards.build import REPORT_FILE, BuildError, build_board
     from gpt2accel.boards.presets import PRESETS
     boards = []
     for name in args.board or list(PRESETS):
+        if args.collect:
+            path = Path(args.out) / name / REPORT_FILE
+            boards.append(json.loads(path.read_text()) if path.is_file() else
+                          {"board": name, "status": "not built", "error": f"no {path}"})
+            continue
         print(f"--- {name}", file=sys.stderr)
         try:
             boards.append(build_board(name, Path(args.out) / name, reuse=args.reuse))
@@ -52,6 +62,8 @@ def format_text(result):
             return format(v, fmt) if v is not None else "-"
         array = f"{b.get('rows', '?')}x{b.get('cols', '?')}"
         status = b.get("status", "?")
+        if b.get("source"):
+            status += f" (source {b['source']})"
         if b.get("error"):
             status += f": {b['error']}"
         lines.append(

@@ -250,3 +250,27 @@ def test_icebreaker_bitstream_builds_and_meets_timing(tmp_path, capsys):
 def test_ecp5_bitstream_builds_and_meets_timing(board, tmp_path):
     """The whole machine on each ECP5 preset (10-30 minutes each)."""
     _check_built(B.build_board(board, tmp_path), board)
+
+
+def test_bench_boards_collects_finished_reports(tmp_path, capsys):
+    """`bench boards --collect` lists the reports builds left, and says which board
+    has none; the text table shows figures, failures and their reasons."""
+    rep = dict.fromkeys(B.REPORT_KEYS)
+    rep.update(board="ulx3s-85f", rows=8, cols=8, lut=40000, ff=20000, dsp=82, bram=110,
+               fmax_mhz=51.2, gops=6.554, tokens_per_s=2034.9, build_s=2400.0,
+               bitstream="/x/top.bit", status="ok", source="abc1234", clock_mhz=40.0,
+               critical_path={"from_source": "rtl/a.py:1", "to_source": "rtl/b.py:2",
+                              "logic_levels": 9, "delay_ns": 19.5})
+    (tmp_path / "ulx3s-85f").mkdir()
+    (tmp_path / "ulx3s-85f" / B.REPORT_FILE).write_text(json.dumps(rep))
+    argv = ["bench", "boards", "--collect", "--out", str(tmp_path), "--board", "ulx3s-85f",
+            "--board", "icebreaker"]
+    assert main(argv + ["--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["boards"]
+    assert got[0] == rep
+    assert got[1]["board"] == "icebreaker" and got[1]["status"] == "not built"
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "ulx3s-85f" in text and "51.2" in text and "ok (source abc1234)" in text
+    assert "rtl/a.py:1 -> rtl/b.py:2 (9 logic levels" in text
+    assert "icebreaker" in text and "not built" in text
