@@ -283,7 +283,7 @@ class MatmulEngine(wiring.Component):
         a_rd = a_mem.read_port(domain="sync", transparent_for=())
         m.submodules.w_fifo = w_fifo = fifo.SyncFIFOBuffered(width=8 * MB, depth=c.w_fifo_depth)
         param_width = 8 * c.param_bytes_per_tile
-        m.submodules.p_fifo = p_fifo = fifo.SyncFIFO(width=param_width, depth=c.param_fifo_tiles)
+        m.submodules.p_fifo = p_fifo = fifo.SyncFIFOBuffered(width=param_width, depth=c.param_fifo_tiles)
         out_rows = c.out_fifo_tiles * R
         m.submodules.o_fifo = o_fifo = fifo.SyncFIFOBuffered(width=32 * C, depth=out_rows + 1)
 
