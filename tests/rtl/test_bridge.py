@@ -443,3 +443,25 @@ def test_onchip_memory_streams_a_word_per_cycle(storage):
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
+
+
+def test_timeout_boundary(seed):
+    """A gap of exactly timeout_cycles idle cycles inside a frame is allowed; one more
+    cycle is a TIMEOUT."""
+    rng = random.Random(seed + 5)
+    ident = (P.Req.PING | P.REPLY,
+             identity_bytes(CFG, mem_words=WORDS, max_payload=MAX_PAYLOAD, resid_bits=16))
+
+    async def body(ctx, host, br, state):
+        frame = P.frame(P.Req.PING)
+        for gap, want in ((TIMEOUT, ident), (TIMEOUT + 1, error_reply(F.TIMEOUT, P.Req.PING))):
+            cut = rng.randrange(2, len(frame))        # after the opcode, before the end
+            await host.send(ctx, frame[:cut])
+            await host.idle(ctx, gap)
+            if want[0] == P.ERROR:
+                assert await host.drain(ctx, SETTLE) == [want], f"gap {gap} at byte {cut}"
+            else:
+                await host.send(ctx, frame[cut:])
+                assert await host.reply(ctx) == want, f"gap {gap} at byte {cut}"
+
+    _run(seed, body, stall=0.0)
