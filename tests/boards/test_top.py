@@ -30,6 +30,7 @@ from gpt2accel.rtl.config import ConfigError, EngineConfig
 from gpt2accel.rtl.isa import Error, Op, encode
 from gpt2accel.rtl.uart import UartRx, UartTx
 from gpt2accel.sim.matmul_layout import MatmulLayout
+from gpt2accel.sim.program_cycles import program_cycles
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rtl"))
 from attention_cases import run_seed  # noqa: E402
@@ -191,7 +192,7 @@ def test_exec_matmul_illegal_and_reset_through_bridge(seed):
     long = _matmul_case(rng, nrng, (8, 64, 8))      # a few hundred cycles: reset mid-way
     halt = encode(CFG, Op.HALT)
 
-    async def run_and_check(ctx, case):
+    async def run_and_check(ctx, case, exact=False):
         lay, image, want = case
         what = f"{lay.m}x{lay.k}x{lay.n} raw={lay.raw}, GPT2ACCEL_SEED={seed}"
         await dev.write(ctx, 0, image)
@@ -202,7 +203,12 @@ def test_exec_matmul_illegal_and_reset_through_bridge(seed):
         np.testing.assert_array_equal(lay.result(CFG.engine, mem), want, err_msg=what)
         mask = lay.output_mask(CFG.engine, lay.end)
         np.testing.assert_array_equal(mem[~mask], image[~mask], err_msg=f"stray write, {what}")
-        print(f"{what}: {cycles} machine cycles")
+        model, _ = program_cycles(CFG, [encode(CFG, Op.MATMUL, **lay.command), halt])
+        print(f"{what}: {cycles} machine cycles, cycle model {model}")
+        if exact:
+            # block RAM answers like the reference memory (3 cycles, a word per cycle) and
+            # the bridge has the HALT ready before the MATMUL ends: the model's cycles
+            assert cycles == model, what
         return cycles
 
     async def body(ctx):
@@ -217,7 +223,7 @@ def test_exec_matmul_illegal_and_reset_through_bridge(seed):
         assert ctx.get(core.error) == Error.OPCODE
         await run_and_check(ctx, small)                  # usable afterwards, error cleared
         # RESET mid-instruction: the reply to a lone MATMUL comes once it started
-        full = await run_and_check(ctx, long)
+        full = await run_and_check(ctx, long, exact=True)
         busy, err, started, icount = await dev.status(
             ctx, P.Req.EXEC, _program(encode(CFG, Op.MATMUL, **long[0].command)))
         assert (busy, err, icount) == (1, Error.NONE, 1)
