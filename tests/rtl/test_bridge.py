@@ -272,7 +272,8 @@ def _corrupt(rng, valid_frames):
     return bytes(f), kind
 
 
-def test_fuzz_corrupt_frames_never_wedge_or_modify(seed):
+@pytest.mark.parametrize("rounds", [40, pytest.param(600, marks=pytest.mark.slow)])
+def test_fuzz_corrupt_frames_never_wedge_or_modify(seed, rounds):
     rng = random.Random(seed + 3)
     model = np.zeros((WORDS, MB), np.uint8)
     ident = (P.Req.PING | P.REPLY,
@@ -286,7 +287,7 @@ def test_fuzz_corrupt_frames_never_wedge_or_modify(seed):
 
     async def body(ctx, host, br, state):
         kinds = {}
-        for i in range(40):
+        for i in range(rounds):
             frames = [P.frame(*valid_request()) for _ in range(3)]
             bad, kind = _corrupt(rng, frames)
             kinds[kind] = kinds.get(kind, 0) + 1
