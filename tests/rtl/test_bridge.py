@@ -38,10 +38,10 @@ F = P.Fault
 
 
 class _BridgeAndMemory(wiring.Component):
-    def __init__(self):
-        self.bridge = HostBridge(CFG, mem_words=WORDS, max_payload=MAX_PAYLOAD,
+    def __init__(self, cfg):
+        self.bridge = HostBridge(cfg, mem_words=WORDS, max_payload=MAX_PAYLOAD,
                                  timeout_cycles=TIMEOUT)
-        self.memory = OnChipMemory(CFG.engine, WORDS)
+        self.memory = OnChipMemory(cfg.engine, WORDS)
         super().__init__({})
 
     def elaborate(self, platform):
@@ -56,11 +56,11 @@ def seed():
     return run_seed()
 
 
-def _run(seed, body, *, stall=0.3):
+def _run(seed, body, *, stall=0.3, cfg=CFG):
     """Simulate `body(ctx, host, bridge, state)`; state["instrs"] collects EXEC words,
     state["resets"] counts machine_reset pulses."""
     rng = random.Random(seed)
-    top = _BridgeAndMemory()
+    top = _BridgeAndMemory(cfg)
     br = top.bridge
     host = LinkHost(br.rx, br.tx, random.Random(rng.random()), stall=stall)
     state = {"instrs": [], "resets": 0}
@@ -166,7 +166,9 @@ def test_exec_feeds_words_in_order_and_reset_pulses(seed):
             assert await host.request(ctx, P.Req.EXEC, payload) == (
                 P.Req.EXEC | P.REPLY, struct.pack(P.STATUS_FORMAT, *status))
             sent += words
-        assert state["instrs"] == sent, f"GPT2ACCEL_SEED={seed}"
+        # bytes past the widest body reach the machine as one "reserved bits set" bit
+        assert state["instrs"] == [br.presented(w) for w in sent], f"GPT2ACCEL_SEED={seed}"
+        assert any(br.presented(w) != w for w in sent)
         assert state["resets"] == 0
         op, _ = await host.request(ctx, P.Req.RESET)
         assert op == P.Req.RESET | P.REPLY and state["resets"] == 1
@@ -466,3 +468,34 @@ def test_timeout_boundary(seed):
                 assert await host.reply(ctx) == want, f"gap {gap} at byte {cut}"
 
     _run(seed, body, stall=0.0)
+
+
+def test_word_size_not_a_power_of_two(seed):
+    """12-byte words (a 2x6 array): WRITE lengths are counted in words as they arrive and
+    READ replies pick bytes 0..11 of each word; a WRITE of 1.5 words is a LENGTH fault."""
+    cfg = AttentionConfig(engine=EngineConfig(rows=2, cols=6, max_k=64, max_m=8, max_n=64,
+                                              addr_bits=12),
+                          tile=4, lanes=1, norm_lanes=1, max_d_head=16, max_seq=16)
+    mb = cfg.engine.mem_bytes
+    rng = random.Random(seed + 6)
+    model = np.zeros((WORDS, mb), np.uint8)
+
+    async def body(ctx, host, br, state):
+        for _ in range(8):
+            n = rng.randint(1, (MAX_PAYLOAD - 4) // mb)
+            a = rng.randint(0, WORDS - n)
+            words = np.frombuffer(rng.randbytes(n * mb), np.uint8).reshape(n, mb)
+            assert await host.request(ctx, P.Req.WRITE, struct.pack("<I", a) + words.tobytes()) \
+                == (P.Req.WRITE | P.REPLY, b"")
+            model[a:a + n] = words
+            b, k = rng.randint(0, WORDS - 4), rng.randint(1, 4)
+            assert await host.request(ctx, *_read(b, k)) == (P.Req.READ | P.REPLY,
+                                                             model[b:b + k].tobytes())
+        assert await host.request(ctx, P.Req.WRITE, bytes(4 + mb + mb // 2)) \
+            == error_reply(F.LENGTH, P.Req.WRITE)
+        assert await host.request(ctx, *_read(0, MAX_PAYLOAD // mb + 1)) \
+            == error_reply(F.LENGTH, P.Req.READ)
+        op, data = await host.request(ctx, *_read(0, MAX_PAYLOAD // mb))
+        assert data == model[:MAX_PAYLOAD // mb].tobytes(), f"GPT2ACCEL_SEED={seed}"
+
+    _run(seed, body, cfg=cfg)
