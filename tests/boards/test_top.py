@@ -27,7 +27,7 @@ from gpt2accel.rtl import protocol as P
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.bridge import identity_bytes
 from gpt2accel.rtl.config import ConfigError, EngineConfig
-from gpt2accel.rtl.isa import Error, Op, encode
+from gpt2accel.rtl.isa import INSTR_BITS, Error, Op, encode
 from gpt2accel.rtl.uart import UartRx, UartTx
 from gpt2accel.sim.matmul_layout import MatmulLayout
 from gpt2accel.sim.program_cycles import program_cycles
@@ -221,6 +221,11 @@ def test_exec_matmul_illegal_and_reset_through_bridge(seed):
         assert (busy, err, icount) == (0, Error.OPCODE, 3), f"GPT2ACCEL_SEED={seed}"
         np.testing.assert_array_equal(await dev.read(ctx, 0, lay.end), image)
         assert ctx.get(core.error) == Error.OPCODE
+        # a reserved bit in the word's last byte (beyond what the bridge keeps)
+        busy, err, _, icount = await dev.status(
+            ctx, P.Req.EXEC, _program(matmul | 1 << (INSTR_BITS - 1 - rng.randrange(8)), halt))
+        assert (busy, err, icount) == (0, Error.RESERVED, 2), f"GPT2ACCEL_SEED={seed}"
+        np.testing.assert_array_equal(await dev.read(ctx, 0, lay.end), image)
         await run_and_check(ctx, small)                  # usable afterwards, error cleared
         # RESET mid-instruction: the reply to a lone MATMUL comes once it started
         full = await run_and_check(ctx, long, exact=True)
