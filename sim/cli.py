@@ -33,7 +33,9 @@ def resolve_model_dir(name):
 
 
 #: Backends that run the simulated machine (sim/driver.py); the others are models.
-HARDWARE_BACKENDS = ("pysim", "fast")
+#: serial: a board over a serial port; board-sim: the same path to a Verilated board.
+BOARD_BACKENDS = ("serial", "board-sim")
+HARDWARE_BACKENDS = ("pysim", "fast") + BOARD_BACKENDS
 
 
 def _load_backend(model_dir, backend):
@@ -62,6 +64,10 @@ def cmd_generate(args):
     hardware = args.backend in HARDWARE_BACKENDS
     if getattr(args, "vcd", None) and not hardware:
         raise UsageError("--vcd needs a simulated-hardware backend (--backend pysim)")
+    if getattr(args, "port", None) and args.backend != "serial":
+        raise UsageError("--port needs --backend serial")
+    if args.backend == "serial" and not args.port:
+        raise UsageError("--backend serial needs --port (e.g. /dev/ttyUSB0)")
     model = _load_backend(model_dir, "int" if hardware else args.backend)
     run = _HardwareRun(model, args) if hardware else None
     # the demo's defaults depend on how fast the simulation that actually runs is
@@ -144,12 +150,14 @@ class _HardwareRun:
                 backend = "pysim"
         if args.vcd and backend != "pysim":
             raise UsageError("--vcd needs --backend pysim (the Amaranth simulator)")
-        be = backend
+        be, mem_words = backend, None
         if args.vcd:
             from gpt2accel.sim.driver import PysimBackend
             be = PysimBackend(vcd=args.vcd)
+        if backend in BOARD_BACKENDS:
+            be, mem_words = _board_backend(args, cfg, qmodel)
         self.backend_name, self.cfg = backend, cfg
-        self.drv = Driver(qmodel, cfg, be, check=args.check)
+        self.drv = Driver(qmodel, cfg, be, mem_words=mem_words, check=args.check)
         print(f"[machine {args.rows}x{args.cols} array, max_m {cfg.engine.max_m}, "
               f"{self.drv.mem_words} words of {cfg.engine.mem_bytes} bytes; backend {backend}"
               f"{', checking every step against QuantGPT2' if args.check else ''}]",
@@ -225,6 +233,25 @@ class _HardwareRun:
         for mode, toks, cpt, util, tps, spt in rows:
             print(f"{mode:8} {toks:6d} {cpt:13,.0f} {100 * util:8.1f}% {tps:28,.0f} "
                   f"{spt:12.1f}", file=sys.stderr)
+
+
+def _board_backend(args, cfg, qmodel):
+    """(SerialBackend, memory words the model needs) for --backend serial (the board at
+    --port) or board-sim (the board top compiled with Verilator behind a simulated UART)."""
+    from gpt2accel.sim.serial_backend import PySerialLink, SerialBackend, model_mem_words
+    words = model_mem_words(cfg, qmodel)
+    if args.backend == "serial":
+        print(f"[board at {args.port}, {args.baud} baud]", file=sys.stderr)
+        return SerialBackend(PySerialLink(args.port, args.baud)), words
+    from gpt2accel.sim.board_sim import SIM_BAUD, SIM_CLK_HZ, FastLink
+    from gpt2accel.sim.fast import FastBackendUnavailable
+    print(f"[board-sim: the board top ({words} words of on-chip memory, UART at "
+          f"{SIM_CLK_HZ // SIM_BAUD} cycles per bit) in Verilator; first build ~3 minutes, "
+          f"loading the weights over the simulated UART ~1 minute]", file=sys.stderr)
+    try:
+        return SerialBackend(FastLink(cfg, mem_words=words)), words
+    except FastBackendUnavailable as e:
+        raise UsageError(f"--backend board-sim needs Verilator: {e}") from None
 
 
 #: The demo's (prompt, max_new_tokens) per backend that runs: on Amaranth's simulator
@@ -386,12 +413,19 @@ def build_parser():
     p.add_argument("--model", default="tiny",
                    help="'tiny' (shipped) or a HF GPT-2 checkpoint directory with config.json "
                         "and model.safetensors (default: %(default)s)")
-    p.add_argument("--backend", choices=["float", "int", "pysim", "fast"], default="float",
+    p.add_argument("--backend", choices=["float", "int", "pysim", "fast", *BOARD_BACKENDS],
+                   default="float",
                    help="float: the float32 reference; int: the integer golden model; "
-                        "pysim / fast: the machine's RTL in Amaranth's simulator / Verilator "
-                        "(default: %(default)s)")
+                        "pysim / fast: the machine's RTL in Amaranth's simulator / Verilator; "
+                        "serial: a board at --port; board-sim: the same serial protocol to "
+                        "the board top simulated with Verilator (default: %(default)s)")
     _add_sampling(p, 100)
     _add_hardware(p, check_default=False)
+    p.add_argument("--port", default=None,
+                   help="--backend serial: the board's serial port (/dev/ttyUSB0, COM3, or a "
+                        "pyserial URL such as socket://host:port)")
+    p.add_argument("--baud", type=int, default=1_000_000,
+                   help="--backend serial: the bitstream's UART baud rate (default: %(default)s)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("quantise", help="quantise a GPT-2 into the integer golden model's file",

@@ -167,3 +167,37 @@ def test_verilog_whole_machine(capsys, tmp_path):
     text = out.read_text()
     assert "module gpt2accel_machine(" in text and "max_seq 128" in err
     assert text.count("\nmodule ") > 5        # submodules: not the matmul engine alone
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--backend", "serial"], "--backend serial needs --port"),
+    (["generate", "--backend", "int", "--port", "/dev/ttyUSB0"], "--port needs --backend serial"),
+    (["generate", "--backend", "serial", "--port", "/nonexistent/ttyUSB9"],
+     "cannot open serial port '/nonexistent/ttyUSB9'"),
+])
+def test_serial_backend_errors_are_one_line(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("gpt2accel: error:") and message in err
+    assert "Traceback" not in err
+
+
+def test_serial_backend_without_pyserial(capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "serial", None)        # import fails
+    code, _, err = run(capsys, "generate", "--backend", "serial", "--port", "/dev/ttyUSB0")
+    assert code == 2 and "the serial backend needs pyserial: pip install pyserial" in err
+
+
+@pytest.mark.slow
+def test_generate_on_the_simulated_board_matches_int_backend(capsys):
+    """The serial path end to end: the board top in Verilator behind a simulated UART,
+    the model loaded over it (~1.5 minutes), greedy tokens equal the integer backend's."""
+    args = ("--temperature", "0", "--prompt", "RO", "--max-new-tokens", "2")
+    code, out, err = run(capsys, "generate", "--backend", "board-sim", *args)
+    if code == 2 and "board-sim needs Verilator" in err:
+        pytest.skip(err.strip())
+    assert code == 0, err
+    assert "backend board-sim" in err
+    _, want, _ = run(capsys, "generate", "--backend", "int", *args)
+    assert out == want
