@@ -76,6 +76,7 @@ class PlatformTop(Elaboratable):
         else:
             # the iCE40 PLL takes its input straight from the pad (SB_PLL40_PAD)
             m.submodules.pll = b.pll.instance(pin.io, cd.clk, lock)
-        platform.add_clock_constraint(cd.clk, b.pll.fout)
+        # no explicit constraint: nextpnr derives the PLL output's from its parameters and
+        # the oscillator pin's constraint ("Derived frequency constraint ... for net clk")
         m.submodules.reset_sync = ResetSynchronizer(~lock, domain="sync")
 
