@@ -173,13 +173,6 @@ def _fault_name(code):
         return f"fault {code}"
 
 
-def _req_name(code):
-    try:
-        return P.Req(code).name
-    except ValueError:
-        return f"opcode 0x{code:02x}"
-
-
 # ---------------------------------------------------------------- backend
 
 class SerialBackend(Backend):
@@ -233,8 +226,8 @@ class SerialBackend(Backend):
     def request(self, req, payload=b"", *, reply_bytes=0, wait_s=None, what=None):
         """Send request `req` and return its reply's payload.
 
-        The reply may take `wait_s` (default `timeout_s`) beyond twice the wire
-        time of the request and of a `reply_bytes`-byte reply payload. Frames
+        The reply may take `wait_s` (default `timeout_s`) beyond `WIRE_MARGIN`
+        times the wire time of the request and of a `reply_bytes`-byte reply. Frames
         that answer an earlier request (late replies after a timeout) are
         skipped; an ERROR reply raises `HardwareError`.
         """

@@ -329,9 +329,9 @@ def _fuzz(board, seed, rounds):
 
 
 def test_fuzzed_frames_never_wedge_the_board(board, seed):
-    """120 bad bursts, each followed by a valid command; then memory and a program are
+    """80 bad bursts, each followed by a valid command; then memory and a program are
     unchanged."""
-    _fuzz(board, seed, 120)
+    _fuzz(board, seed, 80)
 
 
 @pytest.mark.slow
