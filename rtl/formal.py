@@ -80,11 +80,22 @@ def quiet_counter(m, quiet, limit, name):
 
 
 def stream_ports(component):
-    """{name: (interface, is_input)} for the `lib.stream` ports of a component."""
+    """{name: (interface, is_input)} for the `lib.stream` ports of a component, also
+    inside nested interfaces (named ``outer.inner``; flows compose)."""
     ports = {}
-    for name, member in component.signature.members.items():
-        if member.is_signature and isinstance(member.signature, stream.Signature):
-            ports[name] = (getattr(component, name), member.flow == In)
+
+    def walk(obj, signature, prefix, flipped):
+        for name, member in signature.members.items():
+            if not member.is_signature:
+                continue
+            inner = getattr(obj, name)
+            is_in = (member.flow == In) != flipped
+            if isinstance(member.signature, stream.Signature):
+                ports[prefix + name] = (inner, is_in)
+            else:
+                walk(inner, member.signature, f"{prefix}{name}.", is_in)
+
+    walk(component, component.signature, "", False)
     return ports
 
 
@@ -169,11 +180,12 @@ class Harness(Elaboratable):
         for name, (port, is_input) in ports.items():
             if not (is_input or outputs):
                 continue
-            rule = stream_rule(m, port, pv, f"{prefix}{name}")
+            label = f"{prefix}{name}".replace(".", "_")
+            rule = stream_rule(m, port, pv, label)
             if is_input:
                 self.assume(rule, f"{prefix}{name}: environment obeys the stream rule")
             else:
-                self.check(f"{prefix}{name}_hold", rule,
+                self.check(f"{label}_hold", rule,
                            f"`{prefix}{name}` keeps valid and payload until ready")
         return ports
 
@@ -285,12 +297,13 @@ def seeded_bug(cls, kind, port, value=0):
                 else:
                     m.d.comb += theirs.eq(value_)
             # later assignments in a module override earlier ones: the bug
+            path = port.split(".")
             if kind == "ignore_ready":
-                m.d.comb += getattr(inner, port).ready.eq(1)
+                m.d.comb += _member(inner, path).ready.eq(1)
             elif kind == "ignore_valid":
-                m.d.comb += getattr(inner, port).valid.eq(1)
+                m.d.comb += _member(inner, path).valid.eq(1)
             elif kind == "stall_input":
-                m.d.comb += [getattr(inner, port).valid.eq(0), getattr(self, port).ready.eq(0)]
+                m.d.comb += [_member(inner, path).valid.eq(0), _member(self, path).ready.eq(0)]
             else:
                 m.d.comb += _member(self, port.split(".")).eq(value)
             return m

@@ -209,6 +209,8 @@ class MachineHarness(UnitHarness):
                    "no read in flight when the next instruction is fetched")
         self.reach("reach_flush_end", end2 & (error == Error.FIELD),
                    "a program with an illegal field reaches its HALT")
+        self.reach("reach_write_stall", u.wr.valid & ~u.wr.ready,
+                   "an instruction's write waits for memory (the stream rules are exercised)")
 
 
 @register

@@ -63,6 +63,7 @@ class UnitHarness(Harness):
     deep_depth = 40
     bmc_only = ()
     deep_only = ()       # properties run only with --deep (their bound is long)
+    depths = {}          # property -> its own default depth (instead of `depth`)
     slow_only = False    # the whole harness runs only with --deep
     #: property -> the seeded bug that must make it fail (``<port>_hold`` properties
     #: default to dropping that port's ready gating)
@@ -77,7 +78,7 @@ class UnitHarness(Harness):
         """The seeded bug (`seeded_bug` kind, port[, value]) that `prop` must catch."""
         if prop in cls.bugs:
             return cls.bugs[prop]
-        if prop.endswith("_hold"):
+        if prop.endswith("_hold"):     # ports of nested interfaces are listed in `bugs`
             return ("ignore_ready", prop[:-len("_hold")])
         raise KeyError(f"{cls.unit}: no seeded bug for {prop!r}")
 

