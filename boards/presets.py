@@ -99,6 +99,7 @@ class Preset:
     ops: tuple = None
     storage: str = "bram"      # "spram": the iCE40UP's single-port RAMs (rtl/spram.py)
     mem_words: int = None      # None: exactly what the model needs
+    mem_bytes: int = None      # memory word width; None: the engine's default, 2*cols
 
     @property
     def device_name(self):
@@ -140,7 +141,7 @@ class BoardMachine:
             else:
                 from gpt2accel.sim.offload import offload_words
                 self.cfg = offload_config(self.q, p.rows, p.cols,
-                                          (p.mem_words or 1 << 16) - 1)
+                                          (p.mem_words or 1 << 16) - 1, p.mem_bytes)
                 words = offload_words(self.cfg, self.q)
         except ValueError as e:       # CompileError, ConfigError are ValueErrors
             raise PresetError(f"{where}: the {p.model} model does not map onto it: {e}") from None
@@ -200,14 +201,15 @@ class BoardMachine:
                 f"clock {clock}, UART {p.baud} baud ({p.uart})")
 
 
-def offload_config(qmodel, rows, cols, max_addr):
+def offload_config(qmodel, rows, cols, max_addr, mem_bytes=None):
     """The MATMUL-only machine for offloading `qmodel`'s linear layers: K and N up to
     4*n_embd (c_fc, c_proj), max_m 8 rows per program. The attention fields are unused
     by a MATMUL-only machine; the ISA's field widths still follow them."""
     mc = qmodel.config
     return AttentionConfig(
         engine=EngineConfig(rows=rows, cols=cols, max_k=4 * mc.n_embd, max_m=max(8, rows),
-                            max_n=4 * mc.n_embd, addr_bits=max(1, max_addr.bit_length())),
+                            max_n=4 * mc.n_embd, addr_bits=max(1, max_addr.bit_length()),
+                            mem_bytes=mem_bytes),
         tile=2, lanes=1, norm_lanes=1, max_d_head=mc.n_embd // mc.n_head,
         max_seq=mc.n_positions)
 
@@ -258,8 +260,9 @@ def load_model(name):
 _RGB = "rgb_led"
 
 PRESETS = {p.name: p for p in [
-    Preset("icebreaker", ICEBreakerPlatform, rows=2, cols=2, clk_hz=12e6, baud=1_000_000,
-           model="tiny", ops=("matmul",), storage="spram", mem_words=32768,
+    # 2x2 (6,944 LCs, 131 %) does not fit; 2x1 does (words stay 4 bytes: SPRAM is 16 bits wide)
+    Preset("icebreaker", ICEBreakerPlatform, rows=2, cols=1, clk_hz=12e6, baud=1_000_000,
+           model="tiny", ops=("matmul",), storage="spram", mem_words=32768, mem_bytes=4,
            leds=LEDs(busy=("led", 1, None), error=("led", 0, None)),
            notes="FTDI FT2232H USB-serial; 12 MHz oscillator; the whole machine does not fit "
                  "the iCE40UP5K: a MATMUL co-processor for the linear layers"),
