@@ -223,6 +223,8 @@ class HostBridge(wiring.Component):
         bidx = Signal(range(IB))                     # index of the byte being loaded
         cnt = Signal(range(max(MB, IB) + 1))
         lag = Signal()                               # the buffer read port's byte is valid
+        lag2, lbyte = Signal(), Signal(8)            # ... and registered
+        m.d.sync += lbyte.eq(buf_r.data)
         settle = Signal(range(FETCH_TO_ISSUE + 1))
         # ---------------- reply ----------------
         rep_op, rep_len = Signal(8), Signal(16)
@@ -391,21 +393,23 @@ class HostBridge(wiring.Component):
                         fault(P.Fault.OPCODE)
 
             with m.State("LOAD"):
-                # cnt bytes from the buffer into `word`, one per cycle (read latency 1)
-                m.d.sync += lag.eq(cnt != 0)
+                # cnt bytes from the buffer into `word`, one per cycle: read (lag), then
+                # registered (lbyte, lag2) before any logic, since the block RAM's output
+                # is slow (5.8 ns on ECP5) and `above` compares the byte
+                m.d.sync += [lag.eq(cnt != 0), lag2.eq(lag)]
                 with m.If(cnt != 0):
                     m.d.sync += [ptr.eq(ptr + 1), cnt.eq(cnt - 1)]
-                with m.If(lag):
+                with m.If(lag2):
                     m.d.sync += bidx.eq(bidx + 1)
                     with m.Switch(bidx):
                         for i in range(W):
                             with m.Case(i):
-                                m.d.sync += word.word_select(i, 8).eq(buf_r.data)
+                                m.d.sync += word.word_select(i, 8).eq(lbyte)
                                 if i >= KB:
-                                    m.d.sync += above.eq(above | (buf_r.data != 0))
+                                    m.d.sync += above.eq(above | (lbyte != 0))
                         with m.Default():
-                            m.d.sync += above.eq(above | (buf_r.data != 0))
-                    with m.If(cnt == 0):
+                            m.d.sync += above.eq(above | (lbyte != 0))
+                    with m.If((cnt == 0) & ~lag):
                         with m.If(opcode == P.Req.WRITE):
                             m.next = "WR"
                         with m.Else():
