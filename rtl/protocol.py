@@ -40,7 +40,8 @@ opcode or 0) and the device returns to hunting for `SYNC`:
   address, busy) and the first failing check is reported;
 * a frame that stops arriving: a gap longer than the device's byte timeout
   inside a frame (`Fault.TIMEOUT`), so a truncated frame never wedges it;
-* a UART framing error (missing stop bit) inside a frame (`Fault.SERIAL`).
+* a UART framing error (missing stop bit) or overrun (a byte arriving before
+  the previous one was taken) inside a frame (`Fault.SERIAL`).
 
 A program (`EXEC` frames, as many as it takes) ends with HALT; the host
 polls STATUS until ``busy`` clears, then reads the results with READ. RESET
