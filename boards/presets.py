@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from amaranth.build import Attrs
-from amaranth_boards.ecpix5 import ECPIX585Platform
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.orangecrab_r0_2 import OrangeCrabR0_2_85FPlatform
 from amaranth_boards.resources import UARTResource
@@ -58,7 +57,6 @@ class Device:
 
 DEVICES = {
     "LFE5U-85F": Device("ecp5", logic=83640, ff=83640, dsp=156, bram=208, bram_bits=16384),
-    "LFE5UM5G-85F": Device("ecp5", logic=83640, ff=83640, dsp=156, bram=208, bram_bits=16384),
     "iCE40UP5K": Device("ice40", logic=5280, ff=5280, dsp=8, bram=30, bram_bits=4096, spram=4),
 }
 
@@ -275,10 +273,6 @@ PRESETS = {p.name: p for p in [
            leds=LEDs(busy=(_RGB, 0, "g"), error=(_RGB, 0, "r"), alive=(_RGB, 0, "b")),
            uart="a 3.3 V USB-serial adapter on Feather header pins 0 (RX) and 1 (TX)",
            notes="48 MHz oscillator; no USB-serial chip"),
-    Preset("ecpix5-85f", ECPIX585Platform, rows=8, cols=8, clk_hz=50e6, baud=1_000_000,
-           model="tiny",
-           leds=LEDs(busy=(_RGB, 0, "g"), error=(_RGB, 0, "r"), alive=(_RGB, 1, "b")),
-           notes="FTDI FT2232 USB-serial; 100 MHz oscillator"),
 ]}
 
 

@@ -48,7 +48,7 @@ def test_every_preset_resolves_and_fits_its_chip():
     ("ulx3s-85f", dict(rows=12, cols=12), "d_head 16 is not a multiple of mem_bytes 24"),
     ("ulx3s-85f", dict(rows=20, cols=8), "160 processing elements need as many multipliers, "
                                          "the LFE5U-85F has 156 DSP blocks"),
-    ("ecpix5-85f", dict(clk_hz=500e6), "ECP5 PLL output 500 MHz outside 3.125..400 MHz"),
+    ("orangecrab-85f", dict(clk_hz=500e6), "ECP5 PLL output 500 MHz outside 3.125..400 MHz"),
 ])
 def test_impossible_presets_are_refused_with_the_numbers(board, kw, message):
     with pytest.raises(P.PresetError, match=re.escape(message)):
