@@ -119,7 +119,7 @@ def _script_commands(build_dir, name):
 #: nextpnr log lines that start a sub-phase
 _PNR_STEPS = [("Packing", "pack cells"), ("Running main analytical placer", "place"),
               ("Running simulated annealing placer", "place (refine)"),
-              ("Routing globals", "route"), ("Routing complete", "route done")]
+              ("Routing..", "route"), ("Routing complete", "route done")]
 
 
 def _run(var, line, build_dir, env, progress, name):
