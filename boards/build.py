@@ -98,9 +98,9 @@ class _Progress:
     """Phase lines on stderr: `[ elapsed s] phase ...`, plus a line a minute while a long
     phase runs."""
 
-    def __init__(self, out=sys.stderr):
+    def __init__(self, out=None):
         self.t0 = time.monotonic()
-        self.out = out
+        self.out = out or sys.stderr      # looked up now: tests capture sys.stderr
 
     def line(self, text):
         print(f"[{time.monotonic() - self.t0:7.1f} s] {text}", file=self.out, flush=True)
