@@ -5,14 +5,17 @@
 
 A preset names an amaranth-boards platform, the systolic array, the machine
 clock (a PLL makes it when it is not the board oscillator's), the UART baud
-rate, and the model the on-chip memory is sized for: the memory holds that
-model's whole image (weights, tables, KV caches, activations), exactly
-`ModelCompiler(...).end` words, so weights are loaded over the UART after
-configuration (docs/architecture.md "Board top"). `resolve` checks what can
-be checked before a long build: the compiler must accept the model on the
-array (a head's d_head a multiple of the 2*cols-byte memory word), the
-model's memory must fit the chip's block RAM, and the array's multipliers
-its DSPs; each failure is a `PresetError` naming the numbers.
+rate, and the model the on-chip memory is sized for. The whole machine's
+memory holds that model's whole image (weights, tables, KV caches,
+activations), exactly `ModelCompiler(...).end` words; a MATMUL-only machine
+(``ops=("matmul",)``, the iCE40UP5K, where the whole machine does not fit)
+holds the linear layers' weights for `sim.offload.OffloadDriver`. Weights
+are loaded over the UART after configuration (docs/architecture.md "Board
+top and host bridge"). `resolve` checks what can be checked before a long
+build: the model must map onto the array (a head's d_head a multiple of the
+memory word), its memory must fit the chip's RAM (SPRAM alone when the
+preset stores words there), the array's multipliers its DSPs, the PLL must
+reach the clock; each failure is a `PresetError` naming the numbers.
 
 Every figure of a chip here (`DEVICES`) is the device's capacity as
 nextpnr reports it ("available" in its --report JSON).
@@ -145,32 +148,40 @@ class BoardMachine:
             raise PresetError(f"{where}: the {p.model} model does not map onto it: {e}") from None
         self.need_words = words
         self.mem_words = p.mem_words or words
-        dev, mb = p.device, self.cfg.engine.mem_bytes
-        what = ("memory image" if p.ops is None
-                else "linear layers' weights (offload)")
-        if words > self.mem_words:
-            raise PresetError(f"{where}: the {p.model} model's {what} needs {words:,} words "
-                              f"of {mb} bytes, the preset's memory has {self.mem_words:,}")
-        have = dev.spram * 256 * 1024 // 8 if p.storage == "spram" else dev.memory_bytes
+        self._check_memory(where)
+        # one multiplier per processing element at least (the requantiser needs more)
+        if p.rows * p.cols > p.device.dsp:
+            raise PresetError(f"{where}: {p.rows * p.cols} processing elements need as many "
+                              f"multipliers, the {p.device_name} has {p.device.dsp} DSP blocks")
+        self.pll = self._pll(where)
+        self.clk_hz = self.pll.fout if self.pll else p.clk_hz
+
+    def _check_memory(self, where):
+        p, dev, mb = self.preset, self.preset.device, self.cfg.engine.mem_bytes
+        what = "memory image" if p.ops is None else "linear layers' weights (offload)"
+        if self.need_words > self.mem_words:
+            raise PresetError(f"{where}: the {p.model} model's {what} needs "
+                              f"{self.need_words:,} words of {mb} bytes, the preset's memory "
+                              f"has {self.mem_words:,}")
+        spram = p.storage == "spram"
+        have = dev.spram * 256 * 1024 // 8 if spram else dev.memory_bytes
         if self.mem_words * mb > have:
             raise PresetError(
                 f"{where}: the {p.model} model's {what} needs {self.mem_words * mb:,} bytes "
                 f"({self.mem_words:,} words of {mb} bytes), the {p.device_name} has "
-                f"{have:,} bytes of {'SPRAM' if p.storage == 'spram' else 'on-chip RAM'}"
-                f"{'' if p.storage == 'spram' else ' in all'}")
-        # one multiplier per processing element at least (the requantiser needs more)
-        if p.rows * p.cols > dev.dsp:
-            raise PresetError(f"{where}: {p.rows * p.cols} processing elements need as many "
-                              f"multipliers, the {p.device_name} has {dev.dsp} DSP blocks")
-        self.pll = None
-        if p.clk_hz != p.oscillator_hz:
-            from .pll import PLLError, ecp5_pll, ice40_pll
-            make = ecp5_pll if dev.family == "ecp5" else ice40_pll
-            try:
-                self.pll = make(p.oscillator_hz, p.clk_hz)
-            except PLLError as e:
-                raise PresetError(f"{where}: clock: {e}") from None
-        self.clk_hz = self.pll.fout if self.pll else p.clk_hz
+                f"{have:,} bytes of {'SPRAM' if spram else 'on-chip RAM in all'}")
+
+    def _pll(self, where):
+        """None when the oscillator is the machine's clock, else the PLL's settings."""
+        p = self.preset
+        if p.clk_hz == p.oscillator_hz:
+            return None
+        from .pll import PLLError, ecp5_pll, ice40_pll
+        make = ecp5_pll if p.device.family == "ecp5" else ice40_pll
+        try:
+            return make(p.oscillator_hz, p.clk_hz)
+        except PLLError as e:
+            raise PresetError(f"{where}: clock: {e}") from None
 
     @cached_property
     def decode_cycles(self):

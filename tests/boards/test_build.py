@@ -66,6 +66,19 @@ def test_model_too_big_for_the_chip_is_refused():
         preset.resolve()
 
 
+def test_offload_memory_must_fit_the_spram():
+    """The iCEBreaker's MATMUL-only machine with more words than its four SPRAMs hold,
+    and with fewer than the linear layers need."""
+    from dataclasses import replace
+    ice = P.PRESETS["icebreaker"]
+    with pytest.raises(P.PresetError, match=r"needs 262,144 bytes \(65,536 words of 4 bytes\), "
+                                            r"the iCE40UP5K has 131,072 bytes of SPRAM"):
+        replace(ice, mem_words=65536).resolve()
+    with pytest.raises(P.PresetError, match=r"linear layers' weights \(offload\) needs 27,904 "
+                                            r"words of 4 bytes, the preset's memory has 16,384"):
+        replace(ice, mem_words=16384).resolve()
+
+
 def test_unknown_board_and_bad_baud_are_refused():
     with pytest.raises(P.PresetError, match="unknown board 'nope'"):
         P.get_preset("nope")
