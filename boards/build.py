@@ -138,17 +138,23 @@ def _run(var, line, build_dir, env, progress, name):
     with open(out_path, "w") as out:
         proc = subprocess.Popen(["sh", "-c", line], cwd=build_dir, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
-        seen, beat = 0, time.monotonic()
-        steps = list(_PNR_STEPS) if var.startswith("NEXTPNR") else []
+        seen, beat, fmax_lines = 0, time.monotonic(), 0
+        pnr = var.startswith("NEXTPNR")
+        steps = list(_PNR_STEPS) if pnr else []
         while proc.poll() is None:
             time.sleep(1)
-            if steps and log.exists():
+            if pnr and log.exists():
                 text = log.read_text(errors="replace")
                 for key, step in list(steps):
                     if key in text[seen:]:
                         progress.line(f"  {step}  ({time.monotonic() - t:.0f} s into {phase})")
                         steps.remove((key, step))
                 seen = max(0, len(text) - 200)
+                # the estimate after placement, then the routed figure
+                found = _FMAX_LINE.findall(text)
+                for clock, mhz, verdict, target in found[fmax_lines:]:
+                    progress.line(f"  Fmax {clock}: {mhz} MHz ({verdict} at {target} MHz)")
+                fmax_lines = len(found)
             if time.monotonic() - beat >= HEARTBEAT_S:
                 beat = time.monotonic()
                 progress.line(f"  {phase}: still running, {time.monotonic() - t:.0f} s")
