@@ -84,18 +84,18 @@ def stream_ports(component):
     inside nested interfaces (named ``outer.inner``; flows compose)."""
     ports = {}
 
-    def walk(obj, signature, prefix, flipped):
+    def walk(obj, signature, prefix):
+        # an `In` member's signature is already flipped: flows are the component's
         for name, member in signature.members.items():
             if not member.is_signature:
                 continue
             inner = getattr(obj, name)
-            is_in = (member.flow == In) != flipped
             if isinstance(member.signature, stream.Signature):
-                ports[prefix + name] = (inner, is_in)
+                ports[prefix + name] = (inner, member.flow == In)
             else:
-                walk(inner, member.signature, f"{prefix}{name}.", is_in)
+                walk(inner, member.signature, f"{prefix}{name}.")
 
-    walk(component, component.signature, "", False)
+    walk(component, component.signature, "")
     return ports
 
 

@@ -22,12 +22,15 @@ memory traffic; each legal MATMUL or KVSTORE finishes within the bound
 stated in `MachineLiveHarness` (fair memory: always ready, answers the next
 cycle).
 """
+import dataclasses
+
 from amaranth.hdl import *
 
 from .attention import AttentionEngine
+from .onchip_memory import READ_LATENCY, OnChipMemory
 from .attention_config import AttentionConfig
 from .config import EngineConfig
-from .formal import beat_counter, past, past_valid
+from .formal import beat_counter, past, past_valid, quiet_counter
 from .formal_units import SMALL_ENGINE, UnitHarness, _Beats, register
 from .isa import INSTR_BITS, OPCODE_BITS, Error, Op, body_layout, legal_expr, reserved_mask
 from .machine import KVStore, Machine
@@ -58,7 +61,9 @@ def memory(harness, m, unit, width=8):
 
 
 class EngineHarness(UnitHarness):
-    """A unit with ``cmd``, the memory port, ``busy`` and ``done``."""
+    """A unit with ``cmd``, the memory port, ``busy`` and ``done``. `reach_done`:
+    whether a whole command fits the default depth (else a write is the goal)."""
+    reach_done = True
     bmc_only = ("cmds_no_dup", "reads_settled", "writes_settled", "outstanding")
     bugs = {"cmds_no_dup": ("ignore_valid", "cmd"),       # runs commands nobody sent
             "reads_settled": ("ignore_valid", "rd_resp"),  # takes responses never sent
@@ -81,8 +86,12 @@ class EngineHarness(UnitHarness):
         wr_stalled = Signal(name="wr_stalled_seen")
         with m.If(u.wr.valid & ~u.wr.ready):
             m.d.sync += wr_stalled.eq(1)
-        self.reach("reach_done", u.done & wr_stalled,
-                   "a command finishes after a stalled write (within the depth)")
+        if self.reach_done:
+            self.reach("reach_done", u.done & wr_stalled,
+                       "a command finishes after a stalled write (within the depth)")
+        else:
+            self.reach("reach_write", u.wr.valid & u.wr.ready & wr_stalled,
+                       "a write is accepted after a stalled one (within the depth)")
         self.extra(m, u, mod, pending)
 
     def extra(self, m, u, mod, pending):
@@ -135,6 +144,91 @@ class VectorMoverHarness(EngineHarness):
 
     def args(self):
         return (MACHINE_CONFIG, 8)
+
+
+@register
+class AttentionHarness(EngineHarness):
+    """The attention engine (its own matmul engine, softmax unit and normaliser
+    inside). A whole command is hundreds of cycles even here (several matmul
+    commands per key tile), beyond a useful BMC depth of the whole engine: the
+    bounded properties cover its first S command's reads and writes."""
+    unit, cls = "attention", AttentionEngine
+    config = "MACHINE_CONFIG (tile 2, one lane, d_head <= 8, 4 positions)"
+    depth, deep_depth = 24, 48
+    reach_done = False
+    bmc_only = EngineHarness.bmc_only + ("rd_req_hold", "wr_hold")
+
+
+class MemoryHarness(UnitHarness):
+    """The on-chip memory behind both requesters (machine, host): the stream rule on
+    both ``rd_resp``; per port, never more responses than requests and at most the
+    owed limit outstanding; after a quiet spell with both consumers ready every
+    request is answered; block RAM: its response queue, written on credit, never
+    overflows or underflows."""
+    cls = OnChipMemory
+    bmc_only = ("machine_rd_resp_hold", "host_rd_resp_hold", "machine_words_no_dup",
+                "host_words_no_dup", "words_no_loss", "queue_no_overflow", "queue_no_underflow")
+    bugs = {"machine_rd_resp_hold": ("ignore_ready", "machine.rd_resp"),
+            "host_rd_resp_hold": ("ignore_ready", "host.rd_resp"),
+            "machine_words_no_dup": ("ignore_valid", "machine.rd_req"),
+            "host_words_no_dup": ("ignore_valid", "host.rd_req"),
+            "words_no_loss": ("ignore_ready", "machine.rd_resp"),
+            "queue_no_overflow": ("fifo_write_unchecked", "queue"),
+            "queue_no_underflow": ("fifo_read_unchecked", "queue")}
+    storage = "bram"
+    owed = 4
+    words = 4
+
+    def build(self, m):
+        pv = past_valid(m)
+        cfg = SMALL_ENGINE if self.storage == "bram" else _SPRAM_ENGINE
+        u, mod = self.dut_module(m, cfg, self.words, storage=self.storage)
+        self.streams(m, u, pv)
+        counts = []
+        for port in ("machine", "host"):
+            p = getattr(u, port)
+            counts.append(self.conserve(m, f"{port}_words", p.rd_req, p.rd_resp,
+                                        capacity=self.owed, what="words",
+                                        reach=port == "machine"))
+        # both ports share one in-order response path (a host word waiting for its
+        # consumer holds back the machine's): drained when both consumers are ready
+        asked = Signal(9, name="words_asked")
+        answered = Signal(9, name="words_answered")
+        m.d.comb += [asked.eq(counts[0][0] + counts[1][0]),
+                     answered.eq(counts[0][1] + counts[1][1])]
+        any_req = ((u.machine.rd_req.valid & u.machine.rd_req.ready)
+                   | (u.host.rd_req.valid & u.host.rd_req.ready))
+        drain = READ_LATENCY[self.storage] + self.owed + 2
+        quiet = quiet_counter(m, ~any_req & u.machine.rd_resp.ready & u.host.rd_resp.ready,
+                              drain, "words_quiet")
+        self.check("words_no_loss", (quiet != drain) | (asked[:8] == answered[:8]),
+                   f"{drain} cycles without requests while both consumers are ready answer "
+                   "every request", min_depth=drain + self.owed + 2)
+        if mod is not None and self.storage == "bram":
+            self.fifo("queue", mod.submodules.queue, credit=True)
+
+
+#: SMALL_ENGINE with the 14-bit addresses one SPRAM (16K words) needs
+_SPRAM_ENGINE = dataclasses.replace(SMALL_ENGINE, addr_bits=14)
+
+
+@register
+class BramMemoryHarness(MemoryHarness):
+    unit = "memory"
+    config = "SMALL_ENGINE words (4 bytes), 4 words, block RAM (4-word response queue)"
+    depth, deep_depth = 12, 30
+    # as SMT arrays the 4-word memory took minutes per step, as flip-flops seconds
+    map_memories = True
+
+
+@register
+class SpramMemoryHarness(MemoryHarness):
+    unit = "memory_spram"
+    config = ("SMALL_ENGINE words (4 bytes), 14-bit addresses, 16384 words (one SPRAM), "
+              "behavioural model, one skid register")
+    storage, owed, words = "spram", 2, 16384
+    depth, deep_depth = 12, 30
+    slow_only = True      # 16K words stay SMT arrays: minutes per step
 
 
 class _Word:

@@ -23,6 +23,7 @@ from .layernorm import LayerNormUnit, RowRoot, row_latency
 from .normalise import Normaliser, Reciprocal
 from .residual import EmbeddingAdd, ResidualAdd
 from .softmax import SoftmaxUnit
+from .uart import MIN_DIVISOR, UartRx
 
 __all__ = ["UnitHarness", "HARNESSES", "register", "SMALL_ENGINE", "SMALL_ATTENTION"]
 
@@ -64,6 +65,7 @@ class UnitHarness(Harness):
     bmc_only = ()
     deep_only = ()       # properties run only with --deep (their bound is long)
     depths = {}          # property -> its own default depth (instead of `depth`)
+    map_memories = False  # turn memories into flip-flops before solving (small ones)
     slow_only = False    # the whole harness runs only with --deep
     #: property -> the seeded bug that must make it fail (``<port>_hold`` properties
     #: default to dropping that port's ready gating)
@@ -241,6 +243,26 @@ class LayerNormHarness(UnitHarness):
         self.assume(~u.inp.valid | (offered < 4), "at most two rows of two beats")
         self.conserve(m, "beats", u.inp, u.out, capacity=4,
                       drain=row_latency(2, 1) + RowRoot.period + 8, row_beats=2)
+
+
+@register
+class UartRxHarness(UnitHarness):
+    """The UART receiver's byte stream: a line cannot wait, but a byte, once
+    presented, stays until taken (a newer byte is dropped with ``overrun``)."""
+    unit, cls = "uart_rx", UartRx
+    config = f"divisor {MIN_DIVISOR} (the smallest)"
+    # a byte is 10 bits of MIN_DIVISOR cycles, plus the input synchroniser
+    depth, deep_depth = 48, 100
+
+    def build(self, m):
+        pv = past_valid(m)
+        u = self.dut(m, MIN_DIVISOR)
+        self.streams(m, u, pv)
+        stalled = Signal(name="data_stall_seen")
+        with m.If(u.data.valid & ~u.data.ready):
+            m.d.sync += stalled.eq(1)
+        self.reach("reach_byte", u.data.valid & u.data.ready & stalled,
+                   "a received byte is taken after a stall")
 
 
 def _broken_fifo(cls, kind):

@@ -89,6 +89,7 @@ class FormalJob:
     method: str          # "prove" (k-induction, else BMC), "bmc" or "cover"
     expect: str = "pass"  # "fail" for a seeded-bug job
     bug: str = ""         # the seeded bug, as text
+    map_memories: bool = False  # memories as flip-flops (small ones: far faster to solve)
 
 
 @dataclasses.dataclass
@@ -118,7 +119,8 @@ def _sby_text(job, mode):
     return "\n".join([
         "[options]", f"mode {mode}", f"depth {job.depth}", "multiclock off", "",
         "[engines]", "smtbmc boolector", "",
-        "[script]", "read_rtlil top.il", "prep -top top", "",
+        "[script]", "read_rtlil top.il", "prep -top top",
+        *(["memory_map"] if job.map_memories else []), "",
         "[files]", "top.il", ""])
 
 
@@ -230,12 +232,14 @@ def jobs(unit=None, prop=None, deep=False, bugs=False):
             method = ("cover" if p in probe.covers
                       else "bmc" if p in cls.bmc_only else "prove")
             if not bugs:
-                found.append(FormalJob(name, p, desc, probe.config, cls, depth, method))
+                found.append(FormalJob(name, p, desc, probe.config, cls, depth, method,
+                                       map_memories=cls.map_memories))
             elif method != "cover":
                 bug = cls.bug_for(p)
                 found.append(FormalJob(name, p, desc, probe.config, partial(cls, bug=bug),
                                        depth, "bmc", expect="fail",
-                                       bug=" ".join(str(b) for b in bug)))
+                                       bug=" ".join(str(b) for b in bug),
+                                       map_memories=cls.map_memories))
     if prop is not None and not found:
         raise ValueError(f"no property {prop!r}" + (f" in unit {unit!r}" if unit else ""))
     return found
