@@ -9,6 +9,8 @@ elapsed seconds, and nextpnr's log is followed to tell placement from
 routing. Only pip-installed tools run: `TOOLS` maps Amaranth's tool
 variables to the YoWASP packages; OrangeCrab's DFU suffix (the `dfu-suffix`
 step its platform adds for its USB bootloader) is written by `dfu.py`.
+(`platform.build` would run the same script in one piece, and first insist
+on tools a build does not run, such as ULX3S's openFPGALoader.)
 
 nextpnr runs with ``--report report.json`` (utilisation, Fmax per clock,
 critical paths) and ``--timing-allow-fail``, so a design that misses its
@@ -78,9 +80,6 @@ def toolchain_env(family):
         if shutil.which(env[var]) is None:
             raise BuildError(f"{env[var]} not found on PATH: pip install {PACKAGES[var]} "
                              f"(or pip install 'gpt2-accel[boards]' for all of them)")
-    # ULX3S's platform lists openFPGALoader among its tools although only programming
-    # runs it: a harmless command keeps a build from looking for it
-    env.setdefault("OPENFPGALOADER", "true")
     return env
 
 
