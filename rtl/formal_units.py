@@ -164,7 +164,9 @@ class EmbeddingHarness(UnitHarness):
 class ReciprocalHarness(UnitHarness):
     unit, cls = "reciprocal", Reciprocal
     config = "SMALL_ATTENTION"
+    # first result after a stall: step 11 (reach_beats); a lost one shows after a drain
     depth, deep_depth = 14, 30
+    depths = {"beats_no_loss": 26}
     bmc_only = ("beats_no_dup", "beats_no_loss")
     bugs = {"beats_no_dup": ("ignore_valid", "inp"), "beats_no_loss": ("ignore_ready", "out")}
 
@@ -180,8 +182,10 @@ class ReciprocalHarness(UnitHarness):
 class NormaliserHarness(UnitHarness):
     unit, cls = "normaliser", Normaliser
     config = "SMALL_ATTENTION (norm_lanes 1)"
-    # the first normalised beat after a stall: step 17 (reach_beats)
+    # the first normalised beat after a stall: step 17 (reach_beats); a lost beat
+    # shows only after it and a drain spell
     depth, deep_depth = 20, 40
+    depths = {"beats_no_loss": 28}
     bmc_only = ("beats_no_dup", "beats_no_loss", "rows_no_dup")
     bugs = {"beats_no_dup": ("ignore_valid", "o_in"), "beats_no_loss": ("ignore_ready", "out"),
             "rows_no_dup": ("ignore_valid", "l_in"),
