@@ -1,10 +1,11 @@
-"""Formal harnesses of the engines on the shared memory port, and of the machine controller.
+"""Formal harnesses of the engines on the shared memory port, the on-chip memory, and
+the machine controller.
 
 Environment (`memory`): the memory answers reads in order, so a read
 response is only offered while a request is unanswered; the solver picks
 the data, every ready and valid otherwise, within the stream rule.
 
-Engine properties (matmul, KV store, vector mover): the stream rule on
+Engine properties (matmul, attention, KV store, vector mover): the stream rule on
 ``rd_req`` and ``wr``; commands and ``done`` pulses pair up (one ``done``
 per command, never one without); ``done`` only once every read has been
 answered and no write is pending (the machine switches the memory port on

