@@ -14,8 +14,8 @@ simulated time (cycles / clk_hz), so `SerialBackend`'s timeouts mean what
 they mean on a real board.
 
 `write_symbols` sends raw line symbols (`uart_symbols`), e.g. a byte whose
-stop bit is low, for fuzzing the receiver. A small divisor (4) keeps the
-simulations short: the bridge samples mid-bit and needs no more.
+stop bit is low, for fuzzing the receiver. The smallest divisor the UART
+takes (4) keeps the simulations short.
 
 `FastLink` compiles the board with Verilator through sim/fast/build.py
 (`build_design`, cached like the machine) around sim/fast/board_harness.cpp.
@@ -32,9 +32,9 @@ from .serial_backend import Link
 __all__ = ["uart_symbols", "IDLE_SYMBOL", "SIM_CLK_HZ", "SIM_BAUD", "SIM_TIMEOUT_MS",
            "board_design", "SimulatedLink", "PysimLink", "FastLink", "BOARD_LINKS"]
 
-#: the simulated board's clock and UART rate: 4 cycles per bit, as fast as the
-#: bridge samples; the byte timeout is 100 byte times, so truncated frames time
-#: out quickly in simulation
+#: the simulated board's clock and UART rate: 4 cycles per bit, the UART's
+#: minimum (rtl/uart.py MIN_DIVISOR); the byte timeout is 100 byte times, so
+#: truncated frames time out quickly in simulation
 SIM_CLK_HZ = 4_000_000
 SIM_BAUD = 1_000_000
 SIM_TIMEOUT_MS = 1
