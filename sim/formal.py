@@ -233,7 +233,8 @@ def jobs(unit=None, prop=None, deep=False, bugs=False):
                 continue
             if p in cls.deep_only and not deep and prop is None:
                 continue
-            depth = cls.deep_depth if deep else cls.depths.get(p, cls.depth)
+            depth = (cls.deep_depths.get(p, cls.deep_depth) if deep
+                     else cls.depths.get(p, cls.depth))
             depth = max(depth, probe.min_depth[p])
             method = ("cover" if p in probe.covers
                       else "bmc" if p in cls.bmc_only else "prove")
