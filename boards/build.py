@@ -277,12 +277,14 @@ def build_board(board, out_dir, *, rows=None, cols=None, clk_hz=None, reuse=Fals
     progress = progress or _Progress()
     preset = get_preset(board)
     machine = preset.resolve(rows, cols, clk_hz)
+    family = preset.device.family
+    # the tools are checked before the design exists: a design built and then
+    # abandoned would only be reported (as never elaborated) when collected
+    env = toolchain_env(family)
     try:
         top = PlatformTop(machine, board_top(machine))
     except ConfigError as e:
         raise PresetError(f"board {board}: {e}") from None
-    family = preset.device.family
-    env = toolchain_env(family)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     progress.line(f"board {machine.describe()}")
