@@ -1,7 +1,7 @@
 """The offload driver: linear layers on a MATMUL-only machine, the rest on the host,
 bit-exact with the integer model."""
-import os
-import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,11 +10,14 @@ from gpt2accel.model import quant as Q
 from gpt2accel.model.synthetic import random_gpt2
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
-from gpt2accel.sim.driver import HardwareError, PysimBackend
+from gpt2accel.sim.driver import PysimBackend
 from gpt2accel.sim.offload import OffloadDriver, offload_words
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rtl"))
+from attention_cases import run_seed  # noqa: E402
+
 E, H, VOCAB, NPOS = 16, 2, 24, 8
-#: the iCEBreaker's shape: a 2x2 array with 4-byte words
+#: a small array with the iCEBreaker's 4-byte memory words
 CFG = AttentionConfig(engine=EngineConfig(rows=2, cols=2, max_k=64, max_m=4, max_n=64,
                                           mem_bytes=4, addr_bits=12),
                       tile=2, lanes=1, norm_lanes=1, max_d_head=8, max_seq=NPOS)
@@ -22,10 +25,7 @@ CFG = AttentionConfig(engine=EngineConfig(rows=2, cols=2, max_k=64, max_m=4, max
 
 @pytest.fixture(scope="module")
 def seed():
-    env = os.environ.get("GPT2ACCEL_SEED")
-    seed = int(env) if env else random.SystemRandom().randrange(1 << 31)
-    print(f"GPT2ACCEL_SEED={seed}")
-    return seed
+    return run_seed()
 
 
 def _model(seed):
