@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rtl"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sim"))
 
 from gpt2accel.model.gpt2 import KVCache  # noqa: E402
@@ -35,7 +34,6 @@ from gpt2accel.sim.board_sim import IDLE_SYMBOL, uart_symbols  # noqa: E402
 from gpt2accel.sim.driver import Driver, HardwareError  # noqa: E402
 from gpt2accel.sim.serial_backend import SerialBackend  # noqa: E402
 
-from attention_cases import run_seed  # noqa: E402
 from test_serial_backend import fast_tiny_board, tiny_board_config  # noqa: E402
 
 
@@ -67,11 +65,6 @@ def board():
     b = Board()
     yield b
     b.drv.close()
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return run_seed()
 
 
 def _measure(b, fn):

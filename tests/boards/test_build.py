@@ -9,7 +9,6 @@ replays the random PLL targets.
 import json
 import random
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,7 @@ from gpt2accel.boards.dfu import add_suffix_cli, dfu_suffix
 from gpt2accel.boards.pll import PLLError, ecp5_pll, ice40_pll
 from gpt2accel.sim.cli import main
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rtl"))
-from attention_cases import run_seed  # noqa: E402
-
 DATA = Path(__file__).parent / "data"
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return run_seed()
 
 
 # ---------------------------------------------------------------- presets

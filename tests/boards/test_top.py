@@ -33,7 +33,6 @@ from gpt2accel.sim.matmul_layout import MatmulLayout
 from gpt2accel.sim.program_cycles import program_cycles
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rtl"))
-from attention_cases import run_seed  # noqa: E402
 from link_host import LinkHost  # noqa: E402
 
 CFG = AttentionConfig(engine=EngineConfig(rows=4, cols=4, max_k=128, max_m=16, max_n=512,
@@ -43,11 +42,6 @@ MB = CFG.engine.mem_bytes
 WORDS, MAX_PAYLOAD = 256, 256
 DIVISOR = 4
 REPLY = lambda op: op | P.REPLY  # noqa: E731
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return run_seed()
 
 
 class _HostAndBoard(wiring.Component):

@@ -1,23 +1,10 @@
-"""Attention test inputs (one head) and the seed handling shared by the attention tests.
-
-Seed: set GPT2ACCEL_SEED to replay a run; otherwise a fresh seed is drawn,
-printed, and named in every failure message.
-"""
-import os
-import random
-
+"""Attention test inputs (one head), drawn from the tests' `seed` fixture
+(tests/conftest.py: GPT2ACCEL_SEED replays a run)."""
 import numpy as np
 
 from gpt2accel.model import intops
 
 KINDS = ["random", "equal", "dominant", "saturate", "growing", "shrinking", "zero_mult"]
-
-
-def run_seed():
-    env = os.environ.get("GPT2ACCEL_SEED")
-    seed = int(env) if env else random.SystemRandom().randrange(1 << 31)
-    print(f"GPT2ACCEL_SEED={seed}")
-    return seed
 
 
 def _extremes(rng, shape, lo=-128, hi=127):

@@ -1,22 +1,12 @@
 """Random matmul cases and checking helpers shared by the engine tests.
 
-Seed: set GPT2ACCEL_SEED to replay a run; otherwise a fresh seed is drawn
-and reported in every failure message.
+The tests draw them from the `seed` fixture (tests/conftest.py:
+GPT2ACCEL_SEED replays a run).
 """
-import os
-import random
-
 import numpy as np
 
 from gpt2accel.model.intops import matmul_acc, matmul_requant
 from gpt2accel.sim.matmul_sim import MatmulCase
-
-
-def run_seed():
-    env = os.environ.get("GPT2ACCEL_SEED")
-    seed = int(env) if env else random.SystemRandom().randrange(1 << 31)
-    print(f"GPT2ACCEL_SEED={seed}")
-    return seed
 
 
 def _values(rng, shape, lo, hi):

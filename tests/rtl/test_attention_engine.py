@@ -17,7 +17,7 @@ from gpt2accel.sim.attention_cycles import attention_cycles
 from gpt2accel.sim.attention_layout import AttentionLayout
 from gpt2accel.sim.attention_sim import simulate_attention
 
-from attention_cases import KINDS, head_case, run_seed
+from attention_cases import KINDS, head_case
 
 # tile < cols, tile = cols, tile = 2.5 column tiles; R = 1 (decode-shaped) with
 # two raw segments per word (partial-word PV writes);
@@ -39,11 +39,6 @@ CONFIGS = [
 ]
 IDS = [f"{c.engine.rows}x{c.engine.cols}_b{c.rows}_t{c.tile}_l{c.lanes}_n{c.norm_lanes}"
        for c in CONFIGS]
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return run_seed()
 
 
 def _params(rng):

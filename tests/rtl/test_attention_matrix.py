@@ -25,17 +25,12 @@ from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.sim.attention_layout import AttentionLayout
 from gpt2accel.sim.attention_sim import simulate_attention
 
-from attention_cases import KINDS, head_case, run_seed
+from attention_cases import KINDS, head_case
 
 SMALL = AttentionConfig(engine=EngineConfig(rows=4, cols=4, mem_bytes=16), tile=8, lanes=4,
                         norm_lanes=4, max_d_head=64, max_seq=64, block_rows=16)
 BIG = AttentionConfig(engine=EngineConfig(rows=8, cols=8, mem_bytes=32), tile=16, lanes=8,
                       norm_lanes=4, max_d_head=64, max_seq=128, block_rows=32)
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return run_seed()
 
 
 def _params(rng):

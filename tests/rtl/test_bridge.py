@@ -24,7 +24,6 @@ from gpt2accel.rtl.config import ConfigError, EngineConfig
 from gpt2accel.rtl.onchip_memory import OnChipMemory
 from gpt2accel.sim.matmul_sim import transfer
 
-from attention_cases import run_seed
 from link_host import LinkHost, error_reply
 
 CFG = AttentionConfig(engine=EngineConfig(rows=4, cols=4, max_k=128, max_m=16, max_n=512,
@@ -49,11 +48,6 @@ class _BridgeAndMemory(wiring.Component):
         m.submodules.bridge, m.submodules.memory = self.bridge, self.memory
         wiring.connect(m, self.bridge.mem, self.memory.host)
         return m
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return run_seed()
 
 
 def _run(seed, body, *, stall=0.3, cfg=CFG):

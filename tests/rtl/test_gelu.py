@@ -8,12 +8,7 @@ from gpt2accel.rtl.gelu import GeluUnit
 from gpt2accel.sim.units_cycles import elementwise_out_cycles
 from gpt2accel.sim.units_sim import run_gelu
 
-from units_cases import extremes, quant_model, run_seed
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return run_seed()
+from units_cases import extremes, quant_model
 
 
 def _all_inputs(rng, n):

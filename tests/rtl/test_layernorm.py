@@ -12,12 +12,7 @@ from gpt2accel.sim.units_cycles import layernorm_row_period, layernorm_schedule
 from gpt2accel.sim.units_sim import LayerNormGroup, ScriptSource, run_layernorm
 
 from units_cases import (extremes, knife_edge_beta, layernorm_params, layernorm_rows,
-                         layernorm_z, pell_row, quant_model, run_seed)
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return run_seed()
+                         layernorm_z, pell_row, quant_model)
 
 
 def _check(groups, ys, bits, seed, what):

@@ -21,7 +21,6 @@ from gpt2accel.rtl.isa import INSTR_BITS, OPCODE_BITS, Error, Op, body_layout, e
 from gpt2accel.sim.compiler import BlockCompiler
 from gpt2accel.sim.machine_sim import run_programs
 
-from attention_cases import run_seed
 
 E, H, VOCAB, NPOS = 32, 2, 40, 16
 CFG = AttentionConfig(engine=EngineConfig(rows=4, cols=4, max_k=128, max_m=16, max_n=512,
@@ -32,11 +31,6 @@ CFG = AttentionConfig(engine=EngineConfig(rows=4, cols=4, max_k=128, max_m=16, m
 LOWERED = (("ln_1_out", "ln_1", E), ("qkv", "qkv", 3 * E), ("attn", "attn", E),
            ("ln_2_out", "ln_2", E), ("fc", "fc", 4 * E), ("gelu", "gelu", 4 * E),
            ("x", "resid", E))
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return run_seed()
 
 
 def _model(seed):

@@ -6,7 +6,7 @@ from gpt2accel.sim.compiler import BlockCompiler
 from gpt2accel.sim.machine_sim import run_programs
 from gpt2accel.sim.program_cycles import program_cycles
 
-from test_machine import CFG, VOCAB, _golden, _model, seed  # noqa: F401 (fixture)
+from test_machine import CFG, VOCAB, _golden, _model
 
 
 def test_program_cycles_match_rtl(seed):

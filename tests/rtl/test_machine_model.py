@@ -14,7 +14,7 @@ from gpt2accel.sim.compiler import ModelCompiler
 from gpt2accel.sim.machine_sim import run_programs
 from gpt2accel.sim.program_cycles import program_cycles
 
-from test_machine import CFG, E, H, NPOS, VOCAB, seed  # noqa: F401 (fixture)
+from test_machine import CFG, E, H, NPOS, VOCAB
 
 
 def test_whole_model_prefill_then_decode(seed):

@@ -9,7 +9,7 @@ from gpt2accel.rtl.isa import Error, Op, cfg_max_vector_n
 from gpt2accel.sim.compiler import ModelCompiler
 from gpt2accel.sim.machine_sim import run_programs
 
-from test_machine import CFG, E, H, NPOS, seed  # noqa: F401 (fixture)
+from test_machine import CFG, E, H, NPOS
 
 VOCAB = 300
 

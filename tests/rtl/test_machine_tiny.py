@@ -18,14 +18,11 @@ from gpt2accel.sim.compiler import ModelCompiler
 from gpt2accel.sim.machine_sim import run_programs
 from gpt2accel.sim.program_cycles import program_cycles
 
-from attention_cases import run_seed
-
 MODEL = Path(__file__).resolve().parents[2] / "model" / "tiny" / "model.int8.safetensors"
 
 
 @pytest.mark.slow
-def test_tiny_model_on_machine():
-    seed = run_seed()
+def test_tiny_model_on_machine(seed):
     qm = Q.QuantGPT2.load(MODEL)
     cfg = AttentionConfig(engine=EngineConfig(rows=8, cols=8, max_k=256, max_m=8, max_n=256,
                                               addr_bits=16),

@@ -9,7 +9,7 @@ from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.sim.matmul_cycles import REF_MEM_LATENCY, matmul_cycles
 from gpt2accel.sim.matmul_sim import MatmulCase, simulate
 
-from matmul_cases import check_results, random_case, run_seed
+from matmul_cases import check_results, random_case
 
 # (config, number of random cases, largest M, K, N): >= 200 cases in all,
 # covering non-square arrays, several tiles per block and several blocks,
@@ -25,11 +25,6 @@ CONFIGS = [
     (EngineConfig(rows=2, cols=3, max_outstanding=2, w_fifo_depth=4,
                   param_fifo_tiles=4, out_fifo_tiles=2), 25, 6, 16, 8),
 ]
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return run_seed()
 
 
 @pytest.mark.parametrize("cfg,count,mm,mk,mn", CONFIGS,

@@ -12,12 +12,7 @@ from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.normalise import Normaliser, Reciprocal
 from gpt2accel.sim.attention_sim import StreamSink, StreamSource, run_normaliser
 
-from attention_cases import KINDS, head_case, run_seed
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return run_seed()
+from attention_cases import KINDS, head_case
 
 
 def _recip_ref(l_sum):

@@ -8,12 +8,7 @@ from gpt2accel.rtl.residual import EmbeddingAdd, ResidualAdd
 from gpt2accel.sim.units_cycles import elementwise_out_cycles
 from gpt2accel.sim.units_sim import run_embedding, run_residual
 
-from units_cases import extremes, quant_model, run_seed
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return run_seed()
+from units_cases import extremes, quant_model
 
 
 @pytest.mark.parametrize("lanes,n,bits", [(1, 9, 16), (3, 10, 24), (4, 16, 32), (2, 5, 9)])

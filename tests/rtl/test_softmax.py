@@ -17,12 +17,7 @@ from gpt2accel.rtl.config import ConfigError, EngineConfig
 from gpt2accel.rtl.softmax import SoftmaxUnit
 from gpt2accel.sim.attention_sim import accumulate_probs, run_softmax, softmax_beats
 
-from attention_cases import KINDS, head_case, run_seed, scores
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return run_seed()
+from attention_cases import KINDS, head_case, scores
 
 
 # (config, d_head, cases): R = 1 exercises back-to-back rows with the same

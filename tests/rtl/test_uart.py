@@ -20,13 +20,6 @@ from amaranth.sim import Simulator
 from gpt2accel.rtl.config import ConfigError
 from gpt2accel.rtl.uart import BITS_PER_FRAME, UartRx, UartTx
 
-from attention_cases import run_seed
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return run_seed()
-
 
 class _Loopback(wiring.Component):
     def __init__(self, divisor):

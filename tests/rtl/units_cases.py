@@ -1,7 +1,7 @@
 """Inputs for the vector-unit tests (GELU, residual/embedding adds, LayerNorm).
 
-Seed: set GPT2ACCEL_SEED to replay a run; otherwise a fresh seed is drawn,
-printed, and named in every failure message (see `attention_cases.run_seed`).
+The tests draw them from the `seed` fixture (tests/conftest.py:
+GPT2ACCEL_SEED replays a run).
 """
 import functools
 
@@ -11,8 +11,6 @@ from gpt2accel.model import intmodel as im
 from gpt2accel.model import intops
 from gpt2accel.model import quant as Q
 from gpt2accel.model.synthetic import random_gpt2
-
-from attention_cases import run_seed  # noqa: F401  (re-exported for the tests)
 
 #: geometry of the quantised test model: E = 48 is not a power of two
 GEOM = dict(vocab_size=67, n_positions=48, n_embd=48, n_layer=2, n_head=4)

@@ -35,15 +35,9 @@ from gpt2accel.sim.fast import (FastBackendUnavailable, FastMachine, FastSimErro
                                 run_programs)
 from gpt2accel.sim.program_cycles import program_cycles  # noqa: E402
 
-from attention_cases import run_seed  # noqa: E402
 from test_machine import CFG, E, H, LOWERED, NPOS, VOCAB, _golden, _model, _raw  # noqa: E402
 
 STATUS = ("error", "cycles", "icount", "outside_cycles")
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return run_seed()
 
 
 @pytest.fixture(scope="module")

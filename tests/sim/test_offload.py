@@ -1,8 +1,5 @@
 """The offload driver: linear layers on a MATMUL-only machine, the rest on the host,
 bit-exact with the integer model."""
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -13,19 +10,11 @@ from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.sim.driver import PysimBackend
 from gpt2accel.sim.offload import OffloadDriver, offload_words
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rtl"))
-from attention_cases import run_seed  # noqa: E402
-
 E, H, VOCAB, NPOS = 16, 2, 24, 8
 #: a small array with the iCEBreaker's 4-byte memory words
 CFG = AttentionConfig(engine=EngineConfig(rows=2, cols=2, max_k=64, max_m=4, max_n=64,
                                           mem_bytes=4, addr_bits=12),
                       tile=2, lanes=1, norm_lanes=1, max_d_head=8, max_seq=NPOS)
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return run_seed()
 
 
 def _model(seed):

@@ -34,7 +34,6 @@ from gpt2accel.sim.serial_backend import (DeviceMismatch, Link, LinkError,  # no
                                           LinkTimeout, PySerialLink, SerialBackend,
                                           model_mem_words)
 
-from attention_cases import run_seed  # noqa: E402
 from test_machine import CFG as SMALL_CFG  # noqa: E402
 
 #: the Amaranth-simulated board's memory: small, every word costs simulation time
@@ -55,11 +54,6 @@ def fast_tiny_board():
         return cfg, words, FastLink(cfg, mem_words=words)
     except FastBackendUnavailable as exc:
         pytest.skip(f"fast backend unavailable: {exc}")
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return run_seed()
 
 
 @pytest.fixture(scope="module", params=["pysim", "fast"])
