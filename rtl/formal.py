@@ -69,12 +69,15 @@ def beat_counter(m, port, width, name):
     return count
 
 
-def quiet_counter(m, quiet, limit, name):
-    """Consecutive cycles in which `quiet` held, saturating at `limit`."""
+def quiet_counter(m, quiet, limit, name, hold=None):
+    """Consecutive cycles in which `quiet` held, saturating at `limit`. With `hold`:
+    a cycle without `quiet` but with `hold` keeps the count instead of clearing it
+    (cycles in which `quiet` held since `hold` last failed)."""
     count = Signal(range(limit + 1), name=name)
-    with m.If(~quiet):
+    clear = ~quiet if hold is None else ~quiet & ~hold
+    with m.If(clear):
         m.d.sync += count.eq(0)
-    with m.Elif(count != limit):
+    with m.Elif(quiet & (count != limit)):
         m.d.sync += count.eq(count + 1)
     return count
 
@@ -126,8 +129,12 @@ class Harness(Elaboratable):
     depth = 20
     allow_reset = False
 
+    #: properties whose jobs also assert the harness's invariants (`invariant`)
+    needs_invariants = ()
+
     def __init__(self, only=None):
         self.only = only
+        self.use_invariants = True   # False: invariants name internals a bugged copy lacks
         self.inputs = []          # undriven signals the solver chooses (top-level ports)
         self.properties = {}      # name -> one-line description, in definition order
         self.min_depth = {}       # name -> shortest meaningful bound
@@ -144,6 +151,15 @@ class Harness(Elaboratable):
         self.properties[name] = description
         self.min_depth[name] = min_depth
         if self.only in (None, name):
+            self._m.d.comb += Assert(expr, name)
+
+    def invariant(self, name, expr):
+        """A lemma for k-induction: a relation between the unit's registers and the
+        harness's own state that holds in every reachable state. It is asserted
+        (so proved, in the same job, never assumed) alongside each property in
+        `needs_invariants`: the induction step then starts only from states that
+        satisfy it, which is what lets it close at a small depth."""
+        if self.use_invariants and (self.only is None or self.only in self.needs_invariants):
             self._m.d.comb += Assert(expr, name)
 
     def assume(self, expr, why=""):
@@ -190,7 +206,7 @@ class Harness(Elaboratable):
         return ports
 
     def conserve(self, m, name, inp, out, *, capacity, drain=None, row_beats=1,
-                 width=8, what="beats", reach=True):
+                 width=8, what="beats", reach=True, pausing=False):
         """Properties ``<name>_no_dup`` and (with `drain`) ``<name>_no_loss`` for a
         unit that emits one beat on `out` per beat taken on `inp` (streams, or any
         objects with ``valid`` and ``ready``).
@@ -200,7 +216,13 @@ class Harness(Elaboratable):
         transfer while `out` is ready, every beat taken has come out (with
         `row_beats` > 1, a power of two: every beat of a completed row of that
         many beats; a partial row may wait for its end). Counters are `width`
-        bits, far beyond any depth the proofs reach. Returns (beats in, beats out).
+        bits, far beyond any depth the proofs reach. `pausing`: the drain spell
+        counts the cycles with `out` ready since the last input transfer, a stall
+        pausing it instead of starting it again (for a unit whose stages before
+        the output run free and whose output stage advances whenever `out` is
+        ready: it has then had at least that many cycles of every stage). A
+        beat lost while the output stalls then shows one drain spell after the
+        last input, not one after the stall. Returns (beats in, beats out).
         """
         n_in = beat_counter(m, inp, width, f"{name}_in")
         n_out = beat_counter(m, out, width, f"{name}_out")
@@ -217,10 +239,14 @@ class Harness(Elaboratable):
         if drain is not None:
             assert row_beats & (row_beats - 1) == 0, "row_beats must be a power of two"
             complete = n_in & ~(row_beats - 1)
-            quiet = quiet_counter(m, ~(inp.valid & inp.ready) & out.ready, drain,
-                                  f"{name}_quiet")
+            taken = inp.valid & inp.ready
+            quiet = quiet_counter(m, ~taken & out.ready, drain, f"{name}_quiet",
+                                  hold=~taken if pausing else None)
             self.check(f"{name}_no_loss", (quiet != drain) | (n_out == complete),
-                       f"{drain} cycles without input while the output is ready drain "
+                       f"{drain} cycles " + ("with the output ready since the last input "
+                                            if pausing else
+                                            "without input while the output is ready ") +
+                       f"drain "
                        f"every {what[:-1]}" + (" of a completed row" if row_beats > 1 else ""),
                        min_depth=drain + capacity + 2)
         return n_in, n_out

@@ -12,20 +12,24 @@ proves two different CRC circuits equal over a whole frame only slowly:
   frame's CRC with `bridge.crc16_step`, but by itself: over the bytes it
   sees, at the frame positions the protocol defines.
 
-A frame is
-*good* when its CRC matches and its length is one the protocol allows for
-its opcode (LEN <= max_payload; EXEC: k >= 1 words of 64 bytes; WRITE: an
-address and k >= 1 memory words; RESET: empty); a UART error inside a frame
-spoils it. Properties: an instruction reaches the machine (``instr``
-transfer) only after a good EXEC frame, and at most as many as it carries;
-a memory write only after a good WRITE frame; ``machine_reset`` only after a
-good RESET frame; the stream rule on ``tx``, ``instr``, ``mem.wr``,
-``mem.rd_req``.
+A frame is *good* when its CRC matches and its length is one the protocol
+allows for its opcode (LEN <= max_payload; EXEC: k >= 1 words of 64 bytes;
+WRITE: an address and k >= 1 memory words; RESET: empty); a UART error
+inside a frame spoils it, and so does a gap longer than the byte timeout
+(3 cycles here, so the timeout path is part of the proof). Properties: an
+instruction reaches the machine (``instr`` transfer) only after a good EXEC
+frame, and at most as many as it carries; a memory write only after a good
+WRITE frame; ``machine_reset`` only after a good RESET frame; the stream
+rule on ``tx``, ``instr``, ``mem.wr``, ``mem.rd_req``.
 
-The byte timeout is set beyond the proof depth (a gap can never expire
-here); the timeout path is covered by the simulation tests. An EXEC frame
-is 70 bytes plus 64 cycles to load the word, so instruction deliveries are
-only reached by the deep runs; WRITE and RESET deliveries by every run.
+All of them are proved for all time by k-induction at depth 4. A bounded
+check would need ~140 cycles to see one EXEC delivery (a 70-byte frame, 64
+cycles to load its word); instead the harness states invariants
+(`BridgeHarness.frame_invariants`) that relate the bridge's frame registers
+(`HostBridge.formal_view`) to its own parse, asserted in the same jobs, so
+the induction step only starts from states in which the bridge and the
+parse agree. ``reach_exec`` shows an EXEC delivery is reachable at all
+(step 137): the proofs are not vacuous.
 """
 import threading
 
@@ -40,8 +44,9 @@ from .formal_units import SMALL_ATTENTION, UnitHarness, register
 
 __all__ = ["BridgeHarness", "crc16_bitwise", "BRIDGE_ARGS"]
 
-#: 4-byte words (SMALL_ATTENTION), 16 of them, the smallest max_payload (one EXEC word)
-BRIDGE_ARGS = dict(mem_words=16, max_payload=64, timeout_cycles=1000)
+#: 4-byte words (SMALL_ATTENTION), 16 of them, the smallest max_payload (one EXEC word),
+#: a byte timeout short enough that the proofs cover it
+BRIDGE_ARGS = dict(mem_words=16, max_payload=64, timeout_cycles=3)
 
 #: `CrcIgnoringBridge` swaps a module global while it elaborates
 _SWAP = threading.Lock()
@@ -76,28 +81,40 @@ class CrcIgnoringBridge(HostBridge):
 @register
 class BridgeHarness(UnitHarness):
     unit, cls = "bridge", HostBridge
-    config = "SMALL_ATTENTION (4-byte words), 16 words, max_payload 64, no byte timeout"
-    # a good WRITE frame is 14 bytes, its word reaches memory 7 cycles later
-    depth, deep_depth = 22, 150
-    bmc_only = ("no_bad_exec", "no_bad_write", "no_bad_reset", "exec_words",
-                "tx_hold", "instr_hold", "mem_wr_hold", "mem_rd_req_hold")
-    # an EXEC delivery needs ~140 cycles (70 bytes, 64 cycles to load the word):
-    # below that these properties would hold vacuously, so only deep runs check them
-    deep_only = ("reach_exec", "no_bad_exec", "exec_words", "instr_hold")
-    # a RESET frame is 6 bytes: its pulse comes by step 8 (reach_reset)
-    depths = {"no_bad_reset": 12, "reach_reset": 12, "no_bad_write": 21, "reach_write": 21}
+    config = ("SMALL_ATTENTION (4-byte words), 16 words, max_payload 64, "
+              f"byte timeout {BRIDGE_ARGS['timeout_cycles']} cycles")
+    # k-induction closes at this depth with the invariants (`needs_invariants`)
+    depth, deep_depth = 4, 4
+    needs_invariants = ("no_bad_exec", "exec_words", "no_bad_write", "no_bad_reset",
+                        "instr_hold", "tx_hold", "mem_wr_hold", "mem_rd_req_hold")
+    # a good WRITE frame is 14 bytes and its word reaches memory 7 cycles later;
+    # a RESET frame is 6 bytes: its pulse comes by step 8; an EXEC frame is 70 bytes
+    # and its word takes 64 cycles to load (reach_exec states the step)
+    depths = {"reach_reset": 12, "reach_write": 22, "reach_exec": 140}
+    deep_depths = depths
     bugs = {"no_bad_exec": ("tie", "instr.valid", 1),
             "exec_words": ("tie", "instr.valid", 1),
+            # the instruction offered while a WRITE frame's word is still loading
+            "instr_hold": ("tie", "instr.valid", 1),
             "no_bad_write": ("crc",),
             "no_bad_reset": ("crc",),
             "mem_wr_hold": ("ignore_ready", "mem.wr"),
             "mem_rd_req_hold": ("ignore_ready", "mem.rd_req")}
+    # the traces the seeded bugs need (each fails at its last step): a bad WRITE
+    # frame and its word, a RESET frame, a WRITE frame's word loading, a stalled
+    # write, a read request, a reply byte; an instruction offered at once
+    bug_depths = {"no_bad_exec": 4, "exec_words": 4, "instr_hold": 22, "no_bad_write": 22,
+                  "no_bad_reset": 12, "tx_hold": 22, "mem_wr_hold": 24, "mem_rd_req_hold": 22}
 
     def dut(self, m, *args, **kwargs):
-        if self.bug == ("crc",):
-            m.submodules.dut = dut = CrcIgnoringBridge(*args, **kwargs)
-            return self.open(dut)
-        return super().dut(m, *args, **kwargs)
+        """The bridge, elaborated here so that its registers (`formal_view`) can be
+        named by the invariants (a seeded-bug copy is elaborated as usual)."""
+        if self.bug is not None and self.bug != ("crc",):
+            return super().dut(m, *args, **kwargs)
+        dut = (CrcIgnoringBridge if self.bug else HostBridge)(*args, **kwargs)
+        dut._MustUse__used = True          # elaborated below, not through Fragment.get
+        m.submodules.dut = dut.elaborate(None)
+        return self.open(dut)
 
     def build(self, m):
         pv = past_valid(m)
@@ -105,6 +122,7 @@ class BridgeHarness(UnitHarness):
         self.streams(m, u, pv)
         memory(self, m, u.mem)
         MB, MP, IB = SMALL_ATTENTION.engine.mem_bytes, BRIDGE_ARGS["max_payload"], P.INSTR_BYTES
+        T = BRIDGE_ARGS["timeout_cycles"]
 
         # ---- the harness's own parse of the bytes the bridge took ----
         take = u.rx.valid & u.rx.ready
@@ -112,6 +130,7 @@ class BridgeHarness(UnitHarness):
         op, length = Signal(8, name="f_op"), Signal(16, name="f_len")
         idx = Signal(16, name="f_idx")
         crc, crc_lo = Signal(16, init=0xFFFF, name="f_crc"), Signal(8, name="f_crc_lo")
+        timer = Signal(range(T + 1), name="f_timer")   # cycles since the frame's last byte
         good = Signal(name="f_good")              # the last frame was good (until the next SYNC)
         good_op, good_len = Signal(8, name="f_good_op"), Signal(16, name="f_good_len")
 
@@ -121,16 +140,19 @@ class BridgeHarness(UnitHarness):
                    Mux(o == P.Req.RESET, n == 0, 1))) & (n <= MP)
 
         crc_next = _bridge.crc16_step(crc, byte)     # = crc16_bitwise (crc_network)
-        with m.FSM(name="frame"):
+        inside = ("OPC", "LEN0", "LEN1", "PAY", "CRC0", "CRC1")
+        with m.FSM(name="frame") as frame:
             with m.State("HUNT"):
                 with m.If(take & (byte == P.SYNC)):
-                    m.d.sync += [good.eq(0), crc.eq(0xFFFF)]
+                    m.d.sync += [good.eq(0), crc.eq(0xFFFF), timer.eq(0)]
                     m.next = "OPC"
-            for state, nxt in (("OPC", "LEN0"), ("LEN0", "LEN1"), ("LEN1", None),
-                               ("PAY", None), ("CRC0", "CRC1"), ("CRC1", "HUNT")):
+            for state, nxt in zip(inside, ("LEN0", "LEN1", None, None, "CRC1", "HUNT")):
                 with m.State(state):
+                    m.d.sync += timer.eq(Mux(take, 0, timer + 1))
                     with m.If(u.rx_error):           # a UART error spoils the frame
                         m.next = "HUNT"
+                    with m.Elif(~take & (timer == T)):
+                        m.next = "HUNT"              # a gap longer than the timeout ends it
                     with m.Elif(take):
                         if state in ("OPC", "LEN0", "LEN1", "PAY"):
                             m.d.sync += crc.eq(crc_next)
@@ -180,6 +202,60 @@ class BridgeHarness(UnitHarness):
         self.reach("reach_reset", u.machine_reset,
                    "a good RESET frame resets the machine")
         self.reach("reach_exec", instr_fire, "a good EXEC frame's word reaches the machine")
+        if self.use_invariants:
+            self.frame_invariants(u.formal_view, frame, locals())
+
+    def frame_invariants(self, v, frame, h):
+        """The bridge's frame registers agree with the harness's parse (`h`: its
+        locals). These are what the bridge's correctness rests on: it is inside a
+        frame exactly when the parse is, with the same opcode, length, byte count,
+        CRC and gap timer; at DISPATCH the parse's verdict on the frame is the
+        bridge's length rule; from DISPATCH until the reply only a good frame of the
+        state's opcode is being carried out, with `left` words still to deliver."""
+        MB, MP, IB = h["MB"], h["MP"], h["IB"]
+        b = {s: v["fsm"].ongoing(s) for s in ("HUNT", "OPC", "LEN0", "LEN1", "PAYLOAD",
+                                              "CRC0", "CRC1", "DISPATCH", "LOAD", "WR",
+                                              "INSTR", "RESET", "SETTLE")}
+        f = {s: frame.ongoing(s) for s in h["inside"]}
+        opcode, length, idx = v["opcode"], v["length"], v["idx"]
+        good, good_op, good_len = h["good"], h["good_op"], h["good_len"]
+        receiving = b["OPC"] | b["LEN0"] | b["LEN1"] | b["PAYLOAD"] | b["CRC0"] | b["CRC1"]
+        inv = self.invariant
+        # the induction step starts anywhere: first, both state registers hold a state
+        inv("bridge_state", Cat(v["fsm"].ongoing(s) for s in v["fsm"].encoding).any())
+        inv("parse_state", Cat(frame.ongoing(s) for s in ("HUNT", *h["inside"])).any())
+        for s in h["inside"]:
+            inv(f"same_state_{s}", b["PAYLOAD" if s == "PAY" else s] == f[s])
+        inv("same_timer", ~receiving | (v["timer"] == h["timer"]))
+        inv("same_crc", ~receiving | (v["crc"] == h["crc"]))
+        inv("same_crc_lo", ~b["CRC1"] | (v["crc_lo"] == h["crc_lo"]))
+        inv("same_opcode", ~(receiving & ~b["OPC"]) | (opcode == h["op"]))
+        inv("same_len_lo", ~b["LEN1"] | (length[:8] == h["length"][:8]))
+        after_len = b["PAYLOAD"] | b["CRC0"] | b["CRC1"]
+        inv("same_len", ~after_len | ((length == h["length"]) & (length <= MP)))
+        inv("same_idx", ~b["PAYLOAD"] | ((idx == h["idx"]) & (idx < length)))
+        inv("payload_done", ~(b["CRC0"] | b["CRC1"] | b["DISPATCH"]) | (idx == length))
+        tail = idx - 4
+        inv("tail_count", ~(after_len | b["DISPATCH"])
+            | Mux(idx >= 4, (v["tail_lane"] == tail % MB) & (v["tail_words"] == tail // MB),
+                  (v["tail_lane"] == 0) & (v["tail_words"] == 0)))
+        inv("dispatch_verdict", ~b["DISPATCH"]
+            | ((good == h["len_ok"](opcode, length)) & (good_op == opcode)
+               & (good_len == length) & (length <= MP)))
+        executing = b["LOAD"] | b["WR"] | b["INSTR"] | b["RESET"]
+        inv("executing_good", ~executing | (good & (good_op == opcode) & (good_len == length)
+                                               & (length <= MP)))
+        inv("load_op", ~b["LOAD"] | (opcode == P.Req.WRITE) | (opcode == P.Req.EXEC))
+        inv("wr_op", ~b["WR"] | (opcode == P.Req.WRITE))
+        inv("instr_op", ~b["INSTR"] | (opcode == P.Req.EXEC))
+        inv("reset_op", ~b["RESET"] | (opcode == P.Req.RESET))
+        inv("no_instr_yet", ~(receiving | b["DISPATCH"]) | (h["delivered"] == 0))
+        inv("exec_left", ~((b["LOAD"] | b["INSTR"]) & (opcode == P.Req.EXEC))
+            | ((v["left"] != 0) & (h["delivered"] + v["left"] == length // IB)))
+        # only a reply's bytes enter the CRC as they leave; its own CRC bytes do not,
+        # and they are all that can still be leaving once a frame may arrive
+        replying = ~(b["HUNT"] | receiving | b["DISPATCH"] | executing | b["SETTLE"])
+        inv("crc_quiet", replying | ~v["obuf_crc"])
 
 
 class _Edge:

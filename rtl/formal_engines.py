@@ -63,7 +63,8 @@ def memory(harness, m, unit, width=8):
 
 class EngineHarness(UnitHarness):
     """A unit with ``cmd``, the memory port, ``busy`` and ``done``. `reach_done`:
-    whether a whole command fits the default depth (else a write is the goal)."""
+    whether a whole command fits the default depth (else a write and a read are
+    the default run's goals too)."""
     reach_done = True
     bmc_only = ("cmds_no_dup", "reads_settled", "writes_settled", "outstanding")
     bugs = {"cmds_no_dup": ("ignore_valid", "cmd"),       # runs commands nobody sent
@@ -87,10 +88,9 @@ class EngineHarness(UnitHarness):
         wr_stalled = Signal(name="wr_stalled_seen")
         with m.If(u.wr.valid & ~u.wr.ready):
             m.d.sync += wr_stalled.eq(1)
-        if self.reach_done:
-            self.reach("reach_done", u.done & wr_stalled,
-                       "a command finishes after a stalled write (within the depth)")
-        else:
+        self.reach("reach_done", u.done & wr_stalled,
+                   "a command finishes after a stalled write (within the depth)")
+        if not self.reach_done:
             self.reach("reach_write", u.wr.valid & u.wr.ready & wr_stalled,
                        "a write is accepted after a stalled one (within the depth)")
             rd_stalled = Signal(name="rd_stalled_seen")
@@ -155,18 +155,37 @@ class VectorMoverHarness(EngineHarness):
 @register
 class AttentionHarness(EngineHarness):
     """The attention engine (its own matmul engine, softmax unit and normaliser
-    inside). A whole command is hundreds of cycles even here (several matmul
-    commands per key tile), beyond a useful BMC depth of the whole engine: the
-    default run checks its read requests (first S command), the deep run its
-    first writes."""
+    inside). Commands are limited to the smallest the engine runs: one head of
+    d_head 1, one query at position 0 (one key tile: one S and one PV command,
+    one softmax row, one normalised output). The properties concern the memory
+    handshakes and the pairing of commands and ``done``, which every command
+    goes through; a larger command only repeats them, for hundreds of cycles
+    beyond a bounded check of the whole engine (unlimited commands, depth 24,
+    wrote nothing). Its first write comes in step 34 (``reach_write``), its
+    ``done`` in step 80 (``reach_done``): the default run checks the read and
+    write streams, the deep run (depth 84) ``done`` against the commands, the
+    reads and the writes."""
     unit, cls = "attention", AttentionEngine
-    config = "MACHINE_CONFIG (tile 2, one lane, d_head <= 8, 4 positions)"
-    depth, deep_depth = 24, 48
-    reach_done = False
+    config = ("MACHINE_CONFIG (tile 2, one lane, 4 positions); commands of one head, "
+              "d_head 1, one query at position 0")
+    depth, deep_depth = 36, 84
+    reach_done = False       # the default depth reaches writes, not done
     bmc_only = EngineHarness.bmc_only + ("rd_req_hold", "wr_hold")
-    # no write (let alone a done) happens within 24 cycles: what concerns them would
-    # hold vacuously there, so only the deep runs check them
-    deep_only = ("wr_hold", "writes_settled", "reads_settled", "cmds_no_dup", "reach_write")
+    # no done within the default depth: what concerns it would hold vacuously there
+    deep_only = ("writes_settled", "reads_settled", "cmds_no_dup", "reach_done")
+    # the deep run adds those; the streams stay at the default depth
+    deep_depths = {p: 36 for p in ("rd_req_hold", "wr_hold", "reach_write", "reach_read")}
+    # done with no command, or with reads or a write still open: all within the
+    # first read and write, where the properties themselves need a whole command
+    bugs = {**EngineHarness.bugs, "cmds_no_dup": ("tie", "done", 1),
+            "reads_settled": ("tie", "done", 1)}
+    bug_depths = {p: 36 for p in ("cmds_no_dup", "reads_settled", "writes_settled")}
+
+    def extra(self, m, u, mod, pending):
+        p = u.cmd.payload
+        self.assume(~u.cmd.valid | ((p.n_head == 1) & (p.d_head == 1) & (p.tq == 1)
+                                    & (p.offset == 0)),
+                    "one head of d_head 1, one query at position 0")
 
 
 class MemoryHarness(UnitHarness):

@@ -72,9 +72,14 @@ class UnitHarness(Harness):
     #: default to dropping that port's ready gating)
     bugs = {}
 
+    #: property -> the depth its seeded bug runs at (default: the property's own;
+    #: a k-induction depth can be far shorter than the trace a bug needs)
+    bug_depths = {}
+
     def __init__(self, only=None, bug=None):
         super().__init__(only)
         self.bug = bug
+        self.use_invariants = bug is None
 
     @classmethod
     def bug_for(cls, prop):
@@ -110,73 +115,69 @@ class UnitHarness(Harness):
         return self.open(dut), mod
 
 
-@register
-class GeluHarness(UnitHarness):
-    unit, cls = "gelu", GeluUnit
-    config = "lanes 1"
-    depth, deep_depth = 6, 24
+class BeatsHarness(UnitHarness):
+    """A unit whose contract is one output beat per input beat (`Harness.conserve`),
+    optionally taking a second input stream in lock-step with the first (``join``).
+    Subclasses are made by `_beats_harness` from one row of `_BEATS_UNITS`; the
+    seeded bugs follow from the ports: taking input beats nobody offered
+    (``beats_no_dup``, ``join``), advancing the output whether or not it is taken
+    (``beats_no_loss``)."""
     bmc_only = ("beats_no_dup", "beats_no_loss")
-    bugs = {"beats_no_dup": ("ignore_valid", "inp"), "beats_no_loss": ("ignore_ready", "out")}
+    args, kwargs = (), {}
+    inp = out = join = None
+    capacity, drain, row_beats, what = 1, 2, 1, "beats"
 
     def build(self, m):
         pv = past_valid(m)
-        u = self.dut(m, lanes=1)
+        u = self.dut(m, *self.args, **self.kwargs)
         self.streams(m, u, pv)
-        self.conserve(m, "beats", u.inp, u.out, capacity=1, drain=2)
+        n_in, _ = self.conserve(m, "beats", getattr(u, self.inp), getattr(u, self.out),
+                                capacity=self.capacity, drain=self.drain,
+                                row_beats=self.row_beats, what=self.what)
+        if self.join:
+            n_join = beat_counter(m, getattr(u, self.join), 8, f"beats_{self.join}")
+            self.check("join", n_in == n_join,
+                       f"{self.inp} and {self.join} beats are taken together")
 
 
-@register
-class ResidualHarness(UnitHarness):
-    unit, cls = "residual", ResidualAdd
-    config = "lanes 1, 4-bit"
-    depth, deep_depth = 6, 24
-    bmc_only = ("beats_no_dup", "beats_no_loss")
-    bugs = {"beats_no_dup": ("ignore_valid", "a"), "beats_no_loss": ("ignore_ready", "out"),
-            "join": ("ignore_valid", "b")}
-
-    def build(self, m):
-        pv = past_valid(m)
-        u = self.dut(m, lanes=1, bits=4)
-        self.streams(m, u, pv)
-        n_a, _ = self.conserve(m, "beats", u.a, u.out, capacity=1, drain=2)
-        n_b = beat_counter(m, u.b, 8, "beats_b")
-        self.check("join", n_a == n_b, "a and b beats are taken together")
+def _beats_harness(unit, cls, config, depth, deep_depth, args, ports, capacity, drain, **attrs):
+    """Register a `BeatsHarness` for `cls`: `ports` = (input, output, joined input or None)."""
+    inp, out, join = ports
+    bugs = {"beats_no_dup": ("ignore_valid", inp), "beats_no_loss": ("ignore_ready", out)}
+    if join:
+        bugs["join"] = ("ignore_valid", join)
+    name = f"{cls.__name__}Harness"
+    return register(type(name, (BeatsHarness,), dict(
+        unit=unit, cls=cls, config=config, depth=depth, deep_depth=deep_depth, args=args,
+        inp=inp, out=out, join=join, capacity=capacity, drain=drain, bugs=bugs,
+        __qualname__=name, **attrs)))
 
 
-@register
-class EmbeddingHarness(UnitHarness):
-    unit, cls = "embedding", EmbeddingAdd
-    config = "lanes 1, 4-bit"
-    depth, deep_depth = 8, 24
-    bmc_only = ("beats_no_dup", "beats_no_loss")
-    bugs = {"beats_no_dup": ("ignore_valid", "tok"), "beats_no_loss": ("ignore_ready", "out"),
-            "join": ("ignore_valid", "pos")}
-
-    def build(self, m):
-        pv = past_valid(m)
-        u = self.dut(m, lanes=1, bits=4)
-        self.streams(m, u, pv)
-        n_t, _ = self.conserve(m, "beats", u.tok, u.out, capacity=3, drain=4)
-        n_p = beat_counter(m, u.pos, 8, "beats_pos")
-        self.check("join", n_t == n_p, "token and position beats are taken together")
-
-
-@register
-class ReciprocalHarness(UnitHarness):
-    unit, cls = "reciprocal", Reciprocal
-    config = "SMALL_ATTENTION"
-    # first result after a stall: step 11 (reach_beats); a lost one shows after a drain
-    depth, deep_depth = 14, 30
-    depths = {"beats_no_loss": 26}
-    bmc_only = ("beats_no_dup", "beats_no_loss")
-    bugs = {"beats_no_dup": ("ignore_valid", "inp"), "beats_no_loss": ("ignore_ready", "out")}
-
-    def build(self, m):
-        pv = past_valid(m)
-        u = self.dut(m, SMALL_ATTENTION)
-        self.streams(m, u, pv)
-        self.conserve(m, "beats", u.inp, u.out, capacity=1, drain=Reciprocal.latency + 1,
-                      what="rows")
+#: the smallest configurations; `drain`: cycles to empty the unit (its latency and a
+#: beat); depths reach the first beat after a stall (``reach_beats`` states the step)
+#: and, for ``beats_no_loss``, a lost beat followed by a whole drain spell
+_BPR = SMALL_ATTENTION.beats_per_row
+_BEATS_UNITS = [
+    ("gelu", GeluUnit, "lanes 1", 6, 24, (), ("inp", "out", None), 1, 2,
+     dict(kwargs=dict(lanes=1))),
+    ("residual", ResidualAdd, "lanes 1, 4-bit", 6, 24, (), ("a", "out", "b"), 1, 2,
+     dict(kwargs=dict(lanes=1, bits=4))),
+    ("embedding", EmbeddingAdd, "lanes 1, 4-bit", 8, 24, (), ("tok", "out", "pos"), 3, 4,
+     dict(kwargs=dict(lanes=1, bits=4))),
+    # first result after a stall: step 11 (reach_beats)
+    ("reciprocal", Reciprocal, "SMALL_ATTENTION", 14, 30, (SMALL_ATTENTION,),
+     ("inp", "out", None), 1, Reciprocal.latency + 1,
+     dict(depths={"beats_no_loss": 26}, what="rows")),
+    # rows follow `score_layout` (context fields equal on a row's beats, exactly
+    # beats_per_row beats); capacity: two row-store halves of a row plus the F1/F2
+    # and S0..S3 stages
+    ("softmax", SoftmaxUnit, "SMALL_ATTENTION (tile 2, lanes 1, 1 row)", 10, 30,
+     (SMALL_ATTENTION, quant.exp2_table(SMALL_ATTENTION.frac_bits)), ("scores", "probs", None),
+     2 * _BPR + 6, SoftmaxUnit.latency + 2 * _BPR + 2,
+     dict(row_beats=_BPR)),
+]
+for _row in _BEATS_UNITS:
+    _beats_harness(*_row[:-1], **_row[-1])
 
 
 @register
@@ -207,38 +208,16 @@ class NormaliserHarness(UnitHarness):
 
 
 @register
-class SoftmaxHarness(UnitHarness):
-    unit, cls = "softmax", SoftmaxUnit
-    config = "SMALL_ATTENTION (tile 2, lanes 1, 1 row)"
-    depth, deep_depth = 10, 30
-    bmc_only = ("beats_no_dup", "beats_no_loss")
-    bugs = {"beats_no_dup": ("ignore_valid", "scores"), "beats_no_loss": ("ignore_ready", "probs")}
-
-    def build(self, m):
-        pv = past_valid(m)
-        u = self.dut(m, SMALL_ATTENTION, quant.exp2_table(SMALL_ATTENTION.frac_bits))
-        self.streams(m, u, pv)
-        # the rules of `score_layout`: the row's context fields are equal on all its
-        # beats and a row is exactly beats_per_row beats (BPR = 2 here)
-        # two row-store halves of BPR beats plus the F1/F2 and S0..S3 stages
-        bpr = SMALL_ATTENTION.beats_per_row
-        self.conserve(m, "beats", u.scores, u.probs, capacity=2 * bpr + 6,
-                      drain=SoftmaxUnit.latency + 2 * bpr + 2, row_beats=bpr)
-
-
-@register
 class LayerNormHarness(UnitHarness):
     unit, cls = "layernorm", LayerNormUnit
-    config = "lanes 1, 8-bit, max_e 2, 2 D banks; setup n = 2, at most 2 rows"
+    config = ("lanes 1, 8-bit, max_e 2, 2 D banks; setup n = 2, at most 2 rows "
+              "(beats_no_loss: 1 row)")
     # a row's first output needs setup, parameters, the row and row_latency (~45
-    # cycles), and the drain bound adds a root period: only deep runs reach that far
+    # cycles): reach_beats states the step
     depth, deep_depth = 60, 60
     bmc_only = ("beats_no_dup", "beats_no_loss", "out_hold")
-    slow_only = True
-    # the first output comes in step 47 (reach_beats) and a lost beat shows only
-    # after the 76-cycle drain spell that follows: 82 was too shallow to bite
-    deep_depths = {"beats_no_loss": 130}
     bugs = {"beats_no_dup": ("ignore_valid", "inp"), "beats_no_loss": ("ignore_ready", "out")}
+    one_row = ("beats_no_loss",)     # properties checked with a single row
 
     def build(self, m):
         pv = past_valid(m)
@@ -246,11 +225,17 @@ class LayerNormHarness(UnitHarness):
         self.streams(m, u, pv)
         # rows of n = max_e = 2 beats: a completed row is an even count of beats
         self.assume(u.setup.payload.n == 2, "rows of max_e values")
-        # two rows: the second waits for the first's root (RowRoot.period)
+        # two rows (the second waits for the first's root, RowRoot.period): they
+        # exercise the buffer hand-over within the depth; the no-loss check takes
+        # one, so that its drain bound (the row's latency, not a root period more
+        # behind another row) fits the same depth
+        rows = 1 if self.only in self.one_row else 2
         offered = beat_counter(m, u.inp, 8, "rows_offered")
-        self.assume(~u.inp.valid | (offered < 4), "at most two rows of two beats")
-        self.conserve(m, "beats", u.inp, u.out, capacity=4,
-                      drain=row_latency(2, 1) + RowRoot.period + 8, row_beats=2)
+        self.assume(~u.inp.valid | (offered < 2 * rows), f"at most {rows} rows of two beats")
+        # passes A, B and the root run free; pass C advances whenever the output is
+        # ready: the drain spell counts ready cycles since the last input (`pausing`)
+        self.conserve(m, "beats", u.inp, u.out, capacity=2 * rows,
+                      drain=row_latency(2, 1) + 2 + 2, row_beats=2, pausing=True)
 
 
 @register

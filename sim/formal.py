@@ -244,7 +244,7 @@ def jobs(unit=None, prop=None, deep=False, bugs=False):
             elif method != "cover":
                 bug = cls.bug_for(p)
                 found.append(FormalJob(name, p, desc, probe.config, partial(cls, bug=bug),
-                                       depth, "bmc", expect="fail",
+                                       cls.bug_depths.get(p, depth), "bmc", expect="fail",
                                        bug=" ".join(str(b) for b in bug),
                                        map_memories=cls.map_memories))
     if prop is not None and not found:
