@@ -3,6 +3,11 @@
 - `ResidualAdd` (§7.2, `intmodel.residual_add`): x = sat(x + y, R), where y is
   attn.c_proj's or mlp.c_proj's output already requantised to the residual
   scale by the matmul engine.
+- `RequantAdd` (RESADD / REQUANT of the vector mover): the same add, with y
+  a raw int32 column requantised on the way in, ``sat(round_shift(raw *
+  mult, shift), R)`` with the column's (mult, shift); one pipeline of five
+  short stages, so no cycle holds a multiply, a 64-bit round and two
+  saturations at once.
 - `EmbeddingAdd` (§7.1, `intmodel.embed`): the token and position rows are
   int8 table rows with one (mult, shift) per row; each is requantised
   ``sat(round_shift((w << 8) * mult, shift), R)`` and the two are added with
@@ -21,13 +26,23 @@ from gpt2accel.model import intops
 from .intarith import round_shift, saturate
 from .vector import check_lanes, vector_layout
 
-__all__ = ["ResidualAdd", "EmbeddingAdd", "embed_row_layout"]
+__all__ = ["ResidualAdd", "RequantAdd", "EmbeddingAdd", "embed_row_layout", "raw_row_layout"]
 
 
 def _check_bits(bits):
     if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 32:
         raise ValueError(f"residual width must be an int in 2..32, got {bits!r}")
     return bits
+
+
+def _set_shape(unit, lanes, bits):
+    """Check and set a unit's lanes and residual width; a refused unit is never
+    elaborated, so it is marked as such (no "created but never used" warning)."""
+    try:
+        unit.lanes, unit.bits = check_lanes(lanes), _check_bits(bits)
+    except ValueError:
+        unit._MustUse__silence = True
+        raise
 
 
 def _join(m, a, b, en):
@@ -49,11 +64,7 @@ class ResidualAdd(wiring.Component):
     latency = 1
 
     def __init__(self, lanes=1, bits=16):
-        try:
-            self.lanes, self.bits = check_lanes(lanes), _check_bits(bits)
-        except ValueError:
-            self._MustUse__silence = True   # never elaborated: no "unused" warning
-            raise
+        _set_shape(self, lanes, bits)
         lay = vector_layout(signed(bits), lanes)
         super().__init__({"a": In(stream.Signature(lay)), "b": In(stream.Signature(lay)),
                           "out": Out(stream.Signature(lay))})
@@ -68,6 +79,73 @@ class ResidualAdd(wiring.Component):
             m.d.sync += [out_valid.eq(take), po.last.eq(pa.last)]
             for l in range(self.lanes):
                 m.d.sync += po.x[l].eq(saturate(pa.x[l] + pb.x[l], self.bits))
+        return m
+
+
+def raw_row_layout(lanes, mult_bits=16, shift_bits=6):
+    """One beat of raw int32 values with each lane's requantiser (mult, shift)."""
+    return data.StructLayout({"x": data.ArrayLayout(signed(32), lanes),
+                              "mult": data.ArrayLayout(unsigned(mult_bits), lanes),
+                              "shift": data.ArrayLayout(unsigned(shift_bits), lanes),
+                              "last": 1})
+
+
+class RequantAdd(wiring.Component):
+    """x = sat(a + sat(round_shift(y * mult, shift), R), R) per lane, `lanes` per cycle.
+
+    Ports ``a``: `vector_layout(signed(bits), lanes)` (the residual row); ``y``:
+    `raw_row_layout(lanes)` (raw int32 values, each with its column's mult and
+    shift); ``out``: `vector_layout(signed(bits), lanes)` with ``a.last``.
+
+    Pipeline (one enable, so an output stall freezes it and no beat is lost):
+    Q1 registers the operands (they arrive from the mover's byte selects),
+    Q2 the product (DSP), Q3 adds the rounding half, Q4 shifts and saturates
+    to `bits`, Q5 the saturating residual add. `latency` = 5. The arithmetic is
+    `intarith.round_shift` in 64 bits, as the single-cycle expression it
+    replaces: bit-exact for every 16-bit mult and 6-bit shift.
+    """
+    latency = 5
+
+    def __init__(self, lanes=1, bits=16):
+        _set_shape(self, lanes, bits)
+        lay = vector_layout(signed(bits), lanes)
+        super().__init__({"a": In(stream.Signature(lay)),
+                          "y": In(stream.Signature(raw_row_layout(lanes))),
+                          "out": Out(stream.Signature(lay))})
+
+    def elaborate(self, platform):
+        m = Module()
+        L, R, W = self.lanes, self.bits, 64
+        en, out_valid = Signal(), Signal()
+        m.d.comb += [en.eq(~out_valid | self.out.ready), self.out.valid.eq(out_valid)]
+        take = _join(m, self.a, self.y, en)
+        pa, py = self.a.payload, self.y.payload
+
+        valid = [Signal(name=f"v{s}") for s in range(1, 5)]
+        last = [Signal(name=f"last{s}") for s in range(1, 5)]
+        with m.If(en):
+            m.d.sync += [valid[0].eq(take), last[0].eq(pa.last),
+                         out_valid.eq(valid[-1]), self.out.payload.last.eq(last[-1])]
+            m.d.sync += [v.eq(p) for v, p in zip(valid[1:], valid)]
+            m.d.sync += [v.eq(p) for v, p in zip(last[1:], last)]
+        for l in range(L):
+            def stage(shape, name):
+                return Signal(shape, name=f"{name}_{l}")
+            x = [stage(signed(R), f"x{s}") for s in range(1, 5)]
+            y1, mult1 = stage(signed(32), "y1"), stage(unsigned(len(py.mult[l])), "mult1")
+            sh = [stage(unsigned(len(py.shift[l])), f"shift{s}") for s in range(1, 4)]
+            p2 = stage(signed(W), "prod2")
+            t3 = stage(signed(W), "t3")
+            q4 = stage(signed(R), "req4")
+            half = (Const(1, W) << sh[1]) >> 1
+            with m.If(en):
+                m.d.sync += [x[0].eq(pa.x[l]), y1.eq(py.x[l]), mult1.eq(py.mult[l]),
+                             sh[0].eq(py.shift[l]), sh[1].eq(sh[0]), sh[2].eq(sh[1]),
+                             p2.eq(y1 * mult1),
+                             t3.eq(p2 + half.as_signed()),
+                             q4.eq(saturate(t3 >> sh[2], R)),
+                             self.out.payload.x[l].eq(saturate(x[3] + q4, R))]
+                m.d.sync += [v.eq(p) for v, p in zip(x[1:], x)]
         return m
 
 
@@ -92,11 +170,7 @@ class EmbeddingAdd(wiring.Component):
     latency = 3
 
     def __init__(self, lanes=1, bits=16):
-        try:
-            self.lanes, self.bits = check_lanes(lanes), _check_bits(bits)
-        except ValueError:
-            self._MustUse__silence = True   # never elaborated: no "unused" warning
-            raise
+        _set_shape(self, lanes, bits)
         self.mult_bits = intops.MULT_BITS
         row = embed_row_layout(lanes)
         super().__init__({"tok": In(stream.Signature(row)), "pos": In(stream.Signature(row)),

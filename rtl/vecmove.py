@@ -1,6 +1,6 @@
 """Memory <-> stream movers for the vector units (LAYERNORM, GELU, RESADD, REQUANT, EMBED).
 
-The vector units (`GeluUnit`, `LayerNormUnit`, `ResidualAdd`) are stream
+The vector units (`GeluUnit`, `LayerNormUnit`, `RequantAdd`, `EmbeddingAdd`) are stream
 units without memory access. `VectorMover` runs one vector instruction
 (`isa.vector_layouts`) on one-lane instances of them:
 
@@ -8,7 +8,7 @@ units without memory access. `VectorMover` runs one vector instruction
  reader: per element, all operand slots checked at once: all cached -> the
          element goes to the unit that cycle; else the lowest missing slot's
          word is read (rd_req -> rd_resp) (GELU table / LN setup+params first)
- unit:   GeluUnit(1) | LayerNormUnit(1) | requant + ResidualAdd(1) | EmbeddingAdd(1)
+ unit:   GeluUnit(1) | LayerNormUnit(1) | RequantAdd(1) | EmbeddingAdd(1)
  writer: unit output beat -> strobed write of the element's bytes (own counters)
 ```
 
@@ -30,11 +30,10 @@ from amaranth.lib.wiring import In, Out
 
 from .attention_config import AttentionConfig
 from .gelu import GeluUnit, TABLE_SIZE
-from .intarith import round_shift, saturate
 from .isa import Op, vector_layouts, cfg_max_vector_n
 from .layernorm import LayerNormUnit
 from .matmul import read_request_layout, read_response_layout, write_layout
-from .residual import EmbeddingAdd, ResidualAdd
+from .residual import EmbeddingAdd, RequantAdd
 
 __all__ = ["VectorMover"]
 
@@ -75,7 +74,7 @@ class VectorMover(wiring.Component):
         MB = e.mem_bytes
         m.submodules.gelu = gelu = GeluUnit(1)
         m.submodules.ln = ln = LayerNormUnit(1, in_bits=R, max_e=cfg_max_vector_n(c))
-        m.submodules.add = add = ResidualAdd(1, R)
+        m.submodules.add = add = RequantAdd(1, R)
         m.submodules.emb = emb = EmbeddingAdd(1, R)
 
         op = Signal(4)
@@ -85,7 +84,7 @@ class VectorMover(wiring.Component):
         em_c = views[Op.EMBED]
         is_ln, is_ge, is_em = op == Op.LAYERNORM, op == Op.GELU, op == Op.EMBED
         is_rq = op == Op.REQUANT
-        is_ad = (op == Op.RESADD) | is_rq     # both use the requantiser and ResidualAdd
+        is_ad = (op == Op.RESADD) | is_rq     # both use RequantAdd
         rows = ln_c.rows           # the common fields sit at the same offsets in every body
         n = ln_c.n
         src_base, src_stride = ln_c.src_base, ln_c.src_stride
@@ -178,7 +177,6 @@ class VectorMover(wiring.Component):
         # unit inputs (valid driven by `emit`: FETCH with every used slot cached)
         x16 = field(0, RESID_BYTES).as_signed()
         yq = field(2, Q_BYTES)
-        y_req = saturate(round_shift(field(1, RAW_BYTES).as_signed() * yq[:16], yq[16:22], 64), R)
         last_col = col == n - 1
         m.d.comb += [
             gelu.load.payload.addr.eq(col), gelu.load.payload.data.eq(field(0, 1)),
@@ -195,7 +193,8 @@ class VectorMover(wiring.Component):
             emb.pos.payload.x[0].eq(field(3, ACT_BYTES)), emb.pos.payload.last.eq(last_col),
             emb.pos.payload.mult.eq(field(4, Q_BYTES)[:16]),
             emb.pos.payload.shift.eq(field(4, Q_BYTES)[16:22]),
-            add.b.payload.x[0].eq(y_req), add.b.payload.last.eq(last_col),
+            add.y.payload.x[0].eq(field(1, RAW_BYTES)), add.y.payload.last.eq(last_col),
+            add.y.payload.mult[0].eq(yq[:16]), add.y.payload.shift[0].eq(yq[16:22]),
         ]
         emit_ready = Signal()
         emit = Signal()
@@ -207,7 +206,7 @@ class VectorMover(wiring.Component):
                                            Mux(is_ge, gelu.inp.ready,
                                                Mux(is_em, emb.tok.ready, add.a.ready)))),
                          ln.inp.valid.eq(emit & is_ln), gelu.inp.valid.eq(emit & is_ge),
-                         add.a.valid.eq(emit & is_ad), add.b.valid.eq(emit & is_ad),
+                         add.a.valid.eq(emit & is_ad), add.y.valid.eq(emit & is_ad),
                          emb.tok.valid.eq(emit & is_em), emb.pos.valid.eq(emit & is_em)]
         pre_n = Mux(is_ge, TABLE_SIZE, n)
 

@@ -21,7 +21,7 @@ Per unit (reference memory: requests always accepted, responses after
 """
 from gpt2accel.rtl.gelu import GeluUnit, TABLE_SIZE
 from gpt2accel.rtl.isa import VECTOR_OPS, Op, decode
-from gpt2accel.rtl.residual import EmbeddingAdd, ResidualAdd
+from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd
 from gpt2accel.rtl.vecmove import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES,
                                    RESID_BYTES)
 from .attention_cycles import attention_cycles
@@ -118,7 +118,7 @@ def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
         last_write = _ln_out_cycles(ins)[-1]
     else:
         lat = {Op.GELU: GeluUnit.latency, Op.EMBED: EmbeddingAdd.latency}.get(
-            op, ResidualAdd.latency)
+            op, RequantAdd.latency)
         last_write = ins[-1][-1] + lat
     return last_write + 1
 

@@ -9,15 +9,15 @@ from fractions import Fraction
 from gpt2accel.rtl.gelu import GeluUnit
 from gpt2accel.rtl.layernorm import (PASS_B_LATENCY, PASS_C_LATENCY, ROW_STATS_LATENCY,
                                      RowRoot)
-from gpt2accel.rtl.residual import EmbeddingAdd, ResidualAdd
+from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd, ResidualAdd
 
 __all__ = ["elementwise_out_cycles", "layernorm_beats", "layernorm_schedule",
            "layernorm_row_passes", "layernorm_row_period"]
 
 
 def elementwise_out_cycles(unit_cls, in_cycles):
-    """GELU / residual / embedding add: each output beat `latency` cycles after its input."""
-    if unit_cls not in (GeluUnit, ResidualAdd, EmbeddingAdd):
+    """GELU / residual / requantising / embedding add: each output beat `latency` cycles after its input."""
+    if unit_cls not in (GeluUnit, ResidualAdd, RequantAdd, EmbeddingAdd):
         raise ValueError(f"not an elementwise vector unit: {unit_cls!r}")
     return [c + unit_cls.latency for c in in_cycles]
 

@@ -14,12 +14,13 @@ from amaranth.sim import Simulator
 
 from gpt2accel.rtl.gelu import GeluUnit
 from gpt2accel.rtl.layernorm import LayerNormUnit
-from gpt2accel.rtl.residual import EmbeddingAdd, ResidualAdd
+from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd, ResidualAdd
 
 from .attention_sim import StreamSink, StreamSource
 from .matmul_sim import transfer
 
-__all__ = ["row_beats", "run_gelu", "run_residual", "run_embedding", "run_layernorm",
+__all__ = ["row_beats", "run_gelu", "run_residual", "run_requant_add", "run_embedding",
+           "run_layernorm",
            "LayerNormGroup"]
 
 
@@ -121,25 +122,43 @@ def run_gelu(lanes, segments, *, seed=0, stall=0.0, init=None):
     return ys, {"in_cycles": in_cycles, "out_cycles": sink.cycles}
 
 
+def _run_join(dut, ports, beats, n_rows, n, seed, stall):
+    """Drive a two-input join unit (`ports`: its two input names, `beats` theirs) into
+    one sink; returns (out [n_rows, n], stats with each port's and the output's cycles)."""
+    rng = random.Random(seed)
+    srcs = [StreamSource(getattr(dut, p), b, random.Random(rng.random()), stall)
+            for p, b in zip(ports, beats)]
+    sink = StreamSink(dut.out, len(beats[0]), random.Random(rng.random()), _decode("x"), stall,
+                      timeout=100 + len(beats[0]) * (8 if stall else 2))
+    _simulate(dut, [src.run for src in srcs], sink)
+    out, _ = _unbeat(sink.beats, n_rows, n, "x")
+    stats = {f"{p}_cycles": src.cycles for p, src in zip(ports, srcs)}
+    return out, {**stats, "out_cycles": sink.cycles}
+
+
 def run_residual(lanes, bits, a, b, *, seed=0, stall=0.0):
     """sat(a + b) of two [T, N] arrays on one ResidualAdd; returns (out [T, N], stats)."""
-    rng = random.Random(seed)
-    dut = ResidualAdd(lanes, bits)
-    ba, bb = row_beats(a, lanes), row_beats(b, lanes)
-    src_a = StreamSource(dut.a, ba, random.Random(rng.random()), stall)
-    src_b = StreamSource(dut.b, bb, random.Random(rng.random()), stall)
-    sink = StreamSink(dut.out, len(ba), random.Random(rng.random()), _decode("x"), stall,
-                      timeout=100 + len(ba) * (8 if stall else 2))
-    _simulate(dut, [src_a.run, src_b.run], sink)
-    out, _ = _unbeat(sink.beats, a.shape[0], a.shape[1], "x")
-    return out, {"a_cycles": src_a.cycles, "b_cycles": src_b.cycles, "out_cycles": sink.cycles}
+    return _run_join(ResidualAdd(lanes, bits), ("a", "b"), [row_beats(a, lanes), row_beats(b, lanes)],
+                     a.shape[0], a.shape[1], seed, stall)
+
+
+def run_requant_add(lanes, bits, a, y, mult, shift, *, seed=0, stall=0.0):
+    """sat(a + sat(round_shift(y * mult, shift))) of [T, N] arrays (a residual, y raw int32,
+    mult/shift per column [N]) on one RequantAdd; returns (out [T, N], stats)."""
+    by = row_beats(y, lanes)
+    n_cols = a.shape[1]
+    per_row = -(-n_cols // lanes)
+    for i, b in enumerate(by):
+        cols = [(i % per_row) * lanes + l for l in range(lanes)]
+        b["mult"] = [int(mult[c]) if c < n_cols else 0 for c in cols]
+        b["shift"] = [int(shift[c]) if c < n_cols else 0 for c in cols]
+    return _run_join(RequantAdd(lanes, bits), ("a", "y"), [row_beats(a, lanes), by],
+                     a.shape[0], n_cols, seed, stall)
 
 
 def run_embedding(lanes, bits, tok, tok_mult, tok_shift, pos, pos_mult, pos_shift, *,
                   seed=0, stall=0.0):
     """Embedding add of int8 rows tok [T, E] and pos [T, E] with per-row (mult, shift)."""
-    rng = random.Random(seed)
-    dut = EmbeddingAdd(lanes, bits)
 
     def beats(rows, mult, shift):
         out = row_beats(rows, lanes)
@@ -148,15 +167,9 @@ def run_embedding(lanes, bits, tok, tok_mult, tok_shift, pos, pos_mult, pos_shif
             b["mult"], b["shift"] = int(mult[i // per_row]), int(shift[i // per_row])
         return out
 
-    bt, bp = beats(tok, tok_mult, tok_shift), beats(pos, pos_mult, pos_shift)
-    src_t = StreamSource(dut.tok, bt, random.Random(rng.random()), stall)
-    src_p = StreamSource(dut.pos, bp, random.Random(rng.random()), stall)
-    sink = StreamSink(dut.out, len(bt), random.Random(rng.random()), _decode("x"), stall,
-                      timeout=100 + len(bt) * (8 if stall else 2))
-    _simulate(dut, [src_t.run, src_p.run], sink)
-    out, _ = _unbeat(sink.beats, tok.shape[0], tok.shape[1], "x")
-    return out, {"tok_cycles": src_t.cycles, "pos_cycles": src_p.cycles,
-                 "out_cycles": sink.cycles}
+    return _run_join(EmbeddingAdd(lanes, bits), ("tok", "pos"),
+                     [beats(tok, tok_mult, tok_shift), beats(pos, pos_mult, pos_shift)],
+                     tok.shape[0], tok.shape[1], seed, stall)
 
 
 class LayerNormGroup:

@@ -1,12 +1,13 @@
-"""Residual add (`intmodel.residual_add`) and embedding add (`intmodel.embed`) units,
-bit for bit, with random stalls; their timing."""
+"""Residual add (`intmodel.residual_add`), requantising residual add (RESADD / REQUANT)
+and embedding add (`intmodel.embed`) units, bit for bit, with random stalls; their timing."""
 import numpy as np
 import pytest
 
 from gpt2accel.model import intmodel as im
-from gpt2accel.rtl.residual import EmbeddingAdd, ResidualAdd
+from gpt2accel.model import intops
+from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd, ResidualAdd
 from gpt2accel.sim.units_cycles import elementwise_out_cycles
-from gpt2accel.sim.units_sim import run_embedding, run_residual
+from gpt2accel.sim.units_sim import run_embedding, run_requant_add, run_residual
 
 from units_cases import extremes, quant_model
 
@@ -31,6 +32,35 @@ def test_residual_add_extremes_with_stalls(lanes, n, bits, seed):
     assert np.array_equal(out, want), f"{np.argwhere(out != want)[:3]} (GPT2ACCEL_SEED={seed})"
     if bits == 16:
         np.testing.assert_array_equal(out[-24:], seen[("resid", 0)][:, :n])
+
+
+def _requant_add(a, y, mult, shift, bits):
+    """RESADD's rule with the hardware's full 16-bit mult and 6-bit shift fields
+    (`intops.requantize` itself refuses mult >= 2^15 and shift > 47)."""
+    y = intops.saturate(intops.round_shift(np.asarray(y, np.int64) * mult, shift), bits)
+    return intops.saturate(np.asarray(a, np.int64) + y, bits)
+
+
+@pytest.mark.parametrize("lanes,n,bits", [(1, 9, 16), (2, 7, 12), (3, 6, 16)])
+def test_requant_add_extremes_with_stalls(lanes, n, bits, seed):
+    """Raw int32 columns at both ends, every mult/shift corner (0, the largest 16-bit
+    mult, shift 0 and 63), residual rows at both ends, with stalls on all three
+    streams; REQUANT is the a = 0 case."""
+    rng = np.random.default_rng([seed, lanes, n, bits])
+    rows = 16
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    a = extremes(rng, (rows, n), lo, hi, 0.25)
+    a[0] = 0
+    y = extremes(rng, (rows, n), -(1 << 31), (1 << 31) - 1, 0.25)
+    y[1] = rng.integers(-300, 300, n)
+    mult = rng.integers(0, 1 << 16, n)
+    shift = rng.integers(0, 64, n)
+    mult[0], shift[0] = (1 << 16) - 1, 0
+    shift[1 % n], shift[2 % n] = 63, 16
+    mult[3 % n] = 0
+    out, _ = run_requant_add(lanes, bits, a, y, mult, shift, seed=seed, stall=0.3)
+    want = _requant_add(a, y, mult, shift, bits)
+    assert np.array_equal(out, want), f"{np.argwhere(out != want)[:3]} (GPT2ACCEL_SEED={seed})"
 
 
 def test_embedding_add_quantised_model(seed):
@@ -77,6 +107,12 @@ def test_timing():
     np.testing.assert_array_equal(out, im.residual_add(a, b, 16))
     assert st["a_cycles"] == st["b_cycles"] == list(range(10))
     assert st["out_cycles"] == elementwise_out_cycles(ResidualAdd, st["a_cycles"])
+    mult, shift = rng.integers(0, 1 << 15, 8), rng.integers(0, 48, 8)
+    out, st = run_requant_add(2, 16, a, b * 1000, mult, shift)
+    np.testing.assert_array_equal(out, _requant_add(a, b * 1000, mult, shift, 16))
+    assert st["a_cycles"] == st["y_cycles"] == list(range(20))
+    assert st["out_cycles"] == elementwise_out_cycles(RequantAdd, st["a_cycles"]) \
+        == [c + 5 for c in range(20)]
     w = rng.integers(-128, 128, (5, 8))
     mult, shift = np.full(5, 1 << 14), np.full(5, 14)
     out, st = run_embedding(8, 16, w, mult, shift, w, mult, shift)
@@ -90,5 +126,7 @@ def test_timing():
 def test_rejects_bad_widths():
     with pytest.raises(ValueError, match="width"):
         ResidualAdd(2, 1)
+    with pytest.raises(ValueError, match="width"):
+        RequantAdd(1, 40)
     with pytest.raises(ValueError, match="lanes"):
         EmbeddingAdd(0, 16)
