@@ -1,5 +1,9 @@
-"""Attention test inputs (one head), drawn from the tests' `seed` fixture
-(tests/conftest.py: GPT2ACCEL_SEED replays a run)."""
+"""Attention test inputs (one head), and `extremes`, the extreme-heavy integers
+the matmul and vector-unit cases are made of too.
+
+The tests draw them from the `seed` fixture (tests/conftest.py:
+GPT2ACCEL_SEED replays a run).
+"""
 import numpy as np
 
 from gpt2accel.model import intops
@@ -7,11 +11,12 @@ from gpt2accel.model import intops
 KINDS = ["random", "equal", "dominant", "saturate", "growing", "shrinking", "zero_mult"]
 
 
-def _extremes(rng, shape, lo=-128, hi=127):
+def extremes(rng, shape, lo=-128, hi=127, share=0.1):
+    """Uniform integers in [lo, hi] with about `share` of them at each extreme."""
     x = rng.integers(lo, hi + 1, shape)
     pick = rng.random(shape)
-    x[pick < 0.1] = lo
-    x[pick > 0.9] = hi
+    x[pick < share] = lo
+    x[pick > 1 - share] = hi
     return x
 
 
@@ -27,9 +32,9 @@ def head_case(rng, kind, d, tq, tk):
     - shrinking: the opposite, the max is set in the first tile;
     - zero_mult: multiplier 0, every t = 0.
     """
-    v = _extremes(rng, (tk, d))
-    q = _extremes(rng, (tq, d))
-    k = _extremes(rng, (tk, d))
+    v = extremes(rng, (tk, d))
+    q = extremes(rng, (tq, d))
+    k = extremes(rng, (tk, d))
     mult = int(rng.integers(0, 1 << 15))
     shift = int(rng.integers(0, 48))
     if rng.random() < 0.5:

@@ -8,14 +8,7 @@ import numpy as np
 from gpt2accel.model.intops import matmul_acc, matmul_requant
 from gpt2accel.sim.matmul_sim import MatmulCase
 
-
-def _values(rng, shape, lo, hi):
-    """Uniform values with a good share of the extremes lo and hi."""
-    x = rng.integers(lo, hi + 1, shape)
-    pick = rng.random(shape)
-    x[pick < 0.1] = lo
-    x[pick > 0.9] = hi
-    return x
+from attention_cases import extremes
 
 
 def random_case(rng, cfg, max_m, max_k, max_n):
@@ -24,12 +17,12 @@ def random_case(rng, cfg, max_m, max_k, max_n):
     n = int(rng.integers(1, max_n + 1))
     a_signed = bool(rng.integers(2))
     raw = bool(rng.random() < 0.3)
-    a = _values(rng, (m, k), -128, 127) if a_signed else _values(rng, (m, k), 0, 255)
-    w = _values(rng, (k, n), -128, 127)
+    a = extremes(rng, (m, k), -128, 127) if a_signed else extremes(rng, (m, k), 0, 255)
+    w = extremes(rng, (k, n), -128, 127)
     # biases from small to the full int32 range, so the bias add wraps too
     bscale = [1 << 10, 1 << 20, 1 << 31][int(rng.integers(3))]
     bias = rng.integers(-bscale, bscale, n)
-    mult = _values(rng, n, 0, (1 << 15) - 1)
+    mult = extremes(rng, n, 0, (1 << 15) - 1)
     shift = rng.integers(0, 48, n)
     shift[rng.random(n) < 0.2] = rng.choice([0, 1, 47])
     return MatmulCase(a, w, bias, mult, shift, a_signed, raw)

@@ -12,6 +12,8 @@ from gpt2accel.model import intops
 from gpt2accel.model import quant as Q
 from gpt2accel.model.synthetic import random_gpt2
 
+from attention_cases import extremes
+
 #: geometry of the quantised test model: E = 48 is not a power of two
 GEOM = dict(vocab_size=67, n_positions=48, n_embd=48, n_layer=2, n_head=4)
 
@@ -28,15 +30,6 @@ def quant_model(resid_bits=16):
     q.forward(rng.integers(0, 67, 24),
               observe=lambda name, layer, x: seen.setdefault((name, layer), np.asarray(x)))
     return q, seen
-
-
-def extremes(rng, shape, lo, hi, share=0.1):
-    """Uniform integers in [lo, hi] with about `share` of them at each extreme."""
-    x = rng.integers(lo, hi + 1, shape)
-    pick = rng.random(shape)
-    x[pick < share] = lo
-    x[pick > 1 - share] = hi
-    return x
 
 
 def layernorm_rows(rng, n, bits, k_min=None):
