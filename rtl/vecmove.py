@@ -82,13 +82,14 @@ class VectorMover(wiring.Component):
         views = {o: lay(body[:lay.size]) for o, lay in self.layouts.items()}
         ln_c, ge_c, ad_c = views[Op.LAYERNORM], views[Op.GELU], views[Op.RESADD]
         em_c = views[Op.EMBED]
+        # the same fields of the command being accepted (start values of the row registers)
+        new = {o: lay(self.cmd.payload.body[:lay.size]) for o, lay in self.layouts.items()}
         is_ln, is_ge, is_em = op == Op.LAYERNORM, op == Op.GELU, op == Op.EMBED
         is_rq = op == Op.REQUANT
         is_ad = (op == Op.RESADD) | is_rq     # both use RequantAdd
         rows = ln_c.rows           # the common fields sit at the same offsets in every body
         n = ln_c.n
-        src_base, src_stride = ln_c.src_base, ln_c.src_stride
-        dst_base, dst_stride = ln_c.dst_base, ln_c.dst_stride
+        src_stride, dst_stride = ln_c.src_stride, ln_c.dst_stride
 
         # ---------------- reader ----------------
         # phase: 0 setup/table/params, 1 rows
@@ -101,18 +102,30 @@ class VectorMover(wiring.Component):
         cache_addr = [Signal(e.addr_bits, name=f"cache_addr{s}") for s in range(NS)]
         cache_word = [Signal(8 * MB, name=f"cache_word{s}") for s in range(NS)]
 
-        def elem_addr(base, stride, row, size):
+        # Row start addresses live in registers, advanced by their stride when the row
+        # advances: base + row * stride computed anew each cycle put a multiplier in
+        # front of the cache compare, the read request and the unit handshakes (the
+        # machine's ECP5 critical path after the requantiser's). EMBED's wte row
+        # depends on the token id read from memory: it is registered in one extra
+        # cycle per row (`tok_ok`) once the id's word is cached.
+        A = e.addr_bits
+        src_row, y_row, wpe_row = (Signal(A, name=f"{n}_row") for n in ("src", "y", "wpe"))
+        tok_ok = Signal()
+        wte_row, wte_q_addr = Signal(A), Signal(A)
+        wte_q_off = Signal(range(MB))
+
+        def elem_addr(row_base, size):
             byte = col * size
-            return base + row * stride + byte // MB, byte % MB
+            return row_base + byte // MB, byte % MB
 
         # per slot (address, byte offset, used) in the current phase
-        a_g, o_g = elem_addr(ln_c.gamma_base, 0, 0, GAMMA_BYTES)
-        a_b, o_b = elem_addr(ln_c.beta_base, 0, 0, BETA_BYTES)
-        a_t, o_t = elem_addr(ge_c.table_base, 0, 0, ACT_BYTES)
-        a_x16, o_x16 = elem_addr(src_base, src_stride, r, RESID_BYTES)
-        a_x8, o_x8 = elem_addr(src_base, src_stride, r, ACT_BYTES)
-        a_y, o_y = elem_addr(ad_c.y_base, ad_c.y_stride, r, RAW_BYTES)
-        a_q, o_q = elem_addr(ad_c.q_base, 0, 0, Q_BYTES)
+        a_g, o_g = elem_addr(ln_c.gamma_base, GAMMA_BYTES)
+        a_b, o_b = elem_addr(ln_c.beta_base, BETA_BYTES)
+        a_t, o_t = elem_addr(ge_c.table_base, ACT_BYTES)
+        a_x16, o_x16 = elem_addr(src_row, RESID_BYTES)
+        a_x8, o_x8 = elem_addr(src_row, ACT_BYTES)
+        a_y, o_y = elem_addr(y_row, RAW_BYTES)
+        a_q, o_q = elem_addr(ad_c.q_base, Q_BYTES)
         # EMBED: the token id (slot 0) selects the wte row (slots 1, 2)
         pos = em_c.pos0 + r
         a_id, o_id = em_c.src_base + (r * Q_BYTES) // MB, (r * Q_BYTES) % MB
@@ -137,11 +150,10 @@ class VectorMover(wiring.Component):
                              slot_used.eq(Mux(is_rq, 0b00110, 0b00111))]
             with m.If(is_em):
                 m.d.comb += [slot_addr[0].eq(a_id), slot_off[0].eq(o_id),
-                             slot_addr[1].eq(em_c.wte_base + tok_id * em_c.wte_stride + col // MB),
+                             slot_addr[1].eq(wte_row + col // MB),
                              slot_off[1].eq(col % MB),
-                             slot_addr[2].eq(em_c.wte_q_base + (tok_id * Q_BYTES) // MB),
-                             slot_off[2].eq((tok_id * Q_BYTES) % MB),
-                             slot_addr[3].eq(em_c.wpe_base + pos * em_c.wpe_stride + col // MB),
+                             slot_addr[2].eq(wte_q_addr), slot_off[2].eq(wte_q_off),
+                             slot_addr[3].eq(wpe_row + col // MB),
                              slot_off[3].eq(col % MB),
                              slot_addr[4].eq(em_c.wpe_q_base + (pos * Q_BYTES) // MB),
                              slot_off[4].eq((pos * Q_BYTES) % MB),
@@ -162,7 +174,8 @@ class VectorMover(wiring.Component):
         # missing slot is requested
         miss = Signal(NS)
         first_miss = Signal(range(NS))
-        m.d.comb += miss.eq(slot_used & ~Cat(*[cache_ok[s] & (cache_addr[s] == slot_addr[s])
+        tok_wait = is_em & phase & ~tok_ok     # slots 1, 2 wait for the registered wte row
+        m.d.comb += miss.eq(Mux(tok_wait, slot_used & 1, slot_used) & ~Cat(*[cache_ok[s] & (cache_addr[s] == slot_addr[s])
                                               for s in range(NS)]))
         for s in reversed(range(NS)):
             with m.If(miss[s]):
@@ -213,6 +226,7 @@ class VectorMover(wiring.Component):
         # ---------------- writer ----------------
         wr_r = Signal.like(r)
         wr_col = Signal.like(col)
+        dst_row = Signal(A)
         wide = is_ad | is_em                  # int16 residual-width outputs
         out_size = Mux(wide, RESID_BYTES, ACT_BYTES)
         wbyte = wr_col * out_size
@@ -224,7 +238,7 @@ class VectorMover(wiring.Component):
                                add.out.payload.x[0].as_unsigned())))
         off = Signal(range(MB))
         m.d.comb += [off.eq(wbyte % MB),
-                     self.wr.payload.addr.eq(dst_base + wr_r * dst_stride + wbyte // MB),
+                     self.wr.payload.addr.eq(dst_row + wbyte // MB),
                      self.wr.payload.data.eq(out_data[:16] << (off * 8)),
                      self.wr.payload.strb.eq(Mux(wide, 0b11, 0b1) << off)]
         writing = Signal()
@@ -239,7 +253,7 @@ class VectorMover(wiring.Component):
         with m.If(self.wr.valid & self.wr.ready):
             m.d.sync += wr_col.eq(wr_col + 1)
             with m.If(wr_col == n - 1):
-                m.d.sync += [wr_col.eq(0), wr_r.eq(wr_r + 1)]
+                m.d.sync += [wr_col.eq(0), wr_r.eq(wr_r + 1), dst_row.eq(dst_row + dst_stride)]
                 with m.If(wr_r == rows - 1):
                     m.d.sync += [writing.eq(0), done.eq(1)]
 
@@ -250,6 +264,11 @@ class VectorMover(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(~writing)
                 with m.If(self.cmd.valid & ~writing):
+                    n_ln, n_ad, n_em = new[Op.LAYERNORM], new[Op.RESADD], new[Op.EMBED]
+                    m.d.sync += [src_row.eq(n_ln.src_base), dst_row.eq(n_ln.dst_base),
+                                 y_row.eq(n_ad.y_base),
+                                 wpe_row.eq(n_em.wpe_base + n_em.pos0 * n_em.wpe_stride),
+                                 tok_ok.eq(0)]
                     m.d.sync += [op.eq(self.cmd.payload.op), body.eq(self.cmd.payload.body),
                                  phase.eq(0), r.eq(0), col.eq(0), slot.eq(0), cache_ok.eq(0),
                                  wr_r.eq(0), wr_col.eq(0), writing.eq(1), busy.eq(1)]
@@ -270,6 +289,10 @@ class VectorMover(wiring.Component):
                     with m.If(self.rd_req.ready):
                         m.d.sync += slot.eq(first_miss)
                         m.next = "RESP"
+                with m.Elif(tok_wait):
+                    m.d.sync += [wte_row.eq(em_c.wte_base + tok_id * em_c.wte_stride),
+                                 wte_q_addr.eq(em_c.wte_q_base + (tok_id * Q_BYTES) // MB),
+                                 wte_q_off.eq((tok_id * Q_BYTES) % MB), tok_ok.eq(1)]
                 with m.Else():
                     m.d.comb += emit.eq(1)
                     with m.If(emit_ready):
@@ -278,7 +301,10 @@ class VectorMover(wiring.Component):
                             with m.If(col == pre_n - 1):
                                 m.d.sync += [col.eq(0), phase.eq(1)]
                         with m.Elif(last_col):
-                            m.d.sync += [col.eq(0), r.eq(r + 1)]
+                            m.d.sync += [col.eq(0), r.eq(r + 1), tok_ok.eq(0),
+                                         src_row.eq(src_row + src_stride),
+                                         y_row.eq(y_row + ad_c.y_stride),
+                                         wpe_row.eq(wpe_row + em_c.wpe_stride)]
                             with m.If(r == rows - 1):
                                 m.d.sync += busy.eq(0)
                                 m.next = "IDLE"

@@ -66,15 +66,19 @@ def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
     if op == Op.LAYERNORM:
         t += 1                                     # SETUP beat
 
-    def element(addrs):
+    def element(addrs, tok_wait=False):
         """Advance the reader over one element (its word reads, then the cycle it goes
-        to the unit); return that cycle."""
+        to the unit); return that cycle. `tok_wait`: EMBED's first element of a row,
+        which waits one cycle after its token id's word (slot 0) for the wte row
+        address to be registered."""
         nonlocal t
         for s in range(NS):                        # the lowest missing slot first
             a = addrs[s] if s < len(addrs) else None
             if a is not None and cache[s] != a:
                 cache[s] = a
                 t += latency + 1                   # request, response after `latency`
+            if s == 0 and tok_wait:
+                t += 1
         emit = t                                   # the FETCH cycle that finds all present
         t += 1
         return emit
@@ -112,7 +116,7 @@ def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
                          at(f["wte_q_base"], 0, 0, tok, Q_BYTES),
                          at(f["wpe_base"], f["wpe_stride"], p, c, ACT_BYTES),
                          at(f["wpe_q_base"], 0, 0, p, Q_BYTES)]
-            row.append(element(addrs))
+            row.append(element(addrs, op == Op.EMBED and c == 0))
         ins.append(row)
     if op == Op.LAYERNORM:
         last_write = _ln_out_cycles(ins)[-1]
