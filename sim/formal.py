@@ -212,7 +212,8 @@ def jobs(unit=None, prop=None, deep=False, bugs=False):
     """The FormalJobs of every registered harness (or of `unit`, or one property).
 
     Default runs skip harnesses and properties marked for deep runs only,
-    unless named. `bugs`: instead, one job per property (covers excepted) on
+    unless named (a deep-only property's seeded bug with its own depth in
+    `bug_depths` runs with the default bugs). `bugs`: instead, one job per property (covers excepted) on
     the harness with that property's seeded bug, expected to fail."""
     from functools import partial
     table_ = harnesses()
@@ -231,7 +232,10 @@ def jobs(unit=None, prop=None, deep=False, bugs=False):
         for p, desc in probe.properties.items():
             if prop is not None and p != prop:
                 continue
-            if p in cls.deep_only and not deep and prop is None:
+            # a deep-only property's seeded bug may need a far shorter trace than
+            # the property (`bug_depths`): then it runs with the default bugs
+            if (p in cls.deep_only and not deep and prop is None
+                    and not (bugs and p in cls.bug_depths)):
                 continue
             depth = (cls.deep_depths.get(p, cls.deep_depth) if deep
                      else cls.depths.get(p, cls.depth))
