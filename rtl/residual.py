@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out
 from gpt2accel.model import intmodel as im
 from gpt2accel.model import intops
 
-from .intarith import round_shift, saturate
+from .intarith import add_half, saturate
 from .vector import check_lanes, vector_layout
 
 __all__ = ["ResidualAdd", "RequantAdd", "EmbeddingAdd", "embed_row_layout", "raw_row_layout"]
@@ -137,12 +137,11 @@ class RequantAdd(wiring.Component):
             p2 = stage(signed(W), "prod2")
             t3 = stage(signed(W), "t3")
             q4 = stage(signed(R), "req4")
-            half = (Const(1, W) << sh[1]) >> 1
             with m.If(en):
                 m.d.sync += [x[0].eq(pa.x[l]), y1.eq(py.x[l]), mult1.eq(py.mult[l]),
                              sh[0].eq(py.shift[l]), sh[1].eq(sh[0]), sh[2].eq(sh[1]),
                              p2.eq(y1 * mult1),
-                             t3.eq(p2 + half.as_signed()),
+                             t3.eq(add_half(p2, sh[1], W)),
                              q4.eq(saturate(t3 >> sh[2], R)),
                              self.out.payload.x[l].eq(saturate(x[3] + q4, R))]
                 m.d.sync += [v.eq(p) for v, p in zip(x[1:], x)]
@@ -164,10 +163,10 @@ class EmbeddingAdd(wiring.Component):
     `vector_layout(signed(bits), lanes)` with ``tok.last``.
 
     Pipeline (one enable, so an output stall freezes it): E1 (w << 8) * mult
-    (16 x 15 bits), E2 round, shift and saturate to `bits`, E3 saturating add.
-    `latency` = 3.
+    (16 x 15 bits), E2 add the rounding half, E3 shift and saturate to `bits`,
+    E4 saturating add. `latency` = 4.
     """
-    latency = 3
+    latency = 4
 
     def __init__(self, lanes=1, bits=16):
         _set_shape(self, lanes, bits)
@@ -185,27 +184,36 @@ class EmbeddingAdd(wiring.Component):
         take = _join(m, self.tok, self.pos, en)
         srcs = (self.tok.payload, self.pos.payload)
 
-        v1, last1, v2, last2 = Signal(), Signal(), Signal(), Signal()
+        valid = [Signal(name=f"v{s}") for s in range(1, 4)]
+        last = [Signal(name=f"last{s}") for s in range(1, 4)]
         with m.If(en):
-            m.d.sync += [v1.eq(take), last1.eq(srcs[0].last), v2.eq(v1), last2.eq(last1),
-                         out_valid.eq(v2), self.out.payload.last.eq(last2)]
-        req = []   # per source: the requantised lanes after E2
+            m.d.sync += [valid[0].eq(take), last[0].eq(srcs[0].last),
+                         out_valid.eq(valid[-1]), self.out.payload.last.eq(last[-1])]
+            m.d.sync += [v.eq(p) for v, p in zip(valid[1:], valid)]
+            m.d.sync += [v.eq(p) for v, p in zip(last[1:], last)]
+        req = []   # per source: the requantised lanes after E3
         for s, p in enumerate(srcs):
-            shift1 = Signal.like(p.shift, name=f"shift1_{s}")
+            # a shift past the product's width rounds every product to 0, as that
+            # width does: clamped, the rounding half always fits the adder below
+            shift1 = Signal(range(prod_w + 1), name=f"shift1_{s}")
+            shift2 = Signal.like(shift1, name=f"shift2_{s}")
             with m.If(en):
-                m.d.sync += shift1.eq(p.shift)
-            lanes2 = []
+                m.d.sync += [shift1.eq(Mux(p.shift > prod_w, prod_w, p.shift)),
+                             shift2.eq(shift1)]
+            lanes3 = []
             for l in range(L):
                 # E1: the table entry shifted by EMBED_PRESHIFT, times the row's mult
                 prod = Signal(signed(prod_w), name=f"prod1_{s}_{l}")
-                # E2: intops.requantize to R bits
-                r2 = Signal(signed(R), name=f"req2_{s}_{l}")
+                # E2, E3: intops.requantize to R bits (round_shift split at its add)
+                t2 = Signal(signed(prod_w + 1), name=f"t2_{s}_{l}")
+                r3 = Signal(signed(R), name=f"req3_{s}_{l}")
                 with m.If(en):
                     m.d.sync += [prod.eq((p.x[l] << im.EMBED_PRESHIFT) * p.mult),
-                                 r2.eq(saturate(round_shift(prod, shift1, prod_w + 1), R))]
-                lanes2.append(r2)
-            req.append(lanes2)
-        # E3: the residual add of the two requantised rows
+                                 t2.eq(add_half(prod, shift1, prod_w + 1)),
+                                 r3.eq(saturate(t2 >> shift2, R))]
+                lanes3.append(r3)
+            req.append(lanes3)
+        # E4: the residual add of the two requantised rows
         with m.If(en):
             for l in range(L):
                 m.d.sync += self.out.payload.x[l].eq(saturate(req[0][l] + req[1][l], R))

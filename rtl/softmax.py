@@ -36,7 +36,7 @@ from gpt2accel.model import intmodel as im
 from gpt2accel.model import quant
 
 from .attention_config import AttentionConfig
-from .intarith import max_tree, round_shift, saturate, sum_tree
+from .intarith import add_half, max_tree, round_shift, saturate, sum_tree
 
 __all__ = ["SoftmaxUnit", "score_layout", "prob_layout"]
 
@@ -97,8 +97,9 @@ class SoftmaxUnit(wiring.Component):
     `table` is the exp2 ROM content (default `quant.exp2_table(frac_bits)`).
     """
 
-    #: front: F1 (product), F2 (t, row store write); back: S0 issue, S1, S2, S3 = output
-    latency = 6
+    #: front: F1 (product), F1a (+ rounding half), F2 (t, row store write); back: S0
+    #: issue, S1, S2, S3 = output
+    latency = 7
 
     def __init__(self, cfg: AttentionConfig, table=None):
         self.cfg = cfg
@@ -182,18 +183,26 @@ class SoftmaxUnit(wiring.Component):
                 vis = (col < inb.n_keys) & (inb.k0 + col <= inb.qpos)
                 m.d.sync += [f1_prod[l].eq(inb.s[l] * inb.mult), f1_vis[l].eq(vis)]
 
-        # F2: round, shift, saturate to t (24 bits).
+        # F1a: + the rounding half of the shift; F2: shift, saturate to t (24 bits).
+        # (Add, shift and saturate in one stage were the front pass's longest path.)
+        fa_valid, fa_vis, fa_first = Signal(), Signal(L), Signal()
+        fa_t = [Signal(signed(prod_w + 1), name=f"fa_t{l}") for l in range(L)]
+        fa_shift, fa_beat, fa_row = Signal.like(f1_shift), Signal.like(in_beat), Signal.like(f1_row)
+        with m.If(en_f):
+            m.d.sync += [fa_valid.eq(f1_valid), fa_vis.eq(f1_vis), fa_beat.eq(f1_beat),
+                         fa_row.eq(f1_row), fa_first.eq(f1_first), fa_shift.eq(f1_shift)]
+            for l in range(L):
+                m.d.sync += fa_t[l].eq(add_half(f1_prod[l], f1_shift, prod_w + 1))
         f2_t = [Signal(signed(SB), name=f"f2_t{l}") for l in range(L)]
         f2_vis = Signal(L)
         f2_beat = Signal.like(in_beat)
         f2_row = Signal.like(f1_row)
         f2_first = Signal()
         with m.If(en_f):
-            m.d.sync += [f2_valid.eq(f1_valid), f2_vis.eq(f1_vis), f2_beat.eq(f1_beat),
-                         f2_row.eq(f1_row), f2_first.eq(f1_first)]
+            m.d.sync += [f2_valid.eq(fa_valid), f2_vis.eq(fa_vis), f2_beat.eq(fa_beat),
+                         f2_row.eq(fa_row), f2_first.eq(fa_first)]
             for l in range(L):
-                q = round_shift(f1_prod[l], f1_shift, prod_w + 1)
-                m.d.sync += f2_t[l].eq(saturate(q, SB))
+                m.d.sync += f2_t[l].eq(saturate(fa_t[l] >> fa_shift, SB))
 
         # F2 also writes the row store and reduces the row maximum.
         m.d.comb += [st_w.addr.eq(f2_beat + Mux(h_w, BPR, 0)), st_w.en.eq(en_f & f2_valid)]

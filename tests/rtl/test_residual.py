@@ -120,7 +120,7 @@ def test_timing():
                                                 w, mult, shift, 16))
     assert st["tok_cycles"] == list(range(5))
     assert st["out_cycles"] == elementwise_out_cycles(EmbeddingAdd, st["tok_cycles"]) \
-        == [c + 3 for c in range(5)]
+        == [c + 4 for c in range(5)]
 
 
 def test_rejects_bad_widths():
