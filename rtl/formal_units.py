@@ -153,27 +153,28 @@ def _beats_harness(unit, cls, config, depth, deep_depth, args, ports, capacity, 
         __qualname__=name, **attrs)))
 
 
-#: the smallest configurations; `drain`: cycles to empty the unit (its latency and a
-#: beat); depths reach the first beat after a stall (``reach_beats`` states the step)
-#: and, for ``beats_no_loss``, a lost beat followed by a whole drain spell
+#: the smallest configurations; capacity: the beats a pipeline of `latency` stages
+#: holds; `drain`: cycles to empty the unit (its latency and a beat); depths reach
+#: the first beat after a stall (``reach_beats`` states the step) and, for
+#: ``beats_no_loss``, a lost beat followed by a whole drain spell
 _BPR = SMALL_ATTENTION.beats_per_row
 _BEATS_UNITS = [
     ("gelu", GeluUnit, "lanes 1", 6, 24, (), ("inp", "out", None), 1, 2,
      dict(kwargs=dict(lanes=1))),
     ("residual", ResidualAdd, "lanes 1, 4-bit", 6, 24, (), ("a", "out", "b"), 1, 2,
      dict(kwargs=dict(lanes=1, bits=4))),
-    ("embedding", EmbeddingAdd, "lanes 1, 4-bit", 8, 24, (), ("tok", "out", "pos"), 3, 4,
-     dict(kwargs=dict(lanes=1, bits=4))),
+    ("embedding", EmbeddingAdd, "lanes 1, 4-bit", 8, 24, (), ("tok", "out", "pos"),
+     EmbeddingAdd.latency, EmbeddingAdd.latency + 1, dict(kwargs=dict(lanes=1, bits=4))),
     # first result after a stall: step 11 (reach_beats)
     ("reciprocal", Reciprocal, "SMALL_ATTENTION", 14, 30, (SMALL_ATTENTION,),
      ("inp", "out", None), 1, Reciprocal.latency + 1,
      dict(depths={"beats_no_loss": 26}, what="rows")),
     # rows follow `score_layout` (context fields equal on a row's beats, exactly
-    # beats_per_row beats); capacity: two row-store halves of a row plus the F1/F2
-    # and S0..S3 stages
+    # beats_per_row beats); capacity: two row-store halves of a row plus the
+    # front and output stages (`latency`)
     ("softmax", SoftmaxUnit, "SMALL_ATTENTION (tile 2, lanes 1, 1 row)", 10, 30,
      (SMALL_ATTENTION, quant.exp2_table(SMALL_ATTENTION.frac_bits)), ("scores", "probs", None),
-     2 * _BPR + 6, SoftmaxUnit.latency + 2 * _BPR + 2,
+     2 * _BPR + SoftmaxUnit.latency, SoftmaxUnit.latency + 2 * _BPR + 2,
      dict(row_beats=_BPR)),
 ]
 for _row in _BEATS_UNITS:
@@ -184,10 +185,10 @@ for _row in _BEATS_UNITS:
 class NormaliserHarness(UnitHarness):
     unit, cls = "normaliser", Normaliser
     config = "SMALL_ATTENTION (norm_lanes 1)"
-    # the first normalised beat after a stall: step 17 (reach_beats); a lost beat
+    # the first normalised beat after a stall: step 19 (reach_beats); a lost beat
     # shows only after it and a drain spell
-    depth, deep_depth = 20, 40
-    depths = {"beats_no_loss": 28}
+    depth, deep_depth = 22, 40
+    depths = {"beats_no_loss": 32}
     bmc_only = ("beats_no_dup", "beats_no_loss", "rows_no_dup")
     bugs = {"beats_no_dup": ("ignore_valid", "o_in"), "beats_no_loss": ("ignore_ready", "out"),
             "rows_no_dup": ("ignore_valid", "l_in"),
@@ -199,8 +200,9 @@ class NormaliserHarness(UnitHarness):
         if mod is not None:
             self.fifo("queue", mod.submodules.queue)
         self.streams(m, u, pv)
-        # O beats in -> normalised beats out through the 4-stage pipeline
-        self.conserve(m, "beats", u.o_in, u.out, capacity=4, drain=5)
+        # O beats in -> normalised beats out through the `latency`-stage pipeline
+        self.conserve(m, "beats", u.o_in, u.out, capacity=Normaliser.latency,
+                      drain=Normaliser.latency + 1)
         # an O row is only taken with its own L: rows of O never outrun the row sums
         # (reciprocal + 2-entry queue hold at most 3 sums not yet used)
         o_rows = _Beats(u.o_in.valid & u.o_in.payload.last, u.o_in.ready)
