@@ -33,10 +33,12 @@ LOWERED = (("ln_1_out", "ln_1", E), ("qkv", "qkv", 3 * E), ("attn", "attn", E),
            ("x", "resid", E))
 
 
-def _model(seed):
-    rng = np.random.default_rng([seed, 1])
+def _model(seed, stream=1, n_layer=1):
+    """A random GPT-2 of the module's geometry quantised for CFG, and the rng it was
+    calibrated with (`stream` keeps each test's draws apart for one seed)."""
+    rng = np.random.default_rng([seed, stream])
     fm = random_gpt2(seed=seed % 1000, vocab_size=VOCAB, n_positions=NPOS, n_embd=E,
-                     n_layer=1, n_head=H)
+                     n_layer=n_layer, n_head=H)
     return Q.QuantGPT2.from_float(fm, [rng.integers(0, VOCAB, NPOS) for _ in range(2)],
                                   tile=CFG.tile), rng
 

@@ -6,23 +6,17 @@ logits equal `QuantGPT2.forward` bit for bit. GPT2ACCEL_SEED replays.
 """
 import numpy as np
 
-from gpt2accel.model import quant as Q
 from gpt2accel.model.gpt2 import KVCache
-from gpt2accel.model.synthetic import random_gpt2
 from gpt2accel.rtl.isa import Error
 from gpt2accel.sim.compiler import ModelCompiler
 from gpt2accel.sim.machine_sim import run_programs
 from gpt2accel.sim.program_cycles import program_cycles
 
-from test_machine import CFG, E, H, NPOS, VOCAB
+from test_machine import CFG, VOCAB, _model
 
 
 def test_whole_model_prefill_then_decode(seed):
-    rng = np.random.default_rng([seed, 2])
-    fm = random_gpt2(seed=seed % 1000, vocab_size=VOCAB, n_positions=NPOS, n_embd=E,
-                     n_layer=2, n_head=H)
-    qm = Q.QuantGPT2.from_float(fm, [rng.integers(0, VOCAB, NPOS) for _ in range(2)],
-                                tile=CFG.tile)
+    qm, rng = _model(seed, 2, n_layer=2)
     t = int(rng.integers(1, 4))
     ids = rng.integers(0, VOCAB, t + 1)
     parts = [ids[:t], ids[t:]]

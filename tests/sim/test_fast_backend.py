@@ -24,9 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rtl"))
 
-from gpt2accel.model import quant as Q  # noqa: E402
 from gpt2accel.model.gpt2 import KVCache  # noqa: E402
-from gpt2accel.model.synthetic import random_gpt2  # noqa: E402
 from gpt2accel.rtl.isa import INSTR_BITS, Error, Op, encode  # noqa: E402
 from gpt2accel.sim import machine_sim  # noqa: E402
 from gpt2accel.sim.compiler import BlockCompiler, ModelCompiler  # noqa: E402
@@ -35,7 +33,7 @@ from gpt2accel.sim.fast import (FastBackendUnavailable, FastMachine, FastSimErro
                                 run_programs)
 from gpt2accel.sim.program_cycles import program_cycles  # noqa: E402
 
-from test_machine import CFG, E, H, LOWERED, NPOS, VOCAB, _golden, _model, _raw  # noqa: E402
+from test_machine import CFG, LOWERED, NPOS, VOCAB, _golden, _model, _raw  # noqa: E402
 
 STATUS = ("error", "cycles", "icount", "outside_cycles")
 
@@ -95,11 +93,7 @@ def test_block_equals_pysim_and_model(fast, seed):
 def test_whole_model_with_stalls(fast, seed):
     """A 2-layer model: prefill and two decode steps on one FastMachine, logits bit-exact;
     then each prefill instruction alone, its cycles equal to `program_cycles`."""
-    rng = np.random.default_rng([seed, 3])
-    fm = random_gpt2(seed=seed % 1000, vocab_size=VOCAB, n_positions=NPOS, n_embd=E,
-                     n_layer=2, n_head=H)
-    qm = Q.QuantGPT2.from_float(fm, [rng.integers(0, VOCAB, NPOS) for _ in range(2)],
-                                tile=CFG.tile)
+    qm, rng = _model(seed, 3, n_layer=2)
     t = int(rng.integers(2, 6))
     ids = rng.integers(0, VOCAB, t + 2)
     parts = [ids[:t], ids[t:t + 1], ids[t + 1:]]
