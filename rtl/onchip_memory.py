@@ -101,21 +101,24 @@ class OnChipMemory(wiring.Component):
         wr = {f: Mux(mach.wr.valid, mach.wr.payload[f], host.wr.payload[f])
               for f in ("addr", "data", "strb")}
         writing = mach.wr.valid | host.wr.valid
-        strobes = Mux(writing & (wr["addr"] < depth), wr["strb"], 0)
         m.d.comb += [mach.wr.ready.eq(1), host.wr.ready.eq(~mach.wr.valid)]
         fwd = None
         if self.storage == "bram":
             # A write reaches the block RAM a cycle after its transfer: the requesters'
             # write logic then ends at this register instead of fanning out to every
-            # block's address, data and enable pins. A read accepted in that cycle of the
-            # same word gets the write's bytes forwarded (`_queued_reads`), so the memory
-            # still behaves as if written at the transfer.
-            w_addr, w_data = Signal.like(wp.addr), Signal.like(wp.data)
-            w_en = Signal.like(wp.en)
-            m.d.sync += [w_addr.eq(wr["addr"]), w_data.eq(wr["data"]), w_en.eq(strobes)]
-            m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en)]
+            # block's address, data and enable pins (the range check comes after it,
+            # too). A read accepted in that cycle of the same word gets the write's
+            # bytes forwarded (`_queued_reads`), so the memory still behaves as if
+            # written at the transfer.
+            w_addr, w_data = Signal(len(wr["addr"])), Signal.like(wp.data)
+            w_strb, w_en = Signal.like(wp.en), Signal.like(wp.en)
+            m.d.sync += [w_addr.eq(wr["addr"]), w_data.eq(wr["data"]),
+                         w_strb.eq(Mux(writing, wr["strb"], 0))]
+            m.d.comb += [w_en.eq(Mux(w_addr < depth, w_strb, 0)),
+                         wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en)]
             fwd = (w_addr, w_data, w_en)
         else:
+            strobes = Mux(writing & (wr["addr"] < depth), wr["strb"], 0)
             m.d.comb += [wp.addr.eq(wr["addr"]), wp.data.eq(wr["data"]), wp.en.eq(strobes)]
         # single-port storage: a read waits for a cycle without a write
         free = ~writing if self.storage == "spram" else C(1)

@@ -228,8 +228,8 @@ class VectorMover(wiring.Component):
         wr_col = Signal.like(col)
         dst_row = Signal(A)
         wide = is_ad | is_em                  # int16 residual-width outputs
-        out_size = Mux(wide, RESID_BYTES, ACT_BYTES)
-        wbyte = wr_col * out_size
+        # RESID_BYTES = 2 * ACT_BYTES: a shift, not a multiplier, in the write address
+        wbyte = Mux(wide, wr_col << 1, wr_col)
         out_valid = Mux(is_ln, ln.out.valid, Mux(is_ge, gelu.out.valid,
                                                  Mux(is_em, emb.out.valid, add.out.valid)))
         out_data = Mux(is_ln, ln.out.payload.y[0].as_unsigned(),
