@@ -146,7 +146,7 @@ class KVStoreHarness(EngineHarness):
 class VectorMoverHarness(EngineHarness):
     unit, cls = "vecmove", VectorMover
     config = "MACHINE_CONFIG, 8-bit residuals"
-    depth, deep_depth = 10, 30
+    depth, deep_depth = 14, 30   # the first done: step 12 (RequantAdd, 5 stages)
 
     def args(self):
         return (MACHINE_CONFIG, 8)
