@@ -45,6 +45,19 @@ def _set_shape(unit, lanes, bits):
         raise
 
 
+def _flags(m, en, take, last, out_valid, out_last, latency):
+    """A beat's valid and last flags through a `latency`-stage pipeline under one enable
+    (`en`), ending in `out_valid` and `out_last`."""
+    valid, lasts = take, last
+    for s in range(1, latency):
+        v, l = Signal(name=f"v{s}"), Signal(name=f"last{s}")
+        with m.If(en):
+            m.d.sync += [v.eq(valid), l.eq(lasts)]
+        valid, lasts = v, l
+    with m.If(en):
+        m.d.sync += [out_valid.eq(valid), out_last.eq(lasts)]
+
+
 def _join(m, a, b, en):
     """Take one beat from each of streams `a` and `b` together when `en`; returns `take`.
 
@@ -121,13 +134,7 @@ class RequantAdd(wiring.Component):
         take = _join(m, self.a, self.y, en)
         pa, py = self.a.payload, self.y.payload
 
-        valid = [Signal(name=f"v{s}") for s in range(1, 5)]
-        last = [Signal(name=f"last{s}") for s in range(1, 5)]
-        with m.If(en):
-            m.d.sync += [valid[0].eq(take), last[0].eq(pa.last),
-                         out_valid.eq(valid[-1]), self.out.payload.last.eq(last[-1])]
-            m.d.sync += [v.eq(p) for v, p in zip(valid[1:], valid)]
-            m.d.sync += [v.eq(p) for v, p in zip(last[1:], last)]
+        _flags(m, en, take, pa.last, out_valid, self.out.payload.last, self.latency)
         for l in range(L):
             def stage(shape, name):
                 return Signal(shape, name=f"{name}_{l}")
@@ -184,13 +191,7 @@ class EmbeddingAdd(wiring.Component):
         take = _join(m, self.tok, self.pos, en)
         srcs = (self.tok.payload, self.pos.payload)
 
-        valid = [Signal(name=f"v{s}") for s in range(1, 4)]
-        last = [Signal(name=f"last{s}") for s in range(1, 4)]
-        with m.If(en):
-            m.d.sync += [valid[0].eq(take), last[0].eq(srcs[0].last),
-                         out_valid.eq(valid[-1]), self.out.payload.last.eq(last[-1])]
-            m.d.sync += [v.eq(p) for v, p in zip(valid[1:], valid)]
-            m.d.sync += [v.eq(p) for v, p in zip(last[1:], last)]
+        _flags(m, en, take, srcs[0].last, out_valid, self.out.payload.last, self.latency)
         req = []   # per source: the requantised lanes after E3
         for s, p in enumerate(srcs):
             # a shift past the product's width rounds every product to 0, as that
