@@ -41,6 +41,8 @@ stray address never aliases onto real data. A read in the same cycle as a
 write to the same word returns the old contents (read before write, as the
 reference `sim.matmul_sim.MemoryModel` does).
 """
+from functools import partial
+
 from amaranth.hdl import *
 from amaranth.lib import wiring, stream
 from amaranth.lib.fifo import SyncFIFO
@@ -127,12 +129,11 @@ class OnChipMemory(wiring.Component):
         req_addr = Mux(mach.rd_req.valid, mach.rd_req.payload.addr, host.rd_req.payload.addr)
         accept, taken = Signal(), Signal()
         if self.storage == "bram":
-            room, out_valid, out_data, out_tag = self._queued_reads(
-                m, rp, accept, taken, tag=~mach.rd_req.valid, zero=req_addr >= depth,
-                req_addr=req_addr, fwd=fwd)
+            pipeline = partial(self._queued_reads, req_addr=req_addr, fwd=fwd)
         else:
-            room, out_valid, out_data, out_tag = self._skid_reads(
-                m, rp, accept, taken, tag=~mach.rd_req.valid, zero=req_addr >= depth)
+            pipeline = self._skid_reads
+        room, out_valid, out_data, out_tag = pipeline(
+            m, rp, accept, taken, tag=~mach.rd_req.valid, zero=req_addr >= depth)
         m.d.comb += [mach.rd_req.ready.eq(room & free),
                      host.rd_req.ready.eq(room & free & ~mach.rd_req.valid),
                      accept.eq((mach.rd_req.valid | host.rd_req.valid) & room & free),
