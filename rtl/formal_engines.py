@@ -162,19 +162,18 @@ class AttentionHarness(EngineHarness):
     goes through; a larger command only repeats them, for hundreds of cycles
     beyond a bounded check of the whole engine (unlimited commands, depth 24,
     wrote nothing). Its first write comes in step 34 (``reach_write``), its
-    ``done`` in step 80 (``reach_done``): the default run checks the read and
-    write streams, the deep run (depth 84) ``done`` against the commands, the
-    reads and the writes."""
+    ``done`` in step 80 (``reach_done``): the read and write streams are checked
+    to depth 36, ``done`` against the commands, the reads and the writes to
+    depth 84."""
     unit, cls = "attention", AttentionEngine
     config = ("MACHINE_CONFIG (tile 2, one lane, 4 positions); commands of one head, "
               "d_head 1, one query at position 0")
-    depth, deep_depth = 36, 84
-    reach_done = False       # the default depth reaches writes, not done
+    depth, deep_depth = 36, 36
+    reach_done = False       # depth 36 reaches writes, not done
     bmc_only = EngineHarness.bmc_only + ("rd_req_hold", "wr_hold")
-    # no done within the default depth: what concerns it would hold vacuously there
-    deep_only = ("writes_settled", "reads_settled", "cmds_no_dup", "reach_done")
-    # the deep run adds those; the streams stay at the default depth
-    deep_depths = {p: 36 for p in ("rd_req_hold", "wr_hold", "reach_write", "reach_read")}
+    # no done before step 80: what concerns it would hold vacuously at 36
+    depths = deep_depths = {p: 84 for p in ("writes_settled", "reads_settled", "cmds_no_dup",
+                                           "reach_done")}
     # done with no command, or with reads or a write still open: all within the
     # first read and write, where the properties themselves need a whole command
     bugs = {**EngineHarness.bugs, "cmds_no_dup": ("tie", "done", 1),
@@ -207,11 +206,13 @@ class MemoryHarness(UnitHarness):
     storage = "bram"
     owed = 4
     words = 4
+    model_words = None   # the SPRAM twin's words (`SpramStorage`), SPRAM only
 
     def build(self, m):
         pv = past_valid(m)
         cfg = SMALL_ENGINE if self.storage == "bram" else _SPRAM_ENGINE
-        u, mod = self.dut_module(m, cfg, self.words, storage=self.storage)
+        extra = {} if self.storage == "bram" else {"spram_model_words": self.model_words}
+        u, mod = self.dut_module(m, cfg, self.words, storage=self.storage, **extra)
         self.streams(m, u, pv)
         counts = []
         for port in ("machine", "host"):
@@ -253,11 +254,14 @@ class BramMemoryHarness(MemoryHarness):
 @register
 class SpramMemoryHarness(MemoryHarness):
     unit = "memory_spram"
-    config = ("SMALL_ENGINE words (4 bytes), 14-bit addresses, 16384 words (one SPRAM), "
-              "behavioural model, one skid register")
+    config = ("SMALL_ENGINE words (4 bytes), 14-bit addresses, 16384 words (one SPRAM) "
+              "in a 4-word behavioural model, one skid register")
     storage, owed, words = "spram", 2, 16384
     depth, deep_depth = 12, 30
-    slow_only = True      # 16K words stay SMT arrays: minutes per step
+    # 16K words stayed SMT arrays, minutes per step; the model keeps 4 (each standing
+    # for the addresses equal modulo 4), solved as flip-flops like the block RAM's
+    model_words = 4
+    map_memories = True
 
 
 class _Word:
@@ -374,15 +378,16 @@ def _matmul_bounds(cfg, latency):
 
 @register
 class MachineLiveHarness(UnitHarness):
-    """Each legal MATMUL (shapes up to `shape`) ends, back at FETCH, within
+    """Each legal MATMUL (every shape the configuration allows) ends, back at FETCH, within
     ``matmul_cycles(m, k, n, raw, latency=1) + 3`` cycles of its fetch: the
     controller's decode and issue (3 cycles) around the engine's own time, as
     the cycle model states it. Fair memory: always ready, every read answered
     in the next cycle (latency 1)."""
     unit, cls = "machine_live", Machine
-    config = "MACHINE_CONFIG, MATMUL m, n <= 1, k <= 2, fair memory (latency 1)"
-    shape = (1, 2, 1)
-    depth, deep_depth = 28, 28
+    config = "MACHINE_CONFIG, every legal MATMUL (m, n <= 2, k <= 8), fair memory (latency 1)"
+    # the longest bound is 48 cycles (m 2, k 8): its fetch and end both fit depth 50
+    # (`reach_longest` shows that MATMUL ending at its bound within the depth)
+    depth, deep_depth = 50, 50
     bmc_only = ("matmul_within_bound",)
     # never reads memory, so the MATMUL never finishes
     bugs = {"matmul_within_bound": ("tie", "rd_req.valid", 0)}
@@ -398,10 +403,8 @@ class MachineLiveHarness(UnitHarness):
         w = _Word(MACHINE_CONFIG, u.instr.payload.word)
         body = body_layout(MACHINE_CONFIG, Op.MATMUL)(
             u.instr.payload.word[OPCODE_BITS:OPCODE_BITS + body_layout(MACHINE_CONFIG, Op.MATMUL).size])
-        mm, kk, nn = self.shape
-        self.assume(~u.instr.valid | ((w.opcode == Op.MATMUL) & (w.code == Error.NONE)
-                                      & (body.m <= mm) & (body.k <= kk) & (body.n <= nn)),
-                    "legal MATMULs within the shape")
+        self.assume(~u.instr.valid | ((w.opcode == Op.MATMUL) & (w.code == Error.NONE)),
+                    "legal MATMULs (the configuration bounds every field)")
         accept = u.instr.valid & u.instr.ready
         bound = Signal(8, name="bound")
         table = _matmul_bounds(MACHINE_CONFIG, latency=1)
@@ -417,17 +420,10 @@ class MachineLiveHarness(UnitHarness):
             m.d.sync += t.eq(t + 1)
             with m.If(u.instr.ready):
                 m.d.sync += inflight.eq(0)
+        e = MACHINE_CONFIG.engine
         self.check("matmul_within_bound", ~inflight | u.instr.ready | (t < bound),
-                   f"a legal MATMUL (m<={mm}, k<={kk}, n<={nn}) is back at FETCH within "
-                   "matmul_cycles + 3 cycles of its fetch")
-        self.reach("reach_bound", inflight & u.instr.ready & (t == bound),
-                   "some MATMUL takes exactly its bound (the bound is tight)")
-
-
-@register
-class MachineLiveFullHarness(MachineLiveHarness):
-    unit = "machine_live_full"
-    config = "MACHINE_CONFIG, every legal MATMUL (m, n <= 2, k <= 8), fair memory (latency 1)"
-    shape = (2, 8, 2)
-    depth, deep_depth = 50, 50
-    slow_only = True
+                   f"a legal MATMUL (m<={e.max_m}, k<={e.max_k}, n<={e.max_n}) is back at "
+                   "FETCH within matmul_cycles + 3 cycles of its fetch")
+        self.reach("reach_longest", inflight & u.instr.ready & (t == max(table.values())),
+                   f"a MATMUL of the longest bound ({max(table.values())} cycles) takes exactly "
+                   "that (the bound is tight, and the depth holds the longest)")

@@ -63,11 +63,9 @@ class UnitHarness(Harness):
     cls = None
     deep_depth = 40
     bmc_only = ()
-    deep_only = ()       # properties run only with --deep (their bound is long)
     depths = {}          # property -> its own default depth (instead of `depth`)
     deep_depths = {}     # property -> its own --deep depth (instead of `deep_depth`)
     map_memories = False  # turn memories into flip-flops before solving (small ones)
-    slow_only = False    # the whole harness runs only with --deep
     #: property -> the seeded bug that must make it fail (``<port>_hold`` properties
     #: default to dropping that port's ready gating)
     bugs = {}

@@ -72,11 +72,12 @@ def mem_port_signature(cfg: EngineConfig):
 
 class OnChipMemory(wiring.Component):
     """`depth` words of `cfg.mem_bytes` bytes with a ``machine`` and a ``host`` port
-    (`mem_port_signature`, flipped). See the module docstring."""
+    (`mem_port_signature`, flipped). See the module docstring. `spram_model_words`:
+    the words of the SPRAM's behavioural twin (`SpramStorage`'s `model_words`)."""
 
     STORAGES = ("bram", "spram")
 
-    def __init__(self, cfg: EngineConfig, depth, storage="bram"):
+    def __init__(self, cfg: EngineConfig, depth, storage="bram", *, spram_model_words=None):
         with refusing(self):
             if storage not in self.STORAGES:
                 raise ConfigError(f"memory storage {storage!r} is not one of "
@@ -88,8 +89,9 @@ class OnChipMemory(wiring.Component):
                                   f"word address ({1 << cfg.addr_bits} words)")
             if storage == "spram":
                 # refuses shapes the SPRAM macros cannot hold
-                self._spram = SpramStorage(8 * cfg.mem_bytes, depth)
+                SpramStorage.macros_for(8 * cfg.mem_bytes, depth)
         self.cfg, self.depth, self.storage = cfg, depth, storage
+        self.spram_model_words = spram_model_words
         super().__init__({"machine": In(mem_port_signature(cfg)),
                           "host": In(mem_port_signature(cfg))})
 
@@ -206,7 +208,8 @@ class OnChipMemory(wiring.Component):
         if self.storage == "bram":
             m.submodules.mem = mem = Memory(shape=unsigned(width), depth=self.depth, init=[])
             return mem.read_port(domain="sync"), mem.write_port(granularity=8)
-        m.submodules.spram = sp = self._spram
+        m.submodules.spram = sp = SpramStorage(width, self.depth,
+                                               model_words=self.spram_model_words)
         rp = _PortView(addr=Signal(range(self.depth)), en=Signal(), data=sp.rdata)
         wp = _PortView(addr=Signal(range(self.depth)), en=Signal(width // 8), data=Signal(width))
         m.d.comb += [sp.addr.eq(Mux(wp.en.any(), wp.addr, rp.addr)), sp.wdata.eq(wp.data),

@@ -19,7 +19,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .config import ConfigError
+from .config import ConfigError, refusing
 
 __all__ = ["SpramStorage", "SPRAM_WORDS", "SPRAM_BITS", "SPRAM_MACROS"]
 
@@ -33,9 +33,33 @@ def _is_ice40(platform):
 
 
 class SpramStorage(wiring.Component):
-    """`depth` words of `width` bits (width a multiple of 16, depth of 16K) in SPRAM."""
+    """`depth` words of `width` bits (width a multiple of 16, depth of 16K) in SPRAM.
 
-    def __init__(self, width, depth):
+    `model_words` (a power of two) sizes the behavioural twin only (default:
+    `depth`): each of its words stands for every address equal to it modulo
+    `model_words`. Formal harnesses keep a few, since their properties concern the
+    handshakes around the storage, never which word an address selects (16K words
+    are too many to solve)."""
+
+    def __init__(self, width, depth, *, model_words=None):
+        with refusing(self):
+            macros = self.macros_for(width, depth)
+            if model_words is None:
+                model_words = depth
+            if (not isinstance(model_words, int) or not 1 <= model_words <= depth
+                    or model_words & (model_words - 1)):
+                raise ConfigError(f"SPRAM model of {model_words!r} words: must be a power of "
+                                  f"two from 1 to the depth ({depth})")
+        self.width, self.depth, self.macros = width, depth, macros
+        self.model_words = model_words
+        super().__init__({"addr": In(range(depth)), "wdata": In(width), "wen": In(width // 8),
+                          "ren": In(1), "rdata": Out(width)})
+
+    @staticmethod
+    def macros_for(width, depth):
+        """SB_SPRAM256KA macros that `depth` words of `width` bits take; `ConfigError`
+        if the macros cannot hold that shape (e.g. for a caller checking a config
+        before it builds the storage)."""
         if width % SPRAM_BITS or depth % SPRAM_WORDS:
             raise ConfigError(f"SPRAM storage of {depth} x {width} bits: the width must be a "
                               f"multiple of {SPRAM_BITS} and the depth of {SPRAM_WORDS}")
@@ -43,14 +67,13 @@ class SpramStorage(wiring.Component):
         if macros > SPRAM_MACROS:
             raise ConfigError(f"SPRAM storage of {depth} x {width} bits needs {macros} "
                               f"SB_SPRAM256KA, an iCE40UP5K has {SPRAM_MACROS}")
-        self.width, self.depth, self.macros = width, depth, macros
-        super().__init__({"addr": In(range(depth)), "wdata": In(width), "wen": In(width // 8),
-                          "ren": In(1), "rdata": Out(width)})
+        return macros
 
     def elaborate(self, platform):
         m = Module()
         if not _is_ice40(platform):
-            m.submodules.mem = mem = Memory(shape=unsigned(self.width), depth=self.depth, init=[])
+            m.submodules.mem = mem = Memory(shape=unsigned(self.width), depth=self.model_words,
+                                           init=[])
             rp, wp = mem.read_port(domain="sync"), mem.write_port(granularity=8)
             m.d.comb += [rp.addr.eq(self.addr), rp.en.eq(self.ren), self.rdata.eq(rp.data),
                          wp.addr.eq(self.addr), wp.data.eq(self.wdata), wp.en.eq(self.wen)]

@@ -211,10 +211,9 @@ def harnesses():
 def jobs(unit=None, prop=None, deep=False, bugs=False):
     """The FormalJobs of every registered harness (or of `unit`, or one property).
 
-    Default runs skip harnesses and properties marked for deep runs only,
-    unless named (a deep-only property's seeded bug with its own depth in
-    `bug_depths` runs with the default bugs). `bugs`: instead, one job per property (covers excepted) on
-    the harness with that property's seeded bug, expected to fail."""
+    Each property runs at its harness's depth for it (`deep`: the deeper one).
+    `bugs`: instead, one job per property (covers excepted) on the harness with
+    that property's seeded bug, expected to fail."""
     from functools import partial
     table_ = harnesses()
     names = sorted(table_)
@@ -225,17 +224,10 @@ def jobs(unit=None, prop=None, deep=False, bugs=False):
         if unit is not None and name != unit:
             continue
         cls = table_[name]
-        if cls.slow_only and not deep and unit is None:
-            continue
         probe = cls()
         Fragment.get(probe, None)
         for p, desc in probe.properties.items():
             if prop is not None and p != prop:
-                continue
-            # a deep-only property's seeded bug may need a far shorter trace than
-            # the property (`bug_depths`): then it runs with the default bugs
-            if (p in cls.deep_only and not deep and prop is None
-                    and not (bugs and p in cls.bug_depths)):
                 continue
             depth = (cls.deep_depths.get(p, cls.deep_depth) if deep
                      else cls.depths.get(p, cls.depth))
@@ -295,8 +287,7 @@ def add_arguments(p):
     p.add_argument("--unit", help="one unit's harness (default: all; --list names them)")
     p.add_argument("--property", dest="prop", help="one property of --unit")
     p.add_argument("--deep", action="store_true",
-                   help="the deeper bounds, the long-bound properties and the full MATMUL "
-                        "bound harness (tens of minutes)")
+                   help="each property at its harness's deeper bound (tens of minutes)")
     p.add_argument("--bugs", action="store_true",
                    help="run every property on its seeded-bug copy instead: each must fail "
                         "with a counterexample")

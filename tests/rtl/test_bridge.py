@@ -22,6 +22,7 @@ from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.bridge import HostBridge, identity_bytes
 from gpt2accel.rtl.config import ConfigError, EngineConfig
 from gpt2accel.rtl.onchip_memory import OnChipMemory
+from gpt2accel.rtl.spram import SpramStorage
 from gpt2accel.sim.matmul_sim import transfer
 
 from link_host import LinkHost, error_reply
@@ -402,6 +403,38 @@ def test_onchip_memory_two_ports_random_stalls(seed, storage):
     sim.add_testbench(bench)
     sim.run()
     assert counts["resp_stalls"] > 100 and counts["out_of_range"] > 50
+
+
+def test_spram_model_words_alias_modulo_their_count():
+    """The SPRAM's behavioural twin cut to 4 words (as the formal harness keeps it): a
+    word written at address 5 is read back at address 1, one at 2 at 14. Sizes that
+    are not a power of two up to the depth are refused."""
+    dut = OnChipMemory(CFG.engine, 16384, storage="spram", spram_model_words=4)
+    port, ones = dut.machine, (1 << MB) - 1
+    got = []
+
+    async def bench(ctx):
+        for addr, data in ((5, 0x1234), (2, 0xBEEF)):
+            await transfer(ctx, port.wr, {"addr": addr, "data": data, "strb": ones})
+        ctx.set(port.wr.valid, 0)
+        ctx.set(port.rd_resp.ready, 1)
+        for addr in (1, 14):
+            await transfer(ctx, port.rd_req, {"addr": addr})
+            ctx.set(port.rd_req.valid, 0)
+            while not ctx.get(port.rd_resp.valid):
+                await ctx.tick()
+            got.append(ctx.get(port.rd_resp.payload.data))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == [0x1234, 0xBEEF]
+    for bad in (3, 0, 32768, 4.0):
+        with pytest.raises(ConfigError, match=rf"SPRAM model of {bad!r} words: must be a "
+                                              r"power of two from 1 to the depth \(16384\)"):
+            SpramStorage(8 * MB, 16384, model_words=bad)
 
 
 @pytest.mark.parametrize("storage", OnChipMemory.STORAGES)
