@@ -162,16 +162,16 @@ class AttentionHarness(EngineHarness):
     goes through; a larger command only repeats them, for hundreds of cycles
     beyond a bounded check of the whole engine (unlimited commands, depth 24,
     wrote nothing). Its first write comes in step 34 (``reach_write``), its
-    ``done`` in step 80 (``reach_done``): the read and write streams are checked
-    to depth 36, ``done`` against the commands, the reads and the writes to
-    depth 84."""
+    first ``done`` after a stalled write in step 83 (``reach_done``): the read
+    and write streams are checked to depth 36, ``done`` against the commands,
+    the reads and the writes to depth 84."""
     unit, cls = "attention", AttentionEngine
     config = ("MACHINE_CONFIG (tile 2, one lane, 4 positions); commands of one head, "
               "d_head 1, one query at position 0")
     depth, deep_depth = 36, 36
     reach_done = False       # depth 36 reaches writes, not done
     bmc_only = EngineHarness.bmc_only + ("rd_req_hold", "wr_hold")
-    # no done before step 80: what concerns it would hold vacuously at 36
+    # no done before step ~80: what concerns it would hold vacuously at 36
     depths = deep_depths = {p: 84 for p in ("writes_settled", "reads_settled", "cmds_no_dup",
                                            "reach_done")}
     # done with no command, or with reads or a write still open: all within the
