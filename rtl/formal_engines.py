@@ -161,10 +161,10 @@ class AttentionHarness(EngineHarness):
     handshakes and the pairing of commands and ``done``, which every command
     goes through; a larger command only repeats them, for hundreds of cycles
     beyond a bounded check of the whole engine (unlimited commands, depth 24,
-    wrote nothing). Its first write comes in step 34 (``reach_write``), its
-    first ``done`` after a stalled write in step 83 (``reach_done``): the read
-    and write streams are checked to depth 36, ``done`` against the commands,
-    the reads and the writes to depth 84."""
+    wrote nothing). Its first write after a stalled one comes in step 35
+    (``reach_write``), its first ``done`` after a stalled write in step 83
+    (``reach_done``): the read and write streams are checked to depth 36,
+    ``done`` against the commands, the reads and the writes to depth 84."""
     unit, cls = "attention", AttentionEngine
     config = ("MACHINE_CONFIG (tile 2, one lane, 4 positions); commands of one head, "
               "d_head 1, one query at position 0")
