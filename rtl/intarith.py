@@ -27,9 +27,23 @@ def add_half(x, sh, width):
 
 
 def saturate(x, bits):
-    """intops.saturate: clamp to the signed range of `bits` bits."""
+    """intops.saturate: clamp to the signed range of `bits` bits.
+
+    The value fits when every bit from bit ``bits - 1`` up is a copy of the
+    sign: an AND and an OR over those bits (a shallow LUT tree), where two
+    comparisons against the bounds would be two carry chains as long as `x`
+    (on an iCE40 the requantiser's were its slowest path)."""
+    x = Value.cast(x)
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return Mux(x > hi, hi, Mux(x < lo, lo, x))
+    if not x.shape().signed:
+        if len(x) < bits:
+            return x
+        return Mux(x[bits - 1:].any(), hi, x[:bits - 1])
+    if len(x) <= bits:
+        return x
+    top = x[bits - 1:]
+    fits = ~top.any() | top.all()
+    return Mux(fits, x[:bits].as_signed(), Mux(x[-1], lo, hi))
 
 
 def max_tree(values):

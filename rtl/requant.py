@@ -8,6 +8,8 @@ from amaranth.hdl import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .intarith import saturate
+
 __all__ = ["Requantiser"]
 
 
@@ -38,7 +40,6 @@ class Requantiser(wiring.Component):
         m = Module()
         A = self.acc_width
         prod_width = A + self.mult_bits  # signed x unsigned product
-        lo, hi = -(1 << (self.out_bits - 1)), (1 << (self.out_bits - 1)) - 1
 
         v = [Signal(name=f"v{s}") for s in range(1, 4)]
         raw = [Signal(name=f"raw{s}") for s in range(1, 4)]
@@ -69,6 +70,5 @@ class Requantiser(wiring.Component):
             # Stage 4: arithmetic shift and saturate.
             q = Signal(signed(prod_width + 1), name=f"q_{n}")
             m.d.comb += q.eq(t3 >> shift3)
-            sat = Mux(q > hi, hi, Mux(q < lo, lo, q))
-            m.d.sync += self.out[n].eq(Mux(raw[2], x3, sat))
+            m.d.sync += self.out[n].eq(Mux(raw[2], x3, saturate(q, self.out_bits)))
         return m
