@@ -241,8 +241,9 @@ def _check_built(rep, board):
     dev = P.PRESETS[board].device
     assert 0 < rep["lut"] <= dev.logic and 0 < rep["dsp"] <= dev.dsp
     assert rep["fmax_mhz"] >= rep["clock_mhz"] * 0.999
+    # the report gives GOPS to 3 decimals (0.097 for the iCEBreaker's 0.09728)
     assert rep["gops"] == pytest.approx(2 * rep["rows"] * rep["cols"] * rep["fmax_mhz"] / 1e3,
-                                        rel=1e-3)
+                                        abs=6e-4)
     assert rep["tokens_per_s"] == pytest.approx(
         rep["fmax_mhz"] * 1e6 / rep["decode_cycles_per_token"], rel=1e-3)
     assert Path(rep["bitstream"]).stat().st_size > 0
