@@ -90,6 +90,9 @@ class OnChipMemory(wiring.Component):
             if storage == "spram":
                 # refuses shapes the SPRAM macros cannot hold
                 SpramStorage.macros_for(8 * cfg.mem_bytes, depth)
+            elif spram_model_words is not None:
+                raise ConfigError(f"spram_model_words={spram_model_words!r} applies to SPRAM "
+                                  f"storage, not {storage!r}")
         self.cfg, self.depth, self.storage = cfg, depth, storage
         self.spram_model_words = spram_model_words
         super().__init__({"machine": In(mem_port_signature(cfg)),

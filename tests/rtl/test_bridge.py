@@ -435,6 +435,9 @@ def test_spram_model_words_alias_modulo_their_count():
         with pytest.raises(ConfigError, match=rf"SPRAM model of {bad!r} words: must be a "
                                               r"power of two from 1 to the depth \(16384\)"):
             SpramStorage(8 * MB, 16384, model_words=bad)
+    with pytest.raises(ConfigError, match="spram_model_words=4 applies to SPRAM storage, "
+                                          "not 'bram'"):
+        OnChipMemory(CFG.engine, 64, spram_model_words=4)
 
 
 @pytest.mark.parametrize("storage", OnChipMemory.STORAGES)
