@@ -276,8 +276,8 @@ PRESETS = {p.name: p for p in [
            notes="FTDI FT2232H USB-serial; 12 MHz oscillator; the whole machine does not fit "
                  "the iCE40UP5K: a MATMUL co-processor for the linear layers"),
     # clocks below the measured Fmax of the whole 8x8 machine (docs/performance.md
-    # "Boards": 27.4 MHz at speed grade 6, 41.2 MHz at grade 8 before the last
-    # write-path fix), so that a build meets timing and the board runs as built
+    # "Boards": 36.8 MHz at speed grade 6, 43.3-48.1 MHz at grade 8), so that a
+    # build meets timing and the board runs as built
     Preset("ulx3s-85f", ULX3S_85F_Platform, rows=8, cols=8, clk_hz=25e6, baud=1_000_000,
            model="tiny", leds=LEDs(busy=("led", 0, None), error=("led", 1, None),
                                    alive=("led", 7, None)),

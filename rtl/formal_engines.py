@@ -211,8 +211,8 @@ class MemoryHarness(UnitHarness):
     def build(self, m):
         pv = past_valid(m)
         cfg = SMALL_ENGINE if self.storage == "bram" else _SPRAM_ENGINE
-        extra = {} if self.storage == "bram" else {"spram_model_words": self.model_words}
-        u, mod = self.dut_module(m, cfg, self.words, storage=self.storage, **extra)
+        u, mod = self.dut_module(m, cfg, self.words, storage=self.storage,
+                                 spram_model_words=self.model_words)
         self.streams(m, u, pv)
         counts = []
         for port in ("machine", "host"):
@@ -408,6 +408,7 @@ class MachineLiveHarness(UnitHarness):
         accept = u.instr.valid & u.instr.ready
         bound = Signal(8, name="bound")
         table = _matmul_bounds(MACHINE_CONFIG, latency=1)
+        longest = max(table.values())
         this = Const(0, 8)
         for (a, b, c, raw), cyc in table.items():
             this = Mux((body.m == a) & (body.k == b) & (body.n == c) & (body.raw_out == raw),
@@ -424,6 +425,6 @@ class MachineLiveHarness(UnitHarness):
         self.check("matmul_within_bound", ~inflight | u.instr.ready | (t < bound),
                    f"a legal MATMUL (m<={e.max_m}, k<={e.max_k}, n<={e.max_n}) is back at "
                    "FETCH within matmul_cycles + 3 cycles of its fetch")
-        self.reach("reach_longest", inflight & u.instr.ready & (t == max(table.values())),
-                   f"a MATMUL of the longest bound ({max(table.values())} cycles) takes exactly "
-                   "that (the bound is tight, and the depth holds the longest)")
+        self.reach("reach_longest", inflight & u.instr.ready & (t == longest),
+                   f"a MATMUL of the longest bound ({longest} cycles) takes exactly that "
+                   "(the bound is tight, and the depth holds the longest)")
