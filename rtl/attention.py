@@ -36,46 +36,18 @@ from amaranth.lib.wiring import In, Out
 
 from .attention_config import AttentionConfig
 from .intarith import round_shift
-from .matmul import (MatmulEngine, command_layout, read_request_layout, read_response_layout,
+from .isa import attention_command_layout, matmul_command_layout
+from .matmul import (MatmulEngine, read_request_layout, read_response_layout,
                      write_layout)
 from .normalise import Normaliser
 from .softmax import SoftmaxUnit
 
-__all__ = ["AttentionEngine", "attention_command_layout", "Phase"]
+__all__ = ["AttentionEngine", "Phase"]
 
 
 class Phase:
     """Values of the engine's `phase` output (the command sequencer's state)."""
     IDLE, DECIDE, S_CMD, PV_CMD, WAIT, NORM, NEXT = range(7)
-
-
-def attention_command_layout(cfg: AttentionConfig):
-    """One layer's attention. Addresses and strides are in memory words.
-
-    - ``n_head`` >= 1, ``d_head`` (D >= 1, a multiple of norm_lanes), ``tq`` >= 1
-      (queries), ``offset`` (position of query 0; Tk = offset + tq <= max_seq keys);
-    - Q of head h, query i: A row at ``q_base + h*q_head_stride + i*q_row_stride``;
-    - K cache of head h, key tile j: Kᵀ [D, tile] in W layout at
-      ``k_base + h*k_head_stride + j*k_tile_stride``;
-    - V cache likewise: V [tile, D] in W layout (`v_*`);
-    - output: query i, head h occupies bytes h*D .. h*D+D-1 of the row at
-      ``out_base + i*out_stride`` (the [T, E] int8 layout c_proj reads);
-    - ``scratch_base``: `AttentionConfig.scratch_offsets()`; its first
-      `zero_words` words must be zero;
-    - score and output requantisers (numerics §4.2, §4.5).
-    """
-    e = cfg.engine
-    addr = unsigned(e.addr_bits)
-    return data.StructLayout({
-        "n_head": range(1, 257), "d_head": range(cfg.max_d_head + 1),
-        "tq": range(cfg.max_seq + 1), "offset": range(cfg.max_seq),
-        "q_base": addr, "q_row_stride": addr, "q_head_stride": addr,
-        "k_base": addr, "k_tile_stride": addr, "k_head_stride": addr,
-        "v_base": addr, "v_tile_stride": addr, "v_head_stride": addr,
-        "out_base": addr, "out_stride": addr, "scratch_base": addr,
-        "score_mult": unsigned(e.mult_bits), "score_shift": range(e.max_shift + 1),
-        "out_mult": unsigned(e.mult_bits), "out_shift": range(e.max_shift + 1),
-    })
 
 
 class AttentionEngine(wiring.Component):
@@ -89,7 +61,7 @@ class AttentionEngine(wiring.Component):
     (a tile is in the softmax), for tracing.
 
     With ``matmul_port=True`` the engine also lends its array to plain matmuls:
-    ``mm_cmd`` (`matmul.command_layout`, taken while attention is idle) runs one
+    ``mm_cmd`` (`isa.matmul_command_layout`, taken while attention is idle) runs one
     command on the internal `MatmulEngine` with its writes going out on ``wr``,
     and ``mm_done`` pulses when it finishes, exactly as the engine's own ``cmd``
     and ``done`` would. The `Machine` uses this so one array serves both MATMUL
@@ -102,7 +74,7 @@ class AttentionEngine(wiring.Component):
         self.table = table
         self.matmul_port = matmul_port
         e = cfg.engine
-        lend = ({"mm_cmd": In(stream.Signature(command_layout(e))), "mm_done": Out(1)}
+        lend = ({"mm_cmd": In(stream.Signature(matmul_command_layout(e))), "mm_done": Out(1)}
                 if matmul_port else {})
         super().__init__({**lend,
             "cmd": In(stream.Signature(attention_command_layout(cfg))),

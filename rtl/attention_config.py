@@ -12,7 +12,11 @@ from gpt2accel.model import intmodel as im
 
 from .config import ConfigError, EngineConfig
 
-__all__ = ["AttentionConfig"]
+__all__ = ["AttentionConfig", "LN_EPS_BITS"]
+
+#: LayerNorm's epsilon mantissa width (numerics §6.3): the LAYERNORM instruction's
+#: ``eps_m`` field, so the ISA takes it from here and need not import the golden model
+LN_EPS_BITS = im.LN_EPS_BITS
 
 
 def _ceil_div(a, b):

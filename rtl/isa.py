@@ -6,10 +6,11 @@ An instruction is one fixed-width word of `INSTR_BITS` bits:
     bits [4, 4 + body)     the opcode's body layout (`body_layout(cfg, op)`)
     bits [4 + body, ...)   reserved, must be zero
 
-The bodies of MATMUL and ATTENTION are exactly the engines' own command
-layouts (`matmul.command_layout`, `attention.attention_command_layout`), so a
-decoded body is handed to the engine's ``cmd`` port bit for bit and the
-engines' field definitions are not repeated here. The body widths depend on
+The bodies of MATMUL and ATTENTION are the engines' command layouts, defined
+here (`matmul_command_layout`, `attention_command_layout`) and used by the
+engines for their ``cmd`` ports, so a decoded body is handed to an engine bit
+for bit. The ISA depends on nothing but Amaranth and the configuration: the
+engines import it, never the other way round. The body widths depend on
 the configuration (address width, max_k, max_seq, ...), hence every function
 takes the machine's `AttentionConfig`.
 
@@ -25,11 +26,12 @@ from dataclasses import dataclass
 from amaranth.hdl import Const, Shape, Value, signed, unsigned
 from amaranth.lib import data
 
-from .attention import attention_command_layout
-from .attention_config import AttentionConfig
-from .matmul import command_layout
+from .attention_config import LN_EPS_BITS, AttentionConfig
+from .config import EngineConfig
 
-__all__ = ["VECTOR_OPS", "vector_layouts", "cfg_max_vector_n", "MAX_VECTOR_N", "INSTR_BITS", "OPCODE_BITS", "Op", "Error", "IsaError", "Rule", "kvstore_layout",
+__all__ = ["matmul_command_layout", "attention_command_layout", "layernorm_setup_layout",
+           "LN_N_BITS", "LN_EPS_E_BITS", "RESID_BYTES", "ACT_BYTES", "RAW_BYTES", "BETA_BYTES",
+           "Q_BYTES", "GAMMA_BYTES", "VECTOR_OPS", "vector_layouts", "cfg_max_vector_n", "MAX_VECTOR_N", "INSTR_BITS", "OPCODE_BITS", "Op", "Error", "IsaError", "Rule", "kvstore_layout",
            "body_layout", "rules", "instruction_layout", "encode", "decode", "check_fields",
            "legal_expr", "reserved_mask"]
 
@@ -83,6 +85,69 @@ def kvstore_layout(cfg: AttentionConfig):
     })
 
 
+def matmul_command_layout(cfg: EngineConfig):
+    """MATMUL (the matmul engine's ``cmd``): one matmul: out[M, N] = A[M, K] @ W[K, N] (+ bias, requantised unless raw_out).
+
+    Addresses and strides are in memory words; see docs/architecture.md for the layout.
+    """
+    addr = unsigned(cfg.addr_bits)
+    return data.StructLayout({
+        "m": range(cfg.max_m + 1), "k": range(cfg.max_k + 1), "n": range(cfg.max_n + 1),
+        "a_base": addr, "a_stride": addr,
+        "w_base": addr, "p_base": addr,
+        "out_base": addr, "out_stride": addr,
+        "a_signed": 1, "raw_out": 1,
+    })
+
+
+
+def attention_command_layout(cfg: AttentionConfig):
+    """One layer's attention. Addresses and strides are in memory words.
+
+    - ``n_head`` >= 1, ``d_head`` (D >= 1, a multiple of norm_lanes), ``tq`` >= 1
+      (queries), ``offset`` (position of query 0; Tk = offset + tq <= max_seq keys);
+    - Q of head h, query i: A row at ``q_base + h*q_head_stride + i*q_row_stride``;
+    - K cache of head h, key tile j: Kᵀ [D, tile] in W layout at
+      ``k_base + h*k_head_stride + j*k_tile_stride``;
+    - V cache likewise: V [tile, D] in W layout (`v_*`);
+    - output: query i, head h occupies bytes h*D .. h*D+D-1 of the row at
+      ``out_base + i*out_stride`` (the [T, E] int8 layout c_proj reads);
+    - ``scratch_base``: `AttentionConfig.scratch_offsets()`; its first
+      `zero_words` words must be zero;
+    - score and output requantisers (numerics §4.2, §4.5).
+    """
+    e = cfg.engine
+    addr = unsigned(e.addr_bits)
+    return data.StructLayout({
+        "n_head": range(1, 257), "d_head": range(cfg.max_d_head + 1),
+        "tq": range(cfg.max_seq + 1), "offset": range(cfg.max_seq),
+        "q_base": addr, "q_row_stride": addr, "q_head_stride": addr,
+        "k_base": addr, "k_tile_stride": addr, "k_head_stride": addr,
+        "v_base": addr, "v_tile_stride": addr, "v_head_stride": addr,
+        "out_base": addr, "out_stride": addr, "scratch_base": addr,
+        "score_mult": unsigned(e.mult_bits), "score_shift": range(e.max_shift + 1),
+        "out_mult": unsigned(e.mult_bits), "out_shift": range(e.max_shift + 1),
+    })
+
+
+def layernorm_setup_layout():
+    """One LayerNorm's scalars (§6): row length n and the quantised out_shift, eps_m, eps_e."""
+    return data.StructLayout({"n": unsigned(LN_N_BITS), "out_shift": range(48),
+                              "eps_m": unsigned(LN_EPS_BITS), "eps_e": signed(LN_EPS_E_BITS)})
+
+
+
+#: LAYERNORM: width of the row length field (a row longer than the unit's max_e is refused)
+LN_N_BITS = 12
+#: LAYERNORM: eps exponent field (signed); the file format allows -200..200
+LN_EPS_E_BITS = 9
+
+#: bytes per element of the vector instructions' operands: residual rows (int16), int8
+#: activations, raw int32 matmul output, LayerNorm beta (int64 holding 48 bits), per-column
+#: requantiser params (uint32), LayerNorm gamma (int16)
+RESID_BYTES, ACT_BYTES, RAW_BYTES, BETA_BYTES, Q_BYTES, GAMMA_BYTES = 2, 1, 4, 8, 4, 2
+
+
 #: the instructions the vector mover (rtl/vecmove.py) runs
 VECTOR_OPS = (Op.LAYERNORM, Op.GELU, Op.RESADD, Op.REQUANT, Op.EMBED)
 
@@ -94,8 +159,7 @@ def vector_layouts(cfg: AttentionConfig):
     """Bodies of the vector instructions (vecmove.VectorMover). Rows are row-major
     element arrays: element (r, c) at byte c*size of the row at ``base + r*stride``
     (sizes: residual int16, activations int8, raw matmul output int32)."""
-    from .layernorm import setup_layout
-    ln_setup = setup_layout()
+    ln_setup = layernorm_setup_layout()
     addr = unsigned(cfg.engine.addr_bits)
     rows = {"rows": range(1, cfg.engine.max_m + 1), "n": range(1, MAX_VECTOR_N + 1),
             "src_base": addr, "src_stride": addr, "dst_base": addr, "dst_stride": addr}
@@ -124,7 +188,7 @@ def vector_layouts(cfg: AttentionConfig):
 
 def body_layout(cfg: AttentionConfig, op: Op):
     if op == Op.MATMUL:
-        return command_layout(cfg.engine)
+        return matmul_command_layout(cfg.engine)
     if op == Op.ATTENTION:
         return attention_command_layout(cfg)
     if op == Op.KVSTORE:

@@ -47,18 +47,18 @@ from amaranth.lib.wiring import In, Out
 
 from gpt2accel.model import intmodel as im
 
+# the setup beat is the LAYERNORM instruction's scalars: its layout is the ISA's
+from .isa import LN_EPS_E_BITS as EPS_E_BITS, LN_N_BITS as N_BITS
+from .isa import layernorm_setup_layout as setup_layout
+
 from .intarith import add_half, bit_length, max_tree, round_shift, saturate, sum_tree
 from .vector import check_lanes, vector_layout
 
-__all__ = ["LayerNormUnit", "RowRoot", "row_latency", "setup_layout", "param_layout", "MAX_E_LIMIT",
-           "N_BITS", "EPS_E_BITS", "ROW_STATS_LATENCY", "PASS_B_LATENCY", "PASS_C_LATENCY"]
+__all__ = ["LayerNormUnit", "RowRoot", "row_latency", "param_layout", "MAX_E_LIMIT",
+           "ROW_STATS_LATENCY", "PASS_B_LATENCY", "PASS_C_LATENCY"]
 
 #: numerics §6.3: N <= 2048 keeps S + ε below 2^48
 MAX_E_LIMIT = 2048
-#: width of the row length field of a setup beat (a row longer than max_e is refused)
-N_BITS = 12
-#: eps exponent field (signed); the file format allows -200..200
-EPS_E_BITS = 9
 #: magnitude bits of d_s (§6.2) and its register width (|d_s| <= 2^15)
 DS_BITS = im.LN_D_BITS + 2
 #: output-pass fixed point: z = round_shift(d_s * inv, 36 - 22)
@@ -78,12 +78,6 @@ def row_latency(n, lanes):
     is otherwise idle: stats, pass B over ceil(n/lanes) beats, root, pass C."""
     return (ROW_STATS_LATENCY + -(-n // lanes) - 1 + PASS_B_LATENCY + RowRoot.period
             + PASS_C_LATENCY)
-
-
-def setup_layout():
-    """One LayerNorm's scalars (§6): row length n and the quantised out_shift, eps_m, eps_e."""
-    return data.StructLayout({"n": unsigned(N_BITS), "out_shift": range(48),
-                              "eps_m": unsigned(im.LN_EPS_BITS), "eps_e": signed(EPS_E_BITS)})
 
 
 def param_layout(lanes):

@@ -23,28 +23,14 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .config import EngineConfig
+from .isa import matmul_command_layout
 from .systolic import SystolicArray
 from .requant import Requantiser
 
 C1 = Const(1, 1)
 
-__all__ = ["MatmulEngine", "command_layout", "read_request_layout",
+__all__ = ["MatmulEngine", "read_request_layout",
            "read_response_layout", "write_layout"]
-
-
-def command_layout(cfg: EngineConfig):
-    """One matmul: out[M, N] = A[M, K] @ W[K, N] (+ bias, requantised unless raw_out).
-
-    Addresses and strides are in memory words; see docs/architecture.md for the layout.
-    """
-    addr = unsigned(cfg.addr_bits)
-    return data.StructLayout({
-        "m": range(cfg.max_m + 1), "k": range(cfg.max_k + 1), "n": range(cfg.max_n + 1),
-        "a_base": addr, "a_stride": addr,
-        "w_base": addr, "p_base": addr,
-        "out_base": addr, "out_stride": addr,
-        "a_signed": 1, "raw_out": 1,
-    })
 
 
 def read_request_layout(cfg):
@@ -205,7 +191,7 @@ class MatmulEngine(wiring.Component):
     """Tiled int8 matmul engine around a rows x cols systolic array.
 
     Ports:
-    - ``cmd``: command stream (`command_layout`); accepted only when idle.
+    - ``cmd``: command stream (`isa.matmul_command_layout`); accepted only when idle.
     - ``rd_req`` / ``rd_resp``: memory reads; responses must return in
       request order. At most ``cfg.max_outstanding`` requests are unanswered.
     - ``wr``: memory writes with byte strobes.
@@ -216,7 +202,7 @@ class MatmulEngine(wiring.Component):
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         super().__init__({
-            "cmd": In(stream.Signature(command_layout(cfg))),
+            "cmd": In(stream.Signature(matmul_command_layout(cfg))),
             "rd_req": Out(stream.Signature(read_request_layout(cfg))),
             "rd_resp": In(stream.Signature(read_response_layout(cfg))),
             "wr": Out(stream.Signature(write_layout(cfg))),
@@ -236,7 +222,7 @@ class MatmulEngine(wiring.Component):
         R, C, MB = c.rows, c.cols, c.mem_bytes
         GW = c.k_per_word
         PW = c.param_words_per_tile
-        cmd = Signal(command_layout(c))
+        cmd = Signal(matmul_command_layout(c))
         busy = Signal()
         m.d.comb += [self.busy.eq(busy), self.cmd.ready.eq(~busy)]
         accept = self.cmd.valid & self.cmd.ready

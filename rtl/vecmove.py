@@ -30,15 +30,14 @@ from amaranth.lib.wiring import In, Out
 
 from .attention_config import AttentionConfig
 from .gelu import GeluUnit, TABLE_SIZE
-from .isa import Op, vector_layouts, cfg_max_vector_n
+from .isa import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES, RESID_BYTES, Op,
+                  cfg_max_vector_n, vector_layouts)
 from .layernorm import LayerNormUnit
 from .matmul import read_request_layout, read_response_layout, write_layout
 from .residual import EmbeddingAdd, RequantAdd
 
 __all__ = ["VectorMover"]
 
-#: bytes per element: residual rows, int8 activations, raw int32, LN beta, column params
-RESID_BYTES, ACT_BYTES, RAW_BYTES, BETA_BYTES, Q_BYTES, GAMMA_BYTES = 2, 1, 4, 8, 4, 2
 
 
 class VectorMover(wiring.Component):

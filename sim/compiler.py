@@ -39,9 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpt2accel.rtl.attention_config import AttentionConfig
-from gpt2accel.rtl.isa import Op, encode, IsaError, cfg_max_vector_n
-from gpt2accel.rtl.vecmove import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES,
-                                   RESID_BYTES)
+from gpt2accel.rtl.isa import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES,
+                               RESID_BYTES, IsaError, Op, cfg_max_vector_n, encode)
 from .matmul_layout import pack_params, pack_w
 
 __all__ = ["CompileError", "BlockCompiler", "ModelCompiler", "Region"]

@@ -20,10 +20,9 @@ Per unit (reference memory: requests always accepted, responses after
   ends one cycle after the writer's last write.
 """
 from gpt2accel.rtl.gelu import GeluUnit, TABLE_SIZE
-from gpt2accel.rtl.isa import VECTOR_OPS, Op, decode
 from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd
-from gpt2accel.rtl.vecmove import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES,
-                                   RESID_BYTES)
+from gpt2accel.rtl.isa import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES,
+                               RESID_BYTES, VECTOR_OPS, Op, decode)
 from .attention_cycles import attention_cycles
 from .matmul_cycles import matmul_cycles
 from .matmul_sim import REF_MEM_LATENCY
