@@ -87,9 +87,7 @@ class BoardCore(wiring.Component):
         wiring.connect(m, bridge.tx, wiring.flipped(self.tx))
         wiring.connect(m, bridge.instr, machine.instr)
         wiring.connect(m, bridge.mem, memory.host)
-        for port in ("rd_req", "wr"):
-            wiring.connect(m, getattr(machine, port), getattr(memory.machine, port))
-        wiring.connect(m, memory.machine.rd_resp, machine.rd_resp)
+        wiring.connect(m, machine.mem, memory.machine)
         m.d.comb += [bridge.rx_error.eq(self.rx_error),
                      bridge.busy.eq(machine.busy), bridge.error.eq(machine.error),
                      bridge.cycles.eq(machine.cycles), bridge.icount.eq(machine.icount),

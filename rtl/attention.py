@@ -37,8 +37,8 @@ from amaranth.lib.wiring import In, Out
 from .attention_config import AttentionConfig
 from .intarith import round_shift
 from .isa import attention_command_layout, matmul_command_layout
-from .matmul import (MatmulEngine, read_request_layout, read_response_layout,
-                     write_layout)
+from .matmul import MatmulEngine
+from .memport import MemPort
 from .normalise import Normaliser
 from .softmax import SoftmaxUnit
 
@@ -78,9 +78,7 @@ class AttentionEngine(wiring.Component):
                 if matmul_port else {})
         super().__init__({**lend,
             "cmd": In(stream.Signature(attention_command_layout(cfg))),
-            "rd_req": Out(stream.Signature(read_request_layout(e))),
-            "rd_resp": In(stream.Signature(read_response_layout(e))),
-            "wr": Out(stream.Signature(write_layout(e))),
+            "mem": Out(MemPort.for_config(e)),
             "busy": Out(1), "done": Out(1), "phase": Out(3), "softmax_busy": Out(1),
         })
 
@@ -100,17 +98,17 @@ class AttentionEngine(wiring.Component):
         # ---------------- memory port ----------------------------------------------
         # Reads are the matmul engine's alone. Its writes (S and PV rows) are
         # taken here, always at once, exactly like the reference memory would.
-        m.d.comb += [self.rd_req.valid.eq(mm.rd_req.valid),
-                     self.rd_req.payload.eq(mm.rd_req.payload),
-                     mm.rd_req.ready.eq(self.rd_req.ready),
-                     mm.rd_resp.valid.eq(self.rd_resp.valid),
-                     mm.rd_resp.payload.eq(self.rd_resp.payload),
-                     self.rd_resp.ready.eq(mm.rd_resp.ready)]
+        m.d.comb += [self.mem.rd_req.valid.eq(mm.mem.rd_req.valid),
+                     self.mem.rd_req.payload.eq(mm.mem.rd_req.payload),
+                     mm.mem.rd_req.ready.eq(self.mem.rd_req.ready),
+                     mm.mem.rd_resp.valid.eq(self.mem.rd_resp.valid),
+                     mm.mem.rd_resp.payload.eq(self.mem.rd_resp.payload),
+                     self.mem.rd_resp.ready.eq(mm.mem.rd_resp.ready)]
         # a lent matmul (`mm_cmd`) owns the array from acceptance to its done
         # pulse; its writes bypass the scratch snoop and leave through `wr`
         lent = Signal()
-        snoop = mm.wr.valid & ~lent
-        wr_ready = self.wr.ready
+        snoop = mm.mem.wr.valid & ~lent
+        wr_ready = self.mem.wr.ready
 
         # ---------------- command registers and loop counters ----------------------
         cmd = Signal(attention_command_layout(c))
@@ -122,7 +120,7 @@ class AttentionEngine(wiring.Component):
         if self.matmul_port:
             self._lend(m, mm, busy, lent)
         else:
-            m.d.comb += mm.wr.ready.eq(1)
+            m.d.comb += mm.mem.wr.ready.eq(1)
         p = self.cmd.payload
 
         def addr(name):
@@ -296,9 +294,9 @@ class AttentionEngine(wiring.Component):
         m.submodules.sbuf = sbuf = Memory(shape=unsigned(8 * MB), depth=2 * R * SS, init=[])
         s_w = sbuf.write_port(granularity=8)
         s_r = sbuf.read_port(transparent_for=())
-        m.d.comb += [s_w.addr.eq(mm.wr.payload.addr - scratch["s"]),
-                     s_w.data.eq(mm.wr.payload.data),
-                     s_w.en.eq(Mux(snoop & ~eng_pv, mm.wr.payload.strb, 0))]
+        m.d.comb += [s_w.addr.eq(mm.mem.wr.payload.addr - scratch["s"]),
+                     s_w.data.eq(mm.mem.wr.payload.data),
+                     s_w.en.eq(Mux(snoop & ~eng_pv, mm.mem.wr.payload.strb, 0))]
 
         # ---------------- row info: delta and L per row, two halves --------------------
         info = data.StructLayout({"delta": range(33), "l_sum": unsigned(32)})
@@ -398,7 +396,7 @@ class AttentionEngine(wiring.Component):
         o_ac = obuf.read_port(transparent_for=(o_w,))
         o_nm = obuf.read_port(transparent_for=())
         pv_off = Signal(range(R * PVS))
-        m.d.comb += pv_off.eq(mm.wr.payload.addr - scratch["pv"])
+        m.d.comb += pv_off.eq(mm.mem.wr.payload.addr - scratch["pv"])
         pv_row = pv_off[PVS_LOG:] if PVS_LOG < len(pv_off) else Const(0, 1)
         m.d.comb += [o_ac.addr.eq(pv_off), o_ac.en.eq(1),
                      info_ac.addr.eq(pv_row + Mux(pv_par, R, 0)), info_ac.en.eq(1)]
@@ -406,8 +404,8 @@ class AttentionEngine(wiring.Component):
         b_pv = Signal(word)
         b_addr = Signal.like(o_w.addr)
         b_lanes = Signal(SPW)
-        m.d.sync += [b_valid.eq(snoop & eng_pv), b_pv.eq(mm.wr.payload.data), b_addr.eq(pv_off),
-                     b_lanes.eq(Cat(*[mm.wr.payload.strb[4 * l] for l in range(SPW)]))]
+        m.d.sync += [b_valid.eq(snoop & eng_pv), b_pv.eq(mm.mem.wr.payload.data), b_addr.eq(pv_off),
+                     b_lanes.eq(Cat(*[mm.mem.wr.payload.strb[4 * l] for l in range(SPW)]))]
         m.d.comb += [o_w.addr.eq(b_addr), o_w.en.eq(Mux(b_valid, b_lanes, 0))]
         for l in range(SPW):
             old = round_shift(o_ac.data[l], info_ac.data.delta, 34)
@@ -486,18 +484,18 @@ class AttentionEngine(wiring.Component):
 
         # controller write port: P rows during softmax, outputs during normalise
         with m.If(lent):
-            m.d.comb += [self.wr.valid.eq(mm.wr.valid), self.wr.payload.eq(mm.wr.payload),
-                         mm.wr.ready.eq(self.wr.ready)]
+            m.d.comb += [self.mem.wr.valid.eq(mm.mem.wr.valid), self.mem.wr.payload.eq(mm.mem.wr.payload),
+                         mm.mem.wr.ready.eq(self.mem.wr.ready)]
         with m.Elif(nm_on):
-            m.d.comb += [self.wr.valid.eq(norm.out.valid & ow_on),
-                         self.wr.payload.addr.eq(ow_ptr + ow_word),
-                         self.wr.payload.data.eq(yb << (ow_byte * 8)),
-                         self.wr.payload.strb.eq(Const((1 << NL) - 1, MB) << ow_byte)]
+            m.d.comb += [self.mem.wr.valid.eq(norm.out.valid & ow_on),
+                         self.mem.wr.payload.addr.eq(ow_ptr + ow_word),
+                         self.mem.wr.payload.data.eq(yb << (ow_byte * 8)),
+                         self.mem.wr.payload.strb.eq(Const((1 << NL) - 1, MB) << ow_byte)]
         with m.Else():
-            m.d.comb += [self.wr.valid.eq(sm.probs.valid & p_on),
-                         self.wr.payload.addr.eq(pw_ptr + pw_word),
-                         self.wr.payload.data.eq(p_bytes << (pw_byte * 8)),
-                         self.wr.payload.strb.eq(Const((1 << LN) - 1, MB) << pw_byte)]
+            m.d.comb += [self.mem.wr.valid.eq(sm.probs.valid & p_on),
+                         self.mem.wr.payload.addr.eq(pw_ptr + pw_word),
+                         self.mem.wr.payload.data.eq(p_bytes << (pw_byte * 8)),
+                         self.mem.wr.payload.strb.eq(Const((1 << LN) - 1, MB) << pw_byte)]
         return m
 
     def _lend(self, m, mm, busy, lent):
@@ -512,4 +510,4 @@ class AttentionEngine(wiring.Component):
         with m.If(lent & mm.done):
             m.d.sync += lent.eq(0)
         with m.If(~lent):
-            m.d.comb += mm.wr.ready.eq(1)
+            m.d.comb += mm.mem.wr.ready.eq(1)

@@ -65,7 +65,7 @@ from .attention_config import AttentionConfig
 from .config import ConfigError, refusing
 from .isa import OPCODE_BITS, body_layout
 from .machine import FETCH_TO_ISSUE, instr_layout, machine_ops
-from .onchip_memory import mem_port_signature
+from .memport import MemPort
 
 __all__ = ["HostBridge", "crc16_step", "identity_bytes"]
 
@@ -146,7 +146,7 @@ class HostBridge(wiring.Component):
     Ports: ``rx`` / ``tx`` byte streams (to the UART), ``rx_error`` (a UART
     framing error or overrun: `Fault.SERIAL` inside a frame), ``instr`` (the
     machine's instruction stream), ``mem`` (a requester port,
-    `onchip_memory.mem_port_signature`), the machine's status ``busy``,
+    `memport.MemPort`), the machine's status ``busy``,
     ``error``, ``cycles``, ``icount`` as inputs, and ``machine_reset``
     (one-cycle pulse for RESET). `resid_bits` and `ops` are the machine's
     (`rtl.machine.Machine`); they only enter the PING identity's config_id.
@@ -177,7 +177,7 @@ class HostBridge(wiring.Component):
         super().__init__({
             "rx": In(stream.Signature(8)), "rx_error": In(1), "tx": Out(stream.Signature(8)),
             "instr": Out(stream.Signature(instr_layout())),
-            "mem": Out(mem_port_signature(e)),
+            "mem": Out(MemPort.for_config(e)),
             "busy": In(1), "error": In(2), "cycles": In(32), "icount": In(32),
             "machine_reset": Out(1)})
 

@@ -50,14 +50,14 @@ MACHINE_CONFIG = AttentionConfig(
     tile=2, frac_bits=1, lanes=1, norm_lanes=1, max_d_head=8, max_seq=4)
 
 
-def memory(harness, m, unit, width=8):
-    """Assume an in-order memory behind `unit`'s ``rd_req``/``rd_resp``; returns the
-    number of unanswered reads (a Signal)."""
-    n_req = beat_counter(m, unit.rd_req, width, "reads_requested")
-    n_resp = beat_counter(m, unit.rd_resp, width, "reads_answered")
+def memory(harness, m, port, width=8):
+    """Assume an in-order memory behind the memory port `port` (a `MemPort` interface);
+    returns the number of unanswered reads (a Signal)."""
+    n_req = beat_counter(m, port.rd_req, width, "reads_requested")
+    n_resp = beat_counter(m, port.rd_resp, width, "reads_answered")
     pending = Signal(width, name="reads_pending")
     m.d.comb += pending.eq(n_req - n_resp)
-    harness.assume(~unit.rd_resp.valid | (pending != 0), "a response answers a request")
+    harness.assume(~port.rd_resp.valid | (pending != 0), "a response answers a request")
     return pending
 
 
@@ -68,7 +68,7 @@ class EngineHarness(UnitHarness):
     reach_done = True
     bmc_only = ("cmds_no_dup", "reads_settled", "writes_settled", "outstanding")
     bugs = {"cmds_no_dup": ("ignore_valid", "cmd"),       # runs commands nobody sent
-            "reads_settled": ("ignore_valid", "rd_resp"),  # takes responses never sent
+            "reads_settled": ("ignore_valid", "mem.rd_resp"),  # takes responses never sent
             "writes_settled": ("tie", "done", 1)}          # done while writing
 
     def args(self):
@@ -78,25 +78,25 @@ class EngineHarness(UnitHarness):
         pv = past_valid(m)
         u, mod = self.dut_module(m, *self.args())
         self.streams(m, u, pv)
-        pending = memory(self, m, u)
+        pending = memory(self, m, u.mem)
         self.conserve(m, "cmds", u.cmd, _Beats(u.done, 1), capacity=1, what="commands",
                       reach=False)
         self.check("reads_settled", ~u.done | (pending == 0),
                    "done only after every read was answered")
-        self.check("writes_settled", ~u.done | ~u.wr.valid,
+        self.check("writes_settled", ~u.done | ~u.mem.wr.valid,
                    "done only after the last write was accepted")
         wr_stalled = Signal(name="wr_stalled_seen")
-        with m.If(u.wr.valid & ~u.wr.ready):
+        with m.If(u.mem.wr.valid & ~u.mem.wr.ready):
             m.d.sync += wr_stalled.eq(1)
         self.reach("reach_done", u.done & wr_stalled,
                    "a command finishes after a stalled write (within the depth)")
         if not self.reach_done:
-            self.reach("reach_write", u.wr.valid & u.wr.ready & wr_stalled,
+            self.reach("reach_write", u.mem.wr.valid & u.mem.wr.ready & wr_stalled,
                        "a write is accepted after a stalled one (within the depth)")
             rd_stalled = Signal(name="rd_stalled_seen")
-            with m.If(u.rd_req.valid & ~u.rd_req.ready):
+            with m.If(u.mem.rd_req.valid & ~u.mem.rd_req.ready):
                 m.d.sync += rd_stalled.eq(1)
-            self.reach("reach_read", u.rd_req.valid & u.rd_req.ready & rd_stalled,
+            self.reach("reach_read", u.mem.rd_req.valid & u.mem.rd_req.ready & rd_stalled,
                        "a read request is accepted after a stalled one (within the depth)")
         self.extra(m, u, mod, pending)
 
@@ -111,13 +111,13 @@ class MatmulHarness(EngineHarness):
     # the first command with a stalled write can finish in step 20 (reach_done)
     depth, deep_depth = 24, 48
     # the induction step does not close on the engine's counters (and costs minutes)
-    bmc_only = EngineHarness.bmc_only + ("rd_req_hold", "wr_hold",
+    bmc_only = EngineHarness.bmc_only + ("mem_rd_req_hold", "mem_wr_hold",
                                          "w_fifo_no_underflow", "p_fifo_no_underflow",
                                          "o_fifo_no_underflow", "o_fifo_no_overflow")
 
     bugs = {**EngineHarness.bugs,
             # believes responses arrived, so issues more reads than allowed
-            "outstanding": ("ignore_valid", "rd_resp"),
+            "outstanding": ("ignore_valid", "mem.rd_resp"),
             "w_fifo_no_underflow": ("fifo_read_unchecked", "w_fifo"),
             "p_fifo_no_underflow": ("fifo_read_unchecked", "p_fifo"),
             "o_fifo_no_underflow": ("fifo_read_unchecked", "o_fifo"),
@@ -170,7 +170,7 @@ class AttentionHarness(EngineHarness):
               "d_head 1, one query at position 0")
     depth, deep_depth = 36, 36
     reach_done = False       # depth 36 reaches writes, not done
-    bmc_only = EngineHarness.bmc_only + ("rd_req_hold", "wr_hold")
+    bmc_only = EngineHarness.bmc_only + ("mem_rd_req_hold", "mem_wr_hold")
     # no done before step ~80: what concerns it would hold vacuously at 36
     depths = deep_depths = {p: 84 for p in ("writes_settled", "reads_settled", "cmds_no_dup",
                                            "reach_done")}
@@ -291,9 +291,9 @@ class MachineHarness(UnitHarness):
     config = "MACHINE_CONFIG (1x2 array, 8-byte words, 8-bit addresses)"
     depth, deep_depth = 8, 16
     bmc_only = ("illegal_sets_error", "illegal_not_executed", "flush_ends_at_halt",
-                "boundary_no_reads", "rd_req_hold", "wr_hold")
+                "boundary_no_reads", "mem_rd_req_hold", "mem_wr_hold")
     bugs = {"illegal_sets_error": ("tie", "error", 0),
-            "illegal_not_executed": ("tie", "rd_req.valid", 1),
+            "illegal_not_executed": ("tie", "mem.rd_req.valid", 1),
             "flush_ends_at_halt": ("tie", "done", 0),
             "boundary_no_reads": ("tie", "instr.ready", 1)}
 
@@ -301,7 +301,7 @@ class MachineHarness(UnitHarness):
         pv = past_valid(m)
         u = self.dut(m, MACHINE_CONFIG, None, 8)
         self.streams(m, u, pv)
-        pending = memory(self, m, u)
+        pending = memory(self, m, u.mem)
         w = _Word(MACHINE_CONFIG, u.instr.payload.word)
         accept = u.instr.valid & u.instr.ready
 
@@ -325,7 +325,7 @@ class MachineHarness(UnitHarness):
         code2 = past(m, past(m, w.code, "code1"), "code2")
         self.check("illegal_sets_error", ~ill2 | ((u.error == code2) & u.instr.ready & u.busy),
                    "an illegal instruction sets its error code; FETCH again 2 cycles later")
-        self.check("illegal_not_executed", ~flushing | (~u.rd_req.valid & ~u.wr.valid),
+        self.check("illegal_not_executed", ~flushing | (~u.mem.rd_req.valid & ~u.mem.wr.valid),
                    "after an illegal instruction nothing executes up to HALT (no memory traffic)")
         end2 = past(m, past(m, ends & flushing, "flush_end1"), "flush_end2")
         self.check("flush_ends_at_halt",
@@ -336,7 +336,7 @@ class MachineHarness(UnitHarness):
                    "no read in flight when the next instruction is fetched")
         self.reach("reach_flush_end", end2 & (error == Error.FIELD),
                    "a program with an illegal field reaches its HALT")
-        self.reach("reach_write_stall", u.wr.valid & ~u.wr.ready,
+        self.reach("reach_write_stall", u.mem.wr.valid & ~u.mem.wr.ready,
                    "an instruction's write waits for memory (the stream rules are exercised)")
 
 
@@ -358,10 +358,10 @@ class MachineResetHarness(UnitHarness):
         # the cycle after a reset: no program, FETCH, no error, no memory traffic
         self.check("reset_to_idle",
                    ~was_reset | (~u.busy & u.instr.ready & (u.error == Error.NONE)
-                                 & ~u.rd_req.valid & ~u.wr.valid),
+                                 & ~u.mem.rd_req.valid & ~u.mem.wr.valid),
                    "a reset in any state, mid-instruction included, leaves the machine idle")
         issued = Signal(name="issued_seen", reset_less=True)   # an instruction is running
-        with m.If(u.busy & ~u.instr.ready & (u.rd_req.valid | u.wr.valid)):
+        with m.If(u.busy & ~u.instr.ready & (u.mem.rd_req.valid | u.mem.wr.valid)):
             m.d.sync += issued.eq(1)
         self.reach("reach_reset_mid", was_reset & issued,
                    "a reset arrives while an instruction uses the memory port")
@@ -390,16 +390,16 @@ class MachineLiveHarness(UnitHarness):
     depth, deep_depth = 50, 50
     bmc_only = ("matmul_within_bound",)
     # never reads memory, so the MATMUL never finishes
-    bugs = {"matmul_within_bound": ("tie", "rd_req.valid", 0)}
+    bugs = {"matmul_within_bound": ("tie", "mem.rd_req.valid", 0)}
 
     def build(self, m):
         pv = past_valid(m)
         u = self.dut(m, MACHINE_CONFIG, None, 8)
         # always-ready memory makes the output stream rule trivial here: assume only
         self.streams(m, u, pv, outputs=False)
-        pending = memory(self, m, u)
-        self.assume(u.rd_req.ready & u.wr.ready, "memory always ready")
-        self.assume(u.rd_resp.valid == (pending != 0), "every read answered the next cycle")
+        pending = memory(self, m, u.mem)
+        self.assume(u.mem.rd_req.ready & u.mem.wr.ready, "memory always ready")
+        self.assume(u.mem.rd_resp.valid == (pending != 0), "every read answered the next cycle")
         w = _Word(MACHINE_CONFIG, u.instr.payload.word)
         body = body_layout(MACHINE_CONFIG, Op.MATMUL)(
             u.instr.payload.word[OPCODE_BITS:OPCODE_BITS + body_layout(MACHINE_CONFIG, Op.MATMUL).size])

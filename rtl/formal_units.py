@@ -84,8 +84,13 @@ class UnitHarness(Harness):
         """The seeded bug (`seeded_bug` kind, port[, value]) that `prop` must catch."""
         if prop in cls.bugs:
             return cls.bugs[prop]
-        if prop.endswith("_hold"):     # ports of nested interfaces are listed in `bugs`
-            return ("ignore_ready", prop[:-len("_hold")])
+        if prop.endswith("_hold"):
+            port = prop[:-len("_hold")]
+            # the memory port is the engines' one nested interface: its streams'
+            # labels join the path with "_" (`mem_rd_req` is `mem.rd_req`)
+            if port.startswith("mem_"):
+                port = "mem." + port[len("mem_"):]
+            return ("ignore_ready", port)
         raise KeyError(f"{cls.unit}: no seeded bug for {prop!r}")
 
     def dut(self, m, *args, **kwargs):

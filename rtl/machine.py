@@ -37,7 +37,8 @@ from .config import ConfigError
 from .isa import (VECTOR_OPS, INSTR_BITS, OPCODE_BITS, Op, Error, body_layout, kvstore_layout,
                   legal_expr)
 from .vecmove import VectorMover
-from .matmul import MatmulEngine, read_request_layout, read_response_layout, write_layout
+from .matmul import MatmulEngine
+from .memport import MemPort
 
 __all__ = ["Machine", "KVStore", "machine_ops", "instr_layout", "FETCH_TO_ISSUE"]
 
@@ -48,12 +49,6 @@ FETCH_TO_ISSUE = 2
 
 def instr_layout():
     return data.StructLayout({"word": unsigned(INSTR_BITS)})
-
-
-def _mem_ports(e):
-    return {"rd_req": Out(stream.Signature(read_request_layout(e))),
-            "rd_resp": In(stream.Signature(read_response_layout(e))),
-            "wr": Out(stream.Signature(write_layout(e)))}
 
 
 class KVStore(wiring.Component):
@@ -72,7 +67,7 @@ class KVStore(wiring.Component):
     def __init__(self, cfg: AttentionConfig):
         self.cfg = cfg
         super().__init__({"cmd": In(stream.Signature(kvstore_layout(cfg))),
-                          **_mem_ports(cfg.engine), "busy": Out(1), "done": Out(1)})
+                          "mem": Out(MemPort.for_config(cfg.engine)), "busy": Out(1), "done": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
@@ -105,10 +100,10 @@ class KVStore(wiring.Component):
         byte = word.word_select(lane, 8)
         out_lane = Signal(range(MB))
         m.d.comb += [out_lane.eq(Mux(sel, v_lane, k_lane)),
-                     self.wr.payload.addr.eq(Mux(sel, v_addr, k_addr)),
-                     self.wr.payload.data.eq(Cat(*([byte] * MB))),
-                     self.wr.payload.strb.eq(1 << out_lane),
-                     self.rd_req.payload.addr.eq(row + widx)]
+                     self.mem.wr.payload.addr.eq(Mux(sel, v_addr, k_addr)),
+                     self.mem.wr.payload.data.eq(Cat(*([byte] * MB))),
+                     self.mem.wr.payload.strb.eq(1 << out_lane),
+                     self.mem.rd_req.payload.addr.eq(row + widx)]
 
         with m.FSM():
             with m.State("IDLE"):
@@ -122,17 +117,17 @@ class KVStore(wiring.Component):
                                  sel.eq(0), h.eq(0), d.eq(0)]
                     m.next = "READ"
             with m.State("READ"):
-                m.d.comb += [self.busy.eq(1), self.rd_req.valid.eq(1)]
-                with m.If(self.rd_req.ready):
+                m.d.comb += [self.busy.eq(1), self.mem.rd_req.valid.eq(1)]
+                with m.If(self.mem.rd_req.ready):
                     m.next = "WAIT"
             with m.State("WAIT"):
-                m.d.comb += [self.busy.eq(1), self.rd_resp.ready.eq(1)]
-                with m.If(self.rd_resp.valid):
-                    m.d.sync += [word.eq(self.rd_resp.payload.data), lane.eq(0)]
+                m.d.comb += [self.busy.eq(1), self.mem.rd_resp.ready.eq(1)]
+                with m.If(self.mem.rd_resp.valid):
+                    m.d.sync += [word.eq(self.mem.rd_resp.payload.data), lane.eq(0)]
                     m.next = "WRITE"
             with m.State("WRITE"):
-                m.d.comb += [self.busy.eq(1), self.wr.valid.eq(1)]
-                with m.If(self.wr.ready):
+                m.d.comb += [self.busy.eq(1), self.mem.wr.valid.eq(1)]
+                with m.If(self.mem.wr.ready):
                     m.d.sync += [lane.eq(lane + 1), d.eq(d + 1)]
                     last_d = d == cmd.d_head - 1
                     last_h = h == cmd.n_head - 1
@@ -173,7 +168,7 @@ class _Lent:
 
     def __init__(self, attn):
         self.cmd, self.done = attn.mm_cmd, attn.mm_done
-        self.rd_req, self.rd_resp, self.wr = attn.rd_req, attn.rd_resp, attn.wr
+        self.mem = attn.mem
 
 
 class Machine(wiring.Component):
@@ -197,7 +192,7 @@ class Machine(wiring.Component):
         for op in Op:
             body_layout(cfg, op)           # raises if a body does not fit INSTR_BITS
         super().__init__({"instr": In(stream.Signature(instr_layout())),
-                          **_mem_ports(cfg.engine),
+                          "mem": Out(MemPort.for_config(cfg.engine)),
                           "busy": Out(1), "done": Out(1), "error": Out(2),
                           "cycles": Out(32), "icount": Out(32)})
 
@@ -228,16 +223,14 @@ class Machine(wiring.Component):
         # the memory port a value of `owner` selects: one Case per port owner
         owners = {}
         for op, u in units.items():
-            owners.setdefault(id(u.rd_req), (u, []))[1].append(int(op))
+            owners.setdefault(id(u.mem), (u, []))[1].append(int(op))
 
         # ---------------- memory port: routed to the unit that owns it ----------------
         owner = Signal(OPCODE_BITS)
         with m.Switch(owner):
             for u, ops in owners.values():
                 with m.Case(*ops):
-                    wiring.connect(m, wiring.flipped(self.rd_req), u.rd_req)
-                    wiring.connect(m, wiring.flipped(self.wr), u.wr)
-                    wiring.connect(m, u.rd_resp, wiring.flipped(self.rd_resp))
+                    wiring.connect(m, wiring.flipped(self.mem), u.mem)
 
         # ---------------- status ----------------
         running, done, error, flushing = Signal(), Signal(), Signal(2), Signal()

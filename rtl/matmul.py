@@ -24,27 +24,13 @@ from amaranth.lib.wiring import In, Out
 
 from .config import EngineConfig
 from .isa import matmul_command_layout
+from .memport import MemPort
 from .systolic import SystolicArray
 from .requant import Requantiser
 
 C1 = Const(1, 1)
 
-__all__ = ["MatmulEngine", "read_request_layout",
-           "read_response_layout", "write_layout"]
-
-
-def read_request_layout(cfg):
-    return data.StructLayout({"addr": unsigned(cfg.addr_bits)})
-
-
-def read_response_layout(cfg):
-    return data.StructLayout({"data": unsigned(8 * cfg.mem_bytes)})
-
-
-def write_layout(cfg):
-    return data.StructLayout({"addr": unsigned(cfg.addr_bits),
-                              "data": unsigned(8 * cfg.mem_bytes),
-                              "strb": unsigned(cfg.mem_bytes)})
+__all__ = ["MatmulEngine"]
 
 
 class _WordWalker:
@@ -203,9 +189,7 @@ class MatmulEngine(wiring.Component):
         self.cfg = cfg
         super().__init__({
             "cmd": In(stream.Signature(matmul_command_layout(cfg))),
-            "rd_req": Out(stream.Signature(read_request_layout(cfg))),
-            "rd_resp": In(stream.Signature(read_response_layout(cfg))),
-            "wr": Out(stream.Signature(write_layout(cfg))),
+            "mem": Out(MemPort.for_config(cfg)),
             "busy": Out(1),
             "done": Out(1),
         })
@@ -251,8 +235,8 @@ class MatmulEngine(wiring.Component):
         tile_drained = Signal()
         m.d.sync += tiles_ahead.eq(tiles_ahead + tile_issue - tile_drained)
         outstanding = Signal(range(c.max_outstanding + 1))
-        req_fire = self.rd_req.valid & self.rd_req.ready
-        resp_fire = self.rd_resp.valid & self.rd_resp.ready
+        req_fire = self.mem.rd_req.valid & self.mem.rd_req.ready
+        resp_fire = self.mem.rd_resp.valid & self.mem.rd_resp.ready
         m.d.sync += outstanding.eq(outstanding + req_fire - resp_fire)
 
         # Per-command values shared by both walkers.
@@ -287,31 +271,31 @@ class MatmulEngine(wiring.Component):
             m.d.sync += a_empty.eq(0)
         can_issue = outstanding < c.max_outstanding
         throttle = iw.is_param & iw.first_q & (tiles_ahead >= c.param_fifo_tiles)
-        m.d.comb += [self.rd_req.valid.eq(iw.active & can_issue & ~throttle),
-                     self.rd_req.payload.addr.eq(iw.addr),
+        m.d.comb += [self.mem.rd_req.valid.eq(iw.active & can_issue & ~throttle),
+                     self.mem.rd_req.payload.addr.eq(iw.addr),
                      tile_issue.eq(req_fire & iw.is_param & iw.first_q)]
 
         p_buf = Signal(8 * MB * PW)
         p_word = Signal(8 * MB * PW)
-        data = self.rd_resp.payload.data
+        data = self.mem.rd_resp.payload.data
         m.d.comb += [p_word.eq(Cat(p_buf[8 * MB:], data)),
                      p_fifo.w_data.eq(p_word[:param_width]),
                      w_fifo.w_data.eq(data),
                      a_wr.addr.eq(rw.a_entry + Mux(rw.a_bank, a_depth, 0)),
                      a_wr.data.eq(data.replicate(R))]
         with m.If(rw.is_a):
-            m.d.comb += [self.rd_resp.ready.eq(1),
-                         a_wr.en.eq(Mux(self.rd_resp.valid, 1 << rw.a_row, 0))]
+            m.d.comb += [self.mem.rd_resp.ready.eq(1),
+                         a_wr.en.eq(Mux(self.mem.rd_resp.valid, 1 << rw.a_row, 0))]
             with m.If(resp_fire & rw.a_load_last):
                 m.d.comb += a_rdy_set.eq(1 << rw.a_bank)
         with m.Elif(rw.is_param):
-            m.d.comb += [self.rd_resp.ready.eq(~rw.last_q | p_fifo.w_rdy),
-                         p_fifo.w_en.eq(self.rd_resp.valid & rw.last_q)]
+            m.d.comb += [self.mem.rd_resp.ready.eq(~rw.last_q | p_fifo.w_rdy),
+                         p_fifo.w_en.eq(self.mem.rd_resp.valid & rw.last_q)]
             with m.If(resp_fire):
                 m.d.sync += p_buf.eq(p_word)
         with m.Elif(rw.is_w):
-            m.d.comb += [self.rd_resp.ready.eq(w_fifo.w_rdy),
-                         w_fifo.w_en.eq(self.rd_resp.valid)]
+            m.d.comb += [self.mem.rd_resp.ready.eq(w_fifo.w_rdy),
+                         w_fifo.w_en.eq(self.mem.rd_resp.valid)]
 
         # ---------------- feeder ---------------------------------------------
         # F0: decide the beat, read the scratchpad, pop W. F1: select lanes.
@@ -461,11 +445,11 @@ class MatmulEngine(wiring.Component):
             pad = 8 * MB * words32 - len(d32)
             d32_word = Cat(d32, Const(0, pad)).word_select(wr_b, 8 * MB)
             s32_word = Cat(s32, Const(0, pad // 8)).word_select(wr_b, MB)
-        m.d.comb += [self.wr.payload.addr.eq(wr_row_addr + wr_seg_word + wr_b),
-                     self.wr.payload.data.eq(Mux(cmd.raw_out, d32_word, d8_word)),
-                     self.wr.payload.strb.eq(Mux(cmd.raw_out, s32_word, s8_word)),
-                     self.wr.valid.eq(o_fifo.r_rdy & row_valid)]
-        advance = o_fifo.r_rdy & (self.wr.ready | ~row_valid)
+        m.d.comb += [self.mem.wr.payload.addr.eq(wr_row_addr + wr_seg_word + wr_b),
+                     self.mem.wr.payload.data.eq(Mux(cmd.raw_out, d32_word, d8_word)),
+                     self.mem.wr.payload.strb.eq(Mux(cmd.raw_out, s32_word, s8_word)),
+                     self.mem.wr.valid.eq(o_fifo.r_rdy & row_valid)]
+        advance = o_fifo.r_rdy & (self.mem.wr.ready | ~row_valid)
         done = Signal()
         m.d.sync += done.eq(0)
         m.d.comb += self.done.eq(done)

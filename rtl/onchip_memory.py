@@ -8,7 +8,7 @@
  host.wr ────────┴─► register ─► write port (byte strobes), forwarded to a read of its word
 ```
 
-Both ports follow the MatmulEngine contract (rtl/matmul.py): ``rd_req``
+Both ports are memory ports (`rtl.memport.MemPort`): ``rd_req``
 carries a word address, ``rd_resp`` returns the words in request order with
 back-pressure, ``wr`` carries address, data and byte strobes. One
 `lib.memory.Memory` (block RAM: EBR on ECP5) with one read and one write
@@ -50,10 +50,10 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .config import ConfigError, EngineConfig, refusing
-from .matmul import read_request_layout, read_response_layout, write_layout
+from .memport import MemPort
 from .spram import SpramStorage
 
-__all__ = ["OnChipMemory", "mem_port_signature", "READ_LATENCY"]
+__all__ = ["OnChipMemory", "READ_LATENCY"]
 
 #: cycles from an accepted read request to its word at ``rd_resp``, per storage:
 #: block RAM reads, a register behind its bank multiplexers, the response queue
@@ -63,16 +63,9 @@ __all__ = ["OnChipMemory", "mem_port_signature", "READ_LATENCY"]
 READ_LATENCY = {"bram": 3, "spram": 1}
 
 
-def mem_port_signature(cfg: EngineConfig):
-    """The requester's side of a memory port (the machine's ``rd_req``/``rd_resp``/``wr``)."""
-    return wiring.Signature({"rd_req": Out(stream.Signature(read_request_layout(cfg))),
-                             "rd_resp": In(stream.Signature(read_response_layout(cfg))),
-                             "wr": Out(stream.Signature(write_layout(cfg)))})
-
-
 class OnChipMemory(wiring.Component):
     """`depth` words of `cfg.mem_bytes` bytes with a ``machine`` and a ``host`` port
-    (`mem_port_signature`, flipped). See the module docstring. `spram_model_words`:
+    (`memport.MemPort`, flipped). See the module docstring. `spram_model_words`:
     the words of the SPRAM's behavioural twin (`SpramStorage`'s `model_words`)."""
 
     STORAGES = ("bram", "spram")
@@ -95,8 +88,8 @@ class OnChipMemory(wiring.Component):
                                   f"storage, not {storage!r}")
         self.cfg, self.depth, self.storage = cfg, depth, storage
         self.spram_model_words = spram_model_words
-        super().__init__({"machine": In(mem_port_signature(cfg)),
-                          "host": In(mem_port_signature(cfg))})
+        super().__init__({"machine": In(MemPort.for_config(cfg)),
+                          "host": In(MemPort.for_config(cfg))})
 
     def elaborate(self, platform):
         m = Module()

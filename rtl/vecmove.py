@@ -33,7 +33,7 @@ from .gelu import GeluUnit, TABLE_SIZE
 from .isa import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES, RESID_BYTES, Op,
                   cfg_max_vector_n, vector_layouts)
 from .layernorm import LayerNormUnit
-from .matmul import read_request_layout, read_response_layout, write_layout
+from .memport import MemPort
 from .residual import EmbeddingAdd, RequantAdd
 
 __all__ = ["VectorMover"]
@@ -62,9 +62,7 @@ class VectorMover(wiring.Component):
         super().__init__({
             "cmd": In(stream.Signature(data.StructLayout({"op": unsigned(4),
                                                           "body": unsigned(self.body_bits)}))),
-            "rd_req": Out(stream.Signature(read_request_layout(e))),
-            "rd_resp": In(stream.Signature(read_response_layout(e))),
-            "wr": Out(stream.Signature(write_layout(e))),
+            "mem": Out(MemPort.for_config(e)),
             "busy": Out(1), "done": Out(1)})
 
     def elaborate(self, platform):
@@ -184,7 +182,7 @@ class VectorMover(wiring.Component):
             for s in range(NS):
                 with m.Case(s):
                     m.d.comb += req_addr.eq(slot_addr[s])
-        m.d.comb += self.rd_req.payload.addr.eq(req_addr)
+        m.d.comb += self.mem.rd_req.payload.addr.eq(req_addr)
 
         # unit inputs (valid driven by `emit`: FETCH with every used slot cached)
         x16 = field(0, RESID_BYTES).as_signed()
@@ -237,19 +235,19 @@ class VectorMover(wiring.Component):
                                add.out.payload.x[0].as_unsigned())))
         off = Signal(range(MB))
         m.d.comb += [off.eq(wbyte % MB),
-                     self.wr.payload.addr.eq(dst_row + wbyte // MB),
-                     self.wr.payload.data.eq(out_data[:16] << (off * 8)),
-                     self.wr.payload.strb.eq(Mux(wide, 0b11, 0b1) << off)]
+                     self.mem.wr.payload.addr.eq(dst_row + wbyte // MB),
+                     self.mem.wr.payload.data.eq(out_data[:16] << (off * 8)),
+                     self.mem.wr.payload.strb.eq(Mux(wide, 0b11, 0b1) << off)]
         writing = Signal()
         done = Signal()
         m.d.sync += done.eq(0)
         m.d.comb += [self.done.eq(done),
-                     self.wr.valid.eq(writing & out_valid),
-                     ln.out.ready.eq(writing & is_ln & self.wr.ready),
-                     gelu.out.ready.eq(writing & is_ge & self.wr.ready),
-                     add.out.ready.eq(writing & is_ad & self.wr.ready),
-                     emb.out.ready.eq(writing & is_em & self.wr.ready)]
-        with m.If(self.wr.valid & self.wr.ready):
+                     self.mem.wr.valid.eq(writing & out_valid),
+                     ln.out.ready.eq(writing & is_ln & self.mem.wr.ready),
+                     gelu.out.ready.eq(writing & is_ge & self.mem.wr.ready),
+                     add.out.ready.eq(writing & is_ad & self.mem.wr.ready),
+                     emb.out.ready.eq(writing & is_em & self.mem.wr.ready)]
+        with m.If(self.mem.wr.valid & self.mem.wr.ready):
             m.d.sync += wr_col.eq(wr_col + 1)
             with m.If(wr_col == n - 1):
                 m.d.sync += [wr_col.eq(0), wr_r.eq(wr_r + 1), dst_row.eq(dst_row + dst_stride)]
@@ -284,8 +282,8 @@ class VectorMover(wiring.Component):
                     m.next = "FETCH"
             with m.State("FETCH"):
                 with m.If(miss != 0):
-                    m.d.comb += self.rd_req.valid.eq(1)
-                    with m.If(self.rd_req.ready):
+                    m.d.comb += self.mem.rd_req.valid.eq(1)
+                    with m.If(self.mem.rd_req.ready):
                         m.d.sync += slot.eq(first_miss)
                         m.next = "RESP"
                 with m.Elif(tok_wait):
@@ -308,12 +306,12 @@ class VectorMover(wiring.Component):
                                 m.d.sync += busy.eq(0)
                                 m.next = "IDLE"
             with m.State("RESP"):
-                m.d.comb += self.rd_resp.ready.eq(1)
-                with m.If(self.rd_resp.valid):
+                m.d.comb += self.mem.rd_resp.ready.eq(1)
+                with m.If(self.mem.rd_resp.valid):
                     with m.Switch(slot):
                         for s in range(NS):
                             with m.Case(s):
-                                m.d.sync += [cache_word[s].eq(self.rd_resp.payload.data),
+                                m.d.sync += [cache_word[s].eq(self.mem.rd_resp.payload.data),
                                              cache_addr[s].eq(cur_addr), cache_ok[s].eq(1)]
                     m.next = "FETCH"
         return m

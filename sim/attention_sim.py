@@ -250,7 +250,7 @@ def simulate_attention(cfg: AttentionConfig, layouts, words, *, seed=0, stall=0.
             phases.append(trail)
 
     async def serve(ctx):
-        await memory.serve(ctx, dut)
+        await memory.serve(ctx, dut.mem)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)

@@ -67,7 +67,7 @@ def run_programs(cfg, programs, image, *, seed=0, stall=0.0, jitter=0, latency=N
                             "outside_cycles": cycle - 1 - start})
 
     async def serve(ctx):
-        await memory.serve(ctx, dut)
+        await memory.serve(ctx, dut.mem)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)

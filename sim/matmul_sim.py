@@ -50,7 +50,7 @@ class MatmulCase:
 
 
 class MemoryModel:
-    """Word memory served over the engine's rd_req / rd_resp / wr streams.
+    """Word memory served over a memory port (`rtl.memport.MemPort`: rd_req / rd_resp / wr).
 
     With ``stall`` > 0 each cycle independently drops rd_req.ready and
     wr.ready, delays presenting a due response, and adds up to `jitter`
@@ -79,7 +79,7 @@ class MemoryModel:
     def _chance(self):
         return self.stall > 0 and self.rng.random() < self.stall
 
-    async def serve(self, ctx, dut):
+    async def serve(self, ctx, port):
         pending = deque()      # (due cycle, data), in request order
         presenting = False
         cycle = 0
@@ -89,13 +89,13 @@ class MemoryModel:
             wr_ready = not self._chance()
             if not presenting and pending and pending[0][0] <= cycle and not self._chance():
                 presenting = True
-                ctx.set(dut.rd_resp.payload.data, pending[0][1])
-            ctx.set(dut.rd_resp.valid, presenting)
-            ctx.set(dut.rd_req.ready, req_ready)
-            ctx.set(dut.wr.ready, wr_ready)
+                ctx.set(port.rd_resp.payload.data, pending[0][1])
+            ctx.set(port.rd_resp.valid, presenting)
+            ctx.set(port.rd_req.ready, req_ready)
+            ctx.set(port.wr.ready, wr_ready)
             (_, _, rq_v, rq_a, rs_r, w_v, w_a, w_d, w_s) = await ctx.tick().sample(
-                dut.rd_req.valid, dut.rd_req.payload.addr, dut.rd_resp.ready,
-                dut.wr.valid, dut.wr.payload.addr, dut.wr.payload.data, dut.wr.payload.strb)
+                port.rd_req.valid, port.rd_req.payload.addr, port.rd_resp.ready,
+                port.wr.valid, port.wr.payload.addr, port.wr.payload.data, port.wr.payload.strb)
             if presenting and rs_r:
                 pending.popleft()
                 presenting = False
@@ -176,7 +176,7 @@ def simulate(cfg: EngineConfig, cases, *, seed=0, stall=0.0, jitter=0,
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     async def serve(ctx):
-        await memory.serve(ctx, dut)
+        await memory.serve(ctx, dut.mem)
 
     sim.add_testbench(serve, background=True)
     sim.add_testbench(commands)

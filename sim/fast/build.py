@@ -37,7 +37,7 @@ from typing import Callable
 from amaranth.back import verilog
 
 from gpt2accel.rtl.machine import Machine
-from gpt2accel.rtl.matmul import read_request_layout, write_layout
+from gpt2accel.rtl.memport import read_request_layout, write_layout
 from gpt2accel.rtl.isa import INSTR_BITS
 from gpt2accel.rtl.verilog import ensure_yosys
 

@@ -40,9 +40,11 @@
 #include "verilated_vcd_c.h"
 #endif
 
-// Amaranth names stream ports `rd_req__valid`; Verilator escapes the double
-// underscore in C++ member names as `___05F`.
+// Amaranth names stream ports `instr__valid`, and the memory port's streams
+// `mem__rd_req__valid`; Verilator escapes the double underscore in C++ member
+// names as `___05F`.
 #define PORT(stream, field) stream##___05F##field
+#define MEM(stream, field) mem___05F##stream##___05F##field
 
 namespace {
 
@@ -182,23 +184,23 @@ struct Sim {
         bool wr_ready = !chance();
         if (!presenting && !pending.empty() && pending.front().due <= mcycle && !chance()) {
             presenting = true;
-            port_set(top->PORT(rd_resp, payload), pending.front().data, MEM_BYTES);
+            port_set(top->MEM(rd_resp, payload), pending.front().data, MEM_BYTES);
         }
-        top->PORT(rd_resp, valid) = presenting;
-        top->PORT(rd_req, ready) = req_ready;
-        top->PORT(wr, ready) = wr_ready;
+        top->MEM(rd_resp, valid) = presenting;
+        top->MEM(rd_req, ready) = req_ready;
+        top->MEM(wr, ready) = wr_ready;
         top->PORT(instr, valid) = instr_valid;
         if (instr_valid) port_set(top->PORT(instr, payload), instr_word, INSTR_BYTES);
         top->clk = 0;
         top->eval();
         dump(0);
 
-        bool rq_v = top->PORT(rd_req, valid), rs_r = top->PORT(rd_resp, ready), w_v = top->PORT(wr, valid);
+        bool rq_v = top->MEM(rd_req, valid), rs_r = top->MEM(rd_resp, ready), w_v = top->MEM(wr, valid);
         uint8_t rq_buf[8];
-        port_get(top->PORT(rd_req, payload), rq_buf, (RDREQ_ADDR_OFF + ADDR_BITS + 7) / 8);
+        port_get(top->MEM(rd_req, payload), rq_buf, (RDREQ_ADDR_OFF + ADDR_BITS + 7) / 8);
         uint64_t rq_a = bits_u64(rq_buf, RDREQ_ADDR_OFF, ADDR_BITS);
         uint8_t w_buf[WR_BYTES];
-        if (w_v && wr_ready) port_get(top->PORT(wr, payload), w_buf, WR_BYTES);
+        if (w_v && wr_ready) port_get(top->MEM(wr, payload), w_buf, WR_BYTES);
         s_instr_ready = top->PORT(instr, ready);
         s_done = top->done;
         s_error = top->error;

@@ -12,7 +12,8 @@ from gpt2accel.rtl.verilog import generate
 def test_generate_small_engine():
     text = generate(EngineConfig(rows=2, cols=2, max_k=64), name="mm_top")
     assert "module mm_top(" in text
-    for port in ("cmd__payload", "rd_req__valid", "rd_resp__ready", "wr__payload", "done"):
+    for port in ("cmd__payload", "mem__rd_req__valid", "mem__rd_resp__ready", "mem__wr__payload",
+                 "done"):
         assert port in text
 
 
