@@ -295,7 +295,7 @@ class _HardwareRun:
             wall = sum(r["wall_s"] for r in h)
             rows.append((mode, toks, cyc / toks, util, [hz * toks / cyc for _, hz, _ in boards],
                          wall / toks))
-        heads = [f"tokens/s {name} {hz / 1e6:g} MHz" for name, hz, _ in boards]
+        heads = [f"tok/s {name} {hz / 1e6:g} MHz" for name, hz, _ in boards]
         print(f"\n{'mode':8} {'tokens':>6} {'cycles/token':>13} {'MAC util':>9} "
               + "".join(f"{h:>{len(h) + 2}}" for h in heads)
               + f" {'sim s/token':>12}", file=sys.stderr)
