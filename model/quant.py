@@ -356,7 +356,7 @@ class QuantGPT2:
         cfg = gpt2.config
         passes = 2 if smooth_alpha > 0 or percentile is not None else 1
         st = calibrate(gpt2, calib_ids, None,
-                       label=f"calibrating: float forward passes, pass 1 of {passes}")
+                       label=f"calibration pass 1 of {passes}:")
         # SmoothQuant factors from pass 1's per-channel maxima; pass 2 measures
         # the smoothed LayerNorm outputs (and, with `percentile`, everything)
         smooth = {}
@@ -368,11 +368,11 @@ class QuantGPT2:
                                                      smooth_alpha)
         if smooth or percentile is not None:
             st = calibrate(gpt2, calib_ids, percentile, smooth,
-                           label="calibrating: pass 2 of 2, the smoothed ranges")
+                           label="calibration pass 2 of 2 (the smoothed ranges):")
         s_res = _scale(st[("resid", None)], resid_bits)
         scales = {"resid": s_res}
         blocks = []
-        for i, b in enumerate(progress.bar(gpt2.blocks, "quantising the layers",
+        for i, b in enumerate(progress.bar(gpt2.blocks, "quantising",
                                            unit="layers")):
             g1, b1, w_attn = _smoothed(b.ln_1_g, b.ln_1_b, b.attn_w, smooth.get(("ln_1", i)))
             g2, b2, w_fc = _smoothed(b.ln_2_g, b.ln_2_b, b.fc_w, smooth.get(("ln_2", i)))
