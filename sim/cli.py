@@ -225,7 +225,7 @@ class _HardwareRun:
         from gpt2accel.sim.driver import program_macs
         mode = "prefill" if self.drv.pos == 0 else "decode"
         if mode == "prefill":
-            what = f"prefill {len(ids)} tokens"
+            what = f"prefill {len(ids)} token{'' if len(ids) == 1 else 's'}"
         else:
             # the token fed in is the one just generated: naming it lets the status lines
             # show the text growing when the text itself is held back to the end
