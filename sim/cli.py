@@ -371,8 +371,13 @@ def cmd_quantise(args):
     from gpt2accel.model import GPT2
     from gpt2accel.model.quant import QuantGPT2, calibration_ids
     model_dir = resolve_model_dir(args.model)
+    if args.windows < 1:
+        raise UsageError(f"--windows {args.windows}: calibration needs at least one window")
+    out_dir = Path(args.output).resolve().parent
+    if not out_dir.is_dir():
+        raise UsageError(f"-o {args.output}: the directory {out_dir} does not exist")
     float_model = GPT2.from_pretrained(model_dir)
-    print(f"calibrating on {args.windows} windows of text ...", file=sys.stderr)
+    # calibration_ids and from_float report the corpus, the windows and each pass
     calib = calibration_ids(model_dir, float_model.config, windows=args.windows)
     q = QuantGPT2.from_float(float_model, calib)
     q.save(args.output)

