@@ -174,7 +174,7 @@ def cmd_generate(args):
         sys.stdout.write(out.getvalue())
         sys.stdout.flush()
     dt = time.perf_counter() - t0
-    print(f"[{len(new_ids)} tokens, backend {run.backend_name if hardware else args.backend}, "
+    print(f"[{len(new_ids)} token{'' if len(new_ids) == 1 else 's'}, backend {run.backend_name if hardware else args.backend}, "
           f"{dt:.2f} s, {len(new_ids) / dt if dt else 0:.1f} tokens/s]", file=sys.stderr)
     if hardware:
         run.summary(len(new_ids))
@@ -456,8 +456,10 @@ def _add_hardware(p, check_default):
                         "and stop at the first mismatch, naming the layer and operation "
                         "(default: %(default)s)")
     p.add_argument("--vcd", metavar="FILE", default=None,
-                   help="write the run's waveform (pysim; one file per program: FILE, "
-                        "FILE.1, ...)")
+                   help="write the run's waveform, every signal of the machine "
+                        "(--backend pysim only; one VCD per program: FILE, FILE.1, ...; "
+                        "large: ~69 MB for one tiny-model token on 8x8; view it with "
+                        "GTKWave or Surfer)")
 
 
 def _add_sampling(p, max_new_tokens, prompt="ROMEO:"):

@@ -40,3 +40,19 @@ def test_readme_python_example_runs(fast_machine, tmp_path):
     assert len("\n".join(text)) == len("ROMEO:") + 50           # one character per token
     assert "'error': 0" in counters and "'cycles': " in counters
     assert (tmp_path / "model.int8.safetensors").is_file()
+
+
+def test_readme_command_table_lists_every_command():
+    import argparse
+    from gpt2accel.sim.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    table = README.read_text().split("## Command line", 1)[1].split("\n\n", 2)[1]
+    for name in sub.choices:
+        assert f"| `gpt2accel {name}" in table, name
+
+
+def test_readme_says_how_big_a_vcd_is_and_how_to_view_it():
+    text = README.read_text()
+    vcd = text[text.index("`--vcd FILE`"):]
+    vcd = vcd[:vcd.index("\n\n")]
+    assert re.search(r"\d+ MB for\s+one token", vcd) and "GTKWave" in vcd and "Surfer" in vcd
