@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import intmodel as im
+from . import progress
 from .checkpoint import GPT2Config
 from .gpt2 import KVCache, check_token_ids, generate_tokens
 from .intops import MAX_SHIFT, MULT_BITS
@@ -245,7 +246,7 @@ def _as_sequences(calib_ids):
 _MAX_ONLY = ("embed", "resid", "resid_mid", "logits", "attn_proj", "fc_proj")
 
 
-def calibrate(gpt2, calib_ids, percentile=None, divisors=None):
+def calibrate(gpt2, calib_ids, percentile=None, divisors=None, label="calibrating"):
     """§9: per-layer activation statistics from float forward passes.
 
     For each tensor point (the float model's observe names) and layer: the
@@ -257,6 +258,7 @@ def calibrate(gpt2, calib_ids, percentile=None, divisors=None):
     Returns {(name, layer): value}; ("resid", None) is the abs-max over the
     embeddings and every residual point; ("ln_1/channel", i) and
     ("ln_2/channel", i) are per-channel abs-maxima (arrays, undivided).
+    `label` names the pass in the progress bar.
     """
     seqs = _as_sequences(calib_ids)
     if not seqs:
@@ -275,7 +277,7 @@ def calibrate(gpt2, calib_ids, percentile=None, divisors=None):
         if percentile is not None and name not in _MAX_ONLY:
             pcts.setdefault(key, []).append(float(np.percentile(a, percentile)))
 
-    for ids in seqs:
+    for ids in progress.bar(seqs, label, unit="sequences"):
         ids = gpt2.check_ids(ids)
         observe("embed", None, gpt2.wte[ids] + gpt2.wpe[:ids.size])
         gpt2.forward(ids, observe=observe)
@@ -352,7 +354,9 @@ class QuantGPT2:
         if not 0.0 <= smooth_alpha <= 1.0:
             raise ValueError(f"smooth_alpha must be in [0, 1], got {smooth_alpha!r}")
         cfg = gpt2.config
-        st = calibrate(gpt2, calib_ids, None)
+        passes = 2 if smooth_alpha > 0 or percentile is not None else 1
+        st = calibrate(gpt2, calib_ids, None,
+                       label=f"calibration pass 1 of {passes}:")
         # SmoothQuant factors from pass 1's per-channel maxima; pass 2 measures
         # the smoothed LayerNorm outputs (and, with `percentile`, everything)
         smooth = {}
@@ -363,11 +367,13 @@ class QuantGPT2:
                 smooth[("ln_2", i)] = smooth_factors(st[("ln_2/channel", i)], b.fc_w,
                                                      smooth_alpha)
         if smooth or percentile is not None:
-            st = calibrate(gpt2, calib_ids, percentile, smooth)
+            st = calibrate(gpt2, calib_ids, percentile, smooth,
+                           label="calibration pass 2 of 2 (the smoothed ranges):")
         s_res = _scale(st[("resid", None)], resid_bits)
         scales = {"resid": s_res}
         blocks = []
-        for i, b in enumerate(gpt2.blocks):
+        for i, b in enumerate(progress.bar(gpt2.blocks, "quantising",
+                                           unit="layers")):
             g1, b1, w_attn = _smoothed(b.ln_1_g, b.ln_1_b, b.attn_w, smooth.get(("ln_1", i)))
             g2, b2, w_fc = _smoothed(b.ln_2_g, b.ln_2_b, b.fc_w, smooth.get(("ln_2", i)))
             s = {n: _scale(st[(n, i)]) for n in ("ln_1", "q", "k", "v", "attn", "ln_2",
@@ -685,8 +691,13 @@ def calibration_ids(model_dir, config, windows=32):
     try:
         from . import shakespeare
         text = shakespeare.load_corpus()[0]
-    except Exception:  # no corpus (offline): calibrate on the built-in text
+        source = "the Shakespeare training split"
+    except Exception as e:  # no corpus (offline): calibrate on the built-in text
         text = _FALLBACK_TEXT
+        source = "the built-in sonnet"
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        progress.note(f"calibration: the Shakespeare corpus is unavailable ({first}); "
+                      f"calibrating on the built-in sonnet instead")
     n = min(128, config.n_positions)
     # encode a generous slice per window: BPE needs fewer tokens than characters
     span = 4 * n
@@ -698,6 +709,7 @@ def calibration_ids(model_dir, config, windows=32):
             seqs.append(ids)
     if not seqs:
         raise ValueError(f"{model_dir}: calibration text encodes to no tokens")
+    progress.note(f"calibration: {len(seqs)} windows of up to {n} tokens of {source}")
     return seqs
 
 
@@ -706,34 +718,47 @@ def load_or_quantise(model_dir, float_model, cache_dir=None):
     present (checked against the float model's config), else a quantisation
     with DEFAULTS, cached under `cache_dir` (default the gpt2accel cache
     directory) by the float weights' SHA-256, so repeated runs are instant.
+    Each step (hashing, loading, quantising, writing the cache) is reported on
+    stderr through `progress`, with the paths it reads and writes.
     """
     import hashlib
     model_dir = Path(model_dir)
     shipped = model_dir / QUANT_FILENAME
     if shipped.is_file():
-        q = QuantGPT2.load(shipped)
+        with progress.step(f"loading the integer model {shipped}"):
+            q = QuantGPT2.load(shipped)
         if q.config != float_model.config:
             raise QuantFormatError(f"{shipped}: config {q.config} does not match the float "
                                    f"checkpoint's {float_model.config}")
         return q
     from .shakespeare import cache_dir as default_cache
     h = hashlib.sha256()
-    with open(model_dir / "model.safetensors", "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
+    weights = model_dir / "model.safetensors"
+    with progress.step(f"hashing {weights} (the key of its cached integer model)"):
+        with open(weights, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
     h.update(json.dumps([FORMAT_VERSION, DEFAULTS], sort_keys=True).encode())
     cached = Path(cache_dir or default_cache()) / "quant" / f"{h.hexdigest()[:24]}.safetensors"
     if cached.is_file():
         try:
-            return QuantGPT2.load(cached)
-        except QuantFormatError:
-            pass  # a stale or damaged cache entry: quantise again below
-    q = QuantGPT2.from_float(float_model, calibration_ids(model_dir, float_model.config))
+            with progress.step(f"loading the cached integer model {cached}"):
+                return QuantGPT2.load(cached)
+        except QuantFormatError as e:
+            # a stale or damaged cache entry: quantise again below
+            progress.note(f"the cached integer model is unusable ({e}); quantising again")
+    progress.note(f"{model_dir} has no {QUANT_FILENAME}: quantising it (once; the result is "
+                  f"cached as {cached})")
+    with progress.step("quantising"):
+        q = QuantGPT2.from_float(float_model, calibration_ids(model_dir, float_model.config))
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
-        q.save(tmp)
-        tmp.replace(cached)
-    except OSError:
-        pass  # an unwritable cache only costs the next run a re-quantisation
+        with progress.step(f"writing {cached}",
+                           done=lambda: f"{cached.stat().st_size / 1e6:.0f} MB"):
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(".tmp")
+            q.save(tmp)
+            tmp.replace(cached)
+    except OSError as e:
+        # an unwritable cache only costs the next run a re-quantisation
+        progress.note(f"could not cache the integer model ({e}); the next run quantises again")
     return q

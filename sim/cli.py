@@ -40,36 +40,87 @@ HARDWARE_BACKENDS = ("pysim", "fast") + BOARD_BACKENDS
 
 def _load_backend(model_dir, backend):
     """The model that computes logits for `backend` (float or int)."""
-    from gpt2accel.model import GPT2
-    float_model = GPT2.from_pretrained(model_dir)
+    from gpt2accel.model import GPT2, progress
+    weights = Path(model_dir) / "model.safetensors"
+    size = weights.stat().st_size if weights.is_file() else 0
+    with progress.step(f"loading the float model {weights} ({size / 1e6:.1f} MB)"):
+        float_model = GPT2.from_pretrained(model_dir)
     if backend == "float":
         return float_model
     from gpt2accel.model.quant import load_or_quantise
     return load_or_quantise(model_dir, float_model)
 
 
+def _same_destination(a, b):
+    """Whether streams `a` and `b` end in the same terminal, pipe or file (as with
+    `2>&1`), where lines written to one can land in the middle of the other's."""
+    try:
+        sa, sb = os.fstat(a.fileno()), os.fstat(b.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _check_sampling(args):
+    """The sampling and machine options, each refused in one line before anything runs."""
+    if args.max_new_tokens is not None and args.max_new_tokens < 0:
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens}: must be 0 or more")
+    if not (args.temperature >= 0 and args.temperature != float("inf")):
+        raise UsageError(f"--temperature {args.temperature}: must be a finite number >= 0 "
+                         f"(0 = greedy)")
+    if args.top_k < 0:
+        raise UsageError(f"--top-k {args.top_k}: must be 0 (all tokens) or more")
+    if args.seed < 0:
+        raise UsageError(f"--seed {args.seed}: must be 0 or more")
+    if args.backend in HARDWARE_BACKENDS:
+        for name in ("rows", "cols"):
+            if getattr(args, name) < 1:
+                raise UsageError(f"--{name} {getattr(args, name)}: the array needs at least "
+                                 f"one {name[:-1]}")
+    if getattr(args, "vcd", None) and args.backend != "pysim":
+        raise UsageError("--vcd needs --backend pysim (the Amaranth simulator writes the "
+                         "waveform; Verilator and the other backends do not)")
+
+
 def cmd_generate(args):
-    from gpt2accel.model.tokenizer import load_tokenizer
+    from gpt2accel.model import progress
+    from gpt2accel.model.checkpoint import load_config
+    from gpt2accel.model.tokenizer import announce, load_tokenizer
     model_dir = resolve_model_dir(args.model)
-    tok = load_tokenizer(model_dir)
+    _check_sampling(args)
+    if getattr(args, "port", None) and args.backend != "serial":
+        raise UsageError("--port needs --backend serial")
+    if args.backend == "serial" and not args.port:
+        raise UsageError("--backend serial needs --port (e.g. /dev/ttyUSB0)")
+    # the geometry alone (config.json), so a prompt that cannot fit is refused before
+    # any weights load, anything is printed or a machine is built
+    n_ctx = load_config(model_dir).n_positions
+    tok = load_tokenizer(model_dir, announce_choice=False)    # named once the input is good
 
     def encode(prompt):
         ids = tok.encode(prompt)
         if not ids:
             raise UsageError("--prompt is empty: give at least one character of text")
+        if len(ids) > n_ctx:
+            raise UsageError(f"--prompt is {len(ids)} tokens, longer than the model's "
+                             f"context of {n_ctx}")
         return ids
 
-    if args.prompt is not None:       # early: a bad prompt fails before any model loads
+    def check_length(prompt_ids):
+        if args.max_new_tokens is not None and len(prompt_ids) + args.max_new_tokens > n_ctx:
+            raise UsageError(f"--prompt ({len(prompt_ids)} tokens) + --max-new-tokens "
+                             f"({args.max_new_tokens}) = {len(prompt_ids) + args.max_new_tokens}"
+                             f" exceeds the model's context of {n_ctx} tokens")
+
+    if args.prompt is not None:
         prompt_ids = encode(args.prompt)
+        check_length(prompt_ids)
     hardware = args.backend in HARDWARE_BACKENDS
-    if getattr(args, "vcd", None) and not hardware:
-        raise UsageError("--vcd needs a simulated-hardware backend (--backend pysim)")
-    if getattr(args, "port", None) and args.backend != "serial":
-        raise UsageError("--port needs --backend serial")
-    if args.backend == "serial" and not args.port:
-        raise UsageError("--backend serial needs --port (e.g. /dev/ttyUSB0)")
+    announce(tok)
     model = _load_backend(model_dir, "int" if hardware else args.backend)
     run = _HardwareRun(model, args) if hardware else None
+    if run is not None:
+        run.token_text = lambda t: tok.decode([t])
     # the demo's defaults depend on how fast the simulation that actually runs is
     defaults = getattr(args, "demo_defaults", {}).get(run.backend_name if run else "float")
     if args.prompt is None:
@@ -79,13 +130,22 @@ def cmd_generate(args):
         args.max_new_tokens = defaults[1]
     if args.max_new_tokens is None:
         # Fill the context: the KV cache, like the hardware's, holds n_positions.
-        args.max_new_tokens = max(0, model.config.n_positions - len(prompt_ids))
-    # The demo shows a one-line progress bar and prints the text at the end;
-    # generate streams the text and one status line per simulated program.
+        args.max_new_tokens = max(0, n_ctx - len(prompt_ids))
+    check_length(prompt_ids)
+    # The demo shows a one-line progress bar and prints the text at the end. generate
+    # streams the text as it comes, except where the simulated machine's status lines
+    # (stderr) would land in the middle of it: stdout and stderr going to one terminal,
+    # pipe or file. There the text is printed whole at the end, each status line naming
+    # the token it simulates.
     bar = getattr(args, "demo_defaults", None) is not None and run is not None
     if run is not None:
         run.bar_total = args.max_new_tokens if bar else None
-    out = io.StringIO() if bar else sys.stdout
+    whole = bar or (run is not None and progress.enabled()
+                    and _same_destination(sys.stdout, sys.stderr))
+    if whole and not bar:
+        progress.note("stdout and stderr share one terminal or file: the text follows the "
+                      "simulation's status lines, whole")
+    out = io.StringIO() if whole else sys.stdout
     out.write(args.prompt)
     out.flush()
     t0 = time.perf_counter()
@@ -112,18 +172,16 @@ def cmd_generate(args):
                        top_k=args.top_k, seed=args.seed, on_token=on_token)
     text = tok.decode(new_ids)
     out.write(text[printed:] + "\n")
-    if bar:
-        print(file=sys.stderr)
+    if whole:
+        if bar:
+            print(file=sys.stderr)
         sys.stdout.write(out.getvalue())
+        sys.stdout.flush()
     dt = time.perf_counter() - t0
-    print(f"[{len(new_ids)} tokens, backend {run.backend_name if hardware else args.backend}, "
+    print(f"[{len(new_ids)} token{'' if len(new_ids) == 1 else 's'}, backend {run.backend_name if hardware else args.backend}, "
           f"{dt:.2f} s, {len(new_ids) / dt if dt else 0:.1f} tokens/s]", file=sys.stderr)
     if hardware:
         run.summary(len(new_ids))
-
-
-#: The clock the projected tokens/s assume: the board's Fmax is not measured yet.
-ASSUMED_CLOCK_HZ = 100e6
 
 
 class _HardwareRun:
@@ -167,44 +225,55 @@ class _HardwareRun:
         self.bar_total = None
 
     def step(self, ids, cache):
+        from gpt2accel.model import progress
         from gpt2accel.sim.driver import program_macs
         mode = "prefill" if self.drv.pos == 0 else "decode"
-        what = (f"prefill {len(ids)} tokens" if mode == "prefill"
-                else f"token at position {self.drv.pos}")
-        # on a terminal the result line overwrites this one; in a log both stay
-        tty = sys.stderr.isatty()
-        if self.bar_total is None:
-            print(f"[simulating {what} ...]", file=sys.stderr, end="" if tty else "\n",
-                  flush=True)
+        if mode == "prefill":
+            what = f"prefill {len(ids)} token{'' if len(ids) == 1 else 's'}"
+        else:
+            # the token fed in is the one just generated: naming it lets the status lines
+            # show the text growing when the text itself is held back to the end
+            name = getattr(self, "token_text", None)
+            what = (f"token {name(ids[0])!r} at position {self.drv.pos}" if name
+                    else f"token at position {self.drv.pos}")
         m = self.cfg.engine.max_m
 
         def on_program(r):
             r["mode"], r["macs"] = mode, program_macs(self.drv.comp.ops(r["T"], r["pos"]))
-            if len(ids) > m:          # a long prompt runs in programs of max_m: show each
-                print(f"{chr(13) if tty else ''}[  positions {r['pos']}..{r['pos'] + r['T'] - 1}"
-                      f" of {len(ids)}: {r['cycles']:,} cycles, {r['wall_s']:.1f} s]",
-                      file=sys.stderr, end="" if tty else "\n", flush=True)
+            if len(ids) > m and self.bar_total is None:
+                # a long prompt runs in programs of max_m: show each
+                progress.note(f"  positions {r['pos']}..{r['pos'] + r['T'] - 1} of {len(ids)}:"
+                              f" {r['cycles']:,} cycles, {r['wall_s']:.1f} s")
 
         self.drv.on_program = on_program
         n0 = len(self.drv.history)
-        logits = self.drv.prefill(ids) if mode == "prefill" else self.drv.decode(ids[0])
-        runs = self.drv.history[n0:]
-        cyc = sum(r["cycles"] for r in runs)
-        pred = sum(r["predicted_cycles"] for r in runs)
-        wall = sum(r["wall_s"] for r in runs)
         ok = ", logits equal QuantGPT2" if self.drv.check else ""
+
+        def done():
+            runs = self.drv.history[n0:]
+            cyc = sum(r["cycles"] for r in runs)
+            pred = sum(r["predicted_cycles"] for r in runs)
+            return f"{cyc:,} cycles (cycle model {pred:,}){ok}"
+
         if self.bar_total is None:
-            print(f"{chr(13) if tty else ''}[{what}: {cyc:,} cycles (cycle model {pred:,}), "
-                  f"{wall:.1f} s{ok}]", file=sys.stderr)
+            with progress.step(f"simulating {what}", done=done):
+                logits = self.drv.prefill(ids) if mode == "prefill" else self.drv.decode(ids[0])
         else:
-            self._bar(mode, cyc, pred, tty)
+            logits = self.drv.prefill(ids) if mode == "prefill" else self.drv.decode(ids[0])
+            runs = self.drv.history[n0:]
+            self._bar(mode, sum(r["cycles"] for r in runs),
+                      sum(r["predicted_cycles"] for r in runs))
         return self.drv.logits_float(logits[-1])
 
-    def _bar(self, mode, cycles, predicted, tty):
+    def _bar(self, mode, cycles, predicted):
         """One progress line for the demo: tokens done, this step's cycles vs the model."""
+        from gpt2accel.model import progress
         if mode == "decode":
             self.tokens += 1
         done = self.tokens + 1           # the prefill's logits give the first token
+        if not progress.enabled():
+            return
+        tty = sys.stderr.isatty()
         width = 30
         fill = width * min(done, self.bar_total) // max(self.bar_total, 1)
         same = "=" if cycles == predicted else "!="
@@ -215,8 +284,10 @@ class _HardwareRun:
               flush=True)
 
     def summary(self, new_tokens):
-        """Per-mode cycles/token, MAC utilisation, projected tokens/s at the assumed clock."""
+        """Per-mode cycles/token, MAC utilisation, and tokens/s projected at the clocks
+        the board presets that hold the whole machine run at (boards/presets.py)."""
         e = self.cfg.engine
+        boards = _board_clocks()
         rows = []
         for mode in ("prefill", "decode"):
             h = [r for r in self.drv.history if r["mode"] == mode]
@@ -226,13 +297,30 @@ class _HardwareRun:
             cyc = sum(r["cycles"] for r in h)
             util = sum(r["macs"] for r in h) / (e.rows * e.cols * cyc)
             wall = sum(r["wall_s"] for r in h)
-            rows.append((mode, toks, cyc / toks, util, ASSUMED_CLOCK_HZ * toks / cyc,
+            rows.append((mode, toks, cyc / toks, util, [hz * toks / cyc for _, hz, _ in boards],
                          wall / toks))
+        heads = [f"tok/s {name} {hz / 1e6:g} MHz" for name, hz, _ in boards]
         print(f"\n{'mode':8} {'tokens':>6} {'cycles/token':>13} {'MAC util':>9} "
-              f"{'tokens/s @100 MHz (assumed)':>28} {'sim s/token':>12}", file=sys.stderr)
+              + "".join(f"{h:>{len(h) + 2}}" for h in heads)
+              + f" {'sim s/token':>12}", file=sys.stderr)
         for mode, toks, cpt, util, tps, spt in rows:
-            print(f"{mode:8} {toks:6d} {cpt:13,.0f} {100 * util:8.1f}% {tps:28,.0f} "
-                  f"{spt:12.1f}", file=sys.stderr)
+            print(f"{mode:8} {toks:6d} {cpt:13,.0f} {100 * util:8.1f}% "
+                  + "".join(f"{t:>{len(h) + 2},.0f}" for t, h in zip(tps, heads))
+                  + f" {spt:12.1f}", file=sys.stderr)
+        arrays = sorted({a for _, _, a in boards})
+        other = "" if arrays == [(e.rows, e.cols)] else (
+            f"; those builds are of the {', '.join(f'{r}x{c}' for r, c in arrays)} array, "
+            f"this run's {e.rows}x{e.cols} array may clock differently")
+        print(f"(tokens/s: these cycles at the clocks of the board presets that hold the whole "
+              f"machine, each below its measured Fmax; docs/performance.md \"Boards\"{other})",
+              file=sys.stderr)
+
+
+def _board_clocks():
+    """(preset, clock Hz, (rows, cols)) of each board preset that holds the whole machine
+    (not a MATMUL-only co-processor), whose clock a demo's cycles can be projected at."""
+    from gpt2accel.boards.presets import PRESETS
+    return [(p.name, p.clk_hz, (p.rows, p.cols)) for p in PRESETS.values() if p.ops is None]
 
 
 def _board_backend(args, cfg, qmodel):
@@ -287,8 +375,13 @@ def cmd_quantise(args):
     from gpt2accel.model import GPT2
     from gpt2accel.model.quant import QuantGPT2, calibration_ids
     model_dir = resolve_model_dir(args.model)
+    if args.windows < 1:
+        raise UsageError(f"--windows {args.windows}: calibration needs at least one window")
+    out_dir = Path(args.output).resolve().parent
+    if not out_dir.is_dir():
+        raise UsageError(f"-o {args.output}: the directory {out_dir} does not exist")
     float_model = GPT2.from_pretrained(model_dir)
-    print(f"calibrating on {args.windows} windows of text ...", file=sys.stderr)
+    # calibration_ids and from_float report the corpus, the windows and each pass
     calib = calibration_ids(model_dir, float_model.config, windows=args.windows)
     q = QuantGPT2.from_float(float_model, calib)
     q.save(args.output)
@@ -367,8 +460,10 @@ def _add_hardware(p, check_default):
                         "and stop at the first mismatch, naming the layer and operation "
                         "(default: %(default)s)")
     p.add_argument("--vcd", metavar="FILE", default=None,
-                   help="write the run's waveform (pysim; one file per program: FILE, "
-                        "FILE.1, ...)")
+                   help="write the run's waveform, every signal of the machine "
+                        "(--backend pysim only; one VCD per program: FILE, FILE.1, ...; "
+                        "large: ~69 MB for one tiny-model token on 8x8; view it with "
+                        "GTKWave or Surfer)")
 
 
 def _add_sampling(p, max_new_tokens, prompt="ROMEO:"):

@@ -284,7 +284,10 @@ HELP = "prove the RTL's stream, FIFO and controller properties (SymbiYosys, PyPI
 
 
 def add_arguments(p):
-    p.add_argument("--unit", help="one unit's harness (default: all; --list names them)")
+    # the names come from the registered harnesses, so the help cannot go stale
+    p.add_argument("--unit", metavar="NAME",
+                   help="one unit's harness, among: " + ", ".join(sorted(harnesses()))
+                        + " (default: all; --list shows each one's properties)")
     p.add_argument("--property", dest="prop", help="one property of --unit")
     p.add_argument("--deep", action="store_true",
                    help="each property at its harness's deeper bound (tens of minutes)")

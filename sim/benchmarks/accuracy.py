@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt2accel.model import progress
+
 HELP = "integer vs float accuracy (tiny-model perplexity/top-1, GPT-2-small block error)"
 
 TARGETS = {"ppl_ratio": 1.02, "top1_agreement": 0.95, "cosine": 0.99}
@@ -81,10 +83,10 @@ def _log_softmax(logits):
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def _score(model_logits, evals):
+def _score(model_logits, evals, what="scoring"):
     """(mean NLL, top-1 ids) over all windows: predict w[1:] from w[:-1]."""
     nll, tops, margins = [], [], []
-    for w in evals:
+    for w in progress.bar(evals, what, unit="windows"):
         lp = _log_softmax(model_logits(w[:-1]))
         nll.append(-lp[np.arange(len(w) - 1), w[1:]])
         tops.append(lp.argmax(axis=-1))
@@ -97,8 +99,9 @@ def tiny_accuracy(gpt2, calib, evals, float_score=None, **qopts):
     """The tiny-model figures for one set of quantisation options."""
     from gpt2accel.model.quant import QuantGPT2
     q = QuantGPT2.from_float(gpt2, calib, **qopts)
-    f_nll, f_top, f_margin = float_score or _score(gpt2.logits, evals)
-    i_nll, i_top, _ = _score(q.logits, evals)
+    f_nll, f_top, f_margin = float_score or _score(gpt2.logits, evals,
+                                                   "tiny model: scoring the float model on")
+    i_nll, i_top, _ = _score(q.logits, evals, "tiny model: scoring the integer model on")
     agree = f_top == i_top
     confident = f_margin > 0.5
     return {"ppl_float": float(np.exp(f_nll)), "ppl_int": float(np.exp(i_nll)),
@@ -146,8 +149,10 @@ def block_accuracy(gpt2, calib, ids, **qopts):
     from gpt2accel.model.quant import QuantGPT2
     q = QuantGPT2.from_float(gpt2, calib, **qopts)
     fl, it = {}, {}
-    gpt2.forward(ids, observe=_observe_into(fl))
-    q.forward(ids, observe=_observe_into(it))
+    with progress.step(f"GPT-2-small-geometry block: {len(ids)} tokens through the float "
+                       f"and integer models"):
+        gpt2.forward(ids, observe=_observe_into(fl))
+        q.forward(ids, observe=_observe_into(it))
     s = q.scales["resid"]
     out_f, out_i = fl["out"], it["out"] * s
     delta_f, delta_i = out_f - fl["in"], (it["out"] - it["in"]) * s
@@ -164,14 +169,15 @@ def block_accuracy(gpt2, calib, ids, **qopts):
 
 
 def _sweep(gpt2, calib, evals, bgpt2, bcalib, bids):
-    fs = _score(gpt2.logits, evals)
+    fs = _score(gpt2.logits, evals, "sweep: scoring the float model on")
     rows = []
     options = ([{"resid_bits": b} for b in (12, 16, 20, 24)]
                + [{"percentile": p} for p in (None, 99.9, 99.999)]
                + [{"smooth_alpha": a} for a in (0.0, 0.75)]
                + [{"frac_bits": f} for f in (3, 4, 5, 7)]
                + [{"tile": t} for t in (8, 16, 32, 128)])
-    for opt in options:
+    for i, opt in enumerate(options):
+        progress.note(f"sweep {i + 1} of {len(options)}: {opt}")
         tiny = tiny_accuracy(gpt2, calib, evals, fs, **opt)
         blk = block_accuracy(bgpt2, bcalib, bids, **opt)
         rows.append({"options": opt, "ppl_ratio": tiny["ppl_ratio"],
@@ -183,10 +189,13 @@ def _sweep(gpt2, calib, evals, bgpt2, bcalib, bids):
 
 def run(args):
     from gpt2accel.model.quant import DEFAULTS
-    gpt2, calib, evals, source = _tiny_setup(args)
+    with progress.step("tiny model: loading it, its calibration and held-out windows",
+                       done=lambda: f"{len(evals)} windows,"):
+        gpt2, calib, evals, source = _tiny_setup(args)
     tiny = tiny_accuracy(gpt2, calib, evals)
     tiny["source"] = source
-    bgpt2, bcalib, bids = _block_setup(args.block_tokens)
+    with progress.step("building a random GPT-2-small-geometry model (2 layers)"):
+        bgpt2, bcalib, bids = _block_setup(args.block_tokens)
     block = block_accuracy(bgpt2, bcalib, bids)
     result = {"tiny": tiny, "gpt2_small_block": block,
               "settings": {k: v for k, v in DEFAULTS.items()}, "targets": TARGETS}

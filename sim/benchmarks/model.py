@@ -16,9 +16,12 @@ GPT-2 small: a random-weight model of the 124M geometry (12 layers, 768
 wide, 12 heads, vocabulary 50257, context 1024), quantised on two short
 windows (the cycles do not depend on the weights' values; ~1 minute in all).
 A configuration that cannot hold a model gives cases with null figures and
-the compiler's message.
+the compiler's message (`--json`); the text report lists each such model and
+array once, as not supported, with the reason.
 """
 import numpy as np
+
+from gpt2accel.model import progress
 
 from gpt2accel.rtl.isa import Op
 from gpt2accel.sim.compiler import CompileError, ModelCompiler
@@ -52,8 +55,10 @@ def _gpt2_small():
     return Q.QuantGPT2.from_float(fm, [rng.integers(0, V, 32) for _ in range(2)])
 
 
-#: name -> (loader, prefill rows per program, address bits of the machine)
-MODELS = {"tiny": (_tiny, 128, 16), "gpt2-small": (_gpt2_small, 128, 24)}
+#: name -> (loader, prefill rows per program, address bits of the machine, what loading does)
+MODELS = {"tiny": (_tiny, 128, 16, "loading the shipped tiny model"),
+          "gpt2-small": (_gpt2_small, 128, 24,
+                         "building a random GPT-2-small-geometry model and quantising it")}
 
 
 def traffic_bytes(comp, ops):
@@ -96,14 +101,27 @@ def traffic_bytes(comp, ops):
 
 def run(args):
     from gpt2accel.sim.driver import _ids_memory
-    arrays = [tuple(int(x) for x in a.lower().split("x")) for a in args.arrays.split(",")]
+    arrays = []
+    for a in args.arrays.split(","):
+        try:
+            r, c = (int(x) for x in a.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--arrays: {a!r} is not ROWSxCOLS (e.g. 8x8)") from None
+        if r < 1 or c < 1:
+            raise ValueError(f"--arrays: {a!r} needs at least one row and one column")
+        arrays.append((r, c))
+    unknown = [m for m in args.models.split(",") if m not in MODELS]
+    if unknown:
+        raise ValueError(f"--models: unknown model {unknown[0]!r} (known: {', '.join(MODELS)})")
     cases = []
     for name in args.models.split(","):
-        load, prefill_t, addr_bits = MODELS[name]
-        q = load()
+        load, prefill_t, addr_bits, loading = MODELS[name]
+        with progress.step(loading):
+            q = load()
         n = q.config.n_positions
         modes = (("prefill", prefill_t, 0), ("decode", 1, n - 1))
-        for r, c in arrays:
+        for r, c in progress.bar(arrays, f"{name}: compiling and timing on each array",
+                                 unit="arrays"):
             arr = f"{r}x{c}"
             try:
                 cfg = machine_config(q, r, c, max_tokens=prefill_t, addr_bits=addr_bits)
@@ -127,12 +145,17 @@ def run(args):
 def format_text(result):
     lines = [f"{'model':11} {'array':6} {'mode':8} {'T':>5} {'cycles/token':>13} "
              f"{'util':>6} {'bytes/token':>12}"]
+    unsupported = {}
     for c in result["cases"]:
         if c.get("cycles_per_token") is None:
-            lines.append(f"{c['model']:11} {c['array']:6} {c['mode']:8} "
-                         f"{c['T']:5d} {c['error']}")
+            # the same reason for both modes: one line per model and array, after the table
+            unsupported.setdefault((c["model"], c["array"]), c["error"])
             continue
         lines.append(f"{c['model']:11} {c['array']:6} {c['mode']:8} {c['T']:5d} "
                      f"{c['cycles_per_token']:13,.0f} {100 * c['utilization']:5.1f}% "
                      f"{c['bytes_per_token']:12,.0f}")
+    if unsupported:
+        lines.append("not supported:")
+        lines += [f"  {model} on {array}, because {why}"
+                  for (model, array), why in unsupported.items()]
     return "\n".join(lines)

@@ -32,7 +32,9 @@ def add_arguments(parser):
                         help="skip the Amaranth simulator run (no ratio)")
     parser.add_argument("--fresh-build", action="store_true",
                         help="build in an empty cache, so compile_s is a real compile")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random prompt and decode token ids (with --gpt2-small, "
+                             "also of its random weights) (default %(default)s)")
     parser.add_argument("--gpt2-small", action="store_true",
                         help="also time one decode token of a random-weight GPT-2-small-"
                              "geometry model at position 32 (builds a second machine: "

@@ -4,6 +4,7 @@ import argparse
 import json
 
 import numpy as np
+import pytest
 
 from gpt2accel.sim.benchmarks import model as bench
 
@@ -30,3 +31,28 @@ def test_bench_model_cases():
     # the tiny model's 16-byte heads do not start on the 16x16 machine's 32-byte words
     assert "d_head 16" in cases[("tiny", "16x16", "decode")]["error"]
     assert "tiny" in bench.format_text(result)
+
+
+def test_unsupported_shapes_are_listed_once_with_the_reason(capsys):
+    result = bench.run(argparse.Namespace(arrays="8x8,16x16", models="tiny"))
+    err = capsys.readouterr().err
+    assert "[tiny: compiling and timing on each array" in err      # progress on stderr
+    # the JSON keeps both modes of the unsupported shape, with the compiler's message
+    bad = [c for c in result["cases"] if c["cycles_per_token"] is None]
+    assert {(c["array"], c["mode"]) for c in bad} == {("16x16", "prefill"),
+                                                      ("16x16", "decode")}
+    text = bench.format_text(result).splitlines()
+    table = text[:text.index("not supported:")]
+    assert len(table) == 3 and all("8x8" in line for line in table[1:])
+    assert text[text.index("not supported:") + 1:] == [
+        f"  tiny on 16x16, because {bad[0]['error']}"]
+
+
+@pytest.mark.parametrize("arrays, models, message", [
+    ("8by8", "tiny", "--arrays: '8by8' is not ROWSxCOLS"),
+    ("0x8", "tiny", "--arrays: '0x8' needs at least one row"),
+    ("8x8", "gpt3", "--models: unknown model 'gpt3'"),
+])
+def test_bad_arguments_are_refused(arrays, models, message):
+    with pytest.raises(ValueError, match=message):
+        bench.run(argparse.Namespace(arrays=arrays, models=models))
