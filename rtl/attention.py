@@ -30,7 +30,7 @@ keys. Every buffer has a size fixed by the configuration
 length except the KV cache. `sim/attention_cycles.py` reproduces the timing.
 """
 from amaranth.hdl import *
-from amaranth.lib import wiring, stream, data
+from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -45,9 +45,16 @@ from .softmax import SoftmaxUnit
 __all__ = ["AttentionEngine", "Phase"]
 
 
-class Phase:
-    """Values of the engine's `phase` output (the command sequencer's state)."""
-    IDLE, DECIDE, S_CMD, PV_CMD, WAIT, NORM, NEXT = range(7)
+class Phase(enum.Enum, shape=3):
+    """The engine's `phase` output: the command sequencer's state, one value per state."""
+    IDLE = 0      #: waiting for a command
+    DECIDE = 1    #: choosing the next matmul (S of the next tile, or PV of a ready one)
+    S_CMD = 2     #: presenting an S = Q Kᵀ tile command to the array
+    PV_CMD = 3    #: presenting a P V tile command
+    WAIT = 4      #: the array runs the command
+    NORM = 5      #: the normaliser finishes the head's last block
+    NEXT = 6      #: the next row block of the head
+    HEAD = 7      #: the next head's bases are set
 
 
 class AttentionEngine(wiring.Component):
@@ -79,7 +86,7 @@ class AttentionEngine(wiring.Component):
         super().__init__({**lend,
             "cmd": In(stream.Signature(attention_command_layout(cfg))),
             "mem": Out(MemPort.for_config(e)),
-            "busy": Out(1), "done": Out(1), "phase": Out(3), "softmax_busy": Out(1),
+            "busy": Out(1), "done": Out(1), "phase": Out(Phase), "softmax_busy": Out(1),
         })
 
     def elaborate(self, platform):
@@ -213,7 +220,7 @@ class AttentionEngine(wiring.Component):
                     m.next = "HEAD"
             with m.State("HEAD"):
                 # the head's bases are set; start its first block
-                m.d.comb += self.phase.eq(Phase.NEXT)
+                m.d.comb += self.phase.eq(Phase.HEAD)
                 block_setup(0, hq, cmd.out_base)
                 m.next = "DECIDE"
             with m.State("DECIDE"):

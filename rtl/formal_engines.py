@@ -34,7 +34,8 @@ from .config import EngineConfig
 from .formal import beat_counter, past, past_valid, quiet_counter
 from .formal_units import SMALL_ENGINE, UnitHarness, _Beats, register
 from .isa import INSTR_BITS, OPCODE_BITS, Error, Op, body_layout, legal_expr, reserved_mask
-from .machine import KVStore, Machine
+from .kvstore import KVStore
+from .machine import Machine
 from .matmul import MatmulEngine
 from .vecmove import VectorMover
 

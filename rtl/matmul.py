@@ -18,7 +18,7 @@ tags around: responses come back in request order, and tiles leave the
 array in the order they entered.
 """
 from amaranth.hdl import *
-from amaranth.lib import wiring, stream, data, fifo
+from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 

@@ -44,10 +44,10 @@ reference `sim.matmul_sim.MemoryModel` does).
 from functools import partial
 
 from amaranth.hdl import *
-from amaranth.lib import wiring, stream
+from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 
 from .config import ConfigError, EngineConfig, refusing
 from .memport import MemPort

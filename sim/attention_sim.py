@@ -238,7 +238,7 @@ def simulate_attention(cfg: AttentionConfig, layouts, words, *, seed=0, stall=0.
             while True:
                 _, _, done, ph = await ctx.tick().sample(dut.done, dut.phase)
                 if trace and ph != last:
-                    trail.append((cycle - accept, int(ph)))
+                    trail.append((cycle - accept, ph))
                     last = ph
                 cycle += 1
                 if done:
