@@ -486,7 +486,7 @@ class HostBridge(wiring.Component):
 
         # read-only view of the frame registers for the formal harness, whose
         # invariants relate them to its own parse of the byte stream so that
-        # k-induction closes (rtl/formal_bridge.py); nothing here reads it
+        # k-induction closes (sim/formal/bridge.py); nothing here reads it
         self.formal_view = dict(fsm=fsm, opcode=opcode, length=length, idx=idx, crc=crc,
                                 crc_lo=crc_lo, tail_lane=tail_lane, tail_words=tail_words,
                                 timer=timer, left=left, obuf_crc=obuf_crc)

@@ -60,7 +60,7 @@ def _make_board(cfg, **kw):
 def board_design(cfg, **board_kw):
     """The `BoardTop(cfg, **board_kw)` in the serial harness, for `build_design`."""
     from amaranth.back import verilog
-    from gpt2accel.rtl.verilog import ensure_yosys
+    from gpt2accel.sim.synth.verilog import ensure_yosys
 
     def emit():
         ensure_yosys()

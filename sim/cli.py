@@ -391,7 +391,7 @@ def cmd_quantise(args):
 
 
 def cmd_formal(args):
-    """Formal proofs (sim/formal.py): progress on stderr, the table on stdout."""
+    """Formal proofs (sim/formal/__init__.py): progress on stderr, the table on stdout."""
     from gpt2accel.sim.formal import command
     status = command(args)
     if status:
@@ -400,7 +400,7 @@ def cmd_formal(args):
 
 def cmd_verilog(args):
     from gpt2accel.rtl.config import EngineConfig
-    from gpt2accel.rtl.verilog import ensure_yosys, generate
+    from gpt2accel.sim.synth.verilog import ensure_yosys, generate
     if args.engine == "matmul":
         cfg = EngineConfig(rows=args.rows, cols=args.cols, mem_bytes=args.mem_bytes,
                            max_k=args.max_k)

@@ -39,7 +39,7 @@ from amaranth.back import verilog
 from gpt2accel.rtl.machine import Machine
 from gpt2accel.rtl.memport import read_request_layout, write_layout
 from gpt2accel.rtl.isa import INSTR_BITS
-from gpt2accel.rtl.verilog import ensure_yosys
+from gpt2accel.sim.synth.verilog import ensure_yosys
 
 __all__ = ["FastBackendUnavailable", "FastBuildError", "find_verilator", "cache_dir",
            "machine_verilog", "Design", "machine_design", "build", "build_design", "TOP",

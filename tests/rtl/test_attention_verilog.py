@@ -8,7 +8,7 @@ from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.normalise import Normaliser
 from gpt2accel.rtl.softmax import SoftmaxUnit
-from gpt2accel.rtl.verilog import ensure_yosys
+from gpt2accel.sim.synth.verilog import ensure_yosys
 
 CFG = AttentionConfig(engine=EngineConfig(rows=16, cols=16), tile=64, lanes=8, norm_lanes=2)
 

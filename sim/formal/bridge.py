@@ -35,12 +35,13 @@ import threading
 
 from amaranth.hdl import *
 
-from . import bridge as _bridge
-from . import protocol as P
-from .bridge import HostBridge
-from .formal import beat_counter, past_valid
-from .formal_engines import memory
-from .formal_units import SMALL_ATTENTION, UnitHarness, register
+from gpt2accel.rtl import bridge as _bridge
+from gpt2accel.rtl import protocol as P
+from gpt2accel.rtl.bridge import HostBridge
+
+from .engines import memory
+from .properties import beat_counter, past_valid
+from .units import SMALL_ATTENTION, UnitHarness, register
 
 __all__ = ["BridgeHarness", "crc16_bitwise", "BRIDGE_ARGS"]
 

@@ -3,7 +3,7 @@
     gpt2accel formal [--unit NAME] [--property NAME] [--deep] [--jobs N] [--json FILE]
 
 Each (unit, property) pair is one SymbiYosys job: the unit's harness
-(`gpt2accel.rtl.formal_units`, `formal_engines`, `formal_bridge`; see
+(`gpt2accel.sim.formal.units`, `formal_engines`, `formal_bridge`; see
 docs/formal.md) is built asserting only
 that property, converted to RTLIL and proved with ``smtbmc boolector``:
 
@@ -132,7 +132,7 @@ def _sby_text(job, mode):
 
 def rtlil_text(harness):
     """RTLIL of a harness with its open inputs as top-level ports."""
-    from gpt2accel.rtl.verilog import ensure_yosys
+    from gpt2accel.sim.synth.verilog import ensure_yosys
     ensure_yosys()
     with _ELABORATE:     # one at a time: a seeded bug may swap a module global meanwhile
         frag = Fragment.get(harness, None)
@@ -203,8 +203,8 @@ def _parse(log, work, mode):
 
 def harnesses():
     """{unit name: harness class} of every registered harness."""
-    from gpt2accel.rtl import formal_bridge, formal_engines  # noqa: F401 (register harnesses)
-    from gpt2accel.rtl.formal_units import HARNESSES
+    from . import bridge, engines  # noqa: F401 (register harnesses)
+    from .units import HARNESSES
     return HARNESSES
 
 

@@ -1,11 +1,11 @@
 """FPGA resource estimates of the attention units (softmax, normaliser) from Yosys.
 
-    python -m gpt2accel.rtl.attention_resources --size 16 [--family ecp5|ice40] [--json]
+    python -m gpt2accel.sim.synth.attention_resources --size 16 [--family ecp5|ice40] [--json]
 
 Synthesizes `SoftmaxUnit` and `Normaliser` alone (the attention controller
 around them is mostly counters plus the matmul engine, see
-`gpt2accel.rtl.resources`) with the benchmark's configuration for the
-array, and prints the headline counts of `gpt2accel.rtl.resources.summarize`.
+`gpt2accel.sim.synth.resources`) with the benchmark's configuration for the
+array, and prints the headline counts of `gpt2accel.sim.synth.resources.summarize`.
 """
 import argparse
 import json
@@ -15,9 +15,10 @@ import tempfile
 
 from amaranth.back import rtlil
 
-from .normalise import Normaliser
+from gpt2accel.rtl.normalise import Normaliser
+from gpt2accel.rtl.softmax import SoftmaxUnit
+
 from .resources import FAMILIES, _yosys, summarize
-from .softmax import SoftmaxUnit
 
 __all__ = ["unit_resources", "main"]
 
@@ -42,7 +43,7 @@ def unit_resources(unit, family="ecp5", top="top"):
 
 def main(argv=None):
     from gpt2accel.sim.benchmarks.attention import config
-    parser = argparse.ArgumentParser(prog="python -m gpt2accel.rtl.attention_resources",
+    parser = argparse.ArgumentParser(prog="python -m gpt2accel.sim.synth.attention_resources",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=16, help="array rows = cols (default 16)")
     parser.add_argument("--family", choices=sorted(FAMILIES), default="ecp5")

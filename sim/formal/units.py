@@ -5,7 +5,7 @@ Every harness leaves the unit's inputs to the solver, assumes the stream rule
 on its input streams, asserts it on its output streams (``<port>_hold``) and
 asserts beat conservation where the unit's contract defines it (one output
 beat per input beat: ``beats_no_dup``, ``beats_no_loss``; see
-`gpt2accel.rtl.formal.Harness.conserve`). ``bug=(kind, port)`` builds the
+`gpt2accel.sim.formal.properties.Harness.conserve`). ``bug=(kind, port)`` builds the
 harness around `seeded_bug(unit class, kind, port)` instead of the unit.
 Configurations are the smallest the unit accepts, so that proofs close; the
 properties concern handshakes and counts, which do not depend on the widths.
@@ -15,15 +15,16 @@ from amaranth.lib import fifo
 
 from gpt2accel.model import quant
 
-from .attention_config import AttentionConfig
-from .config import EngineConfig
-from .formal import Harness, beat_counter, past_valid, seeded_bug
-from .gelu import GeluUnit
-from .layernorm import LayerNormUnit, RowRoot, row_latency
-from .normalise import Normaliser, Reciprocal
-from .residual import EmbeddingAdd, ResidualAdd
-from .softmax import SoftmaxUnit
-from .uart import MIN_DIVISOR, UartRx
+from gpt2accel.rtl.attention_config import AttentionConfig
+from gpt2accel.rtl.config import EngineConfig
+from gpt2accel.rtl.gelu import GeluUnit
+from gpt2accel.rtl.layernorm import LayerNormUnit, RowRoot, row_latency
+from gpt2accel.rtl.normalise import Normaliser, Reciprocal
+from gpt2accel.rtl.residual import EmbeddingAdd, ResidualAdd
+from gpt2accel.rtl.softmax import SoftmaxUnit
+from gpt2accel.rtl.uart import MIN_DIVISOR, UartRx
+
+from .properties import Harness, beat_counter, past_valid, seeded_bug
 
 __all__ = ["UnitHarness", "HARNESSES", "register", "SMALL_ENGINE", "SMALL_ATTENTION"]
 

