@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from gpt2accel.model import intmodel as im
 
-from .config import ConfigError, EngineConfig
+from .config import ConfigError, EngineConfig, ceil_div
 
 __all__ = ["AttentionConfig", "LN_EPS_BITS"]
 
@@ -18,9 +18,6 @@ __all__ = ["AttentionConfig", "LN_EPS_BITS"]
 #: ``eps_m`` field, so the ISA takes it from here and need not import the golden model
 LN_EPS_BITS = im.LN_EPS_BITS
 
-
-def _ceil_div(a, b):
-    return -(-a // b)
 
 
 @dataclass(frozen=True)
@@ -81,7 +78,7 @@ class AttentionConfig:
     @property
     def beats_per_row(self):
         """Softmax input/output beats per tile row: ceil(tile / lanes)."""
-        return _ceil_div(self.tile, self.lanes)
+        return ceil_div(self.tile, self.lanes)
 
     @property
     def pos_bits(self):
@@ -131,7 +128,7 @@ class AttentionConfig:
     @property
     def s_words(self):
         """Words of one S row that hold the tile's scores: ceil(tile / scores_per_word)."""
-        return _ceil_div(self.tile, self.scores_per_word)
+        return ceil_div(self.tile, self.scores_per_word)
 
     @property
     def s_stride(self):
@@ -152,7 +149,7 @@ class AttentionConfig:
     def zero_words(self):
         """Zero parameter words (bias 0) the scratch starts with; read by both matmuls."""
         e = self.engine
-        return e.param_words_per_tile * _ceil_div(max(self.tile, self.max_d_head), e.cols)
+        return e.param_words_per_tile * ceil_div(max(self.tile, self.max_d_head), e.cols)
 
     def scratch_offsets(self):
         """Word offsets from `scratch_base`: zero, p (two P halves), s, pv, end.
@@ -171,9 +168,9 @@ class AttentionConfig:
     def k_tile_words(self, d):
         """Words of one key tile of the K cache (Kᵀ in W layout: d rows, tile columns)."""
         e = self.engine
-        return _ceil_div(self.tile, e.cols) * e.w_words_per_tile(d)
+        return ceil_div(self.tile, e.cols) * e.w_words_per_tile(d)
 
     def v_tile_words(self, d):
         """Words of one key tile of the V cache (W layout: tile rows, d columns)."""
         e = self.engine
-        return _ceil_div(d, e.cols) * e.w_words_per_tile(self.tile)
+        return ceil_div(d, e.cols) * e.w_words_per_tile(self.tile)

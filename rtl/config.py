@@ -6,9 +6,9 @@ derived from the fields, so they cannot drift apart. Impossible
 configurations are refused at construction, naming the broken limit.
 """
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-__all__ = ["EngineConfig", "ConfigError", "refusing"]
+__all__ = ["EngineConfig", "ConfigError", "refusing", "ceil_div"]
 
 
 class ConfigError(ValueError):
@@ -26,7 +26,8 @@ def refusing(component):
         raise
 
 
-def _ceil_div(a, b):
+def ceil_div(a, b):
+    """⌈a / b⌉ for integers (b > 0): the one rounding-up division of the project."""
     return -(-a // b)
 
 
@@ -118,11 +119,11 @@ class EngineConfig:
 
     def a_words_per_row(self, k):
         """Words of one A row (row-major, K bytes, padded to a word boundary)."""
-        return _ceil_div(k, self.mem_bytes)
+        return ceil_div(k, self.mem_bytes)
 
     def w_words_per_tile(self, k):
         """Words of one W column tile: k rows of cols bytes, k_per_word rows per word."""
-        return _ceil_div(k, self.k_per_word)
+        return ceil_div(k, self.k_per_word)
 
     @property
     def param_bytes_per_tile(self):
@@ -131,7 +132,7 @@ class EngineConfig:
 
     @property
     def param_words_per_tile(self):
-        return _ceil_div(self.param_bytes_per_tile, self.mem_bytes)
+        return ceil_div(self.param_bytes_per_tile, self.mem_bytes)
 
     def out_segment(self, raw):
         """(bytes, tiles_per_word, words_per_tile) of one output row segment.
@@ -145,13 +146,13 @@ class EngineConfig:
         seg = (4 if raw else 1) * self.cols
         if seg <= self.mem_bytes:
             return seg, self.mem_bytes // seg, 1
-        return seg, 1, _ceil_div(seg, self.mem_bytes)
+        return seg, 1, ceil_div(seg, self.mem_bytes)
 
     def out_row_words(self, n, raw):
         """Minimum output row stride (words) for an N-column result."""
         seg, per_word, words = self.out_segment(raw)
-        tiles = _ceil_div(n, self.cols)
-        return _ceil_div(tiles, per_word) * words
+        tiles = ceil_div(n, self.cols)
+        return ceil_div(tiles, per_word) * words
 
     # --- timing constants used by both RTL and cycle model ----------------------
 
@@ -175,7 +176,7 @@ class EngineConfig:
     def interleave(self, m, k, n):
         """Whether row blocks after the second load their A while the previous
         block computes (the engine decides this from block 0's word count)."""
-        w_words = -(-n // self.cols) * self.w_words_per_tile(k)
+        w_words = ceil_div(n, self.cols) * self.w_words_per_tile(k)
         return (k >= self.interleave_min_k
                 and w_words >= self.w_fifo_depth + 8 + 2 * self.rows * self.a_words_per_row(k))
 
@@ -194,7 +195,7 @@ class EngineConfig:
         r, c = self.rows, self.cols
         wb = r * self.write_beats_per_row(raw)
         return max(r, wb + 2,
-                   _ceil_div(r + c + wb + 14, self.out_fifo_tiles - 1),
+                   ceil_div(r + c + wb + 14, self.out_fifo_tiles - 1),
                    2 * self.param_words_per_tile + 8)
 
     def tile_period(self, k, raw):

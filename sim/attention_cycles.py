@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from gpt2accel.rtl.attention_config import AttentionConfig
+from gpt2accel.rtl.config import ceil_div
 from gpt2accel.rtl.normalise import Normaliser, Reciprocal
 from gpt2accel.rtl.softmax import SoftmaxUnit
 from .matmul_cycles import REF_MEM_LATENCY, matmul_cycles
@@ -38,9 +39,6 @@ SM_FIXED = 2 + SoftmaxUnit.latency - 1
 #: a reciprocal is taken, computed (Reciprocal.latency) and leaves the divider every ...
 RECIP_PERIOD = Reciprocal.latency + 1
 
-
-def _cdiv(a, b):
-    return -(-a // b)
 
 
 @dataclass(frozen=True)
@@ -118,7 +116,6 @@ def _block(cfg, rows_b, d_head, k0s, tk, sm_gate, first=0):
 
 
 def attention_cycles(cfg: AttentionConfig, n_head, d_head, tq, offset, latency=REF_MEM_LATENCY):
-    e = cfg.engine
     if latency != REF_MEM_LATENCY:
         raise ValueError("the model is calibrated for the reference memory latency")
     if not (1 <= tq and offset + tq <= cfg.max_seq and 1 <= d_head <= cfg.max_d_head
@@ -170,5 +167,5 @@ def score_buffer_bytes(cfg: AttentionConfig, tk, online=True, rows=None):
     rows = cfg.rows if rows is None else rows
     if not online:
         return rows * tk * 5
-    row_store = _cdiv(2 * cfg.beats_per_row * cfg.lanes * 25, 8)
+    row_store = ceil_div(2 * cfg.beats_per_row * cfg.lanes * 25, 8)
     return 2 * rows * (cfg.s_stride + cfg.p_stride) * e.mem_bytes + row_store

@@ -15,13 +15,11 @@ docs/architecture.md ("Attention engine: memory layout") states the rules:
 import numpy as np
 
 from gpt2accel.rtl.attention_config import AttentionConfig
+from gpt2accel.rtl.config import ceil_div
 from .matmul_layout import pack_a, pack_w
 
 __all__ = ["AttentionLayout"]
 
-
-def _cdiv(a, b):
-    return -(-a // b)
 
 
 class AttentionLayout:
@@ -47,7 +45,7 @@ class AttentionLayout:
         self.cfg, self.h, self.tq, self.d = cfg, H, tq, d
         self.blobs = []
         T = cfg.tile
-        nt = _cdiv(tk, T)
+        nt = ceil_div(tk, T)
         addr = base
 
         def put(blob):
@@ -85,7 +83,7 @@ class AttentionLayout:
                 blob = np.zeros((vts, e.mem_bytes), np.uint8)
                 blob[:vts - pad] = pack_w(e, vt)
                 put(blob)
-        self.out_stride = _cdiv(H * d, e.mem_bytes) + pad
+        self.out_stride = ceil_div(H * d, e.mem_bytes) + pad
         self.out_base = addr
         self.fill = int(rng.integers(0, 256))
         put(np.full((tq * self.out_stride, e.mem_bytes), self.fill, np.uint8))

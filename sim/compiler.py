@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpt2accel.rtl.attention_config import AttentionConfig
+from gpt2accel.rtl.config import ceil_div
 from gpt2accel.rtl.isa import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES,
                                RESID_BYTES, IsaError, Op, cfg_max_vector_n, encode)
 from .matmul_layout import pack_params, pack_w
@@ -50,15 +51,12 @@ class CompileError(ValueError):
     """The model or program does not fit the machine; the message names the limit."""
 
 
-def _cdiv(a, b):
-    return -(-a // b)
-
 
 def _rows(e, x, size, stride=None):
     """Rows of little-endian `size`-byte integers, each row padded to `stride` words."""
     x = np.asarray(x, np.int64)
     t, n = x.shape
-    stride = stride or _cdiv(n * size, e.mem_bytes)
+    stride = stride or ceil_div(n * size, e.mem_bytes)
     buf = np.zeros((t, stride * e.mem_bytes), np.uint8)
     buf[:, :n * size] = x.astype(f"<i{size}" if size > 1 else "<i1").view(np.uint8).reshape(t, -1)
     return buf.reshape(t * stride, e.mem_bytes)
@@ -175,7 +173,7 @@ class _Compiler:
             for name, tab, mult, shift in (("wte", qmodel.wte, qmodel.wte_mult, qmodel.wte_shift),
                                            ("wpe", qmodel.wpe, qmodel.wpe_mult, qmodel.wpe_shift)):
                 rows = _rows(e, tab, ACT_BYTES)
-                alloc(name, len(rows), _cdiv(E, e.mem_bytes), blob=rows)
+                alloc(name, len(rows), ceil_div(E, e.mem_bytes), blob=rows)
                 q = _qwords(e, mult, shift)
                 alloc(f"{name}.q", len(q), blob=q)
         bufs = [("x", E, RESID_BYTES), ("ln_1_out", E, 1), ("qkv", 3 * E, 1),
@@ -185,15 +183,15 @@ class _Compiler:
             bufs += [("ln_f_out", E, 1), ("logits_raw", self.V, RAW_BYTES),
                      ("logits", self.V, RESID_BYTES)]
         for name, n, size in bufs:
-            stride = _cdiv(n * size, e.mem_bytes)    # int8 rows: = a_words_per_row
+            stride = ceil_div(n * size, e.mem_bytes)    # int8 rows: = a_words_per_row
             if size == RAW_BYTES:
                 stride = max(stride, e.out_row_words(n, True))
             alloc(name, max_tokens * stride, stride)
         if head:                                     # token ids, uint32 each
-            alloc("ids", _cdiv(max_tokens * Q_BYTES, e.mem_bytes))
+            alloc("ids", ceil_div(max_tokens * Q_BYTES, e.mem_bytes))
         self.sizes = {"x": RESID_BYTES, "proj_raw": RAW_BYTES, "logits_raw": RAW_BYTES,
                       "logits": RESID_BYTES}
-        self.n_tiles = _cdiv(self.n_pos, cfg.tile)
+        self.n_tiles = ceil_div(self.n_pos, cfg.tile)
         self.kts, self.vts = cfg.k_tile_words(D), cfg.v_tile_words(D)
         for i in self.layers:
             alloc(f"h{i}.k_cache", H * self.n_tiles * self.kts)
@@ -243,7 +241,7 @@ class _Compiler:
                                    f"[{self.H}, <= {self.n_pos}, {self.D}]")
             kc, vc = self.regions[f"h{i}.k_cache"], self.regions[f"h{i}.v_cache"]
             for h in range(H):
-                for j in range(_cdiv(t, T)):
+                for j in range(ceil_div(t, T)):
                     n = min(T, t - j * T)
                     kt = np.zeros((T, D), np.int64)
                     vt = np.zeros((T, D), np.int64)

@@ -19,16 +19,13 @@ Timeline per row block b (cycle 0 = command accept):
 """
 from dataclasses import dataclass
 
-from gpt2accel.rtl.config import EngineConfig
+from gpt2accel.rtl.config import EngineConfig, ceil_div
 
 __all__ = ["matmul_cycles", "MatmulCycles", "REF_MEM_LATENCY"]
 
 #: Memory latency of the reference memory model (request accept -> response valid).
 REF_MEM_LATENCY = 3
 
-
-def _cdiv(a, b):
-    return -(-a // b)
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,7 @@ def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY
     if latency >= cfg.max_outstanding:
         raise ValueError("the model assumes max_outstanding > memory latency")
     R, C = cfg.rows, cfg.cols
-    NT = _cdiv(n, C)
+    NT = ceil_div(n, C)
     P = cfg.tile_period(k, raw)
     pad = P - k
     PW = cfg.param_words_per_tile
@@ -61,7 +58,7 @@ def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY
     overlap = cfg.interleave(m, k, n)
     x = 1                                   # first A request of block 0
     last_beat = None
-    for b in range(_cdiv(m, R)):
+    for b in range(ceil_div(m, R)):
         rows = min(R, m - b * R)
         if overlap and b >= 2:
             # this block's A was loaded while the previous block computed
@@ -73,4 +70,4 @@ def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY
         last_beat = start + (NT - 1) * P + k - 1
         x = last_beat + 2
     return MatmulCycles(cycles=last_beat + tail, macs=m * k * n,
-                        feed_cycles=_cdiv(m, R) * NT * k)
+                        feed_cycles=ceil_div(m, R) * NT * k)

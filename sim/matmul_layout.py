@@ -17,13 +17,10 @@ same rules in prose:
 """
 import numpy as np
 
-from gpt2accel.rtl.config import EngineConfig
+from gpt2accel.rtl.config import EngineConfig, ceil_div
 
 __all__ = ["pack_a", "pack_w", "pack_params", "unpack_out", "MatmulLayout", "place"]
 
-
-def _cdiv(a, b):
-    return -(-a // b)
 
 
 def pack_a(cfg: EngineConfig, a, stride=None):
@@ -41,7 +38,7 @@ def pack_w(cfg: EngineConfig, w):
     w = np.asarray(w)
     K, N = w.shape
     C, G = cfg.cols, cfg.k_per_word
-    NT, WT = _cdiv(N, C), cfg.w_words_per_tile(K)
+    NT, WT = ceil_div(N, C), cfg.w_words_per_tile(K)
     wp = np.zeros((WT * G, NT * C), np.uint8)
     wp[:K, :N] = w.astype(np.int64) & 0xFF
     return wp.reshape(WT * G, NT, C).transpose(1, 0, 2).reshape(NT * WT, G * C)
@@ -49,7 +46,7 @@ def pack_w(cfg: EngineConfig, w):
 
 def pack_params(cfg: EngineConfig, bias, mult, shift, n):
     """Per column tile: cols int32 biases, cols uint32 (mult | shift << 16)."""
-    C, NT, PW = cfg.cols, _cdiv(n, cfg.cols), cfg.param_words_per_tile
+    C, NT, PW = cfg.cols, ceil_div(n, cfg.cols), cfg.param_words_per_tile
     b = np.zeros(NT * C, np.int64)
     q = np.zeros(NT * C, np.int64)
     b[:n] = np.broadcast_to(np.asarray(bias if bias is not None else 0, np.int64), (n,))
@@ -65,9 +62,8 @@ def pack_params(cfg: EngineConfig, bias, mult, shift, n):
 def unpack_out(cfg: EngineConfig, mem, out_base, out_stride, m, n, raw):
     """Read an [M, N] result (int8, or int32 with raw) from word memory `mem`."""
     seg, per_word, words = cfg.out_segment(raw)
-    C, MB = cfg.cols, cfg.mem_bytes
-    NT = _cdiv(n, C)
-    esize = 4 if raw else 1
+    C = cfg.cols
+    NT = ceil_div(n, C)
     out = np.zeros((m, NT * C), np.int64)
     for nt in range(NT):
         if words == 1:
