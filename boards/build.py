@@ -103,7 +103,7 @@ def toolchain_env(family):
         env.setdefault(var, TOOLS[var])
         if shutil.which(env[var]) is None:
             raise ToolError(f"{env[var]} not found on PATH: pip install {PACKAGES[var]} "
-                             f"(or pip install 'gpt2-accel[boards]' for all of them)")
+                            f"(or pip install 'gpt2-accel[boards]' for all of them)")
     return env
 
 
@@ -361,8 +361,8 @@ def build_board(board, out_dir, *, rows=None, cols=None, clk_hz=None, reuse=Fals
     if not rep["timing_met"]:
         cp = rep["critical_path"] or {}
         raise DesignError(f"{board}: timing failed: Fmax {rep['fmax_mhz']:.2f} MHz < target "
-                         f"{rep['target_mhz']:g} MHz (critical path {cp.get('from_source')} -> "
-                         f"{cp.get('to_source')})", rep)
+                          f"{rep['target_mhz']:g} MHz (critical path {cp.get('from_source')} -> "
+                          f"{cp.get('to_source')})", rep)
     return rep
 
 

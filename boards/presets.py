@@ -117,7 +117,8 @@ class Preset:
         return plat.lookup(plat.default_clk).clock.frequency
 
     def summary(self):
-        """One line: chip, array, what machine it is, where its memory is, clock, model."""
+        """One line: chip, array, what machine it is for which model, where its memory is,
+        clock."""
         ram = "SPRAM" if self.storage == "spram" else "block RAM"
         if self.ops is None:
             what = f"the whole machine, the {self.model} model's whole image in {ram}"

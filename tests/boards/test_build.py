@@ -167,7 +167,8 @@ report['fmax']['cd_sync.clk']['constraint'] = {constraint}
 Path('report.json').write_text(json.dumps(report))
 Path('top.tim').write_text('')
 Path('top.asc').write_text('')"""
-_PNR_OVERFLOW = """Path('top.tim').write_text((DATA / 'nextpnr_ice40_matmul_top_overflow.log').read_text())
+_PNR_OVERFLOW = """log = DATA / 'nextpnr_ice40_matmul_top_overflow.log'
+Path('top.tim').write_text(log.read_text())
 sys.exit(1)"""
 
 
