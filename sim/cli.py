@@ -432,7 +432,9 @@ def cmd_verilog(args):
 
 
 def cmd_build(args):
-    """One board's bitstream (boards/build.py): progress on stderr, the report on stdout."""
+    """One board's bitstream (boards/build.py): progress on stderr, the report on stdout.
+    Exit status: BUILD_EXIT_STATUS. A request that cannot be built is a `PresetError`
+    (a ValueError: status 2, checked before any tool is looked for)."""
     from gpt2accel.boards.build import BuildError, build_board, summary_line
     out = args.out or os.path.join("build", "boards", args.board)
     try:
@@ -442,11 +444,23 @@ def cmd_build(args):
             print(json.dumps(e.report))
         elif e.report is not None and e.report.get("lut") is not None:
             print(summary_line(e.report))
-        print(f"gpt2accel: build failed: {e}", file=sys.stderr)
-        sys.exit(1)
+        what = "build failed" if e.exit_status == 1 else "error"
+        print(f"gpt2accel: {what}: {e}", file=sys.stderr)
+        sys.exit(e.exit_status)
     print(json.dumps(rep) if args.json else
           f"{summary_line(rep)}\nbitstream: {rep['bitstream']}\n"
           f"report: {os.path.join(out, 'gpt2accel_report.json')}")
+
+
+#: `gpt2accel build`'s exit statuses (boards/build.py), shown by `build --help`
+BUILD_EXIT_STATUS = (
+    (0, "built, and the design meets the preset's clock"),
+    (1, "the tools ran, but the design does not fit the chip or misses timing (the "
+        "report is written all the same)"),
+    (2, "an error: a request that cannot be built (unknown board, rows or cols below 1 or "
+        "beyond the chip, ...), refused before any tool runs; or a tool missing from PATH "
+        "or stopped by an error other than the design not fitting"),
+)
 
 
 def _add_hardware(p, check_default):
@@ -557,20 +571,28 @@ def build_parser():
     p.set_defaults(func=cmd_verilog)
 
     from gpt2accel.boards.presets import PRESETS
-    p = sub.add_parser("build", help="build a board's bitstream with the YoWASP tools from PyPI",
-                       description="Build the bitstream of a board preset (the whole machine "
-                                   "with on-chip memory for its model and the UART host link) "
-                                   "with Yosys and nextpnr from PyPI, showing each phase, and "
-                                   "report LUT/FF/DSP/BRAM use, Fmax against the preset's "
-                                   "clock, GOPS and projected tokens/s. Exit status 1 when "
-                                   "the design does not fit or misses timing. ECP5 builds of "
-                                   "the 8x8 machine take tens of minutes.")
+    import textwrap
+    presets = "\n".join(textwrap.fill(PRESETS[name].summary(), 78, initial_indent="  ",
+                                      subsequent_indent="    ") for name in sorted(PRESETS))
+    p = sub.add_parser(
+        "build", help="build a board's bitstream with the YoWASP tools from PyPI",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Build the bitstream of a board preset (the machine, its on-chip memory and the "
+            "UART host link) with Yosys and nextpnr from PyPI, showing each phase, and report "
+            "LUT/FF/DSP/BRAM use, Fmax against the preset's clock, GOPS and projected "
+            "tokens/s. ECP5 builds of the 8x8 machine take tens of minutes.", 78)
+        + "\n\npresets:\n" + presets,
+        epilog="exit status:\n" + "\n".join(
+            textwrap.fill(text, 78, initial_indent=f"  {status}  ", subsequent_indent="     ")
+            for status, text in BUILD_EXIT_STATUS))
     p.add_argument("--board", required=True, choices=sorted(PRESETS),
                    help="board preset")
     p.add_argument("--rows", type=int, default=None,
-                   help="array rows (default: the preset's)")
+                   help="array rows, at least 1 (default: the preset's); rows x cols "
+                        "processing elements need as many of the chip's multipliers")
     p.add_argument("--cols", type=int, default=None,
-                   help="array columns (default: the preset's)")
+                   help="array columns, at least 1 (default: the preset's)")
     p.add_argument("--out", default=None,
                    help="build directory (default: build/boards/BOARD)")
     p.add_argument("--reuse", action="store_true",
