@@ -165,8 +165,7 @@ class _HardwareRun:
               f"(addr_bits {cfg.engine.addr_bits}); backend {backend}"
               f"{', checking every step against QuantGPT2' if args.check else ''}]",
               file=sys.stderr)
-        with progress.step(f"writing the model's {self.drv.mem_words:,}-word memory image"):
-            self.drv.load()
+        self.drv.load()
         self.tokens = 0
         self.bar_total = None
 

@@ -18,7 +18,7 @@ calls, which is exact because the machine is idle between programs) and
 A serial (board) backend would implement the same four methods.
 """
 import abc
-import dataclasses
+import contextlib
 import threading
 import time
 
@@ -306,8 +306,13 @@ class Driver:
     def load(self):
         """Create the machine and write the memory image (weights, zeroed caches)."""
         from gpt2accel.model.gpt2 import KVCache
-        self.backend.open(self.cfg, self.mem_words)
-        self.backend.load(self.comp.image())
+        # GPT-2 small's image takes seconds to pack and copy; a small model's, milliseconds
+        big = self.mem_words >= _BIG_IMAGE_WORDS
+        with (progress.step(f"{self.backend.name}: writing the {self.mem_words:,}-word memory "
+                            f"image (weights, parameters, empty KV caches)")
+              if big else contextlib.nullcontext()):
+            self.backend.open(self.cfg, self.mem_words)
+            self.backend.load(self.comp.image())
         self.pos, self.loaded = 0, True
         self.golden_cache = KVCache(self.q.config.n_layer)
         return self
@@ -438,6 +443,8 @@ class Driver:
         return (f"first wrong intermediate: {lname}{name} (instructions {first}..{k}: {span})")
 
 
+#: A memory image this large shows a progress step while it is written.
+_BIG_IMAGE_WORDS = 1 << 20
 #: A program running longer than this shows its progress; shorter ones stay silent,
 #: so the many short programs of a small model do not fill a log.
 PROGRESS_AFTER_S = 2.0

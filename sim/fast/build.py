@@ -135,8 +135,8 @@ def machine_design(cfg, table=None):
     """The `Machine` in the transaction-level harness (sim/fast/harness.cpp)."""
     e = cfg.engine
     return Design(HARNESS, lambda: machine_verilog(cfg, table), _machine_params(cfg, table),
-                  _defines(cfg), title=f"the {e.rows}x{e.cols} machine "
-                                       f"({1 << e.addr_bits:,}-word address space)")
+                  _defines(cfg), title=f"the {e.rows}x{e.cols} machine (addr_bits "
+                                       f"{e.addr_bits}, max_n {e.max_n})")
 
 
 def _machine_params(cfg, table):
@@ -221,8 +221,7 @@ def build_design(design, *, trace=False, verbose=False):
     title = design.title or design.prefix
     try:
         t0 = time.perf_counter()
-        with progress.step(f"Verilator build of {title}, new for this config and source: "
-                           f"Verilog from Amaranth and Yosys"):
+        with progress.step(f"Verilator build of {title}: Verilog from Amaranth and Yosys"):
             (work / "top.v").write_text(design.verilog())
         verilog_s = time.perf_counter() - t0
         (work / "harness_top.cpp").write_text(wrapper)
@@ -238,8 +237,8 @@ def build_design(design, *, trace=False, verbose=False):
                       "-MAKEFLAGS", f"CXX={cxx}", "-MAKEFLAGS", f"LINK={cxx}",
                       "-o", LIBNAME, "top.v", "harness_top.cpp"]
         t1 = time.perf_counter()
-        with progress.step(f"Verilator build of {title}: compiling to C++ and with {cxx} "
-                           f"(-j {jobs}; 1-3 minutes)", done=f"cached in {final}"):
+        with progress.step(f"Verilator build of {title}: Verilator and {cxx} (1-3 minutes)",
+                           done=f"cached in {final}"):
             r = subprocess.run(argv, cwd=work, env=env, capture_output=not verbose, text=True)
         compile_s = time.perf_counter() - t1
         built = work / "obj" / LIBNAME
