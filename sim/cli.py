@@ -241,7 +241,10 @@ class _HardwareRun:
 def _machine_config(qmodel, args):
     """The machine of --rows x --cols for `qmodel`, its address width --addr-bits or (by
     default) sized from the model's memory map; what does not fit is a UsageError."""
-    from gpt2accel.sim.driver import MachineSizeError, machine_config
+    from gpt2accel.sim.driver import MachineSizeError, array_error, machine_config
+    problem = array_error(args.cols)
+    if problem:
+        raise UsageError(f"--rows {args.rows} --cols {args.cols}: {problem}")
     try:
         return machine_config(qmodel, args.rows, args.cols, addr_bits=args.addr_bits)
     except MachineSizeError as e:

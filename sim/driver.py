@@ -26,7 +26,7 @@ import numpy as np
 
 from gpt2accel.model import progress
 from gpt2accel.rtl.attention_config import AttentionConfig
-from gpt2accel.rtl.config import ConfigError, EngineConfig
+from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.isa import Error, Op
 from gpt2accel.rtl.vecmove import BETA_BYTES
 from .compiler import CompileError, ModelCompiler
@@ -34,6 +34,7 @@ from .program_cycles import program_cycles
 
 __all__ = ["program_macs", "Backend", "PysimBackend", "FastBackend", "BACKENDS", "make_backend",
            "HardwareError", "CheckError", "MachineSizeError", "Driver", "machine_config",
+           "array_error",
            "MIN_ADDR_BITS", "PROGRESS_AFTER_S"]
 
 
@@ -178,6 +179,18 @@ def _lanes(limit, *divides):
     return max(n for n in (1, 2) if n <= limit and all(d % n == 0 for d in divides))
 
 
+def array_error(cols):
+    """Why no whole machine has `cols` columns, or None. Its memory word is 2*cols bytes:
+    the attention reads raw int32 rows word by word, the vector mover a LayerNorm beta
+    (int64) from one word. (`machine_config` leaves this to the RTL, which refuses such
+    a machine when it is built; a front end checks it first to name its own option.)"""
+    if cols % 2 or 2 * cols < BETA_BYTES:
+        return (f"cols={cols}: the whole machine needs an even number of columns, at least "
+                f"{BETA_BYTES // 2} (its memory word of 2*cols bytes holds whole int32 and "
+                f"an int64)")
+    return None
+
+
 def machine_config(qmodel, rows=8, cols=8, max_tokens=8, addr_bits=None):
     """The smallest machine of `rows` x `cols` this model's shapes need: matmul limits
     from n_embd and the vocabulary, `max_tokens` rows per program (at least `rows`, the
@@ -189,15 +202,9 @@ def machine_config(qmodel, rows=8, cols=8, max_tokens=8, addr_bits=None):
     (weights, buffers, KV caches: `ModelCompiler`'s, computed without packing anything),
     at least `MIN_ADDR_BITS`. An explicit width too narrow for the map raises
     `MachineSizeError` naming the width needed; shapes the array cannot hold raise
-    `CompileError` / `ConfigError` (both ValueErrors)."""
+    `CompileError` / `ConfigError` (both ValueErrors); see also `array_error`."""
     mc = qmodel.config
     max_tokens = max(max_tokens, rows)
-    if cols % 2 or 2 * cols < BETA_BYTES:
-        # the memory word is 2*cols bytes: the attention reads raw int32 rows word by
-        # word, the vector mover a LayerNorm beta (int64) from one word
-        raise ConfigError(f"cols={cols}: the whole machine needs an even number of columns, "
-                          f"at least {BETA_BYTES // 2} (its memory word of 2*cols bytes holds "
-                          f"whole int32 and an int64)")
     d_head = mc.n_embd // mc.n_head
 
     def config(bits):
