@@ -242,11 +242,8 @@ def _machine_config(qmodel, args):
     """The machine of --rows x --cols for `qmodel`, its address width --addr-bits or (by
     default) sized from the model's memory map; what does not fit is a UsageError."""
     from gpt2accel.sim.driver import MachineSizeError, array_error, machine_config
-    problem = array_error(args.cols)
-    if problem:
-        raise UsageError(f"--rows {args.rows} --cols {args.cols}: {problem}")
     try:
-        return machine_config(qmodel, args.rows, args.cols, addr_bits=args.addr_bits)
+        cfg = machine_config(qmodel, args.rows, args.cols, addr_bits=args.addr_bits)
     except MachineSizeError as e:
         raise UsageError(f"--addr-bits {args.addr_bits} addresses {1 << args.addr_bits:,} "
                          f"words, the model's memory map needs {e.words:,}: give --addr-bits "
@@ -254,6 +251,10 @@ def _machine_config(qmodel, args):
                          f"the model") from None
     except ValueError as e:           # ConfigError, CompileError: shapes the array cannot run
         raise UsageError(f"--rows {args.rows} --cols {args.cols}: {e}") from None
+    problem = array_error(args.cols)
+    if problem:                       # the RTL would refuse it only once built
+        raise UsageError(f"--rows {args.rows} --cols {args.cols}: {problem}")
+    return cfg
 
 
 def _addr_bits(text):
