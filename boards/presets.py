@@ -15,7 +15,8 @@ top and host bridge"). `resolve` checks what can be checked before a long
 build: the model must map onto the array (a head's d_head a multiple of the
 memory word), its memory must fit the chip's RAM (SPRAM alone when the
 preset stores words there), the array's multipliers its DSPs, the PLL must
-reach the clock; each failure is a `PresetError` naming the numbers.
+reach the clock and the UART's baud rate must divide it; each failure is a
+`PresetError` naming the numbers.
 
 Every figure of a chip here (`DEVICES`) is the device's capacity as
 nextpnr reports it ("available" in its --report JSON).
@@ -115,11 +116,26 @@ class Preset:
         plat = self.platform()
         return plat.lookup(plat.default_clk).clock.frequency
 
+    def summary(self):
+        """One line: chip, array, what machine it is for which model, where its memory is,
+        clock."""
+        ram = "SPRAM" if self.storage == "spram" else "block RAM"
+        if self.ops is None:
+            what = f"the whole machine, the {self.model} model's whole image in {ram}"
+        else:
+            what = (f"a {'+'.join(o.upper() for o in self.ops)}-only co-processor for the "
+                    f"{self.model} model's linear layers (their weights in {ram}; the rest "
+                    f"of the model runs on the host)")
+        return (f"{self.name}: {self.device_name}, {self.rows}x{self.cols} array, {what}, "
+                f"{self.clk_hz / 1e6:g} MHz")
+
     def resolve(self, rows=None, cols=None, clk_hz=None):
         """The machine this preset (with overrides) builds, validated; `PresetError` if
         it cannot fit."""
-        p = replace(self, rows=rows or self.rows, cols=cols or self.cols,
-                    clk_hz=clk_hz or self.clk_hz)
+        # None is "the preset's"; 0 is a request like any other, refused below
+        p = replace(self, rows=self.rows if rows is None else rows,
+                    cols=self.cols if cols is None else cols,
+                    clk_hz=self.clk_hz if clk_hz is None else clk_hz)
         return BoardMachine(p)
 
 
@@ -131,8 +147,15 @@ class BoardMachine:
         from gpt2accel.sim.driver import machine_config
         self.preset = p = preset
         where = f"board {p.name} ({p.device_name}), {p.rows}x{p.cols} array"
-        if p.rows < 1 or p.cols < 1:
-            raise PresetError(f"{where}: rows and cols must be at least 1")
+        for name in ("rows", "cols"):
+            v = getattr(p, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise PresetError(f"{where}: {name} must be a whole number of at least 1, "
+                                  f"got {v!r}")
+        if isinstance(p.clk_hz, bool) or not isinstance(p.clk_hz, (int, float)) \
+                or not p.clk_hz > 0:
+            raise PresetError(f"{where}: the clock must be a positive number of Hz, "
+                              f"got {p.clk_hz!r}")
         self.q = load_model(p.model)
         try:
             if p.ops is None:
@@ -155,6 +178,14 @@ class BoardMachine:
                               f"multipliers, the {p.device_name} has {p.device.dsp} DSP blocks")
         self.pll = self._pll(where)
         self.clk_hz = self.pll.fout if self.pll else p.clk_hz
+        # the UART's divisor at the clock the PLL makes: a build refused by the board top
+        # only after the tools were looked for would report a missing tool instead
+        from gpt2accel.rtl.config import ConfigError
+        from .top import uart_divisor
+        try:
+            uart_divisor(self.clk_hz, p.baud)
+        except ConfigError as e:
+            raise PresetError(f"{where}: UART: {e}") from None
 
     def _check_memory(self, where):
         p, dev, mb = self.preset, self.preset.device, self.cfg.engine.mem_bytes

@@ -190,24 +190,26 @@ class _HardwareRun:
     with the machine's cycles next to the cycle model's, `--check` against QuantGPT2."""
 
     def __init__(self, qmodel, args):
-        from gpt2accel.sim.driver import Driver, machine_config
-        cfg = machine_config(qmodel, args.rows, args.cols)
+        from gpt2accel.model import progress
+        from gpt2accel.sim.driver import Driver
+        cfg = _machine_config(qmodel, args)       # refused here, before any build
         backend = args.backend
+        if args.vcd and backend != "pysim":
+            raise UsageError("--vcd needs --backend pysim (the Amaranth simulator)")
         if backend == "fast":
             from gpt2accel.sim.driver import FastBackend
             from gpt2accel.sim.fast import FastBackendUnavailable
-            print("[fast backend: building or loading the Verilated machine (first build of a "
-                  "config: ~2 minutes) ...]", file=sys.stderr)
             try:
                 probe = FastBackend()
-                probe.open(cfg, 1)                  # builds or loads the cached model
+                probe.open(cfg, 1)                  # builds (with progress) or loads the model
+                if probe.m.build_info["cached"]:
+                    progress.note(f"fast backend: the Verilated machine from the cache "
+                                  f"{probe.m.path.parent}")
                 probe.close()
             except FastBackendUnavailable as e:
                 print(f"[fast backend unavailable ({e}); using the Amaranth simulator]",
                       file=sys.stderr)
                 backend = "pysim"
-        if args.vcd and backend != "pysim":
-            raise UsageError("--vcd needs --backend pysim (the Amaranth simulator)")
         be, mem_words = backend, None
         if args.vcd:
             from gpt2accel.sim.driver import PysimBackend
@@ -217,7 +219,8 @@ class _HardwareRun:
         self.backend_name, self.cfg = backend, cfg
         self.drv = Driver(qmodel, cfg, be, mem_words=mem_words, check=args.check)
         print(f"[machine {args.rows}x{args.cols} array, max_m {cfg.engine.max_m}, "
-              f"{self.drv.mem_words} words of {cfg.engine.mem_bytes} bytes; backend {backend}"
+              f"{self.drv.mem_words:,} words of {cfg.engine.mem_bytes} bytes "
+              f"(addr_bits {cfg.engine.addr_bits}); backend {backend}"
               f"{', checking every step against QuantGPT2' if args.check else ''}]",
               file=sys.stderr)
         self.drv.load()
@@ -323,6 +326,47 @@ def _board_clocks():
     return [(p.name, p.clk_hz, (p.rows, p.cols)) for p in PRESETS.values() if p.ops is None]
 
 
+def _machine_config(qmodel, args):
+    """The machine of --rows x --cols for `qmodel`, its address width --addr-bits or (by
+    default) sized from the model's memory map; what does not fit is a UsageError."""
+    from gpt2accel.sim.driver import MachineSizeError, array_error, machine_config
+    try:
+        cfg = machine_config(qmodel, args.rows, args.cols, addr_bits=args.addr_bits)
+    except MachineSizeError as e:
+        raise UsageError(f"--addr-bits {args.addr_bits} addresses {1 << args.addr_bits:,} "
+                         f"words, the model's memory map needs {e.words:,}: give --addr-bits "
+                         f"{e.need_bits} or more, or leave it out to size the machine from "
+                         f"the model") from None
+    except ValueError as e:           # ConfigError, CompileError: shapes the array cannot run
+        raise UsageError(f"--rows {args.rows} --cols {args.cols}: {e}") from None
+    problem = array_error(args.cols)
+    if problem:                       # the RTL would refuse it only once built
+        raise UsageError(f"--rows {args.rows} --cols {args.cols}: {problem}")
+    return cfg
+
+
+def _addr_bits(text):
+    """--addr-bits: an int in EngineConfig's range, refused by argparse (exit 2) at once."""
+    from gpt2accel.rtl.config import EngineConfig
+    try:
+        bits = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    try:
+        EngineConfig(addr_bits=bits)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return bits
+
+
+def _add_addr_bits(p):
+    p.add_argument("--addr-bits", type=_addr_bits, default=None, metavar="BITS",
+                   help="word-address width of the machine, 8..48: it addresses 2^BITS "
+                        "memory words of 2*cols bytes (default: the narrowest that holds the "
+                        "model's weights, buffers and KV caches, at least 16: 16 for the tiny "
+                        "model, 24 for GPT-2 small; --engine matmul: 24)")
+
+
 def _board_backend(args, cfg, qmodel):
     """(SerialBackend, memory words the model needs) for --backend serial (the board at
     --port) or board-sim (the board top compiled with Verilator behind a simulated UART)."""
@@ -403,7 +447,8 @@ def cmd_verilog(args):
     from gpt2accel.sim.synth.verilog import ensure_yosys, generate
     if args.engine == "matmul":
         cfg = EngineConfig(rows=args.rows, cols=args.cols, mem_bytes=args.mem_bytes,
-                           max_k=args.max_k)
+                           max_k=args.max_k, **({} if args.addr_bits is None
+                                                else {"addr_bits": args.addr_bits}))
         name = args.name or "gpt2accel_matmul"
         print(f"elaborating a {cfg.rows}x{cfg.cols} matmul engine and converting it with Yosys "
               f"(the first run compiles Yosys to native code, ~1 minute) ...", file=sys.stderr)
@@ -412,10 +457,9 @@ def cmd_verilog(args):
         from amaranth.back import verilog
         from gpt2accel.model.quant import QUANT_FILENAME, QuantGPT2
         from gpt2accel.rtl.machine import Machine
-        from gpt2accel.sim.driver import machine_config
         # the machine is sized for a model (its widths, context, tile): the named one
         q = QuantGPT2.load(resolve_model_dir(args.config) / QUANT_FILENAME)
-        cfg = machine_config(q, args.rows, args.cols)
+        cfg = _machine_config(q, args)
         name = args.name or "gpt2accel_machine"
         print(f"elaborating the whole {args.rows}x{args.cols} machine for model {args.config!r} "
               f"(max_k {cfg.engine.max_k}, max_n {cfg.engine.max_n}, max_m {cfg.engine.max_m}, "
@@ -432,7 +476,9 @@ def cmd_verilog(args):
 
 
 def cmd_build(args):
-    """One board's bitstream (boards/build.py): progress on stderr, the report on stdout."""
+    """One board's bitstream (boards/build.py): progress on stderr, the report on stdout.
+    Exit status: BUILD_EXIT_STATUS. A request that cannot be built is a `PresetError`
+    (a ValueError: status 2, checked before any tool is looked for)."""
     from gpt2accel.boards.build import BuildError, build_board, summary_line
     out = args.out or os.path.join("build", "boards", args.board)
     try:
@@ -442,11 +488,23 @@ def cmd_build(args):
             print(json.dumps(e.report))
         elif e.report is not None and e.report.get("lut") is not None:
             print(summary_line(e.report))
-        print(f"gpt2accel: build failed: {e}", file=sys.stderr)
-        sys.exit(1)
+        what = "build failed" if e.exit_status == 1 else "error"
+        print(f"gpt2accel: {what}: {e}", file=sys.stderr)
+        sys.exit(e.exit_status)
     print(json.dumps(rep) if args.json else
           f"{summary_line(rep)}\nbitstream: {rep['bitstream']}\n"
           f"report: {os.path.join(out, 'gpt2accel_report.json')}")
+
+
+#: `gpt2accel build`'s exit statuses (boards/build.py), shown by `build --help`
+BUILD_EXIT_STATUS = (
+    (0, "built, and the design meets the preset's clock"),
+    (1, "the tools ran, but the design does not fit the chip or misses timing (the "
+        "report is written all the same)"),
+    (2, "an error: a request that cannot be built (unknown board, rows or cols below 1 or "
+        "beyond the chip, ...), refused before any tool runs; or a tool missing from PATH "
+        "or stopped by an error other than the design not fitting"),
+)
 
 
 def _add_hardware(p, check_default):
@@ -464,6 +522,7 @@ def _add_hardware(p, check_default):
                         "(--backend pysim only; one VCD per program: FILE, FILE.1, ...; "
                         "large: ~69 MB for one tiny-model token on 8x8; view it with "
                         "GTKWave or Surfer)")
+    _add_addr_bits(p)
 
 
 def _add_sampling(p, max_new_tokens, prompt="ROMEO:"):
@@ -547,6 +606,7 @@ def build_parser():
                         "model.int8.safetensors (default: %(default)s)")
     p.add_argument("--rows", type=int, default=8, help="array rows (default: %(default)s)")
     p.add_argument("--cols", type=int, default=8, help="array columns (default: %(default)s)")
+    _add_addr_bits(p)
     p.add_argument("--mem-bytes", type=int, default=None,
                    help="--engine matmul: memory word width in bytes (default: 2*cols)")
     p.add_argument("--max-k", type=int, default=EngineConfig.max_k,
@@ -557,20 +617,28 @@ def build_parser():
     p.set_defaults(func=cmd_verilog)
 
     from gpt2accel.boards.presets import PRESETS
-    p = sub.add_parser("build", help="build a board's bitstream with the YoWASP tools from PyPI",
-                       description="Build the bitstream of a board preset (the whole machine "
-                                   "with on-chip memory for its model and the UART host link) "
-                                   "with Yosys and nextpnr from PyPI, showing each phase, and "
-                                   "report LUT/FF/DSP/BRAM use, Fmax against the preset's "
-                                   "clock, GOPS and projected tokens/s. Exit status 1 when "
-                                   "the design does not fit or misses timing. ECP5 builds of "
-                                   "the 8x8 machine take tens of minutes.")
+    import textwrap
+    presets = "\n".join(textwrap.fill(PRESETS[name].summary(), 78, initial_indent="  ",
+                                      subsequent_indent="    ") for name in sorted(PRESETS))
+    p = sub.add_parser(
+        "build", help="build a board's bitstream with the YoWASP tools from PyPI",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Build the bitstream of a board preset (the machine, its on-chip memory and the "
+            "UART host link) with Yosys and nextpnr from PyPI, showing each phase, and report "
+            "LUT/FF/DSP/BRAM use, Fmax against the preset's clock, GOPS and projected "
+            "tokens/s. ECP5 builds of the 8x8 machine take tens of minutes.", 78)
+        + "\n\npresets:\n" + presets,
+        epilog="exit status:\n" + "\n".join(
+            textwrap.fill(text, 78, initial_indent=f"  {status}  ", subsequent_indent="     ")
+            for status, text in BUILD_EXIT_STATUS))
     p.add_argument("--board", required=True, choices=sorted(PRESETS),
                    help="board preset")
     p.add_argument("--rows", type=int, default=None,
-                   help="array rows (default: the preset's)")
+                   help="array rows, at least 1 (default: the preset's); rows x cols "
+                        "processing elements need as many of the chip's multipliers")
     p.add_argument("--cols", type=int, default=None,
-                   help="array columns (default: the preset's)")
+                   help="array columns, at least 1 (default: the preset's)")
     p.add_argument("--out", default=None,
                    help="build directory (default: build/boards/BOARD)")
     p.add_argument("--reuse", action="store_true",

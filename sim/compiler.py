@@ -52,11 +52,16 @@ class CompileError(ValueError):
 
 
 
+def _row_words(e, n, size):
+    """Words of one row of `n` `size`-byte integers (`_rows`' default stride)."""
+    return ceil_div(n * size, e.mem_bytes)
+
+
 def _rows(e, x, size, stride=None):
     """Rows of little-endian `size`-byte integers, each row padded to `stride` words."""
     x = np.asarray(x, np.int64)
     t, n = x.shape
-    stride = stride or ceil_div(n * size, e.mem_bytes)
+    stride = stride or _row_words(e, n, size)
     buf = np.zeros((t, stride * e.mem_bytes), np.uint8)
     buf[:, :n * size] = x.astype(f"<i{size}" if size > 1 else "<i1").view(np.uint8).reshape(t, -1)
     return buf.reshape(t * stride, e.mem_bytes)
@@ -136,46 +141,51 @@ class _Compiler:
              f"memory word of {e.mem_bytes} bytes")
 
         # ---------------- memory map ----------------
+        # Blobs are packed only by image(): the map alone (sizes from the layout
+        # rules of EngineConfig) is cheap even for GPT-2 small, so a machine can be
+        # sized from it before anything is built.
         self.regions, self._blobs, top = {}, [], 0
 
         def alloc(name, words, stride=0, blob=None):
             nonlocal top
             self.regions[name] = Region(top, words, stride)
             if blob is not None:
-                self._blobs.append((top, blob))
+                self._blobs.append((name, blob))
             top += words
             return self.regions[name]
 
         off = cfg.scratch_offsets()
-        scratch = np.zeros((off["end"], e.mem_bytes), np.uint8)   # zero words must be zero
-        alloc("scratch", off["end"], blob=scratch)
+        # zero words must be zero
+        alloc("scratch", off["end"], blob=lambda: np.zeros((off["end"], e.mem_bytes), np.uint8))
         for name, lin in self.lins.items():
-            w = pack_w(e, lin.w)
-            alloc(f"{name}.w", len(w), blob=w)
-            p = pack_params(e, lin.b, lin.mult, lin.shift, lin.w.shape[1])
-            alloc(f"{name}.p", len(p), blob=p)
+            K, N = lin.w.shape
+            alloc(f"{name}.w", ceil_div(N, e.cols) * e.w_words_per_tile(K),
+                  blob=lambda lin=lin: pack_w(e, lin.w))
+            alloc(f"{name}.p", ceil_div(N, e.cols) * e.param_words_per_tile,
+                  blob=lambda lin=lin: pack_params(e, lin.b, lin.mult, lin.shift, lin.w.shape[1]))
             if lin.out_bits != e.out_bits:        # RESADD's per-column requantiser words
-                q = _qwords(e, lin.mult, lin.shift)
-                alloc(f"{name}.q", len(q), blob=q)
+                alloc(f"{name}.q", _row_words(e, N, Q_BYTES),
+                      blob=lambda lin=lin: _qwords(e, lin.mult, lin.shift))
         lns = [(f"h{i}.{n}", getattr(qmodel.blocks[i], n)) for i in self.layers
                for n in ("ln_1", "ln_2")]
         if head:
             lns.append(("ln_f", qmodel.ln_f))
         for name, ln in lns:
-            g = _rows(e, ln.gamma[None], GAMMA_BYTES)
-            alloc(f"{name}.gamma", len(g), blob=g)
-            b = _rows(e, ln.beta[None], BETA_BYTES)
-            alloc(f"{name}.beta", len(b), blob=b)
+            alloc(f"{name}.gamma", _row_words(e, len(ln.gamma), GAMMA_BYTES),
+                  blob=lambda ln=ln: _rows(e, ln.gamma[None], GAMMA_BYTES))
+            alloc(f"{name}.beta", _row_words(e, len(ln.beta), BETA_BYTES),
+                  blob=lambda ln=ln: _rows(e, ln.beta[None], BETA_BYTES))
         for i in self.layers:
-            t = _rows(e, np.asarray(qmodel.blocks[i].gelu_table)[None], ACT_BYTES)
-            alloc(f"h{i}.gelu.table", len(t), blob=t)
+            table = qmodel.blocks[i].gelu_table
+            alloc(f"h{i}.gelu.table", _row_words(e, len(table), ACT_BYTES),
+                  blob=lambda table=table: _rows(e, np.asarray(table)[None], ACT_BYTES))
         if head:
             for name, tab, mult, shift in (("wte", qmodel.wte, qmodel.wte_mult, qmodel.wte_shift),
                                            ("wpe", qmodel.wpe, qmodel.wpe_mult, qmodel.wpe_shift)):
-                rows = _rows(e, tab, ACT_BYTES)
-                alloc(name, len(rows), ceil_div(E, e.mem_bytes), blob=rows)
-                q = _qwords(e, mult, shift)
-                alloc(f"{name}.q", len(q), blob=q)
+                stride = _row_words(e, E, ACT_BYTES)
+                alloc(name, len(tab) * stride, stride, blob=lambda tab=tab: _rows(e, tab, ACT_BYTES))
+                alloc(f"{name}.q", _row_words(e, np.broadcast(mult, shift).size, Q_BYTES),
+                      blob=lambda mult=mult, shift=shift: _qwords(e, mult, shift))
         bufs = [("x", E, RESID_BYTES), ("ln_1_out", E, 1), ("qkv", 3 * E, 1),
                 ("attn", E, 1), ("proj_raw", E, RAW_BYTES),
                 ("ln_2_out", E, 1), ("fc", 4 * E, 1), ("gelu", 4 * E, 1)]
@@ -197,15 +207,23 @@ class _Compiler:
             alloc(f"h{i}.k_cache", H * self.n_tiles * self.kts)
             alloc(f"h{i}.v_cache", H * self.n_tiles * self.vts)
         self.end = top
+        if mem_words is None:     # the memory map only: what a machine must hold
+            return
         need(top <= mem_words, f"memory map needs {top} words, memory size is {mem_words}")
         need(mem_words <= 1 << e.addr_bits,
              f"memory size {mem_words} words exceeds the address width addr_bits {e.addr_bits}")
 
     def image(self):
         """Initial memory [mem_words, mem_bytes] uint8: weights, parameters, zero scratch."""
+        if self.mem_words is None:
+            raise CompileError("a compiler made without mem_words has no memory image")
         mem = np.zeros((self.mem_words, self.e.mem_bytes), np.uint8)
-        for base, blob in self._blobs:
-            mem[base:base + len(blob)] = blob
+        for name, pack in self._blobs:
+            r, blob = self.regions[name], pack()
+            if len(blob) != r.words:      # the map's sizes and the packers disagree
+                raise AssertionError(f"region {name}: {len(blob)} words packed, "
+                                     f"{r.words} in the memory map")
+            mem[r.base:r.base + r.words] = blob
         return mem
 
     # ---------------- host-side activation transfer ----------------

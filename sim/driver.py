@@ -18,18 +18,24 @@ calls, which is exact because the machine is idle between programs) and
 A serial (board) backend would implement the same four methods.
 """
 import abc
+import contextlib
+import threading
 import time
 
 import numpy as np
 
+from gpt2accel.model import progress
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.isa import Error, Op
+from gpt2accel.rtl.vecmove import BETA_BYTES
 from .compiler import CompileError, ModelCompiler
 from .program_cycles import program_cycles
 
 __all__ = ["program_macs", "Backend", "PysimBackend", "FastBackend", "BACKENDS", "make_backend",
-           "HardwareError", "CheckError", "Driver", "machine_config"]
+           "HardwareError", "CheckError", "MachineSizeError", "Driver", "machine_config",
+           "array_error",
+           "MIN_ADDR_BITS", "PROGRESS_AFTER_S"]
 
 
 class HardwareError(RuntimeError):
@@ -66,6 +72,11 @@ class Backend(abc.ABC):
         """Run one program (words ending in HALT) to ``done``: status dict with at least
         error, cycles, icount, wall_s."""
 
+    def progress(self):
+        """(instructions done, cycles) of the program `run` is running, read from another
+        thread while `run` blocks; None when the backend cannot tell."""
+        return None
+
     def close(self):
         pass
 
@@ -77,6 +88,7 @@ class PysimBackend(Backend):
     def __init__(self, vcd=None, ops=None):
         # ops: the opcodes the simulated machine builds (`Machine(ops=...)`)
         self.vcd, self.runs, self.ops = vcd, 0, ops
+        self.status = {}          # the running program's icount and cycles (machine_sim)
 
     def open(self, cfg, mem_words):
         self.cfg = cfg
@@ -94,10 +106,15 @@ class PysimBackend(Backend):
         kw = {}
         if self.vcd:
             kw["vcd"] = self.vcd if self.runs == 0 else f"{self.vcd}.{self.runs}"
+        self.status = {}
         self.mem, (res,) = run_programs(self.cfg, [program], self.mem, timeout=50_000_000,
-                                        ops=self.ops, **kw)
+                                        ops=self.ops, status=self.status, **kw)
         self.runs += 1
         return res
+
+    def progress(self):
+        st = self.status
+        return (st["icount"], st["cycles"]) if st else None
 
 
 class FastBackend(Backend):
@@ -118,6 +135,9 @@ class FastBackend(Backend):
     def run(self, program):
         return self.m.run(program, timeout=500_000_000)
 
+    def progress(self):
+        return self.m.progress()
+
     def close(self):
         self.m.close()
 
@@ -133,18 +153,81 @@ def make_backend(name, **kw):
 
 # ---------------------------------------------------------------- configuration
 
-def machine_config(qmodel, rows=8, cols=8, max_tokens=8, addr_bits=16):
+#: The narrowest address width `machine_config` chooses: every machine sized before
+#: the width followed the model had 16 bits, and keeps them (and its Verilator build).
+MIN_ADDR_BITS = 16
+
+
+class MachineSizeError(CompileError):
+    """An explicit address width (or memory size) too small for the model's memory map.
+    `words`: what the map needs; `need_bits`: the narrowest address width holding it."""
+
+    def __init__(self, message, words, need_bits):
+        super().__init__(message)
+        self.words, self.need_bits = words, need_bits
+
+
+def _need_bits(words):
+    """The narrowest address width reaching `words` words."""
+    return max(1, (words - 1).bit_length())
+
+
+def _lanes(limit, *divides):
+    """The largest lane count <= 2 within `limit` that divides all of `divides` (1 always
+    does): the attention's softmax and normaliser move 2 values a cycle where the memory
+    word allows it, and every config that allowed it keeps exactly that."""
+    return max(n for n in (1, 2) if n <= limit and all(d % n == 0 for d in divides))
+
+
+def array_error(cols):
+    """Why no whole machine has `cols` columns, or None. Its memory word is 2*cols bytes:
+    the attention reads raw int32 rows word by word, the vector mover a LayerNorm beta
+    (int64) from one word. (`machine_config` leaves this to the RTL, which refuses such
+    a machine when it is built; a front end checks it first to name its own option.)"""
+    if cols % 2 or 2 * cols < BETA_BYTES:
+        return (f"cols={cols}: the whole machine needs an even number of columns, at least "
+                f"{BETA_BYTES // 2} (its memory word of 2*cols bytes holds whole int32 and "
+                f"an int64)")
+    return None
+
+
+def machine_config(qmodel, rows=8, cols=8, max_tokens=8, addr_bits=None):
     """The smallest machine of `rows` x `cols` this model's shapes need: matmul limits
     from n_embd and the vocabulary, `max_tokens` rows per program (at least `rows`, the
     attention's row block; longer prompts are prefilled in chunks), one head's d_head,
-    the model's tile and context."""
+    the model's tile and context, softmax/normaliser lanes as wide (up to 2) as the
+    memory word allows.
+
+    `addr_bits`: the word-address width; None sizes it from the model's memory map
+    (weights, buffers, KV caches: `ModelCompiler`'s, computed without packing anything),
+    at least `MIN_ADDR_BITS`. An explicit width too narrow for the map raises
+    `MachineSizeError` naming the width needed; shapes the array cannot hold raise
+    `CompileError` / `ConfigError` (both ValueErrors); see also `array_error`."""
     mc = qmodel.config
     max_tokens = max(max_tokens, rows)
-    return AttentionConfig(
-        engine=EngineConfig(rows=rows, cols=cols, max_k=4 * mc.n_embd, max_m=max_tokens,
-                            max_n=max(4 * mc.n_embd, mc.vocab_size), addr_bits=addr_bits),
-        tile=qmodel.tile, frac_bits=qmodel.frac_bits, lanes=2, norm_lanes=2,
-        max_d_head=mc.n_embd // mc.n_head, max_seq=mc.n_positions)
+    d_head = mc.n_embd // mc.n_head
+
+    def config(bits):
+        engine = EngineConfig(rows=rows, cols=cols, max_k=4 * mc.n_embd, max_m=max_tokens,
+                              max_n=max(4 * mc.n_embd, mc.vocab_size), addr_bits=bits)
+        per_word = engine.mem_bytes // 4
+        return AttentionConfig(
+            engine=engine, tile=qmodel.tile, frac_bits=qmodel.frac_bits,
+            lanes=_lanes(qmodel.tile, per_word), norm_lanes=_lanes(d_head, per_word, d_head),
+            max_d_head=d_head, max_seq=mc.n_positions)
+
+    # the memory map does not depend on the address width: size it at the widest
+    cfg = config(addr_bits if addr_bits is not None else 48)
+    words = ModelCompiler(cfg, qmodel, cfg.engine.max_m, None).end
+    need_bits = _need_bits(words)
+    if addr_bits is None:
+        return config(max(MIN_ADDR_BITS, need_bits))
+    if words > 1 << addr_bits:
+        raise MachineSizeError(
+            f"addr_bits={addr_bits} addresses {1 << addr_bits:,} words, the model's memory "
+            f"map needs {words:,}: use addr_bits >= {need_bits} (None sizes it from the "
+            f"model)", words, need_bits)
+    return cfg
 
 
 def program_macs(ops):
@@ -207,7 +290,19 @@ class Driver:
         self.q, self.cfg = qmodel, cfg
         self.on_program = on_program  # called with each program's status (progress)
         self.backend = make_backend(backend) if isinstance(backend, str) else backend
-        self.mem_words = mem_words or (1 << cfg.engine.addr_bits)
+        need = ModelCompiler(cfg, qmodel, cfg.engine.max_m, None).end
+        if mem_words is not None and mem_words < need:
+            raise MachineSizeError(f"mem_words={mem_words:,}: the model's memory map needs "
+                                   f"{need:,} words (None sizes the memory from the model)",
+                                   need, _need_bits(need))
+        if need > 1 << cfg.engine.addr_bits:
+            raise MachineSizeError(
+                f"addr_bits={cfg.engine.addr_bits} addresses {1 << cfg.engine.addr_bits:,} "
+                f"words, the model's memory map needs {need:,} (machine_config sizes "
+                f"addr_bits from the model)", need, _need_bits(need))
+        # the memory is what the model uses (its map), not the whole address space:
+        # 2^24 words of GPT-2 small would be a quarter of a gigabyte per copy
+        self.mem_words = mem_words or need
         self.comp = ModelCompiler(cfg, qmodel, cfg.engine.max_m, self.mem_words)
         self.check = check
         self.pos = 0
@@ -218,8 +313,13 @@ class Driver:
     def load(self):
         """Create the machine and write the memory image (weights, zeroed caches)."""
         from gpt2accel.model.gpt2 import KVCache
-        self.backend.open(self.cfg, self.mem_words)
-        self.backend.load(self.comp.image())
+        # GPT-2 small's image takes seconds to pack and copy; a small model's, milliseconds
+        big = self.mem_words >= _BIG_IMAGE_WORDS
+        with (progress.step(f"{self.backend.name}: writing the {self.mem_words:,}-word memory "
+                            f"image (weights, parameters, empty KV caches)")
+              if big else contextlib.nullcontext()):
+            self.backend.open(self.cfg, self.mem_words)
+            self.backend.load(self.comp.image())
         self.pos, self.loaded = 0, True
         self.golden_cache = KVCache(self.q.config.n_layer)
         return self
@@ -241,7 +341,9 @@ class Driver:
             predicted, _ = program_cycles(self.cfg, prog, mem=_ids_memory(self.comp, ids))
         except ValueError:        # an illegal program: the machine's error status tells
             predicted = None
-        res = dict(self.backend.run(prog))
+        what = f"{self.backend.name}: {t} token{'s' if t > 1 else ''} at position {self.pos}"
+        with _RunProgress(self.backend, what, len(prog)):
+            res = dict(self.backend.run(prog))
         res.update(T=t, pos=self.pos, predicted_cycles=predicted, instructions=len(prog))
         self.last = res
         self.history.append(res)
@@ -346,6 +448,60 @@ class Driver:
         span = ", ".join(f"{ops[j][0].name}" for j in range(first, k + 1))
         lname = "" if layer is None else f"layer {layer} "
         return (f"first wrong intermediate: {lname}{name} (instructions {first}..{k}: {span})")
+
+
+#: A memory image this large shows a progress step while it is written.
+_BIG_IMAGE_WORDS = 1 << 20
+#: A program running longer than this shows its progress; shorter ones stay silent,
+#: so the many short programs of a small model do not fill a log.
+PROGRESS_AFTER_S = 2.0
+#: How often the running program's progress is read.
+_POLL_S = 0.5
+
+
+class _RunProgress:
+    """Signs of life while `Backend.run` blocks: after `PROGRESS_AFTER_S`, a
+    `progress.bar` of the instructions the machine has executed (`Backend.progress`)
+    with its cycles so far, read by a thread (Verilator runs in C++ with the GIL
+    released; Amaranth's simulator shares it with this thread)."""
+
+    def __init__(self, backend, what, total):
+        self.backend, self.what, self.total = backend, what, total
+        self.stop, self.thread, self.bar = threading.Event(), None, None
+
+    def _show(self):
+        p = self.backend.progress()
+        if p is None:
+            self.bar.update(self.bar.n)          # the elapsed time still moves
+        else:
+            self.bar.update(p[0], extra=f"{p[1]:,} cycles")
+
+    def _watch(self):
+        if self.stop.wait(PROGRESS_AFTER_S):
+            return
+        self.bar = progress.bar(None, self.what, self.total, unit="instructions")
+        self.bar.t0 = self.t0                     # the program started before the bar
+        while True:
+            self._show()
+            if self.stop.wait(_POLL_S):
+                return
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        if progress.enabled():
+            self.thread = threading.Thread(target=self._watch, name="gpt2accel-run-progress",
+                                           daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.thread is None:
+            return
+        self.stop.set()
+        self.thread.join()
+        if self.bar is not None:
+            self._show()                          # the final count
+            self.bar.close()
 
 
 class _Shifted:

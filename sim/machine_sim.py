@@ -20,10 +20,12 @@ __all__ = ["run_programs"]
 
 
 def run_programs(cfg, programs, image, *, seed=0, stall=0.0, jitter=0, latency=None,
-                 timeout=2_000_000, table=None, vcd=None, ops=None):
+                 timeout=2_000_000, table=None, vcd=None, ops=None, status=None):
     """`image`: uint8 [words, mem_bytes] initial memory. Returns (memory, [status dict]).
     `vcd`: path of a waveform of the whole run (Amaranth `write_vcd`); `ops`: the
-    machine's built opcodes (`Machine`)."""
+    machine's built opcodes (`Machine`); `status`: a dict kept at the running program's
+    ``icount`` and ``cycles`` every cycle, for progress shown from another thread."""
+    status = {} if status is None else status
     rng = random.Random(seed)
     dut = Machine(cfg, table, ops=ops)
     memory = MemoryModel(cfg.engine, len(image),
@@ -45,7 +47,9 @@ def run_programs(cfg, programs, image, *, seed=0, stall=0.0, jitter=0, latency=N
                 ctx.set(dut.instr.payload.word, w)
                 ctx.set(dut.instr.valid, 1)
                 while True:
-                    _, _, ready, done = await ctx.tick().sample(dut.instr.ready, dut.done)
+                    _, _, ready, done, cyc, icount = await ctx.tick().sample(
+                        dut.instr.ready, dut.done, dut.cycles, dut.icount)
+                    status.update(icount=int(icount), cycles=int(cyc))
                     cycle += 1
                     if done:
                         raise AssertionError("done before the program's HALT was fetched")
@@ -57,6 +61,7 @@ def run_programs(cfg, programs, image, *, seed=0, stall=0.0, jitter=0, latency=N
             while True:
                 _, _, done, err, cyc, icount = await ctx.tick().sample(
                     dut.done, dut.error, dut.cycles, dut.icount)
+                status.update(icount=int(icount), cycles=int(cyc))
                 cycle += 1
                 if done:
                     break

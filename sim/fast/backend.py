@@ -60,6 +60,7 @@ def _load(path):
     lib.gx_mem_ptr.argtypes, lib.gx_mem_ptr.restype = [vp], u8p
     lib.gx_mem_words.argtypes, lib.gx_mem_words.restype = [vp], u64
     lib.gx_total_cycles.argtypes, lib.gx_total_cycles.restype = [vp], u64
+    lib.gx_progress.argtypes, lib.gx_progress.restype = [vp, ctypes.POINTER(u64)], u64
     lib.gx_mem_bytes.argtypes, lib.gx_mem_bytes.restype = [], ctypes.c_int
     lib.gx_instr_bytes.argtypes, lib.gx_instr_bytes.restype = [], ctypes.c_int
     lib.gx_write.argtypes, lib.gx_write.restype = [vp, u64, ctypes.c_void_p, u64], ctypes.c_int
@@ -130,6 +131,13 @@ class FastMachine:
     def total_cycles(self):
         """Clock cycles run since creation."""
         return self._lib.gx_total_cycles(self._live)
+
+    def progress(self):
+        """(icount, cycles) of the running program as last sampled: callable from another
+        thread while `run` blocks (ctypes releases the GIL during the run)."""
+        cycles = ctypes.c_uint64()
+        icount = self._lib.gx_progress(self._live, ctypes.byref(cycles))
+        return icount, cycles.value
 
     def load(self, image, addr=0):
         """Copy `image` (uint8 [n, mem_bytes]) into memory from word `addr`."""

@@ -36,6 +36,7 @@ from typing import Callable
 
 from amaranth.back import verilog
 
+from gpt2accel.model import progress
 from gpt2accel.rtl.machine import Machine
 from gpt2accel.rtl.memport import read_request_layout, write_layout
 from gpt2accel.rtl.isa import INSTR_BITS
@@ -119,7 +120,7 @@ class Design:
     of; `packages` are the gpt2accel packages whose sources it is built from
     (all part of the cache key); `defines` are the harness's -D constants;
     `prefix` names the Verilated class (and its header, MODEL_CLASS /
-    MODEL_HEADER in the harness).
+    MODEL_HEADER in the harness); `title` names it in progress lines.
     """
     harness: Path
     verilog: Callable[[], str]
@@ -127,12 +128,15 @@ class Design:
     defines: dict = field(default_factory=dict)
     packages: tuple = ("gpt2accel.rtl", "gpt2accel.model")
     prefix: str = "Vmachine"
+    title: str = None
 
 
 def machine_design(cfg, table=None):
     """The `Machine` in the transaction-level harness (sim/fast/harness.cpp)."""
+    e = cfg.engine
     return Design(HARNESS, lambda: machine_verilog(cfg, table), _machine_params(cfg, table),
-                  _defines(cfg))
+                  _defines(cfg), title=f"the {e.rows}x{e.cols} machine (addr_bits "
+                                       f"{e.addr_bits}, max_n {e.max_n})")
 
 
 def _machine_params(cfg, table):
@@ -214,9 +218,11 @@ def build_design(design, *, trace=False, verbose=False):
 
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=final.parent))
+    title = design.title or design.prefix
     try:
         t0 = time.perf_counter()
-        (work / "top.v").write_text(design.verilog())
+        with progress.step(f"Verilator build of {title}: Verilog from Amaranth and Yosys"):
+            (work / "top.v").write_text(design.verilog())
         verilog_s = time.perf_counter() - t0
         (work / "harness_top.cpp").write_text(wrapper)
         for name, text in headers.items():
@@ -231,7 +237,9 @@ def build_design(design, *, trace=False, verbose=False):
                       "-MAKEFLAGS", f"CXX={cxx}", "-MAKEFLAGS", f"LINK={cxx}",
                       "-o", LIBNAME, "top.v", "harness_top.cpp"]
         t1 = time.perf_counter()
-        r = subprocess.run(argv, cwd=work, env=env, capture_output=not verbose, text=True)
+        with progress.step(f"Verilator build of {title}: Verilator and {cxx} (1-3 minutes)",
+                           done=f"cached in {final}"):
+            r = subprocess.run(argv, cwd=work, env=env, capture_output=not verbose, text=True)
         compile_s = time.perf_counter() - t1
         built = work / "obj" / LIBNAME
         if r.returncode != 0 or not built.exists():

@@ -29,6 +29,7 @@
 //   WR_BITS, WR_ADDR_OFF, WR_DATA_OFF, WR_STRB_OFF   the wr payload layout
 //   RDREQ_ADDR_OFF              the rd_req payload layout
 //   GX_TRACE                    1 in a --trace build: gx_trace_open writes a VCD
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -159,6 +160,9 @@ struct Sim {
     bool s_instr_ready = false, s_done = false;
     uint32_t s_error = 0;
     uint64_t s_cycles = 0, s_icount = 0;
+    // the same two counters for gx_progress, which reads them from another thread
+    // while gx_run_program runs (relaxed: a snapshot for a progress line)
+    std::atomic<uint64_t> p_cycles{0}, p_icount{0};
     // set when the machine addressed a word outside the memory
     bool fault = false;
     uint64_t fault_addr = 0;
@@ -206,6 +210,8 @@ struct Sim {
         s_error = top->error;
         s_cycles = top->cycles;
         s_icount = top->icount;
+        p_cycles.store(s_cycles, std::memory_order_relaxed);
+        p_icount.store(s_icount, std::memory_order_relaxed);
 
         top->clk = 1;
         top->eval();
@@ -325,6 +331,14 @@ uint64_t gx_mem_words(void* h) { return static_cast<Sim*>(h)->words; }
 uint8_t* gx_mem_ptr(void* h) { return static_cast<Sim*>(h)->mem; }
 
 uint64_t gx_total_cycles(void* h) { return static_cast<Sim*>(h)->total_cycles; }
+
+// The machine's icount (returned) and cycles (into *cycles) as last sampled: safe
+// to call from another thread while gx_run_program runs.
+uint64_t gx_progress(void* h, uint64_t* cycles) {
+    Sim* s = static_cast<Sim*>(h);
+    *cycles = s->p_cycles.load(std::memory_order_relaxed);
+    return s->p_icount.load(std::memory_order_relaxed);
+}
 
 // Copy whole words in or out; -1 if the range leaves the memory.
 int gx_write(void* h, uint64_t addr, const uint8_t* src, uint64_t nwords) {

