@@ -9,7 +9,7 @@ rate, and the model the on-chip memory is sized for. The whole machine's
 memory holds that model's whole image (weights, tables, KV caches,
 activations), exactly `ModelCompiler(...).end` words; a MATMUL-only machine
 (``ops=("matmul",)``, the iCE40UP5K, where the whole machine does not fit)
-holds the linear layers' weights for `sim.offload.OffloadDriver`. Weights
+holds the linear layers' weights for `sim.host.offload.OffloadDriver`. Weights
 are loaded over the UART after configuration (docs/architecture.md "Board
 top and host bridge"). `resolve` checks what can be checked before a long
 build: the model must map onto the array (a head's d_head a multiple of the
@@ -95,9 +95,9 @@ class Preset:
     notes: str = ""
     uart: str = "the board's USB-serial chip"
     build_args: dict = field(default_factory=dict)   # extra toolchain overrides
-    #: None: the whole machine, the model's whole image in memory (`sim.driver.Driver`);
+    #: None: the whole machine, the model's whole image in memory (`sim.host.driver.Driver`);
     #: ("matmul",): a MATMUL-only machine holding the linear layers' weights, the rest of
-    #: the model on the host (`sim.offload.OffloadDriver`)
+    #: the model on the host (`sim.host.offload.OffloadDriver`)
     ops: tuple = None
     storage: str = "bram"      # "spram": the iCE40UP's single-port RAMs (rtl/spram.py)
     mem_words: int = None      # None: exactly what the model needs
@@ -143,8 +143,8 @@ class BoardMachine:
     """A resolved preset: the machine config, its memory depth and the PLL, checked."""
 
     def __init__(self, preset: Preset):
-        from gpt2accel.sim.compiler import ModelCompiler
-        from gpt2accel.sim.driver import machine_config
+        from gpt2accel.sim.host.compiler import ModelCompiler
+        from gpt2accel.sim.host.driver import machine_config
         self.preset = p = preset
         where = f"board {p.name} ({p.device_name}), {p.rows}x{p.cols} array"
         for name in ("rows", "cols"):
@@ -163,7 +163,7 @@ class BoardMachine:
                 words = ModelCompiler(self.cfg, self.q, self.cfg.engine.max_m,
                                       1 << self.cfg.engine.addr_bits).end
             else:
-                from gpt2accel.sim.offload import offload_words
+                from gpt2accel.sim.host.offload import offload_words
                 self.cfg = offload_config(self.q, p.rows, p.cols,
                                           (p.mem_words or 1 << 16) - 1, p.mem_bytes)
                 words = offload_words(self.cfg, self.q)
@@ -223,9 +223,9 @@ class BoardMachine:
         if self.preset.ops is not None:
             return _offload_token_cycles(self.cfg, self.q, self.mem_words)
         import numpy as np
-        from gpt2accel.sim.compiler import ModelCompiler
-        from gpt2accel.sim.driver import _ids_memory
-        from gpt2accel.sim.program_cycles import program_cycles
+        from gpt2accel.sim.host.compiler import ModelCompiler
+        from gpt2accel.sim.host.driver import _ids_memory
+        from gpt2accel.sim.cycles.program import program_cycles
         comp = ModelCompiler(self.cfg, self.q, self.cfg.engine.max_m, self.mem_words)
         pos = self.q.config.n_positions - 1
         ids = np.zeros(1, np.int64)
@@ -272,7 +272,7 @@ class _CycleModelBackend:
         return self.words[addr:addr + (len(self.words) - addr if n is None else n)]
 
     def run(self, program):
-        from gpt2accel.sim.program_cycles import program_cycles
+        from gpt2accel.sim.cycles.program import program_cycles
         return {"error": 0, "cycles": program_cycles(self.cfg, program)[0],
                 "icount": len(program), "wall_s": 0.0}
 
@@ -281,7 +281,7 @@ class _CycleModelBackend:
 
 
 def _offload_token_cycles(cfg, qmodel, mem_words):
-    from gpt2accel.sim.offload import OffloadDriver
+    from gpt2accel.sim.host.offload import OffloadDriver
     drv = OffloadDriver(qmodel, cfg, _CycleModelBackend(), mem_words=mem_words)
     drv.prefill([0])                 # one token: the same MATMULs as a decode step
     return drv.last["cycles"]

@@ -27,7 +27,7 @@ array row blocks whose queries all precede the tile's first key, and S
 stops at the block's last query, so large blocks waste few MACs on masked
 keys. Every buffer has a size fixed by the configuration
 (two S tiles, two P tiles, one block of O): nothing grows with the sequence
-length except the KV cache. `sim/attention_cycles.py` reproduces the timing.
+length except the KV cache. `sim/cycles/attention.py` reproduces the timing.
 """
 from amaranth.hdl import *
 from amaranth.lib import data, enum, stream, wiring

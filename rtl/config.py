@@ -1,6 +1,6 @@
 """The engine configuration: one frozen object shared by RTL, cycle model and driver.
 
-Every quantity that the hardware, the cycle model (`gpt2accel.sim.matmul_cycles`)
+Every quantity that the hardware, the cycle model (`gpt2accel.sim.cycles.matmul`)
 and the future compiler must agree on is either a field here or a method
 derived from the fields, so they cannot drift apart. Impossible
 configurations are refused at construction, naming the broken limit.

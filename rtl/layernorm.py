@@ -31,7 +31,7 @@ pass B has started reading it (B reads one word per cycle without pausing,
 so the writer can never overtake it); a D bank is free again once pass C
 has issued its last read. Three D banks hide the root: with rows of
 W = ceil(N/lanes) >= 30 beats the unit takes and emits one beat per cycle
-(`sim.units_cycles.layernorm_row_period` gives the rate for any W).
+(`sim.cycles.units.layernorm_row_period` gives the rate for any W).
 
 Parameters (per LayerNorm: gamma/beta and the scalars) are loaded between
 groups of rows: a ``setup`` beat (n, out_shift, eps_m, eps_e) waits until
@@ -184,7 +184,7 @@ class LayerNormUnit(wiring.Component):
       on each row's final beat, lanes past n zero;
     - ``error``: the last setup had n = 0 or n > `max_e`; no rows are taken.
 
-    Timing (`sim.units_cycles.layernorm_schedule` is the exact model): one
+    Timing (`sim.cycles.units.layernorm_schedule` is the exact model): one
     beat per cycle on both sides in steady state for rows of at least 30
     beats (with 3 D banks); `row_latency(n)` cycles from a row's last input
     beat to its first output beat when the unit is otherwise idle.

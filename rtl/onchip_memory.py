@@ -39,7 +39,7 @@ Addresses at or beyond `depth` are out of range: such a read returns an
 all-zero word and such a write is ignored (the stream still completes), so a
 stray address never aliases onto real data. A read in the same cycle as a
 write to the same word returns the old contents (read before write, as the
-reference `sim.matmul_sim.MemoryModel` does).
+reference `sim.harness.matmul.MemoryModel` does).
 """
 from functools import partial
 

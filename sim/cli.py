@@ -32,7 +32,7 @@ def resolve_model_dir(name):
     return path
 
 
-#: Backends that run the simulated machine (sim/driver.py); the others are models.
+#: Backends that run the simulated machine (sim/host/driver.py); the others are models.
 #: serial: a board over a serial port; board-sim: the same path to a Verilated board.
 BOARD_BACKENDS = ("serial", "board-sim")
 HARDWARE_BACKENDS = ("pysim", "fast") + BOARD_BACKENDS
@@ -185,19 +185,19 @@ def cmd_generate(args):
 
 
 class _HardwareRun:
-    """Generation whose logits come from the simulated machine (`sim.driver.Driver`):
+    """Generation whose logits come from the simulated machine (`sim.host.driver.Driver`):
     one program per step (prefill, then one per token), a status line per program
     with the machine's cycles next to the cycle model's, `--check` against QuantGPT2."""
 
     def __init__(self, qmodel, args):
         from gpt2accel.model import progress
-        from gpt2accel.sim.driver import Driver
+        from gpt2accel.sim.host.driver import Driver
         cfg = _machine_config(qmodel, args)       # refused here, before any build
         backend = args.backend
         if args.vcd and backend != "pysim":
             raise UsageError("--vcd needs --backend pysim (the Amaranth simulator)")
         if backend == "fast":
-            from gpt2accel.sim.driver import FastBackend
+            from gpt2accel.sim.host.driver import FastBackend
             from gpt2accel.sim.fast import FastBackendUnavailable
             try:
                 probe = FastBackend()
@@ -212,7 +212,7 @@ class _HardwareRun:
                 backend = "pysim"
         be, mem_words = backend, None
         if args.vcd:
-            from gpt2accel.sim.driver import PysimBackend
+            from gpt2accel.sim.host.driver import PysimBackend
             be = PysimBackend(vcd=args.vcd)
         if backend in BOARD_BACKENDS:
             be, mem_words = _board_backend(args, cfg, qmodel)
@@ -229,7 +229,7 @@ class _HardwareRun:
 
     def step(self, ids, cache):
         from gpt2accel.model import progress
-        from gpt2accel.sim.driver import program_macs
+        from gpt2accel.sim.host.driver import program_macs
         mode = "prefill" if self.drv.pos == 0 else "decode"
         if mode == "prefill":
             what = f"prefill {len(ids)} token{'' if len(ids) == 1 else 's'}"
@@ -329,7 +329,7 @@ def _board_clocks():
 def _machine_config(qmodel, args):
     """The machine of --rows x --cols for `qmodel`, its address width --addr-bits or (by
     default) sized from the model's memory map; what does not fit is a UsageError."""
-    from gpt2accel.sim.driver import MachineSizeError, array_error, machine_config
+    from gpt2accel.sim.host.driver import MachineSizeError, array_error, machine_config
     try:
         cfg = machine_config(qmodel, args.rows, args.cols, addr_bits=args.addr_bits)
     except MachineSizeError as e:
@@ -370,12 +370,12 @@ def _add_addr_bits(p):
 def _board_backend(args, cfg, qmodel):
     """(SerialBackend, memory words the model needs) for --backend serial (the board at
     --port) or board-sim (the board top compiled with Verilator behind a simulated UART)."""
-    from gpt2accel.sim.serial_backend import PySerialLink, SerialBackend, model_mem_words
+    from gpt2accel.sim.host.serial import PySerialLink, SerialBackend, model_mem_words
     words = model_mem_words(cfg, qmodel)
     if args.backend == "serial":
         print(f"[board at {args.port}, {args.baud} baud]", file=sys.stderr)
         return SerialBackend(PySerialLink(args.port, args.baud)), words
-    from gpt2accel.sim.board_sim import SIM_BAUD, SIM_CLK_HZ, FastLink
+    from gpt2accel.sim.host.board_sim import SIM_BAUD, SIM_CLK_HZ, FastLink
     from gpt2accel.sim.fast import FastBackendUnavailable
     print(f"[board-sim: the board top ({words} words of on-chip memory, UART at "
           f"{SIM_CLK_HZ // SIM_BAUD} cycles per bit) in Verilator; first build ~3 minutes, "
@@ -406,8 +406,8 @@ def cmd_demo(args):
 
 
 def cmd_bench(args):
-    from gpt2accel.sim import benchmarks
-    mod = benchmarks.load(args.name)
+    from gpt2accel.sim import bench
+    mod = bench.load(args.name)
     result = mod.run(args)
     if args.json:
         print(json.dumps(result))
@@ -652,12 +652,12 @@ def build_parser():
     formal.add_arguments(p)
     p.set_defaults(func=cmd_formal)
 
-    from gpt2accel.sim import benchmarks
+    from gpt2accel.sim import bench
     p = sub.add_parser("bench", help="measure speed, utilisation, accuracy, resources",
                        description="Run a benchmark and report its figures.")
     bsub = p.add_subparsers(dest="name", required=True, metavar="NAME")
-    for name in benchmarks.available():
-        mod = benchmarks.load(name)
+    for name in bench.available():
+        mod = bench.load(name)
         bp = bsub.add_parser(name, help=mod.HELP, description=mod.HELP)
         bp.add_argument("--json", action="store_true", help="print one JSON object")
         mod.add_arguments(bp)
@@ -668,7 +668,7 @@ def build_parser():
 def main(argv=None):
     from gpt2accel.model.checkpoint import CheckpointError
     from gpt2accel.model.tokenizer import TokenizerError
-    from gpt2accel.sim.driver import CheckError, HardwareError
+    from gpt2accel.sim.host.driver import CheckError, HardwareError
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

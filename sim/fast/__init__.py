@@ -2,7 +2,7 @@
 
     from gpt2accel.sim.fast import FastMachine, run_programs, FastBackendUnavailable
 
-`run_programs` is a drop-in for `sim.machine_sim.run_programs`; `FastMachine`
+`run_programs` is a drop-in for `sim.harness.machine.run_programs`; `FastMachine`
 keeps one machine and its (large) memory alive across programs.
 `FastBackendUnavailable` (no Verilator / no C++ compiler) is the signal to
 fall back to Amaranth's simulator. See docs/architecture.md "Fast co-simulation".

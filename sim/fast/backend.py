@@ -6,7 +6,7 @@ memory, which lives in C++ (``mem_words`` words of ``mem_bytes``; pages are
 only touched when used, so a GPT-2-small-sized memory is cheap to create).
 `FastMachine.run` streams one program and clocks the machine in C++ until
 ``done``. `run_programs` has the signature and results of
-`sim.machine_sim.run_programs`, so tests and drivers can switch backends.
+`sim.harness.machine.run_programs`, so tests and drivers can switch backends.
 """
 import ctypes
 import time
@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from gpt2accel.rtl.isa import INSTR_BITS
-from gpt2accel.sim.matmul_sim import REF_MEM_LATENCY
+from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY
 from .build import FastBackendUnavailable, FastBuildError, build
 
 __all__ = ["FastMachine", "FastSimError", "run_programs", "FastBackendUnavailable",
@@ -186,7 +186,7 @@ class FastMachine:
 
 def run_programs(cfg, programs, image, *, seed=0, stall=0.0, jitter=0, latency=None,
                  timeout=2_000_000, table=None, vcd=None):
-    """`sim.machine_sim.run_programs` on the fast backend: (final memory copy, [status dict]).
+    """`sim.harness.machine.run_programs` on the fast backend: (final memory copy, [status dict]).
 
     Every program runs on one machine, one after another, as in machine_sim;
     program i gets the seed ``seed + i``. `vcd`: path of a waveform of the

@@ -1,6 +1,6 @@
 // Serial-line harness around the Verilated board top (boards/top.py `BoardTop`).
 //
-// sim/board_sim.py builds it with sim/fast/build.py's `build_design`. The
+// sim/host/board_sim.py builds it with sim/fast/build.py's `build_design`. The
 // board is seen only through its UART pins, as a host on the other end of
 // the cable sees it: the host queues line symbols that this file shifts onto
 // `rx` at the bit rate, and it decodes whatever the board drives on `tx` into

@@ -3,7 +3,7 @@
 `build(cfg, table)` returns the path of a shared library exporting the
 harness's C ABI (sim/fast/harness.cpp). Other tops go through the same
 machinery as a `Design` (their Verilog, their harness, what both depend on)
-passed to `build_design`: sim/board_sim.py builds the board top and
+passed to `build_design`: sim/host/board_sim.py builds the board top and
 sim/fast/board_harness.cpp that way. The library is cached under
 ``$GPT2ACCEL_CACHE/verilator/`` (default ``~/.cache/gpt2accel/verilator/``),
 keyed by a hash of what determines the model: the config and GELU table, the

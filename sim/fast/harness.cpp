@@ -2,13 +2,13 @@
 //
 // The host gives a whole program (instruction words) and memory contents; this
 // file runs the clock in C++ until the program's `done`, so Python makes one
-// call per program, never one per clock edge. It mirrors sim/machine_sim.py
+// call per program, never one per clock edge. It mirrors sim/harness/machine.py
 // (the Amaranth-simulator harness) cycle for cycle:
 //
 //  - instruction feed: per word, optional random idle cycles (probability
 //    `stall`), then the word is held valid until a cycle samples `ready`;
 //    after the HALT word the feed is idle until a cycle samples `done`;
-//  - memory: sim/matmul_sim.py's MemoryModel. Each cycle drops rd_req.ready
+//  - memory: sim/harness/matmul.py's MemoryModel. Each cycle drops rd_req.ready
 //    and wr.ready with probability `stall`, presents the oldest due response
 //    (once presented it is held until taken), and adds up to `jitter` cycles of
 //    latency to a read with probability `stall`. Read data is captured when the

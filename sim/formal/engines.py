@@ -372,7 +372,7 @@ class MachineResetHarness(UnitHarness):
 
 def _matmul_bounds(cfg, latency):
     """{(m, k, n, raw): matmul_cycles + 3} for every legal MATMUL shape of `cfg`."""
-    from gpt2accel.sim.matmul_cycles import matmul_cycles
+    from gpt2accel.sim.cycles.matmul import matmul_cycles
     e = cfg.engine
     return {(mm, k, n, raw): matmul_cycles(e, mm, k, n, bool(raw), latency=latency).cycles + 3
             for mm in range(1, e.max_m + 1) for k in range(1, e.max_k + 1)

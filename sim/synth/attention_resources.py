@@ -42,7 +42,7 @@ def unit_resources(unit, family="ecp5", top="top"):
 
 
 def main(argv=None):
-    from gpt2accel.sim.benchmarks.attention import config
+    from gpt2accel.sim.bench.attention import config
     parser = argparse.ArgumentParser(prog="python -m gpt2accel.sim.synth.attention_resources",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=16, help="array rows = cols (default 16)")

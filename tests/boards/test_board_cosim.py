@@ -2,7 +2,7 @@
 
 The board (boards/top.py `BoardTop`: UART, host bridge, on-chip memory,
 the 8x8 machine sized for the shipped tiny model) is compiled with
-Verilator and seen only through its rx/tx pins (sim/board_sim.py
+Verilator and seen only through its rx/tx pins (sim/host/board_sim.py
 `FastLink`, 4 clock cycles per bit). On the host side the same `Driver`
 as on the simulators, through `SerialBackend`, loads the model over the
 simulated UART and generates tokens that must equal `QuantGPT2`'s bit for
@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sim"))
 from gpt2accel.model.gpt2 import KVCache  # noqa: E402
 from gpt2accel.rtl import protocol as P  # noqa: E402
 from gpt2accel.rtl.isa import Error, Op, encode  # noqa: E402
-from gpt2accel.sim.board_sim import IDLE_SYMBOL, uart_symbols  # noqa: E402
-from gpt2accel.sim.driver import Driver, HardwareError  # noqa: E402
-from gpt2accel.sim.serial_backend import SerialBackend  # noqa: E402
+from gpt2accel.sim.host.board_sim import IDLE_SYMBOL, uart_symbols  # noqa: E402
+from gpt2accel.sim.host.driver import Driver, HardwareError  # noqa: E402
+from gpt2accel.sim.host.serial import SerialBackend  # noqa: E402
 
 from test_serial_backend import fast_tiny_board, tiny_board_config  # noqa: E402
 

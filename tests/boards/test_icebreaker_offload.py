@@ -3,7 +3,7 @@
 The iCE40UP5K holds only a MATMUL co-processor (`boards.presets` "icebreaker":
 a 2x1 array, `Machine(ops=["matmul"])`, memory in SPRAM). The board top of
 exactly that preset is compiled with Verilator behind a simulated UART
-(`sim.board_sim.FastLink`); `sim.offload.OffloadDriver`, through
+(`sim.host.board_sim.FastLink`); `sim.host.offload.OffloadDriver`, through
 `SerialBackend`, loads the linear layers' weights over the UART, runs every
 linear layer as a MATMUL program on the board and the rest on the host, and
 the logits must equal `QuantGPT2`'s bit for bit. The device refuses other
@@ -18,15 +18,15 @@ from gpt2accel.boards.presets import BoardMachine, get_preset
 from gpt2accel.model.gpt2 import KVCache
 from gpt2accel.rtl.isa import Error, Op, encode
 from gpt2accel.sim.fast import FastBackendUnavailable
-from gpt2accel.sim.offload import OffloadDriver
-from gpt2accel.sim.serial_backend import DeviceMismatch, SerialBackend
+from gpt2accel.sim.host.offload import OffloadDriver
+from gpt2accel.sim.host.serial import DeviceMismatch, SerialBackend
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def icebreaker():
-    from gpt2accel.sim.board_sim import FastLink
+    from gpt2accel.sim.host.board_sim import FastLink
     board = BoardMachine(get_preset("icebreaker"))
     p = board.preset
     try:

@@ -29,8 +29,8 @@ from gpt2accel.rtl.bridge import identity_bytes
 from gpt2accel.rtl.config import ConfigError, EngineConfig
 from gpt2accel.rtl.isa import INSTR_BITS, Error, Op, encode
 from gpt2accel.rtl.uart import UartRx, UartTx
-from gpt2accel.sim.matmul_layout import MatmulLayout
-from gpt2accel.sim.program_cycles import program_cycles
+from gpt2accel.sim.host.matmul_layout import MatmulLayout
+from gpt2accel.sim.cycles.program import program_cycles
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rtl"))
 from link_host import LinkHost  # noqa: E402

@@ -9,7 +9,7 @@ tests/boards/test_top.py.
 import struct
 
 from gpt2accel.rtl import protocol as P
-from gpt2accel.sim.matmul_sim import transfer
+from gpt2accel.sim.harness.matmul import transfer
 
 
 class LinkHost:

@@ -6,7 +6,7 @@ GPT2ACCEL_SEED replays a run).
 import numpy as np
 
 from gpt2accel.model.intops import matmul_acc, matmul_requant
-from gpt2accel.sim.matmul_sim import MatmulCase
+from gpt2accel.sim.harness.matmul import MatmulCase
 
 from attention_cases import extremes
 

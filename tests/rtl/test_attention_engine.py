@@ -13,9 +13,9 @@ from gpt2accel.model.gpt2 import KVCache
 from gpt2accel.model.quant import QAttention
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import ConfigError, EngineConfig
-from gpt2accel.sim.attention_cycles import attention_cycles
-from gpt2accel.sim.attention_layout import AttentionLayout
-from gpt2accel.sim.attention_sim import simulate_attention
+from gpt2accel.sim.cycles.attention import attention_cycles
+from gpt2accel.sim.host.attention_layout import AttentionLayout
+from gpt2accel.sim.harness.attention import simulate_attention
 
 from attention_cases import KINDS, head_case
 
@@ -193,7 +193,7 @@ def test_benchmark_configuration_cycles(seed):
     """The benchmarked 8x8 configuration with 128-row blocks (tile 64, d_head
     64): golden result and cycle model on prefill commands whose diagonal
     tiles skip up to 8 array row blocks."""
-    from gpt2accel.sim.benchmarks.attention import config
+    from gpt2accel.sim.bench.attention import config
     cfg = config(8, 64, 16)
     rng = np.random.default_rng([seed, 8, 16])
     commands = []

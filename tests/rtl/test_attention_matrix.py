@@ -22,8 +22,8 @@ from gpt2accel.model.gpt2 import KVCache
 from gpt2accel.model.quant import QAttention
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
-from gpt2accel.sim.attention_layout import AttentionLayout
-from gpt2accel.sim.attention_sim import simulate_attention
+from gpt2accel.sim.host.attention_layout import AttentionLayout
+from gpt2accel.sim.harness.attention import simulate_attention
 
 from attention_cases import KINDS, head_case
 

@@ -23,7 +23,7 @@ from gpt2accel.rtl.bridge import HostBridge, identity_bytes
 from gpt2accel.rtl.config import ConfigError, EngineConfig
 from gpt2accel.rtl.onchip_memory import OnChipMemory
 from gpt2accel.rtl.spram import SpramStorage
-from gpt2accel.sim.matmul_sim import transfer
+from gpt2accel.sim.harness.matmul import transfer
 
 from link_host import LinkHost, error_reply
 

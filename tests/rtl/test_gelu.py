@@ -5,8 +5,8 @@ import pytest
 from gpt2accel.model import intmodel as im
 from gpt2accel.model import quant as Q
 from gpt2accel.rtl.gelu import GeluUnit
-from gpt2accel.sim.units_cycles import elementwise_out_cycles
-from gpt2accel.sim.units_sim import run_gelu
+from gpt2accel.sim.cycles.units import elementwise_out_cycles
+from gpt2accel.sim.harness.units import run_gelu
 
 from units_cases import extremes, quant_model
 

@@ -8,8 +8,8 @@ from amaranth.sim import Simulator
 
 from gpt2accel.model import intmodel as im
 from gpt2accel.rtl.layernorm import LayerNormUnit, RowRoot, row_latency
-from gpt2accel.sim.units_cycles import layernorm_row_period, layernorm_schedule
-from gpt2accel.sim.units_sim import LayerNormGroup, ScriptSource, run_layernorm
+from gpt2accel.sim.cycles.units import layernorm_row_period, layernorm_schedule
+from gpt2accel.sim.harness.units import LayerNormGroup, ScriptSource, run_layernorm
 
 from units_cases import (extremes, knife_edge_beta, layernorm_params, layernorm_rows,
                          layernorm_z, pell_row, quant_model)

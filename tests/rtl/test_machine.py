@@ -18,8 +18,8 @@ from gpt2accel.model.synthetic import random_gpt2
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.isa import INSTR_BITS, OPCODE_BITS, Error, Op, body_layout, encode
-from gpt2accel.sim.compiler import BlockCompiler
-from gpt2accel.sim.machine_sim import run_programs
+from gpt2accel.sim.host.compiler import BlockCompiler
+from gpt2accel.sim.harness.machine import run_programs
 
 
 E, H, VOCAB, NPOS = 32, 2, 40, 16

@@ -1,10 +1,10 @@
-"""`sim.program_cycles` equals the machine's cycle counter on stall-free block programs."""
+"""`sim.cycles.program` equals the machine's cycle counter on stall-free block programs."""
 import numpy as np
 
 from gpt2accel.rtl.isa import Op, decode, encode
-from gpt2accel.sim.compiler import BlockCompiler
-from gpt2accel.sim.machine_sim import run_programs
-from gpt2accel.sim.program_cycles import program_cycles
+from gpt2accel.sim.host.compiler import BlockCompiler
+from gpt2accel.sim.harness.machine import run_programs
+from gpt2accel.sim.cycles.program import program_cycles
 
 from test_machine import CFG, VOCAB, _golden, _model
 

@@ -8,9 +8,9 @@ import numpy as np
 
 from gpt2accel.model.gpt2 import KVCache
 from gpt2accel.rtl.isa import Error
-from gpt2accel.sim.compiler import ModelCompiler
-from gpt2accel.sim.machine_sim import run_programs
-from gpt2accel.sim.program_cycles import program_cycles
+from gpt2accel.sim.host.compiler import ModelCompiler
+from gpt2accel.sim.harness.machine import run_programs
+from gpt2accel.sim.cycles.program import program_cycles
 
 from test_machine import CFG, VOCAB, _model
 

@@ -6,8 +6,8 @@ import numpy as np
 from gpt2accel.model import quant as Q
 from gpt2accel.model.synthetic import random_gpt2
 from gpt2accel.rtl.isa import Error, Op, cfg_max_vector_n
-from gpt2accel.sim.compiler import ModelCompiler
-from gpt2accel.sim.machine_sim import run_programs
+from gpt2accel.sim.host.compiler import ModelCompiler
+from gpt2accel.sim.harness.machine import run_programs
 
 from test_machine import CFG, E, H, NPOS
 

@@ -14,9 +14,9 @@ from gpt2accel.model.gpt2 import KVCache
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.isa import Error
-from gpt2accel.sim.compiler import ModelCompiler
-from gpt2accel.sim.machine_sim import run_programs
-from gpt2accel.sim.program_cycles import program_cycles
+from gpt2accel.sim.host.compiler import ModelCompiler
+from gpt2accel.sim.harness.machine import run_programs
+from gpt2accel.sim.cycles.program import program_cycles
 
 MODEL = Path(__file__).resolve().parents[2] / "model" / "tiny" / "model.int8.safetensors"
 

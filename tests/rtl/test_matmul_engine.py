@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from gpt2accel.rtl.config import EngineConfig
-from gpt2accel.sim.matmul_cycles import REF_MEM_LATENCY, matmul_cycles
-from gpt2accel.sim.matmul_sim import MatmulCase, simulate
+from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY, matmul_cycles
+from gpt2accel.sim.harness.matmul import MatmulCase, simulate
 
 from matmul_cases import check_results, random_case
 

@@ -10,7 +10,7 @@ from gpt2accel.model import quant
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.normalise import Normaliser, Reciprocal
-from gpt2accel.sim.attention_sim import StreamSink, StreamSource, run_normaliser
+from gpt2accel.sim.harness.attention import StreamSink, StreamSource, run_normaliser
 
 from attention_cases import KINDS, head_case
 

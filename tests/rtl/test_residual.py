@@ -6,8 +6,8 @@ import pytest
 from gpt2accel.model import intmodel as im
 from gpt2accel.model import intops
 from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd, ResidualAdd
-from gpt2accel.sim.units_cycles import elementwise_out_cycles
-from gpt2accel.sim.units_sim import run_embedding, run_requant_add, run_residual
+from gpt2accel.sim.cycles.units import elementwise_out_cycles
+from gpt2accel.sim.harness.units import run_embedding, run_requant_add, run_residual
 
 from units_cases import extremes, quant_model
 

@@ -15,7 +15,7 @@ from gpt2accel.model import quant
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import ConfigError, EngineConfig
 from gpt2accel.rtl.softmax import SoftmaxUnit
-from gpt2accel.sim.attention_sim import accumulate_probs, run_softmax, softmax_beats
+from gpt2accel.sim.harness.attention import accumulate_probs, run_softmax, softmax_beats
 
 from attention_cases import KINDS, head_case, scores
 

@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from gpt2accel.sim.attention_cycles import attention_cycles, score_buffer_bytes
-from gpt2accel.sim.benchmarks import attention as bench
+from gpt2accel.sim.cycles.attention import attention_cycles, score_buffer_bytes
+from gpt2accel.sim.bench import attention as bench
 
 
 def test_benchmark_contract():

@@ -1,4 +1,4 @@
-"""`gpt2accel bench model`: the contract of sim/benchmarks/__init__.py and figures
+"""`gpt2accel bench model`: the contract of sim/bench/__init__.py and figures
 consistent with the model (cycle model only, no simulation: fast)."""
 import argparse
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from gpt2accel.sim.benchmarks import model as bench
+from gpt2accel.sim.bench import model as bench
 
 
 def test_bench_model_cases():

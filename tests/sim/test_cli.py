@@ -141,7 +141,7 @@ def test_generate_on_simulated_hardware_matches_int_backend(capsys):
 def test_demo_falls_back_to_pysim_without_verilator(capsys, monkeypatch):
     """No Verilator: the demo says so in one line and runs on Amaranth's simulator,
     checked by default (one greedy token of the tiny model, ~40 s)."""
-    from gpt2accel.sim import driver
+    from gpt2accel.sim.host import driver
     from gpt2accel.sim.fast import FastBackendUnavailable
 
     def unavailable(self, cfg, mem_words):
@@ -206,7 +206,7 @@ def test_generate_on_the_simulated_board_matches_int_backend(capsys):
 def test_too_narrow_addr_bits_is_refused_before_any_build(capsys, monkeypatch):
     """--addr-bits below what the model's memory map needs: one line naming the option
     and the width needed, before the Verilator build starts."""
-    from gpt2accel.sim import driver
+    from gpt2accel.sim.host import driver
 
     def build(self, cfg, mem_words):
         raise AssertionError("the machine was built before the size was checked")

@@ -18,7 +18,7 @@ GREEDY = ("generate", "--backend", "fast", "--prompt", "ROMEO:", "--max-new-toke
 @pytest.fixture(scope="module")
 def fast_machine():
     """The Verilated 8x8 machine `generate --backend fast` uses, built (or loaded) once."""
-    from gpt2accel.sim.driver import FastBackend, machine_config
+    from gpt2accel.sim.host.driver import FastBackend, machine_config
     from gpt2accel.sim.fast import FastBackendUnavailable
     q = QuantGPT2.load(shipped_model_dir() / QUANT_FILENAME)
     try:

@@ -1,4 +1,4 @@
-"""The ISA's encode/decode (rtl/isa.py) and the compiler's limit checks (sim/compiler.py)."""
+"""The ISA's encode/decode (rtl/isa.py) and the compiler's limit checks (sim/host/compiler.py)."""
 import random
 
 import numpy as np
@@ -10,7 +10,7 @@ from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.isa import (INSTR_BITS, IsaError, Op, body_layout, decode, encode,
                                reserved_mask, _field_range)
-from gpt2accel.sim.compiler import BlockCompiler, CompileError
+from gpt2accel.sim.host.compiler import BlockCompiler, CompileError
 
 CFG = AttentionConfig(engine=EngineConfig(rows=4, cols=4, max_k=128, max_m=16, max_n=512,
                                           addr_bits=16),
@@ -98,7 +98,7 @@ def test_program_limits(qmodel):
 
 
 def test_model_compiler_limits(qmodel):
-    from gpt2accel.sim.compiler import ModelCompiler
+    from gpt2accel.sim.host.compiler import ModelCompiler
     comp = ModelCompiler(CFG, qmodel, max_tokens=4, mem_words=8192)
     ops = [op for op, _ in comp.ops(2, 0)]
     assert ops[0] == Op.EMBED and ops[-4:-1] == [Op.LAYERNORM, Op.MATMUL, Op.REQUANT]
@@ -113,9 +113,9 @@ def test_model_compiler_limits(qmodel):
 
 
 def test_tiny_model_cycle_report(capsys):
-    """`python -m gpt2accel.sim.program_cycles` reports the documented tiny-model figures
+    """`python -m gpt2accel.sim.cycles.program` reports the documented tiny-model figures
     (docs/architecture.md, Machine); a change in any unit's timing shows here."""
-    from gpt2accel.sim.program_cycles import main
+    from gpt2accel.sim.cycles.program import main
     main(["--rows", "8", "--cols", "8"])
     out = capsys.readouterr().out
     for figure in ("T=128 at 0: 663,297 cycles", "T=1 at 0: 21,748 cycles",

@@ -7,8 +7,8 @@ import pytest
 from gpt2accel.model import quant as Q
 from gpt2accel.model.gpt2 import KVCache
 from gpt2accel.model.synthetic import random_gpt2
-from gpt2accel.sim.compiler import CompileError
-from gpt2accel.sim.driver import CheckError, Driver, machine_config
+from gpt2accel.sim.host.compiler import CompileError
+from gpt2accel.sim.host.driver import CheckError, Driver, machine_config
 
 # a vocabulary wider than the vector row limit (max_k = 4E = 128): REQUANT is split
 E, H, VOCAB, NPOS = 32, 2, 160, 16
@@ -61,7 +61,7 @@ def test_bad_requests(qm):
 def test_vcd_names_the_instruction_and_phase(qm, tmp_path):
     """--vcd: the waveform shows the current instruction and the sequencer's phase by
     name (enum-shaped `current_op`, named FSM states), and the run stays bit-exact."""
-    from gpt2accel.sim.driver import PysimBackend
+    from gpt2accel.sim.host.driver import PysimBackend
     path = tmp_path / "run.vcd"
     drv = Driver(qm, machine_config(qm, 4, 4), PysimBackend(vcd=str(path))).load()
     np.testing.assert_array_equal(drv.prefill([9]), qm.forward(np.array([9])))
@@ -94,7 +94,7 @@ def test_fast_backend_matches_pysim(qm):
 def test_machine_error_status_raises(qm):
     """An illegal instruction in the stream (a zeroed word: opcode 0) sets the machine's
     error status; the driver raises HardwareError naming it."""
-    from gpt2accel.sim.driver import HardwareError
+    from gpt2accel.sim.host.driver import HardwareError
     drv = Driver(qm, machine_config(qm, 4, 4), "pysim").load()
     program = drv.comp.program
     drv.comp.program = lambda t, pos: [0] + program(t, pos)
@@ -108,7 +108,7 @@ def test_checkpoints_follow_split_vector_ops(qm):
     """The LM head's REQUANT runs as column chunks here; only the last chunk of the
     run carries the logits checkpoint."""
     from gpt2accel.rtl.isa import Op
-    from gpt2accel.sim.driver import _checkpoints
+    from gpt2accel.sim.host.driver import _checkpoints
     drv = Driver(qm, machine_config(qm, 4, 4), "pysim")
     ops = drv.comp.ops(2, 0)
     req = [j for j, (op, _) in enumerate(ops) if op == Op.REQUANT]
@@ -150,8 +150,8 @@ def test_machine_is_sized_from_the_model(big):
     """The address width follows the memory map; an explicit width or memory size too
     small is refused at once, naming the parameter and the size needed."""
     from dataclasses import replace
-    from gpt2accel.sim.compiler import ModelCompiler
-    from gpt2accel.sim.driver import MachineSizeError
+    from gpt2accel.sim.host.compiler import ModelCompiler
+    from gpt2accel.sim.host.driver import MachineSizeError
     cfg = machine_config(big, 4, 4)
     words = ModelCompiler(cfg, big, cfg.engine.max_m, None).end
     bits = cfg.engine.addr_bits
@@ -172,7 +172,7 @@ def test_machine_is_sized_from_the_model(big):
 def test_lanes_follow_the_array():
     """Lanes: 2 where the memory word holds an even number of int32, else 1; an array
     no whole machine has is named by its cols (not a parameter the caller never set)."""
-    from gpt2accel.sim.driver import array_error
+    from gpt2accel.sim.host.driver import array_error
     rng = np.random.default_rng(5)
     # d_head 24: a multiple of the 12-byte word of 6 columns (3 int32: lanes 1)
     fm = random_gpt2(seed=5, vocab_size=64, n_positions=NPOS, n_embd=48, n_layer=1, n_head=2)
@@ -197,7 +197,7 @@ def test_long_programs_show_progress(qm, capsys, monkeypatch):
     """A program running past PROGRESS_AFTER_S shows the machine's instructions done
     (pysim's sampled icount) on stderr; progress.quiet() silences it."""
     from gpt2accel.model import progress
-    from gpt2accel.sim import driver
+    from gpt2accel.sim.host import driver
     monkeypatch.setattr(progress, "_override", True)
     monkeypatch.setattr(driver, "PROGRESS_AFTER_S", 0.0)
     monkeypatch.setattr(driver, "_BIG_IMAGE_WORDS", 0)
@@ -219,7 +219,7 @@ def test_big_vocabulary_runs_bit_exact_on_fast(big, capsys, monkeypatch):
     QuantGPT2, cycles equal to the cycle model, the progress counting every instruction."""
     fast = pytest.importorskip("gpt2accel.sim.fast")
     from gpt2accel.model import progress
-    from gpt2accel.sim import driver
+    from gpt2accel.sim.host import driver
     monkeypatch.setattr(progress, "_override", True)
     monkeypatch.setattr(driver, "PROGRESS_AFTER_S", 0.0)
     cfg = machine_config(big, 4, 4, max_tokens=4)

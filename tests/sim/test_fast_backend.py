@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rtl"))
 
 from gpt2accel.model.gpt2 import KVCache  # noqa: E402
 from gpt2accel.rtl.isa import INSTR_BITS, Error, Op, encode  # noqa: E402
-from gpt2accel.sim import machine_sim  # noqa: E402
-from gpt2accel.sim.compiler import BlockCompiler, ModelCompiler  # noqa: E402
+from gpt2accel.sim.harness import machine as machine_sim  # noqa: E402
+from gpt2accel.sim.host.compiler import BlockCompiler, ModelCompiler  # noqa: E402
 from gpt2accel.sim.fast import build as fast_build  # noqa: E402
 from gpt2accel.sim.fast import (FastBackendUnavailable, FastMachine, FastSimError,  # noqa: E402
                                 run_programs)
-from gpt2accel.sim.program_cycles import program_cycles  # noqa: E402
+from gpt2accel.sim.cycles.program import program_cycles  # noqa: E402
 
 from test_machine import CFG, LOWERED, NPOS, VOCAB, _golden, _model, _raw  # noqa: E402
 
@@ -211,7 +211,7 @@ def test_cache_key_follows_config_and_table():
 def test_bench_sim_runs(fast):
     """`gpt2accel bench sim` end to end (its own 8x8 build; every token's logits checked)."""
     import argparse
-    from gpt2accel.sim.benchmarks import sim as bench
+    from gpt2accel.sim.bench import sim as bench
     args = argparse.Namespace(prompt=2, tokens=2, no_pysim=True, fresh_build=False, seed=1)
     r = bench.run(args)
     assert r["fast_tokens"] == 3 and r["fast_cycles_per_s"] > 0 and r["ratio"] is None
@@ -278,7 +278,7 @@ def test_unaligned_payload_fields(seed):
 def test_tiny_model_with_stalls(seed):
     """The shipped tiny model on the 8x8 machine (128-bit words): an 8-token prefill and
     4 decode tokens under memory and feed stalls, logits bit-exact."""
-    from gpt2accel.sim.benchmarks.sim import tiny_machine
+    from gpt2accel.sim.bench.sim import tiny_machine
     cfg, qm = tiny_machine()
     try:
         fast_build.build(cfg)

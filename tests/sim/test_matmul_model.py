@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from gpt2accel.rtl.config import EngineConfig
-from gpt2accel.sim.benchmarks import matmul as bench
-from gpt2accel.sim.matmul_cycles import matmul_cycles
-from gpt2accel.sim.matmul_layout import MatmulLayout, pack_w
+from gpt2accel.sim.bench import matmul as bench
+from gpt2accel.sim.cycles.matmul import matmul_cycles
+from gpt2accel.sim.host.matmul_layout import MatmulLayout, pack_w
 
 
 def test_prefill_utilisation_target():

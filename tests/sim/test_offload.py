@@ -7,8 +7,8 @@ from gpt2accel.model import quant as Q
 from gpt2accel.model.synthetic import random_gpt2
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
-from gpt2accel.sim.driver import PysimBackend
-from gpt2accel.sim.offload import OffloadDriver, offload_words
+from gpt2accel.sim.host.driver import PysimBackend
+from gpt2accel.sim.host.offload import OffloadDriver, offload_words
 
 E, H, VOCAB, NPOS = 16, 2, 24, 8
 #: a small array with the iCEBreaker's 4-byte memory words

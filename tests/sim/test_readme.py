@@ -18,7 +18,7 @@ def fast_machine():
     """The Verilated 8x8 machine for the tiny model (built once and cached), or a skip."""
     from gpt2accel.model import shipped_model_dir
     from gpt2accel.model.quant import QUANT_FILENAME, QuantGPT2
-    from gpt2accel.sim.driver import FastBackend, machine_config
+    from gpt2accel.sim.host.driver import FastBackend, machine_config
     from gpt2accel.sim.fast import FastBackendUnavailable
     q = QuantGPT2.load(shipped_model_dir() / QUANT_FILENAME)
     try:

@@ -1,4 +1,4 @@
-"""SerialBackend's error paths against the simulated board (sim/board_sim.py), and PySerialLink.
+"""SerialBackend's error paths against the simulated board (sim/host/board_sim.py), and PySerialLink.
 
 Every test that needs a device talks to the whole board top (boards/top.py:
 UART, host bridge, on-chip memory, machine) through its UART pins, on both
@@ -26,11 +26,11 @@ from gpt2accel.model import shipped_model_dir  # noqa: E402
 from gpt2accel.model.quant import QUANT_FILENAME, QuantGPT2  # noqa: E402
 from gpt2accel.rtl import protocol as P  # noqa: E402
 from gpt2accel.rtl.isa import Error, Op, encode  # noqa: E402
-from gpt2accel.sim.board_sim import FastLink, PysimLink  # noqa: E402
-from gpt2accel.sim.compiler import ModelCompiler  # noqa: E402
-from gpt2accel.sim.driver import HardwareError, machine_config  # noqa: E402
+from gpt2accel.sim.host.board_sim import FastLink, PysimLink  # noqa: E402
+from gpt2accel.sim.host.compiler import ModelCompiler  # noqa: E402
+from gpt2accel.sim.host.driver import HardwareError, machine_config  # noqa: E402
 from gpt2accel.sim.fast import FastBackendUnavailable  # noqa: E402
-from gpt2accel.sim.serial_backend import (DeviceMismatch, Link, LinkError,  # noqa: E402
+from gpt2accel.sim.host.serial import (DeviceMismatch, Link, LinkError,  # noqa: E402
                                           LinkTimeout, PySerialLink, SerialBackend,
                                           model_mem_words)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import ceil_div
-from .matmul_layout import pack_a, pack_w
+from gpt2accel.sim.host.matmul_layout import pack_a, pack_w
 
 __all__ = ["AttentionLayout"]
 

@@ -19,7 +19,7 @@ from amaranth.sim import Simulator
 from gpt2accel.model import intops
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.softmax import SoftmaxUnit
-from .matmul_sim import transfer
+from gpt2accel.sim.harness.matmul import transfer
 
 __all__ = ["StreamSource", "StreamSink", "softmax_beats", "accumulate_probs",
            "run_softmax", "run_normaliser", "simulate_attention"]
@@ -213,7 +213,7 @@ def simulate_attention(cfg: AttentionConfig, layouts, words, *, seed=0, stall=0.
     (cycle, Phase value) at every phase change of each command.
     """
     from gpt2accel.rtl.attention import AttentionEngine
-    from .matmul_sim import REF_MEM_LATENCY, MemoryModel
+    from gpt2accel.sim.harness.matmul import REF_MEM_LATENCY, MemoryModel
     rng = random.Random(seed)
     dut = AttentionEngine(cfg, table)
     memory = MemoryModel(cfg.engine, words, latency=REF_MEM_LATENCY if latency is None else latency,

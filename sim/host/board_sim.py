@@ -26,8 +26,8 @@ import ctypes
 import math
 from pathlib import Path
 
-from .fast.build import TOP, Design, build_design
-from .serial_backend import Link
+from gpt2accel.sim.fast.build import TOP, Design, build_design
+from gpt2accel.sim.host.serial import Link
 
 __all__ = ["uart_symbols", "IDLE_SYMBOL", "SIM_CLK_HZ", "SIM_BAUD", "SIM_TIMEOUT_MS",
            "board_design", "SimulatedLink", "PysimLink", "FastLink", "BOARD_LINKS"]
@@ -42,7 +42,7 @@ SIM_TIMEOUT_MS = 1
 #: ten bit times of idle (high) line
 IDLE_SYMBOL = 0x3FF
 
-BOARD_HARNESS = Path(__file__).with_name("fast") / "board_harness.cpp"
+BOARD_HARNESS = Path(__file__).parent.parent / "fast" / "board_harness.cpp"
 
 
 def uart_symbols(data, *, bad_stop=False):

@@ -16,7 +16,7 @@ from amaranth.sim import Simulator
 
 from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.matmul import MatmulEngine
-from .matmul_layout import MatmulLayout
+from gpt2accel.sim.host.matmul_layout import MatmulLayout
 
 __all__ = ["REF_MEM_LATENCY", "MemoryModel", "MatmulCase", "simulate", "transfer"]
 
@@ -35,7 +35,7 @@ async def transfer(ctx, port, payload):
 
 #: Cycles from an accepted read request to its response being valid, for the
 #: reference (stall-free) memory the cycle model assumes.
-from .matmul_cycles import REF_MEM_LATENCY  # noqa: E402  (one definition)
+from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY  # noqa: E402  (one definition)
 
 
 @dataclass

@@ -23,10 +23,10 @@ from gpt2accel.rtl.gelu import GeluUnit, TABLE_SIZE
 from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd
 from gpt2accel.rtl.isa import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES,
                                RESID_BYTES, VECTOR_OPS, Op, decode)
-from .attention_cycles import attention_cycles
-from .matmul_cycles import matmul_cycles
-from .matmul_sim import REF_MEM_LATENCY
-from .units_cycles import layernorm_row_passes
+from gpt2accel.sim.cycles.attention import attention_cycles
+from gpt2accel.sim.cycles.matmul import matmul_cycles
+from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY
+from gpt2accel.sim.cycles.units import layernorm_row_passes
 
 #: operand slots of the vector mover's reader (rtl/vecmove.py)
 NS = 5
@@ -161,7 +161,7 @@ def main(argv=None):
     """Exact cycles of the shipped tiny model (or --model) on a machine of --rows x --cols:
     prefill of n_positions tokens and one token at the first and last position.
 
-        python -m gpt2accel.sim.program_cycles --rows 8 --cols 8
+        python -m gpt2accel.sim.cycles.program --rows 8 --cols 8
     """
     import argparse
     from collections import Counter
@@ -172,7 +172,7 @@ def main(argv=None):
     from gpt2accel.model.quant import QuantGPT2
     from gpt2accel.rtl.attention_config import AttentionConfig
     from gpt2accel.rtl.config import EngineConfig
-    from .compiler import ModelCompiler
+    from gpt2accel.sim.host.compiler import ModelCompiler
 
     ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=8)

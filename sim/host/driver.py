@@ -29,8 +29,8 @@ from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.isa import Error, Op
 from gpt2accel.rtl.vecmove import BETA_BYTES
-from .compiler import CompileError, ModelCompiler
-from .program_cycles import program_cycles
+from gpt2accel.sim.host.compiler import CompileError, ModelCompiler
+from gpt2accel.sim.cycles.program import program_cycles
 
 __all__ = ["program_macs", "Backend", "PysimBackend", "FastBackend", "BACKENDS", "make_backend",
            "HardwareError", "CheckError", "MachineSizeError", "Driver", "machine_config",
@@ -102,7 +102,7 @@ class PysimBackend(Backend):
         return self.mem[addr:addr + n].copy()
 
     def run(self, program):
-        from .machine_sim import run_programs
+        from gpt2accel.sim.harness.machine import run_programs
         kw = {}
         if self.vcd:
             kw["vcd"] = self.vcd if self.runs == 0 else f"{self.vcd}.{self.runs}"
@@ -123,7 +123,7 @@ class FastBackend(Backend):
     name = "fast"
 
     def open(self, cfg, mem_words):
-        from .fast import FastMachine
+        from gpt2accel.sim.fast import FastMachine
         self.m = FastMachine(cfg, mem_words)
 
     def load(self, image, addr=0):

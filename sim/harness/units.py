@@ -16,8 +16,8 @@ from gpt2accel.rtl.gelu import GeluUnit
 from gpt2accel.rtl.layernorm import LayerNormUnit
 from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd, ResidualAdd
 
-from .attention_sim import StreamSink, StreamSource
-from .matmul_sim import transfer
+from gpt2accel.sim.harness.attention import StreamSink, StreamSource
+from gpt2accel.sim.harness.matmul import transfer
 
 __all__ = ["row_beats", "run_gelu", "run_residual", "run_requant_add", "run_embedding",
            "run_layernorm",

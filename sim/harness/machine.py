@@ -14,7 +14,7 @@ import numpy as np
 from amaranth.sim import Simulator
 
 from gpt2accel.rtl.machine import Machine
-from .matmul_sim import REF_MEM_LATENCY, MemoryModel
+from gpt2accel.sim.harness.matmul import REF_MEM_LATENCY, MemoryModel
 
 __all__ = ["run_programs"]
 

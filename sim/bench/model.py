@@ -24,9 +24,9 @@ import numpy as np
 from gpt2accel.model import progress
 
 from gpt2accel.rtl.isa import Op
-from gpt2accel.sim.compiler import CompileError, ModelCompiler
-from gpt2accel.sim.driver import machine_config, program_macs
-from gpt2accel.sim.program_cycles import program_cycles
+from gpt2accel.sim.host.compiler import CompileError, ModelCompiler
+from gpt2accel.sim.host.driver import machine_config, program_macs
+from gpt2accel.sim.cycles.program import program_cycles
 
 HELP = "whole-model cycles/token, utilisation and memory traffic (tiny, GPT-2 small)"
 
@@ -100,7 +100,7 @@ def traffic_bytes(comp, ops):
 
 
 def run(args):
-    from gpt2accel.sim.driver import _ids_memory
+    from gpt2accel.sim.host.driver import _ids_memory
     arrays = []
     for a in args.arrays.split(","):
         try:

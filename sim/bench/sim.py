@@ -57,8 +57,8 @@ def tiny_machine():
 def run(args):
     from gpt2accel.model.gpt2 import KVCache
     from gpt2accel.rtl.isa import Error
-    from gpt2accel.sim import machine_sim
-    from gpt2accel.sim.compiler import ModelCompiler
+    from gpt2accel.sim.harness import machine as machine_sim
+    from gpt2accel.sim.host.compiler import ModelCompiler
     from gpt2accel.sim.fast import FastMachine
     from gpt2accel.sim.fast.build import build
 
@@ -151,8 +151,8 @@ def gpt2_small_decode(seed, pos=32):
     from gpt2accel.model.gpt2 import KVCache
     from gpt2accel.model.synthetic import random_gpt2
     from gpt2accel.rtl.isa import Error
-    from gpt2accel.sim.compiler import ModelCompiler
-    from gpt2accel.sim.driver import machine_config
+    from gpt2accel.sim.host.compiler import ModelCompiler
+    from gpt2accel.sim.host.driver import machine_config
     from gpt2accel.sim.fast import FastMachine
     from gpt2accel.sim.fast.build import build
 

@@ -2,7 +2,7 @@
 import numpy as np
 
 from gpt2accel.rtl.config import EngineConfig
-from gpt2accel.sim.matmul_cycles import REF_MEM_LATENCY, matmul_cycles
+from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY, matmul_cycles
 
 HELP = "matmul engine utilisation on GPT-2-small shapes (cycle model) and simulator speed"
 
@@ -30,7 +30,7 @@ def _arrays(spec):
 
 def measure_pysim(rows=8, cols=8, seed=0):
     """Simulated cycles per second of an RxC engine on a small real run (stall-free)."""
-    from gpt2accel.sim.matmul_sim import MatmulCase, simulate
+    from gpt2accel.sim.harness.matmul import MatmulCase, simulate
     cfg = EngineConfig(rows=rows, cols=cols)
     rng = np.random.default_rng(seed)
     cases = []

@@ -1,6 +1,6 @@
 """The driver's backend for a board: `rtl/protocol.py` frames over a serial link.
 
-    link = PySerialLink("/dev/ttyUSB0", 1_000_000)      # or a simulated board (sim/board_sim.py)
+    link = PySerialLink("/dev/ttyUSB0", 1_000_000)      # or a simulated board (sim/host/board_sim.py)
     be = SerialBackend(link)
     ident = be.identify()                               # PING: what the bitstream is
     drv = Driver(q, cfg, be, mem_words=...)             # the same Driver as on the simulators
@@ -33,7 +33,7 @@ import numpy as np
 
 from gpt2accel.rtl import protocol as P
 from gpt2accel.rtl.isa import INSTR_BITS
-from .driver import Backend, HardwareError
+from gpt2accel.sim.host.driver import Backend, HardwareError
 
 __all__ = ["Link", "PySerialLink", "LinkError", "LinkTimeout", "DeviceMismatch", "Identity",
            "Status", "SerialBackend", "model_mem_words"]
@@ -388,5 +388,5 @@ def model_mem_words(cfg, qmodel):
     """Memory words `qmodel` compiled for `cfg` occupies (weights, buffers, KV caches):
     what a board needs, and what `Driver(..., mem_words=)` should load over a slow link
     instead of the whole address space."""
-    from .compiler import ModelCompiler
+    from gpt2accel.sim.host.compiler import ModelCompiler
     return ModelCompiler(cfg, qmodel, cfg.engine.max_m, 1 << cfg.engine.addr_bits).end

@@ -1,6 +1,6 @@
 """Attention engine cycles and utilisation for GPT-2-small (12 heads of 64).
 
-From the exact cycle model (`gpt2accel.sim.attention_cycles`, checked
+From the exact cycle model (`gpt2accel.sim.cycles.attention`, checked
 against the RTL by tests/rtl/test_attention_engine.py): one layer's
 attention, all heads, behind the reference memory (latency 3, no stalls).
 
@@ -121,7 +121,7 @@ def accuracy(seed=0, tile=64):
 
 
 def run(args):
-    from gpt2accel.sim.attention_cycles import attention_cycles, score_buffer_bytes
+    from gpt2accel.sim.cycles.attention import attention_cycles, score_buffer_bytes
     tile = getattr(args, "tile", 64)
     group = getattr(args, "group", 4)
     cases = []

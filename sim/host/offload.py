@@ -12,7 +12,7 @@ golden functions, through `QuantGPT2.forward(linear=...)`. The logits are
 therefore bit-exact with `QuantGPT2` exactly when every hardware matmul is.
 
 Memory layout (words of `mem_bytes`): per block and linear, the packed W
-column tiles and the parameter words (`sim.matmul_layout`), then one A
+column tiles and the parameter words (`sim.host.matmul_layout`), then one A
 buffer and one output buffer sized for `max_m` rows of the widest layer.
 """
 import time
@@ -22,8 +22,8 @@ import numpy as np
 from gpt2accel.model import intops
 from gpt2accel.model.gpt2 import KVCache
 from gpt2accel.rtl.isa import Error, Op, encode
-from .driver import HardwareError, make_backend
-from .matmul_layout import pack_a, pack_params, pack_w, unpack_out
+from gpt2accel.sim.host.driver import HardwareError, make_backend
+from gpt2accel.sim.host.matmul_layout import pack_a, pack_params, pack_w, unpack_out
 
 __all__ = ["OffloadDriver", "offload_words", "LINEARS"]
 

@@ -30,7 +30,7 @@ from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import ceil_div
 from gpt2accel.rtl.normalise import Normaliser, Reciprocal
 from gpt2accel.rtl.softmax import SoftmaxUnit
-from .matmul_cycles import REF_MEM_LATENCY, matmul_cycles
+from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY, matmul_cycles
 
 __all__ = ["attention_cycles", "AttentionCycles", "score_buffer_bytes"]
 
