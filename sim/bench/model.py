@@ -55,9 +55,10 @@ def _gpt2_small():
     return Q.QuantGPT2.from_float(fm, [rng.integers(0, V, 32) for _ in range(2)])
 
 
-#: name -> (loader, prefill rows per program, address bits of the machine, what loading does)
-MODELS = {"tiny": (_tiny, 128, 16, "loading the shipped tiny model"),
-          "gpt2-small": (_gpt2_small, 128, 24,
+#: name -> (loader, prefill rows per program, what loading does); each machine's memory is
+#: sized from the model's memory map on that array (`machine_config`)
+MODELS = {"tiny": (_tiny, 128, "loading the shipped tiny model"),
+          "gpt2-small": (_gpt2_small, 128,
                          "building a random GPT-2-small-geometry model and quantising it")}
 
 
@@ -115,7 +116,7 @@ def run(args):
         raise ValueError(f"--models: unknown model {unknown[0]!r} (known: {', '.join(MODELS)})")
     cases = []
     for name in args.models.split(","):
-        load, prefill_t, addr_bits, loading = MODELS[name]
+        load, prefill_t, loading = MODELS[name]
         with progress.step(loading):
             q = load()
         n = q.config.n_positions
@@ -124,8 +125,8 @@ def run(args):
                                  unit="arrays"):
             arr = f"{r}x{c}"
             try:
-                cfg = machine_config(q, r, c, max_tokens=prefill_t, addr_bits=addr_bits)
-                comp = ModelCompiler(cfg, q, prefill_t, 1 << addr_bits)
+                cfg = machine_config(q, r, c, max_tokens=prefill_t)
+                comp = ModelCompiler(cfg, q, prefill_t, 1 << cfg.engine.addr_bits)
             except (CompileError, ValueError) as e:     # the config cannot hold this model
                 cases += [{"model": name, "array": arr, "mode": mode, "T": t,
                            "cycles_per_token": None, "utilization": None,
