@@ -168,7 +168,7 @@ class _SlotMap(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        c, e, ctx = self.cfg, self.cfg.engine, self.ctx
+        e, ctx = self.cfg.engine, self.ctx
         MB = e.mem_bytes
         views = _views(self.layouts, ctx.body)
         ln_c, ge_c, ad_c = views[Op.LAYERNORM], views[Op.GELU], views[Op.RESADD]
