@@ -12,10 +12,11 @@ units without memory access. `VectorMover` runs one vector instruction
  writer: unit output beat -> strobed write of the element's bytes (own counters)
 ```
 
-Each block is a component of its own: `_Reader` (with its `_OperandCache`),
-`_UnitMux` (steers the reader's elements to the unit the opcode names and
-the unit's output to the writer; the units sit in `VectorMover` itself) and
-`_Writer`; `VectorMover` only instantiates and connects them.
+Each block is a component of its own: `_Reader` (with its `_SlotMap` and
+`_OperandCache`), `_UnitMux` (steers the reader's elements to the unit the
+opcode names and the unit's output to the writer; the units sit in
+`VectorMover` itself) and `_Writer`; `VectorMover` only instantiates and
+connects them.
 
 Reader and writer are independent state machines on the two directions of
 the port (reads and writes are separate channels), because LayerNorm emits
