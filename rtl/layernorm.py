@@ -41,8 +41,8 @@ taken again. Rows offered meanwhile wait. An n of 0 or above `max_e` raises
 ``error`` and the unit takes no row until a valid setup.
 """
 from amaranth.hdl import *
-from amaranth.lib import wiring, stream, data
-from amaranth.lib.memory import Memory
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
 from gpt2accel.model import intmodel as im
@@ -171,6 +171,418 @@ class RowRoot(wiring.Component):
         return m
 
 
+class _BankState(enum.Enum, shape=2):
+    """A D bank's state: pass B writes a FREE bank, the root takes a WRITTEN one,
+    pass C reads a ROOTED one and frees it."""
+    FREE = 0
+    WRITTEN = 1
+    ROOTED = 2
+
+
+class _Geometry:
+    """The sizes every block of one `LayerNormUnit` derives from its parameters."""
+
+    def __init__(self, lanes, in_bits, words, ds_banks, max_e):
+        self.L, self.R, self.W, self.NB = lanes, in_bits, words, ds_banks
+        self.SUM_W = in_bits + max_e.bit_length() + 1      # |Σ| <= max_e * 2^(R-1)
+        self.SPAN_W = in_bits + N_BITS                      # n * (max - min), unsigned
+        self.D_W = in_bits + N_BITS + 1                     # n*x - Σ, signed
+        self.x_shape = data.ArrayLayout(signed(in_bits), lanes)
+        self.d_shape = data.ArrayLayout(signed(DS_BITS), lanes)
+        # d_s = round_shift(d << lsh, rsh); ε = eps_m * 2^(eps_e - 2k) (§6.3)
+        self.desc_layout = data.StructLayout({"sum": signed(self.SUM_W), "lsh": range(16),
+                                              "rsh": range(self.D_W + 1),
+                                              "eps": unsigned(47)})
+
+    @staticmethod
+    def port(kind, shape, depth):
+        """The signature of a buffer's `ReadPort`/`WritePort`, as the pass using it sees it."""
+        return kind.Signature(addr_width=Shape.cast(range(depth)).width, shape=shape).flip()
+
+
+def _sel(signals, idx):
+    """signals[idx] for a small list (a mux chain over <= 8 entries)."""
+    out = signals[0]
+    for i in range(1, len(signals)):
+        out = Mux(idx == i, signals[i], out)
+    return out
+
+
+def _nxt(idx, NB):
+    return Mux(idx == NB - 1, 0, idx + 1)
+
+
+class _Config(wiring.Signature):
+    """The scalars of the last setup (with k_min derived from eps_e), and
+    whether rows may be taken: ``loaded`` (a valid setup and all its
+    parameters) and ``setup_pending`` (a setup waits, so no new row starts)."""
+
+    def __init__(self):
+        super().__init__({"cfg": Out(setup_layout()), "k_min": Out(signed(EPS_E_BITS + 1)),
+                          "loaded": Out(1), "setup_pending": Out(1)})
+
+
+class _Rows(wiring.Signature):
+    """Pass A to pass B, per X half: the row's descriptor and ``ready`` (row and
+    stats complete); pass B clears ``busy`` when it starts reading a half (A may
+    refill it behind B) and ``ready`` when it has issued the last read."""
+
+    def __init__(self, geo):
+        super().__init__({"desc": Out(geo.desc_layout).array(2), "ready": Out(2),
+                          "clr_busy": In(2), "clr_ready": In(2)})
+
+
+class _BankInfo(wiring.Signature):
+    """Each D bank's state and, once ROOTED, its row's inv."""
+
+    def __init__(self, geo):
+        super().__init__({"state": Out(_BankState).array(geo.NB),
+                          "inv": Out(im.LN_RECIP_BITS).array(geo.NB)})
+
+
+class _Params(wiring.Component):
+    """The setup beat and the gamma/beta load after it. A setup waits until no
+    row is in the unit (``row_in``/``row_out`` count them), so the rows in
+    flight never see their scalars or parameters change."""
+
+    def __init__(self, geo, max_e):
+        self.geo, self.max_e = geo, max_e
+        super().__init__({
+            "setup": In(stream.Signature(setup_layout())),
+            "param": In(stream.Signature(param_layout(geo.L))),
+            "config": Out(_Config()),
+            "error": Out(1),
+            "row_in": In(1), "row_out": In(1),
+            "gb_w": Out(geo.port(WritePort, param_layout(geo.L), geo.W)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        L, W, NB = self.geo.L, self.geo.W, self.geo.NB
+        cfg, k_min, loaded = self.config.cfg, self.config.k_min, self.config.loaded
+        configured = Signal()
+        m.d.comb += self.error.eq(configured & ((cfg.n == 0) | (cfg.n > self.max_e)))
+        p_elem = Signal(range(W * L + 1))               # channels of gamma/beta loaded
+        p_word = Signal(range(W + 1))                   # = p_elem / lanes
+        m.d.comb += [loaded.eq(configured & ~self.error & (p_elem >= cfg.n)),
+                     self.config.setup_pending.eq(self.setup.valid)]
+        inflight = Signal(range(2 * NB + 8))            # rows taken and not yet emitted
+        m.d.sync += inflight.eq(inflight + self.row_in - self.row_out)
+
+        m.d.comb += self.setup.ready.eq(inflight == 0)
+        with m.If(self.setup.valid & self.setup.ready):
+            s = self.setup.payload
+            m.d.sync += [cfg.eq(s), configured.eq(1), p_elem.eq(0), p_word.eq(0),
+                         k_min.eq(-((31 - s.eps_e) >> 1))]          # intmodel.ln_k_min
+
+        # (a parameter beat never shares a cycle with the setup beat before it)
+        m.d.comb += [self.param.ready.eq(configured & ~self.error & ~loaded & ~self.setup.valid),
+                     self.gb_w.addr.eq(p_word),
+                     self.gb_w.data.eq(self.param.payload),
+                     self.gb_w.en.eq(self.param.valid & self.param.ready)]
+        with m.If(self.param.valid & self.param.ready):
+            m.d.sync += [p_elem.eq(p_elem + L), p_word.eq(p_word + 1)]
+        return m
+
+
+class _PassA(wiring.Component):
+    """Pass A: takes the input beats into one X half and reduces Σ, max and min;
+    a free-running stats pipeline then derives the row's descriptor (k, the two
+    shifts, ε) for pass B."""
+
+    def __init__(self, geo):
+        self.geo = geo
+        super().__init__({
+            "config": In(_Config()),
+            "inp": In(stream.Signature(vector_layout(signed(geo.R), geo.L))),
+            "row_in": Out(1),
+            "x_w": Out(geo.port(WritePort, geo.x_shape, 2 * geo.W)),
+            "rows": Out(_Rows(geo)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        geo = self.geo
+        L, R, W = geo.L, geo.R, geo.W
+        SUM_W, SPAN_W, D_W = geo.SUM_W, geo.SPAN_W, geo.D_W
+        cfg, k_min = self.config.cfg, self.config.k_min
+        x_w, desc, xready = self.x_w, self.rows.desc, self.rows.ready
+        ha = Signal()                                   # X half being written
+        ja = Signal(range(W))
+        ea = Signal(range(W * L + 1))                   # = ja * lanes
+        xbusy = Signal(2)                               # half holds a row B has not started
+        acc_sum = Signal(signed(SUM_W))
+        acc_max = Signal(signed(R))
+        acc_min = Signal(signed(R))
+        first_a = ea == 0
+        m.d.comb += self.inp.ready.eq(self.config.loaded & ~xbusy.bit_select(ha, 1)
+                                      & ~(self.config.setup_pending & first_a))
+        take_a = self.inp.valid & self.inp.ready
+        m.d.comb += self.row_in.eq(take_a & first_a)
+        lo, hi = -(1 << (R - 1)), (1 << (R - 1)) - 1
+        xs = self.inp.payload.x
+        lane_ok = [ea + l < cfg.n for l in range(L)]
+        beat_sum = sum_tree([Mux(lane_ok[l], xs[l], 0) for l in range(L)])
+        beat_max = max_tree([Mux(lane_ok[l], xs[l], lo) for l in range(L)])
+        beat_min = _min_tree([Mux(lane_ok[l], xs[l], hi) for l in range(L)])
+        tot = Signal(signed(SUM_W))
+        mx, mn = Signal(signed(R)), Signal(signed(R))
+        m.d.comb += [tot.eq(Mux(first_a, 0, acc_sum) + beat_sum),
+                     mx.eq(Mux(first_a | (beat_max > acc_max), beat_max, acc_max)),
+                     mn.eq(Mux(first_a | (beat_min < acc_min), beat_min, acc_min))]
+        end_a = ea + L >= cfg.n
+        m.d.comb += [x_w.addr.eq(Mux(ha, W, 0) + ja), x_w.data.eq(xs), x_w.en.eq(take_a)]
+
+        # Row stats pipeline, free-running (a row is at least one beat, so at most
+        # one enters per cycle): st1 totals, st2 max - min, st3 span, st4 k.
+        st_v = Signal(4)
+        st_h = Signal(4)
+        st_sum = [Signal(signed(SUM_W), name=f"st{i}_sum") for i in range(1, 5)]
+        st1_max, st1_min = Signal(signed(R)), Signal(signed(R))
+        st2_diff = Signal(R)
+        st3_span = Signal(SPAN_W)
+        st4_k = Signal(signed(EPS_E_BITS + 2))
+        m.d.sync += [st_v.eq(Cat(take_a & end_a, st_v[:3])), st_h.eq(Cat(ha, st_h[:3])),
+                     st_sum[0].eq(tot), st1_max.eq(mx), st1_min.eq(mn),
+                     st_sum[1].eq(st_sum[0]), st2_diff.eq(st1_max - st1_min),
+                     st_sum[2].eq(st_sum[1]), st3_span.eq(st2_diff * cfg.n),
+                     st_sum[3].eq(st_sum[2])]
+        bl = bit_length(m, st3_span, "span_bitlen")
+        k_span = bl - im.LN_D_BITS
+        m.d.sync += st4_k.eq(Mux(k_span > k_min, k_span, k_min))
+
+        with m.If(take_a):
+            m.d.sync += [acc_sum.eq(tot), acc_max.eq(mx), acc_min.eq(mn)]
+            with m.If(end_a):
+                m.d.sync += [ja.eq(0), ea.eq(0), ha.eq(~ha)]
+            with m.Else():
+                m.d.sync += [ja.eq(ja + 1), ea.eq(ea + L)]
+
+        # Row descriptor per X half, written when the stats leave st4.
+        k = st4_k
+        a_eps = Signal(signed(EPS_E_BITS + 4))
+        m.d.comb += a_eps.eq(cfg.eps_e - (k << 1))
+        eps_val = Mux(a_eps >= 0, (cfg.eps_m << a_eps[:5])[:47],
+                      round_shift(Cat(cfg.eps_m, Const(0, 1)),   # zero-extended: eps_m is unsigned
+                                  Mux(-a_eps > 17, 17, -a_eps)[:5], im.LN_EPS_BITS + 2))
+        # a right shift by D_W or more gives 0 for every |d| < 2^(R+11): clamp there
+        rsh = Mux(k > D_W, D_W, Mux(k > 0, k, 0))
+        lsh = Mux(k < 0, -k, 0)
+        set_ready = Signal(2)
+        set_busy = Signal(2)
+        with m.If(st_v[3]):
+            for h in range(2):
+                with m.If(st_h[3] == h):
+                    m.d.sync += [desc[h].sum.eq(st_sum[3]), desc[h].lsh.eq(lsh[:4]),
+                                 desc[h].rsh.eq(rsh), desc[h].eps.eq(eps_val)]
+            m.d.comb += set_ready.eq(Mux(st_h[3], 0b10, 0b01))
+        m.d.comb += set_busy.eq(Mux(take_a & end_a, Mux(ha, 0b10, 0b01), 0))
+        m.d.sync += [xready.eq((xready | set_ready) & ~self.rows.clr_ready),
+                     xbusy.eq((xbusy | set_busy) & ~self.rows.clr_busy)]
+        return m
+
+
+class _PassB(wiring.Component):
+    """Pass B: reads a row back from its X half once its stats are ready and a
+    D bank is FREE, one word per cycle without pausing; writes d_s to the bank
+    and hands the row's S2 = Σ d_s² + ε to the bank (``written``)."""
+
+    def __init__(self, geo):
+        self.geo = geo
+        super().__init__({
+            "config": In(_Config()),
+            "rows": In(_Rows(geo)),
+            "banks": In(_BankInfo(geo)),
+            "x_r": Out(geo.port(ReadPort, geo.x_shape, 2 * geo.W)),
+            "d_w": Out(geo.port(WritePort, geo.d_shape, geo.NB * geo.W)),
+            "written": Out(geo.NB),
+            "s2": Out(im.LN_ACC_BITS),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        geo = self.geo
+        L, R, W, NB, SUM_W, D_W = geo.L, geo.R, geo.W, geo.NB, geo.SUM_W, geo.D_W
+        cfg, desc, x_r, d_w = self.config.cfg, self.rows.desc, self.x_r, self.d_w
+        hb = Signal()                                   # X half being read
+        bw = Signal(range(NB))                          # D bank being written
+        jb = Signal(range(W))
+        eb = Signal(range(W * L + 1))
+        bw_base = Signal(range(NB * W))
+        d0 = Signal(geo.desc_layout)
+        m.d.comb += d0.eq(Mux(hb, desc[1], desc[0]))
+        issue_b = (self.rows.ready.bit_select(hb, 1)
+                   & (_sel(self.banks.state, bw) == _BankState.FREE))
+        end_b = eb + L >= cfg.n
+        m.d.comb += [x_r.addr.eq(Mux(hb, W, 0) + jb), x_r.en.eq(1)]
+        with m.If(issue_b):
+            with m.If(jb == 0):
+                m.d.comb += self.rows.clr_busy.eq(Mux(hb, 0b10, 0b01))   # A may refill behind us
+            with m.If(end_b):
+                m.d.comb += self.rows.clr_ready.eq(Mux(hb, 0b10, 0b01))
+                m.d.sync += [jb.eq(0), eb.eq(0), hb.eq(~hb), bw.eq(_nxt(bw, NB)),
+                             bw_base.eq(Mux(bw == NB - 1, 0, bw_base + W))]
+            with m.Else():
+                m.d.sync += [jb.eq(jb + 1), eb.eq(eb + L)]
+
+        # Per-beat context carried down the B pipeline (rows follow back to back).
+        bctx = data.StructLayout({"v": 1, "first": 1, "last": 1, "mask": L,
+                                  "addr": range(NB * W), "bank": range(NB),
+                                  "sum": signed(SUM_W), "lsh": range(16),
+                                  "rsh": range(D_W + 1), "eps": unsigned(47)})
+        b1, b2, b3, b4 = (Signal(bctx, name=f"b{i}") for i in range(1, 5))
+        m.d.sync += [b1.v.eq(issue_b), b1.first.eq(jb == 0), b1.last.eq(end_b),
+                     b1.mask.eq(Cat(eb + l < cfg.n for l in range(L))),
+                     b1.addr.eq(bw_base + jb), b1.bank.eq(bw), b1.sum.eq(d0.sum),
+                     b1.lsh.eq(d0.lsh), b1.rsh.eq(d0.rsh), b1.eps.eq(d0.eps),
+                     b2.eq(b1), b3.eq(b2), b4.eq(b3)]
+        # b1 -> b2: N * x (X word read in b1)
+        b2_nx = [Signal(signed(R + N_BITS + 1), name=f"b2_nx{l}") for l in range(L)]
+        # b2 -> b3: d_s = round_shift((N x - Σ) << lsh, rsh)   (|d_s| <= 2^15)
+        b3_ds = [Signal(signed(DS_BITS), name=f"b3_ds{l}") for l in range(L)]
+        # b3 -> b4: squares of the lanes inside the row
+        b4_sq = [Signal(2 * im.LN_D_BITS + 1, name=f"b4_sq{l}") for l in range(L)]
+        for l in range(L):
+            m.d.sync += b2_nx[l].eq(x_r.data[l] * cfg.n)
+            d = Signal(signed(D_W + 1), name=f"b2_d{l}")
+            m.d.comb += d.eq(b2_nx[l] - b2.sum)
+            # when lsh > 0 the row's |d| < 2^14, so the shifted value still fits D_W
+            d_l = Signal(signed(D_W + 1), name=f"b2_dl{l}")
+            m.d.comb += d_l.eq(d << b2.lsh)
+            m.d.sync += b3_ds[l].eq(round_shift(d_l, b2.rsh, D_W + 2))
+            m.d.sync += b4_sq[l].eq(Mux(b3.mask[l], b3_ds[l] * b3_ds[l], 0))
+        m.d.comb += [d_w.addr.eq(b3.addr), d_w.en.eq(b3.v)]
+        for l in range(L):
+            m.d.comb += d_w.data[l].eq(b3_ds[l])
+        # b4: S accumulates; the last beat stores S2 = S + ε in its bank.
+        s_acc = Signal(im.LN_ACC_BITS)
+        s_tot = Signal(im.LN_ACC_BITS)
+        m.d.comb += [s_tot.eq(Mux(b4.first, 0, s_acc) + sum_tree(b4_sq)),
+                     self.s2.eq(s_tot + b4.eps)]
+        with m.If(b4.v):
+            m.d.sync += s_acc.eq(s_tot)
+            with m.If(b4.last):
+                for i in range(NB):
+                    with m.If(b4.bank == i):
+                        m.d.comb += self.written[i].eq(1)
+        return m
+
+
+class _Banks(wiring.Component):
+    """The D banks' states with each bank's S2 and inv, and the `RowRoot` that
+    turns one WRITTEN bank's S2 into its inv at a time, banks in order."""
+
+    def __init__(self, geo):
+        self.geo = geo
+        super().__init__({
+            "written": In(geo.NB), "s2": In(im.LN_ACC_BITS),
+            "freed": In(geo.NB),
+            "info": Out(_BankInfo(geo)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        NB = self.geo.NB
+        state, bank_inv = self.info.state, self.info.inv
+        bank_s2 = [Signal(im.LN_ACC_BITS, name=f"bank{i}_s2") for i in range(NB)]
+        for i in range(NB):
+            with m.If(self.written[i]):
+                m.d.sync += bank_s2[i].eq(self.s2)
+        m.submodules.root = root = RowRoot()
+        br = Signal(range(NB))
+        bank_rooted = Signal(NB)
+        can_start = (_sel(state, br) == _BankState.WRITTEN) & ~root.busy & ~root.done
+        m.d.comb += [root.start.eq(can_start), root.s2.eq(_sel(bank_s2, br))]
+        with m.If(root.done):
+            for i in range(NB):
+                with m.If(br == i):
+                    m.d.sync += bank_inv[i].eq(root.inv)
+                    m.d.comb += bank_rooted[i].eq(1)
+            m.d.sync += br.eq(_nxt(br, NB))
+        for i in range(NB):
+            with m.If(self.freed[i]):
+                m.d.sync += state[i].eq(_BankState.FREE)
+            with m.Elif(bank_rooted[i]):
+                m.d.sync += state[i].eq(_BankState.ROOTED)
+            with m.Elif(self.written[i]):
+                m.d.sync += state[i].eq(_BankState.WRITTEN)
+        return m
+
+
+class _PassC(wiring.Component):
+    """Pass C: reads a ROOTED bank's d_s with each channel's gamma/beta and
+    produces the output beats, freeing the bank after its last read. The one
+    stage that sees back-pressure: a single enable holds its whole pipeline."""
+
+    def __init__(self, geo):
+        self.geo = geo
+        super().__init__({
+            "config": In(_Config()),
+            "banks": In(_BankInfo(geo)),
+            "d_r": Out(geo.port(ReadPort, geo.d_shape, geo.NB * geo.W)),
+            "gb_r": Out(geo.port(ReadPort, param_layout(geo.L), geo.W)),
+            "freed": Out(geo.NB),
+            "row_out": Out(1),
+            "out": Out(stream.Signature(vector_layout(signed(8), geo.L, "y"))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        L, W, NB = self.geo.L, self.geo.W, self.geo.NB
+        cfg, d_r, gb_r = self.config.cfg, self.d_r, self.gb_r
+        out_valid = Signal()
+        en = Signal()
+        m.d.comb += [en.eq(~out_valid | self.out.ready), self.out.valid.eq(out_valid)]
+        m.d.comb += self.row_out.eq(out_valid & self.out.ready & self.out.payload.last)
+        bc = Signal(range(NB))
+        jc = Signal(range(W))
+        ec = Signal(range(W * L + 1))
+        bc_base = Signal(range(NB * W))
+        issue_c = en & (_sel(self.banks.state, bc) == _BankState.ROOTED)
+        end_c = ec + L >= cfg.n
+        m.d.comb += [d_r.addr.eq(bc_base + jc), d_r.en.eq(en), gb_r.addr.eq(jc), gb_r.en.eq(en)]
+        with m.If(issue_c):
+            with m.If(end_c):
+                for i in range(NB):
+                    with m.If(bc == i):
+                        m.d.comb += self.freed[i].eq(1)
+                m.d.sync += [jc.eq(0), ec.eq(0), bc.eq(_nxt(bc, NB)),
+                             bc_base.eq(Mux(bc == NB - 1, 0, bc_base + W))]
+            with m.Else():
+                m.d.sync += [jc.eq(jc + 1), ec.eq(ec + L)]
+
+        cctx = data.StructLayout({"v": 1, "last": 1, "mask": L})
+        c1, c2, c3 = (Signal(cctx, name=f"c{i}") for i in range(1, 4))
+        c1_inv = Signal(im.LN_RECIP_BITS)
+        c2_p = [Signal(signed(DS_BITS + im.LN_RECIP_BITS + 1), name=f"c2_p{l}") for l in range(L)]
+        c3_z = [Signal(signed(Z_BITS), name=f"c3_z{l}") for l in range(L)]
+        c4_p = [Signal(signed(im.LN_ACC_BITS + 1), name=f"c4_p{l}") for l in range(L)]
+        c2_gb, c3_gb = Signal(param_layout(L)), Signal(param_layout(L))
+        c4 = Signal(cctx)
+        with m.If(en):
+            m.d.sync += [c1.v.eq(issue_c), c1.last.eq(end_c),
+                         c1.mask.eq(Cat(ec + l < cfg.n for l in range(L))),
+                         c1_inv.eq(_sel(self.banks.inv, bc)),
+                         c2.eq(c1), c3.eq(c2), c4.eq(c3), c2_gb.eq(gb_r.data), c3_gb.eq(c2_gb)]
+            for l in range(L):
+                # c1 -> c2: d_s * inv (17 x 24 bits); c2 -> c3: z; c3 -> c4: z * G + B
+                m.d.sync += [c2_p[l].eq(d_r.data[l] * c1_inv),
+                             c3_z[l].eq(round_shift(c2_p[l], Z_SHIFT, len(c2_p[l]) + 1)),
+                             c4_p[l].eq(c3_z[l] * c3_gb.gamma[l] + c3_gb.beta[l])]
+        # c4 -> c5: add the rounding half of out_shift (< 48, so it fits the width);
+        # c5 -> output register: shift, saturate to int8. One stage for the whole
+        # round-shift-saturate was the longest path of the unit on ECP5.
+        c5 = Signal(cctx)
+        c5_t = [Signal(signed(im.LN_ACC_BITS + 2), name=f"c5_t{l}") for l in range(L)]
+        y = self.out.payload.y
+        with m.If(en):
+            m.d.sync += [c5.eq(c4), out_valid.eq(c5.v), self.out.payload.last.eq(c5.last)]
+            for l in range(L):
+                m.d.sync += [c5_t[l].eq(add_half(c4_p[l], cfg.out_shift, im.LN_ACC_BITS + 2)),
+                             y[l].eq(Mux(c5.mask[l], saturate(c5_t[l] >> cfg.out_shift, 8), 0))]
+        return m
+
+
 class LayerNormUnit(wiring.Component):
     """Streaming LayerNorm of rows of n <= `max_e` values, `lanes` per beat.
 
@@ -230,280 +642,31 @@ class LayerNormUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         L, R, W, NB = self.lanes, self.in_bits, self.words, self.ds_banks
-        SUM_W = R + (self.max_e).bit_length() + 1       # |Σ| <= max_e * 2^(R-1)
-        SPAN_W = R + N_BITS                             # n * (max - min), unsigned
-        D_W = R + N_BITS + 1                            # n*x - Σ, signed
-        FREE, WRITTEN, ROOTED = 0, 1, 2                 # D bank states
-
-        # ---------------- configuration -------------------------------------------
-        cfg = Signal(setup_layout())
-        k_min = Signal(signed(EPS_E_BITS + 1))
-        configured = Signal()
-        m.d.comb += self.error.eq(configured & ((cfg.n == 0) | (cfg.n > self.max_e)))
-        p_elem = Signal(range(W * L + 1))               # channels of gamma/beta loaded
-        p_word = Signal(range(W + 1))                   # = p_elem / lanes
-        loaded = Signal()
-        m.d.comb += loaded.eq(configured & ~self.error & (p_elem >= cfg.n))
-        inflight = Signal(range(2 * NB + 8))            # rows taken and not yet emitted
-        row_in, row_out = Signal(), Signal()
-        m.d.sync += inflight.eq(inflight + row_in - row_out)
-
-        m.d.comb += self.setup.ready.eq(inflight == 0)
-        with m.If(self.setup.valid & self.setup.ready):
-            s = self.setup.payload
-            m.d.sync += [cfg.eq(s), configured.eq(1), p_elem.eq(0), p_word.eq(0),
-                         k_min.eq(-((31 - s.eps_e) >> 1))]          # intmodel.ln_k_min
-
+        geo = _Geometry(L, R, W, NB, self.max_e)
+        m.submodules.params = params = _Params(geo, self.max_e)
+        m.submodules.pass_a = pass_a = _PassA(geo)
+        m.submodules.pass_b = pass_b = _PassB(geo)
+        m.submodules.banks = banks = _Banks(geo)
+        m.submodules.pass_c = pass_c = _PassC(geo)
         m.submodules.gb = gb = Memory(shape=param_layout(L), depth=W, init=[])
-        gb_w = gb.write_port()
-        gb_r = gb.read_port(transparent_for=())
-        # (a parameter beat never shares a cycle with the setup beat before it)
-        m.d.comb += [self.param.ready.eq(configured & ~self.error & ~loaded & ~self.setup.valid),
-                     gb_w.addr.eq(p_word),
-                     gb_w.data.eq(self.param.payload),
-                     gb_w.en.eq(self.param.valid & self.param.ready)]
-        with m.If(self.param.valid & self.param.ready):
-            m.d.sync += [p_elem.eq(p_elem + L), p_word.eq(p_word + 1)]
+        m.submodules.xbuf = xbuf = Memory(shape=geo.x_shape, depth=2 * W, init=[])
+        m.submodules.dbuf = dbuf = Memory(shape=geo.d_shape, depth=NB * W, init=[])
 
-        # ---------------- pass A: input, X buffer, Σ / max / min ---------------------
-        m.submodules.xbuf = xbuf = Memory(shape=data.ArrayLayout(signed(R), L),
-                                          depth=2 * W, init=[])
-        x_w = xbuf.write_port()
-        x_r = xbuf.read_port(transparent_for=())
-        ha = Signal()                                   # X half being written
-        ja = Signal(range(W))
-        ea = Signal(range(W * L + 1))                   # = ja * lanes
-        xbusy = Signal(2)                               # half holds a row B has not started
-        xready = Signal(2)                              # ... and its stats are ready
-        acc_sum = Signal(signed(SUM_W))
-        acc_max = Signal(signed(R))
-        acc_min = Signal(signed(R))
-        first_a = ea == 0
-        m.d.comb += self.inp.ready.eq(loaded & ~xbusy.bit_select(ha, 1)
-                                      & ~(self.setup.valid & first_a))
-        take_a = self.inp.valid & self.inp.ready
-        m.d.comb += row_in.eq(take_a & first_a)
-        lo, hi = -(1 << (R - 1)), (1 << (R - 1)) - 1
-        xs = self.inp.payload.x
-        lane_ok = [ea + l < cfg.n for l in range(L)]
-        beat_sum = sum_tree([Mux(lane_ok[l], xs[l], 0) for l in range(L)])
-        beat_max = max_tree([Mux(lane_ok[l], xs[l], lo) for l in range(L)])
-        beat_min = _min_tree([Mux(lane_ok[l], xs[l], hi) for l in range(L)])
-        tot = Signal(signed(SUM_W))
-        mx, mn = Signal(signed(R)), Signal(signed(R))
-        m.d.comb += [tot.eq(Mux(first_a, 0, acc_sum) + beat_sum),
-                     mx.eq(Mux(first_a | (beat_max > acc_max), beat_max, acc_max)),
-                     mn.eq(Mux(first_a | (beat_min < acc_min), beat_min, acc_min))]
-        end_a = ea + L >= cfg.n
-        m.d.comb += [x_w.addr.eq(Mux(ha, W, 0) + ja), x_w.data.eq(xs), x_w.en.eq(take_a)]
-
-        # Row stats pipeline, free-running (a row is at least one beat, so at most
-        # one enters per cycle): st1 totals, st2 max - min, st3 span, st4 k.
-        st_v = Signal(4)
-        st_h = Signal(4)
-        st_sum = [Signal(signed(SUM_W), name=f"st{i}_sum") for i in range(1, 5)]
-        st1_max, st1_min = Signal(signed(R)), Signal(signed(R))
-        st2_diff = Signal(R)
-        st3_span = Signal(SPAN_W)
-        st4_k = Signal(signed(EPS_E_BITS + 2))
-        m.d.sync += [st_v.eq(Cat(take_a & end_a, st_v[:3])), st_h.eq(Cat(ha, st_h[:3])),
-                     st_sum[0].eq(tot), st1_max.eq(mx), st1_min.eq(mn),
-                     st_sum[1].eq(st_sum[0]), st2_diff.eq(st1_max - st1_min),
-                     st_sum[2].eq(st_sum[1]), st3_span.eq(st2_diff * cfg.n),
-                     st_sum[3].eq(st_sum[2])]
-        bl = bit_length(m, st3_span, "span_bitlen")
-        k_span = bl - im.LN_D_BITS
-        m.d.sync += st4_k.eq(Mux(k_span > k_min, k_span, k_min))
-
-        with m.If(take_a):
-            m.d.sync += [acc_sum.eq(tot), acc_max.eq(mx), acc_min.eq(mn)]
-            with m.If(end_a):
-                m.d.sync += [ja.eq(0), ea.eq(0), ha.eq(~ha)]
-            with m.Else():
-                m.d.sync += [ja.eq(ja + 1), ea.eq(ea + L)]
-
-        # Row descriptor per X half, written when the stats leave st4:
-        # d_s = round_shift(d << lsh, rsh); ε = eps_m * 2^(eps_e - 2k) (§6.3).
-        desc_layout = data.StructLayout({"sum": signed(SUM_W), "lsh": range(16),
-                                         "rsh": range(D_W + 1), "eps": unsigned(47)})
-        desc = [Signal(desc_layout, name=f"desc{h}") for h in range(2)]
-        k = st4_k
-        a_eps = Signal(signed(EPS_E_BITS + 4))
-        m.d.comb += a_eps.eq(cfg.eps_e - (k << 1))
-        eps_val = Mux(a_eps >= 0, (cfg.eps_m << a_eps[:5])[:47],
-                      round_shift(Cat(cfg.eps_m, Const(0, 1)),   # zero-extended: eps_m is unsigned
-                                  Mux(-a_eps > 17, 17, -a_eps)[:5], im.LN_EPS_BITS + 2))
-        # a right shift by D_W or more gives 0 for every |d| < 2^(R+11): clamp there
-        rsh = Mux(k > D_W, D_W, Mux(k > 0, k, 0))
-        lsh = Mux(k < 0, -k, 0)
-        set_ready = Signal(2)
-        clr_ready = Signal(2)
-        set_busy = Signal(2)
-        clr_busy = Signal(2)
-        with m.If(st_v[3]):
-            for h in range(2):
-                with m.If(st_h[3] == h):
-                    m.d.sync += [desc[h].sum.eq(st_sum[3]), desc[h].lsh.eq(lsh[:4]),
-                                 desc[h].rsh.eq(rsh), desc[h].eps.eq(eps_val)]
-            m.d.comb += set_ready.eq(Mux(st_h[3], 0b10, 0b01))
-        m.d.comb += set_busy.eq(Mux(take_a & end_a, Mux(ha, 0b10, 0b01), 0))
-        m.d.sync += [xready.eq((xready | set_ready) & ~clr_ready),
-                     xbusy.eq((xbusy | set_busy) & ~clr_busy)]
-
-        # ---------------- D banks: states, S2 and inv per bank ------------------------
-        m.submodules.dbuf = dbuf = Memory(shape=data.ArrayLayout(signed(DS_BITS), L),
-                                          depth=NB * W, init=[])
-        d_w = dbuf.write_port()
-        d_r = dbuf.read_port(transparent_for=())
-        state = [Signal(2, name=f"bank{i}_state") for i in range(NB)]
-        bank_s2 = [Signal(im.LN_ACC_BITS, name=f"bank{i}_s2") for i in range(NB)]
-        bank_inv = [Signal(im.LN_RECIP_BITS, name=f"bank{i}_inv") for i in range(NB)]
-
-        def sel(signals, idx):
-            """signals[idx] for a small list (a mux chain over <= 8 entries)."""
-            out = signals[0]
-            for i in range(1, len(signals)):
-                out = Mux(idx == i, signals[i], out)
-            return out
-
-        def nxt(idx):
-            return Mux(idx == NB - 1, 0, idx + 1)
-
-        # ---------------- pass B: d_s, D buffer, sum of squares ----------------------
-        hb = Signal()                                   # X half being read
-        bw = Signal(range(NB))                          # D bank being written
-        jb = Signal(range(W))
-        eb = Signal(range(W * L + 1))
-        bw_base = Signal(range(NB * W))
-        d0 = Signal(desc_layout)
-        m.d.comb += d0.eq(Mux(hb, desc[1], desc[0]))
-        issue_b = xready.bit_select(hb, 1) & (sel(state, bw) == FREE)
-        end_b = eb + L >= cfg.n
-        m.d.comb += [x_r.addr.eq(Mux(hb, W, 0) + jb), x_r.en.eq(1)]
-        with m.If(issue_b):
-            with m.If(jb == 0):
-                m.d.comb += clr_busy.eq(Mux(hb, 0b10, 0b01))   # A may refill behind us
-            with m.If(end_b):
-                m.d.comb += clr_ready.eq(Mux(hb, 0b10, 0b01))
-                m.d.sync += [jb.eq(0), eb.eq(0), hb.eq(~hb), bw.eq(nxt(bw)),
-                             bw_base.eq(Mux(bw == NB - 1, 0, bw_base + W))]
-            with m.Else():
-                m.d.sync += [jb.eq(jb + 1), eb.eq(eb + L)]
-
-        # Per-beat context carried down the B pipeline (rows follow back to back).
-        bctx = data.StructLayout({"v": 1, "first": 1, "last": 1, "mask": L,
-                                  "addr": range(NB * W), "bank": range(NB),
-                                  "sum": signed(SUM_W), "lsh": range(16),
-                                  "rsh": range(D_W + 1), "eps": unsigned(47)})
-        b1, b2, b3, b4 = (Signal(bctx, name=f"b{i}") for i in range(1, 5))
-        m.d.sync += [b1.v.eq(issue_b), b1.first.eq(jb == 0), b1.last.eq(end_b),
-                     b1.mask.eq(Cat(eb + l < cfg.n for l in range(L))),
-                     b1.addr.eq(bw_base + jb), b1.bank.eq(bw), b1.sum.eq(d0.sum),
-                     b1.lsh.eq(d0.lsh), b1.rsh.eq(d0.rsh), b1.eps.eq(d0.eps),
-                     b2.eq(b1), b3.eq(b2), b4.eq(b3)]
-        # b1 -> b2: N * x (X word read in b1)
-        b2_nx = [Signal(signed(R + N_BITS + 1), name=f"b2_nx{l}") for l in range(L)]
-        # b2 -> b3: d_s = round_shift((N x - Σ) << lsh, rsh)   (|d_s| <= 2^15)
-        b3_ds = [Signal(signed(DS_BITS), name=f"b3_ds{l}") for l in range(L)]
-        # b3 -> b4: squares of the lanes inside the row
-        b4_sq = [Signal(2 * im.LN_D_BITS + 1, name=f"b4_sq{l}") for l in range(L)]
-        for l in range(L):
-            m.d.sync += b2_nx[l].eq(x_r.data[l] * cfg.n)
-            d = Signal(signed(D_W + 1), name=f"b2_d{l}")
-            m.d.comb += d.eq(b2_nx[l] - b2.sum)
-            # when lsh > 0 the row's |d| < 2^14, so the shifted value still fits D_W
-            d_l = Signal(signed(D_W + 1), name=f"b2_dl{l}")
-            m.d.comb += d_l.eq(d << b2.lsh)
-            m.d.sync += b3_ds[l].eq(round_shift(d_l, b2.rsh, D_W + 2))
-            m.d.sync += b4_sq[l].eq(Mux(b3.mask[l], b3_ds[l] * b3_ds[l], 0))
-        m.d.comb += [d_w.addr.eq(b3.addr), d_w.en.eq(b3.v)]
-        for l in range(L):
-            m.d.comb += d_w.data[l].eq(b3_ds[l])
-        # b4: S accumulates; the last beat stores S2 = S + ε in its bank.
-        s_acc = Signal(im.LN_ACC_BITS)
-        s_tot = Signal(im.LN_ACC_BITS)
-        m.d.comb += s_tot.eq(Mux(b4.first, 0, s_acc) + sum_tree(b4_sq))
-        bank_written = Signal(NB)
-        with m.If(b4.v):
-            m.d.sync += s_acc.eq(s_tot)
-            with m.If(b4.last):
-                for i in range(NB):
-                    with m.If(b4.bank == i):
-                        m.d.sync += bank_s2[i].eq(s_tot + b4.eps)
-                        m.d.comb += bank_written[i].eq(1)
-
-        # ---------------- root: one row at a time, banks in order ---------------------
-        m.submodules.root = root = RowRoot()
-        br = Signal(range(NB))
-        root_started = Signal(NB)
-        bank_rooted = Signal(NB)
-        can_start = (sel(state, br) == WRITTEN) & ~root.busy & ~root.done
-        m.d.comb += [root.start.eq(can_start), root.s2.eq(sel(bank_s2, br))]
-        with m.If(root.done):
-            for i in range(NB):
-                with m.If(br == i):
-                    m.d.sync += bank_inv[i].eq(root.inv)
-                    m.d.comb += bank_rooted[i].eq(1)
-            m.d.sync += br.eq(nxt(br))
-
-        # ---------------- pass C: z, gamma/beta, requant to int8 ---------------------
-        out_valid = Signal()
-        en = Signal()
-        m.d.comb += [en.eq(~out_valid | self.out.ready), self.out.valid.eq(out_valid)]
-        m.d.comb += row_out.eq(out_valid & self.out.ready & self.out.payload.last)
-        bc = Signal(range(NB))
-        jc = Signal(range(W))
-        ec = Signal(range(W * L + 1))
-        bc_base = Signal(range(NB * W))
-        issue_c = en & (sel(state, bc) == ROOTED)
-        end_c = ec + L >= cfg.n
-        bank_freed = Signal(NB)
-        m.d.comb += [d_r.addr.eq(bc_base + jc), d_r.en.eq(en), gb_r.addr.eq(jc), gb_r.en.eq(en)]
-        with m.If(issue_c):
-            with m.If(end_c):
-                for i in range(NB):
-                    with m.If(bc == i):
-                        m.d.comb += bank_freed[i].eq(1)
-                m.d.sync += [jc.eq(0), ec.eq(0), bc.eq(nxt(bc)),
-                             bc_base.eq(Mux(bc == NB - 1, 0, bc_base + W))]
-            with m.Else():
-                m.d.sync += [jc.eq(jc + 1), ec.eq(ec + L)]
-
-        for i in range(NB):
-            with m.If(bank_freed[i]):
-                m.d.sync += state[i].eq(FREE)
-            with m.Elif(bank_rooted[i]):
-                m.d.sync += state[i].eq(ROOTED)
-            with m.Elif(bank_written[i]):
-                m.d.sync += state[i].eq(WRITTEN)
-
-        cctx = data.StructLayout({"v": 1, "last": 1, "mask": L})
-        c1, c2, c3 = (Signal(cctx, name=f"c{i}") for i in range(1, 4))
-        c1_inv = Signal(im.LN_RECIP_BITS)
-        c2_p = [Signal(signed(DS_BITS + im.LN_RECIP_BITS + 1), name=f"c2_p{l}") for l in range(L)]
-        c3_z = [Signal(signed(Z_BITS), name=f"c3_z{l}") for l in range(L)]
-        c4_p = [Signal(signed(im.LN_ACC_BITS + 1), name=f"c4_p{l}") for l in range(L)]
-        c2_gb, c3_gb = Signal(param_layout(L)), Signal(param_layout(L))
-        c4 = Signal(cctx)
-        with m.If(en):
-            m.d.sync += [c1.v.eq(issue_c), c1.last.eq(end_c),
-                         c1.mask.eq(Cat(ec + l < cfg.n for l in range(L))),
-                         c1_inv.eq(sel(bank_inv, bc)),
-                         c2.eq(c1), c3.eq(c2), c4.eq(c3), c2_gb.eq(gb_r.data), c3_gb.eq(c2_gb)]
-            for l in range(L):
-                # c1 -> c2: d_s * inv (17 x 24 bits); c2 -> c3: z; c3 -> c4: z * G + B
-                m.d.sync += [c2_p[l].eq(d_r.data[l] * c1_inv),
-                             c3_z[l].eq(round_shift(c2_p[l], Z_SHIFT, len(c2_p[l]) + 1)),
-                             c4_p[l].eq(c3_z[l] * c3_gb.gamma[l] + c3_gb.beta[l])]
-        # c4 -> c5: add the rounding half of out_shift (< 48, so it fits the width);
-        # c5 -> output register: shift, saturate to int8. One stage for the whole
-        # round-shift-saturate was the longest path of the unit on ECP5.
-        c5 = Signal(cctx)
-        c5_t = [Signal(signed(im.LN_ACC_BITS + 2), name=f"c5_t{l}") for l in range(L)]
-        y = self.out.payload.y
-        with m.If(en):
-            m.d.sync += [c5.eq(c4), out_valid.eq(c5.v), self.out.payload.last.eq(c5.last)]
-            for l in range(L):
-                m.d.sync += [c5_t[l].eq(add_half(c4_p[l], cfg.out_shift, im.LN_ACC_BITS + 2)),
-                             y[l].eq(Mux(c5.mask[l], saturate(c5_t[l] >> cfg.out_shift, 8), 0))]
+        wiring.connect(m, wiring.flipped(self.setup), params.setup)
+        wiring.connect(m, wiring.flipped(self.param), params.param)
+        wiring.connect(m, wiring.flipped(self.inp), pass_a.inp)
+        wiring.connect(m, pass_c.out, wiring.flipped(self.out))
+        wiring.connect(m, params.gb_w, gb.write_port())
+        wiring.connect(m, pass_c.gb_r, gb.read_port(transparent_for=()))
+        wiring.connect(m, pass_a.x_w, xbuf.write_port())
+        wiring.connect(m, pass_b.x_r, xbuf.read_port(transparent_for=()))
+        wiring.connect(m, pass_b.d_w, dbuf.write_port())
+        wiring.connect(m, pass_c.d_r, dbuf.read_port(transparent_for=()))
+        wiring.connect(m, params.config, pass_a.config, pass_b.config, pass_c.config)
+        wiring.connect(m, pass_a.rows, pass_b.rows)
+        wiring.connect(m, banks.info, pass_b.banks, pass_c.banks)
+        m.d.comb += [self.error.eq(params.error),
+                     params.row_in.eq(pass_a.row_in), params.row_out.eq(pass_c.row_out),
+                     banks.written.eq(pass_b.written), banks.s2.eq(pass_b.s2),
+                     banks.freed.eq(pass_c.freed)]
         return m
