@@ -16,20 +16,6 @@ GREEDY = ("generate", "--backend", "fast", "--prompt", "ROMEO:", "--max-new-toke
 
 
 @pytest.fixture(scope="module")
-def fast_machine():
-    """The Verilated 8x8 machine `generate --backend fast` uses, built (or loaded) once."""
-    from gpt2accel.sim.host.driver import FastBackend, machine_config
-    from gpt2accel.sim.fast import FastBackendUnavailable
-    q = QuantGPT2.load(shipped_model_dir() / QUANT_FILENAME)
-    try:
-        be = FastBackend()
-        be.open(machine_config(q, 8, 8), 1)
-        be.close()
-    except FastBackendUnavailable as e:
-        pytest.skip(f"fast backend unavailable: {e}")
-
-
-@pytest.fixture(scope="module")
 def greedy_text():
     """The text the greedy run must print: the integer golden model's (= the machine's)."""
     from gpt2accel.model.tokenizer import load_tokenizer

@@ -13,22 +13,6 @@ def python_blocks():
     return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
-@pytest.fixture(scope="module")
-def fast_machine():
-    """The Verilated 8x8 machine for the tiny model (built once and cached), or a skip."""
-    from gpt2accel.model import shipped_model_dir
-    from gpt2accel.model.quant import QUANT_FILENAME, QuantGPT2
-    from gpt2accel.sim.host.driver import FastBackend, machine_config
-    from gpt2accel.sim.fast import FastBackendUnavailable
-    q = QuantGPT2.load(shipped_model_dir() / QUANT_FILENAME)
-    try:
-        be = FastBackend()
-        be.open(machine_config(q, 8, 8), 1)
-        be.close()
-    except FastBackendUnavailable as e:
-        pytest.skip(f"fast backend unavailable: {e}")
-
-
 def test_readme_python_example_runs(fast_machine, tmp_path):
     (block,) = python_blocks()
     assert '"fast"' in block                  # the backend the fixture provides
