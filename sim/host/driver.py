@@ -245,34 +245,6 @@ def program_macs(ops):
     return total
 
 
-def _checkpoints(comp, ops):
-    """Per instruction of `ops` (= `comp.ops(...)`): (observe name, layer, region, row
-    length) of the golden intermediate its destination must equal once it has run,
-    or None (raw matmuls: their int32 sums have no observe name; KVSTORE: checked
-    through ATTENTION; all but the last column chunk of a split vector op).
-
-    The compiler splits wide element-wise vector ops into runs of the same opcode;
-    no two consecutive operations of the unsplit program share an opcode, so each
-    run of equal opcodes is one operation of the template below."""
-    E, V = comp.E, comp.V
-    template = [("embed", None, "x", E)]
-    for i in comp.layers:
-        template += [("ln_1", i, "ln_1_out", E), ("qkv", i, "qkv", 3 * E), None,
-                     ("attn", i, "attn", E), None, ("resid_mid", i, "x", E),
-                     ("ln_2", i, "ln_2_out", E), ("fc", i, "fc", 4 * E),
-                     ("gelu", i, "gelu", 4 * E), None, ("resid", i, "x", E)]
-    template += [("ln_f", None, "ln_f_out", E), None, ("logits", None, "logits", V), None]
-    out, k = [], -1
-    for j, (op, _) in enumerate(ops):
-        if j == 0 or op != ops[j - 1][0]:
-            k += 1
-        last = j + 1 == len(ops) or ops[j + 1][0] != op
-        out.append(template[k] if last else None)
-    if k + 1 != len(template):
-        raise AssertionError(f"program of {k + 1} operations, checkpoints for {len(template)}")
-    return out
-
-
 # ---------------------------------------------------------------- driver
 
 class Driver:
@@ -416,24 +388,24 @@ class Driver:
 
     def _localise(self, ids, seen, before):
         """Re-run prefixes of the program from the memory before the call and find the
-        first checked instruction whose destination differs from the golden
-        intermediate (bisection: a good checkpoint followed by a bad one). Leaves the
-        machine's memory in a prefix's state: the caller raises."""
+        first checked instruction (the compiler's `Provenance.check`) whose destination
+        differs from the golden intermediate (bisection: a good checkpoint followed by
+        a bad one). Leaves the machine's memory in a prefix's state: the caller raises."""
         t = len(ids)
-        ops = self.comp.ops(t, self.pos)
-        checks = _checkpoints(self.comp, ops)
-        points = [k for k, c in enumerate(checks) if c is not None]
+        ops = self.comp.annotated_ops(t, self.pos)
+        points = [k for k, (_, _, p) in enumerate(ops) if p.check is not None]
         from gpt2accel.rtl.isa import encode
 
         def good(k):
-            name, layer, region, n = checks[k]
+            p = ops[k][2]
+            region, n = p.check
             self.backend.load(before)
-            words = [encode(self.cfg, op, **f) for op, f in ops[:k + 1]]
+            words = [encode(self.cfg, op, **f) for op, f, _ in ops[:k + 1]]
             self.backend.run(words + [encode(self.cfg, Op.HALT)])
             r = self.comp.regions[region]
             got = self.comp.read_rows(_Shifted(self.backend.dump(r.base, t * r.stride), r.base),
                                       region, t, n)
-            return np.array_equal(got, seen[(name, layer)])
+            return np.array_equal(got, seen[(p.op, p.layer)])
 
         lo, hi = -1, len(points) - 1          # points[hi] is bad (the logits are)
         while hi - lo > 1:
@@ -444,10 +416,10 @@ class Driver:
                 hi = mid
         first = points[lo] + 1 if lo >= 0 else 0
         k = points[hi]
-        name, layer, _, _ = checks[k]
+        p = ops[k][2]
         span = ", ".join(f"{ops[j][0].name}" for j in range(first, k + 1))
-        lname = "" if layer is None else f"layer {layer} "
-        return (f"first wrong intermediate: {lname}{name} (instructions {first}..{k}: {span})")
+        lname = "" if p.layer is None else f"layer {p.layer} "
+        return (f"first wrong intermediate: {lname}{p.op} (instructions {first}..{k}: {span})")
 
 
 #: A memory image this large shows a progress step while it is written.
