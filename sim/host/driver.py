@@ -14,8 +14,9 @@ words and runs one program to HALT, returning the machine's status
 `machine_sim.run_programs`; that harness starts a fresh simulator per call,
 so the backend carries the memory image - weights and KV caches - across
 calls, which is exact because the machine is idle between programs) and
-``fast`` (the Verilated machine of `sim.fast`, which keeps its memory in C++).
-A serial (board) backend would implement the same four methods.
+``fast`` (the Verilated machine of `sim.fast`, which keeps its memory in C++),
+and a board's ``serial`` link or its Verilated stand-in ``board-sim``
+(`sim.host.serial.SerialBackend`); `sim.host.backends` names them all.
 """
 import abc
 import contextlib
@@ -29,10 +30,11 @@ from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.isa import Error, Op
 from gpt2accel.rtl.vecmove import BETA_BYTES
+from gpt2accel.sim.host.backends import make_backend
 from gpt2accel.sim.host.compiler import CompileError, ModelCompiler
 from gpt2accel.sim.cycles.program import program_cycles
 
-__all__ = ["program_macs", "Backend", "PysimBackend", "FastBackend", "BACKENDS", "make_backend",
+__all__ = ["program_macs", "Backend", "PysimBackend", "FastBackend",
            "HardwareError", "CheckError", "MachineSizeError", "Driver", "machine_config",
            "array_error",
            "MIN_ADDR_BITS", "PROGRESS_AFTER_S"]
@@ -51,7 +53,7 @@ class CheckError(AssertionError):
 class Backend(abc.ABC):
     """The machine behind the driver: memory words in and out, one program per `run`.
 
-    An interface: the simulators and (later) a board over a serial link implement it.
+    An interface: the simulators and a board over a serial link implement it.
     """
     name = "?"
 
@@ -142,13 +144,6 @@ class FastBackend(Backend):
         self.m.close()
 
 
-BACKENDS = {"pysim": PysimBackend, "fast": FastBackend}
-
-
-def make_backend(name, **kw):
-    if name not in BACKENDS:
-        raise ValueError(f"unknown hardware backend {name!r} (have: {', '.join(BACKENDS)})")
-    return BACKENDS[name](**kw)
 
 
 # ---------------------------------------------------------------- configuration
