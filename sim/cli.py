@@ -8,6 +8,9 @@ import time
 from importlib import resources
 from pathlib import Path
 
+# the registry alone (cheap): the hardware is imported when a backend is made
+from gpt2accel.sim.host.backends import BACKENDS, make_backend
+
 __all__ = ["main", "resolve_model_dir"]
 
 #: Models shipped inside the package, by name.
@@ -32,10 +35,10 @@ def resolve_model_dir(name):
     return path
 
 
-#: Backends that run the simulated machine (sim/host/driver.py); the others are models.
-#: serial: a board over a serial port; board-sim: the same path to a Verilated board.
-BOARD_BACKENDS = ("serial", "board-sim")
-HARDWARE_BACKENDS = ("pysim", "fast") + BOARD_BACKENDS
+def _backend_help(names, notes=None):
+    """`--backend`'s help: each of `names` with its registry line (and a note)."""
+    notes = notes or {}
+    return "; ".join(f"{n}: {BACKENDS[n].help}{notes.get(n, '')}" for n in names)
 
 
 def _load_backend(model_dir, backend):
@@ -72,7 +75,7 @@ def _check_sampling(args):
         raise UsageError(f"--top-k {args.top_k}: must be 0 (all tokens) or more")
     if args.seed < 0:
         raise UsageError(f"--seed {args.seed}: must be 0 or more")
-    if args.backend in HARDWARE_BACKENDS:
+    if BACKENDS[args.backend].hardware:
         for name in ("rows", "cols"):
             if getattr(args, name) < 1:
                 raise UsageError(f"--{name} {getattr(args, name)}: the array needs at least "
@@ -115,7 +118,7 @@ def cmd_generate(args):
     if args.prompt is not None:
         prompt_ids = encode(args.prompt)
         check_length(prompt_ids)
-    hardware = args.backend in HARDWARE_BACKENDS
+    hardware = BACKENDS[args.backend].hardware
     announce(tok)
     model = _load_backend(model_dir, "int" if hardware else args.backend)
     run = _HardwareRun(model, args) if hardware else None
@@ -197,10 +200,9 @@ class _HardwareRun:
         if args.vcd and backend != "pysim":
             raise UsageError("--vcd needs --backend pysim (the Amaranth simulator)")
         if backend == "fast":
-            from gpt2accel.sim.host.driver import FastBackend
             from gpt2accel.sim.fast import FastBackendUnavailable
             try:
-                probe = FastBackend()
+                probe = make_backend("fast")
                 probe.open(cfg, 1)                  # builds (with progress) or loads the model
                 if probe.m.build_info["cached"]:
                     progress.note(f"fast backend: the Verilated machine from the cache "
@@ -212,9 +214,8 @@ class _HardwareRun:
                 backend = "pysim"
         be, mem_words = backend, None
         if args.vcd:
-            from gpt2accel.sim.host.driver import PysimBackend
-            be = PysimBackend(vcd=args.vcd)
-        if backend in BOARD_BACKENDS:
+            be = make_backend("pysim", vcd=args.vcd)
+        if BACKENDS[backend].kind == "board":
             be, mem_words = _board_backend(args, cfg, qmodel)
         self.backend_name, self.cfg = backend, cfg
         self.drv = Driver(qmodel, cfg, be, mem_words=mem_words, check=args.check)
@@ -370,26 +371,26 @@ def _add_addr_bits(p):
 def _board_backend(args, cfg, qmodel):
     """(SerialBackend, memory words the model needs) for --backend serial (the board at
     --port) or board-sim (the board top compiled with Verilator behind a simulated UART)."""
-    from gpt2accel.sim.host.serial import PySerialLink, SerialBackend, model_mem_words
+    from gpt2accel.sim.host.serial import model_mem_words
     words = model_mem_words(cfg, qmodel)
     if args.backend == "serial":
         print(f"[board at {args.port}, {args.baud} baud]", file=sys.stderr)
-        return SerialBackend(PySerialLink(args.port, args.baud)), words
-    from gpt2accel.sim.host.board_sim import SIM_BAUD, SIM_CLK_HZ, FastLink
+        return make_backend("serial", port=args.port, baud=args.baud), words
+    from gpt2accel.sim.host.board_sim import SIM_BAUD, SIM_CLK_HZ
     from gpt2accel.sim.fast import FastBackendUnavailable
     print(f"[board-sim: the board top ({words} words of on-chip memory, UART at "
           f"{SIM_CLK_HZ // SIM_BAUD} cycles per bit) in Verilator; first build ~3 minutes, "
           f"loading the weights over the simulated UART ~1 minute]", file=sys.stderr)
     try:
-        return SerialBackend(FastLink(cfg, mem_words=words)), words
+        return make_backend("board-sim", cfg=cfg, mem_words=words), words
     except FastBackendUnavailable as e:
         raise UsageError(f"--backend board-sim needs Verilator: {e}") from None
 
 
-#: The demo's (prompt, max_new_tokens) per backend that runs: on Amaranth's simulator
-#: (~1 minute per token on 8x8) short enough to finish in about 2 minutes; None fills
-#: the context.
-DEMO_DEFAULTS = {"pysim": ("RO", 2), "fast": ("ROMEO:", 40), "float": ("ROMEO:", None)}
+#: The demo's backends (its --backend choices, first the default) and their (prompt,
+#: max_new_tokens): on Amaranth's simulator (~1 minute per token on 8x8) short enough
+#: to finish in about 2 minutes; None fills the context.
+DEMO_DEFAULTS = {"fast": ("ROMEO:", 40), "pysim": ("RO", 2), "float": ("ROMEO:", None)}
 
 
 def cmd_demo(args):
@@ -554,10 +555,10 @@ def build_parser():
                                    "the simulated machine (Verilator when available, else "
                                    "Amaranth's simulator: a short default run), every step "
                                    "checked against the integer golden model.")
-    p.add_argument("--backend", choices=["fast", "pysim", "float"], default="fast",
-                   help="fast: Verilator (falls back to pysim when missing); pysim: "
-                        "Amaranth's simulator; float: the float reference, no hardware "
-                        "(default: %(default)s)")
+    p.add_argument("--backend", choices=list(DEMO_DEFAULTS), default="fast",
+                   help=_backend_help(DEMO_DEFAULTS, {"fast": " (falls back to pysim when "
+                                                              "Verilator is missing)"})
+                   + " (default: %(default)s)")
     _add_sampling(p, None, prompt=None)
     _add_hardware(p, check_default=True)
     p.set_defaults(func=cmd_demo)
@@ -567,12 +568,9 @@ def build_parser():
     p.add_argument("--model", default="tiny",
                    help="'tiny' (shipped) or a HF GPT-2 checkpoint directory with config.json "
                         "and model.safetensors (default: %(default)s)")
-    p.add_argument("--backend", choices=["float", "int", "pysim", "fast", *BOARD_BACKENDS],
-                   default="float",
-                   help="float: the float32 reference; int: the integer golden model; "
-                        "pysim / fast: the machine's RTL in Amaranth's simulator / Verilator; "
-                        "serial: a board at --port; board-sim: the same serial protocol to "
-                        "the board top simulated with Verilator (default: %(default)s)")
+    p.add_argument("--backend", choices=list(BACKENDS), default="float",
+                   help=_backend_help(BACKENDS, {"serial": " (--port, --baud)"})
+                   + " (default: %(default)s)")
     _add_sampling(p, 100)
     _add_hardware(p, check_default=False)
     p.add_argument("--port", default=None,

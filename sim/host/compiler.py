@@ -29,8 +29,12 @@ The program for one block (all rows row-major; residual rows int16):
 
 The projections to the residual width run raw because the engine's
 requantiser produces int8 only; RESADD applies their per-column (mult,
-shift). The host writes the block input x (`write_rows`; the embedding add
-and LM head are not lowered yet). Limits of the configuration (max_k,
+shift). For one block the host writes its input x (`write_rows`); the whole
+model's program starts with EMBED and ends with ln_f and the LM head instead.
+Beside each instruction the compiler keeps its `Provenance` (`annotated_ops`):
+the operation and layer it lowers, and where its result can be compared with
+the golden model's intermediate (the driver's check localises a mismatch by
+it). Limits of the configuration (max_k,
 max_n, max_m, max_d_head, max_seq, tile, address width, memory size) are
 checked here and refused with `CompileError` naming the limit.
 """
@@ -44,7 +48,7 @@ from gpt2accel.rtl.isa import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_
                                RESID_BYTES, IsaError, Op, cfg_max_vector_n, encode)
 from gpt2accel.sim.host.matmul_layout import pack_params, pack_w
 
-__all__ = ["CompileError", "BlockCompiler", "ModelCompiler", "Region"]
+__all__ = ["CompileError", "BlockCompiler", "ModelCompiler", "Provenance", "Region"]
 
 
 class CompileError(ValueError):
@@ -71,6 +75,21 @@ def _qwords(e, mult, shift):
     """One uint32 (mult | shift << 16) per column / table row, packed as a row."""
     q = np.asarray(mult, np.int64) | np.asarray(shift, np.int64) << 16
     return _rows(e, q[None], Q_BYTES)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where an instruction of a program comes from, beside the program (the words do
+    not carry it): `op`, the golden model's observe name of the operation it is part
+    of (`QuantGPT2.forward`: "embed", "ln_1", "qkv", "attn", "attn_proj", ... "logits";
+    None for HALT) in `layer` (None outside the blocks); `check`, on the instruction
+    after which that intermediate is complete in memory, the (region, row length) it
+    occupies there, else None (the raw int32 projections, whose observed value is the
+    requantised one RESADD / REQUANT computes; KVSTORE, seen through ATTENTION; all
+    but the last column chunk of a split vector op)."""
+    op: "str | None"
+    layer: "int | None" = None
+    check: "tuple[str, int] | None" = None
 
 
 @dataclass(frozen=True)
@@ -299,27 +318,32 @@ class _Compiler:
 
         cache = dict(k_base=kc.base, k_tile_stride=self.kts, k_head_stride=self.n_tiles * self.kts,
                      v_base=vc.base, v_tile_stride=self.vts, v_head_stride=self.n_tiles * self.vts)
+
+        def of(op, check=None):
+            return Provenance(op, i, check)
+
         return [
-            self._ln(f"h{i}.ln_1", blk.ln_1, "x", "ln_1_out", t),
-            self._matmul(f"h{i}.c_attn", "ln_1_out", "qkv", t),
+            (*self._ln(f"h{i}.ln_1", blk.ln_1, "x", "ln_1_out", t), of("ln_1", ("ln_1_out", E))),
+            (*self._matmul(f"h{i}.c_attn", "ln_1_out", "qkv", t), of("qkv", ("qkv", 3 * E))),
             (Op.KVSTORE, dict(n_tok=t, pos0=pos, n_head=H, d_head=D,
-                              src_base=qkv.base, src_stride=qkv.stride, **cache)),
+                              src_base=qkv.base, src_stride=qkv.stride, **cache), of("attn")),
             (Op.ATTENTION, dict(n_head=H, d_head=D, tq=t, offset=pos,
                                 q_base=qkv.base, q_row_stride=qkv.stride,
                                 q_head_stride=D // self.e.mem_bytes, **cache,
                                 out_base=reg["attn"].base, out_stride=reg["attn"].stride,
                                 scratch_base=reg["scratch"].base,
                                 score_mult=att.score_mult, score_shift=att.score_shift,
-                                out_mult=att.out_mult, out_shift=att.out_shift)),
-            self._matmul(f"h{i}.attn.c_proj", "attn", "proj_raw", t),
-            resadd(f"h{i}.attn.c_proj"),
-            self._ln(f"h{i}.ln_2", blk.ln_2, "x", "ln_2_out", t),
-            self._matmul(f"h{i}.c_fc", "ln_2_out", "fc", t),
+                                out_mult=att.out_mult, out_shift=att.out_shift),
+             of("attn", ("attn", E))),
+            (*self._matmul(f"h{i}.attn.c_proj", "attn", "proj_raw", t), of("attn_proj")),
+            (*resadd(f"h{i}.attn.c_proj"), of("resid_mid", ("x", E))),
+            (*self._ln(f"h{i}.ln_2", blk.ln_2, "x", "ln_2_out", t), of("ln_2", ("ln_2_out", E))),
+            (*self._matmul(f"h{i}.c_fc", "ln_2_out", "fc", t), of("fc", ("fc", 4 * E))),
             (Op.GELU, dict(rows=t, n=4 * E, src_base=fc.base, src_stride=fc.stride,
                            dst_base=gl.base, dst_stride=gl.stride,
-                           table_base=reg[f"h{i}.gelu.table"].base)),
-            self._matmul(f"h{i}.mlp.c_proj", "gelu", "proj_raw", t),
-            resadd(f"h{i}.mlp.c_proj"),
+                           table_base=reg[f"h{i}.gelu.table"].base), of("gelu", ("gelu", 4 * E))),
+            (*self._matmul(f"h{i}.mlp.c_proj", "gelu", "proj_raw", t), of("fc_proj")),
+            (*resadd(f"h{i}.mlp.c_proj"), of("resid", ("x", E))),
         ]
 
     #: bytes per element of each address field of the element-wise vector ops
@@ -331,21 +355,24 @@ class _Compiler:
         Op.REQUANT: {"dst_base": RESID_BYTES, "y_base": RAW_BYTES, "q_base": Q_BYTES},
     }
 
-    def _split_vector(self, op, fields):
+    def _split_vector(self, op, fields, prov):
         """An element-wise vector op on rows longer than the units' row limit
         (GPT-2's 4E-wide GELU rows, the vocabulary-wide logits) as several
         instructions, each on a column chunk of every row. Chunks are whole
-        memory words, so each chunk's columns start on a word in every array."""
+        memory words, so each chunk's columns start on a word in every array.
+        The operation's result is complete after its last chunk only, which
+        alone keeps the provenance's check."""
         sizes = self._ELEMENT_BYTES.get(op)
         n = fields.get("n", 0)
         if sizes is None or n <= self.chunk:
-            return [(op, fields)]
+            return [(op, fields, prov)]
         out = []
         for c0 in range(0, n, self.chunk):
             f = dict(fields, n=min(self.chunk, n - c0))
             for name, size in sizes.items():
                 f[name] = fields[name] + c0 * size // self.e.mem_bytes
-            out.append((op, f))
+            last = c0 + self.chunk >= n
+            out.append((op, f, prov if last else Provenance(prov.op, prov.layer)))
         return out
 
     def _ln(self, name, q, src, dst, t):
@@ -358,6 +385,15 @@ class _Compiler:
 
     def ops(self, t, pos):
         """The program as (Op, fields) pairs for t tokens at positions pos .. pos+t-1."""
+        return [(op, fields) for op, fields, _ in self.annotated_ops(t, pos)]
+
+    def provenance(self, t, pos):
+        """The `Provenance` of each instruction of `program(t, pos)`, index by index."""
+        return [prov for _, _, prov in self.annotated_ops(t, pos)]
+
+    def annotated_ops(self, t, pos):
+        """The program as (Op, fields, `Provenance`) triples: `ops` and `provenance`
+        in one list, so the two cannot fall out of step."""
         if not 1 <= t <= self.max_tokens:
             raise CompileError(f"T = {t} tokens outside 1..max_tokens {self.max_tokens}")
         if pos + t > self.n_pos:
@@ -371,20 +407,24 @@ class _Compiler:
                 dst_base=x.base, dst_stride=x.stride, pos0=pos,
                 wte_base=reg["wte"].base, wte_stride=reg["wte"].stride,
                 wte_q_base=reg["wte.q"].base, wpe_base=reg["wpe"].base,
-                wpe_stride=reg["wpe"].stride, wpe_q_base=reg["wpe.q"].base)))
+                wpe_stride=reg["wpe"].stride, wpe_q_base=reg["wpe.q"].base),
+                Provenance("embed", None, ("x", self.E))))
         for i in self.layers:
             prog += self._block_ops(i, t, pos)
         if self.head:
             lr = reg["logits_raw"]
-            prog += [self._ln("ln_f", self.q.ln_f, "x", "ln_f_out", t),
-                     self._matmul("lm_head", "ln_f_out", "logits_raw", t),
+            prog += [(*self._ln("ln_f", self.q.ln_f, "x", "ln_f_out", t),
+                      Provenance("ln_f", None, ("ln_f_out", self.E))),
+                     (*self._matmul("lm_head", "ln_f_out", "logits_raw", t),
+                      Provenance("logits")),
                      (Op.REQUANT, dict(rows=t, n=self.V, src_base=0, src_stride=0,
                                        dst_base=reg["logits"].base,
                                        dst_stride=reg["logits"].stride,
                                        y_base=lr.base, y_stride=lr.stride,
-                                       q_base=reg["lm_head.q"].base))]
-        prog = [ins for op, fields in prog for ins in self._split_vector(op, fields)]
-        return prog + [(Op.HALT, {})]
+                                       q_base=reg["lm_head.q"].base),
+                      Provenance("logits", None, ("logits", self.V)))]
+        prog = [ins for ins in prog for ins in self._split_vector(*ins)]
+        return prog + [(Op.HALT, {}, Provenance(None))]
 
     def write_ids(self, mem, ids):
         """Host write of the new tokens' ids (whole-model programs)."""

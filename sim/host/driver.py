@@ -14,8 +14,9 @@ words and runs one program to HALT, returning the machine's status
 `machine_sim.run_programs`; that harness starts a fresh simulator per call,
 so the backend carries the memory image - weights and KV caches - across
 calls, which is exact because the machine is idle between programs) and
-``fast`` (the Verilated machine of `sim.fast`, which keeps its memory in C++).
-A serial (board) backend would implement the same four methods.
+``fast`` (the Verilated machine of `sim.fast`, which keeps its memory in C++),
+and a board's ``serial`` link or its Verilated stand-in ``board-sim``
+(`sim.host.serial.SerialBackend`); `sim.host.backends` names them all.
 """
 import abc
 import contextlib
@@ -29,10 +30,11 @@ from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.isa import Error, Op
 from gpt2accel.rtl.vecmove import BETA_BYTES
+from gpt2accel.sim.host.backends import make_backend
 from gpt2accel.sim.host.compiler import CompileError, ModelCompiler
 from gpt2accel.sim.cycles.program import program_cycles
 
-__all__ = ["program_macs", "Backend", "PysimBackend", "FastBackend", "BACKENDS", "make_backend",
+__all__ = ["program_macs", "Backend", "PysimBackend", "FastBackend",
            "HardwareError", "CheckError", "MachineSizeError", "Driver", "machine_config",
            "array_error",
            "MIN_ADDR_BITS", "PROGRESS_AFTER_S"]
@@ -51,7 +53,7 @@ class CheckError(AssertionError):
 class Backend(abc.ABC):
     """The machine behind the driver: memory words in and out, one program per `run`.
 
-    An interface: the simulators and (later) a board over a serial link implement it.
+    An interface: the simulators and a board over a serial link implement it.
     """
     name = "?"
 
@@ -142,13 +144,6 @@ class FastBackend(Backend):
         self.m.close()
 
 
-BACKENDS = {"pysim": PysimBackend, "fast": FastBackend}
-
-
-def make_backend(name, **kw):
-    if name not in BACKENDS:
-        raise ValueError(f"unknown hardware backend {name!r} (have: {', '.join(BACKENDS)})")
-    return BACKENDS[name](**kw)
 
 
 # ---------------------------------------------------------------- configuration
@@ -243,34 +238,6 @@ def program_macs(ops):
             keys = sum(f["offset"] + r + 1 for r in range(f["tq"]))
             total += 2 * f["n_head"] * f["d_head"] * keys
     return total
-
-
-def _checkpoints(comp, ops):
-    """Per instruction of `ops` (= `comp.ops(...)`): (observe name, layer, region, row
-    length) of the golden intermediate its destination must equal once it has run,
-    or None (raw matmuls: their int32 sums have no observe name; KVSTORE: checked
-    through ATTENTION; all but the last column chunk of a split vector op).
-
-    The compiler splits wide element-wise vector ops into runs of the same opcode;
-    no two consecutive operations of the unsplit program share an opcode, so each
-    run of equal opcodes is one operation of the template below."""
-    E, V = comp.E, comp.V
-    template = [("embed", None, "x", E)]
-    for i in comp.layers:
-        template += [("ln_1", i, "ln_1_out", E), ("qkv", i, "qkv", 3 * E), None,
-                     ("attn", i, "attn", E), None, ("resid_mid", i, "x", E),
-                     ("ln_2", i, "ln_2_out", E), ("fc", i, "fc", 4 * E),
-                     ("gelu", i, "gelu", 4 * E), None, ("resid", i, "x", E)]
-    template += [("ln_f", None, "ln_f_out", E), None, ("logits", None, "logits", V), None]
-    out, k = [], -1
-    for j, (op, _) in enumerate(ops):
-        if j == 0 or op != ops[j - 1][0]:
-            k += 1
-        last = j + 1 == len(ops) or ops[j + 1][0] != op
-        out.append(template[k] if last else None)
-    if k + 1 != len(template):
-        raise AssertionError(f"program of {k + 1} operations, checkpoints for {len(template)}")
-    return out
 
 
 # ---------------------------------------------------------------- driver
@@ -416,24 +383,24 @@ class Driver:
 
     def _localise(self, ids, seen, before):
         """Re-run prefixes of the program from the memory before the call and find the
-        first checked instruction whose destination differs from the golden
-        intermediate (bisection: a good checkpoint followed by a bad one). Leaves the
-        machine's memory in a prefix's state: the caller raises."""
+        first checked instruction (the compiler's `Provenance.check`) whose destination
+        differs from the golden intermediate (bisection: a good checkpoint followed by
+        a bad one). Leaves the machine's memory in a prefix's state: the caller raises."""
         t = len(ids)
-        ops = self.comp.ops(t, self.pos)
-        checks = _checkpoints(self.comp, ops)
-        points = [k for k, c in enumerate(checks) if c is not None]
+        ops = self.comp.annotated_ops(t, self.pos)
+        points = [k for k, (_, _, p) in enumerate(ops) if p.check is not None]
         from gpt2accel.rtl.isa import encode
 
         def good(k):
-            name, layer, region, n = checks[k]
+            p = ops[k][2]
+            region, n = p.check
             self.backend.load(before)
-            words = [encode(self.cfg, op, **f) for op, f in ops[:k + 1]]
+            words = [encode(self.cfg, op, **f) for op, f, _ in ops[:k + 1]]
             self.backend.run(words + [encode(self.cfg, Op.HALT)])
             r = self.comp.regions[region]
             got = self.comp.read_rows(_Shifted(self.backend.dump(r.base, t * r.stride), r.base),
                                       region, t, n)
-            return np.array_equal(got, seen[(name, layer)])
+            return np.array_equal(got, seen[(p.op, p.layer)])
 
         lo, hi = -1, len(points) - 1          # points[hi] is bad (the logits are)
         while hi - lo > 1:
@@ -444,10 +411,10 @@ class Driver:
                 hi = mid
         first = points[lo] + 1 if lo >= 0 else 0
         k = points[hi]
-        name, layer, _, _ = checks[k]
+        p = ops[k][2]
         span = ", ".join(f"{ops[j][0].name}" for j in range(first, k + 1))
-        lname = "" if layer is None else f"layer {layer} "
-        return (f"first wrong intermediate: {lname}{name} (instructions {first}..{k}: {span})")
+        lname = "" if p.layer is None else f"layer {p.layer} "
+        return (f"first wrong intermediate: {lname}{p.op} (instructions {first}..{k}: {span})")
 
 
 #: A memory image this large shows a progress step while it is written.

@@ -22,7 +22,8 @@ import numpy as np
 from gpt2accel.model import intops
 from gpt2accel.model.gpt2 import KVCache
 from gpt2accel.rtl.isa import Error, Op, encode
-from gpt2accel.sim.host.driver import HardwareError, make_backend
+from gpt2accel.sim.host.backends import make_backend
+from gpt2accel.sim.host.driver import HardwareError
 from gpt2accel.sim.host.matmul_layout import pack_a, pack_params, pack_w, unpack_out
 
 __all__ = ["OffloadDriver", "offload_words", "LINEARS"]

@@ -123,6 +123,31 @@ def test_unknown_backend_is_refused(capsys):
     assert "invalid choice: 'gpu'" in capsys.readouterr().err
 
 
+def _backend_option(command):
+    from gpt2accel.sim.cli import build_parser
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    return next(a for a in sub._actions if a.dest == "backend")
+
+
+def test_backend_choices_are_the_registry():
+    """`generate` offers every registered backend, in its order, with its help line;
+    the demo a subset; each hardware backend is made by the registry (a model is not)."""
+    from gpt2accel.sim.host.backends import BACKENDS, HARDWARE_BACKENDS, make_backend
+    from gpt2accel.sim.host.driver import Backend
+    gen = _backend_option("generate")
+    assert gen.choices == list(BACKENDS)
+    for spec in BACKENDS.values():
+        assert f"{spec.name}: {spec.help}" in gen.help
+    assert set(_backend_option("demo").choices) < set(BACKENDS)
+    assert HARDWARE_BACKENDS == ("pysim", "fast", "serial", "board-sim")
+    for name in ("pysim", "fast"):
+        assert isinstance(make_backend(name), Backend)
+    assert make_backend("pysim", vcd="x.vcd").vcd == "x.vcd"
+    with pytest.raises(ValueError, match=r"unknown hardware backend 'int' \(have: pysim, fast, "
+                                         r"serial, board-sim\)"):
+        make_backend("int")
+
+
 @pytest.mark.slow
 def test_generate_on_simulated_hardware_matches_int_backend(capsys):
     """One prefill program of the shipped tiny model in Amaranth's simulator (~40 s),

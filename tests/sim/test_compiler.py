@@ -112,6 +112,39 @@ def test_model_compiler_limits(qmodel):
         ModelCompiler(cfg, qmodel, max_tokens=4, mem_words=8192)
 
 
+#: Each block's operations in program order (the golden model's observe names).
+BLOCK_OPS = ["ln_1", "qkv", "attn", "attn_proj", "resid_mid", "ln_2", "fc", "gelu",
+             "fc_proj", "resid"]
+
+
+def test_tiny_model_provenance_names_every_operation():
+    """Beside the tiny model's program, one `Provenance` per instruction: every layer's
+    operations in order, and a check on the last instruction of each operation whose
+    machine result is the golden intermediate, in the order the golden model observes
+    them (the raw int32 projections have none)."""
+    from gpt2accel.sim.cli import resolve_model_dir
+    from gpt2accel.sim.host.compiler import ModelCompiler
+    from gpt2accel.sim.host.driver import machine_config
+    tiny = Q.QuantGPT2.load(resolve_model_dir("tiny") / Q.QUANT_FILENAME)
+    cfg = machine_config(tiny, 8, 8)
+    comp = ModelCompiler(cfg, tiny, cfg.engine.max_m, None)
+    prov = comp.provenance(3, 2)
+    assert len(prov) == len(comp.ops(3, 2)) == len(comp.program(3, 2))
+    runs = [(p.op, p.layer) for j, p in enumerate(prov)
+            if j == 0 or (p.op, p.layer) != (prov[j - 1].op, prov[j - 1].layer)]
+    layers = range(tiny.config.n_layer)
+    assert runs == ([("embed", None)] + [(op, i) for i in layers for op in BLOCK_OPS]
+                    + [("ln_f", None), ("logits", None), (None, None)])
+    seen = []
+    tiny.forward(np.arange(3), observe=lambda n, l, x: seen.append((n, l)))
+    assert [(p.op, p.layer) for p in prov if p.check] == [
+        s for s in seen if s[0] not in ("attn_proj", "fc_proj")]
+    for j, p in enumerate(prov):                  # a check ends its operation
+        if p.check:
+            assert j + 1 == len(prov) or (prov[j + 1].op, prov[j + 1].layer) != (p.op, p.layer)
+            assert p.check[0] in comp.regions
+
+
 def test_tiny_model_cycle_report(capsys):
     """`python -m gpt2accel.sim.cycles.program` reports the documented tiny-model figures
     (docs/architecture.md, Machine); a change in any unit's timing shows here."""

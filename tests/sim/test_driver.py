@@ -104,17 +104,61 @@ def test_machine_error_status_raises(qm):
         Driver(qm, machine_config(qm, 4, 4), "pysim").load().decode(1)
 
 
-def test_checkpoints_follow_split_vector_ops(qm):
-    """The LM head's REQUANT runs as column chunks here; only the last chunk of the
-    run carries the logits checkpoint."""
+def test_checks_follow_split_vector_ops(qm):
+    """The LM head's REQUANT runs as column chunks here; only the last chunk carries
+    the logits check."""
     from gpt2accel.rtl.isa import Op
-    from gpt2accel.sim.host.driver import _checkpoints
     drv = Driver(qm, machine_config(qm, 4, 4), "pysim")
-    ops = drv.comp.ops(2, 0)
-    req = [j for j, (op, _) in enumerate(ops) if op == Op.REQUANT]
-    assert len(req) == 2
-    checks = _checkpoints(drv.comp, ops)
-    assert checks[req[0]] is None and checks[req[1]][0] == "logits"
+    ops = drv.comp.annotated_ops(2, 0)
+    req = [p for op, _, p in ops if op == Op.REQUANT]
+    assert len(req) == 2 and req[0].op == req[1].op == "logits"
+    assert req[0].check is None and req[1].check == ("logits", VOCAB)
+
+
+def test_checks_hold_the_golden_intermediates(qm):
+    """Every provenance check names where the machine leaves the golden intermediate:
+    after one run of the 1-layer model, the last check of each region equals the
+    model's observed value (a check naming the wrong region, row length or operation
+    fails here)."""
+    drv = Driver(qm, machine_config(qm, 4, 4, max_tokens=4), "pysim").load()
+    ids = [2, 7, 1]
+    seen = {}
+    want = qm.forward(np.array(ids), observe=lambda n, l, x: seen.setdefault((n, l), x))
+    np.testing.assert_array_equal(drv.prefill(ids), want)
+    last = {p.check[0]: p for p in drv.comp.provenance(len(ids), 0) if p.check}
+    assert set(last) == {"x", "ln_1_out", "qkv", "attn", "ln_2_out", "fc", "gelu",
+                         "ln_f_out", "logits"}
+    mem = drv.backend.dump()
+    for region, p in last.items():
+        got = drv.comp.read_rows(mem, region, len(ids), p.check[1])
+        np.testing.assert_array_equal(got, seen[(p.op, p.layer)], err_msg=region)
+
+
+def test_check_follows_an_inserted_instruction(qm, monkeypatch):
+    """A compiler change that inserts an instruction carries its provenance with it:
+    a second ln_1 after KVSTORE (harmless: attention does not read ln_1_out) moves
+    every later instruction, and a corrupted c_fc is still named by layer and op,
+    at its new index."""
+    from gpt2accel.rtl.isa import Op
+    from gpt2accel.sim.host.compiler import ModelCompiler
+    block_ops = ModelCompiler._block_ops
+
+    def with_extra(self, i, t, pos):
+        ops = block_ops(self, i, t, pos)
+        return ops[:3] + [ops[0]] + ops[3:]
+
+    monkeypatch.setattr(ModelCompiler, "_block_ops", with_extra)
+    drv = Driver(qm, machine_config(qm, 4, 4, max_tokens=4), "pysim", check=True).load()
+    ops = drv.comp.annotated_ops(3, 0)
+    assert [op for op, _, _ in ops[1:6]] == [Op.LAYERNORM, Op.MATMUL, Op.KVSTORE,
+                                             Op.LAYERNORM, Op.ATTENTION]
+    fc = next(k for k, (_, _, p) in enumerate(ops) if p.op == "fc")
+    r = drv.comp.regions["h0.c_fc.w"]
+    word = drv.backend.dump(r.base, 1)
+    word[0, 0] ^= 0x40
+    drv.backend.load(word, r.base)
+    with pytest.raises(CheckError, match=rf"layer 0 fc \(instructions {fc}\.\.{fc}: MATMUL\)"):
+        drv.prefill([1, 2, 3])
 
 
 # ---------------------------------------------------------------- machine size, progress
