@@ -56,7 +56,7 @@ import struct
 from contextlib import contextmanager
 
 from amaranth.hdl import *
-from amaranth.lib import enum, wiring, stream
+from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -140,6 +140,101 @@ def _check_int(name, value, lo, hi, why=""):
                           + (f" ({why})" if why else ""))
 
 
+class _Crc16(wiring.Component):
+    """The one CRC register of both directions: a frame's bytes step it as they
+    arrive (``rx_on``: a receiving state that covers them), a reply's as they
+    leave the output register (``tx_en``); ``clear`` restarts it.
+
+    The step network is taken when the bridge is built (`step`, normally
+    `crc16_step`), so the network elaborated is the one the bridge was built
+    with."""
+
+    def __init__(self, step):
+        self._step = step
+        super().__init__({"rx_on": In(1), "rx_valid": In(1), "rx_byte": In(8),
+                          "tx_en": In(1), "tx_byte": In(8), "clear": In(1),
+                          "crc": Out(16, init=0xFFFF)})
+
+    def elaborate(self, platform):
+        m = Module()
+        en = Mux(self.rx_on, self.rx_valid, self.tx_en)
+        byte = Mux(self.rx_on, self.rx_byte, self.tx_byte)
+        with m.If(self.clear):
+            m.d.sync += self.crc.eq(0xFFFF)
+        with m.Elif(en):
+            m.d.sync += self.crc.eq(self._step(self.crc, byte))
+        return m
+
+
+class _ByteOut(wiring.Component):
+    """The output byte register: tx comes from flip-flops, and the CRC follows
+    the registered byte as it leaves (``crc_en``, unless the byte came with
+    ``crc`` clear), so no path runs from the memory's read data through the
+    byte multiplexer and the CRC network into the UART."""
+
+    def __init__(self):
+        super().__init__({
+            "inp": In(stream.Signature(data.StructLayout({"byte": 8, "crc": 1}))),
+            "tx": Out(stream.Signature(8)), "crc_en": Out(1), "obuf_crc": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        obuf, obuf_valid = Signal(8), Signal()
+        m.d.comb += [self.tx.valid.eq(obuf_valid), self.tx.payload.eq(obuf),
+                     self.inp.ready.eq(~obuf_valid),
+                     self.crc_en.eq(self.tx.valid & self.tx.ready & self.obuf_crc)]
+        with m.If(self.tx.valid & self.tx.ready):
+            m.d.sync += obuf_valid.eq(0)
+        with m.If(self.inp.valid & self.inp.ready):
+            m.d.sync += [obuf.eq(self.inp.payload.byte), obuf_valid.eq(1),
+                         self.obuf_crc.eq(self.inp.payload.crc)]
+        return m
+
+
+class _Reply(wiring.Component):
+    """What a reply says besides its bytes' position: opcode, length and kind,
+    latched when it starts (``start``), the fault code (``set_fault``), and the
+    status sampled then (``sample``); ``header`` and ``body`` are byte
+    ``idx`` of the header and of the body (READ bodies come from memory)."""
+
+    def __init__(self, identity, idx_shape):
+        self._identity = identity
+        super().__init__({
+            "start": In(1), "op": In(8), "kind": In(_Body), "length": In(16),
+            "set_fault": In(1), "fault": In(8), "sample": In(1),
+            "busy": In(1), "error": In(2), "cycles": In(32), "icount": In(32),
+            "req_op": In(8),             # the request's opcode, which ERROR bodies name
+            "idx": In(idx_shape),
+            "rep_op": Out(8), "rep_kind": Out(_Body), "rep_len": Out(16),
+            "header": Out(8), "body": Out(8)})
+
+    def elaborate(self, platform):
+        m = Module()
+        fault_code = Signal(8)
+        stat = Signal(8 * _STATUS_BYTES)             # status, sampled when the reply starts
+        with m.If(self.start):
+            m.d.sync += [self.rep_op.eq(self.op), self.rep_kind.eq(self.kind),
+                         self.rep_len.eq(self.length)]
+        with m.If(self.set_fault):
+            m.d.sync += fault_code.eq(self.fault)
+        with m.If(self.sample):
+            m.d.sync += stat.eq(Cat(self.busy, C(0, 7), self.error, C(0, 6),
+                                    self.cycles, self.icount))
+        idx = self.idx
+        header = Array([C(P.SYNC, 8), self.rep_op, self.rep_len[:8], self.rep_len[8:]])
+        identity = Array(C(b, 8) for b in self._identity)
+        body = {_Body.IDENTITY: identity[idx],
+                _Body.STATUS: stat.word_select(idx, 8),
+                _Body.ERROR: Mux(idx[0], self.req_op, fault_code)}
+        m.d.comb += self.header.eq(header[idx[:2]])
+        with m.Switch(self.rep_kind):
+            for kind, value in body.items():
+                with m.Case(kind):
+                    m.d.comb += self.body.eq(value)
+        return m
+
+
+
 class HostBridge(wiring.Component):
     """Device side of the host link protocol (`rtl/protocol.py`); see the module docstring.
 
@@ -209,7 +304,8 @@ class HostBridge(wiring.Component):
         addr32, count = field[:32], field[32:48]
         tail_lane = Signal(range(MB))                # payload bytes after the address,
         tail_words = Signal(range(MP // MB + 1))     # in words of mem_bytes
-        crc, crc_lo = Signal(16, init=0xFFFF), Signal(8)
+        m.submodules.crc = crc_unit = _Crc16(crc16_step)
+        crc, crc_lo = crc_unit.crc, Signal(8)
         span_end, beyond = Signal(34), Signal()      # WRITE/READ: address + words
         timer = Signal(range(self.timeout_cycles + 1))
         # ---------------- execution registers ----------------
@@ -227,56 +323,43 @@ class HostBridge(wiring.Component):
         m.d.sync += lbyte.eq(buf_r.data)
         settle = Signal(range(FETCH_TO_ISSUE + 1))
         # ---------------- reply ----------------
-        rep_op, rep_len = Signal(8), Signal(16)
-        rep_kind = Signal(_Body)
-        fault_code = Signal(8)
-        stat = Signal(8 * _STATUS_BYTES)             # status, sampled when the reply starts
         tx_idx = Signal(range(max(P.HEADER_BYTES, _IDENTITY_BYTES, _STATUS_BYTES, MB)))
-
-        crc_en, crc_byte = Signal(), Signal(8)
-        with m.If(crc_en):
-            m.d.sync += crc.eq(crc16_step(crc, crc_byte))
+        m.submodules.reply = rp = _Reply(self.identity, tx_idx.shape())
+        m.submodules.byte_out = out = _ByteOut()
+        wiring.connect(m, out.tx, wiring.flipped(self.tx))
+        # one CRC network for both directions: a frame's bytes arrive, or a reply's
+        # leave (only a reply's CRC bytes, which the CRC skips, can still be leaving
+        # when the next frame arrives)
+        m.d.comb += [crc_unit.rx_valid.eq(rx.valid), crc_unit.rx_byte.eq(byte),
+                     crc_unit.tx_en.eq(out.crc_en), crc_unit.tx_byte.eq(out.tx.payload),
+                     rp.idx.eq(tx_idx), rp.req_op.eq(opcode), rp.busy.eq(self.busy),
+                     rp.error.eq(self.error), rp.cycles.eq(self.cycles),
+                     rp.icount.eq(self.icount)]
 
         def reply(op, kind=_Body.EMPTY, length=None):
             """Start sending a frame with opcode `op` whose payload is `kind`."""
             n = _BODY_BYTES[kind] if length is None else length
-            m.d.sync += [rep_op.eq(op), rep_kind.eq(kind), rep_len.eq(n), tx_idx.eq(0),
-                         crc.eq(0xFFFF)]
+            m.d.comb += [rp.start.eq(1), rp.op.eq(op), rp.kind.eq(kind), rp.length.eq(n),
+                         crc_unit.clear.eq(1)]
+            m.d.sync += tx_idx.eq(0)
             if kind == _Body.STATUS:
-                m.d.sync += stat.eq(Cat(self.busy, C(0, 7), self.error, C(0, 6),
-                                        self.cycles, self.icount))
+                m.d.comb += rp.sample.eq(1)
             m.next = "SEND_HDR"
 
         def fault(code):
-            m.d.sync += fault_code.eq(int(code))
+            m.d.comb += [rp.set_fault.eq(1), rp.fault.eq(int(code))]
             reply(P.ERROR, _Body.ERROR)
-
-        # the output byte register: tx comes from flip-flops, and the CRC follows the
-        # registered byte as it leaves, so no path runs from the memory's read data
-        # through the byte multiplexer and the CRC network into the UART
-        obuf, obuf_valid, obuf_crc = Signal(8), Signal(), Signal()
-        m.d.comb += [self.tx.valid.eq(obuf_valid), self.tx.payload.eq(obuf)]
-        with m.If(self.tx.valid & self.tx.ready):
-            m.d.sync += obuf_valid.eq(0)
-        # one CRC network for both directions: a frame's bytes arrive, or a reply's
-        # leave (only a reply's CRC bytes, which the CRC skips, can still be leaving
-        # when the next frame arrives)
-        m.d.comb += [crc_en.eq(self.tx.valid & self.tx.ready & obuf_crc), crc_byte.eq(obuf)]
 
         def send(byte, *, valid=C(1, 1), crc_on=C(1, 1)):
             """Put `byte` into the output register once it is empty; the expression of
             that happening (`tx_idx` counts the bytes of the segment; the CRC takes the
             byte as it leaves, unless not `crc_on`)."""
-            taken = valid & ~obuf_valid
+            taken = valid & out.inp.ready
+            m.d.comb += [out.inp.valid.eq(valid), out.inp.payload.byte.eq(byte),
+                         out.inp.payload.crc.eq(crc_on)]
             with m.If(taken):
-                m.d.sync += [obuf.eq(byte), obuf_valid.eq(1), obuf_crc.eq(crc_on),
-                             tx_idx.eq(tx_idx + 1)]
+                m.d.sync += tx_idx.eq(tx_idx + 1)
             return taken
-
-        identity = Array(C(b, 8) for b in self.identity)
-        body = {_Body.IDENTITY: identity[tx_idx],
-                _Body.STATUS: stat.word_select(tx_idx, 8),
-                _Body.ERROR: Mux(tx_idx[0], opcode, fault_code)}
 
         @contextmanager
         def receiving(*, crc_on=True):
@@ -285,7 +368,7 @@ class HostBridge(wiring.Component):
             m.d.comb += rx.ready.eq(1)
             m.d.sync += timer.eq(Mux(rx.valid, 0, timer + 1))
             if crc_on:
-                m.d.comb += [crc_en.eq(rx.valid), crc_byte.eq(byte)]
+                m.d.comb += crc_unit.rx_on.eq(1)
             with m.If(rx.valid):
                 yield
             with m.If(self.rx_error):
@@ -318,7 +401,8 @@ class HostBridge(wiring.Component):
             with m.State("HUNT"):
                 m.d.comb += rx.ready.eq(1)
                 with m.If(rx.valid & (byte == P.SYNC)):
-                    m.d.sync += [crc.eq(0xFFFF), opcode.eq(0), timer.eq(0)]
+                    m.d.comb += crc_unit.clear.eq(1)
+                    m.d.sync += [opcode.eq(0), timer.eq(0)]
                     m.next = "OPC"
 
             with m.State("OPC"), receiving():
@@ -441,11 +525,10 @@ class HostBridge(wiring.Component):
                     reply(opcode | P.REPLY, _Body.STATUS)
 
             with m.State("SEND_HDR"):
-                header = Array([C(P.SYNC, 8), rep_op, rep_len[:8], rep_len[8:]])
-                with m.If(send(header[tx_idx[:2]], crc_on=tx_idx != 0)
+                with m.If(send(rp.header, crc_on=tx_idx != 0)
                           & (tx_idx == P.HEADER_BYTES - 1)):
                     m.d.sync += tx_idx.eq(0)
-                    with m.Switch(rep_kind):
+                    with m.Switch(rp.rep_kind):
                         with m.Case(_Body.READ):
                             m.next = "RD_REQ"
                         with m.Case(_Body.EMPTY):
@@ -453,12 +536,7 @@ class HostBridge(wiring.Component):
                         with m.Default():
                             m.next = "SEND_BODY"
             with m.State("SEND_BODY"):
-                body_byte = Signal(8)
-                with m.Switch(rep_kind):
-                    for kind, value in body.items():
-                        with m.Case(kind):
-                            m.d.comb += body_byte.eq(value)
-                with m.If(send(body_byte) & (tx_idx == rep_len - 1)):
+                with m.If(send(rp.body) & (tx_idx == rp.rep_len - 1)):
                     m.d.sync += tx_idx.eq(0)
                     m.next = "SEND_CRC"
             with m.State("RD_REQ"):
@@ -489,5 +567,5 @@ class HostBridge(wiring.Component):
         # k-induction closes (sim/formal/bridge.py); nothing here reads it
         self.formal_view = dict(fsm=fsm, opcode=opcode, length=length, idx=idx, crc=crc,
                                 crc_lo=crc_lo, tail_lane=tail_lane, tail_words=tail_words,
-                                timer=timer, left=left, obuf_crc=obuf_crc)
+                                timer=timer, left=left, obuf_crc=out.obuf_crc)
         return m
