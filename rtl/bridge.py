@@ -65,7 +65,7 @@ from .attention_config import AttentionConfig
 from .config import ConfigError, refusing
 from .isa import OPCODE_BITS, body_layout
 from .machine import FETCH_TO_ISSUE, instr_layout, machine_ops
-from .memport import MemPort
+from .memport import MemPort, read_response_layout
 
 __all__ = ["HostBridge", "crc16_step", "identity_bytes"]
 
@@ -191,17 +191,24 @@ class _ByteOut(wiring.Component):
         return m
 
 
+def _reply_request():
+    """The framing FSM's side of starting a reply: its opcode, kind and length
+    (``start``), the fault code (``set_fault``), whether to sample the status."""
+    return wiring.Signature({
+        "start": Out(1), "op": Out(8), "kind": Out(_Body), "length": Out(16),
+        "set_fault": Out(1), "fault": Out(8), "sample": Out(1)})
+
+
 class _Reply(wiring.Component):
     """What a reply says besides its bytes' position: opcode, length and kind,
-    latched when it starts (``start``), the fault code (``set_fault``), and the
-    status sampled then (``sample``); ``header`` and ``body`` are byte
-    ``idx`` of the header and of the body (READ bodies come from memory)."""
+    latched when it starts, the fault code, and the status sampled then;
+    ``header`` and ``body`` are byte ``idx`` of the header and of the body
+    (READ bodies come from memory)."""
 
     def __init__(self, identity, idx_shape):
         self._identity = identity
         super().__init__({
-            "start": In(1), "op": In(8), "kind": In(_Body), "length": In(16),
-            "set_fault": In(1), "fault": In(8), "sample": In(1),
+            "req": In(_reply_request()),
             "busy": In(1), "error": In(2), "cycles": In(32), "icount": In(32),
             "req_op": In(8),             # the request's opcode, which ERROR bodies name
             "idx": In(idx_shape),
@@ -212,12 +219,13 @@ class _Reply(wiring.Component):
         m = Module()
         fault_code = Signal(8)
         stat = Signal(8 * _STATUS_BYTES)             # status, sampled when the reply starts
-        with m.If(self.start):
-            m.d.sync += [self.rep_op.eq(self.op), self.rep_kind.eq(self.kind),
-                         self.rep_len.eq(self.length)]
-        with m.If(self.set_fault):
-            m.d.sync += fault_code.eq(self.fault)
-        with m.If(self.sample):
+        r = self.req
+        with m.If(r.start):
+            m.d.sync += [self.rep_op.eq(r.op), self.rep_kind.eq(r.kind),
+                         self.rep_len.eq(r.length)]
+        with m.If(r.set_fault):
+            m.d.sync += fault_code.eq(r.fault)
+        with m.If(r.sample):
             m.d.sync += stat.eq(Cat(self.busy, C(0, 7), self.error, C(0, 6),
                                     self.cycles, self.icount))
         idx = self.idx
@@ -233,6 +241,100 @@ class _Reply(wiring.Component):
                     m.d.comb += self.body.eq(value)
         return m
 
+
+
+
+class _Sender(wiring.Component):
+    """The reply, byte by byte: header, body (or READ words straight from the
+    memory's response, one read in flight: the UART is far slower than memory),
+    CRC. It starts on ``req.start`` and ends with ``done``; the framing FSM
+    waits for it, and owns the READ's word pointer and count (``rd_step``:
+    one more word requested), which a WRITE and an EXEC use too."""
+
+    def __init__(self, identity, idx_shape, cfg, left_shape):
+        self._identity, self._idx_shape, self._cfg = identity, idx_shape, cfg
+        super().__init__({
+            "req": In(_reply_request()),
+            "busy": In(1), "error": In(2), "cycles": In(32), "icount": In(32),
+            "req_op": In(8),                        # the request's opcode (ERROR bodies)
+            "crc": In(16), "crc_en": Out(1), "crc_byte": Out(8), "obuf_crc": Out(1),
+            "tx": Out(stream.Signature(8)),
+            "rd_valid": Out(1), "rd_ready": In(1),
+            "rd_resp": In(stream.Signature(read_response_layout(cfg.engine))),
+            "left": In(left_shape), "rd_step": Out(1),
+            "active": Out(1), "done": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        MB = self._cfg.engine.mem_bytes
+        tx_idx = Signal(self._idx_shape)
+        m.submodules.reply = rp = _Reply(self._identity, self._idx_shape)
+        m.submodules.byte_out = out = _ByteOut()
+        wiring.connect(m, wiring.flipped(self.req), rp.req)
+        wiring.connect(m, out.tx, wiring.flipped(self.tx))
+        m.d.comb += [rp.idx.eq(tx_idx), rp.req_op.eq(self.req_op), rp.busy.eq(self.busy),
+                     rp.error.eq(self.error), rp.cycles.eq(self.cycles),
+                     rp.icount.eq(self.icount), self.crc_en.eq(out.crc_en),
+                     self.crc_byte.eq(out.tx.payload), self.obuf_crc.eq(out.obuf_crc)]
+
+        def send(byte, *, valid=C(1, 1), crc_on=C(1, 1)):
+            """Put `byte` into the output register once it is empty; the expression of
+            that happening (`tx_idx` counts the bytes of the segment; the CRC takes the
+            byte as it leaves, unless not `crc_on`)."""
+            taken = valid & out.inp.ready
+            m.d.comb += [out.inp.valid.eq(valid), out.inp.payload.byte.eq(byte),
+                         out.inp.payload.crc.eq(crc_on)]
+            with m.If(taken):
+                m.d.sync += tx_idx.eq(tx_idx + 1)
+            return taken
+
+        with m.FSM(name="reply") as fsm:
+            with m.State("IDLE"):
+                with m.If(self.req.start):
+                    m.d.sync += tx_idx.eq(0)
+                    m.next = "SEND_HDR"
+            with m.State("SEND_HDR"):
+                with m.If(send(rp.header, crc_on=tx_idx != 0)
+                          & (tx_idx == P.HEADER_BYTES - 1)):
+                    m.d.sync += tx_idx.eq(0)
+                    with m.Switch(rp.rep_kind):
+                        with m.Case(_Body.READ):
+                            m.next = "RD_REQ"
+                        with m.Case(_Body.EMPTY):
+                            m.next = "SEND_CRC"
+                        with m.Default():
+                            m.next = "SEND_BODY"
+            with m.State("SEND_BODY"):
+                with m.If(send(rp.body) & (tx_idx == rp.rep_len - 1)):
+                    m.d.sync += tx_idx.eq(0)
+                    m.next = "SEND_CRC"
+            with m.State("RD_REQ"):
+                m.d.comb += self.rd_valid.eq(1)
+                with m.If(self.rd_ready):
+                    m.d.comb += self.rd_step.eq(1)
+                    m.next = "RD_SEND"
+            with m.State("RD_SEND"):
+                # the response stays presented until its last byte left: no word register
+                resp = self.rd_resp
+                last = tx_idx == MB - 1
+                with m.If(send(resp.payload.data.word_select(tx_idx, 8), valid=resp.valid)
+                          & last):
+                    m.d.comb += resp.ready.eq(1)
+                    m.d.sync += tx_idx.eq(0)
+                    with m.If(self.left != 0):
+                        m.next = "RD_REQ"
+                    with m.Else():
+                        m.next = "SEND_CRC"
+            with m.State("SEND_CRC"):
+                # the output register is empty, so the last payload byte is in the CRC
+                with m.If(send(self.crc.word_select(tx_idx[0], 8), crc_on=C(0, 1))
+                          & (tx_idx == P.CRC_BYTES - 1)):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+        # busy unless idle (an encoding no state has counts as busy: the framing FSM
+        # waits for the sender exactly while this is set)
+        m.d.comb += self.active.eq(~fsm.ongoing("IDLE"))
+        return m
 
 
 class HostBridge(wiring.Component):
@@ -323,43 +425,35 @@ class HostBridge(wiring.Component):
         m.d.sync += lbyte.eq(buf_r.data)
         settle = Signal(range(FETCH_TO_ISSUE + 1))
         # ---------------- reply ----------------
-        tx_idx = Signal(range(max(P.HEADER_BYTES, _IDENTITY_BYTES, _STATUS_BYTES, MB)))
-        m.submodules.reply = rp = _Reply(self.identity, tx_idx.shape())
-        m.submodules.byte_out = out = _ByteOut()
-        wiring.connect(m, out.tx, wiring.flipped(self.tx))
+        m.submodules.sender = snd = _Sender(
+            self.identity, range(max(P.HEADER_BYTES, _IDENTITY_BYTES, _STATUS_BYTES, MB)),
+            self.cfg, left.shape())
+        wiring.connect(m, snd.tx, wiring.flipped(self.tx))
+        wiring.connect(m, wiring.flipped(self.mem.rd_resp), snd.rd_resp)
         # one CRC network for both directions: a frame's bytes arrive, or a reply's
         # leave (only a reply's CRC bytes, which the CRC skips, can still be leaving
         # when the next frame arrives)
         m.d.comb += [crc_unit.rx_valid.eq(rx.valid), crc_unit.rx_byte.eq(byte),
-                     crc_unit.tx_en.eq(out.crc_en), crc_unit.tx_byte.eq(out.tx.payload),
-                     rp.idx.eq(tx_idx), rp.req_op.eq(opcode), rp.busy.eq(self.busy),
-                     rp.error.eq(self.error), rp.cycles.eq(self.cycles),
-                     rp.icount.eq(self.icount)]
+                     crc_unit.tx_en.eq(snd.crc_en), crc_unit.tx_byte.eq(snd.crc_byte),
+                     snd.crc.eq(crc), snd.req_op.eq(opcode), snd.busy.eq(self.busy),
+                     snd.error.eq(self.error), snd.cycles.eq(self.cycles),
+                     snd.icount.eq(self.icount), snd.left.eq(left),
+                     self.mem.rd_req.valid.eq(snd.rd_valid),
+                     snd.rd_ready.eq(self.mem.rd_req.ready)]
 
         def reply(op, kind=_Body.EMPTY, length=None):
             """Start sending a frame with opcode `op` whose payload is `kind`."""
             n = _BODY_BYTES[kind] if length is None else length
-            m.d.comb += [rp.start.eq(1), rp.op.eq(op), rp.kind.eq(kind), rp.length.eq(n),
+            r = snd.req
+            m.d.comb += [r.start.eq(1), r.op.eq(op), r.kind.eq(kind), r.length.eq(n),
                          crc_unit.clear.eq(1)]
-            m.d.sync += tx_idx.eq(0)
             if kind == _Body.STATUS:
-                m.d.comb += rp.sample.eq(1)
-            m.next = "SEND_HDR"
+                m.d.comb += r.sample.eq(1)
+            m.next = "REPLY"
 
         def fault(code):
-            m.d.comb += [rp.set_fault.eq(1), rp.fault.eq(int(code))]
+            m.d.comb += [snd.req.set_fault.eq(1), snd.req.fault.eq(int(code))]
             reply(P.ERROR, _Body.ERROR)
-
-        def send(byte, *, valid=C(1, 1), crc_on=C(1, 1)):
-            """Put `byte` into the output register once it is empty; the expression of
-            that happening (`tx_idx` counts the bytes of the segment; the CRC takes the
-            byte as it leaves, unless not `crc_on`)."""
-            taken = valid & out.inp.ready
-            m.d.comb += [out.inp.valid.eq(valid), out.inp.payload.byte.eq(byte),
-                         out.inp.payload.crc.eq(crc_on)]
-            with m.If(taken):
-                m.d.sync += tx_idx.eq(tx_idx + 1)
-            return taken
 
         @contextmanager
         def receiving(*, crc_on=True):
@@ -524,42 +618,11 @@ class HostBridge(wiring.Component):
                 with m.If(settle == 0):
                     reply(opcode | P.REPLY, _Body.STATUS)
 
-            with m.State("SEND_HDR"):
-                with m.If(send(rp.header, crc_on=tx_idx != 0)
-                          & (tx_idx == P.HEADER_BYTES - 1)):
-                    m.d.sync += tx_idx.eq(0)
-                    with m.Switch(rp.rep_kind):
-                        with m.Case(_Body.READ):
-                            m.next = "RD_REQ"
-                        with m.Case(_Body.EMPTY):
-                            m.next = "SEND_CRC"
-                        with m.Default():
-                            m.next = "SEND_BODY"
-            with m.State("SEND_BODY"):
-                with m.If(send(rp.body) & (tx_idx == rp.rep_len - 1)):
-                    m.d.sync += tx_idx.eq(0)
-                    m.next = "SEND_CRC"
-            with m.State("RD_REQ"):
-                m.d.comb += self.mem.rd_req.valid.eq(1)
-                with m.If(self.mem.rd_req.ready):
+            with m.State("REPLY"):
+                # the sender has the reply; a READ's words are counted here
+                with m.If(snd.rd_step):
                     m.d.sync += [addr.eq(addr + 1), left.eq(left - 1)]
-                    m.next = "RD_SEND"
-            with m.State("RD_SEND"):
-                # the response stays presented until its last byte left: no word register
-                resp = self.mem.rd_resp
-                last = tx_idx == MB - 1
-                with m.If(send(resp.payload.data.word_select(tx_idx, 8), valid=resp.valid)
-                          & last):
-                    m.d.comb += resp.ready.eq(1)
-                    m.d.sync += tx_idx.eq(0)
-                    with m.If(left != 0):
-                        m.next = "RD_REQ"
-                    with m.Else():
-                        m.next = "SEND_CRC"
-            with m.State("SEND_CRC"):
-                # the output register is empty, so the last payload byte is in the CRC
-                with m.If(send(crc.word_select(tx_idx[0], 8), crc_on=C(0, 1))
-                          & (tx_idx == P.CRC_BYTES - 1)):
+                with m.If(snd.done):
                     m.next = "HUNT"
 
         # read-only view of the frame registers for the formal harness, whose
@@ -567,5 +630,6 @@ class HostBridge(wiring.Component):
         # k-induction closes (sim/formal/bridge.py); nothing here reads it
         self.formal_view = dict(fsm=fsm, opcode=opcode, length=length, idx=idx, crc=crc,
                                 crc_lo=crc_lo, tail_lane=tail_lane, tail_words=tail_words,
-                                timer=timer, left=left, obuf_crc=out.obuf_crc)
+                                timer=timer, left=left, obuf_crc=snd.obuf_crc,
+                                replying=snd.active)
         return m

@@ -257,6 +257,8 @@ class BridgeHarness(UnitHarness):
         # and they are all that can still be leaving once a frame may arrive
         replying = ~(b["HUNT"] | receiving | b["DISPATCH"] | executing | b["SETTLE"])
         inv("crc_quiet", replying | ~v["obuf_crc"])
+        # the reply's own FSM (`_Sender`) runs exactly while the framing FSM waits for it
+        inv("reply_phase", v["replying"] == replying)
 
 
 class _Edge:
