@@ -57,8 +57,9 @@ from contextlib import contextmanager
 
 from amaranth.hdl import *
 from amaranth.lib import data, enum, stream, wiring
-from amaranth.lib.memory import Memory
+from amaranth.lib.memory import Memory, ReadPort
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from . import protocol as P
 from .attention_config import AttentionConfig
@@ -191,12 +192,11 @@ class _ByteOut(wiring.Component):
         return m
 
 
-def _reply_request():
-    """The framing FSM's side of starting a reply: its opcode, kind and length
-    (``start``), the fault code (``set_fault``), whether to sample the status."""
-    return wiring.Signature({
-        "start": Out(1), "op": Out(8), "kind": Out(_Body), "length": Out(16),
-        "set_fault": Out(1), "fault": Out(8), "sample": Out(1)})
+#: starting a reply: its opcode, kind and length (``start``), the fault code
+#: (``set_fault``), whether to sample the status; the receiver (a fault inside a
+#: frame) and the executor request replies, never in the same cycle
+_REQUEST = data.StructLayout({"start": 1, "op": 8, "kind": _Body, "length": 16,
+                              "set_fault": 1, "fault": 8, "sample": 1})
 
 
 class _Reply(wiring.Component):
@@ -208,7 +208,7 @@ class _Reply(wiring.Component):
     def __init__(self, identity, idx_shape):
         self._identity = identity
         super().__init__({
-            "req": In(_reply_request()),
+            "req": In(_REQUEST),
             "busy": In(1), "error": In(2), "cycles": In(32), "icount": In(32),
             "req_op": In(8),             # the request's opcode, which ERROR bodies name
             "idx": In(idx_shape),
@@ -254,7 +254,7 @@ class _Sender(wiring.Component):
     def __init__(self, identity, idx_shape, cfg, left_shape):
         self._identity, self._idx_shape, self._cfg = identity, idx_shape, cfg
         super().__init__({
-            "req": In(_reply_request()),
+            "req": In(_REQUEST),
             "busy": In(1), "error": In(2), "cycles": In(32), "icount": In(32),
             "req_op": In(8),                        # the request's opcode (ERROR bodies)
             "crc": In(16), "crc_en": Out(1), "crc_byte": Out(8), "obuf_crc": Out(1),
@@ -270,7 +270,7 @@ class _Sender(wiring.Component):
         tx_idx = Signal(self._idx_shape)
         m.submodules.reply = rp = _Reply(self._identity, self._idx_shape)
         m.submodules.byte_out = out = _ByteOut()
-        wiring.connect(m, wiring.flipped(self.req), rp.req)
+        m.d.comb += rp.req.eq(self.req)
         wiring.connect(m, out.tx, wiring.flipped(self.tx))
         m.d.comb += [rp.idx.eq(tx_idx), rp.req_op.eq(self.req_op), rp.busy.eq(self.busy),
                      rp.error.eq(self.error), rp.cycles.eq(self.cycles),
@@ -337,6 +337,133 @@ class _Sender(wiring.Component):
         return m
 
 
+
+class _RxState(enum.Enum, shape=3):
+    """The receiver's state (`_Receiver.state`)."""
+    HUNT = 0        # discarding bytes up to SYNC
+    OPC = 1
+    LEN0 = 2
+    LEN1 = 3
+    PAYLOAD = 4
+    CRC0 = 5
+    CRC1 = 6
+    HELD = 7        # the frame is carried out or answered: no byte is taken
+
+
+class _Receiver(wiring.Component):
+    """A frame from the byte stream into the request registers and the byte
+    buffer, with the CRC register following every byte. Nothing leaves before
+    CRC1 matched (``frame``): the buffer is read only by the executor. A fault
+    inside the frame (LEN above `max_payload`, CRC, a UART error, a gap of
+    `timeout_cycles`) requests its ERROR reply itself. Either way it holds
+    until the reply has left (``release``)."""
+
+    def __init__(self, cfg, *, max_payload, mem_words, timeout_cycles):
+        MB, MP = cfg.engine.mem_bytes, max_payload
+        self._mb, self._mp, self._mem_words = MB, MP, mem_words
+        self._timeout = timeout_cycles
+        super().__init__({
+            "rx": In(stream.Signature(8)), "rx_error": In(1), "state": Out(_RxState),
+            "opcode": Out(8), "length": Out(16),
+            "idx": Out(range(MP + 1)),                  # payload bytes received
+            "field": Out(8 * _READ_PAYLOAD),            # the first payload bytes
+            "tail_lane": Out(range(MB)),                # payload bytes after the address,
+            "tail_words": Out(range(MP // MB + 1)),     # in words of mem_bytes
+            "crc_lo": Out(8), "beyond": Out(1),         # WRITE/READ: words past the memory
+            "timer": Out(range(timeout_cycles + 1)),
+            "crc": In(16), "crc_on": Out(1), "crc_clear": Out(1),
+            "buf": Out(ReadPort.Signature(addr_width=ceil_log2(MP), shape=8)),
+            "frame": Out(1), "req": Out(_REQUEST), "release": In(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        MB, MP = self._mb, self._mp
+        m.submodules.buf = buf = Memory(shape=8, depth=MP, init=[])
+        buf_w = buf.write_port()
+        wiring.connect(m, wiring.flipped(self.buf), buf.read_port(domain="sync"))
+        rx, byte = self.rx, self.rx.payload
+        opcode, length, idx, field = self.opcode, self.length, self.idx, self.field
+        tail_lane, tail_words, timer = self.tail_lane, self.tail_words, self.timer
+        addr32, count = field[:32], field[32:48]
+        span_end = Signal(34)                           # WRITE/READ: address + words
+        m.d.comb += [buf_w.addr.eq(idx), buf_w.data.eq(byte)]
+
+        def fault(code):
+            r = self.req
+            m.d.comb += [r.start.eq(1), r.op.eq(P.ERROR), r.kind.eq(_Body.ERROR),
+                         r.length.eq(_BODY_BYTES[_Body.ERROR]), r.set_fault.eq(1),
+                         r.fault.eq(int(code)), self.crc_clear.eq(1)]
+            m.next = "HELD"
+
+        @contextmanager
+        def receiving(state, *, crc_on=True):
+            """A state inside a frame: the body handles a byte (``rx.valid``); a UART error
+            or `timeout_cycles` without a byte override it with their fault."""
+            m.d.comb += [self.state.eq(state), rx.ready.eq(1)]
+            m.d.sync += timer.eq(Mux(rx.valid, 0, timer + 1))
+            if crc_on:
+                m.d.comb += self.crc_on.eq(1)
+            with m.If(rx.valid):
+                yield
+            with m.If(self.rx_error):
+                fault(P.Fault.SERIAL)
+            with m.Elif((timer == self._timeout) & ~rx.valid):
+                fault(P.Fault.TIMEOUT)
+
+        with m.FSM(name="frame"):
+            with m.State("HUNT"):
+                m.d.comb += [self.state.eq(_RxState.HUNT), rx.ready.eq(1)]
+                with m.If(rx.valid & (byte == P.SYNC)):
+                    m.d.comb += self.crc_clear.eq(1)
+                    m.d.sync += [opcode.eq(0), timer.eq(0)]
+                    m.next = "OPC"
+            with m.State("OPC"), receiving(_RxState.OPC):
+                m.d.sync += opcode.eq(byte)
+                m.next = "LEN0"
+            with m.State("LEN0"), receiving(_RxState.LEN0):
+                m.d.sync += length[:8].eq(byte)
+                m.next = "LEN1"
+            with m.State("LEN1"), receiving(_RxState.LEN1):
+                new_len = Cat(length[:8], byte)
+                m.d.sync += [length[8:].eq(byte), idx.eq(0), field.eq(0),
+                             tail_lane.eq(0), tail_words.eq(0)]
+                with m.If(new_len > MP):
+                    fault(P.Fault.LENGTH)
+                with m.Elif(new_len == 0):
+                    m.next = "CRC0"
+                with m.Else():
+                    m.next = "PAYLOAD"
+            with m.State("PAYLOAD"), receiving(_RxState.PAYLOAD):
+                m.d.comb += buf_w.en.eq(1)
+                m.d.sync += idx.eq(idx + 1)
+                with m.If(idx < _READ_PAYLOAD):
+                    m.d.sync += field.word_select(idx[:3], 8).eq(byte)
+                with m.If(idx >= _ADDR_BYTES):
+                    m.d.sync += tail_lane.eq(tail_lane + 1)
+                    with m.If(tail_lane == MB - 1):
+                        m.d.sync += [tail_lane.eq(0), tail_words.eq(tail_words + 1)]
+                with m.If(idx == length - 1):
+                    m.next = "CRC0"
+            with m.State("CRC0"), receiving(_RxState.CRC0, crc_on=False):
+                # the address check in two registered steps while the CRC arrives,
+                # keeping the 33-bit sum and compare off DISPATCH's path
+                m.d.sync += [self.crc_lo.eq(byte),
+                             span_end.eq(addr32 + Mux(opcode == P.Req.READ, count, tail_words))]
+                m.next = "CRC1"
+            with m.State("CRC1"), receiving(_RxState.CRC1, crc_on=False):
+                m.d.sync += self.beyond.eq(span_end > self._mem_words)
+                with m.If(Cat(self.crc_lo, byte) == self.crc):
+                    m.d.comb += self.frame.eq(1)
+                    m.next = "HELD"
+                with m.Else():
+                    fault(P.Fault.CRC)
+            with m.State("HELD"):
+                m.d.comb += self.state.eq(_RxState.HELD)
+                with m.If(self.release):
+                    m.next = "HUNT"
+        return m
+
+
 class HostBridge(wiring.Component):
     """Device side of the host link protocol (`rtl/protocol.py`); see the module docstring.
 
@@ -394,81 +521,63 @@ class HostBridge(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         e, MB, MP = self.cfg.engine, self.cfg.engine.mem_bytes, self.max_payload
-        IB = P.INSTR_BYTES
-        m.submodules.buf = buf = Memory(shape=8, depth=MP, init=[])
-        buf_w, buf_r = buf.write_port(), buf.read_port(domain="sync")
-        rx, byte = self.rx, self.rx.payload
-
-        # ---------------- request registers ----------------
-        opcode, length = Signal(8), Signal(16)
-        idx = Signal(range(MP + 1))                  # payload bytes received
-        field = Signal(8 * _READ_PAYLOAD)            # the first payload bytes
-        addr32, count = field[:32], field[32:48]
-        tail_lane = Signal(range(MB))                # payload bytes after the address,
-        tail_words = Signal(range(MP // MB + 1))     # in words of mem_bytes
+        IB, KB = P.INSTR_BYTES, self.kept_bytes
+        W = max(MB, KB)
+        m.submodules.receiver = rcv = _Receiver(self.cfg, max_payload=MP,
+                                                mem_words=self.mem_words,
+                                                timeout_cycles=self.timeout_cycles)
+        # built here, so that the CRC network is the one this bridge was built with
         m.submodules.crc = crc_unit = _Crc16(crc16_step)
-        crc, crc_lo = crc_unit.crc, Signal(8)
-        span_end, beyond = Signal(34), Signal()      # WRITE/READ: address + words
-        timer = Signal(range(self.timeout_cycles + 1))
-        # ---------------- execution registers ----------------
         addr = Signal(e.addr_bits)                   # memory word pointer
         left = Signal(range(MP // min(MB, IB) + 1))  # words still to write, read or execute
+        m.submodules.sender = snd = _Sender(
+            self.identity, range(max(P.HEADER_BYTES, _IDENTITY_BYTES, _STATUS_BYTES, MB)),
+            self.cfg, left.shape())
+        wiring.connect(m, wiring.flipped(self.rx), rcv.rx)
+        wiring.connect(m, snd.tx, wiring.flipped(self.tx))
+        wiring.connect(m, wiring.flipped(self.mem.rd_resp), snd.rd_resp)
+        opcode, length, tail_words = rcv.opcode, rcv.length, rcv.tail_words
+        addr32, count = rcv.field[:32], rcv.field[32:48]
+        req = Signal(_REQUEST)                       # the executor's reply request
+        # one CRC network for both directions: a frame's bytes arrive, or a reply's
+        # leave (only a reply's CRC bytes, which the CRC skips, can still be leaving
+        # when the next frame arrives)
+        m.d.comb += [rcv.rx_error.eq(self.rx_error), rcv.crc.eq(crc_unit.crc),
+                     rcv.release.eq(snd.done),
+                     crc_unit.rx_on.eq(rcv.crc_on), crc_unit.rx_valid.eq(self.rx.valid),
+                     crc_unit.rx_byte.eq(self.rx.payload), crc_unit.tx_en.eq(snd.crc_en),
+                     crc_unit.tx_byte.eq(snd.crc_byte),
+                     crc_unit.clear.eq(rcv.crc_clear | req.start),
+                     snd.req.eq(Mux(rcv.req.start, rcv.req, req)), snd.crc.eq(crc_unit.crc),
+                     snd.req_op.eq(opcode), snd.busy.eq(self.busy), snd.error.eq(self.error),
+                     snd.cycles.eq(self.cycles), snd.icount.eq(self.icount),
+                     snd.left.eq(left), self.mem.rd_req.valid.eq(snd.rd_valid),
+                     snd.rd_ready.eq(self.mem.rd_req.ready)]
+        with m.If(snd.rd_step):
+            m.d.sync += [addr.eq(addr + 1), left.eq(left - 1)]
+
+        # ---------------- execution registers ----------------
         ptr = Signal(range(MP + 1))                  # byte buffer read pointer
-        KB = self.kept_bytes
-        W = max(MB, KB)
         word = Signal(8 * W)                         # assembled from the buffer, first byte low
         above = Signal()                             # an EXEC byte past the kept ones was nonzero
         bidx = Signal(range(IB))                     # index of the byte being loaded
         cnt = Signal(range(max(MB, IB) + 1))
         lag = Signal()                               # the buffer read port's byte is valid
         lag2, lbyte = Signal(), Signal(8)            # ... and registered
-        m.d.sync += lbyte.eq(buf_r.data)
+        m.d.sync += lbyte.eq(rcv.buf.data)
         settle = Signal(range(FETCH_TO_ISSUE + 1))
-        # ---------------- reply ----------------
-        m.submodules.sender = snd = _Sender(
-            self.identity, range(max(P.HEADER_BYTES, _IDENTITY_BYTES, _STATUS_BYTES, MB)),
-            self.cfg, left.shape())
-        wiring.connect(m, snd.tx, wiring.flipped(self.tx))
-        wiring.connect(m, wiring.flipped(self.mem.rd_resp), snd.rd_resp)
-        # one CRC network for both directions: a frame's bytes arrive, or a reply's
-        # leave (only a reply's CRC bytes, which the CRC skips, can still be leaving
-        # when the next frame arrives)
-        m.d.comb += [crc_unit.rx_valid.eq(rx.valid), crc_unit.rx_byte.eq(byte),
-                     crc_unit.tx_en.eq(snd.crc_en), crc_unit.tx_byte.eq(snd.crc_byte),
-                     snd.crc.eq(crc), snd.req_op.eq(opcode), snd.busy.eq(self.busy),
-                     snd.error.eq(self.error), snd.cycles.eq(self.cycles),
-                     snd.icount.eq(self.icount), snd.left.eq(left),
-                     self.mem.rd_req.valid.eq(snd.rd_valid),
-                     snd.rd_ready.eq(self.mem.rd_req.ready)]
 
         def reply(op, kind=_Body.EMPTY, length=None):
             """Start sending a frame with opcode `op` whose payload is `kind`."""
             n = _BODY_BYTES[kind] if length is None else length
-            r = snd.req
-            m.d.comb += [r.start.eq(1), r.op.eq(op), r.kind.eq(kind), r.length.eq(n),
-                         crc_unit.clear.eq(1)]
+            m.d.comb += [req.start.eq(1), req.op.eq(op), req.kind.eq(kind), req.length.eq(n)]
             if kind == _Body.STATUS:
-                m.d.comb += r.sample.eq(1)
-            m.next = "REPLY"
+                m.d.comb += req.sample.eq(1)
+            m.next = "IDLE"
 
         def fault(code):
-            m.d.comb += [snd.req.set_fault.eq(1), snd.req.fault.eq(int(code))]
+            m.d.comb += [req.set_fault.eq(1), req.fault.eq(int(code))]
             reply(P.ERROR, _Body.ERROR)
-
-        @contextmanager
-        def receiving(*, crc_on=True):
-            """A state inside a frame: the body handles a byte (``rx.valid``); a UART error
-            or `timeout_cycles` without a byte override it with their fault."""
-            m.d.comb += rx.ready.eq(1)
-            m.d.sync += timer.eq(Mux(rx.valid, 0, timer + 1))
-            if crc_on:
-                m.d.comb += crc_unit.rx_on.eq(1)
-            with m.If(rx.valid):
-                yield
-            with m.If(self.rx_error):
-                fault(P.Fault.SERIAL)
-            with m.Elif((timer == self.timeout_cycles) & ~rx.valid):
-                fault(P.Fault.TIMEOUT)
 
         @contextmanager
         def checked(*checks):
@@ -481,63 +590,21 @@ class HostBridge(wiring.Component):
                 yield
 
         # WRITE / READ: the words span past the memory (computed in CRC0/CRC1), busy
-        memory_checks = ((beyond, P.Fault.ADDRESS), (self.busy, P.Fault.BUSY))
+        memory_checks = ((rcv.beyond, P.Fault.ADDRESS), (self.busy, P.Fault.BUSY))
 
         # payloads are driven in every state (only `valid` depends on the state): a
         # payload gated by the state would cost a gate per bit (512 for `instr`)
-        m.d.comb += [buf_w.addr.eq(idx), buf_w.data.eq(byte), buf_r.addr.eq(ptr),
+        m.d.comb += [rcv.buf.addr.eq(ptr), rcv.buf.en.eq(1),
                      self.mem.wr.payload.addr.eq(addr), self.mem.wr.payload.data.eq(word[:8 * MB]),
                      self.mem.wr.payload.strb.eq((1 << MB) - 1),
                      self.mem.rd_req.payload.addr.eq(addr),
                      self.instr.payload.word.eq(Cat(word[:8 * KB], above if KB < IB else C(0, 0)))]
 
         with m.FSM() as fsm:
-            with m.State("HUNT"):
-                m.d.comb += rx.ready.eq(1)
-                with m.If(rx.valid & (byte == P.SYNC)):
-                    m.d.comb += crc_unit.clear.eq(1)
-                    m.d.sync += [opcode.eq(0), timer.eq(0)]
-                    m.next = "OPC"
-
-            with m.State("OPC"), receiving():
-                m.d.sync += opcode.eq(byte)
-                m.next = "LEN0"
-            with m.State("LEN0"), receiving():
-                m.d.sync += length[:8].eq(byte)
-                m.next = "LEN1"
-            with m.State("LEN1"), receiving():
-                new_len = Cat(length[:8], byte)
-                m.d.sync += [length[8:].eq(byte), idx.eq(0), field.eq(0),
-                             tail_lane.eq(0), tail_words.eq(0)]
-                with m.If(new_len > MP):
-                    fault(P.Fault.LENGTH)
-                with m.Elif(new_len == 0):
-                    m.next = "CRC0"
-                with m.Else():
-                    m.next = "PAYLOAD"
-            with m.State("PAYLOAD"), receiving():
-                m.d.comb += buf_w.en.eq(1)
-                m.d.sync += idx.eq(idx + 1)
-                with m.If(idx < _READ_PAYLOAD):
-                    m.d.sync += field.word_select(idx[:3], 8).eq(byte)
-                with m.If(idx >= _ADDR_BYTES):
-                    m.d.sync += tail_lane.eq(tail_lane + 1)
-                    with m.If(tail_lane == MB - 1):
-                        m.d.sync += [tail_lane.eq(0), tail_words.eq(tail_words + 1)]
-                with m.If(idx == length - 1):
-                    m.next = "CRC0"
-            with m.State("CRC0"), receiving(crc_on=False):
-                # the address check in two registered steps while the CRC arrives,
-                # keeping the 33-bit sum and compare off DISPATCH's path
-                m.d.sync += [crc_lo.eq(byte),
-                             span_end.eq(addr32 + Mux(opcode == P.Req.READ, count, tail_words))]
-                m.next = "CRC1"
-            with m.State("CRC1"), receiving(crc_on=False):
-                m.d.sync += beyond.eq(span_end > self.mem_words)
-                with m.If(Cat(crc_lo, byte) == crc):
+            with m.State("IDLE"):
+                # the receiver has the bytes, the sender the reply
+                with m.If(rcv.frame):
                     m.next = "DISPATCH"
-                with m.Else():
-                    fault(P.Fault.CRC)
 
             with m.State("DISPATCH"):
                 ok_op = opcode | P.REPLY
@@ -550,7 +617,7 @@ class HostBridge(wiring.Component):
                     with m.Case(P.Req.RESET), checked(empty):
                         m.next = "RESET"
                     with m.Case(P.Req.WRITE), checked(
-                            ((length < _ADDR_BYTES + MB) | (tail_lane != 0), P.Fault.LENGTH),
+                            ((length < _ADDR_BYTES + MB) | (rcv.tail_lane != 0), P.Fault.LENGTH),
                             *memory_checks):
                         m.d.sync += [addr.eq(addr32), left.eq(tail_words),
                                      ptr.eq(_ADDR_BYTES), cnt.eq(MB), lag.eq(0), bidx.eq(0)]
@@ -618,18 +685,12 @@ class HostBridge(wiring.Component):
                 with m.If(settle == 0):
                     reply(opcode | P.REPLY, _Body.STATUS)
 
-            with m.State("REPLY"):
-                # the sender has the reply; a READ's words are counted here
-                with m.If(snd.rd_step):
-                    m.d.sync += [addr.eq(addr + 1), left.eq(left - 1)]
-                with m.If(snd.done):
-                    m.next = "HUNT"
-
         # read-only view of the frame registers for the formal harness, whose
         # invariants relate them to its own parse of the byte stream so that
         # k-induction closes (sim/formal/bridge.py); nothing here reads it
-        self.formal_view = dict(fsm=fsm, opcode=opcode, length=length, idx=idx, crc=crc,
-                                crc_lo=crc_lo, tail_lane=tail_lane, tail_words=tail_words,
-                                timer=timer, left=left, obuf_crc=snd.obuf_crc,
+        self.formal_view = dict(fsm=fsm, rx_state=rcv.state, opcode=opcode, length=length,
+                                idx=rcv.idx, crc=crc_unit.crc, crc_lo=rcv.crc_lo,
+                                tail_lane=rcv.tail_lane, tail_words=tail_words,
+                                timer=rcv.timer, left=left, obuf_crc=snd.obuf_crc,
                                 replying=snd.active)
         return m
