@@ -392,14 +392,15 @@ class _Receiver(wiring.Component):
             r = self.req
             m.d.comb += [r.start.eq(1), r.op.eq(P.ERROR), r.kind.eq(_Body.ERROR),
                          r.length.eq(_BODY_BYTES[_Body.ERROR]), r.set_fault.eq(1),
-                         r.fault.eq(int(code)), self.crc_clear.eq(1)]
-            m.next = "HELD"
+                         r.fault.eq(int(code)), self.crc_clear.eq(1),
+                         self.frame.eq(0)]   # a UART error overrides a matching CRC byte
+            m.d.sync += self.state.eq(_RxState.HELD)
 
         @contextmanager
-        def receiving(state, *, crc_on=True):
+        def receiving(*, crc_on=True):
             """A state inside a frame: the body handles a byte (``rx.valid``); a UART error
             or `timeout_cycles` without a byte override it with their fault."""
-            m.d.comb += [self.state.eq(state), rx.ready.eq(1)]
+            m.d.comb += rx.ready.eq(1)
             m.d.sync += timer.eq(Mux(rx.valid, 0, timer + 1))
             if crc_on:
                 m.d.comb += self.crc_on.eq(1)
@@ -410,30 +411,27 @@ class _Receiver(wiring.Component):
             with m.Elif((timer == self._timeout) & ~rx.valid):
                 fault(P.Fault.TIMEOUT)
 
-        with m.FSM(name="frame"):
-            with m.State("HUNT"):
-                m.d.comb += [self.state.eq(_RxState.HUNT), rx.ready.eq(1)]
+        with m.Switch(self.state):
+            with m.Case(_RxState.HUNT):
+                m.d.comb += rx.ready.eq(1)
                 with m.If(rx.valid & (byte == P.SYNC)):
                     m.d.comb += self.crc_clear.eq(1)
-                    m.d.sync += [opcode.eq(0), timer.eq(0)]
-                    m.next = "OPC"
-            with m.State("OPC"), receiving(_RxState.OPC):
-                m.d.sync += opcode.eq(byte)
-                m.next = "LEN0"
-            with m.State("LEN0"), receiving(_RxState.LEN0):
-                m.d.sync += length[:8].eq(byte)
-                m.next = "LEN1"
-            with m.State("LEN1"), receiving(_RxState.LEN1):
+                    m.d.sync += [opcode.eq(0), timer.eq(0), self.state.eq(_RxState.OPC)]
+            with m.Case(_RxState.OPC), receiving():
+                m.d.sync += [opcode.eq(byte), self.state.eq(_RxState.LEN0)]
+            with m.Case(_RxState.LEN0), receiving():
+                m.d.sync += [length[:8].eq(byte), self.state.eq(_RxState.LEN1)]
+            with m.Case(_RxState.LEN1), receiving():
                 new_len = Cat(length[:8], byte)
                 m.d.sync += [length[8:].eq(byte), idx.eq(0), field.eq(0),
                              tail_lane.eq(0), tail_words.eq(0)]
                 with m.If(new_len > MP):
                     fault(P.Fault.LENGTH)
                 with m.Elif(new_len == 0):
-                    m.next = "CRC0"
+                    m.d.sync += self.state.eq(_RxState.CRC0)
                 with m.Else():
-                    m.next = "PAYLOAD"
-            with m.State("PAYLOAD"), receiving(_RxState.PAYLOAD):
+                    m.d.sync += self.state.eq(_RxState.PAYLOAD)
+            with m.Case(_RxState.PAYLOAD), receiving():
                 m.d.comb += buf_w.en.eq(1)
                 m.d.sync += idx.eq(idx + 1)
                 with m.If(idx < _READ_PAYLOAD):
@@ -443,24 +441,22 @@ class _Receiver(wiring.Component):
                     with m.If(tail_lane == MB - 1):
                         m.d.sync += [tail_lane.eq(0), tail_words.eq(tail_words + 1)]
                 with m.If(idx == length - 1):
-                    m.next = "CRC0"
-            with m.State("CRC0"), receiving(_RxState.CRC0, crc_on=False):
+                    m.d.sync += self.state.eq(_RxState.CRC0)
+            with m.Case(_RxState.CRC0), receiving(crc_on=False):
                 # the address check in two registered steps while the CRC arrives,
                 # keeping the 33-bit sum and compare off DISPATCH's path
-                m.d.sync += [self.crc_lo.eq(byte),
+                m.d.sync += [self.crc_lo.eq(byte), self.state.eq(_RxState.CRC1),
                              span_end.eq(addr32 + Mux(opcode == P.Req.READ, count, tail_words))]
-                m.next = "CRC1"
-            with m.State("CRC1"), receiving(_RxState.CRC1, crc_on=False):
+            with m.Case(_RxState.CRC1), receiving(crc_on=False):
                 m.d.sync += self.beyond.eq(span_end > self._mem_words)
                 with m.If(Cat(self.crc_lo, byte) == self.crc):
                     m.d.comb += self.frame.eq(1)
-                    m.next = "HELD"
+                    m.d.sync += self.state.eq(_RxState.HELD)
                 with m.Else():
                     fault(P.Fault.CRC)
-            with m.State("HELD"):
-                m.d.comb += self.state.eq(_RxState.HELD)
+            with m.Case(_RxState.HELD):
                 with m.If(self.release):
-                    m.next = "HUNT"
+                    m.d.sync += self.state.eq(_RxState.HUNT)
         return m
 
 
