@@ -54,6 +54,7 @@ frame format, opcodes, replies and faults are defined there once).
 """
 import struct
 from contextlib import contextmanager
+from functools import partial
 
 from amaranth.hdl import *
 from amaranth.lib import data, enum, stream, wiring
@@ -66,7 +67,7 @@ from .attention_config import AttentionConfig
 from .config import ConfigError, refusing
 from .isa import OPCODE_BITS, body_layout
 from .machine import FETCH_TO_ISSUE, instr_layout, machine_ops
-from .memport import MemPort, read_response_layout
+from .memport import MemPort, read_response_layout, write_layout
 
 __all__ = ["HostBridge", "crc16_step", "identity_bytes"]
 
@@ -460,6 +461,180 @@ class _Receiver(wiring.Component):
         return m
 
 
+class _ExState(enum.Enum, shape=3):
+    """The executor's state (`_Executor.state`)."""
+    IDLE = 0        # the receiver has the bytes, or the sender the reply
+    DISPATCH = 1    # the checks, in order; the first failure is the reply
+    LOAD = 2        # a word from the byte buffer
+    WR = 3
+    INSTR = 4
+    RESET = 5
+    SETTLE = 6      # FETCH_TO_ISSUE cycles before the status is sampled
+
+
+class _Executor(wiring.Component):
+    """A good frame (``frame``) carried out: the checks after the CRC, then WRITE's
+    words to memory, EXEC's to the machine, RESET's pulse, and every reply
+    requested (``req``). It owns the word pointer and count, which a READ's
+    reply advances (``rd_step``). Words are assembled from the receiver's byte
+    buffer a byte per cycle."""
+
+    def __init__(self, cfg, *, max_payload, kept_bytes):
+        e, MB, IB = cfg.engine, cfg.engine.mem_bytes, P.INSTR_BYTES
+        self._cfg, self._mp, self._kb = cfg, max_payload, kept_bytes
+        super().__init__({
+            "frame": In(1), "opcode": In(8), "length": In(16), "field": In(8 * _READ_PAYLOAD),
+            "tail_lane": In(range(MB)), "tail_words": In(range(max_payload // MB + 1)),
+            "beyond": In(1), "busy": In(1),
+            "buf": In(ReadPort.Signature(addr_width=ceil_log2(max_payload), shape=8)),
+            "state": Out(_ExState), "req": Out(_REQUEST),
+            "addr": Out(e.addr_bits),                               # memory word pointer
+            "left": Out(range(max_payload // min(MB, IB) + 1)),     # words still to move
+            "rd_step": In(1),
+            "wr": Out(stream.Signature(write_layout(e))),
+            "instr": Out(stream.Signature(instr_layout())), "machine_reset": Out(1)})
+
+    def _reply(self, m, op, kind=_Body.EMPTY, length=None):
+        """Start sending a frame with opcode `op` whose payload is `kind`."""
+        n = _BODY_BYTES[kind] if length is None else length
+        m.d.comb += [self.req.start.eq(1), self.req.op.eq(op), self.req.kind.eq(kind),
+                     self.req.length.eq(n)]
+        if kind == _Body.STATUS:
+            m.d.comb += self.req.sample.eq(1)
+        m.d.sync += self.state.eq(_ExState.IDLE)
+
+    def _fault(self, m, code):
+        m.d.comb += [self.req.set_fault.eq(1), self.req.fault.eq(int(code))]
+        self._reply(m, P.ERROR, _Body.ERROR)
+
+    @contextmanager
+    def _checked(self, m, *checks):
+        """An If-chain over (condition, fault) pairs: the first condition that holds
+        is replied as its fault; the body runs when none holds."""
+        for i, (cond, code) in enumerate(checks):
+            with (m.Elif if i else m.If)(cond):
+                self._fault(m, code)
+        with m.Else():
+            yield
+
+    def elaborate(self, platform):
+        m = Module()
+        MB, MP, IB, KB = self._cfg.engine.mem_bytes, self._mp, P.INSTR_BYTES, self._kb
+        W = max(MB, KB)
+        opcode, length, tail_words = self.opcode, self.length, self.tail_words
+        addr32, count = self.field[:32], self.field[32:48]
+        addr, left = self.addr, self.left
+        with m.If(self.rd_step):
+            m.d.sync += [addr.eq(addr + 1), left.eq(left - 1)]
+        ptr = Signal(range(MP + 1))                  # byte buffer read pointer
+        word = Signal(8 * W)                         # assembled from the buffer, first byte low
+        above = Signal()                             # an EXEC byte past the kept ones was nonzero
+        bidx = Signal(range(IB))                     # index of the byte being loaded
+        cnt = Signal(range(max(MB, IB) + 1))
+        lag = Signal()                               # the buffer read port's byte is valid
+        lag2, lbyte = Signal(), Signal(8)            # ... and registered
+        m.d.sync += lbyte.eq(self.buf.data)
+        settle = Signal(range(FETCH_TO_ISSUE + 1))
+
+        reply, fault, checked = (partial(f, m) for f in (self._reply, self._fault,
+                                                        self._checked))
+        # WRITE / READ: the words span past the memory (computed in CRC0/CRC1), busy
+        memory_checks = ((self.beyond, P.Fault.ADDRESS), (self.busy, P.Fault.BUSY))
+
+        # payloads are driven in every state (only `valid` depends on the state): a
+        # payload gated by the state would cost a gate per bit (512 for `instr`)
+        m.d.comb += [self.buf.addr.eq(ptr), self.buf.en.eq(1),
+                     self.wr.payload.addr.eq(addr), self.wr.payload.data.eq(word[:8 * MB]),
+                     self.wr.payload.strb.eq((1 << MB) - 1),
+                     self.instr.payload.word.eq(Cat(word[:8 * KB], above if KB < IB else C(0, 0)))]
+
+        with m.Switch(self.state):
+            with m.Case(_ExState.IDLE):
+                # the receiver has the bytes, or the sender the reply
+                with m.If(self.frame):
+                    m.d.sync += self.state.eq(_ExState.DISPATCH)
+
+            with m.Case(_ExState.DISPATCH):
+                ok_op = opcode | P.REPLY
+                empty = (length != 0, P.Fault.LENGTH)
+                with m.Switch(opcode):
+                    with m.Case(P.Req.PING), checked(empty):
+                        reply(ok_op, _Body.IDENTITY)
+                    with m.Case(P.Req.STATUS), checked(empty):
+                        reply(ok_op, _Body.STATUS)
+                    with m.Case(P.Req.RESET), checked(empty):
+                        m.d.sync += self.state.eq(_ExState.RESET)
+                    with m.Case(P.Req.WRITE), checked(
+                            ((length < _ADDR_BYTES + MB) | (self.tail_lane != 0), P.Fault.LENGTH),
+                            *memory_checks):
+                        m.d.sync += [addr.eq(addr32), left.eq(tail_words),
+                                     ptr.eq(_ADDR_BYTES), cnt.eq(MB), lag.eq(0), bidx.eq(0)]
+                        m.d.sync += self.state.eq(_ExState.LOAD)
+                    with m.Case(P.Req.READ), checked(
+                            ((length != _READ_PAYLOAD) | (count == 0) | (count > MP // MB),
+                             P.Fault.LENGTH),
+                            *memory_checks):
+                        reply(ok_op, _Body.READ, count * MB)
+                        m.d.sync += [addr.eq(addr32), left.eq(count)]
+                    with m.Case(P.Req.EXEC), checked(
+                            ((length == 0) | (length[:IB.bit_length() - 1] != 0),
+                             P.Fault.LENGTH)):
+                        m.d.sync += [left.eq(length[IB.bit_length() - 1:]), ptr.eq(0),
+                                     cnt.eq(IB), lag.eq(0), bidx.eq(0), above.eq(0)]
+                        m.d.sync += self.state.eq(_ExState.LOAD)
+                    with m.Default():
+                        fault(P.Fault.OPCODE)
+
+            with m.Case(_ExState.LOAD):
+                # cnt bytes from the buffer into `word`, one per cycle: read (lag), then
+                # registered (lbyte, lag2) before any logic, since the block RAM's output
+                # is slow (5.8 ns on ECP5) and `above` compares the byte
+                m.d.sync += [lag.eq(cnt != 0), lag2.eq(lag)]
+                with m.If(cnt != 0):
+                    m.d.sync += [ptr.eq(ptr + 1), cnt.eq(cnt - 1)]
+                with m.If(lag2):
+                    m.d.sync += bidx.eq(bidx + 1)
+                    with m.Switch(bidx):
+                        for i in range(W):
+                            with m.Case(i):
+                                m.d.sync += word.word_select(i, 8).eq(lbyte)
+                                if i >= KB:
+                                    m.d.sync += above.eq(above | (lbyte != 0))
+                        with m.Default():
+                            m.d.sync += above.eq(above | (lbyte != 0))
+                    with m.If((cnt == 0) & ~lag):
+                        with m.If(opcode == P.Req.WRITE):
+                            m.d.sync += self.state.eq(_ExState.WR)
+                        with m.Else():
+                            m.d.sync += self.state.eq(_ExState.INSTR)
+            with m.Case(_ExState.WR):
+                m.d.comb += self.wr.valid.eq(1)
+                with m.If(self.wr.ready):
+                    m.d.sync += [addr.eq(addr + 1), left.eq(left - 1), cnt.eq(MB), bidx.eq(0)]
+                    with m.If(left == 1):
+                        reply(opcode | P.REPLY)
+                    with m.Else():
+                        m.d.sync += self.state.eq(_ExState.LOAD)
+            with m.Case(_ExState.INSTR):
+                m.d.comb += self.instr.valid.eq(1)
+                with m.If(self.instr.ready):
+                    m.d.sync += [left.eq(left - 1), cnt.eq(IB), bidx.eq(0), above.eq(0)]
+                    with m.If(left == 1):
+                        m.d.sync += settle.eq(FETCH_TO_ISSUE)
+                        m.d.sync += self.state.eq(_ExState.SETTLE)
+                    with m.Else():
+                        m.d.sync += self.state.eq(_ExState.LOAD)
+            with m.Case(_ExState.RESET):
+                m.d.comb += self.machine_reset.eq(1)
+                m.d.sync += settle.eq(FETCH_TO_ISSUE)
+                m.d.sync += self.state.eq(_ExState.SETTLE)
+            with m.Case(_ExState.SETTLE):
+                m.d.sync += settle.eq(settle - 1)
+                with m.If(settle == 0):
+                    reply(opcode | P.REPLY, _Body.STATUS)
+        return m
+
+
 class HostBridge(wiring.Component):
     """Device side of the host link protocol (`rtl/protocol.py`); see the module docstring.
 
@@ -516,25 +691,28 @@ class HostBridge(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        e, MB, MP = self.cfg.engine, self.cfg.engine.mem_bytes, self.max_payload
-        IB, KB = P.INSTR_BYTES, self.kept_bytes
-        W = max(MB, KB)
+        MP = self.max_payload
         m.submodules.receiver = rcv = _Receiver(self.cfg, max_payload=MP,
                                                 mem_words=self.mem_words,
                                                 timeout_cycles=self.timeout_cycles)
+        m.submodules.executor = exe = _Executor(self.cfg, max_payload=MP,
+                                                kept_bytes=self.kept_bytes)
+        m.submodules.sender = snd = _Sender(
+            self.identity, range(max(P.HEADER_BYTES, _IDENTITY_BYTES, _STATUS_BYTES,
+                                     self.cfg.engine.mem_bytes)),
+            self.cfg, exe.left.shape())
         # built here, so that the CRC network is the one this bridge was built with
         m.submodules.crc = crc_unit = _Crc16(crc16_step)
-        addr = Signal(e.addr_bits)                   # memory word pointer
-        left = Signal(range(MP // min(MB, IB) + 1))  # words still to write, read or execute
-        m.submodules.sender = snd = _Sender(
-            self.identity, range(max(P.HEADER_BYTES, _IDENTITY_BYTES, _STATUS_BYTES, MB)),
-            self.cfg, left.shape())
         wiring.connect(m, wiring.flipped(self.rx), rcv.rx)
         wiring.connect(m, snd.tx, wiring.flipped(self.tx))
+        wiring.connect(m, rcv.buf, exe.buf)
+        wiring.connect(m, exe.wr, wiring.flipped(self.mem.wr))
+        wiring.connect(m, exe.instr, wiring.flipped(self.instr))
         wiring.connect(m, wiring.flipped(self.mem.rd_resp), snd.rd_resp)
-        opcode, length, tail_words = rcv.opcode, rcv.length, rcv.tail_words
-        addr32, count = rcv.field[:32], rcv.field[32:48]
-        req = Signal(_REQUEST)                       # the executor's reply request
+        # the receiver's registers are the executor's request
+        m.d.comb += [getattr(exe, k).eq(getattr(rcv, k))
+                     for k in ("frame", "opcode", "length", "field", "tail_lane", "tail_words",
+                               "beyond")]
         # one CRC network for both directions: a frame's bytes arrive, or a reply's
         # leave (only a reply's CRC bytes, which the CRC skips, can still be leaving
         # when the next frame arrives)
@@ -543,150 +721,25 @@ class HostBridge(wiring.Component):
                      crc_unit.rx_on.eq(rcv.crc_on), crc_unit.rx_valid.eq(self.rx.valid),
                      crc_unit.rx_byte.eq(self.rx.payload), crc_unit.tx_en.eq(snd.crc_en),
                      crc_unit.tx_byte.eq(snd.crc_byte),
-                     crc_unit.clear.eq(rcv.crc_clear | req.start),
-                     snd.req.eq(Mux(rcv.req.start, rcv.req, req)), snd.crc.eq(crc_unit.crc),
-                     snd.req_op.eq(opcode), snd.busy.eq(self.busy), snd.error.eq(self.error),
-                     snd.cycles.eq(self.cycles), snd.icount.eq(self.icount),
-                     snd.left.eq(left), self.mem.rd_req.valid.eq(snd.rd_valid),
+                     crc_unit.clear.eq(rcv.crc_clear | exe.req.start),
+                     # a reply is requested by the receiver (a fault inside a frame) or
+                     # by the executor, never both in one cycle
+                     snd.req.eq(Mux(rcv.req.start, rcv.req, exe.req)), snd.crc.eq(crc_unit.crc),
+                     snd.req_op.eq(rcv.opcode), snd.busy.eq(self.busy),
+                     snd.error.eq(self.error), snd.cycles.eq(self.cycles),
+                     snd.icount.eq(self.icount), snd.left.eq(exe.left),
+                     exe.busy.eq(self.busy), exe.rd_step.eq(snd.rd_step),
+                     self.machine_reset.eq(exe.machine_reset),
+                     self.mem.rd_req.valid.eq(snd.rd_valid),
+                     self.mem.rd_req.payload.addr.eq(exe.addr),
                      snd.rd_ready.eq(self.mem.rd_req.ready)]
-        with m.If(snd.rd_step):
-            m.d.sync += [addr.eq(addr + 1), left.eq(left - 1)]
-
-        # ---------------- execution registers ----------------
-        ptr = Signal(range(MP + 1))                  # byte buffer read pointer
-        word = Signal(8 * W)                         # assembled from the buffer, first byte low
-        above = Signal()                             # an EXEC byte past the kept ones was nonzero
-        bidx = Signal(range(IB))                     # index of the byte being loaded
-        cnt = Signal(range(max(MB, IB) + 1))
-        lag = Signal()                               # the buffer read port's byte is valid
-        lag2, lbyte = Signal(), Signal(8)            # ... and registered
-        m.d.sync += lbyte.eq(rcv.buf.data)
-        settle = Signal(range(FETCH_TO_ISSUE + 1))
-
-        def reply(op, kind=_Body.EMPTY, length=None):
-            """Start sending a frame with opcode `op` whose payload is `kind`."""
-            n = _BODY_BYTES[kind] if length is None else length
-            m.d.comb += [req.start.eq(1), req.op.eq(op), req.kind.eq(kind), req.length.eq(n)]
-            if kind == _Body.STATUS:
-                m.d.comb += req.sample.eq(1)
-            m.next = "IDLE"
-
-        def fault(code):
-            m.d.comb += [req.set_fault.eq(1), req.fault.eq(int(code))]
-            reply(P.ERROR, _Body.ERROR)
-
-        @contextmanager
-        def checked(*checks):
-            """An If-chain over (condition, fault) pairs: the first condition that holds
-            is replied as its fault; the body runs when none holds."""
-            for i, (cond, code) in enumerate(checks):
-                with (m.Elif if i else m.If)(cond):
-                    fault(code)
-            with m.Else():
-                yield
-
-        # WRITE / READ: the words span past the memory (computed in CRC0/CRC1), busy
-        memory_checks = ((rcv.beyond, P.Fault.ADDRESS), (self.busy, P.Fault.BUSY))
-
-        # payloads are driven in every state (only `valid` depends on the state): a
-        # payload gated by the state would cost a gate per bit (512 for `instr`)
-        m.d.comb += [rcv.buf.addr.eq(ptr), rcv.buf.en.eq(1),
-                     self.mem.wr.payload.addr.eq(addr), self.mem.wr.payload.data.eq(word[:8 * MB]),
-                     self.mem.wr.payload.strb.eq((1 << MB) - 1),
-                     self.mem.rd_req.payload.addr.eq(addr),
-                     self.instr.payload.word.eq(Cat(word[:8 * KB], above if KB < IB else C(0, 0)))]
-
-        with m.FSM() as fsm:
-            with m.State("IDLE"):
-                # the receiver has the bytes, the sender the reply
-                with m.If(rcv.frame):
-                    m.next = "DISPATCH"
-
-            with m.State("DISPATCH"):
-                ok_op = opcode | P.REPLY
-                empty = (length != 0, P.Fault.LENGTH)
-                with m.Switch(opcode):
-                    with m.Case(P.Req.PING), checked(empty):
-                        reply(ok_op, _Body.IDENTITY)
-                    with m.Case(P.Req.STATUS), checked(empty):
-                        reply(ok_op, _Body.STATUS)
-                    with m.Case(P.Req.RESET), checked(empty):
-                        m.next = "RESET"
-                    with m.Case(P.Req.WRITE), checked(
-                            ((length < _ADDR_BYTES + MB) | (rcv.tail_lane != 0), P.Fault.LENGTH),
-                            *memory_checks):
-                        m.d.sync += [addr.eq(addr32), left.eq(tail_words),
-                                     ptr.eq(_ADDR_BYTES), cnt.eq(MB), lag.eq(0), bidx.eq(0)]
-                        m.next = "LOAD"
-                    with m.Case(P.Req.READ), checked(
-                            ((length != _READ_PAYLOAD) | (count == 0) | (count > MP // MB),
-                             P.Fault.LENGTH),
-                            *memory_checks):
-                        reply(ok_op, _Body.READ, count * MB)
-                        m.d.sync += [addr.eq(addr32), left.eq(count)]
-                    with m.Case(P.Req.EXEC), checked(
-                            ((length == 0) | (length[:IB.bit_length() - 1] != 0),
-                             P.Fault.LENGTH)):
-                        m.d.sync += [left.eq(length[IB.bit_length() - 1:]), ptr.eq(0),
-                                     cnt.eq(IB), lag.eq(0), bidx.eq(0), above.eq(0)]
-                        m.next = "LOAD"
-                    with m.Default():
-                        fault(P.Fault.OPCODE)
-
-            with m.State("LOAD"):
-                # cnt bytes from the buffer into `word`, one per cycle: read (lag), then
-                # registered (lbyte, lag2) before any logic, since the block RAM's output
-                # is slow (5.8 ns on ECP5) and `above` compares the byte
-                m.d.sync += [lag.eq(cnt != 0), lag2.eq(lag)]
-                with m.If(cnt != 0):
-                    m.d.sync += [ptr.eq(ptr + 1), cnt.eq(cnt - 1)]
-                with m.If(lag2):
-                    m.d.sync += bidx.eq(bidx + 1)
-                    with m.Switch(bidx):
-                        for i in range(W):
-                            with m.Case(i):
-                                m.d.sync += word.word_select(i, 8).eq(lbyte)
-                                if i >= KB:
-                                    m.d.sync += above.eq(above | (lbyte != 0))
-                        with m.Default():
-                            m.d.sync += above.eq(above | (lbyte != 0))
-                    with m.If((cnt == 0) & ~lag):
-                        with m.If(opcode == P.Req.WRITE):
-                            m.next = "WR"
-                        with m.Else():
-                            m.next = "INSTR"
-            with m.State("WR"):
-                m.d.comb += self.mem.wr.valid.eq(1)
-                with m.If(self.mem.wr.ready):
-                    m.d.sync += [addr.eq(addr + 1), left.eq(left - 1), cnt.eq(MB), bidx.eq(0)]
-                    with m.If(left == 1):
-                        reply(opcode | P.REPLY)
-                    with m.Else():
-                        m.next = "LOAD"
-            with m.State("INSTR"):
-                m.d.comb += self.instr.valid.eq(1)
-                with m.If(self.instr.ready):
-                    m.d.sync += [left.eq(left - 1), cnt.eq(IB), bidx.eq(0), above.eq(0)]
-                    with m.If(left == 1):
-                        m.d.sync += settle.eq(FETCH_TO_ISSUE)
-                        m.next = "SETTLE"
-                    with m.Else():
-                        m.next = "LOAD"
-            with m.State("RESET"):
-                m.d.comb += self.machine_reset.eq(1)
-                m.d.sync += settle.eq(FETCH_TO_ISSUE)
-                m.next = "SETTLE"
-            with m.State("SETTLE"):
-                m.d.sync += settle.eq(settle - 1)
-                with m.If(settle == 0):
-                    reply(opcode | P.REPLY, _Body.STATUS)
 
         # read-only view of the frame registers for the formal harness, whose
         # invariants relate them to its own parse of the byte stream so that
         # k-induction closes (sim/formal/bridge.py); nothing here reads it
-        self.formal_view = dict(fsm=fsm, rx_state=rcv.state, opcode=opcode, length=length,
-                                idx=rcv.idx, crc=crc_unit.crc, crc_lo=rcv.crc_lo,
-                                tail_lane=rcv.tail_lane, tail_words=tail_words,
-                                timer=rcv.timer, left=left, obuf_crc=snd.obuf_crc,
-                                replying=snd.active)
+        self.formal_view = dict(rx_state=rcv.state, ex_state=exe.state, opcode=rcv.opcode,
+                                length=rcv.length, idx=rcv.idx, crc=crc_unit.crc,
+                                crc_lo=rcv.crc_lo, tail_lane=rcv.tail_lane,
+                                tail_words=rcv.tail_words, timer=rcv.timer, left=exe.left,
+                                obuf_crc=snd.obuf_crc, replying=snd.active)
         return m
