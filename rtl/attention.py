@@ -31,16 +31,17 @@ length except the KV cache. `sim/cycles/attention.py` reproduces the timing.
 """
 from amaranth.hdl import *
 from amaranth.lib import data, enum, stream, wiring
-from amaranth.lib.memory import Memory
+from amaranth.lib.memory import Memory, ReadPort
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from .attention_config import AttentionConfig
 from .intarith import round_shift
 from .isa import attention_command_layout, matmul_command_layout
 from .matmul import MatmulEngine
-from .memport import MemPort
-from .normalise import Normaliser
-from .softmax import SoftmaxUnit
+from .memport import MemPort, write_layout
+from .normalise import Normaliser, o_layout, out_layout, row_sum_layout
+from .softmax import SoftmaxUnit, prob_layout, score_layout
 
 __all__ = ["AttentionEngine", "Phase"]
 
@@ -55,6 +56,577 @@ class Phase(enum.Enum, shape=3):
     NORM = 5      #: the normaliser finishes the head's last block
     NEXT = 6      #: the next row block of the head
     HEAD = 7      #: the next head's bases are set
+
+
+
+_INFO = data.StructLayout({"delta": range(33), "l_sum": unsigned(32)})
+
+
+def _read_port(depth, shape):
+    """A read port of a memory another component owns (the owner's side: `Out`).
+    The owner joins its memory's port straight to it, so the data keeps the
+    memory's own output register and no cycle is added."""
+    return ReadPort.Signature(addr_width=ceil_log2(depth), shape=shape)
+
+
+def _context(c):
+    """What the sequencer holds for every phase: the command (registered when
+    accepted), the head and block being computed, and the normalise phase."""
+    addr = unsigned(c.engine.addr_bits)
+    return wiring.Signature({
+        "params": Out(attention_command_layout(c)),
+        "tk": Out(range(2 * c.max_seq + 1)),                # keys = offset + tq
+        "m0": Out(range(c.max_seq + c.rows + 1)),           # first query of the block
+        "rows_b": Out(range(c.rows + 1)),                   # queries in the block
+        "qb": Out(addr), "ob": Out(addr),                   # Q row m0 of this head, output row m0
+        "hk": Out(addr), "hv": Out(addr),                   # this head's K and V caches
+        # output byte position of this head within a row, as (word, byte)
+        "hw": Out(addr), "ho": Out(range(c.engine.mem_bytes)),
+        **{f"scratch_{k}": Out(addr) for k in ("zero", "p", "s", "pv")},
+        "wpv": Out(range(c.pv_stride + 1)),                 # O words per row: ceil(D / SPW)
+        "nbeats": Out(range(c.max_d_head + 1)),             # normaliser beats per row: D / NL
+        "blk_start": Out(1),                                # a block starts (pulse)
+        "nm_start": Out(1),                                 # its normalise phase starts (pulse)
+        "nm_on": Out(1),                                    # ... until its last output write
+        # the block being normalised (the sequencer may already be in the next one)
+        "nm_rows": Out(range(c.rows + 1)), "nm_first": Out(1),
+    })
+
+
+def _tiles(c):
+    """The issuer's side of its hand-off with the sequencer: the next S and PV
+    commands and whether they may run; the sequencer says when one was taken."""
+    mc = matmul_command_layout(c.engine)
+    return wiring.Signature({
+        "s_cmd": Out(mc), "pv_cmd": Out(mc),
+        "s_next": Out(1),       # an S tile is left and a half is free for it
+        "pv_left": Out(1),      # a PV tile is left ...
+        "pv_ready": Out(1),     # ... and one has been softmaxed
+        "s_issue": In(1), "pv_issue": In(1),
+    })
+
+
+def _softmax_phase():
+    """The softmax sequencer's side of its hand-off with the P writer."""
+    return wiring.Signature({"start": Out(1),   # an S tile goes into the softmax (pulse)
+                             "on": Out(1), "par": Out(1),
+                             "fin": In(1)})      # its last P row was written (pulse)
+
+
+class _CommandSequencer(wiring.Component):
+    """Heads, blocks and the order of the array's commands (the `Phase` FSM).
+
+    It owns the command registers and loop counters that every other phase
+    reads (`_context`); what the next tile command is comes from `_TileIssuer`,
+    so this FSM only decides which one runs and when.
+    """
+
+    def __init__(self, cfg: AttentionConfig):
+        self.cfg = cfg
+        e = cfg.engine
+        super().__init__({
+            "cmd": In(stream.Signature(attention_command_layout(cfg))),
+            "lent": In(1),
+            "mm_cmd": Out(stream.Signature(matmul_command_layout(e))), "mm_done": In(1),
+            "tiles": In(_tiles(cfg)),
+            "ctx": Out(_context(cfg)),
+            # the output writer's end of a head's first row: the next head's start
+            "nm_done": In(1), "nhw": In(e.addr_bits), "nho": In(range(e.mem_bytes)),
+            "busy": Out(1), "done": Out(1), "phase": Out(Phase),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.cfg
+        R, SPW, NL = c.rows, c.scores_per_word, c.norm_lanes
+        off = c.scratch_offsets()
+        x, t = self.ctx, self.tiles
+        cmd, busy, lent = x.params, self.busy, self.lent
+        m.d.sync += self.done.eq(0)
+        m.d.comb += self.cmd.ready.eq(~busy & ~lent)
+        accept = self.cmd.valid & ~busy & ~lent
+        p = self.cmd.payload
+        h = Signal(range(257))                      # head
+        hq = Signal(c.engine.addr_bits)
+
+        with m.If(x.nm_start):
+            m.d.sync += [x.nm_on.eq(1), x.nm_rows.eq(x.rows_b), x.nm_first.eq(x.m0 == 0)]
+        with m.If(self.nm_done):
+            m.d.sync += x.nm_on.eq(0)
+
+        def block_setup(m0_val, qb_val, ob_val):
+            rem = cmd.tq - m0_val
+            m.d.comb += x.blk_start.eq(1)
+            m.d.sync += [x.m0.eq(m0_val), x.qb.eq(qb_val), x.ob.eq(ob_val),
+                         x.rows_b.eq(Mux(rem > R, R, rem))]
+
+        with m.FSM(name="ctrl"):
+            with m.State("IDLE"):
+                m.d.comb += self.phase.eq(Phase.IDLE)
+                with m.If(accept):
+                    m.d.sync += [cmd.eq(p), busy.eq(1), x.tk.eq(p.offset + p.tq), h.eq(0),
+                                 hq.eq(p.q_base), x.hk.eq(p.k_base), x.hv.eq(p.v_base),
+                                 x.hw.eq(0), x.ho.eq(0),
+                                 x.wpv.eq((p.d_head + SPW - 1) // SPW),
+                                 x.nbeats.eq(p.d_head // NL)]
+                    for k in ("zero", "p", "s", "pv"):
+                        m.d.sync += getattr(x, f"scratch_{k}").eq(p.scratch_base + off[k])
+                    m.next = "HEAD"
+            with m.State("HEAD"):
+                # the head's bases are set; start its first block
+                m.d.comb += self.phase.eq(Phase.HEAD)
+                block_setup(0, hq, cmd.out_base)
+                m.next = "DECIDE"
+            with m.State("DECIDE"):
+                # order S0, S1, PV0, S2, PV1, ...: S_{j+1} runs during softmax j;
+                # two S / P halves, so S never gets more than 2 tiles ahead
+                m.d.comb += self.phase.eq(Phase.DECIDE)
+                with m.If(t.s_next):
+                    m.next = "S_CMD"
+                with m.Elif(t.pv_left):
+                    with m.If(t.pv_ready):
+                        m.next = "PV_CMD"
+                with m.Else():
+                    # all PV done: normalise this block while the next one's
+                    # first S commands run (its softmax waits for the phase)
+                    m.d.comb += x.nm_start.eq(1)
+                    m.next = "NEXT"
+            with m.State("S_CMD"):
+                m.d.comb += [self.phase.eq(Phase.S_CMD),
+                             self.mm_cmd.valid.eq(1), self.mm_cmd.payload.eq(t.s_cmd)]
+                with m.If(self.mm_cmd.ready):
+                    m.d.comb += t.s_issue.eq(1)
+                    m.next = "WAIT"
+            with m.State("PV_CMD"):
+                m.d.comb += [self.phase.eq(Phase.PV_CMD),
+                             self.mm_cmd.valid.eq(1), self.mm_cmd.payload.eq(t.pv_cmd)]
+                with m.If(self.mm_cmd.ready):
+                    m.d.comb += t.pv_issue.eq(1)
+                    m.next = "WAIT"
+            with m.State("WAIT"):
+                m.d.comb += self.phase.eq(Phase.WAIT)
+                with m.If(self.mm_done):
+                    m.next = "DECIDE"
+            with m.State("NEXT"):
+                m.d.comb += self.phase.eq(Phase.NEXT)
+                with m.If(x.m0 + R < cmd.tq):
+                    block_setup(x.m0 + R, x.qb + cmd.q_row_stride * R,
+                                x.ob + cmd.out_stride * R)
+                    m.next = "DECIDE"
+                with m.Else():
+                    # a new head needs the output offset the normalise phase
+                    # finds; the end of the command needs every output written
+                    m.next = "NORM"
+            with m.State("NORM"):
+                m.d.comb += self.phase.eq(Phase.NORM)
+                with m.If(self.nm_done):
+                    with m.If(h + 1 < cmd.n_head):
+                        m.d.sync += [h.eq(h + 1), hq.eq(hq + cmd.q_head_stride),
+                                     x.hk.eq(x.hk + cmd.k_head_stride),
+                                     x.hv.eq(x.hv + cmd.v_head_stride),
+                                     x.hw.eq(self.nhw), x.ho.eq(self.nho)]
+                        m.next = "HEAD"
+                    with m.Else():
+                        m.d.sync += [busy.eq(0), self.done.eq(1)]
+                        m.next = "IDLE"
+        return m
+
+
+class _TileIssuer(wiring.Component):
+    """The next S and the next PV command of a block, and the tile accounting.
+
+    S runs up to two tiles ahead of PV, so each has its own key tile, cache
+    pointer and scratch half; the counters here (S tiles issued ahead, tiles
+    softmaxed, S tiles waiting for the softmax) are the hand-offs between the
+    array and the softmax.
+    """
+
+    def __init__(self, cfg: AttentionConfig):
+        self.cfg = cfg
+        super().__init__({
+            "ctx": In(_context(cfg)), "tiles": Out(_tiles(cfg)),
+            "mm_done": In(1), "lent": In(1),
+            "sm_take": In(1), "sm_fin": In(1),      # softmax takes / finishes a tile
+            "s_full": Out(range(3)),                # S tiles done but not yet softmaxed
+            "eng_pv": Out(1),                       # the running command is a PV
+            "pv_par": Out(1),                       # ... and its half
+            "pv_first": Out(1),                     # ... is the row block's first tile
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c, e = self.cfg, self.cfg.engine
+        R, T, SS, PS, PVS = c.rows, c.tile, c.s_stride, c.p_stride, c.pv_stride
+        x, t = self.ctx, self.tiles
+        cmd = x.params
+        last_q = Signal(range(2 * c.max_seq + R + 1))  # offset + m0 + rows_b - 1
+        m.d.comb += last_q.eq(cmd.offset + x.m0 + x.rows_b - 1)
+
+        es_k0, ep_k0 = Signal(range(c.max_seq + T + 1)), Signal(range(c.max_seq + T + 1))
+        es_kp, ep_vp = Signal(e.addr_bits), Signal(e.addr_bits)
+        es_par, ep_par = Signal(), Signal()
+        ahead = Signal(range(3))            # S commands issued - PV commands issued
+        sm_ready = Signal(range(3))         # softmaxed tiles whose PV is not yet issued
+        s_done = self.mm_done & ~self.eng_pv & ~self.lent
+        m.d.sync += [ahead.eq(ahead + t.s_issue - t.pv_issue),
+                     sm_ready.eq(sm_ready + self.sm_fin - t.pv_issue),
+                     self.s_full.eq(self.s_full + s_done - self.sm_take)]
+        m.d.comb += [t.s_next.eq((es_k0 <= last_q) & (ahead < 2)),
+                     t.pv_left.eq(ep_k0 <= last_q), t.pv_ready.eq(sm_ready != 0)]
+        with m.If(x.blk_start):
+            m.d.sync += [es_k0.eq(0), ep_k0.eq(0), es_kp.eq(x.hk), ep_vp.eq(x.hv),
+                         es_par.eq(0), ep_par.eq(0)]
+
+        # Diagonal tiles: the array row blocks at the top of the block whose
+        # queries all precede key k0 see none of the tile's keys, so its S and
+        # PV commands start below them (their softmax rows read stale S words
+        # but see no key: p = 0, delta = 0, O unchanged). Registered in DECIDE
+        # (k0, m0 only change when leaving S_CMD / PV_CMD or in HEAD / NEXT).
+        AR, GB = e.rows, R // e.rows
+
+        def skipped_blocks(k0):
+            first = cmd.offset + x.m0
+            n = Const(0, range(GB))
+            for b in range(1, GB):
+                n = Mux(k0 >= first + b * AR, b, n)
+            return n
+
+        s_skip, p_skip = Signal(range(GB)), Signal(range(GB))   # array row blocks
+        s_aoff = Signal(e.addr_bits)                            # s_skip rows of Q
+        s_n = skipped_blocks(es_k0)
+        m.d.sync += [s_skip.eq(s_n), p_skip.eq(skipped_blocks(ep_k0)),
+                     s_aoff.eq(s_n * (AR * cmd.q_row_stride))]
+
+        # keys past the block's last query are never visible to it: a diagonal
+        # tile's S stops there (the softmax masks the rest)
+        n_keys = Mux(last_q + 1 - es_k0 > T, T, last_q + 1 - es_k0)
+        s = t.s_cmd
+        m.d.comb += [s.m.eq(x.rows_b - s_skip * AR), s.k.eq(cmd.d_head), s.n.eq(n_keys),
+                     s.a_base.eq(x.qb + s_aoff), s.a_stride.eq(cmd.q_row_stride),
+                     s.w_base.eq(es_kp), s.p_base.eq(x.scratch_zero),
+                     s.out_base.eq(x.scratch_s + Mux(es_par, R * SS, 0) + s_skip * (AR * SS)),
+                     s.out_stride.eq(SS), s.a_signed.eq(1), s.raw_out.eq(1)]
+        with m.If(t.s_issue):
+            m.d.sync += [es_k0.eq(es_k0 + T), es_kp.eq(es_kp + cmd.k_tile_stride),
+                         es_par.eq(~es_par), self.eng_pv.eq(0)]
+        # k = the whole tile: P is 0 for absent keys, so the V cache keeps one
+        # fixed layout per tile however many keys it holds
+        pv = t.pv_cmd
+        m.d.comb += [pv.m.eq(x.rows_b - p_skip * AR), pv.k.eq(T), pv.n.eq(cmd.d_head),
+                     pv.a_base.eq(x.scratch_p + Mux(ep_par, R * PS, 0) + p_skip * (AR * PS)),
+                     pv.a_stride.eq(PS), pv.w_base.eq(ep_vp), pv.p_base.eq(x.scratch_zero),
+                     pv.out_base.eq(x.scratch_pv + p_skip * (AR * PVS)),
+                     pv.out_stride.eq(PVS), pv.a_signed.eq(0), pv.raw_out.eq(1)]
+        with m.If(t.pv_issue):
+            m.d.sync += [ep_k0.eq(ep_k0 + T), ep_vp.eq(ep_vp + cmd.v_tile_stride),
+                         ep_par.eq(~ep_par), self.eng_pv.eq(1), self.pv_par.eq(ep_par),
+                         self.pv_first.eq(ep_k0 == 0)]
+        return m
+
+
+class _ScoreFeeder(wiring.Component):
+    """The S tiles on chip and the softmax sequencer that streams them out.
+
+    The S command's write beats land in the S buffer (two halves); once a tile
+    is complete and the write channel is free of the normalise phase, its rows
+    go to the `SoftmaxUnit` through a word-to-lanes gearbox.
+    """
+
+    def __init__(self, cfg: AttentionConfig):
+        self.cfg = cfg
+        super().__init__({
+            "ctx": In(_context(cfg)),
+            "wr": In(write_layout(cfg.engine)), "wr_en": In(1),    # the S command's writes
+            "s_full": In(range(3)),
+            "sm": Out(_softmax_phase()),
+            "scores": Out(stream.Signature(score_layout(cfg))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c, e = self.cfg, self.cfg.engine
+        R, MB, SPW, T = c.rows, e.mem_bytes, c.scores_per_word, c.tile
+        LN, BPR, SS = c.lanes, c.beats_per_row, c.s_stride
+        x, ph = self.ctx, self.sm
+        cmd = x.params
+
+        m.submodules.sbuf = sbuf = Memory(shape=unsigned(8 * MB), depth=2 * R * SS, init=[])
+        s_w = sbuf.write_port(granularity=8)
+        s_r = sbuf.read_port(transparent_for=())
+        m.d.comb += [s_w.addr.eq(self.wr.addr - x.scratch_s), s_w.data.eq(self.wr.data),
+                     s_w.en.eq(Mux(self.wr_en, self.wr.strb, 0))]
+
+        sm_on, sm_par, sm_start = ph.on, ph.par, ph.start
+        sm_k0 = Signal(range(c.max_seq + T + 1))
+        sm_nkeys = Signal(range(T + 1))
+        m.d.comb += sm_start.eq(~sm_on & (self.s_full != 0) & ~x.blk_start & ~x.nm_on)
+        with m.If(x.blk_start):
+            m.d.sync += [sm_k0.eq(0), sm_par.eq(0)]
+        with m.If(sm_start):
+            m.d.sync += [sm_on.eq(1), sm_nkeys.eq(Mux(x.tk - sm_k0 > T, T, x.tk - sm_k0))]
+        with m.If(ph.fin):
+            m.d.sync += [sm_on.eq(0), sm_k0.eq(sm_k0 + T), sm_par.eq(~sm_par)]
+
+        # S words -> softmax beats (lanes scores each). The read port's data
+        # register holds the current word; a row ends after BPR beats, dropping
+        # the rest of its last word.
+        sg_row, sg_w = Signal(range(R + 1)), Signal(range(SS))
+        sg_ptr = Signal(range(2 * R * SS + 1))
+        sg_valid = Signal()
+        sg_take = Signal()
+        sg_adv = ~sg_valid | sg_take
+        sg_more = sm_on & (sg_row != x.rows_b)
+        with m.If(sm_start):
+            m.d.sync += [sg_row.eq(0), sg_w.eq(0), sg_ptr.eq(Mux(sm_par, R * SS, 0))]
+        m.d.comb += [s_r.addr.eq(sg_ptr + sg_w), s_r.en.eq(sg_adv)]
+        with m.If(sg_adv & ~sm_start):
+            m.d.sync += sg_valid.eq(sg_more)
+            with m.If(sg_more):
+                m.d.sync += sg_w.eq(sg_w + 1)
+                with m.If(sg_w == c.s_words - 1):
+                    m.d.sync += [sg_w.eq(0), sg_row.eq(sg_row + 1), sg_ptr.eq(sg_ptr + SS)]
+        gb_row = Signal(range(R))
+        gb_beat = Signal(range(BPR))
+        gb_sub = Signal(range(SPW // LN))
+        with m.If(sm_start):
+            m.d.sync += [gb_row.eq(0), gb_beat.eq(0), gb_sub.eq(0)]
+        sp = self.scores.payload
+        m.d.comb += [self.scores.valid.eq(sg_valid),
+                     sp.row.eq(gb_row), sp.qpos.eq(cmd.offset + x.m0 + gb_row), sp.k0.eq(sm_k0),
+                     sp.n_keys.eq(sm_nkeys), sp.mult.eq(cmd.score_mult),
+                     sp.shift.eq(cmd.score_shift)]
+        for l in range(LN):
+            m.d.comb += sp.s[l].eq(s_r.data.word_select(gb_sub * LN + l, 32))
+        row_end = gb_beat == BPR - 1
+        with m.If(self.scores.valid & self.scores.ready):
+            m.d.sync += [gb_beat.eq(gb_beat + 1), gb_sub.eq(gb_sub + 1)]
+            with m.If(row_end | (gb_sub == SPW // LN - 1)):
+                m.d.comb += sg_take.eq(1)
+                m.d.sync += gb_sub.eq(0)
+            with m.If(row_end):
+                m.d.sync += [gb_beat.eq(0), gb_row.eq(gb_row + 1)]
+        return m
+
+
+class _ProbWriter(wiring.Component):
+    """P rows from the softmax into P half `sm_par` in memory; per row delta and
+    L into the row info (two halves, read by the accumulator and the normaliser
+    feeder, whose ports it exposes)."""
+
+    def __init__(self, cfg: AttentionConfig):
+        self.cfg = cfg
+        super().__init__({
+            "ctx": In(_context(cfg)), "sm": In(_softmax_phase()),
+            "probs": In(stream.Signature(prob_layout(cfg))),
+            "wr": Out(stream.Signature(write_layout(cfg.engine))),
+            "info_ac": Out(_read_port(2 * cfg.rows, _INFO)),
+            "info_nm": Out(_read_port(2 * cfg.rows, _INFO)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c, e = self.cfg, self.cfg.engine
+        R, MB, LN, PS = c.rows, e.mem_bytes, c.lanes, c.p_stride
+        x, ph = self.ctx, self.sm
+
+        m.submodules.info = info_mem = Memory(shape=_INFO, depth=2 * R, init=[])
+        info_w = info_mem.write_port()
+        wiring.connect(m, wiring.flipped(self.info_ac), info_mem.read_port(transparent_for=()))
+        wiring.connect(m, wiring.flipped(self.info_nm), info_mem.read_port(transparent_for=()))
+
+        pw_row = Signal(range(R + 1))
+        pw_ptr = Signal(e.addr_bits)
+        pw_word = Signal(range(PS + 1))
+        pw_byte = Signal(range(MB))
+        pr = self.probs.payload
+        p_bytes = Cat(*[pr.p[l] for l in range(LN)])
+        with m.If(ph.start):
+            m.d.sync += [pw_row.eq(0), pw_word.eq(0), pw_byte.eq(0),
+                         pw_ptr.eq(x.scratch_p + Mux(ph.par, R * PS, 0))]
+        p_on = ph.on & ~x.nm_on & (pw_row != x.rows_b)   # the write channel is ours
+        wr_ready = self.wr.ready
+        take_p = self.probs.valid & p_on & wr_ready
+        m.d.comb += self.probs.ready.eq(p_on & wr_ready)
+        m.d.comb += [info_w.addr.eq(Cat(pr.row, ph.par) if R & (R - 1) == 0 and R > 1
+                                    else pr.row + Mux(ph.par, R, 0)),
+                     info_w.data.delta.eq(pr.delta), info_w.data.l_sum.eq(pr.l_sum),
+                     info_w.en.eq(take_p & pr.last)]
+        with m.If(take_p):
+            m.d.sync += pw_byte.eq(pw_byte + LN)
+            with m.If(pw_byte == MB - LN):
+                m.d.sync += [pw_byte.eq(0), pw_word.eq(pw_word + 1)]
+            with m.If(pr.last):
+                m.d.sync += [pw_row.eq(pw_row + 1), pw_ptr.eq(pw_ptr + PS),
+                             pw_word.eq(0), pw_byte.eq(0)]
+        m.d.comb += ph.fin.eq(ph.on & ~ph.start & (pw_row == x.rows_b))
+        m.d.comb += [self.wr.valid.eq(self.probs.valid & p_on),
+                     self.wr.payload.addr.eq(pw_ptr + pw_word),
+                     self.wr.payload.data.eq(p_bytes << (pw_byte * 8)),
+                     self.wr.payload.strb.eq(Const((1 << LN) - 1, MB) << pw_byte)]
+        return m
+
+
+class _Accumulator(wiring.Component):
+    """O, updated by the PV command's write beats as they come (no phase of its
+    own). A (write beat): read O and the row's delta; B: O = rs(O, delta) + PV
+    per written int32 lane. The read is transparent, so a word written in two
+    beats back to back (several segments per word) accumulates both."""
+
+    def __init__(self, cfg: AttentionConfig):
+        self.cfg = cfg
+        word = data.ArrayLayout(signed(32), cfg.scores_per_word)
+        super().__init__({
+            "ctx": In(_context(cfg)),
+            "wr": In(write_layout(cfg.engine)), "wr_en": In(1),    # the PV command's writes
+            "pv_par": In(1), "pv_first": In(1),
+            "info": In(_read_port(2 * cfg.rows, _INFO)),
+            "o_nm": Out(_read_port(cfg.rows * cfg.pv_stride, word)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.cfg
+        R, SPW, PVS = c.rows, c.scores_per_word, c.pv_stride
+        PVS_LOG = PVS.bit_length() - 1
+        word = data.ArrayLayout(signed(32), SPW)
+        m.submodules.obuf = obuf = Memory(shape=word, depth=R * PVS, init=[])
+        o_w = obuf.write_port(granularity=1)  # one enable per int32 lane
+        o_ac = obuf.read_port(transparent_for=(o_w,))
+        wiring.connect(m, wiring.flipped(self.o_nm), obuf.read_port(transparent_for=()))
+        pv_off = Signal(range(R * PVS))
+        m.d.comb += pv_off.eq(self.wr.addr - self.ctx.scratch_pv)
+        pv_row = pv_off[PVS_LOG:] if PVS_LOG < len(pv_off) else Const(0, 1)
+        m.d.comb += [o_ac.addr.eq(pv_off), o_ac.en.eq(1),
+                     self.info.addr.eq(pv_row + Mux(self.pv_par, R, 0)), self.info.en.eq(1)]
+        b_valid = Signal()
+        b_pv = Signal(word)
+        b_addr = Signal.like(o_w.addr)
+        b_lanes = Signal(SPW)
+        m.d.sync += [b_valid.eq(self.wr_en), b_pv.eq(self.wr.data), b_addr.eq(pv_off),
+                     b_lanes.eq(Cat(*[self.wr.strb[4 * l] for l in range(SPW)]))]
+        m.d.comb += [o_w.addr.eq(b_addr), o_w.en.eq(Mux(b_valid, b_lanes, 0))]
+        for l in range(SPW):
+            old = round_shift(o_ac.data[l], self.info.data.delta, 34)
+            m.d.comb += o_w.data[l].eq(Mux(self.pv_first, 0, old) + b_pv[l])
+        return m
+
+
+class _NormFeeder(wiring.Component):
+    """The normalise phase's inputs: the last tile's row sums into ``l_in`` and the
+    O rows, word by word through a gearbox, into ``o_in`` (norm_lanes each)."""
+
+    def __init__(self, cfg: AttentionConfig):
+        self.cfg = cfg
+        word = data.ArrayLayout(signed(32), cfg.scores_per_word)
+        super().__init__({
+            "ctx": In(_context(cfg)), "pv_par": In(1),
+            "info": In(_read_port(2 * cfg.rows, _INFO)),
+            "o": In(_read_port(cfg.rows * cfg.pv_stride, word)),
+            "l_in": Out(stream.Signature(row_sum_layout(cfg))),
+            "o_in": Out(stream.Signature(o_layout(cfg))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.cfg
+        R, SPW, NL, PVS = c.rows, c.scores_per_word, c.norm_lanes, c.pv_stride
+        x = self.ctx
+        nm_start, nm_on, nm_rows, cmd = x.nm_start, x.nm_on, x.nm_rows, x.params
+        # row sums of the last tile -> l_in (the read port's data register holds the beat)
+        lf_row = Signal(range(R + 1))
+        lf_valid = Signal()
+        lf_adv = ~lf_valid | self.l_in.ready
+        lf_more = nm_on & (lf_row != nm_rows)
+        with m.If(nm_start):
+            m.d.sync += lf_row.eq(0)
+        m.d.comb += [self.info.addr.eq(lf_row + Mux(self.pv_par, R, 0)), self.info.en.eq(lf_adv),
+                     self.l_in.valid.eq(lf_valid), self.l_in.payload.l_sum.eq(self.info.data.l_sum),
+                     self.l_in.payload.out_mult.eq(cmd.out_mult),
+                     self.l_in.payload.out_shift.eq(cmd.out_shift)]
+        with m.If(lf_adv & ~nm_start):
+            m.d.sync += lf_valid.eq(lf_more)
+            with m.If(lf_more):
+                m.d.sync += lf_row.eq(lf_row + 1)
+        # O words -> o_in beats (norm_lanes each), D / NL beats per row
+        of_row = Signal(range(R + 1))
+        of_w = Signal(range(PVS))
+        of_ptr = Signal(range(R * PVS + 1))
+        of_valid = Signal()
+        of_sub = Signal(range(SPW // NL))
+        of_beat = Signal(range(c.max_d_head // NL + 1))
+        of_take = Signal()
+        of_adv = ~of_valid | of_take
+        of_more = nm_on & (of_row != nm_rows)
+        with m.If(nm_start):
+            m.d.sync += [of_row.eq(0), of_w.eq(0), of_ptr.eq(0), of_sub.eq(0), of_beat.eq(0)]
+        m.d.comb += [self.o.addr.eq(of_ptr + of_w), self.o.en.eq(of_adv)]
+        with m.If(of_adv & ~nm_start):
+            m.d.sync += of_valid.eq(of_more)
+            with m.If(of_more):
+                m.d.sync += of_w.eq(of_w + 1)
+                with m.If(of_w == x.wpv - 1):
+                    m.d.sync += [of_w.eq(0), of_row.eq(of_row + 1), of_ptr.eq(of_ptr + PVS)]
+        op = self.o_in.payload
+        m.d.comb += [self.o_in.valid.eq(of_valid), op.last.eq(of_beat == x.nbeats - 1)]
+        for l in range(NL):
+            m.d.comb += op.o[l].eq(self.o.data.as_value().word_select(of_sub * NL + l, 32))
+        with m.If(self.o_in.valid & self.o_in.ready):
+            m.d.sync += [of_beat.eq(of_beat + 1), of_sub.eq(of_sub + 1)]
+            with m.If(op.last | (of_sub == SPW // NL - 1)):
+                m.d.comb += of_take.eq(1)
+                m.d.sync += of_sub.eq(0)
+            with m.If(op.last):
+                m.d.sync += of_beat.eq(0)
+        return m
+
+
+class _OutputWriter(wiring.Component):
+    """Normalised int8 rows to memory, norm_lanes bytes per write at the head's
+    byte offset. The output head offset h*D bytes is not divided by `mem_bytes`
+    in hardware: the position at the end of a head's first row is the next
+    head's start (``nhw``, ``nho``)."""
+
+    def __init__(self, cfg: AttentionConfig):
+        self.cfg = cfg
+        e = cfg.engine
+        super().__init__({
+            "ctx": In(_context(cfg)),
+            "y": In(stream.Signature(out_layout(cfg))),
+            "wr": Out(stream.Signature(write_layout(e))),
+            "nm_done": Out(1), "nhw": Out(e.addr_bits), "nho": Out(range(e.mem_bytes)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c, e = self.cfg, self.cfg.engine
+        R, MB, NL = c.rows, e.mem_bytes, c.norm_lanes
+        x = self.ctx
+        ow_row = Signal(range(R + 1))
+        ow_ptr = Signal(e.addr_bits)
+        ow_word, ow_byte = Signal(e.addr_bits), Signal(range(MB))
+        with m.If(x.nm_start):
+            m.d.sync += [ow_row.eq(0), ow_ptr.eq(x.ob), ow_word.eq(x.hw), ow_byte.eq(x.ho)]
+        ow_on = x.nm_on & (ow_row != x.nm_rows)
+        yb = Cat(*[self.y.payload.y[l] for l in range(NL)])
+        m.d.comb += self.y.ready.eq(ow_on & self.wr.ready)
+        with m.If(self.y.valid & self.y.ready):
+            nb = ow_byte + NL
+            m.d.sync += ow_byte.eq(nb)
+            with m.If(nb == MB):
+                m.d.sync += [ow_byte.eq(0), ow_word.eq(ow_word + 1)]
+            with m.If(self.y.payload.last):
+                m.d.sync += [ow_row.eq(ow_row + 1), ow_ptr.eq(ow_ptr + x.params.out_stride),
+                             ow_word.eq(x.hw), ow_byte.eq(x.ho)]
+                with m.If((ow_row == 0) & x.nm_first):
+                    # the end of the head's first row is where the next head starts
+                    m.d.sync += [self.nhw.eq(Mux(nb == MB, ow_word + 1, ow_word)),
+                                 self.nho.eq(Mux(nb == MB, 0, nb))]
+        m.d.comb += self.nm_done.eq(x.nm_on & ~x.nm_start & (ow_row == x.nm_rows))
+        m.d.comb += [self.wr.valid.eq(self.y.valid & ow_on),
+                     self.wr.payload.addr.eq(ow_ptr + ow_word),
+                     self.wr.payload.data.eq(yb << (ow_byte * 8)),
+                     self.wr.payload.strb.eq(Const((1 << NL) - 1, MB) << ow_byte)]
+        return m
 
 
 class AttentionEngine(wiring.Component):
@@ -73,6 +645,13 @@ class AttentionEngine(wiring.Component):
     and ``mm_done`` pulses when it finishes, exactly as the engine's own ``cmd``
     and ``done`` would. The `Machine` uses this so one array serves both MATMUL
     and ATTENTION (the array and its requantisers are most of the DSPs).
+
+    The controller is the phases of the module docstring, one component each:
+    `_CommandSequencer` and `_TileIssuer` (which array command runs next),
+    `_ScoreFeeder` (S tiles into the softmax), `_ProbWriter` (P rows and row
+    info), `_Accumulator` (O from the PV writes), `_NormFeeder` and
+    `_OutputWriter` (the normalise phase); this top only joins them and shares
+    the memory port.
     """
 
     def __init__(self, cfg: AttentionConfig, table=None, *, matmul_port=False):
@@ -91,418 +670,67 @@ class AttentionEngine(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        c, e = self.cfg, self.cfg.engine
-        R, MB, SPW, T = c.rows, e.mem_bytes, c.scores_per_word, c.tile   # R: block rows
-        LN, NL, BPR = c.lanes, c.norm_lanes, c.beats_per_row
-        SS, PS, PVS = c.s_stride, c.p_stride, c.pv_stride
-        PVS_LOG = PVS.bit_length() - 1
-        off = c.scratch_offsets()
-
-        m.submodules.mm = mm = MatmulEngine(e)
+        c = self.cfg
+        m.submodules.mm = mm = MatmulEngine(c.engine)
         m.submodules.softmax = sm = SoftmaxUnit(c, self.table)
         m.submodules.norm = norm = Normaliser(c)
+        m.submodules.seq = seq = _CommandSequencer(c)
+        m.submodules.issuer = iss = _TileIssuer(c)
+        m.submodules.scores = sf = _ScoreFeeder(c)
+        m.submodules.pwriter = pw = _ProbWriter(c)
+        m.submodules.acc = acc = _Accumulator(c)
+        m.submodules.nfeed = nf = _NormFeeder(c)
+        m.submodules.owriter = ow = _OutputWriter(c)
 
-        # ---------------- memory port ----------------------------------------------
+        wiring.connect(m, seq.ctx, iss.ctx, sf.ctx, pw.ctx, acc.ctx, nf.ctx, ow.ctx)
+        wiring.connect(m, seq.tiles, iss.tiles)
+        wiring.connect(m, sf.sm, pw.sm)
+        wiring.connect(m, sf.scores, sm.scores)
+        wiring.connect(m, sm.probs, pw.probs)
+        wiring.connect(m, acc.info, pw.info_ac)
+        wiring.connect(m, nf.info, pw.info_nm)
+        wiring.connect(m, nf.o, acc.o_nm)
+        wiring.connect(m, nf.l_in, norm.l_in)
+        wiring.connect(m, nf.o_in, norm.o_in)
+        wiring.connect(m, norm.out, ow.y)
+        wiring.connect(m, wiring.flipped(self.cmd), seq.cmd)
+        m.d.comb += [iss.mm_done.eq(mm.done), seq.mm_done.eq(mm.done),
+                     iss.sm_take.eq(sf.sm.start), iss.sm_fin.eq(pw.sm.fin),
+                     sf.s_full.eq(iss.s_full), acc.pv_par.eq(iss.pv_par),
+                     acc.pv_first.eq(iss.pv_first), nf.pv_par.eq(iss.pv_par),
+                     seq.nm_done.eq(ow.nm_done), seq.nhw.eq(ow.nhw), seq.nho.eq(ow.nho),
+                     self.busy.eq(seq.busy), self.done.eq(seq.done), self.phase.eq(seq.phase),
+                     self.softmax_busy.eq(sf.sm.on)]
+
         # Reads are the matmul engine's alone. Its writes (S and PV rows) are
         # taken here, always at once, exactly like the reference memory would.
-        m.d.comb += [self.mem.rd_req.valid.eq(mm.mem.rd_req.valid),
-                     self.mem.rd_req.payload.eq(mm.mem.rd_req.payload),
-                     mm.mem.rd_req.ready.eq(self.mem.rd_req.ready),
-                     mm.mem.rd_resp.valid.eq(self.mem.rd_resp.valid),
-                     mm.mem.rd_resp.payload.eq(self.mem.rd_resp.payload),
-                     self.mem.rd_resp.ready.eq(mm.mem.rd_resp.ready)]
+        wiring.connect(m, mm.mem.rd_req, wiring.flipped(self.mem.rd_req))
+        wiring.connect(m, wiring.flipped(self.mem.rd_resp), mm.mem.rd_resp)
         # a lent matmul (`mm_cmd`) owns the array from acceptance to its done
         # pulse; its writes bypass the scratch snoop and leave through `wr`
         lent = Signal()
         snoop = mm.mem.wr.valid & ~lent
-        wr_ready = self.mem.wr.ready
-
-        # ---------------- command registers and loop counters ----------------------
-        cmd = Signal(attention_command_layout(c))
-        busy = Signal()
-        done = Signal()
-        m.d.sync += done.eq(0)
-        m.d.comb += [self.busy.eq(busy), self.done.eq(done), self.cmd.ready.eq(~busy & ~lent)]
-        accept = self.cmd.valid & ~busy & ~lent
+        m.d.comb += [iss.lent.eq(lent), seq.lent.eq(lent),
+                     sf.wr.eq(mm.mem.wr.payload), sf.wr_en.eq(snoop & ~iss.eng_pv),
+                     acc.wr.eq(mm.mem.wr.payload), acc.wr_en.eq(snoop & iss.eng_pv),
+                     mm.cmd.valid.eq(seq.mm_cmd.valid), mm.cmd.payload.eq(seq.mm_cmd.payload),
+                     seq.mm_cmd.ready.eq(mm.cmd.ready)]
         if self.matmul_port:
-            self._lend(m, mm, busy, lent)
+            self._lend(m, mm, seq.busy, lent)
         else:
             m.d.comb += mm.mem.wr.ready.eq(1)
-        p = self.cmd.payload
 
-        def addr(name):
-            return Signal(e.addr_bits, name=name)
-
-        tk = Signal(range(2 * c.max_seq + 1))       # keys = offset + tq
-        h = Signal(range(257))                      # head
-        hq, hk, hv = addr("hq"), addr("hk"), addr("hv")
-        m0 = Signal(range(c.max_seq + R + 1))      # first query of the block
-        rows_b = Signal(range(R + 1))               # queries in the block
-        qb, ob = addr("qb"), addr("ob")             # Q row m0 of this head, output row m0
-        wpv = Signal(range(PVS + 1))                # O words per row: ceil(D / SPW)
-        nbeats = Signal(range(c.max_d_head + 1))    # normaliser beats per row: D / NL
-        # output byte position of this head within a row, as (word, byte); the
-        # next head's is captured when the writer finishes the head's first row
-        hw, ho = addr("hw"), Signal(range(MB))
-        nhw, nho = addr("nhw"), Signal(range(MB))
-        scratch = {k: addr(f"scratch_{k}") for k in ("zero", "p", "s", "pv")}
-        last_q = Signal(range(2 * c.max_seq + R + 1))  # offset + m0 + rows_b - 1
-        m.d.comb += last_q.eq(cmd.offset + m0 + rows_b - 1)
-
-        # command sequencer: next S tile (k0, K pointer, half), next PV tile
-        es_k0, ep_k0 = Signal(range(c.max_seq + T + 1)), Signal(range(c.max_seq + T + 1))
-        es_kp, ep_vp = addr("es_kp"), addr("ep_vp")
-        es_par, ep_par = Signal(), Signal()
-        ahead = Signal(range(3))            # S commands issued - PV commands issued
-        sm_ready = Signal(range(3))         # softmaxed tiles whose PV is not yet issued
-        s_full = Signal(range(3))           # S tiles done but not yet softmaxed
-        eng_pv = Signal()                   # the running command is a PV
-        pv_par = Signal()                   # ... and its half
-        pv_first = Signal()                 # ... is the row block's first tile
-        sm_fin = Signal()                   # softmax of a tile finished (pulse)
-        sm_take = Signal()                  # softmax takes an S tile (pulse)
-        s_issue, pv_issue = Signal(), Signal()
-        s_done = mm.done & ~eng_pv & ~lent
-        m.d.sync += [ahead.eq(ahead + s_issue - pv_issue),
-                     sm_ready.eq(sm_ready + sm_fin - pv_issue),
-                     s_full.eq(s_full + s_done - sm_take)]
-        nm_start, nm_done = Signal(), Signal()
-        nm_on = Signal()                    # between nm_start and the last output write
-        blk_start = Signal()                # resets the softmax sequencer
-        # the block being normalised (the sequencer may already be in the next one)
-        nm_rows = Signal.like(rows_b)
-        nm_first = Signal()                 # ... is the head's first block
-        with m.If(nm_start):
-            m.d.sync += [nm_on.eq(1), nm_rows.eq(rows_b), nm_first.eq(m0 == 0)]
-        with m.If(nm_done):
-            m.d.sync += nm_on.eq(0)
-
-        def block_setup(m0_val, qb_val, ob_val):
-            rem = cmd.tq - m0_val
-            m.d.comb += blk_start.eq(1)
-            m.d.sync += [m0.eq(m0_val), qb.eq(qb_val), ob.eq(ob_val),
-                         rows_b.eq(Mux(rem > R, R, rem)),
-                         es_k0.eq(0), ep_k0.eq(0), es_kp.eq(hk), ep_vp.eq(hv),
-                         es_par.eq(0), ep_par.eq(0)]
-
-        # Diagonal tiles: the array row blocks at the top of the block whose
-        # queries all precede key k0 see none of the tile's keys, so its S and
-        # PV commands start below them (their softmax rows read stale S words
-        # but see no key: p = 0, delta = 0, O unchanged). Registered in DECIDE
-        # (k0, m0 only change when leaving S_CMD / PV_CMD or in HEAD / NEXT).
-        AR, GB = e.rows, R // e.rows
-
-        def skipped_blocks(k0):
-            first = cmd.offset + m0
-            n = Const(0, range(GB))
-            for b in range(1, GB):
-                n = Mux(k0 >= first + b * AR, b, n)
-            return n
-
-        s_skip, p_skip = Signal(range(GB)), Signal(range(GB))   # array row blocks
-        s_aoff = addr("s_aoff")                                 # s_skip rows of Q
-        s_n = skipped_blocks(es_k0)
-        m.d.sync += [s_skip.eq(s_n), p_skip.eq(skipped_blocks(ep_k0)),
-                     s_aoff.eq(s_n * (AR * cmd.q_row_stride))]
-
-        mc = mm.cmd.payload
-        with m.FSM(name="ctrl"):
-            with m.State("IDLE"):
-                m.d.comb += self.phase.eq(Phase.IDLE)
-                with m.If(accept):
-                    m.d.sync += [cmd.eq(p), busy.eq(1), tk.eq(p.offset + p.tq), h.eq(0),
-                                 hq.eq(p.q_base), hk.eq(p.k_base), hv.eq(p.v_base),
-                                 hw.eq(0), ho.eq(0),
-                                 wpv.eq((p.d_head + SPW - 1) // SPW),
-                                 nbeats.eq(p.d_head // NL)]
-                    for k in scratch:
-                        m.d.sync += scratch[k].eq(p.scratch_base + off[k])
-                    m.next = "HEAD"
-            with m.State("HEAD"):
-                # the head's bases are set; start its first block
-                m.d.comb += self.phase.eq(Phase.HEAD)
-                block_setup(0, hq, cmd.out_base)
-                m.next = "DECIDE"
-            with m.State("DECIDE"):
-                # order S0, S1, PV0, S2, PV1, ...: S_{j+1} runs during softmax j;
-                # two S / P halves, so S never gets more than 2 tiles ahead
-                m.d.comb += self.phase.eq(Phase.DECIDE)
-                with m.If((es_k0 <= last_q) & (ahead < 2)):
-                    m.next = "S_CMD"
-                with m.Elif(ep_k0 <= last_q):
-                    with m.If(sm_ready != 0):
-                        m.next = "PV_CMD"
-                with m.Else():
-                    # all PV done: normalise this block while the next one's
-                    # first S commands run (its softmax waits for the phase)
-                    m.d.comb += nm_start.eq(1)
-                    m.next = "NEXT"
-            with m.State("S_CMD"):
-                m.d.comb += self.phase.eq(Phase.S_CMD)
-                # keys past the block's last query are never visible to it:
-                # a diagonal tile's S stops there (the softmax masks the rest)
-                n_keys = Mux(last_q + 1 - es_k0 > T, T, last_q + 1 - es_k0)
-                m.d.comb += [mm.cmd.valid.eq(1), mc.m.eq(rows_b - s_skip * AR),
-                             mc.k.eq(cmd.d_head), mc.n.eq(n_keys), mc.a_base.eq(qb + s_aoff),
-                             mc.a_stride.eq(cmd.q_row_stride),
-                             mc.w_base.eq(es_kp), mc.p_base.eq(scratch["zero"]),
-                             mc.out_base.eq(scratch["s"] + Mux(es_par, R * SS, 0)
-                                            + s_skip * (AR * SS)),
-                             mc.out_stride.eq(SS), mc.a_signed.eq(1), mc.raw_out.eq(1)]
-                with m.If(mm.cmd.ready):
-                    m.d.comb += s_issue.eq(1)
-                    m.d.sync += [es_k0.eq(es_k0 + T), es_kp.eq(es_kp + cmd.k_tile_stride),
-                                 es_par.eq(~es_par), eng_pv.eq(0)]
-                    m.next = "WAIT"
-            with m.State("PV_CMD"):
-                m.d.comb += self.phase.eq(Phase.PV_CMD)
-                # k = the whole tile: P is 0 for absent keys, so the V cache keeps
-                # one fixed layout per tile however many keys it holds
-                m.d.comb += [mm.cmd.valid.eq(1), mc.m.eq(rows_b - p_skip * AR), mc.k.eq(T),
-                             mc.n.eq(cmd.d_head),
-                             mc.a_base.eq(scratch["p"] + Mux(ep_par, R * PS, 0)
-                                          + p_skip * (AR * PS)),
-                             mc.a_stride.eq(PS), mc.w_base.eq(ep_vp),
-                             mc.p_base.eq(scratch["zero"]),
-                             mc.out_base.eq(scratch["pv"] + p_skip * (AR * PVS)),
-                             mc.out_stride.eq(PVS), mc.a_signed.eq(0), mc.raw_out.eq(1)]
-                with m.If(mm.cmd.ready):
-                    m.d.comb += pv_issue.eq(1)
-                    m.d.sync += [ep_k0.eq(ep_k0 + T), ep_vp.eq(ep_vp + cmd.v_tile_stride),
-                                 ep_par.eq(~ep_par), eng_pv.eq(1), pv_par.eq(ep_par),
-                                 pv_first.eq(ep_k0 == 0)]
-                    m.next = "WAIT"
-            with m.State("WAIT"):
-                m.d.comb += self.phase.eq(Phase.WAIT)
-                with m.If(mm.done):
-                    m.next = "DECIDE"
-            with m.State("NEXT"):
-                m.d.comb += self.phase.eq(Phase.NEXT)
-                with m.If(m0 + R < cmd.tq):
-                    block_setup(m0 + R, qb + cmd.q_row_stride * R, ob + cmd.out_stride * R)
-                    m.next = "DECIDE"
-                with m.Else():
-                    # a new head needs the output offset the normalise phase
-                    # finds; the end of the command needs every output written
-                    m.next = "NORM"
-            with m.State("NORM"):
-                m.d.comb += self.phase.eq(Phase.NORM)
-                with m.If(nm_done):
-                    with m.If(h + 1 < cmd.n_head):
-                        m.d.sync += [h.eq(h + 1), hq.eq(hq + cmd.q_head_stride),
-                                     hk.eq(hk + cmd.k_head_stride),
-                                     hv.eq(hv + cmd.v_head_stride), hw.eq(nhw), ho.eq(nho)]
-                        m.next = "HEAD"
-                    with m.Else():
-                        m.d.sync += [busy.eq(0), done.eq(1)]
-                        m.next = "IDLE"
-
-        # ---------------- on-chip S tiles (two halves) ---------------------------------
-        m.submodules.sbuf = sbuf = Memory(shape=unsigned(8 * MB), depth=2 * R * SS, init=[])
-        s_w = sbuf.write_port(granularity=8)
-        s_r = sbuf.read_port(transparent_for=())
-        m.d.comb += [s_w.addr.eq(mm.mem.wr.payload.addr - scratch["s"]),
-                     s_w.data.eq(mm.mem.wr.payload.data),
-                     s_w.en.eq(Mux(snoop & ~eng_pv, mm.mem.wr.payload.strb, 0))]
-
-        # ---------------- row info: delta and L per row, two halves --------------------
-        info = data.StructLayout({"delta": range(33), "l_sum": unsigned(32)})
-        m.submodules.info = info_mem = Memory(shape=info, depth=2 * R, init=[])
-        info_w = info_mem.write_port()
-        info_ac = info_mem.read_port(transparent_for=())
-        info_nm = info_mem.read_port(transparent_for=())
-
-        # ---------------- softmax sequencer -------------------------------------------
-        sm_on = Signal()
-        sm_k0 = Signal(range(c.max_seq + T + 1))
-        sm_par = Signal()
-        sm_nkeys = Signal(range(T + 1))
-        sm_start = Signal()
-        m.d.comb += [sm_take.eq(~sm_on & (s_full != 0) & ~blk_start & ~nm_on), sm_start.eq(sm_take),
-                     self.softmax_busy.eq(sm_on)]
-        with m.If(blk_start):
-            m.d.sync += [sm_k0.eq(0), sm_par.eq(0)]
-        with m.If(sm_start):
-            m.d.sync += [sm_on.eq(1), sm_nkeys.eq(Mux(tk - sm_k0 > T, T, tk - sm_k0))]
-        with m.If(sm_fin):
-            m.d.sync += [sm_on.eq(0), sm_k0.eq(sm_k0 + T), sm_par.eq(~sm_par)]
-
-        # S words -> softmax beats (lanes scores each). The read port's data
-        # register holds the current word; a row ends after BPR beats, dropping
-        # the rest of its last word.
-        sg_row, sg_w = Signal(range(R + 1)), Signal(range(SS))
-        sg_ptr = Signal(range(2 * R * SS + 1))
-        sg_valid = Signal()
-        sg_take = Signal()
-        sg_adv = ~sg_valid | sg_take
-        sg_more = sm_on & (sg_row != rows_b)
-        with m.If(sm_start):
-            m.d.sync += [sg_row.eq(0), sg_w.eq(0), sg_ptr.eq(Mux(sm_par, R * SS, 0))]
-        m.d.comb += [s_r.addr.eq(sg_ptr + sg_w), s_r.en.eq(sg_adv)]
-        with m.If(sg_adv & ~sm_start):
-            m.d.sync += sg_valid.eq(sg_more)
-            with m.If(sg_more):
-                m.d.sync += sg_w.eq(sg_w + 1)
-                with m.If(sg_w == c.s_words - 1):
-                    m.d.sync += [sg_w.eq(0), sg_row.eq(sg_row + 1), sg_ptr.eq(sg_ptr + SS)]
-        gb_row = Signal(range(R))
-        gb_beat = Signal(range(BPR))
-        gb_sub = Signal(range(SPW // LN))
-        with m.If(sm_start):
-            m.d.sync += [gb_row.eq(0), gb_beat.eq(0), gb_sub.eq(0)]
-        sp = sm.scores.payload
-        m.d.comb += [sm.scores.valid.eq(sg_valid),
-                     sp.row.eq(gb_row), sp.qpos.eq(cmd.offset + m0 + gb_row), sp.k0.eq(sm_k0),
-                     sp.n_keys.eq(sm_nkeys), sp.mult.eq(cmd.score_mult),
-                     sp.shift.eq(cmd.score_shift)]
-        for l in range(LN):
-            m.d.comb += sp.s[l].eq(s_r.data.word_select(gb_sub * LN + l, 32))
-        feed = sm.scores.valid & sm.scores.ready
-        row_end = gb_beat == BPR - 1
-        with m.If(feed):
-            m.d.sync += [gb_beat.eq(gb_beat + 1), gb_sub.eq(gb_sub + 1)]
-            with m.If(row_end | (gb_sub == SPW // LN - 1)):
-                m.d.comb += sg_take.eq(1)
-                m.d.sync += gb_sub.eq(0)
-            with m.If(row_end):
-                m.d.sync += [gb_beat.eq(0), gb_row.eq(gb_row + 1)]
-
-        # P writer: one write (lanes bytes) per probability beat, into P half sm_par
-        pw_row = Signal(range(R + 1))
-        pw_ptr = addr("pw_ptr")
-        pw_word = Signal(range(PS + 1))
-        pw_byte = Signal(range(MB))
-        pr = sm.probs.payload
-        p_bytes = Cat(*[pr.p[l] for l in range(LN)])
-        with m.If(sm_start):
-            m.d.sync += [pw_row.eq(0), pw_word.eq(0), pw_byte.eq(0),
-                         pw_ptr.eq(scratch["p"] + Mux(sm_par, R * PS, 0))]
-        p_on = sm_on & ~nm_on & (pw_row != rows_b)   # the write channel is ours
-        take_p = sm.probs.valid & p_on & wr_ready
-        m.d.comb += sm.probs.ready.eq(p_on & wr_ready)
-        m.d.comb += [info_w.addr.eq(Cat(pr.row, sm_par) if R & (R - 1) == 0 and R > 1
-                                    else pr.row + Mux(sm_par, R, 0)),
-                     info_w.data.delta.eq(pr.delta), info_w.data.l_sum.eq(pr.l_sum),
-                     info_w.en.eq(take_p & pr.last)]
-        with m.If(take_p):
-            m.d.sync += pw_byte.eq(pw_byte + LN)
-            with m.If(pw_byte == MB - LN):
-                m.d.sync += [pw_byte.eq(0), pw_word.eq(pw_word + 1)]
-            with m.If(pr.last):
-                m.d.sync += [pw_row.eq(pw_row + 1), pw_ptr.eq(pw_ptr + PS),
-                             pw_word.eq(0), pw_byte.eq(0)]
-        m.d.comb += sm_fin.eq(sm_on & ~sm_start & (pw_row == rows_b))
-
-        # ---------------- accumulator: O updated by the PV command's writes ------------
-        # A (write beat): read O and the row's delta; B: O = rs(O, delta) + PV per
-        # written int32 lane. The read is transparent, so a word written in two
-        # beats back to back (several segments per word) accumulates both.
-        word = data.ArrayLayout(signed(32), SPW)
-        m.submodules.obuf = obuf = Memory(shape=word, depth=R * PVS, init=[])
-        o_w = obuf.write_port(granularity=1)  # one enable per int32 lane
-        o_ac = obuf.read_port(transparent_for=(o_w,))
-        o_nm = obuf.read_port(transparent_for=())
-        pv_off = Signal(range(R * PVS))
-        m.d.comb += pv_off.eq(mm.mem.wr.payload.addr - scratch["pv"])
-        pv_row = pv_off[PVS_LOG:] if PVS_LOG < len(pv_off) else Const(0, 1)
-        m.d.comb += [o_ac.addr.eq(pv_off), o_ac.en.eq(1),
-                     info_ac.addr.eq(pv_row + Mux(pv_par, R, 0)), info_ac.en.eq(1)]
-        b_valid = Signal()
-        b_pv = Signal(word)
-        b_addr = Signal.like(o_w.addr)
-        b_lanes = Signal(SPW)
-        m.d.sync += [b_valid.eq(snoop & eng_pv), b_pv.eq(mm.mem.wr.payload.data), b_addr.eq(pv_off),
-                     b_lanes.eq(Cat(*[mm.mem.wr.payload.strb[4 * l] for l in range(SPW)]))]
-        m.d.comb += [o_w.addr.eq(b_addr), o_w.en.eq(Mux(b_valid, b_lanes, 0))]
-        for l in range(SPW):
-            old = round_shift(o_ac.data[l], info_ac.data.delta, 34)
-            m.d.comb += o_w.data[l].eq(Mux(pv_first, 0, old) + b_pv[l])
-
-        # ---------------- normalise phase --------------------------------------------
-        # row sums of the last tile -> l_in (the read port's data register holds the beat)
-        lf_row = Signal(range(R + 1))
-        lf_valid = Signal()
-        lf_adv = ~lf_valid | norm.l_in.ready
-        lf_more = nm_on & (lf_row != nm_rows)
-        with m.If(nm_start):
-            m.d.sync += lf_row.eq(0)
-        m.d.comb += [info_nm.addr.eq(lf_row + Mux(pv_par, R, 0)), info_nm.en.eq(lf_adv),
-                     norm.l_in.valid.eq(lf_valid), norm.l_in.payload.l_sum.eq(info_nm.data.l_sum),
-                     norm.l_in.payload.out_mult.eq(cmd.out_mult),
-                     norm.l_in.payload.out_shift.eq(cmd.out_shift)]
-        with m.If(lf_adv & ~nm_start):
-            m.d.sync += lf_valid.eq(lf_more)
-            with m.If(lf_more):
-                m.d.sync += lf_row.eq(lf_row + 1)
-        # O words -> o_in beats (norm_lanes each), D / NL beats per row
-        of_row = Signal(range(R + 1))
-        of_w = Signal(range(PVS))
-        of_ptr = Signal(range(R * PVS + 1))
-        of_valid = Signal()
-        of_sub = Signal(range(SPW // NL))
-        of_beat = Signal(range(c.max_d_head // NL + 1))
-        of_take = Signal()
-        of_adv = ~of_valid | of_take
-        of_more = nm_on & (of_row != nm_rows)
-        with m.If(nm_start):
-            m.d.sync += [of_row.eq(0), of_w.eq(0), of_ptr.eq(0), of_sub.eq(0), of_beat.eq(0)]
-        m.d.comb += [o_nm.addr.eq(of_ptr + of_w), o_nm.en.eq(of_adv)]
-        with m.If(of_adv & ~nm_start):
-            m.d.sync += of_valid.eq(of_more)
-            with m.If(of_more):
-                m.d.sync += of_w.eq(of_w + 1)
-                with m.If(of_w == wpv - 1):
-                    m.d.sync += [of_w.eq(0), of_row.eq(of_row + 1), of_ptr.eq(of_ptr + PVS)]
-        op = norm.o_in.payload
-        m.d.comb += [norm.o_in.valid.eq(of_valid), op.last.eq(of_beat == nbeats - 1)]
-        for l in range(NL):
-            m.d.comb += op.o[l].eq(o_nm.data.as_value().word_select(of_sub * NL + l, 32))
-        feed_o = norm.o_in.valid & norm.o_in.ready
-        with m.If(feed_o):
-            m.d.sync += [of_beat.eq(of_beat + 1), of_sub.eq(of_sub + 1)]
-            with m.If(op.last | (of_sub == SPW // NL - 1)):
-                m.d.comb += of_take.eq(1)
-                m.d.sync += of_sub.eq(0)
-            with m.If(op.last):
-                m.d.sync += of_beat.eq(0)
-
-        # output writer: norm_lanes int8 per write at the head's byte offset
-        ow_row = Signal(range(R + 1))
-        ow_ptr = addr("ow_ptr")
-        ow_word, ow_byte = addr("ow_word"), Signal(range(MB))
-        with m.If(nm_start):
-            m.d.sync += [ow_row.eq(0), ow_ptr.eq(ob), ow_word.eq(hw), ow_byte.eq(ho)]
-        ow_on = nm_on & (ow_row != nm_rows)
-        yb = Cat(*[norm.out.payload.y[l] for l in range(NL)])
-        m.d.comb += norm.out.ready.eq(ow_on & wr_ready)
-        with m.If(norm.out.valid & norm.out.ready):
-            nb = ow_byte + NL
-            m.d.sync += ow_byte.eq(nb)
-            with m.If(nb == MB):
-                m.d.sync += [ow_byte.eq(0), ow_word.eq(ow_word + 1)]
-            with m.If(norm.out.payload.last):
-                m.d.sync += [ow_row.eq(ow_row + 1), ow_ptr.eq(ow_ptr + cmd.out_stride),
-                             ow_word.eq(hw), ow_byte.eq(ho)]
-                with m.If((ow_row == 0) & nm_first):
-                    # the end of the head's first row is where the next head starts
-                    m.d.sync += [nhw.eq(Mux(nb == MB, ow_word + 1, ow_word)),
-                                 nho.eq(Mux(nb == MB, 0, nb))]
-        m.d.comb += nm_done.eq(nm_on & ~nm_start & (ow_row == nm_rows))
-
-        # controller write port: P rows during softmax, outputs during normalise
+        # the write channel: P rows during softmax, outputs during normalise; both
+        # writers see the port's ready and gate their own valid by the phase
+        m.d.comb += [pw.wr.ready.eq(self.mem.wr.ready), ow.wr.ready.eq(self.mem.wr.ready)]
         with m.If(lent):
-            m.d.comb += [self.mem.wr.valid.eq(mm.mem.wr.valid), self.mem.wr.payload.eq(mm.mem.wr.payload),
+            m.d.comb += [self.mem.wr.valid.eq(mm.mem.wr.valid),
+                         self.mem.wr.payload.eq(mm.mem.wr.payload),
                          mm.mem.wr.ready.eq(self.mem.wr.ready)]
-        with m.Elif(nm_on):
-            m.d.comb += [self.mem.wr.valid.eq(norm.out.valid & ow_on),
-                         self.mem.wr.payload.addr.eq(ow_ptr + ow_word),
-                         self.mem.wr.payload.data.eq(yb << (ow_byte * 8)),
-                         self.mem.wr.payload.strb.eq(Const((1 << NL) - 1, MB) << ow_byte)]
+        with m.Elif(seq.ctx.nm_on):
+            m.d.comb += [self.mem.wr.valid.eq(ow.wr.valid), self.mem.wr.payload.eq(ow.wr.payload)]
         with m.Else():
-            m.d.comb += [self.mem.wr.valid.eq(sm.probs.valid & p_on),
-                         self.mem.wr.payload.addr.eq(pw_ptr + pw_word),
-                         self.mem.wr.payload.data.eq(p_bytes << (pw_byte * 8)),
-                         self.mem.wr.payload.strb.eq(Const((1 << LN) - 1, MB) << pw_byte)]
+            m.d.comb += [self.mem.wr.valid.eq(pw.wr.valid), self.mem.wr.payload.eq(pw.wr.payload)]
         return m
 
     def _lend(self, m, mm, busy, lent):

@@ -54,18 +54,20 @@ frame format, opcodes, replies and faults are defined there once).
 """
 import struct
 from contextlib import contextmanager
+from functools import partial
 
 from amaranth.hdl import *
-from amaranth.lib import enum, wiring, stream
-from amaranth.lib.memory import Memory
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory, ReadPort
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from . import protocol as P
 from .attention_config import AttentionConfig
 from .config import ConfigError, refusing
 from .isa import OPCODE_BITS, body_layout
 from .machine import FETCH_TO_ISSUE, instr_layout, machine_ops
-from .memport import MemPort
+from .memport import MemPort, read_response_layout, write_layout
 
 __all__ = ["HostBridge", "crc16_step", "identity_bytes"]
 
@@ -140,6 +142,499 @@ def _check_int(name, value, lo, hi, why=""):
                           + (f" ({why})" if why else ""))
 
 
+class _Crc16(wiring.Component):
+    """The one CRC register of both directions: a frame's bytes step it as they
+    arrive (``rx_on``: a receiving state that covers them), a reply's as they
+    leave the output register (``tx_en``); ``clear`` restarts it.
+
+    The step network is taken when the bridge is built (`step`, normally
+    `crc16_step`), so the network elaborated is the one the bridge was built
+    with."""
+
+    def __init__(self, step):
+        self._step = step
+        super().__init__({"rx_on": In(1), "rx_valid": In(1), "rx_byte": In(8),
+                          "tx_en": In(1), "tx_byte": In(8), "clear": In(1),
+                          "crc": Out(16, init=0xFFFF)})
+
+    def elaborate(self, platform):
+        m = Module()
+        en = Mux(self.rx_on, self.rx_valid, self.tx_en)
+        byte = Mux(self.rx_on, self.rx_byte, self.tx_byte)
+        with m.If(self.clear):
+            m.d.sync += self.crc.eq(0xFFFF)
+        with m.Elif(en):
+            m.d.sync += self.crc.eq(self._step(self.crc, byte))
+        return m
+
+
+class _ByteOut(wiring.Component):
+    """The output byte register: tx comes from flip-flops, and the CRC follows
+    the registered byte as it leaves (``crc_en``, unless the byte came with
+    ``crc`` clear), so no path runs from the memory's read data through the
+    byte multiplexer and the CRC network into the UART."""
+
+    def __init__(self):
+        super().__init__({
+            "inp": In(stream.Signature(data.StructLayout({"byte": 8, "crc": 1}))),
+            "tx": Out(stream.Signature(8)), "crc_en": Out(1), "obuf_crc": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        obuf, obuf_valid = Signal(8), Signal()
+        m.d.comb += [self.tx.valid.eq(obuf_valid), self.tx.payload.eq(obuf),
+                     self.inp.ready.eq(~obuf_valid),
+                     self.crc_en.eq(self.tx.valid & self.tx.ready & self.obuf_crc)]
+        with m.If(self.tx.valid & self.tx.ready):
+            m.d.sync += obuf_valid.eq(0)
+        with m.If(self.inp.valid & self.inp.ready):
+            m.d.sync += [obuf.eq(self.inp.payload.byte), obuf_valid.eq(1),
+                         self.obuf_crc.eq(self.inp.payload.crc)]
+        return m
+
+
+#: starting a reply: its opcode, kind and length (``start``), the fault code
+#: (``set_fault``), whether to sample the status; the receiver (a fault inside a
+#: frame) and the executor request replies, never in the same cycle
+_REQUEST = data.StructLayout({"start": 1, "op": 8, "kind": _Body, "length": 16,
+                              "set_fault": 1, "fault": 8, "sample": 1})
+
+
+class _Reply(wiring.Component):
+    """What a reply says besides its bytes' position: opcode, length and kind,
+    latched when it starts, the fault code, and the status sampled then;
+    ``header`` and ``body`` are byte ``idx`` of the header and of the body
+    (READ bodies come from memory)."""
+
+    def __init__(self, identity, idx_shape):
+        self._identity = identity
+        super().__init__({
+            "req": In(_REQUEST),
+            "busy": In(1), "error": In(2), "cycles": In(32), "icount": In(32),
+            "req_op": In(8),             # the request's opcode, which ERROR bodies name
+            "idx": In(idx_shape),
+            "rep_op": Out(8), "rep_kind": Out(_Body), "rep_len": Out(16),
+            "header": Out(8), "body": Out(8)})
+
+    def elaborate(self, platform):
+        m = Module()
+        fault_code = Signal(8)
+        stat = Signal(8 * _STATUS_BYTES)             # status, sampled when the reply starts
+        r = self.req
+        with m.If(r.start):
+            m.d.sync += [self.rep_op.eq(r.op), self.rep_kind.eq(r.kind),
+                         self.rep_len.eq(r.length)]
+        with m.If(r.set_fault):
+            m.d.sync += fault_code.eq(r.fault)
+        with m.If(r.sample):
+            m.d.sync += stat.eq(Cat(self.busy, C(0, 7), self.error, C(0, 6),
+                                    self.cycles, self.icount))
+        idx = self.idx
+        header = Array([C(P.SYNC, 8), self.rep_op, self.rep_len[:8], self.rep_len[8:]])
+        identity = Array(C(b, 8) for b in self._identity)
+        body = {_Body.IDENTITY: identity[idx],
+                _Body.STATUS: stat.word_select(idx, 8),
+                _Body.ERROR: Mux(idx[0], self.req_op, fault_code)}
+        m.d.comb += self.header.eq(header[idx[:2]])
+        with m.Switch(self.rep_kind):
+            for kind, value in body.items():
+                with m.Case(kind):
+                    m.d.comb += self.body.eq(value)
+        return m
+
+
+
+
+class _Sender(wiring.Component):
+    """The reply, byte by byte: header, body (or READ words straight from the
+    memory's response, one read in flight: the UART is far slower than memory),
+    CRC. It starts on ``req.start`` and ends with ``done``; the framing FSM
+    waits for it, and owns the READ's word pointer and count (``rd_step``:
+    one more word requested), which a WRITE and an EXEC use too."""
+
+    def __init__(self, identity, idx_shape, cfg, left_shape):
+        self._identity, self._idx_shape, self._cfg = identity, idx_shape, cfg
+        super().__init__({
+            "req": In(_REQUEST),
+            "busy": In(1), "error": In(2), "cycles": In(32), "icount": In(32),
+            "req_op": In(8),                        # the request's opcode (ERROR bodies)
+            "crc": In(16), "crc_en": Out(1), "crc_byte": Out(8), "obuf_crc": Out(1),
+            "tx": Out(stream.Signature(8)),
+            "rd_valid": Out(1), "rd_ready": In(1),
+            "rd_resp": In(stream.Signature(read_response_layout(cfg.engine))),
+            "left": In(left_shape), "rd_step": Out(1),
+            "active": Out(1), "done": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        MB = self._cfg.engine.mem_bytes
+        tx_idx = Signal(self._idx_shape)
+        m.submodules.reply = rp = _Reply(self._identity, self._idx_shape)
+        m.submodules.byte_out = out = _ByteOut()
+        m.d.comb += rp.req.eq(self.req)
+        wiring.connect(m, out.tx, wiring.flipped(self.tx))
+        m.d.comb += [rp.idx.eq(tx_idx), rp.req_op.eq(self.req_op), rp.busy.eq(self.busy),
+                     rp.error.eq(self.error), rp.cycles.eq(self.cycles),
+                     rp.icount.eq(self.icount), self.crc_en.eq(out.crc_en),
+                     self.crc_byte.eq(out.tx.payload), self.obuf_crc.eq(out.obuf_crc)]
+
+        def send(byte, *, valid=C(1, 1), crc_on=C(1, 1)):
+            """Put `byte` into the output register once it is empty; the expression of
+            that happening (`tx_idx` counts the bytes of the segment; the CRC takes the
+            byte as it leaves, unless not `crc_on`)."""
+            taken = valid & out.inp.ready
+            m.d.comb += [out.inp.valid.eq(valid), out.inp.payload.byte.eq(byte),
+                         out.inp.payload.crc.eq(crc_on)]
+            with m.If(taken):
+                m.d.sync += tx_idx.eq(tx_idx + 1)
+            return taken
+
+        with m.FSM(name="reply") as fsm:
+            with m.State("IDLE"):
+                with m.If(self.req.start):
+                    m.d.sync += tx_idx.eq(0)
+                    m.next = "SEND_HDR"
+            with m.State("SEND_HDR"):
+                with m.If(send(rp.header, crc_on=tx_idx != 0)
+                          & (tx_idx == P.HEADER_BYTES - 1)):
+                    m.d.sync += tx_idx.eq(0)
+                    with m.Switch(rp.rep_kind):
+                        with m.Case(_Body.READ):
+                            m.next = "RD_REQ"
+                        with m.Case(_Body.EMPTY):
+                            m.next = "SEND_CRC"
+                        with m.Default():
+                            m.next = "SEND_BODY"
+            with m.State("SEND_BODY"):
+                with m.If(send(rp.body) & (tx_idx == rp.rep_len - 1)):
+                    m.d.sync += tx_idx.eq(0)
+                    m.next = "SEND_CRC"
+            with m.State("RD_REQ"):
+                m.d.comb += self.rd_valid.eq(1)
+                with m.If(self.rd_ready):
+                    m.d.comb += self.rd_step.eq(1)
+                    m.next = "RD_SEND"
+            with m.State("RD_SEND"):
+                # the response stays presented until its last byte left: no word register
+                resp = self.rd_resp
+                last = tx_idx == MB - 1
+                with m.If(send(resp.payload.data.word_select(tx_idx, 8), valid=resp.valid)
+                          & last):
+                    m.d.comb += resp.ready.eq(1)
+                    m.d.sync += tx_idx.eq(0)
+                    with m.If(self.left != 0):
+                        m.next = "RD_REQ"
+                    with m.Else():
+                        m.next = "SEND_CRC"
+            with m.State("SEND_CRC"):
+                # the output register is empty, so the last payload byte is in the CRC
+                with m.If(send(self.crc.word_select(tx_idx[0], 8), crc_on=C(0, 1))
+                          & (tx_idx == P.CRC_BYTES - 1)):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+        # busy unless idle (an encoding no state has counts as busy: the framing FSM
+        # waits for the sender exactly while this is set)
+        m.d.comb += self.active.eq(~fsm.ongoing("IDLE"))
+        return m
+
+
+
+class _RxState(enum.Enum, shape=3):
+    """The receiver's state (`_Receiver.state`)."""
+    HUNT = 0        # discarding bytes up to SYNC
+    OPC = 1
+    LEN0 = 2
+    LEN1 = 3
+    PAYLOAD = 4
+    CRC0 = 5
+    CRC1 = 6
+    HELD = 7        # the frame is carried out or answered: no byte is taken
+
+
+class _Receiver(wiring.Component):
+    """A frame from the byte stream into the request registers and the byte
+    buffer, with the CRC register following every byte. Nothing leaves before
+    CRC1 matched (``frame``): the buffer is read only by the executor. A fault
+    inside the frame (LEN above `max_payload`, CRC, a UART error, a gap of
+    `timeout_cycles`) requests its ERROR reply itself. Either way it holds
+    until the reply has left (``release``)."""
+
+    def __init__(self, cfg, *, max_payload, mem_words, timeout_cycles):
+        MB, MP = cfg.engine.mem_bytes, max_payload
+        self._mb, self._mp, self._mem_words = MB, MP, mem_words
+        self._timeout = timeout_cycles
+        super().__init__({
+            "rx": In(stream.Signature(8)), "rx_error": In(1), "state": Out(_RxState),
+            "opcode": Out(8), "length": Out(16),
+            "idx": Out(range(MP + 1)),                  # payload bytes received
+            "field": Out(8 * _READ_PAYLOAD),            # the first payload bytes
+            "tail_lane": Out(range(MB)),                # payload bytes after the address,
+            "tail_words": Out(range(MP // MB + 1)),     # in words of mem_bytes
+            "crc_lo": Out(8), "beyond": Out(1),         # WRITE/READ: words past the memory
+            "timer": Out(range(timeout_cycles + 1)),
+            "crc": In(16), "crc_on": Out(1), "crc_clear": Out(1),
+            "buf": Out(ReadPort.Signature(addr_width=ceil_log2(MP), shape=8)),
+            "frame": Out(1), "req": Out(_REQUEST), "release": In(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        MB, MP = self._mb, self._mp
+        m.submodules.buf = buf = Memory(shape=8, depth=MP, init=[])
+        buf_w = buf.write_port()
+        wiring.connect(m, wiring.flipped(self.buf), buf.read_port(domain="sync"))
+        rx, byte = self.rx, self.rx.payload
+        opcode, length, idx, field = self.opcode, self.length, self.idx, self.field
+        tail_lane, tail_words, timer = self.tail_lane, self.tail_words, self.timer
+        addr32, count = field[:32], field[32:48]
+        span_end = Signal(34)                           # WRITE/READ: address + words
+        m.d.comb += [buf_w.addr.eq(idx), buf_w.data.eq(byte)]
+
+        def fault(code):
+            r = self.req
+            m.d.comb += [r.start.eq(1), r.op.eq(P.ERROR), r.kind.eq(_Body.ERROR),
+                         r.length.eq(_BODY_BYTES[_Body.ERROR]), r.set_fault.eq(1),
+                         r.fault.eq(int(code)), self.crc_clear.eq(1),
+                         self.frame.eq(0)]   # a UART error overrides a matching CRC byte
+            m.d.sync += self.state.eq(_RxState.HELD)
+
+        @contextmanager
+        def receiving(*, crc_on=True):
+            """A state inside a frame: the body handles a byte (``rx.valid``); a UART error
+            or `timeout_cycles` without a byte override it with their fault."""
+            m.d.comb += rx.ready.eq(1)
+            m.d.sync += timer.eq(Mux(rx.valid, 0, timer + 1))
+            if crc_on:
+                m.d.comb += self.crc_on.eq(1)
+            with m.If(rx.valid):
+                yield
+            with m.If(self.rx_error):
+                fault(P.Fault.SERIAL)
+            with m.Elif((timer == self._timeout) & ~rx.valid):
+                fault(P.Fault.TIMEOUT)
+
+        with m.Switch(self.state):
+            with m.Case(_RxState.HUNT):
+                m.d.comb += rx.ready.eq(1)
+                with m.If(rx.valid & (byte == P.SYNC)):
+                    m.d.comb += self.crc_clear.eq(1)
+                    m.d.sync += [opcode.eq(0), timer.eq(0), self.state.eq(_RxState.OPC)]
+            with m.Case(_RxState.OPC), receiving():
+                m.d.sync += [opcode.eq(byte), self.state.eq(_RxState.LEN0)]
+            with m.Case(_RxState.LEN0), receiving():
+                m.d.sync += [length[:8].eq(byte), self.state.eq(_RxState.LEN1)]
+            with m.Case(_RxState.LEN1), receiving():
+                new_len = Cat(length[:8], byte)
+                m.d.sync += [length[8:].eq(byte), idx.eq(0), field.eq(0),
+                             tail_lane.eq(0), tail_words.eq(0)]
+                with m.If(new_len > MP):
+                    fault(P.Fault.LENGTH)
+                with m.Elif(new_len == 0):
+                    m.d.sync += self.state.eq(_RxState.CRC0)
+                with m.Else():
+                    m.d.sync += self.state.eq(_RxState.PAYLOAD)
+            with m.Case(_RxState.PAYLOAD), receiving():
+                m.d.comb += buf_w.en.eq(1)
+                m.d.sync += idx.eq(idx + 1)
+                with m.If(idx < _READ_PAYLOAD):
+                    m.d.sync += field.word_select(idx[:3], 8).eq(byte)
+                with m.If(idx >= _ADDR_BYTES):
+                    m.d.sync += tail_lane.eq(tail_lane + 1)
+                    with m.If(tail_lane == MB - 1):
+                        m.d.sync += [tail_lane.eq(0), tail_words.eq(tail_words + 1)]
+                with m.If(idx == length - 1):
+                    m.d.sync += self.state.eq(_RxState.CRC0)
+            with m.Case(_RxState.CRC0), receiving(crc_on=False):
+                # the address check in two registered steps while the CRC arrives,
+                # keeping the 33-bit sum and compare off DISPATCH's path
+                m.d.sync += [self.crc_lo.eq(byte), self.state.eq(_RxState.CRC1),
+                             span_end.eq(addr32 + Mux(opcode == P.Req.READ, count, tail_words))]
+            with m.Case(_RxState.CRC1), receiving(crc_on=False):
+                m.d.sync += self.beyond.eq(span_end > self._mem_words)
+                with m.If(Cat(self.crc_lo, byte) == self.crc):
+                    m.d.comb += self.frame.eq(1)
+                    m.d.sync += self.state.eq(_RxState.HELD)
+                with m.Else():
+                    fault(P.Fault.CRC)
+            with m.Case(_RxState.HELD):
+                with m.If(self.release):
+                    m.d.sync += self.state.eq(_RxState.HUNT)
+        return m
+
+
+class _ExState(enum.Enum, shape=3):
+    """The executor's state (`_Executor.state`)."""
+    IDLE = 0        # the receiver has the bytes, or the sender the reply
+    DISPATCH = 1    # the checks, in order; the first failure is the reply
+    LOAD = 2        # a word from the byte buffer
+    WR = 3
+    INSTR = 4
+    RESET = 5
+    SETTLE = 6      # FETCH_TO_ISSUE cycles before the status is sampled
+
+
+class _Executor(wiring.Component):
+    """A good frame (``frame``) carried out: the checks after the CRC, then WRITE's
+    words to memory, EXEC's to the machine, RESET's pulse, and every reply
+    requested (``req``). It owns the word pointer and count, which a READ's
+    reply advances (``rd_step``). Words are assembled from the receiver's byte
+    buffer a byte per cycle."""
+
+    def __init__(self, cfg, *, max_payload, kept_bytes):
+        e, MB, IB = cfg.engine, cfg.engine.mem_bytes, P.INSTR_BYTES
+        self._cfg, self._mp, self._kb = cfg, max_payload, kept_bytes
+        super().__init__({
+            "frame": In(1), "opcode": In(8), "length": In(16), "field": In(8 * _READ_PAYLOAD),
+            "tail_lane": In(range(MB)), "tail_words": In(range(max_payload // MB + 1)),
+            "beyond": In(1), "busy": In(1),
+            "buf": In(ReadPort.Signature(addr_width=ceil_log2(max_payload), shape=8)),
+            "state": Out(_ExState), "req": Out(_REQUEST),
+            "addr": Out(e.addr_bits),                               # memory word pointer
+            "left": Out(range(max_payload // min(MB, IB) + 1)),     # words still to move
+            "rd_step": In(1),
+            "wr": Out(stream.Signature(write_layout(e))),
+            "instr": Out(stream.Signature(instr_layout())), "machine_reset": Out(1)})
+
+    def _reply(self, m, op, kind=_Body.EMPTY, length=None):
+        """Start sending a frame with opcode `op` whose payload is `kind`."""
+        n = _BODY_BYTES[kind] if length is None else length
+        m.d.comb += [self.req.start.eq(1), self.req.op.eq(op), self.req.kind.eq(kind),
+                     self.req.length.eq(n)]
+        if kind == _Body.STATUS:
+            m.d.comb += self.req.sample.eq(1)
+        m.d.sync += self.state.eq(_ExState.IDLE)
+
+    def _fault(self, m, code):
+        m.d.comb += [self.req.set_fault.eq(1), self.req.fault.eq(int(code))]
+        self._reply(m, P.ERROR, _Body.ERROR)
+
+    @contextmanager
+    def _checked(self, m, *checks):
+        """An If-chain over (condition, fault) pairs: the first condition that holds
+        is replied as its fault; the body runs when none holds."""
+        for i, (cond, code) in enumerate(checks):
+            with (m.Elif if i else m.If)(cond):
+                self._fault(m, code)
+        with m.Else():
+            yield
+
+    def elaborate(self, platform):
+        m = Module()
+        MB, MP, IB, KB = self._cfg.engine.mem_bytes, self._mp, P.INSTR_BYTES, self._kb
+        W = max(MB, KB)
+        opcode, length, tail_words = self.opcode, self.length, self.tail_words
+        addr32, count = self.field[:32], self.field[32:48]
+        addr, left = self.addr, self.left
+        with m.If(self.rd_step):
+            m.d.sync += [addr.eq(addr + 1), left.eq(left - 1)]
+        ptr = Signal(range(MP + 1))                  # byte buffer read pointer
+        word = Signal(8 * W)                         # assembled from the buffer, first byte low
+        above = Signal()                             # an EXEC byte past the kept ones was nonzero
+        bidx = Signal(range(IB))                     # index of the byte being loaded
+        cnt = Signal(range(max(MB, IB) + 1))
+        lag = Signal()                               # the buffer read port's byte is valid
+        lag2, lbyte = Signal(), Signal(8)            # ... and registered
+        m.d.sync += lbyte.eq(self.buf.data)
+        settle = Signal(range(FETCH_TO_ISSUE + 1))
+
+        reply, fault, checked = (partial(f, m) for f in (self._reply, self._fault,
+                                                        self._checked))
+        # WRITE / READ: the words span past the memory (computed in CRC0/CRC1), busy
+        memory_checks = ((self.beyond, P.Fault.ADDRESS), (self.busy, P.Fault.BUSY))
+
+        # payloads are driven in every state (only `valid` depends on the state): a
+        # payload gated by the state would cost a gate per bit (512 for `instr`)
+        m.d.comb += [self.buf.addr.eq(ptr), self.buf.en.eq(1),
+                     self.wr.payload.addr.eq(addr), self.wr.payload.data.eq(word[:8 * MB]),
+                     self.wr.payload.strb.eq((1 << MB) - 1),
+                     self.instr.payload.word.eq(Cat(word[:8 * KB], above if KB < IB else C(0, 0)))]
+
+        with m.Switch(self.state):
+            with m.Case(_ExState.IDLE):
+                # the receiver has the bytes, or the sender the reply
+                with m.If(self.frame):
+                    m.d.sync += self.state.eq(_ExState.DISPATCH)
+
+            with m.Case(_ExState.DISPATCH):
+                ok_op = opcode | P.REPLY
+                empty = (length != 0, P.Fault.LENGTH)
+                with m.Switch(opcode):
+                    with m.Case(P.Req.PING), checked(empty):
+                        reply(ok_op, _Body.IDENTITY)
+                    with m.Case(P.Req.STATUS), checked(empty):
+                        reply(ok_op, _Body.STATUS)
+                    with m.Case(P.Req.RESET), checked(empty):
+                        m.d.sync += self.state.eq(_ExState.RESET)
+                    with m.Case(P.Req.WRITE), checked(
+                            ((length < _ADDR_BYTES + MB) | (self.tail_lane != 0), P.Fault.LENGTH),
+                            *memory_checks):
+                        m.d.sync += [addr.eq(addr32), left.eq(tail_words),
+                                     ptr.eq(_ADDR_BYTES), cnt.eq(MB), lag.eq(0), bidx.eq(0)]
+                        m.d.sync += self.state.eq(_ExState.LOAD)
+                    with m.Case(P.Req.READ), checked(
+                            ((length != _READ_PAYLOAD) | (count == 0) | (count > MP // MB),
+                             P.Fault.LENGTH),
+                            *memory_checks):
+                        reply(ok_op, _Body.READ, count * MB)
+                        m.d.sync += [addr.eq(addr32), left.eq(count)]
+                    with m.Case(P.Req.EXEC), checked(
+                            ((length == 0) | (length[:IB.bit_length() - 1] != 0),
+                             P.Fault.LENGTH)):
+                        m.d.sync += [left.eq(length[IB.bit_length() - 1:]), ptr.eq(0),
+                                     cnt.eq(IB), lag.eq(0), bidx.eq(0), above.eq(0)]
+                        m.d.sync += self.state.eq(_ExState.LOAD)
+                    with m.Default():
+                        fault(P.Fault.OPCODE)
+
+            with m.Case(_ExState.LOAD):
+                # cnt bytes from the buffer into `word`, one per cycle: read (lag), then
+                # registered (lbyte, lag2) before any logic, since the block RAM's output
+                # is slow (5.8 ns on ECP5) and `above` compares the byte
+                m.d.sync += [lag.eq(cnt != 0), lag2.eq(lag)]
+                with m.If(cnt != 0):
+                    m.d.sync += [ptr.eq(ptr + 1), cnt.eq(cnt - 1)]
+                with m.If(lag2):
+                    m.d.sync += bidx.eq(bidx + 1)
+                    with m.Switch(bidx):
+                        for i in range(W):
+                            with m.Case(i):
+                                m.d.sync += word.word_select(i, 8).eq(lbyte)
+                                if i >= KB:
+                                    m.d.sync += above.eq(above | (lbyte != 0))
+                        with m.Default():
+                            m.d.sync += above.eq(above | (lbyte != 0))
+                    with m.If((cnt == 0) & ~lag):
+                        with m.If(opcode == P.Req.WRITE):
+                            m.d.sync += self.state.eq(_ExState.WR)
+                        with m.Else():
+                            m.d.sync += self.state.eq(_ExState.INSTR)
+            with m.Case(_ExState.WR):
+                m.d.comb += self.wr.valid.eq(1)
+                with m.If(self.wr.ready):
+                    m.d.sync += [addr.eq(addr + 1), left.eq(left - 1), cnt.eq(MB), bidx.eq(0)]
+                    with m.If(left == 1):
+                        reply(opcode | P.REPLY)
+                    with m.Else():
+                        m.d.sync += self.state.eq(_ExState.LOAD)
+            with m.Case(_ExState.INSTR):
+                m.d.comb += self.instr.valid.eq(1)
+                with m.If(self.instr.ready):
+                    m.d.sync += [left.eq(left - 1), cnt.eq(IB), bidx.eq(0), above.eq(0)]
+                    with m.If(left == 1):
+                        m.d.sync += settle.eq(FETCH_TO_ISSUE)
+                        m.d.sync += self.state.eq(_ExState.SETTLE)
+                    with m.Else():
+                        m.d.sync += self.state.eq(_ExState.LOAD)
+            with m.Case(_ExState.RESET):
+                m.d.comb += self.machine_reset.eq(1)
+                m.d.sync += settle.eq(FETCH_TO_ISSUE)
+                m.d.sync += self.state.eq(_ExState.SETTLE)
+            with m.Case(_ExState.SETTLE):
+                m.d.sync += settle.eq(settle - 1)
+                with m.If(settle == 0):
+                    reply(opcode | P.REPLY, _Body.STATUS)
+        return m
+
+
 class HostBridge(wiring.Component):
     """Device side of the host link protocol (`rtl/protocol.py`); see the module docstring.
 
@@ -196,298 +691,55 @@ class HostBridge(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        e, MB, MP = self.cfg.engine, self.cfg.engine.mem_bytes, self.max_payload
-        IB = P.INSTR_BYTES
-        m.submodules.buf = buf = Memory(shape=8, depth=MP, init=[])
-        buf_w, buf_r = buf.write_port(), buf.read_port(domain="sync")
-        rx, byte = self.rx, self.rx.payload
-
-        # ---------------- request registers ----------------
-        opcode, length = Signal(8), Signal(16)
-        idx = Signal(range(MP + 1))                  # payload bytes received
-        field = Signal(8 * _READ_PAYLOAD)            # the first payload bytes
-        addr32, count = field[:32], field[32:48]
-        tail_lane = Signal(range(MB))                # payload bytes after the address,
-        tail_words = Signal(range(MP // MB + 1))     # in words of mem_bytes
-        crc, crc_lo = Signal(16, init=0xFFFF), Signal(8)
-        span_end, beyond = Signal(34), Signal()      # WRITE/READ: address + words
-        timer = Signal(range(self.timeout_cycles + 1))
-        # ---------------- execution registers ----------------
-        addr = Signal(e.addr_bits)                   # memory word pointer
-        left = Signal(range(MP // min(MB, IB) + 1))  # words still to write, read or execute
-        ptr = Signal(range(MP + 1))                  # byte buffer read pointer
-        KB = self.kept_bytes
-        W = max(MB, KB)
-        word = Signal(8 * W)                         # assembled from the buffer, first byte low
-        above = Signal()                             # an EXEC byte past the kept ones was nonzero
-        bidx = Signal(range(IB))                     # index of the byte being loaded
-        cnt = Signal(range(max(MB, IB) + 1))
-        lag = Signal()                               # the buffer read port's byte is valid
-        lag2, lbyte = Signal(), Signal(8)            # ... and registered
-        m.d.sync += lbyte.eq(buf_r.data)
-        settle = Signal(range(FETCH_TO_ISSUE + 1))
-        # ---------------- reply ----------------
-        rep_op, rep_len = Signal(8), Signal(16)
-        rep_kind = Signal(_Body)
-        fault_code = Signal(8)
-        stat = Signal(8 * _STATUS_BYTES)             # status, sampled when the reply starts
-        tx_idx = Signal(range(max(P.HEADER_BYTES, _IDENTITY_BYTES, _STATUS_BYTES, MB)))
-
-        crc_en, crc_byte = Signal(), Signal(8)
-        with m.If(crc_en):
-            m.d.sync += crc.eq(crc16_step(crc, crc_byte))
-
-        def reply(op, kind=_Body.EMPTY, length=None):
-            """Start sending a frame with opcode `op` whose payload is `kind`."""
-            n = _BODY_BYTES[kind] if length is None else length
-            m.d.sync += [rep_op.eq(op), rep_kind.eq(kind), rep_len.eq(n), tx_idx.eq(0),
-                         crc.eq(0xFFFF)]
-            if kind == _Body.STATUS:
-                m.d.sync += stat.eq(Cat(self.busy, C(0, 7), self.error, C(0, 6),
-                                        self.cycles, self.icount))
-            m.next = "SEND_HDR"
-
-        def fault(code):
-            m.d.sync += fault_code.eq(int(code))
-            reply(P.ERROR, _Body.ERROR)
-
-        # the output byte register: tx comes from flip-flops, and the CRC follows the
-        # registered byte as it leaves, so no path runs from the memory's read data
-        # through the byte multiplexer and the CRC network into the UART
-        obuf, obuf_valid, obuf_crc = Signal(8), Signal(), Signal()
-        m.d.comb += [self.tx.valid.eq(obuf_valid), self.tx.payload.eq(obuf)]
-        with m.If(self.tx.valid & self.tx.ready):
-            m.d.sync += obuf_valid.eq(0)
+        MP = self.max_payload
+        m.submodules.receiver = rcv = _Receiver(self.cfg, max_payload=MP,
+                                                mem_words=self.mem_words,
+                                                timeout_cycles=self.timeout_cycles)
+        m.submodules.executor = exe = _Executor(self.cfg, max_payload=MP,
+                                                kept_bytes=self.kept_bytes)
+        m.submodules.sender = snd = _Sender(
+            self.identity, range(max(P.HEADER_BYTES, _IDENTITY_BYTES, _STATUS_BYTES,
+                                     self.cfg.engine.mem_bytes)),
+            self.cfg, exe.left.shape())
+        # built here, so that the CRC network is the one this bridge was built with
+        m.submodules.crc = crc_unit = _Crc16(crc16_step)
+        wiring.connect(m, wiring.flipped(self.rx), rcv.rx)
+        wiring.connect(m, snd.tx, wiring.flipped(self.tx))
+        wiring.connect(m, rcv.buf, exe.buf)
+        wiring.connect(m, exe.wr, wiring.flipped(self.mem.wr))
+        wiring.connect(m, exe.instr, wiring.flipped(self.instr))
+        wiring.connect(m, wiring.flipped(self.mem.rd_resp), snd.rd_resp)
+        # the receiver's registers are the executor's request
+        m.d.comb += [getattr(exe, k).eq(getattr(rcv, k))
+                     for k in ("frame", "opcode", "length", "field", "tail_lane", "tail_words",
+                               "beyond")]
         # one CRC network for both directions: a frame's bytes arrive, or a reply's
         # leave (only a reply's CRC bytes, which the CRC skips, can still be leaving
         # when the next frame arrives)
-        m.d.comb += [crc_en.eq(self.tx.valid & self.tx.ready & obuf_crc), crc_byte.eq(obuf)]
-
-        def send(byte, *, valid=C(1, 1), crc_on=C(1, 1)):
-            """Put `byte` into the output register once it is empty; the expression of
-            that happening (`tx_idx` counts the bytes of the segment; the CRC takes the
-            byte as it leaves, unless not `crc_on`)."""
-            taken = valid & ~obuf_valid
-            with m.If(taken):
-                m.d.sync += [obuf.eq(byte), obuf_valid.eq(1), obuf_crc.eq(crc_on),
-                             tx_idx.eq(tx_idx + 1)]
-            return taken
-
-        identity = Array(C(b, 8) for b in self.identity)
-        body = {_Body.IDENTITY: identity[tx_idx],
-                _Body.STATUS: stat.word_select(tx_idx, 8),
-                _Body.ERROR: Mux(tx_idx[0], opcode, fault_code)}
-
-        @contextmanager
-        def receiving(*, crc_on=True):
-            """A state inside a frame: the body handles a byte (``rx.valid``); a UART error
-            or `timeout_cycles` without a byte override it with their fault."""
-            m.d.comb += rx.ready.eq(1)
-            m.d.sync += timer.eq(Mux(rx.valid, 0, timer + 1))
-            if crc_on:
-                m.d.comb += [crc_en.eq(rx.valid), crc_byte.eq(byte)]
-            with m.If(rx.valid):
-                yield
-            with m.If(self.rx_error):
-                fault(P.Fault.SERIAL)
-            with m.Elif((timer == self.timeout_cycles) & ~rx.valid):
-                fault(P.Fault.TIMEOUT)
-
-        @contextmanager
-        def checked(*checks):
-            """An If-chain over (condition, fault) pairs: the first condition that holds
-            is replied as its fault; the body runs when none holds."""
-            for i, (cond, code) in enumerate(checks):
-                with (m.Elif if i else m.If)(cond):
-                    fault(code)
-            with m.Else():
-                yield
-
-        # WRITE / READ: the words span past the memory (computed in CRC0/CRC1), busy
-        memory_checks = ((beyond, P.Fault.ADDRESS), (self.busy, P.Fault.BUSY))
-
-        # payloads are driven in every state (only `valid` depends on the state): a
-        # payload gated by the state would cost a gate per bit (512 for `instr`)
-        m.d.comb += [buf_w.addr.eq(idx), buf_w.data.eq(byte), buf_r.addr.eq(ptr),
-                     self.mem.wr.payload.addr.eq(addr), self.mem.wr.payload.data.eq(word[:8 * MB]),
-                     self.mem.wr.payload.strb.eq((1 << MB) - 1),
-                     self.mem.rd_req.payload.addr.eq(addr),
-                     self.instr.payload.word.eq(Cat(word[:8 * KB], above if KB < IB else C(0, 0)))]
-
-        with m.FSM() as fsm:
-            with m.State("HUNT"):
-                m.d.comb += rx.ready.eq(1)
-                with m.If(rx.valid & (byte == P.SYNC)):
-                    m.d.sync += [crc.eq(0xFFFF), opcode.eq(0), timer.eq(0)]
-                    m.next = "OPC"
-
-            with m.State("OPC"), receiving():
-                m.d.sync += opcode.eq(byte)
-                m.next = "LEN0"
-            with m.State("LEN0"), receiving():
-                m.d.sync += length[:8].eq(byte)
-                m.next = "LEN1"
-            with m.State("LEN1"), receiving():
-                new_len = Cat(length[:8], byte)
-                m.d.sync += [length[8:].eq(byte), idx.eq(0), field.eq(0),
-                             tail_lane.eq(0), tail_words.eq(0)]
-                with m.If(new_len > MP):
-                    fault(P.Fault.LENGTH)
-                with m.Elif(new_len == 0):
-                    m.next = "CRC0"
-                with m.Else():
-                    m.next = "PAYLOAD"
-            with m.State("PAYLOAD"), receiving():
-                m.d.comb += buf_w.en.eq(1)
-                m.d.sync += idx.eq(idx + 1)
-                with m.If(idx < _READ_PAYLOAD):
-                    m.d.sync += field.word_select(idx[:3], 8).eq(byte)
-                with m.If(idx >= _ADDR_BYTES):
-                    m.d.sync += tail_lane.eq(tail_lane + 1)
-                    with m.If(tail_lane == MB - 1):
-                        m.d.sync += [tail_lane.eq(0), tail_words.eq(tail_words + 1)]
-                with m.If(idx == length - 1):
-                    m.next = "CRC0"
-            with m.State("CRC0"), receiving(crc_on=False):
-                # the address check in two registered steps while the CRC arrives,
-                # keeping the 33-bit sum and compare off DISPATCH's path
-                m.d.sync += [crc_lo.eq(byte),
-                             span_end.eq(addr32 + Mux(opcode == P.Req.READ, count, tail_words))]
-                m.next = "CRC1"
-            with m.State("CRC1"), receiving(crc_on=False):
-                m.d.sync += beyond.eq(span_end > self.mem_words)
-                with m.If(Cat(crc_lo, byte) == crc):
-                    m.next = "DISPATCH"
-                with m.Else():
-                    fault(P.Fault.CRC)
-
-            with m.State("DISPATCH"):
-                ok_op = opcode | P.REPLY
-                empty = (length != 0, P.Fault.LENGTH)
-                with m.Switch(opcode):
-                    with m.Case(P.Req.PING), checked(empty):
-                        reply(ok_op, _Body.IDENTITY)
-                    with m.Case(P.Req.STATUS), checked(empty):
-                        reply(ok_op, _Body.STATUS)
-                    with m.Case(P.Req.RESET), checked(empty):
-                        m.next = "RESET"
-                    with m.Case(P.Req.WRITE), checked(
-                            ((length < _ADDR_BYTES + MB) | (tail_lane != 0), P.Fault.LENGTH),
-                            *memory_checks):
-                        m.d.sync += [addr.eq(addr32), left.eq(tail_words),
-                                     ptr.eq(_ADDR_BYTES), cnt.eq(MB), lag.eq(0), bidx.eq(0)]
-                        m.next = "LOAD"
-                    with m.Case(P.Req.READ), checked(
-                            ((length != _READ_PAYLOAD) | (count == 0) | (count > MP // MB),
-                             P.Fault.LENGTH),
-                            *memory_checks):
-                        reply(ok_op, _Body.READ, count * MB)
-                        m.d.sync += [addr.eq(addr32), left.eq(count)]
-                    with m.Case(P.Req.EXEC), checked(
-                            ((length == 0) | (length[:IB.bit_length() - 1] != 0),
-                             P.Fault.LENGTH)):
-                        m.d.sync += [left.eq(length[IB.bit_length() - 1:]), ptr.eq(0),
-                                     cnt.eq(IB), lag.eq(0), bidx.eq(0), above.eq(0)]
-                        m.next = "LOAD"
-                    with m.Default():
-                        fault(P.Fault.OPCODE)
-
-            with m.State("LOAD"):
-                # cnt bytes from the buffer into `word`, one per cycle: read (lag), then
-                # registered (lbyte, lag2) before any logic, since the block RAM's output
-                # is slow (5.8 ns on ECP5) and `above` compares the byte
-                m.d.sync += [lag.eq(cnt != 0), lag2.eq(lag)]
-                with m.If(cnt != 0):
-                    m.d.sync += [ptr.eq(ptr + 1), cnt.eq(cnt - 1)]
-                with m.If(lag2):
-                    m.d.sync += bidx.eq(bidx + 1)
-                    with m.Switch(bidx):
-                        for i in range(W):
-                            with m.Case(i):
-                                m.d.sync += word.word_select(i, 8).eq(lbyte)
-                                if i >= KB:
-                                    m.d.sync += above.eq(above | (lbyte != 0))
-                        with m.Default():
-                            m.d.sync += above.eq(above | (lbyte != 0))
-                    with m.If((cnt == 0) & ~lag):
-                        with m.If(opcode == P.Req.WRITE):
-                            m.next = "WR"
-                        with m.Else():
-                            m.next = "INSTR"
-            with m.State("WR"):
-                m.d.comb += self.mem.wr.valid.eq(1)
-                with m.If(self.mem.wr.ready):
-                    m.d.sync += [addr.eq(addr + 1), left.eq(left - 1), cnt.eq(MB), bidx.eq(0)]
-                    with m.If(left == 1):
-                        reply(opcode | P.REPLY)
-                    with m.Else():
-                        m.next = "LOAD"
-            with m.State("INSTR"):
-                m.d.comb += self.instr.valid.eq(1)
-                with m.If(self.instr.ready):
-                    m.d.sync += [left.eq(left - 1), cnt.eq(IB), bidx.eq(0), above.eq(0)]
-                    with m.If(left == 1):
-                        m.d.sync += settle.eq(FETCH_TO_ISSUE)
-                        m.next = "SETTLE"
-                    with m.Else():
-                        m.next = "LOAD"
-            with m.State("RESET"):
-                m.d.comb += self.machine_reset.eq(1)
-                m.d.sync += settle.eq(FETCH_TO_ISSUE)
-                m.next = "SETTLE"
-            with m.State("SETTLE"):
-                m.d.sync += settle.eq(settle - 1)
-                with m.If(settle == 0):
-                    reply(opcode | P.REPLY, _Body.STATUS)
-
-            with m.State("SEND_HDR"):
-                header = Array([C(P.SYNC, 8), rep_op, rep_len[:8], rep_len[8:]])
-                with m.If(send(header[tx_idx[:2]], crc_on=tx_idx != 0)
-                          & (tx_idx == P.HEADER_BYTES - 1)):
-                    m.d.sync += tx_idx.eq(0)
-                    with m.Switch(rep_kind):
-                        with m.Case(_Body.READ):
-                            m.next = "RD_REQ"
-                        with m.Case(_Body.EMPTY):
-                            m.next = "SEND_CRC"
-                        with m.Default():
-                            m.next = "SEND_BODY"
-            with m.State("SEND_BODY"):
-                body_byte = Signal(8)
-                with m.Switch(rep_kind):
-                    for kind, value in body.items():
-                        with m.Case(kind):
-                            m.d.comb += body_byte.eq(value)
-                with m.If(send(body_byte) & (tx_idx == rep_len - 1)):
-                    m.d.sync += tx_idx.eq(0)
-                    m.next = "SEND_CRC"
-            with m.State("RD_REQ"):
-                m.d.comb += self.mem.rd_req.valid.eq(1)
-                with m.If(self.mem.rd_req.ready):
-                    m.d.sync += [addr.eq(addr + 1), left.eq(left - 1)]
-                    m.next = "RD_SEND"
-            with m.State("RD_SEND"):
-                # the response stays presented until its last byte left: no word register
-                resp = self.mem.rd_resp
-                last = tx_idx == MB - 1
-                with m.If(send(resp.payload.data.word_select(tx_idx, 8), valid=resp.valid)
-                          & last):
-                    m.d.comb += resp.ready.eq(1)
-                    m.d.sync += tx_idx.eq(0)
-                    with m.If(left != 0):
-                        m.next = "RD_REQ"
-                    with m.Else():
-                        m.next = "SEND_CRC"
-            with m.State("SEND_CRC"):
-                # the output register is empty, so the last payload byte is in the CRC
-                with m.If(send(crc.word_select(tx_idx[0], 8), crc_on=C(0, 1))
-                          & (tx_idx == P.CRC_BYTES - 1)):
-                    m.next = "HUNT"
+        m.d.comb += [rcv.rx_error.eq(self.rx_error), rcv.crc.eq(crc_unit.crc),
+                     rcv.release.eq(snd.done),
+                     crc_unit.rx_on.eq(rcv.crc_on), crc_unit.rx_valid.eq(self.rx.valid),
+                     crc_unit.rx_byte.eq(self.rx.payload), crc_unit.tx_en.eq(snd.crc_en),
+                     crc_unit.tx_byte.eq(snd.crc_byte),
+                     crc_unit.clear.eq(rcv.crc_clear | exe.req.start),
+                     # a reply is requested by the receiver (a fault inside a frame) or
+                     # by the executor, never both in one cycle
+                     snd.req.eq(Mux(rcv.req.start, rcv.req, exe.req)), snd.crc.eq(crc_unit.crc),
+                     snd.req_op.eq(rcv.opcode), snd.busy.eq(self.busy),
+                     snd.error.eq(self.error), snd.cycles.eq(self.cycles),
+                     snd.icount.eq(self.icount), snd.left.eq(exe.left),
+                     exe.busy.eq(self.busy), exe.rd_step.eq(snd.rd_step),
+                     self.machine_reset.eq(exe.machine_reset),
+                     self.mem.rd_req.valid.eq(snd.rd_valid),
+                     self.mem.rd_req.payload.addr.eq(exe.addr),
+                     snd.rd_ready.eq(self.mem.rd_req.ready)]
 
         # read-only view of the frame registers for the formal harness, whose
         # invariants relate them to its own parse of the byte stream so that
         # k-induction closes (sim/formal/bridge.py); nothing here reads it
-        self.formal_view = dict(fsm=fsm, opcode=opcode, length=length, idx=idx, crc=crc,
-                                crc_lo=crc_lo, tail_lane=tail_lane, tail_words=tail_words,
-                                timer=timer, left=left, obuf_crc=obuf_crc)
+        self.formal_view = dict(rx_state=rcv.state, ex_state=exe.state, opcode=rcv.opcode,
+                                length=rcv.length, idx=rcv.idx, crc=crc_unit.crc,
+                                crc_lo=rcv.crc_lo, tail_lane=rcv.tail_lane,
+                                tail_words=rcv.tail_words, timer=rcv.timer, left=exe.left,
+                                obuf_crc=snd.obuf_crc, replying=snd.active)
         return m

@@ -29,8 +29,9 @@ stream freezes them in place and no beat is lost or duplicated.
 """
 from amaranth.hdl import *
 from amaranth.lib import wiring, stream, data
-from amaranth.lib.memory import Memory
+from amaranth.lib.memory import Memory, ReadPort
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from gpt2accel.model import intmodel as im
 from gpt2accel.model import quant
@@ -95,6 +96,9 @@ class SoftmaxUnit(wiring.Component):
     first probability beat being valid (no stalls).
 
     `table` is the exp2 ROM content (default `quant.exp2_table(frac_bits)`).
+
+    The two passes are components of their own (`_FrontPass`, `_BackPass`)
+    joined by the row store hand-off (`_rows`), the one place they meet.
     """
 
     #: front: F1 (product), F1a (+ rounding half), F2 (t, row store write); back: S0
@@ -117,43 +121,66 @@ class SoftmaxUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        m.submodules.front = front = _FrontPass(self.cfg)
+        m.submodules.back = back = _BackPass(self.cfg, self.table)
+        wiring.connect(m, wiring.flipped(self.scores), front.scores)
+        wiring.connect(m, front.rows, back.rows)
+        wiring.connect(m, back.probs, wiring.flipped(self.probs))
+        return m
+
+
+def _elem():
+    """A row store lane: the scaled score t and whether its key is visible."""
+    return data.StructLayout({"t": signed(im.SCORE_BITS), "vis": 1})
+
+
+def _desc(cfg: AttentionConfig):
+    """What the front pass found about the row in a row store half."""
+    return data.StructLayout({"row": range(cfg.rows), "m_tile": signed(cfg.m_bits), "vis": 1,
+                              "first": 1})
+
+
+def _rows(cfg: AttentionConfig):
+    """The front pass's side of the double-buffered row store. ``full[h]``: half h
+    holds a complete row the back pass has not finished reading, described by
+    ``desc[h]``; the back pass clears it (``clr``) and reads the store
+    through ``store``."""
+    BPR = cfg.beats_per_row
+    return wiring.Signature({
+        "full": Out(2), "desc": Out(data.ArrayLayout(_desc(cfg), 2)), "clr": In(2),
+        "store": Out(ReadPort.Signature(addr_width=ceil_log2(2 * BPR),
+                                        shape=data.ArrayLayout(_elem(), cfg.lanes))),
+    })
+
+
+class _FrontPass(wiring.Component):
+    """Pass 1: scale and saturate the scores, apply the causal mask, write t and
+    the visibility bit into the free half of the row store and reduce the row
+    maximum. It owns the row store, since only a half it has released may be
+    written (``full``)."""
+
+    def __init__(self, cfg: AttentionConfig):
+        self.cfg = cfg
+        super().__init__({"scores": In(stream.Signature(score_layout(cfg))),
+                          "rows": Out(_rows(cfg))})
+
+    def elaborate(self, platform):
+        m = Module()
         c, e = self.cfg, self.cfg.engine
-        L, F, R, BPR = c.lanes, c.frac_bits, c.rows, c.beats_per_row
+        L, F, BPR = c.lanes, c.frac_bits, c.beats_per_row
         SB = im.SCORE_BITS
         t_lo = -(1 << (SB - 1))  # identity of the max: below every visible t
         prod_w = e.acc_bits + e.mult_bits          # signed S x unsigned mult
 
-        # ---------------- memories ---------------------------------------------
         # Row store: two halves of BPR words, each word = lanes x (t, visible).
-        elem = data.StructLayout({"t": signed(SB), "vis": 1})
         m.submodules.store = store = Memory(
-            shape=data.ArrayLayout(elem, L), depth=2 * BPR, init=[])
+            shape=data.ArrayLayout(_elem(), L), depth=2 * BPR, init=[])
         st_w = store.write_port()
-        st_r = store.read_port(transparent_for=())
-        # Per-row running max M and whether the row has seen a key yet.
-        mstate = data.StructLayout({"m": signed(c.m_bits), "seen": 1})
-        m.submodules.mmem = mmem = Memory(shape=mstate, depth=R, init=[])
-        mm_w = mmem.write_port()
-        mm_r = mmem.read_port(transparent_for=(mm_w,))
-        # Per-row running sum L.
-        m.submodules.lmem = lmem = Memory(shape=unsigned(32), depth=R, init=[])
-        lm_w = lmem.write_port()
-        lm_r = lmem.read_port(transparent_for=(lm_w,))
-        # exp2 ROM, one read port per lane.
-        m.submodules.rom = rom = Memory(shape=unsigned(8), depth=1 << F, init=self.table)
-        rom_r = [rom.read_port() for _ in range(L)]
-
-        # Handshake between the passes: full[h] = half h holds a complete row
-        # that the back pass has not finished reading. desc[h] describes it.
-        desc_layout = data.StructLayout({
-            "row": range(R), "m_tile": signed(c.m_bits), "vis": 1, "first": 1})
-        full = Signal(2)
-        desc = [Signal(desc_layout, name=f"desc{h}") for h in range(2)]
+        wiring.connect(m, wiring.flipped(self.rows.store), store.read_port(transparent_for=()))
+        full, desc = self.rows.full, self.rows.desc
         set_full = Signal(2)
-        clr_full = Signal(2)
-        m.d.sync += full.eq((full | set_full) & ~clr_full)
+        m.d.sync += full.eq((full | set_full) & ~self.rows.clr)
 
-        # ---------------- front pass ----------------------------------------------
         # F2 may only write into a half the back pass has released.
         f2_valid = Signal()
         h_w = Signal()
@@ -224,8 +251,40 @@ class SoftmaxUnit(wiring.Component):
                                      desc[h].vis.eq(row_vis), desc[h].first.eq(f2_first)]
                 m.d.comb += set_full.eq(Mux(h_w, 0b10, 0b01))
                 m.d.sync += h_w.eq(~h_w)
+        return m
 
-        # ---------------- back pass -----------------------------------------------
+
+class _BackPass(wiring.Component):
+    """Pass 2: read a full half of the row store, compute p through the exp2 ROM
+    and sum L. The per-row state (M, "seen", L) of the block's rows lives here,
+    indexed by the row number, so rows may come in any order."""
+
+    def __init__(self, cfg: AttentionConfig, table):
+        self.cfg, self.table = cfg, table
+        super().__init__({"rows": In(_rows(cfg)),
+                          "probs": Out(stream.Signature(prob_layout(cfg)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.cfg
+        L, F, R, BPR = c.lanes, c.frac_bits, c.rows, c.beats_per_row
+        SB = im.SCORE_BITS
+        st_r, full, desc = self.rows.store, self.rows.full, self.rows.desc
+        clr_full = self.rows.clr
+        desc_layout = _desc(c)
+        # Per-row running max M and whether the row has seen a key yet.
+        mstate = data.StructLayout({"m": signed(c.m_bits), "seen": 1})
+        m.submodules.mmem = mmem = Memory(shape=mstate, depth=R, init=[])
+        mm_w = mmem.write_port()
+        mm_r = mmem.read_port(transparent_for=(mm_w,))
+        # Per-row running sum L.
+        m.submodules.lmem = lmem = Memory(shape=unsigned(32), depth=R, init=[])
+        lm_w = lmem.write_port()
+        lm_r = lmem.read_port(transparent_for=(lm_w,))
+        # exp2 ROM, one read port per lane.
+        m.submodules.rom = rom = Memory(shape=unsigned(8), depth=1 << F, init=self.table)
+        rom_r = [rom.read_port() for _ in range(L)]
+
         out_valid = Signal()
         en_b = Signal()
         m.d.comb += [en_b.eq(~out_valid | self.probs.ready), self.probs.valid.eq(out_valid)]

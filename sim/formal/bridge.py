@@ -214,16 +214,20 @@ class BridgeHarness(UnitHarness):
         bridge's length rule; from DISPATCH until the reply only a good frame of the
         state's opcode is being carried out, with `left` words still to deliver."""
         MB, MP, IB = h["MB"], h["MP"], h["IB"]
-        b = {s: v["fsm"].ongoing(s) for s in ("HUNT", "OPC", "LEN0", "LEN1", "PAYLOAD",
-                                              "CRC0", "CRC1", "DISPATCH", "LOAD", "WR",
-                                              "INSTR", "RESET", "SETTLE")}
+        # the receiver's and the executor's states (their `state` registers)
+        b = {s: v["rx_state"] == _bridge._RxState[s]
+             for s in ("HUNT", "OPC", "LEN0", "LEN1", "PAYLOAD", "CRC0", "CRC1")}
+        b.update({s: v["ex_state"] == _bridge._ExState[s]
+                  for s in ("DISPATCH", "LOAD", "WR", "INSTR", "RESET", "SETTLE")})
         f = {s: frame.ongoing(s) for s in h["inside"]}
         opcode, length, idx = v["opcode"], v["length"], v["idx"]
         good, good_op, good_len = h["good"], h["good_op"], h["good_len"]
         receiving = b["OPC"] | b["LEN0"] | b["LEN1"] | b["PAYLOAD"] | b["CRC0"] | b["CRC1"]
         inv = self.invariant
-        # the induction step starts anywhere: first, both state registers hold a state
-        inv("bridge_state", Cat(v["fsm"].ongoing(s) for s in v["fsm"].encoding).any())
+        # the induction step starts anywhere: first, the executor's and the parse's state
+        # registers hold a state (the receiver's uses every encoding; an encoding the
+        # sender's does not use counts as busy, which `phases` covers)
+        inv("bridge_state", Cat(v["ex_state"] == s for s in _bridge._ExState).any())
         inv("parse_state", Cat(frame.ongoing(s) for s in ("HUNT", *h["inside"])).any())
         for s in h["inside"]:
             inv(f"same_state_{s}", b["PAYLOAD" if s == "PAY" else s] == f[s])
@@ -257,6 +261,13 @@ class BridgeHarness(UnitHarness):
         # and they are all that can still be leaving once a frame may arrive
         replying = ~(b["HUNT"] | receiving | b["DISPATCH"] | executing | b["SETTLE"])
         inv("crc_quiet", replying | ~v["obuf_crc"])
+        # receiver, executor and sender take turns: the receiver holds its frame while
+        # exactly one of the others runs, and the sender runs exactly when the bridge
+        # is in none of the frame's other states
+        executor_busy = v["ex_state"] != _bridge._ExState.IDLE
+        inv("phases", Mux(v["rx_state"] == _bridge._RxState.HELD,
+                          executor_busy ^ v["replying"], ~executor_busy & ~v["replying"]))
+        inv("reply_phase", v["replying"] == replying)
 
 
 class _Edge:

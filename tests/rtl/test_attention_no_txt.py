@@ -47,7 +47,8 @@ def differences(cls, small=128, large=1024):
 def test_no_memory_grows_with_max_seq():
     mems, diff = differences(AttentionEngine)
     # the walk reaches every level: controller buffers, softmax, normaliser, matmul engine
-    for path in [("sbuf",), ("obuf",), ("info",), ("softmax", "store"), ("softmax", "rom"),
+    for path in [("scores", "sbuf"), ("acc", "obuf"), ("pwriter", "info"),
+                 ("softmax", "front", "store"), ("softmax", "back", "rom"),
                  ("norm", "queue", "storage"), ("mm", "a_mem")]:
         assert path in mems, f"memory {path} not found in {sorted(mems)}"
     assert not diff, f"memories that change with max_seq (path: (128, 1024)): {diff}"

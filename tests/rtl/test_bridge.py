@@ -250,6 +250,25 @@ def test_every_fault_then_ping(seed):
     _run(seed, body)
 
 
+def test_serial_error_with_the_last_crc_byte_wins(seed):
+    """A UART error in the cycle that brings a good frame's last CRC byte is a SERIAL
+    fault: the frame is not carried out (its words never reach memory)."""
+    rng = random.Random(seed + 5)
+    words = _words(rng, 1)
+
+    async def body(ctx, host, br, state):
+        frame = P.frame(*_write(2, words))
+        await host.send(ctx, frame[:-1])
+        ctx.set(br.rx_error, 1)
+        await transfer(ctx, br.rx, frame[-1])
+        ctx.set(br.rx_error, 0)
+        ctx.set(br.rx.valid, 0)
+        assert await host.drain(ctx, SETTLE) == [error_reply(F.SERIAL, P.Req.WRITE)]
+        await _check_memory(ctx, host, np.zeros((WORDS, MB), np.uint8))
+
+    _run(seed, body)
+
+
 def _corrupt(rng, valid_frames):
     """A damaged frame: flipped bytes, a truncation, garbage, or a valid frame with an
     unassigned opcode."""
