@@ -6,7 +6,7 @@ import numpy as np
 from gpt2accel.model import quant as Q
 from gpt2accel.model.synthetic import random_gpt2
 from gpt2accel.rtl.isa import Error, Op, cfg_max_vector_n
-from gpt2accel.sim.host.compiler import ModelCompiler
+from gpt2accel.sim.host.compiler import ModelCompiler, Provenance
 from gpt2accel.sim.harness.machine import run_programs
 
 from test_machine import CFG, E, H, NPOS
@@ -34,21 +34,24 @@ def test_logits_wider_than_a_vector_row(seed):
 
 
 def test_split_offsets_are_per_element_size():
-    """Each chunk's addresses move by chunk * element bytes / word bytes."""
+    """Each chunk's addresses move by chunk * element bytes / word bytes; only the last
+    chunk keeps the provenance's golden check (the result is complete after it)."""
     class Probe(ModelCompiler):
         def __init__(self):  # only what _split_vector reads
             self.chunk, self.e = 32, CFG.engine
     mb = CFG.engine.mem_bytes
     fields = dict(rows=3, n=80, src_base=100, src_stride=9, dst_base=200, dst_stride=9,
                   table_base=7)
-    parts = Probe()._split_vector(Op.GELU, fields)
-    assert [(f["n"], f["src_base"], f["dst_base"], f["table_base"]) for _, f in parts] == [
+    prov = Provenance("gelu", 0, ("gelu", 80))
+    parts = Probe()._split_vector(Op.GELU, fields, prov)
+    assert [p for _, _, p in parts] == [Provenance("gelu", 0)] * 2 + [prov]
+    assert [(f["n"], f["src_base"], f["dst_base"], f["table_base"]) for _, f, _ in parts] == [
         (32, 100, 200, 7), (32, 100 + 32 // mb, 200 + 32 // mb, 7),
         (16, 100 + 64 // mb, 200 + 64 // mb, 7)]
     fields = dict(rows=1, n=40, src_base=0, src_stride=0, dst_base=50, dst_stride=5,
                   y_base=60, y_stride=10, q_base=70)
-    parts = Probe()._split_vector(Op.REQUANT, fields)
-    assert [(f["src_base"], f["dst_base"], f["y_base"], f["q_base"]) for _, f in parts] == [
+    parts = Probe()._split_vector(Op.REQUANT, fields, Provenance("logits", None, ("logits", 40)))
+    assert [(f["src_base"], f["dst_base"], f["y_base"], f["q_base"]) for _, f, _ in parts] == [
         (0, 50, 60, 70), (0, 50 + 64 // mb, 60 + 128 // mb, 70 + 128 // mb)]
 
 
