@@ -477,8 +477,7 @@ class VectorMover(wiring.Component):
     """Runs LAYERNORM / GELU / RESADD / REQUANT / EMBED instructions; ``cmd`` carries the opcode and body bits.
 
     Ports: ``cmd`` (``op``: Op value, ``body``: the instruction body bits),
-    the memory port, ``busy``, ``done`` (pulse after the last write), ``error``
-    (the LayerNorm unit refused a setup).
+    the memory port, ``busy``, ``done`` (pulse after the last write).
     """
 
     def __init__(self, cfg: AttentionConfig, resid_bits=16):
