@@ -158,14 +158,17 @@ def step(what, done=None):
 class bar:
     """Iterate `iterable` showing `[what i/total, elapsed]` (a terminal: in place; a log:
     a line at most every `LOG_INTERVAL_S` and one at the end). Also usable by hand:
-    ``b = bar(None, what, total); b.update(i); b.close()``."""
+    ``b = bar(None, what, total); b.update(i); b.close()``. `start`: the
+    `time.perf_counter()` the work began at, when the bar appears after it started;
+    the last `update`'s `extra` text stays on the line, the final one included."""
 
-    def __init__(self, iterable, what, total=None, unit=""):
+    def __init__(self, iterable, what, total=None, unit="", start=None):
         self.iterable, self.what, self.unit = iterable, what, unit
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
-        self.total, self.n = total, 0
-        self.t0 = self.last_log = time.perf_counter()
+        self.total, self.n, self.extra = total, 0, None
+        self.last_log = time.perf_counter()
+        self.t0 = self.last_log if start is None else start
         self.on, self.tty = enabled(), _tty()
         self.closed = False
         if self.on and not self.tty:
@@ -176,14 +179,18 @@ class bar:
     def _line(self):
         of = f"/{self.total}" if self.total is not None else ""
         unit = f" {self.unit}" if self.unit else ""
-        return f"[{self.what} {self.n}{of}{unit}, {_fmt_s(time.perf_counter() - self.t0)}]"
+        extra = f", {self.extra}" if self.extra is not None else ""
+        return (f"[{self.what} {self.n}{of}{unit}, {_fmt_s(time.perf_counter() - self.t0)}"
+                f"{extra}]")
 
     def update(self, n=None, extra=None):
         """Progress to `n` (default one more); `extra`: text appended to the line."""
         self.n = self.n + 1 if n is None else n
+        if extra is not None:
+            self.extra = extra
         if not self.on:
             return
-        line = self._line() if extra is None else self._line()[:-1] + f", {extra}]"
+        line = self._line()
         with _lock:
             if self.tty:
                 _write_live(line)

@@ -28,8 +28,7 @@ import numpy as np
 from gpt2accel.model import progress
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
-from gpt2accel.rtl.isa import Error, Op
-from gpt2accel.rtl.vecmove import BETA_BYTES
+from gpt2accel.rtl.isa import BETA_BYTES, Error, Op
 from gpt2accel.sim.host.backends import make_backend
 from gpt2accel.sim.host.compiler import CompileError, ModelCompiler
 from gpt2accel.sim.cycles.program import program_cycles
@@ -142,8 +141,6 @@ class FastBackend(Backend):
 
     def close(self):
         self.m.close()
-
-
 
 
 # ---------------------------------------------------------------- configuration
@@ -446,8 +443,8 @@ class _RunProgress:
     def _watch(self):
         if self.stop.wait(PROGRESS_AFTER_S):
             return
-        self.bar = progress.bar(None, self.what, self.total, unit="instructions")
-        self.bar.t0 = self.t0                     # the program started before the bar
+        self.bar = progress.bar(None, self.what, self.total, unit="instructions",
+                                start=self.t0)
         while True:
             self._show()
             if self.stop.wait(_POLL_S):

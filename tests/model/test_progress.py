@@ -49,3 +49,13 @@ def test_opt_out_by_call_and_by_environment(capsys, monkeypatch):
     with progress.quiet():
         assert not progress.enabled()
     assert progress.enabled()
+
+
+def test_bar_keeps_its_extra_text_and_start_time(capsys):
+    import time
+    b = progress.bar(None, "running", 4, unit="instructions", start=time.perf_counter() - 90)
+    b.update(3, extra="1,234 cycles")
+    b.close()
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("[running 3/4 instructions, 1 min 3")
+    assert last.endswith(", 1,234 cycles]")
