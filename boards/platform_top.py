@@ -21,7 +21,6 @@ def board_top(board):
     from .top import BoardTop
     p = board.preset
     return BoardTop(board.cfg, mem_words=board.mem_words, clk_hz=board.clk_hz, baud=p.baud,
-                    resid_bits=board.q.resid_bits, ops=list(p.ops) if p.ops else None,
                     storage=p.storage)
 
 

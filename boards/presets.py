@@ -30,8 +30,6 @@ from amaranth_boards.orangecrab_r0_2 import OrangeCrabR0_2_85FPlatform
 from amaranth_boards.resources import UARTResource
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
-from gpt2accel.rtl.attention_config import AttentionConfig
-from gpt2accel.rtl.config import EngineConfig
 
 __all__ = ["PresetError", "Device", "DEVICES", "Preset", "BoardMachine", "PRESETS",
            "get_preset", "load_model"]
@@ -164,8 +162,10 @@ class BoardMachine:
                                       1 << self.cfg.engine.addr_bits).end
             else:
                 from gpt2accel.sim.host.offload import offload_words
-                self.cfg = offload_config(self.q, p.rows, p.cols,
-                                          (p.mem_words or 1 << 16) - 1, p.mem_bytes)
+                cfg = machine_config(self.q, p.rows, p.cols, ops=p.ops, mem_bytes=p.mem_bytes)
+                # addresses as wide as the preset's memory, whose size is checked below
+                bits = max(8, ((p.mem_words or 1 << 16) - 1).bit_length())
+                self.cfg = replace(cfg, engine=replace(cfg.engine, addr_bits=bits))
                 words = offload_words(self.cfg, self.q)
         except ValueError as e:       # CompileError, ConfigError are ValueErrors
             raise PresetError(f"{where}: the {p.model} model does not map onto it: {e}") from None
@@ -239,19 +239,6 @@ class BoardMachine:
         return (f"{p.name}: {p.device_name}, {p.rows}x{p.cols} array, model {p.model}, "
                 f"memory {self.mem_words:,} words x {self.cfg.engine.mem_bytes} bytes, "
                 f"clock {clock}, UART {p.baud} baud ({p.uart})")
-
-
-def offload_config(qmodel, rows, cols, max_addr, mem_bytes=None):
-    """The MATMUL-only machine for offloading `qmodel`'s linear layers: K and N up to
-    4*n_embd (c_fc, c_proj), max_m 8 rows per program. The attention fields are unused
-    by a MATMUL-only machine; the ISA's field widths still follow them."""
-    mc = qmodel.config
-    return AttentionConfig(
-        engine=EngineConfig(rows=rows, cols=cols, max_k=4 * mc.n_embd, max_m=max(8, rows),
-                            max_n=4 * mc.n_embd, addr_bits=max(1, max_addr.bit_length()),
-                            mem_bytes=mem_bytes),
-        tile=2, lanes=1, norm_lanes=1, max_d_head=mc.n_embd // mc.n_head,
-        max_seq=mc.n_positions)
 
 
 class _CycleModelBackend:

@@ -22,7 +22,7 @@ from amaranth.hdl import *
 from amaranth.lib import wiring, stream
 from amaranth.lib.wiring import In, Out
 
-from gpt2accel.rtl.attention_config import AttentionConfig
+from gpt2accel.rtl.machine_config import MachineConfig
 from gpt2accel.rtl.bridge import HostBridge
 from gpt2accel.rtl.config import ConfigError, refusing
 from gpt2accel.rtl.machine import Machine
@@ -57,21 +57,20 @@ def uart_divisor(clk_hz, baud):
 
 class BoardCore(wiring.Component):
     """HostBridge + `OnChipMemory(cfg.engine, mem_words, storage=storage)` +
-    `Machine(cfg, resid_bits=resid_bits, ops=ops)`, with the bridge's byte streams as ports (``rx``, ``rx_error``, ``tx``) and
+    `Machine(cfg)`, with the bridge's byte streams as ports (``rx``, ``rx_error``, ``tx``) and
     the machine's ``busy`` / ``error``."""
 
-    def __init__(self, cfg: AttentionConfig, *, mem_words, max_payload=1024, timeout_cycles,
-                 resid_bits=16, ops=None, storage="bram"):
-        self.cfg, self.resid_bits = cfg, resid_bits
+    def __init__(self, cfg: MachineConfig, *, mem_words, max_payload=1024, timeout_cycles,
+                 storage="bram"):
+        self.cfg = cfg
         # built here so that a bad configuration is refused at construction
         with refusing(self):
             self.bridge = HostBridge(cfg, mem_words=mem_words, max_payload=max_payload,
-                                     timeout_cycles=timeout_cycles, resid_bits=resid_bits,
-                                     ops=ops)
+                                     timeout_cycles=timeout_cycles)
             with refusing(self.bridge):
                 self.memory = OnChipMemory(cfg.engine, mem_words, storage=storage)
                 with refusing(self.memory):
-                    self.machine = Machine(cfg, resid_bits=resid_bits, ops=ops)
+                    self.machine = Machine(cfg)
         super().__init__({"rx": In(stream.Signature(8)), "rx_error": In(1),
                           "tx": Out(stream.Signature(8)), "busy": Out(1), "error": Out(2)})
 
@@ -103,8 +102,8 @@ class BoardTop(wiring.Component):
     ``error`` are meant for LEDs.
     """
 
-    def __init__(self, cfg: AttentionConfig, *, mem_words, clk_hz, baud, max_payload=1024,
-                 timeout_ms=100, resid_bits=16, ops=None, storage="bram"):
+    def __init__(self, cfg: MachineConfig, *, mem_words, clk_hz, baud, max_payload=1024,
+                 timeout_ms=100, storage="bram"):
         with refusing(self):
             self.divisor = uart_divisor(clk_hz, baud)
             if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) \
@@ -117,8 +116,7 @@ class BoardTop(wiring.Component):
                                   f"shorter than two byte times ({least} cycles at {baud} baud): "
                                   "a frame arriving at full speed would time out")
             self.core = BoardCore(cfg, mem_words=mem_words, max_payload=max_payload,
-                                  timeout_cycles=self.timeout_cycles, resid_bits=resid_bits,
-                                  ops=ops, storage=storage)
+                                  timeout_cycles=self.timeout_cycles, storage=storage)
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1),
                           "busy": Out(1), "error": Out(1)})
 

@@ -63,10 +63,10 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from . import protocol as P
-from .attention_config import AttentionConfig
 from .config import ConfigError, refusing
 from .isa import OPCODE_BITS, body_layout
-from .machine import FETCH_TO_ISSUE, instr_layout, machine_ops
+from .machine import FETCH_TO_ISSUE, instr_layout
+from .machine_config import MachineConfig
 from .memport import MemPort, read_response_layout, write_layout
 
 __all__ = ["HostBridge", "crc16_step", "identity_bytes"]
@@ -125,13 +125,12 @@ def crc16_step(crc, byte):
     return Cat(*out)
 
 
-def identity_bytes(cfg: AttentionConfig, *, mem_words, max_payload, resid_bits, ops=None):
-    """The PING reply payload (`protocol.IDENTITY_FORMAT`) of a machine
-    `Machine(cfg, resid_bits=resid_bits, ops=ops)`."""
+def identity_bytes(cfg: MachineConfig, *, mem_words, max_payload):
+    """The PING reply payload (`protocol.IDENTITY_FORMAT`) of the machine `Machine(cfg)`."""
     e = cfg.engine
     return struct.pack(P.IDENTITY_FORMAT, b"G2A", P.PROTOCOL_VERSION, e.mem_bytes,
                        max_payload.bit_length() - 1, mem_words,
-                       P.config_id(cfg, resid_bits, ops), e.rows, e.cols)
+                       P.config_id(cfg), e.rows, e.cols)
 
 
 def _check_int(name, value, lo, hi, why=""):
@@ -643,12 +642,12 @@ class HostBridge(wiring.Component):
     machine's instruction stream), ``mem`` (a requester port,
     `memport.MemPort`), the machine's status ``busy``,
     ``error``, ``cycles``, ``icount`` as inputs, and ``machine_reset``
-    (one-cycle pulse for RESET). `resid_bits` and `ops` are the machine's
-    (`rtl.machine.Machine`); they only enter the PING identity's config_id.
+    (one-cycle pulse for RESET). `cfg` is the machine's (`rtl.machine.Machine`): its
+    built opcodes size the EXEC word, the whole config enters the PING identity.
     """
 
-    def __init__(self, cfg: AttentionConfig, *, mem_words, max_payload=1024, timeout_cycles,
-                 resid_bits=16, ops=None):
+    def __init__(self, cfg: MachineConfig, *, mem_words, max_payload=1024, timeout_cycles):
+        cfg = MachineConfig.of(cfg)
         e = cfg.engine
         with refusing(self):
             _check_int("mem_bytes", e.mem_bytes, 1, 255, "the PING identity reports it in a byte")
@@ -662,12 +661,12 @@ class HostBridge(wiring.Component):
                                   "(PING reports log2(max_payload))")
             _check_int("timeout_cycles", timeout_cycles, 1, 1 << 32)
         self.cfg, self.mem_words, self.max_payload = cfg, mem_words, max_payload
-        self.timeout_cycles, self.resid_bits, self.ops = timeout_cycles, resid_bits, ops
+        self.timeout_cycles = timeout_cycles
         # An EXEC word keeps its bytes up to the end of the widest built body; the
         # bytes above matter only as "reserved bits set" (the machine decides that at
         # fetch, `Machine`), so they collapse into one sticky bit placed just above the
         # kept bytes: hundreds of flip-flops fewer, the same decode (`presented`).
-        body_end = max(OPCODE_BITS + body_layout(cfg, op).size for op in machine_ops(ops))
+        body_end = max(OPCODE_BITS + body_layout(cfg, op).size for op in cfg.built_ops)
         self.kept_bytes = min(P.INSTR_BYTES, -(-body_end // 8))
         super().__init__({
             "rx": In(stream.Signature(8)), "rx_error": In(1), "tx": Out(stream.Signature(8)),
@@ -678,8 +677,7 @@ class HostBridge(wiring.Component):
 
     @property
     def identity(self):
-        return identity_bytes(self.cfg, mem_words=self.mem_words, max_payload=self.max_payload,
-                              resid_bits=self.resid_bits, ops=self.ops)
+        return identity_bytes(self.cfg, mem_words=self.mem_words, max_payload=self.max_payload)
 
     def presented(self, word):
         """The instruction word the machine sees for EXEC word `word`: its kept bytes,

@@ -32,15 +32,15 @@ from amaranth.lib import wiring, stream, data
 from amaranth.lib.wiring import In, Out
 
 from .attention import AttentionEngine
-from .attention_config import AttentionConfig
 from .config import ConfigError
 from .isa import INSTR_BITS, OPCODE_BITS, VECTOR_OPS, Error, Op, body_layout, legal_expr
 from .kvstore import KVStore
+from .machine_config import MachineConfig, machine_ops
 from .matmul import MatmulEngine
 from .memport import MemPort
 from .vecmove import VectorMover
 
-__all__ = ["Machine", "machine_ops", "instr_layout", "FETCH_TO_ISSUE"]
+__all__ = ["Machine", "instr_layout", "FETCH_TO_ISSUE"]
 
 #: cycles from an instruction's fetch (transfer on ``instr``) to its command
 #: being presented to the unit: the decode register
@@ -49,19 +49,6 @@ FETCH_TO_ISSUE = 2
 
 def instr_layout():
     return data.StructLayout({"word": unsigned(INSTR_BITS)})
-
-
-def machine_ops(ops=None):
-    """The opcodes a `Machine` built with `ops` executes (a sorted tuple, HALT included);
-    ConfigError for something that is not an opcode."""
-    if ops is None:
-        return tuple(Op)
-    try:
-        chosen = {Op(op) if not isinstance(op, str) else Op[op.upper()] for op in ops}
-    except (KeyError, ValueError) as exc:
-        raise ConfigError(f"machine ops: {exc} is not an opcode "
-                          f"(have: {', '.join(o.name for o in Op)})") from None
-    return tuple(sorted(chosen | {Op.HALT}))
 
 
 class _Lent:
@@ -75,22 +62,24 @@ class _Lent:
 
 class Machine(wiring.Component):
     """Fetch/decode/dispatch controller with an AttentionEngine (whose array also runs MATMUL), a KVStore
-    and a VectorMover (residual rows of `resid_bits` <= 16 bits).
+    and a VectorMover (residual rows saturated to `cfg.resid_bits` <= 16 bits).
 
     Ports: ``instr`` (`instr_layout`), the memory port (`rd_req`, `rd_resp`,
     `wr`: the MatmulEngine contract), status ``busy``, ``done``, ``error``,
     ``cycles``, ``icount``. See the module docstring.
 
-    ``ops`` (default: every opcode) selects the instructions built in hardware,
+    ``cfg.ops`` (default: every opcode) selects the instructions built in hardware,
     for chips too small for the whole machine: only the units those opcodes
     need are instantiated (MATMUL alone gets a bare MatmulEngine), and any other
     opcode is illegal (`Error.OPCODE`). HALT is always present.
     """
 
-    def __init__(self, cfg: AttentionConfig, table=None, resid_bits=16, ops=None):
+    def __init__(self, cfg: MachineConfig):
+        # an AttentionConfig is the machine with the default residual width, every
+        # opcode and numerics' exp2 table
+        cfg = MachineConfig.of(cfg)
         cfg.check_engine()
-        self.cfg, self.table, self.resid_bits = cfg, table, resid_bits
-        self.ops = machine_ops(ops)
+        self.cfg, self.ops = cfg, cfg.built_ops
         for op in Op:
             body_layout(cfg, op)           # raises if a body does not fit INSTR_BITS
         super().__init__({"instr": In(stream.Signature(instr_layout())),
@@ -104,7 +93,7 @@ class Machine(wiring.Component):
         if Op.ATTENTION in ops:
             # one array for MATMUL and ATTENTION: the attention engine lends its matmul
             # engine (`mm_cmd`/`mm_done`) and both share its memory port
-            m.submodules.attn = attn = AttentionEngine(c, self.table, matmul_port=Op.MATMUL in ops)
+            m.submodules.attn = attn = AttentionEngine(c, c.exp2_table, matmul_port=Op.MATMUL in ops)
             units[Op.ATTENTION] = attn
             if Op.MATMUL in ops:
                 units[Op.MATMUL] = _Lent(attn)
@@ -113,7 +102,7 @@ class Machine(wiring.Component):
         if Op.KVSTORE in ops:
             m.submodules.kv = units[Op.KVSTORE] = KVStore(c)
         if any(op in VECTOR_OPS for op in ops):
-            m.submodules.vec = vec = VectorMover(c, self.resid_bits)
+            m.submodules.vec = vec = VectorMover(c, c.resid_bits)
             units.update({op: vec for op in VECTOR_OPS if op in ops})
         return units
 

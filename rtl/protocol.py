@@ -138,12 +138,15 @@ def parse_frame(data: bytes):
     return opcode, bytes(data[HEADER_BYTES:HEADER_BYTES + length])
 
 
-def config_id(cfg, resid_bits=16, ops=None) -> int:
-    """32-bit fingerprint of a machine configuration (`Machine(cfg, resid_bits=..., ops=...)`),
-    reported by PING so that a host refuses to run a program compiled for a different
-    bitstream. The full opcode set fingerprints as it did before `ops` existed."""
-    from .machine import machine_ops
-    built = machine_ops(ops)
-    key = (cfg, resid_bits) if ops is None or len(built) == len(machine_ops()) else \
-        (cfg, resid_bits, tuple(op.name for op in built))
+def config_id(cfg) -> int:
+    """32-bit fingerprint of a machine configuration (a `MachineConfig`; an AttentionConfig
+    is the machine with the defaults), reported by PING so that a host refuses to run a
+    program compiled for a different bitstream. The key is the one bitstreams carried
+    before the machine's fields joined the config (the engines' config, the residual
+    width, the opcodes when a subset), so a board keeps its fingerprint. The exp2 table
+    is left out: a bitstream always carries numerics' table."""
+    from .machine_config import MachineConfig
+    cfg = MachineConfig.of(cfg)
+    key = (cfg.attention, cfg.resid_bits) if cfg.ops is None else \
+        (cfg.attention, cfg.resid_bits, tuple(op.name for op in cfg.built_ops))
     return zlib.crc32(repr(key).encode())

@@ -408,14 +408,18 @@ class _UnitMux(wiring.Component):
                          self.emb_tok.valid.eq(emit & is_["em"]),
                          self.emb_pos.valid.eq(emit & is_["em"])]
 
+        # residual-width results are written as int16 words: sign-extend them from
+        # resid_bits, or a narrower residual stream would be read back as positive
+        add16, emb16 = Signal(signed(8 * RESID_BYTES)), Signal(signed(8 * RESID_BYTES))
+        m.d.comb += [add16.eq(self.add_out.payload.x[0]), emb16.eq(self.emb_out.payload.x[0])]
         m.d.comb += [
             self.res.valid.eq(Mux(is_["ln"], self.ln_out.valid,
                                   Mux(is_["ge"], self.gelu_out.valid,
                                       Mux(is_["em"], self.emb_out.valid, self.add_out.valid)))),
             self.res.payload.eq(Mux(is_["ln"], self.ln_out.payload.y[0].as_unsigned(),
                                     Mux(is_["ge"], self.gelu_out.payload.y[0].as_unsigned(),
-                                        Mux(is_["em"], self.emb_out.payload.x[0].as_unsigned(),
-                                            self.add_out.payload.x[0].as_unsigned())))[:16]),
+                                        Mux(is_["em"], emb16.as_unsigned(),
+                                            add16.as_unsigned())))[:16]),
             self.ln_out.ready.eq(is_["ln"] & self.res.ready),
             self.gelu_out.ready.eq(is_["ge"] & self.res.ready),
             self.add_out.ready.eq(is_["ad"] & self.res.ready),

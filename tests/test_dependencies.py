@@ -105,6 +105,7 @@ def test_the_isa_depends_on_amaranth_and_the_config_only():
 @pytest.mark.parametrize("module", ["sim/host/compiler.py", "sim/host/matmul_layout.py",
                                     "sim/host/attention_layout.py", "sim/host/driver.py"])
 def test_the_compiler_reads_sizes_from_the_config_or_the_isa(module):
-    allowed = {"gpt2accel.rtl.config", "gpt2accel.rtl.attention_config", "gpt2accel.rtl.isa"}
+    allowed = {"gpt2accel.rtl.config", "gpt2accel.rtl.attention_config",
+               "gpt2accel.rtl.machine_config", "gpt2accel.rtl.isa"}
     hardware = [m for m in imports_of(ROOT / module) if _layer(m) == "rtl"]
     assert sorted(m for m in hardware if not _within(m, allowed)) == []

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from gpt2accel.rtl.isa import INSTR_BITS
+from gpt2accel.rtl.machine_config import MachineConfig
 from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY
 from .build import FastBackendUnavailable, FastBuildError, build
 
@@ -37,13 +38,13 @@ class FastSimError(RuntimeError):
 
 
 _LIBS = {}   # path -> loaded library: a library is loaded (and typed) once per process
-_BUILT = {}  # (config, table, trace) -> (path, build info): looked up once per process
+_BUILT = {}  # (config, trace) -> (path, build info): looked up once per process
 
 
-def _build(cfg, table, trace, verbose):
-    key = (repr(cfg), None if table is None else np.asarray(table).tobytes(), trace)
+def _build(cfg, trace, verbose):
+    key = (repr(MachineConfig.of(cfg)), trace)
     if key not in _BUILT:
-        _BUILT[key] = build(cfg, table, trace=trace, verbose=verbose)
+        _BUILT[key] = build(cfg, trace=trace, verbose=verbose)
     return _BUILT[key]
 
 
@@ -79,10 +80,10 @@ class FastMachine:
     `trace_open` can write waveforms.
     """
 
-    def __init__(self, cfg, mem_words, table=None, *, trace=False, verbose=False):
+    def __init__(self, cfg, mem_words, *, trace=False, verbose=False):
         self._h = None            # so close() (and __del__) work if the build fails
         self.cfg = cfg
-        self.path, self.build_info = _build(cfg, table, trace, verbose)
+        self.path, self.build_info = _build(cfg, trace, verbose)
         self._lib = _load(self.path)
         self.mem_bytes = cfg.engine.mem_bytes
         if self._lib.gx_mem_bytes() != self.mem_bytes:     # a stale or foreign library
@@ -185,14 +186,14 @@ class FastMachine:
 
 
 def run_programs(cfg, programs, image, *, seed=0, stall=0.0, jitter=0, latency=None,
-                 timeout=2_000_000, table=None, vcd=None):
+                 timeout=2_000_000, vcd=None):
     """`sim.harness.machine.run_programs` on the fast backend: (final memory copy, [status dict]).
 
     Every program runs on one machine, one after another, as in machine_sim;
     program i gets the seed ``seed + i``. `vcd`: path of a waveform of the
     whole run (uses the tracing build).
     """
-    with FastMachine(cfg, len(image), table, trace=bool(vcd)) as m:
+    with FastMachine(cfg, len(image), trace=bool(vcd)) as m:
         m.load(image)
         if vcd:
             m.trace_open(vcd)

@@ -1,12 +1,12 @@
 """Compile the `Machine` and the C++ harness into a shared library with Verilator, cached.
 
-`build(cfg, table)` returns the path of a shared library exporting the
+`build(cfg)` returns the path of a shared library exporting the
 harness's C ABI (sim/fast/harness.cpp). Other tops go through the same
 machinery as a `Design` (their Verilog, their harness, what both depend on)
 passed to `build_design`: sim/host/board_sim.py builds the board top and
 sim/fast/board_harness.cpp that way. The library is cached under
 ``$GPT2ACCEL_CACHE/verilator/`` (default ``~/.cache/gpt2accel/verilator/``),
-keyed by a hash of what determines the model: the config and GELU table, the
+keyed by a hash of what determines the model: the `MachineConfig`, the
 RTL's Python sources (rtl/*.py, and model/*.py, whose tables and constants
 the RTL imports), the Amaranth and Yosys versions, the harness source and
 the headers it may include (sim/fast/*.h), the build flags and the Verilator
@@ -38,6 +38,7 @@ from amaranth.back import verilog
 
 from gpt2accel.model import progress
 from gpt2accel.rtl.machine import Machine
+from gpt2accel.rtl.machine_config import MachineConfig
 from gpt2accel.rtl.memport import read_request_layout, write_layout
 from gpt2accel.rtl.isa import INSTR_BITS
 from gpt2accel.sim.synth.verilog import ensure_yosys
@@ -105,10 +106,10 @@ def cache_dir() -> Path:
     return root / "verilator"
 
 
-def machine_verilog(cfg, table=None) -> str:
-    """Verilog text of `Machine(cfg, table)`, top module `TOP`."""
+def machine_verilog(cfg) -> str:
+    """Verilog text of `Machine(cfg)`, top module `TOP`."""
     ensure_yosys()
-    return verilog.convert(Machine(cfg, table), name=TOP)
+    return verilog.convert(Machine(cfg), name=TOP)
 
 
 @dataclass(frozen=True)
@@ -131,16 +132,16 @@ class Design:
     title: str = None
 
 
-def machine_design(cfg, table=None):
-    """The `Machine` in the transaction-level harness (sim/fast/harness.cpp)."""
+def machine_design(cfg):
+    """The `Machine` in the transaction-level harness (sim/fast/harness.cpp). `cfg`: a
+    `MachineConfig` (an AttentionConfig is the machine with the defaults, and builds the
+    same library)."""
+    cfg = MachineConfig.of(cfg)
     e = cfg.engine
-    return Design(HARNESS, lambda: machine_verilog(cfg, table), _machine_params(cfg, table),
+    # the config's repr holds everything besides source code the Verilog depends on
+    return Design(HARNESS, lambda: machine_verilog(cfg), (repr(cfg),),
                   _defines(cfg), title=f"the {e.rows}x{e.cols} machine (addr_bits "
                                        f"{e.addr_bits}, max_n {e.max_n})")
-
-
-def _machine_params(cfg, table):
-    return (repr(cfg), "" if table is None else repr([int(x) for x in table]))
 
 
 def _defines(cfg):
@@ -162,9 +163,9 @@ def _version(cmd, env):
     return (r.stdout + r.stderr).strip()
 
 
-def _model_key(cfg, table):
+def _model_key(cfg):
     """What the machine's Verilog is a function of (see the module docstring)."""
-    return _design_key(machine_design(cfg, table))
+    return _design_key(machine_design(cfg))
 
 
 def _design_key(design):
@@ -184,15 +185,15 @@ def _design_key(design):
     return parts
 
 
-def build(cfg, table=None, *, trace=False, verbose=False):
-    """Path of the compiled shared library for `Machine(cfg, table)`, and the seconds spent.
+def build(cfg, *, trace=False, verbose=False):
+    """Path of the compiled shared library for `Machine(cfg)`, and the seconds spent.
 
     `trace`: a Verilator ``--trace`` build, whose harness can write VCD
     waveforms (slower to build and, while a trace is open, to run).
 
     Returns (path, {"verilog_s", "compile_s", "cached"}): both times are 0 on a cache hit.
     """
-    return build_design(machine_design(cfg, table), trace=trace, verbose=verbose)
+    return build_design(machine_design(cfg), trace=trace, verbose=verbose)
 
 
 def build_design(design, *, trace=False, verbose=False):

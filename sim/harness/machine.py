@@ -20,14 +20,14 @@ __all__ = ["run_programs"]
 
 
 def run_programs(cfg, programs, image, *, seed=0, stall=0.0, jitter=0, latency=None,
-                 timeout=2_000_000, table=None, vcd=None, ops=None, status=None):
-    """`image`: uint8 [words, mem_bytes] initial memory. Returns (memory, [status dict]).
-    `vcd`: path of a waveform of the whole run (Amaranth `write_vcd`); `ops`: the
-    machine's built opcodes (`Machine`); `status`: a dict kept at the running program's
+                 timeout=2_000_000, vcd=None, status=None):
+    """`cfg`: the `MachineConfig` (an AttentionConfig is the machine with the defaults).
+    `image`: uint8 [words, mem_bytes] initial memory. Returns (memory, [status dict]).
+    `vcd`: path of a waveform of the whole run (Amaranth `write_vcd`); `status`: a dict kept at the running program's
     ``icount`` and ``cycles`` every cycle, for progress shown from another thread."""
     status = {} if status is None else status
     rng = random.Random(seed)
-    dut = Machine(cfg, table, ops=ops)
+    dut = Machine(cfg)
     memory = MemoryModel(cfg.engine, len(image),
                          latency=REF_MEM_LATENCY if latency is None else latency,
                          stall=stall, jitter=jitter, rng=random.Random(rng.random()))

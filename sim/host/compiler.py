@@ -44,6 +44,7 @@ import numpy as np
 
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import ceil_div
+from gpt2accel.rtl.machine_config import MachineConfig
 from gpt2accel.rtl.isa import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES,
                                RESID_BYTES, IsaError, Op, cfg_max_vector_n, encode)
 from gpt2accel.sim.host.matmul_layout import pack_params, pack_w
@@ -128,7 +129,11 @@ class _Compiler:
         need(1 <= max_tokens <= e.max_m, f"max_tokens {max_tokens} exceeds max_m {e.max_m}")
         need(self.n_pos <= cfg.max_seq, f"n_positions {self.n_pos} exceeds max_seq {cfg.max_seq}")
         self.rb = qmodel.resid_bits
-        need(self.rb <= 8 * RESID_BYTES, f"resid_bits {self.rb} exceeds the int16 residual rows")
+        # RESADD and REQUANT saturate where the machine was built to: a model quantised
+        # to another residual width would run, and differ from the golden model
+        built_rb = MachineConfig.of(cfg).resid_bits
+        need(self.rb == built_rb, f"model resid_bits {self.rb} != the machine's resid_bits "
+             f"{built_rb} (build the machine from the model: `machine_config`)")
         self.lins = {}
         for i in self.layers:
             blk = qmodel.blocks[i]

@@ -26,8 +26,8 @@ import time
 import numpy as np
 
 from gpt2accel.model import progress
-from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
+from gpt2accel.rtl.machine_config import MachineConfig, machine_ops
 from gpt2accel.rtl.isa import BETA_BYTES, Error, Op
 from gpt2accel.sim.host.backends import make_backend
 from gpt2accel.sim.host.compiler import CompileError, ModelCompiler
@@ -86,9 +86,8 @@ class PysimBackend(Backend):
     """Amaranth's simulator. `vcd`: write each run's waveform (run i -> FILE, FILE.1, ...)."""
     name = "pysim"
 
-    def __init__(self, vcd=None, ops=None):
-        # ops: the opcodes the simulated machine builds (`Machine(ops=...)`)
-        self.vcd, self.runs, self.ops = vcd, 0, ops
+    def __init__(self, vcd=None):
+        self.vcd, self.runs = vcd, 0
         self.status = {}          # the running program's icount and cycles (machine_sim)
 
     def open(self, cfg, mem_words):
@@ -109,7 +108,7 @@ class PysimBackend(Backend):
             kw["vcd"] = self.vcd if self.runs == 0 else f"{self.vcd}.{self.runs}"
         self.status = {}
         self.mem, (res,) = run_programs(self.cfg, [program], self.mem, timeout=50_000_000,
-                                        ops=self.ops, status=self.status, **kw)
+                                        status=self.status, **kw)
         self.runs += 1
         return res
 
@@ -183,34 +182,56 @@ def array_error(cols):
     return None
 
 
-def machine_config(qmodel, rows=8, cols=8, max_tokens=8, addr_bits=None):
-    """The smallest machine of `rows` x `cols` this model's shapes need: matmul limits
-    from n_embd and the vocabulary, `max_tokens` rows per program (at least `rows`, the
-    attention's row block; longer prompts are prefilled in chunks), one head's d_head,
-    the model's tile and context, softmax/normaliser lanes as wide (up to 2) as the
-    memory word allows.
+def machine_config(qmodel, rows=8, cols=8, max_tokens=8, addr_bits=None, *, ops=None,
+                   mem_bytes=None):
+    """The smallest machine of `rows` x `cols` this model needs (a `MachineConfig`): the
+    one function from a model to a machine, for the driver, the CLI and the board presets.
+
+    The whole machine (`ops` None): matmul limits from n_embd and the vocabulary,
+    `max_tokens` rows per program (at least `rows`, the attention's row block; longer
+    prompts are prefilled in chunks), one head's d_head, the model's tile, context and
+    residual width, softmax/normaliser lanes as wide (up to 2) as the memory word allows.
+    `ops` = MATMUL alone: the co-processor that offloads the linear layers
+    (`offload.OffloadDriver`): K and N up to 4*n_embd, the attention fields at their
+    smallest (unused by it; the ISA's field widths still follow them). `mem_bytes`: the
+    memory word (None: 2*cols).
 
     `addr_bits`: the word-address width; None sizes it from the model's memory map
-    (weights, buffers, KV caches: `ModelCompiler`'s, computed without packing anything),
-    at least `MIN_ADDR_BITS`. An explicit width too narrow for the map raises
-    `MachineSizeError` naming the width needed; shapes the array cannot hold raise
-    `CompileError` / `ConfigError` (both ValueErrors); see also `array_error`."""
+    (weights, buffers, KV caches: `ModelCompiler`'s, computed without packing anything;
+    for the offload, its weights and buffers), at least `MIN_ADDR_BITS`. An explicit
+    width too narrow for the map raises `MachineSizeError` naming the width needed;
+    shapes the array cannot hold raise `CompileError` / `ConfigError` (both ValueErrors);
+    see also `array_error`."""
     mc = qmodel.config
     max_tokens = max(max_tokens, rows)
     d_head = mc.n_embd // mc.n_head
+    offload = ops is not None and machine_ops(ops) == (Op.MATMUL, Op.HALT)
 
     def config(bits):
+        machine = {"resid_bits": qmodel.resid_bits, "ops": ops}
+        if offload:
+            engine = EngineConfig(rows=rows, cols=cols, max_k=4 * mc.n_embd, max_m=max_tokens,
+                                  max_n=4 * mc.n_embd, addr_bits=bits, mem_bytes=mem_bytes)
+            return MachineConfig(engine=engine, tile=2, lanes=1, norm_lanes=1,
+                                 max_d_head=d_head, max_seq=mc.n_positions, **machine)
         engine = EngineConfig(rows=rows, cols=cols, max_k=4 * mc.n_embd, max_m=max_tokens,
-                              max_n=max(4 * mc.n_embd, mc.vocab_size), addr_bits=bits)
+                              max_n=max(4 * mc.n_embd, mc.vocab_size), addr_bits=bits,
+                              mem_bytes=mem_bytes)
         per_word = engine.mem_bytes // 4
-        return AttentionConfig(
+        return MachineConfig(
             engine=engine, tile=qmodel.tile, frac_bits=qmodel.frac_bits,
             lanes=_lanes(qmodel.tile, per_word), norm_lanes=_lanes(d_head, per_word, d_head),
-            max_d_head=d_head, max_seq=mc.n_positions)
+            max_d_head=d_head, max_seq=mc.n_positions, **machine)
+
+    def map_words(cfg):
+        if offload:
+            from gpt2accel.sim.host.offload import offload_words
+            return offload_words(cfg, qmodel)
+        return ModelCompiler(cfg, qmodel, cfg.engine.max_m, None).end
 
     # the memory map does not depend on the address width: size it at the widest
     cfg = config(addr_bits if addr_bits is not None else 48)
-    words = ModelCompiler(cfg, qmodel, cfg.engine.max_m, None).end
+    words = map_words(cfg)
     need_bits = _need_bits(words)
     if addr_bits is None:
         return config(max(MIN_ADDR_BITS, need_bits))

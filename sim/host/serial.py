@@ -181,13 +181,13 @@ class SerialBackend(Backend):
     `timeout_s`: how long a reply may take beyond `WIRE_MARGIN` times the time
     its request and reply need on the wire; `run_timeout_s`: how long one program may
     run (EXEC replies wait for the machine to take the words, STATUS polls
-    for ``busy`` to clear). `resid_bits` and `ops` (the opcodes the bitstream's
-    machine builds, `Machine(ops=...)`): the bitstream's, for `config_id`.
+    for ``busy`` to clear). The device must have been built for the `MachineConfig`
+    given to `open` (its `config_id`, residual width and opcodes included).
     """
     name = "serial"
 
-    def __init__(self, link, *, resid_bits=16, ops=None, timeout_s=1.0, run_timeout_s=60.0):
-        self.link, self.resid_bits, self.ops = link, resid_bits, ops
+    def __init__(self, link, *, timeout_s=1.0, run_timeout_s=60.0):
+        self.link = link
         self.timeout_s, self.run_timeout_s = timeout_s, run_timeout_s
         self.ident = None
         self.bytes_out = self.bytes_in = 0     # whole frames, both directions
@@ -283,7 +283,7 @@ class SerialBackend(Backend):
         words of memory (`DeviceMismatch` otherwise), RESET its machine."""
         ident = self.identify()
         e = cfg.engine
-        want_id = P.config_id(cfg, self.resid_bits, self.ops)
+        want_id = P.config_id(cfg)
         if ident.mem_bytes != e.mem_bytes:
             raise DeviceMismatch(f"the device's memory words are {ident.mem_bytes} bytes, the "
                                  f"program's {e.mem_bytes} (device: {ident.describe()})")

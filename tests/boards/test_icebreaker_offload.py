@@ -17,6 +17,7 @@ import pytest
 from gpt2accel.boards.presets import BoardMachine, get_preset
 from gpt2accel.model.gpt2 import KVCache
 from gpt2accel.rtl.isa import Error, Op, encode
+from gpt2accel.rtl.machine_config import MachineConfig
 from gpt2accel.sim.fast import FastBackendUnavailable
 from gpt2accel.sim.host.offload import OffloadDriver
 from gpt2accel.sim.host.serial import DeviceMismatch, SerialBackend
@@ -30,8 +31,7 @@ def icebreaker():
     board = BoardMachine(get_preset("icebreaker"))
     p = board.preset
     try:
-        link = FastLink(board.cfg, mem_words=board.mem_words, ops=list(p.ops),
-                        storage=p.storage, resid_bits=board.q.resid_bits)
+        link = FastLink(board.cfg, mem_words=board.mem_words, storage=p.storage)
     except FastBackendUnavailable as exc:
         pytest.skip(f"fast backend unavailable: {exc}")
     yield board, link
@@ -41,8 +41,7 @@ def icebreaker():
 def test_icebreaker_top_generates_bit_exact(icebreaker):
     board, link = icebreaker
     q, cfg = board.q, board.cfg
-    backend = SerialBackend(link, resid_bits=q.resid_bits, ops=list(board.preset.ops),
-                            run_timeout_s=600.0)
+    backend = SerialBackend(link, run_timeout_s=600.0)
     drv = OffloadDriver(q, cfg, backend, mem_words=board.mem_words)
     t0 = time.perf_counter()
     drv.load()
@@ -67,4 +66,4 @@ def test_icebreaker_top_generates_bit_exact(icebreaker):
 def test_whole_machine_host_is_refused(icebreaker):
     board, link = icebreaker
     with pytest.raises(DeviceMismatch, match="another machine"):
-        SerialBackend(link, resid_bits=board.q.resid_bits).open(board.cfg, board.mem_words)
+        SerialBackend(link).open(MachineConfig.of(board.cfg, ops=None), board.mem_words)

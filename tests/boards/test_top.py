@@ -88,7 +88,7 @@ def test_ping_write_read_through_uart_pins(seed):
 
     async def body(ctx):
         assert await host.request(ctx, P.Req.PING) == (REPLY(P.Req.PING), identity_bytes(
-            CFG, mem_words=WORDS, max_payload=MAX_PAYLOAD, resid_bits=16))
+            CFG, mem_words=WORDS, max_payload=MAX_PAYLOAD))
         assert await host.request(ctx, P.Req.WRITE, struct.pack("<I", addr) + words.tobytes()) \
             == (REPLY(P.Req.WRITE), b"")
         assert await host.request(ctx, P.Req.READ, struct.pack("<IH", addr, 3)) \
@@ -236,12 +236,18 @@ def test_exec_matmul_illegal_and_reset_through_bridge(seed):
 
 
 def test_identity_fingerprints_the_machine_built():
-    """PING's config_id follows the machine's opcode subset (Machine(..., ops=...))."""
-    full = BoardCore(CFG, mem_words=WORDS, timeout_cycles=100)
-    sub = BoardCore(CFG, mem_words=WORDS, timeout_cycles=100, ops=("MATMUL",))
-    ids = [struct.unpack(P.IDENTITY_FORMAT, c.bridge.identity)[5] for c in (full, sub)]
-    assert ids == [P.config_id(CFG, 16), P.config_id(CFG, 16, ("MATMUL",))]
-    assert ids[0] != ids[1]
-    for c in (full, sub):               # only the identity is looked at: never elaborated
+    """PING's config_id follows the machine's opcode subset and residual width
+    (`MachineConfig`), and an AttentionConfig is the machine with the defaults."""
+    from gpt2accel.rtl.machine_config import MachineConfig
+    cfgs = [CFG, MachineConfig.of(CFG, ops=("MATMUL",)), MachineConfig.of(CFG, resid_bits=12)]
+    cores = [BoardCore(c, mem_words=WORDS, timeout_cycles=100) for c in cfgs]
+    ids = [struct.unpack(P.IDENTITY_FORMAT, c.bridge.identity)[5] for c in cores]
+    assert ids == [P.config_id(c) for c in cfgs]
+    assert P.config_id(MachineConfig.of(CFG)) == ids[0]
+    assert len(set(ids)) == 3
+    # a bitstream keeps the fingerprint it had when these were loose Machine arguments
+    import zlib
+    assert ids[1] == zlib.crc32(repr((CFG, 16, ("MATMUL", "HALT"))).encode())
+    for c in cores:                     # only the identity is looked at: never elaborated
         for part in (c, c.bridge, c.memory, c.machine):
             part._MustUse__silence = True

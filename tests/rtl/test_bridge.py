@@ -112,7 +112,7 @@ def test_ping_status_and_random_write_read(seed):
     async def body(ctx, host, br, state):
         assert await host.request(ctx, P.Req.PING) == (
             P.Req.PING | P.REPLY,
-            identity_bytes(CFG, mem_words=WORDS, max_payload=MAX_PAYLOAD, resid_bits=16))
+            identity_bytes(CFG, mem_words=WORDS, max_payload=MAX_PAYLOAD))
         magic, ver, mb, lg, words, cid, rows, cols = struct.unpack(
             P.IDENTITY_FORMAT, (await host.request(ctx, P.Req.PING))[1])
         assert (magic, ver, mb, 1 << lg, words, cid, rows, cols) == (
@@ -210,7 +210,7 @@ def test_every_fault_then_ping(seed):
     rng = random.Random(seed + 2)
     model = np.zeros((WORDS, MB), np.uint8)
     ident = (P.Req.PING | P.REPLY,
-             identity_bytes(CFG, mem_words=WORDS, max_payload=MAX_PAYLOAD, resid_bits=16))
+             identity_bytes(CFG, mem_words=WORDS, max_payload=MAX_PAYLOAD))
 
     async def body(ctx, host, br, state):
         per = MAX_PAYLOAD // MB - 1
@@ -293,7 +293,7 @@ def test_fuzz_corrupt_frames_never_wedge_or_modify(seed, rounds):
     rng = random.Random(seed + 3)
     model = np.zeros((WORDS, MB), np.uint8)
     ident = (P.Req.PING | P.REPLY,
-             identity_bytes(CFG, mem_words=WORDS, max_payload=MAX_PAYLOAD, resid_bits=16))
+             identity_bytes(CFG, mem_words=WORDS, max_payload=MAX_PAYLOAD))
 
     def valid_request():
         n = rng.randint(1, 4)
@@ -502,7 +502,7 @@ def test_timeout_boundary(seed):
     cycle is a TIMEOUT."""
     rng = random.Random(seed + 5)
     ident = (P.Req.PING | P.REPLY,
-             identity_bytes(CFG, mem_words=WORDS, max_payload=MAX_PAYLOAD, resid_bits=16))
+             identity_bytes(CFG, mem_words=WORDS, max_payload=MAX_PAYLOAD))
 
     async def body(ctx, host, br, state):
         frame = P.frame(P.Req.PING)

@@ -137,7 +137,7 @@ def test_machine_with_an_opcode_subset(seed):
     """A MATMUL-only machine (a bare MatmulEngine) runs MATMUL exactly as the whole machine
     does; the opcodes it lacks are illegal and leave memory untouched."""
     from gpt2accel.rtl.config import ConfigError
-    from gpt2accel.rtl.machine import machine_ops
+    from gpt2accel.rtl.machine_config import MachineConfig, machine_ops
     qm, rng = _model(seed)
     comp = BlockCompiler(CFG, qm, 0, max_tokens=8, mem_words=4096)
     ops = comp.ops(2, 0)
@@ -148,8 +148,8 @@ def test_machine_with_an_opcode_subset(seed):
     image = comp.image()
     programs = [[mm_word, halt], [at_word, mm_word, halt]]
     full, full_res = run_programs(CFG, programs[:1], image, seed=seed, stall=0.2, jitter=2)
-    part, res = run_programs(CFG, programs, image, seed=seed, stall=0.2, jitter=2,
-                             ops=["matmul"])
+    part, res = run_programs(MachineConfig.of(CFG, ops=("matmul",)), programs, image,
+                             seed=seed, stall=0.2, jitter=2)
     assert [r["error"] for r in res] == [Error.NONE, Error.OPCODE], f"GPT2ACCEL_SEED={seed}"
     assert np.array_equal(part, full), f"GPT2ACCEL_SEED={seed}"
     assert res[0]["cycles"] == full_res[0]["cycles"]

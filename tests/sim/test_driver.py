@@ -176,18 +176,37 @@ def big():
 def test_existing_configs_are_unchanged(qm):
     """Sizing from the model keeps every config that fitted 16 address bits, and 2 lanes
     where the word allows them: the same machine, cycles and Verilator build as before."""
-    from gpt2accel.rtl.attention_config import AttentionConfig
     from gpt2accel.rtl.config import EngineConfig
+    from gpt2accel.rtl.machine_config import MachineConfig
     from gpt2accel.sim.cli import resolve_model_dir
     tiny = Q.QuantGPT2.load(resolve_model_dir("tiny") / Q.QUANT_FILENAME)
     mc = tiny.config
-    assert machine_config(tiny, 8, 8) == AttentionConfig(
+    assert machine_config(tiny, 8, 8) == MachineConfig(
         engine=EngineConfig(rows=8, cols=8, max_k=4 * mc.n_embd, max_m=8,
                             max_n=max(4 * mc.n_embd, mc.vocab_size), addr_bits=16),
         tile=tiny.tile, frac_bits=tiny.frac_bits, lanes=2, norm_lanes=2,
-        max_d_head=mc.n_embd // mc.n_head, max_seq=mc.n_positions)
+        max_d_head=mc.n_embd // mc.n_head, max_seq=mc.n_positions, resid_bits=tiny.resid_bits)
     cfg = machine_config(qm, 4, 4)
     assert (cfg.engine.addr_bits, cfg.lanes, cfg.norm_lanes) == (16, 2, 2)
+
+
+def test_the_residual_width_is_the_models(qm):
+    """A model quantised to a narrower residual stream runs bit-exact on the machine built
+    from it (RESADD and REQUANT saturate at 12 bits), and a 16-bit machine refuses it
+    rather than saturate elsewhere than the golden model."""
+    from dataclasses import replace
+    rng = np.random.default_rng(11)
+    fm = random_gpt2(seed=11, vocab_size=VOCAB, n_positions=NPOS, n_embd=E, n_layer=1,
+                     n_head=H)
+    q12 = Q.QuantGPT2.from_float(fm, [rng.integers(0, VOCAB, NPOS) for _ in range(2)],
+                                 tile=4, resid_bits=12, logit_bits=12)
+    cfg = machine_config(q12, 4, 4, max_tokens=4)
+    assert cfg.resid_bits == 12
+    ids = [5, 9, 2]
+    np.testing.assert_array_equal(Driver(q12, cfg, "pysim").load().prefill(ids),
+                                  q12.forward(np.array(ids)))
+    with pytest.raises(CompileError, match="model resid_bits 12 != the machine's resid_bits 16"):
+        Driver(q12, replace(cfg, resid_bits=16), "pysim")
 
 
 def test_machine_is_sized_from_the_model(big):

@@ -198,13 +198,18 @@ def test_missing_verilator_is_reported(monkeypatch):
         fast_build._check_cxx()
 
 
-def test_cache_key_follows_config_and_table():
-    """A different config or GELU table must not load another model's library."""
+def test_cache_key_follows_the_machine_config():
+    """A different config (engines' fields or the machine's: residual width, opcodes, exp2
+    table) must not load another machine's library; the same machine given as an
+    AttentionConfig or as its MachineConfig loads the same one."""
     from dataclasses import replace
-    base = fast_build._model_key(CFG, None)
-    assert fast_build._model_key(CFG, None) == base
-    assert fast_build._model_key(replace(CFG, max_seq=2 * NPOS), None) != base
-    assert fast_build._model_key(CFG, list(range(256))) != base
+    from gpt2accel.rtl.machine_config import MachineConfig
+    base = fast_build._model_key(CFG)
+    assert fast_build._model_key(MachineConfig.of(CFG)) == base
+    assert fast_build._model_key(replace(CFG, max_seq=2 * NPOS)) != base
+    for machine in ({"resid_bits": 12}, {"ops": ("matmul",)},
+                    {"exp2_table": [255] * (1 << CFG.frac_bits)}):
+        assert fast_build._model_key(MachineConfig.of(CFG, **machine)) != base, machine
 
 
 @pytest.mark.slow
@@ -221,7 +226,7 @@ def test_bench_sim_runs(fast):
 def test_cache_key_covers_every_module_the_rtl_imports():
     """A change to any gpt2accel module the Machine is built from must change the key."""
     import gpt2accel.rtl.machine  # noqa: F401
-    key = set(fast_build._model_key(CFG, None))
+    key = set(fast_build._model_key(CFG))
     for name, mod in list(sys.modules.items()):
         if name.startswith(("gpt2accel.rtl", "gpt2accel.model")) and getattr(mod, "__file__", None):
             pkg = name if Path(mod.__file__).name == "__init__.py" else name.rpartition(".")[0]

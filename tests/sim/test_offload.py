@@ -7,6 +7,7 @@ from gpt2accel.model import quant as Q
 from gpt2accel.model.synthetic import random_gpt2
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
+from gpt2accel.rtl.machine_config import MachineConfig
 from gpt2accel.sim.host.driver import PysimBackend
 from gpt2accel.sim.host.offload import OffloadDriver, offload_words
 
@@ -28,7 +29,7 @@ def _model(seed):
 
 def test_offload_generates_bit_exact_on_a_matmul_only_machine(seed):
     qm, rng = _model(seed)
-    drv = OffloadDriver(qm, CFG, PysimBackend(ops=["matmul"]))
+    drv = OffloadDriver(qm, MachineConfig.of(CFG, ops=("matmul",)), PysimBackend())
     prompt = rng.integers(0, VOCAB, 5).tolist()        # 5 rows > max_m=4: chunked
     got = [drv.prefill(prompt)]
     nxt = int(np.argmax(got[0][-1]))
