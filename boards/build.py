@@ -40,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+from gpt2accel.sim.synth.verilog import find_tool
+
 from .presets import PresetError, get_preset
 
 __all__ = ["TOOLS", "REPORT_KEYS", "BuildError", "DesignError", "ToolError", "build_board",
@@ -100,7 +102,9 @@ def toolchain_env(family):
     need = ["YOSYS"] + (["NEXTPNR_ECP5", "ECPPACK"] if family == "ecp5"
                         else ["NEXTPNR_ICE40", "ICEPACK"])
     for var in need:
-        env.setdefault(var, TOOLS[var])
+        if var not in env:
+            # beside the interpreter when not on PATH: Amaranth's script runs it as given
+            env[var] = find_tool(TOOLS[var]) or TOOLS[var]
         if shutil.which(env[var]) is None:
             raise ToolError(f"{env[var]} not found on PATH: pip install {PACKAGES[var]} "
                             f"(or pip install 'gpt2-accel[boards]' for all of them)")

@@ -22,6 +22,7 @@ from gpt2accel.boards import build as B
 from gpt2accel.boards import presets as P
 from gpt2accel.boards.dfu import add_suffix_cli, dfu_suffix
 from gpt2accel.boards.pll import PLLError, ecp5_pll, ice40_pll
+from gpt2accel.sim.synth import verilog as V
 from gpt2accel.sim.cli import main
 
 DATA = Path(__file__).parent / "data"
@@ -38,6 +39,8 @@ def tools_path(tmp_path, monkeypatch):
     bin_dir.mkdir()
     (bin_dir / "sh").symlink_to(sh)
     monkeypatch.setenv("PATH", str(bin_dir))
+    # the tools beside the interpreter are found too (an unactivated venv): hide them
+    monkeypatch.setattr(V, "interpreter_scripts", lambda: bin_dir)
     for var in B.TOOLS:
         monkeypatch.delenv(var, raising=False)
 
