@@ -39,7 +39,7 @@ import concurrent.futures
 import io
 import json
 import os
-import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -115,8 +115,13 @@ def build_point(point, out_dir, cached=None):
     its file system. Never raises: a point that cannot be built says why."""
     from gpt2accel.boards.build import REPORT_FILE, BuildError, _Progress, build_board
     out = Path(out_dir)
-    if cached and not (out / REPORT_FILE).exists():
+    try:
         out.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        # a worker on another machine, where the client's path cannot be made
+        out = Path(tempfile.gettempdir()) / "gpt2accel-sweep" / point.name
+        out.mkdir(parents=True, exist_ok=True)
+    if cached and not (out / REPORT_FILE).exists():
         (out / REPORT_FILE).write_text(json.dumps(cached, indent=1) + "\n")
     log = io.StringIO()
     res = {"status": "ok", "error": None, "report": None}
@@ -133,6 +138,7 @@ def build_point(point, out_dir, cached=None):
     except Exception as e:        # noqa: BLE001 -- one point's failure is its row
         res.update(status="error", error=f"{type(e).__name__}: {e}")
     res["log"] = log.getvalue()
+    res["reused"] = "reused the " in res["log"]
     return res
 
 
@@ -176,7 +182,8 @@ def _row(point, res, project):
     """The table row of a built (or refused) point."""
     rep = res.get("report") or {}
     row = {"point": point.name, **asdict(point), "target_mhz": point.clk_hz / 1e6,
-           "status": res["status"], "error": res.get("error")}
+           "status": res["status"], "error": res.get("error"),
+           "reused": bool(res.get("reused"))}
     for key in ("lut", "ff", "dsp", "bram", "spram", "fmax_mhz", "timing_met", "build_s",
                 "design_sha256", "source", "machine", "utilisation_pct"):
         row[key] = rep.get(key)
@@ -394,7 +401,8 @@ def format_text(result):
              f"{'BRAM':>4} {'Fmax':>6} {'met':>3} {'GOPS':>5} {'prefill':>8} {'decode':>8} "
              f"{'uJ/tok':>7} {'build':>6}  status"]
     for r in result["points"]:
-        status = r["status"] + (f": {r['error']}" if r.get("error") else "")
+        status = (r["status"] + (" (cached)" if r.get("reused") else "")
+                  + (f": {r['error']}" if r.get("error") else ""))
         met = "-" if r.get("timing_met") is None else ("yes" if r["timing_met"] else "no")
         lines.append(
             f"{r['board']:15} {r['rows']}x{r['cols']:<3} {r['target_mhz']:6g} "
@@ -409,7 +417,7 @@ def format_text(result):
                  f"Fmax); prefill, decode: tokens/s of the {result['model']} model (exact "
                  f"cycle model) at that clock; uJ/tok: a decode token's estimated energy "
                  f"(parameters in block RAM; {result['energy_source']}); build: wall "
-                 f"seconds of the build (0 when reused)")
+                 f"seconds of the point's build (cached: of the build that made it)")
     for path in result.get("plots", []):
         lines.append(f"plot: {path}")
     return "\n".join(lines)
