@@ -36,7 +36,6 @@ a token, from the build's report; their prefill and energy are not
 estimated.
 """
 import concurrent.futures
-import io
 import json
 import os
 import tempfile
@@ -53,6 +52,10 @@ __all__ = ["Point", "parse_points", "build_point", "sweep", "add_arguments", "co
 BAD = "bad combination"
 #: what the sweep leaves beside the points' directories
 SWEEP_FILE = "sweep.json"
+#: each point's build log, in its directory
+LOG_FILE = "sweep.log"
+#: seconds between the lines that show the latest phase of the builds while none ends
+HEARTBEAT_S = 60
 
 
 @dataclass(frozen=True)
@@ -123,10 +126,11 @@ def build_point(point, out_dir, cached=None):
         out.mkdir(parents=True, exist_ok=True)
     if cached and not (out / REPORT_FILE).exists():
         (out / REPORT_FILE).write_text(json.dumps(cached, indent=1) + "\n")
-    log = io.StringIO()
     res = {"status": "ok", "error": None, "report": None}
+    # the phase lines go to a file as they come: the client shows the latest while it waits
+    log_path = out / LOG_FILE
     try:
-        with progress.quiet():
+        with progress.quiet(), open(log_path, "w") as log:
             res["report"] = build_board(point.board, out, rows=point.rows, cols=point.cols,
                                         clk_hz=point.clk_hz, reuse="result",
                                         progress=_Progress(out=log))
@@ -137,7 +141,7 @@ def build_point(point, out_dir, cached=None):
         res.update(status=BAD, error=str(e))
     except Exception as e:        # noqa: BLE001 -- one point's failure is its row
         res.update(status="error", error=f"{type(e).__name__}: {e}")
-    res["log"] = log.getvalue()
+    res["log"] = log_path.read_text(errors="replace") if log_path.exists() else ""
     res["reused"] = "reused the " in res["log"]
     return res
 
@@ -224,8 +228,10 @@ class _LocalPool:
     def submit(self, *args):
         return self.ex.submit(build_point, *args)
 
-    def as_completed(self, futures):
-        return concurrent.futures.as_completed(futures)
+    def wait(self, futures, timeout):
+        """(done, not done) once one is done or after `timeout` seconds."""
+        return concurrent.futures.wait(futures, timeout,
+                                       return_when=concurrent.futures.FIRST_COMPLETED)
 
     def close(self, cancel=False):
         self.ex.shutdown(wait=not cancel, cancel_futures=cancel)
@@ -249,9 +255,13 @@ class _DaskPool:
         # pure=False: a rebuilt source tree must build again, whatever the arguments
         return self.client.submit(build_point, *args, pure=False)
 
-    def as_completed(self, futures):
-        from distributed import as_completed
-        return as_completed(futures)
+    def wait(self, futures, timeout):
+        from distributed import wait
+        try:
+            done, pending = wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            return set(), set(futures)
+        return set(done), set(pending)
 
     def close(self, cancel=False):
         self.client.close()
@@ -292,16 +302,23 @@ def sweep(points, out, *, model="tiny", jobs=None, scheduler=None):
         bar = progress.bar(None, "sweep", total=len(todo), unit="points", start=t0)
         cancel = True
         try:
-            for fut in pool.as_completed(list(futures)):
-                p = futures[fut]
-                try:
-                    res = fut.result()
-                except Exception as e:      # noqa: BLE001 -- a lost worker: the point's row
-                    res = {"status": "error", "error": f"{type(e).__name__}: {e}",
-                           "report": None, "log": ""}
-                results[p] = res
-                _keep(out / p.name, res)
-                bar.update(extra=f"{p.name}: {_short(res)}")
+            pending = set(futures)
+            while pending:
+                done, pending = pool.wait(pending, HEARTBEAT_S)
+                for fut in done:
+                    p = futures[fut]
+                    try:
+                        res = fut.result()
+                    except Exception as e:   # noqa: BLE001 -- a lost worker: the point's row
+                        res = {"status": "error", "error": f"{type(e).__name__}: {e}",
+                               "report": None, "log": ""}
+                    results[p] = res
+                    _keep(out / p.name, res)
+                    bar.update(extra=f"{p.name}: {_short(res)}")
+                if not done:
+                    latest = _latest_phase(out, [futures[f] for f in pending])
+                    if latest:
+                        bar.update(bar.n, extra=latest)
             cancel = False
         finally:
             bar.close()
@@ -314,6 +331,18 @@ def sweep(points, out, *, model="tiny", jobs=None, scheduler=None):
     return result
 
 
+def _latest_phase(out, points):
+    """The last line of the most recently written build log among `points` (those that a
+    worker sharing this file system is building)."""
+    logs = [(out / p.name / LOG_FILE, p) for p in points]
+    logs = [(path.stat().st_mtime, path, p) for path, p in logs if path.is_file()]
+    if not logs:
+        return None
+    _, path, p = max(logs, key=lambda x: x[0])
+    lines = path.read_text(errors="replace").splitlines()
+    return f"{p.name}: {lines[-1].strip()}" if lines else None
+
+
 def _energy_source():
     from gpt2accel.sim.bench.energy import SOURCE
     return SOURCE
@@ -323,7 +352,7 @@ def _keep(point_dir, res):
     """The log (and report) a worker sent back, in the point's directory on the client."""
     from gpt2accel.boards.build import REPORT_FILE
     point_dir.mkdir(parents=True, exist_ok=True)
-    (point_dir / "sweep.log").write_text(res.get("log") or "")
+    (point_dir / LOG_FILE).write_text(res.get("log") or "")
     if res.get("report"):
         (point_dir / REPORT_FILE).write_text(json.dumps(res["report"], indent=1) + "\n")
 

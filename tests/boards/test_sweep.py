@@ -11,6 +11,7 @@ appends each directory it runs in to $SWEEP_TOOL_LOG.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -81,10 +82,14 @@ def test_bad_input_is_one_line_and_status_2_before_any_build(standins, tmp_path,
 
 
 def test_every_kind_of_point_is_a_row_and_a_second_sweep_builds_nothing(standins, tmp_path,
-                                                                        capsys):
+                                                                        capsys, monkeypatch):
     """Built and met, missed timing, does not fit, refused before the tools: one row each,
-    figures where the tools gave them; run again, every point comes from the cache (the
-    same design hash), the failed ones too, and the rows are the same."""
+    figures where the tools gave them; while no build ends, the latest phase line of the
+    builds shows; run again, every point comes from the cache (the same design hash), the
+    failed ones too, and the rows are the same."""
+    from gpt2accel.model import progress
+    monkeypatch.setattr(S, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0)
     out = tmp_path / "out"
     argv = ["sweep", "--boards", "icebreaker", "--arrays", "2x1,2x2,4x4", "--clocks", "12,30",
             "--out", str(out), "--jobs", "2", "--json"]
@@ -112,6 +117,8 @@ def test_every_kind_of_point_is_a_row_and_a_second_sweep_builds_nothing(standins
     assert sorted(_runs(standins)) == sorted(f"icebreaker-{a}-{c}MHz" for a in ("2x1", "2x2")
                                              for c in (12, 30))
     assert "[sweep 4/4 points" in err
+    assert re.search(r"\[sweep [0-3]/4 points, .*, icebreaker-2x[12]-(12|30)MHz: \[ *[\d.]+ s\] "
+                     r"(elaborate|board|synth|place)", err), err
     assert "place and route" in (out / ok["point"] / "sweep.log").read_text()
     assert json.loads((out / S.SWEEP_FILE).read_text())["points"] == list(rows.values())
 
