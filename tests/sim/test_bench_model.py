@@ -86,3 +86,24 @@ def test_energy_and_cycles_by_instruction_kind():
     assert cases["prefill"]["energy_per_token_uj"] < cases["decode"]["energy_per_token_uj"]
     with pytest.raises(ValueError, match="placement 'disk'"):
         E.energy({}, "disk")
+
+
+def test_plots_roofline_and_breakdown(tmp_path, capsys):
+    """`bench model --plot DIR`: a roofline and a breakdown per model as PNG and SVG,
+    named in the report; a DIR that is a file is refused before any work."""
+    from gpt2accel.sim.cli import main
+    out = tmp_path / "plots"
+    assert main(["bench", "model", "--models", "tiny", "--arrays", "4x4,8x8,16x16",
+                 "--plot", str(out)]) == 0
+    text = capsys.readouterr().out
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["breakdown-tiny.png", "breakdown-tiny.svg", "roofline-tiny.png",
+                     "roofline-tiny.svg"]
+    for name in names:
+        assert f"plot: {out / name}" in text
+        data = (out / name).read_bytes()
+        assert data.startswith(b"\x89PNG") if name.endswith(".png") else b"<svg" in data[:600]
+    (tmp_path / "file").write_text("")
+    assert main(["bench", "model", "--models", "tiny", "--plot", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"gpt2accel: error: --plot {tmp_path / 'file'}: not a directory"]
