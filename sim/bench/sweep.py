@@ -135,8 +135,14 @@ def build_point(point, out_dir, cached=None):
                                         clk_hz=point.clk_hz, reuse="result",
                                         progress=_Progress(out=log))
     except BuildError as e:
-        res.update(status=(e.report or {}).get("status") or "tool error", error=str(e),
-                   report=e.report)
+        status = (e.report or {}).get("status") or "tool error"
+        # the row already names the board and the status
+        error = str(e)
+        for prefix in (f"{point.board}: {status}: ", f"{point.board}: "):
+            if error.startswith(prefix):
+                error = error[len(prefix):]
+                break
+        res.update(status=status, error=error, report=e.report)
     except ValueError as e:       # a configuration the design itself refuses to elaborate
         res.update(status=BAD, error=str(e))
     except Exception as e:        # noqa: BLE001 -- one point's failure is its row
@@ -440,13 +446,16 @@ def format_text(result):
             f"{num(r.get('fmax_mhz'), '.1f'):>6} {met:>3} {num(r.get('gops'), '.2f'):>5} "
             f"{num(r.get('prefill_tokens_per_s'), ',.0f'):>8} "
             f"{num(r.get('decode_tokens_per_s'), ',.0f'):>8} "
-            f"{num(r.get('decode_energy_uj'), '.3f'):>7} {num(r.get('build_s'), '.0f'):>5}s"
+            f"{num(r.get('decode_energy_uj'), '.3f'):>7} "
+            f"{num(r.get('build_s'), '.0f') + ('s' if r.get('build_s') is not None else ''):>6}"
             f"  {status}")
     lines.append(f"target, Fmax: MHz; GOPS: 2 x rows x cols x the clock met (the target, else "
                  f"Fmax); prefill, decode: tokens/s of the {result['model']} model (exact "
                  f"cycle model) at that clock; uJ/tok: a decode token's estimated energy "
                  f"(parameters in block RAM; {result['energy_source']}); build: wall "
-                 f"seconds of the point's build (cached: of the build that made it)")
+                 f"seconds of the point's build (cached: of the build that made it). "
+                 f"MATMUL-only co-processors: decode is the device's share of a token (the "
+                 f"rest runs on the host), no prefill or energy figure")
     for path in result.get("plots", []):
         lines.append(f"plot: {path}")
     return "\n".join(lines)
