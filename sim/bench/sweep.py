@@ -36,12 +36,16 @@ a token, from the build's report; their prefill and energy are not
 estimated.
 """
 import concurrent.futures
+import gc
 import json
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from amaranth.hdl import UnusedElaboratable
 
 from gpt2accel.model import progress
 
@@ -116,7 +120,7 @@ def build_point(point, out_dir, cached=None):
     """Build one point (on a pool process or a Dask worker): {"status", "error", "report",
     "log"}. `cached`: the client's report of this point, for a worker that does not share
     its file system. Never raises: a point that cannot be built says why."""
-    from gpt2accel.boards.build import REPORT_FILE, BuildError, _Progress, build_board
+    from gpt2accel.boards.build import REPORT_FILE
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -127,6 +131,20 @@ def build_point(point, out_dir, cached=None):
     if cached and not (out / REPORT_FILE).exists():
         (out / REPORT_FILE).write_text(json.dumps(cached, indent=1) + "\n")
     res = {"status": "ok", "error": None, "report": None}
+    # the parts of a design that failed to elaborate are never elaborated: Amaranth would
+    # warn of each one on stderr when they are collected, a page for one refused point
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        _build(point, out, res)
+        gc.collect()
+    log_path = out / LOG_FILE
+    res["log"] = log_path.read_text(errors="replace") if log_path.exists() else ""
+    res["reused"] = "reused the " in res["log"]
+    return res
+
+
+def _build(point, out, res):
+    from gpt2accel.boards.build import BuildError, _Progress, build_board
     # the phase lines go to a file as they come: the client shows the latest while it waits
     log_path = out / LOG_FILE
     try:
@@ -147,9 +165,6 @@ def build_point(point, out_dir, cached=None):
         res.update(status=BAD, error=str(e))
     except Exception as e:        # noqa: BLE001 -- one point's failure is its row
         res.update(status="error", error=f"{type(e).__name__}: {e}")
-    res["log"] = log_path.read_text(errors="replace") if log_path.exists() else ""
-    res["reused"] = "reused the " in res["log"]
-    return res
 
 
 # ---------------------------------------------------------------- projections
