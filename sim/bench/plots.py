@@ -75,8 +75,11 @@ def sweep_plots(result, out_dir):
         for i, board in enumerate(boards):
             pts = [r for r in ok if r["board"] == board and r.get(key) is not None]
             colour = f"C{i}"
+            # a MATMUL-only co-processor's tokens/s is the device's share of a token
+            share = any(r.get("machine") not in (None, "whole") for r in pts)
             ax.scatter([r[key] for r in pts], [r["decode_tokens_per_s"] for r in pts],
-                       color=colour, label=board, zorder=3)
+                       color=colour, zorder=3,
+                       label=board + (" (MATMUL only: the device's share)" if share else ""))
             for r in pts:
                 ax.annotate(f"{r['rows']}x{r['cols']} {r['met_mhz']:g} MHz"
                             + ("" if r["timing_met"] else " (Fmax)"),
