@@ -277,10 +277,11 @@ class _DaskPool:
         return self.client.submit(build_point, *args, pure=False)
 
     def wait(self, futures, timeout):
+        import asyncio
         from distributed import wait
         try:
             done, pending = wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):    # distinct types before Python 3.11
             return set(), set(futures)
         return set(done), set(pending)
 

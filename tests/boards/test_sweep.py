@@ -168,10 +168,14 @@ def test_a_killed_sweep_resumes(standins, tmp_path):
     assert rows == {"icebreaker-2x1-12MHz": "ok", "icebreaker-2x1-30MHz": "timing failed"}
 
 
-def test_builds_run_as_tasks_on_a_dask_cluster(standins, tmp_path, capsys):
+def test_builds_run_as_tasks_on_a_dask_cluster(standins, tmp_path, capsys, monkeypatch):
     """A LocalCluster of two worker processes: the points are built there, their reports
-    and build logs come back to the client's directory."""
+    and build logs come back to the client's directory; while none ends, the latest phase
+    of the builds shows (the workers share the client's file system)."""
     import distributed
+    from gpt2accel.model import progress
+    monkeypatch.setattr(S, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0)
     out = tmp_path / "out"
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
@@ -182,6 +186,8 @@ def test_builds_run_as_tasks_on_a_dask_cluster(standins, tmp_path, capsys):
         workers = {w["id"] for w in cluster.scheduler_info["workers"].values()}
     assert len(workers) == 2
     assert "the Dask cluster at tcp://" in err and "(2 workers)" in err
+    assert re.search(r"\[sweep [01]/2 points, .*, icebreaker-2x[12]-12MHz: \[ *[\d.]+ s\] ",
+                     err), err
     rows = {r["point"]: r for r in json.loads(result)["points"]}
     assert rows["icebreaker-2x1-12MHz"]["status"] == "ok"
     assert rows["icebreaker-2x2-12MHz"]["status"] == "does not fit"
