@@ -40,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+from gpt2accel.sim.synth.verilog import find_tool
+
 from .presets import PresetError, get_preset
 
 __all__ = ["TOOLS", "REPORT_KEYS", "BuildError", "DesignError", "ToolError", "build_board",
@@ -100,7 +102,9 @@ def toolchain_env(family):
     need = ["YOSYS"] + (["NEXTPNR_ECP5", "ECPPACK"] if family == "ecp5"
                         else ["NEXTPNR_ICE40", "ICEPACK"])
     for var in need:
-        env.setdefault(var, TOOLS[var])
+        if var not in env:
+            # beside the interpreter when not on PATH: Amaranth's script runs it as given
+            env[var] = find_tool(TOOLS[var]) or TOOLS[var]
         if shutil.which(env[var]) is None:
             raise ToolError(f"{env[var]} not found on PATH: pip install {PACKAGES[var]} "
                             f"(or pip install 'gpt2-accel[boards]' for all of them)")
@@ -298,7 +302,9 @@ def build_board(board, out_dir, *, rows=None, cols=None, clk_hz=None, reuse=Fals
     """Build the bitstream of preset `board` (a name) into `out_dir`; returns the report
     (REPORT_KEYS plus details), also written to `out_dir`/gpt2accel_report.json.
     `reuse`: return the report already there when it is of the same design files
-    (`design_sha256`) and its bitstream exists, without running the tools.
+    (`design_sha256`) and its bitstream exists, without running the tools;
+    ``reuse="result"`` (a sweep's figures): also when the bitstream is elsewhere, and
+    raise the `DesignError` of a design that did not fit or missed timing again.
     Raises `PresetError` for a request that cannot be built, before any tool is looked
     for; `DesignError` when the design does not fit or misses timing, `ToolError` when a
     tool is missing or fails otherwise (the report, if any, is then in `.report`)."""
@@ -331,11 +337,17 @@ def build_board(board, out_dir, *, rows=None, cols=None, clk_hz=None, reuse=Fals
     plan = platform.prepare(top, name="top", **_options(family, preset))
     rep["design_sha256"] = design_hash(plan)
     previous = _read_report(out)
-    if reuse and previous and previous.get("design_sha256") == rep["design_sha256"] \
-            and previous.get("status") == "ok" and Path(previous["bitstream"]).exists():
-        progress.line(f"reused the finished build of the same design files: "
-                      f"{summary_line(previous)}")
-        return previous
+    if reuse and previous and previous.get("design_sha256") == rep["design_sha256"]:
+        if previous.get("status") == "ok" and (reuse == "result"
+                                               or Path(previous["bitstream"]).exists()):
+            progress.line(f"reused the finished build of the same design files: "
+                          f"{summary_line(previous)}")
+            return previous
+        # the same files through the same tools fail the same way
+        if reuse == "result" and previous.get("status") in ("timing failed", "does not fit"):
+            progress.line(f"reused the failed build of the same design files: "
+                          f"{previous['status']}")
+            raise DesignError(_design_error(board, previous), previous)
     for stale in ("report.json", "top.tim", "top.bit", "top.bin", REPORT_FILE):
         (out / stale).unlink(missing_ok=True)
     plan.extract(str(out))
@@ -350,8 +362,9 @@ def build_board(board, out_dir, *, rows=None, cols=None, clk_hz=None, reuse=Fals
             rep.update(phases=phases, build_s=round(time.monotonic() - t0, 1))
             _failed(rep, out, family, var, text, status)
             _write(out, rep)
-            error = DesignError if rep["status"] == "does not fit" else ToolError
-            raise error(f"{board}: {rep['status']}: {rep['error']}", rep)
+            if rep["status"] == "does not fit":
+                raise DesignError(_design_error(board, rep), rep)
+            raise ToolError(f"{board}: {rep['status']}: {rep['error']}", rep)
 
     rep.update(_results(machine, out, family), phases=phases,
                build_s=round(time.monotonic() - t0, 1))
@@ -359,11 +372,18 @@ def build_board(board, out_dir, *, rows=None, cols=None, clk_hz=None, reuse=Fals
     _write(out, rep)
     progress.line(f"done in {rep['build_s']:.0f} s: {summary_line(rep)}")
     if not rep["timing_met"]:
-        cp = rep["critical_path"] or {}
-        raise DesignError(f"{board}: timing failed: Fmax {rep['fmax_mhz']:.2f} MHz < target "
-                          f"{rep['target_mhz']:g} MHz (critical path {cp.get('from_source')} -> "
-                          f"{cp.get('to_source')})", rep)
+        raise DesignError(_design_error(board, rep), rep)
     return rep
+
+
+def _design_error(board, rep):
+    """The one-line message of a design that does not fit or misses timing."""
+    if rep["status"] == "does not fit":
+        return f"{board}: {rep['status']}: {rep['error']}"
+    cp = rep["critical_path"] or {}
+    return (f"{board}: timing failed: Fmax {rep['fmax_mhz']:.2f} MHz < target "
+            f"{rep['target_mhz']:g} MHz (critical path {cp.get('from_source')} -> "
+            f"{cp.get('to_source')})")
 
 
 def _failed(rep, out, family, var, output, status):

@@ -1,4 +1,4 @@
-"""The `gpt2accel` command line: demo, generate, bench, verilog, build."""
+"""The `gpt2accel` command line: demo, generate, bench, verilog, build, sweep."""
 import argparse
 import io
 import json
@@ -497,6 +497,13 @@ def cmd_build(args):
           f"report: {os.path.join(out, 'gpt2accel_report.json')}")
 
 
+def cmd_sweep(args):
+    """Boards x arrays x clocks (sim/bench/sweep.py): progress on stderr, the table on
+    stdout; a point that cannot be built is a row, bad options exit 2 before any build."""
+    from gpt2accel.sim.bench import sweep
+    sweep.command(args)
+
+
 #: `gpt2accel build`'s exit statuses (boards/build.py), shown by `build --help`
 BUILD_EXIT_STATUS = (
     (0, "built, and the design meets the preset's clock"),
@@ -644,6 +651,12 @@ def build_parser():
                         "the same design files (same RTLIL, constraints and script)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=cmd_build)
+
+    from gpt2accel.sim.bench import sweep
+    p = sub.add_parser("sweep", help=sweep.HELP,
+                       description=sweep.HELP)
+    sweep.add_arguments(p)
+    p.set_defaults(func=cmd_sweep)
 
     from gpt2accel.sim import formal
     p = sub.add_parser("formal", help=formal.HELP, description=formal.HELP)

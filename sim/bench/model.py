@@ -19,14 +19,16 @@ A configuration that cannot hold a model gives cases with null figures and
 the compiler's message (`--json`); the text report lists each such model and
 array once, as not supported, with the reason.
 """
+from dataclasses import asdict
+
 import numpy as np
 
 from gpt2accel.model import progress
 
-from gpt2accel.rtl.isa import Op
+from gpt2accel.sim.bench.energy import PLACEMENTS, SOURCE, TABLE, energy, op_events, program_events
 from gpt2accel.sim.host.compiler import CompileError, ModelCompiler
-from gpt2accel.sim.host.driver import machine_config, program_macs
-from gpt2accel.sim.cycles.program import program_cycles
+from gpt2accel.sim.host.driver import machine_config
+from gpt2accel.sim.cycles.program import PER_INSTRUCTION, program_cycles
 
 HELP = "whole-model cycles/token, utilisation and memory traffic (tiny, GPT-2 small)"
 
@@ -37,6 +39,10 @@ def add_arguments(parser):
     parser.add_argument("--models", default="tiny,gpt2-small",
                         help="comma-separated models among %s (default %%(default)s)"
                              % ", ".join(MODELS))
+    parser.add_argument("--plot", metavar="DIR", default=None,
+                        help="also write plots (PNG and SVG) into DIR: a roofline per model "
+                             "and the cycles and energy of one token by instruction kind "
+                             "(needs matplotlib: pip install 'gpt2-accel[plots]')")
 
 
 def _tiny():
@@ -64,56 +70,62 @@ MODELS = {"tiny": (_tiny, 128, "loading the shipped tiny model"),
 
 def traffic_bytes(comp, ops):
     """Compulsory bytes moved by `ops` (see the module docstring)."""
-    mb, reg = comp.e.mem_bytes, comp.regions
-    E, V = comp.E, comp.V
-
-    at = {r.base: r for r in reg.values()}
-
-    def whole(base):
-        """Bytes of the parameter region starting at `base` (read whole)."""
-        return at[base].words * mb
-
-    total = 0
-    for op, f in ops:
-        if op == Op.MATMUL:
-            total += (whole(f["w_base"]) + whole(f["p_base"])
-                      + f["m"] * (f["a_stride"] + f["out_stride"]) * mb)
-        elif op == Op.ATTENTION:
-            t, keys = f["tq"], f["offset"] + f["tq"]
-            tiles = -(-keys // comp.cfg.tile)
-            total += 2 * t * E + f["n_head"] * tiles * (comp.kts + comp.vts) * mb
-        elif op == Op.KVSTORE:
-            total += 2 * (2 * f["n_tok"] * E)
-        elif op == Op.LAYERNORM:
-            total += (f["rows"] * E * (2 + 1) + whole(f["gamma_base"])
-                      + whole(f["beta_base"]))
-        elif op == Op.GELU:
-            total += 2 * f["rows"] * f["n"] + whole(f["table_base"])
-        elif op == Op.RESADD:
-            # split ops carry a column chunk: its n columns and n requantiser words
-            total += f["rows"] * f["n"] * (2 + 4 + 2) + 4 * f["n"]
-        elif op == Op.EMBED:
-            total += (f["rows"] * E * (1 + 1 + 2) + whole(f["wte_q_base"])
-                      + whole(f["wpe_q_base"]))
-        elif op == Op.REQUANT:
-            total += f["rows"] * f["n"] * (4 + 2) + 4 * f["n"]
-    return total
+    return sum(op_events(comp, op, f).bytes for op, f in ops)
 
 
-def run(args):
-    from gpt2accel.sim.host.driver import _ids_memory
+def parse_arrays(text, option="--arrays"):
+    """[(rows, cols)] of a comma-separated list of RxC; a malformed one is a ValueError
+    naming `option`."""
     arrays = []
-    for a in args.arrays.split(","):
+    for a in text.split(","):
         try:
             r, c = (int(x) for x in a.lower().split("x"))
         except ValueError:
-            raise ValueError(f"--arrays: {a!r} is not ROWSxCOLS (e.g. 8x8)") from None
+            raise ValueError(f"{option}: {a!r} is not ROWSxCOLS (e.g. 8x8)") from None
         if r < 1 or c < 1:
-            raise ValueError(f"--arrays: {a!r} needs at least one row and one column")
+            raise ValueError(f"{option}: {a!r} needs at least one row and one column")
         arrays.append((r, c))
+    return arrays
+
+
+def program_case(cfg, comp, q, t, pos):
+    """Figures of the program of `t` tokens at position `pos`: exact cycles (total and
+    by instruction kind, each instruction's hand-over cycles with it, the HALT's last
+    two apart), utilisation, compulsory bytes, and the estimated energy per token
+    (`energy`: parameters in block RAM, and read from DRAM)."""
+    from gpt2accel.sim.host.driver import _ids_memory
+    r, c = cfg.engine.rows, cfg.engine.cols
+    ids = np.arange(t) % q.config.vocab_size
+    cycles, per = program_cycles(cfg, comp.program(t, pos), mem=_ids_memory(comp, ids))
+    by_kind = {}
+    for op, u in per:
+        by_kind[op.name] = by_kind.get(op.name, 0) + u + PER_INSTRUCTION
+    by_kind["HALT"] = cycles - sum(by_kind.values())
+    ops = comp.ops(t, pos)
+    events = program_events(comp, ops)
+    macs = sum(e.macs for e in events.values())
+    nbytes = sum(e.bytes for e in events.values())
+    on_chip, dram = (energy(events, where, per=t) for where in PLACEMENTS)
+    return {"cycles": cycles, "cycles_per_token": cycles / t,
+            "utilization": macs / (r * c * cycles), "bytes_per_token": nbytes / t,
+            "macs_per_token": macs / t, "cycles_by_kind": by_kind,
+            "events_per_token": {k: {f: v / t for f, v in asdict(e).items()}
+                                 for k, e in events.items()},
+            "energy_per_token_uj": on_chip["total_pj"] / 1e6,
+            "energy_per_token_uj_dram": dram["total_pj"] / 1e6,
+            "energy_by_kind_uj": {k: v / 1e6 for k, v in on_chip["by_kind"].items()},
+            "energy_by_event_uj": {k: v / 1e6 for k, v in on_chip["by_event"].items()}}
+
+
+def run(args):
+    arrays = parse_arrays(args.arrays)
     unknown = [m for m in args.models.split(",") if m not in MODELS]
     if unknown:
         raise ValueError(f"--models: unknown model {unknown[0]!r} (known: {', '.join(MODELS)})")
+    plot_dir = getattr(args, "plot", None)
+    if plot_dir:
+        from gpt2accel.sim.bench.plots import check_plot_dir
+        check_plot_dir(plot_dir, "--plot")
     cases = []
     for name in args.models.split(","):
         load, prefill_t, loading = MODELS[name]
@@ -133,19 +145,20 @@ def run(args):
                            "bytes_per_token": None, "error": str(e)} for mode, t, _ in modes]
                 continue
             for mode, t, pos in modes:
-                ids = np.arange(t) % q.config.vocab_size
-                cycles, _ = program_cycles(cfg, comp.program(t, pos), mem=_ids_memory(comp, ids))
-                ops = comp.ops(t, pos)
                 cases.append({"model": name, "array": arr, "mode": mode, "T": t, "pos": pos,
-                              "cycles": cycles, "cycles_per_token": cycles / t,
-                              "utilization": program_macs(ops) / (r * c * cycles),
-                              "bytes_per_token": traffic_bytes(comp, ops) / t})
-    return {"cases": cases, "mem_latency": "reference (sim.matmul_sim.REF_MEM_LATENCY)"}
+                              "rows": r, "cols": c, "mem_bytes": cfg.engine.mem_bytes,
+                              **program_case(cfg, comp, q, t, pos)})
+    result = {"cases": cases, "mem_latency": "reference (sim.matmul_sim.REF_MEM_LATENCY)",
+              "energy_source": SOURCE, "energy_table_pj": TABLE}
+    if plot_dir:
+        from gpt2accel.sim.bench.plots import bench_model_plots
+        result["plots"] = bench_model_plots(result, plot_dir)
+    return result
 
 
 def format_text(result):
     lines = [f"{'model':11} {'array':6} {'mode':8} {'T':>5} {'cycles/token':>13} "
-             f"{'util':>6} {'bytes/token':>12}"]
+             f"{'util':>6} {'bytes/token':>12} {'uJ/token':>9} {'DRAM':>9}"]
     unsupported = {}
     for c in result["cases"]:
         if c.get("cycles_per_token") is None:
@@ -154,9 +167,15 @@ def format_text(result):
             continue
         lines.append(f"{c['model']:11} {c['array']:6} {c['mode']:8} {c['T']:5d} "
                      f"{c['cycles_per_token']:13,.0f} {100 * c['utilization']:5.1f}% "
-                     f"{c['bytes_per_token']:12,.0f}")
+                     f"{c['bytes_per_token']:12,.0f} {c['energy_per_token_uj']:9,.2f} "
+                     f"{c['energy_per_token_uj_dram']:9,.2f}")
     if unsupported:
         lines.append("not supported:")
         lines += [f"  {model} on {array}, because {why}"
                   for (model, array), why in unsupported.items()]
+    lines.append(f"uJ/token: estimated energy of the counted events, parameters in block RAM; "
+                 f"DRAM: the parameters read from DRAM; per-event energies from "
+                 f"{result['energy_source']}")
+    for path in result.get("plots", []):
+        lines.append(f"plot: {path}")
     return "\n".join(lines)

