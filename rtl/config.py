@@ -135,10 +135,6 @@ class EngineConfig:
         """Whether an M-row command runs in GEMV mode (the engine decides it from M alone)."""
         return 1 <= m <= self.gemv_rows
 
-    def beats_per_tile(self, m, k):
-        """Array beats of one column tile: one per k-step, or one per W word in GEMV mode."""
-        return self.w_words_per_tile(k) if self.gemv(m) else k
-
     def a_words_per_row(self, k):
         """Words of one A row (row-major, K bytes, padded to a word boundary)."""
         return ceil_div(k, self.mem_bytes)
