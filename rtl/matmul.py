@@ -19,6 +19,11 @@ own that `MatmulEngine` only instantiates and connects:
 Every unit walks the loop nest with its own counters instead of passing
 tags around: responses come back in request order, and tiles leave the
 array in the order they entered.
+
+A command of at most `EngineConfig.gemv_rows` rows (decode) runs in GEMV
+mode: the array folds into `k_per_word` row groups that each take one byte
+lane of every W word, so W streams at the port's full width (see
+`SystolicArray` and docs/architecture.md, "GEMV mode").
 """
 from amaranth.hdl import *
 from amaranth.lib import fifo, stream, wiring
@@ -39,7 +44,7 @@ def _a_depth(c):
     return c.a_words_per_row(c.max_k)
 
 
-def _pad_len_shape(c):
+def _period_shape(c):
     return range(max(c.min_tile_period(0), c.min_tile_period(1)) + 1)
 
 
@@ -67,7 +72,7 @@ class _CommandContext(wiring.Signature):
             "cmd": Out(layout),
             "a_blk_stride": Out(c.addr_bits),  # a_stride * rows: next row block
             "k_ok": Out(1),                    # K long enough to interleave A loads
-            "pmin": Out(_pad_len_shape(c)),    # min_tile_period(raw_out)
+            "pmin": Out(_period_shape(c)),    # min_tile_period(raw_out)
             "fold": Out(1),                    # GEMV mode (EngineConfig.gemv)
         })
 
@@ -450,6 +455,8 @@ class _Feeder(wiring.Component):
         f_pad = Signal.like(self.ctx.pmin)
         k_step = Mux(fold, GW, 1)
         lane_wrap = Mux(fold, f_lane == MB - GW, f_lane == MB - 1)
+        # padding counts the tile's beats rather than K: a GEMV-mode tile is
+        # ceil(K / k_per_word) beats, and no divider is needed for it
         beats = f_k + 1
         pad = Mux(beats < self.ctx.pmin, self.ctx.pmin - beats, 0)
         m.d.comb += [self.a_rd.addr.eq(f_entry + Mux(f_bank, a_depth, 0)), self.a_rd.en.eq(1),
