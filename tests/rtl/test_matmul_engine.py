@@ -133,6 +133,26 @@ def test_gemv_mode(cfg, seed):
     assert cycles[-1] < -(-n // cfg.cols) * k, cycles[-1]
 
 
+def test_gemv_run_ahead_limit(seed):
+    """GEMV tiles so short and a memory so slow that the issuer's run-ahead limit
+    (param_fifo_tiles) holds tiles back: the model's recurrence is exact there too."""
+    cfg = EngineConfig(rows=2, cols=16, mem_bytes=32, param_fifo_tiles=4, max_outstanding=32)
+    latency = 31
+    rng = np.random.default_rng([seed, 4])
+    shapes = [(1, 16, 9 * cfg.cols), (1, 15, 6 * cfg.cols - 5), (1, 1, 50)]
+    cases = [random_case(rng, cfg, 0, 0, 0, shape=s) for s in shapes]
+    k = shapes[0][1]
+    period = max(cfg.param_words_per_tile + cfg.w_words_per_tile(k),
+                 cfg.min_tile_period(cases[0].raw))
+    drained = (cfg.param_words_per_tile + latency + 2 + cfg.w_words_per_tile(k) - 1
+               + cfg.FEED_LATENCY + cfg.gemv_drain_latency + cfg.rows)
+    assert drained > cfg.param_fifo_tiles * period      # the limit binds for the first shape
+    results, cycles, _ = simulate(cfg, cases, seed=seed, latency=latency)
+    check_results(cases, results, seed, "GEMV run-ahead limit")
+    for (m, k, n), case, got in zip(shapes, cases, cycles):
+        assert got == matmul_cycles(cfg, m, k, n, case.raw, latency=latency).cycles, (m, k, n)
+
+
 def test_accumulator_extremes():
     """K = max_k with all-extreme operands: the largest products summed max_k
     times, plus int32-extreme biases so the sum wraps; and saturating requant."""
