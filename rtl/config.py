@@ -117,6 +117,24 @@ class EngineConfig:
         """K steps of one W column tile packed in one memory word (cols bytes each)."""
         return self.mem_bytes // self.cols
 
+    @property
+    def gemv_rows(self):
+        """Rows of A a command may have to run in full-port GEMV mode (0: never).
+
+        With few rows of A (decode) one array row per A row would use one
+        `cols`-byte k-step of each `mem_bytes`-byte W word per cycle. The
+        engine then folds the array into `k_per_word` groups of this many
+        rows: group g takes k-steps ≡ g (mod k_per_word), i.e. byte lane g of
+        every W word, so a whole word enters the array per cycle, and the
+        groups' partial sums are added as the tile drains. Rows past
+        ``k_per_word * gemv_rows`` idle.
+        """
+        return self.rows // self.k_per_word
+
+    def gemv(self, m):
+        """Whether an M-row command runs in GEMV mode (the engine decides it from M alone)."""
+        return 1 <= m <= self.gemv_rows
+
     def a_words_per_row(self, k):
         """Words of one A row (row-major, K bytes, padded to a word boundary)."""
         return ceil_div(k, self.mem_bytes)
@@ -165,6 +183,12 @@ class EngineConfig:
     def drain_latency(self):
         """Array input of a tile's last beat -> its first drained row (aligned, registered)."""
         return self.rows + self.cols + 1
+
+    @property
+    def gemv_drain_latency(self):
+        """`drain_latency` in GEMV mode: the last group's rows (the bottom row among
+        them) take a beat (k_per_word - 1) * gemv_rows - 1 cycles earlier."""
+        return self.drain_latency - (self.k_per_word - 1) * self.gemv_rows + 1
 
     @property
     def interleave_min_k(self):

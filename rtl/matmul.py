@@ -19,6 +19,11 @@ own that `MatmulEngine` only instantiates and connects:
 Every unit walks the loop nest with its own counters instead of passing
 tags around: responses come back in request order, and tiles leave the
 array in the order they entered.
+
+A command of at most `EngineConfig.gemv_rows` rows (decode) runs in GEMV
+mode: the array folds into `k_per_word` row groups that each take one byte
+lane of every W word, so W streams at the port's full width (see
+`SystolicArray` and docs/architecture.md, "GEMV mode").
 """
 from amaranth.hdl import *
 from amaranth.lib import fifo, stream, wiring
@@ -39,7 +44,7 @@ def _a_depth(c):
     return c.a_words_per_row(c.max_k)
 
 
-def _pad_len_shape(c):
+def _period_shape(c):
     return range(max(c.min_tile_period(0), c.min_tile_period(1)) + 1)
 
 
@@ -67,7 +72,8 @@ class _CommandContext(wiring.Signature):
             "cmd": Out(layout),
             "a_blk_stride": Out(c.addr_bits),  # a_stride * rows: next row block
             "k_ok": Out(1),                    # K long enough to interleave A loads
-            "pad_len": Out(_pad_len_shape(c)),  # bubbles after a tile shorter than the minimum
+            "pmin": Out(_period_shape(c)),    # min_tile_period(raw_out)
+            "fold": Out(1),                    # GEMV mode (EngineConfig.gemv)
         })
 
 
@@ -93,9 +99,10 @@ class _CommandLatch(wiring.Component):
         accept = self.cmd.valid & self.cmd.ready
         m.d.comb += [self.cmd.ready.eq(~self.busy), ctx.start.eq(accept), ctx.p.eq(p)]
         with m.If(accept):
-            pmin = Mux(p.raw_out, c.min_tile_period(True), c.min_tile_period(False))
             m.d.sync += [ctx.cmd.eq(p), self.busy.eq(1),
-                         ctx.pad_len.eq(Mux(p.k < pmin, pmin - p.k, 0)),
+                         ctx.pmin.eq(Mux(p.raw_out, c.min_tile_period(True),
+                                         c.min_tile_period(False))),
+                         ctx.fold.eq((p.m <= c.gemv_rows) if c.gemv_rows else 0),
                          ctx.a_blk_stride.eq(p.a_stride * c.rows),
                          ctx.k_ok.eq(p.k >= c.interleave_min_k)]
         with m.If(self.finish):
@@ -262,7 +269,13 @@ class _Issuer(wiring.Component):
     ``max_outstanding`` reads unanswered, and parameter words at most
     ``param_fifo_tiles`` tiles ahead of the requantiser (``tile_drained``).
     A non-overlapped A load waits for ``a_empty`` (the feeder is done with the
-    bank); ``a_taken`` says it started."""
+    bank); ``a_taken`` says it started.
+
+    In GEMV mode the feeder takes a W word per beat, as fast as the port
+    brings them, so a third limit starts a tile's parameter words at least
+    ``min_tile_period`` cycles after the previous tile's: then the words
+    alone set every beat's time (never the feeder's padding or its output
+    credits), which keeps the stall-free timing a closed formula."""
 
     def __init__(self, c):
         self.cfg = c
@@ -287,8 +300,18 @@ class _Issuer(wiring.Component):
         outstanding = Signal(range(c.max_outstanding + 1))
         m.d.sync += outstanding.eq(outstanding + req_fire - self.answered)
 
+        gap = Signal.like(self.ctx.pmin)          # cycles until the next tile may start
+        with m.If(tile_issue):
+            m.d.sync += gap.eq(self.ctx.pmin - 1)
+        with m.Elif(gap != 0):
+            m.d.sync += gap.eq(gap - 1)
+        with m.If(self.ctx.start):
+            m.d.sync += gap.eq(0)
+
         can_issue = outstanding < c.max_outstanding
-        throttle = walker.is_param & walker.first_q & (tiles_ahead >= c.param_fifo_tiles)
+        tile_start = walker.is_param & walker.first_q
+        throttle = tile_start & ((tiles_ahead >= c.param_fifo_tiles)
+                                 | (self.ctx.fold & (gap != 0)))
         m.d.comb += [walker.fire.eq(req_fire), walker.gate.eq(self.a_empty),
                      self.a_taken.eq(walker.leaving_wait),
                      self.rd_req.valid.eq(walker.active & can_issue & ~throttle),
@@ -301,7 +324,11 @@ class _Router(wiring.Component):
     """Read responses to where they belong, by the same walk as the issuer's:
     A words into the scratchpad bank being loaded (``a_loaded`` marks a bank
     complete), parameter words gathered into one FIFO entry per tile, W words
-    into the W FIFO. A response waits only for room in its FIFO."""
+    into the W FIFO. A response waits only for room in its FIFO.
+
+    In GEMV mode A row r goes to row r of every group (rows r + g*gemv_rows),
+    rotated down by g bytes for group g: the feeder then reads every row at
+    the same byte lane and group g finds k-step lane + g there, its own."""
 
     def __init__(self, c):
         self.cfg = c
@@ -328,14 +355,22 @@ class _Router(wiring.Component):
         p_buf = Signal(8 * MB * PW)
         p_word = Signal(8 * MB * PW)
         data = resp.payload.data
+        GR, G = c.gemv_rows, c.k_per_word
+        fold = self.ctx.fold
+        slices = [data if i >= G * GR else
+                  Mux(fold, data.rotate_right(8 * (i // GR)), data) for i in range(R)]
+        row_en = 1 << walker.a_row
+        if GR:
+            row_en = Mux(fold, Const(sum(1 << (g * GR) for g in range(G)), R) << walker.a_row,
+                         row_en)
         m.d.comb += [p_word.eq(Cat(p_buf[8 * MB:], data)),
                      self.params.payload.eq(p_word[:len(self.params.payload)]),
                      self.weights.payload.eq(data),
                      self.a_wr.addr.eq(walker.a_entry + Mux(walker.a_bank, _a_depth(c), 0)),
-                     self.a_wr.data.eq(data.replicate(R))]
+                     self.a_wr.data.eq(Cat(*slices))]
         with m.If(walker.is_a):
             m.d.comb += [resp.ready.eq(1),
-                         self.a_wr.en.eq(Mux(resp.valid, 1 << walker.a_row, 0))]
+                         self.a_wr.en.eq(Mux(resp.valid, row_en, 0))]
             with m.If(resp_fire & walker.a_load_last):
                 m.d.comb += self.a_loaded.eq(1 << walker.a_bank)
         with m.Elif(walker.is_param):
@@ -360,10 +395,19 @@ class _Feeder(wiring.Component):
     the router marked it loaded, and ``a_empty`` releases the issuer's next
     non-overlapped A load), and the output-FIFO credits (a tile starts only
     with ``rows`` free entries reserved; the writer returns one per popped
-    row, ``row_popped``)."""
+    row, ``row_popped``).
+
+    In GEMV mode a beat is a whole W word: byte lane g (k-step k + g) goes to
+    group g (``w`` for group 0, ``wg[g-1]`` for the others), and each row
+    reads the A scratchpad at the lane of k (the router stored group g's rows
+    shifted by g). Lanes past K in a tile's last word are W padding, so they
+    enter as zeros. A tile is then ceil(K / k_per_word) beats, padded to
+    ``min_tile_period`` like any short tile."""
 
     def __init__(self, c):
         self.cfg = c
+        gemv = ({"wg": Out(signed(c.w_bits)).array(c.k_per_word - 1, c.cols)}
+                if c.gemv_rows else {})
         super().__init__({
             "ctx": In(_CommandContext(c)),
             "weights": In(stream.Signature(8 * c.mem_bytes)),
@@ -375,6 +419,7 @@ class _Feeder(wiring.Component):
             "valid": Out(1), "last": Out(1),
             "a": Out(signed(c.a_bits + 1)).array(c.rows),
             "w": Out(signed(c.w_bits)).array(c.cols),
+            **gemv,
         })
 
     def elaborate(self, platform):
@@ -382,6 +427,7 @@ class _Feeder(wiring.Component):
         c = self.cfg
         R, C, MB, GW = c.rows, c.cols, c.mem_bytes, c.k_per_word
         cmd, a_depth, a_empty = self.ctx.cmd, _a_depth(c), self.a_empty
+        fold = self.ctx.fold
 
         # a_rdy[bank]: loaded, not yet consumed
         a_rdy = Signal(2)
@@ -398,14 +444,21 @@ class _Feeder(wiring.Component):
         f_beat = Signal()
         f_last = Signal()
         f_pop = Signal()
-        f_k = Signal(range(c.max_k + 1))
+        f_k = Signal(range(c.max_k + 1))          # beats so far in this tile
+        f_kk = Signal(range(c.max_k + 1))         # the beat's (first) k-step
         f_g = Signal(range(GW))
         f_lane = Signal(range(MB))
         f_entry = Signal(range(a_depth))
         f_bank = Signal()
         f_n0 = Signal.like(cmd.n)
         f_m0 = Signal.like(cmd.m)
-        f_pad = Signal.like(self.ctx.pad_len)
+        f_pad = Signal.like(self.ctx.pmin)
+        k_step = Mux(fold, GW, 1)
+        lane_wrap = Mux(fold, f_lane == MB - GW, f_lane == MB - 1)
+        # padding counts the tile's beats rather than K: a GEMV-mode tile is
+        # ceil(K / k_per_word) beats, and no divider is needed for it
+        beats = f_k + 1
+        pad = Mux(beats < self.ctx.pmin, self.ctx.pmin - beats, 0)
         m.d.comb += [self.a_rd.addr.eq(f_entry + Mux(f_bank, a_depth, 0)), self.a_rd.en.eq(1),
                      self.weights.ready.eq(f_pop)]
 
@@ -423,21 +476,22 @@ class _Feeder(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.ctx.start):
-                    m.d.sync += [f_k.eq(0), f_g.eq(0), f_lane.eq(0), f_entry.eq(0),
-                                 f_n0.eq(0), f_m0.eq(0), f_bank.eq(0)]
+                    m.d.sync += [f_k.eq(0), f_kk.eq(0), f_g.eq(0), f_lane.eq(0),
+                                 f_entry.eq(0), f_n0.eq(0), f_m0.eq(0), f_bank.eq(0)]
                     m.next = "BEAT"
             with m.State("BEAT"):
                 ready = (a_rdy.bit_select(f_bank, 1) & ((f_g != 0) | self.weights.valid)
                          & ((f_k != 0) | (credits >= R)))
                 m.d.comb += [f_beat.eq(ready), f_pop.eq(ready & (f_g == 0)),
-                             reserve.eq(ready & (f_k == 0)), f_last.eq(f_k + 1 == cmd.k)]
+                             reserve.eq(ready & (f_k == 0)), f_last.eq(f_kk + k_step >= cmd.k)]
                 with m.If(ready):
-                    m.d.sync += [f_k.eq(f_k + 1), f_g.eq(Mux(f_g == GW - 1, 0, f_g + 1)),
-                                 f_lane.eq(Mux(f_lane == MB - 1, 0, f_lane + 1)),
-                                 f_entry.eq(f_entry + (f_lane == MB - 1))]
+                    m.d.sync += [f_k.eq(beats), f_kk.eq(f_kk + k_step),
+                                 f_g.eq(Mux((f_g == GW - 1) | fold, 0, f_g + 1)),
+                                 f_lane.eq(Mux(lane_wrap, 0, f_lane + k_step)),
+                                 f_entry.eq(f_entry + lane_wrap)]
                     with m.If(f_last):
-                        m.d.sync += [f_k.eq(0), f_g.eq(0), f_lane.eq(0), f_entry.eq(0),
-                                     f_pad.eq(self.ctx.pad_len)]
+                        m.d.sync += [f_k.eq(0), f_kk.eq(0), f_g.eq(0), f_lane.eq(0),
+                                     f_entry.eq(0), f_pad.eq(pad)]
                         with m.If(f_n0 + C >= cmd.n):
                             # this bank has been read for the last time
                             m.d.comb += a_rdy_clr.eq(1 << f_bank)
@@ -445,7 +499,7 @@ class _Feeder(wiring.Component):
                         final = (f_n0 + C >= cmd.n) & (f_m0 + R >= cmd.m)
                         with m.If(final):
                             m.next = "IDLE"
-                        with m.Elif(self.ctx.pad_len != 0):
+                        with m.Elif(pad != 0):
                             m.next = "PAD"
                         with m.Else():
                             next_tile()
@@ -473,6 +527,15 @@ class _Feeder(wiring.Component):
             m.d.sync += self.a[i].eq(Mux(cmd.a_signed, byte.as_signed(), byte.as_unsigned()))
         for j in range(C):
             m.d.sync += self.w[j].eq(w_lanes[8 * j:8 * j + c.w_bits].as_signed())
+        if c.gemv_rows:
+            # GEMV mode: lanes past K (a tile's last word) are padding
+            f1_kv = Signal(GW)
+            m.d.sync += f1_kv.eq(Cat(f_kk + g < cmd.k for g in range(GW)))
+            for g in range(1, GW):
+                lanes = w_word[8 * C * g:8 * C * (g + 1)]
+                for j in range(C):
+                    m.d.sync += self.wg[g - 1][j].eq(
+                        Mux(f1_kv[g], lanes[8 * j:8 * j + c.w_bits].as_signed(), 0))
         return m
 
 
@@ -641,11 +704,13 @@ class MatmulEngine(wiring.Component):
         m.submodules.issuer = issuer = _Issuer(c)
         m.submodules.router = router = _Router(c)
         m.submodules.feeder = feeder = _Feeder(c)
-        m.submodules.array = array = SystolicArray(R, C, c.a_bits + 1, c.w_bits, c.acc_bits)
+        m.submodules.array = array = SystolicArray(R, C, c.a_bits + 1, c.w_bits, c.acc_bits,
+                                                   groups=c.k_per_word if c.gemv_rows else 1)
         m.submodules.requant = requant = _RowRequant(c)
         m.submodules.writer = writer = _Writer(c)
         # the cycle model reads these constants from the config
         assert array.latency == c.drain_latency and Requantiser.latency == c.REQUANT_LATENCY
+        assert not c.gemv_rows or array.fold_latency == c.gemv_drain_latency
 
         m.submodules.a_mem = a_mem = Memory(shape=R * 8 * MB, depth=2 * _a_depth(c), init=[])
         m.submodules.w_fifo = w_fifo = fifo.SyncFIFOBuffered(width=8 * MB, depth=c.w_fifo_depth)
@@ -675,6 +740,10 @@ class MatmulEngine(wiring.Component):
                      array.valid.eq(feeder.valid), array.last.eq(feeder.last),
                      *(array.a[i].eq(feeder.a[i]) for i in range(R)),
                      *(array.w[j].eq(feeder.w[j]) for j in range(C)),
+                     *((array.fold.eq(command.ctx.fold),
+                        *(array.wg[g][j].eq(feeder.wg[g][j])
+                          for g in range(c.k_per_word - 1) for j in range(C)))
+                       if c.gemv_rows else ()),
                      requant.acc_valid.eq(array.out_valid),
                      *(requant.acc[j].eq(array.out[j]) for j in range(C)),
                      command.finish.eq(writer.finish),

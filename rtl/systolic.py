@@ -18,7 +18,7 @@ C0 = Const(0, 1)
 __all__ = ["pe_logic", "ProcessingElement", "SystolicArray"]
 
 
-def pe_logic(m, a_in, v_in, l_in, w_in, sh_in, shift, acc_width, name):
+def pe_logic(m, a_in, v_in, l_in, w_in, sh_in, shift, acc_width, name, w_pass=None):
     """Emit one processing element into module `m`; return its outputs.
 
     Two internal stages: the product is registered (the DSP's output
@@ -28,7 +28,9 @@ def pe_logic(m, a_in, v_in, l_in, w_in, sh_in, shift, acc_width, name):
     otherwise `shift` moves `sh_in` (the shadow above) into the shadow.
 
     Returns (a_out, v_out, l_out, w_out, sh, capture); `capture` is high in
-    the cycle a finished sum enters the shadow register.
+    the cycle a finished sum enters the shadow register. `w_pass`, if given,
+    is what the W register passes on instead of `w_in` (the PE below then
+    multiplies a W injected here, still straight from a register).
 
     This is a function rather than a submodule so that the array is one
     flat module: Amaranth's simulator runs a flat 8x8 array ~2.5x faster.
@@ -37,7 +39,8 @@ def pe_logic(m, a_in, v_in, l_in, w_in, sh_in, shift, acc_width, name):
     v_out = Signal(name=f"{name}_v")
     l_out = Signal(name=f"{name}_l")
     w_out = Signal.like(w_in, name=f"{name}_w")
-    m.d.sync += [a_out.eq(a_in), v_out.eq(v_in), l_out.eq(l_in), w_out.eq(w_in)]
+    m.d.sync += [a_out.eq(a_in), v_out.eq(v_in), l_out.eq(l_in),
+                 w_out.eq(w_in if w_pass is None else w_pass)]
 
     prod = Signal(signed(len(a_in) + len(w_in)), name=f"{name}_prod")
     p_valid = Signal(name=f"{name}_pv")
@@ -95,14 +98,33 @@ class SystolicArray(wiring.Component):
 
     Consecutive last beats must be at least `rows` cycles apart, so that a
     column's drain finishes before its next capture; the feeder guarantees it.
+
+    With ``groups`` > 1 (and rows >= groups) the array can also run folded
+    (``fold`` high, held for whole tiles): the rows form `groups` groups of
+    ``rows // groups`` rows (the last group also takes the rows left over),
+    each an array of its own fed at its top row: group 0 by ``w``, group g by
+    ``wg[g-1]``, every row by its own ``a[i]`` as usual. A group g >= 1 runs
+    one cycle behind group 0 (its W enters through the W register of the row
+    above it, so every multiplier still takes its operands from registers).
+    At the end of a tile the groups' sums of the same row r (row g*gr + r)
+    are added while the tile drains: the top row b of the last group takes
+    the shadow above it plus the shadow of the group's last row, a ring of
+    `gr` shadows that sums every group's row r as it passes, so the drain
+    emits the totals as rows gr-1 .. 0 in its last `gr` steps (the rows
+    before them carry partial sums). Drain, latency and the spacing rule are
+    those of the unfolded array.
     """
 
-    def __init__(self, rows, cols, a_width, w_width, acc_width):
+    def __init__(self, rows, cols, a_width, w_width, acc_width, groups=1):
         self.rows, self.cols, self.acc_width = rows, cols, acc_width
+        self.groups = groups if rows >= groups > 1 else 1
+        fold = ({"fold": In(1), "wg": In(signed(w_width)).array(self.groups - 1, cols)}
+                if self.groups > 1 else {})
         super().__init__({
             "a": In(signed(a_width)).array(rows),
             "w": In(signed(w_width)).array(cols),
             "valid": In(1), "last": In(1),
+            **fold,
             "out_valid": Out(1),
             "out": Out(signed(acc_width)).array(cols),
         })
@@ -112,25 +134,53 @@ class SystolicArray(wiring.Component):
         """Last beat presented -> first finished row on `out`."""
         return self.rows + self.cols + 1
 
+    @property
+    def fold_latency(self):
+        """`latency` while folded: the bottom row is in the last group, which starts
+        its rows' skew (groups - 1) * (rows // groups) - 1 cycles sooner."""
+        return self.latency - (self.groups - 1) * (self.rows // self.groups) + 1
+
     @staticmethod
-    def _delay(m, sig, n, name):
-        """`sig` delayed by n registers."""
+    def _delay(m, sig, n, name, tap=None, fold=None):
+        """`sig` delayed by n registers; with `tap`, by n - tap + 1 while `fold`
+        (it enters the chain at register `tap`, through a multiplexer in front
+        of that register)."""
         for i in range(n):
             nxt = Signal.like(sig, name=f"{name}_d{i}")
-            m.d.sync += nxt.eq(sig)
+            src = sig
+            if tap is not None and i == tap - 1 and i > 0:
+                src = Mux(fold, first, sig)
+            if i == 0:
+                first = sig
+            m.d.sync += nxt.eq(src)
             sig = nxt
         return sig
 
     def elaborate(self, platform):
         m = Module()
-        R, C = self.rows, self.cols
+        R, C, G = self.rows, self.cols, self.groups
+        gr = R // G
+        fold = self.fold if G > 1 else C0
+
+        def group(i):
+            return min(i // gr, G - 1)
+
+        def tap(i):
+            return group(i) * gr if G > 1 and group(i) else None
+
         # Built row by row, column by column: PE(i, j) takes A and flags from
         # PE(i, j-1), W from PE(i-1, j) and the shadow of PE(i-1, j).
-        # Input skew: the k-th beat reaches PE(i, j) at cycle k + i + j.
-        a_row = [self._delay(m, self.a[i], i, f"a{i}") for i in range(R)]
-        v_row = [self._delay(m, self.valid, i, f"v{i}") for i in range(R)]
-        l_row = [self._delay(m, self.last, i, f"l{i}") for i in range(R)]
+        # Input skew: the k-th beat reaches PE(i, j) at cycle k + i + j
+        # (folded: k + (i - g*gr) + [g > 0] + j for row i of group g).
+        a_row = [self._delay(m, self.a[i], i, f"a{i}", tap(i), fold) for i in range(R)]
+        v_row = [self._delay(m, self.valid, i, f"v{i}", tap(i), fold) for i in range(R)]
+        l_row = [self._delay(m, self.last, i, f"l{i}", tap(i), fold) for i in range(R)]
         w_col = [self._delay(m, self.w[j], j, f"w{j}") for j in range(C)]
+        # group g's W, skewed like the top's, passed on by the row above the group
+        w_inj = {g * gr - 1: [self._delay(m, self.wg[g - 1][j], j, f"wg{g}_{j}")
+                              for j in range(C)] for g in range(1, G)}
+        ring_top = (G - 1) * gr
+        ring = [Signal(signed(self.acc_width), name=f"ring{j}") for j in range(C)]
 
         # Per-column drain controller: started by the bottom PE's capture, it
         # emits the column's shadows bottom-first for `rows` cycles. Row i only
@@ -145,11 +195,18 @@ class SystolicArray(wiring.Component):
             for j in range(C):
                 shift = (active[j] & (step[j] < i)) if i else C0
                 sh_in = sh_col[j] if i else Const(0, signed(self.acc_width))
+                if G > 1 and i == ring_top:
+                    # wraps like the accumulators: the sum of int32 partial sums
+                    total = (sh_col[j] + ring[j])[:self.acc_width].as_signed()
+                    sh_in = Mux(fold, total, sh_in)
+                w_pass = Mux(fold, w_inj[i][j], w_col[j]) if i in w_inj else None
                 a_out, v_out, l_out, w_out, sh, cap = pe_logic(
                     m, a_row[i], v_row[i], l_row[i], w_col[j], sh_in, shift,
-                    self.acc_width, f"pe{i}_{j}")
+                    self.acc_width, f"pe{i}_{j}", w_pass)
                 a_row[i], v_row[i], l_row[i], w_col[j], sh_col[j] = a_out, v_out, l_out, w_out, sh
                 capture_bottom[j] = cap
+                if G > 1 and i == ring_top + gr - 1:
+                    m.d.comb += ring[j].eq(sh)
         for j in range(C):
             with m.If(capture_bottom[j]):
                 m.d.sync += [active[j].eq(1), step[j].eq(0)]

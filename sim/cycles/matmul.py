@@ -16,6 +16,15 @@ Timeline per row block b (cycle 0 = command accept):
   cycles; the W stream runs ahead, so it never waits within a block;
 - the last tile's rows leave the array `drain` cycles after its last beat,
   pass the requantiser and are written at `write_beats_per_row` per row.
+
+GEMV mode (M <= `gemv_rows`, one row block): the issuer sends the A words
+from cycle 1, then every tile's parameter and W words back to back, tile t's
+first parameter word at s_t >= s_{t-1} + max(words per tile,
+min_tile_period) and no more than `param_fifo_tiles` tiles ahead of the
+requantiser. The feeder takes each W word as a beat the cycle it leaves
+the W FIFO (request + latency + 2): the issuer's spacing keeps the
+feeder's padding and credits from ever holding a word back. The tail is
+the same as above.
 """
 from dataclasses import dataclass
 
@@ -55,6 +64,9 @@ def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY
     tail = (cfg.FEED_LATENCY + cfg.drain_latency + cfg.REQUANT_LATENCY
             + fifo + R * cfg.write_beats_per_row(raw))
 
+    if cfg.gemv(m):
+        return _gemv_cycles(cfg, m, k, n, raw, latency,
+                            tail - cfg.drain_latency + cfg.gemv_drain_latency)
     overlap = cfg.interleave(m, k, n)
     x = 1                                   # first A request of block 0
     last_beat = None
@@ -71,3 +83,23 @@ def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY
         x = last_beat + 2
     return MatmulCycles(cycles=last_beat + tail, macs=m * k * n,
                         feed_cycles=ceil_div(m, R) * NT * k)
+
+
+def _gemv_cycles(cfg, m, k, n, raw, latency, tail):
+    R, NT, PFT = cfg.rows, ceil_div(n, cfg.cols), cfg.param_fifo_tiles
+    PW, KW = cfg.param_words_per_tile, cfg.w_words_per_tile(k)
+    period = max(PW + KW, cfg.min_tile_period(raw))
+    to_beat = PW + latency + 2          # first parameter request -> first beat
+    # first parameter request -> the tile counts as drained for the run-ahead
+    # limit (the cycle after its last row entered the requantiser)
+    drained = to_beat + KW - 1 + cfg.FEED_LATENCY + cfg.gemv_drain_latency + R
+    s0 = 1 + m * cfg.a_words_per_row(k)
+    if drained <= PFT * period:
+        last = s0 + (NT - 1) * period   # the run-ahead limit never binds
+    else:
+        s = [s0]
+        for t in range(1, NT):
+            s.append(max(s[t - 1] + period, s[t - PFT] + drained if t >= PFT else 0))
+        last = s[-1]
+    last_beat = last + to_beat + KW - 1
+    return MatmulCycles(cycles=last_beat + tail, macs=m * k * n, feed_cycles=NT * KW)

@@ -131,12 +131,40 @@ class MatmulHarness(EngineHarness):
         return (SMALL_ENGINE,)
 
     def extra(self, m, u, mod, pending):
-        self.check("outstanding", pending <= SMALL_ENGINE.max_outstanding,
+        self.check("outstanding", pending <= self.args()[0].max_outstanding,
                    "at most max_outstanding reads unanswered")
         if mod is not None:
             self.fifo("w_fifo", mod.submodules.w_fifo)
             self.fifo("p_fifo", mod.submodules.p_fifo)
             self.fifo("o_fifo", mod.submodules.o_fifo, credit=True)
+
+
+#: the smallest engine with a GEMV mode: 2x1 array, 2-byte words (two k-steps
+#: per word), so a one-row command folds the array into two groups of one row
+GEMV_ENGINE = dataclasses.replace(SMALL_ENGINE, rows=2, mem_bytes=2)
+
+
+@register
+class MatmulGemvHarness(MatmulHarness):
+    """The matmul engine's properties on an engine whose one-row commands run in
+    GEMV mode (and two-row commands do not): the folded feeder, the issuer's
+    tile spacing and the router's group copies under the same stream, FIFO
+    and command rules."""
+    unit = "matmul_gemv"
+    config = "2x1 array (GEMV mode for M = 1), 2-bit operands, M,N <= 2, K <= 4, 2-byte words"
+    # the first command with a stalled write can finish in step 24 (reach_done)
+    depth, deep_depth = 26, 48
+
+    def args(self):
+        return (GEMV_ENGINE,)
+
+    def extra(self, m, u, mod, pending):
+        super().extra(m, u, mod, pending)
+        folded = Signal(name="gemv_cmd")
+        with m.If(u.cmd.valid & u.cmd.ready):
+            m.d.sync += folded.eq(u.cmd.payload.m <= GEMV_ENGINE.gemv_rows)
+        self.reach("reach_gemv_done", u.done & folded,
+                   "a GEMV-mode command (M = 1) finishes (within the depth)")
 
 
 @register

@@ -11,10 +11,10 @@ from gpt2accel.sim.harness.matmul import MatmulCase
 from attention_cases import extremes
 
 
-def random_case(rng, cfg, max_m, max_k, max_n):
-    m = int(rng.integers(1, max_m + 1))
-    k = int(rng.integers(1, max_k + 1))
-    n = int(rng.integers(1, max_n + 1))
+def random_case(rng, cfg, max_m, max_k, max_n, shape=None):
+    """A random command of at most max_m x max_k x max_n, or of `shape` (M, K, N)."""
+    m, k, n = shape or (int(rng.integers(1, max_m + 1)), int(rng.integers(1, max_k + 1)),
+                        int(rng.integers(1, max_n + 1)))
     a_signed = bool(rng.integers(2))
     raw = bool(rng.random() < 0.3)
     a = extremes(rng, (m, k), -128, 127) if a_signed else extremes(rng, (m, k), 0, 255)

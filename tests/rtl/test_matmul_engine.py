@@ -91,6 +91,68 @@ def test_overlapped_a_loads(cfg, seed):
     assert stats["stray_bytes"] == 0 and stats["missing_bytes"] == 0
 
 
+# engines with a GEMV mode: 2 and 4 k-steps per word, groups of 1 and 2 rows,
+# a row left over below the groups (5x2), 3-column tiles
+GEMV_CONFIGS = [EngineConfig(rows=2, cols=2), EngineConfig(rows=5, cols=2, mem_bytes=4),
+                EngineConfig(rows=8, cols=2, mem_bytes=8), EngineConfig(rows=4, cols=3, mem_bytes=12)]
+
+
+def _gemv_shapes(rng, cfg, count):
+    """M = 1 .. rows in turn (GEMV mode up to gemv_rows), K a multiple of k_per_word
+    or not, N over several column tiles and mostly not a multiple of cols."""
+    G = cfg.k_per_word
+    return [(1 + i % cfg.rows, int(rng.integers(0, 10)) * G + int(rng.integers(1, G + 1)),
+             int(rng.integers(1, 4 * cfg.cols + 1))) for i in range(count)]
+
+
+@pytest.mark.parametrize("cfg", GEMV_CONFIGS, ids=[f"{c.rows}x{c.cols}_mb{c.mem_bytes}"
+                                                   for c in GEMV_CONFIGS])
+def test_gemv_mode(cfg, seed):
+    """Commands of few rows fold the array (group g takes byte lane g of every W
+    word): exact results and strobes under stalls on every port, and stall-free
+    exactly the cycles of the model, on both sides of the GEMV limit."""
+    assert cfg.gemv_rows >= 1
+    rng = np.random.default_rng([seed, cfg.rows, cfg.cols, 3])
+    shapes = _gemv_shapes(rng, cfg, 2 * cfg.rows + 8)
+    # a long decode row: one beat per W word, so fewer cycles than the unfolded
+    # engine's one beat per k-step
+    long = (1, 16 * cfg.k_per_word + 1, 3 * cfg.cols + 1)
+    shapes.append(long)
+    assert any(cfg.gemv(s[0]) for s in shapes) and not all(cfg.gemv(s[0]) for s in shapes)
+    cases = [random_case(rng, cfg, 0, 0, 0, shape=s) for s in shapes]
+    results, _, stats = simulate(cfg, cases, seed=seed, stall=0.3, jitter=4)
+    check_results(cases, results, seed, "GEMV mode with stalls")
+    assert stats["stray_bytes"] == 0 and stats["missing_bytes"] == 0, (stats, seed)
+    results, cycles, _ = simulate(cfg, cases, seed=seed)
+    check_results(cases, results, seed, "GEMV mode stall-free")
+    for (m, k, n), case, got in zip(shapes, cases, cycles):
+        want = matmul_cycles(cfg, m, k, n, case.raw).cycles
+        assert got == want, (f"{m}x{k}x{n} raw={case.raw}: RTL {got} cycles, "
+                             f"model {want} (GPT2ACCEL_SEED={seed})")
+    m, k, n = long
+    assert cycles[-1] < -(-n // cfg.cols) * k, cycles[-1]
+
+
+def test_gemv_run_ahead_limit(seed):
+    """GEMV tiles so short and a memory so slow that the issuer's run-ahead limit
+    (param_fifo_tiles) holds tiles back: the model's recurrence is exact there too."""
+    cfg = EngineConfig(rows=2, cols=16, mem_bytes=32, param_fifo_tiles=4, max_outstanding=32)
+    latency = 31
+    rng = np.random.default_rng([seed, 4])
+    shapes = [(1, 16, 9 * cfg.cols), (1, 15, 6 * cfg.cols - 5), (1, 1, 50)]
+    cases = [random_case(rng, cfg, 0, 0, 0, shape=s) for s in shapes]
+    k = shapes[0][1]
+    period = max(cfg.param_words_per_tile + cfg.w_words_per_tile(k),
+                 cfg.min_tile_period(cases[0].raw))
+    drained = (cfg.param_words_per_tile + latency + 2 + cfg.w_words_per_tile(k) - 1
+               + cfg.FEED_LATENCY + cfg.gemv_drain_latency + cfg.rows)
+    assert drained > cfg.param_fifo_tiles * period      # the limit binds for the first shape
+    results, cycles, _ = simulate(cfg, cases, seed=seed, latency=latency)
+    check_results(cases, results, seed, "GEMV run-ahead limit")
+    for (m, k, n), case, got in zip(shapes, cases, cycles):
+        assert got == matmul_cycles(cfg, m, k, n, case.raw, latency=latency).cycles, (m, k, n)
+
+
 def test_accumulator_extremes():
     """K = max_k with all-extreme operands: the largest products summed max_k
     times, plus int32-extreme biases so the sum wraps; and saturating requant."""
@@ -99,6 +161,12 @@ def test_accumulator_extremes():
     cases = []
     # signed: (-128)*(-128) = 2**14 per step, the largest product
     a = np.full((2, k), -128)
+    w = np.full((k, 2), -128)
+    w[:, 1] = 127
+    cases.append(MatmulCase(a, w, np.array([2**31 - 1, -2**31]), np.zeros(2, int),
+                            np.zeros(2, int), True, True))
+    # the same in GEMV mode (one row): the groups' partial sums wrap as they add
+    a = np.full((1, k), -128)
     w = np.full((k, 2), -128)
     w[:, 1] = 127
     cases.append(MatmulCase(a, w, np.array([2**31 - 1, -2**31]), np.zeros(2, int),
@@ -115,6 +183,7 @@ def test_accumulator_extremes():
     results, _, _ = simulate(cfg, cases, seed=0, stall=0.1)
     check_results(cases, results, 0, "extremes")
     assert results[0][0, 0] == ((2**14 * k + 2**31 - 1 + 2**31) % 2**32) - 2**31
+    assert cfg.gemv(1) and results[1][0, 0] == results[0][0, 0]
 
 
 @pytest.mark.slow

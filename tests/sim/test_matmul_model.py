@@ -19,6 +19,29 @@ def test_prefill_utilisation_target():
             assert r.utilization(cfg) >= 0.95, (size, k, n, r)
 
 
+def test_gemv_decode_at_port_roofline():
+    """Decode (M = 1) GPT-2-small layers read W at the whole port: within 2 % of
+    K*N / mem_bytes cycles (the unfolded engine took twice that)."""
+    for size in (8, 12, 16):
+        cfg = EngineConfig(rows=size, cols=size)
+        for k, n in bench.LAYERS.values():
+            r = matmul_cycles(cfg, 1, k, n)
+            assert r.cycles <= 1.02 * k * n / cfg.mem_bytes, (size, k, n, r)
+
+
+def test_gemv_model_structure():
+    cfg = EngineConfig(rows=4, cols=4)
+    gm = cfg.gemv_rows
+    assert gm == 2 and cfg.gemv(gm) and not cfg.gemv(gm + 1)
+    # a GEMV tile costs its words (parameters + W) or the minimum period
+    for k in (8, 64, 65):
+        per = max(cfg.param_words_per_tile + cfg.w_words_per_tile(k), cfg.min_tile_period(False))
+        assert matmul_cycles(cfg, gm, k, 12).cycles - matmul_cycles(cfg, gm, k, 8).cycles == per
+        assert matmul_cycles(cfg, gm, k, 8).feed_cycles == 2 * cfg.w_words_per_tile(k)
+    # one more row leaves GEMV mode: a beat per k-step again
+    assert matmul_cycles(cfg, gm + 1, 64, 8).feed_cycles == 2 * 64
+
+
 def test_model_structure():
     cfg = EngineConfig(rows=4, cols=4)
     base = matmul_cycles(cfg, 8, 64, 8).cycles
