@@ -1,0 +1,241 @@
+"""The machine's memory port on LiteDRAM's native user port.
+
+```
+ machine.rd_req ─┐ alternate     ┌──────────────┐ cmd (we, addr)  ┌──────────┐
+ machine.wr ─────┴─► one op ───► │ beat issuer  ├───────────────► │ LiteDRAM │
+                    (register)   │ 1 or k beats ├─► wdata queue ─► │  native  │
+                                 └──────┬───────┘  (data, we)     │   port   │
+                                  tags  ▼                         │          │
+ machine.rd_resp ◄── word register ◄── assembler ◄── rdata queue ◄┘          │
+                                                                  └──────────┘
+```
+
+LiteDRAM's native port (``litedram.common.LiteDRAMNativePort``; the
+``user_port_native_0_*`` pins of a ``litedram_gen`` core) has three streams:
+``cmd`` (``we``, ``addr`` in native words), ``wdata`` (``data``, ``we`` = byte
+enables) and ``rdata`` (``data``). On the controller's own port (no width
+converter, the case of a generated core) two of its handshakes are strobes:
+``wdata.ready`` pulses when the controller takes a write's data, whether
+``wdata.valid`` is high or not, and ``rdata.valid`` pulses when a word
+arrives, whatever ``rdata.ready`` says. So this adapter
+
+- queues a write's data no later than its command is accepted, so the data is
+  at the queue's head when the controller asks for it (writes are answered in
+  command order); a write command waits while the queue is full;
+- issues a read command only while the read queue has room for every native word
+  owed (a credit count), so an arriving word always has a place and
+  ``rdata.ready`` never needs to drop.
+
+Word widths: a machine word of `mem_bytes` and a native word of `native_bytes`,
+one a power-of-two multiple of the other. A narrower native port takes ``k``
+beats per machine word at consecutive native addresses (``addr * k + i``, least
+significant bytes first); a wider one holds ``k`` machine words per native word
+(lane ``addr % k`` at native address ``addr // k``), written with the other lanes'
+byte enables off. Byte strobes carry over byte for byte.
+
+Ordering: one op at a time goes from the machine's two channels into the issuer
+(read and write alternate when both wait), and LiteDRAM keeps one port's
+commands in order (a port stays locked to a bank until its commands there are
+done), so a read accepted after a write of the same word returns the written
+bytes, and responses come back in request order.
+
+Addresses past `depth_words` (the DRAM's size in machine words) behave as in
+`rtl.onchip_memory`: a read returns an all-zero word, a write is dropped; a
+stray address never aliases onto real data.
+
+Every output towards the machine and towards LiteDRAM comes from a register or a
+queue, except ``rd_req.ready``/``wr.ready`` (the op register frees in the cycle
+its last beat is accepted, so one op per cycle flows at equal widths). Nothing
+goes combinationally from ``rdata`` to the machine.
+"""
+from amaranth.hdl import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from .config import ConfigError, refusing
+from .memport import MemPort
+
+__all__ = ["NativePort", "DramAdapter"]
+
+
+class NativePort(wiring.Signature):
+    """LiteDRAM's native user port, as its user drives it: ``cmd`` and ``wdata`` out,
+    ``rdata`` in (plain ``valid``/``ready`` streams; see the module docstring for the
+    controller's strobe semantics). `addr_bits`: native word address; `data_bytes`:
+    bytes per native word."""
+
+    def __init__(self, *, addr_bits, data_bytes):
+        self._addr_bits, self._data_bytes = addr_bits, data_bytes
+        super().__init__({
+            "cmd": Out(stream.Signature(data.StructLayout(
+                {"we": 1, "addr": unsigned(addr_bits)}))),
+            "wdata": Out(stream.Signature(data.StructLayout(
+                {"data": unsigned(8 * data_bytes), "we": unsigned(data_bytes)}))),
+            "rdata": In(stream.Signature(data.StructLayout(
+                {"data": unsigned(8 * data_bytes)}))),
+        })
+
+    @property
+    def addr_bits(self):
+        return self._addr_bits
+
+    @property
+    def data_bytes(self):
+        return self._data_bytes
+
+    def __eq__(self, other):
+        return (isinstance(other, NativePort) and other.addr_bits == self.addr_bits
+                and other.data_bytes == self.data_bytes)
+
+    def __hash__(self):
+        return hash((NativePort, self.addr_bits, self.data_bytes))
+
+    def __repr__(self):
+        return f"NativePort(addr_bits={self.addr_bits}, data_bytes={self.data_bytes})"
+
+
+def _is_pow2(n):
+    return n > 0 and n & (n - 1) == 0
+
+
+class DramAdapter(wiring.Component):
+    """``machine``: a memory port (`MemPort`, flipped) of `addr_bits`/`mem_bytes`;
+    ``native``: LiteDRAM's native port (`NativePort`) of `native_addr_bits`/`native_bytes`.
+
+    `read_beats`: native words the read queue holds, so the native reads in flight
+    (commands accepted, words not yet handed on); it must cover the controller's read
+    latency for full bandwidth. `write_beats`: writes whose data may wait for the
+    controller. See the module docstring."""
+
+    def __init__(self, *, addr_bits, mem_bytes, native_addr_bits, native_bytes,
+                 read_beats=32, write_beats=16):
+        with refusing(self):
+            MemPort.check_parameters(addr_bits=addr_bits, mem_bytes=mem_bytes)
+            for name, value in (("native_addr_bits", native_addr_bits),
+                                ("native_bytes", native_bytes), ("read_beats", read_beats),
+                                ("write_beats", write_beats)):
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise ConfigError(f"{name} must be a positive int, not {value!r}")
+            big, small = max(mem_bytes, native_bytes), min(mem_bytes, native_bytes)
+            if big % small or not _is_pow2(big // small):
+                raise ConfigError(f"native word of {native_bytes} bytes and memory word of "
+                                  f"{mem_bytes} bytes: one must be a power-of-two multiple "
+                                  f"of the other")
+            self.beats = max(1, mem_bytes // native_bytes)   # native beats per machine word
+            self.lanes = max(1, native_bytes // mem_bytes)   # machine words per native word
+            if read_beats < self.beats:
+                raise ConfigError(f"read_beats={read_beats} cannot hold one memory word "
+                                  f"({self.beats} native beats)")
+            if write_beats < 2:
+                raise ConfigError(f"write_beats must be at least 2, not {write_beats}")
+        self.addr_bits, self.mem_bytes = addr_bits, mem_bytes
+        self.native_addr_bits, self.native_bytes = native_addr_bits, native_bytes
+        self.read_beats, self.write_beats = read_beats, write_beats
+        super().__init__({
+            "machine": In(MemPort(addr_bits=addr_bits, mem_bytes=mem_bytes)),
+            "native": Out(NativePort(addr_bits=native_addr_bits, data_bytes=native_bytes)),
+        })
+
+    @property
+    def depth_words(self):
+        """Machine words the native address space holds."""
+        return (1 << self.native_addr_bits) * self.lanes // self.beats
+
+    def elaborate(self, platform):
+        m = Module()
+        mach, nat = self.machine, self.native
+        beats, lanes, nb = self.beats, self.lanes, self.native_bytes
+        lane_bits = (lanes - 1).bit_length()
+
+        # ---------------- one op at a time, in acceptance order ----------------
+        op_valid, op_we = Signal(), Signal()
+        op_addr = Signal(self.native_addr_bits)              # native address of this beat
+        op_data = Signal(8 * self.mem_bytes)                 # narrower port: shifts a beat a time
+        op_strb = Signal(self.mem_bytes)
+        op_lane, op_zero = Signal(max(1, lane_bits)), Signal()
+        op_left = Signal(range(beats + 1))                   # beats still to issue
+        prefer_write = Signal()
+
+        m.submodules.wq = wq = SyncFIFOBuffered(width=9 * nb, depth=self.write_beats)
+        m.submodules.rq = rq = SyncFIFOBuffered(width=8 * nb, depth=self.read_beats)
+        # per native read beat: its lane and whether it lies past the DRAM
+        m.submodules.tq = tq = SyncFIFOBuffered(width=max(1, lane_bits) + 1,
+                                                depth=self.read_beats)
+
+        owed = Signal(range(self.read_beats + 1))            # read beats accepted, not handed on
+        beat_popped = Signal()
+        can_issue = Mux(op_we, wq.w_rdy, owed != self.read_beats)
+        m.d.comb += [nat.cmd.valid.eq(op_valid & can_issue),
+                     nat.cmd.payload.we.eq(op_we), nat.cmd.payload.addr.eq(op_addr)]
+        issued = nat.cmd.valid & nat.cmd.ready
+        last = op_left == 1
+        free = ~op_valid | (issued & last)
+
+        if lanes > 1:
+            w_data = op_data.replicate(lanes)
+            w_strb = (op_strb << (op_lane * self.mem_bytes))[:nb]
+        else:
+            w_data, w_strb = op_data[:8 * nb], op_strb[:nb]
+        m.d.comb += [wq.w_en.eq(issued & op_we), wq.w_data.eq(Cat(w_data, w_strb)),
+                     tq.w_en.eq(issued & ~op_we), tq.w_data.eq(Cat(op_lane, op_zero))]
+        m.d.sync += owed.eq(owed + (issued & ~op_we) - beat_popped)
+        with m.If(issued):
+            m.d.sync += [op_addr.eq(op_addr + 1), op_left.eq(op_left - 1),
+                         op_data.eq(op_data >> (8 * nb)), op_strb.eq(op_strb >> nb)]
+            with m.If(last):
+                m.d.sync += op_valid.eq(0)
+
+        take_write = mach.wr.valid & (prefer_write | ~mach.rd_req.valid)
+        take_read = mach.rd_req.valid & ~take_write
+        m.d.comb += [mach.wr.ready.eq(free & take_write),
+                     mach.rd_req.ready.eq(free & take_read)]
+        addr = Mux(take_write, mach.wr.payload.addr, mach.rd_req.payload.addr)
+        in_range = addr < self.depth_words
+        with m.If(free & (take_write | take_read)):
+            m.d.sync += [op_we.eq(take_write), op_left.eq(beats),
+                         op_data.eq(mach.wr.payload.data), op_strb.eq(mach.wr.payload.strb),
+                         op_zero.eq(~in_range), prefer_write.eq(~take_write)]
+            if lanes > 1:
+                m.d.sync += [op_addr.eq(addr >> lane_bits), op_lane.eq(addr[:lane_bits])]
+            else:
+                m.d.sync += op_addr.eq(addr * beats)
+            # a write past the DRAM is accepted and dropped
+            m.d.sync += op_valid.eq(take_read | in_range)
+
+        # ---------------- write data: at the head before the controller asks ----------------
+        m.d.comb += [nat.wdata.valid.eq(wq.r_rdy),
+                     nat.wdata.payload.data.eq(wq.r_data[:8 * nb]),
+                     nat.wdata.payload.we.eq(wq.r_data[8 * nb:]),
+                     wq.r_en.eq(nat.wdata.ready)]
+
+        # ---------------- read data: always room (credits), reassembled in order ----------------
+        m.d.comb += [nat.rdata.ready.eq(rq.w_rdy), rq.w_en.eq(nat.rdata.valid),
+                     rq.w_data.eq(nat.rdata.payload.data)]
+        out_valid, out_data = Signal(), Signal(8 * self.mem_bytes)
+        m.d.comb += [mach.rd_resp.valid.eq(out_valid), mach.rd_resp.payload.data.eq(out_data)]
+        with m.If(mach.rd_resp.ready):
+            m.d.sync += out_valid.eq(0)
+        head_lane, head_zero = tq.r_data[:max(1, lane_bits)], tq.r_data[-1]
+        beat = Mux(head_zero, 0, rq.r_data)
+        m.d.comb += beat_popped.eq(rq.r_en)
+        if beats == 1:
+            word = beat.word_select(head_lane, 8 * self.mem_bytes) if lanes > 1 else beat
+            m.d.comb += [rq.r_en.eq(rq.r_rdy & (~out_valid | mach.rd_resp.ready)),
+                         tq.r_en.eq(rq.r_en)]
+            with m.If(rq.r_en):
+                m.d.sync += [out_valid.eq(1), out_data.eq(word)]
+        else:
+            # beats fill the word from its least significant end; a finished word waits
+            # for the output register
+            acc = Signal(8 * self.mem_bytes)
+            got = Signal(range(beats + 1))
+            full = got == beats
+            move = full & (~out_valid | mach.rd_resp.ready)
+            m.d.comb += [rq.r_en.eq(rq.r_rdy & (~full | move)), tq.r_en.eq(rq.r_en)]
+            with m.If(move):
+                m.d.sync += [out_valid.eq(1), out_data.eq(acc), got.eq(0)]
+            with m.If(rq.r_en):
+                m.d.sync += [acc.eq(Cat(acc[8 * nb:], beat)),
+                             got.eq(Mux(move, 1, got + 1))]
+        return m
