@@ -1,0 +1,253 @@
+"""The LiteDRAM controller of a board's external DRAM, generated at build time.
+
+Each board with DRAM keeps a LiteDRAM core config in ``boards/litedram/<board>.yml``
+(the YAML that LiteDRAM's standalone generator, ``litedram_gen``, reads). The core
+is generated from it, pip-only (``pip install 'gpt2-accel[dram]'``: LiteDRAM, LiteX,
+Migen), and cached under ``$GPT2ACCEL_CACHE/litedram/`` (default
+``~/.cache/gpt2accel/litedram/``), keyed by the config's bytes, the core's name and
+the three packages' versions, so a new config or release regenerates and nothing
+else does.
+
+    core = generate_core("ulx3s-85f")    # DramCore: core.verilog, core.addr_bits, ...
+
+The generated Verilog top (``litedram_core``) has the controller's clock and reset,
+``init_done``/``init_error``, a ``wb_ctrl`` Wishbone bus (the configs have no soft
+CPU: the DRAM's init sequence goes through it), the DRAM pins and one native user
+port, ``user_port_native_0_*`` (cmd/wdata/rdata; `rtl.dram_adapter` puts the
+machine's memory port on it). `DramCore` reads that port's widths from the
+Verilog itself.
+
+A config is checked before the generator runs; a bad one is a `DramConfigError`
+with one line naming the problem. A generator that fails is a `DramGenError`
+carrying its last line of output.
+"""
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpt2accel.model import progress
+from gpt2accel.model.shakespeare import cache_dir as _cache_root
+
+__all__ = ["BOARDS", "CONFIG_DIR", "PACKAGES", "DramConfigError", "DramGenError", "DramCore",
+           "config_path", "read_config", "generate_core", "native_port", "cache_dir",
+           "versions"]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "litedram"
+#: boards with a DRAM config
+BOARDS = ("ulx3s-85f", "orangecrab-85f")
+#: the packages that generate a core; their versions key the cache
+PACKAGES = ("litedram", "litex", "migen")
+#: the PHYs this project generates, with the memory each drives
+PHYS = {"GENSDRPHY": "SDR", "ECP5DDRPHY": "DDR3"}
+#: keys every config needs, and those the ECP5 DDR3 PHY's clocking needs too
+REQUIRED = ("device", "memtype", "sdram_module", "sdram_module_nb", "sdram_phy",
+            "sys_clk_freq", "user_ports")
+REQUIRED_BY_PHY = {"ECP5DDRPHY": ("input_clk_freq", "init_clk_freq", "sdram_rank_nb")}
+#: the other keys `litedram_gen` reads (besides its controller settings'), so a
+#: misspelt one is refused instead of silently doing nothing
+OPTIONAL = ("cpu", "cpu_variant", "uart", "sdram_rank_nb", "dm_swap", "rtt_nom", "rtt_wr",
+            "ron", "cmd_delay", "input_clk_freq", "init_clk_freq", "iodelay_clk_freq",
+            "cmd_latency", "speedgrade", "csr_data_width")
+#: the user port the adapter connects to
+NATIVE_PORT = "native_0"
+CORE_NAME = "litedram_core"
+
+
+class DramConfigError(ValueError):
+    """A LiteDRAM config (or board name) that cannot make a core: one line."""
+
+
+class DramGenError(RuntimeError):
+    """The generator is missing or failed: one line."""
+
+
+def cache_dir():
+    """Where generated cores are kept."""
+    return _cache_root() / "litedram"
+
+
+def config_path(board):
+    """The config of `board` (one of `BOARDS`)."""
+    if board not in BOARDS:
+        raise DramConfigError(f"no DRAM config for board {board!r} (boards with one: "
+                              f"{', '.join(BOARDS)})")
+    return CONFIG_DIR / f"{board}.yml"
+
+
+def _require_packages():
+    missing = [p for p in PACKAGES if importlib.util.find_spec(p) is None]
+    if missing:
+        raise DramGenError(f"generating a LiteDRAM core needs {', '.join(missing)}: "
+                           f"pip install 'gpt2-accel[dram]'")
+
+
+def versions():
+    """{package: version} of the generator's packages."""
+    _require_packages()
+    return {p: importlib.metadata.version(p) for p in PACKAGES}
+
+
+def _freq(cfg, key, where):
+    try:
+        value = float(cfg[key])
+    except (TypeError, ValueError):
+        raise DramConfigError(f"{where}: {key} must be a frequency in Hz, not "
+                              f"{cfg[key]!r}") from None
+    if not value > 0:
+        raise DramConfigError(f"{where}: {key} must be positive, not {cfg[key]!r}")
+    return value
+
+
+def read_config(path):
+    """The config at `path`, checked (`DramConfigError` names the first problem)."""
+    import yaml
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise DramConfigError(f"cannot read DRAM config {path}: {e.strerror}") from None
+    try:
+        cfg = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise DramConfigError(f"{path}: not valid YAML{at}") from None
+    if not isinstance(cfg, dict):
+        raise DramConfigError(f"{path}: a DRAM config is a mapping of settings")
+    for key in REQUIRED:
+        if key not in cfg:
+            raise DramConfigError(f"{path}: {key} is missing")
+    phy = cfg["sdram_phy"]
+    if phy not in PHYS:
+        raise DramConfigError(f"{path}: sdram_phy {phy!r} is not one of {', '.join(PHYS)}")
+    if cfg["memtype"] != PHYS[phy]:
+        raise DramConfigError(f"{path}: {phy} drives {PHYS[phy]} memory, not "
+                              f"memtype {cfg['memtype']!r}")
+    for key in REQUIRED_BY_PHY.get(phy, ()):
+        if key not in cfg:
+            raise DramConfigError(f"{path}: {key} is missing ({phy} needs it)")
+    for key in cfg:
+        if key.endswith("clk_freq"):
+            _freq(cfg, key, path)
+    if cfg.get("cpu", "None") not in (None, "None"):
+        raise DramConfigError(f"{path}: cpu must be None (a soft CPU's BIOS needs a "
+                              f"RISC-V compiler, which pip does not provide)")
+    nb = cfg["sdram_module_nb"]
+    if not isinstance(nb, int) or isinstance(nb, bool) or nb < 1:
+        raise DramConfigError(f"{path}: sdram_module_nb must be a positive int, not {nb!r}")
+    ports = cfg["user_ports"]
+    if not isinstance(ports, dict) or not isinstance(ports.get(NATIVE_PORT), dict) \
+            or ports[NATIVE_PORT].get("type") != "native":
+        raise DramConfigError(f"{path}: user_ports must have {NATIVE_PORT!r} of type "
+                              f"'native' (the port the machine's adapter drives)")
+    _require_packages()
+    import inspect
+    from litedram import modules
+    from litedram.core.controller import ControllerSettings
+    if not isinstance(getattr(modules, str(cfg["sdram_module"]), None), type):
+        raise DramConfigError(f"{path}: sdram_module {cfg['sdram_module']!r} is not a "
+                              f"LiteDRAM module (litedram.modules)")
+    known = set(REQUIRED) | set(OPTIONAL) | set(
+        inspect.getfullargspec(ControllerSettings.__init__).args[1:])
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise DramConfigError(f"{path}: unknown setting {unknown[0]!r}")
+    return cfg
+
+
+@dataclass(frozen=True)
+class DramCore:
+    """A generated core: its Verilog file and its native port's widths."""
+    verilog: Path
+    #: native word address bits and bytes per native word
+    addr_bits: int
+    data_bytes: int
+    config: dict
+
+    @property
+    def size_bytes(self):
+        return (1 << self.addr_bits) * self.data_bytes
+
+
+def native_port(verilog_text, port=NATIVE_PORT):
+    """(address bits, data bits) of the native user port `port` in a core's Verilog."""
+    widths = {}
+    for direction, msb, name in re.findall(
+            rf"\b(input|output)\s+wire\s+(?:\[(\d+):0\]\s+)?user_port_{port}_(\w+)",
+            verilog_text):
+        widths[name] = int(msb) + 1 if msb else 1
+    need = ("cmd_valid", "cmd_ready", "cmd_we", "cmd_addr", "wdata_valid", "wdata_ready",
+            "wdata_we", "wdata_data", "rdata_valid", "rdata_ready", "rdata_data")
+    missing = [n for n in need if n not in widths]
+    if missing:
+        raise DramGenError(f"the core has no user_port_{port}_{missing[0]}")
+    if widths["wdata_data"] != widths["rdata_data"] or \
+            widths["wdata_we"] * 8 != widths["wdata_data"]:
+        raise DramGenError(f"the core's user_port_{port} has inconsistent data widths "
+                           f"{widths['wdata_data']}/{widths['rdata_data']}/{widths['wdata_we']}")
+    return widths["cmd_addr"], widths["rdata_data"]
+
+
+def _key(config_bytes, name, vers):
+    h = hashlib.sha256()
+    h.update(config_bytes)
+    h.update(json.dumps({"name": name, "versions": vers}, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def generate_core(board_or_path, *, name=CORE_NAME):
+    """The core of a board (one of `BOARDS`) or a config file (a `Path`, or a name
+    with a ``/`` or ending in ``.yml``), generated once and cached."""
+    if isinstance(board_or_path, str) and "/" not in board_or_path \
+            and not board_or_path.endswith((".yml", ".yaml")):
+        path = config_path(board_or_path)
+    else:
+        path = Path(board_or_path)
+    cfg = read_config(path)
+    vers = versions()
+    out = cache_dir() / f"{path.stem}-{_key(path.read_bytes(), name, vers)}"
+    verilog = out / f"{name}.v"
+    if verilog.is_file():
+        progress.note(f"LiteDRAM core for {path.name}: cached in {out}")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # generated beside the cache entry and renamed into place, so an interrupted
+        # run never leaves a half-written core that a later run would take as cached
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".gen-"))
+        tmp.chmod(0o755)        # a cache other users of the machine may read
+        try:
+            with progress.step(f"generating the LiteDRAM core for {path.name} "
+                               f"(litedram {vers['litedram']})", done=lambda: f"cached in {out}"):
+                _run_generator(path, tmp, name)
+                built = tmp / "build"
+                shutil.move(str(built / "gateware" / f"{name}.v"), str(tmp / f"{name}.v"))
+                shutil.move(str(built / "csr.json"), str(tmp / "csr.json"))
+                shutil.rmtree(built)
+                if not verilog.is_file():     # another process may have cached it meanwhile
+                    os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    addr_bits, data_bits = native_port(verilog.read_text())
+    return DramCore(verilog=verilog, addr_bits=addr_bits, data_bytes=data_bits // 8, config=cfg)
+
+
+def _run_generator(config, tmp, name):
+    log = tmp / "litedram_gen.log"
+    with open(log, "w") as f:
+        rc = subprocess.run([sys.executable, "-m", "litedram.gen", str(config.resolve()),
+                             "--output-dir", str(tmp / "build"), "--name", name],
+                            cwd=tmp, stdout=f, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL).returncode
+    if rc != 0:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        raise DramGenError(f"litedram_gen failed on {config.name} (exit {rc}): "
+                           f"{lines[-1] if lines else 'no output'}")
