@@ -243,7 +243,8 @@ class _HardwareRun:
         m = self.cfg.engine.max_m
 
         def on_program(r):
-            r["mode"], r["macs"] = mode, program_macs(self.drv.comp.ops(r["T"], r["pos"]))
+            r["mode"], r["macs"] = mode, program_macs(
+                self.drv.comp.ops(r["T"], r["pos"], r["logits"]))
             if len(ids) > m and self.bar_total is None:
                 # a long prompt runs in programs of max_m: show each
                 progress.note(f"  positions {r['pos']}..{r['pos'] + r['T'] - 1} of {len(ids)}:"

@@ -1,11 +1,17 @@
 """Whole model: cycles per token, MAC utilisation and memory traffic (compiler + cycle model).
 
-For each model and array size the whole-model program (`ModelCompiler`) is
-timed by `program_cycles` (exact for the RTL, stall-free reference memory);
-nothing is simulated. Prefill: one program of `PREFILL_T` tokens at position
-0 (the tiny model's whole context; 128 rows for GPT-2 small, whose longer
-prompts run as several such programs); decode: one token at the last
-position (the longest attention).
+For each model, array size and context the whole-model program
+(`ModelCompiler`) is timed by `program_cycles` (exact for the RTL, stall-free
+reference memory); nothing is simulated. Prefill: one program of 128 tokens
+(or the context, if shorter) at position 0 computing the last row's logits,
+as generation does (the tiny model's whole context; GPT-2 small's longer
+prompts run as several such programs, the earlier ones without the LM head);
+score: the same prompt with every row's logits (perplexity); decode: one
+token at the last position of the context (the longest attention).
+Image bytes: the memory map the case's program runs on, by region: weights
+(everything packed from the model), kv (the K/V caches of the context),
+buffers (activations, logits of the rows asked, token ids, attention
+scratch), and the program (its instruction words, which the host streams).
 Utilisation: `driver.program_macs` (useful MACs: linear layers and the causal
 QKᵀ/PV products) over rows*cols*cycles. Bytes per token: compulsory memory
 traffic (every operand an instruction needs read once, every result written
@@ -23,12 +29,13 @@ import numpy as np
 
 from gpt2accel.model import progress
 
-from gpt2accel.rtl.isa import Op
+from gpt2accel.rtl.isa import INSTR_BITS, Op
 from gpt2accel.sim.host.compiler import CompileError, ModelCompiler
 from gpt2accel.sim.host.driver import machine_config, program_macs
 from gpt2accel.sim.cycles.program import program_cycles
 
-HELP = "whole-model cycles/token, utilisation and memory traffic (tiny, GPT-2 small)"
+HELP = ("whole-model cycles/token, utilisation, memory traffic and image bytes "
+        "(tiny, GPT-2 small)")
 
 
 def add_arguments(parser):
@@ -37,6 +44,9 @@ def add_arguments(parser):
     parser.add_argument("--models", default="tiny,gpt2-small",
                         help="comma-separated models among %s (default %%(default)s)"
                              % ", ".join(MODELS))
+    parser.add_argument("--contexts", default=None,
+                        help="comma-separated contexts (positions the KV caches hold; "
+                             "decode at the last); default each model's n_positions")
 
 
 def _tiny():
@@ -100,8 +110,30 @@ def traffic_bytes(comp, ops):
     return total
 
 
+def _contexts(text):
+    if text is None:
+        return [None]
+    out = []
+    for c in text.split(","):
+        try:
+            out.append(int(c))
+        except ValueError:
+            raise ValueError(f"--contexts: {c!r} is not a number of positions") from None
+        if out[-1] < 1:
+            raise ValueError(f"--contexts: {c!r} needs at least one position")
+    return out
+
+
+def image_bytes(comp, words):
+    """The case's image by region (see the module docstring), and their total."""
+    out = dict(comp.region_bytes(), program=len(words) * INSTR_BITS // 8)
+    out["total"] = sum(out.values())
+    return out
+
+
 def run(args):
     from gpt2accel.sim.host.driver import _ids_memory
+    contexts = _contexts(getattr(args, "contexts", None))
     arrays = []
     for a in args.arrays.split(","):
         try:
@@ -120,43 +152,53 @@ def run(args):
         with progress.step(loading):
             q = load()
         n = q.config.n_positions
-        modes = (("prefill", prefill_t, 0), ("decode", 1, n - 1))
-        for r, c in progress.bar(arrays, f"{name}: compiling and timing on each array",
-                                 unit="arrays"):
-            arr = f"{r}x{c}"
+        jobs = [(r, c, ctx or n) for ctx in contexts for r, c in arrays]
+        for r, c, ctx in progress.bar(jobs, f"{name}: compiling and timing on each array "
+                                            f"and context", unit="cases"):
+            arr, t = f"{r}x{c}", min(prefill_t, ctx)
+            # (mode, tokens, position, logits asked, rows the logits buffers hold)
+            modes = (("prefill", t, 0, "last", 1), ("score", t, 0, "all", t),
+                     ("decode", 1, ctx - 1, "last", 1))
             try:
                 cfg = machine_config(q, r, c, max_tokens=prefill_t)
-                comp = ModelCompiler(cfg, q, prefill_t, 1 << cfg.engine.addr_bits)
+                comps = {rows: ModelCompiler(cfg, q, prefill_t, 1 << cfg.engine.addr_bits,
+                                             logit_rows=rows, context=ctx)
+                         for rows in {m[4] for m in modes}}
             except (CompileError, ValueError) as e:     # the config cannot hold this model
-                cases += [{"model": name, "array": arr, "mode": mode, "T": t,
+                cases += [{"model": name, "array": arr, "context": ctx, "mode": mode, "T": t,
                            "cycles_per_token": None, "utilization": None,
-                           "bytes_per_token": None, "error": str(e)} for mode, t, _ in modes]
+                           "bytes_per_token": None, "image_bytes": None, "error": str(e)}
+                          for mode, t, *_ in modes]
                 continue
-            for mode, t, pos in modes:
+            for mode, t, pos, logits, rows in modes:
+                comp = comps[rows]
                 ids = np.arange(t) % q.config.vocab_size
-                cycles, _ = program_cycles(cfg, comp.program(t, pos), mem=_ids_memory(comp, ids))
-                ops = comp.ops(t, pos)
-                cases.append({"model": name, "array": arr, "mode": mode, "T": t, "pos": pos,
+                words = comp.program(t, pos, logits)
+                cycles, _ = program_cycles(cfg, words, mem=_ids_memory(comp, ids))
+                ops = comp.ops(t, pos, logits)
+                cases.append({"model": name, "array": arr, "context": ctx, "mode": mode,
+                              "T": t, "pos": pos, "logits": logits,
                               "cycles": cycles, "cycles_per_token": cycles / t,
                               "utilization": program_macs(ops) / (r * c * cycles),
-                              "bytes_per_token": traffic_bytes(comp, ops) / t})
+                              "bytes_per_token": traffic_bytes(comp, ops) / t,
+                              "image_bytes": image_bytes(comp, words)})
     return {"cases": cases, "mem_latency": "reference (sim.matmul_sim.REF_MEM_LATENCY)"}
 
 
 def format_text(result):
-    lines = [f"{'model':11} {'array':6} {'mode':8} {'T':>5} {'cycles/token':>13} "
-             f"{'util':>6} {'bytes/token':>12}"]
+    lines = [f"{'model':11} {'array':6} {'context':>7} {'mode':8} {'T':>5} {'cycles/token':>13} "
+             f"{'util':>6} {'bytes/token':>12} {'image bytes':>13}"]
     unsupported = {}
     for c in result["cases"]:
         if c.get("cycles_per_token") is None:
-            # the same reason for both modes: one line per model and array, after the table
-            unsupported.setdefault((c["model"], c["array"]), c["error"])
+            # the same reason for every mode: one line per model and array, after the table
+            unsupported.setdefault((c["model"], c["array"], c["error"]))
             continue
-        lines.append(f"{c['model']:11} {c['array']:6} {c['mode']:8} {c['T']:5d} "
-                     f"{c['cycles_per_token']:13,.0f} {100 * c['utilization']:5.1f}% "
-                     f"{c['bytes_per_token']:12,.0f}")
+        lines.append(f"{c['model']:11} {c['array']:6} {c['context']:7d} {c['mode']:8} "
+                     f"{c['T']:5d} {c['cycles_per_token']:13,.0f} "
+                     f"{100 * c['utilization']:5.1f}% {c['bytes_per_token']:12,.0f} "
+                     f"{c['image_bytes']['total']:13,}")
     if unsupported:
         lines.append("not supported:")
-        lines += [f"  {model} on {array}, because {why}"
-                  for (model, array), why in unsupported.items()]
+        lines += [f"  {model} on {array}, because {why}" for model, array, why in unsupported]
     return "\n".join(lines)

@@ -1,12 +1,17 @@
 """Lower a `QuantGPT2` (one block, or the whole model) to a machine program + memory image.
 
-`ModelCompiler(cfg, qmodel, max_tokens, mem_words)`: EMBED (token ids written
-by the host with `write_ids`), every block, LAYERNORM ln_f, MATMUL against
-wteᵀ (raw) and REQUANT to the int16 logits (region "logits").
+`ModelCompiler(cfg, qmodel, max_tokens, mem_words, logit_rows=, context=)`:
+EMBED (token ids written by the host with `write_ids`), every block,
+LAYERNORM ln_f, MATMUL against wteᵀ (raw) and REQUANT to the int16 logits
+(region "logits") for the rows a program asks (`program(t, pos, logits=)`:
+"all" rows, the "last" row, which is all generation needs, or "none", for
+the earlier chunks of a long prompt). The logits buffers hold `logit_rows`
+rows and the KV caches `context` positions (default: max_tokens rows, the
+model's n_positions), so an image holds only what its caller will ask.
 
 `BlockCompiler(cfg, qmodel, layer, max_tokens, mem_words)` fixes the memory
 map once (weights and per-column parameters in the matmul layouts, the
-layer's K/V caches for the model's n_positions keys, activation buffers for
+layer's K/V caches for `context` keys, activation buffers for
 `max_tokens` rows, the attention scratch); `image()` is the initial memory
 and `program(T, pos)` the instruction words for T new tokens at positions
 pos .. pos+T-1 (prefill: pos = 0; decode: T = 1 at pos = p). The caches
@@ -48,7 +53,11 @@ from gpt2accel.rtl.isa import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_
                                RESID_BYTES, IsaError, Op, cfg_max_vector_n, encode)
 from gpt2accel.sim.host.matmul_layout import pack_params, pack_w
 
-__all__ = ["CompileError", "BlockCompiler", "ModelCompiler", "Provenance", "Region"]
+__all__ = ["CompileError", "BlockCompiler", "ModelCompiler", "Provenance", "Region",
+           "LOGITS"]
+
+#: what a whole-model program computes logits for: every new row, the last one, none
+LOGITS = ("all", "last", "none")
 
 
 class CompileError(ValueError):
@@ -86,10 +95,12 @@ class Provenance:
     after which that intermediate is complete in memory, the (region, row length) it
     occupies there, else None (the raw int32 projections, whose observed value is the
     requantised one RESADD / REQUANT computes; KVSTORE, seen through ATTENTION; all
-    but the last column chunk of a split vector op)."""
+    but the last column chunk of a split vector op); `from_row`: the region's row 0
+    holds the intermediate's row `from_row` (the LM head of the last row only)."""
     op: "str | None"
     layer: "int | None" = None
     check: "tuple[str, int] | None" = None
+    from_row: int = 0
 
 
 @dataclass(frozen=True)
@@ -103,7 +114,8 @@ class _Compiler:
     """Memory map and programs for `layers` of `qmodel`, with the embedding add,
     ln_f and the LM head when `head` (see `BlockCompiler`, `ModelCompiler`)."""
 
-    def __init__(self, cfg: AttentionConfig, qmodel, layers, head, max_tokens, mem_words):
+    def __init__(self, cfg: AttentionConfig, qmodel, layers, head, max_tokens, mem_words,
+                 logit_rows=None, context=None):
         self.cfg, self.q, self.layers, self.head = cfg, qmodel, list(layers), head
         e = cfg.engine
         self.e = e
@@ -127,6 +139,12 @@ class _Compiler:
         need(D % cfg.norm_lanes == 0, f"d_head {D} is not a multiple of norm_lanes {cfg.norm_lanes}")
         need(1 <= max_tokens <= e.max_m, f"max_tokens {max_tokens} exceeds max_m {e.max_m}")
         need(self.n_pos <= cfg.max_seq, f"n_positions {self.n_pos} exceeds max_seq {cfg.max_seq}")
+        self.context = self.n_pos if context is None else context
+        need(1 <= self.context <= self.n_pos,
+             f"context {self.context} outside 1..n_positions {self.n_pos}")
+        self.logit_rows = max_tokens if logit_rows is None else logit_rows
+        need(1 <= self.logit_rows <= max_tokens,
+             f"logit_rows {self.logit_rows} outside 1..max_tokens {max_tokens}")
         self.rb = qmodel.resid_bits
         need(self.rb <= 8 * RESID_BYTES, f"resid_bits {self.rb} exceeds the int16 residual rows")
         self.lins = {}
@@ -208,19 +226,21 @@ class _Compiler:
         bufs = [("x", E, RESID_BYTES), ("ln_1_out", E, 1), ("qkv", 3 * E, 1),
                 ("attn", E, 1), ("proj_raw", E, RAW_BYTES),
                 ("ln_2_out", E, 1), ("fc", 4 * E, 1), ("gelu", 4 * E, 1)]
+        bufs = [(name, n, size, max_tokens) for name, n, size in bufs]
         if head:
-            bufs += [("ln_f_out", E, 1), ("logits_raw", self.V, RAW_BYTES),
-                     ("logits", self.V, RESID_BYTES)]
-        for name, n, size in bufs:
+            bufs += [(name, n, size, self.logit_rows) for name, n, size in (
+                ("ln_f_out", E, 1), ("logits_raw", self.V, RAW_BYTES),
+                ("logits", self.V, RESID_BYTES))]
+        for name, n, size, rows in bufs:
             stride = ceil_div(n * size, e.mem_bytes)    # int8 rows: = a_words_per_row
             if size == RAW_BYTES:
                 stride = max(stride, e.out_row_words(n, True))
-            alloc(name, max_tokens * stride, stride)
+            alloc(name, rows * stride, stride)
         if head:                                     # token ids, uint32 each
             alloc("ids", ceil_div(max_tokens * Q_BYTES, e.mem_bytes))
         self.sizes = {"x": RESID_BYTES, "proj_raw": RAW_BYTES, "logits_raw": RAW_BYTES,
                       "logits": RESID_BYTES}
-        self.n_tiles = ceil_div(self.n_pos, cfg.tile)
+        self.n_tiles = ceil_div(self.context, cfg.tile)
         self.kts, self.vts = cfg.k_tile_words(D), cfg.v_tile_words(D)
         for i in self.layers:
             alloc(f"h{i}.k_cache", H * self.n_tiles * self.kts)
@@ -231,6 +251,21 @@ class _Compiler:
         need(top <= mem_words, f"memory map needs {top} words, memory size is {mem_words}")
         need(mem_words <= 1 << e.addr_bits,
              f"memory size {mem_words} words exceeds the address width addr_bits {e.addr_bits}")
+
+    #: the image's regions by what they hold (`region_bytes`); the rest are buffers
+    _KV = (".k_cache", ".v_cache")
+
+    def region_bytes(self):
+        """Bytes of the memory map by kind: "weights" (everything packed from the model:
+        weights, parameters, tables, embeddings), "kv" (the K/V caches), "buffers"
+        (activations, logits, token ids, the attention scratch)."""
+        out = {"weights": 0, "kv": 0, "buffers": 0}
+        packed = {name for name, _ in self._blobs}
+        for name, r in self.regions.items():
+            kind = ("kv" if name.endswith(self._KV) else
+                    "weights" if name in packed and name != "scratch" else "buffers")
+            out[kind] += r.words * self.e.mem_bytes
+        return out
 
     def image(self):
         """Initial memory [mem_words, mem_bytes] uint8: weights, parameters, zero scratch."""
@@ -273,9 +308,9 @@ class _Compiler:
             if k is None:
                 continue
             H, t, D = k.shape
-            if (H, D) != (self.H, self.D) or t > self.n_pos:
+            if (H, D) != (self.H, self.D) or t > self.context:
                 raise CompileError(f"layer {i} cache {k.shape} does not fit "
-                                   f"[{self.H}, <= {self.n_pos}, {self.D}]")
+                                   f"[{self.H}, <= {self.context}, {self.D}]")
             kc, vc = self.regions[f"h{i}.k_cache"], self.regions[f"h{i}.v_cache"]
             for h in range(H):
                 for j in range(ceil_div(t, T)):
@@ -375,29 +410,42 @@ class _Compiler:
             out.append((op, f, prov if last else Provenance(prov.op, prov.layer)))
         return out
 
-    def _ln(self, name, q, src, dst, t):
+    def _ln(self, name, q, src, dst, t, src_row=0):
         reg = self.regions
         return (Op.LAYERNORM, dict(
-            rows=t, n=self.E, src_base=reg[src].base, src_stride=reg[src].stride,
+            rows=t, n=self.E, src_base=reg[src].base + src_row * reg[src].stride,
+            src_stride=reg[src].stride,
             dst_base=reg[dst].base, dst_stride=reg[dst].stride,
             gamma_base=reg[f"{name}.gamma"].base, beta_base=reg[f"{name}.beta"].base,
             out_shift=q.out_shift, eps_m=q.eps_m, eps_e=q.eps_e))
 
-    def ops(self, t, pos):
+    def ops(self, t, pos, logits="all"):
         """The program as (Op, fields) pairs for t tokens at positions pos .. pos+t-1."""
-        return [(op, fields) for op, fields, _ in self.annotated_ops(t, pos)]
+        return [(op, fields) for op, fields, _ in self.annotated_ops(t, pos, logits)]
 
-    def provenance(self, t, pos):
+    def provenance(self, t, pos, logits="all"):
         """The `Provenance` of each instruction of `program(t, pos)`, index by index."""
-        return [prov for _, _, prov in self.annotated_ops(t, pos)]
+        return [prov for _, _, prov in self.annotated_ops(t, pos, logits)]
 
-    def annotated_ops(self, t, pos):
+    def logit_count(self, t, logits):
+        """Rows of logits a program of t tokens leaves in region "logits"."""
+        if logits not in LOGITS:
+            raise CompileError(f"logits={logits!r}: one of {', '.join(LOGITS)}")
+        return {"all": t, "last": 1, "none": 0}[logits] if self.head else 0
+
+    def annotated_ops(self, t, pos, logits="all"):
         """The program as (Op, fields, `Provenance`) triples: `ops` and `provenance`
         in one list, so the two cannot fall out of step."""
         if not 1 <= t <= self.max_tokens:
             raise CompileError(f"T = {t} tokens outside 1..max_tokens {self.max_tokens}")
-        if pos + t > self.n_pos:
-            raise CompileError(f"positions up to {pos + t} exceed n_positions {self.n_pos}")
+        if pos + t > self.context:
+            what = "n_positions" if self.context == self.n_pos else "the context"
+            raise CompileError(f"positions up to {pos + t} exceed {what} {self.context}")
+        n_logits = self.logit_count(t, logits)
+        if n_logits > self.logit_rows:
+            raise CompileError(f"logits of {n_logits} rows exceed the {self.logit_rows} "
+                               f"row{'s' if self.logit_rows > 1 else ''} of the logits "
+                               f"buffers (logit_rows)")
         reg = self.regions
         prog = []
         if self.head:
@@ -411,18 +459,20 @@ class _Compiler:
                 Provenance("embed", None, ("x", self.E))))
         for i in self.layers:
             prog += self._block_ops(i, t, pos)
-        if self.head:
-            lr = reg["logits_raw"]
-            prog += [(*self._ln("ln_f", self.q.ln_f, "x", "ln_f_out", t),
-                      Provenance("ln_f", None, ("ln_f_out", self.E))),
-                     (*self._matmul("lm_head", "ln_f_out", "logits_raw", t),
+        if n_logits:
+            # the head runs on the rows asked only: the last row's logits are all
+            # generation needs, and the LM head is the widest product of the program
+            lr, first = reg["logits_raw"], t - n_logits
+            prog += [(*self._ln("ln_f", self.q.ln_f, "x", "ln_f_out", n_logits, first),
+                      Provenance("ln_f", None, ("ln_f_out", self.E), first)),
+                     (*self._matmul("lm_head", "ln_f_out", "logits_raw", n_logits),
                       Provenance("logits")),
-                     (Op.REQUANT, dict(rows=t, n=self.V, src_base=0, src_stride=0,
+                     (Op.REQUANT, dict(rows=n_logits, n=self.V, src_base=0, src_stride=0,
                                        dst_base=reg["logits"].base,
                                        dst_stride=reg["logits"].stride,
                                        y_base=lr.base, y_stride=lr.stride,
                                        q_base=reg["lm_head.q"].base),
-                      Provenance("logits", None, ("logits", self.V)))]
+                      Provenance("logits", None, ("logits", self.V), first))]
         prog = [ins for ins in prog for ins in self._split_vector(*ins)]
         return prog + [(Op.HALT, {}, Provenance(None))]
 
@@ -438,10 +488,10 @@ class _Compiler:
         flat[:len(ids) * Q_BYTES] = ids.astype("<u4").view(np.uint8)
         mem[r.base:r.base + r.words] = flat.reshape(r.words, self.e.mem_bytes)
 
-    def program(self, t, pos):
+    def program(self, t, pos, logits="all"):
         """Instruction words; an instruction the ISA refuses becomes a `CompileError`."""
         words = []
-        for op, fields in self.ops(t, pos):
+        for op, fields in self.ops(t, pos, logits):
             try:
                 words.append(encode(self.cfg, op, **fields))
             except IsaError as exc:
@@ -460,7 +510,10 @@ class BlockCompiler(_Compiler):
 class ModelCompiler(_Compiler):
     """The whole model: EMBED, every block, ln_f, LM head (raw matmul against wteᵀ
     + REQUANT to the logit width). The host writes the token ids (`write_ids`);
-    the int16 logits are left in region "logits" [T, vocab]."""
+    the int16 logits of the rows asked are left in region "logits" [rows, vocab].
+    `logit_rows`: rows the logits buffers hold (default max_tokens; 1 is enough to
+    generate); `context`: positions the KV caches hold (default n_positions)."""
 
-    def __init__(self, cfg, qmodel, max_tokens, mem_words):
-        super().__init__(cfg, qmodel, range(qmodel.config.n_layer), True, max_tokens, mem_words)
+    def __init__(self, cfg, qmodel, max_tokens, mem_words, logit_rows=None, context=None):
+        super().__init__(cfg, qmodel, range(qmodel.config.n_layer), True, max_tokens, mem_words,
+                         logit_rows, context)

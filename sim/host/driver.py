@@ -1,9 +1,16 @@
 """One driver API for the whole-model machine over interchangeable backends.
 
     drv = Driver(qmodel, machine_config(qmodel, 8, 8), backend="pysim")
-    logits = drv.prefill(ids)          # int logits [T, vocab], KV caches stay in memory
+    logits = drv.prefill(ids)          # int logits [1, vocab] of the last row; KV caches stay
     logits = drv.decode(token)         # int logits [1, vocab]
     drv.logits_float(logits[-1]); drv.last  # dequantised; counters of the last call
+
+    drv = Driver(qmodel, cfg, logits="all", context=256)   # scoring: every row's logits
+    logits = drv.prefill(ids)          # [T, vocab]; prefill(ids, logits="last") still allowed
+
+The memory map holds what the driver was made for: logits buffers of one row
+("last", generation) or max_m rows ("all", scoring), KV caches for `context`
+positions (default the model's n_positions).
 
 As in Glasgow (one API for the simulator and the device), everything above
 the `Backend` is the same whichever runs the machine: `Driver` compiles the
@@ -244,17 +251,29 @@ class Driver:
 
     `on_program(status)` is called after every program (a long prompt runs as several).
     `check`: after every call compare the integer logits with `QuantGPT2.forward`
-    (run alongside on its own KV cache); on a mismatch, localise it to the first
-    instruction whose result differs from the model's observe hooks and raise
-    `CheckError` naming the layer and operation.
+    (run alongside on its own KV cache) on the rows computed; on a mismatch, localise
+    it to the first instruction whose result differs from the model's observe hooks
+    and raise `CheckError` naming the layer and operation.
+    `logits`: what `prefill` returns unless told otherwise, and what the memory map
+    holds: "last" (the last row's logits, all that generation needs) or "all" (every
+    row's, for scoring). `context`: positions the KV caches hold (default the
+    model's n_positions); prefill and decode stop there.
     """
 
     def __init__(self, qmodel, cfg, backend="pysim", *, mem_words=None, check=False,
-                 on_program=None):
+                 on_program=None, logits="last", context=None):
         self.q, self.cfg = qmodel, cfg
+        if logits not in ("last", "all"):
+            raise ValueError(f"logits={logits!r}: 'last' (generation) or 'all' (scoring)")
+        n_pos = qmodel.config.n_positions
+        if context is not None and not 1 <= context <= n_pos:
+            raise ValueError(f"context={context}: outside 1..n_positions {n_pos}")
+        self.logits, self.context = logits, context or n_pos
         self.on_program = on_program  # called with each program's status (progress)
         self.backend = make_backend(backend) if isinstance(backend, str) else backend
-        need = ModelCompiler(cfg, qmodel, cfg.engine.max_m, None).end
+        self._map = dict(logit_rows=cfg.engine.max_m if logits == "all" else 1,
+                         context=self.context)
+        need = ModelCompiler(cfg, qmodel, cfg.engine.max_m, None, **self._map).end
         if mem_words is not None and mem_words < need:
             raise MachineSizeError(f"mem_words={mem_words:,}: the model's memory map needs "
                                    f"{need:,} words (None sizes the memory from the model)",
@@ -267,7 +286,7 @@ class Driver:
         # the memory is what the model uses (its map), not the whole address space:
         # 2^24 words of GPT-2 small would be a quarter of a gigabyte per copy
         self.mem_words = mem_words or need
-        self.comp = ModelCompiler(cfg, qmodel, cfg.engine.max_m, self.mem_words)
+        self.comp = ModelCompiler(cfg, qmodel, cfg.engine.max_m, self.mem_words, **self._map)
         self.check = check
         self.pos = 0
         self.loaded = False
@@ -292,14 +311,15 @@ class Driver:
         self.backend.close()
 
     # ---- programs
-    def _run(self, ids):
-        """One program for `ids` at the current position; returns int logits [T, vocab]."""
+    def _run(self, ids, logits):
+        """One program for `ids` at the current position; returns the int logits asked
+        ([T, vocab], [1, vocab] or None)."""
         t = len(ids)
         ids_region = self.comp.regions["ids"]
         img = self.backend.dump(ids_region.base, ids_region.words)
         self.comp.write_ids(_Shifted(img, ids_region.base), ids)
         self.backend.load(img, ids_region.base)
-        prog = self.comp.program(t, self.pos)
+        prog = self.comp.program(t, self.pos, logits)
         before = self.backend.dump() if self.check else None
         try:
             predicted, _ = program_cycles(self.cfg, prog, mem=_ids_memory(self.comp, ids))
@@ -308,7 +328,8 @@ class Driver:
         what = f"{self.backend.name}: {t} token{'s' if t > 1 else ''} at position {self.pos}"
         with _RunProgress(self.backend, what, len(prog)):
             res = dict(self.backend.run(prog))
-        res.update(T=t, pos=self.pos, predicted_cycles=predicted, instructions=len(prog))
+        res.update(T=t, pos=self.pos, logits=logits, predicted_cycles=predicted,
+                   instructions=len(prog))
         self.last = res
         self.history.append(res)
         if self.on_program is not None:
@@ -319,38 +340,57 @@ class Driver:
                                 f"(T={t}, pos={self.pos})")
         if res["icount"] != len(prog):
             raise HardwareError(f"machine executed {res['icount']} of {len(prog)} instructions")
-        logits = self.read_logits(t)
+        rows = self.comp.logit_count(t, logits)
+        out = self.read_logits(rows) if rows else None
         if self.check:
-            self._check(ids, logits, before)
+            self._check(ids, out, before, logits)
         self.pos += t
-        return logits
+        return out
 
-    def prefill(self, ids):
-        """Run the prompt (in chunks of max_m tokens) from position 0; int logits [T, vocab]."""
+    def _context_limit(self):
+        n_pos = self.q.config.n_positions
+        return (f"n_positions={n_pos}" if self.context == n_pos
+                else f"context={self.context} (n_positions {n_pos})")
+
+    def prefill(self, ids, logits=None):
+        """Run the prompt (in chunks of max_m tokens) from position 0. `logits`: "last"
+        (int logits [1, vocab] of the last row) or "all" ([T, vocab]); default the
+        driver's `logits`. "all" needs a driver made with logits="all" (its buffers)."""
+        logits = self.logits if logits is None else logits
+        if logits not in ("last", "all"):
+            raise ValueError(f"logits={logits!r}: 'last' (generation) or 'all' (scoring)")
+        if logits == "all" and self.logits != "all":
+            raise ValueError("logits='all' needs a Driver made with logits='all' (its memory "
+                             "holds one row of logits)")
         ids = [int(i) for i in ids]
         if not ids:
             raise ValueError("prefill needs at least one token")
-        if len(ids) > self.q.config.n_positions:
-            raise ValueError(f"prompt of {len(ids)} tokens exceeds the model's context "
-                             f"n_positions={self.q.config.n_positions}")
+        if len(ids) > self.context:
+            raise ValueError(f"prompt of {len(ids)} tokens exceeds the context "
+                             f"{self._context_limit()}")
         if self.pos or not self.loaded:
             self.load()                       # a new sequence: fresh image, empty caches
         m = self.cfg.engine.max_m
-        return np.concatenate([self._run(ids[s:s + m]) for s in range(0, len(ids), m)])
+        starts = range(0, len(ids), m)
+        # with the last row's logits only, the earlier chunks skip the head entirely
+        out = [self._run(ids[s:s + m], logits if logits == "all" or s == starts[-1]
+                         else "none") for s in starts]
+        return np.concatenate([o for o in out if o is not None])
 
     def decode(self, token):
         """One token at the next position; int logits [1, vocab]."""
         if not self.loaded or self.pos == 0:
             raise ValueError("decode needs a prefill first (the prompt fills the KV caches)")
-        if self.pos >= self.q.config.n_positions:
-            raise ValueError(f"context full: n_positions={self.q.config.n_positions}")
-        return self._run([int(token)])
+        if self.pos >= self.context:
+            raise ValueError(f"context full: {self._context_limit()}")
+        return self._run([int(token)], "last")
 
     # ---- reads
-    def read_logits(self, t):
+    def read_logits(self, rows):
+        """The int logits of the last program's `rows` rows (region "logits")."""
         r = self.comp.regions["logits"]
-        mem = _Shifted(self.backend.dump(r.base, t * r.stride), r.base)
-        return self.comp.read_rows(mem, "logits", t, self.comp.V)
+        mem = _Shifted(self.backend.dump(r.base, rows * r.stride), r.base)
+        return self.comp.read_rows(mem, "logits", rows, self.comp.V)
 
     def logits_float(self, logits):
         """Dequantised float logits (as `QuantGPT2.logits`)."""
@@ -366,25 +406,38 @@ class Driver:
                 "error": h[-1]["error"] if h else 0}
 
     # ---- checking
-    def _check(self, ids, logits, before):
+    def _check(self, ids, logits, before, mode):
         seen = {}
         want = self.q.forward(np.asarray(ids), self.golden_cache,
                               observe=lambda n, l, x: seen.setdefault((n, l), np.asarray(x)))
+        if logits is None:
+            # no logits: the program's last result is the final residual, checked as such
+            got = self.comp.read_rows(self._window("x", len(ids)), "x", len(ids), self.comp.E)
+            if np.array_equal(got, seen[("resid", self.q.config.n_layer - 1)]):
+                return
+            where = self._localise(ids, seen, before, mode)
+            raise CheckError(f"the final residual differs from QuantGPT2; {where}")
+        first = len(ids) - len(logits)
+        want = want[first:]
         if np.array_equal(logits, want):
             return
         row, col = (int(i) for i in np.argwhere(logits != want)[0])
-        where = self._localise(ids, seen, before)
-        raise CheckError(f"logits differ from QuantGPT2 at position {self.pos + row}, "
+        where = self._localise(ids, seen, before, mode)
+        raise CheckError(f"logits differ from QuantGPT2 at position {self.pos + first + row}, "
                          f"vocab index {col} (machine {logits[row, col]}, model "
                          f"{want[row, col]}); {where}")
 
-    def _localise(self, ids, seen, before):
+    def _window(self, region, rows):
+        r = self.comp.regions[region]
+        return _Shifted(self.backend.dump(r.base, rows * r.stride), r.base)
+
+    def _localise(self, ids, seen, before, mode):
         """Re-run prefixes of the program from the memory before the call and find the
         first checked instruction (the compiler's `Provenance.check`) whose destination
         differs from the golden intermediate (bisection: a good checkpoint followed by
         a bad one). Leaves the machine's memory in a prefix's state: the caller raises."""
         t = len(ids)
-        ops = self.comp.annotated_ops(t, self.pos)
+        ops = self.comp.annotated_ops(t, self.pos, mode)
         points = [k for k, (_, _, p) in enumerate(ops) if p.check is not None]
         from gpt2accel.rtl.isa import encode
 
@@ -394,10 +447,9 @@ class Driver:
             self.backend.load(before)
             words = [encode(self.cfg, op, **f) for op, f, _ in ops[:k + 1]]
             self.backend.run(words + [encode(self.cfg, Op.HALT)])
-            r = self.comp.regions[region]
-            got = self.comp.read_rows(_Shifted(self.backend.dump(r.base, t * r.stride), r.base),
-                                      region, t, n)
-            return np.array_equal(got, seen[(p.op, p.layer)])
+            got = self.comp.read_rows(self._window(region, t - p.from_row), region,
+                                      t - p.from_row, n)
+            return np.array_equal(got, seen[(p.op, p.layer)][p.from_row:])
 
         lo, hi = -1, len(points) - 1          # points[hi] is bad (the logits are)
         while hi - lo > 1:
