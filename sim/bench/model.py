@@ -7,7 +7,10 @@ reference memory); nothing is simulated. Prefill: one program of 128 tokens
 as generation does (the tiny model's whole context; GPT-2 small's longer
 prompts run as several such programs, the earlier ones without the LM head);
 score: the same prompt with every row's logits (perplexity); decode: one
-token at the last position of the context (the longest attention).
+token at the last position of the context (the longest attention), for
+`batch` sequences at once (`BATCHES`: one program, the linear layers with
+m = batch, attention and KV store per sequence; cycles per token are the
+step's cycles over the batch).
 Image bytes: the memory map the case's program runs on, by region: weights
 (everything packed from the model), kv (the K/V caches of the context),
 buffers (activations, logits of the rows asked, token ids, attention
@@ -110,6 +113,10 @@ def traffic_bytes(comp, ops):
     return total
 
 
+#: sequences decoded together in the decode rows
+BATCHES = (1, 4, 8)
+
+
 def _contexts(text):
     if text is None:
         return [None]
@@ -156,38 +163,50 @@ def run(args):
         for r, c, ctx in progress.bar(jobs, f"{name}: compiling and timing on each array "
                                             f"and context", unit="cases"):
             arr, t = f"{r}x{c}", min(prefill_t, ctx)
-            # (mode, tokens, position, logits asked, rows the logits buffers hold)
-            modes = (("prefill", t, 0, "last", 1), ("score", t, 0, "all", t),
-                     ("decode", 1, ctx - 1, "last", 1))
+            # (mode, tokens, position, logits asked, sequences); logits buffers of
+            # `tokens` rows for "all", one per sequence for "last"
+            modes = [("prefill", t, 0, "last", 1), ("score", t, 0, "all", 1)] + [
+                ("decode", 1, ctx - 1, "last", b) for b in BATCHES]
             try:
-                cfg = machine_config(q, r, c, max_tokens=prefill_t)
-                comps = {rows: ModelCompiler(cfg, q, prefill_t, 1 << cfg.engine.addr_bits,
-                                             logit_rows=rows, context=ctx)
-                         for rows in {m[4] for m in modes}}
+                # the caches of 8 sequences may need a wider address than one's
+                cfgs = {b: machine_config(q, r, c, max_tokens=prefill_t, batch=b)
+                        for b in {m[4] for m in modes}}
+                comps = {(rows, b): ModelCompiler(cfgs[b], q, prefill_t,
+                                                  1 << cfgs[b].engine.addr_bits,
+                                                  logit_rows=rows, context=ctx, batch=b)
+                         for rows, b in {(t if m[3] == "all" else m[4], m[4]) for m in modes}}
             except (CompileError, ValueError) as e:     # the config cannot hold this model
                 cases += [{"model": name, "array": arr, "context": ctx, "mode": mode, "T": t,
-                           "cycles_per_token": None, "utilization": None,
+                           "batch": b, "cycles_per_token": None, "utilization": None,
                            "bytes_per_token": None, "image_bytes": None, "error": str(e)}
-                          for mode, t, *_ in modes]
+                          for mode, t, _, _, b in modes]
                 continue
-            for mode, t, pos, logits, rows in modes:
-                comp = comps[rows]
-                ids = np.arange(t) % q.config.vocab_size
-                words = comp.program(t, pos, logits)
-                cycles, _ = program_cycles(cfg, words, mem=_ids_memory(comp, ids))
-                ops = comp.ops(t, pos, logits)
+            for mode, t, pos, logits, b in modes:
+                cfg, comp = cfgs[b], comps[(t if logits == "all" else b, b)]
+                if b == 1:
+                    ids = np.arange(t) % q.config.vocab_size
+                    words = comp.program(t, pos, logits)
+                    ops = comp.ops(t, pos, logits)
+                    mem = _ids_memory(comp, ids)
+                else:
+                    # every sequence at the same position: the step the figure is for
+                    words = comp.batch_program([pos] * b)
+                    ops = [(op, f) for op, f, _ in comp.batch_annotated_ops([pos] * b)]
+                    mem = _ids_memory(comp, np.arange(b) % q.config.vocab_size, True)
+                cycles, _ = program_cycles(cfg, words, mem=mem)
+                tokens = t * b
                 cases.append({"model": name, "array": arr, "context": ctx, "mode": mode,
-                              "T": t, "pos": pos, "logits": logits,
-                              "cycles": cycles, "cycles_per_token": cycles / t,
+                              "T": t, "batch": b, "pos": pos, "logits": logits,
+                              "cycles": cycles, "cycles_per_token": cycles / tokens,
                               "utilization": program_macs(ops) / (r * c * cycles),
-                              "bytes_per_token": traffic_bytes(comp, ops) / t,
+                              "bytes_per_token": traffic_bytes(comp, ops) / tokens,
                               "image_bytes": image_bytes(comp, words)})
     return {"cases": cases, "mem_latency": "reference (sim.matmul_sim.REF_MEM_LATENCY)"}
 
 
 def format_text(result):
-    lines = [f"{'model':11} {'array':6} {'context':>7} {'mode':8} {'T':>5} {'cycles/token':>13} "
-             f"{'util':>6} {'bytes/token':>12} {'image bytes':>13}"]
+    lines = [f"{'model':11} {'array':6} {'context':>7} {'mode':8} {'T':>5} {'batch':>5} "
+             f"{'cycles/token':>13} {'util':>6} {'bytes/token':>12} {'image bytes':>13}"]
     unsupported = {}
     for c in result["cases"]:
         if c.get("cycles_per_token") is None:
@@ -195,7 +214,7 @@ def format_text(result):
             unsupported.setdefault((c["model"], c["array"], c["error"]))
             continue
         lines.append(f"{c['model']:11} {c['array']:6} {c['context']:7d} {c['mode']:8} "
-                     f"{c['T']:5d} {c['cycles_per_token']:13,.0f} "
+                     f"{c['T']:5d} {c['batch']:5d} {c['cycles_per_token']:13,.0f} "
                      f"{100 * c['utilization']:5.1f}% {c['bytes_per_token']:12,.0f} "
                      f"{c['image_bytes']['total']:13,}")
     if unsupported:

@@ -115,7 +115,7 @@ class _Compiler:
     ln_f and the LM head when `head` (see `BlockCompiler`, `ModelCompiler`)."""
 
     def __init__(self, cfg: AttentionConfig, qmodel, layers, head, max_tokens, mem_words,
-                 logit_rows=None, context=None):
+                 logit_rows=None, context=None, batch=1):
         self.cfg, self.q, self.layers, self.head = cfg, qmodel, list(layers), head
         e = cfg.engine
         self.e = e
@@ -143,6 +143,11 @@ class _Compiler:
         need(1 <= self.context <= self.n_pos,
              f"context {self.context} outside 1..n_positions {self.n_pos}")
         self.logit_rows = max_tokens if logit_rows is None else logit_rows
+        self.batch = batch
+        need(1 <= batch <= max_tokens, f"batch {batch} outside 1..max_tokens {max_tokens}")
+        need(not head or batch <= self.logit_rows,
+             f"batch {batch} exceeds logit_rows {self.logit_rows} (a batched decode step "
+             f"computes one row of logits per sequence)")
         need(1 <= self.logit_rows <= max_tokens,
              f"logit_rows {self.logit_rows} outside 1..max_tokens {max_tokens}")
         self.rb = qmodel.resid_bits
@@ -237,14 +242,16 @@ class _Compiler:
                 stride = max(stride, e.out_row_words(n, True))
             alloc(name, rows * stride, stride)
         if head:                                     # token ids, uint32 each
-            alloc("ids", ceil_div(max_tokens * Q_BYTES, e.mem_bytes))
+            # a batched step's EMBEDs take one sequence's id each, from byte 0 of a word
+            alloc("ids", max(ceil_div(max_tokens * Q_BYTES, e.mem_bytes), batch))
         self.sizes = {"x": RESID_BYTES, "proj_raw": RAW_BYTES, "logits_raw": RAW_BYTES,
                       "logits": RESID_BYTES}
         self.n_tiles = ceil_div(self.context, cfg.tile)
         self.kts, self.vts = cfg.k_tile_words(D), cfg.v_tile_words(D)
+        # per layer, the caches of sequence 0, then of sequence 1, ... (`_cache`)
         for i in self.layers:
-            alloc(f"h{i}.k_cache", H * self.n_tiles * self.kts)
-            alloc(f"h{i}.v_cache", H * self.n_tiles * self.vts)
+            alloc(f"h{i}.k_cache", batch * H * self.n_tiles * self.kts)
+            alloc(f"h{i}.v_cache", batch * H * self.n_tiles * self.vts)
         self.end = top
         if mem_words is None:     # the memory map only: what a machine must hold
             return
@@ -296,7 +303,16 @@ class _Compiler:
         dt = {1: "<i1", 2: "<i2", 4: "<i4", 8: "<i8"}[size]
         return rows.copy().view(dt).astype(np.int64)
 
-    def write_kv_cache(self, mem, cache):
+    def _cache(self, i, seq):
+        """ATTENTION / KVSTORE cache fields of layer i for sequence `seq`."""
+        if not 0 <= seq < self.batch:
+            raise CompileError(f"sequence {seq} outside 0..{self.batch - 1} (batch {self.batch})")
+        kc, vc = self.regions[f"h{i}.k_cache"], self.regions[f"h{i}.v_cache"]
+        ks, vs = self.n_tiles * self.kts, self.n_tiles * self.vts
+        return dict(k_base=kc.base + seq * self.H * ks, k_tile_stride=self.kts, k_head_stride=ks,
+                    v_base=vc.base + seq * self.H * vs, v_tile_stride=self.vts, v_head_stride=vs)
+
+    def write_kv_cache(self, mem, cache, seq=0):
         """Host write of K/V caches (a `gpt2.KVCache` of int8 [H, T, D] per layer, as
         `QuantGPT2.forward` leaves it) into the machine's cache regions, in the
         layout KVSTORE writes: per head and key tile, Kᵀ and V as matmul W tiles.
@@ -311,7 +327,7 @@ class _Compiler:
             if (H, D) != (self.H, self.D) or t > self.context:
                 raise CompileError(f"layer {i} cache {k.shape} does not fit "
                                    f"[{self.H}, <= {self.context}, {self.D}]")
-            kc, vc = self.regions[f"h{i}.k_cache"], self.regions[f"h{i}.v_cache"]
+            c = self._cache(i, seq)
             for h in range(H):
                 for j in range(ceil_div(t, T)):
                     n = min(T, t - j * T)
@@ -319,8 +335,8 @@ class _Compiler:
                     vt = np.zeros((T, D), np.int64)
                     kt[:n] = k[h, j * T:j * T + n]
                     vt[:n] = v[h, j * T:j * T + n]
-                    ka = kc.base + (h * self.n_tiles + j) * self.kts
-                    va = vc.base + (h * self.n_tiles + j) * self.vts
+                    ka = c["k_base"] + (h * self.n_tiles + j) * self.kts
+                    va = c["v_base"] + (h * self.n_tiles + j) * self.vts
                     mem[ka:ka + self.kts] = pack_w(self.e, kt.T)
                     mem[va:va + self.vts] = pack_w(self.e, vt)
 
@@ -336,11 +352,14 @@ class _Compiler:
                                 out_base=ro.base, out_stride=ro.stride, a_signed=1,
                                 raw_out=raw))
 
-    def _block_ops(self, i, t, pos):
+    def _block_ops(self, i, t, seqs):
+        """Block i on t rows; `seqs` [(first row, rows, position, sequence)]: each group
+        of rows at its positions on its own sequence's cache. The linear layers run
+        once on all t rows, KVSTORE and ATTENTION once per group."""
         E, D, H = self.E, self.D, self.H
         blk = self.q.blocks[i]
         reg = self.regions
-        qkv, kc, vc = reg["qkv"], reg[f"h{i}.k_cache"], reg[f"h{i}.v_cache"]
+        qkv = reg["qkv"]
         att = blk.attn
         x, raw = reg["x"], reg["proj_raw"]
         fc, gl = reg["fc"], reg["gelu"]
@@ -351,25 +370,29 @@ class _Compiler:
                 dst_stride=x.stride, y_base=raw.base, y_stride=raw.stride,
                 q_base=reg[f"{name}.q"].base))
 
-        cache = dict(k_base=kc.base, k_tile_stride=self.kts, k_head_stride=self.n_tiles * self.kts,
-                     v_base=vc.base, v_tile_stride=self.vts, v_head_stride=self.n_tiles * self.vts)
-
         def of(op, check=None):
             return Provenance(op, i, check)
 
+        out = reg["attn"]
+        attention = []
+        for k, (row, n, p, seq) in enumerate(seqs):
+            cache = self._cache(i, seq)
+            attention += [
+                (Op.KVSTORE, dict(n_tok=n, pos0=p, n_head=H, d_head=D,
+                                  src_base=qkv.base + row * qkv.stride,
+                                  src_stride=qkv.stride, **cache), of("attn")),
+                (Op.ATTENTION, dict(n_head=H, d_head=D, tq=n, offset=p,
+                                    q_base=qkv.base + row * qkv.stride, q_row_stride=qkv.stride,
+                                    q_head_stride=D // self.e.mem_bytes, **cache,
+                                    out_base=out.base + row * out.stride, out_stride=out.stride,
+                                    scratch_base=reg["scratch"].base,
+                                    score_mult=att.score_mult, score_shift=att.score_shift,
+                                    out_mult=att.out_mult, out_shift=att.out_shift),
+                 of("attn", ("attn", E) if k == len(seqs) - 1 else None))]
         return [
             (*self._ln(f"h{i}.ln_1", blk.ln_1, "x", "ln_1_out", t), of("ln_1", ("ln_1_out", E))),
             (*self._matmul(f"h{i}.c_attn", "ln_1_out", "qkv", t), of("qkv", ("qkv", 3 * E))),
-            (Op.KVSTORE, dict(n_tok=t, pos0=pos, n_head=H, d_head=D,
-                              src_base=qkv.base, src_stride=qkv.stride, **cache), of("attn")),
-            (Op.ATTENTION, dict(n_head=H, d_head=D, tq=t, offset=pos,
-                                q_base=qkv.base, q_row_stride=qkv.stride,
-                                q_head_stride=D // self.e.mem_bytes, **cache,
-                                out_base=reg["attn"].base, out_stride=reg["attn"].stride,
-                                scratch_base=reg["scratch"].base,
-                                score_mult=att.score_mult, score_shift=att.score_shift,
-                                out_mult=att.out_mult, out_shift=att.out_shift),
-             of("attn", ("attn", E))),
+            *attention,
             (*self._matmul(f"h{i}.attn.c_proj", "attn", "proj_raw", t), of("attn_proj")),
             (*resadd(f"h{i}.attn.c_proj"), of("resid_mid", ("x", E))),
             (*self._ln(f"h{i}.ln_2", blk.ln_2, "x", "ln_2_out", t), of("ln_2", ("ln_2_out", E))),
@@ -419,13 +442,13 @@ class _Compiler:
             gamma_base=reg[f"{name}.gamma"].base, beta_base=reg[f"{name}.beta"].base,
             out_shift=q.out_shift, eps_m=q.eps_m, eps_e=q.eps_e))
 
-    def ops(self, t, pos, logits="all"):
+    def ops(self, t, pos, logits="all", seq=0):
         """The program as (Op, fields) pairs for t tokens at positions pos .. pos+t-1."""
-        return [(op, fields) for op, fields, _ in self.annotated_ops(t, pos, logits)]
+        return [(op, fields) for op, fields, _ in self.annotated_ops(t, pos, logits, seq)]
 
-    def provenance(self, t, pos, logits="all"):
+    def provenance(self, t, pos, logits="all", seq=0):
         """The `Provenance` of each instruction of `program(t, pos)`, index by index."""
-        return [prov for _, _, prov in self.annotated_ops(t, pos, logits)]
+        return [prov for _, _, prov in self.annotated_ops(t, pos, logits, seq)]
 
     def logit_count(self, t, logits):
         """Rows of logits a program of t tokens leaves in region "logits"."""
@@ -433,32 +456,61 @@ class _Compiler:
             raise CompileError(f"logits={logits!r}: one of {', '.join(LOGITS)}")
         return {"all": t, "last": 1, "none": 0}[logits] if self.head else 0
 
-    def annotated_ops(self, t, pos, logits="all"):
-        """The program as (Op, fields, `Provenance`) triples: `ops` and `provenance`
-        in one list, so the two cannot fall out of step."""
-        if not 1 <= t <= self.max_tokens:
-            raise CompileError(f"T = {t} tokens outside 1..max_tokens {self.max_tokens}")
+    def _check_positions(self, t, pos):
         if pos + t > self.context:
             what = "n_positions" if self.context == self.n_pos else "the context"
             raise CompileError(f"positions up to {pos + t} exceed {what} {self.context}")
+
+    def annotated_ops(self, t, pos, logits="all", seq=0):
+        """The program as (Op, fields, `Provenance`) triples: `ops` and `provenance`
+        in one list, so the two cannot fall out of step. `seq`: whose K/V caches
+        (0 .. batch-1)."""
+        if not 1 <= t <= self.max_tokens:
+            raise CompileError(f"T = {t} tokens outside 1..max_tokens {self.max_tokens}")
+        self._check_positions(t, pos)
         n_logits = self.logit_count(t, logits)
         if n_logits > self.logit_rows:
             raise CompileError(f"logits of {n_logits} rows exceed the {self.logit_rows} "
                                f"row{'s' if self.logit_rows > 1 else ''} of the logits "
                                f"buffers (logit_rows)")
+        self._cache(self.layers[0], seq)              # refuses a sequence past the batch
+        embed = [self._embed(t, 0, pos, 0)] if self.head else []
+        return self._annotated(t, embed, [(0, t, pos, seq)], n_logits)
+
+    def batch_annotated_ops(self, positions):
+        """One decode step of len(positions) sequences: sequence b's next token (id b of
+        `write_batch_ids`) at position positions[b], on its own K/V caches; the linear
+        layers run once with m = len(positions), EMBED, KVSTORE and ATTENTION once per
+        sequence; logits of every sequence (row b)."""
+        positions = [int(p) for p in positions]
+        n = len(positions)
+        if not self.head:
+            raise CompileError("a batched decode step needs the whole model")
+        if not 1 <= n <= self.batch:
+            raise CompileError(f"{n} sequences outside 1..batch {self.batch}")
+        for p in positions:
+            self._check_positions(1, p)
+        embed = [self._embed(1, b, p, b) for b, p in enumerate(positions)]
+        embed = [(op, f, prov if b == n - 1 else Provenance("embed"))
+                 for b, (op, f, prov) in enumerate(embed)]
+        return self._annotated(n, embed, [(b, 1, p, b) for b, p in enumerate(positions)], n)
+
+    def _embed(self, t, row, pos, id_word):
         reg = self.regions
-        prog = []
-        if self.head:
-            x = reg["x"]
-            prog.append((Op.EMBED, dict(
-                rows=t, n=self.E, src_base=reg["ids"].base, src_stride=0,
-                dst_base=x.base, dst_stride=x.stride, pos0=pos,
-                wte_base=reg["wte"].base, wte_stride=reg["wte"].stride,
-                wte_q_base=reg["wte.q"].base, wpe_base=reg["wpe"].base,
-                wpe_stride=reg["wpe"].stride, wpe_q_base=reg["wpe.q"].base),
-                Provenance("embed", None, ("x", self.E))))
+        x = reg["x"]
+        return (Op.EMBED, dict(
+            rows=t, n=self.E, src_base=reg["ids"].base + id_word, src_stride=0,
+            dst_base=x.base + row * x.stride, dst_stride=x.stride, pos0=pos,
+            wte_base=reg["wte"].base, wte_stride=reg["wte"].stride,
+            wte_q_base=reg["wte.q"].base, wpe_base=reg["wpe"].base,
+            wpe_stride=reg["wpe"].stride, wpe_q_base=reg["wpe.q"].base),
+            Provenance("embed", None, ("x", self.E)))
+
+    def _annotated(self, t, embed, seqs, n_logits):
+        reg = self.regions
+        prog = list(embed)
         for i in self.layers:
-            prog += self._block_ops(i, t, pos)
+            prog += self._block_ops(i, t, seqs)
         if n_logits:
             # the head runs on the rows asked only: the last row's logits are all
             # generation needs, and the LM head is the widest product of the program
@@ -488,10 +540,29 @@ class _Compiler:
         flat[:len(ids) * Q_BYTES] = ids.astype("<u4").view(np.uint8)
         mem[r.base:r.base + r.words] = flat.reshape(r.words, self.e.mem_bytes)
 
-    def program(self, t, pos, logits="all"):
+    def write_batch_ids(self, mem, tokens):
+        """Host write of a batched step's ids: sequence b's token in word b."""
+        ids = np.asarray(tokens, np.int64)
+        if not 1 <= len(ids) <= self.batch:
+            raise CompileError(f"{len(ids)} sequences outside 1..batch {self.batch}")
+        if ids.min() < 0 or ids.max() >= self.V:
+            raise CompileError(f"token ids must be in 0..{self.V - 1}")
+        r = self.regions["ids"]
+        words = np.zeros((r.words, self.e.mem_bytes), np.uint8)
+        words[:len(ids), :Q_BYTES] = ids.astype("<u4").view(np.uint8).reshape(-1, Q_BYTES)
+        mem[r.base:r.base + r.words] = words
+
+    def batch_program(self, positions):
+        """`program` of `batch_annotated_ops`."""
+        return self._encode((op, f) for op, f, _ in self.batch_annotated_ops(positions))
+
+    def program(self, t, pos, logits="all", seq=0):
         """Instruction words; an instruction the ISA refuses becomes a `CompileError`."""
+        return self._encode(self.ops(t, pos, logits, seq))
+
+    def _encode(self, ops):
         words = []
-        for op, fields in self.ops(t, pos, logits):
+        for op, fields in ops:
             try:
                 words.append(encode(self.cfg, op, **fields))
             except IsaError as exc:
@@ -512,8 +583,10 @@ class ModelCompiler(_Compiler):
     + REQUANT to the logit width). The host writes the token ids (`write_ids`);
     the int16 logits of the rows asked are left in region "logits" [rows, vocab].
     `logit_rows`: rows the logits buffers hold (default max_tokens; 1 is enough to
-    generate); `context`: positions the KV caches hold (default n_positions)."""
+    generate); `context`: positions the KV caches hold (default n_positions); `batch`:
+    sequences with caches of their own, decoded together (`batch_program`)."""
 
-    def __init__(self, cfg, qmodel, max_tokens, mem_words, logit_rows=None, context=None):
+    def __init__(self, cfg, qmodel, max_tokens, mem_words, logit_rows=None, context=None,
+                 batch=1):
         super().__init__(cfg, qmodel, range(qmodel.config.n_layer), True, max_tokens, mem_words,
-                         logit_rows, context)
+                         logit_rows, context, batch)

@@ -8,6 +8,11 @@
     drv = Driver(qmodel, cfg, logits="all", context=256)   # scoring: every row's logits
     logits = drv.prefill(ids)          # [T, vocab]; prefill(ids, logits="last") still allowed
 
+    drv = Driver(qmodel, cfg, batch=4)  # 4 sequences, each with its own KV caches
+    for b, p in enumerate(prompts):
+        drv.prefill(p, seq=b)
+    logits = drv.decode_batch(tokens)  # [4, vocab]: one step of every sequence, one program
+
 The memory map holds what the driver was made for: logits buffers of one row
 ("last", generation) or max_m rows ("all", scoring), KV caches for `context`
 positions (default the model's n_positions).
@@ -33,6 +38,7 @@ import time
 import numpy as np
 
 from gpt2accel.model import progress
+from gpt2accel.model.gpt2 import KVCache
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.isa import BETA_BYTES, Error, Op
@@ -190,7 +196,7 @@ def array_error(cols):
     return None
 
 
-def machine_config(qmodel, rows=8, cols=8, max_tokens=8, addr_bits=None):
+def machine_config(qmodel, rows=8, cols=8, max_tokens=8, addr_bits=None, batch=1):
     """The smallest machine of `rows` x `cols` this model's shapes need: matmul limits
     from n_embd and the vocabulary, `max_tokens` rows per program (at least `rows`, the
     attention's row block; longer prompts are prefilled in chunks), one head's d_head,
@@ -198,8 +204,8 @@ def machine_config(qmodel, rows=8, cols=8, max_tokens=8, addr_bits=None):
     memory word allows.
 
     `addr_bits`: the word-address width; None sizes it from the model's memory map
-    (weights, buffers, KV caches: `ModelCompiler`'s, computed without packing anything),
-    at least `MIN_ADDR_BITS`. An explicit width too narrow for the map raises
+    (weights, buffers, KV caches of `batch` sequences: `ModelCompiler`'s, computed
+    without packing anything), at least `MIN_ADDR_BITS`. An explicit width too narrow for the map raises
     `MachineSizeError` naming the width needed; shapes the array cannot hold raise
     `CompileError` / `ConfigError` (both ValueErrors); see also `array_error`."""
     mc = qmodel.config
@@ -217,7 +223,7 @@ def machine_config(qmodel, rows=8, cols=8, max_tokens=8, addr_bits=None):
 
     # the memory map does not depend on the address width: size it at the widest
     cfg = config(addr_bits if addr_bits is not None else 48)
-    words = ModelCompiler(cfg, qmodel, cfg.engine.max_m, None).end
+    words = ModelCompiler(cfg, qmodel, cfg.engine.max_m, None, batch=batch).end
     need_bits = _need_bits(words)
     if addr_bits is None:
         return config(max(MIN_ADDR_BITS, need_bits))
@@ -257,11 +263,13 @@ class Driver:
     `logits`: what `prefill` returns unless told otherwise, and what the memory map
     holds: "last" (the last row's logits, all that generation needs) or "all" (every
     row's, for scoring). `context`: positions the KV caches hold (default the
-    model's n_positions); prefill and decode stop there.
+    model's n_positions); prefill and decode stop there. `batch`: sequences with KV
+    caches of their own (`prefill(ids, seq=b)`, `decode(token, seq=b)`), decoded
+    together by `decode_batch`.
     """
 
     def __init__(self, qmodel, cfg, backend="pysim", *, mem_words=None, check=False,
-                 on_program=None, logits="last", context=None):
+                 on_program=None, logits="last", context=None, batch=1):
         self.q, self.cfg = qmodel, cfg
         if logits not in ("last", "all"):
             raise ValueError(f"logits={logits!r}: 'last' (generation) or 'all' (scoring)")
@@ -271,8 +279,12 @@ class Driver:
         self.logits, self.context = logits, context or n_pos
         self.on_program = on_program  # called with each program's status (progress)
         self.backend = make_backend(backend) if isinstance(backend, str) else backend
-        self._map = dict(logit_rows=cfg.engine.max_m if logits == "all" else 1,
-                         context=self.context)
+        if not 1 <= batch <= cfg.engine.max_m:
+            raise ValueError(f"batch={batch}: outside 1..max_m {cfg.engine.max_m} (a batched "
+                             f"step has one row per sequence)")
+        self.batch = batch
+        self._map = dict(logit_rows=cfg.engine.max_m if logits == "all" else batch,
+                         context=self.context, batch=batch)
         need = ModelCompiler(cfg, qmodel, cfg.engine.max_m, None, **self._map).end
         if mem_words is not None and mem_words < need:
             raise MachineSizeError(f"mem_words={mem_words:,}: the model's memory map needs "
@@ -288,14 +300,13 @@ class Driver:
         self.mem_words = mem_words or need
         self.comp = ModelCompiler(cfg, qmodel, cfg.engine.max_m, self.mem_words, **self._map)
         self.check = check
-        self.pos = 0
+        self.positions, self.seq = [0] * batch, 0   # each sequence's next position
         self.loaded = False
         self.last = None          # status of the last program (cycles, predicted, wall_s...)
         self.history = []         # one status per program run
 
     def load(self):
         """Create the machine and write the memory image (weights, zeroed caches)."""
-        from gpt2accel.model.gpt2 import KVCache
         # GPT-2 small's image takes seconds to pack and copy; a small model's, milliseconds
         big = self.mem_words >= _BIG_IMAGE_WORDS
         with (progress.step(f"{self.backend.name}: writing the {self.mem_words:,}-word memory "
@@ -303,33 +314,34 @@ class Driver:
               if big else contextlib.nullcontext()):
             self.backend.open(self.cfg, self.mem_words)
             self.backend.load(self.comp.image())
-        self.pos, self.loaded = 0, True
-        self.golden_cache = KVCache(self.q.config.n_layer)
+        self.positions, self.loaded = [0] * self.batch, True
+        self.golden_caches = [KVCache(self.q.config.n_layer) for _ in range(self.batch)]
         return self
 
     def close(self):
         self.backend.close()
 
-    # ---- programs
-    def _run(self, ids, logits):
-        """One program for `ids` at the current position; returns the int logits asked
-        ([T, vocab], [1, vocab] or None)."""
-        t = len(ids)
-        ids_region = self.comp.regions["ids"]
-        img = self.backend.dump(ids_region.base, ids_region.words)
-        self.comp.write_ids(_Shifted(img, ids_region.base), ids)
-        self.backend.load(img, ids_region.base)
-        prog = self.comp.program(t, self.pos, logits)
-        before = self.backend.dump() if self.check else None
-        try:
-            predicted, _ = program_cycles(self.cfg, prog, mem=_ids_memory(self.comp, ids))
-        except ValueError:        # an illegal program: the machine's error status tells
-            predicted = None
-        what = f"{self.backend.name}: {t} token{'s' if t > 1 else ''} at position {self.pos}"
+    @property
+    def pos(self):
+        """The next position of the sequence the last prefill / decode ran."""
+        return self.positions[self.seq]
+
+    @pos.setter
+    def pos(self, value):
+        self.positions[self.seq] = value
+
+    @property
+    def golden_cache(self):
+        return self.golden_caches[self.seq]
+
+    def _execute(self, prog, what, info, keep=False):
+        """Run one program; its status (with `info`, the cycle model's prediction and the
+        useful MACs) goes to `history`; an error status raises `HardwareError`. `keep`:
+        return the memory before the run (the check's localisation re-runs from it)."""
+        before = self.backend.dump() if keep else None
         with _RunProgress(self.backend, what, len(prog)):
             res = dict(self.backend.run(prog))
-        res.update(T=t, pos=self.pos, logits=logits, predicted_cycles=predicted,
-                   instructions=len(prog))
+        res.update(info, instructions=len(prog))
         self.last = res
         self.history.append(res)
         if self.on_program is not None:
@@ -337,9 +349,31 @@ class Driver:
         if res["error"] != Error.NONE:
             raise HardwareError(f"machine error status {Error(res['error']).name} "
                                 f"after {res['icount']} of {len(prog)} instructions "
-                                f"(T={t}, pos={self.pos})")
+                                f"(T={res['T']}, pos={res['pos']})")
         if res["icount"] != len(prog):
             raise HardwareError(f"machine executed {res['icount']} of {len(prog)} instructions")
+        return before
+
+    def _write_ids(self, write, ids):
+        r = self.comp.regions["ids"]
+        img = self.backend.dump(r.base, r.words)
+        write(_Shifted(img, r.base), ids)
+        self.backend.load(img, r.base)
+
+    # ---- programs
+    def _run(self, ids, logits):
+        """One program for `ids` at the current position; returns the int logits asked
+        ([T, vocab], [1, vocab] or None)."""
+        t = len(ids)
+        self._write_ids(self.comp.write_ids, ids)
+        prog = self.comp.program(t, self.pos, logits, self.seq)
+        what = f"{self.backend.name}: {t} token{'s' if t > 1 else ''} at position {self.pos}"
+        if self.batch > 1:
+            what += f" of sequence {self.seq}"
+        before = self._execute(prog, what, dict(
+            T=t, pos=self.pos, seq=self.seq, logits=logits,
+            predicted_cycles=_predict(self.cfg, prog, _ids_memory(self.comp, ids)),
+            macs=program_macs(self.comp.ops(t, self.pos, logits, self.seq))), self.check)
         rows = self.comp.logit_count(t, logits)
         out = self.read_logits(rows) if rows else None
         if self.check:
@@ -352,24 +386,36 @@ class Driver:
         return (f"n_positions={n_pos}" if self.context == n_pos
                 else f"context={self.context} (n_positions {n_pos})")
 
-    def prefill(self, ids, logits=None):
-        """Run the prompt (in chunks of max_m tokens) from position 0. `logits`: "last"
-        (int logits [1, vocab] of the last row) or "all" ([T, vocab]); default the
-        driver's `logits`. "all" needs a driver made with logits="all" (its buffers)."""
+    def _sequence(self, seq):
+        if not 0 <= seq < self.batch:
+            raise ValueError(f"seq={seq}: outside 0..{self.batch - 1} (batch={self.batch})")
+        self.seq = seq
+
+    def prefill(self, ids, logits=None, seq=0):
+        """Run the prompt (in chunks of max_m tokens) from position 0 of sequence `seq`.
+        `logits`: "last" (int logits [1, vocab] of the last row) or "all" ([T, vocab]);
+        default the driver's `logits`. "all" needs a driver made with logits="all"
+        (its buffers)."""
+        self._sequence(seq)
         logits = self.logits if logits is None else logits
         if logits not in ("last", "all"):
             raise ValueError(f"logits={logits!r}: 'last' (generation) or 'all' (scoring)")
         if logits == "all" and self.logits != "all":
             raise ValueError("logits='all' needs a Driver made with logits='all' (its memory "
-                             "holds one row of logits)")
+                             "holds logits of the last rows only)")
         ids = [int(i) for i in ids]
         if not ids:
             raise ValueError("prefill needs at least one token")
         if len(ids) > self.context:
             raise ValueError(f"prompt of {len(ids)} tokens exceeds the context "
                              f"{self._context_limit()}")
-        if self.pos or not self.loaded:
+        if not self.loaded or (self.pos and self.batch == 1):
             self.load()                       # a new sequence: fresh image, empty caches
+        elif self.batch > 1:
+            # the other sequences keep their caches: a prefill from position 0 rewrites
+            # every cache entry it reads, so this one's restart needs no clearing
+            self.pos = 0
+            self.golden_caches[seq] = KVCache(self.q.config.n_layer)
         m = self.cfg.engine.max_m
         starts = range(0, len(ids), m)
         # with the last row's logits only, the earlier chunks skip the head entirely
@@ -377,13 +423,52 @@ class Driver:
                          else "none") for s in starts]
         return np.concatenate([o for o in out if o is not None])
 
-    def decode(self, token):
-        """One token at the next position; int logits [1, vocab]."""
-        if not self.loaded or self.pos == 0:
-            raise ValueError("decode needs a prefill first (the prompt fills the KV caches)")
-        if self.pos >= self.context:
-            raise ValueError(f"context full: {self._context_limit()}")
+    def decode(self, token, seq=0):
+        """One token at the next position of sequence `seq`; int logits [1, vocab]."""
+        self._sequence(seq)
+        self._decodable(seq)
         return self._run([int(token)], "last")
+
+    def _decodable(self, seq):
+        what = "" if self.batch == 1 else f"sequence {seq}: "
+        if not self.loaded or self.positions[seq] == 0:
+            raise ValueError(f"{what}decode needs a prefill first (the prompt fills the KV "
+                             f"caches)")
+        if self.positions[seq] >= self.context:
+            raise ValueError(f"{what}context full: {self._context_limit()}")
+
+    def decode_batch(self, tokens):
+        """One decode step of sequences 0 .. len(tokens)-1 in one program: token b at
+        sequence b's next position, on its caches; every linear layer runs once for all
+        of them. Int logits [len(tokens), vocab], row b sequence b's."""
+        tokens = [int(t) for t in tokens]
+        if not 1 <= len(tokens) <= self.batch:
+            raise ValueError(f"decode_batch of {len(tokens)} tokens: 1..batch={self.batch}")
+        for b in range(len(tokens)):
+            self._decodable(b)
+        positions = self.positions[:len(tokens)]
+        self._write_ids(self.comp.write_batch_ids, tokens)
+        prog = self.comp.batch_program(positions)
+        ops = [(op, f) for op, f, _ in self.comp.batch_annotated_ops(positions)]
+        n = len(tokens)
+        self._execute(prog, f"{self.backend.name}: {n} sequences at positions "
+                            f"{positions[0]}..{max(positions)}", dict(
+            T=n, pos=positions[0], positions=positions, batch=n, logits="all",
+            predicted_cycles=_predict(self.cfg, prog, _ids_memory(self.comp, tokens, True)),
+            macs=program_macs(ops)))
+        logits = self.read_logits(n)
+        if self.check:
+            for b, token in enumerate(tokens):
+                want = self.q.forward(np.asarray([token]), self.golden_caches[b])
+                if not np.array_equal(logits[b:b + 1], want):
+                    col = int(np.argwhere(logits[b] != want[0])[0][0])
+                    raise CheckError(f"logits of sequence {b} differ from QuantGPT2 at "
+                                     f"position {positions[b]}, vocab index {col} (machine "
+                                     f"{logits[b, col]}, model {want[0, col]}) in a batched "
+                                     f"step of {n}")
+        for b in range(n):
+            self.positions[b] += 1
+        return logits
 
     # ---- reads
     def read_logits(self, rows):
@@ -539,9 +624,19 @@ class _Shifted:
         self.words[self._rel(s)] = v
 
 
-def _ids_memory(comp, ids):
-    """Memory as `program_cycles` needs it for EMBED (only the token ids are read)."""
+def _ids_memory(comp, ids, batch=False):
+    """Memory as `program_cycles` needs it for EMBED (only the token ids are read);
+    `batch`: a batched step's ids (`write_batch_ids`)."""
     r = comp.regions["ids"]
     view = _Shifted(np.zeros((r.words, comp.e.mem_bytes), np.uint8), r.base)
-    comp.write_ids(view, ids)
+    (comp.write_batch_ids if batch else comp.write_ids)(view, ids)
     return view
+
+
+def _predict(cfg, prog, mem):
+    """The cycle model's cycles of `prog`, None for an illegal program (the machine's
+    error status tells)."""
+    try:
+        return program_cycles(cfg, prog, mem=mem)[0]
+    except ValueError:
+        return None

@@ -13,7 +13,8 @@ def test_bench_model_cases():
     # GPT-2 small (a minute of quantising and cycle counting) runs in `bench model` itself
     result = bench.run(argparse.Namespace(arrays="4x4,8x8,16x16", models="tiny"))
     json.dumps(result)
-    cases = {(c["model"], c["array"], c["mode"]): c for c in result["cases"]}
+    cases = {(c["model"], c["array"], c["mode"]): c for c in result["cases"]
+             if c.get("batch", 1) == 1}
     assert {m for m, _, _ in cases} == {"tiny"}
     q = bench._tiny()
     weights = sum(np.asarray(b.w).size for blk in q.blocks
@@ -41,7 +42,7 @@ def test_prefill_logits_and_image_regions():
     from gpt2accel.sim.host.driver import machine_config
     result = bench.run(argparse.Namespace(arrays="8x8", models="tiny", contexts="128,32"))
     json.dumps(result)
-    cases = {(c["context"], c["mode"]): c for c in result["cases"]}
+    cases = {(c["context"], c["mode"]): c for c in result["cases"] if c["batch"] == 1}
     pre, score, dec = (cases[(128, m)] for m in ("prefill", "score", "decode"))
     assert (pre["logits"], score["logits"], dec["logits"]) == ("last", "all", "last")
     assert pre["T"] == score["T"] == 128 and dec["pos"] == 127
@@ -61,6 +62,21 @@ def test_prefill_logits_and_image_regions():
     assert short["cycles_per_token"] < dec["cycles_per_token"]
 
 
+def test_batched_decode_rows():
+    """Decode rows for 1, 4 and 8 sequences: the weights are read once per step, so
+    the cycles and bytes per token fall with the batch, and the KV caches grow with it."""
+    result = bench.run(argparse.Namespace(arrays="8x8", models="tiny", contexts=None))
+    dec = {c["batch"]: c for c in result["cases"] if c["mode"] == "decode"}
+    assert sorted(dec) == list(bench.BATCHES) == [1, 4, 8]
+    cpt = [dec[b]["cycles_per_token"] for b in (1, 4, 8)]
+    assert cpt[0] > cpt[1] > cpt[2]
+    assert dec[1]["bytes_per_token"] > dec[4]["bytes_per_token"] > dec[8]["bytes_per_token"]
+    assert [dec[b]["image_bytes"]["kv"] for b in (1, 4, 8)] == [
+        b * dec[1]["image_bytes"]["kv"] for b in (1, 4, 8)]
+    assert dec[8]["utilization"] > dec[1]["utilization"]
+    assert all(c["batch"] == 1 for c in result["cases"] if c["mode"] != "decode")
+
+
 def test_unsupported_shapes_are_listed_once_with_the_reason(capsys):
     result = bench.run(argparse.Namespace(arrays="8x8,16x16", models="tiny"))
     err = capsys.readouterr().err
@@ -72,7 +88,7 @@ def test_unsupported_shapes_are_listed_once_with_the_reason(capsys):
                                                       ("16x16", "decode")}
     text = bench.format_text(result).splitlines()
     table = text[:text.index("not supported:")]
-    assert len(table) == 4 and all("8x8" in line for line in table[1:])
+    assert len(table) == 6 and all("8x8" in line for line in table[1:])
     assert text[text.index("not supported:") + 1:] == [
         f"  tiny on 16x16, because {bad[0]['error']}"]
 

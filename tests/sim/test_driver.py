@@ -167,7 +167,7 @@ def test_machine_error_status_raises(qm):
     from gpt2accel.sim.host.driver import HardwareError
     drv = Driver(qm, machine_config(qm, 4, 4), "pysim").load()
     program = drv.comp.program
-    drv.comp.program = lambda t, pos, logits: [0] + program(t, pos, logits)
+    drv.comp.program = lambda *args: [0] + program(*args)
     with pytest.raises(HardwareError, match="error status OPCODE"):
         drv.prefill([1])
     with pytest.raises(ValueError, match="needs a prefill first"):
@@ -216,8 +216,8 @@ def test_check_follows_an_inserted_instruction(qm, monkeypatch):
     from gpt2accel.sim.host.compiler import ModelCompiler
     block_ops = ModelCompiler._block_ops
 
-    def with_extra(self, i, t, pos):
-        ops = block_ops(self, i, t, pos)
+    def with_extra(self, *args):
+        ops = block_ops(self, *args)
         return ops[:3] + [ops[0]] + ops[3:]
 
     monkeypatch.setattr(ModelCompiler, "_block_ops", with_extra)
@@ -357,3 +357,72 @@ def test_big_vocabulary_runs_bit_exact_on_fast(big, capsys, monkeypatch):
     for r in drv.history:
         assert r["cycles"] == r["predicted_cycles"] > 0 and r["error"] == 0
     drv.close()
+
+
+# ---------------------------------------------------------------- batched decode
+
+def _batched_run(q, cfg, backend, prompts, steps, seed=0):
+    """Prefill each prompt as its own sequence, then `steps` batched decode steps of
+    random tokens; every sequence's logits equal `QuantGPT2.forward` run on that
+    sequence alone, every program's cycles equal the cycle model's."""
+    drv = Driver(q, cfg, backend, batch=len(prompts), check=True).load()
+    rng = np.random.default_rng(seed)
+    caches = [KVCache(q.config.n_layer) for _ in prompts]
+    for b in reversed(range(len(prompts))):       # the first load for a sequence past 0
+        p = prompts[b]
+        np.testing.assert_array_equal(drv.prefill(p, seq=b),
+                                      q.forward(np.array(p), caches[b])[-1:])
+    for _ in range(steps):
+        tokens = [int(t) for t in rng.integers(0, q.config.vocab_size, len(prompts))]
+        got = drv.decode_batch(tokens)
+        for b, t in enumerate(tokens):
+            np.testing.assert_array_equal(got[b:b + 1], q.forward(np.array([t]), caches[b]))
+    assert drv.positions == [len(p) + steps for p in prompts]
+    for r in drv.history:
+        assert r["cycles"] == r["predicted_cycles"] > 0 and r["error"] == 0
+    return drv
+
+
+def test_batched_decode_is_bit_exact_per_sequence(qm):
+    """Three sequences of different lengths (one prefilled in two programs) decode in
+    one program per step: each one's logits as if it ran alone."""
+    from gpt2accel.rtl.isa import Op
+    cfg = machine_config(qm, 4, 4, max_tokens=4)
+    drv = _batched_run(qm, cfg, "pysim", [[3, 1, 4, 1, 5], [9], [2, 6]], 2)
+    step = drv.history[-1]
+    assert (step["batch"], step["positions"]) == (3, [6, 2, 3])
+    ops = drv.comp.batch_annotated_ops([6, 2, 3])
+    assert [f["m"] for op, f, _ in ops if op == Op.MATMUL] == [3] * 5
+    assert [f["offset"] for op, f, _ in ops if op == Op.ATTENTION] == [6, 2, 3]
+    # a step of one sequence alone costs more than a third of the three's
+    alone = drv.comp.batch_program([7])
+    from gpt2accel.sim.cycles.program import program_cycles
+    from gpt2accel.sim.host.driver import _ids_memory
+    one = program_cycles(cfg, alone, mem=_ids_memory(drv.comp, [0], True))[0]
+    assert 3 * one > step["cycles"] > one
+
+
+def test_batched_decode_of_the_tiny_model_on_fast():
+    """The shipped tiny model, four sequences on the Verilated 8x8 machine."""
+    fast = pytest.importorskip("gpt2accel.sim.fast")
+    from gpt2accel.sim.cli import resolve_model_dir
+    tiny = Q.QuantGPT2.load(resolve_model_dir("tiny") / Q.QUANT_FILENAME)
+    try:
+        drv = _batched_run(tiny, machine_config(tiny, 8, 8), "fast",
+                           [[5, 6, 7], [1], [40, 41, 42, 43, 44, 45, 46, 47, 48], [2, 3]], 3)
+    except fast.FastBackendUnavailable as e:
+        pytest.skip(str(e))
+    drv.close()
+
+
+def test_batched_requests_are_refused(qm):
+    cfg = machine_config(qm, 4, 4, max_tokens=4)
+    drv = Driver(qm, cfg, "pysim", batch=2)
+    with pytest.raises(ValueError, match="sequence 0: decode needs a prefill first"):
+        drv.decode_batch([1, 2])
+    with pytest.raises(ValueError, match=r"decode_batch of 3 tokens: 1..batch=2"):
+        drv.decode_batch([1, 2, 3])
+    with pytest.raises(ValueError, match=r"seq=2: outside 0..1 \(batch=2\)"):
+        drv.prefill([1], seq=2)
+    with pytest.raises(ValueError, match=r"batch=5: outside 1..max_m 4"):
+        Driver(qm, cfg, "pysim", batch=5)
