@@ -95,6 +95,12 @@ def cmd_generate(args):
         raise UsageError("--port needs --backend serial")
     if args.backend == "serial" and not args.port:
         raise UsageError("--backend serial needs --port (e.g. /dev/ttyUSB0)")
+    batch = getattr(args, "batch", 1)
+    if batch < 1:
+        raise UsageError(f"--batch {batch}: must be 1 or more")
+    if batch > 1 and args.backend not in ("pysim", "fast"):
+        raise UsageError(f"--batch {batch} needs --backend pysim or fast (the simulated "
+                         f"machine decodes the samples together)")
     # the geometry alone (config.json), so a prompt that cannot fit is refused before
     # any weights load, anything is printed or a machine is built
     n_ctx = load_config(model_dir).n_positions
@@ -135,6 +141,9 @@ def cmd_generate(args):
         # Fill the context: the KV cache, like the hardware's, holds n_positions.
         args.max_new_tokens = max(0, n_ctx - len(prompt_ids))
     check_length(prompt_ids)
+    if batch > 1:
+        run.generate_batch(model.check_ids(prompt_ids), args, tok, sys.stdout)
+        return
     # The demo shows a one-line progress bar and prints the text at the end. generate
     # streams the text as it comes, except where the simulated machine's status lines
     # (stderr) would land in the middle of it: stdout and stderr going to one terminal,
@@ -196,6 +205,7 @@ class _HardwareRun:
         from gpt2accel.model import progress
         from gpt2accel.sim.host.driver import Driver
         cfg = _machine_config(qmodel, args)       # refused here, before any build
+        batch = getattr(args, "batch", 1)
         backend = args.backend
         if args.vcd and backend != "pysim":
             raise UsageError("--vcd needs --backend pysim (the Amaranth simulator)")
@@ -218,7 +228,7 @@ class _HardwareRun:
         if BACKENDS[backend].kind == "board":
             be, mem_words = _board_backend(args, cfg, qmodel)
         self.backend_name, self.cfg = backend, cfg
-        self.drv = Driver(qmodel, cfg, be, mem_words=mem_words, check=args.check)
+        self.drv = Driver(qmodel, cfg, be, mem_words=mem_words, check=args.check, batch=batch)
         print(f"[machine {args.rows}x{args.cols} array, max_m {cfg.engine.max_m}, "
               f"{self.drv.mem_words:,} words of {cfg.engine.mem_bytes} bytes "
               f"(addr_bits {cfg.engine.addr_bits}); backend {backend}"
@@ -230,7 +240,6 @@ class _HardwareRun:
 
     def step(self, ids, cache):
         from gpt2accel.model import progress
-        from gpt2accel.sim.host.driver import program_macs
         mode = "prefill" if self.drv.pos == 0 else "decode"
         if mode == "prefill":
             what = f"prefill {len(ids)} token{'' if len(ids) == 1 else 's'}"
@@ -243,7 +252,7 @@ class _HardwareRun:
         m = self.cfg.engine.max_m
 
         def on_program(r):
-            r["mode"], r["macs"] = mode, program_macs(self.drv.comp.ops(r["T"], r["pos"]))
+            r["mode"] = mode
             if len(ids) > m and self.bar_total is None:
                 # a long prompt runs in programs of max_m: show each
                 progress.note(f"  positions {r['pos']}..{r['pos'] + r['T'] - 1} of {len(ids)}:"
@@ -268,6 +277,40 @@ class _HardwareRun:
             self._bar(mode, sum(r["cycles"] for r in runs),
                       sum(r["predicted_cycles"] for r in runs))
         return self.drv.logits_float(logits[-1])
+
+    def generate_batch(self, prompt_ids, args, tok, out):
+        """`--batch N`: the prompt prefilled as N sequences, then one batched decode
+        program per step; sample b draws with seed + b, so it is the text
+        `generate --seed <seed + b>` gives. The samples go to stdout one after the
+        other, each under a line naming it."""
+        import numpy as np
+        from gpt2accel.model import progress
+        from gpt2accel.model.gpt2 import sample_next
+        n, drv = self.drv.batch, self.drv
+
+        def on_program(r):
+            r["mode"] = "decode" if "batch" in r else "prefill"
+
+        drv.on_program = on_program
+        rngs = [np.random.default_rng(args.seed + b) for b in range(n)]
+        logits = []
+        for b in range(n):
+            with progress.step(f"simulating prefill {len(prompt_ids)} tokens of sample {b}"):
+                logits.append(drv.logits_float(drv.prefill(prompt_ids, seq=b)[-1]))
+        samples = [[] for _ in range(n)]
+        steps = args.max_new_tokens
+        for k in progress.bar(range(steps), f"decoding {n} samples together", unit="steps"):
+            tokens = [sample_next(logits[b], args.temperature, args.top_k, rngs[b])
+                      for b in range(n)]
+            for b, t in enumerate(tokens):
+                samples[b].append(t)
+            if k + 1 < steps:
+                logits = [drv.logits_float(row) for row in drv.decode_batch(tokens)]
+        for b, ids in enumerate(samples):
+            out.write(f"{'' if b == 0 else chr(10)}=== sample {b} (seed {args.seed + b}) ===\n"
+                      f"{args.prompt}{tok.decode(ids)}\n")
+        out.flush()
+        self.summary(n * steps)
 
     def _bar(self, mode, cycles, predicted):
         """One progress line for the demo: tokens done, this step's cycles vs the model."""
@@ -331,8 +374,15 @@ def _machine_config(qmodel, args):
     """The machine of --rows x --cols for `qmodel`, its address width --addr-bits or (by
     default) sized from the model's memory map; what does not fit is a UsageError."""
     from gpt2accel.sim.host.driver import MachineSizeError, array_error, machine_config
+    batch = getattr(args, "batch", 1)
     try:
         cfg = machine_config(qmodel, args.rows, args.cols, addr_bits=args.addr_bits)
+        if batch > cfg.engine.max_m:
+            raise UsageError(f"--batch {batch}: the {args.rows}x{args.cols} machine decodes "
+                             f"at most max_m = {cfg.engine.max_m} sequences together")
+        if batch > 1:                 # the caches of every sequence in its memory map
+            cfg = machine_config(qmodel, args.rows, args.cols, addr_bits=args.addr_bits,
+                                 batch=batch)
     except MachineSizeError as e:
         raise UsageError(f"--addr-bits {args.addr_bits} addresses {1 << args.addr_bits:,} "
                          f"words, the model's memory map needs {e.words:,}: give --addr-bits "
@@ -585,6 +635,11 @@ def build_parser():
                         "pyserial URL such as socket://host:port)")
     p.add_argument("--baud", type=int, default=1_000_000,
                    help="--backend serial: the bitstream's UART baud rate (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=1, metavar="N",
+                   help="N samples of the prompt (seeds --seed .. --seed+N-1) decoded together "
+                        "on the simulated machine, one program per step for all of them "
+                        "(--backend pysim or fast; N at most the machine's max_m) "
+                        "(default: %(default)s)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("quantise", help="quantise a GPT-2 into the integer golden model's file",

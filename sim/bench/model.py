@@ -1,11 +1,20 @@
 """Whole model: cycles per token, MAC utilisation and memory traffic (compiler + cycle model).
 
-For each model and array size the whole-model program (`ModelCompiler`) is
-timed by `program_cycles` (exact for the RTL, stall-free reference memory);
-nothing is simulated. Prefill: one program of `PREFILL_T` tokens at position
-0 (the tiny model's whole context; 128 rows for GPT-2 small, whose longer
-prompts run as several such programs); decode: one token at the last
-position (the longest attention).
+For each model, array size and context the whole-model program
+(`ModelCompiler`) is timed by `program_cycles` (exact for the RTL, stall-free
+reference memory); nothing is simulated. Prefill: one program of 128 tokens
+(or the context, if shorter) at position 0 computing the last row's logits,
+as generation does (the tiny model's whole context; GPT-2 small's longer
+prompts run as several such programs, the earlier ones without the LM head);
+score: the same prompt with every row's logits (perplexity); decode: one
+token at the last position of the context (the longest attention), for
+`batch` sequences at once (`BATCHES`: one program, the linear layers with
+m = batch, attention and KV store per sequence; cycles per token are the
+step's cycles over the batch).
+Image bytes: the memory map the case's program runs on, by region: weights
+(everything packed from the model), kv (the K/V caches of the context),
+buffers (activations, logits of the rows asked, token ids, attention
+scratch), and the program (its instruction words, which the host streams).
 Utilisation: `driver.program_macs` (useful MACs: linear layers and the causal
 QKᵀ/PV products) over rows*cols*cycles. Bytes per token: compulsory memory
 traffic (every operand an instruction needs read once, every result written
@@ -26,11 +35,13 @@ import numpy as np
 from gpt2accel.model import progress
 
 from gpt2accel.sim.bench.energy import PLACEMENTS, SOURCE, TABLE, energy, op_events, program_events
+from gpt2accel.rtl.isa import INSTR_BITS
 from gpt2accel.sim.host.compiler import CompileError, ModelCompiler
 from gpt2accel.sim.host.driver import machine_config
 from gpt2accel.sim.cycles.program import PER_INSTRUCTION, program_cycles
 
-HELP = "whole-model cycles/token, utilisation and memory traffic (tiny, GPT-2 small)"
+HELP = ("whole-model cycles/token, utilisation, memory traffic and image bytes "
+        "(tiny, GPT-2 small)")
 
 
 def add_arguments(parser):
@@ -43,6 +54,9 @@ def add_arguments(parser):
                         help="also write plots (PNG and SVG) into DIR: a roofline per model "
                              "and the cycles and energy of one token by instruction kind "
                              "(needs matplotlib: pip install 'gpt2-accel[plots]')")
+    parser.add_argument("--contexts", default=None,
+                        help="comma-separated contexts (positions the KV caches hold; "
+                             "decode at the last); default each model's n_positions")
 
 
 def _tiny():
@@ -73,6 +87,32 @@ def traffic_bytes(comp, ops):
     return sum(op_events(comp, op, f).bytes for op, f in ops)
 
 
+#: sequences decoded together in the decode rows
+BATCHES = (1, 4, 8)
+
+
+def _contexts(text):
+    if text is None:
+        return [None]
+    out = []
+    for c in text.split(","):
+        try:
+            out.append(int(c))
+        except ValueError:
+            raise ValueError(f"--contexts: {c!r} is not a number of positions") from None
+        if out[-1] < 1:
+            raise ValueError(f"--contexts: {c!r} needs at least one position")
+    return out
+
+
+def image_bytes(comp, words):
+    """The case's image by region (see the module docstring), and their total."""
+    out = dict(comp.region_bytes(), program=len(words) * INSTR_BITS // 8)
+    out["total"] = sum(out.values())
+    return out
+
+
+
 def parse_arrays(text, option="--arrays"):
     """[(rows, cols)] of a comma-separated list of RxC; a malformed one is a ValueError
     naming `option`."""
@@ -88,20 +128,18 @@ def parse_arrays(text, option="--arrays"):
     return arrays
 
 
-def program_case(cfg, comp, q, t, pos):
-    """Figures of the program of `t` tokens at position `pos`: exact cycles (total and
-    by instruction kind, each instruction's hand-over cycles with it, the HALT's last
-    two apart), utilisation, compulsory bytes, and the estimated energy per token
-    (`energy`: parameters in block RAM, and read from DRAM)."""
-    from gpt2accel.sim.host.driver import _ids_memory
+def program_case(cfg, comp, words, ops, mem, t):
+    """Figures of the program `words` (`ops`: its (Op, fields)) on memory `mem`, which
+    computes `t` tokens: exact cycles (total and by instruction kind, each instruction's
+    hand-over cycles with it, the HALT's last two apart), utilisation, compulsory bytes,
+    and the estimated energy per token (`energy`: parameters in block RAM, and read from
+    DRAM)."""
     r, c = cfg.engine.rows, cfg.engine.cols
-    ids = np.arange(t) % q.config.vocab_size
-    cycles, per = program_cycles(cfg, comp.program(t, pos), mem=_ids_memory(comp, ids))
+    cycles, per = program_cycles(cfg, words, mem=mem)
     by_kind = {}
     for op, u in per:
         by_kind[op.name] = by_kind.get(op.name, 0) + u + PER_INSTRUCTION
     by_kind["HALT"] = cycles - sum(by_kind.values())
-    ops = comp.ops(t, pos)
     events = program_events(comp, ops)
     macs = sum(e.macs for e in events.values())
     nbytes = sum(e.bytes for e in events.values())
@@ -118,7 +156,9 @@ def program_case(cfg, comp, q, t, pos):
 
 
 def run(args):
+    from gpt2accel.sim.host.driver import _ids_memory
     arrays = parse_arrays(args.arrays)
+    contexts = _contexts(getattr(args, "contexts", None))
     unknown = [m for m in args.models.split(",") if m not in MODELS]
     if unknown:
         raise ValueError(f"--models: unknown model {unknown[0]!r} (known: {', '.join(MODELS)})")
@@ -132,22 +172,44 @@ def run(args):
         with progress.step(loading):
             q = load()
         n = q.config.n_positions
-        modes = (("prefill", prefill_t, 0), ("decode", 1, n - 1))
-        for r, c in progress.bar(arrays, f"{name}: compiling and timing on each array",
-                                 unit="arrays"):
-            arr = f"{r}x{c}"
+        jobs = [(r, c, ctx or n) for ctx in contexts for r, c in arrays]
+        for r, c, ctx in progress.bar(jobs, f"{name}: compiling and timing on each array "
+                                            f"and context", unit="cases"):
+            arr, t = f"{r}x{c}", min(prefill_t, ctx)
+            # (mode, tokens, position, logits asked, sequences); logits buffers of
+            # `tokens` rows for "all", one per sequence for "last"
+            modes = [("prefill", t, 0, "last", 1), ("score", t, 0, "all", 1)] + [
+                ("decode", 1, ctx - 1, "last", b) for b in BATCHES]
             try:
-                cfg = machine_config(q, r, c, max_tokens=prefill_t)
-                comp = ModelCompiler(cfg, q, prefill_t, 1 << cfg.engine.addr_bits)
+                # the caches of 8 sequences may need a wider address than one's
+                cfgs = {b: machine_config(q, r, c, max_tokens=prefill_t, batch=b)
+                        for b in {m[4] for m in modes}}
+                comps = {(rows, b): ModelCompiler(cfgs[b], q, prefill_t,
+                                                  1 << cfgs[b].engine.addr_bits,
+                                                  logit_rows=rows, context=ctx, batch=b)
+                         for rows, b in {(t if m[3] == "all" else m[4], m[4]) for m in modes}}
             except (CompileError, ValueError) as e:     # the config cannot hold this model
-                cases += [{"model": name, "array": arr, "mode": mode, "T": t,
-                           "cycles_per_token": None, "utilization": None,
-                           "bytes_per_token": None, "error": str(e)} for mode, t, _ in modes]
+                cases += [{"model": name, "array": arr, "context": ctx, "mode": mode, "T": t,
+                           "batch": b, "cycles_per_token": None, "utilization": None,
+                           "bytes_per_token": None, "image_bytes": None, "error": str(e)}
+                          for mode, t, _, _, b in modes]
                 continue
-            for mode, t, pos in modes:
-                cases.append({"model": name, "array": arr, "mode": mode, "T": t, "pos": pos,
+            for mode, t, pos, logits, b in modes:
+                cfg, comp = cfgs[b], comps[(t if logits == "all" else b, b)]
+                if b == 1:
+                    ids = np.arange(t) % q.config.vocab_size
+                    words, ops = comp.program(t, pos, logits), comp.ops(t, pos, logits)
+                    mem = _ids_memory(comp, ids)
+                else:
+                    # every sequence at the same position: the step the figure is for
+                    words = comp.batch_program([pos] * b)
+                    ops = [(op, f) for op, f, _ in comp.batch_annotated_ops([pos] * b)]
+                    mem = _ids_memory(comp, np.arange(b) % q.config.vocab_size, True)
+                cases.append({"model": name, "array": arr, "context": ctx, "mode": mode,
+                              "T": t, "batch": b, "pos": pos, "logits": logits,
                               "rows": r, "cols": c, "mem_bytes": cfg.engine.mem_bytes,
-                              **program_case(cfg, comp, q, t, pos)})
+                              **program_case(cfg, comp, words, ops, mem, t * b),
+                              "image_bytes": image_bytes(comp, words)})
     result = {"cases": cases, "mem_latency": "reference (sim.matmul_sim.REF_MEM_LATENCY)",
               "energy_source": SOURCE, "energy_table_pj": TABLE}
     if plot_dir:
@@ -157,17 +219,19 @@ def run(args):
 
 
 def format_text(result):
-    lines = [f"{'model':11} {'array':6} {'mode':8} {'T':>5} {'cycles/token':>13} "
-             f"{'util':>6} {'bytes/token':>12} {'uJ/token':>9} {'DRAM':>9}"]
+    lines = [f"{'model':11} {'array':6} {'context':>7} {'mode':8} {'T':>5} {'batch':>5} "
+             f"{'cycles/token':>13} {'util':>6} {'bytes/token':>12} {'image bytes':>13} "
+             f"{'uJ/token':>9} {'DRAM':>9}"]
     unsupported = {}
     for c in result["cases"]:
         if c.get("cycles_per_token") is None:
-            # the same reason for both modes: one line per model and array, after the table
+            # the same reason for every mode: one line per model and array, after the table
             unsupported.setdefault((c["model"], c["array"]), c["error"])
             continue
-        lines.append(f"{c['model']:11} {c['array']:6} {c['mode']:8} {c['T']:5d} "
-                     f"{c['cycles_per_token']:13,.0f} {100 * c['utilization']:5.1f}% "
-                     f"{c['bytes_per_token']:12,.0f} {c['energy_per_token_uj']:9,.2f} "
+        lines.append(f"{c['model']:11} {c['array']:6} {c['context']:7d} {c['mode']:8} "
+                     f"{c['T']:5d} {c['batch']:5d} {c['cycles_per_token']:13,.0f} "
+                     f"{100 * c['utilization']:5.1f}% {c['bytes_per_token']:12,.0f} "
+                     f"{c['image_bytes']['total']:13,} {c['energy_per_token_uj']:9,.2f} "
                      f"{c['energy_per_token_uj_dram']:9,.2f}")
     if unsupported:
         lines.append("not supported:")

@@ -1,12 +1,17 @@
 """Lower a `QuantGPT2` (one block, or the whole model) to a machine program + memory image.
 
-`ModelCompiler(cfg, qmodel, max_tokens, mem_words)`: EMBED (token ids written
-by the host with `write_ids`), every block, LAYERNORM ln_f, MATMUL against
-wteᵀ (raw) and REQUANT to the int16 logits (region "logits").
+`ModelCompiler(cfg, qmodel, max_tokens, mem_words, logit_rows=, context=)`:
+EMBED (token ids written by the host with `write_ids`), every block,
+LAYERNORM ln_f, MATMUL against wteᵀ (raw) and REQUANT to the int16 logits
+(region "logits") for the rows a program asks (`program(t, pos, logits=)`:
+"all" rows, the "last" row, which is all generation needs, or "none", for
+the earlier chunks of a long prompt). The logits buffers hold `logit_rows`
+rows and the KV caches `context` positions (default: max_tokens rows, the
+model's n_positions), so an image holds only what its caller will ask.
 
 `BlockCompiler(cfg, qmodel, layer, max_tokens, mem_words)` fixes the memory
 map once (weights and per-column parameters in the matmul layouts, the
-layer's K/V caches for the model's n_positions keys, activation buffers for
+layer's K/V caches for `context` keys, activation buffers for
 `max_tokens` rows, the attention scratch); `image()` is the initial memory
 and `program(T, pos)` the instruction words for T new tokens at positions
 pos .. pos+T-1 (prefill: pos = 0; decode: T = 1 at pos = p). The caches
@@ -49,7 +54,11 @@ from gpt2accel.rtl.isa import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_
                                RESID_BYTES, IsaError, Op, cfg_max_vector_n, encode)
 from gpt2accel.sim.host.matmul_layout import pack_params, pack_w
 
-__all__ = ["CompileError", "BlockCompiler", "ModelCompiler", "Provenance", "Region"]
+__all__ = ["CompileError", "BlockCompiler", "ModelCompiler", "Provenance", "Region",
+           "LOGITS"]
+
+#: what a whole-model program computes logits for: every new row, the last one, none
+LOGITS = ("all", "last", "none")
 
 
 class CompileError(ValueError):
@@ -87,10 +96,12 @@ class Provenance:
     after which that intermediate is complete in memory, the (region, row length) it
     occupies there, else None (the raw int32 projections, whose observed value is the
     requantised one RESADD / REQUANT computes; KVSTORE, seen through ATTENTION; all
-    but the last column chunk of a split vector op)."""
+    but the last column chunk of a split vector op); `from_row`: the region's row 0
+    holds the intermediate's row `from_row` (the LM head of the last row only)."""
     op: "str | None"
     layer: "int | None" = None
     check: "tuple[str, int] | None" = None
+    from_row: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,8 @@ class _Compiler:
     """Memory map and programs for `layers` of `qmodel`, with the embedding add,
     ln_f and the LM head when `head` (see `BlockCompiler`, `ModelCompiler`)."""
 
-    def __init__(self, cfg: AttentionConfig, qmodel, layers, head, max_tokens, mem_words):
+    def __init__(self, cfg: AttentionConfig, qmodel, layers, head, max_tokens, mem_words,
+                 logit_rows=None, context=None, batch=1):
         self.cfg, self.q, self.layers, self.head = cfg, qmodel, list(layers), head
         e = cfg.engine
         self.e = e
@@ -128,6 +140,17 @@ class _Compiler:
         need(D % cfg.norm_lanes == 0, f"d_head {D} is not a multiple of norm_lanes {cfg.norm_lanes}")
         need(1 <= max_tokens <= e.max_m, f"max_tokens {max_tokens} exceeds max_m {e.max_m}")
         need(self.n_pos <= cfg.max_seq, f"n_positions {self.n_pos} exceeds max_seq {cfg.max_seq}")
+        self.context = self.n_pos if context is None else context
+        need(1 <= self.context <= self.n_pos,
+             f"context {self.context} outside 1..n_positions {self.n_pos}")
+        self.logit_rows = max_tokens if logit_rows is None else logit_rows
+        self.batch = batch
+        need(1 <= batch <= max_tokens, f"batch {batch} outside 1..max_tokens {max_tokens}")
+        need(not head or batch <= self.logit_rows,
+             f"batch {batch} exceeds logit_rows {self.logit_rows} (a batched decode step "
+             f"computes one row of logits per sequence)")
+        need(1 <= self.logit_rows <= max_tokens,
+             f"logit_rows {self.logit_rows} outside 1..max_tokens {max_tokens}")
         self.rb = qmodel.resid_bits
         # RESADD and REQUANT saturate where the machine was built to: a model quantised
         # to another residual width would run, and differ from the golden model
@@ -213,29 +236,48 @@ class _Compiler:
         bufs = [("x", E, RESID_BYTES), ("ln_1_out", E, 1), ("qkv", 3 * E, 1),
                 ("attn", E, 1), ("proj_raw", E, RAW_BYTES),
                 ("ln_2_out", E, 1), ("fc", 4 * E, 1), ("gelu", 4 * E, 1)]
+        bufs = [(name, n, size, max_tokens) for name, n, size in bufs]
         if head:
-            bufs += [("ln_f_out", E, 1), ("logits_raw", self.V, RAW_BYTES),
-                     ("logits", self.V, RESID_BYTES)]
-        for name, n, size in bufs:
+            bufs += [(name, n, size, self.logit_rows) for name, n, size in (
+                ("ln_f_out", E, 1), ("logits_raw", self.V, RAW_BYTES),
+                ("logits", self.V, RESID_BYTES))]
+        for name, n, size, rows in bufs:
             stride = ceil_div(n * size, e.mem_bytes)    # int8 rows: = a_words_per_row
             if size == RAW_BYTES:
                 stride = max(stride, e.out_row_words(n, True))
-            alloc(name, max_tokens * stride, stride)
+            alloc(name, rows * stride, stride)
         if head:                                     # token ids, uint32 each
-            alloc("ids", ceil_div(max_tokens * Q_BYTES, e.mem_bytes))
+            # a batched step's EMBEDs take one sequence's id each, from byte 0 of a word
+            alloc("ids", max(ceil_div(max_tokens * Q_BYTES, e.mem_bytes), batch))
         self.sizes = {"x": RESID_BYTES, "proj_raw": RAW_BYTES, "logits_raw": RAW_BYTES,
                       "logits": RESID_BYTES}
-        self.n_tiles = ceil_div(self.n_pos, cfg.tile)
+        self.n_tiles = ceil_div(self.context, cfg.tile)
         self.kts, self.vts = cfg.k_tile_words(D), cfg.v_tile_words(D)
+        # per layer, the caches of sequence 0, then of sequence 1, ... (`_cache`)
         for i in self.layers:
-            alloc(f"h{i}.k_cache", H * self.n_tiles * self.kts)
-            alloc(f"h{i}.v_cache", H * self.n_tiles * self.vts)
+            alloc(f"h{i}.k_cache", batch * H * self.n_tiles * self.kts)
+            alloc(f"h{i}.v_cache", batch * H * self.n_tiles * self.vts)
         self.end = top
         if mem_words is None:     # the memory map only: what a machine must hold
             return
         need(top <= mem_words, f"memory map needs {top} words, memory size is {mem_words}")
         need(mem_words <= 1 << e.addr_bits,
              f"memory size {mem_words} words exceeds the address width addr_bits {e.addr_bits}")
+
+    #: the image's regions by what they hold (`region_bytes`); the rest are buffers
+    _KV = (".k_cache", ".v_cache")
+
+    def region_bytes(self):
+        """Bytes of the memory map by kind: "weights" (everything packed from the model:
+        weights, parameters, tables, embeddings), "kv" (the K/V caches), "buffers"
+        (activations, logits, token ids, the attention scratch)."""
+        out = {"weights": 0, "kv": 0, "buffers": 0}
+        packed = {name for name, _ in self._blobs}
+        for name, r in self.regions.items():
+            kind = ("kv" if name.endswith(self._KV) else
+                    "weights" if name in packed and name != "scratch" else "buffers")
+            out[kind] += r.words * self.e.mem_bytes
+        return out
 
     def image(self):
         """Initial memory [mem_words, mem_bytes] uint8: weights, parameters, zero scratch."""
@@ -266,7 +308,16 @@ class _Compiler:
         dt = {1: "<i1", 2: "<i2", 4: "<i4", 8: "<i8"}[size]
         return rows.copy().view(dt).astype(np.int64)
 
-    def write_kv_cache(self, mem, cache):
+    def _cache(self, i, seq):
+        """ATTENTION / KVSTORE cache fields of layer i for sequence `seq`."""
+        if not 0 <= seq < self.batch:
+            raise CompileError(f"sequence {seq} outside 0..{self.batch - 1} (batch {self.batch})")
+        kc, vc = self.regions[f"h{i}.k_cache"], self.regions[f"h{i}.v_cache"]
+        ks, vs = self.n_tiles * self.kts, self.n_tiles * self.vts
+        return dict(k_base=kc.base + seq * self.H * ks, k_tile_stride=self.kts, k_head_stride=ks,
+                    v_base=vc.base + seq * self.H * vs, v_tile_stride=self.vts, v_head_stride=vs)
+
+    def write_kv_cache(self, mem, cache, seq=0):
         """Host write of K/V caches (a `gpt2.KVCache` of int8 [H, T, D] per layer, as
         `QuantGPT2.forward` leaves it) into the machine's cache regions, in the
         layout KVSTORE writes: per head and key tile, Kᵀ and V as matmul W tiles.
@@ -278,10 +329,10 @@ class _Compiler:
             if k is None:
                 continue
             H, t, D = k.shape
-            if (H, D) != (self.H, self.D) or t > self.n_pos:
+            if (H, D) != (self.H, self.D) or t > self.context:
                 raise CompileError(f"layer {i} cache {k.shape} does not fit "
-                                   f"[{self.H}, <= {self.n_pos}, {self.D}]")
-            kc, vc = self.regions[f"h{i}.k_cache"], self.regions[f"h{i}.v_cache"]
+                                   f"[{self.H}, <= {self.context}, {self.D}]")
+            c = self._cache(i, seq)
             for h in range(H):
                 for j in range(ceil_div(t, T)):
                     n = min(T, t - j * T)
@@ -289,8 +340,8 @@ class _Compiler:
                     vt = np.zeros((T, D), np.int64)
                     kt[:n] = k[h, j * T:j * T + n]
                     vt[:n] = v[h, j * T:j * T + n]
-                    ka = kc.base + (h * self.n_tiles + j) * self.kts
-                    va = vc.base + (h * self.n_tiles + j) * self.vts
+                    ka = c["k_base"] + (h * self.n_tiles + j) * self.kts
+                    va = c["v_base"] + (h * self.n_tiles + j) * self.vts
                     mem[ka:ka + self.kts] = pack_w(self.e, kt.T)
                     mem[va:va + self.vts] = pack_w(self.e, vt)
 
@@ -306,11 +357,14 @@ class _Compiler:
                                 out_base=ro.base, out_stride=ro.stride, a_signed=1,
                                 raw_out=raw))
 
-    def _block_ops(self, i, t, pos):
+    def _block_ops(self, i, t, seqs):
+        """Block i on t rows; `seqs` [(first row, rows, position, sequence)]: each group
+        of rows at its positions on its own sequence's cache. The linear layers run
+        once on all t rows, KVSTORE and ATTENTION once per group."""
         E, D, H = self.E, self.D, self.H
         blk = self.q.blocks[i]
         reg = self.regions
-        qkv, kc, vc = reg["qkv"], reg[f"h{i}.k_cache"], reg[f"h{i}.v_cache"]
+        qkv = reg["qkv"]
         att = blk.attn
         x, raw = reg["x"], reg["proj_raw"]
         fc, gl = reg["fc"], reg["gelu"]
@@ -321,25 +375,29 @@ class _Compiler:
                 dst_stride=x.stride, y_base=raw.base, y_stride=raw.stride,
                 q_base=reg[f"{name}.q"].base))
 
-        cache = dict(k_base=kc.base, k_tile_stride=self.kts, k_head_stride=self.n_tiles * self.kts,
-                     v_base=vc.base, v_tile_stride=self.vts, v_head_stride=self.n_tiles * self.vts)
-
         def of(op, check=None):
             return Provenance(op, i, check)
 
+        out = reg["attn"]
+        attention = []
+        for k, (row, n, p, seq) in enumerate(seqs):
+            cache = self._cache(i, seq)
+            attention += [
+                (Op.KVSTORE, dict(n_tok=n, pos0=p, n_head=H, d_head=D,
+                                  src_base=qkv.base + row * qkv.stride,
+                                  src_stride=qkv.stride, **cache), of("attn")),
+                (Op.ATTENTION, dict(n_head=H, d_head=D, tq=n, offset=p,
+                                    q_base=qkv.base + row * qkv.stride, q_row_stride=qkv.stride,
+                                    q_head_stride=D // self.e.mem_bytes, **cache,
+                                    out_base=out.base + row * out.stride, out_stride=out.stride,
+                                    scratch_base=reg["scratch"].base,
+                                    score_mult=att.score_mult, score_shift=att.score_shift,
+                                    out_mult=att.out_mult, out_shift=att.out_shift),
+                 of("attn", ("attn", E) if k == len(seqs) - 1 else None))]
         return [
             (*self._ln(f"h{i}.ln_1", blk.ln_1, "x", "ln_1_out", t), of("ln_1", ("ln_1_out", E))),
             (*self._matmul(f"h{i}.c_attn", "ln_1_out", "qkv", t), of("qkv", ("qkv", 3 * E))),
-            (Op.KVSTORE, dict(n_tok=t, pos0=pos, n_head=H, d_head=D,
-                              src_base=qkv.base, src_stride=qkv.stride, **cache), of("attn")),
-            (Op.ATTENTION, dict(n_head=H, d_head=D, tq=t, offset=pos,
-                                q_base=qkv.base, q_row_stride=qkv.stride,
-                                q_head_stride=D // self.e.mem_bytes, **cache,
-                                out_base=reg["attn"].base, out_stride=reg["attn"].stride,
-                                scratch_base=reg["scratch"].base,
-                                score_mult=att.score_mult, score_shift=att.score_shift,
-                                out_mult=att.out_mult, out_shift=att.out_shift),
-             of("attn", ("attn", E))),
+            *attention,
             (*self._matmul(f"h{i}.attn.c_proj", "attn", "proj_raw", t), of("attn_proj")),
             (*resadd(f"h{i}.attn.c_proj"), of("resid_mid", ("x", E))),
             (*self._ln(f"h{i}.ln_2", blk.ln_2, "x", "ln_2_out", t), of("ln_2", ("ln_2_out", E))),
@@ -380,54 +438,98 @@ class _Compiler:
             out.append((op, f, prov if last else Provenance(prov.op, prov.layer)))
         return out
 
-    def _ln(self, name, q, src, dst, t):
+    def _ln(self, name, q, src, dst, t, src_row=0):
         reg = self.regions
         return (Op.LAYERNORM, dict(
-            rows=t, n=self.E, src_base=reg[src].base, src_stride=reg[src].stride,
+            rows=t, n=self.E, src_base=reg[src].base + src_row * reg[src].stride,
+            src_stride=reg[src].stride,
             dst_base=reg[dst].base, dst_stride=reg[dst].stride,
             gamma_base=reg[f"{name}.gamma"].base, beta_base=reg[f"{name}.beta"].base,
             out_shift=q.out_shift, eps_m=q.eps_m, eps_e=q.eps_e))
 
-    def ops(self, t, pos):
+    def ops(self, t, pos, logits="all", seq=0):
         """The program as (Op, fields) pairs for t tokens at positions pos .. pos+t-1."""
-        return [(op, fields) for op, fields, _ in self.annotated_ops(t, pos)]
+        return [(op, fields) for op, fields, _ in self.annotated_ops(t, pos, logits, seq)]
 
-    def provenance(self, t, pos):
+    def provenance(self, t, pos, logits="all", seq=0):
         """The `Provenance` of each instruction of `program(t, pos)`, index by index."""
-        return [prov for _, _, prov in self.annotated_ops(t, pos)]
+        return [prov for _, _, prov in self.annotated_ops(t, pos, logits, seq)]
 
-    def annotated_ops(self, t, pos):
+    def logit_count(self, t, logits):
+        """Rows of logits a program of t tokens leaves in region "logits"."""
+        if logits not in LOGITS:
+            raise CompileError(f"logits={logits!r}: one of {', '.join(LOGITS)}")
+        return {"all": t, "last": 1, "none": 0}[logits] if self.head else 0
+
+    def _check_positions(self, t, pos):
+        if pos + t > self.context:
+            what = "n_positions" if self.context == self.n_pos else "the context"
+            raise CompileError(f"positions up to {pos + t} exceed {what} {self.context}")
+
+    def annotated_ops(self, t, pos, logits="all", seq=0):
         """The program as (Op, fields, `Provenance`) triples: `ops` and `provenance`
-        in one list, so the two cannot fall out of step."""
+        in one list, so the two cannot fall out of step. `seq`: whose K/V caches
+        (0 .. batch-1)."""
         if not 1 <= t <= self.max_tokens:
             raise CompileError(f"T = {t} tokens outside 1..max_tokens {self.max_tokens}")
-        if pos + t > self.n_pos:
-            raise CompileError(f"positions up to {pos + t} exceed n_positions {self.n_pos}")
+        self._check_positions(t, pos)
+        n_logits = self.logit_count(t, logits)
+        if n_logits > self.logit_rows:
+            raise CompileError(f"logits of {n_logits} rows exceed the {self.logit_rows} "
+                               f"row{'s' if self.logit_rows > 1 else ''} of the logits "
+                               f"buffers (logit_rows)")
+        self._cache(self.layers[0], seq)              # refuses a sequence past the batch
+        embed = [self._embed(t, 0, pos, 0)] if self.head else []
+        return self._annotated(t, embed, [(0, t, pos, seq)], n_logits)
+
+    def batch_annotated_ops(self, positions):
+        """One decode step of len(positions) sequences: sequence b's next token (id b of
+        `write_batch_ids`) at position positions[b], on its own K/V caches; the linear
+        layers run once with m = len(positions), EMBED, KVSTORE and ATTENTION once per
+        sequence; logits of every sequence (row b)."""
+        positions = [int(p) for p in positions]
+        n = len(positions)
+        if not self.head:
+            raise CompileError("a batched decode step needs the whole model")
+        if not 1 <= n <= self.batch:
+            raise CompileError(f"{n} sequences outside 1..batch {self.batch}")
+        for p in positions:
+            self._check_positions(1, p)
+        embed = [self._embed(1, b, p, b) for b, p in enumerate(positions)]
+        embed = [(op, f, prov if b == n - 1 else Provenance("embed"))
+                 for b, (op, f, prov) in enumerate(embed)]
+        return self._annotated(n, embed, [(b, 1, p, b) for b, p in enumerate(positions)], n)
+
+    def _embed(self, t, row, pos, id_word):
         reg = self.regions
-        prog = []
-        if self.head:
-            x = reg["x"]
-            prog.append((Op.EMBED, dict(
-                rows=t, n=self.E, src_base=reg["ids"].base, src_stride=0,
-                dst_base=x.base, dst_stride=x.stride, pos0=pos,
-                wte_base=reg["wte"].base, wte_stride=reg["wte"].stride,
-                wte_q_base=reg["wte.q"].base, wpe_base=reg["wpe"].base,
-                wpe_stride=reg["wpe"].stride, wpe_q_base=reg["wpe.q"].base),
-                Provenance("embed", None, ("x", self.E))))
+        x = reg["x"]
+        return (Op.EMBED, dict(
+            rows=t, n=self.E, src_base=reg["ids"].base + id_word, src_stride=0,
+            dst_base=x.base + row * x.stride, dst_stride=x.stride, pos0=pos,
+            wte_base=reg["wte"].base, wte_stride=reg["wte"].stride,
+            wte_q_base=reg["wte.q"].base, wpe_base=reg["wpe"].base,
+            wpe_stride=reg["wpe"].stride, wpe_q_base=reg["wpe.q"].base),
+            Provenance("embed", None, ("x", self.E)))
+
+    def _annotated(self, t, embed, seqs, n_logits):
+        reg = self.regions
+        prog = list(embed)
         for i in self.layers:
-            prog += self._block_ops(i, t, pos)
-        if self.head:
-            lr = reg["logits_raw"]
-            prog += [(*self._ln("ln_f", self.q.ln_f, "x", "ln_f_out", t),
-                      Provenance("ln_f", None, ("ln_f_out", self.E))),
-                     (*self._matmul("lm_head", "ln_f_out", "logits_raw", t),
+            prog += self._block_ops(i, t, seqs)
+        if n_logits:
+            # the head runs on the rows asked only: the last row's logits are all
+            # generation needs, and the LM head is the widest product of the program
+            lr, first = reg["logits_raw"], t - n_logits
+            prog += [(*self._ln("ln_f", self.q.ln_f, "x", "ln_f_out", n_logits, first),
+                      Provenance("ln_f", None, ("ln_f_out", self.E), first)),
+                     (*self._matmul("lm_head", "ln_f_out", "logits_raw", n_logits),
                       Provenance("logits")),
-                     (Op.REQUANT, dict(rows=t, n=self.V, src_base=0, src_stride=0,
+                     (Op.REQUANT, dict(rows=n_logits, n=self.V, src_base=0, src_stride=0,
                                        dst_base=reg["logits"].base,
                                        dst_stride=reg["logits"].stride,
                                        y_base=lr.base, y_stride=lr.stride,
                                        q_base=reg["lm_head.q"].base),
-                      Provenance("logits", None, ("logits", self.V)))]
+                      Provenance("logits", None, ("logits", self.V), first))]
         prog = [ins for ins in prog for ins in self._split_vector(*ins)]
         return prog + [(Op.HALT, {}, Provenance(None))]
 
@@ -443,10 +545,29 @@ class _Compiler:
         flat[:len(ids) * Q_BYTES] = ids.astype("<u4").view(np.uint8)
         mem[r.base:r.base + r.words] = flat.reshape(r.words, self.e.mem_bytes)
 
-    def program(self, t, pos):
+    def write_batch_ids(self, mem, tokens):
+        """Host write of a batched step's ids: sequence b's token in word b."""
+        ids = np.asarray(tokens, np.int64)
+        if not 1 <= len(ids) <= self.batch:
+            raise CompileError(f"{len(ids)} sequences outside 1..batch {self.batch}")
+        if ids.min() < 0 or ids.max() >= self.V:
+            raise CompileError(f"token ids must be in 0..{self.V - 1}")
+        r = self.regions["ids"]
+        words = np.zeros((r.words, self.e.mem_bytes), np.uint8)
+        words[:len(ids), :Q_BYTES] = ids.astype("<u4").view(np.uint8).reshape(-1, Q_BYTES)
+        mem[r.base:r.base + r.words] = words
+
+    def batch_program(self, positions):
+        """`program` of `batch_annotated_ops`."""
+        return self._encode((op, f) for op, f, _ in self.batch_annotated_ops(positions))
+
+    def program(self, t, pos, logits="all", seq=0):
         """Instruction words; an instruction the ISA refuses becomes a `CompileError`."""
+        return self._encode(self.ops(t, pos, logits, seq))
+
+    def _encode(self, ops):
         words = []
-        for op, fields in self.ops(t, pos):
+        for op, fields in ops:
             try:
                 words.append(encode(self.cfg, op, **fields))
             except IsaError as exc:
@@ -465,7 +586,12 @@ class BlockCompiler(_Compiler):
 class ModelCompiler(_Compiler):
     """The whole model: EMBED, every block, ln_f, LM head (raw matmul against wteᵀ
     + REQUANT to the logit width). The host writes the token ids (`write_ids`);
-    the int16 logits are left in region "logits" [T, vocab]."""
+    the int16 logits of the rows asked are left in region "logits" [rows, vocab].
+    `logit_rows`: rows the logits buffers hold (default max_tokens; 1 is enough to
+    generate); `context`: positions the KV caches hold (default n_positions); `batch`:
+    sequences with caches of their own, decoded together (`batch_program`)."""
 
-    def __init__(self, cfg, qmodel, max_tokens, mem_words):
-        super().__init__(cfg, qmodel, range(qmodel.config.n_layer), True, max_tokens, mem_words)
+    def __init__(self, cfg, qmodel, max_tokens, mem_words, logit_rows=None, context=None,
+                 batch=1):
+        super().__init__(cfg, qmodel, range(qmodel.config.n_layer), True, max_tokens, mem_words,
+                         logit_rows, context, batch)

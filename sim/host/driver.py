@@ -1,9 +1,21 @@
 """One driver API for the whole-model machine over interchangeable backends.
 
     drv = Driver(qmodel, machine_config(qmodel, 8, 8), backend="pysim")
-    logits = drv.prefill(ids)          # int logits [T, vocab], KV caches stay in memory
+    logits = drv.prefill(ids)          # int logits [1, vocab] of the last row; KV caches stay
     logits = drv.decode(token)         # int logits [1, vocab]
     drv.logits_float(logits[-1]); drv.last  # dequantised; counters of the last call
+
+    drv = Driver(qmodel, cfg, logits="all", context=256)   # scoring: every row's logits
+    logits = drv.prefill(ids)          # [T, vocab]; prefill(ids, logits="last") still allowed
+
+    drv = Driver(qmodel, cfg, batch=4)  # 4 sequences, each with its own KV caches
+    for b, p in enumerate(prompts):
+        drv.prefill(p, seq=b)
+    logits = drv.decode_batch(tokens)  # [4, vocab]: one step of every sequence, one program
+
+The memory map holds what the driver was made for: logits buffers of one row
+("last", generation) or max_m rows ("all", scoring), KV caches for `context`
+positions (default the model's n_positions).
 
 As in Glasgow (one API for the simulator and the device), everything above
 the `Backend` is the same whichever runs the machine: `Driver` compiles the
@@ -26,6 +38,7 @@ import time
 import numpy as np
 
 from gpt2accel.model import progress
+from gpt2accel.model.gpt2 import KVCache
 from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.machine_config import MachineConfig, machine_ops
 from gpt2accel.rtl.isa import BETA_BYTES, Error, Op
@@ -182,8 +195,8 @@ def array_error(cols):
     return None
 
 
-def machine_config(qmodel, rows=8, cols=8, max_tokens=8, addr_bits=None, *, ops=None,
-                   mem_bytes=None):
+def machine_config(qmodel, rows=8, cols=8, max_tokens=8, addr_bits=None, batch=1, *,
+                   ops=None, mem_bytes=None):
     """The smallest machine of `rows` x `cols` this model needs (a `MachineConfig`): the
     one function from a model to a machine, for the driver, the CLI and the board presets.
 
@@ -197,7 +210,8 @@ def machine_config(qmodel, rows=8, cols=8, max_tokens=8, addr_bits=None, *, ops=
     memory word (None: 2*cols).
 
     `addr_bits`: the word-address width; None sizes it from the model's memory map
-    (weights, buffers, KV caches: `ModelCompiler`'s, computed without packing anything;
+    (weights, buffers, KV caches of `batch` sequences: `ModelCompiler`'s, computed
+    without packing anything;
     for the offload, its weights and buffers), at least `MIN_ADDR_BITS`. An explicit
     width too narrow for the map raises `MachineSizeError` naming the width needed;
     shapes the array cannot hold raise `CompileError` / `ConfigError` (both ValueErrors);
@@ -227,7 +241,7 @@ def machine_config(qmodel, rows=8, cols=8, max_tokens=8, addr_bits=None, *, ops=
         if offload:
             from gpt2accel.sim.host.offload import offload_words
             return offload_words(cfg, qmodel)
-        return ModelCompiler(cfg, qmodel, cfg.engine.max_m, None).end
+        return ModelCompiler(cfg, qmodel, cfg.engine.max_m, None, batch=batch).end
 
     # the memory map does not depend on the address width: size it at the widest
     cfg = config(addr_bits if addr_bits is not None else 48)
@@ -265,17 +279,35 @@ class Driver:
 
     `on_program(status)` is called after every program (a long prompt runs as several).
     `check`: after every call compare the integer logits with `QuantGPT2.forward`
-    (run alongside on its own KV cache); on a mismatch, localise it to the first
-    instruction whose result differs from the model's observe hooks and raise
-    `CheckError` naming the layer and operation.
+    (run alongside on its own KV cache) on the rows computed; on a mismatch, localise
+    it to the first instruction whose result differs from the model's observe hooks
+    and raise `CheckError` naming the layer and operation.
+    `logits`: what `prefill` returns unless told otherwise, and what the memory map
+    holds: "last" (the last row's logits, all that generation needs) or "all" (every
+    row's, for scoring). `context`: positions the KV caches hold (default the
+    model's n_positions); prefill and decode stop there. `batch`: sequences with KV
+    caches of their own (`prefill(ids, seq=b)`, `decode(token, seq=b)`), decoded
+    together by `decode_batch`.
     """
 
     def __init__(self, qmodel, cfg, backend="pysim", *, mem_words=None, check=False,
-                 on_program=None):
+                 on_program=None, logits="last", context=None, batch=1):
         self.q, self.cfg = qmodel, cfg
+        if logits not in ("last", "all"):
+            raise ValueError(f"logits={logits!r}: 'last' (generation) or 'all' (scoring)")
+        n_pos = qmodel.config.n_positions
+        if context is not None and not 1 <= context <= n_pos:
+            raise ValueError(f"context={context}: outside 1..n_positions {n_pos}")
+        self.logits, self.context = logits, context or n_pos
         self.on_program = on_program  # called with each program's status (progress)
         self.backend = make_backend(backend) if isinstance(backend, str) else backend
-        need = ModelCompiler(cfg, qmodel, cfg.engine.max_m, None).end
+        if not 1 <= batch <= cfg.engine.max_m:
+            raise ValueError(f"batch={batch}: outside 1..max_m {cfg.engine.max_m} (a batched "
+                             f"step has one row per sequence)")
+        self.batch = batch
+        self._map = dict(logit_rows=cfg.engine.max_m if logits == "all" else batch,
+                         context=self.context, batch=batch)
+        need = ModelCompiler(cfg, qmodel, cfg.engine.max_m, None, **self._map).end
         if mem_words is not None and mem_words < need:
             raise MachineSizeError(f"mem_words={mem_words:,}: the model's memory map needs "
                                    f"{need:,} words (None sizes the memory from the model)",
@@ -288,16 +320,15 @@ class Driver:
         # the memory is what the model uses (its map), not the whole address space:
         # 2^24 words of GPT-2 small would be a quarter of a gigabyte per copy
         self.mem_words = mem_words or need
-        self.comp = ModelCompiler(cfg, qmodel, cfg.engine.max_m, self.mem_words)
+        self.comp = ModelCompiler(cfg, qmodel, cfg.engine.max_m, self.mem_words, **self._map)
         self.check = check
-        self.pos = 0
+        self.positions, self.seq = [0] * batch, 0   # each sequence's next position
         self.loaded = False
         self.last = None          # status of the last program (cycles, predicted, wall_s...)
         self.history = []         # one status per program run
 
     def load(self):
         """Create the machine and write the memory image (weights, zeroed caches)."""
-        from gpt2accel.model.gpt2 import KVCache
         # GPT-2 small's image takes seconds to pack and copy; a small model's, milliseconds
         big = self.mem_words >= _BIG_IMAGE_WORDS
         with (progress.step(f"{self.backend.name}: writing the {self.mem_words:,}-word memory "
@@ -305,31 +336,34 @@ class Driver:
               if big else contextlib.nullcontext()):
             self.backend.open(self.cfg, self.mem_words)
             self.backend.load(self.comp.image())
-        self.pos, self.loaded = 0, True
-        self.golden_cache = KVCache(self.q.config.n_layer)
+        self.positions, self.loaded = [0] * self.batch, True
+        self.golden_caches = [KVCache(self.q.config.n_layer) for _ in range(self.batch)]
         return self
 
     def close(self):
         self.backend.close()
 
-    # ---- programs
-    def _run(self, ids):
-        """One program for `ids` at the current position; returns int logits [T, vocab]."""
-        t = len(ids)
-        ids_region = self.comp.regions["ids"]
-        img = self.backend.dump(ids_region.base, ids_region.words)
-        self.comp.write_ids(_Shifted(img, ids_region.base), ids)
-        self.backend.load(img, ids_region.base)
-        prog = self.comp.program(t, self.pos)
-        before = self.backend.dump() if self.check else None
-        try:
-            predicted, _ = program_cycles(self.cfg, prog, mem=_ids_memory(self.comp, ids))
-        except ValueError:        # an illegal program: the machine's error status tells
-            predicted = None
-        what = f"{self.backend.name}: {t} token{'s' if t > 1 else ''} at position {self.pos}"
+    @property
+    def pos(self):
+        """The next position of the sequence the last prefill / decode ran."""
+        return self.positions[self.seq]
+
+    @pos.setter
+    def pos(self, value):
+        self.positions[self.seq] = value
+
+    @property
+    def golden_cache(self):
+        return self.golden_caches[self.seq]
+
+    def _execute(self, prog, what, info, keep=False):
+        """Run one program; its status (with `info`, the cycle model's prediction and the
+        useful MACs) goes to `history`; an error status raises `HardwareError`. `keep`:
+        return the memory before the run (the check's localisation re-runs from it)."""
+        before = self.backend.dump() if keep else None
         with _RunProgress(self.backend, what, len(prog)):
             res = dict(self.backend.run(prog))
-        res.update(T=t, pos=self.pos, predicted_cycles=predicted, instructions=len(prog))
+        res.update(info, instructions=len(prog))
         self.last = res
         self.history.append(res)
         if self.on_program is not None:
@@ -337,41 +371,133 @@ class Driver:
         if res["error"] != Error.NONE:
             raise HardwareError(f"machine error status {Error(res['error']).name} "
                                 f"after {res['icount']} of {len(prog)} instructions "
-                                f"(T={t}, pos={self.pos})")
+                                f"(T={res['T']}, pos={res['pos']})")
         if res["icount"] != len(prog):
             raise HardwareError(f"machine executed {res['icount']} of {len(prog)} instructions")
-        logits = self.read_logits(t)
-        if self.check:
-            self._check(ids, logits, before)
-        self.pos += t
-        return logits
+        return before
 
-    def prefill(self, ids):
-        """Run the prompt (in chunks of max_m tokens) from position 0; int logits [T, vocab]."""
+    def _write_ids(self, write, ids):
+        r = self.comp.regions["ids"]
+        img = self.backend.dump(r.base, r.words)
+        write(_Shifted(img, r.base), ids)
+        self.backend.load(img, r.base)
+
+    # ---- programs
+    def _run(self, ids, logits):
+        """One program for `ids` at the current position; returns the int logits asked
+        ([T, vocab], [1, vocab] or None)."""
+        t = len(ids)
+        self._write_ids(self.comp.write_ids, ids)
+        prog = self.comp.program(t, self.pos, logits, self.seq)
+        what = f"{self.backend.name}: {t} token{'s' if t > 1 else ''} at position {self.pos}"
+        if self.batch > 1:
+            what += f" of sequence {self.seq}"
+        before = self._execute(prog, what, dict(
+            T=t, pos=self.pos, seq=self.seq, logits=logits,
+            predicted_cycles=_predict(self.cfg, prog, _ids_memory(self.comp, ids)),
+            macs=program_macs(self.comp.ops(t, self.pos, logits, self.seq))), self.check)
+        rows = self.comp.logit_count(t, logits)
+        out = self.read_logits(rows) if rows else None
+        if self.check:
+            self._check(ids, out, before, logits)
+        self.pos += t
+        return out
+
+    def _context_limit(self):
+        n_pos = self.q.config.n_positions
+        return (f"n_positions={n_pos}" if self.context == n_pos
+                else f"context={self.context} (n_positions {n_pos})")
+
+    def _sequence(self, seq):
+        if not 0 <= seq < self.batch:
+            raise ValueError(f"seq={seq}: outside 0..{self.batch - 1} (batch={self.batch})")
+        self.seq = seq
+
+    def prefill(self, ids, logits=None, seq=0):
+        """Run the prompt (in chunks of max_m tokens) from position 0 of sequence `seq`.
+        `logits`: "last" (int logits [1, vocab] of the last row) or "all" ([T, vocab]);
+        default the driver's `logits`. "all" needs a driver made with logits="all"
+        (its buffers)."""
+        self._sequence(seq)
+        logits = self.logits if logits is None else logits
+        if logits not in ("last", "all"):
+            raise ValueError(f"logits={logits!r}: 'last' (generation) or 'all' (scoring)")
+        if logits == "all" and self.logits != "all":
+            raise ValueError("logits='all' needs a Driver made with logits='all' (its memory "
+                             "holds logits of the last rows only)")
         ids = [int(i) for i in ids]
         if not ids:
             raise ValueError("prefill needs at least one token")
-        if len(ids) > self.q.config.n_positions:
-            raise ValueError(f"prompt of {len(ids)} tokens exceeds the model's context "
-                             f"n_positions={self.q.config.n_positions}")
-        if self.pos or not self.loaded:
+        if len(ids) > self.context:
+            raise ValueError(f"prompt of {len(ids)} tokens exceeds the context "
+                             f"{self._context_limit()}")
+        if not self.loaded or (self.pos and self.batch == 1):
             self.load()                       # a new sequence: fresh image, empty caches
+        elif self.batch > 1:
+            # the other sequences keep their caches: a prefill from position 0 rewrites
+            # every cache entry it reads, so this one's restart needs no clearing
+            self.pos = 0
+            self.golden_caches[seq] = KVCache(self.q.config.n_layer)
         m = self.cfg.engine.max_m
-        return np.concatenate([self._run(ids[s:s + m]) for s in range(0, len(ids), m)])
+        starts = range(0, len(ids), m)
+        # with the last row's logits only, the earlier chunks skip the head entirely
+        out = [self._run(ids[s:s + m], logits if logits == "all" or s == starts[-1]
+                         else "none") for s in starts]
+        return np.concatenate([o for o in out if o is not None])
 
-    def decode(self, token):
-        """One token at the next position; int logits [1, vocab]."""
-        if not self.loaded or self.pos == 0:
-            raise ValueError("decode needs a prefill first (the prompt fills the KV caches)")
-        if self.pos >= self.q.config.n_positions:
-            raise ValueError(f"context full: n_positions={self.q.config.n_positions}")
-        return self._run([int(token)])
+    def decode(self, token, seq=0):
+        """One token at the next position of sequence `seq`; int logits [1, vocab]."""
+        self._sequence(seq)
+        self._decodable(seq)
+        return self._run([int(token)], "last")
+
+    def _decodable(self, seq):
+        what = "" if self.batch == 1 else f"sequence {seq}: "
+        if not self.loaded or self.positions[seq] == 0:
+            raise ValueError(f"{what}decode needs a prefill first (the prompt fills the KV "
+                             f"caches)")
+        if self.positions[seq] >= self.context:
+            raise ValueError(f"{what}context full: {self._context_limit()}")
+
+    def decode_batch(self, tokens):
+        """One decode step of sequences 0 .. len(tokens)-1 in one program: token b at
+        sequence b's next position, on its caches; every linear layer runs once for all
+        of them. Int logits [len(tokens), vocab], row b sequence b's."""
+        tokens = [int(t) for t in tokens]
+        if not 1 <= len(tokens) <= self.batch:
+            raise ValueError(f"decode_batch of {len(tokens)} tokens: 1..batch={self.batch}")
+        for b in range(len(tokens)):
+            self._decodable(b)
+        positions = self.positions[:len(tokens)]
+        self._write_ids(self.comp.write_batch_ids, tokens)
+        prog = self.comp.batch_program(positions)
+        ops = [(op, f) for op, f, _ in self.comp.batch_annotated_ops(positions)]
+        n = len(tokens)
+        self._execute(prog, f"{self.backend.name}: {n} sequences at positions "
+                            f"{positions[0]}..{max(positions)}", dict(
+            T=n, pos=positions[0], positions=positions, batch=n, logits="all",
+            predicted_cycles=_predict(self.cfg, prog, _ids_memory(self.comp, tokens, True)),
+            macs=program_macs(ops)))
+        logits = self.read_logits(n)
+        if self.check:
+            for b, token in enumerate(tokens):
+                want = self.q.forward(np.asarray([token]), self.golden_caches[b])
+                if not np.array_equal(logits[b:b + 1], want):
+                    col = int(np.argwhere(logits[b] != want[0])[0][0])
+                    raise CheckError(f"logits of sequence {b} differ from QuantGPT2 at "
+                                     f"position {positions[b]}, vocab index {col} (machine "
+                                     f"{logits[b, col]}, model {want[0, col]}) in a batched "
+                                     f"step of {n}")
+        for b in range(n):
+            self.positions[b] += 1
+        return logits
 
     # ---- reads
-    def read_logits(self, t):
+    def read_logits(self, rows):
+        """The int logits of the last program's `rows` rows (region "logits")."""
         r = self.comp.regions["logits"]
-        mem = _Shifted(self.backend.dump(r.base, t * r.stride), r.base)
-        return self.comp.read_rows(mem, "logits", t, self.comp.V)
+        mem = _Shifted(self.backend.dump(r.base, rows * r.stride), r.base)
+        return self.comp.read_rows(mem, "logits", rows, self.comp.V)
 
     def logits_float(self, logits):
         """Dequantised float logits (as `QuantGPT2.logits`)."""
@@ -387,25 +513,38 @@ class Driver:
                 "error": h[-1]["error"] if h else 0}
 
     # ---- checking
-    def _check(self, ids, logits, before):
+    def _check(self, ids, logits, before, mode):
         seen = {}
         want = self.q.forward(np.asarray(ids), self.golden_cache,
                               observe=lambda n, l, x: seen.setdefault((n, l), np.asarray(x)))
+        if logits is None:
+            # no logits: the program's last result is the final residual, checked as such
+            got = self.comp.read_rows(self._window("x", len(ids)), "x", len(ids), self.comp.E)
+            if np.array_equal(got, seen[("resid", self.q.config.n_layer - 1)]):
+                return
+            where = self._localise(ids, seen, before, mode)
+            raise CheckError(f"the final residual differs from QuantGPT2; {where}")
+        first = len(ids) - len(logits)
+        want = want[first:]
         if np.array_equal(logits, want):
             return
         row, col = (int(i) for i in np.argwhere(logits != want)[0])
-        where = self._localise(ids, seen, before)
-        raise CheckError(f"logits differ from QuantGPT2 at position {self.pos + row}, "
+        where = self._localise(ids, seen, before, mode)
+        raise CheckError(f"logits differ from QuantGPT2 at position {self.pos + first + row}, "
                          f"vocab index {col} (machine {logits[row, col]}, model "
                          f"{want[row, col]}); {where}")
 
-    def _localise(self, ids, seen, before):
+    def _window(self, region, rows):
+        r = self.comp.regions[region]
+        return _Shifted(self.backend.dump(r.base, rows * r.stride), r.base)
+
+    def _localise(self, ids, seen, before, mode):
         """Re-run prefixes of the program from the memory before the call and find the
         first checked instruction (the compiler's `Provenance.check`) whose destination
         differs from the golden intermediate (bisection: a good checkpoint followed by
         a bad one). Leaves the machine's memory in a prefix's state: the caller raises."""
         t = len(ids)
-        ops = self.comp.annotated_ops(t, self.pos)
+        ops = self.comp.annotated_ops(t, self.pos, mode)
         points = [k for k, (_, _, p) in enumerate(ops) if p.check is not None]
         from gpt2accel.rtl.isa import encode
 
@@ -415,10 +554,9 @@ class Driver:
             self.backend.load(before)
             words = [encode(self.cfg, op, **f) for op, f, _ in ops[:k + 1]]
             self.backend.run(words + [encode(self.cfg, Op.HALT)])
-            r = self.comp.regions[region]
-            got = self.comp.read_rows(_Shifted(self.backend.dump(r.base, t * r.stride), r.base),
-                                      region, t, n)
-            return np.array_equal(got, seen[(p.op, p.layer)])
+            got = self.comp.read_rows(self._window(region, t - p.from_row), region,
+                                      t - p.from_row, n)
+            return np.array_equal(got, seen[(p.op, p.layer)][p.from_row:])
 
         lo, hi = -1, len(points) - 1          # points[hi] is bad (the logits are)
         while hi - lo > 1:
@@ -508,9 +646,19 @@ class _Shifted:
         self.words[self._rel(s)] = v
 
 
-def _ids_memory(comp, ids):
-    """Memory as `program_cycles` needs it for EMBED (only the token ids are read)."""
+def _ids_memory(comp, ids, batch=False):
+    """Memory as `program_cycles` needs it for EMBED (only the token ids are read);
+    `batch`: a batched step's ids (`write_batch_ids`)."""
     r = comp.regions["ids"]
     view = _Shifted(np.zeros((r.words, comp.e.mem_bytes), np.uint8), r.base)
-    comp.write_ids(view, ids)
+    (comp.write_batch_ids if batch else comp.write_ids)(view, ids)
     return view
+
+
+def _predict(cfg, prog, mem):
+    """The cycle model's cycles of `prog`, None for an illegal program (the machine's
+    error status tells)."""
+    try:
+        return program_cycles(cfg, prog, mem=mem)[0]
+    except ValueError:
+        return None

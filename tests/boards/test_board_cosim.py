@@ -44,7 +44,7 @@ class Board:
         self.q, self.cfg, self.words = tiny_board_config()
         _, _, self.link = fast_tiny_board()
         self.be = SerialBackend(self.link)
-        self.drv = Driver(self.q, self.cfg, self.be, mem_words=self.words)
+        self.drv = Driver(self.q, self.cfg, self.be, mem_words=self.words, logits="all")
         t0, c0 = time.perf_counter(), self.link.cycles
         self.drv.load()
         self.load_s, self.load_cycles = time.perf_counter() - t0, self.link.cycles - c0

@@ -13,7 +13,8 @@ def test_bench_model_cases():
     # GPT-2 small (a minute of quantising and cycle counting) runs in `bench model` itself
     result = bench.run(argparse.Namespace(arrays="4x4,8x8,16x16", models="tiny"))
     json.dumps(result)
-    cases = {(c["model"], c["array"], c["mode"]): c for c in result["cases"]}
+    cases = {(c["model"], c["array"], c["mode"]): c for c in result["cases"]
+             if c.get("batch", 1) == 1}
     assert {m for m, _, _ in cases} == {"tiny"}
     q = bench._tiny()
     weights = sum(np.asarray(b.w).size for blk in q.blocks
@@ -33,30 +34,76 @@ def test_bench_model_cases():
     assert "tiny" in bench.format_text(result)
 
 
+def test_prefill_logits_and_image_regions():
+    """Prefill computes the last row's logits (score: every row's, slower, a bigger
+    image); the image splits into weights, KV caches, buffers and the program, and a
+    shorter context shrinks the KV caches and the decode step."""
+    from gpt2accel.sim.host.compiler import ModelCompiler
+    from gpt2accel.sim.host.driver import machine_config
+    result = bench.run(argparse.Namespace(arrays="8x8", models="tiny", contexts="128,32"))
+    json.dumps(result)
+    cases = {(c["context"], c["mode"]): c for c in result["cases"] if c["batch"] == 1}
+    pre, score, dec = (cases[(128, m)] for m in ("prefill", "score", "decode"))
+    assert (pre["logits"], score["logits"], dec["logits"]) == ("last", "all", "last")
+    assert pre["T"] == score["T"] == 128 and dec["pos"] == 127
+    assert pre["cycles_per_token"] < score["cycles_per_token"]
+    q = bench._tiny()
+    cfg = machine_config(q, 8, 8, max_tokens=128)
+    comp = ModelCompiler(cfg, q, 128, None, logit_rows=1)
+    img = pre["image_bytes"]
+    assert {k: img[k] for k in ("weights", "kv", "buffers")} == comp.region_bytes()
+    assert img["program"] == len(comp.program(128, 0, "last")) * 64
+    assert img["total"] == sum(v for k, v in img.items() if k != "total")
+    assert score["image_bytes"]["buffers"] > img["buffers"]
+    assert score["image_bytes"]["weights"] == img["weights"]
+    short = cases[(32, "decode")]
+    assert short["pos"] == 31 and cases[(32, "prefill")]["T"] == 32
+    assert short["image_bytes"]["kv"] * 2 == img["kv"]     # tile 64: 1 tile of 2
+    assert short["cycles_per_token"] < dec["cycles_per_token"]
+
+
+def test_batched_decode_rows():
+    """Decode rows for 1, 4 and 8 sequences: the weights are read once per step, so
+    the cycles and bytes per token fall with the batch, and the KV caches grow with it."""
+    result = bench.run(argparse.Namespace(arrays="8x8", models="tiny", contexts=None))
+    dec = {c["batch"]: c for c in result["cases"] if c["mode"] == "decode"}
+    assert sorted(dec) == list(bench.BATCHES) == [1, 4, 8]
+    cpt = [dec[b]["cycles_per_token"] for b in (1, 4, 8)]
+    assert cpt[0] > cpt[1] > cpt[2]
+    assert dec[1]["bytes_per_token"] > dec[4]["bytes_per_token"] > dec[8]["bytes_per_token"]
+    assert [dec[b]["image_bytes"]["kv"] for b in (1, 4, 8)] == [
+        b * dec[1]["image_bytes"]["kv"] for b in (1, 4, 8)]
+    assert dec[8]["utilization"] > dec[1]["utilization"]
+    assert all(c["batch"] == 1 for c in result["cases"] if c["mode"] != "decode")
+
+
 def test_unsupported_shapes_are_listed_once_with_the_reason(capsys):
     result = bench.run(argparse.Namespace(arrays="8x8,16x16", models="tiny"))
     err = capsys.readouterr().err
     assert "[tiny: compiling and timing on each array" in err      # progress on stderr
-    # the JSON keeps both modes of the unsupported shape, with the compiler's message
+    # the JSON keeps every mode of the unsupported shape, with the compiler's message
     bad = [c for c in result["cases"] if c["cycles_per_token"] is None]
     assert {(c["array"], c["mode"]) for c in bad} == {("16x16", "prefill"),
+                                                      ("16x16", "score"),
                                                       ("16x16", "decode")}
     text = bench.format_text(result).splitlines()
     table = text[:text.index("not supported:")]
-    assert len(table) == 3 and all("8x8" in line for line in table[1:])
+    assert len(table) == 6 and all("8x8" in line for line in table[1:])
     assert text[text.index("not supported:") + 1:-1] == [
         f"  tiny on 16x16, because {bad[0]['error']}"]
     assert "Horowitz" in text[-1] and "ISSCC 2014" in text[-1]
 
 
-@pytest.mark.parametrize("arrays, models, message", [
-    ("8by8", "tiny", "--arrays: '8by8' is not ROWSxCOLS"),
-    ("0x8", "tiny", "--arrays: '0x8' needs at least one row"),
-    ("8x8", "gpt3", "--models: unknown model 'gpt3'"),
+@pytest.mark.parametrize("arrays, models, contexts, message", [
+    ("8by8", "tiny", None, "--arrays: '8by8' is not ROWSxCOLS"),
+    ("0x8", "tiny", None, "--arrays: '0x8' needs at least one row"),
+    ("8x8", "gpt3", None, "--models: unknown model 'gpt3'"),
+    ("8x8", "tiny", "long", "--contexts: 'long' is not a number of positions"),
+    ("8x8", "tiny", "64,0", "--contexts: '0' needs at least one position"),
 ])
-def test_bad_arguments_are_refused(arrays, models, message):
+def test_bad_arguments_are_refused(arrays, models, contexts, message):
     with pytest.raises(ValueError, match=message):
-        bench.run(argparse.Namespace(arrays=arrays, models=models))
+        bench.run(argparse.Namespace(arrays=arrays, models=models, contexts=contexts))
 
 
 def test_energy_and_cycles_by_instruction_kind():
@@ -68,7 +115,7 @@ def test_energy_and_cycles_by_instruction_kind():
     from gpt2accel.sim.bench import energy as E
     result = bench.run(argparse.Namespace(arrays="8x8", models="tiny"))
     assert "Horowitz" in result["energy_source"] and "45 nm" in result["energy_source"]
-    cases = {c["mode"]: c for c in result["cases"]}
+    cases = {c["mode"]: c for c in result["cases"] if c["batch"] == 1}
     for c in cases.values():
         assert sum(c["cycles_by_kind"].values()) == c["cycles"]
         assert c["cycles_by_kind"]["MATMUL"] > 0 and c["cycles_by_kind"]["HALT"] == 2
@@ -107,3 +154,11 @@ def test_plots_roofline_and_breakdown(tmp_path, capsys):
     assert main(["bench", "model", "--models", "tiny", "--plot", str(tmp_path / "file")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"gpt2accel: error: --plot {tmp_path / 'file'}: not a directory"]
+
+
+def test_context_past_the_model_is_listed_with_the_reason():
+    result = bench.run(argparse.Namespace(arrays="8x8", models="tiny", contexts="256"))
+    assert {c["mode"] for c in result["cases"]} == {"prefill", "score", "decode"}
+    assert all("context 256 outside 1..n_positions 128" in c["error"]
+               for c in result["cases"])
+    assert "tiny on 8x8, because context 256" in bench.format_text(result)

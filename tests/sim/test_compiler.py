@@ -154,3 +154,53 @@ def test_tiny_model_cycle_report(capsys):
     for figure in ("T=128 at 0: 663,297 cycles", "T=1 at 0: 21,748 cycles",
                    "T=1 at 127: 25,204 cycles"):
         assert figure in out, out
+
+
+def test_logits_for_the_rows_asked(qmodel):
+    """program(..., logits=): the head runs on the last row only ("last": LAYERNORM of
+    x's last row, a 1-row LM head and REQUANT), on none ("none": the program ends with
+    the last block), or on every row; a buffer of one row refuses "all"."""
+    from gpt2accel.sim.host.compiler import ModelCompiler
+    comp = ModelCompiler(CFG, qmodel, max_tokens=4, mem_words=8192, logit_rows=1)
+    x, lr = comp.regions["x"], comp.regions["logits"]
+    ln, mm, rq, halt = comp.ops(3, 0, "last")[-4:]
+    assert (ln[0], mm[0], rq[0], halt[0]) == (Op.LAYERNORM, Op.MATMUL, Op.REQUANT, Op.HALT)
+    assert ln[1]["rows"] == mm[1]["m"] == rq[1]["rows"] == 1
+    assert ln[1]["src_base"] == x.base + 2 * x.stride
+    assert lr.words == lr.stride and comp.regions["ln_f_out"].words == x.stride // 2
+    assert [op for op, _ in comp.ops(3, 0, "none")][-2:] == [Op.RESADD, Op.HALT]
+    assert len(comp.ops(3, 0, "none")) == len(comp.ops(3, 0, "last")) - 3
+    with pytest.raises(CompileError, match=r"logits of 3 rows exceed the 1 row of the "
+                                           r"logits buffers \(logit_rows\)"):
+        comp.program(3, 0, "all")
+    with pytest.raises(CompileError, match="logits='first': one of all, last, none"):
+        comp.program(3, 0, "first")
+    every = ModelCompiler(CFG, qmodel, max_tokens=4, mem_words=8192)
+    assert every.ops(1, 0, "all") == every.ops(1, 0, "last")
+    assert every.ops(3, 0) == every.ops(3, 0, "all")        # the default: every row
+    assert [f["m"] for op, f in every.ops(3, 0) if op == Op.MATMUL][-1] == 3
+
+
+def test_context_and_image_regions(qmodel):
+    """`context` sizes the KV caches and bounds the programs; `region_bytes` splits the
+    map into weights, KV caches and buffers."""
+    from gpt2accel.sim.host.compiler import ModelCompiler
+    full = ModelCompiler(CFG, qmodel, max_tokens=4, mem_words=None)
+    short = ModelCompiler(CFG, qmodel, max_tokens=4, mem_words=None, context=5, logit_rows=1)
+    mb = CFG.engine.mem_bytes
+    for comp, tiles in ((full, 4), (short, 2)):          # tile 4: 16 and 5 positions
+        rb = comp.region_bytes()
+        assert sum(rb.values()) == comp.end * mb
+        kv = sum(r.words for n, r in comp.regions.items() if n.endswith("_cache")) * mb
+        assert rb["kv"] == kv == (qmodel.config.n_layer * tiles * comp.H
+                                  * (comp.kts + comp.vts) * mb)
+        w = sum(comp.regions[n].words for n in ("wte", "lm_head.w", "h0.c_fc.w")) * mb
+        assert rb["weights"] > w
+    assert full.region_bytes()["weights"] == short.region_bytes()["weights"]
+    assert short.region_bytes()["buffers"] < full.region_bytes()["buffers"]
+    with pytest.raises(CompileError, match="positions up to 6 exceed the context 5"):
+        short.ops(2, 4, "last")
+    for kw, msg in ((dict(context=17), "context 17 outside 1..n_positions 16"),
+                    (dict(logit_rows=5), "logit_rows 5 outside 1..max_tokens 4")):
+        with pytest.raises(CompileError, match=msg):
+            ModelCompiler(CFG, qmodel, max_tokens=4, mem_words=None, **kw)

@@ -23,7 +23,7 @@ def qm():
 
 def test_prefill_in_chunks_then_decode_is_bit_exact(qm):
     cfg = machine_config(qm, 4, 4, max_tokens=4)
-    drv = Driver(qm, cfg, "pysim").load()
+    drv = Driver(qm, cfg, "pysim", logits="all").load()
     ids = [3, 1, 4, 1, 5]                           # two prefill programs: 4 + 1 tokens
     cache = KVCache(1)
     np.testing.assert_array_equal(drv.prefill(ids), qm.forward(np.array(ids), cache))
@@ -33,6 +33,70 @@ def test_prefill_in_chunks_then_decode_is_bit_exact(qm):
         assert r["cycles"] == r["predicted_cycles"] > 0 and r["error"] == 0
     np.testing.assert_allclose(drv.logits_float(drv.read_logits(1)[-1]),
                                qm.dequantize_logits(qm.forward(np.array(ids + [15]))[-1]))
+
+
+def test_last_row_logits_skip_the_head_elsewhere(qm):
+    """The default (generation): the first chunk of a long prompt runs no LM head, the
+    last computes the last row's logits only; bit-exact with the model's last row,
+    checked, cycles equal to the cycle model and fewer than with every row's logits;
+    the memory holds one row of logits."""
+    from gpt2accel.rtl.isa import Op
+    cfg = machine_config(qm, 4, 4, max_tokens=4)
+    ids = [3, 1, 4, 1, 5, 9]                        # two prefill programs: 4 + 2 tokens
+    drv = Driver(qm, cfg, "pysim", check=True).load()
+    cache = KVCache(1)
+    np.testing.assert_array_equal(drv.prefill(ids), qm.forward(np.array(ids), cache)[-1:])
+    np.testing.assert_array_equal(drv.decode(15), qm.forward(np.array([15]), cache))
+    assert [r["logits"] for r in drv.history] == ["none", "last", "last"]
+    for r in drv.history:
+        assert r["cycles"] == r["predicted_cycles"] > 0 and r["error"] == 0
+    first = [op for op, _ in drv.comp.ops(4, 0, "none")]
+    assert first[-2:] == [Op.RESADD, Op.HALT] and Op.REQUANT not in first
+    head = [f for op, f in drv.comp.ops(2, 4, "last") if op == Op.MATMUL][-1]
+    assert head["m"] == 1 and head["n"] == VOCAB
+    everything = Driver(qm, cfg, "pysim", logits="all").load()
+    everything.prefill(ids)
+    assert (everything.history[-1]["cycles"] > drv.history[1]["cycles"]
+            and everything.mem_words > drv.mem_words)
+    r = drv.comp.regions
+    assert r["logits"].words == r["logits"].stride and r["ln_f_out"].words == r["ln_f_out"].stride
+    # a driver for scoring may still ask for the last row only
+    np.testing.assert_array_equal(everything.prefill(ids, logits="last"),
+                                  qm.forward(np.array(ids))[-1:])
+
+
+def test_check_localises_in_last_row_programs(qm):
+    """`check` on the programs without every row's head: a corrupted weight is named
+    by layer and op in a program with no logits at all and in one with the last row's."""
+    for ids in ([1, 2, 3, 4, 5], [1, 2, 3]):
+        drv = Driver(qm, machine_config(qm, 4, 4, max_tokens=4), "pysim", check=True).load()
+        r = drv.comp.regions["h0.c_fc.w"]
+        word = drv.backend.dump(r.base, 1)
+        word[0, 0] ^= 0x40
+        drv.backend.load(word, r.base)
+        with pytest.raises(CheckError, match=r"layer 0 fc .*MATMUL"):
+            drv.prefill(ids)
+
+
+def test_context_sizes_the_caches(qm):
+    """KV caches for the context asked: a smaller memory, the same logits up to it,
+    refused past it."""
+    cfg = machine_config(qm, 4, 4, max_tokens=4)
+    full = Driver(qm, cfg, "pysim")
+    drv = Driver(qm, cfg, "pysim", context=6, check=True).load()
+    cache = KVCache(1)
+    kv = drv.comp.regions["h0.k_cache"]
+    assert kv.words * 16 == full.comp.regions["h0.k_cache"].words * 8   # 2 tiles of 4, not 4
+    assert drv.mem_words < full.mem_words
+    np.testing.assert_array_equal(drv.prefill([3, 1, 4, 1, 5]),
+                                  qm.forward(np.array([3, 1, 4, 1, 5]), cache)[-1:])
+    np.testing.assert_array_equal(drv.decode(2), qm.forward(np.array([2]), cache))
+    with pytest.raises(ValueError, match=r"context full: context=6 \(n_positions 16\)"):
+        drv.decode(3)
+    with pytest.raises(ValueError, match=r"prompt of 7 tokens exceeds the context context=6"):
+        drv.prefill([0] * 7)
+    with pytest.raises(ValueError, match=r"context=17: outside 1..n_positions 16"):
+        Driver(qm, cfg, "pysim", context=NPOS + 1)
 
 
 def test_check_names_the_corrupted_layer_and_op(qm):
@@ -54,8 +118,14 @@ def test_bad_requests(qm):
                                     "engine": cfg.engine.__class__(
                                         **{**cfg.engine.__dict__, "max_k": E})}), "pysim")
     drv = Driver(qm, machine_config(qm, 4, 4), "pysim").load()
-    with pytest.raises(ValueError, match="exceeds the model's context"):
+    with pytest.raises(ValueError, match="exceeds the context n_positions=16"):
         drv.prefill([0] * (NPOS + 1))
+    with pytest.raises(ValueError, match="logits='all' needs a Driver made with logits='all'"):
+        drv.prefill([1], logits="all")
+    with pytest.raises(ValueError, match="logits='first': 'last' .* or 'all'"):
+        drv.prefill([1], logits="first")
+    with pytest.raises(ValueError, match="logits='every': 'last' .* or 'all'"):
+        Driver(qm, machine_config(qm, 4, 4), "pysim", logits="every")
 
 
 def test_vcd_names_the_instruction_and_phase(qm, tmp_path):
@@ -97,7 +167,7 @@ def test_machine_error_status_raises(qm):
     from gpt2accel.sim.host.driver import HardwareError
     drv = Driver(qm, machine_config(qm, 4, 4), "pysim").load()
     program = drv.comp.program
-    drv.comp.program = lambda t, pos: [0] + program(t, pos)
+    drv.comp.program = lambda *args: [0] + program(*args)
     with pytest.raises(HardwareError, match="error status OPCODE"):
         drv.prefill([1])
     with pytest.raises(ValueError, match="needs a prefill first"):
@@ -108,30 +178,33 @@ def test_checks_follow_split_vector_ops(qm):
     """The LM head's REQUANT runs as column chunks here; only the last chunk carries
     the logits check."""
     from gpt2accel.rtl.isa import Op
-    drv = Driver(qm, machine_config(qm, 4, 4), "pysim")
+    drv = Driver(qm, machine_config(qm, 4, 4), "pysim", logits="all")
     ops = drv.comp.annotated_ops(2, 0)
     req = [p for op, _, p in ops if op == Op.REQUANT]
     assert len(req) == 2 and req[0].op == req[1].op == "logits"
     assert req[0].check is None and req[1].check == ("logits", VOCAB)
 
 
-def test_checks_hold_the_golden_intermediates(qm):
+@pytest.mark.parametrize("logits", ["all", "last"])
+def test_checks_hold_the_golden_intermediates(qm, logits):
     """Every provenance check names where the machine leaves the golden intermediate:
     after one run of the 1-layer model, the last check of each region equals the
-    model's observed value (a check naming the wrong region, row length or operation
-    fails here)."""
-    drv = Driver(qm, machine_config(qm, 4, 4, max_tokens=4), "pysim").load()
+    model's observed value from its `from_row` on (a check naming the wrong region,
+    row length, first row or operation fails here)."""
+    drv = Driver(qm, machine_config(qm, 4, 4, max_tokens=4), "pysim", logits=logits).load()
     ids = [2, 7, 1]
     seen = {}
     want = qm.forward(np.array(ids), observe=lambda n, l, x: seen.setdefault((n, l), x))
-    np.testing.assert_array_equal(drv.prefill(ids), want)
-    last = {p.check[0]: p for p in drv.comp.provenance(len(ids), 0) if p.check}
+    np.testing.assert_array_equal(drv.prefill(ids), want if logits == "all" else want[-1:])
+    last = {p.check[0]: p for p in drv.comp.provenance(len(ids), 0, logits) if p.check}
     assert set(last) == {"x", "ln_1_out", "qkv", "attn", "ln_2_out", "fc", "gelu",
                          "ln_f_out", "logits"}
+    assert {p.from_row for p in last.values() if p.op in ("ln_f", "logits")} == {
+        0 if logits == "all" else len(ids) - 1}
     mem = drv.backend.dump()
     for region, p in last.items():
-        got = drv.comp.read_rows(mem, region, len(ids), p.check[1])
-        np.testing.assert_array_equal(got, seen[(p.op, p.layer)], err_msg=region)
+        got = drv.comp.read_rows(mem, region, len(ids) - p.from_row, p.check[1])
+        np.testing.assert_array_equal(got, seen[(p.op, p.layer)][p.from_row:], err_msg=region)
 
 
 def test_check_follows_an_inserted_instruction(qm, monkeypatch):
@@ -143,13 +216,13 @@ def test_check_follows_an_inserted_instruction(qm, monkeypatch):
     from gpt2accel.sim.host.compiler import ModelCompiler
     block_ops = ModelCompiler._block_ops
 
-    def with_extra(self, i, t, pos):
-        ops = block_ops(self, i, t, pos)
+    def with_extra(self, *args):
+        ops = block_ops(self, *args)
         return ops[:3] + [ops[0]] + ops[3:]
 
     monkeypatch.setattr(ModelCompiler, "_block_ops", with_extra)
     drv = Driver(qm, machine_config(qm, 4, 4, max_tokens=4), "pysim", check=True).load()
-    ops = drv.comp.annotated_ops(3, 0)
+    ops = drv.comp.annotated_ops(3, 0, "last")
     assert [op for op, _, _ in ops[1:6]] == [Op.LAYERNORM, Op.MATMUL, Op.KVSTORE,
                                              Op.LAYERNORM, Op.ATTENTION]
     fc = next(k for k, (_, _, p) in enumerate(ops) if p.op == "fc")
@@ -217,6 +290,7 @@ def test_machine_is_sized_from_the_model(big):
     from gpt2accel.sim.host.driver import MachineSizeError
     cfg = machine_config(big, 4, 4)
     words = ModelCompiler(cfg, big, cfg.engine.max_m, None).end
+    need = ModelCompiler(cfg, big, cfg.engine.max_m, None, logit_rows=1).end   # the driver's
     bits = cfg.engine.addr_bits
     assert words > 1 << 16 and 1 << (bits - 1) < words <= 1 << bits
     assert machine_config(big, 4, 4, addr_bits=bits + 1).engine.addr_bits == bits + 1
@@ -224,12 +298,13 @@ def test_machine_is_sized_from_the_model(big):
                                                rf"addr_bits >= {bits}") as e:
         machine_config(big, 4, 4, addr_bits=16)
     assert (e.value.words, e.value.need_bits) == (words, bits)
-    with pytest.raises(MachineSizeError, match=rf"addr_bits=16 .* needs {words:,}"):
+    with pytest.raises(MachineSizeError, match=rf"addr_bits=16 .* needs {need:,}"):
         Driver(big, replace(cfg, engine=replace(cfg.engine, addr_bits=16)), "pysim")
-    with pytest.raises(MachineSizeError, match=rf"mem_words=1,000: .* needs {words:,} words"):
+    with pytest.raises(MachineSizeError, match=rf"mem_words=1,000: .* needs {need:,} words"):
         Driver(big, cfg, "pysim", mem_words=1000)
     drv = Driver(big, cfg, "pysim")             # memory: the map, not 2^addr_bits words
-    assert drv.mem_words == words == len(drv.comp.image())
+    assert drv.mem_words == need == len(drv.comp.image()) < words
+    assert Driver(big, cfg, "pysim", logits="all").mem_words == words
 
 
 def test_lanes_follow_the_array():
@@ -294,10 +369,79 @@ def test_big_vocabulary_runs_bit_exact_on_fast(big, capsys, monkeypatch):
     capsys.readouterr()
     cache = KVCache(1)
     ids = [0, 50256, 17]
-    np.testing.assert_array_equal(drv.prefill(ids), big.forward(np.array(ids), cache))
+    np.testing.assert_array_equal(drv.prefill(ids), big.forward(np.array(ids), cache)[-1:])
     _, err = capsys.readouterr()
     assert _final_progress(err, "fast: 3 tokens at position 0", drv.last["instructions"]), err
     np.testing.assert_array_equal(drv.decode(50000), big.forward(np.array([50000]), cache))
     for r in drv.history:
         assert r["cycles"] == r["predicted_cycles"] > 0 and r["error"] == 0
     drv.close()
+
+
+# ---------------------------------------------------------------- batched decode
+
+def _batched_run(q, cfg, backend, prompts, steps, seed=0):
+    """Prefill each prompt as its own sequence, then `steps` batched decode steps of
+    random tokens; every sequence's logits equal `QuantGPT2.forward` run on that
+    sequence alone, every program's cycles equal the cycle model's."""
+    drv = Driver(q, cfg, backend, batch=len(prompts), check=True).load()
+    rng = np.random.default_rng(seed)
+    caches = [KVCache(q.config.n_layer) for _ in prompts]
+    for b in reversed(range(len(prompts))):       # the first load for a sequence past 0
+        p = prompts[b]
+        np.testing.assert_array_equal(drv.prefill(p, seq=b),
+                                      q.forward(np.array(p), caches[b])[-1:])
+    for _ in range(steps):
+        tokens = [int(t) for t in rng.integers(0, q.config.vocab_size, len(prompts))]
+        got = drv.decode_batch(tokens)
+        for b, t in enumerate(tokens):
+            np.testing.assert_array_equal(got[b:b + 1], q.forward(np.array([t]), caches[b]))
+    assert drv.positions == [len(p) + steps for p in prompts]
+    for r in drv.history:
+        assert r["cycles"] == r["predicted_cycles"] > 0 and r["error"] == 0
+    return drv
+
+
+def test_batched_decode_is_bit_exact_per_sequence(qm):
+    """Three sequences of different lengths (one prefilled in two programs) decode in
+    one program per step: each one's logits as if it ran alone."""
+    from gpt2accel.rtl.isa import Op
+    cfg = machine_config(qm, 4, 4, max_tokens=4)
+    drv = _batched_run(qm, cfg, "pysim", [[3, 1, 4, 1, 5], [9], [2, 6]], 2)
+    step = drv.history[-1]
+    assert (step["batch"], step["positions"]) == (3, [6, 2, 3])
+    ops = drv.comp.batch_annotated_ops([6, 2, 3])
+    assert [f["m"] for op, f, _ in ops if op == Op.MATMUL] == [3] * 5
+    assert [f["offset"] for op, f, _ in ops if op == Op.ATTENTION] == [6, 2, 3]
+    # a step of one sequence alone costs more than a third of the three's
+    alone = drv.comp.batch_program([7])
+    from gpt2accel.sim.cycles.program import program_cycles
+    from gpt2accel.sim.host.driver import _ids_memory
+    one = program_cycles(cfg, alone, mem=_ids_memory(drv.comp, [0], True))[0]
+    assert 3 * one > step["cycles"] > one
+
+
+def test_batched_decode_of_the_tiny_model_on_fast():
+    """The shipped tiny model, four sequences on the Verilated 8x8 machine."""
+    fast = pytest.importorskip("gpt2accel.sim.fast")
+    from gpt2accel.sim.cli import resolve_model_dir
+    tiny = Q.QuantGPT2.load(resolve_model_dir("tiny") / Q.QUANT_FILENAME)
+    try:
+        drv = _batched_run(tiny, machine_config(tiny, 8, 8), "fast",
+                           [[5, 6, 7], [1], [40, 41, 42, 43, 44, 45, 46, 47, 48], [2, 3]], 3)
+    except fast.FastBackendUnavailable as e:
+        pytest.skip(str(e))
+    drv.close()
+
+
+def test_batched_requests_are_refused(qm):
+    cfg = machine_config(qm, 4, 4, max_tokens=4)
+    drv = Driver(qm, cfg, "pysim", batch=2)
+    with pytest.raises(ValueError, match="sequence 0: decode needs a prefill first"):
+        drv.decode_batch([1, 2])
+    with pytest.raises(ValueError, match=r"decode_batch of 3 tokens: 1..batch=2"):
+        drv.decode_batch([1, 2, 3])
+    with pytest.raises(ValueError, match=r"seq=2: outside 0..1 \(batch=2\)"):
+        drv.prefill([1], seq=2)
+    with pytest.raises(ValueError, match=r"batch=5: outside 1..max_m 4"):
+        Driver(qm, cfg, "pysim", batch=5)

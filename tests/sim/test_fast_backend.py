@@ -127,6 +127,49 @@ def test_whole_model_with_stalls(fast, seed):
             assert res["cycles"] == want_cycles, f"{op.name}, GPT2ACCEL_SEED={seed}"
 
 
+def test_generation_programs_with_stalls(fast, seed):
+    """The programs of generation (a chunk with no LM head, one with the last row's
+    logits, a decode step) on a memory holding one row of logits and a shorter context:
+    bit-exact under stalls, cycles equal to `program_cycles` without them, and each
+    instruction of the last-row program alone too."""
+    qm, rng = _model(seed, 5, n_layer=2)
+    t = int(rng.integers(1, 8))
+    ids = rng.integers(0, VOCAB, 8 + t + 1)
+    parts = [ids[:8], ids[8:8 + t], ids[8 + t:]]
+    cache = KVCache(2)
+    want = [qm.forward(p, cache)[-1:] for p in parts]
+    comp = ModelCompiler(CFG, qm, max_tokens=8, mem_words=8192, logit_rows=1,
+                         context=len(ids))
+    pos = 0
+    with FastMachine(CFG, 8192) as m:
+        m.load(comp.image())
+        for i, (part, logits) in enumerate(zip(parts, ("none", "last", "last"))):
+            comp.write_ids(m.mem, part)
+            prog = comp.program(len(part), pos, logits)
+            model = program_cycles(CFG, prog, mem=m.mem)[0]
+            what = f"call {i} (T={len(part)}, pos={pos}, {logits}, GPT2ACCEL_SEED={seed})"
+            snapshot = m.dump()
+            for stall in (0.3, 0.0):
+                m.load(snapshot)
+                res = m.run(prog, seed=seed + i, stall=stall, jitter=3)
+                assert res["error"] == Error.NONE and res["icount"] == len(prog), what
+                if logits == "last":
+                    np.testing.assert_array_equal(comp.read_rows(m.mem, "logits", 1, VOCAB),
+                                                  want[i], err_msg=what)
+                assert (res["cycles"] > model) if stall else (res["cycles"] == model), what
+            if logits == "last" and i == 1:
+                halt = encode(CFG, Op.HALT)
+                after = m.dump()
+                m.load(snapshot)
+                for w in prog[:-1]:
+                    want_cycles, ((op, _),) = program_cycles(CFG, [w, halt], mem=m.mem)
+                    res = m.run([w, halt], seed=seed)
+                    assert res["error"] == Error.NONE, op.name
+                    assert res["cycles"] == want_cycles, f"{op.name}, GPT2ACCEL_SEED={seed}"
+                m.load(after)
+            pos += len(part)
+
+
 def test_illegal_programs_match_pysim(fast, seed):
     """Error codes, icount and cycles of illegal programs, then recovery, in both backends."""
     qm, _ = _model(seed)
