@@ -19,7 +19,10 @@ Utilisation: `driver.program_macs` (useful MACs: linear layers and the causal
 QKᵀ/PV products) over rows*cols*cycles. Bytes per token: compulsory memory
 traffic (every operand an instruction needs read once, every result written
 once, in whole memory words; re-reads by the engines are not counted, so
-this is a lower bound of the port's traffic).
+this is a lower bound of the port's traffic). Roofline cycles per token:
+max(bytes ÷ mem_bytes, MACs ÷ rows·cols) per token, the fewer cycles neither the port
+nor the array allows (for a batched decode step, divided by the batch);
+roofline_ratio = cycles ÷ roofline cycles.
 
 GPT-2 small: a random-weight model of the 124M geometry (12 layers, 768
 wide, 12 heads, vocabulary 50257, context 1024), quantised on two short
@@ -144,7 +147,11 @@ def program_case(cfg, comp, words, ops, mem, t):
     macs = sum(e.macs for e in events.values())
     nbytes = sum(e.bytes for e in events.values())
     on_chip, dram = (energy(events, where, per=t) for where in PLACEMENTS)
+    # the fewest cycles the program could take: its compulsory bytes through the port
+    # or its MACs through the array, whichever is slower (decode: the port)
+    roofline = max(nbytes / cfg.engine.mem_bytes, macs / (r * c))
     return {"cycles": cycles, "cycles_per_token": cycles / t,
+            "roofline_cycles": roofline / t, "roofline_ratio": cycles / roofline,
             "utilization": macs / (r * c * cycles), "bytes_per_token": nbytes / t,
             "macs_per_token": macs / t, "cycles_by_kind": by_kind,
             "events_per_token": {k: {f: v / t for f, v in asdict(e).items()}
@@ -206,7 +213,7 @@ def run(args):
                     ops = [(op, f) for op, f, _ in comp.batch_annotated_ops([pos] * b)]
                     mem = _ids_memory(comp, np.arange(b) % q.config.vocab_size, True)
                 cases.append({"model": name, "array": arr, "context": ctx, "mode": mode,
-                              "T": t, "batch": b, "pos": pos, "logits": logits,
+                              "T": t, "batch": b, "position": pos, "logits": logits,
                               "rows": r, "cols": c, "mem_bytes": cfg.engine.mem_bytes,
                               **program_case(cfg, comp, words, ops, mem, t * b),
                               "image_bytes": image_bytes(comp, words)})

@@ -45,7 +45,7 @@ def test_prefill_logits_and_image_regions():
     cases = {(c["context"], c["mode"]): c for c in result["cases"] if c["batch"] == 1}
     pre, score, dec = (cases[(128, m)] for m in ("prefill", "score", "decode"))
     assert (pre["logits"], score["logits"], dec["logits"]) == ("last", "all", "last")
-    assert pre["T"] == score["T"] == 128 and dec["pos"] == 127
+    assert pre["T"] == score["T"] == 128 and dec["position"] == 127
     assert pre["cycles_per_token"] < score["cycles_per_token"]
     q = bench._tiny()
     cfg = machine_config(q, 8, 8, max_tokens=128)
@@ -57,7 +57,7 @@ def test_prefill_logits_and_image_regions():
     assert score["image_bytes"]["buffers"] > img["buffers"]
     assert score["image_bytes"]["weights"] == img["weights"]
     short = cases[(32, "decode")]
-    assert short["pos"] == 31 and cases[(32, "prefill")]["T"] == 32
+    assert short["position"] == 31 and cases[(32, "prefill")]["T"] == 32
     assert short["image_bytes"]["kv"] * 2 == img["kv"]     # tile 64: 1 tile of 2
     assert short["cycles_per_token"] < dec["cycles_per_token"]
 
@@ -162,3 +162,17 @@ def test_context_past_the_model_is_listed_with_the_reason():
     assert all("context 256 outside 1..n_positions 128" in c["error"]
                for c in result["cases"])
     assert "tiny on 8x8, because context 256" in bench.format_text(result)
+
+
+def test_roofline_fields():
+    """Every row carries its roofline: the port's bytes or the array's MACs, whichever
+    binds, and cycles over it (never below 1); a batched decode step shares its weight
+    bytes, so its roofline per token is lower than one sequence's."""
+    result = bench.run(argparse.Namespace(arrays="8x8", models="tiny", contexts=None))
+    for c in result["cases"]:
+        want = max(c["bytes_per_token"] / c["mem_bytes"], c["macs_per_token"] / 64)
+        assert c["roofline_cycles"] == pytest.approx(want)
+        assert c["roofline_ratio"] == pytest.approx(c["cycles_per_token"] / want)
+        assert c["roofline_ratio"] >= 1 and c["position"] >= 0
+    dec = {c["batch"]: c for c in result["cases"] if c["mode"] == "decode"}
+    assert dec[8]["roofline_cycles"] < dec[1]["roofline_cycles"]
