@@ -97,7 +97,7 @@ def test_illegal_instructions_set_error_and_recover(seed):
         (_raw(Op.MATMUL, {**mm, "k": 0}), Error.FIELD),
         (_raw(Op.MATMUL, {**mm, "k": CFG.engine.max_k + 1}), Error.FIELD),
         (_raw(Op.ATTENTION, {**first[Op.ATTENTION][1], "offset": NPOS - 1}), Error.FIELD),
-        (_raw(Op.KVSTORE, {**first[Op.KVSTORE][1], "d_head": 12}), Error.FIELD),
+        (_raw(Op.KVSTORE, {**first[Op.KVSTORE][1], "d_head": CFG.max_d_head + 1}), Error.FIELD),
         (_raw(Op.LAYERNORM, {**first[Op.LAYERNORM][1], "n": CFG.engine.max_k + 1}), Error.FIELD),
         (_raw(Op.GELU, {**first[Op.GELU][1], "n": 0}), Error.FIELD),
     ]
