@@ -12,11 +12,13 @@ traffic (every operand an instruction needs read once, every result written
 once, in whole memory words; re-reads by the engines are not counted, so
 this is a lower bound of the port's traffic).
 
+microGPT: a random-weight GPT-2 (LayerNorm, GELU, biases) of the geometry of
+Karpathy's microGPT (`_microgpt`), prefill of its whole context of 16.
 GPT-2 small: a random-weight model of the 124M geometry (12 layers, 768
 wide, 12 heads, vocabulary 50257, context 1024), quantised on two short
 windows (the cycles do not depend on the weights' values; ~1 minute in all).
-A configuration that cannot hold a model gives cases with null figures and
-the compiler's message (`--json`); the text report lists each such model and
+A configuration that cannot hold a model, or an array no whole machine has
+(`driver.array_error`), gives cases with null figures and the reason (`--json`); the text report lists each such model and
 array once, as not supported, with the reason.
 """
 import numpy as np
@@ -25,10 +27,11 @@ from gpt2accel.model import progress
 
 from gpt2accel.rtl.isa import Op
 from gpt2accel.sim.host.compiler import CompileError, ModelCompiler
-from gpt2accel.sim.host.driver import machine_config, program_macs
+from gpt2accel.sim.host.driver import array_error, machine_config, program_macs
 from gpt2accel.sim.cycles.program import program_cycles
 
-HELP = "whole-model cycles/token, utilisation and memory traffic (tiny, GPT-2 small)"
+HELP = ("whole-model cycles/token, utilisation and memory traffic (microGPT's geometry, "
+        "tiny, GPT-2 small)")
 
 
 def add_arguments(parser):
@@ -45,6 +48,18 @@ def _tiny():
     return QuantGPT2.load(shipped_model_dir() / "model.int8.safetensors")
 
 
+def _microgpt():
+    """A random GPT-2 of microGPT's geometry (vocabulary 27, context 16, n_embd 16, one
+    layer, 4 heads of 4), quantised with a softmax tile of the whole context: with one
+    tile the results are those of any larger tile, and PV commands take k = 16 keys."""
+    from gpt2accel.model import quant as Q
+    from gpt2accel.model.synthetic import random_gpt2
+    V, N = 27, 16
+    fm = random_gpt2(seed=0, vocab_size=V, n_positions=N, n_embd=16, n_layer=1, n_head=4)
+    rng = np.random.default_rng(0)
+    return Q.QuantGPT2.from_float(fm, [rng.integers(0, V, N) for _ in range(2)], tile=N)
+
+
 def _gpt2_small():
     from gpt2accel.model import quant as Q
     from gpt2accel.model.synthetic import random_gpt2
@@ -57,7 +72,9 @@ def _gpt2_small():
 
 #: name -> (loader, prefill rows per program, what loading does); each machine's memory is
 #: sized from the model's memory map on that array (`machine_config`)
-MODELS = {"tiny": (_tiny, 128, "loading the shipped tiny model"),
+MODELS = {"microgpt": (_microgpt, 16, "building a random microGPT-geometry model and "
+                                      "quantising it"),
+          "tiny": (_tiny, 128, "loading the shipped tiny model"),
           "gpt2-small": (_gpt2_small, 128,
                          "building a random GPT-2-small-geometry model and quantising it")}
 
@@ -125,6 +142,10 @@ def run(args):
                                  unit="arrays"):
             arr = f"{r}x{c}"
             try:
+                # figures of an array no whole machine has would describe nothing buildable
+                problem = array_error(c)
+                if problem:
+                    raise ValueError(problem)
                 cfg = machine_config(q, r, c, max_tokens=prefill_t)
                 comp = ModelCompiler(cfg, q, prefill_t, 1 << cfg.engine.addr_bits)
             except (CompileError, ValueError) as e:     # the config cannot hold this model
