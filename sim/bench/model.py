@@ -37,7 +37,7 @@ HELP = ("whole-model cycles/token, utilisation and memory traffic (microGPT's ge
 def add_arguments(parser):
     parser.add_argument("--arrays", default="4x4,8x8,12x12,16x16",
                         help="comma-separated array sizes RxC (default %(default)s)")
-    parser.add_argument("--models", default="tiny,gpt2-small",
+    parser.add_argument("--models", default="microgpt,tiny,gpt2-small",
                         help="comma-separated models among %s (default %%(default)s)"
                              % ", ".join(MODELS))
 
