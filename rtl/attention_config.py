@@ -174,9 +174,11 @@ class AttentionConfig:
     def packed_heads(self, n_head, d_head):
         """(q_head_stride, q_head_bytes, K rows per Kᵀ tile) of heads packed in rows as
         c_attn writes them (head h at byte h*d_head): the K tile must hold the
-        zero rows in front of the head that starts latest in its word."""
+        zero rows in front of the head that starts latest in its word. A single
+        head starts on its row's word, so it keeps q_head_bytes 0 (and with it
+        the ISA's longer-S-command rule does not apply)."""
         mb = self.engine.mem_bytes
-        qhb = d_head % mb
+        qhb = d_head % mb if n_head > 1 else 0
         return d_head // mb, qhb, max(self.head_bytes(n_head, qhb)) + d_head
 
     def k_tile_words(self, d):

@@ -222,9 +222,10 @@ class _Compiler:
         # heads stay packed in the qkv rows as c_attn writes them; a head starting
         # inside a word meets zero rows in front of its Kᵀ tile (`packed_heads`)
         self.q_head_stride, self.q_head_bytes, self.k_rows = cfg.packed_heads(H, D)
-        need(self.k_rows <= e.max_k, f"d_head {D}: a head starting at byte "
-             f"{self.k_rows - D} of a memory word needs S commands of K = {self.k_rows}, "
-             f"more than max_k {e.max_k}")
+        need(not self.q_head_bytes or D + e.mem_bytes - 1 <= e.max_k,
+             f"d_head {D}: heads starting inside a {e.mem_bytes}-byte word need "
+             f"max_k >= d_head + mem_bytes - 1 = {D + e.mem_bytes - 1} (their S commands "
+             f"read the bytes before them), max_k is {e.max_k}")
         self.kts, self.vts = cfg.k_tile_words(self.k_rows), cfg.v_tile_words(D)
         for i in self.layers:
             alloc(f"h{i}.k_cache", H * self.n_tiles * self.kts)
