@@ -79,6 +79,8 @@ def _context(c):
         "m0": Out(range(c.max_seq + c.rows + 1)),           # first query of the block
         "rows_b": Out(range(c.rows + 1)),                   # queries in the block
         "qb": Out(addr), "ob": Out(addr),                   # Q row m0 of this head, output row m0
+        # the byte of word qb where this head's Q starts (the S command's k covers it)
+        "qo": Out(range(c.engine.mem_bytes)),
         "hk": Out(addr), "hv": Out(addr),                   # this head's K and V caches
         # output byte position of this head within a row, as (word, byte)
         "hw": Out(addr), "ho": Out(range(c.engine.mem_bytes)),
@@ -139,6 +141,7 @@ class _CommandSequencer(wiring.Component):
         m = Module()
         c = self.cfg
         R, SPW, NL = c.rows, c.scores_per_word, c.norm_lanes
+        MB = c.engine.mem_bytes
         off = c.scratch_offsets()
         x, t = self.ctx, self.tiles
         cmd, busy, lent = x.params, self.busy, self.lent
@@ -165,7 +168,8 @@ class _CommandSequencer(wiring.Component):
                 m.d.comb += self.phase.eq(Phase.IDLE)
                 with m.If(accept):
                     m.d.sync += [cmd.eq(p), busy.eq(1), x.tk.eq(p.offset + p.tq), h.eq(0),
-                                 hq.eq(p.q_base), x.hk.eq(p.k_base), x.hv.eq(p.v_base),
+                                 hq.eq(p.q_base), x.qo.eq(0),
+                                 x.hk.eq(p.k_base), x.hv.eq(p.v_base),
                                  x.hw.eq(0), x.ho.eq(0),
                                  x.wpv.eq((p.d_head + SPW - 1) // SPW),
                                  x.nbeats.eq(p.d_head // NL)]
@@ -221,7 +225,12 @@ class _CommandSequencer(wiring.Component):
                 m.d.comb += self.phase.eq(Phase.NORM)
                 with m.If(self.nm_done):
                     with m.If(h + 1 < cmd.n_head):
-                        m.d.sync += [h.eq(h + 1), hq.eq(hq + cmd.q_head_stride),
+                        # heads packed in the Q rows: q_head_stride words and
+                        # q_head_bytes bytes on, carrying into the word
+                        qo_next = x.qo + cmd.q_head_bytes
+                        carry = qo_next >= MB
+                        m.d.sync += [x.qo.eq(Mux(carry, qo_next - MB, qo_next)),
+                                     h.eq(h + 1), hq.eq(hq + cmd.q_head_stride + carry),
                                      x.hk.eq(x.hk + cmd.k_head_stride),
                                      x.hv.eq(x.hv + cmd.v_head_stride),
                                      x.hw.eq(self.nhw), x.ho.eq(self.nho)]
@@ -301,7 +310,7 @@ class _TileIssuer(wiring.Component):
         # tile's S stops there (the softmax masks the rest)
         n_keys = Mux(last_q + 1 - es_k0 > T, T, last_q + 1 - es_k0)
         s = t.s_cmd
-        m.d.comb += [s.m.eq(x.rows_b - s_skip * AR), s.k.eq(cmd.d_head), s.n.eq(n_keys),
+        m.d.comb += [s.m.eq(x.rows_b - s_skip * AR), s.k.eq(x.qo + cmd.d_head), s.n.eq(n_keys),
                      s.a_base.eq(x.qb + s_aoff), s.a_stride.eq(cmd.q_row_stride),
                      s.w_base.eq(es_kp), s.p_base.eq(x.scratch_zero),
                      s.out_base.eq(x.scratch_s + Mux(es_par, R * SS, 0) + s_skip * (AR * SS)),

@@ -165,8 +165,25 @@ class AttentionConfig:
         pv = s + 2 * self.rows * self.s_stride
         return {"zero": z, "p": p, "s": s, "pv": pv, "end": pv + self.rows * self.pv_stride}
 
+    def head_bytes(self, n_head, q_head_bytes):
+        """b_h for each head: the byte of its first Q word where head h starts, the
+        zero rows in front of its Kᵀ tile (`isa.attention_command_layout`)."""
+        mb = self.engine.mem_bytes
+        return [h * q_head_bytes % mb for h in range(n_head)]
+
+    def packed_heads(self, n_head, d_head):
+        """(q_head_stride, q_head_bytes, K rows per Kᵀ tile) of heads packed in rows as
+        c_attn writes them (head h at byte h*d_head): the K tile must hold the
+        zero rows in front of the head that starts latest in its word. A single
+        head starts on its row's word, so it keeps q_head_bytes 0 (and with it
+        the ISA's longer-S-command rule does not apply)."""
+        mb = self.engine.mem_bytes
+        qhb = d_head % mb if n_head > 1 else 0
+        return d_head // mb, qhb, max(self.head_bytes(n_head, qhb)) + d_head
+
     def k_tile_words(self, d):
-        """Words of one key tile of the K cache (Kᵀ in W layout: d rows, tile columns)."""
+        """Words of one key tile of the K cache (Kᵀ in W layout: d rows, tile columns;
+        d includes a head's zero rows, `packed_heads`)."""
         e = self.engine
         return ceil_div(self.tile, e.cols) * e.w_words_per_tile(d)
 

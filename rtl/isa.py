@@ -68,18 +68,22 @@ class IsaError(ValueError):
 def kvstore_layout(cfg: AttentionConfig):
     """KVSTORE: copy K and V of ``n_tok`` tokens into the caches, positions ``pos0`` ..
 
-    Source: c_attn's output rows [T, 3E] int8 (E = n_head*d_head) at
-    ``src_base + t*src_stride``; K of head h is bytes E + h*D .. of the row, V
-    bytes 2E + h*D ... Destinations: the attention engine's cache layout
-    (docs/architecture.md, attention memory layout): key p of head h goes to
-    tile p // tile at ``k_base + h*k_head_stride + (p // tile)*k_tile_stride``
-    (Kᵀ in the matmul W layout), likewise V.
+    Source: K then V of every head, 2E bytes (E = n_head*d_head) from byte
+    ``src_lane`` of the word ``src_base + t*src_stride`` (c_attn's output rows
+    [T, 3E] int8: src_base is the word holding byte E of row 0). Destinations:
+    the attention engine's cache layout (docs/architecture.md, attention memory
+    layout): key p of head h goes to tile p // tile at
+    ``k_base + h*k_head_stride + (p // tile)*k_tile_stride`` as column p % tile
+    of Kᵀ [b_h + D, tile] in the matmul W layout, rows b_h .., where b_0 = 0 and
+    b_{h+1} = (b_h + k_skew) mod mem_bytes (the ATTENTION command's q_head_bytes);
+    V as row p % tile of V [tile, D].
     """
     addr = unsigned(cfg.engine.addr_bits)
     return data.StructLayout({
         "n_tok": range(cfg.max_seq + 1), "pos0": range(cfg.max_seq),
         "n_head": range(1, 257), "d_head": range(cfg.max_d_head + 1),
-        "src_base": addr, "src_stride": addr,
+        "src_base": addr, "src_stride": addr, "src_lane": range(cfg.engine.mem_bytes),
+        "k_skew": range(cfg.engine.mem_bytes),
         "k_base": addr, "k_tile_stride": addr, "k_head_stride": addr,
         "v_base": addr, "v_tile_stride": addr, "v_head_stride": addr,
     })
@@ -106,9 +110,16 @@ def attention_command_layout(cfg: AttentionConfig):
 
     - ``n_head`` >= 1, ``d_head`` (D >= 1, a multiple of norm_lanes), ``tq`` >= 1
       (queries), ``offset`` (position of query 0; Tk = offset + tq <= max_seq keys);
-    - Q of head h, query i: A row at ``q_base + h*q_head_stride + i*q_row_stride``;
-    - K cache of head h, key tile j: Kᵀ [D, tile] in W layout at
-      ``k_base + h*k_head_stride + j*k_tile_stride``;
+    - Q of head h, query i: D bytes from byte b_h of the word
+      ``q_base + h*q_head_stride + c_h + i*q_row_stride``, where heads advance by
+      ``q_head_stride`` words and ``q_head_bytes`` bytes: b_0 = c_0 = 0,
+      b_{h+1} = (b_h + q_head_bytes) mod mem_bytes, c_h counting the carries
+      (heads packed in rows as c_attn writes them: q_head_stride = D // mem_bytes,
+      q_head_bytes = D % mem_bytes);
+    - K cache of head h, key tile j: Kᵀ [b_h + D, tile] in W layout at
+      ``k_base + h*k_head_stride + j*k_tile_stride``, its first b_h rows zero
+      (the S command reads the Q row from its word, so the b_h bytes before the
+      head meet zero weights);
     - V cache likewise: V [tile, D] in W layout (`v_*`);
     - output: query i, head h occupies bytes h*D .. h*D+D-1 of the row at
       ``out_base + i*out_stride`` (the [T, E] int8 layout c_proj reads);
@@ -122,6 +133,7 @@ def attention_command_layout(cfg: AttentionConfig):
         "n_head": range(1, 257), "d_head": range(cfg.max_d_head + 1),
         "tq": range(cfg.max_seq + 1), "offset": range(cfg.max_seq),
         "q_base": addr, "q_row_stride": addr, "q_head_stride": addr,
+        "q_head_bytes": range(e.mem_bytes),
         "k_base": addr, "k_tile_stride": addr, "k_head_stride": addr,
         "v_base": addr, "v_tile_stride": addr, "v_head_stride": addr,
         "out_base": addr, "out_stride": addr, "scratch_base": addr,
@@ -203,12 +215,14 @@ def body_layout(cfg: AttentionConfig, op: Op):
 @dataclass(frozen=True)
 class Rule:
     """``lo <= value <= hi`` where value is a field, or the sum of two fields (``plus``),
-    or ``field % mod == 0`` when ``mod`` is set. `why` names the hardware limit."""
+    or ``field % mod == 0`` when ``mod`` is set; with ``when``, only if that field is
+    nonzero. `why` names the hardware limit."""
     field: str
     lo: int = None
     hi: int = None
     plus: str = None
     mod: int = None
+    when: str = None
     why: str = ""
 
 
@@ -221,13 +235,16 @@ def rules(cfg: AttentionConfig, op: Op):
         return [Rule("tq", 1, why="at least one query"),
                 Rule("d_head", 1, cfg.max_d_head, why="max_d_head"),
                 Rule("d_head", mod=cfg.norm_lanes, why="norm_lanes"),
-                Rule("offset", hi=cfg.max_seq, plus="tq", why="max_seq (offset + tq)")]
+                Rule("d_head", hi=e.max_k - e.mem_bytes + 1, when="q_head_bytes",
+                     why="max_k (an S command reads up to mem_bytes-1 bytes before a head)"),
+                Rule("offset", hi=cfg.max_seq, plus="tq", why="max_seq (offset + tq)"),
+                Rule("q_head_bytes", hi=e.mem_bytes - 1, why="a byte of a word")]
     if op == Op.KVSTORE:
         return [Rule("n_tok", 1, why="at least one token"),
                 Rule("d_head", 1, cfg.max_d_head, why="max_d_head"),
-                # K and V of a head start on a word: the mover reads whole words
-                Rule("d_head", mod=e.mem_bytes, why="mem_bytes (heads word-aligned)"),
-                Rule("pos0", hi=cfg.max_seq, plus="n_tok", why="max_seq (pos0 + n_tok)")]
+                Rule("pos0", hi=cfg.max_seq, plus="n_tok", why="max_seq (pos0 + n_tok)"),
+                Rule("src_lane", hi=e.mem_bytes - 1, why="a byte of a word"),
+                Rule("k_skew", hi=e.mem_bytes - 1, why="a byte of a word")]
     if op in VECTOR_OPS:
         # the mover's units are built for rows of at most max_vector_n elements
         r = [Rule("n", 1, cfg_max_vector_n(cfg), why="max_vector_n (vector unit row buffers)")]
@@ -288,6 +305,8 @@ def check_fields(cfg, op, fields):
     if extra or missing:
         raise IsaError(f"{op.name}: unknown fields {sorted(extra)}, missing {sorted(missing)}")
     for r in rules(cfg, op):
+        if r.when is not None and not fields[r.when]:
+            continue
         v = _value(fields, r)
         what = f"{r.field}+{r.plus}" if r.plus else r.field
         if r.lo is not None and v < r.lo:
@@ -341,10 +360,14 @@ def legal_expr(cfg, op, body):
         v = Value.cast(body[r.field])
         if r.plus:
             v = v + Value.cast(body[r.plus])
+        rule = Const(1)
         if r.lo is not None:
-            ok = ok & (v >= r.lo)
+            rule = rule & (v >= r.lo)
         if r.hi is not None:
-            ok = ok & (v <= r.hi)
+            rule = rule & (v <= r.hi)
         if r.mod is not None:
-            ok = ok & (v % r.mod == 0)
+            rule = rule & (v % r.mod == 0)
+        if r.when is not None:
+            rule = rule | (Value.cast(body[r.when]) == 0)
+        ok = ok & rule
     return ok

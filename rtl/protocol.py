@@ -141,12 +141,12 @@ def parse_frame(data: bytes):
 def config_id(cfg) -> int:
     """32-bit fingerprint of a machine configuration (a `MachineConfig`; an AttentionConfig
     is the machine with the defaults), reported by PING so that a host refuses to run a
-    program compiled for a different bitstream. The key is the one bitstreams carried
-    before the machine's fields joined the config (the engines' config, the residual
-    width, the opcodes when a subset), so a board keeps its fingerprint. The exp2 table
-    is left out: a bitstream always carries numerics' table."""
+    program compiled for a different bitstream: the engines' config, the residual width,
+    the opcodes built and each one's instruction body layout, so that a bitstream built
+    before an instruction changed its fields is refused too. The exp2 table is left
+    out: a bitstream always carries numerics' table."""
+    from .isa import body_layout
     from .machine_config import MachineConfig
     cfg = MachineConfig.of(cfg)
-    key = (cfg.attention, cfg.resid_bits) if cfg.ops is None else \
-        (cfg.attention, cfg.resid_bits, tuple(op.name for op in cfg.built_ops))
-    return zlib.crc32(repr(key).encode())
+    bodies = tuple((op.name, repr(body_layout(cfg, op))) for op in cfg.built_ops)
+    return zlib.crc32(repr((cfg.attention, cfg.resid_bits, bodies)).encode())

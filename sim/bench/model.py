@@ -24,12 +24,15 @@ max(bytes ÷ mem_bytes, MACs ÷ rows·cols) per token, the fewer cycles neither 
 nor the array allows (for a batched decode step, divided by the batch);
 roofline_ratio = cycles ÷ roofline cycles.
 
+microGPT: a random-weight GPT-2 (LayerNorm, GELU, biases) of the geometry of
+Karpathy's microGPT (`_microgpt`), prefill of its whole context of 16.
 GPT-2 small: a random-weight model of the 124M geometry (12 layers, 768
 wide, 12 heads, vocabulary 50257, context 1024), quantised on two short
 windows (the cycles do not depend on the weights' values; ~1 minute in all).
-A configuration that cannot hold a model gives cases with null figures and
-the compiler's message (`--json`); the text report lists each such model and
-array once, as not supported, with the reason.
+A configuration that cannot hold a model, or an array no whole machine has
+(`driver.array_error`), gives cases with null figures and the reason
+(`--json`); the text report lists each such model and array once, as not
+supported, with the reason.
 """
 from dataclasses import asdict
 
@@ -40,17 +43,17 @@ from gpt2accel.model import progress
 from gpt2accel.sim.bench.energy import PLACEMENTS, SOURCE, TABLE, energy, op_events, program_events
 from gpt2accel.rtl.isa import INSTR_BITS
 from gpt2accel.sim.host.compiler import CompileError, ModelCompiler
-from gpt2accel.sim.host.driver import machine_config
+from gpt2accel.sim.host.driver import array_error, machine_config
 from gpt2accel.sim.cycles.program import PER_INSTRUCTION, program_cycles
 
 HELP = ("whole-model cycles/token, utilisation, memory traffic and image bytes "
-        "(tiny, GPT-2 small)")
+        "(microGPT's geometry, tiny, GPT-2 small)")
 
 
 def add_arguments(parser):
     parser.add_argument("--arrays", default="4x4,8x8,12x12,16x16",
                         help="comma-separated array sizes RxC (default %(default)s)")
-    parser.add_argument("--models", default="tiny,gpt2-small",
+    parser.add_argument("--models", default="microgpt,tiny,gpt2-small",
                         help="comma-separated models among %s (default %%(default)s)"
                              % ", ".join(MODELS))
     parser.add_argument("--plot", metavar="DIR", default=None,
@@ -68,6 +71,18 @@ def _tiny():
     return QuantGPT2.load(shipped_model_dir() / "model.int8.safetensors")
 
 
+def _microgpt():
+    """A random GPT-2 of microGPT's geometry (vocabulary 27, context 16, n_embd 16, one
+    layer, 4 heads of 4), quantised with a softmax tile of the whole context: with one
+    tile the results are those of any larger tile, and PV commands take k = 16 keys."""
+    from gpt2accel.model import quant as Q
+    from gpt2accel.model.synthetic import random_gpt2
+    V, N = 27, 16
+    fm = random_gpt2(seed=0, vocab_size=V, n_positions=N, n_embd=16, n_layer=1, n_head=4)
+    rng = np.random.default_rng(0)
+    return Q.QuantGPT2.from_float(fm, [rng.integers(0, V, N) for _ in range(2)], tile=N)
+
+
 def _gpt2_small():
     from gpt2accel.model import quant as Q
     from gpt2accel.model.synthetic import random_gpt2
@@ -80,7 +95,9 @@ def _gpt2_small():
 
 #: name -> (loader, prefill rows per program, what loading does); each machine's memory is
 #: sized from the model's memory map on that array (`machine_config`)
-MODELS = {"tiny": (_tiny, 128, "loading the shipped tiny model"),
+MODELS = {"microgpt": (_microgpt, 16, "building a random microGPT-geometry model and "
+                                      "quantising it"),
+          "tiny": (_tiny, 128, "loading the shipped tiny model"),
           "gpt2-small": (_gpt2_small, 128,
                          "building a random GPT-2-small-geometry model and quantising it")}
 
@@ -188,6 +205,10 @@ def run(args):
             modes = [("prefill", t, 0, "last", 1), ("score", t, 0, "all", 1)] + [
                 ("decode", 1, ctx - 1, "last", b) for b in BATCHES]
             try:
+                # figures of an array no whole machine has would describe nothing buildable
+                problem = array_error(c)
+                if problem:
+                    raise ValueError(problem)
                 # the caches of 8 sequences may need a wider address than one's
                 cfgs = {b: machine_config(q, r, c, max_tokens=prefill_t, batch=b)
                         for b in {m[4] for m in modes}}

@@ -5,7 +5,9 @@ an attention command's accept to its `done` pulse for a stall-free run
 behind the reference memory (as `matmul_cycles`). The tests check it
 against the RTL; the benchmark uses it for GPT-2-sized shapes.
 
-Cycle 0 is the command accept; then one setup cycle per head. Per row block
+Cycle 0 is the command accept; then one setup cycle per head. Heads differ
+only in their S commands' k (a head starting at byte b of its Q word reads
+b + d_head bytes of each Q row). Per row block
 of `rows` queries the command sequencer issues the matmul commands S_0, S_1,
 PV_0, S_2, PV_1, ... (one DECIDE cycle, then the command, accepted at once,
 `matmul_cycles` until its done pulse; a diagonal tile's commands cover
@@ -80,14 +82,16 @@ def _skipped_rows(cfg, k0, first):
     return min(max(0, k0 - first) // ar, cfg.rows // ar - 1) * ar
 
 
-def _block(cfg, rows_b, d_head, k0s, tk, sm_gate, first=0):
+def _block(cfg, rows_b, d_head, k0s, tk, sm_gate, first=0, s_k=None):
     """One row block, times relative to its first DECIDE cycle.
 
     `sm_gate`: first cycle a softmax may start (the previous block's
     normalise phase is over). Returns (the DECIDE cycle that starts this
-    block's normalise phase, matmul cycles, softmax cycles).
+    block's normalise phase, matmul cycles, softmax cycles). `s_k`: the S
+    commands' k (the head's byte offset in its Q word + d_head).
     """
     e, T, BPR = cfg.engine, cfg.tile, cfg.beats_per_row
+    s_k = d_head if s_k is None else s_k
     J = len(k0s)
     order = [("S", 0)]
     for j in range(J):
@@ -101,7 +105,7 @@ def _block(cfg, rows_b, d_head, k0s, tk, sm_gate, first=0):
     for kind, j in order:
         m = rows_b - _skipped_rows(cfg, k0s[j], first)
         if kind == "S":
-            c = _matmul(e, m, d_head, min(T, first + rows_b - k0s[j]))
+            c = _matmul(e, m, s_k, min(T, first + rows_b - k0s[j]))
             done = t + 1 + c
             start = max(done + 1, sm_gate if prev_end is None else prev_end + 1)
             sm_end[j] = prev_end = start + rows_b * BPR + BPR + SM_FIXED
@@ -115,15 +119,28 @@ def _block(cfg, rows_b, d_head, k0s, tk, sm_gate, first=0):
     return t, mm, sm
 
 
-def attention_cycles(cfg: AttentionConfig, n_head, d_head, tq, offset, latency=REF_MEM_LATENCY):
+def attention_cycles(cfg: AttentionConfig, n_head, d_head, tq, offset, latency=REF_MEM_LATENCY,
+                     q_head_bytes=0):
+    """`q_head_bytes`: the command's field; a head starting at byte b of its Q word
+    has S commands of k = b + d_head (`AttentionConfig.head_bytes`)."""
     if latency != REF_MEM_LATENCY:
         raise ValueError("the model is calibrated for the reference memory latency")
     if not (1 <= tq and offset + tq <= cfg.max_seq and 1 <= d_head <= cfg.max_d_head
             and d_head % cfg.norm_lanes == 0):
         raise ValueError(f"tq={tq}, offset={offset}, d_head={d_head} outside the configuration")
+    heads = [_head(cfg, d_head, tq, offset, b + d_head)
+             for b in cfg.head_bytes(n_head, q_head_bytes)]
+    # accept -> first HEAD, then per head its HEAD cycle and its blocks
+    return AttentionCycles(1 + sum(1 + h[0] for h in heads),
+                           *(sum(h[i] for h in heads) for i in range(1, 6)))
+
+
+@lru_cache(maxsize=None)
+def _head(cfg, d_head, tq, offset, s_k):
+    """(cycles from a head's first DECIDE to its last output, useful MACs, issued
+    MACs, matmul, softmax and normalise cycles) of one head."""
     R, T = cfg.rows, cfg.tile
     tk = offset + tq
-    # every head takes the same time: compute one and scale
     t = 0                       # the block's first DECIDE, relative to the head's
     sm_gate = 0
     mm = sm = nm = useful = issued = 0
@@ -131,7 +148,7 @@ def attention_cycles(cfg: AttentionConfig, n_head, d_head, tq, offset, latency=R
         rows_b = min(R, tq - m0)
         last_q = offset + m0 + rows_b - 1
         k0s = list(range(0, last_q + 1, T))
-        end, c_mm, c_sm = _block(cfg, rows_b, d_head, k0s, tk, sm_gate - t, offset + m0)
+        end, c_mm, c_sm = _block(cfg, rows_b, d_head, k0s, tk, sm_gate - t, offset + m0, s_k)
         end += t
         c_nm = _normalise_cycles(cfg, rows_b, d_head)
         # the normalise phase starts at `end` and is done at end + c_nm; the
@@ -142,15 +159,11 @@ def attention_cycles(cfg: AttentionConfig, n_head, d_head, tq, offset, latency=R
         mm += c_mm
         sm += c_sm
         nm += c_nm
-        issued += sum((rows_b - _skipped_rows(cfg, k0, offset + m0)) * d_head
-                      * (min(T, last_q + 1 - k0) + T) for k0 in k0s)
+        issued += sum((rows_b - _skipped_rows(cfg, k0, offset + m0))
+                      * (s_k * min(T, last_q + 1 - k0) + T * d_head) for k0 in k0s)
         useful += 2 * d_head * sum(offset + i + 1 for i in range(m0, m0 + rows_b))
     head = end + c_nm + 1       # the last block's outputs written -> next HEAD / done
-    H = n_head
-    # accept -> first HEAD, then per head its HEAD cycle and its blocks
-    return AttentionCycles(cycles=1 + H * (1 + head), useful_macs=H * useful,
-                           issued_macs=H * issued, matmul_cycles=H * mm,
-                           softmax_cycles=H * sm, normalise_cycles=H * nm)
+    return head, useful, issued, mm, sm, nm
 
 
 def score_buffer_bytes(cfg: AttentionConfig, tk, online=True, rows=None):

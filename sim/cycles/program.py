@@ -13,12 +13,14 @@ Per unit (reference memory: requests always accepted, responses after
 
 - MATMUL: `matmul_cycles`; ATTENTION: `attention_cycles` (the engines' models);
 - KVSTORE: per source word one read, the response L cycles later, then one
-  write per byte: (L + mem_bytes + 1) per word, + 1 for the done pulse;
+  write per byte of K and V: (L + 1) per word (a token's K starts at byte
+  src_lane of its first word) and 1 per byte, + 1 for the done pulse;
 - LAYERNORM / GELU / RESADD / REQUANT / EMBED: `vector_cycles` replays the
   mover's reader (per element: L + 1 cycles per operand word not cached,
   then one cycle in which it goes to the unit) and the unit's output timing (`units_cycles`), and
   ends one cycle after the writer's last write.
 """
+from gpt2accel.rtl.config import ceil_div
 from gpt2accel.rtl.gelu import GeluUnit, TABLE_SIZE
 from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd
 from gpt2accel.rtl.isa import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES,
@@ -40,8 +42,9 @@ PER_INSTRUCTION = 3
 
 def kvstore_cycles(cfg, f, latency=REF_MEM_LATENCY):
     mb = cfg.engine.mem_bytes
-    words = f["n_tok"] * 2 * f["n_head"] * f["d_head"] // mb
-    return words * (latency + mb + 1) + 1
+    nbytes = 2 * f["n_head"] * f["d_head"]
+    words = ceil_div(f["src_lane"] + nbytes, mb)
+    return f["n_tok"] * (words * (latency + 1) + nbytes) + 1
 
 
 def _ln_out_cycles(row_inputs):
@@ -133,7 +136,7 @@ def unit_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
                              latency).cycles
     if op == Op.ATTENTION:
         return attention_cycles(cfg, f["n_head"], f["d_head"], f["tq"], f["offset"],
-                                latency).cycles
+                                latency, q_head_bytes=f["q_head_bytes"]).cycles
     if op == Op.KVSTORE:
         return kvstore_cycles(cfg, f, latency)
     if op in VECTOR_OPS:

@@ -170,7 +170,7 @@ class MatmulGemvHarness(MatmulHarness):
 @register
 class KVStoreHarness(EngineHarness):
     unit, cls = "kvstore", KVStore
-    config = "MACHINE_CONFIG (8-byte words, heads of 8)"
+    config = "MACHINE_CONFIG (8-byte words, heads of up to 8 bytes from any byte of a word)"
     depth, deep_depth = 12, 40
 
 

@@ -2,9 +2,12 @@
 
 docs/architecture.md ("Attention engine: memory layout") states the rules:
 
-- Q of head h: [Tq, D] int8 rows in the matmul A layout;
-- K cache of head h: per key tile j (keys j*tile ..), Kᵀ [D, tile] in the
-  matmul W layout, `k_tile_words(D)` words per tile;
+- Q of head h: [Tq, D] int8 rows in the matmul A layout, or with `packed`
+  the heads side by side in [Tq, H*D] rows as c_attn writes them (head h at
+  byte h*D: `AttentionConfig.packed_heads`);
+- K cache of head h: per key tile j (keys j*tile ..), Kᵀ [b_h + D, tile] in
+  the matmul W layout, its first b_h rows zero (b_h: the byte of its first Q
+  word where head h starts, 0 unless packed), `k_tile_words` words per tile;
 - V cache of head h: per key tile, V [tile, D] in the W layout,
   `v_tile_words(D)` words per tile (a partial last tile is padded: its
   probabilities are 0, so the padding may hold anything);
@@ -27,11 +30,12 @@ class AttentionLayout:
 
     q [H, Tq, D], k / v [H, Tk, D] int8 with Tk = offset + Tq (the cache
     including this call's keys). `rng` fills padding and scratch with noise
-    the engine must ignore; `pad` adds spare words to every stride.
+    the engine must ignore; `pad` adds spare words to every stride. `packed`:
+    Q rows hold all heads, each starting wherever the previous one ends.
     """
 
     def __init__(self, cfg: AttentionConfig, q, k, v, offset, score_mult, score_shift,
-                 out_mult, out_shift, *, base=0, pad=0, rng=None):
+                 out_mult, out_shift, *, base=0, pad=0, rng=None, packed=False):
         e = cfg.engine
         q, k, v = (np.asarray(x, np.int64) for x in (q, k, v))
         H, tq, d = q.shape
@@ -57,22 +61,33 @@ class AttentionLayout:
 
         self.scratch_base = put(self._scratch(rng))
         self._scratch_init = self.blobs[-1][1].copy()
-        q_row = e.a_words_per_row(d) + pad
-        q_head = tq * q_row + pad
         self.q_base = addr
-        for h in range(H):
-            blob = np.zeros((q_head, e.mem_bytes), np.uint8)
-            blob[:tq * q_row] = pack_a(e, q[h], q_row)
-            put(blob)
-        kts, vts = cfg.k_tile_words(d) + pad, cfg.v_tile_words(d) + pad
+        if packed:
+            q_row = e.a_words_per_row(H * d) + pad
+            q_head, q_bytes, k_rows = cfg.packed_heads(H, d)
+            # the rows' bytes past the heads: noise the S commands must not see
+            rows = rng.integers(-128, 128, (tq, q_row * e.mem_bytes))
+            rows[:, :H * d] = q.transpose(1, 0, 2).reshape(tq, H * d)
+            put(pack_a(e, rows, q_row))
+        else:
+            q_row = e.a_words_per_row(d) + pad
+            q_head, q_bytes, k_rows = tq * q_row + pad, 0, d
+            for h in range(H):
+                blob = np.zeros((q_head, e.mem_bytes), np.uint8)
+                blob[:tq * q_row] = pack_a(e, q[h], q_row)
+                put(blob)
+        kb = cfg.head_bytes(H, q_bytes)
+        kts, vts = cfg.k_tile_words(k_rows) + pad, cfg.v_tile_words(d) + pad
         self.k_base = addr
         for h in range(H):
             for j in range(nt):
-                kt = rng.integers(-128, 128, (T, d))     # absent keys: noise
+                kt = np.zeros((T, kb[h] + d), np.int64)
+                kt[:, kb[h]:] = rng.integers(-128, 128, (T, d))     # absent keys: noise
                 n = min(T, tk - j * T)
-                kt[:n] = k[h, j * T:j * T + n]
-                blob = np.zeros((kts, e.mem_bytes), np.uint8)
-                blob[:kts - pad] = pack_w(e, kt.T)
+                kt[:n, kb[h]:] = k[h, j * T:j * T + n]
+                blob = rng.integers(0, 256, (kts, e.mem_bytes)).astype(np.uint8)
+                packed_kt = pack_w(e, kt.T)
+                blob[:len(packed_kt)] = packed_kt
                 put(blob)
         self.v_base = addr
         for h in range(H):
@@ -91,6 +106,7 @@ class AttentionLayout:
         self.command = dict(
             n_head=H, d_head=d, tq=tq, offset=offset,
             q_base=self.q_base, q_row_stride=q_row, q_head_stride=q_head,
+            q_head_bytes=q_bytes,
             k_base=self.k_base, k_tile_stride=kts, k_head_stride=nt * kts,
             v_base=self.v_base, v_tile_stride=vts, v_head_stride=nt * vts,
             out_base=self.out_base, out_stride=self.out_stride,

@@ -135,8 +135,6 @@ class _Compiler:
         need(qmodel.frac_bits == cfg.frac_bits,
              f"model frac_bits {qmodel.frac_bits} != machine frac_bits {cfg.frac_bits}")
         need(D <= cfg.max_d_head, f"d_head {D} exceeds max_d_head {cfg.max_d_head}")
-        need(D % e.mem_bytes == 0, f"d_head {D} is not a multiple of mem_bytes {e.mem_bytes} "
-             "(heads must start on a memory word)")
         need(D % cfg.norm_lanes == 0, f"d_head {D} is not a multiple of norm_lanes {cfg.norm_lanes}")
         need(1 <= max_tokens <= e.max_m, f"max_tokens {max_tokens} exceeds max_m {e.max_m}")
         need(self.n_pos <= cfg.max_seq, f"n_positions {self.n_pos} exceeds max_seq {cfg.max_seq}")
@@ -252,7 +250,14 @@ class _Compiler:
         self.sizes = {"x": RESID_BYTES, "proj_raw": RAW_BYTES, "logits_raw": RAW_BYTES,
                       "logits": RESID_BYTES}
         self.n_tiles = ceil_div(self.context, cfg.tile)
-        self.kts, self.vts = cfg.k_tile_words(D), cfg.v_tile_words(D)
+        # heads stay packed in the qkv rows as c_attn writes them; a head starting
+        # inside a word meets zero rows in front of its Kᵀ tile (`packed_heads`)
+        self.q_head_stride, self.q_head_bytes, self.k_rows = cfg.packed_heads(H, D)
+        need(not self.q_head_bytes or D + e.mem_bytes - 1 <= e.max_k,
+             f"d_head {D}: heads starting inside a {e.mem_bytes}-byte word need "
+             f"max_k >= d_head + mem_bytes - 1 = {D + e.mem_bytes - 1} (their S commands "
+             f"read the bytes before them), max_k is {e.max_k}")
+        self.kts, self.vts = cfg.k_tile_words(self.k_rows), cfg.v_tile_words(D)
         # per layer, the caches of sequence 0, then of sequence 1, ... (`_cache`)
         for i in self.layers:
             alloc(f"h{i}.k_cache", batch * H * self.n_tiles * self.kts)
@@ -324,6 +329,7 @@ class _Compiler:
         Lets a long context be set up without simulating its prefill; the
         machine then continues at position T exactly as after its own prefill."""
         T = self.cfg.tile
+        kb = self.cfg.head_bytes(self.H, self.q_head_bytes)
         for i in self.layers:
             k, v = cache.k[i], cache.v[i]
             if k is None:
@@ -336,13 +342,14 @@ class _Compiler:
             for h in range(H):
                 for j in range(ceil_div(t, T)):
                     n = min(T, t - j * T)
-                    kt = np.zeros((T, D), np.int64)
+                    kt = np.zeros((T, kb[h] + D), np.int64)
                     vt = np.zeros((T, D), np.int64)
-                    kt[:n] = k[h, j * T:j * T + n]
+                    kt[:n, kb[h]:] = k[h, j * T:j * T + n]
                     vt[:n] = v[h, j * T:j * T + n]
                     ka = c["k_base"] + (h * self.n_tiles + j) * self.kts
                     va = c["v_base"] + (h * self.n_tiles + j) * self.vts
-                    mem[ka:ka + self.kts] = pack_w(self.e, kt.T)
+                    packed = pack_w(self.e, kt.T)
+                    mem[ka:ka + len(packed)] = packed
                     mem[va:va + self.vts] = pack_w(self.e, vt)
 
     # ---------------- instructions ----------------
@@ -384,11 +391,13 @@ class _Compiler:
             cache = self._cache(i, seq)
             attention += [
                 (Op.KVSTORE, dict(n_tok=n, pos0=p, n_head=H, d_head=D,
-                                  src_base=qkv.base + row * qkv.stride,
-                                  src_stride=qkv.stride, **cache), of("attn")),
+                                  src_base=qkv.base + row * qkv.stride + E // self.e.mem_bytes,
+                                  src_stride=qkv.stride, src_lane=E % self.e.mem_bytes,
+                                  k_skew=self.q_head_bytes, **cache), of("attn")),
                 (Op.ATTENTION, dict(n_head=H, d_head=D, tq=n, offset=p,
                                     q_base=qkv.base + row * qkv.stride, q_row_stride=qkv.stride,
-                                    q_head_stride=D // self.e.mem_bytes, **cache,
+                                    q_head_stride=self.q_head_stride,
+                                    q_head_bytes=self.q_head_bytes, **cache,
                                     out_base=out.base + row * out.stride, out_stride=out.stride,
                                     scratch_base=reg["scratch"].base,
                                     score_mult=att.score_mult, score_shift=att.score_shift,

@@ -38,7 +38,6 @@ def test_every_preset_resolves_and_fits_its_chip():
 
 
 @pytest.mark.parametrize("board,kw,message", [
-    ("ulx3s-85f", dict(rows=12, cols=12), "d_head 16 is not a multiple of mem_bytes 24"),
     ("ulx3s-85f", dict(rows=20, cols=8), "160 processing elements need as many multipliers, "
                                          "the LFE5U-85F has 156 DSP blocks"),
     ("orangecrab-85f", dict(clk_hz=500e6), "ECP5 PLL output 500 MHz outside 3.125..400 MHz"),
@@ -46,6 +45,13 @@ def test_every_preset_resolves_and_fits_its_chip():
 def test_impossible_presets_are_refused_with_the_numbers(board, kw, message):
     with pytest.raises(P.PresetError, match=re.escape(message)):
         P.PRESETS[board].resolve(**kw)
+
+
+def test_heads_inside_a_word_fit_a_preset():
+    """The tiny model's 16-byte heads on a 12x12 array's 24-byte words (heads starting
+    inside a word) resolve on the ULX3S."""
+    board = P.PRESETS["ulx3s-85f"].resolve(rows=12, cols=12)
+    assert board.cfg.engine.mem_bytes == 24 and board.decode_cycles > 0
 
 
 def test_model_too_big_for_the_chip_is_refused():
@@ -87,12 +93,12 @@ def test_unknown_board_and_bad_request_are_refused_before_the_tools(tools_path):
 
 @pytest.mark.parametrize("board,args,message", [
     ("orangecrab-85f", ["--rows", "16", "--cols", "16"],
-     "d_head 16 is not a multiple of mem_bytes 32"),
+     "256 processing elements need as many multipliers, the LFE5U-85F has 156 DSP blocks"),
     ("icebreaker", ["--rows", "0"], "rows must be a whole number of at least 1, got 0"),
     ("ulx3s-85f", ["--cols", "-2"], "cols must be a whole number of at least 1, got -2"),
     ("ulx3s-85f", ["--rows", "20"], "160 processing elements need as many multipliers, "
                                     "the LFE5U-85F has 156 DSP blocks"),
-], ids=["d_head", "rows-0", "cols-negative", "dsps"])
+], ids=["dsps-16x16", "rows-0", "cols-negative", "dsps"])
 def test_cli_build_refuses_a_bad_request_before_any_tool(tools_path, capsys, tmp_path, board,
                                                          args, message):
     """One line and status 2, with no tool on PATH and nothing written: the request is

@@ -49,7 +49,7 @@ def _params(rng):
 
 def _random_command(rng, cfg, n):
     """Heads of one command: a test-case kind per head, shared layer parameters."""
-    H = int(rng.integers(1, 3))
+    H = int(rng.integers(1, 4))
     d = cfg.norm_lanes * int(rng.integers(1, cfg.max_d_head // cfg.norm_lanes + 1))
     tq = int(rng.integers(1, 2 * cfg.rows + 2))
     offset = [0, int(rng.integers(0, 2 * cfg.tile + 1)), 3 * cfg.tile - 1][n % 3]
@@ -73,10 +73,13 @@ def _reference(cfg, q, k, v, offset, params):
 
 
 def _run(cfg, commands, seed, stall, rng):
+    """Every other command has its heads packed in Q rows as c_attn writes them
+    (heads narrower than a word, or starting inside one)."""
     lays, base = [], 0
-    for q, k, v, offset, params in commands:
+    for n, (q, k, v, offset, params) in enumerate(commands):
         lay = AttentionLayout(cfg, q, k, v, offset, *params, base=base,
-                              pad=int(rng.integers(0, 2)) if stall else 0, rng=rng)
+                              pad=int(rng.integers(0, 2)) if stall else 0, rng=rng,
+                              packed=n % 2 == 1)
         lays.append(lay)
         base = lay.end + (int(rng.integers(0, 3)) if stall else 0)
     mem, cycles, _ = simulate_attention(cfg, lays, base + 1, seed=seed, stall=stall,
@@ -108,8 +111,10 @@ def test_cycle_model_matches_rtl(cfg, seed):
     for lay, got, (q, k, v, offset, params) in zip(lays, cycles, commands):
         np.testing.assert_array_equal(lay.result(mem)[0], _reference(cfg, q, k, v, offset, params))
         H, tq, d = q.shape
-        want = attention_cycles(cfg, H, d, tq, offset).cycles
-        assert got == want, (f"H={H} tq={tq} D={d} offset={offset}: RTL {got} cycles, "
+        qhb = lay.command["q_head_bytes"]
+        want = attention_cycles(cfg, H, d, tq, offset, q_head_bytes=qhb).cycles
+        assert got == want, (f"H={H} tq={tq} D={d} offset={offset} q_head_bytes={qhb}: "
+                             f"RTL {got} cycles, "
                              f"model {want} (GPT2ACCEL_SEED={seed})")
 
 
@@ -137,6 +142,44 @@ def test_kv_cache_prefill_then_decode(seed):
         got, untouched = lay.result(mem)
         np.testing.assert_array_equal(got, want, err_msg=f"step {n} (GPT2ACCEL_SEED={seed})")
         assert untouched
+
+
+@pytest.mark.parametrize("cfg,geoms", [
+    (CONFIGS[1], [(3, 3), (3, 5), (4, 6)]),      # 8-byte words: b_h 0,3,6 / 0,5,2 / 0,6,4,2
+    (CONFIGS[2], [(3, 6), (3, 10), (2, 12)]),    # 16-byte words: 0,6,12 / 0,10,4 / 0,12
+], ids=["8B", "16B"])
+def test_heads_packed_in_words(cfg, geoms, seed):
+    """Heads narrower than a word and heads starting inside one (Q rows packed as
+    c_attn writes them): bit-exact with random stalls, and exactly the cycles of
+    the model, whose S commands read each head from its word (k = b_h + D)."""
+    rng = np.random.default_rng([seed, 7, cfg.engine.mem_bytes])
+    commands = []
+    for n, (H, d) in enumerate(geoms):
+        tq = int(rng.integers(1, 2 * cfg.rows + 2))
+        offset = [0, int(rng.integers(1, 2 * cfg.tile + 1)), cfg.tile - 1][n]
+        heads = [head_case(rng, "random", d, tq, offset + tq) for _ in range(H)]
+        commands.append(tuple(np.array([c[i] for c in heads]) for i in range(3))
+                        + (offset, _params(rng)))
+    for stall in (0.3, 0.0):
+        lays = []
+        base = 0
+        for q, k, v, offset, params in commands:
+            lays.append(AttentionLayout(cfg, q, k, v, offset, *params, base=base, rng=rng,
+                                        pad=int(stall > 0), packed=True))
+            base = lays[-1].end
+        mem, cycles, _ = simulate_attention(cfg, lays, base + 1, seed=seed, stall=stall,
+                                            jitter=3 if stall else 0)
+        for lay, got, (q, k, v, offset, params) in zip(lays, cycles, commands):
+            H, tq, d = q.shape
+            what = f"H={H} D={d} tq={tq} offset={offset} stall={stall} (GPT2ACCEL_SEED={seed})"
+            assert lay.command["q_head_bytes"] == d % cfg.engine.mem_bytes, what
+            res, untouched = lay.result(mem)
+            np.testing.assert_array_equal(res, _reference(cfg, q, k, v, offset, params),
+                                          err_msg=what)
+            assert untouched and lay.virtual_untouched(mem), what
+            if not stall:
+                want = attention_cycles(cfg, H, d, tq, offset, q_head_bytes=d % cfg.engine.mem_bytes)
+                assert got == want.cycles, f"{what}: RTL {got} cycles, model {want.cycles}"
 
 
 @pytest.mark.parametrize("kwargs,needle", [

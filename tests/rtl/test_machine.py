@@ -33,12 +33,19 @@ LOWERED = (("ln_1_out", "ln_1", E), ("qkv", "qkv", 3 * E), ("attn", "attn", E),
            ("x", "resid", E))
 
 
-def _model(seed, stream=1, n_layer=1):
-    """A random GPT-2 of the module's geometry quantised for CFG, and the rng it was
-    calibrated with (`stream` keeps each test's draws apart for one seed)."""
+#: n_embd 12, 2 heads: heads of 6 bytes in 8-byte words (head 1 starts at byte 6 of
+#: its word) and K at byte 4 of a word in the qkv rows
+PACKED = (12, 2)
+
+
+def _model(seed, stream=1, n_layer=1, geometry=(E, H)):
+    """A random GPT-2 of the module's geometry (or `geometry` = (n_embd, n_head))
+    quantised for CFG, and the rng it was calibrated with (`stream` keeps each
+    test's draws apart for one seed)."""
     rng = np.random.default_rng([seed, stream])
-    fm = random_gpt2(seed=seed % 1000, vocab_size=VOCAB, n_positions=NPOS, n_embd=E,
-                     n_layer=n_layer, n_head=H)
+    e, h = geometry
+    fm = random_gpt2(seed=seed % 1000, vocab_size=VOCAB, n_positions=NPOS, n_embd=e,
+                     n_layer=n_layer, n_head=h)
     return Q.QuantGPT2.from_float(fm, [rng.integers(0, VOCAB, NPOS) for _ in range(2)],
                                   tile=CFG.tile), rng
 
@@ -51,8 +58,11 @@ def _golden(qm, parts):
     return seen
 
 
-def test_block_prefill_then_decode(seed):
-    qm, rng = _model(seed)
+@pytest.mark.parametrize("geometry", [(E, H), PACKED], ids=["word_heads", "packed_heads"])
+def test_block_prefill_then_decode(seed, geometry):
+    qm, rng = _model(seed, geometry=geometry)
+    e = geometry[0]
+    lowered = [(region, name, n * e // E) for region, name, n in LOWERED]
     t = int(rng.integers(2, 9))
     ids = rng.integers(0, VOCAB, t + 2)
     parts = [ids[:t], ids[t:t + 1]]          # prefill, then a decode step on the same caches
@@ -66,7 +76,7 @@ def test_block_prefill_then_decode(seed):
         what = f"call {i} (T={len(part)}, pos={pos}, GPT2ACCEL_SEED={seed})"
         print(f"{what}: {res['cycles']} cycles with stalls")
         assert res["error"] == Error.NONE and res["icount"] == len(prog), what
-        for region, name, n in LOWERED:
+        for region, name, n in lowered:
             np.testing.assert_array_equal(comp.read_rows(mem, region, len(part), n),
                                           seen[(i, name)], err_msg=f"{name}, {what}")
         pos += len(part)
@@ -97,7 +107,7 @@ def test_illegal_instructions_set_error_and_recover(seed):
         (_raw(Op.MATMUL, {**mm, "k": 0}), Error.FIELD),
         (_raw(Op.MATMUL, {**mm, "k": CFG.engine.max_k + 1}), Error.FIELD),
         (_raw(Op.ATTENTION, {**first[Op.ATTENTION][1], "offset": NPOS - 1}), Error.FIELD),
-        (_raw(Op.KVSTORE, {**first[Op.KVSTORE][1], "d_head": 12}), Error.FIELD),
+        (_raw(Op.KVSTORE, {**first[Op.KVSTORE][1], "d_head": CFG.max_d_head + 1}), Error.FIELD),
         (_raw(Op.LAYERNORM, {**first[Op.LAYERNORM][1], "n": CFG.engine.max_k + 1}), Error.FIELD),
         (_raw(Op.GELU, {**first[Op.GELU][1], "n": 0}), Error.FIELD),
     ]

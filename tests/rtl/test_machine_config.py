@@ -1,14 +1,12 @@
 """`MachineConfig`: the whole machine's one configuration (engines + residual width +
 opcodes + exp2 table), its checks, and the fingerprint bitstreams carry."""
-import zlib
-
 import pytest
 
 from gpt2accel.rtl import protocol as P
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import ConfigError, EngineConfig
 from gpt2accel.rtl.isa import Op
-from gpt2accel.rtl.machine_config import MachineConfig, machine_ops
+from gpt2accel.rtl.machine_config import MachineConfig
 
 ATT = AttentionConfig(engine=EngineConfig(rows=4, cols=4, addr_bits=16), tile=4, max_seq=64,
                       max_d_head=16)
@@ -54,12 +52,22 @@ def test_the_exp2_table_is_part_of_the_config():
     assert m.exp2_table == tuple(table) and hash(m) != hash(MachineConfig.of(ATT))
 
 
-def test_config_id_keeps_the_fingerprint_of_the_loose_arguments():
-    """Bitstreams built when the residual width and opcodes were `Machine` arguments
-    keep their config_id."""
-    assert P.config_id(ATT) == zlib.crc32(repr((ATT, 16)).encode())
-    assert P.config_id(MachineConfig.of(ATT, resid_bits=12)) == \
-        zlib.crc32(repr((ATT, 12)).encode())
-    sub = MachineConfig.of(ATT, ops=("matmul",))
-    assert P.config_id(sub) == \
-        zlib.crc32(repr((ATT, 16, tuple(op.name for op in machine_ops(["matmul"])))).encode())
+def test_config_id_follows_the_machine_and_its_instruction_layouts(monkeypatch):
+    """The fingerprint a bitstream reports changes with the residual width, the opcodes
+    built and any instruction's body layout (a bitstream that decodes ATTENTION's fields
+    differently must be refused), and not with the exp2 table or the config's class."""
+    from amaranth.hdl import unsigned
+    from amaranth.lib import data
+    from gpt2accel.rtl import isa
+    base = P.config_id(ATT)
+    assert P.config_id(MachineConfig.of(ATT)) == base
+    assert P.config_id(MachineConfig.of(ATT, exp2_table=[1] * (1 << ATT.frac_bits))) == base
+    ids = {P.config_id(MachineConfig.of(ATT, **m)) for m in
+           ({"resid_bits": 12}, {"ops": ("matmul",)}, {"ops": ("matmul", "kvstore")})}
+    assert len(ids | {base}) == 4
+    real = isa.body_layout
+    monkeypatch.setattr(isa, "body_layout", lambda cfg, op: data.StructLayout(
+        {"moved": unsigned(1), "body": real(cfg, op)}) if op == Op.ATTENTION else real(cfg, op))
+    assert P.config_id(ATT) != base
+    # a MATMUL-only machine has no ATTENTION to decode: its fingerprint stays
+    assert P.config_id(MachineConfig.of(ATT, ops=("matmul",))) in ids

@@ -1,16 +1,18 @@
 """`sim.cycles.program` equals the machine's cycle counter on stall-free block programs."""
 import numpy as np
+import pytest
 
 from gpt2accel.rtl.isa import Op, decode, encode
 from gpt2accel.sim.host.compiler import BlockCompiler
 from gpt2accel.sim.harness.machine import run_programs
 from gpt2accel.sim.cycles.program import program_cycles
 
-from test_machine import CFG, VOCAB, _golden, _model
+from test_machine import CFG, E, H, PACKED, VOCAB, _golden, _model
 
 
-def test_program_cycles_match_rtl(seed):
-    qm, rng = _model(seed)
+@pytest.mark.parametrize("geometry", [(E, H), PACKED], ids=["word_heads", "packed_heads"])
+def test_program_cycles_match_rtl(seed, geometry):
+    qm, rng = _model(seed, geometry=geometry)
     t = int(rng.integers(1, 9))
     pos = t
     ids = rng.integers(0, VOCAB, t + 1)

@@ -11,11 +11,11 @@ from gpt2accel.sim.bench import model as bench
 
 def test_bench_model_cases():
     # GPT-2 small (a minute of quantising and cycle counting) runs in `bench model` itself
-    result = bench.run(argparse.Namespace(arrays="4x4,8x8,16x16", models="tiny"))
+    result = bench.run(argparse.Namespace(arrays="4x4,8x8,12x12,16x16", models="microgpt,tiny"))
     json.dumps(result)
     cases = {(c["model"], c["array"], c["mode"]): c for c in result["cases"]
-             if c.get("batch", 1) == 1}
-    assert {m for m, _, _ in cases} == {"tiny"}
+             if c["batch"] == 1}
+    assert {m for m, _, _ in cases} == {"microgpt", "tiny"}
     q = bench._tiny()
     weights = sum(np.asarray(b.w).size for blk in q.blocks
                   for b in (blk.attn_qkv, blk.attn_proj, blk.fc, blk.fc_proj)) + q.wte.size
@@ -29,9 +29,14 @@ def test_bench_model_cases():
     # more PEs: fewer cycles, lower utilisation on the same work
     assert cases[("tiny", "8x8", "decode")]["cycles_per_token"] < \
         cases[("tiny", "4x4", "decode")]["cycles_per_token"]
-    # the tiny model's 16-byte heads do not start on the 16x16 machine's 32-byte words
-    assert "d_head 16" in cases[("tiny", "16x16", "decode")]["error"]
-    assert "tiny" in bench.format_text(result)
+    # heads narrower than a word or starting inside one: microGPT's 4-byte heads on
+    # every array, the tiny model's 16-byte heads in 24- and 32-byte words
+    last = {"microgpt": 15, "tiny": 127}           # decode at the last position
+    for (model, arr, mode), c in cases.items():
+        assert c["cycles_per_token"] > 0 and "error" not in c, (model, arr, mode)
+        assert c["position"] == (0 if mode in ("prefill", "score") else last[model])
+    assert cases[("microgpt", "8x8", "prefill")]["T"] == 16
+    assert "tiny" in bench.format_text(result) and "microgpt" in bench.format_text(result)
 
 
 def test_prefill_logits_and_image_regions():
@@ -78,19 +83,20 @@ def test_batched_decode_rows():
 
 
 def test_unsupported_shapes_are_listed_once_with_the_reason(capsys):
-    result = bench.run(argparse.Namespace(arrays="8x8,16x16", models="tiny"))
+    result = bench.run(argparse.Namespace(arrays="8x8,2x2", models="tiny"))
     err = capsys.readouterr().err
     assert "[tiny: compiling and timing on each array" in err      # progress on stderr
-    # the JSON keeps every mode of the unsupported shape, with the compiler's message
+    # the JSON keeps every mode of the unsupported shape, with the reason: no whole
+    # machine has 2 columns (its 4-byte word cannot hold a LayerNorm beta)
     bad = [c for c in result["cases"] if c["cycles_per_token"] is None]
-    assert {(c["array"], c["mode"]) for c in bad} == {("16x16", "prefill"),
-                                                      ("16x16", "score"),
-                                                      ("16x16", "decode")}
+    assert {(c["array"], c["mode"]) for c in bad} == {("2x2", "prefill"), ("2x2", "score"),
+                                                      ("2x2", "decode")}
+    assert bad[0]["error"].startswith("cols=2: the whole machine needs an even number")
     text = bench.format_text(result).splitlines()
     table = text[:text.index("not supported:")]
     assert len(table) == 6 and all("8x8" in line for line in table[1:])
     assert text[text.index("not supported:") + 1:-1] == [
-        f"  tiny on 16x16, because {bad[0]['error']}"]
+        f"  tiny on 2x2, because {bad[0]['error']}"]
     assert "Horowitz" in text[-1] and "ISSCC 2014" in text[-1]
 
 

@@ -105,8 +105,8 @@ def test_every_benchmark_has_help(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["generate", "--backend", "pysim", "--prompt", "R" * 129], "longer than the model's context"),
-    (["generate", "--backend", "pysim", "--rows", "16", "--cols", "16"],
-     "d_head 16 is not a multiple of mem_bytes 32"),
+    (["generate", "--backend", "pysim", "--rows", "8", "--cols", "7"],
+     "cols=7: the whole machine needs an even number of columns"),
     (["generate", "--backend", "float", "--vcd", "x.vcd"], "--vcd needs"),
     (["generate", "--backend", "pysim", "--batch", "0"], "--batch 0: must be 1 or more"),
     (["generate", "--backend", "int", "--batch", "2"], "--batch 2 needs --backend pysim or fast"),

@@ -1,5 +1,6 @@
 """The ISA's encode/decode (rtl/isa.py) and the compiler's limit checks (sim/host/compiler.py)."""
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -63,6 +64,68 @@ def test_encode_names_the_rule():
     with pytest.raises(IsaError, match="missing"):
         encode(CFG, Op.MATMUL, m=1)
     assert reserved_mask(CFG, Op.HALT) == (1 << INSTR_BITS) - 16
+
+
+def test_heads_inside_a_word_are_bounded_by_max_k():
+    """A head starting inside a word makes S commands of k = b_h + d_head, b_h up to
+    mem_bytes - 1: such commands need d_head + mem_bytes - 1 <= max_k, a rule only
+    for q_head_bytes != 0; the decoder's expression (`legal_expr`) agrees with
+    `encode`'s check on both sides of the bound."""
+    from amaranth.hdl import Module, Signal
+    from amaranth.sim import Simulator
+    from gpt2accel.rtl.isa import legal_expr
+    cfg = AttentionConfig(engine=EngineConfig(rows=2, cols=4, max_k=20, max_m=4, max_n=64,
+                                              addr_bits=8),
+                          tile=4, lanes=1, norm_lanes=1, max_d_head=16, max_seq=8)
+    att = {n: 0 for n, _ in body_layout(cfg, Op.ATTENTION)}
+    att.update(n_head=2, tq=1, q_row_stride=1, out_stride=1)
+    cases = [(dict(d_head=13, q_head_bytes=5), True),     # 13 + 8 - 1 = 20 <= max_k
+             (dict(d_head=14, q_head_bytes=6), False),    # 21 > max_k
+             (dict(d_head=16, q_head_bytes=0), True)]     # heads on words: k = d_head
+    body = Signal(body_layout(cfg, Op.ATTENTION))
+    legal = Signal()
+    m = Module()
+    m.d.comb += legal.eq(legal_expr(cfg, Op.ATTENTION, body))
+    got = []
+
+    async def bench(ctx):
+        for fields, _ in cases:
+            ctx.set(body, {**att, **fields})
+            got.append(bool(ctx.get(legal)))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    for (fields, ok), hw in zip(cases, got):
+        assert hw == ok, fields
+        if ok:
+            encode(cfg, Op.ATTENTION, **{**att, **fields})
+        else:
+            with pytest.raises(IsaError, match=r"ATTENTION.d_head = 14 exceeds 13 \(max_k"):
+                encode(cfg, Op.ATTENTION, **{**att, **fields})
+
+
+def test_one_head_never_starts_inside_a_word():
+    """With one head nothing precedes it in its word: no zero rows, no max_k rule."""
+    cfg = AttentionConfig(engine=EngineConfig(rows=2, cols=8, max_k=16), tile=4)
+    assert cfg.packed_heads(1, 4) == (0, 0, 4)
+    assert cfg.packed_heads(4, 4) == (0, 4, 16)
+    assert cfg.packed_heads(3, 20) == (1, 4, 28)      # heads at bytes 0, 20, 40: b = 0, 4, 8
+
+
+def test_heads_inside_a_word_past_max_k_are_refused():
+    """Two heads of 4 in a 32-byte word: head 1's S command would read k = 8, but the
+    rule for heads inside a word asks d_head + 31 <= max_k, and max_k is 32."""
+    fm = random_gpt2(seed=5, vocab_size=40, n_positions=8, n_embd=8, n_layer=1, n_head=2)
+    q = Q.QuantGPT2.from_float(fm, [np.arange(8) % 40], tile=4)
+    cfg = AttentionConfig(engine=EngineConfig(rows=2, cols=16, max_k=32, max_m=8, max_n=64,
+                                              addr_bits=16),
+                          tile=4, lanes=1, norm_lanes=1, max_d_head=4, max_seq=8)
+    with pytest.raises(CompileError, match=r"d_head 4: heads starting inside a 32-byte word "
+                                           r"need max_k >= d_head \+ mem_bytes - 1 = 35"):
+        BlockCompiler(cfg, q, 0, max_tokens=2, mem_words=4096)
+    wider = replace(cfg, engine=replace(cfg.engine, max_k=35))
+    BlockCompiler(wider, q, 0, max_tokens=2, mem_words=4096).program(2, 0)
 
 
 @pytest.mark.parametrize("change, kwargs, msg", [
@@ -151,8 +214,8 @@ def test_tiny_model_cycle_report(capsys):
     from gpt2accel.sim.cycles.program import main
     main(["--rows", "8", "--cols", "8"])
     out = capsys.readouterr().out
-    for figure in ("T=128 at 0: 663,297 cycles", "T=1 at 0: 21,748 cycles",
-                   "T=1 at 127: 25,204 cycles"):
+    for figure in ("T=128 at 0: 663,297 cycles", "T=1 at 0: 15,217 cycles",
+                   "T=1 at 127: 18,081 cycles"):
         assert figure in out, out
 
 
