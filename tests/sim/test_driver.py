@@ -35,6 +35,16 @@ def test_prefill_in_chunks_then_decode_is_bit_exact(qm):
                                qm.dequantize_logits(qm.forward(np.array(ids + [15]))[-1]))
 
 
+def _fast_driver(qm, cfg, **kw):
+    """A loaded Driver on the Verilated machine (these tests run every instruction
+    checked, minutes on the Amaranth simulator); skipped without Verilator."""
+    fast = pytest.importorskip("gpt2accel.sim.fast")
+    try:
+        return Driver(qm, cfg, "fast", **kw).load()
+    except fast.FastBackendUnavailable as e:
+        pytest.skip(str(e))
+
+
 def test_last_row_logits_skip_the_head_elsewhere(qm):
     """The default (generation): the first chunk of a long prompt runs no LM head, the
     last computes the last row's logits only; bit-exact with the model's last row,
@@ -43,7 +53,7 @@ def test_last_row_logits_skip_the_head_elsewhere(qm):
     from gpt2accel.rtl.isa import Op
     cfg = machine_config(qm, 4, 4, max_tokens=4)
     ids = [3, 1, 4, 1, 5, 9]                        # two prefill programs: 4 + 2 tokens
-    drv = Driver(qm, cfg, "pysim", check=True).load()
+    drv = _fast_driver(qm, cfg, check=True)
     cache = KVCache(1)
     np.testing.assert_array_equal(drv.prefill(ids), qm.forward(np.array(ids), cache)[-1:])
     np.testing.assert_array_equal(drv.decode(15), qm.forward(np.array([15]), cache))
@@ -54,7 +64,7 @@ def test_last_row_logits_skip_the_head_elsewhere(qm):
     assert first[-2:] == [Op.RESADD, Op.HALT] and Op.REQUANT not in first
     head = [f for op, f in drv.comp.ops(2, 4, "last") if op == Op.MATMUL][-1]
     assert head["m"] == 1 and head["n"] == VOCAB
-    everything = Driver(qm, cfg, "pysim", logits="all").load()
+    everything = _fast_driver(qm, cfg, logits="all")
     everything.prefill(ids)
     assert (everything.history[-1]["cycles"] > drv.history[1]["cycles"]
             and everything.mem_words > drv.mem_words)
@@ -69,7 +79,7 @@ def test_check_localises_in_last_row_programs(qm):
     """`check` on the programs without every row's head: a corrupted weight is named
     by layer and op in a program with no logits at all and in one with the last row's."""
     for ids in ([1, 2, 3, 4, 5], [1, 2, 3]):
-        drv = Driver(qm, machine_config(qm, 4, 4, max_tokens=4), "pysim", check=True).load()
+        drv = _fast_driver(qm, machine_config(qm, 4, 4, max_tokens=4), check=True)
         r = drv.comp.regions["h0.c_fc.w"]
         word = drv.backend.dump(r.base, 1)
         word[0, 0] ^= 0x40
@@ -276,7 +286,7 @@ def test_the_residual_width_is_the_models(qm):
     cfg = machine_config(q12, 4, 4, max_tokens=4)
     assert cfg.resid_bits == 12
     ids = [5, 9, 2]
-    np.testing.assert_array_equal(Driver(q12, cfg, "pysim").load().prefill(ids),
+    np.testing.assert_array_equal(Driver(q12, cfg, "pysim", logits="all").load().prefill(ids),
                                   q12.forward(np.array(ids)))
     with pytest.raises(CompileError, match="model resid_bits 12 != the machine's resid_bits 16"):
         Driver(q12, replace(cfg, resid_bits=16), "pysim")
