@@ -186,7 +186,7 @@ class _Projector:
         return self.done[key]
 
     def _project(self, rows, cols):
-        from gpt2accel.sim.bench.model import MODELS, program_case
+        from gpt2accel.sim.bench.model import MODELS, sequence_case
         from gpt2accel.sim.host.compiler import ModelCompiler
         from gpt2accel.sim.host.driver import machine_config
         load, prefill_t, loading = MODELS[self.model]
@@ -195,11 +195,13 @@ class _Projector:
                 self.q = load()
         try:
             cfg = machine_config(self.q, rows, cols, max_tokens=prefill_t)
-            comp = ModelCompiler(cfg, self.q, prefill_t, 1 << cfg.engine.addr_bits)
+            # generation's programs: the last row's logits
+            comp = ModelCompiler(cfg, self.q, prefill_t, 1 << cfg.engine.addr_bits,
+                                 logit_rows=1)
         except ValueError as e:
             return {"error": f"the {self.model} model on {rows}x{cols}: {e}"}
         n = self.q.config.n_positions
-        return {mode: program_case(cfg, comp, self.q, t, pos)
+        return {mode: sequence_case(cfg, comp, self.q, t, pos)
                 for mode, t, pos in (("prefill", prefill_t, 0), ("decode", 1, n - 1))}
 
 

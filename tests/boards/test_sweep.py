@@ -240,3 +240,17 @@ def test_a_design_that_fails_to_elaborate_is_a_row_without_warnings(tools_path, 
     res = S.build_point(S.Point("orangecrab-85f", 2, 2, 40e6), tmp_path / "p")
     assert res["status"] == S.BAD
     assert res["error"].startswith("the vector mover reads LayerNorm beta as one int64")
+
+
+def test_projections_are_the_bench_models_figures():
+    """A whole-machine point's prefill and decode figures are `bench model`'s for the
+    same model and array (last-row logits, one sequence)."""
+    import argparse
+    from gpt2accel.sim.bench import model as bench
+    from gpt2accel.sim.bench.sweep import _Projector
+    got = _Projector("microgpt")(8, 8)
+    rows = {c["mode"]: c for c in bench.run(argparse.Namespace(
+        arrays="8x8", models="microgpt", contexts=None))["cases"] if c["batch"] == 1}
+    for mode in ("prefill", "decode"):
+        for key in ("cycles", "cycles_per_token", "utilization", "energy_per_token_uj"):
+            assert got[mode][key] == rows[mode][key], (mode, key)
