@@ -179,13 +179,17 @@ def program_case(cfg, comp, words, ops, mem, t):
             "energy_by_event_uj": {k: v / 1e6 for k, v in on_chip["by_event"].items()}}
 
 
-def sequence_case(cfg, comp, q, t, pos, logits="last"):
-    """`program_case` of one sequence's program of `t` tokens at position `pos` (token
-    ids 0, 1, ...), with the logits of the rows `logits` asks for."""
+def sequence_program(comp, q, t, pos, logits="last"):
+    """(words, ops, memory) of one sequence's program of `t` tokens at position `pos`
+    (token ids 0, 1, ...) with the logits of the rows `logits` asks for."""
     from gpt2accel.sim.host.driver import _ids_memory
     ids = np.arange(t) % q.config.vocab_size
-    return program_case(cfg, comp, comp.program(t, pos, logits), comp.ops(t, pos, logits),
-                        _ids_memory(comp, ids), t)
+    return comp.program(t, pos, logits), comp.ops(t, pos, logits), _ids_memory(comp, ids)
+
+
+def sequence_case(cfg, comp, q, t, pos, logits="last"):
+    """`program_case` of `sequence_program`."""
+    return program_case(cfg, comp, *sequence_program(comp, q, t, pos, logits), t)
 
 
 def run(args):
@@ -234,18 +238,17 @@ def run(args):
             for mode, t, pos, logits, b in modes:
                 cfg, comp = cfgs[b], comps[(t if logits == "all" else b, b)]
                 if b == 1:
-                    words = comp.program(t, pos, logits)
-                    figures = sequence_case(cfg, comp, q, t, pos, logits)
+                    words, ops, mem = sequence_program(comp, q, t, pos, logits)
                 else:
                     # every sequence at the same position: the step the figure is for
                     words = comp.batch_program([pos] * b)
                     ops = [(op, f) for op, f, _ in comp.batch_annotated_ops([pos] * b)]
                     mem = _ids_memory(comp, np.arange(b) % q.config.vocab_size, True)
-                    figures = program_case(cfg, comp, words, ops, mem, t * b)
                 cases.append({"model": name, "array": arr, "context": ctx, "mode": mode,
                               "T": t, "batch": b, "position": pos, "logits": logits,
                               "rows": r, "cols": c, "mem_bytes": cfg.engine.mem_bytes,
-                              **figures, "image_bytes": image_bytes(comp, words)})
+                              **program_case(cfg, comp, words, ops, mem, t * b),
+                              "image_bytes": image_bytes(comp, words)})
     result = {"cases": cases, "mem_latency": "reference (sim.matmul_sim.REF_MEM_LATENCY)",
               "energy_source": SOURCE, "energy_table_pj": TABLE}
     if plot_dir:

@@ -365,17 +365,13 @@ def test_big_vocabulary_runs_bit_exact_on_fast(big, capsys, monkeypatch):
     """The model past 2^16 words on the machine sized for it (the Verilated one: the
     Amaranth simulator takes many minutes for the 50257-wide LM head): bit-exact with
     QuantGPT2, cycles equal to the cycle model, the progress counting every instruction."""
-    fast = pytest.importorskip("gpt2accel.sim.fast")
     from gpt2accel.model import progress
     from gpt2accel.sim.host import driver
     monkeypatch.setattr(progress, "_override", True)
     monkeypatch.setattr(driver, "PROGRESS_AFTER_S", 0.0)
     cfg = machine_config(big, 4, 4, max_tokens=4)
     assert cfg.engine.addr_bits > 16
-    try:
-        drv = Driver(big, cfg, "fast", check=True).load()
-    except fast.FastBackendUnavailable as e:
-        pytest.skip(str(e))
+    drv = _fast_driver(big, cfg, check=True)
     capsys.readouterr()
     cache = KVCache(1)
     ids = [0, 50256, 17]
