@@ -12,8 +12,8 @@ activations), exactly `ModelCompiler(...).end` words; a MATMUL-only machine
 holds the linear layers' weights for `sim.host.offload.OffloadDriver`. Weights
 are loaded over the UART after configuration (docs/architecture.md "Board
 top and host bridge"). `resolve` checks what can be checked before a long
-build: the model must map onto the array (a head's d_head a multiple of the
-memory word), its memory must fit the chip's RAM (SPRAM alone when the
+build: the model must map onto the array (the compiler's checks: widths,
+sequence length, the instruction fields), its memory must fit the chip's RAM (SPRAM alone when the
 preset stores words there), the array's multipliers its DSPs, the PLL must
 reach the clock and the UART's baud rate must divide it; each failure is a
 `PresetError` naming the numbers.

@@ -133,7 +133,7 @@ def run(args):
             r = attention_cycles(cfg, N_HEAD, D_HEAD, tq, offset)
             cases.append({
                 "array": f"{n}x{n}", "mode": mode, "T": T,
-                "cycles": r.cycles, "utilization": round(r.utilization(cfg), 4),
+                "cycles": r.cycles, "utilisation": round(r.utilisation(cfg), 4),
                 "score_buffer_bytes": score_buffer_bytes(cfg, T, rows=min(cfg.rows, tq)),
                 "score_buffer_bytes_without_online": score_buffer_bytes(
                     cfg, T, online=False, rows=min(cfg.rows, tq)),
@@ -150,7 +150,7 @@ def run(args):
                    "score_buffer_bytes": score_buffer_bytes(cfg, max(PREFILL_T))}
             for T in (min(PREFILL_T), max(PREFILL_T)):
                 row[f"prefill_{T}"] = round(
-                    attention_cycles(cfg, N_HEAD, D_HEAD, T, 0).utilization(cfg), 4)
+                    attention_cycles(cfg, N_HEAD, D_HEAD, T, 0).utilisation(cfg), 4)
             sweep.append(row)
     return {"n_head": N_HEAD, "d_head": D_HEAD, "cases": cases, "group_sweep": sweep,
             "accuracy": accuracy(tile=tile)}
@@ -163,7 +163,7 @@ def format_text(result):
     for c in result["cases"]:
         mm = c["breakdown"]["matmul"] / c["cycles"]
         lines.append(f"{c['array']:>6} {c['mode']:>8} {c['T']:>5} {c['cycles']:>11,} "
-                     f"{100 * c['utilization']:>5.1f}% {100 * mm:>7.1f}% "
+                     f"{100 * c['utilisation']:>5.1f}% {100 * mm:>7.1f}% "
                      f"{c['score_buffer_bytes']:>7,} {c['score_buffer_bytes_without_online']:>12,}")
     sweep = result.get("group_sweep", [])
     if sweep:

@@ -51,7 +51,7 @@ def run(args):
                 r = matmul_cycles(cfg, t, k, n)
                 cases.append({"array": f"{rows}x{cols}", "layer": layer, "T": t,
                               "M": t, "K": k, "N": n, "cycles": r.cycles,
-                              "utilization": r.utilization(cfg)})
+                              "utilisation": r.utilisation(cfg)})
     result = {"mem_latency": REF_MEM_LATENCY, "cases": cases, "pysim_cycles_per_s": None}
     if not args.no_pysim:
         speed, cycles = measure_pysim()
@@ -67,7 +67,7 @@ def format_text(result):
     for c in result["cases"]:
         shape = f"{c['M']}x{c['K']}x{c['N']}"
         lines.append(f"{c['array']:>6} {c['layer']:>10} {c['T']:>5} {shape:>18} "
-                     f"{c['cycles']:>10} {100 * c['utilization']:6.2f}%")
+                     f"{c['cycles']:>10} {100 * c['utilisation']:6.2f}%")
     if result.get("pysim_cycles_per_s"):
         lines += ["", f"Amaranth simulator, 8x8 engine: {result['pysim_cycles_per_s']:.0f} "
                       f"simulated cycles/s ({result['pysim_cycles']} cycles)"]

@@ -169,7 +169,7 @@ def program_case(cfg, comp, words, ops, mem, t):
     roofline = max(nbytes / cfg.engine.mem_bytes, macs / (r * c))
     return {"cycles": cycles, "cycles_per_token": cycles / t,
             "roofline_cycles": roofline / t, "roofline_ratio": cycles / roofline,
-            "utilization": macs / (r * c * cycles), "bytes_per_token": nbytes / t,
+            "utilisation": macs / (r * c * cycles), "bytes_per_token": nbytes / t,
             "macs_per_token": macs / t, "cycles_by_kind": by_kind,
             "events_per_token": {k: {f: v / t for f, v in asdict(e).items()}
                                  for k, e in events.items()},
@@ -231,7 +231,7 @@ def run(args):
                          for rows, b in {(t if m[3] == "all" else m[4], m[4]) for m in modes}}
             except (CompileError, ValueError) as e:     # the config cannot hold this model
                 cases += [{"model": name, "array": arr, "context": ctx, "mode": mode, "T": t,
-                           "batch": b, "cycles_per_token": None, "utilization": None,
+                           "batch": b, "cycles_per_token": None, "utilisation": None,
                            "bytes_per_token": None, "image_bytes": None, "error": str(e)}
                           for mode, t, _, _, b in modes]
                 continue
@@ -269,7 +269,7 @@ def format_text(result):
             continue
         lines.append(f"{c['model']:11} {c['array']:6} {c['context']:7d} {c['mode']:8} "
                      f"{c['T']:5d} {c['batch']:5d} {c['cycles_per_token']:13,.0f} "
-                     f"{100 * c['utilization']:5.1f}% {c['bytes_per_token']:12,.0f} "
+                     f"{100 * c['utilisation']:5.1f}% {c['bytes_per_token']:12,.0f} "
                      f"{c['image_bytes']['total']:13,} {c['energy_per_token_uj']:9,.2f} "
                      f"{c['energy_per_token_uj_dram']:9,.2f}")
     if unsupported:

@@ -54,7 +54,7 @@ class AttentionCycles:
     softmax_cycles: int     # cycles the softmax unit is busy (mostly hidden under matmuls)
     normalise_cycles: int
 
-    def utilization(self, cfg: AttentionConfig):
+    def utilisation(self, cfg: AttentionConfig):
         e = cfg.engine
         return self.useful_macs / (e.rows * e.cols * self.cycles)
 

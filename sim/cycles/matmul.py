@@ -43,7 +43,7 @@ class MatmulCycles:
     macs: int          # useful multiply-accumulates, M*K*N
     feed_cycles: int   # cycles in which the feeder presented a valid beat
 
-    def utilization(self, cfg):
+    def utilisation(self, cfg):
         return self.macs / (cfg.rows * cfg.cols * self.cycles)
 
 

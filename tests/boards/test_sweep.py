@@ -252,5 +252,5 @@ def test_projections_are_the_bench_models_figures():
     rows = {c["mode"]: c for c in bench.run(argparse.Namespace(
         arrays="8x8", models="microgpt", contexts=None))["cases"] if c["batch"] == 1}
     for mode in ("prefill", "decode"):
-        for key in ("cycles", "cycles_per_token", "utilization", "energy_per_token_uj"):
+        for key in ("cycles", "cycles_per_token", "utilisation", "energy_per_token_uj"):
             assert got[mode][key] == rows[mode][key], (mode, key)

@@ -16,11 +16,11 @@ def test_benchmark_contract():
     result = bench.run(parser.parse_args([]))
     cases = result["cases"]
     assert len(cases) == 3 * (len(bench.PREFILL_T) + len(bench.DECODE_T))
-    keys = {"array", "mode", "T", "cycles", "utilization", "score_buffer_bytes",
+    keys = {"array", "mode", "T", "cycles", "utilisation", "score_buffer_bytes",
             "score_buffer_bytes_without_online"}
     for c in cases:
         assert keys <= set(c)
-        assert c["mode"] in ("prefill", "decode") and 0 < c["utilization"] <= 1
+        assert c["mode"] in ("prefill", "decode") and 0 < c["utilisation"] <= 1
         n = int(c["array"].split("x")[0])
         cfg = bench.config(n)
         tq, offset = (c["T"], 0) if c["mode"] == "prefill" else (1, c["T"] - 1)
@@ -28,7 +28,7 @@ def test_benchmark_contract():
         assert c["cycles"] == r.cycles
         # useful work: 2 * D MACs per visible query-key pair, all heads
         pairs = sum(offset + i + 1 for i in range(tq))
-        assert c["utilization"] == pytest.approx(
+        assert c["utilisation"] == pytest.approx(
             2 * bench.D_HEAD * bench.N_HEAD * pairs / (n * n * r.cycles), abs=1e-4)
     by = {(c["array"], c["mode"], c["T"]): c for c in cases}
     for a in ("8x8", "12x12", "16x16"):
@@ -46,10 +46,10 @@ def test_benchmark_contract():
         n = int(r["array"].split("x")[0])
         cfg = bench.config(n, group=r["group"])
         assert r["block_rows"] == r["group"] * n
-        got = attention_cycles(cfg, bench.N_HEAD, bench.D_HEAD, 1024, 0).utilization(cfg)
+        got = attention_cycles(cfg, bench.N_HEAD, bench.D_HEAD, 1024, 0).utilisation(cfg)
         assert r["prefill_1024"] == pytest.approx(got, abs=1e-4)
     g4 = {r["array"]: r for r in result["group_sweep"] if r["group"] == 4}
-    assert all(g4[c["array"]]["prefill_1024"] == c["utilization"] for c in cases
+    assert all(g4[c["array"]]["prefill_1024"] == c["utilisation"] for c in cases
                if c["mode"] == "prefill" and c["T"] == 1024)
 
 

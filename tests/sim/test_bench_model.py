@@ -22,7 +22,7 @@ def test_bench_model_cases():
     for arr in ("4x4", "8x8"):
         pre, dec = cases[("tiny", arr, "prefill")], cases[("tiny", arr, "decode")]
         for c in (pre, dec):
-            assert 0 < c["utilization"] <= 1 and c["cycles_per_token"] > 0
+            assert 0 < c["utilisation"] <= 1 and c["cycles_per_token"] > 0
         # a decode token reads every weight once; a long prefill shares them
         assert dec["bytes_per_token"] > weights > pre["bytes_per_token"]
         assert pre["cycles_per_token"] < dec["cycles_per_token"]
@@ -78,7 +78,7 @@ def test_batched_decode_rows():
     assert dec[1]["bytes_per_token"] > dec[4]["bytes_per_token"] > dec[8]["bytes_per_token"]
     assert [dec[b]["image_bytes"]["kv"] for b in (1, 4, 8)] == [
         b * dec[1]["image_bytes"]["kv"] for b in (1, 4, 8)]
-    assert dec[8]["utilization"] > dec[1]["utilization"]
+    assert dec[8]["utilisation"] > dec[1]["utilisation"]
     assert all(c["batch"] == 1 for c in result["cases"] if c["mode"] != "decode")
 
 
@@ -127,7 +127,7 @@ def test_energy_and_cycles_by_instruction_kind():
         assert c["cycles_by_kind"]["MATMUL"] > 0 and c["cycles_by_kind"]["HALT"] == 2
         ev = c["events_per_token"]
         assert sum(e["macs"] for e in ev.values()) == c["macs_per_token"]
-        assert c["macs_per_token"] == c["utilization"] * 64 * c["cycles_per_token"]
+        assert c["macs_per_token"] == c["utilisation"] * 64 * c["cycles_per_token"]
         assert sum(e["param_read_bytes"] + e["act_read_bytes"] + e["write_bytes"]
                    for e in ev.values()) == c["bytes_per_token"]
         params = sum(e["param_read_bytes"] for e in ev.values())

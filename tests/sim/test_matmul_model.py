@@ -16,7 +16,7 @@ def test_prefill_utilisation_target():
         cfg = EngineConfig(rows=size, cols=size)
         for k, n in bench.LAYERS.values():
             r = matmul_cycles(cfg, 1024, k, n)
-            assert r.utilization(cfg) >= 0.95, (size, k, n, r)
+            assert r.utilisation(cfg) >= 0.95, (size, k, n, r)
 
 
 def test_gemv_decode_at_port_roofline():
@@ -85,5 +85,5 @@ def test_benchmark_contract():
     case = next(c for c in result["cases"]
                 if c["array"] == "16x16" and c["layer"] == "ffn_up" and c["T"] == 1024)
     assert case["M"] == 1024 and case["K"] == 768 and case["N"] == 3072
-    assert case["utilization"] == pytest.approx(1024 * 768 * 3072 / (256 * case["cycles"]))
+    assert case["utilisation"] == pytest.approx(1024 * 768 * 3072 / (256 * case["cycles"]))
     assert "ffn_up" in bench.format_text(result)
