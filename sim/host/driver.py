@@ -136,16 +136,16 @@ class FastBackend(Backend):
 
     `memory`: "ideal" (the memory model of sim/fast/harness.cpp, a fixed latency) or
     "dram" (`board`'s DRAM through its LiteDRAM controller and PHY model,
-    `sim.fast.dram`: each run's status also has ``dram``, the controller's commands;
-    a memory map larger than the DRAM raises `MachineSizeError` in `open`)."""
+    `sim.fast.dram`; `board` is one of `boards.dram.BOARDS` or a LiteDRAM config file):
+    each run's status also has ``dram``, the controller's commands; a memory map
+    larger than the DRAM raises `MachineSizeError` in `open`."""
     name = "fast"
 
     def __init__(self, memory="ideal", board=None):
         if memory not in ("ideal", "dram"):
             raise ValueError(f"memory={memory!r}: 'ideal' or 'dram'")
-        if memory == "dram":
-            from gpt2accel.boards.dram import config_path
-            config_path(board)          # an unknown board: DramConfigError
+        if (memory == "dram") != (board is not None):
+            raise ValueError("a board names the DRAM of memory='dram', and only of it")
         self.memory, self.board = memory, board
 
     def open(self, cfg, mem_words):
