@@ -427,7 +427,7 @@ def _dram_line(runs, per=None):
     tot = {k: sum(r["dram"][k] for r in runs) for k in runs[0]["dram"]}
     f = (lambda n: f"{n / per:,.0f}") if per else (lambda n: f"{n:,}")
     return (f"{'per token: ' if per else ''}{f(tot['ref'])} refreshes, {f(tot['act'])} row "
-            f"opens, {f(tot['pre'])} bank conflicts (a row closed for another), "
+            f"opens, {f(tot['pre'] + tot['ap'])} bank conflicts (a row closed for another), "
             f"{f(tot['rd'])} read and {f(tot['wr'])} write bursts")
 
 

@@ -49,12 +49,15 @@ HARNESS = Path(__file__).with_name("dram_harness.cpp")
 INSTANCE = "dram"
 PREFIX = "Vdram"
 #: the DFI commands counted (DRAM bursts for rd/wr): row opens (activate), row closes
-#: of one bank (precharge: a bank conflict), closes of every bank (precharge all,
-#: before a refresh), refreshes, reads, writes
-COUNTERS = ("act", "pre", "prea", "ref", "rd", "wr")
+#: of one bank (precharge), closes of every bank (precharge all, before a refresh),
+#: refreshes, reads, writes, and reads or writes with auto-precharge (the
+#: controller's way of closing a row when the next command in the bank's queue is for
+#: another: a bank conflict, as a precharge of one bank is)
+COUNTERS = ("act", "pre", "prea", "ref", "rd", "wr", "ap")
 #: (ras_n, cas_n, we_n, address bit 10) of each command; None: either
 _DECODE = {"act": (0, 1, 1, None), "pre": (0, 1, 0, 0), "prea": (0, 1, 0, 1),
-           "ref": (0, 0, 1, None), "rd": (1, 0, 1, None), "wr": (1, 0, 0, None)}
+           "ref": (0, 0, 1, None), "rd": (1, 0, 1, None), "wr": (1, 0, 0, None),
+           "ap": (1, 0, None, 1)}
 
 
 class DramTop(wiring.Component):
@@ -131,7 +134,9 @@ def patch_core(text, banks):
         for k in phases:
             s = f"soc_ddrphy_dfi_p{k}_"
             cond = [f"~{s}cs_n", f"{'' if ras else '~'}{s}ras_n",
-                    f"{'' if cas else '~'}{s}cas_n", f"{'' if we else '~'}{s}we_n"]
+                    f"{'' if cas else '~'}{s}cas_n"]
+            if we is not None:
+                cond.append(f"{'' if we else '~'}{s}we_n")
             if a10 is not None:
                 cond.append(f"{'' if a10 else '~'}{s}address[10]")
             terms.append(f"{{63'd0, ({' & '.join(cond)})}}")

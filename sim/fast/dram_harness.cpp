@@ -75,7 +75,7 @@ struct gx_result {
 enum { GX_OK = 0, GX_TIMEOUT = 1, GX_EARLY_DONE = 2 };
 
 // The core's command counters, in this order (dram.py's COUNTERS).
-enum { C_ACT, C_PRE, C_PREA, C_REF, C_RD, C_WR, C_N };
+enum { C_ACT, C_PRE, C_PREA, C_REF, C_RD, C_WR, C_AP, C_N };
 
 }  // extern "C"
 
@@ -127,6 +127,7 @@ struct Sim {
         out[C_REF] = COUNTER(ref);
         out[C_RD] = COUNTER(rd);
         out[C_WR] = COUNTER(wr);
+        out[C_AP] = COUNTER(ap);
     }
 
     // Copies `n` bytes between `buf` and the DRAM from byte `pos`: the native words
