@@ -173,10 +173,13 @@ def dram_design(cfg, core, board):
                "BANK_PTRS": " ".join(f"BANK_PTR({i}, root->{member}{name})"
                                      for i, (name, _) in enumerate(core.banks)),
                "COUNTER(n)": f"top->rootp->{member}gx_cnt_##n"}
+    # the core's text determines the model, not where its config lies: a config file
+    # copied elsewhere builds nothing anew
     key = hashlib.sha256(core_text.encode()).hexdigest()[:16]
-    return Design(HARNESS, verilog, (repr(cfg), f"litedram {board} {key}"), defines,
+    name = Path(str(board)).stem
+    return Design(HARNESS, verilog, (repr(cfg), f"litedram {name} {key}"), defines,
                   packages=("gpt2accel.rtl", "gpt2accel.model", "gpt2accel.sim.fast"),
-                  prefix=PREFIX, title=f"the {e.rows}x{e.cols} machine on {board}'s "
+                  prefix=PREFIX, title=f"the {e.rows}x{e.cols} machine on {name}'s "
                                        f"simulated DRAM")
 
 
