@@ -288,6 +288,13 @@ def format_text(result):
                      f"{100 * c['utilization']:5.1f}% {c['bytes_per_token']:12,.0f} "
                      f"{c['image_bytes']['total']:13,} {c['energy_per_token_uj']:9,.2f} "
                      f"{c['energy_per_token_uj_dram']:9,.2f}")
+    if unsupported:
+        lines.append("not supported:")
+        lines += [f"  {model} on {array}, because {why}"
+                  for (model, array), why in unsupported.items()]
+    lines.append(f"uJ/token: estimated energy of the counted events, parameters in block RAM; "
+                 f"DRAM: the parameters read from DRAM; per-event energies from "
+                 f"{result['energy_source']}")
     images = {}
     for c in result["cases"]:
         if c.get("image_bytes") and c["mode"] == "decode" and c["batch"] == 1:
@@ -304,13 +311,6 @@ def format_text(result):
                          f"{im['total']:13,} {im['wte_copy']:12,}")
         lines.append("wte twice: the tied embedding's second copy (the LM head's weight tiles), "
                      "part of weights; one copy read by both would save it")
-    if unsupported:
-        lines.append("not supported:")
-        lines += [f"  {model} on {array}, because {why}"
-                  for (model, array), why in unsupported.items()]
-    lines.append(f"uJ/token: estimated energy of the counted events, parameters in block RAM; "
-                 f"DRAM: the parameters read from DRAM; per-event energies from "
-                 f"{result['energy_source']}")
     for path in result.get("plots", []):
         lines.append(f"plot: {path}")
     return "\n".join(lines)

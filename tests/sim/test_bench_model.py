@@ -108,9 +108,13 @@ def test_unsupported_shapes_are_listed_once_with_the_reason(capsys):
     text = bench.format_text(result).splitlines()
     table = text[:text.index("not supported:")]
     assert len(table) == 6 and all("8x8" in line for line in table[1:])
-    assert text[text.index("not supported:") + 1:-1] == [
+    energy = next(i for i, line in enumerate(text) if line.startswith("uJ/token"))
+    assert text[text.index("not supported:") + 1:energy] == [
         f"  tiny on 2x2, because {bad[0]['error']}"]
-    assert "Horowitz" in text[-1] and "ISSCC 2014" in text[-1]
+    assert "Horowitz" in text[energy] and "ISSCC 2014" in text[energy]
+    # then the image by region, of the supported arrays only
+    images = text[text.index("image bytes by region (one sequence, the last row's logits):"):]
+    assert [line.split()[:2] for line in images if line.startswith("tiny")] == [["tiny", "8x8"]]
 
 
 @pytest.mark.parametrize("arrays, models, contexts, message", [

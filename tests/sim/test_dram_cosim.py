@@ -52,6 +52,8 @@ def test_tiny_on_the_ulx3s_dram_is_bit_exact_and_pays_dram_time():
             # tREFI (7.8 us) at 25 MHz: a refresh every ~195 cycles
             assert d["ref"] >= r["cycles"] // 250
             assert d["act"] > 0 and d["rd"] > 0 and d["wr"] > 0
+            # rows closed for others: by precharges and by auto-precharged accesses
+            assert d["pre"] > 0 and d["ap"] > 0
     finally:
         drv.close()
 
