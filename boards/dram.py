@@ -20,6 +20,15 @@ Verilog itself.
 A config is checked before the generator runs; a bad one is a `DramConfigError`
 with one line naming the problem. A generator that fails is a `DramGenError`
 carrying its last line of output.
+
+``generate_core(board, sim=True)`` is the same controller built for simulation
+(``litedram_gen --sim``): the PHY is LiteDRAM's ``SDRAMPHYModel``, which keeps
+the DRAM's contents in one Verilog memory per bank and drives no pins, and the
+clock is the core's ``clk`` input alone (no PLL). Its generator also imports
+``liteeth``, ``litescope`` and ``pythondata-misc-tapcfg`` (``SIM_PACKAGES``).
+The simulated PHY runs DDR3 at 1:4 (four DFI phases a sys cycle), where the
+ECP5 PHY runs it at 1:2; SDR is 1:1 either way. `DramCore.banks` and
+`DramCore.row_words` say where a native word lives in the bank memories.
 """
 import hashlib
 import importlib.metadata
@@ -37,15 +46,18 @@ from pathlib import Path
 from gpt2accel.model import progress
 from gpt2accel.model.shakespeare import cache_dir as _cache_root
 
-__all__ = ["BOARDS", "CONFIG_DIR", "PACKAGES", "DramConfigError", "DramGenError", "DramCore",
-           "config_path", "read_config", "generate_core", "native_port", "cache_dir",
-           "versions"]
+__all__ = ["BOARDS", "CONFIG_DIR", "PACKAGES", "SIM_PACKAGES", "DramConfigError",
+           "DramGenError", "DramCore", "config_path", "read_config", "generate_core",
+           "native_port", "cache_dir", "versions", "dram_bytes"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "litedram"
 #: boards with a DRAM config
 BOARDS = ("ulx3s-85f", "orangecrab-85f")
 #: the packages that generate a core; their versions key the cache
 PACKAGES = ("litedram", "litex", "migen")
+#: what `litedram_gen --sim` imports besides (LiteX's simulation target); they key a
+#: simulation core's cache too
+SIM_PACKAGES = ("liteeth", "litescope", "pythondata-misc-tapcfg")
 #: the PHYs this project generates, with the memory each drives
 PHYS = {"GENSDRPHY": "SDR", "ECP5DDRPHY": "DDR3"}
 #: keys every config needs, and those the ECP5 DDR3 PHY's clocking needs too
@@ -83,17 +95,28 @@ def config_path(board):
     return CONFIG_DIR / f"{board}.yml"
 
 
-def _require_packages():
-    missing = [p for p in PACKAGES if importlib.util.find_spec(p) is None]
+def _require_packages(packages=PACKAGES):
+    missing = [p for p in packages if importlib.util.find_spec(p.replace("-", "_")) is None]
     if missing:
         raise DramGenError(f"generating a LiteDRAM core needs {', '.join(missing)}: "
                            f"pip install 'gpt2-accel[dram]'")
 
 
-def versions():
-    """{package: version} of the generator's packages."""
-    _require_packages()
-    return {p: importlib.metadata.version(p) for p in PACKAGES}
+def versions(sim=False):
+    """{package: version} of the generator's packages (`sim`: and the simulation core's)."""
+    packages = PACKAGES + (SIM_PACKAGES if sim else ())
+    _require_packages(packages)
+    return {p: importlib.metadata.version(p) for p in packages}
+
+
+def dram_bytes(board_or_path):
+    """Bytes of a board's DRAM (one of `BOARDS`, or a config file), from its module's
+    geometry, without generating anything."""
+    path = _path(board_or_path)
+    cfg = read_config(path)
+    from litedram import modules
+    module = getattr(modules, str(cfg["sdram_module"]))
+    return module.nbanks * module.nrows * module.ncols * cfg["sdram_module_nb"]
 
 
 def _freq(cfg, key, where):
@@ -166,12 +189,21 @@ def read_config(path):
 
 @dataclass(frozen=True)
 class DramCore:
-    """A generated core: its Verilog file and its native port's widths."""
+    """A generated core: its Verilog file and its native port's widths. A simulation
+    core (`sim`) also names its bank memories: `banks` ((Verilog name, native words)
+    per bank, in bank order) and `row_words` (native words of one row of one bank);
+    the controller maps native addresses row, bank, column from the top bit down
+    (LiteDRAM's ROW_BANK_COL), so native word ``a`` is word ``row * row_words +
+    a % row_words`` of bank ``(a // row_words) % len(banks)``, ``row = a //
+    (row_words * len(banks))``."""
     verilog: Path
     #: native word address bits and bytes per native word
     addr_bits: int
     data_bytes: int
     config: dict
+    sim: bool = False
+    banks: tuple = ()
+    row_words: int = 0
 
     @property
     def size_bytes(self):
@@ -204,20 +236,33 @@ def _key(config_bytes, name, vers):
     return h.hexdigest()[:16]
 
 
-def generate_core(board_or_path, *, name=CORE_NAME):
-    """The core of a board (one of `BOARDS`) or a config file (a `Path`, or a name
-    with a ``/`` or ending in ``.yml``), generated once and cached."""
+def _path(board_or_path):
     if isinstance(board_or_path, str) and "/" not in board_or_path \
             and not board_or_path.endswith((".yml", ".yaml")):
-        path = config_path(board_or_path)
-    else:
-        path = Path(board_or_path)
+        return config_path(board_or_path)
+    return Path(board_or_path)
+
+
+def sim_banks(verilog_text):
+    """(name, depth) of each bank memory of a simulation core, in bank order."""
+    found = re.findall(r"^reg\s+\[\d+:0\]\s+(mem(?:_(\d+))?)\[0:(\d+)\];", verilog_text, re.M)
+    return tuple((n, int(last) + 1) for n, _, last in
+                 sorted(found, key=lambda f: int(f[1] or 0)))
+
+
+def generate_core(board_or_path, *, name=CORE_NAME, sim=False):
+    """The core of a board (one of `BOARDS`) or a config file (a `Path`, or a name
+    with a ``/`` or ending in ``.yml``), generated once and cached. `sim`: the core
+    around LiteDRAM's PHY model, for simulation (see the module docstring)."""
+    path = _path(board_or_path)
     cfg = read_config(path)
-    vers = versions()
-    out = cache_dir() / f"{path.stem}-{_key(path.read_bytes(), name, vers)}"
+    vers = versions(sim)
+    kind = "simulation " if sim else ""
+    out = cache_dir() / f"{path.stem}{'-sim' if sim else ''}-" \
+                        f"{_key(path.read_bytes(), name + ('/sim' if sim else ''), vers)}"
     verilog = out / f"{name}.v"
     if verilog.is_file():
-        progress.note(f"LiteDRAM core for {path.name}: cached in {out}")
+        progress.note(f"LiteDRAM {kind}core for {path.name}: cached in {out}")
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         # generated beside the cache entry and renamed into place, so an interrupted
@@ -225,9 +270,9 @@ def generate_core(board_or_path, *, name=CORE_NAME):
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".gen-"))
         tmp.chmod(0o755)        # a cache other users of the machine may read
         try:
-            with progress.step(f"generating the LiteDRAM core for {path.name} "
+            with progress.step(f"generating the LiteDRAM {kind}core for {path.name} "
                                f"(litedram {vers['litedram']})", done=lambda: f"cached in {out}"):
-                _run_generator(path, tmp, name)
+                _run_generator(path, tmp, name, sim)
                 built = tmp / "build"
                 shutil.move(str(built / "gateware" / f"{name}.v"), str(tmp / f"{name}.v"))
                 shutil.move(str(built / "csr.json"), str(tmp / "csr.json"))
@@ -236,15 +281,28 @@ def generate_core(board_or_path, *, name=CORE_NAME):
                     os.replace(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    addr_bits, data_bits = native_port(verilog.read_text())
-    return DramCore(verilog=verilog, addr_bits=addr_bits, data_bytes=data_bits // 8, config=cfg)
+    text = verilog.read_text()
+    addr_bits, data_bits = native_port(text)
+    if not sim:
+        return DramCore(verilog=verilog, addr_bits=addr_bits, data_bytes=data_bits // 8,
+                        config=cfg)
+    from litedram import modules
+    module = getattr(modules, str(cfg["sdram_module"]))
+    banks = sim_banks(text)
+    if len(banks) != module.nbanks or len({d for _, d in banks}) != 1 \
+            or banks[0][1] % module.nrows:
+        raise DramGenError(f"the simulation core of {path.name} has bank memories {banks}, "
+                           f"not {module.nbanks} of {module.nrows} rows")
+    return DramCore(verilog=verilog, addr_bits=addr_bits, data_bytes=data_bits // 8, config=cfg,
+                    sim=True, banks=banks, row_words=banks[0][1] // module.nrows)
 
 
-def _run_generator(config, tmp, name):
+def _run_generator(config, tmp, name, sim=False):
     log = tmp / "litedram_gen.log"
     with open(log, "w") as f:
         rc = subprocess.run([sys.executable, "-m", "litedram.gen", str(config.resolve()),
-                             "--output-dir", str(tmp / "build"), "--name", name],
+                             "--output-dir", str(tmp / "build"), "--name", name]
+                            + (["--sim"] if sim else []),
                             cwd=tmp, stdout=f, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL).returncode
     if rc != 0:

@@ -85,6 +85,28 @@ def _check_sampling(args):
                          "waveform; Verilator and the other backends do not)")
 
 
+def _check_memory(args):
+    """--memory and --board, refused in one line before anything loads or builds."""
+    memory, board = getattr(args, "memory", "ideal"), getattr(args, "board", None)
+    if memory != "dram":
+        if board is not None:
+            raise UsageError("--board needs --memory dram (it names the DRAM to simulate)")
+        return
+    if args.backend != "fast":
+        raise UsageError(f"--memory dram needs --backend fast (the DRAM is co-simulated in "
+                         f"Verilator), not --backend {args.backend}")
+    from gpt2accel.boards.dram import BOARDS, DramConfigError, DramGenError, dram_bytes
+    if board is None:
+        raise UsageError(f"--memory dram needs --board ({', '.join(BOARDS)})")
+    if board not in BOARDS:
+        raise UsageError(f"--board {board!r}: no DRAM config for it (boards with one: "
+                         f"{', '.join(BOARDS)})")
+    try:
+        args.dram_bytes = dram_bytes(board)
+    except (DramConfigError, DramGenError) as e:
+        raise UsageError(f"--memory dram: {e}") from None
+
+
 def cmd_generate(args):
     from gpt2accel.model import progress
     from gpt2accel.model.checkpoint import load_config
@@ -95,6 +117,7 @@ def cmd_generate(args):
         raise UsageError("--port needs --backend serial")
     if args.backend == "serial" and not args.port:
         raise UsageError("--backend serial needs --port (e.g. /dev/ttyUSB0)")
+    _check_memory(args)
     batch = getattr(args, "batch", 1)
     if batch < 1:
         raise UsageError(f"--batch {batch}: must be 1 or more")
@@ -209,7 +232,29 @@ class _HardwareRun:
         backend = args.backend
         if args.vcd and backend != "pysim":
             raise UsageError("--vcd needs --backend pysim (the Amaranth simulator)")
-        if backend == "fast":
+        self.dram = getattr(args, "memory", "ideal") == "dram"
+        fast_kw = {}
+        if self.dram:
+            from gpt2accel.sim.host.driver import map_words
+            need = map_words(qmodel, cfg, batch=batch)
+            have = args.dram_bytes // cfg.engine.mem_bytes
+            if need > have:
+                raise UsageError(
+                    f"--board {args.board}: the memory image is {need * cfg.engine.mem_bytes:,}"
+                    f" bytes, larger than its DRAM of {args.dram_bytes:,} bytes")
+            fast_kw = {"memory": "dram", "board": args.board}
+        if backend == "fast" and self.dram:
+            from gpt2accel.sim.fast import FastBackendUnavailable
+            try:
+                be = make_backend("fast", **fast_kw)
+                be.open(cfg, 1)               # generates the core, builds or loads the model
+                if be.m.build_info["cached"]:
+                    progress.note(f"fast backend: the Verilated machine on {args.board}'s DRAM "
+                                  f"from the cache {be.m.path.parent}")
+                be.close()
+            except FastBackendUnavailable as e:
+                raise UsageError(f"--memory dram needs Verilator: {e}") from None
+        elif backend == "fast":
             from gpt2accel.sim.fast import FastBackendUnavailable
             try:
                 probe = make_backend("fast")
@@ -222,7 +267,7 @@ class _HardwareRun:
                 print(f"[fast backend unavailable ({e}); using the Amaranth simulator]",
                       file=sys.stderr)
                 backend = "pysim"
-        be, mem_words = backend, None
+        be, mem_words = (make_backend("fast", **fast_kw) if self.dram else backend), None
         if args.vcd:
             be = make_backend("pysim", vcd=args.vcd)
         if BACKENDS[backend].kind == "board":
@@ -232,6 +277,7 @@ class _HardwareRun:
         print(f"[machine {args.rows}x{args.cols} array, max_m {cfg.engine.max_m}, "
               f"{self.drv.mem_words:,} words of {cfg.engine.mem_bytes} bytes "
               f"(addr_bits {cfg.engine.addr_bits}); backend {backend}"
+              f"{f' on {args.board} DRAM (LiteDRAM PHY model)' if self.dram else ''}"
               f"{', checking every step against QuantGPT2' if args.check else ''}]",
               file=sys.stderr)
         self.drv.load()
@@ -266,6 +312,9 @@ class _HardwareRun:
             runs = self.drv.history[n0:]
             cyc = sum(r["cycles"] for r in runs)
             pred = sum(r["predicted_cycles"] for r in runs)
+            if self.dram:
+                return (f"{cyc:,} cycles on DRAM (ideal-memory cycle model {pred:,}, "
+                        f"{cyc / pred - 1:+.1%}); {_dram_line(runs)}{ok}")
             return f"{cyc:,} cycles (cycle model {pred:,}){ok}"
 
         if self.bar_total is None:
@@ -361,6 +410,25 @@ class _HardwareRun:
         print(f"(tokens/s: these cycles at the clocks of the board presets that hold the whole "
               f"machine, each below its measured Fmax; docs/performance.md \"Boards\"{other})",
               file=sys.stderr)
+        if self.dram:
+            for mode in ("prefill", "decode"):
+                h = [r for r in self.drv.history if r["mode"] == mode]
+                if h:
+                    toks = sum(r["T"] for r in h)
+                    cyc = sum(r["cycles"] for r in h)
+                    pred = sum(r["predicted_cycles"] for r in h)
+                    print(f"{mode} on {self.drv.backend.board}'s DRAM: {cyc / toks:,.0f} "
+                          f"cycles/token, the ideal-memory cycle model {pred / toks:,.0f} "
+                          f"({cyc / pred - 1:+.1%}); {_dram_line(h, toks)}", file=sys.stderr)
+
+
+def _dram_line(runs, per=None):
+    """The DRAM commands of `runs` (in total, or per token when `per` tokens ran)."""
+    tot = {k: sum(r["dram"][k] for r in runs) for k in runs[0]["dram"]}
+    f = (lambda n: f"{n / per:,.0f}") if per else (lambda n: f"{n:,}")
+    return (f"{'per token: ' if per else ''}{f(tot['ref'])} refreshes, {f(tot['act'])} row "
+            f"opens, {f(tot['pre'] + tot['ap'])} bank conflicts (a row closed for another), "
+            f"{f(tot['rd'])} read and {f(tot['wr'])} write bursts")
 
 
 def _board_clocks():
@@ -640,6 +708,15 @@ def build_parser():
                         "on the simulated machine, one program per step for all of them "
                         "(--backend pysim or fast; N at most the machine's max_m) "
                         "(default: %(default)s)")
+    p.add_argument("--memory", choices=("ideal", "dram"), default="ideal",
+                   help="--backend fast: the machine's memory, 'ideal' (a fixed latency, "
+                        "what the cycle model assumes) or 'dram' (--board's DRAM through its "
+                        "LiteDRAM controller and LiteDRAM's PHY model, co-simulated: refresh, "
+                        "row misses and bank conflicts cost their cycles) "
+                        "(default: %(default)s)")
+    p.add_argument("--board", default=None,
+                   help="--memory dram: the board whose DRAM and controller settings are "
+                        "simulated (ulx3s-85f: 32 MiB SDR; orangecrab-85f: 128 MiB DDR3L)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("quantise", help="quantise a GPT-2 into the integer golden model's file",

@@ -14,7 +14,10 @@ step's cycles over the batch).
 Image bytes: the memory map the case's program runs on, by region: weights
 (everything packed from the model), kv (the K/V caches of the context),
 buffers (activations, logits of the rows asked, token ids, attention
-scratch), and the program (its instruction words, which the host streams).
+scratch), and the program (its instruction words, which the host streams);
+beside them, the logits' part of the buffers and the bytes of the tied ``wte``'s
+second copy (`image_bytes`). The text report has a table of them per model,
+array and context.
 Utilisation: `driver.program_macs` (useful MACs: linear layers and the causal
 QKᵀ/PV products) over rows*cols*cycles. Bytes per token: compulsory memory
 traffic (every operand an instruction needs read once, every result written
@@ -125,10 +128,23 @@ def _contexts(text):
     return out
 
 
+#: the logits buffers (part of "buffers"): the head's raw and requantised rows
+LOGITS_REGIONS = ("logits_raw", "logits")
+
+
 def image_bytes(comp, words):
-    """The case's image by region (see the module docstring), and their total."""
+    """The case's image by region (see the module docstring), and their total; then,
+    not added to it, "logits" (the part of buffers the logits rows take) and
+    "wte_copy" (the tied ``wte`` as the LM head's weight tiles: GPT-2 ties the head to
+    the embedding, and the image holds the matrix twice, as embedding rows and as head
+    tiles; reading both from one copy would save these bytes)."""
     out = dict(comp.region_bytes(), program=len(words) * INSTR_BITS // 8)
     out["total"] = sum(out.values())
+    mb = comp.e.mem_bytes
+    out["logits"] = sum(comp.regions[n].words for n in LOGITS_REGIONS
+                        if n in comp.regions) * mb
+    head = comp.regions.get("lm_head.w")
+    out["wte_copy"] = head.words * mb if head is not None else 0
     return out
 
 
@@ -279,6 +295,22 @@ def format_text(result):
     lines.append(f"uJ/token: estimated energy of the counted events, parameters in block RAM; "
                  f"DRAM: the parameters read from DRAM; per-event energies from "
                  f"{result['energy_source']}")
+    images = {}
+    for c in result["cases"]:
+        if c.get("image_bytes") and c["mode"] == "decode" and c["batch"] == 1:
+            images[(c["model"], c["array"], c["context"])] = c["image_bytes"]
+    if images:
+        lines.append("")
+        lines.append("image bytes by region (one sequence, the last row's logits):")
+        lines.append(f"{'model':11} {'array':6} {'context':>7} {'weights':>13} {'kv':>12} "
+                     f"{'buffers':>12} {'(logits)':>11} {'program':>9} {'total':>13} "
+                     f"{'wte twice':>12}")
+        for (model, arr, ctx), im in images.items():
+            lines.append(f"{model:11} {arr:6} {ctx:7d} {im['weights']:13,} {im['kv']:12,} "
+                         f"{im['buffers']:12,} {im['logits']:11,} {im['program']:9,} "
+                         f"{im['total']:13,} {im['wte_copy']:12,}")
+        lines.append("wte twice: the tied embedding's second copy (the LM head's weight tiles), "
+                     "part of weights; one copy read by both would save it")
     for path in result.get("plots", []):
         lines.append(f"plot: {path}")
     return "\n".join(lines)

@@ -68,7 +68,7 @@ HARDWARE_BACKENDS = tuple(name for name, s in BACKENDS.items() if s.hardware)
 
 def make_backend(name, **kw):
     """The `Backend` of hardware backend `name`; `kw` go to its constructor (pysim:
-    vcd, ops; serial: port, baud; board-sim: cfg, mem_words)."""
+    vcd, ops; fast: memory, board; serial: port, baud; board-sim: cfg, mem_words)."""
     spec = BACKENDS.get(name)
     if spec is None or not spec.hardware:
         raise ValueError(f"unknown hardware backend {name!r} "

@@ -46,7 +46,7 @@ from gpt2accel.sim.host.backends import make_backend
 from gpt2accel.sim.host.compiler import CompileError, ModelCompiler
 from gpt2accel.sim.cycles.program import program_cycles
 
-__all__ = ["program_macs", "Backend", "PysimBackend", "FastBackend",
+__all__ = ["program_macs", "map_words", "Backend", "PysimBackend", "FastBackend",
            "HardwareError", "CheckError", "MachineSizeError", "Driver", "machine_config",
            "array_error",
            "MIN_ADDR_BITS", "PROGRESS_AFTER_S"]
@@ -132,10 +132,34 @@ class PysimBackend(Backend):
 
 class FastBackend(Backend):
     """The Verilated machine (`sim.fast`); raises `FastBackendUnavailable` in `open`
-    when Verilator or a C++ compiler is missing."""
+    when Verilator or a C++ compiler is missing.
+
+    `memory`: "ideal" (the memory model of sim/fast/harness.cpp, a fixed latency) or
+    "dram" (`board`'s DRAM through its LiteDRAM controller and PHY model,
+    `sim.fast.dram`; `board` is one of `boards.dram.BOARDS` or a LiteDRAM config file):
+    each run's status also has ``dram``, the controller's commands; a memory map
+    larger than the DRAM raises `MachineSizeError` in `open`."""
     name = "fast"
 
+    def __init__(self, memory="ideal", board=None):
+        if memory not in ("ideal", "dram"):
+            raise ValueError(f"memory={memory!r}: 'ideal' or 'dram'")
+        if (memory == "dram") != (board is not None):
+            raise ValueError("a board names the DRAM of memory='dram', and only of it")
+        self.memory, self.board = memory, board
+
     def open(self, cfg, mem_words):
+        if self.memory == "dram":
+            from gpt2accel.sim.fast.dram import DramMachine
+            self.m, self.words = DramMachine(cfg, self.board), mem_words
+            if mem_words > self.m.words:
+                words = self.m.words
+                self.m.close()
+                raise MachineSizeError(
+                    f"the memory image of {mem_words:,} words of {cfg.engine.mem_bytes} bytes "
+                    f"does not fit {self.board}'s DRAM of {words:,} words",
+                    mem_words, _need_bits(mem_words))
+            return
         from gpt2accel.sim.fast import FastMachine
         self.m = FastMachine(cfg, mem_words)
 
@@ -143,6 +167,8 @@ class FastBackend(Backend):
         self.m.load(image, addr)
 
     def dump(self, addr=0, n=None):
+        if n is None and self.memory == "dram":
+            n = self.words - addr       # the image, not the rest of the DRAM
         return self.m.dump(addr, n)
 
     def run(self, program):
@@ -274,6 +300,19 @@ def program_macs(ops):
 
 # ---------------------------------------------------------------- driver
 
+def _map_args(cfg, logits, context, batch):
+    return dict(logit_rows=cfg.engine.max_m if logits == "all" else batch, context=context,
+                batch=batch)
+
+
+def map_words(qmodel, cfg, *, logits="last", context=None, batch=1):
+    """Memory words of the map a `Driver` of these arguments loads (weights, buffers,
+    KV caches): what a memory must hold, known before any machine is built."""
+    return ModelCompiler(cfg, qmodel, cfg.engine.max_m, None,
+                         **_map_args(cfg, logits, context, batch)).end
+
+
+
 class Driver:
     """The whole `qmodel` on a machine of `cfg` behind `backend` (a name or `Backend`).
 
@@ -305,9 +344,8 @@ class Driver:
             raise ValueError(f"batch={batch}: outside 1..max_m {cfg.engine.max_m} (a batched "
                              f"step has one row per sequence)")
         self.batch = batch
-        self._map = dict(logit_rows=cfg.engine.max_m if logits == "all" else batch,
-                         context=self.context, batch=batch)
-        need = ModelCompiler(cfg, qmodel, cfg.engine.max_m, None, **self._map).end
+        self._map = _map_args(cfg, logits, self.context, batch)
+        need = map_words(qmodel, cfg, logits=logits, context=self.context, batch=batch)
         if mem_words is not None and mem_words < need:
             raise MachineSizeError(f"mem_words={mem_words:,}: the model's memory map needs "
                                    f"{need:,} words (None sizes the memory from the model)",

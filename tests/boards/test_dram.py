@@ -121,3 +121,23 @@ def test_the_native_port_is_read_from_the_verilog():
         D.native_port(ports.replace("rdata_valid", "rdata_vld"))
     with pytest.raises(D.DramGenError, match="inconsistent data widths 64/64/4"):
         D.native_port(ports.replace("[7:0]", "[3:0]"))
+
+
+@pytest.mark.parametrize("board, banks, depth, row_words, data_bytes", [
+    ("ulx3s-85f", 4, 8192 * 512, 512, 2),           # MT48LC16M16: 4 banks, 8192 rows of 512
+    ("orangecrab-85f", 8, 8192 * 128, 128, 16),     # MT41K64M16: 1024 columns, bursts of 8
+])
+def test_a_simulation_core_names_its_bank_memories(cache, board, banks, depth, row_words,
+                                                   data_bytes):
+    pytest.importorskip("liteeth")
+    core = D.generate_core(board, sim=True)
+    assert core.sim and core.data_bytes == data_bytes and core.row_words == row_words
+    assert [d for _, d in core.banks] == [depth] * banks
+    assert core.banks[0][0] == "mem" and core.banks[1][0] == "mem_1"
+    # the banks hold the whole DRAM, which the module's geometry gives without generating
+    assert banks * depth * data_bytes == core.size_bytes == D.dram_bytes(board)
+    # the PHY model instead of the board's PHY: no DRAM pins, a separate cache entry
+    text = core.verilog.read_text()
+    assert "SDRAMPHYModel" in text and "sdram_dq" not in text and "ddram_dq" not in text
+    assert core.verilog != D.generate_core(board).verilog
+    assert (core.verilog.parent / "csr.json").is_file()

@@ -58,7 +58,20 @@ def test_prefill_logits_and_image_regions():
     img = pre["image_bytes"]
     assert {k: img[k] for k in ("weights", "kv", "buffers")} == comp.region_bytes()
     assert img["program"] == len(comp.program(128, 0, "last")) * 64
-    assert img["total"] == sum(v for k, v in img.items() if k != "total")
+    parts = ("weights", "kv", "buffers", "program")
+    assert img["total"] == sum(img[k] for k in parts)
+    # beside the total: the logits' part of the buffers (one row of raw and requantised
+    # logits here, every row's when scoring) and the tied wte's second copy (the LM
+    # head's tiles: the embedding's 384 rows of 128 bytes, whole tiles of 8 columns)
+    mb = cfg.engine.mem_bytes
+    assert img["logits"] == (comp.regions["logits_raw"].words
+                             + comp.regions["logits"].words) * mb
+    assert score["image_bytes"]["logits"] == 128 * img["logits"]
+    assert img["wte_copy"] == comp.regions["lm_head.w"].words * mb >= q.wte.size
+    table = bench.format_text(result).split("image bytes by region")[1].splitlines()
+    row = next(ln for ln in table if ln.startswith("tiny") and ln.split()[2] == "128")
+    assert row.split()[3:] == [f"{img[k]:,}" for k in ("weights", "kv", "buffers", "logits",
+                                                       "program", "total", "wte_copy")]
     assert score["image_bytes"]["buffers"] > img["buffers"]
     assert score["image_bytes"]["weights"] == img["weights"]
     short = cases[(32, "decode")]
@@ -95,9 +108,13 @@ def test_unsupported_shapes_are_listed_once_with_the_reason(capsys):
     text = bench.format_text(result).splitlines()
     table = text[:text.index("not supported:")]
     assert len(table) == 6 and all("8x8" in line for line in table[1:])
-    assert text[text.index("not supported:") + 1:-1] == [
+    energy = next(i for i, line in enumerate(text) if line.startswith("uJ/token"))
+    assert text[text.index("not supported:") + 1:energy] == [
         f"  tiny on 2x2, because {bad[0]['error']}"]
-    assert "Horowitz" in text[-1] and "ISSCC 2014" in text[-1]
+    assert "Horowitz" in text[energy] and "ISSCC 2014" in text[energy]
+    # then the image by region, of the supported arrays only
+    images = text[text.index("image bytes by region (one sequence, the last row's logits):"):]
+    assert [line.split()[:2] for line in images if line.startswith("tiny")] == [["tiny", "8x8"]]
 
 
 @pytest.mark.parametrize("arrays, models, contexts, message", [
