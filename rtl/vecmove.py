@@ -50,13 +50,18 @@ from .layernorm import LayerNormUnit, setup_layout
 from .memport import MemPort, read_request_layout, read_response_layout, write_layout
 from .residual import EmbeddingAdd, RequantAdd
 
-__all__ = ["VectorMover", "vector_lanes", "NW"]
+__all__ = ["VectorMover", "vector_lanes", "NW", "START_CYCLES", "TOK_CYCLES", "REQ_CYCLES",
+           "WRITE_CYCLES"]
 
 #: operand word slots of a group, in request order: 0 src (x / gamma / table /
 #: EMBED's token ids), 1 and 2 the two words of LayerNorm beta (1 alone: RESADD's
 #: y, EMBED's wte row), 3 RESADD's q / EMBED's wte requantiser, 4 EMBED's wpe
 #: row, 5 EMBED's wpe requantiser
 NW = 6
+#: cycles from a request's issue to its being on the port (the request register)
+REQ_CYCLES = 1
+#: cycles from a unit's output beat to its write being on the port (the write register)
+WRITE_CYCLES = 1
 #: cycles from the token id being seen to the wte row address being registered
 TOK_CYCLES = 3
 #: cycles from a command's accept to the issuer's and assembler's first cycle
@@ -407,15 +412,22 @@ class _Reader(wiring.Component):
                 m.d.sync += [q_off.eq(tok_r % L), tok_ok.eq(1), tok_step.eq(0)]
         m.d.comb += [iw.wte_row.eq(em_c.wte_base + wte_prod), iw.wte_q.eq(em_c.wte_q_base + wte_qw)]
 
-        can = iw.running & (i_rem != 0) & ~tok_wait & (unanswered < MO)
+        # the request leaves from a register, loaded when it is empty or taken
+        req_v = Signal()
+        req_addr = Signal(A)
+        load = ~req_v | self.rd_req.ready
+        fire = iw.running & (i_rem != 0) & ~tok_wait & (unanswered < MO) & load
         sel = Signal(A)
         reg_of = (0, 1, 1, 2, 3, 4)
         m.d.comb += sel.eq(0)
         for w in range(NW):
             with m.If(i_low[w]):
                 m.d.comb += sel.eq(iw.addr[reg_of[w]])
-        m.d.comb += [self.rd_req.valid.eq(can), self.rd_req.payload.addr.eq(sel)]
-        fire = self.rd_req.valid & self.rd_req.ready
+        with m.If(fire):
+            m.d.sync += [req_v.eq(1), req_addr.eq(sel)]
+        with m.Elif(self.rd_req.ready):
+            m.d.sync += req_v.eq(0)
+        m.d.comb += [self.rd_req.valid.eq(req_v), self.rd_req.payload.addr.eq(req_addr)]
         m.d.sync += unanswered.eq(unanswered + fire - pop)
         with m.If(fire):
             m.d.comb += iw.issue.eq(i_low)
@@ -556,18 +568,28 @@ class _Writer(wiring.Component):
             for i in range(4):
                 with m.Case(i):
                     m.d.comb += [data_w.eq(packed << (8 * L * i)), strb.eq(bmask << (L * i))]
-        m.d.comb += [self.wr.payload.addr.eq(waddr), self.wr.payload.data.eq(data_w),
-                     self.wr.payload.strb.eq(strb)]
+        # the write leaves from a register, loaded when it is empty or taken;
+        # ``done`` follows the acceptance of the command's last write
+        wv, wlast = Signal(), Signal()
+        w_out = Signal(write_layout(e))
+        load = ~wv | self.wr.ready
+        m.d.comb += [self.wr.valid.eq(wv), self.wr.payload.eq(w_out),
+                     self.res.ready.eq(self.writing & ~wlast & load)]
+        take = self.res.valid & self.res.ready
         m.d.sync += self.done.eq(0)
-        m.d.comb += [self.wr.valid.eq(self.writing & self.res.valid),
-                     self.res.ready.eq(self.writing & self.wr.ready)]
-        with m.If(self.wr.valid & self.wr.ready):
+        with m.If(take):
+            m.d.sync += [wv.eq(1), w_out.addr.eq(waddr), w_out.data.eq(data_w), w_out.strb.eq(strb)]
+        with m.Elif(self.wr.ready):
+            m.d.sync += wv.eq(0)
+        with m.If(wv & self.wr.ready & wlast):
+            m.d.sync += [self.writing.eq(0), self.done.eq(1), wlast.eq(0)]
+        with m.If(take):
             with m.If(wg == ctx.prep.last_g):
                 nxt = row_base + ln_c.dst_stride
                 m.d.sync += [wg.eq(0), sub.eq(0), wr_r.eq(wr_r + 1), row_base.eq(nxt),
                              waddr.eq(nxt)]
                 with m.If(wr_r == rows - 1):
-                    m.d.sync += [self.writing.eq(0), self.done.eq(1)]
+                    m.d.sync += wlast.eq(1)
             with m.Else():
                 wrap = sub == Mux(wide, 1, 3)
                 m.d.sync += [wg.eq(wg + 1), sub.eq(Mux(wrap, 0, sub + 1))]

@@ -25,7 +25,8 @@ from gpt2accel.rtl.config import ceil_div
 from gpt2accel.rtl.gelu import GeluUnit, table_words
 from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd
 from gpt2accel.rtl.isa import VECTOR_OPS, Op, decode
-from gpt2accel.rtl.vecmove import START_CYCLES, TOK_CYCLES, vector_lanes
+from gpt2accel.rtl.vecmove import (REQ_CYCLES, START_CYCLES, TOK_CYCLES, WRITE_CYCLES,
+                                   vector_lanes)
 from gpt2accel.sim.cycles.attention import attention_cycles
 from gpt2accel.sim.cycles.matmul import matmul_cycles
 from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY
@@ -102,12 +103,13 @@ def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
                 t = max(t, p[i - MO] + 1)
             s.append(t)
             gt = t + 1
+            rv = t + REQ_CYCLES + latency          # the response's first cycle
             if k < len(ws) - 1:
-                pt = max(at, t + latency)
+                pt = max(at, rv)
                 if w == 0:
                     id_pop = pt
             else:
-                pt = c = max(at, t + latency, x_prev)
+                pt = c = max(at, rv, x_prev)
             p.append(pt)
             at = pt + 1
         if not ws:
@@ -133,7 +135,7 @@ def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
         lat = {Op.GELU: GeluUnit.latency, Op.EMBED: EmbeddingAdd.latency}.get(
             op, RequantAdd.latency)
         last_write = last_x + lat
-    return last_write + 1
+    return last_write + WRITE_CYCLES + 1
 
 
 def unit_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):

@@ -24,7 +24,7 @@ R = 12          # residual width: saturation is reachable from int16 storage
 
 def _cfg(cols, mem_bytes, max_outstanding=8):
     return AttentionConfig(engine=EngineConfig(rows=2, cols=cols, mem_bytes=mem_bytes,
-                                               max_k=64, max_m=8, max_n=256, addr_bits=14,
+                                               max_k=128, max_m=8, max_n=256, addr_bits=14,
                                                max_outstanding=max_outstanding),
                            tile=4, lanes=1, norm_lanes=1, max_d_head=8, max_seq=16)
 
