@@ -610,12 +610,14 @@ class VectorMover(wiring.Component):
     """
 
     def __init__(self, cfg: AttentionConfig, resid_bits=16):
+        mb = cfg.engine.mem_bytes
+        if not 4 <= resid_bits <= 16 or mb < BETA_BYTES or mb % 4:
+            self._MustUse__silence = True   # never elaborated: no "unused" warning
         if not 4 <= resid_bits <= 16:
             raise ValueError(f"resid_bits must be in 4..16 (int16 residual rows), got {resid_bits}")
-        mb = cfg.engine.mem_bytes
         if mb < BETA_BYTES or mb % 4:
-            raise ValueError(f"the vector mover takes one int32 per lane from a word and LayerNorm "
-                             f"beta (int64) in whole words: mem_bytes must be a multiple of 4 and "
+            raise ValueError(f"the vector mover reads LayerNorm beta as one int64 per word and one "
+                             f"int32 per lane: mem_bytes must be a multiple of 4 and "
                              f">= {BETA_BYTES}, got {mb}")
         self.cfg, self.resid_bits = cfg, resid_bits
         self.lanes = vector_lanes(mb)

@@ -164,6 +164,8 @@ def test_cycles_equal_the_model(cols, mem_bytes, mo, seed):
     assert cycles == want, f"RTL {cycles}, model {want} (GPT2ACCEL_SEED={seed})"
 
 
-def test_refuses_words_it_cannot_split():
-    with pytest.raises(ValueError, match="multiple of 4"):
-        VectorMover(_cfg(3, 6))
+def test_refuses_words_too_narrow_for_beta():
+    with pytest.raises(ValueError, match="mem_bytes must be a multiple of 4 and >= 8, got 4"):
+        VectorMover(_cfg(2, 4))
+    with pytest.raises(ValueError, match="resid_bits"):
+        VectorMover(_cfg(4, 8), resid_bits=17)
