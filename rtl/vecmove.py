@@ -347,7 +347,9 @@ class _Reader(wiring.Component):
         m.d.comb += resp.ready.eq(aw.running & (a_rem != 0) & (~final | out_free))
         pop = resp.valid & resp.ready
         complete = aw.running & Mux(a_rem == 0, out_free, pop & final)
-        cur = [Mux(pop & a_low[w], resp.payload.data, words[w]) for w in range(NW)]
+        cur = [Signal(8 * MB, name=f"cur{w}") for w in range(NW)]   # with the bypass
+        m.d.comb += [cur[w].eq(Mux(pop & a_low[w], resp.payload.data, words[w]))
+                     for w in range(NW)]
         with m.If(pop):
             m.d.sync += taken.eq(taken | a_low)
             for w in range(NW):
@@ -358,24 +360,17 @@ class _Reader(wiring.Component):
         qi0 = Signal(2)
         m.d.comb += qi0.eq(Mux(~aw.phase, Mux(is_["ln"], aw.sub[0] << 1, 0),
                                Mux(is_["ge"], aw.sub[0], aw.sub[0] << 1)))
-        c0 = Signal(8 * MB)
-        c1w = Signal(8 * MB)
-        c4 = Signal(8 * MB)
-        m.d.comb += [c0.eq(cur[0]), c1w.eq(cur[1]), c4.eq(cur[4])]
-        f0 = _quarter(m, c0, qi0, "f0")
-        f1 = _quarter(m, c1w, aw.sub[1], "f1")
-        f3 = _quarter(m, c4, aw.sub[3], "f3")
+        f0 = _quarter(m, cur[0], qi0, "f0")
+        f1 = _quarter(m, cur[1], aw.sub[1], "f1")
+        f3 = _quarter(m, cur[4], aw.sub[3], "f3")
         q_off = Signal(range(L))                  # EMBED: the wte requantiser's lane
-        c3 = Signal(8 * MB)
-        c5 = Signal(8 * MB)
-        m.d.comb += [c3.eq(cur[3]), c5.eq(cur[5])]
         with m.If(complete):
             m.d.sync += [out_v.eq(1), taken.eq(0),
                          out.row.eq(aw.phase), out.grp.eq(aw.g), out.last.eq(aw.end_g),
                          out.s0.eq(f0),
                          out.s1.eq(Mux(~aw.phase, Cat(cur[1], cur[2]), Mux(is_["em"], f1, cur[1]))),
-                         out.s2.eq(Mux(is_["em"], c3.word_select(q_off, 32), cur[3])),
-                         out.s3.eq(f3), out.s4.eq(c5.word_select(aw.pq_sub, 32))]
+                         out.s2.eq(Mux(is_["em"], cur[3].word_select(q_off, 32), cur[3])),
+                         out.s3.eq(f3), out.s4.eq(cur[5].word_select(aw.pq_sub, 32))]
         with m.Elif(self.elem.ready):
             m.d.sync += out_v.eq(0)
         m.d.comb += [self.elem.valid.eq(out_v), self.elem.payload.eq(out), aw.adv.eq(complete)]
