@@ -2,60 +2,81 @@
 
 The vector units (`GeluUnit`, `LayerNormUnit`, `RequantAdd`, `EmbeddingAdd`) are stream
 units without memory access. `VectorMover` runs one vector instruction
-(`isa.vector_layouts`) on one-lane instances of them:
+(`isa.vector_layouts`) on `lanes`-wide instances of them, ``lanes = mem_bytes / 4``:
 
 ```
- reader: per element, all operand slots checked at once: all cached -> the
-         element goes to the unit that cycle; else the lowest missing slot's
-         word is read (rd_req -> rd_resp) (GELU table / LN setup+params first)
- unit:   GeluUnit(1) | LayerNormUnit(1) | RequantAdd(1) | EmbeddingAdd(1)
- writer: unit output beat -> strobed write of the element's bytes (own counters)
+ issuer:    walks the element groups (lanes columns each) and requests each
+            operand word a group starts, up to max_outstanding in flight
+ assembler: walks the same groups, takes the responses in order into one
+            register per operand word slot, and hands a group to the unit
+            once its words are in (GELU table words / LayerNorm setup+params first)
+ unit:      GeluUnit(lanes) | LayerNormUnit(lanes) | RequantAdd(lanes) | EmbeddingAdd(lanes)
+ writer:    one strobed write per unit output beat (own counters)
 ```
 
-Each block is a component of its own: `_Reader` (with its `_SlotMap` and
-`_OperandCache`), `_UnitMux` (steers the reader's elements to the unit the
-opcode names and the unit's output to the writer; the units sit in
-`VectorMover` itself) and `_Writer`; `VectorMover` only instantiates and
-connects them.
+Why ``mem_bytes / 4`` lanes: a group then takes exactly one word of the widest
+streamed operand (RESADD's int32 y and its uint32 per-column requantisers), a
+half word of an int16 operand and a quarter of an int8 one, so a group never
+straddles a word, a slot's field is one of at most four fixed quarters of its
+word (no barrel shift), and one beat writes a half (int16) or a quarter (int8)
+word. The units then take one group per cycle; the port delivers one word per
+cycle, so an instruction costs about max(groups, words read) cycles.
+
+Each block is a component of its own: `_Walker` (the group cursor, its operand
+words and, for the issuer, their addresses; the issuer and the assembler each
+have one), `_Reader` (accepts the command, the issuer and the assembler),
+`_UnitMux` (steers the assembler's groups to the unit the opcode names and the
+unit's output to the writer; the units sit in `VectorMover` itself) and
+`_Writer`; `VectorMover` only instantiates and connects them.
+
+Addresses advance by strides and by one word per word read: no runtime
+multiply sits in an address path (EMBED's wte row, ``token * wte_stride``, is
+a registered multiply the issuer waits three cycles for, once per row).
 
 Reader and writer are independent state machines on the two directions of
 the port (reads and writes are separate channels), because LayerNorm emits
-a row only after taking all of it. Each operand slot caches the last word it
-read, so a word is read once per element group it holds (no re-reads while
-a row walks through it). In-place RESADD (dst = src) is safe: the writer
-only writes an element after the reader has taken it, and a cached word is
-only used for elements not yet written.
-
-One lane: one element per cycle while its words are cached, plus L + 1
-cycles per word read (no read-ahead); far below the units' rate with
-more lanes (docs/architecture.md, Machine).
+a row only after taking all of it. In-place RESADD (dst = src) is safe: the
+writer writes a word only after the assembler has received it (its groups
+were handed to the unit after that), and the issuer never reads a word twice.
 """
 from amaranth.hdl import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .attention_config import AttentionConfig
-from .gelu import GeluUnit, TABLE_SIZE
-from .isa import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES, RESID_BYTES, Op,
-                  cfg_max_vector_n, vector_layouts)
+from .gelu import GeluUnit, TABLE_SIZE, table_words
+from .isa import BETA_BYTES, Q_BYTES, Op, cfg_max_vector_n, vector_layouts
 from .layernorm import LayerNormUnit, setup_layout
 from .memport import MemPort, read_request_layout, read_response_layout, write_layout
 from .residual import EmbeddingAdd, RequantAdd
 
-__all__ = ["VectorMover"]
+__all__ = ["VectorMover", "vector_lanes", "NW", "START_CYCLES", "TOK_CYCLES", "REQ_CYCLES",
+           "WRITE_CYCLES"]
 
-#: operand slots of an element (EMBED uses all five)
-_NS = 5
-#: bytes of each slot's element the units can take (slot 0 also holds EMBED's token id)
-_SLOT_BYTES = (Q_BYTES, BETA_BYTES, Q_BYTES, ACT_BYTES, Q_BYTES)
+#: operand word slots of a group, in request order: 0 src (x / gamma / table /
+#: EMBED's token ids), 1 and 2 the two words of LayerNorm beta (1 alone: RESADD's
+#: y, EMBED's wte row), 3 RESADD's q / EMBED's wte requantiser, 4 EMBED's wpe
+#: row, 5 EMBED's wpe requantiser
+NW = 6
+#: cycles from a request's issue to its being on the port (the request register)
+REQ_CYCLES = 1
+#: cycles from a unit's output beat to its write being on the port (the write register)
+WRITE_CYCLES = 1
+#: cycles from the token id being seen to the wte row address being registered
+TOK_CYCLES = 3
+#: cycles from a command's accept to the issuer's and assembler's first cycle
+#: (two prepare cycles: the products and quotients the walkers start from, then
+#: the walkers' init)
+START_CYCLES = 4
+
+
+def vector_lanes(mem_bytes):
+    """Lanes of the vector units: one int32 per lane in one memory word."""
+    return mem_bytes // 4
 
 
 def _command_layout(body_bits):
     return data.StructLayout({"op": unsigned(4), "body": unsigned(body_bits)})
-
-
-def _col_shape(c):
-    return range(max(TABLE_SIZE, cfg_max_vector_n(c)) + 1)
 
 
 def _decode(op):
@@ -69,191 +90,171 @@ def _views(layouts, body):
     return {o: lay(body[:lay.size]) for o, lay in layouts.items()}
 
 
+def _groups_shape(c):
+    L = vector_lanes(c.engine.mem_bytes)
+    return range(max(table_words(c.engine.mem_bytes), -(-cfg_max_vector_n(c) // L)) + 1)
+
+
+def _prep_layout(c):
+    """What the prepare cycles derive from a command: the last group of a row,
+    the lanes of a row's last group, the first wpe row and wpe requantiser word
+    (EMBED) and the requantiser's 4-byte lane in it."""
+    e = c.engine
+    L = vector_lanes(e.mem_bytes)
+    return data.StructLayout({"last_g": _groups_shape(c), "last_mask": unsigned(L),
+                              "wpe_row": unsigned(e.addr_bits), "pq_addr": unsigned(e.addr_bits),
+                              "pq_sub": range(L)})
+
+
 class _Context(wiring.Signature):
     """The reader accepts commands; the other blocks read the running one from
-    it: ``start`` (the accept pulse, with ``new``, the command being accepted)
-    and ``op``/``body``, held until the next."""
+    it: ``start`` (the accept pulse, with ``new``, the command being accepted),
+    ``op``/``body``, held until the next, and ``prep``, valid from the
+    walkers' ``init``."""
 
-    def __init__(self, body_bits):
+    def __init__(self, c, body_bits):
         super().__init__({"start": Out(1), "new": Out(_command_layout(body_bits)),
-                          "op": Out(4), "body": Out(body_bits)})
+                          "op": Out(4), "body": Out(body_bits), "prep": Out(_prep_layout(c))})
 
 
 def _element_layout(c):
-    """One element for a unit: each operand slot's bytes at the element's offset,
-    its column, whether it ends a row, and whether it is a row element (else a
-    GELU table entry or a LayerNorm parameter)."""
-    return data.StructLayout({"row": 1, "col": _col_shape(c), "last": 1,
-                              **{f"s{s}": unsigned(8 * b) for s, b in enumerate(_SLOT_BYTES)}})
+    """One group for a unit: each slot's field (s0: x, gamma or a table word;
+    s1: beta, y or the wte row; s2: q or the wte requantiser; s3: the wpe row;
+    s4: the wpe requantiser), the group's index, whether it ends a row, and
+    whether it is a row group (else a GELU table word or LayerNorm parameters)."""
+    MB = c.engine.mem_bytes
+    L = vector_lanes(MB)
+    return data.StructLayout({"row": 1, "grp": _groups_shape(c), "last": 1,
+                              "s0": unsigned(8 * MB), "s1": unsigned(16 * MB),
+                              "s2": unsigned(8 * MB), "s3": unsigned(8 * L), "s4": unsigned(32)})
 
 
-class _Slots(wiring.Signature):
-    """Each operand slot's word address and byte offset for the current element,
-    and the slots it needs now (``want``)."""
-
-    def __init__(self, e):
-        super().__init__({"addr": Out(e.addr_bits).array(_NS),
-                          "off": Out(range(e.mem_bytes)).array(_NS), "want": Out(_NS)})
-
-
-class _OperandCache(wiring.Component):
-    """The last word read for each operand slot. A slot hits when it holds the
-    word at the slot's current address; the lowest missing slot among
-    ``want`` is the one to read (``req_addr``). ``request`` (the read was
-    accepted) remembers that slot, ``fill`` stores its word."""
-
-    def __init__(self, c):
-        e = c.engine
-        super().__init__({
-            "slots": In(_Slots(e)),
-            "clear": In(1), "request": In(1), "fill": In(1), "data": In(8 * e.mem_bytes),
-            "missing": Out(1), "req_addr": Out(e.addr_bits),
-            "field": Out(64).array(_NS),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        addr, off, want = self.slots.addr, self.slots.off, self.slots.want
-        slot = Signal(range(_NS))
-        cache_ok = Signal(_NS)
-        cache_addr = [Signal.like(addr[s], name=f"cache_addr{s}") for s in range(_NS)]
-        cache_word = [Signal.like(self.data, name=f"cache_word{s}") for s in range(_NS)]
-        for s in range(_NS):
-            m.d.comb += self.field[s].eq((cache_word[s] >> (off[s] * 8))[:8 * _SLOT_BYTES[s]])
-        cur_addr = Signal.like(self.req_addr)      # address of the slot being filled
-        with m.Switch(slot):
-            for s in range(_NS):
-                with m.Case(s):
-                    m.d.comb += cur_addr.eq(addr[s])
-        miss = Signal(_NS)
-        first_miss = Signal(range(_NS))
-        m.d.comb += [miss.eq(want & ~Cat(*[cache_ok[s] & (cache_addr[s] == addr[s])
-                                                for s in range(_NS)])),
-                     self.missing.eq(miss != 0)]
-        for s in reversed(range(_NS)):
-            with m.If(miss[s]):
-                m.d.comb += first_miss.eq(s)
-        with m.Switch(first_miss):
-            for s in range(_NS):
-                with m.Case(s):
-                    m.d.comb += self.req_addr.eq(addr[s])
-        with m.If(self.clear):
-            m.d.sync += [slot.eq(0), cache_ok.eq(0)]
-        with m.If(self.request):
-            m.d.sync += slot.eq(first_miss)
-        with m.If(self.fill):
-            with m.Switch(slot):
-                for s in range(_NS):
-                    with m.Case(s):
-                        m.d.sync += [cache_word[s].eq(self.data),
-                                     cache_addr[s].eq(cur_addr), cache_ok[s].eq(1)]
-        return m
+def _quarter(m, word, qi, name):
+    """`word` from its quarter `qi` (0..3) on: a 4:1 mux of fixed shifts."""
+    out = Signal(len(word), name=name)
+    q = len(word) // 4
+    with m.Switch(qi):
+        for i in range(4):
+            with m.Case(i):
+                m.d.comb += out.eq(word[i * q:])
+    return out
 
 
-class _SlotMap(wiring.Component):
-    """Where each operand slot's word of the current element is (phase,
-    opcode, row ``r``, column ``col``), from row start registers advanced on
-    ``next_row``. EMBED's token id (slot 0, ``tok_id``) selects the wte row,
-    registered on ``tok_load`` while ``tok_wait`` holds slots 1 and 2 back."""
+class _Walker(wiring.Component):
+    """A cursor over an instruction's groups (phase 0: GELU table words or
+    LayerNorm parameters; phase 1: the rows) and the operand words each group
+    starts (``need``, one bit per word slot). ``adv`` moves to the next group,
+    ``issue`` (one-hot) advances a slot's word address (the issuer's walker;
+    the assembler's ignores its addresses). ``tok_set`` loads EMBED's wte row
+    and requantiser addresses for the current row."""
 
     def __init__(self, c, body_bits):
         self.cfg, self.layouts = c, vector_layouts(c)
         e = c.engine
+        L = vector_lanes(e.mem_bytes)
+        A = e.addr_bits
         super().__init__({
-            "ctx": In(_Context(body_bits)),
-            "phase": In(1), "col": In(_col_shape(c)), "r": In(range(e.max_m + 1)),
-            "next_row": In(1), "tok_id": In(8 * Q_BYTES), "tok_load": In(1),
-            "tok_wait": Out(1),
-            "slots": Out(_Slots(e)),
+            "ctx": In(_Context(c, body_bits)),
+            "init": In(1), "adv": In(1), "issue": In(NW),
+            "tok_set": In(1), "wte_row": In(A), "wte_q": In(A),
+            "running": Out(1), "phase": Out(1), "r": Out(range(e.max_m + 1)),
+            "g": Out(_groups_shape(c)), "end_g": Out(1), "end_all": Out(1),
+            "need": Out(NW), "sub": Out(range(4)).array(4), "id_sub": Out(range(L)),
+            "pq_sub": Out(range(L)), "addr": Out(A).array(5),
         })
 
     def elaborate(self, platform):
         m = Module()
-        e, ctx = self.cfg.engine, self.ctx
-        MB = e.mem_bytes
+        c, e, ctx = self.cfg, self.cfg.engine, self.ctx
+        L = vector_lanes(e.mem_bytes)
         views = _views(self.layouts, ctx.body)
-        ln_c, ge_c, ad_c = views[Op.LAYERNORM], views[Op.GELU], views[Op.RESADD]
-        em_c = views[Op.EMBED]
+        ln_c, ge_c, ad_c, em_c = (views[o] for o in (Op.LAYERNORM, Op.GELU, Op.RESADD, Op.EMBED))
         is_ = _decode(ctx.op)
-        phase, col, r, tok_id = self.phase, self.col, self.r, self.tok_id
-        # Row start addresses live in registers, advanced by their stride when the row
-        # advances: base + row * stride computed anew each cycle put a multiplier in
-        # front of the cache compare, the read request and the unit handshakes (the
-        # machine's ECP5 critical path after the requantiser's). EMBED's wte row
-        # depends on the token id read from memory: it is registered in one extra
-        # cycle per row (`tok_ok`) once the id's word is cached.
+        prep = ctx.prep
+        phase, r, g, sub, addr = self.phase, self.r, self.g, self.sub, self.addr
+        id_sub, pq_sub = self.id_sub, self.pq_sub
         A = e.addr_bits
         src_row, y_row, wpe_row = (Signal(A, name=f"{n}_row") for n in ("src", "y", "wpe"))
-        tok_ok = Signal()
-        wte_row, wte_q_addr = Signal(A), Signal(A)
-        wte_q_off = Signal(range(MB))
 
-        def elem_addr(row_base, size):
-            byte = col * size
-            return row_base + byte // MB, byte % MB
-
-        # per slot (address, byte offset, used) in the current phase
-        a_g, o_g = elem_addr(ln_c.gamma_base, GAMMA_BYTES)
-        a_b, o_b = elem_addr(ln_c.beta_base, BETA_BYTES)
-        a_t, o_t = elem_addr(ge_c.table_base, ACT_BYTES)
-        a_x16, o_x16 = elem_addr(src_row, RESID_BYTES)
-        a_x8, o_x8 = elem_addr(src_row, ACT_BYTES)
-        a_y, o_y = elem_addr(y_row, RAW_BYTES)
-        a_q, o_q = elem_addr(ad_c.q_base, Q_BYTES)
-        # EMBED: the token id (slot 0) selects the wte row (slots 1, 2)
-        pos = em_c.pos0 + r
-        a_id, o_id = em_c.src_base + (r * Q_BYTES) // MB, (r * Q_BYTES) % MB
-        slot_addr, slot_off = self.slots.addr, self.slots.off
-        slot_used = Signal(_NS)
+        # groups per word of slots 0, 1 and 3 (the streamed ones), less one
+        TW1 = table_words(e.mem_bytes) - 1
+        wrap0 = Signal(2)
+        m.d.comb += wrap0.eq(Mux(~phase, Mux(is_["ln"], 1, 0), Mux(is_["ge"], 3, 1)))
+        last_g = Mux(~phase & is_["ge"], TW1, prep.last_g)
+        first = g == 0
+        m.d.comb += [self.end_g.eq(g == last_g),
+                     self.end_all.eq(self.end_g & phase & (r == ln_c.rows - 1))]
+        need = self.need
         with m.If(~phase):
-            with m.If(is_["ln"]):
-                m.d.comb += [slot_addr[0].eq(a_g), slot_off[0].eq(o_g),
-                             slot_addr[1].eq(a_b), slot_off[1].eq(o_b), slot_used.eq(0b011)]
-            with m.Elif(is_["ge"]):
-                m.d.comb += [slot_addr[0].eq(a_t), slot_off[0].eq(o_t), slot_used.eq(0b001)]
+            m.d.comb += need.eq(Mux(is_["ln"], Cat(sub[0] == 0, 1, 1), 1))
+        with m.Elif(is_["em"]):
+            m.d.comb += need.eq(Cat(first & (id_sub == 0), sub[1] == 0, 0, first,
+                                    sub[3] == 0, first))
+        with m.Elif(is_["ad"]):
+            m.d.comb += need.eq(Cat(~is_["rq"] & (sub[0] == 0), 1, 0, 1))
         with m.Else():
-            with m.If(is_["ge"]):
-                m.d.comb += [slot_addr[0].eq(a_x8), slot_off[0].eq(o_x8), slot_used.eq(0b001)]
+            m.d.comb += need.eq(sub[0] == 0)
+
+        # each streamed slot's word address advances by one per word issued
+        # (beta's two words both come from slot 1's register); the wpe
+        # requantiser's advances with the position instead
+        reg_of = (0, 1, 1, 2, 3, 4)
+        for s in range(4):
+            with m.If(sum(self.issue[w] for w in range(NW) if reg_of[w] == s) != 0):
+                m.d.sync += addr[s].eq(addr[s] + 1)
+
+        with m.If(self.tok_set):
+            m.d.sync += [addr[1].eq(self.wte_row), addr[2].eq(self.wte_q)]
+
+        with m.If(self.adv & self.running):
+            with m.If(~self.end_g):
+                m.d.sync += [g.eq(g + 1), sub[0].eq(Mux(sub[0] == wrap0, 0, sub[0] + 1)),
+                             sub[1].eq(sub[1] + 1), sub[3].eq(sub[3] + 1)]
             with m.Else():
-                m.d.comb += [slot_addr[0].eq(a_x16), slot_off[0].eq(o_x16), slot_used.eq(0b001)]
-            with m.If(is_["ad"]):
-                m.d.comb += [slot_addr[1].eq(a_y), slot_off[1].eq(o_y),
-                             slot_addr[2].eq(a_q), slot_off[2].eq(o_q),
-                             slot_used.eq(Mux(is_["rq"], 0b00110, 0b00111))]
-            with m.If(is_["em"]):
-                m.d.comb += [slot_addr[0].eq(a_id), slot_off[0].eq(o_id),
-                             slot_addr[1].eq(wte_row + col // MB),
-                             slot_off[1].eq(col % MB),
-                             slot_addr[2].eq(wte_q_addr), slot_off[2].eq(wte_q_off),
-                             slot_addr[3].eq(wpe_row + col // MB),
-                             slot_off[3].eq(col % MB),
-                             slot_addr[4].eq(em_c.wpe_q_base + (pos * Q_BYTES) // MB),
-                             slot_off[4].eq((pos * Q_BYTES) % MB),
-                             slot_used.eq(0b11111)]
-        tok_wait = self.tok_wait
-        m.d.comb += [tok_wait.eq(is_["em"] & phase & ~tok_ok),  # wte row not registered yet
-                     self.slots.want.eq(Mux(tok_wait, slot_used & 1, slot_used))]
-        with m.If(ctx.start):
-            new = _views(self.layouts, ctx.new.body)
-            n_ln, n_ad, n_em = new[Op.LAYERNORM], new[Op.RESADD], new[Op.EMBED]
-            m.d.sync += [src_row.eq(n_ln.src_base), y_row.eq(n_ad.y_base),
-                         wpe_row.eq(n_em.wpe_base + n_em.pos0 * n_em.wpe_stride),
-                         tok_ok.eq(0)]
-        with m.If(self.tok_load):
-            m.d.sync += [wte_row.eq(em_c.wte_base + tok_id * em_c.wte_stride),
-                         wte_q_addr.eq(em_c.wte_q_base + (tok_id * Q_BYTES) // MB),
-                         wte_q_off.eq((tok_id * Q_BYTES) % MB), tok_ok.eq(1)]
-        with m.If(self.next_row):
-            m.d.sync += [tok_ok.eq(0), src_row.eq(src_row + ln_c.src_stride),
-                         y_row.eq(y_row + ad_c.y_stride),
-                         wpe_row.eq(wpe_row + em_c.wpe_stride)]
+                m.d.sync += [g.eq(0), sub[0].eq(0), sub[1].eq(0), sub[3].eq(0)]
+                with m.If(~phase):
+                    # LayerNorm / GELU: the rows after the parameters or the table
+                    m.d.sync += [phase.eq(1), addr[0].eq(src_row)]
+                with m.Else():
+                    nxt_src = src_row + ln_c.src_stride
+                    nxt_y = y_row + ad_c.y_stride
+                    nxt_wpe = wpe_row + em_c.wpe_stride
+                    m.d.sync += [r.eq(r + 1), src_row.eq(nxt_src), y_row.eq(nxt_y),
+                                 wpe_row.eq(nxt_wpe), addr[3].eq(nxt_wpe),
+                                 id_sub.eq(Mux(id_sub == L - 1, 0, id_sub + 1)),
+                                 pq_sub.eq(Mux(pq_sub == L - 1, 0, pq_sub + 1))]
+                    with m.If(pq_sub == L - 1):
+                        m.d.sync += addr[4].eq(addr[4] + 1)
+                    with m.If(~is_["em"]):
+                        m.d.sync += [addr[0].eq(nxt_src), addr[1].eq(nxt_y),
+                                     addr[2].eq(ad_c.q_base)]
+                    with m.If(self.end_all):
+                        m.d.sync += self.running.eq(0)
+
+        with m.If(self.init):
+            m.d.sync += [self.running.eq(1), phase.eq(~(is_["ln"] | is_["ge"])), r.eq(0),
+                         g.eq(0), *(s.eq(0) for s in sub), id_sub.eq(0),
+                         pq_sub.eq(prep.pq_sub),
+                         src_row.eq(ln_c.src_base), y_row.eq(ad_c.y_base),
+                         wpe_row.eq(prep.wpe_row),
+                         addr[0].eq(Mux(is_["ln"], ln_c.gamma_base,
+                                        Mux(is_["ge"], ge_c.table_base, ln_c.src_base))),
+                         addr[1].eq(Mux(is_["ln"], ln_c.beta_base, ad_c.y_base)),
+                         addr[2].eq(ad_c.q_base), addr[3].eq(prep.wpe_row),
+                         addr[4].eq(prep.pq_addr)]
         return m
 
 
+def _lowest(m, bits, name):
+    """One-hot lowest set bit of `bits`."""
+    low = Signal(len(bits), name=name)
+    m.d.comb += low.eq(bits & (~bits + 1))
+    return low
+
+
 class _Reader(wiring.Component):
-    """Accepts a command and walks its elements (GELU table / LayerNorm setup
-    and parameters first, then the rows), reading each operand word it lacks
-    and handing out an element once all its slots hold their words.
+    """Accepts a command, prepares it, and runs the issuer (read requests) and
+    the assembler (responses -> groups for the units) over its groups.
     ``writing`` (the writer has not finished the previous command) holds the
     next command back."""
 
@@ -262,7 +263,7 @@ class _Reader(wiring.Component):
         e = c.engine
         super().__init__({
             "cmd": In(stream.Signature(_command_layout(body_bits))),
-            "ctx": Out(_Context(body_bits)),
+            "ctx": Out(_Context(c, body_bits)),
             "writing": In(1),
             "busy": Out(1),
             "rd_req": Out(stream.Signature(read_request_layout(e))),
@@ -274,124 +275,215 @@ class _Reader(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c, e, ctx = self.cfg, self.cfg.engine, self.ctx
-        ln_c = _views(self.layouts, ctx.body)[Op.LAYERNORM]
+        MB, A = e.mem_bytes, e.addr_bits
+        L = vector_lanes(MB)
+        views = _views(self.layouts, ctx.body)
+        ln_c, em_c = views[Op.LAYERNORM], views[Op.EMBED]
         is_ = _decode(ctx.op)
-        rows, n = ln_c.rows, ln_c.n    # the common fields sit at the same offsets in every body
 
-        # phase: 0 setup/table/params, 1 rows
-        phase = Signal()
-        r = Signal(range(e.max_m + 1))
-        col = Signal(_col_shape(c))
+        m.submodules.iw = iw = _Walker(c, self.body_bits)     # the issuer's
+        m.submodules.aw = aw = _Walker(c, self.body_bits)     # the assembler's
+        wiring.connect(m, self.ctx, iw.ctx, aw.ctx)
 
-        # all operand slots are checked at once: the element is emitted in the first
-        # cycle in which every used slot holds its word; otherwise the lowest
-        # missing slot is requested
-        m.submodules.slots = slots = _SlotMap(c, self.body_bits)
-        m.submodules.cache = cache = _OperandCache(c)
-        wiring.connect(m, self.ctx, slots.ctx)
-        wiring.connect(m, slots.slots, cache.slots)
-        m.d.comb += [slots.phase.eq(phase), slots.col.eq(col), slots.r.eq(r),
-                     slots.tok_id.eq(cache.field[0][:8 * Q_BYTES])]
-        last_col = col == n - 1
-        elem = self.elem.payload
-        m.d.comb += [cache.data.eq(self.rd_resp.payload.data),
-                     self.rd_req.payload.addr.eq(cache.req_addr),
-                     elem.row.eq(phase), elem.col.eq(col), elem.last.eq(last_col),
-                     *(elem[f"s{s}"].eq(cache.field[s]) for s in range(_NS)),
-                     self.setup.payload.n.eq(n), self.setup.payload.out_shift.eq(ln_c.out_shift),
-                     self.setup.payload.eps_m.eq(ln_c.eps_m),
-                     self.setup.payload.eps_e.eq(ln_c.eps_e)]
-        pre_n = Mux(is_["ge"], TABLE_SIZE, n)
-
+        # prepare: cycle 1 registers the products and quotients of the command's
+        # fields, cycle 2 the sums; the walkers start from them (init, cycle 3)
+        prep = ctx.prep
+        wpe_prod = Signal(A)
+        pos_w = Signal(A)
+        n_m1 = Signal.like(ln_c.n)
+        init = Signal()
         busy = self.busy
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(~self.writing)
                 with m.If(self.cmd.valid & ~self.writing):
-                    m.d.comb += [ctx.start.eq(1), cache.clear.eq(1)]
+                    m.d.comb += ctx.start.eq(1)
                     m.d.sync += [ctx.op.eq(self.cmd.payload.op), ctx.body.eq(self.cmd.payload.body),
-                                 phase.eq(0), r.eq(0), col.eq(0), busy.eq(1)]
-                    with m.If(self.cmd.payload.op == Op.LAYERNORM):
-                        m.next = "SETUP"
-                    with m.Elif(self.cmd.payload.op != Op.GELU):     # no table/params
-                        m.d.sync += phase.eq(1)
-                        m.next = "FETCH"
-                    with m.Else():
-                        m.next = "FETCH"
-            with m.State("SETUP"):
-                m.d.comb += self.setup.valid.eq(1)
-                with m.If(self.setup.ready):
-                    m.next = "FETCH"
-            with m.State("FETCH"):
-                with m.If(cache.missing):
-                    m.d.comb += self.rd_req.valid.eq(1)
-                    with m.If(self.rd_req.ready):
-                        m.d.comb += cache.request.eq(1)
-                        m.next = "RESP"
-                with m.Elif(slots.tok_wait):
-                    m.d.comb += slots.tok_load.eq(1)
-                with m.Else():
-                    m.d.comb += self.elem.valid.eq(1)
-                    with m.If(self.elem.ready):
-                        m.d.sync += col.eq(col + 1)
-                        with m.If(~phase):
-                            with m.If(col == pre_n - 1):
-                                m.d.sync += [col.eq(0), phase.eq(1)]
-                        with m.Elif(last_col):
-                            m.d.comb += slots.next_row.eq(1)
-                            m.d.sync += [col.eq(0), r.eq(r + 1)]
-                            with m.If(r == rows - 1):
-                                m.d.sync += busy.eq(0)
-                                m.next = "IDLE"
-            with m.State("RESP"):
-                m.d.comb += self.rd_resp.ready.eq(1)
-                with m.If(self.rd_resp.valid):
-                    m.d.comb += cache.fill.eq(1)
-                    m.next = "FETCH"
-        m.d.comb += ctx.new.eq(self.cmd.payload)
+                                 busy.eq(1)]
+                    m.next = "PREP1"
+            with m.State("PREP1"):
+                m.d.sync += [wpe_prod.eq(em_c.pos0 * em_c.wpe_stride), pos_w.eq(em_c.pos0 // L),
+                             prep.pq_sub.eq(em_c.pos0 % L), n_m1.eq(ln_c.n - 1)]
+                m.next = "PREP2"
+            with m.State("PREP2"):
+                tail = n_m1 % L
+                m.d.sync += [prep.last_g.eq(n_m1 // L), prep.wpe_row.eq(em_c.wpe_base + wpe_prod),
+                             prep.pq_addr.eq(em_c.wpe_q_base + pos_w),
+                             prep.last_mask.eq(Array(Const((2 << t) - 1, L)
+                                                     for t in range(L))[tail])]
+                m.next = "INIT"
+            with m.State("INIT"):
+                m.d.comb += init.eq(1)
+                m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(~aw.running):
+                    m.d.sync += busy.eq(0)
+                    m.next = "IDLE"
+        m.d.comb += [ctx.new.eq(self.cmd.payload), iw.init.eq(init), aw.init.eq(init)]
+
+        # LayerNorm's setup beat, offered from the cycle after the accept
+        setup_v = Signal()
+        m.d.comb += [self.setup.valid.eq(setup_v),
+                     self.setup.payload.n.eq(ln_c.n), self.setup.payload.out_shift.eq(ln_c.out_shift),
+                     self.setup.payload.eps_m.eq(ln_c.eps_m),
+                     self.setup.payload.eps_e.eq(ln_c.eps_e)]
+        with m.If(self.setup.ready):
+            m.d.sync += setup_v.eq(0)
+        with m.If(ctx.start):
+            m.d.sync += setup_v.eq(self.cmd.payload.op == Op.LAYERNORM)
+
+        # ---- assembler: one register per word slot; the group's last word may be
+        # taken in the cycle the group goes to the output register (bypass)
+        words = [Signal(8 * MB, name=f"word{w}") for w in range(NW)]
+        taken = Signal(NW)
+        a_rem = Signal(NW)
+        m.d.comb += a_rem.eq(aw.need & ~taken)
+        a_low = _lowest(m, a_rem, "a_low")
+        final = a_rem == a_low                    # the word left is the group's last
+        out = Signal(_element_layout(c))
+        out_v = Signal()
+        out_free = ~out_v | self.elem.ready
+        resp = self.rd_resp
+        m.d.comb += resp.ready.eq(aw.running & (a_rem != 0) & (~final | out_free))
+        pop = resp.valid & resp.ready
+        complete = aw.running & Mux(a_rem == 0, out_free, pop & final)
+        cur = [Signal(8 * MB, name=f"cur{w}") for w in range(NW)]   # with the bypass
+        m.d.comb += [cur[w].eq(Mux(pop & a_low[w], resp.payload.data, words[w]))
+                     for w in range(NW)]
+        with m.If(pop):
+            m.d.sync += taken.eq(taken | a_low)
+            for w in range(NW):
+                with m.If(a_low[w]):
+                    m.d.sync += words[w].eq(resp.payload.data)
+
+        # fields of the group: fixed quarters of a word or 4-byte lanes
+        qi0 = Signal(2)
+        m.d.comb += qi0.eq(Mux(~aw.phase, Mux(is_["ln"], aw.sub[0] << 1, 0),
+                               Mux(is_["ge"], aw.sub[0], aw.sub[0] << 1)))
+        f0 = _quarter(m, cur[0], qi0, "f0")
+        f1 = _quarter(m, cur[1], aw.sub[1], "f1")
+        f3 = _quarter(m, cur[4], aw.sub[3], "f3")
+        q_off = Signal(range(L))                  # EMBED: the wte requantiser's lane
+        with m.If(complete):
+            m.d.sync += [out_v.eq(1), taken.eq(0),
+                         out.row.eq(aw.phase), out.grp.eq(aw.g), out.last.eq(aw.end_g),
+                         out.s0.eq(f0),
+                         out.s1.eq(Mux(~aw.phase, Cat(cur[1], cur[2]), Mux(is_["em"], f1, cur[1]))),
+                         out.s2.eq(Mux(is_["em"], cur[3].word_select(q_off, 32), cur[3])),
+                         out.s3.eq(f3), out.s4.eq(cur[5].word_select(aw.pq_sub, 32))]
+        with m.Elif(self.elem.ready):
+            m.d.sync += out_v.eq(0)
+        m.d.comb += [self.elem.valid.eq(out_v), self.elem.payload.eq(out), aw.adv.eq(complete)]
+
+        # ---- issuer: the same walk, requesting each word a group needs while
+        # fewer than max_outstanding reads are unanswered
+        MO = e.max_outstanding
+        issued = Signal(NW)
+        i_rem = Signal(NW)
+        m.d.comb += i_rem.eq(iw.need & ~issued)
+        i_low = _lowest(m, i_rem, "i_low")
+        unanswered = Signal(range(MO + 1))
+        # EMBED: the wte words wait for the row's token id, which the assembler
+        # holds once it reached the row and took the id's word
+        tok_ok = Signal()
+        tok_step = Signal(range(TOK_CYCLES))
+        tok_wait = iw.running & is_["em"] & iw.phase & (iw.g == 0) & ~i_rem[0] & ~tok_ok
+        tok_seen = (aw.running & aw.phase & (aw.g == 0) & (aw.r == iw.r)
+                    & (taken[0] | ~aw.need[0]))
+        tok = Signal(32)
+        tok_r = Signal(32)
+        wte_prod = Signal(A)
+        wte_qw = Signal(A)
+        m.d.comb += tok.eq(words[0].word_select(aw.id_sub, 32))
+        with m.If(tok_wait):
+            with m.If(tok_step == 0):
+                with m.If(tok_seen):
+                    m.d.sync += [tok_r.eq(tok), tok_step.eq(1)]
+            with m.Elif(tok_step == 1):
+                m.d.sync += [wte_prod.eq(tok_r[:A] * em_c.wte_stride), wte_qw.eq(tok_r // L),
+                             tok_step.eq(2)]
+            with m.Else():
+                m.d.comb += iw.tok_set.eq(1)
+                m.d.sync += [q_off.eq(tok_r % L), tok_ok.eq(1), tok_step.eq(0)]
+        m.d.comb += [iw.wte_row.eq(em_c.wte_base + wte_prod), iw.wte_q.eq(em_c.wte_q_base + wte_qw)]
+
+        # the request leaves from a register, loaded when it is empty or taken
+        req_v = Signal()
+        req_addr = Signal(A)
+        load = ~req_v | self.rd_req.ready
+        fire = iw.running & (i_rem != 0) & ~tok_wait & (unanswered < MO) & load
+        sel = Signal(A)
+        reg_of = (0, 1, 1, 2, 3, 4)
+        m.d.comb += sel.eq(0)
+        for w in range(NW):
+            with m.If(i_low[w]):
+                m.d.comb += sel.eq(iw.addr[reg_of[w]])
+        with m.If(fire):
+            m.d.sync += [req_v.eq(1), req_addr.eq(sel)]
+        with m.Elif(self.rd_req.ready):
+            m.d.sync += req_v.eq(0)
+        m.d.comb += [self.rd_req.valid.eq(req_v), self.rd_req.payload.addr.eq(req_addr)]
+        m.d.sync += unanswered.eq(unanswered + fire - pop)
+        with m.If(fire):
+            m.d.comb += iw.issue.eq(i_low)
+            m.d.sync += issued.eq(issued | i_low)
+        i_adv = iw.running & Mux(i_rem == 0, 1, fire & (i_rem == i_low))
+        m.d.comb += iw.adv.eq(i_adv)
+        with m.If(i_adv):
+            m.d.sync += issued.eq(0)
+            with m.If(iw.end_g):
+                m.d.sync += tok_ok.eq(0)
+        with m.If(init):
+            m.d.sync += [issued.eq(0), taken.eq(0), tok_ok.eq(0), tok_step.eq(0)]
         return m
 
 
 class _UnitMux(wiring.Component):
-    """Between the reader, the units and the writer: the element goes to the
-    input of the unit the opcode names (a table entry or parameter to its
+    """Between the reader, the units and the writer: the group goes to the
+    input of the unit the opcode names (a table word or parameters to its
     side input), and that unit's output goes to the writer. Its ports mirror
     the units' streams (``<unit>_<port>``, LayerNorm's setup aside, which the
     reader drives directly), so `VectorMover` connects them one to one."""
 
     def __init__(self, c, units):
         self.units = tuple(units)
+        L = vector_lanes(c.engine.mem_bytes)
         members = {"op": In(4), "elem": In(stream.Signature(_element_layout(c))),
-                   "res": Out(stream.Signature(16))}
+                   "res": Out(stream.Signature(data.ArrayLayout(16, L)))}
         for name, unit in units.items():
             for port, member in unit.signature.members.items():
                 if member.is_signature and port != "setup":
                     members[f"{name}_{port}"] = member.flip()
+        self.lanes = L
         super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
+        L = self.lanes
         is_ = _decode(self.op)
         el, emit = self.elem.payload, self.elem.valid
-        x16 = el.s0[:8 * RESID_BYTES].as_signed()
-        yq = el.s2
+        x16 = el.s0.word_select
         m.d.comb += [
-            self.gelu_load.payload.addr.eq(el.col), self.gelu_load.payload.data.eq(el.s0[:8]),
-            self.gelu_inp.payload.x[0].eq(el.s0[:8 * ACT_BYTES]),
-            self.gelu_inp.payload.last.eq(el.last),
-            self.ln_param.payload.gamma[0].eq(el.s0[:8 * GAMMA_BYTES]),
-            self.ln_param.payload.beta[0].eq(el.s1[:48]),
-            self.ln_inp.payload.x[0].eq(x16), self.ln_inp.payload.last.eq(el.last),
-            self.add_a.payload.x[0].eq(Mux(is_["rq"], 0, x16)), self.add_a.payload.last.eq(el.last),
-            self.emb_tok.payload.x[0].eq(el.s1[:8 * ACT_BYTES]),
-            self.emb_tok.payload.last.eq(el.last),
+            self.gelu_load.payload.addr.eq(el.grp), self.gelu_load.payload.data.eq(el.s0),
+            self.gelu_inp.payload.last.eq(el.last), self.ln_inp.payload.last.eq(el.last),
+            self.add_a.payload.last.eq(el.last), self.add_y.payload.last.eq(el.last),
+            self.emb_tok.payload.last.eq(el.last), self.emb_pos.payload.last.eq(el.last),
             self.emb_tok.payload.mult.eq(el.s2[:16]), self.emb_tok.payload.shift.eq(el.s2[16:22]),
-            self.emb_pos.payload.x[0].eq(el.s3[:8 * ACT_BYTES]),
-            self.emb_pos.payload.last.eq(el.last),
             self.emb_pos.payload.mult.eq(el.s4[:16]), self.emb_pos.payload.shift.eq(el.s4[16:22]),
-            self.add_y.payload.x[0].eq(el.s1[:8 * RAW_BYTES]), self.add_y.payload.last.eq(el.last),
-            self.add_y.payload.mult[0].eq(yq[:16]), self.add_y.payload.shift[0].eq(yq[16:22]),
         ]
+        for l in range(L):
+            m.d.comb += [
+                self.gelu_inp.payload.x[l].eq(el.s0.word_select(l, 8)),
+                self.ln_param.payload.gamma[l].eq(x16(l, 16)),
+                self.ln_param.payload.beta[l].eq(el.s1.word_select(l, 64)[:48]),
+                self.ln_inp.payload.x[l].eq(x16(l, 16).as_signed()),
+                self.add_a.payload.x[l].eq(Mux(is_["rq"], 0, x16(l, 16).as_signed())),
+                self.add_y.payload.x[l].eq(el.s1.word_select(l, 32)),
+                self.add_y.payload.mult[l].eq(el.s2.word_select(l, 32)[:16]),
+                self.add_y.payload.shift[l].eq(el.s2.word_select(l, 32)[16:22]),
+                self.emb_tok.payload.x[l].eq(el.s1.word_select(l, 8)),
+                self.emb_pos.payload.x[l].eq(el.s3.word_select(l, 8)),
+            ]
         with m.If(~el.row):
             m.d.comb += [self.elem.ready.eq(Mux(is_["ln"], self.ln_param.ready,
                                                 self.gelu_load.ready)),
@@ -410,16 +502,17 @@ class _UnitMux(wiring.Component):
 
         # residual-width results are written as int16 words: sign-extend them from
         # resid_bits, or a narrower residual stream would be read back as positive
-        add16, emb16 = Signal(signed(8 * RESID_BYTES)), Signal(signed(8 * RESID_BYTES))
-        m.d.comb += [add16.eq(self.add_out.payload.x[0]), emb16.eq(self.emb_out.payload.x[0])]
+        for l in range(L):
+            add16, emb16 = Signal(signed(16), name=f"add16_{l}"), Signal(signed(16), name=f"emb16_{l}")
+            m.d.comb += [add16.eq(self.add_out.payload.x[l]), emb16.eq(self.emb_out.payload.x[l])]
+            m.d.comb += self.res.payload[l].eq(
+                Mux(is_["ln"], self.ln_out.payload.y[l].as_unsigned(),
+                    Mux(is_["ge"], self.gelu_out.payload.y[l].as_unsigned(),
+                        Mux(is_["em"], emb16.as_unsigned(), add16.as_unsigned())))[:16])
         m.d.comb += [
             self.res.valid.eq(Mux(is_["ln"], self.ln_out.valid,
                                   Mux(is_["ge"], self.gelu_out.valid,
                                       Mux(is_["em"], self.emb_out.valid, self.add_out.valid)))),
-            self.res.payload.eq(Mux(is_["ln"], self.ln_out.payload.y[0].as_unsigned(),
-                                    Mux(is_["ge"], self.gelu_out.payload.y[0].as_unsigned(),
-                                        Mux(is_["em"], emb16.as_unsigned(),
-                                            add16.as_unsigned())))[:16]),
             self.ln_out.ready.eq(is_["ln"] & self.res.ready),
             self.gelu_out.ready.eq(is_["ge"] & self.res.ready),
             self.add_out.ready.eq(is_["ad"] & self.res.ready),
@@ -428,16 +521,17 @@ class _UnitMux(wiring.Component):
 
 
 class _Writer(wiring.Component):
-    """One strobed write per unit output element, on counters of its own (the
-    reader may already be reading the next row, or, for LayerNorm, be done
-    with the whole command). ``writing`` lasts from the command's accept to
-    its last write."""
+    """One strobed write per unit output beat (a quarter word of int8 results,
+    a half word of int16 ones), on counters of its own (the reader may already
+    be reading the next row, or, for LayerNorm, be done with the whole
+    command). ``writing`` lasts from the command's accept to its last write."""
 
     def __init__(self, c, body_bits):
         self.cfg, self.layouts = c, vector_layouts(c)
+        L = vector_lanes(c.engine.mem_bytes)
         super().__init__({
-            "ctx": In(_Context(body_bits)),
-            "res": In(stream.Signature(16)),
+            "ctx": In(_Context(c, body_bits)),
+            "res": In(stream.Signature(data.ArrayLayout(16, L))),
             "wr": Out(stream.Signature(write_layout(c.engine))),
             "writing": Out(1),
             "done": Out(1),
@@ -447,33 +541,59 @@ class _Writer(wiring.Component):
         m = Module()
         c, e, ctx = self.cfg, self.cfg.engine, self.ctx
         MB = e.mem_bytes
+        L = vector_lanes(MB)
         ln_c = _views(self.layouts, ctx.body)[Op.LAYERNORM]
         is_ = _decode(ctx.op)
-        rows, n = ln_c.rows, ln_c.n    # the common fields sit at the same offsets in every body
+        rows = ln_c.rows      # the common fields sit at the same offsets in every body
         wr_r = Signal(range(e.max_m + 1))
-        wr_col = Signal(_col_shape(c))
-        dst_row = Signal(e.addr_bits)
+        wg = Signal(_groups_shape(c))
+        sub = Signal(2)
+        row_base = Signal(e.addr_bits)
+        waddr = Signal(e.addr_bits)
         wide = is_["ad"] | is_["em"]          # int16 residual-width outputs
-        # RESID_BYTES = 2 * ACT_BYTES: a shift, not a multiplier, in the write address
-        wbyte = Mux(wide, wr_col << 1, wr_col)
-        off = Signal(range(MB))
-        m.d.comb += [off.eq(wbyte % MB),
-                     self.wr.payload.addr.eq(dst_row + wbyte // MB),
-                     self.wr.payload.data.eq(self.res.payload << (off * 8)),
-                     self.wr.payload.strb.eq(Mux(wide, 0b11, 0b1) << off)]
+        lanes = self.res.payload
+        packed = Mux(wide, Cat(*(lanes[l] for l in range(L))),
+                     Cat(*(lanes[l][:8] for l in range(L))))
+        mask = Mux(wg == ctx.prep.last_g, ctx.prep.last_mask, (1 << L) - 1)
+        bmask = Mux(wide, Cat(*(Cat(mask[l], mask[l]) for l in range(L))), mask)
+        qo = Signal(2)
+        m.d.comb += qo.eq(Mux(wide, sub << 1, sub))
+        data_w, strb = Signal(8 * MB), Signal(MB)
+        with m.Switch(qo):
+            for i in range(4):
+                with m.Case(i):
+                    m.d.comb += [data_w.eq(packed << (8 * L * i)), strb.eq(bmask << (L * i))]
+        # the write leaves from a register, loaded when it is empty or taken;
+        # ``done`` follows the acceptance of the command's last write
+        wv, wlast = Signal(), Signal()
+        w_out = Signal(write_layout(e))
+        load = ~wv | self.wr.ready
+        m.d.comb += [self.wr.valid.eq(wv), self.wr.payload.eq(w_out),
+                     self.res.ready.eq(self.writing & ~wlast & load)]
+        take = self.res.valid & self.res.ready
         m.d.sync += self.done.eq(0)
-        m.d.comb += [self.wr.valid.eq(self.writing & self.res.valid),
-                     self.res.ready.eq(self.writing & self.wr.ready)]
-        with m.If(self.wr.valid & self.wr.ready):
-            m.d.sync += wr_col.eq(wr_col + 1)
-            with m.If(wr_col == n - 1):
-                m.d.sync += [wr_col.eq(0), wr_r.eq(wr_r + 1),
-                             dst_row.eq(dst_row + ln_c.dst_stride)]
+        with m.If(take):
+            m.d.sync += [wv.eq(1), w_out.addr.eq(waddr), w_out.data.eq(data_w), w_out.strb.eq(strb)]
+        with m.Elif(self.wr.ready):
+            m.d.sync += wv.eq(0)
+        with m.If(wv & self.wr.ready & wlast):
+            m.d.sync += [self.writing.eq(0), self.done.eq(1), wlast.eq(0)]
+        with m.If(take):
+            with m.If(wg == ctx.prep.last_g):
+                nxt = row_base + ln_c.dst_stride
+                m.d.sync += [wg.eq(0), sub.eq(0), wr_r.eq(wr_r + 1), row_base.eq(nxt),
+                             waddr.eq(nxt)]
                 with m.If(wr_r == rows - 1):
-                    m.d.sync += [self.writing.eq(0), self.done.eq(1)]
+                    m.d.sync += wlast.eq(1)
+            with m.Else():
+                wrap = sub == Mux(wide, 1, 3)
+                m.d.sync += [wg.eq(wg + 1), sub.eq(Mux(wrap, 0, sub + 1))]
+                with m.If(wrap):
+                    m.d.sync += waddr.eq(waddr + 1)
         with m.If(ctx.start):
-            m.d.sync += [dst_row.eq(_views(self.layouts, ctx.new.body)[Op.LAYERNORM].dst_base),
-                         wr_r.eq(0), wr_col.eq(0), self.writing.eq(1)]
+            base = _views(self.layouts, ctx.new.body)[Op.LAYERNORM].dst_base
+            m.d.sync += [row_base.eq(base), waddr.eq(base), wr_r.eq(0), wg.eq(0), sub.eq(0),
+                         self.writing.eq(1)]
         return m
 
 
@@ -485,12 +605,17 @@ class VectorMover(wiring.Component):
     """
 
     def __init__(self, cfg: AttentionConfig, resid_bits=16):
-        if not 4 <= resid_bits <= 8 * RESID_BYTES:
+        mb = cfg.engine.mem_bytes
+        if not 4 <= resid_bits <= 16 or mb < BETA_BYTES or mb % 4:
+            self._MustUse__silence = True   # never elaborated: no "unused" warning
+        if not 4 <= resid_bits <= 16:
             raise ValueError(f"resid_bits must be in 4..16 (int16 residual rows), got {resid_bits}")
-        if cfg.engine.mem_bytes < BETA_BYTES:
-            raise ValueError(f"the vector mover reads LayerNorm beta as one int64 per word: "
-                             f"mem_bytes must be >= {BETA_BYTES}, got {cfg.engine.mem_bytes}")
+        if mb < BETA_BYTES or mb % 4:
+            raise ValueError(f"the vector mover reads LayerNorm beta as one int64 per word and one "
+                             f"int32 per lane: mem_bytes must be a multiple of 4 and "
+                             f">= {BETA_BYTES}, got {mb}")
         self.cfg, self.resid_bits = cfg, resid_bits
+        self.lanes = vector_lanes(mb)
         self.layouts = vector_layouts(cfg)
         self.body_bits = max(l.size for l in self.layouts.values())
         e = cfg.engine
@@ -501,9 +626,10 @@ class VectorMover(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        c, R = self.cfg, self.resid_bits
-        units = {"gelu": GeluUnit(1), "ln": LayerNormUnit(1, in_bits=R, max_e=cfg_max_vector_n(c)),
-                 "add": RequantAdd(1, R), "emb": EmbeddingAdd(1, R)}
+        c, R, L = self.cfg, self.resid_bits, self.lanes
+        units = {"gelu": GeluUnit(L, load_width=c.engine.mem_bytes),
+                 "ln": LayerNormUnit(L, in_bits=R, max_e=cfg_max_vector_n(c)),
+                 "add": RequantAdd(L, R), "emb": EmbeddingAdd(L, R)}
         for name, unit in units.items():
             m.submodules[name] = unit
         m.submodules.reader = reader = _Reader(c, self.body_bits)

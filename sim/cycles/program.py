@@ -16,25 +16,24 @@ Per unit (reference memory: requests always accepted, responses after
   write per byte of K and V: (L + 1) per word (a token's K starts at byte
   src_lane of its first word) and 1 per byte, + 1 for the done pulse;
 - LAYERNORM / GELU / RESADD / REQUANT / EMBED: `vector_cycles` replays the
-  mover's reader (per element: L + 1 cycles per operand word not cached,
-  then one cycle in which it goes to the unit) and the unit's output timing (`units_cycles`), and
-  ends one cycle after the writer's last write.
+  mover's issuer and assembler (groups of mem_bytes/4 columns; one word read
+  per cycle, at most max_outstanding unanswered; a group costs max(words it
+  reads, 1) cycles when the reads stream), the unit's input and output timing
+  (`units`), and ends one cycle after the writer's last write.
 """
 from gpt2accel.rtl.config import ceil_div
-from gpt2accel.rtl.gelu import GeluUnit, TABLE_SIZE
+from gpt2accel.rtl.gelu import GeluUnit, table_words
 from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd
-from gpt2accel.rtl.isa import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES,
-                               RESID_BYTES, VECTOR_OPS, Op, decode)
+from gpt2accel.rtl.isa import VECTOR_OPS, Op, decode
+from gpt2accel.rtl.vecmove import (REQ_CYCLES, START_CYCLES, TOK_CYCLES, WRITE_CYCLES,
+                                   vector_lanes)
 from gpt2accel.sim.cycles.attention import attention_cycles
 from gpt2accel.sim.cycles.matmul import matmul_cycles
 from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY
 from gpt2accel.sim.cycles.units import layernorm_row_passes
 
-#: operand slots of the vector mover's reader (rtl/vecmove.py)
-NS = 5
-
-__all__ = ["PER_INSTRUCTION", "unit_cycles", "vector_cycles", "kvstore_cycles",
-           "program_cycles"]
+__all__ = ["PER_INSTRUCTION", "unit_cycles", "vector_cycles", "vector_groups",
+           "kvstore_cycles", "program_cycles"]
 
 #: FETCH + DECODE + ISSUE/WAIT hand-over cycles around a unit's own cycles
 PER_INSTRUCTION = 3
@@ -47,86 +46,96 @@ def kvstore_cycles(cfg, f, latency=REF_MEM_LATENCY):
     return f["n_tok"] * (words * (latency + 1) + nbytes) + 1
 
 
-def _ln_out_cycles(row_inputs):
-    """Output cycles of LayerNormUnit(lanes=1) rows whose input beats came at the given
-    cycles (the unit's 3 D banks, as the machine builds it; input times as they come
-    rather than back to back as in `units_cycles.layernorm_schedule`)."""
-    rows, out = [], []
-    for ins in row_inputs:
-        rows.append(layernorm_row_passes(rows, ins[-1], len(ins)))
-        out += rows[-1]["out"]
-    return out
+def vector_groups(cfg, op, f):
+    """The vector mover's walk (rtl/vecmove.py): per group, (row group?, row r,
+    group g in its row, the word slots it reads in request order)."""
+    mb = cfg.engine.mem_bytes
+    L = vector_lanes(mb)
+    G = ceil_div(f["n"], L)
+    if op == Op.LAYERNORM:
+        for g in range(G):
+            yield False, 0, g, ([0] if g % 2 == 0 else []) + [1, 2]
+    elif op == Op.GELU:
+        for g in range(table_words(mb)):
+            yield False, 0, g, [0]
+    for r in range(f["rows"]):
+        for g in range(G):
+            if op == Op.GELU:
+                ws = [0] if g % 4 == 0 else []
+            elif op == Op.LAYERNORM:
+                ws = [0] if g % 2 == 0 else []
+            elif op in (Op.RESADD, Op.REQUANT):
+                ws = ([0] if op == Op.RESADD and g % 2 == 0 else []) + [1, 3]
+            elif g == 0:
+                ws = ([0] if r % L == 0 else []) + [1, 3, 4, 5]
+            else:
+                ws = [1, 4] if g % 4 == 0 else []
+            yield True, r, g, ws
 
 
 def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
-    """Cycles from accept to done of one vector instruction (stall-free). EMBED's
-    reads depend on the token ids, read from `mem` (the memory image)."""
-    mb = cfg.engine.mem_bytes
-    n, rows = f["n"], f["rows"]
-    cache = [None] * NS
-    t = 1                                          # cycle after the accept
-    if op == Op.LAYERNORM:
-        t += 1                                     # SETUP beat
-
-    def element(addrs, tok_wait=False):
-        """Advance the reader over one element (its word reads, then the cycle it goes
-        to the unit); return that cycle. `tok_wait`: EMBED's first element of a row,
-        which waits one cycle after its token id's word (slot 0) for the wte row
-        address to be registered."""
-        nonlocal t
-        for s in range(NS):                        # the lowest missing slot first
-            a = addrs[s] if s < len(addrs) else None
-            if a is not None and cache[s] != a:
-                cache[s] = a
-                t += latency + 1                   # request, response after `latency`
-            if s == 0 and tok_wait:
-                t += 1
-        emit = t                                   # the FETCH cycle that finds all present
-        t += 1
-        return emit
-
-    def at(base, stride, r, c, size):
-        return base + r * stride + (c * size) // mb
-
-    if op == Op.LAYERNORM:
-        for c in range(n):
-            element([at(f["gamma_base"], 0, 0, c, GAMMA_BYTES), at(f["beta_base"], 0, 0, c, BETA_BYTES)])
-    elif op == Op.GELU:
-        for c in range(TABLE_SIZE):
-            element([at(f["table_base"], 0, 0, c, ACT_BYTES)])
-    ins = []
-    for r in range(rows):
-        row = []
-        for c in range(n):
-            if op == Op.GELU:
-                addrs = [at(f["src_base"], f["src_stride"], r, c, ACT_BYTES)]
-            elif op == Op.LAYERNORM:
-                addrs = [at(f["src_base"], f["src_stride"], r, c, RESID_BYTES)]
-            elif op in (Op.RESADD, Op.REQUANT):
-                addrs = [at(f["src_base"], f["src_stride"], r, c, RESID_BYTES)
-                         if op == Op.RESADD else None,
-                         at(f["y_base"], f["y_stride"], r, c, RAW_BYTES),
-                         at(f["q_base"], 0, 0, c, Q_BYTES)]
+    """Cycles from accept to done of one vector instruction (stall-free): a replay of
+    the mover's issuer (one request per cycle, at most max_outstanding
+    unanswered), its assembler (one response per cycle into its word slots; a
+    group goes to the output register with its last word, or in a cycle of its
+    own when it reads none, once the previous group left it), the unit's input
+    (LayerNorm: parameters before rows, an X half per row) and its output
+    timing. The words read do not depend on the data (`mem` is not needed)."""
+    e = cfg.engine
+    L, MO = vector_lanes(e.mem_bytes), e.max_outstanding
+    G = ceil_div(f["n"], L)
+    s, p = [], []                      # issue and take cycle of each word read
+    gt = at = START_CYCLES             # the issuer's and the assembler's next cycle
+    c = START_CYCLES - 1               # the previous group's completion
+    x = -1                             # ... and its transfer to the unit
+    loaded = None                      # LayerNorm: first cycle rows are taken
+    ln_rows, row_x, last_x = [], [], None
+    for is_row, r, g, ws in vector_groups(cfg, op, f):
+        c_prev, x_prev, id_pop, tok_done = c, x, None, False
+        for k, w in enumerate(ws):
+            t = gt
+            if op == Op.EMBED and g == 0 and w != 0 and not tok_done:
+                # the wte words wait for the row's token id in the assembler
+                tv = c_prev + 1 if id_pop is None else max(c_prev + 1, id_pop + 1)
+                t, tok_done = max(t, tv) + TOK_CYCLES, True
+            i = len(s)
+            if i >= MO:
+                t = max(t, p[i - MO] + 1)
+            s.append(t)
+            gt = t + 1
+            rv = t + REQ_CYCLES + latency          # the response's first cycle
+            if k < len(ws) - 1:
+                pt = max(at, rv)
+                if w == 0:
+                    id_pop = pt
             else:
-                if mem is None:
-                    raise ValueError("EMBED cycles depend on the token ids: pass mem")
-                a_id = at(f["src_base"], 0, 0, r, Q_BYTES)
-                b = (r * Q_BYTES) % mb
-                tok = int.from_bytes(bytes(mem[a_id][b:b + Q_BYTES]), "little")
-                p = f["pos0"] + r
-                addrs = [a_id, at(f["wte_base"], f["wte_stride"], tok, c, ACT_BYTES),
-                         at(f["wte_q_base"], 0, 0, tok, Q_BYTES),
-                         at(f["wpe_base"], f["wpe_stride"], p, c, ACT_BYTES),
-                         at(f["wpe_q_base"], 0, 0, p, Q_BYTES)]
-            row.append(element(addrs, op == Op.EMBED and c == 0))
-        ins.append(row)
+                pt = c = max(at, rv, x_prev)
+            p.append(pt)
+            at = pt + 1
+        if not ws:
+            gt += 1
+            c = max(at, x_prev)
+            at = c + 1
+        x = c + 1
+        if op == Op.LAYERNORM and is_row:
+            if g == 0:
+                x = max(x, loaded)
+                if r >= 2:
+                    x = max(x, ln_rows[r - 2]["b_first"] + 1)
+            row_x.append(x)
+            if g == G - 1:
+                ln_rows.append(layernorm_row_passes(ln_rows, x, G))
+                row_x = []
+        elif op == Op.LAYERNORM:
+            loaded = x + 1
+        last_x = x
     if op == Op.LAYERNORM:
-        last_write = _ln_out_cycles(ins)[-1]
+        last_write = ln_rows[-1]["out"][-1]
     else:
         lat = {Op.GELU: GeluUnit.latency, Op.EMBED: EmbeddingAdd.latency}.get(
             op, RequantAdd.latency)
-        last_write = ins[-1][-1] + lat
-    return last_write + 1
+        last_write = last_x + lat
+    return last_write + WRITE_CYCLES + 1
 
 
 def unit_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):

@@ -178,7 +178,9 @@ class KVStoreHarness(EngineHarness):
 class VectorMoverHarness(EngineHarness):
     unit, cls = "vecmove", VectorMover
     config = "MACHINE_CONFIG, 8-bit residuals"
-    depth, deep_depth = 14, 30   # the first done: step 12 (RequantAdd, 5 stages)
+    # the first done after a stalled write: step ~17 (four cycles of prepare, the
+    # request and write registers, RequantAdd's five stages)
+    depth, deep_depth = 20, 36
 
     def args(self):
         return (MACHINE_CONFIG, MACHINE_CONFIG.resid_bits)

@@ -165,6 +165,9 @@ _BPR = SMALL_ATTENTION.beats_per_row
 _BEATS_UNITS = [
     ("gelu", GeluUnit, "lanes 1", 6, 24, (), ("inp", "out", None), 1, 2,
      dict(kwargs=dict(lanes=1))),
+    # the vector mover's GELU: the table in words of load_width entries
+    ("gelu_wide", GeluUnit, "lanes 2, table words of 8 entries", 6, 24, (), ("inp", "out", None),
+     1, 2, dict(kwargs=dict(lanes=2, load_width=8))),
     ("residual", ResidualAdd, "lanes 1, 4-bit", 6, 24, (), ("a", "out", "b"), 1, 2,
      dict(kwargs=dict(lanes=1, bits=4))),
     ("embedding", EmbeddingAdd, "lanes 1, 4-bit", 8, 24, (), ("tok", "out", "pos"),

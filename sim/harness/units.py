@@ -94,18 +94,22 @@ class ScriptSource:
             self.cycles.append(cycle - 1)
 
 
-def run_gelu(lanes, segments, *, seed=0, stall=0.0, init=None):
+def run_gelu(lanes, segments, *, seed=0, stall=0.0, init=None, load_width=1):
     """GELU over `segments` = [(table int8 [256] or None, x [T, N]), ...] on one GeluUnit.
 
-    A segment with a table first loads it entry by entry through the ``load``
-    port, then streams its rows. Returns (list of y [T, N], stats).
+    A segment with a table first loads it through the ``load`` port, `load_width`
+    entries per beat, then streams its rows. Returns (list of y [T, N], stats).
     """
     rng = random.Random(seed)
-    dut = GeluUnit(lanes, init)
+    dut = GeluUnit(lanes, init, load_width=load_width)
     script, counts = [], []
     for table, x in segments:
-        if table is not None:
+        if table is not None and load_width == 1:
             script += [(dut.load, {"addr": i, "data": int(v)}) for i, v in enumerate(table)]
+        elif table is not None:
+            padded = [int(v) for v in table] + [0] * (-len(table) % load_width)
+            script += [(dut.load, {"addr": w, "data": padded[w * load_width:(w + 1) * load_width]})
+                       for w in range(len(padded) // load_width)]
         beats = row_beats(x, lanes)
         script += [(dut.inp, b) for b in beats]
         counts.append(len(beats))

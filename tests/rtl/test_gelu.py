@@ -18,8 +18,9 @@ def _all_inputs(rng, n):
     return x.reshape(-1, n)
 
 
-@pytest.mark.parametrize("lanes,n", [(1, 16), (3, 7), (8, 32)])
-def test_tables_with_reloads_and_stalls(lanes, n, seed):
+@pytest.mark.parametrize("lanes,n,load_width", [(1, 16, 1), (3, 7, 1), (8, 32, 1), (4, 12, 16),
+                                                (6, 10, 24)])
+def test_tables_with_reloads_and_stalls(lanes, n, load_width, seed):
     """Three tables in turn (a quantised model's two layers and a random
     one), each loaded through the port mid-stream; the first segment runs on
     the power-on table. Every input value meets every table."""
@@ -31,7 +32,7 @@ def test_tables_with_reloads_and_stalls(lanes, n, seed):
     segments = [(t, _all_inputs(rng, n)) for t in tables]
     # the model's own c_fc outputs through its table
     segments.append((q.blocks[0].gelu_table, seen[("fc", 0)][:4, :n]))
-    ys, _ = run_gelu(lanes, segments, seed=seed, stall=0.3, init=init)
+    ys, _ = run_gelu(lanes, segments, seed=seed, stall=0.3, init=init, load_width=load_width)
     current = init
     for i, ((t, x), y) in enumerate(zip(segments, ys)):
         current = current if t is None else t
@@ -62,6 +63,18 @@ def test_rejects_bad_table():
         GeluUnit(2, [128] * 256)
     with pytest.raises(ValueError, match="lanes"):
         GeluUnit(0)
+    with pytest.raises(ValueError, match="load_width"):
+        GeluUnit(2, load_width=0)
+
+
+def test_word_wide_load_takes_one_beat_per_word():
+    """16 entries per load beat: the whole table in 16 cycles, then the rows."""
+    rng = np.random.default_rng(6)
+    x = rng.integers(-128, 128, (2, 8))
+    t = rng.integers(-128, 128, 256)
+    ys, st = run_gelu(4, [(t, x)], load_width=16)
+    np.testing.assert_array_equal(ys[0], im.gelu(x, t))
+    assert st["in_cycles"] == list(range(16, 20))
 
 
 def test_load_holds_input_while_valid():
