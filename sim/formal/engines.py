@@ -444,7 +444,8 @@ class MachineLiveHarness(UnitHarness):
     (latency 1)."""
     unit, cls = "machine_live", Machine
     config = "MACHINE_CONFIG, every legal MATMUL (m, n <= 2, k <= 8), fair memory (latency 1)"
-    # the longest bound is 49 cycles (m 2, k 8): its fetch and end both fit depth 51
+    # the longest bound is 49 cycles (m 2, k 8): fetched in step 0 it ends in step 49,
+    # within depth 51
     # (`reach_longest` shows that MATMUL ending at its bound within the depth)
     depth, deep_depth = 51, 51
     bmc_only = ("matmul_within_bound",)
