@@ -40,7 +40,7 @@
   instruction is accepted.
 """
 from amaranth.hdl import *
-from amaranth.lib import wiring, stream, data
+from amaranth.lib import wiring, stream, data, enum
 from amaranth.lib.wiring import In, Out
 
 from .attention import AttentionEngine
@@ -58,6 +58,14 @@ __all__ = ["Machine", "instr_layout", "FETCH_TO_ISSUE"]
 #: presented to an idle unit, or to its error or HALT showing in the status: the two
 #: decode stages and the issue register
 FETCH_TO_ISSUE = 3
+
+
+class Stage(enum.Enum, shape=2):
+    """Where the word register's instruction is (named in a waveform viewer)."""
+    EMPTY = 0       # no word: the next is taken
+    DECODE1 = 1     # every opcode's rules
+    DECODE2 = 2     # the opcode's verdict, waiting for the running unit's done
+    ISSUE = 3       # its command presented to the unit
 
 
 def instr_layout():
@@ -158,9 +166,12 @@ class Machine(wiring.Component):
         reserved_lo = {op: OPCODE_BITS + body_layout(c, op).size for op in self.ops}
         reserved_from = sorted(set(reserved_lo.values()))
         reserved = Signal(len(reserved_from))
-        # the current instruction by name in a waveform viewer (an enum-shaped signal
-        # carries its decoder into the VCD)
+        # the word register's instruction and the running unit's by name in a waveform
+        # viewer (an enum-shaped signal carries its decoder into the VCD), and the
+        # word's stage (`Stage`)
         current_op = Signal(Op, name="current_op")
+        running_op = Signal(Op, name="running_op")
+        word_stage = Signal(Stage, name="word_stage")
         m.d.comb += current_op.eq(opcode)
         bodies = {op: data.View(body_layout(c, op), word[OPCODE_BITS:OPCODE_BITS + body_layout(c, op).size])
                   for op in Op}
@@ -224,7 +235,14 @@ class Machine(wiring.Component):
         with m.If(cur_done.any()):
             m.d.sync += [unit_busy.eq(0), run_sel.eq(0)]
         with m.If(fire):
-            m.d.sync += [issue_to.eq(0), full.eq(0), unit_busy.eq(1), run_sel.eq(issue_to)]
+            m.d.sync += [issue_to.eq(0), full.eq(0), unit_busy.eq(1), run_sel.eq(issue_to),
+                         running_op.eq(owner)]
+        with m.If(issue_to.any()):
+            m.d.comb += word_stage.eq(Stage.ISSUE)
+        with m.Elif(s2):
+            m.d.comb += word_stage.eq(Stage.DECODE2)
+        with m.Elif(s1):
+            m.d.comb += word_stage.eq(Stage.DECODE1)
 
         def retire(end=False):
             m.d.sync += [full.eq(0), s2.eq(0), icount.eq(icount + 1)]
