@@ -44,13 +44,17 @@ frame format, opcodes, replies and faults are defined there once).
 - Nothing can wedge it: HUNT only waits for bytes; inside a frame the
   inter-byte timer leads back to HUNT; a reply has a bounded length; WRITE
   and READ only touch memory while the machine is idle, so the memory always
-  answers; EXEC waits for the machine to take each word, which it does once
-  the previous instruction completed (every instruction completes in a
-  bounded time, `rtl/machine.py`).
-- EXEC and RESET reply with the status `FETCH_TO_ISSUE` cycles after the
-  last word was taken (or the reset), when the machine's decode of that word
-  has updated ``busy`` and ``error``: an EXEC ending in HALT reports
-  ``busy = 0``, one with an illegal word reports the error.
+  answers; EXEC waits for the machine to take each word and to act on the
+  last, which it does once the instruction before that one has been issued
+  or completed (every instruction completes in a bounded time,
+  `rtl/machine.py`).
+- EXEC and RESET reply with the status at least `FETCH_TO_ISSUE` cycles
+  after the last word was taken (or the reset), once the machine is ready
+  for another word: it has then acted on that word (issued it, or ended the
+  program at its HALT, or recorded its error) and updated ``busy`` and
+  ``error``. The machine takes words while an instruction runs, so an EXEC
+  ending in HALT replies when the program has ended (``busy = 0``), one with
+  an illegal word reports the error.
 """
 import struct
 from contextlib import contextmanager
@@ -468,7 +472,7 @@ class _ExState(enum.Enum, shape=3):
     WR = 3
     INSTR = 4
     RESET = 5
-    SETTLE = 6      # FETCH_TO_ISSUE cycles before the status is sampled
+    SETTLE = 6      # the machine has acted on the last word: the status is sampled
 
 
 class _Executor(wiring.Component):
@@ -628,8 +632,12 @@ class _Executor(wiring.Component):
                 m.d.sync += settle.eq(FETCH_TO_ISSUE)
                 m.d.sync += self.state.eq(_ExState.SETTLE)
             with m.Case(_ExState.SETTLE):
-                m.d.sync += settle.eq(settle - 1)
-                with m.If(settle == 0):
+                with m.If(settle != 0):
+                    m.d.sync += settle.eq(settle - 1)
+                # the machine takes the next word while an instruction runs: the last
+                # word is acted on (issued, or its HALT has ended the program) once the
+                # machine is ready for another
+                with m.Elif(self.instr.ready):
                     reply(opcode | P.REPLY, _Body.STATUS)
         return m
 

@@ -1,34 +1,46 @@
 """The machine: instruction fetch/decode/dispatch over the engines, one shared memory port.
 
 ```
- instr stream ─► FETCH ─► DECODE (rtl/isa.py rules) ─┬─► AttentionEngine.mm_cmd ─┐
-                   ▲                                 ├─► AttentionEngine.cmd │
-                   │                                 ├─► KVStore.cmd         ├─ owner mux ─► rd_req / rd_resp / wr
-                   └──── unit's done ◄───────────────┴─► VectorMover.cmd     ─┘
-                                                         (LAYERNORM, GELU, RESADD, REQUANT, EMBED; rtl/vecmove.py)
+ instr stream ─► FETCH ─► DECODE 1 ─► DECODE 2 ─┬─► AttentionEngine.mm_cmd ─┐
+   (next one while      (rtl/isa.py rules)      ├─► AttentionEngine.cmd     │
+    a unit runs)                                ├─► KVStore.cmd             ├─ owner mux ─► rd_req / rd_resp / wr
+                     issue after the unit's done ┴─► VectorMover.cmd         ─┘
+                                                    (LAYERNORM, GELU, RESADD, REQUANT, EMBED; rtl/vecmove.py)
 ```
 
 - Instructions arrive on the ``instr`` stream (one `isa.INSTR_BITS` word per
   beat) rather than being fetched from memory: the host (or a DMA in front
   of the machine) streams a program, and a program needs no space in the
-  data memory or an instruction cache. One instruction runs at a time; the
-  next is fetched after the unit's ``done``, so the single memory port is
-  switched by an ``owner`` register set at dispatch (a unit that is not the
-  owner is idle and has nothing in flight, because every unit's ``done``
-  comes after its last write is accepted and its last read is answered).
+  data memory or an instruction cache.
+- One instruction executes at a time, and the next one is fetched and
+  decoded while it runs: the word register is free once a unit has accepted
+  its command (units take the command at accept), the next word is taken
+  the cycle after, decoded in two registered stages (every built opcode's
+  rules at once, then the opcode's verdict), and its command is presented
+  the cycle after the running unit's ``done``. An instruction whose unit
+  takes U cycles from accept to ``done`` therefore costs max(U + 1, 4)
+  cycles when the host streams without gaps (`sim/cycles/program.py`).
+- The single memory port is switched by an ``owner`` register, changed only
+  once the previous unit is done (a unit that is not the owner is idle and
+  has nothing in flight, because every unit's ``done`` comes after its last
+  write is accepted and its last read is answered).
 - There is one systolic array: MATMUL runs on the AttentionEngine's own
   MatmulEngine, lent through its ``mm_cmd``/``mm_done`` port while attention
   is idle (the array and its requantisers are most of the design's DSPs).
-- Status: ``busy`` (a program is running), ``done`` (one-cycle pulse at
-  HALT), ``error`` (`isa.Error`), ``cycles`` and ``icount`` (since the
-  program's first instruction, frozen at HALT). On an illegal instruction
-  the machine records the error, does not execute it, and discards the
+- Status: ``busy`` (a program is running), ``done`` (one-cycle pulse when
+  the program's HALT is decoded and the last unit is done), ``error``
+  (`isa.Error`), ``cycles`` and ``icount`` (since the program's first
+  instruction, frozen at HALT), ``unit_busy`` (a unit runs an instruction:
+  from its command's accept to its ``done``). On an illegal instruction the
+  machine records the error as soon as it is decoded (`FETCH_TO_ISSUE`
+  cycles after its transfer), does not execute it, and discards the
   following instructions up to the program's HALT, so the stream stays in
-  step with the host; it never hangs. ``error`` is cleared when the next
-  program's first instruction is accepted.
+  step with the host; the instruction before it, already issued, completes.
+  It never hangs. ``error`` is cleared when the next program's first
+  instruction is accepted.
 """
 from amaranth.hdl import *
-from amaranth.lib import wiring, stream, data
+from amaranth.lib import wiring, stream, data, enum
 from amaranth.lib.wiring import In, Out
 
 from .attention import AttentionEngine
@@ -42,9 +54,18 @@ from .vecmove import VectorMover
 
 __all__ = ["Machine", "instr_layout", "FETCH_TO_ISSUE"]
 
-#: cycles from an instruction's fetch (transfer on ``instr``) to its command
-#: being presented to the unit: the decode register
-FETCH_TO_ISSUE = 2
+#: cycles from an instruction's fetch (transfer on ``instr``) to its command being
+#: presented to an idle unit, or to its error or HALT showing in the status: the two
+#: decode stages and the issue register
+FETCH_TO_ISSUE = 3
+
+
+class Stage(enum.Enum, shape=2):
+    """Where the word register's instruction is (named in a waveform viewer)."""
+    EMPTY = 0       # no word: the next is taken
+    DECODE1 = 1     # every opcode's rules
+    DECODE2 = 2     # the opcode's verdict, waiting for the running unit's done
+    ISSUE = 3       # its command presented to the unit
 
 
 def instr_layout():
@@ -66,7 +87,7 @@ class Machine(wiring.Component):
 
     Ports: ``instr`` (`instr_layout`), the memory port (`rd_req`, `rd_resp`,
     `wr`: the MatmulEngine contract), status ``busy``, ``done``, ``error``,
-    ``cycles``, ``icount``. See the module docstring.
+    ``cycles``, ``icount``, ``unit_busy``. See the module docstring.
 
     ``cfg.ops`` (default: every opcode) selects the instructions built in hardware,
     for chips too small for the whole machine: only the units those opcodes
@@ -85,7 +106,7 @@ class Machine(wiring.Component):
         super().__init__({"instr": In(stream.Signature(instr_layout())),
                           "mem": Out(MemPort.for_config(cfg.engine)),
                           "busy": Out(1), "done": Out(1), "error": Out(2),
-                          "cycles": Out(32), "icount": Out(32)})
+                          "cycles": Out(32), "icount": Out(32), "unit_busy": Out(1)})
 
     def _units(self, m):
         """{opcode: unit} for the built opcodes (HALT has none), units added to `m`."""
@@ -115,6 +136,11 @@ class Machine(wiring.Component):
         owners = {}
         for op, u in units.items():
             owners.setdefault(id(u.mem), (u, []))[1].append(int(op))
+        # the command streams: the vector ops share the mover's one `cmd`
+        cmds = {}
+        for op, u in units.items():
+            cmds.setdefault(id(u.cmd), (u, []))[1].append(op)
+        cmds = list(cmds.values())
 
         # ---------------- memory port: routed to the unit that owns it ----------------
         owner = Signal(OPCODE_BITS)
@@ -126,9 +152,11 @@ class Machine(wiring.Component):
         # ---------------- status ----------------
         running, done, error, flushing = Signal(), Signal(), Signal(2), Signal()
         cycles, icount = Signal(32), Signal(32)
+        unit_busy = Signal()
         m.d.sync += done.eq(0)
         m.d.comb += [self.busy.eq(running), self.done.eq(done), self.error.eq(error),
-                     self.cycles.eq(cycles), self.icount.eq(icount)]
+                     self.cycles.eq(cycles), self.icount.eq(icount),
+                     self.unit_busy.eq(unit_busy)]
         with m.If(running):
             m.d.sync += cycles.eq(cycles + 1)
 
@@ -138,12 +166,17 @@ class Machine(wiring.Component):
         reserved_lo = {op: OPCODE_BITS + body_layout(c, op).size for op in self.ops}
         reserved_from = sorted(set(reserved_lo.values()))
         reserved = Signal(len(reserved_from))
-        # the current instruction by name in a waveform viewer (an enum-shaped signal
-        # carries its decoder into the VCD); the sequencer's FSM state names the phase
+        # the word register's instruction and the running unit's by name in a waveform
+        # viewer (an enum-shaped signal carries its decoder into the VCD), and the
+        # word's stage (`Stage`)
         current_op = Signal(Op, name="current_op")
+        running_op = Signal(Op, name="running_op")
+        word_stage = Signal(Stage, name="word_stage")
         m.d.comb += current_op.eq(opcode)
         bodies = {op: data.View(body_layout(c, op), word[OPCODE_BITS:OPCODE_BITS + body_layout(c, op).size])
                   for op in Op}
+        # units take their command at accept (the stream contract), so the word register
+        # is free for the next instruction from then on
         for op, u in units.items():
             if u is not vec:
                 m.d.comb += u.cmd.payload.eq(bodies[op])
@@ -151,53 +184,92 @@ class Machine(wiring.Component):
             m.d.comb += [vec.cmd.payload.op.eq(opcode),
                          vec.cmd.payload.body.eq(word[OPCODE_BITS:OPCODE_BITS + vec.body_bits])]
 
-        with m.FSM():
-            with m.State("FETCH"):
-                m.d.comb += self.instr.ready.eq(1)
-                with m.If(self.instr.valid):
-                    # only the bodies are kept: whether an opcode's reserved bits are
-                    # set is decided here, so the unused top of the word needs no
-                    # register (hundreds of flip-flops on a small chip)
-                    m.d.sync += [word.eq(self.instr.payload.word),
-                                 reserved.eq(Cat(self.instr.payload.word[lo:] != 0
-                                                 for lo in reserved_from))]
-                    with m.If(~running):               # first instruction of a program
-                        m.d.sync += [running.eq(1), cycles.eq(1), icount.eq(0),
-                                     error.eq(Error.NONE), flushing.eq(0)]
-                    m.next = "DECODE"
-            with m.State("DECODE"):
-                m.d.sync += icount.eq(icount + 1)
-                with m.If(flushing):
-                    # after an illegal instruction: drop everything up to HALT
-                    with m.If(opcode == Op.HALT):
-                        m.d.sync += [running.eq(0), done.eq(1)]
-                    m.next = "FETCH"
-                with m.Else():
-                    with m.Switch(opcode):
-                        for op in self.ops:
-                            with m.Case(int(op)):
-                                with m.If(reserved[reserved_from.index(reserved_lo[op])]):
-                                    m.d.sync += [error.eq(Error.RESERVED), flushing.eq(1)]
-                                    m.next = "FETCH"
-                                with m.Elif(~legal_expr(c, op, bodies[op])):
-                                    m.d.sync += [error.eq(Error.FIELD), flushing.eq(1)]
-                                    m.next = "FETCH"
-                                with m.Else():
-                                    if op == Op.HALT:
-                                        m.d.sync += [running.eq(0), done.eq(1)]
-                                        m.next = "FETCH"
-                                    else:
-                                        m.d.sync += owner.eq(int(op))
-                                        m.next = f"ISSUE_{op.name}"
-                        with m.Default():
-                            m.d.sync += [error.eq(Error.OPCODE), flushing.eq(1)]
-                            m.next = "FETCH"
-            for op, u in units.items():
-                with m.State(f"ISSUE_{op.name}"):
-                    m.d.comb += u.cmd.valid.eq(1)
-                    with m.If(u.cmd.ready):
-                        m.next = f"WAIT_{op.name}"
-                with m.State(f"WAIT_{op.name}"):
-                    with m.If(u.done):
-                        m.next = "FETCH"
+        # ---------------- fetch ----------------
+        # `word` holds one instruction from its transfer until its command is accepted
+        # (or it is retired: HALT, illegal, flushed); the next is fetched meanwhile
+        # the previous instruction's unit runs, and decoded before that unit is done
+        full = Signal()
+        s1, s2 = Signal(), Signal()          # decode stage 1 this cycle; stage 2 results valid
+        m.d.comb += self.instr.ready.eq(~full)
+        m.d.sync += s1.eq(0)
+        with m.If(self.instr.valid & ~full):
+            # only the bodies are kept: whether an opcode's reserved bits are set is
+            # decided here, so the unused top of the word needs no register (hundreds
+            # of flip-flops on a small chip)
+            m.d.sync += [word.eq(self.instr.payload.word),
+                         reserved.eq(Cat(self.instr.payload.word[lo:] != 0
+                                         for lo in reserved_from)),
+                         full.eq(1), s1.eq(1)]
+            with m.If(~running):               # first instruction of a program
+                m.d.sync += [running.eq(1), cycles.eq(1), icount.eq(0),
+                             error.eq(Error.NONE), flushing.eq(0)]
+
+        # ---------------- decode, stage 1: every opcode's rules at once ----------------
+        # registered per built opcode, so that no path runs from the word's fields
+        # through the comparisons to the sequencer's decisions in one cycle
+        built = list(self.ops)
+        hot = Signal(len(built))               # the opcode, one-hot over the built ones
+        res_bad = Signal(len(built))           # that opcode's reserved bits are set
+        fields_ok = Signal(len(built))         # its fields satisfy its rules
+        with m.If(s1):
+            m.d.sync += s2.eq(1)
+            for i, op in enumerate(built):
+                m.d.sync += [hot[i].eq(opcode == int(op)),
+                             res_bad[i].eq(reserved[reserved_from.index(reserved_lo[op])]),
+                             fields_ok[i].eq(legal_expr(c, op, bodies[op]))]
+
+        # ---------------- decode, stage 2, and issue ----------------
+        known, is_halt = hot.any(), hot[built.index(Op.HALT)]
+        bad_res = (hot & res_bad).any()
+        legal = (hot & fields_ok & ~res_bad).any()
+        # one command stream at a time is presented (`issue_to`), and one unit runs
+        # (`run_sel`) from its command's accept to its done
+        issue_to = Signal(len(cmds))
+        run_sel = Signal(len(cmds))
+        cur_done = Cat(u.done for u, _ in cmds) & run_sel
+        free = ~unit_busy | cur_done.any()     # no unit runs from the next cycle on
+        fire = Signal()
+        for i, (u, ops) in enumerate(cmds):
+            m.d.comb += u.cmd.valid.eq(issue_to[i])
+        m.d.comb += fire.eq((issue_to & Cat(u.cmd.ready for u, _ in cmds)).any())
+        with m.If(cur_done.any()):
+            m.d.sync += [unit_busy.eq(0), run_sel.eq(0)]
+        with m.If(fire):
+            m.d.sync += [issue_to.eq(0), full.eq(0), unit_busy.eq(1), run_sel.eq(issue_to),
+                         running_op.eq(owner)]
+        with m.If(issue_to.any()):
+            m.d.comb += word_stage.eq(Stage.ISSUE)
+        with m.Elif(s2):
+            m.d.comb += word_stage.eq(Stage.DECODE2)
+        with m.Elif(s1):
+            m.d.comb += word_stage.eq(Stage.DECODE1)
+
+        def retire(end=False):
+            m.d.sync += [full.eq(0), s2.eq(0), icount.eq(icount + 1)]
+            if end:
+                m.d.sync += [running.eq(0), done.eq(1)]
+
+        with m.If(s2):
+            with m.If(flushing):
+                # after an illegal instruction: drop everything up to HALT, which ends
+                # the program once the instruction before the illegal one is done
+                with m.If(~is_halt):
+                    retire()
+                with m.Elif(free):
+                    retire(end=True)
+            with m.Elif(~legal):
+                m.d.sync += [error.eq(Mux(~known, Error.OPCODE,
+                                          Mux(bad_res, Error.RESERVED, Error.FIELD))),
+                             flushing.eq(1)]
+                retire()
+            with m.Elif(is_halt):
+                with m.If(free):
+                    retire(end=True)
+            with m.Elif(free):
+                # the port changes hands only once the previous unit is done: every
+                # unit's done comes after its last write is accepted and its last read
+                # answered, so nothing of it is in flight
+                m.d.sync += [owner.eq(opcode), s2.eq(0), icount.eq(icount + 1)]
+                for i, (u, ops) in enumerate(cmds):
+                    m.d.sync += issue_to[i].eq(Cat(hot[built.index(op)] for op in ops).any())
         return m

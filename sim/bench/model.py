@@ -47,7 +47,7 @@ from gpt2accel.sim.bench.energy import PLACEMENTS, SOURCE, TABLE, energy, op_eve
 from gpt2accel.rtl.isa import INSTR_BITS
 from gpt2accel.sim.host.compiler import CompileError, ModelCompiler
 from gpt2accel.sim.host.driver import array_error, machine_config
-from gpt2accel.sim.cycles.program import PER_INSTRUCTION, program_cycles
+from gpt2accel.sim.cycles.program import instruction_cycles, program_cycles
 
 HELP = ("whole-model cycles/token, utilisation, memory traffic and image bytes "
         "(microGPT's geometry, tiny, GPT-2 small)")
@@ -167,14 +167,14 @@ def parse_arrays(text, option="--arrays"):
 def program_case(cfg, comp, words, ops, mem, t):
     """Figures of the program `words` (`ops`: its (Op, fields)) on memory `mem`, which
     computes `t` tokens: exact cycles (total and by instruction kind, each instruction's
-    hand-over cycles with it, the HALT's last two apart), utilisation, compulsory bytes,
+    hand-over cycles with it, under HALT the first instruction's fetch and decode), utilisation, compulsory bytes,
     and the estimated energy per token (`energy`: parameters in block RAM, and read from
     DRAM)."""
     r, c = cfg.engine.rows, cfg.engine.cols
     cycles, per = program_cycles(cfg, words, mem=mem)
     by_kind = {}
     for op, u in per:
-        by_kind[op.name] = by_kind.get(op.name, 0) + u + PER_INSTRUCTION
+        by_kind[op.name] = by_kind.get(op.name, 0) + instruction_cycles(u)
     by_kind["HALT"] = cycles - sum(by_kind.values())
     events = program_events(comp, ops)
     macs = sum(e.macs for e in events.values())

@@ -1,12 +1,18 @@
 """Exact stall-free cycles of whole machine programs (equal to the RTL, reference memory).
 
-One instruction runs at a time (rtl/machine.py): FETCH (the instruction's
-transfer), DECODE, ISSUE (the unit accepts the command in that cycle, since
-it is idle), then the unit's own cycles U from accept to its ``done`` pulse,
-seen by the WAIT state, which returns to FETCH the cycle after. An
-instruction therefore costs U + `PER_INSTRUCTION` cycles when the host
-streams instructions without gaps. The machine's ``cycles`` status, read at
-``done``, is that sum + 2 (the HALT's fetch and decode).
+One instruction executes at a time (rtl/machine.py) and the next one is
+fetched and decoded while it runs. An instruction accepted by its unit in
+cycle a whose unit takes U cycles from accept to its ``done`` pulse (cycle
+a + U) frees the word register at a; the next word is transferred at a + 1,
+decoded at a + 2 and a + 3, and its command is presented (and accepted: the
+units are idle the cycle after their ``done``) at max(a + 4, a + U + 1). An
+instruction therefore costs `instruction_cycles` (U) = max(U +
+`PER_INSTRUCTION`, `MIN_INSTRUCTION`) cycles when the host streams
+instructions without gaps. The first instruction is accepted
+`FETCH_TO_ISSUE` = 3 cycles after its transfer, and the HALT ends the
+program the cycle after the last unit's ``done``: the machine's ``cycles``
+status, read at ``done``, is `FETCH_TO_ISSUE` + the sum of
+`instruction_cycles`.
 
 Per unit (reference memory: requests always accepted, responses after
 `REF_MEM_LATENCY` cycles, writes always accepted):
@@ -23,6 +29,7 @@ Per unit (reference memory: requests always accepted, responses after
 """
 from gpt2accel.rtl.config import ceil_div
 from gpt2accel.rtl.gelu import GeluUnit, table_words
+from gpt2accel.rtl.machine import FETCH_TO_ISSUE
 from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd
 from gpt2accel.rtl.isa import VECTOR_OPS, Op, decode
 from gpt2accel.rtl.vecmove import (REQ_CYCLES, START_CYCLES, TOK_CYCLES, WRITE_CYCLES,
@@ -32,11 +39,20 @@ from gpt2accel.sim.cycles.matmul import matmul_cycles
 from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY
 from gpt2accel.sim.cycles.units import layernorm_row_passes
 
-__all__ = ["PER_INSTRUCTION", "unit_cycles", "vector_cycles", "vector_groups",
-           "kvstore_cycles", "program_cycles"]
+__all__ = ["PER_INSTRUCTION", "MIN_INSTRUCTION", "instruction_cycles", "unit_cycles",
+           "vector_cycles", "vector_groups", "kvstore_cycles", "program_cycles"]
 
-#: FETCH + DECODE + ISSUE/WAIT hand-over cycles around a unit's own cycles
-PER_INSTRUCTION = 3
+#: the hand-over cycle after a unit's ``done``: the next command is presented then
+PER_INSTRUCTION = 1
+#: the shortest an instruction can take: the next word's fetch after this one's accept
+#: and its two decode stages
+MIN_INSTRUCTION = 4
+
+
+def instruction_cycles(u):
+    """Cycles an instruction whose unit takes `u` cycles (accept to done) adds to a
+    program, between its accept and the next instruction's."""
+    return max(u + PER_INSTRUCTION, MIN_INSTRUCTION)
 
 
 def kvstore_cycles(cfg, f, latency=REF_MEM_LATENCY):
@@ -158,14 +174,14 @@ def program_cycles(cfg, words, latency=REF_MEM_LATENCY, mem=None):
     the machine's ``cycles`` status reads at ``done``. `mem` (the memory image
     when the program starts) is needed for EMBED (its reads follow the token ids)."""
     per = []
-    total = 0
+    total = FETCH_TO_ISSUE
     for w in words:
         op, f = decode(cfg, w)
         if op == Op.HALT:
-            return total + 2, per
+            return total, per
         u = unit_cycles(cfg, op, f, latency, mem)
         per.append((op, u))
-        total += u + PER_INSTRUCTION
+        total += instruction_cycles(u)
     raise ValueError("program has no HALT")
 
 
@@ -208,7 +224,7 @@ def main(argv=None):
         total, per = program_cycles(cfg, comp.program(t, pos), mem=mem)
         share = Counter()
         for op, u in per:
-            share[op.name] += u + PER_INSTRUCTION
+            share[op.name] += instruction_cycles(u)
         parts = ", ".join(f"{k} {100 * v / total:.1f} %" for k, v in share.most_common())
         print(f"{args.rows}x{args.cols} T={t} at {pos}: {total:,} cycles ({parts})")
 

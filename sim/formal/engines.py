@@ -14,14 +14,16 @@ keeps at most ``max_outstanding`` reads in flight and never overflows or
 underflows its FIFOs.
 
 Machine properties (`MachineHarness`): the stream rule on its memory port;
-at every instruction boundary no read is in flight; an illegal instruction
-sets the error code its defect calls for and the controller is back at
-FETCH two cycles later, executes nothing (no memory traffic) until the
-program's HALT, and returns to idle (``busy`` low, ``done``) at that HALT;
-a reset in any state, mid-instruction included, returns it to idle with no
-memory traffic; each legal MATMUL or KVSTORE finishes within the bound
-stated in `MachineLiveHarness` (fair memory: always ready, answers the next
-cycle).
+no read is in flight while no unit runs (``unit_busy`` low), which is when
+the next command is accepted; an illegal instruction sets the error code
+its defect calls for and the controller takes the next word
+`FETCH_TO_ISSUE` cycles after its fetch, issues nothing after it, and once
+the instruction before it (already issued) is done has no memory traffic
+until the program's HALT, and returns to idle (``busy`` low, ``done``) at
+that HALT as soon as no unit runs; a reset in any state, mid-instruction
+included, returns it to idle with no memory traffic; each legal MATMUL
+fetched while no unit runs finishes within the bound stated in
+`MachineLiveHarness` (fair memory: always ready, answers the next cycle).
 """
 import dataclasses
 
@@ -33,7 +35,7 @@ from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.isa import (INSTR_BITS, OPCODE_BITS, Error, Op, body_layout, legal_expr,
                                reserved_mask)
 from gpt2accel.rtl.kvstore import KVStore
-from gpt2accel.rtl.machine import Machine
+from gpt2accel.rtl.machine import FETCH_TO_ISSUE, Machine
 from gpt2accel.rtl.matmul import MatmulEngine
 from gpt2accel.rtl.onchip_memory import READ_LATENCY, OnChipMemory
 from gpt2accel.rtl.vecmove import VectorMover
@@ -329,7 +331,8 @@ class MachineHarness(UnitHarness):
     bugs = {"illegal_sets_error": ("tie", "error", 0),
             "illegal_not_executed": ("tie", "mem.rd_req.valid", 1),
             "flush_ends_at_halt": ("tie", "done", 0),
-            "boundary_no_reads": ("tie", "instr.ready", 1)}
+            # a machine that reports no unit running while one has reads in flight
+            "boundary_no_reads": ("tie", "unit_busy", 0)}
 
     def build(self, m):
         pv = past_valid(m)
@@ -354,24 +357,44 @@ class MachineHarness(UnitHarness):
                 m.d.sync += [error.eq(w.code), flushing.eq(1)]
             with m.If(ends):
                 m.d.sync += flushing.eq(0)
-        # cycle t: accept (FETCH), t+1: DECODE, t+2: back at FETCH
-        ill2 = past(m, past(m, illegal, "illegal1"), "illegal2")
-        code2 = past(m, past(m, w.code, "code1"), "code2")
-        self.check("illegal_sets_error", ~ill2 | ((u.error == code2) & u.instr.ready & u.busy),
-                   "an illegal instruction sets its error code; FETCH again 2 cycles later")
-        self.check("illegal_not_executed", ~flushing | (~u.mem.rd_req.valid & ~u.mem.wr.valid),
-                   "after an illegal instruction nothing executes up to HALT (no memory traffic)")
-        end2 = past(m, past(m, ends & flushing, "flush_end1"), "flush_end2")
+        def delayed(sig, name, n=FETCH_TO_ISSUE):
+            for i in range(n):
+                sig = past(m, sig, f"{name}{i + 1}")
+            return sig
+
+        # cycle t: accept (fetch), t+1, t+2: the two decode stages, t+3: status updated
+        ill3 = delayed(illegal, "illegal")
+        code3 = delayed(w.code, "code")
+        self.check("illegal_sets_error", ~ill3 | ((u.error == code3) & u.instr.ready & u.busy),
+                   f"an illegal instruction sets its error code; the next word is taken "
+                   f"{FETCH_TO_ISSUE} cycles after its fetch")
+        busy_was = past(m, u.unit_busy, "unit_busy_was")
+        self.check("illegal_not_executed",
+                   ~flushing | (~(u.unit_busy & ~busy_was)
+                                & (u.unit_busy | (~u.mem.rd_req.valid & ~u.mem.wr.valid))),
+                   "after an illegal instruction nothing is issued up to HALT, and once the "
+                   "instruction before it is done there is no memory traffic")
+        # the HALT after an illegal instruction ends the program at the first cycle from
+        # its decode on in which no unit runs (the one before the illegal one may)
+        end3 = delayed(ends & flushing, "flush_end")
+        halt_wait = Signal(name="halt_wait")
+        ending = Signal(name="h_ending")
+        m.d.comb += ending.eq((end3 | halt_wait) & ~u.unit_busy)
+        m.d.sync += halt_wait.eq((end3 | halt_wait) & u.unit_busy)
         self.check("flush_ends_at_halt",
-                   ~end2 | (u.done & ~u.busy & u.instr.ready & (u.error == error)),
-                   "the HALT after an illegal instruction ends the program: idle, done, "
-                   "error kept")
-        self.check("boundary_no_reads", ~u.instr.ready | (pending == 0),
-                   "no read in flight when the next instruction is fetched")
-        self.reach("reach_flush_end", end2 & (error == Error.FIELD),
+                   ~ending | (u.done & ~u.busy & u.instr.ready & (u.error == error)),
+                   "the HALT after an illegal instruction ends the program as soon as no unit "
+                   "runs: idle, done, error kept")
+        self.check("boundary_no_reads", u.unit_busy | (pending == 0),
+                   "no read in flight while no unit runs (so when a command is accepted)")
+        self.reach("reach_flush_end", ending & (error == Error.FIELD),
                    "a program with an illegal field reaches its HALT")
         self.reach("reach_write_stall", u.mem.wr.valid & ~u.mem.wr.ready,
                    "an instruction's write waits for memory (the stream rules are exercised)")
+        self.reach("reach_prefetch", u.unit_busy & u.instr.valid & u.instr.ready,
+                   "the next word is taken while a unit runs the instruction before it")
+        self.reach("reach_error_while_running", u.unit_busy & (u.error != Error.NONE),
+                   "an illegal word is decoded while the legal one before it still runs")
 
 
 @register
@@ -391,37 +414,42 @@ class MachineResetHarness(UnitHarness):
         was_reset = past(m, rst, "was_reset", reset_less=True)
         # the cycle after a reset: no program, FETCH, no error, no memory traffic
         self.check("reset_to_idle",
-                   ~was_reset | (~u.busy & u.instr.ready & (u.error == Error.NONE)
+                   ~was_reset | (~u.busy & ~u.unit_busy & u.instr.ready & (u.error == Error.NONE)
                                  & ~u.mem.rd_req.valid & ~u.mem.wr.valid),
                    "a reset in any state, mid-instruction included, leaves the machine idle")
         issued = Signal(name="issued_seen", reset_less=True)   # an instruction is running
-        with m.If(u.busy & ~u.instr.ready & (u.mem.rd_req.valid | u.mem.wr.valid)):
+        with m.If(u.busy & u.unit_busy & (u.mem.rd_req.valid | u.mem.wr.valid)):
             m.d.sync += issued.eq(1)
         self.reach("reach_reset_mid", was_reset & issued,
                    "a reset arrives while an instruction uses the memory port")
 
 
 def _matmul_bounds(cfg, latency):
-    """{(m, k, n, raw): matmul_cycles + 3} for every legal MATMUL shape of `cfg`."""
+    """{(m, k, n, raw): matmul_cycles + FETCH_TO_ISSUE + 1} for every legal MATMUL shape of
+    `cfg`: fetch to the cycle after the engine's done."""
     from gpt2accel.sim.cycles.matmul import matmul_cycles
     e = cfg.engine
-    return {(mm, k, n, raw): matmul_cycles(e, mm, k, n, bool(raw), latency=latency).cycles + 3
+    return {(mm, k, n, raw): matmul_cycles(e, mm, k, n, bool(raw), latency=latency).cycles
+            + FETCH_TO_ISSUE + 1
             for mm in range(1, e.max_m + 1) for k in range(1, e.max_k + 1)
             for n in range(1, e.max_n + 1) for raw in (0, 1)}
 
 
 @register
 class MachineLiveHarness(UnitHarness):
-    """Each legal MATMUL (every shape the configuration allows) ends, back at FETCH, within
-    ``matmul_cycles(m, k, n, raw, latency=1) + 3`` cycles of its fetch: the
-    controller's decode and issue (3 cycles) around the engine's own time, as
-    the cycle model states it. Fair memory: always ready, every read answered
-    in the next cycle (latency 1)."""
+    """Each legal MATMUL (every shape the configuration allows) fetched while no unit runs
+    ends (``unit_busy`` low again) within ``matmul_cycles(m, k, n, raw,
+    latency=1) + FETCH_TO_ISSUE + 1`` cycles of its fetch: the controller's
+    decode and issue (`FETCH_TO_ISSUE` cycles) and the cycle after the
+    engine's done around the engine's own time, as the cycle model states
+    it. Fair memory: always ready, every read answered in the next cycle
+    (latency 1)."""
     unit, cls = "machine_live", Machine
     config = "MACHINE_CONFIG, every legal MATMUL (m, n <= 2, k <= 8), fair memory (latency 1)"
-    # the longest bound is 48 cycles (m 2, k 8): its fetch and end both fit depth 50
+    # the longest bound is 49 cycles (m 2, k 8): fetched in step 0 it ends in step 49,
+    # within depth 51
     # (`reach_longest` shows that MATMUL ending at its bound within the depth)
-    depth, deep_depth = 50, 50
+    depth, deep_depth = 51, 51
     bmc_only = ("matmul_within_bound",)
     # never reads memory, so the MATMUL never finishes
     bugs = {"matmul_within_bound": ("tie", "mem.rd_req.valid", 0)}
@@ -449,16 +477,24 @@ class MachineLiveHarness(UnitHarness):
                        cyc, this)
         t = Signal(8, name="since_fetch")
         inflight = Signal(name="inflight")
-        with m.If(accept):
-            m.d.sync += [bound.eq(this), t.eq(1), inflight.eq(1)]
+        started = Signal(name="started")         # its unit has been seen running
+        finished = Signal(name="finished")
+        m.d.comb += finished.eq(started & ~u.unit_busy)
+        # the next MATMUL is fetched while this one runs: follow one at a time, fetched
+        # with no unit running, so that its time from fetch is the controller's alone
+        with m.If(accept & ~inflight & ~u.unit_busy):
+            m.d.sync += [bound.eq(this), t.eq(1), inflight.eq(1), started.eq(0)]
         with m.Elif(inflight):
             m.d.sync += t.eq(t + 1)
-            with m.If(u.instr.ready):
+            with m.If(u.unit_busy):
+                m.d.sync += started.eq(1)
+            with m.If(finished):
                 m.d.sync += inflight.eq(0)
         e = MACHINE_CONFIG.engine
-        self.check("matmul_within_bound", ~inflight | u.instr.ready | (t < bound),
-                   f"a legal MATMUL (m<={e.max_m}, k<={e.max_k}, n<={e.max_n}) is back at "
-                   "FETCH within matmul_cycles + 3 cycles of its fetch")
-        self.reach("reach_longest", inflight & u.instr.ready & (t == longest),
+        self.check("matmul_within_bound", ~inflight | finished | (t < bound),
+                   f"a legal MATMUL (m<={e.max_m}, k<={e.max_k}, n<={e.max_n}) fetched while no "
+                   f"unit runs is done within matmul_cycles + {FETCH_TO_ISSUE + 1} cycles of its "
+                   "fetch")
+        self.reach("reach_longest", inflight & finished & (t == longest),
                    f"a MATMUL of the longest bound ({longest} cycles) takes exactly that "
                    "(the bound is tight, and the depth holds the longest)")

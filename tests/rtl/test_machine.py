@@ -20,6 +20,7 @@ from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.isa import INSTR_BITS, OPCODE_BITS, Error, Op, body_layout, encode
 from gpt2accel.sim.host.compiler import BlockCompiler
 from gpt2accel.sim.harness.machine import run_programs
+from gpt2accel.sim.cycles.program import program_cycles
 
 
 E, H, VOCAB, NPOS = 32, 2, 40, 16
@@ -128,6 +129,33 @@ def test_illegal_instructions_set_error_and_recover(seed):
     # the discarded MATMUL (2x32x96, > 700 cycles) did not run: an illegal
     # program ends within a few cycles per instruction
     assert all(r["cycles"] < 200 for r in res[:-1]), [r["cycles"] for r in res]
+
+
+def test_illegal_word_while_the_previous_runs(seed):
+    """The word after a running instruction is fetched and decoded meanwhile: an illegal
+    one sets the error while the instruction before it still runs, which completes (its
+    output as when it runs alone); the words up to HALT are discarded, and the HALT ends
+    the program the cycle after that instruction's done, so the program costs what the
+    legal instruction alone does (`program_cycles`)."""
+    qm, rng = _model(seed)
+    comp = BlockCompiler(CFG, qm, 0, max_tokens=8, mem_words=4096)
+    ops, words = comp.ops(2, 0), comp.program(2, 0)
+    n, mm = next((n, f) for n, (op, f) in enumerate(ops) if op == Op.MATMUL)
+    mm_word, halt = words[n], words[-1]
+    bad = _raw(Op.MATMUL, {**mm, "k": 0})
+    image = comp.image()
+    image[:] = rng.integers(0, 256, image.shape, dtype=np.uint8)   # a MATMUL of noise
+    alone, (ref,) = run_programs(CFG, [[mm_word, halt]], image, seed=seed)
+    want, _ = program_cycles(CFG, [mm_word, halt])
+    assert ref["cycles"] == want and not np.array_equal(alone, image), f"GPT2ACCEL_SEED={seed}"
+    for stall in (0.0, 0.2):
+        mem, (res,) = run_programs(CFG, [[mm_word, bad, mm_word, halt]], image, seed=seed,
+                                   stall=stall, jitter=2 if stall else 0)
+        what = f"stall {stall}, GPT2ACCEL_SEED={seed}"
+        assert res["error"] == Error.FIELD and res["icount"] == 4, what
+        np.testing.assert_array_equal(mem, alone, err_msg=what)
+        if not stall:
+            assert res["cycles"] == want, what
 
 
 def test_machine_converts_to_rtlil():

@@ -139,17 +139,20 @@ def test_bad_requests(qm):
 
 
 def test_vcd_names_the_instruction_and_phase(qm, tmp_path):
-    """--vcd: the waveform shows the current instruction and the sequencer's phase by
-    name (enum-shaped `current_op`, named FSM states), and the run stays bit-exact."""
+    """--vcd: the waveform shows the decode register's instruction, the running unit's
+    and the word's stage by name (enum-shaped `current_op`, `running_op`,
+    `word_stage`), and the run stays bit-exact."""
     from gpt2accel.sim.host.driver import PysimBackend
     path = tmp_path / "run.vcd"
     drv = Driver(qm, machine_config(qm, 4, 4), PysimBackend(vcd=str(path))).load()
     np.testing.assert_array_equal(drv.prefill([9]), qm.forward(np.array([9])))
     text = path.read_text()
-    assert "$var string 1" in text and " current_op $end" in text
-    for name in ("EMBED", "LAYERNORM", "MATMUL", "ATTENTION", "REQUANT", "HALT"):
+    for sig in ("current_op", "running_op", "word_stage"):
+        assert f" {sig} $end" in text, sig
+    assert "$var string 1" in text
+    for name in ("EMBED", "LAYERNORM", "MATMUL", "ATTENTION", "REQUANT", "HALT",
+                 "EMPTY", "DECODE1", "DECODE2", "ISSUE"):
         assert f"\ns{name} " in text, name
-    assert "\nsWAIT_ATTENTION/" in text        # the FSM state: "name/encoding"
 
 
 @pytest.mark.slow
