@@ -116,7 +116,9 @@ def _options(family, preset):
     rather than fatal, iCE40 multipliers in SB_MAC16 DSPs, and on ECP5 nextpnr's
     router2: on the 8x8 whole machine the default router1 spent 35 minutes ripping up
     congested arcs where router2 routed it in 6 (same placement, same machine)."""
-    opts = {"nextpnr_opts": "--report report.json --timing-allow-fail"}
+    # the detailed report adds every net's routed delay to each of its sinks: the
+    # worst paths beyond nextpnr's one per clock pair are traced from it
+    opts = {"nextpnr_opts": "--report report.json --detailed-timing-report --timing-allow-fail"}
     if family == "ice40":
         opts["synth_opts"] = "-dsp"
     else:
