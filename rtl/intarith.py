@@ -107,10 +107,15 @@ def split_product(m, a, b, *, en=None, name):
     operands should come straight from registers. `en` holds the stages (the
     caller's pipeline enable); returns the (signed) product signal."""
     a, b = Value.cast(a), Value.cast(b)
-    assert _LO < len(a) <= _LO + 18 and not b.shape().signed and len(b) <= _LO
+    assert len(a) <= _LO + 18 and not b.shape().signed and len(b) <= _LO
+    prod = Signal(signed(len(a) + len(b) + 1), name=f"{name}_p")
+    if len(a) <= _LO + 1:
+        # one DSP: its product registered, then held a stage (the same latency)
+        one = Signal.like(prod, name=f"{name}_p1")
+        _staged(m, en, [one.eq(a.as_signed() * b), prod.eq(one)])
+        return prod
     lo = Signal(unsigned(_LO + len(b)), name=f"{name}_pl")
     hi = Signal(signed(len(a) - _LO + len(b) + 1), name=f"{name}_ph")
-    prod = Signal(signed(len(a) + len(b) + 1), name=f"{name}_p")
     _staged(m, en, [lo.eq(a[:_LO] * b), hi.eq(a[_LO:].as_signed() * b),
                     prod.eq(Cat(lo[:_LO], hi + lo[_LO:]))])
     return prod
