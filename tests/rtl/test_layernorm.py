@@ -114,7 +114,7 @@ def test_e1024(seed):
 
 @pytest.mark.parametrize("lanes,n,rows,banks", [(4, 13, 4, 3), (2, 64, 6, 3), (1, 40, 5, 3),
                                                (8, 8, 3, 3), (1, 28, 5, 3), (1, 40, 5, 2),
-                                               (2, 16, 7, 4)])
+                                               (2, 16, 7, 4), (1, 48, 4, 3)])
 def test_cycles_match_model(lanes, n, rows, banks):
     """Stall-free: every input and output beat in the cycle `layernorm_schedule`
     predicts (root-bound short rows and full-rate rows of >= 42 beats)."""
