@@ -8,7 +8,7 @@ from amaranth.hdl import *
 
 __all__ = ["round_shift", "add_half", "saturate", "max_tree", "sum_tree", "bit_length",
            "split_product", "shift_right_staged", "SPLIT_PRODUCT_LATENCY",
-           "SHIFT_STAGED_LATENCY"]
+           "SHIFT_STAGED_LATENCY", "times_const", "small_times"]
 
 #: registers between a `split_product`'s operands and its product
 SPLIT_PRODUCT_LATENCY = 2
@@ -144,3 +144,20 @@ def _staged(m, en, stmts):
     else:
         with m.If(en):
             m.d.sync += stmts
+
+
+def times_const(x, k):
+    """x * k for a constant k >= 0 as a sum of shifted copies of x. Yosys maps a
+    multiply by a constant (or by a 2-bit value) onto an ECP5 DSP, combinational in
+    nextpnr's timing: in an address path that is a DSP's delay for an add or two."""
+    x = Value.cast(x)
+    terms = [x << i for i in range(k.bit_length()) if k >> i & 1]
+    return sum_tree(terms) if terms else Const(0, 1)
+
+
+def small_times(sel, k):
+    """sel * k for a small runtime `sel` (a few bits) and a constant k: a table of
+    the products of every value of sel (a LUT each bit), not a multiplier."""
+    sel = Value.cast(sel)
+    n = 1 << len(sel)
+    return Array([Const(b * k, range(max(1, (n - 1) * k + 1))) for b in range(n)])[sel]
