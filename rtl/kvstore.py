@@ -9,6 +9,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .attention_config import AttentionConfig
+from .intarith import times_const
 from .isa import kvstore_layout
 from .memport import MemPort
 
@@ -43,7 +44,6 @@ class KVStore(wiring.Component):
         wpt_tile = e.w_words_per_tile(T)           # words per d-column tile of a V tile
         cmd = Signal(kvstore_layout(c))
         t = Signal.like(cmd.n_tok)
-        pos = Signal(range(c.max_seq + 1))
         row = Signal(e.addr_bits)                  # src_base + t*src_stride
         widx = Signal(e.addr_bits)                 # word of the source row being moved
         kb = Signal(range(MB))                     # b_h: head h's first Kᵀ row
@@ -58,14 +58,27 @@ class KVStore(wiring.Component):
         m.d.sync += done.eq(0)
         m.d.comb += self.done.eq(done)
 
-        j, kin = pos // T, pos % T
+        # Every address term is a register advanced by its stride (no multiply in
+        # the address path): the token's key kin = pos mod tile and its tile j, with
+        # j * k_tile_stride (jk) and j * v_tile_stride (jv); head h's h * k_head_stride
+        # (kh) and h * v_head_stride (vh); (d // cols) * wpt_tile (vd). The first
+        # token's j * stride is one registered multiply (operands and product in
+        # registers) in the READ state, two cycles before the first write. With
+        # tile > cols, (kin // cols) * wpt_d (kq) is a registered multiply too,
+        # given a cycle (state KHEAD) after each K head changes wpt_d.
+        j0 = Signal(range(c.max_seq // T + 1))
+        kin = Signal(range(T))
+        jk, jv, kh, vh = (Signal(e.addr_bits, name=n) for n in ("jk", "jv", "kh", "vh"))
+        vd = Signal(e.addr_bits)
+        init = Signal()
+        kq = Signal(e.addr_bits)
+        if T > C:
+            m.d.sync += kq.eq((kin // C) * wpt_d)
         kd = kb + d
-        k_addr = (cmd.k_base + h * cmd.k_head_stride + j * cmd.k_tile_stride
-                  + (kin // C) * wpt_d + kd // KPW)
-        k_lane = (kd % KPW) * C + kin % C
-        v_addr = (cmd.v_base + h * cmd.v_head_stride + j * cmd.v_tile_stride
-                  + (d // C) * wpt_tile + kin // KPW)
-        v_lane = (kin % KPW) * C + d % C
+        k_addr = cmd.k_base + jk + kh + kq + kd // KPW
+        k_lane = times_const(kd % KPW, C) + kin % C
+        v_addr = cmd.v_base + jv + vh + vd + kin // KPW
+        v_lane = times_const(kin % KPW, C) + d % C
         byte = word.word_select(lane, 8)
         out_lane = Signal(range(MB))
         m.d.comb += [out_lane.eq(Mux(sel, v_lane, k_lane)),
@@ -79,13 +92,17 @@ class KVStore(wiring.Component):
                 p = self.cmd.payload
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += [cmd.eq(p), t.eq(0), pos.eq(p.pos0), row.eq(p.src_base),
+                    m.d.sync += [cmd.eq(p), t.eq(0), row.eq(p.src_base),
+                                 j0.eq(p.pos0 // T), kin.eq(p.pos0 % T), init.eq(1),
                                  widx.eq(0), kb.eq(0),
                                  wpt_d.eq((p.d_head + KPW - 1) // KPW),
-                                 sel.eq(0), h.eq(0), d.eq(0)]
+                                 sel.eq(0), h.eq(0), d.eq(0), kh.eq(0), vh.eq(0), vd.eq(0)]
                     m.next = "READ"
             with m.State("READ"):
                 m.d.comb += [self.busy.eq(1), self.mem.rd_req.valid.eq(1)]
+                with m.If(init):
+                    m.d.sync += [jk.eq(j0 * cmd.k_tile_stride), jv.eq(j0 * cmd.v_tile_stride),
+                                 init.eq(0)]
                 with m.If(self.mem.rd_req.ready):
                     m.next = "WAIT"
             with m.State("WAIT"):
@@ -98,19 +115,32 @@ class KVStore(wiring.Component):
                 m.d.comb += [self.busy.eq(1), self.mem.wr.valid.eq(1)]
                 with m.If(self.mem.wr.ready):
                     m.d.sync += [lane.eq(lane + 1), d.eq(d + 1)]
+                    if C > 1:
+                        with m.If(d % C == C - 1):
+                            m.d.sync += vd.eq(vd + wpt_tile)
+                    else:
+                        m.d.sync += vd.eq(vd + wpt_tile)
                     last_d = d == cmd.d_head - 1
                     last_h = h == cmd.n_head - 1
                     kb_next = kb + cmd.k_skew
                     kb_next = Mux(kb_next >= MB, kb_next - MB, kb_next)
+                    head_pause = Signal()
                     with m.If(last_d):
-                        m.d.sync += [d.eq(0), h.eq(h + 1), kb.eq(kb_next),
+                        m.d.sync += [d.eq(0), vd.eq(0), h.eq(h + 1), kb.eq(kb_next),
+                                     kh.eq(kh + cmd.k_head_stride), vh.eq(vh + cmd.v_head_stride),
                                      wpt_d.eq((kb_next + cmd.d_head + KPW - 1) // KPW)]
                         with m.If(last_h):
-                            m.d.sync += [h.eq(0), sel.eq(~sel), kb.eq(0),
+                            m.d.sync += [h.eq(0), sel.eq(~sel), kb.eq(0), kh.eq(0), vh.eq(0),
                                          wpt_d.eq((cmd.d_head + KPW - 1) // KPW)]
+                        if T > C:
+                            m.d.comb += head_pause.eq(~sel & ~last_h)
                     with m.If(last_d & last_h & sel):       # token's V done
-                        m.d.sync += [t.eq(t + 1), pos.eq(pos + 1),
-                                     row.eq(row + cmd.src_stride), widx.eq(0)]
+                        m.d.sync += [t.eq(t + 1), row.eq(row + cmd.src_stride), widx.eq(0)]
+                        with m.If(kin == T - 1):
+                            m.d.sync += [kin.eq(0), jk.eq(jk + cmd.k_tile_stride),
+                                         jv.eq(jv + cmd.v_tile_stride)]
+                        with m.Else():
+                            m.d.sync += kin.eq(kin + 1)
                         with m.If(t == cmd.n_tok - 1):
                             m.d.sync += done.eq(1)
                             m.next = "IDLE"
@@ -119,4 +149,10 @@ class KVStore(wiring.Component):
                     with m.Elif(lane == MB - 1):
                         m.d.sync += widx.eq(widx + 1)
                         m.next = "READ"
+                    with m.Elif(head_pause):
+                        m.next = "KHEAD"
+            with m.State("KHEAD"):
+                # kq of the new K head is registered at the end of this cycle
+                m.d.comb += self.busy.eq(1)
+                m.next = "WRITE"
         return m

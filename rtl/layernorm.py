@@ -100,9 +100,11 @@ def _min_tree(values):
 class RowRoot(wiring.Component):
     """S2 (48-bit) in, inv = min(round(2^36 / max(isqrt(S2), 1)), 2^24 - 1) out (§6.4).
 
-    Sequential: the restoring square root of `intmodel.isqrt`, two of its
-    iterations per cycle (12 cycles), then a radix-4 restoring divider (12
-    cycles; digit = largest k in 0..3 with k * divisor <= remainder). For
+    Sequential: the restoring square root of `intmodel.isqrt`, one iteration per
+    cycle (24 cycles), then a radix-4 restoring divider (12 cycles; digit =
+    largest k in 0..3 with k * divisor <= remainder). Each cycle has one carry
+    chain on its select path: the trial subtractions run in parallel and their
+    signs pick the result. For
     r <= 2^12 the quotient is >= 2^24 and clamps (only constant rows get
     there), so the divider only ever produces 24 bits.
 
@@ -110,7 +112,7 @@ class RowRoot(wiring.Component):
     pulses `period` - 1 cycles later with ``inv`` valid in the same cycle.
     """
     #: cycles from ``start`` to the next possible ``start``
-    period = 26
+    period = 38
 
     def __init__(self):
         super().__init__({"start": In(1), "s2": In(im.LN_ACC_BITS), "busy": Out(1),
@@ -119,11 +121,12 @@ class RowRoot(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         A = im.LN_ACC_BITS
-        steps = A // 4                  # two isqrt iterations per cycle
+        steps = A // 2                  # one isqrt iteration per cycle
         rem = Signal(A + 2)
         root = Signal(A)                # shifted partial root, as in intmodel.isqrt
         bit = Signal(A)
         dv = Signal(A + 2)
+        dv3 = Signal(A + 2)             # 3 * dv, shifted with it
         q = Signal(im.LN_RECIP_BITS)
         clamp = Signal()
         step = Signal(range(steps))
@@ -135,15 +138,15 @@ class RowRoot(wiring.Component):
                     m.next = "SQRT"
             with m.State("SQRT"):
                 m.d.comb += self.busy.eq(1)
-                # intmodel.isqrt, unrolled twice: trial = root + bit; take if rem >= trial
-                r_, t_, b_ = rem, root, bit
-                for _ in range(2):
-                    trial = t_ + b_
-                    take = r_ >= trial
-                    r_ = Mux(take, r_ - trial, r_)
-                    t_ = Mux(take, (t_ >> 1) + b_, t_ >> 1)
-                    b_ = b_ >> 2
-                m.d.sync += [rem.eq(r_), root.eq(t_), bit.eq(b_), step.eq(step + 1)]
+                # intmodel.isqrt: trial = root + bit; take if rem >= trial. root is a
+                # multiple of 2 * bit, so the trial is root | bit (no carry), and the
+                # subtraction's sign is the compare
+                diff = Signal(signed(A + 3))
+                m.d.comb += diff.eq(rem - (root | bit))
+                take = ~diff[-1]
+                m.d.sync += [rem.eq(Mux(take, diff[:A + 2], rem)),
+                             root.eq(Mux(take, (root >> 1) + bit, root >> 1)),
+                             bit.eq(bit >> 2), step.eq(step + 1)]
                 with m.If(step == steps - 1):
                     m.next = "PREP"
             with m.State("PREP"):
@@ -151,19 +154,25 @@ class RowRoot(wiring.Component):
                 r = Mux(root == 0, 1, root)
                 # (2^36 + (r >> 1)) // r >= 2^24 exactly when r <= 2^12
                 m.d.sync += [rem.eq((1 << im.LN_RECIP_SHIFT) + (r >> 1)),
-                             dv.eq(r << (q_bits - 2)), q.eq(0), step.eq(0),
+                             dv.eq(r << (q_bits - 2)),
+                             dv3.eq((r << (q_bits - 1)) + (r << (q_bits - 2))),
+                             q.eq(0), step.eq(0),
                              clamp.eq(r <= (1 << (im.LN_RECIP_SHIFT - q_bits)))]
                 m.next = "DIV"
             with m.State("DIV"):
                 m.d.comb += self.busy.eq(1)
-                # rem < 4 * dv holds throughout because the quotient fits 24 bits
-                dv2, dv3 = dv << 1, (dv << 1) + dv
-                ge1, ge2, ge3 = rem >= dv, rem >= dv2, rem >= dv3
+                # rem < 4 * dv holds throughout because the quotient fits 24 bits;
+                # dv's low bits stay zero until its last step, so (3*dv) >> 2 is
+                # 3 * (dv >> 2): the three trial remainders are subtracted in parallel
+                trial = [Signal(signed(A + 3), name=f"trial{k}") for k in (1, 2, 3)]
+                m.d.comb += [trial[0].eq(rem - dv), trial[1].eq(rem - (dv << 1)),
+                             trial[2].eq(rem - dv3)]
+                ge1, ge2, ge3 = (~t[-1] for t in trial)
                 digit = Mux(ge3, 3, Mux(ge2, 2, Mux(ge1, 1, 0)))
-                sub = Mux(ge3, dv3, Mux(ge2, dv2, Mux(ge1, dv, 0)))
+                nrem = Mux(ge3, trial[2], Mux(ge2, trial[1], Mux(ge1, trial[0], rem)))
                 q_next = Cat(digit[:2], q[:-2])
-                m.d.sync += [rem.eq(rem - sub), dv.eq(dv >> 2), q.eq(q_next),
-                             step.eq(step + 1)]
+                m.d.sync += [rem.eq(nrem[:A + 2]), dv.eq(dv >> 2), dv3.eq(dv3 >> 2),
+                             q.eq(q_next), step.eq(step + 1)]
                 with m.If(step == q_bits // 2 - 1):
                     m.d.comb += [self.done.eq(1),
                                  self.inv.eq(Mux(clamp, (1 << q_bits) - 1, q_next))]

@@ -31,6 +31,7 @@ from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
 from .config import EngineConfig
+from .intarith import times_const
 from .isa import matmul_command_layout
 from .memport import MemPort, read_request_layout, read_response_layout, write_layout
 from .systolic import SystolicArray
@@ -103,7 +104,7 @@ class _CommandLatch(wiring.Component):
                          ctx.pmin.eq(Mux(p.raw_out, c.min_tile_period(True),
                                          c.min_tile_period(False))),
                          ctx.fold.eq((p.m <= c.gemv_rows) if c.gemv_rows else 0),
-                         ctx.a_blk_stride.eq(p.a_stride * c.rows),
+                         ctx.a_blk_stride.eq(times_const(p.a_stride, c.rows)),
                          ctx.k_ok.eq(p.k >= c.interleave_min_k)]
         with m.If(self.finish):
             m.d.sync += self.busy.eq(0)
@@ -618,7 +619,7 @@ class _Writer(wiring.Component):
         seg_per = Mux(cmd.raw_out, per32, per8)
         seg_words = Mux(cmd.raw_out, words32, words8)
         with m.If(self.ctx.start):
-            top = p.out_base + p.out_stride * (R - 1)
+            top = p.out_base + times_const(p.out_stride, R - 1)
             m.d.sync += [wr_row.eq(R - 1), wr_b.eq(0), wr_n_rem.eq(p.n), wr_m_rem.eq(p.m),
                          wr_blk_top.eq(top), wr_row_addr.eq(top),
                          wr_seg_word.eq(0), wr_seg_g.eq(0)]
@@ -655,7 +656,7 @@ class _Writer(wiring.Component):
                         with m.Else():
                             m.d.sync += wr_seg_g.eq(wr_seg_g + 1)
                     with m.Elif(wr_m_rem > R):
-                        nxt_top = wr_blk_top + cmd.out_stride * R
+                        nxt_top = wr_blk_top + times_const(cmd.out_stride, R)
                         m.d.sync += [wr_n_rem.eq(cmd.n), wr_m_rem.eq(wr_m_rem - R),
                                      wr_seg_g.eq(0), wr_seg_word.eq(0),
                                      wr_blk_top.eq(nxt_top), wr_row_addr.eq(nxt_top)]

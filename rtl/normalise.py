@@ -19,7 +19,7 @@ from amaranth.lib.wiring import In, Out
 from gpt2accel.model import intmodel as im
 
 from .attention_config import AttentionConfig
-from .intarith import add_half, bit_length, saturate
+from .intarith import add_half, bit_length, saturate, shift_right_staged, split_product
 
 __all__ = ["Reciprocal", "Normaliser", "row_sum_layout", "o_layout", "out_layout",
            "recip_layout"]
@@ -77,6 +77,7 @@ class Reciprocal(wiring.Component):
         num_w = 32 + im.ATTN_RECIP_FRAC + 3   # room for 3 * dv
         rem = Signal(num_w)
         dv = Signal(num_w)
+        dv3 = Signal(num_w)
         q = Signal(_Q_BITS)
         step = Signal(range(_STEPS))
         e = bit_length(m, l_sum, "e")
@@ -92,19 +93,26 @@ class Reciprocal(wiring.Component):
                     m.next = "PREP"
             with m.State("PREP"):
                 m.d.sync += [rem.eq((Const(1, num_w) << (e + im.ATTN_RECIP_FRAC)) + (l_sum >> 1)),
-                             dv.eq(l_sum << (_Q_BITS - 2)), q.eq(0), step.eq(0),
+                             dv.eq(l_sum << (_Q_BITS - 2)),
+                             dv3.eq((l_sum << (_Q_BITS - 1)) + (l_sum << (_Q_BITS - 2))),
+                             q.eq(0), step.eq(0),
                              out.shift.eq(e + im.ATTN_RECIP_FRAC - im.ATTN_AVG_FRAC)]
                 m.next = "DIV"
             with m.State("DIV"):
                 # radix-4 restoring division, MSB digit first: the digit is the
-                # largest k in 0..3 with k*dv <= rem (three comparisons in
-                # parallel). rem < 4*dv holds throughout because the quotient
-                # fits 16 bits (L >= 2^(e-1)).
-                dv2, dv3 = dv << 1, (dv << 1) + dv
-                ge1, ge2, ge3 = rem >= dv, rem >= dv2, rem >= dv3
+                # largest k in 0..3 with k*dv <= rem. The three trial remainders
+                # rem - k*dv are subtracted in parallel and their signs pick the
+                # digit and the new remainder (one carry chain per cycle; 3*dv is a
+                # register shifted with dv: dv's low bits stay zero until its last
+                # step, so (3*dv) >> 2 == 3*(dv >> 2)). rem < 4*dv holds throughout
+                # because the quotient fits 16 bits (L >= 2^(e-1)).
+                trial = [Signal(signed(num_w + 1), name=f"trial{k}") for k in (1, 2, 3)]
+                m.d.comb += [trial[0].eq(rem - dv), trial[1].eq(rem - (dv << 1)),
+                             trial[2].eq(rem - dv3)]
+                ge1, ge2, ge3 = (~t[-1] for t in trial)
                 digit = Mux(ge3, 3, Mux(ge2, 2, Mux(ge1, 1, 0)))
-                sub = Mux(ge3, dv3, Mux(ge2, dv2, Mux(ge1, dv, 0)))
-                m.d.sync += [rem.eq(rem - sub), dv.eq(dv >> 2),
+                nrem = Mux(ge3, trial[2], Mux(ge2, trial[1], Mux(ge1, trial[0], rem)))
+                m.d.sync += [rem.eq(nrem[:num_w]), dv.eq(dv >> 2), dv3.eq(dv3 >> 2),
                              q.eq(Cat(digit[:2], q[:-2])), step.eq(step + 1)]
                 with m.If(step == _STEPS - 1):
                     m.next = "DONE"
@@ -129,7 +137,9 @@ class Normaliser(wiring.Component):
     was taken, and the next row's inverse is computed while this row streams).
     Rows of fewer than `Reciprocal.latency` + 1 beats wait for the divider.
     """
-    latency = 6
+    #: N0 (the beat), N1, N1b (O * inv), N2a (+ half), N2c, N2 (shift), N3, N3b
+    #: (* out_mult), N4 (+ half), N5c, N5 (shift, saturate; the output register)
+    latency = 11
     #: reciprocals buffered between the divider and the scaling pipeline
     recip_depth = 2
 
@@ -160,51 +170,55 @@ class Normaliser(wiring.Component):
         m.d.comb += [self.o_in.ready.eq(queue.r_rdy & en),
                      queue.r_en.eq(take & self.o_in.payload.last)]
 
-        # N1: O * inv (49-bit signed)
-        prod1_w = 32 + _Q_BITS + 1
-        n1_valid, n1_last = Signal(), Signal()
-        n1_prod = [Signal(signed(prod1_w), name=f"n1_prod{l}") for l in range(NL)]
-        n1 = Signal(rl)
+        # Every multiply has registers on both sides and its two partial products
+        # registered (`split_product`); every round-shift is split at its add and
+        # shifts in two steps (`shift_right_staged`): add, shift and saturate in
+        # one cycle, and O read -> word select -> multiply, were the engine's
+        # longest paths. The row's context (`recip_layout`) rides along.
+        ctx = data.StructLayout({"valid": 1, "last": 1, "r": rl})
+
+        def follow(prev, name):
+            nxt = Signal(ctx, name=name)
+            with m.If(en):
+                m.d.sync += nxt.eq(prev)
+            return nxt
+
+        # N0: the beat and its row's reciprocal registered
+        n0 = Signal(ctx)
+        n0_o = [Signal(signed(32), name=f"n0_o{l}") for l in range(NL)]
         with m.If(en):
-            m.d.sync += [n1_valid.eq(take), n1_last.eq(self.o_in.payload.last), n1.eq(head)]
+            m.d.sync += [n0.valid.eq(take), n0.last.eq(self.o_in.payload.last), n0.r.eq(head)]
             for l in range(NL):
-                m.d.sync += n1_prod[l].eq(self.o_in.payload.o[l] * head.inv)
-        # N2a: + the rounding half of e + 6; N2: avg = (.) >> (e + 6), int32 by
-        # numerics §4.5 (|avg| <= 2^15 + 1). Every round-shift here is split at its
-        # add: add, shift and saturate in one cycle were the engine's longest paths.
-        n2a_valid, n2a_last = Signal(), Signal()
+                m.d.sync += n0_o[l].eq(self.o_in.payload.o[l])
+        # N1, N1b: O * inv (49-bit signed)
+        prod1 = [split_product(m, n0_o[l], n0.r.inv, en=en, name=f"n1_{l}") for l in range(NL)]
+        n1 = follow(follow(n0, "n1a"), "n1")
+        # N2a: + the rounding half of e + 6; N2c, N2: avg = (.) >> (e + 6), int32 by
+        # numerics §4.5 (|avg| <= 2^15 + 1)
+        prod1_w = len(prod1[0])
+        n2a = follow(n1, "n2a")
         n2a_t = [Signal(signed(prod1_w + 1), name=f"n2a_t{l}") for l in range(NL)]
-        n2a = Signal(rl)
         with m.If(en):
-            m.d.sync += [n2a_valid.eq(n1_valid), n2a_last.eq(n1_last), n2a.eq(n1)]
             for l in range(NL):
-                m.d.sync += n2a_t[l].eq(add_half(n1_prod[l], n1.shift, prod1_w + 1))
-        n2_valid, n2_last = Signal(), Signal()
-        n2_avg = [Signal(signed(32), name=f"n2_avg{l}") for l in range(NL)]
-        n2 = Signal(rl)
-        with m.If(en):
-            m.d.sync += [n2_valid.eq(n2a_valid), n2_last.eq(n2a_last), n2.eq(n2a)]
-            for l in range(NL):
-                m.d.sync += n2_avg[l].eq(n2a_t[l] >> n2a.shift)
-        # N3: avg * out_mult
-        prod2_w = 32 + e.mult_bits
-        n3_valid, n3_last = Signal(), Signal()
-        n3_prod = [Signal(signed(prod2_w), name=f"n3_prod{l}") for l in range(NL)]
-        n3_shift = Signal.like(n2.out_shift)
-        with m.If(en):
-            m.d.sync += [n3_valid.eq(n2_valid), n3_last.eq(n2_last), n3_shift.eq(n2.out_shift)]
-            for l in range(NL):
-                m.d.sync += n3_prod[l].eq(n2_avg[l] * n2.out_mult)
-        # N4: + the rounding half; N5 (output register): shift, saturate to int8
-        n4_valid, n4_last = Signal(), Signal()
+                m.d.sync += n2a_t[l].eq(add_half(prod1[l], n1.r.shift, prod1_w + 1))
+        avg = [shift_right_staged(m, n2a_t[l], n2a.r.shift, en=en, name=f"n2_avg{l}",
+                                  finish=lambda v: v[:32].as_signed()) for l in range(NL)]
+        n2 = follow(follow(n2a, "n2c"), "n2")
+        # N3, N3b: avg * out_mult
+        prod2 = [split_product(m, avg[l], n2.r.out_mult, en=en, name=f"n3_{l}")
+                 for l in range(NL)]
+        n3 = follow(follow(n2, "n3a"), "n3")
+        # N4: + the rounding half; N5c, N5 (output register): shift, saturate to int8
+        prod2_w = len(prod2[0])
+        n4 = follow(n3, "n4")
         n4_t = [Signal(signed(prod2_w + 1), name=f"n4_t{l}") for l in range(NL)]
-        n4_shift = Signal.like(n3_shift)
         with m.If(en):
-            m.d.sync += [n4_valid.eq(n3_valid), n4_last.eq(n3_last), n4_shift.eq(n3_shift)]
             for l in range(NL):
-                m.d.sync += n4_t[l].eq(add_half(n3_prod[l], n3_shift, prod2_w + 1))
+                m.d.sync += n4_t[l].eq(add_half(prod2[l], n3.r.out_shift, prod2_w + 1))
+        ys = [shift_right_staged(m, n4_t[l], n4.r.out_shift, en=en, name=f"n5_y{l}",
+                                 finish=lambda v: saturate(v, 8)) for l in range(NL)]
+        n5c = follow(n4, "n5c")
         with m.If(en):
-            m.d.sync += [out_valid.eq(n4_valid), self.out.payload.last.eq(n4_last)]
-            for l in range(NL):
-                m.d.sync += self.out.payload.y[l].eq(saturate(n4_t[l] >> n4_shift, 8))
+            m.d.sync += [out_valid.eq(n5c.valid), self.out.payload.last.eq(n5c.last)]
+        m.d.comb += [self.out.payload.y[l].eq(ys[l]) for l in range(NL)]
         return m

@@ -8,7 +8,7 @@ from amaranth.hdl import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .intarith import saturate
+from .intarith import add_half, saturate, shift_right_staged, split_product
 
 __all__ = ["Requantiser"]
 
@@ -21,7 +21,8 @@ class Requantiser(wiring.Component):
     Output lanes are `acc_width` wide: the raw sum, or the saturated
     `out_bits` result sign-extended.
     """
-    latency = 4
+    #: bias add, two product stages (`split_product`), + half, two shift stages
+    latency = 6
 
     def __init__(self, lanes, *, acc_width=32, mult_bits=15, shift_bits=6, out_bits=8):
         self.lanes, self.acc_width, self.out_bits = lanes, acc_width, out_bits
@@ -39,13 +40,13 @@ class Requantiser(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         A = self.acc_width
-        prod_width = A + self.mult_bits  # signed x unsigned product
+        S = self.latency
 
-        v = [Signal(name=f"v{s}") for s in range(1, 4)]
-        raw = [Signal(name=f"raw{s}") for s in range(1, 4)]
-        m.d.sync += [v[0].eq(self.valid), v[1].eq(v[0]), v[2].eq(v[1]),
-                     raw[0].eq(self.raw), raw[1].eq(raw[0]), raw[2].eq(raw[1])]
-        m.d.sync += self.out_valid.eq(v[2])
+        v = [Signal(name=f"v{s}") for s in range(1, S)]
+        raw = [Signal(name=f"raw{s}") for s in range(1, S)]
+        m.d.sync += [v[0].eq(self.valid), raw[0].eq(self.raw), self.out_valid.eq(v[-1])]
+        m.d.sync += [v[i].eq(v[i - 1]) for i in range(1, S - 1)]
+        m.d.sync += [raw[i].eq(raw[i - 1]) for i in range(1, S - 1)]
 
         for n in range(self.lanes):
             # Stage 1: bias add (wraps like the accumulator).
@@ -54,21 +55,25 @@ class Requantiser(wiring.Component):
             shift1 = Signal.like(self.shift[n], name=f"shift1_{n}")
             m.d.sync += [x1.eq(self.acc[n] + self.bias[n]), mult1.eq(self.mult[n]),
                          shift1.eq(self.shift[n])]
-            # Stage 2: multiply (DSP).
-            x2 = Signal.like(x1, name=f"x2_{n}")
-            p2 = Signal(signed(prod_width), name=f"p2_{n}")
-            shift2 = Signal.like(shift1, name=f"shift2_{n}")
-            m.d.sync += [x2.eq(x1), p2.eq(x1 * mult1), shift2.eq(shift1)]
-            # Stage 3: add half an output LSB (round half up). One extra bit
-            # so the rounding carry cannot overflow.
-            half = Signal(prod_width + 1, name=f"half_{n}")
-            m.d.comb += half.eq((Const(1, prod_width + 1) << shift2) >> 1)
-            x3 = Signal.like(x1, name=f"x3_{n}")
-            t3 = Signal(signed(prod_width + 1), name=f"t3_{n}")
-            shift3 = Signal.like(shift1, name=f"shift3_{n}")
-            m.d.sync += [x3.eq(x2), t3.eq(p2 + half.as_signed()), shift3.eq(shift2)]
-            # Stage 4: arithmetic shift and saturate.
-            q = Signal(signed(prod_width + 1), name=f"q_{n}")
-            m.d.comb += q.eq(t3 >> shift3)
-            m.d.sync += self.out[n].eq(Mux(raw[2], x3, saturate(q, self.out_bits)))
+            # Stages 2-3: the 32x15 product, partial products registered.
+            p3 = split_product(m, x1, mult1, name=f"p{n}")
+            x_d, sh_d = x1, shift1
+            for s in (2, 3):
+                x_n = Signal.like(x1, name=f"x{s}_{n}")
+                sh_n = Signal.like(shift1, name=f"shift{s}_{n}")
+                m.d.sync += [x_n.eq(x_d), sh_n.eq(sh_d)]
+                x_d, sh_d = x_n, sh_n
+            # Stage 4: add half an output LSB (round half up); one more bit so the
+            # rounding carry cannot overflow.
+            t4 = Signal(signed(len(p3) + 1), name=f"t4_{n}")
+            x4 = Signal.like(x1, name=f"x4_{n}")
+            shift4 = Signal.like(shift1, name=f"shift4_{n}")
+            m.d.sync += [t4.eq(add_half(p3, sh_d, len(p3) + 1)), x4.eq(x_d), shift4.eq(sh_d)]
+            # Stages 5-6: arithmetic shift in two steps, saturate; raw mode passes x.
+            x5 = Signal.like(x1, name=f"x5_{n}")
+            m.d.sync += x5.eq(x4)
+            q = shift_right_staged(
+                m, t4, shift4, name=f"q{n}",
+                finish=lambda v, x5=x5: Mux(raw[-1], x5, saturate(v, self.out_bits)))
+            m.d.comb += self.out[n].eq(q)
         return m

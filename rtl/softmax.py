@@ -37,7 +37,8 @@ from gpt2accel.model import intmodel as im
 from gpt2accel.model import quant
 
 from .attention_config import AttentionConfig
-from .intarith import add_half, max_tree, round_shift, saturate, sum_tree
+from .intarith import (add_half, max_tree, round_shift, saturate, shift_right_staged,
+                       split_product, sum_tree)
 
 __all__ = ["SoftmaxUnit", "score_layout", "prob_layout"]
 
@@ -101,9 +102,9 @@ class SoftmaxUnit(wiring.Component):
     joined by the row store hand-off (`_rows`), the one place they meet.
     """
 
-    #: front: F1 (product), F1a (+ rounding half), F2 (t, row store write); back: S0
-    #: issue, S1, S2, S3 = output
-    latency = 7
+    #: front: F0 (the beat), P1, P2 (product), Fa (+ rounding half), Fc (coarse shift),
+    #: F2 (t, row store write); back: S0 issue, S1, S2, S3 = output
+    latency = 10
 
     def __init__(self, cfg: AttentionConfig, table=None):
         self.cfg = cfg
@@ -194,42 +195,46 @@ class _FrontPass(wiring.Component):
         with m.If(take):
             m.d.sync += in_beat.eq(Mux(in_beat == BPR - 1, 0, in_beat + 1))
 
-        # F1: S * mult (DSP), visibility of each lane's key.
-        f1_valid = Signal()
-        f1_prod = [Signal(signed(prod_w), name=f"f1_prod{l}") for l in range(L)]
-        f1_vis = Signal(L)
-        f1_shift = Signal.like(inb.shift)
-        f1_beat = Signal.like(in_beat)
-        f1_row = Signal.like(inb.row)
-        f1_first = Signal()
+        # F0: the beat registered (the S buffer's read data reaches the multipliers
+        # through the feeder's word select: no logic before a DSP), with each lane's
+        # visibility. P1, P2: S * mult (`split_product`, two DSPs per lane).
+        # Fa: + the rounding half of the shift. Fc, F2: shift in two steps, saturate
+        # to t (24 bits); F2 writes the row store. The context rides along.
+        f0_s = [Signal(signed(e.acc_bits), name=f"f0_s{l}") for l in range(L)]
+        f0_mult = Signal.like(inb.mult)
+        f0_vis = Signal(L)
+        ctx = data.StructLayout({"valid": 1, "vis": L, "shift": range(e.max_shift + 1),
+                                 "beat": range(BPR), "row": range(c.rows), "first": 1})
+        f0 = Signal(ctx)
         with m.If(en_f):
-            m.d.sync += [f1_valid.eq(self.scores.valid), f1_shift.eq(inb.shift),
-                         f1_beat.eq(in_beat), f1_row.eq(inb.row), f1_first.eq(inb.k0 == 0)]
+            m.d.sync += [f0.valid.eq(self.scores.valid), f0.shift.eq(inb.shift),
+                         f0.beat.eq(in_beat), f0.row.eq(inb.row), f0.first.eq(inb.k0 == 0),
+                         f0_mult.eq(inb.mult)]
             for l in range(L):
                 col = in_beat * L + l
-                vis = (col < inb.n_keys) & (inb.k0 + col <= inb.qpos)
-                m.d.sync += [f1_prod[l].eq(inb.s[l] * inb.mult), f1_vis[l].eq(vis)]
-
-        # F1a: + the rounding half of the shift; F2: shift, saturate to t (24 bits).
-        # (Add, shift and saturate in one stage were the front pass's longest path.)
-        fa_valid, fa_vis, fa_first = Signal(), Signal(L), Signal()
+                m.d.sync += [f0_s[l].eq(inb.s[l]),
+                             f0.vis[l].eq((col < inb.n_keys) & (inb.k0 + col <= inb.qpos))]
+        prods = [split_product(m, f0_s[l], f0_mult, en=en_f, name=f"p{l}") for l in range(L)]
+        stage = f0
+        for name in ("p1", "p2"):
+            nxt = Signal(ctx, name=name)
+            with m.If(en_f):
+                m.d.sync += nxt.eq(stage)
+            stage = nxt
+        fa = Signal(ctx)
         fa_t = [Signal(signed(prod_w + 1), name=f"fa_t{l}") for l in range(L)]
-        fa_shift, fa_beat, fa_row = Signal.like(f1_shift), Signal.like(in_beat), Signal.like(f1_row)
         with m.If(en_f):
-            m.d.sync += [fa_valid.eq(f1_valid), fa_vis.eq(f1_vis), fa_beat.eq(f1_beat),
-                         fa_row.eq(f1_row), fa_first.eq(f1_first), fa_shift.eq(f1_shift)]
+            m.d.sync += fa.eq(stage)
             for l in range(L):
-                m.d.sync += fa_t[l].eq(add_half(f1_prod[l], f1_shift, prod_w + 1))
-        f2_t = [Signal(signed(SB), name=f"f2_t{l}") for l in range(L)]
-        f2_vis = Signal(L)
-        f2_beat = Signal.like(in_beat)
-        f2_row = Signal.like(f1_row)
-        f2_first = Signal()
+                m.d.sync += fa_t[l].eq(add_half(prods[l], stage.shift, prod_w + 1))
+        f2_t = [shift_right_staged(m, fa_t[l], fa.shift, en=en_f, name=f"f2_t{l}",
+                                   finish=lambda v: saturate(v, SB)) for l in range(L)]
+        fc = Signal(ctx)
+        f2 = Signal(ctx)
         with m.If(en_f):
-            m.d.sync += [f2_valid.eq(fa_valid), f2_vis.eq(fa_vis), f2_beat.eq(fa_beat),
-                         f2_row.eq(fa_row), f2_first.eq(fa_first)]
-            for l in range(L):
-                m.d.sync += f2_t[l].eq(saturate(fa_t[l] >> fa_shift, SB))
+            m.d.sync += [fc.eq(fa), f2.eq(fc)]
+        m.d.comb += f2_valid.eq(f2.valid)
+        f2_vis, f2_beat, f2_row, f2_first = f2.vis, f2.beat, f2.row, f2.first
 
         # F2 also writes the row store and reduces the row maximum.
         m.d.comb += [st_w.addr.eq(f2_beat + Mux(h_w, BPR, 0)), st_w.en.eq(en_f & f2_valid)]

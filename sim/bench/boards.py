@@ -9,7 +9,8 @@ the preset sets below it), peak int8 GOPS = 2 x rows x cols x Fmax, and
 tokens/s for the tiny model = Fmax / the exact cycles of one decode token at
 the last position (`program_cycles`, as `bench model` times decode). A
 board that does not fit or misses timing is listed with its figures and the
-reason. ECP5 builds of the 8x8 machine take tens of minutes each;
+reason, and the build's 10 worst paths with the units (Amaranth hierarchy names)
+they start and end in (`boards/paths.py`). ECP5 builds of the 8x8 machine take tens of minutes each;
 ``--reuse`` takes a board's finished build when its design files are
 unchanged; ``--collect`` only lists the reports finished builds left (each
 with the source revision it was built from).
@@ -75,6 +76,12 @@ def format_text(result):
         if cp:
             lines.append(f"{'':15} critical path: {cp['from_source']} -> {cp['to_source']} "
                          f"({cp['logic_levels']} logic levels, {cp['delay_ns']} ns)")
+        paths = b.get("critical_paths") or []
+        if paths:
+            lines.append(f"{'':15} worst paths (ns, from unit: signal -> to unit: signal):")
+        for p in paths:
+            lines.append(f"{'':15} {p['delay_ns']:6.2f}  {p['from_unit']}: {p['from']} -> "
+                         f"{p['to_unit']}: {p['to']}")
     lines.append("clock, Fmax: MHz; GOPS: 2 x rows x cols x Fmax (int8); tokens/s: the tiny "
                  "model's decode at Fmax")
     return "\n".join(lines)

@@ -59,7 +59,13 @@ def kvstore_cycles(cfg, f, latency=REF_MEM_LATENCY):
     mb = cfg.engine.mem_bytes
     nbytes = 2 * f["n_head"] * f["d_head"]
     words = ceil_div(f["src_lane"] + nbytes, mb)
-    return f["n_tok"] * (words * (latency + 1) + nbytes) + 1
+    # tile > cols: a K head's (key // cols) * words product takes a cycle after each
+    # head change inside a word (at a word's end the next read covers it)
+    pauses = 0
+    if cfg.tile > cfg.engine.cols:
+        ends = ((h + 1) * f["d_head"] - 1 for h in range(f["n_head"] - 1))
+        pauses = sum(1 for i in ends if (f["src_lane"] + i) % mb != mb - 1)
+    return f["n_tok"] * (words * (latency + 1) + nbytes + pauses) + 1
 
 
 def vector_groups(cfg, op, f):

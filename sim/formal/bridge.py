@@ -239,6 +239,7 @@ class BridgeHarness(UnitHarness):
         after_len = b["PAYLOAD"] | b["CRC0"] | b["CRC1"]
         inv("same_len", ~after_len | ((length == h["length"]) & (length <= MP)))
         inv("same_idx", ~b["PAYLOAD"] | ((idx == h["idx"]) & (idx < length)))
+        inv("last_idx", ~b["PAYLOAD"] | (v["last_idx"] == (length - 1)[:16]))
         inv("payload_done", ~(b["CRC0"] | b["CRC1"] | b["DISPATCH"]) | (idx == length))
         tail = idx - 4
         inv("tail_count", ~(after_len | b["DISPATCH"])

@@ -197,18 +197,19 @@ class AttentionHarness(EngineHarness):
     handshakes and the pairing of commands and ``done``, which every command
     goes through; a larger command only repeats them, for hundreds of cycles
     beyond a bounded check of the whole engine (unlimited commands, depth 24,
-    wrote nothing). Its first write after a stalled one comes in step 35
-    (``reach_write``), its first ``done`` after a stalled write in step 83
-    (``reach_done``): the read and write streams are checked to depth 36,
-    ``done`` against the commands, the reads and the writes to depth 84."""
+    wrote nothing). Its first write after a stalled one comes in step 40
+    (``reach_write``; 35 before the softmax's, normaliser's and requantiser's
+    added stages), its first ``done`` after a stalled write in step 95 (was 83;
+    ``reach_done``): the read and write streams are checked to depth 42,
+    ``done`` against the commands, the reads and the writes to depth 96."""
     unit, cls = "attention", AttentionEngine
     config = ("MACHINE_CONFIG (tile 2, one lane, 4 positions); commands of one head, "
               "d_head 1, one query at position 0")
-    depth, deep_depth = 36, 36
-    reach_done = False       # depth 36 reaches writes, not done
+    depth, deep_depth = 42, 42
+    reach_done = False       # depth 42 reaches writes, not done
     bmc_only = EngineHarness.bmc_only + ("mem_rd_req_hold", "mem_wr_hold")
-    # no done before step ~80: what concerns it would hold vacuously at 36
-    depths = deep_depths = {p: 84 for p in ("writes_settled", "reads_settled", "cmds_no_dup",
+    # no done before step ~95: what concerns it would hold vacuously at 42
+    depths = deep_depths = {p: 96 for p in ("writes_settled", "reads_settled", "cmds_no_dup",
                                            "reach_done")}
     # done with no command, or with reads or a write still open: all within the
     # first read and write, where the properties themselves need a whole command

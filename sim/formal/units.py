@@ -179,7 +179,8 @@ _BEATS_UNITS = [
     # rows follow `score_layout` (context fields equal on a row's beats, exactly
     # beats_per_row beats); capacity: two row-store halves of a row plus the
     # front and output stages (`latency`)
-    ("softmax", SoftmaxUnit, "SMALL_ATTENTION (tile 2, lanes 1, 1 row)", 10, 30,
+    ("softmax", SoftmaxUnit, "SMALL_ATTENTION (tile 2, lanes 1, 1 row)",
+     SoftmaxUnit.latency + 3, SoftmaxUnit.latency + 23,
      (SMALL_ATTENTION, quant.exp2_table(SMALL_ATTENTION.frac_bits)), ("scores", "probs", None),
      2 * _BPR + SoftmaxUnit.latency, SoftmaxUnit.latency + 2 * _BPR + 2,
      dict(row_beats=_BPR)),
@@ -192,10 +193,10 @@ for _row in _BEATS_UNITS:
 class NormaliserHarness(UnitHarness):
     unit, cls = "normaliser", Normaliser
     config = "SMALL_ATTENTION (norm_lanes 1)"
-    # the first normalised beat after a stall: step 19 (reach_beats); a lost beat
-    # shows only after it and a drain spell
-    depth, deep_depth = 22, 40
-    depths = {"beats_no_loss": 32}
+    # the first normalised beat after a stall: step 13 + latency (reach_beats); a
+    # lost beat shows only after it and a drain spell
+    depth, deep_depth = Normaliser.latency + 16, Normaliser.latency + 34
+    depths = {"beats_no_loss": Normaliser.latency + 26}
     bmc_only = ("beats_no_dup", "beats_no_loss", "rows_no_dup")
     bugs = {"beats_no_dup": ("ignore_valid", "o_in"), "beats_no_loss": ("ignore_ready", "out"),
             "rows_no_dup": ("ignore_valid", "l_in"),
@@ -221,9 +222,9 @@ class LayerNormHarness(UnitHarness):
     unit, cls = "layernorm", LayerNormUnit
     config = ("lanes 1, 8-bit, max_e 2, 2 D banks; setup n = 2, at most 2 rows "
               "(beats_no_loss: 1 row)")
-    # a row's first output needs setup, parameters, the row and row_latency (~45
+    # a row's first output needs setup, parameters, the row and row_latency (~57
     # cycles): reach_beats states the step
-    depth, deep_depth = 60, 60
+    depth = deep_depth = row_latency(2, 1) + 17
     bmc_only = ("beats_no_dup", "beats_no_loss", "out_hold")
     bugs = {"beats_no_dup": ("ignore_valid", "inp"), "beats_no_loss": ("ignore_ready", "out")}
     one_row = ("beats_no_loss",)     # properties checked with a single row

@@ -1,0 +1,115 @@
+"""KVSTORE alone: its scattered bytes land where `isa.kvstore_layout` puts them (the
+cache layout, written out here with a multiply per term as the ISA states it) under
+random stalls, and its stall-free cycles equal `kvstore_cycles`, for tiles of one
+and of several array column tiles (the second gives each K head's row product a cycle)."""
+import random
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from gpt2accel.rtl.attention_config import AttentionConfig
+from gpt2accel.rtl.config import EngineConfig
+from gpt2accel.rtl.kvstore import KVStore
+from gpt2accel.sim.cycles.program import kvstore_cycles
+from gpt2accel.sim.harness.matmul import MemoryModel, transfer
+
+WORDS = 1024
+
+
+def _cfg(tile):
+    return AttentionConfig(engine=EngineConfig(rows=4, cols=4, max_k=128, max_m=16,
+                                               max_n=512, addr_bits=12),
+                           tile=tile, lanes=2, norm_lanes=2, max_d_head=16, max_seq=32)
+
+
+def _fields(cfg, rng):
+    e = cfg.engine
+    n_head, d_head = rng.choice([(1, 3), (2, 4), (3, 5), (4, 1), (2, 7)])
+    n_tok = rng.randint(1, 3)
+    tiles = -(-cfg.max_seq // cfg.tile)
+    wpt_d = -(-(e.mem_bytes + d_head) // e.k_per_word)
+    k_tile = -(-cfg.tile // e.cols) * wpt_d
+    v_tile = -(-d_head // e.cols) * e.w_words_per_tile(cfg.tile)
+    return dict(n_tok=n_tok, pos0=rng.randint(0, cfg.max_seq - n_tok), n_head=n_head,
+                d_head=d_head, src_base=rng.randint(0, 8), src_stride=2 * n_head * d_head // 4 + 3,
+                src_lane=rng.randint(0, e.mem_bytes - 1), k_skew=rng.randint(0, e.mem_bytes - 1),
+                k_base=300, k_tile_stride=k_tile, k_head_stride=k_tile * tiles,
+                v_base=300 + k_tile * tiles * n_head, v_tile_stride=v_tile,
+                v_head_stride=v_tile * tiles)
+
+
+def _expected(cfg, f, mem):
+    """{(word, lane): byte} of the command, from the ISA's placement of each byte."""
+    e = cfg.engine
+    MB, C, KPW, T = e.mem_bytes, e.cols, e.k_per_word, cfg.tile
+    out = {}
+    for t in range(f["n_tok"]):
+        pos = f["pos0"] + t
+        j, kin = divmod(pos, T)
+        src = [int(b) for w in range(f["src_base"] + t * f["src_stride"],
+                                     f["src_base"] + t * f["src_stride"] + 40)
+               for b in mem[w]][f["src_lane"]:]
+        kb, i = 0, 0
+        for h in range(f["n_head"]):
+            wpt_d = -(-(kb + f["d_head"]) // KPW)
+            for d in range(f["d_head"]):
+                kd = kb + d
+                addr = (f["k_base"] + h * f["k_head_stride"] + j * f["k_tile_stride"]
+                        + (kin // C) * wpt_d + kd // KPW)
+                out[(addr, (kd % KPW) * C + kin % C)] = src[i]
+                i += 1
+            kb = (kb + f["k_skew"]) % MB
+        for h in range(f["n_head"]):
+            for d in range(f["d_head"]):
+                addr = (f["v_base"] + h * f["v_head_stride"] + j * f["v_tile_stride"]
+                        + (d // C) * e.w_words_per_tile(T) + kin // KPW)
+                out[(addr, (kin % KPW) * C + d % C)] = src[i]
+                i += 1
+    return out
+
+
+def _run(cfg, f, mem_init, stall, seed):
+    dut = KVStore(cfg)
+    mem = MemoryModel(cfg.engine, WORDS, stall=stall, jitter=2 if stall else 0,
+                      rng=random.Random(seed))
+    mem.mem[:] = mem_init
+    result = {}
+
+    async def bench(ctx):
+        from gpt2accel.rtl.isa import kvstore_layout
+        await transfer(ctx, dut.cmd, kvstore_layout(cfg).const(f))
+        ctx.set(dut.cmd.valid, 0)
+        cycles = 1                          # the accept cycle to the done pulse, as the model
+        while not ctx.get(dut.done):
+            await ctx.tick()
+            cycles += 1
+        result["cycles"] = cycles
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    async def serve(ctx):
+        await mem.serve(ctx, dut.mem)
+
+    sim.add_process(serve)
+    sim.run_until(1e-3)
+    return mem, result["cycles"]
+
+
+@pytest.mark.parametrize("tile", [4, 12])
+def test_kvstore_places_bytes_and_matches_its_cycles(tile, seed):
+    cfg = _cfg(tile)
+    rng = random.Random(seed)
+    for _ in range(2):
+        f = _fields(cfg, rng)
+        init = np.random.default_rng(rng.randint(0, 1 << 30)).integers(
+            0, 256, (WORDS, cfg.engine.mem_bytes), np.uint8)
+        init[300:] = 0
+        want = _expected(cfg, f, init)
+        for stall in (0.0, 0.3):
+            mem, cycles = _run(cfg, f, init, stall, rng.randint(0, 1 << 30))
+            got = {(a, l): int(mem.mem[a][l]) for a, l in zip(*np.nonzero(mem.written))}
+            assert got == want, f
+            if stall == 0.0:
+                assert cycles == kvstore_cycles(cfg, f), f
