@@ -447,10 +447,11 @@ class MachineLiveHarness(UnitHarness):
     (latency 1)."""
     unit, cls = "machine_live", Machine
     config = "MACHINE_CONFIG, every legal MATMUL (m, n <= 2, k <= 8), fair memory (latency 1)"
-    # the longest bound is 49 cycles (m 2, k 8): fetched in step 0 it ends in step 49,
-    # within depth 51
-    # (`reach_longest` shows that MATMUL ending at its bound within the depth)
-    depth, deep_depth = 51, 51
+    # the longest bound (m 2, k 8; 51 cycles with the requantiser's six stages): fetched
+    # in step 0 it ends in that step, so the depth is derived from the bounds rather
+    # than written down, and an engine stage more cannot push the longest MATMUL out
+    # of reach (`reach_longest` shows it ending at its bound within the depth)
+    depth = deep_depth = max(_matmul_bounds(MACHINE_CONFIG, latency=1).values()) + 2
     bmc_only = ("matmul_within_bound",)
     # never reads memory, so the MATMUL never finishes
     bugs = {"matmul_within_bound": ("tie", "mem.rd_req.valid", 0)}
