@@ -287,8 +287,11 @@ def load_model(name):
 _RGB = "rgb_led"
 
 PRESETS = {p.name: p for p in [
-    # 2x2 (6,944 LCs, 131 %) does not fit; 2x1 does (words stay 4 bytes: SPRAM is 16 bits wide)
-    Preset("icebreaker", ICEBreakerPlatform, rows=2, cols=1, clk_hz=12e6, baud=1_000_000,
+    # 2x2 (6,944 LCs, 131 %) does not fit; 2x1 did (words stay 4 bytes: SPRAM is 16 bits
+    # wide) until the pipelined requantiser and the prefetching controller (5,328 LCs,
+    # 100.9 %); 1x1 fits (5,161) and decodes in the same cycles (98,728 vs 98,744 per
+    # token: a one-row MATMUL streams W at the port's width on either)
+    Preset("icebreaker", ICEBreakerPlatform, rows=1, cols=1, clk_hz=12e6, baud=1_000_000,
            model="tiny", ops=("matmul",), storage="spram", mem_words=32768, mem_bytes=4,
            leds=LEDs(busy=("led", 1, None), error=("led", 0, None)),
            notes="FTDI FT2232H USB-serial; 12 MHz oscillator; the whole machine does not fit "

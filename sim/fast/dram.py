@@ -192,7 +192,7 @@ class _Result(ctypes.Structure):
                 ("bad_address", ctypes.c_uint64)]
 
 
-_OK, _TIMEOUT, _EARLY_DONE = range(3)
+_OK, _TIMEOUT, _EARLY_DONE, _UNDRAINED = range(4)
 _LIBS = {}     # path -> loaded library
 _BUILT = {}    # (config, board) -> (path, build info, core)
 
@@ -317,6 +317,9 @@ class DramMachine:
         wall = time.perf_counter() - t0
         if status == _TIMEOUT:
             raise TimeoutError(f"program did not finish in {timeout} cycles")
+        if status == _UNDRAINED:
+            raise AssertionError("the DRAM's write commands never caught up with the machine's "
+                                 f"writes after done ({res.writes} write commands this run)")
         if status == _EARLY_DONE:
             raise AssertionError("done before the program's HALT was fetched")
         after = self.counters()

@@ -72,7 +72,9 @@ struct gx_result {
     uint64_t bad_address;
 };
 
-enum { GX_OK = 0, GX_TIMEOUT = 1, GX_EARLY_DONE = 2 };
+enum { GX_OK = 0, GX_TIMEOUT = 1, GX_EARLY_DONE = 2, GX_UNDRAINED = 3 };
+// cycles `drain` waits for the DRAM's write commands before it gives up
+constexpr uint64_t DRAIN_LIMIT = 1u << 20;
 
 // The core's command counters, in this order (dram.py's COUNTERS).
 enum { C_ACT, C_PRE, C_PREA, C_REF, C_RD, C_WR, C_AP, C_N };
@@ -115,9 +117,15 @@ struct Sim {
     // `done` rises, and the host reads the memory through the backdoor. The count of
     // DRAM write commands reaches the machine's writes (times the beats of each) when
     // the last command is issued; its data lands the write latency later.
-    void drain() {
-        while (COUNTER(wr) < mem_writes * BEATS) step(false, nullptr);
+    // False when the DRAM never sees as many write commands as the machine made
+    // writes: a harness bug or a lost write, reported rather than waited on forever.
+    bool drain() {
+        for (uint64_t i = 0; COUNTER(wr) < mem_writes * BEATS; ++i) {
+            if (i == DRAIN_LIMIT) return false;
+            step(false, nullptr);
+        }
         for (int i = 0; i < DRAIN_CYCLES; ++i) step(false, nullptr);
+        return true;
     }
 
     void counters(uint64_t* out) {
@@ -245,7 +253,7 @@ int gx_run_program(void* h, const uint8_t* words, uint64_t n, uint64_t max_cycle
         if (s->s_done) break;
         if (over()) status = GX_TIMEOUT;
     }
-    if (status == GX_OK) s->drain();
+    if (status == GX_OK && !s->drain()) status = GX_UNDRAINED;
     s->counters(k1);
     out->status = status;
     out->error = static_cast<int32_t>(s->s_error);

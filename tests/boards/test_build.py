@@ -321,7 +321,7 @@ def _check_built(rep, board):
 
 
 def test_icebreaker_bitstream_builds_and_meets_timing(tmp_path, capsys):
-    """The iCEBreaker preset (2x1 MATMUL co-processor, SPRAM memory, 96 % of the
+    """The iCEBreaker preset (1x1 MATMUL co-processor, SPRAM memory, 98 % of the
     UP5K's logic cells) from elaboration to bitstream with the YoWASP tools, through
     the CLI, report as JSON. The default suite's one real build (the issue asks CI to
     build this bitstream): 7.5 minutes (test run) to 13 minutes on the shared 2-core

@@ -1,7 +1,7 @@
 """The iCEBreaker preset co-simulated: its MATMUL-only board top generates tokens.
 
 The iCE40UP5K holds only a MATMUL co-processor (`boards.presets` "icebreaker":
-a 2x1 array, `Machine(ops=["matmul"])`, memory in SPRAM). The board top of
+a 1x1 array, `Machine(ops=["matmul"])`, memory in SPRAM). The board top of
 exactly that preset is compiled with Verilator behind a simulated UART
 (`sim.host.board_sim.FastLink`); `sim.host.offload.OffloadDriver`, through
 `SerialBackend`, loads the linear layers' weights over the UART, runs every
