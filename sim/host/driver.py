@@ -138,15 +138,16 @@ class FastBackend(Backend):
     "dram" (`board`'s DRAM through its LiteDRAM controller and PHY model,
     `sim.fast.dram`; `board` is one of `boards.dram.BOARDS` or a LiteDRAM config file):
     each run's status also has ``dram``, the controller's commands; a memory map
-    larger than the DRAM raises `MachineSizeError` in `open`."""
+    larger than the DRAM raises `MachineSizeError` in `open`. `timeout`: the cycles a
+    program may take before `TimeoutError` (a machine that never finishes)."""
     name = "fast"
 
-    def __init__(self, memory="ideal", board=None):
+    def __init__(self, memory="ideal", board=None, timeout=500_000_000):
         if memory not in ("ideal", "dram"):
             raise ValueError(f"memory={memory!r}: 'ideal' or 'dram'")
         if (memory == "dram") != (board is not None):
             raise ValueError("a board names the DRAM of memory='dram', and only of it")
-        self.memory, self.board = memory, board
+        self.memory, self.board, self.timeout = memory, board, timeout
 
     def open(self, cfg, mem_words):
         if self.memory == "dram":
@@ -172,7 +173,7 @@ class FastBackend(Backend):
         return self.m.dump(addr, n)
 
     def run(self, program):
-        return self.m.run(program, timeout=500_000_000)
+        return self.m.run(program, timeout=self.timeout)
 
     def progress(self):
         return self.m.progress()
