@@ -154,8 +154,9 @@ class MatmulGemvHarness(MatmulHarness):
     and command rules."""
     unit = "matmul_gemv"
     config = "2x1 array (GEMV mode for M = 1), 2-bit operands, M,N <= 2, K <= 4, 2-byte words"
-    # the first command with a stalled write can finish in step 24 (reach_done)
-    depth, deep_depth = 26, 48
+    # the first command with a stalled write can finish in step 26 (reach_done; 24
+    # before the requantiser's two added stages)
+    depth, deep_depth = 28, 48
 
     def args(self):
         return (GEMV_ENGINE,)
