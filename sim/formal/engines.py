@@ -216,7 +216,9 @@ class AttentionHarness(EngineHarness):
     # first read and write, where the properties themselves need a whole command
     bugs = {**EngineHarness.bugs, "cmds_no_dup": ("tie", "done", 1),
             "reads_settled": ("tie", "done", 1)}
-    bug_depths = {p: 36 for p in ("cmds_no_dup", "reads_settled", "writes_settled")}
+    # writes_settled's bug needs the first write, in step 40 since the softmax's and
+    # the normaliser's added stages (35 before)
+    bug_depths = {"cmds_no_dup": 36, "reads_settled": 36, "writes_settled": 44}
 
     def extra(self, m, u, mod, pending):
         p = u.cmd.payload
