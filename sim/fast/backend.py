@@ -73,34 +73,23 @@ def _load(path):
     return lib
 
 
-class FastMachine:
-    """One Verilated machine and its memory. Close it (or use `with`) to free the memory.
+class _Verilated:
+    """What `FastMachine` and the DRAM co-simulation's `DramMachine` share: a C handle
+    (`_h`) into a loaded harness library (`_lib`, whose word width is checked
+    against the config's), closing it, and moving words in and out. `_EXTENT`
+    names the memory in range errors (`words` fills it)."""
+    _EXTENT = "memory of {words}"
 
-    `trace=True` uses a ``--trace`` build (a separate cached library), so
-    `trace_open` can write waveforms.
-    """
-
-    def __init__(self, cfg, mem_words, *, trace=False, verbose=False):
-        self._h = None            # so close() (and __del__) work if the build fails
-        self.cfg = cfg
-        self.path, self.build_info = _build(cfg, trace, verbose)
-        self._lib = _load(self.path)
-        self.mem_bytes = cfg.engine.mem_bytes
-        if self._lib.gx_mem_bytes() != self.mem_bytes:     # a stale or foreign library
-            raise FastBuildError(f"{self.path} was built for {self._lib.gx_mem_bytes()}-byte "
+    def _attach(self, lib):
+        self._lib = lib
+        self.mem_bytes = self.cfg.engine.mem_bytes
+        if lib.gx_mem_bytes() != self.mem_bytes:     # a stale or foreign library
+            raise FastBuildError(f"{self.path} was built for {lib.gx_mem_bytes()}-byte "
                                  f"words, the config has {self.mem_bytes}")
-        self._instr_bytes = self._lib.gx_instr_bytes()
-        self._h = self._lib.gx_create(mem_words)
-        if not self._h:
-            raise MemoryError(f"cannot allocate {mem_words} x {self.mem_bytes} bytes of memory")
-        self.words = mem_words
-        ptr = self._lib.gx_mem_ptr(self._h)
-        #: the machine's memory, [words, mem_bytes] uint8, a view (no copy) valid until close()
-        self.mem = np.ctypeslib.as_array(ptr, shape=(mem_words, self.mem_bytes))
+        self._instr_bytes = lib.gx_instr_bytes()
 
     def close(self):
         if self._h:
-            self.mem = None
             self._lib.gx_destroy(self._h)
             self._h = None
 
@@ -108,7 +97,7 @@ class FastMachine:
     def _live(self):
         """The C handle; ValueError after close() (the C side would crash on it)."""
         if not self._h:
-            raise ValueError("this FastMachine is closed")
+            raise ValueError(f"this {type(self).__name__} is closed")
         return self._h
 
     def __enter__(self):
@@ -119,14 +108,6 @@ class FastMachine:
 
     def __del__(self):
         self.close()
-
-    def trace_open(self, path):
-        """Write a VCD of every following cycle to `path` (10 time units a cycle)."""
-        if self._lib.gx_trace_open(self._live, str(path).encode()):
-            raise RuntimeError("this FastMachine was built without tracing (trace=True)")
-
-    def trace_close(self):
-        self._lib.gx_trace_close(self._live)
 
     @property
     def total_cycles(self):
@@ -140,21 +121,58 @@ class FastMachine:
         icount = self._lib.gx_progress(self._live, ctypes.byref(cycles))
         return icount, cycles.value
 
+    def _outside(self, addr, n):
+        return IndexError(f"words {addr}..{addr + n} outside "
+                          + self._EXTENT.format(words=self.words))
+
     def load(self, image, addr=0):
         """Copy `image` (uint8 [n, mem_bytes]) into memory from word `addr`."""
         image = np.ascontiguousarray(image, np.uint8)
         if image.ndim != 2 or image.shape[1] != self.mem_bytes:
             raise ValueError(f"image must be [words, {self.mem_bytes}] uint8, got {image.shape}")
         if self._lib.gx_write(self._live, addr, image.ctypes.data, len(image)):
-            raise IndexError(f"words {addr}..{addr + len(image)} outside memory of {self.words}")
+            raise self._outside(addr, len(image))
 
     def dump(self, addr=0, n=None):
         """A copy of `n` words from `addr` (default: to the end)."""
         n = self.words - addr if n is None else n
         out = np.empty((n, self.mem_bytes), np.uint8)
         if self._lib.gx_read(self._live, addr, out.ctypes.data, n):
-            raise IndexError(f"words {addr}..{addr + n} outside memory of {self.words}")
+            raise self._outside(addr, n)
         return out
+
+
+class FastMachine(_Verilated):
+    """One Verilated machine and its memory. Close it (or use `with`) to free the memory.
+
+    `trace=True` uses a ``--trace`` build (a separate cached library), so
+    `trace_open` can write waveforms.
+    """
+
+    def __init__(self, cfg, mem_words, *, trace=False, verbose=False):
+        self._h = None            # so close() (and __del__) work if the build fails
+        self.cfg = cfg
+        self.path, self.build_info = _build(cfg, trace, verbose)
+        self._attach(_load(self.path))
+        self._h = self._lib.gx_create(mem_words)
+        if not self._h:
+            raise MemoryError(f"cannot allocate {mem_words} x {self.mem_bytes} bytes of memory")
+        self.words = mem_words
+        ptr = self._lib.gx_mem_ptr(self._h)
+        #: the machine's memory, [words, mem_bytes] uint8, a view (no copy) valid until close()
+        self.mem = np.ctypeslib.as_array(ptr, shape=(mem_words, self.mem_bytes))
+
+    def close(self):
+        self.mem = None        # the view would outlive the memory it shows
+        super().close()
+
+    def trace_open(self, path):
+        """Write a VCD of every following cycle to `path` (10 time units a cycle)."""
+        if self._lib.gx_trace_open(self._live, str(path).encode()):
+            raise RuntimeError("this FastMachine was built without tracing (trace=True)")
+
+    def trace_close(self):
+        self._lib.gx_trace_close(self._live)
 
     def run(self, program, *, seed=0, stall=0.0, jitter=0, latency=None, timeout=2_000_000):
         """Stream `program` (instruction words, ending in HALT) and run to ``done``.

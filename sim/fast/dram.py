@@ -30,7 +30,6 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 from amaranth.hdl import ClockSignal, Instance, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -39,6 +38,7 @@ from gpt2accel.rtl.dram_adapter import DramAdapter
 from gpt2accel.rtl.isa import INSTR_BITS
 from gpt2accel.rtl.machine import Machine, instr_layout
 from gpt2accel.rtl.machine_config import MachineConfig
+from .backend import _Verilated
 from .build import TOP, Design, FastBuildError, build_design
 
 __all__ = ["COUNTERS", "DramTop", "dram_design", "patch_core", "build", "DramMachine",
@@ -231,77 +231,29 @@ def build(cfg, board, *, verbose=False):
     return _BUILT[key]
 
 
-class DramMachine:
+class DramMachine(_Verilated):
     """One Verilated machine on `board`'s simulated DRAM (one of
     `boards.dram.BOARDS`), with `FastMachine`'s interface: `load`, `dump`, `run`,
-    `progress`, `close`. `words`: machine words the DRAM holds."""
+    `progress`, `close`. `words`: machine words the DRAM holds; `load` and `dump`
+    reach it through the backdoor."""
+    _EXTENT = "the DRAM of {words} words"
 
     def __init__(self, cfg, board, *, verbose=False):
         self._h = None
         self.cfg, self.board = cfg, board
         self.path, self.build_info, self.core = build(cfg, board, verbose=verbose)
-        self._lib = _load(self.path)
-        self.mem_bytes = cfg.engine.mem_bytes
-        if self._lib.gx_mem_bytes() != self.mem_bytes:
-            raise FastBuildError(f"{self.path} was built for {self._lib.gx_mem_bytes()}-byte "
-                                 f"words, the config has {self.mem_bytes}")
-        self._instr_bytes = self._lib.gx_instr_bytes()
+        self._attach(_load(self.path))
         self.dram_bytes = self._lib.gx_dram_bytes()
         self.words = self.dram_bytes // self.mem_bytes
         self._h = self._lib.gx_create()
         if not self._h:
             raise MemoryError(f"cannot allocate the machine on {board}'s DRAM")
 
-    def close(self):
-        if self._h:
-            self._lib.gx_destroy(self._h)
-            self._h = None
-
-    @property
-    def _live(self):
-        if not self._h:
-            raise ValueError("this DramMachine is closed")
-        return self._h
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()
-
-    @property
-    def total_cycles(self):
-        return self._lib.gx_total_cycles(self._live)
-
     def counters(self):
         """{command: count} of the DFI commands since creation (`COUNTERS`)."""
         out = (ctypes.c_uint64 * len(COUNTERS))()
         self._lib.gx_dram_counters(self._live, out)
         return dict(zip(COUNTERS, out))
-
-    def progress(self):
-        cycles = ctypes.c_uint64()
-        icount = self._lib.gx_progress(self._live, ctypes.byref(cycles))
-        return icount, cycles.value
-
-    def load(self, image, addr=0):
-        """Write `image` (uint8 [n, mem_bytes]) from word `addr`, through the backdoor."""
-        image = np.ascontiguousarray(image, np.uint8)
-        if image.ndim != 2 or image.shape[1] != self.mem_bytes:
-            raise ValueError(f"image must be [words, {self.mem_bytes}] uint8, got {image.shape}")
-        if self._lib.gx_write(self._live, addr, image.ctypes.data, len(image)):
-            raise IndexError(f"words {addr}..{addr + len(image)} outside the DRAM of "
-                             f"{self.words} words")
-
-    def dump(self, addr=0, n=None):
-        n = self.words - addr if n is None else n
-        out = np.empty((n, self.mem_bytes), np.uint8)
-        if self._lib.gx_read(self._live, addr, out.ctypes.data, n):
-            raise IndexError(f"words {addr}..{addr + n} outside the DRAM of {self.words} words")
-        return out
 
     def run(self, program, *, timeout=2_000_000):
         """Stream `program` and run to ``done``: `FastMachine.run`'s status, with

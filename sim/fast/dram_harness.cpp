@@ -38,24 +38,6 @@ constexpr int INSTR_BYTES = (INSTR_BITS + 7) / 8;
 constexpr int DRAIN_CYCLES = 32;
 constexpr uint64_t DRAM_BYTES = uint64_t(NBANKS) * BANK_WORDS * NATIVE_BYTES;
 
-template <typename T>
-void port_set(T& port, const uint8_t* in, int nbytes) {
-    uint64_t v = 0;
-    for (int i = 0; i < nbytes && i < 8; ++i) v |= static_cast<uint64_t>(in[i]) << (8 * i);
-    port = static_cast<T>(v);
-}
-template <std::size_t N>
-void port_set(VlWide<N>& port, const uint8_t* in, int nbytes) {
-    for (std::size_t w = 0; w < N; ++w) {
-        uint32_t v = 0;
-        for (int b = 0; b < 4; ++b) {
-            int i = static_cast<int>(w) * 4 + b;
-            if (i < nbytes) v |= static_cast<uint32_t>(in[i]) << (8 * b);
-        }
-        port[w] = v;
-    }
-}
-
 }  // namespace
 
 extern "C" {

@@ -52,35 +52,6 @@ namespace {
 constexpr int INSTR_BYTES = (INSTR_BITS + 7) / 8;
 constexpr int WR_BYTES = (WR_BITS + 7) / 8;
 
-// Port access independent of how wide Verilator made the port: integral
-// types up to 64 bits, VlWide<N> (32-bit words) beyond. Bytes are little-endian.
-template <typename T>
-void port_get(const T& port, uint8_t* out, int nbytes) {
-    uint64_t v = static_cast<uint64_t>(port);
-    for (int i = 0; i < nbytes && i < 8; ++i) out[i] = static_cast<uint8_t>(v >> (8 * i));
-}
-template <std::size_t N>
-void port_get(const VlWide<N>& port, uint8_t* out, int nbytes) {
-    for (int i = 0; i < nbytes; ++i) out[i] = static_cast<uint8_t>(port[i / 4] >> (8 * (i % 4)));
-}
-template <typename T>
-void port_set(T& port, const uint8_t* in, int nbytes) {
-    uint64_t v = 0;
-    for (int i = 0; i < nbytes && i < 8; ++i) v |= static_cast<uint64_t>(in[i]) << (8 * i);
-    port = static_cast<T>(v);
-}
-template <std::size_t N>
-void port_set(VlWide<N>& port, const uint8_t* in, int nbytes) {
-    for (std::size_t w = 0; w < N; ++w) {
-        uint32_t v = 0;
-        for (int b = 0; b < 4; ++b) {
-            int i = static_cast<int>(w) * 4 + b;
-            if (i < nbytes) v |= static_cast<uint32_t>(in[i]) << (8 * b);
-        }
-        port[w] = v;
-    }
-}
-
 // Copies `nbits` bits starting at bit `off` of `src` into `dst` (from bit 0).
 void bits_extract(const uint8_t* src, int off, int nbits, uint8_t* dst) {
     std::memset(dst, 0, (nbits + 7) / 8);
