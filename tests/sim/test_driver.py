@@ -35,6 +35,23 @@ def test_prefill_in_chunks_then_decode_is_bit_exact(qm):
                                qm.dequantize_logits(qm.forward(np.array(ids + [15]))[-1]))
 
 
+@pytest.mark.parametrize("rows,cols", [(6, 4), (2, 8)])
+def test_arrays_that_are_not_square_run_bit_exact(rows, cols):
+    """rows != cols end to end: more rows than columns (6x4: a 6-token MATMUL tile over
+    an 8-byte word), and fewer (2x8: a 16-byte word holding two heads of d_head 8);
+    prefill in two programs, then decode, bit-exact and at the cycle model's count."""
+    rng = np.random.default_rng(rows * 10 + cols)
+    fm = random_gpt2(seed=rows, vocab_size=40, n_positions=8, n_embd=16, n_layer=1, n_head=2)
+    q = Q.QuantGPT2.from_float(fm, [rng.integers(0, 40, 8) for _ in range(2)], tile=4)
+    drv = Driver(q, machine_config(q, rows, cols, max_tokens=4), "pysim", logits="all").load()
+    ids, cache = [3, 1, 4, 1, 5, 9, 2], KVCache(1)
+    np.testing.assert_array_equal(drv.prefill(ids), q.forward(np.array(ids), cache))
+    np.testing.assert_array_equal(drv.decode(15), q.forward(np.array([15]), cache))
+    assert len(drv.history) == 3
+    for r in drv.history:
+        assert r["cycles"] == r["predicted_cycles"] > 0
+
+
 def _fast_driver(qm, cfg, **kw):
     """A loaded Driver on the Verilated machine (these tests run every instruction
     checked, minutes on the Amaranth simulator); skipped without Verilator."""
