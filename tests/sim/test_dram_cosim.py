@@ -38,11 +38,6 @@ def _driver(q, cfg, board, timeout=500_000_000, **kw):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=TimeoutError, reason=(
-    "the machine with the word-wide vector mover and the prefetching controller does "
-    "not finish a program behind the DRAM adapter (it did before both merged; the "
-    "ideal-memory backends run the same programs bit-exact): a hang, found at the "
-    "merge, not yet located"))
 def test_tiny_on_the_ulx3s_dram_is_bit_exact_and_pays_dram_time():
     q = _tiny()
     cfg = machine_config(q, 8, 8)
