@@ -118,14 +118,14 @@ def test_bad_dram_options_are_one_line_exit_2(capsys, argv, message):
 def test_an_image_larger_than_the_boards_dram_is_refused_before_any_build(
         capsys, monkeypatch, tmp_path):
     from gpt2accel.sim.cli import main
-    # a board whose DRAM holds 64 KiB: the tiny model's image (183 KB) does not fit
+    # a board whose DRAM holds 64 KiB: the tiny model's image (178 KB) does not fit
     monkeypatch.setattr(D, "dram_bytes", lambda board: 64 << 10)
     monkeypatch.setenv("GPT2ACCEL_CACHE", str(tmp_path))
     assert main(["generate", "--model", "tiny", "--max-new-tokens", "1", "--backend", "fast",
                  "--memory", "dram", "--board", "ulx3s-85f"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     # the model's loading lines, then the refusal
-    assert err[-1] == ("gpt2accel: error: --board ulx3s-85f: the memory image is 183,120 "
+    assert err[-1] == ("gpt2accel: error: --board ulx3s-85f: the memory image is 177,744 "
                        "bytes, larger than its DRAM of 65,536 bytes")
     assert not (tmp_path / "verilator").exists() and not (tmp_path / "litedram").exists()
 
