@@ -39,9 +39,9 @@ columns ``tc`` per tile, ``mem_bytes // tc`` table elements per word, one
 token's elements ``tc`` bytes apart), so on a machine whose ``cols`` is ``tc``
 the tied LM head's weight tiles are the embedding too: token t is column
 ``t % tc`` of tile ``t // tc``. A group of lanes takes its elements from the
-words they lie in (two words of slots 1 and 2 when ``tc`` = 8, else a fixed
-quarter of one word) through a ``tc``:1 byte mux per lane on the column,
-registered with the token.
+words they lie in (two words, slots 1 and 2, when ``tc`` = 8; one when 4; a
+fixed half or quarter of one when 2 or 1) through a ``tc``:1 byte mux per lane
+on the column, registered with the token.
 
 Reader and writer are independent state machines on the two directions of
 the port (reads and writes are separate channels), because LayerNorm emits
@@ -64,8 +64,9 @@ __all__ = ["VectorMover", "vector_lanes", "wte_tile_cols", "NW", "START_CYCLES",
            "REQ_CYCLES", "WRITE_CYCLES"]
 
 #: operand word slots of a group, in request order: 0 src (x / gamma / table /
-#: EMBED's token ids), 1 and 2 the two words of LayerNorm beta (1 alone: RESADD's
-#: y, EMBED's wte row), 3 RESADD's q / EMBED's wte requantiser, 4 EMBED's wpe
+#: EMBED's token ids), 1 and 2 the two words of LayerNorm beta or of EMBED's wte
+#: tiles of 8 columns (1 alone: RESADD's y, EMBED's wte of fewer columns), 3
+#: RESADD's q / EMBED's wte requantiser, 4 EMBED's wpe
 #: row, 5 EMBED's wpe requantiser
 NW = 6
 #: cycles from a request's issue to its being on the port (the request register)
@@ -88,8 +89,8 @@ def vector_lanes(mem_bytes):
 def wte_tile_cols(mem_bytes, cols):
     """Columns (tokens) per tile of EMBED's token table: the engine's `cols` when a
     group of lanes then takes its elements from at most two words (`cols` of 1, 2,
-    4 or 8 dividing `mem_bytes`), so the LM head's W tiles are the table; else 4
-    (one word per group), and the table is a copy of its own."""
+    4 or 8), so the LM head's W tiles are the table; else 4 (one word per group),
+    and the table is a copy of its own."""
     return cols if cols in (1, 2, 4, 8) and mem_bytes % cols == 0 else 4
 
 
