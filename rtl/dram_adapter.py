@@ -22,9 +22,14 @@ arrives, whatever ``rdata.ready`` says. So this adapter
 - queues a write's data no later than its command is accepted, so the data is
   at the queue's head when the controller asks for it (writes are answered in
   command order); a write command waits while the queue is full;
-- issues a read command only while the read queue has room for every native word
-  owed (a credit count), so an arriving word always has a place and
-  ``rdata.ready`` never needs to drop.
+- takes a read from the machine only while the read queue has room for its
+  native words and every other one owed (a credit count, reserved when the read
+  is taken), so an arriving word always has a place and ``rdata.ready`` never
+  needs to drop. A read waiting for room waits in the machine's request, never in
+  the op register, where it would hold up the writes behind it: the machine's
+  units turn the words they read into writes and take no further word while a
+  write waits, so a write held until the machine takes a word never goes (the
+  `MemPort` contract: writes never wait on the read responses).
 
 Word widths: a machine word of `mem_bytes` and a native word of `native_bytes`,
 one a power-of-two multiple of the other. A narrower native port takes ``k``
@@ -158,15 +163,19 @@ class DramAdapter(wiring.Component):
         prefer_write = Signal()
 
         m.submodules.wq = wq = SyncFIFOBuffered(width=9 * nb, depth=self.write_beats)
-        m.submodules.rq = rq = SyncFIFOBuffered(width=8 * nb, depth=self.read_beats)
+        # the credits count on `read_beats` places whatever the arrival pattern; a
+        # buffered queue of 2 or fewer entries refuses a write in the cycle after one
+        # into it empty (its entry is then moving to the output register), so it
+        # would drop the second of two words arriving back to back
+        q_depth = max(self.read_beats, 3)
+        m.submodules.rq = rq = SyncFIFOBuffered(width=8 * nb, depth=q_depth)
         # per native read beat: its lane and whether it lies past the DRAM
-        m.submodules.tq = tq = SyncFIFOBuffered(width=max(1, lane_bits) + 1,
-                                                depth=self.read_beats)
+        m.submodules.tq = tq = SyncFIFOBuffered(width=max(1, lane_bits) + 1, depth=q_depth)
 
-        owed = Signal(range(self.read_beats + 1))            # read beats accepted, not handed on
+        owed = Signal(range(self.read_beats + 1))            # read beats taken, not handed on
         beat_popped = Signal()
-        can_issue = Mux(op_we, wq.w_rdy, owed != self.read_beats)
-        m.d.comb += [nat.cmd.valid.eq(op_valid & can_issue),
+        # a read in the op register has its credits: only a write waits here (for queue room)
+        m.d.comb += [nat.cmd.valid.eq(op_valid & (~op_we | wq.w_rdy)),
                      nat.cmd.payload.we.eq(op_we), nat.cmd.payload.addr.eq(op_addr)]
         issued = nat.cmd.valid & nat.cmd.ready
         last = op_left == 1
@@ -179,15 +188,17 @@ class DramAdapter(wiring.Component):
             w_data, w_strb = op_data[:8 * nb], op_strb[:nb]
         m.d.comb += [wq.w_en.eq(issued & op_we), wq.w_data.eq(Cat(w_data, w_strb)),
                      tq.w_en.eq(issued & ~op_we), tq.w_data.eq(Cat(op_lane, op_zero))]
-        m.d.sync += owed.eq(owed + (issued & ~op_we) - beat_popped)
         with m.If(issued):
             m.d.sync += [op_addr.eq(op_addr + 1), op_left.eq(op_left - 1),
                          op_data.eq(op_data >> (8 * nb)), op_strb.eq(op_strb >> nb)]
             with m.If(last):
                 m.d.sync += op_valid.eq(0)
 
-        take_write = mach.wr.valid & (prefer_write | ~mach.rd_req.valid)
-        take_read = mach.rd_req.valid & ~take_write
+        room = owed <= self.read_beats - beats
+        read_ok = mach.rd_req.valid & room
+        take_write = mach.wr.valid & (prefer_write | ~read_ok)
+        take_read = read_ok & ~take_write
+        m.d.sync += owed.eq(owed + Mux(free & take_read, beats, 0) - beat_popped)
         m.d.comb += [mach.wr.ready.eq(free & take_write),
                      mach.rd_req.ready.eq(free & take_read)]
         addr = Mux(take_write, mach.wr.payload.addr, mach.rd_req.payload.addr)

@@ -190,8 +190,11 @@ def vector_layouts(cfg: AttentionConfig):
         Op.REQUANT: data.StructLayout({**rows, "y_base": addr, "y_stride": addr,
                                        "q_base": addr}),
         # src: token ids, uint32 each, element r at byte 4r; row r of the output is
-        # position pos0 + r; wte/wpe int8 rows (stride words) with one uint32
-        # (mult | shift << 16) per table row at *_q_base
+        # position pos0 + r; wpe int8 rows (stride words); wte in W tiles of
+        # tc = vecmove.wte_tile_cols tokens (wte_stride words each), token t's
+        # element k at word k // (mem_bytes // tc) of tile t // tc, byte
+        # (k % (mem_bytes // tc)) * tc + t % tc: the LM head's weight tiles when tc
+        # is the engine's cols; one uint32 (mult | shift << 16) per table row at *_q_base
         Op.EMBED: data.StructLayout({**rows, "pos0": range(cfg.max_seq),
                                      "wte_base": addr, "wte_stride": addr, "wte_q_base": addr,
                                      "wpe_base": addr, "wpe_stride": addr, "wpe_q_base": addr}),

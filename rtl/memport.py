@@ -15,7 +15,11 @@ must not rely on their relative order (the engines never read a word they
 have a write to outstanding). Responses may come any number of cycles after
 their request; the engines keep enough requests in flight to cover the
 latency they are built for, and never lose or repeat a word when
-``rd_resp.ready`` drops.
+``rd_resp.ready`` drops. A memory accepts writes whether or not its responses
+are being taken: an engine turns the words it reads into writes and takes no
+further response while a write waits, so a write that waited for a response
+to be taken would never go (`rtl.dram_adapter` keeps a read it has no room to
+answer yet out of its one op register for this reason).
 
 Parameters: ``addr_bits`` (a word address) and ``mem_bytes`` (bytes per
 word; ``strb`` has one bit per byte). `MemPort.for_config` takes both from an

@@ -30,8 +30,18 @@ unit's output to the writer; the units sit in `VectorMover` itself) and
 `_Writer`; `VectorMover` only instantiates and connects them.
 
 Addresses advance by strides and by one word per word read: no runtime
-multiply sits in an address path (EMBED's wte row, ``token * wte_stride``, is
-a registered multiply the issuer waits three cycles for, once per row).
+multiply sits in an address path (EMBED's wte tile, ``token // tc *
+wte_stride``, is a registered multiply the issuer waits three cycles for,
+once per row).
+
+EMBED reads the token table in the matmul engine's W layout (`wte_tile_cols`
+columns ``tc`` per tile, ``mem_bytes // tc`` table elements per word, one
+token's elements ``tc`` bytes apart), so on a machine whose ``cols`` is ``tc``
+the tied LM head's weight tiles are the embedding too: token t is column
+``t % tc`` of tile ``t // tc``. A group of lanes takes its elements from the
+words they lie in (two words, slots 1 and 2, when ``tc`` = 8; one when 4; a
+fixed half or quarter of one when 2 or 1) through a ``tc``:1 byte mux per lane
+on the column, registered with the token.
 
 Reader and writer are independent state machines on the two directions of
 the port (reads and writes are separate channels), because LayerNorm emits
@@ -50,12 +60,13 @@ from .layernorm import LayerNormUnit, setup_layout
 from .memport import MemPort, read_request_layout, read_response_layout, write_layout
 from .residual import EmbeddingAdd, RequantAdd
 
-__all__ = ["VectorMover", "vector_lanes", "NW", "START_CYCLES", "TOK_CYCLES", "REQ_CYCLES",
-           "WRITE_CYCLES"]
+__all__ = ["VectorMover", "vector_lanes", "wte_tile_cols", "NW", "START_CYCLES", "TOK_CYCLES",
+           "REQ_CYCLES", "WRITE_CYCLES"]
 
 #: operand word slots of a group, in request order: 0 src (x / gamma / table /
-#: EMBED's token ids), 1 and 2 the two words of LayerNorm beta (1 alone: RESADD's
-#: y, EMBED's wte row), 3 RESADD's q / EMBED's wte requantiser, 4 EMBED's wpe
+#: EMBED's token ids), 1 and 2 the two words of LayerNorm beta or of EMBED's wte
+#: tiles of 8 columns (1 alone: RESADD's y, EMBED's wte of fewer columns), 3
+#: RESADD's q / EMBED's wte requantiser, 4 EMBED's wpe
 #: row, 5 EMBED's wpe requantiser
 NW = 6
 #: cycles from a request's issue to its being on the port (the request register)
@@ -73,6 +84,20 @@ START_CYCLES = 4
 def vector_lanes(mem_bytes):
     """Lanes of the vector units: one int32 per lane in one memory word."""
     return mem_bytes // 4
+
+
+def wte_tile_cols(mem_bytes, cols):
+    """Columns (tokens) per tile of EMBED's token table: the engine's `cols` when a
+    group of lanes then takes its elements from at most two words (`cols` of 1, 2,
+    4 or 8), so the LM head's W tiles are the table; else 4 (one word per group),
+    and the table is a copy of its own."""
+    return cols if cols in (1, 2, 4, 8) and mem_bytes % cols == 0 else 4
+
+
+def _wte_quarter(sub, tc):
+    """The quarter of its word a group's table elements start at (tc < 8): a word
+    holds 4 // tc groups' elements."""
+    return (sub * tc)[:2] if tc < 4 else C(0, 2)
 
 
 def _command_layout(body_bits):
@@ -188,8 +213,9 @@ class _Walker(wiring.Component):
         with m.If(~phase):
             m.d.comb += need.eq(Mux(is_["ln"], Cat(sub[0] == 0, 1, 1), 1))
         with m.Elif(is_["em"]):
-            m.d.comb += need.eq(Cat(first & (id_sub == 0), sub[1] == 0, 0, first,
-                                    sub[3] == 0, first))
+            tc = wte_tile_cols(e.mem_bytes, e.cols)
+            m.d.comb += need.eq(Cat(first & (id_sub == 0), _wte_quarter(sub[1], tc) == 0,
+                                    C(int(tc == 8), 1), first, sub[3] == 0, first))
         with m.Elif(is_["ad"]):
             m.d.comb += need.eq(Cat(~is_["rq"] & (sub[0] == 0), 1, 0, 1))
         with m.Else():
@@ -361,9 +387,16 @@ class _Reader(wiring.Component):
         m.d.comb += qi0.eq(Mux(~aw.phase, Mux(is_["ln"], aw.sub[0] << 1, 0),
                                Mux(is_["ge"], aw.sub[0], aw.sub[0] << 1)))
         f0 = _quarter(m, cur[0], qi0, "f0")
-        f1 = _quarter(m, cur[1], aw.sub[1], "f1")
         f3 = _quarter(m, cur[4], aw.sub[3], "f3")
         q_off = Signal(range(L))                  # EMBED: the wte requantiser's lane
+        # EMBED: lane l's table element is byte l*tc + (token % tc) of the group's
+        # words (slots 1 and 2) or of its quarter of one
+        tc = wte_tile_cols(MB, e.cols)
+        t_col = Signal(range(tc))
+        span = (Cat(cur[1], cur[2]) if tc == 8 else cur[1] if tc == 4
+                else _quarter(m, cur[1], _wte_quarter(aw.sub[1], tc), "f1"))
+        f1 = Cat(Array(span.word_select(l * tc + j, 8) for j in range(tc))[t_col]
+                 for l in range(L))
         with m.If(complete):
             m.d.sync += [out_v.eq(1), taken.eq(0),
                          out.row.eq(aw.phase), out.grp.eq(aw.g), out.last.eq(aw.end_g),
@@ -400,11 +433,13 @@ class _Reader(wiring.Component):
                 with m.If(tok_seen):
                     m.d.sync += [tok_r.eq(tok), tok_step.eq(1)]
             with m.Elif(tok_step == 1):
-                m.d.sync += [wte_prod.eq(tok_r[:A] * em_c.wte_stride), wte_qw.eq(tok_r // L),
+                m.d.sync += [wte_prod.eq((tok_r // tc)[:A] * em_c.wte_stride),
+                             wte_qw.eq(tok_r // L),
                              tok_step.eq(2)]
             with m.Else():
                 m.d.comb += iw.tok_set.eq(1)
-                m.d.sync += [q_off.eq(tok_r % L), tok_ok.eq(1), tok_step.eq(0)]
+                m.d.sync += [q_off.eq(tok_r % L), t_col.eq(tok_r % tc), tok_ok.eq(1),
+                             tok_step.eq(0)]
         m.d.comb += [iw.wte_row.eq(em_c.wte_base + wte_prod), iw.wte_q.eq(em_c.wte_q_base + wte_qw)]
 
         # the request leaves from a register, loaded when it is empty or taken

@@ -15,8 +15,8 @@ Image bytes: the memory map the case's program runs on, by region: weights
 (everything packed from the model), kv (the K/V caches of the context),
 buffers (activations, logits of the rows asked, token ids, attention
 scratch), and the program (its instruction words, which the host streams);
-beside them, the logits' part of the buffers and the bytes of the tied ``wte``'s
-second copy (`image_bytes`). The text report has a table of them per model,
+beside them, the logits' part of the buffers and the bytes of a second copy of
+the tied ``wte`` (`image_bytes`; none where EMBED reads the LM head's tiles). The text report has a table of them per model,
 array and context.
 Utilisation: `driver.program_macs` (useful MACs: linear layers and the causal
 QKᵀ/PV products) over rows*cols*cycles. Bytes per token: compulsory memory
@@ -135,16 +135,16 @@ LOGITS_REGIONS = ("logits_raw", "logits")
 def image_bytes(comp, words):
     """The case's image by region (see the module docstring), and their total; then,
     not added to it, "logits" (the part of buffers the logits rows take) and
-    "wte_copy" (the tied ``wte`` as the LM head's weight tiles: GPT-2 ties the head to
-    the embedding, and the image holds the matrix twice, as embedding rows and as head
-    tiles; reading both from one copy would save these bytes)."""
+    "wte_copy" (the bytes of EMBED's own copy of the tied ``wte``: 0 on arrays whose
+    EMBED reads the LM head's weight tiles, `rtl.vecmove.wte_tile_cols`; wider arrays
+    keep the table a second time, in tiles of 4 tokens)."""
     out = dict(comp.region_bytes(), program=len(words) * INSTR_BITS // 8)
     out["total"] = sum(out.values())
     mb = comp.e.mem_bytes
     out["logits"] = sum(comp.regions[n].words for n in LOGITS_REGIONS
                         if n in comp.regions) * mb
-    head = comp.regions.get("lm_head.w")
-    out["wte_copy"] = head.words * mb if head is not None else 0
+    copy = comp.regions.get("wte")
+    out["wte_copy"] = copy.words * mb if copy is not None else 0
     return out
 
 
@@ -309,8 +309,9 @@ def format_text(result):
             lines.append(f"{model:11} {arr:6} {ctx:7d} {im['weights']:13,} {im['kv']:12,} "
                          f"{im['buffers']:12,} {im['logits']:11,} {im['program']:9,} "
                          f"{im['total']:13,} {im['wte_copy']:12,}")
-        lines.append("wte twice: the tied embedding's second copy (the LM head's weight tiles), "
-                     "part of weights; one copy read by both would save it")
+        lines.append("wte twice: a second copy of the tied embedding (EMBED's own, on arrays "
+                     "wider than 8 columns), part of weights; 0: EMBED reads the LM head's "
+                     "weight tiles")
     for path in result.get("plots", []):
         lines.append(f"plot: {path}")
     return "\n".join(lines)

@@ -33,7 +33,7 @@ from gpt2accel.rtl.machine import FETCH_TO_ISSUE
 from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd
 from gpt2accel.rtl.isa import VECTOR_OPS, Op, decode
 from gpt2accel.rtl.vecmove import (REQ_CYCLES, START_CYCLES, TOK_CYCLES, WRITE_CYCLES,
-                                   vector_lanes)
+                                   vector_lanes, wte_tile_cols)
 from gpt2accel.sim.cycles.attention import attention_cycles
 from gpt2accel.sim.cycles.matmul import matmul_cycles
 from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY
@@ -74,6 +74,7 @@ def vector_groups(cfg, op, f):
     mb = cfg.engine.mem_bytes
     L = vector_lanes(mb)
     G = ceil_div(f["n"], L)
+    tc = wte_tile_cols(mb, cfg.engine.cols)
     if op == Op.LAYERNORM:
         for g in range(G):
             yield False, 0, g, ([0] if g % 2 == 0 else []) + [1, 2]
@@ -88,10 +89,14 @@ def vector_groups(cfg, op, f):
                 ws = [0] if g % 2 == 0 else []
             elif op in (Op.RESADD, Op.REQUANT):
                 ws = ([0] if op == Op.RESADD and g % 2 == 0 else []) + [1, 3]
-            elif g == 0:
-                ws = ([0] if r % L == 0 else []) + [1, 3, 4, 5]
             else:
-                ws = [1, 4] if g % 4 == 0 else []
+                # the token table's words: one (or a quarter of one) per group, two
+                # when its tiles have 8 columns (rtl/vecmove.py, `wte_tile_cols`)
+                wte = ([1] if g % 4 * tc % 4 == 0 else []) + ([2] if tc == 8 else [])
+                if g == 0:
+                    ws = ([0] if r % L == 0 else []) + wte + [3, 4, 5]
+                else:
+                    ws = wte + ([4] if g % 4 == 0 else [])
             yield True, r, g, ws
 
 

@@ -43,7 +43,7 @@ it). Limits of the configuration (max_k,
 max_n, max_m, max_d_head, max_seq, tile, address width, memory size) are
 checked here and refused with `CompileError` naming the limit.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -52,6 +52,7 @@ from gpt2accel.rtl.config import ceil_div
 from gpt2accel.rtl.machine_config import MachineConfig
 from gpt2accel.rtl.isa import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES,
                                RESID_BYTES, IsaError, Op, cfg_max_vector_n, encode)
+from gpt2accel.rtl.vecmove import wte_tile_cols
 from gpt2accel.sim.host.matmul_layout import pack_params, pack_w
 
 __all__ = ["CompileError", "BlockCompiler", "ModelCompiler", "Provenance", "Region",
@@ -225,10 +226,23 @@ class _Compiler:
             alloc(f"h{i}.gelu.table", _row_words(e, len(table), ACT_BYTES),
                   blob=lambda table=table: _rows(e, np.asarray(table)[None], ACT_BYTES))
         if head:
-            for name, tab, mult, shift in (("wte", qmodel.wte, qmodel.wte_mult, qmodel.wte_shift),
+            # EMBED reads the token table in W tiles of `wte_tile_cols` tokens: when
+            # that is the engine's cols, the tied LM head's weight tiles are the table
+            # (stored once); else the table is a copy of its own in such tiles
+            te = replace(e, cols=wte_tile_cols(e.mem_bytes, e.cols))
+            self.wte_tied = te.cols == e.cols
+            if self.wte_tied:
+                self.wte = Region(self.regions["lm_head.w"].base, 0, e.w_words_per_tile(E))
+            else:
+                stride = te.w_words_per_tile(E)
+                self.wte = alloc("wte", ceil_div(self.V, te.cols) * stride, stride,
+                                 blob=lambda: pack_w(te, np.asarray(qmodel.wte).T))
+            for name, tab, mult, shift in (("wte", None, qmodel.wte_mult, qmodel.wte_shift),
                                            ("wpe", qmodel.wpe, qmodel.wpe_mult, qmodel.wpe_shift)):
-                stride = _row_words(e, E, ACT_BYTES)
-                alloc(name, len(tab) * stride, stride, blob=lambda tab=tab: _rows(e, tab, ACT_BYTES))
+                if tab is not None:
+                    stride = _row_words(e, E, ACT_BYTES)
+                    alloc(name, len(tab) * stride, stride,
+                          blob=lambda tab=tab: _rows(e, tab, ACT_BYTES))
                 alloc(f"{name}.q", _row_words(e, np.broadcast(mult, shift).size, Q_BYTES),
                       blob=lambda mult=mult, shift=shift: _qwords(e, mult, shift))
         bufs = [("x", E, RESID_BYTES), ("ln_1_out", E, 1), ("qkv", 3 * E, 1),
@@ -515,7 +529,7 @@ class _Compiler:
         return (Op.EMBED, dict(
             rows=t, n=self.E, src_base=reg["ids"].base + id_word, src_stride=0,
             dst_base=x.base + row * x.stride, dst_stride=x.stride, pos0=pos,
-            wte_base=reg["wte"].base, wte_stride=reg["wte"].stride,
+            wte_base=self.wte.base, wte_stride=self.wte.stride,
             wte_q_base=reg["wte.q"].base, wpe_base=reg["wpe"].base,
             wpe_stride=reg["wpe"].stride, wpe_q_base=reg["wpe.q"].base),
             Provenance("embed", None, ("x", self.E)))

@@ -5,6 +5,8 @@ group), writing exactly the destination's bytes; and, stall-free, its cycles
 equal to `vector_cycles` (the exact replay of its issuer and assembler).
 GPT2ACCEL_SEED replays.
 """
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -13,9 +15,10 @@ from gpt2accel.model import intops
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.isa import Op
-from gpt2accel.rtl.vecmove import VectorMover
+from gpt2accel.rtl.vecmove import VectorMover, wte_tile_cols
 from gpt2accel.sim.cycles.program import vector_cycles
 from gpt2accel.sim.harness.vector import run_vector
+from gpt2accel.sim.host.matmul_layout import pack_w
 
 from units_cases import layernorm_params, layernorm_rows
 
@@ -46,6 +49,12 @@ class _Image:
             flat[:len(b)] = np.frombuffer(b, np.uint8)
         self.end = base + len(a) * sw + 1
         return base, sw
+
+    def put_words(self, words):
+        base = self.end
+        self.mem[base:base + len(words)] = words
+        self.end = base + len(words) + 1
+        return base
 
     def get(self, mem, base, sw, rows, n, dtype):
         size = np.dtype(dtype).itemsize
@@ -106,7 +115,7 @@ def _cases(cfg, rng):
                               dst_stride=ds, y_base=yb, y_stride=ys, q_base=qb)))
         checks.append((op.name.lower(), db, ds, rows, n, np.int16, want))
     # EMBED at a position other than 0
-    n, vocab, npos = int(rng.integers(3, 40)), 11, 16
+    n, vocab, npos = int(rng.integers(3, 40)), int(rng.integers(9, 20)), 16
     pos0 = int(rng.integers(0, npos - rows + 1))
     ids = rng.integers(0, vocab, rows)
     wte = rng.integers(-128, 128, (vocab, n))
@@ -114,7 +123,9 @@ def _cases(cfg, rng):
     tm, ts = rng.integers(0, 1 << 15, vocab), rng.integers(0, 30, vocab)
     pm, ps = rng.integers(0, 1 << 15, npos), rng.integers(0, 30, npos)
     ib, _ = img.put(ids, np.uint32)
-    teb, tes = img.put(wte, np.int8)
+    # the token table in W tiles of `wte_tile_cols` tokens, as the LM head reads it
+    te = replace(cfg.engine, cols=wte_tile_cols(mb, cfg.engine.cols))
+    teb, tes = img.put_words(pack_w(te, wte.T)), te.w_words_per_tile(n)
     tqb, _ = img.put(_q(tm, ts), np.uint32)
     peb, pes = img.put(wpe, np.int8)
     pqb, _ = img.put(_q(pm, ps), np.uint32)
@@ -141,7 +152,9 @@ def _check(cfg, mem, img, checks, written, seed):
     assert np.array_equal(written, expect), f"stray or missing writes (GPT2ACCEL_SEED={seed})"
 
 
-@pytest.mark.parametrize("cols,mem_bytes", [(4, 8), (8, 16), (12, 24)])
+# cols 8: a group's table elements in two words; 4 and 12: in one (12 keeps a
+# table of 4-token tiles of its own); 2 and 1: in a half and a quarter of one
+@pytest.mark.parametrize("cols,mem_bytes", [(4, 8), (8, 16), (12, 24), (2, 8)])
 def test_every_instruction_under_stalls(cols, mem_bytes, seed):
     cfg = _cfg(cols, mem_bytes, max_outstanding=3)
     rng = np.random.default_rng([seed, mem_bytes])
@@ -151,7 +164,7 @@ def test_every_instruction_under_stalls(cols, mem_bytes, seed):
     _check(cfg, mem, img, checks, written, seed)
 
 
-@pytest.mark.parametrize("cols,mem_bytes,mo", [(4, 8, 8), (8, 16, 2), (12, 24, 5)])
+@pytest.mark.parametrize("cols,mem_bytes,mo", [(4, 8, 8), (8, 16, 2), (12, 24, 5), (1, 8, 3)])
 def test_cycles_equal_the_model(cols, mem_bytes, mo, seed):
     """Stall-free, every instruction's accept-to-done cycles equal `vector_cycles`
     (max_outstanding 2 keeps the issuer waiting for responses)."""
