@@ -244,10 +244,22 @@ class KVStore(wiring.Component):
                     m.d.sync += a_run.eq(0)
         with m.If(start):
             m.d.sync += [a_run.eq(1), a_half.eq(0), a_q.eq(0), flushing.eq(0)]
-        window = (Cat(e_prev, e_cur) >> (8 * e_rho))[:8 * MB]
-        m.d.comb += [bw.addr.eq(Mux(e_half, Q, 0) + e_q), bw.data.eq(Cat(*([window] * C))),
-                     bw.en.eq(Mux(e_v, Const(1, C) << e_bank, 0))]
-        set_full = Mux(e_v & e_last, Const(1, 2) << e_half, 0)
+        # the window's byte shift in two registered stages: by rho's multiple of
+        # four bytes, then by the rest on the way into the buffer
+        f_v, f_last, f_half = Signal(), Signal(), Signal()
+        f_q = Signal(range(Q))
+        f_bank = Signal(range(C))
+        f_fine = Signal(2)
+        f_coarse = Signal(8 * (MB + 3))
+        both = Cat(e_prev, e_cur)
+        m.d.sync += [f_v.eq(e_v), f_last.eq(e_last), f_half.eq(e_half), f_q.eq(e_q),
+                     f_bank.eq(e_bank), f_fine.eq(e_rho[:2]),
+                     f_coarse.eq((both >> Cat(Const(0, 5), e_rho[2:]))[:8 * (MB + 3)])]
+        window = Cat(*(Array(f_coarse[8 * (b + j):8 * (b + j + 1)] for j in range(4))[f_fine]
+                       for b in range(MB)))
+        m.d.comb += [bw.addr.eq(Mux(f_half, Q, 0) + f_q), bw.data.eq(Cat(*([window] * C))),
+                     bw.en.eq(Mux(f_v, Const(1, C) << f_bank, 0))]
+        set_full = Mux(f_v & f_last, Const(1, 2) << f_half, 0)
 
         # ---- writer: the half's cache words, each read, selected and written
         # in three registered stages (buffer read, byte select, write)
@@ -278,7 +290,7 @@ class KVStore(wiring.Component):
         s1_v, s1_last, s1_sel = Signal(), Signal(), Signal()
         s1_addr = Signal(A)
         s1_strb = Signal(MB)
-        s1_kidx = [Signal(range(MB), name=f"s1_kidx{i}") for i in range(KPW)]
+        s1_wc = Signal(range(C))
         s1_bank = [Signal(range(C), name=f"s1_bank{i}") for i in range(KPW)]
         s1_dsel = Signal(range(KPW))
         o_v, o_last = Signal(), Signal()
@@ -289,8 +301,8 @@ class KVStore(wiring.Component):
         s0 = Signal()
         m.d.comb += [br.en.eq(adv), br.addr.eq(Mux(w_half, Q, 0) + Mux(w_sel, dqw, wq))]
         banks = [br.data.word_select(b, 8 * MB) for b in range(C)]
-        k_word = Cat(*(banks[cc].word_select(s1_kidx[i], 8)
-                       for i in range(KPW) for cc in range(C)))
+        k_chunk = [banks[cc].word_select(s1_wc, 8 * KPW) for cc in range(C)]
+        k_word = Cat(*(k_chunk[cc].word_select(i, 8) for i in range(KPW) for cc in range(C)))
         v_word = Cat(*(Array(banks)[s1_bank[i]].word_select(s1_dsel, 8 * C) for i in range(KPW)))
         with m.If(adv):
             m.d.sync += [o_v.eq(s1_v), o_last.eq(s1_v & s1_last), o_addr.eq(s1_addr),
@@ -312,7 +324,7 @@ class KVStore(wiring.Component):
             m.d.sync += [s1_last.eq(w_end & w_lastseg), s1_sel.eq(w_sel),
                          s1_addr.eq(Mux(w_sel, vaddr, kaddr)),
                          s1_strb.eq(Mux(w_sel, v_strb, k_strb)), s1_dsel.eq(dsel)]
-            m.d.sync += [s1_kidx[i].eq(wc * KPW + i) for i in range(KPW)]
+            m.d.sync += s1_wc.eq(wc)
             m.d.sync += [s1_bank[i].eq((kkm + i) % C) for i in range(KPW)]
             with m.If(~w_sel):
                 m.d.sync += [rr.eq(rr + KPW), kaddr.eq(kaddr + 1), wc.eq(wc + 1)]

@@ -116,8 +116,9 @@ def kvstore_cycles(cfg, f, latency=REF_MEM_LATENCY):
                 take = y
             if flush:
                 take += 1                # the flush cycle: no response taken
-        # the last emission is written the next cycle, its full flag seen the one after
-        x = max(wait, take + 2)
+        # the last emission's shift stages: written two cycles later, its full flag
+        # seen the one after
+        x = max(wait, take + 3)
         last_s0 = x + SEGMENT_SETUP + words - 1
         free.append(last_s0 + 1)
         wait = last_s0 + 1

@@ -174,9 +174,10 @@ class MatmulGemvHarness(MatmulHarness):
 class KVStoreHarness(EngineHarness):
     unit, cls = "kvstore", KVStore
     config = "MACHINE_CONFIG (8-byte words, heads of up to 8 bytes from any byte of a word)"
-    # a command's first done after a stalled write: step ~17 (K then V of one head,
-    # each through the transposing buffer, the writer's three setup cycles and its
-    # read, select and write registers); 6 when bytes went straight to the port
+    # a command's first done after a stalled write: step 17 (K then V of one head,
+    # each through the transposing buffer's two shift stages, the writer's three
+    # setup cycles and its read, select and write registers); 6 when bytes went
+    # straight to the port
     depth, deep_depth = 20, 40
     bugs = {**EngineHarness.bugs,
             # believes responses arrived, so issues more reads than allowed
