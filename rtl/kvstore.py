@@ -211,7 +211,11 @@ class KVStore(wiring.Component):
         meta_kchi = Array(Signal(range(C), name=f"meta_kchi{i}") for i in range(2))
         meta_last = Array(Signal(name=f"meta_last{i}") for i in range(2))
 
-        m.d.comb += [self.mem.rd_resp.ready.eq(a_run & ~flushing & ~full.bit_select(a_half, 1)),
+        # a half is the assembler's again once the writer frees it; it is claimed
+        # at the segment's last take, two cycles before its full flag (the shift
+        # stages), so that a segment of one word per half cannot overtake the writer
+        claimed = Signal(2)
+        m.d.comb += [self.mem.rd_resp.ready.eq(a_run & ~flushing & ~claimed.bit_select(a_half, 1)),
                      take.eq(self.mem.rd_resp.valid & self.mem.rd_resp.ready)]
         tok_end = Signal()
         seg_end = Signal()
@@ -284,7 +288,8 @@ class KVStore(wiring.Component):
         kkm, kkm0 = Signal(range(C)), Signal(range(C))            # ... mod cols: its bank
         kaddr, vaddr, vline = Signal(A), Signal(A), Signal(A)
         clear = Signal(2)
-        m.d.sync += full.eq((full | set_full) & ~clear)
+        m.d.sync += [full.eq((full | set_full) & ~clear),
+                     claimed.eq((claimed | Mux(seg_end, Const(1, 2) << a_half, 0)) & ~clear)]
 
         # stage 1 (buffer read) and 2 (the write register)
         s1_v, s1_last, s1_sel = Signal(), Signal(), Signal()

@@ -116,3 +116,28 @@ def test_kvstore_places_bytes_and_matches_its_cycles(tile, cols, mem_bytes, max_
             assert got == want, f
             if stall == 0.0:
                 assert cycles == kvstore_cycles(cfg, f), f
+
+
+def test_kvstore_one_word_segments_wait_for_the_writer(seed):
+    """One token whose every head's K and V is one aligned word: the assembler fills a
+    half per cycle, faster than its full flag (two shift stages later) could stop it,
+    so it must not take the third segment's word into a half the writer still drains."""
+    cfg = _cfg(4)
+    e = cfg.engine
+    rng = random.Random(seed)
+    f = _fields(cfg, rng, 1)
+    d_head = e.mem_bytes
+    wpt_d = -(-(e.mem_bytes + d_head) // e.k_per_word)
+    k_tile = -(-cfg.tile // e.cols) * wpt_d
+    v_tile = -(-d_head // e.cols) * e.w_words_per_tile(cfg.tile)
+    tiles = -(-cfg.max_seq // cfg.tile)
+    f.update(n_head=3, d_head=d_head, src_lane=0, k_skew=0, src_stride=7,
+             k_tile_stride=k_tile, k_head_stride=k_tile * tiles,
+             v_base=300 + k_tile * tiles * 3, v_tile_stride=v_tile, v_head_stride=v_tile * tiles)
+    init = np.random.default_rng(rng.randint(0, 1 << 30)).integers(
+        0, 256, (WORDS, e.mem_bytes), np.uint8)
+    init[300:] = 0
+    mem, cycles = _run(cfg, f, init, 0.0, rng.randint(0, 1 << 30))
+    got = {(a, l): int(mem.mem[a][l]) for a, l in zip(*np.nonzero(mem.written))}
+    assert got == _expected(cfg, f, init), f
+    assert cycles == kvstore_cycles(cfg, f), f
