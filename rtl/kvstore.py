@@ -6,30 +6,60 @@ attention engine's (docs/architecture.md, attention memory layout).
 """
 from amaranth.hdl import *
 from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .attention_config import AttentionConfig
-from .intarith import times_const
+from .config import ceil_div
 from .isa import kvstore_layout
 from .memport import MemPort
 
-__all__ = ["KVStore"]
+__all__ = ["KVStore", "buffer_words", "FIRST_REQUEST", "REQUEST_CYCLES", "SEGMENT_SETUP"]
+
+#: accept to the first request's load into the request register
+FIRST_REQUEST = 2
+#: a request's load to its cycle on the port
+REQUEST_CYCLES = 1
+#: the writer's cycles from seeing a half full to its first buffer read (WAIT, PROD, ADDR)
+SEGMENT_SETUP = 3
+
+
+def buffer_words(cfg: AttentionConfig):
+    """Words (of mem_bytes bytes per key) of one half of the transposing buffer: one
+    head's K or V realigned so that its Kᵀ row r = b_h + d sits at byte r (b_h < mem_bytes)."""
+    e = cfg.engine
+    return max(1, ceil_div(e.mem_bytes - 1 + cfg.max_d_head, e.mem_bytes))
 
 
 class KVStore(wiring.Component):
     """Mover: K and V of new tokens from c_attn's output rows into the KV caches.
 
-    The caches hold Kᵀ and V per key tile in the matmul W layout (a key's D
-    bytes are spread over D/k_per_word words of a K tile), which no matmul
-    output layout produces, so they are scattered here byte by byte: per
-    source word one read, then one strobed write per byte. Per token the
-    source row's bytes E .. 3E-1 (K then V of every head, from byte
-    ``src_lane`` of its first word) are walked in order with counters
-    (sel, h, d), so no address needs a division by a runtime value; the
-    divisions are by the constants tile, cols and k_per_word. Head h's K
-    goes to rows b_h .. of its Kᵀ tile (b_h steps by ``k_skew`` modulo
-    mem_bytes: the byte where its Q starts in a word, `isa.kvstore_layout`).
-    ``done`` pulses after the last write is accepted.
+    The caches hold Kᵀ and V per key tile in the matmul W layout: a Kᵀ word
+    holds k_per_word rows of `cols` keys, a V word k_per_word keys of `cols`
+    d-columns, so neither is a run of any one token's bytes. Tokens are
+    therefore taken in groups of the keys that share one Kᵀ column tile (at
+    most `cols`, within one key tile), one segment (a head's K or V, D
+    bytes) at a time:
+
+    - the issuer reads the segment's words of each token of the group, one
+      request per cycle from a request register, at most max_outstanding
+      unanswered;
+    - the assembler takes one response per cycle and writes it, realigned by
+      a byte shift so that Kᵀ row r = b_h + d (V: d) sits at byte r, into
+      the token's bank (key mod cols) of the transposing buffer, one half per
+      segment; a segment whose last row falls past its last source word
+      costs one extra cycle per token (the shift's second word);
+    - the writer, once a half is full, walks the segment's cache words and
+      writes each whole (strobes only on the group's keys and the head's
+      rows) from a registered buffer read and a registered byte select: per
+      Kᵀ word, k_per_word bytes of every bank; per V word, `cols` bytes of
+      k_per_word banks. While it drains one half the assembler fills the
+      other.
+
+    Every address is a register advanced by its stride; the two products
+    (the first key tile's j * stride, and (key // cols) * words of a head's
+    Kᵀ column tile when tile > cols) have registered operands and product.
+    ``done`` pulses the cycle after the last write is accepted.
     """
 
     def __init__(self, cfg: AttentionConfig):
@@ -40,119 +70,341 @@ class KVStore(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c, e = self.cfg, self.cfg.engine
-        MB, C, KPW, T = e.mem_bytes, e.cols, e.k_per_word, c.tile
-        wpt_tile = e.w_words_per_tile(T)           # words per d-column tile of a V tile
+        MB, C, KPW, T, MO = e.mem_bytes, e.cols, e.k_per_word, c.tile, e.max_outstanding
+        A, DMAX = e.addr_bits, c.max_d_head
+        Q = buffer_words(c)
+        wpt_tile = e.w_words_per_tile(T)
         cmd = Signal(kvstore_layout(c))
-        t = Signal.like(cmd.n_tok)
-        row = Signal(e.addr_bits)                  # src_base + t*src_stride
-        widx = Signal(e.addr_bits)                 # word of the source row being moved
-        kb = Signal(range(MB))                     # b_h: head h's first Kᵀ row
-        # words per key-column tile of head h's K tile: ceil((b_h + D) / k_per_word)
-        wpt_d = Signal(range(c.max_d_head + MB + 1))
-        word = Signal(8 * MB)
-        lane = Signal(range(MB))
-        sel = Signal()                             # 0: K, 1: V
-        h = Signal(8)
-        d = Signal(range(c.max_d_head))
+        run = Signal()
         done = Signal()
         m.d.sync += done.eq(0)
-        m.d.comb += self.done.eq(done)
+        m.d.comb += [self.done.eq(done), self.busy.eq(run)]
 
-        # Every address term is a register advanced by its stride (no multiply in
-        # the address path): the token's key kin = pos mod tile and its tile j, with
-        # j * k_tile_stride (jk) and j * v_tile_stride (jv); head h's h * k_head_stride
-        # (kh) and h * v_head_stride (vh); (d // cols) * wpt_tile (vd). The first
-        # token's j * stride is one registered multiply (operands and product in
-        # registers) in the READ state, two cycles before the first write. With
-        # tile > cols, (kin // cols) * wpt_d (kq) is a registered multiply too,
-        # given a cycle (state KHEAD) after each K head changes wpt_d.
+        # per command: divmod(D, MB) steps a segment's start, divmod(D - 1, MB) gives
+        # its last word; the first key's tile j0, key kin0 and column tile kt0
+        dq, dr = Signal(range(DMAX // MB + 1)), Signal(range(MB))
+        d1q, d1r = Signal(range(DMAX // MB + 1)), Signal(range(MB))
         j0 = Signal(range(c.max_seq // T + 1))
-        kin = Signal(range(T))
-        jk, jv, kh, vh = (Signal(e.addr_bits, name=n) for n in ("jk", "jv", "kh", "vh"))
-        vd = Signal(e.addr_bits)
-        init = Signal()
-        kq = Signal(e.addr_bits)
-        if T > C:
-            m.d.sync += kq.eq((kin // C) * wpt_d)
-        kd = kb + d
-        k_addr = cmd.k_base + jk + kh + kq + kd // KPW
-        k_lane = times_const(kd % KPW, C) + kin % C
-        v_addr = cmd.v_base + jv + vh + vd + kin // KPW
-        v_lane = times_const(kin % KPW, C) + d % C
-        byte = word.word_select(lane, 8)
-        out_lane = Signal(range(MB))
-        m.d.comb += [out_lane.eq(Mux(sel, v_lane, k_lane)),
-                     self.mem.wr.payload.addr.eq(Mux(sel, v_addr, k_addr)),
-                     self.mem.wr.payload.data.eq(Cat(*([byte] * MB))),
-                     self.mem.wr.payload.strb.eq(1 << out_lane),
-                     self.mem.rd_req.payload.addr.eq(row + widx)]
+        kin0, kc0 = Signal(range(T)), Signal(range(C))
+        kt0 = Signal(range(ceil_div(T, C)))
+        p = self.cmd.payload
+        m.d.comb += self.cmd.ready.eq(~run)
+        start = Signal()
+        with m.If(self.cmd.valid & ~run):
+            d1 = (p.d_head - 1)[:len(p.d_head)]
+            m.d.sync += [cmd.eq(p), run.eq(1), start.eq(1),
+                         dq.eq(p.d_head // MB), dr.eq(p.d_head % MB),
+                         d1q.eq(d1 // MB), d1r.eq(d1 % MB),
+                         j0.eq(p.pos0 // T), kin0.eq(p.pos0 % T),
+                         kc0.eq((p.pos0 % T) % C), kt0.eq((p.pos0 % T) // C)]
+        with m.Else():
+            m.d.sync += start.eq(0)
+        H1 = cmd.n_head - 1
 
-        with m.FSM():
+        def walker(name):
+            """The group / segment / token counters the issuer and the assembler
+            both walk: tokens t of a group share key // cols within one tile; a
+            group's segments are K of heads 0 .., then V of heads 0 ..; a
+            segment starts at byte `off` of word `a` of a token's source row."""
+            w = type("Walk", (), {})()
+            for n, shape in (("t", range(c.max_seq + 1)), ("kin", range(T)), ("kc", range(C)),
+                             ("tlo", range(c.max_seq + 1)), ("kinlo", range(T)),
+                             ("kclo", range(C)), ("sel", 1), ("h", 8), ("off", range(MB)),
+                             ("bh", range(MB)), ("k", range(Q + 2))):
+                setattr(w, n, Signal(shape, name=f"{name}_{n}"))
+            w.last_tok = (w.kc == C - 1) | (w.kin == T - 1) | (w.t == cmd.n_tok - 1)
+            w.last_seg = w.sel & (w.h == H1)
+            w.last = w.last_seg & (w.t == cmd.n_tok - 1)
+            w.wrap = Signal(name=f"{name}_wrap")        # off + dr passes a word's end
+            m.d.comb += w.wrap.eq(w.off + dr >= MB)
+            w.nw1 = d1q + (w.off + d1r >= MB)            # the segment's words - 1
+            w.sh = Mux(w.sel, 0, w.bh)                   # its first row in the buffer
+            with m.If(start):
+                m.d.sync += [w.t.eq(0), w.kin.eq(kin0), w.kc.eq(kc0), w.tlo.eq(0),
+                             w.kinlo.eq(kin0), w.kclo.eq(kc0), w.sel.eq(0), w.h.eq(0),
+                             w.off.eq(cmd.src_lane), w.bh.eq(0), w.k.eq(0)]
+
+            def step_token():
+                """After a token's last word: the next token, segment or group."""
+                m.d.sync += w.k.eq(0)
+                with m.If(~w.last_tok):
+                    m.d.sync += [w.t.eq(w.t + 1), w.kin.eq(w.kin + 1), w.kc.eq(w.kc + 1)]
+                with m.Else():
+                    m.d.sync += [w.t.eq(w.tlo), w.kin.eq(w.kinlo), w.kc.eq(w.kclo)]
+                    with m.If(~w.last_seg):
+                        bh = w.bh + cmd.k_skew
+                        m.d.sync += [w.off.eq(Mux(w.wrap, w.off + dr - MB, w.off + dr)),
+                                     w.h.eq(w.h + 1),
+                                     w.bh.eq(Mux(bh >= MB, bh - MB, bh))]
+                        with m.If(w.h == H1):
+                            m.d.sync += [w.sel.eq(1), w.h.eq(0)]
+                    with m.Else():
+                        nkin = Mux(w.kin == T - 1, 0, w.kin + 1)
+                        nkc = Mux((w.kc == C - 1) | (w.kin == T - 1), 0, w.kc + 1)
+                        m.d.sync += [w.t.eq(w.t + 1), w.tlo.eq(w.t + 1), w.kin.eq(nkin),
+                                     w.kinlo.eq(nkin), w.kc.eq(nkc), w.kclo.eq(nkc),
+                                     w.sel.eq(0), w.h.eq(0), w.bh.eq(0),
+                                     w.off.eq(cmd.src_lane)]
+            w.step_token = step_token
+            return w
+
+        # ---- issuer: the request register is loaded while fewer than
+        # max_outstanding reads are unanswered (the register's counted)
+        iw = walker("iss")
+        i_run = Signal()
+        grow, trow, ga, ta, addr = (Signal(A, name=n) for n in ("grow", "trow", "ga", "ta", "addr"))
+        req_v = Signal()
+        req_addr = Signal(A)
+        unanswered = Signal(range(MO + 1))
+        take = Signal()
+        fire = i_run & (unanswered < MO) & (~req_v | self.mem.rd_req.ready)
+        m.d.sync += unanswered.eq(unanswered + fire - take)
+        with m.If(fire):
+            m.d.sync += [req_v.eq(1), req_addr.eq(addr)]
+        with m.Elif(self.mem.rd_req.ready):
+            m.d.sync += req_v.eq(0)
+        m.d.comb += [self.mem.rd_req.valid.eq(req_v), self.mem.rd_req.payload.addr.eq(req_addr)]
+        with m.If(start):
+            m.d.sync += [i_run.eq(1)] + [r.eq(cmd.src_base) for r in (grow, trow, ga, ta, addr)]
+        with m.Elif(fire):
+            with m.If(iw.k != iw.nw1):
+                m.d.sync += [iw.k.eq(iw.k + 1), addr.eq(addr + 1)]
+            with m.Else():
+                iw.step_token()
+                with m.If(~iw.last_tok):
+                    nta = ta + cmd.src_stride
+                    m.d.sync += [trow.eq(trow + cmd.src_stride), ta.eq(nta), addr.eq(nta)]
+                with m.Elif(~iw.last_seg):
+                    nga = ga + dq + iw.wrap
+                    m.d.sync += [trow.eq(grow), ga.eq(nga), ta.eq(nga), addr.eq(nga)]
+                with m.Else():
+                    nrow = trow + cmd.src_stride
+                    m.d.sync += [r.eq(nrow) for r in (grow, trow, ga, ta, addr)]
+                    with m.If(iw.last):
+                        m.d.sync += i_run.eq(0)
+
+        # ---- assembler: responses into the buffer half of the segment
+        m.submodules.buf = buf = Memory(shape=unsigned(8 * MB * C), depth=2 * Q, init=[])
+        bw = buf.write_port(granularity=8 * MB)
+        br = buf.read_port(transparent_for=())
+        full = Signal(2)
+        aw = walker("asm")
+        a_run = Signal()
+        a_half = Signal()
+        a_q = Signal(range(Q + 1))                     # the token's next buffer word
+        flushing = Signal()
+        sh = aw.sh
+        pos = aw.off > sh                               # the first word only starts a buffer word
+        # a buffer word's last byte lies past the segment's last source word: one
+        # more emission after it (Q words per token in all)
+        flush = (aw.off + d1r >= MB) < ((sh + d1r >= MB) + pos)
+        rho = Mux(pos, aw.off - sh, MB + aw.off - sh)   # 1 .. MB: the window's byte offset
+        e_v, e_last, e_half = Signal(), Signal(), Signal()
+        e_cur, e_prev = Signal(8 * MB), Signal(8 * MB)
+        e_rho = Signal(range(MB + 1))
+        e_q = Signal(range(Q))
+        e_bank = Signal(range(C))
+        # what the writer needs of each half's segment: its group's keys
+        meta_kinlo = Array(Signal(range(T), name=f"meta_kinlo{i}") for i in range(2))
+        meta_kinhi = Array(Signal(range(T), name=f"meta_kinhi{i}") for i in range(2))
+        meta_kclo = Array(Signal(range(C), name=f"meta_kclo{i}") for i in range(2))
+        meta_kchi = Array(Signal(range(C), name=f"meta_kchi{i}") for i in range(2))
+        meta_last = Array(Signal(name=f"meta_last{i}") for i in range(2))
+
+        # a half is the assembler's again once the writer frees it; it is claimed
+        # at the segment's last take, two cycles before its full flag (the shift
+        # stages), so that a segment of one word per half cannot overtake the writer
+        claimed = Signal(2)
+        m.d.comb += [self.mem.rd_resp.ready.eq(a_run & ~flushing & ~claimed.bit_select(a_half, 1)),
+                     take.eq(self.mem.rd_resp.valid & self.mem.rd_resp.ready)]
+        tok_end = Signal()
+        seg_end = Signal()
+        m.d.comb += seg_end.eq(tok_end & aw.last_tok)
+        m.d.sync += [e_v.eq(0), e_last.eq(0)]
+        with m.If(take):
+            emit = (aw.k != 0) | ~pos
+            m.d.sync += [e_prev.eq(e_cur), e_cur.eq(self.mem.rd_resp.payload.data),
+                         e_v.eq(emit), e_q.eq(a_q), a_q.eq(a_q + emit)]
+            with m.If(aw.k != aw.nw1):
+                m.d.sync += aw.k.eq(aw.k + 1)
+            with m.Elif(flush):
+                m.d.sync += flushing.eq(1)
+            with m.Else():
+                m.d.comb += tok_end.eq(1)
+        with m.If(flushing):
+            m.d.sync += [e_prev.eq(e_cur), e_v.eq(1), e_q.eq(a_q), flushing.eq(0)]
+            m.d.comb += tok_end.eq(1)
+        with m.If(take | flushing):
+            m.d.sync += [e_rho.eq(rho), e_bank.eq(aw.kc), e_half.eq(a_half),
+                         e_last.eq(seg_end)]
+        with m.If(tok_end):
+            m.d.sync += a_q.eq(0)
+            aw.step_token()
+            with m.If(aw.last_tok):
+                m.d.sync += [a_half.eq(~a_half), meta_kinlo[a_half].eq(aw.kinlo),
+                             meta_kinhi[a_half].eq(aw.kin), meta_kclo[a_half].eq(aw.kclo),
+                             meta_kchi[a_half].eq(aw.kc), meta_last[a_half].eq(aw.last)]
+                with m.If(aw.last):
+                    m.d.sync += a_run.eq(0)
+        with m.If(start):
+            m.d.sync += [a_run.eq(1), a_half.eq(0), a_q.eq(0), flushing.eq(0)]
+        # the window's byte shift in two registered stages: by rho's multiple of
+        # four bytes, then by the rest on the way into the buffer
+        f_v, f_last, f_half = Signal(), Signal(), Signal()
+        f_q = Signal(range(Q))
+        f_bank = Signal(range(C))
+        f_fine = Signal(2)
+        f_coarse = Signal(8 * (MB + 3))
+        both = Cat(e_prev, e_cur)
+        m.d.sync += [f_v.eq(e_v), f_last.eq(e_last), f_half.eq(e_half), f_q.eq(e_q),
+                     f_bank.eq(e_bank), f_fine.eq(e_rho[:2]),
+                     f_coarse.eq((both >> Cat(Const(0, 5), e_rho[2:]))[:8 * (MB + 3)])]
+        window = Cat(*(Array(f_coarse[8 * (b + j):8 * (b + j + 1)] for j in range(4))[f_fine]
+                       for b in range(MB)))
+        m.d.comb += [bw.addr.eq(Mux(f_half, Q, 0) + f_q), bw.data.eq(Cat(*([window] * C))),
+                     bw.en.eq(Mux(f_v, Const(1, C) << f_bank, 0))]
+        set_full = Mux(f_v & f_last, Const(1, 2) << f_half, 0)
+
+        # ---- writer: the half's cache words, each read, selected and written
+        # in three registered stages (buffer read, byte select, write)
+        w_half, w_sel, w_bh = Signal(), Signal(), Signal(range(MB))
+        w_h = Signal(8)
+        w_kt = Signal(range(ceil_div(T, C)))
+        jkp, jvp = Signal(A), Signal(A)
+        kgrp, vgrp, khead, vhead = (Signal(A, name=n) for n in ("kgrp", "vgrp", "khead", "vhead"))
+        kinlo, kinhi = Signal(range(T)), Signal(range(T))
+        kclo, kchi = Signal(range(C)), Signal(range(C))
+        w_lastseg = Signal()
+        w_sh = Signal(range(MB))
+        wpt_d = Signal(range(ceil_div(MB + DMAX, KPW) + 1))
+        kq, kw = Signal(A), Signal(A)
+        rr = Signal(range(MB + DMAX + KPW))            # Kᵀ: the word's first row
+        wc = Signal(range(C))                          # Kᵀ: the word's bytes in its buffer word
+        wq = Signal(range(Q))                          # Kᵀ: ... and that buffer word
+        dC = Signal(range(DMAX + C))                   # V: the word's first d
+        dsel = Signal(range(KPW))                      # V: its bytes in the buffer word
+        dqw = Signal(range(Q))                         # V: ... and that buffer word
+        kk, kk0 = Signal(range(T + KPW)), Signal(range(T + KPW))  # V: the word's first key
+        kkm, kkm0 = Signal(range(C)), Signal(range(C))            # ... mod cols: its bank
+        kaddr, vaddr, vline = Signal(A), Signal(A), Signal(A)
+        clear = Signal(2)
+        m.d.sync += [full.eq((full | set_full) & ~clear),
+                     claimed.eq((claimed | Mux(seg_end, Const(1, 2) << a_half, 0)) & ~clear)]
+
+        # stage 1 (buffer read) and 2 (the write register)
+        s1_v, s1_last, s1_sel = Signal(), Signal(), Signal()
+        s1_addr = Signal(A)
+        s1_strb = Signal(MB)
+        s1_wc = Signal(range(C))
+        s1_bank = [Signal(range(C), name=f"s1_bank{i}") for i in range(KPW)]
+        s1_dsel = Signal(range(KPW))
+        o_v, o_last = Signal(), Signal()
+        o_addr, o_data, o_strb = Signal(A), Signal(8 * MB), Signal(MB)
+        adv = ~o_v | self.mem.wr.ready
+        m.d.comb += [self.mem.wr.valid.eq(o_v), self.mem.wr.payload.addr.eq(o_addr),
+                     self.mem.wr.payload.data.eq(o_data), self.mem.wr.payload.strb.eq(o_strb)]
+        s0 = Signal()
+        m.d.comb += [br.en.eq(adv), br.addr.eq(Mux(w_half, Q, 0) + Mux(w_sel, dqw, wq))]
+        banks = [br.data.word_select(b, 8 * MB) for b in range(C)]
+        k_chunk = [banks[cc].word_select(s1_wc, 8 * KPW) for cc in range(C)]
+        k_word = Cat(*(k_chunk[cc].word_select(i, 8) for i in range(KPW) for cc in range(C)))
+        v_word = Cat(*(Array(banks)[s1_bank[i]].word_select(s1_dsel, 8 * C) for i in range(KPW)))
+        with m.If(adv):
+            m.d.sync += [o_v.eq(s1_v), o_last.eq(s1_v & s1_last), o_addr.eq(s1_addr),
+                         o_strb.eq(s1_strb), o_data.eq(Mux(s1_sel, v_word, k_word)),
+                         s1_v.eq(s0)]
+        with m.If(o_v & o_last & self.mem.wr.ready):
+            m.d.sync += [done.eq(1), run.eq(0)]
+
+        w_end = Signal()
+        k_last = rr + KPW >= w_sh + cmd.d_head
+        v_last_kp = kk + KPW > kinhi
+        v_last_dt = dC + C >= cmd.d_head
+        m.d.comb += w_end.eq(s0 & Mux(w_sel, v_last_kp & v_last_dt, k_last))
+        k_strb = Cat(*(((rr + i >= w_sh) & (rr + i < w_sh + cmd.d_head) & (cc >= kclo)
+                        & (cc <= kchi)) for i in range(KPW) for cc in range(C)))
+        v_strb = Cat(*(((kk + i >= kinlo) & (kk + i <= kinhi) & (dC + cc < cmd.d_head))
+                       for i in range(KPW) for cc in range(C)))
+        with m.If(s0):
+            m.d.sync += [s1_last.eq(w_end & w_lastseg), s1_sel.eq(w_sel),
+                         s1_addr.eq(Mux(w_sel, vaddr, kaddr)),
+                         s1_strb.eq(Mux(w_sel, v_strb, k_strb)), s1_dsel.eq(dsel)]
+            m.d.sync += s1_wc.eq(wc)
+            m.d.sync += [s1_bank[i].eq((kkm + i) % C) for i in range(KPW)]
+            with m.If(~w_sel):
+                m.d.sync += [rr.eq(rr + KPW), kaddr.eq(kaddr + 1), wc.eq(wc + 1)]
+                with m.If(wc == C - 1):
+                    m.d.sync += [wc.eq(0), wq.eq(wq + 1)]
+            with m.Elif(~v_last_kp):
+                kkm_n = kkm + KPW % C
+                m.d.sync += [kk.eq(kk + KPW), kkm.eq(Mux(kkm_n >= C, kkm_n - C, kkm_n)),
+                             vaddr.eq(vaddr + 1)]
+            with m.Else():
+                m.d.sync += [kk.eq(kk0), kkm.eq(kkm0), dC.eq(dC + C),
+                             vline.eq(vline + wpt_tile), vaddr.eq(vline + wpt_tile),
+                             dsel.eq(dsel + 1)]
+                with m.If(dsel == KPW - 1):
+                    m.d.sync += [dsel.eq(0), dqw.eq(dqw + 1)]
+
+        with m.FSM(name="writer"):
             with m.State("IDLE"):
-                p = self.cmd.payload
-                m.d.comb += self.cmd.ready.eq(1)
-                with m.If(self.cmd.valid):
-                    m.d.sync += [cmd.eq(p), t.eq(0), row.eq(p.src_base),
-                                 j0.eq(p.pos0 // T), kin.eq(p.pos0 % T), init.eq(1),
-                                 widx.eq(0), kb.eq(0),
-                                 wpt_d.eq((p.d_head + KPW - 1) // KPW),
-                                 sel.eq(0), h.eq(0), d.eq(0), kh.eq(0), vh.eq(0), vd.eq(0)]
-                    m.next = "READ"
-            with m.State("READ"):
-                m.d.comb += [self.busy.eq(1), self.mem.rd_req.valid.eq(1)]
-                with m.If(init):
-                    m.d.sync += [jk.eq(j0 * cmd.k_tile_stride), jv.eq(j0 * cmd.v_tile_stride),
-                                 init.eq(0)]
-                with m.If(self.mem.rd_req.ready):
-                    m.next = "WAIT"
+                with m.If(start):
+                    m.d.sync += [jkp.eq(j0 * cmd.k_tile_stride), jvp.eq(j0 * cmd.v_tile_stride),
+                                 w_half.eq(0), w_sel.eq(0), w_h.eq(0), w_bh.eq(0), w_kt.eq(kt0)]
+                    m.next = "BASE"
+            with m.State("BASE"):
+                kb, vb = cmd.k_base + jkp, cmd.v_base + jvp
+                m.d.sync += [kgrp.eq(kb), khead.eq(kb), vgrp.eq(vb), vhead.eq(vb)]
+                m.next = "WAIT"
             with m.State("WAIT"):
-                m.d.comb += [self.busy.eq(1), self.mem.rd_resp.ready.eq(1)]
-                with m.If(self.mem.rd_resp.valid):
-                    m.d.sync += [word.eq(self.mem.rd_resp.payload.data),
-                                 lane.eq(Mux(widx == 0, cmd.src_lane, 0))]
-                    m.next = "WRITE"
-            with m.State("WRITE"):
-                m.d.comb += [self.busy.eq(1), self.mem.wr.valid.eq(1)]
-                with m.If(self.mem.wr.ready):
-                    m.d.sync += [lane.eq(lane + 1), d.eq(d + 1)]
-                    if C > 1:
-                        with m.If(d % C == C - 1):
-                            m.d.sync += vd.eq(vd + wpt_tile)
-                    else:
-                        m.d.sync += vd.eq(vd + wpt_tile)
-                    last_d = d == cmd.d_head - 1
-                    last_h = h == cmd.n_head - 1
-                    kb_next = kb + cmd.k_skew
-                    kb_next = Mux(kb_next >= MB, kb_next - MB, kb_next)
-                    head_pause = Signal()
-                    with m.If(last_d):
-                        m.d.sync += [d.eq(0), vd.eq(0), h.eq(h + 1), kb.eq(kb_next),
-                                     kh.eq(kh + cmd.k_head_stride), vh.eq(vh + cmd.v_head_stride),
-                                     wpt_d.eq((kb_next + cmd.d_head + KPW - 1) // KPW)]
-                        with m.If(last_h):
-                            m.d.sync += [h.eq(0), sel.eq(~sel), kb.eq(0), kh.eq(0), vh.eq(0),
-                                         wpt_d.eq((cmd.d_head + KPW - 1) // KPW)]
-                        if T > C:
-                            m.d.comb += head_pause.eq(~sel & ~last_h)
-                    with m.If(last_d & last_h & sel):       # token's V done
-                        m.d.sync += [t.eq(t + 1), row.eq(row + cmd.src_stride), widx.eq(0)]
-                        with m.If(kin == T - 1):
-                            m.d.sync += [kin.eq(0), jk.eq(jk + cmd.k_tile_stride),
-                                         jv.eq(jv + cmd.v_tile_stride)]
+                # the segment's first word, rows and keys, once its half is full
+                with m.If(full.bit_select(w_half, 1)):
+                    klo = meta_kinlo[w_half]
+                    sh_ = Mux(w_sel, 0, w_bh)
+                    m.d.sync += [kinlo.eq(klo), kinhi.eq(meta_kinhi[w_half]),
+                                 kclo.eq(meta_kclo[w_half]), kchi.eq(meta_kchi[w_half]),
+                                 w_lastseg.eq(meta_last[w_half]), w_sh.eq(sh_),
+                                 wpt_d.eq((sh_ + cmd.d_head + KPW - 1) // KPW),
+                                 rr.eq(sh_ - sh_ % KPW), wc.eq(sh_ // KPW), wq.eq(0),
+                                 dC.eq(0), dsel.eq(0), dqw.eq(0),
+                                 kk.eq(klo - klo % KPW), kk0.eq(klo - klo % KPW),
+                                 kkm.eq((klo - klo % KPW) % C), kkm0.eq((klo - klo % KPW) % C),
+                                 vline.eq(vhead + klo // KPW)]
+                    m.next = "PROD"
+            with m.State("PROD"):
+                if T > C:
+                    m.d.sync += kq.eq(w_kt * wpt_d)
+                else:
+                    m.d.sync += kq.eq(0)
+                m.d.sync += [kw.eq(khead + wc), vaddr.eq(vline)]
+                m.next = "ADDR"
+            with m.State("ADDR"):
+                m.d.sync += kaddr.eq(kw + kq)
+                m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += s0.eq(adv)
+                with m.If(w_end):
+                    m.d.comb += clear.eq(Const(1, 2) << w_half)
+                    m.d.sync += w_half.eq(~w_half)
+                    with m.If(w_lastseg):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "WAIT"
+                    with m.If(~w_sel):
+                        bh = w_bh + cmd.k_skew
+                        m.d.sync += [w_h.eq(w_h + 1), w_bh.eq(Mux(bh >= MB, bh - MB, bh)),
+                                     khead.eq(khead + cmd.k_head_stride)]
+                        with m.If(w_h == H1):
+                            m.d.sync += [w_sel.eq(1), w_h.eq(0)]
+                    with m.Elif(w_h != H1):
+                        m.d.sync += [w_h.eq(w_h + 1), vhead.eq(vhead + cmd.v_head_stride)]
+                    with m.Else():
+                        # the group's end: the next group's column tile (and key tile)
+                        m.d.sync += [w_sel.eq(0), w_h.eq(0), w_bh.eq(0)]
+                        with m.If(kinhi == T - 1):
+                            nk, nv = kgrp + cmd.k_tile_stride, vgrp + cmd.v_tile_stride
+                            m.d.sync += [w_kt.eq(0), kgrp.eq(nk), khead.eq(nk),
+                                         vgrp.eq(nv), vhead.eq(nv)]
                         with m.Else():
-                            m.d.sync += kin.eq(kin + 1)
-                        with m.If(t == cmd.n_tok - 1):
-                            m.d.sync += done.eq(1)
-                            m.next = "IDLE"
-                        with m.Else():
-                            m.next = "READ"
-                    with m.Elif(lane == MB - 1):
-                        m.d.sync += widx.eq(widx + 1)
-                        m.next = "READ"
-                    with m.Elif(head_pause):
-                        m.next = "KHEAD"
-            with m.State("KHEAD"):
-                # kq of the new K head is registered at the end of this cycle
-                m.d.comb += self.busy.eq(1)
-                m.next = "WRITE"
+                            m.d.sync += [w_kt.eq(w_kt + 1), khead.eq(kgrp), vhead.eq(vgrp)]
         return m

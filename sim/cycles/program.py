@@ -18,9 +18,8 @@ Per unit (reference memory: requests always accepted, responses after
 `REF_MEM_LATENCY` cycles, writes always accepted):
 
 - MATMUL: `matmul_cycles`; ATTENTION: `attention_cycles` (the engines' models);
-- KVSTORE: per source word one read, the response L cycles later, then one
-  write per byte of K and V: (L + 1) per word (a token's K starts at byte
-  src_lane of its first word) and 1 per byte, + 1 for the done pulse;
+- KVSTORE: `kvstore_cycles` replays its issuer, assembler and writer (groups of
+  keys sharing a Kᵀ column tile, one head's K or V at a time, double-buffered);
 - LAYERNORM / GELU / RESADD / REQUANT / EMBED: `vector_cycles` replays the
   mover's issuer and assembler (groups of mem_bytes/4 columns; one word read
   per cycle, at most max_outstanding unanswered; a group costs max(words it
@@ -32,6 +31,7 @@ from gpt2accel.rtl.gelu import GeluUnit, table_words
 from gpt2accel.rtl.machine import FETCH_TO_ISSUE
 from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd
 from gpt2accel.rtl.isa import VECTOR_OPS, Op, decode
+from gpt2accel.rtl.kvstore import FIRST_REQUEST, REQUEST_CYCLES, SEGMENT_SETUP
 from gpt2accel.rtl.vecmove import (REQ_CYCLES, START_CYCLES, TOK_CYCLES, WRITE_CYCLES,
                                    vector_lanes, wte_tile_cols)
 from gpt2accel.sim.cycles.attention import attention_cycles
@@ -40,7 +40,7 @@ from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY
 from gpt2accel.sim.cycles.units import layernorm_row_passes
 
 __all__ = ["PER_INSTRUCTION", "MIN_INSTRUCTION", "instruction_cycles", "unit_cycles",
-           "vector_cycles", "vector_groups", "kvstore_cycles", "program_cycles"]
+           "vector_cycles", "vector_groups", "kvstore_cycles", "kvstore_segments", "program_cycles"]
 
 #: the hand-over cycle after a unit's ``done``: the next command is presented then
 PER_INSTRUCTION = 1
@@ -55,17 +55,75 @@ def instruction_cycles(u):
     return max(u + PER_INSTRUCTION, MIN_INSTRUCTION)
 
 
+def kvstore_segments(cfg, f):
+    """KVSTORE's walk (rtl/kvstore.py): per segment (a head's K or V of one group of
+    keys sharing a Kᵀ column tile) in order, (reads per token, whether each token
+    costs a flush cycle, tokens in the group, cache words written)."""
+    e = cfg.engine
+    MB, C, KPW, T = e.mem_bytes, e.cols, e.k_per_word, cfg.tile
+    H, D = f["n_head"], f["d_head"]
+    d1q, d1r = divmod(max(D - 1, 0), MB) if D else (0, MB - 1)
+    n_dt = max(1, ceil_div(D, C))
+    t, kin = 0, f["pos0"] % T
+    while t < f["n_tok"]:
+        lo = kin
+        n = 1
+        while not (kin % C == C - 1 or kin == T - 1 or t + n == f["n_tok"]):
+            kin += 1
+            n += 1
+        hi = kin
+        bh = 0
+        for s in range(2 * H):
+            v = s >= H
+            sh = 0 if v else bh
+            off = (f["src_lane"] + s * D) % MB
+            wrap = off + d1r >= MB
+            nw = d1q + wrap + 1
+            flush = wrap < (sh + d1r >= MB) + (off > sh)
+            if v:
+                words = n_dt * (hi // KPW - lo // KPW + 1)
+            else:
+                words = max(1, ceil_div(sh % KPW + D, KPW))
+                bh = (bh + f["k_skew"]) % MB
+            yield nw, flush, n, words
+        t += n
+        kin = 0 if kin == T - 1 else kin + 1
+
+
 def kvstore_cycles(cfg, f, latency=REF_MEM_LATENCY):
-    mb = cfg.engine.mem_bytes
-    nbytes = 2 * f["n_head"] * f["d_head"]
-    words = ceil_div(f["src_lane"] + nbytes, mb)
-    # tile > cols: a K head's (key // cols) * words product takes a cycle after each
-    # head change inside a word (at a word's end the next read covers it)
-    pauses = 0
-    if cfg.tile > cfg.engine.cols:
-        ends = ((h + 1) * f["d_head"] - 1 for h in range(f["n_head"] - 1))
-        pauses = sum(1 for i in ends if (f["src_lane"] + i) % mb != mb - 1)
-    return f["n_tok"] * (words * (latency + 1) + nbytes + pauses) + 1
+    """Accept to done of one KVSTORE (stall-free): a replay of its issuer (a request
+    per cycle from its register, at most max_outstanding unanswered), its
+    assembler (a response per cycle, a flush cycle after a token's segment
+    where the realigning shift needs it, a segment into a half only once the
+    writer freed it) and its writer (three cycles to set up a segment once its
+    half is full, then a word per cycle, the write two stages later)."""
+    MO = cfg.engine.max_outstanding
+    s, p = [], []                       # fire and take cycle of each read
+    fire, take = FIRST_REQUEST, None    # next free issue cycle; previous take's cycle
+    free = []                           # per segment: cycle its half is free again
+    wait = 3                            # the writer's first WAIT (after its base products)
+    last_s0 = None
+    for si, (nw, flush, n, words) in enumerate(kvstore_segments(cfg, f)):
+        gate = free[si - 2] if si >= 2 else 0
+        for _ in range(n):
+            for k in range(nw):
+                i = len(s)
+                x = fire if i < MO else max(fire, p[i - MO] + 1)
+                s.append(x)
+                fire = x + 1
+                y = max(x + REQUEST_CYCLES + latency, gate, (take + 1) if take is not None else 0)
+                p.append(y)
+                take = y
+            if flush:
+                take += 1                # the flush cycle: no response taken
+        # the last emission's shift stages: written two cycles later, its full flag
+        # seen the one after
+        x = max(wait, take + 3)
+        last_s0 = x + SEGMENT_SETUP + words - 1
+        free.append(last_s0 + 1)
+        wait = last_s0 + 1
+    # the last word's buffer read, byte select, write; done the cycle after
+    return last_s0 + 3
 
 
 def vector_groups(cfg, op, f):

@@ -174,7 +174,19 @@ class MatmulGemvHarness(MatmulHarness):
 class KVStoreHarness(EngineHarness):
     unit, cls = "kvstore", KVStore
     config = "MACHINE_CONFIG (8-byte words, heads of up to 8 bytes from any byte of a word)"
-    depth, deep_depth = 12, 40
+    # a command's first done after a stalled write: step 17 (K then V of one head,
+    # each through the transposing buffer's two shift stages, the writer's three
+    # setup cycles and its read, select and write registers); 6 when bytes went
+    # straight to the port
+    depth, deep_depth = 20, 40
+    bugs = {**EngineHarness.bugs,
+            # believes responses arrived, so issues more reads than allowed
+            "outstanding": ("ignore_valid", "mem.rd_resp")}
+
+    def extra(self, m, u, mod, pending):
+        # reads now stream ahead of the responses: never more than the port allows
+        self.check("outstanding", pending <= MACHINE_CONFIG.engine.max_outstanding,
+                   "at most max_outstanding reads unanswered")
 
 
 @register

@@ -1,7 +1,8 @@
-"""KVSTORE alone: its scattered bytes land where `isa.kvstore_layout` puts them (the
-cache layout, written out here with a multiply per term as the ISA states it) under
-random stalls, and its stall-free cycles equal `kvstore_cycles`, for tiles of one
-and of several array column tiles (the second gives each K head's row product a cycle)."""
+"""KVSTORE alone: its bytes land where `isa.kvstore_layout` puts them (the cache
+layout, written out here with a multiply per term as the ISA states it) and nowhere
+else under random stalls, and its stall-free cycles equal `kvstore_cycles`, for tiles
+of one and of several array column tiles, and for words of three k-steps (a V word
+then spans keys of two groups) with groups that cross key tiles."""
 import random
 
 import numpy as np
@@ -17,16 +18,16 @@ from gpt2accel.sim.harness.matmul import MemoryModel, transfer
 WORDS = 1024
 
 
-def _cfg(tile):
-    return AttentionConfig(engine=EngineConfig(rows=4, cols=4, max_k=128, max_m=16,
-                                               max_n=512, addr_bits=12),
+def _cfg(tile, cols=4, mem_bytes=None):
+    return AttentionConfig(engine=EngineConfig(rows=4, cols=cols, mem_bytes=mem_bytes,
+                                               max_k=128, max_m=16, max_n=512, addr_bits=12),
                            tile=tile, lanes=2, norm_lanes=2, max_d_head=16, max_seq=32)
 
 
-def _fields(cfg, rng):
+def _fields(cfg, rng, max_tok=3):
     e = cfg.engine
     n_head, d_head = rng.choice([(1, 3), (2, 4), (3, 5), (4, 1), (2, 7)])
-    n_tok = rng.randint(1, 3)
+    n_tok = rng.randint(1, max_tok)
     tiles = -(-cfg.max_seq // cfg.tile)
     wpt_d = -(-(e.mem_bytes + d_head) // e.k_per_word)
     k_tile = -(-cfg.tile // e.cols) * wpt_d
@@ -97,12 +98,14 @@ def _run(cfg, f, mem_init, stall, seed):
     return mem, result["cycles"]
 
 
-@pytest.mark.parametrize("tile", [4, 12])
-def test_kvstore_places_bytes_and_matches_its_cycles(tile, seed):
-    cfg = _cfg(tile)
+@pytest.mark.parametrize("tile, cols, mem_bytes, max_tok",
+                         [(4, 4, None, 3), (12, 4, None, 3), (5, 2, 6, 9)],
+                         ids=["tile_of_cols", "tile_of_3_col_tiles", "3_k_steps_per_word"])
+def test_kvstore_places_bytes_and_matches_its_cycles(tile, cols, mem_bytes, max_tok, seed):
+    cfg = _cfg(tile, cols, mem_bytes)
     rng = random.Random(seed)
     for _ in range(2):
-        f = _fields(cfg, rng)
+        f = _fields(cfg, rng, max_tok)
         init = np.random.default_rng(rng.randint(0, 1 << 30)).integers(
             0, 256, (WORDS, cfg.engine.mem_bytes), np.uint8)
         init[300:] = 0
@@ -113,3 +116,28 @@ def test_kvstore_places_bytes_and_matches_its_cycles(tile, seed):
             assert got == want, f
             if stall == 0.0:
                 assert cycles == kvstore_cycles(cfg, f), f
+
+
+def test_kvstore_one_word_segments_wait_for_the_writer(seed):
+    """One token whose every head's K and V is one aligned word: the assembler fills a
+    half per cycle, faster than its full flag (two shift stages later) could stop it,
+    so it must not take the third segment's word into a half the writer still drains."""
+    cfg = _cfg(4)
+    e = cfg.engine
+    rng = random.Random(seed)
+    f = _fields(cfg, rng, 1)
+    d_head = e.mem_bytes
+    wpt_d = -(-(e.mem_bytes + d_head) // e.k_per_word)
+    k_tile = -(-cfg.tile // e.cols) * wpt_d
+    v_tile = -(-d_head // e.cols) * e.w_words_per_tile(cfg.tile)
+    tiles = -(-cfg.max_seq // cfg.tile)
+    f.update(n_head=3, d_head=d_head, src_lane=0, k_skew=0, src_stride=7,
+             k_tile_stride=k_tile, k_head_stride=k_tile * tiles,
+             v_base=300 + k_tile * tiles * 3, v_tile_stride=v_tile, v_head_stride=v_tile * tiles)
+    init = np.random.default_rng(rng.randint(0, 1 << 30)).integers(
+        0, 256, (WORDS, e.mem_bytes), np.uint8)
+    init[300:] = 0
+    mem, cycles = _run(cfg, f, init, 0.0, rng.randint(0, 1 << 30))
+    got = {(a, l): int(mem.mem[a][l]) for a, l in zip(*np.nonzero(mem.written))}
+    assert got == _expected(cfg, f, init), f
+    assert cycles == kvstore_cycles(cfg, f), f
