@@ -17,7 +17,7 @@ and overlap across rows:
 
 - pass A takes the input beats, writes them to one half of the X buffer
   (2 x ceil(max_e/lanes) words of `lanes` x R bits) and reduces Σ, max, min;
-  a 4-stage stats pipeline then derives k, the two shift amounts and ε;
+  a 6-stage stats pipeline then derives k, the two shift amounts and ε;
 - pass B reads the row back, computes d_s (one n*x multiplier per lane),
   writes it to one bank of the D buffer (`ds_banks` x ceil(max_e/lanes)
   words of `lanes` x 17 bits) and sums the squares into S2;
@@ -66,8 +66,10 @@ DS_BITS = im.LN_D_BITS + 2
 Z_SHIFT = im.LN_RECIP_SHIFT - im.LN_Z_FRAC
 #: z is at most 2^22 + 1 in magnitude
 Z_BITS = im.LN_Z_FRAC + 2
-#: cycles from a row's last input beat (pass A) to pass B being able to start it
-ROW_STATS_LATENCY = 5
+#: cycles from a row's last input beat (pass A) to pass B being able to start it: the
+#: beat's register and reductions, then six stats stages (totals, max - min, span,
+#: its bit length, k, the shifts), the descriptor register
+ROW_STATS_LATENCY = 9
 #: cycles from pass B's last read issue to the row's S2 being visible to the root
 #: (the read, its register, N x, - Σ, the shift's two halves, the squares, their sum,
 #: the accumulation, S + ε into the bank's register)
@@ -326,73 +328,91 @@ class _PassA(wiring.Component):
         x_w, desc, xready = self.x_w, self.rows.desc, self.rows.ready
         ha = Signal()                                   # X half being written
         ja = Signal(range(W))
-        ea = Signal(range(W * L + 1))                   # = ja * lanes
+        first_a = Signal(init=1)                        # the next beat starts a row
+        left = Signal(range(W * L + 1))                 # the row's channels not yet taken
         xbusy = Signal(2)                               # half holds a row B has not started
         acc_sum = Signal(signed(SUM_W))
         acc_max = Signal(signed(R))
         acc_min = Signal(signed(R))
-        first_a = ea == 0
         m.d.comb += self.inp.ready.eq(self.config.loaded & ~xbusy.bit_select(ha, 1)
                                       & ~(self.config.setup_pending & first_a))
         take_a = self.inp.valid & self.inp.ready
         m.d.comb += self.row_in.eq(take_a & first_a)
         lo, hi = -(1 << (R - 1)), (1 << (R - 1)) - 1
         xs = self.inp.payload.x
-        lane_ok = [ea + l < cfg.n for l in range(L)]
-        beat_sum = sum_tree([Mux(lane_ok[l], xs[l], 0) for l in range(L)])
-        beat_max = max_tree([Mux(lane_ok[l], xs[l], lo) for l in range(L)])
-        beat_min = _min_tree([Mux(lane_ok[l], xs[l], hi) for l in range(L)])
+        # a count down from n, so that the lane mask and the row's end are compares
+        # against constants (a setup only comes between rows: first_a is set then)
+        n_left = Mux(first_a, cfg.n, left)
+        end_a = n_left <= L
+        m.d.comb += [x_w.addr.eq(Mux(ha, W, 0) + ja), x_w.data.eq(xs), x_w.en.eq(take_a)]
+        with m.If(take_a):
+            m.d.sync += [first_a.eq(end_a), left.eq(n_left - L)]
+            with m.If(end_a):
+                m.d.sync += [ja.eq(0), ha.eq(~ha)]
+            with m.Else():
+                m.d.sync += ja.eq(ja + 1)
+
+        # The beat is registered with its lane mask (p1), reduced to its sum, max and
+        # min (p2), then accumulated: no path from the input through the reductions.
+        pctx = data.StructLayout({"v": 1, "first": 1, "end": 1, "h": 1})
+        p1, p2 = Signal(pctx), Signal(pctx)
+        p1_x, p1_mask = Signal(geo.x_shape), Signal(L)
+        p2_sum, p2_max, p2_min = Signal(signed(SUM_W)), Signal(signed(R)), Signal(signed(R))
+        m.d.sync += [p1.v.eq(take_a), p1.first.eq(first_a), p1.end.eq(end_a), p1.h.eq(ha),
+                     p1_x.eq(xs), p1_mask.eq(Cat(n_left > l for l in range(L))), p2.eq(p1),
+                     p2_sum.eq(sum_tree([Mux(p1_mask[l], p1_x[l], 0) for l in range(L)])),
+                     p2_max.eq(max_tree([Mux(p1_mask[l], p1_x[l], lo) for l in range(L)])),
+                     p2_min.eq(_min_tree([Mux(p1_mask[l], p1_x[l], hi) for l in range(L)]))]
         tot = Signal(signed(SUM_W))
         mx, mn = Signal(signed(R)), Signal(signed(R))
-        m.d.comb += [tot.eq(Mux(first_a, 0, acc_sum) + beat_sum),
-                     mx.eq(Mux(first_a | (beat_max > acc_max), beat_max, acc_max)),
-                     mn.eq(Mux(first_a | (beat_min < acc_min), beat_min, acc_min))]
-        end_a = ea + L >= cfg.n
-        m.d.comb += [x_w.addr.eq(Mux(ha, W, 0) + ja), x_w.data.eq(xs), x_w.en.eq(take_a)]
+        m.d.comb += [tot.eq(Mux(p2.first, 0, acc_sum) + p2_sum),
+                     mx.eq(Mux(p2.first | (p2_max > acc_max), p2_max, acc_max)),
+                     mn.eq(Mux(p2.first | (p2_min < acc_min), p2_min, acc_min))]
+        with m.If(p2.v):
+            m.d.sync += [acc_sum.eq(tot), acc_max.eq(mx), acc_min.eq(mn)]
 
         # Row stats pipeline, free-running (a row is at least one beat, so at most
-        # one enters per cycle): st1 totals, st2 max - min, st3 span, st4 k.
-        st_v = Signal(4)
-        st_h = Signal(4)
-        st_sum = [Signal(signed(SUM_W), name=f"st{i}_sum") for i in range(1, 5)]
+        # one enters per cycle): st1 totals, st2 max - min, st3 span, st4 its bit
+        # length, st5 k, st6 the shifts and ε's exponent.
+        S = 6
+        st_v = Signal(S)
+        st_h = Signal(S)
+        st_sum = [Signal(signed(SUM_W), name=f"st{i}_sum") for i in range(1, S + 1)]
         st1_max, st1_min = Signal(signed(R)), Signal(signed(R))
         st2_diff = Signal(R)
         st3_span = Signal(SPAN_W)
-        st4_k = Signal(signed(EPS_E_BITS + 2))
-        m.d.sync += [st_v.eq(Cat(take_a & end_a, st_v[:3])), st_h.eq(Cat(ha, st_h[:3])),
+        st4_bl = Signal(range(SPAN_W + 1))
+        st5_k = Signal(signed(EPS_E_BITS + 2))
+        m.d.sync += [st_v.eq(Cat(p2.v & p2.end, st_v[:-1])), st_h.eq(Cat(p2.h, st_h[:-1])),
                      st_sum[0].eq(tot), st1_max.eq(mx), st1_min.eq(mn),
-                     st_sum[1].eq(st_sum[0]), st2_diff.eq(st1_max - st1_min),
-                     st_sum[2].eq(st_sum[1]), st3_span.eq(st2_diff * cfg.n),
-                     st_sum[3].eq(st_sum[2])]
-        bl = bit_length(m, st3_span, "span_bitlen")
-        k_span = bl - im.LN_D_BITS
-        m.d.sync += st4_k.eq(Mux(k_span > k_min, k_span, k_min))
+                     st2_diff.eq(st1_max - st1_min), st3_span.eq(st2_diff * cfg.n),
+                     st4_bl.eq(bit_length(m, st3_span, "span_bitlen"))]
+        m.d.sync += [st_sum[i + 1].eq(st_sum[i]) for i in range(S - 1)]
+        k_span = st4_bl - im.LN_D_BITS
+        m.d.sync += st5_k.eq(Mux(k_span > k_min, k_span, k_min))
 
-        with m.If(take_a):
-            m.d.sync += [acc_sum.eq(tot), acc_max.eq(mx), acc_min.eq(mn)]
-            with m.If(end_a):
-                m.d.sync += [ja.eq(0), ea.eq(0), ha.eq(~ha)]
-            with m.Else():
-                m.d.sync += [ja.eq(ja + 1), ea.eq(ea + L)]
-
-        # Row descriptor per X half, written when the stats leave st4.
-        k = st4_k
+        k = st5_k
         a_eps = Signal(signed(EPS_E_BITS + 4))
         m.d.comb += a_eps.eq(cfg.eps_e - (k << 1))
-        eps_val = Mux(a_eps >= 0, (cfg.eps_m << a_eps[:5])[:47],
-                      round_shift(Cat(cfg.eps_m, Const(0, 1)),   # zero-extended: eps_m is unsigned
-                                  Mux(-a_eps > 17, 17, -a_eps)[:5], im.LN_EPS_BITS + 2))
+        st6_pos, st6_shl, st6_shr = Signal(), Signal(5), Signal(5)
+        st6_rsh, st6_lsh = Signal(range(D_W + 1)), Signal(4)
         # a right shift by D_W or more gives 0 for every |d| < 2^(R+11): clamp there
-        rsh = Mux(k > D_W, D_W, Mux(k > 0, k, 0))
-        lsh = Mux(k < 0, -k, 0)
+        m.d.sync += [st6_pos.eq(a_eps >= 0), st6_shl.eq(a_eps[:5]),
+                     st6_shr.eq(Mux(-a_eps > 17, 17, -a_eps)[:5]),
+                     st6_rsh.eq(Mux(k > D_W, D_W, Mux(k > 0, k, 0))),
+                     st6_lsh.eq(Mux(k < 0, -k, 0)[:4])]
+        # Row descriptor per X half, written when the stats leave st6.
+        eps_val = Mux(st6_pos, (cfg.eps_m << st6_shl)[:47],
+                      round_shift(Cat(cfg.eps_m, Const(0, 1)),   # zero-extended: eps_m is unsigned
+                                  st6_shr, im.LN_EPS_BITS + 2))
         set_ready = Signal(2)
         set_busy = Signal(2)
-        with m.If(st_v[3]):
+        with m.If(st_v[S - 1]):
             for h in range(2):
-                with m.If(st_h[3] == h):
-                    m.d.sync += [desc[h].sum.eq(st_sum[3]), desc[h].lsh.eq(lsh[:4]),
-                                 desc[h].rsh.eq(rsh), desc[h].eps.eq(eps_val)]
-            m.d.comb += set_ready.eq(Mux(st_h[3], 0b10, 0b01))
+                with m.If(st_h[S - 1] == h):
+                    m.d.sync += [desc[h].sum.eq(st_sum[S - 1]), desc[h].lsh.eq(st6_lsh),
+                                 desc[h].rsh.eq(st6_rsh), desc[h].eps.eq(eps_val)]
+            m.d.comb += set_ready.eq(Mux(st_h[S - 1], 0b10, 0b01))
         m.d.comb += set_busy.eq(Mux(take_a & end_a, Mux(ha, 0b10, 0b01), 0))
         m.d.sync += [xready.eq((xready | set_ready) & ~self.rows.clr_ready),
                      xbusy.eq((xbusy | set_busy) & ~self.rows.clr_busy)]
