@@ -30,7 +30,7 @@ pipeline enable. Buffer hand-over: pass A may refill an X half as soon as
 pass B has started reading it (B reads one word per cycle without pausing,
 so the writer can never overtake it); a D bank is free again once pass C
 has issued its last read. Three D banks hide the root: with rows of
-W = ceil(N/lanes) >= 30 beats the unit takes and emits one beat per cycle
+W = ceil(N/lanes) >= 47 beats the unit takes and emits one beat per cycle
 (`sim.cycles.units.layernorm_row_period` gives the rate for any W).
 
 Parameters (per LayerNorm: gamma/beta and the scalars) are loaded between
@@ -656,7 +656,7 @@ class LayerNormUnit(wiring.Component):
     - ``error``: the last setup had n = 0 or n > `max_e`; no rows are taken.
 
     Timing (`sim.cycles.units.layernorm_schedule` is the exact model): one
-    beat per cycle on both sides in steady state for rows of at least 30
+    beat per cycle on both sides in steady state for rows of at least 47
     beats (with 3 D banks); `row_latency(n)` cycles from a row's last input
     beat to its first output beat when the unit is otherwise idle.
     """
@@ -691,7 +691,7 @@ class LayerNormUnit(wiring.Component):
 
     @property
     def latency(self):
-        """`row_latency` of a full row (n = max_e): W + 41 cycles, W = ceil(max_e/lanes)."""
+        """`row_latency` of a full row (n = max_e): W + 66 cycles, W = ceil(max_e/lanes)."""
         return row_latency(self.max_e, self.lanes)
 
     def row_latency(self, n):
