@@ -98,26 +98,31 @@ def bit_length(m, x, name="bitlen"):
 
 
 def split_product(m, a, b, *, en=None, name):
-    """a * b (`a` signed, 18 to 35 bits; `b` unsigned, up to 17 bits) in
-    `SPLIT_PRODUCT_LATENCY` registered stages: the two 18x18 partial products (one DSP
-    each) are registered, then added (a carry chain of len(a) + len(b) - 17 bits: the
-    product's low 17 bits are the low partial product's). Yosys splits a wider
-    multiply over two DSPs with that add in the same cycle as both multiplies, and
-    nextpnr times ECP5 DSPs as combinational: one DSP, or the add, per stage. Both
-    operands should come straight from registers. `en` holds the stages (the
-    caller's pipeline enable); returns the (signed) product signal."""
+    """a * b (`a` signed, 18 to 35 bits; `b` unsigned up to 17 bits, or signed up to
+    18: the DSP's own signed operand) in `SPLIT_PRODUCT_LATENCY` registered stages:
+    the two 18x18 partial products (one DSP each) are registered, then added (a carry
+    chain of len(a) + len(b) - 17 bits: the product's low 17 bits are the low partial
+    product's). Yosys splits a wider multiply over two DSPs with that add in the same
+    cycle as both multiplies, and nextpnr times ECP5 DSPs as combinational: one DSP,
+    or the add, per stage. Both operands should come straight from registers. `en`
+    holds the stages (the caller's pipeline enable); returns the (signed) product
+    signal."""
     a, b = Value.cast(a), Value.cast(b)
-    assert len(a) <= _LO + 18 and not b.shape().signed and len(b) <= _LO
+    assert len(a) <= _LO + 18 and len(b) <= _LO + b.shape().signed
     prod = Signal(signed(len(a) + len(b) + 1), name=f"{name}_p")
     if len(a) <= _LO + 1:
         # one DSP: its product registered, then held a stage (the same latency)
         one = Signal.like(prod, name=f"{name}_p1")
         _staged(m, en, [one.eq(a.as_signed() * b), prod.eq(one)])
         return prod
-    lo = Signal(unsigned(_LO + len(b)), name=f"{name}_pl")
+    # a signed b makes the low partial product signed: its top part is then added
+    # with its sign, as the high one's
+    lo = Signal((signed if b.shape().signed else unsigned)(_LO + len(b) + b.shape().signed),
+                name=f"{name}_pl")
     hi = Signal(signed(len(a) - _LO + len(b) + 1), name=f"{name}_ph")
     _staged(m, en, [lo.eq(a[:_LO] * b), hi.eq(a[_LO:].as_signed() * b),
-                    prod.eq(Cat(lo[:_LO], hi + lo[_LO:]))])
+                    prod.eq(Cat(lo[:_LO], hi + (lo[_LO:].as_signed() if b.shape().signed
+                                                else lo[_LO:])))])
     return prod
 
 

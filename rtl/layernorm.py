@@ -17,7 +17,7 @@ and overlap across rows:
 
 - pass A takes the input beats, writes them to one half of the X buffer
   (2 x ceil(max_e/lanes) words of `lanes` x R bits) and reduces Σ, max, min;
-  a 4-stage stats pipeline then derives k, the two shift amounts and ε;
+  a 6-stage stats pipeline then derives k, the two shift amounts and ε;
 - pass B reads the row back, computes d_s (one n*x multiplier per lane),
   writes it to one bank of the D buffer (`ds_banks` x ceil(max_e/lanes)
   words of `lanes` x 17 bits) and sums the squares into S2;
@@ -30,7 +30,7 @@ pipeline enable. Buffer hand-over: pass A may refill an X half as soon as
 pass B has started reading it (B reads one word per cycle without pausing,
 so the writer can never overtake it); a D bank is free again once pass C
 has issued its last read. Three D banks hide the root: with rows of
-W = ceil(N/lanes) >= 30 beats the unit takes and emits one beat per cycle
+W = ceil(N/lanes) >= 47 beats the unit takes and emits one beat per cycle
 (`sim.cycles.units.layernorm_row_period` gives the rate for any W).
 
 Parameters (per LayerNorm: gamma/beta and the scalars) are loaded between
@@ -51,7 +51,8 @@ from gpt2accel.model import intmodel as im
 from .isa import LN_EPS_E_BITS as EPS_E_BITS, LN_N_BITS as N_BITS
 from .isa import layernorm_setup_layout as setup_layout
 
-from .intarith import add_half, bit_length, max_tree, round_shift, saturate, sum_tree
+from .intarith import (add_half, bit_length, max_tree, round_shift, saturate,
+                       shift_right_staged, split_product, sum_tree)
 from .vector import check_lanes, vector_layout
 
 __all__ = ["LayerNormUnit", "RowRoot", "row_latency", "param_layout", "MAX_E_LIMIT",
@@ -65,12 +66,17 @@ DS_BITS = im.LN_D_BITS + 2
 Z_SHIFT = im.LN_RECIP_SHIFT - im.LN_Z_FRAC
 #: z is at most 2^22 + 1 in magnitude
 Z_BITS = im.LN_Z_FRAC + 2
-#: cycles from a row's last input beat (pass A) to pass B being able to start it
-ROW_STATS_LATENCY = 5
+#: cycles from a row's last input beat (pass A) to pass B being able to start it: the
+#: beat's register and reductions, then six stats stages (totals, max - min, span,
+#: its bit length, k, the shifts), the descriptor register
+ROW_STATS_LATENCY = 9
 #: cycles from pass B's last read issue to the row's S2 being visible to the root
-PASS_B_LATENCY = 5
-#: cycles from a pass C read issue to its output beat being valid
-PASS_C_LATENCY = 6
+#: (the read, its register, N x, - Σ, the shift's two halves, the squares, their sum,
+#: the accumulation, S + ε into the bank's register)
+PASS_B_LATENCY = 10
+#: cycles from a pass C read issue to its output beat being valid (the read, its
+#: register, d_s * inv in two, z, z * G in two, + B and the half, the shift in two)
+PASS_C_LATENCY = 10
 
 
 def row_latency(n, lanes):
@@ -181,11 +187,13 @@ class RowRoot(wiring.Component):
 
 
 class _BankState(enum.Enum, shape=2):
-    """A D bank's state: pass B writes a FREE bank, the root takes a WRITTEN one,
-    pass C reads a ROOTED one and frees it."""
+    """A D bank's state: pass B takes a FREE bank (FILLING from its first read, as
+    its pipeline is longer than the banks' turn of short rows), the root takes a
+    WRITTEN one, pass C reads a ROOTED one and frees it."""
     FREE = 0
     WRITTEN = 1
     ROOTED = 2
+    FILLING = 3
 
 
 class _Geometry:
@@ -275,7 +283,9 @@ class _Params(wiring.Component):
         p_word = Signal(range(W + 1))                   # = p_elem / lanes
         m.d.comb += [loaded.eq(configured & ~self.error & (p_elem >= cfg.n)),
                      self.config.setup_pending.eq(self.setup.valid)]
-        inflight = Signal(range(2 * NB + 8))            # rows taken and not yet emitted
+        # rows taken and not yet emitted: at most two in the X halves, one per D bank
+        # and one per pass C stage
+        inflight = Signal(range(2 + NB + PASS_C_LATENCY + 1))
         m.d.sync += inflight.eq(inflight + self.row_in - self.row_out)
 
         m.d.comb += self.setup.ready.eq(inflight == 0)
@@ -318,73 +328,91 @@ class _PassA(wiring.Component):
         x_w, desc, xready = self.x_w, self.rows.desc, self.rows.ready
         ha = Signal()                                   # X half being written
         ja = Signal(range(W))
-        ea = Signal(range(W * L + 1))                   # = ja * lanes
+        first_a = Signal(init=1)                        # the next beat starts a row
+        left = Signal(range(W * L + 1))                 # the row's channels not yet taken
         xbusy = Signal(2)                               # half holds a row B has not started
         acc_sum = Signal(signed(SUM_W))
         acc_max = Signal(signed(R))
         acc_min = Signal(signed(R))
-        first_a = ea == 0
         m.d.comb += self.inp.ready.eq(self.config.loaded & ~xbusy.bit_select(ha, 1)
                                       & ~(self.config.setup_pending & first_a))
         take_a = self.inp.valid & self.inp.ready
         m.d.comb += self.row_in.eq(take_a & first_a)
         lo, hi = -(1 << (R - 1)), (1 << (R - 1)) - 1
         xs = self.inp.payload.x
-        lane_ok = [ea + l < cfg.n for l in range(L)]
-        beat_sum = sum_tree([Mux(lane_ok[l], xs[l], 0) for l in range(L)])
-        beat_max = max_tree([Mux(lane_ok[l], xs[l], lo) for l in range(L)])
-        beat_min = _min_tree([Mux(lane_ok[l], xs[l], hi) for l in range(L)])
+        # a count down from n, so that the lane mask and the row's end are compares
+        # against constants (a setup only comes between rows: first_a is set then)
+        n_left = Mux(first_a, cfg.n, left)
+        end_a = n_left <= L
+        m.d.comb += [x_w.addr.eq(Mux(ha, W, 0) + ja), x_w.data.eq(xs), x_w.en.eq(take_a)]
+        with m.If(take_a):
+            m.d.sync += [first_a.eq(end_a), left.eq(n_left - L)]
+            with m.If(end_a):
+                m.d.sync += [ja.eq(0), ha.eq(~ha)]
+            with m.Else():
+                m.d.sync += ja.eq(ja + 1)
+
+        # The beat is registered with its lane mask (p1), reduced to its sum, max and
+        # min (p2), then accumulated: no path from the input through the reductions.
+        pctx = data.StructLayout({"v": 1, "first": 1, "end": 1, "h": 1})
+        p1, p2 = Signal(pctx), Signal(pctx)
+        p1_x, p1_mask = Signal(geo.x_shape), Signal(L)
+        p2_sum, p2_max, p2_min = Signal(signed(SUM_W)), Signal(signed(R)), Signal(signed(R))
+        m.d.sync += [p1.v.eq(take_a), p1.first.eq(first_a), p1.end.eq(end_a), p1.h.eq(ha),
+                     p1_x.eq(xs), p1_mask.eq(Cat(n_left > l for l in range(L))), p2.eq(p1),
+                     p2_sum.eq(sum_tree([Mux(p1_mask[l], p1_x[l], 0) for l in range(L)])),
+                     p2_max.eq(max_tree([Mux(p1_mask[l], p1_x[l], lo) for l in range(L)])),
+                     p2_min.eq(_min_tree([Mux(p1_mask[l], p1_x[l], hi) for l in range(L)]))]
         tot = Signal(signed(SUM_W))
         mx, mn = Signal(signed(R)), Signal(signed(R))
-        m.d.comb += [tot.eq(Mux(first_a, 0, acc_sum) + beat_sum),
-                     mx.eq(Mux(first_a | (beat_max > acc_max), beat_max, acc_max)),
-                     mn.eq(Mux(first_a | (beat_min < acc_min), beat_min, acc_min))]
-        end_a = ea + L >= cfg.n
-        m.d.comb += [x_w.addr.eq(Mux(ha, W, 0) + ja), x_w.data.eq(xs), x_w.en.eq(take_a)]
+        m.d.comb += [tot.eq(Mux(p2.first, 0, acc_sum) + p2_sum),
+                     mx.eq(Mux(p2.first | (p2_max > acc_max), p2_max, acc_max)),
+                     mn.eq(Mux(p2.first | (p2_min < acc_min), p2_min, acc_min))]
+        with m.If(p2.v):
+            m.d.sync += [acc_sum.eq(tot), acc_max.eq(mx), acc_min.eq(mn)]
 
         # Row stats pipeline, free-running (a row is at least one beat, so at most
-        # one enters per cycle): st1 totals, st2 max - min, st3 span, st4 k.
-        st_v = Signal(4)
-        st_h = Signal(4)
-        st_sum = [Signal(signed(SUM_W), name=f"st{i}_sum") for i in range(1, 5)]
+        # one enters per cycle): st1 totals, st2 max - min, st3 span, st4 its bit
+        # length, st5 k, st6 the shifts and ε's exponent.
+        S = 6
+        st_v = Signal(S)
+        st_h = Signal(S)
+        st_sum = [Signal(signed(SUM_W), name=f"st{i}_sum") for i in range(1, S + 1)]
         st1_max, st1_min = Signal(signed(R)), Signal(signed(R))
         st2_diff = Signal(R)
         st3_span = Signal(SPAN_W)
-        st4_k = Signal(signed(EPS_E_BITS + 2))
-        m.d.sync += [st_v.eq(Cat(take_a & end_a, st_v[:3])), st_h.eq(Cat(ha, st_h[:3])),
+        st4_bl = Signal(range(SPAN_W + 1))
+        st5_k = Signal(signed(EPS_E_BITS + 2))
+        m.d.sync += [st_v.eq(Cat(p2.v & p2.end, st_v[:-1])), st_h.eq(Cat(p2.h, st_h[:-1])),
                      st_sum[0].eq(tot), st1_max.eq(mx), st1_min.eq(mn),
-                     st_sum[1].eq(st_sum[0]), st2_diff.eq(st1_max - st1_min),
-                     st_sum[2].eq(st_sum[1]), st3_span.eq(st2_diff * cfg.n),
-                     st_sum[3].eq(st_sum[2])]
-        bl = bit_length(m, st3_span, "span_bitlen")
-        k_span = bl - im.LN_D_BITS
-        m.d.sync += st4_k.eq(Mux(k_span > k_min, k_span, k_min))
+                     st2_diff.eq(st1_max - st1_min), st3_span.eq(st2_diff * cfg.n),
+                     st4_bl.eq(bit_length(m, st3_span, "span_bitlen"))]
+        m.d.sync += [st_sum[i + 1].eq(st_sum[i]) for i in range(S - 1)]
+        k_span = st4_bl - im.LN_D_BITS
+        m.d.sync += st5_k.eq(Mux(k_span > k_min, k_span, k_min))
 
-        with m.If(take_a):
-            m.d.sync += [acc_sum.eq(tot), acc_max.eq(mx), acc_min.eq(mn)]
-            with m.If(end_a):
-                m.d.sync += [ja.eq(0), ea.eq(0), ha.eq(~ha)]
-            with m.Else():
-                m.d.sync += [ja.eq(ja + 1), ea.eq(ea + L)]
-
-        # Row descriptor per X half, written when the stats leave st4.
-        k = st4_k
+        k = st5_k
         a_eps = Signal(signed(EPS_E_BITS + 4))
         m.d.comb += a_eps.eq(cfg.eps_e - (k << 1))
-        eps_val = Mux(a_eps >= 0, (cfg.eps_m << a_eps[:5])[:47],
-                      round_shift(Cat(cfg.eps_m, Const(0, 1)),   # zero-extended: eps_m is unsigned
-                                  Mux(-a_eps > 17, 17, -a_eps)[:5], im.LN_EPS_BITS + 2))
+        st6_pos, st6_shl, st6_shr = Signal(), Signal(5), Signal(5)
+        st6_rsh, st6_lsh = Signal(range(D_W + 1)), Signal(4)
         # a right shift by D_W or more gives 0 for every |d| < 2^(R+11): clamp there
-        rsh = Mux(k > D_W, D_W, Mux(k > 0, k, 0))
-        lsh = Mux(k < 0, -k, 0)
+        m.d.sync += [st6_pos.eq(a_eps >= 0), st6_shl.eq(a_eps[:5]),
+                     st6_shr.eq(Mux(-a_eps > 17, 17, -a_eps)[:5]),
+                     st6_rsh.eq(Mux(k > D_W, D_W, Mux(k > 0, k, 0))),
+                     st6_lsh.eq(Mux(k < 0, -k, 0)[:4])]
+        # Row descriptor per X half, written when the stats leave st6.
+        eps_val = Mux(st6_pos, (cfg.eps_m << st6_shl)[:47],
+                      round_shift(Cat(cfg.eps_m, Const(0, 1)),   # zero-extended: eps_m is unsigned
+                                  st6_shr, im.LN_EPS_BITS + 2))
         set_ready = Signal(2)
         set_busy = Signal(2)
-        with m.If(st_v[3]):
+        with m.If(st_v[S - 1]):
             for h in range(2):
-                with m.If(st_h[3] == h):
-                    m.d.sync += [desc[h].sum.eq(st_sum[3]), desc[h].lsh.eq(lsh[:4]),
-                                 desc[h].rsh.eq(rsh), desc[h].eps.eq(eps_val)]
-            m.d.comb += set_ready.eq(Mux(st_h[3], 0b10, 0b01))
+                with m.If(st_h[S - 1] == h):
+                    m.d.sync += [desc[h].sum.eq(st_sum[S - 1]), desc[h].lsh.eq(st6_lsh),
+                                 desc[h].rsh.eq(st6_rsh), desc[h].eps.eq(eps_val)]
+            m.d.comb += set_ready.eq(Mux(st_h[S - 1], 0b10, 0b01))
         m.d.comb += set_busy.eq(Mux(take_a & end_a, Mux(ha, 0b10, 0b01), 0))
         m.d.sync += [xready.eq((xready | set_ready) & ~self.rows.clr_ready),
                      xbusy.eq((xbusy | set_busy) & ~self.rows.clr_busy)]
@@ -404,7 +432,7 @@ class _PassB(wiring.Component):
             "banks": In(_BankInfo(geo)),
             "x_r": Out(geo.port(ReadPort, geo.x_shape, 2 * geo.W)),
             "d_w": Out(geo.port(WritePort, geo.d_shape, geo.NB * geo.W)),
-            "written": Out(geo.NB),
+            "filling": Out(geo.NB), "written": Out(geo.NB),
             "s2": Out(im.LN_ACC_BITS),
         })
 
@@ -420,13 +448,17 @@ class _PassB(wiring.Component):
         bw_base = Signal(range(NB * W))
         d0 = Signal(geo.desc_layout)
         m.d.comb += d0.eq(Mux(hb, desc[1], desc[0]))
+        # a row's first read takes a FREE bank; the rest follow without pausing
         issue_b = (self.rows.ready.bit_select(hb, 1)
-                   & (_sel(self.banks.state, bw) == _BankState.FREE))
+                   & ((jb != 0) | (_sel(self.banks.state, bw) == _BankState.FREE)))
         end_b = eb + L >= cfg.n
         m.d.comb += [x_r.addr.eq(Mux(hb, W, 0) + jb), x_r.en.eq(1)]
         with m.If(issue_b):
             with m.If(jb == 0):
                 m.d.comb += self.rows.clr_busy.eq(Mux(hb, 0b10, 0b01))   # A may refill behind us
+                for i in range(NB):
+                    with m.If(bw == i):
+                        m.d.comb += self.filling[i].eq(1)
             with m.If(end_b):
                 m.d.comb += self.rows.clr_ready.eq(Mux(hb, 0b10, 0b01))
                 m.d.sync += [jb.eq(0), eb.eq(0), hb.eq(~hb), bw.eq(_nxt(bw, NB)),
@@ -435,45 +467,49 @@ class _PassB(wiring.Component):
                 m.d.sync += [jb.eq(jb + 1), eb.eq(eb + L)]
 
         # Per-beat context carried down the B pipeline (rows follow back to back).
+        # b1: the X word read; b2: it registered (block-RAM outputs end in a
+        # register); b3: N * x; b4: N x - Σ; b5: shifted left by lsh, the rounding
+        # half of rsh added (one of the two shifts is 0); b6: d_s; b7: its squares;
+        # b8: their sum; b9: S accumulated, S2 = S + ε to the bank.
         bctx = data.StructLayout({"v": 1, "first": 1, "last": 1, "mask": L,
                                   "addr": range(NB * W), "bank": range(NB),
                                   "sum": signed(SUM_W), "lsh": range(16),
                                   "rsh": range(D_W + 1), "eps": unsigned(47)})
-        b1, b2, b3, b4 = (Signal(bctx, name=f"b{i}") for i in range(1, 5))
-        m.d.sync += [b1.v.eq(issue_b), b1.first.eq(jb == 0), b1.last.eq(end_b),
-                     b1.mask.eq(Cat(eb + l < cfg.n for l in range(L))),
-                     b1.addr.eq(bw_base + jb), b1.bank.eq(bw), b1.sum.eq(d0.sum),
-                     b1.lsh.eq(d0.lsh), b1.rsh.eq(d0.rsh), b1.eps.eq(d0.eps),
-                     b2.eq(b1), b3.eq(b2), b4.eq(b3)]
-        # b1 -> b2: N * x (X word read in b1)
-        b2_nx = [Signal(signed(R + N_BITS + 1), name=f"b2_nx{l}") for l in range(L)]
-        # b2 -> b3: d_s = round_shift((N x - Σ) << lsh, rsh)   (|d_s| <= 2^15)
-        b3_ds = [Signal(signed(DS_BITS), name=f"b3_ds{l}") for l in range(L)]
-        # b3 -> b4: squares of the lanes inside the row
-        b4_sq = [Signal(2 * im.LN_D_BITS + 1, name=f"b4_sq{l}") for l in range(L)]
+        b = [None] + [Signal(bctx, name=f"b{i}") for i in range(1, PASS_B_LATENCY)]
+        m.d.sync += [b[1].v.eq(issue_b), b[1].first.eq(jb == 0), b[1].last.eq(end_b),
+                     b[1].mask.eq(Cat(eb + l < cfg.n for l in range(L))),
+                     b[1].addr.eq(bw_base + jb), b[1].bank.eq(bw), b[1].sum.eq(d0.sum),
+                     b[1].lsh.eq(d0.lsh), b[1].rsh.eq(d0.rsh), b[1].eps.eq(d0.eps)]
+        m.d.sync += [b[i + 1].eq(b[i]) for i in range(1, PASS_B_LATENCY - 1)]
+        b2_x = Signal(geo.x_shape)
+        b3_nx = [Signal(signed(R + N_BITS + 1), name=f"b3_nx{l}") for l in range(L)]
+        b4_d = [Signal(signed(D_W + 1), name=f"b4_d{l}") for l in range(L)]
+        # rsh <= D_W, and the half is below |d| << lsh's room when lsh > 0 (rsh = 0 then)
+        b5_h = [Signal(signed(D_W + 2), name=f"b5_h{l}") for l in range(L)]
+        b6_ds = [Signal(signed(DS_BITS), name=f"b6_ds{l}") for l in range(L)]
+        b7_sq = [Signal(2 * im.LN_D_BITS + 1, name=f"b7_sq{l}") for l in range(L)]
+        b8_sum = Signal(im.LN_ACC_BITS)
+        m.d.sync += [b2_x.eq(x_r.data), b8_sum.eq(sum_tree(b7_sq))]
         for l in range(L):
-            m.d.sync += b2_nx[l].eq(x_r.data[l] * cfg.n)
-            d = Signal(signed(D_W + 1), name=f"b2_d{l}")
-            m.d.comb += d.eq(b2_nx[l] - b2.sum)
             # when lsh > 0 the row's |d| < 2^14, so the shifted value still fits D_W
-            d_l = Signal(signed(D_W + 1), name=f"b2_dl{l}")
-            m.d.comb += d_l.eq(d << b2.lsh)
-            m.d.sync += b3_ds[l].eq(round_shift(d_l, b2.rsh, D_W + 2))
-            m.d.sync += b4_sq[l].eq(Mux(b3.mask[l], b3_ds[l] * b3_ds[l], 0))
-        m.d.comb += [d_w.addr.eq(b3.addr), d_w.en.eq(b3.v)]
+            m.d.sync += [b3_nx[l].eq(b2_x[l] * cfg.n),
+                         b4_d[l].eq(b3_nx[l] - b[3].sum),
+                         b5_h[l].eq(add_half(b4_d[l] << b[4].lsh, b[4].rsh, D_W + 2)),
+                         b6_ds[l].eq(b5_h[l] >> b[5].rsh),
+                         b7_sq[l].eq(Mux(b[6].mask[l], b6_ds[l] * b6_ds[l], 0))]
+        m.d.comb += [d_w.addr.eq(b[6].addr), d_w.en.eq(b[6].v)]
         for l in range(L):
-            m.d.comb += d_w.data[l].eq(b3_ds[l])
-        # b4: S accumulates; the last beat stores S2 = S + ε in its bank.
+            m.d.comb += d_w.data[l].eq(b6_ds[l])
+        # b8 -> b9: S accumulates; at b9 the last beat stores S2 = S + ε in its bank.
         s_acc = Signal(im.LN_ACC_BITS)
-        s_tot = Signal(im.LN_ACC_BITS)
-        m.d.comb += [s_tot.eq(Mux(b4.first, 0, s_acc) + sum_tree(b4_sq)),
-                     self.s2.eq(s_tot + b4.eps)]
-        with m.If(b4.v):
-            m.d.sync += s_acc.eq(s_tot)
-            with m.If(b4.last):
-                for i in range(NB):
-                    with m.If(b4.bank == i):
-                        m.d.comb += self.written[i].eq(1)
+        b9 = b[PASS_B_LATENCY - 1]
+        with m.If(b[8].v):
+            m.d.sync += s_acc.eq(Mux(b[8].first, 0, s_acc) + b8_sum)
+        m.d.comb += self.s2.eq(s_acc + b9.eps)
+        with m.If(b9.v & b9.last):
+            for i in range(NB):
+                with m.If(b9.bank == i):
+                    m.d.comb += self.written[i].eq(1)
         return m
 
 
@@ -484,7 +520,7 @@ class _Banks(wiring.Component):
     def __init__(self, geo):
         self.geo = geo
         super().__init__({
-            "written": In(geo.NB), "s2": In(im.LN_ACC_BITS),
+            "filling": In(geo.NB), "written": In(geo.NB), "s2": In(im.LN_ACC_BITS),
             "freed": In(geo.NB),
             "info": Out(_BankInfo(geo)),
         })
@@ -515,6 +551,8 @@ class _Banks(wiring.Component):
                 m.d.sync += state[i].eq(_BankState.ROOTED)
             with m.Elif(self.written[i]):
                 m.d.sync += state[i].eq(_BankState.WRITTEN)
+            with m.Elif(self.filling[i]):
+                m.d.sync += state[i].eq(_BankState.FILLING)
         return m
 
 
@@ -549,7 +587,7 @@ class _PassC(wiring.Component):
         bc_base = Signal(range(NB * W))
         issue_c = en & (_sel(self.banks.state, bc) == _BankState.ROOTED)
         end_c = ec + L >= cfg.n
-        m.d.comb += [d_r.addr.eq(bc_base + jc), d_r.en.eq(en), gb_r.addr.eq(jc), gb_r.en.eq(en)]
+        m.d.comb += [d_r.addr.eq(bc_base + jc), d_r.en.eq(en)]
         with m.If(issue_c):
             with m.If(end_c):
                 for i in range(NB):
@@ -560,35 +598,47 @@ class _PassC(wiring.Component):
             with m.Else():
                 m.d.sync += [jc.eq(jc + 1), ec.eq(ec + L)]
 
-        cctx = data.StructLayout({"v": 1, "last": 1, "mask": L})
-        c1, c2, c3 = (Signal(cctx, name=f"c{i}") for i in range(1, 4))
-        c1_inv = Signal(im.LN_RECIP_BITS)
-        c2_p = [Signal(signed(DS_BITS + im.LN_RECIP_BITS + 1), name=f"c2_p{l}") for l in range(L)]
-        c3_z = [Signal(signed(Z_BITS), name=f"c3_z{l}") for l in range(L)]
-        c4_p = [Signal(signed(im.LN_ACC_BITS + 1), name=f"c4_p{l}") for l in range(L)]
-        c2_gb, c3_gb = Signal(param_layout(L)), Signal(param_layout(L))
-        c4 = Signal(cctx)
+        # Stages, all held by `en`: c1 the d_s word read; c2 it registered with the
+        # row's inv (block-RAM outputs end in a register); c3, c4 d_s * inv (two
+        # partial products, then their add); c5 z, with gamma/beta (read at c3)
+        # registered; c6, c7 z * G (the same split) beside B + the rounding half of
+        # out_shift; c8 their sum; c9, c10 the shift (two stages), saturation, mask.
+        cctx = data.StructLayout({"v": 1, "last": 1, "mask": L, "j": range(W)})
+        c = [None] + [Signal(cctx, name=f"c{i}") for i in range(1, PASS_C_LATENCY)]
+        c1_inv, c2_inv = Signal(im.LN_RECIP_BITS), Signal(im.LN_RECIP_BITS)
+        c2_d = Signal(self.geo.d_shape)
+        c5_z = [Signal(signed(Z_BITS), name=f"c5_z{l}") for l in range(L)]
+        c5_gb = Signal(param_layout(L))
+        c6_bh = [Signal(signed(im.LN_ACC_BITS + 1), name=f"c6_bh{l}") for l in range(L)]
+        c7_bh = [Signal(signed(im.LN_ACC_BITS + 1), name=f"c7_bh{l}") for l in range(L)]
+        c8_t = [Signal(signed(im.LN_ACC_BITS + 2), name=f"c8_t{l}") for l in range(L)]
+        m.d.comb += [gb_r.addr.eq(c[3].j), gb_r.en.eq(en)]
         with m.If(en):
-            m.d.sync += [c1.v.eq(issue_c), c1.last.eq(end_c),
-                         c1.mask.eq(Cat(ec + l < cfg.n for l in range(L))),
+            m.d.sync += [c[1].v.eq(issue_c), c[1].last.eq(end_c), c[1].j.eq(jc),
+                         c[1].mask.eq(Cat(ec + l < cfg.n for l in range(L))),
                          c1_inv.eq(_sel(self.banks.inv, bc)),
-                         c2.eq(c1), c3.eq(c2), c4.eq(c3), c2_gb.eq(gb_r.data), c3_gb.eq(c2_gb)]
-            for l in range(L):
-                # c1 -> c2: d_s * inv (17 x 24 bits); c2 -> c3: z; c3 -> c4: z * G + B
-                m.d.sync += [c2_p[l].eq(d_r.data[l] * c1_inv),
-                             c3_z[l].eq(round_shift(c2_p[l], Z_SHIFT, len(c2_p[l]) + 1)),
-                             c4_p[l].eq(c3_z[l] * c3_gb.gamma[l] + c3_gb.beta[l])]
-        # c4 -> c5: add the rounding half of out_shift (< 48, so it fits the width);
-        # c5 -> output register: shift, saturate to int8. One stage for the whole
-        # round-shift-saturate was the longest path of the unit on ECP5.
-        c5 = Signal(cctx)
-        c5_t = [Signal(signed(im.LN_ACC_BITS + 2), name=f"c5_t{l}") for l in range(L)]
+                         c2_d.eq(d_r.data), c2_inv.eq(c1_inv), c5_gb.eq(gb_r.data)]
+            m.d.sync += [c[i + 1].eq(c[i]) for i in range(1, PASS_C_LATENCY - 1)]
+        # inv < 2^24 as a signed operand, d_s the DSP's signed one
+        inv_s = Cat(c2_inv, Const(0, 1)).as_signed()
+        prods = [split_product(m, inv_s, c2_d[l], en=en, name=f"c4_{l}") for l in range(L)]
+        zg = [split_product(m, c5_z[l], c5_gb.gamma[l], en=en, name=f"c7_{l}") for l in range(L)]
         y = self.out.payload.y
         with m.If(en):
-            m.d.sync += [c5.eq(c4), out_valid.eq(c5.v), self.out.payload.last.eq(c5.last)]
             for l in range(L):
-                m.d.sync += [c5_t[l].eq(add_half(c4_p[l], cfg.out_shift, im.LN_ACC_BITS + 2)),
-                             y[l].eq(Mux(c5.mask[l], saturate(c5_t[l] >> cfg.out_shift, 8), 0))]
+                # the product's half-add needs no stage of its own: Z_SHIFT is constant
+                m.d.sync += [c5_z[l].eq(round_shift(prods[l], Z_SHIFT, len(prods[l]) + 1)),
+                             c6_bh[l].eq(add_half(c5_gb.beta[l], cfg.out_shift,
+                                                  im.LN_ACC_BITS + 1)),
+                             c7_bh[l].eq(c6_bh[l]),
+                             c8_t[l].eq(zg[l] + c7_bh[l])]
+            m.d.sync += [out_valid.eq(c[PASS_C_LATENCY - 1].v),
+                         self.out.payload.last.eq(c[PASS_C_LATENCY - 1].last)]
+        for l in range(L):
+            # the mask travels with the value into the second shift stage
+            s = shift_right_staged(m, c8_t[l], cfg.out_shift, en=en, name=f"c10_{l}",
+                                   finish=lambda v, l=l: Mux(c[9].mask[l], saturate(v, 8), 0))
+            m.d.comb += y[l].eq(s)
         return m
 
 
@@ -606,7 +656,7 @@ class LayerNormUnit(wiring.Component):
     - ``error``: the last setup had n = 0 or n > `max_e`; no rows are taken.
 
     Timing (`sim.cycles.units.layernorm_schedule` is the exact model): one
-    beat per cycle on both sides in steady state for rows of at least 30
+    beat per cycle on both sides in steady state for rows of at least 47
     beats (with 3 D banks); `row_latency(n)` cycles from a row's last input
     beat to its first output beat when the unit is otherwise idle.
     """
@@ -641,7 +691,7 @@ class LayerNormUnit(wiring.Component):
 
     @property
     def latency(self):
-        """`row_latency` of a full row (n = max_e): W + 41 cycles, W = ceil(max_e/lanes)."""
+        """`row_latency` of a full row (n = max_e): W + 66 cycles, W = ceil(max_e/lanes)."""
         return row_latency(self.max_e, self.lanes)
 
     def row_latency(self, n):
@@ -676,6 +726,7 @@ class LayerNormUnit(wiring.Component):
         wiring.connect(m, banks.info, pass_b.banks, pass_c.banks)
         m.d.comb += [self.error.eq(params.error),
                      params.row_in.eq(pass_a.row_in), params.row_out.eq(pass_c.row_out),
-                     banks.written.eq(pass_b.written), banks.s2.eq(pass_b.s2),
+                     banks.filling.eq(pass_b.filling), banks.written.eq(pass_b.written),
+                     banks.s2.eq(pass_b.s2),
                      banks.freed.eq(pass_c.freed)]
         return m

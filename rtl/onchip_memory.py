@@ -16,16 +16,19 @@ port serves both; the machine wins when both request in the same cycle (the
 host bridge only accesses memory while the machine is idle, so in practice
 they never meet).
 
-Block RAM reads (`READ_LATENCY` 3): the word read from the storage is registered
-right behind its bank multiplexers (the block RAM's output is slow: 5.6 ns
-on an ECP5-85F), then goes into a four-word response queue
-(`lib.fifo.SyncFIFO`) that the consumers see. A request is accepted while
-fewer than four words are owed (accepted and not yet taken), so the queue
-always has room for every word in flight, ``rd_req.ready`` comes from
-a counter (not through the consumer's ready), no word is lost or repeated
-when ``rd_resp.ready`` drops, and a word per cycle flows while the consumer
-keeps taking. Each word carries a tag naming its requester, so responses go
-back to whoever asked, in order.
+Block RAM reads (`READ_LATENCY` 3): the request's address is registered
+before the storage, so the block RAMs' address pins (all 108 of them on an
+ECP5-85F) are driven by a flip-flop instead of the requesters' logic, and the
+storage reads every cycle (its enable fans out to every block too); the word
+read is registered right behind its bank multiplexers (the block RAM's output
+is slow: 5.6 ns on an ECP5-85F), then goes to the consumer, or into a
+four-word response queue (`lib.fifo.SyncFIFO`) while words wait in it or the
+consumer stalls. A request is accepted while fewer than four words are owed
+(accepted and not yet taken), so the queue always has room for every word in
+flight, ``rd_req.ready`` comes from a counter (not through the consumer's
+ready), no word is lost or repeated when ``rd_resp.ready`` drops, and a word
+per cycle flows while the consumer keeps taking. Each word carries a tag
+naming its requester, so responses go back to whoever asked, in order.
 
 ``storage="spram"`` keeps the words in the iCE40UP5K's single-port SPRAM
 (`rtl.spram.SpramStorage`): a cycle then reads or writes, writes first, so a
@@ -41,8 +44,6 @@ stray address never aliases onto real data. A read in the same cycle as a
 write to the same word returns the old contents (read before write, as the
 reference `sim.harness.matmul.MemoryModel` does).
 """
-from functools import partial
-
 from amaranth.hdl import *
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
@@ -56,10 +57,10 @@ from .spram import SpramStorage
 __all__ = ["OnChipMemory", "READ_LATENCY"]
 
 #: cycles from an accepted read request to its word at ``rd_resp``, per storage:
-#: block RAM reads, a register behind its bank multiplexers, the response queue
-#: (whose READ_LATENCY + 1 words cover the words in flight and the cycle a
-#: returned credit takes, so a word per cycle flows); SPRAM's output is used as
-#: it is, with one skid register
+#: block RAM reads, the address register, the read, a register behind the bank
+#: multiplexers (the response queue, whose READ_LATENCY + 1 words cover the words
+#: in flight and the cycle a returned credit takes, is passed by while empty);
+#: SPRAM's output is used as it is, with one skid register
 READ_LATENCY = {"bram": 3, "spram": 1}
 
 
@@ -102,21 +103,19 @@ class OnChipMemory(wiring.Component):
               for f in ("addr", "data", "strb")}
         writing = mach.wr.valid | host.wr.valid
         m.d.comb += [mach.wr.ready.eq(1), host.wr.ready.eq(~mach.wr.valid)]
-        fwd = None
         if self.storage == "bram":
             # A write reaches the block RAM a cycle after its transfer: the requesters'
             # write logic then ends at this register instead of fanning out to every
             # block's address, data and enable pins (the range check comes after it,
-            # too). A read accepted in that cycle of the same word gets the write's
-            # bytes forwarded (`_queued_reads`), so the memory still behaves as if
-            # written at the transfer.
+            # too). Reads reach it a cycle after their transfer as well
+            # (`_queued_reads`), and the storage reads before it writes, so a read sees
+            # exactly the writes transferred before it, as if written at the transfer.
             w_addr, w_data = Signal(len(wr["addr"])), Signal.like(wp.data)
             w_strb, w_en = Signal.like(wp.en), Signal.like(wp.en)
             m.d.sync += [w_addr.eq(wr["addr"]), w_data.eq(wr["data"]),
                          w_strb.eq(Mux(writing, wr["strb"], 0))]
             m.d.comb += [w_en.eq(Mux(w_addr < depth, w_strb, 0)),
                          wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en)]
-            fwd = (w_addr, w_data, w_en)
         else:
             strobes = Mux(writing & (wr["addr"] < depth), wr["strb"], 0)
             m.d.comb += [wp.addr.eq(wr["addr"]), wp.data.eq(wr["data"]), wp.en.eq(strobes)]
@@ -126,16 +125,12 @@ class OnChipMemory(wiring.Component):
         # ---------------- reads ----------------
         req_addr = Mux(mach.rd_req.valid, mach.rd_req.payload.addr, host.rd_req.payload.addr)
         accept, taken = Signal(), Signal()
-        if self.storage == "bram":
-            pipeline = partial(self._queued_reads, req_addr=req_addr, fwd=fwd)
-        else:
-            pipeline = self._skid_reads
+        pipeline = self._queued_reads if self.storage == "bram" else self._skid_reads
         room, out_valid, out_data, out_tag = pipeline(
-            m, rp, accept, taken, tag=~mach.rd_req.valid, zero=req_addr >= depth)
+            m, rp, accept, taken, tag=~mach.rd_req.valid, addr=req_addr, depth=depth)
         m.d.comb += [mach.rd_req.ready.eq(room & free),
                      host.rd_req.ready.eq(room & free & ~mach.rd_req.valid),
-                     accept.eq((mach.rd_req.valid | host.rd_req.valid) & room & free),
-                     rp.addr.eq(req_addr), rp.en.eq(accept)]
+                     accept.eq((mach.rd_req.valid | host.rd_req.valid) & room & free)]
         out_ready = Mux(out_tag, host.rd_resp.ready, mach.rd_resp.ready)
         m.d.comb += [mach.rd_resp.payload.data.eq(out_data), host.rd_resp.payload.data.eq(out_data),
                      mach.rd_resp.valid.eq(out_valid & ~out_tag),
@@ -149,33 +144,36 @@ class OnChipMemory(wiring.Component):
         return READ_LATENCY[self.storage]
 
     @staticmethod
-    def _queued_reads(m, rp, accept, taken, *, tag, zero, req_addr, fwd):
-        """Block RAM: the word is registered right behind the storage (its bank
-        multiplexers included), then queued; requests are accepted while fewer words
-        are owed (accepted, not yet taken) than the queue holds. `fwd` (address, data,
-        byte enables of the write the storage performs this cycle): its bytes replace
-        the old ones a read of the same word returns (the storage reads before it
-        writes). Returns (room, valid, data, tag) of the response side."""
+    def _queued_reads(m, rp, accept, taken, *, tag, addr, depth):
+        """Block RAM: the request is registered (address, tag, range) and read from the
+        storage in the next cycle, which reads every cycle, so neither its address nor
+        its enable pins see the requesters' logic; the word is registered right behind
+        the storage (its bank multiplexers included), then goes to the consumer, or
+        into the queue while the queue holds older words or the consumer stalls.
+        Requests are accepted while fewer words are owed (accepted, not yet taken)
+        than the queue holds. Returns (room, valid, data, tag) of the response side."""
         latency = READ_LATENCY["bram"]
         m.submodules.queue = queue = SyncFIFO(width=len(rp.data) + 1, depth=latency + 1)
         owed = Signal(range(latency + 2))
         m.d.sync += owed.eq(owed + accept - taken)
+        r_addr, r_valid, r_tag = Signal.like(addr), Signal(), Signal()
+        m.d.sync += [r_addr.eq(addr), r_valid.eq(accept), r_tag.eq(tag)]
+        m.d.comb += [rp.addr.eq(r_addr), rp.en.eq(1)]
         read_valid, read_tag, read_zero = Signal(), Signal(), Signal()
-        m.d.sync += [read_valid.eq(accept), read_tag.eq(tag), read_zero.eq(zero)]
-        w_addr, w_data, w_en = fwd
-        f_en, f_data = Signal.like(w_en), Signal.like(w_data)
-        m.d.sync += [f_en.eq(Mux(w_addr == req_addr, w_en, 0)), f_data.eq(w_data)]
-        merged = Cat(*[Mux(f_en[b], f_data.word_select(b, 8), rp.data.word_select(b, 8))
-                       for b in range(len(w_en))])
+        m.d.sync += [read_valid.eq(r_valid), read_tag.eq(r_tag), read_zero.eq(r_addr >= depth)]
         word_valid, word = Signal(), Signal(len(rp.data) + 1)
-        m.d.sync += [word_valid.eq(read_valid), word.eq(Cat(merged, read_tag))]
+        m.d.sync += [word_valid.eq(read_valid), word.eq(Cat(rp.data, read_tag))]
         with m.If(read_zero):
             m.d.sync += word[:-1].eq(0)
-        m.d.comb += [queue.w_en.eq(word_valid), queue.w_data.eq(word), queue.r_en.eq(taken)]
-        return owed != latency + 1, queue.r_rdy, queue.r_data[:-1], queue.r_data[-1]
+        # the queue's words are older than the registered one: it goes out first only
+        # while the queue is empty, and is queued unless taken at once
+        head = Mux(queue.r_rdy, queue.r_data, word)
+        m.d.comb += [queue.w_en.eq(word_valid & (queue.r_rdy | ~taken)),
+                     queue.w_data.eq(word), queue.r_en.eq(taken & queue.r_rdy)]
+        return owed != latency + 1, queue.r_rdy | word_valid, head[:-1], head[-1]
 
     @staticmethod
-    def _skid_reads(m, rp, accept, taken, *, tag, zero):
+    def _skid_reads(m, rp, accept, taken, *, tag, addr, depth):
         """SPRAM (few flip-flops on an iCE40): the storage's output holds its word until
         the next read, and one skid register takes that word when a new read would
         replace it while the consumer stalls; requests are accepted while the skid
@@ -193,8 +191,9 @@ class OnChipMemory(wiring.Component):
                 m.d.sync += [skid_valid.eq(1), skid_data.eq(out_data), skid_tag.eq(held_tag)]
             with m.If(accept | taken):
                 m.d.sync += held_valid.eq(accept)
+        m.d.comb += [rp.addr.eq(addr), rp.en.eq(accept)]
         with m.If(accept):
-            m.d.sync += [held_tag.eq(tag), held_zero.eq(zero)]
+            m.d.sync += [held_tag.eq(tag), held_zero.eq(addr >= depth)]
         return ~skid_valid, out_valid, out_data, Mux(skid_valid, skid_tag, held_tag)
 
     def _ports(self, m):

@@ -126,7 +126,7 @@ def test_cycles_match_model(lanes, n, rows, banks):
     w = -(-n // lanes)
     assert stats[0]["in"] == [c for r in sched for c in r["in"]]
     assert stats[0]["out"] == [c for r in sched for c in r["out"]]
-    assert sched[0]["out"][0] - sched[0]["in"][-1] == row_latency(n, lanes) == w + 53
+    assert sched[0]["out"][0] - sched[0]["in"][-1] == row_latency(n, lanes) == w + 66
     if n == 64:
         dut = LayerNormUnit(lanes, 16, 64)
         dut._MustUse__silence = True     # only its latency property is used
