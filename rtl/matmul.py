@@ -586,7 +586,7 @@ class _RowRequant(wiring.Component):
 class _Writer(wiring.Component):
     """Output rows to memory, one write per row segment. Rows of a tile leave
     the array bottom-first (row R-1 .. 0); rows past M are dropped without a
-    write, and columns past N are masked by the byte strobes. ``row_popped``
+    write, one per cycle, and columns past N are masked by the byte strobes. ``row_popped``
     returns a credit to the feeder; ``finish`` marks the command's last write
     accepted."""
 
@@ -641,9 +641,11 @@ class _Writer(wiring.Component):
                      self.wr.payload.strb.eq(Mux(cmd.raw_out, s32_word, s8_word)),
                      self.wr.valid.eq(self.rows.valid & row_valid)]
         advance = self.rows.valid & (self.wr.ready | ~row_valid)
+        # a dropped row (past M) has nothing to write: it leaves in one cycle, so a
+        # decode's raw tile waits for the segments of its M rows only
         with m.If(advance):
             m.d.sync += wr_b.eq(wr_b + 1)
-            with m.If(wr_b == seg_words - 1):
+            with m.If((wr_b == seg_words - 1) | ~row_valid):
                 m.d.comb += [self.rows.ready.eq(1), self.row_popped.eq(1)]
                 m.d.sync += [wr_b.eq(0), wr_row.eq(wr_row - 1),
                              wr_row_addr.eq(wr_row_addr - cmd.out_stride)]

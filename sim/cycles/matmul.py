@@ -15,7 +15,8 @@ Timeline per row block b (cycle 0 = command accept):
 - the feeder then emits tiles back to back, one every P = max(K, min period)
   cycles; the W stream runs ahead, so it never waits within a block;
 - the last tile's rows leave the array `drain` cycles after its last beat,
-  pass the requantiser and are written at `write_beats_per_row` per row.
+  pass the requantiser and are written at `write_beats_per_row` per row,
+  the rows past M (dropped) at one per cycle.
 
 GEMV mode (M <= `gemv_rows`, one row block): the issuer sends the A words
 from cycle 1, then every tile's parameter and W words back to back, tile t's
@@ -61,8 +62,11 @@ def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY
     # fixed pipeline delays (see module docstring)
     fifo = 2                                # W FIFO write -> readable
     startup = PW + latency + fifo           # last A request -> first beat, minus one
+    # the last block's rows leave the writer bottom-first: those past M one per
+    # cycle, then its `rows` rows one write per segment word
+    rows = m - (ceil_div(m, R) - 1) * R
     tail = (cfg.FEED_LATENCY + cfg.drain_latency + cfg.REQUANT_LATENCY
-            + fifo + R * cfg.write_beats_per_row(raw))
+            + fifo + R - rows + rows * cfg.write_beats_per_row(raw))
 
     if cfg.gemv(m):
         return _gemv_cycles(cfg, m, k, n, raw, latency,
