@@ -21,8 +21,8 @@ The matmul engine is used unmodified through its command port and keeps the
 read channel of the memory port; the controller only writes (P rows and
 outputs). The engine runs S_0, S_1, PV_0, S_2, PV_1, ...: the softmax of tile
 j overlaps S_{j+1}, so while the softmax is shorter than a matmul command
-the engine never waits; a block's normalisation overlaps the next block's
-first S commands. On diagonal tiles the S and PV commands skip the whole
+the engine never waits; a block's normalisation overlaps the first S
+commands of the next block, or of the next head. On diagonal tiles the S and PV commands skip the whole
 array row blocks whose queries all precede the tile's first key, and S
 stops at the block's last query, so large blocks waste few MACs on masked
 keys. Every buffer has a size fixed by the configuration
@@ -53,8 +53,8 @@ class Phase(enum.Enum, shape=3):
     S_CMD = 2     #: presenting an S = Q Kᵀ tile command to the array
     PV_CMD = 3    #: presenting a P V tile command
     WAIT = 4      #: the array runs the command
-    NORM = 5      #: the normaliser finishes the head's last block
-    NEXT = 6      #: the next row block of the head
+    NORM = 5      #: the normaliser finishes the command's last block
+    NEXT = 6      #: the next row block of the head, or the next head
     HEAD = 7      #: the next head's bases are set
 
 
@@ -91,7 +91,7 @@ def _context(c):
         "nm_start": Out(1),                                 # its normalise phase starts (pulse)
         "nm_on": Out(1),                                    # ... until its last output write
         # the block being normalised (the sequencer may already be in the next one)
-        "nm_rows": Out(range(c.rows + 1)), "nm_first": Out(1),
+        "nm_rows": Out(range(c.rows + 1)),
     })
 
 
@@ -132,8 +132,7 @@ class _CommandSequencer(wiring.Component):
             "mm_cmd": Out(stream.Signature(matmul_command_layout(e))), "mm_done": In(1),
             "tiles": In(_tiles(cfg)),
             "ctx": Out(_context(cfg)),
-            # the output writer's end of a head's first row: the next head's start
-            "nm_done": In(1), "nhw": In(e.addr_bits), "nho": In(range(e.mem_bytes)),
+            "nm_done": In(1),
             "busy": Out(1), "done": Out(1), "phase": Out(Phase),
         })
 
@@ -151,9 +150,18 @@ class _CommandSequencer(wiring.Component):
         p = self.cmd.payload
         h = Signal(range(257))                      # head
         hq = Signal(c.engine.addr_bits)
+        # A head's output bytes, D, as (words, bytes < MB): found by subtracting
+        # MB once per cycle after the accept (no divider), long before the first
+        # head ends; the next head's output starts that far on, so it need not
+        # wait for the normaliser to write the head's first row to know where.
+        dw = Signal(range(c.max_d_head // MB + 1))
+        db = Signal(range(c.max_d_head + 1))
+        d_split = db < MB
+        with m.If(busy & ~d_split):
+            m.d.sync += [db.eq(db - MB), dw.eq(dw + 1)]
 
         with m.If(x.nm_start):
-            m.d.sync += [x.nm_on.eq(1), x.nm_rows.eq(x.rows_b), x.nm_first.eq(x.m0 == 0)]
+            m.d.sync += [x.nm_on.eq(1), x.nm_rows.eq(x.rows_b)]
         with m.If(self.nm_done):
             m.d.sync += x.nm_on.eq(0)
 
@@ -168,6 +176,7 @@ class _CommandSequencer(wiring.Component):
                 m.d.comb += self.phase.eq(Phase.IDLE)
                 with m.If(accept):
                     m.d.sync += [cmd.eq(p), busy.eq(1), x.tk.eq(p.offset + p.tq), h.eq(0),
+                                 dw.eq(0), db.eq(p.d_head),
                                  hq.eq(p.q_base), x.qo.eq(0),
                                  x.hk.eq(p.k_base), x.hv.eq(p.v_base),
                                  x.hw.eq(0), x.ho.eq(0),
@@ -217,27 +226,32 @@ class _CommandSequencer(wiring.Component):
                     block_setup(x.m0 + R, x.qb + times_const(cmd.q_row_stride, R),
                                 x.ob + times_const(cmd.out_stride, R))
                     m.next = "DECIDE"
-                with m.Else():
-                    # a new head needs the output offset the normalise phase
-                    # finds; the end of the command needs every output written
-                    m.next = "NORM"
-            with m.State("NORM"):
-                m.d.comb += self.phase.eq(Phase.NORM)
-                with m.If(self.nm_done):
-                    with m.If(h + 1 < cmd.n_head):
+                with m.Elif(h + 1 < cmd.n_head):
+                    # the next head starts while this one is normalised, as a
+                    # next block would (its softmax waits for the phase)
+                    with m.If(d_split):
                         # heads packed in the Q rows: q_head_stride words and
-                        # q_head_bytes bytes on, carrying into the word
+                        # q_head_bytes bytes on, carrying into the word; the
+                        # output D bytes on
                         qo_next = x.qo + cmd.q_head_bytes
                         carry = qo_next >= MB
+                        ho_next = x.ho + db
+                        o_carry = ho_next >= MB
                         m.d.sync += [x.qo.eq(Mux(carry, qo_next - MB, qo_next)),
                                      h.eq(h + 1), hq.eq(hq + cmd.q_head_stride + carry),
                                      x.hk.eq(x.hk + cmd.k_head_stride),
                                      x.hv.eq(x.hv + cmd.v_head_stride),
-                                     x.hw.eq(self.nhw), x.ho.eq(self.nho)]
+                                     x.ho.eq(Mux(o_carry, ho_next - MB, ho_next)),
+                                     x.hw.eq(x.hw + dw + o_carry)]
                         m.next = "HEAD"
-                    with m.Else():
-                        m.d.sync += [busy.eq(0), self.done.eq(1)]
-                        m.next = "IDLE"
+                with m.Else():
+                    # the end of the command needs every output written
+                    m.next = "NORM"
+            with m.State("NORM"):
+                m.d.comb += self.phase.eq(Phase.NORM)
+                with m.If(self.nm_done):
+                    m.d.sync += [busy.eq(0), self.done.eq(1)]
+                    m.next = "IDLE"
         return m
 
 
@@ -602,9 +616,8 @@ class _NormFeeder(wiring.Component):
 
 class _OutputWriter(wiring.Component):
     """Normalised int8 rows to memory, norm_lanes bytes per write at the head's
-    byte offset. The output head offset h*D bytes is not divided by `mem_bytes`
-    in hardware: the position at the end of a head's first row is the next
-    head's start (``nhw``, ``nho``)."""
+    byte offset, taken when the phase starts (the sequencer may already be in
+    the next head)."""
 
     def __init__(self, cfg: AttentionConfig):
         self.cfg = cfg
@@ -613,7 +626,7 @@ class _OutputWriter(wiring.Component):
             "ctx": In(_context(cfg)),
             "y": In(stream.Signature(out_layout(cfg))),
             "wr": Out(stream.Signature(write_layout(e))),
-            "nm_done": Out(1), "nhw": Out(e.addr_bits), "nho": Out(range(e.mem_bytes)),
+            "nm_done": Out(1),
         })
 
     def elaborate(self, platform):
@@ -624,8 +637,10 @@ class _OutputWriter(wiring.Component):
         ow_row = Signal(range(R + 1))
         ow_ptr = Signal(e.addr_bits)
         ow_word, ow_byte = Signal(e.addr_bits), Signal(range(MB))
+        ow_hw, ow_ho = Signal(e.addr_bits), Signal(range(MB))     # the head's first byte
         with m.If(x.nm_start):
-            m.d.sync += [ow_row.eq(0), ow_ptr.eq(x.ob), ow_word.eq(x.hw), ow_byte.eq(x.ho)]
+            m.d.sync += [ow_row.eq(0), ow_ptr.eq(x.ob), ow_word.eq(x.hw), ow_byte.eq(x.ho),
+                         ow_hw.eq(x.hw), ow_ho.eq(x.ho)]
         ow_on = x.nm_on & (ow_row != x.nm_rows)
         yb = Cat(*[self.y.payload.y[l] for l in range(NL)])
         m.d.comb += self.y.ready.eq(ow_on & self.wr.ready)
@@ -636,11 +651,7 @@ class _OutputWriter(wiring.Component):
                 m.d.sync += [ow_byte.eq(0), ow_word.eq(ow_word + 1)]
             with m.If(self.y.payload.last):
                 m.d.sync += [ow_row.eq(ow_row + 1), ow_ptr.eq(ow_ptr + x.params.out_stride),
-                             ow_word.eq(x.hw), ow_byte.eq(x.ho)]
-                with m.If((ow_row == 0) & x.nm_first):
-                    # the end of the head's first row is where the next head starts
-                    m.d.sync += [self.nhw.eq(Mux(nb == MB, ow_word + 1, ow_word)),
-                                 self.nho.eq(Mux(nb == MB, 0, nb))]
+                             ow_word.eq(ow_hw), ow_byte.eq(ow_ho)]
         m.d.comb += self.nm_done.eq(x.nm_on & ~x.nm_start & (ow_row == x.nm_rows))
         m.d.comb += [self.wr.valid.eq(self.y.valid & ow_on),
                      self.wr.payload.addr.eq(ow_ptr + ow_word),
@@ -718,7 +729,7 @@ class AttentionEngine(wiring.Component):
                      iss.sm_take.eq(sf.sm.start), iss.sm_fin.eq(pw.sm.fin),
                      sf.s_full.eq(iss.s_full), acc.pv_par.eq(iss.pv_par),
                      acc.pv_first.eq(iss.pv_first), nf.pv_par.eq(iss.pv_par),
-                     seq.nm_done.eq(ow.nm_done), seq.nhw.eq(ow.nhw), seq.nho.eq(ow.nho),
+                     seq.nm_done.eq(ow.nm_done),
                      self.busy.eq(seq.busy), self.done.eq(seq.done), self.phase.eq(seq.phase),
                      self.softmax_busy.eq(sf.sm.on)]
 

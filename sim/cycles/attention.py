@@ -5,7 +5,7 @@ an attention command's accept to its `done` pulse for a stall-free run
 behind the reference memory (as `matmul_cycles`). The tests check it
 against the RTL; the benchmark uses it for GPT-2-sized shapes.
 
-Cycle 0 is the command accept; then one setup cycle per head. Heads differ
+Cycle 0 is the command accept; then one setup cycle (HEAD) per head. Heads differ
 only in their S commands' k (a head starting at byte b of its Q word reads
 b + d_head bytes of each Q row). Per row block
 of `rows` queries the command sequencer issues the matmul commands S_0, S_1,
@@ -21,9 +21,12 @@ inside the PV commands (their writes). After the block's last PV the
 normalise phase runs: row r's reciprocal is ready 13 + 11 r cycles in (one
 divider, `RECIP_PERIOD`), its D / norm_lanes beats follow the previous
 row's, and the last output is written `Normaliser.latency` later. The next
-block of the same head starts two cycles after the phase starts (its S
-commands overlap it; its first softmax waits for the phase to end); a new
-head, or the done pulse, comes the cycle after the phase ends.
+block of the same head starts two cycles after the phase starts, the next
+head's first block three (its HEAD cycle in between): their S commands
+overlap the phase, their first softmax waits for it to end. (The sequencer
+splits D into output words and bytes in D // mem_bytes cycles after the
+accept, long before a head ends.) The done pulse comes the cycle after the
+last head's last phase ends.
 """
 from dataclasses import dataclass
 from functools import lru_cache
@@ -128,21 +131,29 @@ def attention_cycles(cfg: AttentionConfig, n_head, d_head, tq, offset, latency=R
     if not (1 <= tq and offset + tq <= cfg.max_seq and 1 <= d_head <= cfg.max_d_head
             and d_head % cfg.norm_lanes == 0):
         raise ValueError(f"tq={tq}, offset={offset}, d_head={d_head} outside the configuration")
-    heads = [_head(cfg, d_head, tq, offset, b + d_head)
-             for b in cfg.head_bytes(n_head, q_head_bytes)]
-    # accept -> first HEAD, then per head its HEAD cycle and its blocks
-    return AttentionCycles(1 + sum(1 + h[0] for h in heads),
-                           *(sum(h[i] for h in heads) for i in range(1, 6)))
+    # accept, HEAD, then the first head's first DECIDE
+    t, sm_gate = 2, 0
+    stats = [0] * 5
+    for b in cfg.head_bytes(n_head, q_head_bytes):
+        h = _head(cfg, d_head, tq, offset, b + d_head, sm_gate - t)
+        # its last normalise phase starts at `end`; the next head's HEAD
+        # follows NEXT, its softmax waits for the phase to end
+        end, c_nm = t + h[0], h[1]
+        sm_gate, t = end + c_nm + 1, end + 3
+        stats = [a + v for a, v in zip(stats, h[2:])]
+    # the last outputs written -> the done pulse
+    return AttentionCycles(sm_gate, *stats)
 
 
 @lru_cache(maxsize=None)
-def _head(cfg, d_head, tq, offset, s_k):
-    """(cycles from a head's first DECIDE to its last output, useful MACs, issued
-    MACs, matmul, softmax and normalise cycles) of one head."""
+def _head(cfg, d_head, tq, offset, s_k, sm_gate):
+    """(the DECIDE cycle that starts the last block's normalise phase, that phase's
+    cycles, useful MACs, issued MACs, matmul, softmax and normalise cycles) of one
+    head, relative to its first DECIDE; its first softmax starts no earlier than
+    `sm_gate` (the previous head's normalise phase is over)."""
     R, T = cfg.rows, cfg.tile
     tk = offset + tq
     t = 0                       # the block's first DECIDE, relative to the head's
-    sm_gate = 0
     mm = sm = nm = useful = issued = 0
     for m0 in range(0, tq, R):
         rows_b = min(R, tq - m0)
@@ -162,8 +173,7 @@ def _head(cfg, d_head, tq, offset, s_k):
         issued += sum((rows_b - _skipped_rows(cfg, k0, offset + m0))
                       * (s_k * min(T, last_q + 1 - k0) + T * d_head) for k0 in k0s)
         useful += 2 * d_head * sum(offset + i + 1 for i in range(m0, m0 + rows_b))
-    head = end + c_nm + 1       # the last block's outputs written -> next HEAD / done
-    return head, useful, issued, mm, sm, nm
+    return end, c_nm, useful, issued, mm, sm, nm
 
 
 def score_buffer_bytes(cfg: AttentionConfig, tk, online=True, rows=None):
