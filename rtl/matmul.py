@@ -39,6 +39,8 @@ from .requant import Requantiser
 
 __all__ = ["MatmulEngine"]
 
+C0 = Const(0, 1)
+
 
 def _a_depth(c):
     """Scratchpad entries per bank: the words of one A row of the longest K."""
@@ -46,7 +48,8 @@ def _a_depth(c):
 
 
 def _period_shape(c):
-    return range(max(c.min_tile_period(0), c.min_tile_period(1)) + 1)
+    return range(max(c.min_tile_period(0), c.min_tile_period(1), c.gemv_min_tile_period(0),
+                     c.gemv_min_tile_period(1)) + 1)
 
 
 def _a_mem_signature(c, port):
@@ -73,7 +76,7 @@ class _CommandContext(wiring.Signature):
             "cmd": Out(layout),
             "a_blk_stride": Out(c.addr_bits),  # a_stride * rows: next row block
             "k_ok": Out(1),                    # K long enough to interleave A loads
-            "pmin": Out(_period_shape(c)),    # min_tile_period(raw_out)
+            "pmin": Out(_period_shape(c)),    # (gemv_)min_tile_period(raw_out)
             "fold": Out(1),                    # GEMV mode (EngineConfig.gemv)
         })
 
@@ -98,12 +101,15 @@ class _CommandLatch(wiring.Component):
         c, ctx = self.cfg, self.ctx
         p = self.cmd.payload
         accept = self.cmd.valid & self.cmd.ready
+        fold = (p.m <= c.gemv_rows) if c.gemv_rows else C0
         m.d.comb += [self.cmd.ready.eq(~self.busy), ctx.start.eq(accept), ctx.p.eq(p)]
         with m.If(accept):
             m.d.sync += [ctx.cmd.eq(p), self.busy.eq(1),
-                         ctx.pmin.eq(Mux(p.raw_out, c.min_tile_period(True),
-                                         c.min_tile_period(False))),
-                         ctx.fold.eq((p.m <= c.gemv_rows) if c.gemv_rows else 0),
+                         ctx.pmin.eq(Mux(fold, Mux(p.raw_out, c.gemv_min_tile_period(True),
+                                                   c.gemv_min_tile_period(False)),
+                                         Mux(p.raw_out, c.min_tile_period(True),
+                                             c.min_tile_period(False)))),
+                         ctx.fold.eq(fold),
                          ctx.a_blk_stride.eq(times_const(p.a_stride, c.rows)),
                          ctx.k_ok.eq(p.k >= c.interleave_min_k)]
         with m.If(self.finish):

@@ -21,7 +21,7 @@ Timeline per row block b (cycle 0 = command accept):
 GEMV mode (M <= `gemv_rows`, one row block): the issuer sends the A words
 from cycle 1, then every tile's parameter and W words back to back, tile t's
 first parameter word at s_t >= s_{t-1} + max(words per tile,
-min_tile_period) and no more than `param_fifo_tiles` tiles ahead of the
+gemv_min_tile_period) and no more than `param_fifo_tiles` tiles ahead of the
 requantiser. The feeder takes each W word as a beat the cycle it leaves
 the W FIFO (request + latency + 2): the issuer's spacing keeps the
 feeder's padding and credits from ever holding a word back. The tail is
@@ -92,7 +92,7 @@ def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY
 def _gemv_cycles(cfg, m, k, n, raw, latency, tail):
     R, NT, PFT = cfg.rows, ceil_div(n, cfg.cols), cfg.param_fifo_tiles
     PW, KW = cfg.param_words_per_tile, cfg.w_words_per_tile(k)
-    period = max(PW + KW, cfg.min_tile_period(raw))
+    period = max(PW + KW, cfg.gemv_min_tile_period(raw))
     to_beat = PW + latency + 2          # first parameter request -> first beat
     # first parameter request -> the tile counts as drained for the run-ahead
     # limit (the cycle after its last row entered the requantiser)

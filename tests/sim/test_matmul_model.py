@@ -33,9 +33,12 @@ def test_gemv_model_structure():
     cfg = EngineConfig(rows=4, cols=4)
     gm = cfg.gemv_rows
     assert gm == 2 and cfg.gemv(gm) and not cfg.gemv(gm + 1)
-    # a GEMV tile costs its words (parameters + W) or the minimum period
+    # a GEMV tile costs its words (parameters + W) or GEMV mode's minimum period,
+    # shorter than other commands' (the writer drops the rows past M at once)
+    assert cfg.gemv_min_tile_period(True) < cfg.min_tile_period(True)
     for k in (8, 64, 65):
-        per = max(cfg.param_words_per_tile + cfg.w_words_per_tile(k), cfg.min_tile_period(False))
+        per = max(cfg.param_words_per_tile + cfg.w_words_per_tile(k),
+                  cfg.gemv_min_tile_period(False))
         assert matmul_cycles(cfg, gm, k, 12).cycles - matmul_cycles(cfg, gm, k, 8).cycles == per
         assert matmul_cycles(cfg, gm, k, 8).feed_cycles == 2 * cfg.w_words_per_tile(k)
     # one more row leaves GEMV mode: a beat per k-step again
