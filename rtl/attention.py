@@ -258,10 +258,17 @@ class _CommandSequencer(wiring.Component):
 class _TileIssuer(wiring.Component):
     """The next S and the next PV command of a block, and the tile accounting.
 
-    S runs up to two tiles ahead of PV, so each has its own key tile, cache
-    pointer and scratch half; the counters here (S tiles issued ahead, tiles
-    softmaxed, S tiles waiting for the softmax) are the hand-offs between the
-    array and the softmax.
+    S runs up to two S commands ahead of PV, so each has its own key tile,
+    cache pointer and scratch half; the counters here (S tiles issued ahead,
+    tiles softmaxed, S tiles waiting for the softmax, softmaxes ahead of the
+    PV commands) are the hand-offs between the array and the softmax.
+
+    A block of one query whose key tiles lie back to back in the cache (its
+    Kᵀ tile words are the whole stride) takes `s_chunk` tiles per S command
+    (``batch``): the tiles fill the rows of the half, a tile counts as done
+    once the command's writes passed it (its one row is written column tile by
+    column tile), and the softmax of tile j waits for PV_{j-2} (the P and row
+    info halves it reuses), which one S command per tile gave for free.
     """
 
     def __init__(self, cfg: AttentionConfig):
@@ -269,8 +276,11 @@ class _TileIssuer(wiring.Component):
         super().__init__({
             "ctx": In(_context(cfg)), "tiles": Out(_tiles(cfg)),
             "mm_done": In(1), "lent": In(1),
+            "s_wr": In(1),                          # a write beat of the running S command
             "sm_take": In(1), "sm_fin": In(1),      # softmax takes / finishes a tile
-            "s_full": Out(range(3)),                # S tiles done but not yet softmaxed
+            "s_full": Out(range(2 * cfg.s_chunk + 1)),  # S tiles done, not yet softmaxed
+            "batch": Out(1),                        # s_chunk tiles per S command
+            "sm_room": Out(1),                      # PV_{j-2} is done: softmax j may start
             "eng_pv": Out(1),                       # the running command is a PV
             "pv_par": Out(1),                       # ... and its half
             "pv_first": Out(1),                     # ... is the row block's first tile
@@ -285,17 +295,51 @@ class _TileIssuer(wiring.Component):
         last_q = Signal(range(2 * c.max_seq + R + 1))  # offset + m0 + rows_b - 1
         m.d.comb += last_q.eq(cmd.offset + x.m0 + x.rows_b - 1)
 
-        es_k0, ep_k0 = Signal(range(c.max_seq + T + 1)), Signal(range(c.max_seq + T + 1))
+        CB = c.s_chunk
+        es_k0 = Signal(range(c.max_seq + CB * T + 1))
+        ep_k0 = Signal(range(c.max_seq + T + 1))
         es_kp, ep_vp = Signal(e.addr_bits), Signal(e.addr_bits)
         es_par, ep_par = Signal(), Signal()
-        ahead = Signal(range(3))            # S commands issued - PV commands issued
+        ahead = Signal(range(2 * CB + 1))   # S tiles issued - PV commands issued
         sm_ready = Signal(range(3))         # softmaxed tiles whose PV is not yet issued
+        sm_lead = Signal(range(4))          # softmaxes started - PV commands done
+        s_tiles = Signal(range(CB + 1))     # tiles of the next S command
+        eng_tiles = Signal(range(CB + 1))   # ... of the running one
         s_done = self.mm_done & ~self.eng_pv & ~self.lent
-        m.d.sync += [ahead.eq(ahead + t.s_issue - t.pv_issue),
+        pv_done = self.mm_done & self.eng_pv & ~self.lent
+        batch = self.batch
+        # batched: write beats of a whole key tile (T / cols column tiles of one row)
+        TB = T // e.cols * e.out_segment(True)[2]
+        wr_beat = Signal(range(TB))
+        wr_tiles = Signal(range(CB + 1))        # tiles of the running S command written
+        tile_wr = Signal()
+        if CB > 1:
+            m.d.comb += tile_wr.eq(batch & self.s_wr & (wr_beat == TB - 1))
+            with m.If(batch & self.s_wr):
+                m.d.sync += wr_beat.eq(Mux(wr_beat == TB - 1, 0, wr_beat + 1))
+            m.d.sync += wr_tiles.eq(wr_tiles + tile_wr)
+            with m.If(t.s_issue):
+                m.d.sync += [wr_beat.eq(0), wr_tiles.eq(0)]
+        if CB > 1:
+            # the head's Kᵀ tiles back to back: a tile's words (T / cols column
+            # tiles of ceil(k / k_per_word) words) are the whole stride; registered,
+            # k only changes in HEAD
+            kw = (x.qo + cmd.d_head + e.k_per_word - 1) >> (e.k_per_word.bit_length() - 1)
+            contig = Signal()
+            chunk_kp = Signal(e.addr_bits)      # CB tiles of the cache
+            m.d.sync += [contig.eq(cmd.k_tile_stride == times_const(kw, T // e.cols)),
+                         chunk_kp.eq(times_const(cmd.k_tile_stride, CB))]
+            m.d.comb += batch.eq(contig & (x.rows_b == 1))
+        rem = last_q + 1 - es_k0                # keys of the block from es_k0 on
+        m.d.comb += s_tiles.eq(Mux(batch, 1 + sum(rem > i * T for i in range(1, CB)), 1))
+        m.d.sync += [ahead.eq(ahead + Mux(t.s_issue, s_tiles, 0) - t.pv_issue),
                      sm_ready.eq(sm_ready + self.sm_fin - t.pv_issue),
-                     self.s_full.eq(self.s_full + s_done - self.sm_take)]
-        m.d.comb += [t.s_next.eq((es_k0 <= last_q) & (ahead < 2)),
-                     t.pv_left.eq(ep_k0 <= last_q), t.pv_ready.eq(sm_ready != 0)]
+                     sm_lead.eq(sm_lead + self.sm_take - pv_done),
+                     self.s_full.eq(self.s_full + Mux(s_done, eng_tiles - wr_tiles, 0) + tile_wr
+                                    - self.sm_take)]
+        m.d.comb += [t.s_next.eq((es_k0 <= last_q) & (ahead <= Mux(batch, CB, 1))),
+                     t.pv_left.eq(ep_k0 <= last_q), t.pv_ready.eq(sm_ready != 0),
+                     self.sm_room.eq(sm_lead < 2)]
         with m.If(x.blk_start):
             m.d.sync += [es_k0.eq(0), ep_k0.eq(0), es_kp.eq(x.hk), ep_vp.eq(x.hv),
                          es_par.eq(0), ep_par.eq(0)]
@@ -330,7 +374,8 @@ class _TileIssuer(wiring.Component):
 
         # keys past the block's last query are never visible to it: a diagonal
         # tile's S stops there (the softmax masks the rest)
-        n_keys = Mux(last_q + 1 - es_k0 > T, T, last_q + 1 - es_k0)
+        n_max = Mux(batch, CB * T, T)
+        n_keys = Mux(rem > n_max, n_max, rem)
         s = t.s_cmd
         m.d.comb += [s.m.eq(x.rows_b - small_times(s_skip, AR)), s.k.eq(x.qo + cmd.d_head),
                      s.n.eq(n_keys),
@@ -340,8 +385,11 @@ class _TileIssuer(wiring.Component):
                                    + small_times(s_skip, AR * SS)),
                      s.out_stride.eq(SS), s.a_signed.eq(1), s.raw_out.eq(1)]
         with m.If(t.s_issue):
-            m.d.sync += [es_k0.eq(es_k0 + T), es_kp.eq(es_kp + cmd.k_tile_stride),
-                         es_par.eq(~es_par), self.eng_pv.eq(0)]
+            # a batched S command is the block's last unless it has CB tiles
+            m.d.sync += [es_k0.eq(es_k0 + Mux(batch, CB * T, T)),
+                         es_kp.eq(es_kp + (Mux(batch, chunk_kp, cmd.k_tile_stride)
+                                           if CB > 1 else cmd.k_tile_stride)),
+                         es_par.eq(~es_par), self.eng_pv.eq(0), eng_tiles.eq(s_tiles)]
         # k = the whole tile: P is 0 for absent keys, so the V cache keeps one
         # fixed layout per tile however many keys it holds
         pv = t.pv_cmd
@@ -371,7 +419,8 @@ class _ScoreFeeder(wiring.Component):
         super().__init__({
             "ctx": In(_context(cfg)),
             "wr": In(write_layout(cfg.engine)), "wr_en": In(1),    # the S command's writes
-            "s_full": In(range(3)),
+            "s_full": In(range(2 * cfg.s_chunk + 1)),
+            "batch": In(1), "sm_room": In(1),
             "sm": Out(_softmax_phase()),
             "scores": Out(stream.Signature(score_layout(cfg))),
         })
@@ -393,13 +442,23 @@ class _ScoreFeeder(wiring.Component):
         sm_on, sm_par, sm_start = ph.on, ph.par, ph.start
         sm_k0 = Signal(range(c.max_seq + T + 1))
         sm_nkeys = Signal(range(T + 1))
-        m.d.comb += sm_start.eq(~sm_on & (self.s_full != 0) & ~x.blk_start & ~x.nm_on)
+        m.d.comb += sm_start.eq(~sm_on & (self.s_full != 0) & ~x.blk_start & ~x.nm_on
+                                & self.sm_room)
+        # the tile's S row: row 0 of the other half after each S command's
+        # tiles (one, or s_chunk when batched), else the next row
+        CB = c.s_chunk
+        sm_sbase = Signal(range(2 * R * SS))
+        sm_idx = Signal(range(CB))
         with m.If(x.blk_start):
-            m.d.sync += [sm_k0.eq(0), sm_par.eq(0)]
+            m.d.sync += [sm_k0.eq(0), sm_par.eq(0), sm_sbase.eq(0), sm_idx.eq(0)]
         with m.If(sm_start):
             m.d.sync += [sm_on.eq(1), sm_nkeys.eq(Mux(x.tk - sm_k0 > T, T, x.tk - sm_k0))]
         with m.If(ph.fin):
             m.d.sync += [sm_on.eq(0), sm_k0.eq(sm_k0 + T), sm_par.eq(~sm_par)]
+            with m.If(~self.batch | (sm_idx == CB - 1)):
+                m.d.sync += [sm_idx.eq(0), sm_sbase.eq(Mux(sm_sbase >= R * SS, 0, R * SS))]
+            with m.Else():
+                m.d.sync += [sm_idx.eq(sm_idx + 1), sm_sbase.eq(sm_sbase + SS)]
 
         # S words -> softmax beats (lanes scores each). The read port's data
         # register holds the current word; a row ends after BPR beats, dropping
@@ -411,7 +470,7 @@ class _ScoreFeeder(wiring.Component):
         sg_adv = ~sg_valid | sg_take
         sg_more = sm_on & (sg_row != x.rows_b)
         with m.If(sm_start):
-            m.d.sync += [sg_row.eq(0), sg_w.eq(0), sg_ptr.eq(Mux(sm_par, R * SS, 0))]
+            m.d.sync += [sg_row.eq(0), sg_w.eq(0), sg_ptr.eq(sm_sbase)]
         m.d.comb += [s_r.addr.eq(sg_ptr + sg_w), s_r.en.eq(sg_adv)]
         with m.If(sg_adv & ~sm_start):
             m.d.sync += sg_valid.eq(sg_more)
@@ -727,7 +786,9 @@ class AttentionEngine(wiring.Component):
         wiring.connect(m, wiring.flipped(self.cmd), seq.cmd)
         m.d.comb += [iss.mm_done.eq(mm.done), seq.mm_done.eq(mm.done),
                      iss.sm_take.eq(sf.sm.start), iss.sm_fin.eq(pw.sm.fin),
-                     sf.s_full.eq(iss.s_full), acc.pv_par.eq(iss.pv_par),
+                     sf.s_full.eq(iss.s_full), sf.batch.eq(iss.batch),
+                     iss.s_wr.eq(sf.wr_en),
+                     sf.sm_room.eq(iss.sm_room), acc.pv_par.eq(iss.pv_par),
                      acc.pv_first.eq(iss.pv_first), nf.pv_par.eq(iss.pv_par),
                      seq.nm_done.eq(ow.nm_done),
                      self.busy.eq(seq.busy), self.done.eq(seq.done), self.phase.eq(seq.phase),
