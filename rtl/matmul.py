@@ -102,10 +102,14 @@ class _CommandLatch(wiring.Component):
         p = self.cmd.payload
         accept = self.cmd.valid & self.cmd.ready
         fold = (p.m <= c.gemv_rows) if c.gemv_rows else C0
+        # a raw GEMV tile's writes take longer the more rows it has: its period by M
+        gr = max(c.gemv_rows, 1)
+        gemv_raw = Array([Const(c.gemv_min_tile_period(True, mm), _period_shape(c))
+                          for mm in range(gr + 1)])[p.m[:gr.bit_length()]]
         m.d.comb += [self.cmd.ready.eq(~self.busy), ctx.start.eq(accept), ctx.p.eq(p)]
         with m.If(accept):
             m.d.sync += [ctx.cmd.eq(p), self.busy.eq(1),
-                         ctx.pmin.eq(Mux(fold, Mux(p.raw_out, c.gemv_min_tile_period(True),
+                         ctx.pmin.eq(Mux(fold, Mux(p.raw_out, gemv_raw,
                                                    c.gemv_min_tile_period(False)),
                                          Mux(p.raw_out, c.min_tile_period(True),
                                              c.min_tile_period(False)))),

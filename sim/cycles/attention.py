@@ -111,12 +111,15 @@ def _block(cfg, rows_b, d_head, k0s, tk, sm_gate, first=0, s_k=None, chunk=1):
                         min(chunk * T, first + rows_b - k0))
             done = t + 1 + c
             n_t = min(chunk, J - issued)
-            # batched, a whole tile counts once its last write is in (the cycle a
-            # command ending there would finish); a partial one at the done pulse
+            # batched, a tile of all its column tiles counts once its last write
+            # is in (the cycle a command ending there would finish); a shorter
+            # last one at the done pulse
             n = min(chunk * T, first + rows_b - k0)
+            keys = [min(T, n - i * T) for i in range(n_t)]
             s_done[issued:issued + n_t] = [
-                t + _matmul(e, 1, s_k, (i + 1) * T) if chunk > 1 and (i + 1) * T <= n
-                else done for i in range(n_t)]
+                t + _matmul(e, 1, s_k, i * T + keys[i])
+                if chunk > 1 and ceil_div(keys[i], e.cols) == T // e.cols else done
+                for i in range(n_t)]
             issued += n_t
             t = done + 1
         else:

@@ -224,15 +224,17 @@ def test_batched_decode_s_commands(stall, seed):
     commands of `s_chunk` tiles (the tiles in the rows of an S half, the
     softmax of tile j after PV_{j-2}), bit-exact with stalls and exactly the
     model's cycles; a padded cache stride (tiles not back to back) falls back to
-    one tile per S command. Partial last chunks, a last block of one row after
-    a full one, and packed heads (some contiguous, some not) included."""
+    one tile per S command. Partial last chunks, last tiles short of a column
+    tile (done at the command's end) and of a key only (done at their last
+    write), a last block of one row after a full one, and packed heads (some
+    contiguous, some not) included."""
     cfg = AttentionConfig(engine=EngineConfig(rows=4, cols=2, mem_bytes=8), tile=4, lanes=2,
                           norm_lanes=1, max_d_head=8, max_seq=64)
     assert cfg.s_chunk == 4
     rng = np.random.default_rng([seed, 41, int(stall * 10)])
     commands = []
     for H, d, tq, offset in [(1, 4, 1, 40), (2, 6, 1, 37), (3, 3, 1, 20), (1, 8, 5, 30),
-                             (2, 2, 1, 9), (1, 5, 1, 63), (2, 4, 1, 16)]:
+                             (2, 2, 1, 9), (1, 5, 1, 63), (2, 4, 1, 18)]:
         heads = [head_case(rng, "random", d, tq, offset + tq) for _ in range(H)]
         commands.append(tuple(np.array([c[i] for c in heads]) for i in range(3))
                         + (offset, _params(rng)))
