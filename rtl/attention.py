@@ -22,10 +22,10 @@ read channel of the memory port; the controller only writes (P rows and
 outputs). The engine runs S_0, S_1, PV_0, S_2, PV_1, ...: the softmax of tile
 j overlaps S_{j+1}, so while the softmax is shorter than a matmul command
 the engine never waits; a block's normalisation overlaps the first S
-commands of the next block, or of the next head. On diagonal tiles the S and PV commands skip the whole
-array row blocks whose queries all precede the tile's first key, and S
-stops at the block's last query, so large blocks waste few MACs on masked
-keys. Every buffer has a size fixed by the configuration
+commands of the next block, or of the next head. On diagonal tiles the S
+and PV commands skip the whole array row blocks whose queries all precede
+the tile's first key, and S stops at the block's last query, so large
+blocks waste few MACs on masked keys. Every buffer has a size fixed by the configuration
 (two S tiles, two P tiles, one block of O): nothing grows with the sequence
 length except the KV cache. `sim/cycles/attention.py` reproduces the timing.
 """
@@ -320,7 +320,6 @@ class _TileIssuer(wiring.Component):
             m.d.sync += wr_tiles.eq(wr_tiles + tile_wr)
             with m.If(t.s_issue):
                 m.d.sync += [wr_beat.eq(0), wr_tiles.eq(0)]
-        if CB > 1:
             # the head's Kᵀ tiles back to back: a tile's words (T / cols column
             # tiles of ceil(k / k_per_word) words) are the whole stride; registered,
             # k only changes in HEAD
