@@ -21,11 +21,11 @@ The matmul engine is used unmodified through its command port and keeps the
 read channel of the memory port; the controller only writes (P rows and
 outputs). The engine runs S_0, S_1, PV_0, S_2, PV_1, ...: the softmax of tile
 j overlaps S_{j+1}, so while the softmax is shorter than a matmul command
-the engine never waits; a block's normalisation overlaps the next block's
-first S commands. On diagonal tiles the S and PV commands skip the whole
-array row blocks whose queries all precede the tile's first key, and S
-stops at the block's last query, so large blocks waste few MACs on masked
-keys. Every buffer has a size fixed by the configuration
+the engine never waits; a block's normalisation overlaps the first S
+commands of the next block, or of the next head. On diagonal tiles the S
+and PV commands skip the whole array row blocks whose queries all precede
+the tile's first key, and S stops at the block's last query, so large
+blocks waste few MACs on masked keys. Every buffer has a size fixed by the configuration
 (two S tiles, two P tiles, one block of O): nothing grows with the sequence
 length except the KV cache. `sim/cycles/attention.py` reproduces the timing.
 """
@@ -53,8 +53,8 @@ class Phase(enum.Enum, shape=3):
     S_CMD = 2     #: presenting an S = Q Kᵀ tile command to the array
     PV_CMD = 3    #: presenting a P V tile command
     WAIT = 4      #: the array runs the command
-    NORM = 5      #: the normaliser finishes the head's last block
-    NEXT = 6      #: the next row block of the head
+    NORM = 5      #: the normaliser finishes the command's last block
+    NEXT = 6      #: the next row block of the head, or the next head
     HEAD = 7      #: the next head's bases are set
 
 
@@ -91,7 +91,7 @@ def _context(c):
         "nm_start": Out(1),                                 # its normalise phase starts (pulse)
         "nm_on": Out(1),                                    # ... until its last output write
         # the block being normalised (the sequencer may already be in the next one)
-        "nm_rows": Out(range(c.rows + 1)), "nm_first": Out(1),
+        "nm_rows": Out(range(c.rows + 1)),
     })
 
 
@@ -132,8 +132,7 @@ class _CommandSequencer(wiring.Component):
             "mm_cmd": Out(stream.Signature(matmul_command_layout(e))), "mm_done": In(1),
             "tiles": In(_tiles(cfg)),
             "ctx": Out(_context(cfg)),
-            # the output writer's end of a head's first row: the next head's start
-            "nm_done": In(1), "nhw": In(e.addr_bits), "nho": In(range(e.mem_bytes)),
+            "nm_done": In(1),
             "busy": Out(1), "done": Out(1), "phase": Out(Phase),
         })
 
@@ -151,9 +150,18 @@ class _CommandSequencer(wiring.Component):
         p = self.cmd.payload
         h = Signal(range(257))                      # head
         hq = Signal(c.engine.addr_bits)
+        # A head's output bytes, D, as (words, bytes < MB): found by subtracting
+        # MB once per cycle after the accept (no divider), long before the first
+        # head ends; the next head's output starts that far on, so it need not
+        # wait for the normaliser to write the head's first row to know where.
+        dw = Signal(range(c.max_d_head // MB + 1))
+        db = Signal(range(c.max_d_head + 1))
+        d_split = db < MB
+        with m.If(busy & ~d_split):
+            m.d.sync += [db.eq(db - MB), dw.eq(dw + 1)]
 
         with m.If(x.nm_start):
-            m.d.sync += [x.nm_on.eq(1), x.nm_rows.eq(x.rows_b), x.nm_first.eq(x.m0 == 0)]
+            m.d.sync += [x.nm_on.eq(1), x.nm_rows.eq(x.rows_b)]
         with m.If(self.nm_done):
             m.d.sync += x.nm_on.eq(0)
 
@@ -168,6 +176,7 @@ class _CommandSequencer(wiring.Component):
                 m.d.comb += self.phase.eq(Phase.IDLE)
                 with m.If(accept):
                     m.d.sync += [cmd.eq(p), busy.eq(1), x.tk.eq(p.offset + p.tq), h.eq(0),
+                                 dw.eq(0), db.eq(p.d_head),
                                  hq.eq(p.q_base), x.qo.eq(0),
                                  x.hk.eq(p.k_base), x.hv.eq(p.v_base),
                                  x.hw.eq(0), x.ho.eq(0),
@@ -217,37 +226,49 @@ class _CommandSequencer(wiring.Component):
                     block_setup(x.m0 + R, x.qb + times_const(cmd.q_row_stride, R),
                                 x.ob + times_const(cmd.out_stride, R))
                     m.next = "DECIDE"
-                with m.Else():
-                    # a new head needs the output offset the normalise phase
-                    # finds; the end of the command needs every output written
-                    m.next = "NORM"
-            with m.State("NORM"):
-                m.d.comb += self.phase.eq(Phase.NORM)
-                with m.If(self.nm_done):
-                    with m.If(h + 1 < cmd.n_head):
+                with m.Elif(h + 1 < cmd.n_head):
+                    # the next head starts while this one is normalised, as a
+                    # next block would (its softmax waits for the phase)
+                    with m.If(d_split):
                         # heads packed in the Q rows: q_head_stride words and
-                        # q_head_bytes bytes on, carrying into the word
+                        # q_head_bytes bytes on, carrying into the word; the
+                        # output D bytes on
                         qo_next = x.qo + cmd.q_head_bytes
                         carry = qo_next >= MB
+                        ho_next = x.ho + db
+                        o_carry = ho_next >= MB
                         m.d.sync += [x.qo.eq(Mux(carry, qo_next - MB, qo_next)),
                                      h.eq(h + 1), hq.eq(hq + cmd.q_head_stride + carry),
                                      x.hk.eq(x.hk + cmd.k_head_stride),
                                      x.hv.eq(x.hv + cmd.v_head_stride),
-                                     x.hw.eq(self.nhw), x.ho.eq(self.nho)]
+                                     x.ho.eq(Mux(o_carry, ho_next - MB, ho_next)),
+                                     x.hw.eq(x.hw + dw + o_carry)]
                         m.next = "HEAD"
-                    with m.Else():
-                        m.d.sync += [busy.eq(0), self.done.eq(1)]
-                        m.next = "IDLE"
+                with m.Else():
+                    # the end of the command needs every output written
+                    m.next = "NORM"
+            with m.State("NORM"):
+                m.d.comb += self.phase.eq(Phase.NORM)
+                with m.If(self.nm_done):
+                    m.d.sync += [busy.eq(0), self.done.eq(1)]
+                    m.next = "IDLE"
         return m
 
 
 class _TileIssuer(wiring.Component):
     """The next S and the next PV command of a block, and the tile accounting.
 
-    S runs up to two tiles ahead of PV, so each has its own key tile, cache
-    pointer and scratch half; the counters here (S tiles issued ahead, tiles
-    softmaxed, S tiles waiting for the softmax) are the hand-offs between the
-    array and the softmax.
+    S runs up to two S commands ahead of PV, so each has its own key tile,
+    cache pointer and scratch half; the counters here (S tiles issued ahead,
+    tiles softmaxed, S tiles waiting for the softmax, softmaxes ahead of the
+    PV commands) are the hand-offs between the array and the softmax.
+
+    A block of one query whose key tiles lie back to back in the cache (its
+    Kᵀ tile words are the whole stride) takes `s_chunk` tiles per S command
+    (``batch``): the tiles fill the rows of the half, a tile counts as done
+    once the command's writes passed it (its one row is written column tile by
+    column tile), and the softmax of tile j waits for PV_{j-2} (the P and row
+    info halves it reuses), which one S command per tile gave for free.
     """
 
     def __init__(self, cfg: AttentionConfig):
@@ -255,8 +276,11 @@ class _TileIssuer(wiring.Component):
         super().__init__({
             "ctx": In(_context(cfg)), "tiles": Out(_tiles(cfg)),
             "mm_done": In(1), "lent": In(1),
+            "s_wr": In(1),                          # a write beat of the running S command
             "sm_take": In(1), "sm_fin": In(1),      # softmax takes / finishes a tile
-            "s_full": Out(range(3)),                # S tiles done but not yet softmaxed
+            "s_full": Out(range(2 * cfg.s_chunk + 1)),  # S tiles done, not yet softmaxed
+            "batch": Out(1),                        # s_chunk tiles per S command
+            "sm_room": Out(1),                      # PV_{j-2} is done: softmax j may start
             "eng_pv": Out(1),                       # the running command is a PV
             "pv_par": Out(1),                       # ... and its half
             "pv_first": Out(1),                     # ... is the row block's first tile
@@ -271,17 +295,50 @@ class _TileIssuer(wiring.Component):
         last_q = Signal(range(2 * c.max_seq + R + 1))  # offset + m0 + rows_b - 1
         m.d.comb += last_q.eq(cmd.offset + x.m0 + x.rows_b - 1)
 
-        es_k0, ep_k0 = Signal(range(c.max_seq + T + 1)), Signal(range(c.max_seq + T + 1))
+        CB = c.s_chunk
+        es_k0 = Signal(range(c.max_seq + CB * T + 1))
+        ep_k0 = Signal(range(c.max_seq + T + 1))
         es_kp, ep_vp = Signal(e.addr_bits), Signal(e.addr_bits)
         es_par, ep_par = Signal(), Signal()
-        ahead = Signal(range(3))            # S commands issued - PV commands issued
+        ahead = Signal(range(2 * CB + 1))   # S tiles issued - PV commands issued
         sm_ready = Signal(range(3))         # softmaxed tiles whose PV is not yet issued
+        sm_lead = Signal(range(4))          # softmaxes started - PV commands done
+        s_tiles = Signal(range(CB + 1))     # tiles of the next S command
+        eng_tiles = Signal(range(CB + 1))   # ... of the running one
         s_done = self.mm_done & ~self.eng_pv & ~self.lent
-        m.d.sync += [ahead.eq(ahead + t.s_issue - t.pv_issue),
+        pv_done = self.mm_done & self.eng_pv & ~self.lent
+        batch = self.batch
+        # batched: write beats of a whole key tile (T / cols column tiles of one row)
+        TB = T // e.cols * e.out_segment(True)[2]
+        wr_beat = Signal(range(TB))
+        wr_tiles = Signal(range(CB + 1))        # tiles of the running S command written
+        tile_wr = Signal()
+        if CB > 1:
+            m.d.comb += tile_wr.eq(batch & self.s_wr & (wr_beat == TB - 1))
+            with m.If(batch & self.s_wr):
+                m.d.sync += wr_beat.eq(Mux(wr_beat == TB - 1, 0, wr_beat + 1))
+            m.d.sync += wr_tiles.eq(wr_tiles + tile_wr)
+            with m.If(t.s_issue):
+                m.d.sync += [wr_beat.eq(0), wr_tiles.eq(0)]
+            # the head's Kᵀ tiles back to back: a tile's words (T / cols column
+            # tiles of ceil(k / k_per_word) words) are the whole stride; registered,
+            # k only changes in HEAD
+            kw = (x.qo + cmd.d_head + e.k_per_word - 1) >> (e.k_per_word.bit_length() - 1)
+            contig = Signal()
+            chunk_kp = Signal(e.addr_bits)      # CB tiles of the cache
+            m.d.sync += [contig.eq(cmd.k_tile_stride == times_const(kw, T // e.cols)),
+                         chunk_kp.eq(times_const(cmd.k_tile_stride, CB))]
+            m.d.comb += batch.eq(contig & (x.rows_b == 1))
+        rem = last_q + 1 - es_k0                # keys of the block from es_k0 on
+        m.d.comb += s_tiles.eq(Mux(batch, 1 + sum(rem > i * T for i in range(1, CB)), 1))
+        m.d.sync += [ahead.eq(ahead + Mux(t.s_issue, s_tiles, 0) - t.pv_issue),
                      sm_ready.eq(sm_ready + self.sm_fin - t.pv_issue),
-                     self.s_full.eq(self.s_full + s_done - self.sm_take)]
-        m.d.comb += [t.s_next.eq((es_k0 <= last_q) & (ahead < 2)),
-                     t.pv_left.eq(ep_k0 <= last_q), t.pv_ready.eq(sm_ready != 0)]
+                     sm_lead.eq(sm_lead + self.sm_take - pv_done),
+                     self.s_full.eq(self.s_full + Mux(s_done, eng_tiles - wr_tiles, 0) + tile_wr
+                                    - self.sm_take)]
+        m.d.comb += [t.s_next.eq((es_k0 <= last_q) & (ahead <= Mux(batch, CB, 1))),
+                     t.pv_left.eq(ep_k0 <= last_q), t.pv_ready.eq(sm_ready != 0),
+                     self.sm_room.eq(sm_lead < 2)]
         with m.If(x.blk_start):
             m.d.sync += [es_k0.eq(0), ep_k0.eq(0), es_kp.eq(x.hk), ep_vp.eq(x.hv),
                          es_par.eq(0), ep_par.eq(0)]
@@ -316,7 +373,8 @@ class _TileIssuer(wiring.Component):
 
         # keys past the block's last query are never visible to it: a diagonal
         # tile's S stops there (the softmax masks the rest)
-        n_keys = Mux(last_q + 1 - es_k0 > T, T, last_q + 1 - es_k0)
+        n_max = Mux(batch, CB * T, T)
+        n_keys = Mux(rem > n_max, n_max, rem)
         s = t.s_cmd
         m.d.comb += [s.m.eq(x.rows_b - small_times(s_skip, AR)), s.k.eq(x.qo + cmd.d_head),
                      s.n.eq(n_keys),
@@ -326,8 +384,11 @@ class _TileIssuer(wiring.Component):
                                    + small_times(s_skip, AR * SS)),
                      s.out_stride.eq(SS), s.a_signed.eq(1), s.raw_out.eq(1)]
         with m.If(t.s_issue):
-            m.d.sync += [es_k0.eq(es_k0 + T), es_kp.eq(es_kp + cmd.k_tile_stride),
-                         es_par.eq(~es_par), self.eng_pv.eq(0)]
+            # a batched S command is the block's last unless it has CB tiles
+            m.d.sync += [es_k0.eq(es_k0 + Mux(batch, CB * T, T)),
+                         es_kp.eq(es_kp + (Mux(batch, chunk_kp, cmd.k_tile_stride)
+                                           if CB > 1 else cmd.k_tile_stride)),
+                         es_par.eq(~es_par), self.eng_pv.eq(0), eng_tiles.eq(s_tiles)]
         # k = the whole tile: P is 0 for absent keys, so the V cache keeps one
         # fixed layout per tile however many keys it holds
         pv = t.pv_cmd
@@ -357,7 +418,8 @@ class _ScoreFeeder(wiring.Component):
         super().__init__({
             "ctx": In(_context(cfg)),
             "wr": In(write_layout(cfg.engine)), "wr_en": In(1),    # the S command's writes
-            "s_full": In(range(3)),
+            "s_full": In(range(2 * cfg.s_chunk + 1)),
+            "batch": In(1), "sm_room": In(1),
             "sm": Out(_softmax_phase()),
             "scores": Out(stream.Signature(score_layout(cfg))),
         })
@@ -379,13 +441,23 @@ class _ScoreFeeder(wiring.Component):
         sm_on, sm_par, sm_start = ph.on, ph.par, ph.start
         sm_k0 = Signal(range(c.max_seq + T + 1))
         sm_nkeys = Signal(range(T + 1))
-        m.d.comb += sm_start.eq(~sm_on & (self.s_full != 0) & ~x.blk_start & ~x.nm_on)
+        m.d.comb += sm_start.eq(~sm_on & (self.s_full != 0) & ~x.blk_start & ~x.nm_on
+                                & self.sm_room)
+        # the tile's S row: row 0 of the other half after each S command's
+        # tiles (one, or s_chunk when batched), else the next row
+        CB = c.s_chunk
+        sm_sbase = Signal(range(2 * R * SS))
+        sm_idx = Signal(range(CB))
         with m.If(x.blk_start):
-            m.d.sync += [sm_k0.eq(0), sm_par.eq(0)]
+            m.d.sync += [sm_k0.eq(0), sm_par.eq(0), sm_sbase.eq(0), sm_idx.eq(0)]
         with m.If(sm_start):
             m.d.sync += [sm_on.eq(1), sm_nkeys.eq(Mux(x.tk - sm_k0 > T, T, x.tk - sm_k0))]
         with m.If(ph.fin):
             m.d.sync += [sm_on.eq(0), sm_k0.eq(sm_k0 + T), sm_par.eq(~sm_par)]
+            with m.If(~self.batch | (sm_idx == CB - 1)):
+                m.d.sync += [sm_idx.eq(0), sm_sbase.eq(Mux(sm_sbase >= R * SS, 0, R * SS))]
+            with m.Else():
+                m.d.sync += [sm_idx.eq(sm_idx + 1), sm_sbase.eq(sm_sbase + SS)]
 
         # S words -> softmax beats (lanes scores each). The read port's data
         # register holds the current word; a row ends after BPR beats, dropping
@@ -397,7 +469,7 @@ class _ScoreFeeder(wiring.Component):
         sg_adv = ~sg_valid | sg_take
         sg_more = sm_on & (sg_row != x.rows_b)
         with m.If(sm_start):
-            m.d.sync += [sg_row.eq(0), sg_w.eq(0), sg_ptr.eq(Mux(sm_par, R * SS, 0))]
+            m.d.sync += [sg_row.eq(0), sg_w.eq(0), sg_ptr.eq(sm_sbase)]
         m.d.comb += [s_r.addr.eq(sg_ptr + sg_w), s_r.en.eq(sg_adv)]
         with m.If(sg_adv & ~sm_start):
             m.d.sync += sg_valid.eq(sg_more)
@@ -602,9 +674,8 @@ class _NormFeeder(wiring.Component):
 
 class _OutputWriter(wiring.Component):
     """Normalised int8 rows to memory, norm_lanes bytes per write at the head's
-    byte offset. The output head offset h*D bytes is not divided by `mem_bytes`
-    in hardware: the position at the end of a head's first row is the next
-    head's start (``nhw``, ``nho``)."""
+    byte offset, taken when the phase starts (the sequencer may already be in
+    the next head)."""
 
     def __init__(self, cfg: AttentionConfig):
         self.cfg = cfg
@@ -613,7 +684,7 @@ class _OutputWriter(wiring.Component):
             "ctx": In(_context(cfg)),
             "y": In(stream.Signature(out_layout(cfg))),
             "wr": Out(stream.Signature(write_layout(e))),
-            "nm_done": Out(1), "nhw": Out(e.addr_bits), "nho": Out(range(e.mem_bytes)),
+            "nm_done": Out(1),
         })
 
     def elaborate(self, platform):
@@ -624,8 +695,10 @@ class _OutputWriter(wiring.Component):
         ow_row = Signal(range(R + 1))
         ow_ptr = Signal(e.addr_bits)
         ow_word, ow_byte = Signal(e.addr_bits), Signal(range(MB))
+        ow_hw, ow_ho = Signal(e.addr_bits), Signal(range(MB))     # the head's first byte
         with m.If(x.nm_start):
-            m.d.sync += [ow_row.eq(0), ow_ptr.eq(x.ob), ow_word.eq(x.hw), ow_byte.eq(x.ho)]
+            m.d.sync += [ow_row.eq(0), ow_ptr.eq(x.ob), ow_word.eq(x.hw), ow_byte.eq(x.ho),
+                         ow_hw.eq(x.hw), ow_ho.eq(x.ho)]
         ow_on = x.nm_on & (ow_row != x.nm_rows)
         yb = Cat(*[self.y.payload.y[l] for l in range(NL)])
         m.d.comb += self.y.ready.eq(ow_on & self.wr.ready)
@@ -636,11 +709,7 @@ class _OutputWriter(wiring.Component):
                 m.d.sync += [ow_byte.eq(0), ow_word.eq(ow_word + 1)]
             with m.If(self.y.payload.last):
                 m.d.sync += [ow_row.eq(ow_row + 1), ow_ptr.eq(ow_ptr + x.params.out_stride),
-                             ow_word.eq(x.hw), ow_byte.eq(x.ho)]
-                with m.If((ow_row == 0) & x.nm_first):
-                    # the end of the head's first row is where the next head starts
-                    m.d.sync += [self.nhw.eq(Mux(nb == MB, ow_word + 1, ow_word)),
-                                 self.nho.eq(Mux(nb == MB, 0, nb))]
+                             ow_word.eq(ow_hw), ow_byte.eq(ow_ho)]
         m.d.comb += self.nm_done.eq(x.nm_on & ~x.nm_start & (ow_row == x.nm_rows))
         m.d.comb += [self.wr.valid.eq(self.y.valid & ow_on),
                      self.wr.payload.addr.eq(ow_ptr + ow_word),
@@ -716,9 +785,11 @@ class AttentionEngine(wiring.Component):
         wiring.connect(m, wiring.flipped(self.cmd), seq.cmd)
         m.d.comb += [iss.mm_done.eq(mm.done), seq.mm_done.eq(mm.done),
                      iss.sm_take.eq(sf.sm.start), iss.sm_fin.eq(pw.sm.fin),
-                     sf.s_full.eq(iss.s_full), acc.pv_par.eq(iss.pv_par),
+                     sf.s_full.eq(iss.s_full), sf.batch.eq(iss.batch),
+                     iss.s_wr.eq(sf.wr_en),
+                     sf.sm_room.eq(iss.sm_room), acc.pv_par.eq(iss.pv_par),
                      acc.pv_first.eq(iss.pv_first), nf.pv_par.eq(iss.pv_par),
-                     seq.nm_done.eq(ow.nm_done), seq.nhw.eq(ow.nhw), seq.nho.eq(ow.nho),
+                     seq.nm_done.eq(ow.nm_done),
                      self.busy.eq(seq.busy), self.done.eq(seq.done), self.phase.eq(seq.phase),
                      self.softmax_busy.eq(sf.sm.on)]
 

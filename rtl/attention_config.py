@@ -136,6 +136,22 @@ class AttentionConfig:
         return self.engine.out_row_words(self.tile, True)
 
     @property
+    def s_chunk(self):
+        """Key tiles one S command may cover for a block of one query (decode): its
+        scores then fill consecutive S rows, tile i of the command in row i of the
+        half, so a long context needs one S command per `s_chunk` tiles rather than
+        per tile. 1 where that cannot be: a key tile not whole column tiles, raw
+        row segments of several tiles per word that a tile does not fill, a
+        non-power-of-two k_per_word (the tile's W words would need a divider), or
+        an N limit below two tiles."""
+        e = self.engine
+        per_word = e.out_segment(True)[1]
+        g = e.k_per_word
+        if self.tile % e.cols or (self.tile // e.cols) % per_word or g & (g - 1):
+            return 1
+        return max(1, min(self.rows, e.max_n // self.tile))
+
+    @property
     def p_stride(self):
         return self.engine.a_words_per_row(self.tile)
 
@@ -147,9 +163,11 @@ class AttentionConfig:
 
     @property
     def zero_words(self):
-        """Zero parameter words (bias 0) the scratch starts with; read by both matmuls."""
+        """Zero parameter words (bias 0) the scratch starts with; read by both matmuls
+        (a batched S command's by `s_chunk` tiles' column tiles)."""
         e = self.engine
-        return e.param_words_per_tile * ceil_div(max(self.tile, self.max_d_head), e.cols)
+        return e.param_words_per_tile * ceil_div(max(self.s_chunk * self.tile, self.max_d_head),
+                                                 e.cols)
 
     def scratch_offsets(self):
         """Word offsets from `scratch_base`: zero, p (two P halves), s, pv, end.

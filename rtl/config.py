@@ -222,5 +222,19 @@ class EngineConfig:
                    ceil_div(r + c + wb + 14, self.out_fifo_tiles - 1),
                    2 * self.param_words_per_tile + 8)
 
+    def gemv_min_tile_period(self, raw, m=None):
+        """`min_tile_period` of a GEMV-mode command of `m` rows (None: the most,
+        `gemv_rows`).
+
+        The writer drops each row past M in one cycle, so a tile takes it
+        (rows - m) + m*beats cycles, which sets (2) and (3); (4) does not
+        apply, because the issuer itself spaces the tiles' words (at least
+        their parameter and W words apart, `sim/cycles/matmul.py`).
+        """
+        r, c = self.rows, self.cols
+        g = self.gemv_rows if m is None else m
+        wb = r - g + g * self.write_beats_per_row(raw)
+        return max(r, wb + 2, ceil_div(r + c + wb + 14, self.out_fifo_tiles - 1))
+
     def tile_period(self, k, raw):
         return max(k, self.min_tile_period(raw))

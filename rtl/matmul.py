@@ -39,6 +39,8 @@ from .requant import Requantiser
 
 __all__ = ["MatmulEngine"]
 
+C0 = Const(0, 1)
+
 
 def _a_depth(c):
     """Scratchpad entries per bank: the words of one A row of the longest K."""
@@ -46,7 +48,8 @@ def _a_depth(c):
 
 
 def _period_shape(c):
-    return range(max(c.min_tile_period(0), c.min_tile_period(1)) + 1)
+    return range(max(c.min_tile_period(0), c.min_tile_period(1), c.gemv_min_tile_period(0),
+                     c.gemv_min_tile_period(1)) + 1)
 
 
 def _a_mem_signature(c, port):
@@ -73,7 +76,7 @@ class _CommandContext(wiring.Signature):
             "cmd": Out(layout),
             "a_blk_stride": Out(c.addr_bits),  # a_stride * rows: next row block
             "k_ok": Out(1),                    # K long enough to interleave A loads
-            "pmin": Out(_period_shape(c)),    # min_tile_period(raw_out)
+            "pmin": Out(_period_shape(c)),    # (gemv_)min_tile_period(raw_out)
             "fold": Out(1),                    # GEMV mode (EngineConfig.gemv)
         })
 
@@ -98,12 +101,19 @@ class _CommandLatch(wiring.Component):
         c, ctx = self.cfg, self.ctx
         p = self.cmd.payload
         accept = self.cmd.valid & self.cmd.ready
+        fold = (p.m <= c.gemv_rows) if c.gemv_rows else C0
+        # a raw GEMV tile's writes take longer the more rows it has: its period by M
+        gr = max(c.gemv_rows, 1)
+        gemv_raw = Array([Const(c.gemv_min_tile_period(True, mm), _period_shape(c))
+                          for mm in range(gr + 1)])[p.m[:gr.bit_length()]]
         m.d.comb += [self.cmd.ready.eq(~self.busy), ctx.start.eq(accept), ctx.p.eq(p)]
         with m.If(accept):
             m.d.sync += [ctx.cmd.eq(p), self.busy.eq(1),
-                         ctx.pmin.eq(Mux(p.raw_out, c.min_tile_period(True),
-                                         c.min_tile_period(False))),
-                         ctx.fold.eq((p.m <= c.gemv_rows) if c.gemv_rows else 0),
+                         ctx.pmin.eq(Mux(fold, Mux(p.raw_out, gemv_raw,
+                                                   c.gemv_min_tile_period(False)),
+                                         Mux(p.raw_out, c.min_tile_period(True),
+                                             c.min_tile_period(False)))),
+                         ctx.fold.eq(fold),
                          ctx.a_blk_stride.eq(times_const(p.a_stride, c.rows)),
                          ctx.k_ok.eq(p.k >= c.interleave_min_k)]
         with m.If(self.finish):
@@ -586,7 +596,7 @@ class _RowRequant(wiring.Component):
 class _Writer(wiring.Component):
     """Output rows to memory, one write per row segment. Rows of a tile leave
     the array bottom-first (row R-1 .. 0); rows past M are dropped without a
-    write, and columns past N are masked by the byte strobes. ``row_popped``
+    write, one per cycle, and columns past N are masked by the byte strobes. ``row_popped``
     returns a credit to the feeder; ``finish`` marks the command's last write
     accepted."""
 
@@ -641,9 +651,11 @@ class _Writer(wiring.Component):
                      self.wr.payload.strb.eq(Mux(cmd.raw_out, s32_word, s8_word)),
                      self.wr.valid.eq(self.rows.valid & row_valid)]
         advance = self.rows.valid & (self.wr.ready | ~row_valid)
+        # a dropped row (past M) has nothing to write: it leaves in one cycle, so a
+        # decode's raw tile waits for the segments of its M rows only
         with m.If(advance):
             m.d.sync += wr_b.eq(wr_b + 1)
-            with m.If(wr_b == seg_words - 1):
+            with m.If((wr_b == seg_words - 1) | ~row_valid):
                 m.d.comb += [self.rows.ready.eq(1), self.row_popped.eq(1)]
                 m.d.sync += [wr_b.eq(0), wr_row.eq(wr_row - 1),
                              wr_row_addr.eq(wr_row_addr - cmd.out_stride)]

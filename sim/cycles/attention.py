@@ -5,7 +5,7 @@ an attention command's accept to its `done` pulse for a stall-free run
 behind the reference memory (as `matmul_cycles`). The tests check it
 against the RTL; the benchmark uses it for GPT-2-sized shapes.
 
-Cycle 0 is the command accept; then one setup cycle per head. Heads differ
+Cycle 0 is the command accept; then one setup cycle (HEAD) per head. Heads differ
 only in their S commands' k (a head starting at byte b of its Q word reads
 b + d_head bytes of each Q row). Per row block
 of `rows` queries the command sequencer issues the matmul commands S_0, S_1,
@@ -21,9 +21,12 @@ inside the PV commands (their writes). After the block's last PV the
 normalise phase runs: row r's reciprocal is ready 13 + 11 r cycles in (one
 divider, `RECIP_PERIOD`), its D / norm_lanes beats follow the previous
 row's, and the last output is written `Normaliser.latency` later. The next
-block of the same head starts two cycles after the phase starts (its S
-commands overlap it; its first softmax waits for the phase to end); a new
-head, or the done pulse, comes the cycle after the phase ends.
+block of the same head starts two cycles after the phase starts, the next
+head's first block three (its HEAD cycle in between): their S commands
+overlap the phase, their first softmax waits for it to end. (The sequencer
+splits D into output words and bytes in D // mem_bytes cycles after the
+accept, long before a head ends.) The done pulse comes the cycle after the
+last head's last phase ends.
 """
 from dataclasses import dataclass
 from functools import lru_cache
@@ -82,73 +85,113 @@ def _skipped_rows(cfg, k0, first):
     return min(max(0, k0 - first) // ar, cfg.rows // ar - 1) * ar
 
 
-def _block(cfg, rows_b, d_head, k0s, tk, sm_gate, first=0, s_k=None):
+def _block(cfg, rows_b, d_head, k0s, tk, sm_gate, first=0, s_k=None, chunk=1):
     """One row block, times relative to its first DECIDE cycle.
 
     `sm_gate`: first cycle a softmax may start (the previous block's
     normalise phase is over). Returns (the DECIDE cycle that starts this
     block's normalise phase, matmul cycles, softmax cycles). `s_k`: the S
-    commands' k (the head's byte offset in its Q word + d_head).
+    commands' k (the head's byte offset in its Q word + d_head); `chunk`: key
+    tiles per S command (`AttentionConfig.s_chunk` when batched, else 1).
     """
     e, T, BPR = cfg.engine, cfg.tile, cfg.beats_per_row
     s_k = d_head if s_k is None else s_k
     J = len(k0s)
-    order = [("S", 0)]
-    for j in range(J):
-        if j + 1 < J:
-            order.append(("S", j + 1))
-        order.append(("PV", j))
     t = 0                       # the sequencer's DECIDE cycle
+    s_done = [None] * J         # the done pulse of the S command of tile j
+    pv_done = [None] * J
     sm_end = [None] * J         # cycle the softmax of tile j finishes (sm_fin)
-    prev_end = None
+    issued = pv = n_sm = 0      # S tiles issued, PV commands issued, softmaxes timed
     mm = sm = 0
-    for kind, j in order:
-        m = rows_b - _skipped_rows(cfg, k0s[j], first)
-        if kind == "S":
-            c = _matmul(e, m, s_k, min(T, first + rows_b - k0s[j]))
+    while pv < J:
+        if issued < J and issued - pv <= chunk:
+            # S of the next `chunk` tiles: up to two S commands ahead of PV
+            k0 = k0s[issued]
+            c = _matmul(e, rows_b - _skipped_rows(cfg, k0, first), s_k,
+                        min(chunk * T, first + rows_b - k0))
             done = t + 1 + c
-            start = max(done + 1, sm_gate if prev_end is None else prev_end + 1)
-            sm_end[j] = prev_end = start + rows_b * BPR + BPR + SM_FIXED
-            sm += sm_end[j] - start
+            n_t = min(chunk, J - issued)
+            # batched, a tile of all its column tiles counts once its last write
+            # is in (the cycle a command ending there would finish); a shorter
+            # last one at the done pulse
+            n = min(chunk * T, first + rows_b - k0)
+            keys = [min(T, n - i * T) for i in range(n_t)]
+            s_done[issued:issued + n_t] = [
+                t + _matmul(e, 1, s_k, i * T + keys[i])
+                if chunk > 1 and ceil_div(keys[i], e.cols) == T // e.cols else done
+                for i in range(n_t)]
+            issued += n_t
             t = done + 1
         else:
-            c = _matmul(e, m, T, d_head)
-            accept = max(t + 1, sm_end[j] + 2)
+            # softmaxes in tile order, each after its S, the previous softmax
+            # (or the gate) and PV_{j-2}, whose P and row info halves it reuses
+            while n_sm <= pv:
+                j = n_sm
+                start = max(s_done[j] + 1, sm_end[j - 1] + 1 if j else sm_gate)
+                if j >= 2:
+                    start = max(start, pv_done[j - 2] + 1)
+                sm_end[j] = start + rows_b * BPR + BPR + SM_FIXED
+                sm += sm_end[j] - start
+                n_sm += 1
+            c = _matmul(e, rows_b - _skipped_rows(cfg, k0s[pv], first), T, d_head)
+            accept = max(t + 1, sm_end[pv] + 2)
+            pv_done[pv] = accept + c
             t = accept + c + 1
+            pv += 1
         mm += c
     return t, mm, sm
 
 
 def attention_cycles(cfg: AttentionConfig, n_head, d_head, tq, offset, latency=REF_MEM_LATENCY,
-                     q_head_bytes=0):
+                     q_head_bytes=0, k_tile_stride=None):
     """`q_head_bytes`: the command's field; a head starting at byte b of its Q word
-    has S commands of k = b + d_head (`AttentionConfig.head_bytes`)."""
+    has S commands of k = b + d_head (`AttentionConfig.head_bytes`).
+    `k_tile_stride`: the command's field (None: the cache layout's,
+    `AttentionConfig.k_tile_words` of the heads' K rows); a head whose Kᵀ tiles
+    fill it exactly has its one-query blocks' S commands batched."""
     if latency != REF_MEM_LATENCY:
         raise ValueError("the model is calibrated for the reference memory latency")
     if not (1 <= tq and offset + tq <= cfg.max_seq and 1 <= d_head <= cfg.max_d_head
             and d_head % cfg.norm_lanes == 0):
         raise ValueError(f"tq={tq}, offset={offset}, d_head={d_head} outside the configuration")
-    heads = [_head(cfg, d_head, tq, offset, b + d_head)
-             for b in cfg.head_bytes(n_head, q_head_bytes)]
-    # accept -> first HEAD, then per head its HEAD cycle and its blocks
-    return AttentionCycles(1 + sum(1 + h[0] for h in heads),
-                           *(sum(h[i] for h in heads) for i in range(1, 6)))
+    bs = cfg.head_bytes(n_head, q_head_bytes)
+    if k_tile_stride is None:
+        k_tile_stride = cfg.k_tile_words(max(bs) + d_head)
+    e = cfg.engine
+    # accept, HEAD, then the first head's first DECIDE
+    t, sm_gate = 2, 0
+    stats = [0] * 5
+    for b in bs:
+        contig = (cfg.s_chunk > 1
+                  and k_tile_stride == cfg.tile // e.cols * e.w_words_per_tile(b + d_head))
+        h = _head(cfg, d_head, tq, offset, b + d_head, sm_gate - t, contig)
+        # its last normalise phase starts at `end`; the next head's HEAD
+        # follows NEXT, its softmax waits for the phase to end
+        end, c_nm = t + h[0], h[1]
+        sm_gate, t = end + c_nm + 1, end + 3
+        stats = [a + v for a, v in zip(stats, h[2:])]
+    # the last outputs written -> the done pulse
+    return AttentionCycles(sm_gate, *stats)
 
 
 @lru_cache(maxsize=None)
-def _head(cfg, d_head, tq, offset, s_k):
-    """(cycles from a head's first DECIDE to its last output, useful MACs, issued
-    MACs, matmul, softmax and normalise cycles) of one head."""
+def _head(cfg, d_head, tq, offset, s_k, sm_gate, contig=False):
+    """(the DECIDE cycle that starts the last block's normalise phase, that phase's
+    cycles, useful MACs, issued MACs, matmul, softmax and normalise cycles) of one
+    head, relative to its first DECIDE; its first softmax starts no earlier than
+    `sm_gate` (the previous head's normalise phase is over). `contig`: its Kᵀ
+    tiles lie back to back (one-query blocks batch their S commands)."""
     R, T = cfg.rows, cfg.tile
     tk = offset + tq
     t = 0                       # the block's first DECIDE, relative to the head's
-    sm_gate = 0
     mm = sm = nm = useful = issued = 0
     for m0 in range(0, tq, R):
         rows_b = min(R, tq - m0)
         last_q = offset + m0 + rows_b - 1
         k0s = list(range(0, last_q + 1, T))
-        end, c_mm, c_sm = _block(cfg, rows_b, d_head, k0s, tk, sm_gate - t, offset + m0, s_k)
+        chunk = cfg.s_chunk if contig and rows_b == 1 else 1
+        end, c_mm, c_sm = _block(cfg, rows_b, d_head, k0s, tk, sm_gate - t, offset + m0, s_k,
+                                 chunk)
         end += t
         c_nm = _normalise_cycles(cfg, rows_b, d_head)
         # the normalise phase starts at `end` and is done at end + c_nm; the
@@ -162,8 +205,7 @@ def _head(cfg, d_head, tq, offset, s_k):
         issued += sum((rows_b - _skipped_rows(cfg, k0, offset + m0))
                       * (s_k * min(T, last_q + 1 - k0) + T * d_head) for k0 in k0s)
         useful += 2 * d_head * sum(offset + i + 1 for i in range(m0, m0 + rows_b))
-    head = end + c_nm + 1       # the last block's outputs written -> next HEAD / done
-    return head, useful, issued, mm, sm, nm
+    return end, c_nm, useful, issued, mm, sm, nm
 
 
 def score_buffer_bytes(cfg: AttentionConfig, tk, online=True, rows=None):

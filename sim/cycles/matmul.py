@@ -15,12 +15,13 @@ Timeline per row block b (cycle 0 = command accept):
 - the feeder then emits tiles back to back, one every P = max(K, min period)
   cycles; the W stream runs ahead, so it never waits within a block;
 - the last tile's rows leave the array `drain` cycles after its last beat,
-  pass the requantiser and are written at `write_beats_per_row` per row.
+  pass the requantiser and are written at `write_beats_per_row` per row,
+  the rows past M (dropped) at one per cycle.
 
 GEMV mode (M <= `gemv_rows`, one row block): the issuer sends the A words
 from cycle 1, then every tile's parameter and W words back to back, tile t's
 first parameter word at s_t >= s_{t-1} + max(words per tile,
-min_tile_period) and no more than `param_fifo_tiles` tiles ahead of the
+gemv_min_tile_period) and no more than `param_fifo_tiles` tiles ahead of the
 requantiser. The feeder takes each W word as a beat the cycle it leaves
 the W FIFO (request + latency + 2): the issuer's spacing keeps the
 feeder's padding and credits from ever holding a word back. The tail is
@@ -61,8 +62,11 @@ def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY
     # fixed pipeline delays (see module docstring)
     fifo = 2                                # W FIFO write -> readable
     startup = PW + latency + fifo           # last A request -> first beat, minus one
+    # the last block's rows leave the writer bottom-first: those past M one per
+    # cycle, then its `rows` rows one write per segment word
+    rows = m - (ceil_div(m, R) - 1) * R
     tail = (cfg.FEED_LATENCY + cfg.drain_latency + cfg.REQUANT_LATENCY
-            + fifo + R * cfg.write_beats_per_row(raw))
+            + fifo + R - rows + rows * cfg.write_beats_per_row(raw))
 
     if cfg.gemv(m):
         return _gemv_cycles(cfg, m, k, n, raw, latency,
@@ -88,7 +92,7 @@ def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY
 def _gemv_cycles(cfg, m, k, n, raw, latency, tail):
     R, NT, PFT = cfg.rows, ceil_div(n, cfg.cols), cfg.param_fifo_tiles
     PW, KW = cfg.param_words_per_tile, cfg.w_words_per_tile(k)
-    period = max(PW + KW, cfg.min_tile_period(raw))
+    period = max(PW + KW, cfg.gemv_min_tile_period(raw, m))
     to_beat = PW + latency + 2          # first parameter request -> first beat
     # first parameter request -> the tile counts as drained for the run-ahead
     # limit (the cycle after its last row entered the requantiser)

@@ -112,7 +112,8 @@ def test_cycle_model_matches_rtl(cfg, seed):
         np.testing.assert_array_equal(lay.result(mem)[0], _reference(cfg, q, k, v, offset, params))
         H, tq, d = q.shape
         qhb = lay.command["q_head_bytes"]
-        want = attention_cycles(cfg, H, d, tq, offset, q_head_bytes=qhb).cycles
+        want = attention_cycles(cfg, H, d, tq, offset, q_head_bytes=qhb,
+                                k_tile_stride=lay.command["k_tile_stride"]).cycles
         assert got == want, (f"H={H} tq={tq} D={d} offset={offset} q_head_bytes={qhb}: "
                              f"RTL {got} cycles, "
                              f"model {want} (GPT2ACCEL_SEED={seed})")
@@ -178,7 +179,8 @@ def test_heads_packed_in_words(cfg, geoms, seed):
                                           err_msg=what)
             assert untouched and lay.virtual_untouched(mem), what
             if not stall:
-                want = attention_cycles(cfg, H, d, tq, offset, q_head_bytes=d % cfg.engine.mem_bytes)
+                want = attention_cycles(cfg, H, d, tq, offset, q_head_bytes=d % cfg.engine.mem_bytes,
+                                        k_tile_stride=lay.command["k_tile_stride"])
                 assert got == want.cycles, f"{what}: RTL {got} cycles, model {want.cycles}"
 
 
@@ -212,7 +214,55 @@ def test_cycle_model_normaliser_regimes(seed):
     lays, mem, cycles = _run(cfg, commands, seed, 0.0, rng)
     for lay, got, (q, k, v, offset, params) in zip(lays, cycles, commands):
         np.testing.assert_array_equal(lay.result(mem)[0], _reference(cfg, q, k, v, offset, params))
-        assert got == attention_cycles(cfg, 1, q.shape[2], q.shape[1], offset).cycles
+        assert got == attention_cycles(cfg, 1, q.shape[2], q.shape[1], offset,
+                                       k_tile_stride=lay.command["k_tile_stride"]).cycles
+
+
+@pytest.mark.parametrize("stall", [0.3, 0.0])
+def test_batched_decode_s_commands(stall, seed):
+    """One-query blocks over many key tiles: with the Kᵀ tiles back to back, S
+    commands of `s_chunk` tiles (the tiles in the rows of an S half, the
+    softmax of tile j after PV_{j-2}), bit-exact with stalls and exactly the
+    model's cycles; a padded cache stride (tiles not back to back) falls back to
+    one tile per S command. Partial last chunks, last tiles short of a column
+    tile (done at the command's end) and of a key only (done at their last
+    write), a last block of one row after a full one, and packed heads (some
+    contiguous, some not) included."""
+    cfg = AttentionConfig(engine=EngineConfig(rows=4, cols=2, mem_bytes=8), tile=4, lanes=2,
+                          norm_lanes=1, max_d_head=8, max_seq=64)
+    assert cfg.s_chunk == 4
+    rng = np.random.default_rng([seed, 41, int(stall * 10)])
+    commands = []
+    for H, d, tq, offset in [(1, 4, 1, 40), (2, 6, 1, 37), (3, 3, 1, 20), (1, 8, 5, 30),
+                             (2, 2, 1, 9), (1, 5, 1, 63), (2, 4, 1, 18)]:
+        heads = [head_case(rng, "random", d, tq, offset + tq) for _ in range(H)]
+        commands.append(tuple(np.array([c[i] for c in heads]) for i in range(3))
+                        + (offset, _params(rng)))
+    lays, base = [], 0
+    for n, (q, k, v, offset, params) in enumerate(commands):
+        lays.append(AttentionLayout(cfg, q, k, v, offset, *params, base=base, rng=rng,
+                                    pad=int(n == 4), packed=n % 3 != 0))
+        base = lays[-1].end
+    mem, cycles, _ = simulate_attention(cfg, lays, base + 1, seed=seed, stall=stall,
+                                        jitter=3 if stall else 0)
+    batched = 0
+    for lay, got, (q, k, v, offset, params) in zip(lays, cycles, commands):
+        H, tq, d = q.shape
+        what = f"H={H} D={d} tq={tq} offset={offset} stall={stall} (GPT2ACCEL_SEED={seed})"
+        res, untouched = lay.result(mem)
+        np.testing.assert_array_equal(res, _reference(cfg, q, k, v, offset, params),
+                                      err_msg=what)
+        assert untouched and lay.virtual_untouched(mem), what
+        if not stall:
+            args = (cfg, H, d, tq, offset)
+            kw = dict(q_head_bytes=lay.command["q_head_bytes"],
+                      k_tile_stride=lay.command["k_tile_stride"])
+            want = attention_cycles(*args, **kw).cycles
+            assert got == want, f"{what}: RTL {got} cycles, model {want}"
+            # one tile per S command (a stride no tile fills) would take longer
+            batched += want < attention_cycles(*args, q_head_bytes=kw["q_head_bytes"],
+                                               k_tile_stride=1 << 20).cycles
+    assert stall or batched >= 5, batched
 
 
 @pytest.mark.slow
@@ -247,4 +297,5 @@ def test_benchmark_configuration_cycles(seed):
     for lay, got, (q, k, v, offset, params) in zip(lays, cycles, commands):
         np.testing.assert_array_equal(lay.result(mem)[0], _reference(cfg, q, k, v, offset, params),
                                       err_msg=f"(GPT2ACCEL_SEED={seed})")
-        assert got == attention_cycles(cfg, 1, 64, q.shape[1], offset).cycles
+        assert got == attention_cycles(cfg, 1, 64, q.shape[1], offset,
+                                       k_tile_stride=lay.command["k_tile_stride"]).cycles

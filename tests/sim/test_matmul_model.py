@@ -33,11 +33,22 @@ def test_gemv_model_structure():
     cfg = EngineConfig(rows=4, cols=4)
     gm = cfg.gemv_rows
     assert gm == 2 and cfg.gemv(gm) and not cfg.gemv(gm + 1)
-    # a GEMV tile costs its words (parameters + W) or the minimum period
+    # a GEMV tile costs its words (parameters + W) or GEMV mode's minimum period,
+    # shorter than other commands' (the writer drops the rows past M at once)
+    assert cfg.gemv_min_tile_period(True) < cfg.min_tile_period(True)
     for k in (8, 64, 65):
-        per = max(cfg.param_words_per_tile + cfg.w_words_per_tile(k), cfg.min_tile_period(False))
+        per = max(cfg.param_words_per_tile + cfg.w_words_per_tile(k),
+                  cfg.gemv_min_tile_period(False))
         assert matmul_cycles(cfg, gm, k, 12).cycles - matmul_cycles(cfg, gm, k, 8).cycles == per
         assert matmul_cycles(cfg, gm, k, 8).feed_cycles == 2 * cfg.w_words_per_tile(k)
+    # a raw tile of fewer rows has fewer writes, so a shorter period
+    big = EngineConfig(rows=8, cols=8)
+    assert big.gemv_min_tile_period(True, 1) < big.gemv_min_tile_period(True)
+    for m in (1, big.gemv_rows):
+        per = max(big.param_words_per_tile + big.w_words_per_tile(16),
+                  big.gemv_min_tile_period(True, m))
+        assert (matmul_cycles(big, m, 16, 16, True).cycles
+                - matmul_cycles(big, m, 16, 8, True).cycles) == per
     # one more row leaves GEMV mode: a beat per k-step again
     assert matmul_cycles(cfg, gm + 1, 64, 8).feed_cycles == 2 * 64
 
