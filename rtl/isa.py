@@ -29,7 +29,7 @@ from amaranth.lib import data
 from .attention_config import LN_EPS_BITS, AttentionConfig
 from .config import EngineConfig
 
-__all__ = ["matmul_command_layout", "attention_command_layout", "layernorm_setup_layout",
+__all__ = ["wte_tile_cols", "matmul_command_layout", "attention_command_layout", "layernorm_setup_layout",
            "LN_N_BITS", "LN_EPS_E_BITS", "RESID_BYTES", "ACT_BYTES", "RAW_BYTES", "BETA_BYTES",
            "Q_BYTES", "GAMMA_BYTES", "VECTOR_OPS", "vector_layouts", "cfg_max_vector_n", "MAX_VECTOR_N", "INSTR_BITS", "OPCODE_BITS", "Op", "Error", "IsaError", "Rule", "kvstore_layout",
            "body_layout", "rules", "instruction_layout", "encode", "decode", "check_fields",
@@ -167,6 +167,15 @@ VECTOR_OPS = (Op.LAYERNORM, Op.GELU, Op.RESADD, Op.REQUANT, Op.EMBED)
 MAX_VECTOR_N = 2048
 
 
+def wte_tile_cols(mem_bytes, cols):
+    """Columns (tokens) per tile of EMBED's token table (part of its memory layout, so
+    the compiler and the vector mover share it): the engine's `cols` when a
+    group of lanes then takes its elements from at most two words (`cols` of 1, 2,
+    4 or 8), so the LM head's W tiles are the table; else 4 (one word per group),
+    and the table is a copy of its own."""
+    return cols if cols in (1, 2, 4, 8) and mem_bytes % cols == 0 else 4
+
+
 def vector_layouts(cfg: AttentionConfig):
     """Bodies of the vector instructions (vecmove.VectorMover). Rows are row-major
     element arrays: element (r, c) at byte c*size of the row at ``base + r*stride``
@@ -191,7 +200,7 @@ def vector_layouts(cfg: AttentionConfig):
                                        "q_base": addr}),
         # src: token ids, uint32 each, element r at byte 4r; row r of the output is
         # position pos0 + r; wpe int8 rows (stride words); wte in W tiles of
-        # tc = vecmove.wte_tile_cols tokens (wte_stride words each), token t's
+        # tc = wte_tile_cols tokens (wte_stride words each), token t's
         # element k at word k // (mem_bytes // tc) of tile t // tc, byte
         # (k % (mem_bytes // tc)) * tc + t % tc: the LM head's weight tiles when tc
         # is the engine's cols; one uint32 (mult | shift << 16) per table row at *_q_base

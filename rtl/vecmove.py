@@ -55,7 +55,7 @@ from amaranth.lib.wiring import In, Out
 
 from .attention_config import AttentionConfig
 from .gelu import GeluUnit, TABLE_SIZE, table_words
-from .isa import BETA_BYTES, Q_BYTES, Op, cfg_max_vector_n, vector_layouts
+from .isa import BETA_BYTES, Q_BYTES, Op, cfg_max_vector_n, vector_layouts, wte_tile_cols
 from .layernorm import LayerNormUnit, setup_layout
 from .memport import MemPort, read_request_layout, read_response_layout, write_layout
 from .residual import EmbeddingAdd, RequantAdd
@@ -84,14 +84,6 @@ START_CYCLES = 4
 def vector_lanes(mem_bytes):
     """Lanes of the vector units: one int32 per lane in one memory word."""
     return mem_bytes // 4
-
-
-def wte_tile_cols(mem_bytes, cols):
-    """Columns (tokens) per tile of EMBED's token table: the engine's `cols` when a
-    group of lanes then takes its elements from at most two words (`cols` of 1, 2,
-    4 or 8), so the LM head's W tiles are the table; else 4 (one word per group),
-    and the table is a copy of its own."""
-    return cols if cols in (1, 2, 4, 8) and mem_bytes % cols == 0 else 4
 
 
 def _wte_quarter(sub, tc):

@@ -443,7 +443,14 @@ def _machine_config(qmodel, args):
     default) sized from the model's memory map; what does not fit is a UsageError."""
     from gpt2accel.sim.host.driver import MachineSizeError, array_error, machine_config
     batch = getattr(args, "batch", 1)
+    from gpt2accel.rtl.config import EngineConfig
     try:
+        EngineConfig(rows=args.rows, cols=args.cols)          # each in its range
+        # The RTL would refuse such an array only once built, and the memory map assumes
+        # a valid word: checked first, so the message names the array, not a layout.
+        problem = array_error(args.cols)
+        if problem:
+            raise UsageError(f"--rows {args.rows} --cols {args.cols}: {problem}")
         cfg = machine_config(qmodel, args.rows, args.cols, addr_bits=args.addr_bits)
         if batch > cfg.engine.max_m:
             raise UsageError(f"--batch {batch}: the {args.rows}x{args.cols} machine decodes "
@@ -458,9 +465,6 @@ def _machine_config(qmodel, args):
                          f"the model") from None
     except ValueError as e:           # ConfigError, CompileError: shapes the array cannot run
         raise UsageError(f"--rows {args.rows} --cols {args.cols}: {e}") from None
-    problem = array_error(args.cols)
-    if problem:                       # the RTL would refuse it only once built
-        raise UsageError(f"--rows {args.rows} --cols {args.cols}: {problem}")
     return cfg
 
 

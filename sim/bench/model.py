@@ -136,7 +136,7 @@ def image_bytes(comp, words):
     """The case's image by region (see the module docstring), and their total; then,
     not added to it, "logits" (the part of buffers the logits rows take) and
     "wte_copy" (the bytes of EMBED's own copy of the tied ``wte``: 0 on arrays whose
-    EMBED reads the LM head's weight tiles, `rtl.vecmove.wte_tile_cols`; wider arrays
+    EMBED reads the LM head's weight tiles, `rtl.isa.wte_tile_cols`; wider arrays
     keep the table a second time, in tiles of 4 tokens)."""
     out = dict(comp.region_bytes(), program=len(words) * INSTR_BITS // 8)
     out["total"] = sum(out.values())

@@ -30,10 +30,10 @@ from gpt2accel.rtl.config import ceil_div
 from gpt2accel.rtl.gelu import GeluUnit, table_words
 from gpt2accel.rtl.machine import FETCH_TO_ISSUE
 from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd
-from gpt2accel.rtl.isa import VECTOR_OPS, Op, decode
+from gpt2accel.rtl.isa import VECTOR_OPS, Op, decode, wte_tile_cols
 from gpt2accel.rtl.kvstore import FIRST_REQUEST, REQUEST_CYCLES, SEGMENT_SETUP
 from gpt2accel.rtl.vecmove import (REQ_CYCLES, START_CYCLES, TOK_CYCLES, WRITE_CYCLES,
-                                   vector_lanes, wte_tile_cols)
+                                   vector_lanes)
 from gpt2accel.sim.cycles.attention import attention_cycles
 from gpt2accel.sim.cycles.matmul import matmul_cycles
 from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY
@@ -149,7 +149,7 @@ def vector_groups(cfg, op, f):
                 ws = ([0] if op == Op.RESADD and g % 2 == 0 else []) + [1, 3]
             else:
                 # the token table's words: one (or a quarter of one) per group, two
-                # when its tiles have 8 columns (rtl/vecmove.py, `wte_tile_cols`)
+                # when its tiles have 8 columns (rtl/isa.py, `wte_tile_cols`)
                 wte = ([1] if g % 4 * tc % 4 == 0 else []) + ([2] if tc == 8 else [])
                 if g == 0:
                     ws = ([0] if r % L == 0 else []) + wte + [3, 4, 5]

@@ -51,8 +51,7 @@ from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import ceil_div
 from gpt2accel.rtl.machine_config import MachineConfig
 from gpt2accel.rtl.isa import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES,
-                               RESID_BYTES, IsaError, Op, cfg_max_vector_n, encode)
-from gpt2accel.rtl.vecmove import wte_tile_cols
+                               RESID_BYTES, IsaError, Op, cfg_max_vector_n, encode, wte_tile_cols)
 from gpt2accel.sim.host.matmul_layout import pack_params, pack_w
 
 __all__ = ["CompileError", "BlockCompiler", "ModelCompiler", "Provenance", "Region",

@@ -60,7 +60,7 @@ def test_model_too_big_for_the_chip_is_refused():
     preset = P.Preset("up5k-tiny", ICEBreakerPlatform, rows=2, cols=2, clk_hz=12e6,
                       baud=115200, model="tiny", leds=P.LEDs(busy=("led", 1, None),
                                                              error=("led", 0, None)))
-    with pytest.raises(P.PresetError, match=r"needs 182,560 bytes \(45,640 words of 4 bytes\), "
+    with pytest.raises(P.PresetError, match=r"needs 177,696 bytes \(44,424 words of 4 bytes\), "
                                             r"the iCE40UP5K has 146,432 bytes"):
         preset.resolve()
 

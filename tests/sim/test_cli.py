@@ -269,7 +269,7 @@ def test_too_narrow_addr_bits_is_refused_before_any_build(capsys, monkeypatch):
     assert code == 2 and out == "" and "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
         "gpt2accel: error: --addr-bits 13 addresses 8,192 words, the model's memory map "
-        "needs 11,704: give --addr-bits 14 or more, or leave it out to size the machine "
+        "needs 11,464: give --addr-bits 14 or more, or leave it out to size the machine "
         "from the model")
 
 

@@ -125,7 +125,7 @@ def test_an_image_larger_than_the_boards_dram_is_refused_before_any_build(
                  "--memory", "dram", "--board", "ulx3s-85f"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     # the model's loading lines, then the refusal
-    assert err[-1] == ("gpt2accel: error: --board ulx3s-85f: the memory image is 177,744 "
+    assert err[-1] == ("gpt2accel: error: --board ulx3s-85f: the memory image is 179,280 "
                        "bytes, larger than its DRAM of 65,536 bytes")
     assert not (tmp_path / "verilator").exists() and not (tmp_path / "litedram").exists()
 
