@@ -22,6 +22,16 @@ from gpt2accel.rtl.dram_adapter import DramAdapter
 EXTREMES = (0x80, 0x7F, 0xFF, 0x00)
 
 
+def _clock_native(ctx, model, nat, cmd_ready, t, tag):
+    """One cycle of the native-port model, from what the adapter drives this cycle."""
+    model.clock(t, cmd=(ctx.get(nat.cmd.valid), cmd_ready,
+                        ctx.get(nat.cmd.payload.we), ctx.get(nat.cmd.payload.addr)),
+                wdata=(ctx.get(nat.wdata.valid), ctx.get(nat.wdata.payload.data),
+                       ctx.get(nat.wdata.payload.we)),
+                rdata_ready=ctx.get(nat.rdata.ready))
+    assert not model.errors, f"{tag}, {model.errors[0]}"
+
+
 def _byte(rng):
     return rng.choice(EXTREMES) if rng.random() < 0.3 else rng.randrange(256)
 
@@ -148,12 +158,7 @@ def run_traffic(*, mem_bytes, native_bytes, native_addr_bits, addr_bits, ops, se
                 word = ctx.get(mach.rd_resp.payload.data)
                 assert word == want, f"{tag}, cycle {t}: read {word:#x}, expected {want:#x}"
                 got += 1
-            model.clock(t, cmd=(ctx.get(nat.cmd.valid), cmd_ready,
-                                ctx.get(nat.cmd.payload.we), ctx.get(nat.cmd.payload.addr)),
-                        wdata=(ctx.get(nat.wdata.valid), ctx.get(nat.wdata.payload.data),
-                               ctx.get(nat.wdata.payload.we)),
-                        rdata_ready=ctx.get(nat.rdata.ready))
-            assert not model.errors, f"{tag}, {model.errors[0]}"
+            _clock_native(ctx, model, nat, cmd_ready, t, tag)
             await ctx.tick()
             t += 1
             assert t < 200 * ops + 2000, f"{tag}: traffic did not drain"
@@ -280,12 +285,7 @@ def run_pipeline(*, mem_bytes, native_bytes, native_addr_bits, n, mo, seed, read
                 wq.extend((n + taken, word ^ ones, ((1 << part) - 1) << (part * i))
                           for i in range(fan))
                 taken += 1
-            model.clock(t, cmd=(ctx.get(nat.cmd.valid), cmd_ready,
-                                ctx.get(nat.cmd.payload.we), ctx.get(nat.cmd.payload.addr)),
-                        wdata=(ctx.get(nat.wdata.valid), ctx.get(nat.wdata.payload.data),
-                               ctx.get(nat.wdata.payload.we)),
-                        rdata_ready=ctx.get(nat.rdata.ready))
-            assert not model.errors, f"{tag}, {model.errors[0]}"
+            _clock_native(ctx, model, nat, cmd_ready, t, tag)
             await ctx.tick()
             t += 1
             assert t < 400 * n + 2000, (
