@@ -342,6 +342,9 @@ class MachineHarness(UnitHarness):
     unit, cls = "machine", Machine
     config = "MACHINE_CONFIG (1x2 array, 8-byte words, 8-bit addresses)"
     depth, deep_depth = 8, 16
+    # the earliest stalled write of any instruction: step 6 before, step 15 since the
+    # longer pipelines of the word-wide KVSTORE, LayerNorm and the short decode commands
+    depths = {"reach_write_stall": 20}
     bmc_only = ("illegal_sets_error", "illegal_not_executed", "flush_ends_at_halt",
                 "boundary_no_reads", "mem_rd_req_hold", "mem_wr_hold")
     bugs = {"illegal_sets_error": ("tie", "error", 0),
