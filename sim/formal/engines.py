@@ -345,6 +345,7 @@ class MachineHarness(UnitHarness):
     # the earliest stalled write of any instruction: step 6 before, step 15 since the
     # longer pipelines of the word-wide KVSTORE, LayerNorm and the short decode commands
     depths = {"reach_write_stall": 20}
+    bug_depths = {"mem_wr_hold": 20}   # its seeded bug needs that stalled write
     bmc_only = ("illegal_sets_error", "illegal_not_executed", "flush_ends_at_halt",
                 "boundary_no_reads", "mem_rd_req_hold", "mem_wr_hold")
     bugs = {"illegal_sets_error": ("tie", "error", 0),
