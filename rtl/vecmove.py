@@ -60,7 +60,7 @@ from .layernorm import LayerNormUnit, setup_layout
 from .memport import MemPort, read_request_layout, read_response_layout, write_layout
 from .residual import EmbeddingAdd, RequantAdd
 
-__all__ = ["VectorMover", "vector_lanes", "wte_tile_cols", "NW", "START_CYCLES", "TOK_CYCLES",
+__all__ = ["VectorMover", "vector_lanes", "NW", "START_CYCLES", "TOK_CYCLES",
            "REQ_CYCLES", "WRITE_CYCLES"]
 
 #: operand word slots of a group, in request order: 0 src (x / gamma / table /

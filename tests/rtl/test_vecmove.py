@@ -15,7 +15,8 @@ from gpt2accel.model import intops
 from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.isa import Op
-from gpt2accel.rtl.vecmove import VectorMover, wte_tile_cols
+from gpt2accel.rtl.isa import wte_tile_cols
+from gpt2accel.rtl.vecmove import VectorMover
 from gpt2accel.sim.cycles.program import vector_cycles
 from gpt2accel.sim.harness.vector import run_vector
 from gpt2accel.sim.host.matmul_layout import pack_w

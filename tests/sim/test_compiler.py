@@ -274,7 +274,7 @@ def test_the_tied_wte_is_stored_once_where_embed_reads_the_heads_tiles(qmodel, c
     """EMBED reads its token table in W tiles of `wte_tile_cols` tokens: on arrays of
     1, 2, 4 or 8 columns those are the LM head's own weight tiles, and the image holds
     wte once; wider arrays keep a table of 4-token tiles of its own."""
-    from gpt2accel.rtl.vecmove import wte_tile_cols
+    from gpt2accel.rtl.isa import wte_tile_cols
     from gpt2accel.sim.host.compiler import ModelCompiler
     from gpt2accel.sim.host.matmul_layout import pack_w
     cfg = replace(CFG, engine=replace(CFG.engine, cols=cols, mem_bytes=2 * cols))

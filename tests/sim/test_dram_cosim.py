@@ -26,8 +26,8 @@ from gpt2accel.sim.host.driver import Driver, FastBackend, machine_config  # noq
 
 def _tiny():
     from gpt2accel.model import shipped_model_dir
-    from gpt2accel.model.quant import QuantGPT2
-    return QuantGPT2.load(shipped_model_dir() / "model.int8.safetensors")
+    from gpt2accel.model.quant import QUANT_FILENAME, QuantGPT2
+    return QuantGPT2.load(shipped_model_dir() / QUANT_FILENAME)
 
 
 def _driver(q, cfg, board, timeout=500_000_000, **kw):
