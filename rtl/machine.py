@@ -20,10 +20,13 @@
   the cycle after the running unit's ``done``. An instruction whose unit
   takes U cycles from accept to ``done`` therefore costs max(U + 1, 4)
   cycles when the host streams without gaps (`sim/cycles/program.py`).
-- The single memory port is switched by an ``owner`` register, changed only
-  once the previous unit is done (a unit that is not the owner is idle and
-  has nothing in flight, because every unit's ``done`` comes after its last
-  write is accepted and its last read is answered).
+- The single memory port is switched by a one-hot register over the units'
+  ports, changed only once the previous unit is done (a unit that is not the
+  owner is idle and has nothing in flight, because every unit's ``done``
+  comes after its last write is accepted and its last read is answered).
+  One-hot, so that each memory signal is an AND-OR of the units' rather than
+  a compare of the opcode in front of every one of them (a long path into the
+  memory's request side).
 - There is one systolic array: MATMUL runs on the AttentionEngine's own
   MatmulEngine, lent through its ``mm_cmd``/``mm_done`` port while attention
   is idle (the array and its requantisers are most of the design's DSPs).
@@ -81,6 +84,13 @@ class _Lent:
         self.mem = attn.mem
 
 
+def _or_all(values):
+    out = C(0, 1)
+    for v in values:
+        out = out | v
+    return out
+
+
 class Machine(wiring.Component):
     """Fetch/decode/dispatch controller with an AttentionEngine (whose array also runs MATMUL), a KVStore
     and a VectorMover (residual rows saturated to `cfg.resid_bits` <= 16 bits).
@@ -127,12 +137,33 @@ class Machine(wiring.Component):
             units.update({op: vec for op in VECTOR_OPS if op in ops})
         return units
 
+    def _route_port(self, m, unit_ports, sel):
+        """The machine's memory port to the unit port `sel` (one-hot) picks: requests
+        and writes AND-OR-muxed from the selected unit, responses broadcast and their
+        valid gated, every ready gated by the selection."""
+        for name in ("rd_req", "wr", "rd_resp"):
+            outer = getattr(self.mem, name)
+            inner = [getattr(p, name) for p in unit_ports]
+            if name == "rd_resp":         # memory -> unit
+                for i, s in enumerate(inner):
+                    m.d.comb += [s.payload.eq(outer.payload), s.valid.eq(outer.valid & sel[i])]
+                m.d.comb += outer.ready.eq(Cat(s.ready & sel[i] for i, s in enumerate(inner)).any())
+            else:                         # unit -> memory
+                width = len(outer.payload.as_value())
+                m.d.comb += [
+                    outer.valid.eq(Cat(s.valid & sel[i] for i, s in enumerate(inner)).any()),
+                    outer.payload.eq(_or_all(s.payload.as_value() & sel[i].replicate(width)
+                                             for i, s in enumerate(inner))),
+                ]
+                for i, s in enumerate(inner):
+                    m.d.comb += s.ready.eq(outer.ready & sel[i])
+
     def elaborate(self, platform):
         m = Module()
         c = self.cfg
         units = self._units(m)
         vec = next((u for op, u in units.items() if op in VECTOR_OPS), None)
-        # the memory port a value of `owner` selects: one Case per port owner
+        # the memory ports of the units, each with the opcodes that own it
         owners = {}
         for op, u in units.items():
             owners.setdefault(id(u.mem), (u, []))[1].append(int(op))
@@ -143,11 +174,14 @@ class Machine(wiring.Component):
         cmds = list(cmds.values())
 
         # ---------------- memory port: routed to the unit that owns it ----------------
+        # `owner` (the running opcode, for a waveform viewer) is mirrored by a one-hot
+        # `port_sel` over the ports, set from the decoder's registered one-hot at
+        # issue: each port is then an AND-OR of its requests and a gate on the
+        # responses, not a compare of a 5-bit opcode feeding every memory signal
         owner = Signal(OPCODE_BITS)
-        with m.Switch(owner):
-            for u, ops in owners.values():
-                with m.Case(*ops):
-                    wiring.connect(m, wiring.flipped(self.mem), u.mem)
+        ports = list(owners.values())
+        port_sel = Signal(len(ports))
+        self._route_port(m, [u.mem for u, _ in ports], port_sel)
 
         # ---------------- status ----------------
         running, done, error, flushing = Signal(), Signal(), Signal(2), Signal()
@@ -269,7 +303,9 @@ class Machine(wiring.Component):
                 # the port changes hands only once the previous unit is done: every
                 # unit's done comes after its last write is accepted and its last read
                 # answered, so nothing of it is in flight
-                m.d.sync += [owner.eq(opcode), s2.eq(0), icount.eq(icount + 1)]
+                m.d.sync += [owner.eq(opcode), s2.eq(0), icount.eq(icount + 1),
+                             port_sel.eq(Cat(Cat(hot[built.index(Op(op))] for op in ops).any()
+                                             for _, ops in ports))]
                 for i, (u, ops) in enumerate(cmds):
                     m.d.sync += issue_to[i].eq(Cat(hot[built.index(op)] for op in ops).any())
         return m
