@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from amaranth.hdl import Instance
 
-__all__ = ["PLLError", "ECP5PLL", "ICE40PLL", "ecp5_pll", "ice40_pll"]
+__all__ = ["PLLError", "ECP5PLL", "ICE40PLL", "ECP5_VCO_MARGIN", "ecp5_pll", "ice40_pll"]
 
 
 class PLLError(ValueError):
@@ -54,9 +54,16 @@ class ECP5PLL:
             o_CLKOP=clkout, o_LOCK=lock)
 
 
+#: the highest VCO (Hz) the ECP5 tie-break prefers (see `ecp5_pll`)
+ECP5_VCO_MARGIN = 796e6
+
+
 def ecp5_pll(fin, fout):
     """The EHXPLLL dividers closest to `fout` from `fin` (Hz): PFD 3.125-400 MHz,
-    VCO 400-800 MHz, output 3.125-400 MHz; ties go to the highest VCO (less jitter)."""
+    VCO 400-800 MHz, output 3.125-400 MHz; ties go to the highest VCO (less jitter)
+    below `ECP5_VCO_MARGIN`: nextpnr derives the VCO from the input's period in
+    picoseconds, so a VCO of exactly 800 MHz from 48 MHz reads as 800.6 MHz and is
+    reported out of range."""
     if not 3.125e6 <= fout <= 400e6:
         raise PLLError(f"ECP5 PLL output {fout / 1e6:g} MHz outside 3.125..400 MHz")
     best = None
@@ -70,7 +77,7 @@ def ecp5_pll(fin, fout):
                 fvco = f * output_div
                 if not 400e6 <= fvco <= 800e6:
                     continue
-                key = (abs(f - fout), -fvco)
+                key = (abs(f - fout), fvco > ECP5_VCO_MARGIN, -fvco)
                 if best is None or key < best[0]:
                     best = (key, ECP5PLL(fin, f, refclk_div, feedback_div, output_div))
     return _checked(best, fin, fout, "ECP5")

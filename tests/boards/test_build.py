@@ -191,6 +191,10 @@ def test_pll_dividers_reach_the_clock_within_the_device_ranges(seed):
         assert p.fout == pytest.approx(fin / p.refclk_div * p.feedback_div)
         assert 400e6 <= p.fvco <= 800e6 and 3.125e6 <= fin / p.refclk_div <= 400e6
         assert abs(p.fout - fout) <= 0.005 * fout
+    # an exact 800 MHz VCO reads as 800.6 MHz in nextpnr (48 MHz's period in ps)
+    for fin, fout in ((48e6, 40e6), (48e6, 100e6), (25e6, 100e6), (25e6, 50e6)):
+        p = ecp5_pll(fin, fout)
+        assert p.fout == fout and 400e6 <= p.fvco <= 796e6
     for fout in (24e6, 30e6, 36e6, 48e6):
         p = ice40_pll(12e6, fout)
         fvco = 12e6 / (p.divr + 1) * (p.divf + 1)
