@@ -92,14 +92,19 @@ def param_layout(lanes):
                               "beta": data.ArrayLayout(signed(48), lanes)})
 
 
+def _pair_level(values, first_if):
+    """One level of a balanced reduction tree: each pair reduced to its first value
+    where `first_if(a, b)` holds, else its second (an odd last value passes)."""
+    values = list(values)
+    nxt = [Mux(first_if(a, b), a, b) for a, b in zip(values[::2], values[1::2])]
+    return nxt + values[len(nxt) * 2:]
+
+
 def _min_tree(values):
     """Balanced reduction tree of signed minima."""
     values = list(values)
     while len(values) > 1:
-        nxt = [Mux(a < b, a, b) for a, b in zip(values[::2], values[1::2])]
-        if len(values) % 2:
-            nxt.append(values[-1])
-        values = nxt
+        values = _pair_level(values, lambda a, b: a < b)
     return values[0]
 
 
@@ -367,17 +372,25 @@ class _PassA(wiring.Component):
             with m.Else():
                 m.d.sync += ja.eq(ja + 1)
 
-        # The beat is registered with its lane mask (p1), reduced to its sum, max and
-        # min (p2), then accumulated: no path from the input through the reductions.
+        # The beat is masked (lanes past n: 0, lo, hi) and its max/min trees' first
+        # level taken (p1), the rest of the trees and the sum reduced (p2), then
+        # accumulated: the trees' levels split between two stages (one level in a
+        # stage with the mask would leave the rest, log2(lanes) - 1, to the next).
         pctx = data.StructLayout({"v": 1, "first": 1, "end": 1, "h": 1})
         p1, p2 = Signal(pctx), Signal(pctx)
-        p1_x, p1_mask = Signal(geo.x_shape), Signal(L)
+        mask = [n_left > l for l in range(L)]
+        lvl_max = _pair_level([Mux(mask[l], xs[l], lo) for l in range(L)], lambda a, b: a > b)
+        lvl_min = _pair_level([Mux(mask[l], xs[l], hi) for l in range(L)], lambda a, b: a < b)
+        p1_x = [Signal(signed(R), name=f"p1_x{l}") for l in range(L)]
+        p1_max = [Signal(signed(R), name=f"p1_max{i}") for i in range(len(lvl_max))]
+        p1_min = [Signal(signed(R), name=f"p1_min{i}") for i in range(len(lvl_min))]
         p2_sum, p2_max, p2_min = Signal(signed(SUM_W)), Signal(signed(R)), Signal(signed(R))
         m.d.sync += [p1.v.eq(take_a), p1.first.eq(first_a), p1.end.eq(end_a), p1.h.eq(ha),
-                     p1_x.eq(xs), p1_mask.eq(Cat(n_left > l for l in range(L))), p2.eq(p1),
-                     p2_sum.eq(sum_tree([Mux(p1_mask[l], p1_x[l], 0) for l in range(L)])),
-                     p2_max.eq(max_tree([Mux(p1_mask[l], p1_x[l], lo) for l in range(L)])),
-                     p2_min.eq(_min_tree([Mux(p1_mask[l], p1_x[l], hi) for l in range(L)]))]
+                     *(p1_x[l].eq(Mux(mask[l], xs[l], 0)) for l in range(L)),
+                     *(a.eq(v) for a, v in zip(p1_max, lvl_max)),
+                     *(a.eq(v) for a, v in zip(p1_min, lvl_min)), p2.eq(p1),
+                     p2_sum.eq(sum_tree(p1_x)), p2_max.eq(max_tree(p1_max)),
+                     p2_min.eq(_min_tree(p1_min))]
         tot = Signal(signed(SUM_W))
         mx, mn = Signal(signed(R)), Signal(signed(R))
         m.d.comb += [tot.eq(Mux(p2.first, 0, acc_sum) + p2_sum),
