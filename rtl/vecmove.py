@@ -60,8 +60,8 @@ from .layernorm import LayerNormUnit, setup_layout
 from .memport import MemPort, read_request_layout, read_response_layout, write_layout
 from .residual import EmbeddingAdd, RequantAdd
 
-__all__ = ["VectorMover", "vector_lanes", "NW", "START_CYCLES", "TOK_CYCLES",
-           "REQ_CYCLES", "WRITE_CYCLES"]
+__all__ = ["VectorMover", "vector_lanes", "NW", "START_CYCLES", "EMBED_START_CYCLES",
+           "TOK_CYCLES", "REQ_CYCLES", "WRITE_CYCLES"]
 
 #: operand word slots of a group, in request order: 0 src (x / gamma / table /
 #: EMBED's token ids), 1 and 2 the two words of LayerNorm beta or of EMBED's wte
@@ -76,9 +76,11 @@ WRITE_CYCLES = 1
 #: cycles from the token id being seen to the wte row address being registered
 TOK_CYCLES = 3
 #: cycles from a command's accept to the issuer's and assembler's first cycle
-#: (two prepare cycles: the products and quotients the walkers start from, then
-#: the walkers' init)
-START_CYCLES = 4
+#: (the walkers' init, beside the row's last group and mask from n - 1)
+START_CYCLES = 2
+#: the same for EMBED (two prepare cycles first: the products and quotients of its
+#: position the walkers start from)
+EMBED_START_CYCLES = 4
 
 
 def vector_lanes(mem_bytes):
@@ -303,32 +305,42 @@ class _Reader(wiring.Component):
         m.submodules.aw = aw = _Walker(c, self.body_bits)     # the assembler's
         wiring.connect(m, self.ctx, iw.ctx, aw.ctx)
 
-        # prepare: cycle 1 registers the products and quotients of the command's
-        # fields, cycle 2 the sums; the walkers start from them (init, cycle 3)
+        # prepare: EMBED's cycle 1 registers the products and quotients of the
+        # command's fields, cycle 2 the sums, and the walkers start from them (init,
+        # cycle 3); the other instructions need only the row's last group and mask,
+        # derived from n - 1 (registered at the accept) while the walkers init
         prep = ctx.prep
         wpe_prod = Signal(A)
         pos_w = Signal(A)
         n_m1 = Signal.like(ln_c.n)
         init = Signal()
         busy = self.busy
+        tail = n_m1 % L
+        last = [prep.last_g.eq(n_m1 // L),
+                prep.last_mask.eq(Array(Const((2 << t) - 1, L) for t in range(L))[tail])]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(~self.writing)
                 with m.If(self.cmd.valid & ~self.writing):
+                    new_n = _views(self.layouts, self.cmd.payload.body)[Op.LAYERNORM].n
                     m.d.comb += ctx.start.eq(1)
                     m.d.sync += [ctx.op.eq(self.cmd.payload.op), ctx.body.eq(self.cmd.payload.body),
-                                 busy.eq(1)]
-                    m.next = "PREP1"
+                                 busy.eq(1), n_m1.eq(new_n - 1)]
+                    with m.If(self.cmd.payload.op == Op.EMBED):
+                        m.next = "PREP1"
+                    with m.Else():
+                        m.next = "INIT_ROWS"
+            with m.State("INIT_ROWS"):
+                m.d.comb += init.eq(1)
+                m.d.sync += last
+                m.next = "RUN"
             with m.State("PREP1"):
                 m.d.sync += [wpe_prod.eq(em_c.pos0 * em_c.wpe_stride), pos_w.eq(em_c.pos0 // L),
-                             prep.pq_sub.eq(em_c.pos0 % L), n_m1.eq(ln_c.n - 1)]
+                             prep.pq_sub.eq(em_c.pos0 % L)]
                 m.next = "PREP2"
             with m.State("PREP2"):
-                tail = n_m1 % L
-                m.d.sync += [prep.last_g.eq(n_m1 // L), prep.wpe_row.eq(em_c.wpe_base + wpe_prod),
-                             prep.pq_addr.eq(em_c.wpe_q_base + pos_w),
-                             prep.last_mask.eq(Array(Const((2 << t) - 1, L)
-                                                     for t in range(L))[tail])]
+                m.d.sync += [*last, prep.wpe_row.eq(em_c.wpe_base + wpe_prod),
+                             prep.pq_addr.eq(em_c.wpe_q_base + pos_w)]
                 m.next = "INIT"
             with m.State("INIT"):
                 m.d.comb += init.eq(1)

@@ -32,8 +32,8 @@ from gpt2accel.rtl.machine import FETCH_TO_ISSUE
 from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd
 from gpt2accel.rtl.isa import VECTOR_OPS, Op, decode, wte_tile_cols
 from gpt2accel.rtl.kvstore import FIRST_REQUEST, REQUEST_CYCLES, SEGMENT_SETUP
-from gpt2accel.rtl.vecmove import (REQ_CYCLES, START_CYCLES, TOK_CYCLES, WRITE_CYCLES,
-                                   vector_lanes)
+from gpt2accel.rtl.vecmove import (EMBED_START_CYCLES, REQ_CYCLES, START_CYCLES, TOK_CYCLES,
+                                   WRITE_CYCLES, vector_lanes)
 from gpt2accel.sim.cycles.attention import attention_cycles
 from gpt2accel.sim.cycles.matmul import matmul_cycles
 from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY
@@ -170,8 +170,9 @@ def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
     L, MO = vector_lanes(e.mem_bytes), e.max_outstanding
     G = ceil_div(f["n"], L)
     s, p = [], []                      # issue and take cycle of each word read
-    gt = at = START_CYCLES             # the issuer's and the assembler's next cycle
-    c = START_CYCLES - 1               # the previous group's completion
+    start = EMBED_START_CYCLES if op == Op.EMBED else START_CYCLES
+    gt = at = start                    # the issuer's and the assembler's next cycle
+    c = start - 1                      # the previous group's completion
     x = -1                             # ... and its transfer to the unit
     loaded = None                      # LayerNorm: first cycle rows are taken
     ln_rows, row_x, last_x = [], [], None
