@@ -61,7 +61,7 @@ from .memport import MemPort, read_request_layout, read_response_layout, write_l
 from .residual import EmbeddingAdd, RequantAdd
 
 __all__ = ["VectorMover", "vector_lanes", "NW", "START_CYCLES", "EMBED_START_CYCLES",
-           "TOK_CYCLES", "REQ_CYCLES", "WRITE_CYCLES"]
+           "TOK_CYCLES", "EMBED_SELECT_CYCLES", "REQ_CYCLES", "WRITE_CYCLES"]
 
 #: operand word slots of a group, in request order: 0 src (x / gamma / table /
 #: EMBED's token ids), 1 and 2 the two words of LayerNorm beta or of EMBED's wte
@@ -75,6 +75,8 @@ REQ_CYCLES = 1
 WRITE_CYCLES = 1
 #: cycles from the token id being seen to the wte row address being registered
 TOK_CYCLES = 3
+#: EMBED's register between the assembler and the unit (the table elements' byte select)
+EMBED_SELECT_CYCLES = 1
 #: cycles from a command's accept to the issuer's and assembler's first cycle
 #: (the walkers' init, beside the row's last group and mask from n - 1)
 START_CYCLES = 2
@@ -138,12 +140,16 @@ class _Context(wiring.Signature):
 
 def _element_layout(c):
     """One group for a unit: each slot's field (s0: x, gamma or a table word;
-    s1: beta, y or the wte row; s2: q or the wte requantiser; s3: the wpe row;
-    s4: the wpe requantiser), the group's index, whether it ends a row, and
-    whether it is a row group (else a GELU table word or LayerNorm parameters)."""
+    s1: beta, y or the wte words the group's table elements lie in; s2: q or
+    the wte requantiser; s3: the wpe row; s4: the wpe requantiser), the
+    group's index, whether it ends a row, whether it is a row group (else a
+    GELU table word or LayerNorm parameters), and EMBED's token column
+    (which byte of each lane's ``tc`` is its element)."""
     MB = c.engine.mem_bytes
     L = vector_lanes(MB)
+    tc = wte_tile_cols(MB, c.engine.cols)
     return data.StructLayout({"row": 1, "grp": _groups_shape(c), "last": 1,
+                              "tcol": range(tc),
                               "s0": unsigned(8 * MB), "s1": unsigned(16 * MB),
                               "s2": unsigned(8 * MB), "s3": unsigned(8 * L), "s4": unsigned(32)})
 
@@ -394,18 +400,18 @@ class _Reader(wiring.Component):
         f3 = _quarter(m, cur[4], aw.sub[3], "f3")
         q_off = Signal(range(L))                  # EMBED: the wte requantiser's lane
         # EMBED: lane l's table element is byte l*tc + (token % tc) of the group's
-        # words (slots 1 and 2) or of its quarter of one
+        # words (slots 1 and 2) or of its quarter of one; the tc:1 byte select is
+        # the unit mux's, after this register
         tc = wte_tile_cols(MB, e.cols)
         t_col = Signal(range(tc))
         span = (Cat(cur[1], cur[2]) if tc == 8 else cur[1] if tc == 4
                 else _quarter(m, cur[1], _wte_quarter(aw.sub[1], tc), "f1"))
-        f1 = Cat(Array(span.word_select(l * tc + j, 8) for j in range(tc))[t_col]
-                 for l in range(L))
         with m.If(complete):
             m.d.sync += [out_v.eq(1), taken.eq(0),
                          out.row.eq(aw.phase), out.grp.eq(aw.g), out.last.eq(aw.end_g),
-                         out.s0.eq(f0),
-                         out.s1.eq(Mux(~aw.phase, Cat(cur[1], cur[2]), Mux(is_["em"], f1, cur[1]))),
+                         out.tcol.eq(t_col), out.s0.eq(f0),
+                         out.s1.eq(Mux(~aw.phase, Cat(cur[1], cur[2]),
+                                       Mux(is_["em"], span, cur[1]))),
                          out.s2.eq(Mux(is_["em"], cur[3].word_select(q_off, 32), cur[3])),
                          out.s3.eq(f3), out.s4.eq(cur[5].word_select(aw.pq_sub, 32))]
         with m.Elif(self.elem.ready):
@@ -482,10 +488,14 @@ class _UnitMux(wiring.Component):
     input of the unit the opcode names (a table word or parameters to its
     side input), and that unit's output goes to the writer. Its ports mirror
     the units' streams (``<unit>_<port>``, LayerNorm's setup aside, which the
-    reader drives directly), so `VectorMover` connects them one to one."""
+    reader drives directly), so `VectorMover` connects them one to one.
+    EMBED's rows pass a register of their own (`EMBED_SELECT_CYCLES`): the
+    tc:1 byte select of each lane's table element sits between it and the
+    assembler's, not on the read response's path."""
 
     def __init__(self, c, units):
         self.units = tuple(units)
+        self.tc = wte_tile_cols(c.engine.mem_bytes, c.engine.cols)
         L = vector_lanes(c.engine.mem_bytes)
         members = {"op": In(4), "elem": In(stream.Signature(_element_layout(c))),
                    "res": Out(stream.Signature(data.ArrayLayout(16, L)))}
@@ -506,10 +516,24 @@ class _UnitMux(wiring.Component):
             self.gelu_load.payload.addr.eq(el.grp), self.gelu_load.payload.data.eq(el.s0),
             self.gelu_inp.payload.last.eq(el.last), self.ln_inp.payload.last.eq(el.last),
             self.add_a.payload.last.eq(el.last), self.add_y.payload.last.eq(el.last),
-            self.emb_tok.payload.last.eq(el.last), self.emb_pos.payload.last.eq(el.last),
-            self.emb_tok.payload.mult.eq(el.s2[:16]), self.emb_tok.payload.shift.eq(el.s2[16:22]),
-            self.emb_pos.payload.mult.eq(el.s4[:16]), self.emb_pos.payload.shift.eq(el.s4[16:22]),
         ]
+        # EMBED's register: loaded whenever it is empty or taken (the two rows are
+        # joined in the unit, so one valid serves both)
+        tc = self.tc
+        emb_v = Signal()
+        emb_load = ~emb_v | self.emb_tok.ready
+        tok, pos = self.emb_tok.payload, self.emb_pos.payload
+        with m.If(emb_load):
+            m.d.sync += [emb_v.eq(emit & el.row & is_["em"]),
+                         tok.last.eq(el.last), pos.last.eq(el.last),
+                         tok.mult.eq(el.s2[:16]), tok.shift.eq(el.s2[16:22]),
+                         pos.mult.eq(el.s4[:16]), pos.shift.eq(el.s4[16:22])]
+            for l in range(L):
+                m.d.sync += [
+                    tok.x[l].eq(Array(el.s1.word_select(l * tc + j, 8)
+                                      for j in range(tc))[el.tcol]),
+                    pos.x[l].eq(el.s3.word_select(l, 8))]
+        m.d.comb += [self.emb_tok.valid.eq(emb_v), self.emb_pos.valid.eq(emb_v)]
         for l in range(L):
             m.d.comb += [
                 self.gelu_inp.payload.x[l].eq(el.s0.word_select(l, 8)),
@@ -520,8 +544,6 @@ class _UnitMux(wiring.Component):
                 self.add_y.payload.x[l].eq(el.s1.word_select(l, 32)),
                 self.add_y.payload.mult[l].eq(el.s2.word_select(l, 32)[:16]),
                 self.add_y.payload.shift[l].eq(el.s2.word_select(l, 32)[16:22]),
-                self.emb_tok.payload.x[l].eq(el.s1.word_select(l, 8)),
-                self.emb_pos.payload.x[l].eq(el.s3.word_select(l, 8)),
             ]
         with m.If(~el.row):
             m.d.comb += [self.elem.ready.eq(Mux(is_["ln"], self.ln_param.ready,
@@ -531,13 +553,11 @@ class _UnitMux(wiring.Component):
         with m.Else():
             m.d.comb += [self.elem.ready.eq(Mux(is_["ln"], self.ln_inp.ready,
                                                 Mux(is_["ge"], self.gelu_inp.ready,
-                                                    Mux(is_["em"], self.emb_tok.ready,
+                                                    Mux(is_["em"], emb_load,
                                                         self.add_a.ready)))),
                          self.ln_inp.valid.eq(emit & is_["ln"]),
                          self.gelu_inp.valid.eq(emit & is_["ge"]),
-                         self.add_a.valid.eq(emit & is_["ad"]), self.add_y.valid.eq(emit & is_["ad"]),
-                         self.emb_tok.valid.eq(emit & is_["em"]),
-                         self.emb_pos.valid.eq(emit & is_["em"])]
+                         self.add_a.valid.eq(emit & is_["ad"]), self.add_y.valid.eq(emit & is_["ad"])]
 
         # residual-width results are written as int16 words: sign-extend them from
         # resid_bits, or a narrower residual stream would be read back as positive

@@ -32,8 +32,8 @@ from gpt2accel.rtl.machine import FETCH_TO_ISSUE
 from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd
 from gpt2accel.rtl.isa import VECTOR_OPS, Op, decode, wte_tile_cols
 from gpt2accel.rtl.kvstore import FIRST_REQUEST, REQUEST_CYCLES, SEGMENT_SETUP
-from gpt2accel.rtl.vecmove import (EMBED_START_CYCLES, REQ_CYCLES, START_CYCLES, TOK_CYCLES,
-                                   WRITE_CYCLES, vector_lanes)
+from gpt2accel.rtl.vecmove import (EMBED_SELECT_CYCLES, EMBED_START_CYCLES, REQ_CYCLES,
+                                   START_CYCLES, TOK_CYCLES, WRITE_CYCLES, vector_lanes)
 from gpt2accel.sim.cycles.attention import attention_cycles
 from gpt2accel.sim.cycles.matmul import matmul_cycles
 from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY
@@ -218,7 +218,8 @@ def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
     if op == Op.LAYERNORM:
         last_write = ln_rows[-1]["out"][-1]
     else:
-        lat = {Op.GELU: GeluUnit.latency, Op.EMBED: EmbeddingAdd.latency}.get(
+        lat = {Op.GELU: GeluUnit.latency,
+               Op.EMBED: EMBED_SELECT_CYCLES + EmbeddingAdd.latency}.get(
             op, RequantAdd.latency)
         last_write = last_x + lat
     return last_write + WRITE_CYCLES + 1
