@@ -41,7 +41,9 @@ the tied LM head's weight tiles are the embedding too: token t is column
 ``t % tc`` of tile ``t // tc``. A group of lanes takes its elements from the
 words they lie in (two words, slots 1 and 2, when ``tc`` = 8; one when 4; a
 fixed half or quarter of one when 2 or 1) through a ``tc``:1 byte mux per lane
-on the column, registered with the token.
+on the column (registered with the token, and carried with each group): the
+mux sits between the assembler's register and one of its own in front of the
+unit (`EMBED_SELECT_CYCLES`), not on the read response's path.
 
 Reader and writer are independent state machines on the two directions of
 the port (reads and writes are separate channels), because LayerNorm emits
