@@ -62,7 +62,8 @@ from .layernorm import LayerNormUnit, setup_layout
 from .memport import MemPort, read_request_layout, read_response_layout, write_layout
 from .residual import EmbeddingAdd, RequantAdd
 
-__all__ = ["VectorMover", "vector_lanes", "NW", "START_CYCLES", "EMBED_START_CYCLES",
+__all__ = ["VectorMover", "vector_lanes", "start_cycles", "NW", "START_CYCLES",
+           "ODD_LANES_START_CYCLES", "EMBED_START_CYCLES",
            "TOK_CYCLES", "EMBED_SELECT_CYCLES", "REQ_CYCLES", "WRITE_CYCLES"]
 
 #: operand word slots of a group, in request order: 0 src (x / gamma / table /
@@ -79,17 +80,29 @@ WRITE_CYCLES = 1
 TOK_CYCLES = 3
 #: EMBED's register between the assembler and the unit (the table elements' byte select)
 EMBED_SELECT_CYCLES = 1
-#: cycles from a command's accept to the issuer's and assembler's first cycle
-#: (the walkers' init, beside the row's last group and mask from n - 1)
-START_CYCLES = 2
-#: the same for EMBED (two prepare cycles first: the products and quotients of its
-#: position the walkers start from)
+#: cycles from a command's accept to the issuer's and assembler's first cycle: the
+#: walkers init in the accept cycle, from the command being accepted, and the row's
+#: last group and lane mask (n - 1 split at the lanes) are registered beside them
+START_CYCLES = 1
+#: ... when the lanes are not a power of two (n - 1 is registered at the accept and
+#: divided by the lanes in the walkers' init cycle, the one after)
+ODD_LANES_START_CYCLES = 2
+#: ... for EMBED (two prepare cycles, the products and quotients of its position
+#: the walkers start from, then the walkers' init)
 EMBED_START_CYCLES = 4
 
 
 def vector_lanes(mem_bytes):
     """Lanes of the vector units: one int32 per lane in one memory word."""
     return mem_bytes // 4
+
+
+def start_cycles(mem_bytes, op):
+    """Cycles from the accept of instruction `op` to the mover's first request."""
+    if op == Op.EMBED:
+        return EMBED_START_CYCLES
+    L = vector_lanes(mem_bytes)
+    return START_CYCLES if L & (L - 1) == 0 else ODD_LANES_START_CYCLES
 
 
 def _wte_quarter(sub, tc):
@@ -173,7 +186,8 @@ class _Walker(wiring.Component):
     starts (``need``, one bit per word slot). ``adv`` moves to the next group,
     ``issue`` (one-hot) advances a slot's word address (the issuer's walker;
     the assembler's ignores its addresses). ``tok_set`` loads EMBED's wte row
-    and requantiser addresses for the current row."""
+    and requantiser addresses for the current row. ``init`` in the accept
+    cycle (``ctx.start``) starts from the command being accepted."""
 
     def __init__(self, c, body_bits):
         self.cfg, self.layouts = c, vector_layouts(c)
@@ -259,6 +273,10 @@ class _Walker(wiring.Component):
                     with m.If(self.end_all):
                         m.d.sync += self.running.eq(0)
 
+        # init from the command being accepted (in its accept cycle) or the held one
+        i_views = _views(self.layouts, Mux(ctx.start, ctx.new.body, ctx.body))
+        ln_c, ge_c, ad_c = (i_views[o] for o in (Op.LAYERNORM, Op.GELU, Op.RESADD))
+        is_ = _decode(Mux(ctx.start, ctx.new.op, ctx.op))
         with m.If(self.init):
             m.d.sync += [self.running.eq(1), phase.eq(~(is_["ln"] | is_["ge"])), r.eq(0),
                          g.eq(0), *(s.eq(0) for s in sub), id_sub.eq(0),
@@ -316,16 +334,21 @@ class _Reader(wiring.Component):
         # prepare: EMBED's cycle 1 registers the products and quotients of the
         # command's fields, cycle 2 the sums, and the walkers start from them (init,
         # cycle 3); the other instructions need only the row's last group and mask,
-        # derived from n - 1 (registered at the accept) while the walkers init
+        # registered while the walkers init: in the accept cycle when the lanes are
+        # a power of two (bit fields of n - 1), else the cycle after (n - 1 divided)
         prep = ctx.prep
         wpe_prod = Signal(A)
         pos_w = Signal(A)
         n_m1 = Signal.like(ln_c.n)
         init = Signal()
         busy = self.busy
-        tail = n_m1 % L
-        last = [prep.last_g.eq(n_m1 // L),
-                prep.last_mask.eq(Array(Const((2 << t) - 1, L) for t in range(L))[tail])]
+        pow2 = L & (L - 1) == 0
+        lb = L.bit_length() - 1
+
+        def last(n1):
+            q, r = (n1 >> lb, n1[:lb]) if pow2 else (n1 // L, n1 % L)
+            return [prep.last_g.eq(q),
+                    prep.last_mask.eq(Array(Const((2 << t) - 1, L) for t in range(L))[r])]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(~self.writing)
@@ -336,18 +359,23 @@ class _Reader(wiring.Component):
                                  busy.eq(1), n_m1.eq(new_n - 1)]
                     with m.If(self.cmd.payload.op == Op.EMBED):
                         m.next = "PREP1"
+                    with m.Elif(pow2):
+                        # (n - 1) // L and % L are bit fields: the walkers start now
+                        m.d.comb += init.eq(1)
+                        m.d.sync += last((new_n - 1)[:len(new_n)])
+                        m.next = "RUN"
                     with m.Else():
                         m.next = "INIT_ROWS"
             with m.State("INIT_ROWS"):
                 m.d.comb += init.eq(1)
-                m.d.sync += last
+                m.d.sync += last(n_m1)
                 m.next = "RUN"
             with m.State("PREP1"):
                 m.d.sync += [wpe_prod.eq(em_c.pos0 * em_c.wpe_stride), pos_w.eq(em_c.pos0 // L),
                              prep.pq_sub.eq(em_c.pos0 % L)]
                 m.next = "PREP2"
             with m.State("PREP2"):
-                m.d.sync += [*last, prep.wpe_row.eq(em_c.wpe_base + wpe_prod),
+                m.d.sync += [*last(n_m1), prep.wpe_row.eq(em_c.wpe_base + wpe_prod),
                              prep.pq_addr.eq(em_c.wpe_q_base + pos_w)]
                 m.next = "INIT"
             with m.State("INIT"):
