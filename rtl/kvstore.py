@@ -14,14 +14,21 @@ from .config import ceil_div
 from .isa import kvstore_layout
 from .memport import MemPort
 
-__all__ = ["KVStore", "buffer_words", "FIRST_REQUEST", "REQUEST_CYCLES", "SEGMENT_SETUP"]
+__all__ = ["KVStore", "buffer_words", "FIRST_REQUEST", "REQUEST_CYCLES", "SEGMENT_SETUP",
+           "V_SEGMENT_SETUP", "DRAIN_CYCLES"]
 
 #: accept to the first request's load into the request register
 FIRST_REQUEST = 2
 #: a request's load to its cycle on the port
 REQUEST_CYCLES = 1
 #: the writer's cycles from seeing a half full to its first buffer read (WAIT, PROD, ADDR)
+#: for a K segment (its first word's address needs a registered product and a sum)
 SEGMENT_SETUP = 3
+#: ... for a V segment (WAIT alone: its first word's address is one sum, made there)
+V_SEGMENT_SETUP = 1
+#: the last cache word's first writer cycle to ``done``: its buffer read, the bank
+#: select, the byte select into the write register, the write accepted
+DRAIN_CYCLES = 4
 
 
 def buffer_words(cfg: AttentionConfig):
@@ -51,10 +58,11 @@ class KVStore(wiring.Component):
       costs one extra cycle per token (the shift's second word);
     - the writer, once a half is full, walks the segment's cache words and
       writes each whole (strobes only on the group's keys and the head's
-      rows) from a registered buffer read and a registered byte select: per
-      Kᵀ word, k_per_word bytes of every bank; per V word, `cols` bytes of
-      k_per_word banks. While it drains one half the assembler fills the
-      other.
+      rows) from a registered buffer read, a registered bank select and a
+      registered byte select (two stages, so that no stage holds a
+      cols * k_per_word : 1 mux per bit): per Kᵀ word, k_per_word bytes of
+      every bank; per V word, `cols` bytes of k_per_word banks. While it
+      drains one half the assembler fills the other.
 
     Every address is a register advanced by its stride; the two products
     (the first key tile's j * stride, and (key // cols) * words of a head's
@@ -291,7 +299,8 @@ class KVStore(wiring.Component):
         m.d.sync += [full.eq((full | set_full) & ~clear),
                      claimed.eq((claimed | Mux(seg_end, Const(1, 2) << a_half, 0)) & ~clear)]
 
-        # stage 1 (buffer read) and 2 (the write register)
+        # stage 1 (buffer read), 2 (K: each bank's k_per_word bytes; V: the
+        # k_per_word banks) and the write register (V: each bank's cols bytes)
         s1_v, s1_last, s1_sel = Signal(), Signal(), Signal()
         s1_addr = Signal(A)
         s1_strb = Signal(MB)
@@ -308,10 +317,20 @@ class KVStore(wiring.Component):
         banks = [br.data.word_select(b, 8 * MB) for b in range(C)]
         k_chunk = [banks[cc].word_select(s1_wc, 8 * KPW) for cc in range(C)]
         k_word = Cat(*(k_chunk[cc].word_select(i, 8) for i in range(KPW) for cc in range(C)))
-        v_word = Cat(*(Array(banks)[s1_bank[i]].word_select(s1_dsel, 8 * C) for i in range(KPW)))
+        s2_v, s2_last, s2_sel = Signal(), Signal(), Signal()
+        s2_addr = Signal(A)
+        s2_strb = Signal(MB)
+        s2_dsel = Signal(range(KPW))
+        s2_kword = Signal(8 * MB)
+        s2_vbank = [Signal(8 * MB, name=f"s2_vbank{i}") for i in range(KPW)]
+        v_word = Cat(*(s2_vbank[i].word_select(s2_dsel, 8 * C) for i in range(KPW)))
         with m.If(adv):
-            m.d.sync += [o_v.eq(s1_v), o_last.eq(s1_v & s1_last), o_addr.eq(s1_addr),
-                         o_strb.eq(s1_strb), o_data.eq(Mux(s1_sel, v_word, k_word)),
+            m.d.sync += [s2_v.eq(s1_v), s2_last.eq(s1_v & s1_last), s2_sel.eq(s1_sel),
+                         s2_addr.eq(s1_addr), s2_strb.eq(s1_strb), s2_dsel.eq(s1_dsel),
+                         s2_kword.eq(k_word),
+                         *(s2_vbank[i].eq(Array(banks)[s1_bank[i]]) for i in range(KPW)),
+                         o_v.eq(s2_v), o_last.eq(s2_last), o_addr.eq(s2_addr),
+                         o_strb.eq(s2_strb), o_data.eq(Mux(s2_sel, v_word, s2_kword)),
                          s1_v.eq(s0)]
         with m.If(o_v & o_last & self.mem.wr.ready):
             m.d.sync += [done.eq(1), run.eq(0)]
@@ -369,14 +388,18 @@ class KVStore(wiring.Component):
                                  dC.eq(0), dsel.eq(0), dqw.eq(0),
                                  kk.eq(klo - klo % KPW), kk0.eq(klo - klo % KPW),
                                  kkm.eq((klo - klo % KPW) % C), kkm0.eq((klo - klo % KPW) % C),
-                                 vline.eq(vhead + klo // KPW)]
-                    m.next = "PROD"
+                                 vline.eq(vhead + klo // KPW), vaddr.eq(vhead + klo // KPW)]
+                    # a V segment's first address is that sum: it runs at once
+                    with m.If(w_sel):
+                        m.next = "RUN"
+                    with m.Else():
+                        m.next = "PROD"
             with m.State("PROD"):
                 if T > C:
                     m.d.sync += kq.eq(w_kt * wpt_d)
                 else:
                     m.d.sync += kq.eq(0)
-                m.d.sync += [kw.eq(khead + wc), vaddr.eq(vline)]
+                m.d.sync += kw.eq(khead + wc)
                 m.next = "ADDR"
             with m.State("ADDR"):
                 m.d.sync += kaddr.eq(kw + kq)
