@@ -31,8 +31,8 @@ from gpt2accel.rtl.gelu import GeluUnit, table_words
 from gpt2accel.rtl.machine import FETCH_TO_ISSUE
 from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd
 from gpt2accel.rtl.isa import VECTOR_OPS, Op, decode, wte_tile_cols
-from gpt2accel.rtl.kvstore import (DRAIN_CYCLES, FIRST_REQUEST, REQUEST_CYCLES, SEGMENT_SETUP,
-                                   V_SEGMENT_SETUP)
+from gpt2accel.rtl.kvstore import (BUFFER_PARTS, DRAIN_CYCLES, FIRST_REQUEST, REQUEST_CYCLES,
+                                   SEGMENT_SETUP)
 from gpt2accel.rtl.vecmove import (EMBED_SELECT_CYCLES, REQ_CYCLES, TOK_CYCLES, WRITE_CYCLES,
                                    start_cycles, vector_lanes)
 from gpt2accel.sim.cycles.attention import attention_cycles
@@ -59,8 +59,7 @@ def instruction_cycles(u):
 def kvstore_segments(cfg, f):
     """KVSTORE's walk (rtl/kvstore.py): per segment (a head's K or V of one group of
     keys sharing a Kᵀ column tile) in order, (reads per token, whether each token
-    costs a flush cycle, tokens in the group, cache words written, whether it is
-    V)."""
+    costs a flush cycle, tokens in the group, cache words written)."""
     e = cfg.engine
     MB, C, KPW, T = e.mem_bytes, e.cols, e.k_per_word, cfg.tile
     H, D = f["n_head"], f["d_head"]
@@ -87,7 +86,7 @@ def kvstore_segments(cfg, f):
             else:
                 words = max(1, ceil_div(sh % KPW + D, KPW))
                 bh = (bh + f["k_skew"]) % MB
-            yield nw, flush, n, words, v
+            yield nw, flush, n, words
         t += n
         kin = 0 if kin == T - 1 else kin + 1
 
@@ -96,18 +95,18 @@ def kvstore_cycles(cfg, f, latency=REF_MEM_LATENCY):
     """Accept to done of one KVSTORE (stall-free): a replay of its issuer (a request
     per cycle from its register, at most max_outstanding unanswered), its
     assembler (a response per cycle, a flush cycle after a token's segment
-    where the realigning shift needs it, a segment into a half only once the
-    writer freed it) and its writer (three cycles to set up a K segment once its
-    half is full, one a V segment, then a word per cycle, the write three
-    stages later)."""
+    where the realigning shift needs it, a segment into a buffer part only once
+    the writer freed it, `BUFFER_PARTS` of them in turn) and its writer (a cycle
+    to set up a segment once its part is full, then a word per cycle, the write
+    three stages later)."""
     MO = cfg.engine.max_outstanding
     s, p = [], []                       # fire and take cycle of each read
     fire, take = FIRST_REQUEST, None    # next free issue cycle; previous take's cycle
-    free = []                           # per segment: cycle its half is free again
+    free = []                           # per segment: cycle its part is free again
     wait = 3                            # the writer's first WAIT (after its base products)
     last_s0 = None
-    for si, (nw, flush, n, words, v) in enumerate(kvstore_segments(cfg, f)):
-        gate = free[si - 2] if si >= 2 else 0
+    for si, (nw, flush, n, words) in enumerate(kvstore_segments(cfg, f)):
+        gate = free[si - BUFFER_PARTS] if si >= BUFFER_PARTS else 0
         for _ in range(n):
             for k in range(nw):
                 i = len(s)
@@ -122,7 +121,7 @@ def kvstore_cycles(cfg, f, latency=REF_MEM_LATENCY):
         # the last emission's shift stages: written two cycles later, its full flag
         # seen the one after
         x = max(wait, take + 3)
-        last_s0 = x + (V_SEGMENT_SETUP if v else SEGMENT_SETUP) + words - 1
+        last_s0 = x + SEGMENT_SETUP + words - 1
         free.append(last_s0 + 1)
         wait = last_s0 + 1
     return last_s0 + DRAIN_CYCLES
