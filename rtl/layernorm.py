@@ -376,9 +376,16 @@ class _PassA(wiring.Component):
         # level taken (p1), the rest of the trees and the sum reduced (p2), then
         # accumulated: the trees' levels split between two stages (one level in a
         # stage with the mask would leave the rest, log2(lanes) - 1, to the next).
+        # The lane mask is pre-decoded into registers, so that the input stage holds
+        # no compare of the count: the first beat's from n (set before any row), the
+        # next beat's from the count now (n_left > l + lanes is left' > l).
         pctx = data.StructLayout({"v": 1, "first": 1, "end": 1, "h": 1})
         p1, p2 = Signal(pctx), Signal(pctx)
-        mask = [n_left > l for l in range(L)]
+        first_mask, next_mask = Signal(L), Signal(L)
+        m.d.sync += first_mask.eq(Cat(cfg.n > l for l in range(L)))
+        with m.If(take_a):
+            m.d.sync += next_mask.eq(Cat(n_left > l + L for l in range(L)))
+        mask = Mux(first_a, first_mask, next_mask)
         lvl_max = _pair_level([Mux(mask[l], xs[l], lo) for l in range(L)], lambda a, b: a > b)
         lvl_min = _pair_level([Mux(mask[l], xs[l], hi) for l in range(L)], lambda a, b: a < b)
         p1_x = [Signal(signed(R), name=f"p1_x{l}") for l in range(L)]
