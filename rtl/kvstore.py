@@ -14,18 +14,28 @@ from .config import ceil_div
 from .isa import kvstore_layout
 from .memport import MemPort
 
-__all__ = ["KVStore", "buffer_words", "FIRST_REQUEST", "REQUEST_CYCLES", "SEGMENT_SETUP"]
+__all__ = ["KVStore", "buffer_words", "BUFFER_PARTS", "FIRST_REQUEST", "REQUEST_CYCLES",
+           "SEGMENT_SETUP", "DRAIN_CYCLES"]
 
+#: parts of the transposing buffer, a segment each: with three, the assembler
+#: fills one while the writer drains another and the third waits full (with two,
+#: short segments alternate between the writer's setup and the assembler's fill)
+BUFFER_PARTS = 3
 #: accept to the first request's load into the request register
 FIRST_REQUEST = 2
 #: a request's load to its cycle on the port
 REQUEST_CYCLES = 1
-#: the writer's cycles from seeing a half full to its first buffer read (WAIT, PROD, ADDR)
-SEGMENT_SETUP = 3
+#: the writer's cycles from seeing a part full to its first buffer read (WAIT: the
+#: segment's first address is one sum there, the Kᵀ column tile's offset having
+#: been made by the assembler while the part filled)
+SEGMENT_SETUP = 1
+#: the last cache word's first writer cycle to ``done``: its buffer read, the bank
+#: select, the byte select into the write register, the write accepted
+DRAIN_CYCLES = 4
 
 
 def buffer_words(cfg: AttentionConfig):
-    """Words (of mem_bytes bytes per key) of one half of the transposing buffer: one
+    """Words (of mem_bytes bytes per key) of one part of the transposing buffer: one
     head's K or V realigned so that its Kᵀ row r = b_h + d sits at byte r (b_h < mem_bytes)."""
     e = cfg.engine
     return max(1, ceil_div(e.mem_bytes - 1 + cfg.max_d_head, e.mem_bytes))
@@ -46,19 +56,22 @@ class KVStore(wiring.Component):
       unanswered;
     - the assembler takes one response per cycle and writes it, realigned by
       a byte shift so that Kᵀ row r = b_h + d (V: d) sits at byte r, into
-      the token's bank (key mod cols) of the transposing buffer, one half per
+      the token's bank (key mod cols) of the transposing buffer, one part per
       segment; a segment whose last row falls past its last source word
       costs one extra cycle per token (the shift's second word);
-    - the writer, once a half is full, walks the segment's cache words and
+    - the writer, once a part is full, walks the segment's cache words and
       writes each whole (strobes only on the group's keys and the head's
-      rows) from a registered buffer read and a registered byte select: per
-      Kᵀ word, k_per_word bytes of every bank; per V word, `cols` bytes of
-      k_per_word banks. While it drains one half the assembler fills the
-      other.
+      rows) from a registered buffer read, a registered bank select and a
+      registered byte select (two stages, so that no stage holds a
+      cols * k_per_word : 1 mux per bit): per Kᵀ word, k_per_word bytes of
+      every bank; per V word, `cols` bytes of k_per_word banks. While it
+      drains one part the assembler fills the next (`BUFFER_PARTS`).
 
     Every address is a register advanced by its stride; the two products
     (the first key tile's j * stride, and (key // cols) * words of a head's
-    Kᵀ column tile when tile > cols) have registered operands and product.
+    Kᵀ column tile when tile > cols) have registered operands and product;
+    the second is the assembler's, per segment, made while the shift stages
+    finish the segment's part, so the writer starts a segment in one cycle.
     ``done`` pulses the cycle after the last write is accepted.
     """
 
@@ -81,12 +94,11 @@ class KVStore(wiring.Component):
         m.d.comb += [self.done.eq(done), self.busy.eq(run)]
 
         # per command: divmod(D, MB) steps a segment's start, divmod(D - 1, MB) gives
-        # its last word; the first key's tile j0, key kin0 and column tile kt0
+        # its last word; the first key's tile j0 and key kin0
         dq, dr = Signal(range(DMAX // MB + 1)), Signal(range(MB))
         d1q, d1r = Signal(range(DMAX // MB + 1)), Signal(range(MB))
         j0 = Signal(range(c.max_seq // T + 1))
         kin0, kc0 = Signal(range(T)), Signal(range(C))
-        kt0 = Signal(range(ceil_div(T, C)))
         p = self.cmd.payload
         m.d.comb += self.cmd.ready.eq(~run)
         start = Signal()
@@ -96,7 +108,7 @@ class KVStore(wiring.Component):
                          dq.eq(p.d_head // MB), dr.eq(p.d_head % MB),
                          d1q.eq(d1 // MB), d1r.eq(d1 % MB),
                          j0.eq(p.pos0 // T), kin0.eq(p.pos0 % T),
-                         kc0.eq((p.pos0 % T) % C), kt0.eq((p.pos0 % T) // C)]
+                         kc0.eq((p.pos0 % T) % C)]
         with m.Else():
             m.d.sync += start.eq(0)
         H1 = cmd.n_head - 1
@@ -183,14 +195,20 @@ class KVStore(wiring.Component):
                     with m.If(iw.last):
                         m.d.sync += i_run.eq(0)
 
-        # ---- assembler: responses into the buffer half of the segment
-        m.submodules.buf = buf = Memory(shape=unsigned(8 * MB * C), depth=2 * Q, init=[])
+        # ---- assembler: responses into the buffer part of the segment
+        NP = BUFFER_PARTS
+        m.submodules.buf = buf = Memory(shape=unsigned(8 * MB * C), depth=NP * Q, init=[])
         bw = buf.write_port(granularity=8 * MB)
         br = buf.read_port(transparent_for=())
-        full = Signal(2)
+        full = Signal(NP)
+
+        def nxt_part(part, base):
+            """The next part and its first word (a part's base advances by Q)."""
+            return [part.eq(Mux(part == NP - 1, 0, part + 1)),
+                    base.eq(Mux(part == NP - 1, 0, base + Q))]
         aw = walker("asm")
         a_run = Signal()
-        a_half = Signal()
+        a_part, a_base = Signal(range(NP)), Signal(range(NP * Q))
         a_q = Signal(range(Q + 1))                     # the token's next buffer word
         flushing = Signal()
         sh = aw.sh
@@ -199,23 +217,27 @@ class KVStore(wiring.Component):
         # more emission after it (Q words per token in all)
         flush = (aw.off + d1r >= MB) < ((sh + d1r >= MB) + pos)
         rho = Mux(pos, aw.off - sh, MB + aw.off - sh)   # 1 .. MB: the window's byte offset
-        e_v, e_last, e_half = Signal(), Signal(), Signal()
+        e_v, e_last, e_part = Signal(), Signal(), Signal(range(NP))
+        e_base = Signal(range(NP * Q))
         e_cur, e_prev = Signal(8 * MB), Signal(8 * MB)
         e_rho = Signal(range(MB + 1))
         e_q = Signal(range(Q))
         e_bank = Signal(range(C))
-        # what the writer needs of each half's segment: its group's keys
-        meta_kinlo = Array(Signal(range(T), name=f"meta_kinlo{i}") for i in range(2))
-        meta_kinhi = Array(Signal(range(T), name=f"meta_kinhi{i}") for i in range(2))
-        meta_kclo = Array(Signal(range(C), name=f"meta_kclo{i}") for i in range(2))
-        meta_kchi = Array(Signal(range(C), name=f"meta_kchi{i}") for i in range(2))
-        meta_last = Array(Signal(name=f"meta_last{i}") for i in range(2))
+        # what the writer needs of each part's segment: its group's keys
+        meta_kinlo = Array(Signal(range(T), name=f"meta_kinlo{i}") for i in range(NP))
+        meta_kinhi = Array(Signal(range(T), name=f"meta_kinhi{i}") for i in range(NP))
+        meta_kclo = Array(Signal(range(C), name=f"meta_kclo{i}") for i in range(NP))
+        meta_kchi = Array(Signal(range(C), name=f"meta_kchi{i}") for i in range(NP))
+        meta_last = Array(Signal(name=f"meta_last{i}") for i in range(NP))
+        # ... and a K segment's first Kᵀ word within the head's key tile: its column
+        # tile's words (kt * ceil((b_h + D) / k_per_word)) + b_h // k_per_word
+        meta_kqw = Array(Signal(A, name=f"meta_kqw{i}") for i in range(NP))
 
-        # a half is the assembler's again once the writer frees it; it is claimed
+        # a part is the assembler's again once the writer frees it; it is claimed
         # at the segment's last take, two cycles before its full flag (the shift
-        # stages), so that a segment of one word per half cannot overtake the writer
-        claimed = Signal(2)
-        m.d.comb += [self.mem.rd_resp.ready.eq(a_run & ~flushing & ~claimed.bit_select(a_half, 1)),
+        # stages), so that a segment of one word per part cannot overtake the writer
+        claimed = Signal(NP)
+        m.d.comb += [self.mem.rd_resp.ready.eq(a_run & ~flushing & ~claimed.bit_select(a_part, 1)),
                      take.eq(self.mem.rd_resp.valid & self.mem.rd_resp.ready)]
         tok_end = Signal()
         seg_end = Signal()
@@ -235,49 +257,65 @@ class KVStore(wiring.Component):
             m.d.sync += [e_prev.eq(e_cur), e_v.eq(1), e_q.eq(a_q), flushing.eq(0)]
             m.d.comb += tok_end.eq(1)
         with m.If(take | flushing):
-            m.d.sync += [e_rho.eq(rho), e_bank.eq(aw.kc), e_half.eq(a_half),
+            m.d.sync += [e_rho.eq(rho), e_bank.eq(aw.kc), e_part.eq(a_part), e_base.eq(a_base),
                          e_last.eq(seg_end)]
         with m.If(tok_end):
             m.d.sync += a_q.eq(0)
             aw.step_token()
             with m.If(aw.last_tok):
-                m.d.sync += [a_half.eq(~a_half), meta_kinlo[a_half].eq(aw.kinlo),
-                             meta_kinhi[a_half].eq(aw.kin), meta_kclo[a_half].eq(aw.kclo),
-                             meta_kchi[a_half].eq(aw.kc), meta_last[a_half].eq(aw.last)]
+                m.d.sync += [*nxt_part(a_part, a_base), meta_kinlo[a_part].eq(aw.kinlo),
+                             meta_kinhi[a_part].eq(aw.kin), meta_kclo[a_part].eq(aw.kclo),
+                             meta_kchi[a_part].eq(aw.kc), meta_last[a_part].eq(aw.last)]
                 with m.If(aw.last):
                     m.d.sync += a_run.eq(0)
         with m.If(start):
-            m.d.sync += [a_run.eq(1), a_half.eq(0), a_q.eq(0), flushing.eq(0)]
+            m.d.sync += [a_run.eq(1), a_part.eq(0), a_base.eq(0), a_q.eq(0), flushing.eq(0)]
+        # the offset from the segment's walk at its end (registered operands, then the
+        # registered product, then the sum into the part's meta): three cycles, as
+        # the shift stages take to set the part's full flag, so the writer sees both
+        k1_v, k2_v = Signal(), Signal()
+        k1_part, k2_part = Signal(range(NP)), Signal(range(NP))
+        k1_kt = Signal(range(ceil_div(T, C)))
+        k1_wpt = Signal(range(ceil_div(MB + DMAX, KPW) + 1))
+        k1_wc, k2_wc = Signal(range(C)), Signal(range(C))
+        k2_prod = Signal(A)
+        m.d.sync += [k1_v.eq(seg_end), k2_v.eq(k1_v), k2_part.eq(k1_part), k2_wc.eq(k1_wc),
+                     k2_prod.eq(k1_kt * k1_wpt if T > C else 0)]
+        with m.If(seg_end):
+            m.d.sync += [k1_part.eq(a_part), k1_kt.eq(aw.kinlo // C),
+                         k1_wpt.eq((sh + cmd.d_head + KPW - 1) // KPW), k1_wc.eq(sh // KPW)]
+        with m.If(k2_v):
+            m.d.sync += meta_kqw[k2_part].eq(k2_prod + k2_wc)
         # the window's byte shift in two registered stages: by rho's multiple of
         # four bytes, then by the rest on the way into the buffer
-        f_v, f_last, f_half = Signal(), Signal(), Signal()
+        f_v, f_last, f_part = Signal(), Signal(), Signal(range(NP))
+        f_base = Signal(range(NP * Q))
         f_q = Signal(range(Q))
         f_bank = Signal(range(C))
         f_fine = Signal(2)
         f_coarse = Signal(8 * (MB + 3))
         both = Cat(e_prev, e_cur)
-        m.d.sync += [f_v.eq(e_v), f_last.eq(e_last), f_half.eq(e_half), f_q.eq(e_q),
+        m.d.sync += [f_v.eq(e_v), f_last.eq(e_last), f_part.eq(e_part), f_base.eq(e_base),
+                     f_q.eq(e_q),
                      f_bank.eq(e_bank), f_fine.eq(e_rho[:2]),
                      f_coarse.eq((both >> Cat(Const(0, 5), e_rho[2:]))[:8 * (MB + 3)])]
         window = Cat(*(Array(f_coarse[8 * (b + j):8 * (b + j + 1)] for j in range(4))[f_fine]
                        for b in range(MB)))
-        m.d.comb += [bw.addr.eq(Mux(f_half, Q, 0) + f_q), bw.data.eq(Cat(*([window] * C))),
+        m.d.comb += [bw.addr.eq(f_base + f_q), bw.data.eq(Cat(*([window] * C))),
                      bw.en.eq(Mux(f_v, Const(1, C) << f_bank, 0))]
-        set_full = Mux(f_v & f_last, Const(1, 2) << f_half, 0)
+        set_full = Mux(f_v & f_last, Const(1, NP) << f_part, 0)
 
-        # ---- writer: the half's cache words, each read, selected and written
+        # ---- writer: the part's cache words, each read, selected and written
         # in three registered stages (buffer read, byte select, write)
-        w_half, w_sel, w_bh = Signal(), Signal(), Signal(range(MB))
+        w_part, w_sel, w_bh = Signal(range(NP)), Signal(), Signal(range(MB))
+        w_base = Signal(range(NP * Q))
         w_h = Signal(8)
-        w_kt = Signal(range(ceil_div(T, C)))
         jkp, jvp = Signal(A), Signal(A)
         kgrp, vgrp, khead, vhead = (Signal(A, name=n) for n in ("kgrp", "vgrp", "khead", "vhead"))
         kinlo, kinhi = Signal(range(T)), Signal(range(T))
         kclo, kchi = Signal(range(C)), Signal(range(C))
         w_lastseg = Signal()
         w_sh = Signal(range(MB))
-        wpt_d = Signal(range(ceil_div(MB + DMAX, KPW) + 1))
-        kq, kw = Signal(A), Signal(A)
         rr = Signal(range(MB + DMAX + KPW))            # Kᵀ: the word's first row
         wc = Signal(range(C))                          # Kᵀ: the word's bytes in its buffer word
         wq = Signal(range(Q))                          # Kᵀ: ... and that buffer word
@@ -287,11 +325,12 @@ class KVStore(wiring.Component):
         kk, kk0 = Signal(range(T + KPW)), Signal(range(T + KPW))  # V: the word's first key
         kkm, kkm0 = Signal(range(C)), Signal(range(C))            # ... mod cols: its bank
         kaddr, vaddr, vline = Signal(A), Signal(A), Signal(A)
-        clear = Signal(2)
+        clear = Signal(NP)
         m.d.sync += [full.eq((full | set_full) & ~clear),
-                     claimed.eq((claimed | Mux(seg_end, Const(1, 2) << a_half, 0)) & ~clear)]
+                     claimed.eq((claimed | Mux(seg_end, Const(1, NP) << a_part, 0)) & ~clear)]
 
-        # stage 1 (buffer read) and 2 (the write register)
+        # stage 1 (buffer read), 2 (K: each bank's k_per_word bytes; V: the
+        # k_per_word banks) and the write register (V: each bank's cols bytes)
         s1_v, s1_last, s1_sel = Signal(), Signal(), Signal()
         s1_addr = Signal(A)
         s1_strb = Signal(MB)
@@ -304,14 +343,24 @@ class KVStore(wiring.Component):
         m.d.comb += [self.mem.wr.valid.eq(o_v), self.mem.wr.payload.addr.eq(o_addr),
                      self.mem.wr.payload.data.eq(o_data), self.mem.wr.payload.strb.eq(o_strb)]
         s0 = Signal()
-        m.d.comb += [br.en.eq(adv), br.addr.eq(Mux(w_half, Q, 0) + Mux(w_sel, dqw, wq))]
+        m.d.comb += [br.en.eq(adv), br.addr.eq(w_base + Mux(w_sel, dqw, wq))]
         banks = [br.data.word_select(b, 8 * MB) for b in range(C)]
         k_chunk = [banks[cc].word_select(s1_wc, 8 * KPW) for cc in range(C)]
         k_word = Cat(*(k_chunk[cc].word_select(i, 8) for i in range(KPW) for cc in range(C)))
-        v_word = Cat(*(Array(banks)[s1_bank[i]].word_select(s1_dsel, 8 * C) for i in range(KPW)))
+        s2_v, s2_last, s2_sel = Signal(), Signal(), Signal()
+        s2_addr = Signal(A)
+        s2_strb = Signal(MB)
+        s2_dsel = Signal(range(KPW))
+        s2_kword = Signal(8 * MB)
+        s2_vbank = [Signal(8 * MB, name=f"s2_vbank{i}") for i in range(KPW)]
+        v_word = Cat(*(s2_vbank[i].word_select(s2_dsel, 8 * C) for i in range(KPW)))
         with m.If(adv):
-            m.d.sync += [o_v.eq(s1_v), o_last.eq(s1_v & s1_last), o_addr.eq(s1_addr),
-                         o_strb.eq(s1_strb), o_data.eq(Mux(s1_sel, v_word, k_word)),
+            m.d.sync += [s2_v.eq(s1_v), s2_last.eq(s1_v & s1_last), s2_sel.eq(s1_sel),
+                         s2_addr.eq(s1_addr), s2_strb.eq(s1_strb), s2_dsel.eq(s1_dsel),
+                         s2_kword.eq(k_word),
+                         *(s2_vbank[i].eq(Array(banks)[s1_bank[i]]) for i in range(KPW)),
+                         o_v.eq(s2_v), o_last.eq(s2_last), o_addr.eq(s2_addr),
+                         o_strb.eq(s2_strb), o_data.eq(Mux(s2_sel, v_word, s2_kword)),
                          s1_v.eq(s0)]
         with m.If(o_v & o_last & self.mem.wr.ready):
             m.d.sync += [done.eq(1), run.eq(0)]
@@ -350,42 +399,32 @@ class KVStore(wiring.Component):
             with m.State("IDLE"):
                 with m.If(start):
                     m.d.sync += [jkp.eq(j0 * cmd.k_tile_stride), jvp.eq(j0 * cmd.v_tile_stride),
-                                 w_half.eq(0), w_sel.eq(0), w_h.eq(0), w_bh.eq(0), w_kt.eq(kt0)]
+                                 w_part.eq(0), w_base.eq(0), w_sel.eq(0), w_h.eq(0), w_bh.eq(0)]
                     m.next = "BASE"
             with m.State("BASE"):
                 kb, vb = cmd.k_base + jkp, cmd.v_base + jvp
                 m.d.sync += [kgrp.eq(kb), khead.eq(kb), vgrp.eq(vb), vhead.eq(vb)]
                 m.next = "WAIT"
             with m.State("WAIT"):
-                # the segment's first word, rows and keys, once its half is full
-                with m.If(full.bit_select(w_half, 1)):
-                    klo = meta_kinlo[w_half]
+                # the segment's first word, rows and keys, once its part is full
+                with m.If(full.bit_select(w_part, 1)):
+                    klo = meta_kinlo[w_part]
                     sh_ = Mux(w_sel, 0, w_bh)
-                    m.d.sync += [kinlo.eq(klo), kinhi.eq(meta_kinhi[w_half]),
-                                 kclo.eq(meta_kclo[w_half]), kchi.eq(meta_kchi[w_half]),
-                                 w_lastseg.eq(meta_last[w_half]), w_sh.eq(sh_),
-                                 wpt_d.eq((sh_ + cmd.d_head + KPW - 1) // KPW),
+                    m.d.sync += [kinlo.eq(klo), kinhi.eq(meta_kinhi[w_part]),
+                                 kclo.eq(meta_kclo[w_part]), kchi.eq(meta_kchi[w_part]),
+                                 w_lastseg.eq(meta_last[w_part]), w_sh.eq(sh_),
                                  rr.eq(sh_ - sh_ % KPW), wc.eq(sh_ // KPW), wq.eq(0),
                                  dC.eq(0), dsel.eq(0), dqw.eq(0),
                                  kk.eq(klo - klo % KPW), kk0.eq(klo - klo % KPW),
                                  kkm.eq((klo - klo % KPW) % C), kkm0.eq((klo - klo % KPW) % C),
-                                 vline.eq(vhead + klo // KPW)]
-                    m.next = "PROD"
-            with m.State("PROD"):
-                if T > C:
-                    m.d.sync += kq.eq(w_kt * wpt_d)
-                else:
-                    m.d.sync += kq.eq(0)
-                m.d.sync += [kw.eq(khead + wc), vaddr.eq(vline)]
-                m.next = "ADDR"
-            with m.State("ADDR"):
-                m.d.sync += kaddr.eq(kw + kq)
-                m.next = "RUN"
+                                 vline.eq(vhead + klo // KPW), vaddr.eq(vhead + klo // KPW),
+                                 kaddr.eq(khead + meta_kqw[w_part])]
+                    m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += s0.eq(adv)
                 with m.If(w_end):
-                    m.d.comb += clear.eq(Const(1, 2) << w_half)
-                    m.d.sync += w_half.eq(~w_half)
+                    m.d.comb += clear.eq(Const(1, NP) << w_part)
+                    m.d.sync += nxt_part(w_part, w_base)
                     with m.If(w_lastseg):
                         m.next = "IDLE"
                     with m.Else():
@@ -403,8 +442,8 @@ class KVStore(wiring.Component):
                         m.d.sync += [w_sel.eq(0), w_h.eq(0), w_bh.eq(0)]
                         with m.If(kinhi == T - 1):
                             nk, nv = kgrp + cmd.k_tile_stride, vgrp + cmd.v_tile_stride
-                            m.d.sync += [w_kt.eq(0), kgrp.eq(nk), khead.eq(nk),
+                            m.d.sync += [kgrp.eq(nk), khead.eq(nk),
                                          vgrp.eq(nv), vhead.eq(nv)]
                         with m.Else():
-                            m.d.sync += [w_kt.eq(w_kt + 1), khead.eq(kgrp), vhead.eq(vgrp)]
+                            m.d.sync += [khead.eq(kgrp), vhead.eq(vgrp)]
         return m

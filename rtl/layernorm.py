@@ -30,7 +30,7 @@ pipeline enable. Buffer hand-over: pass A may refill an X half as soon as
 pass B has started reading it (B reads one word per cycle without pausing,
 so the writer can never overtake it); a D bank is free again once pass C
 has issued its last read. Three D banks hide the root: with rows of
-W = ceil(N/lanes) >= 47 beats the unit takes and emits one beat per cycle
+W = ceil(N/lanes) >= 35 beats the unit takes and emits one beat per cycle
 (`sim.cycles.units.layernorm_row_period` gives the rate for any W).
 
 Parameters (per LayerNorm: gamma/beta and the scalars) are loaded between
@@ -92,25 +92,34 @@ def param_layout(lanes):
                               "beta": data.ArrayLayout(signed(48), lanes)})
 
 
+def _pair_level(values, first_if):
+    """One level of a balanced reduction tree: each pair reduced to its first value
+    where `first_if(a, b)` holds, else its second (an odd last value passes)."""
+    values = list(values)
+    nxt = [Mux(first_if(a, b), a, b) for a, b in zip(values[::2], values[1::2])]
+    return nxt + values[len(nxt) * 2:]
+
+
 def _min_tree(values):
     """Balanced reduction tree of signed minima."""
     values = list(values)
     while len(values) > 1:
-        nxt = [Mux(a < b, a, b) for a, b in zip(values[::2], values[1::2])]
-        if len(values) % 2:
-            nxt.append(values[-1])
-        values = nxt
+        values = _pair_level(values, lambda a, b: a < b)
     return values[0]
 
 
 class RowRoot(wiring.Component):
     """S2 (48-bit) in, inv = min(round(2^36 / max(isqrt(S2), 1)), 2^24 - 1) out (§6.4).
 
-    Sequential: the restoring square root of `intmodel.isqrt`, one iteration per
-    cycle (24 cycles), then a radix-4 restoring divider (12 cycles; digit =
-    largest k in 0..3 with k * divisor <= remainder). Each cycle has one carry
-    chain on its select path: the trial subtractions run in parallel and their
-    signs pick the result. For
+    Sequential: a radix-4 square root (12 cycles, two root bits each: with the
+    partial root R and remainder rem, the next four radicand bits shifted in
+    give rem', and the digit is the largest d in 0..3 with
+    (4R + d)^2 - 16 R^2 = 8Rd + d^2 <= rem', the same result as the one bit
+    per step of `intmodel.isqrt`), then a radix-4 restoring divider (12
+    cycles; digit = largest k in 0..3 with k * divisor <= remainder). Each
+    cycle has one carry chain on its select path: the trial subtractions run
+    in parallel and their signs pick the result (the root's are at most 30
+    bits wide, as rem' < 2^29 once R has 24 bits). For
     r <= 2^12 the quotient is >= 2^24 and clamps (only constant rows get
     there), so the divider only ever produces 24 bits.
 
@@ -118,7 +127,7 @@ class RowRoot(wiring.Component):
     pulses `period` - 1 cycles later with ``inv`` valid in the same cycle.
     """
     #: cycles from ``start`` to the next possible ``start``
-    period = 38
+    period = 26
 
     def __init__(self):
         super().__init__({"start": In(1), "s2": In(im.LN_ACC_BITS), "busy": Out(1),
@@ -127,10 +136,12 @@ class RowRoot(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         A = im.LN_ACC_BITS
-        steps = A // 2                  # one isqrt iteration per cycle
-        rem = Signal(A + 2)
-        root = Signal(A)                # shifted partial root, as in intmodel.isqrt
-        bit = Signal(A)
+        RB = A // 2                     # root bits
+        steps = A // 4                  # two root bits per cycle
+        rad = Signal(A)                 # the radicand bits not yet shifted in, at the top
+        root = Signal(RB)               # R, the root so far
+        r3p1 = Signal(RB + 2)           # 3R + 1, so that 24R + 9 = (3R + 1) * 8 + 1 needs no add
+        rem = Signal(A + 2)             # the root's remainder (<= 2R), then the divider's
         dv = Signal(A + 2)
         dv3 = Signal(A + 2)             # 3 * dv, shifted with it
         q = Signal(im.LN_RECIP_BITS)
@@ -140,19 +151,28 @@ class RowRoot(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [rem.eq(self.s2), root.eq(0), bit.eq(1 << (A - 2)), step.eq(0)]
+                    m.d.sync += [rad.eq(self.s2), root.eq(0), r3p1.eq(1), rem.eq(0),
+                                 step.eq(0)]
                     m.next = "SQRT"
             with m.State("SQRT"):
                 m.d.comb += self.busy.eq(1)
-                # intmodel.isqrt: trial = root + bit; take if rem >= trial. root is a
-                # multiple of 2 * bit, so the trial is root | bit (no carry), and the
-                # subtraction's sign is the compare
-                diff = Signal(signed(A + 3))
-                m.d.comb += diff.eq(rem - (root | bit))
-                take = ~diff[-1]
-                m.d.sync += [rem.eq(Mux(take, diff[:A + 2], rem)),
-                             root.eq(Mux(take, (root >> 1) + bit, root >> 1)),
-                             bit.eq(bit >> 2), step.eq(step + 1)]
+                RW = RB + 6                 # rem' < 16 (2R + 1) <= 2^(RB + 5)
+                remp = Signal(RW)
+                m.d.comb += remp.eq(Cat(rad[-4:], rem[:RW - 4]))
+                # the trials 8R + 1, 16R + 4, 24R + 9: constants in the low bits, no adds
+                trial = [Signal(signed(RW + 1), name=f"sq_trial{d}") for d in (1, 2, 3)]
+                m.d.comb += [trial[0].eq(remp - Cat(C(1, 3), root)),
+                             trial[1].eq(remp - Cat(C(4, 4), root)),
+                             trial[2].eq(remp - Cat(C(1, 3), r3p1))]
+                ge1, ge2, ge3 = (~t[-1] for t in trial)
+                digit = Mux(ge3, 3, Mux(ge2, 2, Mux(ge1, 1, 0)))
+                nrem = Mux(ge3, trial[2], Mux(ge2, trial[1], Mux(ge1, trial[0], remp)))
+                # 3(4R + d) + 1 = 4 (3R + 1) + 3d - 3: the four sums in parallel
+                n3 = [Signal(RB + 2, name=f"sq_r3_{d}") for d in range(4)]
+                m.d.comb += [n3[d].eq((r3p1 << 2) + 3 * d - 3) for d in range(4)]
+                m.d.sync += [rem.eq(nrem[:RW]), root.eq(Cat(digit[:2], root[:-2])),
+                             r3p1.eq(Mux(ge3, n3[3], Mux(ge2, n3[2], Mux(ge1, n3[1], n3[0])))),
+                             rad.eq(rad << 4), step.eq(step + 1)]
                 with m.If(step == steps - 1):
                     m.next = "PREP"
             with m.State("PREP"):
@@ -352,17 +372,32 @@ class _PassA(wiring.Component):
             with m.Else():
                 m.d.sync += ja.eq(ja + 1)
 
-        # The beat is registered with its lane mask (p1), reduced to its sum, max and
-        # min (p2), then accumulated: no path from the input through the reductions.
+        # The beat is masked (lanes past n: 0, lo, hi) and its max/min trees' first
+        # level taken (p1), the rest of the trees and the sum reduced (p2), then
+        # accumulated: the trees' levels split between two stages (one level in a
+        # stage with the mask would leave the rest, log2(lanes) - 1, to the next).
+        # The lane mask is pre-decoded into registers, so that the input stage holds
+        # no compare of the count: the first beat's from n (set before any row), the
+        # next beat's from the count now (n_left > l + lanes is left' > l).
         pctx = data.StructLayout({"v": 1, "first": 1, "end": 1, "h": 1})
         p1, p2 = Signal(pctx), Signal(pctx)
-        p1_x, p1_mask = Signal(geo.x_shape), Signal(L)
+        first_mask, next_mask = Signal(L), Signal(L)
+        m.d.sync += first_mask.eq(Cat(cfg.n > l for l in range(L)))
+        with m.If(take_a):
+            m.d.sync += next_mask.eq(Cat(n_left > l + L for l in range(L)))
+        mask = Mux(first_a, first_mask, next_mask)
+        lvl_max = _pair_level([Mux(mask[l], xs[l], lo) for l in range(L)], lambda a, b: a > b)
+        lvl_min = _pair_level([Mux(mask[l], xs[l], hi) for l in range(L)], lambda a, b: a < b)
+        p1_x = [Signal(signed(R), name=f"p1_x{l}") for l in range(L)]
+        p1_max = [Signal(signed(R), name=f"p1_max{i}") for i in range(len(lvl_max))]
+        p1_min = [Signal(signed(R), name=f"p1_min{i}") for i in range(len(lvl_min))]
         p2_sum, p2_max, p2_min = Signal(signed(SUM_W)), Signal(signed(R)), Signal(signed(R))
         m.d.sync += [p1.v.eq(take_a), p1.first.eq(first_a), p1.end.eq(end_a), p1.h.eq(ha),
-                     p1_x.eq(xs), p1_mask.eq(Cat(n_left > l for l in range(L))), p2.eq(p1),
-                     p2_sum.eq(sum_tree([Mux(p1_mask[l], p1_x[l], 0) for l in range(L)])),
-                     p2_max.eq(max_tree([Mux(p1_mask[l], p1_x[l], lo) for l in range(L)])),
-                     p2_min.eq(_min_tree([Mux(p1_mask[l], p1_x[l], hi) for l in range(L)]))]
+                     *(p1_x[l].eq(Mux(mask[l], xs[l], 0)) for l in range(L)),
+                     *(a.eq(v) for a, v in zip(p1_max, lvl_max)),
+                     *(a.eq(v) for a, v in zip(p1_min, lvl_min)), p2.eq(p1),
+                     p2_sum.eq(sum_tree(p1_x)), p2_max.eq(max_tree(p1_max)),
+                     p2_min.eq(_min_tree(p1_min))]
         tot = Signal(signed(SUM_W))
         mx, mn = Signal(signed(R)), Signal(signed(R))
         m.d.comb += [tot.eq(Mux(p2.first, 0, acc_sum) + p2_sum),
@@ -656,7 +691,7 @@ class LayerNormUnit(wiring.Component):
     - ``error``: the last setup had n = 0 or n > `max_e`; no rows are taken.
 
     Timing (`sim.cycles.units.layernorm_schedule` is the exact model): one
-    beat per cycle on both sides in steady state for rows of at least 47
+    beat per cycle on both sides in steady state for rows of at least 35
     beats (with 3 D banks); `row_latency(n)` cycles from a row's last input
     beat to its first output beat when the unit is otherwise idle.
     """
@@ -691,7 +726,7 @@ class LayerNormUnit(wiring.Component):
 
     @property
     def latency(self):
-        """`row_latency` of a full row (n = max_e): W + 66 cycles, W = ceil(max_e/lanes)."""
+        """`row_latency` of a full row (n = max_e): W + 54 cycles, W = ceil(max_e/lanes)."""
         return row_latency(self.max_e, self.lanes)
 
     def row_latency(self, n):

@@ -41,7 +41,9 @@ the tied LM head's weight tiles are the embedding too: token t is column
 ``t % tc`` of tile ``t // tc``. A group of lanes takes its elements from the
 words they lie in (two words, slots 1 and 2, when ``tc`` = 8; one when 4; a
 fixed half or quarter of one when 2 or 1) through a ``tc``:1 byte mux per lane
-on the column, registered with the token.
+on the column (registered with the token, and carried with each group): the
+mux sits between the assembler's register and one of its own in front of the
+unit (`EMBED_SELECT_CYCLES`), not on the read response's path.
 
 Reader and writer are independent state machines on the two directions of
 the port (reads and writes are separate channels), because LayerNorm emits
@@ -60,8 +62,9 @@ from .layernorm import LayerNormUnit, setup_layout
 from .memport import MemPort, read_request_layout, read_response_layout, write_layout
 from .residual import EmbeddingAdd, RequantAdd
 
-__all__ = ["VectorMover", "vector_lanes", "NW", "START_CYCLES", "TOK_CYCLES",
-           "REQ_CYCLES", "WRITE_CYCLES"]
+__all__ = ["VectorMover", "vector_lanes", "start_cycles", "NW", "START_CYCLES",
+           "ODD_LANES_START_CYCLES", "EMBED_START_CYCLES",
+           "TOK_CYCLES", "EMBED_SELECT_CYCLES", "REQ_CYCLES", "WRITE_CYCLES"]
 
 #: operand word slots of a group, in request order: 0 src (x / gamma / table /
 #: EMBED's token ids), 1 and 2 the two words of LayerNorm beta or of EMBED's wte
@@ -75,15 +78,31 @@ REQ_CYCLES = 1
 WRITE_CYCLES = 1
 #: cycles from the token id being seen to the wte row address being registered
 TOK_CYCLES = 3
-#: cycles from a command's accept to the issuer's and assembler's first cycle
-#: (two prepare cycles: the products and quotients the walkers start from, then
-#: the walkers' init)
-START_CYCLES = 4
+#: EMBED's register between the assembler and the unit (the table elements' byte select)
+EMBED_SELECT_CYCLES = 1
+#: cycles from a command's accept to the issuer's and assembler's first cycle: the
+#: walkers init in the accept cycle, from the command being accepted, and the row's
+#: last group and lane mask (n - 1 split at the lanes) are registered beside them
+START_CYCLES = 1
+#: ... when the lanes are not a power of two (n - 1 is registered at the accept and
+#: divided by the lanes in the walkers' init cycle, the one after)
+ODD_LANES_START_CYCLES = 2
+#: ... for EMBED (two prepare cycles, the products and quotients of its position
+#: the walkers start from, then the walkers' init)
+EMBED_START_CYCLES = 4
 
 
 def vector_lanes(mem_bytes):
     """Lanes of the vector units: one int32 per lane in one memory word."""
     return mem_bytes // 4
+
+
+def start_cycles(mem_bytes, op):
+    """Cycles from the accept of instruction `op` to the mover's first request."""
+    if op == Op.EMBED:
+        return EMBED_START_CYCLES
+    L = vector_lanes(mem_bytes)
+    return START_CYCLES if L & (L - 1) == 0 else ODD_LANES_START_CYCLES
 
 
 def _wte_quarter(sub, tc):
@@ -136,12 +155,16 @@ class _Context(wiring.Signature):
 
 def _element_layout(c):
     """One group for a unit: each slot's field (s0: x, gamma or a table word;
-    s1: beta, y or the wte row; s2: q or the wte requantiser; s3: the wpe row;
-    s4: the wpe requantiser), the group's index, whether it ends a row, and
-    whether it is a row group (else a GELU table word or LayerNorm parameters)."""
+    s1: beta, y or the wte words the group's table elements lie in; s2: q or
+    the wte requantiser; s3: the wpe row; s4: the wpe requantiser), the
+    group's index, whether it ends a row, whether it is a row group (else a
+    GELU table word or LayerNorm parameters), and EMBED's token column
+    (which byte of each lane's ``tc`` is its element)."""
     MB = c.engine.mem_bytes
     L = vector_lanes(MB)
+    tc = wte_tile_cols(MB, c.engine.cols)
     return data.StructLayout({"row": 1, "grp": _groups_shape(c), "last": 1,
+                              "tcol": range(tc),
                               "s0": unsigned(8 * MB), "s1": unsigned(16 * MB),
                               "s2": unsigned(8 * MB), "s3": unsigned(8 * L), "s4": unsigned(32)})
 
@@ -163,7 +186,8 @@ class _Walker(wiring.Component):
     starts (``need``, one bit per word slot). ``adv`` moves to the next group,
     ``issue`` (one-hot) advances a slot's word address (the issuer's walker;
     the assembler's ignores its addresses). ``tok_set`` loads EMBED's wte row
-    and requantiser addresses for the current row."""
+    and requantiser addresses for the current row. ``init`` in the accept
+    cycle (``ctx.start``) starts from the command being accepted."""
 
     def __init__(self, c, body_bits):
         self.cfg, self.layouts = c, vector_layouts(c)
@@ -249,6 +273,10 @@ class _Walker(wiring.Component):
                     with m.If(self.end_all):
                         m.d.sync += self.running.eq(0)
 
+        # init from the command being accepted (in its accept cycle) or the held one
+        i_views = _views(self.layouts, Mux(ctx.start, ctx.new.body, ctx.body))
+        ln_c, ge_c, ad_c = (i_views[o] for o in (Op.LAYERNORM, Op.GELU, Op.RESADD))
+        is_ = _decode(Mux(ctx.start, ctx.new.op, ctx.op))
         with m.If(self.init):
             m.d.sync += [self.running.eq(1), phase.eq(~(is_["ln"] | is_["ge"])), r.eq(0),
                          g.eq(0), *(s.eq(0) for s in sub), id_sub.eq(0),
@@ -303,32 +331,52 @@ class _Reader(wiring.Component):
         m.submodules.aw = aw = _Walker(c, self.body_bits)     # the assembler's
         wiring.connect(m, self.ctx, iw.ctx, aw.ctx)
 
-        # prepare: cycle 1 registers the products and quotients of the command's
-        # fields, cycle 2 the sums; the walkers start from them (init, cycle 3)
+        # prepare: EMBED's cycle 1 registers the products and quotients of the
+        # command's fields, cycle 2 the sums, and the walkers start from them (init,
+        # cycle 3); the other instructions need only the row's last group and mask,
+        # registered while the walkers init: in the accept cycle when the lanes are
+        # a power of two (bit fields of n - 1), else the cycle after (n - 1 divided)
         prep = ctx.prep
         wpe_prod = Signal(A)
         pos_w = Signal(A)
         n_m1 = Signal.like(ln_c.n)
         init = Signal()
         busy = self.busy
+        pow2 = L & (L - 1) == 0
+        lb = L.bit_length() - 1
+
+        def last(n1):
+            q, r = (n1 >> lb, n1[:lb]) if pow2 else (n1 // L, n1 % L)
+            return [prep.last_g.eq(q),
+                    prep.last_mask.eq(Array(Const((2 << t) - 1, L) for t in range(L))[r])]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(~self.writing)
                 with m.If(self.cmd.valid & ~self.writing):
+                    new_n = _views(self.layouts, self.cmd.payload.body)[Op.LAYERNORM].n
                     m.d.comb += ctx.start.eq(1)
                     m.d.sync += [ctx.op.eq(self.cmd.payload.op), ctx.body.eq(self.cmd.payload.body),
-                                 busy.eq(1)]
-                    m.next = "PREP1"
+                                 busy.eq(1), n_m1.eq(new_n - 1)]
+                    with m.If(self.cmd.payload.op == Op.EMBED):
+                        m.next = "PREP1"
+                    with m.Elif(pow2):
+                        # (n - 1) // L and % L are bit fields: the walkers start now
+                        m.d.comb += init.eq(1)
+                        m.d.sync += last((new_n - 1)[:len(new_n)])
+                        m.next = "RUN"
+                    with m.Else():
+                        m.next = "INIT_ROWS"
+            with m.State("INIT_ROWS"):
+                m.d.comb += init.eq(1)
+                m.d.sync += last(n_m1)
+                m.next = "RUN"
             with m.State("PREP1"):
                 m.d.sync += [wpe_prod.eq(em_c.pos0 * em_c.wpe_stride), pos_w.eq(em_c.pos0 // L),
-                             prep.pq_sub.eq(em_c.pos0 % L), n_m1.eq(ln_c.n - 1)]
+                             prep.pq_sub.eq(em_c.pos0 % L)]
                 m.next = "PREP2"
             with m.State("PREP2"):
-                tail = n_m1 % L
-                m.d.sync += [prep.last_g.eq(n_m1 // L), prep.wpe_row.eq(em_c.wpe_base + wpe_prod),
-                             prep.pq_addr.eq(em_c.wpe_q_base + pos_w),
-                             prep.last_mask.eq(Array(Const((2 << t) - 1, L)
-                                                     for t in range(L))[tail])]
+                m.d.sync += [*last(n_m1), prep.wpe_row.eq(em_c.wpe_base + wpe_prod),
+                             prep.pq_addr.eq(em_c.wpe_q_base + pos_w)]
                 m.next = "INIT"
             with m.State("INIT"):
                 m.d.comb += init.eq(1)
@@ -382,18 +430,18 @@ class _Reader(wiring.Component):
         f3 = _quarter(m, cur[4], aw.sub[3], "f3")
         q_off = Signal(range(L))                  # EMBED: the wte requantiser's lane
         # EMBED: lane l's table element is byte l*tc + (token % tc) of the group's
-        # words (slots 1 and 2) or of its quarter of one
+        # words (slots 1 and 2) or of its quarter of one; the tc:1 byte select is
+        # the unit mux's, after this register
         tc = wte_tile_cols(MB, e.cols)
         t_col = Signal(range(tc))
         span = (Cat(cur[1], cur[2]) if tc == 8 else cur[1] if tc == 4
                 else _quarter(m, cur[1], _wte_quarter(aw.sub[1], tc), "f1"))
-        f1 = Cat(Array(span.word_select(l * tc + j, 8) for j in range(tc))[t_col]
-                 for l in range(L))
         with m.If(complete):
             m.d.sync += [out_v.eq(1), taken.eq(0),
                          out.row.eq(aw.phase), out.grp.eq(aw.g), out.last.eq(aw.end_g),
-                         out.s0.eq(f0),
-                         out.s1.eq(Mux(~aw.phase, Cat(cur[1], cur[2]), Mux(is_["em"], f1, cur[1]))),
+                         out.tcol.eq(t_col), out.s0.eq(f0),
+                         out.s1.eq(Mux(~aw.phase, Cat(cur[1], cur[2]),
+                                       Mux(is_["em"], span, cur[1]))),
                          out.s2.eq(Mux(is_["em"], cur[3].word_select(q_off, 32), cur[3])),
                          out.s3.eq(f3), out.s4.eq(cur[5].word_select(aw.pq_sub, 32))]
         with m.Elif(self.elem.ready):
@@ -470,10 +518,14 @@ class _UnitMux(wiring.Component):
     input of the unit the opcode names (a table word or parameters to its
     side input), and that unit's output goes to the writer. Its ports mirror
     the units' streams (``<unit>_<port>``, LayerNorm's setup aside, which the
-    reader drives directly), so `VectorMover` connects them one to one."""
+    reader drives directly), so `VectorMover` connects them one to one.
+    EMBED's rows pass a register of their own (`EMBED_SELECT_CYCLES`): the
+    tc:1 byte select of each lane's table element sits between it and the
+    assembler's, not on the read response's path."""
 
     def __init__(self, c, units):
         self.units = tuple(units)
+        self.tc = wte_tile_cols(c.engine.mem_bytes, c.engine.cols)
         L = vector_lanes(c.engine.mem_bytes)
         members = {"op": In(4), "elem": In(stream.Signature(_element_layout(c))),
                    "res": Out(stream.Signature(data.ArrayLayout(16, L)))}
@@ -494,10 +546,24 @@ class _UnitMux(wiring.Component):
             self.gelu_load.payload.addr.eq(el.grp), self.gelu_load.payload.data.eq(el.s0),
             self.gelu_inp.payload.last.eq(el.last), self.ln_inp.payload.last.eq(el.last),
             self.add_a.payload.last.eq(el.last), self.add_y.payload.last.eq(el.last),
-            self.emb_tok.payload.last.eq(el.last), self.emb_pos.payload.last.eq(el.last),
-            self.emb_tok.payload.mult.eq(el.s2[:16]), self.emb_tok.payload.shift.eq(el.s2[16:22]),
-            self.emb_pos.payload.mult.eq(el.s4[:16]), self.emb_pos.payload.shift.eq(el.s4[16:22]),
         ]
+        # EMBED's register: loaded whenever it is empty or taken (the two rows are
+        # joined in the unit, so one valid serves both)
+        tc = self.tc
+        emb_v = Signal()
+        emb_load = ~emb_v | self.emb_tok.ready
+        tok, pos = self.emb_tok.payload, self.emb_pos.payload
+        with m.If(emb_load):
+            m.d.sync += [emb_v.eq(emit & el.row & is_["em"]),
+                         tok.last.eq(el.last), pos.last.eq(el.last),
+                         tok.mult.eq(el.s2[:16]), tok.shift.eq(el.s2[16:22]),
+                         pos.mult.eq(el.s4[:16]), pos.shift.eq(el.s4[16:22])]
+            for l in range(L):
+                m.d.sync += [
+                    tok.x[l].eq(Array(el.s1.word_select(l * tc + j, 8)
+                                      for j in range(tc))[el.tcol]),
+                    pos.x[l].eq(el.s3.word_select(l, 8))]
+        m.d.comb += [self.emb_tok.valid.eq(emb_v), self.emb_pos.valid.eq(emb_v)]
         for l in range(L):
             m.d.comb += [
                 self.gelu_inp.payload.x[l].eq(el.s0.word_select(l, 8)),
@@ -508,8 +574,6 @@ class _UnitMux(wiring.Component):
                 self.add_y.payload.x[l].eq(el.s1.word_select(l, 32)),
                 self.add_y.payload.mult[l].eq(el.s2.word_select(l, 32)[:16]),
                 self.add_y.payload.shift[l].eq(el.s2.word_select(l, 32)[16:22]),
-                self.emb_tok.payload.x[l].eq(el.s1.word_select(l, 8)),
-                self.emb_pos.payload.x[l].eq(el.s3.word_select(l, 8)),
             ]
         with m.If(~el.row):
             m.d.comb += [self.elem.ready.eq(Mux(is_["ln"], self.ln_param.ready,
@@ -519,13 +583,11 @@ class _UnitMux(wiring.Component):
         with m.Else():
             m.d.comb += [self.elem.ready.eq(Mux(is_["ln"], self.ln_inp.ready,
                                                 Mux(is_["ge"], self.gelu_inp.ready,
-                                                    Mux(is_["em"], self.emb_tok.ready,
+                                                    Mux(is_["em"], emb_load,
                                                         self.add_a.ready)))),
                          self.ln_inp.valid.eq(emit & is_["ln"]),
                          self.gelu_inp.valid.eq(emit & is_["ge"]),
-                         self.add_a.valid.eq(emit & is_["ad"]), self.add_y.valid.eq(emit & is_["ad"]),
-                         self.emb_tok.valid.eq(emit & is_["em"]),
-                         self.emb_pos.valid.eq(emit & is_["em"])]
+                         self.add_a.valid.eq(emit & is_["ad"]), self.add_y.valid.eq(emit & is_["ad"])]
 
         # residual-width results are written as int16 words: sign-extend them from
         # resid_bits, or a narrower residual stream would be read back as positive

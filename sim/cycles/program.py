@@ -31,9 +31,10 @@ from gpt2accel.rtl.gelu import GeluUnit, table_words
 from gpt2accel.rtl.machine import FETCH_TO_ISSUE
 from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd
 from gpt2accel.rtl.isa import VECTOR_OPS, Op, decode, wte_tile_cols
-from gpt2accel.rtl.kvstore import FIRST_REQUEST, REQUEST_CYCLES, SEGMENT_SETUP
-from gpt2accel.rtl.vecmove import (REQ_CYCLES, START_CYCLES, TOK_CYCLES, WRITE_CYCLES,
-                                   vector_lanes)
+from gpt2accel.rtl.kvstore import (BUFFER_PARTS, DRAIN_CYCLES, FIRST_REQUEST, REQUEST_CYCLES,
+                                   SEGMENT_SETUP)
+from gpt2accel.rtl.vecmove import (EMBED_SELECT_CYCLES, REQ_CYCLES, TOK_CYCLES, WRITE_CYCLES,
+                                   start_cycles, vector_lanes)
 from gpt2accel.sim.cycles.attention import attention_cycles
 from gpt2accel.sim.cycles.matmul import matmul_cycles
 from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY
@@ -94,17 +95,18 @@ def kvstore_cycles(cfg, f, latency=REF_MEM_LATENCY):
     """Accept to done of one KVSTORE (stall-free): a replay of its issuer (a request
     per cycle from its register, at most max_outstanding unanswered), its
     assembler (a response per cycle, a flush cycle after a token's segment
-    where the realigning shift needs it, a segment into a half only once the
-    writer freed it) and its writer (three cycles to set up a segment once its
-    half is full, then a word per cycle, the write two stages later)."""
+    where the realigning shift needs it, a segment into a buffer part only once
+    the writer freed it, `BUFFER_PARTS` of them in turn) and its writer (a cycle
+    to set up a segment once its part is full, then a word per cycle, the write
+    three stages later)."""
     MO = cfg.engine.max_outstanding
     s, p = [], []                       # fire and take cycle of each read
     fire, take = FIRST_REQUEST, None    # next free issue cycle; previous take's cycle
-    free = []                           # per segment: cycle its half is free again
+    free = []                           # per segment: cycle its part is free again
     wait = 3                            # the writer's first WAIT (after its base products)
     last_s0 = None
     for si, (nw, flush, n, words) in enumerate(kvstore_segments(cfg, f)):
-        gate = free[si - 2] if si >= 2 else 0
+        gate = free[si - BUFFER_PARTS] if si >= BUFFER_PARTS else 0
         for _ in range(n):
             for k in range(nw):
                 i = len(s)
@@ -122,8 +124,7 @@ def kvstore_cycles(cfg, f, latency=REF_MEM_LATENCY):
         last_s0 = x + SEGMENT_SETUP + words - 1
         free.append(last_s0 + 1)
         wait = last_s0 + 1
-    # the last word's buffer read, byte select, write; done the cycle after
-    return last_s0 + 3
+    return last_s0 + DRAIN_CYCLES
 
 
 def vector_groups(cfg, op, f):
@@ -170,8 +171,9 @@ def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
     L, MO = vector_lanes(e.mem_bytes), e.max_outstanding
     G = ceil_div(f["n"], L)
     s, p = [], []                      # issue and take cycle of each word read
-    gt = at = START_CYCLES             # the issuer's and the assembler's next cycle
-    c = START_CYCLES - 1               # the previous group's completion
+    start = start_cycles(e.mem_bytes, op)
+    gt = at = start                    # the issuer's and the assembler's next cycle
+    c = start - 1                      # the previous group's completion
     x = -1                             # ... and its transfer to the unit
     loaded = None                      # LayerNorm: first cycle rows are taken
     ln_rows, row_x, last_x = [], [], None
@@ -217,7 +219,8 @@ def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
     if op == Op.LAYERNORM:
         last_write = ln_rows[-1]["out"][-1]
     else:
-        lat = {Op.GELU: GeluUnit.latency, Op.EMBED: EmbeddingAdd.latency}.get(
+        lat = {Op.GELU: GeluUnit.latency,
+               Op.EMBED: EMBED_SELECT_CYCLES + EmbeddingAdd.latency}.get(
             op, RequantAdd.latency)
         last_write = last_x + lat
     return last_write + WRITE_CYCLES + 1

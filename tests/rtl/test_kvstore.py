@@ -120,8 +120,8 @@ def test_kvstore_places_bytes_and_matches_its_cycles(tile, cols, mem_bytes, max_
 
 def test_kvstore_one_word_segments_wait_for_the_writer(seed):
     """One token whose every head's K and V is one aligned word: the assembler fills a
-    half per cycle, faster than its full flag (two shift stages later) could stop it,
-    so it must not take the third segment's word into a half the writer still drains."""
+    buffer part per cycle, faster than its full flag (two shift stages later) could
+    stop it, so it must not take a segment's word into a part the writer still drains."""
     cfg = _cfg(4)
     e = cfg.engine
     rng = random.Random(seed)
