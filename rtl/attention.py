@@ -25,7 +25,10 @@ the engine never waits; a block's normalisation overlaps the first S
 commands of the next block, or of the next head. On diagonal tiles the S
 and PV commands skip the whole array row blocks whose queries all precede
 the tile's first key, and S stops at the block's last query, so large
-blocks waste few MACs on masked keys. Every buffer has a size fixed by the configuration
+blocks waste few MACs on masked keys. A command of one query whose keys fit
+one tile (decode of a short context, `chain`) runs its heads' commands as one
+stream the same way: S_{h+1} during head h's softmax, PV_{h+1} during head h's
+normalise phase. Every buffer has a size fixed by the configuration
 (two S tiles, two P tiles, one block of O): nothing grows with the sequence
 length except the KV cache. `sim/cycles/attention.py` reproduces the timing.
 """

@@ -27,6 +27,12 @@ overlap the phase, their first softmax waits for it to end. (The sequencer
 splits D into output words and bytes in D // mem_bytes cycles after the
 accept, long before a head ends.) The done pulse comes the cycle after the
 last head's last phase ends.
+
+One query whose keys fit one tile (`tq == 1`, `offset < tile`, block_rows > 1):
+the sequencer's chain mode, the heads' S and PV commands as one stream
+(S_{h+1} during head h's softmax, PV_{h+1} during its normalise phase), whose
+hand-offs `_chain` steps cycle by cycle on the same command, softmax and
+normalise lengths.
 """
 from dataclasses import dataclass
 from functools import lru_cache
