@@ -25,7 +25,10 @@ the engine never waits; a block's normalisation overlaps the first S
 commands of the next block, or of the next head. On diagonal tiles the S
 and PV commands skip the whole array row blocks whose queries all precede
 the tile's first key, and S stops at the block's last query, so large
-blocks waste few MACs on masked keys. Every buffer has a size fixed by the configuration
+blocks waste few MACs on masked keys. A command of one query whose keys fit
+one tile (decode of a short context, `chain`) runs its heads' commands as one
+stream the same way: S_{h+1} during head h's softmax, PV_{h+1} during head h's
+normalise phase. Every buffer has a size fixed by the configuration
 (two S tiles, two P tiles, one block of O): nothing grows with the sequence
 length except the KV cache. `sim/cycles/attention.py` reproduces the timing.
 """
@@ -88,6 +91,13 @@ def _context(c):
         "wpv": Out(range(c.pv_stride + 1)),                 # O words per row: ceil(D / SPW)
         "nbeats": Out(range(c.max_d_head + 1)),             # normaliser beats per row: D / NL
         "blk_start": Out(1),                                # a block starts (pulse)
+        # one query whose keys fit one tile (decode of a short context): the heads
+        # run as one stream of S and PV commands (`_CommandSequencer`)
+        "chain": Out(1),
+        "s_head": Out(1),                                   # chain: the S side's next head (pulse)
+        "pv_wrap": Out(1),                                  # chain: the PV side's next head (pulse)
+        "nm_pend": Out(1),                                  # chain: a head's PV is done, its
+                                                            # normalise phase not yet started
         "nm_start": Out(1),                                 # its normalise phase starts (pulse)
         "nm_on": Out(1),                                    # ... until its last output write
         # the block being normalised (the sequencer may already be in the next one)
@@ -102,6 +112,7 @@ def _tiles(c):
     return wiring.Signature({
         "s_cmd": Out(mc), "pv_cmd": Out(mc),
         "s_next": Out(1),       # an S tile is left and a half is free for it
+        "s_room": Out(1),       # a half is free for an S tile
         "pv_left": Out(1),      # a PV tile is left ...
         "pv_ready": Out(1),     # ... and one has been softmaxed
         "s_issue": In(1), "pv_issue": In(1),
@@ -132,7 +143,7 @@ class _CommandSequencer(wiring.Component):
             "mm_cmd": Out(stream.Signature(matmul_command_layout(e))), "mm_done": In(1),
             "tiles": In(_tiles(cfg)),
             "ctx": Out(_context(cfg)),
-            "nm_done": In(1),
+            "nm_done": In(1), "sm_on": In(1),
             "busy": Out(1), "done": Out(1), "phase": Out(Phase),
         })
 
@@ -165,6 +176,37 @@ class _CommandSequencer(wiring.Component):
         with m.If(self.nm_done):
             m.d.sync += x.nm_on.eq(0)
 
+        # The head's output position steps by D bytes when the phase of its last
+        # block starts (the output writer takes the old one that cycle): with
+        # `chain` the S side may be heads ahead of the head being normalised.
+        with m.If(x.nm_start & (x.chain | (x.m0 + R >= cmd.tq))):
+            ho_next = x.ho + db
+            o_carry = ho_next >= MB
+            m.d.sync += [x.ho.eq(Mux(o_carry, ho_next - MB, ho_next)),
+                         x.hw.eq(x.hw + dw + o_carry)]
+
+        # Chain: S_{h+1} is issued while head h is in its softmax, the array runs
+        # S and PV commands of consecutive heads back to back (S_0, S_1, PV_0,
+        # S_2, PV_1, ...), and head h's normalise phase starts once its PV is done
+        # and no softmax holds the write channel (`nm_pend` until then; no softmax
+        # starts meanwhile, so the phase never waits for one that started after
+        # it). `hp` is the head of the PV side, which moves on with that phase:
+        # its O row and row info half alternate by head, so PV_{h+1} may run
+        # during the phase.
+        hp = Signal(range(257))
+        pv_run = Signal()                   # the running command is a PV
+        with m.If(self.mm_cmd.valid & self.mm_cmd.ready):
+            m.d.sync += pv_run.eq(t.pv_issue)
+        with m.If(busy & x.chain & pv_run & self.mm_done):
+            m.d.sync += x.nm_pend.eq(1)
+        chain_nm = busy & x.chain & x.nm_pend & ~x.nm_on & ~self.sm_on & d_split
+        with m.If(chain_nm):
+            m.d.comb += x.nm_start.eq(1)
+            m.d.sync += x.nm_pend.eq(0)
+            with m.If(hp + 1 < cmd.n_head):
+                m.d.comb += x.pv_wrap.eq(1)
+                m.d.sync += hp.eq(hp + 1)
+
         def block_setup(m0_val, qb_val, ob_val):
             rem = cmd.tq - m0_val
             m.d.comb += x.blk_start.eq(1)
@@ -176,6 +218,8 @@ class _CommandSequencer(wiring.Component):
                 m.d.comb += self.phase.eq(Phase.IDLE)
                 with m.If(accept):
                     m.d.sync += [cmd.eq(p), busy.eq(1), x.tk.eq(p.offset + p.tq), h.eq(0),
+                                 hp.eq(0), x.nm_pend.eq(0),
+                                 x.chain.eq(((p.tq == 1) & (p.offset < c.tile)) if R > 1 else 0),
                                  dw.eq(0), db.eq(p.d_head),
                                  hq.eq(p.q_base), x.qo.eq(0),
                                  x.hk.eq(p.k_base), x.hv.eq(p.v_base),
@@ -186,9 +230,14 @@ class _CommandSequencer(wiring.Component):
                         m.d.sync += getattr(x, f"scratch_{k}").eq(p.scratch_base + off[k])
                     m.next = "HEAD"
             with m.State("HEAD"):
-                # the head's bases are set; start its first block
+                # the head's bases are set; start its first block (chain: only
+                # the S side moves to the head, the others follow their own)
                 m.d.comb += self.phase.eq(Phase.HEAD)
-                block_setup(0, hq, cmd.out_base)
+                with m.If(x.chain & (h != 0)):
+                    m.d.comb += x.s_head.eq(1)
+                    m.d.sync += x.qb.eq(hq)
+                with m.Else():
+                    block_setup(0, hq, cmd.out_base)
                 m.next = "DECIDE"
             with m.State("DECIDE"):
                 # order S0, S1, PV0, S2, PV1, ...: S_{j+1} runs during softmax j;
@@ -196,10 +245,17 @@ class _CommandSequencer(wiring.Component):
                 m.d.comb += self.phase.eq(Phase.DECIDE)
                 with m.If(t.s_next):
                     m.next = "S_CMD"
+                with m.Elif(x.chain & t.s_room & (h + 1 < cmd.n_head)):
+                    # chain: the next head's S runs ahead of this head's PV
+                    m.next = "NEXT"
                 with m.Elif(t.pv_left):
                     with m.If(t.pv_ready):
                         m.next = "PV_CMD"
-                with m.Else():
+                with m.Elif(x.chain):
+                    # the PV side moves on when its head's phase starts
+                    with m.If(hp + 1 == cmd.n_head):
+                        m.next = "NORM"
+                with m.Elif(d_split):
                     # all PV done: normalise this block while the next one's
                     # first S commands run (its softmax waits for the phase)
                     m.d.comb += x.nm_start.eq(1)
@@ -228,28 +284,22 @@ class _CommandSequencer(wiring.Component):
                     m.next = "DECIDE"
                 with m.Elif(h + 1 < cmd.n_head):
                     # the next head starts while this one is normalised, as a
-                    # next block would (its softmax waits for the phase)
-                    with m.If(d_split):
-                        # heads packed in the Q rows: q_head_stride words and
-                        # q_head_bytes bytes on, carrying into the word; the
-                        # output D bytes on
-                        qo_next = x.qo + cmd.q_head_bytes
-                        carry = qo_next >= MB
-                        ho_next = x.ho + db
-                        o_carry = ho_next >= MB
-                        m.d.sync += [x.qo.eq(Mux(carry, qo_next - MB, qo_next)),
-                                     h.eq(h + 1), hq.eq(hq + cmd.q_head_stride + carry),
-                                     x.hk.eq(x.hk + cmd.k_head_stride),
-                                     x.hv.eq(x.hv + cmd.v_head_stride),
-                                     x.ho.eq(Mux(o_carry, ho_next - MB, ho_next)),
-                                     x.hw.eq(x.hw + dw + o_carry)]
-                        m.next = "HEAD"
+                    # next block would (its softmax waits for the phase). Heads
+                    # packed in the Q rows: q_head_stride words and q_head_bytes
+                    # bytes on, carrying into the word
+                    qo_next = x.qo + cmd.q_head_bytes
+                    carry = qo_next >= MB
+                    m.d.sync += [x.qo.eq(Mux(carry, qo_next - MB, qo_next)),
+                                 h.eq(h + 1), hq.eq(hq + cmd.q_head_stride + carry),
+                                 x.hk.eq(x.hk + cmd.k_head_stride),
+                                 x.hv.eq(x.hv + cmd.v_head_stride)]
+                    m.next = "HEAD"
                 with m.Else():
                     # the end of the command needs every output written
                     m.next = "NORM"
             with m.State("NORM"):
                 m.d.comb += self.phase.eq(Phase.NORM)
-                with m.If(self.nm_done):
+                with m.If(self.nm_done & ~x.nm_pend):
                     m.d.sync += [busy.eq(0), self.done.eq(1)]
                     m.next = "IDLE"
         return m
@@ -284,6 +334,7 @@ class _TileIssuer(wiring.Component):
             "eng_pv": Out(1),                       # the running command is a PV
             "pv_par": Out(1),                       # ... and its half
             "pv_first": Out(1),                     # ... is the row block's first tile
+            "pv_hpar": Out(1),                      # chain: the PV side's head parity (O row)
         })
 
     def elaborate(self, platform):
@@ -328,7 +379,7 @@ class _TileIssuer(wiring.Component):
             chunk_kp = Signal(e.addr_bits)      # CB tiles of the cache
             m.d.sync += [contig.eq(cmd.k_tile_stride == times_const(kw, T // e.cols)),
                          chunk_kp.eq(times_const(cmd.k_tile_stride, CB))]
-            m.d.comb += batch.eq(contig & (x.rows_b == 1))
+            m.d.comb += batch.eq(contig & (x.rows_b == 1) & ~x.chain)
         rem = last_q + 1 - es_k0                # keys of the block from es_k0 on
         m.d.comb += s_tiles.eq(Mux(batch, 1 + sum(rem > i * T for i in range(1, CB)), 1))
         m.d.sync += [ahead.eq(ahead + Mux(t.s_issue, s_tiles, 0) - t.pv_issue),
@@ -336,12 +387,21 @@ class _TileIssuer(wiring.Component):
                      sm_lead.eq(sm_lead + self.sm_take - pv_done),
                      self.s_full.eq(self.s_full + Mux(s_done, eng_tiles - wr_tiles, 0) + tile_wr
                                     - self.sm_take)]
-        m.d.comb += [t.s_next.eq((es_k0 <= last_q) & (ahead <= Mux(batch, CB, 1))),
+        s_room = ahead <= Mux(batch, CB, 1)
+        m.d.comb += [t.s_next.eq((es_k0 <= last_q) & s_room), t.s_room.eq(s_room),
                      t.pv_left.eq(ep_k0 <= last_q), t.pv_ready.eq(sm_ready != 0),
                      self.sm_room.eq(sm_lead < 2)]
+        ep_hv = Signal(e.addr_bits)             # the PV side's head's V cache
         with m.If(x.blk_start):
             m.d.sync += [es_k0.eq(0), ep_k0.eq(0), es_kp.eq(x.hk), ep_vp.eq(x.hv),
-                         es_par.eq(0), ep_par.eq(0)]
+                         es_par.eq(0), ep_par.eq(0), ep_hv.eq(x.hv), self.pv_hpar.eq(0)]
+        # chain: each side moves to the next head on its own, the halves and the
+        # hand-off counters run on across heads
+        with m.If(x.s_head):
+            m.d.sync += [es_k0.eq(0), es_kp.eq(x.hk)]
+        with m.If(x.pv_wrap):
+            m.d.sync += [ep_k0.eq(0), ep_vp.eq(ep_hv + cmd.v_head_stride),
+                         ep_hv.eq(ep_hv + cmd.v_head_stride), self.pv_hpar.eq(~self.pv_hpar)]
 
         # Diagonal tiles: the array row blocks at the top of the block whose
         # queries all precede key k0 see none of the tile's keys, so its S and
@@ -396,7 +456,8 @@ class _TileIssuer(wiring.Component):
                      pv.a_base.eq(x.scratch_p + Mux(ep_par, R * PS, 0)
                                   + small_times(p_skip, AR * PS)),
                      pv.a_stride.eq(PS), pv.w_base.eq(ep_vp), pv.p_base.eq(x.scratch_zero),
-                     pv.out_base.eq(x.scratch_pv + small_times(p_skip, AR * PVS)),
+                     pv.out_base.eq(x.scratch_pv + small_times(p_skip, AR * PVS)
+                                    + Mux(self.pv_hpar, PVS, 0)),
                      pv.out_stride.eq(PVS), pv.a_signed.eq(0), pv.raw_out.eq(1)]
         with m.If(t.pv_issue):
             m.d.sync += [ep_k0.eq(ep_k0 + T), ep_vp.eq(ep_vp + cmd.v_tile_stride),
@@ -442,7 +503,7 @@ class _ScoreFeeder(wiring.Component):
         sm_k0 = Signal(range(c.max_seq + T + 1))
         sm_nkeys = Signal(range(T + 1))
         m.d.comb += sm_start.eq(~sm_on & (self.s_full != 0) & ~x.blk_start & ~x.nm_on
-                                & self.sm_room)
+                                & ~x.nm_pend & self.sm_room)
         # the tile's S row: row 0 of the other half after each S command's
         # tiles (one, or s_chunk when batched), else the next row
         CB = c.s_chunk
@@ -453,7 +514,8 @@ class _ScoreFeeder(wiring.Component):
         with m.If(sm_start):
             m.d.sync += [sm_on.eq(1), sm_nkeys.eq(Mux(x.tk - sm_k0 > T, T, x.tk - sm_k0))]
         with m.If(ph.fin):
-            m.d.sync += [sm_on.eq(0), sm_k0.eq(sm_k0 + T), sm_par.eq(~sm_par)]
+            # chain: every head's one tile starts at key 0
+            m.d.sync += [sm_on.eq(0), sm_k0.eq(Mux(x.chain, 0, sm_k0 + T)), sm_par.eq(~sm_par)]
             with m.If(~self.batch | (sm_idx == CB - 1)):
                 m.d.sync += [sm_idx.eq(0), sm_sbase.eq(Mux(sm_sbase >= R * SS, 0, R * SS))]
             with m.Else():
@@ -611,7 +673,7 @@ class _NormFeeder(wiring.Component):
         self.cfg = cfg
         word = data.ArrayLayout(signed(32), cfg.scores_per_word)
         super().__init__({
-            "ctx": In(_context(cfg)), "pv_par": In(1),
+            "ctx": In(_context(cfg)), "pv_par": In(1), "pv_hpar": In(1),
             "info": In(_read_port(2 * cfg.rows, _INFO)),
             "o": In(_read_port(cfg.rows * cfg.pv_stride, word)),
             "l_in": Out(stream.Signature(row_sum_layout(cfg))),
@@ -629,9 +691,12 @@ class _NormFeeder(wiring.Component):
         lf_valid = Signal()
         lf_adv = ~lf_valid | self.l_in.ready
         lf_more = nm_on & (lf_row != nm_rows)
+        # the row info half and O row of the block's last PV, taken when the phase
+        # starts: with `chain` the next head's PV may run during it
+        lf_par = Signal()
         with m.If(nm_start):
-            m.d.sync += lf_row.eq(0)
-        m.d.comb += [self.info.addr.eq(lf_row + Mux(self.pv_par, R, 0)), self.info.en.eq(lf_adv),
+            m.d.sync += [lf_row.eq(0), lf_par.eq(self.pv_par)]
+        m.d.comb += [self.info.addr.eq(lf_row + Mux(lf_par, R, 0)), self.info.en.eq(lf_adv),
                      self.l_in.valid.eq(lf_valid), self.l_in.payload.l_sum.eq(self.info.data.l_sum),
                      self.l_in.payload.out_mult.eq(cmd.out_mult),
                      self.l_in.payload.out_shift.eq(cmd.out_shift)]
@@ -650,7 +715,8 @@ class _NormFeeder(wiring.Component):
         of_adv = ~of_valid | of_take
         of_more = nm_on & (of_row != nm_rows)
         with m.If(nm_start):
-            m.d.sync += [of_row.eq(0), of_w.eq(0), of_ptr.eq(0), of_sub.eq(0), of_beat.eq(0)]
+            m.d.sync += [of_row.eq(0), of_w.eq(0), of_ptr.eq(Mux(self.pv_hpar, PVS, 0)),
+                         of_sub.eq(0), of_beat.eq(0)]
         m.d.comb += [self.o.addr.eq(of_ptr + of_w), self.o.en.eq(of_adv)]
         with m.If(of_adv & ~nm_start):
             m.d.sync += of_valid.eq(of_more)
@@ -789,7 +855,8 @@ class AttentionEngine(wiring.Component):
                      iss.s_wr.eq(sf.wr_en),
                      sf.sm_room.eq(iss.sm_room), acc.pv_par.eq(iss.pv_par),
                      acc.pv_first.eq(iss.pv_first), nf.pv_par.eq(iss.pv_par),
-                     seq.nm_done.eq(ow.nm_done),
+                     nf.pv_hpar.eq(iss.pv_hpar),
+                     seq.nm_done.eq(ow.nm_done), seq.sm_on.eq(sf.sm.on),
                      self.busy.eq(seq.busy), self.done.eq(seq.done), self.phase.eq(seq.phase),
                      self.softmax_busy.eq(sf.sm.on)]
 

@@ -27,6 +27,12 @@ overlap the phase, their first softmax waits for it to end. (The sequencer
 splits D into output words and bytes in D // mem_bytes cycles after the
 accept, long before a head ends.) The done pulse comes the cycle after the
 last head's last phase ends.
+
+One query whose keys fit one tile (`tq == 1`, `offset < tile`, block_rows > 1):
+the sequencer's chain mode, the heads' S and PV commands as one stream
+(S_{h+1} during head h's softmax, PV_{h+1} during its normalise phase), whose
+hand-offs `_chain` steps cycle by cycle on the same command, softmax and
+normalise lengths.
 """
 from dataclasses import dataclass
 from functools import lru_cache
@@ -158,6 +164,12 @@ def attention_cycles(cfg: AttentionConfig, n_head, d_head, tq, offset, latency=R
     if k_tile_stride is None:
         k_tile_stride = cfg.k_tile_words(max(bs) + d_head)
     e = cfg.engine
+    if tq == 1 and offset < cfg.tile and cfg.rows > 1:
+        tk = offset + 1
+        cycles, mm, sm, nm = _chain(cfg, tuple(bs), d_head, tk)
+        return AttentionCycles(cycles, 2 * d_head * tk * len(bs),
+                               sum((b + d_head) * tk + cfg.tile * d_head for b in bs),
+                               mm, sm, nm)
     # accept, HEAD, then the first head's first DECIDE
     t, sm_gate = 2, 0
     stats = [0] * 5
@@ -206,6 +218,78 @@ def _head(cfg, d_head, tq, offset, s_k, sm_gate, contig=False):
                       * (s_k * min(T, last_q + 1 - k0) + T * d_head) for k0 in k0s)
         useful += 2 * d_head * sum(offset + i + 1 for i in range(m0, m0 + rows_b))
     return end, c_nm, useful, issued, mm, sm, nm
+
+
+@lru_cache(maxsize=None)
+def _chain(cfg, bs, d_head, tk):
+    """One query whose keys fit one tile (`chain`): the heads' S and PV commands
+    as one stream. Stepped cycle by cycle as the sequencer runs (a few hundred
+    cycles a head); registered state changes at the end of each cycle."""
+    e, T, BPR, H = cfg.engine, cfg.tile, cfg.beats_per_row, len(bs)
+    s_c = [_matmul(e, 1, b + d_head, tk) for b in bs]
+    pv_c = _matmul(e, 1, T, d_head)
+    sm_len = 2 * BPR + SM_FIXED                 # softmax start -> its fin
+    nm_len = _normalise_cycles(cfg, 1, d_head)  # phase start -> its last write seen
+    state, t = "HEAD", 1
+    sh = ph = 0                 # heads of the S side and of the PV side
+    s_iss = pv_iss = False      # the side's head has its command issued
+    ahead = s_full = sm_ready = sm_lead = 0
+    sm_on = nm_on = nm_pend = False
+    sm_fin = nm_end = eng = None
+    while True:
+        mm_done = eng is not None and t == eng[1]
+        fin = sm_on and t == sm_fin
+        nm_done = nm_on and t == nm_end
+        first = state == "HEAD" and sh == 0
+        sm_start = (not sm_on and s_full and not first and not nm_on and not nm_pend
+                    and sm_lead < 2)
+        nm_start = nm_pend and not nm_on and not sm_on
+        s_issue = pv_issue = False
+        nxt = state
+        if state == "HEAD":
+            s_iss = s_iss and first
+            nxt = "DECIDE"
+        elif state == "DECIDE":
+            if not s_iss and ahead <= 1:
+                nxt = "S"
+            elif ahead <= 1 and sh + 1 < H:
+                nxt = "NEXT"
+            elif not pv_iss:
+                nxt = "PV" if sm_ready else state
+            elif ph + 1 == H:
+                nxt = "NORM"
+        elif state in ("S", "PV"):
+            s_issue, pv_issue = state == "S", state == "PV"
+            eng = (state, t + (s_c[sh] if s_issue else pv_c))
+            nxt = "WAIT"
+        elif state == "WAIT":
+            nxt = "DECIDE" if mm_done else state
+        elif state == "NEXT":
+            sh += 1
+            nxt = "HEAD"
+        elif nm_done and not nm_pend:                       # NORM
+            return t + 1, sum(s_c) + H * pv_c, H * sm_len, H * nm_len
+        kind = eng[0] if mm_done else None
+        ahead += s_issue - pv_issue
+        s_iss |= s_issue
+        pv_iss |= pv_issue
+        if nm_start and ph + 1 < H:
+            pv_iss, ph = False, ph + 1
+        s_full += (kind == "S") - sm_start
+        sm_ready += fin - pv_issue
+        sm_lead += sm_start - (kind == "PV")
+        if fin:
+            sm_on = False
+        if sm_start:
+            sm_on, sm_fin = True, t + sm_len
+        nm_pend = (nm_pend or kind == "PV") and not nm_start
+        if nm_start:
+            nm_on, nm_end = True, t + nm_len
+        if nm_done:
+            nm_on = False
+        if mm_done:
+            eng = None
+        state, t = nxt, t + 1
 
 
 def score_buffer_bytes(cfg: AttentionConfig, tk, online=True, rows=None):

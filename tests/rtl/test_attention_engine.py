@@ -265,6 +265,50 @@ def test_batched_decode_s_commands(stall, seed):
     assert stall or batched >= 5, batched
 
 
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[2], CONFIGS[4]], ids=["2x2", "2x4_b4", "2x2_b8"])
+def test_decode_heads_chained(cfg, seed):
+    """One query whose keys fit one tile (decode of a short context): the heads'
+    S and PV commands run as one stream (S_{h+1} during head h's softmax, PV_{h+1}
+    during its normalise phase, O rows and row info halves alternating by head).
+    Bit-exact with random stalls, exactly the model's cycles, and fewer than the
+    heads one after another would take (the model of a command the stream does
+    not serve: two queries)."""
+    rng = np.random.default_rng([seed, 53, cfg.engine.mem_bytes, cfg.rows])
+    T = cfg.tile
+    geoms = [(1, cfg.norm_lanes, 0), (3, 2 * cfg.norm_lanes, T - 1), (4, cfg.max_d_head, 1),
+             (2, cfg.norm_lanes, T // 2), (5, 2 * cfg.norm_lanes, T - 2)]
+    commands = []
+    for H, d, offset in geoms:
+        heads = [head_case(rng, KINDS[(len(commands) + h) % len(KINDS)], d, 1, offset + 1)
+                 for h in range(H)]
+        commands.append(tuple(np.array([c[i] for c in heads]) for i in range(3))
+                        + (offset, _params(rng)))
+    for stall in (0.3, 0.0):
+        lays, base = [], 0
+        for n, (q, k, v, offset, params) in enumerate(commands):
+            lays.append(AttentionLayout(cfg, q, k, v, offset, *params, base=base, rng=rng,
+                                        pad=int(stall > 0), packed=n % 2 == 1))
+            base = lays[-1].end
+        mem, cycles, _ = simulate_attention(cfg, lays, base + 1, seed=seed, stall=stall,
+                                            jitter=3 if stall else 0)
+        for lay, got, (q, k, v, offset, params) in zip(lays, cycles, commands):
+            H, tq, d = q.shape
+            what = f"H={H} D={d} offset={offset} stall={stall} (GPT2ACCEL_SEED={seed})"
+            res, untouched = lay.result(mem)
+            np.testing.assert_array_equal(res, _reference(cfg, q, k, v, offset, params),
+                                          err_msg=what)
+            assert untouched and lay.virtual_untouched(mem), what
+            if not stall:
+                kw = dict(q_head_bytes=lay.command["q_head_bytes"],
+                          k_tile_stride=lay.command["k_tile_stride"])
+                want = attention_cycles(cfg, H, d, 1, offset, **kw).cycles
+                assert got == want, f"{what}: RTL {got} cycles, model {want}"
+                if H > 1:
+                    # the same heads one after another: a one-head command each
+                    apart = sum(attention_cycles(cfg, 1, d, 1, offset).cycles for _ in range(H))
+                    assert want < apart, f"{what}: {want} cycles chained, {apart} apart"
+
+
 @pytest.mark.slow
 def test_attention_soak(seed):
     """A larger array, longer rows (several tiles per block, many blocks) and
