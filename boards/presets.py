@@ -100,6 +100,10 @@ class Preset:
     storage: str = "bram"      # "spram": the iCE40UP's single-port RAMs (rtl/spram.py)
     mem_words: int = None      # None: exactly what the model needs
     mem_bytes: int = None      # memory word width; None: the engine's default, 2*cols
+    #: "dram": the board's external DRAM behind its LiteDRAM controller
+    #: (boards/litedram/<name>.yml); the machine runs in the controller's clock
+    #: (`clk_hz` is the config's sys_clk_freq) and the memory is the DRAM's
+    dram: str = None
 
     @property
     def device_name(self):
@@ -117,7 +121,7 @@ class Preset:
     def summary(self):
         """One line: chip, array, what machine it is for which model, where its memory is,
         clock."""
-        ram = "SPRAM" if self.storage == "spram" else "block RAM"
+        ram = {"spram": "SPRAM", "dram": "external DRAM"}.get(self.storage, "block RAM")
         if self.ops is None:
             what = f"the whole machine, the {self.model} model's whole image in {ram}"
         else:
@@ -171,7 +175,10 @@ class BoardMachine:
             raise PresetError(f"{where}: the {p.model} model does not map onto it: {e}") from None
         self.need_words = words
         self.mem_words = p.mem_words or words
-        self._check_memory(where)
+        if p.storage == "dram":
+            self._dram_memory(where)
+        else:
+            self._check_memory(where)
         # one multiplier per processing element at least (the requantiser needs more)
         if p.rows * p.cols > p.device.dsp:
             raise PresetError(f"{where}: {p.rows * p.cols} processing elements need as many "
@@ -202,9 +209,27 @@ class BoardMachine:
                 f"({self.mem_words:,} words of {mb} bytes), the {p.device_name} has "
                 f"{have:,} bytes of {'SPRAM' if spram else 'on-chip RAM in all'}")
 
+    def _dram_memory(self, where):
+        """The DRAM's words (as many as the machine's addresses reach) and the core's
+        native port; the image must fit."""
+        from . import dram
+        p, mb = self.preset, self.cfg.engine.mem_bytes
+        try:
+            dram_words = dram.dram_bytes(p.dram) // mb
+        except (dram.DramConfigError, dram.DramGenError) as e:
+            raise PresetError(f"{where}: DRAM: {e}") from None
+        self.dram_bytes = dram_words * mb
+        self.mem_words = min(dram_words, 1 << self.cfg.engine.addr_bits)
+        if self.need_words > self.mem_words:
+            raise PresetError(f"{where}: the {p.model} model's memory image needs "
+                              f"{self.need_words * mb:,} bytes, the DRAM holds "
+                              f"{self.mem_words * mb:,}")
+
     def _pll(self, where):
         """None when the oscillator is the machine's clock, else the PLL's settings."""
         p = self.preset
+        if p.storage == "dram":
+            return None       # the LiteDRAM core makes its own clocks (boards/litedram)
         if p.clk_hz == p.oscillator_hz:
             return None
         from .pll import PLLError, ecp5_pll, ice40_pll
@@ -311,7 +336,33 @@ PRESETS = {p.name: p for p in [
 ]}
 
 
-def get_preset(name):
+#: --memory: where the machine's memory is
+MEMORIES = ("bram", "dram")
+
+
+def get_preset(name, memory="bram"):
+    """The preset `name`; ``memory="dram"``: the same board with its external DRAM
+    (`dram_preset`)."""
     if name not in PRESETS:
         raise PresetError(f"unknown board {name!r} (presets: {', '.join(PRESETS)})")
-    return PRESETS[name]
+    if memory not in MEMORIES:
+        raise PresetError(f"unknown memory {memory!r} (one of {', '.join(MEMORIES)})")
+    return dram_preset(PRESETS[name]) if memory == "dram" else PRESETS[name]
+
+
+def dram_preset(preset):
+    """`preset` with its board's DRAM in place of block RAM: the machine in the LiteDRAM
+    controller's clock domain (the config's ``sys_clk_freq``; the core's own CRG makes
+    it: the DDR3 PHY needs its sys2x clock phase-aligned by ECLKSYNCB/CLKDIVF, which
+    LiteDRAM's CRG does), so no clock crossing sits between machine and controller."""
+    from . import dram
+    if preset.storage != "bram" or preset.ops is not None:
+        raise PresetError(f"board {preset.name}: no DRAM preset (boards with DRAM: "
+                          f"{', '.join(dram.BOARDS)})")
+    try:
+        path = dram.config_path(preset.name)
+        dram.versions()            # the generator's packages, named with their pip extra
+        clk = float(dram.read_config(path)["sys_clk_freq"])
+    except (dram.DramConfigError, dram.DramGenError) as e:
+        raise PresetError(f"board {preset.name} with DRAM: {e}") from None
+    return replace(preset, storage="dram", dram=preset.name, clk_hz=clk)

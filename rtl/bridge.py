@@ -27,7 +27,9 @@ frame format, opcodes, replies and faults are defined there once).
 - After the CRC the checks run in this order: opcode (`Fault.OPCODE`),
   payload length (`Fault.LENGTH`), address range (`Fault.ADDRESS`, summed
   and compared in two registered steps while the CRC bytes arrive), machine
-  busy (`Fault.BUSY`, WRITE and READ only). A LEN above `max_payload` is
+  busy (`Fault.BUSY`, WRITE and READ only), memory not ready (`Fault.MEMORY`,
+  WRITE, READ and EXEC: ``mem_ready`` low, a board's DRAM still in its init
+  sequence; it is high wherever the memory is on chip). A LEN above `max_payload` is
   refused as soon as the header is in, before any payload.
 - A reply is sent byte by byte through multiplexers indexed by a byte
   counter, not through a shift register: the header from opcode and LEN
@@ -492,7 +494,7 @@ class _Executor(wiring.Component):
         super().__init__({
             "frame": In(1), "opcode": In(8), "length": In(16), "field": In(8 * _READ_PAYLOAD),
             "tail_lane": In(range(MB)), "tail_words": In(range(max_payload // MB + 1)),
-            "beyond": In(1), "busy": In(1),
+            "beyond": In(1), "busy": In(1), "mem_ready": In(1, init=1),
             "buf": In(ReadPort.Signature(addr_width=ceil_log2(max_payload), shape=8)),
             "state": Out(_ExState), "req": Out(_REQUEST),
             "addr": Out(e.addr_bits),                               # memory word pointer
@@ -546,7 +548,8 @@ class _Executor(wiring.Component):
         reply, fault, checked = (partial(f, m) for f in (self._reply, self._fault,
                                                         self._checked))
         # WRITE / READ: the words span past the memory (computed in CRC0/CRC1), busy
-        memory_checks = ((self.beyond, P.Fault.ADDRESS), (self.busy, P.Fault.BUSY))
+        not_ready = (~self.mem_ready, P.Fault.MEMORY)
+        memory_checks = ((self.beyond, P.Fault.ADDRESS), (self.busy, P.Fault.BUSY), not_ready)
 
         # payloads are driven in every state (only `valid` depends on the state): a
         # payload gated by the state would cost a gate per bit (512 for `instr`)
@@ -585,7 +588,7 @@ class _Executor(wiring.Component):
                         m.d.sync += [addr.eq(addr32), left.eq(count)]
                     with m.Case(P.Req.EXEC), checked(
                             ((length == 0) | (length[:IB.bit_length() - 1] != 0),
-                             P.Fault.LENGTH)):
+                             P.Fault.LENGTH), not_ready):
                         m.d.sync += [left.eq(length[IB.bit_length() - 1:]), ptr.eq(0),
                                      cnt.eq(IB), lag.eq(0), bidx.eq(0), above.eq(0)]
                         m.d.sync += self.state.eq(_ExState.LOAD)
@@ -653,7 +656,8 @@ class HostBridge(wiring.Component):
     framing error or overrun: `Fault.SERIAL` inside a frame), ``instr`` (the
     machine's instruction stream), ``mem`` (a requester port,
     `memport.MemPort`), the machine's status ``busy``,
-    ``error``, ``cycles``, ``icount`` as inputs, and ``machine_reset``
+    ``error``, ``cycles``, ``icount`` as inputs, ``mem_ready`` (low while a board's
+    DRAM initialises: memory requests get `Fault.MEMORY`), and ``machine_reset``
     (one-cycle pulse for RESET). `cfg` is the machine's (`rtl.machine.Machine`): its
     built opcodes size the EXEC word, the whole config enters the PING identity.
     """
@@ -685,7 +689,7 @@ class HostBridge(wiring.Component):
             "instr": Out(stream.Signature(instr_layout())),
             "mem": Out(MemPort.for_config(e)),
             "busy": In(1), "error": In(2), "cycles": In(32), "icount": In(32),
-            "machine_reset": Out(1)})
+            "mem_ready": In(1, init=1), "machine_reset": Out(1)})
 
     @property
     def identity(self):
@@ -738,7 +742,8 @@ class HostBridge(wiring.Component):
                      snd.req_op.eq(rcv.opcode), snd.busy.eq(self.busy),
                      snd.error.eq(self.error), snd.cycles.eq(self.cycles),
                      snd.icount.eq(self.icount), snd.left.eq(exe.left),
-                     exe.busy.eq(self.busy), exe.rd_step.eq(snd.rd_step),
+                     exe.busy.eq(self.busy), exe.mem_ready.eq(self.mem_ready),
+                     exe.rd_step.eq(snd.rd_step),
                      self.machine_reset.eq(exe.machine_reset),
                      self.mem.rd_req.valid.eq(snd.rd_valid),
                      self.mem.rd_req.payload.addr.eq(exe.addr),

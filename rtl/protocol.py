@@ -38,6 +38,9 @@ opcode or 0) and the device returns to hunting for `SYNC`:
   (`Fault.ADDRESS`), a memory access while a program runs (`Fault.BUSY`);
   a frame whose CRC matched is checked in that order (opcode, length,
   address, busy) and the first failing check is reported;
+* a WRITE, READ or EXEC while the memory is not ready yet (`Fault.MEMORY`: a
+  board's external DRAM still running its init sequence after configuration),
+  checked after busy;
 * a frame that stops arriving: a gap longer than the device's byte timeout
   inside a frame (`Fault.TIMEOUT`), so a truncated frame never wedges it;
 * a UART framing error (missing stop bit) or overrun (a byte arriving before
@@ -60,7 +63,8 @@ SYNC = 0x5A
 HEADER_BYTES = 4            #: SYNC, OPCODE, LEN (2)
 CRC_BYTES = 2
 INSTR_BYTES = 64            #: one `isa.INSTR_BITS` word
-PROTOCOL_VERSION = 1
+#: 2: `Fault.MEMORY` (a memory access before a board's DRAM finished its init)
+PROTOCOL_VERSION = 2
 
 
 class Req(enum.IntEnum):
@@ -88,6 +92,7 @@ class Fault(enum.IntEnum):
     BUSY = 5
     TIMEOUT = 6
     SERIAL = 7
+    MEMORY = 8
 
 
 #: PING reply: magic b"G2A", protocol version, mem_bytes, log2(max_payload),
