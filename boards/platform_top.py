@@ -137,4 +137,16 @@ class PlatformTop(Elaboratable):
             return dict(o_sdram_a=sd.a.io, o_sdram_ba=sd.ba.io, o_sdram_cas_n=sd.cas.io,
                         o_sdram_ras_n=sd.ras.io, o_sdram_we_n=sd.we.io, o_sdram_cs_n=sd.cs.io,
                         o_sdram_cke=sd.clk_en.io, o_sdram_dm=sd.dqm.io, io_sdram_dq=sd.dq.io)
+        if phy == "ECP5DDRPHY":
+            dd = platform.request("ddram", 0, dir="-")
+            m.submodules.ddr3_vccio = vccio = io.Buffer("o", dd.vccio)
+            m.submodules.ddr3_gnd = gnd = io.Buffer("o", dd.gnd)
+            m.d.comb += [vccio.o.eq(-1), gnd.o.eq(0)]
+            # the complements of the differential pairs are the I/O standard's, not ports
+            return dict(o_ddram_a=dd.a.io, o_ddram_ba=dd.ba.io, o_ddram_ras_n=dd.ras_n.io,
+                        o_ddram_cas_n=dd.cas_n.io, o_ddram_we_n=dd.we_n.io,
+                        o_ddram_cs_n=dd.cs_n.io, o_ddram_dm=dd.dm.io, io_ddram_dq=dd.dq.io,
+                        io_ddram_dqs_p=dd.dqs_p.io, i_ddram_dqs_n=0, o_ddram_clk_p=dd.clk_p.io,
+                        i_ddram_clk_n=0, o_ddram_cke=dd.cke.io, o_ddram_odt=dd.odt.io,
+                        o_ddram_reset_n=dd.reset_n.io, o_pll_locked=Signal())
         raise NotImplementedError(f"no pins for the {phy} PHY on {self.board.preset.name}")

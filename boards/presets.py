@@ -24,7 +24,7 @@ nextpnr reports it ("available" in its --report JSON).
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
-from amaranth.build import Attrs
+from amaranth.build import Attrs, Pins, Resource, Subsignal
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.orangecrab_r0_2 import OrangeCrabR0_2_85FPlatform
 from amaranth_boards.resources import UARTResource
@@ -69,7 +69,37 @@ class OrangeCrab85FUART(OrangeCrabR0_2_85FPlatform):
     USB-serial adapter on header pins 0 (RX, an FPGA input) and 1 (TX, an FPGA
     output), the Feather form factor's RX/TX pins."""
     resources = OrangeCrabR0_2_85FPlatform.resources + [
-        UARTResource(0, rx="0", tx="1", conn=("io", 0), attrs=Attrs(IO_TYPE="LVCMOS33"))]
+        UARTResource(0, rx="0", tx="1", conn=("io", 0), attrs=Attrs(IO_TYPE="LVCMOS33")),
+        # the DDR3L (MT41K64M16: address bits A0-A12) with board revision 0.2's pins
+        # and I/O standards as LiteX's gsd_orangecrab platform has them, the pins its
+        # DRAM is run with; amaranth-boards' "ddr3" resource differs from them (its
+        # bank address pins P5 N3 M3 against D6 B7 A6, its strobe pairs), so it is
+        # not used. The differential pairs (clock, strobes) are named by
+        # their true pin, the complement implied by the SSTL135D standard; "vccio" and
+        # "gnd" are I/O pins the board ties to the DRAM's supply and ground planes
+        # (driven high and low, as LiteX's target does)
+        Resource("ddram", 0,
+                 Subsignal("a", Pins("C4 D2 D3 A3 A4 D4 C3 B2 B1 D1 A7 C2 B6", dir="o"),
+                           Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("ba", Pins("D6 B7 A6", dir="o"), Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("ras_n", Pins("C12", dir="o"), Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("cas_n", Pins("D13", dir="o"), Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("we_n", Pins("B12", dir="o"), Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("cs_n", Pins("A12", dir="o"), Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("dm", Pins("D16 G16", dir="o"), Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("dq", Pins("C17 D15 B17 C16 A15 B13 A17 A13 "
+                                      "F17 F16 G15 F15 J16 C18 H16 F18", dir="io"),
+                           Attrs(IO_TYPE="SSTL135_I", TERMINATION="OFF")),
+                 Subsignal("dqs_p", Pins("B15 G18", dir="io"),
+                           Attrs(IO_TYPE="SSTL135D_I", TERMINATION="OFF", DIFFRESISTOR="100")),
+                 Subsignal("clk_p", Pins("J18", dir="o"), Attrs(IO_TYPE="SSTL135D_I")),
+                 Subsignal("cke", Pins("D18", dir="o"), Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("odt", Pins("C13", dir="o"), Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("reset_n", Pins("L18", dir="o"), Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("vccio", Pins("K16 D17 K15 K17 B18 C6", dir="o"),
+                           Attrs(IO_TYPE="SSTL135_II")),
+                 Subsignal("gnd", Pins("L15 L16", dir="o"), Attrs(IO_TYPE="SSTL135_II")),
+                 Attrs(SLEWRATE="FAST"))]
 
 
 @dataclass(frozen=True)
@@ -261,8 +291,13 @@ class BoardMachine:
         p = self.preset
         clock = (f"{self.clk_hz / 1e6:g} MHz (PLL from {p.oscillator_hz / 1e6:g} MHz)"
                  if self.pll else f"{self.clk_hz / 1e6:g} MHz (oscillator)")
+        if p.storage == "dram":
+            clock = (f"{self.clk_hz / 1e6:g} MHz (the DRAM controller's"
+                     + (", oscillator)" if self.clk_hz == p.oscillator_hz else
+                        f", its PLL from {p.oscillator_hz / 1e6:g} MHz)"))
         return (f"{p.name}: {p.device_name}, {p.rows}x{p.cols} array, model {p.model}, "
-                f"memory {self.mem_words:,} words x {self.cfg.engine.mem_bytes} bytes, "
+                f"memory {self.mem_words:,} words x {self.cfg.engine.mem_bytes} bytes"
+                f"{' of external DRAM' if p.storage == 'dram' else ''}, "
                 f"clock {clock}, UART {p.baud} baud ({p.uart})")
 
 
