@@ -313,7 +313,7 @@ class CrcHarness(UnitHarness):
     """The bridge's CRC step against the bitwise recurrence, for every register and
     byte value. ``bug=("crc",)`` checks `CrcIgnoringBridge`'s step instead."""
     unit, cls = "bridge_crc", HostBridge
-    config = "any 16-bit register, any byte"
+    config = "any 16- or 32-bit register, any byte"
     depth, deep_depth = 1, 1
     bugs = {"crc_network": ("crc",), "crc32_network": ("crc",)}
 

@@ -201,6 +201,7 @@ class SerialBackend(Backend):
         self.link = link
         self.timeout_s, self.run_timeout_s = timeout_s, run_timeout_s
         self.ident = None
+        self.last_load = None     # load_image's counts, kept while it runs
         self.bytes_out = self.bytes_in = 0     # whole frames, both directions
 
     # ---- frames
@@ -359,7 +360,8 @@ class SerialBackend(Backend):
             raise ValueError(f"chunk_words must be 1..65535, not {chunk_words}")
         total = image.nbytes
         t0, c0 = time.perf_counter(), self.link.clock()
-        stats = {"chunks": 0, "sent": 0, "skipped": 0, "bytes_sent": 0}
+        # kept while it grows: after a dropped link it says how far the load got
+        self.last_load = stats = {"chunks": 0, "sent": 0, "skipped": 0, "bytes_sent": 0}
         bar = progress.bar(None, "loading the memory image", total=total, unit="bytes")
         done = 0
         try:
@@ -386,7 +388,7 @@ class SerialBackend(Backend):
                 dt = self.link.clock() - c0
                 rate = stats["bytes_sent"] / dt if dt > 0 else 0.0
                 left = (total - done) / rate if rate > 0 else 0.0
-                bar.update(done, extra=f"{rate / 1e3:.1f} kB/s, {left:.0f} s left, "
+                bar.update(done, extra=f"{rate / 1e3:.1f} kB/s, {left:.1f} s left, "
                                        f"{stats['skipped']} chunks already there")
         finally:
             bar.close()
@@ -395,7 +397,6 @@ class SerialBackend(Backend):
                       f"{stats['chunks']} chunks ({stats['skipped']} already on the device) "
                       f"in {stats['seconds']:.1f} s of link time "
                       f"({time.perf_counter() - t0:.1f} s wall)")
-        self.last_load = stats
         return stats
 
     def dump(self, addr=0, n=None):

@@ -25,7 +25,7 @@ from gpt2accel.sim.host.serial import Link, LinkTimeout, SerialBackend  # noqa: 
 
 from test_machine import CFG as SMALL_CFG  # noqa: E402
 
-WORDS, CHUNK = 64, 8
+WORDS, CHUNK = 32, 4
 MB = SMALL_CFG.engine.mem_bytes
 #: the DRAM: 2-byte native words (the ULX3S core's), so a memory word takes several beats
 DRAM = (10, 2)
@@ -144,6 +144,6 @@ def test_memory_requests_before_the_dram_is_initialised_are_refused():
         be.load(_image(0)[:1], 0)
     link.idle(40_000 / link.clk_hz)
     with progress.quiet():
-        be.load_image(_image(0), chunk_words=32)
+        be.load_image(_image(0), chunk_words=WORDS)
     np.testing.assert_array_equal(be.dump(0, WORDS), _image(0))
     link.close()
