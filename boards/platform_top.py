@@ -23,7 +23,7 @@ def board_top(board, core=None):
     p = board.preset
     dram = None if core is None else (core.addr_bits, core.data_bytes)
     return BoardTop(board.cfg, mem_words=board.mem_words, clk_hz=board.clk_hz, baud=p.baud,
-                    storage=p.storage, dram=dram)
+                    storage=p.storage, dram=dram, checksum=p.checksum)
 
 
 class PlatformTop(Elaboratable):

@@ -134,6 +134,8 @@ class Preset:
     #: (boards/litedram/<name>.yml); the machine runs in the controller's clock
     #: (`clk_hz` is the config's sys_clk_freq) and the memory is the DRAM's
     dram: str = None
+    #: the bridge's CHECKSUM unit (the host's checked, resumable load)
+    checksum: bool = True
 
     @property
     def device_name(self):
@@ -353,6 +355,8 @@ PRESETS = {p.name: p for p in [
     # token: a one-row MATMUL streams W at the port's width on either)
     Preset("icebreaker", ICEBreakerPlatform, rows=1, cols=1, clk_hz=12e6, baud=1_000_000,
            model="tiny", ops=("matmul",), storage="spram", mem_words=32768, mem_bytes=4,
+           # no room for CHECKSUM's unit (~235 logic cells): its loads are plain WRITEs
+           checksum=False,
            leds=LEDs(busy=("led", 1, None), error=("led", 0, None)),
            notes="FTDI FT2232H USB-serial; 12 MHz oscillator; the whole machine does not fit "
                  "the iCE40UP5K: a MATMUL co-processor for the linear layers"),

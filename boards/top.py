@@ -67,7 +67,7 @@ class BoardCore(wiring.Component):
     ``init_done``) gates the bridge's memory requests (`Fault.MEMORY` before it)."""
 
     def __init__(self, cfg: MachineConfig, *, mem_words, max_payload=1024, timeout_cycles,
-                 storage="bram", dram=None, read_beats=32):
+                 storage="bram", dram=None, read_beats=32, checksum=True):
         self.cfg, self.storage = cfg, storage
         # built here so that a bad configuration is refused at construction
         with refusing(self):
@@ -75,7 +75,7 @@ class BoardCore(wiring.Component):
                 raise ConfigError("storage='dram' and the native port's (addr_bits, "
                                   "data_bytes) go together")
             self.bridge = HostBridge(cfg, mem_words=mem_words, max_payload=max_payload,
-                                     timeout_cycles=timeout_cycles)
+                                     timeout_cycles=timeout_cycles, checksum=checksum)
             with refusing(self.bridge):
                 e = cfg.engine
                 if dram is not None:
@@ -139,7 +139,7 @@ class BoardTop(wiring.Component):
     """
 
     def __init__(self, cfg: MachineConfig, *, mem_words, clk_hz, baud, max_payload=1024,
-                 timeout_ms=100, storage="bram", dram=None):
+                 timeout_ms=100, storage="bram", dram=None, checksum=True):
         with refusing(self):
             self.divisor = uart_divisor(clk_hz, baud)
             if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) \
@@ -153,7 +153,7 @@ class BoardTop(wiring.Component):
                                   "a frame arriving at full speed would time out")
             self.core = BoardCore(cfg, mem_words=mem_words, max_payload=max_payload,
                                   timeout_cycles=self.timeout_cycles, storage=storage,
-                                  dram=dram)
+                                  dram=dram, checksum=checksum)
         ports = {"rx": In(1, init=1), "tx": Out(1, init=1), "busy": Out(1), "error": Out(1)}
         if dram is not None:
             ports.update(native=Out(NativePort(addr_bits=dram[0], data_bytes=dram[1])),

@@ -529,9 +529,10 @@ class _Executor(wiring.Component):
     reply advances (``rd_step``). Words are assembled from the receiver's byte
     buffer a byte per cycle."""
 
-    def __init__(self, cfg, *, max_payload, kept_bytes):
+    def __init__(self, cfg, *, max_payload, kept_bytes, checksum=True):
         e, MB, IB = cfg.engine, cfg.engine.mem_bytes, P.INSTR_BYTES
         self._cfg, self._mp, self._kb = cfg, max_payload, kept_bytes
+        self._checksum = checksum
         super().__init__({
             "frame": In(1), "opcode": In(8), "length": In(16), "field": In(8 * _READ_PAYLOAD),
             "tail_lane": In(range(MB)), "tail_words": In(range(max_payload // MB + 1)),
@@ -628,11 +629,12 @@ class _Executor(wiring.Component):
                             *memory_checks):
                         reply(ok_op, _Body.READ, count * MB)
                         m.d.sync += [addr.eq(addr32), left.eq(count)]
-                    with m.Case(P.Req.CHECKSUM), checked(
-                            ((length != _READ_PAYLOAD) | (count == 0), P.Fault.LENGTH),
-                            *memory_checks):
-                        m.d.comb += self.ck_start.eq(1)
-                        m.d.sync += self.state.eq(_ExState.CHECKSUM)
+                    if self._checksum:
+                        with m.Case(P.Req.CHECKSUM), checked(
+                                ((length != _READ_PAYLOAD) | (count == 0), P.Fault.LENGTH),
+                                *memory_checks):
+                            m.d.comb += self.ck_start.eq(1)
+                            m.d.sync += self.state.eq(_ExState.CHECKSUM)
                     with m.Case(P.Req.EXEC), checked(
                             ((length == 0) | (length[:IB.bit_length() - 1] != 0),
                              P.Fault.LENGTH), not_ready):
@@ -767,7 +769,8 @@ class HostBridge(wiring.Component):
     built opcodes size the EXEC word, the whole config enters the PING identity.
     """
 
-    def __init__(self, cfg: MachineConfig, *, mem_words, max_payload=1024, timeout_cycles):
+    def __init__(self, cfg: MachineConfig, *, mem_words, max_payload=1024, timeout_cycles,
+                 checksum=True):
         cfg = MachineConfig.of(cfg)
         e = cfg.engine
         with refusing(self):
@@ -783,6 +786,10 @@ class HostBridge(wiring.Component):
             _check_int("timeout_cycles", timeout_cycles, 1, 1 << 32)
         self.cfg, self.mem_words, self.max_payload = cfg, mem_words, max_payload
         self.timeout_cycles = timeout_cycles
+        # CHECKSUM's unit (a CRC-32 network, a word's shift register, counters) costs
+        # about 235 iCE40 logic cells, which the iCEBreaker's co-processor has not got:
+        # without it CHECKSUM is an unknown opcode (`Fault.OPCODE`)
+        self.checksum = bool(checksum)
         # An EXEC word keeps its bytes up to the end of the widest built body; the
         # bytes above matter only as "reserved bits set" (the machine decides that at
         # fetch, `Machine`), so they collapse into one sticky bit placed just above the
@@ -815,12 +822,19 @@ class HostBridge(wiring.Component):
                                                 mem_words=self.mem_words,
                                                 timeout_cycles=self.timeout_cycles)
         m.submodules.executor = exe = _Executor(self.cfg, max_payload=MP,
-                                                kept_bytes=self.kept_bytes)
+                                                kept_bytes=self.kept_bytes,
+                                                checksum=self.checksum)
         m.submodules.sender = snd = _Sender(
             self.identity, range(max(P.HEADER_BYTES, _IDENTITY_BYTES, _STATUS_BYTES,
                                      self.cfg.engine.mem_bytes)),
             self.cfg, exe.left.shape())
-        m.submodules.checksum = ck = _Checksum(self.cfg)
+        ck = _Checksum(self.cfg)
+        if self.checksum:
+            m.submodules.checksum = ck
+        else:
+            # never elaborated: its outputs stay at their reset values (never reading,
+            # never done), what the connections below expect of an absent unit
+            ck._MustUse__silence = True
         # built here, so that the CRC network is the one this bridge was built with
         m.submodules.crc = crc_unit = _Crc16(crc16_step)
         wiring.connect(m, wiring.flipped(self.rx), rcv.rx)

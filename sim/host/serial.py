@@ -359,6 +359,15 @@ class SerialBackend(Backend):
         if not 1 <= chunk_words <= 0xFFFF:
             raise ValueError(f"chunk_words must be 1..65535, not {chunk_words}")
         total = image.nbytes
+        try:
+            self.checksum(addr, min(len(image), chunk_words))
+        except HardwareError as exc:
+            if "OPCODE" not in str(exc):
+                raise
+            progress.note("the device has no CHECKSUM (a bitstream without it): the image "
+                          "goes in plain WRITE frames, unchecked")
+            self.load(image, addr)
+            return None
         t0, c0 = time.perf_counter(), self.link.clock()
         # kept while it grows: after a dropped link it says how far the load got
         self.last_load = stats = {"chunks": 0, "sent": 0, "skipped": 0, "bytes_sent": 0}

@@ -38,9 +38,9 @@ F = P.Fault
 
 
 class _BridgeAndMemory(wiring.Component):
-    def __init__(self, cfg):
+    def __init__(self, cfg, **bridge_kw):
         self.bridge = HostBridge(cfg, mem_words=WORDS, max_payload=MAX_PAYLOAD,
-                                 timeout_cycles=TIMEOUT)
+                                 timeout_cycles=TIMEOUT, **bridge_kw)
         self.memory = OnChipMemory(cfg.engine, WORDS)
         super().__init__({})
 
@@ -51,11 +51,11 @@ class _BridgeAndMemory(wiring.Component):
         return m
 
 
-def _run(seed, body, *, stall=0.3, cfg=CFG):
+def _run(seed, body, *, stall=0.3, cfg=CFG, **bridge_kw):
     """Simulate `body(ctx, host, bridge, state)`; state["instrs"] collects EXEC words,
     state["resets"] counts machine_reset pulses."""
     rng = random.Random(seed)
-    top = _BridgeAndMemory(cfg)
+    top = _BridgeAndMemory(cfg, **bridge_kw)
     br = top.bridge
     host = LinkHost(br.rx, br.tx, random.Random(rng.random()), stall=stall)
     state = {"instrs": [], "resets": 0}
@@ -175,6 +175,21 @@ def test_checksum_is_zlib_crc32_of_the_words(seed):
         assert data == struct.pack(P.CHECKSUM_FORMAT, P.crc32(model.tobytes()))
 
     _run(seed, body)
+
+
+def test_a_bridge_without_checksum_refuses_it_as_an_unknown_opcode(seed):
+    """``checksum=False`` (the iCEBreaker's bridge, no room for the unit): CHECKSUM is
+    Fault.OPCODE and the other requests work as before."""
+    rng = random.Random(seed + 9)
+    words = _words(rng, 3)
+
+    async def body(ctx, host, br, state):
+        assert await host.request(ctx, *_checksum(0, 4)) == error_reply(F.OPCODE,
+                                                                        P.Req.CHECKSUM)
+        assert await host.request(ctx, *_write(7, words)) == (P.Req.WRITE | P.REPLY, b"")
+        assert (await host.request(ctx, *_read(7, 3)))[1] == words.tobytes()
+
+    _run(seed, body, checksum=False)
 
 
 def test_memory_requests_before_the_memory_is_ready_are_refused(seed):
