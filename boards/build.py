@@ -302,7 +302,7 @@ def _main_clock(fmax):
 # ---------------------------------------------------------------- build
 
 def build_board(board, out_dir, *, rows=None, cols=None, clk_hz=None, reuse=False,
-                progress=None):
+                progress=None, memory="bram", synth_only=False):
     """Build the bitstream of preset `board` (a name) into `out_dir`; returns the report
     (REPORT_KEYS plus details), also written to `out_dir`/gpt2accel_report.json.
     `reuse`: return the report already there when it is of the same design files
@@ -317,7 +317,11 @@ def build_board(board, out_dir, *, rows=None, cols=None, clk_hz=None, reuse=Fals
     progress = progress or _Progress()
     # the whole request first (board, array, clock, baud rate, memory): a wrong option
     # is named as such whatever tools this machine has
-    preset = get_preset(board)
+    preset = get_preset(board, memory)
+    if memory == "dram" and clk_hz is not None:
+        raise PresetError(f"board {board} with DRAM: the clock is the DRAM controller's "
+                          f"({preset.clk_hz / 1e6:g} MHz, boards/litedram/{board}.yml), "
+                          f"not a --clock-mhz")
     machine = preset.resolve(rows, cols, clk_hz)
     family = preset.device.family
     out = Path(out_dir)
@@ -326,8 +330,15 @@ def build_board(board, out_dir, *, rows=None, cols=None, clk_hz=None, reuse=Fals
     # the tools are checked before the design exists: a design built and then
     # abandoned would only be reported (as never elaborated) when collected
     env = toolchain_env(family)
+    core = None
+    if preset.storage == "dram":
+        from .dram import DramConfigError, DramGenError, generate_core
+        try:
+            core = generate_core(preset.dram)
+        except (DramConfigError, DramGenError) as e:
+            raise ToolError(f"board {board} with DRAM: {e}") from None
     try:
-        top = PlatformTop(machine, board_top(machine))
+        top = PlatformTop(machine, board_top(machine, core), core)
     except ConfigError as e:
         raise PresetError(f"board {board}: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
@@ -359,6 +370,8 @@ def build_board(board, out_dir, *, rows=None, cols=None, clk_hz=None, reuse=Fals
     progress.line(f"elaborate: done in {phases['elaborate_s']} s")
 
     for var, line in _script_commands(out, "top"):
+        if synth_only and var != "YOSYS":
+            break
         dt, status, text = _run(var, line, out, env, progress, "top")
         phase = PHASES.get(var, var.lower())
         phases[f"{phase.replace(' ', '_')}_s"] = round(dt, 1)
@@ -370,6 +383,13 @@ def build_board(board, out_dir, *, rows=None, cols=None, clk_hz=None, reuse=Fals
                 raise DesignError(_design_error(board, rep), rep)
             raise ToolError(f"{board}: {rep['status']}: {rep['error']}", rep)
 
+    if synth_only:
+        rep.update(phases=phases, build_s=round(time.monotonic() - t0, 1),
+                   status="synthesised", ff=_yosys_ffs((out / "top.rpt").read_text(
+                       errors="replace")))
+        _write(out, rep)
+        progress.line(f"synthesis done in {rep['build_s']:.0f} s (no place and route)")
+        return rep
     rep.update(_results(machine, out, family), phases=phases,
                build_s=round(time.monotonic() - t0, 1))
     rep["status"] = "ok" if rep["timing_met"] else "timing failed"

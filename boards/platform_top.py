@@ -15,25 +15,31 @@ from amaranth.lib.cdc import ResetSynchronizer
 __all__ = ["PlatformTop", "board_top"]
 
 
-def board_top(board):
+def board_top(board, core=None):
     """The `BoardTop` of a resolved preset. Built before `PlatformTop`, so a configuration
-    it refuses (`ConfigError`: baud rate, timeout) is reported before any tool runs."""
+    it refuses (`ConfigError`: baud rate, timeout) is reported before any tool runs.
+    `core`: the generated LiteDRAM core (`boards.dram.DramCore`) of a DRAM preset."""
     from .top import BoardTop
     p = board.preset
+    dram = None if core is None else (core.addr_bits, core.data_bytes)
     return BoardTop(board.cfg, mem_words=board.mem_words, clk_hz=board.clk_hz, baud=p.baud,
-                    storage=p.storage)
+                    storage=p.storage, dram=dram, checksum=p.checksum)
 
 
 class PlatformTop(Elaboratable):
-    """`board`: a resolved preset (`presets.BoardMachine`); `top`: its `board_top`."""
+    """`board`: a resolved preset (`presets.BoardMachine`); `top`: its `board_top`;
+    `core`: the LiteDRAM core of a DRAM preset (`boards.dram.DramCore`)."""
 
-    def __init__(self, board, top):
-        self.board, self.top = board, top
+    def __init__(self, board, top, core=None):
+        self.board, self.top, self.core = board, top, core
 
     def elaborate(self, platform):
         b, p = self.board, self.board.preset
         m = Module()
-        self._clock(m, platform)
+        if self.core is not None:
+            self._dram(m, platform)
+        else:
+            self._clock(m, platform)
         m.submodules.top = top = self.top
         uart = platform.request("uart", 0, dir="-")
         m.submodules.rx_pin = rx = io.Buffer("i", uart.rx)
@@ -79,3 +85,68 @@ class PlatformTop(Elaboratable):
         # the oscillator pin's constraint ("Derived frequency constraint ... for net clk")
         m.submodules.reset_sync = ResetSynchronizer(~lock, domain="sync")
 
+
+    def _dram(self, m, platform):
+        """The LiteDRAM core (its Verilog added to the build), its pins, its init
+        sequence replayed over ``wb_ctrl`` (`DramInit`), and the sync domain on its
+        ``user_clk``: the machine runs in the controller's clock."""
+        from amaranth.hdl import ClockSignal, Instance
+        from . import dram
+        from .dram_init import DramInit
+        core, top = self.core, self.top
+        platform.add_file(f"{dram.CORE_NAME}.v", core.verilog.read_text())
+        m.domains.sync = cd = ClockDomain("sync", async_reset=True)
+        pin = platform.request(platform.default_clk, 0, dir="-")
+        m.submodules.clk_pin = clkin = io.Buffer("i", pin)
+        m.submodules.dram_init = init = DramInit(dram.init_writes(core))
+        nat, p = top.native, "user_port_native_0_"
+        user_rst, init_done = Signal(), Signal()
+        ports = dict(
+            i_clk=clkin.i, i_rst=0, o_user_clk=cd.clk, o_user_rst=user_rst,
+            o_init_done=init_done,
+            **{f"i_{p}cmd_valid": nat.cmd.valid, f"o_{p}cmd_ready": nat.cmd.ready,
+               f"i_{p}cmd_we": nat.cmd.payload.we, f"i_{p}cmd_addr": nat.cmd.payload.addr,
+               f"i_{p}wdata_valid": nat.wdata.valid, f"o_{p}wdata_ready": nat.wdata.ready,
+               f"i_{p}wdata_we": nat.wdata.payload.we,
+               f"i_{p}wdata_data": nat.wdata.payload.data,
+               f"o_{p}rdata_valid": nat.rdata.valid, f"i_{p}rdata_ready": nat.rdata.ready,
+               f"o_{p}rdata_data": nat.rdata.payload.data},
+            i_wb_ctrl_cyc=init.bus.cyc, i_wb_ctrl_stb=init.bus.stb, i_wb_ctrl_we=init.bus.we,
+            i_wb_ctrl_adr=init.bus.adr, i_wb_ctrl_dat_w=init.bus.dat_w,
+            i_wb_ctrl_sel=init.bus.sel, i_wb_ctrl_cti=0, i_wb_ctrl_bte=0,
+            o_wb_ctrl_ack=init.bus.ack)
+        ports.update(self._dram_pins(m, platform, core))
+        m.submodules.litedram = Instance(dram.CORE_NAME, **ports)
+        # the core's user_rst is synchronous to user_clk already (its own reset
+        # synchroniser behind the PLL's lock)
+        m.d.comb += [cd.rst.eq(user_rst), top.mem_ready.eq(init_done)]
+
+    def _dram_pins(self, m, platform, core):
+        """The Instance's DRAM pin connections, from the platform's DRAM resource."""
+        from amaranth.hdl import ClockSignal, Instance
+        phy = core.config["sdram_phy"]
+        if phy == "GENSDRPHY":
+            sd = platform.request("sdram", 0, dir="-")
+            # the SDRAM samples on its clock's rising edge: the controller's clock
+            # inverted (a DDR output register, 0 then 1), so commands and data that
+            # change on sys's rising edge are half a cycle old when sampled
+            m.submodules.sdram_clk = Instance("ODDRX1F", i_SCLK=ClockSignal(), i_RST=0,
+                                              i_D0=0, i_D1=1, o_Q=sd.clk.io)
+            # the core's active-low outputs go to the pins as they are (the resource's
+            # inversion is for Amaranth buffers, not used here)
+            return dict(o_sdram_a=sd.a.io, o_sdram_ba=sd.ba.io, o_sdram_cas_n=sd.cas.io,
+                        o_sdram_ras_n=sd.ras.io, o_sdram_we_n=sd.we.io, o_sdram_cs_n=sd.cs.io,
+                        o_sdram_cke=sd.clk_en.io, o_sdram_dm=sd.dqm.io, io_sdram_dq=sd.dq.io)
+        if phy == "ECP5DDRPHY":
+            dd = platform.request("ddram", 0, dir="-")
+            m.submodules.ddr3_vccio = vccio = io.Buffer("o", dd.vccio)
+            m.submodules.ddr3_gnd = gnd = io.Buffer("o", dd.gnd)
+            m.d.comb += [vccio.o.eq(-1), gnd.o.eq(0)]
+            # the complements of the differential pairs are the I/O standard's, not ports
+            return dict(o_ddram_a=dd.a.io, o_ddram_ba=dd.ba.io, o_ddram_ras_n=dd.ras_n.io,
+                        o_ddram_cas_n=dd.cas_n.io, o_ddram_we_n=dd.we_n.io,
+                        o_ddram_cs_n=dd.cs_n.io, o_ddram_dm=dd.dm.io, io_ddram_dq=dd.dq.io,
+                        io_ddram_dqs_p=dd.dqs_p.io, i_ddram_dqs_n=0, o_ddram_clk_p=dd.clk_p.io,
+                        i_ddram_clk_n=0, o_ddram_cke=dd.cke.io, o_ddram_odt=dd.odt.io,
+                        o_ddram_reset_n=dd.reset_n.io, o_pll_locked=Signal())
+        raise NotImplementedError(f"no pins for the {phy} PHY on {self.board.preset.name}")

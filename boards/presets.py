@@ -24,7 +24,7 @@ nextpnr reports it ("available" in its --report JSON).
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
-from amaranth.build import Attrs
+from amaranth.build import Attrs, Pins, Resource, Subsignal
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.orangecrab_r0_2 import OrangeCrabR0_2_85FPlatform
 from amaranth_boards.resources import UARTResource
@@ -69,7 +69,37 @@ class OrangeCrab85FUART(OrangeCrabR0_2_85FPlatform):
     USB-serial adapter on header pins 0 (RX, an FPGA input) and 1 (TX, an FPGA
     output), the Feather form factor's RX/TX pins."""
     resources = OrangeCrabR0_2_85FPlatform.resources + [
-        UARTResource(0, rx="0", tx="1", conn=("io", 0), attrs=Attrs(IO_TYPE="LVCMOS33"))]
+        UARTResource(0, rx="0", tx="1", conn=("io", 0), attrs=Attrs(IO_TYPE="LVCMOS33")),
+        # the DDR3L (MT41K64M16: address bits A0-A12) with board revision 0.2's pins
+        # and I/O standards as LiteX's gsd_orangecrab platform has them, the pins its
+        # DRAM is run with; amaranth-boards' "ddr3" resource differs from them (its
+        # bank address pins P5 N3 M3 against D6 B7 A6, its strobe pairs), so it is
+        # not used. The differential pairs (clock, strobes) are named by
+        # their true pin, the complement implied by the SSTL135D standard; "vccio" and
+        # "gnd" are I/O pins the board ties to the DRAM's supply and ground planes
+        # (driven high and low, as LiteX's target does)
+        Resource("ddram", 0,
+                 Subsignal("a", Pins("C4 D2 D3 A3 A4 D4 C3 B2 B1 D1 A7 C2 B6", dir="o"),
+                           Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("ba", Pins("D6 B7 A6", dir="o"), Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("ras_n", Pins("C12", dir="o"), Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("cas_n", Pins("D13", dir="o"), Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("we_n", Pins("B12", dir="o"), Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("cs_n", Pins("A12", dir="o"), Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("dm", Pins("D16 G16", dir="o"), Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("dq", Pins("C17 D15 B17 C16 A15 B13 A17 A13 "
+                                      "F17 F16 G15 F15 J16 C18 H16 F18", dir="io"),
+                           Attrs(IO_TYPE="SSTL135_I", TERMINATION="OFF")),
+                 Subsignal("dqs_p", Pins("B15 G18", dir="io"),
+                           Attrs(IO_TYPE="SSTL135D_I", TERMINATION="OFF", DIFFRESISTOR="100")),
+                 Subsignal("clk_p", Pins("J18", dir="o"), Attrs(IO_TYPE="SSTL135D_I")),
+                 Subsignal("cke", Pins("D18", dir="o"), Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("odt", Pins("C13", dir="o"), Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("reset_n", Pins("L18", dir="o"), Attrs(IO_TYPE="SSTL135_I")),
+                 Subsignal("vccio", Pins("K16 D17 K15 K17 B18 C6", dir="o"),
+                           Attrs(IO_TYPE="SSTL135_II")),
+                 Subsignal("gnd", Pins("L15 L16", dir="o"), Attrs(IO_TYPE="SSTL135_II")),
+                 Attrs(SLEWRATE="FAST"))]
 
 
 @dataclass(frozen=True)
@@ -100,6 +130,12 @@ class Preset:
     storage: str = "bram"      # "spram": the iCE40UP's single-port RAMs (rtl/spram.py)
     mem_words: int = None      # None: exactly what the model needs
     mem_bytes: int = None      # memory word width; None: the engine's default, 2*cols
+    #: "dram": the board's external DRAM behind its LiteDRAM controller
+    #: (boards/litedram/<name>.yml); the machine runs in the controller's clock
+    #: (`clk_hz` is the config's sys_clk_freq) and the memory is the DRAM's
+    dram: str = None
+    #: the bridge's CHECKSUM unit (the host's checked, resumable load)
+    checksum: bool = True
 
     @property
     def device_name(self):
@@ -117,7 +153,7 @@ class Preset:
     def summary(self):
         """One line: chip, array, what machine it is for which model, where its memory is,
         clock."""
-        ram = "SPRAM" if self.storage == "spram" else "block RAM"
+        ram = {"spram": "SPRAM", "dram": "external DRAM"}.get(self.storage, "block RAM")
         if self.ops is None:
             what = f"the whole machine, the {self.model} model's whole image in {ram}"
         else:
@@ -171,7 +207,10 @@ class BoardMachine:
             raise PresetError(f"{where}: the {p.model} model does not map onto it: {e}") from None
         self.need_words = words
         self.mem_words = p.mem_words or words
-        self._check_memory(where)
+        if p.storage == "dram":
+            self._dram_memory(where)
+        else:
+            self._check_memory(where)
         # one multiplier per processing element at least (the requantiser needs more)
         if p.rows * p.cols > p.device.dsp:
             raise PresetError(f"{where}: {p.rows * p.cols} processing elements need as many "
@@ -202,9 +241,27 @@ class BoardMachine:
                 f"({self.mem_words:,} words of {mb} bytes), the {p.device_name} has "
                 f"{have:,} bytes of {'SPRAM' if spram else 'on-chip RAM in all'}")
 
+    def _dram_memory(self, where):
+        """The DRAM's words (as many as the machine's addresses reach) and the core's
+        native port; the image must fit."""
+        from . import dram
+        p, mb = self.preset, self.cfg.engine.mem_bytes
+        try:
+            dram_words = dram.dram_bytes(p.dram) // mb
+        except (dram.DramConfigError, dram.DramGenError) as e:
+            raise PresetError(f"{where}: DRAM: {e}") from None
+        self.dram_bytes = dram_words * mb
+        self.mem_words = min(dram_words, 1 << self.cfg.engine.addr_bits)
+        if self.need_words > self.mem_words:
+            raise PresetError(f"{where}: the {p.model} model's memory image needs "
+                              f"{self.need_words * mb:,} bytes, the DRAM holds "
+                              f"{self.mem_words * mb:,}")
+
     def _pll(self, where):
         """None when the oscillator is the machine's clock, else the PLL's settings."""
         p = self.preset
+        if p.storage == "dram":
+            return None       # the LiteDRAM core makes its own clocks (boards/litedram)
         if p.clk_hz == p.oscillator_hz:
             return None
         from .pll import PLLError, ecp5_pll, ice40_pll
@@ -236,8 +293,13 @@ class BoardMachine:
         p = self.preset
         clock = (f"{self.clk_hz / 1e6:g} MHz (PLL from {p.oscillator_hz / 1e6:g} MHz)"
                  if self.pll else f"{self.clk_hz / 1e6:g} MHz (oscillator)")
+        if p.storage == "dram":
+            clock = (f"{self.clk_hz / 1e6:g} MHz (the DRAM controller's"
+                     + (", oscillator)" if self.clk_hz == p.oscillator_hz else
+                        f", its PLL from {p.oscillator_hz / 1e6:g} MHz)"))
         return (f"{p.name}: {p.device_name}, {p.rows}x{p.cols} array, model {p.model}, "
-                f"memory {self.mem_words:,} words x {self.cfg.engine.mem_bytes} bytes, "
+                f"memory {self.mem_words:,} words x {self.cfg.engine.mem_bytes} bytes"
+                f"{' of external DRAM' if p.storage == 'dram' else ''}, "
                 f"clock {clock}, UART {p.baud} baud ({p.uart})")
 
 
@@ -293,6 +355,8 @@ PRESETS = {p.name: p for p in [
     # token: a one-row MATMUL streams W at the port's width on either)
     Preset("icebreaker", ICEBreakerPlatform, rows=1, cols=1, clk_hz=12e6, baud=1_000_000,
            model="tiny", ops=("matmul",), storage="spram", mem_words=32768, mem_bytes=4,
+           # no room for CHECKSUM's unit (~235 logic cells): its loads are plain WRITEs
+           checksum=False,
            leds=LEDs(busy=("led", 1, None), error=("led", 0, None)),
            notes="FTDI FT2232H USB-serial; 12 MHz oscillator; the whole machine does not fit "
                  "the iCE40UP5K: a MATMUL co-processor for the linear layers"),
@@ -311,7 +375,33 @@ PRESETS = {p.name: p for p in [
 ]}
 
 
-def get_preset(name):
+#: --memory: where the machine's memory is
+MEMORIES = ("bram", "dram")
+
+
+def get_preset(name, memory="bram"):
+    """The preset `name`; ``memory="dram"``: the same board with its external DRAM
+    (`dram_preset`)."""
     if name not in PRESETS:
         raise PresetError(f"unknown board {name!r} (presets: {', '.join(PRESETS)})")
-    return PRESETS[name]
+    if memory not in MEMORIES:
+        raise PresetError(f"unknown memory {memory!r} (one of {', '.join(MEMORIES)})")
+    return dram_preset(PRESETS[name]) if memory == "dram" else PRESETS[name]
+
+
+def dram_preset(preset):
+    """`preset` with its board's DRAM in place of block RAM: the machine in the LiteDRAM
+    controller's clock domain (the config's ``sys_clk_freq``; the core's own CRG makes
+    it: the DDR3 PHY needs its sys2x clock phase-aligned by ECLKSYNCB/CLKDIVF, which
+    LiteDRAM's CRG does), so no clock crossing sits between machine and controller."""
+    from . import dram
+    if preset.storage != "bram" or preset.ops is not None:
+        raise PresetError(f"board {preset.name}: no DRAM preset (boards with DRAM: "
+                          f"{', '.join(dram.BOARDS)})")
+    try:
+        path = dram.config_path(preset.name)
+        dram.versions()            # the generator's packages, named with their pip extra
+        clk = float(dram.read_config(path)["sys_clk_freq"])
+    except (dram.DramConfigError, dram.DramGenError) as e:
+        raise PresetError(f"board {preset.name} with DRAM: {e}") from None
+    return replace(preset, storage="dram", dram=preset.name, clk_hz=clk)

@@ -24,6 +24,7 @@ from amaranth.lib.wiring import In, Out
 
 from gpt2accel.rtl.machine_config import MachineConfig
 from gpt2accel.rtl.bridge import HostBridge
+from gpt2accel.rtl.dram_adapter import DramAdapter, MemArbiter, NativePort
 from gpt2accel.rtl.config import ConfigError, refusing
 from gpt2accel.rtl.machine import Machine
 from gpt2accel.rtl.onchip_memory import OnChipMemory
@@ -58,35 +59,70 @@ def uart_divisor(clk_hz, baud):
 class BoardCore(wiring.Component):
     """HostBridge + `OnChipMemory(cfg.engine, mem_words, storage=storage)` +
     `Machine(cfg)`, with the bridge's byte streams as ports (``rx``, ``rx_error``, ``tx``) and
-    the machine's ``busy`` / ``error``."""
+    the machine's ``busy`` / ``error``.
+
+    ``storage="dram"``: the memory is external, behind a `DramAdapter` whose LiteDRAM
+    native port is the port ``native`` (`dram`: its ``(addr_bits, data_bytes)``), shared
+    by bridge and machine through a `MemArbiter`; ``mem_ready`` (the controller's
+    ``init_done``) gates the bridge's memory requests (`Fault.MEMORY` before it)."""
 
     def __init__(self, cfg: MachineConfig, *, mem_words, max_payload=1024, timeout_cycles,
-                 storage="bram"):
-        self.cfg = cfg
+                 storage="bram", dram=None, read_beats=32, checksum=True):
+        self.cfg, self.storage = cfg, storage
         # built here so that a bad configuration is refused at construction
         with refusing(self):
+            if (storage == "dram") != (dram is not None):
+                raise ConfigError("storage='dram' and the native port's (addr_bits, "
+                                  "data_bytes) go together")
             self.bridge = HostBridge(cfg, mem_words=mem_words, max_payload=max_payload,
-                                     timeout_cycles=timeout_cycles)
+                                     timeout_cycles=timeout_cycles, checksum=checksum)
             with refusing(self.bridge):
-                self.memory = OnChipMemory(cfg.engine, mem_words, storage=storage)
+                e = cfg.engine
+                if dram is not None:
+                    self.memory = DramAdapter(addr_bits=e.addr_bits, mem_bytes=e.mem_bytes,
+                                              native_addr_bits=dram[0], native_bytes=dram[1],
+                                              read_beats=read_beats)
+                    if mem_words > self.memory.depth_words:
+                        raise ConfigError(f"mem_words={mem_words} is more than the DRAM's "
+                                          f"{self.memory.depth_words} words")
+                else:
+                    self.memory = OnChipMemory(e, mem_words, storage=storage)
                 with refusing(self.memory):
                     self.machine = Machine(cfg)
-        super().__init__({"rx": In(stream.Signature(8)), "rx_error": In(1),
-                          "tx": Out(stream.Signature(8)), "busy": Out(1), "error": Out(2)})
+        ports = {"rx": In(stream.Signature(8)), "rx_error": In(1),
+                 "tx": Out(stream.Signature(8)), "busy": Out(1), "error": Out(2)}
+        if dram is not None:
+            ports.update(native=Out(NativePort(addr_bits=dram[0], data_bytes=dram[1])),
+                         mem_ready=In(1))
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
         bridge, memory, machine = self.bridge, self.memory, self.machine
         m.submodules.bridge = bridge
         reset = {"sync": bridge.machine_reset}
-        m.submodules.memory = ResetInserter(reset)(memory)
         m.submodules.machine = ResetInserter(reset)(machine)
+        if self.storage == "dram":
+            # the adapter is never reset by RESET: the controller still owes it the
+            # words of reads in flight; the arbiter drops those the machine asked for
+            e = self.cfg.engine
+            m.submodules.memory = memory
+            m.submodules.arbiter = arb = MemArbiter(addr_bits=e.addr_bits,
+                                                    mem_bytes=e.mem_bytes)
+            wiring.connect(m, bridge.mem, arb.host)
+            wiring.connect(m, machine.mem, arb.machine)
+            wiring.connect(m, arb.mem, memory.machine)
+            wiring.connect(m, memory.native, wiring.flipped(self.native))
+            m.d.comb += [arb.flush.eq(bridge.machine_reset),
+                         bridge.mem_ready.eq(self.mem_ready)]
+        else:
+            m.submodules.memory = ResetInserter(reset)(memory)
+            wiring.connect(m, bridge.mem, memory.host)
+            wiring.connect(m, machine.mem, memory.machine)
 
         wiring.connect(m, wiring.flipped(self.rx), bridge.rx)
         wiring.connect(m, bridge.tx, wiring.flipped(self.tx))
         wiring.connect(m, bridge.instr, machine.instr)
-        wiring.connect(m, bridge.mem, memory.host)
-        wiring.connect(m, machine.mem, memory.machine)
         m.d.comb += [bridge.rx_error.eq(self.rx_error),
                      bridge.busy.eq(machine.busy), bridge.error.eq(machine.error),
                      bridge.cycles.eq(machine.cycles), bridge.icount.eq(machine.icount),
@@ -103,7 +139,7 @@ class BoardTop(wiring.Component):
     """
 
     def __init__(self, cfg: MachineConfig, *, mem_words, clk_hz, baud, max_payload=1024,
-                 timeout_ms=100, storage="bram"):
+                 timeout_ms=100, storage="bram", dram=None, checksum=True):
         with refusing(self):
             self.divisor = uart_divisor(clk_hz, baud)
             if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) \
@@ -116,9 +152,13 @@ class BoardTop(wiring.Component):
                                   f"shorter than two byte times ({least} cycles at {baud} baud): "
                                   "a frame arriving at full speed would time out")
             self.core = BoardCore(cfg, mem_words=mem_words, max_payload=max_payload,
-                                  timeout_cycles=self.timeout_cycles, storage=storage)
-        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1),
-                          "busy": Out(1), "error": Out(1)})
+                                  timeout_cycles=self.timeout_cycles, storage=storage,
+                                  dram=dram, checksum=checksum)
+        ports = {"rx": In(1, init=1), "tx": Out(1, init=1), "busy": Out(1), "error": Out(1)}
+        if dram is not None:
+            ports.update(native=Out(NativePort(addr_bits=dram[0], data_bytes=dram[1])),
+                         mem_ready=In(1))
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
@@ -130,4 +170,7 @@ class BoardTop(wiring.Component):
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx),
                      core.rx_error.eq(urx.frame_error | urx.overrun),
                      self.busy.eq(core.busy), self.error.eq(core.error != 0)]
+        if self.core.storage == "dram":
+            wiring.connect(m, core.native, wiring.flipped(self.native))
+            m.d.comb += core.mem_ready.eq(self.mem_ready)
         return m

@@ -27,7 +27,9 @@ frame format, opcodes, replies and faults are defined there once).
 - After the CRC the checks run in this order: opcode (`Fault.OPCODE`),
   payload length (`Fault.LENGTH`), address range (`Fault.ADDRESS`, summed
   and compared in two registered steps while the CRC bytes arrive), machine
-  busy (`Fault.BUSY`, WRITE and READ only). A LEN above `max_payload` is
+  busy (`Fault.BUSY`, WRITE and READ only), memory not ready (`Fault.MEMORY`,
+  WRITE, READ and EXEC: ``mem_ready`` low, a board's DRAM still in its init
+  sequence; it is high wherever the memory is on chip). A LEN above `max_payload` is
   refused as soon as the header is in, before any payload.
 - A reply is sent byte by byte through multiplexers indexed by a byte
   counter, not through a shift register: the header from opcode and LEN
@@ -71,9 +73,9 @@ from .config import ConfigError, refusing
 from .isa import OPCODE_BITS, body_layout
 from .machine import FETCH_TO_ISSUE, instr_layout
 from .machine_config import MachineConfig
-from .memport import MemPort, read_response_layout, write_layout
+from .memport import MemPort, read_request_layout, read_response_layout, write_layout
 
-__all__ = ["HostBridge", "crc16_step", "identity_bytes"]
+__all__ = ["HostBridge", "crc16_step", "crc32_step", "identity_bytes"]
 
 #: largest `max_payload`: LEN is 16 bits and log2(max_payload) travels in a byte
 MAX_PAYLOAD_LIMIT = 1 << 15
@@ -90,10 +92,11 @@ class _Body(enum.Enum, shape=3):
     IDENTITY = 2     # PING
     STATUS = 3       # STATUS, EXEC, RESET
     READ = 4         # words streamed from memory
+    CHECKSUM = 5     # the CRC-32 of a CHECKSUM's words
 
 
 _BODY_BYTES = {_Body.EMPTY: 0, _Body.ERROR: 2, _Body.IDENTITY: _IDENTITY_BYTES,
-               _Body.STATUS: _STATUS_BYTES}
+               _Body.STATUS: _STATUS_BYTES, _Body.CHECKSUM: 4}
 
 
 def _crc16_step_terms():
@@ -115,6 +118,38 @@ def _crc16_step_terms():
 
 
 _CRC_TERMS = _crc16_step_terms()
+
+
+def _crc32_step_terms():
+    """As `_crc16_step_terms`, for CHECKSUM's reflected CRC-32 (zlib's: the byte enters
+    the register's low end, which shifts right; polynomial 0xEDB88320). Inputs 0..31
+    are the register, 32..39 the byte."""
+    state = [frozenset([i]) for i in range(32)]
+    for i in range(8):
+        state[i] ^= {32 + i}
+    for _ in range(8):
+        low = state[0]
+        state = state[1:] + [frozenset()]
+        for bit in range(32):
+            if 0xEDB88320 >> bit & 1:
+                state[bit] ^= low
+    return [sorted(s) for s in state]
+
+
+_CRC32_TERMS = _crc32_step_terms()
+
+
+def crc32_step(crc, byte):
+    """CHECKSUM's CRC-32 register after `byte` (the register before the final xor; an
+    XOR network, one byte per cycle)."""
+    bits = Cat(crc, byte)
+    out = []
+    for terms in _CRC32_TERMS:
+        x = bits[terms[0]]
+        for t in terms[1:]:
+            x = x ^ bits[t]
+        out.append(x)
+    return Cat(*out)
 
 
 def crc16_step(crc, byte):
@@ -215,6 +250,7 @@ class _Reply(wiring.Component):
             "req": In(_REQUEST),
             "busy": In(1), "error": In(2), "cycles": In(32), "icount": In(32),
             "req_op": In(8),             # the request's opcode, which ERROR bodies name
+            "checksum": In(32),          # a CHECKSUM's CRC-32, held until the next
             "idx": In(idx_shape),
             "rep_op": Out(8), "rep_kind": Out(_Body), "rep_len": Out(16),
             "header": Out(8), "body": Out(8)})
@@ -237,6 +273,7 @@ class _Reply(wiring.Component):
         identity = Array(C(b, 8) for b in self._identity)
         body = {_Body.IDENTITY: identity[idx],
                 _Body.STATUS: stat.word_select(idx, 8),
+                _Body.CHECKSUM: self.checksum.word_select(idx[:2], 8),
                 _Body.ERROR: Mux(idx[0], self.req_op, fault_code)}
         m.d.comb += self.header.eq(header[idx[:2]])
         with m.Switch(self.rep_kind):
@@ -261,12 +298,13 @@ class _Sender(wiring.Component):
             "req": In(_REQUEST),
             "busy": In(1), "error": In(2), "cycles": In(32), "icount": In(32),
             "req_op": In(8),                        # the request's opcode (ERROR bodies)
+            "checksum": In(32),
             "crc": In(16), "crc_en": Out(1), "crc_byte": Out(8), "obuf_crc": Out(1),
             "tx": Out(stream.Signature(8)),
             "rd_valid": Out(1), "rd_ready": In(1),
             "rd_resp": In(stream.Signature(read_response_layout(cfg.engine))),
             "left": In(left_shape), "rd_step": Out(1),
-            "active": Out(1), "done": Out(1)})
+            "active": Out(1), "done": Out(1), "rep_kind": Out(_Body), "reading": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
@@ -274,9 +312,10 @@ class _Sender(wiring.Component):
         tx_idx = Signal(self._idx_shape)
         m.submodules.reply = rp = _Reply(self._identity, self._idx_shape)
         m.submodules.byte_out = out = _ByteOut()
-        m.d.comb += rp.req.eq(self.req)
+        m.d.comb += [rp.req.eq(self.req), self.rep_kind.eq(rp.rep_kind)]
         wiring.connect(m, out.tx, wiring.flipped(self.tx))
         m.d.comb += [rp.idx.eq(tx_idx), rp.req_op.eq(self.req_op), rp.busy.eq(self.busy),
+                     rp.checksum.eq(self.checksum),
                      rp.error.eq(self.error), rp.cycles.eq(self.cycles),
                      rp.icount.eq(self.icount), self.crc_en.eq(out.crc_en),
                      self.crc_byte.eq(out.tx.payload), self.obuf_crc.eq(out.obuf_crc)]
@@ -337,7 +376,8 @@ class _Sender(wiring.Component):
                     m.next = "IDLE"
         # busy unless idle (an encoding no state has counts as busy: the framing FSM
         # waits for the sender exactly while this is set)
-        m.d.comb += self.active.eq(~fsm.ongoing("IDLE"))
+        m.d.comb += [self.active.eq(~fsm.ongoing("IDLE")),
+                     self.reading.eq(fsm.ongoing("RD_REQ") | fsm.ongoing("RD_SEND"))]
         return m
 
 
@@ -454,7 +494,9 @@ class _Receiver(wiring.Component):
                 # the address check in two registered steps while the CRC arrives,
                 # keeping the 33-bit sum and compare off DISPATCH's path
                 m.d.sync += [self.crc_lo.eq(byte), self.state.eq(_RxState.CRC1),
-                             span_end.eq(addr32 + Mux(opcode == P.Req.READ, count, tail_words))]
+                             span_end.eq(addr32 + Mux((opcode == P.Req.READ)
+                                                       | (opcode == P.Req.CHECKSUM),
+                                                       count, tail_words))]
             with m.Case(_RxState.CRC1), receiving(crc_on=False):
                 m.d.sync += self.beyond.eq(span_end > self._mem_words)
                 with m.If(Cat(self.crc_lo, byte) == self.crc):
@@ -477,6 +519,7 @@ class _ExState(enum.Enum, shape=3):
     INSTR = 4
     RESET = 5
     SETTLE = 6      # the machine has acted on the last word: the status is sampled
+    CHECKSUM = 7    # the checksum unit reads the words
 
 
 class _Executor(wiring.Component):
@@ -486,18 +529,20 @@ class _Executor(wiring.Component):
     reply advances (``rd_step``). Words are assembled from the receiver's byte
     buffer a byte per cycle."""
 
-    def __init__(self, cfg, *, max_payload, kept_bytes):
+    def __init__(self, cfg, *, max_payload, kept_bytes, checksum=True):
         e, MB, IB = cfg.engine, cfg.engine.mem_bytes, P.INSTR_BYTES
         self._cfg, self._mp, self._kb = cfg, max_payload, kept_bytes
+        self._checksum = checksum
         super().__init__({
             "frame": In(1), "opcode": In(8), "length": In(16), "field": In(8 * _READ_PAYLOAD),
             "tail_lane": In(range(MB)), "tail_words": In(range(max_payload // MB + 1)),
-            "beyond": In(1), "busy": In(1),
+            "beyond": In(1), "busy": In(1), "mem_ready": In(1, init=1),
             "buf": In(ReadPort.Signature(addr_width=ceil_log2(max_payload), shape=8)),
             "state": Out(_ExState), "req": Out(_REQUEST),
             "addr": Out(e.addr_bits),                               # memory word pointer
             "left": Out(range(max_payload // min(MB, IB) + 1)),     # words still to move
             "rd_step": In(1),
+            "ck_start": Out(1), "ck_done": In(1),
             "wr": Out(stream.Signature(write_layout(e))),
             "instr": Out(stream.Signature(instr_layout())), "machine_reset": Out(1)})
 
@@ -546,7 +591,8 @@ class _Executor(wiring.Component):
         reply, fault, checked = (partial(f, m) for f in (self._reply, self._fault,
                                                         self._checked))
         # WRITE / READ: the words span past the memory (computed in CRC0/CRC1), busy
-        memory_checks = ((self.beyond, P.Fault.ADDRESS), (self.busy, P.Fault.BUSY))
+        not_ready = (~self.mem_ready, P.Fault.MEMORY)
+        memory_checks = ((self.beyond, P.Fault.ADDRESS), (self.busy, P.Fault.BUSY), not_ready)
 
         # payloads are driven in every state (only `valid` depends on the state): a
         # payload gated by the state would cost a gate per bit (512 for `instr`)
@@ -583,9 +629,15 @@ class _Executor(wiring.Component):
                             *memory_checks):
                         reply(ok_op, _Body.READ, count * MB)
                         m.d.sync += [addr.eq(addr32), left.eq(count)]
+                    if self._checksum:
+                        with m.Case(P.Req.CHECKSUM), checked(
+                                ((length != _READ_PAYLOAD) | (count == 0), P.Fault.LENGTH),
+                                *memory_checks):
+                            m.d.comb += self.ck_start.eq(1)
+                            m.d.sync += self.state.eq(_ExState.CHECKSUM)
                     with m.Case(P.Req.EXEC), checked(
                             ((length == 0) | (length[:IB.bit_length() - 1] != 0),
-                             P.Fault.LENGTH)):
+                             P.Fault.LENGTH), not_ready):
                         m.d.sync += [left.eq(length[IB.bit_length() - 1:]), ptr.eq(0),
                                      cnt.eq(IB), lag.eq(0), bidx.eq(0), above.eq(0)]
                         m.d.sync += self.state.eq(_ExState.LOAD)
@@ -631,6 +683,9 @@ class _Executor(wiring.Component):
                         m.d.sync += self.state.eq(_ExState.SETTLE)
                     with m.Else():
                         m.d.sync += self.state.eq(_ExState.LOAD)
+            with m.Case(_ExState.CHECKSUM):
+                with m.If(self.ck_done):
+                    reply(opcode | P.REPLY, _Body.CHECKSUM)
             with m.Case(_ExState.RESET):
                 m.d.comb += self.machine_reset.eq(1)
                 m.d.sync += settle.eq(FETCH_TO_ISSUE)
@@ -646,6 +701,61 @@ class _Executor(wiring.Component):
         return m
 
 
+class _Checksum(wiring.Component):
+    """CHECKSUM's reader: ``count`` words from ``addr`` (both from the frame's
+    registers when ``start`` pulses), one read in flight, each word's bytes through
+    the CRC-32 step a byte per cycle from a shift register; ``done`` pulses when the
+    last byte went in, and ``crc`` (final xor applied) then holds until the next
+    start. The read's data is registered before any logic, as READ's is not needed."""
+
+    def __init__(self, cfg):
+        e = cfg.engine
+        self._mb = e.mem_bytes
+        super().__init__({
+            "start": In(1), "addr": In(e.addr_bits), "count": In(16),
+            "rd_req": Out(stream.Signature(read_request_layout(e))),
+            "rd_resp": In(stream.Signature(read_response_layout(e))),
+            "done": Out(1), "crc": Out(32), "active": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        MB = self._mb
+        reg = Signal(32, init=0xFFFFFFFF)
+        ptr = Signal.like(self.addr)
+        left = Signal(16)
+        shift = Signal(8 * MB)
+        n = Signal(range(MB + 1))
+        m.d.comb += [self.rd_req.payload.addr.eq(ptr), self.crc.eq(~reg)]
+        with m.FSM(name="checksum") as fsm:
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [reg.eq(0xFFFFFFFF), ptr.eq(self.addr), left.eq(self.count)]
+                    m.next = "REQ"
+            with m.State("REQ"):
+                m.d.comb += self.rd_req.valid.eq(1)
+                with m.If(self.rd_req.ready):
+                    m.d.sync += [ptr.eq(ptr + 1), left.eq(left - 1)]
+                    m.next = "RESP"
+            with m.State("RESP"):
+                m.d.comb += self.rd_resp.ready.eq(1)
+                with m.If(self.rd_resp.valid):
+                    m.d.sync += [shift.eq(self.rd_resp.payload.data), n.eq(MB)]
+                    m.next = "CRC"
+            with m.State("CRC"):
+                m.d.sync += [reg.eq(crc32_step(reg, shift[:8])), shift.eq(shift >> 8),
+                             n.eq(n - 1)]
+                with m.If(n == 1):
+                    with m.If(left == 0):
+                        m.next = "DONE"
+                    with m.Else():
+                        m.next = "REQ"
+            with m.State("DONE"):
+                m.d.comb += self.done.eq(1)
+                m.next = "IDLE"
+        m.d.comb += self.active.eq(~fsm.ongoing("IDLE"))
+        return m
+
+
 class HostBridge(wiring.Component):
     """Device side of the host link protocol (`rtl/protocol.py`); see the module docstring.
 
@@ -653,12 +763,14 @@ class HostBridge(wiring.Component):
     framing error or overrun: `Fault.SERIAL` inside a frame), ``instr`` (the
     machine's instruction stream), ``mem`` (a requester port,
     `memport.MemPort`), the machine's status ``busy``,
-    ``error``, ``cycles``, ``icount`` as inputs, and ``machine_reset``
+    ``error``, ``cycles``, ``icount`` as inputs, ``mem_ready`` (low while a board's
+    DRAM initialises: memory requests get `Fault.MEMORY`), and ``machine_reset``
     (one-cycle pulse for RESET). `cfg` is the machine's (`rtl.machine.Machine`): its
     built opcodes size the EXEC word, the whole config enters the PING identity.
     """
 
-    def __init__(self, cfg: MachineConfig, *, mem_words, max_payload=1024, timeout_cycles):
+    def __init__(self, cfg: MachineConfig, *, mem_words, max_payload=1024, timeout_cycles,
+                 checksum=True):
         cfg = MachineConfig.of(cfg)
         e = cfg.engine
         with refusing(self):
@@ -674,6 +786,10 @@ class HostBridge(wiring.Component):
             _check_int("timeout_cycles", timeout_cycles, 1, 1 << 32)
         self.cfg, self.mem_words, self.max_payload = cfg, mem_words, max_payload
         self.timeout_cycles = timeout_cycles
+        # CHECKSUM's unit (a CRC-32 network, a word's shift register, counters) costs
+        # about 235 iCE40 logic cells, which the iCEBreaker's co-processor has not got:
+        # without it CHECKSUM is an unknown opcode (`Fault.OPCODE`)
+        self.checksum = bool(checksum)
         # An EXEC word keeps its bytes up to the end of the widest built body; the
         # bytes above matter only as "reserved bits set" (the machine decides that at
         # fetch, `Machine`), so they collapse into one sticky bit placed just above the
@@ -685,7 +801,7 @@ class HostBridge(wiring.Component):
             "instr": Out(stream.Signature(instr_layout())),
             "mem": Out(MemPort.for_config(e)),
             "busy": In(1), "error": In(2), "cycles": In(32), "icount": In(32),
-            "machine_reset": Out(1)})
+            "mem_ready": In(1, init=1), "machine_reset": Out(1)})
 
     @property
     def identity(self):
@@ -706,11 +822,19 @@ class HostBridge(wiring.Component):
                                                 mem_words=self.mem_words,
                                                 timeout_cycles=self.timeout_cycles)
         m.submodules.executor = exe = _Executor(self.cfg, max_payload=MP,
-                                                kept_bytes=self.kept_bytes)
+                                                kept_bytes=self.kept_bytes,
+                                                checksum=self.checksum)
         m.submodules.sender = snd = _Sender(
             self.identity, range(max(P.HEADER_BYTES, _IDENTITY_BYTES, _STATUS_BYTES,
                                      self.cfg.engine.mem_bytes)),
             self.cfg, exe.left.shape())
+        ck = _Checksum(self.cfg)
+        if self.checksum:
+            m.submodules.checksum = ck
+        else:
+            # never elaborated: its outputs stay at their reset values (never reading,
+            # never done), what the connections below expect of an absent unit
+            ck._MustUse__silence = True
         # built here, so that the CRC network is the one this bridge was built with
         m.submodules.crc = crc_unit = _Crc16(crc16_step)
         wiring.connect(m, wiring.flipped(self.rx), rcv.rx)
@@ -718,7 +842,12 @@ class HostBridge(wiring.Component):
         wiring.connect(m, rcv.buf, exe.buf)
         wiring.connect(m, exe.wr, wiring.flipped(self.mem.wr))
         wiring.connect(m, exe.instr, wiring.flipped(self.instr))
-        wiring.connect(m, wiring.flipped(self.mem.rd_resp), snd.rd_resp)
+        # the memory's responses go to the sender (READ) or the checksum unit, which
+        # never read at the same time: each takes a word only in its reading state
+        resp = self.mem.rd_resp
+        m.d.comb += [snd.rd_resp.valid.eq(resp.valid), snd.rd_resp.payload.eq(resp.payload),
+                     ck.rd_resp.valid.eq(resp.valid), ck.rd_resp.payload.eq(resp.payload),
+                     resp.ready.eq(snd.rd_resp.ready | ck.rd_resp.ready)]
         # the receiver's registers are the executor's request
         m.d.comb += [getattr(exe, k).eq(getattr(rcv, k))
                      for k in ("frame", "opcode", "length", "field", "tail_lane", "tail_words",
@@ -738,11 +867,17 @@ class HostBridge(wiring.Component):
                      snd.req_op.eq(rcv.opcode), snd.busy.eq(self.busy),
                      snd.error.eq(self.error), snd.cycles.eq(self.cycles),
                      snd.icount.eq(self.icount), snd.left.eq(exe.left),
-                     exe.busy.eq(self.busy), exe.rd_step.eq(snd.rd_step),
+                     exe.busy.eq(self.busy), exe.mem_ready.eq(self.mem_ready),
+                     exe.rd_step.eq(snd.rd_step),
                      self.machine_reset.eq(exe.machine_reset),
-                     self.mem.rd_req.valid.eq(snd.rd_valid),
-                     self.mem.rd_req.payload.addr.eq(exe.addr),
-                     snd.rd_ready.eq(self.mem.rd_req.ready)]
+                     self.mem.rd_req.valid.eq(snd.rd_valid | ck.rd_req.valid),
+                     self.mem.rd_req.payload.addr.eq(Mux(ck.active, ck.rd_req.payload.addr,
+                                                         exe.addr)),
+                     snd.rd_ready.eq(self.mem.rd_req.ready),
+                     ck.rd_req.ready.eq(self.mem.rd_req.ready),
+                     ck.start.eq(exe.ck_start), ck.addr.eq(rcv.field[:32]),
+                     ck.count.eq(rcv.field[32:48]), exe.ck_done.eq(ck.done),
+                     snd.checksum.eq(ck.crc)]
 
         # read-only view of the frame registers for the formal harness, whose
         # invariants relate them to its own parse of the byte stream so that
@@ -752,5 +887,7 @@ class HostBridge(wiring.Component):
                                 crc=crc_unit.crc,
                                 crc_lo=rcv.crc_lo, tail_lane=rcv.tail_lane,
                                 tail_words=rcv.tail_words, timer=rcv.timer, left=exe.left,
-                                obuf_crc=snd.obuf_crc, replying=snd.active)
+                                obuf_crc=snd.obuf_crc, replying=snd.active,
+                                checksumming=ck.active, rep_kind=snd.rep_kind,
+                                reading=snd.reading)
         return m

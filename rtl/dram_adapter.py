@@ -61,7 +61,7 @@ from amaranth.lib.wiring import In, Out
 from .config import ConfigError, refusing
 from .memport import MemPort
 
-__all__ = ["NativePort", "DramAdapter"]
+__all__ = ["NativePort", "DramAdapter", "MemArbiter"]
 
 
 class NativePort(wiring.Signature):
@@ -249,4 +249,66 @@ class DramAdapter(wiring.Component):
             with m.If(rq.r_en):
                 m.d.sync += [acc.eq(Cat(acc[8 * nb:], beat)),
                              got.eq(Mux(move, 1, got + 1))]
+        return m
+
+
+class MemArbiter(wiring.Component):
+    """Two requesters on one memory port: ``host`` (the host bridge) and ``machine``,
+    for a memory with one port (the DRAM adapter), where the on-chip memory has one
+    per requester.
+
+    The bridge reaches memory only while the machine is idle (`Fault.BUSY`), so the
+    two never compete for long: the port belongs to one ``owner`` at a time, and
+    passes to the other only while no read is owed to the owner (``pending``), so
+    every response goes back to whoever asked without a tag per read. ``flush`` (the
+    bridge's RESET of the machine) drops the responses still owed to the machine,
+    which no longer takes them after its reset; until they are in, neither side
+    reads. Writes need no such care: a write accepted is the memory's.
+    """
+
+    def __init__(self, *, addr_bits, mem_bytes, max_pending=255):
+        with refusing(self):
+            MemPort.check_parameters(addr_bits=addr_bits, mem_bytes=mem_bytes)
+        self.max_pending = max_pending
+        port = MemPort(addr_bits=addr_bits, mem_bytes=mem_bytes)
+        super().__init__({"host": In(port), "machine": In(port), "mem": Out(port),
+                          "flush": In(1), "owner_host": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        host, mach, mem = self.host, self.machine, self.mem
+        pending = Signal(range(self.max_pending + 1))
+        draining = Signal()
+        owner = self.owner_host                   # 1: the host's, 0: the machine's
+        req_taken = mem.rd_req.valid & mem.rd_req.ready
+        resp_taken = mem.rd_resp.valid & mem.rd_resp.ready
+        m.d.sync += pending.eq(pending + req_taken - resp_taken)
+        with m.If(self.flush):
+            m.d.sync += draining.eq(1)
+        with m.Elif(draining & (pending == 0)):
+            m.d.sync += draining.eq(0)
+        # the other side asks, the owner does not, and nothing is owed: hand over
+        other_wants = Mux(owner, mach.rd_req.valid | mach.wr.valid,
+                          host.rd_req.valid | host.wr.valid)
+        owner_wants = Mux(owner, host.rd_req.valid | host.wr.valid,
+                          mach.rd_req.valid | mach.wr.valid)
+        with m.If(other_wants & ~owner_wants & (pending == 0) & ~draining):
+            m.d.sync += owner.eq(~owner)
+
+        room = (pending < self.max_pending) & ~draining & ~self.flush
+        for side, mine in ((host, owner), (mach, ~owner)):
+            m.d.comb += [side.rd_req.ready.eq(mine & room & mem.rd_req.ready),
+                         side.wr.ready.eq(mine & mem.wr.ready),
+                         side.rd_resp.payload.eq(mem.rd_resp.payload),
+                         side.rd_resp.valid.eq(mine & ~draining & mem.rd_resp.valid)]
+        with m.If(owner):
+            m.d.comb += [mem.rd_req.payload.eq(host.rd_req.payload),
+                         mem.rd_req.valid.eq(host.rd_req.valid & room),
+                         mem.wr.payload.eq(host.wr.payload), mem.wr.valid.eq(host.wr.valid),
+                         mem.rd_resp.ready.eq(host.rd_resp.ready)]
+        with m.Else():
+            m.d.comb += [mem.rd_req.payload.eq(mach.rd_req.payload),
+                         mem.rd_req.valid.eq(mach.rd_req.valid & room),
+                         mem.wr.payload.eq(mach.wr.payload), mem.wr.valid.eq(mach.wr.valid),
+                         mem.rd_resp.ready.eq(mach.rd_resp.ready | draining)]
         return m

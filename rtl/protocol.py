@@ -20,7 +20,13 @@ READ       addr (uint32) + count (uint16) >= 1       count memory words
 EXEC       k >= 1 instruction words (64 bytes each)  `status`, once the machine took every word
 STATUS     empty                                     `status` (`STATUS_FORMAT`)
 RESET      empty                                     `status`, after the machine was reset
+CHECKSUM   addr (uint32) + count (uint16) >= 1       CRC-32 (uint32) of the count words' bytes
 =========  ========================================  ==========================================
+
+CHECKSUM's CRC is zlib's (`zlib.crc32`: reflected polynomial 0xEDB88320, initial
+and final xor 0xFFFFFFFF) over the words as READ would return them, computed by
+the device reading its own memory, so a host checks a load end to end without
+reading it back over the link; its count is not bounded by `max_payload`.
 
 Addresses count memory words of `mem_bytes` bytes (the machine's memory port
 word); words and instructions travel little-endian. A READ reply obeys the
@@ -38,6 +44,9 @@ opcode or 0) and the device returns to hunting for `SYNC`:
   (`Fault.ADDRESS`), a memory access while a program runs (`Fault.BUSY`);
   a frame whose CRC matched is checked in that order (opcode, length,
   address, busy) and the first failing check is reported;
+* a WRITE, READ or EXEC while the memory is not ready yet (`Fault.MEMORY`: a
+  board's external DRAM still running its init sequence after configuration),
+  checked after busy;
 * a frame that stops arriving: a gap longer than the device's byte timeout
   inside a frame (`Fault.TIMEOUT`), so a truncated frame never wedges it;
 * a UART framing error (missing stop bit) or overrun (a byte arriving before
@@ -53,14 +62,15 @@ import struct
 import zlib
 
 __all__ = ["SYNC", "Req", "REPLY", "ERROR", "Fault", "HEADER_BYTES", "CRC_BYTES",
-           "INSTR_BYTES", "IDENTITY_FORMAT", "STATUS_FORMAT", "PROTOCOL_VERSION",
-           "crc16", "frame", "parse_frame", "config_id", "FrameError"]
+           "INSTR_BYTES", "IDENTITY_FORMAT", "STATUS_FORMAT", "CHECKSUM_FORMAT", "PROTOCOL_VERSION",
+           "crc16", "crc32", "frame", "parse_frame", "config_id", "FrameError"]
 
 SYNC = 0x5A
 HEADER_BYTES = 4            #: SYNC, OPCODE, LEN (2)
 CRC_BYTES = 2
 INSTR_BYTES = 64            #: one `isa.INSTR_BITS` word
-PROTOCOL_VERSION = 1
+#: 2: `Fault.MEMORY` (a memory access before a board's DRAM finished its init), CHECKSUM
+PROTOCOL_VERSION = 2
 
 
 class Req(enum.IntEnum):
@@ -71,6 +81,7 @@ class Req(enum.IntEnum):
     EXEC = 0x04
     STATUS = 0x05
     RESET = 0x06
+    CHECKSUM = 0x07
 
 
 #: a successful reply carries the request's opcode with this bit set
@@ -88,11 +99,14 @@ class Fault(enum.IntEnum):
     BUSY = 5
     TIMEOUT = 6
     SERIAL = 7
+    MEMORY = 8
 
 
 #: PING reply: magic b"G2A", protocol version, mem_bytes, log2(max_payload),
 #: memory depth in words (uint32), config_id (uint32), array rows, array cols
 IDENTITY_FORMAT = "<3sBBBIIBB"
+#: CHECKSUM reply: the CRC-32
+CHECKSUM_FORMAT = "<I"
 #: STATUS / EXEC / RESET reply: busy, error (`isa.Error`), cycles (uint32), icount (uint32)
 STATUS_FORMAT = "<BBII"
 
@@ -108,6 +122,11 @@ def crc16(data: bytes, crc: int = 0xFFFF) -> int:
         for _ in range(8):
             crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
     return crc
+
+
+def crc32(data: bytes, crc: int = 0) -> int:
+    """CHECKSUM's CRC-32 of `data` (zlib's; `crc`: the value so far, to continue it)."""
+    return zlib.crc32(bytes(data), crc)
 
 
 def frame(opcode: int, payload: bytes = b"") -> bytes:

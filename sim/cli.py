@@ -603,9 +603,11 @@ def cmd_build(args):
     Exit status: BUILD_EXIT_STATUS. A request that cannot be built is a `PresetError`
     (a ValueError: status 2, checked before any tool is looked for)."""
     from gpt2accel.boards.build import BuildError, build_board, summary_line
-    out = args.out or os.path.join("build", "boards", args.board)
+    out = args.out or os.path.join("build", "boards", args.board
+                                   + ("-dram" if args.memory == "dram" else ""))
     try:
-        rep = build_board(args.board, out, rows=args.rows, cols=args.cols, reuse=args.reuse)
+        rep = build_board(args.board, out, rows=args.rows, cols=args.cols, reuse=args.reuse,
+                          memory=args.memory, synth_only=args.synth_only)
     except BuildError as e:
         if args.json and e.report is not None:
             print(json.dumps(e.report))
@@ -614,6 +616,11 @@ def cmd_build(args):
         what = "build failed" if e.exit_status == 1 else "error"
         print(f"gpt2accel: {what}: {e}", file=sys.stderr)
         sys.exit(e.exit_status)
+    if rep.get("status") == "synthesised":
+        print(json.dumps(rep) if args.json else
+              f"{args.board}: synthesised (--synth-only), FF {rep.get('ff')}\n"
+              f"report: {os.path.join(out, 'gpt2accel_report.json')}")
+        return
     print(json.dumps(rep) if args.json else
           f"{summary_line(rep)}\nbitstream: {rep['bitstream']}\n"
           f"report: {os.path.join(out, 'gpt2accel_report.json')}")
@@ -780,8 +787,17 @@ def build_parser():
                         "processing elements need as many of the chip's multipliers")
     p.add_argument("--cols", type=int, default=None,
                    help="array columns, at least 1 (default: the preset's)")
+    p.add_argument("--memory", choices=("bram", "dram"), default="bram",
+                   help="where the machine's memory is: the chip's block RAM, or the "
+                        "board's external DRAM behind a LiteDRAM controller generated from "
+                        "boards/litedram/BOARD.yml (ulx3s-85f, orangecrab-85f; needs "
+                        "pip install 'gpt2-accel[dram]'); the machine then runs at the "
+                        "controller's clock (default: %(default)s)")
+    p.add_argument("--synth-only", action="store_true",
+                   help="stop after synthesis (Yosys): no place and route, no bitstream")
     p.add_argument("--out", default=None,
-                   help="build directory (default: build/boards/BOARD)")
+                   help="build directory (default: build/boards/BOARD, BOARD-dram with "
+                        "--memory dram)")
     p.add_argument("--reuse", action="store_true",
                    help="skip the tools when the build directory holds a finished build of "
                         "the same design files (same RTLIL, constraints and script)")

@@ -53,6 +53,18 @@ BRIDGE_ARGS = dict(mem_words=16, max_payload=64, timeout_cycles=3)
 _SWAP = threading.Lock()
 
 
+def crc32_bitwise(m, crc, byte):
+    """CHECKSUM's CRC-32 register after `byte`, bit by bit as zlib computes it
+    (reflected: the byte enters at the low end; polynomial 0xEDB88320)."""
+    c = Signal(32, name="crc32_step0")
+    m.d.comb += c.eq(crc ^ byte)
+    for i in range(8):
+        n = Signal(32, name=f"crc32_step{i + 1}")
+        m.d.comb += n.eq(Mux(c[0], (c >> 1) ^ 0xEDB88320, c >> 1))
+        c = n
+    return c
+
+
 def crc16_bitwise(m, crc, byte):
     """CRC-16/CCITT-FALSE after `byte`, bit by bit as `protocol.crc16` computes it
     (one signal per bit step, so the expression does not grow 3x per step)."""
@@ -87,17 +99,20 @@ class BridgeHarness(UnitHarness):
     # k-induction closes at this depth with the invariants (`needs_invariants`)
     depth, deep_depth = 4, 4
     needs_invariants = ("no_bad_exec", "exec_words", "no_bad_write", "no_bad_reset",
-                        "instr_hold", "tx_hold", "mem_wr_hold", "mem_rd_req_hold")
+                        "instr_hold", "tx_hold", "mem_wr_hold", "mem_rd_req_hold",
+                        "no_bad_read")
     # a good WRITE frame is 14 bytes and its word reaches memory 7 cycles later;
     # a RESET frame is 6 bytes: its pulse comes by step 8; an EXEC frame is 70 bytes
     # and its word takes 64 cycles to load (reach_exec states the step)
-    depths = {"reach_reset": 12, "reach_write": 22, "reach_exec": 140}
+    # a CHECKSUM frame is 12 bytes, its first read 3 cycles after the last
+    depths = {"reach_reset": 12, "reach_write": 22, "reach_exec": 140, "reach_checksum": 20}
     deep_depths = depths
     bugs = {"no_bad_exec": ("tie", "instr.valid", 1),
             "exec_words": ("tie", "instr.valid", 1),
             # the instruction offered while a WRITE frame's word is still loading
             "instr_hold": ("tie", "instr.valid", 1),
             "no_bad_write": ("crc",),
+            "no_bad_read": ("crc",),
             "no_bad_reset": ("crc",),
             "mem_wr_hold": ("ignore_ready", "mem.wr"),
             "mem_rd_req_hold": ("ignore_ready", "mem.rd_req")}
@@ -105,7 +120,7 @@ class BridgeHarness(UnitHarness):
     # frame and its word, a RESET frame, a WRITE frame's word loading, a stalled
     # write, a read request, a reply byte; an instruction offered at once
     bug_depths = {"no_bad_exec": 4, "exec_words": 4, "instr_hold": 22, "no_bad_write": 22,
-                  "no_bad_reset": 12, "tx_hold": 22, "mem_wr_hold": 24, "mem_rd_req_hold": 22}
+                  "no_bad_reset": 12, "no_bad_read": 22, "tx_hold": 22, "mem_wr_hold": 24, "mem_rd_req_hold": 22}
 
     def dut(self, m, *args, **kwargs):
         """The bridge, elaborated here so that its registers (`formal_view`) can be
@@ -197,12 +212,18 @@ class BridgeHarness(UnitHarness):
                    "memory is written only from a good WRITE frame")
         self.check("no_bad_reset", ~u.machine_reset | (good & (good_op == P.Req.RESET)),
                    "the machine is reset only by a good RESET frame")
+        self.check("no_bad_read", ~u.mem.rd_req.valid
+                   | (good & ((good_op == P.Req.READ) | (good_op == P.Req.CHECKSUM))),
+                   "memory is read only for a good READ or CHECKSUM frame")
         n_frames = beat_counter(m, _Edge(take & (byte == P.SYNC)), 4, "syncs")
         self.reach("reach_write", u.mem.wr.valid & u.mem.wr.ready & (n_frames >= 2),
                    "a good WRITE frame after another frame writes memory")
         self.reach("reach_reset", u.machine_reset,
                    "a good RESET frame resets the machine")
         self.reach("reach_exec", instr_fire, "a good EXEC frame's word reaches the machine")
+        self.reach("reach_checksum", u.mem.rd_req.valid & u.mem.rd_req.ready
+                   & (good_op == P.Req.CHECKSUM),
+                   "a good CHECKSUM frame reads memory")
         if self.use_invariants:
             self.frame_invariants(u.formal_view, frame, locals())
 
@@ -218,7 +239,8 @@ class BridgeHarness(UnitHarness):
         b = {s: v["rx_state"] == _bridge._RxState[s]
              for s in ("HUNT", "OPC", "LEN0", "LEN1", "PAYLOAD", "CRC0", "CRC1")}
         b.update({s: v["ex_state"] == _bridge._ExState[s]
-                  for s in ("DISPATCH", "LOAD", "WR", "INSTR", "RESET", "SETTLE")})
+                  for s in ("DISPATCH", "LOAD", "WR", "INSTR", "RESET", "SETTLE",
+                            "CHECKSUM")})
         f = {s: frame.ongoing(s) for s in h["inside"]}
         opcode, length, idx = v["opcode"], v["length"], v["idx"]
         good, good_op, good_len = h["good"], h["good_op"], h["good_len"]
@@ -248,13 +270,21 @@ class BridgeHarness(UnitHarness):
         inv("dispatch_verdict", ~b["DISPATCH"]
             | ((good == h["len_ok"](opcode, length)) & (good_op == opcode)
                & (good_len == length) & (length <= MP)))
-        executing = b["LOAD"] | b["WR"] | b["INSTR"] | b["RESET"]
+        executing = b["LOAD"] | b["WR"] | b["INSTR"] | b["RESET"] | b["CHECKSUM"]
         inv("executing_good", ~executing | (good & (good_op == opcode) & (good_len == length)
                                                & (length <= MP)))
         inv("load_op", ~b["LOAD"] | (opcode == P.Req.WRITE) | (opcode == P.Req.EXEC))
         inv("wr_op", ~b["WR"] | (opcode == P.Req.WRITE))
         inv("instr_op", ~b["INSTR"] | (opcode == P.Req.EXEC))
         inv("reset_op", ~b["RESET"] | (opcode == P.Req.RESET))
+        inv("checksum_op", ~b["CHECKSUM"] | (opcode == P.Req.CHECKSUM))
+        # the checksum unit reads exactly while the executor waits for it
+        inv("checksum_phase", v["checksumming"] == b["CHECKSUM"])
+        # a READ reply (the sender's only reads) answers a good READ frame, and the
+        # sender's reading states belong to a READ reply
+        inv("read_reply_good", ~(v["replying"] & (v["rep_kind"] == _bridge._Body.READ))
+            | (good & (good_op == P.Req.READ)))
+        inv("read_states", ~v["reading"] | (v["replying"] & (v["rep_kind"] == _bridge._Body.READ)))
         inv("no_instr_yet", ~(receiving | b["DISPATCH"]) | (h["delivered"] == 0))
         inv("exec_left", ~((b["LOAD"] | b["INSTR"]) & (opcode == P.Req.EXEC))
             | ((v["left"] != 0) & (h["delivered"] + v["left"] == length // IB)))
@@ -283,12 +313,16 @@ class CrcHarness(UnitHarness):
     """The bridge's CRC step against the bitwise recurrence, for every register and
     byte value. ``bug=("crc",)`` checks `CrcIgnoringBridge`'s step instead."""
     unit, cls = "bridge_crc", HostBridge
-    config = "any 16-bit register, any byte"
+    config = "any 16- or 32-bit register, any byte"
     depth, deep_depth = 1, 1
-    bugs = {"crc_network": ("crc",)}
+    bugs = {"crc_network": ("crc",), "crc32_network": ("crc",)}
 
     def build(self, m):
         crc, byte = self.free(16, "crc"), self.free(8, "byte")
         step = (lambda c, b: c) if self.bug == ("crc",) else _bridge.crc16_step
         self.check("crc_network", step(crc, byte) == crc16_bitwise(m, crc, byte),
                    "the bridge's byte-parallel CRC step equals the bitwise CRC-16/CCITT-FALSE")
+        crc32 = self.free(32, "crc32")
+        step32 = (lambda c, b: c) if self.bug == ("crc",) else _bridge.crc32_step
+        self.check("crc32_network", step32(crc32, byte) == crc32_bitwise(m, crc32, byte),
+                   "CHECKSUM's byte-parallel CRC-32 step equals zlib's bitwise CRC-32")

@@ -17,6 +17,13 @@ they mean on a real board.
 stop bit is low, for fuzzing the receiver. The smallest divisor the UART
 takes (4) keeps the simulations short.
 
+``PysimLink(..., dram=(addr_bits, data_bytes))`` builds the board with its
+memory behind the DRAM adapter (``BoardTop(storage="dram")``) and plays
+LiteDRAM's native port in a testbench (`NativeDramModel`: the controller's
+strobe semantics, commands in order, reads answered `latency` cycles later,
+``init_done`` after `init_cycles`), so the host's loading runs against the
+adapter and the arbiter without a LiteDRAM core.
+
 `FastLink` compiles the board with Verilator through sim/fast/build.py
 (`build_design`, cached like the machine) around sim/fast/board_harness.cpp.
 """
@@ -30,7 +37,8 @@ from gpt2accel.sim.fast.build import TOP, Design, build_design
 from gpt2accel.sim.host.serial import Link
 
 __all__ = ["uart_symbols", "IDLE_SYMBOL", "SIM_CLK_HZ", "SIM_BAUD", "SIM_TIMEOUT_MS",
-           "board_design", "SimulatedLink", "PysimLink", "FastLink", "BOARD_LINKS"]
+           "board_design", "SimulatedLink", "PysimLink", "FastLink", "BOARD_LINKS",
+           "NativeDramModel"]
 
 #: the simulated board's clock and UART rate: 4 cycles per bit, the UART's
 #: minimum (rtl/uart.py MIN_DIVISOR); the byte timeout is 100 byte times, so
@@ -113,13 +121,61 @@ async def _ticks(ctx, n):
         await ctx.tick()
 
 
+class NativeDramModel:
+    """LiteDRAM's native user port as the controller drives it, for a simulated board:
+    ``cmd.ready`` while fewer than `queue` commands wait; commands run in order, one a
+    cycle, `run_after` cycles after they were taken; a write's ``wdata.ready`` pulses
+    when it runs (the data must be at the adapter's queue head then: `errors`
+    otherwise); a read's word arrives as an ``rdata.valid`` pulse `latency` cycles
+    after it ran. ``mem_ready`` (the controller's ``init_done``) rises after
+    `init_cycles`. `mem`: native address -> word."""
+
+    def __init__(self, board, *, latency=12, run_after=2, queue=8, init_cycles=0):
+        self.board, self.latency, self.run_after = board, latency, run_after
+        self.queue, self.init_cycles = queue, init_cycles
+        self.mem, self.errors, self.cycles = {}, [], 0
+
+    async def testbench(self, ctx):
+        from collections import deque
+        nat, nb = self.board.native, self.board.native.signature.data_bytes
+        cmds, reads = deque(), deque()
+        ctx.set(self.board.mem_ready, self.init_cycles == 0)
+        while True:
+            if self.cycles == self.init_cycles:
+                ctx.set(self.board.mem_ready, 1)
+            run = cmds.popleft() if cmds and cmds[0][0] <= self.cycles else None
+            arrive = reads.popleft() if reads and reads[0][0] <= self.cycles else None
+            ctx.set(nat.cmd.ready, len(cmds) < self.queue)
+            ctx.set(nat.wdata.ready, run is not None and run[1])
+            ctx.set(nat.rdata.valid, arrive is not None)
+            ctx.set(nat.rdata.payload.data, arrive[1] if arrive else 0)
+            _, _, cv, cr, cwe, caddr, wv, wd, wwe = await ctx.tick().sample(
+                nat.cmd.valid, nat.cmd.ready, nat.cmd.payload.we, nat.cmd.payload.addr,
+                nat.wdata.valid, nat.wdata.payload.data, nat.wdata.payload.we)
+            if run is not None:
+                _, we, addr = run
+                if we:
+                    if not wv:
+                        self.errors.append(f"cycle {self.cycles}: write data for {addr} "
+                                           f"not there when the controller took it")
+                    mask = sum(0xFF << (8 * b) for b in range(nb) if wwe >> b & 1)
+                    self.mem[addr] = (self.mem.get(addr, 0) & ~mask) | (wd & mask)
+                else:
+                    reads.append((self.cycles + self.latency, self.mem.get(addr, 0)))
+            if cv and cr:
+                cmds.append((self.cycles + self.run_after, cwe, caddr))
+            self.cycles += 1
+
+
 class PysimLink(SimulatedLink):
     """The board in Amaranth's simulator; two background testbenches drive ``rx``
     from the host's queue and decode ``tx``. `chunk`: cycles per `run_until`
-    step (the granularity at which a read notices its bytes arrived)."""
+    step (the granularity at which a read notices its bytes arrived). With
+    ``dram=(addr_bits, data_bytes)`` the memory is the DRAM adapter's, on a
+    `NativeDramModel` (``self.dram``; `dram_kw` go to it)."""
 
     def __init__(self, cfg, *, mem_words, clk_hz=SIM_CLK_HZ, baud=SIM_BAUD,
-                 timeout_ms=SIM_TIMEOUT_MS, chunk=None, **board_kw):
+                 timeout_ms=SIM_TIMEOUT_MS, chunk=None, dram_kw=None, **board_kw):
         from amaranth.sim import Simulator
         super().__init__(clk_hz, baud)
         self.board = _make_board(cfg, mem_words=mem_words, clk_hz=clk_hz, baud=baud,
@@ -131,6 +187,10 @@ class PysimLink(SimulatedLink):
         self.sim.add_clock(1 / clk_hz)
         self.sim.add_testbench(self._drive_rx, background=True)
         self.sim.add_testbench(self._decode_tx, background=True)
+        self.dram = None
+        if board_kw.get("dram") is not None:
+            self.dram = NativeDramModel(self.board, **(dram_kw or {}))
+            self.sim.add_testbench(self.dram.testbench, background=True)
 
     def write_symbols(self, symbols):
         self._queue.extend(int(s) & 0x3FF for s in symbols)

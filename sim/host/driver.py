@@ -77,6 +77,12 @@ class Backend(abc.ABC):
     def load(self, image, addr=0):
         """Write uint8 words [n, mem_bytes] from word `addr`."""
 
+    def load_image(self, image):
+        """Write the whole memory image from word 0, the weights in it: `load`, unless
+        the backend has a better way (a board: checked and resumable,
+        `SerialBackend.load_image`)."""
+        self.load(image)
+
     @abc.abstractmethod
     def dump(self, addr=0, n=None):
         """A copy of `n` words from `addr` (default: to the end)."""
@@ -374,7 +380,7 @@ class Driver:
                             f"image (weights, parameters, empty KV caches)")
               if big else contextlib.nullcontext()):
             self.backend.open(self.cfg, self.mem_words)
-            self.backend.load(self.comp.image())
+            self.backend.load_image(self.comp.image())
         self.positions, self.loaded = [0] * self.batch, True
         self.golden_caches = [KVCache(self.q.config.n_layer) for _ in range(self.batch)]
         return self

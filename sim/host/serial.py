@@ -9,7 +9,13 @@
 `open` PINGs the device, refuses one that was built for another machine
 (config_id, mem_bytes) or has too little memory, and RESETs the machine;
 `load` / `dump` are WRITE / READ frames of at most the device's
-max_payload; `run` streams the program in EXEC frames and polls STATUS
+max_payload; `load_image` (the driver's whole-image load: the weights) goes
+in chunks of `CHUNK_WORDS`, each compared with the device's CHECKSUM (a CRC-32
+the device computes by reading its memory) before it is sent and after: a
+chunk the device already holds is not sent again, so a load interrupted by a
+dropped link resumes where it stopped when run again, and every byte is
+checked end to end (a progress bar: bytes, rate, time left; the total time
+at the end); `run` streams the program in EXEC frames and polls STATUS
 until ``busy`` clears. Requests are stop-and-wait: one frame out, its reply
 back, so the device needs no receive buffer beyond one frame.
 
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpt2accel.model import progress
 from gpt2accel.rtl import protocol as P
 from gpt2accel.rtl.isa import INSTR_BITS
 from gpt2accel.sim.host.driver import Backend, HardwareError
@@ -40,6 +47,10 @@ __all__ = ["Link", "PySerialLink", "LinkError", "LinkTimeout", "DeviceMismatch",
 
 #: Bits on the line per byte: start, 8 data, stop (8N1).
 BITS_PER_BYTE = 10
+#: Words per CHECKSUM-checked chunk of `SerialBackend.load_image` (CHECKSUM's count
+#: is 16 bits): large enough that the two checksums per chunk cost nothing beside
+#: its WRITE frames, small enough that a resumed load repeats little
+CHUNK_WORDS = 4096
 #: A reply is awaited for this many times the wire time of request and reply,
 #: plus the request's own allowance (`timeout_s`, or `run_timeout_s` for EXEC).
 WIRE_MARGIN = 1.25
@@ -190,6 +201,7 @@ class SerialBackend(Backend):
         self.link = link
         self.timeout_s, self.run_timeout_s = timeout_s, run_timeout_s
         self.ident = None
+        self.last_load = None     # load_image's counts, kept while it runs
         self.bytes_out = self.bytes_in = 0     # whole frames, both directions
 
     # ---- frames
@@ -320,6 +332,81 @@ class SerialBackend(Backend):
                                  what=f"WRITE of {len(chunk)} words at {addr + s}")
             if reply:
                 raise LinkError(f"WRITE reply carries {len(reply)} bytes, expected none")
+
+    def checksum(self, addr, n):
+        """The device's CRC-32 of words addr..addr+n-1 (CHECKSUM, n <= 65535)."""
+        self._check_range(addr, n)
+        # the device reads every word: allow for a slow memory besides the link
+        reply = self.request(P.Req.CHECKSUM, struct.pack("<IH", addr, n),
+                             reply_bytes=struct.calcsize(P.CHECKSUM_FORMAT),
+                             what=f"CHECKSUM of {n} words at {addr}")
+        if len(reply) != struct.calcsize(P.CHECKSUM_FORMAT):
+            raise LinkError(f"CHECKSUM reply of {len(reply)} bytes, expected "
+                            f"{struct.calcsize(P.CHECKSUM_FORMAT)}")
+        return struct.unpack(P.CHECKSUM_FORMAT, reply)[0]
+
+    def load_image(self, image, addr=0, *, chunk_words=CHUNK_WORDS):
+        """`load`, checked and resumable: per chunk of `chunk_words`, the device's
+        CHECKSUM first (a chunk it already holds is skipped: a load cut by a dropped
+        link sends only what is missing when run again), then WRITE frames, then
+        CHECKSUM again (a mismatch is written once more, then a `LinkError`).
+        Progress on stderr: bytes, rate, time left; the total time at the end.
+        Returns {"chunks", "sent", "skipped", "bytes_sent", "seconds"}."""
+        image = np.ascontiguousarray(image, np.uint8)
+        if image.ndim != 2 or image.shape[1] != self.mem_bytes:
+            raise ValueError(f"image must be [words, {self.mem_bytes}] uint8, got {image.shape}")
+        self._check_range(addr, len(image))
+        if not 1 <= chunk_words <= 0xFFFF:
+            raise ValueError(f"chunk_words must be 1..65535, not {chunk_words}")
+        total = image.nbytes
+        try:
+            self.checksum(addr, min(len(image), chunk_words))
+        except HardwareError as exc:
+            if "OPCODE" not in str(exc):
+                raise
+            progress.note("the device has no CHECKSUM (a bitstream without it): the image "
+                          "goes in plain WRITE frames, unchecked")
+            self.load(image, addr)
+            return None
+        t0, c0 = time.perf_counter(), self.link.clock()
+        # kept while it grows: after a dropped link it says how far the load got
+        self.last_load = stats = {"chunks": 0, "sent": 0, "skipped": 0, "bytes_sent": 0}
+        bar = progress.bar(None, "loading the memory image", total=total, unit="bytes")
+        done = 0
+        try:
+            for s in range(0, len(image), chunk_words):
+                chunk = image[s:s + chunk_words]
+                want = P.crc32(chunk.tobytes())
+                stats["chunks"] += 1
+                if self.checksum(addr + s, len(chunk)) == want:
+                    stats["skipped"] += 1
+                else:
+                    for attempt in range(2):
+                        self.load(chunk, addr + s)
+                        stats["bytes_sent"] += chunk.nbytes
+                        got = self.checksum(addr + s, len(chunk))
+                        if got == want:
+                            break
+                    else:
+                        raise LinkError(
+                            f"words {addr + s}..{addr + s + len(chunk) - 1}: the device's "
+                            f"CRC-32 0x{got:08x} after writing them twice, the host's "
+                            f"0x{want:08x}")
+                    stats["sent"] += 1
+                done += chunk.nbytes
+                dt = self.link.clock() - c0
+                rate = stats["bytes_sent"] / dt if dt > 0 else 0.0
+                left = (total - done) / rate if rate > 0 else 0.0
+                bar.update(done, extra=f"{rate / 1e3:.1f} kB/s, {left:.1f} s left, "
+                                       f"{stats['skipped']} chunks already there")
+        finally:
+            bar.close()
+        stats["seconds"] = self.link.clock() - c0
+        progress.note(f"memory image loaded and CRC-checked: {total:,} bytes in "
+                      f"{stats['chunks']} chunks ({stats['skipped']} already on the device) "
+                      f"in {stats['seconds']:.1f} s of link time "
+                      f"({time.perf_counter() - t0:.1f} s wall)")
+        return stats
 
     def dump(self, addr=0, n=None):
         """READ frames of as many words as max_payload takes."""

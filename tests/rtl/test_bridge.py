@@ -38,9 +38,9 @@ F = P.Fault
 
 
 class _BridgeAndMemory(wiring.Component):
-    def __init__(self, cfg):
+    def __init__(self, cfg, **bridge_kw):
         self.bridge = HostBridge(cfg, mem_words=WORDS, max_payload=MAX_PAYLOAD,
-                                 timeout_cycles=TIMEOUT)
+                                 timeout_cycles=TIMEOUT, **bridge_kw)
         self.memory = OnChipMemory(cfg.engine, WORDS)
         super().__init__({})
 
@@ -51,11 +51,11 @@ class _BridgeAndMemory(wiring.Component):
         return m
 
 
-def _run(seed, body, *, stall=0.3, cfg=CFG):
+def _run(seed, body, *, stall=0.3, cfg=CFG, **bridge_kw):
     """Simulate `body(ctx, host, bridge, state)`; state["instrs"] collects EXEC words,
     state["resets"] counts machine_reset pulses."""
     rng = random.Random(seed)
-    top = _BridgeAndMemory(cfg)
+    top = _BridgeAndMemory(cfg, **bridge_kw)
     br = top.bridge
     host = LinkHost(br.rx, br.tx, random.Random(rng.random()), stall=stall)
     state = {"instrs": [], "resets": 0}
@@ -92,6 +92,10 @@ def _write(addr, words):
 
 def _read(addr, count):
     return P.Req.READ, struct.pack("<IH", addr, count)
+
+
+def _checksum(addr, count):
+    return P.Req.CHECKSUM, struct.pack("<IH", addr, count)
 
 
 async def _check_memory(ctx, host, model):
@@ -146,6 +150,72 @@ def test_ping_status_and_random_write_read(seed):
     _run(seed, body)
 
 
+def test_checksum_is_zlib_crc32_of_the_words(seed):
+    """CHECKSUM over random ranges (longer than a READ may be, the whole memory
+    included) equals the host's CRC-32 of the same words."""
+    rng = random.Random(seed + 7)
+    model = np.frombuffer(rng.randbytes(WORDS * MB), np.uint8).reshape(WORDS, MB).copy()
+
+    async def body(ctx, host, br, state):
+        per = MAX_PAYLOAD // MB - 1
+        for a in range(0, WORDS, per):
+            assert await host.request(ctx, *_write(a, model[a:a + per])) == (
+                P.Req.WRITE | P.REPLY, b"")
+        ranges = [(0, WORDS), (WORDS - 1, 1)] + [
+            (a, rng.randint(1, WORDS - a)) for a in (rng.randrange(WORDS) for _ in range(5))]
+        for a, n in ranges:
+            op, data = await host.request(ctx, *_checksum(a, n), limit=50_000)
+            assert (op, data) == (P.Req.CHECKSUM | P.REPLY, struct.pack(
+                P.CHECKSUM_FORMAT, P.crc32(model[a:a + n].tobytes()))), (
+                f"words {a}..{a + n - 1}, GPT2ACCEL_SEED={seed}")
+        # one changed byte changes the checksum of every range holding it
+        model[5, 1] ^= 0x80
+        assert await host.request(ctx, *_write(5, model[5:6])) == (P.Req.WRITE | P.REPLY, b"")
+        op, data = await host.request(ctx, *_checksum(0, WORDS), limit=50_000)
+        assert data == struct.pack(P.CHECKSUM_FORMAT, P.crc32(model.tobytes()))
+
+    _run(seed, body)
+
+
+def test_a_bridge_without_checksum_refuses_it_as_an_unknown_opcode(seed):
+    """``checksum=False`` (the iCEBreaker's bridge, no room for the unit): CHECKSUM is
+    Fault.OPCODE and the other requests work as before."""
+    rng = random.Random(seed + 9)
+    words = _words(rng, 3)
+
+    async def body(ctx, host, br, state):
+        assert await host.request(ctx, *_checksum(0, 4)) == error_reply(F.OPCODE,
+                                                                        P.Req.CHECKSUM)
+        assert await host.request(ctx, *_write(7, words)) == (P.Req.WRITE | P.REPLY, b"")
+        assert (await host.request(ctx, *_read(7, 3)))[1] == words.tobytes()
+
+    _run(seed, body, checksum=False)
+
+
+def test_memory_requests_before_the_memory_is_ready_are_refused(seed):
+    """With ``mem_ready`` low (a board's DRAM initialising) WRITE, READ, EXEC and
+    CHECKSUM get Fault.MEMORY and change nothing; PING and STATUS answer; once it
+    rises the same requests work."""
+    rng = random.Random(seed + 8)
+    words = _words(rng, 2)
+
+    async def body(ctx, host, br, state):
+        ctx.set(br.mem_ready, 0)
+        for req in (_write(3, words), _read(3, 2), (P.Req.EXEC, bytes(P.INSTR_BYTES)),
+                    _checksum(3, 2)):
+            assert await host.request(ctx, *req) == error_reply(F.MEMORY, req[0])
+        assert (await host.request(ctx, P.Req.PING))[0] == P.Req.PING | P.REPLY
+        assert (await host.request(ctx, P.Req.STATUS))[0] == P.Req.STATUS | P.REPLY
+        assert state["instrs"] == []
+        ctx.set(br.mem_ready, 1)
+        op, data = await host.request(ctx, *_read(3, 2))
+        assert data == bytes(2 * MB), "a refused WRITE reached memory"
+        assert await host.request(ctx, *_write(3, words)) == (P.Req.WRITE | P.REPLY, b"")
+        assert (await host.request(ctx, *_read(3, 2)))[1] == words.tobytes()
+
+    _run(seed, body)
+
+
 def test_exec_feeds_words_in_order_and_reset_pulses(seed):
     rng = random.Random(seed + 1)
 
@@ -196,7 +266,11 @@ def _fault_cases(rng):
         (P.frame(P.Req.EXEC, bytes(P.INSTR_BYTES - 1)), error_reply(F.LENGTH, P.Req.EXEC)),
         (P.frame(P.Req.EXEC, b""), error_reply(F.LENGTH, P.Req.EXEC)),
         # OPCODE
-        *[(P.frame(op), error_reply(F.OPCODE, op)) for op in (0x00, 0x07, 0x81, 0xFF)],
+        *[(P.frame(op), error_reply(F.OPCODE, op)) for op in (0x00, 0x08, 0x81, 0xFF)],
+        # CHECKSUM: READ's payload, any count from 1, within the memory
+        (P.frame(P.Req.CHECKSUM, _checksum(0, 1)[1][:5]), error_reply(F.LENGTH, P.Req.CHECKSUM)),
+        (P.frame(*_checksum(0, 0)), error_reply(F.LENGTH, P.Req.CHECKSUM)),
+        (P.frame(*_checksum(WORDS - 2, 3)), error_reply(F.ADDRESS, P.Req.CHECKSUM)),
         # ADDRESS: past the end, straddling the end, a 32-bit address beyond the port
         (P.frame(*_write(WORDS, _words(rng, 1))), error_reply(F.ADDRESS, P.Req.WRITE)),
         (P.frame(*_write(WORDS - 1, _words(rng, 2))), error_reply(F.ADDRESS, P.Req.WRITE)),
