@@ -178,6 +178,11 @@ class EngineConfig:
     FEED_LATENCY = 2
     #: Requantiser pipeline depth.
     REQUANT_LATENCY = 6
+    #: Requantiser depth for a raw output row (the bias add alone).
+    REQUANT_RAW_LATENCY = 1
+
+    def requant_latency(self, raw):
+        return self.REQUANT_RAW_LATENCY if raw else self.REQUANT_LATENCY
 
     @property
     def drain_latency(self):
@@ -226,15 +231,18 @@ class EngineConfig:
         """`min_tile_period` of a GEMV-mode command of `m` rows (None: the most,
         `gemv_rows`).
 
-        The writer drops each row past M in one cycle, so a tile takes it
-        (rows - m) + m*beats cycles, which sets (2) and (3); (4) does not
-        apply, because the issuer itself spaces the tiles' words (at least
-        their parameter and W words apart, `sim/cycles/matmul.py`).
+        Only the `m` rows that are written enter the output buffer (the
+        requantiser drops the others), so a tile takes m*beats writer cycles,
+        which sets (2), and m of its entries, so it holds ``out_fifo_tiles *
+        rows // m`` tiles, which sets (3); (4) does not apply, because the
+        issuer itself spaces the tiles' words (at least their parameter and W
+        words apart, `sim/cycles/matmul.py`).
         """
         r, c = self.rows, self.cols
         g = self.gemv_rows if m is None else m
-        wb = r - g + g * self.write_beats_per_row(raw)
-        return max(r, wb + 2, ceil_div(r + c + wb + 14, self.out_fifo_tiles - 1))
+        wb = g * self.write_beats_per_row(raw)
+        tiles = self.out_fifo_tiles * r // g
+        return max(r, wb + 2, ceil_div(r + c + wb + 14, tiles - 1))
 
     def tile_period(self, k, raw):
         return max(k, self.min_tile_period(raw))

@@ -48,8 +48,9 @@ def _a_depth(c):
 
 
 def _period_shape(c):
-    return range(max(c.min_tile_period(0), c.min_tile_period(1), c.gemv_min_tile_period(0),
-                     c.gemv_min_tile_period(1)) + 1)
+    return range(max(c.min_tile_period(0), c.min_tile_period(1),
+                     *(c.gemv_min_tile_period(raw, mm) for raw in (0, 1)
+                       for mm in range(1, c.gemv_rows + 1))) + 1)
 
 
 def _a_mem_signature(c, port):
@@ -78,6 +79,8 @@ class _CommandContext(wiring.Signature):
             "k_ok": Out(1),                    # K long enough to interleave A loads
             "pmin": Out(_period_shape(c)),    # (gemv_)min_tile_period(raw_out)
             "fold": Out(1),                    # GEMV mode (EngineConfig.gemv)
+            "p_fold": Out(1),                  # GEMV mode of the command being accepted
+            "tile_rows": Out(range(c.rows + 1)),  # output-buffer rows a tile takes
         })
 
 
@@ -102,18 +105,22 @@ class _CommandLatch(wiring.Component):
         p = self.cmd.payload
         accept = self.cmd.valid & self.cmd.ready
         fold = (p.m <= c.gemv_rows) if c.gemv_rows else C0
-        # a raw GEMV tile's writes take longer the more rows it has: its period by M
+        # a GEMV tile's writes and output-buffer entries grow with its rows: its
+        # period by M (a table: M < gemv_rows + 1 is a few bits)
         gr = max(c.gemv_rows, 1)
-        gemv_raw = Array([Const(c.gemv_min_tile_period(True, mm), _period_shape(c))
-                          for mm in range(gr + 1)])[p.m[:gr.bit_length()]]
-        m.d.comb += [self.cmd.ready.eq(~self.busy), ctx.start.eq(accept), ctx.p.eq(p)]
+        m_lo = p.m[:gr.bit_length()]
+        gemv_pmin = [Array([Const(c.gemv_min_tile_period(raw, min(max(mm, 1), gr)),
+                                  _period_shape(c))
+                            for mm in range(1 << len(m_lo))])[m_lo] for raw in (False, True)]
+        m.d.comb += [self.cmd.ready.eq(~self.busy), ctx.start.eq(accept), ctx.p.eq(p),
+                     ctx.p_fold.eq(fold)]
         with m.If(accept):
             m.d.sync += [ctx.cmd.eq(p), self.busy.eq(1),
-                         ctx.pmin.eq(Mux(fold, Mux(p.raw_out, gemv_raw,
-                                                   c.gemv_min_tile_period(False)),
+                         ctx.pmin.eq(Mux(fold, Mux(p.raw_out, gemv_pmin[1], gemv_pmin[0]),
                                          Mux(p.raw_out, c.min_tile_period(True),
                                              c.min_tile_period(False)))),
                          ctx.fold.eq(fold),
+                         ctx.tile_rows.eq(Mux(fold, m_lo, c.rows)),
                          ctx.a_blk_stride.eq(times_const(p.a_stride, c.rows)),
                          ctx.k_ok.eq(p.k >= c.interleave_min_k)]
         with m.If(self.finish):
@@ -337,9 +344,12 @@ class _Router(wiring.Component):
     complete), parameter words gathered into one FIFO entry per tile, W words
     into the W FIFO. A response waits only for room in its FIFO.
 
-    In GEMV mode A row r goes to row r of every group (rows r + g*gemv_rows),
-    rotated down by g bytes for group g: the feeder then reads every row at
-    the same byte lane and group g finds k-step lane + g there, its own."""
+    In GEMV mode A row r goes to row gemv_rows-1-r of every group (rows
+    g*gemv_rows + gemv_rows-1-r), rotated down by g bytes for group g: the
+    feeder then reads every row at the same byte lane and group g finds k-step
+    lane + g there, its own. Bottom-up, so that the array's bottom-first drain
+    gives A row 0's total first and a tile's last result comes out as soon as
+    its M rows are out."""
 
     def __init__(self, c):
         self.cfg = c
@@ -372,8 +382,8 @@ class _Router(wiring.Component):
                   Mux(fold, data.rotate_right(8 * (i // GR)), data) for i in range(R)]
         row_en = 1 << walker.a_row
         if GR:
-            row_en = Mux(fold, Const(sum(1 << (g * GR) for g in range(G)), R) << walker.a_row,
-                         row_en)
+            row_en = Mux(fold, Const(sum(1 << (g * GR + GR - 1) for g in range(G)), R)
+                         >> walker.a_row, row_en)
         m.d.comb += [p_word.eq(Cat(p_buf[8 * MB:], data)),
                      self.params.payload.eq(p_word[:len(self.params.payload)]),
                      self.weights.payload.eq(data),
@@ -405,8 +415,8 @@ class _Feeder(wiring.Component):
     without ever stopping: the scratchpad scoreboard (a bank is read only once
     the router marked it loaded, and ``a_empty`` releases the issuer's next
     non-overlapped A load), and the output-FIFO credits (a tile starts only
-    with ``rows`` free entries reserved; the writer returns one per popped
-    row, ``row_popped``).
+    with the entries its rows take reserved, ``rows``, or M in GEMV mode; the
+    writer returns one per popped row, ``row_popped``).
 
     In GEMV mode a beat is a whole W word: byte lane g (k-step k + g) goes to
     group g (``w`` for group 0, ``wg[g-1]`` for the others), and each row
@@ -450,7 +460,7 @@ class _Feeder(wiring.Component):
         out_rows = c.out_fifo_tiles * R
         credits = Signal(range(out_rows + 1), init=out_rows)
         reserve = Signal()
-        m.d.sync += credits.eq(credits - Mux(reserve, R, 0) + self.row_popped)
+        m.d.sync += credits.eq(credits - Mux(reserve, self.ctx.tile_rows, 0) + self.row_popped)
 
         f_beat = Signal()
         f_last = Signal()
@@ -492,7 +502,7 @@ class _Feeder(wiring.Component):
                     m.next = "BEAT"
             with m.State("BEAT"):
                 ready = (a_rdy.bit_select(f_bank, 1) & ((f_g != 0) | self.weights.valid)
-                         & ((f_k != 0) | (credits >= R)))
+                         & ((f_k != 0) | (credits >= self.ctx.tile_rows)))
                 m.d.comb += [f_beat.eq(ready), f_pop.eq(ready & (f_g == 0)),
                              reserve.eq(ready & (f_k == 0)), f_last.eq(f_kk + k_step >= cmd.k)]
                 with m.If(ready):
@@ -555,7 +565,14 @@ class _RowRequant(wiring.Component):
     parameter FIFO: a tile's rows leave the array back to back, so the FIFO's
     head serves every row and is popped after the last (``tile_drained`` tells
     the issuer a tile's worth of room is free). Its output is written without
-    looking at ``rows.ready``: the feeder's credits reserved the room."""
+    looking at ``rows.ready``: the feeder's credits reserved the room.
+
+    In GEMV mode only the rows that will be written go on: a tile drains
+    `rows` rows, the totals of A rows 0 .. gemv_rows-1 in its last gemv_rows
+    steps, and rows past M (the partial sums before them, the idle rows after)
+    never reach the output buffer. Which rows a tile keeps is latched with its
+    first row: the next command may be accepted while this one's last rows
+    past M still drain."""
 
     def __init__(self, c):
         self.cfg = c
@@ -577,7 +594,20 @@ class _RowRequant(wiring.Component):
             shift_bits=c.max_shift.bit_length(), out_bits=c.out_bits)
         params = self.params.payload
         rq_row = Signal(range(R))
-        m.d.comb += [rq.valid.eq(self.acc_valid), rq.raw.eq(self.ctx.cmd.raw_out)]
+        keep = Signal()
+        if c.gemv_rows:
+            first_total = R - c.gemv_rows        # drain step of A row 0's total
+            t_fold = Signal()
+            t_end = Signal(range(2 * R + 1))      # first drain step past the tile's M rows
+            with m.If(self.acc_valid & (rq_row == 0)):
+                m.d.sync += [t_fold.eq(self.ctx.fold),
+                             t_end.eq(first_total + self.ctx.tile_rows)]
+            # step 0 is a partial sum whenever the array folds
+            m.d.comb += keep.eq(Mux(rq_row == 0, ~self.ctx.fold,
+                                    ~t_fold | ((rq_row >= first_total) & (rq_row < t_end))))
+        else:
+            m.d.comb += keep.eq(1)
+        m.d.comb += [rq.valid.eq(self.acc_valid & keep), rq.raw.eq(self.ctx.cmd.raw_out)]
         for j in range(C):
             bias = params[32 * j:32 * j + 32]
             q = params[32 * (C + j):32 * (C + j) + 32]
@@ -598,7 +628,8 @@ class _Writer(wiring.Component):
     the array bottom-first (row R-1 .. 0); rows past M are dropped without a
     write, one per cycle, and columns past N are masked by the byte strobes. ``row_popped``
     returns a credit to the feeder; ``finish`` marks the command's last write
-    accepted."""
+    accepted. In GEMV mode a tile brings its M rows alone, top-first (A row 0
+    .. M-1, see `_Router`), so the row address walks up from ``out_base``."""
 
     def __init__(self, c):
         self.cfg = c
@@ -623,15 +654,18 @@ class _Writer(wiring.Component):
         wr_row_addr = Signal(c.addr_bits)
         wr_seg_word = Signal(c.addr_bits)        # word offset of the segment in its row
         wr_seg_g = Signal(range(MB))             # segment slot within the word
+        wr_step = Signal(c.addr_bits)            # next row's address offset (mod 2^addr_bits)
         row_valid = wr_row < wr_m_rem
         seg8, per8, words8 = c.out_segment(False)
         seg32, per32, words32 = c.out_segment(True)
         seg_per = Mux(cmd.raw_out, per32, per8)
         seg_words = Mux(cmd.raw_out, words32, words8)
         with m.If(self.ctx.start):
-            top = p.out_base + times_const(p.out_stride, R - 1)
-            m.d.sync += [wr_row.eq(R - 1), wr_b.eq(0), wr_n_rem.eq(p.n), wr_m_rem.eq(p.m),
-                         wr_blk_top.eq(top), wr_row_addr.eq(top),
+            fold = self.ctx.p_fold
+            top = Mux(fold, p.out_base, p.out_base + times_const(p.out_stride, R - 1))
+            m.d.sync += [wr_row.eq(Mux(fold, p.m - 1, R - 1)), wr_b.eq(0), wr_n_rem.eq(p.n),
+                         wr_m_rem.eq(p.m), wr_blk_top.eq(top), wr_row_addr.eq(top),
+                         wr_step.eq(Mux(fold, p.out_stride, -p.out_stride)),
                          wr_seg_word.eq(0), wr_seg_g.eq(0)]
 
         colmask = Cat(*[j < wr_n_rem for j in range(C)])
@@ -658,9 +692,9 @@ class _Writer(wiring.Component):
             with m.If((wr_b == seg_words - 1) | ~row_valid):
                 m.d.comb += [self.rows.ready.eq(1), self.row_popped.eq(1)]
                 m.d.sync += [wr_b.eq(0), wr_row.eq(wr_row - 1),
-                             wr_row_addr.eq(wr_row_addr - cmd.out_stride)]
+                             wr_row_addr.eq(wr_row_addr + wr_step)]
                 with m.If(wr_row == 0):
-                    m.d.sync += [wr_row.eq(R - 1), wr_row_addr.eq(wr_blk_top)]
+                    m.d.sync += [wr_row.eq(self.ctx.tile_rows - 1), wr_row_addr.eq(wr_blk_top)]
                     with m.If(wr_n_rem > C):
                         m.d.sync += wr_n_rem.eq(wr_n_rem - C)
                         with m.If(wr_seg_g == seg_per - 1):

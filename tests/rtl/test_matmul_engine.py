@@ -91,10 +91,13 @@ def test_overlapped_a_loads(cfg, seed):
     assert stats["stray_bytes"] == 0 and stats["missing_bytes"] == 0
 
 
-# engines with a GEMV mode: 2 and 4 k-steps per word, groups of 1 and 2 rows,
-# a row left over below the groups (5x2), 3-column tiles
+# engines with a GEMV mode: 2 and 4 k-steps per word, groups of 1, 2 and 8 rows,
+# a row left over below the groups (5x2), 3-column tiles; with groups of 8 a
+# one-row command's last total leaves the array 7 drain steps before the tile's
+# last row, so the next command starts while those rows still drain
 GEMV_CONFIGS = [EngineConfig(rows=2, cols=2), EngineConfig(rows=5, cols=2, mem_bytes=4),
-                EngineConfig(rows=8, cols=2, mem_bytes=8), EngineConfig(rows=4, cols=3, mem_bytes=12)]
+                EngineConfig(rows=8, cols=2, mem_bytes=8), EngineConfig(rows=4, cols=3, mem_bytes=12),
+                EngineConfig(rows=16, cols=2, mem_bytes=4)]
 
 
 def _gemv_shapes(rng, cfg, count):
