@@ -152,6 +152,11 @@ class EngineConfig:
     def param_words_per_tile(self):
         return ceil_div(self.param_bytes_per_tile, self.mem_bytes)
 
+    def param_words(self, raw):
+        """Parameter words a tile reads: a raw output needs the biases alone, which
+        come first (the last of them may carry the first multipliers)."""
+        return ceil_div(4 * self.cols, self.mem_bytes) if raw else self.param_words_per_tile
+
     def out_segment(self, raw):
         """(bytes, tiles_per_word, words_per_tile) of one output row segment.
 

@@ -81,6 +81,7 @@ class _CommandContext(wiring.Signature):
             "fold": Out(1),                    # GEMV mode (EngineConfig.gemv)
             "p_fold": Out(1),                  # GEMV mode of the command being accepted
             "tile_rows": Out(range(c.rows + 1)),  # output-buffer rows a tile takes
+            "pw_last": Out(range(c.param_words_per_tile)),  # param_words(raw_out) - 1
         })
 
 
@@ -121,6 +122,8 @@ class _CommandLatch(wiring.Component):
                                              c.min_tile_period(False)))),
                          ctx.fold.eq(fold),
                          ctx.tile_rows.eq(Mux(fold, m_lo, c.rows)),
+                         ctx.pw_last.eq(Mux(p.raw_out, c.param_words(True) - 1,
+                                            c.param_words(False) - 1)),
                          ctx.a_blk_stride.eq(times_const(p.a_stride, c.rows)),
                          ctx.k_ok.eq(p.k >= c.interleave_min_k)]
         with m.If(self.finish):
@@ -189,7 +192,7 @@ class _WordWalker(wiring.Component):
         a_busy = Signal()                         # an interleaved load is in progress
         aw = Signal(range(_a_depth(c) + 1))       # A words per row, measured on block 0
 
-        m.d.comb += [self.first_q.eq(q == 0), self.last_q.eq(q == PW - 1),
+        m.d.comb += [self.first_q.eq(q == 0), self.last_q.eq(q == self.ctx.pw_last),
                      self.a_load_last.eq((a_kk + MB >= cmd.k)
                                          & ((a_row == R - 1) | (mA + a_row + 1 >= cmd.m)))]
 
@@ -268,7 +271,11 @@ class _WordWalker(wiring.Component):
                 with m.If(fire & ~slot):
                     m.d.sync += [p_ptr.eq(p_ptr + 1), q.eq(q + 1)]
                     with m.If(self.last_q):
+                        # a raw tile skips its multiplier words
+                        skip = PW - c.param_words(True)
                         m.d.sync += [q.eq(0), kk.eq(0)]
+                        if skip:
+                            m.d.sync += p_ptr.eq(p_ptr + Mux(cmd.raw_out, 1 + skip, 1))
                         m.next = "W"
             with m.State("W"):
                 m.d.comb += [self.is_a.eq(slot), self.is_w.eq(~slot)]
@@ -342,7 +349,9 @@ class _Router(wiring.Component):
     """Read responses to where they belong, by the same walk as the issuer's:
     A words into the scratchpad bank being loaded (``a_loaded`` marks a bank
     complete), parameter words gathered into one FIFO entry per tile, W words
-    into the W FIFO. A response waits only for room in its FIFO.
+    into the W FIFO. A response waits only for room in its FIFO. A raw
+    command reads a tile's bias words alone (`EngineConfig.param_words`), so
+    they sit higher in the gathered words than a full tile's would.
 
     In GEMV mode A row r goes to row gemv_rows-1-r of every group (rows
     g*gemv_rows + gemv_rows-1-r), rotated down by g bytes for group g: the
@@ -384,8 +393,14 @@ class _Router(wiring.Component):
         if GR:
             row_en = Mux(fold, Const(sum(1 << (g * GR + GR - 1) for g in range(G)), R)
                          >> walker.a_row, row_en)
+        # a raw tile's biases, shifted in fewer times than a full tile's words
+        raw_at = 8 * MB * (PW - c.param_words(True))
+        bias_bits = 32 * c.cols
         m.d.comb += [p_word.eq(Cat(p_buf[8 * MB:], data)),
-                     self.params.payload.eq(p_word[:len(self.params.payload)]),
+                     self.params.payload.eq(Cat(
+                         Mux(self.ctx.cmd.raw_out, p_word[raw_at:raw_at + bias_bits],
+                             p_word[:bias_bits]),
+                         p_word[bias_bits:len(self.params.payload)])),
                      self.weights.payload.eq(data),
                      self.a_wr.addr.eq(walker.a_entry + Mux(walker.a_bank, _a_depth(c), 0)),
                      self.a_wr.data.eq(Cat(*slices))]

@@ -60,7 +60,7 @@ def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY
     NT = ceil_div(n, C)
     P = cfg.tile_period(k, raw)
     pad = P - k
-    PW = cfg.param_words_per_tile
+    PW = cfg.param_words(raw)
     AW = cfg.a_words_per_row(k)
     # fixed pipeline delays (see module docstring)
     fifo = 2                                # W FIFO write -> readable
@@ -97,7 +97,7 @@ def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY
 
 def _gemv_cycles(cfg, m, k, n, raw, latency, tail):
     R, NT, PFT = cfg.rows, ceil_div(n, cfg.cols), cfg.param_fifo_tiles
-    PW, KW = cfg.param_words_per_tile, cfg.w_words_per_tile(k)
+    PW, KW = cfg.param_words(raw), cfg.w_words_per_tile(k)
     period = max(PW + KW, cfg.gemv_min_tile_period(raw, m))
     to_beat = PW + latency + 2          # first parameter request -> first beat
     # first parameter request -> the tile counts as drained for the run-ahead
