@@ -197,8 +197,11 @@ class EngineConfig:
     @property
     def gemv_drain_latency(self):
         """`drain_latency` in GEMV mode: the last group's rows (the bottom row among
-        them) take a beat (k_per_word - 1) * gemv_rows - 1 cycles earlier."""
-        return self.drain_latency - (self.k_per_word - 1) * self.gemv_rows + 1
+        them) take a beat (k_per_word - 1) * gemv_rows - 1 cycles earlier, and the
+        sum of the k_per_word groups' rows has a register between its adder levels."""
+        levels = (self.k_per_word - 1).bit_length()
+        return (self.drain_latency - (self.k_per_word - 1) * self.gemv_rows + 1
+                + max(levels - 1, 0))
 
     @property
     def interleave_min_k(self):

@@ -582,12 +582,10 @@ class _RowRequant(wiring.Component):
     the issuer a tile's worth of room is free). Its output is written without
     looking at ``rows.ready``: the feeder's credits reserved the room.
 
-    In GEMV mode only the rows that will be written go on: a tile drains
-    `rows` rows, the totals of A rows 0 .. gemv_rows-1 in its last gemv_rows
-    steps, and rows past M (the partial sums before them, the idle rows after)
-    never reach the output buffer. Which rows a tile keeps is latched with its
-    first row: the next command may be accepted while this one's last rows
-    past M still drain."""
+    In GEMV mode a tile drains `gemv_rows` rows, the totals of A rows 0 ..
+    gemv_rows-1, and only its M rows go on to the output buffer. How many rows
+    a tile drains and keeps is latched with its first row: the next command
+    may be accepted while this one's last rows past M still drain."""
 
     def __init__(self, c):
         self.cfg = c
@@ -603,25 +601,24 @@ class _RowRequant(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c = self.cfg
-        R, C = c.rows, c.cols
+        R, C, GR = c.rows, c.cols, c.gemv_rows
         m.submodules.requant = rq = Requantiser(
             C, acc_width=c.acc_bits, mult_bits=c.mult_bits,
             shift_bits=c.max_shift.bit_length(), out_bits=c.out_bits)
         params = self.params.payload
         rq_row = Signal(range(R))
-        keep = Signal()
-        if c.gemv_rows:
-            first_total = R - c.gemv_rows        # drain step of A row 0's total
+        keep, tile_last = Signal(), Signal()
+        if GR:
             t_fold = Signal()
-            t_end = Signal(range(2 * R + 1))      # first drain step past the tile's M rows
-            with m.If(self.acc_valid & (rq_row == 0)):
-                m.d.sync += [t_fold.eq(self.ctx.fold),
-                             t_end.eq(first_total + self.ctx.tile_rows)]
-            # step 0 is a partial sum whenever the array folds
-            m.d.comb += keep.eq(Mux(rq_row == 0, ~self.ctx.fold,
-                                    ~t_fold | ((rq_row >= first_total) & (rq_row < t_end))))
+            t_keep = Signal(range(R + 1))        # rows of this tile to pass on
+            first = rq_row == 0
+            with m.If(self.acc_valid & first):
+                m.d.sync += [t_fold.eq(self.ctx.fold), t_keep.eq(self.ctx.tile_rows)]
+            fold = Mux(first, self.ctx.fold, t_fold)
+            m.d.comb += [keep.eq(first | ~t_fold | (rq_row < t_keep)),
+                         tile_last.eq(rq_row == Mux(fold, GR - 1, R - 1))]
         else:
-            m.d.comb += keep.eq(1)
+            m.d.comb += [keep.eq(1), tile_last.eq(rq_row == R - 1)]
         m.d.comb += [rq.valid.eq(self.acc_valid & keep), rq.raw.eq(self.ctx.cmd.raw_out)]
         for j in range(C):
             bias = params[32 * j:32 * j + 32]
@@ -629,8 +626,8 @@ class _RowRequant(wiring.Component):
             m.d.comb += [rq.acc[j].eq(self.acc[j]), rq.bias[j].eq(bias[:c.acc_bits].as_signed()),
                          rq.mult[j].eq(q[:c.mult_bits]), rq.shift[j].eq(q[16:16 + len(rq.shift[j])])]
         with m.If(self.acc_valid):
-            m.d.sync += rq_row.eq(Mux(rq_row == R - 1, 0, rq_row + 1))
-            with m.If(rq_row == R - 1):
+            m.d.sync += rq_row.eq(Mux(tile_last, 0, rq_row + 1))
+            with m.If(tile_last):
                 # the tile's last row has taken its parameters
                 m.d.comb += [self.params.ready.eq(1), self.tile_drained.eq(1)]
         m.d.comb += [self.rows.valid.eq(rq.out_valid),

@@ -25,10 +25,9 @@ first parameter word at s_t >= s_{t-1} + max(words per tile,
 gemv_min_tile_period) and no more than `param_fifo_tiles` tiles ahead of the
 requantiser. The feeder takes each W word as a beat the cycle it leaves
 the W FIFO (request + latency + 2): the issuer's spacing keeps the
-feeder's padding and credits from ever holding a word back. In the tail
-only the M rows' totals reach the writer, the first `rows - gemv_rows`
-drain steps after the first row (the partial sums before them are dropped
-by the requantiser, not the writer).
+feeder's padding and credits from ever holding a word back. A folded tile
+drains the totals of its `gemv_rows` rows, A row 0 first, and only the M
+rows reach the writer (the requantiser drops the others).
 """
 from dataclasses import dataclass
 
@@ -72,11 +71,11 @@ def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY
             + fifo + R - rows + rows * cfg.write_beats_per_row(raw))
 
     if cfg.gemv(m):
-        # the drain brings A row 0's total after R - gemv_rows partial sums; the
-        # rows past M after the last total never reach the writer
+        # the drain brings A row 0's total first; the rows past M after the
+        # last total never reach the writer
         return _gemv_cycles(cfg, m, k, n, raw, latency,
                             cfg.FEED_LATENCY + cfg.gemv_drain_latency + cfg.requant_latency(raw)
-                            + fifo + R - cfg.gemv_rows + m * cfg.write_beats_per_row(raw))
+                            + fifo + m * cfg.write_beats_per_row(raw))
     overlap = cfg.interleave(m, k, n)
     x = 1                                   # first A request of block 0
     last_beat = None
@@ -96,13 +95,13 @@ def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY
 
 
 def _gemv_cycles(cfg, m, k, n, raw, latency, tail):
-    R, NT, PFT = cfg.rows, ceil_div(n, cfg.cols), cfg.param_fifo_tiles
+    NT, PFT = ceil_div(n, cfg.cols), cfg.param_fifo_tiles
     PW, KW = cfg.param_words(raw), cfg.w_words_per_tile(k)
     period = max(PW + KW, cfg.gemv_min_tile_period(raw, m))
     to_beat = PW + latency + 2          # first parameter request -> first beat
     # first parameter request -> the tile counts as drained for the run-ahead
     # limit (the cycle after its last row entered the requantiser)
-    drained = to_beat + KW - 1 + cfg.FEED_LATENCY + cfg.gemv_drain_latency + R
+    drained = to_beat + KW - 1 + cfg.FEED_LATENCY + cfg.gemv_drain_latency + cfg.gemv_rows
     s0 = 1 + m * cfg.a_words_per_row(k)
     if drained <= PFT * period:
         last = s0 + (NT - 1) * period   # the run-ahead limit never binds

@@ -148,7 +148,7 @@ def test_gemv_run_ahead_limit(seed):
     period = max(cfg.param_words_per_tile + cfg.w_words_per_tile(k),
                  cfg.min_tile_period(cases[0].raw))
     drained = (cfg.param_words_per_tile + latency + 2 + cfg.w_words_per_tile(k) - 1
-               + cfg.FEED_LATENCY + cfg.gemv_drain_latency + cfg.rows)
+               + cfg.FEED_LATENCY + cfg.gemv_drain_latency + cfg.gemv_rows)
     assert drained > cfg.param_fifo_tiles * period      # the limit binds for the first shape
     results, cycles, _ = simulate(cfg, cases, seed=seed, latency=latency)
     check_results(cases, results, seed, "GEMV run-ahead limit")
