@@ -204,6 +204,13 @@ class EngineConfig:
                 + max(levels - 1, 0))
 
     @property
+    def gemv_spacing(self):
+        """Smallest spacing of GEMV-mode tiles' last beats (`SystolicArray.fold_spacing`):
+        a row shifts only within its group, so the drain frees a row of the first
+        group rows - (k_per_word - 1) * gemv_rows + 1 cycles after the last capture."""
+        return self.rows - (self.k_per_word - 1) * self.gemv_rows + 1
+
+    @property
     def interleave_min_k(self):
         """Shortest K for which the next row block's A words are slotted between
         W words: each tile then carries its W words, half as many A words and
@@ -242,15 +249,16 @@ class EngineConfig:
         Only the `m` rows that are written enter the output buffer (the
         requantiser drops the others), so a tile takes m*beats writer cycles,
         which sets (2), and m of its entries, so it holds ``out_fifo_tiles *
-        rows // m`` tiles, which sets (3); (4) does not apply, because the
-        issuer itself spaces the tiles' words (at least their parameter and W
-        words apart, `sim/cycles/matmul.py`).
+        rows // m`` tiles, which sets (3); a folded column drains
+        `gemv_rows` rows, within groups, which sets (1) to `gemv_spacing`; (4)
+        does not apply, because the issuer itself spaces the tiles' words (at
+        least their parameter and W words apart, `sim/cycles/matmul.py`).
         """
         r, c = self.rows, self.cols
         g = self.gemv_rows if m is None else m
         wb = g * self.write_beats_per_row(raw)
         tiles = self.out_fifo_tiles * r // g
-        return max(r, wb + 2, ceil_div(r + c + wb + 14, tiles - 1))
+        return max(self.gemv_spacing, wb + 2, ceil_div(r + c + wb + 14, tiles - 1))
 
     def tile_period(self, k, raw):
         return max(k, self.min_tile_period(raw))

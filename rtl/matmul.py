@@ -769,7 +769,8 @@ class MatmulEngine(wiring.Component):
         m.submodules.writer = writer = _Writer(c)
         # the cycle model reads these constants from the config
         assert array.latency == c.drain_latency and Requantiser.latency == c.REQUANT_LATENCY
-        assert not c.gemv_rows or array.fold_latency == c.gemv_drain_latency
+        assert not c.gemv_rows or (array.fold_latency == c.gemv_drain_latency
+                                   and array.fold_spacing == c.gemv_spacing)
 
         m.submodules.a_mem = a_mem = Memory(shape=R * 8 * MB, depth=2 * _a_depth(c), init=[])
         m.submodules.w_fifo = w_fifo = fifo.SyncFIFOBuffered(width=8 * MB, depth=c.w_fifo_depth)

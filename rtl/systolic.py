@@ -112,7 +112,9 @@ class SystolicArray(wiring.Component):
     so drain step s emits the total of row gr-1-s, rows gr-1 .. 0 in `gr`
     steps, and the drain stops there. The sum is a tree of adders with a
     register between levels (none for two groups): `fold_latency` counts
-    them. The spacing rule is that of the unfolded array.
+    them. A row shifts only while a value of its own group is on its way
+    down, so folded tiles may follow each other sooner: their last beats
+    `fold_spacing` cycles apart.
     """
 
     def __init__(self, rows, cols, a_width, w_width, acc_width, groups=1):
@@ -148,9 +150,14 @@ class SystolicArray(wiring.Component):
                 + max(self.fold_levels - 1, 0))
 
     @property
-    def fold_drain(self):
-        """Rows a folded tile drains: the totals of rows gr-1 .. 0."""
-        return self.rows // self.groups
+    def fold_spacing(self):
+        """Smallest spacing of folded tiles' last beats: a row of the first group
+        may capture once the row below it (or the sum) took its last value. The
+        bottom row, which starts the drain, is `rows - (groups - 1) * gr - 1`
+        rows down its group and a cycle behind the first group; its drain
+        takes a value of the first group's rows until their row gr-1 for
+        `rows - (groups - 1) * gr` steps."""
+        return self.rows - (self.groups - 1) * (self.rows // self.groups) + 1
 
     @staticmethod
     def _delay(m, sig, n, name, tap=None, fold=None):
@@ -202,12 +209,18 @@ class SystolicArray(wiring.Component):
         # shadows shift across the group boundaries too, but in `gr` steps no
         # value reaches the next group's bottom.
         active = [Signal(name=f"drain{j}_active") for j in range(C)]
+        # whether the draining tile was folded, latched with its capture: `fold`
+        # may change for the next command while the last rows drain
+        dfold = [Signal(name=f"drain{j}_fold") for j in range(C)] if G > 1 else [C0] * C
         step = [Signal(range(R), name=f"drain{j}_step") for j in range(C)]
         sh_col = [None] * C
         capture_bottom = [None] * C
         for i in range(R):
             for j in range(C):
-                shift = (active[j] & (step[j] < i)) if i else C0
+                local = i - group(i) * gr
+                # folded, a row takes only values of its own group
+                shift = (active[j] & (step[j] < (i if local == i else Mux(dfold[j], local, i)))
+                         if i else C0)
                 sh_in = sh_col[j] if i else Const(0, signed(self.acc_width))
                 w_pass = Mux(fold, w_inj[i][j], w_col[j]) if i in w_inj else None
                 a_out, v_out, l_out, w_out, sh, cap = pe_logic(
@@ -217,9 +230,6 @@ class SystolicArray(wiring.Component):
                 capture_bottom[j] = cap
                 if G > 1 and i % gr == gr - 1 and i // gr < G:
                     group_bottom[j][i // gr] = sh
-        # whether the draining tile was folded, latched with its capture: `fold`
-        # may change for the next command while the last rows drain
-        dfold = [Signal(name=f"drain{j}_fold") for j in range(C)] if G > 1 else [C0] * C
         for j in range(C):
             with m.If(capture_bottom[j]):
                 m.d.sync += [active[j].eq(1), step[j].eq(0)]
