@@ -136,6 +136,30 @@ def test_gemv_mode(cfg, seed):
     assert cycles[-1] < -(-n // cfg.cols) * k, cycles[-1]
 
 
+def test_gemv_then_unfolded_while_draining(seed):
+    """A one-row command's last total leaves a 16-row array (groups of 8) 7 drain
+    steps before the tile's last row, so an unfolded command accepted right after
+    its done pulse meets those rows in the requantiser: they must still count as
+    the folded tile's (dropped) rows. Exact results with and without stalls, and
+    exact cycles."""
+    cfg = EngineConfig(rows=16, cols=2, mem_bytes=4)
+    rng = np.random.default_rng([seed, 5])
+    shapes = []
+    for _ in range(6):
+        k, n = int(rng.integers(1, 9)), int(rng.integers(1, 2 * cfg.cols + 1))
+        shapes += [(1, k, n), (int(rng.integers(cfg.gemv_rows + 1, cfg.rows + 1)), k, n)]
+    cases = [random_case(rng, cfg, 0, 0, 0, shape=s) for s in shapes]
+    for case in cases[::4]:
+        case.raw = True        # the shortest tail: the next command comes soonest
+    results, cycles, _ = simulate(cfg, cases, seed=seed)
+    check_results(cases, results, seed, "unfolded after GEMV, stall-free")
+    for (m, k, n), case, got in zip(shapes, cases, cycles):
+        assert got == matmul_cycles(cfg, m, k, n, case.raw).cycles, (m, k, n, seed)
+    results, _, stats = simulate(cfg, cases, seed=seed, stall=0.3, jitter=4)
+    check_results(cases, results, seed, "unfolded after GEMV, with stalls")
+    assert stats["stray_bytes"] == 0 and stats["missing_bytes"] == 0, (stats, seed)
+
+
 def test_gemv_run_ahead_limit(seed):
     """GEMV tiles so short and a memory so slow that the issuer's run-ahead limit
     (param_fifo_tiles) holds tiles back: the model's recurrence is exact there too."""
