@@ -769,6 +769,7 @@ class MatmulEngine(wiring.Component):
         m.submodules.writer = writer = _Writer(c)
         # the cycle model reads these constants from the config
         assert array.latency == c.drain_latency and Requantiser.latency == c.REQUANT_LATENCY
+        assert Requantiser.raw_latency == c.REQUANT_RAW_LATENCY
         assert not c.gemv_rows or (array.fold_latency == c.gemv_drain_latency
                                    and array.fold_spacing == c.gemv_spacing)
 
