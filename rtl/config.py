@@ -152,6 +152,11 @@ class EngineConfig:
     def param_words_per_tile(self):
         return ceil_div(self.param_bytes_per_tile, self.mem_bytes)
 
+    def param_words(self, raw):
+        """Parameter words a tile reads: a raw output needs the biases alone, which
+        come first (the last of them may carry the first multipliers)."""
+        return ceil_div(4 * self.cols, self.mem_bytes) if raw else self.param_words_per_tile
+
     def out_segment(self, raw):
         """(bytes, tiles_per_word, words_per_tile) of one output row segment.
 
@@ -178,6 +183,11 @@ class EngineConfig:
     FEED_LATENCY = 2
     #: Requantiser pipeline depth.
     REQUANT_LATENCY = 6
+    #: Requantiser depth for a raw output row (the bias add alone).
+    REQUANT_RAW_LATENCY = 1
+
+    def requant_latency(self, raw):
+        return self.REQUANT_RAW_LATENCY if raw else self.REQUANT_LATENCY
 
     @property
     def drain_latency(self):
@@ -187,8 +197,18 @@ class EngineConfig:
     @property
     def gemv_drain_latency(self):
         """`drain_latency` in GEMV mode: the last group's rows (the bottom row among
-        them) take a beat (k_per_word - 1) * gemv_rows - 1 cycles earlier."""
-        return self.drain_latency - (self.k_per_word - 1) * self.gemv_rows + 1
+        them) take a beat (k_per_word - 1) * gemv_rows - 1 cycles earlier, and the
+        sum of the k_per_word groups' rows has a register between its adder levels."""
+        levels = (self.k_per_word - 1).bit_length()
+        return (self.drain_latency - (self.k_per_word - 1) * self.gemv_rows + 1
+                + max(levels - 1, 0))
+
+    @property
+    def gemv_spacing(self):
+        """Smallest spacing of GEMV-mode tiles' last beats (`SystolicArray.fold_spacing`):
+        a row shifts only within its group, so the drain frees a row of the first
+        group rows - (k_per_word - 1) * gemv_rows + 1 cycles after the last capture."""
+        return self.rows - (self.k_per_word - 1) * self.gemv_rows + 1
 
     @property
     def interleave_min_k(self):
@@ -226,15 +246,19 @@ class EngineConfig:
         """`min_tile_period` of a GEMV-mode command of `m` rows (None: the most,
         `gemv_rows`).
 
-        The writer drops each row past M in one cycle, so a tile takes it
-        (rows - m) + m*beats cycles, which sets (2) and (3); (4) does not
-        apply, because the issuer itself spaces the tiles' words (at least
-        their parameter and W words apart, `sim/cycles/matmul.py`).
+        Only the `m` rows that are written enter the output buffer (the
+        requantiser drops the others), so a tile takes m*beats writer cycles,
+        which sets (2), and m of its entries, so it holds ``out_fifo_tiles *
+        rows // m`` tiles, which sets (3); a folded column drains
+        `gemv_rows` rows, within groups, which sets (1) to `gemv_spacing`; (4)
+        does not apply, because the issuer itself spaces the tiles' words (at
+        least their parameter and W words apart, `sim/cycles/matmul.py`).
         """
         r, c = self.rows, self.cols
         g = self.gemv_rows if m is None else m
-        wb = r - g + g * self.write_beats_per_row(raw)
-        return max(r, wb + 2, ceil_div(r + c + wb + 14, self.out_fifo_tiles - 1))
+        wb = g * self.write_beats_per_row(raw)
+        tiles = self.out_fifo_tiles * r // g
+        return max(self.gemv_spacing, wb + 2, ceil_div(r + c + wb + 14, tiles - 1))
 
     def tile_period(self, k, raw):
         return max(k, self.min_tile_period(raw))

@@ -48,8 +48,9 @@ def _a_depth(c):
 
 
 def _period_shape(c):
-    return range(max(c.min_tile_period(0), c.min_tile_period(1), c.gemv_min_tile_period(0),
-                     c.gemv_min_tile_period(1)) + 1)
+    return range(max(c.min_tile_period(0), c.min_tile_period(1),
+                     *(c.gemv_min_tile_period(raw, mm) for raw in (0, 1)
+                       for mm in range(1, c.gemv_rows + 1))) + 1)
 
 
 def _a_mem_signature(c, port):
@@ -78,6 +79,9 @@ class _CommandContext(wiring.Signature):
             "k_ok": Out(1),                    # K long enough to interleave A loads
             "pmin": Out(_period_shape(c)),    # (gemv_)min_tile_period(raw_out)
             "fold": Out(1),                    # GEMV mode (EngineConfig.gemv)
+            "p_fold": Out(1),                  # GEMV mode of the command being accepted
+            "tile_rows": Out(range(c.rows + 1)),  # output-buffer rows a tile takes
+            "pw_last": Out(range(c.param_words_per_tile)),  # param_words(raw_out) - 1
         })
 
 
@@ -102,18 +106,24 @@ class _CommandLatch(wiring.Component):
         p = self.cmd.payload
         accept = self.cmd.valid & self.cmd.ready
         fold = (p.m <= c.gemv_rows) if c.gemv_rows else C0
-        # a raw GEMV tile's writes take longer the more rows it has: its period by M
+        # a GEMV tile's writes and output-buffer entries grow with its rows: its
+        # period by M (a table: M < gemv_rows + 1 is a few bits)
         gr = max(c.gemv_rows, 1)
-        gemv_raw = Array([Const(c.gemv_min_tile_period(True, mm), _period_shape(c))
-                          for mm in range(gr + 1)])[p.m[:gr.bit_length()]]
-        m.d.comb += [self.cmd.ready.eq(~self.busy), ctx.start.eq(accept), ctx.p.eq(p)]
+        m_lo = p.m[:gr.bit_length()]
+        gemv_pmin = [Array([Const(c.gemv_min_tile_period(raw, min(max(mm, 1), gr)),
+                                  _period_shape(c))
+                            for mm in range(1 << len(m_lo))])[m_lo] for raw in (False, True)]
+        m.d.comb += [self.cmd.ready.eq(~self.busy), ctx.start.eq(accept), ctx.p.eq(p),
+                     ctx.p_fold.eq(fold)]
         with m.If(accept):
             m.d.sync += [ctx.cmd.eq(p), self.busy.eq(1),
-                         ctx.pmin.eq(Mux(fold, Mux(p.raw_out, gemv_raw,
-                                                   c.gemv_min_tile_period(False)),
+                         ctx.pmin.eq(Mux(fold, Mux(p.raw_out, gemv_pmin[1], gemv_pmin[0]),
                                          Mux(p.raw_out, c.min_tile_period(True),
                                              c.min_tile_period(False)))),
                          ctx.fold.eq(fold),
+                         ctx.tile_rows.eq(Mux(fold, m_lo, c.rows)),
+                         ctx.pw_last.eq(Mux(p.raw_out, c.param_words(True) - 1,
+                                            c.param_words(False) - 1)),
                          ctx.a_blk_stride.eq(times_const(p.a_stride, c.rows)),
                          ctx.k_ok.eq(p.k >= c.interleave_min_k)]
         with m.If(self.finish):
@@ -182,7 +192,7 @@ class _WordWalker(wiring.Component):
         a_busy = Signal()                         # an interleaved load is in progress
         aw = Signal(range(_a_depth(c) + 1))       # A words per row, measured on block 0
 
-        m.d.comb += [self.first_q.eq(q == 0), self.last_q.eq(q == PW - 1),
+        m.d.comb += [self.first_q.eq(q == 0), self.last_q.eq(q == self.ctx.pw_last),
                      self.a_load_last.eq((a_kk + MB >= cmd.k)
                                          & ((a_row == R - 1) | (mA + a_row + 1 >= cmd.m)))]
 
@@ -261,7 +271,11 @@ class _WordWalker(wiring.Component):
                 with m.If(fire & ~slot):
                     m.d.sync += [p_ptr.eq(p_ptr + 1), q.eq(q + 1)]
                     with m.If(self.last_q):
+                        # a raw tile skips its multiplier words
+                        skip = PW - c.param_words(True)
                         m.d.sync += [q.eq(0), kk.eq(0)]
+                        if skip:
+                            m.d.sync += p_ptr.eq(p_ptr + Mux(cmd.raw_out, 1 + skip, 1))
                         m.next = "W"
             with m.State("W"):
                 m.d.comb += [self.is_a.eq(slot), self.is_w.eq(~slot)]
@@ -335,11 +349,16 @@ class _Router(wiring.Component):
     """Read responses to where they belong, by the same walk as the issuer's:
     A words into the scratchpad bank being loaded (``a_loaded`` marks a bank
     complete), parameter words gathered into one FIFO entry per tile, W words
-    into the W FIFO. A response waits only for room in its FIFO.
+    into the W FIFO. A response waits only for room in its FIFO. A raw
+    command reads a tile's bias words alone (`EngineConfig.param_words`), so
+    they sit higher in the gathered words than a full tile's would.
 
-    In GEMV mode A row r goes to row r of every group (rows r + g*gemv_rows),
-    rotated down by g bytes for group g: the feeder then reads every row at
-    the same byte lane and group g finds k-step lane + g there, its own."""
+    In GEMV mode A row r goes to row gemv_rows-1-r of every group (rows
+    g*gemv_rows + gemv_rows-1-r), rotated down by g bytes for group g: the
+    feeder then reads every row at the same byte lane and group g finds k-step
+    lane + g there, its own. Bottom-up, so that the array's bottom-first drain
+    gives A row 0's total first and a tile's last result comes out as soon as
+    its M rows are out."""
 
     def __init__(self, c):
         self.cfg = c
@@ -372,10 +391,16 @@ class _Router(wiring.Component):
                   Mux(fold, data.rotate_right(8 * (i // GR)), data) for i in range(R)]
         row_en = 1 << walker.a_row
         if GR:
-            row_en = Mux(fold, Const(sum(1 << (g * GR) for g in range(G)), R) << walker.a_row,
-                         row_en)
+            row_en = Mux(fold, Const(sum(1 << (g * GR + GR - 1) for g in range(G)), R)
+                         >> walker.a_row, row_en)
+        # a raw tile's biases, shifted in fewer times than a full tile's words
+        raw_at = 8 * MB * (PW - c.param_words(True))
+        bias_bits = 32 * c.cols
         m.d.comb += [p_word.eq(Cat(p_buf[8 * MB:], data)),
-                     self.params.payload.eq(p_word[:len(self.params.payload)]),
+                     self.params.payload.eq(Cat(
+                         Mux(self.ctx.cmd.raw_out, p_word[raw_at:raw_at + bias_bits],
+                             p_word[:bias_bits]),
+                         p_word[bias_bits:len(self.params.payload)])),
                      self.weights.payload.eq(data),
                      self.a_wr.addr.eq(walker.a_entry + Mux(walker.a_bank, _a_depth(c), 0)),
                      self.a_wr.data.eq(Cat(*slices))]
@@ -405,8 +430,8 @@ class _Feeder(wiring.Component):
     without ever stopping: the scratchpad scoreboard (a bank is read only once
     the router marked it loaded, and ``a_empty`` releases the issuer's next
     non-overlapped A load), and the output-FIFO credits (a tile starts only
-    with ``rows`` free entries reserved; the writer returns one per popped
-    row, ``row_popped``).
+    with the entries its rows take reserved, ``rows``, or M in GEMV mode; the
+    writer returns one per popped row, ``row_popped``).
 
     In GEMV mode a beat is a whole W word: byte lane g (k-step k + g) goes to
     group g (``w`` for group 0, ``wg[g-1]`` for the others), and each row
@@ -450,7 +475,7 @@ class _Feeder(wiring.Component):
         out_rows = c.out_fifo_tiles * R
         credits = Signal(range(out_rows + 1), init=out_rows)
         reserve = Signal()
-        m.d.sync += credits.eq(credits - Mux(reserve, R, 0) + self.row_popped)
+        m.d.sync += credits.eq(credits - Mux(reserve, self.ctx.tile_rows, 0) + self.row_popped)
 
         f_beat = Signal()
         f_last = Signal()
@@ -492,7 +517,7 @@ class _Feeder(wiring.Component):
                     m.next = "BEAT"
             with m.State("BEAT"):
                 ready = (a_rdy.bit_select(f_bank, 1) & ((f_g != 0) | self.weights.valid)
-                         & ((f_k != 0) | (credits >= R)))
+                         & ((f_k != 0) | (credits >= self.ctx.tile_rows)))
                 m.d.comb += [f_beat.eq(ready), f_pop.eq(ready & (f_g == 0)),
                              reserve.eq(ready & (f_k == 0)), f_last.eq(f_kk + k_step >= cmd.k)]
                 with m.If(ready):
@@ -555,7 +580,12 @@ class _RowRequant(wiring.Component):
     parameter FIFO: a tile's rows leave the array back to back, so the FIFO's
     head serves every row and is popped after the last (``tile_drained`` tells
     the issuer a tile's worth of room is free). Its output is written without
-    looking at ``rows.ready``: the feeder's credits reserved the room."""
+    looking at ``rows.ready``: the feeder's credits reserved the room.
+
+    In GEMV mode a tile drains `gemv_rows` rows, the totals of A rows 0 ..
+    gemv_rows-1, and only its M rows go on to the output buffer. How many rows
+    a tile drains and keeps is latched with its first row: the next command
+    may be accepted while this one's last rows past M still drain."""
 
     def __init__(self, c):
         self.cfg = c
@@ -571,21 +601,33 @@ class _RowRequant(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c = self.cfg
-        R, C = c.rows, c.cols
+        R, C, GR = c.rows, c.cols, c.gemv_rows
         m.submodules.requant = rq = Requantiser(
             C, acc_width=c.acc_bits, mult_bits=c.mult_bits,
             shift_bits=c.max_shift.bit_length(), out_bits=c.out_bits)
         params = self.params.payload
         rq_row = Signal(range(R))
-        m.d.comb += [rq.valid.eq(self.acc_valid), rq.raw.eq(self.ctx.cmd.raw_out)]
+        keep, tile_last = Signal(), Signal()
+        if GR:
+            t_fold = Signal()
+            t_keep = Signal(range(R + 1))        # rows of this tile to pass on
+            first = rq_row == 0
+            with m.If(self.acc_valid & first):
+                m.d.sync += [t_fold.eq(self.ctx.fold), t_keep.eq(self.ctx.tile_rows)]
+            fold = Mux(first, self.ctx.fold, t_fold)
+            m.d.comb += [keep.eq(first | ~t_fold | (rq_row < t_keep)),
+                         tile_last.eq(rq_row == Mux(fold, GR - 1, R - 1))]
+        else:
+            m.d.comb += [keep.eq(1), tile_last.eq(rq_row == R - 1)]
+        m.d.comb += [rq.valid.eq(self.acc_valid & keep), rq.raw.eq(self.ctx.cmd.raw_out)]
         for j in range(C):
             bias = params[32 * j:32 * j + 32]
             q = params[32 * (C + j):32 * (C + j) + 32]
             m.d.comb += [rq.acc[j].eq(self.acc[j]), rq.bias[j].eq(bias[:c.acc_bits].as_signed()),
                          rq.mult[j].eq(q[:c.mult_bits]), rq.shift[j].eq(q[16:16 + len(rq.shift[j])])]
         with m.If(self.acc_valid):
-            m.d.sync += rq_row.eq(Mux(rq_row == R - 1, 0, rq_row + 1))
-            with m.If(rq_row == R - 1):
+            m.d.sync += rq_row.eq(Mux(tile_last, 0, rq_row + 1))
+            with m.If(tile_last):
                 # the tile's last row has taken its parameters
                 m.d.comb += [self.params.ready.eq(1), self.tile_drained.eq(1)]
         m.d.comb += [self.rows.valid.eq(rq.out_valid),
@@ -598,7 +640,8 @@ class _Writer(wiring.Component):
     the array bottom-first (row R-1 .. 0); rows past M are dropped without a
     write, one per cycle, and columns past N are masked by the byte strobes. ``row_popped``
     returns a credit to the feeder; ``finish`` marks the command's last write
-    accepted."""
+    accepted. In GEMV mode a tile brings its M rows alone, top-first (A row 0
+    .. M-1, see `_Router`), so the row address walks up from ``out_base``."""
 
     def __init__(self, c):
         self.cfg = c
@@ -623,15 +666,18 @@ class _Writer(wiring.Component):
         wr_row_addr = Signal(c.addr_bits)
         wr_seg_word = Signal(c.addr_bits)        # word offset of the segment in its row
         wr_seg_g = Signal(range(MB))             # segment slot within the word
+        wr_step = Signal(c.addr_bits)            # next row's address offset (mod 2^addr_bits)
         row_valid = wr_row < wr_m_rem
         seg8, per8, words8 = c.out_segment(False)
         seg32, per32, words32 = c.out_segment(True)
         seg_per = Mux(cmd.raw_out, per32, per8)
         seg_words = Mux(cmd.raw_out, words32, words8)
         with m.If(self.ctx.start):
-            top = p.out_base + times_const(p.out_stride, R - 1)
-            m.d.sync += [wr_row.eq(R - 1), wr_b.eq(0), wr_n_rem.eq(p.n), wr_m_rem.eq(p.m),
-                         wr_blk_top.eq(top), wr_row_addr.eq(top),
+            fold = self.ctx.p_fold
+            top = Mux(fold, p.out_base, p.out_base + times_const(p.out_stride, R - 1))
+            m.d.sync += [wr_row.eq(Mux(fold, p.m - 1, R - 1)), wr_b.eq(0), wr_n_rem.eq(p.n),
+                         wr_m_rem.eq(p.m), wr_blk_top.eq(top), wr_row_addr.eq(top),
+                         wr_step.eq(Mux(fold, p.out_stride, -p.out_stride)),
                          wr_seg_word.eq(0), wr_seg_g.eq(0)]
 
         colmask = Cat(*[j < wr_n_rem for j in range(C)])
@@ -658,9 +704,9 @@ class _Writer(wiring.Component):
             with m.If((wr_b == seg_words - 1) | ~row_valid):
                 m.d.comb += [self.rows.ready.eq(1), self.row_popped.eq(1)]
                 m.d.sync += [wr_b.eq(0), wr_row.eq(wr_row - 1),
-                             wr_row_addr.eq(wr_row_addr - cmd.out_stride)]
+                             wr_row_addr.eq(wr_row_addr + wr_step)]
                 with m.If(wr_row == 0):
-                    m.d.sync += [wr_row.eq(R - 1), wr_row_addr.eq(wr_blk_top)]
+                    m.d.sync += [wr_row.eq(self.ctx.tile_rows - 1), wr_row_addr.eq(wr_blk_top)]
                     with m.If(wr_n_rem > C):
                         m.d.sync += wr_n_rem.eq(wr_n_rem - C)
                         with m.If(wr_seg_g == seg_per - 1):
@@ -723,7 +769,9 @@ class MatmulEngine(wiring.Component):
         m.submodules.writer = writer = _Writer(c)
         # the cycle model reads these constants from the config
         assert array.latency == c.drain_latency and Requantiser.latency == c.REQUANT_LATENCY
-        assert not c.gemv_rows or array.fold_latency == c.gemv_drain_latency
+        assert Requantiser.raw_latency == c.REQUANT_RAW_LATENCY
+        assert not c.gemv_rows or (array.fold_latency == c.gemv_drain_latency
+                                   and array.fold_spacing == c.gemv_spacing)
 
         m.submodules.a_mem = a_mem = Memory(shape=R * 8 * MB, depth=2 * _a_depth(c), init=[])
         m.submodules.w_fifo = w_fifo = fifo.SyncFIFOBuffered(width=8 * MB, depth=c.w_fifo_depth)

@@ -3,6 +3,10 @@
 Per column: x = wrap(acc + bias); raw mode passes x on, otherwise
 sat(round_half_up((x * mult) >> shift)). Free-running pipeline (no
 back-pressure): the engine sizes its output buffer so nothing ever waits here.
+A raw row needs nothing past the bias add, so it leaves after `raw_latency`
+cycles instead of `latency`: raw outputs (attention scores, residual-branch
+sums, logits) are what short decode commands mostly write, and the five
+stages it skips are five cycles of every such command's drain.
 """
 from amaranth.hdl import *
 from amaranth.lib import wiring
@@ -20,9 +24,16 @@ class Requantiser(wiring.Component):
     input row; each stage carries only what later stages still need.
     Output lanes are `acc_width` wide: the raw sum, or the saturated
     `out_bits` result sign-extended.
+
+    Rows leave in order as long as a raw row enters at least
+    ``latency - raw_latency`` cycles after the last requantised one (the engine's
+    commands, which set ``raw``, are that far apart); otherwise a raw row would
+    overtake it.
     """
     #: bias add, two product stages (`split_product`), + half, two shift stages
     latency = 6
+    #: a raw row leaves straight from the bias-add register
+    raw_latency = 1
 
     def __init__(self, lanes, *, acc_width=32, mult_bits=15, shift_bits=6, out_bits=8):
         self.lanes, self.acc_width, self.out_bits = lanes, acc_width, out_bits
@@ -42,11 +53,12 @@ class Requantiser(wiring.Component):
         A = self.acc_width
         S = self.latency
 
-        v = [Signal(name=f"v{s}") for s in range(1, S)]
-        raw = [Signal(name=f"raw{s}") for s in range(1, S)]
-        m.d.sync += [v[0].eq(self.valid), raw[0].eq(self.raw), self.out_valid.eq(v[-1])]
-        m.d.sync += [v[i].eq(v[i - 1]) for i in range(1, S - 1)]
-        m.d.sync += [raw[i].eq(raw[i - 1]) for i in range(1, S - 1)]
+        # v[s-1]: stage s holds a requantised row; v1_raw: stage 1 holds a raw one
+        v = [Signal(name=f"v{s}") for s in range(1, S + 1)]
+        v1_raw = Signal()
+        m.d.sync += [v[0].eq(self.valid & ~self.raw), v1_raw.eq(self.valid & self.raw)]
+        m.d.sync += [v[i].eq(v[i - 1]) for i in range(1, S)]
+        m.d.comb += self.out_valid.eq(v[-1] | v1_raw)
 
         for n in range(self.lanes):
             # Stage 1: bias add (wraps like the accumulator).
@@ -57,23 +69,18 @@ class Requantiser(wiring.Component):
                          shift1.eq(self.shift[n])]
             # Stages 2-3: the 32x15 product, partial products registered.
             p3 = split_product(m, x1, mult1, name=f"p{n}")
-            x_d, sh_d = x1, shift1
+            sh_d = shift1
             for s in (2, 3):
-                x_n = Signal.like(x1, name=f"x{s}_{n}")
                 sh_n = Signal.like(shift1, name=f"shift{s}_{n}")
-                m.d.sync += [x_n.eq(x_d), sh_n.eq(sh_d)]
-                x_d, sh_d = x_n, sh_n
+                m.d.sync += sh_n.eq(sh_d)
+                sh_d = sh_n
             # Stage 4: add half an output LSB (round half up); one more bit so the
             # rounding carry cannot overflow.
             t4 = Signal(signed(len(p3) + 1), name=f"t4_{n}")
-            x4 = Signal.like(x1, name=f"x4_{n}")
             shift4 = Signal.like(shift1, name=f"shift4_{n}")
-            m.d.sync += [t4.eq(add_half(p3, sh_d, len(p3) + 1)), x4.eq(x_d), shift4.eq(sh_d)]
-            # Stages 5-6: arithmetic shift in two steps, saturate; raw mode passes x.
-            x5 = Signal.like(x1, name=f"x5_{n}")
-            m.d.sync += x5.eq(x4)
-            q = shift_right_staged(
-                m, t4, shift4, name=f"q{n}",
-                finish=lambda v, x5=x5: Mux(raw[-1], x5, saturate(v, self.out_bits)))
-            m.d.comb += self.out[n].eq(q)
+            m.d.sync += [t4.eq(add_half(p3, sh_d, len(p3) + 1)), shift4.eq(sh_d)]
+            # Stages 5-6: arithmetic shift in two steps, saturate.
+            q = shift_right_staged(m, t4, shift4, name=f"q{n}",
+                                   finish=lambda v: saturate(v, self.out_bits))
+            m.d.comb += self.out[n].eq(Mux(v1_raw, x1, q))
         return m

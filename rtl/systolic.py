@@ -107,12 +107,14 @@ class SystolicArray(wiring.Component):
     one cycle behind group 0 (its W enters through the W register of the row
     above it, so every multiplier still takes its operands from registers).
     At the end of a tile the groups' sums of the same row r (row g*gr + r)
-    are added while the tile drains: the top row b of the last group takes
-    the shadow above it plus the shadow of the group's last row, a ring of
-    `gr` shadows that sums every group's row r as it passes, so the drain
-    emits the totals as rows gr-1 .. 0 in its last `gr` steps (the rows
-    before them carry partial sums). Drain, latency and the spacing rule are
-    those of the unfolded array.
+    are added as they drain: every group's shadows shift down at once, and
+    the output is the sum of the groups' bottom shadows (rows g*gr + gr-1),
+    so drain step s emits the total of row gr-1-s, rows gr-1 .. 0 in `gr`
+    steps, and the drain stops there. The sum is a tree of adders with a
+    register between levels (none for two groups): `fold_latency` counts
+    them. A row shifts only while a value of its own group is on its way
+    down, so folded tiles may follow each other sooner: their last beats
+    `fold_spacing` cycles apart.
     """
 
     def __init__(self, rows, cols, a_width, w_width, acc_width, groups=1):
@@ -135,10 +137,27 @@ class SystolicArray(wiring.Component):
         return self.rows + self.cols + 1
 
     @property
+    def fold_levels(self):
+        """Adder levels of the folded drain's sum of `groups` shadows."""
+        return (self.groups - 1).bit_length()
+
+    @property
     def fold_latency(self):
         """`latency` while folded: the bottom row is in the last group, which starts
-        its rows' skew (groups - 1) * (rows // groups) - 1 cycles sooner."""
-        return self.latency - (self.groups - 1) * (self.rows // self.groups) + 1
+        its rows' skew (groups - 1) * (rows // groups) - 1 cycles sooner; the sum of
+        the groups' shadows adds a register between its adder levels."""
+        return (self.latency - (self.groups - 1) * (self.rows // self.groups) + 1
+                + max(self.fold_levels - 1, 0))
+
+    @property
+    def fold_spacing(self):
+        """Smallest spacing of folded tiles' last beats: a row of the first group
+        may capture once the row below it (or the sum) took its last value. The
+        bottom row, which starts the drain, is `rows - (groups - 1) * gr - 1`
+        rows down its group and a cycle behind the first group; its drain
+        takes a value of the first group's rows until their row gr-1 for
+        `rows - (groups - 1) * gr` steps."""
+        return self.rows - (self.groups - 1) * (self.rows // self.groups) + 1
 
     @staticmethod
     def _delay(m, sig, n, name, tap=None, fold=None):
@@ -179,42 +198,67 @@ class SystolicArray(wiring.Component):
         # group g's W, skewed like the top's, passed on by the row above the group
         w_inj = {g * gr - 1: [self._delay(m, self.wg[g - 1][j], j, f"wg{g}_{j}")
                               for j in range(C)] for g in range(1, G)}
-        ring_top = (G - 1) * gr
-        ring = [Signal(signed(self.acc_width), name=f"ring{j}") for j in range(C)]
+        # the bottom shadow of every group, per column
+        group_bottom = [[None] * G for _ in range(C)]
 
         # Per-column drain controller: started by the bottom PE's capture, it
-        # emits the column's shadows bottom-first for `rows` cycles. Row i only
-        # shifts while values from above it are still on their way out
-        # (step < i), so a row may capture its next tile as early as `rows`
-        # cycles after the previous capture.
+        # emits the column's shadows bottom-first for `rows` cycles (folded:
+        # `gr`). Row i only shifts while values from above it are still on
+        # their way out (step < i), so a row may capture its next tile as early
+        # as `rows` cycles after the previous capture. Folded, the groups'
+        # shadows shift across the group boundaries too, but in `gr` steps no
+        # value reaches the next group's bottom.
         active = [Signal(name=f"drain{j}_active") for j in range(C)]
+        # whether the draining tile was folded, latched with its capture: `fold`
+        # may change for the next command while the last rows drain
+        dfold = [Signal(name=f"drain{j}_fold") for j in range(C)] if G > 1 else [C0] * C
         step = [Signal(range(R), name=f"drain{j}_step") for j in range(C)]
         sh_col = [None] * C
         capture_bottom = [None] * C
         for i in range(R):
             for j in range(C):
-                shift = (active[j] & (step[j] < i)) if i else C0
+                local = i - group(i) * gr
+                # folded, a row takes only values of its own group
+                shift = (active[j] & (step[j] < (i if local == i else Mux(dfold[j], local, i)))
+                         if i else C0)
                 sh_in = sh_col[j] if i else Const(0, signed(self.acc_width))
-                if G > 1 and i == ring_top:
-                    # wraps like the accumulators: the sum of int32 partial sums
-                    total = (sh_col[j] + ring[j])[:self.acc_width].as_signed()
-                    sh_in = Mux(fold, total, sh_in)
                 w_pass = Mux(fold, w_inj[i][j], w_col[j]) if i in w_inj else None
                 a_out, v_out, l_out, w_out, sh, cap = pe_logic(
                     m, a_row[i], v_row[i], l_row[i], w_col[j], sh_in, shift,
                     self.acc_width, f"pe{i}_{j}", w_pass)
                 a_row[i], v_row[i], l_row[i], w_col[j], sh_col[j] = a_out, v_out, l_out, w_out, sh
                 capture_bottom[j] = cap
-                if G > 1 and i == ring_top + gr - 1:
-                    m.d.comb += ring[j].eq(sh)
+                if G > 1 and i % gr == gr - 1 and i // gr < G:
+                    group_bottom[j][i // gr] = sh
         for j in range(C):
             with m.If(capture_bottom[j]):
                 m.d.sync += [active[j].eq(1), step[j].eq(0)]
+                if G > 1:
+                    m.d.sync += dfold[j].eq(fold)
             with m.Elif(active[j]):
                 m.d.sync += step[j].eq(step[j] + 1)
-                with m.If(step[j] == R - 1):
+                with m.If(step[j] == Mux(dfold[j], gr - 1, R - 1)):
                     m.d.sync += active[j].eq(0)
         col_valid, col_data = active, sh_col
+        if G > 1:
+            # folded: the groups' bottom shadows summed (wrapping like the
+            # accumulators), a register after every adder level but the last
+            col_valid, col_data = [], []
+            for j in range(C):
+                level, v = group_bottom[j], active[j]
+                for lv in range(self.fold_levels):
+                    if lv:
+                        regs = [Signal(signed(self.acc_width), name=f"fold{j}_{lv}_{i}")
+                                for i in range(len(level))]
+                        m.d.sync += [r.eq(x) for r, x in zip(regs, level)]
+                        v_r = Signal(name=f"fold{j}_{lv}_v")
+                        m.d.sync += v_r.eq(v)
+                        level, v = regs, v_r
+                    level = [(level[i] + level[i + 1])[:self.acc_width].as_signed()
+                             if i + 1 < len(level) else level[i]
+                             for i in range(0, len(level), 2)]
+                col_valid.append(Mux(dfold[j], v, active[j]))
+                col_data.append(Mux(dfold[j], level[0], sh_col[j]))
 
         # Deskew: column j runs j cycles behind column 0.
         out_valid = self._delay(m, col_valid[C - 1], 0, "ov")

@@ -15,8 +15,9 @@ Timeline per row block b (cycle 0 = command accept):
 - the feeder then emits tiles back to back, one every P = max(K, min period)
   cycles; the W stream runs ahead, so it never waits within a block;
 - the last tile's rows leave the array `drain` cycles after its last beat,
-  pass the requantiser and are written at `write_beats_per_row` per row,
-  the rows past M (dropped) at one per cycle.
+  pass the requantiser (`requant_latency`: raw rows skip all but the bias
+  add) and are written at `write_beats_per_row` per row, the rows past M
+  (dropped) at one per cycle.
 
 GEMV mode (M <= `gemv_rows`, one row block): the issuer sends the A words
 from cycle 1, then every tile's parameter and W words back to back, tile t's
@@ -24,8 +25,9 @@ first parameter word at s_t >= s_{t-1} + max(words per tile,
 gemv_min_tile_period) and no more than `param_fifo_tiles` tiles ahead of the
 requantiser. The feeder takes each W word as a beat the cycle it leaves
 the W FIFO (request + latency + 2): the issuer's spacing keeps the
-feeder's padding and credits from ever holding a word back. The tail is
-the same as above.
+feeder's padding and credits from ever holding a word back. A folded tile
+drains the totals of its `gemv_rows` rows, A row 0 first, and only the M
+rows reach the writer (the requantiser drops the others).
 """
 from dataclasses import dataclass
 
@@ -57,7 +59,7 @@ def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY
     NT = ceil_div(n, C)
     P = cfg.tile_period(k, raw)
     pad = P - k
-    PW = cfg.param_words_per_tile
+    PW = cfg.param_words(raw)
     AW = cfg.a_words_per_row(k)
     # fixed pipeline delays (see module docstring)
     fifo = 2                                # W FIFO write -> readable
@@ -65,12 +67,15 @@ def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY
     # the last block's rows leave the writer bottom-first: those past M one per
     # cycle, then its `rows` rows one write per segment word
     rows = m - (ceil_div(m, R) - 1) * R
-    tail = (cfg.FEED_LATENCY + cfg.drain_latency + cfg.REQUANT_LATENCY
+    tail = (cfg.FEED_LATENCY + cfg.drain_latency + cfg.requant_latency(raw)
             + fifo + R - rows + rows * cfg.write_beats_per_row(raw))
 
     if cfg.gemv(m):
+        # the drain brings A row 0's total first; the rows past M after the
+        # last total never reach the writer
         return _gemv_cycles(cfg, m, k, n, raw, latency,
-                            tail - cfg.drain_latency + cfg.gemv_drain_latency)
+                            cfg.FEED_LATENCY + cfg.gemv_drain_latency + cfg.requant_latency(raw)
+                            + fifo + m * cfg.write_beats_per_row(raw))
     overlap = cfg.interleave(m, k, n)
     x = 1                                   # first A request of block 0
     last_beat = None
@@ -90,13 +95,13 @@ def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY
 
 
 def _gemv_cycles(cfg, m, k, n, raw, latency, tail):
-    R, NT, PFT = cfg.rows, ceil_div(n, cfg.cols), cfg.param_fifo_tiles
-    PW, KW = cfg.param_words_per_tile, cfg.w_words_per_tile(k)
+    NT, PFT = ceil_div(n, cfg.cols), cfg.param_fifo_tiles
+    PW, KW = cfg.param_words(raw), cfg.w_words_per_tile(k)
     period = max(PW + KW, cfg.gemv_min_tile_period(raw, m))
     to_beat = PW + latency + 2          # first parameter request -> first beat
     # first parameter request -> the tile counts as drained for the run-ahead
     # limit (the cycle after its last row entered the requantiser)
-    drained = to_beat + KW - 1 + cfg.FEED_LATENCY + cfg.gemv_drain_latency + R
+    drained = to_beat + KW - 1 + cfg.FEED_LATENCY + cfg.gemv_drain_latency + cfg.gemv_rows
     s0 = 1 + m * cfg.a_words_per_row(k)
     if drained <= PFT * period:
         last = s0 + (NT - 1) * period   # the run-ahead limit never binds

@@ -91,10 +91,13 @@ def test_overlapped_a_loads(cfg, seed):
     assert stats["stray_bytes"] == 0 and stats["missing_bytes"] == 0
 
 
-# engines with a GEMV mode: 2 and 4 k-steps per word, groups of 1 and 2 rows,
-# a row left over below the groups (5x2), 3-column tiles
+# engines with a GEMV mode: 2 and 4 k-steps per word, groups of 1, 2 and 8 rows,
+# a row left over below the groups (5x2), 3-column tiles; with groups of 8 a
+# one-row command's last total leaves the array 7 drain steps before the tile's
+# last row, so the next command starts while those rows still drain
 GEMV_CONFIGS = [EngineConfig(rows=2, cols=2), EngineConfig(rows=5, cols=2, mem_bytes=4),
-                EngineConfig(rows=8, cols=2, mem_bytes=8), EngineConfig(rows=4, cols=3, mem_bytes=12)]
+                EngineConfig(rows=8, cols=2, mem_bytes=8), EngineConfig(rows=4, cols=3, mem_bytes=12),
+                EngineConfig(rows=16, cols=2, mem_bytes=4)]
 
 
 def _gemv_shapes(rng, cfg, count):
@@ -133,6 +136,30 @@ def test_gemv_mode(cfg, seed):
     assert cycles[-1] < -(-n // cfg.cols) * k, cycles[-1]
 
 
+def test_gemv_then_unfolded_while_draining(seed):
+    """A one-row command's last total leaves a 16-row array (groups of 8) 7 drain
+    steps before the tile's last row, so an unfolded command accepted right after
+    its done pulse meets those rows in the requantiser: they must still count as
+    the folded tile's (dropped) rows. Exact results with and without stalls, and
+    exact cycles."""
+    cfg = EngineConfig(rows=16, cols=2, mem_bytes=4)
+    rng = np.random.default_rng([seed, 5])
+    shapes = []
+    for _ in range(6):
+        k, n = int(rng.integers(1, 9)), int(rng.integers(1, 2 * cfg.cols + 1))
+        shapes += [(1, k, n), (int(rng.integers(cfg.gemv_rows + 1, cfg.rows + 1)), k, n)]
+    cases = [random_case(rng, cfg, 0, 0, 0, shape=s) for s in shapes]
+    for case in cases[::4]:
+        case.raw = True        # the shortest tail: the next command comes soonest
+    results, cycles, _ = simulate(cfg, cases, seed=seed)
+    check_results(cases, results, seed, "unfolded after GEMV, stall-free")
+    for (m, k, n), case, got in zip(shapes, cases, cycles):
+        assert got == matmul_cycles(cfg, m, k, n, case.raw).cycles, (m, k, n, seed)
+    results, _, stats = simulate(cfg, cases, seed=seed, stall=0.3, jitter=4)
+    check_results(cases, results, seed, "unfolded after GEMV, with stalls")
+    assert stats["stray_bytes"] == 0 and stats["missing_bytes"] == 0, (stats, seed)
+
+
 def test_gemv_run_ahead_limit(seed):
     """GEMV tiles so short and a memory so slow that the issuer's run-ahead limit
     (param_fifo_tiles) holds tiles back: the model's recurrence is exact there too."""
@@ -145,7 +172,7 @@ def test_gemv_run_ahead_limit(seed):
     period = max(cfg.param_words_per_tile + cfg.w_words_per_tile(k),
                  cfg.min_tile_period(cases[0].raw))
     drained = (cfg.param_words_per_tile + latency + 2 + cfg.w_words_per_tile(k) - 1
-               + cfg.FEED_LATENCY + cfg.gemv_drain_latency + cfg.rows)
+               + cfg.FEED_LATENCY + cfg.gemv_drain_latency + cfg.gemv_rows)
     assert drained > cfg.param_fifo_tiles * period      # the limit binds for the first shape
     results, cycles, _ = simulate(cfg, cases, seed=seed, latency=latency)
     check_results(cases, results, seed, "GEMV run-ahead limit")

@@ -93,6 +93,9 @@ def test_array_back_to_back_tiles(rows, cols):
 
 
 def test_requantiser_matches_model():
+    """Every row requantised as in the model: a requantised row `latency` cycles after
+    it entered, a raw one `raw_latency` cycles after (runs of either kind, a raw run
+    starting `latency - raw_latency` cycles after the last requantised row)."""
     rng = np.random.default_rng(5)
     lanes, n = 3, 300
     acc = rng.integers(-2**31, 2**31, (n, lanes))
@@ -102,20 +105,33 @@ def test_requantiser_matches_model():
     mult[::7] = 2**15 - 1
     shift = rng.integers(0, 48, (n, lanes))
     shift[::5] = rng.choice([0, 1, 46, 47], (len(shift[::5]), lanes))
-    raw = rng.random(n) < 0.2
     dut = Requantiser(lanes)
+    assert dut.raw_latency < dut.latency
+    # runs of 1..30 rows of one kind, sometimes a bubble inside a run
+    raw, at, t = np.zeros(n, bool), [], 0
+    while len(at) < n:
+        kind, run = bool(rng.random() < 0.4), int(rng.integers(1, 31))
+        if kind and at and not raw[len(at) - 1]:
+            t += dut.latency - dut.raw_latency
+        for _ in range(min(run, n - len(at))):
+            raw[len(at)] = kind
+            at.append(t)
+            t += 1 + int(rng.random() < 0.1)
+    want_at = [a + (dut.raw_latency if r else dut.latency) for a, r in zip(at, raw)]
     outs = []
 
     async def bench(ctx):
-        for t in range(n + dut.latency):
-            if t < n:
+        i = 0
+        for t in range(at[-1] + dut.latency + 1):
+            if i < n and at[i] == t:
                 ctx.set(dut.valid, 1)
-                ctx.set(dut.raw, bool(raw[t]))
+                ctx.set(dut.raw, bool(raw[i]))
                 for j in range(lanes):
-                    ctx.set(dut.acc[j], int(acc[t, j]))
-                    ctx.set(dut.bias[j], int(bias[t, j]))
-                    ctx.set(dut.mult[j], int(mult[t, j]))
-                    ctx.set(dut.shift[j], int(shift[t, j]))
+                    ctx.set(dut.acc[j], int(acc[i, j]))
+                    ctx.set(dut.bias[j], int(bias[i, j]))
+                    ctx.set(dut.mult[j], int(mult[i, j]))
+                    ctx.set(dut.shift[j], int(shift[i, j]))
+                i += 1
             else:
                 ctx.set(dut.valid, 0)
             _, _, v, *o = await ctx.tick().sample(dut.out_valid, *dut.out)
@@ -126,7 +142,7 @@ def test_requantiser_matches_model():
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
-    assert [t for t, _ in outs] == list(range(dut.latency, n + dut.latency))
+    assert [t for t, _ in outs] == want_at
     x = (acc + bias + 2**31) % 2**32 - 2**31
     want = np.where(raw[:, None], x, requantize(x, mult, shift))
     np.testing.assert_array_equal(np.array([o for _, o in outs]), want)

@@ -41,11 +41,13 @@ def test_gemv_model_structure():
                   cfg.gemv_min_tile_period(False))
         assert matmul_cycles(cfg, gm, k, 12).cycles - matmul_cycles(cfg, gm, k, 8).cycles == per
         assert matmul_cycles(cfg, gm, k, 8).feed_cycles == 2 * cfg.w_words_per_tile(k)
-    # a raw tile of fewer rows has fewer writes, so a shorter period
+    # a raw tile of fewer rows has fewer writes, so a shorter period; it reads its
+    # bias words alone
     big = EngineConfig(rows=8, cols=8)
     assert big.gemv_min_tile_period(True, 1) < big.gemv_min_tile_period(True)
+    assert big.param_words(True) < big.param_words(False) == big.param_words_per_tile
     for m in (1, big.gemv_rows):
-        per = max(big.param_words_per_tile + big.w_words_per_tile(16),
+        per = max(big.param_words(True) + big.w_words_per_tile(16),
                   big.gemv_min_tile_period(True, m))
         assert (matmul_cycles(big, m, 16, 16, True).cycles
                 - matmul_cycles(big, m, 16, 8, True).cycles) == per
