@@ -92,6 +92,7 @@ class PlatformTop(Elaboratable):
         ``user_clk``: the machine runs in the controller's clock."""
         from amaranth.hdl import ClockSignal, Instance
         from . import dram
+        from gpt2accel.rtl.dram_adapter import native_instance_ports
         from .dram_init import DramInit
         core, top = self.core, self.top
         platform.add_file(f"{dram.CORE_NAME}.v", core.verilog.read_text())
@@ -99,18 +100,12 @@ class PlatformTop(Elaboratable):
         pin = platform.request(platform.default_clk, 0, dir="-")
         m.submodules.clk_pin = clkin = io.Buffer("i", pin)
         m.submodules.dram_init = init = DramInit(dram.init_writes(core))
-        nat, p = top.native, "user_port_native_0_"
+        nat = top.native
         user_rst, init_done = Signal(), Signal()
         ports = dict(
             i_clk=clkin.i, i_rst=0, o_user_clk=cd.clk, o_user_rst=user_rst,
             o_init_done=init_done,
-            **{f"i_{p}cmd_valid": nat.cmd.valid, f"o_{p}cmd_ready": nat.cmd.ready,
-               f"i_{p}cmd_we": nat.cmd.payload.we, f"i_{p}cmd_addr": nat.cmd.payload.addr,
-               f"i_{p}wdata_valid": nat.wdata.valid, f"o_{p}wdata_ready": nat.wdata.ready,
-               f"i_{p}wdata_we": nat.wdata.payload.we,
-               f"i_{p}wdata_data": nat.wdata.payload.data,
-               f"o_{p}rdata_valid": nat.rdata.valid, f"i_{p}rdata_ready": nat.rdata.ready,
-               f"o_{p}rdata_data": nat.rdata.payload.data},
+            **native_instance_ports(nat),
             i_wb_ctrl_cyc=init.bus.cyc, i_wb_ctrl_stb=init.bus.stb, i_wb_ctrl_we=init.bus.we,
             i_wb_ctrl_adr=init.bus.adr, i_wb_ctrl_dat_w=init.bus.dat_w,
             i_wb_ctrl_sel=init.bus.sel, i_wb_ctrl_cti=0, i_wb_ctrl_bte=0,

@@ -61,7 +61,7 @@ from amaranth.lib.wiring import In, Out
 from .config import ConfigError, refusing
 from .memport import MemPort
 
-__all__ = ["NativePort", "DramAdapter", "MemArbiter"]
+__all__ = ["NativePort", "DramAdapter", "MemArbiter", "native_instance_ports"]
 
 
 class NativePort(wiring.Signature):
@@ -98,6 +98,20 @@ class NativePort(wiring.Signature):
 
     def __repr__(self):
         return f"NativePort(addr_bits={self.addr_bits}, data_bytes={self.data_bytes})"
+
+
+def native_instance_ports(native, port="native_0"):
+    """The `Instance` ports of a LiteDRAM core's native user port `port`
+    (``user_port_<port>_*``) wired to `native`, the adapter's side of it (a
+    `NativePort` interface): one mapping for the board top and the co-simulation."""
+    p = f"user_port_{port}_"
+    return {f"i_{p}cmd_valid": native.cmd.valid, f"o_{p}cmd_ready": native.cmd.ready,
+            f"i_{p}cmd_we": native.cmd.payload.we, f"i_{p}cmd_addr": native.cmd.payload.addr,
+            f"i_{p}wdata_valid": native.wdata.valid, f"o_{p}wdata_ready": native.wdata.ready,
+            f"i_{p}wdata_we": native.wdata.payload.we,
+            f"i_{p}wdata_data": native.wdata.payload.data,
+            f"o_{p}rdata_valid": native.rdata.valid, f"i_{p}rdata_ready": native.rdata.ready,
+            f"o_{p}rdata_data": native.rdata.payload.data}
 
 
 def _is_pow2(n):

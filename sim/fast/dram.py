@@ -34,7 +34,7 @@ from amaranth.hdl import ClockSignal, Instance, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from gpt2accel.rtl.dram_adapter import DramAdapter
+from gpt2accel.rtl.dram_adapter import DramAdapter, native_instance_ports
 from gpt2accel.rtl.isa import INSTR_BITS
 from gpt2accel.rtl.machine import Machine, instr_layout
 from gpt2accel.rtl.machine_config import MachineConfig
@@ -92,18 +92,12 @@ class DramTop(wiring.Component):
         m.d.comb += [self.busy.eq(mach.busy), self.done.eq(mach.done),
                      self.error.eq(mach.error), self.cycles.eq(mach.cycles),
                      self.icount.eq(mach.icount)]
-        nat, p = ad.native, "user_port_native_0_"
+        nat = ad.native
         wb_done, wb_ack = Signal(), Signal()
         m.submodules[INSTANCE] = Instance(
             "litedram_core",
             i_clk=ClockSignal(), i_sim_trace=0, o_init_done=self.init_done,
-            **{f"i_{p}cmd_valid": nat.cmd.valid, f"o_{p}cmd_ready": nat.cmd.ready,
-               f"i_{p}cmd_we": nat.cmd.payload.we, f"i_{p}cmd_addr": nat.cmd.payload.addr,
-               f"i_{p}wdata_valid": nat.wdata.valid, f"o_{p}wdata_ready": nat.wdata.ready,
-               f"i_{p}wdata_we": nat.wdata.payload.we,
-               f"i_{p}wdata_data": nat.wdata.payload.data,
-               f"o_{p}rdata_valid": nat.rdata.valid, f"i_{p}rdata_ready": nat.rdata.ready,
-               f"o_{p}rdata_data": nat.rdata.payload.data},
+            **native_instance_ports(nat),
             # the PHY model needs no init sequence (the controller leaves reset under
             # hardware control, the DFI injector's default), but the core keeps its user
             # port shut until init_done is set: one Wishbone write after reset, what the
