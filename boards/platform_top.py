@@ -144,4 +144,6 @@ class PlatformTop(Elaboratable):
                         io_ddram_dqs_p=dd.dqs_p.io, i_ddram_dqs_n=0, o_ddram_clk_p=dd.clk_p.io,
                         i_ddram_clk_n=0, o_ddram_cke=dd.cke.io, o_ddram_odt=dd.odt.io,
                         o_ddram_reset_n=dd.reset_n.io, o_pll_locked=Signal())
+        # `dram.read_config` admits only the PHYs of `dram.PHYS`, each wired above: this
+        # is reached only when a PHY is added there without its pins here
         raise NotImplementedError(f"no pins for the {phy} PHY on {self.board.preset.name}")

@@ -139,29 +139,28 @@ def _crc32_step_terms():
 _CRC32_TERMS = _crc32_step_terms()
 
 
-def crc32_step(crc, byte):
-    """CHECKSUM's CRC-32 register after `byte` (the register before the final xor; an
-    XOR network, one byte per cycle)."""
+def _xor_network(terms, crc, byte):
+    """The register after `byte`: each next bit the XOR of the inputs (register bits,
+    then the byte's) its row of `terms` names."""
     bits = Cat(crc, byte)
     out = []
-    for terms in _CRC32_TERMS:
-        x = bits[terms[0]]
-        for t in terms[1:]:
+    for row in terms:
+        x = bits[row[0]]
+        for t in row[1:]:
             x = x ^ bits[t]
         out.append(x)
     return Cat(*out)
+
+
+def crc32_step(crc, byte):
+    """CHECKSUM's CRC-32 register after `byte` (the register before the final xor; an
+    XOR network, one byte per cycle)."""
+    return _xor_network(_CRC32_TERMS, crc, byte)
 
 
 def crc16_step(crc, byte):
     """The CRC-16/CCITT-FALSE register after `byte` (an XOR network, one byte per cycle)."""
-    bits = Cat(crc, byte)
-    out = []
-    for terms in _CRC_TERMS:
-        x = bits[terms[0]]
-        for t in terms[1:]:
-            x = x ^ bits[t]
-        out.append(x)
-    return Cat(*out)
+    return _xor_network(_CRC_TERMS, crc, byte)
 
 
 def identity_bytes(cfg: MachineConfig, *, mem_words, max_payload):
