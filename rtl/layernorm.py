@@ -249,14 +249,23 @@ def _nxt(idx, NB):
     return Mux(idx == NB - 1, 0, idx + 1)
 
 
+#: ε's exponent a = eps_e - 2k (§6.3) before k is known, from the setup: k is either
+#: k_min or bitlen(span) - LN_D_BITS, so a is eps_e - 2 k_min or e_span - 2 bitlen(span)
+#: (each with its negation), and the row's stats pick one: no subtraction, negation
+#: or compare of a computed k sits between the k stage and the shift amounts
+_EpsK = data.StructLayout({"k_floor": signed(EPS_E_BITS + 2),      # k_min + LN_D_BITS
+                           "a_min": signed(EPS_E_BITS + 4), "na_min": signed(EPS_E_BITS + 4),
+                           "e_span": signed(EPS_E_BITS + 4)})       # eps_e + 2 LN_D_BITS
+
+
 class _Config(wiring.Signature):
-    """The scalars of the last setup (with k_min derived from eps_e), and
+    """The scalars of the last setup (with k_min and `_EpsK` derived from eps_e), and
     whether rows may be taken: ``loaded`` (a valid setup and all its
     parameters) and ``setup_pending`` (a setup waits, so no new row starts)."""
 
     def __init__(self):
         super().__init__({"cfg": Out(setup_layout()), "k_min": Out(signed(EPS_E_BITS + 1)),
-                          "loaded": Out(1), "setup_pending": Out(1)})
+                          "eps_k": Out(_EpsK), "loaded": Out(1), "setup_pending": Out(1)})
 
 
 class _Rows(wiring.Signature):
@@ -309,10 +318,16 @@ class _Params(wiring.Component):
         m.d.sync += inflight.eq(inflight + self.row_in - self.row_out)
 
         m.d.comb += self.setup.ready.eq(inflight == 0)
+        s = self.setup.payload
+        new_k_min = Signal(signed(EPS_E_BITS + 1))
+        m.d.comb += new_k_min.eq(-((31 - s.eps_e) >> 1))             # intmodel.ln_k_min
+        a_min = s.eps_e - (new_k_min << 1)
         with m.If(self.setup.valid & self.setup.ready):
-            s = self.setup.payload
+            ek = self.config.eps_k
             m.d.sync += [cfg.eq(s), configured.eq(1), p_elem.eq(0), p_word.eq(0),
-                         k_min.eq(-((31 - s.eps_e) >> 1))]          # intmodel.ln_k_min
+                         k_min.eq(new_k_min), ek.k_floor.eq(new_k_min + im.LN_D_BITS),
+                         ek.a_min.eq(a_min), ek.na_min.eq(-a_min),
+                         ek.e_span.eq(s.eps_e + 2 * im.LN_D_BITS)]
 
         # (a parameter beat never shares a cycle with the setup beat before it)
         m.d.comb += [self.param.ready.eq(configured & ~self.error & ~loaded & ~self.setup.valid),
@@ -418,22 +433,29 @@ class _PassA(wiring.Component):
         st3_span = Signal(SPAN_W)
         st4_bl = Signal(range(SPAN_W + 1))
         st5_k = Signal(signed(EPS_E_BITS + 2))
+        st5_a, st5_na = Signal(signed(EPS_E_BITS + 4)), Signal(signed(EPS_E_BITS + 4))
         m.d.sync += [st_v.eq(Cat(p2.v & p2.end, st_v[:-1])), st_h.eq(Cat(p2.h, st_h[:-1])),
                      st_sum[0].eq(tot), st1_max.eq(mx), st1_min.eq(mn),
                      st2_diff.eq(st1_max - st1_min), st3_span.eq(st2_diff * cfg.n),
                      st4_bl.eq(bit_length(m, st3_span, "span_bitlen"))]
         m.d.sync += [st_sum[i + 1].eq(st_sum[i]) for i in range(S - 1)]
-        k_span = st4_bl - im.LN_D_BITS
-        m.d.sync += st5_k.eq(Mux(k_span > k_min, k_span, k_min))
+        # k = max(bitlen - LN_D_BITS, k_min), and beside it ε's exponent eps_e - 2k and
+        # its negation, from the setup's `_EpsK` (k taken at st5 and a from it at st6
+        # was the unit's worst path on ECP5)
+        ek = self.config.eps_k
+        span_k = st4_bl > ek.k_floor
+        a_span = Signal(signed(EPS_E_BITS + 4))
+        m.d.comb += a_span.eq(ek.e_span - (st4_bl << 1))
+        m.d.sync += [st5_k.eq(Mux(span_k, st4_bl - im.LN_D_BITS, k_min)),
+                     st5_a.eq(Mux(span_k, a_span, ek.a_min)),
+                     st5_na.eq(Mux(span_k, (st4_bl << 1) - ek.e_span, ek.na_min))]
 
         k = st5_k
-        a_eps = Signal(signed(EPS_E_BITS + 4))
-        m.d.comb += a_eps.eq(cfg.eps_e - (k << 1))
         st6_pos, st6_shl, st6_shr = Signal(), Signal(5), Signal(5)
         st6_rsh, st6_lsh = Signal(range(D_W + 1)), Signal(4)
         # a right shift by D_W or more gives 0 for every |d| < 2^(R+11): clamp there
-        m.d.sync += [st6_pos.eq(a_eps >= 0), st6_shl.eq(a_eps[:5]),
-                     st6_shr.eq(Mux(-a_eps > 17, 17, -a_eps)[:5]),
+        m.d.sync += [st6_pos.eq(st5_a >= 0), st6_shl.eq(st5_a[:5]),
+                     st6_shr.eq(Mux(st5_na > 17, 17, st5_na)[:5]),
                      st6_rsh.eq(Mux(k > D_W, D_W, Mux(k > 0, k, 0))),
                      st6_lsh.eq(Mux(k < 0, -k, 0)[:4])]
         # Row descriptor per X half, written when the stats leave st6.
