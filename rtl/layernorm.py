@@ -30,7 +30,7 @@ pipeline enable. Buffer hand-over: pass A may refill an X half as soon as
 pass B has started reading it (B reads one word per cycle without pausing,
 so the writer can never overtake it); a D bank is free again once pass C
 has issued its last read. Three D banks hide the root: with rows of
-W = ceil(N/lanes) >= 35 beats the unit takes and emits one beat per cycle
+W = ceil(N/lanes) >= 27 beats the unit takes and emits one beat per cycle
 (`sim.cycles.units.layernorm_row_period` gives the rate for any W).
 
 Parameters (per LayerNorm: gamma/beta and the scalars) are loaded between
@@ -111,15 +111,17 @@ def _min_tree(values):
 class RowRoot(wiring.Component):
     """S2 (48-bit) in, inv = min(round(2^36 / max(isqrt(S2), 1)), 2^24 - 1) out (§6.4).
 
-    Sequential: a radix-4 square root (12 cycles, two root bits each: with the
-    partial root R and remainder rem, the next four radicand bits shifted in
-    give rem', and the digit is the largest d in 0..3 with
-    (4R + d)^2 - 16 R^2 = 8Rd + d^2 <= rem', the same result as the one bit
-    per step of `intmodel.isqrt`), then a radix-4 restoring divider (12
-    cycles; digit = largest k in 0..3 with k * divisor <= remainder). Each
-    cycle has one carry chain on its select path: the trial subtractions run
-    in parallel and their signs pick the result (the root's are at most 30
-    bits wide, as rem' < 2^29 once R has 24 bits). For
+    Sequential, three bits a cycle: a radix-8 square root (8 cycles: with the
+    partial root R and remainder rem, the next six radicand bits shifted in
+    give rem', and the digit is the largest d in 0..7 with
+    (8R + d)^2 - 64 R^2 = 16Rd + d^2 <= rem', the same result as the one bit
+    per step of `intmodel.isqrt`), then a radix-8 restoring long division of
+    2^36 + r/2 by r (8 cycles; digit = largest k in 0..7 with k r <= rem').
+    Each cycle has one carry chain on its select path: seven trial
+    subtractions run in parallel and their signs pick the result. The
+    root's trials are at most 28 bits (rem' < 2^28 before the last digit,
+    when R < 2^21); the divider keeps r fixed and shifts the remainder
+    (rem < r), so its trials are 27 bits, not the dividend's 37. For
     r <= 2^12 the quotient is >= 2^24 and clamps (only constant rows get
     there), so the divider only ever produces 24 bits.
 
@@ -127,79 +129,112 @@ class RowRoot(wiring.Component):
     pulses `period` - 1 cycles later with ``inv`` valid in the same cycle.
     """
     #: cycles from ``start`` to the next possible ``start``
-    period = 26
+    period = 18
 
     def __init__(self):
         super().__init__({"start": In(1), "s2": In(im.LN_ACC_BITS), "busy": Out(1),
                           "done": Out(1), "inv": Out(im.LN_RECIP_BITS)})
 
+    @staticmethod
+    def _next_multiple(m, reg, coef, const, digit, name):
+        """``reg`` = coef R + const -> coef (8R + digit) + const = 8 reg + (coef digit
+        - 7 const): the low three bits are a constant per digit and the high part
+        is reg plus a small offset, one adder per distinct offset, all in parallel,
+        then a select on the digit."""
+        offs = {d: (coef * d - 7 * const) for d in range(8)}
+        highs = {}
+        for o in sorted({v >> 3 for v in offs.values()}):
+            h = Signal(len(reg), name=f"{name}_p{o}".replace("-", "m"))
+            m.d.comb += h.eq(reg + o)
+            highs[o] = h
+        out = Signal(len(reg), name=f"{name}_next")
+        with m.Switch(digit):
+            for d, v in offs.items():
+                with m.Case(d):
+                    m.d.comb += out.eq(Cat(C(v & 7, 3), highs[v >> 3]))
+        return out
+
     def elaborate(self, platform):
         m = Module()
         A = im.LN_ACC_BITS
         RB = A // 2                     # root bits
-        steps = A // 4                  # two root bits per cycle
+        steps = A // 6                  # three root bits per cycle
+        q_bits = im.LN_RECIP_BITS
+        q_steps = q_bits // 3
+        RW = RB + 4                     # rem' < 2^(RB+4), see the class docstring
+        DW = q_bits + 3                 # the divider's rem' < 8r < 2^27
         rad = Signal(A)                 # the radicand bits not yet shifted in, at the top
         root = Signal(RB)               # R, the root so far
-        r3p1 = Signal(RB + 2)           # 3R + 1, so that 24R + 9 = (3R + 1) * 8 + 1 needs no add
-        rem = Signal(A + 2)             # the root's remainder (<= 2R), then the divider's
-        dv = Signal(A + 2)
-        dv3 = Signal(A + 2)             # 3 * dv, shifted with it
-        q = Signal(im.LN_RECIP_BITS)
+        # 3R, 3R + 1, 5R + 1, 7R + 3: with them every trial 16Rd + d^2 is a
+        # multiple shifted left with its constant in the low bits (no add)
+        m3, m3p, m5, m7 = (Signal(RB + 3, name=n) for n in ("sq_3r", "sq_3r1", "sq_5r1", "sq_7r3"))
+        rem = Signal(max(RW, DW))       # the root's remainder (<= 2R), then the divider's (< r)
+        dvs = [Signal(q_bits + 3, name=f"div_{k}r") for k in (1, 3, 5, 7)]
+        nbits = Signal(q_bits)          # the dividend's bits not yet shifted in, at the top
+        q = Signal(q_bits)
         clamp = Signal()
-        step = Signal(range(steps))
-        q_bits = im.LN_RECIP_BITS
+        step = Signal(range(max(steps, q_steps)))
+
+        def pick(trials, base):
+            """(digit, remainder) of the largest trial that is not negative."""
+            ge = [~t[-1] for t in trials]
+            digit, nrem = C(0, 3), base
+            for k, (g, t) in enumerate(zip(ge, trials), start=1):
+                digit, nrem = Mux(g, k, digit), Mux(g, t, nrem)
+            return digit, nrem
+
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [rad.eq(self.s2), root.eq(0), r3p1.eq(1), rem.eq(0),
-                                 step.eq(0)]
+                    m.d.sync += [rad.eq(self.s2), root.eq(0), m3.eq(0), m3p.eq(1), m5.eq(1),
+                                 m7.eq(3), rem.eq(0), step.eq(0)]
                     m.next = "SQRT"
             with m.State("SQRT"):
                 m.d.comb += self.busy.eq(1)
-                RW = RB + 6                 # rem' < 16 (2R + 1) <= 2^(RB + 5)
                 remp = Signal(RW)
-                m.d.comb += remp.eq(Cat(rad[-4:], rem[:RW - 4]))
-                # the trials 8R + 1, 16R + 4, 24R + 9: constants in the low bits, no adds
-                trial = [Signal(signed(RW + 1), name=f"sq_trial{d}") for d in (1, 2, 3)]
-                m.d.comb += [trial[0].eq(remp - Cat(C(1, 3), root)),
-                             trial[1].eq(remp - Cat(C(4, 4), root)),
-                             trial[2].eq(remp - Cat(C(1, 3), r3p1))]
-                ge1, ge2, ge3 = (~t[-1] for t in trial)
-                digit = Mux(ge3, 3, Mux(ge2, 2, Mux(ge1, 1, 0)))
-                nrem = Mux(ge3, trial[2], Mux(ge2, trial[1], Mux(ge1, trial[0], remp)))
-                # 3(4R + d) + 1 = 4 (3R + 1) + 3d - 3: the four sums in parallel
-                n3 = [Signal(RB + 2, name=f"sq_r3_{d}") for d in range(4)]
-                m.d.comb += [n3[d].eq((r3p1 << 2) + 3 * d - 3) for d in range(4)]
-                m.d.sync += [rem.eq(nrem[:RW]), root.eq(Cat(digit[:2], root[:-2])),
-                             r3p1.eq(Mux(ge3, n3[3], Mux(ge2, n3[2], Mux(ge1, n3[1], n3[0])))),
-                             rad.eq(rad << 4), step.eq(step + 1)]
+                m.d.comb += remp.eq(Cat(rad[-6:], rem[:RW - 6]))
+                # 16Rd + d^2 for d = 1..7: 16R+1, 32R+4, 16(3R)+9, 64R+16,
+                # 16(5R+1)+9, 32(3R+1)+4, 16(7R+3)+1
+                consts = [(1, 4, root), (4, 5, root), (9, 4, m3), (16, 6, root), (9, 4, m5),
+                          (4, 5, m3p), (1, 4, m7)]
+                trial = [Signal(signed(RW + 1), name=f"sq_trial{d}") for d in range(1, 8)]
+                m.d.comb += [t.eq(remp - Cat(C(c, w), mult)[:RW])
+                             for t, (c, w, mult) in zip(trial, consts)]
+                digit, nrem = pick(trial, remp)
+                dsig = Signal(3, name="sq_digit")
+                m.d.comb += dsig.eq(digit)
+                m.d.sync += [rem.eq(nrem[:RW]), root.eq(Cat(dsig, root[:-3])),
+                             m3.eq(self._next_multiple(m, m3, 3, 0, dsig, "sq_3r")),
+                             m3p.eq(self._next_multiple(m, m3p, 3, 1, dsig, "sq_3r1")),
+                             m5.eq(self._next_multiple(m, m5, 5, 1, dsig, "sq_5r1")),
+                             m7.eq(self._next_multiple(m, m7, 7, 3, dsig, "sq_7r3")),
+                             rad.eq(rad << 6), step.eq(step + 1)]
                 with m.If(step == steps - 1):
                     m.next = "PREP"
             with m.State("PREP"):
                 m.d.comb += self.busy.eq(1)
                 r = Mux(root == 0, 1, root)
+                # 2^36 + (r >> 1) with r < 2^24: the top bits are 2^12, the low 24 r >> 1;
                 # (2^36 + (r >> 1)) // r >= 2^24 exactly when r <= 2^12
-                m.d.sync += [rem.eq((1 << im.LN_RECIP_SHIFT) + (r >> 1)),
-                             dv.eq(r << (q_bits - 2)),
-                             dv3.eq((r << (q_bits - 1)) + (r << (q_bits - 2))),
+                m.d.sync += [rem.eq(1 << (im.LN_RECIP_SHIFT - q_bits)), nbits.eq(r >> 1),
+                             *(dv.eq(k * r) for dv, k in zip(dvs, (1, 3, 5, 7))),
                              q.eq(0), step.eq(0),
                              clamp.eq(r <= (1 << (im.LN_RECIP_SHIFT - q_bits)))]
                 m.next = "DIV"
             with m.State("DIV"):
                 m.d.comb += self.busy.eq(1)
-                # rem < 4 * dv holds throughout because the quotient fits 24 bits;
-                # dv's low bits stay zero until its last step, so (3*dv) >> 2 is
-                # 3 * (dv >> 2): the three trial remainders are subtracted in parallel
-                trial = [Signal(signed(A + 3), name=f"trial{k}") for k in (1, 2, 3)]
-                m.d.comb += [trial[0].eq(rem - dv), trial[1].eq(rem - (dv << 1)),
-                             trial[2].eq(rem - dv3)]
-                ge1, ge2, ge3 = (~t[-1] for t in trial)
-                digit = Mux(ge3, 3, Mux(ge2, 2, Mux(ge1, 1, 0)))
-                nrem = Mux(ge3, trial[2], Mux(ge2, trial[1], Mux(ge1, trial[0], rem)))
-                q_next = Cat(digit[:2], q[:-2])
-                m.d.sync += [rem.eq(nrem[:A + 2]), dv.eq(dv >> 2), dv3.eq(dv3 >> 2),
-                             q.eq(q_next), step.eq(step + 1)]
-                with m.If(step == q_bits // 2 - 1):
+                # rem < r holds throughout because the quotient fits 24 bits
+                remp = Signal(DW)
+                m.d.comb += remp.eq(Cat(nbits[-3:], rem[:DW - 3]))
+                d1, d3, d5, d7 = dvs
+                mults = [d1, d1 << 1, d3, d1 << 2, d5, d3 << 1, d7]
+                trial = [Signal(signed(DW + 1), name=f"div_trial{k}") for k in range(1, 8)]
+                m.d.comb += [t.eq(remp - mult[:DW]) for t, mult in zip(trial, mults)]
+                digit, nrem = pick(trial, remp)
+                q_next = Cat(digit[:3], q[:-3])
+                m.d.sync += [rem.eq(nrem[:DW]), nbits.eq(nbits << 3), q.eq(q_next),
+                             step.eq(step + 1)]
+                with m.If(step == q_steps - 1):
                     m.d.comb += [self.done.eq(1),
                                  self.inv.eq(Mux(clamp, (1 << q_bits) - 1, q_next))]
                     m.next = "IDLE"
@@ -713,7 +748,7 @@ class LayerNormUnit(wiring.Component):
     - ``error``: the last setup had n = 0 or n > `max_e`; no rows are taken.
 
     Timing (`sim.cycles.units.layernorm_schedule` is the exact model): one
-    beat per cycle on both sides in steady state for rows of at least 35
+    beat per cycle on both sides in steady state for rows of at least 27
     beats (with 3 D banks); `row_latency(n)` cycles from a row's last input
     beat to its first output beat when the unit is otherwise idle.
     """
@@ -748,7 +783,7 @@ class LayerNormUnit(wiring.Component):
 
     @property
     def latency(self):
-        """`row_latency` of a full row (n = max_e): W + 54 cycles, W = ceil(max_e/lanes)."""
+        """`row_latency` of a full row (n = max_e): W + 46 cycles, W = ceil(max_e/lanes)."""
         return row_latency(self.max_e, self.lanes)
 
     def row_latency(self, n):
