@@ -35,10 +35,13 @@ W = ceil(N/lanes) >= 27 beats the unit takes and emits one beat per cycle
 
 Parameters (per LayerNorm: gamma/beta and the scalars) are loaded between
 groups of rows: a ``setup`` beat (n, out_shift, eps_m, eps_e) waits until
-every earlier row has left the unit, then exactly ceil(n/lanes) ``param``
-beats (gamma and beta of `lanes` channels each) must follow before rows are
-taken again. Rows offered meanwhile wait. An n of 0 or above `max_e` raises
-``error`` and the unit takes no row until a valid setup.
+every earlier row has left the unit (rows offered meanwhile wait), then
+exactly ceil(n/lanes) ``param`` beats (gamma and beta of `lanes` channels
+each) must follow. Rows are taken from the setup on, before, between or after
+the parameter beats: only pass C reads gamma/beta, so it alone waits for the
+last of them, and a short row's stats, pass B and root run while they load.
+An n of 0 or above `max_e` raises ``error`` and the unit takes no row until a
+valid setup.
 """
 from amaranth.hdl import *
 from amaranth.lib import data, enum, stream, wiring
@@ -295,12 +298,14 @@ _EpsK = data.StructLayout({"k_floor": signed(EPS_E_BITS + 2),      # k_min + LN_
 
 class _Config(wiring.Signature):
     """The scalars of the last setup (with k_min and `_EpsK` derived from eps_e), and
-    whether rows may be taken: ``loaded`` (a valid setup and all its
-    parameters) and ``setup_pending`` (a setup waits, so no new row starts)."""
+    what may go on: ``usable`` (a valid setup: rows may be taken), ``loaded``
+    (and all its parameters: pass C may read them) and ``setup_pending`` (a
+    setup waits, so no new row starts)."""
 
     def __init__(self):
         super().__init__({"cfg": Out(setup_layout()), "k_min": Out(signed(EPS_E_BITS + 1)),
-                          "eps_k": Out(_EpsK), "loaded": Out(1), "setup_pending": Out(1)})
+                          "eps_k": Out(_EpsK), "usable": Out(1), "loaded": Out(1),
+                          "setup_pending": Out(1)})
 
 
 class _Rows(wiring.Signature):
@@ -345,7 +350,8 @@ class _Params(wiring.Component):
         m.d.comb += self.error.eq(configured & ((cfg.n == 0) | (cfg.n > self.max_e)))
         p_elem = Signal(range(W * L + 1))               # channels of gamma/beta loaded
         p_word = Signal(range(W + 1))                   # = p_elem / lanes
-        m.d.comb += [loaded.eq(configured & ~self.error & (p_elem >= cfg.n)),
+        m.d.comb += [self.config.usable.eq(configured & ~self.error),
+                     loaded.eq(configured & ~self.error & (p_elem >= cfg.n)),
                      self.config.setup_pending.eq(self.setup.valid)]
         # rows taken and not yet emitted: at most two in the X halves, one per D bank
         # and one per pass C stage
@@ -404,7 +410,8 @@ class _PassA(wiring.Component):
         acc_sum = Signal(signed(SUM_W))
         acc_max = Signal(signed(R))
         acc_min = Signal(signed(R))
-        m.d.comb += self.inp.ready.eq(self.config.loaded & ~xbusy.bit_select(ha, 1)
+        # rows need the setup's scalars, not gamma/beta: only pass C reads those
+        m.d.comb += self.inp.ready.eq(self.config.usable & ~xbusy.bit_select(ha, 1)
                                       & ~(self.config.setup_pending & first_a))
         take_a = self.inp.valid & self.inp.ready
         m.d.comb += self.row_in.eq(take_a & first_a)
@@ -677,7 +684,8 @@ class _PassC(wiring.Component):
         jc = Signal(range(W))
         ec = Signal(range(W * L + 1))
         bc_base = Signal(range(NB * W))
-        issue_c = en & (_sel(self.banks.state, bc) == _BankState.ROOTED)
+        issue_c = (en & (_sel(self.banks.state, bc) == _BankState.ROOTED)
+                   & self.config.loaded)
         end_c = ec + L >= cfg.n
         m.d.comb += [d_r.addr.eq(bc_base + jc), d_r.en.eq(en)]
         with m.If(issue_c):
@@ -739,7 +747,8 @@ class LayerNormUnit(wiring.Component):
 
     Ports:
     - ``setup``: `setup_layout`, taken only when no row is in the unit;
-    - ``param``: `param_layout(lanes)`, ceil(n/lanes) beats after each setup;
+    - ``param``: `param_layout(lanes)`, ceil(n/lanes) beats after each setup
+      (rows may come before them: pass C waits for the last);
     - ``inp``: `vector_layout(signed(in_bits), lanes)`, ceil(n/lanes) beats per
       row, lane l of beat b = channel b*lanes + l (``last`` is not used: the
       row length is n); lanes past n in a row's last beat are ignored;

@@ -9,7 +9,8 @@ units without memory access. `VectorMover` runs one vector instruction
             operand word a group starts, up to max_outstanding in flight
  assembler: walks the same groups, takes the responses in order into one
             register per operand word slot, and hands a group to the unit
-            once its words are in (GELU table words / LayerNorm setup+params first)
+            once its words are in (GELU table words first; LayerNorm's setup, its
+            first row, then its parameters)
  unit:      GeluUnit(lanes) | LayerNormUnit(lanes) | RequantAdd(lanes) | EmbeddingAdd(lanes)
  writer:    one strobed write per unit output beat (own counters)
 ```
@@ -187,7 +188,14 @@ class _Walker(wiring.Component):
     ``issue`` (one-hot) advances a slot's word address (the issuer's walker;
     the assembler's ignores its addresses). ``tok_set`` loads EMBED's wte row
     and requantiser addresses for the current row. ``init`` in the accept
-    cycle (``ctx.start``) starts from the command being accepted."""
+    cycle (``ctx.start``) starts from the command being accepted.
+
+    LayerNorm walks its first row, then its parameters, then the other rows:
+    the unit takes rows before gamma/beta (only its pass C reads them), so a
+    one-row decode's stats, pass B and root run while the parameter words
+    (5 per 4 lanes) stream in, instead of after them. Not all rows first:
+    the unit holds only a few rows (two X halves, its D banks) until
+    pass C runs."""
 
     def __init__(self, c, body_bits):
         self.cfg, self.layouts = c, vector_layouts(c)
@@ -216,6 +224,8 @@ class _Walker(wiring.Component):
         id_sub, pq_sub = self.id_sub, self.pq_sub
         A = e.addr_bits
         src_row, y_row, wpe_row = (Signal(A, name=f"{n}_row") for n in ("src", "y", "wpe"))
+        # LayerNorm: the parameters still to walk, after the first row (see `_Walker`)
+        params_due = Signal()
 
         # groups per word of slots 0, 1 and 3 (the streamed ones), less one
         TW1 = table_words(e.mem_bytes) - 1
@@ -224,7 +234,7 @@ class _Walker(wiring.Component):
         last_g = Mux(~phase & is_["ge"], TW1, prep.last_g)
         first = g == 0
         m.d.comb += [self.end_g.eq(g == last_g),
-                     self.end_all.eq(self.end_g & phase & (r == ln_c.rows - 1))]
+                     self.end_all.eq(self.end_g & phase & (r == ln_c.rows - 1) & ~params_due)]
         need = self.need
         with m.If(~phase):
             m.d.comb += need.eq(Mux(is_["ln"], Cat(sub[0] == 0, 1, 1), 1))
@@ -255,8 +265,11 @@ class _Walker(wiring.Component):
             with m.Else():
                 m.d.sync += [g.eq(0), sub[0].eq(0), sub[1].eq(0), sub[3].eq(0)]
                 with m.If(~phase):
-                    # LayerNorm / GELU: the rows after the parameters or the table
-                    m.d.sync += [phase.eq(1), addr[0].eq(src_row)]
+                    # GELU: the rows after the table; LayerNorm: the rows after the
+                    # first, or the end when it was the only one
+                    m.d.sync += [phase.eq(1), addr[0].eq(src_row), params_due.eq(0)]
+                    with m.If(is_["ln"] & (r == ln_c.rows)):
+                        m.d.sync += self.running.eq(0)
                 with m.Else():
                     nxt_src = src_row + ln_c.src_stride
                     nxt_y = y_row + ad_c.y_stride
@@ -272,20 +285,22 @@ class _Walker(wiring.Component):
                                      addr[2].eq(ad_c.q_base)]
                     with m.If(self.end_all):
                         m.d.sync += self.running.eq(0)
+                    with m.If(params_due):
+                        m.d.sync += [phase.eq(0), addr[0].eq(ln_c.gamma_base),
+                                     addr[1].eq(ln_c.beta_base)]
 
         # init from the command being accepted (in its accept cycle) or the held one
         i_views = _views(self.layouts, Mux(ctx.start, ctx.new.body, ctx.body))
         ln_c, ge_c, ad_c = (i_views[o] for o in (Op.LAYERNORM, Op.GELU, Op.RESADD))
         is_ = _decode(Mux(ctx.start, ctx.new.op, ctx.op))
         with m.If(self.init):
-            m.d.sync += [self.running.eq(1), phase.eq(~(is_["ln"] | is_["ge"])), r.eq(0),
+            m.d.sync += [self.running.eq(1), phase.eq(~is_["ge"]), params_due.eq(is_["ln"]), r.eq(0),
                          g.eq(0), *(s.eq(0) for s in sub), id_sub.eq(0),
                          pq_sub.eq(prep.pq_sub),
                          src_row.eq(ln_c.src_base), y_row.eq(ad_c.y_base),
                          wpe_row.eq(prep.wpe_row),
-                         addr[0].eq(Mux(is_["ln"], ln_c.gamma_base,
-                                        Mux(is_["ge"], ge_c.table_base, ln_c.src_base))),
-                         addr[1].eq(Mux(is_["ln"], ln_c.beta_base, ad_c.y_base)),
+                         addr[0].eq(Mux(is_["ge"], ge_c.table_base, ln_c.src_base)),
+                         addr[1].eq(ad_c.y_base),
                          addr[2].eq(ad_c.q_base), addr[3].eq(prep.wpe_row),
                          addr[4].eq(prep.pq_addr)]
         return m

@@ -134,13 +134,12 @@ def vector_groups(cfg, op, f):
     L = vector_lanes(mb)
     G = ceil_div(f["n"], L)
     tc = wte_tile_cols(mb, cfg.engine.cols)
-    if op == Op.LAYERNORM:
-        for g in range(G):
-            yield False, 0, g, ([0] if g % 2 == 0 else []) + [1, 2]
-    elif op == Op.GELU:
+    if op == Op.GELU:
         for g in range(table_words(mb)):
             yield False, 0, g, [0]
     for r in range(f["rows"]):
+        if op == Op.LAYERNORM and r == 1:
+            yield from _layernorm_params(G)
         for g in range(G):
             if op == Op.GELU:
                 ws = [0] if g % 4 == 0 else []
@@ -157,6 +156,14 @@ def vector_groups(cfg, op, f):
                 else:
                     ws = wte + ([4] if g % 4 == 0 else [])
             yield True, r, g, ws
+    if op == Op.LAYERNORM and f["rows"] == 1:
+        yield from _layernorm_params(G)
+
+
+def _layernorm_params(G):
+    """LayerNorm's parameter groups (gamma half a word, beta two words), after its first row."""
+    for g in range(G):
+        yield False, 0, g, ([0] if g % 2 == 0 else []) + [1, 2]
 
 
 def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
@@ -165,7 +172,8 @@ def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
     unanswered), its assembler (one response per cycle into its word slots; a
     group goes to the output register with its last word, or in a cycle of its
     own when it reads none, once the previous group left it), the unit's input
-    (LayerNorm: parameters before rows, an X half per row) and its output
+    (LayerNorm: its first row, then the parameters, which only pass C waits
+    for; an X half per row) and its output
     timing. The words read do not depend on the data (`mem` is not needed)."""
     e = cfg.engine
     L, MO = vector_lanes(e.mem_bytes), e.max_outstanding
@@ -175,8 +183,9 @@ def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
     gt = at = start                    # the issuer's and the assembler's next cycle
     c = start - 1                      # the previous group's completion
     x = -1                             # ... and its transfer to the unit
-    loaded = None                      # LayerNorm: first cycle rows are taken
+    loaded = None                      # LayerNorm: first cycle pass C may read gamma/beta
     ln_rows, row_x, last_x = [], [], None
+    ln_waiting = []                    # LayerNorm: last input beats of rows before `loaded`
     for is_row, r, g, ws in vector_groups(cfg, op, f):
         c_prev, x_prev, id_pop, tok_done = c, x, None, False
         for k, w in enumerate(ws):
@@ -205,16 +214,18 @@ def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
             at = c + 1
         x = c + 1
         if op == Op.LAYERNORM and is_row:
-            if g == 0:
-                x = max(x, loaded)
-                if r >= 2:
-                    x = max(x, ln_rows[r - 2]["b_first"] + 1)
+            if g == 0 and r >= 2:
+                x = max(x, ln_rows[r - 2]["b_first"] + 1)
             row_x.append(x)
             if g == G - 1:
-                ln_rows.append(layernorm_row_passes(ln_rows, x, G))
+                ln_waiting.append(x)
                 row_x = []
-        elif op == Op.LAYERNORM:
+        elif op == Op.LAYERNORM and g == G - 1:
             loaded = x + 1
+        if loaded is not None:
+            for a_last in ln_waiting:
+                ln_rows.append(layernorm_row_passes(ln_rows, a_last, G, loaded=loaded))
+            ln_waiting = []
         last_x = x
     if op == Op.LAYERNORM:
         last_write = ln_rows[-1]["out"][-1]

@@ -41,33 +41,43 @@ def layernorm_row_period(n, lanes, ds_banks=3):
     return max(Fraction(w), Fraction(RowRoot.period), Fraction(hold, ds_banks))
 
 
-def layernorm_schedule(n_rows, n, lanes, ds_banks=3):
+def layernorm_schedule(n_rows, n, lanes, ds_banks=3, params_after=0):
     """Stall-free timeline of one group: setup offered at cycle 0, then the
-    ceil(n/lanes) parameter beats, then `n_rows` rows, all back to back.
+    ceil(n/lanes) parameter beats after the first `params_after` rows (0..2:
+    the rows before them never wait for a pass B), the other rows after them,
+    all back to back.
 
     Returns a list of per-row dicts: ``in`` (cycle of each input beat) and
     ``out`` (cycle each output beat becomes valid).
     """
+    if not 0 <= params_after <= min(2, n_rows):
+        raise ValueError(f"params_after must be in 0..{min(2, n_rows)}, got {params_after}")
     w = layernorm_beats(n, lanes)
-    setup = 0
-    first_row = setup + w + 1            # params at setup+1 .. setup+w, then `loaded`
-    rows = []
-    for r in range(n_rows):
-        a0 = first_row
-        if r >= 1:
-            a0 = max(a0, rows[r - 1]["a_last"] + 1)
+    nxt = 1                              # the cycle after the setup's
+    loaded = None
+    ins, rows = [], []
+    for r in range(n_rows + 1):
+        if r == params_after:            # parameters at nxt .. nxt + w - 1
+            nxt = loaded = nxt + w
+            for a_last in ins[len(rows):]:
+                rows.append(layernorm_row_passes(rows, a_last, w, ds_banks, loaded))
+        if r == n_rows:
+            break
+        a0 = nxt
         if r >= 2:                       # X half refilled once pass B started reading it
             a0 = max(a0, rows[r - 2]["b_first"] + 1)
-        a_last = a0 + w - 1
-        row = layernorm_row_passes(rows, a_last, w, ds_banks)
-        row.update({"a_last": a_last, "in": list(range(a0, a_last + 1))})
-        rows.append(row)
-    return [{"in": r["in"], "out": r["out"]} for r in rows]
+        ins.append(a0 + w - 1)
+        nxt = a0 + w
+        if loaded is not None:
+            rows.append(layernorm_row_passes(rows, a0 + w - 1, w, ds_banks, loaded))
+    return [{"in": list(range(a - w + 1, a + 1)), "out": row["out"]}
+            for a, row in zip(ins, rows)]
 
 
-def layernorm_row_passes(rows, a_last, w, ds_banks=3):
+def layernorm_row_passes(rows, a_last, w, ds_banks=3, loaded=0):
     """Passes B, root and C of the next row, whose last input beat (pass A) came at
-    cycle `a_last`, after the earlier rows' dicts `rows`. Returns its dict:
+    cycle `a_last`, after the earlier rows' dicts `rows`; pass C starts no earlier
+    than `loaded`, the cycle after the last parameter beat. Returns its dict:
     ``b_first``, ``b_last``, ``root0``, ``c_last`` and ``out`` (cycle each
     output beat becomes valid)."""
     r = len(rows)
@@ -80,7 +90,7 @@ def layernorm_row_passes(rows, a_last, w, ds_banks=3):
     root0 = b_last + PASS_B_LATENCY
     if r >= 1:
         root0 = max(root0, rows[r - 1]["root0"] + RowRoot.period)
-    c0 = root0 + RowRoot.period
+    c0 = max(root0 + RowRoot.period, loaded)
     if r >= 1:
         c0 = max(c0, rows[r - 1]["c_last"] + 1)
     c_last = c0 + w - 1

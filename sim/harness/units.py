@@ -196,10 +196,11 @@ class LayerNormGroup:
 
 
 def run_layernorm(groups, *, lanes=1, in_bits=16, max_e=1024, ds_banks=3, seed=0, stall=0.0,
-                  timeout=None):
+                  timeout=None, params_after=0):
     """Normalise several groups of rows back to back on ONE LayerNormUnit.
 
-    Per group: a setup beat, ceil(N/lanes) parameter beats, then its rows.
+    Per group: a setup beat, then its rows with the ceil(N/lanes) parameter
+    beats after the first `params_after` of them.
     Returns (list of int8 [T, N], stats with the transfer cycles of the row
     beats ("in") and output beats ("out") per group).
     """
@@ -219,6 +220,9 @@ def run_layernorm(groups, *, lanes=1, in_bits=16, max_e=1024, ds_banks=3, seed=0
     for g in groups:
         script.append((dut.setup, {"n": g.n, "out_shift": g.out_shift, "eps_m": g.eps_m,
                                    "eps_e": g.eps_e}))
+        beats = row_beats(g.x, lanes, pad=pad_x)
+        before = beats[:params_after * -(-g.n // lanes)]
+        script += [(dut.inp, b) for b in before]
         for b in range(0, g.n, lanes):
             gam = [int(v) for v in g.gamma[b:b + lanes]]
             bet = [int(v) for v in g.beta[b:b + lanes]]
@@ -226,8 +230,7 @@ def run_layernorm(groups, *, lanes=1, in_bits=16, max_e=1024, ds_banks=3, seed=0
             script.append((dut.param, {
                 "gamma": gam + [int(v) for v in junk.integers(-(1 << 15), 1 << 15, fill)],
                 "beta": bet + [int(v) for v in junk.integers(-(1 << 47), 1 << 47, fill)]}))
-        beats = row_beats(g.x, lanes, pad=pad_x)
-        script += [(dut.inp, b) for b in beats]
+        script += [(dut.inp, b) for b in beats[len(before):]]
         counts.append(len(beats))
     src = ScriptSource(script, random.Random(rng.random()), stall)
     total = sum(counts)

@@ -137,6 +137,31 @@ def test_cycles_match_model(lanes, n, rows, banks):
         assert stats[0]["in"] == list(range(stats[0]["in"][0], stats[0]["in"][0] + rows * w))
 
 
+@pytest.mark.parametrize("params_after", [1, 2])
+def test_rows_before_parameters(params_after, seed):
+    """Rows taken before gamma/beta (the vector mover sends a LayerNorm's first
+    row, then its parameters): bit-exact with stalls on every port over
+    groups back to back, and stall-free each beat in the cycle
+    `layernorm_schedule` predicts, the first output earlier than with the
+    parameters first."""
+    rng = np.random.default_rng([seed, params_after])
+    groups = []
+    for kind in ("random", "typical", "random"):
+        gamma, beta, out_shift, eps_m, eps_e = layernorm_params(rng, 13, kind)
+        x = layernorm_rows(rng, 13, 16, im.ln_k_min(eps_e))[:3]
+        groups.append(LayerNormGroup(x, gamma, beta, out_shift, eps_m, eps_e))
+    ys, _ = run_layernorm(groups, lanes=4, in_bits=16, max_e=16, seed=seed, stall=0.3,
+                          params_after=params_after)
+    _check(groups, ys, 16, seed, f"params after {params_after} rows")
+    g = groups[0]
+    ys, stats = run_layernorm([g], lanes=4, in_bits=16, max_e=16, params_after=params_after)
+    _check([g], ys, 16, 0, "timing")
+    sched = layernorm_schedule(3, 13, 4, params_after=params_after)
+    assert stats[0]["in"] == [c for r in sched for c in r["in"]]
+    assert stats[0]["out"] == [c for r in sched for c in r["out"]]
+    assert sched[0]["out"][0] < layernorm_schedule(3, 13, 4)[0]["out"][0]
+
+
 @pytest.mark.parametrize("n,lanes,banks", [(13, 4, 3), (64, 2, 3), (40, 1, 3), (200, 4, 3),
                                            (96, 8, 3), (30, 1, 3), (28, 1, 3), (29, 1, 3),
                                            (40, 1, 2), (64, 1, 2), (20, 1, 4)])
