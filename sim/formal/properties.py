@@ -206,7 +206,7 @@ class Harness(Elaboratable):
         return ports
 
     def conserve(self, m, name, inp, out, *, capacity, drain=None, row_beats=1,
-                 width=8, what="beats", reach=True, pausing=False):
+                 width=8, what="beats", reach=True, pausing=False, restart=None):
         """Properties ``<name>_no_dup`` and (with `drain`) ``<name>_no_loss`` for a
         unit that emits one beat on `out` per beat taken on `inp` (streams, or any
         objects with ``valid`` and ``ready``).
@@ -222,7 +222,10 @@ class Harness(Elaboratable):
         the output run free and whose output stage advances whenever `out` is
         ready: it has then had at least that many cycles of every stage). A
         beat lost while the output stalls then shows one drain spell after the
-        last input, not one after the stall. Returns (beats in, beats out).
+        last input, not one after the stall. `restart` = (signal, what it is): a
+        cycle in which the signal holds starts the drain spell again like an
+        input transfer (for an input the outputs also wait for, e.g. a unit's
+        parameters). Returns (beats in, beats out).
         """
         n_in = beat_counter(m, inp, width, f"{name}_in")
         n_out = beat_counter(m, out, width, f"{name}_out")
@@ -240,12 +243,16 @@ class Harness(Elaboratable):
             assert row_beats & (row_beats - 1) == 0, "row_beats must be a power of two"
             complete = n_in & ~(row_beats - 1)
             taken = inp.valid & inp.ready
+            since = ""
+            if restart is not None:
+                taken = taken | restart[0]
+                since = f" and {restart[1]}"
             quiet = quiet_counter(m, ~taken & out.ready, drain, f"{name}_quiet",
                                   hold=~taken if pausing else None)
             self.check(f"{name}_no_loss", (quiet != drain) | (n_out == complete),
-                       f"{drain} cycles " + ("with the output ready since the last input "
+                       f"{drain} cycles " + (f"with the output ready since the last input{since} "
                                             if pausing else
-                                            "without input while the output is ready ") +
+                                            f"without input{since} while the output is ready ") +
                        f"drain "
                        f"every {what[:-1]}" + (" of a completed row" if row_beats > 1 else ""),
                        min_depth=drain + capacity + 2)

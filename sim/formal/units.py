@@ -243,9 +243,19 @@ class LayerNormHarness(UnitHarness):
         offered = beat_counter(m, u.inp, 8, "rows_offered")
         self.assume(~u.inp.valid | (offered < 2 * rows), f"at most {rows} rows of two beats")
         # passes A, B and the root run free; pass C advances whenever the output is
-        # ready: the drain spell counts ready cycles since the last input (`pausing`)
+        # ready: the drain spell counts ready cycles since the last input (`pausing`).
+        # Rows are taken before the parameters too, and pass C waits for the last
+        # of them: the spell also starts again at every parameter beat and waits
+        # for the setup's two (counted here, not read from the unit)
+        params = Signal(2, name="params_since_setup")
+        with m.If(u.setup.valid & u.setup.ready):
+            m.d.sync += params.eq(0)
+        with m.Elif(u.param.valid & u.param.ready & (params != 3)):
+            m.d.sync += params.eq(params + 1)
+        param_wait = (u.param.valid & u.param.ready) | (params < 2)
         self.conserve(m, "beats", u.inp, u.out, capacity=2 * rows,
-                      drain=row_latency(2, 1) + 2 + 2, row_beats=2, pausing=True)
+                      drain=row_latency(2, 1) + 2 + 2, row_beats=2, pausing=True,
+                      restart=(param_wait, "the setup's last parameter beat"))
 
 
 @register
