@@ -111,13 +111,16 @@ class RequantAdd(wiring.Component):
     shift); ``out``: `vector_layout(signed(bits), lanes)` with ``a.last``.
 
     Pipeline (one enable, so an output stall freezes it and no beat is lost):
-    Q1 registers the operands (they arrive from the mover's byte selects),
-    Q2 the product (DSP), Q3 adds the rounding half, Q4 shifts and saturates
-    to `bits`, Q5 the saturating residual add. `latency` = 5. The arithmetic is
-    `intarith.round_shift` in 64 bits, as the single-cycle expression it
-    replaces: bit-exact for every 16-bit mult and 6-bit shift.
+    Q1 the product (DSP), Q2 adds the rounding half, Q3 shifts and saturates
+    to `bits`, Q4 the saturating residual add. `latency` = 4. The product's
+    operands are ``y``'s payload itself: the user feeds it from a register (the
+    vector mover's assembler, through fixed word slices; its own operand
+    register would only delay every RESADD and REQUANT by a cycle), as
+    `EmbeddingAdd`'s. The arithmetic is `intarith.round_shift` in 64 bits, as
+    the single-cycle expression it replaces: bit-exact for every 16-bit mult
+    and 6-bit shift.
     """
-    latency = 5
+    latency = 4
 
     def __init__(self, lanes=1, bits=16):
         _set_shape(self, lanes, bits)
@@ -138,19 +141,17 @@ class RequantAdd(wiring.Component):
         for l in range(L):
             def stage(shape, name):
                 return Signal(shape, name=f"{name}_{l}")
-            x = [stage(signed(R), f"x{s}") for s in range(1, 5)]
-            y1, mult1 = stage(signed(32), "y1"), stage(unsigned(len(py.mult[l])), "mult1")
-            sh = [stage(unsigned(len(py.shift[l])), f"shift{s}") for s in range(1, 4)]
-            p2 = stage(signed(W), "prod2")
-            t3 = stage(signed(W), "t3")
-            q4 = stage(signed(R), "req4")
+            x = [stage(signed(R), f"x{s}") for s in range(1, 4)]
+            sh = [stage(unsigned(len(py.shift[l])), f"shift{s}") for s in range(1, 3)]
+            p1 = stage(signed(W), "prod1")
+            t2 = stage(signed(W), "t2")
+            q3 = stage(signed(R), "req3")
             with m.If(en):
-                m.d.sync += [x[0].eq(pa.x[l]), y1.eq(py.x[l]), mult1.eq(py.mult[l]),
-                             sh[0].eq(py.shift[l]), sh[1].eq(sh[0]), sh[2].eq(sh[1]),
-                             p2.eq(y1 * mult1),
-                             t3.eq(add_half(p2, sh[1], W)),
-                             q4.eq(saturate(t3 >> sh[2], R)),
-                             self.out.payload.x[l].eq(saturate(x[3] + q4, R))]
+                m.d.sync += [x[0].eq(pa.x[l]), sh[0].eq(py.shift[l]), sh[1].eq(sh[0]),
+                             p1.eq(py.x[l] * py.mult[l]),
+                             t2.eq(add_half(p1, sh[0], W)),
+                             q3.eq(saturate(t2 >> sh[1], R)),
+                             self.out.payload.x[l].eq(saturate(x[2] + q3, R))]
                 m.d.sync += [v.eq(p) for v, p in zip(x[1:], x)]
         return m
 

@@ -196,7 +196,7 @@ class VectorMoverHarness(EngineHarness):
     unit, cls = "vecmove", VectorMover
     config = "MACHINE_CONFIG, 8-bit residuals"
     # the first done after a stalled write: step ~17 (four cycles of prepare, the
-    # request and write registers, RequantAdd's five stages)
+    # request and write registers, RequantAdd's four stages)
     depth, deep_depth = 20, 36
 
     def args(self):
