@@ -30,7 +30,7 @@ pipeline enable. Buffer hand-over: pass A may refill an X half as soon as
 pass B has started reading it (B reads one word per cycle without pausing,
 so the writer can never overtake it); a D bank is free again once pass C
 has issued its last read. Three D banks hide the root: with rows of
-W = ceil(N/lanes) >= 27 beats the unit takes and emits one beat per cycle
+W = ceil(N/lanes) >= 26 beats the unit takes and emits one beat per cycle
 (`sim.cycles.units.layernorm_row_period` gives the rate for any W).
 
 Parameters (per LayerNorm: gamma/beta and the scalars) are loaded between
@@ -120,6 +120,9 @@ class RowRoot(wiring.Component):
     (8R + d)^2 - 64 R^2 = 16Rd + d^2 <= rem', the same result as the one bit
     per step of `intmodel.isqrt`), then a radix-8 restoring long division of
     2^36 + r/2 by r (8 cycles; digit = largest k in 0..7 with k r <= rem').
+    The divider starts the cycle after the root's last digit: S2 = 0 is taken
+    as 1 (both have r = max(isqrt, 1) = 1), and the root keeps r, 3r, 5r and
+    7r in registers as it goes, so no cycle between them prepares r.
     Each cycle has one carry chain on its select path: seven trial
     subtractions run in parallel and their signs pick the result. The
     root's trials are at most 28 bits (rem' < 2^28 before the last digit,
@@ -132,7 +135,7 @@ class RowRoot(wiring.Component):
     pulses `period` - 1 cycles later with ``inv`` valid in the same cycle.
     """
     #: cycles from ``start`` to the next possible ``start``
-    period = 18
+    period = 17
 
     def __init__(self):
         super().__init__({"start": In(1), "s2": In(im.LN_ACC_BITS), "busy": Out(1),
@@ -169,13 +172,13 @@ class RowRoot(wiring.Component):
         rad = Signal(A)                 # the radicand bits not yet shifted in, at the top
         root = Signal(RB)               # R, the root so far
         # 3R, 3R + 1, 5R + 1, 7R + 3: with them every trial 16Rd + d^2 is a
-        # multiple shifted left with its constant in the low bits (no add)
-        m3, m3p, m5, m7 = (Signal(RB + 3, name=n) for n in ("sq_3r", "sq_3r1", "sq_5r1", "sq_7r3"))
+        # multiple shifted left with its constant in the low bits (no add); 5R
+        # and 7R are the divider's 5r and 7r once R is the root
+        m3, m3p, m5, m7, m5z, m7z = (Signal(RB + 3, name=n) for n in (
+            "sq_3r", "sq_3r1", "sq_5r1", "sq_7r3", "sq_5r", "sq_7r"))
         rem = Signal(max(RW, DW))       # the root's remainder (<= 2R), then the divider's (< r)
-        dvs = [Signal(q_bits + 3, name=f"div_{k}r") for k in (1, 3, 5, 7)]
         nbits = Signal(q_bits)          # the dividend's bits not yet shifted in, at the top
         q = Signal(q_bits)
-        clamp = Signal()
         step = Signal(range(max(steps, q_steps)))
 
         def pick(trials, base):
@@ -189,8 +192,10 @@ class RowRoot(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [rad.eq(self.s2), root.eq(0), m3.eq(0), m3p.eq(1), m5.eq(1),
-                                 m7.eq(3), rem.eq(0), step.eq(0)]
+                    # isqrt(0) = 0 and isqrt(1) = 1 have the same r = 1
+                    m.d.sync += [rad.eq(self.s2 | (self.s2 == 0)), root.eq(0), m3.eq(0),
+                                 m3p.eq(1), m5.eq(1), m7.eq(3), m5z.eq(0), m7z.eq(0),
+                                 rem.eq(0), step.eq(0)]
                     m.next = "SQRT"
             with m.State("SQRT"):
                 m.d.comb += self.busy.eq(1)
@@ -206,31 +211,27 @@ class RowRoot(wiring.Component):
                 digit, nrem = pick(trial, remp)
                 dsig = Signal(3, name="sq_digit")
                 m.d.comb += dsig.eq(digit)
-                m.d.sync += [rem.eq(nrem[:RW]), root.eq(Cat(dsig, root[:-3])),
+                nroot = Cat(dsig, root[:-3])
+                m.d.sync += [rem.eq(nrem[:RW]), root.eq(nroot),
                              m3.eq(self._next_multiple(m, m3, 3, 0, dsig, "sq_3r")),
                              m3p.eq(self._next_multiple(m, m3p, 3, 1, dsig, "sq_3r1")),
                              m5.eq(self._next_multiple(m, m5, 5, 1, dsig, "sq_5r1")),
                              m7.eq(self._next_multiple(m, m7, 7, 3, dsig, "sq_7r3")),
+                             m5z.eq(self._next_multiple(m, m5z, 5, 0, dsig, "sq_5r")),
+                             m7z.eq(self._next_multiple(m, m7z, 7, 0, dsig, "sq_7r")),
                              rad.eq(rad << 6), step.eq(step + 1)]
                 with m.If(step == steps - 1):
-                    m.next = "PREP"
-            with m.State("PREP"):
-                m.d.comb += self.busy.eq(1)
-                r = Mux(root == 0, 1, root)
-                # 2^36 + (r >> 1) with r < 2^24: the top bits are 2^12, the low 24 r >> 1;
-                # (2^36 + (r >> 1)) // r >= 2^24 exactly when r <= 2^12
-                m.d.sync += [rem.eq(1 << (im.LN_RECIP_SHIFT - q_bits)), nbits.eq(r >> 1),
-                             *(dv.eq(k * r) for dv, k in zip(dvs, (1, 3, 5, 7))),
-                             q.eq(0), step.eq(0),
-                             clamp.eq(r <= (1 << (im.LN_RECIP_SHIFT - q_bits)))]
-                m.next = "DIV"
+                    # the dividend 2^36 + (r >> 1), r < 2^24: its top bits are 2^12, its
+                    # low 24 r >> 1 (r is the root, >= 1 as S2 >= 1)
+                    m.d.sync += [rem.eq(1 << (im.LN_RECIP_SHIFT - q_bits)),
+                                 nbits.eq(nroot >> 1), step.eq(0)]
+                    m.next = "DIV"
             with m.State("DIV"):
                 m.d.comb += self.busy.eq(1)
                 # rem < r holds throughout because the quotient fits 24 bits
                 remp = Signal(DW)
                 m.d.comb += remp.eq(Cat(nbits[-3:], rem[:DW - 3]))
-                d1, d3, d5, d7 = dvs
-                mults = [d1, d1 << 1, d3, d1 << 2, d5, d3 << 1, d7]
+                mults = [root, root << 1, m3, root << 2, m5z, m3 << 1, m7z]
                 trial = [Signal(signed(DW + 1), name=f"div_trial{k}") for k in range(1, 8)]
                 m.d.comb += [t.eq(remp - mult[:DW]) for t, mult in zip(trial, mults)]
                 digit, nrem = pick(trial, remp)
@@ -238,6 +239,8 @@ class RowRoot(wiring.Component):
                 m.d.sync += [rem.eq(nrem[:DW]), nbits.eq(nbits << 3), q.eq(q_next),
                              step.eq(step + 1)]
                 with m.If(step == q_steps - 1):
+                    # (2^36 + (r >> 1)) // r >= 2^24 exactly when r <= 2^12
+                    clamp = root <= (1 << (im.LN_RECIP_SHIFT - q_bits))
                     m.d.comb += [self.done.eq(1),
                                  self.inv.eq(Mux(clamp, (1 << q_bits) - 1, q_next))]
                     m.next = "IDLE"
@@ -757,7 +760,7 @@ class LayerNormUnit(wiring.Component):
     - ``error``: the last setup had n = 0 or n > `max_e`; no rows are taken.
 
     Timing (`sim.cycles.units.layernorm_schedule` is the exact model): one
-    beat per cycle on both sides in steady state for rows of at least 27
+    beat per cycle on both sides in steady state for rows of at least 26
     beats (with 3 D banks); `row_latency(n)` cycles from a row's last input
     beat to its first output beat when the unit is otherwise idle.
     """
@@ -792,7 +795,7 @@ class LayerNormUnit(wiring.Component):
 
     @property
     def latency(self):
-        """`row_latency` of a full row (n = max_e): W + 46 cycles, W = ceil(max_e/lanes)."""
+        """`row_latency` of a full row (n = max_e): W + 45 cycles, W = ceil(max_e/lanes)."""
         return row_latency(self.max_e, self.lanes)
 
     def row_latency(self, n):

@@ -34,7 +34,7 @@ def layernorm_row_period(n, lanes, ds_banks=3):
     Each of the passes A, B, C takes W = ceil(n/lanes) cycles per row; the root
     takes `RowRoot.period`; a D bank is held from pass B's first read to the
     cycle after pass C's last, 2W + PASS_B_LATENCY + period - 1 cycles, and
-    `ds_banks` of them rotate. With 3 banks: W cycles per row for W >= 27.
+    `ds_banks` of them rotate. With 3 banks: W cycles per row for W >= 26.
     """
     w = layernorm_beats(n, lanes)
     hold = 2 * w + PASS_B_LATENCY + RowRoot.period - 1

@@ -222,7 +222,7 @@ class LayerNormHarness(UnitHarness):
     unit, cls = "layernorm", LayerNormUnit
     config = ("lanes 1, 8-bit, max_e 2, 2 D banks; setup n = 2, at most 2 rows "
               "(beats_no_loss: 1 row)")
-    # a row's first output needs setup, parameters, the row and row_latency (48
+    # a row's first output needs setup, parameters, the row and row_latency (47
     # cycles): reach_beats states the step
     depth = deep_depth = row_latency(2, 1) + 17
     bmc_only = ("beats_no_dup", "beats_no_loss", "out_hold")
