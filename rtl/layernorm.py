@@ -142,11 +142,30 @@ class RowRoot(wiring.Component):
                           "done": Out(1), "inv": Out(im.LN_RECIP_BITS)})
 
     @staticmethod
-    def _next_multiple(m, reg, coef, const, digit, name):
+    def _pick(m, trials, base, name):
+        """(one-hot digit selects, digit, remainder) of the largest trial that is
+        not negative. The trials fall as the digit grows, so their signs are a
+        thermometer code and each digit's select is two of them: the remainder
+        and every register the digit steers are AND-OR selects, not a chain of
+        seven priority muxes."""
+        ge = [C(1, 1)] + [~t[-1] for t in trials] + [C(0, 1)]
+        sel = [Signal(name=f"{name}_sel{k}") for k in range(8)]
+        m.d.comb += [sel[k].eq(ge[k] & ~ge[k + 1]) for k in range(8)]
+        width = len(base)
+        nrem = Signal(width, name=f"{name}_rem")
+        vals = [base] + [t[:width] for t in trials]
+        m.d.comb += nrem.eq(_or_select(sel, vals))
+        digit = Signal(3, name=f"{name}_digit")
+        m.d.comb += digit.eq(Cat(*(_or_select(sel, [C((k >> b) & 1, 1) for k in range(8)])
+                                   for b in range(3))))
+        return sel, digit, nrem
+
+    @staticmethod
+    def _next_multiple(m, reg, coef, const, sel, name):
         """``reg`` = coef R + const -> coef (8R + digit) + const = 8 reg + (coef digit
         - 7 const): the low three bits are a constant per digit and the high part
         is reg plus a small offset, one adder per distinct offset, all in parallel,
-        then a select on the digit."""
+        then the digit's one-hot select."""
         offs = {d: (coef * d - 7 * const) for d in range(8)}
         highs = {}
         for o in sorted({v >> 3 for v in offs.values()}):
@@ -154,10 +173,8 @@ class RowRoot(wiring.Component):
             m.d.comb += h.eq(reg + o)
             highs[o] = h
         out = Signal(len(reg), name=f"{name}_next")
-        with m.Switch(digit):
-            for d, v in offs.items():
-                with m.Case(d):
-                    m.d.comb += out.eq(Cat(C(v & 7, 3), highs[v >> 3]))
+        m.d.comb += out.eq(_or_select(sel, [Cat(C(v & 7, 3), highs[v >> 3])[:len(reg)]
+                                            for d, v in sorted(offs.items())]))
         return out
 
     def elaborate(self, platform):
@@ -181,13 +198,27 @@ class RowRoot(wiring.Component):
         q = Signal(q_bits)
         step = Signal(range(max(steps, q_steps)))
 
-        def pick(trials, base):
-            """(digit, remainder) of the largest trial that is not negative."""
-            ge = [~t[-1] for t in trials]
-            digit, nrem = C(0, 3), base
-            for k, (g, t) in enumerate(zip(ge, trials), start=1):
-                digit, nrem = Mux(g, k, digit), Mux(g, t, nrem)
-            return digit, nrem
+        # Both steps' trials are built outside the state machine, each from its own
+        # registers: inside the states, synthesis shares one set of subtractors
+        # between them and puts the state decode in front of the carry chains.
+        # Root: 16Rd + d^2 for d = 1..7: 16R+1, 32R+4, 16(3R)+9, 64R+16,
+        # 16(5R+1)+9, 32(3R+1)+4, 16(7R+3)+1
+        sq_remp = Signal(RW)
+        m.d.comb += sq_remp.eq(Cat(rad[-6:], rem[:RW - 6]))
+        consts = [(1, 4, root), (4, 5, root), (9, 4, m3), (16, 6, root), (9, 4, m5),
+                  (4, 5, m3p), (1, 4, m7)]
+        sq_trial = [Signal(signed(RW + 1), name=f"sq_trial{d}") for d in range(1, 8)]
+        m.d.comb += [t.eq(sq_remp - Cat(C(c, w), mult)[:RW])
+                     for t, (c, w, mult) in zip(sq_trial, consts)]
+        sq_sel, sq_digit, sq_rem = self._pick(m, sq_trial, sq_remp, "sq")
+        nroot = Cat(sq_digit, root[:-3])
+        # Divider: rem < r holds throughout because the quotient fits 24 bits
+        div_remp = Signal(DW)
+        m.d.comb += div_remp.eq(Cat(nbits[-3:], rem[:DW - 3]))
+        mults = [root, root << 1, m3, root << 2, m5z, m3 << 1, m7z]
+        div_trial = [Signal(signed(DW + 1), name=f"div_trial{k}") for k in range(1, 8)]
+        m.d.comb += [t.eq(div_remp - mult[:DW]) for t, mult in zip(div_trial, mults)]
+        _, div_digit, div_rem = self._pick(m, div_trial, div_remp, "div")
 
         with m.FSM():
             with m.State("IDLE"):
@@ -199,26 +230,13 @@ class RowRoot(wiring.Component):
                     m.next = "SQRT"
             with m.State("SQRT"):
                 m.d.comb += self.busy.eq(1)
-                remp = Signal(RW)
-                m.d.comb += remp.eq(Cat(rad[-6:], rem[:RW - 6]))
-                # 16Rd + d^2 for d = 1..7: 16R+1, 32R+4, 16(3R)+9, 64R+16,
-                # 16(5R+1)+9, 32(3R+1)+4, 16(7R+3)+1
-                consts = [(1, 4, root), (4, 5, root), (9, 4, m3), (16, 6, root), (9, 4, m5),
-                          (4, 5, m3p), (1, 4, m7)]
-                trial = [Signal(signed(RW + 1), name=f"sq_trial{d}") for d in range(1, 8)]
-                m.d.comb += [t.eq(remp - Cat(C(c, w), mult)[:RW])
-                             for t, (c, w, mult) in zip(trial, consts)]
-                digit, nrem = pick(trial, remp)
-                dsig = Signal(3, name="sq_digit")
-                m.d.comb += dsig.eq(digit)
-                nroot = Cat(dsig, root[:-3])
-                m.d.sync += [rem.eq(nrem[:RW]), root.eq(nroot),
-                             m3.eq(self._next_multiple(m, m3, 3, 0, dsig, "sq_3r")),
-                             m3p.eq(self._next_multiple(m, m3p, 3, 1, dsig, "sq_3r1")),
-                             m5.eq(self._next_multiple(m, m5, 5, 1, dsig, "sq_5r1")),
-                             m7.eq(self._next_multiple(m, m7, 7, 3, dsig, "sq_7r3")),
-                             m5z.eq(self._next_multiple(m, m5z, 5, 0, dsig, "sq_5r")),
-                             m7z.eq(self._next_multiple(m, m7z, 7, 0, dsig, "sq_7r")),
+                m.d.sync += [rem.eq(sq_rem), root.eq(nroot),
+                             m3.eq(self._next_multiple(m, m3, 3, 0, sq_sel, "sq_3r")),
+                             m3p.eq(self._next_multiple(m, m3p, 3, 1, sq_sel, "sq_3r1")),
+                             m5.eq(self._next_multiple(m, m5, 5, 1, sq_sel, "sq_5r1")),
+                             m7.eq(self._next_multiple(m, m7, 7, 3, sq_sel, "sq_7r3")),
+                             m5z.eq(self._next_multiple(m, m5z, 5, 0, sq_sel, "sq_5r")),
+                             m7z.eq(self._next_multiple(m, m7z, 7, 0, sq_sel, "sq_7r")),
                              rad.eq(rad << 6), step.eq(step + 1)]
                 with m.If(step == steps - 1):
                     # the dividend 2^36 + (r >> 1), r < 2^24: its top bits are 2^12, its
@@ -228,15 +246,8 @@ class RowRoot(wiring.Component):
                     m.next = "DIV"
             with m.State("DIV"):
                 m.d.comb += self.busy.eq(1)
-                # rem < r holds throughout because the quotient fits 24 bits
-                remp = Signal(DW)
-                m.d.comb += remp.eq(Cat(nbits[-3:], rem[:DW - 3]))
-                mults = [root, root << 1, m3, root << 2, m5z, m3 << 1, m7z]
-                trial = [Signal(signed(DW + 1), name=f"div_trial{k}") for k in range(1, 8)]
-                m.d.comb += [t.eq(remp - mult[:DW]) for t, mult in zip(trial, mults)]
-                digit, nrem = pick(trial, remp)
-                q_next = Cat(digit[:3], q[:-3])
-                m.d.sync += [rem.eq(nrem[:DW]), nbits.eq(nbits << 3), q.eq(q_next),
+                q_next = Cat(div_digit, q[:-3])
+                m.d.sync += [rem.eq(div_rem), nbits.eq(nbits << 3), q.eq(q_next),
                              step.eq(step + 1)]
                 with m.If(step == q_steps - 1):
                     # (2^36 + (r >> 1)) // r >= 2^24 exactly when r <= 2^12
@@ -245,6 +256,15 @@ class RowRoot(wiring.Component):
                                  self.inv.eq(Mux(clamp, (1 << q_bits) - 1, q_next))]
                     m.next = "IDLE"
         return m
+
+
+def _or_select(sel, values):
+    """values[k] where the one-hot ``sel[k]`` is set (0 when none is): an AND-OR."""
+    width = max(len(Value.cast(v)) for v in values)
+    out = C(0, width)
+    for sk, v in zip(sel, values):
+        out = out | (Value.cast(v) & sk.replicate(width))
+    return out
 
 
 class _BankState(enum.Enum, shape=2):
