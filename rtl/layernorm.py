@@ -325,8 +325,9 @@ class _Config(wiring.Signature):
     (and all its parameters: pass C may read them) and ``setup_pending`` (a
     setup waits, so no new row starts)."""
 
-    def __init__(self):
+    def __init__(self, lanes):
         super().__init__({"cfg": Out(setup_layout()), "k_min": Out(signed(EPS_E_BITS + 1)),
+                          "first_mask": Out(lanes),
                           "eps_k": Out(_EpsK), "usable": Out(1), "loaded": Out(1),
                           "setup_pending": Out(1)})
 
@@ -359,7 +360,7 @@ class _Params(wiring.Component):
         super().__init__({
             "setup": In(stream.Signature(setup_layout())),
             "param": In(stream.Signature(param_layout(geo.L))),
-            "config": Out(_Config()),
+            "config": Out(_Config(geo.L)),
             "error": Out(1),
             "row_in": In(1), "row_out": In(1),
             "gb_w": Out(geo.port(WritePort, param_layout(geo.L), geo.W)),
@@ -389,6 +390,7 @@ class _Params(wiring.Component):
         with m.If(self.setup.valid & self.setup.ready):
             ek = self.config.eps_k
             m.d.sync += [cfg.eq(s), configured.eq(1), p_elem.eq(0), p_word.eq(0),
+                         self.config.first_mask.eq(Cat(s.n > l for l in range(L))),
                          k_min.eq(new_k_min), ek.k_floor.eq(new_k_min + im.LN_D_BITS),
                          ek.a_min.eq(a_min), ek.na_min.eq(-a_min),
                          ek.e_span.eq(s.eps_e + 2 * im.LN_D_BITS)]
@@ -411,7 +413,7 @@ class _PassA(wiring.Component):
     def __init__(self, geo):
         self.geo = geo
         super().__init__({
-            "config": In(_Config()),
+            "config": In(_Config(geo.L)),
             "inp": In(stream.Signature(vector_layout(signed(geo.R), geo.L))),
             "row_in": Out(1),
             "x_w": Out(geo.port(WritePort, geo.x_shape, 2 * geo.W)),
@@ -457,12 +459,12 @@ class _PassA(wiring.Component):
         # accumulated: the trees' levels split between two stages (one level in a
         # stage with the mask would leave the rest, log2(lanes) - 1, to the next).
         # The lane mask is pre-decoded into registers, so that the input stage holds
-        # no compare of the count: the first beat's from n (set before any row), the
-        # next beat's from the count now (n_left > l + lanes is left' > l).
+        # no compare of the count: a row's first beat's from n, registered with it at
+        # the setup (a row may come in the cycle after it), the next beat's from the
+        # count now (n_left > l + lanes is left' > l).
         pctx = data.StructLayout({"v": 1, "first": 1, "end": 1, "h": 1})
         p1, p2 = Signal(pctx), Signal(pctx)
-        first_mask, next_mask = Signal(L), Signal(L)
-        m.d.sync += first_mask.eq(Cat(cfg.n > l for l in range(L)))
+        first_mask, next_mask = self.config.first_mask, Signal(L)
         with m.If(take_a):
             m.d.sync += next_mask.eq(Cat(n_left > l + L for l in range(L)))
         mask = Mux(first_a, first_mask, next_mask)
@@ -549,7 +551,7 @@ class _PassB(wiring.Component):
     def __init__(self, geo):
         self.geo = geo
         super().__init__({
-            "config": In(_Config()),
+            "config": In(_Config(geo.L)),
             "rows": In(_Rows(geo)),
             "banks": In(_BankInfo(geo)),
             "x_r": Out(geo.port(ReadPort, geo.x_shape, 2 * geo.W)),
@@ -686,7 +688,7 @@ class _PassC(wiring.Component):
     def __init__(self, geo):
         self.geo = geo
         super().__init__({
-            "config": In(_Config()),
+            "config": In(_Config(geo.L)),
             "banks": In(_BankInfo(geo)),
             "d_r": Out(geo.port(ReadPort, geo.d_shape, geo.NB * geo.W)),
             "gb_r": Out(geo.port(ReadPort, param_layout(geo.L), geo.W)),
