@@ -54,8 +54,7 @@ from gpt2accel.model import intmodel as im
 from .isa import LN_EPS_E_BITS as EPS_E_BITS, LN_N_BITS as N_BITS
 from .isa import layernorm_setup_layout as setup_layout
 
-from .intarith import (add_half, bit_length, max_tree, round_shift, saturate,
-                       shift_right_staged, split_product, sum_tree)
+from .intarith import add_half, bit_length, max_tree, round_shift, split_product, sum_tree
 from .vector import check_lanes, vector_layout
 
 __all__ = ["LayerNormUnit", "RowRoot", "row_latency", "param_layout", "MAX_E_LIMIT",
@@ -760,11 +759,43 @@ class _PassC(wiring.Component):
             m.d.sync += [out_valid.eq(c[PASS_C_LATENCY - 1].v),
                          self.out.payload.last.eq(c[PASS_C_LATENCY - 1].last)]
         for l in range(L):
-            # the mask travels with the value into the second shift stage
-            s = shift_right_staged(m, c8_t[l], cfg.out_shift, en=en, name=f"c10_{l}",
-                                   finish=lambda v, l=l: Mux(c[9].mask[l], saturate(v, 8), 0))
-            m.d.comb += y[l].eq(s)
+            m.d.comb += y[l].eq(_shift_sat8(m, c8_t[l], cfg.out_shift, c[8].mask[l], en,
+                                            f"c10_{l}"))
         return m
+
+
+def _shift_sat8(m, x, sh, keep, en, name):
+    """keep ? sat8(x >> sh) : 0 in two stages under `en` (x signed, sh < 64), as
+    `intarith.shift_right_staged` with a saturation: the first shifts by sh's
+    multiple of 8 (a lane past n is zeroed there), the second by the rest and
+    saturates. The second stage's overflow test is split so that most of it
+    does not wait for the fine shift: bits 14 and up of the coarse value are
+    all sign copies (a reduction beside the shift), and bits 7 + fine .. 13
+    are too (a test per fine amount, then a select), where a saturation of
+    the shifted value would reduce after the shift mux (the unit's worst path
+    on ECP5 once the stats' ε shift was split, 10.9 ns). Returns the output
+    register."""
+    x, sh = Value.cast(x), Value.cast(sh)
+    coarse = Signal(x.shape(), name=f"{name}_c")
+    fine = Signal(3, name=f"{name}_f")
+    out = Signal(signed(8), name=f"{name}_s")
+    FINE = 7                                  # the largest fine shift
+    top = FINE + 7                            # bits from here up: sign copies in range
+    sign = coarse[-1]
+    hi = coarse[top:]
+    hi_ok = Mux(sign, hi.all(), ~hi.any())
+    win_ok = Array(Cat(*(coarse[j] == sign for j in range(7 + f, top)), C(1, 1)).all()
+                   for f in range(FINE + 1))[fine]
+    low = Array(coarse[f:f + 8] for f in range(FINE + 1))[fine]
+    sat = Mux(hi_ok & win_ok, low, Mux(sign, C(0x80, 8), C(0x7F, 8)))
+    stmts = [coarse.eq(Mux(keep, x >> Cat(Const(0, 3), sh[3:]), 0)), fine.eq(sh[:3]),
+             out.eq(sat)]
+    if en is None:
+        m.d.sync += stmts
+    else:
+        with m.If(en):
+            m.d.sync += stmts
+    return out
 
 
 class LayerNormUnit(wiring.Component):
