@@ -189,10 +189,13 @@ class EngineConfig:
     def requant_latency(self, raw):
         return self.REQUANT_RAW_LATENCY if raw else self.REQUANT_LATENCY
 
+    #: Columns whose multipliers one A register drives (`SystolicArray.SPAN`).
+    BROADCAST_COLS = 8
+
     @property
     def drain_latency(self):
         """Array input of a tile's last beat -> its first drained row (aligned, registered)."""
-        return self.rows + self.cols + 1
+        return self.rows + (self.cols - 1) // self.BROADCAST_COLS + 2
 
     @property
     def gemv_drain_latency(self):

@@ -801,7 +801,8 @@ class MatmulEngine(wiring.Component):
         m.submodules.router = router = _Router(c)
         m.submodules.feeder = feeder = _Feeder(c)
         m.submodules.array = array = SystolicArray(R, C, c.a_bits + 1, c.w_bits, c.acc_bits,
-                                                   groups=c.k_per_word if c.gemv_rows else 1)
+                                                   groups=c.k_per_word if c.gemv_rows else 1,
+                                                   span=c.BROADCAST_COLS)
         m.submodules.requant = requant = _RowRequant(c)
         m.submodules.writer = writer = _Writer(c)
         # the cycle model reads these constants from the config

@@ -1,7 +1,10 @@
 """Output-stationary systolic array with shadow-register drain.
 
 Dataflow: A elements enter row i from the left, W elements enter column j from
-the top; both move one PE per cycle. Every PE (i, j) accumulates
+the top. W moves down one PE per cycle; A reaches a run of `span` columns at
+once (one register drives their multipliers) and moves on to the next run a
+cycle later, so a beat crosses an 8-column array with no column skew at all
+and its rows leave aligned, without a deskew. Every PE (i, j) accumulates
 A[i, k] * W[k, j] over the K beats of a tile. A `valid` and a `last` flag
 travel with the A operands, so each PE knows on its own which beat closes a
 tile: on the last beat it moves its sum into a shadow register and restarts
@@ -18,7 +21,8 @@ C0 = Const(0, 1)
 __all__ = ["pe_logic", "ProcessingElement", "SystolicArray"]
 
 
-def pe_logic(m, a_in, v_in, l_in, w_in, sh_in, shift, acc_width, name, w_pass=None):
+def pe_logic(m, a_in, v_in, l_in, w_in, sh_in, shift, acc_width, name, w_pass=None,
+             pass_a=True):
     """Emit one processing element into module `m`; return its outputs.
 
     Two internal stages: the product is registered (the DSP's output
@@ -30,17 +34,21 @@ def pe_logic(m, a_in, v_in, l_in, w_in, sh_in, shift, acc_width, name, w_pass=No
     Returns (a_out, v_out, l_out, w_out, sh, capture); `capture` is high in
     the cycle a finished sum enters the shadow register. `w_pass`, if given,
     is what the W register passes on instead of `w_in` (the PE below then
-    multiplies a W injected here, still straight from a register).
+    multiplies a W injected here, still straight from a register). Without
+    `pass_a` the A operand and flags are not passed on (a_out, v_out, l_out are
+    None): the PE to the right takes the same register.
 
     This is a function rather than a submodule so that the array is one
     flat module: Amaranth's simulator runs a flat 8x8 array ~2.5x faster.
     """
-    a_out = Signal.like(a_in, name=f"{name}_a")
-    v_out = Signal(name=f"{name}_v")
-    l_out = Signal(name=f"{name}_l")
+    a_out = v_out = l_out = None
+    if pass_a:
+        a_out = Signal.like(a_in, name=f"{name}_a")
+        v_out = Signal(name=f"{name}_v")
+        l_out = Signal(name=f"{name}_l")
+        m.d.sync += [a_out.eq(a_in), v_out.eq(v_in), l_out.eq(l_in)]
     w_out = Signal.like(w_in, name=f"{name}_w")
-    m.d.sync += [a_out.eq(a_in), v_out.eq(v_in), l_out.eq(l_in),
-                 w_out.eq(w_in if w_pass is None else w_pass)]
+    m.d.sync += w_out.eq(w_in if w_pass is None else w_pass)
 
     prod = Signal(signed(len(a_in) + len(w_in)), name=f"{name}_prod")
     p_valid = Signal(name=f"{name}_pv")
@@ -91,7 +99,8 @@ class SystolicArray(wiring.Component):
 
     - ``a[i]``, ``w[j]``, ``valid``, ``last``: one beat, k-step of a tile, for
       all rows and columns at once; the array skews row i by i cycles and
-      column j by j cycles internally.
+      column j by j // `span` cycles internally (`span` columns share one A
+      register: its fan-out, 8 by default, a DSP input register each).
     - ``out_valid``, ``out[j]``: one finished row of a tile per cycle, rows in
       the order rows-1, rows-2, ..., 0, all columns aligned; the first row
       appears `latency` cycles after the tile's last beat was presented.
@@ -117,8 +126,13 @@ class SystolicArray(wiring.Component):
     `fold_spacing` cycles apart.
     """
 
-    def __init__(self, rows, cols, a_width, w_width, acc_width, groups=1):
-        self.rows, self.cols, self.acc_width = rows, cols, acc_width
+    #: columns whose multipliers one A register drives
+    SPAN = 8
+
+    def __init__(self, rows, cols, a_width, w_width, acc_width, groups=1, span=SPAN):
+        if span < 1:
+            raise ValueError(f"span={span}: an A register drives at least one column")
+        self.rows, self.cols, self.acc_width, self.span = rows, cols, acc_width, span
         self.groups = groups if rows >= groups > 1 else 1
         fold = ({"fold": In(1), "wg": In(signed(w_width)).array(self.groups - 1, cols)}
                 if self.groups > 1 else {})
@@ -133,8 +147,9 @@ class SystolicArray(wiring.Component):
 
     @property
     def latency(self):
-        """Last beat presented -> first finished row on `out`."""
-        return self.rows + self.cols + 1
+        """Last beat presented -> first finished row on `out`: the row skew, the runs
+        of `span` columns, the product and capture registers and the output register."""
+        return self.rows + (self.cols - 1) // self.span + 2
 
     @property
     def fold_levels(self):
@@ -188,15 +203,17 @@ class SystolicArray(wiring.Component):
             return group(i) * gr if G > 1 and group(i) else None
 
         # Built row by row, column by column: PE(i, j) takes A and flags from
-        # PE(i, j-1), W from PE(i-1, j) and the shadow of PE(i-1, j).
-        # Input skew: the k-th beat reaches PE(i, j) at cycle k + i + j
-        # (folded: k + (i - g*gr) + [g > 0] + j for row i of group g).
+        # PE(i, j-1)'s input (within a run of `span` columns) or its register
+        # (the first column of a run), W from PE(i-1, j) and the shadow of PE(i-1, j).
+        # Input skew: the k-th beat reaches PE(i, j) at cycle k + i + j // span
+        # (folded: k + (i - g*gr) + [g > 0] + j // span for row i of group g).
+        S = self.span
         a_row = [self._delay(m, self.a[i], i, f"a{i}", tap(i), fold) for i in range(R)]
         v_row = [self._delay(m, self.valid, i, f"v{i}", tap(i), fold) for i in range(R)]
         l_row = [self._delay(m, self.last, i, f"l{i}", tap(i), fold) for i in range(R)]
-        w_col = [self._delay(m, self.w[j], j, f"w{j}") for j in range(C)]
+        w_col = [self._delay(m, self.w[j], j // S, f"w{j}") for j in range(C)]
         # group g's W, skewed like the top's, passed on by the row above the group
-        w_inj = {g * gr - 1: [self._delay(m, self.wg[g - 1][j], j, f"wg{g}_{j}")
+        w_inj = {g * gr - 1: [self._delay(m, self.wg[g - 1][j], j // S, f"wg{g}_{j}")
                               for j in range(C)] for g in range(1, G)}
         # the bottom shadow of every group, per column
         group_bottom = [[None] * G for _ in range(C)]
@@ -223,10 +240,14 @@ class SystolicArray(wiring.Component):
                          if i else C0)
                 sh_in = sh_col[j] if i else Const(0, signed(self.acc_width))
                 w_pass = Mux(fold, w_inj[i][j], w_col[j]) if i in w_inj else None
+                # the last column of a run registers A for the next run
                 a_out, v_out, l_out, w_out, sh, cap = pe_logic(
                     m, a_row[i], v_row[i], l_row[i], w_col[j], sh_in, shift,
-                    self.acc_width, f"pe{i}_{j}", w_pass)
-                a_row[i], v_row[i], l_row[i], w_col[j], sh_col[j] = a_out, v_out, l_out, w_out, sh
+                    self.acc_width, f"pe{i}_{j}", w_pass,
+                    pass_a=j % S == S - 1 and j + 1 < C)
+                if a_out is not None:
+                    a_row[i], v_row[i], l_row[i] = a_out, v_out, l_out
+                w_col[j], sh_col[j] = w_out, sh
                 capture_bottom[j] = cap
                 if G > 1 and i % gr == gr - 1 and i // gr < G:
                     group_bottom[j][i // gr] = sh
@@ -260,9 +281,10 @@ class SystolicArray(wiring.Component):
                 col_valid.append(Mux(dfold[j], v, active[j]))
                 col_data.append(Mux(dfold[j], level[0], sh_col[j]))
 
-        # Deskew: column j runs j cycles behind column 0.
+        # Deskew: column j runs j // span cycles behind column 0.
         out_valid = self._delay(m, col_valid[C - 1], 0, "ov")
         m.d.sync += self.out_valid.eq(out_valid)
         for j in range(C):
-            m.d.sync += self.out[j].eq(self._delay(m, col_data[j], C - 1 - j, f"o{j}"))
+            m.d.sync += self.out[j].eq(self._delay(m, col_data[j], (C - 1) // S - j // S,
+                                                   f"o{j}"))
         return m
