@@ -604,11 +604,13 @@ class _Feeder(wiring.Component):
             # GEMV mode: lanes past K (a tile's last word) are padding
             f1_kv = Signal(GW)
             m.d.sync += f1_kv.eq(Cat(f_kk + g < cmd.k for g in range(GW)))
+            # unfolded, every group of the array takes the top's W (`SystolicArray`)
             for g in range(1, GW):
                 lanes = w_word[8 * C * g:8 * C * (g + 1)]
                 for j in range(C):
                     m.d.sync += self.wg[g - 1][j].eq(
-                        Mux(f1_kv[g], lanes[8 * j:8 * j + c.w_bits].as_signed(), 0))
+                        Mux(fold, Mux(f1_kv[g], lanes[8 * j:8 * j + c.w_bits].as_signed(), 0),
+                            w_lanes[8 * j:8 * j + c.w_bits].as_signed()))
         return m
 
 
@@ -802,7 +804,7 @@ class MatmulEngine(wiring.Component):
         m.submodules.feeder = feeder = _Feeder(c)
         m.submodules.array = array = SystolicArray(R, C, c.a_bits + 1, c.w_bits, c.acc_bits,
                                                    groups=c.k_per_word if c.gemv_rows else 1,
-                                                   span=c.BROADCAST_COLS)
+                                                   span=c.BROADCAST)
         m.submodules.requant = requant = _RowRequant(c)
         m.submodules.writer = writer = _Writer(c)
         # the cycle model reads these constants from the config
