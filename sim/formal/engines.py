@@ -114,8 +114,9 @@ class EngineHarness(UnitHarness):
 class MatmulHarness(EngineHarness):
     unit, cls = "matmul", MatmulEngine
     config = "1x1 array, 2-bit operands, M,N <= 2, K <= 4, 4-byte words, 2 reads in flight"
-    # the first command with a stalled write can finish in step 16 (reach_done; 20
-    # before raw rows left the requantiser after the bias add)
+    # the first command with a stalled write can finish in step 14 (reach_done; 16
+    # before the array's operands were broadcast and the FIFOs bypassed, 20 before
+    # raw rows left the requantiser after the bias add)
     depth, deep_depth = 24, 48
     # the induction step does not close on the engine's counters (and costs minutes)
     bmc_only = EngineHarness.bmc_only + ("mem_rd_req_hold", "mem_wr_hold",
@@ -155,9 +156,10 @@ class MatmulGemvHarness(MatmulHarness):
     and command rules."""
     unit = "matmul_gemv"
     config = "2x1 array (GEMV mode for M = 1), 2-bit operands, M,N <= 2, K <= 4, 2-byte words"
-    # the first command with a stalled write can finish in step 19 (reach_done; 26
-    # before raw rows left the requantiser after the bias add and the folded drain
-    # gave A row 0's total first)
+    # the first command with a stalled write can finish in step 16 (reach_done; 19
+    # before the array's operands were broadcast and the FIFOs bypassed, 26 before
+    # raw rows left the requantiser after the bias add and the folded drain gave A
+    # row 0's total first)
     depth, deep_depth = 28, 48
 
     def args(self):
