@@ -4,8 +4,10 @@ Dataflow: A elements enter row i from the left, W elements enter column j from
 the top. Neither moves one PE per cycle: one register drives the multipliers
 of a run of `span` PEs (A: columns of a row; W: rows of a column) and passes
 the operand on to the next run a cycle later, so a beat crosses an 8x8 array
-at once and its rows leave aligned, with no skew or deskew. Every PE (i, j) accumulates
-A[i, k] * W[k, j] over the K beats of a tile. A `valid` and a `last` flag
+at once and its rows leave aligned, with no skew or deskew (a one-PE-per-cycle
+skew cost every command's drain rows + cols - 2 cycles, most of a one-row
+command's fixed cost). Every PE (i, j) accumulates A[i, k] * W[k, j] over
+the K beats of a tile. A `valid` and a `last` flag
 travel with the A operands, so each PE knows on its own which beat closes a
 tile: on the last beat it moves its sum into a shadow register and restarts
 from zero, so the next tile can follow with no bubble. The shadow registers of
