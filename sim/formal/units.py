@@ -334,14 +334,14 @@ class SyncFifoHarness(FifoHarness):
 @register
 class BufferedFifoHarness(FifoHarness):
     unit, cls = "fifo_buffered", fifo.SyncFIFOBuffered
-    config = "SyncFIFOBuffered depth 4 (matmul w_fifo)"
+    config = "SyncFIFOBuffered depth 4 (matmul p_fifo)"
     depth, deep_depth = 14, 30
 
 
 @register
 class BufferedFifo2Harness(FifoHarness):
     unit, cls = "fifo_buffered2", fifo.SyncFIFOBuffered
-    config = "SyncFIFOBuffered depth 2 (normaliser queue)"
+    config = "SyncFIFOBuffered depth 2 (normaliser queue; inside the matmul o_fifo)"
     fifo_depth = 2
     depth, deep_depth = 10, 30
 
@@ -364,6 +364,6 @@ class BypassFifo3Harness(FifoHarness):
 @register
 class BufferedFifo3Harness(FifoHarness):
     unit, cls = "fifo_buffered3", fifo.SyncFIFOBuffered
-    config = "SyncFIFOBuffered depth 3 (matmul o_fifo, 1-row array, 2 tiles)"
+    config = "SyncFIFOBuffered depth 3 (inside the matmul w_fifo, a BypassFIFO of 4)"
     fifo_depth = 3
     depth, deep_depth = 12, 30
