@@ -470,7 +470,7 @@ class MachineLiveHarness(UnitHarness):
     (latency 1)."""
     unit, cls = "machine_live", Machine
     config = "MACHINE_CONFIG, every legal MATMUL (m, n <= 2, k <= 8), fair memory (latency 1)"
-    # the longest bound (m 2, k 8; 51 cycles with the requantiser's six stages): fetched
+    # the longest bound (m 2, k 8; 48 cycles with the requantiser's six stages): fetched
     # in step 0 it ends in that step, so the depth is derived from the bounds rather
     # than written down, and an engine stage more cannot push the longest MATMUL out
     # of reach (`reach_longest` shows it ending at its bound within the depth)
