@@ -189,26 +189,38 @@ class EngineConfig:
     def requant_latency(self, raw):
         return self.REQUANT_RAW_LATENCY if raw else self.REQUANT_LATENCY
 
+    #: PEs whose multipliers one operand register drives (`SystolicArray.SPAN`): an A
+    #: register a run of columns, a W register a run of rows of a row group.
+    BROADCAST = 8
+
+    @property
+    def _bottom_skew(self):
+        """`SystolicArray.bottom_skew`: the bottom row's skew, the runs of `BROADCAST`
+        rows above it within its row group (the array has k_per_word row groups
+        when the engine has a GEMV mode)."""
+        local = self.rows - 1 - (self.k_per_word - 1) * self.gemv_rows if self.gemv_rows \
+            else self.rows - 1
+        return local // self.BROADCAST
+
     @property
     def drain_latency(self):
         """Array input of a tile's last beat -> its first drained row (aligned, registered)."""
-        return self.rows + self.cols + 1
+        return self._bottom_skew + (self.cols - 1) // self.BROADCAST + 3
 
     @property
     def gemv_drain_latency(self):
-        """`drain_latency` in GEMV mode: the last group's rows (the bottom row among
-        them) take a beat (k_per_word - 1) * gemv_rows - 1 cycles earlier, and the
-        sum of the k_per_word groups' rows has a register between its adder levels."""
+        """`drain_latency` in GEMV mode: the sum of the k_per_word groups' rows has a
+        register between its adder levels."""
         levels = (self.k_per_word - 1).bit_length()
-        return (self.drain_latency - (self.k_per_word - 1) * self.gemv_rows + 1
-                + max(levels - 1, 0))
+        return self.drain_latency + max(levels - 1, 0)
 
     @property
     def gemv_spacing(self):
         """Smallest spacing of GEMV-mode tiles' last beats (`SystolicArray.fold_spacing`):
         a row shifts only within its group, so the drain frees a row of the first
-        group rows - (k_per_word - 1) * gemv_rows + 1 cycles after the last capture."""
-        return self.rows - (self.k_per_word - 1) * self.gemv_rows + 1
+        group rows - (k_per_word - 1) * gemv_rows + 1 cycles after the last capture,
+        and the rows of a group capture up to the bottom row's skew apart."""
+        return self.rows - (self.k_per_word - 1) * self.gemv_rows + 1 + self._bottom_skew
 
     @property
     def interleave_min_k(self):

@@ -4,7 +4,7 @@
  instr stream ─► FETCH ─► DECODE 1 ─► DECODE 2 ─┬─► AttentionEngine.mm_cmd ─┐
    (next one while      (rtl/isa.py rules)      ├─► AttentionEngine.cmd     │
     a unit runs)                                ├─► KVStore.cmd             ├─ owner mux ─► rd_req / rd_resp / wr
-                     issue after the unit's done ┴─► VectorMover.cmd         ─┘
+                        issue in the unit's done ┴─► VectorMover.cmd         ─┘
                                                     (LAYERNORM, GELU, RESADD, REQUANT, EMBED; rtl/vecmove.py)
 ```
 
@@ -17,9 +17,12 @@
   its command (units take the command at accept), the next word is taken
   the cycle after, decoded in two registered stages (every built opcode's
   rules at once, then the opcode's verdict), and its command is presented
-  the cycle after the running unit's ``done``. An instruction whose unit
-  takes U cycles from accept to ``done`` therefore costs max(U + 1, 4)
-  cycles when the host streams without gaps (`sim/cycles/program.py`).
+  in the running unit's ``done`` cycle (every unit is idle from its ``done``
+  on; the verdict was registered while it waited, so the command's valid is
+  that register ANDed with ``done``). An instruction whose unit takes U
+  cycles from accept to ``done`` therefore costs max(U, 4) cycles when the
+  host streams without gaps, the last one before HALT a cycle more
+  (`sim/cycles/program.py`).
 - The single memory port is switched by a one-hot register over the units'
   ports, changed only once the previous unit is done (a unit that is not the
   owner is idle and has nothing in flight, because every unit's ``done``
@@ -262,15 +265,26 @@ class Machine(wiring.Component):
         run_sel = Signal(len(cmds))
         cur_done = Cat(u.done for u, _ in cmds) & run_sel
         free = ~unit_busy | cur_done.any()     # no unit runs from the next cycle on
+        # the decoded word's command stream, one-hot
+        word_to = Cat(Cat(hot[built.index(op)] for op in ops).any() for _, ops in cmds)
+        # `waiting`: a legal command's verdict, registered while it waits for the running
+        # unit's done, so that it is presented in the done cycle itself (a unit is idle
+        # from its done on) through nothing longer than an AND with that done
+        waiting = Signal(len(cmds))
+        m.d.sync += waiting.eq(Mux(s2 & ~flushing & legal & ~is_halt & ~free, word_to, 0))
+        early = waiting & cur_done.any().replicate(len(cmds))
+        present = issue_to | early
         fire = Signal()
+        early_fire = Signal()
         for i, (u, ops) in enumerate(cmds):
-            m.d.comb += u.cmd.valid.eq(issue_to[i])
-        m.d.comb += fire.eq((issue_to & Cat(u.cmd.ready for u, _ in cmds)).any())
+            m.d.comb += u.cmd.valid.eq(present[i])
+        m.d.comb += [fire.eq((present & Cat(u.cmd.ready for u, _ in cmds)).any()),
+                     early_fire.eq((early & Cat(u.cmd.ready for u, _ in cmds)).any())]
         with m.If(cur_done.any()):
             m.d.sync += [unit_busy.eq(0), run_sel.eq(0)]
         with m.If(fire):
-            m.d.sync += [issue_to.eq(0), full.eq(0), unit_busy.eq(1), run_sel.eq(issue_to),
-                         running_op.eq(owner)]
+            m.d.sync += [issue_to.eq(0), full.eq(0), unit_busy.eq(1), run_sel.eq(present),
+                         running_op.eq(Mux(early.any(), opcode, owner))]
         with m.If(issue_to.any()):
             m.d.comb += word_stage.eq(Stage.ISSUE)
         with m.Elif(s2):
@@ -306,6 +320,6 @@ class Machine(wiring.Component):
                 m.d.sync += [owner.eq(opcode), s2.eq(0), icount.eq(icount + 1),
                              port_sel.eq(Cat(Cat(hot[built.index(Op(op))] for op in ops).any()
                                              for _, ops in ports))]
-                for i, (u, ops) in enumerate(cmds):
-                    m.d.sync += issue_to[i].eq(Cat(hot[built.index(op)] for op in ops).any())
+                # presented already (`early`), it stays presented until accepted
+                m.d.sync += issue_to.eq(Mux(early_fire, 0, word_to))
         return m

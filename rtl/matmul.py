@@ -37,9 +37,46 @@ from .memport import MemPort, read_request_layout, read_response_layout, write_l
 from .systolic import SystolicArray
 from .requant import Requantiser
 
-__all__ = ["MatmulEngine"]
+__all__ = ["MatmulEngine", "BypassFIFO"]
 
 C0 = Const(0, 1)
+
+
+class BypassFIFO(fifo.FIFOInterface, Elaboratable):
+    """A `SyncFIFOBuffered` with a register beside it that an entry goes to when
+    nothing older is buffered: it is readable the cycle after its write,
+    instead of two (a cycle to count the write, one to read the block RAM).
+    Entries written while one is held or buffered go to the block-RAM FIFO
+    (``depth - 1`` entries) and leave it exactly as from a `SyncFIFOBuffered`,
+    so no entry is ever later than there. Same ports as `lib.fifo`'s FIFOs
+    (``level``: the entries held)."""
+
+    def __init__(self, *, width, depth):
+        if depth < 2:
+            raise ValueError(f"BypassFIFO depth {depth} < 2: it is a register beside a "
+                             "FIFO of depth - 1")
+        super().__init__(width=width, depth=depth)
+        self.level = Signal(range(depth + 1))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.ram = ram = fifo.SyncFIFOBuffered(width=self.width, depth=self.depth - 1)
+        held, held_data = Signal(), Signal(self.width)
+        # the register is free for a write if empty or read now, and takes it only
+        # when the block-RAM FIFO holds nothing older
+        bypass = self.w_en & (~held | self.r_en) & (ram.level == 0)
+        m.d.comb += [ram.w_data.eq(self.w_data), ram.w_en.eq(self.w_en & ~bypass),
+                     ram.r_en.eq(self.r_en & ~held),
+                     self.w_rdy.eq(ram.w_rdy),
+                     self.r_rdy.eq(held | ram.r_rdy),
+                     self.r_data.eq(Mux(held, held_data, ram.r_data)),
+                     self.level.eq(ram.level + held),
+                     self.w_level.eq(self.level), self.r_level.eq(self.level)]
+        with m.If(bypass):
+            m.d.sync += [held.eq(1), held_data.eq(self.w_data)]
+        with m.Elif(self.r_en):
+            m.d.sync += held.eq(0)
+        return m
 
 
 def _a_depth(c):
@@ -567,11 +604,13 @@ class _Feeder(wiring.Component):
             # GEMV mode: lanes past K (a tile's last word) are padding
             f1_kv = Signal(GW)
             m.d.sync += f1_kv.eq(Cat(f_kk + g < cmd.k for g in range(GW)))
+            # unfolded, every group of the array takes the top's W (`SystolicArray`)
             for g in range(1, GW):
                 lanes = w_word[8 * C * g:8 * C * (g + 1)]
                 for j in range(C):
                     m.d.sync += self.wg[g - 1][j].eq(
-                        Mux(f1_kv[g], lanes[8 * j:8 * j + c.w_bits].as_signed(), 0))
+                        Mux(fold, Mux(f1_kv[g], lanes[8 * j:8 * j + c.w_bits].as_signed(), 0),
+                            w_lanes[8 * j:8 * j + c.w_bits].as_signed()))
         return m
 
 
@@ -764,7 +803,8 @@ class MatmulEngine(wiring.Component):
         m.submodules.router = router = _Router(c)
         m.submodules.feeder = feeder = _Feeder(c)
         m.submodules.array = array = SystolicArray(R, C, c.a_bits + 1, c.w_bits, c.acc_bits,
-                                                   groups=c.k_per_word if c.gemv_rows else 1)
+                                                   groups=c.k_per_word if c.gemv_rows else 1,
+                                                   span=c.BROADCAST)
         m.submodules.requant = requant = _RowRequant(c)
         m.submodules.writer = writer = _Writer(c)
         # the cycle model reads these constants from the config
@@ -774,10 +814,10 @@ class MatmulEngine(wiring.Component):
                                    and array.fold_spacing == c.gemv_spacing)
 
         m.submodules.a_mem = a_mem = Memory(shape=R * 8 * MB, depth=2 * _a_depth(c), init=[])
-        m.submodules.w_fifo = w_fifo = fifo.SyncFIFOBuffered(width=8 * MB, depth=c.w_fifo_depth)
+        m.submodules.w_fifo = w_fifo = BypassFIFO(width=8 * MB, depth=c.w_fifo_depth)
         m.submodules.p_fifo = p_fifo = fifo.SyncFIFOBuffered(
             width=8 * c.param_bytes_per_tile, depth=c.param_fifo_tiles)
-        m.submodules.o_fifo = o_fifo = fifo.SyncFIFOBuffered(
+        m.submodules.o_fifo = o_fifo = BypassFIFO(
             width=32 * C, depth=c.out_fifo_tiles * R + 1)
 
         wiring.connect(m, wiring.flipped(self.cmd), command.cmd)

@@ -1,8 +1,13 @@
 """Output-stationary systolic array with shadow-register drain.
 
 Dataflow: A elements enter row i from the left, W elements enter column j from
-the top; both move one PE per cycle. Every PE (i, j) accumulates
-A[i, k] * W[k, j] over the K beats of a tile. A `valid` and a `last` flag
+the top. Neither moves one PE per cycle: one register drives the multipliers
+of a run of `span` PEs (A: columns of a row; W: rows of a column) and passes
+the operand on to the next run a cycle later, so a beat crosses an 8x8 array
+at once and its rows leave aligned, with no skew or deskew (a one-PE-per-cycle
+skew cost every command's drain rows + cols - 2 cycles, most of a one-row
+command's fixed cost). Every PE (i, j) accumulates A[i, k] * W[k, j] over
+the K beats of a tile. A `valid` and a `last` flag
 travel with the A operands, so each PE knows on its own which beat closes a
 tile: on the last beat it moves its sum into a shadow register and restarts
 from zero, so the next tile can follow with no bubble. The shadow registers of
@@ -18,7 +23,8 @@ C0 = Const(0, 1)
 __all__ = ["pe_logic", "ProcessingElement", "SystolicArray"]
 
 
-def pe_logic(m, a_in, v_in, l_in, w_in, sh_in, shift, acc_width, name, w_pass=None):
+def pe_logic(m, a_in, v_in, l_in, w_in, sh_in, shift, acc_width, name, pass_a=True,
+             pass_w=True):
     """Emit one processing element into module `m`; return its outputs.
 
     Two internal stages: the product is registered (the DSP's output
@@ -28,19 +34,23 @@ def pe_logic(m, a_in, v_in, l_in, w_in, sh_in, shift, acc_width, name, w_pass=No
     otherwise `shift` moves `sh_in` (the shadow above) into the shadow.
 
     Returns (a_out, v_out, l_out, w_out, sh, capture); `capture` is high in
-    the cycle a finished sum enters the shadow register. `w_pass`, if given,
-    is what the W register passes on instead of `w_in` (the PE below then
-    multiplies a W injected here, still straight from a register).
+    the cycle a finished sum enters the shadow register. Without `pass_a` the
+    A operand and flags are not passed on (a_out, v_out, l_out are None),
+    without `pass_w` the W operand (w_out is None): the neighbour multiplies
+    the same register.
 
     This is a function rather than a submodule so that the array is one
     flat module: Amaranth's simulator runs a flat 8x8 array ~2.5x faster.
     """
-    a_out = Signal.like(a_in, name=f"{name}_a")
-    v_out = Signal(name=f"{name}_v")
-    l_out = Signal(name=f"{name}_l")
-    w_out = Signal.like(w_in, name=f"{name}_w")
-    m.d.sync += [a_out.eq(a_in), v_out.eq(v_in), l_out.eq(l_in),
-                 w_out.eq(w_in if w_pass is None else w_pass)]
+    a_out = v_out = l_out = w_out = None
+    if pass_a:
+        a_out = Signal.like(a_in, name=f"{name}_a")
+        v_out = Signal(name=f"{name}_v")
+        l_out = Signal(name=f"{name}_l")
+        m.d.sync += [a_out.eq(a_in), v_out.eq(v_in), l_out.eq(l_in)]
+    if pass_w:
+        w_out = Signal.like(w_in, name=f"{name}_w")
+        m.d.sync += w_out.eq(w_in)
 
     prod = Signal(signed(len(a_in) + len(w_in)), name=f"{name}_prod")
     p_valid = Signal(name=f"{name}_pv")
@@ -90,8 +100,10 @@ class SystolicArray(wiring.Component):
     send bubbles):
 
     - ``a[i]``, ``w[j]``, ``valid``, ``last``: one beat, k-step of a tile, for
-      all rows and columns at once; the array skews row i by i cycles and
-      column j by j cycles internally.
+      all rows and columns at once; the array skews column j by j // `span`
+      cycles and row i by r // `span` (r: its row within its group, below)
+      internally: `span` PEs share one operand register, its fan-out (8 by
+      default, a DSP input register each).
     - ``out_valid``, ``out[j]``: one finished row of a tile per cycle, rows in
       the order rows-1, rows-2, ..., 0, all columns aligned; the first row
       appears `latency` cycles after the tile's last beat was presented.
@@ -99,26 +111,32 @@ class SystolicArray(wiring.Component):
     Consecutive last beats must be at least `rows` cycles apart, so that a
     column's drain finishes before its next capture; the feeder guarantees it.
 
-    With ``groups`` > 1 (and rows >= groups) the array can also run folded
-    (``fold`` high, held for whole tiles): the rows form `groups` groups of
-    ``rows // groups`` rows (the last group also takes the rows left over),
-    each an array of its own fed at its top row: group 0 by ``w``, group g by
-    ``wg[g-1]``, every row by its own ``a[i]`` as usual. A group g >= 1 runs
-    one cycle behind group 0 (its W enters through the W register of the row
-    above it, so every multiplier still takes its operands from registers).
-    At the end of a tile the groups' sums of the same row r (row g*gr + r)
-    are added as they drain: every group's shadows shift down at once, and
-    the output is the sum of the groups' bottom shadows (rows g*gr + gr-1),
-    so drain step s emits the total of row gr-1-s, rows gr-1 .. 0 in `gr`
-    steps, and the drain stops there. The sum is a tree of adders with a
-    register between levels (none for two groups): `fold_latency` counts
-    them. A row shifts only while a value of its own group is on its way
-    down, so folded tiles may follow each other sooner: their last beats
-    `fold_spacing` cycles apart.
+    With ``groups`` > 1 (and rows >= groups) the rows form `groups` groups of
+    gr = ``rows // groups`` rows (the last group also takes the rows left
+    over), each an array of its own fed at its top row: group 0 by ``w``,
+    group g by ``wg[g-1]``, every row by its own ``a[i]``. Unfolded (``fold``
+    low) the groups are one array: ``wg`` must then carry ``w`` (the feeder
+    multiplexes before its register, so every multiplier still takes its
+    operands straight from registers). Folded (``fold`` high, held for whole
+    tiles) the groups take different W, and at the end of a tile the groups'
+    sums of the same row r (row g*gr + r) are added as they drain: every
+    group's shadows shift down at once, and the output is the sum of the
+    groups' bottom shadows (rows g*gr + gr-1), so drain step s emits the
+    total of row gr-1-s, rows gr-1 .. 0 in `gr` steps, and the drain stops
+    there. The sum is a tree of adders with a register between levels (none
+    for two groups): `fold_latency` counts them. A row shifts only while a
+    value of its own group is on its way down, so folded tiles may follow
+    each other sooner: their last beats `fold_spacing` cycles apart.
     """
 
-    def __init__(self, rows, cols, a_width, w_width, acc_width, groups=1):
-        self.rows, self.cols, self.acc_width = rows, cols, acc_width
+    #: PEs (columns of a row, rows of a column in a group) whose multipliers one operand
+    #: register drives
+    SPAN = 8
+
+    def __init__(self, rows, cols, a_width, w_width, acc_width, groups=1, span=SPAN):
+        if span < 1:
+            raise ValueError(f"span={span}: an operand register drives at least one PE")
+        self.rows, self.cols, self.acc_width, self.span = rows, cols, acc_width, span
         self.groups = groups if rows >= groups > 1 else 1
         fold = ({"fold": In(1), "wg": In(signed(w_width)).array(self.groups - 1, cols)}
                 if self.groups > 1 else {})
@@ -132,9 +150,17 @@ class SystolicArray(wiring.Component):
         })
 
     @property
+    def bottom_skew(self):
+        """Skew of the bottom row, which starts the drain: its row within the last
+        group (all groups skew alike), in runs of `span`."""
+        gr = self.rows // self.groups
+        return (self.rows - 1 - (self.groups - 1) * gr) // self.span
+
+    @property
     def latency(self):
-        """Last beat presented -> first finished row on `out`."""
-        return self.rows + self.cols + 1
+        """Last beat presented -> first finished row on `out`: the bottom row's and
+        the last column's skew, the product, capture and output registers."""
+        return self.bottom_skew + (self.cols - 1) // self.span + 3
 
     @property
     def fold_levels(self):
@@ -143,61 +169,48 @@ class SystolicArray(wiring.Component):
 
     @property
     def fold_latency(self):
-        """`latency` while folded: the bottom row is in the last group, which starts
-        its rows' skew (groups - 1) * (rows // groups) - 1 cycles sooner; the sum of
-        the groups' shadows adds a register between its adder levels."""
-        return (self.latency - (self.groups - 1) * (self.rows // self.groups) + 1
-                + max(self.fold_levels - 1, 0))
+        """`latency` while folded: the sum of the groups' shadows adds a register
+        between its adder levels."""
+        return self.latency + max(self.fold_levels - 1, 0)
 
     @property
     def fold_spacing(self):
-        """Smallest spacing of folded tiles' last beats: a row of the first group
-        may capture once the row below it (or the sum) took its last value. The
-        bottom row, which starts the drain, is `rows - (groups - 1) * gr - 1`
-        rows down its group and a cycle behind the first group; its drain
-        takes a value of the first group's rows until their row gr-1 for
-        `rows - (groups - 1) * gr` steps."""
-        return self.rows - (self.groups - 1) * (self.rows // self.groups) + 1
+        """Smallest spacing of folded tiles' last beats: a row may capture once the
+        row below it (or the sum) took its last value, `gr` drain steps, and the
+        rows of a group capture up to the bottom row's skew apart. (With the
+        last group's extra rows, and one cycle, to spare.)"""
+        return self.rows - (self.groups - 1) * (self.rows // self.groups) + 1 + self.bottom_skew
 
     @staticmethod
-    def _delay(m, sig, n, name, tap=None, fold=None):
-        """`sig` delayed by n registers; with `tap`, by n - tap + 1 while `fold`
-        (it enters the chain at register `tap`, through a multiplexer in front
-        of that register)."""
+    def _delay(m, sig, n, name):
+        """`sig` delayed by n registers."""
         for i in range(n):
             nxt = Signal.like(sig, name=f"{name}_d{i}")
-            src = sig
-            if tap is not None and i == tap - 1 and i > 0:
-                src = Mux(fold, first, sig)
-            if i == 0:
-                first = sig
-            m.d.sync += nxt.eq(src)
+            m.d.sync += nxt.eq(sig)
             sig = nxt
         return sig
 
     def elaborate(self, platform):
         m = Module()
-        R, C, G = self.rows, self.cols, self.groups
+        R, C, G, S = self.rows, self.cols, self.groups, self.span
         gr = R // G
         fold = self.fold if G > 1 else C0
 
         def group(i):
             return min(i // gr, G - 1)
 
-        def tap(i):
-            return group(i) * gr if G > 1 and group(i) else None
-
         # Built row by row, column by column: PE(i, j) takes A and flags from
-        # PE(i, j-1), W from PE(i-1, j) and the shadow of PE(i-1, j).
-        # Input skew: the k-th beat reaches PE(i, j) at cycle k + i + j
-        # (folded: k + (i - g*gr) + [g > 0] + j for row i of group g).
-        a_row = [self._delay(m, self.a[i], i, f"a{i}", tap(i), fold) for i in range(R)]
-        v_row = [self._delay(m, self.valid, i, f"v{i}", tap(i), fold) for i in range(R)]
-        l_row = [self._delay(m, self.last, i, f"l{i}", tap(i), fold) for i in range(R)]
-        w_col = [self._delay(m, self.w[j], j, f"w{j}") for j in range(C)]
-        # group g's W, skewed like the top's, passed on by the row above the group
-        w_inj = {g * gr - 1: [self._delay(m, self.wg[g - 1][j], j, f"wg{g}_{j}")
-                              for j in range(C)] for g in range(1, G)}
+        # PE(i, j-1) (within a run of `span` columns its input register, else
+        # the register it passes A on in), W likewise from PE(i-1, j), and the
+        # shadow of PE(i-1, j). The k-th beat reaches PE(i, j) at cycle
+        # k + (i - g*gr) // span + j // span (row i of group g).
+        a_row = [self._delay(m, self.a[i], (i - group(i) * gr) // S, f"a{i}") for i in range(R)]
+        v_row = [self._delay(m, self.valid, (i - group(i) * gr) // S, f"v{i}") for i in range(R)]
+        l_row = [self._delay(m, self.last, (i - group(i) * gr) // S, f"l{i}") for i in range(R)]
+        # each group's W, skewed by column runs
+        w_top = [[self._delay(m, self.w[j] if g == 0 else self.wg[g - 1][j], j // S,
+                              f"w{g}_{j}") for j in range(C)] for g in range(G)]
+        w_col = [None] * C
         # the bottom shadow of every group, per column
         group_bottom = [[None] * G for _ in range(C)]
 
@@ -222,11 +235,19 @@ class SystolicArray(wiring.Component):
                 shift = (active[j] & (step[j] < (i if local == i else Mux(dfold[j], local, i)))
                          if i else C0)
                 sh_in = sh_col[j] if i else Const(0, signed(self.acc_width))
-                w_pass = Mux(fold, w_inj[i][j], w_col[j]) if i in w_inj else None
+                if local == 0:
+                    w_col[j] = w_top[group(i)][j]
+                # the last PE of a run registers its operand for the next run
                 a_out, v_out, l_out, w_out, sh, cap = pe_logic(
                     m, a_row[i], v_row[i], l_row[i], w_col[j], sh_in, shift,
-                    self.acc_width, f"pe{i}_{j}", w_pass)
-                a_row[i], v_row[i], l_row[i], w_col[j], sh_col[j] = a_out, v_out, l_out, w_out, sh
+                    self.acc_width, f"pe{i}_{j}",
+                    pass_a=j % S == S - 1 and j + 1 < C,
+                    pass_w=local % S == S - 1 and i + 1 < R and group(i + 1) == group(i))
+                if a_out is not None:
+                    a_row[i], v_row[i], l_row[i] = a_out, v_out, l_out
+                if w_out is not None:
+                    w_col[j] = w_out
+                sh_col[j] = sh
                 capture_bottom[j] = cap
                 if G > 1 and i % gr == gr - 1 and i // gr < G:
                     group_bottom[j][i // gr] = sh
@@ -260,9 +281,10 @@ class SystolicArray(wiring.Component):
                 col_valid.append(Mux(dfold[j], v, active[j]))
                 col_data.append(Mux(dfold[j], level[0], sh_col[j]))
 
-        # Deskew: column j runs j cycles behind column 0.
+        # Deskew: column j runs j // span cycles behind column 0.
         out_valid = self._delay(m, col_valid[C - 1], 0, "ov")
         m.d.sync += self.out_valid.eq(out_valid)
         for j in range(C):
-            m.d.sync += self.out[j].eq(self._delay(m, col_data[j], C - 1 - j, f"o{j}"))
+            m.d.sync += self.out[j].eq(self._delay(m, col_data[j], (C - 1) // S - j // S,
+                                                   f"o{j}"))
         return m

@@ -167,7 +167,8 @@ def parse_arrays(text, option="--arrays"):
 def program_case(cfg, comp, words, ops, mem, t):
     """Figures of the program `words` (`ops`: its (Op, fields)) on memory `mem`, which
     computes `t` tokens: exact cycles (total and by instruction kind, each instruction's
-    hand-over cycles with it, under HALT the first instruction's fetch and decode), utilisation, compulsory bytes,
+    hand-over cycles with it, under HALT the first instruction's fetch and decode and the
+    program's end the cycle after the last done), utilisation, compulsory bytes,
     and the estimated energy per token (`energy`: parameters in block RAM, and read from
     DRAM)."""
     r, c = cfg.engine.rows, cfg.engine.cols

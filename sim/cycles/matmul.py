@@ -11,7 +11,7 @@ Timeline per row block b (cycle 0 = command accept):
 - the issuer sends the block's A words from cycle X_b, one per cycle
   (X_0 = 1; later blocks wait until the feeder has read the previous block);
 - the first tile's parameter words follow, then its first W word, whose
-  response reaches the feeder 2 cycles after arriving (FIFO latency);
+  response reaches the feeder `FIFO_LATENCY` cycles after arriving;
 - the feeder then emits tiles back to back, one every P = max(K, min period)
   cycles; the W stream runs ahead, so it never waits within a block;
 - the last tile's rows leave the array `drain` cycles after its last beat,
@@ -24,7 +24,7 @@ from cycle 1, then every tile's parameter and W words back to back, tile t's
 first parameter word at s_t >= s_{t-1} + max(words per tile,
 gemv_min_tile_period) and no more than `param_fifo_tiles` tiles ahead of the
 requantiser. The feeder takes each W word as a beat the cycle it leaves
-the W FIFO (request + latency + 2): the issuer's spacing keeps the
+the W FIFO (request + latency + `FIFO_LATENCY`): the issuer's spacing keeps the
 feeder's padding and credits from ever holding a word back. A folded tile
 drains the totals of its `gemv_rows` rows, A row 0 first, and only the M
 rows reach the writer (the requantiser drops the others).
@@ -37,6 +37,9 @@ __all__ = ["matmul_cycles", "MatmulCycles", "REF_MEM_LATENCY"]
 
 #: Memory latency of the reference memory model (request accept -> response valid).
 REF_MEM_LATENCY = 3
+
+#: W and output FIFOs (`rtl.matmul.BypassFIFO`): write -> readable, when empty
+FIFO_LATENCY = 1
 
 
 
@@ -62,7 +65,7 @@ def matmul_cycles(cfg: EngineConfig, m, k, n, raw=False, latency=REF_MEM_LATENCY
     PW = cfg.param_words(raw)
     AW = cfg.a_words_per_row(k)
     # fixed pipeline delays (see module docstring)
-    fifo = 2                                # W FIFO write -> readable
+    fifo = FIFO_LATENCY                     # W FIFO write -> readable
     startup = PW + latency + fifo           # last A request -> first beat, minus one
     # the last block's rows leave the writer bottom-first: those past M one per
     # cycle, then its `rows` rows one write per segment word
@@ -98,7 +101,7 @@ def _gemv_cycles(cfg, m, k, n, raw, latency, tail):
     NT, PFT = ceil_div(n, cfg.cols), cfg.param_fifo_tiles
     PW, KW = cfg.param_words(raw), cfg.w_words_per_tile(k)
     period = max(PW + KW, cfg.gemv_min_tile_period(raw, m))
-    to_beat = PW + latency + 2          # first parameter request -> first beat
+    to_beat = PW + latency + FIFO_LATENCY   # first parameter request -> first beat
     # first parameter request -> the tile counts as drained for the run-ahead
     # limit (the cycle after its last row entered the requantiser)
     drained = to_beat + KW - 1 + cfg.FEED_LATENCY + cfg.gemv_drain_latency + cfg.gemv_rows

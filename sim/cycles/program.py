@@ -5,14 +5,15 @@ fetched and decoded while it runs. An instruction accepted by its unit in
 cycle a whose unit takes U cycles from accept to its ``done`` pulse (cycle
 a + U) frees the word register at a; the next word is transferred at a + 1,
 decoded at a + 2 and a + 3, and its command is presented (and accepted: the
-units are idle the cycle after their ``done``) at max(a + 4, a + U + 1). An
-instruction therefore costs `instruction_cycles` (U) = max(U +
-`PER_INSTRUCTION`, `MIN_INSTRUCTION`) cycles when the host streams
-instructions without gaps. The first instruction is accepted
-`FETCH_TO_ISSUE` = 3 cycles after its transfer, and the HALT ends the
-program the cycle after the last unit's ``done``: the machine's ``cycles``
-status, read at ``done``, is `FETCH_TO_ISSUE` + the sum of
-`instruction_cycles`.
+units are idle from their ``done`` on) at a + 4 if the unit was done by
+a + 3, else in the ``done`` cycle a + U itself. An instruction therefore costs
+`instruction_cycles` (U) = max(U + `PER_INSTRUCTION`, `MIN_INSTRUCTION`)
+cycles when the host streams instructions without gaps. The first
+instruction is accepted `FETCH_TO_ISSUE` = 3 cycles after its transfer, and
+the HALT ends the program the cycle after the last unit's ``done``: the
+machine's ``cycles`` status, read at ``done``, is `FETCH_TO_ISSUE` + the sum
+of `instruction_cycles` + `HALT_CYCLES` (the last instruction's hand-over
+cycle, when it takes at least `MIN_INSTRUCTION`).
 
 Per unit (reference memory: requests always accepted, responses after
 `REF_MEM_LATENCY` cycles, writes always accepted):
@@ -40,14 +41,19 @@ from gpt2accel.sim.cycles.matmul import matmul_cycles
 from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY
 from gpt2accel.sim.cycles.units import layernorm_row_passes
 
-__all__ = ["PER_INSTRUCTION", "MIN_INSTRUCTION", "instruction_cycles", "unit_cycles",
+__all__ = ["PER_INSTRUCTION", "MIN_INSTRUCTION", "HALT_CYCLES", "instruction_cycles", "unit_cycles",
            "vector_cycles", "vector_groups", "kvstore_cycles", "kvstore_segments", "program_cycles"]
 
-#: the hand-over cycle after a unit's ``done``: the next command is presented then
-PER_INSTRUCTION = 1
+#: cycles between a unit's ``done`` and the next command's accept: it is presented in
+#: the ``done`` cycle itself
+PER_INSTRUCTION = 0
 #: the shortest an instruction can take: the next word's fetch after this one's accept
 #: and its two decode stages
 MIN_INSTRUCTION = 4
+
+
+#: the HALT retires in the last unit's ``done`` cycle: the program is done the cycle after
+HALT_CYCLES = 1
 
 
 def instruction_cycles(u):
@@ -262,6 +268,11 @@ def program_cycles(cfg, words, latency=REF_MEM_LATENCY, mem=None):
     for w in words:
         op, f = decode(cfg, w)
         if op == Op.HALT:
+            if per:
+                # the HALT is decoded by the last accept + 3, and the program ends
+                # the cycle after that unit's done
+                u = per[-1][1]
+                total += max(u + HALT_CYCLES, MIN_INSTRUCTION) - instruction_cycles(u)
             return total, per
         u = unit_cycles(cfg, op, f, latency, mem)
         per.append((op, u))

@@ -114,8 +114,9 @@ class EngineHarness(UnitHarness):
 class MatmulHarness(EngineHarness):
     unit, cls = "matmul", MatmulEngine
     config = "1x1 array, 2-bit operands, M,N <= 2, K <= 4, 4-byte words, 2 reads in flight"
-    # the first command with a stalled write can finish in step 16 (reach_done; 20
-    # before raw rows left the requantiser after the bias add)
+    # the first command with a stalled write can finish in step 14 (reach_done; 16
+    # before the array's operands were broadcast and the FIFOs bypassed, 20 before
+    # raw rows left the requantiser after the bias add)
     depth, deep_depth = 24, 48
     # the induction step does not close on the engine's counters (and costs minutes)
     bmc_only = EngineHarness.bmc_only + ("mem_rd_req_hold", "mem_wr_hold",
@@ -155,9 +156,10 @@ class MatmulGemvHarness(MatmulHarness):
     and command rules."""
     unit = "matmul_gemv"
     config = "2x1 array (GEMV mode for M = 1), 2-bit operands, M,N <= 2, K <= 4, 2-byte words"
-    # the first command with a stalled write can finish in step 19 (reach_done; 26
-    # before raw rows left the requantiser after the bias add and the folded drain
-    # gave A row 0's total first)
+    # the first command with a stalled write can finish in step 16 (reach_done; 19
+    # before the array's operands were broadcast and the FIFOs bypassed, 26 before
+    # raw rows left the requantiser after the bias add and the folded drain gave A
+    # row 0's total first)
     depth, deep_depth = 28, 48
 
     def args(self):
@@ -468,7 +470,7 @@ class MachineLiveHarness(UnitHarness):
     (latency 1)."""
     unit, cls = "machine_live", Machine
     config = "MACHINE_CONFIG, every legal MATMUL (m, n <= 2, k <= 8), fair memory (latency 1)"
-    # the longest bound (m 2, k 8; 51 cycles with the requantiser's six stages): fetched
+    # the longest bound (m 2, k 8; 48 cycles with the requantiser's six stages): fetched
     # in step 0 it ends in that step, so the depth is derived from the bounds rather
     # than written down, and an engine stage more cannot push the longest MATMUL out
     # of reach (`reach_longest` shows it ending at its bound within the depth)

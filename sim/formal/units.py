@@ -1,5 +1,6 @@
 """Formal harnesses of the stream units: GELU, residual and embedding adds, LayerNorm,
-softmax, reciprocal, normaliser, and the `lib.fifo` buffers the engines use.
+softmax, reciprocal, normaliser, and the `lib.fifo` buffers the engines use (and the
+matmul engine's `BypassFIFO` around one).
 
 Every harness leaves the unit's inputs to the solver, assumes the stream rule
 on its input streams, asserts it on its output streams (``<port>_hold``) and
@@ -19,6 +20,7 @@ from gpt2accel.rtl.attention_config import AttentionConfig
 from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.rtl.gelu import GeluUnit
 from gpt2accel.rtl.layernorm import LayerNormUnit, RowRoot, row_latency
+from gpt2accel.rtl.matmul import BypassFIFO
 from gpt2accel.rtl.normalise import Normaliser, Reciprocal
 from gpt2accel.rtl.residual import EmbeddingAdd, ResidualAdd
 from gpt2accel.rtl.softmax import SoftmaxUnit
@@ -342,21 +344,36 @@ class SyncFifoHarness(FifoHarness):
 @register
 class BufferedFifoHarness(FifoHarness):
     unit, cls = "fifo_buffered", fifo.SyncFIFOBuffered
-    config = "SyncFIFOBuffered depth 4 (matmul w_fifo)"
+    config = "SyncFIFOBuffered depth 4 (matmul p_fifo)"
     depth, deep_depth = 14, 30
 
 
 @register
 class BufferedFifo2Harness(FifoHarness):
     unit, cls = "fifo_buffered2", fifo.SyncFIFOBuffered
-    config = "SyncFIFOBuffered depth 2 (normaliser queue)"
+    config = "SyncFIFOBuffered depth 2 (normaliser queue; inside the matmul o_fifo)"
     fifo_depth = 2
     depth, deep_depth = 10, 30
 
 
 @register
+class BypassFifoHarness(FifoHarness):
+    unit, cls = "fifo_bypass", BypassFIFO
+    config = "BypassFIFO depth 4 (matmul w_fifo; a SyncFIFOBuffered of 3 behind its register)"
+    depth, deep_depth = 14, 30
+
+
+@register
+class BypassFifo3Harness(FifoHarness):
+    unit, cls = "fifo_bypass3", BypassFIFO
+    config = "BypassFIFO depth 3 (matmul o_fifo, 1-row array, 2 tiles)"
+    fifo_depth = 3
+    depth, deep_depth = 12, 30
+
+
+@register
 class BufferedFifo3Harness(FifoHarness):
     unit, cls = "fifo_buffered3", fifo.SyncFIFOBuffered
-    config = "SyncFIFOBuffered depth 3 (matmul o_fifo, 1-row array, 2 tiles)"
+    config = "SyncFIFOBuffered depth 3 (inside the matmul w_fifo, a BypassFIFO of 4)"
     fifo_depth = 3
     depth, deep_depth = 12, 30

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gpt2accel.rtl.config import EngineConfig
-from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY, matmul_cycles
+from gpt2accel.sim.cycles.matmul import FIFO_LATENCY, REF_MEM_LATENCY, matmul_cycles
 from gpt2accel.sim.harness.matmul import MatmulCase, simulate
 
 from matmul_cases import check_results, random_case
@@ -163,15 +163,15 @@ def test_gemv_then_unfolded_while_draining(seed):
 def test_gemv_run_ahead_limit(seed):
     """GEMV tiles so short and a memory so slow that the issuer's run-ahead limit
     (param_fifo_tiles) holds tiles back: the model's recurrence is exact there too."""
-    cfg = EngineConfig(rows=2, cols=16, mem_bytes=32, param_fifo_tiles=4, max_outstanding=32)
-    latency = 31
+    cfg = EngineConfig(rows=2, cols=16, mem_bytes=32, param_fifo_tiles=4, max_outstanding=56)
+    latency = 47
     rng = np.random.default_rng([seed, 4])
     shapes = [(1, 16, 9 * cfg.cols), (1, 15, 6 * cfg.cols - 5), (1, 1, 50)]
     cases = [random_case(rng, cfg, 0, 0, 0, shape=s) for s in shapes]
     k = shapes[0][1]
     period = max(cfg.param_words_per_tile + cfg.w_words_per_tile(k),
                  cfg.min_tile_period(cases[0].raw))
-    drained = (cfg.param_words_per_tile + latency + 2 + cfg.w_words_per_tile(k) - 1
+    drained = (cfg.param_words_per_tile + latency + FIFO_LATENCY + cfg.w_words_per_tile(k) - 1
                + cfg.FEED_LATENCY + cfg.gemv_drain_latency + cfg.gemv_rows)
     assert drained > cfg.param_fifo_tiles * period      # the limit binds for the first shape
     results, cycles, _ = simulate(cfg, cases, seed=seed, latency=latency)

@@ -32,10 +32,10 @@ def test_config_layout_figures():
     assert cfg.out_row_words(9, False) == 1 and cfg.out_row_words(9, True) == 3
 
 
-def _run_array(rows, cols, tiles, gaps):
+def _run_array(rows, cols, tiles, gaps, span=SystolicArray.SPAN):
     """Feed tiles (a [rows,K], w [K,cols]) with `gaps[t]` bubbles after tile t;
     return drained rows in output order and the cycle of each."""
-    dut = SystolicArray(rows, cols, 9, 8, 32)
+    dut = SystolicArray(rows, cols, 9, 8, 32, span=span)
     got = []
 
     async def bench(ctx):
@@ -73,16 +73,19 @@ def _run_array(rows, cols, tiles, gaps):
     return got, dut.latency
 
 
-@pytest.mark.parametrize("rows,cols", [(1, 1), (3, 2), (2, 4)])
-def test_array_back_to_back_tiles(rows, cols):
+@pytest.mark.parametrize("rows,cols,span", [(1, 1, 8), (3, 2, 8), (2, 4, 8), (2, 5, 2),
+                                            (3, 7, 3), (5, 3, 2)])
+def test_array_back_to_back_tiles(rows, cols, span):
     """Tiles as short as `rows` beats, with and without bubbles, drain intact
-    and bottom row first, `latency` cycles after each tile's last beat."""
+    and bottom row first, `latency` cycles after each tile's last beat (runs of
+    `span` PEs sharing an operand register, a register between runs)."""
     rng = np.random.default_rng(rows * 10 + cols)
     ks = [rows, rows + 1, 5, rows, 1 if rows == 1 else rows]
     gaps = [0, 2, 0, 1, 0]
     tiles = [(rng.integers(-128, 128, (rows, k)), rng.integers(-128, 128, (k, cols)))
              for k in ks]
-    got, latency = _run_array(rows, cols, tiles, gaps)
+    got, latency = _run_array(rows, cols, tiles, gaps, span)
+    assert latency == (rows - 1) // span + (cols - 1) // span + 3
     want = [row for a, w in tiles for row in (a @ w)[::-1].tolist()]
     assert [o for _, o in got] == want
     t, first = 0, []

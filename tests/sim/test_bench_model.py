@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gpt2accel.rtl.machine import FETCH_TO_ISSUE
+from gpt2accel.sim.cycles.program import HALT_CYCLES
 from gpt2accel.sim.bench import model as bench
 
 
@@ -148,7 +149,9 @@ def test_energy_and_cycles_by_instruction_kind():
     for c in cases.values():
         assert sum(c["cycles_by_kind"].values()) == c["cycles"]
         # under HALT: the first instruction's fetch and decode
-        assert c["cycles_by_kind"]["MATMUL"] > 0 and c["cycles_by_kind"]["HALT"] == FETCH_TO_ISSUE
+        # HALT: the first instruction's fetch and decode, and the cycle after the last done
+        assert (c["cycles_by_kind"]["MATMUL"] > 0
+                and c["cycles_by_kind"]["HALT"] == FETCH_TO_ISSUE + HALT_CYCLES)
         ev = c["events_per_token"]
         assert sum(e["macs"] for e in ev.values()) == c["macs_per_token"]
         assert c["macs_per_token"] == pytest.approx(c["utilisation"] * 64 * c["cycles_per_token"])
