@@ -78,7 +78,7 @@ def test_heads_inside_a_word_are_bounded_by_max_k():
                                               addr_bits=8),
                           tile=4, lanes=1, norm_lanes=1, max_d_head=16, max_seq=8)
     att = {n: 0 for n, _ in body_layout(cfg, Op.ATTENTION)}
-    att.update(n_head=2, tq=1, q_row_stride=1, out_stride=1)
+    att.update(n_head=2, tq=1, q_row_stride=1, out_stride=1, head_group=1)
     cases = [(dict(d_head=13, q_head_bytes=5), True),     # 13 + 8 - 1 = 20 <= max_k
              (dict(d_head=14, q_head_bytes=6), False),    # 21 > max_k
              (dict(d_head=16, q_head_bytes=0), True)]     # heads on words: k = d_head
