@@ -524,8 +524,11 @@ class _ScoreFeeder(wiring.Component):
         sm_on, sm_par, sm_start = ph.on, ph.par, ph.start
         sm_k0 = Signal(range(c.max_seq + T + 1))
         sm_nkeys = Signal(range(T + 1))
-        m.d.comb += sm_start.eq(~sm_on & (self.s_full != 0) & ~x.blk_start & ~x.nm_on
-                                & ~x.nm_pend & self.sm_room)
+        # chain: a softmax may start during a head's normalise phase (its P rows and
+        # row info wait for the write channel, `_ProbWriter`; the phase took its L
+        # when it started and the PV that would reuse its O row waits for this softmax)
+        m.d.comb += sm_start.eq(~sm_on & (self.s_full != 0) & ~x.blk_start
+                                & (~x.nm_on | x.chain) & ~x.nm_pend & self.sm_room)
         # the tile's S row: row 0 of the other half after each S command's
         # tiles (one, or s_chunk when batched), else the next row
         CB = c.s_chunk

@@ -257,8 +257,9 @@ def _chain(cfg, s_ks, d_head, tk, g=1):
         fin = sm_on and t == sm_fin
         nm_done = nm_on and t == nm_end
         first = state == "HEAD" and sh == 0
-        sm_start = (not sm_on and s_full and not first and not nm_on and not nm_pend
-                    and sm_lead < 2)
+        # a softmax may start during a normalise phase; its first P beat then waits
+        # for the phase's end (the write channel)
+        sm_start = not sm_on and s_full and not first and not nm_pend and sm_lead < 2
         nm_start = nm_pend and not nm_on and not sm_on
         s_issue = pv_issue = False
         nxt = state
@@ -303,7 +304,8 @@ def _chain(cfg, s_ks, d_head, tk, g=1):
         if fin:
             sm_on = False
         if sm_start:
-            sm_on, sm_fin = True, t + sm_len
+            free = nm_end + 1 if nm_on else t
+            sm_on, sm_fin = True, t + sm_len + max(0, free - (t + sm_len - BPR))
         nm_pend = (nm_pend or kind == "PV") and not nm_start
         if nm_start:
             nm_on, nm_end = True, t + nm_len
