@@ -28,7 +28,9 @@ the tile's first key, and S stops at the block's last query, so large
 blocks waste few MACs on masked keys. A command of one query whose keys fit
 one tile (decode of a short context, `chain`) runs its heads' commands as one
 stream the same way: S_{h+1} during head h's softmax, PV_{h+1} during head h's
-normalise phase. Every buffer has a size fixed by the configuration
+normalise phase, and with `head_group` one S command serves a group of heads
+whose Kᵀ tiles lie side by side (head g's scores in row g of the S half, as a
+batched command's key tiles). Every buffer has a size fixed by the configuration
 (two S tiles, two P tiles, one block of O): nothing grows with the sequence
 length except the KV cache. `sim/cycles/attention.py` reproduces the timing.
 """

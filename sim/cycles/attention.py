@@ -30,9 +30,10 @@ last head's last phase ends.
 
 One query whose keys fit one tile (`tq == 1`, `offset < tile`, block_rows > 1):
 the sequencer's chain mode, the heads' S and PV commands as one stream
-(S_{h+1} during head h's softmax, PV_{h+1} during its normalise phase), whose
-hand-offs `_chain` steps cycle by cycle on the same command, softmax and
-normalise lengths.
+(S_{h+1} during head h's softmax, PV_{h+1} during its normalise phase, a
+softmax during a phase holding its P rows until the phase ends; with
+`head_group` one S command a group of heads), whose hand-offs `_chain` steps
+cycle by cycle on the same command, softmax and normalise lengths.
 """
 from dataclasses import dataclass
 from functools import lru_cache
