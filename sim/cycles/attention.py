@@ -250,7 +250,7 @@ def _chain(cfg, s_ks, d_head, tk, g=1):
     sh_end = g - 1              # the last head of the S side's command
     s_iss = pv_iss = False      # the side's head has its command issued
     arrivals = {}               # cycle -> S tiles whose scores are in at its end
-    ahead = s_full = sm_ready = sm_lead = 0
+    ahead = s_full = sm_ready = sm_lead = sm_busy = 0
     sm_on = nm_on = nm_pend = False
     sm_fin = nm_end = eng = None
     while True:
@@ -292,7 +292,7 @@ def _chain(cfg, s_ks, d_head, tk, g=1):
                 nxt = "HEAD"
             sh += 1
         elif nm_done and not nm_pend:                       # NORM
-            return t + 1, sum(s_c.values()) + H * pv_c, H * sm_len, H * nm_len
+            return t + 1, sum(s_c.values()) + H * pv_c, sm_busy, H * nm_len
         kind = eng[0] if mm_done else None
         ahead += g * s_issue - pv_issue
         s_iss |= s_issue
@@ -307,6 +307,7 @@ def _chain(cfg, s_ks, d_head, tk, g=1):
         if sm_start:
             free = nm_end + 1 if nm_on else t
             sm_on, sm_fin = True, t + sm_len + max(0, free - (t + sm_len - BPR))
+            sm_busy += sm_fin - t
         nm_pend = (nm_pend or kind == "PV") and not nm_start
         if nm_start:
             nm_on, nm_end = True, t + nm_len
