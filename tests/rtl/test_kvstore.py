@@ -37,7 +37,11 @@ def _fields(cfg, rng, max_tok=3, full=False):
     # `full`: every tile at the height of the head that starts latest in its word
     # (several heads' tiles then form one W operand)
     k_rows = max(h * skew % e.mem_bytes for h in range(n_head)) + d_head if full else 0
-    return dict(n_tok=n_tok, pos0=rng.randint(0, cfg.max_seq - n_tok), n_head=n_head,
+    pos0 = rng.randint(0, cfg.max_seq - n_tok)
+    if full and n_tok <= cfg.tile:
+        # the last token in its tile's last column tile, whose address the height sets
+        pos0 = cfg.tile * rng.randint(0, cfg.max_seq // cfg.tile - 1) + cfg.tile - n_tok
+    return dict(n_tok=n_tok, pos0=pos0, n_head=n_head,
                 d_head=d_head, src_base=rng.randint(0, 8), src_stride=2 * n_head * d_head // 4 + 3,
                 src_lane=rng.randint(0, e.mem_bytes - 1), k_skew=skew,
                 k_rows=k_rows,
