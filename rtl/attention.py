@@ -28,7 +28,9 @@ the tile's first key, and S stops at the block's last query, so large
 blocks waste few MACs on masked keys. A command of one query whose keys fit
 one tile (decode of a short context, `chain`) runs its heads' commands as one
 stream the same way: S_{h+1} during head h's softmax, PV_{h+1} during head h's
-normalise phase. Every buffer has a size fixed by the configuration
+normalise phase, and with `head_group` one S command serves a group of heads
+whose Kᵀ tiles lie side by side (head g's scores in row g of the S half, as a
+batched command's key tiles). Every buffer has a size fixed by the configuration
 (two S tiles, two P tiles, one block of O): nothing grows with the sequence
 length except the KV cache. `sim/cycles/attention.py` reproduces the timing.
 """
@@ -94,6 +96,9 @@ def _context(c):
         # one query whose keys fit one tile (decode of a short context): the heads
         # run as one stream of S and PV commands (`_CommandSequencer`)
         "chain": Out(1),
+        # chain with `head_group` heads per S command: their Kᵀ tiles side by side in
+        # one W operand, head g's scores in row g of the S half
+        "hbatch": Out(1),
         "s_head": Out(1),                                   # chain: the S side's next head (pulse)
         "pv_wrap": Out(1),                                  # chain: the PV side's next head (pulse)
         "nm_pend": Out(1),                                  # chain: a head's PV is done, its
@@ -160,6 +165,9 @@ class _CommandSequencer(wiring.Component):
         accept = self.cmd.valid & ~busy & ~lent
         p = self.cmd.payload
         h = Signal(range(257))                      # head
+        # the last head of the S side's command (h itself unless `hbatch`)
+        h_end = Signal(range(257 + c.s_chunk))
+        chain_p = ((p.tq == 1) & (p.offset < c.tile)) if R > 1 else Const(0)
         hq = Signal(c.engine.addr_bits)
         # A head's output bytes, D, as (words, bytes < MB): found by subtracting
         # MB once per cycle after the accept (no divider), long before the first
@@ -219,7 +227,10 @@ class _CommandSequencer(wiring.Component):
                 with m.If(accept):
                     m.d.sync += [cmd.eq(p), busy.eq(1), x.tk.eq(p.offset + p.tq), h.eq(0),
                                  hp.eq(0), x.nm_pend.eq(0),
-                                 x.chain.eq(((p.tq == 1) & (p.offset < c.tile)) if R > 1 else 0),
+                                 x.chain.eq(chain_p),
+                                 x.hbatch.eq(chain_p & (p.head_group > 1) if c.s_chunk > 1 else 0),
+                                 h_end.eq(Mux(chain_p & (p.head_group > 1) if c.s_chunk > 1
+                                              else 0, p.head_group - 1, 0)),
                                  dw.eq(0), db.eq(p.d_head),
                                  hq.eq(p.q_base), x.qo.eq(0),
                                  x.hk.eq(p.k_base), x.hv.eq(p.v_base),
@@ -245,8 +256,8 @@ class _CommandSequencer(wiring.Component):
                 m.d.comb += self.phase.eq(Phase.DECIDE)
                 with m.If(t.s_next):
                     m.next = "S_CMD"
-                with m.Elif(x.chain & t.s_room & (h + 1 < cmd.n_head)):
-                    # chain: the next head's S runs ahead of this head's PV
+                with m.Elif(x.chain & t.s_room & (h_end + 1 < cmd.n_head)):
+                    # chain: the next head's (group's) S runs ahead of this head's PV
                     m.next = "NEXT"
                 with m.Elif(t.pv_left):
                     with m.If(t.pv_ready):
@@ -293,7 +304,11 @@ class _CommandSequencer(wiring.Component):
                                  h.eq(h + 1), hq.eq(hq + cmd.q_head_stride + carry),
                                  x.hk.eq(x.hk + cmd.k_head_stride),
                                  x.hv.eq(x.hv + cmd.v_head_stride)]
-                    m.next = "HEAD"
+                    # `hbatch`: a head a cycle through the group just served (its
+                    # heads' Q, K and V bases step as one head's would)
+                    with m.If(h == h_end):
+                        m.d.sync += h_end.eq(h_end + Mux(x.hbatch, cmd.head_group, 1))
+                        m.next = "HEAD"
                 with m.Else():
                     # the end of the command needs every output written
                     m.next = "NORM"
@@ -364,9 +379,17 @@ class _TileIssuer(wiring.Component):
         wr_beat = Signal(range(TB))
         wr_tiles = Signal(range(CB + 1))        # tiles of the running S command written
         tile_wr = Signal()
+        # the S command's k: the Q bytes up to the head's end, or every tile's k_rows
+        s_k = Signal(range(e.max_k + 1))
+        m.d.comb += s_k.eq(Mux(cmd.k_rows != 0, cmd.k_rows, x.qo + cmd.d_head))
+        # `hbatch`: the columns of a group's S command before its last head's keys,
+        # registered from the command (its first S command is two cycles later)
+        hb_n = Signal(range(CB * T + 1))
+        m.d.sync += hb_n.eq(times_const(cmd.head_group - 1, T) if CB > 1 else 0)
+        several = batch | x.hbatch          # several tiles per S command
         if CB > 1:
-            m.d.comb += tile_wr.eq(batch & self.s_wr & (wr_beat == TB - 1))
-            with m.If(batch & self.s_wr):
+            m.d.comb += tile_wr.eq(several & self.s_wr & (wr_beat == TB - 1))
+            with m.If(several & self.s_wr):
                 m.d.sync += wr_beat.eq(Mux(wr_beat == TB - 1, 0, wr_beat + 1))
             m.d.sync += wr_tiles.eq(wr_tiles + tile_wr)
             with m.If(t.s_issue):
@@ -374,20 +397,21 @@ class _TileIssuer(wiring.Component):
             # the head's Kᵀ tiles back to back: a tile's words (T / cols column
             # tiles of ceil(k / k_per_word) words) are the whole stride; registered,
             # k only changes in HEAD
-            kw = (x.qo + cmd.d_head + e.k_per_word - 1) >> (e.k_per_word.bit_length() - 1)
+            kw = (s_k + e.k_per_word - 1) >> (e.k_per_word.bit_length() - 1)
             contig = Signal()
             chunk_kp = Signal(e.addr_bits)      # CB tiles of the cache
             m.d.sync += [contig.eq(cmd.k_tile_stride == times_const(kw, T // e.cols)),
                          chunk_kp.eq(times_const(cmd.k_tile_stride, CB))]
             m.d.comb += batch.eq(contig & (x.rows_b == 1) & ~x.chain)
         rem = last_q + 1 - es_k0                # keys of the block from es_k0 on
-        m.d.comb += s_tiles.eq(Mux(batch, 1 + sum(rem > i * T for i in range(1, CB)), 1))
+        m.d.comb += s_tiles.eq(Mux(batch, 1 + sum(rem > i * T for i in range(1, CB)),
+                                   Mux(x.hbatch, cmd.head_group, 1)))
         m.d.sync += [ahead.eq(ahead + Mux(t.s_issue, s_tiles, 0) - t.pv_issue),
                      sm_ready.eq(sm_ready + self.sm_fin - t.pv_issue),
                      sm_lead.eq(sm_lead + self.sm_take - pv_done),
                      self.s_full.eq(self.s_full + Mux(s_done, eng_tiles - wr_tiles, 0) + tile_wr
                                     - self.sm_take)]
-        s_room = ahead <= Mux(batch, CB, 1)
+        s_room = ahead <= Mux(batch, CB, Mux(x.hbatch, cmd.head_group, 1))
         m.d.comb += [t.s_next.eq((es_k0 <= last_q) & s_room), t.s_room.eq(s_room),
                      t.pv_left.eq(ep_k0 <= last_q), t.pv_ready.eq(sm_ready != 0),
                      self.sm_room.eq(sm_lead < 2)]
@@ -434,9 +458,9 @@ class _TileIssuer(wiring.Component):
         # keys past the block's last query are never visible to it: a diagonal
         # tile's S stops there (the softmax masks the rest)
         n_max = Mux(batch, CB * T, T)
-        n_keys = Mux(rem > n_max, n_max, rem)
+        n_keys = Mux(x.hbatch, hb_n + rem, Mux(rem > n_max, n_max, rem))
         s = t.s_cmd
-        m.d.comb += [s.m.eq(x.rows_b - small_times(s_skip, AR)), s.k.eq(x.qo + cmd.d_head),
+        m.d.comb += [s.m.eq(x.rows_b - small_times(s_skip, AR)), s.k.eq(s_k),
                      s.n.eq(n_keys),
                      s.a_base.eq(x.qb + s_aoff), s.a_stride.eq(cmd.q_row_stride),
                      s.w_base.eq(es_kp), s.p_base.eq(x.scratch_zero),
@@ -502,8 +526,11 @@ class _ScoreFeeder(wiring.Component):
         sm_on, sm_par, sm_start = ph.on, ph.par, ph.start
         sm_k0 = Signal(range(c.max_seq + T + 1))
         sm_nkeys = Signal(range(T + 1))
-        m.d.comb += sm_start.eq(~sm_on & (self.s_full != 0) & ~x.blk_start & ~x.nm_on
-                                & ~x.nm_pend & self.sm_room)
+        # chain: a softmax may start during a head's normalise phase (its P rows and
+        # row info wait for the write channel, `_ProbWriter`; the phase took its L
+        # when it started and the PV that would reuse its O row waits for this softmax)
+        m.d.comb += sm_start.eq(~sm_on & (self.s_full != 0) & ~x.blk_start
+                                & (~x.nm_on | x.chain) & ~x.nm_pend & self.sm_room)
         # the tile's S row: row 0 of the other half after each S command's
         # tiles (one, or s_chunk when batched), else the next row
         CB = c.s_chunk
@@ -516,7 +543,10 @@ class _ScoreFeeder(wiring.Component):
         with m.If(ph.fin):
             # chain: every head's one tile starts at key 0
             m.d.sync += [sm_on.eq(0), sm_k0.eq(Mux(x.chain, 0, sm_k0 + T)), sm_par.eq(~sm_par)]
-            with m.If(~self.batch | (sm_idx == CB - 1)):
+            # a group's heads (`hbatch`) fill head_group rows, a batched
+            # command's key tiles CB
+            cmd_end = Mux(x.hbatch, sm_idx == cmd.head_group - 1, ~self.batch | (sm_idx == CB - 1))
+            with m.If(cmd_end):
                 m.d.sync += [sm_idx.eq(0), sm_sbase.eq(Mux(sm_sbase >= R * SS, 0, R * SS))]
             with m.Else():
                 m.d.sync += [sm_idx.eq(sm_idx + 1), sm_sbase.eq(sm_sbase + SS)]

@@ -76,7 +76,9 @@ def kvstore_layout(cfg: AttentionConfig):
     ``k_base + h*k_head_stride + (p // tile)*k_tile_stride`` as column p % tile
     of Kᵀ [b_h + D, tile] in the matmul W layout, rows b_h .., where b_0 = 0 and
     b_{h+1} = (b_h + k_skew) mod mem_bytes (the ATTENTION command's q_head_bytes);
-    V as row p % tile of V [tile, D].
+    with ``k_rows`` nonzero every head's Kᵀ tile is [k_rows, tile] instead (the
+    ATTENTION command's ``k_rows``: one W operand for several heads); V as row
+    p % tile of V [tile, D].
     """
     addr = unsigned(cfg.engine.addr_bits)
     return data.StructLayout({
@@ -84,6 +86,7 @@ def kvstore_layout(cfg: AttentionConfig):
         "n_head": range(1, 257), "d_head": range(cfg.max_d_head + 1),
         "src_base": addr, "src_stride": addr, "src_lane": range(cfg.engine.mem_bytes),
         "k_skew": range(cfg.engine.mem_bytes),
+        "k_rows": range(cfg.engine.max_k + 1),
         "k_base": addr, "k_tile_stride": addr, "k_head_stride": addr,
         "v_base": addr, "v_tile_stride": addr, "v_head_stride": addr,
     })
@@ -119,7 +122,13 @@ def attention_command_layout(cfg: AttentionConfig):
     - K cache of head h, key tile j: Kᵀ [b_h + D, tile] in W layout at
       ``k_base + h*k_head_stride + j*k_tile_stride``, its first b_h rows zero
       (the S command reads the Q row from its word, so the b_h bytes before the
-      head meet zero weights);
+      head meet zero weights). With ``k_rows`` nonzero every head's tile is
+      [k_rows, tile] (zero rows outside b_h .. b_h+D-1) and every S command
+      takes k = k_rows;
+    - ``head_group``: heads per S command of a one-query command whose keys fit
+      one tile (decode of a short context): the group's Kᵀ tiles back to back
+      (k_head_stride = one tile's words at k_rows rows, k_rows nonzero), its
+      heads in one Q word, n_head a multiple of it; 1 = one S command per head;
     - V cache likewise: V [tile, D] in W layout (`v_*`);
     - output: query i, head h occupies bytes h*D .. h*D+D-1 of the row at
       ``out_base + i*out_stride`` (the [T, E] int8 layout c_proj reads);
@@ -134,6 +143,7 @@ def attention_command_layout(cfg: AttentionConfig):
         "tq": range(cfg.max_seq + 1), "offset": range(cfg.max_seq),
         "q_base": addr, "q_row_stride": addr, "q_head_stride": addr,
         "q_head_bytes": range(e.mem_bytes),
+        "k_rows": range(e.max_k + 1), "head_group": range(1, cfg.s_chunk + 1),
         "k_base": addr, "k_tile_stride": addr, "k_head_stride": addr,
         "v_base": addr, "v_tile_stride": addr, "v_head_stride": addr,
         "out_base": addr, "out_stride": addr, "scratch_base": addr,
@@ -250,13 +260,17 @@ def rules(cfg: AttentionConfig, op: Op):
                 Rule("d_head", hi=e.max_k - e.mem_bytes + 1, when="q_head_bytes",
                      why="max_k (an S command reads up to mem_bytes-1 bytes before a head)"),
                 Rule("offset", hi=cfg.max_seq, plus="tq", why="max_seq (offset + tq)"),
-                Rule("q_head_bytes", hi=e.mem_bytes - 1, why="a byte of a word")]
+                Rule("q_head_bytes", hi=e.mem_bytes - 1, why="a byte of a word"),
+                Rule("k_rows", hi=e.max_k, why="max_k (the S commands' k)"),
+                Rule("head_group", 1, cfg.s_chunk,
+                     why="s_chunk (an S half's rows, max_n // tile)")]
     if op == Op.KVSTORE:
         return [Rule("n_tok", 1, why="at least one token"),
                 Rule("d_head", 1, cfg.max_d_head, why="max_d_head"),
                 Rule("pos0", hi=cfg.max_seq, plus="n_tok", why="max_seq (pos0 + n_tok)"),
                 Rule("src_lane", hi=e.mem_bytes - 1, why="a byte of a word"),
-                Rule("k_skew", hi=e.mem_bytes - 1, why="a byte of a word")]
+                Rule("k_skew", hi=e.mem_bytes - 1, why="a byte of a word"),
+                Rule("k_rows", hi=e.max_k, why="max_k (Kᵀ rows of a tile)")]
     if op in VECTOR_OPS:
         # the mover's units are built for rows of at most max_vector_n elements
         r = [Rule("n", 1, cfg_max_vector_n(cfg), why="max_vector_n (vector unit row buffers)")]

@@ -283,7 +283,11 @@ class KVStore(wiring.Component):
                      k2_prod.eq(k1_kt * k1_wpt if T > C else 0)]
         with m.If(seg_end):
             m.d.sync += [k1_part.eq(a_part), k1_kt.eq(aw.kinlo // C),
-                         k1_wpt.eq((sh + cmd.d_head + KPW - 1) // KPW), k1_wc.eq(sh // KPW)]
+                         # a Kᵀ column tile's words: of the head's own rows, or of
+                         # every tile's k_rows (one W operand for several heads)
+                         k1_wpt.eq(Mux(cmd.k_rows != 0, (cmd.k_rows + KPW - 1) // KPW,
+                                       (sh + cmd.d_head + KPW - 1) // KPW)),
+                         k1_wc.eq(sh // KPW)]
         with m.If(k2_v):
             m.d.sync += meta_kqw[k2_part].eq(k2_prod + k2_wc)
         # the window's byte shift in two registered stages: by rho's multiple of

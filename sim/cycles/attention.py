@@ -30,9 +30,10 @@ last head's last phase ends.
 
 One query whose keys fit one tile (`tq == 1`, `offset < tile`, block_rows > 1):
 the sequencer's chain mode, the heads' S and PV commands as one stream
-(S_{h+1} during head h's softmax, PV_{h+1} during its normalise phase), whose
-hand-offs `_chain` steps cycle by cycle on the same command, softmax and
-normalise lengths.
+(S_{h+1} during head h's softmax, PV_{h+1} during its normalise phase, a
+softmax during a phase holding its P rows until the phase ends; with
+`head_group` one S command a group of heads), whose hand-offs `_chain` steps
+cycle by cycle on the same command, softmax and normalise lengths.
 """
 from dataclasses import dataclass
 from functools import lru_cache
@@ -149,9 +150,11 @@ def _block(cfg, rows_b, d_head, k0s, tk, sm_gate, first=0, s_k=None, chunk=1):
 
 
 def attention_cycles(cfg: AttentionConfig, n_head, d_head, tq, offset, latency=REF_MEM_LATENCY,
-                     q_head_bytes=0, k_tile_stride=None):
+                     q_head_bytes=0, k_tile_stride=None, k_rows=0, head_group=1):
     """`q_head_bytes`: the command's field; a head starting at byte b of its Q word
-    has S commands of k = b + d_head (`AttentionConfig.head_bytes`).
+    has S commands of k = b + d_head (`AttentionConfig.head_bytes`), or k = `k_rows`
+    where that field is nonzero. `head_group`: the command's field (heads per S
+    command in chain mode).
     `k_tile_stride`: the command's field (None: the cache layout's,
     `AttentionConfig.k_tile_words` of the heads' K rows); a head whose Kᵀ tiles
     fill it exactly has its one-query blocks' S commands batched."""
@@ -162,21 +165,24 @@ def attention_cycles(cfg: AttentionConfig, n_head, d_head, tq, offset, latency=R
         raise ValueError(f"tq={tq}, offset={offset}, d_head={d_head} outside the configuration")
     bs = cfg.head_bytes(n_head, q_head_bytes)
     if k_tile_stride is None:
-        k_tile_stride = cfg.k_tile_words(max(bs) + d_head)
+        k_tile_stride = cfg.k_tile_words(k_rows or max(bs) + d_head)
+    s_ks = [k_rows or b + d_head for b in bs]
     e = cfg.engine
     if tq == 1 and offset < cfg.tile and cfg.rows > 1:
         tk = offset + 1
-        cycles, mm, sm, nm = _chain(cfg, tuple(bs), d_head, tk)
+        g = head_group if head_group > 1 and cfg.s_chunk > 1 else 1
+        cycles, mm, sm, nm = _chain(cfg, tuple(s_ks), d_head, tk, g)
+        # a group's S command computes the whole tiles of all but its last head
+        s_macs = sum(s_ks[h] * ((g - 1) * cfg.tile + tk) for h in range(0, len(bs), g))
         return AttentionCycles(cycles, 2 * d_head * tk * len(bs),
-                               sum((b + d_head) * tk + cfg.tile * d_head for b in bs),
-                               mm, sm, nm)
+                               s_macs + len(bs) * cfg.tile * d_head, mm, sm, nm)
     # accept, HEAD, then the first head's first DECIDE
     t, sm_gate = 2, 0
     stats = [0] * 5
-    for b in bs:
+    for s_k in s_ks:
         contig = (cfg.s_chunk > 1
-                  and k_tile_stride == cfg.tile // e.cols * e.w_words_per_tile(b + d_head))
-        h = _head(cfg, d_head, tq, offset, b + d_head, sm_gate - t, contig)
+                  and k_tile_stride == cfg.tile // e.cols * e.w_words_per_tile(s_k))
+        h = _head(cfg, d_head, tq, offset, s_k, sm_gate - t, contig)
         # its last normalise phase starts at `end`; the next head's HEAD
         # follows NEXT, its softmax waits for the phase to end
         end, c_nm = t + h[0], h[1]
@@ -221,19 +227,30 @@ def _head(cfg, d_head, tq, offset, s_k, sm_gate, contig=False):
 
 
 @lru_cache(maxsize=None)
-def _chain(cfg, bs, d_head, tk):
+def _chain(cfg, s_ks, d_head, tk, g=1):
     """One query whose keys fit one tile (`chain`): the heads' S and PV commands
     as one stream. Stepped cycle by cycle as the sequencer runs (a few hundred
-    cycles a head); registered state changes at the end of each cycle."""
-    e, T, BPR, H = cfg.engine, cfg.tile, cfg.beats_per_row, len(bs)
-    s_c = [_matmul(e, 1, b + d_head, tk) for b in bs]
+    cycles a head); registered state changes at the end of each cycle. `s_ks`:
+    each head's S command k; `g`: heads per S command (`head_group`), head i of
+    a group's command counting as softmax-ready once its write beats are in
+    (when its keys fill whole column tiles, else at the done pulse)."""
+    e, T, BPR, H = cfg.engine, cfg.tile, cfg.beats_per_row, len(s_ks)
+    n_s = (g - 1) * T + tk          # the S command's columns
+    s_c = {h: _matmul(e, 1, s_ks[h], n_s) for h in range(0, H, g)}
+    # per S command, the cycles after its accept at which its heads' scores are in
+    # (the last cycle of their writes; the done pulse's cycle for a short last head)
+    arrive = {h: [_matmul(e, 1, s_ks[h], i * T + keys) - 1
+                  if g > 1 and ceil_div(keys, e.cols) == T // e.cols else s_c[h]
+                  for i, keys in enumerate([T] * (g - 1) + [tk])] for h in s_c}
     pv_c = _matmul(e, 1, T, d_head)
     sm_len = 2 * BPR + SM_FIXED                 # softmax start -> its fin
     nm_len = _normalise_cycles(cfg, 1, d_head)  # phase start -> its last write seen
     state, t = "HEAD", 1
     sh = ph = 0                 # heads of the S side and of the PV side
+    sh_end = g - 1              # the last head of the S side's command
     s_iss = pv_iss = False      # the side's head has its command issued
-    ahead = s_full = sm_ready = sm_lead = 0
+    arrivals = {}               # cycle -> S tiles whose scores are in at its end
+    ahead = s_full = sm_ready = sm_lead = sm_busy = 0
     sm_on = nm_on = nm_pend = False
     sm_fin = nm_end = eng = None
     while True:
@@ -241,8 +258,9 @@ def _chain(cfg, bs, d_head, tk):
         fin = sm_on and t == sm_fin
         nm_done = nm_on and t == nm_end
         first = state == "HEAD" and sh == 0
-        sm_start = (not sm_on and s_full and not first and not nm_on and not nm_pend
-                    and sm_lead < 2)
+        # a softmax may start during a normalise phase; its first P beat then waits
+        # for the phase's end (the write channel)
+        sm_start = not sm_on and s_full and not first and not nm_pend and sm_lead < 2
         nm_start = nm_pend and not nm_on and not sm_on
         s_issue = pv_issue = False
         nxt = state
@@ -250,9 +268,9 @@ def _chain(cfg, bs, d_head, tk):
             s_iss = s_iss and first
             nxt = "DECIDE"
         elif state == "DECIDE":
-            if not s_iss and ahead <= 1:
+            if not s_iss and ahead <= g:
                 nxt = "S"
-            elif ahead <= 1 and sh + 1 < H:
+            elif ahead <= g and sh_end + 1 < H:
                 nxt = "NEXT"
             elif not pv_iss:
                 nxt = "PV" if sm_ready else state
@@ -261,27 +279,35 @@ def _chain(cfg, bs, d_head, tk):
         elif state in ("S", "PV"):
             s_issue, pv_issue = state == "S", state == "PV"
             eng = (state, t + (s_c[sh] if s_issue else pv_c))
+            if s_issue:
+                for a in arrive[sh]:
+                    arrivals[t + a] = arrivals.get(t + a, 0) + 1
             nxt = "WAIT"
         elif state == "WAIT":
             nxt = "DECIDE" if mm_done else state
         elif state == "NEXT":
+            # a head a cycle through the group just served
+            if sh == sh_end:
+                sh_end += g
+                nxt = "HEAD"
             sh += 1
-            nxt = "HEAD"
         elif nm_done and not nm_pend:                       # NORM
-            return t + 1, sum(s_c) + H * pv_c, H * sm_len, H * nm_len
+            return t + 1, sum(s_c.values()) + H * pv_c, sm_busy, H * nm_len
         kind = eng[0] if mm_done else None
-        ahead += s_issue - pv_issue
+        ahead += g * s_issue - pv_issue
         s_iss |= s_issue
         pv_iss |= pv_issue
         if nm_start and ph + 1 < H:
             pv_iss, ph = False, ph + 1
-        s_full += (kind == "S") - sm_start
+        s_full += arrivals.pop(t, 0) - sm_start
         sm_ready += fin - pv_issue
         sm_lead += sm_start - (kind == "PV")
         if fin:
             sm_on = False
         if sm_start:
-            sm_on, sm_fin = True, t + sm_len
+            free = nm_end + 1 if nm_on else t
+            sm_on, sm_fin = True, t + sm_len + max(0, free - (t + sm_len - BPR))
+            sm_busy += sm_fin - t
         nm_pend = (nm_pend or kind == "PV") and not nm_start
         if nm_start:
             nm_on, nm_end = True, t + nm_len

@@ -251,7 +251,8 @@ def unit_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
     if op == Op.ATTENTION:
         return attention_cycles(cfg, f["n_head"], f["d_head"], f["tq"], f["offset"],
                                 latency, q_head_bytes=f["q_head_bytes"],
-                                k_tile_stride=f["k_tile_stride"]).cycles
+                                k_tile_stride=f["k_tile_stride"], k_rows=f["k_rows"],
+                                head_group=f["head_group"]).cycles
     if op == Op.KVSTORE:
         return kvstore_cycles(cfg, f, latency)
     if op in VECTOR_OPS:

@@ -32,10 +32,15 @@ class AttentionLayout:
     including this call's keys). `rng` fills padding and scratch with noise
     the engine must ignore; `pad` adds spare words to every stride. `packed`:
     Q rows hold all heads, each starting wherever the previous one ends.
+    `head_group` (with `packed`): every Kᵀ tile at the full height (the command's
+    ``k_rows``: zero rows outside the head's) and that many heads per S command
+    of a one-query command whose keys fit one tile (the heads' tiles must lie back
+    to back: one key tile, and the group's heads in one Q word).
     """
 
     def __init__(self, cfg: AttentionConfig, q, k, v, offset, score_mult, score_shift,
-                 out_mult, out_shift, *, base=0, pad=0, rng=None, packed=False):
+                 out_mult, out_shift, *, base=0, pad=0, rng=None, packed=False,
+                 head_group=1):
         e = cfg.engine
         q, k, v = (np.asarray(x, np.int64) for x in (q, k, v))
         H, tq, d = q.shape
@@ -77,14 +82,18 @@ class AttentionLayout:
                 blob[:tq * q_row] = pack_a(e, q[h], q_row)
                 put(blob)
         kb = cfg.head_bytes(H, q_bytes)
+        # full height: every head's tile one W operand of k_rows rows
+        full = head_group > 1
+        if full and not packed:
+            raise ValueError("head_group needs the heads packed in the Q rows")
         kts, vts = cfg.k_tile_words(k_rows) + pad, cfg.v_tile_words(d) + pad
         self.k_base = addr
         for h in range(H):
             for j in range(nt):
-                kt = np.zeros((T, kb[h] + d), np.int64)
-                kt[:, kb[h]:] = rng.integers(-128, 128, (T, d))     # absent keys: noise
+                kt = np.zeros((T, k_rows if full else kb[h] + d), np.int64)
+                kt[:, kb[h]:kb[h] + d] = rng.integers(-128, 128, (T, d))     # absent keys: noise
                 n = min(T, tk - j * T)
-                kt[:n, kb[h]:] = k[h, j * T:j * T + n]
+                kt[:n, kb[h]:kb[h] + d] = k[h, j * T:j * T + n]
                 blob = rng.integers(0, 256, (kts, e.mem_bytes)).astype(np.uint8)
                 packed_kt = pack_w(e, kt.T)
                 blob[:len(packed_kt)] = packed_kt
@@ -106,7 +115,7 @@ class AttentionLayout:
         self.command = dict(
             n_head=H, d_head=d, tq=tq, offset=offset,
             q_base=self.q_base, q_row_stride=q_row, q_head_stride=q_head,
-            q_head_bytes=q_bytes,
+            q_head_bytes=q_bytes, k_rows=k_rows if full else 0, head_group=head_group,
             k_base=self.k_base, k_tile_stride=kts, k_head_stride=nt * kts,
             v_base=self.v_base, v_tile_stride=vts, v_head_stride=nt * vts,
             out_base=self.out_base, out_stride=self.out_stride,

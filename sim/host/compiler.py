@@ -53,6 +53,7 @@ from gpt2accel.rtl.machine_config import MachineConfig
 from gpt2accel.rtl.isa import (ACT_BYTES, BETA_BYTES, GAMMA_BYTES, Q_BYTES, RAW_BYTES,
                                RESID_BYTES, IsaError, Op, cfg_max_vector_n, encode, wte_tile_cols)
 from gpt2accel.sim.host.matmul_layout import pack_params, pack_w
+from gpt2accel.sim.cycles.attention import attention_cycles
 
 __all__ = ["CompileError", "BlockCompiler", "ModelCompiler", "Provenance", "Region",
            "LOGITS"]
@@ -271,6 +272,10 @@ class _Compiler:
              f"max_k >= d_head + mem_bytes - 1 = {D + e.mem_bytes - 1} (their S commands "
              f"read the bytes before them), max_k is {e.max_k}")
         self.kts, self.vts = cfg.k_tile_words(self.k_rows), cfg.v_tile_words(D)
+        # heads per S command of a decode step (and with it every Kᵀ tile at the full
+        # k_rows, `att_k_rows`), where that is faster (`head_group`)
+        self.head_group = self._head_group(cfg, H, D)
+        self.att_k_rows = self.k_rows if self.head_group > 1 else 0
         # per layer, the caches of sequence 0, then of sequence 1, ... (`_cache`)
         for i in self.layers:
             alloc(f"h{i}.k_cache", batch * H * self.n_tiles * self.kts)
@@ -281,6 +286,30 @@ class _Compiler:
         need(top <= mem_words, f"memory map needs {top} words, memory size is {mem_words}")
         need(mem_words <= 1 << e.addr_bits,
              f"memory size {mem_words} words exceeds the address width addr_bits {e.addr_bits}")
+
+    def _head_group(self, cfg, H, D):
+        """Heads per S command of a one-query ATTENTION whose keys fit one tile (the
+        `head_group` field): their Kᵀ tiles must lie back to back (the context is one
+        key tile, so a head's cache is one tile) and their Q in one word (several
+        heads per word, groups aligned to words). The largest such group that the
+        cycle model times faster than one S command per head at the context's last
+        position; 1 where none is."""
+        e, T = cfg.engine, cfg.tile
+        qhb, mb = self.q_head_bytes, e.mem_bytes
+        if self.n_tiles != 1 or self.q_head_stride or not qhb or mb % qhb:
+            return 1
+        pos = self.context - 1
+        if pos >= T:
+            return 1
+
+        def cycles(g):
+            return attention_cycles(cfg, H, D, 1, pos, q_head_bytes=qhb, k_tile_stride=self.kts,
+                                    k_rows=self.k_rows if g > 1 else 0, head_group=g).cycles
+        best = 1
+        for g in range(2, min(H, cfg.s_chunk) + 1):
+            if H % g == 0 and (mb // qhb) % g == 0 and cycles(g) < cycles(best):
+                best = g
+        return best
 
     #: the image's regions by what they hold (`region_bytes`); the rest are buffers
     _KV = (".k_cache", ".v_cache")
@@ -355,7 +384,7 @@ class _Compiler:
             for h in range(H):
                 for j in range(ceil_div(t, T)):
                     n = min(T, t - j * T)
-                    kt = np.zeros((T, kb[h] + D), np.int64)
+                    kt = np.zeros((T, self.att_k_rows or kb[h] + D), np.int64)
                     vt = np.zeros((T, D), np.int64)
                     kt[:n, kb[h]:] = k[h, j * T:j * T + n]
                     vt[:n] = v[h, j * T:j * T + n]
@@ -406,11 +435,13 @@ class _Compiler:
                 (Op.KVSTORE, dict(n_tok=n, pos0=p, n_head=H, d_head=D,
                                   src_base=qkv.base + row * qkv.stride + E // self.e.mem_bytes,
                                   src_stride=qkv.stride, src_lane=E % self.e.mem_bytes,
-                                  k_skew=self.q_head_bytes, **cache), of("attn")),
+                                  k_skew=self.q_head_bytes, k_rows=self.att_k_rows, **cache),
+                 of("attn")),
                 (Op.ATTENTION, dict(n_head=H, d_head=D, tq=n, offset=p,
                                     q_base=qkv.base + row * qkv.stride, q_row_stride=qkv.stride,
                                     q_head_stride=self.q_head_stride,
-                                    q_head_bytes=self.q_head_bytes, **cache,
+                                    q_head_bytes=self.q_head_bytes, k_rows=self.att_k_rows,
+                                    head_group=self.head_group, **cache,
                                     out_base=out.base + row * out.stride, out_stride=out.stride,
                                     scratch_base=reg["scratch"].base,
                                     score_mult=att.score_mult, score_shift=att.score_shift,

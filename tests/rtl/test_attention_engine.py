@@ -309,6 +309,53 @@ def test_decode_heads_chained(cfg, seed):
                     assert want < apart, f"{what}: {want} cycles chained, {apart} apart"
 
 
+def test_decode_head_groups(seed):
+    """Chain mode with `head_group` heads per S command: one S command over the
+    group's Kᵀ tiles side by side (every tile at the full k_rows, head g's scores
+    in row g of the S half), the PV commands still one a head. Bit-exact with
+    random stalls, exactly the model's cycles, and (one group of four heads, a
+    whole tile of keys) fewer than one S command a head on the same layout. Groups of 4 and 2 (two S commands), a context of one key
+    and of a whole tile, and a group of all of two heads."""
+    cfg = AttentionConfig(engine=EngineConfig(rows=2, cols=4, mem_bytes=16), tile=8, lanes=2,
+                          norm_lanes=2, max_d_head=8, max_seq=32, block_rows=4)
+    assert cfg.s_chunk == 4
+    rng = np.random.default_rng([seed, 61])
+    commands = []
+    for H, d, offset, g in [(4, 4, 7, 4), (4, 4, 3, 2), (4, 4, 0, 4), (2, 4, 5, 2)]:
+        heads = [head_case(rng, KINDS[(len(commands) + h) % len(KINDS)], d, 1, offset + 1)
+                 for h in range(H)]
+        commands.append(tuple(np.array([c[i] for c in heads]) for i in range(3))
+                        + (offset, _params(rng), g))
+    for stall in (0.3, 0.0):
+        lays, base = [], 0
+        for q, k, v, offset, params, g in commands:
+            lays.append(AttentionLayout(cfg, q, k, v, offset, *params, base=base, rng=rng,
+                                        packed=True, head_group=g))
+            base = lays[-1].end
+        mem, cycles, _ = simulate_attention(cfg, lays, base + 1, seed=seed, stall=stall,
+                                            jitter=3 if stall else 0)
+        for lay, got, (q, k, v, offset, params, g) in zip(lays, cycles, commands):
+            H, tq, d = q.shape
+            c = lay.command
+            what = f"H={H} D={d} offset={offset} group={g} stall={stall} (GPT2ACCEL_SEED={seed})"
+            assert c["head_group"] == g and c["k_rows"] > 0, what
+            res, untouched = lay.result(mem)
+            np.testing.assert_array_equal(res, _reference(cfg, q, k, v, offset, params),
+                                          err_msg=what)
+            assert untouched and lay.virtual_untouched(mem), what
+            if not stall:
+                kw = dict(q_head_bytes=c["q_head_bytes"], k_tile_stride=c["k_tile_stride"],
+                          k_rows=c["k_rows"])
+                want = attention_cycles(cfg, H, d, 1, offset, head_group=g, **kw).cycles
+                assert got == want, f"{what}: RTL {got} cycles, model {want}"
+                # a group of every head against a whole tile of keys beats an S
+                # command a head; a short context or two groups of two need not
+                # (the compiler asks the model, `ModelCompiler._head_group`)
+                apart = attention_cycles(cfg, H, d, 1, offset, **kw).cycles
+                if g == H == 4 and offset == cfg.tile - 1:
+                    assert want < apart, f"{what}: {want} cycles grouped, {apart} a head each"
+
+
 @pytest.mark.slow
 def test_attention_soak(seed):
     """A larger array, longer rows (several tiles per block, many blocks) and

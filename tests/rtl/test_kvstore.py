@@ -2,7 +2,8 @@
 layout, written out here with a multiply per term as the ISA states it) and nowhere
 else under random stalls, and its stall-free cycles equal `kvstore_cycles`, for tiles
 of one and of several array column tiles, and for words of three k-steps (a V word
-then spans keys of two groups) with groups that cross key tiles."""
+then spans keys of two groups) with groups that cross key tiles; each with the
+heads' own Kᵀ heights and with every tile at the full `k_rows`."""
 import random
 
 import numpy as np
@@ -24,7 +25,7 @@ def _cfg(tile, cols=4, mem_bytes=None):
                            tile=tile, lanes=2, norm_lanes=2, max_d_head=16, max_seq=32)
 
 
-def _fields(cfg, rng, max_tok=3):
+def _fields(cfg, rng, max_tok=3, full=False):
     e = cfg.engine
     n_head, d_head = rng.choice([(1, 3), (2, 4), (3, 5), (4, 1), (2, 7)])
     n_tok = rng.randint(1, max_tok)
@@ -32,9 +33,18 @@ def _fields(cfg, rng, max_tok=3):
     wpt_d = -(-(e.mem_bytes + d_head) // e.k_per_word)
     k_tile = -(-cfg.tile // e.cols) * wpt_d
     v_tile = -(-d_head // e.cols) * e.w_words_per_tile(cfg.tile)
-    return dict(n_tok=n_tok, pos0=rng.randint(0, cfg.max_seq - n_tok), n_head=n_head,
+    skew = rng.randint(0, e.mem_bytes - 1)
+    # `full`: every tile at the height of the head that starts latest in its word
+    # (several heads' tiles then form one W operand)
+    k_rows = max(h * skew % e.mem_bytes for h in range(n_head)) + d_head if full else 0
+    pos0 = rng.randint(0, cfg.max_seq - n_tok)
+    if full and n_tok <= cfg.tile:
+        # the last token in its tile's last column tile, whose address the height sets
+        pos0 = cfg.tile * rng.randint(0, cfg.max_seq // cfg.tile - 1) + cfg.tile - n_tok
+    return dict(n_tok=n_tok, pos0=pos0, n_head=n_head,
                 d_head=d_head, src_base=rng.randint(0, 8), src_stride=2 * n_head * d_head // 4 + 3,
-                src_lane=rng.randint(0, e.mem_bytes - 1), k_skew=rng.randint(0, e.mem_bytes - 1),
+                src_lane=rng.randint(0, e.mem_bytes - 1), k_skew=skew,
+                k_rows=k_rows,
                 k_base=300, k_tile_stride=k_tile, k_head_stride=k_tile * tiles,
                 v_base=300 + k_tile * tiles * n_head, v_tile_stride=v_tile,
                 v_head_stride=v_tile * tiles)
@@ -53,7 +63,7 @@ def _expected(cfg, f, mem):
                for b in mem[w]][f["src_lane"]:]
         kb, i = 0, 0
         for h in range(f["n_head"]):
-            wpt_d = -(-(kb + f["d_head"]) // KPW)
+            wpt_d = -(-(f["k_rows"] or kb + f["d_head"]) // KPW)
             for d in range(f["d_head"]):
                 kd = kb + d
                 addr = (f["k_base"] + h * f["k_head_stride"] + j * f["k_tile_stride"]
@@ -104,8 +114,8 @@ def _run(cfg, f, mem_init, stall, seed):
 def test_kvstore_places_bytes_and_matches_its_cycles(tile, cols, mem_bytes, max_tok, seed):
     cfg = _cfg(tile, cols, mem_bytes)
     rng = random.Random(seed)
-    for _ in range(2):
-        f = _fields(cfg, rng, max_tok)
+    for full in (False, True):
+        f = _fields(cfg, rng, max_tok, full)
         init = np.random.default_rng(rng.randint(0, 1 << 30)).integers(
             0, 256, (WORDS, cfg.engine.mem_bytes), np.uint8)
         init[300:] = 0
@@ -131,7 +141,7 @@ def test_kvstore_one_word_segments_wait_for_the_writer(seed):
     k_tile = -(-cfg.tile // e.cols) * wpt_d
     v_tile = -(-d_head // e.cols) * e.w_words_per_tile(cfg.tile)
     tiles = -(-cfg.max_seq // cfg.tile)
-    f.update(n_head=3, d_head=d_head, src_lane=0, k_skew=0, src_stride=7,
+    f.update(n_head=3, d_head=d_head, src_lane=0, k_skew=0, k_rows=0, src_stride=7,
              k_tile_stride=k_tile, k_head_stride=k_tile * tiles,
              v_base=300 + k_tile * tiles * 3, v_tile_stride=v_tile, v_head_stride=v_tile * tiles)
     init = np.random.default_rng(rng.randint(0, 1 << 30)).integers(

@@ -78,7 +78,7 @@ def test_heads_inside_a_word_are_bounded_by_max_k():
                                               addr_bits=8),
                           tile=4, lanes=1, norm_lanes=1, max_d_head=16, max_seq=8)
     att = {n: 0 for n, _ in body_layout(cfg, Op.ATTENTION)}
-    att.update(n_head=2, tq=1, q_row_stride=1, out_stride=1)
+    att.update(n_head=2, tq=1, q_row_stride=1, out_stride=1, head_group=1)
     cases = [(dict(d_head=13, q_head_bytes=5), True),     # 13 + 8 - 1 = 20 <= max_k
              (dict(d_head=14, q_head_bytes=6), False),    # 21 > max_k
              (dict(d_head=16, q_head_bytes=0), True)]     # heads on words: k = d_head
@@ -299,3 +299,30 @@ def test_the_tied_wte_is_stored_once_where_embed_reads_the_heads_tiles(qmodel, c
     t, k = np.meshgrid(np.arange(V), np.arange(E), indexing="ij")
     got = words[t // tc * f["wte_stride"] + k // gk, k % gk * tc + t % tc].astype(np.int8)
     np.testing.assert_array_equal(got, qmodel.wte)
+
+
+def test_narrow_heads_share_s_commands_where_it_pays():
+    """microGPT's geometry (four heads of 4 bytes, a context of one 16-key tile): the
+    compiler gives decode's ATTENTION the largest head group the cycle model times
+    faster than an S command a head (4 on 8x8 and 16x16, 2 on 4x4; none on 12x12,
+    whose 16-key tile is not whole column tiles), with every Kᵀ tile at the full
+    height in KVSTORE and ATTENTION alike, and a decode step at position 15 is
+    faster than the same program with one S command a head."""
+    from gpt2accel.sim.bench.model import _microgpt, sequence_program
+    from gpt2accel.sim.cycles.program import program_cycles
+    from gpt2accel.sim.host.compiler import ModelCompiler
+    from gpt2accel.sim.host.driver import machine_config
+    q = _microgpt()
+    for rows, group in ((4, 2), (8, 4), (12, 1), (16, 4)):
+        cfg = machine_config(q, rows, rows, max_tokens=16)
+        comp = ModelCompiler(cfg, q, 16, 1 << cfg.engine.addr_bits, logit_rows=1, context=16)
+        assert comp.head_group == group, rows
+        fields = {op: f for op, f in comp.ops(1, 15) if op in (Op.KVSTORE, Op.ATTENTION)}
+        assert fields[Op.ATTENTION]["head_group"] == group
+        assert fields[Op.ATTENTION]["k_rows"] == fields[Op.KVSTORE]["k_rows"] == (
+            comp.k_rows if group > 1 else 0)
+        if group > 1:
+            words, _, mem = sequence_program(comp, q, 1, 15)
+            comp.head_group, comp.att_k_rows = 1, 0
+            apart, _ = program_cycles(cfg, sequence_program(comp, q, 1, 15)[0], mem=mem)
+            assert program_cycles(cfg, words, mem=mem)[0] < apart, rows
