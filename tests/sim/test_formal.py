@@ -133,3 +133,18 @@ def test_unit_seeded_bugs_fail(tools, unit):
     results = formal.run(formal.jobs(unit, bugs=True), workers=2)
     print(formal.table(results))
     assert not _failures(results)
+
+
+def test_deep_only_properties_run_with_deep_and_keep_their_bugs():
+    """A harness's `deep_only` properties leave the default run only: `--deep`, one
+    named property and `--bugs` (their seeded bugs fail fast) still take them."""
+    deep_only = {(name, p) for name, cls in formal.harnesses().items() for p in cls.deep_only}
+    assert ("attention", "reach_done") in deep_only
+    default = {(j.unit, j.prop) for j in formal.jobs()}
+    deep = {(j.unit, j.prop) for j in formal.jobs(deep=True)}
+    bugs = {(j.unit, j.prop) for j in formal.jobs(bugs=True)}
+    assert not deep_only & default
+    assert deep_only <= deep and deep - default == deep_only
+    assert {(u, p) for u, p in deep_only if p != "reach_done"} <= bugs
+    assert [(j.unit, j.prop) for j in formal.jobs("attention", "cmds_no_dup")] == [
+        ("attention", "cmds_no_dup")]
