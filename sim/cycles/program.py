@@ -144,8 +144,6 @@ def vector_groups(cfg, op, f):
         for g in range(table_words(mb)):
             yield False, 0, g, [0]
     for r in range(f["rows"]):
-        if op == Op.LAYERNORM and r == 1:
-            yield from _layernorm_params(G)
         for g in range(G):
             if op == Op.GELU:
                 ws = [0] if g % 4 == 0 else []
@@ -162,8 +160,8 @@ def vector_groups(cfg, op, f):
                 else:
                     ws = wte + ([4] if g % 4 == 0 else [])
             yield True, r, g, ws
-    if op == Op.LAYERNORM and f["rows"] == 1:
-        yield from _layernorm_params(G)
+        if op == Op.LAYERNORM and r == 0:
+            yield from _layernorm_params(G)
 
 
 def _layernorm_params(G):
