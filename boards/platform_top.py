@@ -2,15 +2,15 @@
 
 `PlatformTop(board)` (a resolved `presets.BoardMachine`) does what depends on
 the board: it makes the ``sync`` clock (the oscillator directly, or a PLL
-with the domain held in reset until the PLL locks), requests the
+with the board top held in reset until the PLL locks), requests the
 platform's ``uart`` resource and wires it to `BoardTop`'s ``rx``/``tx``
 (its receiver synchronises the pin), and shows
 ``busy``, ``error`` and a heartbeat (about 1 Hz: the bitstream is running)
 on the preset's LEDs.
 """
-from amaranth.hdl import ClockDomain, Elaboratable, Module, Signal
+from amaranth.hdl import ClockDomain, Elaboratable, Module, ResetInserter, Signal
 from amaranth.lib import io
-from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib.cdc import FFSynchronizer
 
 __all__ = ["PlatformTop", "board_top"]
 
@@ -68,22 +68,39 @@ class PlatformTop(Elaboratable):
         return m
 
     def _clock(self, m, platform):
-        """The sync domain from the oscillator, or from the PLL once it has locked."""
+        """The sync domain from the oscillator, or from the PLL once it has locked. The
+        domain has no reset of its own: the board top takes it as ``rst`` and gives the
+        machine its own copy (`BoardCore`), so no logic sits between the reset's
+        register and the machine's flip-flops."""
         b = self.board
-        if b.pll is None:
+        ecp5 = b.preset.device.family == "ecp5"
+        if b.pll is None and not ecp5:
             return                    # the platform's default clock makes sync
-        m.domains.sync = cd = ClockDomain("sync")
-        lock = Signal()
+        m.domains.sync = cd = ClockDomain("sync", reset_less=True)
         pin = platform.request(platform.default_clk, 0, dir="-")
-        if b.preset.device.family == "ecp5":
+        rst = Signal(init=1)
+        if b.pll is None:
+            # from the oscillator; flip-flops take their initial values at
+            # configuration, so a count from there is the power-on reset
             m.submodules.clk_pin = clkin = io.Buffer("i", pin)
-            m.submodules.pll = b.pll.instance(clkin.i, cd.clk, lock)
+            m.d.comb += cd.clk.eq(clkin.i)
+            wait = Signal(4, init=15)
+            with m.If(wait != 0):
+                m.d.sync += wait.eq(wait - 1)
+            m.d.sync += rst.eq(wait != 0)
         else:
-            # the iCE40 PLL takes its input straight from the pad (SB_PLL40_PAD)
-            m.submodules.pll = b.pll.instance(pin.io, cd.clk, lock)
-        # no explicit constraint: nextpnr derives the PLL output's from its parameters and
-        # the oscillator pin's constraint ("Derived frequency constraint ... for net clk")
-        m.submodules.reset_sync = ResetSynchronizer(~lock, domain="sync")
+            lock = Signal()
+            if ecp5:
+                m.submodules.clk_pin = clkin = io.Buffer("i", pin)
+                m.submodules.pll = b.pll.instance(clkin.i, cd.clk, lock)
+            else:
+                # the iCE40 PLL takes its input straight from the pad (SB_PLL40_PAD)
+                m.submodules.pll = b.pll.instance(pin.io, cd.clk, lock)
+            # no explicit constraint: nextpnr derives the PLL output's from its parameters
+            # and the oscillator pin's constraint ("Derived frequency constraint ... for
+            # net clk")
+            m.submodules.reset_sync = FFSynchronizer(~lock, rst, init=1, o_domain="sync")
+        m.d.comb += self.top.rst.eq(rst)
 
 
     def _dram(self, m, platform):
@@ -96,12 +113,15 @@ class PlatformTop(Elaboratable):
         from .dram_init import DramInit
         core, top = self.core, self.top
         platform.add_file(f"{dram.CORE_NAME}.v", core.verilog.read_text())
-        m.domains.sync = cd = ClockDomain("sync", async_reset=True)
+        # no reset of the domain's own (see `_clock`): the core's reset is the board
+        # top's ``rst`` and DramInit's
+        m.domains.sync = cd = ClockDomain("sync", reset_less=True)
         pin = platform.request(platform.default_clk, 0, dir="-")
         m.submodules.clk_pin = clkin = io.Buffer("i", pin)
-        m.submodules.dram_init = init = DramInit(dram.init_writes(core))
-        nat = top.native
         user_rst, init_done = Signal(), Signal()
+        m.submodules.dram_init = init = ResetInserter({"sync": user_rst})(
+            DramInit(dram.init_writes(core)))
+        nat = top.native
         ports = dict(
             i_clk=clkin.i, i_rst=0, o_user_clk=cd.clk, o_user_rst=user_rst,
             o_init_done=init_done,
@@ -114,7 +134,7 @@ class PlatformTop(Elaboratable):
         m.submodules.litedram = Instance(dram.CORE_NAME, **ports)
         # the core's user_rst is synchronous to user_clk already (its own reset
         # synchroniser behind the PLL's lock)
-        m.d.comb += [cd.rst.eq(user_rst), top.mem_ready.eq(init_done)]
+        m.d.comb += [top.rst.eq(user_rst), top.mem_ready.eq(init_done)]
 
     def _dram_pins(self, m, platform, core):
         """The Instance's DRAM pin connections, from the platform's DRAM resource."""

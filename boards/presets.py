@@ -165,11 +165,17 @@ class Preset:
 
     def resolve(self, rows=None, cols=None, clk_hz=None):
         """The machine this preset (with overrides) builds, validated; `PresetError` if
-        it cannot fit."""
+        it cannot fit. On a whole machine, other columns keep the preset's memory word
+        where it is a word of theirs (at least two bytes a column, a whole number of
+        columns), else take their default (2*cols)."""
         # None is "the preset's"; 0 is a request like any other, refused below
-        p = replace(self, rows=self.rows if rows is None else rows,
-                    cols=self.cols if cols is None else cols,
-                    clk_hz=self.clk_hz if clk_hz is None else clk_hz)
+        cols = self.cols if cols is None else cols
+        word = self.mem_bytes
+        if self.ops is None and word is not None and isinstance(cols, int) and cols >= 1 \
+                and (word % cols or word < 2 * cols):
+            word = None
+        p = replace(self, rows=self.rows if rows is None else rows, cols=cols,
+                    clk_hz=self.clk_hz if clk_hz is None else clk_hz, mem_bytes=word)
         return BoardMachine(p)
 
 
@@ -193,7 +199,7 @@ class BoardMachine:
         self.q = load_model(p.model)
         try:
             if p.ops is None:
-                self.cfg = machine_config(self.q, p.rows, p.cols)
+                self.cfg = machine_config(self.q, p.rows, p.cols, mem_bytes=p.mem_bytes)
                 words = ModelCompiler(self.cfg, self.q, self.cfg.engine.max_m,
                                       1 << self.cfg.engine.addr_bits).end
             else:
@@ -360,14 +366,18 @@ PRESETS = {p.name: p for p in [
            leds=LEDs(busy=("led", 1, None), error=("led", 0, None)),
            notes="FTDI FT2232H USB-serial; 12 MHz oscillator; the whole machine does not fit "
                  "the iCE40UP5K: a MATMUL co-processor for the linear layers"),
-    # clocks below the measured Fmax of the whole 8x8 machine (docs/performance.md
-    # "Boards": 36.8 MHz at speed grade 6, 43.3-48.1 MHz at grade 8), so that a
-    # build meets timing and the board runs as built
-    Preset("ulx3s-85f", ULX3S_85F_Platform, rows=8, cols=8, clk_hz=25e6, baud=1_000_000,
-           model="tiny", leds=LEDs(busy=("led", 0, None), error=("led", 1, None),
-                                   alive=("led", 7, None)),
+    # A 4x4 array on 16-byte words: decode streams the weights at the port's width,
+    # so it takes the 8x8's cycles or fewer (tiny at 127: 11,181 against 11,226;
+    # microGPT at 15: 981 against 997) with 56 fewer multipliers and a sixth less
+    # logic, and it routes where the whole 8x8 machine no longer does (router2
+    # diverged at 66 % of the LUTs); prefill, bound by the MACs, is 3x slower per
+    # token (docs/performance.md "Round 7"). Clocks below the measured Fmax of the
+    # whole machine, so that a build meets timing and the board runs as built.
+    Preset("ulx3s-85f", ULX3S_85F_Platform, rows=4, cols=4, mem_bytes=16, clk_hz=25e6,
+           baud=1_000_000, model="tiny",
+           leds=LEDs(busy=("led", 0, None), error=("led", 1, None), alive=("led", 7, None)),
            notes="FTDI FT231X USB-serial; 25 MHz oscillator; speed grade 6 (the slowest)"),
-    Preset("orangecrab-85f", OrangeCrab85FUART, rows=8, cols=8, clk_hz=40e6,
+    Preset("orangecrab-85f", OrangeCrab85FUART, rows=4, cols=4, mem_bytes=16, clk_hz=40e6,
            baud=1_000_000, model="tiny",
            leds=LEDs(busy=(_RGB, 0, "g"), error=(_RGB, 0, "r"), alive=(_RGB, 0, "b")),
            uart="a 3.3 V USB-serial adapter on Feather header pins 0 (RX) and 1 (TX)",

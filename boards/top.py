@@ -64,7 +64,11 @@ class BoardCore(wiring.Component):
     ``storage="dram"``: the memory is external, behind a `DramAdapter` whose LiteDRAM
     native port is the port ``native`` (`dram`: its ``(addr_bits, data_bytes)``), shared
     by bridge and machine through a `MemArbiter`; ``mem_ready`` (the controller's
-    ``init_done``) gates the bridge's memory requests (`Fault.MEMORY` before it)."""
+    ``init_done``) gates the bridge's memory requests (`Fault.MEMORY` before it).
+
+    ``rst``: the board's reset, for a platform whose ``sync`` domain has none of its own
+    (`boards.platform_top`: a PLL not locked yet, the DRAM controller's reset); 0 where
+    the domain's reset does it (the simulators)."""
 
     def __init__(self, cfg: MachineConfig, *, mem_words, max_payload=1024, timeout_cycles,
                  storage="bram", dram=None, read_beats=32, checksum=True):
@@ -90,7 +94,7 @@ class BoardCore(wiring.Component):
                 with refusing(self.memory):
                     self.machine = Machine(cfg)
         ports = {"rx": In(stream.Signature(8)), "rx_error": In(1),
-                 "tx": Out(stream.Signature(8)), "busy": Out(1), "error": Out(2)}
+                 "tx": Out(stream.Signature(8)), "busy": Out(1), "error": Out(2), "rst": In(1)}
         if dram is not None:
             ports.update(native=Out(NativePort(addr_bits=dram[0], data_bytes=dram[1])),
                          mem_ready=In(1))
@@ -99,24 +103,31 @@ class BoardCore(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         bridge, memory, machine = self.bridge, self.memory, self.machine
-        m.submodules.bridge = bridge
-        reset = {"sync": bridge.machine_reset}
-        m.submodules.machine = ResetInserter(reset)(machine)
+        # RESET and the board's own reset reach the machine's and the memory pipeline's
+        # tens of thousands of flip-flops from one register of their own: a net that
+        # spans the die must start at a flip-flop, not at the bridge's state decode
+        # behind an OR with the domain's reset (that net was 16.7 ns, the whole
+        # machine's worst path on the OrangeCrab). One cycle later than RESET's state,
+        # which the bridge's SETTLE covers; set from configuration to the first edge.
+        unit_rst = Signal(init=1, reset_less=True)
+        m.d.sync += unit_rst.eq(self.rst | bridge.machine_reset)
+        m.submodules.bridge = ResetInserter({"sync": self.rst})(bridge)
+        m.submodules.machine = ResetInserter({"sync": unit_rst})(machine)
         if self.storage == "dram":
             # the adapter is never reset by RESET: the controller still owes it the
-            # words of reads in flight; the arbiter drops those the machine asked for
+            # words of reads in flight; the arbiter drops those the machine asked for,
+            # in the cycle the machine's reset comes
             e = self.cfg.engine
-            m.submodules.memory = memory
-            m.submodules.arbiter = arb = MemArbiter(addr_bits=e.addr_bits,
-                                                    mem_bytes=e.mem_bytes)
+            m.submodules.memory = ResetInserter({"sync": self.rst})(memory)
+            m.submodules.arbiter = arb = ResetInserter({"sync": self.rst})(
+                MemArbiter(addr_bits=e.addr_bits, mem_bytes=e.mem_bytes))
             wiring.connect(m, bridge.mem, arb.host)
             wiring.connect(m, machine.mem, arb.machine)
             wiring.connect(m, arb.mem, memory.machine)
             wiring.connect(m, memory.native, wiring.flipped(self.native))
-            m.d.comb += [arb.flush.eq(bridge.machine_reset),
-                         bridge.mem_ready.eq(self.mem_ready)]
+            m.d.comb += [arb.flush.eq(unit_rst), bridge.mem_ready.eq(self.mem_ready)]
         else:
-            m.submodules.memory = ResetInserter(reset)(memory)
+            m.submodules.memory = ResetInserter({"sync": unit_rst})(memory)
             wiring.connect(m, bridge.mem, memory.host)
             wiring.connect(m, machine.mem, memory.machine)
 
@@ -154,7 +165,8 @@ class BoardTop(wiring.Component):
             self.core = BoardCore(cfg, mem_words=mem_words, max_payload=max_payload,
                                   timeout_cycles=self.timeout_cycles, storage=storage,
                                   dram=dram, checksum=checksum)
-        ports = {"rx": In(1, init=1), "tx": Out(1, init=1), "busy": Out(1), "error": Out(1)}
+        ports = {"rx": In(1, init=1), "tx": Out(1, init=1), "busy": Out(1), "error": Out(1),
+                 "rst": In(1)}
         if dram is not None:
             ports.update(native=Out(NativePort(addr_bits=dram[0], data_bytes=dram[1])),
                          mem_ready=In(1))
@@ -162,14 +174,15 @@ class BoardTop(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.uart_rx = urx = UartRx(self.divisor)
-        m.submodules.uart_tx = utx = UartTx(self.divisor)
+        m.submodules.uart_rx = urx = ResetInserter({"sync": self.rst})(UartRx(self.divisor))
+        m.submodules.uart_tx = utx = ResetInserter({"sync": self.rst})(UartTx(self.divisor))
         m.submodules.core = core = self.core
         wiring.connect(m, urx.data, core.rx)
         wiring.connect(m, core.tx, utx.data)
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx),
                      core.rx_error.eq(urx.frame_error | urx.overrun),
-                     self.busy.eq(core.busy), self.error.eq(core.error != 0)]
+                     self.busy.eq(core.busy), self.error.eq(core.error != 0),
+                     core.rst.eq(self.rst)]
         if self.core.storage == "dram":
             wiring.connect(m, core.native, wiring.flipped(self.native))
             m.d.comb += core.mem_ready.eq(self.mem_ready)

@@ -444,27 +444,31 @@ def _machine_config(qmodel, args):
     from gpt2accel.sim.host.driver import MachineSizeError, array_error, machine_config
     batch = getattr(args, "batch", 1)
     from gpt2accel.rtl.config import EngineConfig
+    mem_bytes = getattr(args, "mem_bytes", None)
     try:
-        EngineConfig(rows=args.rows, cols=args.cols)          # each in its range
+        EngineConfig(rows=args.rows, cols=args.cols, mem_bytes=mem_bytes)   # each in range
         # The RTL would refuse such an array only once built, and the memory map assumes
         # a valid word: checked first, so the message names the array, not a layout.
         problem = array_error(args.cols)
         if problem:
             raise UsageError(f"--rows {args.rows} --cols {args.cols}: {problem}")
-        cfg = machine_config(qmodel, args.rows, args.cols, addr_bits=args.addr_bits)
+        cfg = machine_config(qmodel, args.rows, args.cols, addr_bits=args.addr_bits,
+                             mem_bytes=mem_bytes)
+        cfg.check_engine()            # the word against the attention's reads, before a build
         if batch > cfg.engine.max_m:
             raise UsageError(f"--batch {batch}: the {args.rows}x{args.cols} machine decodes "
                              f"at most max_m = {cfg.engine.max_m} sequences together")
         if batch > 1:                 # the caches of every sequence in its memory map
             cfg = machine_config(qmodel, args.rows, args.cols, addr_bits=args.addr_bits,
-                                 batch=batch)
+                                 batch=batch, mem_bytes=mem_bytes)
     except MachineSizeError as e:
         raise UsageError(f"--addr-bits {args.addr_bits} addresses {1 << args.addr_bits:,} "
                          f"words, the model's memory map needs {e.words:,}: give --addr-bits "
                          f"{e.need_bits} or more, or leave it out to size the machine from "
                          f"the model") from None
     except ValueError as e:           # ConfigError, CompileError: shapes the array cannot run
-        raise UsageError(f"--rows {args.rows} --cols {args.cols}: {e}") from None
+        word = "" if mem_bytes is None else f" --mem-bytes {mem_bytes}"
+        raise UsageError(f"--rows {args.rows} --cols {args.cols}{word}: {e}") from None
     return cfg
 
 
@@ -485,7 +489,7 @@ def _addr_bits(text):
 def _add_addr_bits(p):
     p.add_argument("--addr-bits", type=_addr_bits, default=None, metavar="BITS",
                    help="word-address width of the machine, 8..48: it addresses 2^BITS "
-                        "memory words of 2*cols bytes (default: the narrowest that holds the "
+                        "memory words of --mem-bytes bytes (default: the narrowest that holds the "
                         "model's weights, buffers and KV caches, at least 16: 16 for the tiny "
                         "model, 24 for GPT-2 small; --engine matmul: 24)")
 
@@ -650,6 +654,9 @@ def _add_hardware(p, check_default):
                    help="systolic array rows of the simulated machine (default: %(default)s)")
     p.add_argument("--cols", type=int, default=8,
                    help="systolic array columns (default: %(default)s)")
+    p.add_argument("--mem-bytes", type=int, default=None,
+                   help="memory word in bytes, a multiple of cols and at least 2*cols "
+                        "(default: 2*cols; the ECP5 board presets' 4x4 arrays use 16)")
     p.add_argument("--check", action=argparse.BooleanOptionalAction, default=check_default,
                    help="compare every step's integer logits with the integer golden model "
                         "and stop at the first mismatch, naming the layer and operation "
@@ -756,7 +763,8 @@ def build_parser():
     p.add_argument("--cols", type=int, default=8, help="array columns (default: %(default)s)")
     _add_addr_bits(p)
     p.add_argument("--mem-bytes", type=int, default=None,
-                   help="--engine matmul: memory word width in bytes (default: 2*cols)")
+                   help="memory word width in bytes, a multiple of cols and at least "
+                        "2*cols (default: 2*cols)")
     p.add_argument("--max-k", type=int, default=EngineConfig.max_k,
                    help="--engine matmul: largest K, the A scratchpad depth (default: %(default)s)")
     p.add_argument("--name", default=None,

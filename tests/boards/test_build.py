@@ -96,7 +96,7 @@ def test_unknown_board_and_bad_request_are_refused_before_the_tools(tools_path):
      "256 processing elements need as many multipliers, the LFE5U-85F has 156 DSP blocks"),
     ("icebreaker", ["--rows", "0"], "rows must be a whole number of at least 1, got 0"),
     ("ulx3s-85f", ["--cols", "-2"], "cols must be a whole number of at least 1, got -2"),
-    ("ulx3s-85f", ["--rows", "20"], "160 processing elements need as many multipliers, "
+    ("ulx3s-85f", ["--rows", "40"], "160 processing elements need as many multipliers, "
                                     "the LFE5U-85F has 156 DSP blocks"),
 ], ids=["dsps-16x16", "rows-0", "cols-negative", "dsps"])
 def test_cli_build_refuses_a_bad_request_before_any_tool(tools_path, capsys, tmp_path, board,

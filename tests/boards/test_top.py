@@ -235,6 +235,39 @@ def test_exec_matmul_illegal_and_reset_through_bridge(seed):
     _simulate(core, host, body)
 
 
+def test_board_reset_returns_a_busy_machine_to_idle(seed):
+    """The board's own reset (`rst`: a PLL not locked, the DRAM controller's), like
+    RESET, returns a busy machine and the bridge to idle; both reach the machine through
+    a register of their own."""
+    rng = random.Random(seed + 2)
+    nrng = np.random.default_rng(seed + 2)
+    core = BoardCore(CFG, mem_words=WORDS, max_payload=MAX_PAYLOAD, timeout_cycles=500)
+    host = LinkHost(core.rx, core.tx, random.Random(rng.random()), stall=0.2)
+    dev = _Device(host, seed)
+    lay, image, want = _matmul_case(rng, nrng, (8, 64, 8))
+    lone = _program(encode(CFG, Op.MATMUL, **lay.command))
+    halt = encode(CFG, Op.HALT)
+
+    async def body(ctx):
+        await dev.write(ctx, 0, image)
+        for how in ("RESET", "rst"):
+            assert (await dev.status(ctx, P.Req.EXEC, lone))[::3] == (1, 1), how
+            if how == "RESET":
+                assert await dev.status(ctx, P.Req.RESET) == (0, Error.NONE, 0, 0)
+            else:
+                ctx.set(core.rst, 1)
+                await ctx.tick().repeat(3)
+                ctx.set(core.rst, 0)
+            assert await dev.status(ctx) == (0, Error.NONE, 0, 0), f"{how}, GPT2ACCEL_SEED={seed}"
+        busy, err, _, icount = await dev.status(
+            ctx, P.Req.EXEC, _program(encode(CFG, Op.MATMUL, **lay.command), halt))
+        assert (busy, err, icount) == (0, Error.NONE, 2)
+        np.testing.assert_array_equal(lay.result(CFG.engine, await dev.read(ctx, 0, lay.end)),
+                                      want, err_msg=f"GPT2ACCEL_SEED={seed}")
+
+    _simulate(core, host, body)
+
+
 def test_identity_fingerprints_the_machine_built():
     """PING's config_id follows the machine's opcode subset and residual width
     (`MachineConfig`), and an AttentionConfig is the machine with the defaults."""
