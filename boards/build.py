@@ -496,6 +496,9 @@ def _base_report(machine):
                machine="whole" if p.ops is None else "+".join(p.ops) + " only (offload)",
                tokens_per_s_basis=(
                    "whole decode token on the device (exact cycle model, last position)"
+                   + ("; an ideal memory: the DRAM's refreshes, row misses and bank "
+                      "conflicts come on top (`generate --backend fast --memory dram` "
+                      "times them)" if p.storage == "dram" else "")
                    if p.ops is None else
                    "the device's MATMULs of one token only (exact cycle model); the host's "
                    "share and the UART transfers come on top"))
