@@ -244,8 +244,9 @@ class AttentionHarness(EngineHarness):
     # first read and write, where the properties themselves need a whole command
     bugs = {**EngineHarness.bugs, "cmds_no_dup": ("tie", "done", 1),
             "reads_settled": ("tie", "done", 1)}
-    # writes_settled's bug needs the first write, in step 40 since the softmax's and
-    # the normaliser's added stages (35 before)
+    # writes_settled's bug needs the first write: its trace fails in step 30 since the
+    # matmul engine's shorter drain (the first write after a stall, reach_write, moved
+    # 40 -> 31; 35 before the softmax's and the normaliser's added stages)
     bug_depths = {"cmds_no_dup": 36, "reads_settled": 36, "writes_settled": 44}
 
     def extra(self, m, u, mod, pending):
