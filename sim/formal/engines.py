@@ -214,30 +214,39 @@ class AttentionHarness(EngineHarness):
     handshakes and the pairing of commands and ``done``, which every command
     goes through; a larger command only repeats them, for hundreds of cycles
     beyond a bounded check of the whole engine (unlimited commands, depth 24,
-    wrote nothing). Its first write after a stalled one comes in step 40
-    (``reach_write``; 35 before the softmax's, normaliser's and requantiser's
-    added stages), its first ``done`` after a stalled write in step 95 (was 83;
-    ``reach_done``): the read and write streams are checked to depth 42,
-    ``done`` against the commands, the reads and the writes to depth 96."""
+    wrote nothing). Its first write after a stalled one comes in step 31
+    (``reach_write``; 40 before the matmul engine's shorter drain, 35 before the
+    softmax's, normaliser's and requantiser's added stages), its first ``done``
+    after a stalled write in step 77 (``reach_done``; 95 before the shorter
+    drain, 83 before the added stages): the read and write streams are checked
+    to depth 42, ``done`` against the commands, the reads and the writes to
+    depth 80 (96 with ``--deep``)."""
     unit, cls = "attention", AttentionEngine
     config = ("MACHINE_CONFIG (tile 2, one lane, 4 positions); commands of one head, "
               "d_head 1, one query at position 0")
     depth, deep_depth = 42, 42
     reach_done = False       # depth 42 reaches writes, not done
     bmc_only = EngineHarness.bmc_only + ("mem_rd_req_hold", "mem_wr_hold")
-    # no done before step ~95: what concerns it would hold vacuously at 42
-    depths = deep_depths = {p: 96 for p in ("writes_settled", "reads_settled", "cmds_no_dup",
-                                           "reach_done")}
-    # the engine inside made the harness 2-4 times slower to solve (mem_wr_hold 29.5 ->
-    # 69.5 s with the broadcast operands and bypass FIFOs alone), so these four, at 400-
-    # 2,000 s before, no longer fit the default run's hour per job: `--deep` runs them
-    deep_only = ("writes_settled", "reads_settled", "cmds_no_dup", "reach_done")
+    #: the step of the first done after a stalled write (reach_done's cover)
+    first_done = 77
+    # what concerns done would hold vacuously at 42. Three steps past the first done
+    # leave room for an engine stage or two (reach_done fails when done leaves the
+    # depth); each step costs the solver more: at 96 these took 400-2,000 s each
+    # before the shorter drain, beyond the default run's hour per job once the
+    # broadcast operands and bypass FIFOs made the harness 2-4 times slower
+    _done_props = ("writes_settled", "reads_settled", "cmds_no_dup", "reach_done")
+    depths = dict.fromkeys(_done_props, first_done + 3)
+    deep_depths = dict.fromkeys(_done_props, 96)
+    # its dozen memories hold 1-4 words each: as flip-flops reads_settled to depth 56
+    # took 41 s, as SMT arrays 99 s
+    map_memories = True
     # done with no command, or with reads or a write still open: all within the
     # first read and write, where the properties themselves need a whole command
     bugs = {**EngineHarness.bugs, "cmds_no_dup": ("tie", "done", 1),
             "reads_settled": ("tie", "done", 1)}
-    # writes_settled's bug needs the first write, in step 40 since the softmax's and
-    # the normaliser's added stages (35 before)
+    # writes_settled's bug needs the first write: its trace fails in step 30 since the
+    # matmul engine's shorter drain (the first write after a stall, reach_write, moved
+    # 40 -> 31; 35 before the softmax's and the normaliser's added stages)
     bug_depths = {"cmds_no_dup": 36, "reads_settled": 36, "writes_settled": 44}
 
     def extra(self, m, u, mod, pending):
