@@ -168,12 +168,15 @@ class Preset:
         it cannot fit. On a whole machine, other columns keep the preset's memory word
         where it is a word of theirs (at least two bytes a column, a whole number of
         columns), else take their default (2*cols)."""
+        from gpt2accel.rtl.config import ConfigError, EngineConfig
         # None is "the preset's"; 0 is a request like any other, refused below
         cols = self.cols if cols is None else cols
         word = self.mem_bytes
-        if self.ops is None and word is not None and isinstance(cols, int) and cols >= 1 \
-                and (word % cols or word < 2 * cols):
-            word = None
+        if self.ops is None and word is not None:
+            try:
+                EngineConfig(cols=cols, mem_bytes=word)
+            except ConfigError:                   # not a word of these columns
+                word = None                       # (bad columns are refused below)
         p = replace(self, rows=self.rows if rows is None else rows, cols=cols,
                     clk_hz=self.clk_hz if clk_hz is None else clk_hz, mem_bytes=word)
         return BoardMachine(p)

@@ -229,8 +229,6 @@ def jobs(unit=None, prop=None, deep=False, bugs=False):
         for p, desc in probe.properties.items():
             if prop is not None and p != prop:
                 continue
-            if p in cls.deep_only and not (deep or bugs or prop is not None):
-                continue
             depth = (cls.deep_depths.get(p, cls.deep_depth) if deep
                      else cls.depths.get(p, cls.depth))
             depth = max(depth, probe.min_depth[p])

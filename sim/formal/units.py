@@ -68,9 +68,6 @@ class UnitHarness(Harness):
     bmc_only = ()
     depths = {}          # property -> its own default depth (instead of `depth`)
     deep_depths = {}     # property -> its own --deep depth (instead of `deep_depth`)
-    #: properties run only with ``--deep`` (their seeded bugs still run with ``--bugs``):
-    #: proofs whose default run would not fit the per-job time limit
-    deep_only = ()
     map_memories = False  # turn memories into flip-flops before solving (small ones)
     #: property -> the seeded bug that must make it fail (``<port>_hold`` properties
     #: default to dropping that port's ready gating)

@@ -123,13 +123,13 @@ def test_the_arbiter_answers_each_side_its_own_reads(seed):
 
 def test_the_dram_presets_resolve():
     pytest.importorskip("litedram")
+    from gpt2accel.boards.build import _base_report
     for board, clk, mib in (("ulx3s-85f", 25e6, 32), ("orangecrab-85f", 40e6, 128)):
         b = presets.get_preset(board, "dram").resolve()
         assert (b.preset.storage, b.clk_hz, b.pll, b.dram_bytes >> 20) == ("dram", clk, None, mib)
         assert b.mem_words >= b.need_words
         assert "external DRAM" in b.preset.summary()
         # a build's tokens/s are at an ideal memory's cycles: its report says so
-        from gpt2accel.boards.build import _base_report
         assert "DRAM's refreshes" in _base_report(b)["tokens_per_s_basis"]
     assert "DRAM" not in _base_report(presets.PRESETS["ulx3s-85f"].resolve())[
         "tokens_per_s_basis"]

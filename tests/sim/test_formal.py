@@ -135,24 +135,6 @@ def test_unit_seeded_bugs_fail(tools, unit):
     assert not _failures(results)
 
 
-def test_deep_only_properties_run_with_deep_and_keep_their_bugs(monkeypatch):
-    """A harness's `deep_only` properties leave the default run only: `--deep`, one
-    named property and `--bugs` (their seeded bugs fail fast) still take them."""
-    gelu = formal.harnesses()["gelu"]
-    only = ("beats_no_loss", "reach_beats")
-    deep_gelu = type("DeepGeluHarness", (gelu,), {"unit": "gelu_deep", "deep_only": only})
-    monkeypatch.setitem(formal.harnesses(), "gelu_deep", deep_gelu)
-    pairs = {("gelu_deep", p) for p in only}
-    default = {(j.unit, j.prop) for j in formal.jobs("gelu_deep")}
-    deep = {(j.unit, j.prop) for j in formal.jobs("gelu_deep", deep=True)}
-    bugs = {(j.unit, j.prop) for j in formal.jobs("gelu_deep", bugs=True)}
-    assert ("gelu_deep", "out_hold") in default and not pairs & default
-    assert deep - default == pairs
-    assert ("gelu_deep", "beats_no_loss") in bugs      # a cover has no seeded bug
-    assert [(j.unit, j.prop) for j in formal.jobs("gelu_deep", "reach_beats")] == [
-        ("gelu_deep", "reach_beats")]
-
-
 def test_attention_done_properties_run_by_default_past_the_first_done():
     """The attention harness's properties about ``done`` are in the default run, at a
     depth beyond the step of its first ``done`` after a stalled write."""
