@@ -698,6 +698,18 @@ def calibration_ids(model_dir, config, windows=32):
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         progress.note(f"calibration: the Shakespeare corpus is unavailable ({first}); "
                       f"calibrating on the built-in sonnet instead")
+    chars = getattr(tok, "chars", None)
+    if chars is not None:
+        # A character vocabulary need not cover the corpus (Karpathy's microGPT
+        # has 26 letters and a newline): calibrate on the text it can encode
+        # rather than refuse a model whose prompts it would accept.
+        known = set(chars)
+        kept = "".join(c for c in text if c in known)
+        if len(kept) < len(text):
+            progress.note(f"calibration: {len(text) - len(kept):,} of {len(text):,} characters "
+                          f"of {source} are outside the {len(chars)}-character vocabulary "
+                          f"and are left out")
+        text = kept
     n = min(128, config.n_positions)
     # encode a generous slice per window: BPE needs fewer tokens than characters
     span = 4 * n

@@ -307,3 +307,24 @@ def test_load_or_quantise_caches_and_prefers_shipped_file(tmp_path, monkeypatch)
     Q.QuantGPT2.from_float(wrong, [ids]).save(ckpt / Q.QUANT_FILENAME)
     with pytest.raises(Q.QuantFormatError, match="does not match"):
         Q.load_or_quantise(ckpt, fmodel, cache)
+
+
+def test_calibration_leaves_out_what_a_character_vocabulary_lacks(tmp_path, monkeypatch):
+    """A character model whose vocabulary does not cover the corpus (microGPT's 26
+    letters and a newline) calibrates on the corpus without the characters it lacks,
+    instead of failing on the first capital letter."""
+    from gpt2accel.model import shakespeare
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40
+    monkeypatch.setattr(shakespeare, "load_corpus", lambda: (text, text))
+    chars = list("\nabcdefghijklmnopqrstuvwxyz")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    _write_checkpoint(random_gpt2(seed=1, vocab_size=len(chars), n_positions=16, n_embd=16,
+                                  n_layer=1, n_head=4), ckpt, chars)
+    fmodel = GPT2.from_pretrained(ckpt)
+    seqs = Q.calibration_ids(ckpt, fmodel.config)
+    kept = "".join(c for c in text if c in chars)
+    assert len(seqs) == 32 and all(s.size == 16 for s in seqs)
+    for s in seqs:  # each window is a slice of the filtered text, in order
+        assert "".join(chars[i] for i in s) in kept
+    Q.QuantGPT2.from_float(fmodel, seqs, tile=16)
