@@ -449,9 +449,10 @@ def _machine_config(qmodel, args):
         EngineConfig(rows=args.rows, cols=args.cols, mem_bytes=mem_bytes)   # each in range
         # The RTL would refuse such an array only once built, and the memory map assumes
         # a valid word: checked first, so the message names the array, not a layout.
-        problem = array_error(args.cols)
+        problem = array_error(args.cols, mem_bytes)
         if problem:
-            raise UsageError(f"--rows {args.rows} --cols {args.cols}: {problem}")
+            word = "" if mem_bytes is None else f" --mem-bytes {mem_bytes}"
+            raise UsageError(f"--rows {args.rows} --cols {args.cols}{word}: {problem}")
         cfg = machine_config(qmodel, args.rows, args.cols, addr_bits=args.addr_bits,
                              mem_bytes=mem_bytes)
         cfg.check_engine()            # the word against the attention's reads, before a build

@@ -216,15 +216,20 @@ def _lanes(limit, *divides):
     return max(n for n in (1, 2) if n <= limit and all(d % n == 0 for d in divides))
 
 
-def array_error(cols):
-    """Why no whole machine has `cols` columns, or None. Its memory word is 2*cols bytes:
-    the attention reads raw int32 rows word by word, the vector mover a LayerNorm beta
-    (int64) from one word. (`machine_config` leaves this to the RTL, which refuses such
-    a machine when it is built; a front end checks it first to name its own option.)"""
-    if cols % 2 or 2 * cols < BETA_BYTES:
-        return (f"cols={cols}: the whole machine needs an even number of columns, at least "
-                f"{BETA_BYTES // 2} (its memory word of 2*cols bytes holds whole int32 and "
-                f"an int64)")
+def array_error(cols, mem_bytes=None):
+    """Why no whole machine has `cols` columns on words of `mem_bytes` bytes (None: the
+    default, 2*cols), or None. The attention reads raw int32 rows word by word, the vector
+    mover a LayerNorm beta (int64) from one word, so a word is a multiple of 4 bytes and
+    at least 8. (`machine_config` leaves this to the RTL, which refuses such a machine
+    only when it is built; a front end checks it first to name its own option.)"""
+    if mem_bytes is None:
+        if cols % 2 or 2 * cols < BETA_BYTES:
+            return (f"cols={cols}: the whole machine needs an even number of columns, at "
+                    f"least {BETA_BYTES // 2} (its memory word of 2*cols bytes holds whole "
+                    f"int32 and an int64), or a --mem-bytes that does")
+    elif mem_bytes % 4 or mem_bytes < BETA_BYTES:
+        return (f"mem_bytes={mem_bytes}: the whole machine's memory word holds whole int32 "
+                f"and an int64: a multiple of 4 bytes, at least {BETA_BYTES}")
     return None
 
 

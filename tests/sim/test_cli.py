@@ -107,6 +107,9 @@ def test_every_benchmark_has_help(capsys):
     (["generate", "--backend", "pysim", "--prompt", "R" * 129], "longer than the model's context"),
     (["generate", "--backend", "pysim", "--rows", "8", "--cols", "7"],
      "cols=7: the whole machine needs an even number of columns"),
+    (["generate", "--backend", "pysim", "--rows", "2", "--cols", "2", "--mem-bytes", "4"],
+     "--rows 2 --cols 2 --mem-bytes 4: mem_bytes=4: the whole machine's memory word holds "
+     "whole int32 and an int64"),
     (["generate", "--backend", "float", "--vcd", "x.vcd"], "--vcd needs"),
     (["generate", "--backend", "pysim", "--batch", "0"], "--batch 0: must be 1 or more"),
     (["generate", "--backend", "int", "--batch", "2"], "--batch 2 needs --backend pysim or fast"),
