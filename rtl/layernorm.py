@@ -185,17 +185,20 @@ class RowRoot(wiring.Component):
         q_steps = q_bits // 3
         RW = RB + 4                     # rem' < 2^(RB+4), see the class docstring
         DW = q_bits + 3                 # the divider's rem' < 8r < 2^27
-        rad = Signal(A)                 # the radicand bits not yet shifted in, at the top
-        root = Signal(RB)               # R, the root so far
+        # Datapath registers without reset (docs/architecture.md, pipelining discipline):
+        # IDLE loads every one of them at ``start``; only the state machine resets.
+        rad = Signal(A, reset_less=True)    # the radicand bits not yet shifted in, at the top
+        root = Signal(RB, reset_less=True)  # R, the root so far
         # 3R, 3R + 1, 5R + 1, 7R + 3: with them every trial 16Rd + d^2 is a
         # multiple shifted left with its constant in the low bits (no add); 5R
         # and 7R are the divider's 5r and 7r once R is the root
-        m3, m3p, m5, m7, m5z, m7z = (Signal(RB + 3, name=n) for n in (
+        m3, m3p, m5, m7, m5z, m7z = (Signal(RB + 3, name=n, reset_less=True) for n in (
             "sq_3r", "sq_3r1", "sq_5r1", "sq_7r3", "sq_5r", "sq_7r"))
-        rem = Signal(max(RW, DW))       # the root's remainder (<= 2R), then the divider's (< r)
-        nbits = Signal(q_bits)          # the dividend's bits not yet shifted in, at the top
-        q = Signal(q_bits)
-        step = Signal(range(max(steps, q_steps)))
+        rem = Signal(max(RW, DW), reset_less=True)   # the root's remainder (<= 2R), then
+                                                     # the divider's (< r)
+        nbits = Signal(q_bits, reset_less=True)      # the dividend's bits not yet shifted in
+        q = Signal(q_bits, reset_less=True)
+        step = Signal(range(max(steps, q_steps)), reset_less=True)
 
         # Both steps' trials are built outside the state machine, each from its own
         # registers: inside the states, synthesis shares one set of subtractors
@@ -431,9 +434,11 @@ class _PassA(wiring.Component):
         first_a = Signal(init=1)                        # the next beat starts a row
         left = Signal(range(W * L + 1))                 # the row's channels not yet taken
         xbusy = Signal(2)                               # half holds a row B has not started
-        acc_sum = Signal(signed(SUM_W))
-        acc_max = Signal(signed(R))
-        acc_min = Signal(signed(R))
+        # Datapath registers have no reset (docs/architecture.md): each is read only
+        # under a valid bit that has one, or restarted by a row's first beat.
+        acc_sum = Signal(signed(SUM_W), reset_less=True)
+        acc_max = Signal(signed(R), reset_less=True)
+        acc_min = Signal(signed(R), reset_less=True)
         # rows need the setup's scalars, not gamma/beta: only pass C reads those
         m.d.comb += self.inp.ready.eq(self.config.usable & ~xbusy.bit_select(ha, 1)
                                       & ~(self.config.setup_pending & first_a))
@@ -463,16 +468,19 @@ class _PassA(wiring.Component):
         # count now (n_left > l + lanes is left' > l).
         pctx = data.StructLayout({"v": 1, "first": 1, "end": 1, "h": 1})
         p1, p2 = Signal(pctx), Signal(pctx)
-        first_mask, next_mask = self.config.first_mask, Signal(L)
+        first_mask, next_mask = self.config.first_mask, Signal(L, reset_less=True)
         with m.If(take_a):
             m.d.sync += next_mask.eq(Cat(n_left > l + L for l in range(L)))
         mask = Mux(first_a, first_mask, next_mask)
         lvl_max = _pair_level([Mux(mask[l], xs[l], lo) for l in range(L)], lambda a, b: a > b)
         lvl_min = _pair_level([Mux(mask[l], xs[l], hi) for l in range(L)], lambda a, b: a < b)
-        p1_x = [Signal(signed(R), name=f"p1_x{l}") for l in range(L)]
-        p1_max = [Signal(signed(R), name=f"p1_max{i}") for i in range(len(lvl_max))]
-        p1_min = [Signal(signed(R), name=f"p1_min{i}") for i in range(len(lvl_min))]
-        p2_sum, p2_max, p2_min = Signal(signed(SUM_W)), Signal(signed(R)), Signal(signed(R))
+        p1_x = [Signal(signed(R), name=f"p1_x{l}", reset_less=True) for l in range(L)]
+        p1_max = [Signal(signed(R), name=f"p1_max{i}", reset_less=True)
+                  for i in range(len(lvl_max))]
+        p1_min = [Signal(signed(R), name=f"p1_min{i}", reset_less=True)
+                  for i in range(len(lvl_min))]
+        p2_sum = Signal(signed(SUM_W), reset_less=True)
+        p2_max, p2_min = Signal(signed(R), reset_less=True), Signal(signed(R), reset_less=True)
         m.d.sync += [p1.v.eq(take_a), p1.first.eq(first_a), p1.end.eq(end_a), p1.h.eq(ha),
                      *(p1_x[l].eq(Mux(mask[l], xs[l], 0)) for l in range(L)),
                      *(a.eq(v) for a, v in zip(p1_max, lvl_max)),
@@ -491,15 +499,19 @@ class _PassA(wiring.Component):
         # one enters per cycle): st1 totals, st2 max - min, st3 span, st4 its bit
         # length, st5 k, st6 the shifts and ε's exponent.
         S = 6
+        # (only st_v resets: the rest is read under it)
         st_v = Signal(S)
-        st_h = Signal(S)
-        st_sum = [Signal(signed(SUM_W), name=f"st{i}_sum") for i in range(1, S + 1)]
-        st1_max, st1_min = Signal(signed(R)), Signal(signed(R))
-        st2_diff = Signal(R)
-        st3_span = Signal(SPAN_W)
-        st4_bl = Signal(range(SPAN_W + 1))
-        st5_k = Signal(signed(EPS_E_BITS + 2))
-        st5_a, st5_na = Signal(signed(EPS_E_BITS + 4)), Signal(signed(EPS_E_BITS + 4))
+        st_h = Signal(S, reset_less=True)
+        st_sum = [Signal(signed(SUM_W), name=f"st{i}_sum", reset_less=True)
+                  for i in range(1, S + 1)]
+        st1_max = Signal(signed(R), reset_less=True)
+        st1_min = Signal(signed(R), reset_less=True)
+        st2_diff = Signal(R, reset_less=True)
+        st3_span = Signal(SPAN_W, reset_less=True)
+        st4_bl = Signal(range(SPAN_W + 1), reset_less=True)
+        st5_k = Signal(signed(EPS_E_BITS + 2), reset_less=True)
+        st5_a = Signal(signed(EPS_E_BITS + 4), reset_less=True)
+        st5_na = Signal(signed(EPS_E_BITS + 4), reset_less=True)
         m.d.sync += [st_v.eq(Cat(p2.v & p2.end, st_v[:-1])), st_h.eq(Cat(p2.h, st_h[:-1])),
                      st_sum[0].eq(tot), st1_max.eq(mx), st1_min.eq(mn),
                      st2_diff.eq(st1_max - st1_min), st3_span.eq(st2_diff * cfg.n),
@@ -517,8 +529,9 @@ class _PassA(wiring.Component):
                      st5_na.eq(Mux(span_k, (st4_bl << 1) - ek.e_span, ek.na_min))]
 
         k = st5_k
-        st6_pos, st6_shl, st6_shr = Signal(), Signal(5), Signal(5)
-        st6_rsh, st6_lsh = Signal(range(D_W + 1)), Signal(4)
+        st6_pos = Signal(reset_less=True)
+        st6_shl, st6_shr = Signal(5, reset_less=True), Signal(5, reset_less=True)
+        st6_rsh, st6_lsh = Signal(range(D_W + 1), reset_less=True), Signal(4, reset_less=True)
         # a right shift by D_W or more gives 0 for every |d| < 2^(R+11): clamp there
         m.d.sync += [st6_pos.eq(st5_a >= 0), st6_shl.eq(st5_a[:5]),
                      st6_shr.eq(Mux(st5_na > 17, 17, st5_na)[:5]),
@@ -594,24 +607,30 @@ class _PassB(wiring.Component):
         # register); b3: N * x; b4: N x - Σ; b5: shifted left by lsh, the rounding
         # half of rsh added (one of the two shifts is 0); b6: d_s; b7: its squares;
         # b8: their sum; b9: S accumulated, S2 = S + ε to the bank.
-        bctx = data.StructLayout({"v": 1, "first": 1, "last": 1, "mask": L,
+        # Only the valid bits reset; the rest is read under them (docs/architecture.md).
+        bctx = data.StructLayout({"first": 1, "last": 1, "mask": L,
                                   "addr": range(NB * W), "bank": range(NB),
                                   "sum": signed(SUM_W), "lsh": range(16),
                                   "rsh": range(D_W + 1), "eps": unsigned(47)})
-        b = [None] + [Signal(bctx, name=f"b{i}") for i in range(1, PASS_B_LATENCY)]
-        m.d.sync += [b[1].v.eq(issue_b), b[1].first.eq(jb == 0), b[1].last.eq(end_b),
+        b = [None] + [Signal(bctx, name=f"b{i}", reset_less=True)
+                      for i in range(1, PASS_B_LATENCY)]
+        bv = [None] + [Signal(name=f"b{i}_v") for i in range(1, PASS_B_LATENCY)]
+        m.d.sync += [bv[1].eq(issue_b), b[1].first.eq(jb == 0), b[1].last.eq(end_b),
                      b[1].mask.eq(Cat(eb + l < cfg.n for l in range(L))),
                      b[1].addr.eq(bw_base + jb), b[1].bank.eq(bw), b[1].sum.eq(d0.sum),
                      b[1].lsh.eq(d0.lsh), b[1].rsh.eq(d0.rsh), b[1].eps.eq(d0.eps)]
         m.d.sync += [b[i + 1].eq(b[i]) for i in range(1, PASS_B_LATENCY - 1)]
-        b2_x = Signal(geo.x_shape)
-        b3_nx = [Signal(signed(R + N_BITS + 1), name=f"b3_nx{l}") for l in range(L)]
-        b4_d = [Signal(signed(D_W + 1), name=f"b4_d{l}") for l in range(L)]
+        m.d.sync += [bv[i + 1].eq(bv[i]) for i in range(1, PASS_B_LATENCY - 1)]
+        b2_x = Signal(geo.x_shape, reset_less=True)
+        b3_nx = [Signal(signed(R + N_BITS + 1), name=f"b3_nx{l}", reset_less=True)
+                 for l in range(L)]
+        b4_d = [Signal(signed(D_W + 1), name=f"b4_d{l}", reset_less=True) for l in range(L)]
         # rsh <= D_W, and the half is below |d| << lsh's room when lsh > 0 (rsh = 0 then)
-        b5_h = [Signal(signed(D_W + 2), name=f"b5_h{l}") for l in range(L)]
-        b6_ds = [Signal(signed(DS_BITS), name=f"b6_ds{l}") for l in range(L)]
-        b7_sq = [Signal(2 * im.LN_D_BITS + 1, name=f"b7_sq{l}") for l in range(L)]
-        b8_sum = Signal(im.LN_ACC_BITS)
+        b5_h = [Signal(signed(D_W + 2), name=f"b5_h{l}", reset_less=True) for l in range(L)]
+        b6_ds = [Signal(signed(DS_BITS), name=f"b6_ds{l}", reset_less=True) for l in range(L)]
+        b7_sq = [Signal(2 * im.LN_D_BITS + 1, name=f"b7_sq{l}", reset_less=True)
+                 for l in range(L)]
+        b8_sum = Signal(im.LN_ACC_BITS, reset_less=True)
         m.d.sync += [b2_x.eq(x_r.data), b8_sum.eq(sum_tree(b7_sq))]
         for l in range(L):
             # when lsh > 0 the row's |d| < 2^14, so the shifted value still fits D_W
@@ -620,16 +639,16 @@ class _PassB(wiring.Component):
                          b5_h[l].eq(add_half(b4_d[l] << b[4].lsh, b[4].rsh, D_W + 2)),
                          b6_ds[l].eq(b5_h[l] >> b[5].rsh),
                          b7_sq[l].eq(Mux(b[6].mask[l], b6_ds[l] * b6_ds[l], 0))]
-        m.d.comb += [d_w.addr.eq(b[6].addr), d_w.en.eq(b[6].v)]
+        m.d.comb += [d_w.addr.eq(b[6].addr), d_w.en.eq(bv[6])]
         for l in range(L):
             m.d.comb += d_w.data[l].eq(b6_ds[l])
         # b8 -> b9: S accumulates; at b9 the last beat stores S2 = S + ε in its bank.
-        s_acc = Signal(im.LN_ACC_BITS)
-        b9 = b[PASS_B_LATENCY - 1]
-        with m.If(b[8].v):
+        s_acc = Signal(im.LN_ACC_BITS, reset_less=True)     # restarted by a row's first beat
+        b9, b9_v = b[PASS_B_LATENCY - 1], bv[PASS_B_LATENCY - 1]
+        with m.If(bv[8]):
             m.d.sync += s_acc.eq(Mux(b[8].first, 0, s_acc) + b8_sum)
         m.d.comb += self.s2.eq(s_acc + b9.eps)
-        with m.If(b9.v & b9.last):
+        with m.If(b9_v & b9.last):
             for i in range(NB):
                 with m.If(b9.bank == i):
                     m.d.comb += self.written[i].eq(1)
@@ -652,7 +671,9 @@ class _Banks(wiring.Component):
         m = Module()
         NB = self.geo.NB
         state, bank_inv = self.info.state, self.info.inv
-        bank_s2 = [Signal(im.LN_ACC_BITS, name=f"bank{i}_s2") for i in range(NB)]
+        # written before the bank is WRITTEN, read only then: no reset
+        bank_s2 = [Signal(im.LN_ACC_BITS, name=f"bank{i}_s2", reset_less=True)
+                   for i in range(NB)]
         for i in range(NB):
             with m.If(self.written[i]):
                 m.d.sync += bank_s2[i].eq(self.s2)
@@ -727,22 +748,30 @@ class _PassC(wiring.Component):
         # partial products, then their add); c5 z, with gamma/beta (read at c3)
         # registered; c6, c7 z * G (the same split) beside B + the rounding half of
         # out_shift; c8 their sum; c9, c10 the shift (two stages), saturation, mask.
-        cctx = data.StructLayout({"v": 1, "last": 1, "mask": L, "j": range(W)})
-        c = [None] + [Signal(cctx, name=f"c{i}") for i in range(1, PASS_C_LATENCY)]
-        c1_inv, c2_inv = Signal(im.LN_RECIP_BITS), Signal(im.LN_RECIP_BITS)
-        c2_d = Signal(self.geo.d_shape)
-        c5_z = [Signal(signed(Z_BITS), name=f"c5_z{l}") for l in range(L)]
-        c5_gb = Signal(param_layout(L))
-        c6_bh = [Signal(signed(im.LN_ACC_BITS + 1), name=f"c6_bh{l}") for l in range(L)]
-        c7_bh = [Signal(signed(im.LN_ACC_BITS + 1), name=f"c7_bh{l}") for l in range(L)]
-        c8_t = [Signal(signed(im.LN_ACC_BITS + 2), name=f"c8_t{l}") for l in range(L)]
+        # Only the valid bits reset; the rest is read under them (docs/architecture.md).
+        cctx = data.StructLayout({"last": 1, "mask": L, "j": range(W)})
+        c = [None] + [Signal(cctx, name=f"c{i}", reset_less=True)
+                      for i in range(1, PASS_C_LATENCY)]
+        cv = [None] + [Signal(name=f"c{i}_v") for i in range(1, PASS_C_LATENCY)]
+        c1_inv = Signal(im.LN_RECIP_BITS, reset_less=True)
+        c2_inv = Signal(im.LN_RECIP_BITS, reset_less=True)
+        c2_d = Signal(self.geo.d_shape, reset_less=True)
+        c5_z = [Signal(signed(Z_BITS), name=f"c5_z{l}", reset_less=True) for l in range(L)]
+        c5_gb = Signal(param_layout(L), reset_less=True)
+        c6_bh = [Signal(signed(im.LN_ACC_BITS + 1), name=f"c6_bh{l}", reset_less=True)
+                 for l in range(L)]
+        c7_bh = [Signal(signed(im.LN_ACC_BITS + 1), name=f"c7_bh{l}", reset_less=True)
+                 for l in range(L)]
+        c8_t = [Signal(signed(im.LN_ACC_BITS + 2), name=f"c8_t{l}", reset_less=True)
+                for l in range(L)]
         m.d.comb += [gb_r.addr.eq(c[3].j), gb_r.en.eq(en)]
         with m.If(en):
-            m.d.sync += [c[1].v.eq(issue_c), c[1].last.eq(end_c), c[1].j.eq(jc),
+            m.d.sync += [cv[1].eq(issue_c), c[1].last.eq(end_c), c[1].j.eq(jc),
                          c[1].mask.eq(Cat(ec + l < cfg.n for l in range(L))),
                          c1_inv.eq(_sel(self.banks.inv, bc)),
                          c2_d.eq(d_r.data), c2_inv.eq(c1_inv), c5_gb.eq(gb_r.data)]
             m.d.sync += [c[i + 1].eq(c[i]) for i in range(1, PASS_C_LATENCY - 1)]
+            m.d.sync += [cv[i + 1].eq(cv[i]) for i in range(1, PASS_C_LATENCY - 1)]
         # inv < 2^24 as a signed operand, d_s the DSP's signed one
         inv_s = Cat(c2_inv, Const(0, 1)).as_signed()
         prods = [split_product(m, inv_s, c2_d[l], en=en, name=f"c4_{l}") for l in range(L)]
@@ -756,7 +785,7 @@ class _PassC(wiring.Component):
                                                   im.LN_ACC_BITS + 1)),
                              c7_bh[l].eq(c6_bh[l]),
                              c8_t[l].eq(zg[l] + c7_bh[l])]
-            m.d.sync += [out_valid.eq(c[PASS_C_LATENCY - 1].v),
+            m.d.sync += [out_valid.eq(cv[PASS_C_LATENCY - 1]),
                          self.out.payload.last.eq(c[PASS_C_LATENCY - 1].last)]
         for l in range(L):
             m.d.comb += y[l].eq(_shift_sat8(m, c8_t[l], cfg.out_shift, c[8].mask[l], en,
@@ -776,9 +805,10 @@ def _shift_sat8(m, x, sh, keep, en, name):
     on ECP5 once the stats' ε shift was split, 10.9 ns). Returns the output
     register."""
     x, sh = Value.cast(x), Value.cast(sh)
-    coarse = Signal(x.shape(), name=f"{name}_c")
-    fine = Signal(3, name=f"{name}_f")
-    out = Signal(signed(8), name=f"{name}_s")
+    # datapath: no reset (the caller's valid bit has one)
+    coarse = Signal(x.shape(), name=f"{name}_c", reset_less=True)
+    fine = Signal(3, name=f"{name}_f", reset_less=True)
+    out = Signal(signed(8), name=f"{name}_s", reset_less=True)
     FINE = 7                                  # the largest fine shift
     top = FINE + 7                            # bits from here up: sign copies in range
     sign = coarse[-1]
