@@ -87,7 +87,7 @@ class KVStore(wiring.Component):
         A, DMAX = e.addr_bits, c.max_d_head
         Q = buffer_words(c)
         wpt_tile = e.w_words_per_tile(T)
-        cmd = Signal(kvstore_layout(c))
+        cmd = Signal(kvstore_layout(c), reset_less=True)
         run = Signal()
         done = Signal()
         m.d.sync += done.eq(0)
@@ -102,16 +102,20 @@ class KVStore(wiring.Component):
         p = self.cmd.payload
         m.d.comb += self.cmd.ready.eq(~run)
         start = Signal()
+        # the last head and token as registers: the walkers' compares against them
+        # (every step of a token) then start at a register, not at a subtract
+        H1 = Signal(signed(len(p.n_head) + 1), reset_less=True)
+        N1 = Signal(signed(len(p.n_tok) + 1), reset_less=True)
         with m.If(self.cmd.valid & ~run):
             d1 = (p.d_head - 1)[:len(p.d_head)]
-            m.d.sync += [cmd.eq(p), run.eq(1), start.eq(1),
+            m.d.sync += [cmd.eq(p), run.eq(1), start.eq(1), H1.eq(p.n_head - 1),
+                         N1.eq(p.n_tok - 1),
                          dq.eq(p.d_head // MB), dr.eq(p.d_head % MB),
                          d1q.eq(d1 // MB), d1r.eq(d1 % MB),
                          j0.eq(p.pos0 // T), kin0.eq(p.pos0 % T),
                          kc0.eq((p.pos0 % T) % C)]
         with m.Else():
             m.d.sync += start.eq(0)
-        H1 = cmd.n_head - 1
 
         def walker(name):
             """The group / segment / token counters the issuer and the assembler
@@ -124,9 +128,9 @@ class KVStore(wiring.Component):
                              ("kclo", range(C)), ("sel", 1), ("h", 8), ("off", range(MB)),
                              ("bh", range(MB)), ("k", range(Q + 2))):
                 setattr(w, n, Signal(shape, name=f"{name}_{n}"))
-            w.last_tok = (w.kc == C - 1) | (w.kin == T - 1) | (w.t == cmd.n_tok - 1)
+            w.last_tok = (w.kc == C - 1) | (w.kin == T - 1) | (w.t == N1)
             w.last_seg = w.sel & (w.h == H1)
-            w.last = w.last_seg & (w.t == cmd.n_tok - 1)
+            w.last = w.last_seg & (w.t == N1)
             w.wrap = Signal(name=f"{name}_wrap")        # off + dr passes a word's end
             m.d.comb += w.wrap.eq(w.off + dr >= MB)
             w.nw1 = d1q + (w.off + d1r >= MB)            # the segment's words - 1

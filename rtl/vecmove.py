@@ -7,10 +7,11 @@ units without memory access. `VectorMover` runs one vector instruction
 ```
  issuer:    walks the element groups (lanes columns each) and requests each
             operand word a group starts, up to max_outstanding in flight
- assembler: walks the same groups, takes the responses in order into one
-            register per operand word slot, and hands a group to the unit
-            once its words are in (GELU table words first; LayerNorm's setup, its
-            first row, then its parameters)
+ assembler: walks the same groups, takes the responses in order (from a
+            queue of two registers) into one register per operand word slot,
+            and hands a group to the unit once its words are in (GELU table
+            words first; LayerNorm's setup, its first row, then its
+            parameters), through a skid register while the unit stalls
  unit:      GeluUnit(lanes) | LayerNormUnit(lanes) | RequantAdd(lanes) | EmbeddingAdd(lanes)
  writer:    one strobed write per unit output beat (own counters)
 ```
@@ -65,7 +66,7 @@ from .residual import EmbeddingAdd, RequantAdd
 
 __all__ = ["VectorMover", "vector_lanes", "start_cycles", "NW", "START_CYCLES",
            "ODD_LANES_START_CYCLES", "EMBED_START_CYCLES",
-           "TOK_CYCLES", "EMBED_SELECT_CYCLES", "REQ_CYCLES", "WRITE_CYCLES"]
+           "TOK_CYCLES", "EMBED_SELECT_CYCLES", "REQ_CYCLES", "RESP_CYCLES", "WRITE_CYCLES"]
 
 #: operand word slots of a group, in request order: 0 src (x / gamma / table /
 #: EMBED's token ids), 1 and 2 the two words of LayerNorm beta or of EMBED's wte
@@ -75,6 +76,9 @@ __all__ = ["VectorMover", "vector_lanes", "start_cycles", "NW", "START_CYCLES",
 NW = 6
 #: cycles from a request's issue to its being on the port (the request register)
 REQ_CYCLES = 1
+#: cycles from a response's transfer on the port to the assembler's taking it (the
+#: response queue's registers)
+RESP_CYCLES = 1
 #: cycles from a unit's output beat to its write being on the port (the write register)
 WRITE_CYCLES = 1
 #: cycles from the token id being seen to the wte row address being registered
@@ -235,17 +239,21 @@ class _Walker(wiring.Component):
         first = g == 0
         m.d.comb += [self.end_g.eq(g == last_g),
                      self.end_all.eq(self.end_g & phase & (r == ln_c.rows - 1) & ~params_due)]
+        tc = wte_tile_cols(e.mem_bytes, e.cols)
+
+        def need_of(is_, phase, first, sub0, sub1, sub3, id_sub):
+            """The word slots of the group at this place of the walk."""
+            phase, first = Value.cast(phase), Value.cast(first)
+            return Mux(~phase, Mux(is_["ln"], Cat(sub0 == 0, 1, 1), 1),
+                       Mux(is_["em"], Cat(first & (id_sub == 0), _wte_quarter(sub1, tc) == 0,
+                                          C(int(tc == 8), 1), first, sub3 == 0, first),
+                           Mux(is_["ad"], Cat(~is_["rq"] & (sub0 == 0), 1, 0, 1), sub0 == 0)))
+        # ``need`` is a register, set with the place it describes (the next group's,
+        # the next row's, the command's first): the issuer's and the assembler's
+        # lowest-slot selects, and through them the word slots and the output
+        # register, start at a register instead of at the walk's decode
         need = self.need
-        with m.If(~phase):
-            m.d.comb += need.eq(Mux(is_["ln"], Cat(sub[0] == 0, 1, 1), 1))
-        with m.Elif(is_["em"]):
-            tc = wte_tile_cols(e.mem_bytes, e.cols)
-            m.d.comb += need.eq(Cat(first & (id_sub == 0), _wte_quarter(sub[1], tc) == 0,
-                                    C(int(tc == 8), 1), first, sub[3] == 0, first))
-        with m.Elif(is_["ad"]):
-            m.d.comb += need.eq(Cat(~is_["rq"] & (sub[0] == 0), 1, 0, 1))
-        with m.Else():
-            m.d.comb += need.eq(sub[0] == 0)
+        z = (C(0, 2),) * 3
 
         # each streamed slot's word address advances by one per word issued
         # (beta's two words both come from slot 1's register); the wpe
@@ -260,10 +268,15 @@ class _Walker(wiring.Component):
 
         with m.If(self.adv & self.running):
             with m.If(~self.end_g):
-                m.d.sync += [g.eq(g + 1), sub[0].eq(Mux(sub[0] == wrap0, 0, sub[0] + 1)),
-                             sub[1].eq(sub[1] + 1), sub[3].eq(sub[3] + 1)]
+                nsub = [Mux(sub[0] == wrap0, 0, sub[0] + 1), (sub[1] + 1)[:2], (sub[3] + 1)[:2]]
+                m.d.sync += [g.eq(g + 1), sub[0].eq(nsub[0]), sub[1].eq(nsub[1]),
+                             sub[3].eq(nsub[2]),
+                             need.eq(need_of(is_, phase, 0, *nsub, id_sub))]
             with m.Else():
                 m.d.sync += [g.eq(0), sub[0].eq(0), sub[1].eq(0), sub[3].eq(0)]
+                nid = Mux(id_sub == L - 1, 0, id_sub + 1)
+                m.d.sync += need.eq(Mux(phase, need_of(is_, ~params_due, 1, *z, nid),
+                                        need_of(is_, 1, 1, *z, id_sub)))
                 with m.If(~phase):
                     # GELU: the rows after the table; LayerNorm: the rows after the
                     # first, or the end when it was the only one
@@ -276,7 +289,7 @@ class _Walker(wiring.Component):
                     nxt_wpe = wpe_row + em_c.wpe_stride
                     m.d.sync += [r.eq(r + 1), src_row.eq(nxt_src), y_row.eq(nxt_y),
                                  wpe_row.eq(nxt_wpe), addr[3].eq(nxt_wpe),
-                                 id_sub.eq(Mux(id_sub == L - 1, 0, id_sub + 1)),
+                                 id_sub.eq(nid),
                                  pq_sub.eq(Mux(pq_sub == L - 1, 0, pq_sub + 1))]
                     with m.If(pq_sub == L - 1):
                         m.d.sync += addr[4].eq(addr[4] + 1)
@@ -294,7 +307,8 @@ class _Walker(wiring.Component):
         ln_c, ge_c, ad_c = (i_views[o] for o in (Op.LAYERNORM, Op.GELU, Op.RESADD))
         is_ = _decode(Mux(ctx.start, ctx.new.op, ctx.op))
         with m.If(self.init):
-            m.d.sync += [self.running.eq(1), phase.eq(~is_["ge"]), params_due.eq(is_["ln"]), r.eq(0),
+            m.d.sync += [need.eq(need_of(is_, ~is_["ge"], 1, *z, C(0, 2))),
+                         self.running.eq(1), phase.eq(~is_["ge"]), params_due.eq(is_["ln"]), r.eq(0),
                          g.eq(0), *(s.eq(0) for s in sub), id_sub.eq(0),
                          pq_sub.eq(prep.pq_sub),
                          src_row.eq(ln_c.src_base), y_row.eq(ad_c.y_base),
@@ -415,27 +429,62 @@ class _Reader(wiring.Component):
 
         # ---- assembler: one register per word slot; the group's last word may be
         # taken in the cycle the group goes to the output register (bypass)
-        words = [Signal(8 * MB, name=f"word{w}") for w in range(NW)]
+        words = [Signal(8 * MB, name=f"word{w}", reset_less=True) for w in range(NW)]
         taken = Signal(NW)
         a_rem = Signal(NW)
         m.d.comb += a_rem.eq(aw.need & ~taken)
         a_low = _lowest(m, a_rem, "a_low")
         final = a_rem == a_low                    # the word left is the group's last
-        out = Signal(_element_layout(c))
+        out = Signal(_element_layout(c), reset_less=True)
         out_v = Signal()
-        out_free = ~out_v | self.elem.ready
+        # the output register hands its group to the units or, while they stall, to
+        # a skid register: it is free when the skid is empty (a register), so no
+        # unit's ready reaches the assembler's take, its word slots or this register
+        skid = Signal(_element_layout(c), reset_less=True)
+        skid_v = Signal()
+        out_free = ~out_v | ~skid_v
+        with m.If(~skid_v):
+            m.d.sync += skid.eq(out)
+        with m.If(skid_v):
+            with m.If(self.elem.ready):
+                m.d.sync += skid_v.eq(0)
+        with m.Elif(out_v & ~self.elem.ready):
+            m.d.sync += skid_v.eq(1)
+        # the responses pass a queue of two registers (RESP_CYCLES): the memory's
+        # ready is the queue's room, a register, and the word slots take a register's
+        # word, so neither the assembler's walk nor the units reach the memory's
+        # response queue; the entries are written and read in turn, so that a take
+        # moves two pointers and no word
         resp = self.rd_resp
-        m.d.comb += resp.ready.eq(aw.running & (a_rem != 0) & (~final | out_free))
-        pop = resp.valid & resp.ready
+        rq = [Signal(8 * MB, name=f"rq{i}", reset_less=True) for i in range(2)]
+        rq_wp, rq_rp = Signal(), Signal()
+        rq_n = Signal(range(3))
+        rq_room = Signal(init=1)
+        rq_any = Signal()
+        rq_data = Signal(8 * MB)
+        push = resp.valid & rq_room
+        a_ready = aw.running & (a_rem != 0) & (~final | out_free)
+        pop = rq_any & a_ready
+        m.d.comb += [resp.ready.eq(rq_room), rq_data.eq(Mux(rq_rp, rq[1], rq[0]))]
+        with m.If(push):
+            m.d.sync += rq_wp.eq(~rq_wp)
+            for i in range(2):
+                with m.If(rq_wp == i):
+                    m.d.sync += rq[i].eq(resp.payload.data)
+        with m.If(pop):
+            m.d.sync += rq_rp.eq(~rq_rp)
+        rq_next = Signal(range(3))
+        m.d.comb += rq_next.eq(rq_n + push - pop)
+        m.d.sync += [rq_n.eq(rq_next), rq_room.eq(rq_next != 2), rq_any.eq(rq_next != 0)]
         complete = aw.running & Mux(a_rem == 0, out_free, pop & final)
         cur = [Signal(8 * MB, name=f"cur{w}") for w in range(NW)]   # with the bypass
-        m.d.comb += [cur[w].eq(Mux(pop & a_low[w], resp.payload.data, words[w]))
+        m.d.comb += [cur[w].eq(Mux(pop & a_low[w], rq_data, words[w]))
                      for w in range(NW)]
         with m.If(pop):
             m.d.sync += taken.eq(taken | a_low)
             for w in range(NW):
                 with m.If(a_low[w]):
-                    m.d.sync += words[w].eq(resp.payload.data)
+                    m.d.sync += words[w].eq(rq_data)
 
         # fields of the group: fixed quarters of a word or 4-byte lanes
         qi0 = Signal(2)
@@ -459,9 +508,10 @@ class _Reader(wiring.Component):
                                        Mux(is_["em"], span, cur[1]))),
                          out.s2.eq(Mux(is_["em"], cur[3].word_select(q_off, 32), cur[3])),
                          out.s3.eq(f3), out.s4.eq(cur[5].word_select(aw.pq_sub, 32))]
-        with m.Elif(self.elem.ready):
+        with m.Elif(~skid_v):
             m.d.sync += out_v.eq(0)
-        m.d.comb += [self.elem.valid.eq(out_v), self.elem.payload.eq(out), aw.adv.eq(complete)]
+        m.d.comb += [self.elem.valid.eq(out_v | skid_v),
+                     self.elem.payload.eq(Mux(skid_v, skid, out)), aw.adv.eq(complete)]
 
         # ---- issuer: the same walk, requesting each word a group needs while
         # fewer than max_outstanding reads are unanswered

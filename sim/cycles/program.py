@@ -34,8 +34,8 @@ from gpt2accel.rtl.residual import EmbeddingAdd, RequantAdd
 from gpt2accel.rtl.isa import VECTOR_OPS, Op, decode, wte_tile_cols
 from gpt2accel.rtl.kvstore import (BUFFER_PARTS, DRAIN_CYCLES, FIRST_REQUEST, REQUEST_CYCLES,
                                    SEGMENT_SETUP)
-from gpt2accel.rtl.vecmove import (EMBED_SELECT_CYCLES, REQ_CYCLES, TOK_CYCLES, WRITE_CYCLES,
-                                   start_cycles, vector_lanes)
+from gpt2accel.rtl.vecmove import (EMBED_SELECT_CYCLES, REQ_CYCLES, RESP_CYCLES, TOK_CYCLES,
+                                   WRITE_CYCLES, start_cycles, vector_lanes)
 from gpt2accel.sim.cycles.attention import attention_cycles
 from gpt2accel.sim.cycles.matmul import matmul_cycles
 from gpt2accel.sim.cycles.matmul import REF_MEM_LATENCY
@@ -173,9 +173,11 @@ def _layernorm_params(G):
 def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
     """Cycles from accept to done of one vector instruction (stall-free): a replay of
     the mover's issuer (one request per cycle, at most max_outstanding
-    unanswered), its assembler (one response per cycle into its word slots; a
-    group goes to the output register with its last word, or in a cycle of its
-    own when it reads none, once the previous group left it), the unit's input
+    unanswered), its assembler (one response per cycle, RESP_CYCLES after the
+    port's, into its word slots; a group goes to the output register with its
+    last word, or in a cycle of its own when it reads none, once the previous
+    group left it for the unit or for the skid register, which is free from
+    the cycle after the unit took the group before), the unit's input
     (LayerNorm: its first row, then the parameters, which only pass C waits
     for; an X half per row) and its output
     timing. The words read do not depend on the data (`mem` is not needed)."""
@@ -187,11 +189,12 @@ def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
     gt = at = start                    # the issuer's and the assembler's next cycle
     c = start - 1                      # the previous group's completion
     x = -1                             # ... and its transfer to the unit
+    lv = -1                            # ... and its leaving the output register
     loaded = None                      # LayerNorm: first cycle pass C may read gamma/beta
     ln_rows, row_x, last_x = [], [], None
     ln_waiting = []                    # LayerNorm: last input beats of rows before `loaded`
     for is_row, r, g, ws in vector_groups(cfg, op, f):
-        c_prev, x_prev, id_pop, tok_done = c, x, None, False
+        c_prev, x_prev, lv_prev, id_pop, tok_done = c, x, lv, None, False
         for k, w in enumerate(ws):
             t = gt
             if op == Op.EMBED and g == 0 and w != 0 and not tok_done:
@@ -203,20 +206,20 @@ def vector_cycles(cfg, op, f, latency=REF_MEM_LATENCY, mem=None):
                 t = max(t, p[i - MO] + 1)
             s.append(t)
             gt = t + 1
-            rv = t + REQ_CYCLES + latency          # the response's first cycle
+            rv = t + REQ_CYCLES + latency + RESP_CYCLES    # the response's first cycle
             if k < len(ws) - 1:
                 pt = max(at, rv)
                 if w == 0:
                     id_pop = pt
             else:
-                pt = c = max(at, rv, x_prev)
+                pt = c = max(at, rv, lv_prev)
             p.append(pt)
             at = pt + 1
         if not ws:
             gt += 1
-            c = max(at, x_prev)
+            c = max(at, lv_prev)
             at = c + 1
-        x = c + 1
+        x = lv = max(c + 1, x_prev + 1)
         if op == Op.LAYERNORM and is_row:
             if g == 0 and r >= 2:
                 x = max(x, ln_rows[r - 2]["b_first"] + 1)
