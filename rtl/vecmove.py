@@ -76,9 +76,9 @@ __all__ = ["VectorMover", "vector_lanes", "start_cycles", "NW", "START_CYCLES",
 NW = 6
 #: cycles from a request's issue to its being on the port (the request register)
 REQ_CYCLES = 1
-#: cycles from a response's transfer on the port to the assembler's taking it (the
-#: response queue's registers)
-RESP_CYCLES = 1
+#: cycles from a response's transfer on the port to the assembler's taking it: the
+#: response queue passes a word straight on while it is empty
+RESP_CYCLES = 0
 #: cycles from a unit's output beat to its write being on the port (the write register)
 WRITE_CYCLES = 1
 #: cycles from the token id being seen to the wte row address being registered
@@ -450,11 +450,12 @@ class _Reader(wiring.Component):
                 m.d.sync += skid_v.eq(0)
         with m.Elif(out_v & ~self.elem.ready):
             m.d.sync += skid_v.eq(1)
-        # the responses pass a queue of two registers (RESP_CYCLES): the memory's
-        # ready is the queue's room, a register, and the word slots take a register's
-        # word, so neither the assembler's walk nor the units reach the memory's
-        # response queue; the entries are written and read in turn, so that a take
-        # moves two pointers and no word
+        # the responses pass a queue of two registers whose room, a register, is the
+        # memory's ready, so neither the assembler's walk nor the units reach the
+        # memory's response queue; an empty queue passes the word straight on
+        # (RESP_CYCLES = 0: a stage here was a cycle on every vector instruction, 9 of
+        # microGPT's decode token), a held word goes first. The entries are written
+        # and read in turn, so that a take moves two pointers and no word.
         resp = self.rd_resp
         rq = [Signal(8 * MB, name=f"rq{i}", reset_less=True) for i in range(2)]
         rq_wp, rq_rp = Signal(), Signal()
@@ -462,19 +463,21 @@ class _Reader(wiring.Component):
         rq_room = Signal(init=1)
         rq_any = Signal()
         rq_data = Signal(8 * MB)
-        push = resp.valid & rq_room
         a_ready = aw.running & (a_rem != 0) & (~final | out_free)
-        pop = rq_any & a_ready
-        m.d.comb += [resp.ready.eq(rq_room), rq_data.eq(Mux(rq_rp, rq[1], rq[0]))]
+        pop = (rq_any | resp.valid) & a_ready
+        held = rq_any & a_ready                   # a popped word that was in the queue
+        push = resp.valid & rq_room & ~(pop & ~rq_any)
+        m.d.comb += [resp.ready.eq(rq_room),
+                     rq_data.eq(Mux(rq_any, Mux(rq_rp, rq[1], rq[0]), resp.payload.data))]
         with m.If(push):
             m.d.sync += rq_wp.eq(~rq_wp)
             for i in range(2):
                 with m.If(rq_wp == i):
                     m.d.sync += rq[i].eq(resp.payload.data)
-        with m.If(pop):
+        with m.If(held):
             m.d.sync += rq_rp.eq(~rq_rp)
         rq_next = Signal(range(3))
-        m.d.comb += rq_next.eq(rq_n + push - pop)
+        m.d.comb += rq_next.eq(rq_n + push - held)
         m.d.sync += [rq_n.eq(rq_next), rq_room.eq(rq_next != 2), rq_any.eq(rq_next != 0)]
         complete = aw.running & Mux(a_rem == 0, out_free, pop & final)
         cur = [Signal(8 * MB, name=f"cur{w}") for w in range(NW)]   # with the bypass
