@@ -369,24 +369,38 @@ class _Issuer(wiring.Component):
         m.submodules.walker = walker = _WordWalker(c)
         wiring.connect(m, wiring.flipped(self.ctx), walker.ctx)
         req_fire = self.rd_req.valid & self.rd_req.ready
+        # The limits' compares are flip-flops, set from the counters' next values:
+        # the request's valid is then a few gates from registers, since everything
+        # the walk does on a request hangs behind it (on the iCE40, valid, the
+        # handshake and the walk's address updates were the longest paths)
         tiles_ahead = Signal(range(c.param_fifo_tiles + 1))
+        tiles_ahead_n = Signal.like(tiles_ahead)
+        tiles_full = Signal()                     # tiles_ahead >= param_fifo_tiles
         tile_issue = Signal()
-        m.d.sync += tiles_ahead.eq(tiles_ahead + tile_issue - self.tile_drained)
+        m.d.comb += tiles_ahead_n.eq(tiles_ahead + tile_issue - self.tile_drained)
+        m.d.sync += [tiles_ahead.eq(tiles_ahead_n),
+                     tiles_full.eq(tiles_ahead_n >= c.param_fifo_tiles)]
         outstanding = Signal(range(c.max_outstanding + 1))
-        m.d.sync += outstanding.eq(outstanding + req_fire - self.answered)
+        outstanding_n = Signal.like(outstanding)
+        can_issue = Signal(init=1)                # outstanding < max_outstanding
+        m.d.comb += outstanding_n.eq(outstanding + req_fire - self.answered)
+        m.d.sync += [outstanding.eq(outstanding_n),
+                     can_issue.eq(outstanding_n < c.max_outstanding)]
 
         gap = Signal.like(self.ctx.pmin)          # cycles until the next tile may start
+        gap_n = Signal.like(gap)
+        gap_nz = Signal()                         # gap != 0
+        m.d.comb += gap_n.eq(gap)
         with m.If(tile_issue):
-            m.d.sync += gap.eq(self.ctx.pmin - 1)
+            m.d.comb += gap_n.eq(self.ctx.pmin - 1)
         with m.Elif(gap != 0):
-            m.d.sync += gap.eq(gap - 1)
+            m.d.comb += gap_n.eq(gap - 1)
         with m.If(self.ctx.start):
-            m.d.sync += gap.eq(0)
+            m.d.comb += gap_n.eq(0)
+        m.d.sync += [gap.eq(gap_n), gap_nz.eq(gap_n != 0)]
 
-        can_issue = outstanding < c.max_outstanding
         tile_start = walker.is_param & walker.first_q
-        throttle = tile_start & ((tiles_ahead >= c.param_fifo_tiles)
-                                 | (self.ctx.fold & (gap != 0)))
+        throttle = tile_start & (tiles_full | (self.ctx.fold & gap_nz))
         m.d.comb += [walker.fire.eq(req_fire), walker.gate.eq(self.a_empty),
                      self.a_taken.eq(walker.leaving_wait),
                      self.rd_req.valid.eq(walker.active & can_issue & ~throttle),
