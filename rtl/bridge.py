@@ -443,6 +443,7 @@ class _Receiver(wiring.Component):
         opcode, length, idx, field = self.opcode, self.length, self.idx, self.field
         tail_lane, tail_words, timer = self.tail_lane, self.tail_words, self.timer
         expired = self.expired
+        lo_nz = Signal()                                # LEN's low byte is not zero
         addr32, count = field[:32], field[32:48]
         span_end = Signal(34)                           # WRITE/READ: address + words
         m.d.comb += [buf_w.addr.eq(idx), buf_w.data.eq(byte)]
@@ -480,17 +481,25 @@ class _Receiver(wiring.Component):
             with m.Case(_RxState.OPC), receiving():
                 m.d.sync += [opcode.eq(byte), self.state.eq(_RxState.LEN0)]
             with m.Case(_RxState.LEN0), receiving():
-                m.d.sync += [length[:8].eq(byte), self.state.eq(_RxState.LEN1)]
+                m.d.sync += [length[:8].eq(byte), lo_nz.eq(byte != 0),
+                             self.state.eq(_RxState.LEN1)]
             with m.Case(_RxState.LEN1), receiving():
                 new_len = Cat(length[:8], byte)
+                if MP % 256 == 0:
+                    # LEN's low byte as one bit (registered with it): with a limit in whole
+                    # 256s the checks need no more of it, and the fault stays shallow
+                    too_long = Cat(lo_nz, byte) > 2 * (MP // 256)
+                    empty = ~lo_nz & (byte == 0)
+                else:
+                    too_long, empty = new_len > MP, new_len == 0
                 # the payload's last index registered here: a subtract and a compare
                 # on PAYLOAD's byte path were the iCE40's longest
                 m.d.sync += [length[8:].eq(byte), idx.eq(0), field.eq(0),
                              tail_lane.eq(0), tail_words.eq(0),
                              self.last_idx.eq(new_len - 1)]
-                with m.If(new_len > MP):
+                with m.If(too_long):
                     fault(P.Fault.LENGTH)
-                with m.Elif(new_len == 0):
+                with m.Elif(empty):
                     m.d.sync += self.state.eq(_RxState.CRC0)
                 with m.Else():
                     m.d.sync += self.state.eq(_RxState.PAYLOAD)
@@ -609,6 +618,9 @@ class _Executor(wiring.Component):
                P.Req.EXEC: (length == 0) | (length[:IB.bit_length() - 1] != 0)}
         if self._checksum:
             ops[P.Req.CHECKSUM] = (length != _READ_PAYLOAD) | (count == 0)
+        # ... and the opcode decoded, one flip-flop per opcode
+        is_op = {op: Signal(name=f"is_{op.name.lower()}") for op in ops}
+        m.d.sync += [is_op[op].eq(opcode == op) for op in ops]
         with m.Switch(opcode):
             for op, bad in ops.items():
                 with m.Case(op):
@@ -648,29 +660,27 @@ class _Executor(wiring.Component):
                     fault(P.Fault.MEMORY)
                 with m.Else():
                     ok_op = opcode | P.REPLY
-                    with m.Switch(opcode):
-                        with m.Case(P.Req.PING):
-                            reply(ok_op, _Body.IDENTITY)
-                        with m.Case(P.Req.STATUS):
-                            reply(ok_op, _Body.STATUS)
-                        with m.Case(P.Req.RESET):
-                            m.d.sync += self.state.eq(_ExState.RESET)
-                        with m.Case(P.Req.WRITE):
-                            m.d.sync += [addr.eq(addr32), left.eq(tail_words),
-                                         ptr.eq(_ADDR_BYTES), cnt.eq(MB), lag.eq(0),
-                                         bidx.eq(0)]
-                            m.d.sync += self.state.eq(_ExState.LOAD)
-                        with m.Case(P.Req.READ):
-                            reply(ok_op, _Body.READ, count * MB)
-                            m.d.sync += [addr.eq(addr32), left.eq(count)]
-                        if self._checksum:
-                            with m.Case(P.Req.CHECKSUM):
-                                m.d.comb += self.ck_start.eq(1)
-                                m.d.sync += self.state.eq(_ExState.CHECKSUM)
-                        with m.Case(P.Req.EXEC):
-                            m.d.sync += [left.eq(length[IB.bit_length() - 1:]), ptr.eq(0),
-                                         cnt.eq(IB), lag.eq(0), bidx.eq(0), above.eq(0)]
-                            m.d.sync += self.state.eq(_ExState.LOAD)
+                    with m.If(is_op[P.Req.PING]):
+                        reply(ok_op, _Body.IDENTITY)
+                    with m.If(is_op[P.Req.STATUS]):
+                        reply(ok_op, _Body.STATUS)
+                    with m.If(is_op[P.Req.RESET]):
+                        m.d.sync += self.state.eq(_ExState.RESET)
+                    with m.If(is_op[P.Req.WRITE]):
+                        m.d.sync += [addr.eq(addr32), left.eq(tail_words),
+                                     ptr.eq(_ADDR_BYTES), cnt.eq(MB), lag.eq(0), bidx.eq(0)]
+                        m.d.sync += self.state.eq(_ExState.LOAD)
+                    with m.If(is_op[P.Req.READ]):
+                        reply(ok_op, _Body.READ, count * MB)
+                        m.d.sync += [addr.eq(addr32), left.eq(count)]
+                    if self._checksum:
+                        with m.If(is_op[P.Req.CHECKSUM]):
+                            m.d.comb += self.ck_start.eq(1)
+                            m.d.sync += self.state.eq(_ExState.CHECKSUM)
+                    with m.If(is_op[P.Req.EXEC]):
+                        m.d.sync += [left.eq(length[IB.bit_length() - 1:]), ptr.eq(0),
+                                     cnt.eq(IB), lag.eq(0), bidx.eq(0), above.eq(0)]
+                        m.d.sync += self.state.eq(_ExState.LOAD)
 
             with m.Case(_ExState.LOAD):
                 # cnt bytes from the buffer into `word`, one per cycle: read (lag), then
