@@ -360,15 +360,18 @@ _RGB = "rgb_led"
 PRESETS = {p.name: p for p in [
     # 2x2 (6,944 LCs, 131 %) does not fit; 2x1 did (words stay 4 bytes: SPRAM is 16 bits
     # wide) until the pipelined requantiser and the prefetching controller (5,328 LCs,
-    # 100.9 %); 1x1 fits (5,161) and decodes in the same cycles (98,728 vs 98,744 per
-    # token: a one-row MATMUL streams W at the port's width on either)
-    Preset("icebreaker", ICEBreakerPlatform, rows=1, cols=1, clk_hz=12e6, baud=1_000_000,
+    # 100.9 %); 1x1 fits (5,079 LCs, 96.2 %) and decodes in the same cycles (98,688 vs
+    # 98,744 per token: a one-row MATMUL streams W at the port's width on either).
+    # 30 MHz from the PLL (12 MHz x 80 / 32), below the 30.38 MHz nextpnr measures
+    # (docs/performance.md "iCE40UP5K (iCEBreaker): what fits")
+    Preset("icebreaker", ICEBreakerPlatform, rows=1, cols=1, clk_hz=30e6, baud=1_000_000,
            model="tiny", ops=("matmul",), storage="spram", mem_words=32768, mem_bytes=4,
            # no room for CHECKSUM's unit (~235 logic cells): its loads are plain WRITEs
            checksum=False,
            leds=LEDs(busy=("led", 1, None), error=("led", 0, None)),
-           notes="FTDI FT2232H USB-serial; 12 MHz oscillator; the whole machine does not fit "
-                 "the iCE40UP5K: a MATMUL co-processor for the linear layers"),
+           notes="FTDI FT2232H USB-serial; 12 MHz oscillator, 30 MHz from the PLL; the whole "
+                 "machine does not fit the iCE40UP5K: a MATMUL co-processor for the linear "
+                 "layers"),
     # A 4x4 array on 16-byte words: decode streams the weights at the port's width,
     # so it takes the 8x8's cycles or fewer (tiny at 127: 11,181 against 11,226;
     # microGPT at 15: 981 against 997) with 56 fewer multipliers and a sixth less

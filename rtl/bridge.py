@@ -299,6 +299,7 @@ class _Sender(wiring.Component):
             "req_op": In(8),                        # the request's opcode (ERROR bodies)
             "checksum": In(32),
             "crc": In(16), "crc_en": Out(1), "crc_byte": Out(8), "obuf_crc": Out(1),
+            "crc_clear": Out(1),                    # the reply's SYNC is still to go
             "tx": Out(stream.Signature(8)),
             "rd_valid": Out(1), "rd_ready": In(1),
             "rd_resp": In(stream.Signature(read_response_layout(cfg.engine))),
@@ -347,7 +348,16 @@ class _Sender(wiring.Component):
                         with m.Default():
                             m.next = "SEND_BODY"
             with m.State("SEND_BODY"):
-                with m.If(send(rp.body) & (tx_idx == rp.rep_len - 1)):
+                # every body sent here has its kind's fixed length (READ's, the one
+                # that varies, is counted in words): its last index from the kind's
+                # three bits, not a subtract and compare on the 16-bit length
+                body_last = Signal.like(tx_idx)
+                with m.Switch(rp.rep_kind):
+                    for kind, n in _BODY_BYTES.items():
+                        if n:
+                            with m.Case(kind):
+                                m.d.comb += body_last.eq(n - 1)
+                with m.If(send(rp.body) & (tx_idx == body_last)):
                     m.d.sync += tx_idx.eq(0)
                     m.next = "SEND_CRC"
             with m.State("RD_REQ"):
@@ -376,6 +386,7 @@ class _Sender(wiring.Component):
         # busy unless idle (an encoding no state has counts as busy: the framing FSM
         # waits for the sender exactly while this is set)
         m.d.comb += [self.active.eq(~fsm.ongoing("IDLE")),
+                     self.crc_clear.eq(fsm.ongoing("SEND_HDR") & (tx_idx == 0)),
                      self.reading.eq(fsm.ongoing("RD_REQ") | fsm.ongoing("RD_SEND"))]
         return m
 
@@ -415,6 +426,9 @@ class _Receiver(wiring.Component):
             "tail_words": Out(range(MP // MB + 1)),     # in words of mem_bytes
             "crc_lo": Out(8), "beyond": Out(1),         # WRITE/READ: words past the memory
             "timer": Out(range(timeout_cycles + 1)),
+            # timer == timeout_cycles, registered with the timer: the wide compare
+            # stays off the fault's path into the reply and the CRC
+            "expired": Out(1),
             "crc": In(16), "crc_on": Out(1), "crc_clear": Out(1),
             "buf": Out(ReadPort.Signature(addr_width=ceil_log2(MP), shape=8)),
             "frame": Out(1), "req": Out(_REQUEST), "release": In(1)})
@@ -428,6 +442,8 @@ class _Receiver(wiring.Component):
         rx, byte = self.rx, self.rx.payload
         opcode, length, idx, field = self.opcode, self.length, self.idx, self.field
         tail_lane, tail_words, timer = self.tail_lane, self.tail_words, self.timer
+        expired = self.expired
+        lo_nz = Signal()                                # LEN's low byte is not zero
         addr32, count = field[:32], field[32:48]
         span_end = Signal(34)                           # WRITE/READ: address + words
         m.d.comb += [buf_w.addr.eq(idx), buf_w.data.eq(byte)]
@@ -436,7 +452,7 @@ class _Receiver(wiring.Component):
             r = self.req
             m.d.comb += [r.start.eq(1), r.op.eq(P.ERROR), r.kind.eq(_Body.ERROR),
                          r.length.eq(_BODY_BYTES[_Body.ERROR]), r.set_fault.eq(1),
-                         r.fault.eq(int(code)), self.crc_clear.eq(1),
+                         r.fault.eq(int(code)),
                          self.frame.eq(0)]   # a UART error overrides a matching CRC byte
             m.d.sync += self.state.eq(_RxState.HELD)
 
@@ -445,36 +461,45 @@ class _Receiver(wiring.Component):
             """A state inside a frame: the body handles a byte (``rx.valid``); a UART error
             or `timeout_cycles` without a byte override it with their fault."""
             m.d.comb += rx.ready.eq(1)
-            m.d.sync += timer.eq(Mux(rx.valid, 0, timer + 1))
+            m.d.sync += [timer.eq(Mux(rx.valid, 0, timer + 1)),
+                         expired.eq(~rx.valid & (timer == self._timeout - 1))]
             if crc_on:
                 m.d.comb += self.crc_on.eq(1)
             with m.If(rx.valid):
                 yield
             with m.If(self.rx_error):
                 fault(P.Fault.SERIAL)
-            with m.Elif((timer == self._timeout) & ~rx.valid):
+            with m.Elif(expired & ~rx.valid):
                 fault(P.Fault.TIMEOUT)
 
         with m.Switch(self.state):
             with m.Case(_RxState.HUNT):
-                m.d.comb += rx.ready.eq(1)
+                m.d.comb += [rx.ready.eq(1), self.crc_clear.eq(1)]
                 with m.If(rx.valid & (byte == P.SYNC)):
-                    m.d.comb += self.crc_clear.eq(1)
-                    m.d.sync += [opcode.eq(0), timer.eq(0), self.state.eq(_RxState.OPC)]
+                    m.d.sync += [opcode.eq(0), timer.eq(0), expired.eq(0),
+                                 self.state.eq(_RxState.OPC)]
             with m.Case(_RxState.OPC), receiving():
                 m.d.sync += [opcode.eq(byte), self.state.eq(_RxState.LEN0)]
             with m.Case(_RxState.LEN0), receiving():
-                m.d.sync += [length[:8].eq(byte), self.state.eq(_RxState.LEN1)]
+                m.d.sync += [length[:8].eq(byte), lo_nz.eq(byte != 0),
+                             self.state.eq(_RxState.LEN1)]
             with m.Case(_RxState.LEN1), receiving():
                 new_len = Cat(length[:8], byte)
+                if MP % 256 == 0:
+                    # LEN's low byte as one bit (registered with it): with a limit in whole
+                    # 256s the checks need no more of it, and the fault stays shallow
+                    too_long = Cat(lo_nz, byte) > 2 * (MP // 256)
+                    empty = ~lo_nz & (byte == 0)
+                else:
+                    too_long, empty = new_len > MP, new_len == 0
                 # the payload's last index registered here: a subtract and a compare
                 # on PAYLOAD's byte path were the iCE40's longest
                 m.d.sync += [length[8:].eq(byte), idx.eq(0), field.eq(0),
                              tail_lane.eq(0), tail_words.eq(0),
                              self.last_idx.eq(new_len - 1)]
-                with m.If(new_len > MP):
+                with m.If(too_long):
                     fault(P.Fault.LENGTH)
-                with m.Elif(new_len == 0):
+                with m.Elif(empty):
                     m.d.sync += self.state.eq(_RxState.CRC0)
                 with m.Else():
                     m.d.sync += self.state.eq(_RxState.PAYLOAD)
@@ -558,16 +583,6 @@ class _Executor(wiring.Component):
         m.d.comb += [self.req.set_fault.eq(1), self.req.fault.eq(int(code))]
         self._reply(m, P.ERROR, _Body.ERROR)
 
-    @contextmanager
-    def _checked(self, m, *checks):
-        """An If-chain over (condition, fault) pairs: the first condition that holds
-        is replied as its fault; the body runs when none holds."""
-        for i, (cond, code) in enumerate(checks):
-            with (m.Elif if i else m.If)(cond):
-                self._fault(m, code)
-        with m.Else():
-            yield
-
     def elaborate(self, platform):
         m = Module()
         MB, MP, IB, KB = self._cfg.engine.mem_bytes, self._mp, P.INSTR_BYTES, self._kb
@@ -587,11 +602,35 @@ class _Executor(wiring.Component):
         m.d.sync += lbyte.eq(self.buf.data)
         settle = Signal(range(FETCH_TO_ISSUE + 1))
 
-        reply, fault, checked = (partial(f, m) for f in (self._reply, self._fault,
-                                                        self._checked))
-        # WRITE / READ: the words span past the memory (computed in CRC0/CRC1), busy
-        not_ready = (~self.mem_ready, P.Fault.MEMORY)
-        memory_checks = ((self.beyond, P.Fault.ADDRESS), (self.busy, P.Fault.BUSY), not_ready)
+        reply, fault = partial(self._reply, m), partial(self._fault, m)
+        # The checks on the frame's registers, registered every cycle: those registers
+        # are final by CRC1, whose match starts DISPATCH a cycle later, so DISPATCH
+        # reads a flip-flop per check instead of comparing the 16-bit length and
+        # decoding the opcode on its way into the reply and the memory ports.
+        op_bad = Signal()        # not an opcode of this bridge
+        len_bad = Signal()       # the payload length the opcode refuses
+        mem_op = Signal()        # WRITE / READ / CHECKSUM: address range, machine idle
+        mem_need = Signal()      # ... and EXEC: the memory must be ready
+        ops = {P.Req.PING: length != 0, P.Req.STATUS: length != 0,
+               P.Req.RESET: length != 0,
+               P.Req.WRITE: (length < _ADDR_BYTES + MB) | (self.tail_lane != 0),
+               P.Req.READ: (length != _READ_PAYLOAD) | (count == 0) | (count > MP // MB),
+               P.Req.EXEC: (length == 0) | (length[:IB.bit_length() - 1] != 0)}
+        if self._checksum:
+            ops[P.Req.CHECKSUM] = (length != _READ_PAYLOAD) | (count == 0)
+        # ... and the opcode decoded, one flip-flop per opcode
+        is_op = {op: Signal(name=f"is_{op.name.lower()}") for op in ops}
+        m.d.sync += [is_op[op].eq(opcode == op) for op in ops]
+        with m.Switch(opcode):
+            for op, bad in ops.items():
+                with m.Case(op):
+                    m.d.sync += [len_bad.eq(bad),
+                                 mem_op.eq(op in (P.Req.WRITE, P.Req.READ, P.Req.CHECKSUM)),
+                                 mem_need.eq(op in (P.Req.WRITE, P.Req.READ, P.Req.CHECKSUM,
+                                                    P.Req.EXEC))]
+            with m.Default():
+                m.d.sync += [len_bad.eq(0), mem_op.eq(0), mem_need.eq(0)]
+        m.d.sync += op_bad.eq(~Cat(opcode == op for op in ops).any())
 
         # payloads are driven in every state (only `valid` depends on the state): a
         # payload gated by the state would cost a gate per bit (512 for `instr`)
@@ -607,41 +646,41 @@ class _Executor(wiring.Component):
                     m.d.sync += self.state.eq(_ExState.DISPATCH)
 
             with m.Case(_ExState.DISPATCH):
-                ok_op = opcode | P.REPLY
-                empty = (length != 0, P.Fault.LENGTH)
-                with m.Switch(opcode):
-                    with m.Case(P.Req.PING), checked(empty):
+                # in the order of the module docstring: opcode, length, address, busy,
+                # memory not ready (WRITE/READ/CHECKSUM get all three, EXEC the last)
+                with m.If(op_bad):
+                    fault(P.Fault.OPCODE)
+                with m.Elif(len_bad):
+                    fault(P.Fault.LENGTH)
+                with m.Elif(mem_op & self.beyond):
+                    fault(P.Fault.ADDRESS)
+                with m.Elif(mem_op & self.busy):
+                    fault(P.Fault.BUSY)
+                with m.Elif(mem_need & ~self.mem_ready):
+                    fault(P.Fault.MEMORY)
+                with m.Else():
+                    ok_op = opcode | P.REPLY
+                    with m.If(is_op[P.Req.PING]):
                         reply(ok_op, _Body.IDENTITY)
-                    with m.Case(P.Req.STATUS), checked(empty):
+                    with m.If(is_op[P.Req.STATUS]):
                         reply(ok_op, _Body.STATUS)
-                    with m.Case(P.Req.RESET), checked(empty):
+                    with m.If(is_op[P.Req.RESET]):
                         m.d.sync += self.state.eq(_ExState.RESET)
-                    with m.Case(P.Req.WRITE), checked(
-                            ((length < _ADDR_BYTES + MB) | (self.tail_lane != 0), P.Fault.LENGTH),
-                            *memory_checks):
+                    with m.If(is_op[P.Req.WRITE]):
                         m.d.sync += [addr.eq(addr32), left.eq(tail_words),
                                      ptr.eq(_ADDR_BYTES), cnt.eq(MB), lag.eq(0), bidx.eq(0)]
                         m.d.sync += self.state.eq(_ExState.LOAD)
-                    with m.Case(P.Req.READ), checked(
-                            ((length != _READ_PAYLOAD) | (count == 0) | (count > MP // MB),
-                             P.Fault.LENGTH),
-                            *memory_checks):
+                    with m.If(is_op[P.Req.READ]):
                         reply(ok_op, _Body.READ, count * MB)
                         m.d.sync += [addr.eq(addr32), left.eq(count)]
                     if self._checksum:
-                        with m.Case(P.Req.CHECKSUM), checked(
-                                ((length != _READ_PAYLOAD) | (count == 0), P.Fault.LENGTH),
-                                *memory_checks):
+                        with m.If(is_op[P.Req.CHECKSUM]):
                             m.d.comb += self.ck_start.eq(1)
                             m.d.sync += self.state.eq(_ExState.CHECKSUM)
-                    with m.Case(P.Req.EXEC), checked(
-                            ((length == 0) | (length[:IB.bit_length() - 1] != 0),
-                             P.Fault.LENGTH), not_ready):
+                    with m.If(is_op[P.Req.EXEC]):
                         m.d.sync += [left.eq(length[IB.bit_length() - 1:]), ptr.eq(0),
                                      cnt.eq(IB), lag.eq(0), bidx.eq(0), above.eq(0)]
                         m.d.sync += self.state.eq(_ExState.LOAD)
-                    with m.Default():
-                        fault(P.Fault.OPCODE)
 
             with m.Case(_ExState.LOAD):
                 # cnt bytes from the buffer into `word`, one per cycle: read (lag), then
@@ -859,10 +898,16 @@ class HostBridge(wiring.Component):
                      crc_unit.rx_on.eq(rcv.crc_on), crc_unit.rx_valid.eq(self.rx.valid),
                      crc_unit.rx_byte.eq(self.rx.payload), crc_unit.tx_en.eq(snd.crc_en),
                      crc_unit.tx_byte.eq(snd.crc_byte),
-                     crc_unit.clear.eq(rcv.crc_clear | exe.req.start),
+                     # cleared from registered states, not from the decisions that start
+                     # a frame or a reply: all of HUNT (a frame's SYNC takes no step), and
+                     # while a reply's SYNC (which the CRC skips too) waits to be sent
+                     crc_unit.clear.eq(rcv.crc_clear | snd.crc_clear),
                      # a reply is requested by the receiver (a fault inside a frame) or
-                     # by the executor, never both in one cycle
-                     snd.req.eq(Mux(rcv.req.start, rcv.req, exe.req)), snd.crc.eq(crc_unit.crc),
+                     # by the executor, never both in one cycle, and each drives zeros
+                     # when it does not: an OR, not a multiplexer on the receiver's
+                     # fault decision in front of every field
+                     snd.req.eq(rcv.req.as_value() | exe.req.as_value()),
+                     snd.crc.eq(crc_unit.crc),
                      snd.req_op.eq(rcv.opcode), snd.busy.eq(self.busy),
                      snd.error.eq(self.error), snd.cycles.eq(self.cycles),
                      snd.icount.eq(self.icount), snd.left.eq(exe.left),
@@ -885,7 +930,8 @@ class HostBridge(wiring.Component):
                                 length=rcv.length, idx=rcv.idx, last_idx=rcv.last_idx,
                                 crc=crc_unit.crc,
                                 crc_lo=rcv.crc_lo, tail_lane=rcv.tail_lane,
-                                tail_words=rcv.tail_words, timer=rcv.timer, left=exe.left,
+                                tail_words=rcv.tail_words, timer=rcv.timer,
+                                expired=rcv.expired, left=exe.left,
                                 obuf_crc=snd.obuf_crc, replying=snd.active,
                                 checksumming=ck.active, rep_kind=snd.rep_kind,
                                 reading=snd.reading)

@@ -228,34 +228,45 @@ class _WordWalker(wiring.Component):
                                     ("a_blk", "a_row_addr", "a_ptr"))
         a_busy = Signal()                         # an interleaved load is in progress
         aw = Signal(range(_a_depth(c) + 1))       # A words per row, measured on block 0
+        # The walk's end-of-row, -tile and -block compares, kept in flip-flops that
+        # change with their counters (a word ahead: the compare of the counter's
+        # next value): each is an adder and a comparator in series, and the
+        # decisions they fed sit between the request handshake and every address
+        # register (the iCE40's longest paths)
+        a_end = Signal(init=1)                    # a_kk + MB >= cmd.k
+        w_end = Signal(init=1)                    # kk + GW >= cmd.k
+        n_more = Signal()                         # n0 + C < cmd.n (from begin_block on)
+        m_more, m_more2 = Signal(), Signal()      # m0 + R < cmd.m, m0 + 2R < cmd.m
 
         m.d.comb += [self.first_q.eq(q == 0), self.last_q.eq(q == self.ctx.pw_last),
-                     self.a_load_last.eq((a_kk + MB >= cmd.k)
+                     self.a_load_last.eq(a_end
                                          & ((a_row == R - 1) | (mA + a_row + 1 >= cmd.m)))]
 
-        def start_load(row, addr):
+        def start_load(row, addr, k=cmd.k):
             m.d.sync += [mA.eq(row), a_blk.eq(addr), a_row_addr.eq(addr), a_ptr.eq(addr),
-                         a_row.eq(0), a_kk.eq(0), a_entry.eq(0)]
+                         a_row.eq(0), a_kk.eq(0), a_entry.eq(0), a_end.eq(MB >= k)]
 
-        def begin_block(row, interleave):
-            """Start the compute walk of block `row`; overlap the next block's load."""
-            m.d.sync += [n0.eq(0), q.eq(0), j.eq(0), ph.eq(0),
+        def begin_block(row, row_more, interleave):
+            """Start the compute walk of block `row` (`row_more`: row + R < cmd.m);
+            overlap the next block's load."""
+            m.d.sync += [n0.eq(0), n_more.eq(C < cmd.n), q.eq(0), j.eq(0), ph.eq(0),
                          p_ptr.eq(cmd.p_base), w_ptr.eq(cmd.w_base)]
-            with m.If(interleave & (row + R < cmd.m)):
+            with m.If(interleave & row_more):
                 start_load(row + R, a_blk + a_blk_stride)
                 m.d.sync += a_busy.eq(1)
 
         with m.If(self.ctx.start):
-            m.d.sync += [m0.eq(0), blk0.eq(1), il.eq(0), slot.eq(0), a_busy.eq(0),
-                         a_bank.eq(0)]
-            start_load(0, p.a_base)
+            m.d.sync += [m0.eq(0), m_more.eq(R < p.m), m_more2.eq(2 * R < p.m), blk0.eq(1),
+                         il.eq(0), slot.eq(0), a_busy.eq(0), a_bank.eq(0)]
+            start_load(0, p.a_base, p.k)
 
         def on_a_word(burst):
             """An A word was sent/received; `burst` if outside the compute walk."""
             m.d.sync += [a_ptr.eq(a_ptr + 1), a_kk.eq(a_kk + MB), a_entry.eq(a_entry + 1),
-                         slot.eq(0)]
-            with m.If(a_kk + MB >= cmd.k):
+                         slot.eq(0), a_end.eq(a_kk + 2 * MB >= cmd.k)]
+            with m.If(a_end):
                 m.d.sync += [a_kk.eq(0), a_entry.eq(0), a_row.eq(a_row + 1),
+                             a_end.eq(MB >= cmd.k),
                              a_row_addr.eq(a_row_addr + cmd.a_stride),
                              a_ptr.eq(a_row_addr + cmd.a_stride)]
                 with m.If(blk0 & (a_row == 0)):
@@ -263,25 +274,27 @@ class _WordWalker(wiring.Component):
                 with m.If(self.a_load_last):
                     m.d.sync += [a_busy.eq(0), a_bank.eq(~a_bank), a_row.eq(0)]
                     if burst:
-                        begin_block(m0, il)
+                        begin_block(m0, m_more, il)
                         m.next = "PARAM"
 
         def on_w_word():
-            m.d.sync += [w_ptr.eq(w_ptr + 1), kk.eq(kk + GW), j.eq(j + 1)]
+            m.d.sync += [w_ptr.eq(w_ptr + 1), kk.eq(kk + GW), j.eq(j + 1),
+                         w_end.eq(kk + 2 * GW >= cmd.k)]
             with m.If(a_busy & (j + 1 >= c.w_fifo_depth + 1)):
                 m.d.sync += [ph.eq(~ph), slot.eq(~ph)]
-            with m.If(kk + GW >= cmd.k):
-                with m.If(n0 + C < cmd.n):
-                    m.d.sync += n0.eq(n0 + C)
+            with m.If(w_end):
+                with m.If(n_more):
+                    m.d.sync += [n0.eq(n0 + C), n_more.eq(n0 + 2 * C < cmd.n)]
                     m.next = "PARAM"
-                with m.Elif(m0 + R < cmd.m):
-                    m.d.sync += [m0.eq(m0 + R), blk0.eq(0)]
+                with m.Elif(m_more):
+                    m.d.sync += [m0.eq(m0 + R), m_more.eq(m_more2),
+                                 m_more2.eq(m0 + 3 * R < cmd.m), blk0.eq(0)]
                     with m.If(blk0):
                         # decide once, from block 0's word count, whether later
                         # blocks' A words fit between this many W words
                         m.d.sync += il.eq(k_ok & (j + 1 >= c.w_fifo_depth + 8 + 2 * R * aw))
                     with m.If(il & ~blk0):
-                        begin_block(m0 + R, 1)
+                        begin_block(m0 + R, m_more2, 1)
                         m.next = "PARAM"
                     with m.Else():
                         m.next = "WAIT_A"
@@ -310,7 +323,7 @@ class _WordWalker(wiring.Component):
                     with m.If(self.last_q):
                         # a raw tile skips its multiplier words
                         skip = PW - c.param_words(True)
-                        m.d.sync += [q.eq(0), kk.eq(0)]
+                        m.d.sync += [q.eq(0), kk.eq(0), w_end.eq(GW >= cmd.k)]
                         if skip:
                             m.d.sync += p_ptr.eq(p_ptr + Mux(cmd.raw_out, 1 + skip, 1))
                         m.next = "W"
@@ -356,24 +369,38 @@ class _Issuer(wiring.Component):
         m.submodules.walker = walker = _WordWalker(c)
         wiring.connect(m, wiring.flipped(self.ctx), walker.ctx)
         req_fire = self.rd_req.valid & self.rd_req.ready
+        # The limits' compares are flip-flops, set from the counters' next values:
+        # the request's valid is then a few gates from registers, since everything
+        # the walk does on a request hangs behind it (on the iCE40, valid, the
+        # handshake and the walk's address updates were the longest paths)
         tiles_ahead = Signal(range(c.param_fifo_tiles + 1))
+        tiles_ahead_n = Signal.like(tiles_ahead)
+        tiles_full = Signal()                     # tiles_ahead >= param_fifo_tiles
         tile_issue = Signal()
-        m.d.sync += tiles_ahead.eq(tiles_ahead + tile_issue - self.tile_drained)
+        m.d.comb += tiles_ahead_n.eq(tiles_ahead + tile_issue - self.tile_drained)
+        m.d.sync += [tiles_ahead.eq(tiles_ahead_n),
+                     tiles_full.eq(tiles_ahead_n >= c.param_fifo_tiles)]
         outstanding = Signal(range(c.max_outstanding + 1))
-        m.d.sync += outstanding.eq(outstanding + req_fire - self.answered)
+        outstanding_n = Signal.like(outstanding)
+        can_issue = Signal(init=1)                # outstanding < max_outstanding
+        m.d.comb += outstanding_n.eq(outstanding + req_fire - self.answered)
+        m.d.sync += [outstanding.eq(outstanding_n),
+                     can_issue.eq(outstanding_n < c.max_outstanding)]
 
         gap = Signal.like(self.ctx.pmin)          # cycles until the next tile may start
+        gap_n = Signal.like(gap)
+        gap_nz = Signal()                         # gap != 0
+        m.d.comb += gap_n.eq(gap)
         with m.If(tile_issue):
-            m.d.sync += gap.eq(self.ctx.pmin - 1)
+            m.d.comb += gap_n.eq(self.ctx.pmin - 1)
         with m.Elif(gap != 0):
-            m.d.sync += gap.eq(gap - 1)
+            m.d.comb += gap_n.eq(gap - 1)
         with m.If(self.ctx.start):
-            m.d.sync += gap.eq(0)
+            m.d.comb += gap_n.eq(0)
+        m.d.sync += [gap.eq(gap_n), gap_nz.eq(gap_n != 0)]
 
-        can_issue = outstanding < c.max_outstanding
         tile_start = walker.is_param & walker.first_q
-        throttle = tile_start & ((tiles_ahead >= c.param_fifo_tiles)
-                                 | (self.ctx.fold & (gap != 0)))
+        throttle = tile_start & (tiles_full | (self.ctx.fold & gap_nz))
         m.d.comb += [walker.fire.eq(req_fire), walker.gate.eq(self.a_empty),
                      self.a_taken.eq(walker.leaving_wait),
                      self.rd_req.valid.eq(walker.active & can_issue & ~throttle),
@@ -706,7 +733,15 @@ class _Writer(wiring.Component):
         wr_seg_word = Signal(c.addr_bits)        # word offset of the segment in its row
         wr_seg_g = Signal(range(MB))             # segment slot within the word
         wr_step = Signal(c.addr_bits)            # next row's address offset (mod 2^addr_bits)
-        row_valid = wr_row < wr_m_rem
+        # the row is inside M (not a dropped row past it): a flip-flop with the two
+        # counters, from their next values, so that the write's valid, and through
+        # the single-port SPRAM's read ready the issuer's whole walk, start at a
+        # register rather than at a compare
+        row_valid = Signal()
+        wr_row_n, wr_m_rem_n = Signal.like(wr_row), Signal.like(wr_m_rem)
+        m.d.comb += [wr_row_n.eq(wr_row), wr_m_rem_n.eq(wr_m_rem)]
+        m.d.sync += [wr_row.eq(wr_row_n), wr_m_rem.eq(wr_m_rem_n),
+                     row_valid.eq(wr_row_n < wr_m_rem_n)]
         seg8, per8, words8 = c.out_segment(False)
         seg32, per32, words32 = c.out_segment(True)
         seg_per = Mux(cmd.raw_out, per32, per8)
@@ -714,8 +749,9 @@ class _Writer(wiring.Component):
         with m.If(self.ctx.start):
             fold = self.ctx.p_fold
             top = Mux(fold, p.out_base, p.out_base + times_const(p.out_stride, R - 1))
-            m.d.sync += [wr_row.eq(Mux(fold, p.m - 1, R - 1)), wr_b.eq(0), wr_n_rem.eq(p.n),
-                         wr_m_rem.eq(p.m), wr_blk_top.eq(top), wr_row_addr.eq(top),
+            m.d.comb += [wr_row_n.eq(Mux(fold, p.m - 1, R - 1)), wr_m_rem_n.eq(p.m)]
+            m.d.sync += [wr_b.eq(0), wr_n_rem.eq(p.n),
+                         wr_blk_top.eq(top), wr_row_addr.eq(top),
                          wr_step.eq(Mux(fold, p.out_stride, -p.out_stride)),
                          wr_seg_word.eq(0), wr_seg_g.eq(0)]
 
@@ -742,10 +778,11 @@ class _Writer(wiring.Component):
             m.d.sync += wr_b.eq(wr_b + 1)
             with m.If((wr_b == seg_words - 1) | ~row_valid):
                 m.d.comb += [self.rows.ready.eq(1), self.row_popped.eq(1)]
-                m.d.sync += [wr_b.eq(0), wr_row.eq(wr_row - 1),
-                             wr_row_addr.eq(wr_row_addr + wr_step)]
+                m.d.comb += wr_row_n.eq(wr_row - 1)
+                m.d.sync += [wr_b.eq(0), wr_row_addr.eq(wr_row_addr + wr_step)]
                 with m.If(wr_row == 0):
-                    m.d.sync += [wr_row.eq(self.ctx.tile_rows - 1), wr_row_addr.eq(wr_blk_top)]
+                    m.d.comb += wr_row_n.eq(self.ctx.tile_rows - 1)
+                    m.d.sync += wr_row_addr.eq(wr_blk_top)
                     with m.If(wr_n_rem > C):
                         m.d.sync += wr_n_rem.eq(wr_n_rem - C)
                         with m.If(wr_seg_g == seg_per - 1):
@@ -754,7 +791,8 @@ class _Writer(wiring.Component):
                             m.d.sync += wr_seg_g.eq(wr_seg_g + 1)
                     with m.Elif(wr_m_rem > R):
                         nxt_top = wr_blk_top + times_const(cmd.out_stride, R)
-                        m.d.sync += [wr_n_rem.eq(cmd.n), wr_m_rem.eq(wr_m_rem - R),
+                        m.d.comb += wr_m_rem_n.eq(wr_m_rem - R)
+                        m.d.sync += [wr_n_rem.eq(cmd.n),
                                      wr_seg_g.eq(0), wr_seg_word.eq(0),
                                      wr_blk_top.eq(nxt_top), wr_row_addr.eq(nxt_top)]
                     with m.Else():

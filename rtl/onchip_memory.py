@@ -31,8 +31,9 @@ per cycle flows while the consumer keeps taking. Each word carries a tag
 naming its requester, so responses go back to whoever asked, in order.
 
 ``storage="spram"`` keeps the words in the iCE40UP5K's single-port SPRAM
-(`rtl.spram.SpramStorage`): a cycle then reads or writes, writes first, so a
-read request waits while a write is presented. Its reads (`READ_LATENCY` 1)
+(`rtl.spram.SpramStorage`): a cycle then reads or writes. A write reaches it
+a cycle after its transfer (as the block RAM's do), and a read request waits
+in that cycle. Its reads (`READ_LATENCY` 1)
 spend fewer flip-flops, which that chip is short of, and aim at its lower
 clock: the storage's output holds a word until the next read, and a single
 skid register takes it when a new read would replace it while the consumer
@@ -103,24 +104,26 @@ class OnChipMemory(wiring.Component):
               for f in ("addr", "data", "strb")}
         writing = mach.wr.valid | host.wr.valid
         m.d.comb += [mach.wr.ready.eq(1), host.wr.ready.eq(~mach.wr.valid)]
-        if self.storage == "bram":
-            # A write reaches the block RAM a cycle after its transfer: the requesters'
-            # write logic then ends at this register instead of fanning out to every
-            # block's address, data and enable pins (the range check comes after it,
-            # too). Reads reach it a cycle after their transfer as well
-            # (`_queued_reads`), and the storage reads before it writes, so a read sees
-            # exactly the writes transferred before it, as if written at the transfer.
-            w_addr, w_data = Signal(len(wr["addr"])), Signal.like(wp.data)
-            w_strb, w_en = Signal.like(wp.en), Signal.like(wp.en)
-            m.d.sync += [w_addr.eq(wr["addr"]), w_data.eq(wr["data"]),
-                         w_strb.eq(Mux(writing, wr["strb"], 0))]
-            m.d.comb += [w_en.eq(Mux(w_addr < depth, w_strb, 0)),
-                         wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en)]
-        else:
-            strobes = Mux(writing & (wr["addr"] < depth), wr["strb"], 0)
-            m.d.comb += [wp.addr.eq(wr["addr"]), wp.data.eq(wr["data"]), wp.en.eq(strobes)]
-        # single-port storage: a read waits for a cycle without a write
-        free = ~writing if self.storage == "spram" else C(1)
+        # A write reaches the storage a cycle after its transfer: the requesters'
+        # write logic then ends at this register instead of fanning out to the
+        # storage's address, data and enable pins (the range check comes after it,
+        # too). Block RAM: reads reach it a cycle after their transfer as well
+        # (`_queued_reads`), and the storage reads before it writes, so a read sees
+        # exactly the writes transferred before it, as if written at the transfer.
+        # SPRAM: a read transferred with a write reads before it (the old word), and
+        # the write's cycle at the storage is the next one, which no read gets
+        # (`free`): a read's ready waits on a flip-flop, not on the machine's write
+        # valid (on the iCE40 that path ran from the output FIFO through the writer
+        # into the matmul issuer's whole walk, and into the SPRAM's pins)
+        w_addr, w_data = Signal(len(wr["addr"])), Signal.like(wp.data)
+        w_strb, w_en, w_busy = Signal.like(wp.en), Signal.like(wp.en), Signal()
+        m.d.sync += [w_addr.eq(wr["addr"]), w_data.eq(wr["data"]),
+                     w_strb.eq(Mux(writing, wr["strb"], 0)), w_busy.eq(writing)]
+        m.d.comb += [w_en.eq(Mux(w_addr < depth, w_strb, 0)),
+                     wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en)]
+        # single-port storage: a read waits while the write transferred last cycle
+        # has the storage
+        free = ~w_busy if self.storage == "spram" else C(1)
 
         # ---------------- reads ----------------
         req_addr = Mux(mach.rd_req.valid, mach.rd_req.payload.addr, host.rd_req.payload.addr)

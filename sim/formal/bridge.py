@@ -254,6 +254,7 @@ class BridgeHarness(UnitHarness):
         for s in h["inside"]:
             inv(f"same_state_{s}", b["PAYLOAD" if s == "PAY" else s] == f[s])
         inv("same_timer", ~receiving | (v["timer"] == h["timer"]))
+        inv("timer_expired", ~receiving | (v["expired"] == (v["timer"] == h["T"])))
         inv("same_crc", ~receiving | (v["crc"] == h["crc"]))
         inv("same_crc_lo", ~b["CRC1"] | (v["crc_lo"] == h["crc_lo"]))
         inv("same_opcode", ~(receiving & ~b["OPC"]) | (opcode == h["op"]))

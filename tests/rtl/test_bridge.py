@@ -39,8 +39,8 @@ F = P.Fault
 
 class _BridgeAndMemory(wiring.Component):
     def __init__(self, cfg, **bridge_kw):
-        self.bridge = HostBridge(cfg, mem_words=WORDS, max_payload=MAX_PAYLOAD,
-                                 timeout_cycles=TIMEOUT, **bridge_kw)
+        self.bridge = HostBridge(cfg, **{"mem_words": WORDS, "max_payload": MAX_PAYLOAD,
+                                         "timeout_cycles": TIMEOUT, **bridge_kw})
         self.memory = OnChipMemory(cfg.engine, WORDS)
         super().__init__({})
 
@@ -278,6 +278,19 @@ def _fault_cases(rng):
         (P.frame(*_read(0xFFFFFFFF, 1)), error_reply(F.ADDRESS, P.Req.READ)),
         (P.frame(*_read(1 << 16, 1)), error_reply(F.ADDRESS, P.Req.READ)),
     ]
+
+
+@pytest.mark.parametrize("n", [1, 0xFF, 0x100, 0x101, 0x1FF, 0x200, 0x201, 0xFFFF])
+def test_length_limit_in_whole_256s(n):
+    """With max_payload a whole number of 256s the LEN check reads LEN's low byte as
+    one bit (registered in LEN0): a header above the limit is refused at once, one
+    within it waits for its payload until the byte timeout."""
+    async def body(ctx, host, br, state):
+        await host.send(ctx, bytes([P.SYNC, P.Req.WRITE, n & 0xFF, n >> 8]))
+        want = F.LENGTH if n > 256 else F.TIMEOUT
+        assert await host.reply(ctx) == error_reply(want, P.Req.WRITE), f"LEN {n:#x}"
+
+    _run(0, body, max_payload=256)
 
 
 def test_every_fault_then_ping(seed):
