@@ -41,7 +41,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .attention_config import AttentionConfig
-from .intarith import round_shift, small_times, times_const
+from .intarith import round_shift_add, small_times, times_const
 from .isa import attention_command_layout, matmul_command_layout
 from .matmul import MatmulEngine
 from .memport import MemPort, write_layout
@@ -652,9 +652,15 @@ class _ProbWriter(wiring.Component):
 
 class _Accumulator(wiring.Component):
     """O, updated by the PV command's write beats as they come (no phase of its
-    own). A (write beat): read O and the row's delta; B: O = rs(O, delta) + PV
-    per written int32 lane. The read is transparent, so a word written in two
-    beats back to back (several segments per word) accumulates both."""
+    own). A (write beat): read O and the row's delta; B1: both registered (a
+    LUT-RAM read then a 33-bit shift and a 32-bit add in one cycle were the
+    engine's worst path); B2: O = rs(O, delta) + PV per written int32 lane, one
+    carry chain (`round_shift_add`). The A read is transparent for B2's write,
+    and B1 takes B2's result for the lanes B2 writes when both are the same word,
+    so a beat sees every earlier beat's accumulate, as if each beat read and wrote
+    in one cycle. (A PV command writes each O element once and the next one starts
+    after its done, so that forwarding is a safeguard of the unit's contract, not
+    a case the engine's commands produce.)"""
 
     def __init__(self, cfg: AttentionConfig):
         self.cfg = cfg
@@ -676,22 +682,39 @@ class _Accumulator(wiring.Component):
         m.submodules.obuf = obuf = Memory(shape=word, depth=R * PVS, init=[])
         o_w = obuf.write_port(granularity=1)  # one enable per int32 lane
         o_ac = obuf.read_port(transparent_for=(o_w,))
+        # The normalise phase reads O no earlier than three cycles after the last PV
+        # beat's A cycle (done, DECIDE, then its first address), after B2's write.
         wiring.connect(m, wiring.flipped(self.o_nm), obuf.read_port(transparent_for=()))
         pv_off = Signal(range(R * PVS))
         m.d.comb += pv_off.eq(self.wr.addr - self.ctx.scratch_pv)
         pv_row = pv_off[PVS_LOG:] if PVS_LOG < len(pv_off) else Const(0, 1)
         m.d.comb += [o_ac.addr.eq(pv_off), o_ac.en.eq(1),
                      self.info.addr.eq(pv_row + Mux(self.pv_par, R, 0)), self.info.en.eq(1)]
-        b_valid = Signal()
-        b_pv = Signal(word)
-        b_addr = Signal.like(o_w.addr)
-        b_lanes = Signal(SPW)
-        m.d.sync += [b_valid.eq(self.wr_en), b_pv.eq(self.wr.data), b_addr.eq(pv_off),
-                     b_lanes.eq(Cat(*[self.wr.strb[4 * l] for l in range(SPW)]))]
-        m.d.comb += [o_w.addr.eq(b_addr), o_w.en.eq(Mux(b_valid, b_lanes, 0))]
+        # B1 holds the beat; B2 the beat, the O word read, the row's delta and
+        # pv_first as B1 saw them. Datapath registers without a reset.
+        b1_valid, b2_valid = Signal(), Signal()
+        b1_pv, b2_pv = Signal(word, reset_less=True), Signal(word, reset_less=True)
+        b1_addr = Signal.like(o_w.addr, reset_less=True)
+        b2_addr = Signal.like(o_w.addr, reset_less=True)
+        b1_lanes = Signal(SPW, reset_less=True)
+        b2_lanes = Signal(SPW, reset_less=True)
+        b2_old = Signal(word, reset_less=True)
+        b2_delta = Signal.like(self.info.data.delta, reset_less=True)
+        b2_first = Signal(reset_less=True)
+        m.d.sync += [b1_valid.eq(self.wr_en), b1_pv.eq(self.wr.data), b1_addr.eq(pv_off),
+                     b1_lanes.eq(Cat(*[self.wr.strb[4 * l] for l in range(SPW)])),
+                     b2_valid.eq(b1_valid), b2_pv.eq(b1_pv), b2_addr.eq(b1_addr),
+                     b2_lanes.eq(b1_lanes), b2_delta.eq(self.info.data.delta),
+                     b2_first.eq(self.pv_first)]
+        # B2 writes the word B1 read a cycle too early to see: forward its lanes
+        fwd = Signal(SPW)
+        m.d.comb += fwd.eq(Mux(b2_valid & (b2_addr == b1_addr), b2_lanes, 0))
         for l in range(SPW):
-            old = round_shift(o_ac.data[l], self.info.data.delta, 34)
-            m.d.comb += o_w.data[l].eq(Mux(self.pv_first, 0, old) + b_pv[l])
+            m.d.sync += b2_old[l].eq(Mux(fwd[l], o_w.data[l], o_ac.data[l]))
+        m.d.comb += [o_w.addr.eq(b2_addr), o_w.en.eq(Mux(b2_valid, b2_lanes, 0))]
+        for l in range(SPW):
+            m.d.comb += o_w.data[l].eq(round_shift_add(Mux(b2_first, 0, b2_old[l]), b2_delta,
+                                                       b2_pv[l], 32))
         return m
 
 
