@@ -949,8 +949,14 @@ class AttentionEngine(wiring.Component):
         take = self.mm_cmd.valid & ~busy & ~lent
         m.d.comb += [self.mm_cmd.ready.eq(~busy & ~lent & mm.cmd.ready),
                      self.mm_done.eq(lent & mm.done)]
+        # The payload is chosen by `busy` (a register) alone: the sequencer issues
+        # only while busy, a lent command is taken only while not. Choosing it by
+        # `take` put the machine's command valid and `lent` in front of the matmul
+        # writer's start arithmetic (out_base + (R-1) * out_stride).
+        with m.If(~busy):
+            m.d.comb += mm.cmd.payload.eq(self.mm_cmd.payload)
         with m.If(take):
-            m.d.comb += [mm.cmd.valid.eq(1), mm.cmd.payload.eq(self.mm_cmd.payload)]
+            m.d.comb += mm.cmd.valid.eq(1)
             with m.If(mm.cmd.ready):
                 m.d.sync += lent.eq(1)
         with m.If(lent & mm.done):
