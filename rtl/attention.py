@@ -83,6 +83,9 @@ def _context(c):
         "tk": Out(range(2 * c.max_seq + 1)),                # keys = offset + tq
         "m0": Out(range(c.max_seq + c.rows + 1)),           # first query of the block
         "rows_b": Out(range(c.rows + 1)),                   # queries in the block
+        # the block's last query, offset + m0 + rows_b - 1: set with the block, so the
+        # issuer's decisions compare against a register, not two adds of registers
+        "last_q": Out(range(2 * c.max_seq + c.rows + 1)),
         "qb": Out(addr), "ob": Out(addr),                   # Q row m0 of this head, output row m0
         # the byte of word qb where this head's Q starts (the S command's k covers it)
         "qo": Out(range(c.engine.mem_bytes)),
@@ -215,11 +218,13 @@ class _CommandSequencer(wiring.Component):
                 m.d.comb += x.pv_wrap.eq(1)
                 m.d.sync += hp.eq(hp + 1)
 
-        def block_setup(m0_val, qb_val, ob_val):
+        def block_setup(m0_val, qb_val, ob_val, full_last_q):
+            """`full_last_q`: offset + m0_val + R - 1, the last query of a full block"""
             rem = cmd.tq - m0_val
             m.d.comb += x.blk_start.eq(1)
             m.d.sync += [x.m0.eq(m0_val), x.qb.eq(qb_val), x.ob.eq(ob_val),
-                         x.rows_b.eq(Mux(rem > R, R, rem))]
+                         x.rows_b.eq(Mux(rem > R, R, rem)),
+                         x.last_q.eq(Mux(rem > R, full_last_q, x.tk - 1))]
 
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
@@ -248,7 +253,7 @@ class _CommandSequencer(wiring.Component):
                     m.d.comb += x.s_head.eq(1)
                     m.d.sync += x.qb.eq(hq)
                 with m.Else():
-                    block_setup(0, hq, cmd.out_base)
+                    block_setup(0, hq, cmd.out_base, cmd.offset + (R - 1))
                 m.next = "DECIDE"
             with m.State("DECIDE"):
                 # order S0, S1, PV0, S2, PV1, ...: S_{j+1} runs during softmax j;
@@ -290,8 +295,9 @@ class _CommandSequencer(wiring.Component):
             with m.State("NEXT"):
                 m.d.comb += self.phase.eq(Phase.NEXT)
                 with m.If(x.m0 + R < cmd.tq):
+                    # this block is full (m0 + R < tq): its last query is offset + m0 + R - 1
                     block_setup(x.m0 + R, x.qb + times_const(cmd.q_row_stride, R),
-                                x.ob + times_const(cmd.out_stride, R))
+                                x.ob + times_const(cmd.out_stride, R), x.last_q + R)
                     m.next = "DECIDE"
                 with m.Elif(h + 1 < cmd.n_head):
                     # the next head starts while this one is normalised, as a
@@ -358,8 +364,7 @@ class _TileIssuer(wiring.Component):
         R, T, SS, PS, PVS = c.rows, c.tile, c.s_stride, c.p_stride, c.pv_stride
         x, t = self.ctx, self.tiles
         cmd = x.params
-        last_q = Signal(range(2 * c.max_seq + R + 1))  # offset + m0 + rows_b - 1
-        m.d.comb += last_q.eq(cmd.offset + x.m0 + x.rows_b - 1)
+        last_q = x.last_q                               # offset + m0 + rows_b - 1
 
         CB = c.s_chunk
         es_k0 = Signal(range(c.max_seq + CB * T + 1))
