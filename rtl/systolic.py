@@ -42,26 +42,23 @@ def pe_logic(m, a_in, v_in, l_in, w_in, sh_in, shift, acc_width, name, pass_a=Tr
     This is a function rather than a submodule so that the array is one
     flat module: Amaranth's simulator runs a flat 8x8 array ~2.5x faster.
     """
-    # Operands, products and shadows have no reset (docs/architecture.md): they are
-    # read under the valid and last flags, which do. The accumulator keeps its
-    # reset: a tile's first beat adds to it, so it must be zero after a reset.
     a_out = v_out = l_out = w_out = None
     if pass_a:
-        a_out = Signal.like(a_in, name=f"{name}_a", reset_less=True)
+        a_out = Signal.like(a_in, name=f"{name}_a")
         v_out = Signal(name=f"{name}_v")
         l_out = Signal(name=f"{name}_l")
         m.d.sync += [a_out.eq(a_in), v_out.eq(v_in), l_out.eq(l_in)]
     if pass_w:
-        w_out = Signal.like(w_in, name=f"{name}_w", reset_less=True)
+        w_out = Signal.like(w_in, name=f"{name}_w")
         m.d.sync += w_out.eq(w_in)
 
-    prod = Signal(signed(len(a_in) + len(w_in)), name=f"{name}_prod", reset_less=True)
+    prod = Signal(signed(len(a_in) + len(w_in)), name=f"{name}_prod")
     p_valid = Signal(name=f"{name}_pv")
     p_last = Signal(name=f"{name}_pl")
     m.d.sync += [prod.eq(a_in * w_in), p_valid.eq(v_in), p_last.eq(l_in)]
 
     acc = Signal(signed(acc_width), name=f"{name}_acc")
-    sh = Signal(signed(acc_width), name=f"{name}_sh", reset_less=True)
+    sh = Signal(signed(acc_width), name=f"{name}_sh")
     total = (acc + prod)[:acc_width].as_signed()  # two's-complement wrap
     capture = p_valid & p_last
     with m.If(p_valid):
@@ -185,11 +182,10 @@ class SystolicArray(wiring.Component):
         return self.rows - (self.groups - 1) * (self.rows // self.groups) + 1 + self.bottom_skew
 
     @staticmethod
-    def _delay(m, sig, n, name, data=False):
-        """`sig` delayed by n registers; `data`: without reset (operands and sums,
-        read only under a flag that has one)."""
+    def _delay(m, sig, n, name):
+        """`sig` delayed by n registers."""
         for i in range(n):
-            nxt = Signal.like(sig, name=f"{name}_d{i}", reset_less=data)
+            nxt = Signal.like(sig, name=f"{name}_d{i}")
             m.d.sync += nxt.eq(sig)
             sig = nxt
         return sig
@@ -208,13 +204,12 @@ class SystolicArray(wiring.Component):
         # the register it passes A on in), W likewise from PE(i-1, j), and the
         # shadow of PE(i-1, j). The k-th beat reaches PE(i, j) at cycle
         # k + (i - g*gr) // span + j // span (row i of group g).
-        a_row = [self._delay(m, self.a[i], (i - group(i) * gr) // S, f"a{i}", data=True)
-                 for i in range(R)]
+        a_row = [self._delay(m, self.a[i], (i - group(i) * gr) // S, f"a{i}") for i in range(R)]
         v_row = [self._delay(m, self.valid, (i - group(i) * gr) // S, f"v{i}") for i in range(R)]
         l_row = [self._delay(m, self.last, (i - group(i) * gr) // S, f"l{i}") for i in range(R)]
         # each group's W, skewed by column runs
         w_top = [[self._delay(m, self.w[j] if g == 0 else self.wg[g - 1][j], j // S,
-                              f"w{g}_{j}", data=True) for j in range(C)] for g in range(G)]
+                              f"w{g}_{j}") for j in range(C)] for g in range(G)]
         w_col = [None] * C
         # the bottom shadow of every group, per column
         group_bottom = [[None] * G for _ in range(C)]
@@ -274,8 +269,8 @@ class SystolicArray(wiring.Component):
                 level, v = group_bottom[j], active[j]
                 for lv in range(self.fold_levels):
                     if lv:
-                        regs = [Signal(signed(self.acc_width), name=f"fold{j}_{lv}_{i}",
-                                       reset_less=True) for i in range(len(level))]
+                        regs = [Signal(signed(self.acc_width), name=f"fold{j}_{lv}_{i}")
+                                for i in range(len(level))]
                         m.d.sync += [r.eq(x) for r, x in zip(regs, level)]
                         v_r = Signal(name=f"fold{j}_{lv}_v")
                         m.d.sync += v_r.eq(v)
@@ -291,5 +286,5 @@ class SystolicArray(wiring.Component):
         m.d.sync += self.out_valid.eq(out_valid)
         for j in range(C):
             m.d.sync += self.out[j].eq(self._delay(m, col_data[j], (C - 1) // S - j // S,
-                                                   f"o{j}", data=True))
+                                                   f"o{j}"))
         return m

@@ -179,8 +179,9 @@ def test_builds_run_as_tasks_on_a_dask_cluster(standins, tmp_path, capsys, monke
     out = tmp_path / "out"
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
-        argv = ["sweep", "--boards", "icebreaker", "--arrays", "2x1,2x2,4x4", "--out",
-                str(out), "--scheduler", cluster.scheduler_address, "--json"]
+        # the clock given, so the point names do not follow the preset's clock
+        argv = ["sweep", "--boards", "icebreaker", "--arrays", "2x1,2x2,4x4", "--clocks", "12",
+                "--out", str(out), "--scheduler", cluster.scheduler_address, "--json"]
         assert main(argv) == 0
         result, err = capsys.readouterr()
         workers = {w["id"] for w in cluster.scheduler_info["workers"].values()}
