@@ -445,13 +445,13 @@ def _machine_config(qmodel, args):
     batch = getattr(args, "batch", 1)
     from gpt2accel.rtl.config import EngineConfig
     mem_bytes = getattr(args, "mem_bytes", None)
+    word = "" if mem_bytes is None else f" --mem-bytes {mem_bytes}"
     try:
         EngineConfig(rows=args.rows, cols=args.cols, mem_bytes=mem_bytes)   # each in range
         # The RTL would refuse such an array only once built, and the memory map assumes
         # a valid word: checked first, so the message names the array, not a layout.
         problem = array_error(args.cols, mem_bytes)
         if problem:
-            word = "" if mem_bytes is None else f" --mem-bytes {mem_bytes}"
             raise UsageError(f"--rows {args.rows} --cols {args.cols}{word}: {problem}")
         cfg = machine_config(qmodel, args.rows, args.cols, addr_bits=args.addr_bits,
                              mem_bytes=mem_bytes)
@@ -468,7 +468,6 @@ def _machine_config(qmodel, args):
                          f"{e.need_bits} or more, or leave it out to size the machine from "
                          f"the model") from None
     except ValueError as e:           # ConfigError, CompileError: shapes the array cannot run
-        word = "" if mem_bytes is None else f" --mem-bytes {mem_bytes}"
         raise UsageError(f"--rows {args.rows} --cols {args.cols}{word}: {e}") from None
     return cfg
 
