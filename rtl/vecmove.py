@@ -192,7 +192,9 @@ class _Walker(wiring.Component):
     ``issue`` (one-hot) advances a slot's word address (the issuer's walker;
     the assembler's ignores its addresses). ``tok_set`` loads EMBED's wte row
     and requantiser addresses for the current row. ``init`` in the accept
-    cycle (``ctx.start``) starts from the command being accepted.
+    cycle (``ctx.start``) starts from the command being accepted; ``init_one_g``
+    says that its first phase's last group is group 0 (``prep.last_g`` is
+    registered in the same cycle).
 
     LayerNorm walks its first row, then its parameters, then the other rows:
     the unit takes rows before gamma/beta (only its pass C reads them), so a
@@ -208,7 +210,7 @@ class _Walker(wiring.Component):
         A = e.addr_bits
         super().__init__({
             "ctx": In(_Context(c, body_bits)),
-            "init": In(1), "adv": In(1), "issue": In(NW),
+            "init": In(1), "init_one_g": In(1), "adv": In(1), "issue": In(NW),
             "tok_set": In(1), "wte_row": In(A), "wte_q": In(A),
             "running": Out(1), "phase": Out(1), "r": Out(range(e.max_m + 1)),
             "g": Out(_groups_shape(c)), "end_g": Out(1), "end_all": Out(1),
@@ -237,8 +239,14 @@ class _Walker(wiring.Component):
         m.d.comb += wrap0.eq(Mux(~phase, Mux(is_["ln"], 1, 0), Mux(is_["ge"], 3, 1)))
         last_g = Mux(~phase & is_["ge"], TW1, prep.last_g)
         first = g == 0
-        m.d.comb += [self.end_g.eq(g == last_g),
-                     self.end_all.eq(self.end_g & phase & (r == ln_c.rows - 1) & ~params_due)]
+        # ``end_g`` (the group ends its row, table or parameters) is a register set
+        # with the place, as ``need``: the take's advance (``adv``) then chooses
+        # between two registered cases instead of waiting for the compare of g with
+        # the phase's last group. After a phase's last group the next phase starts
+        # at 0 and ends at ``prep.last_g`` (rows and LayerNorm's parameters alike;
+        # only GELU's table, phase 0, ends at TW1, and it comes first)
+        end_g = self.end_g
+        m.d.comb += self.end_all.eq(end_g & phase & (r == ln_c.rows - 1) & ~params_due)
         tc = wte_tile_cols(e.mem_bytes, e.cols)
 
         def need_of(is_, phase, first, sub0, sub1, sub3, id_sub):
@@ -267,13 +275,14 @@ class _Walker(wiring.Component):
             m.d.sync += [addr[1].eq(self.wte_row), addr[2].eq(self.wte_q)]
 
         with m.If(self.adv & self.running):
-            with m.If(~self.end_g):
+            with m.If(~end_g):
                 nsub = [Mux(sub[0] == wrap0, 0, sub[0] + 1), (sub[1] + 1)[:2], (sub[3] + 1)[:2]]
                 m.d.sync += [g.eq(g + 1), sub[0].eq(nsub[0]), sub[1].eq(nsub[1]),
-                             sub[3].eq(nsub[2]),
+                             sub[3].eq(nsub[2]), end_g.eq(g + 1 == last_g),
                              need.eq(need_of(is_, phase, 0, *nsub, id_sub))]
             with m.Else():
-                m.d.sync += [g.eq(0), sub[0].eq(0), sub[1].eq(0), sub[3].eq(0)]
+                m.d.sync += [g.eq(0), sub[0].eq(0), sub[1].eq(0), sub[3].eq(0),
+                             end_g.eq(prep.last_g == 0)]
                 nid = Mux(id_sub == L - 1, 0, id_sub + 1)
                 m.d.sync += need.eq(Mux(phase, need_of(is_, ~params_due, 1, *z, nid),
                                         need_of(is_, 1, 1, *z, id_sub)))
@@ -308,6 +317,7 @@ class _Walker(wiring.Component):
         is_ = _decode(Mux(ctx.start, ctx.new.op, ctx.op))
         with m.If(self.init):
             m.d.sync += [need.eq(need_of(is_, ~is_["ge"], 1, *z, C(0, 2))),
+                         end_g.eq(Mux(is_["ge"], TW1 == 0, self.init_one_g)),
                          self.running.eq(1), phase.eq(~is_["ge"]), params_due.eq(is_["ln"]), r.eq(0),
                          g.eq(0), *(s.eq(0) for s in sub), id_sub.eq(0),
                          pq_sub.eq(prep.pq_sub),
@@ -374,10 +384,14 @@ class _Reader(wiring.Component):
         pow2 = L & (L - 1) == 0
         lb = L.bit_length() - 1
 
+        # the walkers' init registers whether the first phase is one group (their
+        # ``end_g``) from the last group being registered beside them
+        one_g = Signal()
+
         def last(n1):
             q, r = (n1 >> lb, n1[:lb]) if pow2 else (n1 // L, n1 % L)
             return [prep.last_g.eq(q),
-                    prep.last_mask.eq(Array(Const((2 << t) - 1, L) for t in range(L))[r])]
+                    prep.last_mask.eq(Array(Const((2 << t) - 1, L) for t in range(L))[r])], q == 0
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(~self.writing)
@@ -390,31 +404,34 @@ class _Reader(wiring.Component):
                         m.next = "PREP1"
                     with m.Elif(pow2):
                         # (n - 1) // L and % L are bit fields: the walkers start now
-                        m.d.comb += init.eq(1)
-                        m.d.sync += last((new_n - 1)[:len(new_n)])
+                        stmts, one = last((new_n - 1)[:len(new_n)])
+                        m.d.comb += [init.eq(1), one_g.eq(one)]
+                        m.d.sync += stmts
                         m.next = "RUN"
                     with m.Else():
                         m.next = "INIT_ROWS"
             with m.State("INIT_ROWS"):
-                m.d.comb += init.eq(1)
-                m.d.sync += last(n_m1)
+                stmts, one = last(n_m1)
+                m.d.comb += [init.eq(1), one_g.eq(one)]
+                m.d.sync += stmts
                 m.next = "RUN"
             with m.State("PREP1"):
                 m.d.sync += [wpe_prod.eq(em_c.pos0 * em_c.wpe_stride), pos_w.eq(em_c.pos0 // L),
                              prep.pq_sub.eq(em_c.pos0 % L)]
                 m.next = "PREP2"
             with m.State("PREP2"):
-                m.d.sync += [*last(n_m1), prep.wpe_row.eq(em_c.wpe_base + wpe_prod),
+                m.d.sync += [*last(n_m1)[0], prep.wpe_row.eq(em_c.wpe_base + wpe_prod),
                              prep.pq_addr.eq(em_c.wpe_q_base + pos_w)]
                 m.next = "INIT"
             with m.State("INIT"):
-                m.d.comb += init.eq(1)
+                m.d.comb += [init.eq(1), one_g.eq(prep.last_g == 0)]
                 m.next = "RUN"
             with m.State("RUN"):
                 with m.If(~aw.running):
                     m.d.sync += busy.eq(0)
                     m.next = "IDLE"
-        m.d.comb += [ctx.new.eq(self.cmd.payload), iw.init.eq(init), aw.init.eq(init)]
+        m.d.comb += [ctx.new.eq(self.cmd.payload), iw.init.eq(init), aw.init.eq(init),
+                     iw.init_one_g.eq(one_g), aw.init_one_g.eq(one_g)]
 
         # LayerNorm's setup beat, offered from the cycle after the accept
         setup_v = Signal()
