@@ -391,7 +391,8 @@ class _Reader(wiring.Component):
         def last(n1):
             q, r = (n1 >> lb, n1[:lb]) if pow2 else (n1 // L, n1 % L)
             return [prep.last_g.eq(q),
-                    prep.last_mask.eq(Array(Const((2 << t) - 1, L) for t in range(L))[r])], q == 0
+                    prep.last_mask.eq(Array(Const((2 << t) - 1, L) for t in range(L))[r])], \
+                q[:len(prep.last_g)] == 0           # as registered (n = 0 wraps)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(~self.writing)
