@@ -188,7 +188,8 @@ def _quarter(m, word, qi, name):
 class _Walker(wiring.Component):
     """A cursor over an instruction's groups (phase 0: GELU table words or
     LayerNorm parameters; phase 1: the rows) and the operand words each group
-    starts (``need``, one bit per word slot). ``adv`` moves to the next group,
+    starts (``need``, one bit per word slot; ``need_adv`` and ``need_init``,
+    what it becomes on an ``adv`` and on ``init``). ``adv`` moves to the next group,
     ``issue`` (one-hot) advances a slot's word address (the issuer's walker;
     the assembler's ignores its addresses). ``tok_set`` loads EMBED's wte row
     and requantiser addresses for the current row. ``init`` in the accept
@@ -214,7 +215,8 @@ class _Walker(wiring.Component):
             "tok_set": In(1), "wte_row": In(A), "wte_q": In(A),
             "running": Out(1), "phase": Out(1), "r": Out(range(e.max_m + 1)),
             "g": Out(_groups_shape(c)), "end_g": Out(1), "end_all": Out(1),
-            "need": Out(NW), "sub": Out(range(4)).array(4), "id_sub": Out(range(L)),
+            "need": Out(NW), "need_adv": Out(NW), "need_init": Out(NW),
+            "sub": Out(range(4)).array(4), "id_sub": Out(range(L)),
             "pq_sub": Out(range(L)), "addr": Out(A).array(5),
         })
 
@@ -274,18 +276,22 @@ class _Walker(wiring.Component):
         with m.If(self.tok_set):
             m.d.sync += [addr[1].eq(self.wte_row), addr[2].eq(self.wte_q)]
 
+        # the word slots after an ``adv`` and after ``init`` (``need_adv``,
+        # ``need_init``): the assembler keeps its words still due as registers
+        # loaded from these, so its take starts at flip-flops
+        nsub = [Mux(sub[0] == wrap0, 0, sub[0] + 1), (sub[1] + 1)[:2], (sub[3] + 1)[:2]]
+        nid = Mux(id_sub == L - 1, 0, id_sub + 1)
+        m.d.comb += self.need_adv.eq(Mux(~end_g, need_of(is_, phase, 0, *nsub, id_sub),
+                                         Mux(phase, need_of(is_, ~params_due, 1, *z, nid),
+                                             need_of(is_, 1, 1, *z, id_sub))))
         with m.If(self.adv & self.running):
+            m.d.sync += need.eq(self.need_adv)
             with m.If(~end_g):
-                nsub = [Mux(sub[0] == wrap0, 0, sub[0] + 1), (sub[1] + 1)[:2], (sub[3] + 1)[:2]]
                 m.d.sync += [g.eq(g + 1), sub[0].eq(nsub[0]), sub[1].eq(nsub[1]),
-                             sub[3].eq(nsub[2]), end_g.eq(g + 1 == last_g),
-                             need.eq(need_of(is_, phase, 0, *nsub, id_sub))]
+                             sub[3].eq(nsub[2]), end_g.eq(g + 1 == last_g)]
             with m.Else():
                 m.d.sync += [g.eq(0), sub[0].eq(0), sub[1].eq(0), sub[3].eq(0),
                              end_g.eq(prep.last_g == 0)]
-                nid = Mux(id_sub == L - 1, 0, id_sub + 1)
-                m.d.sync += need.eq(Mux(phase, need_of(is_, ~params_due, 1, *z, nid),
-                                        need_of(is_, 1, 1, *z, id_sub)))
                 with m.If(~phase):
                     # GELU: the rows after the table; LayerNorm: the rows after the
                     # first, or the end when it was the only one
@@ -315,8 +321,9 @@ class _Walker(wiring.Component):
         i_views = _views(self.layouts, Mux(ctx.start, ctx.new.body, ctx.body))
         ln_c, ge_c, ad_c = (i_views[o] for o in (Op.LAYERNORM, Op.GELU, Op.RESADD))
         is_ = _decode(Mux(ctx.start, ctx.new.op, ctx.op))
+        m.d.comb += self.need_init.eq(need_of(is_, ~is_["ge"], 1, *z, C(0, 2)))
         with m.If(self.init):
-            m.d.sync += [need.eq(need_of(is_, ~is_["ge"], 1, *z, C(0, 2))),
+            m.d.sync += [need.eq(self.need_init),
                          end_g.eq(Mux(is_["ge"], TW1 == 0, self.init_one_g)),
                          self.running.eq(1), phase.eq(~is_["ge"]), params_due.eq(is_["ln"]), r.eq(0),
                          g.eq(0), *(s.eq(0) for s in sub), id_sub.eq(0),
@@ -448,11 +455,19 @@ class _Reader(wiring.Component):
         # ---- assembler: one register per word slot; the group's last word may be
         # taken in the cycle the group goes to the output register (bypass)
         words = [Signal(8 * MB, name=f"word{w}", reset_less=True) for w in range(NW)]
-        taken = Signal(NW)
+        # the group's words not yet taken, their lowest slot, whether one is left
+        # (the group's last) and whether none: registers, loaded from the walker's
+        # next word slots (``need_init``, ``need_adv``) or with the lowest cleared
+        # on a take, so the take and the group's completion, which enable the
+        # word slots, the 900 flip-flops of the output register and the walk,
+        # start at flip-flops rather than behind a lowest-bit select and compares
         a_rem = Signal(NW)
-        m.d.comb += a_rem.eq(aw.need & ~taken)
-        a_low = _lowest(m, a_rem, "a_low")
-        final = a_rem == a_low                    # the word left is the group's last
+        a_low = Signal(NW)
+        final = Signal(init=1)
+        a_none = Signal(init=1)
+        a_rem_n = Signal(NW)
+        m.d.sync += [a_rem.eq(a_rem_n), a_low.eq(a_rem_n & (~a_rem_n + 1)),
+                     final.eq((a_rem_n & (a_rem_n - 1)) == 0), a_none.eq(a_rem_n == 0)]
         out = Signal(_element_layout(c), reset_less=True)
         out_v = Signal()
         # the output register hands its group to the units or, while they stall, to
@@ -481,7 +496,7 @@ class _Reader(wiring.Component):
         rq_room = Signal(init=1)
         rq_any = Signal()
         rq_data = Signal(8 * MB)
-        a_ready = aw.running & (a_rem != 0) & (~final | out_free)
+        a_ready = aw.running & ~a_none & (~final | out_free)
         pop = (rq_any | resp.valid) & a_ready
         held = rq_any & a_ready                   # a popped word that was in the queue
         push = resp.valid & rq_room & ~(pop & ~rq_any)
@@ -497,12 +512,13 @@ class _Reader(wiring.Component):
         rq_next = Signal(range(3))
         m.d.comb += rq_next.eq(rq_n + push - held)
         m.d.sync += [rq_n.eq(rq_next), rq_room.eq(rq_next != 2), rq_any.eq(rq_next != 0)]
-        complete = aw.running & Mux(a_rem == 0, out_free, pop & final)
+        complete = aw.running & Mux(a_none, out_free, pop & final)
         cur = [Signal(8 * MB, name=f"cur{w}") for w in range(NW)]   # with the bypass
         m.d.comb += [cur[w].eq(Mux(pop & a_low[w], rq_data, words[w]))
                      for w in range(NW)]
+        m.d.comb += a_rem_n.eq(Mux(init, aw.need_init,
+                                   Mux(complete, aw.need_adv, Mux(pop, a_rem & ~a_low, a_rem))))
         with m.If(pop):
-            m.d.sync += taken.eq(taken | a_low)
             for w in range(NW):
                 with m.If(a_low[w]):
                     m.d.sync += words[w].eq(rq_data)
@@ -522,7 +538,7 @@ class _Reader(wiring.Component):
         span = (Cat(cur[1], cur[2]) if tc == 8 else cur[1] if tc == 4
                 else _quarter(m, cur[1], _wte_quarter(aw.sub[1], tc), "f1"))
         with m.If(complete):
-            m.d.sync += [out_v.eq(1), taken.eq(0),
+            m.d.sync += [out_v.eq(1),
                          out.row.eq(aw.phase), out.grp.eq(aw.g), out.last.eq(aw.end_g),
                          out.tcol.eq(t_col), out.s0.eq(f0),
                          out.s1.eq(Mux(~aw.phase, Cat(cur[1], cur[2]),
@@ -548,7 +564,7 @@ class _Reader(wiring.Component):
         tok_step = Signal(range(TOK_CYCLES))
         tok_wait = iw.running & is_["em"] & iw.phase & (iw.g == 0) & ~i_rem[0] & ~tok_ok
         tok_seen = (aw.running & aw.phase & (aw.g == 0) & (aw.r == iw.r)
-                    & (taken[0] | ~aw.need[0]))
+                    & ~a_rem[0])
         tok = Signal(32)
         tok_r = Signal(32)
         wte_prod = Signal(A)
@@ -595,7 +611,7 @@ class _Reader(wiring.Component):
             with m.If(iw.end_g):
                 m.d.sync += tok_ok.eq(0)
         with m.If(init):
-            m.d.sync += [issued.eq(0), taken.eq(0), tok_ok.eq(0), tok_step.eq(0)]
+            m.d.sync += [issued.eq(0), tok_ok.eq(0), tok_step.eq(0)]
         return m
 
 
