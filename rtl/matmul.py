@@ -213,9 +213,7 @@ class _WordWalker(wiring.Component):
         # compute side: block m0, tile n0, parameter word q, W k-offset kk
         m0, n0 = Signal(cmd.m.shape()), Signal(cmd.n.shape())
         q, kk = Signal(range(PW)), Signal(kbits)
-        # the word addresses have no reset: a command's start (A) and its blocks'
-        # (P, W) load them before the walk reads them; the counters keep theirs
-        p_ptr, w_ptr = Signal(c.addr_bits, reset_less=True), Signal(c.addr_bits, reset_less=True)
+        p_ptr, w_ptr = Signal(c.addr_bits), Signal(c.addr_bits)
         max_j = -(-c.max_n // C) * c.w_words_per_tile(c.max_k) + 1
         j = Signal(range(max_j + 1))              # W words so far in this block
         blk0 = Signal()
@@ -226,7 +224,7 @@ class _WordWalker(wiring.Component):
         mA = Signal(cmd.m.shape())
         a_row, a_entry, a_bank = self.a_row, self.a_entry, self.a_bank
         a_kk = Signal(kbits)
-        a_blk, a_row_addr, a_ptr = (Signal(c.addr_bits, name=f, reset_less=True) for f in
+        a_blk, a_row_addr, a_ptr = (Signal(c.addr_bits, name=f) for f in
                                     ("a_blk", "a_row_addr", "a_ptr"))
         a_busy = Signal()                         # an interleaved load is in progress
         aw = Signal(range(_a_depth(c) + 1))       # A words per row, measured on block 0
@@ -612,40 +610,32 @@ class _Feeder(wiring.Component):
                 with m.Else():
                     next_tile()
 
-        # F1: lane selection from the scratchpad word and the held W word. The
-        # beat's data (the held word, the lane selects, F2's operands) has no
-        # reset: the array takes it only under ``valid``, which keeps its reset
-        w_word = Signal(8 * MB, reset_less=True)
+        # F1: lane selection from the scratchpad word and the held W word.
+        w_word = Signal(8 * MB)
         with m.If(f_pop):
             m.d.sync += w_word.eq(self.weights.payload)
         f1_valid, f1_last = Signal(), Signal()
-        f1_lane = Signal.like(f_lane, reset_less=True)
-        f1_g = Signal.like(f_g, reset_less=True)
+        f1_lane = Signal.like(f_lane)
+        f1_g = Signal.like(f_g)
         m.d.sync += [f1_valid.eq(f_beat), f1_last.eq(f_beat & f_last),
                      f1_lane.eq(f_lane), f1_g.eq(f_g)]
         # F2: the registered beat
         m.d.sync += [self.valid.eq(f1_valid), self.last.eq(f1_last)]
-
-        def operand(port, name):
-            reg = Signal.like(port, name=name, reset_less=True)
-            m.d.comb += port.eq(reg)
-            return reg
         w_lanes = w_word.word_select(f1_g, 8 * C)
         for i in range(R):
             byte = self.a_rd.data[i * 8 * MB:(i + 1) * 8 * MB].word_select(f1_lane, 8)
-            m.d.sync += operand(self.a[i], f"f2_a{i}").eq(
-                Mux(cmd.a_signed, byte.as_signed(), byte.as_unsigned()))
+            m.d.sync += self.a[i].eq(Mux(cmd.a_signed, byte.as_signed(), byte.as_unsigned()))
         for j in range(C):
-            m.d.sync += operand(self.w[j], f"f2_w{j}").eq(w_lanes[8 * j:8 * j + c.w_bits].as_signed())
+            m.d.sync += self.w[j].eq(w_lanes[8 * j:8 * j + c.w_bits].as_signed())
         if c.gemv_rows:
             # GEMV mode: lanes past K (a tile's last word) are padding
-            f1_kv = Signal(GW, reset_less=True)
+            f1_kv = Signal(GW)
             m.d.sync += f1_kv.eq(Cat(f_kk + g < cmd.k for g in range(GW)))
             # unfolded, every group of the array takes the top's W (`SystolicArray`)
             for g in range(1, GW):
                 lanes = w_word[8 * C * g:8 * C * (g + 1)]
                 for j in range(C):
-                    m.d.sync += operand(self.wg[g - 1][j], f"f2_wg{g}_{j}").eq(
+                    m.d.sync += self.wg[g - 1][j].eq(
                         Mux(fold, Mux(f1_kv[g], lanes[8 * j:8 * j + c.w_bits].as_signed(), 0),
                             w_lanes[8 * j:8 * j + c.w_bits].as_signed()))
         return m

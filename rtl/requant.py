@@ -60,18 +60,15 @@ class Requantiser(wiring.Component):
         m.d.sync += [v[i].eq(v[i - 1]) for i in range(1, S)]
         m.d.comb += self.out_valid.eq(v[-1] | v1_raw)
 
-        # the stages' data (everything but the valid bits above) has no reset: the
-        # valid bits say which stages hold a row, and a reset that reached every
-        # data flip-flop took the LSR of each slice holding one (docs/architecture.md)
         for n in range(self.lanes):
             # Stage 1: bias add (wraps like the accumulator).
-            x1 = Signal(signed(A), name=f"x1_{n}", reset_less=True)
-            mult1 = Signal(len(self.mult[n]), name=f"mult1_{n}", reset_less=True)
-            shift1 = Signal(len(self.shift[n]), name=f"shift1_{n}", reset_less=True)
+            x1 = Signal(signed(A), name=f"x1_{n}")
+            mult1 = Signal.like(self.mult[n], name=f"mult1_{n}")
+            shift1 = Signal.like(self.shift[n], name=f"shift1_{n}")
             m.d.sync += [x1.eq(self.acc[n] + self.bias[n]), mult1.eq(self.mult[n]),
                          shift1.eq(self.shift[n])]
             # Stages 2-3: the 32x15 product, partial products registered.
-            p3 = split_product(m, x1, mult1, name=f"p{n}", reset_less=True)
+            p3 = split_product(m, x1, mult1, name=f"p{n}")
             sh_d = shift1
             for s in (2, 3):
                 sh_n = Signal.like(shift1, name=f"shift{s}_{n}")
@@ -79,11 +76,11 @@ class Requantiser(wiring.Component):
                 sh_d = sh_n
             # Stage 4: add half an output LSB (round half up); one more bit so the
             # rounding carry cannot overflow.
-            t4 = Signal(signed(len(p3) + 1), name=f"t4_{n}", reset_less=True)
+            t4 = Signal(signed(len(p3) + 1), name=f"t4_{n}")
             shift4 = Signal.like(shift1, name=f"shift4_{n}")
             m.d.sync += [t4.eq(add_half(p3, sh_d, len(p3) + 1)), shift4.eq(sh_d)]
             # Stages 5-6: arithmetic shift in two steps, saturate.
             q = shift_right_staged(m, t4, shift4, name=f"q{n}",
-                                   finish=lambda v: saturate(v, self.out_bits), reset_less=True)
+                                   finish=lambda v: saturate(v, self.out_bits))
             m.d.comb += self.out[n].eq(Mux(v1_raw, x1, q))
         return m
