@@ -465,9 +465,7 @@ class _Reader(wiring.Component):
         a_low = Signal(NW)
         final = Signal(init=1)
         a_none = Signal(init=1)
-        a_rem_n = Signal(NW)
-        m.d.sync += [a_rem.eq(a_rem_n), a_low.eq(a_rem_n & (~a_rem_n + 1)),
-                     final.eq((a_rem_n & (a_rem_n - 1)) == 0), a_none.eq(a_rem_n == 0)]
+        a_next = []   # (rem, its lowest, one or none left, none left) of each candidate
         out = Signal(_element_layout(c), reset_less=True)
         out_v = Signal()
         # the output register hands its group to the units or, while they stall, to
@@ -516,8 +514,15 @@ class _Reader(wiring.Component):
         cur = [Signal(8 * MB, name=f"cur{w}") for w in range(NW)]   # with the bypass
         m.d.comb += [cur[w].eq(Mux(pop & a_low[w], rq_data, words[w]))
                      for w in range(NW)]
-        m.d.comb += a_rem_n.eq(Mux(init, aw.need_init,
-                                   Mux(complete, aw.need_adv, Mux(pop, a_rem & ~a_low, a_rem))))
+        # each candidate's lowest slot and counts from registers, chosen after the
+        # take and the completion (the response's valid reaches them) decide
+        for v in (aw.need_init, aw.need_adv, a_rem & ~a_low):
+            v = Value.cast(v)
+            a_next.append((v, v & (~v + 1), (v & (v - 1)) == 0, v == 0))
+        a_next.append((a_rem, a_low, final, a_none))
+        for reg, i in zip((a_rem, a_low, final, a_none), range(4)):
+            m.d.sync += reg.eq(Mux(init, a_next[0][i],
+                                   Mux(complete, a_next[1][i], Mux(pop, a_next[2][i], a_next[3][i]))))
         with m.If(pop):
             for w in range(NW):
                 with m.If(a_low[w]):
