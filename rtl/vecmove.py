@@ -465,7 +465,6 @@ class _Reader(wiring.Component):
         a_low = Signal(NW)
         final = Signal(init=1)
         a_none = Signal(init=1)
-        a_next = []   # (rem, its lowest, one or none left, none left) of each candidate
         out = Signal(_element_layout(c), reset_less=True)
         out_v = Signal()
         # the output register hands its group to the units or, while they stall, to
@@ -514,8 +513,10 @@ class _Reader(wiring.Component):
         cur = [Signal(8 * MB, name=f"cur{w}") for w in range(NW)]   # with the bypass
         m.d.comb += [cur[w].eq(Mux(pop & a_low[w], rq_data, words[w]))
                      for w in range(NW)]
-        # each candidate's lowest slot and counts from registers, chosen after the
-        # take and the completion (the response's valid reaches them) decide
+        # the four of each candidate (the walker's next need at the start and on a
+        # completion, the rest after a take, the same) come from registers; the
+        # take and the completion, which the response's valid reaches, only choose
+        a_next = []
         for v in (aw.need_init, aw.need_adv, a_rem & ~a_low):
             v = Value.cast(v)
             a_next.append((v, v & (~v + 1), (v & (v - 1)) == 0, v == 0))
