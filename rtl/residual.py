@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out
 from gpt2accel.model import intmodel as im
 from gpt2accel.model import intops
 
-from .intarith import add_half, saturate
+from .intarith import add_half, partial_products, saturate
 from .vector import check_lanes, vector_layout
 
 __all__ = ["ResidualAdd", "RequantAdd", "EmbeddingAdd", "embed_row_layout", "raw_row_layout"]
@@ -111,8 +111,11 @@ class RequantAdd(wiring.Component):
     shift); ``out``: `vector_layout(signed(bits), lanes)` with ``a.last``.
 
     Pipeline (one enable, so an output stall freezes it and no beat is lost):
-    Q1 the product (DSP), Q2 adds the rounding half, Q3 shifts and saturates
-    to `bits`, Q4 the saturating residual add. `latency` = 4. The product's
+    Q1 the product's two partial products (`intarith.partial_products`: one DSP
+    each, registered at its output, so the operands' select in front of the
+    DSPs is not in series with the fabric add that joins them), Q2 adds them
+    and the rounding half, Q3 shifts and saturates to `bits`, Q4 the
+    saturating residual add. `latency` = 4. The product's
     operands are ``y``'s payload itself: the user feeds it from a register (the
     vector mover's assembler, through fixed word slices; its own operand
     register would only delay every RESADD and REQUANT by a cycle), as
@@ -143,12 +146,11 @@ class RequantAdd(wiring.Component):
                 return Signal(shape, name=f"{name}_{l}")
             x = [stage(signed(R), f"x{s}") for s in range(1, 4)]
             sh = [stage(unsigned(len(py.shift[l])), f"shift{s}") for s in range(1, 3)]
-            p1 = stage(signed(W), "prod1")
+            p1 = partial_products(m, py.x[l], py.mult[l], en=en, name=f"prod1_{l}")
             t2 = stage(signed(W), "t2")
             q3 = stage(signed(R), "req3")
             with m.If(en):
                 m.d.sync += [x[0].eq(pa.x[l]), sh[0].eq(py.shift[l]), sh[1].eq(sh[0]),
-                             p1.eq(py.x[l] * py.mult[l]),
                              t2.eq(add_half(p1, sh[0], W)),
                              q3.eq(saturate(t2 >> sh[1], R)),
                              self.out.payload.x[l].eq(saturate(x[2] + q3, R))]

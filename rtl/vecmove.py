@@ -188,11 +188,14 @@ def _quarter(m, word, qi, name):
 class _Walker(wiring.Component):
     """A cursor over an instruction's groups (phase 0: GELU table words or
     LayerNorm parameters; phase 1: the rows) and the operand words each group
-    starts (``need``, one bit per word slot). ``adv`` moves to the next group,
+    starts (``need``, one bit per word slot; ``need_adv`` and ``need_init``,
+    what it becomes on an ``adv`` and on ``init``). ``adv`` moves to the next group,
     ``issue`` (one-hot) advances a slot's word address (the issuer's walker;
     the assembler's ignores its addresses). ``tok_set`` loads EMBED's wte row
     and requantiser addresses for the current row. ``init`` in the accept
-    cycle (``ctx.start``) starts from the command being accepted.
+    cycle (``ctx.start``) starts from the command being accepted; ``init_one_g``
+    says that its first phase's last group is group 0 (``prep.last_g`` is
+    registered in the same cycle).
 
     LayerNorm walks its first row, then its parameters, then the other rows:
     the unit takes rows before gamma/beta (only its pass C reads them), so a
@@ -208,11 +211,12 @@ class _Walker(wiring.Component):
         A = e.addr_bits
         super().__init__({
             "ctx": In(_Context(c, body_bits)),
-            "init": In(1), "adv": In(1), "issue": In(NW),
+            "init": In(1), "init_one_g": In(1), "adv": In(1), "issue": In(NW),
             "tok_set": In(1), "wte_row": In(A), "wte_q": In(A),
             "running": Out(1), "phase": Out(1), "r": Out(range(e.max_m + 1)),
             "g": Out(_groups_shape(c)), "end_g": Out(1), "end_all": Out(1),
-            "need": Out(NW), "sub": Out(range(4)).array(4), "id_sub": Out(range(L)),
+            "need": Out(NW), "need_adv": Out(NW), "need_init": Out(NW),
+            "sub": Out(range(4)).array(4), "id_sub": Out(range(L)),
             "pq_sub": Out(range(L)), "addr": Out(A).array(5),
         })
 
@@ -237,8 +241,14 @@ class _Walker(wiring.Component):
         m.d.comb += wrap0.eq(Mux(~phase, Mux(is_["ln"], 1, 0), Mux(is_["ge"], 3, 1)))
         last_g = Mux(~phase & is_["ge"], TW1, prep.last_g)
         first = g == 0
-        m.d.comb += [self.end_g.eq(g == last_g),
-                     self.end_all.eq(self.end_g & phase & (r == ln_c.rows - 1) & ~params_due)]
+        # ``end_g`` (the group ends its row, table or parameters) is a register set
+        # with the place, as ``need``: the take's advance (``adv``) then chooses
+        # between two registered cases instead of waiting for the compare of g with
+        # the phase's last group. After a phase's last group the next phase starts
+        # at 0 and ends at ``prep.last_g`` (rows and LayerNorm's parameters alike;
+        # only GELU's table, phase 0, ends at TW1, and it comes first)
+        end_g = self.end_g
+        m.d.comb += self.end_all.eq(end_g & phase & (r == ln_c.rows - 1) & ~params_due)
         tc = wte_tile_cols(e.mem_bytes, e.cols)
 
         def need_of(is_, phase, first, sub0, sub1, sub3, id_sub):
@@ -266,17 +276,22 @@ class _Walker(wiring.Component):
         with m.If(self.tok_set):
             m.d.sync += [addr[1].eq(self.wte_row), addr[2].eq(self.wte_q)]
 
+        # the word slots after an ``adv`` and after ``init`` (``need_adv``,
+        # ``need_init``): the assembler keeps its words still due as registers
+        # loaded from these, so its take starts at flip-flops
+        nsub = [Mux(sub[0] == wrap0, 0, sub[0] + 1), (sub[1] + 1)[:2], (sub[3] + 1)[:2]]
+        nid = Mux(id_sub == L - 1, 0, id_sub + 1)
+        m.d.comb += self.need_adv.eq(Mux(~end_g, need_of(is_, phase, 0, *nsub, id_sub),
+                                         Mux(phase, need_of(is_, ~params_due, 1, *z, nid),
+                                             need_of(is_, 1, 1, *z, id_sub))))
         with m.If(self.adv & self.running):
-            with m.If(~self.end_g):
-                nsub = [Mux(sub[0] == wrap0, 0, sub[0] + 1), (sub[1] + 1)[:2], (sub[3] + 1)[:2]]
+            m.d.sync += need.eq(self.need_adv)
+            with m.If(~end_g):
                 m.d.sync += [g.eq(g + 1), sub[0].eq(nsub[0]), sub[1].eq(nsub[1]),
-                             sub[3].eq(nsub[2]),
-                             need.eq(need_of(is_, phase, 0, *nsub, id_sub))]
+                             sub[3].eq(nsub[2]), end_g.eq(g + 1 == last_g)]
             with m.Else():
-                m.d.sync += [g.eq(0), sub[0].eq(0), sub[1].eq(0), sub[3].eq(0)]
-                nid = Mux(id_sub == L - 1, 0, id_sub + 1)
-                m.d.sync += need.eq(Mux(phase, need_of(is_, ~params_due, 1, *z, nid),
-                                        need_of(is_, 1, 1, *z, id_sub)))
+                m.d.sync += [g.eq(0), sub[0].eq(0), sub[1].eq(0), sub[3].eq(0),
+                             end_g.eq(prep.last_g == 0)]
                 with m.If(~phase):
                     # GELU: the rows after the table; LayerNorm: the rows after the
                     # first, or the end when it was the only one
@@ -306,8 +321,10 @@ class _Walker(wiring.Component):
         i_views = _views(self.layouts, Mux(ctx.start, ctx.new.body, ctx.body))
         ln_c, ge_c, ad_c = (i_views[o] for o in (Op.LAYERNORM, Op.GELU, Op.RESADD))
         is_ = _decode(Mux(ctx.start, ctx.new.op, ctx.op))
+        m.d.comb += self.need_init.eq(need_of(is_, ~is_["ge"], 1, *z, C(0, 2)))
         with m.If(self.init):
-            m.d.sync += [need.eq(need_of(is_, ~is_["ge"], 1, *z, C(0, 2))),
+            m.d.sync += [need.eq(self.need_init),
+                         end_g.eq(Mux(is_["ge"], TW1 == 0, self.init_one_g)),
                          self.running.eq(1), phase.eq(~is_["ge"]), params_due.eq(is_["ln"]), r.eq(0),
                          g.eq(0), *(s.eq(0) for s in sub), id_sub.eq(0),
                          pq_sub.eq(prep.pq_sub),
@@ -374,10 +391,15 @@ class _Reader(wiring.Component):
         pow2 = L & (L - 1) == 0
         lb = L.bit_length() - 1
 
+        # the walkers' init registers whether the first phase is one group (their
+        # ``end_g``) from the last group being registered beside them
+        one_g = Signal()
+
         def last(n1):
             q, r = (n1 >> lb, n1[:lb]) if pow2 else (n1 // L, n1 % L)
             return [prep.last_g.eq(q),
-                    prep.last_mask.eq(Array(Const((2 << t) - 1, L) for t in range(L))[r])]
+                    prep.last_mask.eq(Array(Const((2 << t) - 1, L) for t in range(L))[r])], \
+                q[:len(prep.last_g)] == 0           # as registered (n = 0 wraps)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(~self.writing)
@@ -390,31 +412,34 @@ class _Reader(wiring.Component):
                         m.next = "PREP1"
                     with m.Elif(pow2):
                         # (n - 1) // L and % L are bit fields: the walkers start now
-                        m.d.comb += init.eq(1)
-                        m.d.sync += last((new_n - 1)[:len(new_n)])
+                        stmts, one = last((new_n - 1)[:len(new_n)])
+                        m.d.comb += [init.eq(1), one_g.eq(one)]
+                        m.d.sync += stmts
                         m.next = "RUN"
                     with m.Else():
                         m.next = "INIT_ROWS"
             with m.State("INIT_ROWS"):
-                m.d.comb += init.eq(1)
-                m.d.sync += last(n_m1)
+                stmts, one = last(n_m1)
+                m.d.comb += [init.eq(1), one_g.eq(one)]
+                m.d.sync += stmts
                 m.next = "RUN"
             with m.State("PREP1"):
                 m.d.sync += [wpe_prod.eq(em_c.pos0 * em_c.wpe_stride), pos_w.eq(em_c.pos0 // L),
                              prep.pq_sub.eq(em_c.pos0 % L)]
                 m.next = "PREP2"
             with m.State("PREP2"):
-                m.d.sync += [*last(n_m1), prep.wpe_row.eq(em_c.wpe_base + wpe_prod),
+                m.d.sync += [*last(n_m1)[0], prep.wpe_row.eq(em_c.wpe_base + wpe_prod),
                              prep.pq_addr.eq(em_c.wpe_q_base + pos_w)]
                 m.next = "INIT"
             with m.State("INIT"):
-                m.d.comb += init.eq(1)
+                m.d.comb += [init.eq(1), one_g.eq(prep.last_g == 0)]
                 m.next = "RUN"
             with m.State("RUN"):
                 with m.If(~aw.running):
                     m.d.sync += busy.eq(0)
                     m.next = "IDLE"
-        m.d.comb += [ctx.new.eq(self.cmd.payload), iw.init.eq(init), aw.init.eq(init)]
+        m.d.comb += [ctx.new.eq(self.cmd.payload), iw.init.eq(init), aw.init.eq(init),
+                     iw.init_one_g.eq(one_g), aw.init_one_g.eq(one_g)]
 
         # LayerNorm's setup beat, offered from the cycle after the accept
         setup_v = Signal()
@@ -430,11 +455,16 @@ class _Reader(wiring.Component):
         # ---- assembler: one register per word slot; the group's last word may be
         # taken in the cycle the group goes to the output register (bypass)
         words = [Signal(8 * MB, name=f"word{w}", reset_less=True) for w in range(NW)]
-        taken = Signal(NW)
+        # the group's words not yet taken, their lowest slot, whether one is left
+        # (the group's last) and whether none: registers, loaded from the walker's
+        # next word slots (``need_init``, ``need_adv``) or with the lowest cleared
+        # on a take, so the take and the group's completion, which enable the
+        # word slots, the 900 flip-flops of the output register and the walk,
+        # start at flip-flops rather than behind a lowest-bit select and compares
         a_rem = Signal(NW)
-        m.d.comb += a_rem.eq(aw.need & ~taken)
-        a_low = _lowest(m, a_rem, "a_low")
-        final = a_rem == a_low                    # the word left is the group's last
+        a_low = Signal(NW)
+        final = Signal(init=1)
+        a_none = Signal(init=1)
         out = Signal(_element_layout(c), reset_less=True)
         out_v = Signal()
         # the output register hands its group to the units or, while they stall, to
@@ -463,7 +493,7 @@ class _Reader(wiring.Component):
         rq_room = Signal(init=1)
         rq_any = Signal()
         rq_data = Signal(8 * MB)
-        a_ready = aw.running & (a_rem != 0) & (~final | out_free)
+        a_ready = aw.running & ~a_none & (~final | out_free)
         pop = (rq_any | resp.valid) & a_ready
         held = rq_any & a_ready                   # a popped word that was in the queue
         push = resp.valid & rq_room & ~(pop & ~rq_any)
@@ -479,12 +509,22 @@ class _Reader(wiring.Component):
         rq_next = Signal(range(3))
         m.d.comb += rq_next.eq(rq_n + push - held)
         m.d.sync += [rq_n.eq(rq_next), rq_room.eq(rq_next != 2), rq_any.eq(rq_next != 0)]
-        complete = aw.running & Mux(a_rem == 0, out_free, pop & final)
+        complete = aw.running & Mux(a_none, out_free, pop & final)
         cur = [Signal(8 * MB, name=f"cur{w}") for w in range(NW)]   # with the bypass
         m.d.comb += [cur[w].eq(Mux(pop & a_low[w], rq_data, words[w]))
                      for w in range(NW)]
+        # the four of each candidate (the walker's next need at the start and on a
+        # completion, the rest after a take, the same) come from registers; the
+        # take and the completion, which the response's valid reaches, only choose
+        a_next = []
+        for v in (aw.need_init, aw.need_adv, a_rem & ~a_low):
+            v = Value.cast(v)
+            a_next.append((v, v & (~v + 1), (v & (v - 1)) == 0, v == 0))
+        a_next.append((a_rem, a_low, final, a_none))
+        for reg, i in zip((a_rem, a_low, final, a_none), range(4)):
+            m.d.sync += reg.eq(Mux(init, a_next[0][i],
+                                   Mux(complete, a_next[1][i], Mux(pop, a_next[2][i], a_next[3][i]))))
         with m.If(pop):
-            m.d.sync += taken.eq(taken | a_low)
             for w in range(NW):
                 with m.If(a_low[w]):
                     m.d.sync += words[w].eq(rq_data)
@@ -504,7 +544,7 @@ class _Reader(wiring.Component):
         span = (Cat(cur[1], cur[2]) if tc == 8 else cur[1] if tc == 4
                 else _quarter(m, cur[1], _wte_quarter(aw.sub[1], tc), "f1"))
         with m.If(complete):
-            m.d.sync += [out_v.eq(1), taken.eq(0),
+            m.d.sync += [out_v.eq(1),
                          out.row.eq(aw.phase), out.grp.eq(aw.g), out.last.eq(aw.end_g),
                          out.tcol.eq(t_col), out.s0.eq(f0),
                          out.s1.eq(Mux(~aw.phase, Cat(cur[1], cur[2]),
@@ -530,7 +570,7 @@ class _Reader(wiring.Component):
         tok_step = Signal(range(TOK_CYCLES))
         tok_wait = iw.running & is_["em"] & iw.phase & (iw.g == 0) & ~i_rem[0] & ~tok_ok
         tok_seen = (aw.running & aw.phase & (aw.g == 0) & (aw.r == iw.r)
-                    & (taken[0] | ~aw.need[0]))
+                    & ~a_rem[0])
         tok = Signal(32)
         tok_r = Signal(32)
         wte_prod = Signal(A)
@@ -577,7 +617,7 @@ class _Reader(wiring.Component):
             with m.If(iw.end_g):
                 m.d.sync += tok_ok.eq(0)
         with m.If(init):
-            m.d.sync += [issued.eq(0), taken.eq(0), tok_ok.eq(0), tok_step.eq(0)]
+            m.d.sync += [issued.eq(0), tok_ok.eq(0), tok_step.eq(0)]
         return m
 
 
