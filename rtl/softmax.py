@@ -179,7 +179,11 @@ class _FrontPass(wiring.Component):
         m.submodules.store = store = Memory(
             shape=data.ArrayLayout(_elem(), L), depth=2 * BPR, init=[])
         st_w = store.write_port()
-        wiring.connect(m, wiring.flipped(self.rows.store), store.read_port(transparent_for=()))
+        # The back pass reads a word the cycle before it takes it: after a half's
+        # last write at the earliest, which with one beat a row is that word's own
+        # write (so the read sees it through transparency).
+        wiring.connect(m, wiring.flipped(self.rows.store),
+                       store.read_port(transparent_for=(st_w,) if BPR == 1 else ()))
         full, desc = self.rows.full, self.rows.desc
         set_full = Signal(2)
         m.d.sync += full.eq((full | set_full) & ~self.rows.clr)
@@ -294,13 +298,23 @@ class _BackPass(wiring.Component):
         en_b = Signal()
         m.d.comb += [en_b.eq(~out_valid | self.probs.ready), self.probs.valid.eq(out_valid)]
 
-        # S0: issue the row store read (and, on a row's first beat, the M read).
+        # S0: the row store word of the beat (read the cycle before) and, on a row's
+        # first beat, the M read. The store is addressed with the beat S0 holds next
+        # cycle, so its block-RAM output is S0's and S1 takes it into a register: S1's
+        # subtractions start at a flip-flop, not at the RAM's slow output, and no
+        # stage is added. A half's words are all written before it is full (one beat
+        # a row: in the same cycle, the read port is then transparent).
         h_r = Signal()
         rd_beat = Signal(range(BPR))
         s0_valid = full.bit_select(h_r, 1)
         s0_desc = Signal(desc_layout)
         m.d.comb += s0_desc.eq(Mux(h_r, desc[1], desc[0]))
-        m.d.comb += [st_r.addr.eq(rd_beat + Mux(h_r, BPR, 0)), st_r.en.eq(en_b)]
+        s0_addr = Signal(range(2 * BPR))            # rd_beat + BPR h_r
+        rd_next = Signal(range(2 * BPR))
+        m.d.comb += rd_next.eq(Mux(en_b & s0_valid,
+                                   Mux(s0_addr == 2 * BPR - 1, 0, s0_addr + 1), s0_addr))
+        m.d.sync += s0_addr.eq(rd_next)
+        m.d.comb += [st_r.addr.eq(rd_next), st_r.en.eq(1)]
         m.d.comb += [mm_r.addr.eq(s0_desc.row), mm_r.en.eq(en_b & s0_valid & (rd_beat == 0))]
         with m.If(en_b & s0_valid):
             m.d.sync += rd_beat.eq(Mux(rd_beat == BPR - 1, 0, rd_beat + 1))
@@ -312,11 +326,12 @@ class _BackPass(wiring.Component):
         s1_valid = Signal()
         s1_desc = Signal(desc_layout)
         s1_last = Signal()
+        s1_word = Signal.like(st_r.data, reset_less=True)   # the row store word
         # m_tile = ceil(t_max / 2^F), the tile max rounded up to a whole power of two
         s1_m_tile = Signal(signed(c.m_bits))
         with m.If(en_b):
             m.d.sync += [s1_valid.eq(s0_valid), s1_desc.eq(s0_desc),
-                         s1_last.eq(rd_beat == BPR - 1),
+                         s1_last.eq(rd_beat == BPR - 1), s1_word.eq(st_r.data),
                          s1_m_tile.eq((s0_desc.t_max + ((1 << F) - 1)) >> F)]
         # M_new is M or m_tile, so everything after it is computed for both candidates
         # from one subtraction each and chosen by the sign of m_old - m_tile (a
@@ -365,7 +380,7 @@ class _BackPass(wiring.Component):
             return Mux(over, ZS, w[:4])
 
         for l in range(L):
-            t = st_r.data[l].t
+            t = s1_word[l].t
             d_tile = Signal(signed(SB + 2), name=f"s1_dt{l}")
             d_old = Signal(signed(SB + 2), name=f"s1_do{l}")
             m.d.comb += [d_tile.eq((s1_m_tile.as_signed() << F) - t),
@@ -375,7 +390,7 @@ class _BackPass(wiring.Component):
             with m.If(en_b):
                 m.d.sync += [s2_whole[l].eq(Mux(take_tile, whole_clipped(d_tile),
                                                 whole_clipped(d_old))),
-                             s2_vis[l].eq(st_r.data[l].vis)]
+                             s2_vis[l].eq(s1_word[l].vis)]
 
         # S2: p = round_shift(table entry, whole), masked; sum of the beat.
         p2 = []
