@@ -205,41 +205,43 @@ class _FrontPass(wiring.Component):
         # through the feeder's word select: no logic before a DSP), with each lane's
         # visibility. P1, P2: S * mult (`split_product`, two DSPs per lane).
         # Fa: + the rounding half of the shift. Fc, F2: shift in two steps, saturate
-        # to t (24 bits); F2 writes the row store. The context rides along.
-        f0_s = [Signal(signed(e.acc_bits), name=f"f0_s{l}") for l in range(L)]
-        f0_mult = Signal.like(inb.mult)
-        f0_vis = Signal(L)
-        ctx = data.StructLayout({"valid": 1, "vis": L, "shift": range(e.max_shift + 1),
+        # to t (24 bits); F2 writes the row store. The context rides along, its valid
+        # bit beside it: only the valid bits are reset, the data is read under them.
+        f0_s = [Signal(signed(e.acc_bits), name=f"f0_s{l}", reset_less=True) for l in range(L)]
+        f0_mult = Signal.like(inb.mult, reset_less=True)
+        ctx = data.StructLayout({"vis": L, "shift": range(e.max_shift + 1),
                                  "beat": range(BPR), "row": range(c.rows), "first": 1})
-        f0 = Signal(ctx)
+        f0 = Signal(ctx, reset_less=True)
+        f0_v = Signal()
         with m.If(en_f):
-            m.d.sync += [f0.valid.eq(self.scores.valid), f0.shift.eq(inb.shift),
+            m.d.sync += [f0_v.eq(self.scores.valid), f0.shift.eq(inb.shift),
                          f0.beat.eq(in_beat), f0.row.eq(inb.row), f0.first.eq(inb.k0 == 0),
                          f0_mult.eq(inb.mult)]
             for l in range(L):
                 col = in_beat * L + l
                 m.d.sync += [f0_s[l].eq(inb.s[l]),
                              f0.vis[l].eq((col < inb.n_keys) & (inb.k0 + col <= inb.qpos))]
-        prods = [split_product(m, f0_s[l], f0_mult, en=en_f, name=f"p{l}") for l in range(L)]
-        stage = f0
+        prods = [split_product(m, f0_s[l], f0_mult, en=en_f, name=f"p{l}", reset_less=True)
+                 for l in range(L)]
+        stage, stage_v = f0, f0_v
         for name in ("p1", "p2"):
-            nxt = Signal(ctx, name=name)
+            nxt, nxt_v = Signal(ctx, name=name, reset_less=True), Signal(name=f"{name}_v")
             with m.If(en_f):
-                m.d.sync += nxt.eq(stage)
-            stage = nxt
-        fa = Signal(ctx)
-        fa_t = [Signal(signed(prod_w + 1), name=f"fa_t{l}") for l in range(L)]
+                m.d.sync += [nxt.eq(stage), nxt_v.eq(stage_v)]
+            stage, stage_v = nxt, nxt_v
+        fa, fa_v = Signal(ctx, reset_less=True), Signal()
+        fa_t = [Signal(signed(prod_w + 1), name=f"fa_t{l}", reset_less=True) for l in range(L)]
         with m.If(en_f):
-            m.d.sync += fa.eq(stage)
+            m.d.sync += [fa.eq(stage), fa_v.eq(stage_v)]
             for l in range(L):
                 m.d.sync += fa_t[l].eq(add_half(prods[l], stage.shift, prod_w + 1))
         f2_t = [shift_right_staged(m, fa_t[l], fa.shift, en=en_f, name=f"f2_t{l}",
-                                   finish=lambda v: saturate(v, SB)) for l in range(L)]
-        fc = Signal(ctx)
-        f2 = Signal(ctx)
+                                   finish=lambda v: saturate(v, SB), reset_less=True)
+                for l in range(L)]
+        fc, fc_v = Signal(ctx, reset_less=True), Signal()
+        f2 = Signal(ctx, reset_less=True)
         with m.If(en_f):
-            m.d.sync += [fc.eq(fa), f2.eq(fc)]
-        m.d.comb += f2_valid.eq(f2.valid)
+            m.d.sync += [fc.eq(fa), fc_v.eq(fa_v), f2.eq(fc), f2_valid.eq(fc_v)]
         f2_vis, f2_beat, f2_row, f2_first = f2.vis, f2.beat, f2.row, f2.first
 
         # F2 also writes the row store and reduces the row maximum.
@@ -247,8 +249,8 @@ class _FrontPass(wiring.Component):
         for l in range(L):
             m.d.comb += [st_w.data[l].t.eq(f2_t[l]), st_w.data[l].vis.eq(f2_vis[l])]
         beat_max = max_tree([Mux(f2_vis[l], f2_t[l], t_lo) for l in range(L)])
-        run_max = Signal(signed(SB))
-        run_vis = Signal()
+        run_max = Signal(signed(SB), reset_less=True)      # taken on a row's beat 0
+        run_vis = Signal(reset_less=True)
         row_max = Mux(f2_beat == 0, beat_max, Mux(run_max > beat_max, run_max, beat_max))
         row_vis = f2_vis.any() | ((f2_beat != 0) & run_vis)
         with m.If(en_f & f2_valid):
