@@ -709,8 +709,8 @@ class _Accumulator(wiring.Component):
         pv_row = pv_off[PVS_LOG:] if PVS_LOG < len(pv_off) else Const(0, 1)
         m.d.comb += [o_ac.addr.eq(pv_off), o_ac.en.eq(1),
                      self.info.addr.eq(pv_row + Mux(self.pv_par, R, 0)), self.info.en.eq(1)]
-        # B1 holds the beat; B2 the beat, the O word read, the row's delta and
-        # pv_first as B1 saw them. Datapath registers without a reset.
+        # B1 holds the beat; B2 the beat, the O word read (0 on a tile's first PV,
+        # as B1 saw pv_first) and the row's delta. Datapath registers without a reset.
         b1_valid, b2_valid = Signal(), Signal()
         b1_pv, b2_pv = Signal(word, reset_less=True), Signal(word, reset_less=True)
         b1_addr = Signal.like(o_w.addr, reset_less=True)
@@ -719,21 +719,21 @@ class _Accumulator(wiring.Component):
         b2_lanes = Signal(SPW, reset_less=True)
         b2_old = Signal(word, reset_less=True)
         b2_delta = Signal.like(self.info.data.delta, reset_less=True)
-        b2_first = Signal(reset_less=True)
         m.d.sync += [b1_valid.eq(self.wr_en), b1_pv.eq(self.wr.data), b1_addr.eq(pv_off),
                      b1_lanes.eq(Cat(*[self.wr.strb[4 * l] for l in range(SPW)])),
                      b2_valid.eq(b1_valid), b2_pv.eq(b1_pv), b2_addr.eq(b1_addr),
-                     b2_lanes.eq(b1_lanes), b2_delta.eq(self.info.data.delta),
-                     b2_first.eq(self.pv_first)]
-        # B2 writes the word B1 read a cycle too early to see: forward its lanes
+                     b2_lanes.eq(b1_lanes), b2_delta.eq(self.info.data.delta)]
+        # B2 writes the word B1 read a cycle too early to see: forward its lanes. The
+        # first PV's zero is chosen here too, in the LUT that ends the forwarding loop
+        # (B2's add, this select), not in front of B2's shift inside it.
         fwd = Signal(SPW)
         m.d.comb += fwd.eq(Mux(b2_valid & (b2_addr == b1_addr), b2_lanes, 0))
         for l in range(SPW):
-            m.d.sync += b2_old[l].eq(Mux(fwd[l], o_w.data[l], o_ac.data[l]))
+            m.d.sync += b2_old[l].eq(Mux(self.pv_first, 0,
+                                         Mux(fwd[l], o_w.data[l], o_ac.data[l])))
         m.d.comb += [o_w.addr.eq(b2_addr), o_w.en.eq(Mux(b2_valid, b2_lanes, 0))]
         for l in range(SPW):
-            m.d.comb += o_w.data[l].eq(round_shift_add(Mux(b2_first, 0, b2_old[l]), b2_delta,
-                                                       b2_pv[l], 32))
+            m.d.comb += o_w.data[l].eq(round_shift_add(b2_old[l], b2_delta, b2_pv[l], 32))
         return m
 
 
