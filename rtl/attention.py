@@ -81,11 +81,19 @@ def _context(c):
     return wiring.Signature({
         "params": Out(attention_command_layout(c)),
         "tk": Out(range(2 * c.max_seq + 1)),                # keys = offset + tq
-        "m0": Out(range(c.max_seq + c.rows + 1)),           # first query of the block
+        # queries from the block's first (m0) to the command's last, tq - m0
+        "left": Out(range(c.max_seq + 1)),
         "rows_b": Out(range(c.rows + 1)),                   # queries in the block
         # the block's last query, offset + m0 + rows_b - 1: set with the block, so the
         # issuer's decisions compare against a register, not two adds of registers
         "last_q": Out(range(2 * c.max_seq + c.rows + 1)),
+        # ... and its first, offset + m0, for the same reason (the diagonal tiles'
+        # selects, the softmax's query positions)
+        "first_q": Out(range(2 * c.max_seq + c.rows + 1)),
+        # another block of the head follows this one (m0 + R < tq): set with the block,
+        # so NEXT's choice and the block start's fan-out into the issuer's registers
+        # do not wait for an add and a compare
+        "more": Out(1),
         "qb": Out(addr), "ob": Out(addr),                   # Q row m0 of this head, output row m0
         # the byte of word qb where this head's Q starts (the S command's k covers it)
         "qo": Out(range(c.engine.mem_bytes)),
@@ -190,7 +198,7 @@ class _CommandSequencer(wiring.Component):
         # The head's output position steps by D bytes when the phase of its last
         # block starts (the output writer takes the old one that cycle): with
         # `chain` the S side may be heads ahead of the head being normalised.
-        with m.If(x.nm_start & (x.chain | (x.m0 + R >= cmd.tq))):
+        with m.If(x.nm_start & (x.chain | ~x.more)):
             ho_next = x.ho + db
             o_carry = ho_next >= MB
             m.d.sync += [x.ho.eq(Mux(o_carry, ho_next - MB, ho_next)),
@@ -218,13 +226,15 @@ class _CommandSequencer(wiring.Component):
                 m.d.comb += x.pv_wrap.eq(1)
                 m.d.sync += hp.eq(hp + 1)
 
-        def block_setup(m0_val, qb_val, ob_val, full_last_q):
-            """`full_last_q`: offset + m0_val + R - 1, the last query of a full block"""
-            rem = cmd.tq - m0_val
+        def block_setup(left, more, qb_val, ob_val, first_q, full_last_q):
+            """`left`: tq - m0 of the block that starts; `more`: left > R;
+            `first_q`: offset + m0; `full_last_q`: offset + m0 + R - 1, the last
+            query of a full block"""
             m.d.comb += x.blk_start.eq(1)
-            m.d.sync += [x.m0.eq(m0_val), x.qb.eq(qb_val), x.ob.eq(ob_val),
-                         x.rows_b.eq(Mux(rem > R, R, rem)),
-                         x.last_q.eq(Mux(rem > R, full_last_q, x.tk - 1))]
+            m.d.sync += [x.left.eq(left), x.qb.eq(qb_val), x.ob.eq(ob_val),
+                         x.rows_b.eq(Mux(more, R, left)), x.more.eq(more),
+                         x.first_q.eq(first_q),
+                         x.last_q.eq(Mux(more, full_last_q, x.tk - 1))]
 
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
@@ -253,7 +263,8 @@ class _CommandSequencer(wiring.Component):
                     m.d.comb += x.s_head.eq(1)
                     m.d.sync += x.qb.eq(hq)
                 with m.Else():
-                    block_setup(0, hq, cmd.out_base, cmd.offset + (R - 1))
+                    block_setup(cmd.tq, cmd.tq > R, hq, cmd.out_base, cmd.offset,
+                                cmd.offset + (R - 1))
                 m.next = "DECIDE"
             with m.State("DECIDE"):
                 # order S0, S1, PV0, S2, PV1, ...: S_{j+1} runs during softmax j;
@@ -294,10 +305,13 @@ class _CommandSequencer(wiring.Component):
                     m.next = "DECIDE"
             with m.State("NEXT"):
                 m.d.comb += self.phase.eq(Phase.NEXT)
-                with m.If(x.m0 + R < cmd.tq):
+                with m.If(x.more):
                     # this block is full (m0 + R < tq): its last query is offset + m0 + R - 1
-                    block_setup(x.m0 + R, x.qb + times_const(cmd.q_row_stride, R),
-                                x.ob + times_const(cmd.out_stride, R), x.last_q + R)
+                    # (left - R > R from left itself, not from the difference)
+                    block_setup(x.left - R, x.left > 2 * R,
+                                x.qb + times_const(cmd.q_row_stride, R),
+                                x.ob + times_const(cmd.out_stride, R), x.first_q + R,
+                                x.last_q + R)
                     m.next = "DECIDE"
                 with m.Elif(h + 1 < cmd.n_head):
                     # the next head starts while this one is normalised, as a
@@ -448,7 +462,7 @@ class _TileIssuer(wiring.Component):
 
         def skipped_blocks(k0):
             """(blocks, their Q rows' offset in words)"""
-            first = cmd.offset + x.m0
+            first = x.first_q
             n, off = Const(0, range(GB)), q_blk[0]
             for b in range(1, GB):
                 seen = k0 >= first + b * AR
@@ -581,7 +595,7 @@ class _ScoreFeeder(wiring.Component):
             m.d.sync += [gb_row.eq(0), gb_beat.eq(0), gb_sub.eq(0)]
         sp = self.scores.payload
         m.d.comb += [self.scores.valid.eq(sg_valid),
-                     sp.row.eq(gb_row), sp.qpos.eq(cmd.offset + x.m0 + gb_row), sp.k0.eq(sm_k0),
+                     sp.row.eq(gb_row), sp.qpos.eq(x.first_q + gb_row), sp.k0.eq(sm_k0),
                      sp.n_keys.eq(sm_nkeys), sp.mult.eq(cmd.score_mult),
                      sp.shift.eq(cmd.score_shift)]
         for l in range(LN):
@@ -695,8 +709,8 @@ class _Accumulator(wiring.Component):
         pv_row = pv_off[PVS_LOG:] if PVS_LOG < len(pv_off) else Const(0, 1)
         m.d.comb += [o_ac.addr.eq(pv_off), o_ac.en.eq(1),
                      self.info.addr.eq(pv_row + Mux(self.pv_par, R, 0)), self.info.en.eq(1)]
-        # B1 holds the beat; B2 the beat, the O word read, the row's delta and
-        # pv_first as B1 saw them. Datapath registers without a reset.
+        # B1 holds the beat; B2 the beat, the O word read (0 on a tile's first PV,
+        # as B1 saw pv_first) and the row's delta. Datapath registers without a reset.
         b1_valid, b2_valid = Signal(), Signal()
         b1_pv, b2_pv = Signal(word, reset_less=True), Signal(word, reset_less=True)
         b1_addr = Signal.like(o_w.addr, reset_less=True)
@@ -705,21 +719,21 @@ class _Accumulator(wiring.Component):
         b2_lanes = Signal(SPW, reset_less=True)
         b2_old = Signal(word, reset_less=True)
         b2_delta = Signal.like(self.info.data.delta, reset_less=True)
-        b2_first = Signal(reset_less=True)
         m.d.sync += [b1_valid.eq(self.wr_en), b1_pv.eq(self.wr.data), b1_addr.eq(pv_off),
                      b1_lanes.eq(Cat(*[self.wr.strb[4 * l] for l in range(SPW)])),
                      b2_valid.eq(b1_valid), b2_pv.eq(b1_pv), b2_addr.eq(b1_addr),
-                     b2_lanes.eq(b1_lanes), b2_delta.eq(self.info.data.delta),
-                     b2_first.eq(self.pv_first)]
-        # B2 writes the word B1 read a cycle too early to see: forward its lanes
+                     b2_lanes.eq(b1_lanes), b2_delta.eq(self.info.data.delta)]
+        # B2 writes the word B1 read a cycle too early to see: forward its lanes. The
+        # first PV's zero is chosen here too, in the LUT that ends the forwarding loop
+        # (B2's add, this select), not in front of B2's shift inside it.
         fwd = Signal(SPW)
         m.d.comb += fwd.eq(Mux(b2_valid & (b2_addr == b1_addr), b2_lanes, 0))
         for l in range(SPW):
-            m.d.sync += b2_old[l].eq(Mux(fwd[l], o_w.data[l], o_ac.data[l]))
+            m.d.sync += b2_old[l].eq(Mux(self.pv_first, 0,
+                                         Mux(fwd[l], o_w.data[l], o_ac.data[l])))
         m.d.comb += [o_w.addr.eq(b2_addr), o_w.en.eq(Mux(b2_valid, b2_lanes, 0))]
         for l in range(SPW):
-            m.d.comb += o_w.data[l].eq(round_shift_add(Mux(b2_first, 0, b2_old[l]), b2_delta,
-                                                       b2_pv[l], 32))
+            m.d.comb += o_w.data[l].eq(round_shift_add(b2_old[l], b2_delta, b2_pv[l], 32))
         return m
 
 

@@ -116,7 +116,7 @@ def bit_length(m, x, name="bitlen"):
     return out
 
 
-def split_product(m, a, b, *, en=None, name):
+def split_product(m, a, b, *, en=None, name, reset_less=False):
     """a * b (`a` signed, 18 to 35 bits; `b` unsigned up to 17 bits, or signed up to
     18: the DSP's own signed operand) in `SPLIT_PRODUCT_LATENCY` registered stages:
     the two 18x18 partial products (one DSP each) are registered, then added (a carry
@@ -124,28 +124,29 @@ def split_product(m, a, b, *, en=None, name):
     product's). Yosys splits a wider multiply over two DSPs with that add in the same
     cycle as both multiplies, and nextpnr times ECP5 DSPs as combinational: one DSP,
     or the add, per stage. Both operands should come straight from registers. `en`
-    holds the stages (the caller's pipeline enable); returns the (signed) product
-    signal."""
+    holds the stages (the caller's pipeline enable); `reset_less` leaves its registers
+    out of the reset (a pipeline that reads them only under its valid bits); returns
+    the (signed) product signal."""
     a, b = Value.cast(a), Value.cast(b)
     assert len(a) <= _LO + 18 and len(b) <= _LO + b.shape().signed
-    prod = Signal(signed(len(a) + len(b) + 1), name=f"{name}_p")
+    prod = Signal(signed(len(a) + len(b) + 1), name=f"{name}_p", reset_less=reset_less)
     if len(a) <= _LO + 1:
         # one DSP: its product registered, then held a stage (the same latency)
-        one = Signal.like(prod, name=f"{name}_p1")
+        one = Signal.like(prod, name=f"{name}_p1", reset_less=reset_less)
         _staged(m, en, [one.eq(a.as_signed() * b), prod.eq(one)])
         return prod
-    lo, hi = _partials(a, b, name)
+    lo, hi = _partials(a, b, name, reset_less)
     _staged(m, en, [lo.eq(a[:_LO] * b), hi.eq(a[_LO:].as_signed() * b),
                     prod.eq(_join_partials(lo, hi, b))])
     return prod
 
 
-def _partials(a, b, name):
+def _partials(a, b, name, reset_less):
     # a signed b makes the low partial product signed: its top part is then added
     # with its sign, as the high one's
     lo = Signal((signed if b.shape().signed else unsigned)(_LO + len(b) + b.shape().signed),
-                name=f"{name}_pl")
-    hi = Signal(signed(len(a) - _LO + len(b) + 1), name=f"{name}_ph")
+                name=f"{name}_pl", reset_less=reset_less)
+    hi = Signal(signed(len(a) - _LO + len(b) + 1), name=f"{name}_ph", reset_less=reset_less)
     return lo, hi
 
 
@@ -159,22 +160,23 @@ def partial_products(m, a, b, *, en=None, name):
     Returns their sum, an expression (one carry chain) for the caller's next stage."""
     a, b = Value.cast(a), Value.cast(b)
     assert _LO < len(a) <= _LO + 18 and len(b) <= _LO + b.shape().signed
-    lo, hi = _partials(a, b, name)
+    lo, hi = _partials(a, b, name, reset_less=False)
     _staged(m, en, [lo.eq(a[:_LO] * b), hi.eq(a[_LO:].as_signed() * b)])
     return _join_partials(lo, hi, b).as_signed()
 
 
-def shift_right_staged(m, x, sh, *, en=None, name, finish=None):
+def shift_right_staged(m, x, sh, *, en=None, name, finish=None, reset_less=False):
     """x >> sh (arithmetic for signed x) in `SHIFT_STAGED_LATENCY` registered stages:
     the first shifts by sh's multiple of 8, the second by the rest (a 0..63 barrel
     shift of a 48-bit word in one cycle is six mux levels on a wide fan-out). The
     two shifts compose exactly. `finish` (a function of the shifted value, such as a
-    saturation) is applied before the second register. Returns the output signal."""
+    saturation) is applied before the second register. `reset_less` as in
+    `split_product`. Returns the output signal."""
     x, sh = Value.cast(x), Value.cast(sh)
-    coarse = Signal(x.shape(), name=f"{name}_c")
-    fine = Signal(3, name=f"{name}_f")
+    coarse = Signal(x.shape(), name=f"{name}_c", reset_less=reset_less)
+    fine = Signal(3, name=f"{name}_f", reset_less=reset_less)
     res = Value.cast((coarse >> fine) if finish is None else finish(coarse >> fine))
-    out = Signal(res.shape(), name=f"{name}_s")
+    out = Signal(res.shape(), name=f"{name}_s", reset_less=reset_less)
     first = ([coarse.eq(x >> Cat(Const(0, 3), sh[3:])), fine.eq(sh[:3])] if len(sh) > 3
              else [coarse.eq(x), fine.eq(sh)])
     _staged(m, en, first + [out.eq(res)])

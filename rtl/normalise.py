@@ -73,13 +73,15 @@ class Reciprocal(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        l_sum = Signal(32)
+        # the division's registers are set in IDLE and PREP before DIV reads them:
+        # no reset (only the state machine has one)
+        l_sum = Signal(32, reset_less=True)
         num_w = 32 + im.ATTN_RECIP_FRAC + 3   # room for 3 * dv
-        rem = Signal(num_w)
-        dv = Signal(num_w)
-        dv3 = Signal(num_w)
-        q = Signal(_Q_BITS)
-        step = Signal(range(_STEPS))
+        rem = Signal(num_w, reset_less=True)
+        dv = Signal(num_w, reset_less=True)
+        dv3 = Signal(num_w, reset_less=True)
+        q = Signal(_Q_BITS, reset_less=True)
+        step = Signal(range(_STEPS), reset_less=True)
         e = bit_length(m, l_sum, "e")
         out = self.out.payload
         with m.FSM():
@@ -174,51 +176,56 @@ class Normaliser(wiring.Component):
         # registered (`split_product`); every round-shift is split at its add and
         # shifts in two steps (`shift_right_staged`): add, shift and saturate in
         # one cycle, and O read -> word select -> multiply, were the engine's
-        # longest paths. The row's context (`recip_layout`) rides along.
-        ctx = data.StructLayout({"valid": 1, "last": 1, "r": rl})
+        # longest paths. The row's context (`recip_layout`) rides along, its valid
+        # bit beside it: only the valid bits are reset, the data is read under them.
+        ctx = data.StructLayout({"last": 1, "r": rl})
 
         def follow(prev, name):
-            nxt = Signal(ctx, name=name)
+            """the next stage of a (context, valid) pair"""
+            nxt, nxt_v = Signal(ctx, name=name, reset_less=True), Signal(name=f"{name}_v")
             with m.If(en):
-                m.d.sync += nxt.eq(prev)
-            return nxt
+                m.d.sync += [nxt.eq(prev[0]), nxt_v.eq(prev[1])]
+            return nxt, nxt_v
 
         # N0: the beat and its row's reciprocal registered
-        n0 = Signal(ctx)
-        n0_o = [Signal(signed(32), name=f"n0_o{l}") for l in range(NL)]
+        n0, n0_v = Signal(ctx, reset_less=True), Signal()
+        n0_o = [Signal(signed(32), name=f"n0_o{l}", reset_less=True) for l in range(NL)]
         with m.If(en):
-            m.d.sync += [n0.valid.eq(take), n0.last.eq(self.o_in.payload.last), n0.r.eq(head)]
+            m.d.sync += [n0_v.eq(take), n0.last.eq(self.o_in.payload.last), n0.r.eq(head)]
             for l in range(NL):
                 m.d.sync += n0_o[l].eq(self.o_in.payload.o[l])
         # N1, N1b: O * inv (49-bit signed)
-        prod1 = [split_product(m, n0_o[l], n0.r.inv, en=en, name=f"n1_{l}") for l in range(NL)]
-        n1 = follow(follow(n0, "n1a"), "n1")
+        prod1 = [split_product(m, n0_o[l], n0.r.inv, en=en, name=f"n1_{l}", reset_less=True)
+                 for l in range(NL)]
+        n1, n1_v = follow(follow((n0, n0_v), "n1a"), "n1")
         # N2a: + the rounding half of e + 6; N2c, N2: avg = (.) >> (e + 6), int32 by
         # numerics §4.5 (|avg| <= 2^15 + 1)
         prod1_w = len(prod1[0])
-        n2a = follow(n1, "n2a")
-        n2a_t = [Signal(signed(prod1_w + 1), name=f"n2a_t{l}") for l in range(NL)]
+        n2a, n2a_v = follow((n1, n1_v), "n2a")
+        n2a_t = [Signal(signed(prod1_w + 1), name=f"n2a_t{l}", reset_less=True) for l in range(NL)]
         with m.If(en):
             for l in range(NL):
                 m.d.sync += n2a_t[l].eq(add_half(prod1[l], n1.r.shift, prod1_w + 1))
         avg = [shift_right_staged(m, n2a_t[l], n2a.r.shift, en=en, name=f"n2_avg{l}",
-                                  finish=lambda v: v[:32].as_signed()) for l in range(NL)]
-        n2 = follow(follow(n2a, "n2c"), "n2")
+                                  finish=lambda v: v[:32].as_signed(), reset_less=True)
+               for l in range(NL)]
+        n2, n2_v = follow(follow((n2a, n2a_v), "n2c"), "n2")
         # N3, N3b: avg * out_mult
-        prod2 = [split_product(m, avg[l], n2.r.out_mult, en=en, name=f"n3_{l}")
+        prod2 = [split_product(m, avg[l], n2.r.out_mult, en=en, name=f"n3_{l}", reset_less=True)
                  for l in range(NL)]
-        n3 = follow(follow(n2, "n3a"), "n3")
+        n3, n3_v = follow(follow((n2, n2_v), "n3a"), "n3")
         # N4: + the rounding half; N5c, N5 (output register): shift, saturate to int8
         prod2_w = len(prod2[0])
-        n4 = follow(n3, "n4")
-        n4_t = [Signal(signed(prod2_w + 1), name=f"n4_t{l}") for l in range(NL)]
+        n4, n4_v = follow((n3, n3_v), "n4")
+        n4_t = [Signal(signed(prod2_w + 1), name=f"n4_t{l}", reset_less=True) for l in range(NL)]
         with m.If(en):
             for l in range(NL):
                 m.d.sync += n4_t[l].eq(add_half(prod2[l], n3.r.out_shift, prod2_w + 1))
         ys = [shift_right_staged(m, n4_t[l], n4.r.out_shift, en=en, name=f"n5_y{l}",
-                                 finish=lambda v: saturate(v, 8)) for l in range(NL)]
-        n5c = follow(n4, "n5c")
+                                 finish=lambda v: saturate(v, 8), reset_less=True)
+              for l in range(NL)]
+        n5c, n5c_v = follow((n4, n4_v), "n5c")
         with m.If(en):
-            m.d.sync += [out_valid.eq(n5c.valid), self.out.payload.last.eq(n5c.last)]
+            m.d.sync += [out_valid.eq(n5c_v), self.out.payload.last.eq(n5c.last)]
         m.d.comb += [self.out.payload.y[l].eq(ys[l]) for l in range(NL)]
         return m

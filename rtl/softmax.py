@@ -179,7 +179,11 @@ class _FrontPass(wiring.Component):
         m.submodules.store = store = Memory(
             shape=data.ArrayLayout(_elem(), L), depth=2 * BPR, init=[])
         st_w = store.write_port()
-        wiring.connect(m, wiring.flipped(self.rows.store), store.read_port(transparent_for=()))
+        # The back pass reads a word the cycle before it takes it: after a half's
+        # last write at the earliest, which with one beat a row is that word's own
+        # write (so the read sees it through transparency).
+        wiring.connect(m, wiring.flipped(self.rows.store),
+                       store.read_port(transparent_for=(st_w,) if BPR == 1 else ()))
         full, desc = self.rows.full, self.rows.desc
         set_full = Signal(2)
         m.d.sync += full.eq((full | set_full) & ~self.rows.clr)
@@ -201,41 +205,43 @@ class _FrontPass(wiring.Component):
         # through the feeder's word select: no logic before a DSP), with each lane's
         # visibility. P1, P2: S * mult (`split_product`, two DSPs per lane).
         # Fa: + the rounding half of the shift. Fc, F2: shift in two steps, saturate
-        # to t (24 bits); F2 writes the row store. The context rides along.
-        f0_s = [Signal(signed(e.acc_bits), name=f"f0_s{l}") for l in range(L)]
-        f0_mult = Signal.like(inb.mult)
-        f0_vis = Signal(L)
-        ctx = data.StructLayout({"valid": 1, "vis": L, "shift": range(e.max_shift + 1),
+        # to t (24 bits); F2 writes the row store. The context rides along, its valid
+        # bit beside it: only the valid bits are reset, the data is read under them.
+        f0_s = [Signal(signed(e.acc_bits), name=f"f0_s{l}", reset_less=True) for l in range(L)]
+        f0_mult = Signal.like(inb.mult, reset_less=True)
+        ctx = data.StructLayout({"vis": L, "shift": range(e.max_shift + 1),
                                  "beat": range(BPR), "row": range(c.rows), "first": 1})
-        f0 = Signal(ctx)
+        f0 = Signal(ctx, reset_less=True)
+        f0_v = Signal()
         with m.If(en_f):
-            m.d.sync += [f0.valid.eq(self.scores.valid), f0.shift.eq(inb.shift),
+            m.d.sync += [f0_v.eq(self.scores.valid), f0.shift.eq(inb.shift),
                          f0.beat.eq(in_beat), f0.row.eq(inb.row), f0.first.eq(inb.k0 == 0),
                          f0_mult.eq(inb.mult)]
             for l in range(L):
                 col = in_beat * L + l
                 m.d.sync += [f0_s[l].eq(inb.s[l]),
                              f0.vis[l].eq((col < inb.n_keys) & (inb.k0 + col <= inb.qpos))]
-        prods = [split_product(m, f0_s[l], f0_mult, en=en_f, name=f"p{l}") for l in range(L)]
-        stage = f0
+        prods = [split_product(m, f0_s[l], f0_mult, en=en_f, name=f"p{l}", reset_less=True)
+                 for l in range(L)]
+        stage, stage_v = f0, f0_v
         for name in ("p1", "p2"):
-            nxt = Signal(ctx, name=name)
+            nxt, nxt_v = Signal(ctx, name=name, reset_less=True), Signal(name=f"{name}_v")
             with m.If(en_f):
-                m.d.sync += nxt.eq(stage)
-            stage = nxt
-        fa = Signal(ctx)
-        fa_t = [Signal(signed(prod_w + 1), name=f"fa_t{l}") for l in range(L)]
+                m.d.sync += [nxt.eq(stage), nxt_v.eq(stage_v)]
+            stage, stage_v = nxt, nxt_v
+        fa, fa_v = Signal(ctx, reset_less=True), Signal()
+        fa_t = [Signal(signed(prod_w + 1), name=f"fa_t{l}", reset_less=True) for l in range(L)]
         with m.If(en_f):
-            m.d.sync += fa.eq(stage)
+            m.d.sync += [fa.eq(stage), fa_v.eq(stage_v)]
             for l in range(L):
                 m.d.sync += fa_t[l].eq(add_half(prods[l], stage.shift, prod_w + 1))
         f2_t = [shift_right_staged(m, fa_t[l], fa.shift, en=en_f, name=f"f2_t{l}",
-                                   finish=lambda v: saturate(v, SB)) for l in range(L)]
-        fc = Signal(ctx)
-        f2 = Signal(ctx)
+                                   finish=lambda v: saturate(v, SB), reset_less=True)
+                for l in range(L)]
+        fc, fc_v = Signal(ctx, reset_less=True), Signal()
+        f2 = Signal(ctx, reset_less=True)
         with m.If(en_f):
-            m.d.sync += [fc.eq(fa), f2.eq(fc)]
-        m.d.comb += f2_valid.eq(f2.valid)
+            m.d.sync += [fc.eq(fa), fc_v.eq(fa_v), f2.eq(fc), f2_valid.eq(fc_v)]
         f2_vis, f2_beat, f2_row, f2_first = f2.vis, f2.beat, f2.row, f2.first
 
         # F2 also writes the row store and reduces the row maximum.
@@ -243,6 +249,8 @@ class _FrontPass(wiring.Component):
         for l in range(L):
             m.d.comb += [st_w.data[l].t.eq(f2_t[l]), st_w.data[l].vis.eq(f2_vis[l])]
         beat_max = max_tree([Mux(f2_vis[l], f2_t[l], t_lo) for l in range(L)])
+        # run_max keeps its reset: without it the softmax alone routed at 70.27 MHz out
+        # of context, its worst path ending in run_max; with it 79.24 MHz
         run_max = Signal(signed(SB))
         run_vis = Signal()
         row_max = Mux(f2_beat == 0, beat_max, Mux(run_max > beat_max, run_max, beat_max))
@@ -294,13 +302,23 @@ class _BackPass(wiring.Component):
         en_b = Signal()
         m.d.comb += [en_b.eq(~out_valid | self.probs.ready), self.probs.valid.eq(out_valid)]
 
-        # S0: issue the row store read (and, on a row's first beat, the M read).
+        # S0: the row store word of the beat (read the cycle before) and, on a row's
+        # first beat, the M read. The store is addressed with the beat S0 holds next
+        # cycle, so its block-RAM output is S0's and S1 takes it into a register: S1's
+        # subtractions start at a flip-flop, not at the RAM's slow output, and no
+        # stage is added. A half's words are all written before it is full (one beat
+        # a row: in the same cycle, the read port is then transparent).
         h_r = Signal()
         rd_beat = Signal(range(BPR))
         s0_valid = full.bit_select(h_r, 1)
         s0_desc = Signal(desc_layout)
         m.d.comb += s0_desc.eq(Mux(h_r, desc[1], desc[0]))
-        m.d.comb += [st_r.addr.eq(rd_beat + Mux(h_r, BPR, 0)), st_r.en.eq(en_b)]
+        s0_addr = Signal(range(2 * BPR))            # rd_beat + BPR h_r
+        rd_next = Signal(range(2 * BPR))
+        m.d.comb += rd_next.eq(Mux(en_b & s0_valid,
+                                   Mux(s0_addr == 2 * BPR - 1, 0, s0_addr + 1), s0_addr))
+        m.d.sync += s0_addr.eq(rd_next)
+        m.d.comb += [st_r.addr.eq(rd_next), st_r.en.eq(1)]
         m.d.comb += [mm_r.addr.eq(s0_desc.row), mm_r.en.eq(en_b & s0_valid & (rd_beat == 0))]
         with m.If(en_b & s0_valid):
             m.d.sync += rd_beat.eq(Mux(rd_beat == BPR - 1, 0, rd_beat + 1))
@@ -312,11 +330,12 @@ class _BackPass(wiring.Component):
         s1_valid = Signal()
         s1_desc = Signal(desc_layout)
         s1_last = Signal()
+        s1_word = Signal.like(st_r.data, reset_less=True)   # the row store word
         # m_tile = ceil(t_max / 2^F), the tile max rounded up to a whole power of two
         s1_m_tile = Signal(signed(c.m_bits))
         with m.If(en_b):
             m.d.sync += [s1_valid.eq(s0_valid), s1_desc.eq(s0_desc),
-                         s1_last.eq(rd_beat == BPR - 1),
+                         s1_last.eq(rd_beat == BPR - 1), s1_word.eq(st_r.data),
                          s1_m_tile.eq((s0_desc.t_max + ((1 << F) - 1)) >> F)]
         # M_new is M or m_tile, so everything after it is computed for both candidates
         # from one subtraction each and chosen by the sign of m_old - m_tile (a
@@ -365,7 +384,7 @@ class _BackPass(wiring.Component):
             return Mux(over, ZS, w[:4])
 
         for l in range(L):
-            t = st_r.data[l].t
+            t = s1_word[l].t
             d_tile = Signal(signed(SB + 2), name=f"s1_dt{l}")
             d_old = Signal(signed(SB + 2), name=f"s1_do{l}")
             m.d.comb += [d_tile.eq((s1_m_tile.as_signed() << F) - t),
@@ -375,7 +394,7 @@ class _BackPass(wiring.Component):
             with m.If(en_b):
                 m.d.sync += [s2_whole[l].eq(Mux(take_tile, whole_clipped(d_tile),
                                                 whole_clipped(d_old))),
-                             s2_vis[l].eq(st_r.data[l].vis)]
+                             s2_vis[l].eq(s1_word[l].vis)]
 
         # S2: p = round_shift(table entry, whole), masked; sum of the beat.
         p2 = []
