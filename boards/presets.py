@@ -379,13 +379,13 @@ PRESETS = {p.name: p for p in [
     # diverged at 66 % of the LUTs); prefill, bound by the MACs, is 3x slower per
     # token (docs/performance.md "Round 7"). Clocks below the measured Fmax of the
     # whole machine, so that a build meets timing and the board runs as built: the
-    # OrangeCrab's 64 MHz (48 x 4 / 3 from its PLL) met at 68.32 MHz (b43d35f,
+    # OrangeCrab's 68 MHz (48 x 17 / 12 from its PLL) met at 73.40 MHz (ea59e9b,
     # docs/performance.md "Round 9").
     Preset("ulx3s-85f", ULX3S_85F_Platform, rows=4, cols=4, mem_bytes=16, clk_hz=25e6,
            baud=1_000_000, model="tiny",
            leds=LEDs(busy=("led", 0, None), error=("led", 1, None), alive=("led", 7, None)),
            notes="FTDI FT231X USB-serial; 25 MHz oscillator; speed grade 6 (the slowest)"),
-    Preset("orangecrab-85f", OrangeCrab85FUART, rows=4, cols=4, mem_bytes=16, clk_hz=64e6,
+    Preset("orangecrab-85f", OrangeCrab85FUART, rows=4, cols=4, mem_bytes=16, clk_hz=68e6,
            baud=1_000_000, model="tiny",
            leds=LEDs(busy=(_RGB, 0, "g"), error=(_RGB, 0, "r"), alive=(_RGB, 0, "b")),
            uart="a 3.3 V USB-serial adapter on Feather header pins 0 (RX) and 1 (TX)",
