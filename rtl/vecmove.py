@@ -210,7 +210,13 @@ class _Walker(wiring.Component):
     and requantiser addresses for the current row. ``init`` in the accept
     cycle (``ctx.start``) starts from the command being accepted; ``init_one_g``
     says that its first phase's last group is group 0 (``prep.last_g`` is
-    registered in the same cycle).
+    registered in the same cycle). Only ``running`` waits for ``init``: the
+    rest of the start loads on ``load``, the reader's registered "a command
+    could be accepted now or its init runs" (from the presented command while
+    ``load_new``): a superset of the init cycles, all while the walker is
+    stopped (the reader is idle only once the assembler, the later walker, is
+    done), so the accept, which the machine's issue reaches, enables one flip-flop
+    here instead of the walk's 100-odd.
 
     LayerNorm walks its first row, then its parameters, then the other rows:
     the unit takes rows before gamma/beta (only its pass C reads them), so a
@@ -226,7 +232,8 @@ class _Walker(wiring.Component):
         A = e.addr_bits
         super().__init__({
             "ctx": In(_Context(c, body_bits)),
-            "init": In(1), "init_one_g": In(1), "adv": In(1), "issue": In(NW),
+            "init": In(1), "init_one_g": In(1), "load": In(1), "load_new": In(1),
+            "adv": In(1), "issue": In(NW),
             "tok_set": In(1), "wte_row": In(A), "wte_q": In(A),
             "running": Out(1), "phase": Out(1), "r": Out(range(e.max_m + 1)),
             "g": Out(_groups_shape(c)), "g0": Out(1, init=1), "end_g": Out(1), "end_all": Out(1),
@@ -331,15 +338,17 @@ class _Walker(wiring.Component):
                         m.d.sync += [phase.eq(0), addr[0].eq(ln_c.gamma_base),
                                      addr[1].eq(ln_c.beta_base)]
 
-        # init from the command being accepted (in its accept cycle) or the held one
-        i_views = _views(self.layouts, Mux(ctx.start, ctx.new.body, ctx.body))
+        # init from the command being presented (in its accept cycle) or the held one
+        i_views = _views(self.layouts, Mux(self.load_new, ctx.new.body, ctx.body))
         ln_c, ge_c, ad_c = (i_views[o] for o in (Op.LAYERNORM, Op.GELU, Op.RESADD))
-        is_ = {k: Mux(ctx.start, v, is_held[k]) for k, v in _decode(ctx.new.op).items()}
+        is_ = {k: Mux(self.load_new, v, is_held[k]) for k, v in _decode(ctx.new.op).items()}
         m.d.comb += self.need_init.eq(need_of(is_, ~is_["ge"], 1, *z, C(0, 2)))
         with m.If(self.init):
+            m.d.sync += self.running.eq(1)
+        with m.If(self.load):
             m.d.sync += [need.eq(self.need_init),
                          end_g.eq(Mux(is_["ge"], TW1 == 0, self.init_one_g)),
-                         self.running.eq(1), phase.eq(~is_["ge"]), params_due.eq(is_["ln"]), r.eq(0),
+                         phase.eq(~is_["ge"]), params_due.eq(is_["ln"]), r.eq(0),
                          g.eq(0), self.g0.eq(1), *(s.eq(0) for s in sub), id_sub.eq(0),
                          pq_sub.eq(prep.pq_sub),
                          src_row.eq(ln_c.src_base), y_row.eq(ad_c.y_base),
@@ -401,6 +410,7 @@ class _Reader(wiring.Component):
         pos_w = Signal(A)
         n_m1 = Signal.like(ln_c.n)
         init = Signal()
+        load = Signal()     # the walkers' init states after the accept's (see `_Walker`)
         busy = self.busy
         pow2 = L & (L - 1) == 0
         lb = L.bit_length() - 1
@@ -414,27 +424,37 @@ class _Reader(wiring.Component):
             return [prep.last_g.eq(q),
                     prep.last_mask.eq(Array(Const((2 << t) - 1, L) for t in range(L))[r])], \
                 q[:len(prep.last_g)] == 0           # as registered (n = 0 wraps)
+        # While a command could be accepted (idle, the writer done), the command's
+        # registers, the walkers' start (``load``) and the row's last group load from
+        # the one presented, whether or not it is valid: its accept, which the
+        # machine's issue decides late in the cycle, then only starts the walkers and
+        # the state machine rather than enabling every one of these registers
+        idle = Signal()
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(~self.writing)
-                with m.If(self.cmd.valid & ~self.writing):
-                    new_n = _views(self.layouts, self.cmd.payload.body)[Op.LAYERNORM].n
-                    m.d.comb += ctx.start.eq(1)
+                m.d.comb += [self.cmd.ready.eq(~self.writing), idle.eq(~self.writing)]
+                new_n = _views(self.layouts, self.cmd.payload.body)[Op.LAYERNORM].n
+                with m.If(~self.writing):
                     m.d.sync += [ctx.op.eq(self.cmd.payload.op), ctx.body.eq(self.cmd.payload.body),
-                                 busy.eq(1), n_m1.eq(new_n - 1)]
+                                 n_m1.eq(new_n - 1)]
+                    if pow2:
+                        # (n - 1) // L and % L are bit fields: the walkers start at the accept
+                        stmts, one = last((new_n - 1)[:len(new_n)])
+                        m.d.comb += one_g.eq(one)
+                        m.d.sync += stmts
+                with m.If(self.cmd.valid & ~self.writing):
+                    m.d.comb += ctx.start.eq(1)
+                    m.d.sync += busy.eq(1)
                     with m.If(self.cmd.payload.op == Op.EMBED):
                         m.next = "PREP1"
                     with m.Elif(pow2):
-                        # (n - 1) // L and % L are bit fields: the walkers start now
-                        stmts, one = last((new_n - 1)[:len(new_n)])
-                        m.d.comb += [init.eq(1), one_g.eq(one)]
-                        m.d.sync += stmts
+                        m.d.comb += init.eq(1)
                         m.next = "RUN"
                     with m.Else():
                         m.next = "INIT_ROWS"
             with m.State("INIT_ROWS"):
                 stmts, one = last(n_m1)
-                m.d.comb += [init.eq(1), one_g.eq(one)]
+                m.d.comb += [init.eq(1), one_g.eq(one), load.eq(1)]
                 m.d.sync += stmts
                 m.next = "RUN"
             with m.State("PREP1"):
@@ -446,14 +466,16 @@ class _Reader(wiring.Component):
                              prep.pq_addr.eq(em_c.wpe_q_base + pos_w)]
                 m.next = "INIT"
             with m.State("INIT"):
-                m.d.comb += [init.eq(1), one_g.eq(prep.last_g == 0)]
+                m.d.comb += [init.eq(1), one_g.eq(prep.last_g == 0), load.eq(1)]
                 m.next = "RUN"
             with m.State("RUN"):
                 with m.If(~aw.running):
                     m.d.sync += busy.eq(0)
                     m.next = "IDLE"
         m.d.comb += [ctx.new.eq(self.cmd.payload), iw.init.eq(init), aw.init.eq(init),
-                     iw.init_one_g.eq(one_g), aw.init_one_g.eq(one_g)]
+                     iw.init_one_g.eq(one_g), aw.init_one_g.eq(one_g),
+                     iw.load.eq(load | idle), aw.load.eq(load | idle),
+                     iw.load_new.eq(idle), aw.load_new.eq(idle)]
 
         # LayerNorm's setup beat, offered from the cycle after the accept
         setup_v = Signal()
@@ -544,7 +566,7 @@ class _Reader(wiring.Component):
             a_next.append((v, v & (~v + 1), (v & (v - 1)) == 0, v == 0))
         a_next.append((a_rem, a_low, final, a_none))
         for reg, i in zip((a_rem, a_low, final, a_none), range(4)):
-            m.d.sync += reg.eq(Mux(init, a_next[0][i],
+            m.d.sync += reg.eq(Mux(load | idle, a_next[0][i],
                                    Mux(complete, a_next[1][i], Mux(pop, a_next[2][i], a_next[3][i]))))
         for w in range(NW):
             with m.If(a_low[w]):
@@ -811,10 +833,13 @@ class _Writer(wiring.Component):
                 m.d.sync += [wg.eq(wg + 1), sub.eq(Mux(wrap, 0, sub + 1))]
                 with m.If(wrap):
                     m.d.sync += waddr.eq(waddr + 1)
-        with m.If(ctx.start):
+        # the counters load from the presented command while the writer is done (the
+        # only time a command is accepted), so that the accept enables only ``writing``
+        with m.If(~self.writing):
             base = _views(self.layouts, ctx.new.body)[Op.LAYERNORM].dst_base
-            m.d.sync += [row_base.eq(base), waddr.eq(base), wr_r.eq(0), wg.eq(0), sub.eq(0),
-                         self.writing.eq(1)]
+            m.d.sync += [row_base.eq(base), waddr.eq(base), wr_r.eq(0), wg.eq(0), sub.eq(0)]
+        with m.If(ctx.start):
+            m.d.sync += self.writing.eq(1)
         return m
 
 
