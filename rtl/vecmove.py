@@ -748,9 +748,11 @@ class _UnitMux(wiring.Component):
         for l in range(L):
             add16, emb16 = Signal(signed(16), name=f"add16_{l}"), Signal(signed(16), name=f"emb16_{l}")
             m.d.comb += [add16.eq(self.add_out.payload.x[l]), emb16.eq(self.emb_out.payload.x[l])]
+            # GELU's result is last to settle (its table word's byte select), so it
+            # is the outer choice: one select between it and the writer's register
             m.d.comb += self.res.payload[l].eq(
-                Mux(is_["ln"], self.ln_out.payload.y[l].as_unsigned(),
-                    Mux(is_["ge"], self.gelu_out.payload.y[l].as_unsigned(),
+                Mux(is_["ge"], self.gelu_out.payload.y[l].as_unsigned(),
+                    Mux(is_["ln"], self.ln_out.payload.y[l].as_unsigned(),
                         Mux(is_["em"], emb16.as_unsigned(), add16.as_unsigned())))[:16])
         m.d.comb += [
             self.res.valid.eq(Mux(is_["ln"], self.ln_out.valid,
