@@ -410,7 +410,7 @@ class _Reader(wiring.Component):
         pos_w = Signal(A)
         n_m1 = Signal.like(ln_c.n)
         init = Signal()
-        load = Signal()     # the walkers' init states after the accept's (see `_Walker`)
+        init_st = Signal()  # the walkers' init states after the accept's (see `_Walker`)
         busy = self.busy
         pow2 = L & (L - 1) == 0
         lb = L.bit_length() - 1
@@ -454,7 +454,7 @@ class _Reader(wiring.Component):
                         m.next = "INIT_ROWS"
             with m.State("INIT_ROWS"):
                 stmts, one = last(n_m1)
-                m.d.comb += [init.eq(1), one_g.eq(one), load.eq(1)]
+                m.d.comb += [init.eq(1), one_g.eq(one), init_st.eq(1)]
                 m.d.sync += stmts
                 m.next = "RUN"
             with m.State("PREP1"):
@@ -466,7 +466,7 @@ class _Reader(wiring.Component):
                              prep.pq_addr.eq(em_c.wpe_q_base + pos_w)]
                 m.next = "INIT"
             with m.State("INIT"):
-                m.d.comb += [init.eq(1), one_g.eq(prep.last_g == 0), load.eq(1)]
+                m.d.comb += [init.eq(1), one_g.eq(prep.last_g == 0), init_st.eq(1)]
                 m.next = "RUN"
             with m.State("RUN"):
                 with m.If(~aw.running):
@@ -474,7 +474,7 @@ class _Reader(wiring.Component):
                     m.next = "IDLE"
         m.d.comb += [ctx.new.eq(self.cmd.payload), iw.init.eq(init), aw.init.eq(init),
                      iw.init_one_g.eq(one_g), aw.init_one_g.eq(one_g),
-                     iw.load.eq(load | idle), aw.load.eq(load | idle),
+                     iw.load.eq(init_st | idle), aw.load.eq(init_st | idle),
                      iw.load_new.eq(idle), aw.load_new.eq(idle)]
 
         # LayerNorm's setup beat, offered from the cycle after the accept
@@ -566,7 +566,7 @@ class _Reader(wiring.Component):
             a_next.append((v, v & (~v + 1), (v & (v - 1)) == 0, v == 0))
         a_next.append((a_rem, a_low, final, a_none))
         for reg, i in zip((a_rem, a_low, final, a_none), range(4)):
-            m.d.sync += reg.eq(Mux(load | idle, a_next[0][i],
+            m.d.sync += reg.eq(Mux(init_st | idle, a_next[0][i],
                                    Mux(complete, a_next[1][i], Mux(pop, a_next[2][i], a_next[3][i]))))
         for w in range(NW):
             with m.If(a_low[w]):
