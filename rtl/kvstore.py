@@ -106,10 +106,14 @@ class KVStore(wiring.Component):
         # (every step of a token) then start at a register, not at a subtract
         H1 = Signal(signed(len(p.n_head) + 1), reset_less=True)
         N1 = Signal(signed(len(p.n_tok) + 1), reset_less=True)
+        # one head; a head's V d-columns in one word: the writer's flags that a
+        # restart of its head or d-column count sets are these, not compares
+        h1z = Signal(reset_less=True)
+        dt_one = Signal(reset_less=True)
         with m.If(self.cmd.valid & ~run):
             d1 = (p.d_head - 1)[:len(p.d_head)]
             m.d.sync += [cmd.eq(p), run.eq(1), start.eq(1), H1.eq(p.n_head - 1),
-                         N1.eq(p.n_tok - 1),
+                         N1.eq(p.n_tok - 1), h1z.eq(p.n_head == 1), dt_one.eq(p.d_head <= C),
                          dq.eq(p.d_head // MB), dr.eq(p.d_head % MB),
                          d1q.eq(d1 // MB), d1r.eq(d1 % MB),
                          j0.eq(p.pos0 // T), kin0.eq(p.pos0 % T),
@@ -333,6 +337,17 @@ class KVStore(wiring.Component):
         kk, kk0 = Signal(range(T + KPW)), Signal(range(T + KPW))  # V: the word's first key
         kkm, kkm0 = Signal(range(C)), Signal(range(C))            # ... mod cols: its bank
         kaddr, vaddr, vline = Signal(A), Signal(A), Signal(A)
+        # the writer's decisions as flags set with the counters they are about (in
+        # WAIT from the segment's meta, at each step from the counters' next values),
+        # so that the memory's ready, through ``adv``, reaches the segment's end and
+        # the group's and head's steps through one gate, not through the compares
+        seg_last = Signal()                            # this word is the segment's last
+        k_last = Signal()                              # Kᵀ: rr + KPW >= w_sh + D
+        v_last_kp, v_last_dt = Signal(), Signal()      # V: kk + KPW > kinhi; dC + C >= D
+        kp_one = Signal()                              # V: the keys fill one word
+        w_hlast = Signal()                             # w_h == H1
+        kinhi_last = Signal()                          # kinhi == T - 1: the key tile's end
+        w_oh = Signal(NP, init=1)                      # w_part, one-hot
         clear = Signal(NP)
         m.d.sync += [full.eq((full | set_full) & ~clear),
                      claimed.eq((claimed | Mux(seg_end, Const(1, NP) << a_part, 0)) & ~clear)]
@@ -374,10 +389,7 @@ class KVStore(wiring.Component):
             m.d.sync += [done.eq(1), run.eq(0)]
 
         w_end = Signal()
-        k_last = rr + KPW >= w_sh + cmd.d_head
-        v_last_kp = kk + KPW > kinhi
-        v_last_dt = dC + C >= cmd.d_head
-        m.d.comb += w_end.eq(s0 & Mux(w_sel, v_last_kp & v_last_dt, k_last))
+        m.d.comb += w_end.eq(s0 & seg_last)
         k_strb = Cat(*(((rr + i >= w_sh) & (rr + i < w_sh + cmd.d_head) & (cc >= kclo)
                         & (cc <= kchi)) for i in range(KPW) for cc in range(C)))
         v_strb = Cat(*(((kk + i >= kinlo) & (kk + i <= kinhi) & (dC + cc < cmd.d_head))
@@ -389,17 +401,23 @@ class KVStore(wiring.Component):
             m.d.sync += s1_wc.eq(wc)
             m.d.sync += [s1_bank[i].eq((kkm + i) % C) for i in range(KPW)]
             with m.If(~w_sel):
-                m.d.sync += [rr.eq(rr + KPW), kaddr.eq(kaddr + 1), wc.eq(wc + 1)]
+                nk_last = rr + 2 * KPW >= w_sh + cmd.d_head
+                m.d.sync += [rr.eq(rr + KPW), kaddr.eq(kaddr + 1), wc.eq(wc + 1),
+                             k_last.eq(nk_last), seg_last.eq(nk_last)]
                 with m.If(wc == C - 1):
                     m.d.sync += [wc.eq(0), wq.eq(wq + 1)]
             with m.Elif(~v_last_kp):
                 kkm_n = kkm + KPW % C
+                nv_last_kp = kk + 2 * KPW > kinhi
                 m.d.sync += [kk.eq(kk + KPW), kkm.eq(Mux(kkm_n >= C, kkm_n - C, kkm_n)),
-                             vaddr.eq(vaddr + 1)]
+                             vaddr.eq(vaddr + 1),
+                             v_last_kp.eq(nv_last_kp), seg_last.eq(nv_last_kp & v_last_dt)]
             with m.Else():
+                nv_last_dt = dC + 2 * C >= cmd.d_head
                 m.d.sync += [kk.eq(kk0), kkm.eq(kkm0), dC.eq(dC + C),
                              vline.eq(vline + wpt_tile), vaddr.eq(vline + wpt_tile),
-                             dsel.eq(dsel + 1)]
+                             dsel.eq(dsel + 1), v_last_kp.eq(kp_one), v_last_dt.eq(nv_last_dt),
+                             seg_last.eq(kp_one & nv_last_dt)]
                 with m.If(dsel == KPW - 1):
                     m.d.sync += [dsel.eq(0), dqw.eq(dqw + 1)]
 
@@ -407,7 +425,8 @@ class KVStore(wiring.Component):
             with m.State("IDLE"):
                 with m.If(start):
                     m.d.sync += [jkp.eq(j0 * cmd.k_tile_stride), jvp.eq(j0 * cmd.v_tile_stride),
-                                 w_part.eq(0), w_base.eq(0), w_sel.eq(0), w_h.eq(0), w_bh.eq(0)]
+                                 w_part.eq(0), w_oh.eq(1), w_base.eq(0), w_sel.eq(0), w_h.eq(0),
+                                 w_hlast.eq(h1z), w_bh.eq(0)]
                     m.next = "BASE"
             with m.State("BASE"):
                 kb, vb = cmd.k_base + jkp, cmd.v_base + jvp
@@ -416,9 +435,16 @@ class KVStore(wiring.Component):
             with m.State("WAIT"):
                 # the segment's first word, rows and keys, once its part is full
                 with m.If(full.bit_select(w_part, 1)):
-                    klo = meta_kinlo[w_part]
+                    klo, khi = meta_kinlo[w_part], meta_kinhi[w_part]
                     sh_ = Mux(w_sel, 0, w_bh)
-                    m.d.sync += [kinlo.eq(klo), kinhi.eq(meta_kinhi[w_part]),
+                    # the first word's flags: a Kᵀ segment within one word; the V
+                    # keys within one word (kk0 + KPW > khi) and D within `cols`
+                    k1 = sh_ % KPW + cmd.d_head <= KPW
+                    kp1 = klo // KPW == khi // KPW
+                    m.d.sync += [k_last.eq(k1), kp_one.eq(kp1), v_last_kp.eq(kp1),
+                                 v_last_dt.eq(dt_one), kinhi_last.eq(khi == T - 1),
+                                 seg_last.eq(Mux(w_sel, kp1 & dt_one, k1))]
+                    m.d.sync += [kinlo.eq(klo), kinhi.eq(khi),
                                  kclo.eq(meta_kclo[w_part]), kchi.eq(meta_kchi[w_part]),
                                  w_lastseg.eq(meta_last[w_part]), w_sh.eq(sh_),
                                  rr.eq(sh_ - sh_ % KPW), wc.eq(sh_ // KPW), wq.eq(0),
@@ -431,8 +457,9 @@ class KVStore(wiring.Component):
             with m.State("RUN"):
                 m.d.comb += s0.eq(adv)
                 with m.If(w_end):
-                    m.d.comb += clear.eq(Const(1, NP) << w_part)
-                    m.d.sync += nxt_part(w_part, w_base)
+                    m.d.comb += clear.eq(w_oh)
+                    m.d.sync += [*nxt_part(w_part, w_base), w_oh.eq(w_oh.rotate_left(1)),
+                                 w_hlast.eq(Mux(w_hlast, h1z, w_h + 1 == H1))]
                     with m.If(w_lastseg):
                         m.next = "IDLE"
                     with m.Else():
@@ -441,14 +468,14 @@ class KVStore(wiring.Component):
                         bh = w_bh + cmd.k_skew
                         m.d.sync += [w_h.eq(w_h + 1), w_bh.eq(Mux(bh >= MB, bh - MB, bh)),
                                      khead.eq(khead + cmd.k_head_stride)]
-                        with m.If(w_h == H1):
+                        with m.If(w_hlast):
                             m.d.sync += [w_sel.eq(1), w_h.eq(0)]
-                    with m.Elif(w_h != H1):
+                    with m.Elif(~w_hlast):
                         m.d.sync += [w_h.eq(w_h + 1), vhead.eq(vhead + cmd.v_head_stride)]
                     with m.Else():
                         # the group's end: the next group's column tile (and key tile)
                         m.d.sync += [w_sel.eq(0), w_h.eq(0), w_bh.eq(0)]
-                        with m.If(kinhi == T - 1):
+                        with m.If(kinhi_last):
                             nk, nv = kgrp + cmd.k_tile_stride, vgrp + cmd.v_tile_stride
                             m.d.sync += [kgrp.eq(nk), khead.eq(nk),
                                          vgrp.eq(nv), vhead.eq(nv)]
