@@ -108,12 +108,13 @@ class KVStore(wiring.Component):
         N1 = Signal(signed(len(p.n_tok) + 1), reset_less=True)
         # one head; a head's V d-columns in one word: the writer's flags that a
         # restart of its head or d-column count sets are these, not compares
-        h1z = Signal(reset_less=True)
+        h1z, n1z = Signal(reset_less=True), Signal(reset_less=True)
         dt_one = Signal(reset_less=True)
         with m.If(self.cmd.valid & ~run):
             d1 = (p.d_head - 1)[:len(p.d_head)]
             m.d.sync += [cmd.eq(p), run.eq(1), start.eq(1), H1.eq(p.n_head - 1),
-                         N1.eq(p.n_tok - 1), h1z.eq(p.n_head == 1), dt_one.eq(p.d_head <= C),
+                         N1.eq(p.n_tok - 1), h1z.eq(p.n_head == 1),
+                         n1z.eq(p.n_tok == 1), dt_one.eq(p.d_head <= C),
                          dq.eq(p.d_head // MB), dr.eq(p.d_head % MB),
                          d1q.eq(d1 // MB), d1r.eq(d1 % MB),
                          j0.eq(p.pos0 // T), kin0.eq(p.pos0 % T),
@@ -132,9 +133,14 @@ class KVStore(wiring.Component):
                              ("kclo", range(C)), ("sel", 1), ("h", 8), ("off", range(MB)),
                              ("bh", range(MB)), ("k", range(Q + 2))):
                 setattr(w, n, Signal(shape, name=f"{name}_{n}"))
-            w.last_tok = (w.kc == C - 1) | (w.kin == T - 1) | (w.t == N1)
-            w.last_seg = w.sel & (w.h == H1)
-            w.last = w.last_seg & (w.t == N1)
+            # t == N1, tlo == N1 and h == H1 as flags set with t, tlo and h (from
+            # the next value's compare, a step ahead), so that the take or the
+            # request that ends a token does not wait on the compares
+            t_last, tlo_last, h_last = (Signal(name=f"{name}_{n}") for n in
+                                        ("t_last", "tlo_last", "h_last"))
+            w.last_tok = (w.kc == C - 1) | (w.kin == T - 1) | t_last
+            w.last_seg = w.sel & h_last
+            w.last = w.last_seg & t_last
             w.wrap = Signal(name=f"{name}_wrap")        # off + dr passes a word's end
             m.d.comb += w.wrap.eq(w.off + dr >= MB)
             w.nw1 = d1q + (w.off + d1r >= MB)            # the segment's words - 1
@@ -142,21 +148,26 @@ class KVStore(wiring.Component):
             with m.If(start):
                 m.d.sync += [w.t.eq(0), w.kin.eq(kin0), w.kc.eq(kc0), w.tlo.eq(0),
                              w.kinlo.eq(kin0), w.kclo.eq(kc0), w.sel.eq(0), w.h.eq(0),
-                             w.off.eq(cmd.src_lane), w.bh.eq(0), w.k.eq(0)]
+                             w.off.eq(cmd.src_lane), w.bh.eq(0), w.k.eq(0),
+                             t_last.eq(n1z), tlo_last.eq(n1z), h_last.eq(h1z)]
 
             def step_token():
                 """After a token's last word: the next token, segment or group."""
                 m.d.sync += w.k.eq(0)
+                t1_last = w.t + 1 == N1
                 with m.If(~w.last_tok):
-                    m.d.sync += [w.t.eq(w.t + 1), w.kin.eq(w.kin + 1), w.kc.eq(w.kc + 1)]
+                    m.d.sync += [w.t.eq(w.t + 1), w.kin.eq(w.kin + 1), w.kc.eq(w.kc + 1),
+                                 t_last.eq(t1_last)]
                 with m.Else():
-                    m.d.sync += [w.t.eq(w.tlo), w.kin.eq(w.kinlo), w.kc.eq(w.kclo)]
+                    m.d.sync += [w.t.eq(w.tlo), w.kin.eq(w.kinlo), w.kc.eq(w.kclo),
+                                 t_last.eq(tlo_last)]
                     with m.If(~w.last_seg):
                         bh = w.bh + cmd.k_skew
                         m.d.sync += [w.off.eq(Mux(w.wrap, w.off + dr - MB, w.off + dr)),
                                      w.h.eq(w.h + 1),
-                                     w.bh.eq(Mux(bh >= MB, bh - MB, bh))]
-                        with m.If(w.h == H1):
+                                     w.bh.eq(Mux(bh >= MB, bh - MB, bh)),
+                                     h_last.eq(Mux(h_last, h1z, w.h + 1 == H1))]
+                        with m.If(h_last):
                             m.d.sync += [w.sel.eq(1), w.h.eq(0)]
                     with m.Else():
                         nkin = Mux(w.kin == T - 1, 0, w.kin + 1)
@@ -164,7 +175,8 @@ class KVStore(wiring.Component):
                         m.d.sync += [w.t.eq(w.t + 1), w.tlo.eq(w.t + 1), w.kin.eq(nkin),
                                      w.kinlo.eq(nkin), w.kc.eq(nkc), w.kclo.eq(nkc),
                                      w.sel.eq(0), w.h.eq(0), w.bh.eq(0),
-                                     w.off.eq(cmd.src_lane)]
+                                     w.off.eq(cmd.src_lane), t_last.eq(t1_last),
+                                     tlo_last.eq(t1_last), h_last.eq(h1z)]
             w.step_token = step_token
             return w
 
