@@ -122,11 +122,31 @@ class KVStore(wiring.Component):
         with m.Else():
             m.d.sync += start.eq(0)
 
-        def walker(name):
+        def seg_nw1(off, sh):
+            return d1q + (off + d1r >= MB)             # the segment's words - 1
+
+        def seg_pos(off, sh):
+            return off > sh                            # the first word only starts a buffer word
+
+        def seg_flush(off, sh):
+            # a buffer word's last byte lies past the segment's last source word: one
+            # more emission after it (Q words per token in all)
+            return (off + d1r >= MB) < ((sh + d1r >= MB) + seg_pos(off, sh))
+
+        def seg_rho(off, sh):
+            # 1 .. MB: the window's byte offset
+            return Mux(seg_pos(off, sh), off - sh, MB + off - sh)
+
+        def walker(name, derive):
             """The group / segment / token counters the issuer and the assembler
             both walk: tokens t of a group share key // cols within one tile; a
             group's segments are K of heads 0 .., then V of heads 0 ..; a
-            segment starts at byte `off` of word `a` of a token's source row."""
+            segment starts at byte `off` of word `a` of a token's source row.
+
+            ``derive`` ({name: (shape, f(off, sh))}): what a segment's first byte
+            and its first row in the buffer decide for all its takes or requests,
+            each a register set with the segment (from the next segment's off and
+            sh), so that no take waits on these sums and compares."""
             w = type("Walk", (), {})()
             for n, shape in (("t", range(c.max_seq + 1)), ("kin", range(T)), ("kc", range(C)),
                              ("tlo", range(c.max_seq + 1)), ("kinlo", range(T)),
@@ -143,9 +163,14 @@ class KVStore(wiring.Component):
             w.last = w.last_seg & t_last
             w.wrap = Signal(name=f"{name}_wrap")        # off + dr passes a word's end
             m.d.comb += w.wrap.eq(w.off + dr >= MB)
-            w.nw1 = d1q + (w.off + d1r >= MB)            # the segment's words - 1
             w.sh = Mux(w.sel, 0, w.bh)                   # its first row in the buffer
+            for n, (shape, _) in derive.items():
+                setattr(w, n, Signal(shape, name=f"{name}_{n}"))
+
+            def set_derived(off, sh):
+                m.d.sync += [getattr(w, n).eq(f(off, sh)) for n, (_, f) in derive.items()]
             with m.If(start):
+                set_derived(cmd.src_lane, 0)
                 m.d.sync += [w.t.eq(0), w.kin.eq(kin0), w.kc.eq(kc0), w.tlo.eq(0),
                              w.kinlo.eq(kin0), w.kclo.eq(kc0), w.sel.eq(0), w.h.eq(0),
                              w.off.eq(cmd.src_lane), w.bh.eq(0), w.k.eq(0),
@@ -163,10 +188,11 @@ class KVStore(wiring.Component):
                                  t_last.eq(tlo_last)]
                     with m.If(~w.last_seg):
                         bh = w.bh + cmd.k_skew
-                        m.d.sync += [w.off.eq(Mux(w.wrap, w.off + dr - MB, w.off + dr)),
-                                     w.h.eq(w.h + 1),
-                                     w.bh.eq(Mux(bh >= MB, bh - MB, bh)),
+                        off_n = Mux(w.wrap, w.off + dr - MB, w.off + dr)
+                        bh_n = Mux(bh >= MB, bh - MB, bh)
+                        m.d.sync += [w.off.eq(off_n), w.h.eq(w.h + 1), w.bh.eq(bh_n),
                                      h_last.eq(Mux(h_last, h1z, w.h + 1 == H1))]
+                        set_derived(off_n, Mux(w.sel | h_last, 0, bh_n))
                         with m.If(h_last):
                             m.d.sync += [w.sel.eq(1), w.h.eq(0)]
                     with m.Else():
@@ -177,12 +203,13 @@ class KVStore(wiring.Component):
                                      w.sel.eq(0), w.h.eq(0), w.bh.eq(0),
                                      w.off.eq(cmd.src_lane), t_last.eq(t1_last),
                                      tlo_last.eq(t1_last), h_last.eq(h1z)]
+                        set_derived(cmd.src_lane, 0)
             w.step_token = step_token
             return w
 
         # ---- issuer: the request register is loaded while fewer than
         # max_outstanding reads are unanswered (the register's counted)
-        iw = walker("iss")
+        iw = walker("iss", {"nw1": (range(DMAX // MB + 2), seg_nw1)})
         i_run = Signal()
         grow, trow, ga, ta, addr = (Signal(A, name=n) for n in ("grow", "trow", "ga", "ta", "addr"))
         req_v = Signal()
@@ -226,17 +253,14 @@ class KVStore(wiring.Component):
             """The next part and its first word (a part's base advances by Q)."""
             return [part.eq(Mux(part == NP - 1, 0, part + 1)),
                     base.eq(Mux(part == NP - 1, 0, base + Q))]
-        aw = walker("asm")
+        aw = walker("asm", {"nw1": (range(DMAX // MB + 2), seg_nw1), "pos": (1, seg_pos),
+                            "flush": (1, seg_flush), "rho": (range(MB + 1), seg_rho)})
         a_run = Signal()
         a_part, a_base = Signal(range(NP)), Signal(range(NP * Q))
         a_q = Signal(range(Q + 1))                     # the token's next buffer word
         flushing = Signal()
         sh = aw.sh
-        pos = aw.off > sh                               # the first word only starts a buffer word
-        # a buffer word's last byte lies past the segment's last source word: one
-        # more emission after it (Q words per token in all)
-        flush = (aw.off + d1r >= MB) < ((sh + d1r >= MB) + pos)
-        rho = Mux(pos, aw.off - sh, MB + aw.off - sh)   # 1 .. MB: the window's byte offset
+        pos, flush, rho = aw.pos, aw.flush, aw.rho
         e_v, e_last, e_part = Signal(), Signal(), Signal(range(NP))
         e_base = Signal(range(NP * Q))
         e_cur, e_prev = Signal(8 * MB), Signal(8 * MB)
