@@ -281,7 +281,13 @@ class KVStore(wiring.Component):
         # at the segment's last take, two cycles before its full flag (the shift
         # stages), so that a segment of one word per part cannot overtake the writer
         claimed = Signal(NP)
-        m.d.comb += [self.mem.rd_resp.ready.eq(a_run & ~flushing & ~claimed.bit_select(a_part, 1)),
+        # the responses' ready, a_run & ~flushing & ~claimed[a_part], is a register
+        # set from those registers' next values (below), so that neither the claimed
+        # parts' select nor the writer's clear reaches the memory's response queue
+        # or the takes' enables
+        rd_ready = Signal()
+        a_oh = Signal(NP, init=1)                      # a_part, one-hot
+        m.d.comb += [self.mem.rd_resp.ready.eq(rd_ready),
                      take.eq(self.mem.rd_resp.valid & self.mem.rd_resp.ready)]
         tok_end = Signal()
         seg_end = Signal()
@@ -307,13 +313,15 @@ class KVStore(wiring.Component):
             m.d.sync += a_q.eq(0)
             aw.step_token()
             with m.If(aw.last_tok):
-                m.d.sync += [*nxt_part(a_part, a_base), meta_kinlo[a_part].eq(aw.kinlo),
+                m.d.sync += [*nxt_part(a_part, a_base), a_oh.eq(a_oh.rotate_left(1)),
+                             meta_kinlo[a_part].eq(aw.kinlo),
                              meta_kinhi[a_part].eq(aw.kin), meta_kclo[a_part].eq(aw.kclo),
                              meta_kchi[a_part].eq(aw.kc), meta_last[a_part].eq(aw.last)]
                 with m.If(aw.last):
                     m.d.sync += a_run.eq(0)
         with m.If(start):
-            m.d.sync += [a_run.eq(1), a_part.eq(0), a_base.eq(0), a_q.eq(0), flushing.eq(0)]
+            m.d.sync += [a_run.eq(1), a_part.eq(0), a_oh.eq(1), a_base.eq(0), a_q.eq(0),
+                         flushing.eq(0)]
         # the offset from the segment's walk at its end (registered operands, then the
         # registered product, then the sum into the part's meta): three cycles, as
         # the shift stages take to set the part's full flag, so the writer sees both
@@ -385,8 +393,12 @@ class KVStore(wiring.Component):
         kinhi_last = Signal()                          # kinhi == T - 1: the key tile's end
         w_oh = Signal(NP, init=1)                      # w_part, one-hot
         clear = Signal(NP)
-        m.d.sync += [full.eq((full | set_full) & ~clear),
-                     claimed.eq((claimed | Mux(seg_end, Const(1, NP) << a_part, 0)) & ~clear)]
+        claimed_n = (claimed | Mux(seg_end, a_oh, 0)) & ~clear
+        a_oh_n = Mux(start, 1, Mux(seg_end, a_oh.rotate_left(1), a_oh))
+        a_run_n = Mux(start, 1, a_run & ~(seg_end & aw.last))
+        flushing_n = ~start & take & (aw.k == aw.nw1) & flush
+        m.d.sync += [full.eq((full | set_full) & ~clear), claimed.eq(claimed_n),
+                     rd_ready.eq(a_run_n & ~flushing_n & ~(claimed_n & a_oh_n).any())]
 
         # stage 1 (buffer read), 2 (K: each bank's k_per_word bytes; V: the
         # k_per_word banks) and the write register (V: each bank's cols bytes)
