@@ -72,7 +72,11 @@ class KVStore(wiring.Component):
     Kᵀ column tile when tile > cols) have registered operands and product;
     the second is the assembler's, per segment, made while the shift stages
     finish the segment's part, so the writer starts a segment in one cycle.
-    ``done`` pulses the cycle after the last write is accepted.
+    ``done`` pulses the cycle after the last write is accepted. Every
+    decision a take, a request or a write's acceptance acts on (a token's,
+    segment's or group's end, a segment's word count and shift, the
+    responses' ready) is a register set a step ahead, not a compare in the
+    accepting cycle.
     """
 
     def __init__(self, cfg: AttentionConfig):
