@@ -126,6 +126,9 @@ class KVStore(wiring.Component):
         with m.Else():
             m.d.sync += start.eq(0)
 
+        def seg_wrap(off, sh):
+            return off + dr >= MB                      # the next head's off passes a word's end
+
         def seg_nw1(off, sh):
             return d1q + (off + d1r >= MB)             # the segment's words - 1
 
@@ -152,6 +155,7 @@ class KVStore(wiring.Component):
             each a register set with the segment (from the next segment's off and
             sh), so that no take waits on these sums and compares."""
             w = type("Walk", (), {})()
+            derive = {"wrap": (1, seg_wrap), **derive}
             for n, shape in (("t", range(c.max_seq + 1)), ("kin", range(T)), ("kc", range(C)),
                              ("tlo", range(c.max_seq + 1)), ("kinlo", range(T)),
                              ("kclo", range(C)), ("sel", 1), ("h", 8), ("off", range(MB)),
@@ -165,8 +169,6 @@ class KVStore(wiring.Component):
             w.last_tok = (w.kc == C - 1) | (w.kin == T - 1) | t_last
             w.last_seg = w.sel & h_last
             w.last = w.last_seg & t_last
-            w.wrap = Signal(name=f"{name}_wrap")        # off + dr passes a word's end
-            m.d.comb += w.wrap.eq(w.off + dr >= MB)
             w.sh = Mux(w.sel, 0, w.bh)                   # its first row in the buffer
             for n, (shape, _) in derive.items():
                 setattr(w, n, Signal(shape, name=f"{name}_{n}"))
