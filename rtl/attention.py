@@ -41,7 +41,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .attention_config import AttentionConfig
-from .intarith import round_shift_add, small_times, times_const
+from .intarith import round_shift_add_post, round_shift_add_pre, small_times, times_const
 from .isa import attention_command_layout, matmul_command_layout
 from .matmul import MatmulEngine
 from .memport import MemPort, write_layout
@@ -671,15 +671,18 @@ class _ProbWriter(wiring.Component):
 
 class _Accumulator(wiring.Component):
     """O, updated by the PV command's write beats as they come (no phase of its
-    own). A (write beat): read O and the row's delta; B1: both registered (a
-    LUT-RAM read then a 33-bit shift and a 32-bit add in one cycle were the
-    engine's worst path); B2: O = rs(O, delta) + PV per written int32 lane, one
-    carry chain (`round_shift_add`). The A read is transparent for B2's write,
-    and B1 takes B2's result for the lanes B2 writes when both are the same word,
-    so a beat sees every earlier beat's accumulate, as if each beat read and wrote
-    in one cycle. (A PV command writes each O element once and the next one starts
-    after its done, so that forwarding is a safeguard of the unit's contract, not
-    a case the engine's commands produce.)"""
+    own). A (write beat): read O and the row's delta; B1: O >> delta from both
+    reads' registers (0 on a tile's first PV); B2: + PV per written int32 lane, one
+    carry chain with the rounding bit as its carry-in (`round_shift_add_pre` /
+    `_post`), and the write. A LUT-RAM read, the 33-bit shift and the add in one
+    cycle, and then the shift and add in one cycle with B2's result forwarded
+    into B1, were the engine's worst paths.
+
+    The A read is transparent for B2's write, so a beat sees the write of the beat
+    two cycles before it. Contract: no int32 lane is written in two consecutive
+    cycles (that beat's B1 would shift the word before B2 writes it). A PV command
+    writes each O element once and the next one starts after its done, so the
+    engine's commands keep it."""
 
     def __init__(self, cfg: AttentionConfig):
         self.cfg = cfg
@@ -709,31 +712,25 @@ class _Accumulator(wiring.Component):
         pv_row = pv_off[PVS_LOG:] if PVS_LOG < len(pv_off) else Const(0, 1)
         m.d.comb += [o_ac.addr.eq(pv_off), o_ac.en.eq(1),
                      self.info.addr.eq(pv_row + Mux(self.pv_par, R, 0)), self.info.en.eq(1)]
-        # B1 holds the beat; B2 the beat, the O word read (0 on a tile's first PV,
-        # as B1 saw pv_first) and the row's delta. Datapath registers without a reset.
+        # B1 holds the beat; B2 the beat and rs(O, delta)'s shift of the O word read
+        # (0 on a tile's first PV, as B1 saw pv_first). Datapath registers without a reset.
         b1_valid, b2_valid = Signal(), Signal()
         b1_pv, b2_pv = Signal(word, reset_less=True), Signal(word, reset_less=True)
         b1_addr = Signal.like(o_w.addr, reset_less=True)
         b2_addr = Signal.like(o_w.addr, reset_less=True)
         b1_lanes = Signal(SPW, reset_less=True)
         b2_lanes = Signal(SPW, reset_less=True)
-        b2_old = Signal(word, reset_less=True)
-        b2_delta = Signal.like(self.info.data.delta, reset_less=True)
+        b2_sh = [Signal(signed(33), name=f"b2_sh{l}", reset_less=True) for l in range(SPW)]
         m.d.sync += [b1_valid.eq(self.wr_en), b1_pv.eq(self.wr.data), b1_addr.eq(pv_off),
                      b1_lanes.eq(Cat(*[self.wr.strb[4 * l] for l in range(SPW)])),
                      b2_valid.eq(b1_valid), b2_pv.eq(b1_pv), b2_addr.eq(b1_addr),
-                     b2_lanes.eq(b1_lanes), b2_delta.eq(self.info.data.delta)]
-        # B2 writes the word B1 read a cycle too early to see: forward its lanes. The
-        # first PV's zero is chosen here too, in the LUT that ends the forwarding loop
-        # (B2's add, this select), not in front of B2's shift inside it.
-        fwd = Signal(SPW)
-        m.d.comb += fwd.eq(Mux(b2_valid & (b2_addr == b1_addr), b2_lanes, 0))
+                     b2_lanes.eq(b1_lanes)]
         for l in range(SPW):
-            m.d.sync += b2_old[l].eq(Mux(self.pv_first, 0,
-                                         Mux(fwd[l], o_w.data[l], o_ac.data[l])))
+            m.d.sync += b2_sh[l].eq(Mux(self.pv_first, 0,
+                                        round_shift_add_pre(o_ac.data[l], self.info.data.delta)))
         m.d.comb += [o_w.addr.eq(b2_addr), o_w.en.eq(Mux(b2_valid, b2_lanes, 0))]
         for l in range(SPW):
-            m.d.comb += o_w.data[l].eq(round_shift_add(b2_old[l], b2_delta, b2_pv[l], 32))
+            m.d.comb += o_w.data[l].eq(round_shift_add_post(b2_sh[l], b2_pv[l], 32, True))
         return m
 
 
