@@ -94,6 +94,9 @@ def _context(c):
         # so NEXT's choice and the block start's fan-out into the issuer's registers
         # do not wait for an add and a compare
         "more": Out(1),
+        # one query in the block (rows_b == 1) and no `chain`: set with the block, so
+        # the issuer's `batch`, in front of DECIDE's choice, is an AND of registers
+        "solo": Out(1),
         "qb": Out(addr), "ob": Out(addr),                   # Q row m0 of this head, output row m0
         # the byte of word qb where this head's Q starts (the S command's k covers it)
         "qo": Out(range(c.engine.mem_bytes)),
@@ -233,6 +236,7 @@ class _CommandSequencer(wiring.Component):
             m.d.comb += x.blk_start.eq(1)
             m.d.sync += [x.left.eq(left), x.qb.eq(qb_val), x.ob.eq(ob_val),
                          x.rows_b.eq(Mux(more, R, left)), x.more.eq(more),
+                         x.solo.eq(Mux(more, R == 1, left == 1) & ~x.chain),
                          x.first_q.eq(first_q),
                          x.last_q.eq(Mux(more, full_last_q, x.tk - 1))]
 
@@ -421,7 +425,7 @@ class _TileIssuer(wiring.Component):
             chunk_kp = Signal(e.addr_bits)      # CB tiles of the cache
             m.d.sync += [contig.eq(cmd.k_tile_stride == times_const(kw, T // e.cols)),
                          chunk_kp.eq(times_const(cmd.k_tile_stride, CB))]
-            m.d.comb += batch.eq(contig & (x.rows_b == 1) & ~x.chain)
+            m.d.comb += batch.eq(contig & x.solo)
         rem = last_q + 1 - es_k0                # keys of the block from es_k0 on
         m.d.comb += s_tiles.eq(Mux(batch, 1 + sum(rem > i * T for i in range(1, CB)),
                                    Mux(x.hbatch, cmd.head_group, 1)))
