@@ -435,20 +435,28 @@ class _TileIssuer(wiring.Component):
                      self.s_full.eq(self.s_full + Mux(s_done, eng_tiles - wr_tiles, 0) + tile_wr
                                     - self.sm_take)]
         s_room = ahead <= Mux(batch, CB, Mux(x.hbatch, cmd.head_group, 1))
-        m.d.comb += [t.s_next.eq((es_k0 <= last_q) & s_room), t.s_room.eq(s_room),
-                     t.pv_left.eq(ep_k0 <= last_q), t.pv_ready.eq(sm_ready != 0),
+        # es_k0 <= last_q and ep_k0 <= last_q, registered from the values the keys and
+        # the block take next (DECIDE's choice, in front of the normalise phase's start
+        # and its fan-out, then starts at flip-flops, not at two carry compares): a
+        # block or a chained head starts at key 0 (true), an issue steps its side's key
+        s_keys, pv_keys = Signal(init=1), Signal(init=1)
+        m.d.sync += [s_keys.eq(es_k0 <= last_q), pv_keys.eq(ep_k0 <= last_q)]
+        m.d.comb += [t.s_next.eq(s_keys & s_room), t.s_room.eq(s_room),
+                     t.pv_left.eq(pv_keys), t.pv_ready.eq(sm_ready != 0),
                      self.sm_room.eq(sm_lead < 2)]
         ep_hv = Signal(e.addr_bits)             # the PV side's head's V cache
         with m.If(x.blk_start):
             m.d.sync += [es_k0.eq(0), ep_k0.eq(0), es_kp.eq(x.hk), ep_vp.eq(x.hv),
-                         es_par.eq(0), ep_par.eq(0), ep_hv.eq(x.hv), self.pv_hpar.eq(0)]
+                         es_par.eq(0), ep_par.eq(0), ep_hv.eq(x.hv), self.pv_hpar.eq(0),
+                         s_keys.eq(1), pv_keys.eq(1)]
         # chain: each side moves to the next head on its own, the halves and the
         # hand-off counters run on across heads
         with m.If(x.s_head):
-            m.d.sync += [es_k0.eq(0), es_kp.eq(x.hk)]
+            m.d.sync += [es_k0.eq(0), es_kp.eq(x.hk), s_keys.eq(1)]
         with m.If(x.pv_wrap):
             m.d.sync += [ep_k0.eq(0), ep_vp.eq(ep_hv + cmd.v_head_stride),
-                         ep_hv.eq(ep_hv + cmd.v_head_stride), self.pv_hpar.eq(~self.pv_hpar)]
+                         ep_hv.eq(ep_hv + cmd.v_head_stride), self.pv_hpar.eq(~self.pv_hpar),
+                         pv_keys.eq(1)]
 
         # Diagonal tiles: the array row blocks at the top of the block whose
         # queries all precede key k0 see none of the tile's keys, so its S and
@@ -490,9 +498,11 @@ class _TileIssuer(wiring.Component):
                      s.out_base.eq(x.scratch_s + Mux(es_par, R * SS, 0)
                                    + small_times(s_skip, AR * SS)),
                      s.out_stride.eq(SS), s.a_signed.eq(1), s.raw_out.eq(1)]
+        s_step = Signal.like(es_k0)
+        m.d.comb += s_step.eq(es_k0 + Mux(batch, CB * T, T))
         with m.If(t.s_issue):
             # a batched S command is the block's last unless it has CB tiles
-            m.d.sync += [es_k0.eq(es_k0 + Mux(batch, CB * T, T)),
+            m.d.sync += [es_k0.eq(s_step), s_keys.eq(s_step <= last_q),
                          es_kp.eq(es_kp + (Mux(batch, chunk_kp, cmd.k_tile_stride)
                                            if CB > 1 else cmd.k_tile_stride)),
                          es_par.eq(~es_par), self.eng_pv.eq(0), eng_tiles.eq(s_tiles)]
@@ -506,8 +516,11 @@ class _TileIssuer(wiring.Component):
                      pv.out_base.eq(x.scratch_pv + small_times(p_skip, AR * PVS)
                                     + Mux(self.pv_hpar, PVS, 0)),
                      pv.out_stride.eq(PVS), pv.a_signed.eq(0), pv.raw_out.eq(1)]
+        p_step = Signal.like(ep_k0)
+        m.d.comb += p_step.eq(ep_k0 + T)
         with m.If(t.pv_issue):
-            m.d.sync += [ep_k0.eq(ep_k0 + T), ep_vp.eq(ep_vp + cmd.v_tile_stride),
+            m.d.sync += [ep_k0.eq(p_step), pv_keys.eq(p_step <= last_q),
+                         ep_vp.eq(ep_vp + cmd.v_tile_stride),
                          ep_par.eq(~ep_par), self.eng_pv.eq(1), self.pv_par.eq(ep_par),
                          self.pv_first.eq(ep_k0 == 0)]
         return m
