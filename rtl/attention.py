@@ -827,7 +827,14 @@ class _NormFeeder(wiring.Component):
 class _OutputWriter(wiring.Component):
     """Normalised int8 rows to memory, norm_lanes bytes per write at the head's
     byte offset, taken when the phase starts (the sequencer may already be in
-    the next head)."""
+    the next head).
+
+    The write request leaves from registers: whether rows are left (`ow_on`, kept
+    beside the row count), the word address (the row's first word plus the head's
+    word, kept as one sum), and the byte position as a one-hot, so data and strobe
+    are an AND-OR of the normaliser's output register per byte, not a shifter.
+    They go through the machine's write arbitration into the memory's write
+    register, and the valid and ready gate the normaliser's pipeline enable."""
 
     def __init__(self, cfg: AttentionConfig):
         self.cfg = cfg
@@ -845,29 +852,46 @@ class _OutputWriter(wiring.Component):
         R, MB, NL = c.rows, e.mem_bytes, c.norm_lanes
         x = self.ctx
         ow_row = Signal(range(R + 1))
-        ow_ptr = Signal(e.addr_bits)
-        ow_word, ow_byte = Signal(e.addr_bits), Signal(range(MB))
-        ow_hw, ow_ho = Signal(e.addr_bits), Signal(range(MB))     # the head's first byte
+        ow_on = Signal()                                    # ow_row != nm_rows, during the phase
+        ow_base = Signal(e.addr_bits)                       # the row's output word + the head's
+        ow_addr = Signal(e.addr_bits)                       # ... + the words written of the row
+        ow_byte = Signal(MB)                                # the next byte, one-hot
+        ow_ho = Signal(MB)                                  # the head's first byte, one-hot
+        ho_oh = Signal(MB)
+        m.d.comb += ho_oh.eq(Const(1, MB) << x.ho)
         with m.If(x.nm_start):
-            m.d.sync += [ow_row.eq(0), ow_ptr.eq(x.ob), ow_word.eq(x.hw), ow_byte.eq(x.ho),
-                         ow_hw.eq(x.hw), ow_ho.eq(x.ho)]
-        ow_on = x.nm_on & (ow_row != x.nm_rows)
-        yb = Cat(*[self.y.payload.y[l] for l in range(NL)])
+            # nm_rows >= 1 (every block has a query): rows are left
+            m.d.sync += [ow_row.eq(0), ow_on.eq(1), ow_base.eq(x.ob + x.hw),
+                         ow_addr.eq(x.ob + x.hw), ow_byte.eq(ho_oh), ow_ho.eq(ho_oh)]
         m.d.comb += self.y.ready.eq(ow_on & self.wr.ready)
         with m.If(self.y.valid & self.y.ready):
-            nb = ow_byte + NL
-            m.d.sync += ow_byte.eq(nb)
-            with m.If(nb == MB):
-                m.d.sync += [ow_byte.eq(0), ow_word.eq(ow_word + 1)]
+            # the byte one-hot steps by NL, wrapping into the next word
+            wrap = ow_byte[MB - NL]
+            m.d.sync += ow_byte.eq(Cat(ow_byte[MB - NL:], ow_byte[:MB - NL]))
+            with m.If(wrap):
+                m.d.sync += ow_addr.eq(ow_addr + 1)
             with m.If(self.y.payload.last):
-                m.d.sync += [ow_row.eq(ow_row + 1), ow_ptr.eq(ow_ptr + x.params.out_stride),
-                             ow_word.eq(ow_hw), ow_byte.eq(ow_ho)]
-        m.d.comb += self.nm_done.eq(x.nm_on & ~x.nm_start & (ow_row == x.nm_rows))
+                m.d.sync += [ow_row.eq(ow_row + 1), ow_on.eq(ow_row + 1 != x.nm_rows),
+                             ow_base.eq(ow_base + x.params.out_stride),
+                             ow_addr.eq(ow_base + x.params.out_stride), ow_byte.eq(ow_ho)]
+        # the phase's rows are all written (ow_row == nm_rows): a register, not a compare
+        m.d.comb += self.nm_done.eq(x.nm_on & ~x.nm_start & ~ow_on)
+        # byte i of the word is lane j's when the one-hot marks byte i - j
+        data = [_or_all([Mux(ow_byte[i - j], self.y.payload.y[j].as_unsigned(), 0)
+                         for j in range(NL) if i >= j], 8) for i in range(MB)]
+        strb = [_or_all([ow_byte[i - j] for j in range(NL) if i >= j], 1) for i in range(MB)]
         m.d.comb += [self.wr.valid.eq(self.y.valid & ow_on),
-                     self.wr.payload.addr.eq(ow_ptr + ow_word),
-                     self.wr.payload.data.eq(yb << (ow_byte * 8)),
-                     self.wr.payload.strb.eq(Const((1 << NL) - 1, MB) << ow_byte)]
+                     self.wr.payload.addr.eq(ow_addr),
+                     self.wr.payload.data.eq(Cat(*data)), self.wr.payload.strb.eq(Cat(*strb))]
         return m
+
+
+def _or_all(vals, width):
+    """The OR of `vals` (at most one non-zero: the one-hot's selection), `width` bits."""
+    out = Const(0, width)
+    for v in vals:
+        out = out | v
+    return out
 
 
 class AttentionEngine(wiring.Component):
