@@ -243,21 +243,25 @@ class _CommandSequencer(wiring.Component):
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
                 m.d.comb += self.phase.eq(Phase.IDLE)
+                # the command and what follows from it are loaded on every idle cycle,
+                # so the accepting one loads the accepted command: their enable is the
+                # state, not the command's valid (the machine's issue decision)
+                m.d.sync += [cmd.eq(p), x.tk.eq(p.offset + p.tq), h.eq(0),
+                             hp.eq(0), x.nm_pend.eq(0),
+                             x.chain.eq(chain_p),
+                             x.hbatch.eq(chain_p & (p.head_group > 1) if c.s_chunk > 1 else 0),
+                             h_end.eq(Mux(chain_p & (p.head_group > 1) if c.s_chunk > 1
+                                          else 0, p.head_group - 1, 0)),
+                             dw.eq(0), db.eq(p.d_head),
+                             hq.eq(p.q_base), x.qo.eq(0),
+                             x.hk.eq(p.k_base), x.hv.eq(p.v_base),
+                             x.hw.eq(0), x.ho.eq(0),
+                             x.wpv.eq((p.d_head + SPW - 1) // SPW),
+                             x.nbeats.eq(p.d_head // NL)]
+                for k in ("zero", "p", "s", "pv"):
+                    m.d.sync += getattr(x, f"scratch_{k}").eq(p.scratch_base + off[k])
                 with m.If(accept):
-                    m.d.sync += [cmd.eq(p), busy.eq(1), x.tk.eq(p.offset + p.tq), h.eq(0),
-                                 hp.eq(0), x.nm_pend.eq(0),
-                                 x.chain.eq(chain_p),
-                                 x.hbatch.eq(chain_p & (p.head_group > 1) if c.s_chunk > 1 else 0),
-                                 h_end.eq(Mux(chain_p & (p.head_group > 1) if c.s_chunk > 1
-                                              else 0, p.head_group - 1, 0)),
-                                 dw.eq(0), db.eq(p.d_head),
-                                 hq.eq(p.q_base), x.qo.eq(0),
-                                 x.hk.eq(p.k_base), x.hv.eq(p.v_base),
-                                 x.hw.eq(0), x.ho.eq(0),
-                                 x.wpv.eq((p.d_head + SPW - 1) // SPW),
-                                 x.nbeats.eq(p.d_head // NL)]
-                    for k in ("zero", "p", "s", "pv"):
-                        m.d.sync += getattr(x, f"scratch_{k}").eq(p.scratch_base + off[k])
+                    m.d.sync += busy.eq(1)
                     m.next = "HEAD"
             with m.State("HEAD"):
                 # the head's bases are set; start its first block (chain: only
