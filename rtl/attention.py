@@ -612,8 +612,13 @@ class _ScoreFeeder(wiring.Component):
         gb_row = Signal(range(R))
         gb_beat = Signal(range(BPR))
         gb_sub = Signal(range(SPW // LN))
+        # gb_beat == BPR - 1 and gb_sub == SPW / LN - 1, kept beside the counters: the
+        # beat's transfer then takes the S word (the read port's enable, sg_valid)
+        # from flip-flops, not from two compares behind the softmax's ready
+        row_end, sub_end = Signal(init=BPR == 1), Signal(init=SPW // LN == 1)
         with m.If(sm_start):
-            m.d.sync += [gb_row.eq(0), gb_beat.eq(0), gb_sub.eq(0)]
+            m.d.sync += [gb_row.eq(0), gb_beat.eq(0), gb_sub.eq(0),
+                         row_end.eq(BPR == 1), sub_end.eq(SPW // LN == 1)]
         sp = self.scores.payload
         m.d.comb += [self.scores.valid.eq(sg_valid),
                      sp.row.eq(gb_row), sp.qpos.eq(x.first_q + gb_row), sp.k0.eq(sm_k0),
@@ -621,14 +626,15 @@ class _ScoreFeeder(wiring.Component):
                      sp.shift.eq(cmd.score_shift)]
         for l in range(LN):
             m.d.comb += sp.s[l].eq(s_r.data.word_select(gb_sub * LN + l, 32))
-        row_end = gb_beat == BPR - 1
         with m.If(self.scores.valid & self.scores.ready):
-            m.d.sync += [gb_beat.eq(gb_beat + 1), gb_sub.eq(gb_sub + 1)]
-            with m.If(row_end | (gb_sub == SPW // LN - 1)):
+            m.d.sync += [gb_beat.eq(gb_beat + 1), gb_sub.eq(gb_sub + 1),
+                         row_end.eq(gb_beat + 1 == BPR - 1),
+                         sub_end.eq(gb_sub + 1 == SPW // LN - 1)]
+            with m.If(row_end | sub_end):
                 m.d.comb += sg_take.eq(1)
-                m.d.sync += gb_sub.eq(0)
+                m.d.sync += [gb_sub.eq(0), sub_end.eq(SPW // LN == 1)]
             with m.If(row_end):
-                m.d.sync += [gb_beat.eq(0), gb_row.eq(gb_row + 1)]
+                m.d.sync += [gb_beat.eq(0), gb_row.eq(gb_row + 1), row_end.eq(BPR == 1)]
         return m
 
 
