@@ -810,9 +810,14 @@ class _NormFeeder(wiring.Component):
         of_take = Signal()
         of_adv = ~of_valid | of_take
         of_more = nm_on & (of_row != nm_rows)
+        # of_beat == nbeats - 1 (the row's last beat) and of_sub == SPW / NL - 1, kept
+        # beside the counters: the beat's transfer (the normaliser's ready, its queue's
+        # read, the O read port's enable) starts at flip-flops, not at two compares
+        of_last, of_sub_end = Signal(), Signal(init=SPW // NL == 1)
         with m.If(nm_start):
             m.d.sync += [of_row.eq(0), of_w.eq(0), of_ptr.eq(Mux(self.pv_hpar, PVS, 0)),
-                         of_sub.eq(0), of_beat.eq(0)]
+                         of_sub.eq(0), of_beat.eq(0),
+                         of_last.eq(x.nbeats == 1), of_sub_end.eq(SPW // NL == 1)]
         m.d.comb += [self.o.addr.eq(of_ptr + of_w), self.o.en.eq(of_adv)]
         with m.If(of_adv & ~nm_start):
             m.d.sync += of_valid.eq(of_more)
@@ -821,16 +826,18 @@ class _NormFeeder(wiring.Component):
                 with m.If(of_w == x.wpv - 1):
                     m.d.sync += [of_w.eq(0), of_row.eq(of_row + 1), of_ptr.eq(of_ptr + PVS)]
         op = self.o_in.payload
-        m.d.comb += [self.o_in.valid.eq(of_valid), op.last.eq(of_beat == x.nbeats - 1)]
+        m.d.comb += [self.o_in.valid.eq(of_valid), op.last.eq(of_last)]
         for l in range(NL):
             m.d.comb += op.o[l].eq(self.o.data.as_value().word_select(of_sub * NL + l, 32))
         with m.If(self.o_in.valid & self.o_in.ready):
-            m.d.sync += [of_beat.eq(of_beat + 1), of_sub.eq(of_sub + 1)]
-            with m.If(op.last | (of_sub == SPW // NL - 1)):
+            m.d.sync += [of_beat.eq(of_beat + 1), of_sub.eq(of_sub + 1),
+                         of_last.eq(of_beat + 1 == x.nbeats - 1),
+                         of_sub_end.eq(of_sub + 1 == SPW // NL - 1)]
+            with m.If(of_last | of_sub_end):
                 m.d.comb += of_take.eq(1)
-                m.d.sync += of_sub.eq(0)
-            with m.If(op.last):
-                m.d.sync += of_beat.eq(0)
+                m.d.sync += [of_sub.eq(0), of_sub_end.eq(SPW // NL == 1)]
+            with m.If(of_last):
+                m.d.sync += [of_beat.eq(0), of_last.eq(x.nbeats == 1)]
         return m
 
 
