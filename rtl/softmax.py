@@ -248,12 +248,16 @@ class _FrontPass(wiring.Component):
         m.d.comb += [st_w.addr.eq(f2_beat + Mux(h_w, BPR, 0)), st_w.en.eq(en_f & f2_valid)]
         for l in range(L):
             m.d.comb += [st_w.data[l].t.eq(f2_t[l]), st_w.data[l].vis.eq(f2_vis[l])]
-        beat_max = max_tree([Mux(f2_vis[l], f2_t[l], t_lo) for l in range(L)])
+        masked = [Mux(f2_vis[l], f2_t[l], t_lo) for l in range(L)]
+        beat_max = max_tree(masked)
         # run_max keeps its reset: without it the softmax alone routed at 70.27 MHz out
         # of context, its worst path ending in run_max; with it 79.24 MHz
         run_max = Signal(signed(SB))
         run_vis = Signal()
-        row_max = Mux(f2_beat == 0, beat_max, Mux(run_max > beat_max, run_max, beat_max))
+        # run_max > beat_max iff it exceeds every lane: compared with the lanes beside
+        # the tree, not after it (two compares in series were the front's worst path)
+        run_over = Cat(*[run_max > v for v in masked]).all()
+        row_max = Mux(f2_beat == 0, beat_max, Mux(run_over, run_max, beat_max))
         row_vis = f2_vis.any() | ((f2_beat != 0) & run_vis)
         with m.If(en_f & f2_valid):
             m.d.sync += [run_max.eq(row_max), run_vis.eq(row_vis)]
