@@ -136,8 +136,6 @@ class Preset:
     dram: str = None
     #: the bridge's CHECKSUM unit (the host's checked, resumable load)
     checksum: bool = True
-    #: the matmul's counter compares as flip-flops (`EngineConfig.count_flags`)
-    count_flags: bool = True
 
     @property
     def device_name(self):
@@ -216,9 +214,6 @@ class BoardMachine:
                 words = offload_words(self.cfg, self.q)
         except ValueError as e:       # CompileError, ConfigError are ValueErrors
             raise PresetError(f"{where}: the {p.model} model does not map onto it: {e}") from None
-        if p.count_flags != self.cfg.engine.count_flags:
-            self.cfg = replace(self.cfg, engine=replace(self.cfg.engine,
-                                                        count_flags=p.count_flags))
         self.need_words = words
         self.mem_words = p.mem_words or words
         if p.storage == "dram":
@@ -373,9 +368,6 @@ PRESETS = {p.name: p for p in [
            model="tiny", ops=("matmul",), storage="spram", mem_words=32768, mem_bytes=4,
            # no room for CHECKSUM's unit (~235 logic cells): its loads are plain WRITEs
            checksum=False,
-           # the matmul's compares as they were when its 30 MHz placement was found
-           # (with the two flip-flops it placed at 29.18 MHz)
-           count_flags=False,
            leds=LEDs(busy=("led", 1, None), error=("led", 0, None)),
            notes="FTDI FT2232H USB-serial; 12 MHz oscillator, 30 MHz from the PLL; the whole "
                  "machine does not fit the iCE40UP5K: a MATMUL co-processor for the linear "

@@ -41,7 +41,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .attention_config import AttentionConfig
-from .intarith import round_shift_add_post, round_shift_add_pre, small_times, times_const
+from .intarith import round_shift_add, small_times, times_const
 from .isa import attention_command_layout, matmul_command_layout
 from .matmul import MatmulEngine
 from .memport import MemPort, write_layout
@@ -94,9 +94,6 @@ def _context(c):
         # so NEXT's choice and the block start's fan-out into the issuer's registers
         # do not wait for an add and a compare
         "more": Out(1),
-        # one query in the block (rows_b == 1) and no `chain`: set with the block, so
-        # the issuer's `batch`, in front of DECIDE's choice, is an AND of registers
-        "solo": Out(1),
         "qb": Out(addr), "ob": Out(addr),                   # Q row m0 of this head, output row m0
         # the byte of word qb where this head's Q starts (the S command's k covers it)
         "qo": Out(range(c.engine.mem_bytes)),
@@ -236,32 +233,27 @@ class _CommandSequencer(wiring.Component):
             m.d.comb += x.blk_start.eq(1)
             m.d.sync += [x.left.eq(left), x.qb.eq(qb_val), x.ob.eq(ob_val),
                          x.rows_b.eq(Mux(more, R, left)), x.more.eq(more),
-                         x.solo.eq(Mux(more, R == 1, left == 1) & ~x.chain),
                          x.first_q.eq(first_q),
                          x.last_q.eq(Mux(more, full_last_q, x.tk - 1))]
 
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
                 m.d.comb += self.phase.eq(Phase.IDLE)
-                # the command and what follows from it are loaded on every idle cycle,
-                # so the accepting one loads the accepted command: their enable is the
-                # state, not the command's valid (the machine's issue decision)
-                m.d.sync += [cmd.eq(p), x.tk.eq(p.offset + p.tq), h.eq(0),
-                             hp.eq(0), x.nm_pend.eq(0),
-                             x.chain.eq(chain_p),
-                             x.hbatch.eq(chain_p & (p.head_group > 1) if c.s_chunk > 1 else 0),
-                             h_end.eq(Mux(chain_p & (p.head_group > 1) if c.s_chunk > 1
-                                          else 0, p.head_group - 1, 0)),
-                             dw.eq(0), db.eq(p.d_head),
-                             hq.eq(p.q_base), x.qo.eq(0),
-                             x.hk.eq(p.k_base), x.hv.eq(p.v_base),
-                             x.hw.eq(0), x.ho.eq(0),
-                             x.wpv.eq((p.d_head + SPW - 1) // SPW),
-                             x.nbeats.eq(p.d_head // NL)]
-                for k in ("zero", "p", "s", "pv"):
-                    m.d.sync += getattr(x, f"scratch_{k}").eq(p.scratch_base + off[k])
                 with m.If(accept):
-                    m.d.sync += busy.eq(1)
+                    m.d.sync += [cmd.eq(p), busy.eq(1), x.tk.eq(p.offset + p.tq), h.eq(0),
+                                 hp.eq(0), x.nm_pend.eq(0),
+                                 x.chain.eq(chain_p),
+                                 x.hbatch.eq(chain_p & (p.head_group > 1) if c.s_chunk > 1 else 0),
+                                 h_end.eq(Mux(chain_p & (p.head_group > 1) if c.s_chunk > 1
+                                              else 0, p.head_group - 1, 0)),
+                                 dw.eq(0), db.eq(p.d_head),
+                                 hq.eq(p.q_base), x.qo.eq(0),
+                                 x.hk.eq(p.k_base), x.hv.eq(p.v_base),
+                                 x.hw.eq(0), x.ho.eq(0),
+                                 x.wpv.eq((p.d_head + SPW - 1) // SPW),
+                                 x.nbeats.eq(p.d_head // NL)]
+                    for k in ("zero", "p", "s", "pv"):
+                        m.d.sync += getattr(x, f"scratch_{k}").eq(p.scratch_base + off[k])
                     m.next = "HEAD"
             with m.State("HEAD"):
                 # the head's bases are set; start its first block (chain: only
@@ -429,7 +421,7 @@ class _TileIssuer(wiring.Component):
             chunk_kp = Signal(e.addr_bits)      # CB tiles of the cache
             m.d.sync += [contig.eq(cmd.k_tile_stride == times_const(kw, T // e.cols)),
                          chunk_kp.eq(times_const(cmd.k_tile_stride, CB))]
-            m.d.comb += batch.eq(contig & x.solo)
+            m.d.comb += batch.eq(contig & (x.rows_b == 1) & ~x.chain)
         rem = last_q + 1 - es_k0                # keys of the block from es_k0 on
         m.d.comb += s_tiles.eq(Mux(batch, 1 + sum(rem > i * T for i in range(1, CB)),
                                    Mux(x.hbatch, cmd.head_group, 1)))
@@ -439,28 +431,20 @@ class _TileIssuer(wiring.Component):
                      self.s_full.eq(self.s_full + Mux(s_done, eng_tiles - wr_tiles, 0) + tile_wr
                                     - self.sm_take)]
         s_room = ahead <= Mux(batch, CB, Mux(x.hbatch, cmd.head_group, 1))
-        # es_k0 <= last_q and ep_k0 <= last_q, registered from the values the keys and
-        # the block take next (DECIDE's choice, in front of the normalise phase's start
-        # and its fan-out, then starts at flip-flops, not at two carry compares): a
-        # block or a chained head starts at key 0 (true), an issue steps its side's key
-        s_keys, pv_keys = Signal(init=1), Signal(init=1)
-        m.d.sync += [s_keys.eq(es_k0 <= last_q), pv_keys.eq(ep_k0 <= last_q)]
-        m.d.comb += [t.s_next.eq(s_keys & s_room), t.s_room.eq(s_room),
-                     t.pv_left.eq(pv_keys), t.pv_ready.eq(sm_ready != 0),
+        m.d.comb += [t.s_next.eq((es_k0 <= last_q) & s_room), t.s_room.eq(s_room),
+                     t.pv_left.eq(ep_k0 <= last_q), t.pv_ready.eq(sm_ready != 0),
                      self.sm_room.eq(sm_lead < 2)]
         ep_hv = Signal(e.addr_bits)             # the PV side's head's V cache
         with m.If(x.blk_start):
             m.d.sync += [es_k0.eq(0), ep_k0.eq(0), es_kp.eq(x.hk), ep_vp.eq(x.hv),
-                         es_par.eq(0), ep_par.eq(0), ep_hv.eq(x.hv), self.pv_hpar.eq(0),
-                         s_keys.eq(1), pv_keys.eq(1)]
+                         es_par.eq(0), ep_par.eq(0), ep_hv.eq(x.hv), self.pv_hpar.eq(0)]
         # chain: each side moves to the next head on its own, the halves and the
         # hand-off counters run on across heads
         with m.If(x.s_head):
-            m.d.sync += [es_k0.eq(0), es_kp.eq(x.hk), s_keys.eq(1)]
+            m.d.sync += [es_k0.eq(0), es_kp.eq(x.hk)]
         with m.If(x.pv_wrap):
             m.d.sync += [ep_k0.eq(0), ep_vp.eq(ep_hv + cmd.v_head_stride),
-                         ep_hv.eq(ep_hv + cmd.v_head_stride), self.pv_hpar.eq(~self.pv_hpar),
-                         pv_keys.eq(1)]
+                         ep_hv.eq(ep_hv + cmd.v_head_stride), self.pv_hpar.eq(~self.pv_hpar)]
 
         # Diagonal tiles: the array row blocks at the top of the block whose
         # queries all precede key k0 see none of the tile's keys, so its S and
@@ -502,11 +486,9 @@ class _TileIssuer(wiring.Component):
                      s.out_base.eq(x.scratch_s + Mux(es_par, R * SS, 0)
                                    + small_times(s_skip, AR * SS)),
                      s.out_stride.eq(SS), s.a_signed.eq(1), s.raw_out.eq(1)]
-        s_step = Signal.like(es_k0)
-        m.d.comb += s_step.eq(es_k0 + Mux(batch, CB * T, T))
         with m.If(t.s_issue):
             # a batched S command is the block's last unless it has CB tiles
-            m.d.sync += [es_k0.eq(s_step), s_keys.eq(s_step <= last_q),
+            m.d.sync += [es_k0.eq(es_k0 + Mux(batch, CB * T, T)),
                          es_kp.eq(es_kp + (Mux(batch, chunk_kp, cmd.k_tile_stride)
                                            if CB > 1 else cmd.k_tile_stride)),
                          es_par.eq(~es_par), self.eng_pv.eq(0), eng_tiles.eq(s_tiles)]
@@ -520,11 +502,8 @@ class _TileIssuer(wiring.Component):
                      pv.out_base.eq(x.scratch_pv + small_times(p_skip, AR * PVS)
                                     + Mux(self.pv_hpar, PVS, 0)),
                      pv.out_stride.eq(PVS), pv.a_signed.eq(0), pv.raw_out.eq(1)]
-        p_step = Signal.like(ep_k0)
-        m.d.comb += p_step.eq(ep_k0 + T)
         with m.If(t.pv_issue):
-            m.d.sync += [ep_k0.eq(p_step), pv_keys.eq(p_step <= last_q),
-                         ep_vp.eq(ep_vp + cmd.v_tile_stride),
+            m.d.sync += [ep_k0.eq(ep_k0 + T), ep_vp.eq(ep_vp + cmd.v_tile_stride),
                          ep_par.eq(~ep_par), self.eng_pv.eq(1), self.pv_par.eq(ep_par),
                          self.pv_first.eq(ep_k0 == 0)]
         return m
@@ -612,13 +591,8 @@ class _ScoreFeeder(wiring.Component):
         gb_row = Signal(range(R))
         gb_beat = Signal(range(BPR))
         gb_sub = Signal(range(SPW // LN))
-        # gb_beat == BPR - 1 and gb_sub == SPW / LN - 1, kept beside the counters: the
-        # beat's transfer then takes the S word (the read port's enable, sg_valid)
-        # from flip-flops, not from two compares behind the softmax's ready
-        row_end, sub_end = Signal(init=BPR == 1), Signal(init=SPW // LN == 1)
         with m.If(sm_start):
-            m.d.sync += [gb_row.eq(0), gb_beat.eq(0), gb_sub.eq(0),
-                         row_end.eq(BPR == 1), sub_end.eq(SPW // LN == 1)]
+            m.d.sync += [gb_row.eq(0), gb_beat.eq(0), gb_sub.eq(0)]
         sp = self.scores.payload
         m.d.comb += [self.scores.valid.eq(sg_valid),
                      sp.row.eq(gb_row), sp.qpos.eq(x.first_q + gb_row), sp.k0.eq(sm_k0),
@@ -626,15 +600,14 @@ class _ScoreFeeder(wiring.Component):
                      sp.shift.eq(cmd.score_shift)]
         for l in range(LN):
             m.d.comb += sp.s[l].eq(s_r.data.word_select(gb_sub * LN + l, 32))
+        row_end = gb_beat == BPR - 1
         with m.If(self.scores.valid & self.scores.ready):
-            m.d.sync += [gb_beat.eq(gb_beat + 1), gb_sub.eq(gb_sub + 1),
-                         row_end.eq(gb_beat + 1 == BPR - 1),
-                         sub_end.eq(gb_sub + 1 == SPW // LN - 1)]
-            with m.If(row_end | sub_end):
+            m.d.sync += [gb_beat.eq(gb_beat + 1), gb_sub.eq(gb_sub + 1)]
+            with m.If(row_end | (gb_sub == SPW // LN - 1)):
                 m.d.comb += sg_take.eq(1)
-                m.d.sync += [gb_sub.eq(0), sub_end.eq(SPW // LN == 1)]
+                m.d.sync += gb_sub.eq(0)
             with m.If(row_end):
-                m.d.sync += [gb_beat.eq(0), gb_row.eq(gb_row + 1), row_end.eq(BPR == 1)]
+                m.d.sync += [gb_beat.eq(0), gb_row.eq(gb_row + 1)]
         return m
 
 
@@ -698,18 +671,15 @@ class _ProbWriter(wiring.Component):
 
 class _Accumulator(wiring.Component):
     """O, updated by the PV command's write beats as they come (no phase of its
-    own). A (write beat): read O and the row's delta; B1: O >> delta from both
-    reads' registers (0 on a tile's first PV); B2: + PV per written int32 lane, one
-    carry chain with the rounding bit as its carry-in (`round_shift_add_pre` /
-    `_post`), and the write. A LUT-RAM read, the 33-bit shift and the add in one
-    cycle, and then the shift and add in one cycle with B2's result forwarded
-    into B1, were the engine's worst paths.
-
-    The A read is transparent for B2's write, so a beat sees the write of the beat
-    two cycles before it. Contract: no int32 lane is written in two consecutive
-    cycles (that beat's B1 would shift the word before B2 writes it). A PV command
-    writes each O element once and the next one starts after its done, so the
-    engine's commands keep it."""
+    own). A (write beat): read O and the row's delta; B1: both registered (a
+    LUT-RAM read then a 33-bit shift and a 32-bit add in one cycle were the
+    engine's worst path); B2: O = rs(O, delta) + PV per written int32 lane, one
+    carry chain (`round_shift_add`). The A read is transparent for B2's write,
+    and B1 takes B2's result for the lanes B2 writes when both are the same word,
+    so a beat sees every earlier beat's accumulate, as if each beat read and wrote
+    in one cycle. (A PV command writes each O element once and the next one starts
+    after its done, so that forwarding is a safeguard of the unit's contract, not
+    a case the engine's commands produce.)"""
 
     def __init__(self, cfg: AttentionConfig):
         self.cfg = cfg
@@ -739,25 +709,31 @@ class _Accumulator(wiring.Component):
         pv_row = pv_off[PVS_LOG:] if PVS_LOG < len(pv_off) else Const(0, 1)
         m.d.comb += [o_ac.addr.eq(pv_off), o_ac.en.eq(1),
                      self.info.addr.eq(pv_row + Mux(self.pv_par, R, 0)), self.info.en.eq(1)]
-        # B1 holds the beat; B2 the beat and rs(O, delta)'s shift of the O word read
-        # (0 on a tile's first PV, as B1 saw pv_first). Datapath registers without a reset.
+        # B1 holds the beat; B2 the beat, the O word read (0 on a tile's first PV,
+        # as B1 saw pv_first) and the row's delta. Datapath registers without a reset.
         b1_valid, b2_valid = Signal(), Signal()
         b1_pv, b2_pv = Signal(word, reset_less=True), Signal(word, reset_less=True)
         b1_addr = Signal.like(o_w.addr, reset_less=True)
         b2_addr = Signal.like(o_w.addr, reset_less=True)
         b1_lanes = Signal(SPW, reset_less=True)
         b2_lanes = Signal(SPW, reset_less=True)
-        b2_sh = [Signal(signed(33), name=f"b2_sh{l}", reset_less=True) for l in range(SPW)]
+        b2_old = Signal(word, reset_less=True)
+        b2_delta = Signal.like(self.info.data.delta, reset_less=True)
         m.d.sync += [b1_valid.eq(self.wr_en), b1_pv.eq(self.wr.data), b1_addr.eq(pv_off),
                      b1_lanes.eq(Cat(*[self.wr.strb[4 * l] for l in range(SPW)])),
                      b2_valid.eq(b1_valid), b2_pv.eq(b1_pv), b2_addr.eq(b1_addr),
-                     b2_lanes.eq(b1_lanes)]
+                     b2_lanes.eq(b1_lanes), b2_delta.eq(self.info.data.delta)]
+        # B2 writes the word B1 read a cycle too early to see: forward its lanes. The
+        # first PV's zero is chosen here too, in the LUT that ends the forwarding loop
+        # (B2's add, this select), not in front of B2's shift inside it.
+        fwd = Signal(SPW)
+        m.d.comb += fwd.eq(Mux(b2_valid & (b2_addr == b1_addr), b2_lanes, 0))
         for l in range(SPW):
-            m.d.sync += b2_sh[l].eq(Mux(self.pv_first, 0,
-                                        round_shift_add_pre(o_ac.data[l], self.info.data.delta)))
+            m.d.sync += b2_old[l].eq(Mux(self.pv_first, 0,
+                                         Mux(fwd[l], o_w.data[l], o_ac.data[l])))
         m.d.comb += [o_w.addr.eq(b2_addr), o_w.en.eq(Mux(b2_valid, b2_lanes, 0))]
         for l in range(SPW):
-            m.d.comb += o_w.data[l].eq(round_shift_add_post(b2_sh[l], b2_pv[l], 32, True))
+            m.d.comb += o_w.data[l].eq(round_shift_add(b2_old[l], b2_delta, b2_pv[l], 32))
         return m
 
 
@@ -810,14 +786,9 @@ class _NormFeeder(wiring.Component):
         of_take = Signal()
         of_adv = ~of_valid | of_take
         of_more = nm_on & (of_row != nm_rows)
-        # of_beat == nbeats - 1 (the row's last beat) and of_sub == SPW / NL - 1, kept
-        # beside the counters: the beat's transfer (the normaliser's ready, its queue's
-        # read, the O read port's enable) starts at flip-flops, not at two compares
-        of_last, of_sub_end = Signal(), Signal(init=SPW // NL == 1)
         with m.If(nm_start):
             m.d.sync += [of_row.eq(0), of_w.eq(0), of_ptr.eq(Mux(self.pv_hpar, PVS, 0)),
-                         of_sub.eq(0), of_beat.eq(0),
-                         of_last.eq(x.nbeats == 1), of_sub_end.eq(SPW // NL == 1)]
+                         of_sub.eq(0), of_beat.eq(0)]
         m.d.comb += [self.o.addr.eq(of_ptr + of_w), self.o.en.eq(of_adv)]
         with m.If(of_adv & ~nm_start):
             m.d.sync += of_valid.eq(of_more)
@@ -826,32 +797,23 @@ class _NormFeeder(wiring.Component):
                 with m.If(of_w == x.wpv - 1):
                     m.d.sync += [of_w.eq(0), of_row.eq(of_row + 1), of_ptr.eq(of_ptr + PVS)]
         op = self.o_in.payload
-        m.d.comb += [self.o_in.valid.eq(of_valid), op.last.eq(of_last)]
+        m.d.comb += [self.o_in.valid.eq(of_valid), op.last.eq(of_beat == x.nbeats - 1)]
         for l in range(NL):
             m.d.comb += op.o[l].eq(self.o.data.as_value().word_select(of_sub * NL + l, 32))
         with m.If(self.o_in.valid & self.o_in.ready):
-            m.d.sync += [of_beat.eq(of_beat + 1), of_sub.eq(of_sub + 1),
-                         of_last.eq(of_beat + 1 == x.nbeats - 1),
-                         of_sub_end.eq(of_sub + 1 == SPW // NL - 1)]
-            with m.If(of_last | of_sub_end):
+            m.d.sync += [of_beat.eq(of_beat + 1), of_sub.eq(of_sub + 1)]
+            with m.If(op.last | (of_sub == SPW // NL - 1)):
                 m.d.comb += of_take.eq(1)
-                m.d.sync += [of_sub.eq(0), of_sub_end.eq(SPW // NL == 1)]
-            with m.If(of_last):
-                m.d.sync += [of_beat.eq(0), of_last.eq(x.nbeats == 1)]
+                m.d.sync += of_sub.eq(0)
+            with m.If(op.last):
+                m.d.sync += of_beat.eq(0)
         return m
 
 
 class _OutputWriter(wiring.Component):
     """Normalised int8 rows to memory, norm_lanes bytes per write at the head's
     byte offset, taken when the phase starts (the sequencer may already be in
-    the next head).
-
-    The write request leaves from registers: whether rows are left (`ow_on`, kept
-    beside the row count), the word address (the row's first word plus the head's
-    word, kept as one sum), and the byte position as a one-hot, so data and strobe
-    are an AND-OR of the normaliser's output register per byte, not a shifter.
-    They go through the machine's write arbitration into the memory's write
-    register, and the valid and ready gate the normaliser's pipeline enable."""
+    the next head)."""
 
     def __init__(self, cfg: AttentionConfig):
         self.cfg = cfg
@@ -869,46 +831,29 @@ class _OutputWriter(wiring.Component):
         R, MB, NL = c.rows, e.mem_bytes, c.norm_lanes
         x = self.ctx
         ow_row = Signal(range(R + 1))
-        ow_on = Signal()                                    # ow_row != nm_rows, during the phase
-        ow_base = Signal(e.addr_bits)                       # the row's output word + the head's
-        ow_addr = Signal(e.addr_bits)                       # ... + the words written of the row
-        ow_byte = Signal(MB)                                # the next byte, one-hot
-        ow_ho = Signal(MB)                                  # the head's first byte, one-hot
-        ho_oh = Signal(MB)
-        m.d.comb += ho_oh.eq(Const(1, MB) << x.ho)
+        ow_ptr = Signal(e.addr_bits)
+        ow_word, ow_byte = Signal(e.addr_bits), Signal(range(MB))
+        ow_hw, ow_ho = Signal(e.addr_bits), Signal(range(MB))     # the head's first byte
         with m.If(x.nm_start):
-            # nm_rows >= 1 (every block has a query): rows are left
-            m.d.sync += [ow_row.eq(0), ow_on.eq(1), ow_base.eq(x.ob + x.hw),
-                         ow_addr.eq(x.ob + x.hw), ow_byte.eq(ho_oh), ow_ho.eq(ho_oh)]
+            m.d.sync += [ow_row.eq(0), ow_ptr.eq(x.ob), ow_word.eq(x.hw), ow_byte.eq(x.ho),
+                         ow_hw.eq(x.hw), ow_ho.eq(x.ho)]
+        ow_on = x.nm_on & (ow_row != x.nm_rows)
+        yb = Cat(*[self.y.payload.y[l] for l in range(NL)])
         m.d.comb += self.y.ready.eq(ow_on & self.wr.ready)
         with m.If(self.y.valid & self.y.ready):
-            # the byte one-hot steps by NL, wrapping into the next word
-            wrap = ow_byte[MB - NL]
-            m.d.sync += ow_byte.eq(Cat(ow_byte[MB - NL:], ow_byte[:MB - NL]))
-            with m.If(wrap):
-                m.d.sync += ow_addr.eq(ow_addr + 1)
+            nb = ow_byte + NL
+            m.d.sync += ow_byte.eq(nb)
+            with m.If(nb == MB):
+                m.d.sync += [ow_byte.eq(0), ow_word.eq(ow_word + 1)]
             with m.If(self.y.payload.last):
-                m.d.sync += [ow_row.eq(ow_row + 1), ow_on.eq(ow_row + 1 != x.nm_rows),
-                             ow_base.eq(ow_base + x.params.out_stride),
-                             ow_addr.eq(ow_base + x.params.out_stride), ow_byte.eq(ow_ho)]
-        # the phase's rows are all written (ow_row == nm_rows): a register, not a compare
-        m.d.comb += self.nm_done.eq(x.nm_on & ~x.nm_start & ~ow_on)
-        # byte i of the word is lane j's when the one-hot marks byte i - j
-        data = [_or_all([Mux(ow_byte[i - j], self.y.payload.y[j].as_unsigned(), 0)
-                         for j in range(NL) if i >= j], 8) for i in range(MB)]
-        strb = [_or_all([ow_byte[i - j] for j in range(NL) if i >= j], 1) for i in range(MB)]
+                m.d.sync += [ow_row.eq(ow_row + 1), ow_ptr.eq(ow_ptr + x.params.out_stride),
+                             ow_word.eq(ow_hw), ow_byte.eq(ow_ho)]
+        m.d.comb += self.nm_done.eq(x.nm_on & ~x.nm_start & (ow_row == x.nm_rows))
         m.d.comb += [self.wr.valid.eq(self.y.valid & ow_on),
-                     self.wr.payload.addr.eq(ow_addr),
-                     self.wr.payload.data.eq(Cat(*data)), self.wr.payload.strb.eq(Cat(*strb))]
+                     self.wr.payload.addr.eq(ow_ptr + ow_word),
+                     self.wr.payload.data.eq(yb << (ow_byte * 8)),
+                     self.wr.payload.strb.eq(Const((1 << NL) - 1, MB) << ow_byte)]
         return m
-
-
-def _or_all(vals, width):
-    """The OR of `vals` (at most one non-zero: the one-hot's selection), `width` bits."""
-    out = Const(0, width)
-    for v in vals:
-        out = out | v
-    return out
 
 
 class AttentionEngine(wiring.Component):

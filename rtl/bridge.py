@@ -766,12 +766,8 @@ class _Checksum(wiring.Component):
         m.d.comb += [self.rd_req.payload.addr.eq(ptr), self.crc.eq(~reg)]
         with m.FSM(name="checksum") as fsm:
             with m.State("IDLE"):
-                # the pointer and count follow the frame's registers while idle, so the
-                # executor's checks (``start``) enable only the state and the CRC
-                # register, not 32 more flip-flops
-                m.d.sync += [ptr.eq(self.addr), left.eq(self.count)]
                 with m.If(self.start):
-                    m.d.sync += reg.eq(0xFFFFFFFF)
+                    m.d.sync += [reg.eq(0xFFFFFFFF), ptr.eq(self.addr), left.eq(self.count)]
                     m.next = "REQ"
             with m.State("REQ"):
                 m.d.comb += self.rd_req.valid.eq(1)

@@ -6,7 +6,7 @@ derived from the fields, so they cannot drift apart. Impossible
 configurations are refused at construction, naming the broken limit.
 """
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = ["EngineConfig", "ConfigError", "refusing", "ceil_div"]
 
@@ -68,13 +68,6 @@ class EngineConfig:
     param_fifo_tiles: int = 8
     #: Output buffer depth in tiles (of `rows` rows each) between drain and writer.
     out_fifo_tiles: int = 4
-    #: The matmul feeder's ``f_k != 0`` and the writer's last-beat compare as
-    #: flip-flops set with their counters (True: the W and output FIFOs' read
-    #: enables start at registers, for ECP5 clocks), or as compares (False: the
-    #: netlist the iCE40UP5K preset's 30 MHz placement was found with). Same cycles
-    #: and results either way, so it stays out of the repr and thus out of the
-    #: configuration's fingerprint (`protocol.config_id`): programs run on both.
-    count_flags: bool = field(default=True, repr=False)
 
     def __post_init__(self):
         if self.mem_bytes is None:
@@ -104,8 +97,6 @@ class EngineConfig:
         self._check("w_fifo_depth", 4, 1024)
         self._check("param_fifo_tiles", 4, 64)
         self._check("out_fifo_tiles", 2, 16)
-        if not isinstance(self.count_flags, bool):
-            raise ConfigError(f"count_flags must be a bool, got {self.count_flags!r}")
 
     #: Fields of the matmul engine checked here (other engines check their own).
     _MATMUL_INT_FIELDS = ("rows", "cols", "a_bits", "w_bits", "acc_bits", "mult_bits",

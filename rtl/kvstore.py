@@ -72,11 +72,7 @@ class KVStore(wiring.Component):
     Kᵀ column tile when tile > cols) have registered operands and product;
     the second is the assembler's, per segment, made while the shift stages
     finish the segment's part, so the writer starts a segment in one cycle.
-    ``done`` pulses the cycle after the last write is accepted. Every
-    decision a take, a request or a write's acceptance acts on (a token's,
-    segment's or group's end, a segment's word count and shift, the
-    responses' ready) is a register set a step ahead, not a compare in the
-    accepting cycle.
+    ``done`` pulses the cycle after the last write is accepted.
     """
 
     def __init__(self, cfg: AttentionConfig):
@@ -110,15 +106,10 @@ class KVStore(wiring.Component):
         # (every step of a token) then start at a register, not at a subtract
         H1 = Signal(signed(len(p.n_head) + 1), reset_less=True)
         N1 = Signal(signed(len(p.n_tok) + 1), reset_less=True)
-        # one head; a head's V d-columns in one word: the writer's flags that a
-        # restart of its head or d-column count sets are these, not compares
-        h1z, n1z = Signal(reset_less=True), Signal(reset_less=True)
-        dt_one = Signal(reset_less=True)
         with m.If(self.cmd.valid & ~run):
             d1 = (p.d_head - 1)[:len(p.d_head)]
             m.d.sync += [cmd.eq(p), run.eq(1), start.eq(1), H1.eq(p.n_head - 1),
-                         N1.eq(p.n_tok - 1), h1z.eq(p.n_head == 1),
-                         n1z.eq(p.n_tok == 1), dt_one.eq(p.d_head <= C),
+                         N1.eq(p.n_tok - 1),
                          dq.eq(p.d_head // MB), dr.eq(p.d_head % MB),
                          d1q.eq(d1 // MB), d1r.eq(d1 % MB),
                          j0.eq(p.pos0 // T), kin0.eq(p.pos0 % T),
@@ -126,80 +117,42 @@ class KVStore(wiring.Component):
         with m.Else():
             m.d.sync += start.eq(0)
 
-        def seg_wrap(off, sh):
-            return off + dr >= MB                      # the next head's off passes a word's end
-
-        def seg_nw1(off, sh):
-            return d1q + (off + d1r >= MB)             # the segment's words - 1
-
-        def seg_pos(off, sh):
-            return off > sh                            # the first word only starts a buffer word
-
-        def seg_flush(off, sh):
-            # a buffer word's last byte lies past the segment's last source word: one
-            # more emission after it (Q words per token in all)
-            return (off + d1r >= MB) < ((sh + d1r >= MB) + seg_pos(off, sh))
-
-        def seg_rho(off, sh):
-            # 1 .. MB: the window's byte offset
-            return Mux(seg_pos(off, sh), off - sh, MB + off - sh)
-
-        def walker(name, derive):
+        def walker(name):
             """The group / segment / token counters the issuer and the assembler
             both walk: tokens t of a group share key // cols within one tile; a
             group's segments are K of heads 0 .., then V of heads 0 ..; a
-            segment starts at byte `off` of word `a` of a token's source row.
-
-            ``derive`` ({name: (shape, f(off, sh))}): what a segment's first byte
-            and its first row in the buffer decide for all its takes or requests,
-            each a register set with the segment (from the next segment's off and
-            sh), so that no take waits on these sums and compares."""
+            segment starts at byte `off` of word `a` of a token's source row."""
             w = type("Walk", (), {})()
-            derive = {"wrap": (1, seg_wrap), **derive}
             for n, shape in (("t", range(c.max_seq + 1)), ("kin", range(T)), ("kc", range(C)),
                              ("tlo", range(c.max_seq + 1)), ("kinlo", range(T)),
                              ("kclo", range(C)), ("sel", 1), ("h", 8), ("off", range(MB)),
                              ("bh", range(MB)), ("k", range(Q + 2))):
                 setattr(w, n, Signal(shape, name=f"{name}_{n}"))
-            # t == N1, tlo == N1 and h == H1 as flags set with t, tlo and h (from
-            # the next value's compare, a step ahead), so that the take or the
-            # request that ends a token does not wait on the compares
-            t_last, tlo_last, h_last = (Signal(name=f"{name}_{n}") for n in
-                                        ("t_last", "tlo_last", "h_last"))
-            w.last_tok = (w.kc == C - 1) | (w.kin == T - 1) | t_last
-            w.last_seg = w.sel & h_last
-            w.last = w.last_seg & t_last
+            w.last_tok = (w.kc == C - 1) | (w.kin == T - 1) | (w.t == N1)
+            w.last_seg = w.sel & (w.h == H1)
+            w.last = w.last_seg & (w.t == N1)
+            w.wrap = Signal(name=f"{name}_wrap")        # off + dr passes a word's end
+            m.d.comb += w.wrap.eq(w.off + dr >= MB)
+            w.nw1 = d1q + (w.off + d1r >= MB)            # the segment's words - 1
             w.sh = Mux(w.sel, 0, w.bh)                   # its first row in the buffer
-            for n, (shape, _) in derive.items():
-                setattr(w, n, Signal(shape, name=f"{name}_{n}"))
-
-            def set_derived(off, sh):
-                m.d.sync += [getattr(w, n).eq(f(off, sh)) for n, (_, f) in derive.items()]
             with m.If(start):
-                set_derived(cmd.src_lane, 0)
                 m.d.sync += [w.t.eq(0), w.kin.eq(kin0), w.kc.eq(kc0), w.tlo.eq(0),
                              w.kinlo.eq(kin0), w.kclo.eq(kc0), w.sel.eq(0), w.h.eq(0),
-                             w.off.eq(cmd.src_lane), w.bh.eq(0), w.k.eq(0),
-                             t_last.eq(n1z), tlo_last.eq(n1z), h_last.eq(h1z)]
+                             w.off.eq(cmd.src_lane), w.bh.eq(0), w.k.eq(0)]
 
             def step_token():
                 """After a token's last word: the next token, segment or group."""
                 m.d.sync += w.k.eq(0)
-                t1_last = w.t + 1 == N1
                 with m.If(~w.last_tok):
-                    m.d.sync += [w.t.eq(w.t + 1), w.kin.eq(w.kin + 1), w.kc.eq(w.kc + 1),
-                                 t_last.eq(t1_last)]
+                    m.d.sync += [w.t.eq(w.t + 1), w.kin.eq(w.kin + 1), w.kc.eq(w.kc + 1)]
                 with m.Else():
-                    m.d.sync += [w.t.eq(w.tlo), w.kin.eq(w.kinlo), w.kc.eq(w.kclo),
-                                 t_last.eq(tlo_last)]
+                    m.d.sync += [w.t.eq(w.tlo), w.kin.eq(w.kinlo), w.kc.eq(w.kclo)]
                     with m.If(~w.last_seg):
                         bh = w.bh + cmd.k_skew
-                        off_n = Mux(w.wrap, w.off + dr - MB, w.off + dr)
-                        bh_n = Mux(bh >= MB, bh - MB, bh)
-                        m.d.sync += [w.off.eq(off_n), w.h.eq(w.h + 1), w.bh.eq(bh_n),
-                                     h_last.eq(Mux(h_last, h1z, w.h + 1 == H1))]
-                        set_derived(off_n, Mux(w.sel | h_last, 0, bh_n))
-                        with m.If(h_last):
+                        m.d.sync += [w.off.eq(Mux(w.wrap, w.off + dr - MB, w.off + dr)),
+                                     w.h.eq(w.h + 1),
+                                     w.bh.eq(Mux(bh >= MB, bh - MB, bh))]
+                        with m.If(w.h == H1):
                             m.d.sync += [w.sel.eq(1), w.h.eq(0)]
                     with m.Else():
                         nkin = Mux(w.kin == T - 1, 0, w.kin + 1)
@@ -207,15 +160,13 @@ class KVStore(wiring.Component):
                         m.d.sync += [w.t.eq(w.t + 1), w.tlo.eq(w.t + 1), w.kin.eq(nkin),
                                      w.kinlo.eq(nkin), w.kc.eq(nkc), w.kclo.eq(nkc),
                                      w.sel.eq(0), w.h.eq(0), w.bh.eq(0),
-                                     w.off.eq(cmd.src_lane), t_last.eq(t1_last),
-                                     tlo_last.eq(t1_last), h_last.eq(h1z)]
-                        set_derived(cmd.src_lane, 0)
+                                     w.off.eq(cmd.src_lane)]
             w.step_token = step_token
             return w
 
         # ---- issuer: the request register is loaded while fewer than
         # max_outstanding reads are unanswered (the register's counted)
-        iw = walker("iss", {"nw1": (range(DMAX // MB + 2), seg_nw1)})
+        iw = walker("iss")
         i_run = Signal()
         grow, trow, ga, ta, addr = (Signal(A, name=n) for n in ("grow", "trow", "ga", "ta", "addr"))
         req_v = Signal()
@@ -259,14 +210,17 @@ class KVStore(wiring.Component):
             """The next part and its first word (a part's base advances by Q)."""
             return [part.eq(Mux(part == NP - 1, 0, part + 1)),
                     base.eq(Mux(part == NP - 1, 0, base + Q))]
-        aw = walker("asm", {"nw1": (range(DMAX // MB + 2), seg_nw1), "pos": (1, seg_pos),
-                            "flush": (1, seg_flush), "rho": (range(MB + 1), seg_rho)})
+        aw = walker("asm")
         a_run = Signal()
         a_part, a_base = Signal(range(NP)), Signal(range(NP * Q))
         a_q = Signal(range(Q + 1))                     # the token's next buffer word
         flushing = Signal()
         sh = aw.sh
-        pos, flush, rho = aw.pos, aw.flush, aw.rho
+        pos = aw.off > sh                               # the first word only starts a buffer word
+        # a buffer word's last byte lies past the segment's last source word: one
+        # more emission after it (Q words per token in all)
+        flush = (aw.off + d1r >= MB) < ((sh + d1r >= MB) + pos)
+        rho = Mux(pos, aw.off - sh, MB + aw.off - sh)   # 1 .. MB: the window's byte offset
         e_v, e_last, e_part = Signal(), Signal(), Signal(range(NP))
         e_base = Signal(range(NP * Q))
         e_cur, e_prev = Signal(8 * MB), Signal(8 * MB)
@@ -287,13 +241,7 @@ class KVStore(wiring.Component):
         # at the segment's last take, two cycles before its full flag (the shift
         # stages), so that a segment of one word per part cannot overtake the writer
         claimed = Signal(NP)
-        # the responses' ready, a_run & ~flushing & ~claimed[a_part], is a register
-        # set from those registers' next values (below), so that neither the claimed
-        # parts' select nor the writer's clear reaches the memory's response queue
-        # or the takes' enables
-        rd_ready = Signal()
-        a_oh = Signal(NP, init=1)                      # a_part, one-hot
-        m.d.comb += [self.mem.rd_resp.ready.eq(rd_ready),
+        m.d.comb += [self.mem.rd_resp.ready.eq(a_run & ~flushing & ~claimed.bit_select(a_part, 1)),
                      take.eq(self.mem.rd_resp.valid & self.mem.rd_resp.ready)]
         tok_end = Signal()
         seg_end = Signal()
@@ -319,15 +267,13 @@ class KVStore(wiring.Component):
             m.d.sync += a_q.eq(0)
             aw.step_token()
             with m.If(aw.last_tok):
-                m.d.sync += [*nxt_part(a_part, a_base), a_oh.eq(a_oh.rotate_left(1)),
-                             meta_kinlo[a_part].eq(aw.kinlo),
+                m.d.sync += [*nxt_part(a_part, a_base), meta_kinlo[a_part].eq(aw.kinlo),
                              meta_kinhi[a_part].eq(aw.kin), meta_kclo[a_part].eq(aw.kclo),
                              meta_kchi[a_part].eq(aw.kc), meta_last[a_part].eq(aw.last)]
                 with m.If(aw.last):
                     m.d.sync += a_run.eq(0)
         with m.If(start):
-            m.d.sync += [a_run.eq(1), a_part.eq(0), a_oh.eq(1), a_base.eq(0), a_q.eq(0),
-                         flushing.eq(0)]
+            m.d.sync += [a_run.eq(1), a_part.eq(0), a_base.eq(0), a_q.eq(0), flushing.eq(0)]
         # the offset from the segment's walk at its end (registered operands, then the
         # registered product, then the sum into the part's meta): three cycles, as
         # the shift stages take to set the part's full flag, so the writer sees both
@@ -387,24 +333,9 @@ class KVStore(wiring.Component):
         kk, kk0 = Signal(range(T + KPW)), Signal(range(T + KPW))  # V: the word's first key
         kkm, kkm0 = Signal(range(C)), Signal(range(C))            # ... mod cols: its bank
         kaddr, vaddr, vline = Signal(A), Signal(A), Signal(A)
-        # the writer's decisions as flags set with the counters they are about (in
-        # WAIT from the segment's meta, at each step from the counters' next values),
-        # so that the memory's ready, through ``adv``, reaches the segment's end and
-        # the group's and head's steps through one gate, not through the compares
-        seg_last = Signal()                            # this word is the segment's last
-        k_last = Signal()                              # Kᵀ: rr + KPW >= w_sh + D
-        v_last_kp, v_last_dt = Signal(), Signal()      # V: kk + KPW > kinhi; dC + C >= D
-        kp_one = Signal()                              # V: the keys fill one word
-        w_hlast = Signal()                             # w_h == H1
-        kinhi_last = Signal()                          # kinhi == T - 1: the key tile's end
-        w_oh = Signal(NP, init=1)                      # w_part, one-hot
         clear = Signal(NP)
-        claimed_n = (claimed | Mux(seg_end, a_oh, 0)) & ~clear
-        a_oh_n = Mux(start, 1, Mux(seg_end, a_oh.rotate_left(1), a_oh))
-        a_run_n = Mux(start, 1, a_run & ~(seg_end & aw.last))
-        flushing_n = ~start & take & (aw.k == aw.nw1) & flush
-        m.d.sync += [full.eq((full | set_full) & ~clear), claimed.eq(claimed_n),
-                     rd_ready.eq(a_run_n & ~flushing_n & ~(claimed_n & a_oh_n).any())]
+        m.d.sync += [full.eq((full | set_full) & ~clear),
+                     claimed.eq((claimed | Mux(seg_end, Const(1, NP) << a_part, 0)) & ~clear)]
 
         # stage 1 (buffer read), 2 (K: each bank's k_per_word bytes; V: the
         # k_per_word banks) and the write register (V: each bank's cols bytes)
@@ -443,7 +374,10 @@ class KVStore(wiring.Component):
             m.d.sync += [done.eq(1), run.eq(0)]
 
         w_end = Signal()
-        m.d.comb += w_end.eq(s0 & seg_last)
+        k_last = rr + KPW >= w_sh + cmd.d_head
+        v_last_kp = kk + KPW > kinhi
+        v_last_dt = dC + C >= cmd.d_head
+        m.d.comb += w_end.eq(s0 & Mux(w_sel, v_last_kp & v_last_dt, k_last))
         k_strb = Cat(*(((rr + i >= w_sh) & (rr + i < w_sh + cmd.d_head) & (cc >= kclo)
                         & (cc <= kchi)) for i in range(KPW) for cc in range(C)))
         v_strb = Cat(*(((kk + i >= kinlo) & (kk + i <= kinhi) & (dC + cc < cmd.d_head))
@@ -455,23 +389,17 @@ class KVStore(wiring.Component):
             m.d.sync += s1_wc.eq(wc)
             m.d.sync += [s1_bank[i].eq((kkm + i) % C) for i in range(KPW)]
             with m.If(~w_sel):
-                nk_last = rr + 2 * KPW >= w_sh + cmd.d_head
-                m.d.sync += [rr.eq(rr + KPW), kaddr.eq(kaddr + 1), wc.eq(wc + 1),
-                             k_last.eq(nk_last), seg_last.eq(nk_last)]
+                m.d.sync += [rr.eq(rr + KPW), kaddr.eq(kaddr + 1), wc.eq(wc + 1)]
                 with m.If(wc == C - 1):
                     m.d.sync += [wc.eq(0), wq.eq(wq + 1)]
             with m.Elif(~v_last_kp):
                 kkm_n = kkm + KPW % C
-                nv_last_kp = kk + 2 * KPW > kinhi
                 m.d.sync += [kk.eq(kk + KPW), kkm.eq(Mux(kkm_n >= C, kkm_n - C, kkm_n)),
-                             vaddr.eq(vaddr + 1),
-                             v_last_kp.eq(nv_last_kp), seg_last.eq(nv_last_kp & v_last_dt)]
+                             vaddr.eq(vaddr + 1)]
             with m.Else():
-                nv_last_dt = dC + 2 * C >= cmd.d_head
                 m.d.sync += [kk.eq(kk0), kkm.eq(kkm0), dC.eq(dC + C),
                              vline.eq(vline + wpt_tile), vaddr.eq(vline + wpt_tile),
-                             dsel.eq(dsel + 1), v_last_kp.eq(kp_one), v_last_dt.eq(nv_last_dt),
-                             seg_last.eq(kp_one & nv_last_dt)]
+                             dsel.eq(dsel + 1)]
                 with m.If(dsel == KPW - 1):
                     m.d.sync += [dsel.eq(0), dqw.eq(dqw + 1)]
 
@@ -479,8 +407,7 @@ class KVStore(wiring.Component):
             with m.State("IDLE"):
                 with m.If(start):
                     m.d.sync += [jkp.eq(j0 * cmd.k_tile_stride), jvp.eq(j0 * cmd.v_tile_stride),
-                                 w_part.eq(0), w_oh.eq(1), w_base.eq(0), w_sel.eq(0), w_h.eq(0),
-                                 w_hlast.eq(h1z), w_bh.eq(0)]
+                                 w_part.eq(0), w_base.eq(0), w_sel.eq(0), w_h.eq(0), w_bh.eq(0)]
                     m.next = "BASE"
             with m.State("BASE"):
                 kb, vb = cmd.k_base + jkp, cmd.v_base + jvp
@@ -489,16 +416,9 @@ class KVStore(wiring.Component):
             with m.State("WAIT"):
                 # the segment's first word, rows and keys, once its part is full
                 with m.If(full.bit_select(w_part, 1)):
-                    klo, khi = meta_kinlo[w_part], meta_kinhi[w_part]
+                    klo = meta_kinlo[w_part]
                     sh_ = Mux(w_sel, 0, w_bh)
-                    # the first word's flags: a Kᵀ segment within one word; the V
-                    # keys within one word (kk0 + KPW > khi) and D within `cols`
-                    k1 = sh_ % KPW + cmd.d_head <= KPW
-                    kp1 = klo // KPW == khi // KPW
-                    m.d.sync += [k_last.eq(k1), kp_one.eq(kp1), v_last_kp.eq(kp1),
-                                 v_last_dt.eq(dt_one), kinhi_last.eq(khi == T - 1),
-                                 seg_last.eq(Mux(w_sel, kp1 & dt_one, k1))]
-                    m.d.sync += [kinlo.eq(klo), kinhi.eq(khi),
+                    m.d.sync += [kinlo.eq(klo), kinhi.eq(meta_kinhi[w_part]),
                                  kclo.eq(meta_kclo[w_part]), kchi.eq(meta_kchi[w_part]),
                                  w_lastseg.eq(meta_last[w_part]), w_sh.eq(sh_),
                                  rr.eq(sh_ - sh_ % KPW), wc.eq(sh_ // KPW), wq.eq(0),
@@ -511,9 +431,8 @@ class KVStore(wiring.Component):
             with m.State("RUN"):
                 m.d.comb += s0.eq(adv)
                 with m.If(w_end):
-                    m.d.comb += clear.eq(w_oh)
-                    m.d.sync += [*nxt_part(w_part, w_base), w_oh.eq(w_oh.rotate_left(1)),
-                                 w_hlast.eq(Mux(w_hlast, h1z, w_h + 1 == H1))]
+                    m.d.comb += clear.eq(Const(1, NP) << w_part)
+                    m.d.sync += nxt_part(w_part, w_base)
                     with m.If(w_lastseg):
                         m.next = "IDLE"
                     with m.Else():
@@ -522,14 +441,14 @@ class KVStore(wiring.Component):
                         bh = w_bh + cmd.k_skew
                         m.d.sync += [w_h.eq(w_h + 1), w_bh.eq(Mux(bh >= MB, bh - MB, bh)),
                                      khead.eq(khead + cmd.k_head_stride)]
-                        with m.If(w_hlast):
+                        with m.If(w_h == H1):
                             m.d.sync += [w_sel.eq(1), w_h.eq(0)]
-                    with m.Elif(~w_hlast):
+                    with m.Elif(w_h != H1):
                         m.d.sync += [w_h.eq(w_h + 1), vhead.eq(vhead + cmd.v_head_stride)]
                     with m.Else():
                         # the group's end: the next group's column tile (and key tile)
                         m.d.sync += [w_sel.eq(0), w_h.eq(0), w_bh.eq(0)]
-                        with m.If(kinhi_last):
+                        with m.If(kinhi == T - 1):
                             nk, nv = kgrp + cmd.k_tile_stride, vgrp + cmd.v_tile_stride
                             m.d.sync += [kgrp.eq(nk), khead.eq(nk),
                                          vgrp.eq(nv), vhead.eq(nv)]

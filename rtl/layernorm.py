@@ -102,20 +102,6 @@ def _pair_level(values, first_if):
     return nxt + values[len(nxt) * 2:]
 
 
-def _masked_pair_level(values, mask, first_if, pad):
-    """`_pair_level` of the values with those past a prefix mask replaced by `pad`
-    (the reduction's identity, ``lo`` for a max, ``hi`` for a min), with the mask
-    applied after the compare: a pair's second value is in only if its first is,
-    so the pair is the compare's pick when the second is in, else the first or
-    `pad`. The compare then starts at the values, not behind the mask's select
-    (pass A's worst path on ECP5, 10.4 ns, ran from the mask through both)."""
-    values = list(values)
-    nxt = [Mux(mask[2 * i + 1], Mux(first_if(a, b), a, b), Mux(mask[2 * i], a, pad))
-           for i, (a, b) in enumerate(zip(values[::2], values[1::2]))]
-    rest = [Mux(mask[i], v, pad) for i, v in enumerate(values) if i >= len(nxt) * 2]
-    return nxt + rest
-
-
 def _min_tree(values):
     """Balanced reduction tree of signed minima."""
     values = list(values)
@@ -486,8 +472,8 @@ class _PassA(wiring.Component):
         with m.If(take_a):
             m.d.sync += next_mask.eq(Cat(n_left > l + L for l in range(L)))
         mask = Mux(first_a, first_mask, next_mask)
-        lvl_max = _masked_pair_level([xs[l] for l in range(L)], mask, lambda a, b: a > b, C(lo, signed(R)))
-        lvl_min = _masked_pair_level([xs[l] for l in range(L)], mask, lambda a, b: a < b, C(hi, signed(R)))
+        lvl_max = _pair_level([Mux(mask[l], xs[l], lo) for l in range(L)], lambda a, b: a > b)
+        lvl_min = _pair_level([Mux(mask[l], xs[l], hi) for l in range(L)], lambda a, b: a < b)
         p1_x = [Signal(signed(R), name=f"p1_x{l}", reset_less=True) for l in range(L)]
         p1_max = [Signal(signed(R), name=f"p1_max{i}", reset_less=True)
                   for i in range(len(lvl_max))]

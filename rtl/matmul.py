@@ -545,10 +545,6 @@ class _Feeder(wiring.Component):
         f_last = Signal()
         f_pop = Signal()
         f_k = Signal(range(c.max_k + 1))          # beats so far in this tile
-        # f_k != 0, a flip-flop set with f_k: the beat's ready (into the W FIFO's read
-        # enable, the credits and the whole walk) starts at a register, not a compare
-        # (without `count_flags`: the compare itself)
-        f_k_nz = Signal() if c.count_flags else (f_k != 0)
         f_kk = Signal(range(c.max_k + 1))         # the beat's (first) k-step
         f_g = Signal(range(GW))
         f_lane = Signal(range(MB))
@@ -558,9 +554,6 @@ class _Feeder(wiring.Component):
         f_m0 = Signal.like(cmd.m)
         f_pad = Signal.like(self.ctx.pmin)
         k_step = Mux(fold, GW, 1)
-
-        def k_nz(v):
-            return [f_k_nz.eq(v)] if c.count_flags else []
         lane_wrap = Mux(fold, f_lane == MB - GW, f_lane == MB - 1)
         # padding counts the tile's beats rather than K: a GEMV-mode tile is
         # ceil(K / k_per_word) beats, and no divider is needed for it
@@ -583,21 +576,21 @@ class _Feeder(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.ctx.start):
-                    m.d.sync += [f_k.eq(0), *k_nz(0), f_kk.eq(0), f_g.eq(0), f_lane.eq(0),
+                    m.d.sync += [f_k.eq(0), f_kk.eq(0), f_g.eq(0), f_lane.eq(0),
                                  f_entry.eq(0), f_n0.eq(0), f_m0.eq(0), f_bank.eq(0)]
                     m.next = "BEAT"
             with m.State("BEAT"):
                 ready = (a_rdy.bit_select(f_bank, 1) & ((f_g != 0) | self.weights.valid)
-                         & (f_k_nz | (credits >= self.ctx.tile_rows)))
+                         & ((f_k != 0) | (credits >= self.ctx.tile_rows)))
                 m.d.comb += [f_beat.eq(ready), f_pop.eq(ready & (f_g == 0)),
-                             reserve.eq(ready & (~f_k_nz if c.count_flags else (f_k == 0))), f_last.eq(f_kk + k_step >= cmd.k)]
+                             reserve.eq(ready & (f_k == 0)), f_last.eq(f_kk + k_step >= cmd.k)]
                 with m.If(ready):
-                    m.d.sync += [f_k.eq(beats), *k_nz(1), f_kk.eq(f_kk + k_step),
+                    m.d.sync += [f_k.eq(beats), f_kk.eq(f_kk + k_step),
                                  f_g.eq(Mux((f_g == GW - 1) | fold, 0, f_g + 1)),
                                  f_lane.eq(Mux(lane_wrap, 0, f_lane + k_step)),
                                  f_entry.eq(f_entry + lane_wrap)]
                     with m.If(f_last):
-                        m.d.sync += [f_k.eq(0), *k_nz(0), f_kk.eq(0), f_g.eq(0), f_lane.eq(0),
+                        m.d.sync += [f_k.eq(0), f_kk.eq(0), f_g.eq(0), f_lane.eq(0),
                                      f_entry.eq(0), f_pad.eq(pad)]
                         with m.If(f_n0 + C >= cmd.n):
                             # this bank has been read for the last time
@@ -753,16 +746,7 @@ class _Writer(wiring.Component):
         seg32, per32, words32 = c.out_segment(True)
         seg_per = Mux(cmd.raw_out, per32, per8)
         seg_words = Mux(cmd.raw_out, words32, words8)
-        # wr_b == seg_words - 1, a flip-flop set with wr_b from its next value: the
-        # row's pop (the output FIFO's read enable, the feeder's credit) starts at a
-        # register, not at a compare with a per-command constant
-        # (without `count_flags`: the compare itself)
-        wr_b_last = Signal() if c.count_flags else (wr_b == seg_words - 1)
-
-        def b_last(v):
-            return [wr_b_last.eq(v)] if c.count_flags else []
         with m.If(self.ctx.start):
-            m.d.sync += b_last(Mux(p.raw_out, words32, words8) == 1)
             fold = self.ctx.p_fold
             top = Mux(fold, p.out_base, p.out_base + times_const(p.out_stride, R - 1))
             m.d.comb += [wr_row_n.eq(Mux(fold, p.m - 1, R - 1)), wr_m_rem_n.eq(p.m)]
@@ -791,12 +775,11 @@ class _Writer(wiring.Component):
         # a dropped row (past M) has nothing to write: it leaves in one cycle, so a
         # decode's raw tile waits for the segments of its M rows only
         with m.If(advance):
-            m.d.sync += [wr_b.eq(wr_b + 1), *b_last(wr_b + 2 == seg_words)]
-            with m.If(wr_b_last | ~row_valid):
+            m.d.sync += wr_b.eq(wr_b + 1)
+            with m.If((wr_b == seg_words - 1) | ~row_valid):
                 m.d.comb += [self.rows.ready.eq(1), self.row_popped.eq(1)]
                 m.d.comb += wr_row_n.eq(wr_row - 1)
-                m.d.sync += [wr_b.eq(0), *b_last(seg_words == 1),
-                             wr_row_addr.eq(wr_row_addr + wr_step)]
+                m.d.sync += [wr_b.eq(0), wr_row_addr.eq(wr_row_addr + wr_step)]
                 with m.If(wr_row == 0):
                     m.d.comb += wr_row_n.eq(self.ctx.tile_rows - 1)
                     m.d.sync += wr_row_addr.eq(wr_blk_top)

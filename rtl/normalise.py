@@ -76,31 +76,14 @@ class Reciprocal(wiring.Component):
         # the division's registers are set in IDLE and PREP before DIV reads them:
         # no reset (only the state machine has one)
         l_sum = Signal(32, reset_less=True)
-        l3 = Signal(34, reset_less=True)        # 3 L, the third trial's divisor
-        # The dividend N = 2^(e+14) + (L >> 1) is divided MSB digit first with a
-        # partial remainder that stays below L (32 bits): each step takes N's next
-        # two bits into its low end and subtracts k L, so the trials are 35-bit
-        # carry chains, not N's 49 (a remainder over N's full width, compared
-        # against a divisor shifted down by 2 each step, was the unit's longest
-        # path). The quotient fits 16 bits (inv <= 2^15), so N >> 16 < L to start.
-        rem = Signal(32, reset_less=True)
-        num = Signal(_Q_BITS, reset_less=True)  # N's low 16 bits, consumed from the top
+        num_w = 32 + im.ATTN_RECIP_FRAC + 3   # room for 3 * dv
+        rem = Signal(num_w, reset_less=True)
+        dv = Signal(num_w, reset_less=True)
+        dv3 = Signal(num_w, reset_less=True)
         q = Signal(_Q_BITS, reset_less=True)
         step = Signal(range(_STEPS), reset_less=True)
         e = bit_length(m, l_sum, "e")
         out = self.out.payload
-        # PREP: L >> 1 < 2^(e-1) lies below the 2^(e+14) bit, so N is an OR, no carry
-        n_top = Signal(32 + im.ATTN_RECIP_FRAC + 1)
-        m.d.comb += n_top.eq((Const(1, len(n_top)) << (e + im.ATTN_RECIP_FRAC)) | (l_sum >> 1))
-        # DIV, radix-4 restoring division: the digit is the largest k in 0..3 with
-        # k L <= 4 rem + (N's next two bits). The three trial remainders are
-        # subtracted in parallel and their signs pick the digit and the new remainder
-        # (one carry chain per cycle); 4 rem + 3 < 4 L, so the digit fits and the new
-        # remainder is again below L.
-        part = Cat(num[-2:], rem)
-        trial = [Signal(signed(len(part) + 1), name=f"trial{k}") for k in (1, 2, 3)]
-        m.d.comb += [trial[0].eq(part - l_sum), trial[1].eq(part - (l_sum << 1)),
-                     trial[2].eq(part - l3)]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.inp.ready.eq(1)
@@ -111,16 +94,27 @@ class Reciprocal(wiring.Component):
                                  out.out_mult.eq(p.out_mult), out.out_shift.eq(p.out_shift)]
                     m.next = "PREP"
             with m.State("PREP"):
-                m.d.sync += [rem.eq(n_top[_Q_BITS:]), num.eq(n_top[:_Q_BITS]),
-                             l3.eq(l_sum + (l_sum << 1)),
+                m.d.sync += [rem.eq((Const(1, num_w) << (e + im.ATTN_RECIP_FRAC)) + (l_sum >> 1)),
+                             dv.eq(l_sum << (_Q_BITS - 2)),
+                             dv3.eq((l_sum << (_Q_BITS - 1)) + (l_sum << (_Q_BITS - 2))),
                              q.eq(0), step.eq(0),
                              out.shift.eq(e + im.ATTN_RECIP_FRAC - im.ATTN_AVG_FRAC)]
                 m.next = "DIV"
             with m.State("DIV"):
+                # radix-4 restoring division, MSB digit first: the digit is the
+                # largest k in 0..3 with k*dv <= rem. The three trial remainders
+                # rem - k*dv are subtracted in parallel and their signs pick the
+                # digit and the new remainder (one carry chain per cycle; 3*dv is a
+                # register shifted with dv: dv's low bits stay zero until its last
+                # step, so (3*dv) >> 2 == 3*(dv >> 2)). rem < 4*dv holds throughout
+                # because the quotient fits 16 bits (L >= 2^(e-1)).
+                trial = [Signal(signed(num_w + 1), name=f"trial{k}") for k in (1, 2, 3)]
+                m.d.comb += [trial[0].eq(rem - dv), trial[1].eq(rem - (dv << 1)),
+                             trial[2].eq(rem - dv3)]
                 ge1, ge2, ge3 = (~t[-1] for t in trial)
                 digit = Mux(ge3, 3, Mux(ge2, 2, Mux(ge1, 1, 0)))
-                nrem = Mux(ge3, trial[2], Mux(ge2, trial[1], Mux(ge1, trial[0], part)))
-                m.d.sync += [rem.eq(nrem[:32]), num.eq(num << 2),
+                nrem = Mux(ge3, trial[2], Mux(ge2, trial[1], Mux(ge1, trial[0], rem)))
+                m.d.sync += [rem.eq(nrem[:num_w]), dv.eq(dv >> 2), dv3.eq(dv3 >> 2),
                              q.eq(Cat(digit[:2], q[:-2])), step.eq(step + 1)]
                 with m.If(step == _STEPS - 1):
                     m.next = "DONE"

@@ -3,10 +3,9 @@
 ```
  machine.rd_req ─┐ priority                                     ┌─► machine.rd_resp (tag 0)
  host.rd_req ────┴─► read port ─► register ─► response queue ───┤
-   (accepted while < 4 words owed)  (Memory)  (first word in a   └─► host.rd_resp    (tag 1)
-                                               register, 4 words)
- machine.wr ──────────────────┐
- host.wr ─► one-word buffer ──┴─► register ─► write port (byte strobes)
+   (accepted while < 4 words owed)  (Memory)       (4 words)     └─► host.rd_resp    (tag 1)
+ machine.wr ─────┐ priority
+ host.wr ────────┴─► register ─► write port (byte strobes), forwarded to a read of its word
 ```
 
 Both ports are memory ports (`rtl.memport.MemPort`): ``rd_req``
@@ -15,9 +14,7 @@ back-pressure, ``wr`` carries address, data and byte strobes. One
 `lib.memory.Memory` (block RAM: EBR on ECP5) with one read and one write
 port serves both; the machine wins when both request in the same cycle (the
 host bridge only accesses memory while the machine is idle, so in practice
-they never meet). Block RAM: a host write waits a cycle in a one-word buffer,
-and the machine's writes and both ports' reads wait while it holds one, so
-every ready and the write select are flip-flops.
+they never meet).
 
 Block RAM reads (`READ_LATENCY` 3): the request's address is registered
 before the storage, so the block RAMs' address pins (all 108 of them on an
@@ -25,9 +22,8 @@ ECP5-85F) are driven by a flip-flop instead of the requesters' logic, and the
 storage reads every cycle (its enable fans out to every block too); the word
 read is registered right behind its bank multiplexers (the block RAM's output
 is slow: 5.6 ns on an ECP5-85F), then goes to the consumer, or into a
-four-word response queue (`lib.fifo.SyncFIFO` behind a register holding its
-first word, so the response is a select between registers) while words wait
-in it or the consumer stalls. A request is accepted while fewer than four words are owed
+four-word response queue (`lib.fifo.SyncFIFO`) while words wait in it or the
+consumer stalls. A request is accepted while fewer than four words are owed
 (accepted and not yet taken), so the queue always has room for every word in
 flight, ``rd_req.ready`` comes from a counter (not through the consumer's
 ready), no word is lost or repeated when ``rd_resp.ready`` drops, and a word
@@ -104,32 +100,10 @@ class OnChipMemory(wiring.Component):
         mach, host = self.machine, self.host
 
         # ---------------- writes: machine first ----------------
-        if self.storage == "bram":
-            # Block RAM: a host write is taken into a one-word buffer while it is empty
-            # and goes to the storage in the next cycle, the machine's writes waiting
-            # for it then: both readies and the write select are a flip-flop. (The
-            # host's ready was ``~machine.wr.valid``, a path from the machine's write
-            # logic, the matmul's walkers, into the bridge's word pointer, count and
-            # reply, and the machine's write valid selected all of the write
-            # register's inputs.) The host writes a word every few cycles at most, and
-            # only while the machine is idle, so neither waits in practice. Reads wait
-            # while the buffer holds a word (`hold`), so a read still sees exactly the
-            # writes transferred before it. (SPRAM keeps the direct path: an iCE40 is
-            # short of the flip-flops.)
-            hb_valid = Signal()
-            hb = {f: Signal.like(host.wr.payload[f], name=f"host_wr_{f}", reset_less=True)
-                  for f in ("addr", "data", "strb")}
-            m.d.sync += hb_valid.eq(host.wr.valid & ~hb_valid)
-            with m.If(~hb_valid):
-                m.d.sync += [hb[f].eq(host.wr.payload[f]) for f in hb]
-            m.d.comb += [host.wr.ready.eq(~hb_valid), mach.wr.ready.eq(~hb_valid)]
-            wr = {f: Mux(hb_valid, hb[f], mach.wr.payload[f]) for f in hb}
-            writing, hold = hb_valid | mach.wr.valid, hb_valid
-        else:
-            wr = {f: Mux(mach.wr.valid, mach.wr.payload[f], host.wr.payload[f])
-                  for f in ("addr", "data", "strb")}
-            writing, hold = mach.wr.valid | host.wr.valid, C(0)
-            m.d.comb += [mach.wr.ready.eq(1), host.wr.ready.eq(~mach.wr.valid)]
+        wr = {f: Mux(mach.wr.valid, mach.wr.payload[f], host.wr.payload[f])
+              for f in ("addr", "data", "strb")}
+        writing = mach.wr.valid | host.wr.valid
+        m.d.comb += [mach.wr.ready.eq(1), host.wr.ready.eq(~mach.wr.valid)]
         # A write reaches the storage a cycle after its transfer: the requesters'
         # write logic then ends at this register instead of fanning out to the
         # storage's address, data and enable pins (the range check comes after it,
@@ -149,7 +123,7 @@ class OnChipMemory(wiring.Component):
                      wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en)]
         # single-port storage: a read waits while the write transferred last cycle
         # has the storage
-        free = ~w_busy if self.storage == "spram" else ~hold
+        free = ~w_busy if self.storage == "spram" else C(1)
 
         # ---------------- reads ----------------
         req_addr = Mux(mach.rd_req.valid, mach.rd_req.payload.addr, host.rd_req.payload.addr)
@@ -194,26 +168,12 @@ class OnChipMemory(wiring.Component):
         m.d.sync += [word_valid.eq(read_valid), word.eq(Cat(rp.data, read_tag))]
         with m.If(read_zero):
             m.d.sync += word[:-1].eq(0)
-        # Words older than the registered one wait in the queue, whose first word is
-        # kept in a register of its own (`first`): the response is a select between
-        # two registers by a third, so the consumers' valid and tag are a LUT of
-        # flip-flops. (They were a select by the queue's level between the queue's
-        # storage and the word register: a path from the level through the
-        # consumers' walkers back into the queue's pointers.) The word register goes
-        # out only while `first` is empty, and the queue's storage is empty then too;
-        # a word not taken at once goes into `first` if it and the storage are empty,
-        # else into the storage, so words leave in order.
-        first_valid, first = Signal(), Signal(len(word), reset_less=True)
-        head = Mux(first_valid, first, word)
-        first_free = ~first_valid | taken
-        word_stays = word_valid & (first_valid | ~taken)      # not taken as the response
-        to_first = first_free & ~queue.r_rdy                  # ... it goes into `first`
-        m.d.comb += [queue.w_en.eq(word_stays & ~to_first), queue.w_data.eq(word),
-                     queue.r_en.eq(first_free & queue.r_rdy)]
-        with m.If(first_free):
-            m.d.sync += [first_valid.eq(queue.r_rdy | word_stays),
-                         first.eq(Mux(queue.r_rdy, queue.r_data, word))]
-        return owed != latency + 1, first_valid | word_valid, head[:-1], head[-1]
+        # the queue's words are older than the registered one: it goes out first only
+        # while the queue is empty, and is queued unless taken at once
+        head = Mux(queue.r_rdy, queue.r_data, word)
+        m.d.comb += [queue.w_en.eq(word_valid & (queue.r_rdy | ~taken)),
+                     queue.w_data.eq(word), queue.r_en.eq(taken & queue.r_rdy)]
+        return owed != latency + 1, queue.r_rdy | word_valid, head[:-1], head[-1]
 
     @staticmethod
     def _skid_reads(m, rp, accept, taken, *, tag, addr, depth):

@@ -147,15 +147,11 @@ class RequantAdd(wiring.Component):
             x = [stage(signed(R), f"x{s}") for s in range(1, 4)]
             sh = [stage(unsigned(len(py.shift[l])), f"shift{s}") for s in range(1, 3)]
             p1 = partial_products(m, py.x[l], py.mult[l], en=en, name=f"prod1_{l}")
-            # add_half's 2^(sh-1), decoded from the shift beside the product rather
-            # than between the shift's register and the 64-bit add (10.2 ns on ECP5)
-            half1 = Signal(W, name=f"half1_{l}", reset_less=True)
             t2 = stage(signed(W), "t2")
             q3 = stage(signed(R), "req3")
             with m.If(en):
                 m.d.sync += [x[0].eq(pa.x[l]), sh[0].eq(py.shift[l]), sh[1].eq(sh[0]),
-                             half1.eq(((Const(1, W) << py.shift[l]) >> 1)[:W]),
-                             t2.eq(p1.as_signed() + half1.as_signed()),
+                             t2.eq(add_half(p1, sh[0], W)),
                              q3.eq(saturate(t2 >> sh[1], R)),
                              self.out.payload.x[l].eq(saturate(x[2] + q3, R))]
                 m.d.sync += [v.eq(p) for v, p in zip(x[1:], x)]

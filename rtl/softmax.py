@@ -37,8 +37,8 @@ from gpt2accel.model import intmodel as im
 from gpt2accel.model import quant
 
 from .attention_config import AttentionConfig
-from .intarith import (add_carry, add_half, max_tree, round_shift_add, round_shift_add_pre,
-                       saturate, shift_right_staged, split_product)
+from .intarith import (add_half, max_tree, round_shift_add, saturate, shift_right_staged,
+                       split_product, sum_tree)
 
 __all__ = ["SoftmaxUnit", "score_layout", "prob_layout"]
 
@@ -248,16 +248,12 @@ class _FrontPass(wiring.Component):
         m.d.comb += [st_w.addr.eq(f2_beat + Mux(h_w, BPR, 0)), st_w.en.eq(en_f & f2_valid)]
         for l in range(L):
             m.d.comb += [st_w.data[l].t.eq(f2_t[l]), st_w.data[l].vis.eq(f2_vis[l])]
-        masked = [Mux(f2_vis[l], f2_t[l], t_lo) for l in range(L)]
-        beat_max = max_tree(masked)
+        beat_max = max_tree([Mux(f2_vis[l], f2_t[l], t_lo) for l in range(L)])
         # run_max keeps its reset: without it the softmax alone routed at 70.27 MHz out
         # of context, its worst path ending in run_max; with it 79.24 MHz
         run_max = Signal(signed(SB))
         run_vis = Signal()
-        # run_max > beat_max iff it exceeds every lane: compared with the lanes beside
-        # the tree, not after it (two compares in series were the front's worst path)
-        run_over = Cat(*[run_max > v for v in masked]).all()
-        row_max = Mux(f2_beat == 0, beat_max, Mux(run_over, run_max, beat_max))
+        row_max = Mux(f2_beat == 0, beat_max, Mux(run_max > beat_max, run_max, beat_max))
         row_vis = f2_vis.any() | ((f2_beat != 0) & run_vis)
         with m.If(en_f & f2_valid):
             m.d.sync += [run_max.eq(row_max), run_vis.eq(row_vis)]
@@ -400,26 +396,15 @@ class _BackPass(wiring.Component):
                                                 whole_clipped(d_old))),
                              s2_vis[l].eq(s1_word[l].vis)]
 
-        # S2: p = round_shift(table entry, whole), masked; sum of the beat. The
-        # rounding is the last bit shifted out, added as a carry-in (`add_carry`): the
-        # beat's sum into the row's running sum is the lanes' shifted entries in a
-        # tree whose adds, and the last into the running sum, each take one lane's
-        # bit, not an add of the half before each shift and the tree after.
-        p2, parts, bits = [], [], []
+        # S2: p = round_shift(table entry, whole), masked; sum of the beat.
+        p2 = []
         for l in range(L):
-            v = Signal(9, name=f"s2_v{l}")      # entry >> whole above the bit shifted out
-            m.d.comb += v.eq(Mux(s2_vis[l], round_shift_add_pre(rom_r[l].data, s2_whole[l]), 0))
-            p2.append((v[1:] + v[0])[:8])       # the table's entries are < 256: no carry out
-            parts.append(v[1:])
-            bits.append(v[0])
-        while len(parts) > 1:
-            nxt = [add_carry(parts[i], parts[i + 1], bits.pop(),
-                             max(len(parts[i]), len(parts[i + 1])) + 1)
-                   for i in range(0, len(parts) - 1, 2)]
-            parts = nxt + ([parts[-1]] if len(parts) % 2 else [])
+            half = (Const(1, 10) << s2_whole[l]) >> 1
+            p = (rom_r[l].data + half) >> s2_whole[l]
+            p2.append(Mux(s2_vis[l], p[:8], 0))
+        beat_sum = sum_tree(p2)
         acc = Signal(32)
-        acc_total = add_carry(Mux(s2_first_beat, 0, acc), parts[0], bits.pop(), 32)
-        assert not bits
+        acc_total = Mux(s2_first_beat, 0, acc) + beat_sum
         with m.If(en_b & s2_valid):
             m.d.sync += acc.eq(acc_total)
         # L is read only for the row's last beat, as late as possible, so that

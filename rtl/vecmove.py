@@ -127,20 +127,6 @@ def _decode(op):
                 ad=(op == Op.RESADD) | is_rq)
 
 
-def _decoded(m, ctx, block):
-    """`_decode` of the running command as registers of the calling block's own,
-    set at the accept from the command being accepted (as ``ctx.op`` is): each
-    test is then a flip-flop rather than a compare of the 4-bit opcode, and no
-    one opcode register fans out to every block. The writer's source choice, which
-    gates every unit's output ready (LayerNorm's pass C enable among them, some
-    900 flip-flops and the parameter block RAM's clock enables), started at the
-    opcode's compare: 10.1-12.3 ns on ECP5."""
-    regs = {k: Signal(name=f"{block}_is_{k}") for k in ("ln", "ge", "em", "rq", "ad")}
-    with m.If(ctx.start):
-        m.d.sync += [regs[k].eq(v) for k, v in _decode(ctx.new.op).items()]
-    return regs
-
-
 def _views(layouts, body):
     return {o: lay(body[:lay.size]) for o, lay in layouts.items()}
 
@@ -204,19 +190,12 @@ class _Walker(wiring.Component):
     LayerNorm parameters; phase 1: the rows) and the operand words each group
     starts (``need``, one bit per word slot; ``need_adv`` and ``need_init``,
     what it becomes on an ``adv`` and on ``init``). ``adv`` moves to the next group,
-    ``g0`` is ``g == 0`` as a register. ``issue`` (one-hot) advances a slot's
-    word address (the issuer's walker;
+    ``issue`` (one-hot) advances a slot's word address (the issuer's walker;
     the assembler's ignores its addresses). ``tok_set`` loads EMBED's wte row
     and requantiser addresses for the current row. ``init`` in the accept
     cycle (``ctx.start``) starts from the command being accepted; ``init_one_g``
     says that its first phase's last group is group 0 (``prep.last_g`` is
-    registered in the same cycle). Only ``running`` waits for ``init``: the
-    rest of the start loads on ``load``, the reader's registered "a command
-    could be accepted now or its init runs" (from the presented command while
-    ``load_new``): a superset of the init cycles, all while the walker is
-    stopped (the reader is idle only once the assembler, the later walker, is
-    done), so the accept, which the machine's issue reaches, enables one flip-flop
-    here instead of the walk's 100-odd.
+    registered in the same cycle).
 
     LayerNorm walks its first row, then its parameters, then the other rows:
     the unit takes rows before gamma/beta (only its pass C reads them), so a
@@ -232,11 +211,10 @@ class _Walker(wiring.Component):
         A = e.addr_bits
         super().__init__({
             "ctx": In(_Context(c, body_bits)),
-            "init": In(1), "init_one_g": In(1), "load": In(1), "load_new": In(1),
-            "adv": In(1), "issue": In(NW),
+            "init": In(1), "init_one_g": In(1), "adv": In(1), "issue": In(NW),
             "tok_set": In(1), "wte_row": In(A), "wte_q": In(A),
             "running": Out(1), "phase": Out(1), "r": Out(range(e.max_m + 1)),
-            "g": Out(_groups_shape(c)), "g0": Out(1, init=1), "end_g": Out(1), "end_all": Out(1),
+            "g": Out(_groups_shape(c)), "end_g": Out(1), "end_all": Out(1),
             "need": Out(NW), "need_adv": Out(NW), "need_init": Out(NW),
             "sub": Out(range(4)).array(4), "id_sub": Out(range(L)),
             "pq_sub": Out(range(L)), "addr": Out(A).array(5),
@@ -248,7 +226,7 @@ class _Walker(wiring.Component):
         L = vector_lanes(e.mem_bytes)
         views = _views(self.layouts, ctx.body)
         ln_c, ge_c, ad_c, em_c = (views[o] for o in (Op.LAYERNORM, Op.GELU, Op.RESADD, Op.EMBED))
-        is_held = is_ = _decoded(m, ctx, "walk")
+        is_ = _decode(ctx.op)
         prep = ctx.prep
         phase, r, g, sub, addr = self.phase, self.r, self.g, self.sub, self.addr
         id_sub, pq_sub = self.id_sub, self.pq_sub
@@ -262,6 +240,7 @@ class _Walker(wiring.Component):
         wrap0 = Signal(2)
         m.d.comb += wrap0.eq(Mux(~phase, Mux(is_["ln"], 1, 0), Mux(is_["ge"], 3, 1)))
         last_g = Mux(~phase & is_["ge"], TW1, prep.last_g)
+        first = g == 0
         # ``end_g`` (the group ends its row, table or parameters) is a register set
         # with the place, as ``need``: the take's advance (``adv``) then chooses
         # between two registered cases instead of waiting for the compare of g with
@@ -308,10 +287,10 @@ class _Walker(wiring.Component):
         with m.If(self.adv & self.running):
             m.d.sync += need.eq(self.need_adv)
             with m.If(~end_g):
-                m.d.sync += [g.eq(g + 1), self.g0.eq(0), sub[0].eq(nsub[0]), sub[1].eq(nsub[1]),
+                m.d.sync += [g.eq(g + 1), sub[0].eq(nsub[0]), sub[1].eq(nsub[1]),
                              sub[3].eq(nsub[2]), end_g.eq(g + 1 == last_g)]
             with m.Else():
-                m.d.sync += [g.eq(0), self.g0.eq(1), sub[0].eq(0), sub[1].eq(0), sub[3].eq(0),
+                m.d.sync += [g.eq(0), sub[0].eq(0), sub[1].eq(0), sub[3].eq(0),
                              end_g.eq(prep.last_g == 0)]
                 with m.If(~phase):
                     # GELU: the rows after the table; LayerNorm: the rows after the
@@ -338,18 +317,16 @@ class _Walker(wiring.Component):
                         m.d.sync += [phase.eq(0), addr[0].eq(ln_c.gamma_base),
                                      addr[1].eq(ln_c.beta_base)]
 
-        # init from the command being presented (in its accept cycle) or the held one
-        i_views = _views(self.layouts, Mux(self.load_new, ctx.new.body, ctx.body))
+        # init from the command being accepted (in its accept cycle) or the held one
+        i_views = _views(self.layouts, Mux(ctx.start, ctx.new.body, ctx.body))
         ln_c, ge_c, ad_c = (i_views[o] for o in (Op.LAYERNORM, Op.GELU, Op.RESADD))
-        is_ = {k: Mux(self.load_new, v, is_held[k]) for k, v in _decode(ctx.new.op).items()}
+        is_ = _decode(Mux(ctx.start, ctx.new.op, ctx.op))
         m.d.comb += self.need_init.eq(need_of(is_, ~is_["ge"], 1, *z, C(0, 2)))
         with m.If(self.init):
-            m.d.sync += self.running.eq(1)
-        with m.If(self.load):
             m.d.sync += [need.eq(self.need_init),
                          end_g.eq(Mux(is_["ge"], TW1 == 0, self.init_one_g)),
-                         phase.eq(~is_["ge"]), params_due.eq(is_["ln"]), r.eq(0),
-                         g.eq(0), self.g0.eq(1), *(s.eq(0) for s in sub), id_sub.eq(0),
+                         self.running.eq(1), phase.eq(~is_["ge"]), params_due.eq(is_["ln"]), r.eq(0),
+                         g.eq(0), *(s.eq(0) for s in sub), id_sub.eq(0),
                          pq_sub.eq(prep.pq_sub),
                          src_row.eq(ln_c.src_base), y_row.eq(ad_c.y_base),
                          wpe_row.eq(prep.wpe_row),
@@ -394,7 +371,7 @@ class _Reader(wiring.Component):
         L = vector_lanes(MB)
         views = _views(self.layouts, ctx.body)
         ln_c, em_c = views[Op.LAYERNORM], views[Op.EMBED]
-        is_ = _decoded(m, ctx, "rd")
+        is_ = _decode(ctx.op)
 
         m.submodules.iw = iw = _Walker(c, self.body_bits)     # the issuer's
         m.submodules.aw = aw = _Walker(c, self.body_bits)     # the assembler's
@@ -410,7 +387,6 @@ class _Reader(wiring.Component):
         pos_w = Signal(A)
         n_m1 = Signal.like(ln_c.n)
         init = Signal()
-        init_st = Signal()  # the walkers' init states after the accept's (see `_Walker`)
         busy = self.busy
         pow2 = L & (L - 1) == 0
         lb = L.bit_length() - 1
@@ -424,37 +400,27 @@ class _Reader(wiring.Component):
             return [prep.last_g.eq(q),
                     prep.last_mask.eq(Array(Const((2 << t) - 1, L) for t in range(L))[r])], \
                 q[:len(prep.last_g)] == 0           # as registered (n = 0 wraps)
-        # While a command could be accepted (idle, the writer done), the command's
-        # registers, the walkers' start (``load``) and the row's last group load from
-        # the one presented, whether or not it is valid: its accept, which the
-        # machine's issue decides late in the cycle, then only starts the walkers and
-        # the state machine rather than enabling every one of these registers
-        idle = Signal()
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += [self.cmd.ready.eq(~self.writing), idle.eq(~self.writing)]
-                new_n = _views(self.layouts, self.cmd.payload.body)[Op.LAYERNORM].n
-                with m.If(~self.writing):
-                    m.d.sync += [ctx.op.eq(self.cmd.payload.op), ctx.body.eq(self.cmd.payload.body),
-                                 n_m1.eq(new_n - 1)]
-                    if pow2:
-                        # (n - 1) // L and % L are bit fields: the walkers start at the accept
-                        stmts, one = last((new_n - 1)[:len(new_n)])
-                        m.d.comb += one_g.eq(one)
-                        m.d.sync += stmts
+                m.d.comb += self.cmd.ready.eq(~self.writing)
                 with m.If(self.cmd.valid & ~self.writing):
+                    new_n = _views(self.layouts, self.cmd.payload.body)[Op.LAYERNORM].n
                     m.d.comb += ctx.start.eq(1)
-                    m.d.sync += busy.eq(1)
+                    m.d.sync += [ctx.op.eq(self.cmd.payload.op), ctx.body.eq(self.cmd.payload.body),
+                                 busy.eq(1), n_m1.eq(new_n - 1)]
                     with m.If(self.cmd.payload.op == Op.EMBED):
                         m.next = "PREP1"
                     with m.Elif(pow2):
-                        m.d.comb += init.eq(1)
+                        # (n - 1) // L and % L are bit fields: the walkers start now
+                        stmts, one = last((new_n - 1)[:len(new_n)])
+                        m.d.comb += [init.eq(1), one_g.eq(one)]
+                        m.d.sync += stmts
                         m.next = "RUN"
                     with m.Else():
                         m.next = "INIT_ROWS"
             with m.State("INIT_ROWS"):
                 stmts, one = last(n_m1)
-                m.d.comb += [init.eq(1), one_g.eq(one), init_st.eq(1)]
+                m.d.comb += [init.eq(1), one_g.eq(one)]
                 m.d.sync += stmts
                 m.next = "RUN"
             with m.State("PREP1"):
@@ -466,16 +432,14 @@ class _Reader(wiring.Component):
                              prep.pq_addr.eq(em_c.wpe_q_base + pos_w)]
                 m.next = "INIT"
             with m.State("INIT"):
-                m.d.comb += [init.eq(1), one_g.eq(prep.last_g == 0), init_st.eq(1)]
+                m.d.comb += [init.eq(1), one_g.eq(prep.last_g == 0)]
                 m.next = "RUN"
             with m.State("RUN"):
                 with m.If(~aw.running):
                     m.d.sync += busy.eq(0)
                     m.next = "IDLE"
         m.d.comb += [ctx.new.eq(self.cmd.payload), iw.init.eq(init), aw.init.eq(init),
-                     iw.init_one_g.eq(one_g), aw.init_one_g.eq(one_g),
-                     iw.load.eq(init_st | idle), aw.load.eq(init_st | idle),
-                     iw.load_new.eq(idle), aw.load_new.eq(idle)]
+                     iw.init_one_g.eq(one_g), aw.init_one_g.eq(one_g)]
 
         # LayerNorm's setup beat, offered from the cycle after the accept
         setup_v = Signal()
@@ -535,27 +499,19 @@ class _Reader(wiring.Component):
         push = resp.valid & rq_room & ~(pop & ~rq_any)
         m.d.comb += [resp.ready.eq(rq_room),
                      rq_data.eq(Mux(rq_any, Mux(rq_rp, rq[1], rq[0]), resp.payload.data))]
-        # the entry the write pointer names is free while there is room, so it loads
-        # the response's data whatever its valid: only the pointer waits for the push
         with m.If(push):
             m.d.sync += rq_wp.eq(~rq_wp)
-        for i in range(2):
-            with m.If(rq_room & (rq_wp == i)):
-                m.d.sync += rq[i].eq(resp.payload.data)
+            for i in range(2):
+                with m.If(rq_wp == i):
+                    m.d.sync += rq[i].eq(resp.payload.data)
         with m.If(held):
             m.d.sync += rq_rp.eq(~rq_rp)
         rq_next = Signal(range(3))
         m.d.comb += rq_next.eq(rq_n + push - held)
         m.d.sync += [rq_n.eq(rq_next), rq_room.eq(rq_next != 2), rq_any.eq(rq_next != 0)]
         complete = aw.running & Mux(a_none, out_free, pop & final)
-        # The response's valid reaches the take (``pop``) and the completion; what they
-        # enable is kept to the few control registers: the word slot the take fills
-        # (``a_low``) loads ``rq_data`` whether or not it is taken (it holds no word of
-        # the group until it is), the bypass selects on ``a_low`` alone, and the output
-        # register loads whenever it is free (an incomplete group there is not valid).
-        # Behind ``pop`` these were 1,150 flip-flops' enables: 12.1 ns on ECP5.
         cur = [Signal(8 * MB, name=f"cur{w}") for w in range(NW)]   # with the bypass
-        m.d.comb += [cur[w].eq(Mux(a_low[w], rq_data, words[w]))
+        m.d.comb += [cur[w].eq(Mux(pop & a_low[w], rq_data, words[w]))
                      for w in range(NW)]
         # the four of each candidate (the walker's next need at the start and on a
         # completion, the rest after a take, the same) come from registers; the
@@ -566,11 +522,12 @@ class _Reader(wiring.Component):
             a_next.append((v, v & (~v + 1), (v & (v - 1)) == 0, v == 0))
         a_next.append((a_rem, a_low, final, a_none))
         for reg, i in zip((a_rem, a_low, final, a_none), range(4)):
-            m.d.sync += reg.eq(Mux(init_st | idle, a_next[0][i],
+            m.d.sync += reg.eq(Mux(init, a_next[0][i],
                                    Mux(complete, a_next[1][i], Mux(pop, a_next[2][i], a_next[3][i]))))
-        for w in range(NW):
-            with m.If(a_low[w]):
-                m.d.sync += words[w].eq(rq_data)
+        with m.If(pop):
+            for w in range(NW):
+                with m.If(a_low[w]):
+                    m.d.sync += words[w].eq(rq_data)
 
         # fields of the group: fixed quarters of a word or 4-byte lanes
         qi0 = Signal(2)
@@ -587,16 +544,15 @@ class _Reader(wiring.Component):
         span = (Cat(cur[1], cur[2]) if tc == 8 else cur[1] if tc == 4
                 else _quarter(m, cur[1], _wte_quarter(aw.sub[1], tc), "f1"))
         with m.If(complete):
-            m.d.sync += out_v.eq(1)
-        with m.Elif(~skid_v):
-            m.d.sync += out_v.eq(0)
-        with m.If(out_free):
-            m.d.sync += [out.row.eq(aw.phase), out.grp.eq(aw.g), out.last.eq(aw.end_g),
+            m.d.sync += [out_v.eq(1),
+                         out.row.eq(aw.phase), out.grp.eq(aw.g), out.last.eq(aw.end_g),
                          out.tcol.eq(t_col), out.s0.eq(f0),
                          out.s1.eq(Mux(~aw.phase, Cat(cur[1], cur[2]),
                                        Mux(is_["em"], span, cur[1]))),
                          out.s2.eq(Mux(is_["em"], cur[3].word_select(q_off, 32), cur[3])),
                          out.s3.eq(f3), out.s4.eq(cur[5].word_select(aw.pq_sub, 32))]
+        with m.Elif(~skid_v):
+            m.d.sync += out_v.eq(0)
         m.d.comb += [self.elem.valid.eq(out_v | skid_v),
                      self.elem.payload.eq(Mux(skid_v, skid, out)), aw.adv.eq(complete)]
 
@@ -612,10 +568,8 @@ class _Reader(wiring.Component):
         # holds once it reached the row and took the id's word
         tok_ok = Signal()
         tok_step = Signal(range(TOK_CYCLES))
-        # (``g0``, the walkers' g == 0 as a register: the wait gates ``fire`` and with it
-        # the issuer's walk, whose compare of g was on the path to its addresses)
-        tok_wait = iw.running & is_["em"] & iw.phase & iw.g0 & ~i_rem[0] & ~tok_ok
-        tok_seen = (aw.running & aw.phase & aw.g0 & (aw.r == iw.r)
+        tok_wait = iw.running & is_["em"] & iw.phase & (iw.g == 0) & ~i_rem[0] & ~tok_ok
+        tok_seen = (aw.running & aw.phase & (aw.g == 0) & (aw.r == iw.r)
                     & ~a_rem[0])
         tok = Signal(32)
         tok_r = Signal(32)
@@ -677,11 +631,11 @@ class _UnitMux(wiring.Component):
     tc:1 byte select of each lane's table element sits between it and the
     assembler's, not on the read response's path."""
 
-    def __init__(self, c, body_bits, units):
+    def __init__(self, c, units):
         self.units = tuple(units)
         self.tc = wte_tile_cols(c.engine.mem_bytes, c.engine.cols)
         L = vector_lanes(c.engine.mem_bytes)
-        members = {"ctx": In(_Context(c, body_bits)), "elem": In(stream.Signature(_element_layout(c))),
+        members = {"op": In(4), "elem": In(stream.Signature(_element_layout(c))),
                    "res": Out(stream.Signature(data.ArrayLayout(16, L)))}
         for name, unit in units.items():
             for port, member in unit.signature.members.items():
@@ -693,7 +647,7 @@ class _UnitMux(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         L = self.lanes
-        is_ = _decoded(m, self.ctx, "mux")
+        is_ = _decode(self.op)
         el, emit = self.elem.payload, self.elem.valid
         x16 = el.s0.word_select
         m.d.comb += [
@@ -748,11 +702,9 @@ class _UnitMux(wiring.Component):
         for l in range(L):
             add16, emb16 = Signal(signed(16), name=f"add16_{l}"), Signal(signed(16), name=f"emb16_{l}")
             m.d.comb += [add16.eq(self.add_out.payload.x[l]), emb16.eq(self.emb_out.payload.x[l])]
-            # GELU's result is last to settle (its table word's byte select), so it
-            # is the outer choice: one select between it and the writer's register
             m.d.comb += self.res.payload[l].eq(
-                Mux(is_["ge"], self.gelu_out.payload.y[l].as_unsigned(),
-                    Mux(is_["ln"], self.ln_out.payload.y[l].as_unsigned(),
+                Mux(is_["ln"], self.ln_out.payload.y[l].as_unsigned(),
+                    Mux(is_["ge"], self.gelu_out.payload.y[l].as_unsigned(),
                         Mux(is_["em"], emb16.as_unsigned(), add16.as_unsigned())))[:16])
         m.d.comb += [
             self.res.valid.eq(Mux(is_["ln"], self.ln_out.valid,
@@ -788,7 +740,7 @@ class _Writer(wiring.Component):
         MB = e.mem_bytes
         L = vector_lanes(MB)
         ln_c = _views(self.layouts, ctx.body)[Op.LAYERNORM]
-        is_ = _decoded(m, ctx, "wr")
+        is_ = _decode(ctx.op)
         rows = ln_c.rows      # the common fields sit at the same offsets in every body
         wr_r = Signal(range(e.max_m + 1))
         wg = Signal(_groups_shape(c))
@@ -835,13 +787,10 @@ class _Writer(wiring.Component):
                 m.d.sync += [wg.eq(wg + 1), sub.eq(Mux(wrap, 0, sub + 1))]
                 with m.If(wrap):
                     m.d.sync += waddr.eq(waddr + 1)
-        # the counters load from the presented command while the writer is done (the
-        # only time a command is accepted), so that the accept enables only ``writing``
-        with m.If(~self.writing):
-            base = _views(self.layouts, ctx.new.body)[Op.LAYERNORM].dst_base
-            m.d.sync += [row_base.eq(base), waddr.eq(base), wr_r.eq(0), wg.eq(0), sub.eq(0)]
         with m.If(ctx.start):
-            m.d.sync += self.writing.eq(1)
+            base = _views(self.layouts, ctx.new.body)[Op.LAYERNORM].dst_base
+            m.d.sync += [row_base.eq(base), waddr.eq(base), wr_r.eq(0), wg.eq(0), sub.eq(0),
+                         self.writing.eq(1)]
         return m
 
 
@@ -881,10 +830,10 @@ class VectorMover(wiring.Component):
         for name, unit in units.items():
             m.submodules[name] = unit
         m.submodules.reader = reader = _Reader(c, self.body_bits)
-        m.submodules.mux = mux = _UnitMux(c, self.body_bits, units)
+        m.submodules.mux = mux = _UnitMux(c, units)
         m.submodules.writer = writer = _Writer(c, self.body_bits)
         wiring.connect(m, wiring.flipped(self.cmd), reader.cmd)
-        wiring.connect(m, reader.ctx, writer.ctx, mux.ctx)
+        wiring.connect(m, reader.ctx, writer.ctx)
         wiring.connect(m, reader.rd_req, wiring.flipped(self.mem.rd_req))
         wiring.connect(m, wiring.flipped(self.mem.rd_resp), reader.rd_resp)
         wiring.connect(m, reader.setup, units["ln"].setup)
@@ -895,6 +844,6 @@ class VectorMover(wiring.Component):
                     wiring.connect(m, getattr(mux, f"{name}_{port}"), getattr(unit, port))
         wiring.connect(m, mux.res, writer.res)
         wiring.connect(m, writer.wr, wiring.flipped(self.mem.wr))
-        m.d.comb += [reader.writing.eq(writer.writing),
+        m.d.comb += [mux.op.eq(reader.ctx.op), reader.writing.eq(writer.writing),
                      self.busy.eq(reader.busy | writer.writing), self.done.eq(writer.done)]
         return m

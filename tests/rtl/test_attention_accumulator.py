@@ -1,8 +1,9 @@
 """The attention engine's O accumulator (`attention._Accumulator`) alone: write beats
-on every cycle, to any word and lanes within its contract (no lane written in two
-consecutive cycles, as the engine's PV commands never do: other lanes of the same
-word back to back, the same lanes two cycles apart through the transparent read),
-against O[r] = round_shift(O[r], delta) + PV (or PV on a tile's first PV) beat by beat."""
+on every cycle, to any word and lanes, the same lanes of one word back to back too,
+against O[r] = round_shift(O[r], delta) + PV (or PV on a tile's first PV) beat by beat.
+The engine's commands never write one element in consecutive beats; this checks the
+unit's own contract (each beat sees every earlier beat), which its pipelined read
+keeps by forwarding."""
 import random
 
 from amaranth.hdl import Module
@@ -35,34 +36,15 @@ def test_accumulator_back_to_back_beats(seed):
     # each other; a run of beats shares pv_first and the row info half (as a PV
     # command does), with idle cycles between runs
     beats = []
-    full = (1 << SPW) - 1
-    back_to_back = two_apart = 0
     for _ in range(60):
         par, first = rng.randrange(2), rng.random() < 0.3
-        prev = prev2 = None                     # the beats one and two cycles before
         for _ in range(rng.randint(1, 8)):
             w = rng.randrange(words)
             lanes = rng.randrange(1, 1 << SPW)
-            if prev is not None and prev[0] == w:
-                # the contract: none of the lanes the beat before wrote
-                lanes &= ~prev[1]
-                if lanes == 0:
-                    lanes = full & ~prev[1]
-                if lanes == 0:
-                    w = (w + 1) % words
-                    lanes = rng.randrange(1, 1 << SPW)
-                else:
-                    back_to_back += 1
-            if prev2 is not None and prev2[0] == w and lanes & prev2[1]:
-                two_apart += 1
-            prev, prev2 = (w, lanes), prev
             vals = [rng.randint(-(1 << 31), (1 << 31) - 1) for _ in range(SPW)]
             beats.append((w, lanes, vals, par, first))
         beats.append(None)
         beats.append(None)
-    # the stream exercises both: the same word in consecutive cycles, the same lane
-    # two cycles apart
-    assert back_to_back and two_apart
     for b in beats:
         if b is None:
             continue

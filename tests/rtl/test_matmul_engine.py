@@ -5,7 +5,7 @@ One simulation per array configuration runs many commands back to back.
 import numpy as np
 import pytest
 
-from gpt2accel.rtl.config import ConfigError, EngineConfig
+from gpt2accel.rtl.config import EngineConfig
 from gpt2accel.sim.cycles.matmul import FIFO_LATENCY, REF_MEM_LATENCY, matmul_cycles
 from gpt2accel.sim.harness.matmul import MatmulCase, simulate
 
@@ -24,8 +24,6 @@ CONFIGS = [
     # minimal buffering everywhere: flow control must not deadlock
     (EngineConfig(rows=2, cols=3, max_outstanding=2, w_fifo_depth=4,
                   param_fifo_tiles=4, out_fifo_tiles=2), 25, 6, 16, 8),
-    # the iCE40 preset's shape, its counter compares combinational (same cycles)
-    (EngineConfig(rows=1, cols=1, mem_bytes=4, count_flags=False), 25, 4, 16, 4),
 ]
 
 
@@ -234,15 +232,3 @@ def test_cycle_model_8x8(seed):
     for case, got in zip(cases, cycles):
         (m, k), n = case.a.shape, case.w.shape[1]
         assert got == matmul_cycles(cfg, m, k, n, case.raw).cycles
-
-
-def test_count_flags_is_a_bool_outside_the_fingerprint():
-    """`count_flags` changes neither results nor cycles (the tests above run both), so
-    the configuration's fingerprint, which a host checks programs against, ignores it."""
-    from gpt2accel.rtl.attention_config import AttentionConfig
-    from gpt2accel.rtl.protocol import config_id
-    with pytest.raises(ConfigError, match="count_flags"):
-        EngineConfig(count_flags=1)
-    on, off = (AttentionConfig(engine=EngineConfig(rows=2, cols=2, count_flags=f))
-               for f in (True, False))
-    assert on != off and config_id(on) == config_id(off)
