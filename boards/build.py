@@ -117,7 +117,8 @@ def _options(family, preset):
     """Amaranth toolchain overrides: nextpnr's JSON report, timing failures reported
     rather than fatal, iCE40 multipliers in SB_MAC16 DSPs, and on ECP5 nextpnr's
     router2: on the 8x8 whole machine the default router1 spent 35 minutes ripping up
-    congested arcs where router2 routed it in 6 (same placement, same machine)."""
+    congested arcs where router2 routed it in 6 (same placement, same machine); the
+    preset's placer, if it names one."""
     # the detailed report adds every net's routed delay to each of its sinks: the
     # worst paths beyond nextpnr's one per clock pair are traced from it
     opts = {"nextpnr_opts": "--report report.json --detailed-timing-report --timing-allow-fail"}
@@ -125,6 +126,8 @@ def _options(family, preset):
         opts["synth_opts"] = "-dsp"
     else:
         opts["nextpnr_opts"] += " --router router2"
+    if preset.placer is not None:
+        opts["nextpnr_opts"] += f" --placer {preset.placer}"
     opts.update(preset.build_args)
     return opts
 

@@ -123,6 +123,8 @@ class Preset:
     notes: str = ""
     uart: str = "the board's USB-serial chip"
     build_args: dict = field(default_factory=dict)   # extra toolchain overrides
+    #: nextpnr's placer (``--placer``); None: its default, the analytical "heap"
+    placer: str = None
     #: None: the whole machine, the model's whole image in memory (`sim.host.driver.Driver`);
     #: ("matmul",): a MATMUL-only machine holding the linear layers' weights, the rest of
     #: the model on the host (`sim.host.offload.OffloadDriver`)
@@ -381,10 +383,16 @@ PRESETS = {p.name: p for p in [
     # whole machine, so that a build meets timing and the board runs as built: the
     # OrangeCrab's 68 MHz (48 x 17 / 12 from its PLL) met at 73.40 MHz (ea59e9b,
     # docs/performance.md "Round 9").
-    Preset("ulx3s-85f", ULX3S_85F_Platform, rows=4, cols=4, mem_bytes=16, clk_hz=25e6,
-           baud=1_000_000, model="tiny",
+    # The ULX3S's block-RAM machine routes with nextpnr's electrostatic placer: with
+    # the default analytical one router2 stalled at 420-500 overused wires in every
+    # build since Round 7; placed by "static" it routed in 83 iterations, 45.18 MHz
+    # after routing at the 40 MHz constraint (25 x 8 / 5 from the PLL), docs/performance.md
+    # "Round 11".
+    Preset("ulx3s-85f", ULX3S_85F_Platform, rows=4, cols=4, mem_bytes=16, clk_hz=40e6,
+           baud=1_000_000, model="tiny", placer="static",
            leds=LEDs(busy=("led", 0, None), error=("led", 1, None), alive=("led", 7, None)),
-           notes="FTDI FT231X USB-serial; 25 MHz oscillator; speed grade 6 (the slowest)"),
+           notes="FTDI FT231X USB-serial; 25 MHz oscillator, 40 MHz from the PLL; speed "
+                 "grade 6 (the slowest)"),
     Preset("orangecrab-85f", OrangeCrab85FUART, rows=4, cols=4, mem_bytes=16, clk_hz=68e6,
            baud=1_000_000, model="tiny",
            leds=LEDs(busy=(_RGB, 0, "g"), error=(_RGB, 0, "r"), alive=(_RGB, 0, "b")),
@@ -422,4 +430,6 @@ def dram_preset(preset):
         clk = float(dram.read_config(path)["sys_clk_freq"])
     except (dram.DramConfigError, dram.DramGenError) as e:
         raise PresetError(f"board {preset.name} with DRAM: {e}") from None
-    return replace(preset, storage="dram", dram=preset.name, clk_hz=clk)
+    # the placer was chosen for the block-RAM design; the DRAM build was measured with
+    # nextpnr's default
+    return replace(preset, storage="dram", dram=preset.name, clk_hz=clk, placer=None)
