@@ -209,7 +209,7 @@ def test_demo_falls_back_to_pysim_without_verilator(capsys, monkeypatch):
     assert "[fast backend unavailable (verilator not found); using the Amaranth simulator]" in err
     # the demo's progress bar: the step's cycles equal the cycle model's, checked
     assert "1/1 tokens" in err and "= cycle model  checked" in err and "backend pysim" in err
-    assert "tok/s ulx3s-85f 25 MHz" in err and "assumed" not in err
+    assert "tok/s ulx3s-85f 40 MHz" in err and "assumed" not in err
     _, want, _ = run(capsys, "generate", "--backend", "int", "--prompt", "R",
                      "--max-new-tokens", "1", "--temperature", "0")
     assert out == want
