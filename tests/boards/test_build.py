@@ -37,6 +37,19 @@ def test_every_preset_resolves_and_fits_its_chip():
         assert name in board.describe()
 
 
+def test_a_preset_placer_reaches_nextpnr():
+    """The ULX3S's block-RAM preset is placed by nextpnr's static placer (with the default
+    one its router stalled); the OrangeCrab's keeps the default (the DRAM presets too:
+    tests/boards/test_dram_board.py)."""
+    def opts(board):
+        preset = P.get_preset(board)
+        return B._options(preset.device.family, preset)["nextpnr_opts"].split()
+    ulx = opts("ulx3s-85f")
+    assert ulx[ulx.index("--placer") + 1] == "static"
+    assert "--router" in ulx and "--report" in ulx
+    assert "--placer" not in opts("orangecrab-85f")
+
+
 @pytest.mark.parametrize("board,kw,message", [
     ("ulx3s-85f", dict(rows=20, cols=8), "160 processing elements need as many multipliers, "
                                          "the LFE5U-85F has 156 DSP blocks"),
